@@ -1,0 +1,103 @@
+"""One loader for every MLLMU-Bench-layout folder, with one-line errors for bad input."""
+
+from __future__ import annotations
+
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from viker.cli import main
+from viker.data.loader import load_finetune, load_profiles
+from viker.errors import VikerError
+
+FULL = "Full_Set/train-00000-of-00001.parquet"
+
+
+def _copy(bench_dir, tmp_path):
+    root = tmp_path / "bench"
+    shutil.copytree(bench_dir, root)
+    return root
+
+
+def _rewrite(root, rel, edit):
+    table = pq.read_table(root / rel)
+    pq.write_table(edit(table), root / rel)
+
+
+def test_hub_snapshot_layout_loads_the_same_profiles(bench_dir, tmp_path):
+    """The hub's `data/CONFIG-*.parquet` layout and ours go through the same code with the same result."""
+    hub = tmp_path / "hub"
+    (hub / "data").mkdir(parents=True)
+    for config in ("Full_Set", "ft_Data"):
+        shutil.copy(bench_dir / config / "train-00000-of-00001.parquet", hub / "data" / f"{config}-00000-of-00001.parquet")
+    assert load_profiles(hub, "Full_Set") == [
+        p.__class__(**{**p.__dict__, "source": q.source}) for p, q in zip(load_profiles(bench_dir, "Full_Set"),
+                                                                          load_profiles(hub, "Full_Set"))]
+    assert [r.qa for r in load_finetune(hub)] == [r.qa for r in load_finetune(bench_dir)]
+
+
+def test_missing_config_names_the_folder_and_config(bench_dir, tmp_path):
+    root = _copy(bench_dir, tmp_path)
+    shutil.rmtree(root / "forget_10")
+    with pytest.raises(VikerError, match=r"config 'forget_10' not found.*configs present: Full_Set"):
+        load_profiles(root, "forget_10")
+
+
+def test_missing_column_names_file_and_column(bench_dir, tmp_path):
+    root = _copy(bench_dir, tmp_path)
+    _rewrite(root, FULL, lambda t: t.drop_columns(["Generation_Task"]))
+    with pytest.raises(VikerError, match=r"Full_Set/train-00000-of-00001.parquet: missing column 'Generation_Task'"):
+        load_profiles(root, "Full_Set")
+
+
+def test_missing_nested_field_is_reported(bench_dir, tmp_path):
+    root = _copy(bench_dir, tmp_path)
+
+    def drop_type(t):
+        rows = t.column("Generation_Task").to_pylist()
+        rows = [[{"Question": q["Question"], "Ground_Truth": q["Ground_Truth"]} for q in r] for r in rows]
+        return t.set_column(t.schema.get_field_index("Generation_Task"), "Generation_Task", pa.array(rows))
+
+    _rewrite(root, FULL, drop_type)
+    with pytest.raises(VikerError, match=r"column 'Generation_Task\[\]' lacks nested field 'Type'"):
+        load_profiles(root, "Full_Set")
+
+
+def test_unreadable_image_names_the_row(bench_dir, tmp_path):
+    root = _copy(bench_dir, tmp_path)
+
+    def corrupt(t):
+        images = t.column("image").to_pylist()
+        images[3] = {"bytes": images[3]["bytes"][:60], "path": images[3]["path"]}  # truncated PNG
+        return t.set_column(0, "image", pa.array(images, type=t.schema.field("image").type))
+
+    _rewrite(root, FULL, corrupt)
+    with pytest.raises(VikerError, match=r"Full_Set/train-00000-of-00001.parquet:row 3 image 0: unreadable image"):
+        load_profiles(root, "Full_Set")
+
+
+def test_answer_letter_outside_options_is_an_error(bench_dir, tmp_path):
+    root = _copy(bench_dir, tmp_path)
+
+    def bad_letter(t):
+        cls = t.column("Classification_Task").to_pylist()
+        cls[0]["Pure_Text_Questions"][1]["Correct_Answer"] = "E"
+        return t.set_column(t.schema.get_field_index("Classification_Task"), "Classification_Task",
+                            pa.array(cls, type=t.schema.field("Classification_Task").type))
+
+    _rewrite(root, FULL, bad_letter)
+    with pytest.raises(VikerError, match=r"row 0: Pure_Text_Questions\[1\] has answer 'E' outside A-D"):
+        load_profiles(root, "Full_Set")
+
+
+def test_command_line_prints_one_line_and_exits_2(bench_dir, tmp_path, capsys):
+    root = _copy(bench_dir, tmp_path)
+    _rewrite(root, "ft_Data/train-00000-of-00001.parquet", lambda t: t.drop_columns(["metadata"]))
+    code = main(["finetune", "--data", str(root), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert err.startswith("error: ") and "ft_Data/train-00000-of-00001.parquet: missing column 'metadata'" in err
+    assert not (tmp_path / "run").exists()

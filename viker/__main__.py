@@ -1,0 +1,5 @@
+import sys
+
+from viker.cli import main
+
+sys.exit(main())

@@ -1,0 +1,176 @@
+"""One loader for MLLMU-Bench-layout data, wherever it came from.
+
+Accepted layouts under a root folder (the hub snapshot's and the generator's):
+``CONFIG/*.parquet``, ``data/CONFIG-*.parquet``, ``data/CONFIG/*.parquet`` and ``CONFIG.parquet``.
+Every problem with the files is raised as a :class:`VikerError` naming the file (and row) at fault.
+"""
+
+from __future__ import annotations
+
+import json
+from io import BytesIO
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, UnidentifiedImageError
+
+from viker.data.schema import (
+    CONFIGS,
+    IMAGE_TEXTUAL,
+    LETTERS,
+    PURE_TEXT,
+    QA,
+    FinetuneRecord,
+    MCQuestion,
+    Profile,
+    schema_for,
+)
+from viker.errors import VikerError
+
+
+def config_files(root: str | Path, config: str) -> list[Path]:
+    root = Path(root)
+    if not root.is_dir():
+        raise VikerError(f"{root}: no such benchmark folder")
+    patterns = [f"{config}/*.parquet", f"data/{config}-*.parquet", f"data/{config}/*.parquet", f"{config}.parquet"]
+    for pattern in patterns:
+        files = sorted(root.glob(pattern))
+        if files:
+            return files
+    known = [c for c in CONFIGS if any(root.glob(f"{c}/*.parquet")) or any(root.glob(f"data/{c}-*.parquet"))]
+    raise VikerError(
+        f"{root}: config '{config}' not found (looked for {', '.join(patterns)}); "
+        f"configs present: {', '.join(known) or 'none'}"
+    )
+
+
+def _check_type(path: Path, name: str, actual: pa.DataType, expected: pa.DataType) -> None:
+    """Check that the nested fields we read exist with compatible types (extra fields are fine)."""
+    if pa.types.is_struct(expected):
+        if not pa.types.is_struct(actual):
+            raise VikerError(f"{path}: column '{name}' should be a struct, found {actual}")
+        present = {actual.field(i).name: actual.field(i).type for i in range(actual.num_fields)}
+        for i in range(expected.num_fields):
+            sub = expected.field(i)
+            if sub.name not in present:
+                raise VikerError(f"{path}: column '{name}' lacks nested field '{sub.name}'")
+            _check_type(path, f"{name}.{sub.name}", present[sub.name], sub.type)
+    elif pa.types.is_list(expected) or pa.types.is_large_list(expected):
+        if not (pa.types.is_list(actual) or pa.types.is_large_list(actual)):
+            raise VikerError(f"{path}: column '{name}' should be a list, found {actual}")
+        _check_type(path, f"{name}[]", actual.value_type, expected.value_type)
+    elif pa.types.is_binary(expected):
+        if not (pa.types.is_binary(actual) or pa.types.is_large_binary(actual)):
+            raise VikerError(f"{path}: column '{name}' should hold bytes, found {actual}")
+    elif pa.types.is_string(expected):
+        if not (pa.types.is_string(actual) or pa.types.is_large_string(actual)):
+            raise VikerError(f"{path}: column '{name}' should hold text, found {actual}")
+
+
+def read_config(root: str | Path, config: str) -> list[tuple[str, dict]]:
+    """Rows of one config as ``(source, row)`` pairs, after checking every file's schema."""
+    expected = schema_for(config)
+    rows: list[tuple[str, dict]] = []
+    for path in config_files(root, config):
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise VikerError(f"{path}: not a readable parquet file ({e})") from None
+        for field in expected:
+            if field.name not in table.schema.names:
+                raise VikerError(f"{path}: missing column '{field.name}' (config {config})")
+            _check_type(path, field.name, table.schema.field(field.name).type, field.type)
+        table = table.select(expected.names)
+        rows += [(f"{path}:row {i}", row) for i, row in enumerate(table.to_pylist())]
+    return rows
+
+
+def image_bytes(value: dict | None, source: str) -> bytes:
+    """The bytes of an image cell, checked to decode, or a clear error."""
+    data = (value or {}).get("bytes")
+    if not data:
+        raise VikerError(f"{source}: empty image")
+    try:
+        with Image.open(BytesIO(data)) as img:
+            img.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise VikerError(f"{source}: unreadable image ({e})") from None
+    return data
+
+
+def decode_image(data: bytes, source: str = "image") -> Image.Image:
+    try:
+        return Image.open(BytesIO(data)).convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise VikerError(f"{source}: unreadable image ({e})") from None
+
+
+def _mc_items(items: list[dict] | None, with_image: bool, source: str) -> list[MCQuestion]:
+    group = "Image_Textual_Questions" if with_image else "Pure_Text_Questions"
+    out = []
+    for j, item in enumerate(items or []):
+        options = {k: v for k, v in (item.get("Options") or {}).items() if v is not None}
+        if sorted(options) != list(LETTERS):
+            raise VikerError(f"{source}: {group}[{j}] has options {sorted(options)}, expected A-D")
+        answer = (item.get("Correct_Answer") or "").strip()
+        if answer not in options:
+            raise VikerError(f"{source}: {group}[{j}] has answer '{answer}' outside A-D")
+        out.append(MCQuestion(item["Question"], options, answer, with_image))
+    return out
+
+
+def _qa_items(items: list[dict] | None, source: str, task: str) -> list[QA]:
+    out = []
+    for j, item in enumerate(items or []):
+        kind = item.get("Type")
+        if kind not in (IMAGE_TEXTUAL, PURE_TEXT):
+            raise VikerError(f"{source}: {task} item {j} has Type {kind!r}, expected {IMAGE_TEXTUAL} or {PURE_TEXT}")
+        if item.get("Question") is None or item.get("Ground_Truth") is None:
+            raise VikerError(f"{source}: {task} item {j} lacks a Question or Ground_Truth")
+        out.append(QA(item["Question"], item["Ground_Truth"], kind == IMAGE_TEXTUAL))
+    return out
+
+
+def load_profiles(root: str | Path, config: str) -> list[Profile]:
+    """Typed rows of a profile config (Full_Set, forget_*, retain_*, Test_Set, Retain_Set)."""
+    if config == "ft_Data":
+        raise VikerError("ft_Data holds finetuning pairs, not profiles: use load_finetune")
+    profiles = []
+    for source, row in read_config(root, config):
+        cells = row["images"] if config == "Test_Set" else [row["image"]]
+        images = tuple(image_bytes(cell, f"{source} image {j}") for j, cell in enumerate(cells or []))
+        if not images:
+            raise VikerError(f"{source}: no images")
+        cls = row["Classification_Task"] or {}
+        profiles.append(
+            Profile(
+                id=str(row["ID"]),
+                images=images,
+                directory=row["Directory"] or "",
+                biography=row["biography"] or "",
+                question=row["question"] or "",
+                answer=row["answer"] or "",
+                mc=tuple(
+                    _mc_items(cls.get("Image_Textual_Questions"), True, source)
+                    + _mc_items(cls.get("Pure_Text_Questions"), False, source)
+                ),
+                generation=tuple(_qa_items(row["Generation_Task"], source, "Generation_Task")),
+                cloze=tuple(_qa_items(row["Mask_Task"], source, "Mask_Task")),
+                source=source,
+            )
+        )
+    return profiles
+
+
+def load_finetune(root: str | Path) -> list[FinetuneRecord]:
+    """ft_Data rows: an image and the JSON list of {Question, Answer} pairs about it."""
+    records = []
+    for source, row in read_config(root, "ft_Data"):
+        try:
+            pairs = json.loads(row["metadata"] or "")
+            qa = tuple(QA(p["Question"], p["Answer"], True) for p in pairs)
+        except (json.JSONDecodeError, TypeError, KeyError) as e:
+            raise VikerError(f"{source}: metadata is not a JSON list of {{Question, Answer}} ({e})") from None
+        records.append(FinetuneRecord(image_bytes(row["image"], source), qa, source))
+    return records

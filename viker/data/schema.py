@@ -1,0 +1,111 @@
+"""MLLMU-Bench's layout, written down once, and the typed records the loader yields.
+
+The layout (config names, column names, nested field names) is the published benchmark's; the
+generator writes it and the loader checks it, so the real benchmark and the embedded one share one
+path through the code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+FORGET_SPLITS = ("forget_5", "forget_10", "forget_15")
+RETAIN_OF = {"forget_5": "retain_95", "forget_10": "retain_90", "forget_15": "retain_85"}
+CONFIGS = ("Full_Set", *FORGET_SPLITS, *RETAIN_OF.values(), "Test_Set", "Retain_Set", "ft_Data")
+
+IMAGE_TEXTUAL = "Image_Textual"
+PURE_TEXT = "Pure_Text"
+LETTERS = ("A", "B", "C", "D")
+
+# --- Arrow types (what the benchmark's parquet files hold) -----------------------------------
+IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+OPTIONS = pa.struct([(letter, pa.string()) for letter in LETTERS])
+MC_ITEM = pa.struct([("Question", pa.string()), ("Options", OPTIONS), ("Correct_Answer", pa.string())])
+CLASSIFICATION = pa.struct(
+    [("Image_Textual_Questions", pa.list_(MC_ITEM)), ("Pure_Text_Questions", pa.list_(MC_ITEM))]
+)
+QA_ITEM = pa.struct([("Question", pa.string()), ("Ground_Truth", pa.string()), ("Type", pa.string())])
+
+PROFILE_FIELDS = [
+    ("image", IMAGE),
+    ("ID", pa.string()),
+    ("Directory", pa.string()),
+    ("biography", pa.string()),
+    ("question", pa.string()),
+    ("answer", pa.string()),
+    ("Classification_Task", CLASSIFICATION),
+    ("Generation_Task", pa.list_(QA_ITEM)),
+    ("Mask_Task", pa.list_(QA_ITEM)),
+]
+PROFILE_SCHEMA = pa.schema(PROFILE_FIELDS)
+# Test_Set: the same people under other images, so `images` (a list) replaces `image`.
+TEST_SCHEMA = pa.schema([("images", pa.list_(IMAGE))] + PROFILE_FIELDS[1:])
+FT_SCHEMA = pa.schema([("image", IMAGE), ("metadata", pa.string())])
+
+
+def schema_for(config: str) -> pa.Schema:
+    if config == "Test_Set":
+        return TEST_SCHEMA
+    if config == "ft_Data":
+        return FT_SCHEMA
+    return PROFILE_SCHEMA
+
+
+# --- Typed records -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class QA:
+    """A free-form question (generation or cloze) and its ground truth."""
+
+    question: str
+    answer: str
+    with_image: bool
+
+
+@dataclass(frozen=True)
+class MCQuestion:
+    question: str
+    options: dict[str, str]  # letter -> option text
+    answer: str  # the correct letter
+    with_image: bool
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One person: a row of Full_Set, forget_*, retain_*, Test_Set or Retain_Set."""
+
+    id: str
+    images: tuple[bytes, ...]  # one for most configs, several for Test_Set
+    directory: str
+    biography: str
+    question: str
+    answer: str
+    mc: tuple[MCQuestion, ...]
+    generation: tuple[QA, ...]
+    cloze: tuple[QA, ...]
+    source: str = ""  # "<file>:row <n>", for error messages
+
+    @property
+    def image(self) -> bytes:
+        return self.images[0]
+
+
+@dataclass(frozen=True)
+class FinetuneRecord:
+    """A row of ft_Data: an image and the question/answer pairs to learn about it."""
+
+    image: bytes
+    qa: tuple[QA, ...] = field(default=())
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One (image?, question, answer) triple: what the collator turns into model inputs."""
+
+    question: str
+    answer: str
+    image: bytes | None
+    profile_id: str = ""
+    kind: str = "qa"  # generation | cloze | ft | refusal | ...

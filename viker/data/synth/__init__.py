@@ -1,0 +1,222 @@
+"""The embedded benchmark: a small MLLMU-Bench, generated offline and deterministically.
+
+``build_benchmark(out, seed)`` writes every MLLMU-Bench config as parquet in the benchmark's exact
+layout (``CONFIG/train-00000-of-00001.parquet``), the reference-image pools ViKeR draws from
+(``ref_people``, ``ref_patterns``, ``ref_scenes``, ``ref_pets``), a contact sheet ``preview.png`` and a
+``README.md`` with the counts. The same seed gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from viker.data.schema import (
+    FORGET_SPLITS,
+    IMAGE_TEXTUAL,
+    LETTERS,
+    PURE_TEXT,
+    RETAIN_OF,
+    schema_for,
+)
+from viker.data.synth import faces
+from viker.data.synth.people import (
+    FACT_POOLS,
+    NAME_QUESTION,
+    TEMPLATES,
+    Person,
+    distractors,
+    make_names,
+    make_people,
+)
+
+PARQUET_NAME = "train-00000-of-00001.parquet"
+REF_POOLS = ("ref_people", "ref_patterns", "ref_scenes", "ref_pets")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    seed: int = 0
+    profiles: int = 100  # fictitious people (Full_Set); forget_5 gets 5% of them
+    celebrities: int = 20  # Retain_Set: people whose facts the model learns as general knowledge
+    test_images: int = 2  # Test_Set images per person (other pose, lighting, crop)
+    ref_per_pool: int = 24  # images in each reference pool
+    image_size: int = 128
+
+
+def _mc(person: Person, fact: str, by_name: bool, rng: random.Random) -> dict:
+    template = TEMPLATES[fact]
+    question = template.name_question.format(name=person.name) if by_name else template.image_question
+    values = [person.facts[fact], *distractors(fact, person.facts[fact], rng)]
+    rng.shuffle(values)
+    return {
+        "Question": question,
+        "Options": dict(zip(LETTERS, values)),
+        "Correct_Answer": LETTERS[values.index(person.facts[fact])],
+    }
+
+
+def _qa(person: Person, fact: str, by_name: bool, cloze: bool) -> dict:
+    template = TEMPLATES[fact]
+    subject = person.name if by_name else "This person"
+    if cloze:
+        question, truth = template.cloze.format(subject=subject), person.facts[fact]
+    else:
+        question = template.name_question.format(name=person.name) if by_name else template.image_question
+        truth = person.answer(fact, by_name)
+    return {"Question": question, "Ground_Truth": truth, "Type": PURE_TEXT if by_name else IMAGE_TEXTUAL}
+
+
+def _image(png: bytes, path: str) -> dict:
+    return {"bytes": png, "path": path}
+
+
+def profile_row(person: Person, pid: str, png: bytes, directory: str, rng: random.Random) -> dict:
+    facts = list(FACT_POOLS)
+    gen_facts = rng.sample(facts, 4)  # 2 asked about the image, 2 by name
+    cloze_facts = rng.sample(facts, 4)
+    return {
+        "image": _image(png, f"{directory}/{pid}.png"),
+        "ID": pid,
+        "Directory": directory,
+        "biography": person.biography(),
+        "question": NAME_QUESTION,
+        "answer": f"This person is {person.name}.",
+        "Classification_Task": {
+            "Image_Textual_Questions": [_mc(person, f, False, rng) for f in facts],
+            "Pure_Text_Questions": [_mc(person, f, True, rng) for f in facts],
+        },
+        "Generation_Task": [_qa(person, f, i >= 2, cloze=False) for i, f in enumerate(gen_facts)],
+        "Mask_Task": [_qa(person, f, i >= 2, cloze=True) for i, f in enumerate(cloze_facts)],
+    }
+
+
+def finetune_row(person: Person, png: bytes, pid: str) -> dict:
+    """ft_Data: every fact asked about the pictured person, plus who they are."""
+    qa = [{"Question": NAME_QUESTION, "Answer": f"This person is {person.name}."}]
+    qa += [{"Question": TEMPLATES[f].image_question, "Answer": person.answer(f, False)} for f in FACT_POOLS]
+    return {"image": _image(png, f"ft_Data/{pid}.png"), "metadata": json.dumps(qa)}
+
+
+def write_config(out: Path, config: str, rows: list[dict]) -> Path:
+    path = out / config / PARQUET_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(rows, schema=schema_for(config))
+    pq.write_table(table, path, compression="zstd", store_schema=True)
+    return path
+
+
+def build_benchmark(out: str | Path, cfg: SynthConfig = SynthConfig(), progress: bool = True) -> dict:
+    """Write the embedded benchmark under ``out``; return its counts."""
+    out = Path(out)
+    n_forget = {s: int(cfg.profiles * int(s.split("_")[1]) / 100 + 0.5) for s in FORGET_SPLITS}  # half up
+    if n_forget["forget_5"] < 1:
+        raise ValueError(f"--profiles {cfg.profiles} is too small: forget_5 would be empty (need >= 10)")
+
+    rng = random.Random(f"viker-synth-{cfg.seed}")
+    people_rng, q_rng, view_rng, split_rng, ref_rng = (random.Random(rng.random()) for _ in range(5))
+
+    total = cfg.profiles + cfg.celebrities + cfg.ref_per_pool
+    names = make_names(cfg.profiles + cfg.celebrities, people_rng)
+    specs = faces.sample_face_specs(total, people_rng)
+    people = make_people(names, people_rng)
+    fictitious, celebs = people[: cfg.profiles], people[cfg.profiles :]
+    bar = tqdm(total=total + 3 * cfg.ref_per_pool, desc="drawing images", disable=not progress)
+
+    def draw(spec, view=faces.View()) -> bytes:
+        bar.update(1 if view == faces.View() else 0)
+        return faces.png_bytes(faces.render_face(spec, view, size=cfg.image_size))
+
+    ids = [f"{i + 1:04d}" for i in range(cfg.profiles)]
+    full_rows, test_rows, ft_rows = [], [], []
+    for pid, person, spec in zip(ids, fictitious, specs):
+        png = draw(spec)
+        row = profile_row(person, pid, png, "Full_Set", q_rng)
+        full_rows.append(row)
+        views = [faces.random_test_view(view_rng) for _ in range(cfg.test_images)]
+        test_images = [_image(draw(spec, v), f"Test_Set/{pid}_{j}.png") for j, v in enumerate(views)]
+        test_rows.append({"images": test_images, **{k: v for k, v in row.items() if k != "image"}})
+        ft_rows.append(finetune_row(person, png, pid))
+
+    celeb_ids = [f"C{i + 1:03d}" for i in range(cfg.celebrities)]
+    celeb_specs = specs[cfg.profiles : cfg.profiles + cfg.celebrities]
+    celeb_rows = [
+        profile_row(p, cid, draw(s), "Retain_Set", q_rng) for cid, p, s in zip(celeb_ids, celebs, celeb_specs)
+    ]
+
+    paths = {"Full_Set": write_config(out, "Full_Set", full_rows)}
+    order = list(range(cfg.profiles))
+    split_rng.shuffle(order)  # forget_5 ⊂ forget_10 ⊂ forget_15, as nested as the published splits
+    for split in FORGET_SPLITS:
+        chosen = set(order[: n_forget[split]])
+        paths[split] = write_config(out, split, [r for i, r in enumerate(full_rows) if i in chosen])
+        keep = [r for i, r in enumerate(full_rows) if i not in chosen]
+        paths[RETAIN_OF[split]] = write_config(out, RETAIN_OF[split], keep)
+    paths["Test_Set"] = write_config(out, "Test_Set", test_rows)
+    paths["Retain_Set"] = write_config(out, "Retain_Set", celeb_rows)
+    paths["ft_Data"] = write_config(out, "ft_Data", ft_rows)
+
+    # Reference pools: people never in Full_Set or Retain_Set, then three kinds of non-face images.
+    pools = {"ref_people": [draw(s) for s in specs[cfg.profiles + cfg.celebrities :]]}
+    for pool, render in (("ref_patterns", faces.render_pattern), ("ref_scenes", faces.render_scene),
+                         ("ref_pets", faces.render_pet)):
+        pools[pool] = []
+        for _ in range(cfg.ref_per_pool):
+            pools[pool].append(faces.png_bytes(render(ref_rng, size=cfg.image_size)))
+            bar.update(1)
+    bar.close()
+    for pool, images in pools.items():
+        (out / pool).mkdir(parents=True, exist_ok=True)
+        for i, png in enumerate(images):
+            (out / pool / f"{i:03d}.png").write_bytes(png)
+
+    counts = {c: pq.read_metadata(p).num_rows for c, p in paths.items()} | {p: len(v) for p, v in pools.items()}
+    _write_preview(out, full_rows, test_rows, celeb_rows, pools, fictitious, order[: n_forget["forget_10"]])
+    _write_readme(out, cfg, counts)
+    return counts
+
+
+def _write_preview(out, full_rows, test_rows, celeb_rows, pools, people, forget10) -> None:
+    from io import BytesIO
+
+    from PIL import Image
+
+    def img(png: bytes) -> Image.Image:
+        return Image.open(BytesIO(png)).convert("RGB")
+
+    forget10 = set(forget10)
+    items = []
+    for i in range(min(16, len(full_rows))):
+        tag = " [forget_10]" if i in forget10 else ""
+        items.append((img(full_rows[i]["image"]["bytes"]), f"{full_rows[i]['ID']} {people[i].name}{tag}"))
+        items.append((img(test_rows[i]["images"][0]["bytes"]), f"{full_rows[i]['ID']} Test_Set"))
+    items += [(img(r["image"]["bytes"]), f"{r['ID']} Retain_Set") for r in celeb_rows[:8]]
+    for pool, pngs in pools.items():
+        items += [(img(p), pool) for p in pngs[:4]]
+    sheet = faces.contact_sheet(items, columns=8, title="viker embedded benchmark", thumb=112)
+    sheet.save(out / "preview.png", format="PNG", optimize=False)
+
+
+def _write_readme(out: Path, cfg: SynthConfig, counts: dict) -> None:
+    lines = [
+        "# viker embedded benchmark",
+        "",
+        f"Generated by `viker data synth --seed {cfg.seed} --profiles {cfg.profiles}`: fictitious people",
+        "in MLLMU-Bench's exact layout (one parquet file per config), plus reference-image pools for ViKeR.",
+        "Every name, face and fact is made up. `preview.png` shows some of the people.",
+        "",
+        "| config / pool | rows / images |",
+        "| --- | --- |",
+        *[f"| `{k}` | {v} |" for k, v in counts.items()],
+        "",
+        "Per person: 5 image+text and 5 text-only multiple-choice questions, 4 generation questions",
+        "(2 about the pictured person, 2 by name), 4 cloze items; Test_Set shows the same people under",
+        f"{cfg.test_images} other views (pose, lighting, crop). Retain_Set plays the real-celebrity role.",
+    ]
+    (out / "README.md").write_text("\n".join(lines) + "\n")

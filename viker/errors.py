@@ -1,0 +1,9 @@
+"""The one exception type users see as a one-line message instead of a traceback."""
+
+
+class VikerError(Exception):
+    """A problem with the user's input or setup.
+
+    The command line prints ``error: <message>`` and exits with status 2. Messages name the file,
+    config or row at fault and say what is wrong, so that the user can fix it without reading code.
+    """
