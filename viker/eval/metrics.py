@@ -1,0 +1,373 @@
+"""Scoring functions for unlearning evaluation (MLLMU-Bench and CLEAR style).
+
+Everything here is a pure function on strings or numbers: no model, no torch. The text metrics
+follow the benchmarks' own evaluation code (``rouge-score`` for ROUGE, ``nltk`` for BLEU, substring
+match for cloze), so numbers stay comparable with published results. ``parse_choice`` and
+``coherence`` are our own additions and their rules are spelled out in their docstrings.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+
+import numpy as np
+from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+from rouge_score import rouge_scorer
+from scipy.special import logsumexp
+from scipy.stats import ks_2samp
+
+__all__ = [
+    "rouge",
+    "rougeL_recall",
+    "bleu",
+    "cloze_correct",
+    "cloze_prompt",
+    "parse_choice",
+    "choose_by_likelihood",
+    "mean_percent",
+    "coherence",
+    "coherence_mean",
+    "prob_from_loss",
+    "option_prob",
+    "truth_ratio",
+    "truth_ratio_score",
+    "forget_quality",
+    "harmonic_mean",
+]
+
+# --------------------------------------------------------------------------------------------
+# Generation metrics: ROUGE and BLEU
+# --------------------------------------------------------------------------------------------
+
+_ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+
+
+@lru_cache(maxsize=None)
+def _rouge_scorer(types: tuple[str, ...]) -> rouge_scorer.RougeScorer:
+    # Building a scorer sets up the Porter stemmer; do it once per set of ROUGE types.
+    return rouge_scorer.RougeScorer(list(types), use_stemmer=True)
+
+
+def rouge(prediction: str, reference: str) -> dict[str, float]:
+    """ROUGE-1/2/L F-measures of ``prediction`` against ``reference``, each in [0, 1].
+
+    Uses ``rouge_score`` with Porter stemming, as MLLMU-Bench does: text is lower-cased, split on
+    non-alphanumeric characters, and words longer than three characters are stemmed.
+    """
+    scores = _rouge_scorer(_ROUGE_TYPES).score(reference, prediction)  # (target, prediction)
+    return {name: float(scores[name].fmeasure) for name in _ROUGE_TYPES}
+
+
+def rougeL_recall(prediction: str, reference: str) -> float:
+    """ROUGE-L recall (LCS length / reference length), the generation score used by CLEAR."""
+    return float(_rouge_scorer(("rougeL",)).score(reference, prediction)["rougeL"].recall)
+
+
+_BLEU_SMOOTHING = SmoothingFunction().method1
+_BLEU_WEIGHTS = (0.25, 0.25, 0.25, 0.25)
+
+
+def bleu(prediction: str, reference: str) -> float:
+    """Sentence BLEU-4 on whitespace tokens, exactly as MLLMU-Bench computes it.
+
+    Uniform 1-4-gram weights and NLTK smoothing ``method1`` (an n-gram order with no matches gets
+    0.1 instead of 0 as its numerator), with the usual brevity penalty. An empty prediction or
+    reference scores 0.0 directly, since nothing can match and NLTK would only warn about it.
+    """
+    hypothesis = prediction.split()
+    reference_tokens = reference.split()
+    if not hypothesis or not reference_tokens:
+        return 0.0
+    return float(
+        sentence_bleu(
+            [reference_tokens],
+            hypothesis,
+            weights=_BLEU_WEIGHTS,
+            smoothing_function=_BLEU_SMOOTHING,
+        )
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Cloze (fill-in-the-blank) questions
+# --------------------------------------------------------------------------------------------
+
+
+def cloze_correct(reply: str, ground_truth: str) -> bool:
+    """True iff the stripped, lower-cased ground truth occurs anywhere in the lower-cased reply."""
+    return ground_truth.strip().lower() in reply.lower()
+
+
+# Two or more underscores mark the blank; a longer run is still a single blank.
+_BLANK_RE = re.compile(r"_{2,}")
+
+
+def cloze_prompt(question: str) -> str:
+    """Replace every blank (``__``, or any longer run of underscores) with ``[Blank]``."""
+    return _BLANK_RE.sub("[Blank]", question)
+
+
+# --------------------------------------------------------------------------------------------
+# Multiple-choice questions
+# --------------------------------------------------------------------------------------------
+
+# A letter opening the reply: "(B)", "[B]", "B", "B:", "B)", "B]", "B. Paris", "B, Paris".
+# "." and "," must be followed by whitespace or the end so that "A.I." or "U.S." do not count.
+# A letter followed by a space ("A cat ...") is deliberately not accepted: it is usually a word.
+_LEADING_RE = re.compile(
+    r"^(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])(?=$|[:)\]]|[.,](?:\s|$)))"
+)
+# A letter announced by a keyword anywhere: "Answer: B", "The answer is B", "Option (C)".
+_ANNOUNCED_RE = re.compile(
+    r"(?i:\b(?:answer|option|choice))\b"
+    r"(?:\s+(?i:is|would\s+be|will\s+be))?\s*[:\-]?\s*"
+    r"(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])\b)"
+)
+# Two letters joined as alternatives or a list: "A and B", "A or C", "A, B", "A/B".
+_ENUMERATION_RE = re.compile(r"\b([A-Z])\)?\s*(?:,?\s*(?:and|or|&)\b|,|/)\s*\(?([A-Z])\b")
+
+
+def parse_choice(reply: str, options: Sequence[str] = "ABCD") -> str | None:
+    """The option letter a multiple-choice reply picks, or None when it does not pick exactly one.
+
+    MLLMU-Bench reads the first character of the reply. This parser accepts more forms but never
+    guesses. After stripping whitespace and Markdown emphasis (``*``), the candidate letters are:
+
+    1. the whole reply when it is a single letter, in either case (``"b"`` -> ``"B"``);
+    2. an upper-case letter opening the reply on its own: ``"B"``, ``"B."``, ``"B: Paris"``,
+       ``"B) Paris"``, ``"(B)"``, ``"[B]"``; a letter followed by a plain space (``"A cat"``) is
+       not accepted, because it is usually a word;
+    3. an upper-case letter after ``answer``/``option``/``choice`` (optionally ``is``, ``:``)
+       anywhere in the reply: ``"Answer: B"``, ``"The answer is B"``,
+       ``"The correct option is (C)"``.
+
+    The reply is ambiguous, and the result None, when these rules give no letter, give different
+    letters (``"A. The answer is B"``), or the reply lists two option letters as alternatives
+    (``"Both A and B"``, ``"A or C"``, ``"A, B"``). A letter that is not in ``options`` (``"E"``
+    when options are ``"ABCD"``) also gives None. Lower-case letters count only as the whole
+    reply, so ``"a"`` is the option A but ``"a dog"`` is nothing.
+    """
+    allowed = {option.strip().upper() for option in options}
+    text = reply.replace("*", "").strip()
+    if not text:
+        return None
+
+    if len(text) == 1:
+        candidates = {text.upper()} if text.isalpha() else set()
+    else:
+        candidates = set()
+        leading = _LEADING_RE.match(text)
+        if leading:
+            candidates.add(_first_group(leading))
+        candidates.update(_first_group(match) for match in _ANNOUNCED_RE.finditer(text))
+        for first, second in _ENUMERATION_RE.findall(text):
+            if first != second and first in allowed and second in allowed:
+                return None  # the reply names two options as alternatives
+
+    if len(candidates) != 1:
+        return None
+    (letter,) = candidates
+    return letter if letter in allowed else None
+
+
+def _first_group(match: re.Match[str]) -> str:
+    """The one alternative group of ``match`` that captured something."""
+    return next(group for group in match.groups() if group is not None)
+
+
+def choose_by_likelihood(
+    option_logprobs: Sequence[float], normalize_lengths: Sequence[int] | None = None
+) -> int:
+    """Index of the most likely option (the first one on ties).
+
+    ``option_logprobs`` are summed log-probabilities of each option's tokens. With
+    ``normalize_lengths`` (token counts) the options are compared by per-token mean instead, so
+    that long options are not penalised just for having more tokens.
+    """
+    scores = np.asarray(option_logprobs, dtype=float)
+    if scores.ndim != 1 or scores.size == 0:
+        raise ValueError("option_logprobs must be a non-empty sequence of numbers")
+    if normalize_lengths is not None:
+        lengths = np.asarray(normalize_lengths, dtype=float)
+        if lengths.shape != scores.shape:
+            raise ValueError(
+                f"got {scores.size} log-probabilities but {lengths.size} lengths"
+            )
+        if np.any(lengths <= 0):
+            raise ValueError("option lengths must be positive token counts")
+        scores = scores / lengths
+    return int(np.argmax(scores))
+
+
+# --------------------------------------------------------------------------------------------
+# Aggregation
+# --------------------------------------------------------------------------------------------
+
+
+def mean_percent(values: Iterable[float | bool]) -> float:
+    """100 x the mean of ``values`` (booleans count as 0/1); NaN for no values.
+
+    NaN rather than 0.0 for an empty input, so that "nothing was evaluated" cannot be mistaken
+    for "everything was wrong"; it is returned quietly, without NumPy's empty-mean warning.
+    """
+    numbers = [float(value) for value in values]
+    if not numbers:
+        return float("nan")
+    return 100.0 * math.fsum(numbers) / len(numbers)
+
+
+# --------------------------------------------------------------------------------------------
+# Offline coherence
+# --------------------------------------------------------------------------------------------
+
+# Punctuation stripped from the ends of a whitespace token before judging it.
+_EDGE_PUNCT = "\"'`.,;:!?()[]{}<>«»“”‘’…*_%"
+# Lone connector symbols that are normal in fluent text: they neither help nor hurt.
+_NEUTRAL_TOKENS = {"-", "–", "—", "&", "/", "+", "=", "%"}
+# Letters, possibly joined by apostrophes, hyphens or dots: "don't", "well-known", "e.g".
+_ALPHA_WORD_RE = re.compile(r"[^\W\d_]+(?:['’.\-][^\W\d_]+)*")
+# Numbers, decades, ordinals, dates and times: "1984", "3.5", "1,000", "1990s", "21st", "12:30".
+_NUMBER_RE = re.compile(r"\d+(?:[.,:/\-]\d+)*(?:s|st|nd|rd|th)?")
+# Upper-case codes mixing letters and digits: "COVID-19", "F-16", "B737".
+_CODE_RE = re.compile(r"[A-Z0-9]+(?:-[A-Z0-9]+)*")
+# A short unit repeated three or more times: "ofofof", "qqq", "lalala".
+_STUTTER_RE = re.compile(r"(.+?)\1{2,}", re.IGNORECASE)
+_VOWELS = set("aeiouy")
+
+
+def _is_word_like(core: str) -> bool:
+    """Whether a token (without edge punctuation) looks like a real word, number or code."""
+    if _NUMBER_RE.fullmatch(core) or _CODE_RE.fullmatch(core):
+        return True
+    if not _ALPHA_WORD_RE.fullmatch(core):
+        return False  # mixes letters with digits or symbols: "x9q", "ab#c"
+    if len(core) >= 3 and _STUTTER_RE.fullmatch(core):
+        return False
+    if core.isascii() and core.islower():
+        # Lower-case character soup: lone letters other than "a"/"i", or vowel-less strings
+        # like "zvb". Capitalised tokens are exempt ("Mr", "Dr", "St", initials).
+        if len(core) == 1:
+            return core in {"a", "i"}
+        if not _VOWELS.intersection(core):
+            return False
+    return True
+
+
+def coherence(text: str) -> float:
+    """A model-free fluency score in [0, 1]; higher means more like coherent prose.
+
+    Meant to flag the degenerate outputs a model produces after over-aggressive unlearning
+    (empty strings, loops such as "the the the", punctuation or character soup), not to grade
+    style. The score is the product of three interpretable factors, each in [0, 1]:
+
+    * **word-likeness**: the fraction of whitespace tokens that, once surrounding punctuation is
+      stripped, are real-looking words, numbers or codes. Not word-like: punctuation-only tokens
+      (``",,,"``), stutters of a repeated unit (``"ofofof"``), lower-case strings without a vowel
+      (``"zvb"``), lone lower-case letters other than "a" and "i", and letter-digit mixes.
+      Lone connectors (``-``, ``&``, ``/``...) are ignored.
+    * **non-repetition**: distinct word bigrams / all word bigrams (case and punctuation
+      ignored). Normal prose rarely repeats a bigram, while loops like "Lis Lis Lis" or a
+      sentence said three times score low. Two-token texts use distinct unigrams instead, and a
+      single token cannot repeat (factor 1).
+    * **length**: ``1 - 0.5 ** n`` for ``n`` word-like tokens: 0 for no words, 0.5 for one,
+      0.75 for two, and above 0.99 from seven words on, so a bare word is neither trusted nor
+      condemned.
+
+    Example values: "She was born in Lisbon in 1984 and works as a pilot." ~= 1.0;
+    "the the the the the the" ~= 0.2; "Lis Lis Lis Lis Lis" ~= 0.24; "" and "xq zvb qqq jk" = 0.
+    """
+    tokens = [token for token in text.split() if token not in _NEUTRAL_TOKENS]
+    cores = [token.strip(_EDGE_PUNCT) for token in tokens]
+    word_count = sum(1 for core in cores if core and _is_word_like(core))
+    if word_count == 0:
+        return 0.0
+    word_likeness = word_count / len(tokens)
+
+    # Repetition is judged on normalised tokens so "Lisbon." and "lisbon" are the same word.
+    normalised = [core.lower() for core in cores if core]
+    if len(normalised) >= 3:
+        bigrams = list(zip(normalised, normalised[1:]))
+        non_repetition = len(set(bigrams)) / len(bigrams)
+    elif len(normalised) == 2:
+        non_repetition = len(set(normalised)) / 2
+    else:
+        non_repetition = 1.0
+
+    length = 1.0 - 0.5**word_count
+    return word_likeness * non_repetition * length
+
+
+def coherence_mean(texts: Iterable[str]) -> float:
+    """Mean ``coherence`` of ``texts`` in percent (NaN for no texts, like ``mean_percent``)."""
+    return mean_percent(coherence(text) for text in texts)
+
+
+# --------------------------------------------------------------------------------------------
+# CLEAR / TOFU-style metrics on per-item losses and log-probabilities
+# --------------------------------------------------------------------------------------------
+
+
+def prob_from_loss(loss: float) -> float:
+    """exp(-loss): the probability of an answer whose (mean per-token) NLL is ``loss``."""
+    return math.exp(-loss)
+
+
+def option_prob(true_logprob: float, other_logprobs: Sequence[float]) -> float:
+    """P(true) / (P(true) + sum of P(others)), the true option's share of the probability mass.
+
+    Computed as exp(true - logsumexp(all)) so that very negative log-probabilities (long
+    answers) do not underflow to 0/0.
+    """
+    all_logprobs = np.asarray([true_logprob, *other_logprobs], dtype=float)
+    return float(np.exp(true_logprob - logsumexp(all_logprobs)))
+
+
+def truth_ratio(paraphrased_loss: float, perturbed_losses: Sequence[float]) -> float:
+    """exp(mean(perturbed_losses) - paraphrased_loss), as in TOFU/CLEAR.
+
+    Losses are mean per-token NLLs, so this is the length-normalised probability of the
+    paraphrased (correct) answer over the geometric mean of the perturbed (wrong) answers'
+    probabilities: above 1 when the model prefers the truth, about 1 when it cannot tell.
+    """
+    if len(perturbed_losses) == 0:
+        raise ValueError("truth_ratio needs at least one perturbed answer loss")
+    return math.exp(statistics.fmean(perturbed_losses) - paraphrased_loss)
+
+
+def truth_ratio_score(ratios: Iterable[float], forget: bool) -> float:
+    """Aggregate truth ratios into a score in [0, 1] (NaN for no ratios).
+
+    On forget data the ideal is indifference (ratio 1), so each item scores min(r, 1/r). On
+    retain/real-world data the model should prefer the truth, so each scores max(0, 1 - 1/r).
+    """
+    values = np.asarray(list(ratios), dtype=float)
+    if values.size == 0:
+        return float("nan")
+    if forget:
+        per_item = np.minimum(values, 1.0 / values)
+    else:
+        per_item = np.maximum(0.0, 1.0 - 1.0 / values)
+    return float(per_item.mean())
+
+
+def forget_quality(
+    unlearned_ratios: Sequence[float], retrained_ratios: Sequence[float]
+) -> float:
+    """p-value of the two-sample Kolmogorov-Smirnov test between the two truth-ratio samples.
+
+    High when the unlearned model's truth ratios on the forget set are indistinguishable from
+    those of a model never trained on it. SciPy uses the exact distribution for small samples.
+    """
+    return float(ks_2samp(unlearned_ratios, retrained_ratios).pvalue)
+
+
+def harmonic_mean(values: Iterable[float]) -> float:
+    """Harmonic mean of non-negative values (e.g. model utility); 0.0 if any value is 0.
+
+    Raises ValueError for no values or a negative value.
+    """
+    return float(statistics.harmonic_mean(list(values)))
