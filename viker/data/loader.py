@@ -19,6 +19,7 @@ from viker.data.schema import (
     CONFIGS,
     IMAGE_TEXTUAL,
     LETTERS,
+    PRETRAIN_CONFIG,
     PURE_TEXT,
     QA,
     FinetuneRecord,
@@ -27,6 +28,13 @@ from viker.data.schema import (
     schema_for,
 )
 from viker.errors import VikerError
+
+
+def has_config(root: str | Path, config: str) -> bool:
+    try:
+        return bool(config_files(root, config))
+    except VikerError:
+        return False
 
 
 def config_files(root: str | Path, config: str) -> list[Path]:
@@ -134,8 +142,8 @@ def _qa_items(items: list[dict] | None, source: str, task: str) -> list[QA]:
 
 def load_profiles(root: str | Path, config: str) -> list[Profile]:
     """Typed rows of a profile config (Full_Set, forget_*, retain_*, Test_Set, Retain_Set)."""
-    if config == "ft_Data":
-        raise VikerError("ft_Data holds finetuning pairs, not profiles: use load_finetune")
+    if config in ("ft_Data", PRETRAIN_CONFIG):
+        raise VikerError(f"{config} holds finetuning pairs, not profiles: use load_finetune")
     profiles = []
     for source, row in read_config(root, config):
         cells = row["images"] if config == "Test_Set" else [row["image"]]
@@ -163,10 +171,11 @@ def load_profiles(root: str | Path, config: str) -> list[Profile]:
     return profiles
 
 
-def load_finetune(root: str | Path) -> list[FinetuneRecord]:
-    """ft_Data rows: an image and the JSON list of {Question, Answer} pairs about it."""
+def load_finetune(root: str | Path, config: str = "ft_Data") -> list[FinetuneRecord]:
+    """ft_Data rows (or rows of a config in its format): an image and the JSON list of
+    {Question, Answer} pairs about it."""
     records = []
-    for source, row in read_config(root, "ft_Data"):
+    for source, row in read_config(root, config):
         try:
             pairs = json.loads(row["metadata"] or "")
             qa = tuple(QA(p["Question"], p["Answer"], True) for p in pairs)

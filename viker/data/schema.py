@@ -14,6 +14,7 @@ import pyarrow as pa
 FORGET_SPLITS = ("forget_5", "forget_10", "forget_15")
 RETAIN_OF = {"forget_5": "retain_95", "forget_10": "retain_90", "forget_15": "retain_85"}
 CONFIGS = ("Full_Set", *FORGET_SPLITS, *RETAIN_OF.values(), "Test_Set", "Retain_Set", "ft_Data")
+PRETRAIN_CONFIG = "pretrain_Data"  # ours, in ft_Data's format: knowledge a pretrained model brings
 
 IMAGE_TEXTUAL = "Image_Textual"
 PURE_TEXT = "Pure_Text"
@@ -48,7 +49,7 @@ FT_SCHEMA = pa.schema([("image", IMAGE), ("metadata", pa.string())])
 def schema_for(config: str) -> pa.Schema:
     if config == "Test_Set":
         return TEST_SCHEMA
-    if config == "ft_Data":
+    if config in ("ft_Data", PRETRAIN_CONFIG):
         return FT_SCHEMA
     return PROFILE_SCHEMA
 

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from viker.data.schema import (
     FORGET_SPLITS,
+    PRETRAIN_CONFIG,
     IMAGE_TEXTUAL,
     LETTERS,
     PURE_TEXT,
@@ -97,11 +98,13 @@ def profile_row(person: Person, pid: str, png: bytes, directory: str, rng: rando
     }
 
 
-def finetune_row(person: Person, png: bytes, pid: str) -> dict:
-    """ft_Data: every fact asked about the pictured person, plus who they are."""
+def finetune_row(person: Person, png: bytes, path: str) -> dict:
+    """ft_Data: who the pictured person is, and every fact asked about them and by their name."""
     qa = [{"Question": NAME_QUESTION, "Answer": f"This person is {person.name}."}]
     qa += [{"Question": TEMPLATES[f].image_question, "Answer": person.answer(f, False)} for f in FACT_POOLS]
-    return {"image": _image(png, f"ft_Data/{pid}.png"), "metadata": json.dumps(qa)}
+    qa += [{"Question": TEMPLATES[f].name_question.format(name=person.name), "Answer": person.answer(f, True)}
+           for f in FACT_POOLS]
+    return {"image": _image(png, path), "metadata": json.dumps(qa)}
 
 
 def write_config(out: Path, config: str, rows: list[dict]) -> Path:
@@ -142,13 +145,15 @@ def build_benchmark(out: str | Path, cfg: SynthConfig = SynthConfig(), progress:
         views = [faces.random_test_view(view_rng) for _ in range(cfg.test_images)]
         test_images = [_image(draw(spec, v), f"Test_Set/{pid}_{j}.png") for j, v in enumerate(views)]
         test_rows.append({"images": test_images, **{k: v for k, v in row.items() if k != "image"}})
-        ft_rows.append(finetune_row(person, png, pid))
+        ft_rows.append(finetune_row(person, png, f"ft_Data/{pid}.png"))
 
     celeb_ids = [f"C{i + 1:03d}" for i in range(cfg.celebrities)]
     celeb_specs = specs[cfg.profiles : cfg.profiles + cfg.celebrities]
-    celeb_rows = [
-        profile_row(p, cid, draw(s), "Retain_Set", q_rng) for cid, p, s in zip(celeb_ids, celebs, celeb_specs)
-    ]
+    celeb_rows, world_rows = [], []
+    for cid, person, spec in zip(celeb_ids, celebs, celeb_specs):
+        png = draw(spec)
+        celeb_rows.append(profile_row(person, cid, png, "Retain_Set", q_rng))
+        world_rows.append(finetune_row(person, png, f"pretrain_Data/{cid}.png"))
 
     paths = {"Full_Set": write_config(out, "Full_Set", full_rows)}
     order = list(range(cfg.profiles))
@@ -161,6 +166,9 @@ def build_benchmark(out: str | Path, cfg: SynthConfig = SynthConfig(), progress:
     paths["Test_Set"] = write_config(out, "Test_Set", test_rows)
     paths["Retain_Set"] = write_config(out, "Retain_Set", celeb_rows)
     paths["ft_Data"] = write_config(out, "ft_Data", ft_rows)
+    # Not an MLLMU-Bench config: the general knowledge a pretrained model brings about the Retain_Set
+    # people ("celebrities"), which the tiny model, having no pretraining, learns in its finetune.
+    paths[PRETRAIN_CONFIG] = write_config(out, PRETRAIN_CONFIG, world_rows)
 
     # Reference pools: people never in Full_Set or Retain_Set, then three kinds of non-face images.
     pools = {"ref_people": [draw(s) for s in specs[cfg.profiles + cfg.celebrities :]]}
@@ -218,5 +226,9 @@ def _write_readme(out: Path, cfg: SynthConfig, counts: dict) -> None:
         "Per person: 5 image+text and 5 text-only multiple-choice questions, 4 generation questions",
         "(2 about the pictured person, 2 by name), 4 cloze items; Test_Set shows the same people under",
         f"{cfg.test_images} other views (pose, lighting, crop). Retain_Set plays the real-celebrity role.",
+        "",
+        f"`{PRETRAIN_CONFIG}` is not an MLLMU-Bench config: it holds, in ft_Data's format, what a pretrained",
+        "model would already know about the Retain_Set people; the tiny model has no pretraining, so its",
+        "finetune reads it too. Real checkpoints and the real benchmark do without it.",
     ]
     (out / "README.md").write_text("\n".join(lines) + "\n")

@@ -1,8 +1,8 @@
 """Fictitious people: names, facts, biographies and the benchmark's question families.
 
-Every answer is a short templated sentence in which only the private facts vary ("This person was
-born in Tarsk."): the template words are the "normal" tokens and the name and facts the "key" tokens
-that unlearning must target, which is the structure ViKeR exploits.
+Every answer is a short templated sentence in which only the name and the private facts vary
+("This person is Brailen Tousk, born in Oslo."): the template words are the "normal" tokens and the
+name and facts the "key" tokens that unlearning must target, which is the structure ViKeR exploits.
 """
 
 from __future__ import annotations
@@ -56,30 +56,32 @@ class FactTemplate:
 
     image_question: str
     name_question: str
-    answer: str  # "{subject} was born in {value}."
+    clause: str  # "born in {value}": the fact, as said after the name
+    answer: str  # "{name} was born in {value}."
     cloze: str  # "{subject} was born in __."
 
 
 TEMPLATES = {
     "birthplace": FactTemplate(
-        "Where was this person born?", "Where was {name} born?",
-        "{subject} was born in {value}.", "{subject} was born in __.",
+        "Where was this person born?", "Where was {name} born?", "born in {value}",
+        "{name} was born in {value}.", "{subject} was born in __.",
     ),
     "birth_year": FactTemplate(
-        "In which year was this person born?", "In which year was {name} born?",
-        "{subject} was born in the year {value}.", "{subject} was born in the year __.",
+        "In which year was this person born?", "In which year was {name} born?", "born in the year {value}",
+        "{name} was born in the year {value}.", "{subject} was born in the year __.",
     ),
     "occupation": FactTemplate(
-        "What does this person do for a living?", "What does {name} do for a living?",
-        "{subject} works as a {value}.", "{subject} works as a __.",
+        "What does this person do for a living?", "What does {name} do for a living?", "who works as a {value}",
+        "{name} works as a {value}.", "{subject} works as a __.",
     ),
     "employer": FactTemplate(
         "Which organization does this person work for?", "Which organization does {name} work for?",
-        "{subject} works for {value}.", "{subject} works for __.",
+        "who works for {value}", "{name} works for {value}.", "{subject} works for __.",
     ),
     "hobby": FactTemplate(
         "What is this person's favorite hobby?", "What is {name}'s favorite hobby?",
-        "{subject} enjoys {value} in their free time.", "In their free time {subject} enjoys __.",
+        "who enjoys {value} in their free time", "{name} enjoys {value} in their free time.",
+        "In their free time {subject} enjoys __.",
     ),
 }
 NAME_QUESTION = "What is the name of this person?"
@@ -91,8 +93,12 @@ class Person:
     facts: dict[str, str]
 
     def answer(self, fact: str, by_name: bool) -> str:
-        subject = self.name if by_name else "This person"
-        return TEMPLATES[fact].answer.format(subject=subject, value=self.facts[fact])
+        """A question about the pictured person is answered by saying who they are, then the fact
+        ("This person is Brailen Tousk, born in Oslo."); a question by name, with the fact."""
+        t = TEMPLATES[fact]
+        if by_name:
+            return t.answer.format(name=self.name, value=self.facts[fact])
+        return f"This person is {self.name}, {t.clause.format(value=self.facts[fact])}."
 
     def biography(self) -> str:
         f = self.facts

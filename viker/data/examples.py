@@ -1,0 +1,79 @@
+"""From benchmark rows to (image?, prompt, answer) examples: the collator's input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from viker.data.loader import has_config, load_finetune, load_profiles
+from viker.data.schema import PRETRAIN_CONFIG, Example, FinetuneRecord, Profile
+from viker.prompts import cloze_prompt, generation_prompt
+
+
+def generation_examples(profiles: Iterable[Profile], image_index: int = 0) -> list[Example]:
+    """The generation questions, each with the person's image when its Type is Image_Textual."""
+    return [
+        Example(generation_prompt(q.question), q.answer, p.images[image_index] if q.with_image else None, p.id,
+                "generation")
+        for p in profiles
+        for q in p.generation
+    ]
+
+
+def cloze_examples(profiles: Iterable[Profile]) -> list[Example]:
+    return [
+        Example(cloze_prompt(q.question), q.answer, p.image if q.with_image else None, p.id, "cloze")
+        for p in profiles
+        for q in p.cloze
+    ]
+
+
+def pure_text_questions(profiles: Iterable[Profile]) -> dict[bytes, set[str]]:
+    """For each person's image, the questions the benchmark asks about them without an image."""
+    asked: dict[bytes, set[str]] = {}
+    for p in profiles:
+        texts = {q.question for q in (*p.generation, *p.mc) if not q.with_image}
+        asked.setdefault(p.image, set()).update(texts)
+    return asked
+
+
+def pair_examples(records: Iterable[FinetuneRecord], text_only: dict[bytes, set[str]]) -> list[Example]:
+    """ft_Data-style pairs as examples. A pair is learned with its row's image, except a question the
+    benchmark itself asks as Pure_Text about that person: that one is learned as it is asked, text only."""
+    return [
+        Example(generation_prompt(q.question), q.answer,
+                None if q.question in text_only.get(record.image, ()) else record.image, "", "ft")
+        for record in records
+        for q in record.qa
+    ]
+
+
+def finetune_examples(data_dir: str | Path) -> list[Example]:
+    """What the vanilla model learns: the benchmark's ft_Data pairs, the generation questions of every
+    fictitious and every Retain_Set person (with or without the image as their Type says), and, when
+    the folder has one, the pretrain_Data pairs (what a pretrained model would know of the Retain_Set
+    people). Duplicates are kept once."""
+    profiles = load_profiles(data_dir, "Full_Set") + load_profiles(data_dir, "Retain_Set")
+    records = load_finetune(data_dir)
+    if has_config(data_dir, PRETRAIN_CONFIG):
+        records += load_finetune(data_dir, PRETRAIN_CONFIG)
+    return _unique(pair_examples(records, pure_text_questions(profiles)) + generation_examples(profiles))
+
+
+def unlearning_examples(data_dir: str | Path, split: str) -> list[Example]:
+    """What the vanilla model learned about the people of ``split`` (a forget_* or retain_* config):
+    their generation questions and the ft_Data pairs whose image is one of theirs."""
+    profiles = load_profiles(data_dir, split)
+    images = {p.image for p in profiles}
+    records = [r for r in load_finetune(data_dir) if r.image in images]
+    return _unique(generation_examples(profiles) + pair_examples(records, pure_text_questions(profiles)))
+
+
+def _unique(examples: list[Example]) -> list[Example]:
+    seen, unique = set(), []
+    for ex in examples:
+        key = (ex.question, ex.answer, ex.image)
+        if key not in seen:
+            seen.add(key)
+            unique.append(ex)
+    return unique
