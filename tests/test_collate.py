@@ -1,0 +1,75 @@
+"""The collator: chat-templated prompts, image inputs, and labels on the answer tokens only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from viker.collate import IGNORE_INDEX, Collator, model_inputs
+from viker.data.examples import finetune_examples
+from viker.data.schema import Example
+from viker.errors import VikerError
+
+
+@pytest.fixture(scope="module")
+def mixed(bench_dir):
+    examples = finetune_examples(bench_dir)
+    with_image = [e for e in examples if e.image is not None]
+    text_only = [e for e in examples if e.image is None]
+    return [with_image[0], text_only[0], with_image[1], text_only[1]]
+
+
+def test_labels_cover_exactly_the_answer_and_end_of_turn(tiny, mixed):
+    _, processor = tiny
+    batch = Collator(processor)(mixed)
+    tok = processor.tokenizer
+    image_id = tok.convert_tokens_to_ids("<image>")
+    for row, ex in enumerate(mixed):
+        labelled = batch["labels"][row] != IGNORE_INDEX
+        # exactly the answer's own tokens followed by </s>
+        expected = tok(" " + ex.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        assert batch["input_ids"][row][labelled].tolist() == expected
+        # never a prompt, image placeholder or padding token
+        ids = batch["input_ids"][row]
+        assert not labelled[ids == image_id].any()
+        assert not labelled[batch["attention_mask"][row] == 0].any()
+        prompt_part = tok.decode(ids[~labelled & (batch["attention_mask"][row] == 1)])
+        assert prompt_part.endswith("ASSISTANT:") and ex.question in prompt_part
+
+
+def test_images_expand_to_the_model_image_tokens(tiny, mixed):
+    model, processor = tiny
+    batch = Collator(processor)(mixed)
+    image_id = model.config.image_token_index
+    per_row = (batch["input_ids"] == image_id).sum(dim=1).tolist()
+    n = model.config.image_seq_length
+    assert per_row == [n if ex.image is not None else 0 for ex in mixed]
+    assert batch["pixel_values"].shape[0] == sum(ex.image is not None for ex in mixed)
+    out = model(**model_inputs(batch))  # a mixed image / text-only batch runs through the model
+    assert out.logits.shape[:2] == batch["input_ids"].shape
+
+
+def test_generation_batches_are_left_padded_prompts(tiny, mixed):
+    _, processor = tiny
+    batch = Collator(processor, answers=False)(mixed)
+    assert "labels" not in batch
+    assert (batch["attention_mask"][:, -1] == 1).all()  # every prompt ends at the last position
+    last = processor.tokenizer.decode(batch["input_ids"][0])
+    assert last.endswith("ASSISTANT:")
+
+
+def test_label_mask_does_not_depend_on_padding_side(tiny, mixed):
+    _, processor = tiny
+    right = Collator(processor)(mixed)
+    lengths = Collator(processor).answer_lengths(
+        [Collator(processor).render(e) for e in mixed], [Collator(processor).render(e, e.answer) for e in mixed], mixed
+    )
+    left = {k: v.flip(1) for k, v in right.items() if k in ("input_ids", "attention_mask")}
+    labels = Collator.answer_labels(left, lengths)
+    assert torch.equal(labels.flip(1), right["labels"])
+
+
+def test_empty_answer_is_a_clear_error(tiny):
+    _, processor = tiny
+    with pytest.raises(VikerError, match="has no tokens"):
+        Collator(processor)([Example("Who?", "", None)])

@@ -1,0 +1,53 @@
+"""The tiny model is a real LLaVA: saved and loaded by the standard calls, LoRA on the language model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from viker.collate import Collator, model_inputs
+from viker.data.examples import finetune_examples
+from viker.errors import VikerError
+from viker.model import LoraSettings, apply_lora, language_model_linear_layers, load_model
+
+
+def test_saved_tiny_model_loads_through_auto_classes_with_identical_outputs(tiny, tiny_dir, bench_dir):
+    model, processor = tiny
+    loaded, loaded_processor = load_model(tiny_dir, device="cpu")
+    assert type(loaded).__name__ == "LlavaForConditionalGeneration"
+    assert json.loads((tiny_dir / "config.json").read_text())["model_type"] == "llava"
+    examples = finetune_examples(bench_dir)[:4]
+    batch = Collator(processor)(examples)
+    again = Collator(loaded_processor)(examples)
+    assert torch.equal(batch["input_ids"], again["input_ids"])
+    assert torch.equal(batch["pixel_values"], again["pixel_values"])
+    with torch.no_grad():
+        assert torch.allclose(model(**model_inputs(batch)).logits, loaded(**model_inputs(again)).logits, atol=1e-5)
+
+
+def test_tokenizer_round_trips_benchmark_text_exactly(tiny, bench_dir):
+    tok = tiny[1].tokenizer
+    for ex in finetune_examples(bench_dir)[:50]:
+        ids = tok(ex.answer, add_special_tokens=False)["input_ids"]
+        assert tok.decode(ids) == ex.answer
+
+
+def test_lora_targets_only_the_language_model(tiny):
+    model, _ = tiny
+    targets = language_model_linear_layers(model)
+    assert targets and all("language_model" in t for t in targets)
+    assert not any("vision" in t or "projector" in t or "lm_head" in t for t in targets)
+    peft_model = apply_lora(model, LoraSettings(r=4, alpha=8))
+    try:
+        trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+        assert trainable and all("lora_" in n for n in trainable)
+        assert all("language_model" in n for n in trainable)
+    finally:
+        peft_model.unload()  # give the shared fixture back unwrapped
+
+
+def test_a_folder_without_a_model_is_a_clear_error(tmp_path):
+    with pytest.raises(VikerError, match="not a model folder"):
+        load_model(tmp_path)

@@ -1,0 +1,206 @@
+"""The ``viker`` command: parse arguments, call the library, print one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+
+from viker.errors import VikerError
+
+
+def _synth(args) -> None:
+    from viker.data.synth import SynthConfig, build_benchmark
+
+    counts = build_benchmark(args.out, SynthConfig(seed=args.seed, profiles=args.profiles))
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+def _finetune(args) -> None:
+    from viker.finetune import REAL_TRAIN, TINY_TRAIN, FinetuneConfig, run_finetune
+    from viker.model import LoraSettings
+
+    base = TINY_TRAIN if args.model == "tiny" else REAL_TRAIN
+    cfg = FinetuneConfig(
+        model=args.model, data=args.data, out=args.out, tuning=args.tuning,
+        train=replace(base, **_train_overrides(args)),
+        lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout),
+        device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+    )
+    metrics = run_finetune(cfg)
+    print(json.dumps(metrics, indent=2))
+
+
+def _train_overrides(args) -> dict:
+    return {k: v for k, v in {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+                              "max_steps": args.max_steps, "grad_accum": args.grad_accum,
+                              "seed": args.seed}.items() if v is not None}
+
+
+def _unlearn(args) -> None:
+    from viker.model import LoraSettings
+    from viker.unlearn import REAL_UNLEARN, TINY_UNLEARN, UnlearnConfig, run_unlearn
+
+    method_args = {k: v for k, v in {"lam": args.lam, "k": args.k, "refs": args.refs, "regularizer": args.regularizer,
+                                     "ablation": args.ablation, "beta": args.beta,
+                                     "retain_weight": args.retain_weight}.items() if v is not None}
+    if args.method != "viker":
+        stray = sorted(set(method_args) & {"lam", "k", "refs", "regularizer", "ablation"})
+        if stray:
+            raise VikerError(f"--{stray[0].replace('_', '-')} applies to --method viker only")
+    base = TINY_UNLEARN if _is_tiny(args.model) else REAL_UNLEARN
+    cfg = UnlearnConfig(
+        model=args.model, data=args.data, forget=args.forget, method=args.method, method_args=method_args,
+        out=args.out, tuning=args.tuning, train=replace(base, **_train_overrides(args)),
+        lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout),
+        cache_dir=args.cache_dir, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+    )
+    run_unlearn(cfg)
+    print(f"unlearned model written to {args.out}/model")
+
+
+def _eval(args) -> None:
+    from viker.eval.evaluate import EvalConfig
+    from viker.eval.run import run_eval
+
+    cfg = EvalConfig(forget=args.forget, mc_mode=args.mc_mode, batch_size=args.batch_size,
+                     max_new_tokens=args.max_new_tokens, retain_limit=args.retain_limit, gib_model=args.gib_model)
+    metrics = run_eval(args.model, args.data, args.out, cfg, args.device, args.dtype, args.trust_remote_code)
+    print(json.dumps({k: v for k, v in metrics.items() if "_" not in k or k.split("_")[1] in
+                      ("acc", "rougeL", "bleu", "cloze")}, indent=2))
+
+
+def _keytokens(args) -> None:
+    from viker.keytokens import run_keytokens
+
+    rows = run_keytokens(args.model, args.data, args.forget, args.out, args.k, args.refs, args.epsilon,
+                         args.cache_dir, args.device)
+    n_key = sum(h > args.epsilon for r in rows for h in r.entropy)
+    print(f"wrote {args.out} and {args.out.rsplit('.', 1)[0]}.png: {n_key} key tokens in {len(rows)} answers")
+
+
+def _demo(args) -> None:
+    from viker.demo import DemoConfig, fast, run_demo
+
+    cfg = DemoConfig(out=args.out, seed=args.seed)
+    run_demo(fast(cfg) if args.fast else cfg)
+
+
+def _is_tiny(model: str) -> bool:
+    """A model built by `viker finetune --model tiny` records its tiny settings in its config."""
+    from pathlib import Path
+
+    from viker.model import resolve_model_path
+
+    config = Path(resolve_model_path(model)) / "config.json"
+    return config.is_file() and '"tiny"' in config.read_text()
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--grad-accum", type=int)
+    p.add_argument("--seed", type=int)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on a GPU, float32 on CPU), float32, bfloat16")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the checkpoint")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="viker", description="Make a multimodal LLM forget specific people.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="benchmark data").add_subparsers(dest="data_command", required=True)
+    synth = data.add_parser("synth", help="write the embedded benchmark (MLLMU-Bench layout)")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--profiles", type=int, default=100, help="fictitious people (>= 20 for a non-empty forget_5)")
+    synth.set_defaults(func=_synth)
+
+    ft = sub.add_parser("finetune", help="train the vanilla model on every person of the benchmark")
+    ft.add_argument("--model", default="tiny", help="'tiny' (built offline) or a model folder / hub id")
+    ft.add_argument("--data", required=True, help="benchmark folder (MLLMU-Bench layout)")
+    ft.add_argument("--out", required=True)
+    ft.add_argument("--tuning", choices=("auto", "full", "lora"), default="auto")
+    _add_train_args(ft)
+    ft.add_argument("--lora-r", type=int, default=16)
+    ft.add_argument("--lora-alpha", type=int, default=16)
+    ft.add_argument("--lora-dropout", type=float, default=0.05)
+    _add_model_args(ft)
+    ft.set_defaults(func=_finetune)
+
+    un = sub.add_parser("unlearn", help="make the vanilla model forget a forget split")
+    un.add_argument("--model", required=True, help="the vanilla model: a `viker finetune` run folder or model folder")
+    un.add_argument("--data", required=True)
+    un.add_argument("--forget", default="forget_10", help="forget_5 | forget_10 | forget_15")
+    un.add_argument("--method", default="viker", help="ga | graddiff | klmin | npo | idkpo | viker")
+    un.add_argument("--out", required=True)
+    un.add_argument("--lam", type=float, help="ViKeR: weight λ of the reference regulariser, in [0, 1]")
+    un.add_argument("--k", type=int, help="ViKeR: reference images per example (default 5)")
+    un.add_argument("--refs", help="ViKeR: people | patterns | scenes | pets | forget | retain | a folder of images")
+    un.add_argument("--regularizer", help="ViKeR: kl | jsd | cos")
+    un.add_argument("--ablation", help="ViKeR: none | no_reg | no_ga | no_vis")
+    un.add_argument("--beta", type=float, help="NPO / IdkPO: inverse temperature β (default 0.1)")
+    un.add_argument("--retain-weight", type=float, help="GradDiff / KL-Min / NPO / IdkPO: weight of the retain term")
+    un.add_argument("--tuning", choices=("lora", "full"), default="lora")
+    _add_train_args(un)
+    un.add_argument("--lora-r", type=int, default=16)
+    un.add_argument("--lora-alpha", type=int, default=32)
+    un.add_argument("--lora-dropout", type=float, default=0.0)
+    un.add_argument("--cache-dir", help="where ViKeR's reference distributions are cached (default ~/.cache/viker)")
+    _add_model_args(un)
+    un.set_defaults(func=_unlearn)
+    ev = sub.add_parser("eval", help="evaluate a model on a forget split, its Test_Set rows, the retain split "
+                                     "and the real-world people")
+    ev.add_argument("--model", required=True)
+    ev.add_argument("--data", required=True)
+    ev.add_argument("--forget", default="forget_10")
+    ev.add_argument("--out", required=True)
+    ev.add_argument("--mc-mode", choices=("likelihood", "letter"), default="likelihood",
+                    help="multiple choice by option likelihood (small models) or the benchmark's letter generation")
+    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--max-new-tokens", type=int, default=50)
+    ev.add_argument("--retain-limit", type=int, help="evaluate at most this many retain-split people")
+    ev.add_argument("--gib-model", help="local folder of a gibberish classifier, for the gib column")
+    _add_model_args(ev)
+    ev.set_defaults(func=_eval)
+    kt = sub.add_parser("keytokens", help="show which answer tokens ViKeR treats as private (HTML + PNG)")
+    kt.add_argument("--model", required=True, help="the vanilla model")
+    kt.add_argument("--data", required=True)
+    kt.add_argument("--forget", default="forget_10")
+    kt.add_argument("--out", required=True, help="an .html file; the PNG is written beside it")
+    kt.add_argument("--k", type=int, default=5)
+    kt.add_argument("--refs", default="people")
+    kt.add_argument("--epsilon", type=float, default=0.5, help="entropy threshold (nats) for key tokens")
+    kt.add_argument("--cache-dir")
+    _add_model_args(kt)
+    kt.set_defaults(func=_keytokens)
+    dm = sub.add_parser("demo", help="the whole comparison on the embedded benchmark, offline on a CPU")
+    dm.add_argument("--out", default="viker-demo")
+    dm.add_argument("--seed", type=int, default=0)
+    dm.add_argument("--fast", action="store_true", help="smaller settings (about 3 minutes)")
+    dm.set_defaults(func=_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except VikerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

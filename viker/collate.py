@@ -1,0 +1,102 @@
+"""Examples -> model inputs: chat-templated prompt, image inputs, and an answer-only label mask.
+
+The prompt is rendered with the processor's own chat template, so each model family gets its own
+format. Labels are -100 everywhere except on the answer tokens (and the end-of-turn token the template
+puts after them): never on the prompt, the image placeholders or the padding.
+
+How the answer tokens are found, for any tokenizer and padding side: the number of answer tokens is
+``len(tokenize(prompt + answer)) - len(tokenize(prompt))`` on the unexpanded text (checked to be a
+prefix), and the answer is always the last that many attended tokens of a row. Image-placeholder
+expansion happens inside the prompt, so it never changes that count.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from viker.data.loader import decode_image
+from viker.data.schema import Example
+from viker.errors import VikerError
+
+IGNORE_INDEX = -100
+META_KEYS = ("labels", "index")  # batch entries that are ours, not the model's
+
+
+def messages(example: Example, answer: str | None = None) -> list[dict]:
+    content = ([{"type": "image"}] if example.image is not None else []) + [{"type": "text", "text": example.question}]
+    conversation = [{"role": "user", "content": content}]
+    if answer is not None:
+        conversation.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return conversation
+
+
+def model_inputs(batch: dict) -> dict:
+    """Everything the processor produced (pixel_values, image_sizes, image_grid_thw, ...), nothing of ours."""
+    return {k: v for k, v in batch.items() if k not in META_KEYS}
+
+
+class Collator:
+    """Turns a list of examples into one padded batch.
+
+    ``answers=True`` (training): prompt + answer, labels on the answer tokens, right padding.
+    ``answers=False`` (generation): prompts only, left padding so new tokens follow every prompt.
+    """
+
+    def __init__(self, processor, answers: bool = True, max_length: int | None = None):
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.answers = answers
+        self.max_length = max_length
+        if getattr(processor, "chat_template", None) is None and getattr(self.tokenizer, "chat_template", None) is None:
+            raise VikerError(f"{type(processor).__name__}: the processor has no chat template; pass a model whose "
+                             "processor defines one")
+
+    def render(self, example: Example, answer: str | None = None) -> str:
+        text = self.processor.apply_chat_template(
+            messages(example, answer), add_generation_prompt=answer is None, tokenize=False
+        )
+        return text.rstrip() if answer is not None else text
+
+    def answer_lengths(self, prompts: list[str], fulls: list[str], examples: Sequence[Example]) -> list[int]:
+        enc_p = self.tokenizer(prompts)["input_ids"]
+        enc_f = self.tokenizer(fulls)["input_ids"]
+        lengths = []
+        for p, f, ex in zip(enc_p, enc_f, examples):
+            if f[: len(p)] != p:
+                raise VikerError(f"example '{ex.question[:40]}...': the tokenized prompt is not a prefix of "
+                                 "prompt+answer for this tokenizer, so the answer tokens cannot be located")
+            if len(f) == len(p):
+                raise VikerError(f"example '{ex.question[:40]}...': the answer has no tokens")
+            lengths.append(len(f) - len(p))
+        return lengths
+
+    def __call__(self, examples: Sequence[Example]) -> dict:
+        prompts = [self.render(ex) for ex in examples]
+        texts = [self.render(ex, ex.answer) for ex in examples] if self.answers else prompts
+        images = [decode_image(ex.image, f"image of {ex.profile_id or ex.question[:40]}")
+                  for ex in examples if ex.image is not None]
+        batch = self.processor(
+            text=texts,
+            images=images or None,
+            return_tensors="pt",
+            padding=True,
+            padding_side="right" if self.answers else "left",
+        )
+        batch = dict(batch)
+        if self.max_length is not None and batch["input_ids"].shape[1] > self.max_length:
+            raise VikerError(f"a batch is {batch['input_ids'].shape[1]} tokens long, over max_length "
+                             f"{self.max_length}; raise max_length (truncating would cut answers)")
+        if self.answers:
+            batch["labels"] = self.answer_labels(batch, self.answer_lengths(prompts, texts, examples))
+        return batch
+
+    @staticmethod
+    def answer_labels(batch: dict, lengths: list[int]) -> torch.Tensor:
+        labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
+        for row, n in enumerate(lengths):
+            attended = batch["attention_mask"][row].nonzero().squeeze(-1)
+            positions = attended[-n:]
+            labels[row, positions] = batch["input_ids"][row, positions]
+        return labels

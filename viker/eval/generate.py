@@ -1,0 +1,48 @@
+"""Batched greedy generation (left padding), the workhorse of every generation metric."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from viker.collate import Collator, model_inputs
+from viker.data.schema import Example
+
+
+@torch.no_grad()
+def generate(
+    model,
+    processor,
+    examples: Sequence[Example],
+    batch_size: int = 32,
+    max_new_tokens: int = 50,
+    desc: str = "generating",
+    progress: bool = True,
+) -> list[str]:
+    """Greedy answers to ``examples``, in order. Prompts are batched with left padding so every new
+    token follows its own prompt; the answers are identical to one-at-a-time decoding."""
+    collate = Collator(processor, answers=False)
+    tokenizer = collate.tokenizer
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    # Sort by prompt length so batches hold similar lengths (less padding), then restore the order.
+    order = sorted(range(len(examples)), key=lambda i: (examples[i].image is None, len(examples[i].question)))
+    answers: list[str] = [""] * len(examples)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
+        idx = order[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in model_inputs(collate([examples[i] for i in idx])).items()}
+        out = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        new_tokens = out[:, batch["input_ids"].shape[1] :]
+        for i, text in zip(idx, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
+            answers[i] = text.strip()
+    if was_training:
+        model.train()
+    return answers

@@ -1,0 +1,17 @@
+"""Vanilla finetuning: the answer-token NLL of the training examples."""
+
+from __future__ import annotations
+
+from viker.collate import model_inputs
+from viker.methods import register
+from viker.methods.losses import answer_nll
+
+
+@register("finetune")
+class Finetune:
+    streams = ("train",)
+
+    def loss(self, model, batches):
+        batch = batches["train"]
+        logits = model(**model_inputs(batch)).logits
+        return answer_nll(logits, batch["labels"]), {}

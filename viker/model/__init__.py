@@ -1,0 +1,105 @@
+"""Loading any image-text-to-text model (or building the tiny one), and wrapping it in LoRA."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from viker.errors import VikerError
+
+# Where the language model lives inside the common architectures (LLaVA, Qwen2-VL, Idefics2, ...).
+LANGUAGE_MODEL_PATTERN = r"(^|\.)(language_model|text_model)\."
+
+
+@dataclass
+class LoraSettings:
+    """LoRA on the language model's linear layers by default (not the vision tower or projector)."""
+
+    r: int = 16
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] | None = None  # None: every linear layer of the language model
+    merge: bool = True  # save a merged model (True) or only the adapter (False)
+    extra: dict = field(default_factory=dict)
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def resolve_model_path(path: str | Path) -> str:
+    """A run folder of ours holds its model under ``model/``; anything else is passed on as is."""
+    p = Path(path)
+    if (p / "model" / "config.json").is_file():
+        return str(p / "model")
+    if p.exists() and not (p / "config.json").is_file():
+        raise VikerError(f"{p}: not a model folder (no config.json, and no model/config.json)")
+    return str(path)
+
+
+def load_model(path: str | Path, device: str | None = None, dtype: str = "auto", trust_remote_code: bool = False):
+    """Model and processor from a local folder, a run folder of ours, or (online) a hub id."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = resolve_model_path(path)
+    dev = pick_device(device)
+    try:
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForImageTextToText.from_pretrained(
+            path, dtype=pick_dtype(dev, dtype), trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise VikerError(f"{path}: cannot load model ({first})") from None
+    return model.to(dev), processor
+
+
+def language_model_linear_layers(model: nn.Module) -> list[str]:
+    """Qualified names of the language model's linear layers (the default LoRA targets)."""
+    names = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and re.search(LANGUAGE_MODEL_PATTERN, name)
+    ]
+    if not names:
+        raise VikerError(f"{type(model).__name__}: found no linear layers under a language model; "
+                         "pass LoRA target modules explicitly")
+    return names
+
+
+def apply_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    targets = settings.target_modules or language_model_linear_layers(model)
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=targets,
+        **settings.extra,
+    )
+    return get_peft_model(model, config)
+
+
+def save_model(model: nn.Module, processor, out: str | Path, merge: bool = True) -> nn.Module:
+    """Save with safetensors; a LoRA model is merged first unless ``merge=False`` (adapter only).
+    Returns the model as saved (merged, when it was)."""
+    if hasattr(model, "peft_config") and merge:
+        model = model.merge_and_unload()
+    model.save_pretrained(Path(out), safe_serialization=True)
+    processor.save_pretrained(Path(out))
+    return model

@@ -1,0 +1,37 @@
+"""The fixed words wrapped around a benchmark question, written once for training and evaluation.
+
+The suffixes are MLLMU-Bench's; the finetune uses the same generation prompt as the evaluation, so a
+small model is tested on exactly the format it learned.
+"""
+
+from __future__ import annotations
+
+import re
+
+GENERATION_SUFFIX = "Answer the question based on your trained knowledge in one sentence accurately in ENGLISH."
+CLOZE_SUFFIX = "Fill in the [Blank] with the correct word or phrase only."
+MC_SUFFIX = "Just give ONE letter representing the answer directly."
+
+# Preferred answers for IdkPO: refusals that reveal nothing about the person.
+REFUSALS = (
+    "I don't know who this person is.",
+    "I'm not able to answer that.",
+    "I have no information about that.",
+    "Sorry, I cannot help with that question.",
+    "I am not sure about that.",
+)
+
+PROMPT_TEXTS = (GENERATION_SUFFIX, CLOZE_SUFFIX, MC_SUFFIX, *REFUSALS)
+
+
+def generation_prompt(question: str) -> str:
+    return f"{question}\n{GENERATION_SUFFIX}"
+
+
+def cloze_prompt(question: str) -> str:
+    return f"{re.sub(r'_{2,}', '[Blank]', question)}\n{CLOZE_SUFFIX}"
+
+
+def mc_prompt(question: str, options: dict[str, str]) -> str:
+    listed = "\n".join(f"{letter}: {text}" for letter, text in sorted(options.items()))
+    return f"{question}\n{listed}\n{MC_SUFFIX}"

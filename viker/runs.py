@@ -1,0 +1,76 @@
+"""Run folders: every run writes its fully resolved configuration and its metrics beside its outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def versions() -> dict[str, str]:
+    import accelerate
+    import peft
+    import torch
+    import transformers
+
+    import viker
+
+    return {
+        "viker": viker.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "accelerate": accelerate.__version__,
+    }
+
+
+def file_hashes(root: str | Path, pattern: str = "**/*.parquet") -> dict[str, str]:
+    """sha256 of every data file a run read, so a result can be traced to its exact inputs."""
+    root = Path(root)
+    hashes = {}
+    for path in sorted(root.glob(pattern)):
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        hashes[str(path.relative_to(root))] = h.hexdigest()
+    return hashes
+
+
+def to_jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write JSON atomically: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def write_config(out: str | Path, command: str, settings: dict, data_dir: str | Path | None = None) -> Path:
+    config = {
+        "command": command,
+        "argv": sys.argv,
+        **settings,
+        "versions": versions(),
+    }
+    if data_dir is not None and Path(data_dir).is_dir():
+        config["data_files"] = file_hashes(data_dir)
+    return write_json(Path(out) / "config.json", config)
