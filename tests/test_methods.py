@@ -1,0 +1,180 @@
+"""Every method runs end to end on the tiny model; method-level losses match hand-computed values;
+ViKeR's reference cache matches a direct computation."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from viker.cli import main
+from viker.collate import Collator, model_inputs
+from viker.data.examples import unlearning_examples
+from viker.methods import METHODS, get_method
+from viker.methods.base import FrozenReference, UnlearnContext
+from viker.methods.losses import gather_answer_positions, sequence_logprob
+from viker.methods.reference import (
+    ReferenceDistributions,
+    compute_reference_distributions,
+    reference_pool,
+)
+from viker.model import LoraSettings, apply_lora, load_model
+from viker.train import TrainConfig
+from viker.unlearn import UnlearnConfig, run_unlearn
+
+STEPS = TrainConfig(max_steps=2, batch_size=4, lr=1e-3, log_every=1)
+
+
+def _config(tiny_dir, bench_dir, out, method, **args):
+    return UnlearnConfig(model=str(tiny_dir), data=str(bench_dir), forget="forget_10", method=method,
+                         method_args=args, out=str(out), train=STEPS, cache_dir=str(out / "cache"),
+                         lora=LoraSettings(r=4, alpha=8, dropout=0.0, merge=False))
+
+
+@pytest.mark.parametrize("method", ["ga", "graddiff", "klmin", "npo", "idkpo", "viker"])
+def test_every_method_runs_and_with_lora_only_adapters_change(method, tiny_dir, bench_dir, tmp_path):
+    model, processor = load_model(tiny_dir, device="cpu")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trained, _, history = run_unlearn(_config(tiny_dir, bench_dir, tmp_path, method, **(
+        {"k": 2} if method == "viker" else {})), progress=False, model_and_processor=(model, processor))
+    assert history and all(math.isfinite(row["loss"]) for row in history)
+    changed = {k for k, v in trained.state_dict().items() if "lora_" in k}
+    assert changed, "LoRA adapters were not created"
+    for name, value in trained.state_dict().items():
+        if "lora_" not in name:
+            base = name.replace("base_model.model.", "").replace(".base_layer", "")
+            assert torch.equal(value, before[base]), f"{name} changed under LoRA"
+    lora_b = [v for k, v in trained.state_dict().items() if "lora_B" in k]
+    assert any(v.abs().sum() > 0 for v in lora_b), "the adapters did not train"
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["method"]["name"] == method and config["unlearn"]["forget"] == "forget_10"
+    assert (tmp_path / "model" / "adapter_model.safetensors").is_file()
+
+
+def _context(tiny_dir, bench_dir, tmp_path, lora=True):
+    model, processor = load_model(tiny_dir, device="cpu")
+    if lora:
+        model = apply_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0))
+    data = {"forget": unlearning_examples(bench_dir, "forget_10"),
+            "retain": unlearning_examples(bench_dir, "retain_90")}
+    collate = Collator(processor)
+    return UnlearnContext(model, processor, collate, data, FrozenReference(model), bench_dir, tmp_path / "cache",
+                          progress=False)
+
+
+def test_npo_and_idkpo_at_the_start_equal_their_hand_computed_values(tiny_dir, bench_dir, tmp_path):
+    """Before the first step θ = θ_full, so every log-ratio is 0: NPO = (2/β)·log 2 per sequence
+    (−(2/β)·log σ(0)), and IdkPO = log 2 (−log σ(0)), whatever the batch."""
+    ctx = _context(tiny_dir, bench_dir, tmp_path)
+    batch = {"forget": ctx.collate(ctx.data["forget"][:4]) | {"index": torch.arange(4)}}
+    for name, beta, expected in (("npo", 0.1, 20 * math.log(2)), ("npo", 0.5, 4 * math.log(2)),
+                                 ("idkpo", 0.1, math.log(2))):
+        method = get_method(name)(beta=beta, retain_weight=0.0)
+        method.setup(ctx)
+        loss, _ = method.loss(ctx.model, batch)
+        assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_npo_matches_a_per_sequence_loop(tiny_dir, bench_dir, tmp_path):
+    """NPO on whole-answer log-likelihoods: Σ over each answer's tokens, then the NPO formula."""
+    ctx = _context(tiny_dir, bench_dir, tmp_path, lora=False)
+    reference_model, _ = load_model(tiny_dir, device="cpu")
+    with torch.no_grad():  # move θ away from θ_full
+        for p in ctx.model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    method = get_method("npo")(beta=0.1)
+    method.setup(ctx)
+    examples = ctx.data["forget"][:3]
+    loss, _ = method.loss(ctx.model, {"forget": ctx.collate(examples)})
+    per_seq = []
+    for ex in examples:  # one sequence at a time, summing log-probs by hand
+        b = ctx.collate([ex])
+        ids, labels = b["input_ids"][0], b["labels"][0]
+        with torch.no_grad():
+            lp_t = ctx.model(**model_inputs(b)).logits[0].log_softmax(-1)
+            lp_r = reference_model(**model_inputs(b)).logits[0].log_softmax(-1)
+        pos = (labels != -100).nonzero().squeeze(-1)
+        logp = sum(lp_t[i - 1, ids[i]].item() for i in pos)
+        ref = sum(lp_r[i - 1, ids[i]].item() for i in pos)
+        per_seq.append(-(2 / 0.1) * math.log(1 / (1 + math.exp(0.1 * (logp - ref)))))
+    assert loss.item() == pytest.approx(sum(per_seq) / len(per_seq), rel=1e-4)
+
+
+def test_reference_distributions_match_a_direct_computation_and_the_cache(tiny_dir, bench_dir, tmp_path):
+    ctx = _context(tiny_dir, bench_dir, tmp_path)
+    pool = reference_pool("people", bench_dir)
+    examples = ctx.data["forget"][:3]
+    k = 3
+    dists = compute_reference_distributions(ctx.reference.answer_probs, ctx.collate, examples, pool, k, seed=0,
+                                            progress=False)
+    # direct: the same images (same seed), one image at a time, probabilities averaged by hand
+    import random
+
+    from viker.methods.reference import choose_reference_images
+
+    rng = random.Random("viker-refs-0")
+    for i, ex in enumerate(examples):
+        images = choose_reference_images(ex, pool, k, rng)
+        per_image = [ctx.reference.answer_probs(ctx.collate([replace(ex, image=img)])) for img in images]
+        direct = torch.stack(per_image).mean(0)
+        assert torch.allclose(dists.rows([i]), direct, atol=1e-6)
+        assert torch.allclose(dists.rows([i]).sum(-1), torch.ones(direct.shape[0]), atol=1e-5)
+    path = tmp_path / "r.safetensors"
+    dists.save(path)
+    loaded = ReferenceDistributions.load(path)
+    assert torch.equal(loaded.rows([0, 2, 1]), dists.rows([0, 2, 1]))
+
+
+def test_viker_no_reg_is_gradient_ascent(tiny_dir, bench_dir, tmp_path):
+    ctx = _context(tiny_dir, bench_dir, tmp_path)
+    batch = {"forget": ctx.collate(ctx.data["forget"][:4]) | {"index": torch.arange(4)}}
+    viker = get_method("viker")(ablation="no_reg")
+    viker.setup(ctx)
+    ga = get_method("ga")()
+    logits = ctx.model(**model_inputs(batch["forget"])).logits
+    answer_logits, targets = gather_answer_positions(logits, batch["forget"]["labels"])
+    token_mean = answer_logits.log_softmax(-1).gather(-1, targets[:, None]).mean()
+    assert viker.loss(ctx.model, batch)[0].item() == pytest.approx(token_mean.item(), rel=1e-5)
+    assert ga.loss(ctx.model, batch)[0].item() < 0  # a log-likelihood
+
+
+def test_viker_reference_cache_is_reused(tiny_dir, bench_dir, tmp_path):
+    ctx = _context(tiny_dir, bench_dir, tmp_path)
+    first = get_method("viker")(k=2)
+    first.setup(ctx)
+    files = list((tmp_path / "cache").glob("refdist-*.safetensors"))
+    assert len(files) == 1
+    stamp = files[0].stat().st_mtime_ns
+    second = get_method("viker")(k=2)
+    second.setup(ctx)
+    assert files[0].stat().st_mtime_ns == stamp  # loaded, not recomputed
+    assert torch.equal(first.dists.rows([0, 1]), second.dists.rows([0, 1]))
+    third = get_method("viker")(k=3)  # a different k is a different cache entry
+    third.setup(ctx)
+    assert len(list((tmp_path / "cache").glob("refdist-*.safetensors"))) == 2
+
+
+def test_registry_lists_every_method():
+    get_method("ga")
+    assert {"ga", "graddiff", "klmin", "npo", "idkpo", "viker"} <= set(METHODS)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lam", "1.5"], "λ must lie in [0, 1]"),
+    (["--k", "0"], "at least one reference image"),
+    (["--refs", "nowhere"], "--refs nowhere: no folder"),
+])
+def test_bad_viker_settings_are_one_line_errors(args, message, tiny_dir, bench_dir, tmp_path, capsys):
+    code = main(["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(tmp_path / "run"),
+                 "--cache-dir", str(tmp_path / "cache"), "--max-steps", "1", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_unknown_forget_split_is_an_error(tiny_dir, bench_dir, tmp_path, capsys):
+    code = main(["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(tmp_path / "run"),
+                 "--forget", "forget_50", "--method", "ga"])
+    assert code == 2 and "--forget forget_50: choose from forget_5, forget_10, forget_15" in capsys.readouterr().err

@@ -1,0 +1,73 @@
+"""Pieces every unlearning method shares: the forward pass, the frozen reference model, the context."""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from viker.collate import model_inputs
+from viker.data.schema import Example
+from viker.methods.losses import answer_nll, gather_answer_positions
+
+
+def logits_of(model, batch: dict) -> torch.Tensor:
+    return model(**model_inputs(batch)).logits
+
+
+def log_likelihood(model, batch: dict) -> torch.Tensor:
+    """Mean answer-token log-likelihood (per sequence, then over the batch): what GA minimises."""
+    return -answer_nll(logits_of(model, batch), batch["labels"])
+
+
+class FrozenReference:
+    """θ_full, the model before unlearning, frozen.
+
+    With LoRA the reference is the same network with its adapters switched off, so no second copy of
+    the weights is held; with full finetuning it is a frozen copy taken before the first step.
+    """
+
+    def __init__(self, model: torch.nn.Module, separate: torch.nn.Module | None = None):
+        self._model = model
+        self._copy = separate
+        if separate is None and not hasattr(model, "disable_adapter"):
+            self._copy = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @contextmanager
+    def _network(self):
+        if self._copy is not None:
+            yield self._copy
+        else:
+            with self._model.disable_adapter():
+                yield self._model
+
+    @torch.no_grad()
+    def logits(self, batch: dict) -> torch.Tensor:
+        with self._network() as net:
+            return logits_of(net, batch)
+
+    @torch.no_grad()
+    def answer_probs(self, batch: dict) -> torch.Tensor:
+        """(N,V) next-token distributions at the answer positions of ``batch``, row-major."""
+        logits, _ = gather_answer_positions(self.logits(batch), batch["labels"])
+        return torch.softmax(logits.float(), dim=-1)
+
+
+@dataclass
+class UnlearnContext:
+    """What a method may need beyond its batches, handed to ``setup`` once before training."""
+
+    model: torch.nn.Module
+    processor: object
+    collate: Callable[[Sequence[Example]], dict]
+    data: dict[str, list[Example]]
+    reference: FrozenReference
+    data_dir: Path | None = None
+    cache_dir: Path | None = None
+    seed: int = 0
+    progress: bool = True
+    info: dict = field(default_factory=dict)  # what setup wants recorded in the run's config

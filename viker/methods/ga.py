@@ -1,0 +1,18 @@
+"""GA: gradient ascent on the forget set (minimise the answers' log-likelihood)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from viker.methods import register
+from viker.methods.base import log_likelihood
+
+
+@register("ga")
+@dataclass
+class GA:
+    streams = ("forget",)
+
+    def loss(self, model, batches):
+        ll = log_likelihood(model, batches["forget"])
+        return ll, {"forget_ll": ll.item()}

@@ -1,0 +1,45 @@
+"""IdkPO: DPO with a refusal as the preferred answer and the true answer as the dispreferred one."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+
+from viker.methods import register
+from viker.methods.base import log_likelihood, logits_of
+from viker.methods.losses import dpo_loss, sequence_logprob
+from viker.prompts import REFUSALS
+
+
+@register("idkpo")
+@dataclass
+class IdkPO:
+    beta: float = 0.1
+    retain_weight: float = 1.0
+
+    @property
+    def streams(self):
+        return ("forget", "retain") if self.retain_weight > 0 else ("forget",)
+
+    def setup(self, ctx):
+        self.reference = ctx.reference
+        self.collate = ctx.collate
+        rng = random.Random(ctx.seed)
+        # one fixed refusal per forget example, so the preferred answer does not change between epochs
+        self.refusals = [replace(ex, answer=rng.choice(REFUSALS), kind="refusal") for ex in ctx.data["forget"]]
+
+    def loss(self, model, batches):
+        rejected = batches["forget"]
+        chosen = self.collate([self.refusals[i] for i in rejected["index"].tolist()])
+        chosen = {k: v.to(rejected["input_ids"].device) for k, v in chosen.items()}
+        lc = sequence_logprob(logits_of(model, chosen), chosen["labels"])
+        lr = sequence_logprob(logits_of(model, rejected), rejected["labels"])
+        rc = sequence_logprob(self.reference.logits(chosen), chosen["labels"])
+        rr = sequence_logprob(self.reference.logits(rejected), rejected["labels"])
+        loss = dpo_loss(lc, lr, rc, rr, self.beta)
+        logs = {"dpo": loss.item(), "refusal_logp": lc.mean().item(), "forget_logp": lr.mean().item()}
+        if self.retain_weight > 0:
+            retain_nll = -log_likelihood(model, batches["retain"])
+            loss = loss + self.retain_weight * retain_nll
+            logs["retain_nll"] = retain_nll.item()
+        return loss, logs

@@ -1,0 +1,26 @@
+"""KL-Min: GA on the forget set plus KL(p_full ‖ p_θ) on the retain set's answer tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from viker.methods import register
+from viker.methods.base import log_likelihood, logits_of
+from viker.methods.losses import gather_answer_positions, kl_to_reference
+
+
+@register("klmin")
+@dataclass
+class KLMin:
+    retain_weight: float = 1.0
+    streams = ("forget", "retain")
+
+    def setup(self, ctx):
+        self.reference = ctx.reference
+
+    def loss(self, model, batches):
+        forget_ll = log_likelihood(model, batches["forget"])
+        retain = batches["retain"]
+        logits, _ = gather_answer_positions(logits_of(model, retain), retain["labels"])
+        kl = kl_to_reference(self.reference.answer_probs(retain), logits).mean()
+        return forget_ll + self.retain_weight * kl, {"forget_ll": forget_ll.item(), "retain_kl": kl.item()}

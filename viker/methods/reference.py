@@ -1,0 +1,215 @@
+"""ViKeR's reference distributions R̂: what the frozen model says when the image shows someone else.
+
+For every forget example and every answer position i,
+``R̂_i = (1/k) Σ_j p_θfull(· | I'_j, x, y_<i)`` over ``k`` reference images ``I'_j`` (probabilities are
+averaged, not logits). R̂ does not depend on the model being trained, so it is computed once, in
+batches of ``k`` images per example, and cached on disk under a key made of everything it depends on:
+the frozen model's weights, the examples, the reference images, ``k``, the seed and the storage format.
+
+Storage: the full distribution (float32) by default for small vocabularies; top-k entries plus a
+uniform tail for large ones (32k+ tokens), whose KL error is measured and recorded with the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from viker.data.loader import image_bytes, load_profiles
+from viker.data.schema import Example
+from viker.errors import VikerError
+from viker.methods.losses import compress_topk, decompress_topk, entropy, kl_to_reference
+
+SOURCES = ("people", "patterns", "scenes", "pets", "forget", "retain")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+CACHE_VERSION = 1
+FULL_VOCAB_LIMIT = 8192  # above this, store top-k by default
+
+
+def reference_pool(refs: str, data_dir: str | Path | None, forget_split: str | None = None) -> list[bytes]:
+    """The images a reference source names: a pool of the embedded benchmark, the forget or retain
+    people's own images, or any folder of image files."""
+    from viker.data.schema import RETAIN_OF
+
+    if refs in ("forget", "retain"):
+        if data_dir is None or forget_split is None:
+            raise VikerError(f"--refs {refs} needs --data and --forget")
+        split = forget_split if refs == "forget" else RETAIN_OF[forget_split]
+        return [p.image for p in load_profiles(data_dir, split)]
+    folder = Path(data_dir) / f"ref_{refs}" if refs in SOURCES and data_dir is not None else Path(refs)
+    if not folder.is_dir():
+        raise VikerError(f"--refs {refs}: no folder {folder} (choose {', '.join(SOURCES)} or a folder of images)")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise VikerError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    return [image_bytes({"bytes": f.read_bytes()}, str(f)) for f in files]
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A cheap, content-based identity of the frozen weights: names, shapes and a strided sample of
+    every tensor (hashing 14 GB of a 7B model would take longer than computing R̂). LoRA adapters and
+    the names peft adds are left out, so a model with fresh adapters has its base model's fingerprint."""
+    h = hashlib.sha256()
+    for name, p in model.state_dict().items():
+        if "lora_" in name:
+            continue
+        name = name.replace("base_model.model.", "").replace(".base_layer", "")
+        flat = p.detach().reshape(-1)
+        step = max(1, flat.numel() // 1024)
+        h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
+        h.update(flat[::step].float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class ReferenceDistributions:
+    """R̂ for a list of examples: the rows of example i are ``rows(i)`` (one per answer token)."""
+
+    offsets: torch.Tensor  # (E+1,) int64: example i owns rows offsets[i]:offsets[i+1]
+    vocab_size: int
+    probs: torch.Tensor | None = None  # (N,V) float32, full storage
+    indices: torch.Tensor | None = None  # (N,k) int32, top-k storage
+    values: torch.Tensor | None = None  # (N,k) float32
+    meta: dict | None = None
+
+    def rows(self, example_indices: Sequence[int], device=None) -> torch.Tensor:
+        parts = [slice(int(self.offsets[i]), int(self.offsets[i + 1])) for i in example_indices]
+        if self.probs is not None:
+            out = torch.cat([self.probs[s] for s in parts])
+        else:
+            idx = torch.cat([self.indices[s] for s in parts])
+            val = torch.cat([self.values[s] for s in parts])
+            out = decompress_topk(idx, val, self.vocab_size)
+        return out.to(device) if device is not None else out
+
+    def lengths(self) -> list[int]:
+        return (self.offsets[1:] - self.offsets[:-1]).tolist()
+
+    def entropies(self, i: int) -> torch.Tensor:
+        return entropy(self.rows([i]))
+
+    def nbytes(self) -> int:
+        tensors = [t for t in (self.probs, self.indices, self.values, self.offsets) if t is not None]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def save(self, path: Path) -> None:
+        tensors = {"offsets": self.offsets}
+        if self.probs is not None:
+            tensors["probs"] = self.probs.contiguous()
+        else:
+            tensors |= {"indices": self.indices.contiguous(), "values": self.values.contiguous()}
+        tmp = path.with_suffix(".tmp")
+        save_file(tensors, str(tmp), metadata={"meta": json.dumps(self.meta or {}),
+                                                "vocab_size": str(self.vocab_size)})
+        tmp.replace(path)  # atomic: a killed run never leaves half a cache behind
+
+    @classmethod
+    def load(cls, path: Path) -> "ReferenceDistributions":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata()
+        t = load_file(str(path))
+        return cls(offsets=t["offsets"], vocab_size=int(metadata["vocab_size"]), probs=t.get("probs"),
+                   indices=t.get("indices"), values=t.get("values"), meta=json.loads(metadata["meta"]))
+
+
+def choose_reference_images(example: Example, pool: Sequence[bytes], k: int, rng: random.Random) -> list[bytes]:
+    """k distinct images from the pool, never the example's own image."""
+    candidates = [img for img in pool if img != example.image]
+    if len(candidates) < k:
+        raise VikerError(f"the reference pool has {len(candidates)} usable images, fewer than k={k}")
+    return rng.sample(candidates, k)
+
+
+def compute_reference_distributions(
+    answer_probs: Callable[[dict], torch.Tensor],
+    collate: Callable[[Sequence[Example]], dict],
+    examples: Sequence[Example],
+    pool: Sequence[bytes] | None,
+    k: int,
+    seed: int = 0,
+    topk: int | None = None,
+    batch_size: int = 64,
+    device=None,
+    progress: bool = True,
+) -> ReferenceDistributions:
+    """R̂ for every example. ``pool=None`` is the 'w/o Vis' ablation: the example's own image (k=1).
+
+    ``answer_probs(batch)`` returns the frozen model's (N,V) distributions at the batch's answer
+    positions. The k variants of an example share one batch, so their answer rows line up.
+    """
+    rng = random.Random(f"viker-refs-{seed}")
+    per_batch = max(1, batch_size // max(1, k))
+    rows: list[torch.Tensor] = []
+    lengths: list[int] = []
+    for start in tqdm(range(0, len(examples), per_batch), desc="reference distributions", disable=not progress):
+        chunk = examples[start : start + per_batch]
+        variants = []
+        for ex in chunk:
+            images = [ex.image] if pool is None else choose_reference_images(ex, pool, k, rng)
+            variants += [replace(ex, image=img) for img in images]
+        batch = collate(variants)
+        if device is not None:
+            batch = {key: v.to(device) for key, v in batch.items()}
+        probs = answer_probs(batch)  # (Σ_j n, V) in variant order
+        n_copies = 1 if pool is None else k
+        offset = 0
+        counts = (batch["labels"][:, 1:] != -100).sum(dim=1).tolist()
+        for e in range(len(chunk)):
+            n = counts[e * n_copies]
+            block = probs[offset : offset + n * n_copies].reshape(n_copies, n, -1)
+            rows.append(block.mean(dim=0).float().cpu())
+            lengths.append(n)
+            offset += n * n_copies
+    offsets = torch.tensor([0] + lengths).cumsum(0)
+    full = torch.cat(rows) if rows else torch.zeros(0, 0)
+    vocab = full.shape[-1]
+    meta = {"k": k if pool is not None else 1, "rows": int(full.shape[0]), "vocab_size": vocab}
+    if topk is None or topk >= vocab:
+        return ReferenceDistributions(offsets, vocab, probs=full, meta=meta | {"storage": "full"})
+    indices, values = compress_topk(full, topk)
+    approx = decompress_topk(indices, values, vocab)
+    kl = kl_to_reference(full, torch.log(approx))  # KL(R̂ ‖ stored R̂): the price of top-k storage
+    meta |= {"storage": f"top-{topk}", "kl_mean": float(kl.mean()), "kl_max": float(kl.max())}
+    return ReferenceDistributions(offsets, vocab, indices=indices, values=values, meta=meta)
+
+
+def cache_key(fingerprint: str, examples: Sequence[Example], pool: Sequence[bytes] | None, k: int, seed: int,
+              topk: int | None) -> str:
+    payload = {
+        "version": CACHE_VERSION,
+        "model": fingerprint,
+        "examples": [[ex.question, ex.answer, _sha(ex.image) if ex.image else None] for ex in examples],
+        "pool": None if pool is None else [_sha(img) for img in pool],
+        "k": k,
+        "seed": seed,
+        "topk": topk,
+    }
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:24]
+
+
+def cached_reference_distributions(cache_dir: Path | None, key: str, compute: Callable[[], ReferenceDistributions]):
+    """Load R̂ from ``cache_dir`` when a cache with this key exists, else compute and store it."""
+    if cache_dir is None:
+        return compute(), None
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"refdist-{key}.safetensors"
+    if path.is_file():
+        return ReferenceDistributions.load(path), path
+    dists = compute()
+    dists.meta = (dists.meta or {}) | {"key": key}
+    dists.save(path)
+    return dists, path

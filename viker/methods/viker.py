@@ -1,0 +1,87 @@
+"""ViKeR: gradient ascent regularised toward what the frozen model says about irrelevant images.
+
+Loss per answer token: ``log Q_i(y_i) + λ · D(R̂_i ‖ Q_i)`` (see losses.viker_token_loss). Tokens the
+reference images still predict (template words) get GA damped by 1-λ; tokens they do not (names,
+facts: the key tokens) are pushed toward the reference's spread-out distribution.
+
+Ablations: ``no_reg`` (λ = 0, plain GA), ``no_ga`` (the KL term alone), ``no_vis`` (the reference is the
+frozen model on the target image itself, i.e. no visual guidance).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from viker.errors import VikerError
+from viker.methods import register
+from viker.methods.base import logits_of
+from viker.methods.losses import REGULARIZERS, gather_answer_positions, viker_token_loss
+from viker.methods.reference import (
+    FULL_VOCAB_LIMIT,
+    cache_key,
+    cached_reference_distributions,
+    compute_reference_distributions,
+    model_fingerprint,
+    reference_pool,
+)
+
+ABLATIONS = ("none", "no_reg", "no_ga", "no_vis")
+
+
+@register("viker")
+@dataclass
+class ViKeR:
+    lam: float = 0.05
+    k: int = 5
+    refs: str = "people"  # people | patterns | scenes | pets | forget | retain | a folder of images
+    regularizer: str = "kl"  # kl | jsd | cos
+    ablation: str = "none"
+    topk: int | None = -1  # -1: full storage up to FULL_VOCAB_LIMIT tokens, else 1024; None: always full
+    forget_split: str | None = None
+    streams = ("forget",)
+
+    def __post_init__(self):
+        if not 0.0 <= self.lam <= 1.0:
+            raise VikerError(f"--lam {self.lam}: λ must lie in [0, 1]")
+        if self.k < 1:
+            raise VikerError(f"--k {self.k}: at least one reference image is needed")
+        if self.regularizer not in REGULARIZERS:
+            raise VikerError(f"--regularizer {self.regularizer}: choose from {', '.join(REGULARIZERS)}")
+        if self.ablation not in ABLATIONS:
+            raise VikerError(f"--ablation {self.ablation}: choose from {', '.join(ABLATIONS)}")
+        self.ga_weight = 0.0 if self.ablation == "no_ga" else 1.0
+        if self.ablation == "no_reg":
+            self.lam = 0.0
+
+    def setup(self, ctx):
+        self.dists = None
+        if self.lam == 0.0:
+            return  # plain GA: no reference distributions needed
+        examples = ctx.data["forget"]
+        pool = None if self.ablation == "no_vis" else reference_pool(self.refs, ctx.data_dir, self.forget_split)
+        vocab = ctx.model.get_output_embeddings().weight.shape[0]
+        topk = self.topk if self.topk != -1 else (None if vocab <= FULL_VOCAB_LIMIT else 1024)
+        device = next(ctx.model.parameters()).device
+        key = cache_key(model_fingerprint(ctx.model), examples, pool, self.k, ctx.seed, topk)
+
+        def compute():
+            return compute_reference_distributions(
+                ctx.reference.answer_probs, ctx.collate, examples, pool, self.k, ctx.seed, topk,
+                device=device, progress=ctx.progress,
+            )
+
+        self.dists, path = cached_reference_distributions(ctx.cache_dir, key, compute)
+        ctx.info["reference_cache"] = {"path": str(path) if path else None, **(self.dists.meta or {}),
+                                       "bytes": self.dists.nbytes()}
+
+    def loss(self, model, batches):
+        batch = batches["forget"]
+        logits, targets = gather_answer_positions(logits_of(model, batch), batch["labels"])
+        if self.dists is None:  # λ = 0
+            loss = viker_token_loss(logits, targets, logits.detach().softmax(-1), 0.0, ga_weight=self.ga_weight)
+            return loss, {"forget_ll": loss.item()}
+        ref = self.dists.rows(batch["index"].tolist(), device=logits.device)
+        if ref.shape[0] != logits.shape[0]:
+            raise VikerError("cached reference distributions do not match the answer tokens; delete the cache")
+        loss = viker_token_loss(logits, targets, ref, self.lam, self.regularizer, self.ga_weight)
+        return loss, {}

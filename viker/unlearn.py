@@ -1,0 +1,103 @@
+"""``viker unlearn``: start from the vanilla model, make it forget a forget split, save the result.
+
+The run folder gets ``config.json`` (every setting, the method's parameters, what the method's setup
+computed, versions and data hashes), ``history.json`` and the unlearned model under ``model/``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from viker.collate import Collator
+from viker.data.examples import unlearning_examples
+from viker.data.schema import FORGET_SPLITS, RETAIN_OF
+from viker.errors import VikerError
+from viker.methods import get_method
+from viker.methods.base import FrozenReference, UnlearnContext
+from viker.model import LoraSettings, apply_lora, load_model, save_model
+from viker.runs import write_config, write_json
+from viker.train import TrainConfig, seed_everything, train
+
+# Unlearning budgets: the tiny model (full CPU demo) and a 7B model with LoRA (the paper's setting).
+TINY_UNLEARN = TrainConfig(epochs=5, batch_size=8, lr=1e-3, scheduler="constant", max_grad_norm=1.0, log_every=5)
+REAL_UNLEARN = TrainConfig(epochs=5, batch_size=4, grad_accum=2, lr=1e-4, scheduler="constant", log_every=5)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("VIKER_CACHE", Path.home() / ".cache" / "viker"))
+
+
+@dataclass
+class UnlearnConfig:
+    model: str = ""  # the vanilla model (a run folder of `viker finetune`, a model folder or hub id)
+    data: str = ""
+    forget: str = "forget_10"
+    method: str = "viker"
+    method_args: dict = field(default_factory=dict)
+    out: str = ""
+    tuning: str = "lora"  # lora | full
+    train: TrainConfig = field(default_factory=lambda: TINY_UNLEARN)
+    lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=16, alpha=32, dropout=0.0))
+    cache_dir: str | None = None  # ViKeR's reference cache; None: $VIKER_CACHE or ~/.cache/viker
+    device: str | None = None
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+
+
+def make_method(name: str, args: dict, forget_split: str):
+    cls = get_method(name)
+    if name == "viker":
+        args = {"forget_split": forget_split, **args}
+    try:
+        return cls(**args)
+    except TypeError as e:
+        raise VikerError(f"method '{name}': {e}") from None
+
+
+def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=None):
+    """Unlearn and save; returns (model, processor, history). ``model_and_processor`` skips loading."""
+    if cfg.forget not in FORGET_SPLITS:
+        raise VikerError(f"--forget {cfg.forget}: choose from {', '.join(FORGET_SPLITS)}")
+    method = make_method(cfg.method, cfg.method_args, cfg.forget)
+    data = {"forget": unlearning_examples(cfg.data, cfg.forget),
+            "retain": unlearning_examples(cfg.data, RETAIN_OF[cfg.forget])}
+    if not data["forget"]:
+        raise VikerError(f"{cfg.data}: split {cfg.forget} has no examples to unlearn")
+    seed_everything(cfg.train.seed)
+    model, processor = model_and_processor or load_model(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
+    if cfg.tuning == "lora":
+        model = apply_lora(model, cfg.lora)
+    elif cfg.tuning != "full":
+        raise VikerError(f"--tuning {cfg.tuning}: choose lora or full")
+    collate = Collator(processor)
+    ctx = UnlearnContext(
+        model=model, processor=processor, collate=collate, data=data, reference=FrozenReference(model),
+        data_dir=Path(cfg.data), cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(),
+        seed=cfg.train.seed, progress=progress,
+    )
+    out = Path(cfg.out)
+    start = time.perf_counter()
+    if hasattr(method, "setup"):
+        method.setup(ctx)
+    setup_seconds = time.perf_counter() - start
+    settings = {"unlearn": asdict(cfg), "method": {"name": cfg.method, **_public(method)},
+                "examples": {k: len(v) for k, v in data.items()}, "setup": ctx.info}
+    write_config(out, "unlearn", settings, cfg.data)
+    history = train(model, method, data, collate, cfg.train, desc=f"unlearn ({cfg.method})", progress=progress)
+    timing = {"setup_seconds": round(setup_seconds, 2), "total_seconds": round(time.perf_counter() - start, 2)}
+    write_json(out / "history.json", history)
+    write_json(out / "timing.json", timing)
+    model = save_model(model, processor, out / "model", merge=cfg.lora.merge)
+    return model, processor, history
+
+
+def _public(method) -> dict:
+    """A method's settings as recorded in the config (its dataclass fields)."""
+    return {k: v for k, v in asdict(method).items()} if hasattr(method, "__dataclass_fields__") else {}
+
+
+def with_method(cfg: UnlearnConfig, method: str, **args) -> UnlearnConfig:
+    return replace(cfg, method=method, method_args=args)
