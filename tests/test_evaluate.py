@@ -1,0 +1,90 @@
+"""The evaluator: batched generation equals one-at-a-time, option-likelihood choice, metrics.json keys."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from viker.cli import main
+from viker.data.examples import generation_examples
+from viker.data.loader import load_profiles
+from viker.data.schema import Example, MCQuestion
+from viker.eval.evaluate import EvalConfig, evaluate, mc_by_likelihood, option_frame
+from viker.eval.generate import generate
+
+PAPER_KEYS = {"forget_acc", "test_acc", "retain_acc", "real_acc", "forget_rougeL", "test_rougeL", "retain_rougeL",
+              "retain_bleu", "real_rougeL", "real_bleu", "forget_cloze", "coherence"}
+
+
+def test_batched_generation_gives_the_same_answers_as_one_at_a_time(tiny, bench_dir):
+    model, processor = tiny
+    torch.manual_seed(0)
+    with torch.no_grad():  # sharpen the random model so its greedy answers are not all the same token
+        model.lm_head.weight.mul_(30)
+    try:
+        examples = generation_examples(load_profiles(bench_dir, "forget_15"))[:10]
+        batched = generate(model, processor, examples, batch_size=8, max_new_tokens=12, progress=False)
+        single = [generate(model, processor, [ex], batch_size=1, max_new_tokens=12, progress=False)[0]
+                  for ex in examples]
+    finally:
+        with torch.no_grad():
+            model.lm_head.weight.div_(30)
+    assert batched == single
+    assert len(set(batched)) > 1  # a real comparison, not ten empty strings
+
+
+def test_option_frame_cuts_the_named_option_out_of_the_answer():
+    assert option_frame("Kofix Bin was born in Da Nang.", ["Oslo", "Da Nang", "Lima", "Riga"]) == \
+        "Kofix Bin was born in {}."
+    assert option_frame("Kofix Bin works as a pilot.", ["pilot", "chef", "nurse", "baker"]) == "Kofix Bin works as a {}."
+    assert option_frame("no idea", ["pilot", "chef", "nurse", "baker"]) is None
+    assert option_frame("likes {braces} and chess", ["chess", "go", "tennis", "golf"]).format("go") == \
+        "likes {braces} and go"
+    assert option_frame("a piloting job", ["pilot", "chef", "nurse", "baker"]) is None  # whole words only
+
+
+
+def test_likelihood_choice_picks_the_most_likely_option(monkeypatch, tiny):
+    model, processor = tiny
+    q = MCQuestion("Where was Kofix Bin born?", {"A": "Oslo", "B": "Lima", "C": "Riga", "D": "Porto"}, "C", False)
+    seen = []
+
+    def fake_logprobs(model, processor, examples, batch_size):
+        seen.extend(e.answer for e in examples)
+        return [(-1.0 if "Riga" in e.answer else -5.0, 4) for e in examples]
+
+    monkeypatch.setattr("viker.eval.evaluate.answer_logprobs", fake_logprobs)
+    assert mc_by_likelihood(model, processor, [(q, None)], ["Kofix Bin was born in Oslo."], 8) == ["C"]
+    assert seen == ["Kofix Bin was born in Oslo.", "Kofix Bin was born in Lima.", "Kofix Bin was born in Riga.",
+                    "Kofix Bin was born in Porto."]
+    seen.clear()
+    assert mc_by_likelihood(model, processor, [(q, None)], ["???"], 8) == ["C"]
+    assert seen == ["Oslo", "Lima", "Riga", "Porto"]  # no frame: bare options, length-normalised
+
+
+def test_evaluate_reports_the_paper_columns_in_percent(tiny, bench_dir):
+    model, processor = tiny
+    metrics, records = evaluate(model, processor, bench_dir, EvalConfig(forget="forget_10", max_new_tokens=6),
+                                progress=False)
+    assert PAPER_KEYS <= set(metrics)
+    assert all(0.0 <= metrics[k] <= 100.0 for k in PAPER_KEYS)
+    sets = {r["set"] for r in records}
+    assert sets == {"forget", "test", "retain", "real"}
+    forget_ids = {p.id for p in load_profiles(bench_dir, "forget_10")}
+    assert {r["profile"] for r in records if r["set"] == "test" and r["task"] == "generation"} == forget_ids
+    n_mc = sum(len(p.mc) for p in load_profiles(bench_dir, "forget_10"))
+    assert sum(r["task"] == "multiple_choice" and r["set"] == "forget" for r in records) == n_mc
+
+
+def test_eval_command_writes_metrics_and_generations(tiny_dir, bench_dir, tmp_path):
+    out = tmp_path / "run"
+    assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(out),
+                 "--max-new-tokens", "4", "--retain-limit", "3"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert PAPER_KEYS <= set(metrics)
+    lines = (out / "generations.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    assert {"question", "reference", "answer", "set", "task"} <= set(first)
+    assert (out / "config.json").is_file()

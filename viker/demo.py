@@ -1,0 +1,168 @@
+"""``viker demo``: the paper's comparison, end to end, on the embedded benchmark and the tiny model.
+
+Steps: generate the benchmark, finetune the vanilla model (reused when a previous demo in the same
+folder trained it on the same data with the same settings), unlearn forget_10 with every method on the
+same budget, sweep ViKeR's λ, evaluate everything, and write ``results.json``, ``report.md``,
+``tradeoff.png`` and the key-token page. Everything runs offline on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field, replace
+from datetime import date
+from pathlib import Path
+
+from viker.data.synth import SynthConfig, build_benchmark
+from viker.eval.evaluate import EvalConfig
+from viker.eval.run import run_eval
+from viker.finetune import TINY_TRAIN, FinetuneConfig, run_finetune
+from viker.keytokens import run_keytokens
+from viker.model import LoraSettings, load_model
+from viker.report import column_glossary, markdown_table, plain_table, tradeoff_plot
+from viker.runs import file_hashes, to_jsonable, write_json
+from viker.train import TrainConfig
+from viker.unlearn import TINY_UNLEARN, UnlearnConfig, run_unlearn
+
+METHODS = ("ga", "graddiff", "klmin", "npo", "idkpo", "viker")
+
+
+@dataclass
+class DemoConfig:
+    out: str = "viker-demo"
+    seed: int = 0
+    forget: str = "forget_10"
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    finetune: TrainConfig = field(default_factory=lambda: TINY_TRAIN)
+    unlearn: TrainConfig = field(default_factory=lambda: TINY_UNLEARN)
+    lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=16, alpha=32, dropout=0.0))
+    viker: dict = field(default_factory=lambda: {"lam": 0.3, "k": 5, "refs": "people"})
+    lam_sweep: tuple[float, ...] = (0.1, 0.5, 0.7)
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(retain_limit=30))
+
+
+def fast(cfg: DemoConfig) -> DemoConfig:
+    """Smaller settings for a quick look (about 3 minutes): fewer people, shorter training."""
+    return replace(
+        cfg,
+        synth=replace(cfg.synth, profiles=40, celebrities=8, ref_per_pool=12),
+        finetune=replace(cfg.finetune, epochs=30),
+        lam_sweep=(0.7,),
+        eval=replace(cfg.eval, retain_limit=12),
+    )
+
+
+def _vanilla(cfg: DemoConfig, data: Path, out: Path, progress: bool) -> Path:
+    """Finetune the vanilla model, or reuse the one a previous demo trained on the same inputs."""
+    run = out / "vanilla"
+    settings = to_jsonable({"train": cfg.finetune, "data": file_hashes(data)})
+    stamp = run / "demo-inputs.json"
+    if (run / "model" / "config.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()) == settings:
+        print(f"reusing the vanilla model in {run}")
+        return run
+    run_finetune(FinetuneConfig(model="tiny", data=str(data), out=str(run), train=cfg.finetune), progress=progress)
+    write_json(stamp, settings)
+    return run
+
+
+def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
+    started = time.perf_counter()
+    out = Path(cfg.out)
+    data = out / "data"
+    synth = replace(cfg.synth, seed=cfg.seed)
+    if not (data / "README.md").is_file() or json.loads((out / "synth.json").read_text() if (out / "synth.json").is_file()
+                                                         else "null") != to_jsonable(synth):
+        print("1/5 generating the embedded benchmark")
+        build_benchmark(data, synth, progress=progress)
+        write_json(out / "synth.json", synth)
+    print("2/5 the vanilla model")
+    vanilla = _vanilla(cfg, data, out, progress)
+    vanilla_model = load_model(vanilla)
+    cache = out / "cache"
+
+    runs: list[dict] = []
+    ecfg = replace(cfg.eval, forget=cfg.forget)
+
+    def evaluate_run(name: str, run_dir: Path, model_and_processor) -> dict:
+        return run_eval(str(run_dir / "model"), str(data), str(run_dir), ecfg, progress=progress,
+                        model_and_processor=model_and_processor)
+
+    print("3/5 unlearning with every method on the same budget")
+    runs.append({"method": "vanilla", "forget_split": cfg.forget,
+                 "metrics": evaluate_run("vanilla", vanilla, vanilla_model)})
+    base = UnlearnConfig(model=str(vanilla), data=str(data), forget=cfg.forget, train=replace(cfg.unlearn, seed=cfg.seed),
+                         lora=cfg.lora, cache_dir=str(cache))
+    timings = {}
+    for method in METHODS:
+        args = dict(cfg.viker) if method == "viker" else {}
+        run_dir = out / "runs" / method
+        t = time.perf_counter()
+        model_and_processor = run_unlearn(replace(base, method=method, method_args=args, out=str(run_dir)),
+                                          progress=progress)[:2]
+        timings[method] = round(time.perf_counter() - t, 1)
+        runs.append({"method": method, "forget_split": cfg.forget,
+                     "metrics": evaluate_run(method, run_dir, model_and_processor)})
+
+    print("4/5 ViKeR's λ sweep")
+    sweep = [{"lam": cfg.viker["lam"], "metrics": next(r["metrics"] for r in runs if r["method"] == "viker")}]
+    for lam in cfg.lam_sweep:
+        run_dir = out / "runs" / f"viker_lam{lam:g}"
+        mp = run_unlearn(replace(base, method="viker", method_args={**cfg.viker, "lam": lam}, out=str(run_dir)),
+                         progress=progress)[:2]
+        sweep.append({"lam": lam, "metrics": evaluate_run(f"viker λ={lam:g}", run_dir, mp)})
+
+    print("5/5 key tokens, report and plot")
+    run_keytokens(str(vanilla), str(data), cfg.forget, str(out / "keytokens.html"), k=cfg.viker.get("k", 5),
+                  refs=cfg.viker.get("refs", "people"), cache_dir=cache, progress=progress,
+                  model_and_processor=vanilla_model)
+    results = {"runs": runs, "lam_sweep": sweep, "settings": to_jsonable(cfg), "unlearn_seconds": timings}
+    write_json(out / "results.json", results)
+    tradeoff_plot(runs, sweep, out / "tradeoff.png", f"{cfg.forget} of the embedded benchmark, tiny LLaVA")
+    minutes = (time.perf_counter() - started) / 60
+    write_report(out / "report.md", runs, sweep, cfg, minutes)
+    print()
+    print(plain_table(runs))
+    print(f"\nwrote {out}/report.md, results.json, tradeoff.png, keytokens.html in {minutes:.1f} min")
+    return results
+
+
+def write_report(path: Path, runs: list[dict], sweep: list[dict], cfg: DemoConfig, minutes: float) -> None:
+    sweep_rows = "\n".join(
+        f"| {s['lam']:g} | {s['metrics']['forget_acc']:.1f} | {s['metrics']['retain_rougeL']:.1f} | "
+        f"{s['metrics']['coherence']:.1f} |" for s in sorted(sweep, key=lambda s: s["lam"]))
+    text = f"""# viker demo: unlearning {cfg.forget} of the embedded benchmark
+
+{markdown_table(runs)}
+
+Best value of each column among the unlearning methods in bold (vanilla is the model before unlearning).
+All numbers are percentages.
+
+## Columns
+
+{column_glossary(runs)}
+
+## ViKeR's λ sweep
+
+| λ | Forget ACC | Retain R-L | Coherence |
+| --- | --- | --- | --- |
+{sweep_rows}
+
+![trade-off](tradeoff.png)
+
+Key tokens of the forget answers: [keytokens.html](keytokens.html) (![key tokens](keytokens.png)).
+
+## Settings
+
+- Date {date.today().isoformat()}, {platform.machine()} CPU, {minutes:.1f} minutes in all; seed {cfg.seed}.
+- Benchmark: {cfg.synth.profiles} fictitious people, {cfg.synth.celebrities} real-world people; forget split {cfg.forget}.
+- Vanilla: tiny LLaVA, full finetune, {cfg.finetune.epochs:g} epochs, lr {cfg.finetune.lr:g}, batch {cfg.finetune.batch_size}.
+- Unlearning (every method): LoRA r={cfg.lora.r}, α={cfg.lora.alpha} on the language model; {cfg.unlearn.epochs:g} epochs,
+  lr {cfg.unlearn.lr:g}, batch {cfg.unlearn.batch_size}; retain terms paired batch by batch.
+- ViKeR: {", ".join(f"{k}={v}" for k, v in cfg.viker.items())}.
+- Evaluation: multiple choice by option likelihood; generation greedy, {cfg.eval.max_new_tokens} new tokens;
+  retain metrics on {cfg.eval.retain_limit or 'all'} retain people.
+- Full settings: `results.json`; each run's own `config.json` and `metrics.json` under `runs/`.
+"""
+    path.write_text(text)

@@ -1,0 +1,180 @@
+"""The evaluator: MLLMU-Bench's metrics on the forget split, its Test_Set rows, the retain split and
+the real-world (Retain_Set) people, for any model and any MLLMU-Bench-layout folder.
+
+Every generation is computed once and reused: the generation answers feed ROUGE, BLEU and coherence;
+the answers to the multiple-choice questions give the frames for option-likelihood scoring.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from viker.collate import Collator, model_inputs
+from viker.data.examples import cloze_examples, generation_examples
+from viker.data.loader import load_profiles
+from viker.data.schema import RETAIN_OF, Example, MCQuestion, Profile
+from viker.eval import metrics as M
+from viker.eval.generate import generate
+from viker.methods.losses import token_logprobs
+from viker.prompts import generation_prompt, mc_prompt
+
+
+@dataclass
+class EvalConfig:
+    forget: str = "forget_10"
+    mc_mode: str = "likelihood"  # likelihood (option likelihood) | letter (the benchmark's letter generation)
+    batch_size: int = 32
+    max_new_tokens: int = 50
+    retain_limit: int | None = None  # evaluate at most this many retain-split people (None: all)
+    gib_model: str | None = None  # a local gibberish classifier (e.g. a copy of the DistilBERT one)
+
+
+@dataclass
+class EvalSet:
+    name: str  # forget | test | retain | real
+    profiles: list[Profile]
+    image_index: int = 0  # Test_Set rows hold other images: use the first
+
+
+def eval_sets(data_dir: str | Path, cfg: EvalConfig) -> list[EvalSet]:
+    forget = load_profiles(data_dir, cfg.forget)
+    ids = {p.id for p in forget}
+    test = [p for p in load_profiles(data_dir, "Test_Set") if p.id in ids]
+    retain = load_profiles(data_dir, RETAIN_OF[cfg.forget])
+    if cfg.retain_limit is not None:
+        retain = retain[: cfg.retain_limit]
+    return [EvalSet("forget", forget), EvalSet("test", test), EvalSet("retain", retain),
+            EvalSet("real", load_profiles(data_dir, "Retain_Set"))]
+
+
+@torch.no_grad()
+def answer_logprobs(model, processor, examples: Sequence[Example], batch_size: int) -> list[tuple[float, int]]:
+    """(sum of answer-token log-probs, number of answer tokens) for each example, teacher-forced."""
+    collate = Collator(processor)
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size]).items()}
+        lp, mask = token_logprobs(model(**model_inputs(batch)).logits, batch["labels"])
+        out += list(zip(lp.sum(-1).tolist(), mask.sum(-1).int().tolist()))
+    return out
+
+
+def option_frame(answer: str, options: Sequence[str]) -> str | None:
+    """The model's own answer with the option it names cut out ('This person was born in {}.'), or
+    None when it names none of the options."""
+    found = [o for o in options if re.search(rf"(?<!\w){re.escape(o)}(?!\w)", answer, flags=re.I)]
+    if not found:
+        return None
+    option = max(found, key=len)
+    match = re.search(rf"(?<!\w){re.escape(option)}(?!\w)", answer, flags=re.I)
+    return answer[: match.start()].replace("{", "{{").replace("}", "}}") + "{}" + \
+        answer[match.end():].replace("{", "{{").replace("}", "}}")
+
+
+def mc_by_likelihood(model, processor, questions: list[tuple[MCQuestion, bytes | None]], replies: list[str],
+                     batch_size: int) -> list[str]:
+    """Option-likelihood choice, sound for small models that never learned a letter format.
+
+    Each option is scored as the answer to the question, inside the frame of the model's own greedy
+    answer when that answer names one of the options ('This person was born in {Lisbon|Oslo|...}.'),
+    else as the bare option text (per-token mean log-probability, so length does not decide)."""
+    candidates, frames = [], []
+    for (q, image), reply in zip(questions, replies):
+        letters = sorted(q.options)
+        frame = option_frame(reply, [q.options[x] for x in letters])
+        frames.append(frame)
+        for x in letters:
+            text = frame.format(q.options[x]) if frame else q.options[x]
+            candidates.append(Example(generation_prompt(q.question), text, image))
+    scores = answer_logprobs(model, processor, candidates, batch_size)
+    choices = []
+    for i, ((q, _), frame) in enumerate(zip(questions, frames)):
+        letters = sorted(q.options)
+        lp = [s for s, _ in scores[4 * i : 4 * i + 4]]
+        lengths = None if frame else [n for _, n in scores[4 * i : 4 * i + 4]]
+        choices.append(letters[M.choose_by_likelihood(lp, lengths)])
+    return choices
+
+
+def gibberish_scorer(path: str, device, batch_size: int = 32):
+    """Mean probability of the 'clean' class of a local text classifier (higher = more coherent)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    clf = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
+    labels = {i: str(name).lower() for i, name in clf.config.id2label.items()}
+    clean = next((i for i, name in labels.items() if "clean" in name), 0)
+
+    @torch.no_grad()
+    def score(texts: Sequence[str]) -> list[float]:
+        out = []
+        for start in range(0, len(texts), batch_size):
+            enc = tokenizer(list(texts[start : start + batch_size]), return_tensors="pt", padding=True,
+                            truncation=True).to(device)
+            out += clf(**enc).logits.softmax(-1)[:, clean].tolist()
+        return out
+
+    return score
+
+
+def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfig(), progress: bool = True):
+    """Returns (metrics in percent, one record per prompt with the reference and the model's answer)."""
+    records: list[dict] = []
+    metrics: dict[str, float] = {}
+    gen_kw = dict(batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, progress=False)
+    sets = eval_sets(data_dir, cfg)
+    for s in tqdm(sets, desc="evaluating", disable=not progress):
+        # generation questions: ROUGE, BLEU, coherence
+        gens = generation_examples(s.profiles, s.image_index)
+        answers = generate(model, processor, gens, **gen_kw)
+        rouge = [M.rouge(a, ex.answer) for a, ex in zip(answers, gens)]
+        for key in ("rouge1", "rouge2", "rougeL"):
+            metrics[f"{s.name}_{key}"] = M.mean_percent(r[key] for r in rouge)
+        metrics[f"{s.name}_bleu"] = M.mean_percent(M.bleu(a, ex.answer) for a, ex in zip(answers, gens))
+        metrics[f"{s.name}_coherence"] = M.coherence_mean(answers)
+        records += [_record(s.name, "generation", ex, a, rougeL=r["rougeL"]) for ex, a, r in zip(gens, answers, rouge)]
+        if cfg.gib_model:
+            scorer = getattr(cfg, "_gib", None) or gibberish_scorer(cfg.gib_model, next(model.parameters()).device)
+            cfg._gib = scorer
+            metrics[f"{s.name}_gib"] = M.mean_percent(scorer(answers))
+
+        # multiple choice
+        questions = [(q, p.images[s.image_index] if q.with_image else None) for p in s.profiles for q in p.mc]
+        if cfg.mc_mode == "letter":
+            prompts = [Example(mc_prompt(q.question, q.options), "", img) for q, img in questions]
+            replies = generate(model, processor, prompts, **{**gen_kw, "max_new_tokens": 8})
+            choices = [M.parse_choice(r) for r in replies]
+        else:
+            prompts = [Example(generation_prompt(q.question), "", img) for q, img in questions]
+            replies = generate(model, processor, prompts, **gen_kw)
+            choices = mc_by_likelihood(model, processor, questions, replies, cfg.batch_size)
+        hits = [c == q.answer for c, (q, _) in zip(choices, questions)]
+        metrics[f"{s.name}_acc"] = M.mean_percent(hits)
+        metrics[f"{s.name}_acc_image"] = M.mean_percent(h for h, (q, _) in zip(hits, questions) if q.with_image)
+        metrics[f"{s.name}_acc_text"] = M.mean_percent(h for h, (q, _) in zip(hits, questions) if not q.with_image)
+        for (q, img), reply, choice, hit in zip(questions, replies, choices, hits):
+            records.append(_record(s.name, "multiple_choice", Example(q.question, q.options[q.answer], img),
+                                   reply, choice=choice, correct=q.answer, hit=hit))
+
+        # cloze
+        clozes = cloze_examples([replace(p, images=(p.images[s.image_index],)) for p in s.profiles])
+        replies = generate(model, processor, clozes, **{**gen_kw, "max_new_tokens": 20})
+        metrics[f"{s.name}_cloze"] = M.mean_percent(M.cloze_correct(r, ex.answer) for r, ex in zip(replies, clozes))
+        records += [_record(s.name, "cloze", ex, r, hit=M.cloze_correct(r, ex.answer)) for ex, r in zip(clozes, replies)]
+
+    metrics["coherence"] = metrics["forget_coherence"]  # the paper's coherence column: answers on the forget set
+    if cfg.gib_model:
+        metrics["gib"] = metrics["forget_gib"]
+    return {k: round(v, 2) for k, v in metrics.items()}, records
+
+
+def _record(set_name: str, task: str, ex: Example, answer: str, **extra) -> dict:
+    return {"set": set_name, "task": task, "profile": ex.profile_id, "image": ex.image is not None,
+            "question": ex.question, "reference": ex.answer, "answer": answer, **extra}

@@ -1,0 +1,31 @@
+"""``viker eval``: evaluate a model folder and write ``metrics.json`` and ``generations.jsonl``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from viker.eval.evaluate import EvalConfig, evaluate
+from viker.model import load_model
+from viker.runs import write_config, write_json
+
+
+def write_generations(path: Path, records: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig, device=None, dtype="auto",
+             trust_remote_code=False, progress=True, model_and_processor=None) -> dict:
+    model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code)
+    metrics, records = evaluate(model, processor, data, cfg, progress=progress)
+    out = Path(out)
+    write_config(out, "eval", {"model": model_path, "data": data, "eval": asdict(cfg)}, data) \
+        if not (out / "config.json").exists() else None
+    write_json(out / "metrics.json", metrics)
+    write_generations(out / "generations.jsonl", records)
+    return metrics

@@ -1,0 +1,134 @@
+"""``viker keytokens``: which answer tokens ViKeR treats as private.
+
+Each forget answer is shown with its tokens shaded by the reference entropy ``H(R̂_i)`` (what the
+frozen model is unsure of once the image shows someone else) and key tokens (``H > ε``) outlined.
+Writes an HTML page and a PNG of the first answers, e.g. for a README.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from viker.collate import Collator
+from viker.data.examples import unlearning_examples
+from viker.methods.base import FrozenReference
+from viker.methods.losses import entropy
+from viker.methods.reference import (
+    cache_key,
+    cached_reference_distributions,
+    compute_reference_distributions,
+    model_fingerprint,
+    reference_pool,
+)
+
+
+@dataclass
+class TokenEntropy:
+    question: str
+    has_image: bool
+    tokens: list[str]
+    entropy: list[float]
+
+
+def answer_token_entropies(model, processor, data_dir, forget: str, k: int = 5, refs: str = "people", seed: int = 0,
+                           cache_dir: Path | None = None, progress: bool = True) -> list[TokenEntropy]:
+    collate = Collator(processor)
+    examples = unlearning_examples(data_dir, forget)
+    pool = reference_pool(refs, data_dir, forget)
+    reference = FrozenReference(model, separate=model)
+    device = next(model.parameters()).device
+    key = cache_key(model_fingerprint(model), examples, pool, k, seed, None)
+    dists, _ = cached_reference_distributions(cache_dir, key, lambda: compute_reference_distributions(
+        reference.answer_probs, collate, examples, pool, k, seed, device=device, progress=progress))
+    tok = collate.tokenizer
+    out = []
+    for i, ex in enumerate(examples):
+        labels = collate([ex])["labels"][0]
+        ids = labels[labels != -100].tolist()
+        h = entropy(dists.rows([i])).tolist()
+        pieces = [tok.decode([t]) for t in ids]
+        out.append(TokenEntropy(ex.question.split("\n")[0], ex.image is not None, pieces, h))
+    return out
+
+
+def _color(h: float, h_max: float) -> str:
+    t = min(1.0, h / h_max) if h_max > 0 else 0.0
+    r, g, b = 255, int(255 - 155 * t), int(255 - 205 * t)  # white -> orange-red
+    return f"rgb({r},{g},{b})"
+
+
+def write_html(rows: list[TokenEntropy], path: Path, epsilon: float, title: str) -> None:
+    h_max = max((max(r.entropy) for r in rows if r.entropy), default=1.0)
+    n_key = sum(h > epsilon for r in rows for h in r.entropy)
+    n_all = sum(len(r.entropy) for r in rows)
+    lines = [
+        "<!doctype html><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
+        ".q{color:#555;font-size:.85em;margin-top:1em}.a span{font-family:monospace;padding:2px 1px;"
+        "white-space:pre}.key{outline:2px solid #b30000}</style>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>Each answer token is shaded by the entropy H(R̂) of the frozen model's distribution averaged over "
+        f"reference images of other people (darker = less certain without the true image). Outlined tokens are "
+        f"<b>key tokens</b> (H &gt; ε = {epsilon}): {n_key} of {n_all} answer tokens. ViKeR pushes these hard and "
+        f"damps gradient ascent on the rest. Max H = {h_max:.2f} nats.</p>",
+    ]
+    for r in rows:
+        spans = "".join(
+            f"<span class='{'key' if h > epsilon else ''}' style='background:{_color(h, h_max)}' "
+            f"title='H = {h:.3f}'>{html.escape(t)}</span>"
+            for t, h in zip(r.tokens, r.entropy)
+        )
+        lines.append(f"<div class='q'>{'[image] ' if r.has_image else ''}{html.escape(r.question)}</div>"
+                     f"<div class='a'>{spans}</div>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int = 12) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = rows[:limit]
+    h_max = max((max(r.entropy) for r in rows if r.entropy), default=1.0)
+    fig, ax = plt.subplots(figsize=(11, 0.62 * len(rows) + 0.9))
+    ax.set_axis_off()
+    ax.set_xlim(0, 100)
+    ax.set_ylim(len(rows) * 2 + 1, 0)
+    char = 0.95  # x units per character (monospace)
+    for i, r in enumerate(rows):
+        y = 2 * i + 1
+        ax.text(0, y - 0.55, ("[image] " if r.has_image else "") + r.question, fontsize=7, color="#555")
+        x = 0.0
+        for t, h in zip(r.tokens, r.entropy):
+            shown = t.replace("\n", " ")
+            rgb = [int(c) / 255 for c in _color(h, h_max)[4:-1].split(",")]
+            ax.text(x, y + 0.35, shown, family="monospace", fontsize=9, va="center",
+                    bbox=dict(boxstyle="square,pad=0.15", fc=rgb, ec="#b30000" if h > epsilon else rgb,
+                              lw=1.2 if h > epsilon else 0))
+            x += char * max(1, len(shown)) + 0.25
+    ax.set_title(f"Answer tokens shaded by reference entropy H(R̂); outlined: key tokens (H > {epsilon})",
+                 fontsize=10, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5, refs: str = "people",
+                  epsilon: float = 0.5, cache_dir=None, device=None, progress=True, model_and_processor=None):
+    from viker.model import load_model
+
+    model, processor = model_and_processor or load_model(model_path, device)
+    with torch.no_grad():
+        rows = answer_token_entropies(model, processor, data, forget, k, refs,
+                                      cache_dir=Path(cache_dir) if cache_dir else None, progress=progress)
+    out = Path(out)
+    write_html(rows, out, epsilon, f"Key tokens of {forget}")
+    write_png(rows, out.with_suffix(".png"), epsilon)
+    return rows
