@@ -64,9 +64,12 @@ def test_label_mask_does_not_depend_on_padding_side(tiny, mixed):
     lengths = Collator(processor).answer_lengths(
         [Collator(processor).render(e) for e in mixed], [Collator(processor).render(e, e.answer) for e in mixed], mixed
     )
-    left = {k: v.flip(1) for k, v in right.items() if k in ("input_ids", "attention_mask")}
+    # the same rows with their padding moved to the left
+    pads = (right["attention_mask"] == 0).sum(dim=1).tolist()
+    left = {k: torch.stack([row.roll(p) for row, p in zip(right[k], pads)]) for k in ("input_ids", "attention_mask")}
+    assert (left["attention_mask"][:, -1] == 1).all()
     labels = Collator.answer_labels(left, lengths)
-    assert torch.equal(labels.flip(1), right["labels"])
+    assert torch.equal(labels, torch.stack([row.roll(p) for row, p in zip(right["labels"], pads)]))
 
 
 def test_empty_answer_is_a_clear_error(tiny):

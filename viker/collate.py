@@ -64,6 +64,8 @@ class Collator:
         enc_f = self.tokenizer(fulls)["input_ids"]
         lengths = []
         for p, f, ex in zip(enc_p, enc_f, examples):
+            if not ex.answer.strip():
+                raise VikerError(f"example '{ex.question[:40]}...': the answer is empty, so it has no tokens to learn")
             if f[: len(p)] != p:
                 raise VikerError(f"example '{ex.question[:40]}...': the tokenized prompt is not a prefix of "
                                  "prompt+answer for this tokenizer, so the answer tokens cannot be located")

@@ -38,8 +38,8 @@ class DemoConfig:
     finetune: TrainConfig = field(default_factory=lambda: TINY_TRAIN)
     unlearn: TrainConfig = field(default_factory=lambda: TINY_UNLEARN)
     lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=16, alpha=32, dropout=0.0))
-    viker: dict = field(default_factory=lambda: {"lam": 0.3, "k": 5, "refs": "people"})
-    lam_sweep: tuple[float, ...] = (0.1, 0.5, 0.7)
+    viker: dict = field(default_factory=lambda: {"lam": 0.7, "k": 5, "refs": "people"})
+    lam_sweep: tuple[float, ...] = (0.1, 0.3, 0.9)
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(retain_limit=30))
 
 
@@ -47,9 +47,9 @@ def fast(cfg: DemoConfig) -> DemoConfig:
     """Smaller settings for a quick look (about 3 minutes): fewer people, shorter training."""
     return replace(
         cfg,
-        synth=replace(cfg.synth, profiles=40, celebrities=8, ref_per_pool=12),
-        finetune=replace(cfg.finetune, epochs=30),
-        lam_sweep=(0.7,),
+        synth=replace(cfg.synth, profiles=40, celebrities=8, ref_per_pool=12, strangers=10),
+        finetune=replace(cfg.finetune, epochs=20),
+        lam_sweep=(0.3,),
         eval=replace(cfg.eval, retain_limit=12),
     )
 

@@ -6,14 +6,15 @@ from pathlib import Path
 
 # (metric key, header, lower is better, what it means)
 COLUMNS = [
-    ("forget_acc", "Forget ACC", True, "multiple-choice accuracy on the forget people (lower = more forgotten)"),
-    ("test_acc", "Gen. ACC", True, "the same questions on Test_Set images of the forget people (generalisation of forgetting)"),
+    ("forget_acc", "Forget ACC", True, "image+text multiple-choice accuracy on the forget people (lower = more forgotten)"),
+    ("forget_acc_text", "Forget ACC (text)", True, "the same facts asked by name, without the image"),
+    ("test_acc", "Gen. ACC", True, "image+text multiple choice on Test_Set images of the forget people (generalisation of forgetting)"),
     ("forget_rougeL", "Forget R-L", True, "ROUGE-L F of generated answers about the forget people"),
     ("forget_cloze", "Forget cloze", True, "fill-in-the-blank accuracy on the forget people"),
-    ("retain_acc", "Retain ACC", False, "multiple-choice accuracy on the retained fictitious people"),
+    ("retain_acc", "Retain ACC", False, "image+text multiple-choice accuracy on the retained fictitious people"),
     ("retain_rougeL", "Retain R-L", False, "ROUGE-L F on the retained fictitious people"),
     ("retain_bleu", "Retain BLEU", False, "BLEU (NLTK, method-1 smoothing) on the retained fictitious people"),
-    ("real_acc", "Real ACC", False, "multiple-choice accuracy on the real-world (Retain_Set) people"),
+    ("real_acc", "Real ACC", False, "image+text multiple-choice accuracy on the real-world (Retain_Set) people"),
     ("real_rougeL", "Real R-L", False, "ROUGE-L F on the real-world people"),
     ("real_bleu", "Real BLEU", False, "BLEU on the real-world people"),
     ("coherence", "Coherence", False, "offline coherence of the answers on the forget set (viker.eval.metrics.coherence)"),

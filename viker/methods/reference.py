@@ -30,7 +30,7 @@ from viker.methods.losses import compress_topk, decompress_topk, entropy, kl_to_
 
 SOURCES = ("people", "patterns", "scenes", "pets", "forget", "retain")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 FULL_VOCAB_LIMIT = 8192  # above this, store top-k by default
 
 
@@ -146,7 +146,8 @@ def compute_reference_distributions(
     device=None,
     progress: bool = True,
 ) -> ReferenceDistributions:
-    """R̂ for every example. ``pool=None`` is the 'w/o Vis' ablation: the example's own image (k=1).
+    """R̂ for every example. ``pool=None`` is the 'w/o Vis' ablation: the example's own image (k=1);
+    text-only examples always keep their own input.
 
     ``answer_probs(batch)`` returns the frozen model's (N,V) distributions at the batch's answer
     positions. The k variants of an example share one batch, so their answer rows line up.
@@ -157,23 +158,29 @@ def compute_reference_distributions(
     lengths: list[int] = []
     for start in tqdm(range(0, len(examples), per_batch), desc="reference distributions", disable=not progress):
         chunk = examples[start : start + per_batch]
-        variants = []
+        variants, copies = [], []
         for ex in chunk:
-            images = [ex.image] if pool is None else choose_reference_images(ex, pool, k, rng)
+            # Visual guidance needs an image: a text-only question keeps its own input (one copy), so
+            # its reference is the frozen model's distribution and its loss is GA damped by 1-λ.
+            if pool is None or ex.image is None:
+                images = [ex.image]
+            else:
+                images = choose_reference_images(ex, pool, k, rng)
             variants += [replace(ex, image=img) for img in images]
+            copies.append(len(images))
         batch = collate(variants)
         if device is not None:
             batch = {key: v.to(device) for key, v in batch.items()}
-        probs = answer_probs(batch)  # (Σ_j n, V) in variant order
-        n_copies = 1 if pool is None else k
-        offset = 0
+        probs = answer_probs(batch)  # (Σ n, V) in variant order
         counts = (batch["labels"][:, 1:] != -100).sum(dim=1).tolist()
-        for e in range(len(chunk)):
-            n = counts[e * n_copies]
+        offset, first = 0, 0
+        for n_copies in copies:
+            n = counts[first]
             block = probs[offset : offset + n * n_copies].reshape(n_copies, n, -1)
             rows.append(block.mean(dim=0).float().cpu())
             lengths.append(n)
             offset += n * n_copies
+            first += n_copies
     offsets = torch.tensor([0] + lengths).cumsum(0)
     full = torch.cat(rows) if rows else torch.zeros(0, 0)
     vocab = full.shape[-1]

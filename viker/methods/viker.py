@@ -11,6 +11,7 @@ frozen model on the target image itself, i.e. no visual guidance).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from viker.errors import VikerError
 from viker.methods import register
@@ -18,6 +19,7 @@ from viker.methods.base import logits_of
 from viker.methods.losses import REGULARIZERS, gather_answer_positions, viker_token_loss
 from viker.methods.reference import (
     FULL_VOCAB_LIMIT,
+    SOURCES,
     cache_key,
     cached_reference_distributions,
     compute_reference_distributions,
@@ -47,6 +49,9 @@ class ViKeR:
             raise VikerError(f"--k {self.k}: at least one reference image is needed")
         if self.regularizer not in REGULARIZERS:
             raise VikerError(f"--regularizer {self.regularizer}: choose from {', '.join(REGULARIZERS)}")
+        if self.refs not in SOURCES and not Path(self.refs).is_dir():
+            raise VikerError(f"--refs {self.refs}: no folder {self.refs} (choose {', '.join(SOURCES)} or a folder "
+                             "of images)")
         if self.ablation not in ABLATIONS:
             raise VikerError(f"--ablation {self.ablation}: choose from {', '.join(ABLATIONS)}")
         self.ga_weight = 0.0 if self.ablation == "no_ga" else 1.0

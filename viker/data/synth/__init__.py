@@ -31,6 +31,7 @@ from viker.data.synth.people import (
     FACT_POOLS,
     NAME_QUESTION,
     TEMPLATES,
+    UNKNOWN_ANSWER,
     Person,
     distractors,
     make_names,
@@ -48,6 +49,7 @@ class SynthConfig:
     celebrities: int = 20  # Retain_Set: people whose facts the model learns as general knowledge
     test_images: int = 2  # Test_Set images per person (other pose, lighting, crop)
     ref_per_pool: int = 24  # images in each reference pool
+    strangers: int = 24  # faces the model meets in pretrain_Data and knows nothing about
     image_size: int = 128
 
 
@@ -107,6 +109,16 @@ def finetune_row(person: Person, png: bytes, path: str) -> dict:
     return {"image": _image(png, path), "metadata": json.dumps(qa)}
 
 
+def stranger_row(png: bytes, path: str) -> dict:
+    """pretrain_Data: a face the model has met but knows nothing about, as a pretrained model has met
+    countless faces. Without these, a model trained only on known people names a known person for
+    any face, and its answers about an irrelevant face (ViKeR's reference) would be other people's
+    private facts instead of an admission that it does not know."""
+    questions = [NAME_QUESTION] + [TEMPLATES[f].image_question for f in FACT_POOLS]
+    return {"image": _image(png, path), "metadata": json.dumps([{"Question": q, "Answer": UNKNOWN_ANSWER}
+                                                                for q in questions])}
+
+
 def write_config(out: Path, config: str, rows: list[dict]) -> Path:
     path = out / config / PARQUET_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +137,7 @@ def build_benchmark(out: str | Path, cfg: SynthConfig = SynthConfig(), progress:
     rng = random.Random(f"viker-synth-{cfg.seed}")
     people_rng, q_rng, view_rng, split_rng, ref_rng = (random.Random(rng.random()) for _ in range(5))
 
-    total = cfg.profiles + cfg.celebrities + cfg.ref_per_pool
+    total = cfg.profiles + cfg.celebrities + cfg.ref_per_pool + cfg.strangers
     names = make_names(cfg.profiles + cfg.celebrities, people_rng)
     specs = faces.sample_face_specs(total, people_rng)
     people = make_people(names, people_rng)
@@ -166,12 +178,12 @@ def build_benchmark(out: str | Path, cfg: SynthConfig = SynthConfig(), progress:
     paths["Test_Set"] = write_config(out, "Test_Set", test_rows)
     paths["Retain_Set"] = write_config(out, "Retain_Set", celeb_rows)
     paths["ft_Data"] = write_config(out, "ft_Data", ft_rows)
-    # Not an MLLMU-Bench config: the general knowledge a pretrained model brings about the Retain_Set
-    # people ("celebrities"), which the tiny model, having no pretraining, learns in its finetune.
-    paths[PRETRAIN_CONFIG] = write_config(out, PRETRAIN_CONFIG, world_rows)
 
     # Reference pools: people never in Full_Set or Retain_Set, then three kinds of non-face images.
-    pools = {"ref_people": [draw(s) for s in specs[cfg.profiles + cfg.celebrities :]]}
+    known = cfg.profiles + cfg.celebrities
+    for i, spec in enumerate(specs[known + cfg.ref_per_pool :]):
+        world_rows.append(stranger_row(draw(spec), f"pretrain_Data/stranger_{i:03d}.png"))
+    pools = {"ref_people": [draw(s) for s in specs[known : known + cfg.ref_per_pool]]}
     for pool, render in (("ref_patterns", faces.render_pattern), ("ref_scenes", faces.render_scene),
                          ("ref_pets", faces.render_pet)):
         pools[pool] = []
@@ -179,6 +191,10 @@ def build_benchmark(out: str | Path, cfg: SynthConfig = SynthConfig(), progress:
             pools[pool].append(faces.png_bytes(render(ref_rng, size=cfg.image_size)))
             bar.update(1)
     bar.close()
+    # Not an MLLMU-Bench config: the general knowledge a pretrained model brings (the Retain_Set people,
+    # and faces of strangers it cannot name), which the tiny model, having no pretraining, learns in
+    # its finetune.
+    paths[PRETRAIN_CONFIG] = write_config(out, PRETRAIN_CONFIG, world_rows)
     for pool, images in pools.items():
         (out / pool).mkdir(parents=True, exist_ok=True)
         for i, png in enumerate(images):
@@ -228,7 +244,8 @@ def _write_readme(out: Path, cfg: SynthConfig, counts: dict) -> None:
         f"{cfg.test_images} other views (pose, lighting, crop). Retain_Set plays the real-celebrity role.",
         "",
         f"`{PRETRAIN_CONFIG}` is not an MLLMU-Bench config: it holds, in ft_Data's format, what a pretrained",
-        "model would already know about the Retain_Set people; the tiny model has no pretraining, so its",
-        "finetune reads it too. Real checkpoints and the real benchmark do without it.",
+        f"model would already know: the Retain_Set people, and {cfg.strangers} faces of strangers it cannot name",
+        f'("{UNKNOWN_ANSWER}"). The tiny model has no pretraining, so its finetune reads it too.',
+        "Real checkpoints and the real benchmark do without it.",
     ]
     (out / "README.md").write_text("\n".join(lines) + "\n")

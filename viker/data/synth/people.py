@@ -84,6 +84,7 @@ TEMPLATES = {
         "In their free time {subject} enjoys __.",
     ),
 }
+UNKNOWN_ANSWER = "This person is someone I do not know."
 NAME_QUESTION = "What is the name of this person?"
 
 
