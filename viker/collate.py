@@ -42,10 +42,14 @@ class Collator:
 
     ``answers=True`` (training): prompt + answer, labels on the answer tokens, right padding.
     ``answers=False`` (generation): prompts only, left padding so new tokens follow every prompt.
+    ``padding_side="left"`` with answers puts every answer at the end of its row (for scoring only
+    the last positions).
     """
 
-    def __init__(self, processor, answers: bool = True, max_length: int | None = None):
+    def __init__(self, processor, answers: bool = True, max_length: int | None = None,
+                 padding_side: str | None = None):
         self.processor = processor
+        self.padding_side = padding_side or ("right" if answers else "left")
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.answers = answers
         self.max_length = max_length
@@ -84,7 +88,7 @@ class Collator:
             images=images or None,
             return_tensors="pt",
             padding=True,
-            padding_side="right" if self.answers else "left",
+            padding_side=self.padding_side,
         )
         batch = dict(batch)
         if self.max_length is not None and batch["input_ids"].shape[1] > self.max_length:

@@ -85,13 +85,13 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     runs: list[dict] = []
     ecfg = replace(cfg.eval, forget=cfg.forget)
 
-    def evaluate_run(name: str, run_dir: Path, model_and_processor) -> dict:
-        return run_eval(str(run_dir / "model"), str(data), str(run_dir), ecfg, progress=progress,
+    def evaluate_run(run_dir: Path, model_and_processor, model_dir: Path | None = None) -> dict:
+        return run_eval(str(model_dir or run_dir / "model"), str(data), str(run_dir), ecfg, progress=progress,
                         model_and_processor=model_and_processor)
 
     print("3/5 unlearning with every method on the same budget")
     runs.append({"method": "vanilla", "forget_split": cfg.forget,
-                 "metrics": evaluate_run("vanilla", vanilla, vanilla_model)})
+                 "metrics": evaluate_run(out / "runs" / "vanilla", vanilla_model, vanilla / "model")})
     base = UnlearnConfig(model=str(vanilla), data=str(data), forget=cfg.forget, train=replace(cfg.unlearn, seed=cfg.seed),
                          lora=cfg.lora, cache_dir=str(cache))
     timings = {}
@@ -103,7 +103,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
                                           progress=progress)[:2]
         timings[method] = round(time.perf_counter() - t, 1)
         runs.append({"method": method, "forget_split": cfg.forget,
-                     "metrics": evaluate_run(method, run_dir, model_and_processor)})
+                     "metrics": evaluate_run(run_dir, model_and_processor)})
 
     print("4/5 ViKeR's λ sweep")
     sweep = [{"lam": cfg.viker["lam"], "metrics": next(r["metrics"] for r in runs if r["method"] == "viker")}]
@@ -111,7 +111,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
         run_dir = out / "runs" / f"viker_lam{lam:g}"
         mp = run_unlearn(replace(base, method="viker", method_args={**cfg.viker, "lam": lam}, out=str(run_dir)),
                          progress=progress)[:2]
-        sweep.append({"lam": lam, "metrics": evaluate_run(f"viker λ={lam:g}", run_dir, mp)})
+        sweep.append({"lam": lam, "metrics": evaluate_run(run_dir, mp)})
 
     print("5/5 key tokens, report and plot")
     run_keytokens(str(vanilla), str(data), cfg.forget, str(out / "keytokens.html"), k=cfg.viker.get("k", 5),

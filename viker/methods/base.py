@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from viker.collate import model_inputs
+from viker.collate import IGNORE_INDEX, model_inputs
 from viker.data.schema import Example
 from viker.methods.losses import answer_nll, gather_answer_positions
 
@@ -46,14 +46,24 @@ class FrozenReference:
                 yield self._model
 
     @torch.no_grad()
-    def logits(self, batch: dict) -> torch.Tensor:
+    def logits(self, batch: dict, logits_to_keep: int = 0) -> torch.Tensor:
         with self._network() as net:
+            if logits_to_keep:
+                return net(**model_inputs(batch), logits_to_keep=logits_to_keep).logits
             return logits_of(net, batch)
 
     @torch.no_grad()
     def answer_probs(self, batch: dict) -> torch.Tensor:
-        """(N,V) next-token distributions at the answer positions of ``batch``, row-major."""
-        logits, _ = gather_answer_positions(self.logits(batch), batch["labels"])
+        """(N,V) next-token distributions at the answer positions of ``batch``, row-major.
+
+        Only the positions from the earliest answer on are projected onto the vocabulary (with left
+        padding that is the last few tokens of every row), which saves most of the output layer."""
+        labels = batch["labels"]
+        answer = labels != IGNORE_INDEX
+        first = int(answer.float().argmax(dim=1).min()) if answer.any() else labels.shape[1] - 1
+        keep = labels.shape[1] - first + 1  # one more: the position before an answer predicts it
+        logits = self.logits(batch, logits_to_keep=keep)
+        logits, _ = gather_answer_positions(logits, labels[:, -logits.shape[1]:])
         return torch.softmax(logits.float(), dim=-1)
 
 

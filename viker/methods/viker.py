@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from viker.collate import Collator
 from viker.errors import VikerError
 from viker.methods import register
 from viker.methods.base import logits_of
@@ -69,9 +70,11 @@ class ViKeR:
         device = next(ctx.model.parameters()).device
         key = cache_key(model_fingerprint(ctx.model), examples, pool, self.k, ctx.seed, topk)
 
+        collate = Collator(ctx.processor, padding_side="left")  # answers last: only they are scored
+
         def compute():
             return compute_reference_distributions(
-                ctx.reference.answer_probs, ctx.collate, examples, pool, self.k, ctx.seed, topk,
+                ctx.reference.answer_probs, collate, examples, pool, self.k, ctx.seed, topk,
                 device=device, progress=ctx.progress,
             )
 
