@@ -88,3 +88,50 @@ def test_eval_command_writes_metrics_and_generations(tiny_dir, bench_dir, tmp_pa
     first = json.loads(lines[0])
     assert {"question", "reference", "answer", "set", "task"} <= set(first)
     assert (out / "config.json").is_file()
+
+
+def _tiny_classifier(path):
+    """A two-label DistilBERT-architecture text classifier, built offline, whose 'clean' class wins
+    exactly when the text contains the word 'fine'."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification, PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "fine": 4, "s": 5, "the": 6}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                        cls_token="[CLS]", sep_token="[SEP]")
+    config = DistilBertConfig(vocab_size=len(vocab), dim=8, hidden_dim=16, n_layers=1, n_heads=2,
+                              max_position_embeddings=32, num_labels=2,
+                              id2label={0: "noise", 1: "clean"}, label2id={"noise": 0, "clean": 1})
+    model = DistilBertForSequenceClassification(config)
+    with torch.no_grad():  # make the verdict depend on the word 'fine' only
+        for p in model.parameters():
+            p.zero_()
+        model.distilbert.embeddings.word_embeddings.weight[4, 0] = 1.0
+        model.distilbert.embeddings.LayerNorm.weight.fill_(1.0)
+        for layer in model.distilbert.transformer.layer:
+            layer.sa_layer_norm.weight.fill_(1.0)
+            layer.output_layer_norm.weight.fill_(1.0)
+        model.pre_classifier.weight[0, 0] = 1.0
+        model.classifier.weight[1, 0] = 10.0
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def test_gibberish_classifier_loads_from_a_local_folder(tmp_path):
+    from viker.eval.evaluate import gibberish_scorer
+
+    _tiny_classifier(tmp_path / "gib")
+    score = gibberish_scorer(str(tmp_path / "gib"), "cpu")
+    clean, noise = score(["fine fine", "s s s the"])
+    assert clean > 0.9 and noise == pytest.approx(0.5, abs=0.05)  # 'clean' is the label named clean
+
+
+def test_gib_column_when_a_classifier_is_given(tiny, bench_dir, tmp_path):
+    _tiny_classifier(tmp_path / "gib")
+    model, processor = tiny
+    metrics, _ = evaluate(model, processor, bench_dir,
+                          EvalConfig(forget="forget_10", max_new_tokens=4, retain_limit=2, gib_model=str(tmp_path / "gib")),
+                          progress=False)
+    assert 0.0 <= metrics["gib"] <= 100.0 and metrics["gib"] == metrics["forget_gib"]

@@ -53,7 +53,8 @@ def _unlearn(args) -> None:
     cfg = UnlearnConfig(
         model=args.model, data=args.data, forget=args.forget, method=args.method, method_args=method_args,
         out=args.out, tuning=args.tuning, train=replace(base, **_train_overrides(args)),
-        lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout),
+        lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                          merge=args.save == "merged"),
         cache_dir=args.cache_dir, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
     )
     run_unlearn(cfg)
@@ -153,6 +154,8 @@ def parser() -> argparse.ArgumentParser:
     un.add_argument("--lora-r", type=int, default=16)
     un.add_argument("--lora-alpha", type=int, default=32)
     un.add_argument("--lora-dropout", type=float, default=0.0)
+    un.add_argument("--save", choices=("merged", "adapter"), default="merged",
+                    help="with LoRA: save the merged model or the adapter alone")
     un.add_argument("--cache-dir", help="where ViKeR's reference distributions are cached (default ~/.cache/viker)")
     _add_model_args(un)
     un.set_defaults(func=_unlearn)

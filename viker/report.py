@@ -34,14 +34,14 @@ def markdown_table(runs: list[dict]) -> str:
     contenders = [r for r in runs if r["method"] != "vanilla"] or runs
     best = {}
     for key, _, low, _ in cols:
-        values = [r["metrics"][key] for r in contenders if key in r["metrics"]]
+        values = [round(r["metrics"][key], 1) for r in contenders if key in r["metrics"]]  # as printed
         best[key] = (min if low else max)(values) if values else None
     for r in runs:
         cells = []
         for key, _, _, _ in cols:
             v = r["metrics"].get(key)
             text = "–" if v is None else f"{v:.1f}"
-            cells.append(f"**{text}**" if v is not None and v == best[key] and r in contenders else text)
+            cells.append(f"**{text}**" if v is not None and round(v, 1) == best[key] and r in contenders else text)
         lines.append(f"| {r.get('label', r['method'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from viker.collate import Collator
@@ -83,7 +83,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     if hasattr(method, "setup"):
         method.setup(ctx)
     setup_seconds = time.perf_counter() - start
-    settings = {"unlearn": asdict(cfg), "method": {"name": cfg.method, **_public(method)},
+    settings = {"unlearn": asdict(cfg), "method": {"name": cfg.method, **asdict(method)},
                 "examples": {k: len(v) for k, v in data.items()}, "setup": ctx.info}
     write_config(out, "unlearn", settings, cfg.data)
     history = train(model, method, data, collate, cfg.train, desc=f"unlearn ({cfg.method})", progress=progress)
@@ -93,11 +93,3 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     model = save_model(model, processor, out / "model", merge=cfg.lora.merge)
     return model, processor, history
 
-
-def _public(method) -> dict:
-    """A method's settings as recorded in the config (its dataclass fields)."""
-    return {k: v for k, v in asdict(method).items()} if hasattr(method, "__dataclass_fields__") else {}
-
-
-def with_method(cfg: UnlearnConfig, method: str, **args) -> UnlearnConfig:
-    return replace(cfg, method=method, method_args=args)

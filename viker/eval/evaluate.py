@@ -130,6 +130,7 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfi
     metrics: dict[str, float] = {}
     gen_kw = dict(batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, progress=False)
     sets = eval_sets(data_dir, cfg)
+    gib = gibberish_scorer(cfg.gib_model, next(model.parameters()).device) if cfg.gib_model else None
     for s in tqdm(sets, desc="evaluating", disable=not progress):
         # generation questions: ROUGE, BLEU, coherence
         gens = generation_examples(s.profiles, s.image_index)
@@ -140,10 +141,8 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfi
         metrics[f"{s.name}_bleu"] = M.mean_percent(M.bleu(a, ex.answer) for a, ex in zip(answers, gens))
         metrics[f"{s.name}_coherence"] = M.coherence_mean(answers)
         records += [_record(s.name, "generation", ex, a, rougeL=r["rougeL"]) for ex, a, r in zip(gens, answers, rouge)]
-        if cfg.gib_model:
-            scorer = getattr(cfg, "_gib", None) or gibberish_scorer(cfg.gib_model, next(model.parameters()).device)
-            cfg._gib = scorer
-            metrics[f"{s.name}_gib"] = M.mean_percent(scorer(answers))
+        if gib is not None:
+            metrics[f"{s.name}_gib"] = M.mean_percent(gib(answers))
 
         # multiple choice
         questions = [(q, p.images[s.image_index] if q.with_image else None) for p in s.profiles for q in p.mc]
