@@ -129,30 +129,39 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfi
     records: list[dict] = []
     metrics: dict[str, float] = {}
     gen_kw = dict(batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, progress=False)
+    answered: dict[tuple, str] = {}  # (prompt, image, max_new_tokens) -> greedy answer, computed once
+
+    def answers(examples: list[Example], **kw) -> list[str]:
+        keys = [(ex.question, ex.image, kw.get("max_new_tokens", cfg.max_new_tokens)) for ex in examples]
+        todo = {key: ex for key, ex in zip(keys, examples) if key not in answered}
+        fresh = generate(model, processor, list(todo.values()), **{**gen_kw, **kw})
+        answered.update(zip(todo, fresh))
+        return [answered[key] for key in keys]
+
     sets = eval_sets(data_dir, cfg)
     gib = gibberish_scorer(cfg.gib_model, next(model.parameters()).device) if cfg.gib_model else None
     for s in tqdm(sets, desc="evaluating", disable=not progress):
         # generation questions: ROUGE, BLEU, coherence
         gens = generation_examples(s.profiles, s.image_index)
-        answers = generate(model, processor, gens, **gen_kw)
-        rouge = [M.rouge(a, ex.answer) for a, ex in zip(answers, gens)]
+        replies = answers(gens)
+        rouge = [M.rouge(a, ex.answer) for a, ex in zip(replies, gens)]
         for key in ("rouge1", "rouge2", "rougeL"):
             metrics[f"{s.name}_{key}"] = M.mean_percent(r[key] for r in rouge)
-        metrics[f"{s.name}_bleu"] = M.mean_percent(M.bleu(a, ex.answer) for a, ex in zip(answers, gens))
-        metrics[f"{s.name}_coherence"] = M.coherence_mean(answers)
-        records += [_record(s.name, "generation", ex, a, rougeL=r["rougeL"]) for ex, a, r in zip(gens, answers, rouge)]
+        metrics[f"{s.name}_bleu"] = M.mean_percent(M.bleu(a, ex.answer) for a, ex in zip(replies, gens))
+        metrics[f"{s.name}_coherence"] = M.coherence_mean(replies)
+        records += [_record(s.name, "generation", ex, a, rougeL=r["rougeL"]) for ex, a, r in zip(gens, replies, rouge)]
         if gib is not None:
-            metrics[f"{s.name}_gib"] = M.mean_percent(gib(answers))
+            metrics[f"{s.name}_gib"] = M.mean_percent(gib(replies))
 
         # multiple choice
         questions = [(q, p.images[s.image_index] if q.with_image else None) for p in s.profiles for q in p.mc]
         if cfg.mc_mode == "letter":
             prompts = [Example(mc_prompt(q.question, q.options), "", img) for q, img in questions]
-            replies = generate(model, processor, prompts, **{**gen_kw, "max_new_tokens": 8})
+            replies = answers(prompts, max_new_tokens=8)
             choices = [M.parse_choice(r) for r in replies]
         else:
             prompts = [Example(generation_prompt(q.question), "", img) for q, img in questions]
-            replies = generate(model, processor, prompts, **gen_kw)
+            replies = answers(prompts)  # the generation questions' answers are reused
             choices = mc_by_likelihood(model, processor, questions, replies, cfg.batch_size)
         hits = [c == q.answer for c, (q, _) in zip(choices, questions)]
         # `_acc` is the image+text (VQA) accuracy, what ViKeR's table reports: the model is asked about
@@ -166,7 +175,7 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfi
 
         # cloze
         clozes = cloze_examples([replace(p, images=(p.images[s.image_index],)) for p in s.profiles])
-        replies = generate(model, processor, clozes, **{**gen_kw, "max_new_tokens": 20})
+        replies = answers(clozes, max_new_tokens=20)
         metrics[f"{s.name}_cloze"] = M.mean_percent(M.cloze_correct(r, ex.answer) for r, ex in zip(replies, clozes))
         records += [_record(s.name, "cloze", ex, r, hit=M.cloze_correct(r, ex.answer)) for ex, r in zip(clozes, replies)]
 
