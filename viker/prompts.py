@@ -6,7 +6,7 @@ small model is tested on exactly the format it learned.
 
 from __future__ import annotations
 
-import re
+from viker.eval.metrics import cloze_prompt as mark_blank  # the benchmark's "__" -> "[Blank]"
 
 GENERATION_SUFFIX = "Answer the question based on your trained knowledge in one sentence accurately in ENGLISH."
 CLOZE_SUFFIX = "Fill in the [Blank] with the correct word or phrase only."
@@ -29,7 +29,7 @@ def generation_prompt(question: str) -> str:
 
 
 def cloze_prompt(question: str) -> str:
-    return f"{re.sub(r'_{2,}', '[Blank]', question)}\n{CLOZE_SUFFIX}"
+    return f"{mark_blank(question)}\n{CLOZE_SUFFIX}"
 
 
 def mc_prompt(question: str, options: dict[str, str]) -> str:

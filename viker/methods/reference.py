@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from viker.data.loader import image_bytes, load_profiles
 from viker.data.schema import Example
 from viker.errors import VikerError
-from viker.methods.losses import compress_topk, decompress_topk, entropy, kl_to_reference
+from viker.methods.losses import compress_topk, decompress_topk, kl_to_reference
 
 SOURCES = ("people", "patterns", "scenes", "pets", "forget", "retain")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -93,12 +93,6 @@ class ReferenceDistributions:
             val = torch.cat([self.values[s] for s in parts])
             out = decompress_topk(idx, val, self.vocab_size)
         return out.to(device) if device is not None else out
-
-    def lengths(self) -> list[int]:
-        return (self.offsets[1:] - self.offsets[:-1]).tolist()
-
-    def entropies(self, i: int) -> torch.Tensor:
-        return entropy(self.rows([i]))
 
     def nbytes(self) -> int:
         tensors = [t for t in (self.probs, self.indices, self.values, self.offsets) if t is not None]
