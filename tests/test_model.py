@@ -51,3 +51,8 @@ def test_lora_targets_only_the_language_model(tiny):
 def test_a_folder_without_a_model_is_a_clear_error(tmp_path):
     with pytest.raises(VikerError, match="not a model folder"):
         load_model(tmp_path)
+
+
+def test_a_missing_model_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(VikerError, match="no such model folder"):
+        load_model(tmp_path / "nowhere")

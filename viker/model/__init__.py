@@ -43,7 +43,9 @@ def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
 
 def resolve_model_path(path: str | Path) -> str:
     """A run folder of ours holds its model under ``model/``; anything else is passed on as is."""
-    p = Path(path)
+    p = Path(path).expanduser()
+    if not p.exists() and (str(path).startswith(("/", ".", "~")) or str(path).count("/") != 1):
+        raise VikerError(f"{path}: no such model folder (and not a hub id of the form org/name)")
     if (p / "model" / "config.json").is_file():
         return str(p / "model")
     if p.exists() and not (p / "config.json").is_file():
