@@ -193,3 +193,37 @@ def test_keytokens_page_marks_high_entropy_tokens(tiny_dir, bench_dir, tmp_path,
     assert page.count("<div class='a'>") == n_answers
     assert "class='key'" in page  # with ε = 0 every token of a random model is a key token
     assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_forget_and_retain_sharing_a_person_is_refused(tiny_dir, bench_dir, tmp_path, capsys):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "bench"
+    shutil.copytree(bench_dir, root)
+    forget = pq.read_table(root / "forget_10" / "train-00000-of-00001.parquet")
+    retain = pq.read_table(root / "retain_90" / "train-00000-of-00001.parquet")
+    import pyarrow as pa
+
+    pq.write_table(pa.concat_tables([retain, forget.slice(0, 1)]), root / "retain_90" / "train-00000-of-00001.parquet")
+    code = main(["unlearn", "--model", str(tiny_dir), "--data", str(root), "--out", str(tmp_path / "run"),
+                 "--method", "ga"])
+    err = capsys.readouterr().err
+    assert code == 2 and "forget_10 and retain_90 share profile IDs" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_same_seed_same_metrics(tiny_dir, bench_dir, tmp_path):
+    """Reproducibility on CPU: the same seed and settings give identical metrics.json."""
+    from viker.eval.evaluate import EvalConfig
+    from viker.eval.run import run_eval
+
+    metrics = []
+    for name in ("a", "b"):
+        cfg = _config(tiny_dir, bench_dir, tmp_path / name, "viker", k=2)
+        mp = run_unlearn(cfg, progress=False)[:2]
+        run_eval("", str(bench_dir), str(tmp_path / name), EvalConfig(max_new_tokens=4, retain_limit=2),
+                 progress=False, model_and_processor=mp)
+        metrics.append((tmp_path / name / "metrics.json").read_text())
+    assert metrics[0] == metrics[1]

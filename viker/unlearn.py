@@ -13,6 +13,7 @@ from pathlib import Path
 
 from viker.collate import Collator
 from viker.data.examples import unlearning_examples
+from viker.data.loader import load_profiles
 from viker.data.schema import FORGET_SPLITS, RETAIN_OF
 from viker.errors import VikerError
 from viker.methods import get_method
@@ -62,6 +63,11 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     if cfg.forget not in FORGET_SPLITS:
         raise VikerError(f"--forget {cfg.forget}: choose from {', '.join(FORGET_SPLITS)}")
     method = make_method(cfg.method, cfg.method_args, cfg.forget)
+    shared = {p.id for p in load_profiles(cfg.data, cfg.forget)} & \
+        {p.id for p in load_profiles(cfg.data, RETAIN_OF[cfg.forget])}
+    if shared:
+        raise VikerError(f"{cfg.data}: {cfg.forget} and {RETAIN_OF[cfg.forget]} share profile IDs "
+                         f"{', '.join(sorted(shared)[:5])}; a person cannot be both forgotten and retained")
     data = {"forget": unlearning_examples(cfg.data, cfg.forget),
             "retain": unlearning_examples(cfg.data, RETAIN_OF[cfg.forget])}
     if not data["forget"]:
