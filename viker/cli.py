@@ -28,14 +28,14 @@ def _finetune(args) -> None:
         lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout),
         device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
     )
-    metrics = run_finetune(cfg)
+    metrics = run_finetune(cfg, resume=args.resume)
     print(json.dumps(metrics, indent=2))
 
 
 def _train_overrides(args) -> dict:
     return {k: v for k, v in {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
                               "max_steps": args.max_steps, "grad_accum": args.grad_accum,
-                              "seed": args.seed}.items() if v is not None}
+                              "seed": args.seed, "checkpoint_every": args.checkpoint_every}.items() if v is not None}
 
 
 def _unlearn(args) -> None:
@@ -57,8 +57,10 @@ def _unlearn(args) -> None:
                           merge=args.save == "merged"),
         cache_dir=args.cache_dir, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
     )
-    run_unlearn(cfg)
-    print(f"unlearned model written to {args.out}/model")
+    _, _, history = run_unlearn(cfg, resume=args.resume)
+    last = history[-1] if history else {}
+    print(f"unlearned model written to {args.out}/model (final loss {last.get('loss', float('nan')):.4f}; "
+          "gradient ascent's loss is unbounded below, see history.json)")
 
 
 def _eval(args) -> None:
@@ -105,6 +107,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--grad-accum", type=int)
     p.add_argument("--seed", type=int)
+    p.add_argument("--checkpoint-every", type=int, help="write a checkpoint every N steps (atomically)")
+    p.add_argument("--resume", action="store_true", help="continue a stopped run from its last checkpoint")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:

@@ -20,7 +20,7 @@ from viker.methods import get_method
 from viker.model import LoraSettings, apply_lora, load_model, save_model
 from viker.model.tiny import TinyConfig, build_tiny
 from viker.runs import write_config, write_json
-from viker.train import TrainConfig, seed_everything, train
+from viker.train import TrainConfig, discard_checkpoint, seed_everything, train
 
 # Settings that memorise the embedded benchmark with the tiny model in a few CPU minutes.
 TINY_TRAIN = TrainConfig(epochs=20, batch_size=16, lr=1e-3, warmup_ratio=0.05, scheduler="cosine",
@@ -60,7 +60,7 @@ def recall_metrics(model, processor, data_dir, batch_size: int = 64, progress: b
     return metrics
 
 
-def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
+def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = False) -> dict:
     out = Path(cfg.out)
     if not cfg.data:
         raise VikerError("--data is required")
@@ -79,11 +79,12 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
 
     start = time.perf_counter()
     history = train(model, get_method("finetune")(), {"train": examples}, Collator(processor), cfg.train,
-                    desc="finetune", progress=progress)
+                    desc="finetune", progress=progress, run_dir=out, resume=resume)
     seconds = time.perf_counter() - start
     write_json(out / "history.json", history)
     metrics = recall_metrics(model, processor, cfg.data, cfg.eval_batch_size, progress)
     metrics |= {"train_seconds": round(seconds, 1), "final_loss": history[-1]["loss"] if history else None}
     save_model(model, processor, out / "model", merge=cfg.lora.merge)
     write_json(out / "metrics.json", metrics)
+    discard_checkpoint(out)
     return metrics

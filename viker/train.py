@@ -13,7 +13,9 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
@@ -21,7 +23,6 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from viker.collate import model_inputs
 from viker.data.schema import Example
 from viker.errors import VikerError
 
@@ -40,6 +41,7 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: str = "no"  # no | bf16 | fp16
     log_every: int = 10
+    checkpoint_every: int = 0  # steps between checkpoints (0: none)
 
 
 class Objective(Protocol):
@@ -57,33 +59,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class IndexedExamples(torch.utils.data.Dataset):
-    """Examples that remember their position, so objectives can look up per-example caches."""
-
-    def __init__(self, examples: Sequence[Example]):
-        self.examples = list(examples)
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> tuple[int, Example]:
-        return i, self.examples[i]
-
-
-def make_loader(examples: Sequence[Example], collate: Callable, batch_size: int, seed: int, shuffle: bool = True):
-    def collate_indexed(items):
-        batch = collate([ex for _, ex in items])
-        batch["index"] = torch.tensor([i for i, _ in items])
-        return batch
-
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(IndexedExamples(examples), batch_size=batch_size, shuffle=shuffle,
-                      collate_fn=collate_indexed, generator=generator)
-
-
-def _cycle(loader):
-    while True:
-        yield from loader
+def batches(examples: Sequence[Example], collate: Callable, batch_size: int, seed: int, start: int = 0):
+    """Batches of ``examples`` forever, reshuffled each epoch by a generator seeded once, from
+    micro-batch number ``start`` on: a resumed run skips (without collating) the batches it had used,
+    so it sees exactly those an uninterrupted run would. Each batch carries ``index``, the examples'
+    positions in ``examples``, for objectives that look up per-example caches."""
+    loader = DataLoader(range(len(examples)), batch_size=batch_size, shuffle=True, collate_fn=list,
+                        generator=torch.Generator().manual_seed(seed))
+    micro = 0
+    for epoch in itertools.count():
+        for chosen in loader:
+            if micro >= start:
+                batch = collate([examples[j] for j in chosen])
+                batch["index"] = torch.tensor(chosen)
+                yield epoch, batch
+            micro += 1
 
 
 def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
@@ -100,6 +90,46 @@ def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
     return f
 
 
+CHECKPOINT = "checkpoint"
+
+
+def save_checkpoint(run_dir: Path, model, optimizer, scheduler, step: int, history: list[dict]) -> None:
+    """Trainable weights (safetensors) and the optimiser's state, written atomically: a run killed at
+    any moment leaves either the previous checkpoint or this one, never half of one."""
+    from safetensors.torch import save_file
+
+    final, tmp, old = run_dir / CHECKPOINT, run_dir / f"{CHECKPOINT}.tmp", run_dir / f"{CHECKPOINT}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    weights = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    save_file(weights, str(tmp / "trainable.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                "history": history, "rng": torch.get_rng_state()}, tmp / "state.pt")
+    if final.exists():
+        final.replace(old)
+    tmp.replace(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(run_dir: Path, model, optimizer, scheduler) -> tuple[int, list[dict]]:
+    from safetensors.torch import load_file
+
+    path = next((run_dir / d for d in (CHECKPOINT, f"{CHECKPOINT}.old") if (run_dir / d / "state.pt").is_file()),
+                None)
+    if path is None:
+        raise VikerError(f"{run_dir}: no checkpoint to resume from")
+    weights = load_file(str(path / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    state = torch.load(path / "state.pt", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    return state["step"], state["history"]
+
+
 def train(
     model: torch.nn.Module,
     objective: Objective,
@@ -108,8 +138,13 @@ def train(
     cfg: TrainConfig,
     desc: str = "training",
     progress: bool = True,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
 ) -> list[dict]:
-    """Optimise ``model`` (only its trainable parameters) on ``objective``; return the logged history."""
+    """Optimise ``model`` (only its trainable parameters) on ``objective``; return the logged history.
+
+    With ``run_dir`` and ``cfg.checkpoint_every``, a checkpoint is written every that many steps;
+    ``resume=True`` continues from it and ends with the weights an uninterrupted run would have."""
     from accelerate import Accelerator
 
     for name in objective.streams:
@@ -118,55 +153,64 @@ def train(
     seed_everything(cfg.seed)
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
                               cpu=not torch.cuda.is_available())
-    loaders = {name: make_loader(data[name], collate, cfg.batch_size, cfg.seed + i)
-               for i, name in enumerate(objective.streams)}
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(loaders[objective.streams[0]]) / cfg.grad_accum)
+    main, *others = objective.streams
+    steps_per_epoch = math.ceil(math.ceil(len(data[main]) / cfg.batch_size) / cfg.grad_accum)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(cfg.scheduler, int(cfg.warmup_ratio * total), total)
     )
-    model, optimizer, scheduler, *prepared = accelerator.prepare(model, optimizer, scheduler, *loaders.values())
-    loaders = dict(zip(loaders, prepared))
-    main, *others = objective.streams
-    streams = {name: _cycle(loaders[name]) for name in others}
-    epochs = itertools.count()
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    step, history = 0, []
+    if resume:
+        if run_dir is None:
+            raise VikerError("resuming needs the run folder")
+        step, history = load_checkpoint(run_dir, model, optimizer, scheduler)
+    start = step * cfg.grad_accum  # micro-batches already consumed by every stream
+    streams = {name: batches(data[name], collate, cfg.batch_size, cfg.seed + i, start)
+               for i, name in enumerate(objective.streams)}
 
     model.train()
-    history: list[dict] = []
-    step, running, n_micro = 0, {}, 0
-    bar = tqdm(total=total, desc=desc, disable=not progress, dynamic_ncols=True)
+    running, n_micro = {}, 0
+    bar = tqdm(total=total, initial=step, desc=desc, disable=not progress, dynamic_ncols=True)
     while step < total:
-        epoch = next(epochs)
-        for batch in loaders[main]:
-            with accelerator.accumulate(model):
-                batches = {main: batch} | {name: next(it) for name, it in streams.items()}
-                loss, logs = objective.loss(model, batches)
-                if not torch.isfinite(loss):
-                    raise VikerError(f"step {step}: the loss became {loss.item()}; lower the learning rate")
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            for k, v in {"loss": loss.item(), **logs}.items():
-                running[k] = running.get(k, 0.0) + v
-            n_micro += 1
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == total:
-                row = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0]}
-                row |= {k: v / n_micro for k, v in running.items()}
-                history.append(row)
-                bar.set_postfix(loss=f"{row['loss']:.3f}")
-                running, n_micro = {}, 0
-            if step >= total:
-                break
+        with accelerator.accumulate(model):
+            epoch, batch = next(streams[main])
+            batches_now = {main: batch} | {name: next(streams[name])[1] for name in others}
+            batches_now = {k: {key: v.to(accelerator.device) for key, v in b.items()} for k, b in batches_now.items()}
+            loss, logs = objective.loss(model, batches_now)
+            if not torch.isfinite(loss):
+                where = f"; the last good checkpoint is {run_dir / CHECKPOINT}" if run_dir is not None and \
+                    (run_dir / CHECKPOINT).exists() else ""
+                raise VikerError(f"step {step}: the loss became {loss.item()} (diverged); lower the learning rate{where}")
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and cfg.max_grad_norm:
+                accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        for k, v in {"loss": loss.item(), **logs}.items():
+            running[k] = running.get(k, 0.0) + v
+        n_micro += 1
+        if not accelerator.sync_gradients:
+            continue
+        step += 1
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == total:
+            row = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0]}
+            row |= {k: v / n_micro for k, v in running.items()}
+            history.append(row)
+            bar.set_postfix(loss=f"{row['loss']:.3f}")
+            running, n_micro = {}, 0
+        if run_dir is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
+            save_checkpoint(run_dir, accelerator.unwrap_model(model), optimizer, scheduler, step, history)
     bar.close()
     model.eval()
     return history
 
+
+def discard_checkpoint(run_dir: str | Path) -> None:
+    """Once the finished model is saved, its checkpoint is no longer needed."""
+    shutil.rmtree(Path(run_dir) / CHECKPOINT, ignore_errors=True)

@@ -20,7 +20,7 @@ from viker.methods import get_method
 from viker.methods.base import FrozenReference, UnlearnContext
 from viker.model import LoraSettings, apply_lora, load_model, save_model
 from viker.runs import write_config, write_json
-from viker.train import TrainConfig, seed_everything, train
+from viker.train import TrainConfig, discard_checkpoint, seed_everything, train
 
 # Unlearning budgets: the tiny model (full CPU demo) and a 7B model with LoRA (the paper's setting).
 TINY_UNLEARN = TrainConfig(epochs=5, batch_size=8, lr=2e-4, scheduler="constant", max_grad_norm=1.0, log_every=5)
@@ -58,8 +58,9 @@ def make_method(name: str, args: dict, forget_split: str):
         raise VikerError(f"method '{name}': {e}") from None
 
 
-def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=None):
-    """Unlearn and save; returns (model, processor, history). ``model_and_processor`` skips loading."""
+def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=None, resume: bool = False):
+    """Unlearn and save; returns (model, processor, history). ``model_and_processor`` skips loading;
+    ``resume`` continues a run that was stopped after a checkpoint (``train.checkpoint_every``)."""
     if cfg.forget not in FORGET_SPLITS:
         raise VikerError(f"--forget {cfg.forget}: choose from {', '.join(FORGET_SPLITS)}")
     method = make_method(cfg.method, cfg.method_args, cfg.forget)
@@ -92,10 +93,12 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     settings = {"unlearn": asdict(cfg), "method": {"name": cfg.method, **asdict(method)},
                 "examples": {k: len(v) for k, v in data.items()}, "setup": ctx.info}
     write_config(out, "unlearn", settings, cfg.data)
-    history = train(model, method, data, collate, cfg.train, desc=f"unlearn ({cfg.method})", progress=progress)
+    history = train(model, method, data, collate, cfg.train, desc=f"unlearn ({cfg.method})", progress=progress,
+                    run_dir=out, resume=resume)
     timing = {"setup_seconds": round(setup_seconds, 2), "total_seconds": round(time.perf_counter() - start, 2)}
     write_json(out / "history.json", history)
     write_json(out / "timing.json", timing)
     model = save_model(model, processor, out / "model", merge=cfg.lora.merge)
+    discard_checkpoint(out)
     return model, processor, history
 

@@ -1,0 +1,80 @@
+"""Interrupted runs resume to the weights an uninterrupted run reaches; divergence stops cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from viker.errors import VikerError
+from viker.train import CHECKPOINT, TrainConfig, train
+
+
+def _unlearn(tiny_dir, bench_dir, out, *extra):
+    return [sys.executable, "-m", "viker", "unlearn", "--model", str(tiny_dir), "--data", str(bench_dir),
+            "--method", "graddiff", "--max-steps", "150", "--batch-size", "4", "--lr", "1e-3",
+            "--checkpoint-every", "5", "--save", "adapter", "--out", str(out), *extra]
+
+
+def test_a_killed_run_resumes_to_the_same_weights(tiny_dir, bench_dir, tmp_path):
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    subprocess.run(_unlearn(tiny_dir, bench_dir, tmp_path / "whole"), check=True, env=env, capture_output=True)
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_unlearn(tiny_dir, bench_dir, run), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / CHECKPOINT / "state.pt").is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # land between two checkpoints
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (run / "model").exists()  # nothing half-written where the result goes
+    state = torch.load(run / CHECKPOINT / "state.pt", weights_only=True)
+    assert 0 < state["step"] < 150
+
+    subprocess.run(_unlearn(tiny_dir, bench_dir, run, "--resume"), check=True, env=env, capture_output=True)
+    resumed = load_file(str(run / "model" / "adapter_model.safetensors"))
+    whole = load_file(str(tmp_path / "whole" / "model" / "adapter_model.safetensors"))
+    assert resumed.keys() == whole.keys()
+    for name in whole:
+        assert torch.equal(resumed[name], whole[name]), name
+    assert not (run / CHECKPOINT).exists()  # the finished model replaced its checkpoint
+
+
+class _Exploding:
+    """An objective whose loss turns infinite at the fourth step."""
+
+    streams = ("train",)
+
+    def __init__(self):
+        self.calls = 0
+
+    def loss(self, model, batches):
+        self.calls += 1
+        value = model.weight.sum() * 0 + (1.0 if self.calls < 4 else float("inf"))
+        return value + (model.weight ** 2).sum(), {}
+
+
+def test_divergence_stops_with_a_message_naming_the_last_good_checkpoint(tmp_path):
+    from viker.data.schema import Example
+
+    model = torch.nn.Linear(2, 2)
+    examples = [Example(f"q{i}", "a", None) for i in range(8)]
+
+    def collate(exs):
+        return {"x": torch.zeros(len(exs), 2)}
+
+    with pytest.raises(VikerError, match=r"step 3: the loss became inf \(diverged\).*last good checkpoint"):
+        train(model, _Exploding(), {"train": examples}, collate,
+              TrainConfig(max_steps=10, batch_size=2, checkpoint_every=2, log_every=1), progress=False,
+              run_dir=tmp_path)
+    state = torch.load(tmp_path / CHECKPOINT / "state.pt", weights_only=True)
+    assert state["step"] == 2
