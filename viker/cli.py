@@ -26,7 +26,7 @@ def _finetune(args) -> None:
         model=args.model, data=args.data, out=args.out, tuning=args.tuning,
         train=replace(base, **_train_overrides(args)),
         lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout),
-        device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+        device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, max_length=args.max_length,
     )
     metrics = run_finetune(cfg, resume=args.resume)
     print(json.dumps(metrics, indent=2))
@@ -56,6 +56,7 @@ def _unlearn(args) -> None:
         lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
                           merge=args.save == "merged"),
         cache_dir=args.cache_dir, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+        max_length=args.max_length,
     )
     _, _, history = run_unlearn(cfg, resume=args.resume)
     last = history[-1] if history else {}
@@ -109,6 +110,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--checkpoint-every", type=int, help="write a checkpoint every N steps (atomically)")
     p.add_argument("--resume", action="store_true", help="continue a stopped run from its last checkpoint")
+    p.add_argument("--max-length", type=int, help="refuse examples longer than this many tokens (never truncates)")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:

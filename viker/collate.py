@@ -91,12 +91,44 @@ class Collator:
             padding_side=self.padding_side,
         )
         batch = dict(batch)
-        if self.max_length is not None and batch["input_ids"].shape[1] > self.max_length:
-            raise VikerError(f"a batch is {batch['input_ids'].shape[1]} tokens long, over max_length "
-                             f"{self.max_length}; raise max_length (truncating would cut answers)")
+        if self.max_length is not None:
+            for ex, n in zip(examples, batch["attention_mask"].sum(dim=1).tolist()):
+                if n > self.max_length:
+                    raise self._too_long(ex, n)
         if self.answers:
             batch["labels"] = self.answer_labels(batch, self.answer_lengths(prompts, texts, examples))
         return batch
+
+    def _too_long(self, ex: Example, n: int) -> VikerError:
+        return VikerError(f"example '{ex.question.splitlines()[0][:50]}': {n} tokens, over max_length "
+                          f"{self.max_length}; truncating it would leave its answer without tokens (raise "
+                          "--max-length)")
+
+    def preflight(self, model, examples: Sequence[Example]) -> None:
+        """Check, before any output is written, what would otherwise fail mid-run: every example fits
+        ``max_length``, and the model accepts the processor's image tokens (one forward pass)."""
+        with_image = next((ex for ex in examples if ex.image is not None), None)
+        if self.max_length is not None:
+            expansion = 0
+            if with_image is not None:  # how many tokens the processor adds for one image
+                expansion = int(self([with_image])["attention_mask"].sum()) - \
+                    len(self.tokenizer(self.render(with_image, with_image.answer))["input_ids"])
+            lengths = [len(ids) for ids in self.tokenizer([self.render(ex, ex.answer) for ex in examples])["input_ids"]]
+            for ex, n in zip(examples, lengths):
+                if n + (expansion if ex.image is not None else 0) > self.max_length:
+                    raise self._too_long(ex, n + (expansion if ex.image is not None else 0))
+        if with_image is not None:
+            device = next(model.parameters()).device
+            batch = {k: v.to(device) for k, v in model_inputs(self([with_image])).items()}
+            try:
+                with torch.no_grad():
+                    model(**batch)
+            except ValueError as e:
+                if "image" not in str(e).lower():
+                    raise
+                raise VikerError(f"the processor's image tokens do not match the model's image features "
+                                 f"({str(e).splitlines()[0]}); processor and model come from different "
+                                 "configurations") from None
 
     @staticmethod
     def answer_labels(batch: dict, lengths: list[int]) -> torch.Tensor:

@@ -41,6 +41,7 @@ class FinetuneConfig:
     dtype: str = "auto"
     trust_remote_code: bool = False
     eval_batch_size: int = 64
+    max_length: int | None = None  # longest example in tokens (None: no limit); never truncates
 
 
 def exact_match(model, processor, examples, batch_size: int = 64, progress: bool = True) -> tuple[float, list[str]]:
@@ -74,11 +75,13 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     tuning = cfg.tuning if cfg.tuning != "auto" else ("full" if cfg.model == "tiny" else "lora")
     if tuning == "lora":
         model = apply_lora(model, cfg.lora)
+    collate = Collator(processor, max_length=cfg.max_length)
+    collate.preflight(model, examples)
     settings = {"finetune": asdict(cfg) | {"tuning": tuning}, "examples": len(examples)}
     write_config(out, "finetune", settings, cfg.data)
 
     start = time.perf_counter()
-    history = train(model, get_method("finetune")(), {"train": examples}, Collator(processor), cfg.train,
+    history = train(model, get_method("finetune")(), {"train": examples}, collate, cfg.train,
                     desc="finetune", progress=progress, run_dir=out, resume=resume)
     seconds = time.perf_counter() - start
     write_json(out / "history.json", history)

@@ -43,6 +43,7 @@ class UnlearnConfig:
     train: TrainConfig = field(default_factory=lambda: TINY_UNLEARN)
     lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=16, alpha=32, dropout=0.0))
     cache_dir: str | None = None  # ViKeR's reference cache; None: $VIKER_CACHE or ~/.cache/viker
+    max_length: int | None = None  # longest example in tokens (None: no limit); never truncates
     device: str | None = None
     dtype: str = "auto"
     trust_remote_code: bool = False
@@ -79,7 +80,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         model = apply_lora(model, cfg.lora)
     elif cfg.tuning != "full":
         raise VikerError(f"--tuning {cfg.tuning}: choose lora or full")
-    collate = Collator(processor)
+    collate = Collator(processor, max_length=cfg.max_length)
+    collate.preflight(model, data["forget"] + (data["retain"] if "retain" in method.streams else []))
     ctx = UnlearnContext(
         model=model, processor=processor, collate=collate, data=data, reference=FrozenReference(model),
         data_dir=Path(cfg.data), cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(),

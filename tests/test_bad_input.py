@@ -1,0 +1,139 @@
+"""Bad input: one clear line naming the file, config or row, exit status 2, and nothing in --out."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from viker.cli import main
+from viker.data.loader import load_profiles
+from viker.errors import VikerError
+
+FORGET = "forget_10/train-00000-of-00001.parquet"
+
+
+def _edit(root, rel, edit):
+    pq.write_table(edit(pq.read_table(root / rel)), root / rel)
+
+
+def _truncate_image(t):
+    images = t.column("image").to_pylist()
+    images[0] = {"bytes": images[0]["bytes"][:50], "path": images[0]["path"]}
+    return t.set_column(0, "image", pa.array(images, type=t.schema.field("image").type))
+
+
+def _generation_as_text(t):
+    i = t.schema.get_field_index("Generation_Task")
+    return t.set_column(i, "Generation_Task", pa.array([json.dumps(x) for x in t.column(i).to_pylist()]))
+
+
+CASES = {
+    "corrupt image": (lambda root: _edit(root, FORGET, _truncate_image),
+                      "forget_10/train-00000-of-00001.parquet:row 0 image 0: unreadable image"),
+    "missing config": (lambda root: shutil.rmtree(root / "retain_90"), "config 'retain_90' not found"),
+    "missing column": (lambda root: _edit(root, FORGET, lambda t: t.drop_columns(["Mask_Task"])),
+                       "forget_10/train-00000-of-00001.parquet: missing column 'Mask_Task'"),
+    "wrong nested type": (lambda root: _edit(root, FORGET, _generation_as_text),
+                          "column 'Generation_Task' should be a list"),
+    "empty forget split": (lambda root: _edit(root, FORGET, lambda t: t.slice(0, 0)),
+                           "split forget_10 has no examples to unlearn"),
+}
+
+
+def _assert_clean_failure(code, err, message, out):
+    assert code == 2
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], err
+    assert not out.exists(), "a failed run left output behind"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_benchmark_files(case, tiny_dir, bench_dir, tmp_path, capsys):
+    root = tmp_path / "bench"
+    shutil.copytree(bench_dir, root)
+    corrupt, message = CASES[case]
+    corrupt(root)
+    out = tmp_path / "run"
+    code = main(["unlearn", "--model", str(tiny_dir), "--data", str(root), "--method", "ga", "--out", str(out),
+                 "--max-steps", "1"])
+    _assert_clean_failure(code, capsys.readouterr().err, message, out)
+
+
+def test_a_processor_without_chat_template(tiny_dir, bench_dir, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    for name in ("tokenizer_config.json", "processor_config.json"):
+        config = json.loads((model / name).read_text())
+        config.pop("chat_template", None)
+        (model / name).write_text(json.dumps(config))
+    out = tmp_path / "run"
+    code = main(["unlearn", "--model", str(model), "--data", str(bench_dir), "--method", "ga", "--out", str(out)])
+    _assert_clean_failure(code, capsys.readouterr().err, "the processor has no chat template", out)
+
+
+def test_image_tokens_that_do_not_match_the_image_features(tiny_dir, bench_dir, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    config = json.loads((model / "processor_config.json").read_text())
+    config["patch_size"] = config.get("patch_size", 8) * 2  # the processor now writes 4x fewer image tokens
+    (model / "processor_config.json").write_text(json.dumps(config))
+    out = tmp_path / "run"
+    code = main(["unlearn", "--model", str(model), "--data", str(bench_dir), "--method", "ga", "--out", str(out)])
+    _assert_clean_failure(code, capsys.readouterr().err, "image tokens", out)
+
+
+def test_an_answer_that_does_not_fit_max_length(tiny_dir, bench_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--method", "ga", "--out", str(out),
+                 "--max-length", "20"])
+    _assert_clean_failure(code, capsys.readouterr().err, "max_length 20", out)
+
+
+# --- property-based: malformed rows never give a silent wrong profile or an unexpected exception ---------
+
+MUTATIONS = st.sampled_from(["drop_type", "bad_type", "bad_letter", "missing_option", "empty_image",
+                             "garbage_image", "null_question"])
+
+
+def _mutate(row: dict, mutation: str, index: int) -> dict:
+    row = json.loads(json.dumps(row, default=lambda b: b.hex()))  # deep copy (bytes as hex for a moment)
+    row["image"]["bytes"] = bytes.fromhex(row["image"]["bytes"])
+    gen = row["Generation_Task"]
+    mc = row["Classification_Task"]["Pure_Text_Questions"]
+    if mutation == "drop_type":
+        gen[index % len(gen)]["Type"] = None
+    elif mutation == "bad_type":
+        gen[index % len(gen)]["Type"] = "Video"
+    elif mutation == "bad_letter":
+        mc[index % len(mc)]["Correct_Answer"] = "E"
+    elif mutation == "missing_option":
+        mc[index % len(mc)]["Options"]["D"] = None
+    elif mutation == "empty_image":
+        row["image"]["bytes"] = b""
+    elif mutation == "garbage_image":
+        row["image"]["bytes"] = bytes(range(index % 200 + 10))
+    elif mutation == "null_question":
+        gen[index % len(gen)]["Question"] = None
+    return row
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mutation=MUTATIONS, row_index=st.integers(0, 100), index=st.integers(0, 100))
+def test_malformed_rows_are_reported_not_loaded(bench_dir, tmp_path_factory, mutation, row_index, index):
+    root = tmp_path_factory.mktemp("mut")
+    table = pq.read_table(bench_dir / "Full_Set" / "train-00000-of-00001.parquet")
+    rows = table.to_pylist()
+    bad = row_index % len(rows)
+    rows[bad] = _mutate(rows[bad], mutation, index)
+    (root / "Full_Set").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), root / "Full_Set" / "t.parquet")
+    with pytest.raises(VikerError, match=rf"t.parquet:row {bad}"):
+        load_profiles(root, "Full_Set")
