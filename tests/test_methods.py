@@ -176,12 +176,14 @@ def test_bad_viker_settings_are_one_line_errors(args, message, tiny_dir, bench_d
     assert code == 2 and "Traceback" not in err
     assert [line for line in err.splitlines() if line.startswith("error:")] == [line for line in err.splitlines()
                                                                                if message in line]
+    assert not (tmp_path / "run").exists()
 
 
 def test_unknown_forget_split_is_an_error(tiny_dir, bench_dir, tmp_path, capsys):
     code = main(["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(tmp_path / "run"),
                  "--forget", "forget_50", "--method", "ga"])
     assert code == 2 and "--forget forget_50: choose from forget_5, forget_10, forget_15" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_keytokens_page_marks_high_entropy_tokens(tiny_dir, bench_dir, tmp_path, capsys):

@@ -56,3 +56,25 @@ def test_a_folder_without_a_model_is_a_clear_error(tmp_path):
 def test_a_missing_model_folder_is_a_clear_error(tmp_path):
     with pytest.raises(VikerError, match="no such model folder"):
         load_model(tmp_path / "nowhere")
+
+
+def test_remote_code_is_off_unless_asked(monkeypatch, tiny_dir):
+    """Safe loading: checkpoints never run their own code unless the user passes --trust-remote-code."""
+    import transformers
+
+    seen = []
+    real_model = transformers.AutoModelForImageTextToText.from_pretrained
+    real_processor = transformers.AutoProcessor.from_pretrained
+
+    def spy(real):
+        def wrapped(*args, **kwargs):
+            seen.append(kwargs.get("trust_remote_code"))
+            return real(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained", spy(real_model))
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", spy(real_processor))
+    load_model(tiny_dir, device="cpu")
+    assert seen == [False, False]
+    load_model(tiny_dir, device="cpu", trust_remote_code=True)
+    assert seen[2:] == [True, True]

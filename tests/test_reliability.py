@@ -78,3 +78,12 @@ def test_divergence_stops_with_a_message_naming_the_last_good_checkpoint(tmp_pat
               run_dir=tmp_path)
     state = torch.load(tmp_path / CHECKPOINT / "state.pt", weights_only=True)
     assert state["step"] == 2
+
+
+def test_output_paths_never_escape_the_run_folder(tmp_path):
+    from viker.runs import under
+
+    assert under(tmp_path, "runs", "viker") == (tmp_path / "runs" / "viker").resolve()
+    for bad in (("..", "elsewhere"), ("runs", "../../x"), ("/etc",)):
+        with pytest.raises(VikerError, match="would be written outside"):
+            under(tmp_path, *bad)

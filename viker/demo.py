@@ -22,7 +22,7 @@ from viker.finetune import TINY_TRAIN, FinetuneConfig, run_finetune
 from viker.keytokens import run_keytokens
 from viker.model import LoraSettings, load_model
 from viker.report import column_glossary, markdown_table, plain_table, tradeoff_plot
-from viker.runs import file_hashes, to_jsonable, write_json
+from viker.runs import file_hashes, to_jsonable, under, write_json
 from viker.train import TrainConfig
 from viker.unlearn import TINY_UNLEARN, UnlearnConfig, run_unlearn
 
@@ -97,7 +97,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     timings = {}
     for method in METHODS:
         args = dict(cfg.viker) if method == "viker" else {}
-        run_dir = out / "runs" / method
+        run_dir = under(out, "runs", method)
         t = time.perf_counter()
         model_and_processor = run_unlearn(replace(base, method=method, method_args=args, out=str(run_dir)),
                                           progress=progress)[:2]
@@ -108,7 +108,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     print("4/5 ViKeR's λ sweep")
     sweep = [{"lam": cfg.viker["lam"], "metrics": next(r["metrics"] for r in runs if r["method"] == "viker")}]
     for lam in cfg.lam_sweep:
-        run_dir = out / "runs" / f"viker_lam{lam:g}"
+        run_dir = under(out, "runs", f"viker_lam{lam:g}")
         mp = run_unlearn(replace(base, method="viker", method_args={**cfg.viker, "lam": lam}, out=str(run_dir)),
                          progress=progress)[:2]
         sweep.append({"lam": lam, "metrics": evaluate_run(run_dir, mp)})

@@ -42,6 +42,18 @@ def file_hashes(root: str | Path, pattern: str = "**/*.parquet") -> dict[str, st
     return hashes
 
 
+def under(out: str | Path, *parts: str) -> Path:
+    """``out/parts...``, refusing any path that would land outside ``out`` (a name with '..' or a leading
+    '/' in a method or run name must not write elsewhere)."""
+    root = Path(out).resolve()
+    path = root.joinpath(*parts).resolve()
+    if path != root and root not in path.parents:
+        from viker.errors import VikerError
+
+        raise VikerError(f"{'/'.join(parts)}: would be written outside {out}")
+    return path
+
+
 def to_jsonable(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return to_jsonable(dataclasses.asdict(obj))
