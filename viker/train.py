@@ -5,7 +5,8 @@ objectives consume several data streams at once (a forget batch paired with a re
 frozen reference model beside the trained one and read cached reference distributions by example
 index; in a ``Trainer`` each of those means overriding internals, while here an objective is one small
 object with a ``loss(model, batches)`` method and the loop stays short enough to read in one sitting.
-``accelerate`` still gives us devices, mixed precision, gradient accumulation and DDP/FSDP.
+``accelerate`` gives us devices, mixed precision and gradient accumulation. (Runs are single-process
+for now: splitting the batches across several processes is not done yet.)
 """
 
 from __future__ import annotations
