@@ -10,7 +10,7 @@ import torch
 from viker.cli import main
 from viker.data.examples import generation_examples
 from viker.data.loader import load_profiles
-from viker.data.schema import Example, MCQuestion
+from viker.data.schema import MCQuestion
 from viker.eval.evaluate import EvalConfig, evaluate, mc_by_likelihood, option_frame
 from viker.eval.generate import generate
 

@@ -15,7 +15,7 @@ from viker.collate import Collator, model_inputs
 from viker.data.examples import unlearning_examples
 from viker.methods import METHODS, get_method
 from viker.methods.base import FrozenReference, UnlearnContext
-from viker.methods.losses import gather_answer_positions, sequence_logprob
+from viker.methods.losses import gather_answer_positions
 from viker.methods.reference import (
     ReferenceDistributions,
     compute_reference_distributions,

@@ -8,7 +8,7 @@ Writes an HTML page and a PNG of the first answers, e.g. for a README.
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -17,13 +17,7 @@ from viker.collate import Collator
 from viker.data.examples import unlearning_examples
 from viker.methods.base import FrozenReference
 from viker.methods.losses import entropy
-from viker.methods.reference import (
-    cache_key,
-    cached_reference_distributions,
-    compute_reference_distributions,
-    model_fingerprint,
-    reference_pool,
-)
+from viker.methods.reference import reference_distributions, reference_pool
 
 
 @dataclass
@@ -36,22 +30,21 @@ class TokenEntropy:
 
 def answer_token_entropies(model, processor, data_dir, forget: str, k: int = 5, refs: str = "people", seed: int = 0,
                            cache_dir: Path | None = None, progress: bool = True) -> list[TokenEntropy]:
-    collate = Collator(processor)
+    """Each forget answer's tokens with their reference entropy H(R̂_i). Uses (and fills) the same
+    cache as a ViKeR run with the same model, data, references, k and seed."""
     examples = unlearning_examples(data_dir, forget)
     pool = reference_pool(refs, data_dir, forget)
-    reference = FrozenReference(model, separate=model)
-    device = next(model.parameters()).device
-    key = cache_key(model_fingerprint(model), examples, pool, k, seed, None)
-    dists, _ = cached_reference_distributions(cache_dir, key, lambda: compute_reference_distributions(
-        reference.answer_probs, collate, examples, pool, k, seed, device=device, progress=progress))
+    dists, _ = reference_distributions(FrozenReference(model, separate=model), processor, examples, pool, k, seed,
+                                       cache_dir=cache_dir, progress=progress)
+    collate = Collator(processor)
     tok = collate.tokenizer
     out = []
     for i, ex in enumerate(examples):
-        labels = collate([ex])["labels"][0]
+        # the answer's tokens do not depend on the image, so skip image processing here
+        labels = collate([replace(ex, image=None)])["labels"][0]
         ids = labels[labels != -100].tolist()
-        h = entropy(dists.rows([i])).tolist()
-        pieces = [tok.decode([t]) for t in ids]
-        out.append(TokenEntropy(ex.question.split("\n")[0], ex.image is not None, pieces, h))
+        out.append(TokenEntropy(ex.question.split("\n")[0], ex.image is not None, [tok.decode([t]) for t in ids],
+                                entropy(dists.rows([i])).tolist()))
     return out
 
 

@@ -24,8 +24,8 @@ def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig, device=None,
     model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code)
     metrics, records = evaluate(model, processor, data, cfg, progress=progress)
     out = Path(out)
-    write_config(out, "eval", {"model": model_path, "data": data, "eval": asdict(cfg)}, data) \
-        if not (out / "config.json").exists() else None
+    if not (out / "config.json").exists():  # an unlearning run's folder already has its own config
+        write_config(out, "eval", {"model": model_path, "data": data, "eval": asdict(cfg)}, data)
     write_json(out / "metrics.json", metrics)
     write_generations(out / "generations.jsonl", records)
     return metrics

@@ -37,6 +37,10 @@ class FrozenReference:
         if separate is None and not hasattr(model, "disable_adapter"):
             self._copy = copy.deepcopy(model).eval().requires_grad_(False)
 
+    def network_for_fingerprint(self) -> torch.nn.Module:
+        """The module whose weights define the reference (adapters are ignored when fingerprinting)."""
+        return self._copy if self._copy is not None else self._model
+
     @contextmanager
     def _network(self):
         if self._copy is not None:

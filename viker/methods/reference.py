@@ -202,6 +202,25 @@ def cache_key(fingerprint: str, examples: Sequence[Example], pool: Sequence[byte
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:24]
 
 
+def reference_distributions(reference, processor, examples: Sequence[Example], pool: Sequence[bytes] | None,
+                            k: int, seed: int = 0, topk: int | None = None, cache_dir: Path | None = None,
+                            progress: bool = True) -> tuple[ReferenceDistributions, Path | None]:
+    """R̂ for ``examples`` through the frozen ``reference`` (a FrozenReference), loaded from
+    ``cache_dir`` when a cache with the same key exists, else computed and stored there."""
+    from viker.collate import Collator
+
+    network = reference.network_for_fingerprint()
+    key = cache_key(model_fingerprint(network), examples, pool, k, seed, topk)
+    collate = Collator(processor, padding_side="left")  # answers last: only their positions are scored
+    device = next(network.parameters()).device
+
+    def compute() -> ReferenceDistributions:
+        return compute_reference_distributions(reference.answer_probs, collate, examples, pool, k, seed, topk,
+                                               device=device, progress=progress)
+
+    return cached_reference_distributions(cache_dir, key, compute)
+
+
 def cached_reference_distributions(cache_dir: Path | None, key: str, compute: Callable[[], ReferenceDistributions]):
     """Load R̂ from ``cache_dir`` when a cache with this key exists, else compute and store it."""
     if cache_dir is None:

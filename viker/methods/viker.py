@@ -13,20 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from viker.collate import Collator
 from viker.errors import VikerError
 from viker.methods import register
 from viker.methods.base import logits_of
 from viker.methods.losses import REGULARIZERS, gather_answer_positions, viker_token_loss
-from viker.methods.reference import (
-    FULL_VOCAB_LIMIT,
-    SOURCES,
-    cache_key,
-    cached_reference_distributions,
-    compute_reference_distributions,
-    model_fingerprint,
-    reference_pool,
-)
+from viker.methods.reference import FULL_VOCAB_LIMIT, SOURCES, reference_distributions, reference_pool
 
 ABLATIONS = ("none", "no_reg", "no_ga", "no_vis")
 
@@ -67,18 +58,8 @@ class ViKeR:
         pool = None if self.ablation == "no_vis" else reference_pool(self.refs, ctx.data_dir, self.forget_split)
         vocab = ctx.model.get_output_embeddings().weight.shape[0]
         topk = self.topk if self.topk != -1 else (None if vocab <= FULL_VOCAB_LIMIT else 1024)
-        device = next(ctx.model.parameters()).device
-        key = cache_key(model_fingerprint(ctx.model), examples, pool, self.k, ctx.seed, topk)
-
-        collate = Collator(ctx.processor, padding_side="left")  # answers last: only they are scored
-
-        def compute():
-            return compute_reference_distributions(
-                ctx.reference.answer_probs, collate, examples, pool, self.k, ctx.seed, topk,
-                device=device, progress=ctx.progress,
-            )
-
-        self.dists, path = cached_reference_distributions(ctx.cache_dir, key, compute)
+        self.dists, path = reference_distributions(ctx.reference, ctx.processor, examples, pool, self.k, ctx.seed,
+                                                   topk, ctx.cache_dir, ctx.progress)
         ctx.info["reference_cache"] = {"path": str(path) if path else None, **(self.dists.meta or {}),
                                        "bytes": self.dists.nbytes()}
 
