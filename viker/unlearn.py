@@ -13,7 +13,7 @@ from pathlib import Path
 
 from viker.collate import Collator
 from viker.data.examples import unlearning_examples
-from viker.data.loader import load_profiles
+from viker.data.loader import load_finetune, load_profiles
 from viker.data.schema import FORGET_SPLITS, RETAIN_OF
 from viker.errors import VikerError
 from viker.methods import get_method
@@ -65,13 +65,15 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     if cfg.forget not in FORGET_SPLITS:
         raise VikerError(f"--forget {cfg.forget}: choose from {', '.join(FORGET_SPLITS)}")
     method = make_method(cfg.method, cfg.method_args, cfg.forget)
-    shared = {p.id for p in load_profiles(cfg.data, cfg.forget)} & \
-        {p.id for p in load_profiles(cfg.data, RETAIN_OF[cfg.forget])}
+    retain_split = RETAIN_OF[cfg.forget]
+    forget_people, retain_people = load_profiles(cfg.data, cfg.forget), load_profiles(cfg.data, retain_split)
+    shared = {p.id for p in forget_people} & {p.id for p in retain_people}
     if shared:
-        raise VikerError(f"{cfg.data}: {cfg.forget} and {RETAIN_OF[cfg.forget]} share profile IDs "
+        raise VikerError(f"{cfg.data}: {cfg.forget} and {retain_split} share profile IDs "
                          f"{', '.join(sorted(shared)[:5])}; a person cannot be both forgotten and retained")
-    data = {"forget": unlearning_examples(cfg.data, cfg.forget),
-            "retain": unlearning_examples(cfg.data, RETAIN_OF[cfg.forget])}
+    records = load_finetune(cfg.data)
+    data = {"forget": unlearning_examples(cfg.data, cfg.forget, forget_people, records),
+            "retain": unlearning_examples(cfg.data, retain_split, retain_people, records)}
     if not data["forget"]:
         raise VikerError(f"{cfg.data}: split {cfg.forget} has no examples to unlearn")
     seed_everything(cfg.train.seed)

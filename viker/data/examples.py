@@ -60,12 +60,14 @@ def finetune_examples(data_dir: str | Path) -> list[Example]:
     return _unique(pair_examples(records, pure_text_questions(profiles)) + generation_examples(profiles))
 
 
-def unlearning_examples(data_dir: str | Path, split: str) -> list[Example]:
+def unlearning_examples(data_dir: str | Path, split: str, profiles: list[Profile] | None = None,
+                        records: list[FinetuneRecord] | None = None) -> list[Example]:
     """What the vanilla model learned about the people of ``split`` (a forget_* or retain_* config):
-    their generation questions and the ft_Data pairs whose image is one of theirs."""
-    profiles = load_profiles(data_dir, split)
+    their generation questions and the ft_Data pairs whose image is one of theirs. Pass ``profiles``
+    and ``records`` when they are already loaded."""
+    profiles = load_profiles(data_dir, split) if profiles is None else profiles
     images = {p.image for p in profiles}
-    records = [r for r in load_finetune(data_dir) if r.image in images]
+    records = [r for r in (load_finetune(data_dir) if records is None else records) if r.image in images]
     return _unique(generation_examples(profiles) + pair_examples(records, pure_text_questions(profiles)))
 
 
