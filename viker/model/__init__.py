@@ -54,13 +54,18 @@ def resolve_model_path(path: str | Path) -> str:
 
 
 def load_model(path: str | Path, device: str | None = None, dtype: str = "auto", trust_remote_code: bool = False):
-    """Model and processor from a local folder, a run folder of ours, or (online) a hub id."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    """Model and processor from a local folder, a run folder of ours, or (online) a hub id. A CAGUL run
+    folder gives its base model wrapped with the saved CAGUL modules (viker.model.cagul)."""
+    from transformers import AutoModelForImageTextToText
 
+    from viker.model.cagul import is_cagul_run, load_cagul
+
+    if is_cagul_run(path):
+        return load_cagul(path, device, dtype, trust_remote_code)
     path = resolve_model_path(path)
     dev = pick_device(device)
     try:
-        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        processor = load_processor(path, trust_remote_code)
         model = AutoModelForImageTextToText.from_pretrained(
             path, dtype=pick_dtype(dev, dtype), trust_remote_code=trust_remote_code
         )
@@ -68,6 +73,26 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "auto",
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise VikerError(f"{path}: cannot load model ({first})") from None
     return model.to(dev), processor
+
+
+def load_processor(path: str, trust_remote_code: bool = False):
+    """The checkpoint's own processor (tokenizer, image processor, chat template) through AutoProcessor.
+    Qwen2-VL's also wants a video processor, which needs torchvision: without torchvision it is built
+    from its image processor and tokenizer alone (see viker.model.families)."""
+    from transformers import AutoProcessor
+    from transformers.utils import is_torchvision_available
+
+    try:
+        return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ImportError, ValueError):
+        if is_torchvision_available():
+            raise
+        from viker.model.families import processor_without_video
+
+        processor = processor_without_video(path, trust_remote_code)
+        if processor is None:
+            raise
+        return processor
 
 
 def language_model_linear_layers(model: nn.Module) -> list[str]:
@@ -97,11 +122,32 @@ def apply_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
     return get_peft_model(model, config)
 
 
-def save_model(model: nn.Module, processor, out: str | Path, merge: bool = True) -> nn.Module:
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute each layer's activations in the backward pass instead of keeping them: activation
+    memory drops from every layer's to about one layer's, for roughly a third more compute. The
+    non-reentrant variant works with frozen inputs, DDP and FSDP; with LoRA the embeddings' output is
+    made to require grad so that gradients reach the adapters through the checkpointed frozen layers."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise VikerError(f"--gradient-checkpointing: {type(base).__name__} does not support it")
+    enable = getattr(base, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:  # transformers before activation_checkpointing_enable
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "peft_config"):
+        base.enable_input_require_grads()
+
+
+def save_model(model: nn.Module, processor, out: str | Path, merge: bool = True,
+               state_dict: dict | None = None) -> nn.Module:
     """Save with safetensors; a LoRA model is merged first unless ``merge=False`` (adapter only).
-    Returns the model as saved (merged, when it was)."""
+    Returns the model as saved (merged, when it was). ``state_dict``: the weights to write instead of
+    the model's own (a sharded model's gathered weights; it cannot be merged)."""
     if hasattr(model, "peft_config") and merge:
+        if state_dict is not None:
+            raise VikerError("a sharded LoRA model cannot be merged when saved; save the adapter alone")
         model = model.merge_and_unload()
-    model.save_pretrained(Path(out), safe_serialization=True)
+    model.save_pretrained(Path(out), safe_serialization=True, state_dict=state_dict)
     processor.save_pretrained(Path(out))
     return model

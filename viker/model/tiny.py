@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -61,10 +61,16 @@ class TinyConfig:
     max_positions: int = 256
     feature_strategy: str = "default"  # default: patch tokens only; full: the CLS token too
     seed: int = 0
+    family: str = "llava"  # llava | qwen2_vl | idefics2 (see viker.model.families)
 
 
 def benchmark_texts(data_dir: str | Path) -> Iterable[str]:
     """All text a model of this benchmark will read or write: the tokenizer's training corpus."""
+    from viker.data import clear
+
+    if clear.is_clear(data_dir):
+        yield from clear.benchmark_texts(data_dir)
+        return
     for config in ("Full_Set", "Retain_Set"):
         for p in load_profiles(data_dir, config):
             yield from (p.biography, p.question, p.answer)
@@ -83,32 +89,42 @@ def benchmark_texts(data_dir: str | Path) -> Iterable[str]:
     yield from PROMPT_TEXTS
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+def train_tokenizer(texts: Iterable[str], vocab_size: int, specials: Sequence[str] = (PAD, BOS, EOS, IMAGE_TOKEN),
+                    bos: str | None = BOS, eos: str = EOS, pad: str = PAD,
+                    named: dict[str, str] | None = None, chat_template: str = CHAT_TEMPLATE) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on ``texts``. The defaults are LLaVA's (a BOS token before every
+    text, ``<image>``); other families pass their own special tokens, BOS (None: none) and template."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[PAD, BOS, EOS, IMAGE_TOKEN],
+        special_tokens=list(specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, tok.token_to_id(BOS))]
-    )
+    if bos is not None:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tok.token_to_id(bos))]
+        )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        extra_special_tokens={"image_token": IMAGE_TOKEN},
-        chat_template=CHAT_TEMPLATE,
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=pad,
+        extra_special_tokens={"image_token": IMAGE_TOKEN} if named is None else named,
+        chat_template=chat_template,
     )
 
 
 def build_tiny(data_dir: str | Path, cfg: TinyConfig = TinyConfig()):
-    """A randomly initialised tiny LLaVA and its processor, with the tokenizer trained on ``data_dir``."""
+    """A randomly initialised tiny model of ``cfg.family`` (LLaVA by default) and its processor, with the
+    tokenizer trained on ``data_dir``."""
+    if cfg.family != "llava":
+        from viker.model.families import build_tiny_family
+
+        return build_tiny_family(data_dir, cfg)
     tokenizer = train_tokenizer(benchmark_texts(data_dir), cfg.vocab_size)
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": cfg.image_size}, crop_size={"height": cfg.image_size, "width": cfg.image_size}
