@@ -23,6 +23,11 @@ REFUSALS = (
 
 PROMPT_TEXTS = (GENERATION_SUFFIX, CLOZE_SUFFIX, MC_SUFFIX, *REFUSALS)
 
+# CLEAR's questions: a caption answers the first about the pictured person (CLEAR draws it from a few
+# paraphrases of it; one fixed wording keeps training and evaluation identical), a name completes the second.
+CAPTION_QUESTION = "What can you see in this picture?"
+NAME_QUESTION = "The name of the person on the image is"
+
 
 def generation_prompt(question: str) -> str:
     return f"{question}\n{GENERATION_SUFFIX}"

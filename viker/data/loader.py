@@ -2,7 +2,10 @@
 
 Accepted layouts under a root folder (the hub snapshot's and the generator's):
 ``CONFIG/*.parquet``, ``data/CONFIG-*.parquet``, ``data/CONFIG/*.parquet`` and ``CONFIG.parquet``.
-Every problem with the files is raised as a :class:`VikerError` naming the file (and row) at fault.
+A hub id (``org/name`` that is not a folder) is read through the ``datasets`` library instead, when
+it is installed and the hub can be reached. Every problem with the files is raised as a
+:class:`VikerError` naming the file (and row) at fault. CLEAR's loader (:mod:`viker.data.clear`)
+reuses these helpers with its own schemas.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ def has_config(root: str | Path, config: str) -> bool:
         return False
 
 
-def config_files(root: str | Path, config: str) -> list[Path]:
+def config_files(root: str | Path, config: str, known: tuple[str, ...] = CONFIGS) -> list[Path]:
+    """The parquet files of ``config`` under ``root``; ``known`` are the configs listed when it is missing."""
     root = Path(root)
     if not root.is_dir():
         raise VikerError(f"{root}: no such benchmark folder")
@@ -46,14 +50,50 @@ def config_files(root: str | Path, config: str) -> list[Path]:
         files = sorted(root.glob(pattern))
         if files:
             return files
-    known = [c for c in CONFIGS if any(root.glob(f"{c}/*.parquet")) or any(root.glob(f"data/{c}-*.parquet"))]
+    present = [c for c in known if any(root.glob(f"{c}/*.parquet")) or any(root.glob(f"data/{c}-*.parquet"))]
     raise VikerError(
         f"{root}: config '{config}' not found (looked for {', '.join(patterns)}); "
-        f"configs present: {', '.join(known) or 'none'}"
+        f"configs present: {', '.join(present) or 'none'}"
     )
 
 
-def _check_type(path: Path, name: str, actual: pa.DataType, expected: pa.DataType) -> None:
+def is_hub_id(root: str | Path) -> bool:
+    """``org/name`` that is not an existing folder: a dataset on the Hugging Face hub."""
+    text = str(root)
+    return text.count("/") == 1 and not text.startswith((".", "/", "~")) and not Path(text).exists()
+
+
+def hub_table(repo: str, config: str) -> pa.Table:
+    """One config's ``train`` split from the hub, as the Arrow table its parquet files hold (an image
+    column stays the ``{bytes, path}`` struct). ``datasets`` is imported only here: local folders never
+    need it."""
+    try:
+        import datasets
+    except ImportError:
+        raise VikerError(f"{repo}: reading a benchmark from the hub needs the `datasets` package "
+                         "(pip install datasets); or pass the folder of a downloaded snapshot") from None
+    try:
+        dataset = datasets.load_dataset(repo, config, split="train")
+    except Exception as e:  # offline, unknown repo or config, ...: the library's own message says which
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise VikerError(f"{repo}: cannot load config '{config}' from the hub ({first})") from None
+    return dataset.with_format("arrow")[:]
+
+
+def config_tables(root: str | Path, config: str, known: tuple[str, ...] = CONFIGS) -> list[tuple[str, pa.Table]]:
+    """``(name for messages, table)`` for each file of ``config``: local parquet files, or the hub's split."""
+    if is_hub_id(root):
+        return [(f"{root}[{config}]", hub_table(str(root), config))]
+    tables = []
+    for path in config_files(root, config, known):
+        try:
+            tables.append((str(path), pq.read_table(path)))
+        except (pa.ArrowInvalid, OSError) as e:
+            raise VikerError(f"{path}: not a readable parquet file ({e})") from None
+    return tables
+
+
+def _check_type(path: Path | str, name: str, actual: pa.DataType, expected: pa.DataType) -> None:
     """Check that the nested fields we read exist with compatible types (extra fields are fine)."""
     if pa.types.is_struct(expected):
         if not pa.types.is_struct(actual):
@@ -76,15 +116,13 @@ def _check_type(path: Path, name: str, actual: pa.DataType, expected: pa.DataTyp
             raise VikerError(f"{path}: column '{name}' should hold text, found {actual}")
 
 
-def read_config(root: str | Path, config: str) -> list[tuple[str, dict]]:
-    """Rows of one config as ``(source, row)`` pairs, after checking every file's schema."""
-    expected = schema_for(config)
+def read_config(root: str | Path, config: str, expected: pa.Schema | None = None,
+                known: tuple[str, ...] = CONFIGS) -> list[tuple[str, dict]]:
+    """Rows of one config as ``(source, row)`` pairs, after checking every file against ``expected``
+    (default: MLLMU-Bench's schema of ``config``); ``known`` are the configs a missing one is told from."""
+    expected = schema_for(config) if expected is None else expected
     rows: list[tuple[str, dict]] = []
-    for path in config_files(root, config):
-        try:
-            table = pq.read_table(path)
-        except (pa.ArrowInvalid, OSError) as e:
-            raise VikerError(f"{path}: not a readable parquet file ({e})") from None
+    for path, table in config_tables(root, config, known):
         for field in expected:
             if field.name not in table.schema.names:
                 raise VikerError(f"{path}: missing column '{field.name}' (config {config})")

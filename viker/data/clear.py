@@ -1,0 +1,308 @@
+"""CLEAR's layout (``therem/CLEAR``), written down once; its typed records and the examples its protocol
+needs: the finetune, the unlearning streams and the evaluation items.
+
+CLEAR has 200 fictitious persons (TOFU's authors) with face images; every image has a caption and the
+person's name. Its configs:
+
+- ``full``, ``forget01/05/10``, ``retain99/95/90``: ``image``, ``caption``, ``name``;
+- the same names with ``+tofu``: those rows plus TOFU's text questions about the same authors
+  (``question``, ``answer``, and no image);
+- ``forget01/05/10_perturbed`` and ``retain_perturbed``: the caption rows plus ``paraphrased_caption``,
+  ``perturbed_captions`` (wrong captions) and ``perturbed_names`` (wrong names), for the truth ratio;
+- ``real_faces`` (``image``, ``answer``: a celebrity's name, ``options``) and ``real_world``
+  (``question``, ``answer``, ``image``, ``prompt``, ``options``): what a pretrained model knows.
+
+Files are read with MLLMU-Bench's loader helpers (the same folder layouts, or a hub id through
+``datasets``), checked against the schemas below, and every bad row is an error naming file and row.
+The one documented skip: an option question whose ``options`` hold nothing but the answer has no wrong
+answer to compare with, so it cannot be scored; it is left out and counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from viker.data.examples import _unique
+from viker.data.loader import config_files, image_bytes, is_hub_id, read_config
+from viker.data.schema import IMAGE, QA, Example
+from viker.errors import VikerError
+from viker.prompts import CAPTION_QUESTION, NAME_QUESTION, PROMPT_TEXTS
+
+FORGET_SPLITS = ("forget01", "forget05", "forget10")
+RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
+TOFU = "+tofu"
+PERTURBED = "_perturbed"
+RETAIN_PERTURBED = "retain_perturbed"
+REAL_FACES, REAL_WORLD = "real_faces", "real_world"
+CAPTION_CONFIGS = ("full", *FORGET_SPLITS, *RETAIN_OF.values())
+CONFIGS = (*CAPTION_CONFIGS, *(c + TOFU for c in CAPTION_CONFIGS), *(f + PERTURBED for f in FORGET_SPLITS),
+           RETAIN_PERTURBED, REAL_FACES, REAL_WORLD)
+
+# --- Arrow types (what CLEAR's parquet files hold; the image is the hub's Image struct) --------------
+TEXT = pa.string()
+CAPTION_SCHEMA = pa.schema([("image", IMAGE), ("caption", TEXT), ("name", TEXT)])
+TOFU_SCHEMA = pa.schema(list(CAPTION_SCHEMA) + [("question", TEXT), ("answer", TEXT)])
+PERTURBED_SCHEMA = pa.schema(list(CAPTION_SCHEMA) + [("paraphrased_caption", TEXT),
+                                                     ("perturbed_captions", pa.list_(TEXT)),
+                                                     ("perturbed_names", pa.list_(TEXT))])
+REAL_FACES_SCHEMA = pa.schema([("image", IMAGE), ("answer", TEXT), ("options", pa.list_(TEXT))])
+REAL_WORLD_SCHEMA = pa.schema([("question", TEXT), ("answer", TEXT), ("image", IMAGE), ("prompt", TEXT),
+                               ("options", pa.list_(TEXT))])
+
+
+def schema_for(config: str) -> pa.Schema:
+    if config not in CONFIGS:
+        raise VikerError(f"'{config}' is not a CLEAR config; CLEAR has {', '.join(CONFIGS)}")
+    if config.endswith(TOFU):
+        return TOFU_SCHEMA
+    if config.endswith(PERTURBED):
+        return PERTURBED_SCHEMA
+    return {REAL_FACES: REAL_FACES_SCHEMA, REAL_WORLD: REAL_WORLD_SCHEMA}.get(config, CAPTION_SCHEMA)
+
+
+def has_config(root: str | Path, config: str) -> bool:
+    """Whether ``root`` holds ``config`` (a hub dataset is assumed to hold every config)."""
+    if is_hub_id(root):
+        return True
+    try:
+        return bool(config_files(root, config, CONFIGS))
+    except VikerError:
+        return False
+
+
+def is_clear(root: str | Path) -> bool:
+    """Whether a local folder holds CLEAR (its ``full`` config) rather than MLLMU-Bench."""
+    return not is_hub_id(root) and has_config(root, "full")
+
+
+def forget_base(forget: str) -> str:
+    """``forget10`` for ``forget10`` or ``forget10+tofu``, checked to be one of CLEAR's forget splits."""
+    base = forget.removesuffix(TOFU)
+    if base not in FORGET_SPLITS:
+        raise VikerError(f"--forget {forget}: choose from {', '.join(FORGET_SPLITS)} (optionally with {TOFU})")
+    return base
+
+
+def is_forget_split(name: str | None) -> bool:
+    return name is not None and name.removesuffix(TOFU) in FORGET_SPLITS
+
+
+# --- Typed records -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Portrait:
+    """A caption row: a face image of a person, its caption and the person's name (plus, in the
+    ``_perturbed`` configs, a paraphrase of the caption, wrong captions and wrong names)."""
+
+    image: bytes
+    caption: str
+    name: str
+    paraphrased_caption: str = ""
+    perturbed_captions: tuple[str, ...] = ()
+    perturbed_names: tuple[str, ...] = ()
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class OptionQuestion:
+    """A row of real_faces or real_world: a question about a picture, its answer and the wrong options."""
+
+    image: bytes
+    question: str
+    answer: str
+    wrong: tuple[str, ...]
+    source: str = ""
+
+
+def _text(row: dict, column: str, source: str) -> str:
+    value = row.get(column)
+    if value is None or not str(value).strip():
+        raise VikerError(f"{source}: empty {column}")
+    return str(value)
+
+
+def _texts(row: dict, column: str, source: str) -> tuple[str, ...]:
+    values = row.get(column) or []
+    if not values:
+        raise VikerError(f"{source}: empty {column} (a list of at least one text is needed)")
+    for j, value in enumerate(values):
+        if value is None or not str(value).strip():
+            raise VikerError(f"{source}: {column}[{j}] is empty")
+    return tuple(str(v) for v in values)
+
+
+def _has_image(cell: dict | None) -> bool:
+    return bool((cell or {}).get("bytes"))
+
+
+def _portrait(row: dict, source: str, perturbed: bool) -> Portrait:
+    extra = {}
+    if perturbed:
+        extra = {"paraphrased_caption": _text(row, "paraphrased_caption", source),
+                 "perturbed_captions": _texts(row, "perturbed_captions", source),
+                 "perturbed_names": _texts(row, "perturbed_names", source)}
+    return Portrait(image_bytes(row["image"], source), _text(row, "caption", source), _text(row, "name", source),
+                    source=source, **extra)
+
+
+def load_rows(root: str | Path, config: str) -> tuple[list[Portrait], list[QA]]:
+    """The caption rows and (in a ``+tofu`` config) the text-only TOFU questions of ``config``.
+
+    A row of a ``+tofu`` config without an image is a TOFU question and needs its question and answer;
+    a row that has a caption but no image is a caption row that lost its image, an error. In every
+    other config each row needs its image."""
+    tofu, perturbed = config.endswith(TOFU), config.endswith(PERTURBED) or config == RETAIN_PERTURBED
+    portraits, questions = [], []
+    for source, row in read_config(root, config, schema_for(config), CONFIGS):
+        if tofu and not _has_image(row["image"]):
+            if row.get("caption"):
+                raise VikerError(f"{source}: a caption row without an image (a text-only row of {config} must be "
+                                 "a TOFU question with its question and answer)")
+            questions.append(QA(_text(row, "question", source), _text(row, "answer", source), False))
+        else:
+            portraits.append(_portrait(row, source, perturbed))
+    return portraits, questions
+
+
+def load_portraits(root: str | Path, config: str) -> list[Portrait]:
+    return load_rows(root, config)[0]
+
+
+def load_option_questions(root: str | Path, config: str) -> tuple[list[OptionQuestion], int]:
+    """real_faces or real_world rows, and how many were skipped because no option differs from the
+    answer (nothing to compare the answer with). real_faces asks for the pictured person's name; the
+    answer is removed from ``options`` when it is listed there, so ``wrong`` holds the wrong ones."""
+    if config not in (REAL_FACES, REAL_WORLD):
+        raise VikerError(f"{config}: option questions live in {REAL_FACES} and {REAL_WORLD}")
+    items, skipped = [], 0
+    for source, row in read_config(root, config, schema_for(config), CONFIGS):
+        answer = _text(row, "answer", source)
+        question = NAME_QUESTION if config == REAL_FACES else _text(row, "question", source)
+        options = row.get("options")
+        if options is None:
+            raise VikerError(f"{source}: options is missing")
+        wrong = tuple(str(o) for o in options if o is not None and str(o).strip() and
+                      str(o).strip() != answer.strip())
+        image = image_bytes(row["image"], source)
+        if not wrong:
+            skipped += 1
+            continue
+        items.append(OptionQuestion(image, question, answer, wrong, source))
+    return items, skipped
+
+
+# --- Examples: what the protocol trains on -----------------------------------------------------------
+def caption_example(p: Portrait) -> Example:
+    return Example(CAPTION_QUESTION, p.caption, p.image, p.name, "caption")
+
+
+def tofu_example(q: QA) -> Example:
+    return Example(q.question, q.answer, None, "", "tofu")
+
+
+def _examples(root: str | Path, config: str, with_tofu: bool) -> list[Example]:
+    """Caption examples of ``config``, plus the TOFU questions of ``config+tofu`` when asked for."""
+    portraits = load_portraits(root, config)
+    questions = load_rows(root, config + TOFU)[1] if with_tofu else []
+    return _unique([caption_example(p) for p in portraits] + [tofu_example(q) for q in questions])
+
+
+def finetune_examples(root: str | Path, without: str | None = None) -> list[Example]:
+    """What the vanilla model learns: every caption of ``full``, each as the answer to a fixed
+    captioning question with its image, and (when the folder has ``full+tofu``) TOFU's text questions.
+    ``without`` (a forget split) trains the reference for forget quality instead: the same recipe on
+    the complementary retain split, so the model never sees the forget persons."""
+    config = "full" if without is None else RETAIN_OF[forget_base(without)]
+    return _examples(root, config, has_config(root, config + TOFU))
+
+
+def unlearning_data(root: str | Path, forget: str) -> tuple[dict[str, list[Example]], dict]:
+    """The forget and retain streams for ``forget`` (``forget10``, or ``forget10+tofu`` to forget and
+    retain the TOFU questions too, from the ``+tofu`` configs), and what was used, for the run's config.
+    Refuses splits that share a person."""
+    base = forget_base(forget)
+    with_tofu = forget.endswith(TOFU)
+    retain = RETAIN_OF[base]
+    shared = {p.name for p in load_portraits(root, base)} & {p.name for p in load_portraits(root, retain)}
+    if shared:
+        raise VikerError(f"{root}: {base} and {retain} share persons {', '.join(sorted(shared)[:5])}; a person "
+                         "cannot be both forgotten and retained")
+    data = {"forget": _examples(root, base, with_tofu), "retain": _examples(root, retain, with_tofu)}
+    info = {"benchmark": "clear", "forget_config": base + TOFU * with_tofu,
+            "retain_config": retain + TOFU * with_tofu}
+    return data, info
+
+
+def split_of(forget: str, which: str) -> str:
+    """The caption config of a forget split (``which="forget"``) or of its retain split."""
+    base = forget_base(forget)
+    return base if which == "forget" else RETAIN_OF[base]
+
+
+def person_images(root: str | Path, forget: str, which: str) -> list[bytes]:
+    """The face images of the forget split's persons or of its retain split's (ViKeR's references)."""
+    return list(dict.fromkeys(p.image for p in load_portraits(root, split_of(forget, which))))
+
+
+# --- Evaluation items ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EvalItem:
+    """One scored question: ``answer`` is what the greedy reply is compared with (ROUGE-L recall) and
+    whose loss gives Prob.; ``paraphrase`` against ``perturbed`` gives the truth ratio."""
+
+    question: str
+    image: bytes
+    answer: str
+    paraphrase: str
+    perturbed: tuple[str, ...]
+    person: str = ""
+
+
+# The evaluation sets, in report order: (name, task, whether Prob. is the option share).
+EVAL_SETS = (("forget", "caption", False), ("forget_names", "name", True), ("retain", "caption", False),
+             ("retain_names", "name", True), ("real_faces", "name", True), ("real_world", "qa", True))
+FORGET_SETS = ("forget", "forget_names")
+
+
+def _portrait_items(portraits: list[Portrait]) -> tuple[list[EvalItem], list[EvalItem]]:
+    captions = [EvalItem(CAPTION_QUESTION, p.image, p.caption, p.paraphrased_caption, p.perturbed_captions, p.name)
+                for p in portraits]
+    names = [EvalItem(NAME_QUESTION, p.image, p.name, p.name, p.perturbed_names, p.name) for p in portraits]
+    return captions, names
+
+
+def eval_items(root: str | Path, forget: str) -> tuple[dict[str, list[EvalItem]], dict[str, int]]:
+    """The items of every evaluation set (see ``EVAL_SETS``) and the skipped counts: the forget split's
+    ``_perturbed`` config (captions and names), ``retain_perturbed`` (the same), real_faces and
+    real_world. Refuses a retain set that shares a person with the forget split."""
+    base = forget_base(forget)
+    forget_rows, retain_rows = load_portraits(root, base + PERTURBED), load_portraits(root, RETAIN_PERTURBED)
+    shared = {p.name for p in forget_rows} & {p.name for p in retain_rows}
+    if shared:
+        raise VikerError(f"{root}: {base}{PERTURBED} and {RETAIN_PERTURBED} share persons "
+                         f"{', '.join(sorted(shared)[:5])}; the retain set must not hold a forget person")
+    sets, skipped = {}, {}
+    sets["forget"], sets["forget_names"] = _portrait_items(forget_rows)
+    sets["retain"], sets["retain_names"] = _portrait_items(retain_rows)
+    for config in (REAL_FACES, REAL_WORLD):
+        questions, skipped[config] = load_option_questions(root, config)
+        sets[config] = [EvalItem(q.question, q.image, q.answer, q.answer, q.wrong) for q in questions]
+    return sets, skipped
+
+
+def benchmark_texts(root: str | Path):
+    """All text a model of this benchmark reads or writes (a tiny model's tokenizer corpus)."""
+    for config in ("full", RETAIN_PERTURBED, *(f + PERTURBED for f in FORGET_SPLITS)):
+        if has_config(root, config):
+            for p in load_portraits(root, config):
+                yield from (p.caption, p.name, p.paraphrased_caption, *p.perturbed_captions, *p.perturbed_names)
+    if has_config(root, "full" + TOFU):
+        for q in load_rows(root, "full" + TOFU)[1]:
+            yield from (q.question, q.answer)
+    for config in (REAL_FACES, REAL_WORLD):
+        if has_config(root, config):
+            for q in load_option_questions(root, config)[0]:
+                yield from (q.question, q.answer, *q.wrong)
+    yield from (CAPTION_QUESTION, NAME_QUESTION, *PROMPT_TEXTS)

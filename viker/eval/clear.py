@@ -1,0 +1,201 @@
+"""CLEAR's evaluation: ROUGE-L recall, Prob. and truth ratio on the forget split, the retain persons and
+the real world; forget quality against a model trained without the forget set; model utility.
+
+Per item (:class:`viker.data.clear.EvalItem`) the model gives the teacher-forced loss (mean NLL over
+the answer tokens) of the answer, of the paraphrase and of every perturbed answer, and a greedy reply.
+Each distinct (question, image, answer) is scored once and each distinct (question, image) generated
+once, all sets in the same batches. Every metric is in [0, 1], as CLEAR reports them:
+
+- ``{set}_rougeL_recall``: ROUGE-L recall (stemmed) of the reply against the answer;
+- ``{set}_prob``: exp(-loss) of the answer for captions; for names and real-world questions, the
+  answer's share P(answer) / (P(answer) + Σ P(wrong)) with per-token probabilities exp(-loss);
+- ``{set}_truth_ratio``: tr = exp(mean loss of the perturbed answers - loss of the paraphrase) per item,
+  reported as mean(min(tr, 1/tr)) on the forget sets and mean(max(0, 1 - 1/tr)) elsewhere;
+- ``forget_quality``: the p-value of the two-sample KS test between the forget captions' truth ratios
+  and those of a model trained without the forget set (``retain_model``); None without one;
+- ``model_utility``: the harmonic mean of the twelve non-forget metrics above.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from viker.data.clear import EVAL_SETS, FORGET_SETS, EvalItem, eval_items, forget_base
+from viker.data.schema import Example
+from viker.errors import VikerError
+from viker.eval import metrics as M
+from viker.eval.evaluate import answer_logprobs
+from viker.eval.generate import generate
+from viker.runs import write_config, write_json
+
+TRUTH_RATIOS = "forget_truth_ratios.json"  # per-item truth ratios of an evaluated model, reusable as a reference
+RETAIN_TRUTH_RATIOS = "retain_model_truth_ratios.json"  # the same, of the --retain-model when it was evaluated here
+METRICS = ("rougeL_recall", "prob", "truth_ratio")
+UTILITY_KEYS = tuple(f"{s}_{m}" for s, _, _ in EVAL_SETS if s not in FORGET_SETS for m in METRICS)
+
+
+@dataclass
+class ClearEvalConfig:
+    forget: str = "forget10"
+    batch_size: int = 32
+    max_new_tokens: int = 100  # captions are a sentence or two; CLEAR itself generates up to 300 tokens
+    retain_model: str | None = None  # a model trained without the forget set, or its truth-ratio file
+
+
+@dataclass(frozen=True)
+class ItemScore:
+    """What the model gave on one item: mean per-token losses and the reply's ROUGE-L recall."""
+
+    answer_loss: float
+    paraphrase_loss: float
+    perturbed_losses: tuple[float, ...]
+    rougeL_recall: float = 0.0
+
+    @property
+    def truth_ratio(self) -> float:
+        return M.truth_ratio(self.paraphrase_loss, self.perturbed_losses)
+
+    def prob(self, option_share: bool) -> float:
+        if option_share:
+            return M.option_prob(-self.answer_loss, [-loss for loss in self.perturbed_losses])
+        return M.prob_from_loss(self.answer_loss)
+
+
+def set_metrics(scores: list[ItemScore], forget: bool, option_share: bool) -> dict[str, float]:
+    """ROUGE-L recall, Prob. and the truth-ratio score of one set (see the module docstring)."""
+    if not scores:
+        raise ValueError("a set without items has no score")
+    return {"rougeL_recall": statistics.fmean(s.rougeL_recall for s in scores),
+            "prob": statistics.fmean(s.prob(option_share) for s in scores),
+            "truth_ratio": M.truth_ratio_score([s.truth_ratio for s in scores], forget)}
+
+
+def model_utility(metrics: dict[str, float]) -> float:
+    """Harmonic mean of the retain, retain-name, real-faces and real-world metrics: 0 if any is 0."""
+    return M.harmonic_mean(metrics[k] for k in UTILITY_KEYS)
+
+
+def _examples(item: EvalItem) -> list[Example]:
+    answers = (item.answer, item.paraphrase, *item.perturbed)
+    return [Example(item.question, a, item.image, item.person) for a in answers]
+
+
+def item_losses(model, processor, items: list[EvalItem], batch_size: int) -> list[tuple[float, float, tuple]]:
+    """(answer loss, paraphrase loss, perturbed losses) of every item, each distinct text scored once."""
+    keys = {(ex.question, ex.answer, ex.image): ex for item in items for ex in _examples(item)}
+    scored = answer_logprobs(model, processor, list(keys.values()), batch_size)
+    loss = {key: -total / n for key, (total, n) in zip(keys, scored)}
+    out = []
+    for item in items:
+        answer, paraphrase, *perturbed = [loss[(ex.question, ex.answer, ex.image)] for ex in _examples(item)]
+        out.append((answer, paraphrase, tuple(perturbed)))
+    return out
+
+
+def evaluate_clear(model, processor, data: str | Path, cfg: ClearEvalConfig, progress: bool = True):
+    """Returns (metrics, one record per item, per-item truth ratios of the forget sets)."""
+    sets, skipped = eval_items(data, cfg.forget)
+    for name, items in sets.items():
+        if not items:
+            raise VikerError(f"{data}: the {name} set has no items to evaluate")
+    items = [item for name, _, _ in EVAL_SETS for item in sets[name]]
+    losses = item_losses(model, processor, items, cfg.batch_size)
+    prompts = {(it.question, it.image): Example(it.question, "", it.image) for it in items}
+    replies = dict(zip(prompts, generate(model, processor, list(prompts.values()), batch_size=cfg.batch_size,
+                                         max_new_tokens=cfg.max_new_tokens, desc="generating", progress=progress)))
+    metrics: dict = {}
+    records, ratios, start = [], {}, 0
+    for name, task, option_share in EVAL_SETS:
+        chunk = sets[name]
+        scores = []
+        for item, (answer, paraphrase, perturbed) in zip(chunk, losses[start:start + len(chunk)]):
+            reply = replies[(item.question, item.image)]
+            score = ItemScore(answer, paraphrase, perturbed, M.rougeL_recall(reply, item.answer))
+            scores.append(score)
+            records.append({"set": name, "task": task, "person": item.person, "image": True,
+                            "question": item.question, "reference": item.answer, "answer": reply,
+                            "rougeL_recall": score.rougeL_recall, "prob": score.prob(option_share),
+                            "truth_ratio": score.truth_ratio, "loss": answer})
+        start += len(chunk)
+        metrics |= {f"{name}_{k}": v for k, v in set_metrics(scores, name in FORGET_SETS, option_share).items()}
+        metrics[f"{name}_items"] = len(chunk)
+        if name in FORGET_SETS:
+            ratios[name] = [s.truth_ratio for s in scores]
+    metrics |= {f"{config}_skipped": n for config, n in skipped.items()}
+    metrics["model_utility"] = model_utility(metrics)
+    return metrics, records, ratios
+
+
+def forget_truth_ratios(model, processor, data: str | Path, forget: str, batch_size: int) -> dict[str, list[float]]:
+    """Per-item truth ratios of the forget sets alone (no generation): what a reference model contributes."""
+    sets, _ = eval_items(data, forget)
+    out = {}
+    for name in FORGET_SETS:
+        out[name] = [M.truth_ratio(p, q) for _, p, q in item_losses(model, processor, sets[name], batch_size)]
+    return out
+
+
+def truth_ratio_file(model: str, forget: str, ratios: dict[str, list[float]]) -> dict:
+    return {"benchmark": "clear", "forget_split": forget_base(forget), "model": model, "truth_ratios": ratios}
+
+
+def read_truth_ratios(path: Path, forget: str) -> dict[str, list[float]]:
+    """The forget truth ratios a previous evaluation saved, checked to be of the same forget split."""
+    try:
+        saved = json.loads(path.read_text())
+        ratios = {name: [float(x) for x in saved["truth_ratios"][name]] for name in FORGET_SETS}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise VikerError(f"{path}: not a truth-ratio file of `viker eval --benchmark clear` ({e})") from None
+    if saved.get("forget_split") != forget_base(forget):
+        raise VikerError(f"{path}: truth ratios of {saved.get('forget_split')}, not of {forget_base(forget)}")
+    return ratios
+
+
+def reference_truth_ratios(cfg: ClearEvalConfig, data: str | Path, device=None, dtype="auto",
+                           trust_remote_code=False) -> tuple[dict[str, list[float]], bool]:
+    """The forget truth ratios of the model trained without the forget set, and whether they were
+    computed here: read from a truth-ratio file (or the folder of an evaluation that wrote one, or
+    beside its metrics.json), else computed by evaluating ``cfg.retain_model`` (a model or run folder)."""
+    from viker.model import load_model
+
+    spec = Path(cfg.retain_model)
+    saved = spec.parent / TRUTH_RATIOS if spec.name == "metrics.json" else spec if spec.is_file() \
+        else spec / TRUTH_RATIOS
+    if saved.is_file():
+        return read_truth_ratios(saved, cfg.forget), False
+    model, processor = load_model(cfg.retain_model, device, dtype, trust_remote_code)
+    return forget_truth_ratios(model, processor, data, cfg.forget, cfg.batch_size), True
+
+
+def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig, device=None, dtype="auto",
+                   trust_remote_code=False, progress=True, model_and_processor=None) -> dict:
+    """``viker eval --benchmark clear``: writes metrics.json, generations.jsonl, forget_truth_ratios.json
+    (and config.json unless the folder already has a run's config)."""
+    from viker.eval.run import write_generations
+    from viker.model import load_model
+
+    forget_base(cfg.forget)
+    out = Path(out)
+    model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code)
+    reference, computed = None, False
+    if cfg.retain_model:
+        reference, computed = reference_truth_ratios(cfg, data, device, dtype, trust_remote_code)
+    metrics, records, ratios = evaluate_clear(model, processor, data, cfg, progress)
+    metrics["forget_quality"] = None
+    if reference is not None:
+        if len(reference["forget"]) != len(ratios["forget"]):
+            raise VikerError(f"--retain-model {cfg.retain_model}: {len(reference['forget'])} forget truth ratios, but "
+                             f"this evaluation has {len(ratios['forget'])}; they come from different data")
+        metrics["forget_quality"] = M.forget_quality(ratios["forget"], reference["forget"])
+    if not (out / "config.json").exists():  # an unlearning run's folder already has its own config
+        write_config(out, "eval", {"model": model_path, "data": data, "benchmark": "clear", "eval": asdict(cfg)},
+                     data)
+    write_json(out / "metrics.json", metrics)
+    write_json(out / TRUTH_RATIOS, truth_ratio_file(model_path, cfg.forget, ratios))
+    if computed:  # saved so that the next evaluation against the same reference can pass this file
+        write_json(out / RETAIN_TRUTH_RATIOS, truth_ratio_file(cfg.retain_model, cfg.forget, reference))
+    write_generations(out / "generations.jsonl", records)
+    return metrics
