@@ -202,9 +202,10 @@ def tofu_example(q: QA) -> Example:
     return Example(q.question, q.answer, None, "", "tofu")
 
 
-def _examples(root: str | Path, config: str, with_tofu: bool) -> list[Example]:
-    """Caption examples of ``config``, plus the TOFU questions of ``config+tofu`` when asked for."""
-    portraits = load_portraits(root, config)
+def _examples(root: str | Path, config: str, with_tofu: bool, portraits: list[Portrait] | None = None) -> list[Example]:
+    """Caption examples of ``config`` (pass ``portraits`` when they are loaded already), plus the TOFU
+    questions of ``config+tofu`` when asked for."""
+    portraits = load_portraits(root, config) if portraits is None else portraits
     questions = load_rows(root, config + TOFU)[1] if with_tofu else []
     return _unique([caption_example(p) for p in portraits] + [tofu_example(q) for q in questions])
 
@@ -225,11 +226,13 @@ def unlearning_data(root: str | Path, forget: str) -> tuple[dict[str, list[Examp
     base = forget_base(forget)
     with_tofu = forget.endswith(TOFU)
     retain = RETAIN_OF[base]
-    shared = {p.name for p in load_portraits(root, base)} & {p.name for p in load_portraits(root, retain)}
+    forget_rows, retain_rows = load_portraits(root, base), load_portraits(root, retain)
+    shared = {p.name for p in forget_rows} & {p.name for p in retain_rows}
     if shared:
         raise VikerError(f"{root}: {base} and {retain} share persons {', '.join(sorted(shared)[:5])}; a person "
                          "cannot be both forgotten and retained")
-    data = {"forget": _examples(root, base, with_tofu), "retain": _examples(root, retain, with_tofu)}
+    data = {"forget": _examples(root, base, with_tofu, forget_rows),
+            "retain": _examples(root, retain, with_tofu, retain_rows)}
     info = {"benchmark": "clear", "forget_config": base + TOFU * with_tofu,
             "retain_config": retain + TOFU * with_tofu}
     return data, info

@@ -43,6 +43,7 @@ class ClearEvalConfig:
     batch_size: int = 32
     max_new_tokens: int = 100  # captions are a sentence or two; CLEAR itself generates up to 300 tokens
     retain_model: str | None = None  # a model trained without the forget set, or its truth-ratio file
+    retain_limit: int | None = None  # evaluate at most this many retain_perturbed rows (None: all)
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,8 @@ def item_losses(model, processor, items: list[EvalItem], batch_size: int) -> lis
 def evaluate_clear(model, processor, data: str | Path, cfg: ClearEvalConfig, progress: bool = True):
     """Returns (metrics, one record per item, per-item truth ratios of the forget sets)."""
     sets, skipped = eval_items(data, cfg.forget)
+    if cfg.retain_limit is not None:
+        sets["retain"], sets["retain_names"] = sets["retain"][:cfg.retain_limit], sets["retain_names"][:cfg.retain_limit]
     for name, items in sets.items():
         if not items:
             raise VikerError(f"{data}: the {name} set has no items to evaluate")
