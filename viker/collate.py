@@ -21,7 +21,8 @@ from viker.data.schema import Example
 from viker.errors import VikerError
 
 IGNORE_INDEX = -100
-META_KEYS = ("labels", "index")  # batch entries that are ours, not the model's
+# batch entries that are ours, not the model's (the shares: a process's part of a global batch, viker.train)
+META_KEYS = ("labels", "index", "row_share", "token_share")
 
 
 def messages(example: Example, answer: str | None = None) -> list[dict]:

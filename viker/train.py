@@ -5,8 +5,10 @@ objectives consume several data streams at once (a forget batch paired with a re
 frozen reference model beside the trained one and read cached reference distributions by example
 index; in a ``Trainer`` each of those means overriding internals, while here an objective is one small
 object with a ``loss(model, batches)`` method and the loop stays short enough to read in one sitting.
-``accelerate`` gives us devices, mixed precision and gradient accumulation. (Runs are single-process
-for now: splitting the batches across several processes is not done yet.)
+``accelerate`` gives us devices, mixed precision, gradient accumulation and several processes (DDP,
+FSDP, DeepSpeed; docs/distributed.md). ``batch_size`` is the global batch of one micro-step: every
+process draws the same batch and takes its slice, and each process's loss is weighted by its share of
+the batch, so N processes end at the weights one process reaches (up to float rounding).
 """
 
 from __future__ import annotations
@@ -17,19 +19,23 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from viker.collate import IGNORE_INDEX
 from viker.data.schema import Example
 from viker.errors import VikerError
 
 
 @dataclass
 class TrainConfig:
+    """``batch_size`` is global: the examples of one micro-step summed over every process (each of N
+    processes holds about batch_size/N). An optimiser step sees batch_size × grad_accum examples."""
+
     epochs: float = 1.0
     max_steps: int | None = None  # overrides epochs when set
     batch_size: int = 8
@@ -40,7 +46,8 @@ class TrainConfig:
     scheduler: str = "constant"  # constant | linear | cosine
     max_grad_norm: float | None = 1.0
     seed: int = 0
-    mixed_precision: str = "no"  # no | bf16 | fp16
+    mixed_precision: str | None = None  # no | bf16 | fp16 (autocast); None: the launcher's setting, else no
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% slower
     log_every: int = 10
     checkpoint_every: int = 0  # steps between checkpoints (0: none)
 
@@ -60,21 +67,54 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def batches(examples: Sequence[Example], collate: Callable, batch_size: int, seed: int, start: int = 0):
+def batches(examples: Sequence[Example], collate: Callable, batch_size: int, seed: int, start: int = 0,
+            rank: int = 0, world: int = 1):
     """Batches of ``examples`` forever, reshuffled each epoch by a generator seeded once, from
     micro-batch number ``start`` on: a resumed run skips (without collating) the batches it had used,
     so it sees exactly those an uninterrupted run would. Each batch carries ``index``, the examples'
-    positions in ``examples``, for objectives that look up per-example caches."""
+    positions in ``examples``, for objectives that look up per-example caches.
+
+    With ``world`` processes every process draws the same global batch and collates only its slice
+    ``chosen[rank::world]``. Yields ``(epoch, batch, real)``: ``real`` is False when the slice is
+    empty (an epoch's last batch can hold fewer examples than there are processes); the process then
+    gets the batch's first example to weight by zero, since DDP needs every process in every step."""
     loader = DataLoader(range(len(examples)), batch_size=batch_size, shuffle=True, collate_fn=list,
                         generator=torch.Generator().manual_seed(seed))
     micro = 0
     for epoch in itertools.count():
         for chosen in loader:
             if micro >= start:
-                batch = collate([examples[j] for j in chosen])
-                batch["index"] = torch.tensor(chosen)
-                yield epoch, batch
+                mine = chosen[rank::world]
+                real = bool(mine)
+                mine = mine or chosen[:1]
+                batch = collate([examples[j] for j in mine])
+                batch["index"] = torch.tensor(mine)
+                yield epoch, batch, real
             micro += 1
+
+
+def batch_units(batch: dict) -> tuple[int, int]:
+    """(rows, answer tokens) of a batch: what the methods' means run over (answer tokens counted after
+    the shift, as the losses count them)."""
+    rows = len(batch["index"])
+    labels = batch.get("labels")
+    return rows, int((labels[:, 1:] != IGNORE_INDEX).sum()) if labels is not None else 0
+
+
+def attach_shares(batches_now: dict[str, dict], real: dict[str, bool], accelerator) -> None:
+    """Give each batch this process's share of the global batch, per unit (``row_share``,
+    ``token_share``): ``n · world / N`` for n of the N rows (or answer tokens) of the global batch.
+
+    A method's loss is a mean over its slice; times its share it becomes the slice's sum over N, times
+    world. DDP averages gradients over the world, so the result is the gradient of the mean over the
+    whole global batch, as on one process, however unevenly the rows and tokens fall."""
+    names = list(batches_now)
+    local = torch.tensor([batch_units(batches_now[n]) if real[n] else (0, 0) for n in names], dtype=torch.float64,
+                         device=accelerator.device)
+    total = accelerator.reduce(local, reduction="sum")
+    shares = (local * accelerator.num_processes / total.clamp_min(1.0)).float()
+    for name, (rows, tokens) in zip(names, shares):
+        batches_now[name]["row_share"], batches_now[name]["token_share"] = rows, tokens
 
 
 def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
@@ -94,9 +134,12 @@ def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
 CHECKPOINT = "checkpoint"
 
 
-def save_checkpoint(run_dir: Path, model, optimizer, scheduler, step: int, history: list[dict]) -> None:
+def save_checkpoint(run_dir: Path, model, optimizer, scheduler, step: int, history: list[dict],
+                    rng_states: list[torch.Tensor] | None = None) -> None:
     """Trainable weights (safetensors) and the optimiser's state, written atomically: a run killed at
-    any moment leaves either the previous checkpoint or this one, never half of one."""
+    any moment leaves either the previous checkpoint or this one, never half of one. Under DDP the
+    main process writes it (every process holds the same weights and optimiser state) with every
+    process's RNG state (``rng_states``, in process order)."""
     from safetensors.torch import save_file
 
     final, tmp, old = run_dir / CHECKPOINT, run_dir / f"{CHECKPOINT}.tmp", run_dir / f"{CHECKPOINT}.old"
@@ -104,15 +147,17 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, step: int, histo
     tmp.mkdir(parents=True)
     weights = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
     save_file(weights, str(tmp / "trainable.safetensors"))
+    rng_states = rng_states or [torch.get_rng_state()]
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                "history": history, "rng": torch.get_rng_state()}, tmp / "state.pt")
+                "history": history, "rng": rng_states[0], "rng_by_process": rng_states}, tmp / "state.pt")
     if final.exists():
         final.replace(old)
     tmp.replace(final)
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(run_dir: Path, model, optimizer, scheduler) -> tuple[int, list[dict]]:
+def load_checkpoint(run_dir: Path, model, optimizer, scheduler, rank: int = 0,
+                    world: int = 1) -> tuple[int, list[dict]]:
     from safetensors.torch import load_file
 
     path = next((run_dir / d for d in (CHECKPOINT, f"{CHECKPOINT}.old") if (run_dir / d / "state.pt").is_file()),
@@ -127,8 +172,110 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler) -> tuple[int, li
     state = torch.load(path / "state.pt", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"])
+    by_process = state.get("rng_by_process") or [state["rng"]]
+    torch.set_rng_state(by_process[rank] if len(by_process) == world else state["rng"])
     return state["step"], state["history"]
+
+
+def make_accelerator(cfg: TrainConfig, resume: bool = False):
+    """The run's ``Accelerator``, made before the model is loaded: it says how many processes there are,
+    which device is this process's and whether the model will be sharded (which decides where to load
+    it). Under ``accelerate launch`` the launcher's configuration (DDP, FSDP, DeepSpeed) applies;
+    ``cfg.mixed_precision``, when set, overrides the launcher's. What a sharded run cannot do is
+    refused here, before anything is loaded."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+
+    if cfg.mixed_precision not in (None, "no", "bf16", "fp16"):
+        raise VikerError(f"--mixed-precision {cfg.mixed_precision}: choose no, bf16 or fp16")
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
+                              cpu=not torch.cuda.is_available())
+    if shards_model(accelerator) and (cfg.checkpoint_every or resume):
+        raise VikerError("--checkpoint-every/--resume: checkpoints are written on one process and under DDP; "
+                         "under FSDP or DeepSpeed the optimiser state is split across processes")
+    if accelerator.distributed_type == DistributedType.FSDP and accelerator.state.fsdp_plugin.fsdp_version != 2:
+        raise VikerError("FSDP version 1 is not supported: set fsdp_version: 2 in the accelerate config "
+                         "(configs/accelerate/fsdp.yaml)")
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        steps = accelerator.state.deepspeed_plugin.deepspeed_config.get("gradient_accumulation_steps", "auto")
+        if steps not in ("auto", cfg.grad_accum):
+            raise VikerError(f"the DeepSpeed config's gradient_accumulation_steps ({steps}) differs from "
+                             f"--grad-accum {cfg.grad_accum}; leave it out of the config (auto)")
+    return accelerator
+
+
+def shards_model(accelerator) -> bool:
+    """FSDP and DeepSpeed split the weights or the optimiser state across processes: no process can
+    save, checkpoint or run the model alone."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def load_device(accelerator, requested: str | None = None) -> str:
+    """Where this process loads the model: its own device, or the CPU when accelerate will shard the
+    model (FSDP/DeepSpeed move each process's part to its device; the whole may not fit on one)."""
+    if accelerator.num_processes > 1 and requested:
+        raise VikerError(f"--device {requested}: under a multi-process launch each process uses the device "
+                         "accelerate gives it; leave --device out")
+    if shards_model(accelerator):
+        return "cpu"
+    return requested or str(accelerator.device)
+
+
+def load_dtype(accelerator, dtype: str = "auto") -> str:
+    """``auto``: bf16 weights when the processes' devices are GPUs that have it, else float32 (decided by
+    the device the model will train on, not the CPU a sharded model is loaded on)."""
+    from viker.model import pick_dtype
+
+    return dtype if dtype != "auto" else str(pick_dtype(accelerator.device)).removeprefix("torch.")
+
+
+def runtime_info(accelerator) -> dict:
+    """What a run's config.json records about how it ran."""
+    return {"processes": accelerator.num_processes, "distributed_type": str(accelerator.distributed_type.value),
+            "mixed_precision": accelerator.mixed_precision, "device": str(accelerator.device)}
+
+
+@dataclass
+class Prepared:
+    """The model, optimiser and schedule as accelerate wrapped them (DDP, FSDP, DeepSpeed or nothing)."""
+
+    accelerator: Any
+    model: torch.nn.Module
+    optimizer: Any
+    scheduler: Any
+    total: int  # optimiser steps of the run
+
+
+def prepare(model: torch.nn.Module, cfg: TrainConfig, n_examples: int, accelerator=None,
+            resume: bool = False) -> Prepared:
+    """Optimiser and schedule for ``model``'s trainable parameters, wrapped by accelerate. A run prepares
+    before its method's setup, so that the reference pass of a sharded model runs on the shards;
+    ``n_examples`` (of the first stream) sets the epoch length."""
+    from accelerate.utils import DistributedDataParallelKwargs, DistributedType
+
+    accelerator = accelerator or make_accelerator(cfg, resume)
+    world = accelerator.num_processes
+    sharded = shards_model(accelerator)
+    if world > 1 and not sharded and any(p.requires_grad and "lora_" not in n for n, p in model.named_parameters()):
+        # full tuning: a batch without images leaves the vision tower without gradients on that process
+        accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        plugin = accelerator.state.deepspeed_plugin
+        if plugin.is_auto("train_micro_batch_size_per_gpu"):  # no DataLoader is prepared to infer it from
+            plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = math.ceil(cfg.batch_size / world)
+        if plugin.is_auto("gradient_clipping"):  # DeepSpeed clips inside its step
+            plugin.deepspeed_config["gradient_clipping"] = cfg.max_grad_norm or 0.0
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(math.ceil(n_examples / cfg.batch_size) / cfg.grad_accum)
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(cfg.scheduler, int(cfg.warmup_ratio * total), total)
+    )
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    return Prepared(accelerator, model, optimizer, scheduler, total)
 
 
 def train(
@@ -141,58 +288,67 @@ def train(
     progress: bool = True,
     run_dir: str | Path | None = None,
     resume: bool = False,
+    prepared: Prepared | None = None,
 ) -> list[dict]:
     """Optimise ``model`` (only its trainable parameters) on ``objective``; return the logged history.
 
     With ``run_dir`` and ``cfg.checkpoint_every``, a checkpoint is written every that many steps;
-    ``resume=True`` continues from it and ends with the weights an uninterrupted run would have."""
-    from accelerate import Accelerator
+    ``resume=True`` continues from it and ends with the weights an uninterrupted run would have.
+    ``prepared`` (from :func:`prepare`) trains the model it holds; without it ``model`` is prepared
+    here. On several processes every process returns the same history (losses averaged over them)."""
+    from accelerate.utils import gather_object
 
     for name in objective.streams:
         if not data.get(name):
             raise VikerError(f"the '{name}' data is empty: nothing to train on")
-    seed_everything(cfg.seed)
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
-                              cpu=not torch.cuda.is_available())
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     main, *others = objective.streams
-    steps_per_epoch = math.ceil(math.ceil(len(data[main]) / cfg.batch_size) / cfg.grad_accum)
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(cfg.scheduler, int(cfg.warmup_ratio * total), total)
-    )
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if prepared is None:
+        seed_everything(cfg.seed)
+        prepared = prepare(model, cfg, len(data[main]), resume=resume)
+    accelerator, model, optimizer, scheduler, total = (prepared.accelerator, prepared.model, prepared.optimizer,
+                                                       prepared.scheduler, prepared.total)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    params = [p for p in model.parameters() if p.requires_grad]  # after prepare: FSDP replaces them
+    seed_everything(cfg.seed)
     run_dir = Path(run_dir) if run_dir is not None else None
     step, history = 0, []
     if resume:
         if run_dir is None:
             raise VikerError("resuming needs the run folder")
-        step, history = load_checkpoint(run_dir, model, optimizer, scheduler)
+        step, history = load_checkpoint(run_dir, accelerator.unwrap_model(model), optimizer, scheduler, rank, world)
     start = step * cfg.grad_accum  # micro-batches already consumed by every stream
-    streams = {name: batches(data[name], collate, cfg.batch_size, cfg.seed + i, start)
+    streams = {name: batches(data[name], collate, cfg.batch_size, cfg.seed + i, start, rank, world)
                for i, name in enumerate(objective.streams)}
 
     model.train()
     running, n_micro = {}, 0
-    bar = tqdm(total=total, initial=step, desc=desc, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=step, desc=desc, disable=not progress or not accelerator.is_main_process,
+               dynamic_ncols=True)
     while step < total:
         with accelerator.accumulate(model):
-            epoch, batch = next(streams[main])
-            batches_now = {main: batch} | {name: next(streams[name])[1] for name in others}
-            batches_now = {k: {key: v.to(accelerator.device) for key, v in b.items()} for k, b in batches_now.items()}
+            epoch, batch, real = next(streams[main])
+            drawn = {main: (batch, real)} | {name: next(streams[name])[1:] for name in others}
+            batches_now = {k: {key: v.to(accelerator.device) for key, v in b.items()} for k, (b, _) in drawn.items()}
+            if world > 1:
+                attach_shares(batches_now, {k: r for k, (_, r) in drawn.items()}, accelerator)
             loss, logs = objective.loss(model, batches_now)
-            if not torch.isfinite(loss):
+            values = {"loss": loss.item(), **logs}
+            if world > 1:  # every process logs (and checks) the loss of the whole global batch
+                mean = accelerator.reduce(torch.tensor(list(values.values()), dtype=torch.float64,
+                                                      device=accelerator.device), "mean")
+                values = dict(zip(values, mean.tolist()))
+            if not math.isfinite(values["loss"]):
                 where = f"; the last good checkpoint is {run_dir / CHECKPOINT}" if run_dir is not None and \
                     (run_dir / CHECKPOINT).exists() else ""
-                raise VikerError(f"step {step}: the loss became {loss.item()} (diverged); lower the learning rate{where}")
+                raise VikerError(f"step {step}: the loss became {values['loss']} (diverged); lower the learning "
+                                 f"rate{where}")
             accelerator.backward(loss)
             if accelerator.sync_gradients and cfg.max_grad_norm:
                 accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-        for k, v in {"loss": loss.item(), **logs}.items():
+        for k, v in values.items():
             running[k] = running.get(k, 0.0) + v
         n_micro += 1
         if not accelerator.sync_gradients:
@@ -206,10 +362,20 @@ def train(
             bar.set_postfix(loss=f"{row['loss']:.3f}")
             running, n_micro = {}, 0
         if run_dir is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
-            save_checkpoint(run_dir, accelerator.unwrap_model(model), optimizer, scheduler, step, history)
+            rng = gather_object([torch.get_rng_state()]) if world > 1 else None
+            if accelerator.is_main_process:
+                save_checkpoint(run_dir, accelerator.unwrap_model(model), optimizer, scheduler, step, history, rng)
     bar.close()
     model.eval()
     return history
+
+
+def finished_state_dict(prepared: Prepared) -> dict | None:
+    """The whole trained state dict when the model is sharded (every process must call this: the
+    shards are gathered to the main process); None otherwise (the main process saves its own copy)."""
+    if not shards_model(prepared.accelerator):
+        return None
+    return prepared.accelerator.get_state_dict(prepared.model)
 
 
 def discard_checkpoint(run_dir: str | Path) -> None:

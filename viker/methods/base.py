@@ -19,9 +19,17 @@ def logits_of(model, batch: dict) -> torch.Tensor:
     return model(**model_inputs(batch)).logits
 
 
+def share(batch: dict, unit: str) -> torch.Tensor | float:
+    """This process's weight for a mean over the ``unit`` ("row" or "token") of its batch: 1 on one
+    process; on several, its share of the global batch (set by viker.train.attach_shares), so that
+    DDP's average of the processes' gradients is the gradient of the mean over the global batch.
+    Every method multiplies each mean it returns by the share of the unit that mean runs over."""
+    return batch.get(f"{unit}_share", 1.0)
+
+
 def log_likelihood(model, batch: dict) -> torch.Tensor:
     """Mean answer-token log-likelihood (per sequence, then over the batch): what GA minimises."""
-    return -answer_nll(logits_of(model, batch), batch["labels"])
+    return -answer_nll(logits_of(model, batch), batch["labels"]) * share(batch, "row")
 
 
 class FrozenReference:
@@ -29,20 +37,49 @@ class FrozenReference:
 
     With LoRA the reference is the same network with its adapters switched off, so no second copy of
     the weights is held; with full finetuning it is a frozen copy taken before the first step.
+
+    Several processes: under DDP ``model`` is the module inside the DDP wrapper (reference passes
+    need no gradient synchronisation); under FSDP (version 2) or DeepSpeed it is the sharded module
+    itself, whose forward gathers the shards, so every process must run the same reference passes.
+    ``sharded=True`` says the model will be sharded: its fingerprint is taken now, while each process
+    still holds whole weights, and full finetuning has no reference (a copy of a sharded module would
+    not be an independent model); using it is then an error.
     """
 
-    def __init__(self, model: torch.nn.Module, separate: torch.nn.Module | None = None):
+    def __init__(self, model: torch.nn.Module, separate: torch.nn.Module | None = None, sharded: bool = False):
         self._model = model
         self._copy = separate
+        self._fingerprint = None
+        self._unavailable = None
         if separate is None and not hasattr(model, "disable_adapter"):
-            self._copy = copy.deepcopy(model).eval().requires_grad_(False)
+            if sharded:
+                self._unavailable = ("full tuning under FSDP or DeepSpeed has no frozen reference model (a copy "
+                                     "of a sharded model is not one); use --tuning lora, DDP, or a method "
+                                     "without one (ga, graddiff)")
+            else:
+                self._copy = copy.deepcopy(model).eval().requires_grad_(False)
+        if sharded and self._unavailable is None:
+            self.fingerprint()
 
     def network_for_fingerprint(self) -> torch.nn.Module:
         """The module whose weights define the reference (adapters are ignored when fingerprinting)."""
+        if self._unavailable:
+            from viker.errors import VikerError
+
+            raise VikerError(self._unavailable)
         return self._copy if self._copy is not None else self._model
+
+    def fingerprint(self) -> str:
+        """The frozen weights' fingerprint (viker.methods.reference.model_fingerprint), taken once."""
+        if self._fingerprint is None:
+            from viker.methods.reference import model_fingerprint
+
+            self._fingerprint = model_fingerprint(self.network_for_fingerprint())
+        return self._fingerprint
 
     @contextmanager
     def _network(self):
+        self.network_for_fingerprint()  # refuses an unavailable reference
         if self._copy is not None:
             yield self._copy
         else:

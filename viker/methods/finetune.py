@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from viker.collate import model_inputs
 from viker.methods import register
+from viker.methods.base import share
 from viker.methods.losses import answer_nll
 
 
@@ -14,4 +15,4 @@ class Finetune:
     def loss(self, model, batches):
         batch = batches["train"]
         logits = model(**model_inputs(batch)).logits
-        return answer_nll(logits, batch["labels"]), {}
+        return answer_nll(logits, batch["labels"]) * share(batch, "row"), {}

@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass, replace
 
 from viker.methods import register
-from viker.methods.base import log_likelihood, logits_of
+from viker.methods.base import log_likelihood, logits_of, share
 from viker.methods.losses import dpo_loss, sequence_logprob
 from viker.prompts import REFUSALS
 
@@ -36,7 +36,7 @@ class IdkPO:
         lr = sequence_logprob(logits_of(model, rejected), rejected["labels"])
         rc = sequence_logprob(self.reference.logits(chosen), chosen["labels"])
         rr = sequence_logprob(self.reference.logits(rejected), rejected["labels"])
-        loss = dpo_loss(lc, lr, rc, rr, self.beta)
+        loss = dpo_loss(lc, lr, rc, rr, self.beta) * share(rejected, "row")
         logs = {"dpo": loss.item(), "refusal_logp": lc.mean().item(), "forget_logp": lr.mean().item()}
         if self.retain_weight > 0:
             retain_nll = -log_likelihood(model, batches["retain"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from viker.methods import register
-from viker.methods.base import log_likelihood, logits_of
+from viker.methods.base import log_likelihood, logits_of, share
 from viker.methods.losses import gather_answer_positions, kl_to_reference
 
 
@@ -22,5 +22,5 @@ class KLMin:
         forget_ll = log_likelihood(model, batches["forget"])
         retain = batches["retain"]
         logits, _ = gather_answer_positions(logits_of(model, retain), retain["labels"])
-        kl = kl_to_reference(self.reference.answer_probs(retain), logits).mean()
+        kl = kl_to_reference(self.reference.answer_probs(retain), logits).mean() * share(retain, "token")
         return forget_ll + self.retain_weight * kl, {"forget_ll": forget_ll.item(), "retain_kl": kl.item()}

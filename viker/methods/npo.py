@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from viker.methods import register
-from viker.methods.base import FrozenReference, log_likelihood, logits_of
+from viker.methods.base import FrozenReference, log_likelihood, logits_of, share
 from viker.methods.losses import npo_loss, sequence_logprob
 
 
@@ -38,7 +38,7 @@ class NPO:
         forget = batches["forget"]
         logp = sequence_logprob(logits_of(model, forget), forget["labels"])
         ref_logp = sequence_logprob(self.reference.logits(forget), forget["labels"])
-        loss = npo_loss(logp, ref_logp, self.beta)
+        loss = npo_loss(logp, ref_logp, self.beta) * share(forget, "row")
         logs = {"npo": loss.item(), "forget_logp": logp.mean().item()}
         if self.retain_weight > 0:
             retain_nll = -log_likelihood(model, batches["retain"])
