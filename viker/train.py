@@ -135,11 +135,12 @@ CHECKPOINT = "checkpoint"
 
 
 def save_checkpoint(run_dir: Path, model, optimizer, scheduler, step: int, history: list[dict],
-                    rng_states: list[torch.Tensor] | None = None) -> None:
+                    rng_states: list[torch.Tensor] | None = None, pending: dict | None = None) -> None:
     """Trainable weights (safetensors) and the optimiser's state, written atomically: a run killed at
     any moment leaves either the previous checkpoint or this one, never half of one. Under DDP the
     main process writes it (every process holds the same weights and optimiser state) with every
-    process's RNG state (``rng_states``, in process order)."""
+    process's RNG state (``rng_states``, in process order). ``pending``: the loss sums not yet logged,
+    so that a resumed run logs the averages an uninterrupted one would."""
     from safetensors.torch import save_file
 
     final, tmp, old = run_dir / CHECKPOINT, run_dir / f"{CHECKPOINT}.tmp", run_dir / f"{CHECKPOINT}.old"
@@ -149,7 +150,8 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, step: int, histo
     save_file(weights, str(tmp / "trainable.safetensors"))
     rng_states = rng_states or [torch.get_rng_state()]
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                "history": history, "rng": rng_states[0], "rng_by_process": rng_states}, tmp / "state.pt")
+                "history": history, "rng": rng_states[0], "rng_by_process": rng_states,
+                "pending": pending or {}}, tmp / "state.pt")
     if final.exists():
         final.replace(old)
     tmp.replace(final)
@@ -157,7 +159,7 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, step: int, histo
 
 
 def load_checkpoint(run_dir: Path, model, optimizer, scheduler, rank: int = 0,
-                    world: int = 1) -> tuple[int, list[dict]]:
+                    world: int = 1) -> tuple[int, list[dict], dict]:
     from safetensors.torch import load_file
 
     path = next((run_dir / d for d in (CHECKPOINT, f"{CHECKPOINT}.old") if (run_dir / d / "state.pt").is_file()),
@@ -174,7 +176,7 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler, rank: int = 0,
     scheduler.load_state_dict(state["scheduler"])
     by_process = state.get("rng_by_process") or [state["rng"]]
     torch.set_rng_state(by_process[rank] if len(by_process) == world else state["rng"])
-    return state["step"], state["history"]
+    return state["step"], state["history"], state.get("pending", {})
 
 
 def make_accelerator(cfg: TrainConfig, resume: bool = False):
@@ -311,17 +313,18 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]  # after prepare: FSDP replaces them
     seed_everything(cfg.seed)
     run_dir = Path(run_dir) if run_dir is not None else None
-    step, history = 0, []
+    step, history, pending = 0, [], {}
     if resume:
         if run_dir is None:
             raise VikerError("resuming needs the run folder")
-        step, history = load_checkpoint(run_dir, accelerator.unwrap_model(model), optimizer, scheduler, rank, world)
+        step, history, pending = load_checkpoint(run_dir, accelerator.unwrap_model(model), optimizer, scheduler,
+                                                 rank, world)
     start = step * cfg.grad_accum  # micro-batches already consumed by every stream
     streams = {name: batches(data[name], collate, cfg.batch_size, cfg.seed + i, start, rank, world)
                for i, name in enumerate(objective.streams)}
 
     model.train()
-    running, n_micro = {}, 0
+    running, n_micro = pending.get("running", {}), pending.get("micro", 0)
     bar = tqdm(total=total, initial=step, desc=desc, disable=not progress or not accelerator.is_main_process,
                dynamic_ncols=True)
     while step < total:
@@ -364,7 +367,8 @@ def train(
         if run_dir is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
             rng = gather_object([torch.get_rng_state()]) if world > 1 else None
             if accelerator.is_main_process:
-                save_checkpoint(run_dir, accelerator.unwrap_model(model), optimizer, scheduler, step, history, rng)
+                save_checkpoint(run_dir, accelerator.unwrap_model(model), optimizer, scheduler, step, history, rng,
+                                {"running": running, "micro": n_micro})
     bar.close()
     model.eval()
     return history
