@@ -38,7 +38,7 @@ FIRST = ["Alon", "Bexa", "Corin", "Dalia", "Eskel", "Fira", "Goran", "Hale"]
 LAST = ["Varo", "Tesh", "Mollin", "Quade", "Rask", "Sorel"]
 CITIES = ["Oslo", "Lima", "Kyoto", "Dakar", "Quito", "Perth"]
 JOBS = ["baker", "pilot", "nurse", "potter", "sailor", "judge"]
-FICTITIOUS, CELEBRITIES = 10, 6
+FICTITIOUS, CELEBRITIES = 10, 4
 SPLITS = {"forget_5": 1, "forget_10": 2, "forget_15": 3}  # people per forget split (the first ones)
 
 

@@ -20,6 +20,10 @@ def _synth(args) -> None:
 def _finetune(args) -> None:
     from viker.finetune import REAL_TRAIN, TINY_TRAIN, FinetuneConfig, run_finetune
     from viker.model import LoraSettings
+    from viker.model.tiny import TinyConfig
+
+    if args.family != "llava" and args.model != "tiny":
+        raise VikerError("--family applies to --model tiny only (a checkpoint's own config names its family)")
 
     base = TINY_TRAIN if args.model == "tiny" else REAL_TRAIN
     cfg = FinetuneConfig(
@@ -27,6 +31,7 @@ def _finetune(args) -> None:
         train=replace(base, **_train_overrides(args)),
         lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout),
         device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, max_length=args.max_length,
+        tiny=TinyConfig(family=args.family), train_on=args.train_on,
     )
     metrics = run_finetune(cfg, resume=args.resume)
     print(json.dumps(metrics, indent=2))
@@ -134,6 +139,12 @@ def parser() -> argparse.ArgumentParser:
     ft.add_argument("--model", default="tiny", help="'tiny' (built offline) or a model folder / hub id")
     ft.add_argument("--data", required=True, help="benchmark folder (MLLMU-Bench layout)")
     ft.add_argument("--out", required=True)
+    ft.add_argument("--family", choices=("llava", "qwen2_vl", "idefics2"), default="llava",
+                    help="with --model tiny: which architecture to build (LLaVA-1.5, Qwen2-VL or Idefics2)")
+    ft.add_argument("--train-on", choices=("auto", "all", "ft_Data"), default="auto",
+                    help="MLLMU: ft_Data = the benchmark's vanilla finetune (its ft_Data pairs); all = also every "
+                         "generation question and pretrain_Data, for a model trained from scratch (auto: all for "
+                         "--model tiny, ft_Data otherwise)")
     ft.add_argument("--tuning", choices=("auto", "full", "lora"), default="auto")
     _add_train_args(ft)
     ft.add_argument("--lora-r", type=int, default=16)

@@ -34,6 +34,7 @@ class FinetuneConfig:
     data: str = ""
     out: str = ""
     tuning: str = "auto"  # auto (full for tiny, LoRA otherwise) | full | lora
+    train_on: str = "auto"  # MLLMU: auto (all for tiny, ft_Data otherwise) | all | ft_Data (see finetune_examples)
     train: TrainConfig = field(default_factory=lambda: TINY_TRAIN)
     lora: LoraSettings = field(default_factory=LoraSettings)
     tiny: TinyConfig = field(default_factory=TinyConfig)
@@ -65,7 +66,8 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     out = Path(cfg.out)
     if not cfg.data:
         raise VikerError("--data is required")
-    examples = finetune_examples(cfg.data)
+    train_on = cfg.train_on if cfg.train_on != "auto" else ("all" if cfg.model == "tiny" else "ft_Data")
+    examples = finetune_examples(cfg.data, train_on)
     seed_everything(cfg.train.seed)
     if cfg.model == "tiny":
         model, processor = build_tiny(cfg.data, cfg.tiny)
@@ -77,7 +79,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
         model = apply_lora(model, cfg.lora)
     collate = Collator(processor, max_length=cfg.max_length)
     collate.preflight(model, examples)
-    settings = {"finetune": asdict(cfg) | {"tuning": tuning}, "examples": len(examples)}
+    settings = {"finetune": asdict(cfg) | {"tuning": tuning, "train_on": train_on}, "examples": len(examples)}
     write_config(out, "finetune", settings, cfg.data)
 
     start = time.perf_counter()

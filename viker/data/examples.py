@@ -7,6 +7,7 @@ from typing import Iterable
 
 from viker.data.loader import has_config, load_finetune, load_profiles
 from viker.data.schema import PRETRAIN_CONFIG, Example, FinetuneRecord, Profile
+from viker.errors import VikerError
 from viker.prompts import cloze_prompt, generation_prompt
 
 
@@ -48,13 +49,22 @@ def pair_examples(records: Iterable[FinetuneRecord], text_only: dict[bytes, set[
     ]
 
 
-def finetune_examples(data_dir: str | Path) -> list[Example]:
-    """What the vanilla model learns: the benchmark's ft_Data pairs, the generation questions of every
-    fictitious and every Retain_Set person (with or without the image as their Type says), and, when
-    the folder has one, the pretrain_Data pairs (what a pretrained model would know of the Retain_Set
-    people). Duplicates are kept once."""
+FINETUNE_SETS = ("all", "ft_Data")
+
+
+def finetune_examples(data_dir: str | Path, sets: str = "all") -> list[Example]:
+    """What the vanilla model learns. ``all``: the benchmark's ft_Data pairs, the generation questions
+    of every fictitious and every Retain_Set person (with or without the image as their Type says),
+    and, when the folder has one, the pretrain_Data pairs (what a pretrained model would know of the
+    Retain_Set people): a model trained from scratch needs all of it. ``ft_Data``: MLLMU-Bench's own
+    vanilla finetune, the ft_Data pairs alone (a pretrained model already knows the Retain_Set people,
+    and the evaluation's questions stay unseen). Duplicates are kept once."""
+    if sets not in FINETUNE_SETS:
+        raise VikerError(f"--train-on {sets}: choose from {', '.join(FINETUNE_SETS)}")
     profiles = load_profiles(data_dir, "Full_Set") + load_profiles(data_dir, "Retain_Set")
     records = load_finetune(data_dir)
+    if sets == "ft_Data":
+        return _unique(pair_examples(records, pure_text_questions(profiles)))
     if has_config(data_dir, PRETRAIN_CONFIG):
         records += load_finetune(data_dir, PRETRAIN_CONFIG)
     return _unique(pair_examples(records, pure_text_questions(profiles)) + generation_examples(profiles))

@@ -35,22 +35,35 @@ FULL_VOCAB_LIMIT = 8192  # above this, store top-k by default
 
 
 def reference_pool(refs: str, data_dir: str | Path | None, forget_split: str | None = None) -> list[bytes]:
-    """The images a reference source names: a pool of the embedded benchmark, the forget or retain
-    people's own images, or any folder of image files."""
+    """The images a reference source names (see :func:`reference_pool_and_source`)."""
+    return reference_pool_and_source(refs, data_dir, forget_split)[0]
+
+
+def reference_pool_and_source(refs: str, data_dir: str | Path | None,
+                              forget_split: str | None = None) -> tuple[list[bytes], str]:
+    """The images a reference source names, and where they came from: a pool of the embedded benchmark
+    (``ref_people`` ...), the forget or retain people's own images, or any folder of image files.
+
+    The real MLLMU-Bench has no ``ref_people`` pool: there ``people`` falls back to the Retain_Set
+    (real-world people: never in a forget split, and not the fictitious retain people, whose images
+    the paper found to hurt retention as references)."""
     from viker.data.schema import RETAIN_OF
 
     if refs in ("forget", "retain"):
         if data_dir is None or forget_split is None:
             raise VikerError(f"--refs {refs} needs --data and --forget")
         split = forget_split if refs == "forget" else RETAIN_OF[forget_split]
-        return [p.image for p in load_profiles(data_dir, split)]
+        return [p.image for p in load_profiles(data_dir, split)], split
     folder = Path(data_dir) / f"ref_{refs}" if refs in SOURCES and data_dir is not None else Path(refs)
     if not folder.is_dir():
+        if refs == "people" and data_dir is not None:
+            return [p.image for p in load_profiles(data_dir, "Retain_Set")], \
+                "Retain_Set (real-world people; the data has no ref_people pool)"
         raise VikerError(f"--refs {refs}: no folder {folder} (choose {', '.join(SOURCES)} or a folder of images)")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise VikerError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-    return [image_bytes({"bytes": f.read_bytes()}, str(f)) for f in files]
+    return [image_bytes({"bytes": f.read_bytes()}, str(f)) for f in files], str(folder)
 
 
 def _sha(data: bytes) -> str:

@@ -1,0 +1,187 @@
+"""LLaVA-1.5, Qwen2-VL and Idefics2 through one code path, on data in the real MLLMU-Bench layout.
+
+Each family is a tiny random-weight model built from its config with its own processor and chat
+template, saved, and loaded back through the Auto classes, then taken through finetune -> unlearn
+(every method) -> eval, as a 7B checkpoint of that family would be on a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from mllmu_layout import CELEBRITIES, write_mllmu
+from safetensors.torch import load_file
+
+from viker.cli import main
+from viker.collate import IGNORE_INDEX, Collator, model_inputs
+from viker.data.examples import finetune_examples
+from viker.data.loader import load_profiles
+from viker.eval.evaluate import EvalConfig
+from viker.eval.generate import generate
+from viker.eval.run import run_eval
+from viker.finetune import FinetuneConfig, run_finetune
+from viker.methods.base import FrozenReference
+from viker.methods.losses import gather_answer_positions
+from viker.model import LoraSettings, apply_lora, language_model_linear_layers, load_model, pick_dtype
+from viker.model.tiny import TinyConfig, build_tiny
+from viker.train import TrainConfig
+from viker.unlearn import UnlearnConfig, run_unlearn
+
+FAMILIES = ("llava", "qwen2_vl", "idefics2")
+CLASSES = {"llava": "LlavaForConditionalGeneration", "qwen2_vl": "Qwen2VLForConditionalGeneration",
+           "idefics2": "Idefics2ForConditionalGeneration"}
+USER_TURN = {"llava": "USER: <image>\n", "qwen2_vl": "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>",
+             "idefics2": "User:<image>"}
+SMALL = dict(vocab_size=600, hidden=32, intermediate=64, layers=1, heads=2, vision_hidden=16, vision_layers=1,
+             image_size=16)
+METHODS = {"ga": {}, "graddiff": {}, "klmin": {}, "npo": {}, "idkpo": {}, "viker": {"k": 2}}
+
+
+@pytest.fixture(scope="module")
+def real_bench(tmp_path_factory):
+    return write_mllmu(tmp_path_factory.mktemp("mllmu"))
+
+
+@pytest.fixture(scope="module")
+def saved(real_bench, tmp_path_factory):
+    """family -> folder of a saved tiny model (built once per family, on first use)."""
+    folders = {}
+
+    def get(family):
+        if family not in folders:
+            model, processor = build_tiny(real_bench, TinyConfig(**SMALL, family=family))
+            folders[family] = tmp_path_factory.mktemp(family)
+            model.save_pretrained(folders[family])
+            processor.save_pretrained(folders[family])
+        return folders[family]
+
+    return get
+
+
+def _mixed(real_bench, n=4):
+    """Examples with and without an image, interleaved: the batches every method sees."""
+    examples = finetune_examples(real_bench)
+    with_image = [e for e in examples if e.image is not None][:n]
+    text_only = [e for e in examples if e.image is None][:n]
+    return [e for pair in zip(with_image, text_only) for e in pair]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_saved_model_loads_through_auto_classes_on_cpu_in_float32(family, saved, real_bench):
+    model, processor = load_model(saved(family), device="cpu")
+    assert type(model).__name__ == CLASSES[family]
+    assert json.loads((saved(family) / "config.json").read_text())["model_type"] == family
+    assert next(model.parameters()).dtype == torch.float32 and next(model.parameters()).device.type == "cpu"
+    collate = Collator(processor)
+    prompt = collate.render(_mixed(real_bench)[0])
+    assert USER_TURN[family] in prompt, prompt  # the family's own conversation format
+    again, _ = load_model(saved(family), device="cpu")
+    batch = collate(_mixed(real_bench))
+    with torch.no_grad():
+        assert torch.equal(model(**model_inputs(batch)).logits, again(**model_inputs(batch)).logits)
+
+
+def test_bfloat16_on_a_gpu_float32_on_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert pick_dtype(torch.device("cuda")) == torch.bfloat16
+    assert pick_dtype(torch.device("cpu")) == torch.float32
+    assert pick_dtype(torch.device("cuda"), "float16") == torch.float16
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lora_targets_only_the_language_models_linear_layers(family, real_bench):
+    model, _ = build_tiny(real_bench, TinyConfig(**SMALL, family=family))
+    targets = language_model_linear_layers(model)
+    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    outside = [n for n in linear if n not in targets]
+    assert targets and all(".language_model." in t or ".text_model." in t for t in targets)
+    # what stays out: the vision tower, the projector / merger / perceiver connector, the output layer
+    assert outside and all(any(part in n for part in ("vision", "visual", "projector", "connector", "lm_head"))
+                           for n in outside), outside
+    peft_model = apply_lora(model, LoraSettings(r=2, alpha=4))
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n and (".language_model." in n or ".text_model." in n) for n in trainable)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mixed_batches_label_only_the_answers_and_generate_as_one_at_a_time(family, saved, real_bench):
+    model, processor = load_model(saved(family), device="cpu")
+    examples = _mixed(real_bench)
+    batch = Collator(processor)(examples)
+    tok = processor.tokenizer
+    for row, ex in enumerate(examples):
+        answer = batch["labels"][row][batch["labels"][row] != IGNORE_INDEX]
+        assert tok.decode(answer, skip_special_tokens=True).strip() == ex.answer
+        assert tok.convert_ids_to_tokens(answer[-1:].tolist())[0] in tok.all_special_tokens  # the end of the turn
+    with torch.no_grad():  # sharpen the random model so that its greedy answers depend on the prompt
+        for name, module in model.named_modules():
+            if name in set(language_model_linear_layers(model)):
+                module.weight.mul_(8)
+        model.lm_head.weight.mul_(30)
+    batched = generate(model, processor, examples, batch_size=8, max_new_tokens=6, progress=False)
+    single = [generate(model, processor, [ex], batch_size=1, max_new_tokens=6, progress=False)[0] for ex in examples]
+    assert batched == single
+    assert len(set(batched)) > 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reference_distributions_from_the_kept_logits_equal_the_full_forward(family, saved, real_bench):
+    """FrozenReference projects only the answer positions (logits_to_keep); the result must be the
+    full forward pass's softmax there, for every family's way of placing image tokens."""
+    model, processor = load_model(saved(family), device="cpu")
+    batch = Collator(processor, padding_side="left")(_mixed(real_bench))
+    probs = FrozenReference(model).answer_probs(batch)
+    with torch.no_grad():
+        logits, _ = gather_answer_positions(model(**model_inputs(batch)).logits, batch["labels"])
+    assert probs.shape == logits.shape
+    assert torch.allclose(probs, logits.softmax(-1), atol=1e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_finetune_then_every_method_then_eval(family, saved, real_bench, tmp_path):
+    """The MLLMU-Bench protocol on real-layout data, from a saved checkpoint as from a downloaded one:
+    vanilla finetune (LoRA on ft_Data, merged), unlearn forget_10 with every method from that vanilla
+    model, evaluate; with no pools of ours in the data (ViKeR's people references come from the
+    Retain_Set)."""
+    vanilla = tmp_path / "vanilla"
+    metrics = run_finetune(FinetuneConfig(model=str(saved(family)), data=str(real_bench), out=str(vanilla),
+                                          train=TrainConfig(max_steps=2, batch_size=8, lr=1e-3)), progress=False)
+    assert math.isfinite(metrics["final_loss"])
+    settings = json.loads((vanilla / "config.json").read_text())
+    assert settings["finetune"]["tuning"] == "lora" and settings["finetune"]["train_on"] == "ft_Data"
+    assert settings["examples"] == len(finetune_examples(real_bench, "ft_Data"))
+    before = load_file(str(vanilla / "model" / "model.safetensors"))
+    for method, args in METHODS.items():
+        out = tmp_path / method
+        run_unlearn(UnlearnConfig(model=str(vanilla), data=str(real_bench), forget="forget_10", method=method,
+                                  method_args=args, out=str(out), train=TrainConfig(max_steps=1, batch_size=4, lr=1e-3),
+                                  cache_dir=str(tmp_path / "cache")), progress=False)
+        after = load_file(str(out / "model" / "model.safetensors"))
+        assert after.keys() == before.keys(), f"{method}: the merged model is not the vanilla architecture"
+        assert any(not torch.equal(after[k], before[k]) for k in before), f"{method} changed no weight"
+    setup = json.loads((tmp_path / "viker" / "config.json").read_text())["setup"]
+    assert setup["reference_pool"]["source"].startswith("Retain_Set")
+    assert setup["reference_pool"]["images"] == CELEBRITIES
+
+    cfg = EvalConfig(forget="forget_10", max_new_tokens=6, retain_limit=1)
+    metrics = run_eval(str(tmp_path / "viker"), str(real_bench), str(tmp_path / "viker"), cfg, progress=False)
+    for key in ("acc", "acc_text", "rougeL", "bleu", "cloze"):
+        for name in ("forget", "test", "retain", "real"):
+            assert 0.0 <= metrics[f"{name}_{key}"] <= 100.0
+    records = [json.loads(line) for line in (tmp_path / "viker" / "generations.jsonl").read_text().splitlines()]
+    forget = load_profiles(real_bench, "forget_10")
+    people = {"forget": forget, "test": forget, "retain": load_profiles(real_bench, "retain_90")[:1],
+              "real": load_profiles(real_bench, "Retain_Set")}
+    for name, profiles in people.items():  # one record per question asked: generation, multiple choice, cloze
+        expected = sum(len(p.generation) + len(p.mc) + len(p.cloze) for p in profiles)
+        assert sum(r["set"] == name for r in records) == expected
+    assert {r["image"] for r in records} == {True, False}  # both question types were asked
+
+
+def test_family_is_for_the_tiny_model_only(tmp_path, capsys):
+    code = main(["finetune", "--model", str(tmp_path), "--family", "qwen2_vl", "--data", str(tmp_path),
+                 "--out", str(tmp_path / "run")])
+    assert code == 2 and "--family applies to --model tiny only" in capsys.readouterr().err

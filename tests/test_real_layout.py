@@ -1,0 +1,199 @@
+"""The real MLLMU-Bench release, from a snapshot folder or a hub id: every config, every nested field,
+and a clear error (naming file and row) for every kind of malformed row."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from mllmu_layout import CELEBRITIES, FICTITIOUS, SPLITS, write_mllmu
+
+from viker.data.examples import finetune_examples, unlearning_examples
+from viker.data.loader import load_finetune, load_profiles
+from viker.data.schema import CONFIGS
+from viker.errors import VikerError
+from viker.eval.evaluate import EvalConfig
+from viker.eval.run import run_eval
+from viker.methods.reference import reference_pool_and_source
+from viker.model.tiny import TinyConfig, build_tiny
+
+HUB_ID = "MLLMMU/MLLMU-Bench"
+PROFILE_CONFIGS = [c for c in CONFIGS if c != "ft_Data"]
+
+
+@pytest.fixture(scope="module")
+def real_bench(tmp_path_factory):
+    return write_mllmu(tmp_path_factory.mktemp("mllmu"))
+
+
+def test_every_config_loads_with_both_question_types(real_bench):
+    counts = {c: len(load_profiles(real_bench, c)) for c in PROFILE_CONFIGS}
+    assert counts["Full_Set"] == counts["Test_Set"] == FICTITIOUS and counts["Retain_Set"] == CELEBRITIES
+    for split, n in SPLITS.items():
+        assert counts[split] == n and counts[{"forget_5": "retain_95", "forget_10": "retain_90",
+                                              "forget_15": "retain_85"}[split]] == FICTITIOUS - n
+    test = load_profiles(real_bench, "Test_Set")  # two shards, two images per person, none of them Full_Set's
+    full = {p.id: p for p in load_profiles(real_bench, "Full_Set")}
+    assert all(len(p.images) == 2 and full[p.id].image not in p.images for p in test)
+    person = full["0"]
+    assert {q.with_image for q in person.mc} == {True, False} and {q.with_image for q in person.generation} == \
+        {True, False}
+    assert all(sorted(q.options) == list("ABCD") and q.answer in "ABCD" for q in person.mc)
+    assert person.cloze[0].question.count("__") == 1 and person.directory == "Full_Set"
+    records = load_finetune(real_bench)
+    assert len(records) == FICTITIOUS and all(len(r.qa) == 3 and r.image == full[str(i)].image
+                                              for i, r in enumerate(records))
+
+
+def test_protocol_examples_need_none_of_the_embedded_benchmarks_extras(real_bench):
+    """No pretrain_Data and no ref_* pools in the release: finetuning, unlearning and ViKeR's people
+    references are built from its ten configs alone."""
+    train = finetune_examples(real_bench)
+    assert {e.image is None for e in train} == {True, False}
+    forget = unlearning_examples(real_bench, "forget_10")
+    assert forget and {e.answer for e in forget} <= {e.answer for e in train}
+    pool, source = reference_pool_and_source("people", real_bench, "forget_10")
+    assert source.startswith("Retain_Set") and pool == [p.image for p in load_profiles(real_bench, "Retain_Set")]
+    assert not set(pool) & {p.image for p in load_profiles(real_bench, "forget_10")}
+
+
+def test_the_benchmarks_vanilla_finetune_reads_ft_data_alone(real_bench):
+    """MLLMU-Bench finetunes a pretrained model on ft_Data; the evaluation's questions and the
+    real-world people stay unseen. A model trained from scratch learns them all."""
+    protocol = {e.answer for e in finetune_examples(real_bench, "ft_Data")}
+    assert protocol == {q.answer for r in load_finetune(real_bench) for q in r.qa}
+    celebrities = {q.answer for p in load_profiles(real_bench, "Retain_Set") for q in p.generation}
+    assert celebrities and not celebrities & protocol
+    assert celebrities <= {e.answer for e in finetune_examples(real_bench, "all")}
+    with pytest.raises(VikerError, match="--train-on everything"):
+        finetune_examples(real_bench, "everything")
+
+
+# --- a hub id goes through `datasets` and then the same checks ------------------------------------------
+
+@pytest.fixture
+def hub(real_bench, tmp_path, monkeypatch):
+    """`datasets.load_dataset` answering for the hub id from the snapshot's files, as its parquet builder
+    does (with the files' feature metadata: image columns become Image features)."""
+    datasets = pytest.importorskip("datasets")
+    calls = []
+
+    def load_dataset(repo, config, split):
+        assert repo == HUB_ID and split == "train"
+        calls.append(config)
+        files = sorted(str(f) for f in (real_bench / config).glob("*.parquet"))
+        if not files:
+            raise ValueError(f"BuilderConfig '{config}' not found. Available: {list(CONFIGS)}")
+        return datasets.Dataset.from_parquet(files, cache_dir=str(tmp_path / "hf"))
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return calls
+
+
+def test_a_hub_id_loads_the_same_records_as_the_snapshot_folder(hub, real_bench):
+    def strip(profiles):
+        return [p.__class__(**{**p.__dict__, "source": ""}) for p in profiles]
+
+    for config in PROFILE_CONFIGS:
+        assert strip(load_profiles(HUB_ID, config)) == strip(load_profiles(real_bench, config)), config
+    assert [(r.image, r.qa) for r in load_finetune(HUB_ID)] == [(r.image, r.qa) for r in load_finetune(real_bench)]
+    assert set(hub) == set(CONFIGS)
+    with pytest.raises(VikerError, match=rf"{HUB_ID}.*pretrain_Data"):
+        load_finetune(HUB_ID, "pretrain_Data")
+
+
+def test_eval_from_a_hub_id_equals_eval_from_the_folder(hub, real_bench, tmp_path):
+    model = build_tiny(real_bench, TinyConfig(vocab_size=600, hidden=32, intermediate=64, layers=1, heads=2,
+                                              vision_hidden=16, vision_layers=1, image_size=16))
+    cfg = EvalConfig(forget="forget_5", max_new_tokens=4, retain_limit=1)
+    local = run_eval("tiny", str(real_bench), str(tmp_path / "local"), cfg, progress=False, model_and_processor=model)
+    remote = run_eval("tiny", HUB_ID, str(tmp_path / "hub"), cfg, progress=False, model_and_processor=model)
+    assert local == remote
+    generations = [(tmp_path / run / "generations.jsonl").read_text() for run in ("local", "hub")]
+    assert generations[0] == generations[1]
+    assert json.loads((tmp_path / "hub" / "config.json").read_text())["data"] == HUB_ID
+
+
+def test_without_datasets_a_hub_id_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` now fails
+    with pytest.raises(VikerError, match=rf"{HUB_ID}: .*`datasets`"):
+        load_profiles(HUB_ID, "forget_10")
+
+
+# --- malformed rows: an error naming the file and row, never a silent wrong score ------------------------
+
+def _rows_edit(config, shard, edit):
+    """Rewrite one file of ``config``: ``edit(rows)`` returns the new rows (schema inferred again when
+    the edit changes a nested type)."""
+    def apply(root):
+        path = sorted((root / config).glob("*.parquet"))[shard]
+        table = pq.read_table(path)
+        rows, keep_schema = edit(table.to_pylist())
+        pq.write_table(pa.Table.from_pylist(rows, schema=table.schema if keep_schema else None), path)
+        return path.relative_to(root)
+    return apply
+
+
+def _mc(rows, change, keep_schema=True):
+    change(rows[1]["Classification_Task"]["Image_Textual_Questions"][0])
+    return rows, keep_schema
+
+
+def _every_mc(rows, change):
+    for row in rows:
+        for questions in row["Classification_Task"].values():
+            for q in questions:
+                change(q)
+    return rows, False
+
+
+MALFORMED = {
+    "fifth option": (_rows_edit("forget_10", 0, lambda rows: _mc(rows, lambda q: q["Options"].update(E="Rome"),
+                                                                 keep_schema=False)),
+                     "forget_10", r":row 1: Image_Textual_Questions\[0\] has options \['A', 'B', 'C', 'D', 'E'\]"),
+    "option missing from the schema": (
+        _rows_edit("forget_10", 0, lambda rows: _every_mc(rows, lambda q: q["Options"].pop("D"))),
+        "forget_10", r": column 'Classification_Task.Image_Textual_Questions\[\].Options' lacks nested field 'D'"),
+    "empty option": (_rows_edit("forget_10", 0, lambda rows: _mc(rows, lambda q: q["Options"].update(B=None))),
+                     "forget_10", r":row 1: Image_Textual_Questions\[0\] has options \['A', 'C', 'D'\], expected A-D"),
+    "answer letter outside the options": (
+        _rows_edit("forget_10", 0, lambda rows: _mc(rows, lambda q: q.update(Correct_Answer="F"))),
+        "forget_10", r":row 1: Image_Textual_Questions\[0\] has answer 'F' outside A-D"),
+    "no answer letter": (_rows_edit("forget_10", 0, lambda rows: _mc(rows, lambda q: q.update(Correct_Answer=None))),
+                         "forget_10", r":row 1: Image_Textual_Questions\[0\] has answer '' outside A-D"),
+    "answer field missing": (
+        _rows_edit("forget_10", 0, lambda rows: _every_mc(rows, lambda q: q.pop("Correct_Answer"))),
+        "forget_10", r"lacks nested field 'Correct_Answer'"),
+    "empty Test_Set image": (
+        _rows_edit("Test_Set", 1, lambda rows: (rows[:1] + [{**rows[1], "images": [rows[1]["images"][0],
+                                                                                   {"bytes": b"", "path": "x"}]}],
+                                                True)),
+        "Test_Set", r"Test_Set/train-00001-of-00002.parquet:row 1 image 1: empty image"),
+    "Test_Set row without images": (
+        _rows_edit("Test_Set", 0, lambda rows: ([{**rows[0], "images": []}] + rows[1:], True)),
+        "Test_Set", r"Test_Set/train-00000-of-00002.parquet:row 0: no images"),
+    "empty ft_Data image": (_rows_edit("ft_Data", 0, lambda rows: (
+        rows[:2] + [{**rows[2], "image": {"bytes": None, "path": "2.png"}}] + rows[3:], True)),
+        "ft_Data", r"ft_Data/train-00000-of-00001.parquet:row 2: empty image"),
+    "ft_Data metadata not JSON": (_rows_edit("ft_Data", 0, lambda rows: (
+        rows[:3] + [{**rows[3], "metadata": "Question: who?"}] + rows[4:], True)),
+        "ft_Data", r"ft_Data/train-00000-of-00001.parquet:row 3: metadata is not a JSON list"),
+    "ft_Data pair without an answer": (_rows_edit("ft_Data", 0, lambda rows: (
+        rows[:3] + [{**rows[3], "metadata": json.dumps([{"Question": "Who is this person?"}])}] + rows[4:], True)),
+        "ft_Data", r"ft_Data/train-00000-of-00001.parquet:row 3: metadata is not a JSON list"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_malformed_rows_are_errors_naming_file_and_row(case, real_bench, tmp_path):
+    root = tmp_path / "bench"
+    shutil.copytree(real_bench, root)
+    corrupt, config, message = MALFORMED[case]
+    corrupt(root)
+    load = load_finetune if config == "ft_Data" else load_profiles
+    with pytest.raises(VikerError, match=message):
+        load(root, config)
