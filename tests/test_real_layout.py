@@ -120,7 +120,7 @@ def test_eval_from_a_hub_id_equals_eval_from_the_folder(hub, real_bench, tmp_pat
 
 def test_without_datasets_a_hub_id_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` now fails
-    with pytest.raises(VikerError, match=rf"{HUB_ID}: .*`datasets`"):
+    with pytest.raises(VikerError, match=rf"{HUB_ID}: .*`datasets`.*pip install \"viker\[hub\]\""):
         load_profiles(HUB_ID, "forget_10")
 
 

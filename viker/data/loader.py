@@ -71,7 +71,7 @@ def hub_table(repo: str, config: str) -> pa.Table:
         import datasets
     except ImportError:
         raise VikerError(f"{repo}: reading a benchmark from the hub needs the `datasets` package "
-                         "(pip install datasets); or pass the folder of a downloaded snapshot") from None
+                         '(pip install "viker[hub]"); or pass the folder of a downloaded snapshot') from None
     try:
         dataset = datasets.load_dataset(repo, config, split="train")
     except Exception as e:  # offline, unknown repo or config, ...: the library's own message says which
