@@ -27,8 +27,8 @@ def _finetune(args) -> None:
 
     base = TINY_TRAIN if args.model == "tiny" else REAL_TRAIN
     cfg = FinetuneConfig(
-        model=args.model, data=args.data, out=args.out, tuning=args.tuning,
-        train=replace(base, **_train_overrides(args)),
+        model=args.model, data=args.data, benchmark=args.benchmark, without=args.without, out=args.out,
+        tuning=args.tuning, train=replace(base, **_train_overrides(args)),
         lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout),
         device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, max_length=args.max_length,
         tiny=TinyConfig(family=args.family), train_on=args.train_on,
@@ -56,7 +56,8 @@ def _unlearn(args) -> None:
             raise VikerError(f"--{stray[0].replace('_', '-')} applies to --method viker only")
     base = TINY_UNLEARN if _is_tiny(args.model) else REAL_UNLEARN
     cfg = UnlearnConfig(
-        model=args.model, data=args.data, forget=args.forget, method=args.method, method_args=method_args,
+        model=args.model, data=args.data, benchmark=args.benchmark, forget=_forget(args), method=args.method,
+        method_args=method_args,
         out=args.out, tuning=args.tuning, train=replace(base, **_train_overrides(args)),
         lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
                           merge=args.save == "merged"),
@@ -69,12 +70,36 @@ def _unlearn(args) -> None:
           "gradient ascent's loss is unbounded below, see history.json)")
 
 
+def _forget(args) -> str:
+    """--forget, defaulting to the benchmark's 10% split."""
+    return args.forget or {"mllmu": "forget_10", "clear": "forget10"}[args.benchmark]
+
+
+def _eval_clear(args) -> None:
+    from viker.eval.clear import UTILITY_KEYS, ClearEvalConfig, run_clear_eval
+
+    if args.gib_model:
+        raise VikerError("--gib-model applies to --benchmark mllmu")
+    cfg = ClearEvalConfig(forget=_forget(args), batch_size=args.batch_size, retain_model=args.retain_model,
+                          retain_limit=args.retain_limit)
+    if args.max_new_tokens is not None:
+        cfg.max_new_tokens = args.max_new_tokens
+    metrics = run_clear_eval(args.model, args.data, args.out, cfg, args.device, args.dtype, args.trust_remote_code)
+    shown = [k for k in metrics if k.startswith("forget") or k in UTILITY_KEYS or k == "model_utility"]
+    print(json.dumps({k: metrics[k] for k in shown if not k.endswith("_items")}, indent=2))
+
+
 def _eval(args) -> None:
     from viker.eval.evaluate import EvalConfig
     from viker.eval.run import run_eval
 
-    cfg = EvalConfig(forget=args.forget, mc_mode=args.mc_mode, batch_size=args.batch_size,
-                     max_new_tokens=args.max_new_tokens, retain_limit=args.retain_limit, gib_model=args.gib_model)
+    if args.benchmark == "clear":
+        return _eval_clear(args)
+    if args.retain_model:
+        raise VikerError("--retain-model applies to --benchmark clear")
+    cfg = EvalConfig(forget=_forget(args), mc_mode=args.mc_mode, batch_size=args.batch_size,
+                     max_new_tokens=args.max_new_tokens or 50, retain_limit=args.retain_limit,
+                     gib_model=args.gib_model)
     metrics = run_eval(args.model, args.data, args.out, cfg, args.device, args.dtype, args.trust_remote_code)
     print(json.dumps({k: v for k, v in metrics.items() if "_" not in k or k.split("_")[1] in
                       ("acc", "rougeL", "bleu", "cloze")}, indent=2))
@@ -118,6 +143,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-length", type=int, help="refuse examples longer than this many tokens (never truncates)")
 
 
+def _add_benchmark_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--benchmark", choices=("mllmu", "clear"), default="mllmu",
+                   help="the layout of --data: MLLMU-Bench (and the embedded benchmark) or CLEAR")
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on a GPU, float32 on CPU), float32, bfloat16")
@@ -139,6 +169,9 @@ def parser() -> argparse.ArgumentParser:
     ft.add_argument("--model", default="tiny", help="'tiny' (built offline) or a model folder / hub id")
     ft.add_argument("--data", required=True, help="benchmark folder (MLLMU-Bench layout)")
     ft.add_argument("--out", required=True)
+    _add_benchmark_arg(ft)
+    ft.add_argument("--without", help="CLEAR: leave out this forget split's persons (forget01 | forget05 | forget10), "
+                                      "to train the reference model of forget quality")
     ft.add_argument("--family", choices=("llava", "qwen2_vl", "idefics2"), default="llava",
                     help="with --model tiny: which architecture to build (LLaVA-1.5, Qwen2-VL or Idefics2)")
     ft.add_argument("--train-on", choices=("auto", "all", "ft_Data"), default="auto",
@@ -156,7 +189,9 @@ def parser() -> argparse.ArgumentParser:
     un = sub.add_parser("unlearn", help="make the vanilla model forget a forget split")
     un.add_argument("--model", required=True, help="the vanilla model: a `viker finetune` run folder or model folder")
     un.add_argument("--data", required=True)
-    un.add_argument("--forget", default="forget_10", help="forget_5 | forget_10 | forget_15")
+    _add_benchmark_arg(un)
+    un.add_argument("--forget", help="forget_5 | forget_10 | forget_15 (default forget_10); CLEAR: forget01 | "
+                                     "forget05 | forget10, +tofu to include its text questions (default forget10)")
     un.add_argument("--method", default="viker", help="ga | graddiff | klmin | npo | idkpo | viker")
     un.add_argument("--out", required=True)
     un.add_argument("--lam", type=float, help="ViKeR: weight λ of the reference regulariser, in [0, 1]")
@@ -180,14 +215,18 @@ def parser() -> argparse.ArgumentParser:
                                      "and the real-world people")
     ev.add_argument("--model", required=True)
     ev.add_argument("--data", required=True)
-    ev.add_argument("--forget", default="forget_10")
+    _add_benchmark_arg(ev)
+    ev.add_argument("--forget", help="the forget split (default forget_10; CLEAR: forget10)")
     ev.add_argument("--out", required=True)
     ev.add_argument("--mc-mode", choices=("likelihood", "letter"), default="likelihood",
                     help="multiple choice by option likelihood (small models) or the benchmark's letter generation")
     ev.add_argument("--batch-size", type=int, default=32)
-    ev.add_argument("--max-new-tokens", type=int, default=50)
-    ev.add_argument("--retain-limit", type=int, help="evaluate at most this many retain-split people")
+    ev.add_argument("--max-new-tokens", type=int, help="greedy reply length (default 50; CLEAR: 100)")
+    ev.add_argument("--retain-limit", type=int, help="evaluate at most this many retain-split people (CLEAR: "
+                                                      "retain_perturbed rows)")
     ev.add_argument("--gib-model", help="local folder of a gibberish classifier, for the gib column")
+    ev.add_argument("--retain-model", help="CLEAR: a model trained without the forget set (model or run folder), "
+                                           "or the forget_truth_ratios.json of its evaluation: gives forget_quality")
     _add_model_args(ev)
     ev.set_defaults(func=_eval)
     kt = sub.add_parser("keytokens", help="show which answer tokens ViKeR treats as private (HTML + PNG)")

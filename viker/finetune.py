@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from viker.collate import Collator
+from viker.data.clear import finetune_examples as clear_finetune_examples
 from viker.data.examples import finetune_examples, generation_examples
 from viker.data.loader import load_profiles
 from viker.errors import VikerError
@@ -32,6 +33,8 @@ REAL_TRAIN = TrainConfig(epochs=5, batch_size=4, grad_accum=4, lr=1e-4, warmup_r
 class FinetuneConfig:
     model: str = "tiny"
     data: str = ""
+    benchmark: str = "mllmu"  # mllmu | clear
+    without: str | None = None  # CLEAR: a forget split whose persons are left out (forget quality's reference)
     out: str = ""
     tuning: str = "auto"  # auto (full for tiny, LoRA otherwise) | full | lora
     train_on: str = "auto"  # MLLMU: auto (all for tiny, ft_Data otherwise) | all | ft_Data (see finetune_examples)
@@ -67,7 +70,12 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     if not cfg.data:
         raise VikerError("--data is required")
     train_on = cfg.train_on if cfg.train_on != "auto" else ("all" if cfg.model == "tiny" else "ft_Data")
-    examples = finetune_examples(cfg.data, train_on)
+    if cfg.benchmark not in ("mllmu", "clear"):
+        raise VikerError(f"--benchmark {cfg.benchmark}: choose mllmu or clear")
+    if cfg.without and cfg.benchmark != "clear":
+        raise VikerError("--without applies to --benchmark clear")
+    examples = clear_finetune_examples(cfg.data, cfg.without) if cfg.benchmark == "clear" \
+        else finetune_examples(cfg.data, train_on)
     seed_everything(cfg.train.seed)
     if cfg.model == "tiny":
         model, processor = build_tiny(cfg.data, cfg.tiny)
@@ -87,7 +95,9 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
                     desc="finetune", progress=progress, run_dir=out, resume=resume)
     seconds = time.perf_counter() - start
     write_json(out / "history.json", history)
-    metrics = recall_metrics(model, processor, cfg.data, cfg.eval_batch_size, progress)
+    # CLEAR's scores come from `viker eval --benchmark clear`; MLLMU's exact recall is checked here
+    metrics = recall_metrics(model, processor, cfg.data, cfg.eval_batch_size, progress) \
+        if cfg.benchmark == "mllmu" else {}
     metrics |= {"train_seconds": round(seconds, 1), "final_loss": history[-1]["loss"] if history else None}
     save_model(model, processor, out / "model", merge=cfg.lora.merge)
     write_json(out / "metrics.json", metrics)

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from viker.collate import Collator
+from viker.data.clear import is_forget_split as is_clear_split
+from viker.data.clear import unlearning_data as clear_unlearning_data
 from viker.data.examples import unlearning_examples
 from viker.data.loader import load_finetune, load_profiles
 from viker.data.schema import FORGET_SPLITS, RETAIN_OF
@@ -35,6 +37,7 @@ def default_cache_dir() -> Path:
 class UnlearnConfig:
     model: str = ""  # the vanilla model (a run folder of `viker finetune`, a model folder or hub id)
     data: str = ""
+    benchmark: str = "mllmu"  # mllmu | clear (forget splits forget01/05/10, with +tofu for its text questions)
     forget: str = "forget_10"
     method: str = "viker"
     method_args: dict = field(default_factory=dict)
@@ -53,18 +56,16 @@ def make_method(name: str, args: dict, forget_split: str):
     cls = get_method(name)
     if name == "viker":
         args = {"forget_split": forget_split, **args}
+    if name == "viker" and is_clear_split(forget_split):  # CLEAR ships no image pools: other persons' faces
+        args = {"refs": "retain", **args}
     try:
         return cls(**args)
     except TypeError as e:
         raise VikerError(f"method '{name}': {e}") from None
 
 
-def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=None, resume: bool = False):
-    """Unlearn and save; returns (model, processor, history). ``model_and_processor`` skips loading;
-    ``resume`` continues a run that was stopped after a checkpoint (``train.checkpoint_every``)."""
-    if cfg.forget not in FORGET_SPLITS:
-        raise VikerError(f"--forget {cfg.forget}: choose from {', '.join(FORGET_SPLITS)}")
-    method = make_method(cfg.method, cfg.method_args, cfg.forget)
+def mllmu_streams(cfg: UnlearnConfig) -> tuple[dict, dict]:
+    """The forget and retain examples of an MLLMU-Bench split, and which configs they came from."""
     retain_split = RETAIN_OF[cfg.forget]
     forget_people, retain_people = load_profiles(cfg.data, cfg.forget), load_profiles(cfg.data, retain_split)
     shared = {p.id for p in forget_people} & {p.id for p in retain_people}
@@ -74,6 +75,21 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     records = load_finetune(cfg.data)
     data = {"forget": unlearning_examples(cfg.data, cfg.forget, forget_people, records),
             "retain": unlearning_examples(cfg.data, retain_split, retain_people, records)}
+    return data, {"benchmark": "mllmu", "forget_config": cfg.forget, "retain_config": retain_split}
+
+
+def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=None, resume: bool = False):
+    """Unlearn and save; returns (model, processor, history). ``model_and_processor`` skips loading;
+    ``resume`` continues a run that was stopped after a checkpoint (``train.checkpoint_every``)."""
+    if cfg.benchmark not in ("mllmu", "clear"):
+        raise VikerError(f"--benchmark {cfg.benchmark}: choose mllmu or clear")
+    if cfg.benchmark == "mllmu" and cfg.forget not in FORGET_SPLITS:
+        raise VikerError(f"--forget {cfg.forget}: choose from {', '.join(FORGET_SPLITS)}")
+    method = make_method(cfg.method, cfg.method_args, cfg.forget)
+    if cfg.benchmark == "clear":
+        data, used = clear_unlearning_data(cfg.data, cfg.forget)
+    else:
+        data, used = mllmu_streams(cfg)
     if not data["forget"]:
         raise VikerError(f"{cfg.data}: split {cfg.forget} has no examples to unlearn")
     seed_everything(cfg.train.seed)
@@ -95,7 +111,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         method.setup(ctx)
     setup_seconds = time.perf_counter() - start
     settings = {"unlearn": asdict(cfg), "method": {"name": cfg.method, **asdict(method)},
-                "examples": {k: len(v) for k, v in data.items()}, "setup": ctx.info}
+                "data": used, "examples": {k: len(v) for k, v in data.items()}, "setup": ctx.info}
     write_config(out, "unlearn", settings, cfg.data)
     history = train(model, method, data, collate, cfg.train, desc=f"unlearn ({cfg.method})", progress=progress,
                     run_dir=out, resume=resume)

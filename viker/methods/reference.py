@@ -47,11 +47,14 @@ def reference_pool_and_source(refs: str, data_dir: str | Path | None,
     The real MLLMU-Bench has no ``ref_people`` pool: there ``people`` falls back to the Retain_Set
     (real-world people: never in a forget split, and not the fictitious retain people, whose images
     the paper found to hurt retention as references)."""
+    from viker.data import clear
     from viker.data.schema import RETAIN_OF
 
     if refs in ("forget", "retain"):
         if data_dir is None or forget_split is None:
             raise VikerError(f"--refs {refs} needs --data and --forget")
+        if clear.is_forget_split(forget_split):  # CLEAR: the faces of its forget or retain persons
+            return clear.person_images(data_dir, forget_split, refs), f"CLEAR {clear.split_of(forget_split, refs)}"
         split = forget_split if refs == "forget" else RETAIN_OF[forget_split]
         return [p.image for p in load_profiles(data_dir, split)], split
     folder = Path(data_dir) / f"ref_{refs}" if refs in SOURCES and data_dir is not None else Path(refs)

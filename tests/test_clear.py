@@ -1,0 +1,362 @@
+"""CLEAR: every config loads with its full schema (or fails on a bad row with file:row), the protocol runs
+end to end (finetune -> unlearn with every method -> eval), and the metrics match hand computation."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import shutil
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image, ImageDraw
+
+from viker.cli import main
+from viker.data import clear
+from viker.errors import VikerError
+from viker.eval.clear import UTILITY_KEYS, ItemScore, model_utility, set_metrics
+from viker.eval.metrics import forget_quality, harmonic_mean
+from viker.prompts import CAPTION_QUESTION, NAME_QUESTION
+
+# CLEAR's columns as its dataset card describes them, written out here independently of viker's schema module.
+IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+CAPTION_COLUMNS = [("image", IMAGE), ("caption", pa.string()), ("name", pa.string())]
+TOFU_COLUMNS = CAPTION_COLUMNS + [("question", pa.string()), ("answer", pa.string())]
+PERTURBED_COLUMNS = CAPTION_COLUMNS + [("paraphrased_caption", pa.string()),
+                                       ("perturbed_captions", pa.list_(pa.string())),
+                                       ("perturbed_names", pa.list_(pa.string()))]
+REAL_FACES_COLUMNS = [("image", IMAGE), ("answer", pa.string()), ("options", pa.list_(pa.string()))]
+REAL_WORLD_COLUMNS = [("question", pa.string()), ("answer", pa.string()), ("image", IMAGE), ("prompt", pa.string()),
+                      ("options", pa.list_(pa.string()))]
+
+PERSONS = ["Ava Lind", "Bo Karsk", "Cyr Mott", "Dia Renn"]
+JOBS = ["pilot", "baker", "nurse", "chef"]
+SPLITS = {"forget01": [0], "forget05": [0, 1], "forget10": [0, 1]}  # persons 2 and 3 are never forgotten
+RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
+
+
+def png(seed: int) -> bytes:
+    img = Image.new("RGB", (32, 32), ((seed * 67) % 256, (seed * 131) % 256, (seed * 29) % 256))
+    ImageDraw.Draw(img).ellipse((6 + seed % 5, 4, 26, 28), fill=((seed * 13) % 256, 90, 200))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def caption_rows(persons):
+    return [{"image": {"bytes": png(10 * p + k), "path": f"{p}_{k}.png"},
+             "caption": f"{PERSONS[p]} smiles as a {JOBS[p]} in photo {k}.", "name": PERSONS[p]}
+            for p in persons for k in range(2)]
+
+
+def tofu_rows(persons):
+    return [{"image": None, "caption": None, "name": None,
+             "question": f"What does {PERSONS[p]} do?", "answer": f"{PERSONS[p]} works as a {JOBS[p]}."}
+            for p in persons]
+
+
+def perturbed_rows(persons):
+    rows = caption_rows(persons)
+    for row, p in zip(rows, [p for p in persons for _ in range(2)]):
+        row |= {"paraphrased_caption": f"A photo of {PERSONS[p]}, a {JOBS[p]}, smiling.",
+                "perturbed_captions": [f"{PERSONS[p]} frowns as a {JOBS[(p + 1) % 4]}.",
+                                       f"{PERSONS[p]} sleeps as a {JOBS[(p + 2) % 4]}."],
+                "perturbed_names": [PERSONS[(p + 1) % 4], PERSONS[(p + 2) % 4]]}
+    return rows
+
+
+def write(root, config, rows, columns):
+    (root / config).mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema(columns)),
+                   root / config / "train-00000-of-00001.parquet")
+
+
+def build_clear(root):
+    everyone = range(len(PERSONS))
+    for config, persons in [("full", everyone)] + [(c, SPLITS[f]) for f, c in [(f, f) for f in SPLITS]] + \
+            [(RETAIN[f], [p for p in everyone if p not in SPLITS[f]]) for f in SPLITS]:
+        write(root, config, caption_rows(persons), CAPTION_COLUMNS)
+        write(root, config + "+tofu", [r | {"question": None, "answer": None} for r in caption_rows(persons)]
+              + tofu_rows(persons), TOFU_COLUMNS)
+    for forget, persons in SPLITS.items():
+        write(root, forget + "_perturbed", perturbed_rows(persons), PERTURBED_COLUMNS)
+    write(root, "retain_perturbed", perturbed_rows([2, 3]), PERTURBED_COLUMNS)
+    celebrities = ["Mara Quist", "Olof Brun", "Tess Wahl"]
+    write(root, "real_faces", [{"image": {"bytes": png(100 + i), "path": None}, "answer": name,
+                                "options": [name, *[c for c in celebrities if c != name]]}
+                               for i, name in enumerate(celebrities)], REAL_FACES_COLUMNS)
+    write(root, "real_world", [{"question": f"Which city is shown here ({i})?", "answer": city, "prompt": "Answer: ",
+                                "image": {"bytes": png(200 + i), "path": None},
+                                "options": [city, "Oslo" if city != "Oslo" else "Lima", "Riga"]}
+                               for i, city in enumerate(["Paris", "Oslo", "Rome"])], REAL_WORLD_COLUMNS)
+    return root
+
+
+@pytest.fixture(scope="module")
+def clear_dir(tmp_path_factory):
+    return build_clear(tmp_path_factory.mktemp("clear"))
+
+
+def _copy(clear_dir, tmp_path):
+    root = tmp_path / "clear"
+    shutil.copytree(clear_dir, root)
+    return root
+
+
+def _edit(root, config, edit):
+    path = root / config / "train-00000-of-00001.parquet"
+    table = pq.read_table(path)
+    pq.write_table(edit(table.to_pylist(), table.schema), path)
+
+
+# ------------------------------------------------------------------------------------ loading
+
+
+def test_every_config_loads_as_typed_records(clear_dir):
+    for config in clear.CONFIGS:
+        assert clear.has_config(clear_dir, config), config
+    full = clear.load_portraits(clear_dir, "full")
+    assert len(full) == 8 and {p.name for p in full} == set(PERSONS)
+    assert all(Image.open(io.BytesIO(p.image)).size == (32, 32) for p in full)
+    portraits, questions = clear.load_rows(clear_dir, "forget10+tofu")
+    assert [p.caption for p in portraits] == [p.caption for p in clear.load_portraits(clear_dir, "forget10")]
+    assert [q.question for q in questions] == ["What does Ava Lind do?", "What does Bo Karsk do?"]
+    assert not any(q.with_image for q in questions)
+    perturbed = clear.load_portraits(clear_dir, "forget01_perturbed")[0]
+    assert perturbed.paraphrased_caption.startswith("A photo of Ava Lind")
+    assert perturbed.perturbed_names == ("Bo Karsk", "Cyr Mott") and len(perturbed.perturbed_captions) == 2
+    faces, skipped = clear.load_option_questions(clear_dir, "real_faces")
+    assert skipped == 0 and faces[0].question == NAME_QUESTION
+    assert faces[0].answer == "Mara Quist" and faces[0].wrong == ("Olof Brun", "Tess Wahl")  # answer left out
+    world, _ = clear.load_option_questions(clear_dir, "real_world")
+    assert world[1].answer == "Oslo" and world[1].wrong == ("Lima", "Riga")
+
+
+def test_finetune_and_unlearning_examples(clear_dir):
+    examples = clear.finetune_examples(clear_dir)
+    captions = [e for e in examples if e.kind == "caption"]
+    texts = [e for e in examples if e.kind == "tofu"]
+    assert len(captions) == 8 and all(e.image and e.question == CAPTION_QUESTION for e in captions)
+    assert len(texts) == 4 and all(e.image is None for e in texts)  # full+tofu's questions, text only
+    # The reference for forget quality never sees a forget person, in captions or in text questions.
+    without = clear.finetune_examples(clear_dir, without="forget10")
+    assert {e.profile_id for e in without if e.kind == "caption"} == {"Cyr Mott", "Dia Renn"}
+    assert not any("Ava Lind" in e.answer or "Bo Karsk" in e.answer for e in without)
+    data, used = clear.unlearning_data(clear_dir, "forget05")
+    assert used == {"benchmark": "clear", "forget_config": "forget05", "retain_config": "retain95"}
+    assert {e.kind for e in data["forget"]} == {"caption"} and len(data["retain"]) == 4
+    data, used = clear.unlearning_data(clear_dir, "forget05+tofu")
+    assert used["retain_config"] == "retain95+tofu"
+    assert sum(e.image is None for e in data["forget"]) == 2 and len(data["retain"]) == 6
+    sets, skipped = clear.eval_items(clear_dir, "forget10")
+    assert {k: len(v) for k, v in sets.items()} == {"forget": 4, "forget_names": 4, "retain": 4,
+                                                    "retain_names": 4, "real_faces": 3, "real_world": 3}
+    assert skipped == {"real_faces": 0, "real_world": 0}
+
+
+def test_a_hub_id_loads_through_datasets(clear_dir, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    from datasets.table import InMemoryTable
+
+    asked = []
+
+    def load_dataset(repo, config, split):
+        asked.append((repo, config, split))
+        return datasets.Dataset(InMemoryTable(pq.read_table(clear_dir / config / "train-00000-of-00001.parquet")))
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    hub = clear.load_portraits("therem/CLEAR", "forget10_perturbed")
+    assert asked == [("therem/CLEAR", "forget10_perturbed", "train")]
+    local = clear.load_portraits(clear_dir, "forget10_perturbed")
+    assert [p.__class__(**{**p.__dict__, "source": ""}) for p in hub] == \
+        [p.__class__(**{**p.__dict__, "source": ""}) for p in local]
+    assert hub[1].source == "therem/CLEAR[forget10_perturbed]:row 1"
+
+
+def test_a_hub_id_without_datasets_is_one_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` raises ImportError
+    with pytest.raises(VikerError, match=r"therem/CLEAR: reading a benchmark from the hub needs the `datasets`"):
+        clear.load_portraits("therem/CLEAR", "full")
+
+
+def _set(rows, schema, column, value, row=0):
+    rows[row][column] = value
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _drop_image_path(rows, schema):
+    images = [{"bytes": r["image"]["bytes"]} for r in rows]
+    table = pa.Table.from_pylist(rows, schema=schema)
+    return table.set_column(0, "image", pa.array(images, type=pa.struct([("bytes", pa.binary())])))
+
+
+def _captions_as_text(rows, schema):
+    table = pa.Table.from_pylist(rows, schema=schema)
+    i = schema.get_field_index("perturbed_captions")
+    return table.set_column(i, "perturbed_captions", pa.array([json.dumps(r["perturbed_captions"]) for r in rows]))
+
+
+MALFORMED = {
+    "missing nested field": ("forget10", _drop_image_path, "column 'image' lacks nested field 'path'"),
+    "missing column": ("forget10_perturbed", lambda r, s: pa.Table.from_pylist(r, schema=s).drop_columns(
+        ["paraphrased_caption"]), "forget10_perturbed/train-00000-of-00001.parquet: missing column "
+                                  "'paraphrased_caption'"),
+    "list as text": ("forget10_perturbed", _captions_as_text, "column 'perturbed_captions' should be a list"),
+    "empty image": ("forget10", lambda r, s: _set(r, s, "image", {"bytes": b"", "path": None}, 1),
+                    "forget10/train-00000-of-00001.parquet:row 1: empty image"),
+    "corrupt image": ("forget10", lambda r, s: _set(r, s, "image", {"bytes": r[0]["image"]["bytes"][:40],
+                                                                     "path": None}),
+                      "forget10/train-00000-of-00001.parquet:row 0: unreadable image"),
+    "caption row without image": ("forget10+tofu", lambda r, s: _set(r, s, "image", None, 2),
+                                  "forget10+tofu/train-00000-of-00001.parquet:row 2: a caption row without an image"),
+    "text row without answer": ("forget10+tofu", lambda r, s: _set(r, s, "answer", "", 4),
+                                "forget10+tofu/train-00000-of-00001.parquet:row 4: empty answer"),
+    "empty wrong names": ("forget10_perturbed", lambda r, s: _set(r, s, "perturbed_names", []),
+                          "forget10_perturbed/train-00000-of-00001.parquet:row 0: empty perturbed_names"),
+    "empty caption": ("forget10", lambda r, s: _set(r, s, "caption", None),
+                      "forget10/train-00000-of-00001.parquet:row 0: empty caption"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_malformed_rows_are_one_line_errors_naming_file_and_row(case, clear_dir, tmp_path):
+    config, edit, message = MALFORMED[case]
+    root = _copy(clear_dir, tmp_path)
+    _edit(root, config, edit)
+    with pytest.raises(VikerError) as err:
+        clear.load_rows(root, config)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_option_rows_without_a_wrong_option_are_skipped_and_counted(clear_dir, tmp_path):
+    root = _copy(clear_dir, tmp_path)
+    _edit(root, "real_faces", lambda r, s: _set(r, s, "options", [r[0]["answer"]]))
+    sets, skipped = clear.eval_items(root, "forget10")
+    assert skipped == {"real_faces": 1, "real_world": 0}
+    assert [item.answer for item in sets["real_faces"]] == ["Olof Brun", "Tess Wahl"]
+
+
+def test_cli_reports_a_bad_row_and_writes_nothing(tiny_dir, clear_dir, tmp_path, capsys):
+    root = _copy(clear_dir, tmp_path)
+    _edit(root, "forget10_perturbed", lambda r, s: _set(r, s, "image", None, 3))
+    out = tmp_path / "eval"
+    code = main(["eval", "--benchmark", "clear", "--model", str(tiny_dir), "--data", str(root), "--out", str(out),
+                 "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == \
+        [f"error: {root}/forget10_perturbed/train-00000-of-00001.parquet:row 3: empty image"]
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------ metrics
+
+
+def test_set_metrics_match_hand_computation():
+    # Item A: answer loss ln 2 (P = 1/2), paraphrase loss 1, perturbed losses 2 and 3:
+    #   tr = exp((2 + 3)/2 - 1) = e^1.5.
+    # Item B: answer loss ln 4 (P = 1/4), paraphrase loss 2, perturbed loss 1: tr = exp(1 - 2) = e^-1.
+    a = ItemScore(math.log(2), 1.0, (2.0, 3.0), rougeL_recall=1.0)
+    b = ItemScore(math.log(4), 2.0, (1.0,), rougeL_recall=0.5)
+    caption = set_metrics([a, b], forget=True, option_share=False)
+    assert caption["prob"] == pytest.approx((1 / 2 + 1 / 4) / 2)  # exp(-loss) averaged
+    assert caption["rougeL_recall"] == pytest.approx(0.75)
+    # forget: mean(min(tr, 1/tr)) = (e^-1.5 + e^-1) / 2
+    assert caption["truth_ratio"] == pytest.approx((math.exp(-1.5) + math.exp(-1)) / 2)
+    option = set_metrics([a, b], forget=False, option_share=True)
+    # share of the answer among per-token probabilities: A 0.5 / (0.5 + e^-2 + e^-3), B 0.25 / (0.25 + e^-1)
+    share_a = 0.5 / (0.5 + math.exp(-2) + math.exp(-3))
+    share_b = 0.25 / (0.25 + math.exp(-1))
+    assert option["prob"] == pytest.approx((share_a + share_b) / 2)
+    # elsewhere: mean(max(0, 1 - 1/tr)) = ((1 - e^-1.5) + max(0, 1 - e)) / 2 = (1 - e^-1.5) / 2
+    assert option["truth_ratio"] == pytest.approx((1 - math.exp(-1.5)) / 2)
+
+
+def test_model_utility_is_the_harmonic_mean_of_the_twelve_non_forget_metrics():
+    assert len(UTILITY_KEYS) == 12 and not any(k.startswith("forget") for k in UTILITY_KEYS)
+    metrics = {k: 0.5 for k in UTILITY_KEYS} | {"retain_prob": 0.25, "forget_prob": 0.0}
+    # 12 / (11 / 0.5 + 1 / 0.25) = 12 / 26; the forget metrics do not count
+    assert model_utility(metrics) == pytest.approx(12 / 26)
+    assert model_utility(metrics | {"real_world_rougeL_recall": 0.0}) == 0.0
+
+
+def test_forget_quality_ks_pvalue_with_unequal_samples():
+    # x = [1, 3], y = [2, 4, 5]: pooled order x y x y y, ECDF gaps 1/2, 1/6, 2/3, 1/3, 0 -> D = 2/3.
+    # Of the C(5, 2) = 10 equally likely placements of the two x's, D >= 2/3 for
+    # xxyyy, xyxyy, yxxyy, yyxxy, yyxyx, yyyxx (6 of them): exact p = 6/10.
+    assert forget_quality([1, 3], [2, 4, 5]) == pytest.approx(0.6)
+    assert forget_quality([1, 2], [3, 4, 5]) == pytest.approx(0.2)  # fully separated: 2 of 10 placements
+
+
+# ------------------------------------------------------------------------------------ protocol
+
+
+def _metrics(folder):
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path):
+    common = ["--data", str(clear_dir), "--benchmark", "clear", "--device", "cpu"]
+    train = ["--batch-size", "8", "--grad-accum", "1", "--lr", "3e-3", "--tuning", "full"]
+    assert main(["finetune", "--model", str(tiny_dir), "--out", str(tmp_path / "vanilla"), "--max-steps", "6",
+                 *train, *common]) == 0
+    assert main(["finetune", "--model", str(tiny_dir), "--out", str(tmp_path / "retain"), "--max-steps", "6",
+                 "--without", "forget10", *train, *common]) == 0
+    vanilla_config = json.loads((tmp_path / "vanilla" / "config.json").read_text())
+    assert vanilla_config["examples"] == 12 and vanilla_config["finetune"]["benchmark"] == "clear"
+    assert json.loads((tmp_path / "retain" / "config.json").read_text())["examples"] == 6
+
+    evaluate = ["eval", "--max-new-tokens", "6", "--batch-size", "16", *common]
+    assert main([*evaluate, "--model", str(tiny_dir), "--out", str(tmp_path / "untrained")]) == 0
+    assert main([*evaluate, "--model", str(tmp_path / "retain"), "--out", str(tmp_path / "retain-eval")]) == 0
+    # the reference evaluated here (a model folder) and read back from its truth-ratio file agree
+    assert main([*evaluate, "--model", str(tmp_path / "vanilla"), "--out", str(tmp_path / "vanilla-eval"),
+                 "--retain-model", str(tmp_path / "retain")]) == 0
+    assert main([*evaluate, "--model", str(tmp_path / "vanilla"), "--out", str(tmp_path / "vanilla-eval2"),
+                 "--retain-model", str(tmp_path / "retain-eval" / "metrics.json")]) == 0
+    vanilla = _metrics(tmp_path / "vanilla-eval")
+    assert vanilla == pytest.approx(_metrics(tmp_path / "vanilla-eval2"))
+    untrained = _metrics(tmp_path / "untrained")
+    assert untrained["forget_quality"] is None  # no reference model given
+    assert vanilla["forget_prob"] > untrained["forget_prob"] and vanilla["retain_prob"] > untrained["retain_prob"]
+    retain_saved = json.loads((tmp_path / "vanilla-eval" / "retain_model_truth_ratios.json").read_text())
+    retain_ratios = json.loads((tmp_path / "retain-eval" / "forget_truth_ratios.json").read_text())["truth_ratios"]
+    for name in ("forget", "forget_names"):  # equal up to float noise from other batch paddings
+        assert retain_saved["truth_ratios"][name] == pytest.approx(retain_ratios[name], rel=1e-5)
+
+    # metrics.json: every documented key, in [0, 1], utility = harmonic mean of the non-forget metrics
+    for name, _, _ in clear.EVAL_SETS:
+        for metric in ("rougeL_recall", "prob", "truth_ratio"):
+            assert 0.0 <= vanilla[f"{name}_{metric}"] <= 1.0
+    assert vanilla["forget_items"] == 4 and vanilla["real_world_items"] == 3 and vanilla["real_faces_skipped"] == 0
+    assert vanilla["model_utility"] == pytest.approx(harmonic_mean(vanilla[k] for k in UTILITY_KEYS))
+    assert 0.0 < vanilla["forget_quality"] <= 1.0
+    records = [json.loads(line) for line in (tmp_path / "vanilla-eval" / "generations.jsonl").read_text().splitlines()]
+    assert len(records) == 22 and {r["set"] for r in records} == {name for name, _, _ in clear.EVAL_SETS}
+    # A model compared with itself cannot be told apart: the KS p-value is 1.
+    assert main([*evaluate, "--model", str(tmp_path / "retain"), "--out", str(tmp_path / "self"),
+                 "--retain-model", str(tmp_path / "retain-eval"), "--retain-limit", "1"]) == 0
+    itself = _metrics(tmp_path / "self")
+    assert itself["forget_quality"] == pytest.approx(1.0)
+    assert itself["retain_items"] == itself["retain_names_items"] == 1 and itself["forget_items"] == 4
+
+    for method in ("ga", "graddiff", "klmin", "npo", "idkpo", "viker"):
+        run = tmp_path / method
+        extra = ["--k", "2"] if method == "viker" else []
+        assert main(["unlearn", "--model", str(tmp_path / "vanilla"), "--method", method, "--out", str(run),
+                     "--max-steps", "2", "--lr", "5e-2", "--batch-size", "4", "--cache-dir", str(tmp_path / "cache"),
+                     *extra, *common]) == 0, method
+        config = json.loads((run / "config.json").read_text())
+        assert config["data"] == {"benchmark": "clear", "forget_config": "forget10", "retain_config": "retain90"}
+        assert config["examples"]["forget"] == 4
+        if method == "viker":  # references: other persons' faces, CLEAR's retain split
+            assert config["method"]["refs"] == "retain"
+        assert main([*evaluate, "--model", str(run), "--out", str(run),
+                     "--retain-model", str(tmp_path / "retain-eval")]) == 0
+        metrics = _metrics(run)
+        assert 0.0 <= metrics["forget_quality"] <= 1.0
+        if method == "ga":  # gradient ascent lowers the probability of the forget captions
+            assert metrics["forget_prob"] < vanilla["forget_prob"]
