@@ -1,0 +1,87 @@
+"""bench/costs.py: its quick mode measures every figure RESULTS.md reports, and its helpers measure truly."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def costs():
+    spec = importlib.util.spec_from_file_location("bench_costs", ROOT / "bench" / "costs.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being defined
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_run_measures_every_method_and_leaves_the_recorded_results_alone(costs, bench_dir, tiny_dir, tmp_path):
+    recorded = (ROOT / "bench" / "RESULTS.md").read_bytes() if (ROOT / "bench" / "RESULTS.md").exists() else None
+    from transformers.utils import logging
+
+    threads, verbosity = torch.get_num_threads(), logging.get_verbosity()
+    try:
+        r = costs.main(["--quick", "--out", str(tmp_path), "--data", str(bench_dir), "--vanilla", str(tiny_dir)])
+    finally:  # the script sets these for its own process
+        torch.set_num_threads(threads)
+        logging.set_verbosity(verbosity)
+        logging.enable_progress_bar()
+    assert set(r["epochs"]) == set(costs.METHODS)
+    assert r["epochs"]["ga"]["ratio_to_ga"] == 1.0
+    assert all(x["epoch_s"] > 0 and x["peak_rss_mib"] > 0 for x in r["epochs"].values())
+    assert r["reference"]["computed_s"] > 0
+    # the tiny vocabulary is stored in full: 4 bytes per vocabulary entry and answer token (+ the offsets)
+    vocab = r["cache"]["vocab_size"]
+    assert r["cache"]["storage"] == "full"
+    assert vocab * 4 <= r["cache"]["memory_per_token"] < vocab * 4 + 16
+    assert r["evaluation"]["identical_answers"] == r["evaluation"]["batched"]["prompts"] > 0
+    assert r["evaluation"]["batched"]["batch_size"] == 32 and r["evaluation"]["one_at_a_time"]["batch_size"] == 1
+    # results went to --out with --quick, the recorded ones are untouched
+    assert json.loads((tmp_path / "results.json").read_text())["tiny"]["epochs"]["viker"]["epoch_s"] > 0
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "ViKeR (warm cache)" in text and "32,000-token vocabulary" in text
+    assert ((ROOT / "bench" / "RESULTS.md").read_bytes() if recorded is not None else None) == recorded
+
+
+def test_cache_size_for_a_32k_vocabulary_follows_the_storage_format(costs, tmp_path):
+    sizes = costs.cache_for_vocabulary(32000, rows=24, examples=3, path=tmp_path)
+    assert sizes["default"] == f"top-{costs.VIKER_TOPK}"
+    full, top = sizes["full"], sizes[f"top-{costs.VIKER_TOPK}"]
+    assert 32000 * 4 <= full["memory_per_token"] < 32000 * 4 + 8  # float32 per vocabulary entry
+    assert costs.VIKER_TOPK * 8 <= top["memory_per_token"] < costs.VIKER_TOPK * 8 + 8  # int32 index + float32
+    for fmt in (full, top):  # the file is the tensors plus a small header
+        assert 0 <= fmt["disk_per_token"] - fmt["memory_per_token"] < 64
+    assert not list(tmp_path.iterdir())  # the measured files are removed
+    assert costs.cache_for_vocabulary(4096, rows=4, examples=1, path=tmp_path)["default"] == "full"
+
+
+def test_peak_memory_sees_a_phase_peak_that_is_gone_by_its_end(costs):
+    with costs.PeakMemory(torch.device("cpu")) as mem:
+        block = torch.ones(64 * costs.MiB // 4)  # 64 MiB, touched
+        block.add_(1)
+        import time
+
+        time.sleep(0.05)
+        del block
+    assert mem.record()["above_start_mib"] >= 48
+
+
+def test_the_7b_shape_is_llava_1_5_7b(costs, bench_dir):
+    model, processor = costs.build_shaped_llava(bench_dir, "llava-7b", torch.device("meta"), torch.bfloat16)
+    assert sum(p.numel() for p in model.parameters()) == 7_063_427_072  # llava-hf/llava-1.5-7b-hf
+    assert model.get_output_embeddings().weight.shape[0] == 32064
+    from viker.collate import Collator
+    from viker.data.examples import generation_examples
+    from viker.data.loader import load_profiles
+
+    example = next(ex for ex in generation_examples(load_profiles(bench_dir, "forget_10")) if ex.image is not None)
+    batch = Collator(processor)([example])
+    n_image = int((batch["input_ids"] == model.config.image_token_index).sum())
+    assert n_image == 576 and batch["pixel_values"].shape[-2:] == (336, 336)
