@@ -40,7 +40,9 @@ def _finetune(args) -> None:
 def _train_overrides(args) -> dict:
     return {k: v for k, v in {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
                               "max_steps": args.max_steps, "grad_accum": args.grad_accum,
-                              "seed": args.seed, "checkpoint_every": args.checkpoint_every}.items() if v is not None}
+                              "seed": args.seed, "checkpoint_every": args.checkpoint_every,
+                              "mixed_precision": args.mixed_precision,
+                              "gradient_checkpointing": args.gradient_checkpointing or None}.items() if v is not None}
 
 
 def _unlearn(args) -> None:
@@ -135,12 +137,16 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=float)
     p.add_argument("--max-steps", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="examples per micro-step over all processes together")
     p.add_argument("--grad-accum", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--checkpoint-every", type=int, help="write a checkpoint every N steps (atomically)")
     p.add_argument("--resume", action="store_true", help="continue a stopped run from its last checkpoint")
     p.add_argument("--max-length", type=int, help="refuse examples longer than this many tokens (never truncates)")
+    p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"),
+                   help="autocast the forward pass (default: the accelerate launch setting, else no)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute activations in the backward pass: much less memory, about a third slower")
 
 
 def _add_benchmark_arg(p: argparse.ArgumentParser) -> None:

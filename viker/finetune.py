@@ -18,10 +18,22 @@ from viker.data.loader import load_profiles
 from viker.errors import VikerError
 from viker.eval.generate import generate
 from viker.methods import get_method
-from viker.model import LoraSettings, apply_lora, load_model, save_model
+from viker.model import LoraSettings, apply_lora, enable_gradient_checkpointing, load_model, save_model
 from viker.model.tiny import TinyConfig, build_tiny
 from viker.runs import write_config, write_json
-from viker.train import TrainConfig, discard_checkpoint, seed_everything, train
+from viker.train import (
+    TrainConfig,
+    discard_checkpoint,
+    finished_state_dict,
+    load_device,
+    load_dtype,
+    make_accelerator,
+    prepare,
+    runtime_info,
+    seed_everything,
+    shards_model,
+    train,
+)
 
 # Settings that memorise the embedded benchmark with the tiny model in a few CPU minutes.
 TINY_TRAIN = TrainConfig(epochs=20, batch_size=16, lr=1e-3, warmup_ratio=0.05, scheduler="cosine",
@@ -54,14 +66,24 @@ def exact_match(model, processor, examples, batch_size: int = 64, progress: bool
     return 100.0 * sum(hits) / max(1, len(hits)), answers
 
 
-def recall_metrics(model, processor, data_dir, batch_size: int = 64, progress: bool = True) -> dict[str, float]:
-    """Exact-match recall of the generation questions, by image and by name, on both people sets."""
+def recall_metrics(model, processor, data_dir, batch_size: int = 64, progress: bool = True, rank: int = 0,
+                   world: int = 1) -> dict[str, float]:
+    """Exact-match recall of the generation questions, by image and by name, on both people sets.
+    With ``world`` processes each answers every world-th question and the hits are summed."""
+    from accelerate.utils import gather_object
+
     metrics = {}
     for config, prefix in (("Full_Set", "full"), ("Retain_Set", "real")):
         examples = generation_examples(load_profiles(data_dir, config))
         for kind, subset in (("image", [e for e in examples if e.image is not None]),
                              ("name", [e for e in examples if e.image is None])):
-            metrics[f"{prefix}_{kind}_exact"], _ = exact_match(model, processor, subset, batch_size, progress)
+            mine = subset[rank::world]
+            _, answers = exact_match(model, processor, mine, batch_size, progress)
+            counts = [(sum(a.strip() == ex.answer.strip() for a, ex in zip(answers, mine)), len(mine))]
+            if world > 1:
+                counts = gather_object(counts)
+            hits, n = sum(h for h, _ in counts), sum(m for _, m in counts)
+            metrics[f"{prefix}_{kind}_exact"] = 100.0 * hits / max(1, n)
     return metrics
 
 
@@ -69,37 +91,55 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     out = Path(cfg.out)
     if not cfg.data:
         raise VikerError("--data is required")
-    train_on = cfg.train_on if cfg.train_on != "auto" else ("all" if cfg.model == "tiny" else "ft_Data")
     if cfg.benchmark not in ("mllmu", "clear"):
         raise VikerError(f"--benchmark {cfg.benchmark}: choose mllmu or clear")
     if cfg.without and cfg.benchmark != "clear":
         raise VikerError("--without applies to --benchmark clear")
+    train_on = cfg.train_on if cfg.train_on != "auto" else ("all" if cfg.model == "tiny" else "ft_Data")
     examples = clear_finetune_examples(cfg.data, cfg.without) if cfg.benchmark == "clear" \
         else finetune_examples(cfg.data, train_on)
+    accelerator = make_accelerator(cfg.train, resume)  # one process or several: docs/distributed.md
+    sharded = shards_model(accelerator)
+    tuning = cfg.tuning if cfg.tuning != "auto" else ("full" if cfg.model == "tiny" else "lora")
+    if sharded and tuning == "lora" and cfg.lora.merge:
+        raise VikerError("finetuning with LoRA under FSDP or DeepSpeed cannot save a merged model; use DDP "
+                         "(a LoRA model fits where its base model does) or --tuning full")
     seed_everything(cfg.train.seed)
     if cfg.model == "tiny":
         model, processor = build_tiny(cfg.data, cfg.tiny)
-        model.to(cfg.device or "cpu")
+        model.to(load_device(accelerator, cfg.device))
     else:
-        model, processor = load_model(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
-    tuning = cfg.tuning if cfg.tuning != "auto" else ("full" if cfg.model == "tiny" else "lora")
+        model, processor = load_model(cfg.model, load_device(accelerator, cfg.device),
+                                      load_dtype(accelerator, cfg.dtype), cfg.trust_remote_code)
     if tuning == "lora":
         model = apply_lora(model, cfg.lora)
+    if cfg.train.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     collate = Collator(processor, max_length=cfg.max_length)
     collate.preflight(model, examples)
-    settings = {"finetune": asdict(cfg) | {"tuning": tuning, "train_on": train_on}, "examples": len(examples)}
-    write_config(out, "finetune", settings, cfg.data)
+    settings = {"finetune": asdict(cfg) | {"tuning": tuning, "train_on": train_on}, "examples": len(examples),
+                "runtime": runtime_info(accelerator)}
+    if accelerator.is_main_process:  # only the main process writes; the others hold the same results
+        write_config(out, "finetune", settings, cfg.data)
 
     start = time.perf_counter()
-    history = train(model, get_method("finetune")(), {"train": examples}, collate, cfg.train,
-                    desc="finetune", progress=progress, run_dir=out, resume=resume)
+    prepared = prepare(model, cfg.train, len(examples), accelerator, resume=resume)
+    history = train(prepared.model, get_method("finetune")(), {"train": examples}, collate, cfg.train,
+                    desc="finetune", progress=progress, run_dir=out, resume=resume, prepared=prepared)
     seconds = time.perf_counter() - start
-    write_json(out / "history.json", history)
-    # CLEAR's scores come from `viker eval --benchmark clear`; MLLMU's exact recall is checked here
-    metrics = recall_metrics(model, processor, cfg.data, cfg.eval_batch_size, progress) \
-        if cfg.benchmark == "mllmu" else {}
+    # CLEAR's scores come from `viker eval --benchmark clear`; MLLMU's exact recall is checked here. Generation
+    # needs the whole model in each process: a sharded one is checked by `viker eval` afterwards.
+    metrics = {}
+    if cfg.benchmark == "mllmu" and not sharded:
+        metrics = recall_metrics(model, processor, cfg.data, cfg.eval_batch_size,
+                                 progress and accelerator.is_main_process, accelerator.process_index,
+                                 accelerator.num_processes)
     metrics |= {"train_seconds": round(seconds, 1), "final_loss": history[-1]["loss"] if history else None}
-    save_model(model, processor, out / "model", merge=cfg.lora.merge)
-    write_json(out / "metrics.json", metrics)
-    discard_checkpoint(out)
+    state_dict = finished_state_dict(prepared)  # a sharded model's weights, gathered (every process takes part)
+    if accelerator.is_main_process:
+        write_json(out / "history.json", history)
+        save_model(model, processor, out / "model", merge=cfg.lora.merge, state_dict=state_dict)
+        write_json(out / "metrics.json", metrics)
+        discard_checkpoint(out)
+    accelerator.wait_for_everyone()  # every process returns once the run folder is complete
     return metrics

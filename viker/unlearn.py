@@ -20,9 +20,21 @@ from viker.data.schema import FORGET_SPLITS, RETAIN_OF
 from viker.errors import VikerError
 from viker.methods import get_method
 from viker.methods.base import FrozenReference, UnlearnContext
-from viker.model import LoraSettings, apply_lora, load_model, save_model
+from viker.model import LoraSettings, apply_lora, enable_gradient_checkpointing, load_model, save_model
 from viker.runs import write_config, write_json
-from viker.train import TrainConfig, discard_checkpoint, seed_everything, train
+from viker.train import (
+    TrainConfig,
+    discard_checkpoint,
+    finished_state_dict,
+    load_device,
+    load_dtype,
+    make_accelerator,
+    prepare,
+    runtime_info,
+    seed_everything,
+    shards_model,
+    train,
+)
 
 # Unlearning budgets: the tiny model (full CPU demo) and a 7B model with LoRA (the paper's setting).
 TINY_UNLEARN = TrainConfig(epochs=5, batch_size=8, lr=2e-4, scheduler="constant", max_grad_norm=1.0, log_every=5)
@@ -92,33 +104,48 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         data, used = mllmu_streams(cfg)
     if not data["forget"]:
         raise VikerError(f"{cfg.data}: split {cfg.forget} has no examples to unlearn")
+    accelerator = make_accelerator(cfg.train, resume)  # one process or several: docs/distributed.md
+    sharded = shards_model(accelerator)
+    if sharded and cfg.tuning == "lora" and cfg.lora.merge:
+        raise VikerError("--save merged: under FSDP or DeepSpeed only the adapter can be saved (--save adapter; "
+                         "merge it later on one process), or use DDP")
     seed_everything(cfg.train.seed)
-    model, processor = model_and_processor or load_model(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
+    model, processor = model_and_processor or load_model(cfg.model, load_device(accelerator, cfg.device),
+                                                         load_dtype(accelerator, cfg.dtype), cfg.trust_remote_code)
     if cfg.tuning == "lora":
         model = apply_lora(model, cfg.lora)
     elif cfg.tuning != "full":
         raise VikerError(f"--tuning {cfg.tuning}: choose lora or full")
+    if cfg.train.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     collate = Collator(processor, max_length=cfg.max_length)
     collate.preflight(model, data["forget"] + (data["retain"] if "retain" in method.streams else []))
     ctx = UnlearnContext(
-        model=model, processor=processor, collate=collate, data=data, reference=FrozenReference(model),
+        model=model, processor=processor, collate=collate, data=data,
+        reference=FrozenReference(model, sharded=sharded),
         data_dir=Path(cfg.data), cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(),
-        seed=cfg.train.seed, progress=progress,
+        seed=cfg.train.seed, progress=progress and accelerator.is_main_process,
     )
     out = Path(cfg.out)
     start = time.perf_counter()
-    if hasattr(method, "setup"):
+    prepared = prepare(model, cfg.train, len(data[method.streams[0]]), accelerator, resume=resume)
+    if hasattr(method, "setup"):  # on the placed (or sharded) model, so reference passes run there
         method.setup(ctx)
     setup_seconds = time.perf_counter() - start
     settings = {"unlearn": asdict(cfg), "method": {"name": cfg.method, **asdict(method)},
-                "data": used, "examples": {k: len(v) for k, v in data.items()}, "setup": ctx.info}
-    write_config(out, "unlearn", settings, cfg.data)
-    history = train(model, method, data, collate, cfg.train, desc=f"unlearn ({cfg.method})", progress=progress,
-                    run_dir=out, resume=resume)
+                "data": used, "examples": {k: len(v) for k, v in data.items()}, "setup": ctx.info,
+                "runtime": runtime_info(accelerator)}
+    if accelerator.is_main_process:  # only the main process writes; the others hold the same results
+        write_config(out, "unlearn", settings, cfg.data)
+    history = train(prepared.model, method, data, collate, cfg.train, desc=f"unlearn ({cfg.method})",
+                    progress=progress, run_dir=out, resume=resume, prepared=prepared)
     timing = {"setup_seconds": round(setup_seconds, 2), "total_seconds": round(time.perf_counter() - start, 2)}
-    write_json(out / "history.json", history)
-    write_json(out / "timing.json", timing)
-    model = save_model(model, processor, out / "model", merge=cfg.lora.merge)
-    discard_checkpoint(out)
+    state_dict = finished_state_dict(prepared)  # a sharded model's weights, gathered (every process takes part)
+    if accelerator.is_main_process:
+        write_json(out / "history.json", history)
+        write_json(out / "timing.json", timing)
+        model = save_model(model, processor, out / "model", merge=cfg.lora.merge, state_dict=state_dict)
+        discard_checkpoint(out)
+    accelerator.wait_for_everyone()  # every process returns once the run folder is complete
     return model, processor, history
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -155,53 +156,91 @@ def compute_reference_distributions(
     batch_size: int = 64,
     device=None,
     progress: bool = True,
+    rank: int = 0,
+    world: int = 1,
 ) -> ReferenceDistributions:
     """R̂ for every example. ``pool=None`` is the 'w/o Vis' ablation: the example's own image (k=1);
     text-only examples always keep their own input.
 
     ``answer_probs(batch)`` returns the frozen model's (N,V) distributions at the batch's answer
     positions. The k variants of an example share one batch, so their answer rows line up.
+
+    With ``world`` processes, process ``rank`` computes every world-th batch and the parts are
+    exchanged: each example is computed once, and every process returns the whole R̂. A process with
+    fewer batches repeats one and drops the result, because a sharded model (FSDP) needs every process
+    in every forward pass.
     """
     rng = random.Random(f"viker-refs-{seed}")
+    # Visual guidance needs an image: a text-only question keeps its own input (one copy), so its
+    # reference is the frozen model's distribution and its loss is GA damped by 1-λ. The images are
+    # drawn for all examples in order on every process, so the split does not change them.
+    images = [[ex.image] if pool is None or ex.image is None else choose_reference_images(ex, pool, k, rng)
+              for ex in examples]
     per_batch = max(1, batch_size // max(1, k))
-    rows: list[torch.Tensor] = []
-    lengths: list[int] = []
-    for start in tqdm(range(0, len(examples), per_batch), desc="reference distributions", disable=not progress):
-        chunk = examples[start : start + per_batch]
-        variants, copies = [], []
-        for ex in chunk:
-            # Visual guidance needs an image: a text-only question keeps its own input (one copy), so
-            # its reference is the frozen model's distribution and its loss is GA damped by 1-λ.
-            if pool is None or ex.image is None:
-                images = [ex.image]
-            else:
-                images = choose_reference_images(ex, pool, k, rng)
-            variants += [replace(ex, image=img) for img in images]
-            copies.append(len(images))
-        batch = collate(variants)
-        if device is not None:
-            batch = {key: v.to(device) for key, v in batch.items()}
-        probs = answer_probs(batch)  # (Σ n, V) in variant order
-        counts = (batch["labels"][:, 1:] != -100).sum(dim=1).tolist()
-        offset, first = 0, 0
-        for n_copies in copies:
-            n = counts[first]
-            block = probs[offset : offset + n * n_copies].reshape(n_copies, n, -1)
-            rows.append(block.mean(dim=0).float().cpu())
-            lengths.append(n)
-            offset += n * n_copies
-            first += n_copies
+    if world > 1:  # smaller batches when there are fewer than one per process, so that each does its part
+        per_batch = min(per_batch, max(1, math.ceil(len(examples) / world)))
+    starts = list(range(0, len(examples), per_batch))
+    mine = starts[rank::world]
+    stored: dict[int, dict[str, torch.Tensor]] = {}
+    for r in tqdm(range(math.ceil(len(starts) / world)), desc="reference distributions", disable=not progress):
+        start = mine[r] if r < len(mine) else starts[0]
+        stop = start + per_batch
+        rows = _reference_rows(answer_probs, collate, examples[start:stop], images[start:stop], device)
+        if r < len(mine):
+            stored |= {start + i: _storage(block, topk) for i, block in enumerate(rows)}
+    by_process = [len(stored)]
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        parts = gather_object([stored])
+        stored = {i: block for part in parts for i, block in part.items()}
+        by_process = [len(part) for part in parts]
+    blocks = [stored[i] for i in range(len(examples))]
+    lengths = [len(next(iter(b.values()))) for b in blocks]
     offsets = torch.tensor([0] + lengths).cumsum(0)
-    full = torch.cat(rows) if rows else torch.zeros(0, 0)
-    vocab = full.shape[-1]
-    meta = {"k": k if pool is not None else 1, "rows": int(full.shape[0]), "vocab_size": vocab}
+    meta = {"k": k if pool is not None else 1, "rows": sum(lengths), "processes": world,
+            "examples_by_process": by_process}
+    if not blocks or "probs" in blocks[0]:
+        full = torch.cat([b["probs"] for b in blocks]) if blocks else torch.zeros(0, 0)
+        vocab = full.shape[-1]
+        return ReferenceDistributions(offsets, vocab, probs=full, meta=meta | {"vocab_size": vocab, "storage": "full"})
+    kl = torch.cat([b["kl"] for b in blocks])  # KL(R̂ ‖ stored R̂): the price of top-k storage
+    vocab = int(blocks[0]["vocab"])
+    meta |= {"vocab_size": vocab, "storage": f"top-{topk}", "kl_mean": float(kl.mean()), "kl_max": float(kl.max())}
+    return ReferenceDistributions(offsets, vocab, indices=torch.cat([b["indices"] for b in blocks]),
+                                  values=torch.cat([b["values"] for b in blocks]), meta=meta)
+
+
+def _reference_rows(answer_probs, collate, chunk: Sequence[Example], images: Sequence[list],
+                    device) -> list[torch.Tensor]:
+    """One batch: each example's (n,V) R̂ rows, the mean of its variants' answer distributions."""
+    variants, copies = [], []
+    for ex, imgs in zip(chunk, images):
+        variants += [replace(ex, image=img) for img in imgs]
+        copies.append(len(imgs))
+    batch = collate(variants)
+    if device is not None:
+        batch = {key: v.to(device) for key, v in batch.items()}
+    probs = answer_probs(batch)  # (Σ n, V) in variant order
+    counts = (batch["labels"][:, 1:] != -100).sum(dim=1).tolist()
+    rows, offset, first = [], 0, 0
+    for n_copies in copies:
+        n = counts[first]
+        block = probs[offset : offset + n * n_copies].reshape(n_copies, n, -1)
+        rows.append(block.mean(dim=0).float().cpu())
+        offset += n * n_copies
+        first += n_copies
+    return rows
+
+
+def _storage(rows: torch.Tensor, topk: int | None) -> dict[str, torch.Tensor]:
+    """One example's rows as stored: whole, or their top-k entries with the KL that costs per row."""
+    vocab = rows.shape[-1]
     if topk is None or topk >= vocab:
-        return ReferenceDistributions(offsets, vocab, probs=full, meta=meta | {"storage": "full"})
-    indices, values = compress_topk(full, topk)
-    approx = decompress_topk(indices, values, vocab)
-    kl = kl_to_reference(full, torch.log(approx))  # KL(R̂ ‖ stored R̂): the price of top-k storage
-    meta |= {"storage": f"top-{topk}", "kl_mean": float(kl.mean()), "kl_max": float(kl.max())}
-    return ReferenceDistributions(offsets, vocab, indices=indices, values=values, meta=meta)
+        return {"probs": rows}
+    indices, values = compress_topk(rows, topk)
+    kl = kl_to_reference(rows, torch.log(decompress_topk(indices, values, vocab)))
+    return {"indices": indices, "values": values, "kl": kl, "vocab": torch.tensor(vocab)}
 
 
 def cache_key(fingerprint: str, examples: Sequence[Example], pool: Sequence[bytes] | None, k: int, seed: int,
@@ -223,29 +262,57 @@ def reference_distributions(reference, processor, examples: Sequence[Example], p
                             progress: bool = True) -> tuple[ReferenceDistributions, Path | None]:
     """R̂ for ``examples`` through the frozen ``reference`` (a FrozenReference), loaded from
     ``cache_dir`` when a cache with the same key exists, else computed and stored there."""
+    from accelerate import PartialState
+
     from viker.collate import Collator
 
-    network = reference.network_for_fingerprint()
-    key = cache_key(model_fingerprint(network), examples, pool, k, seed, topk)
+    state = PartialState()
+    key = cache_key(reference.fingerprint(), examples, pool, k, seed, topk)
+    if state.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        if len(set(gather_object([key]))) > 1:
+            raise VikerError("the processes disagree on the reference distributions' cache key: each loaded "
+                             "different weights or data")
     collate = Collator(processor, padding_side="left")  # answers last: only their positions are scored
-    device = next(network.parameters()).device
+    device = next(reference.network_for_fingerprint().parameters()).device
 
     def compute() -> ReferenceDistributions:
         return compute_reference_distributions(reference.answer_probs, collate, examples, pool, k, seed, topk,
-                                               device=device, progress=progress)
+                                               device=device, progress=progress and state.is_main_process,
+                                               rank=state.process_index, world=state.num_processes)
 
     return cached_reference_distributions(cache_dir, key, compute)
 
 
 def cached_reference_distributions(cache_dir: Path | None, key: str, compute: Callable[[], ReferenceDistributions]):
-    """Load R̂ from ``cache_dir`` when a cache with this key exists, else compute and store it."""
+    """Load R̂ from ``cache_dir`` when a cache with this key exists, else compute and store it.
+    ``meta["from_cache"]`` says which happened.
+
+    Several processes: the main process decides whether the cache exists (and tells the others, so
+    they cannot disagree); then either all load it or all compute their part of it, and the main
+    process alone writes it. It is never computed once per process."""
+    from accelerate import PartialState
+
+    state = PartialState()
     if cache_dir is None:
-        return compute(), None
-    cache_dir.mkdir(parents=True, exist_ok=True)
+        dists = compute()
+        dists.meta = (dists.meta or {}) | {"from_cache": False}
+        return dists, None
     path = cache_dir / f"refdist-{key}.safetensors"
-    if path.is_file():
-        return ReferenceDistributions.load(path), path
+    exists = [path.is_file()]
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(exists)
+    if exists[0]:
+        dists = ReferenceDistributions.load(path)
+        dists.meta = (dists.meta or {}) | {"from_cache": True}
+        return dists, path
     dists = compute()
     dists.meta = (dists.meta or {}) | {"key": key}
-    dists.save(path)
+    if state.is_main_process:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        dists.save(path)
+    dists.meta |= {"from_cache": False}
     return dists, path

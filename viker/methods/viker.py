@@ -15,7 +15,7 @@ from pathlib import Path
 
 from viker.errors import VikerError
 from viker.methods import register
-from viker.methods.base import logits_of
+from viker.methods.base import logits_of, share
 from viker.methods.losses import REGULARIZERS, gather_answer_positions, viker_token_loss
 from viker.methods.reference import FULL_VOCAB_LIMIT, SOURCES, reference_distributions, reference_pool_and_source
 
@@ -71,9 +71,10 @@ class ViKeR:
         logits, targets = gather_answer_positions(logits_of(model, batch), batch["labels"])
         if self.dists is None:  # λ = 0
             loss = viker_token_loss(logits, targets, logits.detach().softmax(-1), 0.0, ga_weight=self.ga_weight)
+            loss = loss * share(batch, "token")
             return loss, {"forget_ll": loss.item()}
         ref = self.dists.rows(batch["index"].tolist(), device=logits.device)
         if ref.shape[0] != logits.shape[0]:
             raise VikerError("cached reference distributions do not match the answer tokens; delete the cache")
         loss = viker_token_loss(logits, targets, ref, self.lam, self.regularizer, self.ga_weight)
-        return loss, {}
+        return loss * share(batch, "token"), {}
