@@ -51,11 +51,16 @@ def _unlearn(args) -> None:
 
     method_args = {k: v for k, v in {"lam": args.lam, "k": args.k, "refs": args.refs, "regularizer": args.regularizer,
                                      "ablation": args.ablation, "beta": args.beta,
-                                     "retain_weight": args.retain_weight}.items() if v is not None}
-    if args.method != "viker":
-        stray = sorted(set(method_args) & {"lam", "k", "refs", "regularizer", "ablation"})
-        if stray:
-            raise VikerError(f"--{stray[0].replace('_', '-')} applies to --method viker only")
+                                     "retain_weight": args.retain_weight, "rewrite": args.rewrite,
+                                     "layers": args.layers, "heads": args.heads, "encoder_width": args.encoder_width,
+                                     "threshold": args.threshold, "forget_loss": args.forget_loss}.items()
+                   if v is not None}
+    only = {"lam": ("viker",), "regularizer": ("viker",), "ablation": ("viker",), "k": ("viker", "cagul"),
+            "refs": ("viker", "cagul"), **{k: ("cagul",) for k in ("rewrite", "layers", "heads", "encoder_width",
+                                                                     "threshold", "forget_loss")}}
+    stray = sorted(k for k in method_args if args.method not in only.get(k, (args.method,)))
+    if stray:
+        raise VikerError(f"--{stray[0].replace('_', '-')} applies to --method {' / '.join(only[stray[0]])} only")
     base = TINY_UNLEARN if _is_tiny(args.model) else REAL_UNLEARN
     cfg = UnlearnConfig(
         model=args.model, data=args.data, benchmark=args.benchmark, forget=_forget(args), method=args.method,
@@ -68,8 +73,12 @@ def _unlearn(args) -> None:
     )
     _, _, history = run_unlearn(cfg, resume=args.resume)
     last = history[-1] if history else {}
-    print(f"unlearned model written to {args.out}/model (final loss {last.get('loss', float('nan')):.4f}; "
-          "gradient ascent's loss is unbounded below, see history.json)")
+    loss = f"final loss {last.get('loss', float('nan')):.4f}"
+    if args.method == "cagul":
+        print(f"CAGUL modules written to {args.out}/cagul, beside the untouched base model ({loss})")
+    else:
+        print(f"unlearned model written to {args.out}/model ({loss}; gradient ascent's loss is unbounded below, "
+              "see history.json)")
 
 
 def _forget(args) -> str:
@@ -121,6 +130,13 @@ def _demo(args) -> None:
 
     cfg = DemoConfig(out=args.out, seed=args.seed)
     run_demo(fast(cfg) if args.fast else cfg)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers") from None
 
 
 def _is_tiny(model: str) -> bool:
@@ -198,7 +214,7 @@ def parser() -> argparse.ArgumentParser:
     _add_benchmark_arg(un)
     un.add_argument("--forget", help="forget_5 | forget_10 | forget_15 (default forget_10); CLEAR: forget01 | "
                                      "forget05 | forget10, +tofu to include its text questions (default forget10)")
-    un.add_argument("--method", default="viker", help="ga | graddiff | klmin | npo | idkpo | viker")
+    un.add_argument("--method", default="viker", help="ga | graddiff | klmin | npo | idkpo | viker | cagul")
     un.add_argument("--out", required=True)
     un.add_argument("--lam", type=float, help="ViKeR: weight λ of the reference regulariser, in [0, 1]")
     un.add_argument("--k", type=int, help="ViKeR: reference images per example (default 5)")
@@ -206,7 +222,17 @@ def parser() -> argparse.ArgumentParser:
     un.add_argument("--regularizer", help="ViKeR: kl | jsd | cos")
     un.add_argument("--ablation", help="ViKeR: none | no_reg | no_ga | no_vis")
     un.add_argument("--beta", type=float, help="NPO / IdkPO: inverse temperature β (default 0.1)")
-    un.add_argument("--retain-weight", type=float, help="GradDiff / KL-Min / NPO / IdkPO: weight of the retain term")
+    un.add_argument("--retain-weight", type=float,
+                    help="GradDiff / KL-Min / NPO / IdkPO / CAGUL: weight of the retain term")
+    un.add_argument("--rewrite", type=float, help="CAGUL: visual tokens rewritten per flagged image, a fraction "
+                                                   "(< 1) or a count (default 0.75)")
+    un.add_argument("--layers", type=_int_list, help="CAGUL: decoder layers whose attention ranks visual tokens, "
+                                                     "e.g. 1,2 (default: the middle layer)")
+    un.add_argument("--heads", type=_int_list, help="CAGUL: attention heads averaged, e.g. 0,3 (default: all)")
+    un.add_argument("--encoder-width", type=int, help="CAGUL: width of the visual-token encoder (default 128)")
+    un.add_argument("--threshold", type=float, help="CAGUL: discriminator probability that flags an image (0.5)")
+    un.add_argument("--forget-loss", choices=("reference", "npo"),
+                    help="CAGUL: answer a forget person as a stranger (reference) or NPO")
     un.add_argument("--tuning", choices=("lora", "full"), default="lora")
     _add_train_args(un)
     un.add_argument("--lora-r", type=int, default=16)

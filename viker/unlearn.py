@@ -20,7 +20,14 @@ from viker.data.schema import FORGET_SPLITS, RETAIN_OF
 from viker.errors import VikerError
 from viker.methods import get_method
 from viker.methods.base import FrozenReference, UnlearnContext
-from viker.model import LoraSettings, apply_lora, enable_gradient_checkpointing, load_model, save_model
+from viker.model import (
+    LoraSettings,
+    apply_lora,
+    enable_gradient_checkpointing,
+    load_model,
+    resolve_model_path,
+    save_model,
+)
 from viker.runs import write_config, write_json
 from viker.train import (
     TrainConfig,
@@ -66,8 +73,10 @@ class UnlearnConfig:
 
 def make_method(name: str, args: dict, forget_split: str):
     cls = get_method(name)
-    if name == "viker":
+    if name in ("viker", "cagul"):
         args = {"forget_split": forget_split, **args}
+    if name == "cagul":
+        args = {"retain_split": RETAIN_OF.get(forget_split), **args}
     if name == "viker" and is_clear_split(forget_split):  # CLEAR ships no image pools: other persons' faces
         args = {"refs": "retain", **args}
     try:
@@ -106,13 +115,18 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         raise VikerError(f"{cfg.data}: split {cfg.forget} has no examples to unlearn")
     accelerator = make_accelerator(cfg.train, resume)  # one process or several: docs/distributed.md
     sharded = shards_model(accelerator)
+    wraps = getattr(method, "wraps_model", False)  # CAGUL: trains modules around the frozen model
+    if sharded and wraps:
+        raise VikerError(f"--method {cfg.method} is not supported under FSDP or DeepSpeed; use DDP")
     if sharded and cfg.tuning == "lora" and cfg.lora.merge:
         raise VikerError("--save merged: under FSDP or DeepSpeed only the adapter can be saved (--save adapter; "
                          "merge it later on one process), or use DDP")
     seed_everything(cfg.train.seed)
     model, processor = model_and_processor or load_model(cfg.model, load_device(accelerator, cfg.device),
                                                          load_dtype(accelerator, cfg.dtype), cfg.trust_remote_code)
-    if cfg.tuning == "lora":
+    if wraps:
+        model.requires_grad_(False)
+    elif cfg.tuning == "lora":
         model = apply_lora(model, cfg.lora)
     elif cfg.tuning != "full":
         raise VikerError(f"--tuning {cfg.tuning}: choose lora or full")
@@ -122,15 +136,18 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     collate.preflight(model, data["forget"] + (data["retain"] if "retain" in method.streams else []))
     ctx = UnlearnContext(
         model=model, processor=processor, collate=collate, data=data,
-        reference=FrozenReference(model, sharded=sharded),
+        reference=FrozenReference(model, separate=model if wraps else None, sharded=sharded),
         data_dir=Path(cfg.data), cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(),
         seed=cfg.train.seed, progress=progress and accelerator.is_main_process,
     )
     out = Path(cfg.out)
     start = time.perf_counter()
-    prepared = prepare(model, cfg.train, len(data[method.streams[0]]), accelerator, resume=resume)
-    if hasattr(method, "setup"):  # on the placed (or sharded) model, so reference passes run there
+    if wraps and hasattr(method, "setup"):  # CAGUL builds the modules it trains here: accelerate must see them
         method.setup(ctx)
+    prepared = prepare(ctx.model, cfg.train, len(data[method.streams[0]]), accelerator, resume=resume)
+    if not wraps and hasattr(method, "setup"):  # on the placed (or sharded) model, so reference passes run there
+        method.setup(ctx)
+    model = ctx.model
     setup_seconds = time.perf_counter() - start
     settings = {"unlearn": asdict(cfg), "method": {"name": cfg.method, **asdict(method)},
                 "data": used, "examples": {k: len(v) for k, v in data.items()}, "setup": ctx.info,
@@ -144,7 +161,11 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     if accelerator.is_main_process:
         write_json(out / "history.json", history)
         write_json(out / "timing.json", timing)
-        model = save_model(model, processor, out / "model", merge=cfg.lora.merge, state_dict=state_dict)
+        if wraps:  # the modules and their configuration; the base model is referenced, not copied
+            base = resolve_model_path(cfg.model)
+            method.save(out / "cagul", str(Path(base).resolve()) if Path(base).exists() else base, ctx.info)
+        else:
+            model = save_model(model, processor, out / "model", merge=cfg.lora.merge, state_dict=state_dict)
         discard_checkpoint(out)
     accelerator.wait_for_everyone()  # every process returns once the run folder is complete
     return model, processor, history

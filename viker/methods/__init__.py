@@ -19,7 +19,7 @@ def register(name: str):
 
 def get_method(name: str):
     from viker.errors import VikerError
-    from viker.methods import finetune, ga, graddiff, idkpo, klmin, npo, viker  # noqa: F401  (registration)
+    from viker.methods import cagul, finetune, ga, graddiff, idkpo, klmin, npo, viker  # noqa: F401  (registration)
 
     if name not in METHODS:
         raise VikerError(f"unknown method '{name}'; choose from {', '.join(sorted(METHODS))}")

@@ -54,9 +54,14 @@ def resolve_model_path(path: str | Path) -> str:
 
 
 def load_model(path: str | Path, device: str | None = None, dtype: str = "auto", trust_remote_code: bool = False):
-    """Model and processor from a local folder, a run folder of ours, or (online) a hub id."""
+    """Model and processor from a local folder, a run folder of ours, or (online) a hub id. A CAGUL run
+    folder gives its base model wrapped with the saved CAGUL modules (viker.model.cagul)."""
     from transformers import AutoModelForImageTextToText
 
+    from viker.model.cagul import is_cagul_run, load_cagul
+
+    if is_cagul_run(path):
+        return load_cagul(path, device, dtype, trust_remote_code)
     path = resolve_model_path(path)
     dev = pick_device(device)
     try:

@@ -1,0 +1,152 @@
+"""CAGUL: the base model never changes, unflagged images pass through untouched, the least attended
+tokens are the ones rewritten, and a run folder loads back as a model that answers questions."""
+
+from __future__ import annotations
+
+import json
+import random
+from io import BytesIO
+
+import pytest
+import torch
+from PIL import Image
+
+from viker.cli import main
+from viker.collate import Collator, model_inputs
+from viker.data.examples import unlearning_examples
+from viker.eval.generate import generate
+from viker.methods.cagul import augment, precision_recall
+from viker.model import load_model
+from viker.model.cagul import CagulConfig, CagulModel, per_image
+from viker.train import TrainConfig
+from viker.unlearn import UnlearnConfig, run_unlearn
+
+
+def _examples(bench_dir, n=4):
+    forget = unlearning_examples(bench_dir, "forget_10")
+    return [ex for ex in forget if ex.image is not None][:n] + [ex for ex in forget if ex.image is None][:1]
+
+
+@pytest.fixture(scope="module")
+def cagul_run(tiny_dir, bench_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cagul")
+    model, processor = load_model(tiny_dir, device="cpu")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = UnlearnConfig(model=str(tiny_dir), data=str(bench_dir), forget="forget_10", method="cagul",
+                        method_args={"k": 2, "augment": 2, "disc_steps": 50}, out=str(out),
+                        train=TrainConfig(max_steps=3, batch_size=4, lr=1e-2, log_every=1),
+                        cache_dir=str(out / "cache"))
+    trained, _, history = run_unlearn(cfg, progress=False, model_and_processor=(model, processor))
+    return out, model, before, trained, history
+
+
+def test_base_weights_are_bit_for_bit_unchanged(cagul_run):
+    out, model, before, trained, history = cagul_run
+    assert history
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before), "CAGUL changed a weight of the base model"
+    assert isinstance(trained, CagulModel)
+    assert trained.encoder.up.weight.abs().sum() > 0, "the encoder did not train"
+    assert not (out / "model").exists(), "a CAGUL run must not save a copy of the model"
+    saved = json.loads((out / "cagul" / "config.json").read_text())
+    assert saved["cagul"]["rewrite"] > 0 and "cagul_discriminator" in saved["info"]
+    report = saved["info"]["cagul_discriminator"]
+    assert {"split_images", "test_set_images"} <= report.keys()
+
+
+def test_run_folder_loads_as_a_model_that_answers(cagul_run, tiny_dir, bench_dir):
+    out, *_ = cagul_run
+    model, processor = load_model(out, device="cpu")
+    assert isinstance(model, CagulModel)
+    base, _ = load_model(tiny_dir, device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(model.base.state_dict().values(), base.state_dict().values()))
+    trained = cagul_run[3]
+    assert torch.equal(model.encoder.up.weight, trained.encoder.up.weight)
+    answers = generate(model, processor, _examples(bench_dir), max_new_tokens=5, progress=False)
+    assert len(answers) == 5 and all(isinstance(a, str) for a in answers)
+
+
+def _wrapped(tiny, **cfg):
+    base, processor = tiny
+    model = CagulModel(base, CagulConfig(**cfg))
+    return model, processor
+
+
+def test_unflagged_images_pass_through_untouched_and_flagged_ones_change(tiny, bench_dir):
+    model, processor = _wrapped(tiny)
+    torch.nn.init.normal_(model.encoder.up.weight, std=0.5)  # an encoder that changes what it rewrites
+    batch = model_inputs(Collator(processor)(_examples(bench_dir)))
+    with torch.no_grad():
+        bare = model.base(**batch).logits
+        torch.nn.init.constant_(model.discriminator.net[-1].bias, -1e4)  # flags nothing
+        auto = model(**batch).logits
+        forced = model(**batch, cagul="force").logits
+    assert torch.equal(auto, bare)
+    assert not torch.allclose(forced[:4], bare[:4]), "rewritten images did not change the answers"
+    assert torch.equal(forced[4], bare[4]), "a text-only row must never change"
+
+
+def test_a_fresh_encoder_is_the_identity(tiny, bench_dir):
+    model, processor = _wrapped(tiny)
+    batch = model_inputs(Collator(processor)(_examples(bench_dir)))
+    with torch.no_grad():
+        assert torch.allclose(model(**batch, cagul="force").logits, model.base(**batch).logits, atol=1e-5)
+
+
+def test_only_the_least_attended_tokens_are_rewritten(tiny, bench_dir):
+    model, processor = _wrapped(tiny, rewrite=0.25)
+    torch.nn.init.normal_(model.encoder.up.weight, std=0.5)
+    batch = model_inputs(Collator(processor)(_examples(bench_dir, 2)))
+    output = model.original_features(batch)
+    feats = per_image(output)
+    scores = model.importance(batch, output, [0, 1])
+    assert [s.shape[0] for s in scores] == [f.shape[0] for f in feats]
+    assert all(torch.isfinite(s).all() and (s > 0).all() for s in scores)
+    new = model.rewrite(feats, [1], [scores[1]])
+    assert torch.equal(new[0], feats[0]), "an image that was not chosen changed"
+    changed = (new[1] != feats[1]).any(dim=-1)
+    lowest = scores[1].argsort()[: model.cfg.count(feats[1].shape[0])]
+    assert changed.nonzero().squeeze(-1).sort().values.tolist() == lowest.sort().values.tolist()
+
+
+def test_importance_of_an_image_does_not_depend_on_the_rest_of_the_batch(tiny, bench_dir):
+    model, processor = _wrapped(tiny)
+    examples = _examples(bench_dir, 3)
+    collate = Collator(processor, answers=False)
+    together = model_inputs(collate(examples))
+    alone = model_inputs(collate(examples[1:2]))
+    both = model.importance(together, model.original_features(together), [1])[0]
+    single = model.importance(alone, model.original_features(alone), [0])[0]
+    assert torch.allclose(both, single, atol=1e-5)
+
+
+def test_augmented_image_keeps_its_size_and_is_reproducible(bench_dir):
+    image = _examples(bench_dir, 1)[0].image
+    a, b = augment(image, random.Random(3)), augment(image, random.Random(3))
+    assert a == b and a != image
+    assert Image.open(BytesIO(a)).size == Image.open(BytesIO(image)).size
+
+
+def test_precision_recall_by_hand():
+    flags = torch.tensor([True, True, False, True, False])
+    truth = torch.tensor([True, False, False, True, True])
+    got = precision_recall(flags, truth)
+    assert got["precision"] == pytest.approx(100 * 2 / 3, abs=0.01)
+    assert got["recall"] == pytest.approx(100 * 2 / 3, abs=0.01)
+    assert got["false_positive_rate"] == 50.0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lam", "0.5"], "--lam applies to --method viker only"),
+    (["--rewrite", "0"], "rewrite at least one visual token"),
+    (["--threshold", "1.5"], "strictly between 0 and 1"),
+    (["--layers", "99"], "the language model has"),
+])
+def test_bad_cagul_options_are_one_line_errors(argv, message, tiny_dir, bench_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--method", "cagul",
+                 "--out", str(out), "--max-steps", "1", *argv])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
