@@ -604,10 +604,9 @@ an epoch is the training time the run records (total minus setup) over the epoch
 | --- | --- | --- | --- | --- |
 {rows}
 
-ViKeR's loss takes its softmax and KL only at the answer positions, which it gathers first; GA's
-log-likelihood takes a log-softmax at every position of the batch (prompt and image tokens included) and
-then keeps the answer tokens' terms. With the reference distributions cached, reading a batch's rows is a
-copy of {s['train']['batch_size']} examples' answer rows.
+Every loss normalises over the vocabulary only at the answer positions (prompt and image tokens never
+reach the softmax); ViKeR adds a KL to its reference rows there. With the reference distributions cached,
+reading a batch's rows is a copy of {s['train']['batch_size']} examples' answer rows.
 
 ### (b) ViKeR's reference distributions
 

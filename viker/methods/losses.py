@@ -84,13 +84,14 @@ def shift(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 def token_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Per-position log p(target): (B,T-1), exactly 0 at masked positions, plus the float mask."""
     logits, targets, mask = shift(logits, labels)
-    logits = _upcast(logits)
-    # IGNORE is not a valid index; 0 stands in and the result is discarded by the mask below.
-    safe_targets = targets.clamp_min(0).unsqueeze(-1)
-    picked = logits.gather(-1, safe_targets).squeeze(-1)
-    # logit[y] - logsumexp avoids materialising a second (B,T,V) log-softmax tensor.
-    lp = picked - torch.logsumexp(logits, dim=-1)
-    lp = torch.where(mask.bool(), lp, torch.zeros_like(lp))
+    keep = mask.bool()
+    if not bool(keep.any()):  # no answer token: zeros that still carry the graph
+        return _upcast(logits[..., 0]) * 0.0, mask
+    # Only the answer positions reach the vocabulary-wide normaliser (prompt and image positions are
+    # most of a multimodal sequence), and logit[y] - logsumexp avoids a second (N,V) log-softmax.
+    chosen = _upcast(logits[keep])
+    values = chosen.gather(-1, targets[keep].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(chosen, dim=-1)
+    lp = torch.zeros(keep.shape, dtype=values.dtype, device=values.device).masked_scatter(keep, values)
     return lp, mask
 
 
