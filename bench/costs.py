@@ -17,8 +17,9 @@ Every unlearning run is a whole ``viker.unlearn.run_unlearn`` (the command's own
 is the training time it records in ``timing.json`` (total minus setup) divided by the epochs. Repeats run
 round-robin over the methods (GA and ViKeR side by side, every other repeat in reverse) and the median is
 reported, so load that comes and goes on a shared machine hits every method alike. PyTorch uses
-``--threads`` threads (1 by default: on a shared 2-core machine two threads spin against other processes,
-and one run can take ten times as long as the next).
+``--threads`` threads (0, the default, keeps PyTorch's own choice, one per core, which is what viker's
+commands use; on a machine busy with other work pass ``--threads 1``: there two threads spin against the
+other processes and one run can take ten times as long as the next).
 
 ``--model-shape llava-7b`` (needs a GPU): a LlavaForConditionalGeneration built from llava-1.5-7b's
 published configuration with random weights (nothing is downloaded) in bfloat16, LoRA, gradient
@@ -130,7 +131,7 @@ class BenchConfig:
     quick: bool = False
     model_shape: str = "tiny"  # tiny | llava-7b | llava-7b-mini
     device: str | None = None
-    threads: int = 1
+    threads: int = 0  # 0: PyTorch's default (one per core)
     data: str | None = None  # an MLLMU-Bench-layout folder (None: generate the embedded benchmark)
     vanilla: str | None = None  # the model to unlearn (None: finetune the tiny model briefly, reused later)
     forget: str = "forget_10"
@@ -719,7 +720,8 @@ def write_results(cfg: BenchConfig, key: str, record: dict) -> Path:
 def run(cfg: BenchConfig, argv: list[str] | None = None) -> dict:
     import transformers
 
-    torch.set_num_threads(cfg.threads)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notices of the libraries
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -757,7 +759,7 @@ def parse_args(argv: list[str]) -> BenchConfig:
     ap.add_argument("--quick", action="store_true", help="a smoke run: small benchmark, one repeat, few prompts")
     ap.add_argument("--model-shape", default=d.model_shape, choices=["tiny", *SHAPES])
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cpu for tiny, cuda when present otherwise)")
-    ap.add_argument("--threads", type=int, default=d.threads, help="PyTorch CPU threads")
+    ap.add_argument("--threads", type=int, default=d.threads, help="PyTorch CPU threads (0: PyTorch's default)")
     ap.add_argument("--data", default=None, help="an MLLMU-Bench-layout folder instead of the embedded benchmark")
     ap.add_argument("--vanilla", default=None, help="the model to unlearn instead of a briefly finetuned tiny one")
     ap.add_argument("--methods", default=",".join(d.methods), help="comma-separated; GA and ViKeR always run")
