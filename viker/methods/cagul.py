@@ -17,7 +17,9 @@ Training, in two stages:
      answers about a forget person as about a stranger; or ``npo``: NPO on whole answers against the
      frozen model;
    - retain term: KL(P ‖ Q) to the frozen model's own distributions on retain images, so that a
-     retain person wrongly flagged still gets the model's usual answer.
+     retain person wrongly flagged still gets the model's usual answer. Its weight is light (0.25):
+     the discriminator already keeps retain images away from the encoder, and a heavy retain term
+     makes the encoder itself tell people apart, which competes with forgetting.
 
 CAGUL acts through images only: text-only questions are dropped from its training streams (asked by
 name, a person is still known; the evaluation's text-only accuracy shows it).
@@ -127,7 +129,7 @@ class CAGUL:
     k: int = 5  # reference images per example (forget_loss=reference)
     refs: str = "people"
     beta: float = 0.1  # forget_loss=npo
-    retain_weight: float = 1.0
+    retain_weight: float = 0.25  # light: the discriminator gates; this only guards against its false positives
     augment: int = 8  # augmented copies of each image for the discriminator
     disc_steps: int = 1500
     forget_split: str | None = None
