@@ -41,9 +41,9 @@ from viker.data.loader import has_config, load_profiles
 from viker.data.schema import FORGET_SPLITS, Example
 from viker.errors import VikerError
 from viker.methods import register
-from viker.methods.base import FrozenReference, share
+from viker.methods.base import share
 from viker.methods.losses import gather_answer_positions, kl_to_reference, npo_loss, sequence_logprob
-from viker.methods.reference import FULL_VOCAB_LIMIT, reference_distributions, reference_pool
+from viker.methods.reference import default_topk, reference_distributions, reference_pool
 from viker.model.cagul import CagulConfig, CagulModel, Discriminator, per_image
 
 FORGET_LOSSES = ("reference", "npo")
@@ -150,35 +150,36 @@ class CAGUL:
             if not ctx.data[name]:
                 raise VikerError(f"CAGUL acts through images, and the {name} split has no question with an image")
         torch.manual_seed(ctx.seed)
+        try:
+            pool = reference_pool(self.refs, ctx.data_dir, self.forget_split)
+        except VikerError:
+            if self.forget_loss == "reference":
+                raise
+            pool = []  # no pool of strangers: the other people suffice as the discriminator's negatives
         self.model = CagulModel(ctx.model, self.module_config)
-        ctx.info["cagul_discriminator_training"] = self.train_discriminator(ctx)
+        ctx.info["cagul_discriminator_training"] = self.train_discriminator(ctx, pool)
         if ctx.data_dir is not None and self.forget_split in FORGET_SPLITS:  # MLLMU-Bench layout
             ctx.info["cagul_discriminator"] = discriminator_report(self.model, ctx.processor, ctx.data_dir,
                                                                    self.forget_split, self.retain_split)
         self.dists = None
         if self.forget_loss == "reference":
-            pool = reference_pool(self.refs, ctx.data_dir, self.forget_split)
-            vocab = ctx.model.get_output_embeddings().weight.shape[0]
-            topk = None if vocab <= FULL_VOCAB_LIMIT else 1024
-            self.dists, path = reference_distributions(FrozenReference(ctx.model, separate=ctx.model), ctx.processor,
-                                                       ctx.data["forget"], pool, self.k, ctx.seed, topk,
-                                                       ctx.cache_dir, ctx.progress)
+            self.dists, path = reference_distributions(ctx.reference, ctx.processor, ctx.data["forget"], pool,
+                                                       self.k, ctx.seed, default_topk(ctx.model), ctx.cache_dir,
+                                                       ctx.progress)
             ctx.info["reference_cache"] = {"path": str(path) if path else None, **(self.dists.meta or {})}
         ctx.model = self.model
 
-    def _negatives(self, ctx) -> list[bytes]:
+    def _negatives(self, ctx, pool: list[bytes]) -> list[bytes]:
+        """Every other face the run can see: the retain people, the real-world people, the strangers."""
         images = [ex.image for ex in ctx.data["retain"]]
         if ctx.data_dir is not None and has_config(ctx.data_dir, "Retain_Set"):
             images += [p.image for p in load_profiles(ctx.data_dir, "Retain_Set")]
-        try:
-            images += reference_pool(self.refs, ctx.data_dir, self.forget_split)
-        except VikerError:
-            pass  # no pool of strangers (e.g. a benchmark without one): the other people suffice
-        return images
+        return images + pool
 
-    def train_discriminator(self, ctx) -> dict:
+    def train_discriminator(self, ctx, pool: list[bytes]) -> dict:
         positives = list(dict.fromkeys(ex.image for ex in ctx.data["forget"]))
-        negatives = [img for img in dict.fromkeys(self._negatives(ctx)) if img not in set(positives)]
+        forget = set(positives)
+        negatives = [img for img in dict.fromkeys(self._negatives(ctx, pool)) if img not in forget]
         rng = random.Random(f"cagul-augment-{ctx.seed}")
         images, labels = [], []
         for label, group in ((1.0, positives), (0.0, negatives)):

@@ -35,6 +35,12 @@ CACHE_VERSION = 2
 FULL_VOCAB_LIMIT = 8192  # above this, store top-k by default
 
 
+def default_topk(model: torch.nn.Module) -> int | None:
+    """How R̂ is stored for ``model`` by default: in full up to FULL_VOCAB_LIMIT tokens, else top-1024."""
+    vocab = model.get_output_embeddings().weight.shape[0]
+    return None if vocab <= FULL_VOCAB_LIMIT else 1024
+
+
 def reference_pool(refs: str, data_dir: str | Path | None, forget_split: str | None = None) -> list[bytes]:
     """The images a reference source names (see :func:`reference_pool_and_source`)."""
     return reference_pool_and_source(refs, data_dir, forget_split)[0]

@@ -17,7 +17,7 @@ from viker.errors import VikerError
 from viker.methods import register
 from viker.methods.base import logits_of, share
 from viker.methods.losses import REGULARIZERS, gather_answer_positions, viker_token_loss
-from viker.methods.reference import FULL_VOCAB_LIMIT, SOURCES, reference_distributions, reference_pool_and_source
+from viker.methods.reference import SOURCES, default_topk, reference_distributions, reference_pool_and_source
 
 ABLATIONS = ("none", "no_reg", "no_ga", "no_vis")
 
@@ -59,8 +59,7 @@ class ViKeR:
         if self.ablation != "no_vis":
             pool, source = reference_pool_and_source(self.refs, ctx.data_dir, self.forget_split)
             ctx.info["reference_pool"] = {"refs": self.refs, "source": source, "images": len(pool)}
-        vocab = ctx.model.get_output_embeddings().weight.shape[0]
-        topk = self.topk if self.topk != -1 else (None if vocab <= FULL_VOCAB_LIMIT else 1024)
+        topk = self.topk if self.topk != -1 else default_topk(ctx.model)
         self.dists, path = reference_distributions(ctx.reference, ctx.processor, examples, pool, self.k, ctx.seed,
                                                    topk, ctx.cache_dir, ctx.progress)
         ctx.info["reference_cache"] = {"path": str(path) if path else None, **(self.dists.meta or {}),
