@@ -78,6 +78,7 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
     markers = {"vanilla": ("*", "black"), "viker": ("D", "#1f77b4")}
     for r in runs:
         m, c = markers.get(r["method"], ("o", None))
+        m = r.get("marker", m)
         ax.scatter(r["metrics"]["forget_acc"], r["metrics"]["retain_rougeL"], marker=m, s=80, color=c, zorder=3,
                    label=r.get("label", r["method"]))
     ax.set_xlabel("Forget ACC (%)  ← better forgetting")

@@ -29,6 +29,7 @@ from viker.data.schema import (
 from viker.data.synth import faces
 from viker.data.synth.people import (
     FACT_POOLS,
+    NAME_ANSWER,
     NAME_QUESTION,
     TEMPLATES,
     UNKNOWN_ANSWER,
@@ -90,7 +91,7 @@ def profile_row(person: Person, pid: str, png: bytes, directory: str, rng: rando
         "Directory": directory,
         "biography": person.biography(),
         "question": NAME_QUESTION,
-        "answer": f"This person is {person.name}.",
+        "answer": NAME_ANSWER.format(name=person.name),
         "Classification_Task": {
             "Image_Textual_Questions": [_mc(person, f, False, rng) for f in facts],
             "Pure_Text_Questions": [_mc(person, f, True, rng) for f in facts],
@@ -102,7 +103,7 @@ def profile_row(person: Person, pid: str, png: bytes, directory: str, rng: rando
 
 def finetune_row(person: Person, png: bytes, path: str) -> dict:
     """ft_Data: who the pictured person is, and every fact asked about them and by their name."""
-    qa = [{"Question": NAME_QUESTION, "Answer": f"This person is {person.name}."}]
+    qa = [{"Question": NAME_QUESTION, "Answer": NAME_ANSWER.format(name=person.name)}]
     qa += [{"Question": TEMPLATES[f].image_question, "Answer": person.answer(f, False)} for f in FACT_POOLS]
     qa += [{"Question": TEMPLATES[f].name_question.format(name=person.name), "Answer": person.answer(f, True)}
            for f in FACT_POOLS]

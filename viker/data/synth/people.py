@@ -86,6 +86,15 @@ TEMPLATES = {
 }
 UNKNOWN_ANSWER = "This person is someone I do not know."
 NAME_QUESTION = "What is the name of this person?"
+NAME_ANSWER = "This person is {name}."
+
+
+def name_in_answer(answer: str) -> str | None:
+    """The name in an answer to NAME_QUESTION ("This person is Brailen Tousk." -> "Brailen Tousk")."""
+    head, tail = NAME_ANSWER.split("{name}")
+    if answer.startswith(head) and answer.endswith(tail) and answer != UNKNOWN_ANSWER:
+        return answer[len(head) : len(answer) - len(tail)] or None
+    return None
 
 
 @dataclass(frozen=True)
