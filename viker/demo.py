@@ -80,8 +80,8 @@ def _vanilla(cfg: DemoConfig, data: Path, out: Path, progress: bool) -> Path:
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     started = time.perf_counter()
-    steps = iter(range(1, 7 if cfg.longer_budget else 6))
     total = 6 if cfg.longer_budget else 5
+    steps = iter(range(1, total + 1))
 
     def step(text: str) -> None:
         print(f"{next(steps)}/{total} {text}")
