@@ -30,6 +30,7 @@ from viker.train import TrainConfig
 from viker.unlearn import TINY_UNLEARN, UnlearnConfig, run_unlearn
 
 METHODS = ("ga", "graddiff", "klmin", "npo", "idkpo", "viker", "cagul")
+CHANCE_ACC = 100.0 / 4  # multiple-choice accuracy of a model that knows nothing: every question has 4 options
 
 
 @dataclass
@@ -290,8 +291,8 @@ def why_section(runs: list[dict], diagnostics: dict | None, cfg: DemoConfig) -> 
                          "token is 1 − Q(y)) until the answers start to drift, so ViKeR's damping of those words "
                          "changes little yet, and whether ViKeR or GA ends up ahead depends on the seed.")
     below = ""
-    if ga_l["forget_acc"] < 25.0:
-        below = (f" GA's Forget ACC of {ga_l['forget_acc']:.1f} there is below chance (25 with four options): its "
+    if ga_l["forget_acc"] < CHANCE_ACC:
+        below = (f" GA's Forget ACC of {ga_l['forget_acc']:.1f} there is below chance ({CHANCE_ACC:g} with four options): its "
                  "collapsed model ranks the true option last more often than a model that never knew the "
                  "people would, which is not more forgetting.")
     return f"""## How ViKeR and GA compare here, and why
