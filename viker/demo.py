@@ -283,8 +283,8 @@ def why_section(runs: list[dict], diagnostics: dict | None, cfg: DemoConfig) -> 
     ga, vk = by["ga"], by["viker"]
     if ga["coherence"] < vk["coherence"] - 5.0:
         template_note = (f"**On this run GA's answers have already begun to fall apart at {diagnostics['epochs']:g} "
-                         f"epochs** (coherence {ga['coherence']:.1f} against ViKeR's {vk['coherence']:.1f}): its ascent "
-                         "has reached the template words, which ViKeR's damping protects.")
+                         f"epochs** (coherence {ga['coherence']:.1f} against ViKeR's {vk['coherence']:.1f}): "
+                         "its ascent has reached the template words, which ViKeR's damping protects.")
     else:
         template_note = (f"**What ViKeR protects is not yet at risk at {diagnostics['epochs']:g} epochs.** The vanilla "
                          "model is so sure of the template words that ascent barely moves them (its gradient on a "
@@ -292,8 +292,8 @@ def why_section(runs: list[dict], diagnostics: dict | None, cfg: DemoConfig) -> 
                          "changes little yet, and whether ViKeR or GA ends up ahead depends on the seed.")
     below = ""
     if ga_l["forget_acc"] < CHANCE_ACC:
-        below = (f" GA's Forget ACC of {ga_l['forget_acc']:.1f} there is below chance ({CHANCE_ACC:g} with four options): its "
-                 "collapsed model ranks the true option last more often than a model that never knew the "
+        below = (f" GA's Forget ACC of {ga_l['forget_acc']:.1f} there is below chance ({CHANCE_ACC:g} with four "
+                 "options): its collapsed model ranks the true option last more often than a model that never knew the "
                  "people would, which is not more forgetting.")
     return f"""## How ViKeR and GA compare here, and why
 
