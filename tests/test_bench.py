@@ -85,3 +85,17 @@ def test_the_7b_shape_is_llava_1_5_7b(costs, bench_dir):
     batch = Collator(processor)([example])
     n_image = int((batch["input_ids"] == model.config.image_token_index).sum())
     assert n_image == 576 and batch["pixel_values"].shape[-2:] == (336, 336)
+
+
+def test_recorded_ga_vs_viker_tables_are_the_recorded_runs():
+    """bench/ga_vs_viker.md's tables are what its summary makes of bench/ga_vs_viker.json, claim counts included."""
+    spec = importlib.util.spec_from_file_location("bench_ga_vs_viker", ROOT / "bench" / "ga_vs_viker.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = json.loads((ROOT / "bench" / "ga_vs_viker.json").read_text())
+    table = module.summarize(results, [4, 5, 6])
+    assert table in (ROOT / "bench" / "ga_vs_viker.md").read_text()
+    assert "holds on 2 of 8 seeds" in table.split("### 6 epochs")[1]
+    assert module.summarize([{"seed": 9, "runs": {
+        "ga_e5": {"forget_acc": 30.0, "retain_rougeL": 10.0, "coherence": 5.0},
+        "viker_e5": {"forget_acc": 30.0, "retain_rougeL": 70.0, "coherence": 99.0}}}], [5]).count("| yes |") == 1
