@@ -8,7 +8,7 @@ import pytest
 
 from viker.data.synth import SynthConfig
 from viker.data.synth.people import UNKNOWN_ANSWER, name_in_answer
-from viker.demo import METHODS, DemoConfig, naming_rates, run_demo
+from viker.demo import METHODS, DemoConfig, longer_budget_note, naming_rates, run_demo
 from viker.eval.evaluate import EvalConfig
 from viker.train import TrainConfig
 
@@ -97,3 +97,12 @@ def test_name_in_answer_reads_the_benchmark_name_answer():
     assert name_in_answer("This person is Brailen Tousk.") == "Brailen Tousk"
     assert name_in_answer(UNKNOWN_ANSWER) is None
     assert name_in_answer("Brailen Tousk was born in Oslo.") is None
+
+
+def test_longer_budget_note_says_which_method_fell_apart():
+    whole = {"coherence": 99.0, "retain_rougeL": 80.0}
+    broken = {"coherence": 2.0, "retain_rougeL": 0.0}
+    assert "GA's answers fall apart first" in longer_budget_note(broken, whole, 7, 0.7)
+    viker_first = longer_budget_note(whole, broken, 7, 0.7)
+    assert "ViKeR's answers fall apart first" in viker_first and "1 − λ = 0.3" in viker_first
+    assert "neither method stays ahead" in longer_budget_note(broken, broken, 7, 0.7)

@@ -314,13 +314,31 @@ percentage whose answer gives that person's name.
   {extra['viker_no_ga']['metrics']['forget_acc']:.1f} with the retain people named in
   {pct(names['viker_no_ga']['retain'])}% of answers: it moves the forget faces toward what the model says about
   strangers instead of cutting the face-to-name route.
-- **On a longer budget ({e:g} epochs)** ascent reaches the template words. GA's answers fall apart (coherence
-  {ga_l['coherence']:.1f}, Retain R-L {ga_l['retain_rougeL']:.1f}) while ViKeR's damped ascent keeps them
-  (coherence {vk_l['coherence']:.1f}, Retain R-L {vk_l['retain_rougeL']:.1f}). This is the failure the paper
-  reports for GA (Retain ROUGE 0.1 on MLLMU-Bench's 15% task).{below}
+- {longer_budget_note(ga_l, vk_l, e, cfg.viker['lam'])}{below}
+
+The outcome of one run says little on this benchmark: which method collapses first changes from seed to
+seed, and even between two finetunes of the same seed. `bench/ga_vs_viker.py` repeats the comparison over
+many seeds; its recorded results are in `bench/ga_vs_viker.md`.
 
 {viker_vs_ga(vk_l, ga_l, f"at {e:g} epochs")}
 """
+
+
+def longer_budget_note(ga: dict, vk: dict, epochs: float, lam: float) -> str:
+    """What GA and ViKeR did on the longer budget, worded from their metrics."""
+    said = (f"GA: coherence {ga['coherence']:.1f}, Retain R-L {ga['retain_rougeL']:.1f}; ViKeR: coherence "
+            f"{vk['coherence']:.1f}, Retain R-L {vk['retain_rougeL']:.1f}")
+    if vk["coherence"] > ga["coherence"] + 5.0:
+        return (f"**On a longer budget ({epochs:g} epochs) GA's answers fall apart first** ({said}): ascent has "
+                "reached the template words, and ViKeR's damping of it there has held so far. This is the failure "
+                "the paper reports for GA (Retain ROUGE 0.1 on MLLMU-Bench's 15% task).")
+    if ga["coherence"] > vk["coherence"] + 5.0:
+        return (f"**On a longer budget ({epochs:g} epochs) ViKeR's answers fall apart first** ({said}). ViKeR "
+                f"ascends harder than GA on its key tokens, and on normal tokens it damps the ascent (by 1 − λ = "
+                f"{1 - lam:g}) without stopping it: its loss has no minimum, so it too fails once the budget is long "
+                "enough.")
+    return (f"**On a longer budget ({epochs:g} epochs) neither method stays ahead** ({said}). ViKeR damps the ascent "
+            f"on normal tokens (by 1 − λ = {1 - lam:g}) without stopping it: its loss has no minimum, like GA's.")
 
 
 def write_report(path: Path, runs: list[dict], sweep: list[dict], cfg: DemoConfig, minutes: float,
