@@ -18,15 +18,14 @@ from viker.data.loader import load_profiles
 from viker.errors import VikerError
 from viker.eval.generate import generate
 from viker.methods import get_method
-from viker.model import LoraSettings, apply_lora, enable_gradient_checkpointing, load_model, save_model
+from viker.model import LoraSettings, apply_lora, enable_gradient_checkpointing, save_model
 from viker.model.tiny import TinyConfig, build_tiny
-from viker.runs import write_config, write_json
+from viker.runs import write_config
 from viker.train import (
     TrainConfig,
-    discard_checkpoint,
-    finished_state_dict,
+    finish_run,
     load_device,
-    load_dtype,
+    load_for_training,
     make_accelerator,
     prepare,
     runtime_info,
@@ -109,8 +108,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
         model, processor = build_tiny(cfg.data, cfg.tiny)
         model.to(load_device(accelerator, cfg.device))
     else:
-        model, processor = load_model(cfg.model, load_device(accelerator, cfg.device),
-                                      load_dtype(accelerator, cfg.dtype), cfg.trust_remote_code)
+        model, processor = load_for_training(accelerator, cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
     if tuning == "lora":
         model = apply_lora(model, cfg.lora)
     if cfg.train.gradient_checkpointing:
@@ -135,11 +133,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
                                  progress and accelerator.is_main_process, accelerator.process_index,
                                  accelerator.num_processes)
     metrics |= {"train_seconds": round(seconds, 1), "final_loss": history[-1]["loss"] if history else None}
-    state_dict = finished_state_dict(prepared)  # a sharded model's weights, gathered (every process takes part)
-    if accelerator.is_main_process:
-        write_json(out / "history.json", history)
-        save_model(model, processor, out / "model", merge=cfg.lora.merge, state_dict=state_dict)
-        write_json(out / "metrics.json", metrics)
-        discard_checkpoint(out)
-    accelerator.wait_for_everyone()  # every process returns once the run folder is complete
+    finish_run(prepared, out, {"history.json": history, "metrics.json": metrics},
+               lambda state_dict: save_model(model, processor, out / "model", merge=cfg.lora.merge,
+                                             state_dict=state_dict))
     return metrics

@@ -233,6 +233,15 @@ def load_dtype(accelerator, dtype: str = "auto") -> str:
     return dtype if dtype != "auto" else str(pick_dtype(accelerator.device)).removeprefix("torch.")
 
 
+def load_for_training(accelerator, path: str, device: str | None = None, dtype: str = "auto",
+                      trust_remote_code: bool = False):
+    """A model and its processor, loaded where and in the dtype this process will train it
+    (:func:`load_device`, :func:`load_dtype`)."""
+    from viker.model import load_model
+
+    return load_model(path, load_device(accelerator, device), load_dtype(accelerator, dtype), trust_remote_code)
+
+
 def runtime_info(accelerator) -> dict:
     """What a run's config.json records about how it ran."""
     return {"processes": accelerator.num_processes, "distributed_type": str(accelerator.distributed_type.value),
@@ -380,6 +389,24 @@ def finished_state_dict(prepared: Prepared) -> dict | None:
     if not shards_model(prepared.accelerator):
         return None
     return prepared.accelerator.get_state_dict(prepared.model)
+
+
+def finish_run(prepared: Prepared, run_dir: str | Path, records: dict[str, Any], save: Callable[[dict | None], Any]):
+    """End a training run. Every process takes part in gathering a sharded model's weights; the main process
+    then writes ``records`` (file name -> JSON value) into ``run_dir``, calls ``save(state_dict)`` and drops
+    the resume checkpoint. Every process returns once the run folder is complete; the main process returns
+    what ``save`` returned, the others None."""
+    from viker.runs import write_json
+
+    state_dict = finished_state_dict(prepared)
+    saved = None
+    if prepared.accelerator.is_main_process:
+        for name, value in records.items():
+            write_json(Path(run_dir) / name, value)
+        saved = save(state_dict)
+        discard_checkpoint(run_dir)
+    prepared.accelerator.wait_for_everyone()
+    return saved
 
 
 def discard_checkpoint(run_dir: str | Path) -> None:

@@ -24,17 +24,14 @@ from viker.model import (
     LoraSettings,
     apply_lora,
     enable_gradient_checkpointing,
-    load_model,
     resolve_model_path,
     save_model,
 )
-from viker.runs import write_config, write_json
+from viker.runs import write_config
 from viker.train import (
     TrainConfig,
-    discard_checkpoint,
-    finished_state_dict,
-    load_device,
-    load_dtype,
+    finish_run,
+    load_for_training,
     make_accelerator,
     prepare,
     runtime_info,
@@ -122,8 +119,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         raise VikerError("--save merged: under FSDP or DeepSpeed only the adapter can be saved (--save adapter; "
                          "merge it later on one process), or use DDP")
     seed_everything(cfg.train.seed)
-    model, processor = model_and_processor or load_model(cfg.model, load_device(accelerator, cfg.device),
-                                                         load_dtype(accelerator, cfg.dtype), cfg.trust_remote_code)
+    model, processor = model_and_processor or load_for_training(accelerator, cfg.model, cfg.device, cfg.dtype,
+                                                                cfg.trust_remote_code)
     if wraps:
         model.requires_grad_(False)
     elif cfg.tuning == "lora":
@@ -157,16 +154,15 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     history = train(prepared.model, method, data, collate, cfg.train, desc=f"unlearn ({cfg.method})",
                     progress=progress, run_dir=out, resume=resume, prepared=prepared)
     timing = {"setup_seconds": round(setup_seconds, 2), "total_seconds": round(time.perf_counter() - start, 2)}
-    state_dict = finished_state_dict(prepared)  # a sharded model's weights, gathered (every process takes part)
-    if accelerator.is_main_process:
-        write_json(out / "history.json", history)
-        write_json(out / "timing.json", timing)
+
+    def save(state_dict):
         if wraps:  # the modules and their configuration; the base model is referenced, not copied
             base = resolve_model_path(cfg.model)
             method.save(out / "cagul", str(Path(base).resolve()) if Path(base).exists() else base, ctx.info)
-        else:
-            model = save_model(model, processor, out / "model", merge=cfg.lora.merge, state_dict=state_dict)
-        discard_checkpoint(out)
-    accelerator.wait_for_everyone()  # every process returns once the run folder is complete
+            return None
+        return save_model(model, processor, out / "model", merge=cfg.lora.merge, state_dict=state_dict)
+
+    saved = finish_run(prepared, out, {"history.json": history, "timing.json": timing}, save)
+    model = model if saved is None else saved  # the merged model on the main process
     return model, processor, history
 
