@@ -100,6 +100,48 @@ def test_viker_normal_token_is_damped_ga(lam):
     assert entropy(ref).abs().max() == 0  # the key-token criterion agrees: H(e_y) = 0
 
 
+@pytest.mark.parametrize("lam", [1.5, 2.0, 20.0])
+def test_viker_rests_where_the_reference_still_predicts_the_token(lam):
+    """With λ·R̂(y) ≥ 1 the token's loss is (λ-1)·CE(Q*, Q) + const, Q* = (λR̂ - e_y)/(λ-1): its gradient
+    is (λ-1)(Q - Q*), zero at Q = Q*, and Q* is the minimum (a resting point, not endless ascent)."""
+    N, V = 5, 11
+    g = _gen(6)
+    targets = torch.randint(0, V, (N,), generator=g)
+    e_y = F.one_hot(targets, V).to(D)
+    noise = torch.softmax(torch.randn(N, V, generator=g, dtype=D), -1)
+    r_y = 1 / lam + (1 - 1 / lam) * torch.rand(N, generator=g, dtype=D)  # R̂(y) ∈ (1/λ, 1)
+    ref = r_y[:, None] * e_y + (1 - r_y[:, None]) * noise * (1 - e_y) / (noise * (1 - e_y)).sum(-1, keepdim=True)
+    rest = (lam * ref - e_y) / (lam - 1)
+    assert (rest >= 0).all() and torch.allclose(rest.sum(-1), torch.ones(N, dtype=D))
+    logits = torch.randn(N, V, generator=g, dtype=D)
+    q = torch.softmax(logits, -1)
+    torch.testing.assert_close(_viker_grad(logits, targets, ref, lam), (lam - 1) * (q - rest), rtol=1e-9, atol=1e-12)
+    at_rest = rest.log()
+    assert _viker_grad(at_rest, targets, ref, lam).abs().max() < 1e-12
+    for seed in range(5):  # every other point has a higher loss
+        moved = at_rest + 0.3 * torch.randn(N, V, generator=_gen(seed), dtype=D)
+        assert viker_token_loss(moved, targets, ref, lam) > viker_token_loss(at_rest, targets, ref, lam)
+
+
+@pytest.mark.parametrize("lam", [0.05, 0.7, 2.0])
+def test_viker_ascends_forever_where_lambda_r_y_is_below_one(lam):
+    """Key tokens (λ·R̂(y) < 1), and every token when λ < 1: the gradient on the true token's logit,
+    1 + (λ-1)Q(y) - λR̂(y), stays positive wherever the model is, so Q(y) is pushed toward 0 without end."""
+    N, V = 400, 7
+    g = _gen(7)
+    targets = torch.randint(0, V, (N,), generator=g)
+    ref = torch.softmax(3 * torch.randn(N, V, generator=g, dtype=D), -1)
+    e_y = F.one_hot(targets, V).to(D)
+    r_y = (ref * e_y).sum(-1)
+    below = lam * r_y < 1 - 1e-6
+    logits = 6 * torch.randn(N, V, generator=g, dtype=D)  # from near-certain to near-zero Q(y)
+    grad_y = (_viker_grad(logits, targets, ref, lam) * e_y).sum(-1)
+    assert below.sum() > 50
+    assert (grad_y[below] > 0).all()
+    if lam < 1:
+        assert below.all()  # no token has a resting point
+
+
 @pytest.mark.parametrize("lam", [0.05, 0.5])
 def test_viker_key_token_reweights_ga(lam):
     logits, targets, ref = _random_tokens(seed=4, N=8, V=17)

@@ -165,7 +165,7 @@ def test_registry_lists_every_method():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--lam", "1.5"], "λ must lie in [0, 1]"),
+    (["--lam", "-0.5"], "λ must be at least 0"),
     (["--k", "0"], "at least one reference image"),
     (["--refs", "nowhere"], "--refs nowhere: no folder"),
 ])

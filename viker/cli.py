@@ -216,7 +216,8 @@ def parser() -> argparse.ArgumentParser:
                                      "forget05 | forget10, +tofu to include its text questions (default forget10)")
     un.add_argument("--method", default="viker", help="ga | graddiff | klmin | npo | idkpo | viker | cagul")
     un.add_argument("--out", required=True)
-    un.add_argument("--lam", type=float, help="ViKeR: weight λ of the reference regulariser, in [0, 1]")
+    un.add_argument("--lam", type=float, help="ViKeR: weight λ ≥ 0 of the reference regulariser; above 1, tokens "
+                    "the reference images predict with probability above 1/λ are held, the others forgotten")
     un.add_argument("--k", type=int, help="ViKeR: reference images per example (default 5)")
     un.add_argument("--refs", help="ViKeR: people | patterns | scenes | pets | forget | retain | a folder of images")
     un.add_argument("--regularizer", help="ViKeR: kl | jsd | cos")

@@ -222,6 +222,11 @@ def viker_token_loss(
     With D = KL the per-token gradient w.r.t. the logits is e_y - (1-λ)Q - λR̂ (for ga_weight = 1):
     GA damped by (1-λ) on normal tokens (R̂ ≈ e_y), amplified on key tokens wherever R̂(v) > Q(v).
 
+    Per token the KL form is ``-Σ_v w_v log Q(v) + const`` with ``w = λR̂ - e_y``: where λR̂(y) ≥ 1 every
+    weight is non-negative and the loss is a cross-entropy toward Q* = (λR̂ - e_y)/(λ-1), its minimum (a
+    resting point); where λR̂(y) < 1 (key tokens, and every token when λ < 1) it has no minimum and
+    Q(y) is pushed toward 0 for as long as training runs.
+
     * ``ga_weight=0`` is the 'w/o GA' ablation, ``lam=0`` is plain GA ('w/o Reg').
     * ``lam`` may be a (N,) tensor: a per-token λ (e.g. derived from H(R̂), an open question in
       method.md) needs no other change.

@@ -1,8 +1,14 @@
 """ViKeR: gradient ascent regularised toward what the frozen model says about irrelevant images.
 
 Loss per answer token: ``log Q_i(y_i) + λ · D(R̂_i ‖ Q_i)`` (see losses.viker_token_loss). Tokens the
-reference images still predict (template words) get GA damped by 1-λ; tokens they do not (names,
-facts: the key tokens) are pushed toward the reference's spread-out distribution.
+reference images still predict (template words) get GA scaled by 1-λ (descent once λ > 1); tokens
+they do not (names, facts: the key tokens) are pushed toward the reference's spread-out distribution.
+
+λ sets where ascent stops. With the KL regulariser a token whose reference probability R̂(y) exceeds
+1/λ has a resting point, Q = (λR̂ - e_y)/(λ-1), which the loss pulls the model to and holds it at; a
+token below it (a key token) is ascended without end. So λ < 1 gives no token a resting point (GA
+damped by 1-λ, which any long enough budget turns into GA's collapse), while λ > 1 holds every token
+the reference images still predict with probability above 1/λ and forgets the others.
 
 Ablations: ``no_reg`` (λ = 0, plain GA), ``no_ga`` (the KL term alone), ``no_vis`` (the reference is the
 frozen model on the target image itself, i.e. no visual guidance).
@@ -35,8 +41,8 @@ class ViKeR:
     streams = ("forget",)
 
     def __post_init__(self):
-        if not 0.0 <= self.lam <= 1.0:
-            raise VikerError(f"--lam {self.lam}: λ must lie in [0, 1]")
+        if not self.lam >= 0.0:
+            raise VikerError(f"--lam {self.lam}: λ must be at least 0")
         if self.k < 1:
             raise VikerError(f"--k {self.k}: at least one reference image is needed")
         if self.regularizer not in REGULARIZERS:
