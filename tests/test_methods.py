@@ -194,7 +194,18 @@ def test_keytokens_page_marks_high_entropy_tokens(tiny_dir, bench_dir, tmp_path,
     n_answers = len(unlearning_examples(bench_dir, "forget_10"))
     assert page.count("<div class='a'>") == n_answers
     assert "class='key'" in page  # with ε = 0 every token of a random model is a key token
+    assert page.count("R̂(y) = ") == page.count("<span ") and "Reference probability of the true token" in page
     assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_ref_prob_summary_counts_tokens_below_one_and_above_ninety_percent():
+    from viker.keytokens import TokenEntropy, ref_prob_summary
+
+    rows = [TokenEntropy("q", True, ["a", "b", "c", "d"], [0.0] * 4, [0.001, 0.95, 0.5, 0.999]),
+            TokenEntropy("q", False, [], [], [])]
+    text = ref_prob_summary(rows)
+    assert "25.0% of the answer tokens below 1%, 50.0% above 90%, 25.0% in between" in text
+    assert ref_prob_summary([]) == "No answer tokens."
 
 
 def test_forget_and_retain_sharing_a_person_is_refused(tiny_dir, bench_dir, tmp_path, capsys):

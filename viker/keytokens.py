@@ -1,8 +1,10 @@
 """``viker keytokens``: which answer tokens ViKeR treats as private.
 
 Each forget answer is shown with its tokens shaded by the reference entropy ``H(R̂_i)`` (what the
-frozen model is unsure of once the image shows someone else) and key tokens (``H > ε``) outlined.
-Writes an HTML page and a PNG of the first answers, e.g. for a README.
+frozen model is unsure of once the image shows someone else) and key tokens (``H > ε``) outlined; each
+token's tooltip also gives R̂_i(y_i), the reference probability of the true token, which decides where
+ViKeR with λ > 1 stops (a token with R̂(y) > 1/λ has a resting point). Writes an HTML page and a PNG of
+the first answers, e.g. for a README.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class TokenEntropy:
     has_image: bool
     tokens: list[str]
     entropy: list[float]
+    ref_prob: list[float]  # R̂_i(y_i): the reference probability of each true answer token
 
 
 def answer_token_entropies(model, processor, data_dir, forget: str, k: int = 5, refs: str = "people", seed: int = 0,
@@ -42,9 +45,11 @@ def answer_token_entropies(model, processor, data_dir, forget: str, k: int = 5, 
     for i, ex in enumerate(examples):
         # the answer's tokens do not depend on the image, so skip image processing here
         labels = collate([replace(ex, image=None)])["labels"][0]
-        ids = labels[labels != -100].tolist()
-        out.append(TokenEntropy(ex.question.split("\n")[0], ex.image is not None, [tok.decode([t]) for t in ids],
-                                entropy(dists.rows([i])).tolist()))
+        ids = labels[labels != -100]  # the answer tokens, in the order of the cached rows that predict them
+        rows = dists.rows([i])
+        tokens = [tok.decode([t]) for t in ids.tolist()]
+        out.append(TokenEntropy(ex.question.split("\n")[0], ex.image is not None, tokens,
+                                entropy(rows).tolist(), rows[torch.arange(len(ids)), ids].tolist()))
     return out
 
 
@@ -52,6 +57,18 @@ def _color(h: float, h_max: float) -> str:
     t = min(1.0, h / h_max) if h_max > 0 else 0.0
     r, g, b = 255, int(255 - 155 * t), int(255 - 205 * t)  # white -> orange-red
     return f"rgb({r},{g},{b})"
+
+
+def ref_prob_summary(rows: list[TokenEntropy]) -> str:
+    """How the answer tokens' reference probabilities R̂(y) fall, in the terms that choose ViKeR's λ."""
+    probs = [p for r in rows for p in r.ref_prob]
+    if not probs:
+        return "No answer tokens."
+    low, high = (100.0 * sum(f(p) for p in probs) / len(probs) for f in (lambda p: p < 0.01, lambda p: p > 0.9))
+    return (f"Reference probability of the true token, R̂(y): {low:.1f}% of the answer tokens below 1%, "
+            f"{high:.1f}% above 90%, {100 - low - high:.1f}% in between. With ViKeR's λ above 1, a token with "
+            "R̂(y) > 1/λ has a resting point (it is held) and the others are forgotten: a λ whose 1/λ falls in "
+            "the gap between the two groups holds the template and forgets the private tokens.")
 
 
 def write_html(rows: list[TokenEntropy], path: Path, epsilon: float, title: str) -> None:
@@ -69,12 +86,13 @@ def write_html(rows: list[TokenEntropy], path: Path, epsilon: float, title: str)
         f"reference images of other people (darker = less certain without the true image). Outlined tokens are "
         f"<b>key tokens</b> (H &gt; ε = {epsilon}): {n_key} of {n_all} answer tokens. ViKeR pushes these hard and "
         f"damps gradient ascent on the rest. Max H = {h_max:.2f} nats.</p>",
+        f"<p>{html.escape(ref_prob_summary(rows))}</p>",
     ]
     for r in rows:
         spans = "".join(
             f"<span class='{'key' if h > epsilon else ''}' style='background:{_color(h, h_max)}' "
-            f"title='H = {h:.3f}'>{html.escape(t)}</span>"
-            for t, h in zip(r.tokens, r.entropy)
+            f"title='H = {h:.3f}, R̂(y) = {p:.4f}'>{html.escape(t)}</span>"
+            for t, h, p in zip(r.tokens, r.entropy, r.ref_prob)
         )
         lines.append(f"<div class='q'>{'[image] ' if r.has_image else ''}{html.escape(r.question)}</div>"
                      f"<div class='a'>{spans}</div>")
