@@ -2,15 +2,17 @@
 
 Steps: generate the benchmark, finetune the vanilla model (reused when a previous demo in the same
 folder trained it on the same data with the same settings), unlearn forget_10 with every method on the
-same budget, sweep ViKeR's λ, run the checks that explain how ViKeR and GA compare (ViKeR without its
-ascent term; GA and ViKeR on a longer budget), evaluate everything, and write ``results.json``,
-``report.md``, ``tradeoff.png`` and the key-token page. Everything runs offline on a CPU.
+same budget, sweep ViKeR's λ (below 1, where no token has a resting point, and above), run the checks
+that explain how ViKeR and GA compare (ViKeR without its ascent term; GA and ViKeR on a shorter budget,
+before GA falls apart), evaluate everything, and write ``results.json``, ``report.md``, ``tradeoff.png``
+and the key-token page. Everything runs offline on a CPU.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import textwrap
 import time
 from dataclasses import dataclass, field, replace
 from datetime import date
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from viker.data.schema import RETAIN_OF
 from viker.data.synth import SynthConfig, build_benchmark
-from viker.data.synth.people import name_in_answer
+from viker.data.synth.people import UNKNOWN_ANSWER, name_in_answer
 from viker.eval.evaluate import EvalConfig
 from viker.eval.run import run_eval
 from viker.finetune import TINY_TRAIN, FinetuneConfig, run_finetune
@@ -42,25 +44,29 @@ class DemoConfig:
     finetune: TrainConfig = field(default_factory=lambda: TINY_TRAIN)
     unlearn: TrainConfig = field(default_factory=lambda: TINY_UNLEARN)
     lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=16, alpha=32, dropout=0.0))
-    viker: dict = field(default_factory=lambda: {"lam": 0.7, "k": 5, "refs": "people"})
-    lam_sweep: tuple[float, ...] = (0.1, 0.3, 0.9)
+    # λ = 10: every answer token the reference images still predict with probability above 1/λ = 10% has a
+    # resting point (see viker.methods.viker); on this benchmark that is every template word, while the names
+    # get under 1%, so any λ from about 2 to 50 holds the same tokens.
+    viker: dict = field(default_factory=lambda: {"lam": 10.0, "k": 5, "refs": "people"})
+    lam_sweep: tuple[float, ...] = (0.3, 0.7, 2.0, 50.0)
     # CAGUL trains new modules from scratch rather than adjusting the model: its own epochs and learning rate
     cagul: dict = field(default_factory=lambda: {"k": 5, "refs": "people"})
     cagul_train: TrainConfig = field(default_factory=lambda: replace(TINY_UNLEARN, epochs=15, lr=3e-3))
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(retain_limit=30))
     # How ViKeR and GA compare, explained: ViKeR without its ascent term, and GA and ViKeR again on
-    # `longer_budget` times the epochs. None skips these three runs.
-    longer_budget: float | None = 1.4
+    # `shorter_budget` times the epochs, before GA falls apart. None skips these three runs.
+    shorter_budget: float | None = 0.625
 
 
 def fast(cfg: DemoConfig) -> DemoConfig:
     """Smaller settings for a quick look (about 3 minutes): fewer people, shorter training."""
     return replace(
         cfg,
-        synth=replace(cfg.synth, profiles=40, celebrities=8, ref_per_pool=12, strangers=10),
-        finetune=replace(cfg.finetune, epochs=20),
-        lam_sweep=(0.3,),
-        longer_budget=None,
+        synth=replace(cfg.synth, profiles=30, celebrities=6, ref_per_pool=12, strangers=10),
+        finetune=replace(cfg.finetune, epochs=16),
+        unlearn=replace(cfg.unlearn, epochs=5),
+        lam_sweep=(0.7,),
+        shorter_budget=None,
         cagul_train=replace(cfg.cagul_train, epochs=5),
         eval=replace(cfg.eval, retain_limit=12),
     )
@@ -81,7 +87,7 @@ def _vanilla(cfg: DemoConfig, data: Path, out: Path, progress: bool) -> Path:
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     started = time.perf_counter()
-    total = 6 if cfg.longer_budget else 5
+    total = 6 if cfg.shorter_budget else 5
     steps = iter(range(1, total + 1))
 
     def step(text: str) -> None:
@@ -132,43 +138,45 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     step("ViKeR's λ sweep")
     sweep = [{"lam": cfg.viker["lam"], "metrics": next(r["metrics"] for r in runs if r["method"] == "viker")}]
     for lam in cfg.lam_sweep:
-        run_dir = under(out, "runs", f"viker_lam{lam:g}")
+        run_dir = under(out, "runs", sweep_key(lam))
         mp = run_unlearn(replace(base, method="viker", method_args={**cfg.viker, "lam": lam}, out=str(run_dir)),
                          progress=progress)[:2]
         sweep.append({"lam": lam, "metrics": evaluate_run(run_dir, mp)})
 
     diagnostics = None
-    if cfg.longer_budget:
-        step("why: ViKeR without its ascent term; GA and ViKeR on a longer budget")
-        diagnostics = run_diagnostics(cfg, base, out, data, evaluate_run, progress)
+    if cfg.shorter_budget:
+        step("why: ViKeR without its ascent term; GA and ViKeR on a shorter budget")
+        diagnostics = run_diagnostics(cfg, base, out, data, evaluate_run, sweep, progress)
 
     step("key tokens, report and plot")
     run_keytokens(str(vanilla), str(data), cfg.forget, str(out / "keytokens.html"), k=cfg.viker.get("k", 5),
                   refs=cfg.viker.get("refs", "people"), cache_dir=cache, progress=progress,
                   model_and_processor=vanilla_model)
+    questions = forget_image_questions(data, cfg.forget)
     results = {"runs": runs, "lam_sweep": sweep, "settings": to_jsonable(cfg), "unlearn_seconds": timings,
-               "cagul": cagul, "diagnostics": diagnostics}
+               "cagul": cagul, "diagnostics": diagnostics, "forget_image_questions": questions}
     write_json(out / "results.json", results)
     extra_points = [{"method": key, "label": d["label"], "metrics": d["metrics"], "marker": "X"}
                     for key, d in (diagnostics or {}).get("runs", {}).items()]
     tradeoff_plot(runs + extra_points, sweep, out / "tradeoff.png",
-                  f"{cfg.forget} of the embedded benchmark, tiny LLaVA")
+                  f"{cfg.forget} of the embedded benchmark, tiny LLaVA", chance=CHANCE_ACC)
     minutes = (time.perf_counter() - started) / 60
-    write_report(out / "report.md", runs, sweep, cfg, minutes, cagul, diagnostics)
+    write_report(out / "report.md", runs, sweep, cfg, minutes, cagul, diagnostics, questions)
     print()
     print(plain_table(runs))
     print(f"\nwrote {out}/report.md, results.json, tradeoff.png, keytokens.html in {minutes:.1f} min")
     return results
 
 
-def run_diagnostics(cfg: DemoConfig, base: UnlearnConfig, out: Path, data: Path, evaluate_run,
+def run_diagnostics(cfg: DemoConfig, base: UnlearnConfig, out: Path, data: Path, evaluate_run, sweep: list[dict],
                     progress: bool) -> dict:
     """The runs that show where ViKeR's difference from GA comes from on this benchmark: ViKeR without
-    its ascent term (the pull toward R̂ alone) on the same budget, and GA and ViKeR on a longer one;
-    plus, for these and the main GA and ViKeR runs, how often the answers still name the pictured person."""
-    epochs = max(base.train.epochs + 1, round(base.train.epochs * cfg.longer_budget))
+    its ascent term (the pull toward R̂ alone) on the same budget, and GA and ViKeR on a shorter one,
+    before GA falls apart; plus, for these, the main GA and ViKeR runs and the λ sweep, how often the
+    answers still name the pictured person, and the Retain ROUGE-L of a model that knows no face."""
+    epochs = max(1, min(base.train.epochs - 1, round(base.train.epochs * cfg.shorter_budget)))
     plan = [("viker_no_ga", "ViKeR w/o GA", "viker", {**cfg.viker, "ablation": "no_ga"}, base.train)]
-    plan += [(f"{m}_{epochs:g}ep", f"{label}, {epochs:g} epochs", m, args, replace(base.train, epochs=epochs))
+    plan += [(f"{m}_{epochs:g}ep", f"{label}, {n_epochs(epochs)}", m, args, replace(base.train, epochs=epochs))
              for m, label, args in (("ga", "GA", {}), ("viker", "ViKeR", cfg.viker))]
     extra = {}
     for key, label, method, args, train in plan:
@@ -177,9 +185,32 @@ def run_diagnostics(cfg: DemoConfig, base: UnlearnConfig, out: Path, data: Path,
                          progress=progress)[:2]
         extra[key] = {"label": label, "epochs": train.epochs, "metrics": evaluate_run(run_dir, mp)}
     names = person_names(data, cfg.forget)
-    naming = {key: naming_rates(out / "runs" / key / "generations.jsonl", names)
-              for key in ("vanilla", "ga", "viker", *extra)}
-    return {"epochs": base.train.epochs, "longer_epochs": epochs, "runs": extra, "names": naming}
+    keys = ("vanilla", "ga", "viker", *extra, *(sweep_key(s["lam"]) for s in sweep if s["lam"] != cfg.viker["lam"]))
+    naming = {key: naming_rates(out / "runs" / key / "generations.jsonl", names) for key in keys}
+    return {"epochs": base.train.epochs, "shorter_epochs": epochs, "runs": extra, "names": naming,
+            "no_face_retain_rougeL": no_face_retain_rougeL(data, cfg)}
+
+
+def n_epochs(epochs: float) -> str:
+    return f"{epochs:g} epoch" + ("" if epochs == 1 else "s")
+
+
+def sweep_key(lam: float) -> str:
+    """The run folder (under runs/) of the λ sweep's run with this λ."""
+    return f"viker_lam{lam:g}"
+
+
+def no_face_retain_rougeL(data: Path, cfg: DemoConfig) -> float:
+    """Retain ROUGE-L of a model that answers every question by name right and every question about a
+    pictured person with "someone I do not know": what forgetting every face, and nothing else, leaves."""
+    from viker.data.examples import generation_examples
+    from viker.data.loader import load_profiles
+    from viker.eval import metrics as M
+
+    retain = load_profiles(data, RETAIN_OF[cfg.forget])[: cfg.eval.retain_limit]
+    scores = [M.rouge(UNKNOWN_ANSWER, ex.answer)["rougeL"] if ex.image is not None else 1.0
+              for ex in generation_examples(retain)]
+    return round(M.mean_percent(scores), 1)
 
 
 def person_names(data: Path, forget: str) -> dict[str, str]:
@@ -251,27 +282,61 @@ def claim_holds(v: dict, g: dict) -> bool:
             and v["coherence"] > g["coherence"])
 
 
-def viker_vs_ga(v: dict, g: dict, where: str = "on this run") -> str:
-    return (f"ViKeR against GA {where}: Forget ACC {v['forget_acc']:.1f} vs {g['forget_acc']:.1f}, "
+def chance_p_value(acc: float, questions: int) -> float:
+    """One-sided binomial p-value of a multiple-choice accuracy ``acc`` (percent) on ``questions``
+    four-option questions: how likely a model that knows nothing is to score at least that well."""
+    from scipy.stats import binomtest
+
+    return float(binomtest(round(acc * questions / 100), questions, 1 / 4, alternative="greater").pvalue)
+
+
+def viker_vs_ga(v: dict, g: dict, where: str = "on this run", questions: int | None = None) -> str:
+    """The claim check in words. When it fails on Forget ACC alone and ``questions`` (how many questions
+    that accuracy is over) is given, it also says whether ViKeR's Forget ACC is distinguishable from chance."""
+    text = (f"ViKeR against GA {where}: Forget ACC {v['forget_acc']:.1f} vs {g['forget_acc']:.1f}, "
             f"Retain R-L {v['retain_rougeL']:.1f} vs {g['retain_rougeL']:.1f}, coherence {v['coherence']:.1f} vs "
             f"{g['coherence']:.1f}: the paper's claim (more retention and coherence at equal or lower forget "
             f"accuracy) {'holds' if claim_holds(v, g) else 'does not hold'} here.")
+    if (questions and v["forget_acc"] > g["forget_acc"] and v["retain_rougeL"] > g["retain_rougeL"]
+            and v["coherence"] > g["coherence"]):
+        p = chance_p_value(v["forget_acc"], questions)
+        right = round(v["forget_acc"] * questions / 100)
+        text += (f" It fails on Forget ACC alone: ViKeR answers {right} of {questions} right, which a model that "
+                 f"knows nothing does with probability {p:.2f} (one-sided binomial test), so its Forget ACC is "
+                 f"{'indistinguishable from' if p > 0.05 else 'above'} chance.")
+    return text
 
 
-def claim_line(runs: list[dict]) -> str:
+def claim_line(runs: list[dict], questions: int | None = None) -> str:
     by = {r["method"]: r["metrics"] for r in runs}
-    return viker_vs_ga(by["viker"], by["ga"]) if "viker" in by and "ga" in by else ""
+    return viker_vs_ga(by["viker"], by["ga"], questions=questions) if "viker" in by and "ga" in by else ""
 
 
-def why_section(runs: list[dict], diagnostics: dict | None, cfg: DemoConfig) -> str:
+def forget_image_questions(data: Path, forget: str) -> int:
+    """How many image+text multiple-choice questions Forget ACC is over."""
+    from viker.data.loader import load_profiles
+
+    return sum(q.with_image for p in load_profiles(data, forget) for q in p.mc)
+
+
+def fell_apart(m: dict, other: dict) -> bool:
+    """Whether a run's answers fell apart against another's: its coherence is more than 5 points lower."""
+    return m["coherence"] < other["coherence"] - 5.0
+
+
+def why_section(runs: list[dict], sweep: list[dict], diagnostics: dict | None, cfg: DemoConfig,
+                questions: int | None = None) -> str:
     """How ViKeR and GA compare on this benchmark, and why, from this run's own diagnostic runs."""
     if not diagnostics:
         return ""
     by = {r["method"]: r["metrics"] for r in runs}
-    extra, names, e = diagnostics["runs"], diagnostics["names"], diagnostics["longer_epochs"]
+    extra, names = diagnostics["runs"], diagnostics["names"]
+    e, short, lam = diagnostics["epochs"], diagnostics["shorter_epochs"], cfg.viker["lam"]
+    below_one = sorted((s for s in sweep if s["lam"] < 1 and s["lam"] != lam), key=lambda s: s["lam"])
     rows = [("vanilla", "vanilla (before unlearning)", "–", by["vanilla"]),
-            ("ga", "GA", f"{diagnostics['epochs']:g}", by["ga"]),
-            ("viker", f"ViKeR λ={cfg.viker['lam']}", f"{diagnostics['epochs']:g}", by["viker"])]
+            ("ga", "GA", f"{e:g}", by["ga"]),
+            ("viker", f"ViKeR λ={lam:g}", f"{e:g}", by["viker"])]
+    rows += [(sweep_key(s["lam"]), f"ViKeR λ={s['lam']:g}", f"{e:g}", s["metrics"]) for s in below_one]
     rows += [(key, d["label"], f"{d['epochs']:g}", d["metrics"]) for key, d in extra.items()]
 
     def pct(x):
@@ -279,22 +344,27 @@ def why_section(runs: list[dict], diagnostics: dict | None, cfg: DemoConfig) -> 
 
     table = "\n".join(f"| {label} | {ep} | {m['forget_acc']:.1f} | {m['retain_rougeL']:.1f} | {m['coherence']:.1f} | "
                       f"{pct(names[key]['forget'])} | {pct(names[key]['retain'])} |" for key, label, ep, m in rows)
-    ga_l, vk_l = extra[f"ga_{e:g}ep"]["metrics"], extra[f"viker_{e:g}ep"]["metrics"]
     ga, vk = by["ga"], by["viker"]
-    if ga["coherence"] < vk["coherence"] - 5.0:
-        template_note = (f"**On this run GA's answers have already begun to fall apart at {diagnostics['epochs']:g} "
-                         f"epochs** (coherence {ga['coherence']:.1f} against ViKeR's {vk['coherence']:.1f}): "
-                         "its ascent has reached the template words, which ViKeR's damping protects.")
-    else:
-        template_note = (f"**What ViKeR protects is not yet at risk at {diagnostics['epochs']:g} epochs.** The vanilla "
-                         "model is so sure of the template words that ascent barely moves them (its gradient on a "
-                         "token is 1 − Q(y)) until the answers start to drift, so ViKeR's damping of those words "
-                         "changes little yet, and whether ViKeR or GA ends up ahead depends on the seed.")
+    ga_s, vk_s = extra[f"ga_{short:g}ep"]["metrics"], extra[f"viker_{short:g}ep"]["metrics"]
+    floor = diagnostics["no_face_retain_rougeL"]
     below = ""
-    if ga_l["forget_acc"] < CHANCE_ACC:
-        below = (f" GA's Forget ACC of {ga_l['forget_acc']:.1f} there is below chance ({CHANCE_ACC:g} with four "
-                 "options): its collapsed model ranks the true option last more often than a model that never knew the "
-                 "people would, which is not more forgetting.")
+    if ga["forget_acc"] < CHANCE_ACC:
+        below = (f" GA's Forget ACC of {ga['forget_acc']:.1f} is below chance ({CHANCE_ACC:g} with four options): its "
+                 "collapsed model ranks the true option last more often than a model that never knew the people would, "
+                 "which is not more forgetting.")
+    bullets = [
+        resting_point_note(ga, vk, below_one, e, lam) + below,
+        "**What unlearning costs on this benchmark.** Forgetting the forget people's faces weakens the tiny model's "
+        "shared route from a face to a name, so other faces lose their names too: the retain people are named in "
+        f"{pct(names['ga']['retain'])}% of answers after GA and {pct(names['viker']['retain'])}% after ViKeR, against "
+        f"{pct(names['vanilla']['retain'])}% before. A model that answers every pictured person with "
+        f'"{UNKNOWN_ANSWER}" and every question by name correctly scores {floor:.1f} Retain ROUGE-L here: a coherent '
+        "model that has lost every face sits near that floor, a collapsed one far below it.",
+        shorter_budget_note(ga_s, vk_s, short, questions),
+        "**The pull toward R̂ alone** (ViKeR w/o GA: no ascent, only the KL term) reaches Forget ACC "
+        f"{extra['viker_no_ga']['metrics']['forget_acc']:.1f} with the retain people named in "
+        f"{pct(names['viker_no_ga']['retain'])}% of answers.",
+    ]
     return f"""## How ViKeR and GA compare here, and why
 
 | run | epochs | Forget ACC | Retain R-L | Coherence | forget people named | retain people named |
@@ -304,45 +374,55 @@ def why_section(runs: list[dict], diagnostics: dict | None, cfg: DemoConfig) -> 
 The last two columns: of the generation questions about a pictured forget (retain) person, the
 percentage whose answer gives that person's name.
 
-- **What unlearning costs on this benchmark.** Gradient ascent on the forget answers (GA, and ViKeR's own
-  ascent term, which acts hardest on the name: its key token) weakens the tiny model's shared route from a
-  face to a name, so every face loses its name, not only the forget people's. The retain people are named in
-  {pct(names['ga']['retain'])}% of answers after GA and {pct(names['viker']['retain'])}% after ViKeR, against
-  {pct(names['vanilla']['retain'])}% before. That loss, which both methods pay, dominates Retain ROUGE-L here.
-- {template_note}
-- **The pull toward R̂ alone** (ViKeR w/o GA: no ascent, only the KL term) reaches Forget ACC
-  {extra['viker_no_ga']['metrics']['forget_acc']:.1f} with the retain people named in
-  {pct(names['viker_no_ga']['retain'])}% of answers: it moves the forget faces toward what the model says about
-  strangers instead of cutting the face-to-name route.
-- {longer_budget_note(ga_l, vk_l, e, cfg.viker['lam'])}{below}
+{chr(10).join(textwrap.fill(b, 110, initial_indent="- ", subsequent_indent="  ") for b in bullets)}
 
-The outcome of one run says little on this benchmark: which method collapses first changes from seed to
-seed, and even between two finetunes of the same seed. `bench/ga_vs_viker.py` repeats the comparison over
-many seeds; its recorded results are in `bench/ga_vs_viker.md`.
-
-{viker_vs_ga(vk_l, ga_l, f"at {e:g} epochs")}
+The comparison over many seeds is `bench/ga_vs_viker.py`; its recorded results are in `bench/ga_vs_viker.md`.
 """
 
 
-def longer_budget_note(ga: dict, vk: dict, epochs: float, lam: float) -> str:
-    """What GA and ViKeR did on the longer budget, worded from their metrics."""
-    said = (f"GA: coherence {ga['coherence']:.1f}, Retain R-L {ga['retain_rougeL']:.1f}; ViKeR: coherence "
-            f"{vk['coherence']:.1f}, Retain R-L {vk['retain_rougeL']:.1f}")
-    if vk["coherence"] > ga["coherence"] + 5.0:
-        return (f"**On a longer budget ({epochs:g} epochs) GA's answers fall apart first** ({said}): ascent has "
-                "reached the template words, and ViKeR's damping of it there has held so far. This is the failure "
-                "the paper reports for GA (Retain ROUGE 0.1 on MLLMU-Bench's 15% task).")
-    if ga["coherence"] > vk["coherence"] + 5.0:
-        return (f"**On a longer budget ({epochs:g} epochs) ViKeR's answers fall apart first** ({said}). ViKeR "
-                f"ascends harder than GA on its key tokens, and on normal tokens it damps the ascent (by 1 − λ = "
-                f"{1 - lam:g}) without stopping it: its loss has no minimum, so it too fails once the budget is long "
-                "enough.")
-    return (f"**On a longer budget ({epochs:g} epochs) neither method stays ahead** ({said}). ViKeR damps the ascent "
-            f"on normal tokens (by 1 − λ = {1 - lam:g}) without stopping it: its loss has no minimum, like GA's.")
+def resting_point_note(ga: dict, vk: dict, below_one: list[dict], epochs: float, lam: float) -> str:
+    """Why ViKeR with λ > 1 holds where GA does not, worded from the runs' metrics."""
+    said = (f"coherence {vk['coherence']:.1f} and Retain R-L {vk['retain_rougeL']:.1f} for ViKeR, "
+            f"{ga['coherence']:.1f} and {ga['retain_rougeL']:.1f} for GA")
+    if lam > 1:
+        head = (f"**Where ascent stops.** Per answer token ViKeR's loss is a cross-entropy toward "
+                f"(λR̂ − e_y)/(λ − 1) wherever λR̂(y) ≥ 1: with λ = {lam:g}, every token the reference images still "
+                f"predict with probability above 1/λ = {100 / lam:g}% (the template words) has a resting point the "
+                "loss holds it at, and only the others (the names: the key tokens) are ascended. GA ascends every "
+                "token for as long as it runs. ")
+    else:
+        head = (f"**Where ascent stops.** With λ = {lam:g} < 1 no answer token has a resting point: ViKeR is GA "
+                f"damped by 1 − λ on normal tokens. ")
+    if fell_apart(ga, vk):
+        head += f"After {n_epochs(epochs)} GA's answers have fallen apart and ViKeR's have not ({said})."
+    elif fell_apart(vk, ga):
+        head += f"After {n_epochs(epochs)} ViKeR's answers have fallen apart and GA's have not ({said})."
+    else:
+        head += f"After {n_epochs(epochs)} neither method's answers have fallen apart ({said})."
+    for s in below_one:
+        m = s["metrics"]
+        state = "fallen apart too" if fell_apart(m, vk) else "held so far"
+        head += (f" With λ = {s['lam']:g}, below 1, no token has a resting point and its answers have {state} "
+                 f"(coherence {m['coherence']:.1f}, Retain R-L {m['retain_rougeL']:.1f}).")
+    return head
+
+
+def shorter_budget_note(ga: dict, vk: dict, epochs: float, questions: int | None = None) -> str:
+    """GA against ViKeR on the shorter budget, worded from their metrics."""
+    state = ("GA's answers have already fallen apart" if fell_apart(ga, vk) else
+             "ViKeR's answers have fallen apart and GA's have not" if fell_apart(vk, ga) else
+             "neither method's answers have fallen apart")
+    compared = viker_vs_ga(vk, ga, f"at {n_epochs(epochs)}", questions)
+    note = f"**On a shorter budget ({n_epochs(epochs)})** {state}. {compared}"
+    if not claim_holds(vk, ga) and vk["forget_acc"] < ga["forget_acc"] and vk["retain_rougeL"] <= ga["retain_rougeL"]:
+        note += (" ViKeR has forgotten more and kept less: its push on a key token, 1 + (λ−1)Q(y) − λR̂(y) on "
+                 "the true token's logit, is larger than GA's 1 − Q(y), and before GA falls apart both methods pay for "
+                 "forgetting in the same currency, faces.")
+    return note
 
 
 def write_report(path: Path, runs: list[dict], sweep: list[dict], cfg: DemoConfig, minutes: float,
-                 cagul: dict | None = None, diagnostics: dict | None = None) -> None:
+                 cagul: dict | None = None, diagnostics: dict | None = None, questions: int | None = None) -> None:
     sweep_rows = "\n".join(
         f"| {s['lam']:g} | {s['metrics']['forget_acc']:.1f} | {s['metrics']['retain_rougeL']:.1f} | "
         f"{s['metrics']['coherence']:.1f} |" for s in sorted(sweep, key=lambda s: s["lam"]))
@@ -353,7 +433,7 @@ def write_report(path: Path, runs: list[dict], sweep: list[dict], cfg: DemoConfi
 Best value of each column among the unlearning methods in bold (vanilla is the model before unlearning).
 All numbers are percentages.
 
-{claim_line(runs)}
+{claim_line(runs, questions)}
 
 ## Columns
 
@@ -369,7 +449,7 @@ All numbers are percentages.
 
 Key tokens of the forget answers: [keytokens.html](keytokens.html) (![key tokens](keytokens.png)).
 
-{why_section(runs, diagnostics, cfg)}
+{why_section(runs, sweep, diagnostics, cfg, questions)}
 {cagul_section(cagul)}
 ## Settings
 

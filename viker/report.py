@@ -61,31 +61,42 @@ def plain_table(runs: list[dict], keys=("forget_acc", "test_acc", "retain_rougeL
     return "\n".join(lines)
 
 
-def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = "") -> None:
-    """Forget accuracy (x, lower is better) against retain ROUGE-L (y, higher is better)."""
+def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = "", chance: float | None = None,
+                  incoherent_below: float = 50.0) -> None:
+    """Forget accuracy (x, lower is better) against retain ROUGE-L (y, higher is better). ``chance``
+    draws the accuracy of a model that knows nothing; a run whose coherence is below ``incoherent_below``
+    is crossed out (its answers fell apart)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    if chance is not None:
+        ax.axvline(chance, color="grey", ls=":", lw=1, label=f"chance ({chance:g}%)")
     if sweep:
         pts = sorted(((s["lam"], s["metrics"]["forget_acc"], s["metrics"]["retain_rougeL"]) for s in sweep))
         ax.plot([p[1] for p in pts], [p[2] for p in pts], "-o", color="#1f77b4", alpha=0.6, ms=4,
                 label="ViKeR, λ sweep")
-        for lam, x, y in pts:
-            ax.annotate(f"λ={lam:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7, color="#1f77b4")
+        for i, (lam, x, y) in enumerate(pts):
+            ax.annotate(f"λ={lam:g}", (x, y), textcoords="offset points", xytext=(4, -10 - 8 * (i % 3)), fontsize=7,
+                        color="#1f77b4")
     markers = {"vanilla": ("*", "black"), "viker": ("D", "#1f77b4")}
-    for r in runs:
+    points = [*(s["metrics"] for s in sweep), *(r["metrics"] for r in runs)]
+    for r in sorted(runs, key=lambda r: r["method"] == "vanilla"):  # vanilla last: on top
         m, c = markers.get(r["method"], ("o", None))
         m = r.get("marker", m)
         ax.scatter(r["metrics"]["forget_acc"], r["metrics"]["retain_rougeL"], marker=m, s=80, color=c, zorder=3,
                    label=r.get("label", r["method"]))
+    bad = [m for m in points if m.get("coherence", 100.0) < incoherent_below]
+    if bad:
+        ax.scatter([m["forget_acc"] for m in bad], [m["retain_rougeL"] for m in bad], marker="x", s=140, color="black",
+                   lw=1.2, zorder=4, label=f"coherence < {incoherent_below:g}")
     ax.set_xlabel("Forget ACC (%)  ← better forgetting")
     ax.set_ylabel("Retain ROUGE-L (%)  ↑ better retention")
     ax.set_title(title or "Forgetting vs retention")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=7, loc="center right")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)

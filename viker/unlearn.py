@@ -41,7 +41,7 @@ from viker.train import (
 )
 
 # Unlearning budgets: the tiny model (full CPU demo) and a 7B model with LoRA (the paper's setting).
-TINY_UNLEARN = TrainConfig(epochs=5, batch_size=8, lr=2e-4, scheduler="constant", max_grad_norm=1.0, log_every=5)
+TINY_UNLEARN = TrainConfig(epochs=8, batch_size=8, lr=2e-4, scheduler="constant", max_grad_norm=1.0, log_every=5)
 REAL_UNLEARN = TrainConfig(epochs=5, batch_size=4, grad_accum=2, lr=1e-4, scheduler="constant", log_every=5)
 
 
