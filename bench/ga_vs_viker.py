@@ -87,14 +87,13 @@ def run_seed(seed: int, epochs: list[float], lams: list[float], out: Path, devic
 def verdict(v: dict | None, g: dict | None, questions: int | None) -> tuple[bool, str]:
     """Whether the claim holds for ViKeR's ``v`` against GA's ``g``, and the table cell that says so: "no, at
     chance" when it fails on Forget ACC alone and ViKeR's is indistinguishable from chance."""
-    from viker.demo import chance_p_value, claim_holds
+    from viker.demo import CHANCE_ALPHA, chance_p_value, claim_holds, fails_on_forget_acc_alone
 
     if not (v and g):
         return False, "–"
     if claim_holds(v, g):
         return True, "yes"
-    fa_only = v["retain_rougeL"] > g["retain_rougeL"] and v["coherence"] > g["coherence"]
-    if fa_only and questions and chance_p_value(v["forget_acc"], questions) > 0.05:
+    if questions and fails_on_forget_acc_alone(v, g) and chance_p_value(v["forget_acc"], questions) > CHANCE_ALPHA:
         return False, "no, at chance"
     return False, "no"
 

@@ -33,6 +33,7 @@ from viker.unlearn import TINY_UNLEARN, UnlearnConfig, run_unlearn
 
 METHODS = ("ga", "graddiff", "klmin", "npo", "idkpo", "viker", "cagul")
 CHANCE_ACC = 100.0 / 4  # multiple-choice accuracy of a model that knows nothing: every question has 4 options
+CHANCE_ALPHA = 0.05  # a Forget ACC whose one-sided binomial p-value against chance is above this is at chance
 
 
 @dataclass
@@ -282,6 +283,12 @@ def claim_holds(v: dict, g: dict) -> bool:
             and v["coherence"] > g["coherence"])
 
 
+def fails_on_forget_acc_alone(v: dict, g: dict) -> bool:
+    """ViKeR's ``v`` keeps more retention and coherence than GA's ``g`` but has the higher forget accuracy."""
+    return (v["forget_acc"] > g["forget_acc"] and v["retain_rougeL"] > g["retain_rougeL"]
+            and v["coherence"] > g["coherence"])
+
+
 def chance_p_value(acc: float, questions: int) -> float:
     """One-sided binomial p-value of a multiple-choice accuracy ``acc`` (percent) on ``questions``
     four-option questions: how likely a model that knows nothing is to score at least that well."""
@@ -297,13 +304,12 @@ def viker_vs_ga(v: dict, g: dict, where: str = "on this run", questions: int | N
             f"Retain R-L {v['retain_rougeL']:.1f} vs {g['retain_rougeL']:.1f}, coherence {v['coherence']:.1f} vs "
             f"{g['coherence']:.1f}: the paper's claim (more retention and coherence at equal or lower forget "
             f"accuracy) {'holds' if claim_holds(v, g) else 'does not hold'} here.")
-    if (questions and v["forget_acc"] > g["forget_acc"] and v["retain_rougeL"] > g["retain_rougeL"]
-            and v["coherence"] > g["coherence"]):
+    if questions and fails_on_forget_acc_alone(v, g):
         p = chance_p_value(v["forget_acc"], questions)
         right = round(v["forget_acc"] * questions / 100)
         text += (f" It fails on Forget ACC alone: ViKeR answers {right} of {questions} right, which a model that "
                  f"knows nothing does with probability {p:.2f} (one-sided binomial test), so its Forget ACC is "
-                 f"{'indistinguishable from' if p > 0.05 else 'above'} chance.")
+                 f"{'indistinguishable from' if p > CHANCE_ALPHA else 'above'} chance.")
     return text
 
 
