@@ -7,14 +7,16 @@ unlearn forget_10 with GA and with ViKeR at every λ of ``--lams`` (the demo's o
 lr 2e-4, batch 8, k=5, people) for each number of epochs, and with ViKeR without its ascent term on the
 demo's budget; evaluate each run as the demo does. The paper's claim is checked per seed, λ and budget
 with the demo's own ``claim_holds`` (ViKeR keeps more Retain ROUGE-L and coherence at an equal or lower
-Forget ACC); where it fails on Forget ACC alone and ViKeR's Forget ACC is indistinguishable from chance
-(one-sided binomial test at 5%, ``viker.demo.chance_p_value``) the table says "no, at chance". Each seed
-also records the Retain ROUGE-L of a model that knows no face (``viker.demo.no_face_retain_rougeL``).
+Forget ACC): "yes" where ViKeR's Forget ACC figure is equal or lower, "yes, within noise" where it is higher
+but not by what the forget split's questions can tell (``viker.demo.forget_acc_not_higher``: GA held at
+chance where it is below it, one-sided binomial test at 5%), "no" otherwise. Each seed also records the
+Retain ROUGE-L of a model that knows no face (``viker.demo.no_face_retain_rougeL``).
 
 Writes ``OUT/seed_S.json`` per seed (updated after every run, so a stopped study keeps what it did),
 ``OUT/summary.json`` and ``OUT/summary.md`` (a table per budget), and prints the tables. Seeds run in
 ``--jobs`` processes at once (one PyTorch thread each); a seed whose vanilla model is already in
-``OUT/seed_S/vanilla`` reuses it, and a run already in ``OUT/seed_S.json`` is not repeated.
+``OUT/seed_S/vanilla`` reuses it, and a run already in ``OUT/seed_S.json`` is not repeated. ``--tables
+SUMMARY_JSON`` prints the tables of a recorded study again (e.g. ``bench/ga_vs_viker.json``) and runs nothing.
 """
 
 from __future__ import annotations
@@ -85,16 +87,16 @@ def run_seed(seed: int, epochs: list[float], lams: list[float], out: Path, devic
 
 
 def verdict(v: dict | None, g: dict | None, questions: int | None) -> tuple[bool, str]:
-    """Whether the claim holds for ViKeR's ``v`` against GA's ``g``, and the table cell that says so: "no, at
-    chance" when it fails on Forget ACC alone and ViKeR's is indistinguishable from chance."""
-    from viker.demo import CHANCE_ALPHA, chance_p_value, claim_holds, fails_on_forget_acc_alone
+    """Whether the claim holds for ViKeR's ``v`` against GA's ``g`` over ``questions`` forget questions,
+    and the table cell that says so."""
+    from viker.demo import claim_holds
 
     if not (v and g):
         return False, "–"
     if claim_holds(v, g):
         return True, "yes"
-    if questions and fails_on_forget_acc_alone(v, g) and chance_p_value(v["forget_acc"], questions) > CHANCE_ALPHA:
-        return False, "no, at chance"
+    if claim_holds(v, g, questions):
+        return True, "yes, within noise"
     return False, "no"
 
 
@@ -107,7 +109,7 @@ def summarize(results: list[dict], epochs: list[float], lams: list[float]) -> st
         head = "| seed | GA | " + " | ".join(f"ViKeR λ={lam:g} | holds" for lam in lams) + " |"
         lines += [f"### {e:g} epochs (Forget ACC / Retain R-L / coherence)", "", head,
                   "|" + " --- |" * (2 + 2 * len(lams))]
-        held = {lam: 0 for lam in lams}
+        held, strictly = {lam: 0 for lam in lams}, {lam: 0 for lam in lams}
         for r in results:
             g = r["runs"].get(run_key("ga", e))
             cells = []
@@ -115,9 +117,11 @@ def summarize(results: list[dict], epochs: list[float], lams: list[float]) -> st
                 v = r["runs"].get(run_key("viker", e, lam))
                 ok, cell = verdict(v, g, r.get("forget_image_questions"))
                 held[lam] += ok
+                strictly[lam] += cell == "yes"
                 cells += [fmt(v) if v else "–", cell]
             lines.append(f"| {r['seed']} | {fmt(g) if g else '–'} | " + " | ".join(cells) + " |")
-        lines += [""] + [f"λ={lam:g}: holds on {held[lam]} of {len(results)} seeds" for lam in lams] + [""]
+        lines += [""] + [f"λ={lam:g}: holds on {held[lam]} of {len(results)} seeds ({strictly[lam]} with ViKeR's Forget "
+                         "ACC figure equal or lower)" for lam in lams] + [""]
     no_ga = [(r["seed"], k, m) for r in results for k, m in r["runs"].items() if k.startswith("viker_no_ga")]
     lines += ["### ViKeR without GA, and the Retain ROUGE-L of a model that knows no face", "",
               "| seed | ViKeR w/o GA (the demo's budget) | no-face Retain R-L |", "| --- | --- | --- |"]
@@ -136,7 +140,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="ga-vs-viker")
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
+    p.add_argument("--tables", metavar="SUMMARY_JSON",
+                   help="print the tables of a recorded study (its summary.json) for --epochs and --lams; run nothing")
     a = p.parse_args(argv)
+    if a.tables:
+        print(summarize(json.loads(Path(a.tables).read_text()), a.epochs, a.lams))
+        return
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     n = len(a.seeds)

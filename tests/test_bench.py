@@ -95,12 +95,13 @@ def test_recorded_ga_vs_viker_tables_are_the_recorded_runs():
     results = json.loads((ROOT / "bench" / "ga_vs_viker.json").read_text())
     table = module.summarize(results, [5, 8], [10, 0.7])
     assert table in (ROOT / "bench" / "ga_vs_viker.md").read_text()
-    assert "λ=10: holds on 3 of 8 seeds" in table.split("### 8 epochs")[1]
+    eight_epochs = table.split("### 8 epochs")[1]
+    assert "λ=10: holds on 7 of 8 seeds (3 with ViKeR's Forget ACC figure equal or lower)" in eight_epochs
     ga = {"forget_acc": 24.0, "retain_rougeL": 0.0, "coherence": 0.0}
     seed = {"seed": 9, "forget_image_questions": 50, "runs": {
         "ga_e8": ga, "viker_l10_e8": {"forget_acc": 32.0, "retain_rougeL": 70.0, "coherence": 99.0},
         "viker_l0.7_e8": {"forget_acc": 20.0, "retain_rougeL": 70.0, "coherence": 99.0}}}
     row = module.summarize([seed], [8], [10, 0.7]).split("\n")[4]
-    assert row.endswith("| no, at chance | 20 / 70.0 / 99.0 | yes |")  # 16 of 50 right: chance
-    seed["runs"]["viker_l10_e8"]["forget_acc"] = 40.0  # 20 of 50 right: above chance
+    assert row.endswith("| yes, within noise | 20 / 70.0 / 99.0 | yes |")  # 16 of 50 right: chance, GA below it
+    seed["runs"]["viker_l10_e8"]["forget_acc"] = 40.0  # 20 of 50 right: above chance (p = 0.014)
     assert "| no | 20 / 70.0" in module.summarize([seed], [8], [10, 0.7])

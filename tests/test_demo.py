@@ -12,8 +12,10 @@ from viker.data.synth.people import UNKNOWN_ANSWER, name_in_answer
 from viker.demo import (
     METHODS,
     DemoConfig,
-    chance_p_value,
+    claim_holds,
+    forget_acc_not_higher,
     naming_rates,
+    p_at_least,
     resting_point_note,
     run_demo,
     shorter_budget_note,
@@ -131,19 +133,42 @@ def test_budget_notes_say_which_method_fell_apart():
     assert "the same currency" not in shorter_budget_note(broken, whole, 5)
 
 
-def test_chance_p_value_is_the_binomial_tail():
-    hand = sum(math.comb(50, j) * 0.25**j * 0.75 ** (50 - j) for j in range(16, 51))  # 16 or more of 50 by luck
-    assert chance_p_value(32.0, 50) == pytest.approx(hand, rel=1e-9)
-    assert chance_p_value(40.0, 50) < 0.05 < chance_p_value(32.0, 50)
+def test_p_at_least_is_the_binomial_tail():
+    def tail(k, n, p):  # k or more of n right by luck, for a model whose true accuracy is p
+        return sum(math.comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(k, n + 1))
+
+    assert p_at_least(32.0, 50) == pytest.approx(tail(16, 50, 0.25), rel=1e-9)  # against chance by default
+    assert p_at_least(42.0, 50, 30.0) == pytest.approx(tail(21, 50, 0.30), rel=1e-9)
+    assert p_at_least(40.0, 50) < 0.05 < p_at_least(32.0, 50)
 
 
-def test_claim_wording_reads_a_forget_acc_failure_against_chance():
+def test_forget_acc_is_compared_at_the_resolution_of_its_questions():
+    # figure against figure, without the number of questions
+    assert forget_acc_not_higher(24.0, 24.0) and not forget_acc_not_higher(26.0, 24.0)
+    # GA below chance is held at chance: 18 of 50 right is p = 0.055 against 25%, 19 of 50 p = 0.029
+    assert forget_acc_not_higher(36.0, 14.0, 50) and not forget_acc_not_higher(38.0, 14.0, 50)
+    # GA above chance is held at its own figure: 21 of 50 is p = 0.048 against 30%, 20 of 50 p = 0.085
+    assert forget_acc_not_higher(40.0, 30.0, 50) and not forget_acc_not_higher(42.0, 30.0, 50)
+    # more questions resolve smaller gaps: 32% against chance is noise over 50 questions, not over 500
+    assert forget_acc_not_higher(32.0, 24.0, 50) and not forget_acc_not_higher(32.0, 24.0, 500)
+    # the claim needs more retention and more coherence as well
+    v, g = {"forget_acc": 32.0, "retain_rougeL": 73.7, "coherence": 99.2}, {"forget_acc": 24.0, "retain_rougeL": 0.0,
+                                                                          "coherence": 0.0}
+    assert claim_holds(v, g, 50) and not claim_holds(v, g)
+    assert not claim_holds({**v, "coherence": 0.0}, g, 50) and not claim_holds({**v, "retain_rougeL": 0.0}, g, 50)
+
+
+def test_claim_wording_says_whether_the_questions_tell_the_forget_accs_apart():
     ga = {"forget_acc": 24.0, "retain_rougeL": 0.0, "coherence": 0.0}
-    at_chance = viker_vs_ga({"forget_acc": 32.0, "retain_rougeL": 73.7, "coherence": 99.2}, ga, questions=50)
-    assert "does not hold" in at_chance and "16 of 50 right" in at_chance
-    assert "indistinguishable from chance" in at_chance
+    within = viker_vs_ga({"forget_acc": 32.0, "retain_rougeL": 73.7, "coherence": 99.2}, ga, questions=50)
+    assert "holds here" in within and "not by what 50 questions can tell" in within
+    assert "chance (25; GA's 24.0 is below it" in within and "16 or more of 50 right with probability 0.16" in within
     above = viker_vs_ga({"forget_acc": 40.0, "retain_rougeL": 73.7, "coherence": 99.2}, ga, questions=50)
-    assert "is above chance" in above
-    holds = viker_vs_ga({"forget_acc": 20.0, "retain_rougeL": 73.7, "coherence": 99.2}, ga, questions=50)
-    assert "holds here." in holds and "binomial" not in holds
-    assert "binomial" not in viker_vs_ga({"forget_acc": 32.0, "retain_rougeL": 73.7, "coherence": 99.2}, ga)
+    assert "does not hold" in above and "It fails on Forget ACC alone" in above and "probability 0.01" in above
+    ga_above_chance = viker_vs_ga({"forget_acc": 36.0, "retain_rougeL": 73.7, "coherence": 99.2},
+                                  {**ga, "forget_acc": 30.0}, questions=50)
+    assert "holds here" in ga_above_chance and "a model at GA's level (30.0)" in ga_above_chance
+    lower = viker_vs_ga({"forget_acc": 20.0, "retain_rougeL": 73.7, "coherence": 99.2}, ga, questions=50)
+    assert "holds here." in lower and "binomial" not in lower
+    digits = viker_vs_ga({"forget_acc": 32.0, "retain_rougeL": 73.7, "coherence": 99.2}, ga)
+    assert "does not hold" in digits and "binomial" not in digits

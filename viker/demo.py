@@ -33,7 +33,7 @@ from viker.unlearn import TINY_UNLEARN, UnlearnConfig, run_unlearn
 
 METHODS = ("ga", "graddiff", "klmin", "npo", "idkpo", "viker", "cagul")
 CHANCE_ACC = 100.0 / 4  # multiple-choice accuracy of a model that knows nothing: every question has 4 options
-CHANCE_ALPHA = 0.05  # a Forget ACC whose one-sided binomial p-value against chance is above this is at chance
+CHANCE_ALPHA = 0.05  # one-sided binomial tests: a p-value above this is within what the questions can tell
 
 
 @dataclass
@@ -276,40 +276,61 @@ of {cost['answers']} answers about forget and retain people.
 """
 
 
-def claim_holds(v: dict, g: dict) -> bool:
+def forget_acc_not_higher(v_acc: float, g_acc: float, questions: int | None = None) -> bool:
+    """Whether ViKeR's Forget ACC ``v_acc`` is equal to or lower than GA's ``g_acc`` (percent), as far as
+    ``questions`` four-option questions can tell.
+
+    GA is held at chance where it scores below it: a model that picks the true option less often than
+    chance would still tells it apart from the others, which is not more forgetting than knowing nothing.
+    ViKeR's is higher only when a model at that level scores at least as well as ViKeR with probability
+    ``CHANCE_ALPHA`` or less (one-sided binomial test; GA's figure is taken as exact, the stricter
+    choice). Without ``questions``, figure against figure."""
+    if v_acc <= g_acc or questions is None:
+        return v_acc <= g_acc
+    return p_at_least(v_acc, questions, forget_level(g_acc)) > CHANCE_ALPHA
+
+
+def forget_level(g_acc: float) -> float:
+    """The Forget ACC ViKeR is held to against GA's ``g_acc``: GA's, or chance where GA is below it."""
+    return max(g_acc, CHANCE_ACC)
+
+
+def claim_holds(v: dict, g: dict, questions: int | None = None) -> bool:
     """The paper's claim for ViKeR's metrics ``v`` against GA's ``g``: more retention and coherence at
-    an equal or lower forget accuracy."""
-    return (v["forget_acc"] <= g["forget_acc"] and v["retain_rougeL"] > g["retain_rougeL"]
-            and v["coherence"] > g["coherence"])
+    an equal or lower forget accuracy (read at the resolution of ``questions``, see ``forget_acc_not_higher``)."""
+    return (forget_acc_not_higher(v["forget_acc"], g["forget_acc"], questions)
+            and v["retain_rougeL"] > g["retain_rougeL"] and v["coherence"] > g["coherence"])
 
 
-def fails_on_forget_acc_alone(v: dict, g: dict) -> bool:
-    """ViKeR's ``v`` keeps more retention and coherence than GA's ``g`` but has the higher forget accuracy."""
-    return (v["forget_acc"] > g["forget_acc"] and v["retain_rougeL"] > g["retain_rougeL"]
-            and v["coherence"] > g["coherence"])
-
-
-def chance_p_value(acc: float, questions: int) -> float:
+def p_at_least(acc: float, questions: int, level: float = CHANCE_ACC) -> float:
     """One-sided binomial p-value of a multiple-choice accuracy ``acc`` (percent) on ``questions``
-    four-option questions: how likely a model that knows nothing is to score at least that well."""
+    questions: how likely a model whose true accuracy is ``level`` (default: chance, a model that
+    knows nothing) is to score at least that well."""
     from scipy.stats import binomtest
 
-    return float(binomtest(round(acc * questions / 100), questions, 1 / 4, alternative="greater").pvalue)
+    return float(binomtest(round(acc * questions / 100), questions, level / 100, alternative="greater").pvalue)
 
 
 def viker_vs_ga(v: dict, g: dict, where: str = "on this run", questions: int | None = None) -> str:
-    """The claim check in words. When it fails on Forget ACC alone and ``questions`` (how many questions
-    that accuracy is over) is given, it also says whether ViKeR's Forget ACC is distinguishable from chance."""
+    """The claim check in words. Where ViKeR keeps more retention and coherence but has the higher
+    Forget ACC figure, and ``questions`` (how many questions that accuracy is over) is given, it says
+    whether those questions can tell the two apart."""
+    held = claim_holds(v, g, questions)
     text = (f"ViKeR against GA {where}: Forget ACC {v['forget_acc']:.1f} vs {g['forget_acc']:.1f}, "
             f"Retain R-L {v['retain_rougeL']:.1f} vs {g['retain_rougeL']:.1f}, coherence {v['coherence']:.1f} vs "
-            f"{g['coherence']:.1f}: the paper's claim (more retention and coherence at equal or lower forget "
-            f"accuracy) {'holds' if claim_holds(v, g) else 'does not hold'} here.")
-    if questions and fails_on_forget_acc_alone(v, g):
-        p = chance_p_value(v["forget_acc"], questions)
+            f"{g['coherence']:.1f}: the paper's claim (more retention and coherence at an equal or lower Forget "
+            f"ACC) {'holds' if held else 'does not hold'} here.")
+    better = v["retain_rougeL"] > g["retain_rougeL"] and v["coherence"] > g["coherence"]
+    if questions and better and v["forget_acc"] > g["forget_acc"]:
+        level = forget_level(g["forget_acc"])
+        at = (f"GA's level ({level:.1f})" if level == g["forget_acc"] else
+              f"chance ({level:g}; GA's {g['forget_acc']:.1f} is below it, and picking the true option less "
+              "often than luck is not more forgetting than knowing nothing)")
         right = round(v["forget_acc"] * questions / 100)
-        text += (f" It fails on Forget ACC alone: ViKeR answers {right} of {questions} right, which a model that "
-                 f"knows nothing does with probability {p:.2f} (one-sided binomial test), so its Forget ACC is "
-                 f"{'indistinguishable from' if p > CHANCE_ALPHA else 'above'} chance.")
+        odds = (f"a model at {at} answers {right} or more of {questions} right with probability "
+                f"{p_at_least(v['forget_acc'], questions, level):.2f} (one-sided binomial test)")
+        text += (f" ViKeR's Forget ACC figure is the higher, but not by what {questions} questions can tell: {odds}."
+                 if held else f" It fails on Forget ACC alone: {odds}, so ViKeR's is higher.")
     return text
 
 
@@ -355,9 +376,9 @@ def why_section(runs: list[dict], sweep: list[dict], diagnostics: dict | None, c
     floor = diagnostics["no_face_retain_rougeL"]
     below = ""
     if ga["forget_acc"] < CHANCE_ACC:
-        below = (f" GA's Forget ACC of {ga['forget_acc']:.1f} is below chance ({CHANCE_ACC:g} with four options): its "
-                 "collapsed model ranks the true option last more often than a model that never knew the people would, "
-                 "which is not more forgetting.")
+        below = (f" GA's Forget ACC of {ga['forget_acc']:.1f} is below chance ({CHANCE_ACC:g} with four options), which is "
+                 "not more forgetting: a model that never knew the people scores that on average, and one that picks "
+                 "the true option less often still tells it apart from the others.")
     bullets = [
         resting_point_note(ga, vk, below_one, e, lam) + below,
         "**What unlearning costs on this benchmark.** Forgetting the forget people's faces weakens the tiny model's "
@@ -420,7 +441,7 @@ def shorter_budget_note(ga: dict, vk: dict, epochs: float, questions: int | None
              "neither method's answers have fallen apart")
     compared = viker_vs_ga(vk, ga, f"at {n_epochs(epochs)}", questions)
     note = f"**On a shorter budget ({n_epochs(epochs)})** {state}. {compared}"
-    if not claim_holds(vk, ga) and vk["forget_acc"] < ga["forget_acc"] and vk["retain_rougeL"] <= ga["retain_rougeL"]:
+    if not claim_holds(vk, ga, questions) and vk["forget_acc"] < ga["forget_acc"] and vk["retain_rougeL"] <= ga["retain_rougeL"]:
         note += (" ViKeR has forgotten more and kept less: its push on a key token, 1 + (λ−1)Q(y) − λR̂(y) on "
                  "the true token's logit, is larger than GA's 1 − Q(y), and before GA falls apart both methods pay for "
                  "forgetting in the same currency, faces.")
