@@ -295,11 +295,15 @@ def forget_level(g_acc: float) -> float:
     return max(g_acc, CHANCE_ACC)
 
 
+def keeps_more(v: dict, g: dict) -> bool:
+    """Whether metrics ``v`` have both more retention (Retain ROUGE-L) and more coherence than ``g``."""
+    return v["retain_rougeL"] > g["retain_rougeL"] and v["coherence"] > g["coherence"]
+
+
 def claim_holds(v: dict, g: dict, questions: int | None = None) -> bool:
     """The paper's claim for ViKeR's metrics ``v`` against GA's ``g``: more retention and coherence at
     an equal or lower forget accuracy (read at the resolution of ``questions``, see ``forget_acc_not_higher``)."""
-    return (forget_acc_not_higher(v["forget_acc"], g["forget_acc"], questions)
-            and v["retain_rougeL"] > g["retain_rougeL"] and v["coherence"] > g["coherence"])
+    return keeps_more(v, g) and forget_acc_not_higher(v["forget_acc"], g["forget_acc"], questions)
 
 
 def p_at_least(acc: float, questions: int, level: float = CHANCE_ACC) -> float:
@@ -320,8 +324,7 @@ def viker_vs_ga(v: dict, g: dict, where: str = "on this run", questions: int | N
             f"Retain R-L {v['retain_rougeL']:.1f} vs {g['retain_rougeL']:.1f}, coherence {v['coherence']:.1f} vs "
             f"{g['coherence']:.1f}: the paper's claim (more retention and coherence at an equal or lower Forget "
             f"ACC) {'holds' if held else 'does not hold'} here.")
-    better = v["retain_rougeL"] > g["retain_rougeL"] and v["coherence"] > g["coherence"]
-    if questions and better and v["forget_acc"] > g["forget_acc"]:
+    if questions and keeps_more(v, g) and v["forget_acc"] > g["forget_acc"]:
         level = forget_level(g["forget_acc"])
         at = (f"GA's level ({level:.1f})" if level == g["forget_acc"] else
               f"chance ({level:g}; GA's {g['forget_acc']:.1f} is below it, and picking the true option less "
@@ -441,7 +444,7 @@ def shorter_budget_note(ga: dict, vk: dict, epochs: float, questions: int | None
              "neither method's answers have fallen apart")
     compared = viker_vs_ga(vk, ga, f"at {n_epochs(epochs)}", questions)
     note = f"**On a shorter budget ({n_epochs(epochs)})** {state}. {compared}"
-    if not claim_holds(vk, ga, questions) and vk["forget_acc"] < ga["forget_acc"] and vk["retain_rougeL"] <= ga["retain_rougeL"]:
+    if vk["forget_acc"] < ga["forget_acc"] and vk["retain_rougeL"] <= ga["retain_rougeL"]:  # the claim fails here
         note += (" ViKeR has forgotten more and kept less: its push on a key token, 1 + (λ−1)Q(y) − λR̂(y) on "
                  "the true token's logit, is larger than GA's 1 − Q(y), and before GA falls apart both methods pay for "
                  "forgetting in the same currency, faces.")
