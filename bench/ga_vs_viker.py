@@ -100,6 +100,34 @@ def verdict(v: dict | None, g: dict | None, questions: int | None) -> tuple[bool
     return False, "no"
 
 
+def pooled(results: list[dict], key: str) -> tuple[int, int]:
+    """(right answers, questions) of run ``key``'s Forget ACC over every seed that has that run."""
+    right = questions = 0
+    for r in results:
+        m, n = r["runs"].get(key), r.get("forget_image_questions")
+        if m and n:
+            right += round(m["forget_acc"] * n / 100)
+            questions += n
+    return right, questions
+
+
+def pooled_line(results: list[dict], runs: list[tuple[str, str]]) -> str:
+    """Each run's Forget ACC pooled over the seeds, with how likely a model at chance is to score that well:
+    many seeds' questions together tell apart figures that one seed's cannot."""
+    from viker.demo import CHANCE_ACC, p_at_least
+
+    parts = []
+    for label, key in runs:
+        right, questions = pooled(results, key)
+        if questions:
+            acc = 100.0 * right / questions
+            p = p_at_least(acc, questions)
+            parts.append(f"{label} {right} of {questions} right ({acc:.1f}%, " +
+                         (f"p = {p:.3f})" if p >= 0.001 else "p < 0.001)"))
+    return (f"Forget ACC pooled over the seeds, with the probability that a model at chance ({CHANCE_ACC:g}%) gets "
+            "as many right or more: " + "; ".join(parts) + ".")
+
+
 def summarize(results: list[dict], epochs: list[float], lams: list[float]) -> str:
     def fmt(m: dict) -> str:
         return f"{m['forget_acc']:.0f} / {m['retain_rougeL']:.1f} / {m['coherence']:.1f}"
@@ -121,7 +149,9 @@ def summarize(results: list[dict], epochs: list[float], lams: list[float]) -> st
                 cells += [fmt(v) if v else "–", cell]
             lines.append(f"| {r['seed']} | {fmt(g) if g else '–'} | " + " | ".join(cells) + " |")
         lines += [""] + [f"λ={lam:g}: holds on {held[lam]} of {len(results)} seeds ({strictly[lam]} with ViKeR's Forget "
-                         "ACC figure equal or lower)" for lam in lams] + [""]
+                         "ACC figure equal or lower)" for lam in lams]
+        lines += ["", pooled_line(results, [("GA", run_key("ga", e))] +
+                                  [(f"ViKeR λ={lam:g}", run_key("viker", e, lam)) for lam in lams]), ""]
     no_ga = [(r["seed"], k, m) for r in results for k, m in r["runs"].items() if k.startswith("viker_no_ga")]
     lines += ["### ViKeR without GA, and the Retain ROUGE-L of a model that knows no face", "",
               "| seed | ViKeR w/o GA (the demo's budget) | no-face Retain R-L |", "| --- | --- | --- |"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -105,3 +106,17 @@ def test_recorded_ga_vs_viker_tables_are_the_recorded_runs():
     assert row.endswith("| yes, within noise | 20 / 70.0 / 99.0 | yes |")  # 16 of 50 right: chance, GA below it
     seed["runs"]["viker_l10_e8"]["forget_acc"] = 40.0  # 20 of 50 right: above chance (p = 0.014)
     assert "| no | 20 / 70.0" in module.summarize([seed], [8], [10, 0.7])
+
+
+def test_pooled_forget_acc_adds_up_the_seeds_questions():
+    """The pooled line counts right answers over every seed's questions and tests them against chance."""
+    spec = importlib.util.spec_from_file_location("bench_ga_vs_viker", ROOT / "bench" / "ga_vs_viker.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    seeds = [{"seed": 0, "forget_image_questions": 50, "runs": {"viker_l10_e8": {"forget_acc": 32.0}}},
+             {"seed": 1, "forget_image_questions": 40, "runs": {"viker_l10_e8": {"forget_acc": 25.0}}},
+             {"seed": 2, "forget_image_questions": 50, "runs": {}}]  # a seed without the run counts for nothing
+    assert module.pooled(seeds, "viker_l10_e8") == (16 + 10, 90)
+    line = module.pooled_line(seeds, [("ViKeR", "viker_l10_e8"), ("GA", "ga_e8")])
+    p = sum(math.comb(90, k) * 0.25 ** k * 0.75 ** (90 - k) for k in range(26, 91))  # 26 or more of 90 at chance
+    assert f"ViKeR 26 of 90 right (28.9%, p = {p:.3f})" in line and "GA" not in line
