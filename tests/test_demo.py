@@ -58,6 +58,7 @@ def test_demo_writes_every_promised_output(demo):
     for method in ("GA", "ViKeR", "CAGUL"):
         assert method in report
     assert "## How ViKeR and GA compare here, and why" in report and "## Settings" in report
+    assert f"({results['machine']['cpu_kernels']} kernels," in report  # the figures hold for this processor model
 
 
 def test_demo_diagnostics_are_the_runs_they_describe(demo):

@@ -11,7 +11,6 @@ and the key-token page. Everything runs offline on a CPU.
 from __future__ import annotations
 
 import json
-import platform
 import textwrap
 import time
 from dataclasses import dataclass, field, replace
@@ -27,7 +26,7 @@ from viker.finetune import TINY_TRAIN, FinetuneConfig, run_finetune
 from viker.keytokens import run_keytokens
 from viker.model import LoraSettings, load_model
 from viker.report import column_glossary, markdown_table, plain_table, tradeoff_plot
-from viker.runs import file_hashes, to_jsonable, under, write_json
+from viker.runs import file_hashes, machine, to_jsonable, under, write_json
 from viker.train import TrainConfig
 from viker.unlearn import TINY_UNLEARN, UnlearnConfig, run_unlearn
 
@@ -154,7 +153,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
                   refs=cfg.viker.get("refs", "people"), cache_dir=cache, progress=progress,
                   model_and_processor=vanilla_model)
     questions = forget_image_questions(data, cfg.forget)
-    results = {"runs": runs, "lam_sweep": sweep, "settings": to_jsonable(cfg), "unlearn_seconds": timings,
+    results = {"runs": runs, "lam_sweep": sweep, "settings": to_jsonable(cfg), "machine": machine(),
+               "unlearn_seconds": timings,
                "cagul": cagul, "diagnostics": diagnostics, "forget_image_questions": questions}
     write_json(out / "results.json", results)
     extra_points = [{"method": key, "label": d["label"], "metrics": d["metrics"], "marker": "X"}
@@ -453,6 +453,7 @@ def shorter_budget_note(ga: dict, vk: dict, epochs: float, questions: int | None
 
 def write_report(path: Path, runs: list[dict], sweep: list[dict], cfg: DemoConfig, minutes: float,
                  cagul: dict | None = None, diagnostics: dict | None = None, questions: int | None = None) -> None:
+    cpu = machine()
     sweep_rows = "\n".join(
         f"| {s['lam']:g} | {s['metrics']['forget_acc']:.1f} | {s['metrics']['retain_rougeL']:.1f} | "
         f"{s['metrics']['coherence']:.1f} |" for s in sorted(sweep, key=lambda s: s["lam"]))
@@ -483,7 +484,8 @@ Key tokens of the forget answers: [keytokens.html](keytokens.html) (![key tokens
 {cagul_section(cagul)}
 ## Settings
 
-- Date {date.today().isoformat()}, {platform.machine()} CPU, {minutes:.1f} minutes in all; seed {cfg.seed}.
+- Date {date.today().isoformat()}; {cpu['cpu']} ({cpu['cpu_kernels']} kernels, {cpu['threads']} PyTorch threads);
+  {minutes:.1f} minutes in all; seed {cfg.seed}. The same seed gives the same numbers on the same processor model.
 - Benchmark: {cfg.synth.profiles} fictitious people, {cfg.synth.celebrities} real-world people; forget split {cfg.forget}.
 - Vanilla: tiny LLaVA, full finetune, {cfg.finetune.epochs:g} epochs, lr {cfg.finetune.lr:g}, batch {cfg.finetune.batch_size}.
 - Unlearning (every method): LoRA r={cfg.lora.r}, α={cfg.lora.alpha} on the language model; {cfg.unlearn.epochs:g} epochs,

@@ -29,6 +29,21 @@ def versions() -> dict[str, str]:
     }
 
 
+def machine() -> dict[str, str]:
+    """The processor a run's float arithmetic depended on: its model name and the kernels PyTorch picks for
+    it (AVX2, AVX512, ...). The same seed gives the same numbers only on the same processor model."""
+    import torch
+
+    name = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": name, "cpu_kernels": torch.backends.cpu.get_cpu_capability(), "threads": str(torch.get_num_threads())}
+
+
 def file_hashes(root: str | Path, pattern: str = "**/*.parquet") -> dict[str, str]:
     """sha256 of every data file a run read, so a result can be traced to its exact inputs."""
     root = Path(root)
@@ -82,6 +97,7 @@ def write_config(out: str | Path, command: str, settings: dict, data_dir: str | 
         "argv": sys.argv,
         **settings,
         "versions": versions(),
+        "machine": machine(),
     }
     if data_dir is not None and Path(data_dir).is_dir():
         config["data_files"] = file_hashes(data_dir)
