@@ -162,7 +162,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     tradeoff_plot(runs + extra_points, sweep, out / "tradeoff.png",
                   f"{cfg.forget} of the embedded benchmark, tiny LLaVA", chance=CHANCE_ACC)
     minutes = (time.perf_counter() - started) / 60
-    write_report(out / "report.md", runs, sweep, cfg, minutes, cagul, diagnostics, questions)
+    write_report(out / "report.md", runs, sweep, cfg, minutes, results["machine"], cagul, diagnostics, questions)
     print()
     print(plain_table(runs))
     print(f"\nwrote {out}/report.md, results.json, tradeoff.png, keytokens.html in {minutes:.1f} min")
@@ -451,9 +451,8 @@ def shorter_budget_note(ga: dict, vk: dict, epochs: float, questions: int | None
     return note
 
 
-def write_report(path: Path, runs: list[dict], sweep: list[dict], cfg: DemoConfig, minutes: float,
+def write_report(path: Path, runs: list[dict], sweep: list[dict], cfg: DemoConfig, minutes: float, cpu: dict,
                  cagul: dict | None = None, diagnostics: dict | None = None, questions: int | None = None) -> None:
-    cpu = machine()
     sweep_rows = "\n".join(
         f"| {s['lam']:g} | {s['metrics']['forget_acc']:.1f} | {s['metrics']['retain_rougeL']:.1f} | "
         f"{s['metrics']['coherence']:.1f} |" for s in sorted(sweep, key=lambda s: s["lam"]))
