@@ -19,12 +19,12 @@ from viker.cli import main
 from viker.collate import IGNORE_INDEX, Collator, model_inputs
 from viker.data.examples import finetune_examples
 from viker.data.loader import load_profiles
-from viker.eval.evaluate import EvalConfig
+from viker.eval.evaluate import EvalConfig, answer_logprobs
 from viker.eval.generate import generate
 from viker.eval.run import run_eval
 from viker.finetune import FinetuneConfig, run_finetune
 from viker.methods.base import FrozenReference
-from viker.methods.losses import gather_answer_positions
+from viker.methods.losses import gather_answer_positions, token_logprobs
 from viker.model import LoraSettings, apply_lora, language_model_linear_layers, load_model, pick_dtype
 from viker.model.tiny import TinyConfig, build_tiny
 from viker.train import TrainConfig
@@ -138,6 +138,22 @@ def test_reference_distributions_from_the_kept_logits_equal_the_full_forward(fam
         logits, _ = gather_answer_positions(model(**model_inputs(batch)).logits, batch["labels"])
     assert probs.shape == logits.shape
     assert torch.allclose(probs, logits.softmax(-1), atol=1e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_option_scores_from_the_kept_logits_equal_the_full_forward(family, saved, real_bench):
+    """The evaluator scores answers (multiple-choice options, CLEAR's sets) with the output layer on
+    the positions from the earliest answer on only; each answer's log-probability and token count must
+    be the full forward pass's, with right padding and answers starting at different positions."""
+    model, processor = load_model(saved(family), device="cpu")
+    examples = _mixed(real_bench)
+    scores = answer_logprobs(model, processor, examples, batch_size=8)
+    batch = Collator(processor)(examples)
+    assert len(set((batch["labels"] != IGNORE_INDEX).float().argmax(1).tolist())) > 1  # answers start apart
+    with torch.no_grad():
+        lp, mask = token_logprobs(model(**model_inputs(batch)).logits, batch["labels"])
+    assert [n for _, n in scores] == mask.sum(-1).int().tolist()
+    assert torch.allclose(torch.tensor([s for s, _ in scores]), lp.sum(-1), atol=1e-4)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from viker.methods.losses import (
     IGNORE,
     answer_nll,
+    answer_window,
     compress_topk,
     cosine_to_reference,
     decompress_topk,
@@ -295,6 +296,20 @@ def test_gather_answer_positions_row_major():
     lp, mask = token_logprobs(logits, labels)
     ga = viker_token_loss(flat_logits, targets, torch.softmax(flat_logits, -1), 0.0)
     assert ga.item() == pytest.approx((lp.sum() / mask.sum()).item(), rel=1e-12)
+
+
+def test_answer_window_keeps_every_logit_that_predicts_an_answer():
+    X = IGNORE
+    right = torch.tensor([[X, X, X, 1, 2, X, X], [X, X, X, X, 3, 4, 5], [X] * 7])  # answers at 3-4, 4-6, none
+    left = torch.tensor([[X, X, X, 1, 2, 3], [X, X, X, X, X, 4]])  # answers of 3 and 1 tokens at the end
+    for labels, window in ((right, 5), (left, 4)):  # from position 2, which predicts position 3 (right)
+        assert answer_window(labels) == window
+        logits = torch.randn(*labels.shape, 7, dtype=D)
+        lp, mask = token_logprobs(logits, labels)
+        kept_lp, kept_mask = token_logprobs(logits[:, -window:], labels[:, -window:])
+        assert torch.equal(kept_mask.sum(-1), mask.sum(-1))
+        assert torch.equal(kept_lp.sum(-1), lp.sum(-1))
+    assert answer_window(torch.full((2, 5), X)) == 1
 
 
 # --------------------------------------------------------------------------------------------------

@@ -10,9 +10,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from viker.collate import IGNORE_INDEX, model_inputs
+from viker.collate import model_inputs
 from viker.data.schema import Example
-from viker.methods.losses import answer_nll, gather_answer_positions
+from viker.methods.losses import answer_nll, answer_window, gather_answer_positions
 
 
 def logits_of(model, batch: dict) -> torch.Tensor:
@@ -100,10 +100,7 @@ class FrozenReference:
         Only the positions from the earliest answer on are projected onto the vocabulary (with left
         padding that is the last few tokens of every row), which saves most of the output layer."""
         labels = batch["labels"]
-        answer = labels != IGNORE_INDEX
-        first = int(answer.float().argmax(dim=1).min()) if answer.any() else labels.shape[1] - 1
-        keep = labels.shape[1] - first + 1  # one more: the position before an answer predicts it
-        logits = self.logits(batch, logits_to_keep=keep)
+        logits = self.logits(batch, logits_to_keep=answer_window(labels))
         logits, _ = gather_answer_positions(logits, labels[:, -logits.shape[1]:])
         return torch.softmax(logits.float(), dim=-1)
 

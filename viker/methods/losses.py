@@ -37,6 +37,7 @@ __all__ = [
     "sequence_logprob",
     "answer_nll",
     "gather_answer_positions",
+    "answer_window",
     "kl_to_reference",
     "jsd_to_reference",
     "cosine_to_reference",
@@ -118,6 +119,20 @@ def answer_nll(logits: Tensor, labels: Tensor) -> Tensor:
         return lp.sum() * 0.0
     per_seq = -lp.sum(dim=-1) / n_tokens.clamp_min(1.0)
     return per_seq[has_answer].mean()
+
+
+def answer_window(labels: Tensor) -> int:
+    """How many trailing positions of a batch hold every logit that predicts an answer token: the
+    ``logits_to_keep`` that spares the output layer the positions before the earliest answer.
+
+    Pass the model's logits for these positions with ``labels[:, -window:]``; :func:`shift` then pairs
+    them exactly as it pairs the full sequences. With left padding the window is the longest answer
+    plus one; with right padding it starts one before the earliest answer in the batch."""
+    answer = labels != IGNORE
+    if not bool(answer.any()):
+        return 1
+    first = int(answer.float().argmax(dim=1)[answer.any(dim=1)].min())
+    return labels.shape[1] - max(first - 1, 0)
 
 
 def gather_answer_positions(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
