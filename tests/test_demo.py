@@ -72,6 +72,9 @@ def test_demo_diagnostics_are_the_runs_they_describe(demo):
     assert shorter["unlearn"]["train"]["epochs"] == 1
     for key, d in diag["runs"].items():
         assert d["metrics"] == json.loads((out / "runs" / key / "metrics.json").read_text())
+    # these runs and the λ sweep are evaluated on what the report and plot read of them, nothing more
+    for m in [d["metrics"] for d in diag["runs"].values()] + [s["metrics"] for s in results["lam_sweep"][1:]]:
+        assert {"forget_acc", "retain_rougeL", "coherence"} <= set(m) and "test_acc" not in m and "real_acc" not in m
     assert set(diag["names"]) == {"vanilla", "ga", "viker", "viker_lam0.3", *diag["runs"]}
     for rates in diag["names"].values():
         assert all(v is None or 0.0 <= v <= 100.0 for v in rates.values())

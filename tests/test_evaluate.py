@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -88,6 +89,34 @@ def test_eval_command_writes_metrics_and_generations(tiny_dir, bench_dir, tmp_pa
     first = json.loads(lines[0])
     assert {"question", "reference", "answer", "set", "task"} <= set(first)
     assert (out / "config.json").is_file()
+
+
+def test_a_scoped_evaluation_gives_the_full_evaluations_figures_for_what_it_computes(tiny, bench_dir):
+    """A study that reads a few columns evaluates only those; each is the figure the full run reports."""
+    model, processor = tiny
+    cfg = EvalConfig(forget="forget_10", max_new_tokens=6, retain_limit=3)
+    full, full_records = evaluate(model, processor, bench_dir, cfg, progress=False)
+    scope = {"forget": ("generation", "multiple_choice"), "retain": ("generation",)}
+    part, records = evaluate(model, processor, bench_dir, replace(cfg, scope=scope), progress=False)
+    assert {"forget_acc", "forget_rougeL", "retain_rougeL", "coherence"} <= set(part)
+    assert not any(k.startswith(("test_", "real_", "retain_acc")) or k.endswith("_cloze") for k in part)
+    assert part == {k: full[k] for k in part}
+    assert {(r["set"], r["task"]) for r in records} == {("forget", "generation"), ("forget", "multiple_choice"),
+                                                       ("retain", "generation")}
+    assert records == [r for r in full_records if (r["set"], r["task"]) in {(r["set"], r["task"]) for r in records}]
+
+
+def test_eval_command_evaluates_only_what_it_is_asked(tiny_dir, bench_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(out),
+                 "--max-new-tokens", "4", "--only", "forget:multiple_choice", "--only", "real"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"forget_acc", "real_acc", "real_rougeL", "real_cloze"} <= set(metrics)
+    assert not any(k.startswith(("test_", "retain_")) or k in ("forget_rougeL", "coherence") for k in metrics)
+    assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(tmp_path / "bad"),
+                 "--only", "forget:summaries"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown task 'summaries' for set 'forget'" in err and "Traceback" not in err
 
 
 def _tiny_classifier(path):

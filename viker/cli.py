@@ -100,17 +100,33 @@ def _eval_clear(args) -> None:
     print(json.dumps({k: metrics[k] for k in shown if not k.endswith("_items")}, indent=2))
 
 
+def _scope(only: list[str] | None) -> dict | None:
+    """--only forget:generation,multiple_choice --only retain -> {set: tasks} (a set alone: all its tasks)."""
+    from viker.eval.evaluate import TASKS, check_scope
+
+    if not only:
+        return None
+    scope = {}
+    for item in only:
+        name, _, tasks = item.partition(":")
+        scope[name] = tuple(t for t in tasks.split(",") if t) or TASKS
+    check_scope(scope)
+    return scope
+
+
 def _eval(args) -> None:
     from viker.eval.evaluate import EvalConfig
     from viker.eval.run import run_eval
 
     if args.benchmark == "clear":
+        if args.only:
+            raise VikerError("--only applies to --benchmark mllmu")
         return _eval_clear(args)
     if args.retain_model:
         raise VikerError("--retain-model applies to --benchmark clear")
     cfg = EvalConfig(forget=_forget(args), mc_mode=args.mc_mode, batch_size=args.batch_size,
                      max_new_tokens=args.max_new_tokens or 50, retain_limit=args.retain_limit,
-                     gib_model=args.gib_model)
+                     gib_model=args.gib_model, scope=_scope(args.only))
     metrics = run_eval(args.model, args.data, args.out, cfg, args.device, args.dtype, args.trust_remote_code)
     print(json.dumps({k: v for k, v in metrics.items() if "_" not in k or k.split("_")[1] in
                       ("acc", "rougeL", "bleu", "cloze")}, indent=2))
@@ -258,6 +274,9 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--retain-limit", type=int, help="evaluate at most this many retain-split people (CLEAR: "
                                                       "retain_perturbed rows)")
     ev.add_argument("--gib-model", help="local folder of a gibberish classifier, for the gib column")
+    ev.add_argument("--only", action="append", metavar="SET[:TASK,...]",
+                    help="evaluate only this set (forget, test, retain, real), optionally only these tasks "
+                         "(generation, multiple_choice, cloze); repeat for more sets (default: everything)")
     ev.add_argument("--retain-model", help="CLEAR: a model trained without the forget set (model or run folder), "
                                            "or the forget_truth_ratios.json of its evaluation: gives forget_quality")
     _add_model_args(ev)

@@ -20,8 +20,9 @@ from viker.data.examples import cloze_examples, generation_examples
 from viker.data.loader import load_profiles
 from viker.data.schema import RETAIN_OF, Example, MCQuestion, Profile
 from viker.eval import metrics as M
+from viker.errors import VikerError
 from viker.eval.generate import generate
-from viker.methods.losses import token_logprobs
+from viker.methods.losses import answer_window, token_logprobs
 from viker.prompts import generation_prompt, mc_prompt
 
 
@@ -33,6 +34,10 @@ class EvalConfig:
     max_new_tokens: int = 50
     retain_limit: int | None = None  # evaluate at most this many retain-split people (None: all)
     gib_model: str | None = None  # a local gibberish classifier (e.g. a copy of the DistilBERT one)
+    # What to evaluate: set -> tasks (generation, multiple_choice, cloze); None: every task on every set.
+    # A study that reads a few columns (a λ sweep reads Forget ACC, Retain R-L and coherence) names them
+    # here; every metric it does compute is the one the full evaluation gives.
+    scope: dict[str, tuple[str, ...]] | None = None
 
 
 @dataclass
@@ -49,19 +54,37 @@ def eval_sets(data_dir: str | Path, cfg: EvalConfig) -> list[EvalSet]:
     retain = load_profiles(data_dir, RETAIN_OF[cfg.forget])
     if cfg.retain_limit is not None:
         retain = retain[: cfg.retain_limit]
-    return [EvalSet("forget", forget), EvalSet("test", test), EvalSet("retain", retain),
+    sets = [EvalSet("forget", forget), EvalSet("test", test), EvalSet("retain", retain),
             EvalSet("real", load_profiles(data_dir, "Retain_Set"))]
+    return sets if cfg.scope is None else [s for s in sets if s.name in cfg.scope]
+
+
+SETS = ("forget", "test", "retain", "real")
+TASKS = ("generation", "multiple_choice", "cloze")
+
+
+def check_scope(scope: dict[str, Sequence[str]] | None) -> None:
+    """A one-line error for a scope that names a set or task the evaluator does not have."""
+    for name, tasks in (scope or {}).items():
+        if name not in SETS:
+            raise VikerError(f"evaluation scope: unknown set '{name}' (sets: {', '.join(SETS)})")
+        for task in tasks:
+            if task not in TASKS:
+                raise VikerError(f"evaluation scope: unknown task '{task}' for set '{name}' (tasks: {', '.join(TASKS)})")
 
 
 @torch.no_grad()
 def answer_logprobs(model, processor, examples: Sequence[Example], batch_size: int) -> list[tuple[float, int]]:
-    """(sum of answer-token log-probs, number of answer tokens) for each example, teacher-forced."""
+    """(sum of answer-token log-probs, number of answer tokens) for each example, teacher-forced.
+    Only the positions from the batch's earliest answer on reach the output layer."""
     collate = Collator(processor)
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(examples), batch_size):
         batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size]).items()}
-        lp, mask = token_logprobs(model(**model_inputs(batch)).logits, batch["labels"])
+        window = answer_window(batch["labels"])
+        logits = model(**model_inputs(batch), logits_to_keep=window).logits
+        lp, mask = token_logprobs(logits, batch["labels"][:, -logits.shape[1]:])
         out += list(zip(lp.sum(-1).tolist(), mask.sum(-1).int().tolist()))
     return out
 
@@ -138,49 +161,57 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfi
         answered.update(zip(todo, fresh))
         return [answered[key] for key in keys]
 
-    sets = eval_sets(data_dir, cfg)
+    check_scope(cfg.scope)
     gib = gibberish_scorer(cfg.gib_model, next(model.parameters()).device) if cfg.gib_model else None
-    for s in tqdm(sets, desc="evaluating", disable=not progress):
+    for s in tqdm(eval_sets(data_dir, cfg), desc="evaluating", disable=not progress):
+        tasks = TASKS if cfg.scope is None else cfg.scope[s.name]
+
         # generation questions: ROUGE, BLEU, coherence
-        gens = generation_examples(s.profiles, s.image_index)
-        replies = answers(gens)
-        rouge = [M.rouge(a, ex.answer) for a, ex in zip(replies, gens)]
-        for key in ("rouge1", "rouge2", "rougeL"):
-            metrics[f"{s.name}_{key}"] = M.mean_percent(r[key] for r in rouge)
-        metrics[f"{s.name}_bleu"] = M.mean_percent(M.bleu(a, ex.answer) for a, ex in zip(replies, gens))
-        metrics[f"{s.name}_coherence"] = M.coherence_mean(replies)
-        records += [_record(s.name, "generation", ex, a, rougeL=r["rougeL"]) for ex, a, r in zip(gens, replies, rouge)]
-        if gib is not None:
-            metrics[f"{s.name}_gib"] = M.mean_percent(gib(replies))
+        if "generation" in tasks:
+            gens = generation_examples(s.profiles, s.image_index)
+            replies = answers(gens)
+            rouge = [M.rouge(a, ex.answer) for a, ex in zip(replies, gens)]
+            for key in ("rouge1", "rouge2", "rougeL"):
+                metrics[f"{s.name}_{key}"] = M.mean_percent(r[key] for r in rouge)
+            metrics[f"{s.name}_bleu"] = M.mean_percent(M.bleu(a, ex.answer) for a, ex in zip(replies, gens))
+            metrics[f"{s.name}_coherence"] = M.coherence_mean(replies)
+            records += [_record(s.name, "generation", ex, a, rougeL=r["rougeL"])
+                        for ex, a, r in zip(gens, replies, rouge)]
+            if gib is not None:
+                metrics[f"{s.name}_gib"] = M.mean_percent(gib(replies))
 
         # multiple choice
-        questions = [(q, p.images[s.image_index] if q.with_image else None) for p in s.profiles for q in p.mc]
-        if cfg.mc_mode == "letter":
-            prompts = [Example(mc_prompt(q.question, q.options), "", img) for q, img in questions]
-            replies = answers(prompts, max_new_tokens=8)
-            choices = [M.parse_choice(r) for r in replies]
-        else:
-            prompts = [Example(generation_prompt(q.question), "", img) for q, img in questions]
-            replies = answers(prompts)  # the generation questions' answers are reused
-            choices = mc_by_likelihood(model, processor, questions, replies, cfg.batch_size)
-        hits = [c == q.answer for c, (q, _) in zip(choices, questions)]
-        # `_acc` is the image+text (VQA) accuracy, what ViKeR's table reports: the model is asked about
-        # the pictured person. Text-only (asked by name) and both together are reported beside it.
-        metrics[f"{s.name}_acc"] = M.mean_percent(h for h, (q, _) in zip(hits, questions) if q.with_image)
-        metrics[f"{s.name}_acc_text"] = M.mean_percent(h for h, (q, _) in zip(hits, questions) if not q.with_image)
-        metrics[f"{s.name}_acc_all"] = M.mean_percent(hits)
-        for (q, img), reply, choice, hit in zip(questions, replies, choices, hits):
-            records.append(_record(s.name, "multiple_choice", Example(q.question, q.options[q.answer], img),
-                                   reply, choice=choice, correct=q.answer, hit=hit))
+        if "multiple_choice" in tasks:
+            questions = [(q, p.images[s.image_index] if q.with_image else None) for p in s.profiles for q in p.mc]
+            if cfg.mc_mode == "letter":
+                prompts = [Example(mc_prompt(q.question, q.options), "", img) for q, img in questions]
+                replies = answers(prompts, max_new_tokens=8)
+                choices = [M.parse_choice(r) for r in replies]
+            else:
+                prompts = [Example(generation_prompt(q.question), "", img) for q, img in questions]
+                replies = answers(prompts)  # the generation questions' answers are reused
+                choices = mc_by_likelihood(model, processor, questions, replies, cfg.batch_size)
+            hits = [c == q.answer for c, (q, _) in zip(choices, questions)]
+            # `_acc` is the image+text (VQA) accuracy, what ViKeR's table reports: the model is asked about
+            # the pictured person. Text-only (asked by name) and both together are reported beside it.
+            metrics[f"{s.name}_acc"] = M.mean_percent(h for h, (q, _) in zip(hits, questions) if q.with_image)
+            metrics[f"{s.name}_acc_text"] = M.mean_percent(h for h, (q, _) in zip(hits, questions) if not q.with_image)
+            metrics[f"{s.name}_acc_all"] = M.mean_percent(hits)
+            for (q, img), reply, choice, hit in zip(questions, replies, choices, hits):
+                records.append(_record(s.name, "multiple_choice", Example(q.question, q.options[q.answer], img),
+                                       reply, choice=choice, correct=q.answer, hit=hit))
 
         # cloze
-        clozes = cloze_examples([replace(p, images=(p.images[s.image_index],)) for p in s.profiles])
-        replies = answers(clozes, max_new_tokens=20)
-        metrics[f"{s.name}_cloze"] = M.mean_percent(M.cloze_correct(r, ex.answer) for r, ex in zip(replies, clozes))
-        records += [_record(s.name, "cloze", ex, r, hit=M.cloze_correct(r, ex.answer)) for ex, r in zip(clozes, replies)]
+        if "cloze" in tasks:
+            clozes = cloze_examples([replace(p, images=(p.images[s.image_index],)) for p in s.profiles])
+            replies = answers(clozes, max_new_tokens=20)
+            metrics[f"{s.name}_cloze"] = M.mean_percent(M.cloze_correct(r, ex.answer) for r, ex in zip(replies, clozes))
+            records += [_record(s.name, "cloze", ex, r, hit=M.cloze_correct(r, ex.answer))
+                        for ex, r in zip(clozes, replies)]
 
-    metrics["coherence"] = metrics["forget_coherence"]  # the paper's coherence column: answers on the forget set
-    if cfg.gib_model:
+    if "forget_coherence" in metrics:  # the paper's coherence column: answers on the forget set
+        metrics["coherence"] = metrics["forget_coherence"]
+    if "forget_gib" in metrics:
         metrics["gib"] = metrics["forget_gib"]
     return {k: round(v, 2) for k, v in metrics.items()}, records
 
