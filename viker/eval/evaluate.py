@@ -70,7 +70,8 @@ def check_scope(scope: dict[str, Sequence[str]] | None) -> None:
             raise VikerError(f"evaluation scope: unknown set '{name}' (sets: {', '.join(SETS)})")
         for task in tasks:
             if task not in TASKS:
-                raise VikerError(f"evaluation scope: unknown task '{task}' for set '{name}' (tasks: {', '.join(TASKS)})")
+                raise VikerError(f"evaluation scope: unknown task '{task}' for set '{name}' "
+                                 f"(tasks: {', '.join(TASKS)})")
 
 
 @torch.no_grad()
