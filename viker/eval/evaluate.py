@@ -19,11 +19,15 @@ from viker.collate import Collator, model_inputs
 from viker.data.examples import cloze_examples, generation_examples
 from viker.data.loader import load_profiles
 from viker.data.schema import RETAIN_OF, Example, MCQuestion, Profile
-from viker.eval import metrics as M
 from viker.errors import VikerError
+from viker.eval import metrics as M
 from viker.eval.generate import generate
 from viker.methods.losses import answer_window, token_logprobs
 from viker.prompts import generation_prompt, mc_prompt
+
+
+SETS = ("forget", "test", "retain", "real")  # the forget split, its Test_Set rows, the retain split, Retain_Set
+TASKS = ("generation", "multiple_choice", "cloze")
 
 
 @dataclass
@@ -48,19 +52,16 @@ class EvalSet:
 
 
 def eval_sets(data_dir: str | Path, cfg: EvalConfig) -> list[EvalSet]:
+    """The sets in ``cfg.scope`` (all four when None), each read only when it is evaluated."""
     forget = load_profiles(data_dir, cfg.forget)
     ids = {p.id for p in forget}
-    test = [p for p in load_profiles(data_dir, "Test_Set") if p.id in ids]
-    retain = load_profiles(data_dir, RETAIN_OF[cfg.forget])
-    if cfg.retain_limit is not None:
-        retain = retain[: cfg.retain_limit]
-    sets = [EvalSet("forget", forget), EvalSet("test", test), EvalSet("retain", retain),
-            EvalSet("real", load_profiles(data_dir, "Retain_Set"))]
-    return sets if cfg.scope is None else [s for s in sets if s.name in cfg.scope]
-
-
-SETS = ("forget", "test", "retain", "real")
-TASKS = ("generation", "multiple_choice", "cloze")
+    read = {
+        "forget": lambda: forget,
+        "test": lambda: [p for p in load_profiles(data_dir, "Test_Set") if p.id in ids],
+        "retain": lambda: load_profiles(data_dir, RETAIN_OF[cfg.forget])[: cfg.retain_limit],
+        "real": lambda: load_profiles(data_dir, "Retain_Set"),
+    }
+    return [EvalSet(name, read[name]()) for name in SETS if cfg.scope is None or name in cfg.scope]
 
 
 def check_scope(scope: dict[str, Sequence[str]] | None) -> None:
