@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -101,7 +102,10 @@ def test_lora_targets_only_the_language_models_linear_layers(family, real_bench)
     # what stays out: the vision tower, the projector / merger / perceiver connector, the output layer
     assert outside and all(any(part in n for part in ("vision", "visual", "projector", "connector", "lm_head"))
                            for n in outside), outside
-    peft_model = apply_lora(model, LoraSettings(r=2, alpha=4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        peft_model = apply_lora(model, LoraSettings(r=2, alpha=4))
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)]  # nothing for a user to act on
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n and (".language_model." in n or ".text_model." in n) for n in trainable)
 

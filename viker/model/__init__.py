@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,7 +120,9 @@ def apply_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
         target_modules=targets,
         **settings.extra,
     )
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft reads an attribute transformers has renamed: nothing for a user to do
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:
