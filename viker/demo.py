@@ -286,7 +286,7 @@ def forget_acc_not_higher(v_acc: float, g_acc: float, questions: int | None = No
     ``questions`` four-option questions can tell.
 
     GA is held at chance where it scores below it: a model that picks the true option less often than
-    chance would still tells it apart from the others, which is not more forgetting than knowing nothing.
+    chance still tells it apart from the others, which is not more forgetting than knowing nothing.
     ViKeR's is higher only when a model at that level scores at least as well as ViKeR with probability
     ``CHANCE_ALPHA`` or less (one-sided binomial test; GA's figure is taken as exact, the stricter
     choice). Without ``questions``, figure against figure."""
