@@ -59,6 +59,11 @@ def test_demo_writes_every_promised_output(demo):
         assert method in report
     assert "## How ViKeR and GA compare here, and why" in report and "## Settings" in report
     assert f"({results['machine']['cpu_kernels']} kernels," in report  # the figures hold for this processor model
+    # where the time went: every step, in the order the demo ran them, in results.json and in the report
+    steps = results["step_seconds"]
+    assert list(steps)[:2] == ["generating the embedded benchmark", "the vanilla model"] and len(steps) == 6
+    assert all(seconds >= 0 for seconds in steps.values())
+    assert all(f"| {text} | {seconds / 60:.1f} |" in report for text, seconds in steps.items())
 
 
 def test_demo_diagnostics_are_the_runs_they_describe(demo):
@@ -93,6 +98,8 @@ def test_second_demo_reuses_the_vanilla_model(demo, capsys):
     assert "reusing the vanilla model" in capsys.readouterr().out
     assert (out / "vanilla" / "model" / "model.safetensors").stat().st_mtime_ns == before
     assert results["diagnostics"] is None
+    assert "generating the embedded benchmark" not in results["step_seconds"]  # the benchmark was there already
+    assert "the vanilla model" in results["step_seconds"]
     assert "How ViKeR and GA compare" not in (out / "report.md").read_text()
 
 

@@ -89,25 +89,46 @@ def _vanilla(cfg: DemoConfig, data: Path, out: Path, progress: bool) -> Path:
     return run
 
 
+class Steps:
+    """The demo's numbered steps: each is printed as it starts, and timed until the next one starts or
+    ``stop`` is called (``seconds``: step -> seconds, in order)."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.seconds = total, 0, {}
+        self.current: tuple[str, float] | None = None
+
+    def start(self, text: str) -> None:
+        self.stop()
+        self.done += 1
+        print(f"{self.done}/{self.total} {text}")
+        self.current = (text, time.perf_counter())
+
+    def skip(self) -> None:
+        self.stop()
+        self.done += 1
+
+    def stop(self) -> None:
+        if self.current is not None:
+            text, t = self.current
+            self.seconds[text] = round(time.perf_counter() - t, 1)
+            self.current = None
+
+
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     started = time.perf_counter()
-    total = 6 if cfg.shorter_budget else 5
-    steps = iter(range(1, total + 1))
-
-    def step(text: str) -> None:
-        print(f"{next(steps)}/{total} {text}")
+    steps = Steps(6 if cfg.shorter_budget else 5)
 
     out = Path(cfg.out)
     data = out / "data"
     synth = replace(cfg.synth, seed=cfg.seed)
     if not (data / "README.md").is_file() or json.loads((out / "synth.json").read_text() if (out / "synth.json").is_file()
                                                          else "null") != to_jsonable(synth):
-        step("generating the embedded benchmark")
+        steps.start("generating the embedded benchmark")
         build_benchmark(data, synth, progress=progress)
         write_json(out / "synth.json", synth)
     else:
-        next(steps)
-    step("the vanilla model")
+        steps.skip()
+    steps.start("the vanilla model")
     vanilla = _vanilla(cfg, data, out, progress)
     vanilla_model = load_model(vanilla)
     cache = out / "cache"
@@ -121,7 +142,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
                         replace(ecfg, scope=cfg.study_scope) if study else ecfg, progress=progress,
                         model_and_processor=model_and_processor)
 
-    step("unlearning with every method on the same budget")
+    steps.start("unlearning with every method on the same budget")
     runs.append({"method": "vanilla", "forget_split": cfg.forget,
                  "metrics": evaluate_run(out / "runs" / "vanilla", vanilla_model, vanilla / "model")})
     base = UnlearnConfig(model=str(vanilla), data=str(data), forget=cfg.forget, train=replace(cfg.unlearn, seed=cfg.seed),
@@ -140,7 +161,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
         if method == "cagul":
             cagul = cagul_details(run_dir, model_and_processor, data, cfg)
 
-    step("ViKeR's λ sweep")
+    steps.start("ViKeR's λ sweep")
     sweep = [{"lam": cfg.viker["lam"], "metrics": next(r["metrics"] for r in runs if r["method"] == "viker")}]
     for lam in cfg.lam_sweep:
         run_dir = under(out, "runs", sweep_key(lam))
@@ -150,16 +171,17 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
 
     diagnostics = None
     if cfg.shorter_budget:
-        step("why: ViKeR without its ascent term; GA and ViKeR on a shorter budget")
+        steps.start("why: ViKeR without its ascent term; GA and ViKeR on a shorter budget")
         diagnostics = run_diagnostics(cfg, base, out, data, evaluate_run, sweep, progress)
 
-    step("key tokens, report and plot")
+    steps.start("key tokens, report and plot")
     run_keytokens(str(vanilla), str(data), cfg.forget, str(out / "keytokens.html"), k=cfg.viker.get("k", 5),
                   refs=cfg.viker.get("refs", "people"), cache_dir=cache, progress=progress,
                   model_and_processor=vanilla_model)
     questions = forget_image_questions(data, cfg.forget)
+    steps.stop()  # what is left (the report and the plot) takes a second
     results = {"runs": runs, "lam_sweep": sweep, "settings": to_jsonable(cfg), "machine": machine(),
-               "unlearn_seconds": timings,
+               "step_seconds": steps.seconds, "unlearn_seconds": timings,
                "cagul": cagul, "diagnostics": diagnostics, "forget_image_questions": questions}
     write_json(out / "results.json", results)
     extra_points = [{"method": key, "label": d["label"], "metrics": d["metrics"], "marker": "X"}
@@ -167,7 +189,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     tradeoff_plot(runs + extra_points, sweep, out / "tradeoff.png",
                   f"{cfg.forget} of the embedded benchmark, tiny LLaVA", chance=CHANCE_ACC)
     minutes = (time.perf_counter() - started) / 60
-    write_report(out / "report.md", runs, sweep, cfg, minutes, results["machine"], cagul, diagnostics, questions)
+    write_report(out / "report.md", runs, sweep, cfg, minutes, results["machine"], cagul, diagnostics, questions,
+                 steps.seconds)
     print()
     print(plain_table(runs))
     print(f"\nwrote {out}/report.md, results.json, tradeoff.png, keytokens.html in {minutes:.1f} min")
@@ -456,8 +479,19 @@ def shorter_budget_note(ga: dict, vk: dict, epochs: float, questions: int | None
     return note
 
 
+def time_table(step_seconds: dict[str, float] | None) -> str:
+    """Where the demo's time went: a table of minutes per step (a step it skipped, such as a benchmark
+    already generated, is left out); empty without steps."""
+    if not step_seconds:
+        return ""
+    rows = "\n".join(f"| {text} | {seconds / 60:.1f} |" for text, seconds in step_seconds.items())
+    return ("\nWhere the time went (a step's minutes include evaluating its runs):\n\n"
+            f"| step | minutes |\n| --- | --- |\n{rows}\n")
+
+
 def write_report(path: Path, runs: list[dict], sweep: list[dict], cfg: DemoConfig, minutes: float, cpu: dict,
-                 cagul: dict | None = None, diagnostics: dict | None = None, questions: int | None = None) -> None:
+                 cagul: dict | None = None, diagnostics: dict | None = None, questions: int | None = None,
+                 step_seconds: dict[str, float] | None = None) -> None:
     sweep_rows = "\n".join(
         f"| {s['lam']:g} | {s['metrics']['forget_acc']:.1f} | {s['metrics']['retain_rougeL']:.1f} | "
         f"{s['metrics']['coherence']:.1f} |" for s in sorted(sweep, key=lambda s: s["lam"]))
@@ -491,14 +525,16 @@ Key tokens of the forget answers: [keytokens.html](keytokens.html) (![key tokens
 - Date {date.today().isoformat()}; {cpu['cpu']} ({cpu['cpu_kernels']} kernels, {cpu['threads']} PyTorch threads);
   {minutes:.1f} minutes in all; seed {cfg.seed}. The same seed gives the same numbers on the same processor model.
 - Benchmark: {cfg.synth.profiles} fictitious people, {cfg.synth.celebrities} real-world people; forget split {cfg.forget}.
-- Vanilla: tiny LLaVA, full finetune, {cfg.finetune.epochs:g} epochs, lr {cfg.finetune.lr:g}, batch {cfg.finetune.batch_size}.
-- Unlearning (every method): LoRA r={cfg.lora.r}, α={cfg.lora.alpha} on the language model; {cfg.unlearn.epochs:g} epochs,
-  lr {cfg.unlearn.lr:g}, batch {cfg.unlearn.batch_size}; retain terms paired batch by batch.
+- Vanilla: tiny LLaVA, full finetune, {n_epochs(cfg.finetune.epochs)}, lr {cfg.finetune.lr:g},
+  batch {cfg.finetune.batch_size}.
+- Unlearning (every method): LoRA r={cfg.lora.r}, α={cfg.lora.alpha} on the language model;
+  {n_epochs(cfg.unlearn.epochs)}, lr {cfg.unlearn.lr:g}, batch {cfg.unlearn.batch_size}; retain terms paired batch
+  by batch.
 - ViKeR: {", ".join(f"{k}={v}" for k, v in cfg.viker.items())}.
-- CAGUL: the model frozen; its new modules trained {cfg.cagul_train.epochs:g} epochs at lr {cfg.cagul_train.lr:g}
+- CAGUL: the model frozen; its new modules trained {n_epochs(cfg.cagul_train.epochs)} at lr {cfg.cagul_train.lr:g}
   ({", ".join(f"{k}={v}" for k, v in cfg.cagul.items())}, the rest at their defaults).
 - Evaluation: multiple choice by option likelihood; generation greedy, {cfg.eval.max_new_tokens} new tokens;
   retain metrics on {cfg.eval.retain_limit or 'all'} retain people.
 - Full settings: `results.json`; each run's own `config.json` and `metrics.json` under `runs/`.
-"""
+{time_table(step_seconds)}"""
     path.write_text(text)
