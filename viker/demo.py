@@ -63,7 +63,7 @@ class DemoConfig:
 
 
 def fast(cfg: DemoConfig) -> DemoConfig:
-    """Smaller settings for a quick look (2.5 minutes on a 2-core AMD EPYC): fewer people, shorter training."""
+    """Smaller settings for a quick look (under 3 minutes on a 2-core AMD EPYC): fewer people, shorter training."""
     return replace(
         cfg,
         synth=replace(cfg.synth, profiles=30, celebrities=6, ref_per_pool=12, strangers=10),
