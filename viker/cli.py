@@ -165,13 +165,32 @@ def _is_tiny(model: str) -> bool:
     return config.is_file() and '"tiny"' in config.read_text()
 
 
+class _Help(argparse.HelpFormatter):
+    """``--help`` that shows an option's default where it has one (not for flags or options without one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.default is not None and action.default is not False and action.default != argparse.SUPPRESS
+        if action.option_strings and shown and "default" not in text and "auto:" not in text:
+            text += f"{' ' if text else ''}(default: %(default)s)"
+        return text
+
+
+def _command(sub, name: str, summary: str, description: str = ""):
+    """A subcommand: ``summary`` in ``viker --help``, and with ``description`` in its own ``--help``."""
+    return sub.add_parser(name, help=summary, description=f"{summary[0].upper()}{summary[1:]}. {description}".strip(),
+                          formatter_class=_Help)
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=float)
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--lr", type=float)
+    p = p.add_argument_group("training", "Unset options take the preset for a tiny model or for a checkpoint; "
+                                         "every run's config.json records the values it used.")
+    p.add_argument("--epochs", type=float, help="passes over the data (fractions allowed)")
+    p.add_argument("--max-steps", type=int, help="optimiser steps; overrides --epochs")
+    p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--batch-size", type=int, help="examples per micro-step over all processes together")
-    p.add_argument("--grad-accum", type=int)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--grad-accum", type=int, help="micro-steps per optimiser step")
+    p.add_argument("--seed", type=int, help="seed of the initialisation and the data order")
     p.add_argument("--checkpoint-every", type=int, help="write a checkpoint every N steps (atomically)")
     p.add_argument("--resume", action="store_true", help="continue a stopped run from its last checkpoint")
     p.add_argument("--max-length", type=int, help="refuse examples longer than this many tokens (never truncates)")
@@ -181,32 +200,43 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="recompute activations in the backward pass: much less memory, about a third slower")
 
 
+def _add_lora_args(p: argparse.ArgumentParser, alpha: int, dropout: float) -> None:
+    p.add_argument("--lora-r", type=int, default=16, help="LoRA rank")
+    p.add_argument("--lora-alpha", type=int, default=alpha, help="LoRA α (the update is scaled by α/r)")
+    p.add_argument("--lora-dropout", type=float, default=dropout, help="dropout on LoRA's input")
+
+
 def _add_benchmark_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--benchmark", choices=("mllmu", "clear"), default="mllmu",
                    help="the layout of --data: MLLMU-Bench (and the embedded benchmark) or CLEAR")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p = p.add_argument_group("model loading")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on a GPU, float32 on CPU), float32, bfloat16")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the checkpoint")
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="viker", description="Make a multimodal LLM forget specific people.")
+    ap = argparse.ArgumentParser(prog="viker", description="Make a multimodal LLM forget specific people.",
+                                 formatter_class=_Help)
     sub = ap.add_subparsers(dest="command", required=True)
 
-    data = sub.add_parser("data", help="benchmark data").add_subparsers(dest="data_command", required=True)
-    synth = data.add_parser("synth", help="write the embedded benchmark (MLLMU-Bench layout)")
-    synth.add_argument("--out", required=True)
-    synth.add_argument("--seed", type=int, default=0)
+    data = _command(sub, "data", "benchmark data").add_subparsers(dest="data_command", required=True)
+    synth = _command(data, "synth", "write the embedded benchmark (MLLMU-Bench layout)",
+                     "Fictitious people with generated faces and facts, real-world people, reference images and "
+                     "strangers, in MLLMU-Bench's files and columns; offline, the same for the same seed.")
+    synth.add_argument("--out", required=True, help="the benchmark folder to write")
+    synth.add_argument("--seed", type=int, default=0, help="seed of the people, their faces and their facts")
     synth.add_argument("--profiles", type=int, default=100, help="fictitious people (>= 20 for a non-empty forget_5)")
     synth.set_defaults(func=_synth)
 
-    ft = sub.add_parser("finetune", help="train the vanilla model on every person of the benchmark")
+    ft = _command(sub, "finetune", "train the vanilla model on every person of the benchmark",
+                  "Writes OUT/model, config.json, history.json and metrics.json (how many answers it recalls exactly).")
     ft.add_argument("--model", default="tiny", help="'tiny' (built offline) or a model folder / hub id")
     ft.add_argument("--data", required=True, help="benchmark folder (MLLMU-Bench layout)")
-    ft.add_argument("--out", required=True)
+    ft.add_argument("--out", required=True, help="the run folder to write")
     _add_benchmark_arg(ft)
     ft.add_argument("--without", help="CLEAR: leave out this forget split's persons (forget01 | forget05 | forget10), "
                                       "to train the reference model of forget quality")
@@ -216,22 +246,23 @@ def parser() -> argparse.ArgumentParser:
                     help="MLLMU: ft_Data = the benchmark's vanilla finetune (its ft_Data pairs); all = also every "
                          "generation question and pretrain_Data, for a model trained from scratch (auto: all for "
                          "--model tiny, ft_Data otherwise)")
-    ft.add_argument("--tuning", choices=("auto", "full", "lora"), default="auto")
+    ft.add_argument("--tuning", choices=("auto", "full", "lora"), default="auto",
+                    help="train every weight or LoRA adapters (auto: full for --model tiny, LoRA otherwise)")
     _add_train_args(ft)
-    ft.add_argument("--lora-r", type=int, default=16)
-    ft.add_argument("--lora-alpha", type=int, default=16)
-    ft.add_argument("--lora-dropout", type=float, default=0.05)
+    _add_lora_args(ft, alpha=16, dropout=0.05)
     _add_model_args(ft)
     ft.set_defaults(func=_finetune)
 
-    un = sub.add_parser("unlearn", help="make the vanilla model forget a forget split")
+    un = _command(sub, "unlearn", "make the vanilla model forget a forget split",
+                  "Writes OUT/model (CAGUL: OUT/cagul, beside the untouched base model), config.json and "
+                  "history.json. Options marked with a method's name apply to that method only.")
     un.add_argument("--model", required=True, help="the vanilla model: a `viker finetune` run folder or model folder")
-    un.add_argument("--data", required=True)
+    un.add_argument("--data", required=True, help="the benchmark folder")
     _add_benchmark_arg(un)
     un.add_argument("--forget", help="forget_5 | forget_10 | forget_15 (default forget_10); CLEAR: forget01 | "
                                      "forget05 | forget10, +tofu to include its text questions (default forget10)")
     un.add_argument("--method", default="viker", help="ga | graddiff | klmin | npo | idkpo | viker | cagul")
-    un.add_argument("--out", required=True)
+    un.add_argument("--out", required=True, help="the run folder to write")
     un.add_argument("--lam", type=float, help="ViKeR: weight λ ≥ 0 of the reference regulariser; above 1, tokens "
                     "the reference images predict with probability above 1/λ are held, the others forgotten")
     un.add_argument("--k", type=int, help="ViKeR: reference images per example (default 5)")
@@ -240,36 +271,39 @@ def parser() -> argparse.ArgumentParser:
     un.add_argument("--ablation", help="ViKeR: none | no_reg | no_ga | no_vis")
     un.add_argument("--beta", type=float, help="NPO / IdkPO: inverse temperature β (default 0.1)")
     un.add_argument("--retain-weight", type=float,
-                    help="GradDiff / KL-Min / NPO / IdkPO / CAGUL: weight of the retain term")
+                    help="GradDiff / KL-Min / NPO / IdkPO / CAGUL: weight of the retain term "
+                         "(default 1; CAGUL 0.25; NPO 0, no retain term)")
     un.add_argument("--rewrite", type=float, help="CAGUL: visual tokens rewritten per flagged image, a fraction "
                                                    "(< 1) or a count (default 0.75)")
     un.add_argument("--layers", type=_int_list, help="CAGUL: decoder layers whose attention ranks visual tokens, "
                                                      "e.g. 1,2 (default: the middle layer)")
     un.add_argument("--heads", type=_int_list, help="CAGUL: attention heads averaged, e.g. 0,3 (default: all)")
     un.add_argument("--encoder-width", type=int, help="CAGUL: width of the visual-token encoder (default 128)")
-    un.add_argument("--threshold", type=float, help="CAGUL: discriminator probability that flags an image (0.5)")
+    un.add_argument("--threshold", type=float,
+                    help="CAGUL: discriminator probability that flags an image (default 0.5)")
     un.add_argument("--forget-loss", choices=("reference", "npo"),
                     help="CAGUL: answer a forget person as a stranger (reference) or NPO")
-    un.add_argument("--tuning", choices=("lora", "full"), default="lora")
+    un.add_argument("--tuning", choices=("lora", "full"), default="lora",
+                    help="LoRA adapters on the language model's linear layers, or every weight")
     _add_train_args(un)
-    un.add_argument("--lora-r", type=int, default=16)
-    un.add_argument("--lora-alpha", type=int, default=32)
-    un.add_argument("--lora-dropout", type=float, default=0.0)
+    _add_lora_args(un, alpha=32, dropout=0.0)
     un.add_argument("--save", choices=("merged", "adapter"), default="merged",
                     help="with LoRA: save the merged model or the adapter alone")
     un.add_argument("--cache-dir", help="where ViKeR's reference distributions are cached (default ~/.cache/viker)")
     _add_model_args(un)
     un.set_defaults(func=_unlearn)
-    ev = sub.add_parser("eval", help="evaluate a model on a forget split, its Test_Set rows, the retain split "
-                                     "and the real-world people")
-    ev.add_argument("--model", required=True)
-    ev.add_argument("--data", required=True)
+    ev = _command(sub, "eval", "evaluate a model on a forget split, its Test_Set rows, the retain split and the "
+                               "real-world people",
+                  "Writes OUT/metrics.json (percentages) and OUT/generations.jsonl (every question, reference "
+                  "answer and model answer).")
+    ev.add_argument("--model", required=True, help="a model folder, a run folder of viker's, or a hub id")
+    ev.add_argument("--data", required=True, help="the benchmark folder")
     _add_benchmark_arg(ev)
     ev.add_argument("--forget", help="the forget split (default forget_10; CLEAR: forget10)")
-    ev.add_argument("--out", required=True)
+    ev.add_argument("--out", required=True, help="the folder to write (an unlearning run's own folder is fine)")
     ev.add_argument("--mc-mode", choices=("likelihood", "letter"), default="likelihood",
                     help="multiple choice by option likelihood (small models) or the benchmark's letter generation")
-    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--batch-size", type=int, default=32, help="questions per forward pass")
     ev.add_argument("--max-new-tokens", type=int, help="greedy reply length (default 50; CLEAR: 100)")
     ev.add_argument("--retain-limit", type=int, help="evaluate at most this many retain-split people (CLEAR: "
                                                       "retain_perturbed rows)")
@@ -281,20 +315,27 @@ def parser() -> argparse.ArgumentParser:
                                            "or the forget_truth_ratios.json of its evaluation: gives forget_quality")
     _add_model_args(ev)
     ev.set_defaults(func=_eval)
-    kt = sub.add_parser("keytokens", help="show which answer tokens ViKeR treats as private (HTML + PNG)")
+    kt = _command(sub, "keytokens", "show which answer tokens ViKeR treats as private (HTML + PNG)",
+                  "Each forget answer's tokens, coloured by the entropy of the vanilla model's predictions "
+                  "when the image is swapped for reference images, and the reference probability of the true token.")
     kt.add_argument("--model", required=True, help="the vanilla model")
-    kt.add_argument("--data", required=True)
-    kt.add_argument("--forget", default="forget_10")
+    kt.add_argument("--data", required=True, help="the benchmark folder")
+    kt.add_argument("--forget", default="forget_10", help="the forget split whose answers are shown")
     kt.add_argument("--out", required=True, help="an .html file; the PNG is written beside it")
-    kt.add_argument("--k", type=int, default=5)
-    kt.add_argument("--refs", default="people")
+    kt.add_argument("--k", type=int, default=5, help="reference images per answer")
+    kt.add_argument("--refs", default="people",
+                    help="reference images: people | patterns | scenes | pets | forget | retain | a folder of images")
     kt.add_argument("--epsilon", type=float, default=0.5, help="entropy threshold (nats) for key tokens")
-    kt.add_argument("--cache-dir")
+    kt.add_argument("--cache-dir", help="where reference distributions are cached (default ~/.cache/viker)")
     _add_model_args(kt)
     kt.set_defaults(func=_keytokens)
-    dm = sub.add_parser("demo", help="the whole comparison on the embedded benchmark, offline on a CPU")
-    dm.add_argument("--out", default="viker-demo")
-    dm.add_argument("--seed", type=int, default=0)
+    dm = _command(sub, "demo", "the whole comparison on the embedded benchmark, offline on a CPU",
+                  "Generates the benchmark, finetunes the vanilla tiny model, unlearns forget_10 with every method "
+                  "on the same budget, sweeps ViKeR's λ, evaluates everything, and writes OUT/report.md, "
+                  "results.json, tradeoff.png and keytokens.html. A second demo in the same folder reuses the "
+                  "benchmark and the vanilla model.")
+    dm.add_argument("--out", default="viker-demo", help="the folder for the data, the models, the runs and the report")
+    dm.add_argument("--seed", type=int, default=0, help="seed of the benchmark and of every training run")
     dm.add_argument("--fast", action="store_true", help="smaller settings (about 3 minutes)")
     dm.set_defaults(func=_demo)
     return ap

@@ -1,0 +1,45 @@
+"""The command line documents itself: every option says what it is for, and what it defaults to."""
+
+import argparse
+
+import pytest
+
+from viker.cli import parser
+
+
+def _commands(ap: argparse.ArgumentParser, path=("viker",)):
+    """(name, parser) of every command that takes options, subcommands included."""
+    subs = [a for a in ap._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield " ".join(path), ap
+    for sub in subs:
+        for name, child in sub.choices.items():
+            yield from _commands(child, (*path, name))
+
+
+COMMANDS = dict(_commands(parser()))
+
+
+def test_every_command_is_reachable():
+    assert set(COMMANDS) == {"viker data synth", "viker finetune", "viker unlearn", "viker eval",
+                             "viker keytokens", "viker demo"}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_option_has_help_and_shows_its_default(command):
+    ap = COMMANDS[command]
+    assert ap.description and ap.description[0].isupper(), f"{command}: no description for its --help"
+    text = ap.format_help()
+    for action in ap._actions:
+        if not action.option_strings or action.help == argparse.SUPPRESS:
+            continue
+        option = max(action.option_strings, key=len)
+        assert action.help, f"{command} {option}: no help"
+        if action.default is not None and action.default is not False and not isinstance(action, argparse._HelpAction):
+            described = ap._get_formatter()._get_help_string(action) % {"default": action.default}
+            assert "default" in described or "auto:" in described, f"{command} {option}: default not shown"
+    assert text.startswith("usage: " + command)
+
+
+def test_a_zero_default_is_shown():
+    assert "(default: 0)" in COMMANDS["viker demo"].format_help()
