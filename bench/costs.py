@@ -538,8 +538,6 @@ def time_shape(cfg: BenchConfig, data: Path, clock: Clock) -> dict:
 # --------------------------------------------------------------------------------------------------
 # RESULTS.md
 # --------------------------------------------------------------------------------------------------
-METHOD_NAMES = {"ga": "GA", "graddiff": "GradDiff", "klmin": "KL-Min", "npo": "NPO", "idkpo": "IdkPO",
-                "viker": "ViKeR (warm cache)"}
 
 
 def kib(n: float | None) -> str:
@@ -551,7 +549,10 @@ def mib(n: float | None) -> str:
 
 
 def name(method: str) -> str:
-    return METHOD_NAMES.get(method, method)
+    """A method's title; ViKeR's epochs here run with its reference distributions already cached."""
+    from viker.methods import title
+
+    return "ViKeR (warm cache)" if method == "viker" else title(method)
 
 
 def plural(n: float, word: str) -> str:

@@ -55,8 +55,10 @@ def test_demo_writes_every_promised_output(demo):
     assert (out / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "keytokens.html").read_text().startswith("<!doctype html>")
     report = (out / "report.md").read_text()
-    for method in ("GA", "ViKeR", "CAGUL"):
-        assert method in report
+    # the paper-style table: a row per run, named as the papers name the methods, ViKeR with its settings
+    rows = [line.split(" | ")[0] for line in report.splitlines() if line.startswith("| ") and " | " in line]
+    assert rows[:10] == ["| Method", "| ---", "| vanilla", "| GA", "| GradDiff", "| KL-Min", "| NPO", "| IdkPO",
+                         "| ViKeR (λ=2, k=2, people)", "| CAGUL (weights untouched)"]
     assert "## How ViKeR and GA compare here, and why" in report and "## Settings" in report
     assert f"({results['machine']['cpu_kernels']} kernels," in report  # the figures hold for this processor model
     # where the time went: every step, in the order the demo ran them, in results.json and in the report

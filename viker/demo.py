@@ -186,15 +186,26 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     write_json(out / "results.json", results)
     extra_points = [{"method": key, "label": d["label"], "metrics": d["metrics"], "marker": "X"}
                     for key, d in (diagnostics or {}).get("runs", {}).items()]
-    tradeoff_plot(runs + extra_points, sweep, out / "tradeoff.png",
+    tradeoff_plot(labelled(runs, cfg) + extra_points, sweep, out / "tradeoff.png",
                   f"{cfg.forget} of the embedded benchmark, tiny LLaVA", chance=CHANCE_ACC)
     minutes = (time.perf_counter() - started) / 60
     write_report(out / "report.md", runs, sweep, cfg, minutes, results["machine"], cagul, diagnostics, questions,
                  steps.seconds)
     print()
-    print(plain_table(runs))
+    print(plain_table(labelled(runs, cfg)))
     print(f"\nwrote {out}/report.md, results.json, tradeoff.png, keytokens.html in {minutes:.1f} min")
     return results
+
+
+def labelled(runs: list[dict], cfg: DemoConfig) -> list[dict]:
+    """The runs as tables and the plot name them: ViKeR with its settings, CAGUL as the method that
+    leaves the weights untouched, the others by their method's title."""
+    def setting(key, value):
+        return f"λ={value:g}" if key == "lam" else str(value) if key == "refs" else f"{key}={value}"
+
+    viker = ", ".join(setting(k, v) for k, v in cfg.viker.items())
+    labels = {"viker": f"ViKeR ({viker})", "cagul": "CAGUL (weights untouched)"}
+    return [{**r, "label": labels[r["method"]]} if r["method"] in labels else r for r in runs]
 
 
 def run_diagnostics(cfg: DemoConfig, base: UnlearnConfig, out: Path, data: Path, evaluate_run, sweep: list[dict],
@@ -497,7 +508,7 @@ def write_report(path: Path, runs: list[dict], sweep: list[dict], cfg: DemoConfi
         f"{s['metrics']['coherence']:.1f} |" for s in sorted(sweep, key=lambda s: s["lam"]))
     text = f"""# viker demo: unlearning {cfg.forget} of the embedded benchmark
 
-{markdown_table(runs)}
+{markdown_table(labelled(runs, cfg))}
 
 Best value of each column among the unlearning methods in bold (vanilla is the model before unlearning).
 All numbers are percentages.

@@ -22,6 +22,13 @@ COLUMNS = [
 ]
 
 
+def label(run: dict) -> str:
+    """How a run is printed: its own ``label``, else its method's title (``klmin`` -> ``KL-Min``)."""
+    from viker.methods import title
+
+    return run.get("label") or title(run["method"])
+
+
 def _columns(runs: list[dict]) -> list[tuple]:
     return [c for c in COLUMNS if any(c[0] in r["metrics"] for r in runs)]
 
@@ -42,7 +49,7 @@ def markdown_table(runs: list[dict]) -> str:
             v = r["metrics"].get(key)
             text = "–" if v is None else f"{v:.1f}"
             cells.append(f"**{text}**" if v is not None and round(v, 1) == best[key] and r in contenders else text)
-        lines.append(f"| {r.get('label', r['method'])} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label(r)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -53,12 +60,25 @@ def column_glossary(runs: list[dict]) -> str:
 
 def plain_table(runs: list[dict], keys=("forget_acc", "test_acc", "retain_rougeL", "real_rougeL", "coherence")) -> str:
     """A compact table for the terminal."""
-    width = max(len(r.get("label", r["method"])) for r in runs) + 2
+    width = max(len(label(r)) for r in runs) + 2
     lines = ["method".ljust(width) + "".join(k.rjust(15) for k in keys)]
     for r in runs:
-        lines.append(r.get("label", r["method"]).ljust(width) +
+        lines.append(label(r).ljust(width) +
                      "".join(f"{r['metrics'].get(k, float('nan')):15.1f}" for k in keys))
     return "\n".join(lines)
+
+
+def _nearby(points: list[tuple[float, float, float]], within: float = 4.0) -> list[tuple[list[float], float, float]]:
+    """Sweep points ``(λ, x, y)`` gathered where they lie within ``within`` (percentage points) of a
+    group's first point, so that one label names them all: ``([λ, ...], x, y)`` per group."""
+    groups: list[tuple[list[float], float, float]] = []
+    for lam, x, y in points:
+        near = next((g for g in groups if abs(g[1] - x) ** 2 + abs(g[2] - y) ** 2 <= within ** 2), None)
+        if near:
+            near[0].append(lam)
+        else:
+            groups.append(([lam], x, y))
+    return groups
 
 
 def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = "", chance: float | None = None,
@@ -78,16 +98,16 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
         pts = sorted(((s["lam"], s["metrics"]["forget_acc"], s["metrics"]["retain_rougeL"]) for s in sweep))
         ax.plot([p[1] for p in pts], [p[2] for p in pts], "-o", color="#1f77b4", alpha=0.6, ms=4,
                 label="ViKeR, λ sweep")
-        for i, (lam, x, y) in enumerate(pts):
-            ax.annotate(f"λ={lam:g}", (x, y), textcoords="offset points", xytext=(4, -10 - 8 * (i % 3)), fontsize=7,
-                        color="#1f77b4")
+        for lams, x, y in _nearby(pts):
+            ax.annotate("λ=" + ", ".join(f"{lam:g}" for lam in lams), (x, y), textcoords="offset points",
+                        xytext=(0, 8), ha="center", va="bottom", fontsize=7, color="#1f77b4")  # above the markers
     markers = {"vanilla": ("*", "black"), "viker": ("D", "#1f77b4")}
     points = [*(s["metrics"] for s in sweep), *(r["metrics"] for r in runs)]
     for r in sorted(runs, key=lambda r: r["method"] == "vanilla"):  # vanilla last: on top
         m, c = markers.get(r["method"], ("o", None))
         m = r.get("marker", m)
         ax.scatter(r["metrics"]["forget_acc"], r["metrics"]["retain_rougeL"], marker=m, s=80, color=c, zorder=3,
-                   label=r.get("label", r["method"]))
+                   label=label(r))
     bad = [m for m in points if m.get("coherence", 100.0) < incoherent_below]
     if bad:
         ax.scatter([m["forget_acc"] for m in bad], [m["retain_rougeL"] for m in bad], marker="x", s=140, color="black",

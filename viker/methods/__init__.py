@@ -8,19 +8,32 @@ from typing import Callable
 METHODS: dict[str, Callable] = {}
 
 
-def register(name: str):
+def register(name: str, title: str):
+    """Register a method under ``name`` (what commands and results files use); ``title`` is how tables
+    and plots print it, as the papers do (``"klmin"`` -> ``"KL-Min"``)."""
+
     def add(cls):
         METHODS[name] = cls
-        cls.name = name
+        cls.name, cls.title = name, title
         return cls
 
     return add
 
 
-def get_method(name: str):
-    from viker.errors import VikerError
+def _registered() -> None:
     from viker.methods import cagul, finetune, ga, graddiff, idkpo, klmin, npo, viker  # noqa: F401  (registration)
 
+
+def title(name: str) -> str:
+    """How tables print method ``name``; a name that is not a method (``vanilla``) as it is."""
+    _registered()
+    return METHODS[name].title if name in METHODS else name
+
+
+def get_method(name: str):
+    from viker.errors import VikerError
+
+    _registered()
     if name not in METHODS:
         raise VikerError(f"unknown method '{name}'; choose from {', '.join(sorted(METHODS))}")
     return METHODS[name]

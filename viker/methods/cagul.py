@@ -116,7 +116,7 @@ def discriminator_report(model: CagulModel, processor, data_dir: str | Path, for
     return report
 
 
-@register("cagul")
+@register("cagul", "CAGUL")
 @dataclass
 class CAGUL:
     layers: list[int] | None = None  # decoder layers whose attention ranks visual tokens (None: the middle)

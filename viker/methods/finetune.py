@@ -8,7 +8,7 @@ from viker.methods.base import share
 from viker.methods.losses import answer_nll
 
 
-@register("finetune")
+@register("finetune", "finetune")
 class Finetune:
     streams = ("train",)
 

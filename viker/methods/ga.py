@@ -8,7 +8,7 @@ from viker.methods import register
 from viker.methods.base import log_likelihood
 
 
-@register("ga")
+@register("ga", "GA")
 @dataclass
 class GA:
     streams = ("forget",)

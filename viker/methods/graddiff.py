@@ -8,7 +8,7 @@ from viker.methods import register
 from viker.methods.base import log_likelihood
 
 
-@register("graddiff")
+@register("graddiff", "GradDiff")
 @dataclass
 class GradDiff:
     retain_weight: float = 1.0

@@ -11,7 +11,7 @@ from viker.methods.losses import dpo_loss, sequence_logprob
 from viker.prompts import REFUSALS
 
 
-@register("idkpo")
+@register("idkpo", "IdkPO")
 @dataclass
 class IdkPO:
     beta: float = 0.1

@@ -9,7 +9,7 @@ from viker.methods.base import log_likelihood, logits_of, share
 from viker.methods.losses import gather_answer_positions, kl_to_reference
 
 
-@register("klmin")
+@register("klmin", "KL-Min")
 @dataclass
 class KLMin:
     retain_weight: float = 1.0

@@ -14,7 +14,7 @@ from viker.methods.base import FrozenReference, log_likelihood, logits_of, share
 from viker.methods.losses import npo_loss, sequence_logprob
 
 
-@register("npo")
+@register("npo", "NPO")
 @dataclass
 class NPO:
     beta: float = 0.1

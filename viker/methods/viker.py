@@ -28,7 +28,7 @@ from viker.methods.reference import SOURCES, default_topk, reference_distributio
 ABLATIONS = ("none", "no_reg", "no_ga", "no_vis")
 
 
-@register("viker")
+@register("viker", "ViKeR")
 @dataclass
 class ViKeR:
     lam: float = 0.05
