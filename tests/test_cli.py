@@ -22,7 +22,7 @@ COMMANDS = dict(_commands(parser()))
 
 def test_every_command_is_reachable():
     assert set(COMMANDS) == {"viker data synth", "viker finetune", "viker unlearn", "viker eval",
-                             "viker keytokens", "viker demo"}
+                             "viker keytokens", "viker report", "viker demo"}
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))

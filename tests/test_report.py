@@ -1,5 +1,10 @@
-"""The paper-style table and the trade-off plot's labels."""
+"""The paper-style table, the trade-off plot's labels, and ``viker report`` on evaluated runs."""
 
+import json
+
+import pytest
+
+from viker.cli import main
 from viker.report import _nearby, markdown_table, plain_table
 
 
@@ -39,3 +44,77 @@ def test_sweep_points_that_lie_together_share_one_label():
     points = [(0.3, 24.0, 0.1), (0.7, 30.0, 0.1), (2.0, 34.0, 84.6), (10.0, 36.0, 83.6), (50.0, 34.0, 83.7)]
     assert _nearby(points) == [([0.3], 24.0, 0.1), ([0.7], 30.0, 0.1), ([2.0, 10.0, 50.0], 34.0, 84.6)]
     assert len(_nearby(points, within=1.0)) == 4  # 2 and 50 still share a label, 10 is apart
+
+
+# --------------------------------------------------------------------------------------------------
+# viker report, on runs made and evaluated by the commands themselves
+# --------------------------------------------------------------------------------------------------
+DATA = ["--forget", "forget_10"]
+EVAL = ["--max-new-tokens", "4", "--retain-limit", "2"]
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_dir, bench_dir, tmp_path_factory):
+    """A vanilla finetune, GA evaluated in a folder of its own, two NPO runs evaluated in theirs, and a
+    model folder that is no run of viker's, all evaluated on forget_10."""
+    root = tmp_path_factory.mktemp("runs")
+    data = ["--data", str(bench_dir), *DATA]
+    assert main(["finetune", "--model", str(tiny_dir), "--data", str(bench_dir), "--max-steps", "1",
+                 "--out", str(root / "vanilla")]) == 0
+    for name, method in (("ga", ["--method", "ga"]), ("npo-a", ["--method", "npo", "--beta", "0.1"]),
+                         ("npo-b", ["--method", "npo", "--beta", "0.5"])):
+        assert main(["unlearn", "--model", str(tiny_dir), *data, *method, "--max-steps", "1",
+                     "--out", str(root / name)]) == 0
+    for model, out in (("vanilla", "vanilla"), ("ga", "ga-eval"), ("npo-a", "npo-a"), ("npo-b", "npo-b")):
+        assert main(["eval", "--model", str(root / model), *data, *EVAL, "--out", str(root / out)]) == 0
+    assert main(["eval", "--model", str(tiny_dir), *data, *EVAL, "--out", str(root / "base")]) == 0
+    return root
+
+
+def test_an_evaluation_beside_a_run_records_its_settings_and_keeps_the_runs(runs):
+    config = json.loads((runs / "npo-a" / "config.json").read_text())
+    assert config["command"] == "unlearn" and config["method"]["beta"] == 0.1  # still the unlearning run's
+    evaluation = json.loads((runs / "npo-a" / "eval_config.json").read_text())
+    assert evaluation["command"] == "eval" and evaluation["eval"]["forget"] == "forget_10"
+    assert evaluation["eval"]["retain_limit"] == 2 and evaluation["model"] == str(runs / "npo-a")
+    # a folder of its own holds the evaluation's config.json, as before
+    assert json.loads((runs / "ga-eval" / "config.json").read_text())["command"] == "eval"
+    assert not (runs / "ga-eval" / "eval_config.json").exists()
+
+
+def test_report_tabulates_evaluated_runs_by_what_they_are(runs, tmp_path, capsys):
+    folders = [runs / name for name in ("vanilla", "base", "ga-eval", "npo-a", "npo-b")]
+    assert main(["report", *map(str, folders), "--out", str(tmp_path)]) == 0
+    assert "wrote report.md, results.json, tradeoff.png" in capsys.readouterr().out
+    report = (tmp_path / "report.md").read_text()
+    table = report.split("\n\n")[1]
+    cells = _cells(table)
+    # the finetune is the vanilla row; GA is named from the run its model came from; the two NPO runs by
+    # the setting that tells them apart; the model that is no run of viker's by its folder
+    assert list(cells) == ["vanilla", "base", "GA", "NPO (β=0.1)", "NPO (β=0.5)"]
+    metrics = {f.name: json.loads((f / "metrics.json").read_text()) for f in folders}
+    assert cells["GA"][0].strip("*") == f"{metrics['ga-eval']['forget_acc']:.1f}"
+    assert not any(c.startswith("**") for c in cells["vanilla"])  # the model before unlearning is not compared
+    assert "Evaluated on forget_10, multiple choice by likelihood." in " ".join(report.split())
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [r["method"] for r in results["runs"]] == ["vanilla", None, "ga", "npo", "npo"]
+    assert [r["metrics"] for r in results["runs"]] == list(metrics.values())
+    assert (tmp_path / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_refuses_runs_it_cannot_compare(runs, bench_dir, tiny_dir, tmp_path, capsys):
+    other = tmp_path / "forget5"
+    assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--forget", "forget_5", *EVAL,
+                 "--only", "forget:multiple_choice", "--out", str(other)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(runs / "ga-eval"), str(other), "--out", str(tmp_path / "mixed")]) == 2
+    err = capsys.readouterr().err
+    assert "different forget splits" in err and "forget_5" in err and "forget_10" in err
+    assert main(["report", str(runs / "vanilla" / "model"), "--out", str(tmp_path / "none")]) == 2
+    assert "no metrics.json" in capsys.readouterr().err
+    clear = tmp_path / "clear"  # CLEAR's metrics are other measures, on a 0-1 scale
+    clear.mkdir()
+    (clear / "metrics.json").write_text(json.dumps({"forget_truth_ratio": 0.4, "forget_quality": 0.01}))
+    assert main(["report", str(clear), "--out", str(tmp_path / "clear-report")]) == 2
+    assert "a CLEAR evaluation" in capsys.readouterr().err
+    assert not (tmp_path / "mixed").exists() and not (tmp_path / "clear-report").exists()  # nothing written

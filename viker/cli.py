@@ -141,6 +141,17 @@ def _keytokens(args) -> None:
     print(f"wrote {args.out} and {args.out.rsplit('.', 1)[0]}.png: {n_key} key tokens in {len(rows)} answers")
 
 
+def _report(args) -> None:
+    from pathlib import Path
+
+    from viker.report import plain_table, run_report
+
+    rows = run_report(args.runs, args.out, args.title)
+    print(plain_table(rows))
+    written = [name for name in ("report.md", "results.json", "tradeoff.png") if (Path(args.out) / name).is_file()]
+    print(f"\nwrote {', '.join(written)} in {args.out}")
+
+
 def _demo(args) -> None:
     from viker.demo import DemoConfig, fast, run_demo
 
@@ -329,6 +340,15 @@ def parser() -> argparse.ArgumentParser:
     kt.add_argument("--cache-dir", help="where reference distributions are cached (default ~/.cache/viker)")
     _add_model_args(kt)
     kt.set_defaults(func=_keytokens)
+    rp = _command(sub, "report", "the paper-style table and the trade-off plot of evaluated runs",
+                  "Reads each run folder's metrics.json (written by viker eval) and what its config says about "
+                  "the model; writes OUT/report.md (the table, best per column in bold, what each column means, "
+                  "the runs), results.json and tradeoff.png. Every run must have been evaluated on the same "
+                  "forget split with the same --mc-mode. A viker finetune model is the vanilla row.")
+    rp.add_argument("runs", nargs="+", metavar="RUN", help="an evaluated run folder, in the order of the table's rows")
+    rp.add_argument("--out", required=True, help="the folder to write")
+    rp.add_argument("--title", help="the report's title (default: the forget split)")
+    rp.set_defaults(func=_report)
     dm = _command(sub, "demo", "the whole comparison on the embedded benchmark, offline on a CPU",
                   "Generates the benchmark, finetunes the vanilla tiny model, unlearns forget_10 with every method "
                   "on the same budget, sweeps ViKeR's λ, evaluates everything, and writes OUT/report.md, "

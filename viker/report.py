@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 # (metric key, header, lower is better, what it means)
@@ -60,11 +61,12 @@ def column_glossary(runs: list[dict]) -> str:
 
 def plain_table(runs: list[dict], keys=("forget_acc", "test_acc", "retain_rougeL", "real_rougeL", "coherence")) -> str:
     """A compact table for the terminal."""
+    def cell(value: float | None) -> str:
+        return ("–" if value is None else f"{value:.1f}").rjust(15)
+
     width = max(len(label(r)) for r in runs) + 2
     lines = ["method".ljust(width) + "".join(k.rjust(15) for k in keys)]
-    for r in runs:
-        lines.append(label(r).ljust(width) +
-                     "".join(f"{r['metrics'].get(k, float('nan')):15.1f}" for k in keys))
+    lines += [label(r).ljust(width) + "".join(cell(r["metrics"].get(k)) for k in keys) for r in runs]
     return "\n".join(lines)
 
 
@@ -105,6 +107,8 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
     points = [*(s["metrics"] for s in sweep), *(r["metrics"] for r in runs)]
     for r in sorted(runs, key=lambda r: r["method"] == "vanilla"):  # vanilla last: on top
         m, c = markers.get(r["method"], ("o", None))
+        if sum(other["method"] == r["method"] for other in runs) > 1:
+            c = None  # several runs of one method: a colour each
         m = r.get("marker", m)
         ax.scatter(r["metrics"]["forget_acc"], r["metrics"]["retain_rougeL"], marker=m, s=80, color=c, zorder=3,
                    label=label(r))
@@ -120,3 +124,123 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------------
+# ``viker report``: the table and the plot of any evaluated runs
+# --------------------------------------------------------------------------------------------------
+SETTING_NAMES = {"lam": "λ", "beta": "β"}
+
+
+def _what_was_evaluated(config: dict, evaluation: dict | None) -> dict:
+    """The config of the run whose model an evaluation scored: the folder's own, or, for an evaluation
+    in a folder of its own, that of the run folder its model came from (empty when it is no run of ours)."""
+    if config.get("command") != "eval" or not evaluation:
+        return config
+    from viker.runs import read_configs
+
+    model = Path(str(evaluation.get("model", "")))
+    for folder in (model, model.parent) if model.name == "model" else (model,):
+        if (folder / "config.json").is_file():
+            found, _ = read_configs(folder)
+            if found.get("command") in ("finetune", "unlearn"):
+                return found
+    return {}
+
+
+def read_run(path: str | Path) -> dict:
+    """An evaluated run folder as a row: ``method`` (``vanilla`` for a ``viker finetune`` model, None
+    for a model that is no run of ours), its method settings, the forget split it was evaluated on
+    (None when not recorded), ``metrics`` and ``path``."""
+    from viker.errors import VikerError
+    from viker.runs import read_configs
+
+    run = Path(path)
+    if not (run / "metrics.json").is_file():
+        raise VikerError(f"{run}: no metrics.json; evaluate it first (viker eval --model {run} ... --out {run})")
+    config, evaluation = read_configs(run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    if (evaluation or {}).get("benchmark") == "clear" or "forget_truth_ratio" in metrics:
+        raise VikerError(f"{run}: a CLEAR evaluation; viker report makes MLLMU-Bench's table")
+    source = _what_was_evaluated(config, evaluation)
+    method = {"finetune": "vanilla", "unlearn": source.get("method", {}).get("name")}.get(source.get("command"))
+    settings = {k: v for k, v in source.get("method", {}).items() if k not in ("name", "forget_split", "retain_split")}
+    evaluated = (evaluation or {}).get("eval", {})
+    return {"method": method, "settings": settings, "forget_split": evaluated.get("forget"),
+            "mc_mode": evaluated.get("mc_mode"), "metrics": metrics, "path": str(run)}
+
+
+def _setting(key: str, value) -> str:
+    return f"{SETTING_NAMES.get(key, key)}={value:g}" if isinstance(value, float) else \
+        f"{SETTING_NAMES.get(key, key)}={value}"
+
+
+def _labels(rows: list[dict]) -> list[str]:
+    """Each row's name in the table: its method's title; where several rows share a method, what sets
+    them apart (the method settings that differ, else the folder's name); a model that is no run of
+    ours, by its folder's name."""
+    names = []
+    for row in rows:
+        if row["method"] is None:
+            names.append(Path(row["path"]).name)
+            continue
+        twins = [r for r in rows if r["method"] == row["method"]]
+        differ = [k for k, v in row["settings"].items() if any(r["settings"].get(k) != v for r in twins)]
+        apart = ", ".join(_setting(k, row["settings"][k]) for k in differ) or Path(row["path"]).name
+        names.append(label(row) + (f" ({apart})" if len(twins) > 1 else ""))
+    return names
+
+
+def _one_value(rows: list[dict], key: str, what: str) -> str | None:
+    """The value of ``key`` that every row shares (rows that did not record it aside), or an error."""
+    from viker.errors import VikerError
+
+    values = {r[key] for r in rows if r[key] is not None}
+    if len(values) > 1:
+        listed = ", ".join(f"{r['path']} ({r[key]})" for r in rows if r[key] is not None)
+        raise VikerError(f"these runs were evaluated with different {what}, so one table cannot compare them: {listed}")
+    return next(iter(values), None)
+
+
+def run_report(paths: list[str], out: str | Path, title: str | None = None) -> list[dict]:
+    """``viker report``: the paper-style table of evaluated runs (report.md, results.json) and their
+    forgetting/retention plot (tradeoff.png), in ``out``. Returns the rows."""
+    from viker.errors import VikerError
+    from viker.runs import write_json
+
+    if not paths:
+        raise VikerError("give at least one evaluated run folder")
+    rows = [read_run(p) for p in paths]
+    forget = _one_value(rows, "forget_split", "forget splits")
+    mc_mode = _one_value(rows, "mc_mode", "--mc-mode")
+    for row, name in zip(rows, _labels(rows)):
+        row["label"] = name
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", {"runs": rows})
+    plotted = [r for r in rows if {"forget_acc", "retain_rougeL"} <= set(r["metrics"])]
+    if plotted:
+        tradeoff_plot(plotted, [], out / "tradeoff.png", title or f"{forget or 'runs'}: forgetting vs retention")
+    listing = "\n".join(f"| {r['label']} | `{r['path']}` | {r['method'] or 'not a viker run'} | "
+                        f"{', '.join(_setting(k, v) for k, v in r['settings'].items()) or '–'} |" for r in rows)
+    plot = "\n![trade-off](tradeoff.png)\n" if plotted else ""
+    text = f"""# {title or f"Unlearning {forget or ''}".strip()}
+
+{markdown_table(rows)}
+
+Best value of each column among the unlearning methods in bold (vanilla, the model before unlearning, is not
+compared). All numbers are percentages. Evaluated on {forget or "a forget split not recorded"}, multiple choice
+by {mc_mode or "a mode not recorded"}.
+{plot}
+## Columns
+
+{column_glossary(rows)}
+
+## Runs
+
+| row | folder | method | method settings |
+| --- | --- | --- | --- |
+{listing}
+"""
+    (out / "report.md").write_text(text)
+    return rows

@@ -91,7 +91,8 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return path
 
 
-def write_config(out: str | Path, command: str, settings: dict, data_dir: str | Path | None = None) -> Path:
+def write_config(out: str | Path, command: str, settings: dict, data_dir: str | Path | None = None,
+                 name: str = "config.json") -> Path:
     config = {
         "command": command,
         "argv": sys.argv,
@@ -101,4 +102,25 @@ def write_config(out: str | Path, command: str, settings: dict, data_dir: str | 
     }
     if data_dir is not None and Path(data_dir).is_dir():
         config["data_files"] = file_hashes(data_dir)
-    return write_json(Path(out) / "config.json", config)
+    return write_json(Path(out) / name, config)
+
+
+EVAL_CONFIG = "eval_config.json"  # an evaluation's settings, beside the config of the run it evaluated
+
+
+def write_eval_config(out: str | Path, settings: dict, data_dir: str | Path | None = None) -> Path:
+    """An evaluation's settings: ``config.json`` in a folder of its own (or of an earlier evaluation),
+    else ``eval_config.json`` beside the config of the run it evaluates, which it must not replace."""
+    config = Path(out) / "config.json"
+    own = not config.is_file() or json.loads(config.read_text()).get("command") == "eval"
+    return write_config(out, "eval", settings, data_dir, name="config.json" if own else EVAL_CONFIG)
+
+
+def read_configs(run: str | Path) -> tuple[dict, dict | None]:
+    """A run folder's ``config.json`` (empty when it has none) and the settings of its evaluation
+    (None when it was not evaluated, or was evaluated before evaluations recorded them beside a run)."""
+    run = Path(run)
+    config = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+    if (run / EVAL_CONFIG).is_file():
+        return config, json.loads((run / EVAL_CONFIG).read_text())
+    return config, config if config.get("command") == "eval" else None

@@ -29,7 +29,7 @@ from viker.errors import VikerError
 from viker.eval import metrics as M
 from viker.eval.evaluate import answer_logprobs
 from viker.eval.generate import generate
-from viker.runs import write_config, write_json
+from viker.runs import write_eval_config, write_json
 
 TRUTH_RATIOS = "forget_truth_ratios.json"  # per-item truth ratios of an evaluated model, reusable as a reference
 RETAIN_TRUTH_RATIOS = "retain_model_truth_ratios.json"  # the same, of the --retain-model when it was evaluated here
@@ -176,7 +176,7 @@ def reference_truth_ratios(cfg: ClearEvalConfig, data: str | Path, device=None, 
 def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig, device=None, dtype="auto",
                    trust_remote_code=False, progress=True, model_and_processor=None) -> dict:
     """``viker eval --benchmark clear``: writes metrics.json, generations.jsonl, forget_truth_ratios.json
-    (and config.json unless the folder already has a run's config)."""
+    and its settings (``viker.runs.write_eval_config``)."""
     from viker.eval.run import write_generations
     from viker.model import load_model
 
@@ -193,9 +193,7 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig, d
             raise VikerError(f"--retain-model {cfg.retain_model}: {len(reference['forget'])} forget truth ratios, but "
                              f"this evaluation has {len(ratios['forget'])}; they come from different data")
         metrics["forget_quality"] = M.forget_quality(ratios["forget"], reference["forget"])
-    if not (out / "config.json").exists():  # an unlearning run's folder already has its own config
-        write_config(out, "eval", {"model": model_path, "data": data, "benchmark": "clear", "eval": asdict(cfg)},
-                     data)
+    write_eval_config(out, {"model": model_path, "data": data, "benchmark": "clear", "eval": asdict(cfg)}, data)
     write_json(out / "metrics.json", metrics)
     write_json(out / TRUTH_RATIOS, truth_ratio_file(model_path, cfg.forget, ratios))
     if computed:  # saved so that the next evaluation against the same reference can pass this file
