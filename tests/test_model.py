@@ -27,6 +27,29 @@ def test_saved_tiny_model_loads_through_auto_classes_with_identical_outputs(tiny
         assert torch.allclose(model(**model_inputs(batch)).logits, loaded(**model_inputs(again)).logits, atol=1e-5)
 
 
+def test_a_run_saved_as_an_adapter_loads_and_answers_as_the_merged_run(tiny_dir, bench_dir, tmp_path):
+    """`viker unlearn --save adapter` keeps only the LoRA adapter; `viker eval --model RUN` and
+    load_model(RUN) put it on the base model its adapter_config.json names."""
+    from viker.cli import main
+
+    common = ["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--method", "ga", "--max-steps", "3",
+              "--lr", "1e-2"]
+    assert main([*common, "--save", "adapter", "--out", str(tmp_path / "adapter")]) == 0
+    assert main([*common, "--out", str(tmp_path / "merged")]) == 0
+    assert (tmp_path / "adapter" / "model" / "adapter_config.json").is_file()
+    assert not (tmp_path / "adapter" / "model" / "model.safetensors").exists()
+    (adapter, processor), (merged, _), (base, _) = (load_model(tmp_path / name, device="cpu")
+                                                    for name in ("adapter", "merged", tiny_dir))
+    batch = model_inputs(Collator(processor)(finetune_examples(bench_dir)[:4]))
+    with torch.no_grad():
+        got, want, before = adapter(**batch).logits, merged(**batch).logits, base(**batch).logits
+    assert (want - before).abs().max() > 1e-3  # the unlearning changed the model ...
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)  # ... and the adapter carries the whole change
+    assert main(["eval", "--model", str(tmp_path / "adapter"), "--data", str(bench_dir), "--max-new-tokens", "4",
+                 "--retain-limit", "2", "--only", "forget:multiple_choice", "--out", str(tmp_path / "adapter")]) == 0
+    assert "forget_acc" in json.loads((tmp_path / "adapter" / "metrics.json").read_text())
+
+
 def test_tokenizer_round_trips_benchmark_text_exactly(tiny, bench_dir):
     tok = tiny[1].tokenizer
     for ex in finetune_examples(bench_dir)[:50]:

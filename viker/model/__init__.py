@@ -43,13 +43,15 @@ def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
 
 
 def resolve_model_path(path: str | Path) -> str:
-    """A run folder of ours holds its model under ``model/``; anything else is passed on as is."""
+    """A run folder of ours holds its model under ``model/`` (a whole model, or a LoRA adapter saved with
+    ``--save adapter``, which transformers loads onto the base model its adapter_config.json names);
+    anything else is passed on as is."""
     p = Path(path).expanduser()
     if not p.exists() and (str(path).startswith(("/", ".", "~")) or str(path).count("/") != 1):
         raise VikerError(f"{path}: no such model folder (and not a hub id of the form org/name)")
-    if (p / "model" / "config.json").is_file():
+    if any((p / "model" / name).is_file() for name in ("config.json", "adapter_config.json")):
         return str(p / "model")
-    if p.exists() and not (p / "config.json").is_file():
+    if p.exists() and not any((p / name).is_file() for name in ("config.json", "adapter_config.json")):
         raise VikerError(f"{p}: not a model folder (no config.json, and no model/config.json)")
     return str(path)
 
