@@ -80,6 +80,9 @@ def runs(tiny_dir, bench_dir, tmp_path_factory):
     for run, extra, stop in (("whole", (), 0), ("stopped", (), 1), ("stopped", ("--resume",), 0)):
         two.append((_argv(tiny_dir, bench_dir, root / f"two-{run}", root / "cache-two", "graddiff", 4, 6,
                           "--checkpoint-every", "2", *extra), stop))
+    # past one epoch (6 steps of 4 of the 22 examples), keeping the model after it
+    two.append((_argv(tiny_dir, bench_dir, root / "two-snapshots", root / "cache-two", "graddiff", 4, 8,
+                      "--snapshot-every", "1"), 0))
     (root / "drive.py").write_text(DRIVER)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -204,6 +207,14 @@ def test_a_resumed_two_process_run_ends_at_the_weights_of_an_uninterrupted_one(r
     history = json.loads((runs / "two-stopped" / "history.json").read_text())
     assert history[0] == {"step": 0, "marker": 1.0}  # it continued from the checkpoint, not from scratch
     assert history[1:] == json.loads((runs / "two-whole" / "history.json").read_text())
+
+
+def test_two_processes_keep_the_snapshot_an_uninterrupted_shorter_run_ends_with(runs):
+    """Every process takes part in saving a snapshot; the main process writes it once."""
+    snapshot, whole = _adapter(runs / "two-snapshots" / "epochs" / "1"), _adapter(runs / "two-whole")
+    assert sorted(p.name for p in (runs / "two-snapshots" / "epochs").iterdir()) == ["1"]
+    for name in whole:
+        assert torch.equal(whole[name], snapshot[name]), name
 
 
 def test_a_sharded_model_without_adapters_has_no_frozen_reference_and_says_so(tiny):

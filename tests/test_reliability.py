@@ -63,6 +63,37 @@ class _Exploding:
         return value + (model.weight ** 2).sum(), {}
 
 
+def test_snapshots_are_the_models_shorter_runs_give_and_leave_the_run_unchanged(tiny_dir, bench_dir, tmp_path):
+    """epochs/N of a run is what a run of N epochs ends with (constant schedule), loadable for evaluation,
+    and keeping snapshots does not change the run's own result."""
+    from viker.cli import main
+    from viker.report import read_run
+
+    def unlearn(out, epochs, *extra):
+        assert main(["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--method", "ga", "--lr", "1e-2",
+                     "--batch-size", "8", "--epochs", str(epochs), "--out", str(tmp_path / out), *extra]) == 0
+
+    unlearn("snapshots", 3, "--snapshot-every", "1", "--save", "adapter")
+    unlearn("one-epoch", 1, "--save", "adapter")
+    unlearn("plain", 3, "--save", "adapter")
+    run = tmp_path / "snapshots"
+    assert sorted(p.name for p in (run / "epochs").iterdir()) == ["1", "2"]  # the last epoch is the run's own model
+
+    def adapter(folder):
+        return load_file(str(folder / "model" / "adapter_model.safetensors"))
+
+    for mine, theirs in ((adapter(run / "epochs" / "1"), adapter(tmp_path / "one-epoch")),
+                         (adapter(run), adapter(tmp_path / "plain"))):
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert not all(torch.equal(a, b) for a, b in zip(adapter(run / "epochs" / "1").values(),
+                                                    adapter(run / "epochs" / "2").values()))
+    # each snapshot says what it is: a GA run of that many epochs, of this run
+    assert main(["eval", "--model", str(run / "epochs" / "2"), "--data", str(bench_dir), "--max-new-tokens", "4",
+                 "--only", "forget:multiple_choice", "--out", str(run / "epochs" / "2")]) == 0
+    row = read_run(run / "epochs" / "2")
+    assert row["method"] == "ga" and row["settings"]["epochs"] == 2 and "forget_acc" in row["metrics"]
+
+
 def test_divergence_stops_with_a_message_naming_the_last_good_checkpoint(tmp_path):
     from viker.data.schema import Example
 

@@ -42,7 +42,8 @@ def _train_overrides(args) -> dict:
                               "max_steps": args.max_steps, "grad_accum": args.grad_accum,
                               "seed": args.seed, "checkpoint_every": args.checkpoint_every,
                               "mixed_precision": args.mixed_precision,
-                              "gradient_checkpointing": args.gradient_checkpointing or None}.items() if v is not None}
+                              "gradient_checkpointing": args.gradient_checkpointing or None,
+                              "snapshot_every": getattr(args, "snapshot_every", None)}.items() if v is not None}
 
 
 def _unlearn(args) -> None:
@@ -300,6 +301,9 @@ def parser() -> argparse.ArgumentParser:
     _add_lora_args(un, alpha=32, dropout=0.0)
     un.add_argument("--save", choices=("merged", "adapter"), default="merged",
                     help="with LoRA: save the merged model or the adapter alone")
+    un.add_argument("--snapshot-every", type=int, metavar="N",
+                    help="also keep the model after every N epochs, in OUT/epochs/EPOCHS (LoRA: the adapter), "
+                         "to evaluate where to stop")
     un.add_argument("--cache-dir", help="where ViKeR's reference distributions are cached (default ~/.cache/viker)")
     _add_model_args(un)
     un.set_defaults(func=_unlearn)

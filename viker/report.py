@@ -165,6 +165,9 @@ def read_run(path: str | Path) -> dict:
     source = _what_was_evaluated(config, evaluation)
     method = {"finetune": "vanilla", "unlearn": source.get("method", {}).get("name")}.get(source.get("command"))
     settings = {k: v for k, v in source.get("method", {}).items() if k not in ("name", "forget_split", "retain_split")}
+    train = source.get("unlearn", {}).get("train", {})
+    if train:  # the budget: what tells apart snapshots of one run, or runs of one method for different lengths
+        settings |= {"max_steps": train["max_steps"]} if train.get("max_steps") else {"epochs": train["epochs"]}
     evaluated = (evaluation or {}).get("eval", {})
     return {"method": method, "settings": settings, "forget_split": evaluated.get("forget"),
             "mc_mode": evaluated.get("mc_mode"), "metrics": metrics, "path": str(run)}
@@ -238,7 +241,7 @@ by {mc_mode or "a mode not recorded"}.
 
 ## Runs
 
-| row | folder | method | method settings |
+| row | folder | method | settings |
 | --- | --- | --- | --- |
 {listing}
 """

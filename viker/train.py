@@ -50,6 +50,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% slower
     log_every: int = 10
     checkpoint_every: int = 0  # steps between checkpoints (0: none)
+    snapshot_every: int = 0  # epochs between snapshots of the model kept beside the final one (0: none)
 
 
 class Objective(Protocol):
@@ -257,6 +258,7 @@ class Prepared:
     optimizer: Any
     scheduler: Any
     total: int  # optimiser steps of the run
+    steps_per_epoch: int = 1
 
 
 def prepare(model: torch.nn.Module, cfg: TrainConfig, n_examples: int, accelerator=None,
@@ -286,7 +288,7 @@ def prepare(model: torch.nn.Module, cfg: TrainConfig, n_examples: int, accelerat
         optimizer, lr_lambda(cfg.scheduler, int(cfg.warmup_ratio * total), total)
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    return Prepared(accelerator, model, optimizer, scheduler, total)
+    return Prepared(accelerator, model, optimizer, scheduler, total, steps_per_epoch)
 
 
 def train(
@@ -300,13 +302,16 @@ def train(
     run_dir: str | Path | None = None,
     resume: bool = False,
     prepared: Prepared | None = None,
+    snapshot: Callable[[int], Any] | None = None,
 ) -> list[dict]:
     """Optimise ``model`` (only its trainable parameters) on ``objective``; return the logged history.
 
     With ``run_dir`` and ``cfg.checkpoint_every``, a checkpoint is written every that many steps;
     ``resume=True`` continues from it and ends with the weights an uninterrupted run would have.
     ``prepared`` (from :func:`prepare`) trains the model it holds; without it ``model`` is prepared
-    here. On several processes every process returns the same history (losses averaged over them)."""
+    here. With ``cfg.snapshot_every``, ``snapshot(epochs)`` is called on every process after each that
+    many epochs but the last (the caller saves the model as it is then). On several processes every
+    process returns the same history (losses averaged over them)."""
     from accelerate.utils import gather_object
 
     for name in objective.streams:
@@ -373,6 +378,9 @@ def train(
             history.append(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}")
             running, n_micro = {}, 0
+        every = cfg.snapshot_every * prepared.steps_per_epoch
+        if snapshot is not None and every and step % every == 0 and step < total:
+            snapshot(step // prepared.steps_per_epoch)
         if run_dir is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
             rng = gather_object([torch.get_rng_state()]) if world > 1 else None
             if accelerator.is_main_process:

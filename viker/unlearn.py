@@ -31,6 +31,7 @@ from viker.runs import write_config
 from viker.train import (
     TrainConfig,
     finish_run,
+    finished_state_dict,
     load_for_training,
     make_accelerator,
     prepare,
@@ -151,17 +152,28 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
                 "runtime": runtime_info(accelerator)}
     if accelerator.is_main_process:  # only the main process writes; the others hold the same results
         write_config(out, "unlearn", settings, cfg.data)
-    history = train(prepared.model, method, data, collate, cfg.train, desc=f"unlearn ({cfg.method})",
-                    progress=progress, run_dir=out, resume=resume, prepared=prepared)
-    timing = {"setup_seconds": round(setup_seconds, 2), "total_seconds": round(time.perf_counter() - start, 2)}
-
-    def save(state_dict):
+    def save(state_dict, folder: Path = out, merge: bool = cfg.lora.merge):
         if wraps:  # the modules and their configuration; the base model is referenced, not copied
             base = resolve_model_path(cfg.model)
-            method.save(out / "cagul", str(Path(base).resolve()) if Path(base).exists() else base, ctx.info)
+            method.save(folder / "cagul", str(Path(base).resolve()) if Path(base).exists() else base, ctx.info)
             return None
-        return save_model(model, processor, out / "model", merge=cfg.lora.merge, state_dict=state_dict)
+        return save_model(model, processor, folder / "model", merge=merge, state_dict=state_dict)
 
+    def snapshot(epochs: int) -> None:
+        """The model after ``epochs`` epochs, in epochs/N/ (LoRA: the adapter, since merging would end the
+        run's LoRA layers), with the run's config saying so, for ``viker eval --model RUN/epochs/N``."""
+        folder = out / "epochs" / str(epochs)
+        state_dict = finished_state_dict(prepared)  # every process takes part in gathering a sharded model
+        if accelerator.is_main_process:
+            save(state_dict, folder, merge=False)
+            snapshot_settings = {**settings, "unlearn": {**settings["unlearn"], "train": {
+                **settings["unlearn"]["train"], "epochs": epochs, "max_steps": None, "snapshot_every": 0}}}
+            write_config(folder, "unlearn", snapshot_settings | {"snapshot_of": str(out)}, cfg.data)
+        accelerator.wait_for_everyone()
+
+    history = train(prepared.model, method, data, collate, cfg.train, desc=f"unlearn ({cfg.method})",
+                    progress=progress, run_dir=out, resume=resume, prepared=prepared, snapshot=snapshot)
+    timing = {"setup_seconds": round(setup_seconds, 2), "total_seconds": round(time.perf_counter() - start, 2)}
     saved = finish_run(prepared, out, {"history.json": history, "timing.json": timing}, save)
     model = model if saved is None else saved  # the merged model on the main process
     return model, processor, history
