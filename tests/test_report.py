@@ -106,6 +106,10 @@ def test_report_refuses_runs_it_cannot_compare(runs, bench_dir, tiny_dir, tmp_pa
     other = tmp_path / "forget5"
     assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--forget", "forget_5", *EVAL,
                  "--only", "forget:multiple_choice", "--out", str(other)]) == 0
+    # alone it makes a table of what it was scored on, and no plot: it has no Retain ROUGE-L
+    assert main(["report", str(other), "--out", str(tmp_path / "partial")]) == 0
+    assert (tmp_path / "partial" / "report.md").read_text().count("| Forget ACC ↓ |") == 1
+    assert not (tmp_path / "partial" / "tradeoff.png").exists()
     capsys.readouterr()
     assert main(["report", str(runs / "ga-eval"), str(other), "--out", str(tmp_path / "mixed")]) == 2
     err = capsys.readouterr().err

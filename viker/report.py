@@ -150,8 +150,9 @@ def _what_was_evaluated(config: dict, evaluation: dict | None) -> dict:
 
 def read_run(path: str | Path) -> dict:
     """An evaluated run folder as a row: ``method`` (``vanilla`` for a ``viker finetune`` model, None
-    for a model that is no run of ours), its method settings, the forget split it was evaluated on
-    (None when not recorded), ``metrics`` and ``path``."""
+    for a model that is no run of ours), ``settings`` (the method's, and an unlearning run's budget), the
+    forget split and multiple-choice mode it was evaluated with (None when not recorded), ``metrics`` and
+    ``path``."""
     from viker.errors import VikerError
     from viker.runs import read_configs
 
@@ -224,6 +225,8 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
     plotted = [r for r in rows if {"forget_acc", "retain_rougeL"} <= set(r["metrics"])]
     if plotted:
         tradeoff_plot(plotted, [], out / "tradeoff.png", title or f"{forget or 'runs'}: forgetting vs retention")
+    else:  # none of these runs was scored on both axes: no plot, and none left from an earlier report
+        (out / "tradeoff.png").unlink(missing_ok=True)
     listing = "\n".join(f"| {r['label']} | `{r['path']}` | {r['method'] or 'not a viker run'} | "
                         f"{', '.join(_setting(k, v) for k, v in r['settings'].items()) or '–'} |" for r in rows)
     plot = "\n![trade-off](tradeoff.png)\n" if plotted else ""
