@@ -298,7 +298,7 @@ def _metrics(folder):
     return json.loads((folder / "metrics.json").read_text())
 
 
-def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path):
+def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys):
     common = ["--data", str(clear_dir), "--benchmark", "clear", "--device", "cpu"]
     train = ["--batch-size", "8", "--grad-accum", "1", "--lr", "3e-3", "--tuning", "full"]
     assert main(["finetune", "--model", str(tiny_dir), "--out", str(tmp_path / "vanilla"), "--max-steps", "6",
@@ -360,3 +360,27 @@ def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path):
         assert 0.0 <= metrics["forget_quality"] <= 1.0
         if method == "ga":  # gradient ascent lowers the probability of the forget captions
             assert metrics["forget_prob"] < vanilla["forget_prob"]
+
+    # the table of these runs: CLEAR's measures in [0, 1], a row per run named from its config
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "vanilla-eval"), str(tmp_path / "retain-eval"),
+                 *(str(tmp_path / m) for m in ("ga", "npo", "viker")), "--out", str(tmp_path / "report")]) == 0
+    printed = capsys.readouterr().out.splitlines()  # the terminal's summary has CLEAR's own columns
+    assert printed[0].split() == ["method", "forget_quality", "model_utility", "forget_rougeL_recall",
+                                  "retain_rougeL_recall", "real_faces_prob"]
+    report = (tmp_path / "report" / "report.md").read_text()
+    header, _, *rows = report.split("\n\n")[1].splitlines()
+    assert header.startswith("| Method | Forget quality ↑ | Model utility ↑ | Forget R-L ↓ | Forget Prob. ↓ | "
+                             "Forget TR |")  # the forget truth ratio's target is the retain model's: no direction
+    # the vanilla model and the model never trained on the forget split are references, not contenders
+    assert [row.split(" | ")[0] for row in rows] == ["| vanilla", "| retain model", "| GA", "| NPO", "| ViKeR"]
+    assert "**" not in rows[0] + rows[1]
+    assert f"| {_metrics(tmp_path / 'ga')['forget_quality']:#.2g}" in rows[2].replace("**", "")
+    assert "All numbers are in [0, 1], as CLEAR reports them. Evaluated on forget10." in " ".join(report.split())
+    assert (tmp_path / "report" / "tradeoff.png").is_file()  # model utility against forget quality
+    mllmu = tmp_path / "mllmu"  # an MLLMU-Bench evaluation cannot share CLEAR's table
+    mllmu.mkdir()
+    (mllmu / "metrics.json").write_text(json.dumps({"forget_acc": 30.0, "retain_rougeL": 80.0}))
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "ga"), str(mllmu), "--out", str(tmp_path / "mixed")]) == 2
+    assert "different benchmarks" in capsys.readouterr().err

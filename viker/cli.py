@@ -347,8 +347,9 @@ def parser() -> argparse.ArgumentParser:
     rp = _command(sub, "report", "the paper-style table and the trade-off plot of evaluated runs",
                   "Reads each run folder's metrics.json (written by viker eval) and what its config says about "
                   "the model; writes OUT/report.md (the table, best per column in bold, what each column means, "
-                  "the runs), results.json and tradeoff.png. Every run must have been evaluated on the same "
-                  "forget split with the same --mc-mode. A viker finetune model is the vanilla row.")
+                  "the runs), results.json and tradeoff.png, for MLLMU-Bench or CLEAR. Every run must have been "
+                  "evaluated on the same benchmark and forget split, with the same --mc-mode. A viker finetune "
+                  "model is the vanilla row (with --without, the retain model's).")
     rp.add_argument("runs", nargs="+", metavar="RUN", help="an evaluated run folder, in the order of the table's rows")
     rp.add_argument("--out", required=True, help="the folder to write")
     rp.add_argument("--title", help="the report's title (default: the forget split)")

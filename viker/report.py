@@ -4,69 +4,129 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
-# (metric key, header, lower is better, what it means)
-COLUMNS = [
-    ("forget_acc", "Forget ACC", True, "image+text multiple-choice accuracy on the forget people (lower = more forgotten)"),
-    ("forget_acc_text", "Forget ACC (text)", True, "the same facts asked by name, without the image"),
-    ("test_acc", "Gen. ACC", True, "image+text multiple choice on Test_Set images of the forget people (generalisation of forgetting)"),
-    ("forget_rougeL", "Forget R-L", True, "ROUGE-L F of generated answers about the forget people"),
-    ("forget_cloze", "Forget cloze", True, "fill-in-the-blank accuracy on the forget people"),
-    ("retain_acc", "Retain ACC", False, "image+text multiple-choice accuracy on the retained fictitious people"),
-    ("retain_rougeL", "Retain R-L", False, "ROUGE-L F on the retained fictitious people"),
-    ("retain_bleu", "Retain BLEU", False, "BLEU (NLTK, method-1 smoothing) on the retained fictitious people"),
-    ("real_acc", "Real ACC", False, "image+text multiple-choice accuracy on the real-world (Retain_Set) people"),
-    ("real_rougeL", "Real R-L", False, "ROUGE-L F on the real-world people"),
-    ("real_bleu", "Real BLEU", False, "BLEU on the real-world people"),
-    ("coherence", "Coherence", False, "offline coherence of the answers on the forget set (viker.eval.metrics.coherence)"),
-    ("gib", "GIB", False, "mean 'clean' probability of the gibberish classifier on the forget-set answers"),
+class Column(NamedTuple):
+    key: str  # in metrics.json
+    header: str
+    lower_is_better: bool | None  # None: neither direction is better (no arrow, nothing in bold)
+    meaning: str
+    fmt: str = ".1f"
+
+
+COLUMNS = [  # MLLMU-Bench, in percent
+    Column("forget_acc", "Forget ACC", True,
+           "image+text multiple-choice accuracy on the forget people (lower = more forgotten)"),
+    Column("forget_acc_text", "Forget ACC (text)", True, "the same facts asked by name, without the image"),
+    Column("test_acc", "Gen. ACC", True,
+           "image+text multiple choice on Test_Set images of the forget people (generalisation of forgetting)"),
+    Column("forget_rougeL", "Forget R-L", True, "ROUGE-L F of generated answers about the forget people"),
+    Column("forget_cloze", "Forget cloze", True, "fill-in-the-blank accuracy on the forget people"),
+    Column("retain_acc", "Retain ACC", False, "image+text multiple-choice accuracy on the retained fictitious people"),
+    Column("retain_rougeL", "Retain R-L", False, "ROUGE-L F on the retained fictitious people"),
+    Column("retain_bleu", "Retain BLEU", False, "BLEU (NLTK, method-1 smoothing) on the retained fictitious people"),
+    Column("real_acc", "Real ACC", False, "image+text multiple-choice accuracy on the real-world (Retain_Set) people"),
+    Column("real_rougeL", "Real R-L", False, "ROUGE-L F on the real-world people"),
+    Column("real_bleu", "Real BLEU", False, "BLEU on the real-world people"),
+    Column("coherence", "Coherence", False,
+           "offline coherence of the answers on the forget set (viker.eval.metrics.coherence)"),
+    Column("gib", "GIB", False, "mean 'clean' probability of the gibberish classifier on the forget-set answers"),
 ]
+
+
+CLEAR_SETS = (("forget", "Forget", "the forget persons' captions"),
+              ("forget_names", "Forget names", "the forget persons' names"),
+              ("retain", "Retain", "the retain persons' captions"),
+              ("retain_names", "Retain names", "the retain persons' names"),
+              ("real_faces", "Real faces", "the celebrities' names"),
+              ("real_world", "Real world", "the real-world questions"))
+
+
+def _clear_columns() -> list[Column]:
+    """CLEAR's measures (viker.eval.clear), in [0, 1] as CLEAR reports them."""
+    columns = [
+        Column("forget_quality", "Forget quality", False, "p-value of the KS test between the forget captions' "
+               "truth ratios and those of a model never trained on the forget persons (higher = closer to it)", "#.2g"),
+        Column("model_utility", "Model utility", False,
+               "harmonic mean of the twelve retain, retain-name and real-world measures", ".3f"),
+    ]
+    for key, name, what in CLEAR_SETS:
+        forget = key.startswith("forget")
+        target = " (what to aim for is a never-trained model's: see Forget quality)" if forget else ""
+        columns += [
+            Column(f"{key}_rougeL_recall", f"{name} R-L", forget, f"ROUGE-L recall (stemmed) of the replies on {what}",
+                   ".3f"),
+            Column(f"{key}_prob", f"{name} Prob.", forget, f"probability of the answer on {what}", ".3f"),
+            Column(f"{key}_truth_ratio", f"{name} TR", None if forget else False,
+                   f"truth-ratio score on {what}{target}", ".3f"),
+        ]
+    return columns
+
+
+CLEAR_COLUMNS = _clear_columns()
+
+
+# Rows that are references, not unlearning methods: never marked best. A retain model is finetuned
+# without the forget split (CLEAR's `viker finetune --without`): what forgetting should come close to.
+REFERENCES = {"vanilla": "vanilla", "retain_model": "retain model"}
 
 
 def label(run: dict) -> str:
     """How a run is printed: its own ``label``, else its method's title (``klmin`` -> ``KL-Min``)."""
     from viker.methods import title
 
-    return run.get("label") or title(run["method"])
+    return run.get("label") or REFERENCES.get(run["method"]) or title(run["method"])
 
 
-def _columns(runs: list[dict]) -> list[tuple]:
-    return [c for c in COLUMNS if any(c[0] in r["metrics"] for r in runs)]
+def _columns(runs: list[dict]) -> list[Column]:
+    return [c for c in COLUMNS + CLEAR_COLUMNS if any(c.key in r["metrics"] for r in runs)]
+
+
+def _printed(column: Column, value: float | None) -> str:
+    return "–" if value is None else format(value, column.fmt)
 
 
 def markdown_table(runs: list[dict]) -> str:
-    """One row per run, the best value of each column (vanilla excluded) in bold."""
+    """One row per run, the best value of each column in bold (among the unlearning runs: not the
+    reference rows, vanilla and a retain model)."""
     cols = _columns(runs)
-    header = "| Method | " + " | ".join(f"{h} {'↓' if low else '↑'}" for _, h, low, _ in cols) + " |"
+    arrows = {True: " ↓", False: " ↑", None: ""}
+    header = "| Method | " + " | ".join(c.header + arrows[c.lower_is_better] for c in cols) + " |"
     lines = [header, "|" + " --- |" * (len(cols) + 1)]
-    contenders = [r for r in runs if r["method"] != "vanilla"] or runs
+    contenders = [r for r in runs if r["method"] not in REFERENCES] or runs
     best = {}
-    for key, _, low, _ in cols:
-        values = [round(r["metrics"][key], 1) for r in contenders if key in r["metrics"]]  # as printed
-        best[key] = (min if low else max)(values) if values else None
+    for c in cols:
+        values = [float(_printed(c, r["metrics"][c.key])) for r in contenders  # as printed
+                  if r["metrics"].get(c.key) is not None]
+        best[c.key] = (min if c.lower_is_better else max)(values) if values and c.lower_is_better is not None else None
     for r in runs:
         cells = []
-        for key, _, _, _ in cols:
-            v = r["metrics"].get(key)
-            text = "–" if v is None else f"{v:.1f}"
-            cells.append(f"**{text}**" if v is not None and round(v, 1) == best[key] and r in contenders else text)
+        for c in cols:
+            text = _printed(c, r["metrics"].get(c.key))
+            cells.append(f"**{text}**" if text != "–" and float(text) == best[c.key] and r in contenders else text)
         lines.append(f"| {label(r)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def column_glossary(runs: list[dict]) -> str:
-    return "\n".join(f"- **{h}** ({'lower' if low else 'higher'} is better): {text}."
-                     for _, h, low, text in _columns(runs))
+    better = {True: "lower is better", False: "higher is better", None: "neither direction is better"}
+    return "\n".join(f"- **{c.header}** ({better[c.lower_is_better]}): {c.meaning}." for c in _columns(runs))
 
 
-def plain_table(runs: list[dict], keys=("forget_acc", "test_acc", "retain_rougeL", "real_rougeL", "coherence")) -> str:
-    """A compact table for the terminal."""
-    def cell(value: float | None) -> str:
-        return ("–" if value is None else f"{value:.1f}").rjust(15)
+SUMMARY = {"mllmu": ("forget_acc", "test_acc", "retain_rougeL", "real_rougeL", "coherence"),
+           "clear": ("forget_quality", "model_utility", "forget_rougeL_recall", "retain_rougeL_recall",
+                     "real_faces_prob")}
 
+
+def plain_table(runs: list[dict], keys: tuple[str, ...] | None = None) -> str:
+    """A compact table for the terminal: ``keys``, by default a few columns of the runs' benchmark."""
+    keys = keys or SUMMARY["clear" if any("forget_truth_ratio" in r["metrics"] for r in runs) else "mllmu"]
+    columns = {c.key: c for c in COLUMNS + CLEAR_COLUMNS}
+    widths = [max(15, len(k) + 2) for k in keys]
     width = max(len(label(r)) for r in runs) + 2
-    lines = ["method".ljust(width) + "".join(k.rjust(15) for k in keys)]
-    lines += [label(r).ljust(width) + "".join(cell(r["metrics"].get(k)) for k in keys) for r in runs]
+    lines = ["method".ljust(width) + "".join(k.rjust(w) for k, w in zip(keys, widths))]
+    lines += [label(r).ljust(width) + "".join(_printed(columns[k], r["metrics"].get(k)).rjust(w)
+                                              for k, w in zip(keys, widths)) for r in runs]
     return "\n".join(lines)
 
 
@@ -83,11 +143,25 @@ def _nearby(points: list[tuple[float, float, float]], within: float = 4.0) -> li
     return groups
 
 
+class PlotAxes(NamedTuple):
+    x: str  # metric keys
+    y: str
+    xlabel: str
+    ylabel: str
+    ylog: bool = False
+
+
+MLLMU_AXES = PlotAxes("forget_acc", "retain_rougeL", "Forget ACC (%)  ← better forgetting",
+                      "Retain ROUGE-L (%)  ↑ better retention")
+CLEAR_AXES = PlotAxes("model_utility", "forget_quality", "Model utility  → better retention",
+                      "Forget quality (log)  ↑ closer to never trained", ylog=True)  # as TOFU and CLEAR plot it
+
+
 def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = "", chance: float | None = None,
-                  incoherent_below: float = 50.0) -> None:
-    """Forget accuracy (x, lower is better) against retain ROUGE-L (y, higher is better). ``chance``
-    draws the accuracy of a model that knows nothing; a run whose coherence is below ``incoherent_below``
-    is crossed out (its answers fell apart)."""
+                  incoherent_below: float = 50.0, axes: PlotAxes = MLLMU_AXES) -> None:
+    """Forgetting against retention, a point per run: by default forget accuracy (x, lower is better)
+    against retain ROUGE-L (y, higher is better). ``chance`` draws the accuracy of a model that knows
+    nothing; a run whose coherence is below ``incoherent_below`` is crossed out (its answers fell apart)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -97,27 +171,28 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
     if chance is not None:
         ax.axvline(chance, color="grey", ls=":", lw=1, label=f"chance ({chance:g}%)")
     if sweep:
-        pts = sorted(((s["lam"], s["metrics"]["forget_acc"], s["metrics"]["retain_rougeL"]) for s in sweep))
+        pts = sorted(((s["lam"], s["metrics"][axes.x], s["metrics"][axes.y]) for s in sweep))
         ax.plot([p[1] for p in pts], [p[2] for p in pts], "-o", color="#1f77b4", alpha=0.6, ms=4,
                 label="ViKeR, λ sweep")
         for lams, x, y in _nearby(pts):
             ax.annotate("λ=" + ", ".join(f"{lam:g}" for lam in lams), (x, y), textcoords="offset points",
                         xytext=(0, 8), ha="center", va="bottom", fontsize=7, color="#1f77b4")  # above the markers
-    markers = {"vanilla": ("*", "black"), "viker": ("D", "#1f77b4")}
+    markers = {"vanilla": ("*", "black"), "retain_model": ("P", "grey"), "viker": ("D", "#1f77b4")}
     points = [*(s["metrics"] for s in sweep), *(r["metrics"] for r in runs)]
-    for r in sorted(runs, key=lambda r: r["method"] == "vanilla"):  # vanilla last: on top
+    for r in sorted(runs, key=lambda r: r["method"] in REFERENCES):  # references last: on top
         m, c = markers.get(r["method"], ("o", None))
         if sum(other["method"] == r["method"] for other in runs) > 1:
             c = None  # several runs of one method: a colour each
         m = r.get("marker", m)
-        ax.scatter(r["metrics"]["forget_acc"], r["metrics"]["retain_rougeL"], marker=m, s=80, color=c, zorder=3,
-                   label=label(r))
+        ax.scatter(r["metrics"][axes.x], r["metrics"][axes.y], marker=m, s=80, color=c, zorder=3, label=label(r))
     bad = [m for m in points if m.get("coherence", 100.0) < incoherent_below]
     if bad:
-        ax.scatter([m["forget_acc"] for m in bad], [m["retain_rougeL"] for m in bad], marker="x", s=140, color="black",
+        ax.scatter([m[axes.x] for m in bad], [m[axes.y] for m in bad], marker="x", s=140, color="black",
                    lw=1.2, zorder=4, label=f"coherence < {incoherent_below:g}")
-    ax.set_xlabel("Forget ACC (%)  ← better forgetting")
-    ax.set_ylabel("Retain ROUGE-L (%)  ↑ better retention")
+    ax.set_xlabel(axes.xlabel)
+    ax.set_ylabel(axes.ylabel)
+    if axes.ylog:
+        ax.set_yscale("log")
     ax.set_title(title or "Forgetting vs retention")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center right")
@@ -149,10 +224,10 @@ def _what_was_evaluated(config: dict, evaluation: dict | None) -> dict:
 
 
 def read_run(path: str | Path) -> dict:
-    """An evaluated run folder as a row: ``method`` (``vanilla`` for a ``viker finetune`` model, None
-    for a model that is no run of ours), ``settings`` (the method's, and an unlearning run's budget), the
-    forget split and multiple-choice mode it was evaluated with (None when not recorded), ``metrics`` and
-    ``path``."""
+    """An evaluated run folder as a row: ``method`` (``vanilla`` for a ``viker finetune`` model,
+    ``retain_model`` for one finetuned ``--without`` the forget split, None for a model that is no run
+    of ours), ``settings`` (the method's, and an unlearning run's budget), the benchmark, the forget split
+    and multiple-choice mode it was evaluated with (None when not recorded), ``metrics`` and ``path``."""
     from viker.errors import VikerError
     from viker.runs import read_configs
 
@@ -161,16 +236,16 @@ def read_run(path: str | Path) -> dict:
         raise VikerError(f"{run}: no metrics.json; evaluate it first (viker eval --model {run} ... --out {run})")
     config, evaluation = read_configs(run)
     metrics = json.loads((run / "metrics.json").read_text())
-    if (evaluation or {}).get("benchmark") == "clear" or "forget_truth_ratio" in metrics:
-        raise VikerError(f"{run}: a CLEAR evaluation; viker report makes MLLMU-Bench's table")
     source = _what_was_evaluated(config, evaluation)
-    method = {"finetune": "vanilla", "unlearn": source.get("method", {}).get("name")}.get(source.get("command"))
+    vanilla = "retain_model" if source.get("finetune", {}).get("without") else "vanilla"
+    method = {"finetune": vanilla, "unlearn": source.get("method", {}).get("name")}.get(source.get("command"))
     settings = {k: v for k, v in source.get("method", {}).items() if k not in ("name", "forget_split", "retain_split")}
     train = source.get("unlearn", {}).get("train", {})
     if train:  # the budget: what tells apart snapshots of one run, or runs of one method for different lengths
         settings |= {"max_steps": train["max_steps"]} if train.get("max_steps") else {"epochs": train["epochs"]}
     evaluated = (evaluation or {}).get("eval", {})
-    return {"method": method, "settings": settings, "forget_split": evaluated.get("forget"),
+    benchmark = "clear" if "forget_truth_ratio" in metrics else "mllmu"
+    return {"method": method, "settings": settings, "benchmark": benchmark, "forget_split": evaluated.get("forget"),
             "mc_mode": evaluated.get("mc_mode"), "metrics": metrics, "path": str(run)}
 
 
@@ -215,6 +290,7 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
     if not paths:
         raise VikerError("give at least one evaluated run folder")
     rows = [read_run(p) for p in paths]
+    benchmark = _one_value(rows, "benchmark", "benchmarks")
     forget = _one_value(rows, "forget_split", "forget splits")
     mc_mode = _one_value(rows, "mc_mode", "--mc-mode")
     for row, name in zip(rows, _labels(rows)):
@@ -222,21 +298,26 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", {"runs": rows})
-    plotted = [r for r in rows if {"forget_acc", "retain_rougeL"} <= set(r["metrics"])]
+    axes = CLEAR_AXES if benchmark == "clear" else MLLMU_AXES
+    plotted = [r for r in rows if all(r["metrics"].get(key) is not None for key in (axes.x, axes.y))]
     if plotted:
-        tradeoff_plot(plotted, [], out / "tradeoff.png", title or f"{forget or 'runs'}: forgetting vs retention")
+        tradeoff_plot(plotted, [], out / "tradeoff.png", title or f"{forget or 'runs'}: forgetting vs retention",
+                      axes=axes)
     else:  # none of these runs was scored on both axes: no plot, and none left from an earlier report
         (out / "tradeoff.png").unlink(missing_ok=True)
     listing = "\n".join(f"| {r['label']} | `{r['path']}` | {r['method'] or 'not a viker run'} | "
                         f"{', '.join(_setting(k, v) for k, v in r['settings'].items()) or '–'} |" for r in rows)
     plot = "\n![trade-off](tradeoff.png)\n" if plotted else ""
+    split = forget or "a forget split not recorded"
+    evaluated = (f"All numbers are in [0, 1], as CLEAR reports them. Evaluated on {split}." if benchmark == "clear" else
+                 f"All numbers are percentages. Evaluated on {split}, multiple choice by "
+                 f"{mc_mode or 'a mode not recorded'}.")
     text = f"""# {title or f"Unlearning {forget or ''}".strip()}
 
 {markdown_table(rows)}
 
-Best value of each column among the unlearning methods in bold (vanilla, the model before unlearning, is not
-compared). All numbers are percentages. Evaluated on {forget or "a forget split not recorded"}, multiple choice
-by {mc_mode or "a mode not recorded"}.
+Best value of each column among the unlearning methods in bold (the vanilla model, before unlearning, and a
+retain model, never trained on the forget split, are references and not compared). {evaluated}
 {plot}
 ## Columns
 
