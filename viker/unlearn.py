@@ -152,6 +152,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
                 "runtime": runtime_info(accelerator)}
     if accelerator.is_main_process:  # only the main process writes; the others hold the same results
         write_config(out, "unlearn", settings, cfg.data)
+
     def save(state_dict, folder: Path = out, merge: bool = cfg.lora.merge):
         if wraps:  # the modules and their configuration; the base model is referenced, not copied
             base = resolve_model_path(cfg.model)
@@ -166,8 +167,10 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         state_dict = finished_state_dict(prepared)  # every process takes part in gathering a sharded model
         if accelerator.is_main_process:
             save(state_dict, folder, merge=False)
-            snapshot_settings = {**settings, "unlearn": {**settings["unlearn"], "train": {
-                **settings["unlearn"]["train"], "epochs": epochs, "max_steps": None, "snapshot_every": 0}}}
+            run = settings["unlearn"]
+            snapshot_settings = {**settings, "unlearn": {
+                **run, "train": {**run["train"], "epochs": epochs, "max_steps": None, "snapshot_every": 0},
+                "lora": {**run["lora"], "merge": False}}}
             write_config(folder, "unlearn", snapshot_settings | {"snapshot_of": str(out)}, cfg.data)
         accelerator.wait_for_everyone()
 
