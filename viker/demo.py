@@ -25,7 +25,7 @@ from viker.eval.run import run_eval
 from viker.finetune import TINY_TRAIN, FinetuneConfig, run_finetune
 from viker.keytokens import run_keytokens
 from viker.model import LoraSettings, load_model
-from viker.report import column_glossary, markdown_table, plain_table, tradeoff_plot
+from viker.report import column_glossary, markdown_table, plain_table, setting_text, tradeoff_plot
 from viker.runs import file_hashes, machine, to_jsonable, under, write_json
 from viker.train import TrainConfig
 from viker.unlearn import TINY_UNLEARN, UnlearnConfig, run_unlearn
@@ -200,10 +200,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
 def labelled(runs: list[dict], cfg: DemoConfig) -> list[dict]:
     """The runs as tables and the plot name them: ViKeR with its settings, CAGUL as the method that
     leaves the weights untouched, the others by their method's title."""
-    def setting(key, value):
-        return f"λ={value:g}" if key == "lam" else str(value) if key == "refs" else f"{key}={value}"
-
-    viker = ", ".join(setting(k, v) for k, v in cfg.viker.items())
+    viker = ", ".join(str(v) if k == "refs" else setting_text(k, v) for k, v in cfg.viker.items())
     labels = {"viker": f"ViKeR ({viker})", "cagul": "CAGUL (weights untouched)"}
     return [{**r, "label": labels[r["method"]]} if r["method"] in labels else r for r in runs]
 

@@ -34,24 +34,26 @@ COLUMNS = [  # MLLMU-Bench, in percent
 ]
 
 
-CLEAR_SETS = (("forget", "Forget", "the forget persons' captions"),
-              ("forget_names", "Forget names", "the forget persons' names"),
-              ("retain", "Retain", "the retain persons' captions"),
-              ("retain_names", "Retain names", "the retain persons' names"),
-              ("real_faces", "Real faces", "the celebrities' names"),
-              ("real_world", "Real world", "the real-world questions"))
+CLEAR_SET_NAMES = {"forget": ("Forget", "the forget persons' captions"),  # header, what is asked
+                   "forget_names": ("Forget names", "the forget persons' names"),
+                   "retain": ("Retain", "the retain persons' captions"),
+                   "retain_names": ("Retain names", "the retain persons' names"),
+                   "real_faces": ("Real faces", "the celebrities' names"),
+                   "real_world": ("Real world", "the real-world questions")}
 
 
 def _clear_columns() -> list[Column]:
-    """CLEAR's measures (viker.eval.clear), in [0, 1] as CLEAR reports them."""
+    """CLEAR's measures (viker.eval.clear), in [0, 1] as CLEAR reports them, set by set."""
+    from viker.data.clear import EVAL_SETS, FORGET_SETS
+
     columns = [
         Column("forget_quality", "Forget quality", False, "p-value of the KS test between the forget captions' "
                "truth ratios and those of a model never trained on the forget persons (higher = closer to it)", "#.2g"),
         Column("model_utility", "Model utility", False,
                "harmonic mean of the twelve retain, retain-name and real-world measures", ".3f"),
     ]
-    for key, name, what in CLEAR_SETS:
-        forget = key.startswith("forget")
+    for key, _, _ in EVAL_SETS:
+        (name, what), forget = CLEAR_SET_NAMES[key], key in FORGET_SETS
         target = " (what to aim for is a never-trained model's: see Forget quality)" if forget else ""
         columns += [
             Column(f"{key}_rougeL_recall", f"{name} R-L", forget, f"ROUGE-L recall (stemmed) of the replies on {what}",
@@ -249,7 +251,8 @@ def read_run(path: str | Path) -> dict:
             "mc_mode": evaluated.get("mc_mode"), "metrics": metrics, "path": str(run)}
 
 
-def _setting(key: str, value) -> str:
+def setting_text(key: str, value) -> str:
+    """A setting as a label shows it: ``λ=10``, ``β=0.1``, ``k=5``."""
     return f"{SETTING_NAMES.get(key, key)}={value:g}" if isinstance(value, float) else \
         f"{SETTING_NAMES.get(key, key)}={value}"
 
@@ -265,7 +268,7 @@ def _labels(rows: list[dict]) -> list[str]:
             continue
         twins = [r for r in rows if r["method"] == row["method"]]
         differ = [k for k, v in row["settings"].items() if any(r["settings"].get(k) != v for r in twins)]
-        apart = ", ".join(_setting(k, row["settings"][k]) for k in differ) or Path(row["path"]).name
+        apart = ", ".join(setting_text(k, row["settings"][k]) for k in differ) or Path(row["path"]).name
         names.append(label(row) + (f" ({apart})" if len(twins) > 1 else ""))
     return names
 
@@ -306,7 +309,7 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
     else:  # none of these runs was scored on both axes: no plot, and none left from an earlier report
         (out / "tradeoff.png").unlink(missing_ok=True)
     listing = "\n".join(f"| {r['label']} | `{r['path']}` | {r['method'] or 'not a viker run'} | "
-                        f"{', '.join(_setting(k, v) for k, v in r['settings'].items()) or '–'} |" for r in rows)
+                        f"{', '.join(setting_text(k, v) for k, v in r['settings'].items()) or '–'} |" for r in rows)
     plot = "\n![trade-off](tradeoff.png)\n" if plotted else ""
     split = forget or "a forget split not recorded"
     evaluated = (f"All numbers are in [0, 1], as CLEAR reports them. Evaluated on {split}." if benchmark == "clear" else
