@@ -138,6 +138,12 @@ def test_budget_notes_say_which_method_fell_apart():
     assert "neither method's answers have fallen apart" in resting_point_note(whole, whole, [], 8, 10.0)
     low = resting_point_note(broken, whole, [{"lam": 0.7, "metrics": broken}], 8, 10.0)
     assert "With λ = 0.7, below 1, no token has a resting point and its answers have fallen apart too" in low
+    # λ < 1 runs that ended alike share a sentence; one that held gets its own
+    three = [{"lam": 0.3, "metrics": broken}, {"lam": 0.5, "metrics": whole}, {"lam": 0.7, "metrics": broken}]
+    grouped = resting_point_note(broken, whole, three, 8, 10.0)
+    assert ("With λ = 0.3 and 0.7, below 1, no token has a resting point and the answers of each have fallen apart "
+            "too (coherence 2.0 and 2.0, Retain R-L 0.0 and 0.0)") in grouped
+    assert "With λ = 0.5, below 1, no token has a resting point and its answers have held so far" in grouped
     assert "no answer token has a resting point" in resting_point_note(broken, whole, [], 8, 0.7)
     # shorter budget: ViKeR forgot more and kept less, which the note explains; a held claim needs no excuse
     ahead = {"coherence": 99.0, "retain_rougeL": 90.0, "forget_acc": 40.0}
@@ -184,4 +190,11 @@ def test_claim_wording_says_whether_the_questions_tell_the_forget_accs_apart():
     lower = viker_vs_ga({"forget_acc": 20.0, "retain_rougeL": 73.7, "coherence": 99.2}, ga, questions=50)
     assert "holds here." in lower and "binomial" not in lower
     digits = viker_vs_ga({"forget_acc": 32.0, "retain_rougeL": 73.7, "coherence": 99.2}, ga)
-    assert "does not hold" in digits and "binomial" not in digits
+    assert "does not hold" in digits and "binomial" not in digits and "not higher than GA's" not in digits
+    # where ViKeR does not keep more, the wording says what it does not keep more of; a tie counts as not more
+    tie = viker_vs_ga({"forget_acc": 24.0, "retain_rougeL": 91.5, "coherence": 99.3},
+                      {"forget_acc": 42.0, "retain_rougeL": 90.7, "coherence": 99.3}, questions=50)
+    assert "does not hold" in tie and tie.endswith("ViKeR's coherence is not higher than GA's.")
+    both = viker_vs_ga({"forget_acc": 24.0, "retain_rougeL": 60.0, "coherence": 90.0},
+                       {"forget_acc": 42.0, "retain_rougeL": 90.7, "coherence": 99.3}, questions=50)
+    assert both.endswith("ViKeR's Retain R-L and coherence are not higher than GA's.")

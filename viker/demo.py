@@ -370,6 +370,9 @@ def viker_vs_ga(v: dict, g: dict, where: str = "on this run", questions: int | N
                 f"{p_at_least(v['forget_acc'], questions, level):.2f} (one-sided binomial test)")
         text += (f" ViKeR's Forget ACC figure is the higher, but not by what {questions} questions can tell: {odds}."
                  if held else f" It fails on Forget ACC alone: {odds}, so ViKeR's is higher.")
+    behind = [name for name, key in (("Retain R-L", "retain_rougeL"), ("coherence", "coherence")) if v[key] <= g[key]]
+    if behind:  # say which part of the claim fails; a tie (both at the ceiling, say) is no more
+        text += f" ViKeR's {' and '.join(behind)} {'is' if len(behind) == 1 else 'are'} not higher than GA's."
     return text
 
 
@@ -465,11 +468,16 @@ def resting_point_note(ga: dict, vk: dict, below_one: list[dict], epochs: float,
         head += f"After {n_epochs(epochs)} ViKeR's answers have fallen apart and GA's have not ({said})."
     else:
         head += f"After {n_epochs(epochs)} neither method's answers have fallen apart ({said})."
-    for s in below_one:
-        m = s["metrics"]
-        state = "fallen apart too" if fell_apart(m, vk) else "held so far"
-        head += (f" With λ = {s['lam']:g}, below 1, no token has a resting point and its answers have {state} "
-                 f"(coherence {m['coherence']:.1f}, Retain R-L {m['retain_rougeL']:.1f}).")
+    for broke in (True, False):  # the λ < 1 runs whose answers fell apart, then those that held, a sentence each
+        alike = [s for s in below_one if fell_apart(s["metrics"], vk) == broke]
+        if not alike:
+            continue
+        lams = " and ".join(f"{s['lam']:g}" for s in alike)
+        figures = ", ".join(f"{name} " + " and ".join(f"{s['metrics'][key]:.1f}" for s in alike)
+                            for name, key in (("coherence", "coherence"), ("Retain R-L", "retain_rougeL")))
+        whose = "its answers have" if len(alike) == 1 else "the answers of each have"
+        head += (f" With λ = {lams}, below 1, no token has a resting point and {whose} "
+                 f"{'fallen apart too' if broke else 'held so far'} ({figures}).")
     return head
 
 
