@@ -14,6 +14,7 @@ from viker.demo import (
     DemoConfig,
     claim_holds,
     forget_acc_not_higher,
+    mistaken_note,
     naming_rates,
     p_at_least,
     resting_point_note,
@@ -105,7 +106,7 @@ def test_second_demo_reuses_the_vanilla_model(demo, capsys):
     assert "How ViKeR and GA compare" not in (out / "report.md").read_text()
 
 
-def test_naming_rate_counts_answers_that_give_the_pictured_persons_name(tmp_path):
+def test_naming_rate_counts_answers_that_give_the_pictured_persons_name_or_another_persons(tmp_path):
     records = [
         {"set": "forget", "task": "generation", "profile": "0001", "image": True,
          "answer": "This person is Brailen Tousk, born in Oslo."},
@@ -119,8 +120,21 @@ def test_naming_rate_counts_answers_that_give_the_pictured_persons_name(tmp_path
     path = tmp_path / "generations.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     names = {"0001": "Brailen Tousk", "0002": "Mira Dol"}
-    assert naming_rates(path, names) == {"forget": 50.0, "retain": 0.0}
-    assert naming_rates(path, {"0001": "Brailen Tousk"}) == {"forget": 50.0, "retain": None}
+    # the retain answer takes Mira Dol for Brailen Tousk: not her name, another person's
+    assert naming_rates(path, names) == {"forget": 50.0, "forget_other": 0.0, "retain": 0.0, "retain_other": 100.0}
+    assert naming_rates(path, {"0001": "Brailen Tousk"}) == {"forget": 50.0, "forget_other": 0.0, "retain": None,
+                                                             "retain_other": None}
+
+
+def test_mistaken_identities_are_told_apart_from_lost_faces():
+    vk = {"retain_rougeL": 83.6, "retain_acc": 38.0}
+    mixed = mistaken_note(vk, {"retain": 11.7, "retain_other": 76.7}, 66.8)
+    assert "76.7% of the answers about a pictured retain person give another person's name" in mixed
+    assert "Retain R-L (83.6) sits above that floor" in mixed and "Retain ACC (38.0" in mixed
+    # at or below the floor there is nothing to explain; with few faces mistaken, nothing to say
+    assert "sits above" not in mistaken_note({**vk, "retain_rougeL": 60.0}, {"retain_other": 76.7}, 66.8)
+    assert mistaken_note(vk, {"retain": 80.0, "retain_other": 5.0}, 66.8) == ""
+    assert mistaken_note(vk, {"retain": None, "retain_other": None}, 66.8) == ""
 
 
 def test_name_in_answer_reads_the_benchmark_name_answer():
