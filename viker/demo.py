@@ -416,9 +416,11 @@ def why_section(runs: list[dict], sweep: list[dict], diagnostics: dict | None, c
     def pct(x):
         return "–" if x is None else f"{x:.1f}"
 
+    def named(key):  # their own name / another person's, for the forget and the retain faces
+        return " | ".join(f"{pct(names[key][s])} / {pct(names[key][f'{s}_other'])}" for s in ("forget", "retain"))
+
     table = "\n".join(f"| {label} | {ep} | {m['forget_acc']:.1f} | {m['retain_rougeL']:.1f} | {m['coherence']:.1f} | "
-                      + " | ".join(f"{pct(names[key][s])} / {pct(names[key][f'{s}_other'])}" for s in ("forget", "retain"))
-                      + " |" for key, label, ep, m in rows)
+                      f"{named(key)} |" for key, label, ep, m in rows)
     ga, vk = by["ga"], by["viker"]
     ga_s, vk_s = extra[f"ga_{short:g}ep"]["metrics"], extra[f"viker_{short:g}ep"]["metrics"]
     floor = diagnostics["no_face_retain_rougeL"]
@@ -434,7 +436,8 @@ def why_section(runs: list[dict], sweep: list[dict], diagnostics: dict | None, c
         f"{pct(names['ga']['retain'])}% of answers after GA and {pct(names['viker']['retain'])}% after ViKeR, against "
         f"{pct(names['vanilla']['retain'])}% before. A model that answers every pictured person with "
         f'"{UNKNOWN_ANSWER}" and every question by name correctly scores {floor:.1f} Retain ROUGE-L here: a coherent '
-        "model that has lost every face sits near that floor, a collapsed one far below it." + mistaken_note(vk, names["viker"], floor),
+        "model that has lost every face sits near that floor, a collapsed one far below it."
+        + mistaken_note(vk, names["viker"], floor),
         shorter_budget_note(ga_s, vk_s, short, questions),
         "**The pull toward R̂ alone** (ViKeR w/o GA: no ascent, only the KL term) reaches Forget ACC "
         f"{extra['viker_no_ga']['metrics']['forget_acc']:.1f} with the retain people named in "
@@ -442,12 +445,13 @@ def why_section(runs: list[dict], sweep: list[dict], diagnostics: dict | None, c
     ]
     return f"""## How ViKeR and GA compare here, and why
 
-| run | epochs | Forget ACC | Retain R-L | Coherence | forget people named: theirs / another's | retain people named: theirs / another's |
+| run | epochs | Forget ACC | Retain R-L | Coherence | forget faces: own / other name | retain faces: own / other name |
 | --- | --- | --- | --- | --- | --- | --- |
 {table}
 
 The last two columns: of the generation questions about a pictured forget (retain) person, the
-percentage whose answer gives that person's name, and the percentage that gives another person's name instead.
+percentage whose answer gives that person's own name, and the percentage that gives another person's
+name instead.
 
 {chr(10).join(textwrap.fill(b, 110, initial_indent="- ", subsequent_indent="  ") for b in bullets)}
 
