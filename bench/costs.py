@@ -564,8 +564,11 @@ def header(r: dict) -> str:
     where = m["gpu"] or f"{m['cpu']}, {m['cores']} cores, {plural(m['threads'], 'PyTorch thread')}"
     load = ""
     if r.get("load_start"):
-        load = (f" · load average (1/5/15 min) {'/'.join(map(str, r['load_start']))} at the start, "
-                f"{'/'.join(map(str, r['load_end']))} at the end (other work shared the CPU)")
+        # a load of half the cores before the benchmark's own threads start is other work, running or just ended
+        busy = r["load_start"][0] >= m["cores"] / 2
+        load = (f" · load average (1/5/15 min) {'/'.join(map(str, r['load_start']))} at the start"
+                f"{' (other work was using the CPU)' if busy else ''}, {'/'.join(map(str, r['load_end']))} at the "
+                "end (its own threads included)")
     reused = " (the vanilla model reused from an earlier run)" if r.get("vanilla", {}).get("reused") else ""
     return (f"`python bench/costs.py{r['argv']}` · {r['date']} · {where} · torch {m['torch']}, transformers "
             f"{m['transformers']}{load} · {r['total_s'] / 60:.1f} minutes in all{reused}")

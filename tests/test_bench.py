@@ -63,6 +63,17 @@ def test_cache_size_for_a_32k_vocabulary_follows_the_storage_format(costs, tmp_p
     assert costs.cache_for_vocabulary(4096, rows=4, examples=1, path=tmp_path)["default"] == "full"
 
 
+def test_header_says_other_work_shared_the_cpu_only_when_the_load_says_so(costs):
+    record = {"machine": {"gpu": None, "cpu": "AMD EPYC", "cores": 2, "threads": 2, "torch": "2.13.0+cpu",
+                          "transformers": "5.25.0"}, "argv": "", "date": "2026-12-04 08:09", "total_s": 120.0,
+              "load_start": [0.46, 1.31, 1.62], "load_end": [1.86, 1.56, 1.67]}
+    quiet = costs.header(record)
+    assert "0.46/1.31/1.62 at the start, 1.86/1.56/1.67 at the end (its own threads included)" in quiet
+    assert "other work" not in quiet
+    busy = costs.header({**record, "load_start": [1.45, 1.58, 1.75]})
+    assert "1.45/1.58/1.75 at the start (other work was using the CPU)" in busy
+
+
 def test_peak_memory_sees_a_phase_peak_that_is_gone_by_its_end(costs):
     with costs.PeakMemory(torch.device("cpu")) as mem:
         block = torch.ones(64 * costs.MiB // 4)  # 64 MiB, touched
