@@ -120,9 +120,14 @@ SUMMARY = {"mllmu": ("forget_acc", "test_acc", "retain_rougeL", "real_rougeL", "
                      "real_faces_prob")}
 
 
+def benchmark_of(metrics: dict) -> str:
+    """Which benchmark a metrics.json is of: CLEAR's has truth ratios, MLLMU-Bench's does not."""
+    return "clear" if "forget_truth_ratio" in metrics else "mllmu"
+
+
 def plain_table(runs: list[dict], keys: tuple[str, ...] | None = None) -> str:
     """A compact table for the terminal: ``keys``, by default a few columns of the runs' benchmark."""
-    keys = keys or SUMMARY["clear" if any("forget_truth_ratio" in r["metrics"] for r in runs) else "mllmu"]
+    keys = keys or SUMMARY["clear" if any(benchmark_of(r["metrics"]) == "clear" for r in runs) else "mllmu"]
     columns = {c.key: c for c in COLUMNS + CLEAR_COLUMNS}
     widths = [max(15, len(k) + 2) for k in keys]
     width = max(len(label(r)) for r in runs) + 2
@@ -246,7 +251,7 @@ def read_run(path: str | Path) -> dict:
     if train:  # the budget: what tells apart snapshots of one run, or runs of one method for different lengths
         settings |= {"max_steps": train["max_steps"]} if train.get("max_steps") else {"epochs": train["epochs"]}
     evaluated = (evaluation or {}).get("eval", {})
-    benchmark = "clear" if "forget_truth_ratio" in metrics else "mllmu"
+    benchmark = benchmark_of(metrics)
     return {"method": method, "settings": settings, "benchmark": benchmark, "forget_split": evaluated.get("forget"),
             "mc_mode": evaluated.get("mc_mode"), "metrics": metrics, "path": str(run)}
 
