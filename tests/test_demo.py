@@ -13,6 +13,7 @@ from viker.demo import (
     METHODS,
     DemoConfig,
     claim_holds,
+    fast,
     forget_acc_not_higher,
     mistaken_note,
     naming_rates,
@@ -61,6 +62,7 @@ def test_demo_writes_every_promised_output(demo):
     assert rows[:10] == ["| Method", "| ---", "| vanilla", "| GA", "| GradDiff", "| KL-Min", "| NPO", "| IdkPO",
                          "| ViKeR (λ=2, k=2, people)", "| CAGUL (weights untouched)"]
     assert "## How ViKeR and GA compare here, and why" in report and "## Settings" in report
+    assert "quick look" not in report  # a full demo makes the comparison
     assert f"({results['machine']['cpu_kernels']} kernels," in report  # the figures hold for this processor model
     # where the time went: every step, in the order the demo ran them, in results.json and in the report
     steps = results["step_seconds"]
@@ -95,15 +97,29 @@ def test_demo_diagnostics_are_the_runs_they_describe(demo):
 
 def test_second_demo_reuses_the_vanilla_model(demo, capsys):
     out, _ = demo
-    cfg = replace(micro(out), shorter_budget=None)
+    cfg = replace(micro(out), shorter_budget=None, quick=True)
     before = (out / "vanilla" / "model" / "model.safetensors").stat().st_mtime_ns
     results = run_demo(cfg, progress=False)
-    assert "reusing the vanilla model" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "reusing the vanilla model" in printed
     assert (out / "vanilla" / "model" / "model.safetensors").stat().st_mtime_ns == before
     assert results["diagnostics"] is None
     assert "generating the embedded benchmark" not in results["step_seconds"]  # the benchmark was there already
     assert "the vanilla model" in results["step_seconds"]
-    assert "How ViKeR and GA compare" not in (out / "report.md").read_text()
+    report = " ".join((out / "report.md").read_text().split())
+    assert "How ViKeR and GA compare" not in report
+    # a quick look says, in the report and at the end of the output, that it is too small to compare methods
+    assert "--fast is a quick look" in printed
+    assert f"Forget ACC is over {results['forget_image_questions']} image questions" in report
+    assert "unlearns for 2 epochs: too few questions" in report
+
+
+def test_fast_shrinks_the_demo_and_marks_it_a_quick_look():
+    full = DemoConfig()
+    quick = fast(full)
+    assert quick.quick and not full.quick
+    assert quick.synth.profiles < full.synth.profiles and quick.unlearn.epochs < full.unlearn.epochs
+    assert quick.finetune.epochs < full.finetune.epochs and quick.shorter_budget is None
 
 
 def test_naming_rate_counts_answers_that_give_the_pictured_persons_name_or_another_persons(tmp_path):

@@ -60,10 +60,12 @@ class DemoConfig:
     # How ViKeR and GA compare, explained: ViKeR without its ascent term, and GA and ViKeR again on
     # `shorter_budget` times the epochs, before GA falls apart. None skips these three runs.
     shorter_budget: float | None = 0.625
+    # `--fast`: a quick look at the pipeline, which the report says is too small to compare the methods
+    quick: bool = False
 
 
 def fast(cfg: DemoConfig) -> DemoConfig:
-    """Smaller settings for a quick look (under 3 minutes on a 2-core AMD EPYC): fewer people, shorter training."""
+    """Smaller settings for a quick look (about 3 minutes on a 2-core AMD EPYC): fewer people, shorter training."""
     return replace(
         cfg,
         synth=replace(cfg.synth, profiles=30, celebrities=6, ref_per_pool=12, strangers=10),
@@ -73,6 +75,7 @@ def fast(cfg: DemoConfig) -> DemoConfig:
         shorter_budget=None,
         cagul_train=replace(cfg.cagul_train, epochs=5),
         eval=replace(cfg.eval, retain_limit=12),
+        quick=True,
     )
 
 
@@ -193,6 +196,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
                  steps.seconds)
     print()
     print(plain_table(labelled(runs, cfg)))
+    if cfg.quick:
+        print("\n--fast is a quick look, too small to compare the methods: see report.md")
     print(f"\nwrote {out}/report.md, results.json, tradeoff.png, keytokens.html in {minutes:.1f} min")
     return results
 
@@ -386,6 +391,20 @@ def claim_line(runs: list[dict], questions: int | None = None) -> str:
     return viker_vs_ga(by["viker"], by["ga"], questions=questions) if "viker" in by and "ga" in by else ""
 
 
+def quick_look_note(cfg: DemoConfig, questions: int | None) -> str:
+    """What a ``--fast`` run can and cannot show (empty for a full demo)."""
+    if not cfg.quick:
+        return ""
+    full = DemoConfig()
+    over = f"{questions} image questions" if questions else "a few image questions"
+    return textwrap.fill(
+        f"**A quick look (`--fast`).** Forget ACC is over {over}, and every method unlearns for "
+        f"{n_epochs(cfg.unlearn.epochs)}: too few questions to tell two Forget ACCs apart, and too short a budget "
+        "for the methods to part ways, so several rows may end alike. It shows that every step runs; `viker demo` "
+        f"without `--fast` makes the comparison ({full.synth.profiles} fictitious people, "
+        f"{n_epochs(full.unlearn.epochs)}, the λ sweep and the runs that explain ViKeR against GA).", 110)
+
+
 def forget_image_questions(data: Path, forget: str) -> int:
     """How many image+text multiple-choice questions Forget ACC is over."""
     from viker.data.loader import load_profiles
@@ -535,6 +554,7 @@ def write_report(path: Path, runs: list[dict], sweep: list[dict], cfg: DemoConfi
     sweep_rows = "\n".join(
         f"| {s['lam']:g} | {s['metrics']['forget_acc']:.1f} | {s['metrics']['retain_rougeL']:.1f} | "
         f"{s['metrics']['coherence']:.1f} |" for s in sorted(sweep, key=lambda s: s["lam"]))
+    verdict = "\n\n".join(filter(None, (claim_line(runs, questions), quick_look_note(cfg, questions))))
     text = f"""# viker demo: unlearning {cfg.forget} of the embedded benchmark
 
 {markdown_table(labelled(runs, cfg))}
@@ -542,7 +562,7 @@ def write_report(path: Path, runs: list[dict], sweep: list[dict], cfg: DemoConfi
 Best value of each column among the unlearning methods in bold (vanilla is the model before unlearning).
 All numbers are percentages.
 
-{claim_line(runs, questions)}
+{verdict}
 
 ## Columns
 
