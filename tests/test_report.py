@@ -5,7 +5,7 @@ import json
 import pytest
 
 from viker.cli import main
-from viker.report import _nearby, markdown_table, plain_table
+from viker.report import MARKER_AREA, _nearby, markdown_table, plain_table, side_by_side, tradeoff_plot
 
 
 def _runs():
@@ -44,6 +44,39 @@ def test_sweep_points_that_lie_together_share_one_label():
     points = [(0.3, 24.0, 0.1), (0.7, 30.0, 0.1), (2.0, 34.0, 84.6), (10.0, 36.0, 83.6), (50.0, 34.0, 83.7)]
     assert _nearby(points) == [([0.3], 24.0, 0.1), ([0.7], 30.0, 0.1), ([2.0, 10.0, 50.0], 34.0, 84.6)]
     assert len(_nearby(points, within=1.0)) == 4  # 2 and 50 still share a label, 10 is apart
+
+
+def test_points_at_the_same_place_are_set_side_by_side_around_it():
+    points = [(46.7, 100.0), (20.0, 100.0), (46.7, 100.0), (100.0, 100.0), (46.7, 100.0), (100.0, 100.0)]
+    assert side_by_side(points) == [-1.0, 0.0, 0.0, -0.5, 1.0, 0.5]
+    # the same figure computed twice is one place; figures a tenth of a point apart are two
+    assert side_by_side([(2 / 3 * 100, 0.0), (200 / 3, 0.0), (36.04, 98.1), (35.96, 98.1)]) == [-0.5, 0.5, 0, 0]
+
+
+def test_no_marker_of_the_plot_hides_another(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    drawn = {}  # legend label -> where its marker is, in display pixels, and the figure's pixels per point
+
+    def look(fig, path, **kwargs):
+        ax = fig.axes[0]
+        drawn.update({c.get_label(): ax.transData.transform(c.get_offsets())[0] for c in ax.collections})
+        drawn["px per pt"] = fig.dpi / 72
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", look)
+    runs = [{"method": m, "metrics": {"forget_acc": x, "retain_rougeL": 100.0, "coherence": 99.2}}
+            for m, x in (("vanilla", 100.0), ("idkpo", 100.0), ("ga", 46.7), ("npo", 46.7), ("viker", 46.7),
+                         ("cagul", 20.0))]
+    tradeoff_plot(runs, [], tmp_path / "tradeoff.png")
+    px = drawn.pop("px per pt")
+    where = {name: xy for name, xy in drawn.items()}
+    names = list(where)
+    gaps = [abs(where[a][0] - where[b][0]) for i, a in enumerate(names) for b in names[i + 1:]]
+    assert min(gaps) >= 0.99 * MARKER_AREA ** 0.5 * px  # at least a marker's width apart
+    assert len({round(xy[1], 3) for xy in where.values()}) == 1  # only across: the retention is as measured
+    # each group is centred on its place: the middle of the three at 46.7 is exactly there
+    ga, npo, viker = (where[n][0] for n in ("GA", "NPO", "ViKeR"))
+    assert ga < npo < viker and abs(npo - (ga + viker) / 2) < 1e-6
 
 
 # --------------------------------------------------------------------------------------------------

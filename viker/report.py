@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import NamedTuple
 
@@ -150,6 +151,31 @@ def _nearby(points: list[tuple[float, float, float]], within: float = 4.0) -> li
     return groups
 
 
+MARKER_AREA = 80  # points², as matplotlib's scatter takes it
+
+
+def _same(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    return all(math.isclose(u, v, rel_tol=1e-3, abs_tol=1e-9) for u, v in zip(a, b))
+
+
+def side_by_side(points: list[tuple[float, float]]) -> list[float]:
+    """Where each of ``points`` goes, in marker widths to the right of its place, so that points at the
+    same place sit side by side centred on it: a lone point stays (0), two go to -0.5 and 0.5, three to
+    -1, 0 and 1, in the order given."""
+    groups: list[list[int]] = []
+    for i, point in enumerate(points):
+        group = next((g for g in groups if _same(points[g[0]], point)), None)
+        if group:
+            group.append(i)
+        else:
+            groups.append([i])
+    slots = [0.0] * len(points)
+    for group in groups:
+        for j, i in enumerate(group):
+            slots[i] = j - (len(group) - 1) / 2
+    return slots
+
+
 class PlotAxes(NamedTuple):
     x: str  # metric keys
     y: str
@@ -168,13 +194,14 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
                   incoherent_below: float = 50.0, axes: PlotAxes = MLLMU_AXES) -> None:
     """Forgetting against retention, a point per run: by default forget accuracy (x, lower is better)
     against retain ROUGE-L (y, higher is better). ``chance`` draws the accuracy of a model that knows
-    nothing; a run whose coherence is below ``incoherent_below`` is crossed out (its answers fell apart)."""
+    nothing; a run whose coherence is below ``incoherent_below`` is crossed out (its answers fell apart).
+    Runs with the same figures are set side by side, centred on their place, so that none hides another."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    fig, ax = plt.subplots(figsize=(8.4, 4.8))
     if chance is not None:
         ax.axvline(chance, color="grey", ls=":", lw=1, label=f"chance ({chance:g}%)")
     if sweep:
@@ -185,26 +212,47 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
             ax.annotate("λ=" + ", ".join(f"{lam:g}" for lam in lams), (x, y), textcoords="offset points",
                         xytext=(0, 8), ha="center", va="bottom", fontsize=7, color="#1f77b4")  # above the markers
     markers = {"vanilla": ("*", "black"), "retain_model": ("P", "grey"), "viker": ("D", "#1f77b4")}
-    points = [*(s["metrics"] for s in sweep), *(r["metrics"] for r in runs)]
-    for r in sorted(runs, key=lambda r: r["method"] in REFERENCES):  # references last: on top
+    drawn = sorted(runs, key=lambda r: r["method"] in REFERENCES)  # references last: on top
+    at = [(r["metrics"][axes.x], r["metrics"][axes.y]) for r in drawn]
+    crossed = f"coherence < {incoherent_below:g}"
+
+    def cross(x, y):  # over a run whose answers fell apart; named once in the legend
+        named = crossed not in ax.get_legend_handles_labels()[1]
+        return ax.scatter(x, y, marker="x", s=140, color="black", lw=1.2, zorder=4, label=crossed if named else None)
+
+    dots = []
+    for r, (x, y) in zip(drawn, at):
         m, c = markers.get(r["method"], ("o", None))
         if sum(other["method"] == r["method"] for other in runs) > 1:
             c = None  # several runs of one method: a colour each
         m = r.get("marker", m)
-        ax.scatter(r["metrics"][axes.x], r["metrics"][axes.y], marker=m, s=80, color=c, zorder=3, label=label(r))
-    bad = [m for m in points if m.get("coherence", 100.0) < incoherent_below]
-    if bad:
-        ax.scatter([m[axes.x] for m in bad], [m[axes.y] for m in bad], marker="x", s=140, color="black",
-                   lw=1.2, zorder=4, label=f"coherence < {incoherent_below:g}")
+        dots.append([ax.scatter(x, y, marker=m, s=MARKER_AREA, color=c, zorder=3, label=label(r))])
+        if r["metrics"].get("coherence", 100.0) < incoherent_below:
+            dots[-1].append(cross(x, y))
+    for m in (s["metrics"] for s in sweep):
+        if m.get("coherence", 100.0) < incoherent_below and not any(_same((m[axes.x], m[axes.y]), p) for p in at):
+            cross(m[axes.x], m[axes.y])
     ax.set_xlabel(axes.xlabel)
     ax.set_ylabel(axes.ylabel)
     if axes.ylog:
         ax.set_yscale("log")
     ax.set_title(title or "Forgetting vs retention")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center right")
+    entries = sorted(zip(*ax.get_legend_handles_labels()), key=lambda entry: entry[1] == crossed)  # crossed: last
+    ax.legend(*zip(*entries), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)  # beside
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    # runs at the same place are set side by side, a marker's width apart, so that none hides another
+    slots = side_by_side(at)
+    if any(slots):
+        lo, hi = ax.get_xlim()
+        share = MARKER_AREA ** 0.5 / (ax.get_window_extent().width * 72 / fig.dpi)  # a marker's share of the width
+        most = max(abs(slot) for slot in slots)
+        width = (hi - lo) * share / max(1 - 2 * most * share, 0.5)  # data units, once the x range made room
+        for collections, (x, y), slot in zip(dots, at, slots):
+            for collection in collections:
+                collection.set_offsets([(x + slot * width, y)])
+        ax.set_xlim(lo - most * width, hi + most * width)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
 
 
