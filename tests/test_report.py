@@ -1,6 +1,7 @@
 """The paper-style table, the trade-off plot's labels, and ``viker report`` on evaluated runs."""
 
 import json
+import math
 
 import pytest
 
@@ -46,11 +47,11 @@ def test_sweep_points_that_lie_together_share_one_label():
     assert len(_nearby(points, within=1.0)) == 4  # 2 and 50 still share a label, 10 is apart
 
 
-def test_points_at_the_same_place_are_set_side_by_side_around_it():
+def test_points_that_would_cover_each_other_are_set_side_by_side_around_their_place():
     points = [(46.7, 100.0), (20.0, 100.0), (46.7, 100.0), (100.0, 100.0), (46.7, 100.0), (100.0, 100.0)]
-    assert side_by_side(points) == [-1.0, 0.0, 0.0, -0.5, 1.0, 0.5]
-    # the same figure computed twice is one place; figures a tenth of a point apart are two
-    assert side_by_side([(2 / 3 * 100, 0.0), (200 / 3, 0.0), (36.04, 98.1), (35.96, 98.1)]) == [-0.5, 0.5, 0, 0]
+    assert side_by_side(points, within=0.5) == [-1.0, 0.0, 0.0, -0.5, 1.0, 0.5]
+    # closer than `within` (a pixel, say) is one place; a marker's width apart is two
+    assert side_by_side([(300.0, 40.0), (300.4, 40.3), (200.0, 40.0), (212.0, 40.0)], within=6.0) == [-0.5, 0.5, 0, 0]
 
 
 def test_no_marker_of_the_plot_hides_another(tmp_path, monkeypatch):
@@ -62,21 +63,24 @@ def test_no_marker_of_the_plot_hides_another(tmp_path, monkeypatch):
         ax = fig.axes[0]
         drawn.update({c.get_label(): ax.transData.transform(c.get_offsets())[0] for c in ax.collections})
         drawn["px per pt"] = fig.dpi / 72
+        drawn["CAGUL's place"] = ax.transData.transform((20.0, 100.0))
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", look)
-    runs = [{"method": m, "metrics": {"forget_acc": x, "retain_rougeL": 100.0, "coherence": 99.2}}
-            for m, x in (("vanilla", 100.0), ("idkpo", 100.0), ("ga", 46.7), ("npo", 46.7), ("viker", 46.7),
-                         ("cagul", 20.0))]
+    runs = [{"method": m, "metrics": {"forget_acc": x, "retain_rougeL": y, "coherence": 99.2}}
+            for m, x, y in (("vanilla", 100.0, 100.0), ("idkpo", 100.0, 100.0), ("graddiff", 46.7, 100.0),
+                            ("npo", 46.7, 99.9), ("viker", 46.7, 100.0), ("cagul", 20.0, 100.0), ("ga", 12.0, 0.0))]
     tradeoff_plot(runs, [], tmp_path / "tradeoff.png")
-    px = drawn.pop("px per pt")
+    px, cagul = drawn.pop("px per pt"), drawn.pop("CAGUL's place")
     where = {name: xy for name, xy in drawn.items()}
     names = list(where)
-    gaps = [abs(where[a][0] - where[b][0]) for i, a in enumerate(names) for b in names[i + 1:]]
+    gaps = [math.dist(where[a], where[b]) for i, a in enumerate(names) for b in names[i + 1:]]
     assert min(gaps) >= 0.99 * MARKER_AREA ** 0.5 * px  # at least a marker's width apart
-    assert len({round(xy[1], 3) for xy in where.values()}) == 1  # only across: the retention is as measured
+    # moved only across, so that the retention is read as measured
+    assert where["NPO"][1] < where["GradDiff"][1] == where["ViKeR"][1] == where["CAGUL"][1]
     # each group is centred on its place: the middle of the three at 46.7 is exactly there
-    ga, npo, viker = (where[n][0] for n in ("GA", "NPO", "ViKeR"))
-    assert ga < npo < viker and abs(npo - (ga + viker) / 2) < 1e-6
+    graddiff, npo, viker = (where[n][0] for n in ("GradDiff", "NPO", "ViKeR"))
+    assert graddiff < npo < viker and abs(npo - (graddiff + viker) / 2) < 1e-6
+    assert math.dist(where["CAGUL"], cagul) < 1e-6  # a lone point stays where it is
 
 
 # --------------------------------------------------------------------------------------------------
@@ -116,14 +120,14 @@ def test_an_evaluation_beside_a_run_records_its_settings_and_keeps_the_runs(runs
 
 
 def test_report_tabulates_evaluated_runs_by_what_they_are(runs, tmp_path, capsys):
-    folders = [runs / name for name in ("vanilla", "base", "ga-eval", "npo-a", "npo-b")]
+    folders = [runs / name for name in ("base", "ga-eval", "vanilla", "npo-a", "npo-b")]
     assert main(["report", *map(str, folders), "--out", str(tmp_path)]) == 0
     assert "wrote report.md, results.json, tradeoff.png" in capsys.readouterr().out
     report = (tmp_path / "report.md").read_text()
     table = report.split("\n\n")[1]
     cells = _cells(table)
-    # the finetune is the vanilla row; GA is named from the run its model came from; the two NPO runs by
-    # the setting that tells them apart; the model that is no run of viker's by its folder
+    # the finetune is the vanilla row, first as in the papers; GA is named from the run its model came from;
+    # the two NPO runs by the setting that tells them apart; the model that is no run of viker's by its folder
     assert list(cells) == ["vanilla", "base", "GA", "NPO (β=0.1)", "NPO (β=0.5)"]
     metrics = {f.name: json.loads((f / "metrics.json").read_text()) for f in folders}
     assert cells["GA"][0].strip("*") == f"{metrics['ga-eval']['forget_acc']:.1f}"
@@ -131,7 +135,8 @@ def test_report_tabulates_evaluated_runs_by_what_they_are(runs, tmp_path, capsys
     assert "Evaluated on forget_10, multiple choice by likelihood." in " ".join(report.split())
     results = json.loads((tmp_path / "results.json").read_text())
     assert [r["method"] for r in results["runs"]] == ["vanilla", None, "ga", "npo", "npo"]
-    assert [r["metrics"] for r in results["runs"]] == list(metrics.values())
+    assert [r["metrics"] for r in results["runs"]] == [metrics[name] for name in ("vanilla", "base", "ga-eval",
+                                                                               "npo-a", "npo-b")]
     assert (tmp_path / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -154,17 +154,13 @@ def _nearby(points: list[tuple[float, float, float]], within: float = 4.0) -> li
 MARKER_AREA = 80  # points², as matplotlib's scatter takes it
 
 
-def _same(a: tuple[float, float], b: tuple[float, float]) -> bool:
-    return all(math.isclose(u, v, rel_tol=1e-3, abs_tol=1e-9) for u, v in zip(a, b))
-
-
-def side_by_side(points: list[tuple[float, float]]) -> list[float]:
-    """Where each of ``points`` goes, in marker widths to the right of its place, so that points at the
-    same place sit side by side centred on it: a lone point stays (0), two go to -0.5 and 0.5, three to
-    -1, 0 and 1, in the order given."""
+def side_by_side(points: list[tuple[float, float]], within: float) -> list[float]:
+    """Where each of ``points`` goes, in marker widths to the right of its place, so that points that lie
+    within ``within`` of each other (in the same units, on the plot) sit side by side centred on their place:
+    a lone point stays (0), two go to -0.5 and 0.5, three to -1, 0 and 1, in the order given."""
     groups: list[list[int]] = []
-    for i, point in enumerate(points):
-        group = next((g for g in groups if _same(points[g[0]], point)), None)
+    for i, (x, y) in enumerate(points):
+        group = next((g for g in groups if math.dist(points[g[0]], (x, y)) < within), None)
         if group:
             group.append(i)
         else:
@@ -190,12 +186,31 @@ CLEAR_AXES = PlotAxes("model_utility", "forget_quality", "Model utility  → bet
                       "Forget quality (log)  ↑ closer to never trained", ylog=True)  # as TOFU and CLEAR plot it
 
 
+def _set_side_by_side(ax, dots: list[list], at: list[tuple[float, float]]) -> None:
+    """Move the markers of runs that would cover each other on the finished plot side by side, a marker's
+    width apart and centred on their place (``dots``: each run's collections, ``at``: its place in data
+    units), widening the x range to make room."""
+    lo, hi = ax.get_xlim()
+    ax.get_ylim()  # both axes scaled to the data, so that the points' places on the plot are final
+    marker = MARKER_AREA ** 0.5 * ax.figure.dpi / 72  # a marker's width, in pixels
+    slots = side_by_side([tuple(xy) for xy in ax.transData.transform(at)] if at else [], within=marker / 2)
+    if not any(slots):
+        return
+    share = marker / ax.get_window_extent().width  # a marker's share of the plot's width
+    most = max(abs(slot) for slot in slots)
+    width = (hi - lo) * share / max(1 - 2 * most * share, 0.5)  # data units, once the x range made room
+    for collections, (x, y), slot in zip(dots, at, slots):
+        for collection in collections:
+            collection.set_offsets([(x + slot * width, y)])
+    ax.set_xlim(lo - most * width, hi + most * width)
+
+
 def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = "", chance: float | None = None,
                   incoherent_below: float = 50.0, axes: PlotAxes = MLLMU_AXES) -> None:
     """Forgetting against retention, a point per run: by default forget accuracy (x, lower is better)
     against retain ROUGE-L (y, higher is better). ``chance`` draws the accuracy of a model that knows
     nothing; a run whose coherence is below ``incoherent_below`` is crossed out (its answers fell apart).
-    Runs with the same figures are set side by side, centred on their place, so that none hides another."""
+    Runs that would cover each other are set side by side, centred on their place, so that none hides another."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -220,17 +235,21 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
         named = crossed not in ax.get_legend_handles_labels()[1]
         return ax.scatter(x, y, marker="x", s=140, color="black", lw=1.2, zorder=4, label=crossed if named else None)
 
-    dots = []
-    for r, (x, y) in zip(drawn, at):
+    styles = []
+    for r in drawn:
         m, c = markers.get(r["method"], ("o", None))
         if sum(other["method"] == r["method"] for other in runs) > 1:
             c = None  # several runs of one method: a colour each
-        m = r.get("marker", m)
+        styles.append((r.get("marker", m), c))
+    if sum(c is None for _, c in styles) > 10:  # more than the default ten colours: twenty, so that none repeats
+        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
+    dots = []
+    for r, (x, y), (m, c) in zip(drawn, at, styles):
         dots.append([ax.scatter(x, y, marker=m, s=MARKER_AREA, color=c, zorder=3, label=label(r))])
         if r["metrics"].get("coherence", 100.0) < incoherent_below:
             dots[-1].append(cross(x, y))
     for m in (s["metrics"] for s in sweep):
-        if m.get("coherence", 100.0) < incoherent_below and not any(_same((m[axes.x], m[axes.y]), p) for p in at):
+        if m.get("coherence", 100.0) < incoherent_below and (m[axes.x], m[axes.y]) not in at:
             cross(m[axes.x], m[axes.y])
     ax.set_xlabel(axes.xlabel)
     ax.set_ylabel(axes.ylabel)
@@ -241,17 +260,7 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
     entries = sorted(zip(*ax.get_legend_handles_labels()), key=lambda entry: entry[1] == crossed)  # crossed: last
     ax.legend(*zip(*entries), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)  # beside
     fig.tight_layout()
-    # runs at the same place are set side by side, a marker's width apart, so that none hides another
-    slots = side_by_side(at)
-    if any(slots):
-        lo, hi = ax.get_xlim()
-        share = MARKER_AREA ** 0.5 / (ax.get_window_extent().width * 72 / fig.dpi)  # a marker's share of the width
-        most = max(abs(slot) for slot in slots)
-        width = (hi - lo) * share / max(1 - 2 * most * share, 0.5)  # data units, once the x range made room
-        for collections, (x, y), slot in zip(dots, at, slots):
-            for collection in collections:
-                collection.set_offsets([(x + slot * width, y)])
-        ax.set_xlim(lo - most * width, hi + most * width)
+    _set_side_by_side(ax, dots, at)
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
 
@@ -345,7 +354,8 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
 
     if not paths:
         raise VikerError("give at least one evaluated run folder")
-    rows = [read_run(p) for p in paths]
+    # the references (vanilla, retain model) first, as papers list them; the runs in the order given
+    rows = sorted((read_run(p) for p in paths), key=lambda r: r["method"] not in REFERENCES)
     benchmark = _one_value(rows, "benchmark", "benchmarks")
     forget = _one_value(rows, "forget_split", "forget splits")
     mc_mode = _one_value(rows, "mc_mode", "--mc-mode")
