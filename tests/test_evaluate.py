@@ -39,7 +39,8 @@ def test_batched_generation_gives_the_same_answers_as_one_at_a_time(tiny, bench_
 def test_option_frame_cuts_the_named_option_out_of_the_answer():
     assert option_frame("Kofix Bin was born in Da Nang.", ["Oslo", "Da Nang", "Lima", "Riga"]) == \
         "Kofix Bin was born in {}."
-    assert option_frame("Kofix Bin works as a pilot.", ["pilot", "chef", "nurse", "baker"]) == "Kofix Bin works as a {}."
+    jobs = ["pilot", "chef", "nurse", "baker"]
+    assert option_frame("Kofix Bin works as a pilot.", jobs) == "Kofix Bin works as a {}."
     assert option_frame("no idea", ["pilot", "chef", "nurse", "baker"]) is None
     assert option_frame("likes {braces} and chess", ["chess", "go", "tennis", "golf"]).format("go") == \
         "likes {braces} and go"
@@ -161,6 +162,7 @@ def test_gib_column_when_a_classifier_is_given(tiny, bench_dir, tmp_path):
     _tiny_classifier(tmp_path / "gib")
     model, processor = tiny
     metrics, _ = evaluate(model, processor, bench_dir,
-                          EvalConfig(forget="forget_10", max_new_tokens=4, retain_limit=2, gib_model=str(tmp_path / "gib")),
+                          EvalConfig(forget="forget_10", max_new_tokens=4, retain_limit=2,
+                                     gib_model=str(tmp_path / "gib")),
                           progress=False)
     assert 0.0 <= metrics["gib"] <= 100.0 and metrics["gib"] == metrics["forget_gib"]

@@ -31,7 +31,8 @@ def test_hub_snapshot_layout_loads_the_same_profiles(bench_dir, tmp_path):
     hub = tmp_path / "hub"
     (hub / "data").mkdir(parents=True)
     for config in ("Full_Set", "ft_Data"):
-        shutil.copy(bench_dir / config / "train-00000-of-00001.parquet", hub / "data" / f"{config}-00000-of-00001.parquet")
+        shutil.copy(bench_dir / config / "train-00000-of-00001.parquet",
+                    hub / "data" / f"{config}-00000-of-00001.parquet")
     assert load_profiles(hub, "Full_Set") == [
         p.__class__(**{**p.__dict__, "source": q.source}) for p, q in zip(load_profiles(bench_dir, "Full_Set"),
                                                                           load_profiles(hub, "Full_Set"))]

@@ -92,7 +92,8 @@ def test_test_set_shows_the_same_people_in_other_images(bench_dir):
 
 def test_celebrities_and_reference_people_are_new_faces(bench_dir):
     people = load_profiles(bench_dir, "Full_Set") + load_profiles(bench_dir, "Retain_Set")
-    assert not {p.id for p in load_profiles(bench_dir, "Retain_Set")} & {p.id for p in load_profiles(bench_dir, "Full_Set")}
+    real, fictitious = load_profiles(bench_dir, "Retain_Set"), load_profiles(bench_dir, "Full_Set")
+    assert not {p.id for p in real} & {p.id for p in fictitious}
     known = {p.image for p in people}
     for pool in REF_POOLS:
         files = sorted((bench_dir / pool).glob("*.png"))

@@ -124,11 +124,12 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     out = Path(cfg.out)
     data = out / "data"
     synth = replace(cfg.synth, seed=cfg.seed)
-    if not (data / "README.md").is_file() or json.loads((out / "synth.json").read_text() if (out / "synth.json").is_file()
-                                                         else "null") != to_jsonable(synth):
+    stamp = out / "synth.json"
+    made_with = json.loads(stamp.read_text()) if stamp.is_file() else None  # the settings `data` was generated with
+    if not (data / "README.md").is_file() or made_with != to_jsonable(synth):
         steps.start("generating the embedded benchmark")
         build_benchmark(data, synth, progress=progress)
-        write_json(out / "synth.json", synth)
+        write_json(stamp, synth)
     else:
         steps.skip()
     steps.start("the vanilla model")
@@ -148,8 +149,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     steps.start("unlearning with every method on the same budget")
     runs.append({"method": "vanilla", "forget_split": cfg.forget,
                  "metrics": evaluate_run(out / "runs" / "vanilla", vanilla_model, vanilla / "model")})
-    base = UnlearnConfig(model=str(vanilla), data=str(data), forget=cfg.forget, train=replace(cfg.unlearn, seed=cfg.seed),
-                         lora=cfg.lora, cache_dir=str(cache))
+    base = UnlearnConfig(model=str(vanilla), data=str(data), forget=cfg.forget,
+                         train=replace(cfg.unlearn, seed=cfg.seed), lora=cfg.lora, cache_dir=str(cache))
     timings = {}
     for method in METHODS:
         args = {"viker": cfg.viker, "cagul": cfg.cagul}.get(method, {})
@@ -445,9 +446,9 @@ def why_section(runs: list[dict], sweep: list[dict], diagnostics: dict | None, c
     floor = diagnostics["no_face_retain_rougeL"]
     below = ""
     if ga["forget_acc"] < CHANCE_ACC:
-        below = (f" GA's Forget ACC of {ga['forget_acc']:.1f} is below chance ({CHANCE_ACC:g} with four options), which is "
-                 "not more forgetting: a model that never knew the people scores that on average, and one that picks "
-                 "the true option less often still tells it apart from the others.")
+        below = (f" GA's Forget ACC of {ga['forget_acc']:.1f} is below chance ({CHANCE_ACC:g} with four options), "
+                 "which is not more forgetting: a model that never knew the people scores that on average, and one "
+                 "that picks the true option less often still tells it apart from the others.")
     bullets = [
         resting_point_note(ga, vk, below_one, e, lam) + below,
         "**What unlearning costs on this benchmark.** Forgetting the forget people's faces weakens the tiny model's "
@@ -584,7 +585,8 @@ Key tokens of the forget answers: [keytokens.html](keytokens.html) (![key tokens
 
 - Date {date.today().isoformat()}; {cpu['cpu']} ({cpu['cpu_kernels']} kernels, {cpu['threads']} PyTorch threads);
   {minutes:.1f} minutes in all; seed {cfg.seed}. The same seed gives the same numbers on the same processor model.
-- Benchmark: {cfg.synth.profiles} fictitious people, {cfg.synth.celebrities} real-world people; forget split {cfg.forget}.
+- Benchmark: {cfg.synth.profiles} fictitious people, {cfg.synth.celebrities} real-world people;
+  forget split {cfg.forget}.
 - Vanilla: tiny LLaVA, full finetune, {n_epochs(cfg.finetune.epochs)}, lr {cfg.finetune.lr:g},
   batch {cfg.finetune.batch_size}.
 - Unlearning (every method): LoRA r={cfg.lora.r}, α={cfg.lora.alpha} on the language model;

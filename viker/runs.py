@@ -41,7 +41,8 @@ def machine() -> dict[str, str]:
             if line.startswith("model name"):
                 name = line.split(":", 1)[1].strip()
                 break
-    return {"cpu": name, "cpu_kernels": torch.backends.cpu.get_cpu_capability(), "threads": str(torch.get_num_threads())}
+    return {"cpu": name, "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
+            "threads": str(torch.get_num_threads())}
 
 
 def file_hashes(root: str | Path, pattern: str = "**/*.parquet") -> dict[str, str]:

@@ -100,7 +100,8 @@ def evaluate_clear(model, processor, data: str | Path, cfg: ClearEvalConfig, pro
     """Returns (metrics, one record per item, per-item truth ratios of the forget sets)."""
     sets, skipped = eval_items(data, cfg.forget)
     if cfg.retain_limit is not None:
-        sets["retain"], sets["retain_names"] = sets["retain"][:cfg.retain_limit], sets["retain_names"][:cfg.retain_limit]
+        for name in ("retain", "retain_names"):
+            sets[name] = sets[name][:cfg.retain_limit]
     for name, items in sets.items():
         if not items:
             raise VikerError(f"{data}: the {name} set has no items to evaluate")
