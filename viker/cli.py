@@ -361,7 +361,8 @@ def parser() -> argparse.ArgumentParser:
                   "benchmark and the vanilla model.")
     dm.add_argument("--out", default="viker-demo", help="the folder for the data, the models, the runs and the report")
     dm.add_argument("--seed", type=int, default=0, help="seed of the benchmark and of every training run")
-    dm.add_argument("--fast", action="store_true", help="smaller settings (about 3 minutes)")
+    dm.add_argument("--fast", action="store_true",
+                    help="a quick look at every step, in about 3 minutes: smaller settings, too small to compare methods")
     dm.set_defaults(func=_demo)
     return ap
 
