@@ -172,7 +172,8 @@ def test_gradient_checkpointing_changes_memory_not_results(tiny_dir, bench_dir, 
                             lora=LoraSettings(r=4, alpha=8, dropout=0.0, merge=False))
         model, _, _ = run_unlearn(cfg, progress=False)
         base = model.get_base_model()  # the flag, under its name before transformers renamed it or after
-        flag = "is_activation_checkpointing" if hasattr(base, "is_activation_checkpointing") else "is_gradient_checkpointing"
+        new = "is_activation_checkpointing"
+        flag = new if hasattr(base, new) else "is_gradient_checkpointing"
         assert getattr(base, flag) == checkpointing
         trained[checkpointing] = {k: v for k, v in model.state_dict().items() if "lora_" in k}
         config = json.loads((tmp_path / str(checkpointing) / "config.json").read_text())

@@ -71,7 +71,7 @@ def test_no_marker_of_the_plot_hides_another(tmp_path, monkeypatch):
                             ("npo", 46.7, 99.9), ("viker", 46.7, 100.0), ("cagul", 20.0, 100.0), ("ga", 12.0, 0.0))]
     tradeoff_plot(runs, [], tmp_path / "tradeoff.png")
     px, cagul = drawn.pop("px per pt"), drawn.pop("CAGUL's place")
-    where = {name: xy for name, xy in drawn.items()}
+    where = drawn
     names = list(where)
     gaps = [math.dist(where[a], where[b]) for i, a in enumerate(names) for b in names[i + 1:]]
     assert min(gaps) >= 0.99 * MARKER_AREA ** 0.5 * px  # at least a marker's width apart

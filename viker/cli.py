@@ -362,7 +362,7 @@ def parser() -> argparse.ArgumentParser:
     dm.add_argument("--out", default="viker-demo", help="the folder for the data, the models, the runs and the report")
     dm.add_argument("--seed", type=int, default=0, help="seed of the benchmark and of every training run")
     dm.add_argument("--fast", action="store_true",
-                    help="a quick look at every step, in about 3 minutes: smaller settings, too small to compare methods")
+                    help="a quick look at every step (about 3 minutes): smaller settings, too small to compare methods")
     dm.set_defaults(func=_demo)
     return ap
 

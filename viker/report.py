@@ -138,17 +138,23 @@ def plain_table(runs: list[dict], keys: tuple[str, ...] | None = None) -> str:
     return "\n".join(lines)
 
 
+def _groups(points: list[tuple[float, float]], within: float) -> list[list[int]]:
+    """The indices of ``points`` gathered where they lie within ``within`` of a group's first point."""
+    groups: list[list[int]] = []
+    for i, point in enumerate(points):
+        group = next((g for g in groups if math.dist(points[g[0]], point) <= within), None)
+        if group:
+            group.append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 def _nearby(points: list[tuple[float, float, float]], within: float = 4.0) -> list[tuple[list[float], float, float]]:
     """Sweep points ``(λ, x, y)`` gathered where they lie within ``within`` (percentage points) of a
     group's first point, so that one label names them all: ``([λ, ...], x, y)`` per group."""
-    groups: list[tuple[list[float], float, float]] = []
-    for lam, x, y in points:
-        near = next((g for g in groups if abs(g[1] - x) ** 2 + abs(g[2] - y) ** 2 <= within ** 2), None)
-        if near:
-            near[0].append(lam)
-        else:
-            groups.append(([lam], x, y))
-    return groups
+    groups = _groups([(x, y) for _, x, y in points], within)
+    return [([points[i][0] for i in g], points[g[0]][1], points[g[0]][2]) for g in groups]
 
 
 MARKER_AREA = 80  # points², as matplotlib's scatter takes it
@@ -158,15 +164,8 @@ def side_by_side(points: list[tuple[float, float]], within: float) -> list[float
     """Where each of ``points`` goes, in marker widths to the right of its place, so that points that lie
     within ``within`` of each other (in the same units, on the plot) sit side by side centred on their place:
     a lone point stays (0), two go to -0.5 and 0.5, three to -1, 0 and 1, in the order given."""
-    groups: list[list[int]] = []
-    for i, (x, y) in enumerate(points):
-        group = next((g for g in groups if math.dist(points[g[0]], (x, y)) < within), None)
-        if group:
-            group.append(i)
-        else:
-            groups.append([i])
     slots = [0.0] * len(points)
-    for group in groups:
+    for group in _groups(points, within):
         for j, i in enumerate(group):
             slots[i] = j - (len(group) - 1) / 2
     return slots
