@@ -187,12 +187,15 @@ def make_accelerator(cfg: TrainConfig, resume: bool = False):
     ``cfg.mixed_precision``, when set, overrides the launcher's. What a sharded run cannot do is
     refused here, before anything is loaded."""
     from accelerate import Accelerator
-    from accelerate.utils import DistributedType
+    from accelerate.utils import DataLoaderConfiguration, DistributedType
 
     if cfg.mixed_precision not in (None, "no", "bf16", "fp16"):
         raise VikerError(f"--mixed-precision {cfg.mixed_precision}: choose no, bf16 or fp16")
+    # split_batches: --batch-size is the global batch, split across the processes, so the schedule takes one
+    # step per optimiser step whatever their number (by default accelerate takes one per process)
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
-                              cpu=not torch.cuda.is_available())
+                              cpu=not torch.cuda.is_available(),
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
     if shards_model(accelerator) and (cfg.checkpoint_every or resume):
         raise VikerError("--checkpoint-every/--resume: checkpoints are written on one process and under DDP; "
                          "under FSDP or DeepSpeed the optimiser state is split across processes")
