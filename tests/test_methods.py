@@ -18,7 +18,9 @@ from viker.methods.base import FrozenReference, UnlearnContext
 from viker.methods.losses import gather_answer_positions
 from viker.methods.reference import (
     ReferenceDistributions,
+    cache_key,
     compute_reference_distributions,
+    processor_fingerprint,
     reference_pool,
 )
 from viker.model import LoraSettings, apply_lora, load_model
@@ -157,6 +159,26 @@ def test_viker_reference_cache_is_reused(tiny_dir, bench_dir, tmp_path):
     third = get_method("viker")(k=3)  # a different k is a different cache entry
     third.setup(ctx)
     assert len(list((tmp_path / "cache").glob("refdist-*.safetensors"))) == 2
+
+
+def test_the_cache_key_follows_the_weights_and_the_processor_the_reference_answers_with(tiny_dir):
+    """R̂ cached for one model or processor is never served for another: a trained adapter in effect, or
+    another chat template, gives another key; adapters the reference switches off, or fresh ones (which
+    change no output), give the base model's."""
+    model, processor = load_model(tiny_dir, device="cpu")
+    base = FrozenReference(model, separate=model).fingerprint()
+    lora = apply_lora(model, LoraSettings(r=2, alpha=4, dropout=0.0))
+    assert FrozenReference(lora, separate=lora).fingerprint() == base  # fresh: every LoRA B is zero
+    with torch.no_grad():
+        next(p for n, p in lora.named_parameters() if "lora_B" in n).fill_(0.01)
+    assert FrozenReference(lora, separate=lora).fingerprint() != base  # e.g. an adapter run loaded to be shown
+    assert FrozenReference(lora).fingerprint() == base  # LoRA unlearning: the reference switches adapters off
+
+    other = load_model(tiny_dir, device="cpu")[1]
+    assert processor_fingerprint(other) == processor_fingerprint(processor)
+    other.chat_template = other.chat_template.replace("USER: ", "User: ")
+    keys = {cache_key(base, [], None, 5, 0, None, processor_fingerprint(p)) for p in (processor, other)}
+    assert len(keys) == 2
 
 
 def test_registry_lists_every_method():

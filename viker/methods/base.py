@@ -62,7 +62,7 @@ class FrozenReference:
             self.fingerprint()
 
     def network_for_fingerprint(self) -> torch.nn.Module:
-        """The module whose weights define the reference (adapters are ignored when fingerprinting)."""
+        """The module whose weights define the reference (with its adapters when they are in effect)."""
         if self._unavailable:
             from viker.errors import VikerError
 
@@ -74,7 +74,8 @@ class FrozenReference:
         if self._fingerprint is None:
             from viker.methods.reference import model_fingerprint
 
-            self._fingerprint = model_fingerprint(self.network_for_fingerprint())
+            # a separate copy answers with whatever adapters it carries; the shared network switches its off
+            self._fingerprint = model_fingerprint(self.network_for_fingerprint(), adapters=self._copy is not None)
         return self._fingerprint
 
     @contextmanager

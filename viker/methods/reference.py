@@ -31,7 +31,7 @@ from viker.methods.losses import compress_topk, decompress_topk, kl_to_reference
 
 SOURCES = ("people", "patterns", "scenes", "pets", "forget", "retain")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 FULL_VOCAB_LIMIT = 8192  # above this, store top-k by default
 
 
@@ -80,13 +80,17 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def model_fingerprint(model: torch.nn.Module) -> str:
+def model_fingerprint(model: torch.nn.Module, adapters: bool = False) -> str:
     """A cheap, content-based identity of the frozen weights: names, shapes and a strided sample of
-    every tensor (hashing 14 GB of a 7B model would take longer than computing R̂). LoRA adapters and
-    the names peft adds are left out, so a model with fresh adapters has its base model's fingerprint."""
+    every tensor (hashing 14 GB of a 7B model would take longer than computing R̂). The names peft adds
+    are left out, and so are LoRA adapters unless ``adapters`` says they act on the reference's outputs
+    and one of them is trained (a LoRA B that is not zero): a model with fresh adapters, or one whose
+    adapters the reference switches off, has its base model's fingerprint."""
+    state = model.state_dict()
+    trained = adapters and any("lora_B" in name and p.any() for name, p in state.items())
     h = hashlib.sha256()
-    for name, p in model.state_dict().items():
-        if "lora_" in name:
+    for name, p in state.items():
+        if "lora_" in name and not trained:
             continue
         name = name.replace("base_model.model.", "").replace(".base_layer", "")
         flat = p.detach().reshape(-1)
@@ -94,6 +98,17 @@ def model_fingerprint(model: torch.nn.Module) -> str:
         h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
         h.update(flat[::step].float().cpu().numpy().tobytes())
     return h.hexdigest()
+
+
+def processor_fingerprint(processor) -> str:
+    """What of the processor shapes the reference passes: its settings (image processing, image tokens),
+    the chat template and the tokenizer."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    vocab = tokenizer.backend_tokenizer.to_str() if getattr(tokenizer, "is_fast", False) \
+        else json.dumps(sorted(tokenizer.get_vocab().items()))
+    template = getattr(processor, "chat_template", None) or getattr(tokenizer, "chat_template", None)
+    settings = processor.to_json_string() if hasattr(processor, "to_json_string") else ""
+    return _sha(json.dumps([settings, template, vocab]).encode())
 
 
 @dataclass
@@ -250,10 +265,13 @@ def _storage(rows: torch.Tensor, topk: int | None) -> dict[str, torch.Tensor]:
 
 
 def cache_key(fingerprint: str, examples: Sequence[Example], pool: Sequence[bytes] | None, k: int, seed: int,
-              topk: int | None) -> str:
+              topk: int | None, processor: str = "") -> str:
+    """Everything R̂ depends on: the frozen weights' and the processor's fingerprints, the examples, the
+    reference images, k, the seed and the storage."""
     payload = {
         "version": CACHE_VERSION,
         "model": fingerprint,
+        "processor": processor,
         "examples": [[ex.question, ex.answer, _sha(ex.image) if ex.image else None] for ex in examples],
         "pool": None if pool is None else [_sha(img) for img in pool],
         "k": k,
@@ -273,7 +291,7 @@ def reference_distributions(reference, processor, examples: Sequence[Example], p
     from viker.collate import Collator
 
     state = PartialState()
-    key = cache_key(reference.fingerprint(), examples, pool, k, seed, topk)
+    key = cache_key(reference.fingerprint(), examples, pool, k, seed, topk, processor_fingerprint(processor))
     if state.num_processes > 1:
         from accelerate.utils import gather_object
 

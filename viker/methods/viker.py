@@ -10,8 +10,9 @@ token below it (a key token) is ascended without end. So λ < 1 gives no token a
 damped by 1-λ, which any long enough budget turns into GA's collapse), while λ > 1 holds every token
 the reference images still predict with probability above 1/λ and forgets the others.
 
-Ablations: ``no_reg`` (λ = 0, plain GA), ``no_ga`` (the KL term alone), ``no_vis`` (the reference is the
-frozen model on the target image itself, i.e. no visual guidance).
+Ablations: ``no_reg`` (λ = 0: gradient ascent, averaged over answer tokens like the whole loss, where the
+``ga`` method averages each answer's tokens first), ``no_ga`` (the KL term alone), ``no_vis`` (the reference
+is the frozen model on the target image itself, i.e. no visual guidance).
 """
 
 from __future__ import annotations
