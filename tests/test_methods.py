@@ -14,7 +14,7 @@ from viker.cli import main
 from viker.collate import Collator, model_inputs
 from viker.data.examples import unlearning_examples
 from viker.methods import METHODS, get_method
-from viker.methods.base import FrozenReference, UnlearnContext
+from viker.methods.base import FrozenReference, UnlearnContext, logits_of
 from viker.methods.losses import gather_answer_positions
 from viker.methods.reference import (
     ReferenceDistributions,
@@ -179,6 +179,22 @@ def test_the_cache_key_follows_the_weights_and_the_processor_the_reference_answe
     other.chat_template = other.chat_template.replace("USER: ", "User: ")
     keys = {cache_key(base, [], None, 5, 0, None, processor_fingerprint(p)) for p in (processor, other)}
     assert len(keys) == 2
+
+
+def test_the_frozen_reference_answers_without_dropout_while_the_model_trains(tiny_dir, bench_dir):
+    """With LoRA the reference is the trained network with its adapters off: its passes must not take the
+    dropout of a model in train mode, and must leave that model training."""
+    model, processor = load_model(tiny_dir, device="cpu")
+    for module in model.modules():
+        if hasattr(module, "attention_dropout"):
+            module.attention_dropout = 0.5
+    lora = apply_lora(model, LoraSettings(r=2, alpha=4, dropout=0.5)).train()
+    batch = Collator(processor)(unlearning_examples(bench_dir, "forget_10")[:2])
+    with torch.no_grad():
+        assert not torch.equal(logits_of(lora, batch), logits_of(lora, batch))  # dropout acts while it trains
+    ref = FrozenReference(lora)
+    assert torch.equal(ref.logits(batch), ref.logits(batch))
+    assert all(m.training for m in lora.modules())
 
 
 def test_registry_lists_every_method():

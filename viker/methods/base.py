@@ -83,9 +83,15 @@ class FrozenReference:
         self.network_for_fingerprint()  # refuses an unavailable reference
         if self._copy is not None:
             yield self._copy
-        else:
+            return
+        # the trained network itself, adapters off and in eval mode (no dropout), then as it was
+        modes = [(m, m.training) for m in self._model.modules()]
+        try:
             with self._model.disable_adapter():
-                yield self._model
+                yield self._model.eval()
+        finally:
+            for module, training in modes:
+                module.training = training
 
     @torch.no_grad()
     def logits(self, batch: dict, logits_to_keep: int = 0) -> torch.Tensor:
