@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from io import BytesIO
 
 import pytest
@@ -14,6 +15,7 @@ from PIL import Image
 from viker.cli import main
 from viker.collate import Collator, model_inputs
 from viker.data.examples import unlearning_examples
+from viker.eval.evaluate import answer_logprobs
 from viker.eval.generate import generate
 from viker.methods.cagul import augment, precision_recall
 from viker.model import load_model
@@ -119,6 +121,27 @@ def test_importance_of_an_image_does_not_depend_on_the_rest_of_the_batch(tiny, b
     both = model.importance(together, model.original_features(together), [1])[0]
     single = model.importance(alone, model.original_features(alone), [0])[0]
     assert torch.allclose(both, single, atol=1e-5)
+
+
+def test_the_answer_scored_never_decides_which_tokens_are_rewritten(tiny, bench_dir):
+    """Teacher-forced scoring (multiple choice by likelihood, CLEAR's probabilities) hands CAGUL the labels:
+    every answer to a question is scored with the visual tokens the question alone picks for rewriting."""
+    model, processor = _wrapped(tiny, rewrite=0.5)
+    model.mode = "force"
+    picked, rewrite = [], model.rewrite
+
+    def spy(feats, which, scores):
+        picked.extend(frozenset(s.argsort()[: model.cfg.count(s.shape[0])].tolist()) for s in scores)
+        return rewrite(feats, which, scores)
+
+    model.rewrite = spy
+    ex = _examples(bench_dir, 1)[0]
+    answers = [ex.answer, "Lima.", "A nurse who works at the hospital near the old harbour, six days a week."]
+    scores = answer_logprobs(model, processor, [replace(ex, answer=a) for a in answers], batch_size=3)
+    assert len(scores) == 3 and len(picked) == 3
+    prompt = model_inputs(Collator(processor, answers=False)([ex]))
+    alone = model.importance(prompt, model.original_features(prompt), [0])[0]
+    assert set(picked) == {frozenset(alone.argsort()[: model.cfg.count(alone.shape[0])].tolist())}
 
 
 def test_augmented_image_keeps_its_size_and_is_reproducible(bench_dir):

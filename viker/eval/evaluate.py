@@ -78,14 +78,16 @@ def check_scope(scope: dict[str, Sequence[str]] | None) -> None:
 @torch.no_grad()
 def answer_logprobs(model, processor, examples: Sequence[Example], batch_size: int) -> list[tuple[float, int]]:
     """(sum of answer-token log-probs, number of answer tokens) for each example, teacher-forced.
-    Only the positions from the batch's earliest answer on reach the output layer."""
+    Only the positions from the batch's earliest answer on reach the output layer. A model that reads
+    the answer's labels (CAGUL, so that the answer never steers which visual tokens it rewrites) gets them."""
     collate = Collator(processor)
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(examples), batch_size):
         batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size]).items()}
         window = answer_window(batch["labels"])
-        logits = model(**model_inputs(batch), logits_to_keep=window).logits
+        labels = {"labels": batch["labels"]} if getattr(model, "reads_answer_labels", False) else {}
+        logits = model(**model_inputs(batch), **labels, logits_to_keep=window).logits
         lp, mask = token_logprobs(logits, batch["labels"][:, -logits.shape[1]:])
         out += list(zip(lp.sum(-1).tolist(), mask.sum(-1).int().tolist()))
     return out

@@ -148,7 +148,13 @@ def with_features(output, feats: list[torch.Tensor]):
 class CagulModel(nn.Module):
     """A frozen image-text-to-text model with CAGUL's discriminator and encoder in front of its visual
     tokens. ``forward(..., cagul="auto"|"force"|"off")``: flag by the discriminator, rewrite every image
-    (training), or the bare model; calls that do not say use ``self.mode`` ("auto")."""
+    (training), or the bare model; calls that do not say use ``self.mode`` ("auto").
+
+    ``forward(..., labels=...)`` on a teacher-forced answer: the labels say which tokens are the answer,
+    so that they never rank the visual tokens (the answer scored must not decide which tokens are
+    rewritten); they are not passed on, and the output carries logits, no loss."""
+
+    reads_answer_labels = True  # teacher-forced scoring passes the labels (viker.eval.evaluate.answer_logprobs)
 
     def __init__(self, base: nn.Module, cfg: CagulConfig, dim: int | None = None):
         super().__init__()
@@ -332,7 +338,8 @@ class CagulModel(nn.Module):
 
     # --- the model's interface ----------------------------------------------------------------------
     def forward(self, cagul: str | None = None, **kwargs):
-        plan = self.plan(self._model_inputs(kwargs), cagul or self.mode, kwargs.get("labels"))
+        labels = kwargs.pop("labels", None)
+        plan = self.plan(self._model_inputs(kwargs), cagul or self.mode, labels)
         if plan is None:
             return self.base(**kwargs)
         with self._image_features(lambda *a, **k: plan.output):
