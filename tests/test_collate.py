@@ -37,6 +37,29 @@ def test_labels_cover_exactly_the_answer_and_end_of_turn(tiny, mixed):
         assert prompt_part.endswith("ASSISTANT:") and ex.question in prompt_part
 
 
+def test_an_answer_the_template_leaves_open_is_closed_by_the_end_of_sequence_token(tiny, mixed):
+    """LLaVA-1.5's own template writes an answer and a space, nothing after it: the collator adds the
+    tokenizer's end-of-sequence token and labels it, so the model learns where its answers stop."""
+    import copy
+
+    _, processor = tiny
+    open_ended = copy.deepcopy(processor)
+    open_ended.chat_template = (
+        "{% for m in messages %}{{ m['role'].upper() + ': ' }}"
+        "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] + ' ' }}{% endif %}"
+        "{% endfor %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+    collate = Collator(open_ended)
+    assert collate.render(mixed[0], mixed[0].answer).endswith(mixed[0].answer + "</s>")
+    batch, closed = collate(mixed), Collator(processor)(mixed)  # the tiny template writes </s> itself
+    tok = processor.tokenizer
+    for row, ex in enumerate(mixed):
+        labelled = batch["input_ids"][row][batch["labels"][row] != IGNORE_INDEX].tolist()
+        assert labelled == tok(" " + ex.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        assert labelled == closed["input_ids"][row][closed["labels"][row] != IGNORE_INDEX].tolist()
+    prompt = collate.render(mixed[0])
+    assert prompt.endswith("ASSISTANT:") and "</s>" not in prompt
+
+
 def test_images_expand_to_the_model_image_tokens(tiny, mixed):
     model, processor = tiny
     batch = Collator(processor)(mixed)

@@ -1,8 +1,10 @@
 """Examples -> model inputs: chat-templated prompt, image inputs, and an answer-only label mask.
 
 The prompt is rendered with the processor's own chat template, so each model family gets its own
-format. Labels are -100 everywhere except on the answer tokens (and the end-of-turn token the template
-puts after them): never on the prompt, the image placeholders or the padding.
+format. Labels are -100 everywhere except on the answer tokens and the end of the turn after them (the
+template's end-of-turn token, or the tokenizer's end-of-sequence token where the template writes none
+after an answer, as LLaVA-1.5's does): never on the prompt, the image placeholders or the padding. So
+a model learns where its answer stops.
 
 How the answer tokens are found, for any tokenizer and padding side: the number of answer tokens is
 ``len(tokenize(prompt + answer)) - len(tokenize(prompt))`` on the unexpanded text (checked to be a
@@ -57,12 +59,19 @@ class Collator:
         if getattr(processor, "chat_template", None) is None and getattr(self.tokenizer, "chat_template", None) is None:
             raise VikerError(f"{type(processor).__name__}: the processor has no chat template; pass a model whose "
                              "processor defines one")
+        self.special_tokens = tuple({t for t in self.tokenizer.all_special_tokens if t} |
+                                    {t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special})
 
     def render(self, example: Example, answer: str | None = None) -> str:
         text = self.processor.apply_chat_template(
             messages(example, answer), add_generation_prompt=answer is None, tokenize=False
         )
-        return text.rstrip() if answer is not None else text
+        if answer is None:
+            return text
+        text = text.rstrip()
+        if text.endswith(self.special_tokens) or not self.tokenizer.eos_token:
+            return text
+        return text + self.tokenizer.eos_token  # the template ends the answer with nothing a model could learn
 
     def answer_lengths(self, prompts: list[str], fulls: list[str], examples: Sequence[Example]) -> list[int]:
         enc_p = self.tokenizer(prompts)["input_ids"]
