@@ -201,6 +201,25 @@ def test_finetune_then_every_method_then_eval(family, saved, real_bench, tmp_pat
     assert {r["image"] for r in records} == {True, False}  # both question types were asked
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_run_saved_as_an_adapter_loads_as_its_merged_model_and_unlearns_again(family, saved, real_bench, tmp_path):
+    """An adapter run (`--save adapter`, every epoch snapshot) loads onto the base model it names, merged,
+    with its processor (Qwen2-VL's too, without torchvision); unlearning can start from it."""
+    steps = TrainConfig(max_steps=1, batch_size=4, lr=1e-2)
+    run_unlearn(UnlearnConfig(model=str(saved(family)), data=str(real_bench), method="ga", out=str(tmp_path / "one"),
+                              train=steps, lora=LoraSettings(r=4, alpha=8, dropout=0.0, merge=False)), progress=False)
+    assert (tmp_path / "one" / "model" / "adapter_config.json").is_file()
+    model, processor = load_model(tmp_path / "one", device="cpu")
+    assert type(model).__name__ == CLASSES[family] and not any("lora_" in k for k in model.state_dict())
+    base, _ = load_model(saved(family), device="cpu")
+    batch = model_inputs(Collator(processor)(_mixed(real_bench, 2)))
+    with torch.no_grad():
+        assert (model(**batch).logits - base(**batch).logits).abs().max() > 1e-4  # the adapter's change is in
+    run_unlearn(UnlearnConfig(model=str(tmp_path / "one"), data=str(real_bench), method="ga",
+                              out=str(tmp_path / "two"), train=steps), progress=False)
+    assert (tmp_path / "two" / "model" / "model.safetensors").is_file()
+
+
 def test_family_is_for_the_tiny_model_only(tmp_path, capsys):
     code = main(["finetune", "--model", str(tmp_path), "--family", "qwen2_vl", "--data", str(tmp_path),
                  "--out", str(tmp_path / "run")])

@@ -27,15 +27,18 @@ def test_saved_tiny_model_loads_through_auto_classes_with_identical_outputs(tiny
         assert torch.allclose(model(**model_inputs(batch)).logits, loaded(**model_inputs(again)).logits, atol=1e-5)
 
 
-def test_a_run_saved_as_an_adapter_loads_and_answers_as_the_merged_run(tiny_dir, bench_dir, tmp_path):
+def test_a_run_saved_as_an_adapter_loads_and_answers_as_the_merged_run(tiny_dir, bench_dir, tmp_path, monkeypatch):
     """`viker unlearn --save adapter` keeps only the LoRA adapter; `viker eval --model RUN` and
-    load_model(RUN) put it on the base model its adapter_config.json names."""
+    load_model(RUN) put it on the base model its adapter_config.json names, from any working folder
+    (the base model was given by a relative path)."""
     from viker.cli import main
 
-    common = ["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--method", "ga", "--max-steps", "3",
+    monkeypatch.chdir(tiny_dir.parent)
+    common = ["unlearn", "--model", tiny_dir.name, "--data", str(bench_dir), "--method", "ga", "--max-steps", "3",
               "--lr", "1e-2"]
     assert main([*common, "--save", "adapter", "--out", str(tmp_path / "adapter")]) == 0
     assert main([*common, "--out", str(tmp_path / "merged")]) == 0
+    monkeypatch.chdir(tmp_path)
     assert (tmp_path / "adapter" / "model" / "adapter_config.json").is_file()
     assert not (tmp_path / "adapter" / "model" / "model.safetensors").exists()
     (adapter, processor), (merged, _), (base, _) = (load_model(tmp_path / name, device="cpu")

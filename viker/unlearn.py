@@ -155,8 +155,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
 
     def save(state_dict, folder: Path = out, merge: bool = cfg.lora.merge):
         if wraps:  # the modules and their configuration; the base model is referenced, not copied
-            base = resolve_model_path(cfg.model)
-            method.save(folder / "cagul", str(Path(base).resolve()) if Path(base).exists() else base, ctx.info)
+            method.save(folder / "cagul", resolve_model_path(cfg.model), ctx.info)
             return None
         return save_model(model, processor, folder / "model", merge=merge, state_dict=state_dict)
 

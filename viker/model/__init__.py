@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,16 +46,17 @@ def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
 
 def resolve_model_path(path: str | Path) -> str:
     """A run folder of ours holds its model under ``model/`` (a whole model, or a LoRA adapter saved with
-    ``--save adapter``, which transformers loads onto the base model its adapter_config.json names);
-    anything else is passed on as is."""
+    ``--save adapter``, which transformers loads onto the base model its adapter_config.json names).
+    A local folder is made absolute, so that what is saved from its model (an adapter's base model)
+    names it from anywhere; a hub id is passed on as is."""
     p = Path(path).expanduser()
     if not p.exists() and (str(path).startswith(("/", ".", "~")) or str(path).count("/") != 1):
         raise VikerError(f"{path}: no such model folder (and not a hub id of the form org/name)")
     if any((p / "model" / name).is_file() for name in ("config.json", "adapter_config.json")):
-        return str(p / "model")
+        return str((p / "model").resolve())
     if p.exists() and not any((p / name).is_file() for name in ("config.json", "adapter_config.json")):
         raise VikerError(f"{p}: not a model folder (no config.json, and no model/config.json)")
-    return str(path)
+    return str(p.resolve()) if p.exists() else str(path)
 
 
 def load_model(path: str | Path, device: str | None = None, dtype: str = "auto", trust_remote_code: bool = False):
@@ -67,21 +70,37 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "auto",
         return load_cagul(path, device, dtype, trust_remote_code)
     path = resolve_model_path(path)
     dev = pick_device(device)
+    adapter = Path(path, "adapter_config.json").is_file()
     try:
-        processor = load_processor(path, trust_remote_code)
+        base = adapter_base(path) if adapter else path
+        processor = load_processor(path, trust_remote_code, config_path=base)
         model = AutoModelForImageTextToText.from_pretrained(
-            path, dtype=pick_dtype(dev, dtype), trust_remote_code=trust_remote_code
+            base, dtype=pick_dtype(dev, dtype), trust_remote_code=trust_remote_code
         )
+        if adapter:  # merged: the model the run ended with, like a run saved merged
+            from peft import PeftModel
+
+            with quiet_peft():
+                model = PeftModel.from_pretrained(model, path).merge_and_unload()
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise VikerError(f"{path}: cannot load model ({first})") from None
     return model.to(dev), processor
 
 
-def load_processor(path: str, trust_remote_code: bool = False):
+def adapter_base(path: str) -> str:
+    """The base model a saved LoRA adapter names (an absolute folder, when viker saved it from one)."""
+    base = json.loads(Path(path, "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise VikerError(f"{path}/adapter_config.json names no base model (base_model_name_or_path)")
+    return base
+
+
+def load_processor(path: str, trust_remote_code: bool = False, config_path: str | None = None):
     """The checkpoint's own processor (tokenizer, image processor, chat template) through AutoProcessor.
     Qwen2-VL's also wants a video processor, which needs torchvision: without torchvision it is built
-    from its image processor and tokenizer alone (see viker.model.families)."""
+    from its image processor and tokenizer alone (see viker.model.families); ``config_path`` holds the
+    model's config when ``path`` does not (an adapter's folder)."""
     from transformers import AutoProcessor
     from transformers.utils import is_torchvision_available
 
@@ -92,7 +111,7 @@ def load_processor(path: str, trust_remote_code: bool = False):
             raise
         from viker.model.families import processor_without_video
 
-        processor = processor_without_video(path, trust_remote_code)
+        processor = processor_without_video(path, trust_remote_code, config_path)
         if processor is None:
             raise
         return processor
@@ -122,9 +141,16 @@ def apply_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
         target_modules=targets,
         **settings.extra,
     )
-    with warnings.catch_warnings():  # peft reads an attribute transformers has renamed: nothing for a user to do
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with quiet_peft():
         return get_peft_model(model, config)
+
+
+@contextmanager
+def quiet_peft():
+    """peft reads an attribute transformers has renamed: a warning with nothing in it for a user to do."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:

@@ -85,12 +85,14 @@ def qwen2_vl_processor(image_processor, tokenizer, chat_template: str | None = N
     return _image_text_qwen2_vl_processor_class()(image_processor, tokenizer, chat_template=chat_template)
 
 
-def processor_without_video(path: str, trust_remote_code: bool = False):
+def processor_without_video(path: str, trust_remote_code: bool = False, config_path: str | None = None):
     """A Qwen2-VL processor loaded from ``path`` with its image processor and tokenizer alone, for
-    machines without torchvision; ``None`` for other families (their own loading error stands)."""
+    machines without torchvision; ``None`` for other families (their own loading error stands). The
+    family is read from the config in ``config_path`` (default: ``path``)."""
     from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
-    if AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).model_type != "qwen2_vl":
+    config = AutoConfig.from_pretrained(config_path or path, trust_remote_code=trust_remote_code)
+    if config.model_type != "qwen2_vl":
         return None
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     image_processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
