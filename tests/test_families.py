@@ -220,6 +220,46 @@ def test_a_run_saved_as_an_adapter_loads_as_its_merged_model_and_unlearns_again(
     assert (tmp_path / "two" / "model" / "model.safetensors").is_file()
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cagul_ranks_visual_tokens_by_the_attention_of_the_models_own_forward_pass(family, real_bench):
+    """CAGUL's short scoring pass (flagged rows only, stopped after its layer) must see the attention the
+    whole model computes: Qwen2-VL's 3-D positions come from inputs beside the tokens (image_grid_thw,
+    mm_token_type_ids), which matter once an image has more than one merged patch (64 px here)."""
+    from viker.model.cagul import CagulConfig, CagulModel
+
+    model, processor = build_tiny(real_bench, TinyConfig(**{**SMALL, "layers": 2, "image_size": 64}, family=family))
+    cagul = CagulModel(model.eval(), CagulConfig(layers=[1]))
+    examples = [e for e in finetune_examples(real_bench) if e.image is not None][:3]
+    batch = model_inputs(Collator(processor, answers=False)([examples[0], _mixed(real_bench, 1)[1], *examples[1:]]))
+    scores = cagul.importance(batch, cagul.original_features(batch), [1, 2])  # the images of rows 2 and 3
+    with cagul._eager_attention(), torch.no_grad():
+        attention = model(**batch, output_attentions=True).attentions[1].float().mean(dim=1)
+    is_image = batch["input_ids"] == cagul.image_token_id
+    for score, row in zip(scores, (2, 3)):
+        positions = is_image[row].nonzero().squeeze(-1)
+        queries = (torch.arange(is_image.shape[1]) > positions.max()) & batch["attention_mask"][row].bool()
+        torch.testing.assert_close(score, attention[row][queries][:, positions].mean(dim=0), atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cagul_trains_and_answers_mixed_batches_on_every_family(family, saved, real_bench, tmp_path):
+    """CAGUL on each family, end to end: its modules train on the frozen model, and the evaluator's batches,
+    which mix questions with and without an image, go through it (every image rewritten)."""
+    from viker.model.cagul import CagulModel
+
+    run = tmp_path / "cagul"
+    run_unlearn(UnlearnConfig(model=str(saved(family)), data=str(real_bench), method="cagul",
+                              method_args={"k": 2, "disc_steps": 5}, out=str(run),
+                              train=TrainConfig(max_steps=1, batch_size=4, lr=1e-3), cache_dir=str(tmp_path / "c")),
+                 progress=False)
+    model, processor = load_model(run, device="cpu")
+    assert isinstance(model, CagulModel)
+    model.mode = "force"
+    cfg = EvalConfig(forget="forget_10", max_new_tokens=4, scope={"forget": ("generation", "multiple_choice")})
+    metrics = run_eval(str(run), str(real_bench), str(run), cfg, progress=False, model_and_processor=(model, processor))
+    assert 0.0 <= metrics["forget_acc"] <= 100.0 and 0.0 <= metrics["forget_acc_text"] <= 100.0
+
+
 def test_family_is_for_the_tiny_model_only(tmp_path, capsys):
     code = main(["finetune", "--model", str(tmp_path), "--family", "qwen2_vl", "--data", str(tmp_path),
                  "--out", str(tmp_path / "run")])

@@ -134,6 +134,12 @@ def per_image(output) -> list[torch.Tensor]:
                      f"image ({type(feats).__name__}); it is not supported")
 
 
+def with_tokens(feats: list[torch.Tensor]) -> list[int]:
+    """The entries of ``per_image`` that hold an image's tokens: Idefics2 gives a row without an image an
+    empty one."""
+    return [j for j, f in enumerate(feats) if f.shape[0]]
+
+
 def with_features(output, feats: list[torch.Tensor]):
     """``output`` with its per-image features replaced by ``feats`` (same container type)."""
     old = getattr(output, "pooler_output", output)
@@ -258,17 +264,24 @@ class CagulModel(nn.Module):
                    labels: torch.Tensor | None = None) -> list[torch.Tensor]:
         """(T_j,) attention that image j's visual tokens receive from the text after the image (the question
         and the template's turn markers; never answer tokens), averaged over the chosen layers and heads,
-        for each image j in ``which``. Only the rows of those images are run, and the forward pass stops
-        after the last chosen layer."""
+        for each image j in ``which`` (counting the batch's images, not the empty entries of rows without
+        one). Only the rows of those images are run, and the forward pass stops after the last chosen layer."""
         is_image = inputs["input_ids"] == self.image_token_id
         image_rows = [r for r in range(is_image.shape[0]) if is_image[r].any()]
-        if len(image_rows) != len(per_image(output)):
+        images = [per_image(output)[j] for j in with_tokens(per_image(output))]
+        if len(image_rows) != len(images):
             raise VikerError("CAGUL expects one image per prompt (found a different number of images and image "
                              "token runs)")
         rows = [image_rows[j] for j in which]
-        sub = {"input_ids": inputs["input_ids"][rows], "attention_mask": inputs["attention_mask"][rows]}
-        sub |= {k: v for k, v in inputs.items() if k not in sub and "pixel" in k}  # read by the patched call only
-        sub_output = with_features(output, [per_image(output)[j] for j in which])
+        sub = {}
+        for key, value in inputs.items():  # the chosen rows' inputs, all of them (Qwen2-VL's positions read some)
+            if "pixel" in key:
+                sub[key] = value  # read by the patched call only
+            elif value.dim() >= 2 and value.shape[:2] == is_image.shape:
+                sub[key] = value[rows]  # one entry per token: input_ids, attention_mask, mm_token_type_ids
+            elif value.dim() >= 1 and value.shape[0] == len(image_rows):
+                sub[key] = value[which]  # one entry per image: image_grid_thw, image_sizes
+        sub_output = with_features(output, [images[j] for j in which])
         labels = labels[rows] if labels is not None else None
         is_image = is_image[rows]
         scores = [torch.zeros(int(is_image[i].sum()), device=is_image.device) for i in range(len(rows))]
@@ -327,13 +340,14 @@ class CagulModel(nn.Module):
         if output is None:
             return None
         feats = per_image(output)
+        images = with_tokens(feats)
         with torch.no_grad():
-            probs = self.flag_probs(feats)
+            probs = self.flag_probs([feats[j] for j in images])
         flags = torch.ones_like(probs, dtype=torch.bool) if mode == "force" else probs > self.cfg.threshold
         if not flags.any():
             return Plan(output, flags, probs)
         which = flags.nonzero().squeeze(-1).tolist()
-        new = self.rewrite(feats, which, self.importance(inputs, output, which, labels))
+        new = self.rewrite(feats, [images[j] for j in which], self.importance(inputs, output, which, labels))
         return Plan(with_features(output, new), flags, probs)
 
     # --- the model's interface ----------------------------------------------------------------------
