@@ -97,6 +97,21 @@ def test_an_answer_that_does_not_fit_max_length(tiny_dir, bench_dir, tmp_path, c
     _assert_clean_failure(code, capsys.readouterr().err, "max_length 20", out)
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "runs/vanila"], "runs/vanila: no such model folder"),
+    (["--data", "runs/bench"], "runs/bench: no such benchmark folder"),
+    (["--dtype", "bf17"], "--dtype bf17: choose auto, float32, bfloat16"),
+])
+def test_a_mistyped_path_or_dtype(argv, message, tiny_dir, bench_dir, tmp_path, capsys, monkeypatch):
+    """`runs/vanila` beside an existing `runs/` folder is a mistyped path, not a hub id to look up."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    given = {"--model": str(tiny_dir), "--data": str(bench_dir)} | dict(zip(argv[::2], argv[1::2]))
+    out = tmp_path / "run"
+    code = main(["eval", *[x for kv in given.items() for x in kv], "--out", str(out)])
+    _assert_clean_failure(code, capsys.readouterr().err, message, out)
+
+
 # --- property-based: malformed rows never give a silent wrong profile or an unexpected exception ---------
 
 MUTATIONS = st.sampled_from(["drop_type", "bad_type", "bad_letter", "missing_option", "empty_image",

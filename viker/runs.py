@@ -11,6 +11,15 @@ from pathlib import Path
 from typing import Any
 
 
+def is_hub_id(text: str | Path) -> bool:
+    """``org/name`` naming no local folder: a repository on the Hugging Face hub. When ``org`` is a local
+    folder the text is taken for a mistyped path (``runs/vanila``), not looked up on the hub."""
+    text = str(text)
+    path = Path(text).expanduser()
+    return text.count("/") == 1 and not text.startswith((".", "/", "~")) and not path.exists() \
+        and not path.parent.is_dir()
+
+
 def versions() -> dict[str, str]:
     import accelerate
     import peft

@@ -31,6 +31,7 @@ from viker.data.schema import (
     schema_for,
 )
 from viker.errors import VikerError
+from viker.runs import is_hub_id  # noqa: F401 (viker.data.clear reads it from here too)
 
 
 def has_config(root: str | Path, config: str) -> bool:
@@ -55,12 +56,6 @@ def config_files(root: str | Path, config: str, known: tuple[str, ...] = CONFIGS
         f"{root}: config '{config}' not found (looked for {', '.join(patterns)}); "
         f"configs present: {', '.join(present) or 'none'}"
     )
-
-
-def is_hub_id(root: str | Path) -> bool:
-    """``org/name`` that is not an existing folder: a dataset on the Hugging Face hub."""
-    text = str(root)
-    return text.count("/") == 1 and not text.startswith((".", "/", "~")) and not Path(text).exists()
 
 
 def hub_table(repo: str, config: str) -> pa.Table:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from viker.errors import VikerError
+from viker.runs import is_hub_id
 
 # Where the language model lives inside the common architectures (LLaVA, Qwen2-VL, Idefics2, ...).
 LANGUAGE_MODEL_PATTERN = r"(^|\.)(language_model|text_model)\."
@@ -36,9 +37,15 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "bf16": torch.bfloat16,
+          "fp16": torch.float16, "fp32": torch.float32}
+
+
 def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
     if dtype != "auto":
-        return getattr(torch, dtype)
+        if dtype not in DTYPES:
+            raise VikerError(f"--dtype {dtype}: choose auto, {', '.join(DTYPES)}")
+        return DTYPES[dtype]
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
@@ -50,7 +57,7 @@ def resolve_model_path(path: str | Path) -> str:
     A local folder is made absolute, so that what is saved from its model (an adapter's base model)
     names it from anywhere; a hub id is passed on as is."""
     p = Path(path).expanduser()
-    if not p.exists() and (str(path).startswith(("/", ".", "~")) or str(path).count("/") != 1):
+    if not p.exists() and not is_hub_id(path):
         raise VikerError(f"{path}: no such model folder (and not a hub id of the form org/name)")
     if any((p / "model" / name).is_file() for name in ("config.json", "adapter_config.json")):
         return str((p / "model").resolve())
