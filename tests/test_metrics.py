@@ -164,6 +164,11 @@ def test_cloze_prompt_replaces_every_blank_once():
         ("B: A city in France", "B"),  # the article "A" after the chosen letter is no conflict
         ("b", "B"),  # lower case only as the whole reply
         ("d", "D"),
+        ("B\nExplanation: she was born in Lima.", "B"),  # alone on the first line
+        ("B\n\nThe person in the image", "B"),
+        ("B - Lima", "B"),
+        ("B. A and C are wrong.", "B"),  # options ruled out further on are no alternatives to B
+        ("The answer is B, since A and D are incorrect.", "B"),
     ],
 )
 def test_parse_choice_accepts_clear_letters(reply, expected):
@@ -182,6 +187,8 @@ def test_parse_choice_accepts_clear_letters(reply, expected):
         "A, B",
         "A/B",
         "A. The answer is B",  # two rules give different letters
+        "The answer is A or B",  # its letter, offered with another
+        "B, A",
         "A cat sits on the mat",  # "A" followed by a space is a word, not a choice
         "a dog",
         "b.",  # lower-case letters only count as the whole reply

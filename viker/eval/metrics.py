@@ -115,11 +115,11 @@ def cloze_prompt(question: str) -> str:
 # Multiple-choice questions
 # --------------------------------------------------------------------------------------------
 
-# A letter opening the reply: "(B)", "[B]", "B", "B:", "B)", "B]", "B. Paris", "B, Paris".
-# "." and "," must be followed by whitespace or the end so that "A.I." or "U.S." do not count.
-# A letter followed by a space ("A cat ...") is deliberately not accepted: it is usually a word.
+# A letter opening the reply: "(B)", "[B]", "B", "B:", "B)", "B]", "B. Paris", "B, Paris", "B - Paris",
+# "B" alone on the first line. "." and "," must be followed by whitespace or the end so that "A.I." or
+# "U.S." do not count. A letter followed by a space and a word ("A cat ...") is deliberately not accepted.
 _LEADING_RE = re.compile(
-    r"^(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])(?=$|[:)\]]|[.,](?:\s|$)))"
+    r"^(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])(?=$|\n|[:)\]]|[.,](?:\s|$)|\s+[-–]\s))"
 )
 # A letter announced by a keyword anywhere: "Answer: B", "The answer is B", "Option (C)".
 _ANNOUNCED_RE = re.compile(
@@ -139,17 +139,18 @@ def parse_choice(reply: str, options: Sequence[str] = "ABCD") -> str | None:
 
     1. the whole reply when it is a single letter, in either case (``"b"`` -> ``"B"``);
     2. an upper-case letter opening the reply on its own: ``"B"``, ``"B."``, ``"B: Paris"``,
-       ``"B) Paris"``, ``"(B)"``, ``"[B]"``; a letter followed by a plain space (``"A cat"``) is
-       not accepted, because it is usually a word;
+       ``"B) Paris"``, ``"B - Paris"``, ``"(B)"``, ``"[B]"``, or alone on the first line; a letter
+       followed by a space and a word (``"A cat"``) is not accepted, because it is usually a word;
     3. an upper-case letter after ``answer``/``option``/``choice`` (optionally ``is``, ``:``)
        anywhere in the reply: ``"Answer: B"``, ``"The answer is B"``,
        ``"The correct option is (C)"``.
 
     The reply is ambiguous, and the result None, when these rules give no letter, give different
-    letters (``"A. The answer is B"``), or the reply lists two option letters as alternatives
-    (``"Both A and B"``, ``"A or C"``, ``"A, B"``). A letter that is not in ``options`` (``"E"``
-    when options are ``"ABCD"``) also gives None. Lower-case letters count only as the whole
-    reply, so ``"a"`` is the option A but ``"a dog"`` is nothing.
+    letters (``"A. The answer is B"``), or the letter they give is listed with another option letter as
+    alternatives (``"A, B"``, ``"The answer is A or B"``; ``"Both A and B"`` gives no letter at all).
+    Other letters listed further on do not count (``"B. A and C are wrong."`` is B). A letter that is
+    not in ``options`` (``"E"`` when options are ``"ABCD"``) also gives None. Lower-case letters count
+    only as the whole reply, so ``"a"`` is the option A but ``"a dog"`` is nothing.
     """
     allowed = {option.strip().upper() for option in options}
     text = reply.replace("*", "").strip()
@@ -165,8 +166,8 @@ def parse_choice(reply: str, options: Sequence[str] = "ABCD") -> str | None:
             candidates.add(_first_group(leading))
         candidates.update(_first_group(match) for match in _ANNOUNCED_RE.finditer(text))
         for first, second in _ENUMERATION_RE.findall(text):
-            if first != second and first in allowed and second in allowed:
-                return None  # the reply names two options as alternatives
+            if first != second and {first, second} <= allowed and {first, second} & candidates:
+                return None  # the reply offers its letter with another option as an alternative
 
     if len(candidates) != 1:
         return None
