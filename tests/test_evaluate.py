@@ -45,6 +45,11 @@ def test_option_frame_cuts_the_named_option_out_of_the_answer():
     assert option_frame("likes {braces} and chess", ["chess", "go", "tennis", "golf"]).format("go") == \
         "likes {braces} and go"
     assert option_frame("a piloting job", ["pilot", "chef", "nurse", "baker"]) is None  # whole words only
+    cities = ["Oslo", "Lima", "Riga", "Rome"]  # two options named: which one answers is not ours to guess
+    assert option_frame("She was born in Lima and lives in Oslo.", cities) is None
+    assert option_frame("Born in York, not New York.", ["New York", "York", "Lima", "Oslo"]) is None
+    # an option inside another is not named on its own
+    assert option_frame("Born in New York.", ["York", "New York", "Lima", "Oslo"]) == "Born in {}."
 
 
 

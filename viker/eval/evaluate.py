@@ -95,14 +95,24 @@ def answer_logprobs(model, processor, examples: Sequence[Example], batch_size: i
 
 def option_frame(answer: str, options: Sequence[str]) -> str | None:
     """The model's own answer with the option it names cut out ('This person was born in {}.'), or
-    None when it names none of the options."""
-    found = [o for o in options if re.search(rf"(?<!\w){re.escape(o)}(?!\w)", answer, flags=re.I)]
-    if not found:
+    None when it names none of the options, or more than one (which of them answers the question is
+    not ours to guess). An option named only inside another ('York' in 'New York') is not named."""
+    spans = {o: [m.span() for m in re.finditer(rf"(?<!\w){re.escape(o)}(?!\w)", answer, flags=re.I)]
+             for o in dict.fromkeys(options)}
+    within = [(o, a, b) for o, found in spans.items() for a, b in found]
+
+    def inside_another(option: str, span: tuple[int, int]) -> bool:
+        return any(o != option and a <= span[0] and span[1] <= b and b - a > span[1] - span[0] for o, a, b in within)
+
+    named = [o for o, found in spans.items() if any(not inside_another(o, span) for span in found)]
+    if len(named) != 1:
         return None
-    option = max(found, key=len)
-    match = re.search(rf"(?<!\w){re.escape(option)}(?!\w)", answer, flags=re.I)
-    return answer[: match.start()].replace("{", "{{").replace("}", "}}") + "{}" + \
-        answer[match.end():].replace("{", "{{").replace("}", "}}")
+    start, end = next(span for span in spans[named[0]] if not inside_another(named[0], span))
+
+    def literal(text: str) -> str:
+        return text.replace("{", "{{").replace("}", "}}")
+
+    return literal(answer[:start]) + "{}" + literal(answer[end:])
 
 
 def mc_by_likelihood(model, processor, questions: list[tuple[MCQuestion, bytes | None]], replies: list[str],
