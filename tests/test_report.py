@@ -36,6 +36,20 @@ def test_table_marks_the_best_unlearning_method_per_column_in_its_direction():
     assert cells["ViKeR (λ=10)"][0] == "36.0" and cells["KL-Min"][0] == "36.0"
 
 
+def test_what_was_not_measured_is_a_dash_and_never_the_best(tmp_path):
+    """An empty split's accuracy is NaN in memory and null in metrics.json; either way its cell is "–", and the
+    best of the column is the same whichever order the runs come in."""
+    from viker.runs import write_json
+
+    runs = _runs()
+    runs[2]["metrics"]["forget_acc"] = float("nan")
+    for order in (runs, runs[::-1]):
+        cells = _cells(markdown_table(order))
+        assert cells["KL-Min"][0] == "–" and cells["GA"][0] == "**12.0**"
+    write_json(tmp_path / "metrics.json", runs[2]["metrics"])
+    assert json.loads((tmp_path / "metrics.json").read_text(), parse_constant=pytest.fail)["forget_acc"] is None
+
+
 def test_terminal_table_names_runs_like_the_report():
     lines = plain_table(_runs()).splitlines()
     assert [line.split()[0] for line in lines[1:]] == ["vanilla", "GA", "KL-Min", "ViKeR"]

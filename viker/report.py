@@ -86,7 +86,8 @@ def _columns(runs: list[dict]) -> list[Column]:
 
 
 def _printed(column: Column, value: float | None) -> str:
-    return "–" if value is None else format(value, column.fmt)
+    """The cell as printed: "–" for what was not measured (None, or NaN for an empty split)."""
+    return "–" if value is None or math.isnan(value) else format(value, column.fmt)
 
 
 def markdown_table(runs: list[dict]) -> str:
@@ -99,8 +100,8 @@ def markdown_table(runs: list[dict]) -> str:
     contenders = [r for r in runs if r["method"] not in REFERENCES] or runs
     best = {}
     for c in cols:
-        values = [float(_printed(c, r["metrics"][c.key])) for r in contenders  # as printed
-                  if r["metrics"].get(c.key) is not None]
+        printed = [_printed(c, r["metrics"].get(c.key)) for r in contenders]
+        values = [float(text) for text in printed if text != "–"]  # as printed
         best[c.key] = (min if c.lower_is_better else max)(values) if values and c.lower_is_better is not None else None
     for r in runs:
         cells = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import platform
 import sys
 from pathlib import Path
@@ -88,6 +89,8 @@ def to_jsonable(obj: Any) -> Any:
         return [to_jsonable(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
+    if isinstance(obj, float) and math.isnan(obj):
+        return None  # nothing measured (an empty split): JSON's null, since NaN is not JSON
     return obj
 
 
