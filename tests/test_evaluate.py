@@ -14,6 +14,7 @@ from viker.data.loader import load_profiles
 from viker.data.schema import MCQuestion
 from viker.eval.evaluate import EvalConfig, evaluate, mc_by_likelihood, option_frame
 from viker.eval.generate import generate
+from viker.errors import VikerError
 
 PAPER_KEYS = {"forget_acc", "test_acc", "retain_acc", "real_acc", "forget_rougeL", "test_rougeL", "retain_rougeL",
               "retain_bleu", "real_rougeL", "real_bleu", "forget_cloze", "coherence"}
@@ -80,7 +81,8 @@ def test_evaluate_reports_the_paper_columns_in_percent(tiny, bench_dir):
     sets = {r["set"] for r in records}
     assert sets == {"forget", "test", "retain", "real"}
     forget_ids = {p.id for p in load_profiles(bench_dir, "forget_10")}
-    assert {r["profile"] for r in records if r["set"] == "test" and r["task"] == "generation"} == forget_ids
+    for task in ("generation", "multiple_choice", "cloze"):  # every record says whom it asks about
+        assert {r["profile"] for r in records if r["set"] == "test" and r["task"] == task} == forget_ids
     n_mc = sum(len(p.mc) for p in load_profiles(bench_dir, "forget_10"))
     assert sum(r["task"] == "multiple_choice" and r["set"] == "forget" for r in records) == n_mc
 
@@ -161,6 +163,11 @@ def test_gibberish_classifier_loads_from_a_local_folder(tmp_path):
     score = gibberish_scorer(str(tmp_path / "gib"), "cpu")
     clean, noise = score(["fine fine", "s s s the"])
     assert clean > 0.9 and noise == pytest.approx(0.5, abs=0.05)  # 'clean' is the label named clean
+    config = json.loads((tmp_path / "gib" / "config.json").read_text())
+    config["id2label"], config["label2id"] = {"0": "LABEL_0", "1": "LABEL_1"}, {"LABEL_0": 0, "LABEL_1": 1}
+    (tmp_path / "gib" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(VikerError, match="no label names the clean class .labels: LABEL_0, LABEL_1"):
+        gibberish_scorer(str(tmp_path / "gib"), "cpu")
 
 
 def test_gib_column_when_a_classifier_is_given(tiny, bench_dir, tmp_path):

@@ -141,13 +141,21 @@ def mc_by_likelihood(model, processor, questions: list[tuple[MCQuestion, bytes |
 
 
 def gibberish_scorer(path: str, device, batch_size: int = 32):
-    """Mean probability of the 'clean' class of a local text classifier (higher = more coherent)."""
+    """Probability of the 'clean' class (the label whose name holds "clean") of a local text classifier,
+    per text (higher = more coherent). A classifier without such a label is refused: which class means
+    coherent is not ours to guess."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    clf = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        clf = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
+    except (OSError, ValueError) as e:
+        raise VikerError(f"--gib-model {path}: cannot load a text classifier ({str(e).splitlines()[0]})") from None
     labels = {i: str(name).lower() for i, name in clf.config.id2label.items()}
-    clean = next((i for i, name in labels.items() if "clean" in name), 0)
+    clean = next((i for i, name in labels.items() if "clean" in name), None)
+    if clean is None:
+        raise VikerError(f"--gib-model {path}: no label names the clean class (labels: "
+                         f"{', '.join(clf.config.id2label.values())})")
 
     @torch.no_grad()
     def score(texts: Sequence[str]) -> list[float]:
@@ -211,8 +219,10 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfi
             metrics[f"{s.name}_acc"] = M.mean_percent(h for h, (q, _) in zip(hits, questions) if q.with_image)
             metrics[f"{s.name}_acc_text"] = M.mean_percent(h for h, (q, _) in zip(hits, questions) if not q.with_image)
             metrics[f"{s.name}_acc_all"] = M.mean_percent(hits)
-            for (q, img), reply, choice, hit in zip(questions, replies, choices, hits):
-                records.append(_record(s.name, "multiple_choice", Example(q.question, q.options[q.answer], img),
+            owners = [p.id for p in s.profiles for _ in p.mc]
+            for (q, img), owner, reply, choice, hit in zip(questions, owners, replies, choices, hits):
+                records.append(_record(s.name, "multiple_choice", Example(q.question, q.options[q.answer], img,
+                                                                          profile_id=owner),
                                        reply, choice=choice, correct=q.answer, hit=hit))
 
         # cloze
