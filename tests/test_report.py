@@ -166,6 +166,12 @@ def test_report_refuses_runs_it_cannot_compare(runs, bench_dir, tiny_dir, tmp_pa
     assert main(["report", str(runs / "ga-eval"), str(other), "--out", str(tmp_path / "mixed")]) == 2
     err = capsys.readouterr().err
     assert "different forget splits" in err and "forget_5" in err and "forget_10" in err
+    longer = tmp_path / "longer"  # the same run, its answers given more tokens
+    assert main(["eval", "--model", str(runs / "ga"), "--data", str(bench_dir), *DATA, "--max-new-tokens", "6",
+                 "--retain-limit", "2", "--only", "forget:multiple_choice", "--out", str(longer)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(runs / "ga-eval"), str(longer), "--out", str(tmp_path / "mixed")]) == 2
+    assert "different --max-new-tokens" in capsys.readouterr().err
     assert main(["report", str(runs / "vanilla" / "model"), "--out", str(tmp_path / "none")]) == 2
     assert "no metrics.json" in capsys.readouterr().err
     assert not (tmp_path / "mixed").exists()  # nothing written

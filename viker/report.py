@@ -310,7 +310,8 @@ def read_run(path: str | Path) -> dict:
     evaluated = (evaluation or {}).get("eval", {})
     benchmark = benchmark_of(metrics)
     return {"method": method, "settings": settings, "benchmark": benchmark, "forget_split": evaluated.get("forget"),
-            "mc_mode": evaluated.get("mc_mode"), "metrics": metrics, "path": str(run)}
+            "mc_mode": evaluated.get("mc_mode"), "retain_limit": evaluated.get("retain_limit"),
+            "max_new_tokens": evaluated.get("max_new_tokens"), "metrics": metrics, "path": str(run)}
 
 
 def setting_text(key: str, value) -> str:
@@ -359,6 +360,8 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
     benchmark = _one_value(rows, "benchmark", "benchmarks")
     forget = _one_value(rows, "forget_split", "forget splits")
     mc_mode = _one_value(rows, "mc_mode", "--mc-mode")
+    for key, option in (("retain_limit", "--retain-limit"), ("max_new_tokens", "--max-new-tokens")):
+        _one_value(rows, key, option)  # the retain figures' people, the answers' length
     for row, name in zip(rows, _labels(rows)):
         row["label"] = name
     out = Path(out)
