@@ -112,6 +112,37 @@ def test_a_mistyped_path_or_dtype(argv, message, tiny_dir, bench_dir, tmp_path, 
     _assert_clean_failure(code, capsys.readouterr().err, message, out)
 
 
+def _reencode_images(t):
+    from io import BytesIO
+
+    from PIL import Image
+
+    def again(image):
+        out = BytesIO()
+        Image.open(BytesIO(image["bytes"])).convert("RGB").save(out, format="PNG", compress_level=1)
+        return {"bytes": out.getvalue(), "path": image["path"]}
+
+    images = [again(image) for image in t.column("image").to_pylist()]
+    return t.set_column(0, "image", pa.array(images, type=t.schema.field("image").type))
+
+
+def test_ft_data_whose_images_match_no_person_is_said_and_recorded(tiny_dir, bench_dir, tmp_path, capsys):
+    """ft_Data pairs belong to a person by their image's bytes; a copy whose images were re-encoded matches
+    nobody, and the run says so instead of quietly unlearning the generation questions alone."""
+    root = tmp_path / "bench"
+    shutil.copytree(bench_dir, root)
+    argv = ["unlearn", "--model", str(tiny_dir), "--method", "ga", "--max-steps", "1"]
+    assert main([*argv, "--data", str(bench_dir), "--out", str(tmp_path / "as-is")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    pairs = json.loads((tmp_path / "as-is" / "config.json").read_text())["data"]["ft_Data_pairs"]
+    assert pairs["forget"] > 0 and pairs["retain"] > 0
+    _edit(root, "ft_Data/train-00000-of-00001.parquet", _reencode_images)
+    assert main([*argv, "--data", str(root), "--out", str(tmp_path / "re-encoded")]) == 0
+    assert "warning: no ft_Data pair has the image of a forget_10 or retain_90 person" in capsys.readouterr().err
+    pairs = json.loads((tmp_path / "re-encoded" / "config.json").read_text())["data"]["ft_Data_pairs"]
+    assert pairs == {"forget": 0, "retain": 0}
+
+
 # --- property-based: malformed rows never give a silent wrong profile or an unexpected exception ---------
 
 MUTATIONS = st.sampled_from(["drop_type", "bad_type", "bad_letter", "missing_option", "empty_image",

@@ -7,6 +7,7 @@ computed, versions and data hashes), ``history.json`` and the unlearned model un
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -94,7 +95,13 @@ def mllmu_streams(cfg: UnlearnConfig) -> tuple[dict, dict]:
     records = load_finetune(cfg.data)
     data = {"forget": unlearning_examples(cfg.data, cfg.forget, forget_people, records),
             "retain": unlearning_examples(cfg.data, retain_split, retain_people, records)}
-    return data, {"benchmark": "mllmu", "forget_config": cfg.forget, "retain_config": retain_split}
+    # ft_Data pairs belong to a person by their image's bytes: a copy whose images were re-encoded matches none
+    pairs = {name: sum(ex.kind == "ft" for ex in examples) for name, examples in data.items()}
+    if records and not any(pairs.values()):
+        print(f"warning: no ft_Data pair has the image of a {cfg.forget} or {retain_split} person, so only their "
+              "generation questions are unlearned and retained (were the images re-encoded?)", file=sys.stderr)
+    return data, {"benchmark": "mllmu", "forget_config": cfg.forget, "retain_config": retain_split,
+                  "ft_Data_pairs": pairs}
 
 
 def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=None, resume: bool = False):
