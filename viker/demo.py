@@ -79,14 +79,15 @@ def fast(cfg: DemoConfig) -> DemoConfig:
     )
 
 
-def _vanilla(cfg: DemoConfig, data: Path, out: Path, progress: bool) -> Path:
+def _vanilla(cfg: DemoConfig, data: Path, out: Path, progress: bool, steps: "Steps") -> Path:
     """Finetune the vanilla model, or reuse the one a previous demo trained on the same inputs."""
     run = out / "vanilla"
     settings = to_jsonable({"train": cfg.finetune, "data": file_hashes(data)})
     stamp = run / "demo-inputs.json"
     if (run / "model" / "config.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()) == settings:
-        print(f"reusing the vanilla model in {run}")
+        steps.start(f"the vanilla model, reused from an earlier demo ({run})")
         return run
+    steps.start("the vanilla model")
     run_finetune(FinetuneConfig(model="tiny", data=str(data), out=str(run), train=cfg.finetune), progress=progress)
     write_json(stamp, settings)
     return run
@@ -132,8 +133,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
         write_json(stamp, synth)
     else:
         steps.skip()
-    steps.start("the vanilla model")
-    vanilla = _vanilla(cfg, data, out, progress)
+    vanilla = _vanilla(cfg, data, out, progress, steps)
     vanilla_model = load_model(vanilla)
     cache = out / "cache"
 
