@@ -12,9 +12,9 @@ from viker.cli import main
 from viker.data.examples import generation_examples
 from viker.data.loader import load_profiles
 from viker.data.schema import MCQuestion
+from viker.errors import VikerError
 from viker.eval.evaluate import EvalConfig, evaluate, mc_by_likelihood, option_frame
 from viker.eval.generate import generate
-from viker.errors import VikerError
 
 PAPER_KEYS = {"forget_acc", "test_acc", "retain_acc", "real_acc", "forget_rougeL", "test_rougeL", "retain_rougeL",
               "retain_bleu", "real_rougeL", "real_bleu", "forget_cloze", "coherence"}

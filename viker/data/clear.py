@@ -26,10 +26,11 @@ from pathlib import Path
 import pyarrow as pa
 
 from viker.data.examples import _unique
-from viker.data.loader import config_files, image_bytes, is_hub_id, read_config
+from viker.data.loader import config_files, image_bytes, read_config
 from viker.data.schema import IMAGE, QA, Example
 from viker.errors import VikerError
 from viker.prompts import CAPTION_QUESTION, NAME_QUESTION, PROMPT_TEXTS
+from viker.runs import is_hub_id
 
 FORGET_SPLITS = ("forget01", "forget05", "forget10")
 RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}

@@ -31,7 +31,7 @@ from viker.data.schema import (
     schema_for,
 )
 from viker.errors import VikerError
-from viker.runs import is_hub_id  # noqa: F401 (viker.data.clear reads it from here too)
+from viker.runs import is_hub_id
 
 
 def has_config(root: str | Path, config: str) -> bool:

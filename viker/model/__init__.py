@@ -53,7 +53,7 @@ def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
 
 def resolve_model_path(path: str | Path) -> str:
     """A run folder of ours holds its model under ``model/`` (a whole model, or a LoRA adapter saved with
-    ``--save adapter``, which transformers loads onto the base model its adapter_config.json names).
+    ``--save adapter``, which :func:`load_model` merges into the base model its adapter_config.json names).
     A local folder is made absolute, so that what is saved from its model (an adapter's base model)
     names it from anywhere; a hub id is passed on as is."""
     p = Path(path).expanduser()
