@@ -268,7 +268,8 @@ class CagulModel(nn.Module):
         one). Only the rows of those images are run, and the forward pass stops after the last chosen layer."""
         is_image = inputs["input_ids"] == self.image_token_id
         image_rows = [r for r in range(is_image.shape[0]) if is_image[r].any()]
-        images = [per_image(output)[j] for j in with_tokens(per_image(output))]
+        feats = per_image(output)
+        images = [feats[j] for j in with_tokens(feats)]
         if len(image_rows) != len(images):
             raise VikerError("CAGUL expects one image per prompt (found a different number of images and image "
                              "token runs)")
