@@ -95,13 +95,18 @@ def mllmu_streams(cfg: UnlearnConfig) -> tuple[dict, dict]:
     records = load_finetune(cfg.data)
     data = {"forget": unlearning_examples(cfg.data, cfg.forget, forget_people, records),
             "retain": unlearning_examples(cfg.data, retain_split, retain_people, records)}
-    # ft_Data pairs belong to a person by their image's bytes: a copy whose images were re-encoded matches none
-    pairs = {name: sum(ex.kind == "ft" for ex in examples) for name, examples in data.items()}
-    if records and not any(pairs.values()):
-        print(f"warning: no ft_Data pair has the image of a {cfg.forget} or {retain_split} person, so only their "
-              "generation questions are unlearned and retained (were the images re-encoded?)", file=sys.stderr)
     return data, {"benchmark": "mllmu", "forget_config": cfg.forget, "retain_config": retain_split,
-                  "ft_Data_pairs": pairs}
+                  "ft_Data_size": len(records),
+                  "ft_Data_pairs": {name: sum(ex.kind == "ft" for ex in examples) for name, examples in data.items()}}
+
+
+def unmatched_ft_data(used: dict) -> str | None:
+    """A warning when ft_Data has pairs but none belongs to the split's people. A pair belongs to a person by
+    its image's bytes, so a copy whose images were re-encoded matches none."""
+    if used.get("ft_Data_size") and not any(used["ft_Data_pairs"].values()):
+        return (f"no ft_Data pair has the image of a {used['forget_config']} or {used['retain_config']} person, "
+                "so only their generation questions are unlearned and retained (were the images re-encoded?)")
+    return None
 
 
 def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=None, resume: bool = False):
@@ -119,6 +124,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     if not data["forget"]:
         raise VikerError(f"{cfg.data}: split {cfg.forget} has no examples to unlearn")
     accelerator = make_accelerator(cfg.train, resume)  # one process or several: docs/distributed.md
+    if accelerator.is_main_process and (warning := unmatched_ft_data(used)):
+        print(f"warning: {warning}", file=sys.stderr)
     sharded = shards_model(accelerator)
     wraps = getattr(method, "wraps_model", False)  # CAGUL: trains modules around the frozen model
     if sharded and wraps:
