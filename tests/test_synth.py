@@ -13,6 +13,7 @@ from PIL import Image
 from viker.data.loader import config_files, load_finetune, load_profiles
 from viker.data.schema import CONFIGS, FORGET_SPLITS, IMAGE_TEXTUAL, PURE_TEXT, RETAIN_OF
 from viker.data.synth import REF_POOLS, SynthConfig, build_benchmark
+from viker.errors import VikerError
 
 # The published layout, written out independently of viker.data.schema so a change there is caught.
 ROW_COLUMNS = ["image", "ID", "Directory", "biography", "question", "answer", "Classification_Task",
@@ -135,5 +136,5 @@ def test_same_seed_gives_byte_identical_files(tmp_path):
 
 
 def test_too_few_profiles_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="forget_5 would be empty"):
-        build_benchmark(tmp_path, SynthConfig(profiles=5), progress=False)
+    with pytest.raises(VikerError, match="forget_5 would be empty"):
+        build_benchmark(tmp_path, SynthConfig(profiles=9), progress=False)

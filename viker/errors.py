@@ -7,3 +7,10 @@ class VikerError(Exception):
     The command line prints ``error: <message>`` and exits with status 2. Messages name the file,
     config or row at fault and say what is wrong, so that the user can fix it without reading code.
     """
+
+
+def require(ok: bool, flag: str, value, rule: str) -> None:
+    """Refuse a setting out of its range in the words of the command line: ``--beta 0: must be above 0``.
+    (A NaN fails every comparison, so it is refused too.)"""
+    if not ok:
+        raise VikerError(f"{flag} {value}: {rule}")

@@ -17,6 +17,7 @@ import torch
 
 from viker.collate import Collator
 from viker.data.examples import unlearning_examples
+from viker.errors import require
 from viker.methods.base import FrozenReference
 from viker.methods.losses import entropy
 from viker.methods.reference import reference_distributions, reference_pool
@@ -132,10 +133,16 @@ def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int =
 
 
 def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5, refs: str = "people",
-                  epsilon: float = 0.5, cache_dir=None, device=None, progress=True, model_and_processor=None):
+                  epsilon: float = 0.5, cache_dir=None, device=None, progress=True, model_and_processor=None,
+                  dtype: str = "auto", trust_remote_code: bool = False):
+    """Write ``out`` (an .html page) and the PNG beside it; returns the rows shown."""
     from viker.model import load_model
 
-    model, processor = model_and_processor or load_model(model_path, device)
+    require(k >= 1, "--k", k, "must be at least 1")
+    require(epsilon >= 0, "--epsilon", epsilon, "must be at least 0 (nats)")
+    require(Path(out).suffix in (".html", ".htm") and not Path(out).is_dir(), "--out", out,
+            "name an .html file (the PNG is written beside it)")
+    model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code)
     with torch.no_grad():
         rows = answer_token_entropies(model, processor, data, forget, k, refs,
                                       cache_dir=Path(cache_dir) if cache_dir else None, progress=progress)

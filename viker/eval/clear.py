@@ -28,8 +28,8 @@ from viker.data.schema import Example
 from viker.errors import VikerError
 from viker.eval import metrics as M
 from viker.eval.evaluate import answer_logprobs
-from viker.eval.generate import generate
-from viker.runs import write_eval_config, write_json
+from viker.eval.generate import check_generation_settings, generate
+from viker.runs import check_eval_out, write_eval_config, write_json
 
 TRUTH_RATIOS = "forget_truth_ratios.json"  # per-item truth ratios of an evaluated model, reusable as a reference
 RETAIN_TRUTH_RATIOS = "retain_model_truth_ratios.json"  # the same, of the --retain-model when it was evaluated here
@@ -44,6 +44,9 @@ class ClearEvalConfig:
     max_new_tokens: int = 100  # captions are a sentence or two; CLEAR itself generates up to 300 tokens
     retain_model: str | None = None  # a model trained without the forget set, or its truth-ratio file
     retain_limit: int | None = None  # evaluate at most this many retain_perturbed rows (None: all)
+
+    def __post_init__(self):
+        check_generation_settings(self)
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,7 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig, d
     from viker.model import load_model
 
     forget_base(cfg.forget)
+    check_eval_out(model_path, out)
     out = Path(out)
     model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code)
     reference, computed = None, False

@@ -19,9 +19,9 @@ from viker.collate import Collator, model_inputs
 from viker.data.examples import cloze_examples, generation_examples
 from viker.data.loader import load_profiles
 from viker.data.schema import RETAIN_OF, Example, MCQuestion, Profile
-from viker.errors import VikerError
+from viker.errors import VikerError, require
 from viker.eval import metrics as M
-from viker.eval.generate import generate
+from viker.eval.generate import check_generation_settings, generate
 from viker.methods.losses import answer_window, token_logprobs
 from viker.prompts import generation_prompt, mc_prompt
 
@@ -42,6 +42,12 @@ class EvalConfig:
     # A study that reads a few columns (a λ sweep reads Forget ACC, Retain R-L and coherence) names them
     # here; every metric it does compute is the one the full evaluation gives.
     scope: dict[str, tuple[str, ...]] | None = None
+
+    def __post_init__(self):
+        require(self.mc_mode in ("likelihood", "letter"), "--mc-mode", self.mc_mode, "choose likelihood or letter")
+        check_generation_settings(self)
+        require(not self.gib_model or Path(self.gib_model).expanduser().is_dir(), "--gib-model", self.gib_model,
+                "no such folder (a local copy of a gibberish classifier)")
 
 
 @dataclass

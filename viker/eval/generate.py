@@ -9,6 +9,15 @@ from tqdm.auto import tqdm
 
 from viker.collate import Collator, model_inputs
 from viker.data.schema import Example
+from viker.errors import require
+
+
+def check_generation_settings(cfg) -> None:
+    """The settings every evaluation config shares: questions per batch, reply length, retain limit."""
+    require(cfg.batch_size >= 1, "--batch-size", cfg.batch_size, "must be at least 1")
+    require(cfg.max_new_tokens >= 1, "--max-new-tokens", cfg.max_new_tokens, "must be at least 1")
+    require(cfg.retain_limit is None or cfg.retain_limit >= 1, "--retain-limit", cfg.retain_limit,
+            "must be at least 1 (--only leaves a set out)")
 
 
 @torch.no_grad()

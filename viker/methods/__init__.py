@@ -30,6 +30,12 @@ def title(name: str) -> str:
     return METHODS[name].title if name in METHODS else name
 
 
+def unlearning_methods() -> list[str]:
+    """The names ``viker unlearn --method`` takes: every method but the vanilla finetune's objective."""
+    _registered()
+    return sorted(name for name in METHODS if name != "finetune")
+
+
 def get_method(name: str):
     from viker.errors import VikerError
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from viker.errors import VikerError
+from viker.errors import VikerError, require
 
 MODULES_FILE, CONFIG_FILE = "modules.safetensors", "config.json"
 ATTENTION_PATTERN = r"(^|\.)(language_model|text_model)\.(?:model\.)?layers\.(\d+)\.self_attn$"
@@ -59,6 +59,7 @@ class CagulConfig:
             raise VikerError(f"--rewrite {self.rewrite}: rewrite at least one visual token")
         if not 0.0 < self.threshold < 1.0:
             raise VikerError(f"--threshold {self.threshold}: a probability strictly between 0 and 1")
+        require(self.encoder_width >= 1, "--encoder-width", self.encoder_width, "must be at least 1")
         if self.encoder_width % self.encoder_heads:
             raise VikerError(f"encoder width {self.encoder_width} is not divisible by {self.encoder_heads} heads")
 
@@ -176,6 +177,10 @@ class CagulModel(nn.Module):
         bad = [i for i in self.layers if not 0 <= i < len(self.attention)]
         if bad:
             raise VikerError(f"CAGUL layers {bad}: the language model has {len(self.attention)} layers")
+        heads = base.config.get_text_config().num_attention_heads
+        bad = [i for i in cfg.heads or () if not 0 <= i < heads]
+        if bad:
+            raise VikerError(f"CAGUL heads {bad}: the language model's layers have {heads} heads (0 to {heads - 1})")
         self.image_token_id = getattr(base.config, "image_token_id", None)
         if self.image_token_id is None:
             self.image_token_id = getattr(base.config, "image_token_index", None)

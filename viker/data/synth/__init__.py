@@ -27,6 +27,7 @@ from viker.data.schema import (
     schema_for,
 )
 from viker.data.synth import faces
+from viker.errors import VikerError
 from viker.data.synth.people import (
     FACT_POOLS,
     NAME_ANSWER,
@@ -131,9 +132,11 @@ def write_config(out: Path, config: str, rows: list[dict]) -> Path:
 def build_benchmark(out: str | Path, cfg: SynthConfig = SynthConfig(), progress: bool = True) -> dict:
     """Write the embedded benchmark under ``out``; return its counts."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise VikerError(f"--out {out}: a file, not a folder")
     n_forget = {s: int(cfg.profiles * int(s.split("_")[1]) / 100 + 0.5) for s in FORGET_SPLITS}  # half up
     if n_forget["forget_5"] < 1:
-        raise ValueError(f"--profiles {cfg.profiles} is too small: forget_5 would be empty (need >= 10)")
+        raise VikerError(f"--profiles {cfg.profiles}: too few, forget_5 would be empty (10 or more)")
 
     rng = random.Random(f"viker-synth-{cfg.seed}")
     people_rng, q_rng, view_rng, split_rng, ref_rng = (random.Random(rng.random()) for _ in range(5))
