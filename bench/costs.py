@@ -1,6 +1,6 @@
 """What each unlearning method costs, measured in one run; writes bench/RESULTS.md and bench/results.json.
 
-    python bench/costs.py [--out DIR] [--quick]                        # tiny LLaVA, CPU (5-10 minutes)
+    python bench/costs.py [--out DIR] [--quick]                        # tiny LLaVA, CPU (2-4 minutes)
     python bench/costs.py --device cuda --model-shape llava-7b         # LLaVA-1.5-7B shape, random weights, GPU
 
 Tiny model (default), on the embedded benchmark's forget_10 with the demo's unlearning budget:
@@ -228,7 +228,7 @@ def vanilla_model(cfg: BenchConfig, data: Path, clock: Clock) -> tuple[Path, dic
     with PeakMemory(torch.device("cpu")) as mem:
         start = time.perf_counter()
         metrics = run_finetune(FinetuneConfig(model="tiny", data=str(data), out=str(run), train=train, tiny=tiny),
-                               progress=False)
+                               progress=False, overwrite=True)
     info = {"source": str(run), "epochs": cfg.finetune_epochs,
             "seconds": round(time.perf_counter() - start, 1), "memory": mem.record(),
             "recall": {k: v for k, v in metrics.items() if k.endswith("_exact")}}
@@ -249,7 +249,7 @@ def unlearn_once(base, method: str, args: dict, out: Path, cache: Path, device: 
     cfg = replace(base, method=method, method_args=args, out=str(out), cache_dir=str(cache),
                   train=replace(base.train, **train_changes))
     with PeakMemory(device) as mem:
-        result = run_unlearn(cfg, progress=False, model_and_processor=model_and_processor)
+        result = run_unlearn(cfg, progress=False, model_and_processor=model_and_processor, overwrite=True)
     timing = json.loads((out / "timing.json").read_text())
     setup = json.loads((out / "config.json").read_text()).get("setup", {})
     train_s = timing["total_seconds"] - timing["setup_seconds"]

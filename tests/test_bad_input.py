@@ -183,3 +183,63 @@ def test_malformed_rows_are_reported_not_loaded(bench_dir, tmp_path_factory, mut
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), root / "Full_Set" / "t.parquet")
     with pytest.raises(VikerError, match=rf"t.parquet:row {bad}"):
         load_profiles(root, "Full_Set")
+
+
+UNLEARN = ["unlearn", "--method", "ga", "--max-steps", "1"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([*UNLEARN, "--max-steps", "0"], "--max-steps 0: must be at least 1"),
+    ([*UNLEARN, "--epochs", "0"], "--epochs 0.0: must be above 0"),
+    ([*UNLEARN, "--batch-size", "0"], "--batch-size 0: must be at least 1"),
+    ([*UNLEARN, "--grad-accum", "0"], "--grad-accum 0: must be at least 1"),
+    ([*UNLEARN, "--lr", "-1"], "--lr -1.0: must be above 0"),
+    ([*UNLEARN, "--seed", "-1"], "--seed -1: must be from 0"),
+    ([*UNLEARN, "--checkpoint-every", "-1"], "--checkpoint-every -1: must be at least 0"),
+    ([*UNLEARN, "--lora-r", "0"], "--lora-r 0: must be at least 1"),
+    ([*UNLEARN, "--lora-dropout", "1.5"], "--lora-dropout 1.5: must be from 0 to below 1"),
+    ([*UNLEARN, "--method", "npo", "--beta", "0"], "--beta 0.0: must be above 0"),
+    ([*UNLEARN, "--method", "graddiff", "--retain-weight", "-5"], "--retain-weight -5.0: must be at least 0"),
+    ([*UNLEARN, "--method", "viker", "--k", "0"], "--k 0: at least one reference image"),
+    ([*UNLEARN, "--method", "cagul", "--k", "0"], "--k 0: must be at least 1"),
+    ([*UNLEARN, "--method", "cagul", "--encoder-width", "0"], "--encoder-width 0: must be at least 1"),
+    ([*UNLEARN, "--method", "cagul", "--heads", "0,99"], "CAGUL heads [99]: the language model's layers have"),
+    ([*UNLEARN, "--method", "finetune"], "--method finetune: that is `viker finetune`; choose from cagul, ga,"),
+    ([*UNLEARN, "--method", "gaa"], "--method gaa: unknown method; choose from cagul, ga,"),
+    ([*UNLEARN, "--tuning", "full", "--save", "adapter"], "--save adapter: --tuning full trains no adapter"),
+    ([*UNLEARN, "--device", "gpu"], "--device gpu: not a device"),
+    (["eval", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
+    (["eval", "--max-new-tokens", "0"], "--max-new-tokens 0: must be at least 1"),
+    (["eval", "--retain-limit", "-1"], "--retain-limit -1: must be at least 1"),
+    (["eval", "--gib-model", "no/such/classifier"], "--gib-model no/such/classifier: no such folder"),
+    (["eval", "--benchmark", "clear", "--max-new-tokens", "0"], "--max-new-tokens 0: must be at least 1"),
+    (["keytokens", "--k", "0"], "--k 0: must be at least 1"),
+    (["keytokens", "--epsilon", "-1"], "--epsilon -1.0: must be at least 0"),
+])
+def test_a_setting_out_of_range_is_refused_in_its_own_words(argv, message, tiny_dir, bench_dir, tmp_path, capsys):
+    """A value no run can use (a zero batch, a negative β, a head the model lacks) is one line naming the
+    option, never a traceback from deep inside torch or a quietly different run."""
+    out = tmp_path / ("keys.html" if argv[0] == "keytokens" else "run")
+    code = main([*argv, "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(out)])
+    _assert_clean_failure(code, capsys.readouterr().err, message, out)
+
+
+def test_an_out_that_is_a_file_or_a_folder_for_a_page(tiny_dir, bench_dir, tmp_path, capsys):
+    common = ["--model", str(tiny_dir), "--data", str(bench_dir)]
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine\n")
+    for argv in (["unlearn", *common, "--max-steps", "1"], ["eval", *common]):
+        assert main([*argv, "--out", str(taken)]) == 2
+        assert f"--out {taken}: a file, not a folder" in capsys.readouterr().err
+    assert main(["data", "synth", "--profiles", "10", "--out", str(taken)]) == 2
+    assert f"--out {taken}: a file, not a folder" in capsys.readouterr().err
+    run = tmp_path / "evaluated"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"forget_acc": 50.0, "retain_rougeL": 40.0}))
+    assert main(["report", str(run), "--out", str(taken)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {taken}")
+    assert taken.read_text() == "mine\n"
+    page = tmp_path / "pages"
+    assert main(["keytokens", *common, "--out", f"{page}/"]) == 2
+    assert "name an .html file" in capsys.readouterr().err and not page.exists()

@@ -22,6 +22,7 @@ from viker.data.examples import finetune_examples
 from viker.data.loader import load_profiles
 from viker.eval.evaluate import EvalConfig, answer_logprobs
 from viker.eval.generate import generate
+from viker.errors import VikerError
 from viker.eval.run import run_eval
 from viker.finetune import FinetuneConfig, run_finetune
 from viker.methods.base import FrozenReference
@@ -218,6 +219,11 @@ def test_a_run_saved_as_an_adapter_loads_as_its_merged_model_and_unlearns_again(
     run_unlearn(UnlearnConfig(model=str(tmp_path / "one"), data=str(real_bench), method="ga",
                               out=str(tmp_path / "two"), train=steps), progress=False)
     assert (tmp_path / "two" / "model" / "model.safetensors").is_file()
+    # an adapter trained on it would name the base model and leave the first run out
+    with pytest.raises(VikerError, match="an adapter run, merged into its base model when loaded"):
+        run_unlearn(UnlearnConfig(model=str(tmp_path / "one"), data=str(real_bench), method="ga",
+                                  out=str(tmp_path / "three"), train=steps, lora=LoraSettings(merge=False)),
+                    progress=False)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -274,7 +274,7 @@ def test_same_seed_same_metrics(tiny_dir, bench_dir, tmp_path):
     for name in ("a", "b"):
         cfg = _config(tiny_dir, bench_dir, tmp_path / name, "viker", k=2)
         mp = run_unlearn(cfg, progress=False)[:2]
-        run_eval("", str(bench_dir), str(tmp_path / name), EvalConfig(max_new_tokens=4, retain_limit=2),
-                 progress=False, model_and_processor=mp)
+        run_eval(str(tmp_path / name), str(bench_dir), str(tmp_path / name),
+                 EvalConfig(max_new_tokens=4, retain_limit=2), progress=False, model_and_processor=mp)
         metrics.append((tmp_path / name / "metrics.json").read_text())
     assert metrics[0] == metrics[1]

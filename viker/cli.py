@@ -33,7 +33,7 @@ def _finetune(args) -> None:
         device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, max_length=args.max_length,
         tiny=TinyConfig(family=args.family), train_on=args.train_on,
     )
-    metrics = run_finetune(cfg, resume=args.resume)
+    metrics = run_finetune(cfg, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps(metrics, indent=2))
 
 
@@ -72,14 +72,13 @@ def _unlearn(args) -> None:
         cache_dir=args.cache_dir, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
         max_length=args.max_length,
     )
-    _, _, history = run_unlearn(cfg, resume=args.resume)
+    _, _, history = run_unlearn(cfg, resume=args.resume, overwrite=args.overwrite)
     last = history[-1] if history else {}
-    loss = f"final loss {last.get('loss', float('nan')):.4f}"
+    loss = f"final loss {last.get('loss', float('nan')):.4f}; every logged step in history.json"
     if args.method == "cagul":
         print(f"CAGUL modules written to {args.out}/cagul, beside the untouched base model ({loss})")
     else:
-        print(f"unlearned model written to {args.out}/model ({loss}; gradient ascent's loss is unbounded below, "
-              "see history.json)")
+        print(f"unlearned model written to {args.out}/model ({loss})")
 
 
 def _forget(args) -> str:
@@ -92,10 +91,9 @@ def _eval_clear(args) -> None:
 
     if args.gib_model:
         raise VikerError("--gib-model applies to --benchmark mllmu")
+    length = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
     cfg = ClearEvalConfig(forget=_forget(args), batch_size=args.batch_size, retain_model=args.retain_model,
-                          retain_limit=args.retain_limit)
-    if args.max_new_tokens is not None:
-        cfg.max_new_tokens = args.max_new_tokens
+                          retain_limit=args.retain_limit, **length)
     metrics = run_clear_eval(args.model, args.data, args.out, cfg, args.device, args.dtype, args.trust_remote_code)
     shown = [k for k in metrics if k.startswith("forget") or k in UTILITY_KEYS or k == "model_utility"]
     print(json.dumps({k: metrics[k] for k in shown if not k.endswith("_items")}, indent=2))
@@ -125,9 +123,9 @@ def _eval(args) -> None:
         return _eval_clear(args)
     if args.retain_model:
         raise VikerError("--retain-model applies to --benchmark clear")
-    cfg = EvalConfig(forget=_forget(args), mc_mode=args.mc_mode, batch_size=args.batch_size,
-                     max_new_tokens=args.max_new_tokens or 50, retain_limit=args.retain_limit,
-                     gib_model=args.gib_model, scope=_scope(args.only))
+    length = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
+    cfg = EvalConfig(forget=_forget(args), mc_mode=args.mc_mode, batch_size=args.batch_size, **length,
+                     retain_limit=args.retain_limit, gib_model=args.gib_model, scope=_scope(args.only))
     metrics = run_eval(args.model, args.data, args.out, cfg, args.device, args.dtype, args.trust_remote_code)
     print(json.dumps({k: v for k, v in metrics.items() if "_" not in k or k.split("_")[1] in
                       ("acc", "rougeL", "bleu", "cloze")}, indent=2))
@@ -136,10 +134,12 @@ def _eval(args) -> None:
 def _keytokens(args) -> None:
     from viker.keytokens import run_keytokens
 
+    from pathlib import Path
+
     rows = run_keytokens(args.model, args.data, args.forget, args.out, args.k, args.refs, args.epsilon,
-                         args.cache_dir, args.device)
+                         args.cache_dir, args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     n_key = sum(h > args.epsilon for r in rows for h in r.entropy)
-    print(f"wrote {args.out} and {args.out.rsplit('.', 1)[0]}.png: {n_key} key tokens in {len(rows)} answers")
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}: {n_key} key tokens in {len(rows)} answers")
 
 
 def _report(args) -> None:
@@ -204,7 +204,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grad-accum", type=int, help="micro-steps per optimiser step")
     p.add_argument("--seed", type=int, help="seed of the initialisation and the data order")
     p.add_argument("--checkpoint-every", type=int, help="write a checkpoint every N steps (atomically)")
-    p.add_argument("--resume", action="store_true", help="continue a stopped run from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a stopped run from its last checkpoint, with the settings it was started with")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (removing its files)")
     p.add_argument("--max-length", type=int, help="refuse examples longer than this many tokens (never truncates)")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"),
                    help="autocast the forward pass (default: the accelerate launch setting, else no)")
@@ -242,7 +244,8 @@ def parser() -> argparse.ArgumentParser:
                      "strangers, in MLLMU-Bench's files and columns; offline, the same for the same seed.")
     synth.add_argument("--out", required=True, help="the benchmark folder to write")
     synth.add_argument("--seed", type=int, default=0, help="seed of the people, their faces and their facts")
-    synth.add_argument("--profiles", type=int, default=100, help="fictitious people (>= 20 for a non-empty forget_5)")
+    synth.add_argument("--profiles", type=int, default=100,
+                       help="fictitious people (10 or more, so that forget_5 has someone)")
     synth.set_defaults(func=_synth)
 
     ft = _command(sub, "finetune", "train the vanilla model on every person of the benchmark",
@@ -277,11 +280,13 @@ def parser() -> argparse.ArgumentParser:
     un.add_argument("--method", default="viker", help="ga | graddiff | klmin | npo | idkpo | viker | cagul")
     un.add_argument("--out", required=True, help="the run folder to write")
     un.add_argument("--lam", type=float, help="ViKeR: weight λ ≥ 0 of the reference regulariser; above 1, tokens "
-                    "the reference images predict with probability above 1/λ are held, the others forgotten")
-    un.add_argument("--k", type=int, help="ViKeR: reference images per example (default 5)")
-    un.add_argument("--refs", help="ViKeR: people | patterns | scenes | pets | forget | retain | a folder of images")
-    un.add_argument("--regularizer", help="ViKeR: kl | jsd | cos")
-    un.add_argument("--ablation", help="ViKeR: none | no_reg | no_ga | no_vis")
+                    "the reference images predict with probability above 1/λ are held, the others forgotten "
+                    "(default 0.05; the demo uses 10)")
+    un.add_argument("--k", type=int, help="ViKeR / CAGUL: reference images per example (default 5)")
+    un.add_argument("--refs", help="ViKeR / CAGUL: people | patterns | scenes | pets | forget | retain | a folder of "
+                                   "images (default people)")
+    un.add_argument("--regularizer", help="ViKeR: kl | jsd | cos (default kl)")
+    un.add_argument("--ablation", help="ViKeR: none | no_reg | no_ga | no_vis (default none)")
     un.add_argument("--beta", type=float, help="NPO / IdkPO: inverse temperature β (default 0.1)")
     un.add_argument("--retain-weight", type=float,
                     help="GradDiff / KL-Min / NPO / IdkPO / CAGUL: weight of the retain term "
@@ -295,7 +300,7 @@ def parser() -> argparse.ArgumentParser:
     un.add_argument("--threshold", type=float,
                     help="CAGUL: discriminator probability that flags an image (default 0.5)")
     un.add_argument("--forget-loss", choices=("reference", "npo"),
-                    help="CAGUL: answer a forget person as a stranger (reference) or NPO")
+                    help="CAGUL: answer a forget person as a stranger (reference) or NPO (default reference)")
     un.add_argument("--tuning", choices=("lora", "full"), default="lora",
                     help="LoRA adapters on the language model's linear layers, or every weight")
     _add_train_args(un)
@@ -378,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)  # an --out that is a file, a read-only folder
+        return 2
     return 0
 
 

@@ -88,7 +88,8 @@ def _vanilla(cfg: DemoConfig, data: Path, out: Path, progress: bool, steps: "Ste
         steps.start(f"the vanilla model, reused from an earlier demo ({run})")
         return run
     steps.start("the vanilla model")
-    run_finetune(FinetuneConfig(model="tiny", data=str(data), out=str(run), train=cfg.finetune), progress=progress)
+    run_finetune(FinetuneConfig(model="tiny", data=str(data), out=str(run), train=cfg.finetune), progress=progress,
+                 overwrite=True)
     write_json(stamp, settings)
     return run
 
@@ -158,7 +159,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
         t = time.perf_counter()
         train = replace(cfg.cagul_train, seed=cfg.seed) if method == "cagul" else base.train
         model_and_processor = run_unlearn(replace(base, method=method, method_args=dict(args), out=str(run_dir),
-                                                  train=train), progress=progress)[:2]
+                                                  train=train), progress=progress, overwrite=True)[:2]
         timings[method] = round(time.perf_counter() - t, 1)
         runs.append({"method": method, "forget_split": cfg.forget,
                      "metrics": evaluate_run(run_dir, model_and_processor)})
@@ -170,7 +171,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     for lam in cfg.lam_sweep:
         run_dir = under(out, "runs", sweep_key(lam))
         mp = run_unlearn(replace(base, method="viker", method_args={**cfg.viker, "lam": lam}, out=str(run_dir)),
-                         progress=progress)[:2]
+                         progress=progress, overwrite=True)[:2]
         sweep.append({"lam": lam, "metrics": evaluate_run(run_dir, mp, study=True)})
 
     diagnostics = None
@@ -225,7 +226,7 @@ def run_diagnostics(cfg: DemoConfig, base: UnlearnConfig, out: Path, data: Path,
     for key, label, method, args, train in plan:
         run_dir = under(out, "runs", key)
         mp = run_unlearn(replace(base, method=method, method_args=dict(args), out=str(run_dir), train=train),
-                         progress=progress)[:2]
+                         progress=progress, overwrite=True)[:2]
         extra[key] = {"label": label, "epochs": train.epochs, "metrics": evaluate_run(run_dir, mp, study=True)}
     names = person_names(data, cfg.forget)
     keys = ("vanilla", "ga", "viker", *extra, *(sweep_key(s["lam"]) for s in sweep if s["lam"] != cfg.viker["lam"]))

@@ -18,11 +18,13 @@ from viker.data.loader import load_profiles
 from viker.errors import VikerError
 from viker.eval.generate import generate
 from viker.methods import get_method
-from viker.model import LoraSettings, apply_lora, enable_gradient_checkpointing, save_model
+from viker.model import LoraSettings, apply_lora, enable_gradient_checkpointing, resolve_model_path, save_model
 from viker.model.tiny import TinyConfig, build_tiny
 from viker.runs import write_config
 from viker.train import (
     TrainConfig,
+    check_resume,
+    claim_run_folder,
     finish_run,
     load_device,
     load_for_training,
@@ -86,7 +88,9 @@ def recall_metrics(model, processor, data_dir, batch_size: int = 64, progress: b
     return metrics
 
 
-def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = False) -> dict:
+def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = False, overwrite: bool = False) -> dict:
+    """Finetune and save into ``cfg.out``, which must be new or empty; ``overwrite`` replaces a run there and
+    ``resume`` continues it from its checkpoint (:func:`viker.train.claim_run_folder`)."""
     out = Path(cfg.out)
     if not cfg.data:
         raise VikerError("--data is required")
@@ -97,9 +101,14 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     train_on = cfg.train_on if cfg.train_on != "auto" else ("all" if cfg.model == "tiny" else "ft_Data")
     examples = clear_finetune_examples(cfg.data, cfg.without) if cfg.benchmark == "clear" \
         else finetune_examples(cfg.data, train_on)
-    accelerator = make_accelerator(cfg.train, resume)  # one process or several: docs/distributed.md
-    sharded = shards_model(accelerator)
     tuning = cfg.tuning if cfg.tuning != "auto" else ("full" if cfg.model == "tiny" else "lora")
+    recorded = asdict(cfg) | {"tuning": tuning, "train_on": train_on}
+    if resume:
+        check_resume(out, "finetune", recorded)
+    accelerator = make_accelerator(cfg.train, resume)  # one process or several: docs/distributed.md
+    claim_run_folder(out, accelerator, resume, overwrite,
+                     reads=[cfg.data] + ([] if cfg.model == "tiny" else [resolve_model_path(cfg.model)]))
+    sharded = shards_model(accelerator)
     if sharded and tuning == "lora" and cfg.lora.merge:
         raise VikerError("finetuning with LoRA under FSDP or DeepSpeed cannot save a merged model; use DDP "
                          "(a LoRA model fits where its base model does) or --tuning full")
@@ -115,7 +124,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
         enable_gradient_checkpointing(model)
     collate = Collator(processor, max_length=cfg.max_length)
     collate.preflight(model, examples)
-    settings = {"finetune": asdict(cfg) | {"tuning": tuning, "train_on": train_on}, "examples": len(examples),
+    settings = {"finetune": recorded, "examples": len(examples),
                 "runtime": runtime_info(accelerator)}
     if accelerator.is_main_process:  # only the main process writes; the others hold the same results
         write_config(out, "finetune", settings, cfg.data)

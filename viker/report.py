@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import NamedTuple
@@ -293,13 +292,21 @@ def read_run(path: str | Path) -> dict:
     of ours), ``settings`` (the method's, and an unlearning run's budget), the benchmark, the forget split
     and multiple-choice mode it was evaluated with (None when not recorded), ``metrics`` and ``path``."""
     from viker.errors import VikerError
-    from viker.runs import read_configs
+    from viker.runs import read_configs, read_json
 
     run = Path(path)
+    evaluate = f"evaluate it first (viker eval --model {run} ... --out {run})"
+    if not run.is_dir():
+        raise VikerError(f"{run}: {'not a folder' if run.exists() else 'no such run folder'}")
     if not (run / "metrics.json").is_file():
-        raise VikerError(f"{run}: no metrics.json; evaluate it first (viker eval --model {run} ... --out {run})")
+        raise VikerError(f"{run}: no metrics.json; {evaluate}")
     config, evaluation = read_configs(run)
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = read_json(run / "metrics.json")
+    if not isinstance(metrics, dict) or not any(c.key in metrics for c in COLUMNS + CLEAR_COLUMNS):
+        raise VikerError(f"{run}/metrics.json holds no evaluation's metrics; {evaluate}")
+    bad = [c.key for c in COLUMNS + CLEAR_COLUMNS if not isinstance(metrics.get(c.key), (int, float, type(None)))]
+    if bad:
+        raise VikerError(f"{run}/metrics.json: {bad[0]} is not a number")
     source = _what_was_evaluated(config, evaluation)
     vanilla = "retain_model" if source.get("finetune", {}).get("without") else "vanilla"
     method = {"finetune": vanilla, "unlearn": source.get("method", {}).get("name")}.get(source.get("command"))

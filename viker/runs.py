@@ -129,11 +129,40 @@ def write_eval_config(out: str | Path, settings: dict, data_dir: str | Path | No
     return write_config(out, "eval", settings, data_dir, name="config.json" if own else EVAL_CONFIG)
 
 
+def check_eval_out(model_path: str, out: str | Path) -> None:
+    """An evaluation writes into a folder of its own, or into the folder of the run whose model it scores;
+    never into another training run's, whose report row would then show this model's scores."""
+    from viker.errors import VikerError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise VikerError(f"--out {out}: a file, not a folder")
+    command = read_configs(out)[0].get("command") if out.is_dir() else None
+    if command not in ("finetune", "unlearn"):
+        return
+    own = {(out / name).resolve() for name in ("", "model", "cagul")}
+    if Path(model_path).expanduser().resolve() not in own:
+        raise VikerError(f"--out {out}: the folder of a `viker {command}` run of another model; evaluate "
+                         f"{model_path} into a folder of its own, or this run with --model {out}")
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file of a run, refused with its name when it is not JSON (hand-edited, or cut short)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        from viker.errors import VikerError
+
+        raise VikerError(f"{path}: not JSON ({e})") from None
+
+
 def read_configs(run: str | Path) -> tuple[dict, dict | None]:
-    """A run folder's ``config.json`` (empty when it has none) and the settings of its evaluation
-    (None when it was not evaluated, or was evaluated before evaluations recorded them beside a run)."""
+    """A run folder's ``config.json`` (empty when it has none, or when it is a model's config rather than a
+    run's) and the settings of its evaluation (None when it was not evaluated, or was evaluated before
+    evaluations recorded them beside a run)."""
     run = Path(run)
-    config = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+    config = read_json(run / "config.json") if (run / "config.json").is_file() else {}
+    config = config if isinstance(config, dict) and "command" in config else {}
     if (run / EVAL_CONFIG).is_file():
-        return config, json.loads((run / EVAL_CONFIG).read_text())
+        return config, read_json(run / EVAL_CONFIG)
     return config, config if config.get("command") == "eval" else None

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from viker.collate import IGNORE_INDEX
 from viker.data.schema import Example
-from viker.errors import VikerError
+from viker.errors import VikerError, require
 
 
 @dataclass
@@ -51,6 +51,22 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 0  # steps between checkpoints (0: none)
     snapshot_every: int = 0  # epochs between snapshots of the model kept beside the final one (0: none)
+
+    def __post_init__(self):
+        require(self.epochs > 0, "--epochs", self.epochs, "must be above 0")
+        require(self.max_steps is None or self.max_steps >= 1, "--max-steps", self.max_steps,
+                "must be at least 1 (leave it out to train for --epochs)")
+        require(self.batch_size >= 1, "--batch-size", self.batch_size, "must be at least 1")
+        require(self.grad_accum >= 1, "--grad-accum", self.grad_accum, "must be at least 1")
+        require(self.lr > 0, "--lr", self.lr, "must be above 0")
+        require(0 <= self.seed < 2**32, "--seed", self.seed, "must be from 0 to 2**32 - 1")
+        require(self.checkpoint_every >= 0, "--checkpoint-every", self.checkpoint_every, "must be at least 0 (0: none)")
+        require(self.snapshot_every >= 0, "--snapshot-every", self.snapshot_every, "must be at least 0 (0: none)")
+        require(self.scheduler in ("constant", "linear", "cosine"), "scheduler", self.scheduler,
+                "choose constant, linear or cosine")
+        require(0 <= self.warmup_ratio < 1, "warmup_ratio", self.warmup_ratio, "must be from 0 to below 1")
+        require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be at least 0")
+        require(self.log_every >= 1, "log_every", self.log_every, "must be at least 1")
 
 
 class Objective(Protocol):
@@ -159,6 +175,70 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, step: int, histo
     shutil.rmtree(old, ignore_errors=True)
 
 
+def claim_run_folder(out: str | Path, accelerator, resume: bool = False, overwrite: bool = False,
+                     reads: Sequence[str | Path] = ()) -> None:
+    """Make sure a new run may write into ``out``: a new or empty folder, or (``overwrite``) one that holds
+    an earlier run of ours, which is then removed whole, so that none of its files (an evaluation's
+    metrics, above all) is taken for the new run's. ``resume`` continues the run already there. ``reads``:
+    the folders the run reads (model, data), which must not lie inside one it removes. On several processes
+    each looks before any goes on (the main one may write the run's config.json next), and only the main
+    one removes."""
+    try:
+        if _folder_to_replace(Path(out), resume, overwrite, reads):
+            accelerator.wait_for_everyone()  # every process has looked before the main one removes it
+            if accelerator.is_main_process:
+                shutil.rmtree(out)
+    finally:
+        accelerator.wait_for_everyone()
+
+
+def _folder_to_replace(out: Path, resume: bool, overwrite: bool, reads: Sequence[str | Path]) -> bool:
+    from viker.runs import read_configs
+
+    if out.exists() and not out.is_dir():
+        raise VikerError(f"--out {out}: a file, not a folder")
+    if resume or not out.is_dir() or not any(out.iterdir()):
+        return False
+    command = read_configs(out)[0].get("command")
+    if command is None:
+        raise VikerError(f"--out {out}: holds files of something other than a run (a model?); choose a new or "
+                         "empty folder")
+    if not overwrite:
+        stopped = any((out / d).is_dir() for d in (CHECKPOINT, f"{CHECKPOINT}.old"))
+        raise VikerError(f"--out {out}: holds a `viker {command}` run already; choose another folder, or "
+                         f"--overwrite to replace it{' (or --resume to continue it)' if stopped else ''}")
+    root = out.resolve()
+    inside = [str(p) for p in reads if Path(p).exists() and root in (Path(p).resolve(), *Path(p).resolve().parents)]
+    if inside:
+        raise VikerError(f"--out {out}: --overwrite would remove {inside[0]}, which this run reads")
+    return True
+
+
+RESUME_FREE = ("cache_dir", "device", "trust_remote_code", "checkpoint_every")  # what a resumed run may change
+
+
+def check_resume(out: str | Path, command: str, settings: dict) -> None:
+    """A resumed run goes on with the settings it was started with (``settings``: what its config.json records
+    under ``command``), so that it ends where the uninterrupted run would; only ``RESUME_FREE`` may differ."""
+    from viker.runs import read_configs, to_jsonable
+
+    def flat(value, prefix=""):
+        if isinstance(value, dict):
+            return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}{key}.").items()}
+        return {prefix.rstrip("."): value}
+
+    config = read_configs(out)[0]
+    if config.get("command") != command:
+        raise VikerError(f"--resume: {out} holds no {command} run to continue")
+    before, now = flat(config[command]), flat(to_jsonable(settings))
+    changed = [k for k in sorted(before.keys() | now.keys())
+               if k.rsplit(".", 1)[-1] not in RESUME_FREE and before.get(k) != now.get(k)]
+    if changed:
+        key = changed[0]
+        raise VikerError(f"--resume: {key} was {before.get(key)} when the run started and is {now.get(key)} now; "
+                         f"a resumed run keeps the settings in {Path(out) / 'config.json'}")
+
+
 def load_checkpoint(run_dir: Path, model, optimizer, scheduler, rank: int = 0,
                     world: int = 1) -> tuple[int, list[dict], dict]:
     from safetensors.torch import load_file
@@ -226,7 +306,9 @@ def load_device(accelerator, requested: str | None = None) -> str:
                          "accelerate gives it; leave --device out")
     if shards_model(accelerator):
         return "cpu"
-    return requested or str(accelerator.device)
+    from viker.model import pick_device
+
+    return str(pick_device(requested)) if requested else str(accelerator.device)
 
 
 def load_dtype(accelerator, dtype: str = "auto") -> str:
@@ -336,6 +418,8 @@ def train(
             raise VikerError("resuming needs the run folder")
         step, history, pending = load_checkpoint(run_dir, accelerator.unwrap_model(model), optimizer, scheduler,
                                                  rank, world)
+        if step >= total:
+            raise VikerError(f"--resume: the checkpoint is at step {step}, and this run has {total} steps")
     start = step * cfg.grad_accum  # micro-batches already consumed by every stream
     streams = {name: batches(data[name], collate, cfg.batch_size, cfg.seed + i, start, rank, world)
                for i, name in enumerate(objective.streams)}

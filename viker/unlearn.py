@@ -18,8 +18,8 @@ from viker.data.clear import unlearning_data as clear_unlearning_data
 from viker.data.examples import unlearning_examples
 from viker.data.loader import load_finetune, load_profiles
 from viker.data.schema import FORGET_SPLITS, RETAIN_OF
-from viker.errors import VikerError
-from viker.methods import get_method
+from viker.errors import VikerError, require
+from viker.methods import get_method, unlearning_methods
 from viker.methods.base import FrozenReference, UnlearnContext
 from viker.model import (
     LoraSettings,
@@ -31,6 +31,8 @@ from viker.model import (
 from viker.runs import write_config
 from viker.train import (
     TrainConfig,
+    check_resume,
+    claim_run_folder,
     finish_run,
     finished_state_dict,
     load_for_training,
@@ -71,6 +73,9 @@ class UnlearnConfig:
 
 
 def make_method(name: str, args: dict, forget_split: str):
+    if name not in unlearning_methods():
+        known = "that is `viker finetune`" if name == "finetune" else "unknown method"
+        raise VikerError(f"--method {name}: {known}; choose from {', '.join(unlearning_methods())}")
     cls = get_method(name)
     if name in ("viker", "cagul"):
         args = {"forget_split": forget_split, **args}
@@ -79,9 +84,17 @@ def make_method(name: str, args: dict, forget_split: str):
     if name == "viker" and is_clear_split(forget_split):  # CLEAR ships no image pools: other persons' faces
         args = {"refs": "retain", **args}
     try:
-        return cls(**args)
+        method = cls(**args)
     except TypeError as e:
         raise VikerError(f"method '{name}': {e}") from None
+    # the settings several methods share, refused before anything is loaded
+    if hasattr(method, "beta"):
+        require(method.beta > 0, "--beta", method.beta, "must be above 0")
+    if hasattr(method, "retain_weight"):
+        require(method.retain_weight >= 0, "--retain-weight", method.retain_weight, "must be at least 0")
+    if hasattr(method, "k"):
+        require(method.k >= 1, "--k", method.k, "must be at least 1")
+    return method
 
 
 def mllmu_streams(cfg: UnlearnConfig) -> tuple[dict, dict]:
@@ -109,9 +122,11 @@ def unmatched_ft_data(used: dict) -> str | None:
     return None
 
 
-def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=None, resume: bool = False):
-    """Unlearn and save; returns (model, processor, history). ``model_and_processor`` skips loading;
-    ``resume`` continues a run that was stopped after a checkpoint (``train.checkpoint_every``)."""
+def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=None, resume: bool = False,
+                overwrite: bool = False):
+    """Unlearn and save into ``cfg.out``; returns (model, processor, history). ``model_and_processor`` skips
+    loading. ``cfg.out`` must be new or empty; ``overwrite`` replaces a run there, and ``resume`` continues
+    one that was stopped after a checkpoint (``train.checkpoint_every``; :func:`viker.train.claim_run_folder`)."""
     if cfg.benchmark not in ("mllmu", "clear"):
         raise VikerError(f"--benchmark {cfg.benchmark}: choose mllmu or clear")
     if cfg.benchmark == "mllmu" and cfg.forget not in FORGET_SPLITS:
@@ -123,13 +138,23 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         data, used = mllmu_streams(cfg)
     if not data["forget"]:
         raise VikerError(f"{cfg.data}: split {cfg.forget} has no examples to unlearn")
+    if resume:
+        check_resume(cfg.out, "unlearn", asdict(cfg))
     accelerator = make_accelerator(cfg.train, resume)  # one process or several: docs/distributed.md
+    claim_run_folder(cfg.out, accelerator, resume, overwrite, reads=[cfg.data, resolve_model_path(cfg.model)])
     if accelerator.is_main_process and (warning := unmatched_ft_data(used)):
         print(f"warning: {warning}", file=sys.stderr)
     sharded = shards_model(accelerator)
     wraps = getattr(method, "wraps_model", False)  # CAGUL: trains modules around the frozen model
     if sharded and wraps:
         raise VikerError(f"--method {cfg.method} is not supported under FSDP or DeepSpeed; use DDP")
+    if cfg.tuning == "full" and not cfg.lora.merge:
+        raise VikerError("--save adapter: --tuning full trains no adapter")
+    saves_adapter = cfg.tuning == "lora" and not wraps and (not cfg.lora.merge or cfg.train.snapshot_every)
+    if saves_adapter and Path(resolve_model_path(cfg.model), "adapter_config.json").is_file():
+        raise VikerError(f"--model {cfg.model}: an adapter run, merged into its base model when loaded; an adapter "
+                         "trained on it would name that base and leave the first run out, so save this run merged "
+                         "(--save merged, without --snapshot-every)")
     if sharded and cfg.tuning == "lora" and cfg.lora.merge:
         raise VikerError("--save merged: under FSDP or DeepSpeed only the adapter can be saved (--save adapter; "
                          "merge it later on one process), or use DDP")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from viker.eval.evaluate import EvalConfig, evaluate
 from viker.model import load_model
-from viker.runs import write_eval_config, write_json
+from viker.runs import check_eval_out, write_eval_config, write_json
 
 
 def write_generations(path: Path, records: list[dict]) -> None:
@@ -21,6 +21,7 @@ def write_generations(path: Path, records: list[dict]) -> None:
 
 def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig, device=None, dtype="auto",
              trust_remote_code=False, progress=True, model_and_processor=None) -> dict:
+    check_eval_out(model_path, out)
     model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code)
     metrics, records = evaluate(model, processor, data, cfg, progress=progress)
     out = Path(out)

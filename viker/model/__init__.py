@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from viker.errors import VikerError
-from viker.runs import is_hub_id
+from viker.errors import VikerError, require
+from viker.runs import is_hub_id, read_configs
 
 # Where the language model lives inside the common architectures (LLaVA, Qwen2-VL, Idefics2, ...).
 LANGUAGE_MODEL_PATTERN = r"(^|\.)(language_model|text_model)\."
@@ -30,11 +30,26 @@ class LoraSettings:
     merge: bool = True  # save a merged model (True) or only the adapter (False)
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        require(self.r >= 1, "--lora-r", self.r, "must be at least 1")
+        require(self.alpha > 0, "--lora-alpha", self.alpha, "must be above 0")
+        require(0 <= self.dropout < 1, "--lora-dropout", self.dropout, "must be from 0 to below 1")
+
 
 def pick_device(device: str | None = None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``device`` (cpu, cuda, cuda:1, mps ...), refused when this machine's PyTorch cannot use it; None: cuda
+    when there is a GPU, else the CPU."""
+    if not device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise VikerError(f"--device {device}: not a device (cpu, cuda, cuda:1, mps ...)") from None
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise VikerError(f"--device {device}: this PyTorch sees {torch.cuda.device_count()} CUDA GPUs")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise VikerError(f"--device {device}: MPS is not available here")
+    return dev
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "bf16": torch.bfloat16,
@@ -63,6 +78,10 @@ def resolve_model_path(path: str | Path) -> str:
         return str((p / "model").resolve())
     if p.exists() and not any((p / name).is_file() for name in ("config.json", "adapter_config.json")):
         raise VikerError(f"{p}: not a model folder (no config.json, and no model/config.json)")
+    run = read_configs(p)[0] if p.is_dir() else {}
+    if run.get("command") in ("finetune", "unlearn") and not (p / "cagul").is_dir():
+        stopped = " (stopped before its end? --resume continues it)" if (p / "checkpoint").is_dir() else ""
+        raise VikerError(f"{p}: a `viker {run['command']}` run with no model in it{stopped}")
     return str(p.resolve()) if p.exists() else str(path)
 
 

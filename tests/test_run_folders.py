@@ -1,0 +1,115 @@
+"""A run folder holds one run: a new run never lands on an old one's files unasked, an evaluation never
+lands in another model's run, and a resumed run goes on with the settings it started with."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from viker.cli import main
+from viker.data.schema import Example
+from viker.errors import VikerError
+from viker.train import CHECKPOINT, TrainConfig, train
+
+
+def _error(capsys) -> str:
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, errors
+    return errors[0]
+
+
+def _method(run) -> str:
+    return json.loads((run / "config.json").read_text())["method"]["name"]
+
+
+def test_a_run_folder_is_replaced_only_when_asked(tiny_dir, bench_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    unlearn = ["unlearn", "--data", str(bench_dir), "--max-steps", "1", "--out", str(run)]
+    assert main([*unlearn, "--model", str(tiny_dir), "--method", "ga"]) == 0
+    assert main(["eval", "--model", str(run), "--data", str(bench_dir), "--out", str(run),
+                 "--only", "forget:cloze"]) == 0
+    capsys.readouterr()
+
+    # another method into the same folder: its report row would have read GA's evaluation as NPO's
+    assert main([*unlearn, "--model", str(tiny_dir), "--method", "npo"]) == 2
+    assert "holds a `viker unlearn` run already; choose another folder, or --overwrite" in _error(capsys)
+    assert _method(run) == "ga" and (run / "metrics.json").is_file()
+    # another model's evaluation into the run's folder
+    assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(run)]) == 2
+    assert "the folder of a `viker unlearn` run of another model" in _error(capsys)
+    # --overwrite: the old run goes whole, its evaluation included
+    assert main([*unlearn, "--model", str(tiny_dir), "--method", "npo", "--overwrite"]) == 0
+    assert _method(run) == "npo" and not (run / "metrics.json").exists()
+    # ... but never the model the run reads
+    assert main([*unlearn, "--model", str(run), "--method", "ga", "--overwrite"]) == 2
+    assert "--overwrite would remove" in _error(capsys) and (run / "model").is_dir()
+    # a model folder is no run folder: finetuning into it would have written over its config.json
+    before = (tiny_dir / "config.json").read_text()
+    assert main(["finetune", "--data", str(bench_dir), "--max-steps", "1", "--out", str(tiny_dir)]) == 2
+    assert "holds files of something other than a run" in _error(capsys)
+    assert (tiny_dir / "config.json").read_text() == before
+
+
+def test_a_resumed_run_goes_on_with_the_settings_it_started_with(tiny_dir, bench_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    unlearn = ["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--max-steps", "1", "--out", str(run)]
+    assert main([*unlearn, "--resume"]) == 2
+    assert "holds no unlearn run to continue" in _error(capsys)
+    assert main([*unlearn, "--method", "ga"]) == 0
+    capsys.readouterr()
+    assert main([*unlearn, "--method", "npo", "--resume"]) == 2
+    assert "--resume: method was ga when the run started and is npo now" in _error(capsys)
+    assert main([*unlearn, "--method", "ga", "--lr", "0.5", "--resume"]) == 2
+    assert "--resume: train.lr was 0.0002 when the run started and is 0.5 now" in _error(capsys)
+    # where the results do not depend on it, a setting may change
+    assert main([*unlearn, "--method", "ga", "--checkpoint-every", "3", "--resume"]) == 2
+    assert "no checkpoint to resume from" in _error(capsys)  # the run had finished
+
+
+def test_a_checkpoint_past_the_end_of_the_run_is_refused(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    examples = [Example(f"q{i}", "a", None) for i in range(8)]
+
+    class Objective:
+        streams = ("train",)
+
+        def loss(self, model, batches):
+            return (model(batches["train"]["x"]) ** 2).mean(), {}
+
+    def collate(exs):
+        return {"x": torch.ones(len(exs), 2)}
+
+    train(model, Objective(), {"train": examples}, collate,
+          TrainConfig(max_steps=6, batch_size=2, checkpoint_every=2), progress=False, run_dir=tmp_path)
+    assert torch.load(tmp_path / CHECKPOINT / "state.pt", weights_only=True)["step"] == 4
+    with pytest.raises(VikerError, match="the checkpoint is at step 4, and this run has 3 steps"):
+        train(model, Objective(), {"train": examples}, collate, TrainConfig(max_steps=3, batch_size=2),
+              progress=False, run_dir=tmp_path, resume=True)
+
+
+def test_a_run_stopped_before_its_end_is_named_when_loaded(bench_dir, tmp_path, capsys):
+    run = tmp_path / "stopped"
+    (run / CHECKPOINT).mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"command": "unlearn"}))
+    assert main(["eval", "--model", str(run), "--data", str(bench_dir), "--out", str(tmp_path / "e")]) == 2
+    assert "a `viker unlearn` run with no model in it (stopped before its end? --resume continues it)" in \
+        _error(capsys)
+
+
+def test_report_names_what_is_wrong_with_a_folder(tmp_path, capsys):
+    def run(name: str, metrics: str):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(metrics)
+        return str(tmp_path / name)
+
+    cases = [(str(tmp_path / "absent"), "no such run folder"),
+             (run("finetuned", json.dumps({"full_image_exact": 100.0, "train_seconds": 3})),
+              "holds no evaluation's metrics; evaluate it first"),
+             (run("cut", '{"forget_acc": 5'), "metrics.json: not JSON"),
+             (run("text", json.dumps({"forget_acc": "high"})), "metrics.json: forget_acc is not a number")]
+    for folder, message in cases:
+        assert main(["report", folder, "--out", str(tmp_path / "report")]) == 2
+        assert message in _error(capsys)
+    assert not (tmp_path / "report").exists()
