@@ -39,6 +39,9 @@ def test_a_run_folder_is_replaced_only_when_asked(tiny_dir, bench_dir, tmp_path,
     # another model's evaluation into the run's folder
     assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(run)]) == 2
     assert "the folder of a `viker unlearn` run of another model" in _error(capsys)
+    # --overwrite removes nothing for a run that cannot start
+    assert main([*unlearn, "--model", str(tiny_dir), "--tuning", "full", "--save", "adapter", "--overwrite"]) == 2
+    assert "--tuning full trains no adapter" in _error(capsys) and (run / "metrics.json").is_file()
     # --overwrite: the old run goes whole, its evaluation included
     assert main([*unlearn, "--model", str(tiny_dir), "--method", "npo", "--overwrite"]) == 0
     assert _method(run) == "npo" and not (run / "metrics.json").exists()

@@ -106,12 +106,13 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     if resume:
         check_resume(out, "finetune", recorded)
     accelerator = make_accelerator(cfg.train, resume)  # one process or several: docs/distributed.md
-    claim_run_folder(out, accelerator, resume, overwrite,
-                     reads=[cfg.data] + ([] if cfg.model == "tiny" else [resolve_model_path(cfg.model)]))
     sharded = shards_model(accelerator)
     if sharded and tuning == "lora" and cfg.lora.merge:
         raise VikerError("finetuning with LoRA under FSDP or DeepSpeed cannot save a merged model; use DDP "
                          "(a LoRA model fits where its base model does) or --tuning full")
+    # last of the checks, so that --overwrite removes an earlier run only once this one can start
+    claim_run_folder(out, accelerator, resume, overwrite,
+                     reads=[cfg.data] + ([] if cfg.model == "tiny" else [resolve_model_path(cfg.model)]))
     seed_everything(cfg.train.seed)
     if cfg.model == "tiny":
         model, processor = build_tiny(cfg.data, cfg.tiny)

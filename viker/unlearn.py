@@ -141,7 +141,6 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     if resume:
         check_resume(cfg.out, "unlearn", asdict(cfg))
     accelerator = make_accelerator(cfg.train, resume)  # one process or several: docs/distributed.md
-    claim_run_folder(cfg.out, accelerator, resume, overwrite, reads=[cfg.data, resolve_model_path(cfg.model)])
     if accelerator.is_main_process and (warning := unmatched_ft_data(used)):
         print(f"warning: {warning}", file=sys.stderr)
     sharded = shards_model(accelerator)
@@ -158,6 +157,9 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     if sharded and cfg.tuning == "lora" and cfg.lora.merge:
         raise VikerError("--save merged: under FSDP or DeepSpeed only the adapter can be saved (--save adapter; "
                          "merge it later on one process), or use DDP")
+    # last of the checks, so that --overwrite removes an earlier run only once this one can start
+    claim_run_folder(cfg.out, accelerator, resume, overwrite,
+                     reads=[cfg.data] + ([resolve_model_path(cfg.model)] if model_and_processor is None else []))
     seed_everything(cfg.train.seed)
     model, processor = model_and_processor or load_for_training(accelerator, cfg.model, cfg.device, cfg.dtype,
                                                                 cfg.trust_remote_code)
