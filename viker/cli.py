@@ -132,9 +132,9 @@ def _eval(args) -> None:
 
 
 def _keytokens(args) -> None:
-    from viker.keytokens import run_keytokens
-
     from pathlib import Path
+
+    from viker.keytokens import run_keytokens
 
     rows = run_keytokens(args.model, args.data, args.forget, args.out, args.k, args.refs, args.epsilon,
                          args.cache_dir, args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
