@@ -27,7 +27,6 @@ from viker.data.schema import (
     schema_for,
 )
 from viker.data.synth import faces
-from viker.errors import VikerError
 from viker.data.synth.people import (
     FACT_POOLS,
     NAME_ANSWER,
@@ -39,6 +38,7 @@ from viker.data.synth.people import (
     make_names,
     make_people,
 )
+from viker.errors import VikerError
 
 PARQUET_NAME = "train-00000-of-00001.parquet"
 REF_POOLS = ("ref_people", "ref_patterns", "ref_scenes", "ref_pets")
