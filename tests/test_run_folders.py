@@ -95,6 +95,7 @@ def test_a_checkpoint_past_the_end_of_the_run_is_refused(tmp_path):
 def test_a_run_stopped_before_its_end_is_named_when_loaded(bench_dir, tmp_path, capsys):
     run = tmp_path / "stopped"
     (run / CHECKPOINT).mkdir(parents=True)
+    (run / CHECKPOINT / "state.pt").touch()
     (run / "config.json").write_text(json.dumps({"command": "unlearn"}))
     assert main(["eval", "--model", str(run), "--data", str(bench_dir), "--out", str(tmp_path / "e")]) == 2
     assert "a `viker unlearn` run with no model in it (stopped before its end? --resume continues it)" in \

@@ -37,25 +37,26 @@ def _finetune(args) -> None:
     print(json.dumps(metrics, indent=2))
 
 
+def _given(**values) -> dict:
+    """The options the user set: unset ones (None) leave the config's default."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def _train_overrides(args) -> dict:
-    return {k: v for k, v in {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
-                              "max_steps": args.max_steps, "grad_accum": args.grad_accum,
-                              "seed": args.seed, "checkpoint_every": args.checkpoint_every,
-                              "mixed_precision": args.mixed_precision,
-                              "gradient_checkpointing": args.gradient_checkpointing or None,
-                              "snapshot_every": getattr(args, "snapshot_every", None)}.items() if v is not None}
+    return _given(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_steps=args.max_steps,
+                  grad_accum=args.grad_accum, seed=args.seed, checkpoint_every=args.checkpoint_every,
+                  mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing or None,
+                  snapshot_every=getattr(args, "snapshot_every", None))
 
 
 def _unlearn(args) -> None:
     from viker.model import LoraSettings
     from viker.unlearn import REAL_UNLEARN, TINY_UNLEARN, UnlearnConfig, run_unlearn
 
-    method_args = {k: v for k, v in {"lam": args.lam, "k": args.k, "refs": args.refs, "regularizer": args.regularizer,
-                                     "ablation": args.ablation, "beta": args.beta,
-                                     "retain_weight": args.retain_weight, "rewrite": args.rewrite,
-                                     "layers": args.layers, "heads": args.heads, "encoder_width": args.encoder_width,
-                                     "threshold": args.threshold, "forget_loss": args.forget_loss}.items()
-                   if v is not None}
+    method_args = _given(lam=args.lam, k=args.k, refs=args.refs, regularizer=args.regularizer, ablation=args.ablation,
+                         beta=args.beta, retain_weight=args.retain_weight, rewrite=args.rewrite, layers=args.layers,
+                         heads=args.heads, encoder_width=args.encoder_width, threshold=args.threshold,
+                         forget_loss=args.forget_loss)
     only = {"lam": ("viker",), "regularizer": ("viker",), "ablation": ("viker",), "k": ("viker", "cagul"),
             "refs": ("viker", "cagul"), **{k: ("cagul",) for k in ("rewrite", "layers", "heads", "encoder_width",
                                                                      "threshold", "forget_loss")}}
@@ -91,9 +92,8 @@ def _eval_clear(args) -> None:
 
     if args.gib_model:
         raise VikerError("--gib-model applies to --benchmark mllmu")
-    length = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
     cfg = ClearEvalConfig(forget=_forget(args), batch_size=args.batch_size, retain_model=args.retain_model,
-                          retain_limit=args.retain_limit, **length)
+                          retain_limit=args.retain_limit, **_given(max_new_tokens=args.max_new_tokens))
     metrics = run_clear_eval(args.model, args.data, args.out, cfg, args.device, args.dtype, args.trust_remote_code)
     shown = [k for k in metrics if k.startswith("forget") or k in UTILITY_KEYS or k == "model_utility"]
     print(json.dumps({k: metrics[k] for k in shown if not k.endswith("_items")}, indent=2))
@@ -123,9 +123,9 @@ def _eval(args) -> None:
         return _eval_clear(args)
     if args.retain_model:
         raise VikerError("--retain-model applies to --benchmark clear")
-    length = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
-    cfg = EvalConfig(forget=_forget(args), mc_mode=args.mc_mode, batch_size=args.batch_size, **length,
-                     retain_limit=args.retain_limit, gib_model=args.gib_model, scope=_scope(args.only))
+    cfg = EvalConfig(forget=_forget(args), mc_mode=args.mc_mode, batch_size=args.batch_size,
+                     retain_limit=args.retain_limit, gib_model=args.gib_model, scope=_scope(args.only),
+                     **_given(max_new_tokens=args.max_new_tokens))
     metrics = run_eval(args.model, args.data, args.out, cfg, args.device, args.dtype, args.trust_remote_code)
     print(json.dumps({k: v for k, v in metrics.items() if "_" not in k or k.split("_")[1] in
                       ("acc", "rougeL", "bleu", "cloze")}, indent=2))

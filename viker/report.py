@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import NamedTuple
 
+
 class Column(NamedTuple):
     key: str  # in metrics.json
     header: str
@@ -275,13 +276,13 @@ def _what_was_evaluated(config: dict, evaluation: dict | None) -> dict:
     in a folder of its own, that of the run folder its model came from (empty when it is no run of ours)."""
     if config.get("command") != "eval" or not evaluation:
         return config
-    from viker.runs import read_configs
+    from viker.runs import TRAINING_COMMANDS, read_configs
 
     model = Path(str(evaluation.get("model", "")))
     for folder in (model, model.parent) if model.name == "model" else (model,):
         if (folder / "config.json").is_file():
             found, _ = read_configs(folder)
-            if found.get("command") in ("finetune", "unlearn"):
+            if found.get("command") in TRAINING_COMMANDS:
                 return found
     return {}
 

@@ -129,16 +129,35 @@ def write_eval_config(out: str | Path, settings: dict, data_dir: str | Path | No
     return write_config(out, "eval", settings, data_dir, name="config.json" if own else EVAL_CONFIG)
 
 
+TRAINING_COMMANDS = ("finetune", "unlearn")  # the commands whose run folder holds a model (model/ or cagul/)
+CHECKPOINT = "checkpoint"  # where a run keeps what --resume continues from (viker.train.save_checkpoint)
+
+
+def checkpoints(run: str | Path) -> list[Path]:
+    """The complete checkpoints in a run folder, newest first: the last one, and the one before it while
+    the last is being replaced."""
+    found = (Path(run) / CHECKPOINT, Path(run) / f"{CHECKPOINT}.old")
+    return [path for path in found if (path / "state.pt").is_file()]
+
+
+def out_folder(out: str | Path) -> Path:
+    """``--out`` as a folder to write into, refused when it names a file."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        from viker.errors import VikerError
+
+        raise VikerError(f"--out {out}: a file, not a folder")
+    return out
+
+
 def check_eval_out(model_path: str, out: str | Path) -> None:
     """An evaluation writes into a folder of its own, or into the folder of the run whose model it scores;
     never into another training run's, whose report row would then show this model's scores."""
     from viker.errors import VikerError
 
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise VikerError(f"--out {out}: a file, not a folder")
+    out = out_folder(out)
     command = read_configs(out)[0].get("command") if out.is_dir() else None
-    if command not in ("finetune", "unlearn"):
+    if command not in TRAINING_COMMANDS:
         return
     own = {(out / name).resolve() for name in ("", "model", "cagul")}
     if Path(model_path).expanduser().resolve() not in own:

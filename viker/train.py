@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from viker.collate import IGNORE_INDEX
 from viker.data.schema import Example
 from viker.errors import VikerError, require
+from viker.runs import CHECKPOINT, checkpoints, out_folder, read_configs, to_jsonable, write_json
 
 
 @dataclass
@@ -148,8 +149,6 @@ def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
     return f
 
 
-CHECKPOINT = "checkpoint"
-
 
 def save_checkpoint(run_dir: Path, model, optimizer, scheduler, step: int, history: list[dict],
                     rng_states: list[torch.Tensor] | None = None, pending: dict | None = None) -> None:
@@ -184,7 +183,7 @@ def claim_run_folder(out: str | Path, accelerator, resume: bool = False, overwri
     each looks before any goes on (the main one may write the run's config.json next), and only the main
     one removes."""
     try:
-        if _folder_to_replace(Path(out), resume, overwrite, reads):
+        if _folder_to_replace(out_folder(out), resume, overwrite, reads):
             accelerator.wait_for_everyone()  # every process has looked before the main one removes it
             if accelerator.is_main_process:
                 shutil.rmtree(out)
@@ -193,10 +192,6 @@ def claim_run_folder(out: str | Path, accelerator, resume: bool = False, overwri
 
 
 def _folder_to_replace(out: Path, resume: bool, overwrite: bool, reads: Sequence[str | Path]) -> bool:
-    from viker.runs import read_configs
-
-    if out.exists() and not out.is_dir():
-        raise VikerError(f"--out {out}: a file, not a folder")
     if resume or not out.is_dir() or not any(out.iterdir()):
         return False
     command = read_configs(out)[0].get("command")
@@ -204,7 +199,7 @@ def _folder_to_replace(out: Path, resume: bool, overwrite: bool, reads: Sequence
         raise VikerError(f"--out {out}: holds files of something other than a run (a model?); choose a new or "
                          "empty folder")
     if not overwrite:
-        stopped = any((out / d).is_dir() for d in (CHECKPOINT, f"{CHECKPOINT}.old"))
+        stopped = bool(checkpoints(out))
         raise VikerError(f"--out {out}: holds a `viker {command}` run already; choose another folder, or "
                          f"--overwrite to replace it{' (or --resume to continue it)' if stopped else ''}")
     root = out.resolve()
@@ -220,8 +215,6 @@ RESUME_FREE = ("cache_dir", "device", "trust_remote_code", "checkpoint_every")  
 def check_resume(out: str | Path, command: str, settings: dict) -> None:
     """A resumed run goes on with the settings it was started with (``settings``: what its config.json records
     under ``command``), so that it ends where the uninterrupted run would; only ``RESUME_FREE`` may differ."""
-    from viker.runs import read_configs, to_jsonable
-
     def flat(value, prefix=""):
         if isinstance(value, dict):
             return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}{key}.").items()}
@@ -243,8 +236,7 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler, rank: int = 0,
                     world: int = 1) -> tuple[int, list[dict], dict]:
     from safetensors.torch import load_file
 
-    path = next((run_dir / d for d in (CHECKPOINT, f"{CHECKPOINT}.old") if (run_dir / d / "state.pt").is_file()),
-                None)
+    path = next(iter(checkpoints(run_dir)), None)
     if path is None:
         raise VikerError(f"{run_dir}: no checkpoint to resume from")
     weights = load_file(str(path / "trainable.safetensors"))
@@ -491,8 +483,6 @@ def finish_run(prepared: Prepared, run_dir: str | Path, records: dict[str, Any],
     then writes ``records`` (file name -> JSON value) into ``run_dir``, calls ``save(state_dict)`` and drops
     the resume checkpoint. Every process returns once the run folder is complete; the main process returns
     what ``save`` returned, the others None."""
-    from viker.runs import write_json
-
     state_dict = finished_state_dict(prepared)
     saved = None
     if prepared.accelerator.is_main_process:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from viker.errors import VikerError, require
-from viker.runs import is_hub_id, read_configs
+from viker.runs import TRAINING_COMMANDS, checkpoints, is_hub_id, read_configs
 
 # Where the language model lives inside the common architectures (LLaVA, Qwen2-VL, Idefics2, ...).
 LANGUAGE_MODEL_PATTERN = r"(^|\.)(language_model|text_model)\."
@@ -79,8 +79,8 @@ def resolve_model_path(path: str | Path) -> str:
     if p.exists() and not any((p / name).is_file() for name in ("config.json", "adapter_config.json")):
         raise VikerError(f"{p}: not a model folder (no config.json, and no model/config.json)")
     run = read_configs(p)[0] if p.is_dir() else {}
-    if run.get("command") in ("finetune", "unlearn") and not (p / "cagul").is_dir():
-        stopped = " (stopped before its end? --resume continues it)" if (p / "checkpoint").is_dir() else ""
+    if run.get("command") in TRAINING_COMMANDS and not (p / "cagul").is_dir():
+        stopped = " (stopped before its end? --resume continues it)" if checkpoints(p) else ""
         raise VikerError(f"{p}: a `viker {run['command']}` run with no model in it{stopped}")
     return str(p.resolve()) if p.exists() else str(path)
 

@@ -39,6 +39,7 @@ from viker.data.synth.people import (
     make_people,
 )
 from viker.errors import VikerError
+from viker.runs import out_folder
 
 PARQUET_NAME = "train-00000-of-00001.parquet"
 REF_POOLS = ("ref_people", "ref_patterns", "ref_scenes", "ref_pets")
@@ -131,9 +132,7 @@ def write_config(out: Path, config: str, rows: list[dict]) -> Path:
 
 def build_benchmark(out: str | Path, cfg: SynthConfig = SynthConfig(), progress: bool = True) -> dict:
     """Write the embedded benchmark under ``out``; return its counts."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise VikerError(f"--out {out}: a file, not a folder")
+    out = out_folder(out)
     n_forget = {s: int(cfg.profiles * int(s.split("_")[1]) / 100 + 0.5) for s in FORGET_SPLITS}  # half up
     if n_forget["forget_5"] < 1:
         raise VikerError(f"--profiles {cfg.profiles}: too few, forget_5 would be empty (10 or more)")
