@@ -163,6 +163,7 @@ def test_precision_recall_by_hand():
 @pytest.mark.parametrize("argv, message", [
     (["--lam", "0.5"], "--lam applies to --method viker only"),
     (["--rewrite", "0"], "rewrite at least one visual token"),
+    (["--rewrite", "2.5"], "--rewrite 2.5: a fraction below 1, or a whole number of tokens"),
     (["--threshold", "1.5"], "strictly between 0 and 1"),
     (["--layers", "99"], "the language model has"),
 ])

@@ -55,13 +55,13 @@ class CagulConfig:
     extra: dict = field(default_factory=dict)  # free-form notes saved with the modules
 
     def __post_init__(self):
-        if self.rewrite <= 0:
-            raise VikerError(f"--rewrite {self.rewrite}: rewrite at least one visual token")
-        if not 0.0 < self.threshold < 1.0:
-            raise VikerError(f"--threshold {self.threshold}: a probability strictly between 0 and 1")
+        require(self.rewrite > 0, "--rewrite", self.rewrite, "rewrite at least one visual token")
+        require(self.rewrite < 1 or float(self.rewrite).is_integer(), "--rewrite", self.rewrite,
+                "a fraction below 1, or a whole number of tokens")
+        require(0.0 < self.threshold < 1.0, "--threshold", self.threshold, "a probability strictly between 0 and 1")
         require(self.encoder_width >= 1, "--encoder-width", self.encoder_width, "must be at least 1")
-        if self.encoder_width % self.encoder_heads:
-            raise VikerError(f"encoder width {self.encoder_width} is not divisible by {self.encoder_heads} heads")
+        require(self.encoder_width % self.encoder_heads == 0, "--encoder-width", self.encoder_width,
+                f"must be divisible by the encoder's {self.encoder_heads} heads")
 
     def count(self, tokens: int) -> int:
         n = round(self.rewrite * tokens) if self.rewrite < 1 else int(self.rewrite)
