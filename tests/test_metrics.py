@@ -169,6 +169,11 @@ def test_cloze_prompt_replaces_every_blank_once():
         ("B - Lima", "B"),
         ("B. A and C are wrong.", "B"),  # options ruled out further on are no alternatives to B
         ("The answer is B, since A and D are incorrect.", "B"),
+        ("C. That is the answer I believe.", "C"),  # "answer I believe": the word I, no second letter
+        ("C) Vitamins B and C", "C"),  # letters in the option's own text are no alternatives
+        ("B: Type A/B personality", "B"),
+        ("B\r\nLima", "B"),  # alone on the first line, whatever the line ending
+        ("B \nLima", "B"),
     ],
 )
 def test_parse_choice_accepts_clear_letters(reply, expected):
@@ -188,6 +193,10 @@ def test_parse_choice_accepts_clear_letters(reply, expected):
         "A/B",
         "A. The answer is B",  # two rules give different letters
         "The answer is A or B",  # its letter, offered with another
+        "The answer is C or B",
+        "(B) or (C)",
+        "The answer is A cat.",  # the article, not the option A
+        "Answer: A dog",
         "B, A",
         "A cat sits on the mat",  # "A" followed by a space is a word, not a choice
         "a dog",

@@ -119,13 +119,14 @@ def cloze_prompt(question: str) -> str:
 # "B" alone on the first line. "." and "," must be followed by whitespace or the end so that "A.I." or
 # "U.S." do not count. A letter followed by a space and a word ("A cat ...") is deliberately not accepted.
 _LEADING_RE = re.compile(
-    r"^(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])(?=$|\n|[:)\]]|[.,](?:\s|$)|\s+[-–]\s))"
+    r"^(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])(?=[ \t\r]*(?:$|\n)|[:)\]]|[.,](?:\s|$)|\s+[-–]\s))"
 )
-# A letter announced by a keyword anywhere: "Answer: B", "The answer is B", "Option (C)".
+# A letter announced by a keyword anywhere: "Answer: B", "The answer is B", "Option (C)". The words
+# "A" and "I" followed by a lower-case word are words: "The answer is A cat", "the answer I believe".
 _ANNOUNCED_RE = re.compile(
     r"(?i:\b(?:answer|option|choice))\b"
     r"(?:\s+(?i:is|would\s+be|will\s+be))?\s*[:\-]?\s*"
-    r"(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])\b)"
+    r"(?:\(([A-Z])\)|\[([A-Z])\]|(?![AI]\s+[a-z])([A-Z])\b)"
 )
 # Two letters joined as alternatives or a list: "A and B", "A or C", "A, B", "A/B".
 _ENUMERATION_RE = re.compile(r"\b([A-Z])\)?\s*(?:,?\s*(?:and|or|&)\b|,|/)\s*\(?([A-Z])\b")
@@ -143,12 +144,14 @@ def parse_choice(reply: str, options: Sequence[str] = "ABCD") -> str | None:
        followed by a space and a word (``"A cat"``) is not accepted, because it is usually a word;
     3. an upper-case letter after ``answer``/``option``/``choice`` (optionally ``is``, ``:``)
        anywhere in the reply: ``"Answer: B"``, ``"The answer is B"``,
-       ``"The correct option is (C)"``.
+       ``"The correct option is (C)"``; not the words "A" and "I" followed by a lower-case word
+       (``"The answer is A cat"``, ``"the answer I believe"``).
 
     The reply is ambiguous, and the result None, when these rules give no letter, give different
-    letters (``"A. The answer is B"``), or the letter they give is listed with another option letter as
-    alternatives (``"A, B"``, ``"The answer is A or B"``; ``"Both A and B"`` gives no letter at all).
-    Other letters listed further on do not count (``"B. A and C are wrong."`` is B). A letter that is
+    letters (``"A. The answer is B"``), or the letter they give is, where they found it, listed with
+    another option letter as alternatives (``"A, B"``, ``"The answer is C or B"``; ``"Both A and B"``
+    gives no letter at all). Letters listed further on do not count, the picked one included
+    (``"B. A and C are wrong."`` is B, and so is the option text in ``"B: Type A/B personality"``). A letter that is
     not in ``options`` (``"E"`` when options are ``"ABCD"``) also gives None. Lower-case letters count
     only as the whole reply, so ``"a"`` is the option A but ``"a dog"`` is nothing.
     """
@@ -160,13 +163,12 @@ def parse_choice(reply: str, options: Sequence[str] = "ABCD") -> str | None:
     if len(text) == 1:
         candidates = {text.upper()} if text.isalpha() else set()
     else:
-        candidates = set()
-        leading = _LEADING_RE.match(text)
-        if leading:
-            candidates.add(_first_group(leading))
-        candidates.update(_first_group(match) for match in _ANNOUNCED_RE.finditer(text))
-        for first, second in _ENUMERATION_RE.findall(text):
-            if first != second and {first, second} <= allowed and {first, second} & candidates:
+        found = [m for m in [_LEADING_RE.match(text), *_ANNOUNCED_RE.finditer(text)] if m]
+        spans = {_picked(m) for m in found}  # (letter, where it stands)
+        candidates = {letter for letter, _ in spans}
+        for pair in _ENUMERATION_RE.finditer(text):
+            letters = {(pair.group(g), pair.start(g)) for g in (1, 2)}
+            if pair.group(1) != pair.group(2) and {pair.group(1), pair.group(2)} <= allowed and letters & spans:
                 return None  # the reply offers its letter with another option as an alternative
 
     if len(candidates) != 1:
@@ -175,9 +177,10 @@ def parse_choice(reply: str, options: Sequence[str] = "ABCD") -> str | None:
     return letter if letter in allowed else None
 
 
-def _first_group(match: re.Match[str]) -> str:
-    """The one alternative group of ``match`` that captured something."""
-    return next(group for group in match.groups() if group is not None)
+def _picked(match: re.Match[str]) -> tuple[str, int]:
+    """The letter the one alternative group of ``match`` that captured something holds, and where."""
+    group = next(g for g in range(1, len(match.groups()) + 1) if match.group(g) is not None)
+    return match.group(group), match.start(group)
 
 
 def choose_by_likelihood(
