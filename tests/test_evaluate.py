@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import replace
+from functools import partial
 
 import pytest
 import torch
 
+import viker.eval.generate
 from viker.cli import main
 from viker.data.examples import generation_examples
 from viker.data.loader import load_profiles
@@ -35,6 +38,31 @@ def test_batched_generation_gives_the_same_answers_as_one_at_a_time(tiny, bench_
             model.lm_head.weight.div_(30)
     assert batched == single
     assert len(set(batched)) > 1  # a real comparison, not ten empty strings
+
+
+def test_answers_are_greedy_whatever_the_checkpoint_generation_config_says(tiny, bench_dir, monkeypatch):
+    model, processor = tiny
+    shipped = model.generation_config
+    steering = copy.deepcopy(shipped)  # as a checkpoint's generation_config.json can say
+    steering.repetition_penalty, steering.no_repeat_ngram_size = 1.3, 2
+    examples = generation_examples(load_profiles(bench_dir, "forget_15"))[:6]
+    answer = partial(generate, model, processor, examples, batch_size=6, max_new_tokens=12, progress=False)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30)
+    try:
+        plain = answer()
+        model.generation_config = steering
+        steered = answer()
+        monkeypatch.setattr(viker.eval.generate, "GREEDY", {"do_sample": False})
+        followed = answer()  # the shipped settings obeyed
+    finally:
+        model.generation_config = shipped
+        with torch.no_grad():
+            model.lm_head.weight.div_(30)
+    assert steered == plain
+    assert followed != plain  # the settings do change answers, so the check above is a real one
+    assert len(set(plain)) > 1
 
 
 def test_option_frame_cuts_the_named_option_out_of_the_answer():

@@ -11,6 +11,10 @@ from viker.collate import Collator, model_inputs
 from viker.data.schema import Example
 from viker.errors import require
 
+# Greedy is greedy whatever the checkpoint's generation_config.json ships (Qwen2-VL-Instruct's sets a
+# repetition penalty): settings that would change which token is picked are set to their neutral values.
+GREEDY = dict(do_sample=False, num_beams=1, repetition_penalty=1.0, no_repeat_ngram_size=0)
+
 
 def check_generation_settings(cfg) -> None:
     """The settings every evaluation config shares: questions per batch, reply length, retain limit."""
@@ -31,7 +35,8 @@ def generate(
     progress: bool = True,
 ) -> list[str]:
     """Greedy answers to ``examples``, in order. Prompts are batched with left padding so every new
-    token follows its own prompt; the answers are identical to one-at-a-time decoding."""
+    token follows its own prompt; the answers are identical to one-at-a-time decoding. The model's own
+    generation settings that would steer away from greedy (``GREEDY``) are overridden."""
     collate = Collator(processor, answers=False)
     tokenizer = collate.tokenizer
     device = next(model.parameters()).device
@@ -46,7 +51,7 @@ def generate(
         out = model.generate(
             **batch,
             max_new_tokens=max_new_tokens,
-            do_sample=False,
+            **GREEDY,
             pad_token_id=tokenizer.pad_token_id,
         )
         new_tokens = out[:, batch["input_ids"].shape[1] :]
