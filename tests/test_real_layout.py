@@ -170,15 +170,18 @@ MALFORMED = {
         "forget_10", r"lacks nested field 'Correct_Answer'"),
     "empty Test_Set image": (
         _rows_edit("Test_Set", 1, lambda rows: (rows[:1] + [{**rows[1], "images": [rows[1]["images"][0],
-                                                                                   {"bytes": b"", "path": "x"}]}],
+                                                                                   {"bytes": b"", "path": None}]}],
                                                 True)),
         "Test_Set", r"Test_Set/train-00001-of-00002.parquet:row 1 image 1: empty image"),
     "Test_Set row without images": (
         _rows_edit("Test_Set", 0, lambda rows: ([{**rows[0], "images": []}] + rows[1:], True)),
         "Test_Set", r"Test_Set/train-00000-of-00002.parquet:row 0: no images"),
     "empty ft_Data image": (_rows_edit("ft_Data", 0, lambda rows: (
-        rows[:2] + [{**rows[2], "image": {"bytes": None, "path": "2.png"}}] + rows[3:], True)),
+        rows[:2] + [{**rows[2], "image": {"bytes": None, "path": None}}] + rows[3:], True)),
         "ft_Data", r"ft_Data/train-00000-of-00001.parquet:row 2: empty image"),
+    "ft_Data image stored by a path that is not there": (_rows_edit("ft_Data", 0, lambda rows: (
+        rows[:2] + [{**rows[2], "image": {"bytes": None, "path": "2.png"}}] + rows[3:], True)),
+        "ft_Data", r"ft_Data/train-00000-of-00001.parquet:row 2: image stored by path, and \S*ft_Data/2.png cannot"),
     "ft_Data metadata not JSON": (_rows_edit("ft_Data", 0, lambda rows: (
         rows[:3] + [{**rows[3], "metadata": "Question: who?"}] + rows[4:], True)),
         "ft_Data", r"ft_Data/train-00000-of-00001.parquet:row 3: metadata is not a JSON list"),
@@ -197,3 +200,28 @@ def test_malformed_rows_are_errors_naming_file_and_row(case, real_bench, tmp_pat
     load = load_finetune if config == "ft_Data" else load_profiles
     with pytest.raises(VikerError, match=message):
         load(root, config)
+
+
+def test_images_stored_by_path_load_as_their_bytes(real_bench, tmp_path):
+    """The Hugging Face Image feature stores an image given as a file as ``{bytes: None, path}``; a copy
+    of the benchmark rebuilt that way (paths relative to the parquet file, columns written untyped where
+    they hold no value) loads the same images."""
+    root = tmp_path / "bench"
+    shutil.copytree(real_bench, root)
+    for config, column in [("Full_Set", "image"), ("Test_Set", "images"), ("ft_Data", "image")]:
+        for n, path in enumerate(sorted((root / config).glob("*.parquet"))):
+            rows = pq.read_table(path).to_pylist()
+            for i, row in enumerate(rows):
+                cells = row[column] if isinstance(row[column], list) else [row[column]]
+                for j, cell in enumerate(cells):
+                    file = path.parent / "images" / f"{n}-{i}-{j}.png"
+                    file.parent.mkdir(exist_ok=True)
+                    file.write_bytes(cell["bytes"])
+                    cell.update(bytes=None, path=str(file.relative_to(path.parent)))
+            table = pa.Table.from_pylist(rows)  # no schema given: the all-None bytes become Arrow's null type
+            assert pa.types.is_null(table.schema.field(column).type.value_type.field("bytes").type
+                                    if column == "images" else table.schema.field(column).type.field("bytes").type)
+            pq.write_table(table, path)
+    for config in ("Full_Set", "Test_Set"):
+        assert [p.images for p in load_profiles(root, config)] == [p.images for p in load_profiles(real_bench, config)]
+    assert [r.image for r in load_finetune(root)] == [r.image for r in load_finetune(real_bench)]

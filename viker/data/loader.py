@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from viker.data.schema import (
     CONFIGS,
+    IMAGE,
     IMAGE_TEXTUAL,
     LETTERS,
     PRETRAIN_CONFIG,
@@ -103,6 +104,8 @@ def _check_type(path: Path | str, name: str, actual: pa.DataType, expected: pa.D
         if not (pa.types.is_list(actual) or pa.types.is_large_list(actual)):
             raise VikerError(f"{path}: column '{name}' should be a list, found {actual}")
         _check_type(path, f"{name}[]", actual.value_type, expected.value_type)
+    elif pa.types.is_null(actual):  # a column written without a type holds no value: each row says so when read
+        return
     elif pa.types.is_binary(expected):
         if not (pa.types.is_binary(actual) or pa.types.is_large_binary(actual)):
             raise VikerError(f"{path}: column '{name}' should hold bytes, found {actual}")
@@ -123,13 +126,33 @@ def read_config(root: str | Path, config: str, expected: pa.Schema | None = None
                 raise VikerError(f"{path}: missing column '{field.name}' (config {config})")
             _check_type(path, field.name, table.schema.field(field.name).type, field.type)
         table = table.select(expected.names)
-        rows += [(f"{path}:row {i}", row) for i, row in enumerate(table.to_pylist())]
+        images = [field.name for field in expected if IMAGE in (field.type, getattr(field.type, "value_type", None))]
+        for i, row in enumerate(table.to_pylist()):
+            for name in images:
+                _anchor(row[name], Path(path).parent)
+            rows.append((f"{path}:row {i}", row))
     return rows
 
 
+def _anchor(cells: dict | list | None, folder: Path) -> None:
+    """Image cells stored by path (``{"bytes": None, "path": ...}``) take a relative path from the folder of
+    the file that lists them."""
+    for cell in cells if isinstance(cells, list) else [cells]:
+        if cell and not cell.get("bytes") and cell.get("path") and not Path(cell["path"]).is_absolute():
+            cell["path"] = str(folder / cell["path"])
+
+
 def image_bytes(value: dict | None, source: str) -> bytes:
-    """The bytes of an image cell, checked to decode, or a clear error."""
-    data = (value or {}).get("bytes")
+    """The bytes of an image cell (``{bytes, path}``, as the Hugging Face Image feature stores it: the
+    bytes, or else the file at ``path``), checked to decode, or a clear error."""
+    value = value or {}
+    data = value.get("bytes")
+    if not data and value.get("path"):
+        try:
+            data = Path(value["path"]).read_bytes()
+        except OSError as e:
+            raise VikerError(f"{source}: image stored by path, and {value['path']} cannot be read "
+                             f"({e.strerror or e})") from None
     if not data:
         raise VikerError(f"{source}: empty image")
     try:
