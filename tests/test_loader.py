@@ -44,6 +44,11 @@ def test_missing_config_names_the_folder_and_config(bench_dir, tmp_path):
     shutil.rmtree(root / "forget_10")
     with pytest.raises(VikerError, match=r"config 'forget_10' not found.*configs present: Full_Set"):
         load_profiles(root, "forget_10")
+    nested = tmp_path / "nested"  # the data/CONFIG/*.parquet layout lists what it holds too
+    (nested / "data").mkdir(parents=True)
+    shutil.copytree(root / "Full_Set", nested / "data" / "Full_Set")
+    with pytest.raises(VikerError, match=r"configs present: Full_Set$"):
+        load_profiles(nested, "forget_10")
 
 
 def test_missing_column_names_file_and_column(bench_dir, tmp_path):

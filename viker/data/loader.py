@@ -47,16 +47,20 @@ def config_files(root: str | Path, config: str, known: tuple[str, ...] = CONFIGS
     root = Path(root)
     if not root.is_dir():
         raise VikerError(f"{root}: no such benchmark folder")
-    patterns = [f"{config}/*.parquet", f"data/{config}-*.parquet", f"data/{config}/*.parquet", f"{config}.parquet"]
-    for pattern in patterns:
+    for pattern in _patterns(config):
         files = sorted(root.glob(pattern))
         if files:
             return files
-    present = [c for c in known if any(root.glob(f"{c}/*.parquet")) or any(root.glob(f"data/{c}-*.parquet"))]
+    present = [c for c in known if any(any(root.glob(pattern)) for pattern in _patterns(c))]
     raise VikerError(
-        f"{root}: config '{config}' not found (looked for {', '.join(patterns)}); "
+        f"{root}: config '{config}' not found (looked for {', '.join(_patterns(config))}); "
         f"configs present: {', '.join(present) or 'none'}"
     )
+
+
+def _patterns(config: str) -> list[str]:
+    """Where a config's parquet files may lie under a benchmark's root (the module docstring's layouts)."""
+    return [f"{config}/*.parquet", f"data/{config}-*.parquet", f"data/{config}/*.parquet", f"{config}.parquet"]
 
 
 def hub_table(repo: str, config: str) -> pa.Table:
