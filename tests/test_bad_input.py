@@ -209,6 +209,7 @@ UNLEARN = ["unlearn", "--method", "ga", "--max-steps", "1"]
     ([*UNLEARN, "--tuning", "full", "--save", "adapter"], "--save adapter: --tuning full trains no adapter"),
     ([*UNLEARN, "--device", "gpu"], "--device gpu: not a device"),
     (["eval", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
+    (["eval", "--forget", "retain_90"], "--forget retain_90: choose from forget_5, forget_10, forget_15"),
     (["eval", "--max-new-tokens", "0"], "--max-new-tokens 0: must be at least 1"),
     (["eval", "--retain-limit", "-1"], "--retain-limit -1: must be at least 1"),
     (["eval", "--gib-model", "no/such/classifier"], "--gib-model no/such/classifier: no such folder"),

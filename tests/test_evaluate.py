@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from dataclasses import replace
 from functools import partial
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -153,6 +157,20 @@ def test_eval_command_evaluates_only_what_it_is_asked(tiny_dir, bench_dir, tmp_p
                  "--only", "forget:summaries"]) == 2
     err = capsys.readouterr().err
     assert "unknown task 'summaries' for set 'forget'" in err and "Traceback" not in err
+
+
+def test_a_test_set_without_some_forget_people_is_named_not_scored_in_part(tiny_dir, bench_dir, tmp_path, capsys):
+    data = tmp_path / "bench"
+    shutil.copytree(bench_dir, data)
+    forget = load_profiles(bench_dir, "forget_10")
+    for path in (data / "Test_Set").glob("*.parquet"):
+        table = pq.read_table(path)
+        pq.write_table(table.filter(pc.invert(pc.is_in(table["ID"], pa.array([forget[1].id])))), path)
+    common = ["eval", "--model", str(tiny_dir), "--data", str(data), "--max-new-tokens", "4"]
+    assert main([*common, "--out", str(tmp_path / "all")]) == 2
+    err = capsys.readouterr().err
+    assert f"Test_Set has no row for 1 of the {len(forget)} forget people (ID {forget[1].id})" in err
+    assert main([*common, "--out", str(tmp_path / "without"), "--only", "forget:multiple_choice"]) == 0
 
 
 def _tiny_classifier(path):

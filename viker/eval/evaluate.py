@@ -45,6 +45,7 @@ class EvalConfig:
 
     def __post_init__(self):
         require(self.mc_mode in ("likelihood", "letter"), "--mc-mode", self.mc_mode, "choose likelihood or letter")
+        require(self.forget in RETAIN_OF, "--forget", self.forget, f"choose from {', '.join(RETAIN_OF)}")
         check_generation_settings(self)
         require(not self.gib_model or Path(self.gib_model).expanduser().is_dir(), "--gib-model", self.gib_model,
                 "no such folder (a local copy of a gibberish classifier)")
@@ -60,14 +61,26 @@ class EvalSet:
 def eval_sets(data_dir: str | Path, cfg: EvalConfig) -> list[EvalSet]:
     """The sets in ``cfg.scope`` (all four when None), each read only when it is evaluated."""
     forget = load_profiles(data_dir, cfg.forget)
-    ids = {p.id for p in forget}
     read = {
         "forget": lambda: forget,
-        "test": lambda: [p for p in load_profiles(data_dir, "Test_Set") if p.id in ids],
+        "test": lambda: forget_test_rows(data_dir, forget),
         "retain": lambda: load_profiles(data_dir, RETAIN_OF[cfg.forget])[: cfg.retain_limit],
         "real": lambda: load_profiles(data_dir, "Retain_Set"),
     }
     return [EvalSet(name, read[name]()) for name in SETS if cfg.scope is None or name in cfg.scope]
+
+
+def forget_test_rows(data_dir: str | Path, forget: list[Profile]) -> list[Profile]:
+    """The Test_Set rows of the forget people, or an error naming who has none (the test columns would
+    otherwise score a part of the split, or nothing)."""
+    ids = {p.id for p in forget}
+    rows = [p for p in load_profiles(data_dir, "Test_Set") if p.id in ids]
+    missing = sorted(ids - {p.id for p in rows}, key=[p.id for p in forget].index)
+    if missing:
+        raise VikerError(f"{data_dir}: Test_Set has no row for {len(missing)} of the {len(forget)} forget people "
+                         f"(ID {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); evaluate without "
+                         "it with --only forget --only retain --only real")
+    return rows
 
 
 def check_scope(scope: dict[str, Sequence[str]] | None) -> None:
