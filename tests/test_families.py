@@ -20,9 +20,9 @@ from viker.cli import main
 from viker.collate import IGNORE_INDEX, Collator, model_inputs
 from viker.data.examples import finetune_examples
 from viker.data.loader import load_profiles
+from viker.errors import VikerError
 from viker.eval.evaluate import EvalConfig, answer_logprobs
 from viker.eval.generate import generate
-from viker.errors import VikerError
 from viker.eval.run import run_eval
 from viker.finetune import FinetuneConfig, run_finetune
 from viker.methods.base import FrozenReference

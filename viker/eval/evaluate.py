@@ -25,7 +25,6 @@ from viker.eval.generate import check_generation_settings, generate
 from viker.methods.losses import answer_window, token_logprobs
 from viker.prompts import generation_prompt, mc_prompt
 
-
 SETS = ("forget", "test", "retain", "real")  # the forget split, its Test_Set rows, the retain split, Retain_Set
 TASKS = ("generation", "multiple_choice", "cloze")
 

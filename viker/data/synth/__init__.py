@@ -19,9 +19,9 @@ from tqdm.auto import tqdm
 
 from viker.data.schema import (
     FORGET_SPLITS,
-    PRETRAIN_CONFIG,
     IMAGE_TEXTUAL,
     LETTERS,
+    PRETRAIN_CONFIG,
     PURE_TEXT,
     RETAIN_OF,
     schema_for,
