@@ -20,8 +20,9 @@ from viker.data.examples import generation_examples
 from viker.data.loader import load_profiles
 from viker.data.schema import MCQuestion
 from viker.errors import VikerError
-from viker.eval.evaluate import EvalConfig, evaluate, mc_by_likelihood, option_frame
+from viker.eval.evaluate import EvalConfig, answer_logprobs, evaluate, mc_by_likelihood, option_frame
 from viker.eval.generate import generate
+from viker.model import LoraSettings, apply_lora, load_model
 
 PAPER_KEYS = {"forget_acc", "test_acc", "retain_acc", "real_acc", "forget_rougeL", "test_rougeL", "retain_rougeL",
               "retain_bleu", "real_rougeL", "real_bleu", "forget_cloze", "coherence"}
@@ -67,6 +68,21 @@ def test_answers_are_greedy_whatever_the_checkpoint_generation_config_says(tiny,
     assert steered == plain
     assert followed != plain  # the settings do change answers, so the check above is a real one
     assert len(set(plain)) > 1
+
+
+def test_scoring_and_answering_a_training_model_take_no_dropout_and_leave_each_module_as_it_was(tiny_dir, bench_dir):
+    model, processor = load_model(tiny_dir, device="cpu")
+    for module in model.modules():
+        if hasattr(module, "attention_dropout"):
+            module.attention_dropout = 0.5
+    lora = apply_lora(model, LoraSettings(r=2, alpha=4, dropout=0.5)).train()
+    lora.get_base_model().model.vision_tower.eval()  # a frozen part, kept in eval mode while the rest trains
+    modes = [m.training for m in lora.modules()]
+    examples = generation_examples(load_profiles(bench_dir, "forget_10"))[:3]
+    assert answer_logprobs(lora, processor, examples, 3) == answer_logprobs(lora, processor, examples, 3)
+    answer = partial(generate, lora, processor, examples, batch_size=3, max_new_tokens=6, progress=False)
+    assert answer() == answer()
+    assert [m.training for m in lora.modules()] == modes and False in modes and True in modes
 
 
 def test_option_frame_cuts_the_named_option_out_of_the_answer():

@@ -23,6 +23,7 @@ from viker.errors import VikerError, require
 from viker.eval import metrics as M
 from viker.eval.generate import check_generation_settings, generate
 from viker.methods.losses import answer_window, token_logprobs
+from viker.model import eval_mode
 from viker.prompts import generation_prompt, mc_prompt
 
 SETS = ("forget", "test", "retain", "real")  # the forget split, its Test_Set rows, the retain split, Retain_Set
@@ -95,19 +96,20 @@ def check_scope(scope: dict[str, Sequence[str]] | None) -> None:
 
 @torch.no_grad()
 def answer_logprobs(model, processor, examples: Sequence[Example], batch_size: int) -> list[tuple[float, int]]:
-    """(sum of answer-token log-probs, number of answer tokens) for each example, teacher-forced.
+    """(sum of answer-token log-probs, number of answer tokens) for each example, teacher-forced, in eval mode.
     Only the positions from the batch's earliest answer on reach the output layer. A model that reads
     the answer's labels (CAGUL, so that the answer never steers which visual tokens it rewrites) gets them."""
     collate = Collator(processor)
     device = next(model.parameters()).device
     out = []
-    for start in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size]).items()}
-        window = answer_window(batch["labels"])
-        labels = {"labels": batch["labels"]} if getattr(model, "reads_answer_labels", False) else {}
-        logits = model(**model_inputs(batch), **labels, logits_to_keep=window).logits
-        lp, mask = token_logprobs(logits, batch["labels"][:, -logits.shape[1]:])
-        out += list(zip(lp.sum(-1).tolist(), mask.sum(-1).int().tolist()))
+    with eval_mode(model):
+        for start in range(0, len(examples), batch_size):
+            batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size]).items()}
+            window = answer_window(batch["labels"])
+            labels = {"labels": batch["labels"]} if getattr(model, "reads_answer_labels", False) else {}
+            logits = model(**model_inputs(batch), **labels, logits_to_keep=window).logits
+            lp, mask = token_logprobs(logits, batch["labels"][:, -logits.shape[1]:])
+            out += list(zip(lp.sum(-1).tolist(), mask.sum(-1).int().tolist()))
     return out
 
 

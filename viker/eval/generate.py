@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 from viker.collate import Collator, model_inputs
 from viker.data.schema import Example
 from viker.errors import require
+from viker.model import eval_mode
 
 # Greedy is greedy whatever the checkpoint's generation_config.json ships (Qwen2-VL-Instruct's sets a
 # repetition penalty): settings that would change which token is picked are set to their neutral values.
@@ -40,23 +41,15 @@ def generate(
     collate = Collator(processor, answers=False)
     tokenizer = collate.tokenizer
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     # Sort by prompt length so batches hold similar lengths (less padding), then restore the order.
     order = sorted(range(len(examples)), key=lambda i: (examples[i].image is None, len(examples[i].question)))
     answers: list[str] = [""] * len(examples)
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
-        idx = order[start : start + batch_size]
-        batch = {k: v.to(device) for k, v in model_inputs(collate([examples[i] for i in idx])).items()}
-        out = model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            **GREEDY,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        new_tokens = out[:, batch["input_ids"].shape[1] :]
-        for i, text in zip(idx, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
-            answers[i] = text.strip()
-    if was_training:
-        model.train()
+    with eval_mode(model):
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
+            idx = order[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in model_inputs(collate([examples[i] for i in idx])).items()}
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, **GREEDY, pad_token_id=tokenizer.pad_token_id)
+            new_tokens = out[:, batch["input_ids"].shape[1] :]
+            for i, text in zip(idx, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
+                answers[i] = text.strip()
     return answers

@@ -13,6 +13,7 @@ import torch
 from viker.collate import model_inputs
 from viker.data.schema import Example
 from viker.methods.losses import answer_nll, answer_window, gather_answer_positions
+from viker.model import eval_mode
 
 
 def logits_of(model, batch: dict) -> torch.Tensor:
@@ -85,13 +86,8 @@ class FrozenReference:
             yield self._copy
             return
         # the trained network itself, adapters off and in eval mode (no dropout), then as it was
-        modes = [(m, m.training) for m in self._model.modules()]
-        try:
-            with self._model.disable_adapter():
-                yield self._model.eval()
-        finally:
-            for module, training in modes:
-                module.training = training
+        with self._model.disable_adapter(), eval_mode(self._model) as net:
+            yield net
 
     @torch.no_grad()
     def logits(self, batch: dict, logits_to_keep: int = 0) -> torch.Tensor:

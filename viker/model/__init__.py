@@ -172,6 +172,17 @@ def apply_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
 
 
 @contextmanager
+def eval_mode(model: nn.Module):
+    """``model`` in eval mode (no dropout) inside the block, then each of its modules back in its own mode."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield model.eval()
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@contextmanager
 def quiet_peft():
     """peft reads an attribute transformers has renamed: a warning with nothing in it for a user to do."""
     with warnings.catch_warnings():
