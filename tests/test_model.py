@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -51,6 +52,13 @@ def test_a_run_saved_as_an_adapter_loads_and_answers_as_the_merged_run(tiny_dir,
     assert main(["eval", "--model", str(tmp_path / "adapter"), "--data", str(bench_dir), "--max-new-tokens", "4",
                  "--retain-limit", "2", "--only", "forget:multiple_choice", "--out", str(tmp_path / "adapter")]) == 0
     assert "forget_acc" in json.loads((tmp_path / "adapter" / "metrics.json").read_text())
+    plain = tmp_path / "peft_adapter"  # an adapter saved by peft alone: no processor files beside it
+    plain.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(tmp_path / "adapter" / "model" / name, plain / name)
+    model, processor = load_model(plain, device="cpu")
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, want, atol=1e-4, rtol=0)
 
 
 def test_tokenizer_round_trips_benchmark_text_exactly(tiny, bench_dir):

@@ -99,7 +99,9 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "auto",
     adapter = Path(path, "adapter_config.json").is_file()
     try:
         base = adapter_base(path) if adapter else path
-        processor = load_processor(path, trust_remote_code, config_path=base)
+        # an adapter saved by peft alone has no processor files: the base model's are its
+        processor = load_processor(path if not adapter or has_processor(path) else base, trust_remote_code,
+                                   config_path=base)
         model = AutoModelForImageTextToText.from_pretrained(
             base, dtype=pick_dtype(dev, dtype), trust_remote_code=trust_remote_code
         )
@@ -120,6 +122,12 @@ def adapter_base(path: str) -> str:
     if not base:
         raise VikerError(f"{path}/adapter_config.json names no base model (base_model_name_or_path)")
     return base
+
+
+def has_processor(path: str) -> bool:
+    """Whether a folder holds a processor's files (a tokenizer at least), as a saved model does."""
+    return any(Path(path, name).is_file() for name in ("tokenizer_config.json", "processor_config.json",
+                                                        "preprocessor_config.json"))
 
 
 def load_processor(path: str, trust_remote_code: bool = False, config_path: str | None = None):
