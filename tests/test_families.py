@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import warnings
 
 import pytest
@@ -27,7 +28,14 @@ from viker.eval.run import run_eval
 from viker.finetune import FinetuneConfig, run_finetune
 from viker.methods.base import FrozenReference
 from viker.methods.losses import gather_answer_positions, token_logprobs
-from viker.model import LoraSettings, apply_lora, language_model_linear_layers, load_model, pick_dtype
+from viker.model import (
+    LoraSettings,
+    apply_lora,
+    language_model_linear_layers,
+    load_model,
+    load_processor,
+    pick_dtype,
+)
 from viker.model.tiny import TinyConfig, build_tiny
 from viker.train import TrainConfig
 from viker.unlearn import UnlearnConfig, run_unlearn
@@ -224,6 +232,20 @@ def test_a_run_saved_as_an_adapter_loads_as_its_merged_model_and_unlearns_again(
         run_unlearn(UnlearnConfig(model=str(tmp_path / "one"), data=str(real_bench), method="ga",
                                   out=str(tmp_path / "three"), train=steps, lora=LoraSettings(merge=False)),
                     progress=False)
+
+
+def test_a_qwen2_vl_release_keeping_its_chat_template_in_chat_template_json_loads_it(saved, real_bench, tmp_path):
+    """Qwen2-VL's releases keep the template in chat_template.json, which a tokenizer does not read: the
+    processor built without torchvision must still have it, and prompt as the saved model does."""
+    release = tmp_path / "release"
+    shutil.copytree(saved("qwen2_vl"), release)
+    template = (release / "chat_template.jinja").read_text()
+    (release / "chat_template.jinja").unlink()
+    (release / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    processor, own = load_processor(str(release)), load_processor(str(saved("qwen2_vl")))
+    assert processor.chat_template == template
+    examples = _mixed(real_bench, 2)
+    assert torch.equal(Collator(processor)(examples)["input_ids"], Collator(own)(examples)["input_ids"])
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -9,6 +9,7 @@ load back through the Auto classes like the released checkpoints (``Qwen/Qwen2-V
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -96,7 +97,18 @@ def processor_without_video(path: str, trust_remote_code: bool = False, config_p
         return None
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     image_processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-    return qwen2_vl_processor(image_processor, tokenizer, tokenizer.chat_template)
+    return qwen2_vl_processor(image_processor, tokenizer, tokenizer.chat_template or processor_chat_template(path))
+
+
+def processor_chat_template(path: str) -> str | None:
+    """The chat template a processor saved beside its model (``chat_template.jinja``, or the older
+    ``chat_template.json``), which the tokenizer alone does not read."""
+    folder = Path(path)
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text()
+    if (folder / "chat_template.json").is_file():
+        return json.loads((folder / "chat_template.json").read_text()).get("chat_template")
+    return None
 
 
 def build_tiny_family(data_dir: str | Path, cfg: TinyConfig):
