@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+import viker.eval.evaluate
 import viker.eval.generate
 from viker.cli import main
 from viker.data.examples import generation_examples
@@ -133,6 +134,21 @@ def test_evaluate_reports_the_paper_columns_in_percent(tiny, bench_dir):
         assert {r["profile"] for r in records if r["set"] == "test" and r["task"] == task} == forget_ids
     n_mc = sum(len(p.mc) for p in load_profiles(bench_dir, "forget_10"))
     assert sum(r["task"] == "multiple_choice" and r["set"] == "forget" for r in records) == n_mc
+
+
+def test_generation_and_cloze_are_reported_by_question_type_and_together(tiny, bench_dir, monkeypatch):
+    """A model that answers every question asked with the image word for word, and none asked by name."""
+    def answer_with_images_only(model, processor, examples, **kw):
+        return [ex.answer if ex.image is not None else "no idea" for ex in examples]
+
+    monkeypatch.setattr(viker.eval.evaluate, "generate", answer_with_images_only)
+    metrics, records = evaluate(*tiny, bench_dir, EvalConfig(forget="forget_10", scope={
+        "forget": ("generation", "cloze")}), progress=False)
+    for task, key in (("generation", "forget_rougeL"), ("cloze", "forget_cloze")):
+        asked = [r["image"] for r in records if r["task"] == task]
+        assert True in asked and False in asked
+        assert metrics[f"{key}_image"] == 100.0 and metrics[f"{key}_text"] == 0.0
+        assert metrics[key] == pytest.approx(100 * sum(asked) / len(asked), abs=0.01)
 
 
 def test_eval_command_writes_metrics_and_generations(tiny_dir, bench_dir, tmp_path):

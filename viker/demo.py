@@ -596,8 +596,8 @@ Key tokens of the forget answers: [keytokens.html](keytokens.html) (![key tokens
 - ViKeR: {", ".join(f"{k}={v}" for k, v in cfg.viker.items())}.
 - CAGUL: the model frozen; its new modules trained {n_epochs(cfg.cagul_train.epochs)} at lr {cfg.cagul_train.lr:g}
   ({", ".join(f"{k}={v}" for k, v in cfg.cagul.items())}, the rest at their defaults).
-- Evaluation: multiple choice by option likelihood; generation greedy, {cfg.eval.max_new_tokens} new tokens;
-  retain metrics on {cfg.eval.retain_limit or 'all'} retain people.
+- Evaluation: multiple choice by option likelihood; generation greedy, {cfg.eval.max_new_tokens} new tokens
+  ({cfg.eval.cloze_max_new_tokens} for a cloze reply); retain metrics on {cfg.eval.retain_limit or 'all'} retain people.
 - Full settings: `results.json`; each run's own `config.json` and `metrics.json` under `runs/`.
 {time_table(step_seconds)}"""
     path.write_text(text)
