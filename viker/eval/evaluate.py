@@ -144,8 +144,9 @@ def mc_by_likelihood(model, processor, questions: list[tuple[MCQuestion, bytes |
     """Option-likelihood choice, sound for small models that never learned a letter format.
 
     Each option is scored as the answer to the question, inside the frame of the model's own greedy
-    answer when that answer names one of the options ('This person was born in {Lisbon|Oslo|...}.'),
-    else as the bare option text (per-token mean log-probability, so length does not decide)."""
+    answer when that answer names one of the options ('This person was born in {Lisbon|Oslo|...}.'; the
+    sentences' summed log-probabilities: the likelihood of each whole answer), else as the bare option
+    text (per-token mean log-probability, so length does not decide)."""
     candidates, frames = [], []
     for (q, image), reply in zip(questions, replies):
         letters = sorted(q.options)
