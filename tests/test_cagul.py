@@ -166,6 +166,8 @@ def test_precision_recall_by_hand():
     (["--rewrite", "2.5"], "--rewrite 2.5: a fraction below 1, or a whole number of tokens"),
     (["--threshold", "1.5"], "strictly between 0 and 1"),
     (["--layers", "99"], "the language model has"),
+    (["--layers", "0,1,1"], "--layers 0,1,1: name at least one, and each once"),
+    (["--heads", "0,0"], "--heads 0,0: name at least one, and each once"),
 ])
 def test_bad_cagul_options_are_one_line_errors(argv, message, tiny_dir, bench_dir, tmp_path, capsys):
     out = tmp_path / "run"

@@ -58,6 +58,9 @@ class CagulConfig:
         require(self.rewrite > 0, "--rewrite", self.rewrite, "rewrite at least one visual token")
         require(self.rewrite < 1 or float(self.rewrite).is_integer(), "--rewrite", self.rewrite,
                 "a fraction below 1, or a whole number of tokens")
+        for flag, chosen in (("--layers", self.layers), ("--heads", self.heads)):  # each is averaged over once
+            require(chosen is None or (chosen and len(set(chosen)) == len(chosen)), flag,
+                    ",".join(map(str, chosen or [])), "name at least one, and each once")
         require(0.0 < self.threshold < 1.0, "--threshold", self.threshold, "a probability strictly between 0 and 1")
         require(self.encoder_width >= 1, "--encoder-width", self.encoder_width, "must be at least 1")
         require(self.encoder_width % self.encoder_heads == 0, "--encoder-width", self.encoder_width,
