@@ -384,3 +384,21 @@ def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", str(tmp_path / "ga"), str(mllmu), "--out", str(tmp_path / "mixed")]) == 2
     assert "different benchmarks" in capsys.readouterr().err
+
+
+def test_cagul_unlearns_on_clear_with_the_retain_persons_faces_as_references(tiny_dir, clear_dir, tmp_path):
+    """CLEAR has no image pools: CAGUL's reference answers come from the retain split's faces, as ViKeR's."""
+    from viker.model import load_model
+    from viker.model.cagul import CagulModel
+    from viker.train import TrainConfig
+    from viker.unlearn import UnlearnConfig, run_unlearn
+
+    run = tmp_path / "cagul"
+    run_unlearn(UnlearnConfig(model=str(tiny_dir), data=str(clear_dir), benchmark="clear", forget="forget10",
+                              method="cagul", method_args={"k": 2, "disc_steps": 20}, out=str(run),
+                              train=TrainConfig(max_steps=1, batch_size=4), cache_dir=str(tmp_path / "cache")),
+                progress=False)
+    config = json.loads((run / "config.json").read_text())
+    assert config["method"]["refs"] == "retain" and config["examples"]["forget"] == 4
+    model, _ = load_model(run, device="cpu")
+    assert isinstance(model, CagulModel)

@@ -81,7 +81,8 @@ def make_method(name: str, args: dict, forget_split: str):
         args = {"forget_split": forget_split, **args}
     if name == "cagul":
         args = {"retain_split": RETAIN_OF.get(forget_split), **args}
-    if name == "viker" and is_clear_split(forget_split):  # CLEAR ships no image pools: other persons' faces
+    # CLEAR ships no image pools: ViKeR's and CAGUL's references are other persons' faces, the retain split's
+    if name in ("viker", "cagul") and is_clear_split(forget_split):
         args = {"refs": "retain", **args}
     try:
         method = cls(**args)
