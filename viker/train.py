@@ -35,7 +35,8 @@ from viker.runs import CHECKPOINT, checkpoints, out_folder, read_configs, to_jso
 @dataclass
 class TrainConfig:
     """``batch_size`` is global: the examples of one micro-step summed over every process (each of N
-    processes holds about batch_size/N). An optimiser step sees batch_size × grad_accum examples."""
+    processes holds about batch_size/N). An optimiser step sees batch_size × grad_accum examples, and
+    ``epochs`` passes over the data take that many steps, rounded up (a step can end in the next pass)."""
 
     epochs: float = 1.0
     max_steps: int | None = None  # overrides epochs when set
@@ -119,20 +120,24 @@ def batch_units(batch: dict) -> tuple[int, int]:
     return rows, int((labels[:, 1:] != IGNORE_INDEX).sum()) if labels is not None else 0
 
 
-def attach_shares(batches_now: dict[str, dict], real: dict[str, bool], accelerator) -> None:
-    """Give each batch this process's share of the global batch, per unit (``row_share``,
-    ``token_share``): ``n · world / N`` for n of the N rows (or answer tokens) of the global batch.
+def attach_shares(group: list[dict[str, tuple[dict, bool]]], accelerator, accum: int) -> None:
+    """Give each batch of an optimiser step (``accum`` micro-batches on each process, each a stream name ->
+    ``(batch, real)``) its share of the step's global batch, per unit (``row_share``, ``token_share``):
+    ``n · world · accum / N`` for n of the N rows (or answer tokens) of all the step's micro-batches on all
+    processes.
 
-    A method's loss is a mean over its slice; times its share it becomes the slice's sum over N, times
-    world. DDP averages gradients over the world, so the result is the gradient of the mean over the
-    whole global batch, as on one process, however unevenly the rows and tokens fall."""
-    names = list(batches_now)
-    local = torch.tensor([batch_units(batches_now[n]) if real[n] else (0, 0) for n in names], dtype=torch.float64,
-                         device=accelerator.device)
-    total = accelerator.reduce(local, reduction="sum")
-    shares = (local * accelerator.num_processes / total.clamp_min(1.0)).float()
-    for name, (rows, tokens) in zip(names, shares):
-        batches_now[name]["row_share"], batches_now[name]["token_share"] = rows, tokens
+    A method's loss is a mean over its micro-batch; times its share it becomes the micro-batch's sum over
+    N, times world · accum. The backward pass divides by accum and DDP averages over the world, so the
+    step's gradient is that of the mean over the whole step, as with one batch on one process, however
+    unevenly the rows and tokens fall into micro-batches and processes."""
+    names = list(group[0])
+    local = torch.tensor([[batch_units(batch) if real else (0, 0) for batch, real in (drawn[n] for n in names)]
+                          for drawn in group], dtype=torch.float64, device=accelerator.device)
+    total = accelerator.reduce(local.sum(0), reduction="sum")
+    shares = (local * accelerator.num_processes * accum / total.clamp_min(1.0)).float().cpu()
+    for drawn, step_shares in zip(group, shares):
+        for name, (rows, tokens) in zip(names, step_shares):
+            drawn[name][0]["row_share"], drawn[name][0]["token_share"] = rows, tokens
 
 
 def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
@@ -335,7 +340,7 @@ class Prepared:
     optimizer: Any
     scheduler: Any
     total: int  # optimiser steps of the run
-    steps_per_epoch: int = 1
+    batches_per_epoch: int = 1  # micro-batches
 
 
 def prepare(model: torch.nn.Module, cfg: TrainConfig, n_examples: int, accelerator=None,
@@ -359,13 +364,15 @@ def prepare(model: torch.nn.Module, cfg: TrainConfig, n_examples: int, accelerat
             plugin.deepspeed_config["gradient_clipping"] = cfg.max_grad_norm or 0.0
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(math.ceil(n_examples / cfg.batch_size) / cfg.grad_accum)
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    # The batches run on across epochs (a step can end in the next epoch): E epochs are E passes' batches,
+    # rounded up to whole optimiser steps.
+    batches_per_epoch = math.ceil(n_examples / cfg.batch_size)
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches_per_epoch / cfg.grad_accum))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(cfg.scheduler, int(cfg.warmup_ratio * total), total)
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    return Prepared(accelerator, model, optimizer, scheduler, total, steps_per_epoch)
+    return Prepared(accelerator, model, optimizer, scheduler, total, batches_per_epoch)
 
 
 def train(
@@ -421,45 +428,50 @@ def train(
     bar = tqdm(total=total, initial=step, desc=desc, disable=not progress or not accelerator.is_main_process,
                dynamic_ncols=True)
     while step < total:
-        with accelerator.accumulate(model):
+        lr = scheduler.get_last_lr()[0]  # the rate this step uses (the scheduler moves on after it)
+        group = []  # the step's micro-batches, drawn first so that each is weighted by its share of the step
+        for _ in range(cfg.grad_accum):
             epoch, batch, real = next(streams[main])
-            drawn = {main: (batch, real)} | {name: next(streams[name])[1:] for name in others}
-            batches_now = {k: {key: v.to(accelerator.device) for key, v in b.items()} for k, (b, _) in drawn.items()}
-            if world > 1:
-                attach_shares(batches_now, {k: r for k, (_, r) in drawn.items()}, accelerator)
-            loss, logs = objective.loss(model, batches_now)
-            values = {"loss": loss.item(), **logs}
-            if world > 1:  # every process logs (and checks) the loss of the whole global batch
-                mean = accelerator.reduce(torch.tensor(list(values.values()), dtype=torch.float64,
-                                                      device=accelerator.device), "mean")
-                values = dict(zip(values, mean.tolist()))
-            if not math.isfinite(values["loss"]):
-                where = f"; the last good checkpoint is {run_dir / CHECKPOINT}" if run_dir is not None and \
-                    (run_dir / CHECKPOINT).exists() else ""
-                raise VikerError(f"step {step}: the loss became {values['loss']} (diverged); lower the learning "
-                                 f"rate{where}")
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and cfg.max_grad_norm:
-                accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-        for k, v in values.items():
-            running[k] = running.get(k, 0.0) + v
-        n_micro += 1
-        if not accelerator.sync_gradients:
-            continue
+            group.append({main: (batch, real)} | {name: next(streams[name])[1:] for name in others})
+        if world * cfg.grad_accum > 1:
+            attach_shares(group, accelerator, cfg.grad_accum)
+        for drawn in group:
+            with accelerator.accumulate(model):
+                batches_now = {k: {key: v.to(accelerator.device) for key, v in b.items()}
+                               for k, (b, _) in drawn.items()}
+                loss, logs = objective.loss(model, batches_now)
+                values = {"loss": loss.item(), **logs}
+                if world > 1:  # every process logs (and checks) the loss of the whole global batch
+                    mean = accelerator.reduce(torch.tensor(list(values.values()), dtype=torch.float64,
+                                                          device=accelerator.device), "mean")
+                    values = dict(zip(values, mean.tolist()))
+                if not math.isfinite(values["loss"]):
+                    where = f"; the last good checkpoint is {run_dir / CHECKPOINT}" if run_dir is not None and \
+                        (run_dir / CHECKPOINT).exists() else ""
+                    raise VikerError(f"step {step}: the loss became {values['loss']} (diverged); lower the "
+                                     f"learning rate{where}")
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            for k, v in values.items():
+                running[k] = running.get(k, 0.0) + v
+            n_micro += 1
         step += 1
         bar.update(1)
         if step % cfg.log_every == 0 or step == total:
-            row = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0]}
+            row = {"step": step, "epoch": epoch, "lr": lr}
             row |= {k: v / n_micro for k, v in running.items()}
             history.append(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}")
             running, n_micro = {}, 0
-        every = cfg.snapshot_every * prepared.steps_per_epoch
-        if snapshot is not None and every and step % every == 0 and step < total:
-            snapshot(step // prepared.steps_per_epoch)
+        if snapshot is not None and cfg.snapshot_every and step < total:
+            passes = [n * cfg.grad_accum // prepared.batches_per_epoch for n in (step - 1, step)]
+            for epochs in range(passes[0] + 1, passes[1] + 1):  # the epochs this step completed
+                if epochs % cfg.snapshot_every == 0:
+                    snapshot(epochs)
         if run_dir is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
             rng = gather_object([torch.get_rng_state()]) if world > 1 else None
             if accelerator.is_main_process:

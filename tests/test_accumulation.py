@@ -1,0 +1,95 @@
+"""Gradient accumulation: an optimiser step over accumulated micro-batches is the step one batch of them
+would give, and --epochs counts passes over the data whatever --grad-accum is."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pytest
+import torch
+
+import viker.train
+from viker.collate import IGNORE_INDEX
+from viker.methods.base import share
+from viker.train import TrainConfig, train
+
+# Example i has i + 1 answer tokens worth values[i] each, and a row value rows[i]: micro-batches of one
+# step hold different numbers of rows and tokens.
+TOKENS = [1, 2, 5, 8]
+VALUES = [[0.5 + i + 0.1 * j for j in range(8)] for i in range(4)]
+ROWS = [3.0, -1.0, 2.0, 0.5]
+
+
+def collate(indices: list[int]) -> dict:
+    longest = max(TOKENS[i] for i in indices)
+    labels = torch.full((len(indices), longest + 1), IGNORE_INDEX)  # the first position is the shifted-out one
+    values = torch.zeros(len(indices), longest)
+    for row, i in enumerate(indices):
+        labels[row, 1 : TOKENS[i] + 1] = 1
+        values[row, : TOKENS[i]] = torch.tensor(VALUES[i][: TOKENS[i]])
+    return {"labels": labels, "values": values, "rows": torch.tensor([ROWS[i] for i in indices])}
+
+
+class Means:
+    """A mean over answer tokens (as ViKeR's loss) plus a mean over rows (as GA's), each times its share."""
+
+    streams = ("train",)
+
+    def __init__(self):
+        self.seen: list[list[int]] = []
+
+    def loss(self, model, batches):
+        batch = batches["train"]
+        self.seen.append(batch["index"].tolist())
+        mask = batch["labels"][:, 1:] != IGNORE_INDEX
+        tokens = (model.w[0] * batch["values"] * mask).sum() / mask.sum() * share(batch, "token")
+        rows = (model.w[1] * batch["rows"]).mean() * share(batch, "row")
+        return tokens + rows, {}
+
+
+class Weights(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(2))
+
+
+def _one_step(batch_size: int, grad_accum: int, monkeypatch) -> torch.Tensor:
+    monkeypatch.setattr(viker.train.torch.optim, "AdamW", lambda params, lr, weight_decay: torch.optim.SGD(params, lr))
+    model = Weights()
+    train(model, Means(), {"train": list(range(4))}, collate,
+          TrainConfig(max_steps=1, batch_size=batch_size, grad_accum=grad_accum, lr=1.0, max_grad_norm=None),
+          progress=False)
+    return -model.w.detach()  # SGD from zero at lr 1: the step's gradient
+
+
+def test_an_accumulated_step_is_the_step_of_one_batch(monkeypatch):
+    token_mean = sum(sum(VALUES[i][: TOKENS[i]]) for i in range(4)) / sum(TOKENS)
+    row_mean = sum(ROWS) / 4
+    whole = _one_step(4, 1, monkeypatch)
+    torch.testing.assert_close(whole, torch.tensor([token_mean, row_mean]))
+    for batch_size, grad_accum in ((2, 2), (1, 4)):  # micro-batches of unequal rows and tokens
+        torch.testing.assert_close(_one_step(batch_size, grad_accum, monkeypatch), whole)
+
+
+@pytest.mark.parametrize("examples, batch_size, grad_accum, epochs", [(22, 3, 3, 3), (18, 4, 2, 5), (20, 4, 4, 5)])
+def test_epochs_are_passes_over_the_data_whatever_the_accumulation(examples, batch_size, grad_accum, epochs):
+    objective, snapshots = Means(), []
+    per_epoch = math.ceil(examples / batch_size)
+    history = train(Weights(), objective, {"train": [i % 4 for i in range(examples)]}, collate,
+                    TrainConfig(epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, log_every=1,
+                                snapshot_every=1),
+                    progress=False, snapshot=snapshots.append)
+    steps = math.ceil(epochs * per_epoch / grad_accum)  # rounded up to whole steps
+    assert len(history) == steps and len(objective.seen) == steps * grad_accum
+    assert steps * grad_accum - epochs * per_epoch < grad_accum  # at most one step's batches beyond the passes
+    visits = Counter(i for batch in objective.seen[: epochs * per_epoch] for i in batch)  # positions in the data
+    assert sorted(visits) == list(range(examples)) and set(visits.values()) == {epochs}  # each once an epoch
+    assert snapshots == list(range(1, epochs))  # after each epoch but the last
+
+
+def test_history_gives_the_learning_rate_each_step_used():
+    history = train(Weights(), Means(), {"train": list(range(4))}, collate,
+                    TrainConfig(max_steps=4, batch_size=2, grad_accum=2, lr=0.8, scheduler="linear", log_every=1),
+                    progress=False)
+    assert [row["lr"] for row in history] == pytest.approx([0.8, 0.6, 0.4, 0.2])  # 0.8 · (1 − (k − 1)/4)
