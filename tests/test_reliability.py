@@ -118,3 +118,26 @@ def test_output_paths_never_escape_the_run_folder(tmp_path):
     for bad in (("..", "elsewhere"), ("runs", "../../x"), ("/etc",)):
         with pytest.raises(VikerError, match="would be written outside"):
             under(tmp_path, *bad)
+
+
+def test_a_checkpoint_keeps_the_random_state_and_the_fp16_loss_scale(tmp_path):
+    from viker.train import load_checkpoint, save_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    scaler.scale(torch.ones(()))
+    scaler.update(new_scale=2.0**7)  # where a run's dynamic loss scale had got to
+    torch.manual_seed(5)
+    save_checkpoint(tmp_path, model, optimizer, scheduler, 3, [], pending={}, scaler=scaler)
+    expected = torch.rand(3)  # what an uninterrupted run draws next
+    restored = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    assert load_checkpoint(tmp_path, model, optimizer, scheduler, scaler=restored)[0] == 3
+    assert torch.equal(torch.rand(3), expected) and restored.get_scale() == 2.0**7
+    # a checkpoint written before the device's state was kept (one CPU state) still resumes
+    state = torch.load(tmp_path / CHECKPOINT / "state.pt", weights_only=True)
+    state["rng"] = state.pop("rng_by_process")[0]["cpu"]
+    torch.save(state, tmp_path / CHECKPOINT / "state.pt")
+    assert load_checkpoint(tmp_path, model, optimizer, scheduler)[0] == 3
+    assert torch.equal(torch.rand(3), expected)

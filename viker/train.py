@@ -155,13 +155,31 @@ def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
 
 
 
+def rng_state() -> dict[str, torch.Tensor]:
+    """This process's random state: the CPU generator's and, on a GPU, its device's, which dropout there
+    draws from."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor] | torch.Tensor) -> None:
+    """Restore :func:`rng_state` (or a bare CPU state, as older checkpoints hold)."""
+    state = state if isinstance(state, dict) else {"cpu": state}
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
 def save_checkpoint(run_dir: Path, model, optimizer, scheduler, step: int, history: list[dict],
-                    rng_states: list[torch.Tensor] | None = None, pending: dict | None = None) -> None:
+                    rng_states: list[dict] | None = None, pending: dict | None = None, scaler=None) -> None:
     """Trainable weights (safetensors) and the optimiser's state, written atomically: a run killed at
     any moment leaves either the previous checkpoint or this one, never half of one. Under DDP the
     main process writes it (every process holds the same weights and optimiser state) with every
-    process's RNG state (``rng_states``, in process order). ``pending``: the loss sums not yet logged,
-    so that a resumed run logs the averages an uninterrupted one would."""
+    process's RNG state (``rng_states``, :func:`rng_state` in process order). ``pending``: the loss sums
+    not yet logged, so that a resumed run logs the averages an uninterrupted one would; ``scaler``: fp16's
+    gradient scaler, whose loss scale goes on from where it was."""
     from safetensors.torch import save_file
 
     final, tmp, old = run_dir / CHECKPOINT, run_dir / f"{CHECKPOINT}.tmp", run_dir / f"{CHECKPOINT}.old"
@@ -169,10 +187,10 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, step: int, histo
     tmp.mkdir(parents=True)
     weights = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
     save_file(weights, str(tmp / "trainable.safetensors"))
-    rng_states = rng_states or [torch.get_rng_state()]
+    rng_states = rng_states or [rng_state()]
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                "history": history, "rng": rng_states[0], "rng_by_process": rng_states,
-                "pending": pending or {}}, tmp / "state.pt")
+                "history": history, "rng_by_process": rng_states, "pending": pending or {},
+                **({"scaler": scaler.state_dict()} if scaler is not None else {})}, tmp / "state.pt")
     if final.exists():
         final.replace(old)
     tmp.replace(final)
@@ -237,8 +255,8 @@ def check_resume(out: str | Path, command: str, settings: dict) -> None:
                          f"a resumed run keeps the settings in {Path(out) / 'config.json'}")
 
 
-def load_checkpoint(run_dir: Path, model, optimizer, scheduler, rank: int = 0,
-                    world: int = 1) -> tuple[int, list[dict], dict]:
+def load_checkpoint(run_dir: Path, model, optimizer, scheduler, rank: int = 0, world: int = 1,
+                    scaler=None) -> tuple[int, list[dict], dict]:
     from safetensors.torch import load_file
 
     path = next(iter(checkpoints(run_dir)), None)
@@ -252,8 +270,10 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler, rank: int = 0,
     state = torch.load(path / "state.pt", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    by_process = state.get("rng_by_process") or [state["rng"]]
-    torch.set_rng_state(by_process[rank] if len(by_process) == world else state["rng"])
+    by_process = state.get("rng_by_process") or [state["rng"]]  # older checkpoints: one CPU state
+    set_rng_state(by_process[rank] if len(by_process) == world else by_process[0])
+    if scaler is not None and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
     return state["step"], state["history"], state.get("pending", {})
 
 
@@ -416,7 +436,7 @@ def train(
         if run_dir is None:
             raise VikerError("resuming needs the run folder")
         step, history, pending = load_checkpoint(run_dir, accelerator.unwrap_model(model), optimizer, scheduler,
-                                                 rank, world)
+                                                 rank, world, accelerator.scaler)
         if step >= total:
             raise VikerError(f"--resume: the checkpoint is at step {step}, and this run has {total} steps")
     start = step * cfg.grad_accum  # micro-batches already consumed by every stream
@@ -473,10 +493,10 @@ def train(
                 if epochs % cfg.snapshot_every == 0:
                     snapshot(epochs)
         if run_dir is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
-            rng = gather_object([torch.get_rng_state()]) if world > 1 else None
+            rng = gather_object([rng_state()]) if world > 1 else None
             if accelerator.is_main_process:
                 save_checkpoint(run_dir, accelerator.unwrap_model(model), optimizer, scheduler, step, history, rng,
-                                {"running": running, "micro": n_micro})
+                                {"running": running, "micro": n_micro}, accelerator.scaler)
     bar.close()
     model.eval()
     return history
