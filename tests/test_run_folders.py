@@ -4,6 +4,7 @@ lands in another model's run, and a resumed run goes on with the settings it sta
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -69,6 +70,19 @@ def test_a_resumed_run_goes_on_with_the_settings_it_started_with(tiny_dir, bench
     # where the results do not depend on it, a setting may change
     assert main([*unlearn, "--method", "ga", "--checkpoint-every", "3", "--resume"]) == 2
     assert "no checkpoint to resume from" in _error(capsys)  # the run had finished
+
+
+def test_a_resumed_run_reads_the_data_files_it_started_with(tiny_dir, bench_dir, tmp_path, capsys):
+    data, run = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(bench_dir, data)
+    unlearn = ["unlearn", "--model", str(tiny_dir), "--data", str(data), "--method", "ga", "--max-steps", "1",
+               "--out", str(run)]
+    assert main(unlearn) == 0
+    shutil.copy(data / "Full_Set" / "train-00000-of-00001.parquet", data / "Full_Set" / "train-extra.parquet")
+    capsys.readouterr()
+    assert main([*unlearn, "--resume"]) == 2
+    assert "Full_Set/train-extra.parquet is not the file the run started with (1 data file(s) differ" in \
+        _error(capsys)
 
 
 def test_a_checkpoint_past_the_end_of_the_run_is_refused(tmp_path):

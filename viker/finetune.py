@@ -104,7 +104,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     tuning = cfg.tuning if cfg.tuning != "auto" else ("full" if cfg.model == "tiny" else "lora")
     recorded = asdict(cfg) | {"tuning": tuning, "train_on": train_on}
     if resume:
-        check_resume(out, "finetune", recorded)
+        check_resume(out, "finetune", recorded, cfg.data)
     accelerator = make_accelerator(cfg.train, resume)  # one process or several: docs/distributed.md
     sharded = shards_model(accelerator)
     if sharded and tuning == "lora" and cfg.lora.merge:

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from viker.collate import IGNORE_INDEX
 from viker.data.schema import Example
 from viker.errors import VikerError, require
-from viker.runs import CHECKPOINT, checkpoints, out_folder, read_configs, to_jsonable, write_json
+from viker.runs import CHECKPOINT, checkpoints, file_hashes, out_folder, read_configs, to_jsonable, write_json
 
 
 @dataclass
@@ -235,9 +235,10 @@ def _folder_to_replace(out: Path, resume: bool, overwrite: bool, reads: Sequence
 RESUME_FREE = ("cache_dir", "device", "trust_remote_code", "checkpoint_every")  # what a resumed run may change
 
 
-def check_resume(out: str | Path, command: str, settings: dict) -> None:
+def check_resume(out: str | Path, command: str, settings: dict, data_dir: str | Path | None = None) -> None:
     """A resumed run goes on with the settings it was started with (``settings``: what its config.json records
-    under ``command``), so that it ends where the uninterrupted run would; only ``RESUME_FREE`` may differ."""
+    under ``command``) and the data files it read (``data_dir``'s, by hash), so that it ends where the
+    uninterrupted run would; only ``RESUME_FREE`` may differ."""
     def flat(value, prefix=""):
         if isinstance(value, dict):
             return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}{key}.").items()}
@@ -253,6 +254,13 @@ def check_resume(out: str | Path, command: str, settings: dict) -> None:
         key = changed[0]
         raise VikerError(f"--resume: {key} was {before.get(key)} when the run started and is {now.get(key)} now; "
                          f"a resumed run keeps the settings in {Path(out) / 'config.json'}")
+    if "data_files" in config and data_dir is not None and Path(data_dir).is_dir():
+        hashes = file_hashes(data_dir)
+        changed = sorted(name for name in config["data_files"].keys() | hashes.keys()
+                         if config["data_files"].get(name) != hashes.get(name))
+        if changed:
+            raise VikerError(f"--resume: {Path(data_dir) / changed[0]} is not the file the run started with "
+                             f"({len(changed)} data file(s) differ from those {Path(out) / 'config.json'} records)")
 
 
 def load_checkpoint(run_dir: Path, model, optimizer, scheduler, rank: int = 0, world: int = 1,

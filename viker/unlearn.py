@@ -140,7 +140,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     if not data["forget"]:
         raise VikerError(f"{cfg.data}: split {cfg.forget} has no examples to unlearn")
     if resume:
-        check_resume(cfg.out, "unlearn", asdict(cfg))
+        check_resume(cfg.out, "unlearn", asdict(cfg), cfg.data)
     accelerator = make_accelerator(cfg.train, resume)  # one process or several: docs/distributed.md
     if accelerator.is_main_process and (warning := unmatched_ft_data(used)):
         print(f"warning: {warning}", file=sys.stderr)
