@@ -90,6 +90,13 @@ def _printed(column: Column, value: float | None) -> str:
     return "–" if value is None or math.isnan(value) else format(value, column.fmt)
 
 
+def _incoherent(metrics: dict, below: float) -> bool:
+    """Whether a run's answers fell apart (coherence under ``below``); unknown coherence (none, or null) is
+    not taken for that."""
+    coherence = metrics.get("coherence")
+    return coherence is not None and not math.isnan(coherence) and coherence < below
+
+
 def markdown_table(runs: list[dict]) -> str:
     """One row per run, the best value of each column in bold (among the unlearning runs: not the
     reference rows, vanilla and a retain model)."""
@@ -97,7 +104,7 @@ def markdown_table(runs: list[dict]) -> str:
     arrows = {True: " ↓", False: " ↑", None: ""}
     header = "| Method | " + " | ".join(c.header + arrows[c.lower_is_better] for c in cols) + " |"
     lines = [header, "|" + " --- |" * (len(cols) + 1)]
-    contenders = [r for r in runs if r["method"] not in REFERENCES] or runs
+    contenders = [r for r in runs if r["method"] not in REFERENCES]  # none: nothing is marked
     best = {}
     for c in cols:
         printed = [_printed(c, r["metrics"].get(c.key)) for r in contenders]
@@ -246,10 +253,10 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
     dots = []
     for r, (x, y), (m, c) in zip(drawn, at, styles):
         dots.append([ax.scatter(x, y, marker=m, s=MARKER_AREA, color=c, zorder=3, label=label(r))])
-        if r["metrics"].get("coherence", 100.0) < incoherent_below:
+        if _incoherent(r["metrics"], incoherent_below):
             dots[-1].append(cross(x, y))
     for m in (s["metrics"] for s in sweep):
-        if m.get("coherence", 100.0) < incoherent_below and (m[axes.x], m[axes.y]) not in at:
+        if _incoherent(m, incoherent_below) and (m[axes.x], m[axes.y]) not in at:
             cross(m[axes.x], m[axes.y])
     ax.set_xlabel(axes.xlabel)
     ax.set_ylabel(axes.ylabel)

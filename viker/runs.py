@@ -21,6 +21,13 @@ def is_hub_id(text: str | Path) -> bool:
         and not path.parent.is_dir()
 
 
+def as_recorded(path: str | Path) -> str:
+    """A model or data path as a config records it: a local one absolute, so that the record names it from
+    any working folder; a hub id as it is."""
+    local = Path(path).expanduser()
+    return str(local.resolve()) if local.exists() else str(path)
+
+
 def versions() -> dict[str, str]:
     import accelerate
     import peft

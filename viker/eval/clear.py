@@ -29,7 +29,7 @@ from viker.errors import VikerError
 from viker.eval import metrics as M
 from viker.eval.evaluate import answer_logprobs
 from viker.eval.generate import check_generation_settings, generate
-from viker.runs import check_eval_out, write_eval_config, write_json
+from viker.runs import as_recorded, check_eval_out, write_eval_config, write_json
 
 TRUTH_RATIOS = "forget_truth_ratios.json"  # per-item truth ratios of an evaluated model, reusable as a reference
 RETAIN_TRUTH_RATIOS = "retain_model_truth_ratios.json"  # the same, of the --retain-model when it was evaluated here
@@ -198,7 +198,8 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig, d
             raise VikerError(f"--retain-model {cfg.retain_model}: {len(reference['forget'])} forget truth ratios, but "
                              f"this evaluation has {len(ratios['forget'])}; they come from different data")
         metrics["forget_quality"] = M.forget_quality(ratios["forget"], reference["forget"])
-    write_eval_config(out, {"model": model_path, "data": data, "benchmark": "clear", "eval": asdict(cfg)}, data)
+    write_eval_config(out, {"model": as_recorded(model_path), "data": as_recorded(data), "benchmark": "clear",
+                            "eval": asdict(cfg)}, data)
     write_json(out / "metrics.json", metrics)
     write_json(out / TRUTH_RATIOS, truth_ratio_file(model_path, cfg.forget, ratios))
     if computed:  # saved so that the next evaluation against the same reference can pass this file

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from viker.eval.evaluate import EvalConfig, evaluate
 from viker.model import load_model
-from viker.runs import check_eval_out, write_eval_config, write_json
+from viker.runs import as_recorded, check_eval_out, write_eval_config, write_json
 
 
 def write_generations(path: Path, records: list[dict]) -> None:
@@ -25,7 +25,8 @@ def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig, device=None,
     model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code)
     metrics, records = evaluate(model, processor, data, cfg, progress=progress)
     out = Path(out)
-    write_eval_config(out, {"model": model_path, "data": data, "benchmark": "mllmu", "eval": asdict(cfg)}, data)
+    write_eval_config(out, {"model": as_recorded(model_path), "data": as_recorded(data), "benchmark": "mllmu",
+                            "eval": asdict(cfg)}, data)
     write_json(out / "metrics.json", metrics)
     write_generations(out / "generations.jsonl", records)
     return metrics
