@@ -229,3 +229,12 @@ def test_claim_wording_says_whether_the_questions_tell_the_forget_accs_apart():
     both = viker_vs_ga({"forget_acc": 24.0, "retain_rougeL": 60.0, "coherence": 90.0},
                        {"forget_acc": 42.0, "retain_rougeL": 90.7, "coherence": 99.3}, questions=50)
     assert both.endswith("ViKeR's Retain R-L and coherence are not higher than GA's.")
+    # figures are compared as the report prints them: 91.54 and 91.46 are both 91.5, a tie
+    printed_tie = viker_vs_ga({"forget_acc": 24.0, "retain_rougeL": 91.54, "coherence": 99.34},
+                              {"forget_acc": 42.0, "retain_rougeL": 91.46, "coherence": 99.26}, questions=50)
+    assert "does not hold" in printed_tie and "Retain R-L and coherence are not higher" in printed_tie
+    # a p-value beside the 5% cut-off is printed so that it reads on its side of it
+    near = {g: viker_vs_ga({"forget_acc": v, "retain_rougeL": 73.7, "coherence": 99.2},
+                           {**ga, "forget_acc": g}, questions=50) for g, v in ((32.0, 44.0), (30.0, 42.0))}
+    assert "probability 0.0503" in near[32.0] and "holds here" in near[32.0]
+    assert "probability 0.0478" in near[30.0] and "does not hold" in near[30.0]

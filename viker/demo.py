@@ -344,8 +344,22 @@ def forget_level(g_acc: float) -> float:
 
 
 def keeps_more(v: dict, g: dict) -> bool:
-    """Whether metrics ``v`` have both more retention (Retain ROUGE-L) and more coherence than ``g``."""
-    return v["retain_rougeL"] > g["retain_rougeL"] and v["coherence"] > g["coherence"]
+    """Whether metrics ``v`` have both more retention (Retain ROUGE-L) and more coherence than ``g``, as the
+    report prints them (one decimal): figures that print alike are a tie, and a tie is not more."""
+    return not behind(v, g)
+
+
+def behind(v: dict, g: dict) -> list[str]:
+    """The kept measures (Retain R-L, coherence) on which metrics ``v`` are not higher than ``g``, as printed."""
+    return [name for name, key in (("Retain R-L", "retain_rougeL"), ("coherence", "coherence"))
+            if round(v[key], 1) <= round(g[key], 1)]
+
+
+def p_text(p: float) -> str:
+    """A p-value to two decimals, or to three significant digits where two decimals would print the 5%
+    cut-off itself (0.0503 is above it, 0.0478 below)."""
+    text = f"{p:.2f}"
+    return f"{p:.3g}" if float(text) == CHANCE_ALPHA and p != CHANCE_ALPHA else text
 
 
 def claim_holds(v: dict, g: dict, questions: int | None = None) -> bool:
@@ -379,12 +393,11 @@ def viker_vs_ga(v: dict, g: dict, where: str = "on this run", questions: int | N
               "often than luck is not more forgetting than knowing nothing)")
         right = round(v["forget_acc"] * questions / 100)
         odds = (f"a model at {at} answers {right} or more of {questions} right with probability "
-                f"{p_at_least(v['forget_acc'], questions, level):.2f} (one-sided binomial test)")
+                f"{p_text(p_at_least(v['forget_acc'], questions, level))} (one-sided binomial test)")
         text += (f" ViKeR's Forget ACC figure is the higher, but not by what {questions} questions can tell: {odds}."
                  if held else f" It fails on Forget ACC alone: {odds}, so ViKeR's is higher.")
-    behind = [name for name, key in (("Retain R-L", "retain_rougeL"), ("coherence", "coherence")) if v[key] <= g[key]]
-    if behind:  # say which part of the claim fails; a tie (both at the ceiling, say) is no more
-        text += f" ViKeR's {' and '.join(behind)} {'is' if len(behind) == 1 else 'are'} not higher than GA's."
+    if lagging := behind(v, g):  # say which part of the claim fails; a tie (both at the ceiling, say) is no more
+        text += f" ViKeR's {' and '.join(lagging)} {'is' if len(lagging) == 1 else 'are'} not higher than GA's."
     return text
 
 
