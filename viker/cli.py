@@ -366,7 +366,8 @@ def parser() -> argparse.ArgumentParser:
                   "results.json, tradeoff.png and keytokens.html. A second demo in the same folder reuses the "
                   "benchmark and the vanilla model.")
     dm.add_argument("--out", default="viker-demo", help="the folder for the data, the models, the runs and the report")
-    dm.add_argument("--seed", type=int, default=0, help="seed of the benchmark and of every training run")
+    dm.add_argument("--seed", type=int, default=0,
+                    help="seed of the benchmark and of the unlearning runs (the vanilla finetune keeps seed 0)")
     dm.add_argument("--fast", action="store_true",
                     help="a quick look at every step (about 3 minutes): smaller settings, too small to compare methods")
     dm.set_defaults(func=_demo)

@@ -38,7 +38,7 @@ CHANCE_ALPHA = 0.05  # one-sided binomial tests: a p-value above this is within 
 @dataclass
 class DemoConfig:
     out: str = "viker-demo"
-    seed: int = 0
+    seed: int = 0  # the benchmark's and the unlearning runs' (the vanilla finetune keeps its preset's)
     forget: str = "forget_10"
     synth: SynthConfig = field(default_factory=SynthConfig)
     finetune: TrainConfig = field(default_factory=lambda: TINY_TRAIN)
@@ -598,7 +598,8 @@ Key tokens of the forget answers: [keytokens.html](keytokens.html) (![key tokens
 ## Settings
 
 - Date {date.today().isoformat()}; {cpu['cpu']} ({cpu['cpu_kernels']} kernels, {cpu['threads']} PyTorch threads);
-  {minutes:.1f} minutes in all; seed {cfg.seed}. The same seed gives the same numbers on the same processor model.
+  {minutes:.1f} minutes in all; seed {cfg.seed} (the benchmark's and the unlearning runs'; the vanilla finetune
+  keeps seed {cfg.finetune.seed}). The same seed gives the same numbers on the same processor model.
 - Benchmark: {cfg.synth.profiles} fictitious people, {cfg.synth.celebrities} real-world people;
   forget split {cfg.forget}.
 - Vanilla: tiny LLaVA, full finetune, {n_epochs(cfg.finetune.epochs)}, lr {cfg.finetune.lr:g},
