@@ -236,6 +236,21 @@ def test_keytokens_page_marks_high_entropy_tokens(tiny_dir, bench_dir, tmp_path,
     assert out.with_suffix(".png").stat().st_size > 1000
 
 
+def test_the_key_token_picture_draws_the_benchmarks_text_as_it_is(tmp_path, monkeypatch):
+    """'$' in a question or an answer is money, not a formula: matplotlib must not read it as math."""
+    import matplotlib.figure
+
+    from viker.keytokens import TokenEntropy, write_png
+
+    drawn = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, path, **kw: drawn.extend(fig.axes[0].texts))
+    write_png([TokenEntropy("Did it cost $5 or $6?", True, ["It", " cost", " $5"], [0.1, 0.2, 0.9], [0.9] * 3)],
+              tmp_path / "keys.png", epsilon=0.5)
+    texts = {t.get_text(): t for t in drawn}
+    assert {"[image] Did it cost $5 or $6?", " $5"} <= set(texts)
+    assert not any(t.get_parse_math() for t in drawn)
+
+
 def test_ref_prob_summary_counts_tokens_below_one_and_above_ninety_percent():
     from viker.keytokens import TokenEntropy, ref_prob_summary
 

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 
 import pytest
 
@@ -21,7 +22,8 @@ def _runs():
 
 
 def _cells(table: str) -> dict[str, list[str]]:
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[2:]]
+    """Row label -> cells; a cell ends at a '|' that is not escaped, as Markdown reads it."""
+    rows = [[c.strip() for c in re.split(r"(?<!\\)\|", line.strip("|"))] for line in table.splitlines()[2:]]
     return {row[0]: row[1:] for row in rows}
 
 
@@ -38,6 +40,8 @@ def test_table_marks_the_best_unlearning_method_per_column_in_its_direction():
     references = [{"method": "retain_model", "metrics": {"forget_acc": 30.0, "retain_rougeL": 90.0, "coherence": 99.0}},
                   _runs()[0]]
     assert "**" not in markdown_table(references)  # with nothing to compare, nothing is the best
+    piped = _cells(markdown_table([{**_runs()[1], "label": "GA (runs|a)"}]))  # a '|' stays in its cell
+    assert list(piped) == ["GA (runs\\|a)"] and len(piped["GA (runs\\|a)"]) == 3
 
 
 def test_what_was_not_measured_is_a_dash_and_never_the_best(tmp_path):

@@ -116,12 +116,13 @@ def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int =
     char = 0.95  # x units per character (monospace)
     for i, r in enumerate(rows):
         y = 2 * i + 1
-        ax.text(0, y - 0.55, ("[image] " if r.has_image else "") + r.question, fontsize=7, color="#555")
+        ax.text(0, y - 0.55, ("[image] " if r.has_image else "") + r.question, fontsize=7, color="#555",
+                parse_math=False)  # the benchmark's text as it is: a '$' is no formula
         x = 0.0
         for t, h in zip(r.tokens, r.entropy):
             shown = t.replace("\n", " ")
             rgb = [int(c) / 255 for c in _color(h, h_max)[4:-1].split(",")]
-            ax.text(x, y + 0.35, shown, family="monospace", fontsize=9, va="center",
+            ax.text(x, y + 0.35, shown, family="monospace", fontsize=9, va="center", parse_math=False,
                     bbox=dict(boxstyle="square,pad=0.15", fc=rgb, ec="#b30000" if h > epsilon else rgb,
                               lw=1.2 if h > epsilon else 0))
             x += char * max(1, len(shown)) + 0.25

@@ -97,6 +97,11 @@ def _incoherent(metrics: dict, below: float) -> bool:
     return coherence is not None and not math.isnan(coherence) and coherence < below
 
 
+def cell(text: str) -> str:
+    """Text for a Markdown table cell: a '|' in it (a folder's name, say) would end the cell."""
+    return str(text).replace("|", "\\|")
+
+
 def markdown_table(runs: list[dict]) -> str:
     """One row per run, the best value of each column in bold (among the unlearning runs: not the
     reference rows, vanilla and a retain model)."""
@@ -115,7 +120,7 @@ def markdown_table(runs: list[dict]) -> str:
         for c in cols:
             text = _printed(c, r["metrics"].get(c.key))
             cells.append(f"**{text}**" if text != "–" and float(text) == best[c.key] and r in contenders else text)
-        lines.append(f"| {label(r)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {cell(label(r))} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -389,8 +394,9 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
                       axes=axes)
     else:  # none of these runs was scored on both axes: no plot, and none left from an earlier report
         (out / "tradeoff.png").unlink(missing_ok=True)
-    listing = "\n".join(f"| {r['label']} | `{r['path']}` | {r['method'] or 'not a viker run'} | "
-                        f"{', '.join(setting_text(k, v) for k, v in r['settings'].items()) or '–'} |" for r in rows)
+    listing = "\n".join(f"| {cell(r['label'])} | `{cell(r['path'])}` | {r['method'] or 'not a viker run'} | "
+                        f"{cell(', '.join(setting_text(k, v) for k, v in r['settings'].items()) or '–')} |"
+                        for r in rows)
     plot = "\n![trade-off](tradeoff.png)\n" if plotted else ""
     split = forget or "a forget split not recorded"
     evaluated = (f"All numbers are in [0, 1], as CLEAR reports them. Evaluated on {split}." if benchmark == "clear" else
