@@ -141,6 +141,9 @@ def test_naming_rate_counts_answers_that_give_the_pictured_persons_name_or_anoth
     assert naming_rates(path, names) == {"forget": 50.0, "forget_other": 0.0, "retain": 0.0, "retain_other": 100.0}
     assert naming_rates(path, {"0001": "Brailen Tousk"}) == {"forget": 50.0, "forget_other": 0.0, "retain": None,
                                                              "retain_other": None}
+    # a name inside a longer word is not given: "Brailen Touskovtouskov" names nobody
+    path.write_text(json.dumps({**records[3], "answer": "This person is Brailen Touskovtouskov."}) + "\n")
+    assert naming_rates(path, names)["retain_other"] == 0.0
 
 
 def test_mistaken_identities_are_told_apart_from_lost_faces():

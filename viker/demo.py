@@ -11,6 +11,7 @@ and the key-token page. Everything runs offline on a CPU.
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 import time
 from dataclasses import dataclass, field, replace
@@ -276,11 +277,17 @@ def naming_rates(generations: Path, names: dict[str, str]) -> dict[str, float | 
     for split in ("forget", "retain"):
         asked = [r for r in records if r["set"] == split and r["task"] == "generation" and r["image"]
                  and r["profile"] in names]
-        own = [names[r["profile"]] in r["answer"] for r in asked]
-        other = [not o and any(n in r["answer"] for n in names.values()) for r, o in zip(asked, own)]
+        own = [_names(r["answer"], names[r["profile"]]) for r in asked]
+        other = [not o and any(_names(r["answer"], n) for n in names.values()) for r, o in zip(asked, own)]
         for key, hits in ((split, own), (f"{split}_other", other)):
             rates[key] = round(100.0 * sum(hits) / len(asked), 1) if asked else None
     return rates
+
+
+def _names(answer: str, name: str) -> bool:
+    """Whether ``answer`` gives ``name`` as a name of its own, not inside a longer word ('Ana Lo' is not named
+    in 'Ana Lopez')."""
+    return re.search(rf"(?<!\w){re.escape(name)}(?!\w)", answer) is not None
 
 
 def cagul_details(run_dir: Path, model_and_processor, data: Path, cfg: DemoConfig) -> dict:
