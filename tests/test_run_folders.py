@@ -77,10 +77,12 @@ def test_a_resumed_run_reads_the_data_files_it_started_with(tiny_dir, bench_dir,
     shutil.copytree(bench_dir, data)
     unlearn = ["unlearn", "--model", str(tiny_dir), "--data", str(data), "--method", "ga", "--max-steps", "1",
                "--out", str(run)]
-    assert main(unlearn) == 0
+    assert main([*unlearn, "--dtype", "bfloat16"]) == 0
+    runtime = json.loads((run / "config.json").read_text())["runtime"]
+    assert runtime["weights_dtype"] == "bfloat16"  # what the run held its weights in, beside the setting
     shutil.copy(data / "Full_Set" / "train-00000-of-00001.parquet", data / "Full_Set" / "train-extra.parquet")
     capsys.readouterr()
-    assert main([*unlearn, "--resume"]) == 2
+    assert main([*unlearn, "--dtype", "bfloat16", "--resume"]) == 2
     assert "Full_Set/train-extra.parquet is not the file the run started with (1 data file(s) differ" in \
         _error(capsys)
 

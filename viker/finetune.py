@@ -126,7 +126,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     collate = Collator(processor, max_length=cfg.max_length)
     collate.preflight(model, examples)
     settings = {"finetune": recorded, "examples": len(examples),
-                "runtime": runtime_info(accelerator)}
+                "runtime": runtime_info(accelerator, model)}
     if accelerator.is_main_process:  # only the main process writes; the others hold the same results
         write_config(out, "finetune", settings, cfg.data)
 

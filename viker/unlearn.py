@@ -191,7 +191,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     setup_seconds = time.perf_counter() - start
     settings = {"unlearn": asdict(cfg), "method": {"name": cfg.method, **asdict(method)},
                 "data": used, "examples": {k: len(v) for k, v in data.items()}, "setup": ctx.info,
-                "runtime": runtime_info(accelerator)}
+                "runtime": runtime_info(accelerator, model)}
     if accelerator.is_main_process:  # only the main process writes; the others hold the same results
         write_config(out, "unlearn", settings, cfg.data)
 
