@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from viker.errors import VikerError
+
 
 def is_hub_id(text: str | Path) -> bool:
     """``org/name`` naming no local folder: a repository on the Hugging Face hub. When ``org`` is a local
@@ -81,8 +83,6 @@ def under(out: str | Path, *parts: str) -> Path:
     root = Path(out).resolve()
     path = root.joinpath(*parts).resolve()
     if path != root and root not in path.parents:
-        from viker.errors import VikerError
-
         raise VikerError(f"{'/'.join(parts)}: would be written outside {out}")
     return path
 
@@ -151,8 +151,6 @@ def out_folder(out: str | Path) -> Path:
     """``--out`` as a folder to write into, refused when it names a file."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        from viker.errors import VikerError
-
         raise VikerError(f"--out {out}: a file, not a folder")
     return out
 
@@ -160,8 +158,6 @@ def out_folder(out: str | Path) -> Path:
 def check_eval_out(model_path: str, out: str | Path) -> None:
     """An evaluation writes into a folder of its own, or into the folder of the run whose model it scores;
     never into another training run's, whose report row would then show this model's scores."""
-    from viker.errors import VikerError
-
     out = out_folder(out)
     command = read_configs(out)[0].get("command") if out.is_dir() else None
     if command not in TRAINING_COMMANDS:
@@ -177,8 +173,6 @@ def read_json(path: str | Path) -> Any:
     try:
         return json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
-        from viker.errors import VikerError
-
         raise VikerError(f"{path}: not JSON ({e})") from None
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from viker.errors import VikerError, require
-from viker.runs import TRAINING_COMMANDS, checkpoints, is_hub_id, read_configs
+from viker.runs import TRAINING_COMMANDS, as_recorded, checkpoints, is_hub_id, read_configs
 
 # Where the language model lives inside the common architectures (LLaVA, Qwen2-VL, Idefics2, ...).
 LANGUAGE_MODEL_PATTERN = r"(^|\.)(language_model|text_model)\."
@@ -82,7 +82,7 @@ def resolve_model_path(path: str | Path) -> str:
     if run.get("command") in TRAINING_COMMANDS and not (p / "cagul").is_dir():
         stopped = " (stopped before its end? --resume continues it)" if checkpoints(p) else ""
         raise VikerError(f"{p}: a `viker {run['command']}` run with no model in it{stopped}")
-    return str(p.resolve()) if p.exists() else str(path)
+    return as_recorded(path)
 
 
 def load_model(path: str | Path, device: str | None = None, dtype: str = "auto", trust_remote_code: bool = False):
