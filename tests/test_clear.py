@@ -157,6 +157,29 @@ def test_finetune_and_unlearning_examples(clear_dir):
     assert skipped == {"real_faces": 0, "real_world": 0}
 
 
+def test_images_stored_as_files_load_in_every_config_with_tofu_too(clear_dir, tmp_path):
+    # The Hugging Face Image feature may store {bytes: None, path}; in a +tofu config such a row is
+    # still a caption row with its image, not a text-only TOFU question.
+    root = _copy(clear_dir, tmp_path)
+    for config in ("full", "full+tofu", "forget10", "forget10+tofu"):
+        def to_files(rows, schema, config=config):
+            for i, row in enumerate(rows):
+                if row["image"] and row["image"]["bytes"]:
+                    (root / config / f"img{i}.png").write_bytes(row["image"]["bytes"])
+                    row["image"] = {"bytes": None, "path": f"img{i}.png"}
+            return pa.Table.from_pylist(rows, schema=schema)
+        _edit(root, config, to_files)
+    portraits, questions = clear.load_rows(root, "forget10+tofu")
+    assert [p.image for p in portraits] == [p.image for p in clear.load_portraits(clear_dir, "forget10")]
+    assert len(questions) == 2
+    assert clear.finetune_examples(root) == clear.finetune_examples(clear_dir)
+
+
+def test_a_bad_without_split_is_named_by_its_own_flag(clear_dir):
+    with pytest.raises(VikerError, match=r"^--without forget_10: choose from forget01"):
+        clear.finetune_examples(clear_dir, without="forget_10")
+
+
 def test_a_hub_id_loads_through_datasets(clear_dir, monkeypatch):
     datasets = pytest.importorskip("datasets")
     from datasets.table import InMemoryTable

@@ -79,11 +79,12 @@ def is_clear(root: str | Path) -> bool:
     return not is_hub_id(root) and has_config(root, "full")
 
 
-def forget_base(forget: str) -> str:
-    """``forget10`` for ``forget10`` or ``forget10+tofu``, checked to be one of CLEAR's forget splits."""
+def forget_base(forget: str, flag: str = "--forget") -> str:
+    """``forget10`` for ``forget10`` or ``forget10+tofu``, checked to be one of CLEAR's forget splits
+    (``flag`` names the option it came from in the error)."""
     base = forget.removesuffix(TOFU)
     if base not in FORGET_SPLITS:
-        raise VikerError(f"--forget {forget}: choose from {', '.join(FORGET_SPLITS)} (optionally with {TOFU})")
+        raise VikerError(f"{flag} {forget}: choose from {', '.join(FORGET_SPLITS)} (optionally with {TOFU})")
     return base
 
 
@@ -135,7 +136,9 @@ def _texts(row: dict, column: str, source: str) -> tuple[str, ...]:
 
 
 def _has_image(cell: dict | None) -> bool:
-    return bool((cell or {}).get("bytes"))
+    """Whether an image cell holds an image, in its bytes or as a file path."""
+    cell = cell or {}
+    return bool(cell.get("bytes") or cell.get("path"))
 
 
 def _portrait(row: dict, source: str, perturbed: bool) -> Portrait:
@@ -216,7 +219,7 @@ def finetune_examples(root: str | Path, without: str | None = None) -> list[Exam
     captioning question with its image, and (when the folder has ``full+tofu``) TOFU's text questions.
     ``without`` (a forget split) trains the reference for forget quality instead: the same recipe on
     the complementary retain split, so the model never sees the forget persons."""
-    config = "full" if without is None else RETAIN_OF[forget_base(without)]
+    config = "full" if without is None else RETAIN_OF[forget_base(without, "--without")]
     return _examples(root, config, has_config(root, config + TOFU))
 
 
