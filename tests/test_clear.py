@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 from viker.cli import main
 from viker.data import clear
 from viker.errors import VikerError
-from viker.eval.clear import UTILITY_KEYS, ItemScore, model_utility, set_metrics
+from viker.eval.clear import UTILITY_KEYS, ItemScore, check_reference, model_utility, set_metrics
 from viker.eval.metrics import forget_quality, harmonic_mean
 from viker.prompts import CAPTION_QUESTION, NAME_QUESTION
 
@@ -321,6 +321,35 @@ def _metrics(folder):
     return json.loads((folder / "metrics.json").read_text())
 
 
+def test_the_reference_model_is_scored_and_let_go_before_the_evaluated_model_loads(tiny_dir, clear_dir, tmp_path,
+                                                                                   monkeypatch):
+    # Two 7B models need not fit on the device at once.
+    import gc
+    import weakref
+
+    import viker.eval.clear as ec
+    import viker.model
+
+    loaded, held = [], []
+    load, score = viker.model.load_model, ec.forget_truth_ratios
+
+    def tracked_load(*args, **kwargs):
+        model, processor = load(*args, **kwargs)
+        loaded.append(weakref.ref(model))
+        return model, processor
+
+    def counted_score(*args, **kwargs):
+        gc.collect()
+        held.append(sum(ref() is not None for ref in loaded))
+        return score(*args, **kwargs)
+
+    monkeypatch.setattr(viker.model, "load_model", tracked_load)
+    monkeypatch.setattr(ec, "forget_truth_ratios", counted_score)
+    ec.run_clear_eval(str(tiny_dir), str(clear_dir), str(tmp_path / "eval"),
+                      ec.ClearEvalConfig(max_new_tokens=2, retain_model=str(tiny_dir)), device="cpu", progress=False)
+    assert held == [1] and len(loaded) == 2
+
+
 def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys):
     common = ["--data", str(clear_dir), "--benchmark", "clear", "--device", "cpu"]
     train = ["--batch-size", "8", "--grad-accum", "1", "--lr", "3e-3", "--tuning", "full"]
@@ -342,6 +371,20 @@ def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys):
                  "--retain-model", str(tmp_path / "retain-eval" / "metrics.json")]) == 0
     vanilla = _metrics(tmp_path / "vanilla-eval")
     assert vanilla == pytest.approx(_metrics(tmp_path / "vanilla-eval2"))
+    # a reference that its run shows has seen the forget persons is refused: the vanilla run, its
+    # evaluation's truth ratios, a run finetuned without another split
+    assert main(["finetune", "--model", str(tiny_dir), "--out", str(tmp_path / "retain01"), "--max-steps", "1",
+                 "--without", "forget01", *train, *common]) == 0
+    capsys.readouterr()
+    for seen in ("vanilla", "vanilla-eval/forget_truth_ratios.json", "retain01/model"):
+        assert main([*evaluate, "--model", str(tmp_path / "retain"), "--out", str(tmp_path / "refused"),
+                     "--retain-model", str(tmp_path / seen)]) == 2, seen
+    errors = capsys.readouterr().err.splitlines()
+    assert [e.split(": ")[-1].split(",")[0] for e in errors] == ["finetuned on every person"] * 2 + \
+        ["finetuned without forget01's persons"]
+    assert not (tmp_path / "refused" / "metrics.json").exists()
+    # the retain model's ratios saved in the vanilla model's evaluation are the retain model's
+    check_reference(tmp_path / "vanilla-eval" / "retain_model_truth_ratios.json", "forget10")
     untrained = _metrics(tmp_path / "untrained")
     assert untrained["forget_quality"] is None  # no reference model given
     assert vanilla["forget_prob"] > untrained["forget_prob"] and vanilla["retain_prob"] > untrained["retain_prob"]
@@ -383,6 +426,8 @@ def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys):
         assert 0.0 <= metrics["forget_quality"] <= 1.0
         if method == "ga":  # gradient ascent lowers the probability of the forget captions
             assert metrics["forget_prob"] < vanilla["forget_prob"]
+            assert main([*evaluate, "--model", str(tmp_path / "retain"), "--out", str(tmp_path / "refused"),
+                         "--retain-model", str(run)]) == 2  # an unlearned model is no reference
 
     # the table of these runs: CLEAR's measures in [0, 1], a row per run named from its config
     capsys.readouterr()

@@ -315,7 +315,7 @@ def parser() -> argparse.ArgumentParser:
     un.set_defaults(func=_unlearn)
     ev = _command(sub, "eval", "evaluate a model on a forget split, its Test_Set rows, the retain split and the "
                                "real-world people",
-                  "Writes OUT/metrics.json (percentages) and OUT/generations.jsonl (every question, reference "
+                  "Writes OUT/metrics.json (MLLMU-Bench: percentages; CLEAR: in [0, 1]) and OUT/generations.jsonl (every question, reference "
                   "answer and model answer).")
     ev.add_argument("--model", required=True, help="a model folder, a run folder of viker's, or a hub id")
     ev.add_argument("--data", required=True, help="the benchmark folder")
@@ -333,7 +333,8 @@ def parser() -> argparse.ArgumentParser:
                     help="evaluate only this set (forget, test, retain, real), optionally only these tasks "
                          "(generation, multiple_choice, cloze); repeat for more sets (default: everything)")
     ev.add_argument("--retain-model", help="CLEAR: a model trained without the forget set (model or run folder), "
-                                           "or the forget_truth_ratios.json of its evaluation: gives forget_quality")
+                                           "or the forget_truth_ratios.json of its evaluation: gives forget_quality; "
+                                           "a viker run that saw the forget persons is refused")
     _add_model_args(ev)
     ev.set_defaults(func=_eval)
     kt = _command(sub, "keytokens", "show which answer tokens ViKeR treats as private (HTML + PNG)",

@@ -23,13 +23,13 @@ import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from viker.data.clear import EVAL_SETS, FORGET_SETS, EvalItem, eval_items, forget_base
+from viker.data.clear import EVAL_SETS, FORGET_SETS, TOFU, EvalItem, eval_items, forget_base
 from viker.data.schema import Example
 from viker.errors import VikerError
 from viker.eval import metrics as M
 from viker.eval.evaluate import answer_logprobs
 from viker.eval.generate import check_generation_settings, generate
-from viker.runs import as_recorded, check_eval_out, write_eval_config, write_json
+from viker.runs import TRAINING_COMMANDS, as_recorded, check_eval_out, read_configs, write_eval_config, write_json
 
 TRUTH_RATIOS = "forget_truth_ratios.json"  # per-item truth ratios of an evaluated model, reusable as a reference
 RETAIN_TRUTH_RATIOS = "retain_model_truth_ratios.json"  # the same, of the --retain-model when it was evaluated here
@@ -161,6 +161,47 @@ def read_truth_ratios(path: Path, forget: str) -> dict[str, list[float]]:
     return ratios
 
 
+def saved_ratios(spec: str | Path) -> Path | None:
+    """The truth-ratio file a ``--retain-model`` names: the file itself, the one beside a metrics.json, or
+    the one in an evaluation's folder; None when it names a model to evaluate."""
+    spec = Path(spec)
+    saved = spec.parent / TRUTH_RATIOS if spec.name == "metrics.json" else spec if spec.is_file() \
+        else spec / TRUTH_RATIOS
+    return saved if saved.is_file() else None
+
+
+def reference_run(spec: str | Path) -> dict:
+    """The config of the ``viker finetune``/``unlearn`` run behind a ``--retain-model``: the run whose model
+    it names, or whose model its truth ratios were scored from; empty for a model from elsewhere."""
+    saved = saved_ratios(spec)
+    if saved is not None:
+        try:
+            spec = json.loads(saved.read_text())["model"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return {}  # read_truth_ratios says what is wrong with the file
+    folder = Path(spec)
+    if not folder.is_dir():
+        return {}
+    config = read_configs(folder)[0] or (read_configs(folder.parent)[0] if folder.name == "model" else {})
+    return config if config.get("command") in TRAINING_COMMANDS else {}
+
+
+def check_reference(spec: str | Path, forget: str) -> None:
+    """Refuse a ``--retain-model`` that a viker run shows has seen the forget persons: forget quality
+    compares with a model finetuned without them (``viker finetune --without``)."""
+    config = reference_run(spec)
+    if not config:
+        return
+    base = forget_base(forget)
+    without = (config.get("finetune") or {}).get("without") if config["command"] == "finetune" else None
+    if without is not None and without.removesuffix(TOFU) == base:
+        return
+    seen = ("an unlearning run" if config["command"] == "unlearn" else "finetuned on every person"
+            if without is None else f"finetuned without {without}'s persons")
+    raise VikerError(f"--retain-model {spec}: {seen}, not a model that never saw {base}'s persons "
+                     f"(`viker finetune --without {base}`)")
+
+
 def reference_truth_ratios(cfg: ClearEvalConfig, data: str | Path, device=None, dtype="auto",
                            trust_remote_code=False) -> tuple[dict[str, list[float]], bool]:
     """The forget truth ratios of the model trained without the forget set, and whether they were
@@ -168,10 +209,9 @@ def reference_truth_ratios(cfg: ClearEvalConfig, data: str | Path, device=None, 
     beside its metrics.json), else computed by evaluating ``cfg.retain_model`` (a model or run folder)."""
     from viker.model import load_model
 
-    spec = Path(cfg.retain_model)
-    saved = spec.parent / TRUTH_RATIOS if spec.name == "metrics.json" else spec if spec.is_file() \
-        else spec / TRUTH_RATIOS
-    if saved.is_file():
+    check_reference(cfg.retain_model, cfg.forget)
+    saved = saved_ratios(cfg.retain_model)
+    if saved is not None:
         return read_truth_ratios(saved, cfg.forget), False
     model, processor = load_model(cfg.retain_model, device, dtype, trust_remote_code)
     return forget_truth_ratios(model, processor, data, cfg.forget, cfg.batch_size), True
@@ -187,10 +227,10 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig, d
     forget_base(cfg.forget)
     check_eval_out(model_path, out)
     out = Path(out)
-    model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code)
     reference, computed = None, False
-    if cfg.retain_model:
+    if cfg.retain_model:  # first: the two models are never held at once
         reference, computed = reference_truth_ratios(cfg, data, device, dtype, trust_remote_code)
+    model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code)
     metrics, records, ratios = evaluate_clear(model, processor, data, cfg, progress)
     metrics["forget_quality"] = None
     if reference is not None:
@@ -201,8 +241,8 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig, d
     write_eval_config(out, {"model": as_recorded(model_path), "data": as_recorded(data), "benchmark": "clear",
                             "eval": asdict(cfg)}, data)
     write_json(out / "metrics.json", metrics)
-    write_json(out / TRUTH_RATIOS, truth_ratio_file(model_path, cfg.forget, ratios))
+    write_json(out / TRUTH_RATIOS, truth_ratio_file(as_recorded(model_path), cfg.forget, ratios))
     if computed:  # saved so that the next evaluation against the same reference can pass this file
-        write_json(out / RETAIN_TRUTH_RATIOS, truth_ratio_file(cfg.retain_model, cfg.forget, reference))
+        write_json(out / RETAIN_TRUTH_RATIOS, truth_ratio_file(as_recorded(cfg.retain_model), cfg.forget, reference))
     write_generations(out / "generations.jsonl", records)
     return metrics
