@@ -19,6 +19,7 @@ from viker.data import clear
 from viker.errors import VikerError
 from viker.eval.clear import UTILITY_KEYS, ItemScore, check_reference, model_utility, set_metrics
 from viker.eval.metrics import forget_quality, harmonic_mean
+from viker.methods.reference import reference_pool_and_source
 from viker.prompts import CAPTION_QUESTION, NAME_QUESTION
 
 # CLEAR's columns as its dataset card describes them, written out here independently of viker's schema module.
@@ -178,6 +179,14 @@ def test_images_stored_as_files_load_in_every_config_with_tofu_too(clear_dir, tm
 def test_a_bad_without_split_is_named_by_its_own_flag(clear_dir):
     with pytest.raises(VikerError, match=r"^--without forget_10: choose from forget01"):
         clear.finetune_examples(clear_dir, without="forget_10")
+
+
+def test_people_references_on_clear_are_its_real_faces(clear_dir):
+    # CLEAR has no image pools: the real people of real_faces play the part of MLLMU-Bench's Retain_Set
+    pool, source = reference_pool_and_source("people", clear_dir, "forget10")
+    faces, _ = clear.load_option_questions(clear_dir, "real_faces")
+    assert pool == [f.image for f in faces] and source.startswith("CLEAR real_faces")
+    assert not set(pool) & set(clear.person_images(clear_dir, "forget10", "forget"))
 
 
 def test_a_hub_id_loads_through_datasets(clear_dir, monkeypatch):

@@ -315,8 +315,8 @@ def parser() -> argparse.ArgumentParser:
     un.set_defaults(func=_unlearn)
     ev = _command(sub, "eval", "evaluate a model on a forget split, its Test_Set rows, the retain split and the "
                                "real-world people",
-                  "Writes OUT/metrics.json (MLLMU-Bench: percentages; CLEAR: in [0, 1]) and OUT/generations.jsonl (every question, reference "
-                  "answer and model answer).")
+                  "Writes OUT/metrics.json (MLLMU-Bench: percentages; CLEAR: in [0, 1]) and OUT/generations.jsonl "
+                  "(every question, reference answer and model answer).")
     ev.add_argument("--model", required=True, help="a model folder, a run folder of viker's, or a hub id")
     ev.add_argument("--data", required=True, help="the benchmark folder")
     _add_benchmark_arg(ev)

@@ -253,6 +253,13 @@ def person_images(root: str | Path, forget: str, which: str) -> list[bytes]:
     return list(dict.fromkeys(p.image for p in load_portraits(root, split_of(forget, which))))
 
 
+def real_face_images(root: str | Path) -> list[bytes]:
+    """The ``real_faces`` images: real people, never in a forget split (``--refs people`` on CLEAR, which
+    has no image pools, as the Retain_Set's real-world people on MLLMU-Bench)."""
+    return list(dict.fromkeys(image_bytes(row["image"], source) for source, row in
+                              read_config(root, REAL_FACES, schema_for(REAL_FACES), CONFIGS)))
+
+
 # --- Evaluation items ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class EvalItem:

@@ -53,7 +53,7 @@ def reference_pool_and_source(refs: str, data_dir: str | Path | None,
 
     The real MLLMU-Bench has no ``ref_people`` pool: there ``people`` falls back to the Retain_Set
     (real-world people: never in a forget split, and not the fictitious retain people, whose images
-    the paper found to hurt retention as references)."""
+    the paper found to hurt retention as references); on CLEAR, to its ``real_faces`` for the same reason."""
     from viker.data import clear
     from viker.data.schema import RETAIN_OF
 
@@ -66,6 +66,9 @@ def reference_pool_and_source(refs: str, data_dir: str | Path | None,
         return [p.image for p in load_profiles(data_dir, split)], split
     folder = Path(data_dir) / f"ref_{refs}" if refs in SOURCES and data_dir is not None else Path(refs)
     if not folder.is_dir():
+        if refs == "people" and data_dir is not None and (clear.is_forget_split(forget_split) or
+                                                          clear.is_clear(data_dir)):
+            return clear.real_face_images(data_dir), "CLEAR real_faces (real people; CLEAR has no ref_people pool)"
         if refs == "people" and data_dir is not None:
             return [p.image for p in load_profiles(data_dir, "Retain_Set")], \
                 "Retain_Set (real-world people; the data has no ref_people pool)"
