@@ -99,3 +99,19 @@ def test_empty_answer_is_a_clear_error(tiny):
     _, processor = tiny
     with pytest.raises(VikerError, match="has no tokens"):
         Collator(processor)([Example("Who?", "", None)])
+
+
+def test_an_example_over_max_length_is_named_even_with_an_empty_question(tiny):
+    _, processor = tiny
+    with pytest.raises(VikerError, match=r"^example '': \d+ tokens, over max_length 3"):
+        Collator(processor, max_length=3)([Example("", "Paris", None)])
+
+
+def test_a_tokenizer_without_a_padding_token_is_a_clear_error(tiny):
+    import copy
+
+    _, processor = tiny
+    unpadded = copy.deepcopy(processor)
+    unpadded.tokenizer.pad_token = None
+    with pytest.raises(VikerError, match="no padding token"):
+        Collator(unpadded)

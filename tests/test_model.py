@@ -92,6 +92,34 @@ def test_a_missing_model_folder_is_a_clear_error(tmp_path):
         load_model(tmp_path / "nowhere")
 
 
+def test_a_checkpoint_of_the_older_layout_loads_and_collates_as_the_current_one(tiny_dir, bench_dir, tmp_path):
+    # The chat template only in tokenizer_config.json, no padding token (as Llama-based checkpoints ship).
+    older = tmp_path / "older"
+    shutil.copytree(tiny_dir, older)
+    template = (older / "chat_template.jinja").read_text()
+    (older / "chat_template.jinja").unlink()
+    settings = json.loads((older / "tokenizer_config.json").read_text())
+    del settings["pad_token"]
+    (older / "tokenizer_config.json").write_text(json.dumps(settings | {"chat_template": template}))
+    backend = json.loads((older / "tokenizer.json").read_text())  # a tokenizer that padded once names its pad
+    (older / "tokenizer.json").write_text(json.dumps(backend | {"padding": None}))
+    _, processor = load_model(older, device="cpu")
+    assert processor.chat_template is None and processor.tokenizer.pad_token == processor.tokenizer.eos_token
+    _, current = load_model(tiny_dir, device="cpu")
+    examples = finetune_examples(bench_dir)[:4]
+    got, want = Collator(processor)(examples), Collator(current)(examples)
+    assert torch.equal(got["labels"], want["labels"]) and torch.equal(got["attention_mask"], want["attention_mask"])
+
+
+def test_a_weights_file_cut_short_is_a_clear_error(tiny_dir, tmp_path):
+    cut = tmp_path / "cut"
+    shutil.copytree(tiny_dir, cut)
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(VikerError, match="cut: cannot load model"):
+        load_model(cut, device="cpu")
+
+
 def test_remote_code_is_off_unless_asked(monkeypatch, tiny_dir):
     """Safe loading: checkpoints never run their own code unless the user passes --trust-remote-code."""
     import transformers

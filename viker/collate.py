@@ -56,15 +56,21 @@ class Collator:
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.answers = answers
         self.max_length = max_length
-        if getattr(processor, "chat_template", None) is None and getattr(self.tokenizer, "chat_template", None) is None:
+        # older checkpoints keep the template in tokenizer_config.json only, where the processor does not look
+        self.chat_template = getattr(processor, "chat_template", None) or getattr(self.tokenizer, "chat_template", None)
+        if self.chat_template is None:
             raise VikerError(f"{type(processor).__name__}: the processor has no chat template; pass a model whose "
                              "processor defines one")
+        if self.tokenizer.pad_token is None:
+            raise VikerError(f"{type(self.tokenizer).__name__}: the tokenizer has no padding token; set one "
+                             "(viker.model.load_processor uses the end-of-sequence token)")
         self.special_tokens = tuple({t for t in self.tokenizer.all_special_tokens if t} |
                                     {t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special})
 
     def render(self, example: Example, answer: str | None = None) -> str:
         text = self.processor.apply_chat_template(
-            messages(example, answer), add_generation_prompt=answer is None, tokenize=False
+            messages(example, answer), chat_template=self.chat_template, add_generation_prompt=answer is None,
+            tokenize=False
         )
         if answer is None:
             return text
@@ -110,7 +116,7 @@ class Collator:
         return batch
 
     def _too_long(self, ex: Example, n: int) -> VikerError:
-        return VikerError(f"example '{ex.question.splitlines()[0][:50]}': {n} tokens, over max_length "
+        return VikerError(f"example '{(ex.question.splitlines() or [''])[0][:50]}': {n} tokens, over max_length "
                           f"{self.max_length}; truncating it would leave its answer without tokens (raise "
                           "--max-length)")
 

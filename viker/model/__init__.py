@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from viker.errors import VikerError, require
@@ -110,7 +111,7 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "auto",
 
             with quiet_peft():
                 model = PeftModel.from_pretrained(model, path).merge_and_unload()
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:  # SafetensorError: a weights file cut short
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise VikerError(f"{path}: cannot load model ({first})") from None
     return model.to(dev), processor
@@ -139,7 +140,7 @@ def load_processor(path: str, trust_remote_code: bool = False, config_path: str 
     from transformers.utils import is_torchvision_available
 
     try:
-        return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ImportError, ValueError):
         if is_torchvision_available():
             raise
@@ -148,7 +149,10 @@ def load_processor(path: str, trust_remote_code: bool = False, config_path: str 
         processor = processor_without_video(path, trust_remote_code, config_path)
         if processor is None:
             raise
-        return processor
+    tokenizer = getattr(processor, "tokenizer", processor)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # padding is masked out everywhere, so any token will do
+    return processor
 
 
 def language_model_linear_layers(model: nn.Module) -> list[str]:
