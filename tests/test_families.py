@@ -21,6 +21,7 @@ from viker.cli import main
 from viker.collate import IGNORE_INDEX, Collator, model_inputs
 from viker.data.examples import finetune_examples
 from viker.data.loader import load_profiles
+from viker.data.schema import Example
 from viker.errors import VikerError
 from viker.eval.evaluate import EvalConfig, answer_logprobs
 from viker.eval.generate import generate
@@ -138,6 +139,28 @@ def test_mixed_batches_label_only_the_answers_and_generate_as_one_at_a_time(fami
     single = [generate(model, processor, [ex], batch_size=1, max_new_tokens=6, progress=False)[0] for ex in examples]
     assert batched == single
     assert len(set(batched)) > 1
+
+
+def test_preflight_counts_each_image_size_own_tokens_under_a_dynamic_resolution(saved):
+    """Qwen2-VL's image tokens grow with the image: an example over --max-length is refused up front,
+    not by the collator in the middle of a run, whatever image came first."""
+    import io
+
+    from PIL import Image
+
+    def example(side):
+        buffer = io.BytesIO()
+        Image.new("RGB", (side, side), (120, 30, 200)).save(buffer, "PNG")
+        return Example("Who is this person?", "This is Alon Varo.", buffer.getvalue())
+
+    model, processor = load_model(saved("qwen2_vl"), device="cpu")
+    processor.image_processor.size = {"shortest_edge": 16 * 16, "longest_edge": 64 * 64}  # a pixel range
+    small, large = example(16), example(64)
+    tokens = [int(Collator(processor)([e])["attention_mask"].sum()) for e in (small, large)]
+    assert tokens[0] < tokens[1]
+    with pytest.raises(VikerError, match=f"{tokens[1]} tokens, over max_length {tokens[1] - 1}"):
+        Collator(processor, max_length=tokens[1] - 1).preflight(model, [small, large])
+    Collator(processor, max_length=tokens[1]).preflight(model, [small, large])
 
 
 @pytest.mark.parametrize("family", FAMILIES)

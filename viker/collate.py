@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from viker.data.loader import decode_image
+from viker.data.loader import decode_image, image_size
 from viker.data.schema import Example
 from viker.errors import VikerError
 
@@ -125,14 +125,12 @@ class Collator:
         ``max_length``, and the model accepts the processor's image tokens (one forward pass)."""
         with_image = next((ex for ex in examples if ex.image is not None), None)
         if self.max_length is not None:
-            expansion = 0
-            if with_image is not None:  # how many tokens the processor adds for one image
-                expansion = int(self([with_image])["attention_mask"].sum()) - \
-                    len(self.tokenizer(self.render(with_image, with_image.answer))["input_ids"])
+            added = self.image_tokens(examples)
             lengths = [len(ids) for ids in self.tokenizer([self.render(ex, ex.answer) for ex in examples])["input_ids"]]
             for ex, n in zip(examples, lengths):
-                if n + (expansion if ex.image is not None else 0) > self.max_length:
-                    raise self._too_long(ex, n + (expansion if ex.image is not None else 0))
+                n += 0 if ex.image is None else added[image_size(ex.image)]
+                if n > self.max_length:
+                    raise self._too_long(ex, n)
         if with_image is not None:
             device = next(model.parameters()).device
             batch = {k: v.to(device) for k, v in model_inputs(self([with_image])).items()}
@@ -145,6 +143,17 @@ class Collator:
                 raise VikerError(f"the processor's image tokens do not match the model's image features "
                                  f"({str(e).splitlines()[0]}); processor and model come from different "
                                  "configurations") from None
+
+    def image_tokens(self, examples: Sequence[Example]) -> dict[tuple[int, int], int]:
+        """How many tokens the processor adds for an image, per image size: one processor call per size,
+        since dynamic resolutions (Qwen2-VL, LLaVA-NeXT, Idefics2's splitting) add more for larger images."""
+        added = {}
+        for ex in examples:
+            size = None if ex.image is None else image_size(ex.image, f"image of {ex.profile_id or ex.question[:40]}")
+            if size is not None and size not in added:
+                added[size] = int(self([ex])["attention_mask"].sum()) - \
+                    len(self.tokenizer(self.render(ex, ex.answer))["input_ids"])
+        return added
 
     @staticmethod
     def answer_labels(batch: dict, lengths: list[int]) -> torch.Tensor:

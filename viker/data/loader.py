@@ -174,6 +174,14 @@ def decode_image(data: bytes, source: str = "image") -> Image.Image:
         raise VikerError(f"{source}: unreadable image ({e})") from None
 
 
+def image_size(data: bytes, source: str = "image") -> tuple[int, int]:
+    """An image's (width, height), read from its header alone."""
+    try:
+        return Image.open(BytesIO(data)).size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise VikerError(f"{source}: unreadable image ({e})") from None
+
+
 def _mc_items(items: list[dict] | None, with_image: bool, source: str) -> list[MCQuestion]:
     group = "Image_Textual_Questions" if with_image else "Pure_Text_Questions"
     out = []
