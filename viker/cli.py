@@ -57,12 +57,6 @@ def _unlearn(args) -> None:
                          beta=args.beta, retain_weight=args.retain_weight, rewrite=args.rewrite, layers=args.layers,
                          heads=args.heads, encoder_width=args.encoder_width, threshold=args.threshold,
                          forget_loss=args.forget_loss)
-    only = {"lam": ("viker",), "regularizer": ("viker",), "ablation": ("viker",), "k": ("viker", "cagul"),
-            "refs": ("viker", "cagul"), **{k: ("cagul",) for k in ("rewrite", "layers", "heads", "encoder_width",
-                                                                     "threshold", "forget_loss")}}
-    stray = sorted(k for k in method_args if args.method not in only.get(k, (args.method,)))
-    if stray:
-        raise VikerError(f"--{stray[0].replace('_', '-')} applies to --method {' / '.join(only[stray[0]])} only")
     base = TINY_UNLEARN if _is_tiny(args.model) else REAL_UNLEARN
     cfg = UnlearnConfig(
         model=args.model, data=args.data, benchmark=args.benchmark, forget=_forget(args), method=args.method,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from viker.collate import Collator
@@ -72,11 +72,20 @@ class UnlearnConfig:
     trust_remote_code: bool = False
 
 
+def _settings(name: str) -> set[str]:
+    return {f.name for f in fields(get_method(name))}
+
+
 def make_method(name: str, args: dict, forget_split: str):
     if name not in unlearning_methods():
         known = "that is `viker finetune`" if name == "finetune" else "unknown method"
         raise VikerError(f"--method {name}: {known}; choose from {', '.join(unlearning_methods())}")
     cls = get_method(name)
+    for option in args:  # a setting of another method: say which take it, before anything is loaded
+        if option not in _settings(name):
+            takers = [m for m in unlearning_methods() if option in _settings(m)]
+            raise VikerError(f"--{option.replace('_', '-')} applies to --method {' / '.join(takers)} only"
+                             if takers else f"method '{name}': no setting '{option}'")
     if name in ("viker", "cagul"):
         args = {"forget_split": forget_split, **args}
     if name == "cagul":
