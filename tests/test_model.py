@@ -52,6 +52,11 @@ def test_a_run_saved_as_an_adapter_loads_and_answers_as_the_merged_run(tiny_dir,
     assert main(["eval", "--model", str(tmp_path / "adapter"), "--data", str(bench_dir), "--max-new-tokens", "4",
                  "--retain-limit", "2", "--only", "forget:multiple_choice", "--out", str(tmp_path / "adapter")]) == 0
     assert "forget_acc" in json.loads((tmp_path / "adapter" / "metrics.json").read_text())
+    # unlearning again from the adapter run takes the tiny model's presets, as from its base model
+    assert main([*common[:2], str(tmp_path / "adapter"), *common[3:], "--out", str(tmp_path / "again")]) == 0
+    presets = [json.loads((tmp_path / run / "config.json").read_text())["unlearn"]["train"]
+               for run in ("merged", "again")]
+    assert presets[0] == presets[1] and presets[0]["epochs"] == 8  # the tiny preset's, not a 7B model's 5
     plain = tmp_path / "peft_adapter"  # an adapter saved by peft alone: no processor files beside it
     plain.mkdir()
     for name in ("adapter_config.json", "adapter_model.safetensors"):

@@ -162,12 +162,16 @@ def _int_list(text: str) -> list[int]:
 
 
 def _is_tiny(model: str) -> bool:
-    """A model built by `viker finetune --model tiny` records its tiny settings in its config."""
+    """A model built by `viker finetune --model tiny` records its tiny settings in its config (an adapter
+    run in its base model's)."""
     from pathlib import Path
 
-    from viker.model import resolve_model_path
+    from viker.model import adapter_base, resolve_model_path
 
-    config = Path(resolve_model_path(model)) / "config.json"
+    path = Path(resolve_model_path(model))
+    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        path = Path(adapter_base(str(path)))
+    config = path / "config.json"
     return config.is_file() and '"tiny"' in config.read_text()
 
 
