@@ -66,6 +66,15 @@ def test_bad_benchmark_files(case, tiny_dir, bench_dir, tmp_path, capsys):
     _assert_clean_failure(code, capsys.readouterr().err, message, out)
 
 
+def test_keytokens_of_an_empty_forget_split_is_refused(tiny_dir, bench_dir, tmp_path, capsys):
+    root = tmp_path / "bench"
+    shutil.copytree(bench_dir, root)
+    CASES["empty forget split"][0](root)
+    out = tmp_path / "kt"
+    code = main(["keytokens", "--model", str(tiny_dir), "--data", str(root), "--out", str(out / "keys.html")])
+    _assert_clean_failure(code, capsys.readouterr().err, "--forget forget_10: has no answers in", out)
+
+
 def test_a_processor_without_chat_template(tiny_dir, bench_dir, tmp_path, capsys):
     model = tmp_path / "model"
     shutil.copytree(tiny_dir, model)

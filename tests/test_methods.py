@@ -251,6 +251,49 @@ def test_the_key_token_picture_draws_the_benchmarks_text_as_it_is(tmp_path, monk
     assert not any(t.get_parse_math() for t in drawn)
 
 
+def test_keytokens_reads_the_reference_cache_that_a_viker_run_filled(tiny_dir, bench_dir, tmp_path, monkeypatch):
+    """Same model, data, k and seed: the page reuses the run's R̂ from the default cache, stored as top-k
+    as it is for a 7B model's vocabulary, instead of computing it again in full."""
+    from viker.methods import reference
+
+    monkeypatch.setattr(reference, "FULL_VOCAB_LIMIT", 100)  # this tiny vocabulary counts as a large one
+    monkeypatch.setenv("VIKER_CACHE", str(tmp_path / "cache"))
+    common = ["--model", str(tiny_dir), "--data", str(bench_dir), "--k", "2", "--seed", "3"]
+    assert main(["unlearn", *common, "--method", "viker", "--max-steps", "1", "--out", str(tmp_path / "run")]) == 0
+    cached = sorted((tmp_path / "cache").iterdir())
+    assert len(cached) == 1
+    assert main(["keytokens", *common, "--out", str(tmp_path / "kt" / "keys.html")]) == 0
+    assert sorted((tmp_path / "cache").iterdir()) == cached
+
+
+def test_a_character_split_over_byte_tokens_is_shown_whole(tiny):
+    from viker.keytokens import characters
+
+    tok = tiny[1].tokenizer
+    ids = tok(" Zoë flew to 東京 😀", add_special_tokens=False)["input_ids"]
+    shown = [tok.decode([ids[j] for j in group]) for group in characters(tok, ids)]
+    assert "".join(shown) == tok.decode(ids) and "\ufffd" not in "".join(shown)
+    assert {"ë", "東", "京", "😀"} <= set(shown)  # each its own group, not merged with its neighbours
+
+
+def test_the_key_token_picture_wraps_a_long_answer_instead_of_shrinking_every_row(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from viker.keytokens import TokenEntropy, layout, write_png
+
+    long = [f" word{i:02d}" for i in range(40)]  # about 300 characters: three lines
+    placed = layout(long)
+    assert max(line for _, line, _ in placed) == 2 and all(x + len(t) * 0.95 <= 100 for x, _, t in placed)
+    drawn = {}
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, path, **kw: drawn.update(fig=fig))
+    rows = [TokenEntropy("short", True, [" It", " is"], [0.1, 0.9], [0.5] * 2),
+            TokenEntropy("long", True, long, [0.2] * 40, [0.5] * 40)]
+    write_png(rows, tmp_path / "keys.png", epsilon=0.5)
+    fig = drawn["fig"]
+    assert fig.axes[0].get_position().width > 0.9  # the axes keep the figure's width
+    assert fig.get_size_inches()[1] > 0.31 * 4 + 0.9  # and the figure grows by the extra lines
+
+
 def test_ref_prob_summary_counts_tokens_below_one_and_above_ninety_percent():
     from viker.keytokens import TokenEntropy, ref_prob_summary
 

@@ -131,7 +131,8 @@ def _keytokens(args) -> None:
     from viker.keytokens import run_keytokens
 
     rows = run_keytokens(args.model, args.data, args.forget, args.out, args.k, args.refs, args.epsilon,
-                         args.cache_dir, args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+                         args.cache_dir, args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+                         seed=args.seed)
     n_key = sum(h > args.epsilon for r in rows for h in r.entropy)
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}: {n_key} key tokens in {len(rows)} answers")
 
@@ -347,6 +348,8 @@ def parser() -> argparse.ArgumentParser:
                     help="reference images: people | patterns | scenes | pets | forget | retain | a folder of images")
     kt.add_argument("--epsilon", type=float, default=0.5, help="entropy threshold (nats) for key tokens")
     kt.add_argument("--cache-dir", help="where reference distributions are cached (default ~/.cache/viker)")
+    kt.add_argument("--seed", type=int, default=0,
+                    help="the seed that draws the reference images, as `viker unlearn --seed` (shares its cache)")
     _add_model_args(kt)
     kt.set_defaults(func=_keytokens)
     rp = _command(sub, "report", "the paper-style table and the trade-off plot of evaluated runs",

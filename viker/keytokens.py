@@ -20,7 +20,7 @@ from viker.data.examples import unlearning_examples
 from viker.errors import require
 from viker.methods.base import FrozenReference
 from viker.methods.losses import entropy
-from viker.methods.reference import reference_distributions, reference_pool
+from viker.methods.reference import default_topk, reference_distributions, reference_pool
 
 
 @dataclass
@@ -32,25 +32,43 @@ class TokenEntropy:
     ref_prob: list[float]  # R̂_i(y_i): the reference probability of each true answer token
 
 
+def characters(tok, ids: list[int]) -> list[list[int]]:
+    """``ids`` in groups that each decode to whole characters: a character that byte-level tokens split
+    (an accented letter, a CJK character) is one group, not several replacement characters."""
+    groups: list[list[int]] = []
+    open_ = False  # whether the last group still ends inside a character
+    for i, t in enumerate(ids):
+        if open_ and len(groups[-1]) < 4:  # a UTF-8 character has at most 4 bytes
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+        open_ = tok.decode([ids[j] for j in groups[-1]]).endswith("\ufffd")
+    return groups
+
+
 def answer_token_entropies(model, processor, data_dir, forget: str, k: int = 5, refs: str = "people", seed: int = 0,
                            cache_dir: Path | None = None, progress: bool = True) -> list[TokenEntropy]:
     """Each forget answer's tokens with their reference entropy H(R̂_i). Uses (and fills) the same
-    cache as a ViKeR run with the same model, data, references, k and seed."""
+    cache as a ViKeR run with the same model, data, references, k and seed. A character split over
+    several tokens is shown as one, with their largest entropy and smallest R̂(y)."""
     examples = unlearning_examples(data_dir, forget)
+    require(examples, "--forget", forget, f"has no answers in {data_dir}")
     pool = reference_pool(refs, data_dir, forget)
     dists, _ = reference_distributions(FrozenReference(model, separate=model), processor, examples, pool, k, seed,
-                                       cache_dir=cache_dir, progress=progress)
+                                       default_topk(model), cache_dir=cache_dir, progress=progress)
     collate = Collator(processor)
     tok = collate.tokenizer
     out = []
     for i, ex in enumerate(examples):
         # the answer's tokens do not depend on the image, so skip image processing here
         labels = collate([replace(ex, image=None)])["labels"][0]
-        ids = labels[labels != -100]  # the answer tokens, in the order of the cached rows that predict them
+        ids = labels[labels != -100].tolist()  # the answer tokens, in the order of the cached rows that predict them
         rows = dists.rows([i])
-        tokens = [tok.decode([t]) for t in ids.tolist()]
-        out.append(TokenEntropy(ex.question.split("\n")[0], ex.image is not None, tokens,
-                                entropy(rows).tolist(), rows[torch.arange(len(ids)), ids].tolist()))
+        h, p = entropy(rows).tolist(), rows[torch.arange(len(ids)), ids].tolist()
+        groups = characters(tok, ids)
+        out.append(TokenEntropy(ex.question.split("\n")[0], ex.image is not None,
+                                [tok.decode([ids[j] for j in g]) for g in groups],
+                                [max(h[j] for j in g) for g in groups], [min(p[j] for j in g) for g in groups]))
     return out
 
 
@@ -101,6 +119,23 @@ def write_html(rows: list[TokenEntropy], path: Path, epsilon: float, title: str)
     path.write_text("\n".join(lines) + "\n")
 
 
+CHAR = 0.95  # x units per character of the PNG's monospace tokens; a line is 100 units wide
+
+
+def layout(tokens: list[str], width: float = 100.0) -> list[tuple[float, int, str]]:
+    """Where each token of an answer goes in the PNG: (x, line, text shown), wrapped at token boundaries
+    so that no line is wider than ``width`` (a long answer takes more lines, never a smaller font)."""
+    placed, x, line = [], 0.0, 0
+    for t in tokens:
+        shown = t.replace("\n", " ")
+        step = CHAR * max(1, len(shown)) + 0.25
+        if x > 0 and x + step > width:
+            x, line = 0.0, line + 1
+        placed.append((x, line, shown))
+        x += step
+    return placed
+
+
 def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int = 12) -> None:
     import matplotlib
 
@@ -109,23 +144,22 @@ def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int =
 
     rows = rows[:limit]
     h_max = max((max(r.entropy) for r in rows if r.entropy), default=1.0)
-    fig, ax = plt.subplots(figsize=(11, 0.62 * len(rows) + 0.9))
+    placed = [layout(r.tokens) for r in rows]
+    heights = [2 + max((line for _, line, _ in p), default=0) for p in placed]  # the question, then its lines
+    fig, ax = plt.subplots(figsize=(11, 0.31 * sum(heights) + 0.9))
     ax.set_axis_off()
     ax.set_xlim(0, 100)
-    ax.set_ylim(len(rows) * 2 + 1, 0)
-    char = 0.95  # x units per character (monospace)
-    for i, r in enumerate(rows):
-        y = 2 * i + 1
-        ax.text(0, y - 0.55, ("[image] " if r.has_image else "") + r.question, fontsize=7, color="#555",
+    ax.set_ylim(sum(heights) + 1, 0)
+    top = 0.0
+    for r, p, height in zip(rows, placed, heights):
+        ax.text(0, top + 0.45, ("[image] " if r.has_image else "") + r.question, fontsize=7, color="#555",
                 parse_math=False)  # the benchmark's text as it is: a '$' is no formula
-        x = 0.0
-        for t, h in zip(r.tokens, r.entropy):
-            shown = t.replace("\n", " ")
+        for (x, line, shown), h in zip(p, r.entropy):
             rgb = [int(c) / 255 for c in _color(h, h_max)[4:-1].split(",")]
-            ax.text(x, y + 0.35, shown, family="monospace", fontsize=9, va="center", parse_math=False,
+            ax.text(x, top + 1.35 + line, shown, family="monospace", fontsize=9, va="center", parse_math=False,
                     bbox=dict(boxstyle="square,pad=0.15", fc=rgb, ec="#b30000" if h > epsilon else rgb,
                               lw=1.2 if h > epsilon else 0))
-            x += char * max(1, len(shown)) + 0.25
+        top += height
     ax.set_title(f"Answer tokens shaded by reference entropy H(R̂); outlined: key tokens (H > {epsilon})",
                  fontsize=10, loc="left")
     fig.tight_layout()
@@ -135,9 +169,11 @@ def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int =
 
 def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5, refs: str = "people",
                   epsilon: float = 0.5, cache_dir=None, device=None, progress=True, model_and_processor=None,
-                  dtype: str = "auto", trust_remote_code: bool = False):
-    """Write ``out`` (an .html page) and the PNG beside it; returns the rows shown."""
+                  dtype: str = "auto", trust_remote_code: bool = False, seed: int = 0):
+    """Write ``out`` (an .html page) and the PNG beside it; returns the rows shown. The reference
+    distributions come from (or go to) ViKeR's cache, ``cache_dir`` or its default."""
     from viker.model import load_model
+    from viker.unlearn import default_cache_dir
 
     require(k >= 1, "--k", k, "must be at least 1")
     require(epsilon >= 0, "--epsilon", epsilon, "must be at least 0 (nats)")
@@ -145,8 +181,8 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
             "name an .html file (the PNG is written beside it)")
     model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code)
     with torch.no_grad():
-        rows = answer_token_entropies(model, processor, data, forget, k, refs,
-                                      cache_dir=Path(cache_dir) if cache_dir else None, progress=progress)
+        rows = answer_token_entropies(model, processor, data, forget, k, refs, seed,
+                                      Path(cache_dir) if cache_dir else default_cache_dir(), progress)
     out = Path(out)
     write_html(rows, out, epsilon, f"Key tokens of {forget}")
     write_png(rows, out.with_suffix(".png"), epsilon)
