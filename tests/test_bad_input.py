@@ -257,3 +257,10 @@ def test_an_out_that_is_a_file_or_a_folder_for_a_page(tiny_dir, bench_dir, tmp_p
     page = tmp_path / "pages"
     assert main(["keytokens", *common, "--out", f"{page}/"]) == 2
     assert "name an .html file" in capsys.readouterr().err and not page.exists()
+
+
+def test_an_out_folder_the_system_refuses_is_one_line_naming_it(tmp_path, capsys):
+    out = tmp_path / ("x" * 300)  # longer than a file name may be
+    assert main(["data", "synth", "--profiles", "10", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip() == f"error: {out}: File name too long"

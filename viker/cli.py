@@ -386,8 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
-        print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)  # an --out that is a file, a read-only folder
+    except OSError as e:  # an --out that is a file, a read-only folder, a full disk, a name too long
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     return 0
 
