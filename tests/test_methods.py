@@ -13,6 +13,7 @@ import torch
 from viker.cli import main
 from viker.collate import Collator, model_inputs
 from viker.data.examples import unlearning_examples
+from viker.data.schema import Example
 from viker.methods import METHODS, get_method
 from viker.methods.base import FrozenReference, UnlearnContext, logits_of
 from viker.methods.losses import gather_answer_positions
@@ -175,6 +176,9 @@ def test_the_cache_key_follows_the_weights_and_the_processor_the_reference_answe
     assert FrozenReference(lora).fingerprint() == base  # LoRA unlearning: the reference switches adapters off
 
     other = load_model(tiny_dir, device="cpu")[1]
+    assert processor_fingerprint(other) == processor_fingerprint(processor)
+    # what a batch leaves set in the tokenizer (padding to the left for answers, say) is no other processor
+    Collator(other, answers=False)([Example("Who is this?", "Ava.", None), Example("Who?", "Ava Lind.", None)])
     assert processor_fingerprint(other) == processor_fingerprint(processor)
     other.chat_template = other.chat_template.replace("USER: ", "User: ")
     keys = {cache_key(base, [], None, 5, 0, None, processor_fingerprint(p)) for p in (processor, other)}

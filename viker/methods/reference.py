@@ -4,10 +4,12 @@ For every forget example and every answer position i,
 ``R̂_i = (1/k) Σ_j p_θfull(· | I'_j, x, y_<i)`` over ``k`` reference images ``I'_j`` (probabilities are
 averaged, not logits). R̂ does not depend on the model being trained, so it is computed once, in
 batches of ``k`` images per example, and cached on disk under a key made of everything it depends on:
-the frozen model's weights, the examples, the reference images, ``k``, the seed and the storage format.
+the frozen model's weights, the processor, the examples, the reference images, ``k``, the seed and the
+storage format.
 
-Storage: the full distribution (float32) by default for small vocabularies; top-k entries plus a
-uniform tail for large ones (32k+ tokens), whose KL error is measured and recorded with the cache.
+Storage: the full distribution (float32) by default for vocabularies up to FULL_VOCAB_LIMIT (8,192)
+tokens; above it, the top 1,024 entries plus a uniform tail, whose KL error is measured and recorded
+with the cache.
 """
 
 from __future__ import annotations
@@ -107,8 +109,11 @@ def processor_fingerprint(processor) -> str:
     """What of the processor shapes the reference passes: its settings (image processing, image tokens),
     the chat template and the tokenizer."""
     tokenizer = getattr(processor, "tokenizer", processor)
-    vocab = tokenizer.backend_tokenizer.to_str() if getattr(tokenizer, "is_fast", False) \
-        else json.dumps(sorted(tokenizer.get_vocab().items()))
+    if getattr(tokenizer, "is_fast", False):  # less the padding and truncation the last call left set
+        backend = json.loads(tokenizer.backend_tokenizer.to_str())
+        vocab = json.dumps({k: v for k, v in backend.items() if k not in ("padding", "truncation")}, sort_keys=True)
+    else:
+        vocab = json.dumps(sorted(tokenizer.get_vocab().items()))
     template = getattr(processor, "chat_template", None) or getattr(tokenizer, "chat_template", None)
     settings = processor.to_json_string() if hasattr(processor, "to_json_string") else ""
     return _sha(json.dumps([settings, template, vocab]).encode())
