@@ -1,8 +1,11 @@
-"""The vanilla model: finetune on every fictitious person and every Retain_Set person.
+"""The vanilla model: finetune on the people the benchmark will ask about.
 
-This is the benchmark's protocol (the model must know the people before it can be asked to forget
-some of them). The run folder gets ``config.json`` (everything resolved), ``history.json`` (the loss
-curve), ``metrics.json`` (exact-match recall of the generation questions) and ``model/``.
+The tiny model learns every fictitious person and every Retain_Set person (``--train-on all``); a real
+checkpoint learns the benchmark's ``ft_Data`` pairs (``--train-on ft_Data``, its default); on CLEAR,
+``--without`` leaves a forget split's persons out. This is the benchmark's protocol (the model must know
+the people before it can be asked to forget some of them). The run folder gets ``config.json``
+(everything resolved), ``history.json`` (the loss curve), ``metrics.json`` (exact-match recall of the
+generation questions) and ``model/``.
 """
 
 from __future__ import annotations

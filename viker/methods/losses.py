@@ -1,4 +1,4 @@
-"""Model-agnostic loss math shared by every unlearning method (see docs/method.md).
+"""Model-agnostic loss math shared by every unlearning method (see docs/design.md).
 
 Conventions
 -----------
@@ -13,9 +13,9 @@ Conventions
 * Half-precision logits are upcast to float32 before softmax/log-softmax: the losses sum tens of
   thousands of vocabulary terms and bf16 rounding is visible there. float64 stays float64 (tests).
 
-Reconstructed choices (the paper's text was not available; see method.md): the ViKeR loss form
-``log Q(y) + λ·D(R̂ ‖ Q)`` and top-k storage of R̂ are ours. The loss's gradient reproduces the seed's
-stated reweighting exactly, which the unit tests check.
+Reconstructed choices (the paper gives the mechanism but not every formula; see docs/design.md, "ViKeR:
+what is ours"): the ViKeR loss form ``log Q(y) + λ·D(R̂ ‖ Q)`` and top-k storage of R̂ are ours. The
+loss's gradient reproduces the paper's stated reweighting exactly, which the unit tests check.
 """
 
 from __future__ import annotations
@@ -243,8 +243,7 @@ def viker_token_loss(
     Q(y) is pushed toward 0 for as long as training runs.
 
     * ``ga_weight=0`` is the 'w/o GA' ablation, ``lam=0`` is plain GA ('w/o Reg').
-    * ``lam`` may be a (N,) tensor: a per-token λ (e.g. derived from H(R̂), an open question in
-      method.md) needs no other change.
+    * ``lam`` may be a (N,) tensor: a per-token λ (e.g. derived from H(R̂)) needs no other change.
     * ``regularizer`` ∈ {"kl", "jsd", "cos"}.
     """
     if regularizer not in REGULARIZERS:

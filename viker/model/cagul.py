@@ -2,7 +2,7 @@
 
 Cross-Modal Attention Guided Unlearning never changes the model's weights. For every image in a batch:
 
-1. the **discriminator** reads the image's visual tokens (the projector's output, mean-pooled) and
+1. the **discriminator** reads the image's visual tokens (the projector's output, pooled by mean and max) and
    flags images that show a person to forget;
 2. for flagged images, the frozen model's **cross-modal attention** (from the question tokens after the
    image to the image's tokens, at chosen layers and heads) ranks the visual tokens;
