@@ -1,7 +1,8 @@
 """``viker unlearn``: start from the vanilla model, make it forget a forget split, save the result.
 
 The run folder gets ``config.json`` (every setting, the method's parameters, what the method's setup
-computed, versions and data hashes), ``history.json`` and the unlearned model under ``model/``.
+computed, versions and data hashes), ``history.json``, ``timing.json`` and the unlearned model under
+``model/`` (CAGUL: its modules under ``cagul/``, the model's weights untouched).
 """
 
 from __future__ import annotations
