@@ -66,6 +66,18 @@ def test_terminal_table_names_runs_like_the_report():
     assert [line.split()[0] for line in lines[1:]] == ["vanilla", "GA", "KL-Min", "ViKeR"]
 
 
+def test_runs_of_one_method_are_named_by_the_training_setting_or_the_folders_that_differ():
+    from viker.report import _labels
+
+    def run(path, seed, lr=2e-4):
+        return {"method": "ga", "settings": {"epochs": 8}, "training": {"seed": seed, "lr": lr}, "path": path}
+
+    assert _labels([run("s/seed0/ga", 0), run("s/seed1/ga", 1)]) == ["GA (seed=0)", "GA (seed=1)"]
+    assert _labels([run("ga-slow", 0, 1e-5), run("ga-fast", 0, 1e-2)]) == ["GA (lr=1e-05)", "GA (lr=0.01)"]
+    # nothing recorded sets them apart: as much of each folder's path as does
+    assert _labels([run("a/seed0/ga", 0), run("b/seed0/ga", 0)]) == ["GA (a/seed0/ga)", "GA (b/seed0/ga)"]
+
+
 def test_sweep_points_that_lie_together_share_one_label():
     points = [(0.3, 24.0, 0.1), (0.7, 30.0, 0.1), (2.0, 34.0, 84.6), (10.0, 36.0, 83.6), (50.0, 34.0, 83.7)]
     assert _nearby(points) == [([0.3], 24.0, 0.1), ([0.7], 30.0, 0.1), ([2.0, 10.0, 50.0], 34.0, 84.6)]
@@ -191,4 +203,22 @@ def test_report_refuses_runs_it_cannot_compare(runs, bench_dir, tiny_dir, tmp_pa
     assert "different --max-new-tokens" in capsys.readouterr().err
     assert main(["report", str(runs / "vanilla" / "model"), "--out", str(tmp_path / "none")]) == 2
     assert "no metrics.json" in capsys.readouterr().err
+    every = tmp_path / "every"  # scored on every retain person, not on 2
+    assert main(["eval", "--model", str(runs / "ga"), "--data", str(bench_dir), *DATA, "--max-new-tokens", "4",
+                 "--only", "forget:multiple_choice", "--out", str(every)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(runs / "ga-eval"), str(every), "--out", str(tmp_path / "mixed")]) == 2
+    assert "different --retain-limit" in capsys.readouterr().err
     assert not (tmp_path / "mixed").exists()  # nothing written
+
+
+def test_report_writes_its_symbols_whatever_the_locale(runs, tmp_path):
+    """↓, λ and – in report.md; a C locale without Python's UTF-8 mode would write them as ASCII."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": "utf-8"}
+    done = subprocess.run([sys.executable, "-m", "viker", "report", str(runs / "npo-a"), str(runs / "npo-b"),
+                           "--out", str(tmp_path / "report")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "| Forget ACC ↓ |" in (tmp_path / "report" / "report.md").read_text(encoding="utf-8")

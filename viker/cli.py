@@ -173,7 +173,7 @@ def _is_tiny(model: str) -> bool:
     if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
         path = Path(adapter_base(str(path)))
     config = path / "config.json"
-    return config.is_file() and '"tiny"' in config.read_text()
+    return config.is_file() and '"tiny"' in config.read_text(encoding="utf-8")
 
 
 class _Help(argparse.HelpFormatter):

@@ -85,7 +85,8 @@ def _vanilla(cfg: DemoConfig, data: Path, out: Path, progress: bool, steps: "Ste
     run = out / "vanilla"
     settings = to_jsonable({"train": cfg.finetune, "data": file_hashes(data)})
     stamp = run / "demo-inputs.json"
-    if (run / "model" / "config.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()) == settings:
+    made_with = json.loads(stamp.read_text(encoding="utf-8")) if stamp.is_file() else None
+    if (run / "model" / "config.json").is_file() and made_with == settings:
         steps.start(f"the vanilla model, reused from an earlier demo ({run})")
         return run
     steps.start("the vanilla model")
@@ -128,7 +129,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     data = out / "data"
     synth = replace(cfg.synth, seed=cfg.seed)
     stamp = out / "synth.json"
-    made_with = json.loads(stamp.read_text()) if stamp.is_file() else None  # the settings `data` was generated with
+    # the settings `data` was generated with
+    made_with = json.loads(stamp.read_text(encoding="utf-8")) if stamp.is_file() else None
     if not (data / "README.md").is_file() or made_with != to_jsonable(synth):
         steps.start("generating the embedded benchmark")
         build_benchmark(data, synth, progress=progress)
@@ -272,7 +274,7 @@ def naming_rates(generations: Path, names: dict[str, str]) -> dict[str, float | 
     whose answer gives that person's name (key ``forget``, ``retain``), and the percentage whose answer
     gives another person's name from ``names`` instead (``forget_other``, ``retain_other``): a face
     taken for someone else. None when a set has no such question."""
-    records = [json.loads(line) for line in generations.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in generations.read_text(encoding="utf-8").splitlines() if line.strip()]
     rates = {}
     for split in ("forget", "retain"):
         asked = [r for r in records if r["set"] == split and r["task"] == "generation" and r["image"]
@@ -301,7 +303,7 @@ def cagul_details(run_dir: Path, model_and_processor, data: Path, cfg: DemoConfi
     model, processor = model_and_processor
     people = load_profiles(data, cfg.forget) + load_profiles(data, RETAIN_OF[cfg.forget])[: cfg.eval.retain_limit]
     examples = generation_examples(people)
-    setup = json.loads((run_dir / "config.json").read_text())["setup"]
+    setup = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["setup"]
     return {"discriminator": setup.get("cagul_discriminator", {}),
             "inference": inference_cost(model, processor, examples, cfg.eval.batch_size, cfg.eval.max_new_tokens)}
 
@@ -621,4 +623,4 @@ Key tokens of the forget answers: [keytokens.html](keytokens.html) (![key tokens
   ({cfg.eval.cloze_max_new_tokens} for a cloze reply); retain metrics on {cfg.eval.retain_limit or 'all'} retain people.
 - Full settings: `results.json`; each run's own `config.json` and `metrics.json` under `runs/`.
 {time_table(step_seconds)}"""
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")

@@ -116,7 +116,7 @@ def write_html(rows: list[TokenEntropy], path: Path, epsilon: float, title: str)
         lines.append(f"<div class='q'>{'[image] ' if r.has_image else ''}{html.escape(r.question)}</div>"
                      f"<div class='a'>{spans}</div>")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 CHAR = 0.95  # x units per character of the PNG's monospace tokens; a line is 100 units wide

@@ -281,6 +281,9 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
 # ``viker report``: the table and the plot of any evaluated runs
 # --------------------------------------------------------------------------------------------------
 SETTING_NAMES = {"lam": "λ", "beta": "β"}
+# an unlearning run's training settings that change its result (not its logging or checkpoints)
+TRAINING_SETTINGS = ("lr", "batch_size", "grad_accum", "weight_decay", "warmup_ratio", "scheduler", "max_grad_norm",
+                     "seed", "mixed_precision")
 
 
 def _what_was_evaluated(config: dict, evaluation: dict | None) -> dict:
@@ -327,11 +330,16 @@ def read_run(path: str | Path) -> dict:
     train = source.get("unlearn", {}).get("train", {})
     if train:  # the budget: what tells apart snapshots of one run, or runs of one method for different lengths
         settings |= {"max_steps": train["max_steps"]} if train.get("max_steps") else {"epochs": train["epochs"]}
+    training = {k: train[k] for k in TRAINING_SETTINGS if k in train}
     evaluated = (evaluation or {}).get("eval", {})
     benchmark = benchmark_of(metrics)
-    return {"method": method, "settings": settings, "benchmark": benchmark, "forget_split": evaluated.get("forget"),
-            "mc_mode": evaluated.get("mc_mode"), "retain_limit": evaluated.get("retain_limit"),
-            "max_new_tokens": evaluated.get("max_new_tokens"), "metrics": metrics, "path": str(run)}
+    retain_limit = evaluated.get("retain_limit")
+    if retain_limit is None and "retain_limit" in evaluated:
+        retain_limit = "all"  # every retain person (a recorded null): a setting, unlike one never recorded
+    return {"method": method, "settings": settings, "training": training, "benchmark": benchmark,
+            "forget_split": evaluated.get("forget"), "mc_mode": evaluated.get("mc_mode"),
+            "retain_limit": retain_limit, "max_new_tokens": evaluated.get("max_new_tokens"), "metrics": metrics,
+            "path": str(run)}
 
 
 def setting_text(key: str, value) -> str:
@@ -340,18 +348,33 @@ def setting_text(key: str, value) -> str:
         f"{SETTING_NAMES.get(key, key)}={value}"
 
 
+def _differ(row: dict, twins: list[dict], group: str) -> str:
+    """The settings of ``group`` in which ``row`` differs from one of its twins, as a label shows them."""
+    mine = row.get(group, {})
+    return ", ".join(setting_text(k, v) for k, v in mine.items() if any(r.get(group, {}).get(k) != v for r in twins))
+
+
+def _folder_name(path: str, others: list[str]) -> str:
+    """The last parts of ``path``, as few as tell it from ``others`` (``seed1/ga`` beside ``seed0/ga``)."""
+    parts = Path(path).parts
+    for n in range(1, len(parts) + 1):
+        if sum(Path(o).parts[-n:] == parts[-n:] for o in others) <= 1:
+            return str(Path(*parts[-n:]))
+    return path
+
+
 def _labels(rows: list[dict]) -> list[str]:
     """Each row's name in the table: its method's title; where several rows share a method, what sets
-    them apart (the method settings that differ, else the folder's name); a model that is no run of
-    ours, by its folder's name."""
+    them apart (the method settings that differ, else the training settings that differ, else as much of
+    the folder's path as tells them apart); a model that is no run of ours, by its folder's name."""
     names = []
     for row in rows:
         if row["method"] is None:
             names.append(Path(row["path"]).name)
             continue
         twins = [r for r in rows if r["method"] == row["method"]]
-        differ = [k for k, v in row["settings"].items() if any(r["settings"].get(k) != v for r in twins)]
-        apart = ", ".join(setting_text(k, row["settings"][k]) for k in differ) or Path(row["path"]).name
+        apart = _differ(row, twins, "settings") or _differ(row, twins, "training") or \
+            _folder_name(row["path"], [r["path"] for r in twins])
         names.append(label(row) + (f" ({apart})" if len(twins) > 1 else ""))
     return names
 
@@ -419,5 +442,5 @@ retain model, never trained on the forget split, are references and not compared
 | --- | --- | --- | --- |
 {listing}
 """
-    (out / "report.md").write_text(text)
+    (out / "report.md").write_text(text, encoding="utf-8")
     return rows

@@ -106,7 +106,7 @@ def write_json(path: str | Path, obj: Any) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n")
+    tmp.write_text(json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n", encoding="utf-8")
     tmp.replace(path)
     return path
 
@@ -132,7 +132,7 @@ def write_eval_config(out: str | Path, settings: dict, data_dir: str | Path | No
     """An evaluation's settings: ``config.json`` in a folder of its own (or of an earlier evaluation),
     else ``eval_config.json`` beside the config of the run it evaluates, which it must not replace."""
     config = Path(out) / "config.json"
-    own = not config.is_file() or json.loads(config.read_text()).get("command") == "eval"
+    own = not config.is_file() or json.loads(config.read_text(encoding="utf-8")).get("command") == "eval"
     return write_config(out, "eval", settings, data_dir, name="config.json" if own else EVAL_CONFIG)
 
 
@@ -171,7 +171,7 @@ def check_eval_out(model_path: str, out: str | Path) -> None:
 def read_json(path: str | Path) -> Any:
     """A JSON file of a run, refused with its name when it is not JSON (hand-edited, or cut short)."""
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise VikerError(f"{path}: not JSON ({e})") from None
 

@@ -152,7 +152,7 @@ def truth_ratio_file(model: str, forget: str, ratios: dict[str, list[float]]) ->
 def read_truth_ratios(path: Path, forget: str) -> dict[str, list[float]]:
     """The forget truth ratios a previous evaluation saved, checked to be of the same forget split."""
     try:
-        saved = json.loads(path.read_text())
+        saved = json.loads(path.read_text(encoding="utf-8"))
         ratios = {name: [float(x) for x in saved["truth_ratios"][name]] for name in FORGET_SETS}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise VikerError(f"{path}: not a truth-ratio file of `viker eval --benchmark clear` ({e})") from None
@@ -176,7 +176,7 @@ def reference_run(spec: str | Path) -> dict:
     saved = saved_ratios(spec)
     if saved is not None:
         try:
-            spec = json.loads(saved.read_text())["model"]
+            spec = json.loads(saved.read_text(encoding="utf-8"))["model"]
         except (json.JSONDecodeError, KeyError, TypeError):
             return {}  # read_truth_ratios says what is wrong with the file
     folder = Path(spec)

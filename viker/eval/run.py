@@ -13,7 +13,7 @@ from viker.runs import as_recorded, check_eval_out, write_eval_config, write_jso
 
 def write_generations(path: Path, records: list[dict]) -> None:
     tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
+    with open(tmp, "w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     tmp.replace(path)

@@ -119,7 +119,7 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "auto",
 
 def adapter_base(path: str) -> str:
     """The base model a saved LoRA adapter names (an absolute folder, when viker saved it from one)."""
-    base = json.loads(Path(path, "adapter_config.json").read_text()).get("base_model_name_or_path")
+    base = json.loads(Path(path, "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
     if not base:
         raise VikerError(f"{path}/adapter_config.json names no base model (base_model_name_or_path)")
     return base

@@ -387,7 +387,7 @@ class CagulModel(nn.Module):
         tensors |= {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(folder / MODULES_FILE))
         meta = {"cagul": asdict(self.cfg), "dim": self.dim, "base_model": str(base_model), "info": info or {}}
-        (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
 def is_cagul_run(path: str | Path) -> bool:
@@ -402,7 +402,7 @@ def load_cagul(path: str | Path, device: str | None = None, dtype: str = "auto",
     from viker.model import load_model
 
     folder = Path(path).expanduser() / "cagul"
-    meta = json.loads((folder / CONFIG_FILE).read_text())
+    meta = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     base, processor = load_model(meta["base_model"], device, dtype, trust_remote_code)
     model = CagulModel(base, CagulConfig(**meta["cagul"]), meta["dim"])
     tensors = load_file(str(folder / MODULES_FILE))

@@ -105,9 +105,9 @@ def processor_chat_template(path: str) -> str | None:
     ``chat_template.json``), which the tokenizer alone does not read."""
     folder = Path(path)
     if (folder / "chat_template.jinja").is_file():
-        return (folder / "chat_template.jinja").read_text()
+        return (folder / "chat_template.jinja").read_text(encoding="utf-8")
     if (folder / "chat_template.json").is_file():
-        return json.loads((folder / "chat_template.json").read_text()).get("chat_template")
+        return json.loads((folder / "chat_template.json").read_text(encoding="utf-8")).get("chat_template")
     return None
 
 

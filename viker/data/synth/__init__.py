@@ -251,4 +251,4 @@ def _write_readme(out: Path, cfg: SynthConfig, counts: dict) -> None:
         f'("{UNKNOWN_ANSWER}"). The tiny model has no pretraining, so its finetune reads it too.',
         "Real checkpoints and the real benchmark do without it.",
     ]
-    (out / "README.md").write_text("\n".join(lines) + "\n")
+    (out / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
