@@ -119,6 +119,16 @@ def test_likelihood_choice_picks_the_most_likely_option(monkeypatch, tiny):
     seen.clear()
     assert mc_by_likelihood(model, processor, [(q, None)], ["???"], 8) == ["C"]
     assert seen == ["Oslo", "Lima", "Riga", "Porto"]  # no frame: bare options, length-normalised
+    # a blank option is not named by every answer, has nothing to score, and is never chosen
+    blank = replace(q, options={**q.options, "B": " ", "C": "Paris"})
+    seen.clear()
+    monkeypatch.setattr("viker.eval.evaluate.answer_logprobs", lambda model, processor, examples, batch_size: [
+        (-1.0 if "Porto" in e.answer else -0.5 if "  " in e.answer or not e.answer.strip() else -5.0, 4)
+        for e in examples if not seen.append(e.answer)])
+    for reply in ("Kofix Bin was born in Oslo.", "???"):
+        assert mc_by_likelihood(model, processor, [(blank, None)], [reply], 8) == ["D"]
+    assert seen == ["Kofix Bin was born in Oslo.", "Kofix Bin was born in Paris.", "Kofix Bin was born in Porto.",
+                    "Oslo", "Paris", "Porto"]
 
 
 def test_evaluate_reports_the_paper_columns_in_percent(tiny, bench_dir):
@@ -181,9 +191,10 @@ def test_a_scoped_evaluation_gives_the_full_evaluations_figures_for_what_it_comp
 def test_eval_command_evaluates_only_what_it_is_asked(tiny_dir, bench_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(out),
-                 "--max-new-tokens", "4", "--only", "forget:multiple_choice", "--only", "real"]) == 0
+                 "--max-new-tokens", "4", "--only", "forget:multiple_choice", "--only", "real",
+                 "--only", "forget:cloze"]) == 0  # a set named twice: the tasks of both
     metrics = json.loads((out / "metrics.json").read_text())
-    assert {"forget_acc", "real_acc", "real_rougeL", "real_cloze"} <= set(metrics)
+    assert {"forget_acc", "forget_cloze", "real_acc", "real_rougeL", "real_cloze"} <= set(metrics)
     assert not any(k.startswith(("test_", "retain_")) or k in ("forget_rougeL", "coherence") for k in metrics)
     assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(tmp_path / "bad"),
                  "--only", "forget:summaries"]) == 2
@@ -234,11 +245,12 @@ def _tiny_classifier(path):
     tokenizer.save_pretrained(path)
 
 
-def test_gibberish_classifier_loads_from_a_local_folder(tmp_path):
+def test_gibberish_classifier_loads_from_a_local_folder(tmp_path, monkeypatch):
     from viker.eval.evaluate import gibberish_scorer
 
     _tiny_classifier(tmp_path / "gib")
-    score = gibberish_scorer(str(tmp_path / "gib"), "cpu")
+    monkeypatch.setenv("HOME", str(tmp_path))  # '~/gib' as `--gib-model=~/gib` passes it, unexpanded
+    score = gibberish_scorer("~/gib", "cpu")
     clean, noise = score(["fine fine", "s s s the"])
     assert clean > 0.9 and noise == pytest.approx(0.5, abs=0.05)  # 'clean' is the label named clean
     config = json.loads((tmp_path / "gib" / "config.json").read_text())

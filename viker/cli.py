@@ -94,7 +94,8 @@ def _eval_clear(args) -> None:
 
 
 def _scope(only: list[str] | None) -> dict | None:
-    """--only forget:generation,multiple_choice --only retain -> {set: tasks} (a set alone: all its tasks)."""
+    """--only forget:generation,multiple_choice --only retain -> {set: tasks} (a set alone: all its tasks;
+    a set named twice: the tasks of both)."""
     from viker.eval.evaluate import TASKS, check_scope
 
     if not only:
@@ -102,7 +103,8 @@ def _scope(only: list[str] | None) -> dict | None:
     scope = {}
     for item in only:
         name, _, tasks = item.partition(":")
-        scope[name] = tuple(t for t in tasks.split(",") if t) or TASKS
+        asked = tuple(t for t in tasks.split(",") if t) or TASKS
+        scope[name] = tuple(dict.fromkeys(scope.get(name, ()) + asked))
     check_scope(scope)
     return scope
 

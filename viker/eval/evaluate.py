@@ -7,6 +7,7 @@ the answers to the multiple-choice questions give the frames for option-likeliho
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -120,9 +121,10 @@ def answer_logprobs(model, processor, examples: Sequence[Example], batch_size: i
 def option_frame(answer: str, options: Sequence[str]) -> str | None:
     """The model's own answer with the option it names cut out ('This person was born in {}.'), or
     None when it names none of the options, or more than one (which of them answers the question is
-    not ours to guess). An option named only inside another ('York' in 'New York') is not named."""
+    not ours to guess). An option named only inside another ('York' in 'New York') is not named, and
+    a blank option is never named."""
     spans = {o: [m.span() for m in re.finditer(rf"(?<!\w){re.escape(o)}(?!\w)", answer, flags=re.I)]
-             for o in dict.fromkeys(options)}
+             for o in dict.fromkeys(options) if o.strip()}
     within = [(o, a, b) for o, found in spans.items() for a, b in found]
 
     def inside_another(option: str, span: tuple[int, int]) -> bool:
@@ -146,22 +148,25 @@ def mc_by_likelihood(model, processor, questions: list[tuple[MCQuestion, bytes |
     Each option is scored as the answer to the question, inside the frame of the model's own greedy
     answer when that answer names one of the options ('This person was born in {Lisbon|Oslo|...}.'; the
     sentences' summed log-probabilities: the likelihood of each whole answer), else as the bare option
-    text (per-token mean log-probability, so length does not decide)."""
-    candidates, frames = [], []
+    text (per-token mean log-probability, so length does not decide). A blank option has nothing to
+    score and is never the likelier."""
+    candidates, frames, slots = [], [], []
     for (q, image), reply in zip(questions, replies):
         letters = sorted(q.options)
         frame = option_frame(reply, [q.options[x] for x in letters])
         frames.append(frame)
+        slots.append([])
         for x in letters:
             text = frame.format(q.options[x]) if frame else q.options[x]
-            candidates.append(Example(generation_prompt(q.question), text, image))
+            slots[-1].append(len(candidates) if q.options[x].strip() else None)
+            if q.options[x].strip():
+                candidates.append(Example(generation_prompt(q.question), text, image))
     scores = answer_logprobs(model, processor, candidates, batch_size)
     choices = []
-    for i, ((q, _), frame) in enumerate(zip(questions, frames)):
-        letters = sorted(q.options)
-        lp = [s for s, _ in scores[4 * i : 4 * i + 4]]
-        lengths = None if frame else [n for _, n in scores[4 * i : 4 * i + 4]]
-        choices.append(letters[M.choose_by_likelihood(lp, lengths)])
+    for (q, _), frame, slot in zip(questions, frames, slots):
+        lp = [scores[j][0] if j is not None else -math.inf for j in slot]
+        lengths = None if frame else [scores[j][1] if j is not None else 1 for j in slot]
+        choices.append(sorted(q.options)[M.choose_by_likelihood(lp, lengths)])
     return choices
 
 
@@ -171,9 +176,10 @@ def gibberish_scorer(path: str, device, batch_size: int = 32):
     coherent is not ours to guess."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    folder = str(Path(path).expanduser())  # a local folder, never a hub id ('~/gib' is no repository)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        clf = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        clf = AutoModelForSequenceClassification.from_pretrained(folder).to(device).eval()
     except (OSError, ValueError) as e:
         raise VikerError(f"--gib-model {path}: cannot load a text classifier ({str(e).splitlines()[0]})") from None
     labels = {i: str(name).lower() for i, name in clf.config.id2label.items()}
