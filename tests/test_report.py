@@ -120,6 +120,27 @@ def test_no_marker_of_the_plot_hides_another(tmp_path, monkeypatch):
     assert math.dist(where["CAGUL"], cagul) < 1e-6  # a lone point stays where it is
 
 
+def test_forty_runs_in_one_place_each_keep_a_look_and_a_place_of_their_own(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    seen = {}
+
+    def look(fig, path, **kwargs):
+        ax = fig.axes[0]
+        seen["dots"] = [(tuple(c.get_facecolor()[0]), c.get_paths()[0].vertices.tobytes(),
+                         ax.transData.transform(c.get_offsets())[0]) for c in ax.collections]
+        seen["px per pt"] = fig.dpi / 72
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", look)
+    runs = [{"method": None, "label": f"run {i}", "metrics": {"forget_acc": 30.0, "retain_rougeL": 50.0}}
+            for i in range(41)]
+    tradeoff_plot(runs, [], tmp_path / "tradeoff.png")
+    dots = seen["dots"]
+    assert len({(colour, shape) for colour, shape, _ in dots}) == 41  # no two legend entries look alike
+    gaps = [math.dist(a[2], b[2]) for i, a in enumerate(dots) for b in dots[i + 1:]]
+    assert min(gaps) >= 0.99 * MARKER_AREA ** 0.5 * seen["px per pt"]
+
+
 # --------------------------------------------------------------------------------------------------
 # viker report, on runs made and evaluated by the commands themselves
 # --------------------------------------------------------------------------------------------------

@@ -171,6 +171,8 @@ def _nearby(points: list[tuple[float, float, float]], within: float = 4.0) -> li
 
 
 MARKER_AREA = 80  # points², as matplotlib's scatter takes it
+SHAPES = ("o", "s", "^", "v", "<", ">", "p", "h")  # the markers of runs beyond every twenty colours
+LEGEND_ROWS = 20  # legend entries in a column beside the plot
 
 
 def side_by_side(points: list[tuple[float, float]], within: float) -> list[float]:
@@ -210,7 +212,11 @@ def _set_side_by_side(ax, dots: list[list], at: list[tuple[float, float]]) -> No
         return
     share = marker / ax.get_window_extent().width  # a marker's share of the plot's width
     most = max(abs(slot) for slot in slots)
-    width = (hi - lo) * share / max(1 - 2 * most * share, 0.5)  # data units, once the x range made room
+    if 2 * most * share > 0.5:  # a row of markers wider than half the plot: a wider figure makes room
+        figure = ax.figure
+        figure.set_size_inches(figure.get_size_inches() * (4.4 * most * share, 1.0))
+        share = marker / ax.get_window_extent().width
+    width = (hi - lo) * share / (1 - 2 * most * share)  # data units, once the x range made room
     for collections, (x, y), slot in zip(dots, at, slots):
         for collection in collections:
             collection.set_offsets([(x + slot * width, y)])
@@ -253,8 +259,15 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
         if sum(other["method"] == r["method"] for other in runs) > 1:
             c = None  # several runs of one method: a colour each
         styles.append((r.get("marker", m), c))
-    if sum(c is None for _, c in styles) > 10:  # more than the default ten colours: twenty, so that none repeats
-        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
+    coloured = sum(c is None for _, c in styles)
+    if coloured > 10:  # more than the default ten colours: twenty, and beyond twenty a shape each round
+        colours = plt.get_cmap("tab20").colors
+        ax.set_prop_cycle(color=[colours[i % 20] for i in range(coloured)])
+        nth = 0  # the n-th run drawn in a colour of the cycle
+        for j, (m, c) in enumerate(styles):
+            if c is None:
+                styles[j] = (SHAPES[nth // 20 % len(SHAPES)] if m == "o" else m, c)
+                nth += 1
     dots = []
     for r, (x, y), (m, c) in zip(drawn, at, styles):
         dots.append([ax.scatter(x, y, marker=m, s=MARKER_AREA, color=c, zorder=3, label=label(r))])
@@ -270,7 +283,8 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
     ax.set_title(title or "Forgetting vs retention")
     ax.grid(alpha=0.3)
     entries = sorted(zip(*ax.get_legend_handles_labels()), key=lambda entry: entry[1] == crossed)  # crossed: last
-    ax.legend(*zip(*entries), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)  # beside
+    ax.legend(*zip(*entries), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+              ncols=math.ceil(len(entries) / LEGEND_ROWS))  # beside, no taller than the plot
     fig.tight_layout()
     _set_side_by_side(ax, dots, at)
     fig.savefig(path, dpi=130, bbox_inches="tight")
