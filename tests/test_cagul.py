@@ -64,9 +64,15 @@ def test_run_folder_loads_as_a_model_that_answers(cagul_run, tiny_dir, bench_dir
     base, _ = load_model(tiny_dir, device="cpu")
     assert all(torch.equal(a, b) for a, b in zip(model.base.state_dict().values(), base.state_dict().values()))
     trained = cagul_run[3]
-    assert torch.equal(model.encoder.up.weight, trained.encoder.up.weight)
+    for part in ("encoder", "discriminator"):  # both modules come back as trained
+        mine, theirs = getattr(model, part).state_dict(), getattr(trained, part).state_dict()
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine), part
+    # and the loaded model answers as the trained one: same flags, same rewritten tokens, same replies
+    batch = model_inputs(Collator(processor)(_examples(bench_dir)))
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, trained.eval()(**batch).logits)
     answers = generate(model, processor, _examples(bench_dir), max_new_tokens=5, progress=False)
-    assert len(answers) == 5 and all(isinstance(a, str) for a in answers)
+    assert answers == generate(trained, processor, _examples(bench_dir), max_new_tokens=5, progress=False)
 
 
 def _wrapped(tiny, **cfg):
@@ -158,6 +164,9 @@ def test_precision_recall_by_hand():
     assert got["precision"] == pytest.approx(100 * 2 / 3, abs=0.01)
     assert got["recall"] == pytest.approx(100 * 2 / 3, abs=0.01)
     assert got["false_positive_rate"] == 50.0
+    # one flag, right; one of two forget images missed: precision 1/1, recall 1/2, no false positive
+    got = precision_recall(torch.tensor([True, False, False]), torch.tensor([True, True, False]))
+    assert (got["precision"], got["recall"], got["false_positive_rate"]) == (100.0, 50.0, 0.0)
 
 
 @pytest.mark.parametrize("argv, message", [

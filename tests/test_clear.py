@@ -429,6 +429,7 @@ def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys):
         assert config["examples"]["forget"] == 4
         if method == "viker":  # references: other persons' faces, CLEAR's retain split
             assert config["method"]["refs"] == "retain"
+            assert config["setup"]["reference_pool"] == {"refs": "retain", "source": "CLEAR retain90", "images": 4}
         assert main([*evaluate, "--model", str(run), "--out", str(run),
                      "--retain-model", str(tmp_path / "retain-eval")]) == 0
         metrics = _metrics(run)
@@ -477,5 +478,9 @@ def test_cagul_unlearns_on_clear_with_the_retain_persons_faces_as_references(tin
                 progress=False)
     config = json.loads((run / "config.json").read_text())
     assert config["method"]["refs"] == "retain" and config["examples"]["forget"] == 4
+    # the retain split's faces: never a forget person's own
+    pool, source = reference_pool_and_source("retain", clear_dir, "forget10")
+    assert source == "CLEAR retain90" and pool == clear.person_images(clear_dir, "forget10", "retain")
+    assert len(pool) == 4 and not set(pool) & set(clear.person_images(clear_dir, "forget10", "forget"))
     model, _ = load_model(run, device="cpu")
     assert isinstance(model, CagulModel)

@@ -146,6 +146,24 @@ def test_evaluate_reports_the_paper_columns_in_percent(tiny, bench_dir):
     assert sum(r["task"] == "multiple_choice" and r["set"] == "forget" for r in records) == n_mc
 
 
+def test_a_model_that_knows_every_answer_scores_100_on_every_paper_column(tiny, bench_dir, monkeypatch):
+    """Percentages, not fractions: every answer right is 100 in every column of the paper's table."""
+    from viker.prompts import mc_prompt
+
+    letters = {mc_prompt(q.question, q.options): q.answer for config in ("Full_Set", "Test_Set", "Retain_Set")
+               for p in load_profiles(bench_dir, config) for q in p.mc}
+
+    def knows_everything(model, processor, examples, **kw):  # a multiple-choice prompt has no answer: its letter
+        return [ex.answer or letters[ex.question] for ex in examples]
+
+    monkeypatch.setattr(viker.eval.evaluate, "generate", knows_everything)
+    metrics, _ = evaluate(*tiny, bench_dir, EvalConfig(forget="forget_10", mc_mode="letter", retain_limit=3),
+                          progress=False)
+    assert {k: metrics[k] for k in PAPER_KEYS - {"coherence"}} == pytest.approx(
+        dict.fromkeys(PAPER_KEYS - {"coherence"}, 100.0))
+    assert metrics["coherence"] > 90.0
+
+
 def test_generation_and_cloze_are_reported_by_question_type_and_together(tiny, bench_dir, monkeypatch):
     """A model that answers every question asked with the image word for word, and none asked by name."""
     def answer_with_images_only(model, processor, examples, **kw):
@@ -260,11 +278,26 @@ def test_gibberish_classifier_loads_from_a_local_folder(tmp_path, monkeypatch):
         gibberish_scorer(str(tmp_path / "gib"), "cpu")
 
 
-def test_gib_column_when_a_classifier_is_given(tiny, bench_dir, tmp_path):
+def test_gib_column_when_a_classifier_is_given(tiny, bench_dir, tmp_path, monkeypatch):
+    """The classifier's 'clean' probability of the answers, in percent: the tiny classifier calls 'fine fine'
+    clean (above 0.9) and anything without 'fine' a coin toss (0.5)."""
+    from viker.eval.evaluate import gibberish_scorer
+
     _tiny_classifier(tmp_path / "gib")
+    replies = {}
+
+    def half_fine(model, processor, examples, **kw):  # every other generation answer is 'fine fine'
+        return [replies.setdefault((ex.question, ex.image), "fine fine" if len(replies) % 2 else "s s the")
+                for ex in examples]
+
+    monkeypatch.setattr(viker.eval.evaluate, "generate", half_fine)
     model, processor = tiny
-    metrics, _ = evaluate(model, processor, bench_dir,
-                          EvalConfig(forget="forget_10", max_new_tokens=4, retain_limit=2,
-                                     gib_model=str(tmp_path / "gib")),
-                          progress=False)
-    assert 0.0 <= metrics["gib"] <= 100.0 and metrics["gib"] == metrics["forget_gib"]
+    metrics, records = evaluate(model, processor, bench_dir,
+                                EvalConfig(forget="forget_10", max_new_tokens=4, gib_model=str(tmp_path / "gib"),
+                                           scope={"forget": ("generation",)}), progress=False)
+    answers = [r["answer"] for r in records if r["task"] == "generation"]
+    assert "fine fine" in answers and "s s the" in answers
+    expected = 100 * sum(gibberish_scorer(str(tmp_path / "gib"), "cpu")(answers)) / len(answers)
+    assert metrics["gib"] == metrics["forget_gib"] == pytest.approx(expected)
+    share = answers.count("fine fine") / len(answers)
+    assert metrics["gib"] > 100 * (0.9 * share + 0.45 * (1 - share))  # the clean class's probability, not noise's

@@ -305,7 +305,14 @@ def test_cagul_trains_and_answers_mixed_batches_on_every_family(family, saved, r
                  progress=False)
     model, processor = load_model(run, device="cpu")
     assert isinstance(model, CagulModel)
+    assert model.encoder.up.weight.abs().sum() > 0  # the encoder trained
     model.mode = "force"
+    examples = _mixed(real_bench, 2)  # image, text, image, text
+    batch = model_inputs(Collator(processor)(examples))
+    with torch.no_grad():
+        rewritten, bare = model(**batch).logits, model.base(**batch).logits
+    for row, example in enumerate(examples):  # every image rewritten, every text-only question untouched
+        assert torch.equal(rewritten[row], bare[row]) == (example.image is None), (family, row)
     cfg = EvalConfig(forget="forget_10", max_new_tokens=4, scope={"forget": ("generation", "multiple_choice")})
     metrics = run_eval(str(run), str(real_bench), str(run), cfg, progress=False, model_and_processor=(model, processor))
     assert 0.0 <= metrics["forget_acc"] <= 100.0 and 0.0 <= metrics["forget_acc_text"] <= 100.0

@@ -113,16 +113,16 @@ def test_reference_distributions_match_a_direct_computation_and_the_cache(tiny_d
     k = 3
     dists = compute_reference_distributions(ctx.reference.answer_probs, ctx.collate, examples, pool, k, seed=0,
                                             progress=False)
-    # direct: the same images (same seed), one image at a time, probabilities averaged by hand
+    # direct: k other people's images drawn here with the same seed, one image at a time, probabilities
+    # averaged by hand
     import random
-
-    from viker.methods.reference import choose_reference_images
 
     rng = random.Random("viker-refs-0")
     assert any(ex.image is None for ex in examples) and any(ex.image is not None for ex in examples)
     for i, ex in enumerate(examples):
         # a text-only question has no image to swap: its reference is the frozen model on its own input
-        images = [None] if ex.image is None else choose_reference_images(ex, pool, k, rng)
+        images = [None] if ex.image is None else rng.sample([img for img in pool if img != ex.image], k)
+        assert ex.image is None or (len(set(images)) == k and ex.image not in images)
         per_image = [ctx.reference.answer_probs(ctx.collate([replace(ex, image=img)])) for img in images]
         direct = torch.stack(per_image).mean(0)
         assert torch.allclose(dists.rows([i]), direct, atol=1e-6)
@@ -143,7 +143,13 @@ def test_viker_no_reg_is_gradient_ascent(tiny_dir, bench_dir, tmp_path):
     answer_logits, targets = gather_answer_positions(logits, batch["forget"]["labels"])
     token_mean = answer_logits.log_softmax(-1).gather(-1, targets[:, None]).mean()
     assert viker.loss(ctx.model, batch)[0].item() == pytest.approx(token_mean.item(), rel=1e-5)
-    assert ga.loss(ctx.model, batch)[0].item() < 0  # a log-likelihood
+    # GA averages each answer's tokens first, then the answers (as the baselines' code does)
+    labels = batch["forget"]["labels"][:, 1:]  # the token each position predicts
+    answer = labels != -100
+    logp = logits[:, :-1].log_softmax(-1).gather(-1, labels.clamp_min(0)[..., None]).squeeze(-1)
+    per_answer = ((logp * answer).sum(1) / answer.sum(1)).mean()
+    assert ga.loss(ctx.model, batch)[0].item() == pytest.approx(per_answer.item(), rel=1e-5)
+    assert per_answer.item() != pytest.approx(token_mean.item(), rel=1e-5)  # answers of unequal length
 
 
 def test_viker_reference_cache_is_reused(tiny_dir, bench_dir, tmp_path):
@@ -235,9 +241,14 @@ def test_keytokens_page_marks_high_entropy_tokens(tiny_dir, bench_dir, tmp_path,
     page = out.read_text()
     n_answers = len(unlearning_examples(bench_dir, "forget_10"))
     assert page.count("<div class='a'>") == n_answers
-    assert "class='key'" in page  # with ε = 0 every token of a random model is a key token
+    # with ε = 0 every token of a random model (its entropy is far above 0) is a key token ...
+    assert page.count("class='key'") == page.count("<span ") > n_answers
     assert page.count("R̂(y) = ") == page.count("<span ") and "Reference probability of the true token" in page
     assert out.with_suffix(".png").stat().st_size > 1000
+    # ... and none is above an entropy no distribution reaches (log V nats at most)
+    assert main(["keytokens", "--model", str(tiny_dir), "--data", str(bench_dir), "--forget", "forget_10",
+                 "--out", str(out), "--k", "2", "--epsilon", "1000", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "class='key'" not in out.read_text() and f"0 of {page.count('<span ')} answer tokens" in out.read_text()
 
 
 def test_the_key_token_picture_draws_the_benchmarks_text_as_it_is(tmp_path, monkeypatch):
