@@ -55,7 +55,7 @@ def run_seed(seed: int, epochs: list[float], lams: list[float], out: Path, devic
     if not (vanilla / "model" / "config.json").is_file():
         build_benchmark(data, replace(cfg.synth, seed=seed), progress=False)
         run_finetune(FinetuneConfig(model="tiny", data=str(data), out=str(vanilla), train=cfg.finetune,
-                                    device=device, dtype="float32"), progress=False)
+                                    device=device, dtype="float32"), progress=False, overwrite=True)
     names = person_names(data, cfg.forget)
     result["no_face_retain_rougeL"] = no_face_retain_rougeL(data, cfg)
     result["forget_image_questions"] = forget_image_questions(data, cfg.forget)
@@ -80,8 +80,8 @@ def run_seed(seed: int, epochs: list[float], lams: list[float], out: Path, devic
         if key in result["runs"]:
             continue
         run_dir = root / "runs" / key
-        mp = run_unlearn(replace(base, method=method, method_args=dict(args), out=str(run_dir),
-                                 train=replace(base.train, epochs=e)), progress=False)[:2]
+        mp = run_unlearn(replace(base, method=method, method_args=dict(args), out=str(run_dir),  # unrecorded:
+                                 train=replace(base.train, epochs=e)), progress=False, overwrite=True)[:2]  # unfinished
         record(key, run_dir, mp)
     return result
 

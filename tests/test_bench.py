@@ -51,6 +51,24 @@ def test_quick_run_measures_every_method_and_leaves_the_recorded_results_alone(c
     assert ((ROOT / "bench" / "RESULTS.md").read_bytes() if recorded is not None else None) == recorded
 
 
+def test_the_7b_shape_path_runs_on_a_cpu_at_its_mini_size(costs, bench_dir, tmp_path):
+    """What `--model-shape llava-7b` does on a GPU, at a size a CPU runs: GA and ViKeR with LoRA on a model
+    built in memory (not a folder to look up), then batched generation."""
+    from transformers.utils import logging
+
+    threads, verbosity = torch.get_num_threads(), logging.get_verbosity()
+    try:
+        r = costs.main(["--quick", "--model-shape", "llava-7b-mini", "--out", str(tmp_path), "--data", str(bench_dir),
+                        "--results", str(tmp_path / "results")])
+    finally:  # the script sets these for its own process
+        torch.set_num_threads(threads)
+        logging.set_verbosity(verbosity)
+        logging.enable_progress_bar()
+    assert r["settings"]["shape"] == "llava-7b-mini"
+    assert r["ga"]["seconds_per_step"] > 0 and r["viker"]["seconds_per_step"] > 0
+    assert r["generation"]["batched"]["prompts"] > 0
+
+
 def test_cache_size_for_a_32k_vocabulary_follows_the_storage_format(costs, tmp_path):
     sizes = costs.cache_for_vocabulary(32000, rows=24, examples=3, path=tmp_path)
     assert sizes["default"] == f"top-{costs.VIKER_TOPK}"

@@ -161,7 +161,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     if cfg.tuning == "full" and not cfg.lora.merge:
         raise VikerError("--save adapter: --tuning full trains no adapter")
     saves_adapter = cfg.tuning == "lora" and not wraps and (not cfg.lora.merge or cfg.train.snapshot_every)
-    if saves_adapter and Path(resolve_model_path(cfg.model), "adapter_config.json").is_file():
+    if saves_adapter and model_and_processor is None and \
+            Path(resolve_model_path(cfg.model), "adapter_config.json").is_file():
         raise VikerError(f"--model {cfg.model}: an adapter run, merged into its base model when loaded; an adapter "
                          "trained on it would name that base and leave the first run out, so save this run merged "
                          "(--save merged, without --snapshot-every)")
