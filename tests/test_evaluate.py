@@ -162,6 +162,30 @@ def test_a_model_that_knows_every_answer_scores_100_on_every_paper_column(tiny, 
     assert {k: metrics[k] for k in PAPER_KEYS - {"coherence"}} == pytest.approx(
         dict.fromkeys(PAPER_KEYS - {"coherence"}, 100.0))
     assert metrics["coherence"] > 90.0
+    assert metrics["forget_unparsed"] == metrics["real_unparsed"] == 0.0  # every reply gave its letter
+
+
+def test_option_likelihood_frames_do_not_depend_on_the_reply_length_asked_for(tiny, bench_dir, monkeypatch):
+    """A short --max-new-tokens would stop the greedy answer before the option it names ('... born in') and
+    leave the options to be scored bare: the frames are read in their own 50 new tokens."""
+    from viker.prompts import generation_prompt
+
+    correct = {(generation_prompt(q.question), p.images[0] if q.with_image else None): q.options[q.answer]
+               for p in load_profiles(bench_dir, "forget_10") for q in p.mc}  # a question asked of a person
+    asked = []
+
+    def names_the_answer(model, processor, examples, max_new_tokens, **kw):  # one word per new token
+        asked.extend(max_new_tokens for ex in examples if (ex.question, ex.image) in correct)
+        return [" ".join(f"It is {correct.get((ex.question, ex.image), 'x')} indeed.".split()[:max_new_tokens])
+                for ex in examples]
+
+    monkeypatch.setattr(viker.eval.evaluate, "generate", names_the_answer)
+    monkeypatch.setattr(viker.eval.evaluate, "answer_logprobs", lambda model, processor, examples, batch_size: [
+        (-1.0 if e.answer == f"It is {correct[e.question, e.image]} indeed." else -9.0, 4) for e in examples])
+    scope = {"forget": ("multiple_choice",)}
+    short, full = (evaluate(*tiny, bench_dir, EvalConfig(forget="forget_10", max_new_tokens=n, scope=scope),
+                            progress=False)[0] for n in (2, 50))
+    assert set(asked) == {50} and short["forget_acc_all"] == full["forget_acc_all"] == 100.0
 
 
 def test_generation_and_cloze_are_reported_by_question_type_and_together(tiny, bench_dir, monkeypatch):
@@ -204,6 +228,18 @@ def test_a_scoped_evaluation_gives_the_full_evaluations_figures_for_what_it_comp
     kept = {("forget", "generation"), ("forget", "multiple_choice"), ("retain", "generation")}
     assert {(r["set"], r["task"]) for r in records} == kept
     assert records == [r for r in full_records if (r["set"], r["task"]) in kept]
+
+
+def test_letter_mode_says_when_replies_name_no_letter(tiny_dir, bench_dir, tmp_path, capsys):
+    """An untrained model never answers with a letter: its accuracy of 0 is no forgetting, and eval says so."""
+    out = tmp_path / "letters"
+    assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(out), "--mc-mode", "letter",
+                 "--only", "forget:multiple_choice"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    records = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert metrics["forget_unparsed"] == pytest.approx(100 * sum(r["choice"] is None for r in records) / len(records))
+    assert metrics["forget_unparsed"] > 50 and "warning: most letter-mode replies name no option" in \
+        capsys.readouterr().err
 
 
 def test_eval_command_evaluates_only_what_it_is_asked(tiny_dir, bench_dir, tmp_path, capsys):

@@ -201,7 +201,8 @@ def test_report_tabulates_evaluated_runs_by_what_they_are(runs, tmp_path, capsys
     metrics = {f.name: json.loads((f / "metrics.json").read_text()) for f in folders}
     assert cells["GA"][0].strip("*") == f"{metrics['ga-eval']['forget_acc']:.1f}"
     assert not any(c.startswith("**") for c in cells["vanilla"])  # the model before unlearning is not compared
-    assert "Evaluated on forget_10, multiple choice by likelihood." in " ".join(report.split())
+    assert "Evaluated on forget_10, multiple choice by likelihood. Greedy replies of at most 4 new tokens. Retain " \
+        "figures over 2 retain people." in " ".join(report.split())
     results = json.loads((tmp_path / "results.json").read_text())
     assert [r["method"] for r in results["runs"]] == ["vanilla", None, "ga", "npo", "npo"]
     assert [r["metrics"] for r in results["runs"]] == [metrics[name] for name in ("vanilla", "base", "ga-eval",

@@ -56,15 +56,20 @@ def test_a_run_folder_is_replaced_only_when_asked(tiny_dir, bench_dir, tmp_path,
     assert (tiny_dir / "config.json").read_text() == before
 
 
-def test_a_resumed_run_goes_on_with_the_settings_it_started_with(tiny_dir, bench_dir, tmp_path, capsys):
+def test_a_resumed_run_goes_on_with_the_settings_it_started_with(tiny_dir, bench_dir, tmp_path, capsys,
+                                                                 monkeypatch):
     run = tmp_path / "run"
     unlearn = ["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--max-steps", "1", "--out", str(run)]
     assert main([*unlearn, "--resume"]) == 2
     assert "holds no unlearn run to continue" in _error(capsys)
+    monkeypatch.setattr("sys.argv", ["/usr/bin/viker", *unlearn, "--method", "ga"])  # as the command line runs it
     assert main([*unlearn, "--method", "ga"]) == 0
     capsys.readouterr()
     assert main([*unlearn, "--method", "npo", "--resume"]) == 2
-    assert "--resume: method was ga when the run started and is npo now" in _error(capsys)
+    error = _error(capsys)
+    assert "--resume: method was ga when the run started and is npo now" in error
+    # the message gives the command the run was started with, to repeat with --resume
+    assert f"it was started as `viker unlearn --model {tiny_dir} " in error and "--method ga`" in error
     assert main([*unlearn, "--method", "ga", "--lr", "0.5", "--resume"]) == 2
     assert "--resume: train.lr was 0.0002 when the run started and is 0.5 now" in _error(capsys)
     # where the results do not depend on it, a setting may change

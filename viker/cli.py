@@ -130,13 +130,15 @@ def _eval(args) -> None:
 def _keytokens(args) -> None:
     from pathlib import Path
 
-    from viker.keytokens import run_keytokens
+    from viker.keytokens import PNG_ANSWERS, run_keytokens
 
     rows = run_keytokens(args.model, args.data, args.forget, args.out, args.k, args.refs, args.epsilon,
                          args.cache_dir, args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
                          seed=args.seed)
     n_key = sum(h > args.epsilon for r in rows for h in r.entropy)
-    print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}: {n_key} key tokens in {len(rows)} answers")
+    shown = f" (the PNG shows the first {PNG_ANSWERS})" if len(rows) > PNG_ANSWERS else ""
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}: {n_key} key tokens in {len(rows)} answers"
+          f"{shown}")
 
 
 def _report(args) -> None:
@@ -311,7 +313,8 @@ def parser() -> argparse.ArgumentParser:
     un.add_argument("--snapshot-every", type=int, metavar="N",
                     help="also keep the model after every N epochs, in OUT/epochs/EPOCHS (LoRA: the adapter), "
                          "to evaluate where to stop")
-    un.add_argument("--cache-dir", help="where ViKeR's reference distributions are cached (default ~/.cache/viker)")
+    un.add_argument("--cache-dir", help="where ViKeR's reference distributions are cached "
+                                        "(default $VIKER_CACHE, else ~/.cache/viker)")
     _add_model_args(un)
     un.set_defaults(func=_unlearn)
     ev = _command(sub, "eval", "evaluate a model on a forget split, its Test_Set rows, the retain split and the "
@@ -349,7 +352,8 @@ def parser() -> argparse.ArgumentParser:
     kt.add_argument("--refs", default="people",
                     help="reference images: people | patterns | scenes | pets | forget | retain | a folder of images")
     kt.add_argument("--epsilon", type=float, default=0.5, help="entropy threshold (nats) for key tokens")
-    kt.add_argument("--cache-dir", help="where reference distributions are cached (default ~/.cache/viker)")
+    kt.add_argument("--cache-dir", help="where reference distributions are cached (default $VIKER_CACHE, else "
+                                        "~/.cache/viker)")
     kt.add_argument("--seed", type=int, default=0,
                     help="the seed that draws the reference images, as `viker unlearn --seed` (shares its cache)")
     _add_model_args(kt)

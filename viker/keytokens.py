@@ -136,7 +136,10 @@ def layout(tokens: list[str], width: float = 100.0) -> list[tuple[float, int, st
     return placed
 
 
-def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int = 12) -> None:
+PNG_ANSWERS = 12  # the answers the PNG shows (the page shows them all)
+
+
+def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int = PNG_ANSWERS) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -417,8 +417,9 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
     benchmark = _one_value(rows, "benchmark", "benchmarks")
     forget = _one_value(rows, "forget_split", "forget splits")
     mc_mode = _one_value(rows, "mc_mode", "--mc-mode")
-    for key, option in (("retain_limit", "--retain-limit"), ("max_new_tokens", "--max-new-tokens")):
-        _one_value(rows, key, option)  # the retain figures' people, the answers' length
+    # the retain figures' people, the answers' length: said under the table, as they change what it means
+    retain_limit = _one_value(rows, "retain_limit", "--retain-limit")
+    max_new_tokens = _one_value(rows, "max_new_tokens", "--max-new-tokens")
     for row, name in zip(rows, _labels(rows)):
         row["label"] = name
     out = Path(out)
@@ -439,6 +440,11 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
     evaluated = (f"All numbers are in [0, 1], as CLEAR reports them. Evaluated on {split}." if benchmark == "clear" else
                  f"All numbers are percentages. Evaluated on {split}, multiple choice by "
                  f"{mc_mode or 'a mode not recorded'}.")
+    if max_new_tokens is not None:
+        evaluated += f" Greedy replies of at most {max_new_tokens} new tokens."
+    if retain_limit is not None:
+        people = "every retain person" if retain_limit == "all" else f"{retain_limit} retain people"
+        evaluated += f" Retain figures over {people}."
     text = f"""# {title or f"Unlearning {forget or ''}".strip()}
 
 {markdown_table(rows)}

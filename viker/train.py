@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,8 +253,11 @@ def check_resume(out: str | Path, command: str, settings: dict, data_dir: str | 
                if k.rsplit(".", 1)[-1] not in RESUME_FREE and before.get(k) != now.get(k)]
     if changed:
         key = changed[0]
+        argv = config.get("argv") or []
+        started = f" (it was started as `viker {shlex.join(argv[1:])}`: give those options again with --resume)" \
+            if argv[1:2] == [command] else ""
         raise VikerError(f"--resume: {key} was {before.get(key)} when the run started and is {now.get(key)} now; "
-                         f"a resumed run keeps the settings in {Path(out) / 'config.json'}")
+                         f"a resumed run keeps the settings in {Path(out) / 'config.json'}{started}")
     if "data_files" in config and data_dir is not None and Path(data_dir).is_dir():
         hashes = file_hashes(data_dir)
         changed = sorted(name for name in config["data_files"].keys() | hashes.keys()

@@ -40,6 +40,10 @@ class EvalConfig:
     # A cloze reply should be the blank alone: it is read in its first 20 new tokens (MLLMU-Bench's own
     # evaluation lets it run to 50, which costs a model whose replies run on 2.5 times the decoding).
     cloze_max_new_tokens: int = 20
+    # Option likelihood scores the options inside the model's own greedy answer to the question, read in
+    # its first 50 new tokens whatever max_new_tokens is: a shorter reply can stop before the option it
+    # names ("... born in"), and the options would then be scored bare.
+    frame_max_new_tokens: int = 50
     retain_limit: int | None = None  # evaluate at most this many retain-split people (None: all)
     gib_model: str | None = None  # a local gibberish classifier (e.g. a copy of the DistilBERT one)
     # What to evaluate: set -> tasks (generation, multiple_choice, cloze); None: every task on every set.
@@ -52,6 +56,7 @@ class EvalConfig:
         require(self.forget in RETAIN_OF, "--forget", self.forget, f"choose from {', '.join(RETAIN_OF)}")
         check_generation_settings(self)
         require(self.cloze_max_new_tokens >= 1, "cloze_max_new_tokens", self.cloze_max_new_tokens, "must be at least 1")
+        require(self.frame_max_new_tokens >= 1, "frame_max_new_tokens", self.frame_max_new_tokens, "must be at least 1")
         require(not self.gib_model or Path(self.gib_model).expanduser().is_dir(), "--gib-model", self.gib_model,
                 "no such folder (a local copy of a gibberish classifier)")
 
@@ -241,9 +246,12 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfi
                 prompts = [Example(mc_prompt(q.question, q.options), "", img) for q, img in questions]
                 replies = answers(prompts, max_new_tokens=8)
                 choices = [M.parse_choice(r) for r in replies]
+                # a reply with no letter in it counts as wrong: say how many, so that 0 is not read as forgetting
+                metrics[f"{s.name}_unparsed"] = M.mean_percent(c is None for c in choices)
             else:
                 prompts = [Example(generation_prompt(q.question), "", img) for q, img in questions]
-                replies = answers(prompts)  # the generation questions' answers are reused
+                # the generation questions' answers are reused when they have the same length
+                replies = answers(prompts, max_new_tokens=cfg.frame_max_new_tokens)
                 choices = mc_by_likelihood(model, processor, questions, replies, cfg.batch_size)
             hits = [c == q.answer for c, (q, _) in zip(choices, questions)]
             # `_acc` is the image+text (VQA) accuracy, what ViKeR's table reports: the model is asked about

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,6 +25,11 @@ def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig, device=None,
     check_eval_out(model_path, out)
     model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code)
     metrics, records = evaluate(model, processor, data, cfg, progress=progress)
+    unparsed = {k: v for k, v in metrics.items() if k.endswith("_unparsed") and v is not None and v > 50}
+    if unparsed:
+        shares = ", ".join(f"{k} {v:.0f}%" for k, v in unparsed.items())
+        print(f"warning: most letter-mode replies name no option ({shares}); they count as wrong. A model "
+              "that never learned to answer with a letter is scored with --mc-mode likelihood", file=sys.stderr)
     out = Path(out)
     write_eval_config(out, {"model": as_recorded(model_path), "data": as_recorded(data), "benchmark": "mllmu",
                             "eval": asdict(cfg)}, data)
