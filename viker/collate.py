@@ -35,6 +35,13 @@ def messages(example: Example, answer: str | None = None) -> list[dict]:
     return conversation
 
 
+def chat_template(processor) -> str | dict | None:
+    """The processor's chat template, or its tokenizer's: older checkpoints keep it in tokenizer_config.json
+    only, where the processor does not look."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    return getattr(processor, "chat_template", None) or getattr(tokenizer, "chat_template", None)
+
+
 def model_inputs(batch: dict) -> dict:
     """Everything the processor produced (pixel_values, image_sizes, image_grid_thw, ...), nothing of ours."""
     return {k: v for k, v in batch.items() if k not in META_KEYS}
@@ -56,8 +63,7 @@ class Collator:
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.answers = answers
         self.max_length = max_length
-        # older checkpoints keep the template in tokenizer_config.json only, where the processor does not look
-        self.chat_template = getattr(processor, "chat_template", None) or getattr(self.tokenizer, "chat_template", None)
+        self.chat_template = chat_template(processor)
         if self.chat_template is None:
             raise VikerError(f"{type(processor).__name__}: the processor has no chat template; pass a model whose "
                              "processor defines one")

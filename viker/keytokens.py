@@ -20,7 +20,7 @@ from viker.data.examples import unlearning_examples
 from viker.errors import require
 from viker.methods.base import FrozenReference
 from viker.methods.losses import entropy
-from viker.methods.reference import default_topk, reference_distributions, reference_pool
+from viker.methods.reference import default_cache_dir, default_topk, reference_distributions, reference_pool
 
 
 @dataclass
@@ -176,7 +176,6 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
     """Write ``out`` (an .html page) and the PNG beside it; returns the rows shown. The reference
     distributions come from (or go to) ViKeR's cache, ``cache_dir`` or its default."""
     from viker.model import load_model
-    from viker.unlearn import default_cache_dir
 
     require(k >= 1, "--k", k, "must be at least 1")
     require(epsilon >= 0, "--epsilon", epsilon, "must be at least 0 (nats)")

@@ -7,7 +7,6 @@ computed, versions and data hashes), ``history.json``, ``timing.json`` and the u
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -22,6 +21,7 @@ from viker.data.schema import FORGET_SPLITS, RETAIN_OF
 from viker.errors import VikerError, require
 from viker.methods import get_method, unlearning_methods
 from viker.methods.base import FrozenReference, UnlearnContext
+from viker.methods.reference import default_cache_dir
 from viker.model import (
     LoraSettings,
     apply_lora,
@@ -48,10 +48,6 @@ from viker.train import (
 # Unlearning budgets: the tiny model (full CPU demo) and a 7B model with LoRA (the paper's setting).
 TINY_UNLEARN = TrainConfig(epochs=8, batch_size=8, lr=2e-4, scheduler="constant", max_grad_norm=1.0, log_every=5)
 REAL_UNLEARN = TrainConfig(epochs=5, batch_size=4, grad_accum=2, lr=1e-4, scheduler="constant", log_every=5)
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("VIKER_CACHE", Path.home() / ".cache" / "viker"))
 
 
 @dataclass

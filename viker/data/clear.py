@@ -26,7 +26,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from viker.data.examples import _unique
-from viker.data.loader import config_files, image_bytes, read_config
+from viker.data.loader import config_files, has_image, image_bytes, read_config
 from viker.data.schema import IMAGE, QA, Example
 from viker.errors import VikerError
 from viker.prompts import CAPTION_QUESTION, NAME_QUESTION, PROMPT_TEXTS
@@ -135,12 +135,6 @@ def _texts(row: dict, column: str, source: str) -> tuple[str, ...]:
     return tuple(str(v) for v in values)
 
 
-def _has_image(cell: dict | None) -> bool:
-    """Whether an image cell holds an image, in its bytes or as a file path."""
-    cell = cell or {}
-    return bool(cell.get("bytes") or cell.get("path"))
-
-
 def _portrait(row: dict, source: str, perturbed: bool) -> Portrait:
     extra = {}
     if perturbed:
@@ -160,7 +154,7 @@ def load_rows(root: str | Path, config: str) -> tuple[list[Portrait], list[QA]]:
     tofu, perturbed = config.endswith(TOFU), config.endswith(PERTURBED) or config == RETAIN_PERTURBED
     portraits, questions = [], []
     for source, row in read_config(root, config, schema_for(config), CONFIGS):
-        if tofu and not _has_image(row["image"]):
+        if tofu and not has_image(row["image"]):
             if row.get("caption"):
                 raise VikerError(f"{source}: a caption row without an image (a text-only row of {config} must be "
                                  "a TOFU question with its question and answer)")

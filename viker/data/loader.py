@@ -146,6 +146,12 @@ def _anchor(cells: dict | list | None, folder: Path) -> None:
             cell["path"] = str(folder / cell["path"])
 
 
+def has_image(cell: dict | None) -> bool:
+    """Whether an image cell holds an image, in its bytes or as a file path."""
+    cell = cell or {}
+    return bool(cell.get("bytes") or cell.get("path"))
+
+
 def image_bytes(value: dict | None, source: str) -> bytes:
     """The bytes of an image cell (``{bytes, path}``, as the Hugging Face Image feature stores it: the
     bytes, or else the file at ``path``), checked to decode, or a clear error."""

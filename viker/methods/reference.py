@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from viker.collate import chat_template
 from viker.data.loader import image_bytes, load_profiles
 from viker.data.schema import Example
 from viker.errors import VikerError
@@ -35,6 +37,11 @@ SOURCES = ("people", "patterns", "scenes", "pets", "forget", "retain")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CACHE_VERSION = 3
 FULL_VOCAB_LIMIT = 8192  # above this, store top-k by default
+
+
+def default_cache_dir() -> Path:
+    """Where R̂ is cached when no folder is given: $VIKER_CACHE, else ~/.cache/viker."""
+    return Path(os.environ.get("VIKER_CACHE", Path.home() / ".cache" / "viker"))
 
 
 def default_topk(model: torch.nn.Module) -> int | None:
@@ -114,7 +121,7 @@ def processor_fingerprint(processor) -> str:
         vocab = json.dumps({k: v for k, v in backend.items() if k not in ("padding", "truncation")}, sort_keys=True)
     else:
         vocab = json.dumps(sorted(tokenizer.get_vocab().items()))
-    template = getattr(processor, "chat_template", None) or getattr(tokenizer, "chat_template", None)
+    template = chat_template(processor)
     settings = processor.to_json_string() if hasattr(processor, "to_json_string") else ""
     return _sha(json.dumps([settings, template, vocab]).encode())
 
