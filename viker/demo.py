@@ -22,6 +22,7 @@ from viker.data.schema import RETAIN_OF
 from viker.data.synth import SynthConfig, build_benchmark
 from viker.data.synth.people import UNKNOWN_ANSWER, name_in_answer
 from viker.eval.evaluate import EvalConfig
+from viker.eval.metrics import whole_words
 from viker.eval.run import run_eval
 from viker.finetune import TINY_TRAIN, FinetuneConfig, run_finetune
 from viker.keytokens import run_keytokens
@@ -289,7 +290,7 @@ def naming_rates(generations: Path, names: dict[str, str]) -> dict[str, float | 
 def _names(answer: str, name: str) -> bool:
     """Whether ``answer`` gives ``name`` as a name of its own, not inside a longer word ('Ana Lo' is not named
     in 'Ana Lopez')."""
-    return re.search(rf"(?<!\w){re.escape(name)}(?!\w)", answer) is not None
+    return re.search(whole_words(name), answer) is not None
 
 
 def cagul_details(run_dir: Path, model_and_processor, data: Path, cfg: DemoConfig) -> dict:

@@ -128,7 +128,7 @@ def option_frame(answer: str, options: Sequence[str]) -> str | None:
     None when it names none of the options, or more than one (which of them answers the question is
     not ours to guess). An option named only inside another ('York' in 'New York') is not named, and
     a blank option is never named."""
-    spans = {o: [m.span() for m in re.finditer(rf"(?<!\w){re.escape(o)}(?!\w)", answer, flags=re.I)]
+    spans = {o: [m.span() for m in re.finditer(M.whole_words(o), answer, flags=re.I)]
              for o in dict.fromkeys(options) if o.strip()}
     within = [(o, a, b) for o, found in spans.items() for a, b in found]
 

@@ -115,6 +115,12 @@ def cloze_prompt(question: str) -> str:
 # Multiple-choice questions
 # --------------------------------------------------------------------------------------------
 
+def whole_words(phrase: str) -> str:
+    """A regular expression for ``phrase`` standing as words of its own, not inside a longer word ('York'
+    is not in 'Yorkshire', 'Ana Lo' not in 'Ana Lopez')."""
+    return rf"(?<!\w){re.escape(phrase)}(?!\w)"
+
+
 # A letter opening the reply: "(B)", "[B]", "B", "B:", "B)", "B]", "B. Paris", "B, Paris", "B - Paris",
 # "B" alone on the first line. "." and "," must be followed by whitespace or the end so that "A.I." or
 # "U.S." do not count. A letter followed by a space and a word ("A cat ...") is deliberately not accepted.
