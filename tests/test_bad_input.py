@@ -259,6 +259,44 @@ def test_an_out_that_is_a_file_or_a_folder_for_a_page(tiny_dir, bench_dir, tmp_p
     assert "name an .html file" in capsys.readouterr().err and not page.exists()
 
 
+def test_an_out_under_a_file_is_refused_before_the_model_loads(tiny_dir, bench_dir, tmp_path, capsys, monkeypatch):
+    import viker.eval.run
+    import viker.finetune
+    import viker.unlearn
+
+    def loaded(*args, **kwargs):
+        pytest.fail("the model was loaded for a run whose folder cannot be made")
+
+    monkeypatch.setattr(viker.eval.run, "load_model", loaded)
+    for module in (viker.finetune, viker.unlearn):
+        monkeypatch.setattr(module, "load_for_training", loaded)
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine\n")
+    run = taken / "run"
+    common = ["--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(run)]
+    for argv in (["eval", *common], ["unlearn", "--method", "ga", *common], ["finetune", *common],
+                 ["data", "synth", "--profiles", "10", "--out", str(run)], ["demo", "--fast", "--out", str(run)]):
+        assert main(argv) == 2, argv
+        assert capsys.readouterr().err.strip() == f"error: --out {run}: {taken} is a file, not a folder"
+    assert taken.read_text() == "mine\n"
+
+
+def test_a_key_token_page_that_cannot_be_written_is_refused_before_the_reference_is_computed(
+        tiny_dir, bench_dir, tmp_path, capsys, monkeypatch):
+    import viker.keytokens
+
+    def computed(*args, **kwargs):
+        pytest.fail("R̂ was computed for a page that cannot be written")
+
+    monkeypatch.setattr(viker.keytokens, "answer_token_entropies", computed)
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine\n")
+    page = taken / "pages" / "keys.html"
+    assert main(["keytokens", "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(page)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --out {page}: {taken} is a file, not a folder"
+    assert taken.read_text() == "mine\n"
+
+
 def test_an_out_folder_the_system_refuses_is_one_line_naming_it(tmp_path, capsys):
     out = tmp_path / ("x" * 300)  # longer than a file name may be
     assert main(["data", "synth", "--profiles", "10", "--out", str(out)]) == 2

@@ -28,7 +28,7 @@ from viker.finetune import TINY_TRAIN, FinetuneConfig, run_finetune
 from viker.keytokens import run_keytokens
 from viker.model import LoraSettings, load_model
 from viker.report import column_glossary, markdown_table, plain_table, setting_text, tradeoff_plot
-from viker.runs import file_hashes, machine, to_jsonable, under, write_json
+from viker.runs import file_hashes, machine, out_folder, to_jsonable, under, write_json
 from viker.train import TrainConfig
 from viker.unlearn import TINY_UNLEARN, UnlearnConfig, run_unlearn
 
@@ -126,7 +126,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     started = time.perf_counter()
     steps = Steps(6 if cfg.shorter_budget else 5)
 
-    out = Path(cfg.out)
+    out = out_folder(cfg.out)
     data = out / "data"
     synth = replace(cfg.synth, seed=cfg.seed)
     stamp = out / "synth.json"

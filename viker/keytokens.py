@@ -21,6 +21,7 @@ from viker.errors import require
 from viker.methods.base import FrozenReference
 from viker.methods.losses import entropy
 from viker.methods.reference import default_cache_dir, default_topk, reference_distributions, reference_pool
+from viker.runs import check_writable
 
 
 @dataclass
@@ -181,6 +182,7 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
     require(epsilon >= 0, "--epsilon", epsilon, "must be at least 0 (nats)")
     require(Path(out).suffix in (".html", ".htm") and not Path(out).is_dir(), "--out", out,
             "name an .html file (the PNG is written beside it)")
+    check_writable("--out", out, Path(out).parent)
     model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code)
     with torch.no_grad():
         rows = answer_token_entropies(model, processor, data, forget, k, refs, seed,

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import platform
 import sys
 from pathlib import Path
@@ -147,11 +148,24 @@ def checkpoints(run: str | Path) -> list[Path]:
     return [path for path in found if (path / "state.pt").is_file()]
 
 
+def check_writable(flag: str, value: str | Path, folder: str | Path | None = None) -> None:
+    """Refuse ``flag value`` before any work when ``folder`` (default: ``value``) could not be written into:
+    a file stands where it or a folder above it should be, or the nearest existing one is read-only.
+    Nothing is created."""
+    folder = Path(value if folder is None else folder).expanduser().absolute()
+    place = next(p for p in (folder, *folder.parents) if p.exists())
+    if not place.is_dir():
+        raise VikerError(f"{flag} {value}: {place} is a file, not a folder")
+    if not os.access(place, os.W_OK | os.X_OK):
+        raise VikerError(f"{flag} {value}: {place} cannot be written to")
+
+
 def out_folder(out: str | Path) -> Path:
-    """``--out`` as a folder to write into, refused when it names a file."""
+    """``--out`` as a folder to write into, refused when it names a file or cannot be written."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise VikerError(f"--out {out}: a file, not a folder")
+    check_writable("--out", out)
     return out
 
 
