@@ -104,7 +104,7 @@ def cell(text: str) -> str:
 
 def markdown_table(runs: list[dict]) -> str:
     """One row per run, the best value of each column in bold (among the unlearning runs: not the
-    reference rows, vanilla and a retain model)."""
+    reference rows, vanilla and a retain model). A column where they all print alike has no best."""
     cols = _columns(runs)
     arrows = {True: " ↓", False: " ↑", None: ""}
     header = "| Method | " + " | ".join(c.header + arrows[c.lower_is_better] for c in cols) + " |"
@@ -114,7 +114,8 @@ def markdown_table(runs: list[dict]) -> str:
     for c in cols:
         printed = [_printed(c, r["metrics"].get(c.key)) for r in contenders]
         values = [float(text) for text in printed if text != "–"]  # as printed
-        best[c.key] = (min if c.lower_is_better else max)(values) if values and c.lower_is_better is not None else None
+        differ = len(set(values)) > 1
+        best[c.key] = (min if c.lower_is_better else max)(values) if differ and c.lower_is_better is not None else None
     for r in runs:
         cells = []
         for c in cols:
