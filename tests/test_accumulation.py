@@ -86,6 +86,9 @@ def test_epochs_are_passes_over_the_data_whatever_the_accumulation(examples, bat
     visits = Counter(i for batch in objective.seen[: epochs * per_epoch] for i in batch)  # positions in the data
     assert sorted(visits) == list(range(examples)) and set(visits.values()) == {epochs}  # each once an epoch
     assert snapshots == list(range(1, epochs))  # after each epoch but the last
+    # history counts the passes done as the snapshots do: epoch k ends at the first row at or above k
+    assert [row["epoch"] for row in history] == pytest.approx(
+        [s * grad_accum / per_epoch for s in range(1, steps + 1)], abs=1e-4)
 
 
 def test_history_gives_the_learning_rate_each_step_used():

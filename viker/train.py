@@ -468,7 +468,7 @@ def train(
         lr = scheduler.get_last_lr()[0]  # the rate this step uses (the scheduler moves on after it)
         group = []  # the step's micro-batches, drawn first so that each is weighted by its share of the step
         for _ in range(cfg.grad_accum):
-            epoch, batch, real = next(streams[main])
+            _, batch, real = next(streams[main])
             group.append({main: (batch, real)} | {name: next(streams[name])[1:] for name in others})
         if world * cfg.grad_accum > 1:
             attach_shares(group, accelerator, cfg.grad_accum)
@@ -499,7 +499,8 @@ def train(
         step += 1
         bar.update(1)
         if step % cfg.log_every == 0 or step == total:
-            row = {"step": step, "epoch": epoch, "lr": lr}
+            # epochs done, as snapshot folders count them: 1.0 at the end of the first pass
+            row = {"step": step, "epoch": round(step * cfg.grad_accum / prepared.batches_per_epoch, 4), "lr": lr}
             row |= {k: v / n_micro for k, v in running.items()}
             history.append(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}")
