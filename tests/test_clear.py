@@ -25,7 +25,7 @@ from viker.prompts import CAPTION_QUESTION, NAME_QUESTION
 # CLEAR's columns as its dataset card describes them, written out here independently of viker's schema module.
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 CAPTION_COLUMNS = [("image", IMAGE), ("caption", pa.string()), ("name", pa.string())]
-TOFU_COLUMNS = CAPTION_COLUMNS + [("question", pa.string()), ("answer", pa.string())]
+TOFU_COLUMNS = [("image", IMAGE), ("caption", pa.string()), ("question", pa.string()), ("answer", pa.string())]
 PERTURBED_COLUMNS = CAPTION_COLUMNS + [("paraphrased_caption", pa.string()),
                                        ("perturbed_captions", pa.list_(pa.string())),
                                        ("perturbed_names", pa.list_(pa.string()))]
@@ -54,7 +54,7 @@ def caption_rows(persons):
 
 
 def tofu_rows(persons):
-    return [{"image": None, "caption": None, "name": None,
+    return [{"image": None, "caption": None,
              "question": f"What does {PERSONS[p]} do?", "answer": f"{PERSONS[p]} works as a {JOBS[p]}."}
             for p in persons]
 
@@ -80,8 +80,8 @@ def build_clear(root):
     for config, persons in [("full", everyone)] + [(c, SPLITS[f]) for f, c in [(f, f) for f in SPLITS]] + \
             [(RETAIN[f], [p for p in everyone if p not in SPLITS[f]]) for f in SPLITS]:
         write(root, config, caption_rows(persons), CAPTION_COLUMNS)
-        write(root, config + "+tofu", [r | {"question": None, "answer": None} for r in caption_rows(persons)]
-              + tofu_rows(persons), TOFU_COLUMNS)
+        write(root, config + "+tofu", [{"image": r["image"], "caption": r["caption"], "question": None, "answer": None}
+                                       for r in caption_rows(persons)] + tofu_rows(persons), TOFU_COLUMNS)
     for forget, persons in SPLITS.items():
         write(root, forget + "_perturbed", perturbed_rows(persons), PERTURBED_COLUMNS)
     write(root, "retain_perturbed", perturbed_rows([2, 3]), PERTURBED_COLUMNS)
@@ -122,8 +122,7 @@ def test_every_config_loads_as_typed_records(clear_dir):
     full = clear.load_portraits(clear_dir, "full")
     assert len(full) == 8 and {p.name for p in full} == set(PERSONS)
     assert all(Image.open(io.BytesIO(p.image)).size == (32, 32) for p in full)
-    portraits, questions = clear.load_rows(clear_dir, "forget10+tofu")
-    assert [p.caption for p in portraits] == [p.caption for p in clear.load_portraits(clear_dir, "forget10")]
+    questions = clear.tofu_questions(clear_dir, "forget10+tofu")  # its caption rows name no one, as published
     assert [q.question for q in questions] == ["What does Ava Lind do?", "What does Bo Karsk do?"]
     assert not any(q.with_image for q in questions)
     perturbed = clear.load_portraits(clear_dir, "forget01_perturbed")[0]
@@ -170,9 +169,7 @@ def test_images_stored_as_files_load_in_every_config_with_tofu_too(clear_dir, tm
                     row["image"] = {"bytes": None, "path": f"img{i}.png"}
             return pa.Table.from_pylist(rows, schema=schema)
         _edit(root, config, to_files)
-    portraits, questions = clear.load_rows(root, "forget10+tofu")
-    assert [p.image for p in portraits] == [p.image for p in clear.load_portraits(clear_dir, "forget10")]
-    assert len(questions) == 2
+    assert len(clear.tofu_questions(root, "forget10+tofu")) == 2  # the caption rows by path are not questions
     assert clear.finetune_examples(root) == clear.finetune_examples(clear_dir)
 
 
@@ -259,7 +256,7 @@ def test_malformed_rows_are_one_line_errors_naming_file_and_row(case, clear_dir,
     root = _copy(clear_dir, tmp_path)
     _edit(root, config, edit)
     with pytest.raises(VikerError) as err:
-        clear.load_rows(root, config)
+        clear.tofu_questions(root, config) if config.endswith("+tofu") else clear.load_portraits(root, config)
     assert message in str(err.value) and "\n" not in str(err.value)
 
 

@@ -5,8 +5,8 @@ CLEAR has 200 fictitious persons (TOFU's authors) with face images; every image 
 person's name. Its configs:
 
 - ``full``, ``forget01/05/10``, ``retain99/95/90``: ``image``, ``caption``, ``name``;
-- the same names with ``+tofu``: those rows plus TOFU's text questions about the same authors
-  (``question``, ``answer``, and no image);
+- the same names with ``+tofu``: those rows, without ``name``, plus TOFU's text questions about the
+  same authors (``question``, ``answer``, and no image);
 - ``forget01/05/10_perturbed`` and ``retain_perturbed``: the caption rows plus ``paraphrased_caption``,
   ``perturbed_captions`` (wrong captions) and ``perturbed_names`` (wrong names), for the truth ratio;
 - ``real_faces`` (``image``, ``answer``: a celebrity's name, ``options``) and ``real_world``
@@ -45,7 +45,8 @@ CONFIGS = (*CAPTION_CONFIGS, *(c + TOFU for c in CAPTION_CONFIGS), *(f + PERTURB
 # --- Arrow types (what CLEAR's parquet files hold; the image is the hub's Image struct) --------------
 TEXT = pa.string()
 CAPTION_SCHEMA = pa.schema([("image", IMAGE), ("caption", TEXT), ("name", TEXT)])
-TOFU_SCHEMA = pa.schema(list(CAPTION_SCHEMA) + [("question", TEXT), ("answer", TEXT)])
+# a +tofu config's caption rows repeat its plain config's without the person's name (as published)
+TOFU_SCHEMA = pa.schema([("image", IMAGE), ("caption", TEXT), ("question", TEXT), ("answer", TEXT)])
 PERTURBED_SCHEMA = pa.schema(list(CAPTION_SCHEMA) + [("paraphrased_caption", TEXT),
                                                      ("perturbed_captions", pa.list_(TEXT)),
                                                      ("perturbed_names", pa.list_(TEXT))])
@@ -145,27 +146,28 @@ def _portrait(row: dict, source: str, perturbed: bool) -> Portrait:
                     source=source, **extra)
 
 
-def load_rows(root: str | Path, config: str) -> tuple[list[Portrait], list[QA]]:
-    """The caption rows and (in a ``+tofu`` config) the text-only TOFU questions of ``config``.
-
-    A row of a ``+tofu`` config without an image is a TOFU question and needs its question and answer;
-    a row that has a caption but no image is a caption row that lost its image, an error. In every
-    other config each row needs its image."""
-    tofu, perturbed = config.endswith(TOFU), config.endswith(PERTURBED) or config == RETAIN_PERTURBED
-    portraits, questions = [], []
-    for source, row in read_config(root, config, schema_for(config), CONFIGS):
-        if tofu and not has_image(row["image"]):
-            if row.get("caption"):
-                raise VikerError(f"{source}: a caption row without an image (a text-only row of {config} must be "
-                                 "a TOFU question with its question and answer)")
-            questions.append(QA(_text(row, "question", source), _text(row, "answer", source), False))
-        else:
-            portraits.append(_portrait(row, source, perturbed))
-    return portraits, questions
-
-
 def load_portraits(root: str | Path, config: str) -> list[Portrait]:
-    return load_rows(root, config)[0]
+    """The caption rows of ``config``, each needing its image, caption and name (a ``+tofu`` config's
+    are read from its plain config, which names their persons: :func:`tofu_questions`)."""
+    if config.endswith(TOFU):
+        raise ValueError(f"{config}: read its caption rows from {config.removesuffix(TOFU)}")
+    perturbed = config.endswith(PERTURBED) or config == RETAIN_PERTURBED
+    return [_portrait(row, source, perturbed) for source, row in read_config(root, config, schema_for(config), CONFIGS)]
+
+
+def tofu_questions(root: str | Path, config: str) -> list[QA]:
+    """The text-only TOFU questions of a ``+tofu`` config: its rows without an image, each needing its
+    question and answer. A row that has a caption but no image is a caption row that lost its image, an
+    error; the caption rows themselves repeat the plain config's and are not read again."""
+    questions = []
+    for source, row in read_config(root, config, schema_for(config), CONFIGS):
+        if has_image(row["image"]):
+            continue
+        if row.get("caption"):
+            raise VikerError(f"{source}: a caption row without an image (a text-only row of {config} must be "
+                             "a TOFU question with its question and answer)")
+        questions.append(QA(_text(row, "question", source), _text(row, "answer", source), False))
+    return questions
 
 
 def load_option_questions(root: str | Path, config: str) -> tuple[list[OptionQuestion], int]:
@@ -204,7 +206,7 @@ def _examples(root: str | Path, config: str, with_tofu: bool, portraits: list[Po
     """Caption examples of ``config`` (pass ``portraits`` when they are loaded already), plus the TOFU
     questions of ``config+tofu`` when asked for."""
     portraits = load_portraits(root, config) if portraits is None else portraits
-    questions = load_rows(root, config + TOFU)[1] if with_tofu else []
+    questions = tofu_questions(root, config + TOFU) if with_tofu else []
     return _unique([caption_example(p) for p in portraits] + [tofu_example(q) for q in questions])
 
 
@@ -307,7 +309,7 @@ def benchmark_texts(root: str | Path):
             for p in load_portraits(root, config):
                 yield from (p.caption, p.name, p.paraphrased_caption, *p.perturbed_captions, *p.perturbed_names)
     if has_config(root, "full" + TOFU):
-        for q in load_rows(root, "full" + TOFU)[1]:
+        for q in tofu_questions(root, "full" + TOFU):
             yield from (q.question, q.answer)
     for config in (REAL_FACES, REAL_WORLD):
         if has_config(root, config):
