@@ -41,7 +41,8 @@ def test_table_marks_the_best_unlearning_method_per_column_in_its_direction():
                   _runs()[0]]
     assert "**" not in markdown_table(references)  # with nothing to compare, nothing is the best
     assert "**" not in markdown_table(_runs()[:2])  # nor with one method, best and worst at once
-    alike = _cells(markdown_table([_runs()[2], {**_runs()[3], "metrics": {**_runs()[3]["metrics"], "forget_acc": 20.0}}]))
+    viker = _runs()[3]
+    alike = _cells(markdown_table([_runs()[2], {**viker, "metrics": {**viker["metrics"], "forget_acc": 20.0}}]))
     assert alike["KL-Min"][2] == alike["ViKeR (λ=10)"][2] == "99.3"  # the same everywhere: no best
     assert alike["ViKeR (λ=10)"][0] == "**20.0**" and alike["KL-Min"][1] == "**98.1**"  # but where they differ
     piped = _cells(markdown_table([{**_runs()[1], "label": "GA (runs|a)"}]))  # a '|' stays in its cell
