@@ -37,6 +37,12 @@ def test_hub_snapshot_layout_loads_the_same_profiles(bench_dir, tmp_path):
         p.__class__(**{**p.__dict__, "source": q.source}) for p, q in zip(load_profiles(bench_dir, "Full_Set"),
                                                                           load_profiles(hub, "Full_Set"))]
     assert [r.qa for r in load_finetune(hub)] == [r.qa for r in load_finetune(bench_dir)]
+    converted = tmp_path / "converted"  # the hub's parquet conversion: CONFIG/train/0000.parquet
+    for config in ("Full_Set", "ft_Data"):
+        (converted / config / "train").mkdir(parents=True)
+        shutil.copy(bench_dir / config / "train-00000-of-00001.parquet", converted / config / "train" / "0000.parquet")
+    assert [p.id for p in load_profiles(converted, "Full_Set")] == [p.id for p in load_profiles(bench_dir, "Full_Set")]
+    assert [r.qa for r in load_finetune(converted)] == [r.qa for r in load_finetune(bench_dir)]
 
 
 def test_missing_config_names_the_folder_and_config(bench_dir, tmp_path):

@@ -1,7 +1,8 @@
 """One loader for MLLMU-Bench-layout data, wherever it came from.
 
 Accepted layouts under a root folder (the hub snapshot's and the generator's):
-``CONFIG/*.parquet``, ``data/CONFIG-*.parquet``, ``data/CONFIG/*.parquet`` and ``CONFIG.parquet``.
+``CONFIG/*.parquet``, ``data/CONFIG-*.parquet``, ``data/CONFIG/*.parquet``, ``CONFIG.parquet``, and the
+hub's parquet conversion (its ``refs/convert/parquet`` branch), ``CONFIG/train/*.parquet``.
 A hub id (``org/name`` that is not a folder) is read through the ``datasets`` library instead, when
 it is installed and the hub can be reached. Every problem with the files is raised as a
 :class:`VikerError` naming the file (and row) at fault. CLEAR's loader (:mod:`viker.data.clear`)
@@ -60,7 +61,8 @@ def config_files(root: str | Path, config: str, known: tuple[str, ...] = CONFIGS
 
 def _patterns(config: str) -> list[str]:
     """Where a config's parquet files may lie under a benchmark's root (the module docstring's layouts)."""
-    return [f"{config}/*.parquet", f"data/{config}-*.parquet", f"data/{config}/*.parquet", f"{config}.parquet"]
+    return [f"{config}/*.parquet", f"data/{config}-*.parquet", f"data/{config}/*.parquet", f"{config}.parquet",
+            f"{config}/train/*.parquet"]
 
 
 def hub_table(repo: str, config: str) -> pa.Table:
