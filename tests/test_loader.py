@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from viker.cli import main
 from viker.data.loader import load_finetune, load_profiles
@@ -77,12 +79,20 @@ def test_missing_nested_field_is_reported(bench_dir, tmp_path):
         load_profiles(root, "Full_Set")
 
 
-def test_unreadable_image_names_the_row(bench_dir, tmp_path):
+def _jpeg_cut_short() -> bytes:
+    buf = io.BytesIO()
+    Image.effect_noise((64, 64), 50).convert("RGB").save(buf, "JPEG")
+    return buf.getvalue()[:-300]  # its headers whole, its scan data cut
+
+
+@pytest.mark.parametrize("cut", ["PNG", "JPEG"])
+def test_unreadable_image_names_the_row(cut, bench_dir, tmp_path):
     root = _copy(bench_dir, tmp_path)
 
     def corrupt(t):
         images = t.column("image").to_pylist()
-        images[3] = {"bytes": images[3]["bytes"][:60], "path": images[3]["path"]}  # truncated PNG
+        data = images[3]["bytes"][:60] if cut == "PNG" else _jpeg_cut_short()
+        images[3] = {"bytes": data, "path": images[3]["path"]}
         return t.set_column(0, "image", pa.array(images, type=t.schema.field("image").type))
 
     _rewrite(root, FULL, corrupt)

@@ -169,7 +169,7 @@ def image_bytes(value: dict | None, source: str) -> bytes:
         raise VikerError(f"{source}: empty image")
     try:
         with Image.open(BytesIO(data)) as img:
-            img.verify()
+            img.load()  # decoded whole: a JPEG cut short passes verify(), which reads only its headers
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise VikerError(f"{source}: unreadable image ({e})") from None
     return data
