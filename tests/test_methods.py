@@ -336,6 +336,10 @@ def test_forget_and_retain_sharing_a_person_is_refused(tiny_dir, bench_dir, tmp_
     err = capsys.readouterr().err
     assert code == 2 and "forget_10 and retain_90 share profile IDs" in err
     assert not (tmp_path / "run").exists()
+    # nor scored as both: the retain figures would count a forget person's answers
+    code = main(["eval", "--model", str(tiny_dir), "--data", str(root), "--out", str(tmp_path / "scores")])
+    assert code == 2 and "forget_10 and retain_90 share profile IDs" in capsys.readouterr().err
+    assert not (tmp_path / "scores" / "metrics.json").exists()
 
 
 def test_same_seed_same_metrics(tiny_dir, bench_dir, tmp_path):

@@ -16,7 +16,7 @@ from viker.collate import Collator
 from viker.data.clear import is_forget_split as is_clear_split
 from viker.data.clear import unlearning_data as clear_unlearning_data
 from viker.data.examples import unlearning_examples
-from viker.data.loader import load_finetune, load_profiles
+from viker.data.loader import load_finetune, load_profiles, retain_profiles
 from viker.data.schema import FORGET_SPLITS, RETAIN_OF
 from viker.errors import VikerError, require
 from viker.methods import get_method, unlearning_methods
@@ -107,11 +107,8 @@ def make_method(name: str, args: dict, forget_split: str):
 def mllmu_streams(cfg: UnlearnConfig) -> tuple[dict, dict]:
     """The forget and retain examples of an MLLMU-Bench split, and which configs they came from."""
     retain_split = RETAIN_OF[cfg.forget]
-    forget_people, retain_people = load_profiles(cfg.data, cfg.forget), load_profiles(cfg.data, retain_split)
-    shared = {p.id for p in forget_people} & {p.id for p in retain_people}
-    if shared:
-        raise VikerError(f"{cfg.data}: {cfg.forget} and {retain_split} share profile IDs "
-                         f"{', '.join(sorted(shared)[:5])}; a person cannot be both forgotten and retained")
+    forget_people = load_profiles(cfg.data, cfg.forget)
+    retain_people = retain_profiles(cfg.data, cfg.forget, forget_people)
     records = load_finetune(cfg.data)
     data = {"forget": unlearning_examples(cfg.data, cfg.forget, forget_people, records),
             "retain": unlearning_examples(cfg.data, retain_split, retain_people, records)}

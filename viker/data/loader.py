@@ -27,6 +27,7 @@ from viker.data.schema import (
     PRETRAIN_CONFIG,
     PURE_TEXT,
     QA,
+    RETAIN_OF,
     FinetuneRecord,
     MCQuestion,
     Profile,
@@ -245,6 +246,18 @@ def load_profiles(root: str | Path, config: str) -> list[Profile]:
             )
         )
     return profiles
+
+
+def retain_profiles(root: str | Path, forget: str, forget_people: list[Profile]) -> list[Profile]:
+    """The retain split of ``forget`` (MLLMU-Bench's ``retain_(100−X)``), refused when it shares a person with
+    the forget split: nobody can be both forgotten and retained, nor scored as both."""
+    retain = RETAIN_OF[forget]
+    people = load_profiles(root, retain)
+    shared = {p.id for p in forget_people} & {p.id for p in people}
+    if shared:
+        raise VikerError(f"{root}: {forget} and {retain} share profile IDs {', '.join(sorted(shared)[:5])}; a person "
+                         "cannot be both forgotten and retained")
+    return people
 
 
 def load_finetune(root: str | Path, config: str = "ft_Data") -> list[FinetuneRecord]:

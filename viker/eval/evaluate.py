@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from viker.collate import Collator, model_inputs
 from viker.data.examples import cloze_examples, generation_examples
-from viker.data.loader import load_profiles
+from viker.data.loader import load_profiles, retain_profiles
 from viker.data.schema import RETAIN_OF, Example, MCQuestion, Profile
 from viker.errors import VikerError, require
 from viker.eval import metrics as M
@@ -74,7 +74,7 @@ def eval_sets(data_dir: str | Path, cfg: EvalConfig) -> list[EvalSet]:
     read = {
         "forget": lambda: forget,
         "test": lambda: forget_test_rows(data_dir, forget),
-        "retain": lambda: load_profiles(data_dir, RETAIN_OF[cfg.forget])[: cfg.retain_limit],
+        "retain": lambda: retain_profiles(data_dir, cfg.forget, forget)[: cfg.retain_limit],
         "real": lambda: load_profiles(data_dir, "Retain_Set"),
     }
     return [EvalSet(name, read[name]()) for name in SETS if cfg.scope is None or name in cfg.scope]
