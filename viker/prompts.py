@@ -1,7 +1,10 @@
 """The fixed words wrapped around a benchmark question, written once for training and evaluation.
 
-The suffixes are MLLMU-Bench's; the finetune uses the same generation prompt as the evaluation, so a
-small model is tested on exactly the format it learned.
+The multiple-choice and generation suffixes are MLLMU-Bench's; the finetune uses the same generation
+prompt as the evaluation, so a small model is tested on exactly the format it learned. The cloze suffix
+asks for the blank alone in words of our own: MLLMU-Bench's evaluation code writes "Please **ONLY**
+provide the correct answer that should replace the [Blank]." A tiny model's tokenizer is trained on these
+texts too, so changing any of them changes the embedded demo's model and every figure recorded from it.
 """
 
 from __future__ import annotations
