@@ -424,9 +424,10 @@ def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys):
         config = json.loads((run / "config.json").read_text())
         assert config["data"] == {"benchmark": "clear", "forget_config": "forget10", "retain_config": "retain90"}
         assert config["examples"]["forget"] == 4
-        if method == "viker":  # references: other persons' faces, CLEAR's retain split
-            assert config["method"]["refs"] == "retain"
-            assert config["setup"]["reference_pool"] == {"refs": "retain", "source": "CLEAR retain90", "images": 4}
+        if method == "viker":  # references: real people's faces, never a fictitious forget or retain person's
+            assert config["method"]["refs"] == "people"
+            assert config["setup"]["reference_pool"] == {
+                "refs": "people", "source": "CLEAR real_faces (real people; CLEAR has no ref_people pool)", "images": 3}
         assert main([*evaluate, "--model", str(run), "--out", str(run),
                      "--retain-model", str(tmp_path / "retain-eval")]) == 0
         metrics = _metrics(run)
@@ -461,8 +462,9 @@ def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys):
     assert "different benchmarks" in capsys.readouterr().err
 
 
-def test_cagul_unlearns_on_clear_with_the_retain_persons_faces_as_references(tiny_dir, clear_dir, tmp_path):
-    """CLEAR has no image pools: CAGUL's reference answers come from the retain split's faces, as ViKeR's."""
+def test_cagul_unlearns_on_clear_with_real_faces_as_references(tiny_dir, clear_dir, tmp_path):
+    """CLEAR has no image pools: CAGUL's reference answers come from its real_faces, as ViKeR's, not from the
+    retain persons, whose faces as references would teach the model to take forget persons for them."""
     from viker.model import load_model
     from viker.model.cagul import CagulModel
     from viker.train import TrainConfig
@@ -474,10 +476,12 @@ def test_cagul_unlearns_on_clear_with_the_retain_persons_faces_as_references(tin
                               train=TrainConfig(max_steps=1, batch_size=4), cache_dir=str(tmp_path / "cache")),
                 progress=False)
     config = json.loads((run / "config.json").read_text())
-    assert config["method"]["refs"] == "retain" and config["examples"]["forget"] == 4
-    # the retain split's faces: never a forget person's own
-    pool, source = reference_pool_and_source("retain", clear_dir, "forget10")
-    assert source == "CLEAR retain90" and pool == clear.person_images(clear_dir, "forget10", "retain")
-    assert len(pool) == 4 and not set(pool) & set(clear.person_images(clear_dir, "forget10", "forget"))
+    assert config["method"]["refs"] == "people" and config["examples"]["forget"] == 4
+    assert config["setup"]["reference_pool"]["source"].startswith("CLEAR real_faces")
+    # real people's faces: never a fictitious person's, forgotten or retained
+    pool, _ = reference_pool_and_source("people", clear_dir, "forget10")
+    assert pool == clear.real_face_images(clear_dir) and len(pool) == 3
+    fictitious = [img for which in ("forget", "retain") for img in clear.person_images(clear_dir, "forget10", which)]
+    assert not set(pool) & set(fictitious)
     model, _ = load_model(run, device="cpu")
     assert isinstance(model, CagulModel)

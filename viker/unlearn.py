@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from viker.collate import Collator
-from viker.data.clear import is_forget_split as is_clear_split
 from viker.data.clear import unlearning_data as clear_unlearning_data
 from viker.data.examples import unlearning_examples
 from viker.data.loader import load_finetune, load_profiles, retain_profiles
@@ -87,9 +86,6 @@ def make_method(name: str, args: dict, forget_split: str):
         args = {"forget_split": forget_split, **args}
     if name == "cagul":
         args = {"retain_split": RETAIN_OF.get(forget_split), **args}
-    # CLEAR ships no image pools: ViKeR's and CAGUL's references are other persons' faces, the retain split's
-    if name in ("viker", "cagul") and is_clear_split(forget_split):
-        args = {"refs": "retain", **args}
     try:
         method = cls(**args)
     except TypeError as e:

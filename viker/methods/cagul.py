@@ -43,7 +43,7 @@ from viker.errors import VikerError
 from viker.methods import register
 from viker.methods.base import share
 from viker.methods.losses import gather_answer_positions, kl_to_reference, npo_loss, sequence_logprob
-from viker.methods.reference import default_topk, reference_distributions, reference_pool
+from viker.methods.reference import default_topk, reference_distributions, reference_pool_and_source
 from viker.model.cagul import CagulConfig, CagulModel, Discriminator, per_image
 
 FORGET_LOSSES = ("reference", "npo")
@@ -151,7 +151,8 @@ class CAGUL:
                 raise VikerError(f"CAGUL acts through images, and the {name} split has no question with an image")
         torch.manual_seed(ctx.seed)
         try:
-            pool = reference_pool(self.refs, ctx.data_dir, self.forget_split)
+            pool, source = reference_pool_and_source(self.refs, ctx.data_dir, self.forget_split)
+            ctx.info["reference_pool"] = {"refs": self.refs, "source": source, "images": len(pool)}
         except VikerError:
             if self.forget_loss == "reference":
                 raise
