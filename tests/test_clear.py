@@ -186,6 +186,25 @@ def test_people_references_on_clear_are_its_real_faces(clear_dir):
     assert not set(pool) & set(clear.person_images(clear_dir, "forget10", "forget"))
 
 
+def test_forget_references_on_clear_are_never_the_same_persons_other_photos(tiny_dir, clear_dir, tmp_path, capsys):
+    """A CLEAR person has several photos: `--refs forget` draws another forget person's, never their own."""
+    import random
+
+    from viker.methods.reference import choose_reference_images, pool_owners
+
+    pool = clear.person_images(clear_dir, "forget10", "forget")  # Ava Lind's two photos and Bo Karsk's two
+    owners = pool_owners("forget", clear_dir, "forget10")
+    assert sorted(set(owners.values())) == ["Ava Lind", "Bo Karsk"] and set(owners) == set(pool)
+    for example in clear.unlearning_data(clear_dir, "forget10")[0]["forget"]:
+        others = {img for img in pool if owners[img] != example.profile_id}
+        assert set(choose_reference_images(example, pool, 2, random.Random(0), owners)) == others
+    # through a run: two usable images per example, so k=3 is refused
+    code = main(["unlearn", "--benchmark", "clear", "--model", str(tiny_dir), "--data", str(clear_dir),
+                 "--forget", "forget10", "--method", "viker", "--refs", "forget", "--k", "3", "--max-steps", "1",
+                 "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run")])
+    assert code == 2 and "the reference pool has 2 usable images, fewer than k=3" in capsys.readouterr().err
+
+
 def test_a_hub_id_loads_through_datasets(clear_dir, monkeypatch):
     datasets = pytest.importorskip("datasets")
     from datasets.table import InMemoryTable

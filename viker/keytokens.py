@@ -20,7 +20,13 @@ from viker.data.examples import unlearning_examples
 from viker.errors import require
 from viker.methods.base import FrozenReference
 from viker.methods.losses import entropy
-from viker.methods.reference import default_cache_dir, default_topk, reference_distributions, reference_pool
+from viker.methods.reference import (
+    default_cache_dir,
+    default_topk,
+    pool_owners,
+    reference_distributions,
+    reference_pool,
+)
 from viker.runs import check_writable
 
 
@@ -56,7 +62,8 @@ def answer_token_entropies(model, processor, data_dir, forget: str, k: int = 5, 
     require(examples, "--forget", forget, f"has no answers in {data_dir}")
     pool = reference_pool(refs, data_dir, forget)
     dists, _ = reference_distributions(FrozenReference(model, separate=model), processor, examples, pool, k, seed,
-                                       default_topk(model), cache_dir=cache_dir, progress=progress)
+                                       default_topk(model), cache_dir=cache_dir, progress=progress,
+                                       owners=pool_owners(refs, data_dir, forget))
     collate = Collator(processor)
     tok = collate.tokenizer
     out = []

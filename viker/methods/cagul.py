@@ -43,7 +43,7 @@ from viker.errors import VikerError
 from viker.methods import register
 from viker.methods.base import share
 from viker.methods.losses import gather_answer_positions, kl_to_reference, npo_loss, sequence_logprob
-from viker.methods.reference import default_topk, reference_distributions, reference_pool_and_source
+from viker.methods.reference import default_topk, pool_owners, reference_distributions, reference_pool_and_source
 from viker.model.cagul import CagulConfig, CagulModel, Discriminator, per_image
 
 FORGET_LOSSES = ("reference", "npo")
@@ -166,7 +166,8 @@ class CAGUL:
         if self.forget_loss == "reference":
             self.dists, path = reference_distributions(ctx.reference, ctx.processor, ctx.data["forget"], pool,
                                                        self.k, ctx.seed, default_topk(ctx.model), ctx.cache_dir,
-                                                       ctx.progress)
+                                                       ctx.progress, pool_owners(self.refs, ctx.data_dir,
+                                                                                 self.forget_split))
             ctx.info["reference_cache"] = {"path": str(path) if path else None, **(self.dists.meta or {})}
         ctx.model = self.model
 

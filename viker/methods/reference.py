@@ -88,6 +88,20 @@ def reference_pool_and_source(refs: str, data_dir: str | Path | None,
     return [image_bytes({"bytes": f.read_bytes()}, str(f)) for f in files], str(folder)
 
 
+def pool_owners(refs: str, data_dir: str | Path | None, forget_split: str | None = None) -> dict[bytes, str] | None:
+    """Whose face each image of a ``forget`` or ``retain`` pool is (None for the other sources, which hold no
+    benchmark person): a reference image must be another person's, and on CLEAR a person has several."""
+    from viker.data import clear
+    from viker.data.schema import RETAIN_OF
+
+    if refs not in ("forget", "retain") or data_dir is None or forget_split is None:
+        return None
+    if clear.is_forget_split(forget_split):
+        return {p.image: p.name for p in clear.load_portraits(data_dir, clear.split_of(forget_split, refs))}
+    split = forget_split if refs == "forget" else RETAIN_OF[forget_split]
+    return {p.image: p.id for p in load_profiles(data_dir, split)}
+
+
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -173,9 +187,12 @@ class ReferenceDistributions:
                    indices=t.get("indices"), values=t.get("values"), meta=json.loads(metadata["meta"]))
 
 
-def choose_reference_images(example: Example, pool: Sequence[bytes], k: int, rng: random.Random) -> list[bytes]:
-    """k distinct images from the pool, never the example's own image."""
-    candidates = [img for img in pool if img != example.image]
+def choose_reference_images(example: Example, pool: Sequence[bytes], k: int, rng: random.Random,
+                            owners: dict[bytes, str] | None = None) -> list[bytes]:
+    """k distinct images from the pool, never the example's own image, nor (given ``owners``, whose face each
+    pool image is) another image of the same person."""
+    person = (owners or {}).get(example.image, example.profile_id)
+    candidates = [img for img in pool if img != example.image and not (owners and owners.get(img) == person)]
     if len(candidates) < k:
         raise VikerError(f"the reference pool has {len(candidates)} usable images, fewer than k={k}")
     return rng.sample(candidates, k)
@@ -194,9 +211,11 @@ def compute_reference_distributions(
     progress: bool = True,
     rank: int = 0,
     world: int = 1,
+    owners: dict[bytes, str] | None = None,
 ) -> ReferenceDistributions:
     """R̂ for every example. ``pool=None`` is the 'w/o Vis' ablation: the example's own image (k=1);
-    text-only examples always keep their own input.
+    text-only examples always keep their own input. ``owners`` (:func:`pool_owners`) keeps a person's other
+    images out of their references.
 
     ``answer_probs(batch)`` returns the frozen model's (N,V) distributions at the batch's answer
     positions. The k variants of an example share one batch, so their answer rows line up.
@@ -210,7 +229,7 @@ def compute_reference_distributions(
     # Visual guidance needs an image: a text-only question keeps its own input (one copy), so its
     # reference is the frozen model's distribution and its loss is GA damped by 1-λ. The images are
     # drawn for all examples in order on every process, so the split does not change them.
-    images = [[ex.image] if pool is None or ex.image is None else choose_reference_images(ex, pool, k, rng)
+    images = [[ex.image] if pool is None or ex.image is None else choose_reference_images(ex, pool, k, rng, owners)
               for ex in examples]
     per_batch = max(1, batch_size // max(1, k))
     if world > 1:  # smaller batches when there are fewer than one per process, so that each does its part
@@ -280,9 +299,9 @@ def _storage(rows: torch.Tensor, topk: int | None) -> dict[str, torch.Tensor]:
 
 
 def cache_key(fingerprint: str, examples: Sequence[Example], pool: Sequence[bytes] | None, k: int, seed: int,
-              topk: int | None, processor: str = "") -> str:
+              topk: int | None, processor: str = "", owners: dict[bytes, str] | None = None) -> str:
     """Everything R̂ depends on: the frozen weights' and the processor's fingerprints, the examples, the
-    reference images, k, the seed and the storage."""
+    reference images (and whose they are, when known), k, the seed and the storage."""
     payload = {
         "version": CACHE_VERSION,
         "model": fingerprint,
@@ -293,20 +312,24 @@ def cache_key(fingerprint: str, examples: Sequence[Example], pool: Sequence[byte
         "seed": seed,
         "topk": topk,
     }
+    if owners:  # only then: the keys of pools of strangers stay as they were
+        payload["owners"] = sorted([_sha(img), person] for img, person in owners.items())
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:24]
 
 
 def reference_distributions(reference, processor, examples: Sequence[Example], pool: Sequence[bytes] | None,
                             k: int, seed: int = 0, topk: int | None = None, cache_dir: Path | None = None,
-                            progress: bool = True) -> tuple[ReferenceDistributions, Path | None]:
+                            progress: bool = True, owners: dict[bytes, str] | None = None,
+                            ) -> tuple[ReferenceDistributions, Path | None]:
     """R̂ for ``examples`` through the frozen ``reference`` (a FrozenReference), loaded from
-    ``cache_dir`` when a cache with the same key exists, else computed and stored there."""
+    ``cache_dir`` when a cache with the same key exists, else computed and stored there. ``owners``: whose
+    face each pool image is (:func:`pool_owners`)."""
     from accelerate import PartialState
 
     from viker.collate import Collator
 
     state = PartialState()
-    key = cache_key(reference.fingerprint(), examples, pool, k, seed, topk, processor_fingerprint(processor))
+    key = cache_key(reference.fingerprint(), examples, pool, k, seed, topk, processor_fingerprint(processor), owners)
     if state.num_processes > 1:
         from accelerate.utils import gather_object
 
@@ -319,7 +342,7 @@ def reference_distributions(reference, processor, examples: Sequence[Example], p
     def compute() -> ReferenceDistributions:
         return compute_reference_distributions(reference.answer_probs, collate, examples, pool, k, seed, topk,
                                                device=device, progress=progress and state.is_main_process,
-                                               rank=state.process_index, world=state.num_processes)
+                                               rank=state.process_index, world=state.num_processes, owners=owners)
 
     return cached_reference_distributions(cache_dir, key, compute)
 

@@ -24,7 +24,13 @@ from viker.errors import VikerError
 from viker.methods import register
 from viker.methods.base import logits_of, share
 from viker.methods.losses import REGULARIZERS, gather_answer_positions, viker_token_loss
-from viker.methods.reference import SOURCES, default_topk, reference_distributions, reference_pool_and_source
+from viker.methods.reference import (
+    SOURCES,
+    default_topk,
+    pool_owners,
+    reference_distributions,
+    reference_pool_and_source,
+)
 
 ABLATIONS = ("none", "no_reg", "no_ga", "no_vis")
 
@@ -62,13 +68,14 @@ class ViKeR:
         if self.lam == 0.0:
             return  # plain GA: no reference distributions needed
         examples = ctx.data["forget"]
-        pool = None
+        pool = owners = None
         if self.ablation != "no_vis":
             pool, source = reference_pool_and_source(self.refs, ctx.data_dir, self.forget_split)
+            owners = pool_owners(self.refs, ctx.data_dir, self.forget_split)
             ctx.info["reference_pool"] = {"refs": self.refs, "source": source, "images": len(pool)}
         topk = self.topk if self.topk != -1 else default_topk(ctx.model)
         self.dists, path = reference_distributions(ctx.reference, ctx.processor, examples, pool, self.k, ctx.seed,
-                                                   topk, ctx.cache_dir, ctx.progress)
+                                                   topk, ctx.cache_dir, ctx.progress, owners)
         ctx.info["reference_cache"] = {"path": str(path) if path else None, **(self.dists.meta or {}),
                                        "bytes": self.dists.nbytes()}
 
