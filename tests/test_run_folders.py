@@ -43,6 +43,14 @@ def test_a_run_folder_is_replaced_only_when_asked(tiny_dir, bench_dir, tmp_path,
     # --overwrite removes nothing for a run that cannot start
     assert main([*unlearn, "--model", str(tiny_dir), "--tuning", "full", "--save", "adapter", "--overwrite"]) == 2
     assert "--tuning full trains no adapter" in _error(capsys) and (run / "metrics.json").is_file()
+    # ... nor for one refused once its model is loaded: answers too long, too few reference images
+    assert main([*unlearn, "--model", str(tiny_dir), "--max-length", "5", "--overwrite"]) == 2
+    assert "--max-length" in _error(capsys) and (run / "metrics.json").is_file()
+    assert main([*unlearn, "--model", str(tiny_dir), "--method", "viker", "--k", "500", "--overwrite"]) == 2
+    assert "fewer than k=500" in _error(capsys) and _method(run) == "ga" and (run / "metrics.json").is_file()
+    assert main(["finetune", "--data", str(bench_dir), "--max-steps", "1", "--out", str(run), "--max-length", "5",
+                 "--overwrite"]) == 2
+    assert "--max-length" in _error(capsys) and (run / "metrics.json").is_file()
     # --overwrite: the old run goes whole, its evaluation included
     assert main([*unlearn, "--model", str(tiny_dir), "--method", "npo", "--overwrite"]) == 0
     assert _method(run) == "npo" and not (run / "metrics.json").exists()

@@ -27,6 +27,7 @@ from viker.runs import write_config
 from viker.train import (
     TrainConfig,
     check_resume,
+    check_run_folder,
     claim_run_folder,
     finish_run,
     load_device,
@@ -113,9 +114,8 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     if sharded and tuning == "lora" and cfg.lora.merge:
         raise VikerError("finetuning with LoRA under FSDP or DeepSpeed cannot save a merged model; use DDP "
                          "(a LoRA model fits where its base model does) or --tuning full")
-    # last of the checks, so that --overwrite removes an earlier run only once this one can start
-    claim_run_folder(out, accelerator, resume, overwrite,
-                     reads=[cfg.data] + ([] if cfg.model == "tiny" else [resolve_model_path(cfg.model)]))
+    reads = [cfg.data] + ([] if cfg.model == "tiny" else [resolve_model_path(cfg.model)])
+    check_run_folder(out, resume, overwrite, reads)  # at once; an earlier run is removed only once this one starts
     seed_everything(cfg.train.seed)
     if cfg.model == "tiny":
         model, processor = build_tiny(cfg.data, cfg.tiny)
@@ -130,6 +130,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     collate.preflight(model, examples)
     settings = {"finetune": recorded, "examples": len(examples),
                 "runtime": runtime_info(accelerator, model)}
+    claim_run_folder(out, accelerator, resume, overwrite, reads)  # every check passed: --overwrite may remove now
     if accelerator.is_main_process:  # only the main process writes; the others hold the same results
         write_config(out, "finetune", settings, cfg.data)
 

@@ -215,6 +215,13 @@ def claim_run_folder(out: str | Path, accelerator, resume: bool = False, overwri
         accelerator.wait_for_everyone()
 
 
+def check_run_folder(out: str | Path, resume: bool = False, overwrite: bool = False,
+                     reads: Sequence[str | Path] = ()) -> None:
+    """Refuse ``out`` as :func:`claim_run_folder` would, removing nothing: called before the model loads, so
+    that a refusal comes at once, while the removal waits until every check of the run has passed."""
+    _folder_to_replace(out_folder(out), resume, overwrite, reads)
+
+
 def _folder_to_replace(out: Path, resume: bool, overwrite: bool, reads: Sequence[str | Path]) -> bool:
     if resume or not out.is_dir() or not any(out.iterdir()):
         return False

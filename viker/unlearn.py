@@ -32,6 +32,7 @@ from viker.runs import write_config
 from viker.train import (
     TrainConfig,
     check_resume,
+    check_run_folder,
     claim_run_folder,
     finish_run,
     finished_state_dict,
@@ -158,9 +159,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     if sharded and cfg.tuning == "lora" and cfg.lora.merge:
         raise VikerError("--save merged: under FSDP or DeepSpeed only the adapter can be saved (--save adapter; "
                          "merge it later on one process), or use DDP")
-    # last of the checks, so that --overwrite removes an earlier run only once this one can start
-    claim_run_folder(cfg.out, accelerator, resume, overwrite,
-                     reads=[cfg.data] + ([resolve_model_path(cfg.model)] if model_and_processor is None else []))
+    reads = [cfg.data] + ([resolve_model_path(cfg.model)] if model_and_processor is None else [])
+    check_run_folder(cfg.out, resume, overwrite, reads)  # at once; an earlier run is removed only once this one starts
     seed_everything(cfg.train.seed)
     model, processor = model_and_processor or load_for_training(accelerator, cfg.model, cfg.device, cfg.dtype,
                                                                 cfg.trust_remote_code)
@@ -192,6 +192,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     settings = {"unlearn": asdict(cfg), "method": {"name": cfg.method, **asdict(method)},
                 "data": used, "examples": {k: len(v) for k, v in data.items()}, "setup": ctx.info,
                 "runtime": runtime_info(accelerator, model)}
+    # every check passed (the lengths, the method's setup): --overwrite may remove an earlier run now
+    claim_run_folder(cfg.out, accelerator, resume, overwrite, reads)
     if accelerator.is_main_process:  # only the main process writes; the others hold the same results
         write_config(out, "unlearn", settings, cfg.data)
 
