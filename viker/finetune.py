@@ -94,7 +94,7 @@ def recall_metrics(model, processor, data_dir, batch_size: int = 64, progress: b
 
 def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = False, overwrite: bool = False) -> dict:
     """Finetune and save into ``cfg.out``, which must be new or empty; ``overwrite`` replaces a run there and
-    ``resume`` continues it from its checkpoint (:func:`viker.train.claim_run_folder`)."""
+    ``resume`` continues it from its checkpoint (:func:`viker.train.check_run_folder`)."""
     out = Path(cfg.out)
     if not cfg.data:
         raise VikerError("--data is required")
@@ -115,7 +115,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
         raise VikerError("finetuning with LoRA under FSDP or DeepSpeed cannot save a merged model; use DDP "
                          "(a LoRA model fits where its base model does) or --tuning full")
     reads = [cfg.data] + ([] if cfg.model == "tiny" else [resolve_model_path(cfg.model)])
-    check_run_folder(out, resume, overwrite, reads)  # at once; an earlier run is removed only once this one starts
+    replaced = check_run_folder(out, accelerator, resume, overwrite, reads)  # removed once this run can start
     seed_everything(cfg.train.seed)
     if cfg.model == "tiny":
         model, processor = build_tiny(cfg.data, cfg.tiny)
@@ -130,7 +130,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     collate.preflight(model, examples)
     settings = {"finetune": recorded, "examples": len(examples),
                 "runtime": runtime_info(accelerator, model)}
-    claim_run_folder(out, accelerator, resume, overwrite, reads)  # every check passed: --overwrite may remove now
+    claim_run_folder(out, accelerator, replaced)  # every check passed: --overwrite may remove now
     if accelerator.is_main_process:  # only the main process writes; the others hold the same results
         write_config(out, "finetune", settings, cfg.data)
 

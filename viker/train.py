@@ -198,28 +198,29 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, step: int, histo
     shutil.rmtree(old, ignore_errors=True)
 
 
-def claim_run_folder(out: str | Path, accelerator, resume: bool = False, overwrite: bool = False,
-                     reads: Sequence[str | Path] = ()) -> None:
-    """Make sure a new run may write into ``out``: a new or empty folder, or (``overwrite``) one that holds
-    an earlier run of ours, which is then removed whole, so that none of its files (an evaluation's
-    metrics, above all) is taken for the new run's. ``resume`` continues the run already there. ``reads``:
-    the folders the run reads (model, data), which must not lie inside one it removes. On several processes
-    each looks before any goes on (the main one may write the run's config.json next), and only the main
-    one removes."""
+def check_run_folder(out: str | Path, accelerator, resume: bool = False, overwrite: bool = False,
+                     reads: Sequence[str | Path] = ()) -> bool:
+    """Whether a new run may write into ``out``: a new or empty folder, or (``overwrite``) one that holds an
+    earlier run of ours, to be removed whole (True: :func:`claim_run_folder` does it), so that none of its
+    files (an evaluation's metrics, above all) is taken for the new run's; anything else is refused.
+    ``resume`` continues the run already there. ``reads``: the folders the run reads (model, data), which
+    must not lie inside one it removes. Called before the model loads, so that a refusal comes at once;
+    on several processes each looks before any goes on."""
     try:
-        if _folder_to_replace(out_folder(out), resume, overwrite, reads):
-            accelerator.wait_for_everyone()  # every process has looked before the main one removes it
-            if accelerator.is_main_process:
-                shutil.rmtree(out)
+        return _folder_to_replace(out_folder(out), resume, overwrite, reads)
     finally:
         accelerator.wait_for_everyone()
 
 
-def check_run_folder(out: str | Path, resume: bool = False, overwrite: bool = False,
-                     reads: Sequence[str | Path] = ()) -> None:
-    """Refuse ``out`` as :func:`claim_run_folder` would, removing nothing: called before the model loads, so
-    that a refusal comes at once, while the removal waits until every check of the run has passed."""
-    _folder_to_replace(out_folder(out), resume, overwrite, reads)
+def claim_run_folder(out: str | Path, accelerator, replace: bool) -> None:
+    """Remove the earlier run in ``out`` that :func:`check_run_folder` found to be replaced, once every check
+    of the new run has passed (so that a run that cannot start removes nothing); the main process removes
+    it while the others wait."""
+    if replace:
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            shutil.rmtree(out)
+        accelerator.wait_for_everyone()
 
 
 def _folder_to_replace(out: Path, resume: bool, overwrite: bool, reads: Sequence[str | Path]) -> bool:

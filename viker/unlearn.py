@@ -28,6 +28,7 @@ from viker.model import (
     resolve_model_path,
     save_model,
 )
+from viker.model.cagul import is_cagul_run
 from viker.runs import write_config
 from viker.train import (
     TrainConfig,
@@ -127,7 +128,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
                 overwrite: bool = False):
     """Unlearn and save into ``cfg.out``; returns (model, processor, history). ``model_and_processor`` skips
     loading. ``cfg.out`` must be new or empty; ``overwrite`` replaces a run there, and ``resume`` continues
-    one that was stopped after a checkpoint (``train.checkpoint_every``; :func:`viker.train.claim_run_folder`)."""
+    one that was stopped after a checkpoint (``train.checkpoint_every``; :func:`viker.train.check_run_folder`)."""
     if cfg.benchmark not in ("mllmu", "clear"):
         raise VikerError(f"--benchmark {cfg.benchmark}: choose mllmu or clear")
     if cfg.benchmark == "mllmu" and cfg.forget not in FORGET_SPLITS:
@@ -156,11 +157,14 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         raise VikerError(f"--model {cfg.model}: an adapter run, merged into its base model when loaded; an adapter "
                          "trained on it would name that base and leave the first run out, so save this run merged "
                          "(--save merged, without --snapshot-every)")
+    if model_and_processor is None and is_cagul_run(resolve_model_path(cfg.model)):
+        raise VikerError(f"--model {cfg.model}: a CAGUL run, modules around a frozen model rather than a model of "
+                         "its own; unlearn from the model it was trained on instead")
     if sharded and cfg.tuning == "lora" and cfg.lora.merge:
         raise VikerError("--save merged: under FSDP or DeepSpeed only the adapter can be saved (--save adapter; "
                          "merge it later on one process), or use DDP")
     reads = [cfg.data] + ([resolve_model_path(cfg.model)] if model_and_processor is None else [])
-    check_run_folder(cfg.out, resume, overwrite, reads)  # at once; an earlier run is removed only once this one starts
+    replaced = check_run_folder(cfg.out, accelerator, resume, overwrite, reads)  # removed once this run can start
     seed_everything(cfg.train.seed)
     model, processor = model_and_processor or load_for_training(accelerator, cfg.model, cfg.device, cfg.dtype,
                                                                 cfg.trust_remote_code)
@@ -193,7 +197,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
                 "data": used, "examples": {k: len(v) for k, v in data.items()}, "setup": ctx.info,
                 "runtime": runtime_info(accelerator, model)}
     # every check passed (the lengths, the method's setup): --overwrite may remove an earlier run now
-    claim_run_folder(cfg.out, accelerator, resume, overwrite, reads)
+    claim_run_folder(cfg.out, accelerator, replaced)
     if accelerator.is_main_process:  # only the main process writes; the others hold the same results
         write_config(out, "unlearn", settings, cfg.data)
 
