@@ -81,8 +81,10 @@ def test_a_resumed_run_goes_on_with_the_settings_it_started_with(tiny_dir, bench
     assert main([*unlearn, "--method", "ga", "--lr", "0.5", "--resume"]) == 2
     assert "--resume: train.lr was 0.0002 when the run started and is 0.5 now" in _error(capsys)
     # where the results do not depend on it, a setting may change
+    config = (run / "config.json").read_text()
     assert main([*unlearn, "--method", "ga", "--checkpoint-every", "3", "--resume"]) == 2
     assert "no checkpoint to resume from" in _error(capsys)  # the run had finished
+    assert (run / "config.json").read_text() == config  # and its record stays as it was
 
 
 def test_a_resumed_run_reads_the_data_files_it_started_with(tiny_dir, bench_dir, tmp_path, capsys):

@@ -273,6 +273,9 @@ def check_resume(out: str | Path, command: str, settings: dict, data_dir: str | 
         if changed:
             raise VikerError(f"--resume: {Path(data_dir) / changed[0]} is not the file the run started with "
                              f"({len(changed)} data file(s) differ from those {Path(out) / 'config.json'} records)")
+    if not checkpoints(out):  # a finished run, or one stopped before its first checkpoint: nothing to go on from
+        raise VikerError(f"--resume: {out} has no checkpoint to resume from (a run keeps one while it trains with "
+                         "--checkpoint-every N, and removes it when it ends)")
 
 
 def load_checkpoint(run_dir: Path, model, optimizer, scheduler, rank: int = 0, world: int = 1,
