@@ -69,6 +69,11 @@ def perturbed_rows(persons):
     return rows
 
 
+def _faces(root, which: str) -> list[bytes]:
+    """The forget10 (``which="forget"``) or retain90 persons' face images, each once."""
+    return list(dict.fromkeys(p.image for p in clear.load_portraits(root, clear.split_of("forget10", which))))
+
+
 def write(root, config, rows, columns):
     (root / config).mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema(columns)),
@@ -183,7 +188,7 @@ def test_people_references_on_clear_are_its_real_faces(clear_dir):
     pool, source = reference_pool_and_source("people", clear_dir, "forget10")
     faces, _ = clear.load_option_questions(clear_dir, "real_faces")
     assert pool == [f.image for f in faces] and source.startswith("CLEAR real_faces")
-    assert not set(pool) & set(clear.person_images(clear_dir, "forget10", "forget"))
+    assert not set(pool) & set(_faces(clear_dir, "forget"))
 
 
 def test_forget_references_on_clear_are_never_the_same_persons_other_photos(tiny_dir, clear_dir, tmp_path, capsys):
@@ -192,7 +197,7 @@ def test_forget_references_on_clear_are_never_the_same_persons_other_photos(tiny
 
     from viker.methods.reference import choose_reference_images, pool_owners
 
-    pool = clear.person_images(clear_dir, "forget10", "forget")  # Ava Lind's two photos and Bo Karsk's two
+    pool = _faces(clear_dir, "forget")  # Ava Lind's two photos and Bo Karsk's two
     owners = pool_owners("forget", clear_dir, "forget10")
     assert sorted(set(owners.values())) == ["Ava Lind", "Bo Karsk"] and set(owners) == set(pool)
     for example in clear.unlearning_data(clear_dir, "forget10")[0]["forget"]:
@@ -500,7 +505,7 @@ def test_cagul_unlearns_on_clear_with_real_faces_as_references(tiny_dir, clear_d
     # real people's faces: never a fictitious person's, forgotten or retained
     pool, _ = reference_pool_and_source("people", clear_dir, "forget10")
     assert pool == clear.real_face_images(clear_dir) and len(pool) == 3
-    fictitious = [img for which in ("forget", "retain") for img in clear.person_images(clear_dir, "forget10", which)]
+    fictitious = [img for which in ("forget", "retain") for img in _faces(clear_dir, which)]
     assert not set(pool) & set(fictitious)
     model, _ = load_model(run, device="cpu")
     assert isinstance(model, CagulModel)

@@ -244,11 +244,6 @@ def split_of(forget: str, which: str) -> str:
     return base if which == "forget" else RETAIN_OF[base]
 
 
-def person_images(root: str | Path, forget: str, which: str) -> list[bytes]:
-    """The face images of the forget split's persons or of its retain split's (ViKeR's references)."""
-    return list(dict.fromkeys(p.image for p in load_portraits(root, split_of(forget, which))))
-
-
 def real_face_images(root: str | Path) -> list[bytes]:
     """The ``real_faces`` images: real people, never in a forget split (``--refs people`` on CLEAR, which
     has no image pools, as the Retain_Set's real-world people on MLLMU-Bench)."""

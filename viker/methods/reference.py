@@ -64,15 +64,12 @@ def reference_pool_and_source(refs: str, data_dir: str | Path | None,
     (real-world people: never in a forget split, and not the fictitious retain people, whose images
     the paper found to hurt retention as references); on CLEAR, to its ``real_faces`` for the same reason."""
     from viker.data import clear
-    from viker.data.schema import RETAIN_OF
 
     if refs in ("forget", "retain"):
         if data_dir is None or forget_split is None:
             raise VikerError(f"--refs {refs} needs --data and --forget")
-        if clear.is_forget_split(forget_split):  # CLEAR: the faces of its forget or retain persons
-            return clear.person_images(data_dir, forget_split, refs), f"CLEAR {clear.split_of(forget_split, refs)}"
-        split = forget_split if refs == "forget" else RETAIN_OF[forget_split]
-        return [p.image for p in load_profiles(data_dir, split)], split
+        owners, split = _people_of(refs, data_dir, forget_split)
+        return list(owners), split
     folder = Path(data_dir) / f"ref_{refs}" if refs in SOURCES and data_dir is not None else Path(refs)
     if not folder.is_dir():
         if refs == "people" and data_dir is not None and (clear.is_forget_split(forget_split) or
@@ -91,15 +88,22 @@ def reference_pool_and_source(refs: str, data_dir: str | Path | None,
 def pool_owners(refs: str, data_dir: str | Path | None, forget_split: str | None = None) -> dict[bytes, str] | None:
     """Whose face each image of a ``forget`` or ``retain`` pool is (None for the other sources, which hold no
     benchmark person): a reference image must be another person's, and on CLEAR a person has several."""
+    if refs not in ("forget", "retain") or data_dir is None or forget_split is None:
+        return None
+    return _people_of(refs, data_dir, forget_split)[0]
+
+
+def _people_of(refs: str, data_dir: str | Path, forget_split: str) -> tuple[dict[bytes, str], str]:
+    """The images of the forget (``refs="forget"``) or retain split's people, each with whose it is (a CLEAR
+    person's name, an MLLMU-Bench profile's ID), in the split's order; and the split's name."""
     from viker.data import clear
     from viker.data.schema import RETAIN_OF
 
-    if refs not in ("forget", "retain") or data_dir is None or forget_split is None:
-        return None
-    if clear.is_forget_split(forget_split):
-        return {p.image: p.name for p in clear.load_portraits(data_dir, clear.split_of(forget_split, refs))}
+    if clear.is_forget_split(forget_split):  # CLEAR: the faces of its forget or retain persons
+        split = clear.split_of(forget_split, refs)
+        return {p.image: p.name for p in clear.load_portraits(data_dir, split)}, f"CLEAR {split}"
     split = forget_split if refs == "forget" else RETAIN_OF[forget_split]
-    return {p.image: p.id for p in load_profiles(data_dir, split)}
+    return {p.image: p.id for p in load_profiles(data_dir, split)}, split
 
 
 def _sha(data: bytes) -> str:
