@@ -187,10 +187,11 @@ def test_bad_cagul_options_are_one_line_errors(argv, message, tiny_dir, bench_di
     assert not out.exists()
 
 
-def test_a_cagul_run_is_no_model_to_unlearn_from(cagul_run, bench_dir, tmp_path, capsys):
+def test_a_cagul_run_is_no_model_to_train_from(cagul_run, bench_dir, tmp_path, capsys):
     run = cagul_run[0]
-    code = main(["unlearn", "--model", str(run), "--data", str(bench_dir), "--method", "ga", "--out",
-                 str(tmp_path / "again"), "--max-steps", "1"])
-    err = capsys.readouterr().err
-    assert code == 2 and "Traceback" not in err and f"--model {run}: a CAGUL run" in err
-    assert not (tmp_path / "again").exists()
+    for command in (["unlearn", "--method", "ga"], ["finetune"]):
+        code = main([*command, "--model", str(run), "--data", str(bench_dir), "--out", str(tmp_path / "again"),
+                     "--max-steps", "1"])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err and f"--model {run}: a CAGUL run" in err
+        assert not (tmp_path / "again").exists()

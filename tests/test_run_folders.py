@@ -64,6 +64,19 @@ def test_a_run_folder_is_replaced_only_when_asked(tiny_dir, bench_dir, tmp_path,
     assert (tiny_dir / "config.json").read_text() == before
 
 
+def test_overwrite_never_removes_the_base_model_of_an_adapter_it_reads(tiny_dir, bench_dir, tmp_path, capsys):
+    base, adapter = tmp_path / "base", tmp_path / "adapter"
+    common = ["--data", str(bench_dir), "--method", "ga", "--max-steps", "1"]
+    assert main(["unlearn", "--model", str(tiny_dir), *common, "--tuning", "full", "--out", str(base)]) == 0
+    assert main(["unlearn", "--model", str(base), *common, "--save", "adapter", "--out", str(adapter)]) == 0
+    capsys.readouterr()
+    # the adapter is merged into the model in `base` when loaded: replacing `base` would take it away
+    for command in (["unlearn", *common], ["finetune", "--data", str(bench_dir), "--max-steps", "1"]):
+        assert main([*command, "--model", str(adapter), "--out", str(base), "--overwrite"]) == 2
+        assert f"--overwrite would remove {(base / 'model').resolve()}, which this run reads" in _error(capsys)
+        assert (base / "model" / "config.json").is_file()
+
+
 def test_a_resumed_run_goes_on_with_the_settings_it_started_with(tiny_dir, bench_dir, tmp_path, capsys,
                                                                  monkeypatch):
     run = tmp_path / "run"

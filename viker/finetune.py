@@ -21,7 +21,8 @@ from viker.data.loader import load_profiles
 from viker.errors import VikerError
 from viker.eval.generate import generate
 from viker.methods import get_method
-from viker.model import LoraSettings, apply_lora, enable_gradient_checkpointing, resolve_model_path, save_model
+from viker.model import LoraSettings, apply_lora, enable_gradient_checkpointing, folders_read, save_model
+from viker.model.cagul import refuse_cagul_run
 from viker.model.tiny import TinyConfig, build_tiny
 from viker.runs import write_config
 from viker.train import (
@@ -114,7 +115,9 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     if sharded and tuning == "lora" and cfg.lora.merge:
         raise VikerError("finetuning with LoRA under FSDP or DeepSpeed cannot save a merged model; use DDP "
                          "(a LoRA model fits where its base model does) or --tuning full")
-    reads = [cfg.data] + ([] if cfg.model == "tiny" else [resolve_model_path(cfg.model)])
+    if cfg.model != "tiny":
+        refuse_cagul_run(cfg.model, "finetune")
+    reads = [cfg.data] + ([] if cfg.model == "tiny" else folders_read(cfg.model))
     replaced = check_run_folder(out, accelerator, resume, overwrite, reads)  # removed once this run can start
     seed_everything(cfg.train.seed)
     if cfg.model == "tiny":

@@ -25,10 +25,11 @@ from viker.model import (
     LoraSettings,
     apply_lora,
     enable_gradient_checkpointing,
+    folders_read,
     resolve_model_path,
     save_model,
 )
-from viker.model.cagul import is_cagul_run
+from viker.model.cagul import refuse_cagul_run
 from viker.runs import write_config
 from viker.train import (
     TrainConfig,
@@ -157,13 +158,12 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         raise VikerError(f"--model {cfg.model}: an adapter run, merged into its base model when loaded; an adapter "
                          "trained on it would name that base and leave the first run out, so save this run merged "
                          "(--save merged, without --snapshot-every)")
-    if model_and_processor is None and is_cagul_run(resolve_model_path(cfg.model)):
-        raise VikerError(f"--model {cfg.model}: a CAGUL run, modules around a frozen model rather than a model of "
-                         "its own; unlearn from the model it was trained on instead")
+    if model_and_processor is None:
+        refuse_cagul_run(cfg.model, "unlearn")
     if sharded and cfg.tuning == "lora" and cfg.lora.merge:
         raise VikerError("--save merged: under FSDP or DeepSpeed only the adapter can be saved (--save adapter; "
                          "merge it later on one process), or use DDP")
-    reads = [cfg.data] + ([resolve_model_path(cfg.model)] if model_and_processor is None else [])
+    reads = [cfg.data] + (folders_read(cfg.model) if model_and_processor is None else [])
     replaced = check_run_folder(cfg.out, accelerator, resume, overwrite, reads)  # removed once this run can start
     seed_everything(cfg.train.seed)
     model, processor = model_and_processor or load_for_training(accelerator, cfg.model, cfg.device, cfg.dtype,

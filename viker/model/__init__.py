@@ -125,6 +125,14 @@ def adapter_base(path: str) -> str:
     return base
 
 
+def folders_read(path: str | Path) -> list[str]:
+    """The local folders loading ``path`` as a model to train reads (:func:`load_model`): the model's own and,
+    for a LoRA adapter, the base model it names. A hub id reads none."""
+    path = resolve_model_path(path)
+    base = adapter_base(path) if Path(path, "adapter_config.json").is_file() else None
+    return [p for p in (path, base) if p is not None and Path(p).exists()]
+
+
 def has_processor(path: str) -> bool:
     """Whether a folder holds a processor's files (a tokenizer at least), as a saved model does."""
     return any(Path(path, name).is_file() for name in ("tokenizer_config.json", "processor_config.json",

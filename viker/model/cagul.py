@@ -394,6 +394,18 @@ def is_cagul_run(path: str | Path) -> bool:
     return (Path(path).expanduser() / "cagul" / CONFIG_FILE).is_file()
 
 
+def refuse_cagul_run(path: str | Path, command: str) -> None:
+    """A CAGUL run is modules around a frozen model, not a model of its own to ``command`` (finetune, unlearn)."""
+    if is_cagul_run(path):
+        raise VikerError(f"--model {path}: a CAGUL run, modules around a frozen model rather than a model of its "
+                         f"own; {command} from the model it was trained on ({cagul_meta(path)['base_model']}) instead")
+
+
+def cagul_meta(path: str | Path) -> dict:
+    """What a CAGUL run saved beside its modules: its settings, and the base model it wraps."""
+    return json.loads((Path(path).expanduser() / "cagul" / CONFIG_FILE).read_text(encoding="utf-8"))
+
+
 def load_cagul(path: str | Path, device: str | None = None, dtype: str = "auto", trust_remote_code: bool = False):
     """(CagulModel, processor) from a ``viker unlearn --method cagul`` run folder: the base model it names,
     untouched, and the saved modules."""
@@ -402,7 +414,7 @@ def load_cagul(path: str | Path, device: str | None = None, dtype: str = "auto",
     from viker.model import load_model
 
     folder = Path(path).expanduser() / "cagul"
-    meta = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    meta = cagul_meta(path)
     base, processor = load_model(meta["base_model"], device, dtype, trust_remote_code)
     model = CagulModel(base, CagulConfig(**meta["cagul"]), meta["dim"])
     tensors = load_file(str(folder / MODULES_FILE))
