@@ -4,6 +4,7 @@ lands in another model's run, and a resumed run goes on with the settings it sta
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -98,6 +99,13 @@ def test_a_resumed_run_goes_on_with_the_settings_it_started_with(tiny_dir, bench
     assert main([*unlearn, "--method", "ga", "--checkpoint-every", "3", "--resume"]) == 2
     assert "no checkpoint to resume from" in _error(capsys)  # the run had finished
     assert (run / "config.json").read_text() == config  # and its record stays as it was
+    # the folders are compared, not how they were typed
+    monkeypatch.chdir(tmp_path)
+    relative = ["unlearn", "--model", str(tiny_dir), "--data", os.path.relpath(bench_dir), "--max-steps", "1",
+                "--out", "run/", "--method", "ga", "--resume"]
+    assert main(relative) == 2 and "no checkpoint to resume from" in _error(capsys)
+    recorded = json.loads(config)["unlearn"]
+    assert (recorded["data"], recorded["out"]) == (str(bench_dir.resolve()), str(run.resolve()))
 
 
 def test_a_resumed_run_reads_the_data_files_it_started_with(tiny_dir, bench_dir, tmp_path, capsys):

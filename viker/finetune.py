@@ -24,7 +24,7 @@ from viker.methods import get_method
 from viker.model import LoraSettings, apply_lora, enable_gradient_checkpointing, folders_read, save_model
 from viker.model.cagul import refuse_cagul_run
 from viker.model.tiny import TinyConfig, build_tiny
-from viker.runs import write_config
+from viker.runs import paths_recorded, write_config
 from viker.train import (
     TrainConfig,
     check_resume,
@@ -107,7 +107,8 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     examples = clear_finetune_examples(cfg.data, cfg.without) if cfg.benchmark == "clear" \
         else finetune_examples(cfg.data, train_on)
     tuning = cfg.tuning if cfg.tuning != "auto" else ("full" if cfg.model == "tiny" else "lora")
-    recorded = asdict(cfg) | {"tuning": tuning, "train_on": train_on}
+    recorded = paths_recorded(asdict(cfg) | {"tuning": tuning, "train_on": train_on},
+                              ("data", "out") if cfg.model == "tiny" else ("model", "data", "out"))
     if resume:
         check_resume(out, "finetune", recorded, cfg.data)
     accelerator = make_accelerator(cfg.train, resume)  # one process or several: docs/distributed.md

@@ -9,6 +9,7 @@ import math
 import os
 import platform
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,17 @@ def is_hub_id(text: str | Path) -> bool:
         and not path.parent.is_dir()
 
 
-def as_recorded(path: str | Path) -> str:
-    """A model or data path as a config records it: a local one absolute, so that the record names it from
-    any working folder; a hub id as it is."""
-    local = Path(path).expanduser()
-    return str(local.resolve()) if local.exists() else str(path)
+def as_recorded(path: str | Path, local: bool = False) -> str:
+    """A model or data path as a config records it: a local one (``local``: one that may not exist yet, as a
+    run's output folder) absolute, so that the record names it from any working folder; a hub id as it is."""
+    folder = Path(path).expanduser()
+    return str(folder.resolve()) if local or folder.exists() else str(path)
+
+
+def paths_recorded(settings: dict, keys: Sequence[str] = ("model", "data", "out")) -> dict:
+    """A run's settings with their paths (``keys``; ``out`` is always local) as its config records them
+    (:func:`as_recorded`), so that ``--resume`` compares folders rather than how they were typed."""
+    return settings | {k: as_recorded(settings[k], local=k == "out") for k in keys if settings.get(k)}
 
 
 def versions() -> dict[str, str]:

@@ -30,7 +30,7 @@ from viker.model import (
     save_model,
 )
 from viker.model.cagul import refuse_cagul_run
-from viker.runs import write_config
+from viker.runs import paths_recorded, write_config
 from viker.train import (
     TrainConfig,
     check_resume,
@@ -142,7 +142,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     if not data["forget"]:
         raise VikerError(f"{cfg.data}: split {cfg.forget} has no examples to unlearn")
     if resume:
-        check_resume(cfg.out, "unlearn", asdict(cfg), cfg.data)
+        check_resume(cfg.out, "unlearn", paths_recorded(asdict(cfg)), cfg.data)
     accelerator = make_accelerator(cfg.train, resume)  # one process or several: docs/distributed.md
     if accelerator.is_main_process and (warning := unmatched_ft_data(used)):
         print(f"warning: {warning}", file=sys.stderr)
@@ -193,7 +193,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         method.setup(ctx)
     model = ctx.model
     setup_seconds = time.perf_counter() - start
-    settings = {"unlearn": asdict(cfg), "method": {"name": cfg.method, **asdict(method)},
+    settings = {"unlearn": paths_recorded(asdict(cfg)), "method": {"name": cfg.method, **asdict(method)},
                 "data": used, "examples": {k: len(v) for k, v in data.items()}, "setup": ctx.info,
                 "runtime": runtime_info(accelerator, model)}
     # every check passed (the lengths, the method's setup): --overwrite may remove an earlier run now
@@ -218,7 +218,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
             snapshot_settings = {**settings, "unlearn": {
                 **run, "train": {**run["train"], "epochs": epochs, "max_steps": None, "snapshot_every": 0},
                 "lora": {**run["lora"], "merge": False}}}
-            write_config(folder, "unlearn", snapshot_settings | {"snapshot_of": str(out)}, cfg.data)
+            write_config(folder, "unlearn", snapshot_settings | {"snapshot_of": run["out"]}, cfg.data)
         accelerator.wait_for_everyone()
 
     history = train(prepared.model, method, data, collate, cfg.train, desc=f"unlearn ({cfg.method})",
