@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from viker.cli import main
 from viker.data.schema import Example
@@ -76,6 +77,29 @@ def test_overwrite_never_removes_the_base_model_of_an_adapter_it_reads(tiny_dir,
         assert main([*command, "--model", str(adapter), "--out", str(base), "--overwrite"]) == 2
         assert f"--overwrite would remove {(base / 'model').resolve()}, which this run reads" in _error(capsys)
         assert (base / "model" / "config.json").is_file()
+
+
+def test_a_run_on_a_base_model_is_refused_once_that_model_is_replaced(tiny_dir, bench_dir, tmp_path, capsys):
+    base, adapter, cagul = tmp_path / "base", tmp_path / "adapter", tmp_path / "cagul"
+    shutil.copytree(tiny_dir, base)
+    common = ["--model", str(base), "--data", str(bench_dir), "--max-steps", "1"]
+    assert main(["unlearn", *common, "--method", "ga", "--save", "adapter", "--out", str(adapter)]) == 0
+    assert main(["unlearn", *common, "--method", "cagul", "--k", "2", "--out", str(cagul)]) == 0
+    weights = base / "model.safetensors"
+    assert json.loads((adapter / "config.json").read_text())["model_files"].keys() == {str(weights.resolve())}
+    evaluate = ["eval", "--data", str(bench_dir), "--only", "forget:cloze", "--out"]
+    assert main([*evaluate, str(tmp_path / "e1"), "--model", str(adapter)]) == 0
+    capsys.readouterr()
+    # the base model is replaced by another (finetuned again, say): the adapter and CAGUL's modules were
+    # trained on other weights, and a resumed run would go on from other ones
+    tensors = load_file(str(weights))
+    tensors = {k: v + 1 if i == 0 else v for i, (k, v) in enumerate(tensors.items())}
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    for run in (adapter, cagul):
+        assert main([*evaluate, str(tmp_path / "e2"), "--model", str(run)]) == 2
+        assert f"{weights.resolve()} is not the file {run} was trained on (1 weight file(s) differ" in _error(capsys)
+    assert main(["unlearn", *common, "--method", "ga", "--save", "adapter", "--out", str(adapter), "--resume"]) == 2
+    assert f"--resume: {weights.resolve()} is not the file" in _error(capsys)
 
 
 def test_a_resumed_run_goes_on_with_the_settings_it_started_with(tiny_dir, bench_dir, tmp_path, capsys,

@@ -21,7 +21,14 @@ from viker.data.loader import load_profiles
 from viker.errors import VikerError
 from viker.eval.generate import generate
 from viker.methods import get_method
-from viker.model import LoraSettings, apply_lora, enable_gradient_checkpointing, folders_read, save_model
+from viker.model import (
+    LoraSettings,
+    apply_lora,
+    enable_gradient_checkpointing,
+    folders_read,
+    save_model,
+    weight_hashes,
+)
 from viker.model.cagul import refuse_cagul_run
 from viker.model.tiny import TinyConfig, build_tiny
 from viker.runs import paths_recorded, write_config
@@ -110,7 +117,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     recorded = paths_recorded(asdict(cfg) | {"tuning": tuning, "train_on": train_on},
                               ("data", "out") if cfg.model == "tiny" else ("model", "data", "out"))
     if resume:
-        check_resume(out, "finetune", recorded, cfg.data)
+        check_resume(out, "finetune", recorded, cfg.data, None if cfg.model == "tiny" else cfg.model)
     accelerator = make_accelerator(cfg.train, resume)  # one process or several: docs/distributed.md
     sharded = shards_model(accelerator)
     if sharded and tuning == "lora" and cfg.lora.merge:
@@ -132,8 +139,8 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
         enable_gradient_checkpointing(model)
     collate = Collator(processor, max_length=cfg.max_length)
     collate.preflight(model, examples)
-    settings = {"finetune": recorded, "examples": len(examples),
-                "runtime": runtime_info(accelerator, model)}
+    settings = {"finetune": recorded, "examples": len(examples), "runtime": runtime_info(accelerator, model),
+                **({} if cfg.model == "tiny" else {"model_files": weight_hashes(cfg.model)})}
     claim_run_folder(out, accelerator, replaced)  # every check passed: --overwrite may remove now
     if accelerator.is_main_process:  # only the main process writes; the others hold the same results
         write_config(out, "finetune", settings, cfg.data)

@@ -85,6 +85,11 @@ def file_hashes(root: str | Path, pattern: str = "**/*.parquet") -> dict[str, st
     return hashes
 
 
+def differing(recorded: dict[str, str], now: dict[str, str]) -> list[str]:
+    """The files (of ``file_hashes``-like records) whose hash is not the one recorded, or that came or went."""
+    return sorted(name for name in recorded.keys() | now.keys() if recorded.get(name) != now.get(name))
+
+
 def under(out: str | Path, *parts: str) -> Path:
     """``out/parts...``, refusing any path that would land outside ``out`` (a name with '..' or a leading
     '/' in a method or run name must not write elsewhere)."""

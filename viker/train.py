@@ -30,7 +30,16 @@ from tqdm.auto import tqdm
 from viker.collate import IGNORE_INDEX
 from viker.data.schema import Example
 from viker.errors import VikerError, require
-from viker.runs import CHECKPOINT, checkpoints, file_hashes, out_folder, read_configs, to_jsonable, write_json
+from viker.runs import (
+    CHECKPOINT,
+    checkpoints,
+    differing,
+    file_hashes,
+    out_folder,
+    read_configs,
+    to_jsonable,
+    write_json,
+)
 
 
 @dataclass
@@ -244,10 +253,13 @@ def _folder_to_replace(out: Path, resume: bool, overwrite: bool, reads: Sequence
 RESUME_FREE = ("cache_dir", "device", "trust_remote_code", "checkpoint_every")  # what a resumed run may change
 
 
-def check_resume(out: str | Path, command: str, settings: dict, data_dir: str | Path | None = None) -> None:
+def check_resume(out: str | Path, command: str, settings: dict, data_dir: str | Path | None = None,
+                 model: str | None = None) -> None:
     """A resumed run goes on with the settings it was started with (``settings``: what its config.json records
-    under ``command``) and the data files it read (``data_dir``'s, by hash), so that it ends where the
-    uninterrupted run would; only ``RESUME_FREE`` may differ."""
+    under ``command``), the data files it read (``data_dir``'s, by hash) and the weights of the model it started
+    from (``model``'s), so that it ends where the uninterrupted run would; only ``RESUME_FREE`` may differ."""
+    from viker.model import check_weights_unchanged
+
     def flat(value, prefix=""):
         if isinstance(value, dict):
             return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}{key}.").items()}
@@ -267,12 +279,12 @@ def check_resume(out: str | Path, command: str, settings: dict, data_dir: str | 
         raise VikerError(f"--resume: {key} was {before.get(key)} when the run started and is {now.get(key)} now; "
                          f"a resumed run keeps the settings in {Path(out) / 'config.json'}{started}")
     if "data_files" in config and data_dir is not None and Path(data_dir).is_dir():
-        hashes = file_hashes(data_dir)
-        changed = sorted(name for name in config["data_files"].keys() | hashes.keys()
-                         if config["data_files"].get(name) != hashes.get(name))
+        changed = differing(config["data_files"], file_hashes(data_dir))
         if changed:
             raise VikerError(f"--resume: {Path(data_dir) / changed[0]} is not the file the run started with "
                              f"({len(changed)} data file(s) differ from those {Path(out) / 'config.json'} records)")
+    if model is not None:
+        check_weights_unchanged(out, model, "--resume")
     if not checkpoints(out):  # a finished run, or one stopped before its first checkpoint: nothing to go on from
         raise VikerError(f"--resume: {out} has no checkpoint to resume from (a run keeps one while it trains with "
                          "--checkpoint-every N, and removes it when it ends)")

@@ -28,6 +28,7 @@ from viker.model import (
     folders_read,
     resolve_model_path,
     save_model,
+    weight_hashes,
 )
 from viker.model.cagul import refuse_cagul_run
 from viker.runs import paths_recorded, write_config
@@ -142,7 +143,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     if not data["forget"]:
         raise VikerError(f"{cfg.data}: split {cfg.forget} has no examples to unlearn")
     if resume:
-        check_resume(cfg.out, "unlearn", paths_recorded(asdict(cfg)), cfg.data)
+        check_resume(cfg.out, "unlearn", paths_recorded(asdict(cfg)), cfg.data,
+                     cfg.model if model_and_processor is None else None)
     accelerator = make_accelerator(cfg.train, resume)  # one process or several: docs/distributed.md
     if accelerator.is_main_process and (warning := unmatched_ft_data(used)):
         print(f"warning: {warning}", file=sys.stderr)
@@ -196,6 +198,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     settings = {"unlearn": paths_recorded(asdict(cfg)), "method": {"name": cfg.method, **asdict(method)},
                 "data": used, "examples": {k: len(v) for k, v in data.items()}, "setup": ctx.info,
                 "runtime": runtime_info(accelerator, model)}
+    if model_and_processor is None:  # the weights it starts from, by hash (an adapter's or CAGUL's base)
+        settings["model_files"] = weight_hashes(cfg.model)
     # every check passed (the lengths, the method's setup): --overwrite may remove an earlier run now
     claim_run_folder(cfg.out, accelerator, replaced)
     if accelerator.is_main_process:  # only the main process writes; the others hold the same results

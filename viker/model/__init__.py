@@ -14,7 +14,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from viker.errors import VikerError, require
-from viker.runs import TRAINING_COMMANDS, as_recorded, checkpoints, is_hub_id, read_configs
+from viker.runs import TRAINING_COMMANDS, as_recorded, checkpoints, differing, file_hashes, is_hub_id, read_configs
 
 # Where the language model lives inside the common architectures (LLaVA, Qwen2-VL, Idefics2, ...).
 LANGUAGE_MODEL_PATTERN = r"(^|\.)(language_model|text_model)\."
@@ -98,8 +98,10 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "auto",
     path = resolve_model_path(path)
     dev = pick_device(device)
     adapter = Path(path, "adapter_config.json").is_file()
+    base = adapter_base(path) if adapter else path
+    if adapter:  # one of our runs records the base model it trained the adapter on
+        check_weights_unchanged(Path(path).parent, base, f"{path}: an adapter on {base}")
     try:
-        base = adapter_base(path) if adapter else path
         # an adapter saved by peft alone has no processor files: the base model's are its
         processor = load_processor(path if not adapter or has_processor(path) else base, trust_remote_code,
                                    config_path=base)
@@ -131,6 +133,29 @@ def folders_read(path: str | Path) -> list[str]:
     path = resolve_model_path(path)
     base = adapter_base(path) if Path(path, "adapter_config.json").is_file() else None
     return [p for p in (path, base) if p is not None and Path(p).exists()]
+
+
+WEIGHT_FILES = ("*.safetensors", "*.bin")
+
+
+def weight_hashes(path: str | Path) -> dict[str, str]:
+    """sha256 of the weight files of every local folder loading ``path`` reads (:func:`folders_read`), by
+    absolute path: what a run records of the model it trains from (``model_files``), so that a base model
+    replaced since is told apart from it."""
+    return {str(Path(folder, name)): digest for folder in folders_read(path) for pattern in WEIGHT_FILES
+            for name, digest in file_hashes(folder, pattern).items()}
+
+
+def check_weights_unchanged(run: str | Path, model: str | Path, context: str) -> None:
+    """Refuse ``model`` when its weight files are not those the run in ``run`` recorded when it started from
+    it: an adapter, CAGUL's modules or a resumed run trained on other weights mean nothing on these."""
+    recorded = read_configs(run)[0].get("model_files")
+    if recorded is None:  # a run that read no model folder (the tiny model, built), or not a run of ours
+        return
+    changed = differing(recorded, weight_hashes(model))
+    if changed:
+        raise VikerError(f"{context}: {changed[0]} is not the file {run} was trained on ({len(changed)} weight "
+                         f"file(s) differ from those {Path(run) / 'config.json'} records)")
 
 
 def has_processor(path: str) -> bool:

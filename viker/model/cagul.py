@@ -411,10 +411,12 @@ def load_cagul(path: str | Path, device: str | None = None, dtype: str = "auto",
     untouched, and the saved modules."""
     from safetensors.torch import load_file
 
-    from viker.model import load_model
+    from viker.model import check_weights_unchanged, load_model
 
     folder = Path(path).expanduser() / "cagul"
     meta = cagul_meta(path)
+    check_weights_unchanged(Path(path).expanduser(), meta["base_model"],
+                            f"{path}: CAGUL modules trained around {meta['base_model']}")
     base, processor = load_model(meta["base_model"], device, dtype, trust_remote_code)
     model = CagulModel(base, CagulConfig(**meta["cagul"]), meta["dim"])
     tensors = load_file(str(folder / MODULES_FILE))
