@@ -198,7 +198,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     settings = {"unlearn": paths_recorded(asdict(cfg)), "method": {"name": cfg.method, **asdict(method)},
                 "data": used, "examples": {k: len(v) for k, v in data.items()}, "setup": ctx.info,
                 "runtime": runtime_info(accelerator, model)}
-    if model_and_processor is None:  # the weights it starts from, by hash (an adapter's or CAGUL's base)
+    if model_and_processor is None:  # the weights it starts from, by hash: what an adapter or CAGUL saved here needs
         settings["model_files"] = weight_hashes(cfg.model)
     # every check passed (the lengths, the method's setup): --overwrite may remove an earlier run now
     claim_run_folder(cfg.out, accelerator, replaced)
