@@ -193,3 +193,11 @@ def test_report_names_what_is_wrong_with_a_folder(tmp_path, capsys):
         assert main(["report", folder, "--out", str(tmp_path / "report")]) == 2
         assert message in _error(capsys)
     assert not (tmp_path / "report").exists()
+
+
+def test_a_reference_folder_is_recorded_absolute(bench_dir, monkeypatch):
+    from viker.methods.reference import reference_pool_and_source
+
+    monkeypatch.chdir(bench_dir.parent)  # --data typed relative: the record still names the folder from anywhere
+    pool, source = reference_pool_and_source("people", bench_dir.name, "forget_10")
+    assert pool and source == str((bench_dir / "ref_people").resolve())

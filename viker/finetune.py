@@ -116,15 +116,16 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     tuning = cfg.tuning if cfg.tuning != "auto" else ("full" if cfg.model == "tiny" else "lora")
     recorded = paths_recorded(asdict(cfg) | {"tuning": tuning, "train_on": train_on},
                               ("data", "out") if cfg.model == "tiny" else ("model", "data", "out"))
+    if cfg.model != "tiny":
+        refuse_cagul_run(cfg.model, "finetune")
+    model_files = None if cfg.model == "tiny" else weight_hashes(cfg.model)  # recorded; --resume checks them
     if resume:
-        check_resume(out, "finetune", recorded, cfg.data, None if cfg.model == "tiny" else cfg.model)
+        check_resume(out, "finetune", recorded, cfg.data, model_files)
     accelerator = make_accelerator(cfg.train, resume)  # one process or several: docs/distributed.md
     sharded = shards_model(accelerator)
     if sharded and tuning == "lora" and cfg.lora.merge:
         raise VikerError("finetuning with LoRA under FSDP or DeepSpeed cannot save a merged model; use DDP "
                          "(a LoRA model fits where its base model does) or --tuning full")
-    if cfg.model != "tiny":
-        refuse_cagul_run(cfg.model, "finetune")
     reads = [cfg.data] + ([] if cfg.model == "tiny" else folders_read(cfg.model))
     replaced = check_run_folder(out, accelerator, resume, overwrite, reads)  # removed once this run can start
     seed_everything(cfg.train.seed)
@@ -140,7 +141,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     collate = Collator(processor, max_length=cfg.max_length)
     collate.preflight(model, examples)
     settings = {"finetune": recorded, "examples": len(examples), "runtime": runtime_info(accelerator, model),
-                **({} if cfg.model == "tiny" else {"model_files": weight_hashes(cfg.model)})}
+                **({} if model_files is None else {"model_files": model_files})}
     claim_run_folder(out, accelerator, replaced)  # every check passed: --overwrite may remove now
     if accelerator.is_main_process:  # only the main process writes; the others hold the same results
         write_config(out, "finetune", settings, cfg.data)

@@ -254,10 +254,11 @@ RESUME_FREE = ("cache_dir", "device", "trust_remote_code", "checkpoint_every")  
 
 
 def check_resume(out: str | Path, command: str, settings: dict, data_dir: str | Path | None = None,
-                 model: str | None = None) -> None:
+                 model_files: dict[str, str] | None = None) -> None:
     """A resumed run goes on with the settings it was started with (``settings``: what its config.json records
-    under ``command``), the data files it read (``data_dir``'s, by hash) and the weights of the model it started
-    from (``model``'s), so that it ends where the uninterrupted run would; only ``RESUME_FREE`` may differ."""
+    under ``command``), the data files it read (``data_dir``'s, by hash) and the weights of the model it
+    started from (``model_files``: :func:`viker.model.weight_hashes`), so that it ends where the uninterrupted
+    run would; only ``RESUME_FREE`` may differ."""
     from viker.model import check_weights_unchanged
 
     def flat(value, prefix=""):
@@ -283,8 +284,8 @@ def check_resume(out: str | Path, command: str, settings: dict, data_dir: str | 
         if changed:
             raise VikerError(f"--resume: {Path(data_dir) / changed[0]} is not the file the run started with "
                              f"({len(changed)} data file(s) differ from those {Path(out) / 'config.json'} records)")
-    if model is not None:
-        check_weights_unchanged(out, model, "--resume")
+    if model_files is not None:
+        check_weights_unchanged(out, model_files, "--resume")
     if not checkpoints(out):  # a finished run, or one stopped before its first checkpoint: nothing to go on from
         raise VikerError(f"--resume: {out} has no checkpoint to resume from (a run keeps one while it trains with "
                          "--checkpoint-every N, and removes it when it ends)")

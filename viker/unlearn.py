@@ -142,9 +142,12 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         data, used = mllmu_streams(cfg)
     if not data["forget"]:
         raise VikerError(f"{cfg.data}: split {cfg.forget} has no examples to unlearn")
+    if model_and_processor is None:
+        refuse_cagul_run(cfg.model, "unlearn")
+    # the weights it starts from, by hash: what an adapter or CAGUL saved here needs, and --resume checks
+    model_files = weight_hashes(cfg.model) if model_and_processor is None else None
     if resume:
-        check_resume(cfg.out, "unlearn", paths_recorded(asdict(cfg)), cfg.data,
-                     cfg.model if model_and_processor is None else None)
+        check_resume(cfg.out, "unlearn", paths_recorded(asdict(cfg)), cfg.data, model_files)
     accelerator = make_accelerator(cfg.train, resume)  # one process or several: docs/distributed.md
     if accelerator.is_main_process and (warning := unmatched_ft_data(used)):
         print(f"warning: {warning}", file=sys.stderr)
@@ -160,8 +163,6 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         raise VikerError(f"--model {cfg.model}: an adapter run, merged into its base model when loaded; an adapter "
                          "trained on it would name that base and leave the first run out, so save this run merged "
                          "(--save merged, without --snapshot-every)")
-    if model_and_processor is None:
-        refuse_cagul_run(cfg.model, "unlearn")
     if sharded and cfg.tuning == "lora" and cfg.lora.merge:
         raise VikerError("--save merged: under FSDP or DeepSpeed only the adapter can be saved (--save adapter; "
                          "merge it later on one process), or use DDP")
@@ -198,8 +199,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     settings = {"unlearn": paths_recorded(asdict(cfg)), "method": {"name": cfg.method, **asdict(method)},
                 "data": used, "examples": {k: len(v) for k, v in data.items()}, "setup": ctx.info,
                 "runtime": runtime_info(accelerator, model)}
-    if model_and_processor is None:  # the weights it starts from, by hash: what an adapter or CAGUL saved here needs
-        settings["model_files"] = weight_hashes(cfg.model)
+    if model_files is not None:
+        settings["model_files"] = model_files
     # every check passed (the lengths, the method's setup): --overwrite may remove an earlier run now
     claim_run_folder(cfg.out, accelerator, replaced)
     if accelerator.is_main_process:  # only the main process writes; the others hold the same results

@@ -32,6 +32,7 @@ from viker.data.loader import image_bytes, load_profiles
 from viker.data.schema import Example
 from viker.errors import VikerError
 from viker.methods.losses import compress_topk, decompress_topk, kl_to_reference
+from viker.runs import as_recorded
 
 SOURCES = ("people", "patterns", "scenes", "pets", "forget", "retain")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -82,7 +83,7 @@ def reference_pool_and_source(refs: str, data_dir: str | Path | None,
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise VikerError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-    return [image_bytes({"bytes": f.read_bytes()}, str(f)) for f in files], str(folder)
+    return [image_bytes({"bytes": f.read_bytes()}, str(f)) for f in files], as_recorded(folder)
 
 
 def pool_owners(refs: str, data_dir: str | Path | None, forget_split: str | None = None) -> dict[bytes, str] | None:

@@ -100,7 +100,7 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "auto",
     adapter = Path(path, "adapter_config.json").is_file()
     base = adapter_base(path) if adapter else path
     if adapter:  # one of our runs records the base model it trained the adapter on
-        check_weights_unchanged(Path(path).parent, base, f"{path}: an adapter on {base}")
+        check_weights_unchanged(Path(path).parent, weight_hashes(base), f"{path}: an adapter on {base}")
     try:
         # an adapter saved by peft alone has no processor files: the base model's are its
         processor = load_processor(path if not adapter or has_processor(path) else base, trust_remote_code,
@@ -146,13 +146,14 @@ def weight_hashes(path: str | Path) -> dict[str, str]:
             for name, digest in file_hashes(folder, pattern).items()}
 
 
-def check_weights_unchanged(run: str | Path, model: str | Path, context: str) -> None:
-    """Refuse ``model`` when its weight files are not those the run in ``run`` recorded when it started from
-    it: an adapter, CAGUL's modules or a resumed run trained on other weights mean nothing on these."""
+def check_weights_unchanged(run: str | Path, now: dict[str, str], context: str) -> None:
+    """Refuse a model whose weight files (``now``: :func:`weight_hashes`) are not those the run in ``run``
+    recorded when it started from it: an adapter, CAGUL's modules or a resumed run trained on other weights
+    mean nothing on these."""
     recorded = read_configs(run)[0].get("model_files")
     if recorded is None:  # a run that read no model folder (the tiny model, built), or not a run of ours
         return
-    changed = differing(recorded, weight_hashes(model))
+    changed = differing(recorded, now)
     if changed:
         raise VikerError(f"{context}: {changed[0]} is not the file {run} was trained on ({len(changed)} weight "
                          f"file(s) differ from those {Path(run) / 'config.json'} records)")
