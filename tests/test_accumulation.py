@@ -96,3 +96,21 @@ def test_history_gives_the_learning_rate_each_step_used():
                     TrainConfig(max_steps=4, batch_size=2, grad_accum=2, lr=0.8, scheduler="linear", log_every=1),
                     progress=False)
     assert [row["lr"] for row in history] == pytest.approx([0.8, 0.6, 0.4, 0.2])  # 0.8 · (1 − (k − 1)/4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_training_half_precision_weights_in_place_is_warned_of(dtype, capsys):
+    """AdamW on bf16 weights, with no float32 copy, rounds small updates away (full tuning of a model loaded
+    with --dtype auto on a GPU): a run says so and how to train instead; float32 weights train silently."""
+    from viker.train import prepare
+
+    model = Weights().to(dtype)
+    with torch.no_grad():
+        model.w.fill_(1.0)
+    prepared = prepare(model, TrainConfig(lr=1e-4, max_steps=1, warmup_ratio=0.0, weight_decay=0.0), n_examples=4)
+    model.w.grad = torch.ones_like(model.w)
+    prepared.optimizer.step()
+    moved = bool((model.w != 1.0).all())
+    warned = "--dtype float32 --mixed-precision bf16" in capsys.readouterr().err
+    assert moved == (dtype == torch.float32)  # a 1e-4 step of a weight of 1 is below bf16's rounding step
+    assert warned == (not moved)

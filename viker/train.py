@@ -18,6 +18,7 @@ import math
 import random
 import shlex
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -392,6 +393,22 @@ def runtime_info(accelerator, model: torch.nn.Module) -> dict:
             "weights_dtype": str(max(sizes, key=sizes.get)).removeprefix("torch.") if sizes else None}
 
 
+def half_precision_training(params: list[torch.nn.Parameter], accelerator) -> str | None:
+    """A warning when the optimiser would update half-precision weights in place: with no float32 copy, an
+    update smaller than the weight's rounding step (about 1/256 of it in bf16) is lost, so many weights never
+    move at a small learning rate. LoRA adapters are float32 (peft upcasts them); full tuning of a model
+    loaded in bf16 (``--dtype auto`` on a GPU) is what this catches. DeepSpeed keeps float32 master weights
+    of its own."""
+    from accelerate.utils import DistributedType
+
+    half = {str(p.dtype).removeprefix("torch.") for p in params if p.dtype in (torch.bfloat16, torch.float16)}
+    if not half or accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return None
+    return (f"the trained weights are {'/'.join(sorted(half))}, and the optimiser updates them in place with no "
+            "float32 copy, so small updates are rounded away; for full tuning load float32 weights and autocast "
+            "(--dtype float32 --mixed-precision bf16; docs/distributed.md)")
+
+
 @dataclass
 class Prepared:
     """The model, optimiser and schedule as accelerate wrapped them (DDP, FSDP, DeepSpeed or nothing)."""
@@ -424,6 +441,8 @@ def prepare(model: torch.nn.Module, cfg: TrainConfig, n_examples: int, accelerat
         if plugin.is_auto("gradient_clipping"):  # DeepSpeed clips inside its step
             plugin.deepspeed_config["gradient_clipping"] = cfg.max_grad_norm or 0.0
     params = [p for p in model.parameters() if p.requires_grad]
+    if accelerator.is_main_process and (warning := half_precision_training(params, accelerator)):
+        print(f"warning: {warning}", file=sys.stderr)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     # The batches run on across epochs (a step can end in the next epoch): E epochs are E passes' batches,
     # rounded up to whole optimiser steps.
