@@ -281,6 +281,34 @@ def test_an_out_under_a_file_is_refused_before_the_model_loads(tiny_dir, bench_d
     assert taken.read_text() == "mine\n"
 
 
+def test_a_wrong_benchmark_folder_or_split_is_refused_before_the_model_loads(tiny_dir, bench_dir, tmp_path, capsys,
+                                                                            monkeypatch):
+    """A 7B model takes minutes to load: `eval` and `keytokens` read --data and --forget first, and
+    `keytokens` words a wrong split as `unlearn` and `eval` do."""
+    import viker.eval.run
+    import viker.model
+
+    def loaded(*args, **kwargs):
+        pytest.fail("the model was loaded before the data was read")
+
+    monkeypatch.setattr(viker.eval.run, "load_model", loaded)
+    monkeypatch.setattr(viker.model, "load_model", loaded)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    model = ["--model", str(tiny_dir)]
+    page = ["--out", str(tmp_path / "keys.html")]
+    for argv in (["eval", *model, "--data", str(empty), "--out", str(tmp_path / "e")],
+                 ["eval", "--benchmark", "clear", *model, "--data", str(empty), "--out", str(tmp_path / "e")],
+                 ["keytokens", *model, "--data", str(empty), *page]):
+        assert main(argv) == 2, argv
+        assert str(empty) in capsys.readouterr().err
+    splits = "choose from forget_5, forget_10, forget_15"
+    for command in (["unlearn", "--method", "ga", "--out", str(tmp_path / "u")], ["eval", "--out", str(tmp_path / "e")],
+                    ["keytokens", *page]):
+        assert main([*command, *model, "--data", str(bench_dir), "--forget", "forget_7"]) == 2
+        assert capsys.readouterr().err.strip() == f"error: --forget forget_7: {splits}", command
+
+
 def test_a_key_token_page_that_cannot_be_written_is_refused_before_the_reference_is_computed(
         tiny_dir, bench_dir, tmp_path, capsys, monkeypatch):
     import viker.keytokens

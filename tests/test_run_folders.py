@@ -66,6 +66,31 @@ def test_a_run_folder_is_replaced_only_when_asked(tiny_dir, bench_dir, tmp_path,
     assert (tiny_dir / "config.json").read_text() == before
 
 
+def test_an_evaluation_writes_only_where_it_belongs(tiny_dir, bench_dir, tmp_path, capsys):
+    """`viker eval` never writes into the benchmark (--data and --out swapped), over another model's
+    evaluation, or into a folder of other files; it re-evaluates the same model where it was evaluated."""
+    bench = tmp_path / "bench"
+    shutil.copytree(bench_dir, bench)
+    files = sorted(p.relative_to(bench) for p in bench.rglob("*"))
+    evaluate = ["eval", "--data", str(bench), "--only", "forget:cloze", "--model"]
+    assert main([*evaluate, str(tiny_dir), "--out", str(tmp_path / "e")]) == 0
+    assert main([*evaluate, str(tiny_dir), "--out", str(tmp_path / "e")]) == 0  # the same model, again
+    capsys.readouterr()
+    assert main([*evaluate, str(tiny_dir), "--out", str(bench)]) == 2
+    assert "the benchmark folder given as --data" in _error(capsys)
+    assert sorted(p.relative_to(bench) for p in bench.rglob("*")) == files
+    other = tmp_path / "other"
+    shutil.copytree(tiny_dir, other)
+    assert main([*evaluate, str(other), "--out", str(tmp_path / "e")]) == 2
+    assert f"the evaluation of another model ({tiny_dir.resolve()})" in _error(capsys)
+    assert json.loads((tmp_path / "e" / "config.json").read_text())["model"] == str(tiny_dir.resolve())
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    assert main([*evaluate, str(tiny_dir), "--out", str(tmp_path / "notes")]) == 2
+    assert "a folder of files that no viker evaluation wrote" in _error(capsys)
+    assert main([*evaluate, str(other), "--out", str(other)]) == 0  # beside the model it scores
+
+
 def test_overwrite_never_removes_the_base_model_of_an_adapter_it_reads(tiny_dir, bench_dir, tmp_path, capsys):
     base, adapter = tmp_path / "base", tmp_path / "adapter"
     common = ["--data", str(bench_dir), "--method", "ga", "--max-steps", "1"]

@@ -17,6 +17,7 @@ import torch
 
 from viker.collate import Collator
 from viker.data.examples import unlearning_examples
+from viker.data.schema import RETAIN_OF, Example
 from viker.errors import require
 from viker.methods.base import FrozenReference
 from viker.methods.losses import entropy
@@ -53,17 +54,33 @@ def characters(tok, ids: list[int]) -> list[list[int]]:
     return groups
 
 
-def answer_token_entropies(model, processor, data_dir, forget: str, k: int = 5, refs: str = "people", seed: int = 0,
+@dataclass
+class ForgetAnswers:
+    """What a key-token page reads from the benchmark: the forget answers, and the references drawn for them."""
+
+    examples: list[Example]
+    pool: list[bytes]
+    owners: dict[bytes, str] | None
+
+
+def forget_answers(data_dir, forget: str, refs: str = "people") -> ForgetAnswers:
+    """The split's answers and reference pool, read (and refused, in the words of ``unlearn``) before any
+    model is loaded."""
+    require(forget in RETAIN_OF, "--forget", forget, f"choose from {', '.join(RETAIN_OF)}")
+    examples = unlearning_examples(data_dir, forget)
+    require(examples, "--forget", forget, f"has no answers in {data_dir}")
+    return ForgetAnswers(examples, reference_pool(refs, data_dir, forget), pool_owners(refs, data_dir, forget))
+
+
+def answer_token_entropies(model, processor, answers: ForgetAnswers, k: int = 5, seed: int = 0,
                            cache_dir: Path | None = None, progress: bool = True) -> list[TokenEntropy]:
     """Each forget answer's tokens with their reference entropy H(R̂_i). Uses (and fills) the same
     cache as a ViKeR run with the same model, data, references, k and seed. A character split over
     several tokens is shown as one, with their largest entropy and smallest R̂(y)."""
-    examples = unlearning_examples(data_dir, forget)
-    require(examples, "--forget", forget, f"has no answers in {data_dir}")
-    pool = reference_pool(refs, data_dir, forget)
-    dists, _ = reference_distributions(FrozenReference(model, separate=model), processor, examples, pool, k, seed,
-                                       default_topk(model), cache_dir=cache_dir, progress=progress,
-                                       owners=pool_owners(refs, data_dir, forget))
+    examples = answers.examples
+    dists, _ = reference_distributions(FrozenReference(model, separate=model), processor, examples, answers.pool, k,
+                                       seed, default_topk(model), cache_dir=cache_dir, progress=progress,
+                                       owners=answers.owners)
     collate = Collator(processor)
     tok = collate.tokenizer
     out = []
@@ -190,9 +207,10 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
     require(Path(out).suffix in (".html", ".htm") and not Path(out).is_dir(), "--out", out,
             "name an .html file (the PNG is written beside it)")
     check_writable("--out", out, Path(out).parent)
+    answers = forget_answers(data, forget, refs)
     model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code)
     with torch.no_grad():
-        rows = answer_token_entropies(model, processor, data, forget, k, refs, seed,
+        rows = answer_token_entropies(model, processor, answers, k, seed,
                                       Path(cache_dir) if cache_dir else default_cache_dir(), progress)
     out = Path(out)
     write_html(rows, out, epsilon, f"Key tokens of {forget}")

@@ -181,17 +181,32 @@ def out_folder(out: str | Path) -> Path:
     return out
 
 
-def check_eval_out(model_path: str, out: str | Path) -> None:
-    """An evaluation writes into a folder of its own, or into the folder of the run whose model it scores;
-    never into another training run's, whose report row would then show this model's scores."""
+def check_eval_out(model_path: str, out: str | Path, data: str | Path | None = None) -> None:
+    """An evaluation writes into a new or empty folder, an earlier evaluation of the same model, the folder of
+    the run whose model it scores, or the model's own folder; never into another training run's or another
+    model's evaluation (a report would show this model's scores as theirs), nor into the benchmark or any
+    other folder of files it did not write."""
     out = out_folder(out)
-    command = read_configs(out)[0].get("command") if out.is_dir() else None
-    if command not in TRAINING_COMMANDS:
+    if not out.is_dir() or not any(not p.name.startswith(".") for p in out.iterdir()):
         return
-    own = {(out / name).resolve() for name in ("", "model", "cagul")}
-    if Path(model_path).expanduser().resolve() not in own:
-        raise VikerError(f"--out {out}: the folder of a `viker {command}` run of another model; evaluate "
-                         f"{model_path} into a folder of its own, or this run with --model {out}")
+    here = out.resolve()
+    if data is not None and here == Path(data).expanduser().resolve():
+        raise VikerError(f"--out {out}: the benchmark folder given as --data; evaluate into a folder of its own")
+    model = Path(model_path).expanduser().resolve()
+    config, evaluation = read_configs(out)
+    command = config.get("command")
+    if command in TRAINING_COMMANDS:
+        if model not in {here, here / "model", here / "cagul"}:
+            raise VikerError(f"--out {out}: the folder of a `viker {command}` run of another model; evaluate "
+                             f"{model_path} into a folder of its own, or this run with --model {out}")
+    elif command == "eval":
+        scored = Path(str(evaluation.get("model", ""))).expanduser()
+        if scored.resolve() != model and str(scored) != as_recorded(model_path):
+            raise VikerError(f"--out {out}: the evaluation of another model ({scored}); evaluate {model_path} "
+                             "into a folder of its own, or remove that one first")
+    elif model != here:
+        raise VikerError(f"--out {out}: a folder of files that no viker evaluation wrote; evaluate into a new or "
+                         "empty folder")
 
 
 def read_json(path: str | Path) -> Any:

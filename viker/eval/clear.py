@@ -99,8 +99,9 @@ def item_losses(model, processor, items: list[EvalItem], batch_size: int) -> lis
     return out
 
 
-def evaluate_clear(model, processor, data: str | Path, cfg: ClearEvalConfig, progress: bool = True):
-    """Returns (metrics, one record per item, per-item truth ratios of the forget sets)."""
+def clear_eval_sets(data: str | Path, cfg: ClearEvalConfig) -> tuple[dict[str, list], dict[str, int]]:
+    """The items of each evaluated set (the retain sets cut to ``cfg.retain_limit``), and how many rows of
+    each config were skipped; refused when a set is empty."""
     sets, skipped = eval_items(data, cfg.forget)
     if cfg.retain_limit is not None:
         for name in ("retain", "retain_names"):
@@ -108,6 +109,14 @@ def evaluate_clear(model, processor, data: str | Path, cfg: ClearEvalConfig, pro
     for name, items in sets.items():
         if not items:
             raise VikerError(f"{data}: the {name} set has no items to evaluate")
+    return sets, skipped
+
+
+def evaluate_clear(model, processor, data: str | Path, cfg: ClearEvalConfig, progress: bool = True,
+                   read: tuple[dict[str, list], dict[str, int]] | None = None):
+    """Returns (metrics, one record per item, per-item truth ratios of the forget sets). ``read``:
+    :func:`clear_eval_sets` already read (a command reads them before loading a model)."""
+    sets, skipped = clear_eval_sets(data, cfg) if read is None else read
     items = [item for name, _, _ in EVAL_SETS for item in sets[name]]
     losses = item_losses(model, processor, items, cfg.batch_size)
     prompts = {(it.question, it.image): Example(it.question, "", it.image) for it in items}
@@ -225,13 +234,14 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig, d
     from viker.model import load_model
 
     forget_base(cfg.forget)
-    check_eval_out(model_path, out)
+    check_eval_out(model_path, out, data)
+    read = clear_eval_sets(data, cfg)  # a wrong --data or split is refused before any model loads
     out = Path(out)
     reference, computed = None, False
     if cfg.retain_model:  # first: the two models are never held at once
         reference, computed = reference_truth_ratios(cfg, data, device, dtype, trust_remote_code)
     model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code)
-    metrics, records, ratios = evaluate_clear(model, processor, data, cfg, progress)
+    metrics, records, ratios = evaluate_clear(model, processor, data, cfg, progress, read)
     metrics["forget_quality"] = None
     if reference is not None:
         if len(reference["forget"]) != len(ratios["forget"]):

@@ -69,7 +69,8 @@ class EvalSet:
 
 
 def eval_sets(data_dir: str | Path, cfg: EvalConfig) -> list[EvalSet]:
-    """The sets in ``cfg.scope`` (all four when None), each read only when it is evaluated."""
+    """The sets in ``cfg.scope`` (all four when None), read from ``data_dir``; a set out of the scope is not read."""
+    check_scope(cfg.scope)
     forget = load_profiles(data_dir, cfg.forget)
     read = {
         "forget": lambda: forget,
@@ -205,8 +206,10 @@ def gibberish_scorer(path: str, device, batch_size: int = 32):
     return score
 
 
-def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfig(), progress: bool = True):
-    """Returns (metrics in percent, one record per prompt with the reference and the model's answer)."""
+def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfig(), progress: bool = True,
+             sets: list[EvalSet] | None = None):
+    """Returns (metrics in percent, one record per prompt with the reference and the model's answer).
+    ``sets``: :func:`eval_sets` already read (a command reads them before loading the model)."""
     records: list[dict] = []
     metrics: dict[str, float] = {}
     gen_kw = dict(batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, progress=False)
@@ -219,9 +222,8 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfi
         answered.update(zip(todo, fresh))
         return [answered[key] for key in keys]
 
-    check_scope(cfg.scope)
     gib = gibberish_scorer(cfg.gib_model, next(model.parameters()).device) if cfg.gib_model else None
-    for s in tqdm(eval_sets(data_dir, cfg), desc="evaluating", disable=not progress):
+    for s in tqdm(eval_sets(data_dir, cfg) if sets is None else sets, desc="evaluating", disable=not progress):
         tasks = TASKS if cfg.scope is None else cfg.scope[s.name]
 
         # generation questions: ROUGE, BLEU, coherence

@@ -7,7 +7,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from viker.eval.evaluate import EvalConfig, evaluate
+from viker.eval.evaluate import EvalConfig, eval_sets, evaluate
 from viker.model import load_model
 from viker.runs import as_recorded, check_eval_out, write_eval_config, write_json
 
@@ -22,9 +22,10 @@ def write_generations(path: Path, records: list[dict]) -> None:
 
 def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig, device=None, dtype="auto",
              trust_remote_code=False, progress=True, model_and_processor=None) -> dict:
-    check_eval_out(model_path, out)
+    check_eval_out(model_path, out, data)
+    sets = eval_sets(data, cfg)  # a wrong --data or split is refused before the model loads
     model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code)
-    metrics, records = evaluate(model, processor, data, cfg, progress=progress)
+    metrics, records = evaluate(model, processor, data, cfg, progress=progress, sets=sets)
     unparsed = {k: v for k, v in metrics.items() if k.endswith("_unparsed") and v is not None and v > 50}
     if unparsed:
         shares = ", ".join(f"{k} {v:.0f}%" for k, v in unparsed.items())
