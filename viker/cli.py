@@ -327,7 +327,8 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--forget", help="the forget split (default forget_10; CLEAR: forget10)")
     ev.add_argument("--out", required=True, help="the folder to write (an unlearning run's own folder is fine)")
     ev.add_argument("--mc-mode", choices=("likelihood", "letter"), default="likelihood",
-                    help="multiple choice by option likelihood (small models) or the benchmark's letter generation")
+                    help="multiple choice by option likelihood (small models) or by a generated letter "
+                         "(zero-shot, in the benchmark's prompt; docs/design.md)")
     ev.add_argument("--batch-size", type=int, default=32, help="questions per forward pass")
     ev.add_argument("--max-new-tokens", type=int, help="greedy reply length (default 50; CLEAR: 100)")
     ev.add_argument("--retain-limit", type=int, help="evaluate at most this many retain-split people (CLEAR: "

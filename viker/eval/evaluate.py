@@ -34,11 +34,11 @@ TASKS = ("generation", "multiple_choice", "cloze")
 @dataclass
 class EvalConfig:
     forget: str = "forget_10"
-    mc_mode: str = "likelihood"  # likelihood (option likelihood) | letter (the benchmark's letter generation)
+    mc_mode: str = "likelihood"  # likelihood (option likelihood) | letter (a generated letter, zero-shot)
     batch_size: int = 32
     max_new_tokens: int = 50
-    # A cloze reply should be the blank alone: it is read in its first 20 new tokens (MLLMU-Bench's own
-    # evaluation lets it run to 50, which costs a model whose replies run on 2.5 times the decoding).
+    # A cloze reply should be the blank alone: it is read in its first 20 new tokens, as in MLLMU-Bench's
+    # published cloze evaluation (generation questions get max_new_tokens, 50).
     cloze_max_new_tokens: int = 20
     # Option likelihood scores the options inside the model's own greedy answer to the question, read in
     # its first 50 new tokens whatever max_new_tokens is: a shorter reply can stop before the option it
