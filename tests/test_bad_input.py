@@ -281,6 +281,18 @@ def test_an_out_under_a_file_is_refused_before_the_model_loads(tiny_dir, bench_d
     assert taken.read_text() == "mine\n"
 
 
+@pytest.mark.parametrize("argv, line", [
+    (["eval", "--data", "bench"], "viker eval: the following arguments are required: --model, --out"),
+    (["evaluate"], "viker: argument command: invalid choice: 'evaluate'"),
+    (["unlearn", "--model", "m", "--data", "d", "--out", "o", "--lr", "fast"],
+     "viker unlearn: argument --lr: invalid float value: 'fast'"),
+])
+def test_a_command_line_mistake_is_one_line(argv, line, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {line}") and err.count("\n") == 1 and "usage:" not in err, err
+
+
 def test_a_wrong_benchmark_folder_or_split_is_refused_before_the_model_loads(tiny_dir, bench_dir, tmp_path, capsys,
                                                                             monkeypatch):
     """A 7B model takes minutes to load: `eval` and `keytokens` read --data and --forget first, and

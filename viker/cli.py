@@ -8,6 +8,7 @@ import sys
 from dataclasses import replace
 
 from viker.errors import VikerError
+from viker.presets import REAL_TRAIN, REAL_UNLEARN, TINY_TRAIN, TINY_UNLEARN, TrainConfig
 
 
 def _synth(args) -> None:
@@ -18,7 +19,7 @@ def _synth(args) -> None:
 
 
 def _finetune(args) -> None:
-    from viker.finetune import REAL_TRAIN, TINY_TRAIN, FinetuneConfig, run_finetune
+    from viker.finetune import FinetuneConfig, run_finetune
     from viker.model import LoraSettings
     from viker.model.tiny import TinyConfig
 
@@ -51,7 +52,7 @@ def _train_overrides(args) -> dict:
 
 def _unlearn(args) -> None:
     from viker.model import LoraSettings
-    from viker.unlearn import REAL_UNLEARN, TINY_UNLEARN, UnlearnConfig, run_unlearn
+    from viker.unlearn import UnlearnConfig, run_unlearn
 
     method_args = _given(lam=args.lam, k=args.k, refs=args.refs, regularizer=args.regularizer, ablation=args.ablation,
                          beta=args.beta, retain_weight=args.retain_weight, rewrite=args.rewrite, layers=args.layers,
@@ -197,15 +198,24 @@ def _command(sub, name: str, summary: str, description: str = ""):
                           formatter_class=_Help)
 
 
-def _add_train_args(p: argparse.ArgumentParser) -> None:
+def _preset(text: str, name: str, tiny: TrainConfig, real: TrainConfig) -> str:
+    """An option's help with the preset value it takes when unset, for a tiny model and for a checkpoint."""
+    a, b = getattr(tiny, name), getattr(real, name)
+    return f"{text} (default: {a})" if a == b else f"{text} (default: {a:g} for a tiny model, {b:g} for a checkpoint)"
+
+
+def _add_train_args(p: argparse.ArgumentParser, tiny: TrainConfig, real: TrainConfig) -> None:
     p = p.add_argument_group("training", "Unset options take the preset for a tiny model or for a checkpoint; "
                                          "every run's config.json records the values it used.")
-    p.add_argument("--epochs", type=float, help="passes over the data (fractions allowed)")
+    p.add_argument("--epochs", type=float,
+                   help=_preset("passes over the data (fractions allowed)", "epochs", tiny, real))
     p.add_argument("--max-steps", type=int, help="optimiser steps; overrides --epochs")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--batch-size", type=int, help="examples per micro-step over all processes together")
-    p.add_argument("--grad-accum", type=int, help="micro-steps per optimiser step")
-    p.add_argument("--seed", type=int, help="seed of the initialisation and the data order")
+    p.add_argument("--lr", type=float, help=_preset("peak learning rate", "lr", tiny, real))
+    p.add_argument("--batch-size", type=int, help=_preset("examples per micro-step over all processes together",
+                                                           "batch_size", tiny, real))
+    p.add_argument("--grad-accum", type=int, help=_preset("micro-steps per optimiser step", "grad_accum", tiny, real))
+    p.add_argument("--seed", type=int,
+                   help=_preset("seed of the initialisation and the data order", "seed", tiny, real))
     p.add_argument("--checkpoint-every", type=int, help="write a checkpoint every N steps (atomically)")
     p.add_argument("--resume", action="store_true",
                    help="continue a stopped run from its last checkpoint, with the settings it was started with")
@@ -236,9 +246,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the checkpoint")
 
 
+class _Parser(argparse.ArgumentParser):
+    """A command line mistake is one line, as every other error is, rather than the usage block and a line."""
+
+    def error(self, message: str):
+        raise VikerError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="viker", description="Make a multimodal LLM forget specific people.",
-                                 formatter_class=_Help)
+    ap = _Parser(prog="viker", description="Make a multimodal LLM forget specific people.", formatter_class=_Help)
     sub = ap.add_subparsers(dest="command", required=True)
 
     data = _command(sub, "data", "benchmark data").add_subparsers(dest="data_command", required=True)
@@ -267,7 +283,7 @@ def parser() -> argparse.ArgumentParser:
                          "--model tiny, ft_Data otherwise)")
     ft.add_argument("--tuning", choices=("auto", "full", "lora"), default="auto",
                     help="train every weight or LoRA adapters (auto: full for --model tiny, LoRA otherwise)")
-    _add_train_args(ft)
+    _add_train_args(ft, TINY_TRAIN, REAL_TRAIN)
     _add_lora_args(ft, alpha=16, dropout=0.05)
     _add_model_args(ft)
     ft.set_defaults(func=_finetune)
@@ -306,7 +322,7 @@ def parser() -> argparse.ArgumentParser:
                     help="CAGUL: answer a forget person as a stranger (reference) or NPO (default reference)")
     un.add_argument("--tuning", choices=("lora", "full"), default="lora",
                     help="LoRA adapters on the language model's linear layers, or every weight")
-    _add_train_args(un)
+    _add_train_args(un, TINY_UNLEARN, REAL_UNLEARN)
     _add_lora_args(un, alpha=32, dropout=0.0)
     un.add_argument("--save", choices=("merged", "adapter"), default="merged",
                     help="with LoRA: save the merged model or the adapter alone")
@@ -384,8 +400,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
     try:
+        args = parser().parse_args(argv)
         args.func(args)
     except VikerError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -24,13 +24,13 @@ from viker.data.synth.people import UNKNOWN_ANSWER, name_in_answer
 from viker.eval.evaluate import EvalConfig
 from viker.eval.metrics import whole_words
 from viker.eval.run import run_eval
-from viker.finetune import TINY_TRAIN, FinetuneConfig, run_finetune
+from viker.finetune import FinetuneConfig, run_finetune
 from viker.keytokens import run_keytokens
 from viker.model import LoraSettings, load_model
+from viker.presets import TINY_TRAIN, TINY_UNLEARN, TrainConfig
 from viker.report import column_glossary, markdown_table, plain_table, setting_text, tradeoff_plot
 from viker.runs import file_hashes, machine, out_folder, to_jsonable, under, write_json
-from viker.train import TrainConfig
-from viker.unlearn import TINY_UNLEARN, UnlearnConfig, run_unlearn
+from viker.unlearn import UnlearnConfig, run_unlearn
 
 METHODS = ("ga", "graddiff", "klmin", "npo", "idkpo", "viker", "cagul")
 CHANCE_ACC = 100.0 / 4  # multiple-choice accuracy of a model that knows nothing: every question has 4 options

@@ -31,9 +31,9 @@ from viker.model import (
 )
 from viker.model.cagul import refuse_cagul_run
 from viker.model.tiny import TinyConfig, build_tiny
+from viker.presets import TINY_TRAIN, TrainConfig
 from viker.runs import paths_recorded, write_config
 from viker.train import (
-    TrainConfig,
     check_resume,
     check_run_folder,
     claim_run_folder,
@@ -47,11 +47,6 @@ from viker.train import (
     shards_model,
     train,
 )
-
-# Settings that memorise the embedded benchmark with the tiny model in a few CPU minutes.
-TINY_TRAIN = TrainConfig(epochs=20, batch_size=16, lr=1e-3, warmup_ratio=0.05, scheduler="cosine",
-                         weight_decay=0.0, max_grad_norm=1.0)
-REAL_TRAIN = TrainConfig(epochs=5, batch_size=4, grad_accum=4, lr=1e-4, warmup_ratio=0.03, scheduler="cosine")
 
 
 @dataclass

@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 
 from viker.collate import IGNORE_INDEX
 from viker.data.schema import Example
-from viker.errors import VikerError, require
+from viker.errors import VikerError
+from viker.presets import TrainConfig
 from viker.runs import (
     CHECKPOINT,
     checkpoints,
@@ -41,45 +42,6 @@ from viker.runs import (
     to_jsonable,
     write_json,
 )
-
-
-@dataclass
-class TrainConfig:
-    """``batch_size`` is global: the examples of one micro-step summed over every process (each of N
-    processes holds about batch_size/N). An optimiser step sees batch_size × grad_accum examples, and
-    ``epochs`` passes over the data take that many steps, rounded up (a step can end in the next pass)."""
-
-    epochs: float = 1.0
-    max_steps: int | None = None  # overrides epochs when set
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
-    scheduler: str = "constant"  # constant | linear | cosine
-    max_grad_norm: float | None = 1.0
-    seed: int = 0
-    mixed_precision: str | None = None  # no | bf16 | fp16 (autocast); None: the launcher's setting, else no
-    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% slower
-    log_every: int = 10
-    checkpoint_every: int = 0  # steps between checkpoints (0: none)
-    snapshot_every: int = 0  # epochs between snapshots of the model kept beside the final one (0: none)
-
-    def __post_init__(self):
-        require(self.epochs > 0, "--epochs", self.epochs, "must be above 0")
-        require(self.max_steps is None or self.max_steps >= 1, "--max-steps", self.max_steps,
-                "must be at least 1 (leave it out to train for --epochs)")
-        require(self.batch_size >= 1, "--batch-size", self.batch_size, "must be at least 1")
-        require(self.grad_accum >= 1, "--grad-accum", self.grad_accum, "must be at least 1")
-        require(self.lr > 0, "--lr", self.lr, "must be above 0")
-        require(0 <= self.seed < 2**32, "--seed", self.seed, "must be from 0 to 2**32 - 1")
-        require(self.checkpoint_every >= 0, "--checkpoint-every", self.checkpoint_every, "must be at least 0 (0: none)")
-        require(self.snapshot_every >= 0, "--snapshot-every", self.snapshot_every, "must be at least 0 (0: none)")
-        require(self.scheduler in ("constant", "linear", "cosine"), "scheduler", self.scheduler,
-                "choose constant, linear or cosine")
-        require(0 <= self.warmup_ratio < 1, "warmup_ratio", self.warmup_ratio, "must be from 0 to below 1")
-        require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be at least 0")
-        require(self.log_every >= 1, "log_every", self.log_every, "must be at least 1")
 
 
 class Objective(Protocol):

@@ -31,9 +31,9 @@ from viker.model import (
     weight_hashes,
 )
 from viker.model.cagul import refuse_cagul_run
+from viker.presets import TINY_UNLEARN, TrainConfig
 from viker.runs import paths_recorded, write_config
 from viker.train import (
-    TrainConfig,
     check_resume,
     check_run_folder,
     claim_run_folder,
@@ -47,10 +47,6 @@ from viker.train import (
     shards_model,
     train,
 )
-
-# Unlearning budgets: the tiny model (full CPU demo) and a 7B model with LoRA (the paper's setting).
-TINY_UNLEARN = TrainConfig(epochs=8, batch_size=8, lr=2e-4, scheduler="constant", max_grad_norm=1.0, log_every=5)
-REAL_UNLEARN = TrainConfig(epochs=5, batch_size=4, grad_accum=2, lr=1e-4, scheduler="constant", log_every=5)
 
 
 @dataclass
