@@ -183,6 +183,15 @@ def test_a_bad_without_split_is_named_by_its_own_flag(clear_dir):
         clear.finetune_examples(clear_dir, without="forget_10")
 
 
+def test_one_benchmark_folder_given_as_the_other_is_named_with_the_flag_that_reads_it(clear_dir, bench_dir):
+    from viker.data.loader import load_profiles
+
+    with pytest.raises(VikerError, match=r": an MLLMU-Bench folder \(configs Full_Set, .* --benchmark mllmu$"):
+        clear.finetune_examples(bench_dir)
+    with pytest.raises(VikerError, match=r": a CLEAR folder \(configs full, .*read it with --benchmark clear$"):
+        load_profiles(clear_dir, "forget_10")
+
+
 def test_people_references_on_clear_are_its_real_faces(clear_dir):
     # CLEAR has no image pools: the real people of real_faces play the part of MLLMU-Bench's Retain_Set
     pool, source = reference_pool_and_source("people", clear_dir, "forget10")

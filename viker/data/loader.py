@@ -53,11 +53,23 @@ def config_files(root: str | Path, config: str, known: tuple[str, ...] = CONFIGS
         files = sorted(root.glob(pattern))
         if files:
             return files
-    present = [c for c in known if any(any(root.glob(pattern)) for pattern in _patterns(c))]
+    present = _present(root, known)
+    if not present:  # the other benchmark's folder, given for this one?
+        from viker.data import clear
+
+        other, name, flag = (clear.CONFIGS, "a CLEAR", "clear") if known == CONFIGS else (CONFIGS, "an MLLMU-Bench",
+                                                                                           "mllmu")
+        if theirs := _present(root, other):
+            raise VikerError(f"{root}: {name} folder (configs {', '.join(theirs)}), not the benchmark asked "
+                             f"for; read it with --benchmark {flag}")
     raise VikerError(
         f"{root}: config '{config}' not found (looked for {', '.join(_patterns(config))}); "
         f"configs present: {', '.join(present) or 'none'}"
     )
+
+
+def _present(root: Path, configs: tuple[str, ...]) -> list[str]:
+    return [c for c in configs if any(any(root.glob(pattern)) for pattern in _patterns(c))]
 
 
 def _patterns(config: str) -> list[str]:
