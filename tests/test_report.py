@@ -215,6 +215,20 @@ def test_report_tabulates_evaluated_runs_by_what_they_are(runs, tmp_path, capsys
     assert (tmp_path / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_report_without_figures_for_its_plot_says_why_and_claims_no_retain_people(tiny_dir, bench_dir, tmp_path,
+                                                                                    capsys):
+    evaluated = tmp_path / "forget-only"
+    assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), *DATA, *EVAL,
+                 "--only", "forget:multiple_choice", "--out", str(evaluated)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(evaluated), "--out", str(tmp_path / "report")]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote report.md, results.json in" in printed and "(no plot: no run has both of its figures" in printed
+    report = " ".join((tmp_path / "report" / "report.md").read_text().split())
+    assert "No trade-off plot: no run has both `forget_acc` and `retain_rougeL`" in report
+    assert "Retain figures" not in report and not (tmp_path / "report" / "tradeoff.png").exists()
+
+
 def test_report_refuses_runs_it_cannot_compare(runs, bench_dir, tiny_dir, tmp_path, capsys):
     other = tmp_path / "forget5"
     assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--forget", "forget_5", *EVAL,

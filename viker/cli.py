@@ -150,7 +150,8 @@ def _report(args) -> None:
     rows = run_report(args.runs, args.out, args.title)
     print(plain_table(rows))
     written = [name for name in ("report.md", "results.json", "tradeoff.png") if (Path(args.out) / name).is_file()]
-    print(f"\nwrote {', '.join(written)} in {args.out}")
+    missing = "" if "tradeoff.png" in written else " (no plot: no run has both of its figures; report.md says which)"
+    print(f"\nwrote {', '.join(written)} in {args.out}{missing}")
 
 
 def _demo(args) -> None:

@@ -433,17 +433,20 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
                       axes=axes)
     else:  # none of these runs was scored on both axes: no plot, and none left from an earlier report
         (out / "tradeoff.png").unlink(missing_ok=True)
+    unplotted = "" if plotted else (f"\nNo trade-off plot: no run has both `{axes.x}` and `{axes.y}` (evaluated with "
+                                    "`--only`, or on fewer sets).\n")
     listing = "\n".join(f"| {cell(r['label'])} | `{cell(r['path'])}` | {r['method'] or 'not a viker run'} | "
                         f"{cell(', '.join(setting_text(k, v) for k, v in r['settings'].items()) or '–')} |"
                         for r in rows)
-    plot = "\n![trade-off](tradeoff.png)\n" if plotted else ""
+    plot = "\n![trade-off](tradeoff.png)\n" if plotted else unplotted
     split = forget or "a forget split not recorded"
     evaluated = (f"All numbers are in [0, 1], as CLEAR reports them. Evaluated on {split}." if benchmark == "clear" else
                  f"All numbers are percentages. Evaluated on {split}, multiple choice by "
                  f"{mc_mode or 'a mode not recorded'}.")
     if max_new_tokens is not None:
         evaluated += f" Greedy replies of at most {max_new_tokens} new tokens."
-    if retain_limit is not None:
+    has_retain = any(k.startswith("retain_") and v is not None for r in rows for k, v in r["metrics"].items())
+    if retain_limit is not None and has_retain:
         people = "every retain person" if retain_limit == "all" else f"{retain_limit} retain people"
         evaluated += f" Retain figures over {people}."
     text = f"""# {title or f"Unlearning {forget or ''}".strip()}
