@@ -130,6 +130,24 @@ def test_no_marker_of_the_plot_hides_another(tmp_path, monkeypatch):
     assert math.dist(where["CAGUL"], cagul) < 1e-6  # a lone point stays where it is
 
 
+def test_the_sweep_labels_end_inside_the_frame(tmp_path, monkeypatch):
+    """A λ label sits above its marker, where matplotlib's y range does not look: at the top of the range it
+    crossed the frame."""
+    import matplotlib.figure
+
+    over = []
+
+    def look(fig, path, **kwargs):
+        ax, renderer = fig.axes[0], fig.canvas.get_renderer()
+        over.extend(t.get_window_extent(renderer).y1 - ax.get_window_extent(renderer).y1 for t in ax.texts)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", look)
+    sweep = [{"lam": lam, "metrics": {"forget_acc": x, "retain_rougeL": y, "coherence": 99.0}}
+             for lam, x, y in ((1.0, 60.0, 99.9), (10.0, 36.0, 83.6), (50.0, 20.0, 40.0))]
+    tradeoff_plot(_runs()[:2], sweep, tmp_path / "tradeoff.png")
+    assert len(over) == 3 and max(over) < 0
+
+
 def test_forty_runs_in_one_place_each_keep_a_look_and_a_place_of_their_own(tmp_path, monkeypatch):
     import matplotlib.figure
 

@@ -224,6 +224,22 @@ def _set_side_by_side(ax, dots: list[list], at: list[tuple[float, float]]) -> No
     ax.set_xlim(lo - most * width, hi + most * width)
 
 
+def _room_above(ax, pad_pt: float = 3.0) -> None:
+    """Raise the top of the y range until the labels above the sweep's markers (which do not count when
+    matplotlib sets the range) end inside the frame, ``pad_pt`` below it."""
+    renderer = ax.figure.canvas.get_renderer()
+    for _ in range(3):  # a label moves down by less than its overflow when its marker is below the top
+        top = ax.get_window_extent(renderer).y1
+        over = max((t.get_window_extent(renderer).y1 for t in ax.texts), default=-math.inf) - top
+        over += pad_pt * ax.figure.dpi / 72
+        if over <= 0:
+            return
+        # the frame keeps its size, so the data shrink toward its bottom: a point at the top comes down by `over`
+        bottom, y_top = ax.transData.transform([(0, ax.get_ylim()[0]), (0, ax.get_ylim()[1])])[:, 1]
+        height = y_top - bottom
+        ax.set_ylim(top=ax.transData.inverted().transform((0, y_top + over * height / (height - over)))[1])
+
+
 def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = "", chance: float | None = None,
                   incoherent_below: float = 50.0, axes: PlotAxes = MLLMU_AXES) -> None:
     """Forgetting against retention, a point per run: by default forget accuracy (x, lower is better)
@@ -288,6 +304,7 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
               ncols=math.ceil(len(entries) / LEGEND_ROWS))  # beside, no taller than the plot
     fig.tight_layout()
     _set_side_by_side(ax, dots, at)
+    _room_above(ax)
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
 
