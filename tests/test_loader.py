@@ -114,6 +114,21 @@ def test_answer_letter_outside_options_is_an_error(bench_dir, tmp_path):
         load_profiles(root, "Full_Set")
 
 
+def test_a_blank_cloze_answer_is_an_error(bench_dir, tmp_path):
+    """A blank Ground_Truth is in every reply: the cloze would count it right whatever the model said."""
+    root = _copy(bench_dir, tmp_path)
+
+    def blank(t):
+        masks = t.column("Mask_Task").to_pylist()
+        masks[0][0]["Ground_Truth"] = "  "
+        return t.set_column(t.schema.get_field_index("Mask_Task"), "Mask_Task",
+                            pa.array(masks, type=t.schema.field("Mask_Task").type))
+
+    _rewrite(root, FULL, blank)
+    with pytest.raises(VikerError, match=r"row 0: .*item 0 lacks a Question or Ground_Truth \(missing or blank\)"):
+        load_profiles(root, "Full_Set")
+
+
 def test_command_line_prints_one_line_and_exits_2(bench_dir, tmp_path, capsys):
     root = _copy(bench_dir, tmp_path)
     _rewrite(root, "ft_Data/train-00000-of-00001.parquet", lambda t: t.drop_columns(["metadata"]))

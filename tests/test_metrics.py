@@ -332,6 +332,10 @@ def test_truth_ratio():
     # mean(perturbed) = (2 + 3) / 2 = 2.5; 2.5 - 1.0 = 1.5 -> exp(1.5) ~= 4.4817
     assert truth_ratio(1.0, [2.0, 3.0]) == approx(math.exp(1.5))
     assert truth_ratio(2.0, [2.0]) == approx(1.0)
+    # a collapsed model: losses further apart than exp() reaches give a capped ratio, not an OverflowError
+    far = truth_ratio(0.0, [800.0])
+    assert math.isfinite(far) and truth_ratio_score([far], forget=True) < 1e-300
+    assert truth_ratio_score([far], forget=False) == 1.0
     # Equivalent probability form: P(para) / geometric mean of P(perturbed), per-token.
     para, perturbed = 0.7, [1.1, 0.4, 2.0]
     geo_mean_perturbed = math.prod(prob_from_loss(x) for x in perturbed) ** (1 / 3)

@@ -223,8 +223,9 @@ def _qa_items(items: list[dict] | None, source: str, task: str) -> list[QA]:
         kind = item.get("Type")
         if kind not in (IMAGE_TEXTUAL, PURE_TEXT):
             raise VikerError(f"{source}: {task} item {j} has Type {kind!r}, expected {IMAGE_TEXTUAL} or {PURE_TEXT}")
-        if item.get("Question") is None or item.get("Ground_Truth") is None:
-            raise VikerError(f"{source}: {task} item {j} lacks a Question or Ground_Truth")
+        if not str(item.get("Question") or "").strip() or not str(item.get("Ground_Truth") or "").strip():
+            # a blank answer is in every reply: a cloze would count it right whatever the model said
+            raise VikerError(f"{source}: {task} item {j} lacks a Question or Ground_Truth (missing or blank)")
         out.append(QA(item["Question"], item["Ground_Truth"], kind == IMAGE_TEXTUAL))
     return out
 
