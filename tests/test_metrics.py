@@ -170,6 +170,9 @@ def test_cloze_prompt_replaces_every_blank_once():
         ("B. A and C are wrong.", "B"),  # options ruled out further on are no alternatives to B
         ("The answer is B, since A and D are incorrect.", "B"),
         ("C. That is the answer I believe.", "C"),  # "answer I believe": the word I, no second letter
+        ("The answer is A because she was born in Lima.", "A"),  # read as the same reply with B is
+        ("The answer is B because she was born in Lima.", "B"),
+        ("Answer: A is correct", "A"),
         ("C) Vitamins B and C", "C"),  # letters in the option's own text are no alternatives
         ("B: Type A/B personality", "B"),
         ("B\r\nLima", "B"),  # alone on the first line, whatever the line ending

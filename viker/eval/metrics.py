@@ -128,11 +128,14 @@ _LEADING_RE = re.compile(
     r"^(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])(?=[ \t\r]*(?:$|\n)|[:)\]]|[.,](?:\s|$)|\s+[-–]\s))"
 )
 # A letter announced by a keyword anywhere: "Answer: B", "The answer is B", "Option (C)". The words
-# "A" and "I" followed by a lower-case word are words: "The answer is A cat", "the answer I believe".
+# "A" and "I" followed by a lower-case word are words: "The answer is A cat", "the answer I believe";
+# but a word that cannot follow the article names the letter A, so that an answer A is read as an answer
+# B is: "The answer is A because ...", "Answer: A is correct".
+_NOT_AFTER_ARTICLE = r"(?:because|since|as|is|was|which|would|seems|fits|matches)\b"
 _ANNOUNCED_RE = re.compile(
     r"(?i:\b(?:answer|option|choice))\b"
     r"(?:\s+(?i:is|would\s+be|will\s+be))?\s*[:\-]?\s*"
-    r"(?:\(([A-Z])\)|\[([A-Z])\]|(?![AI]\s+[a-z])([A-Z])\b)"
+    rf"(?:\(([A-Z])\)|\[([A-Z])\]|(?!I\s+[a-z]|A\s+(?!{_NOT_AFTER_ARTICLE})[a-z])([A-Z])\b)"
 )
 # Two letters joined as alternatives or a list: "A and B", "A or C", "A, B", "A/B".
 _ENUMERATION_RE = re.compile(r"\b([A-Z])\)?\s*(?:,?\s*(?:and|or|&)\b|,|/)\s*\(?([A-Z])\b")
@@ -151,7 +154,8 @@ def parse_choice(reply: str, options: Sequence[str] = "ABCD") -> str | None:
     3. an upper-case letter after ``answer``/``option``/``choice`` (optionally ``is``, ``:``)
        anywhere in the reply: ``"Answer: B"``, ``"The answer is B"``,
        ``"The correct option is (C)"``; not the words "A" and "I" followed by a lower-case word
-       (``"The answer is A cat"``, ``"the answer I believe"``).
+       (``"The answer is A cat"``, ``"the answer I believe"``), unless the word cannot follow the
+       article (``"The answer is A because ..."``, ``"Answer: A is correct"`` are A, as with B they are B).
 
     The reply is ambiguous, and the result None, when these rules give no letter, give different
     letters (``"A. The answer is B"``), or the letter they give is, where they found it, listed with
