@@ -24,6 +24,7 @@ from viker.errors import VikerError
 from viker.eval.evaluate import EvalConfig, answer_logprobs, evaluate, mc_by_likelihood, option_frame
 from viker.eval.generate import generate
 from viker.model import LoraSettings, apply_lora, load_model
+from viker.prompts import generation_prompt
 
 PAPER_KEYS = {"forget_acc", "test_acc", "retain_acc", "real_acc", "forget_rougeL", "test_rougeL", "retain_rougeL",
               "retain_bleu", "real_rougeL", "real_bleu", "forget_cloze", "coherence"}
@@ -144,6 +145,10 @@ def test_evaluate_reports_the_paper_columns_in_percent(tiny, bench_dir):
         assert {r["profile"] for r in records if r["set"] == "test" and r["task"] == task} == forget_ids
     n_mc = sum(len(p.mc) for p in load_profiles(bench_dir, "forget_10"))
     assert sum(r["task"] == "multiple_choice" and r["set"] == "forget" for r in records) == n_mc
+    # a multiple-choice record shows the prompt its reply answers, as the others do, and the options
+    asked = [r for r in records if r["task"] == "multiple_choice"]
+    assert all(r["question"] == generation_prompt(r["question"].split("\n")[0]) for r in asked)
+    assert all(r["reference"] == r["options"][r["correct"]] and len(r["options"]) == 4 for r in asked)
 
 
 def test_a_model_that_knows_every_answer_scores_100_on_every_paper_column(tiny, bench_dir, monkeypatch):
@@ -157,12 +162,14 @@ def test_a_model_that_knows_every_answer_scores_100_on_every_paper_column(tiny, 
         return [ex.answer or letters[ex.question] for ex in examples]
 
     monkeypatch.setattr(viker.eval.evaluate, "generate", knows_everything)
-    metrics, _ = evaluate(*tiny, bench_dir, EvalConfig(forget="forget_10", mc_mode="letter", retain_limit=3),
-                          progress=False)
+    metrics, records = evaluate(*tiny, bench_dir, EvalConfig(forget="forget_10", mc_mode="letter", retain_limit=3),
+                                progress=False)
     assert {k: metrics[k] for k in PAPER_KEYS - {"coherence"}} == pytest.approx(
         dict.fromkeys(PAPER_KEYS - {"coherence"}, 100.0))
     assert metrics["coherence"] > 90.0
     assert metrics["forget_unparsed"] == metrics["real_unparsed"] == 0.0  # every reply gave its letter
+    # each record shows the prompt with its options that its letter answers
+    assert all(r["answer"] == letters[r["question"]] for r in records if r["task"] == "multiple_choice")
 
 
 def test_option_likelihood_frames_do_not_depend_on_the_reply_length_asked_for(tiny, bench_dir, monkeypatch):

@@ -262,10 +262,12 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfi
             metrics[f"{s.name}_acc_text"] = M.mean_percent(h for h, (q, _) in zip(hits, questions) if not q.with_image)
             metrics[f"{s.name}_acc_all"] = M.mean_percent(hits)
             owners = [p.id for p in s.profiles for _ in p.mc]
-            for (q, img), owner, reply, choice, hit in zip(questions, owners, replies, choices, hits):
-                records.append(_record(s.name, "multiple_choice", Example(q.question, q.options[q.answer], img,
+            # the prompt the reply answers (letter mode: the question with its options; likelihood: the question
+            # as a generation prompt, whose reply frames the options), and the options themselves
+            for (q, img), asked, owner, reply, choice, hit in zip(questions, prompts, owners, replies, choices, hits):
+                records.append(_record(s.name, "multiple_choice", Example(asked.question, q.options[q.answer], img,
                                                                           profile_id=owner),
-                                       reply, choice=choice, correct=q.answer, hit=hit))
+                                       reply, options=dict(q.options), choice=choice, correct=q.answer, hit=hit))
 
         # cloze
         if "cloze" in tasks:
