@@ -207,6 +207,32 @@ def test_the_frozen_reference_answers_without_dropout_while_the_model_trains(tin
     assert all(m.training for m in lora.modules())
 
 
+@pytest.mark.parametrize("method, copies", [("ga", 0), ("graddiff", 0), ("klmin", 1)])
+def test_full_tuning_copies_the_model_only_for_a_method_that_reads_the_frozen_reference(
+        method, copies, tiny_dir, bench_dir, tmp_path, monkeypatch):
+    """A frozen copy of a 7B model is 14 GB more on the GPU: GA and GradDiff never read one."""
+    import copy
+
+    import viker.methods.base
+
+    made, deepcopy = [], copy.deepcopy
+
+    def counted(obj, *args):  # whole models copied (the copy's own recursion into their parts aside)
+        if isinstance(obj, torch.nn.Module) and not getattr(counted, "inside", False):
+            made.append(type(obj).__name__)
+            counted.inside = True
+            try:
+                return deepcopy(obj, *args)
+            finally:
+                counted.inside = False
+        return deepcopy(obj, *args)
+
+    monkeypatch.setattr(viker.methods.base.copy, "deepcopy", counted)
+    run_unlearn(UnlearnConfig(model=str(tiny_dir), data=str(bench_dir), method=method, tuning="full",
+                              out=str(tmp_path / "run"), train=TrainConfig(max_steps=1, batch_size=2)), progress=False)
+    assert len(made) == copies
+
+
 def test_registry_lists_every_method():
     get_method("ga")
     assert {"ga", "graddiff", "klmin", "npo", "idkpo", "viker"} <= set(METHODS)

@@ -179,7 +179,9 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     collate.preflight(model, data["forget"] + (data["retain"] if "retain" in method.streams else []))
     ctx = UnlearnContext(
         model=model, processor=processor, collate=collate, data=data,
-        reference=FrozenReference(model, separate=model if wraps else None, sharded=sharded),
+        # θ_full; with full tuning a copy of the weights, so only for a method that reads it (default: every one)
+        reference=FrozenReference(model, separate=model if wraps else None, sharded=sharded)
+        if getattr(method, "needs_reference", True) else None,
         data_dir=Path(cfg.data), cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(),
         seed=cfg.train.seed, progress=progress and accelerator.is_main_process,
     )

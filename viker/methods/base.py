@@ -116,7 +116,7 @@ class UnlearnContext:
     processor: object
     collate: Callable[[Sequence[Example]], dict]
     data: dict[str, list[Example]]
-    reference: FrozenReference
+    reference: FrozenReference | None  # None for a method whose ``needs_reference`` is False
     data_dir: Path | None = None
     cache_dir: Path | None = None
     seed: int = 0

@@ -12,6 +12,7 @@ from viker.methods.base import log_likelihood
 @dataclass
 class GA:
     streams = ("forget",)
+    needs_reference = False  # no frozen model: with full tuning no copy of the weights is made
 
     def loss(self, model, batches):
         ll = log_likelihood(model, batches["forget"])

@@ -13,6 +13,7 @@ from viker.methods.base import log_likelihood
 class GradDiff:
     retain_weight: float = 1.0
     streams = ("forget", "retain")
+    needs_reference = False  # no frozen model: with full tuning no copy of the weights is made
 
     def loss(self, model, batches):
         forget_ll = log_likelihood(model, batches["forget"])

@@ -25,6 +25,11 @@ class NPO:
     def streams(self):
         return ("forget", "retain") if self.retain_weight > 0 else ("forget",)
 
+    @property
+    def needs_reference(self) -> bool:
+        """θ_full, unless another model is the reference."""
+        return self.reference_model is None
+
     def setup(self, ctx):
         self.reference = ctx.reference
         if self.reference_model:
