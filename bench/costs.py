@@ -210,8 +210,9 @@ def benchmark(cfg: BenchConfig, clock: Clock) -> Path:
 def vanilla_model(cfg: BenchConfig, data: Path, clock: Clock) -> tuple[Path, dict]:
     """The model to unlearn: ``--vanilla``, or the tiny LLaVA finetuned for ``finetune_epochs`` (costs do
     not need a fully trained model, but generation lengths do need one that answers and stops)."""
-    from viker.finetune import TINY_TRAIN, FinetuneConfig, run_finetune
+    from viker.finetune import FinetuneConfig, run_finetune
     from viker.model.tiny import TinyConfig
+    from viker.presets import TINY_TRAIN
     from viker.runs import file_hashes, to_jsonable, write_json
 
     if cfg.vanilla:
@@ -271,7 +272,8 @@ def cache_numbers(cache: dict) -> dict:
 def time_methods(cfg: BenchConfig, vanilla: Path, data: Path, clock: Clock) -> dict:
     """Each method's epoch, ViKeR's reference computation (empty cache) and load (warm cache)."""
     from viker.demo import DemoConfig
-    from viker.unlearn import TINY_UNLEARN, UnlearnConfig
+    from viker.presets import TINY_UNLEARN
+    from viker.unlearn import UnlearnConfig
 
     device = torch.device(cfg.device or "cpu")
     viker_args = {**DemoConfig().viker, "k": cfg.k}
@@ -483,7 +485,8 @@ def time_shape(cfg: BenchConfig, data: Path, clock: Clock) -> dict:
     and the first step's warm-up cancel out), peak memory, ViKeR's reference computation, and batched
     generation throughput."""
     from viker.model import LoraSettings
-    from viker.unlearn import REAL_UNLEARN, UnlearnConfig
+    from viker.presets import REAL_UNLEARN
+    from viker.unlearn import UnlearnConfig
 
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
