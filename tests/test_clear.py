@@ -487,6 +487,10 @@ def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys):
     assert f"| {_metrics(tmp_path / 'ga')['forget_quality']:#.2g}" in rows[2].replace("**", "")
     assert "All numbers are in [0, 1], as CLEAR reports them. Evaluated on forget10." in " ".join(report.split())
     assert (tmp_path / "report" / "tradeoff.png").is_file()  # model utility against forget quality
+    # CLEAR's --retain-limit counts retain items (an image each), not persons
+    assert main(["report", str(tmp_path / "self"), "--out", str(tmp_path / "limited")]) == 0
+    assert "Retain figures over the first 1 retain items (rows of retain_perturbed, an image each)." in " ".join(
+        (tmp_path / "limited" / "report.md").read_text().split())
     mllmu = tmp_path / "mllmu"  # an MLLMU-Bench evaluation cannot share CLEAR's table
     mllmu.mkdir()
     (mllmu / "metrics.json").write_text(json.dumps({"forget_acc": 30.0, "retain_rougeL": 80.0}))

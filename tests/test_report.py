@@ -247,6 +247,25 @@ def test_a_report_without_figures_for_its_plot_says_why_and_claims_no_retain_peo
     assert "Retain figures" not in report and not (tmp_path / "report" / "tradeoff.png").exists()
 
 
+def test_a_nan_in_a_metrics_file_is_not_measured_in_the_table_and_the_plot(runs, tmp_path, monkeypatch):
+    """viker writes null for what it did not measure; a metrics.json from elsewhere may hold NaN: the same."""
+    import shutil
+
+    import matplotlib.figure
+
+    ga = tmp_path / "ga"
+    shutil.copytree(runs / "ga-eval", ga)
+    text = (ga / "metrics.json").read_text()
+    (ga / "metrics.json").write_text(re.sub(r'"forget_acc": [^,}]+', '"forget_acc": NaN', text))
+    drawn = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, path, **kw: drawn.extend(c.get_label() for c in fig.axes[0].collections))
+    assert main(["report", str(runs / "vanilla"), str(ga), "--out", str(tmp_path / "report")]) == 0
+    cells = _cells((tmp_path / "report" / "report.md").read_text().split("\n\n")[1])
+    assert cells["GA"][0] == "–" and drawn == ["vanilla"]  # GA is not plotted without its Forget ACC
+    assert json.loads((tmp_path / "report" / "results.json").read_text())["runs"][1]["metrics"]["forget_acc"] is None
+
+
 def test_report_refuses_runs_it_cannot_compare(runs, bench_dir, tiny_dir, tmp_path, capsys):
     other = tmp_path / "forget5"
     assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--forget", "forget_5", *EVAL,

@@ -424,9 +424,9 @@ def quick_look_note(cfg: DemoConfig, questions: int | None) -> str:
     over = f"{questions} image questions" if questions else "a few image questions"
     return textwrap.fill(
         f"**A quick look (`--fast`).** Forget ACC is over {over}, and every method unlearns for "
-        f"{n_epochs(cfg.unlearn.epochs)}: too few questions to tell two Forget ACCs apart, and too short a budget "
-        "for the methods to part ways, so several rows may end alike. It shows that every step runs; `viker demo` "
-        f"without `--fast` makes the comparison ({full.synth.profiles} fictitious people, "
+        f"{n_epochs(cfg.unlearn.epochs)}: too few questions to tell Forget ACCs a few questions apart, and too "
+        "short a budget for most methods to part ways, so several rows may end alike. It shows that every step "
+        f"runs; `viker demo` without `--fast` makes the comparison ({full.synth.profiles} fictitious people, "
         f"{n_epochs(full.unlearn.epochs)}, the λ sweep and the runs that explain ViKeR against GA).", 110)
 
 

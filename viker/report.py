@@ -51,7 +51,8 @@ def _clear_columns() -> list[Column]:
         Column("forget_quality", "Forget quality", False, "p-value of the KS test between the forget captions' "
                "truth ratios and those of a model never trained on the forget persons (higher = closer to it)", "#.2g"),
         Column("model_utility", "Model utility", False,
-               "harmonic mean of the twelve retain, retain-name and real-world measures", ".3f"),
+               "harmonic mean of the twelve measures (R-L, Prob. and TR) of the Retain, Retain names, Real faces "
+               "and Real world sets", ".3f"),
     ]
     for key, _, _ in EVAL_SETS:
         (name, what), forget = CLEAR_SET_NAMES[key], key in FORGET_SETS
@@ -59,7 +60,9 @@ def _clear_columns() -> list[Column]:
         columns += [
             Column(f"{key}_rougeL_recall", f"{name} R-L", forget, f"ROUGE-L recall (stemmed) of the replies on {what}",
                    ".3f"),
-            Column(f"{key}_prob", f"{name} Prob.", forget, f"probability of the answer on {what}", ".3f"),
+            Column(f"{key}_prob", f"{name} Prob.", forget, f"probability of the answer on {what}"
+                   + (" (exp of minus its mean token loss)" if "caption" in what else
+                      " (its share against the wrong options)"), ".3f"),
             Column(f"{key}_truth_ratio", f"{name} TR", None if forget else False,
                    f"truth-ratio score on {what}{target}", ".3f"),
         ]
@@ -350,6 +353,8 @@ def read_run(path: str | Path) -> dict:
         raise VikerError(f"{run}: no metrics.json; {evaluate}")
     config, evaluation = read_configs(run)
     metrics = read_json(run / "metrics.json")
+    if isinstance(metrics, dict):  # NaN (a file not written by viker, which writes null) is "not measured" too
+        metrics = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
     if not isinstance(metrics, dict) or not any(c.key in metrics for c in COLUMNS + CLEAR_COLUMNS):
         raise VikerError(f"{run}/metrics.json holds no evaluation's metrics; {evaluate}")
     bad = [c.key for c in COLUMNS + CLEAR_COLUMNS if not isinstance(metrics.get(c.key), (int, float, type(None)))]
@@ -464,7 +469,11 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
         evaluated += f" Greedy replies of at most {max_new_tokens} new tokens."
     has_retain = any(k.startswith("retain_") and v is not None for r in rows for k, v in r["metrics"].items())
     if retain_limit is not None and has_retain:
-        people = "every retain person" if retain_limit == "all" else f"{retain_limit} retain people"
+        if benchmark == "clear":  # CLEAR's --retain-limit counts items (an image each), not persons
+            people = ("every retain item" if retain_limit == "all" else
+                      f"the first {retain_limit} retain items (rows of retain_perturbed, an image each)")
+        else:
+            people = "every retain person" if retain_limit == "all" else f"{retain_limit} retain people"
         evaluated += f" Retain figures over {people}."
     text = f"""# {title or f"Unlearning {forget or ''}".strip()}
 
