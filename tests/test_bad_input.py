@@ -293,6 +293,24 @@ def test_a_command_line_mistake_is_one_line(argv, line, capsys):
     assert err.startswith(f"error: {line}") and err.count("\n") == 1 and "usage:" not in err, err
 
 
+@pytest.mark.parametrize("file, text, message", [
+    ("adapter_config.json", "{", "adapter_config.json: not JSON"),
+    ("adapter_config.json", "[]", "adapter_config.json names no base model"),
+    ("cagul/config.json", "{", "config.json: not JSON"),
+    ("cagul/config.json", '{"cagul": {}}', "config.json: lacks base_model, dim; not a CAGUL run's config"),
+])
+def test_a_damaged_adapter_or_cagul_config_is_one_line(file, text, message, bench_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / file).parent.mkdir(parents=True)
+    (run / file).write_text(text)
+    if file.startswith("cagul/"):  # a CAGUL run folder holds the run's own config beside its modules
+        (run / "config.json").write_text(json.dumps({"command": "unlearn", "method": {"name": "cagul"}}))
+    for command in (["eval", "--out", str(tmp_path / "e")], ["unlearn", "--out", str(tmp_path / "u")]):
+        assert main([*command, "--model", str(run), "--data", str(bench_dir)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+
+
 def test_a_wrong_benchmark_folder_or_split_is_refused_before_the_model_loads(tiny_dir, bench_dir, tmp_path, capsys,
                                                                             monkeypatch):
     """A 7B model takes minutes to load: `eval` and `keytokens` read --data and --forget first, and

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from contextlib import contextmanager
@@ -121,8 +120,11 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "auto",
 
 def adapter_base(path: str) -> str:
     """The base model a saved LoRA adapter names (an absolute folder, when viker saved it from one)."""
-    base = json.loads(Path(path, "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
-    if not base:
+    from viker.runs import read_json
+
+    config = read_json(Path(path, "adapter_config.json"))
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    if not base or not isinstance(base, str):
         raise VikerError(f"{path}/adapter_config.json names no base model (base_model_name_or_path)")
     return base
 

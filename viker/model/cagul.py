@@ -402,8 +402,16 @@ def refuse_cagul_run(path: str | Path, command: str) -> None:
 
 
 def cagul_meta(path: str | Path) -> dict:
-    """What a CAGUL run saved beside its modules: its settings, and the base model it wraps."""
-    return json.loads((Path(path).expanduser() / "cagul" / CONFIG_FILE).read_text(encoding="utf-8"))
+    """What a CAGUL run saved beside its modules: its settings, and the base model it wraps (refused in one line
+    when the file is cut short or lacks them)."""
+    from viker.runs import read_json
+
+    file = Path(path).expanduser() / "cagul" / CONFIG_FILE
+    meta = read_json(file)
+    missing = [key for key in ("base_model", "cagul", "dim") if not isinstance(meta, dict) or key not in meta]
+    if missing:
+        raise VikerError(f"{file}: lacks {', '.join(missing)}; not a CAGUL run's config (was it edited?)")
+    return meta
 
 
 def load_cagul(path: str | Path, device: str | None = None, dtype: str = "auto", trust_remote_code: bool = False):
