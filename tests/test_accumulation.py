@@ -114,3 +114,29 @@ def test_training_half_precision_weights_in_place_is_warned_of(dtype, capsys):
     warned = "--dtype float32 --mixed-precision bf16" in capsys.readouterr().err
     assert moved == (dtype == torch.float32)  # a 1e-4 step of a weight of 1 is below bf16's rounding step
     assert warned == (not moved)
+
+
+@pytest.mark.parametrize("device, cpu, current",
+                         [("cpu", True, None), ("cuda:1", False, "cuda:1"), (None, False, None)])
+def test_device_decides_where_accelerate_trains(device, cpu, current, monkeypatch):
+    """accelerate moves a single process's model to its own device: on a GPU machine --device cpu must ask it
+    for the CPU, and --device cuda:1 make GPU 1 the current one, or the run trains on GPU 0."""
+    import accelerate
+    from accelerate.utils import DistributedType
+
+    from viker.train import make_accelerator
+
+    asked, made_current = {}, []
+
+    class Recorded:
+        distributed_type = DistributedType.NO
+
+        def __init__(self, **kwargs):
+            asked.update(kwargs)
+
+    monkeypatch.setattr(accelerate, "Accelerator", Recorded)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with two GPUs
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: made_current.append(str(d)))
+    make_accelerator(TrainConfig(), device=device)
+    assert asked["cpu"] is cpu and made_current == ([current] if current else [])

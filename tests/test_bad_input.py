@@ -311,6 +311,29 @@ def test_a_damaged_adapter_or_cagul_config_is_one_line(file, text, message, benc
         assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
 
 
+def test_a_home_folder_in_a_path_option_is_the_home_folder(tmp_path, monkeypatch):
+    """`--out=~/bench` reaches viker with its ~ (the shell leaves it after `=`): it names the home folder."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "synth", "--profiles", "10", "--out", "~/bench"]) == 0
+    assert (tmp_path / "home" / "bench" / "README.md").is_file() and not (tmp_path / "~").exists()
+
+
+def test_clear_refuses_the_options_it_has_no_use_for(tmp_path, capsys):
+    common = ["eval", "--benchmark", "clear", "--model", "m", "--data", "d", "--out", str(tmp_path / "e")]
+    for option, value in (("--mc-mode", "letter"), ("--gib-model", "gib")):
+        assert main([*common, option, value]) == 2
+        assert capsys.readouterr().err.strip() == f"error: {option} applies to --benchmark mllmu"
+
+
+def test_the_tiny_model_takes_the_dtype_asked_for(bench_dir, tmp_path, capsys):
+    common = ["finetune", "--model", "tiny", "--data", str(bench_dir), "--max-steps", "1"]
+    assert main([*common, "--dtype", "foo", "--out", str(tmp_path / "foo")]) == 2
+    assert "--dtype foo: choose auto" in capsys.readouterr().err and not (tmp_path / "foo").exists()
+    assert main([*common, "--dtype", "bfloat16", "--out", str(tmp_path / "bf16")]) == 0
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["runtime"]["weights_dtype"] == "bfloat16"
+
+
 def test_a_wrong_benchmark_folder_or_split_is_refused_before_the_model_loads(tiny_dir, bench_dir, tmp_path, capsys,
                                                                             monkeypatch):
     """A 7B model takes minutes to load: `eval` and `keytokens` read --data and --forget first, and

@@ -20,13 +20,13 @@ def _synth(args) -> None:
 
 def _finetune(args) -> None:
     from viker.finetune import FinetuneConfig, run_finetune
-    from viker.model import LoraSettings
+    from viker.model import LoraSettings, is_tiny_model
     from viker.model.tiny import TinyConfig
 
     if args.family != "llava" and args.model != "tiny":
         raise VikerError("--family applies to --model tiny only (a checkpoint's own config names its family)")
 
-    base = TINY_TRAIN if args.model == "tiny" else REAL_TRAIN
+    base = TINY_TRAIN if args.model == "tiny" or is_tiny_model(args.model) else REAL_TRAIN
     cfg = FinetuneConfig(
         model=args.model, data=args.data, benchmark=args.benchmark, without=args.without, out=args.out,
         tuning=args.tuning, train=replace(base, **_train_overrides(args)),
@@ -51,14 +51,14 @@ def _train_overrides(args) -> dict:
 
 
 def _unlearn(args) -> None:
-    from viker.model import LoraSettings
+    from viker.model import LoraSettings, is_tiny_model
     from viker.unlearn import UnlearnConfig, run_unlearn
 
     method_args = _given(lam=args.lam, k=args.k, refs=args.refs, regularizer=args.regularizer, ablation=args.ablation,
                          beta=args.beta, retain_weight=args.retain_weight, rewrite=args.rewrite, layers=args.layers,
                          heads=args.heads, encoder_width=args.encoder_width, threshold=args.threshold,
                          forget_loss=args.forget_loss)
-    base = TINY_UNLEARN if _is_tiny(args.model) else REAL_UNLEARN
+    base = TINY_UNLEARN if is_tiny_model(args.model) else REAL_UNLEARN
     cfg = UnlearnConfig(
         model=args.model, data=args.data, benchmark=args.benchmark, forget=_forget(args), method=args.method,
         method_args=method_args,
@@ -85,8 +85,9 @@ def _forget(args) -> str:
 def _eval_clear(args) -> None:
     from viker.eval.clear import UTILITY_KEYS, ClearEvalConfig, run_clear_eval
 
-    if args.gib_model:
-        raise VikerError("--gib-model applies to --benchmark mllmu")
+    for flag, given in (("--gib-model", args.gib_model), ("--mc-mode", args.mc_mode)):
+        if given:
+            raise VikerError(f"{flag} applies to --benchmark mllmu")
     cfg = ClearEvalConfig(forget=_forget(args), batch_size=args.batch_size, retain_model=args.retain_model,
                           retain_limit=args.retain_limit, **_given(max_new_tokens=args.max_new_tokens))
     metrics = run_clear_eval(args.model, args.data, args.out, cfg, args.device, args.dtype, args.trust_remote_code)
@@ -120,7 +121,7 @@ def _eval(args) -> None:
         return _eval_clear(args)
     if args.retain_model:
         raise VikerError("--retain-model applies to --benchmark clear")
-    cfg = EvalConfig(forget=_forget(args), mc_mode=args.mc_mode, batch_size=args.batch_size,
+    cfg = EvalConfig(forget=_forget(args), mc_mode=args.mc_mode or "likelihood", batch_size=args.batch_size,
                      retain_limit=args.retain_limit, gib_model=args.gib_model, scope=_scope(args.only),
                      **_given(max_new_tokens=args.max_new_tokens))
     metrics = run_eval(args.model, args.data, args.out, cfg, args.device, args.dtype, args.trust_remote_code)
@@ -166,20 +167,6 @@ def _int_list(text: str) -> list[int]:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers") from None
-
-
-def _is_tiny(model: str) -> bool:
-    """A model built by `viker finetune --model tiny` records its tiny settings in its config (an adapter
-    run in its base model's)."""
-    from pathlib import Path
-
-    from viker.model import adapter_base, resolve_model_path
-
-    path = Path(resolve_model_path(model))
-    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
-        path = Path(adapter_base(str(path)))
-    config = path / "config.json"
-    return config.is_file() and '"tiny"' in config.read_text(encoding="utf-8")
 
 
 class _Help(argparse.HelpFormatter):
@@ -343,9 +330,10 @@ def parser() -> argparse.ArgumentParser:
     _add_benchmark_arg(ev)
     ev.add_argument("--forget", help="the forget split (default forget_10; CLEAR: forget10)")
     ev.add_argument("--out", required=True, help="the folder to write (an unlearning run's own folder is fine)")
-    ev.add_argument("--mc-mode", choices=("likelihood", "letter"), default="likelihood",
+    ev.add_argument("--mc-mode", choices=("likelihood", "letter"),
                     help="multiple choice by option likelihood (small models) or by a generated letter "
-                         "(zero-shot, in the benchmark's prompt; docs/design.md)")
+                         "(zero-shot, in the benchmark's prompt; docs/design.md) (default: likelihood; MLLMU-Bench "
+                         "only)")
     ev.add_argument("--batch-size", type=int, default=32, help="questions per forward pass")
     ev.add_argument("--max-new-tokens", type=int, help="greedy reply length (default 50; CLEAR: 100)")
     ev.add_argument("--retain-limit", type=int, help="evaluate at most this many retain-split people (CLEAR: "
@@ -400,9 +388,26 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+PATH_OPTIONS = ("out", "data", "model", "retain_model", "gib_model", "cache_dir", "runs")
+
+
+def _home_expanded(args: argparse.Namespace) -> argparse.Namespace:
+    """Paths with ``~`` that the shell left as they were (``--out=~/run``, quoted) name the home folder, as the
+    shell would have made them, rather than a folder called ``~``."""
+    import os
+
+    for name in PATH_OPTIONS:
+        value = getattr(args, name, None)
+        if isinstance(value, list):
+            setattr(args, name, [os.path.expanduser(v) for v in value])
+        elif isinstance(value, str):
+            setattr(args, name, os.path.expanduser(value))
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = parser().parse_args(argv)
+        args = _home_expanded(parser().parse_args(argv))
         args.func(args)
     except VikerError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -14,6 +14,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
 from viker.collate import Collator
 from viker.data.clear import finetune_examples as clear_finetune_examples
 from viker.data.examples import finetune_examples, generation_examples
@@ -26,6 +28,8 @@ from viker.model import (
     apply_lora,
     enable_gradient_checkpointing,
     folders_read,
+    is_tiny_model,
+    pick_dtype,
     save_model,
     weight_hashes,
 )
@@ -105,10 +109,13 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
         raise VikerError(f"--benchmark {cfg.benchmark}: choose mllmu or clear")
     if cfg.without and cfg.benchmark != "clear":
         raise VikerError("--without applies to --benchmark clear")
-    train_on = cfg.train_on if cfg.train_on != "auto" else ("all" if cfg.model == "tiny" else "ft_Data")
+    tiny = cfg.model == "tiny" or is_tiny_model(cfg.model)  # built here, or built so before: the tiny defaults
+    if cfg.model == "tiny" and cfg.dtype != "auto":
+        pick_dtype(torch.device("cpu"), cfg.dtype)  # a bad --dtype is refused before anything runs
+    train_on = cfg.train_on if cfg.train_on != "auto" else ("all" if tiny else "ft_Data")
     examples = clear_finetune_examples(cfg.data, cfg.without) if cfg.benchmark == "clear" \
         else finetune_examples(cfg.data, train_on)
-    tuning = cfg.tuning if cfg.tuning != "auto" else ("full" if cfg.model == "tiny" else "lora")
+    tuning = cfg.tuning if cfg.tuning != "auto" else ("full" if tiny else "lora")
     recorded = paths_recorded(asdict(cfg) | {"tuning": tuning, "train_on": train_on},
                               ("data", "out") if cfg.model == "tiny" else ("model", "data", "out"))
     if cfg.model != "tiny":
@@ -116,7 +123,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     model_files = None if cfg.model == "tiny" else weight_hashes(cfg.model)  # recorded; --resume checks them
     if resume:
         check_resume(out, "finetune", recorded, cfg.data, model_files)
-    accelerator = make_accelerator(cfg.train, resume)  # one process or several: docs/distributed.md
+    accelerator = make_accelerator(cfg.train, resume, cfg.device)  # one process or several: docs/distributed.md
     sharded = shards_model(accelerator)
     if sharded and tuning == "lora" and cfg.lora.merge:
         raise VikerError("finetuning with LoRA under FSDP or DeepSpeed cannot save a merged model; use DDP "
@@ -126,7 +133,9 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     seed_everything(cfg.train.seed)
     if cfg.model == "tiny":
         model, processor = build_tiny(cfg.data, cfg.tiny)
-        model.to(load_device(accelerator, cfg.device))
+        # built in float32, which --dtype auto keeps (its training is set for it); another --dtype applies
+        dtype = None if cfg.dtype == "auto" else pick_dtype(torch.device("cpu"), cfg.dtype)
+        model.to(device=load_device(accelerator, cfg.device), dtype=dtype)
     else:
         model, processor = load_for_training(accelerator, cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
     if tuning == "lora":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import random
 import shlex
 import shutil
@@ -276,21 +277,27 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler, rank: int = 0, w
     return state["step"], state["history"], state.get("pending", {})
 
 
-def make_accelerator(cfg: TrainConfig, resume: bool = False):
+def make_accelerator(cfg: TrainConfig, resume: bool = False, device: str | None = None):
     """The run's ``Accelerator``, made before the model is loaded: it says how many processes there are,
     which device is this process's and whether the model will be sharded (which decides where to load
     it). Under ``accelerate launch`` the launcher's configuration (DDP, FSDP, DeepSpeed) applies;
     ``cfg.mixed_precision``, when set, overrides the launcher's. What a sharded run cannot do is
-    refused here, before anything is loaded."""
+    refused here, before anything is loaded. ``device`` (``--device``, one process only) is where accelerate
+    trains: the CPU, or the GPU it names (accelerate moves a single process's model to the current GPU)."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, DistributedType
 
+    from viker.model import pick_device
+
     if cfg.mixed_precision not in (None, "no", "bf16", "fp16"):
         raise VikerError(f"--mixed-precision {cfg.mixed_precision}: choose no, bf16 or fp16")
+    chosen = pick_device(device) if device and int(os.environ.get("WORLD_SIZE", "1")) == 1 else None
+    if chosen is not None and chosen.type == "cuda" and chosen.index is not None:
+        torch.cuda.set_device(chosen)
     # split_batches: --batch-size is the global batch, split across the processes, so the schedule takes one
     # step per optimiser step whatever their number (by default accelerate takes one per process)
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
-                              cpu=not torch.cuda.is_available(),
+                              cpu=not torch.cuda.is_available() or (chosen is not None and chosen.type == "cpu"),
                               dataloader_config=DataLoaderConfiguration(split_batches=True))
     if shards_model(accelerator) and (cfg.checkpoint_every or resume):
         raise VikerError("--checkpoint-every/--resume: checkpoints are written on one process and under DDP; "

@@ -144,7 +144,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     model_files = weight_hashes(cfg.model) if model_and_processor is None else None
     if resume:
         check_resume(cfg.out, "unlearn", paths_recorded(asdict(cfg)), cfg.data, model_files)
-    accelerator = make_accelerator(cfg.train, resume)  # one process or several: docs/distributed.md
+    accelerator = make_accelerator(cfg.train, resume, cfg.device)  # one process or several: docs/distributed.md
     if accelerator.is_main_process and (warning := unmatched_ft_data(used)):
         print(f"warning: {warning}", file=sys.stderr)
     sharded = shards_model(accelerator)

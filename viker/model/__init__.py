@@ -129,6 +129,16 @@ def adapter_base(path: str) -> str:
     return base
 
 
+def is_tiny_model(path: str | Path) -> bool:
+    """Whether ``path`` is a model built by ``viker finetune --model tiny`` (its config records its tiny settings;
+    an adapter run's, its base model's): such a model takes the tiny presets, as ``--model tiny`` does."""
+    folder = Path(resolve_model_path(path))
+    if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+        folder = Path(adapter_base(str(folder)))
+    config = folder / "config.json"
+    return config.is_file() and '"tiny"' in config.read_text(encoding="utf-8")
+
+
 def folders_read(path: str | Path) -> list[str]:
     """The local folders loading ``path`` as a model to train reads (:func:`load_model`): the model's own and,
     for a LoRA adapter, the base model it names. A hub id reads none."""
