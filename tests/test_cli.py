@@ -45,14 +45,16 @@ def test_a_zero_default_is_shown():
     assert "(default: 0)" in COMMANDS["viker demo"].format_help()
 
 
-@pytest.mark.parametrize("command, tiny, real", [("viker finetune", "TINY_TRAIN", "REAL_TRAIN"),
-                                                 ("viker unlearn", "TINY_UNLEARN", "REAL_UNLEARN")])
-def test_training_options_show_the_preset_a_run_takes_when_they_are_unset(command, tiny, real):
+@pytest.mark.parametrize("command, tiny, real, names", [
+    ("viker finetune", "TINY_TRAIN", "REAL_TRAIN", ("--model tiny", "a model folder")),  # a saved tiny one too
+    ("viker unlearn", "TINY_UNLEARN", "REAL_UNLEARN", ("a tiny model", "a checkpoint")),
+])
+def test_training_options_show_the_preset_a_run_takes_when_they_are_unset(command, tiny, real, names):
     import viker.presets
 
     tiny, real = getattr(viker.presets, tiny), getattr(viker.presets, real)
     actions = {a.dest: a for a in COMMANDS[command]._actions}
     for name in ("epochs", "lr", "batch_size", "grad_accum", "seed"):
         a, b = getattr(tiny, name), getattr(real, name)
-        shown = f"(default: {a})" if a == b else f"(default: {a:g} for a tiny model, {b:g} for a checkpoint)"
+        shown = f"(default: {a})" if a == b else f"(default: {a:g} for {names[0]}, {b:g} for {names[1]})"
         assert actions[name].help.endswith(shown), (command, name, actions[name].help)

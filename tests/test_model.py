@@ -57,11 +57,6 @@ def test_a_run_saved_as_an_adapter_loads_and_answers_as_the_merged_run(tiny_dir,
     presets = [json.loads((tmp_path / run / "config.json").read_text())["unlearn"]["train"]
                for run in ("merged", "again")]
     assert presets[0] == presets[1] and presets[0]["epochs"] == 8  # the tiny preset's, not a 7B model's 5
-    # finetuning a saved tiny model takes the tiny presets too, as `--model tiny` does
-    assert main(["finetune", "--model", str(tiny_dir), "--data", str(bench_dir), "--max-steps", "1",
-                 "--out", str(tmp_path / "refinetuned")]) == 0
-    config = json.loads((tmp_path / "refinetuned" / "config.json").read_text())["finetune"]
-    assert config["train"]["lr"] == 1e-3 and config["tuning"] == "full" and config["train_on"] == "all", config
     plain = tmp_path / "peft_adapter"  # an adapter saved by peft alone: no processor files beside it
     plain.mkdir()
     for name in ("adapter_config.json", "adapter_model.safetensors"):

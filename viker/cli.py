@@ -20,13 +20,13 @@ def _synth(args) -> None:
 
 def _finetune(args) -> None:
     from viker.finetune import FinetuneConfig, run_finetune
-    from viker.model import LoraSettings, is_tiny_model
+    from viker.model import LoraSettings
     from viker.model.tiny import TinyConfig
 
     if args.family != "llava" and args.model != "tiny":
         raise VikerError("--family applies to --model tiny only (a checkpoint's own config names its family)")
 
-    base = TINY_TRAIN if args.model == "tiny" or is_tiny_model(args.model) else REAL_TRAIN
+    base = TINY_TRAIN if args.model == "tiny" else REAL_TRAIN
     cfg = FinetuneConfig(
         model=args.model, data=args.data, benchmark=args.benchmark, without=args.without, out=args.out,
         tuning=args.tuning, train=replace(base, **_train_overrides(args)),
@@ -186,24 +186,25 @@ def _command(sub, name: str, summary: str, description: str = ""):
                           formatter_class=_Help)
 
 
-def _preset(text: str, name: str, tiny: TrainConfig, real: TrainConfig) -> str:
-    """An option's help with the preset value it takes when unset, for a tiny model and for a checkpoint."""
+def _preset(text: str, name: str, tiny: TrainConfig, real: TrainConfig, names: tuple[str, str]) -> str:
+    """An option's help with the preset value it takes when unset: for the tiny model and for any other."""
     a, b = getattr(tiny, name), getattr(real, name)
-    return f"{text} (default: {a})" if a == b else f"{text} (default: {a:g} for a tiny model, {b:g} for a checkpoint)"
+    return f"{text} (default: {a})" if a == b else f"{text} (default: {a:g} for {names[0]}, {b:g} for {names[1]})"
 
 
-def _add_train_args(p: argparse.ArgumentParser, tiny: TrainConfig, real: TrainConfig) -> None:
-    p = p.add_argument_group("training", "Unset options take the preset for a tiny model or for a checkpoint; "
+def _add_train_args(p: argparse.ArgumentParser, tiny: TrainConfig, real: TrainConfig, names: tuple[str, str]) -> None:
+    p = p.add_argument_group("training", f"Unset options take the preset for {names[0]} or for {names[1]}; "
                                          "every run's config.json records the values it used.")
     p.add_argument("--epochs", type=float,
-                   help=_preset("passes over the data (fractions allowed)", "epochs", tiny, real))
+                   help=_preset("passes over the data (fractions allowed)", "epochs", tiny, real, names))
     p.add_argument("--max-steps", type=int, help="optimiser steps; overrides --epochs")
-    p.add_argument("--lr", type=float, help=_preset("peak learning rate", "lr", tiny, real))
+    p.add_argument("--lr", type=float, help=_preset("peak learning rate", "lr", tiny, real, names))
     p.add_argument("--batch-size", type=int, help=_preset("examples per micro-step over all processes together",
-                                                           "batch_size", tiny, real))
-    p.add_argument("--grad-accum", type=int, help=_preset("micro-steps per optimiser step", "grad_accum", tiny, real))
+                                                           "batch_size", tiny, real, names))
+    p.add_argument("--grad-accum", type=int,
+                   help=_preset("micro-steps per optimiser step", "grad_accum", tiny, real, names))
     p.add_argument("--seed", type=int,
-                   help=_preset("seed of the initialisation and the data order", "seed", tiny, real))
+                   help=_preset("seed of the initialisation and the data order", "seed", tiny, real, names))
     p.add_argument("--checkpoint-every", type=int, help="write a checkpoint every N steps (atomically)")
     p.add_argument("--resume", action="store_true",
                    help="continue a stopped run from its last checkpoint, with the settings it was started with")
@@ -271,7 +272,7 @@ def parser() -> argparse.ArgumentParser:
                          "--model tiny, ft_Data otherwise)")
     ft.add_argument("--tuning", choices=("auto", "full", "lora"), default="auto",
                     help="train every weight or LoRA adapters (auto: full for --model tiny, LoRA otherwise)")
-    _add_train_args(ft, TINY_TRAIN, REAL_TRAIN)
+    _add_train_args(ft, TINY_TRAIN, REAL_TRAIN, ("--model tiny", "a model folder"))
     _add_lora_args(ft, alpha=16, dropout=0.05)
     _add_model_args(ft)
     ft.set_defaults(func=_finetune)
@@ -310,7 +311,7 @@ def parser() -> argparse.ArgumentParser:
                     help="CAGUL: answer a forget person as a stranger (reference) or NPO (default reference)")
     un.add_argument("--tuning", choices=("lora", "full"), default="lora",
                     help="LoRA adapters on the language model's linear layers, or every weight")
-    _add_train_args(un, TINY_UNLEARN, REAL_UNLEARN)
+    _add_train_args(un, TINY_UNLEARN, REAL_UNLEARN, ("a tiny model", "a checkpoint"))
     _add_lora_args(un, alpha=32, dropout=0.0)
     un.add_argument("--save", choices=("merged", "adapter"), default="merged",
                     help="with LoRA: save the merged model or the adapter alone")
