@@ -278,8 +278,8 @@ def parser() -> argparse.ArgumentParser:
     ft.set_defaults(func=_finetune)
 
     un = _command(sub, "unlearn", "make the vanilla model forget a forget split",
-                  "Writes OUT/model (CAGUL: OUT/cagul, beside the untouched base model), config.json and "
-                  "history.json. Options marked with a method's name apply to that method only.")
+                  "Writes OUT/model (CAGUL: OUT/cagul, beside the untouched base model), config.json, "
+                  "history.json and timing.json. Options marked with a method's name apply to that method only.")
     un.add_argument("--model", required=True, help="the vanilla model: a `viker finetune` run folder or model folder")
     un.add_argument("--data", required=True, help="the benchmark folder")
     _add_benchmark_arg(un)
@@ -324,13 +324,15 @@ def parser() -> argparse.ArgumentParser:
     un.set_defaults(func=_unlearn)
     ev = _command(sub, "eval", "evaluate a model on a forget split, its Test_Set rows, the retain split and the "
                                "real-world people",
-                  "Writes OUT/metrics.json (MLLMU-Bench: percentages; CLEAR: in [0, 1]) and OUT/generations.jsonl "
-                  "(every question, reference answer and model answer).")
+                  "Writes OUT/metrics.json (MLLMU-Bench: percentages; CLEAR: in [0, 1]), OUT/generations.jsonl "
+                  "(every prompt, reference answer and model answer), its settings (config.json, or "
+                  "eval_config.json in the folder of the run it evaluates) and, on CLEAR, forget_truth_ratios.json.")
     ev.add_argument("--model", required=True, help="a model folder, a run folder of viker's, or a hub id")
     ev.add_argument("--data", required=True, help="the benchmark folder")
     _add_benchmark_arg(ev)
     ev.add_argument("--forget", help="the forget split (default forget_10; CLEAR: forget10)")
-    ev.add_argument("--out", required=True, help="the folder to write (an unlearning run's own folder is fine)")
+    ev.add_argument("--out", required=True, help="the folder to write: a new or empty one, an earlier evaluation "
+                                                  "of this model, or the run or model folder it scores")
     ev.add_argument("--mc-mode", choices=("likelihood", "letter"),
                     help="multiple choice by option likelihood (small models) or by a generated letter "
                          "(zero-shot, in the benchmark's prompt; docs/design.md) (default: likelihood; MLLMU-Bench "
@@ -369,7 +371,8 @@ def parser() -> argparse.ArgumentParser:
                   "Reads each run folder's metrics.json (written by viker eval) and what its config says about "
                   "the model; writes OUT/report.md (the table, best per column in bold, what each column means, "
                   "the runs), results.json and tradeoff.png, for MLLMU-Bench or CLEAR. Every run must have been "
-                  "evaluated on the same benchmark and forget split, with the same --mc-mode. A viker finetune "
+                  "evaluated on the same benchmark and forget split, with the same --mc-mode, --retain-limit and "
+                  "--max-new-tokens. A viker finetune "
                   "model is the vanilla row (with --without, the retain model's).")
     rp.add_argument("runs", nargs="+", metavar="RUN", help="an evaluated run folder, in the order of the table's rows")
     rp.add_argument("--out", required=True, help="the folder to write")
