@@ -110,8 +110,9 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
         raise VikerError("--without applies to --benchmark clear")
     # a saved tiny model is finetuned as any model folder is: that is how the tests stand in for a checkpoint
     tiny = cfg.model == "tiny"
-    if tiny and cfg.dtype != "auto":
-        pick_dtype(torch.device("cpu"), cfg.dtype)  # a bad --dtype is refused before anything runs
+    # the tiny model is built in float32, which --dtype auto keeps (its presets are set for it); another --dtype
+    # applies, and a bad one is refused before anything runs
+    tiny_dtype = pick_dtype(torch.device("cpu"), cfg.dtype) if tiny and cfg.dtype != "auto" else None
     train_on = cfg.train_on if cfg.train_on != "auto" else ("all" if tiny else "ft_Data")
     examples = clear_finetune_examples(cfg.data, cfg.without) if cfg.benchmark == "clear" \
         else finetune_examples(cfg.data, train_on)
@@ -133,9 +134,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     seed_everything(cfg.train.seed)
     if cfg.model == "tiny":
         model, processor = build_tiny(cfg.data, cfg.tiny)
-        # built in float32, which --dtype auto keeps (its training is set for it); another --dtype applies
-        dtype = None if cfg.dtype == "auto" else pick_dtype(torch.device("cpu"), cfg.dtype)
-        model.to(device=load_device(accelerator, cfg.device), dtype=dtype)
+        model.to(device=load_device(accelerator, cfg.device), dtype=tiny_dtype)
     else:
         model, processor = load_for_training(accelerator, cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
     if tuning == "lora":

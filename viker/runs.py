@@ -201,7 +201,7 @@ def check_eval_out(model_path: str, out: str | Path, data: str | Path | None = N
                              f"{model_path} into a folder of its own, or this run with --model {out}")
     elif command == "eval":
         scored = Path(str(evaluation.get("model", ""))).expanduser()
-        if scored.resolve() != model and str(scored) != as_recorded(model_path):
+        if scored.resolve() != model:  # a hub id resolves alike on both sides
             raise VikerError(f"--out {out}: the evaluation of another model ({scored}); evaluate {model_path} "
                              "into a folder of its own, or remove that one first")
     elif model != here:

@@ -131,7 +131,7 @@ def adapter_base(path: str) -> str:
 
 def is_tiny_model(path: str | Path) -> bool:
     """Whether ``path`` is a model built by ``viker finetune --model tiny`` (its config records its tiny settings;
-    an adapter run's, its base model's): such a model takes the tiny presets, as ``--model tiny`` does."""
+    an adapter run's, its base model's): ``viker unlearn`` gives such a model the tiny presets."""
     folder = Path(resolve_model_path(path))
     if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
         folder = Path(adapter_base(str(folder)))
