@@ -58,3 +58,15 @@ def test_training_options_show_the_preset_a_run_takes_when_they_are_unset(comman
         a, b = getattr(tiny, name), getattr(real, name)
         shown = f"(default: {a})" if a == b else f"(default: {a:g} for {names[0]}, {b:g} for {names[1]})"
         assert actions[name].help.endswith(shown), (command, name, actions[name].help)
+
+
+def test_version_is_the_installed_package_version(capsys):
+    """`viker --version` says which release a bug report is about: the one pip installed, not a second copy."""
+    from importlib.metadata import version
+
+    from viker.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"viker {version('viker')}"

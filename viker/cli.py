@@ -7,6 +7,7 @@ import json
 import sys
 from dataclasses import replace
 
+from viker import __version__
 from viker.errors import VikerError
 from viker.presets import REAL_TRAIN, REAL_UNLEARN, TINY_TRAIN, TINY_UNLEARN, TrainConfig
 
@@ -244,6 +245,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="viker", description="Make a multimodal LLM forget specific people.", formatter_class=_Help)
+    ap.add_argument("--version", action="version", version=f"viker {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
     data = _command(sub, "data", "benchmark data").add_subparsers(dest="data_command", required=True)
