@@ -115,3 +115,39 @@ def test_a_tokenizer_without_a_padding_token_is_a_clear_error(tiny):
     unpadded.tokenizer.pad_token = None
     with pytest.raises(VikerError, match="no padding token"):
         Collator(unpadded)
+
+
+def _same_rows(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in ("input_ids", "attention_mask", "labels"))
+
+
+def test_a_template_that_writes_the_bos_token_itself_gets_no_second_one(tiny, mixed):
+    """Gemma 3's and Llama 3.2 Vision's templates start with {{ bos_token }}: the rows are the same as when the
+    tokenizer adds it, one BOS each, in training, in generation and in the length checks."""
+    import copy
+
+    _, processor = tiny
+    writes_bos = copy.deepcopy(processor)
+    writes_bos.chat_template = "{{ bos_token }}" + processor.chat_template
+    for answers in (True, False):
+        ours, theirs = Collator(writes_bos, answers=answers)(mixed), Collator(processor, answers=answers)(mixed)
+        assert torch.equal(ours["input_ids"], theirs["input_ids"]) and torch.equal(ours["attention_mask"],
+                                                                                     theirs["attention_mask"])
+        assert not answers or torch.equal(ours["labels"], theirs["labels"])
+    bos = processor.tokenizer.bos_token_id
+    assert (Collator(writes_bos)(mixed)["input_ids"] == bos).sum(dim=1).tolist() == [1] * len(mixed)
+    n = int(Collator(processor)([mixed[0]])["attention_mask"].sum())
+    Collator(writes_bos, max_length=n).preflight(tiny[0], [mixed[0]])
+
+
+def test_a_processor_with_several_chat_templates_asks_with_its_default_one(tiny, mixed):
+    """A checkpoint with additional_chat_templates/ loads its templates as a dict."""
+    import copy
+
+    _, processor = tiny
+    several = copy.deepcopy(processor)
+    several.chat_template = {"default": processor.chat_template, "tool_use": "{{ 'tools' }}"}
+    assert _same_rows(Collator(several)(mixed), Collator(processor)(mixed))
+    several.chat_template = {"tool_use": "{{ 'tools' }}"}
+    with pytest.raises(VikerError, match="chat templates named tool_use and no default"):
+        Collator(several)

@@ -24,7 +24,7 @@ from viker.data.loader import load_profiles
 from viker.data.schema import Example
 from viker.errors import VikerError
 from viker.eval.evaluate import EvalConfig, answer_logprobs
-from viker.eval.generate import generate
+from viker.eval.generate import generate, stop_token_ids
 from viker.eval.run import run_eval
 from viker.finetune import FinetuneConfig, run_finetune
 from viker.methods.base import FrozenReference
@@ -139,6 +139,47 @@ def test_mixed_batches_label_only_the_answers_and_generate_as_one_at_a_time(fami
     single = [generate(model, processor, [ex], batch_size=1, max_new_tokens=6, progress=False)[0] for ex in examples]
     assert batched == single
     assert len(set(batched)) > 1
+
+
+class _Scripted(torch.nn.Module):
+    """An output layer that makes the model say the given tokens, one per forward pass, then the last forever."""
+
+    def __init__(self, vocab: int, script: list[int]):
+        super().__init__()
+        self.vocab, self.script, self.calls = vocab, script, 0
+
+    def forward(self, hidden):
+        logits = torch.zeros(*hidden.shape[:-1], self.vocab)
+        logits[..., self.script[min(self.calls, len(self.script) - 1)]] = 1.0
+        self.calls += 1
+        return logits
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generation_stops_where_training_ends_an_answer_whatever_the_checkpoint_lists(family, saved, real_bench):
+    """A checkpoint whose generation_config.json names only </s> still stops at the end of the turn (<|im_end|>,
+    <end_of_utterance>) its answers were trained to end with, rather than run on into the scored answer."""
+    model, processor = load_model(saved(family), device="cpu")
+    tok = processor.tokenizer
+    end = Collator(processor).end_of_turn_id()
+    word, after, unused = list(dict.fromkeys(i for i in tok("Oslo was born in", add_special_tokens=False)["input_ids"]
+                                             if i != end))[:3]
+    model.generation_config.eos_token_id = unused
+    model.lm_head = _Scripted(model.config.get_text_config().vocab_size, [word, end, after])
+    example = _mixed(real_bench)[0]
+    assert generate(model, processor, [example], max_new_tokens=6, progress=False) == [tok.decode([word]).strip()]
+
+
+def test_preflight_counts_an_images_tokens_with_the_word_after_it(saved, real_bench):
+    """Idefics2's processor puts a space between the image and the question, and " Who" can be two tokens where
+    "Who" is one: an example over --max-length is refused up front whichever question was measured first."""
+    model, processor = load_model(saved("idefics2"), device="cpu")
+    image = next(e for e in finetune_examples(real_bench) if e.image is not None).image
+    first, longer = (Example(q, "This is Alon Varo.", image) for q in ("In it?", "Who is this person in the picture?"))
+    n = int(Collator(processor)([longer])["attention_mask"].sum())
+    with pytest.raises(VikerError, match=f"{n} tokens, over max_length {n - 1}"):
+        Collator(processor, max_length=n - 1).preflight(model, [first, longer])
+    Collator(processor, max_length=n).preflight(model, [first, longer])
 
 
 def test_preflight_counts_each_image_size_own_tokens_under_a_dynamic_resolution(saved):
@@ -316,6 +357,8 @@ def test_cagul_trains_and_answers_mixed_batches_on_every_family(family, saved, r
     cfg = EvalConfig(forget="forget_10", max_new_tokens=4, scope={"forget": ("generation", "multiple_choice")})
     metrics = run_eval(str(run), str(real_bench), str(run), cfg, progress=False, model_and_processor=(model, processor))
     assert 0.0 <= metrics["forget_acc"] <= 100.0 and 0.0 <= metrics["forget_acc_text"] <= 100.0
+    collate = Collator(processor, answers=False)  # its answers stop where the base model's do
+    assert stop_token_ids(model, collate) == stop_token_ids(model.base, collate)
 
 
 def test_family_is_for_the_tiny_model_only(tmp_path, capsys):

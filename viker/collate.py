@@ -35,11 +35,18 @@ def messages(example: Example, answer: str | None = None) -> list[dict]:
     return conversation
 
 
-def chat_template(processor) -> str | dict | None:
+def chat_template(processor) -> str | None:
     """The processor's chat template, or its tokenizer's: older checkpoints keep it in tokenizer_config.json
-    only, where the processor does not look."""
+    only, where the processor does not look. A checkpoint that ships several (``additional_chat_templates/``,
+    a ``tool_use`` one beside the chat one) loads them as a dict: its ``default`` is the chat template."""
     tokenizer = getattr(processor, "tokenizer", processor)
-    return getattr(processor, "chat_template", None) or getattr(tokenizer, "chat_template", None)
+    template = getattr(processor, "chat_template", None) or getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):
+        if "default" not in template:
+            raise VikerError(f"{type(processor).__name__}: the processor has chat templates named "
+                             f"{', '.join(sorted(template))} and no default one to ask questions with")
+        return template["default"]
+    return template
 
 
 def model_inputs(batch: dict) -> dict:
@@ -72,6 +79,10 @@ class Collator:
                              "(viker.model.load_processor uses the end-of-sequence token)")
         self.special_tokens = tuple({t for t in self.tokenizer.all_special_tokens if t} |
                                     {t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special})
+        # A template that writes the BOS token itself (Gemma 3's, Llama 3.2 Vision's) must not get a second one
+        # from the tokenizer, as transformers' own tokenizing apply_chat_template sees to.
+        bos = self.tokenizer.bos_token
+        self.add_special_tokens = not (bos and self.render(Example("?", "a", None)).startswith(bos))
 
     def render(self, example: Example, answer: str | None = None) -> str:
         text = self.processor.apply_chat_template(
@@ -85,9 +96,20 @@ class Collator:
             return text
         return text + self.tokenizer.eos_token  # the template ends the answer with nothing a model could learn
 
+    def end_of_turn_id(self) -> int | None:
+        """The token an answer ends with in training (the last labelled one): generation stops on it, whatever
+        the checkpoint's generation_config.json lists as end-of-sequence."""
+        text = self.render(Example("?", "a", None), "a")
+        ends = [t for t in self.special_tokens if text.endswith(t)]
+        return self.tokenizer.convert_tokens_to_ids(max(ends, key=len)) if ends else None
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of rendered texts, without the images' expansion (as the processor adds special tokens)."""
+        return self.tokenizer(texts, add_special_tokens=self.add_special_tokens)["input_ids"]
+
     def answer_lengths(self, prompts: list[str], fulls: list[str], examples: Sequence[Example]) -> list[int]:
-        enc_p = self.tokenizer(prompts)["input_ids"]
-        enc_f = self.tokenizer(fulls)["input_ids"]
+        enc_p = self.tokenize(prompts)
+        enc_f = self.tokenize(fulls)
         lengths = []
         for p, f, ex in zip(enc_p, enc_f, examples):
             if not ex.answer.strip():
@@ -111,6 +133,7 @@ class Collator:
             return_tensors="pt",
             padding=True,
             padding_side=self.padding_side,
+            add_special_tokens=self.add_special_tokens,
         )
         batch = dict(batch)
         if self.max_length is not None:
@@ -132,9 +155,9 @@ class Collator:
         with_image = next((ex for ex in examples if ex.image is not None), None)
         if self.max_length is not None:
             added = self.image_tokens(examples)
-            lengths = [len(ids) for ids in self.tokenizer([self.render(ex, ex.answer) for ex in examples])["input_ids"]]
+            lengths = [len(ids) for ids in self.tokenize([self.render(ex, ex.answer) for ex in examples])]
             for ex, n in zip(examples, lengths):
-                n += 0 if ex.image is None else added[image_size(ex.image)]
+                n += 0 if ex.image is None else added[self._image_key(ex)]
                 if n > self.max_length:
                     raise self._too_long(ex, n)
         if with_image is not None:
@@ -150,15 +173,23 @@ class Collator:
                                  f"({str(e).splitlines()[0]}); processor and model come from different "
                                  "configurations") from None
 
-    def image_tokens(self, examples: Sequence[Example]) -> dict[tuple[int, int], int]:
-        """How many tokens the processor adds for an image, per image size: one processor call per size,
-        since dynamic resolutions (Qwen2-VL, LLaVA-NeXT, Idefics2's splitting) add more for larger images."""
+    @staticmethod
+    def _image_key(ex: Example) -> tuple:
+        """What the tokens an image adds depend on: its size, since dynamic resolutions (Qwen2-VL, LLaVA-NeXT,
+        Idefics2's splitting) add more for larger images, and the question's first word, which the image's
+        closing token can tokenize apart from (Idefics2's puts a space before it: "Who" is one token, " Who"
+        two for some tokenizers)."""
+        size = image_size(ex.image, f"image of {ex.profile_id or ex.question[:40]}")
+        return size, tuple(ex.question.split(maxsplit=1)[:1])
+
+    def image_tokens(self, examples: Sequence[Example]) -> dict[tuple, int]:
+        """How many tokens the processor adds for an image, by ``_image_key``: one processor call per key."""
         added = {}
         for ex in examples:
-            size = None if ex.image is None else image_size(ex.image, f"image of {ex.profile_id or ex.question[:40]}")
-            if size is not None and size not in added:
-                added[size] = int(self([ex])["attention_mask"].sum()) - \
-                    len(self.tokenizer(self.render(ex, ex.answer))["input_ids"])
+            key = None if ex.image is None else self._image_key(ex)
+            if key is not None and key not in added:
+                text_only = len(self.tokenize([self.render(ex, ex.answer)])[0])
+                added[key] = int(self([ex])["attention_mask"].sum()) - text_only
         return added
 
     @staticmethod

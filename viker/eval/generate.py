@@ -25,6 +25,16 @@ def check_generation_settings(cfg) -> None:
             "must be at least 1 (--only leaves a set out)")
 
 
+def stop_token_ids(model, collate: Collator) -> list[int] | None:
+    """The tokens an answer may end on: the model's own end-of-sequence tokens and the end of the turn it was
+    trained to end its answers with (a checkpoint's generation_config.json may list only the former, and an
+    answer then runs on past its turn)."""
+    listed = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    listed = [] if listed is None else [listed] if isinstance(listed, int) else list(listed)
+    end = collate.end_of_turn_id()
+    return (listed + [end] if end is not None and end not in listed else listed) or None
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -41,6 +51,7 @@ def generate(
     collate = Collator(processor, answers=False)
     tokenizer = collate.tokenizer
     device = next(model.parameters()).device
+    stop = stop_token_ids(model, collate)
     # Sort by prompt length so batches hold similar lengths (less padding), then restore the order.
     order = sorted(range(len(examples)), key=lambda i: (examples[i].image is None, len(examples[i].question)))
     answers: list[str] = [""] * len(examples)
@@ -48,7 +59,8 @@ def generate(
         for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
             idx = order[start : start + batch_size]
             batch = {k: v.to(device) for k, v in model_inputs(collate([examples[i] for i in idx])).items()}
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, **GREEDY, pad_token_id=tokenizer.pad_token_id)
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, **GREEDY, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=stop)
             new_tokens = out[:, batch["input_ids"].shape[1] :]
             for i, text in zip(idx, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
                 answers[i] = text.strip()

@@ -213,6 +213,10 @@ class CagulModel(nn.Module):
         return self.base.config
 
     @property
+    def generation_config(self):
+        return self.base.generation_config
+
+    @property
     def device(self):
         return next(self.base.parameters()).device
 
