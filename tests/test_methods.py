@@ -24,7 +24,7 @@ from viker.methods.reference import (
     processor_fingerprint,
     reference_pool,
 )
-from viker.model import LoraSettings, apply_lora, load_model
+from viker.model import LoraSettings, apply_lora, enable_gradient_checkpointing, load_model
 from viker.train import TrainConfig
 from viker.unlearn import UnlearnConfig, run_unlearn
 
@@ -189,6 +189,25 @@ def test_the_cache_key_follows_the_weights_and_the_processor_the_reference_answe
     other.chat_template = other.chat_template.replace("USER: ", "User: ")
     keys = {cache_key(base, [], None, 5, 0, None, processor_fingerprint(p)) for p in (processor, other)}
     assert len(keys) == 2
+
+
+def test_the_cache_key_tells_apart_models_one_weight_or_one_setting_apart(tiny_dir):
+    """A model that differs from another in a single weight (as a sparse unlearning method leaves it), or in
+    config.json alone (the same weights with another RoPE base), is never served the other's cached R̂; a
+    model loaded again, or set to train with gradient checkpointing, keeps its key."""
+    fingerprint = lambda m: FrozenReference(m, separate=m).fingerprint()  # noqa: E731
+    base = fingerprint(load_model(tiny_dir, device="cpu")[0])
+    again = load_model(tiny_dir, device="cpu")[0]
+    enable_gradient_checkpointing(again)
+    assert fingerprint(again) == base
+    edited = load_model(tiny_dir, device="cpu")[0]
+    weight = edited.get_output_embeddings().weight
+    with torch.no_grad():
+        weight[weight.shape[0] // 2, 1] += 1.0  # off any stride a sample of the tensor would take
+    assert fingerprint(edited) != base
+    retuned = load_model(tiny_dir, device="cpu")[0]
+    retuned.config.text_config.rope_parameters = {"rope_type": "default", "rope_theta": 10.0}
+    assert fingerprint(retuned) != base
 
 
 def test_the_frozen_reference_answers_without_dropout_while_the_model_trains(tiny_dir, bench_dir):
