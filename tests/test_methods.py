@@ -296,6 +296,30 @@ def test_keytokens_page_marks_high_entropy_tokens(tiny_dir, bench_dir, tmp_path,
     assert "class='key'" not in out.read_text() and f"0 of {page.count('<span ')} answer tokens" in out.read_text()
 
 
+def test_keytokens_underlines_what_a_viker_run_at_lam_forgets(tiny_dir, bench_dir, tmp_path, capsys):
+    """Above λ = 1 ViKeR forgets the tokens whose reference probability is under 1/λ and holds the others;
+    at λ ≤ 1 it ascends them all. The page says which, token by token, for the λ it is given."""
+    import re
+
+    out, cache = tmp_path / "keytokens.html", str(tmp_path / "cache")
+
+    def spans(*lam):
+        assert main(["keytokens", "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(out), "--k", "2",
+                     "--cache-dir", cache, *lam]) == 0
+        found = re.findall(r"<span class='([^']*)' style=[^>]*R̂\(y\) = ([0-9.e-]+)'>", out.read_text())
+        assert found and len(found) == out.read_text().count("<span ")
+        return [("gone" in classes.split(), float(p)) for classes, p in found]
+
+    plain = spans()
+    assert not any(gone for gone, _ in plain)
+    lam = round(1 / sorted(p for _, p in plain)[len(plain) // 2])  # the random model's R̂(y) are small: 1/λ splits them
+    at_lam = spans("--lam", str(lam))
+    assert all(gone == (p < 1 / lam) for gone, p in at_lam if abs(p * lam - 1) > 1e-3)  # the title rounds R̂(y)
+    assert 0 < sum(g for g, _ in at_lam) < len(at_lam)
+    assert f"{sum(g for g, _ in at_lam)} forgotten at λ = {lam}" in capsys.readouterr().out
+    assert all(gone for gone, _ in spans("--lam", "0.5"))
+
+
 def test_the_key_token_picture_draws_the_benchmarks_text_as_it_is(tmp_path, monkeypatch):
     """'$' in a question or an answer is money, not a formula: matplotlib must not read it as math."""
     import matplotlib.figure

@@ -133,15 +133,17 @@ def _eval(args) -> None:
 def _keytokens(args) -> None:
     from pathlib import Path
 
-    from viker.keytokens import PNG_ANSWERS, run_keytokens
+    from viker.keytokens import PNG_ANSWERS, forgotten, run_keytokens
 
     rows = run_keytokens(args.model, args.data, args.forget, args.out, args.k, args.refs, args.epsilon,
                          args.cache_dir, args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
-                         seed=args.seed)
+                         seed=args.seed, lam=args.lam)
     n_key = sum(h > args.epsilon for r in rows for h in r.entropy)
+    gone = "" if args.lam is None else \
+        f", {sum(forgotten(p, args.lam) for r in rows for p in r.ref_prob)} forgotten at λ = {args.lam:g}"
     shown = f" (the PNG shows the first {PNG_ANSWERS})" if len(rows) > PNG_ANSWERS else ""
-    print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}: {n_key} key tokens in {len(rows)} answers"
-          f"{shown}")
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}: {n_key} key tokens{gone} in {len(rows)} "
+          f"answers{shown}")
 
 
 def _report(args) -> None:
@@ -363,6 +365,8 @@ def parser() -> argparse.ArgumentParser:
     kt.add_argument("--refs", default="people",
                     help="reference images: people | patterns | scenes | pets | forget | retain | a folder of images")
     kt.add_argument("--epsilon", type=float, default=0.5, help="entropy threshold (nats) for key tokens")
+    kt.add_argument("--lam", type=float, help="ViKeR's λ of a run: the page underlines the tokens that run forgets "
+                                              "(above 1, those with R̂(y) < 1/λ; at most 1, every token)")
     kt.add_argument("--cache-dir", help="where reference distributions are cached (default $VIKER_CACHE, else "
                                         "~/.cache/viker)")
     kt.add_argument("--seed", type=int, default=0,

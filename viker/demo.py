@@ -186,7 +186,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     steps.start("key tokens, report and plot")
     run_keytokens(str(vanilla), str(data), cfg.forget, str(out / "keytokens.html"), k=cfg.viker.get("k", 5),
                   refs=cfg.viker.get("refs", "people"), cache_dir=cache, progress=progress,
-                  model_and_processor=vanilla_model, seed=cfg.seed)  # the references ViKeR's runs drew
+                  model_and_processor=vanilla_model, seed=cfg.seed,  # the references ViKeR's runs drew
+                  lam=cfg.viker.get("lam"))
     questions = forget_image_questions(data, cfg.forget)
     steps.stop()  # what is left (the report and the plot) takes a second
     results = {"runs": runs, "lam_sweep": sweep, "settings": to_jsonable(cfg), "machine": machine(),

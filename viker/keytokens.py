@@ -115,7 +115,24 @@ def ref_prob_summary(rows: list[TokenEntropy]) -> str:
             "the gap between the two groups holds the template and forgets the private tokens.")
 
 
-def write_html(rows: list[TokenEntropy], path: Path, epsilon: float, title: str) -> None:
+def forgotten(p: float, lam: float | None) -> bool:
+    """Whether ViKeR at ``lam`` forgets a token whose reference probability is ``p``: above λ = 1 a token
+    with λ·R̂(y) ≥ 1 has a resting point its loss holds it at; at λ ≤ 1 none has, and every token is ascended."""
+    return lam is not None and (lam <= 1 or lam * p < 1)
+
+
+def _lam_sentence(rows: list[TokenEntropy], lam: float | None) -> str:
+    if lam is None:
+        return ("Which of them a ViKeR run forgets depends on its λ as well (below; --lam underlines them).")
+    n = sum(forgotten(p, lam) for r in rows for p in r.ref_prob)
+    if lam <= 1:
+        return (f"At λ = {lam:g} no token has a resting point: ViKeR ascends every answer token, the key tokens "
+                "hardest, so all are underlined.")
+    return (f"<u>Underlined</u>: the {n} tokens a ViKeR run at λ = {lam:g} forgets (R̂(y) &lt; 1/λ = {1 / lam:.3g}); "
+            "it holds each of the others at a resting point.")
+
+
+def write_html(rows: list[TokenEntropy], path: Path, epsilon: float, title: str, lam: float | None = None) -> None:
     h_max = max((max(r.entropy) for r in rows if r.entropy), default=1.0)
     n_key = sum(h > epsilon for r in rows for h in r.entropy)
     n_all = sum(len(r.entropy) for r in rows)
@@ -124,18 +141,20 @@ def write_html(rows: list[TokenEntropy], path: Path, epsilon: float, title: str)
         f"<title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
         ".q{color:#555;font-size:.85em;margin-top:1em}.a span{font-family:monospace;padding:2px 1px;"
-        "white-space:pre}.key{outline:2px solid #b30000}</style>",
+        "white-space:pre}.key{outline:2px solid #b30000}.gone{text-decoration:underline 3px #1f4e9e;"
+        "text-underline-offset:4px}</style>",
         f"<h1>{html.escape(title)}</h1>",
         f"<p>Each answer token is shaded by the entropy H(R̂) of the frozen model's distribution averaged over "
         f"reference images of other people (darker = less certain without the true image). Outlined tokens are "
-        f"<b>key tokens</b> (H &gt; ε = {epsilon}): {n_key} of {n_all} answer tokens. ViKeR pushes these hard and "
-        f"damps gradient ascent on the rest. Max H = {h_max:.2f} nats.</p>",
+        f"<b>key tokens</b> (H &gt; ε = {epsilon}), the paper's private tokens: {n_key} of {n_all} answer tokens. "
+        f"{_lam_sentence(rows, lam)} Max H = {h_max:.2f} nats.</p>",
         f"<p>{html.escape(ref_prob_summary(rows))}</p>",
     ]
     for r in rows:
         spans = "".join(
-            f"<span class='{'key' if h > epsilon else ''}' style='background:{_color(h, h_max)}' "
-            f"title='H = {h:.3f}, R̂(y) = {p:.4f}'>{html.escape(t)}</span>"
+            f"<span class='{' '.join(c for c, on in (('key', h > epsilon), ('gone', forgotten(p, lam))) if on)}' "
+            f"style='background:{_color(h, h_max)}' "
+            f"title='H = {h:.3f}, R̂(y) = {p:.4g}'>{html.escape(t)}</span>"
             for t, h, p in zip(r.tokens, r.entropy, r.ref_prob)
         )
         lines.append(f"<div class='q'>{'[image] ' if r.has_image else ''}{html.escape(r.question)}</div>"
@@ -197,13 +216,14 @@ def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int =
 
 def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5, refs: str = "people",
                   epsilon: float = 0.5, cache_dir=None, device=None, progress=True, model_and_processor=None,
-                  dtype: str = "auto", trust_remote_code: bool = False, seed: int = 0):
+                  dtype: str = "auto", trust_remote_code: bool = False, seed: int = 0, lam: float | None = None):
     """Write ``out`` (an .html page) and the PNG beside it; returns the rows shown. The reference
     distributions come from (or go to) ViKeR's cache, ``cache_dir`` or its default."""
     from viker.model import load_model
 
     require(k >= 1, "--k", k, "must be at least 1")
     require(epsilon >= 0, "--epsilon", epsilon, "must be at least 0 (nats)")
+    require(lam is None or lam >= 0, "--lam", lam, "must be at least 0, as ViKeR's")
     require(Path(out).suffix in (".html", ".htm") and not Path(out).is_dir(), "--out", out,
             "name an .html file (the PNG is written beside it)")
     check_writable("--out", out, Path(out).parent)
@@ -213,6 +233,6 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
         rows = answer_token_entropies(model, processor, answers, k, seed,
                                       Path(cache_dir) if cache_dir else default_cache_dir(), progress)
     out = Path(out)
-    write_html(rows, out, epsilon, f"Key tokens of {forget}")
+    write_html(rows, out, epsilon, f"Key tokens of {forget}", lam)
     write_png(rows, out.with_suffix(".png"), epsilon)
     return rows
