@@ -331,7 +331,8 @@ rewrites the least attended visual tokens of flagged images. How the discriminat
 Images it does not flag reach the model unchanged, so on them CAGUL answers exactly as the vanilla model does.
 Added cost at inference: {cost['cagul_seconds_per_answer'] * 1000:.1f} ms per answer with CAGUL against
 {cost['bare_seconds_per_answer'] * 1000:.1f} ms for the bare model ({cost['ratio']:.2f}×), greedy batched generation
-of {cost['answers']} answers about forget and retain people.
+of {cost['answers']} answers about forget and retain people, each to its own end (CAGUL's answers about flagged
+images may be longer or shorter than the bare model's).
 """
 
 

@@ -439,8 +439,9 @@ def load_cagul(path: str | Path, device: str | None = None, dtype: str = "auto",
 
 def inference_cost(model: CagulModel, processor, examples, batch_size: int = 32, max_new_tokens: int = 50) -> dict:
     """Seconds per generated answer with CAGUL in front of the model and with the bare model, on the same
-    prompts and batches (after one warm-up batch each). Both decode the same number of new tokens per
-    batch, up to the longest answer, so the difference is CAGUL's own work."""
+    prompts and batches (after one warm-up batch each). Each batch decodes until its longest answer ends;
+    CAGUL changes the answers about flagged images, and with them maybe their lengths, so the ratio holds
+    that difference as well as CAGUL's own work (the flagging, and the rewrite of flagged images)."""
     import time
 
     from viker.eval.generate import generate
