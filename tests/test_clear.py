@@ -219,6 +219,20 @@ def test_forget_references_on_clear_are_never_the_same_persons_other_photos(tiny
     assert code == 2 and "the reference pool has 2 usable images, fewer than k=3" in capsys.readouterr().err
 
 
+def test_keytokens_on_clear_shows_the_forget_captions_a_viker_run_trained_on(tiny_dir, clear_dir, tmp_path,
+                                                                            monkeypatch):
+    """The key-token page of a CLEAR split: the same answers, references and cached R̂ as its ViKeR run."""
+    monkeypatch.setenv("VIKER_CACHE", str(tmp_path / "cache"))
+    common = ["--model", str(tiny_dir), "--data", str(clear_dir), "--benchmark", "clear", "--k", "2"]
+    assert main(["unlearn", *common, "--method", "viker", "--max-steps", "1", "--out", str(tmp_path / "run")]) == 0
+    cached = sorted((tmp_path / "cache").iterdir())
+    page = tmp_path / "keys.html"
+    assert main(["keytokens", *common, "--out", str(page)]) == 0
+    assert sorted((tmp_path / "cache").iterdir()) == cached  # its R̂, not one computed again
+    answers = clear.unlearning_data(clear_dir, "forget10")[0]["forget"]
+    assert page.read_text().count("<div class='a'>") == len(answers) > 0
+
+
 def test_a_hub_id_loads_through_datasets(clear_dir, monkeypatch):
     datasets = pytest.importorskip("datasets")
     from datasets.table import InMemoryTable

@@ -135,9 +135,9 @@ def _keytokens(args) -> None:
 
     from viker.keytokens import PNG_ANSWERS, forgotten, run_keytokens
 
-    rows = run_keytokens(args.model, args.data, args.forget, args.out, args.k, args.refs, args.epsilon,
+    rows = run_keytokens(args.model, args.data, _forget(args), args.out, args.k, args.refs, args.epsilon,
                          args.cache_dir, args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
-                         seed=args.seed, lam=args.lam)
+                         seed=args.seed, lam=args.lam, benchmark=args.benchmark)
     n_key = sum(h > args.epsilon for r in rows for h in r.entropy)
     gone = "" if args.lam is None else \
         f", {sum(forgotten(p, args.lam) for r in rows for p in r.ref_prob)} forgotten at λ = {args.lam:g}"
@@ -359,7 +359,9 @@ def parser() -> argparse.ArgumentParser:
                   "when the image is swapped for reference images, and the reference probability of the true token.")
     kt.add_argument("--model", required=True, help="the vanilla model")
     kt.add_argument("--data", required=True, help="the benchmark folder")
-    kt.add_argument("--forget", default="forget_10", help="the forget split whose answers are shown")
+    _add_benchmark_arg(kt)
+    kt.add_argument("--forget", help="the forget split whose answers are shown (default forget_10; CLEAR: forget10, "
+                                     "+tofu to include its text questions)")
     kt.add_argument("--out", required=True, help="an .html file; the PNG is written beside it")
     kt.add_argument("--k", type=int, default=5, help="reference images per answer")
     kt.add_argument("--refs", default="people",
