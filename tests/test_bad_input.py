@@ -155,7 +155,7 @@ def test_ft_data_whose_images_match_no_person_is_said_and_recorded(tiny_dir, ben
 # --- property-based: malformed rows never give a silent wrong profile or an unexpected exception ---------
 
 MUTATIONS = st.sampled_from(["drop_type", "bad_type", "bad_letter", "missing_option", "empty_image",
-                             "garbage_image", "null_question"])
+                             "garbage_image", "null_question", "null_item", "null_choice_question", "null_id"])
 
 
 def _mutate(row: dict, mutation: str, index: int) -> dict:
@@ -177,6 +177,12 @@ def _mutate(row: dict, mutation: str, index: int) -> dict:
         row["image"]["bytes"] = bytes(range(index % 200 + 10))
     elif mutation == "null_question":
         gen[index % len(gen)]["Question"] = None
+    elif mutation == "null_item":
+        gen[index % len(gen)] = None
+    elif mutation == "null_choice_question":
+        mc[index % len(mc)]["Question"] = None
+    elif mutation == "null_id":
+        row["ID"] = None
     return row
 
 

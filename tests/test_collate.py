@@ -107,6 +107,23 @@ def test_an_example_over_max_length_is_named_even_with_an_empty_question(tiny):
         Collator(processor, max_length=3)([Example("", "Paris", None)])
 
 
+def test_an_answer_whose_tokens_merge_with_the_prompts_is_refused_not_mislabelled(tiny):
+    """A template whose prompt ends inside a word ("... th") that the answer finishes ("e end."): the tokens of
+    prompt + answer do not start with the prompt's, so no count of answer tokens would label the answer alone."""
+    import copy
+
+    _, processor = tiny
+    tok = processor.tokenizer
+    assert len(tok(" the", add_special_tokens=False)["input_ids"]) == 1  # " th" + "e" is one token in the row
+    split = copy.deepcopy(processor)
+    split.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}USER: {{ m['content'][-1]['text'] }} "
+        "{% else %}ASSISTANT: th{{ m['content'][0]['text'] }}</s>{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}ASSISTANT: th{% endif %}")
+    with pytest.raises(VikerError, match="^example 'Who is it\\?': the tokenized prompt is not a prefix"):
+        Collator(split)([Example("Who is it?\nA. x", "e end.", None)])
+
+
 def test_a_tokenizer_without_a_padding_token_is_a_clear_error(tiny):
     import copy
 

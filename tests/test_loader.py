@@ -47,6 +47,52 @@ def test_hub_snapshot_layout_loads_the_same_profiles(bench_dir, tmp_path):
     assert [r.qa for r in load_finetune(converted)] == [r.qa for r in load_finetune(bench_dir)]
 
 
+def _same_but_source(a, b):
+    return [p.__class__(**{**p.__dict__, "source": ""}) for p in a] == \
+        [p.__class__(**{**p.__dict__, "source": ""}) for p in b]
+
+
+def test_text_stored_in_other_arrow_types_loads_the_same(bench_dir, tmp_path):
+    """Dictionary-encoded text (pandas' categoricals) and string_view columns hold text as well."""
+    root = _copy(bench_dir, tmp_path)
+    for column, kind in (("Directory", pa.dictionary(pa.int32(), pa.string())), ("question", pa.string_view())):
+        _rewrite(root, FULL, lambda t: t.set_column(t.schema.get_field_index(column), column,
+                                                    t.column(column).cast(kind)))
+        assert pq.read_schema(root / FULL).field(column).type == kind
+    assert _same_but_source(load_profiles(root, "Full_Set"), load_profiles(bench_dir, "Full_Set"))
+
+
+def test_a_question_list_empty_in_every_row_loads_as_no_questions(bench_dir, tmp_path):
+    """A writer that sees only empty lists types the column list<null>: every row has no such question."""
+    root = _copy(bench_dir, tmp_path)
+    _rewrite(root, FULL, lambda t: t.set_column(t.schema.get_field_index("Mask_Task"), "Mask_Task",
+                                                pa.array([[] for _ in range(t.num_rows)])))
+    assert pq.read_schema(root / FULL).field("Mask_Task").type == pa.list_(pa.null())
+    profiles = load_profiles(root, "Full_Set")
+    assert [p.id for p in profiles] == [p.id for p in load_profiles(bench_dir, "Full_Set")]
+    assert not any(p.cloze for p in profiles) and all(p.generation for p in profiles)
+
+
+def test_an_image_is_seen_as_a_viewer_shows_it(tmp_path):
+    """A transparent background is white (as transformers' own convert_to_rgb has it), not black; a 16-bit
+    greyscale photo keeps its levels instead of clipping to white; an RGB image is as it was."""
+    import numpy as np
+
+    from viker.data.loader import decode_image
+
+    def png(img):
+        buffer = io.BytesIO()
+        img.save(buffer, "PNG")
+        return buffer.getvalue()
+
+    see = lambda img: decode_image(png(img)).getpixel((0, 0))  # noqa: E731
+    assert see(Image.new("RGBA", (4, 4), (10, 20, 30, 0))) == (255, 255, 255)
+    assert see(Image.new("RGBA", (4, 4), (0, 0, 0, 128))) == (127, 127, 127)
+    assert see(Image.new("LA", (4, 4), (0, 0))) == (255, 255, 255)
+    assert see(Image.fromarray(np.full((4, 4), 257 * 116, dtype=np.uint16))) == (116, 116, 116)
+    assert see(Image.new("RGB", (4, 4), (1, 2, 3))) == (1, 2, 3) and see(Image.new("L", (4, 4), 77)) == (77, 77, 77)
+
+
 def test_missing_config_names_the_folder_and_config(bench_dir, tmp_path):
     root = _copy(bench_dir, tmp_path)
     shutil.rmtree(root / "forget_10")

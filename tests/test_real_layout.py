@@ -13,7 +13,7 @@ import pytest
 from mllmu_layout import CELEBRITIES, FICTITIOUS, SPLITS, write_mllmu
 
 from viker.data.examples import finetune_examples, unlearning_examples
-from viker.data.loader import load_finetune, load_profiles
+from viker.data.loader import has_config, load_finetune, load_profiles
 from viker.data.schema import CONFIGS
 from viker.errors import VikerError
 from viker.eval.evaluate import EvalConfig
@@ -106,6 +106,14 @@ def test_a_hub_id_loads_the_same_records_as_the_snapshot_folder(hub, real_bench)
         load_finetune(HUB_ID, "pretrain_Data")
 
 
+def test_a_hub_id_holds_the_configs_its_snapshot_folder_holds(hub, real_bench):
+    """What is read when a config is there (CAGUL's Retain_Set negatives and Test_Set report, the pretraining
+    pairs) is read alike from the hub and from its snapshot."""
+    for config in (*CONFIGS, "pretrain_Data"):
+        assert has_config(HUB_ID, config) == has_config(real_bench, config), config
+    assert finetune_examples(HUB_ID, "all") == finetune_examples(real_bench, "all")
+
+
 def test_eval_from_a_hub_id_equals_eval_from_the_folder(hub, real_bench, tmp_path):
     model = build_tiny(real_bench, TinyConfig(vocab_size=600, hidden=32, intermediate=64, layers=1, heads=2,
                                               vision_hidden=16, vision_layers=1, image_size=16))
@@ -188,6 +196,19 @@ MALFORMED = {
     "ft_Data pair without an answer": (_rows_edit("ft_Data", 0, lambda rows: (
         rows[:3] + [{**rows[3], "metadata": json.dumps([{"Question": "Who is this person?"}])}] + rows[4:], True)),
         "ft_Data", r"ft_Data/train-00000-of-00001.parquet:row 3: metadata is not a JSON list"),
+    **{f"ft_Data pair with a {what}": (_rows_edit("ft_Data", 0, lambda rows, pair=pair: (
+        rows[:3] + [{**rows[3], "metadata": json.dumps([{"Question": "Who?", "Answer": "Ava."}, pair])}] + rows[4:],
+        True)), "ft_Data", r"ft_Data/train-00000-of-00001.parquet:row 3: metadata pair 1 lacks a Question or an Answer")
+       for what, pair in {"null answer": {"Question": "Who?", "Answer": None},
+                          "blank answer": {"Question": "Who?", "Answer": "  "},
+                          "null question": {"Question": None, "Answer": "Ava."}}.items()},
+    "a null question record": (_rows_edit("forget_10", 0, lambda rows: (
+        rows[:1] + [{**rows[1], "Generation_Task": [None, *rows[1]["Generation_Task"]]}] + rows[2:], True)),
+        "forget_10", r":row 1: Generation_Task item 0 is None, not a question record"),
+    "a blank multiple-choice question": (_rows_edit("forget_10", 0, lambda rows: _mc(rows, lambda q: q.update(
+        Question=" "))), "forget_10", r":row 1: Image_Textual_Questions\[0\] lacks a Question"),
+    "no ID": (_rows_edit("forget_10", 0, lambda rows: (rows[:1] + [{**rows[1], "ID": None}] + rows[2:], True)),
+              "forget_10", r":row 1: no ID"),
 }
 
 

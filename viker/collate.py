@@ -49,6 +49,12 @@ def chat_template(processor) -> str | None:
     return template
 
 
+def _first_line(ex: Example) -> str:
+    """How an error names an example: its question's first line (a multiple-choice prompt runs on with its
+    options), cut short."""
+    return (ex.question.splitlines() or [""])[0][:50]
+
+
 def model_inputs(batch: dict) -> dict:
     """Everything the processor produced (pixel_values, image_sizes, image_grid_thw, ...), nothing of ours."""
     return {k: v for k, v in batch.items() if k not in META_KEYS}
@@ -113,19 +119,19 @@ class Collator:
         lengths = []
         for p, f, ex in zip(enc_p, enc_f, examples):
             if not ex.answer.strip():
-                raise VikerError(f"example '{ex.question[:40]}...': the answer is empty, so it has no tokens to learn")
+                raise VikerError(f"example '{_first_line(ex)}': the answer is empty, so it has no tokens to learn")
             if f[: len(p)] != p:
-                raise VikerError(f"example '{ex.question[:40]}...': the tokenized prompt is not a prefix of "
+                raise VikerError(f"example '{_first_line(ex)}': the tokenized prompt is not a prefix of "
                                  "prompt+answer for this tokenizer, so the answer tokens cannot be located")
             if len(f) == len(p):
-                raise VikerError(f"example '{ex.question[:40]}...': the answer has no tokens")
+                raise VikerError(f"example '{_first_line(ex)}': the answer has no tokens")
             lengths.append(len(f) - len(p))
         return lengths
 
     def __call__(self, examples: Sequence[Example]) -> dict:
         prompts = [self.render(ex) for ex in examples]
         texts = [self.render(ex, ex.answer) for ex in examples] if self.answers else prompts
-        images = [decode_image(ex.image, f"image of {ex.profile_id or ex.question[:40]}")
+        images = [decode_image(ex.image, f"image of {ex.profile_id or _first_line(ex)}")
                   for ex in examples if ex.image is not None]
         batch = self.processor(
             text=texts,
@@ -145,7 +151,7 @@ class Collator:
         return batch
 
     def _too_long(self, ex: Example, n: int) -> VikerError:
-        return VikerError(f"example '{(ex.question.splitlines() or [''])[0][:50]}': {n} tokens, over max_length "
+        return VikerError(f"example '{_first_line(ex)}': {n} tokens, over max_length "
                           f"{self.max_length}; truncating it would leave its answer without tokens (raise "
                           "--max-length)")
 
@@ -179,7 +185,7 @@ class Collator:
         Idefics2's splitting) add more for larger images, and the question's first word, which the image's
         closing token can tokenize apart from (Idefics2's puts a space before it: "Who" is one token, " Who"
         two for some tokenizers)."""
-        size = image_size(ex.image, f"image of {ex.profile_id or ex.question[:40]}")
+        size = image_size(ex.image, f"image of {ex.profile_id or _first_line(ex)}")
         return size, tuple(ex.question.split(maxsplit=1)[:1])
 
     def image_tokens(self, examples: Sequence[Example]) -> dict[tuple, int]:

@@ -38,6 +38,10 @@ from viker.runs import is_hub_id
 
 
 def has_config(root: str | Path, config: str) -> bool:
+    """Whether the benchmark holds ``config``: a hub id holds every config of MLLMU-Bench's release (not the
+    embedded benchmark's own ``pretrain_Data``), so that it is read as its downloaded folder would be."""
+    if is_hub_id(root):
+        return config in CONFIGS
     try:
         return bool(config_files(root, config))
     except VikerError:
@@ -110,6 +114,10 @@ def config_tables(root: str | Path, config: str, known: tuple[str, ...] = CONFIG
 
 def _check_type(path: Path | str, name: str, actual: pa.DataType, expected: pa.DataType) -> None:
     """Check that the nested fields we read exist with compatible types (extra fields are fine)."""
+    if pa.types.is_null(actual):  # written without a type (all null, or lists all empty): each row says so when read
+        return
+    if pa.types.is_dictionary(actual):  # dictionary-encoded (pandas' categoricals): its values are what is read
+        actual = actual.value_type
     if pa.types.is_struct(expected):
         if not pa.types.is_struct(actual):
             raise VikerError(f"{path}: column '{name}' should be a struct, found {actual}")
@@ -123,13 +131,11 @@ def _check_type(path: Path | str, name: str, actual: pa.DataType, expected: pa.D
         if not (pa.types.is_list(actual) or pa.types.is_large_list(actual)):
             raise VikerError(f"{path}: column '{name}' should be a list, found {actual}")
         _check_type(path, f"{name}[]", actual.value_type, expected.value_type)
-    elif pa.types.is_null(actual):  # a column written without a type holds no value: each row says so when read
-        return
     elif pa.types.is_binary(expected):
-        if not (pa.types.is_binary(actual) or pa.types.is_large_binary(actual)):
+        if not (pa.types.is_binary(actual) or pa.types.is_large_binary(actual) or pa.types.is_binary_view(actual)):
             raise VikerError(f"{path}: column '{name}' should hold bytes, found {actual}")
     elif pa.types.is_string(expected):
-        if not (pa.types.is_string(actual) or pa.types.is_large_string(actual)):
+        if not (pa.types.is_string(actual) or pa.types.is_large_string(actual) or pa.types.is_string_view(actual)):
             raise VikerError(f"{path}: column '{name}' should hold text, found {actual}")
 
 
@@ -188,9 +194,20 @@ def image_bytes(value: dict | None, source: str) -> bytes:
     return data
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """An image as the model sees it, in 8-bit RGB: a transparent background on white (as transformers'
+    ``convert_to_rgb`` puts it; a bare convert would make it black), 16-bit greyscale scaled to 8 bits (a
+    bare convert clips it to white)."""
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        img = img.point(lambda v: v / 257, "I").convert("L")  # 0..65535 -> 0..255
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img.convert("RGBA"))
+    return img.convert("RGB")
+
+
 def decode_image(data: bytes, source: str = "image") -> Image.Image:
     try:
-        return Image.open(BytesIO(data)).convert("RGB")
+        return to_rgb(Image.open(BytesIO(data)))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise VikerError(f"{source}: unreadable image ({e})") from None
 
@@ -203,10 +220,20 @@ def image_size(data: bytes, source: str = "image") -> tuple[int, int]:
         raise VikerError(f"{source}: unreadable image ({e})") from None
 
 
+def _items(items: list | None, source: str, group: str) -> list[tuple[int, dict]]:
+    """``(index, item)`` of a list of question records, each refused unless it is one."""
+    for j, item in enumerate(items or []):
+        if not isinstance(item, dict):
+            raise VikerError(f"{source}: {group} item {j} is {item!r}, not a question record")
+    return list(enumerate(items or []))
+
+
 def _mc_items(items: list[dict] | None, with_image: bool, source: str) -> list[MCQuestion]:
     group = "Image_Textual_Questions" if with_image else "Pure_Text_Questions"
     out = []
-    for j, item in enumerate(items or []):
+    for j, item in _items(items, source, group):
+        if not str(item.get("Question") or "").strip():
+            raise VikerError(f"{source}: {group}[{j}] lacks a Question (missing or blank)")
         options = {k: v for k, v in (item.get("Options") or {}).items() if v is not None}
         if sorted(options) != list(LETTERS):
             raise VikerError(f"{source}: {group}[{j}] has options {sorted(options)}, expected A-D")
@@ -219,7 +246,7 @@ def _mc_items(items: list[dict] | None, with_image: bool, source: str) -> list[M
 
 def _qa_items(items: list[dict] | None, source: str, task: str) -> list[QA]:
     out = []
-    for j, item in enumerate(items or []):
+    for j, item in _items(items, source, task):
         kind = item.get("Type")
         if kind not in (IMAGE_TEXTUAL, PURE_TEXT):
             raise VikerError(f"{source}: {task} item {j} has Type {kind!r}, expected {IMAGE_TEXTUAL} or {PURE_TEXT}")
@@ -241,6 +268,8 @@ def load_profiles(root: str | Path, config: str) -> list[Profile]:
         if not images:
             raise VikerError(f"{source}: no images")
         cls = row["Classification_Task"] or {}
+        if row["ID"] is None or not str(row["ID"]).strip():  # rows of one person are matched by it across configs
+            raise VikerError(f"{source}: no ID")
         profiles.append(
             Profile(
                 id=str(row["ID"]),
@@ -283,5 +312,8 @@ def load_finetune(root: str | Path, config: str = "ft_Data") -> list[FinetuneRec
             qa = tuple(QA(p["Question"], p["Answer"], True) for p in pairs)
         except (json.JSONDecodeError, TypeError, KeyError) as e:
             raise VikerError(f"{source}: metadata is not a JSON list of {{Question, Answer}} ({e})") from None
+        for j, pair in enumerate(qa):
+            if not all(isinstance(text, str) and text.strip() for text in (pair.question, pair.answer)):
+                raise VikerError(f"{source}: metadata pair {j} lacks a Question or an Answer (blank or not text)")
         records.append(FinetuneRecord(image_bytes(row["image"], source), qa, source))
     return records

@@ -37,7 +37,7 @@ from PIL import Image, ImageEnhance
 from tqdm.auto import tqdm
 
 from viker.collate import model_inputs
-from viker.data.loader import has_config, load_profiles
+from viker.data.loader import decode_image, has_config, load_profiles
 from viker.data.schema import FORGET_SPLITS, Example
 from viker.errors import VikerError
 from viker.methods import register
@@ -53,7 +53,7 @@ PROBE_QUESTION = "Who is the person in this image?"
 def augment(image: bytes, rng: random.Random) -> bytes:
     """Another photo of the same face, roughly: a random crop (75–100% of the side), a mirror image half
     of the time, a small rotation, brightness and contrast changes."""
-    img = Image.open(BytesIO(image)).convert("RGB")
+    img = decode_image(image)
     w, h = img.size
     side = rng.uniform(0.75, 1.0)
     cw, ch = max(1, round(w * side)), max(1, round(h * side))
