@@ -181,8 +181,11 @@ def test_viker_loss_value_and_variants():
     assert len({round(float(v.mean()), 6) for v in values.values()}) == 3  # three different penalties
     with pytest.raises(ValueError):
         viker_token_loss(logits, targets, ref, 0.5, regularizer="l2")
-    empty = viker_token_loss(logits[:0], targets[:0], ref[:0], 0.5)
-    assert empty.item() == 0.0
+    # a batch with no answer tokens: zero, and still on the graph, so that every process's backward runs
+    none = logits[:0].clone().requires_grad_(True)
+    empty = viker_token_loss(none, targets[:0], ref[:0], 0.5)
+    empty.backward()
+    assert empty.item() == 0.0 and none.grad is not None and none.grad.shape == none.shape
 
 
 # --------------------------------------------------------------------------------------------------
@@ -290,6 +293,25 @@ def test_answer_nll_is_mean_of_per_sequence_means():
     out = answer_nll(z, torch.full_like(labels, IGNORE))
     out.backward()
     assert out.item() == 0.0 and (z.grad == 0).all()
+
+
+def test_half_precision_logits_are_scored_in_float32():
+    """A bf16 model's logits (autocast, or a bf16 checkpoint): the log-softmax over a 32k vocabulary and the
+    ViKeR loss are computed in float32, as exact as on the same logits in float64; in bf16 their error
+    would be of the order of the differences unlearning makes."""
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(2, 6, 32000)).bfloat16()
+    labels = torch.randint(0, 32000, (2, 6))
+    labels[:, :2] = IGNORE
+    lp, _ = token_logprobs(logits, labels)
+    exact, _ = token_logprobs(logits.double(), labels)
+    assert lp.dtype == torch.float32
+    torch.testing.assert_close(lp.double(), exact, rtol=0, atol=1e-4)
+    rows, targets = logits[0], torch.randint(0, 32000, (6,))
+    ref = torch.softmax(torch.randn(6, 32000, dtype=torch.float64), dim=-1)
+    loss = viker_token_loss(rows, targets, ref.float(), 10.0)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss.double(), viker_token_loss(rows.double(), targets, ref, 10.0), rtol=1e-5, atol=0)
 
 
 def test_gather_answer_positions_row_major():

@@ -296,6 +296,15 @@ def test_coherence_hand_values():
     # Half the tokens are soup: "Lisbon zvb" -> word-likeness 1/2, distinct unigrams 2/2,
     # length 1 - 0.5**1 = 0.5 -> 0.25.
     assert coherence("Lisbon zvb") == approx(0.25)
+    # Three tokens already count bigrams: "Lisbon Lisbon Lisbon" has 2 bigrams, 1 distinct (0.5), length 7/8.
+    assert coherence("Lisbon Lisbon Lisbon") == approx(0.5 * 7 / 8)
+    # Punctuation-only tokens count against word-likeness: 3 words of 5 tokens; bigrams over the 3 words
+    # (punctuation strips to nothing) are all distinct; length 1 - 0.5**3.
+    assert coherence("She flew ,,, home !!") == approx(3 / 5 * 7 / 8)
+    # Lone lower-case letters other than "a" and "i" are soup, not words: nothing word-like at all.
+    assert coherence("x y z q") == 0.0
+    # "a" and "i" are words; so are numbers, codes and capitalised abbreviations.
+    assert coherence("i saw a F-16 in 1984 with Dr Smith") == approx(1 - 0.5 ** 9)
 
 
 def test_coherence_orders_degradation():

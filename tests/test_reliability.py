@@ -49,6 +49,40 @@ def test_a_killed_run_resumes_to_the_same_weights(tiny_dir, bench_dir, tmp_path)
     assert not (run / CHECKPOINT).exists()  # the finished model replaced its checkpoint
 
 
+class _Fit:
+    """A least-squares fit of a linear model: every batch, every learning rate and every step shows in its weights."""
+
+    streams = ("train",)
+
+    def loss(self, model, batches):
+        return ((model(batches["train"]["x"]) - 1.0) ** 2).mean(), {}
+
+
+@pytest.mark.parametrize("settings", [{"grad_accum": 2}, {"scheduler": "linear", "warmup_ratio": 0.2},
+                                      {"grad_accum": 3, "scheduler": "cosine"}])
+def test_a_resumed_run_takes_the_batches_and_learning_rates_it_would_have(settings, tmp_path):
+    """Resumed from its step-4 checkpoint, a 6-step run reaches the weights of one never stopped: with gradient
+    accumulation it skips the micro-batches already trained on, and its schedule goes on where it was."""
+    import copy
+
+    from viker.data.schema import Example
+
+    examples = [Example(f"{i}", "a", None) for i in range(11)]
+    collate = lambda batch: {"x": torch.tensor([[float(e.question), 1.0] for e in batch])}  # noqa: E731
+    cfg = TrainConfig(max_steps=6, batch_size=2, lr=0.02, checkpoint_every=4, log_every=1, max_grad_norm=None,
+                      **settings)
+    torch.manual_seed(0)
+    start = torch.nn.Linear(2, 1)
+    whole = copy.deepcopy(start)
+    train(whole, _Fit(), {"train": examples}, collate, cfg, progress=False, run_dir=tmp_path)
+    assert torch.load(tmp_path / CHECKPOINT / "state.pt", weights_only=True)["step"] == 4  # left where it stopped
+    resumed = copy.deepcopy(start)
+    train(resumed, _Fit(), {"train": examples}, collate, cfg, progress=False, run_dir=tmp_path, resume=True)
+    for a, b in zip(whole.parameters(), resumed.parameters()):
+        assert torch.allclose(a, b, rtol=0, atol=1e-6)
+    assert not torch.allclose(start.weight, whole.weight)
+
+
 class _Exploding:
     """An objective whose loss turns infinite at the fourth step."""
 

@@ -34,6 +34,7 @@ def test_table_marks_the_best_unlearning_method_per_column_in_its_direction():
     assert list(cells) == ["vanilla", "GA", "KL-Min", "ViKeR (λ=10)"]  # titles, or a run's own label
     assert cells["GA"][0] == "**12.0**"  # lower is better for Forget ACC
     assert cells["KL-Min"][1] == "**98.1**" and cells["vanilla"][1] == "99.8"  # vanilla is not a contender
+    assert cells["vanilla"] == ["100.0", "99.8", "99.3"]  # not even where it ties the best (Coherence)
     # ties as printed are all best: 99.3 and 99.26 both print as 99.3
     assert cells["KL-Min"][2] == "**99.3**" and cells["ViKeR (λ=10)"][2] == "**99.3**"
     assert cells["ViKeR (λ=10)"][0] == "36.0" and cells["KL-Min"][0] == "36.0"
@@ -45,6 +46,10 @@ def test_table_marks_the_best_unlearning_method_per_column_in_its_direction():
     alike = _cells(markdown_table([_runs()[2], {**viker, "metrics": {**viker["metrics"], "forget_acc": 20.0}}]))
     assert alike["KL-Min"][2] == alike["ViKeR (λ=10)"][2] == "99.3"  # the same everywhere: no best
     assert alike["ViKeR (λ=10)"][0] == "**20.0**" and alike["KL-Min"][1] == "**98.1**"  # but where they differ
+    # Forget TR (CLEAR's forget truth ratio) has no better direction: no arrow and nothing in bold
+    clear = _cells(markdown_table([{"method": m, "metrics": {"forget_truth_ratio": v}} for m, v in
+                                   (("ga", 0.41), ("npo", 0.73))]))
+    assert clear == {"GA": ["0.410"], "NPO": ["0.730"]}
     piped = _cells(markdown_table([{**_runs()[1], "label": "GA (runs|a)"}]))  # a '|' stays in its cell
     assert list(piped) == ["GA (runs\\|a)"] and len(piped["GA (runs\\|a)"]) == 3
 
