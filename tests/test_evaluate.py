@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
+from pytest import approx
 
 import viker.eval.evaluate
 import viker.eval.generate
@@ -23,6 +24,7 @@ from viker.data.schema import MCQuestion
 from viker.errors import VikerError
 from viker.eval.evaluate import EvalConfig, answer_logprobs, evaluate, mc_by_likelihood, option_frame
 from viker.eval.generate import generate
+from viker.eval.metrics import coherence_mean
 from viker.model import LoraSettings, apply_lora, load_model
 from viker.prompts import generation_prompt
 
@@ -216,10 +218,22 @@ def test_eval_command_writes_metrics_and_generations(tiny_dir, bench_dir, tmp_pa
                  "--max-new-tokens", "4", "--retain-limit", "3"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert PAPER_KEYS <= set(metrics)
-    lines = (out / "generations.jsonl").read_text().splitlines()
-    first = json.loads(lines[0])
-    assert {"question", "reference", "answer", "set", "task"} <= set(first)
-    assert (out / "config.json").is_file()
+    records = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert all({"question", "reference", "answer", "set", "task"} <= set(r) for r in records)
+    assert json.loads((out / "config.json").read_text())["command"] == "eval"
+
+    # every figure is what the recorded answers score: a reader can check metrics.json against them
+    def of(set_, task, image=None):
+        return [r for r in records if r["set"] == set_ and r["task"] == task and image in (None, r["image"])]
+
+    percent = lambda values: approx(100 * sum(values) / len(values), abs=0.005)  # noqa: E731 (printed to 0.01)
+    for set_ in ("forget", "test", "retain", "real"):
+        assert metrics[f"{set_}_acc"] == percent([r["hit"] for r in of(set_, "multiple_choice", True)])
+        assert metrics[f"{set_}_rougeL"] == percent([r["rougeL"] for r in of(set_, "generation")])
+    assert metrics["forget_acc_text"] == percent([r["hit"] for r in of("forget", "multiple_choice", False)])
+    assert metrics["forget_cloze"] == percent([r["hit"] for r in of("forget", "cloze")])
+    assert metrics["coherence"] == approx(coherence_mean(r["answer"] for r in of("forget", "generation")), abs=0.005)
+    assert len({r["profile"] for r in of("retain", "generation")}) == 3  # --retain-limit 3
 
 
 def test_a_scoped_evaluation_gives_the_full_evaluations_figures_for_what_it_computes(tiny, bench_dir):
