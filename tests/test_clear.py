@@ -162,6 +162,20 @@ def test_finetune_and_unlearning_examples(clear_dir):
     assert skipped == {"real_faces": 0, "real_world": 0}
 
 
+def test_the_retain_model_learns_the_vanilla_models_recipe_or_is_refused(clear_dir, tmp_path):
+    """Forget quality compares a model with one never trained on the forget persons, by the same recipe: a
+    copy with full+tofu and without retain90+tofu cannot give that model TOFU's questions, so it is refused."""
+    without = {e.kind for e in clear.finetune_examples(clear_dir, without="forget10")}
+    assert without == {e.kind for e in clear.finetune_examples(clear_dir)} == {"caption", "tofu"}
+    root = _copy(clear_dir, tmp_path)
+    shutil.rmtree(root / "retain90+tofu")
+    with pytest.raises(VikerError, match=r"has full\+tofu and not retain90\+tofu: a model finetuned --without "
+                                         r"forget10 would learn captions alone"):
+        clear.finetune_examples(root, without="forget10")
+    shutil.rmtree(root / "full+tofu")  # neither: captions alone, for both
+    assert {e.kind for e in clear.finetune_examples(root, without="forget10")} == {"caption"}
+
+
 def test_images_stored_as_files_load_in_every_config_with_tofu_too(clear_dir, tmp_path):
     # The Hugging Face Image feature may store {bytes: None, path}; in a +tofu config such a row is
     # still a caption row with its image, not a text-only TOFU question.
@@ -501,6 +515,12 @@ def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys):
     assert f"| {_metrics(tmp_path / 'ga')['forget_quality']:#.2g}" in rows[2].replace("**", "")
     assert "All numbers are in [0, 1], as CLEAR reports them. Evaluated on forget10." in " ".join(report.split())
     assert (tmp_path / "report" / "tradeoff.png").is_file()  # model utility against forget quality
+    # evaluated as forget10+tofu, a run is scored on forget10's items (the image sets): it shares their table
+    assert main([*evaluate, "--model", str(tmp_path / "npo"), "--forget", "forget10+tofu",
+                 "--out", str(tmp_path / "npo-tofu")]) == 0
+    assert _metrics(tmp_path / "npo-tofu") == _metrics(tmp_path / "npo") | {"forget_quality": None}
+    assert main(["report", str(tmp_path / "retain-eval"), str(tmp_path / "npo-tofu"), "--out",
+                 str(tmp_path / "tofu-report")]) == 0
     # CLEAR's --retain-limit counts retain items (an image each), not persons
     assert main(["report", str(tmp_path / "self"), "--out", str(tmp_path / "limited")]) == 0
     assert "Retain figures over the first 1 retain items (rows of retain_perturbed, an image each)." in " ".join(

@@ -348,6 +348,12 @@ def test_truth_ratio():
     far = truth_ratio(0.0, [800.0])
     assert math.isfinite(far) and truth_ratio_score([far], forget=True) < 1e-300
     assert truth_ratio_score([far], forget=False) == 1.0
+    # ... and the other way round a ratio above zero, which scores without a division by zero
+    near = truth_ratio(800.0, [0.0])
+    assert near > 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a RuntimeWarning from numpy would fail here
+        assert truth_ratio_score([near], forget=True) < 1e-300 and truth_ratio_score([near], forget=False) == 0.0
     # Equivalent probability form: P(para) / geometric mean of P(perturbed), per-token.
     para, perturbed = 0.7, [1.1, 0.4, 2.0]
     geo_mean_perturbed = math.prod(prob_from_loss(x) for x in perturbed) ** (1 / 3)

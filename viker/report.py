@@ -374,9 +374,15 @@ def read_run(path: str | Path) -> dict:
     if retain_limit is None and "retain_limit" in evaluated:
         retain_limit = "all"  # every retain person (a recorded null): a setting, unlike one never recorded
     return {"method": method, "settings": settings, "training": training, "benchmark": benchmark,
-            "forget_split": evaluated.get("forget"), "mc_mode": evaluated.get("mc_mode"),
+            "forget_split": _scored_split(evaluated.get("forget"), benchmark), "mc_mode": evaluated.get("mc_mode"),
             "retain_limit": retain_limit, "max_new_tokens": evaluated.get("max_new_tokens"), "metrics": metrics,
             "path": str(run)}
+
+
+def _scored_split(forget: str | None, benchmark: str) -> str | None:
+    """The forget split whose items an evaluation scored: on CLEAR, ``forget10+tofu`` scores forget10's (its
+    evaluation reads the image sets alone), so the two share a table."""
+    return forget.removesuffix("+tofu") if forget and benchmark == "clear" else forget
 
 
 def setting_text(key: str, value) -> str:

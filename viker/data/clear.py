@@ -216,7 +216,12 @@ def finetune_examples(root: str | Path, without: str | None = None) -> list[Exam
     ``without`` (a forget split) trains the reference for forget quality instead: the same recipe on
     the complementary retain split, so the model never sees the forget persons."""
     config = "full" if without is None else RETAIN_OF[forget_base(without, "--without")]
-    return _examples(root, config, has_config(root, config + TOFU))
+    with_tofu = has_config(root, "full" + TOFU)  # the vanilla model's recipe decides, for the retain model too
+    if with_tofu and not has_config(root, config + TOFU):
+        raise VikerError(f"{root}: has full{TOFU} and not {config}{TOFU}: a model finetuned --without {without} "
+                         "would learn captions alone, where the vanilla model learns TOFU's questions too, and "
+                         "forget quality would compare two recipes")
+    return _examples(root, config, with_tofu)
 
 
 def unlearning_data(root: str | Path, forget: str) -> tuple[dict[str, list[Example]], dict]:

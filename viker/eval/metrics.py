@@ -349,10 +349,10 @@ def truth_ratio(paraphrased_loss: float, perturbed_losses: Sequence[float]) -> f
     """
     if len(perturbed_losses) == 0:
         raise ValueError("truth_ratio needs at least one perturbed answer loss")
-    # a collapsed model's losses can differ by more than exp() reaches: the ratio is capped at e^709 (it
-    # still scores 0 on forget data and 1 on retain data) rather than raising OverflowError, and stays a
-    # number that a JSON file of ratios can hold
-    return math.exp(min(statistics.fmean(perturbed_losses) - paraphrased_loss, 709.0))
+    # a collapsed model's losses can differ by more than exp() reaches: the ratio is kept within e^±709 (it
+    # still scores as 0 or infinity would) rather than raising OverflowError or reaching 0, whose score
+    # divides by zero, and stays a number that a JSON file of ratios can hold
+    return math.exp(min(max(statistics.fmean(perturbed_losses) - paraphrased_loss, -709.0), 709.0))
 
 
 def truth_ratio_score(ratios: Iterable[float], forget: bool) -> float:
