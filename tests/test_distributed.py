@@ -258,5 +258,10 @@ def test_a_sharded_model_without_adapters_has_no_frozen_reference_and_says_so(ti
         ref = FrozenReference(lora, sharded=True)
         assert ref._fingerprint is not None  # taken before accelerate shards the weights
         assert ref.fingerprint() == FrozenReference(model, separate=model).fingerprint()  # adapters ignored
+        # a method that caches nothing (NPO, KL-Min) does not spend the seconds hashing every weight takes
+        uncached = FrozenReference(lora, sharded=True, cached=False)
+        assert uncached._fingerprint is None
+        with pytest.raises(RuntimeError, match="taken before sharding"):
+            uncached.fingerprint()
     finally:
         lora.unload()  # the session's tiny model is shared

@@ -90,6 +90,12 @@ def test_an_image_is_seen_as_a_viewer_shows_it(tmp_path):
     assert see(Image.new("RGBA", (4, 4), (0, 0, 0, 128))) == (127, 127, 127)
     assert see(Image.new("LA", (4, 4), (0, 0))) == (255, 255, 255)
     assert see(Image.fromarray(np.full((4, 4), 257 * 116, dtype=np.uint16))) == (116, 116, 116)
+    for mode, img in (("I;16B", Image.frombytes("I;16B", (4, 4), np.full((4, 4), 257 * 116, dtype=">u2").tobytes())),
+                      ("I", Image.new("I", (4, 4), 116))):  # a big-endian 16-bit TIFF; 32-bit holding 8-bit levels
+        buffer = io.BytesIO()
+        img.save(buffer, "TIFF")
+        assert Image.open(io.BytesIO(buffer.getvalue())).mode == mode
+        assert decode_image(buffer.getvalue()).getpixel((0, 0)) == (116, 116, 116)
     assert see(Image.new("RGB", (4, 4), (1, 2, 3))) == (1, 2, 3) and see(Image.new("L", (4, 4), 77)) == (77, 77, 77)
 
 

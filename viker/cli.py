@@ -368,7 +368,8 @@ def parser() -> argparse.ArgumentParser:
                     help="reference images: people | patterns | scenes | pets | forget | retain | a folder of images")
     kt.add_argument("--epsilon", type=float, default=0.5, help="entropy threshold (nats) for key tokens")
     kt.add_argument("--lam", type=float, help="ViKeR's λ of a run: the page underlines the tokens that run forgets "
-                                              "(above 1, those with R̂(y) < 1/λ; at most 1, every token)")
+                                              "(above 1, those with R̂(y) < 1/λ; at most 1, every token), as its "
+                                              "default loss does (--regularizer kl, no --ablation)")
     kt.add_argument("--cache-dir", help="where reference distributions are cached (default $VIKER_CACHE, else "
                                         "~/.cache/viker)")
     kt.add_argument("--seed", type=int, default=0,

@@ -122,7 +122,9 @@ def ref_prob_summary(rows: list[TokenEntropy]) -> str:
 
 def forgotten(p: float, lam: float | None) -> bool:
     """Whether ViKeR at ``lam`` forgets a token whose reference probability is ``p``: above λ = 1 a token
-    with λ·R̂(y) ≥ 1 has a resting point its loss holds it at; at λ ≤ 1 none has, and every token is ascended."""
+    with λ·R̂(y) ≥ 1 has a resting point its loss holds it at; at λ ≤ 1 none has, and every token is ascended.
+    This is ViKeR's default loss (KL regulariser, with the ascent term); other regularisers rest elsewhere,
+    and without the ascent term (``--ablation no_ga``) every token rests."""
     return lam is not None and (lam <= 1 or lam * p < 1)
 
 
@@ -134,7 +136,7 @@ def _lam_sentence(rows: list[TokenEntropy], lam: float | None) -> str:
         return (f"At λ = {lam:g} no token has a resting point: ViKeR ascends every answer token, the key tokens "
                 "hardest, so all are underlined.")
     return (f"<u>Underlined</u>: the {n} tokens a ViKeR run at λ = {lam:g} forgets (R̂(y) &lt; 1/λ = {1 / lam:.3g}); "
-            "it holds each of the others at a resting point.")
+            "it holds each of the others at a resting point (with its default KL regulariser and ascent term).")
 
 
 def write_html(rows: list[TokenEntropy], path: Path, epsilon: float, title: str, lam: float | None = None) -> None:

@@ -180,7 +180,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     ctx = UnlearnContext(
         model=model, processor=processor, collate=collate, data=data,
         # θ_full; with full tuning a copy of the weights, so only for a method that reads it (default: every one)
-        reference=FrozenReference(model, separate=model if wraps else None, sharded=sharded)
+        reference=FrozenReference(model, separate=model if wraps else None, sharded=sharded,
+                                  cached=getattr(method, "caches_reference", False))
         if getattr(method, "needs_reference", True) else None,
         data_dir=Path(cfg.data), cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(),
         seed=cfg.train.seed, progress=progress and accelerator.is_main_process,

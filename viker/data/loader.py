@@ -196,10 +196,10 @@ def image_bytes(value: dict | None, source: str) -> bytes:
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """An image as the model sees it, in 8-bit RGB: a transparent background on white (as transformers'
-    ``convert_to_rgb`` puts it; a bare convert would make it black), 16-bit greyscale scaled to 8 bits (a
-    bare convert clips it to white)."""
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
-        img = img.point(lambda v: v / 257, "I").convert("L")  # 0..65535 -> 0..255
+    ``convert_to_rgb`` puts it; a bare convert would make it black), 16-bit greyscale (32-bit integers
+    beyond 255 read as 16-bit levels) scaled to 8 bits (a bare convert clips it to white)."""
+    if img.mode.startswith("I;16") or (img.mode == "I" and img.getextrema()[1] > 255):
+        img = img.convert("I").point(lambda v: v / 257, "I").convert("L")  # 0..65535 -> 0..255
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
         img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img.convert("RGBA"))
     return img.convert("RGB")

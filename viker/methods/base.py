@@ -42,16 +42,20 @@ class FrozenReference:
     Several processes: under DDP ``model`` is the module inside the DDP wrapper (reference passes
     need no gradient synchronisation); under FSDP (version 2) or DeepSpeed it is the sharded module
     itself, whose forward gathers the shards, so every process must run the same reference passes.
-    ``sharded=True`` says the model will be sharded: its fingerprint is taken now, while each process
-    still holds whole weights, and full finetuning has no reference (a copy of a sharded module would
-    not be an independent model); using it is then an error.
+    ``sharded=True`` says the model will be sharded: full finetuning then has no reference (a copy of a
+    sharded module would not be an independent model), and using it is an error. ``cached=True`` says
+    what the reference gives will be cached under its fingerprint (ViKeR's R̂): with ``sharded``, the
+    fingerprint is taken now, while each process still holds whole weights (hashing them takes seconds a
+    method that caches nothing need not spend).
     """
 
-    def __init__(self, model: torch.nn.Module, separate: torch.nn.Module | None = None, sharded: bool = False):
+    def __init__(self, model: torch.nn.Module, separate: torch.nn.Module | None = None, sharded: bool = False,
+                 cached: bool = True):
         self._model = model
         self._copy = separate
         self._fingerprint = None
         self._unavailable = None
+        self._sharded_unhashed = sharded and not cached
         if separate is None and not hasattr(model, "disable_adapter"):
             if sharded:
                 self._unavailable = ("full tuning under FSDP or DeepSpeed has no frozen reference model (a copy "
@@ -59,7 +63,7 @@ class FrozenReference:
                                      "without one (ga, graddiff)")
             else:
                 self._copy = copy.deepcopy(model).eval().requires_grad_(False)
-        if sharded and self._unavailable is None:
+        if sharded and cached and self._unavailable is None:
             self.fingerprint()
 
     def network_for_fingerprint(self) -> torch.nn.Module:
@@ -74,6 +78,9 @@ class FrozenReference:
         """The frozen weights' fingerprint (viker.methods.reference.model_fingerprint), taken once."""
         if self._fingerprint is None:
             from viker.methods.reference import model_fingerprint
+
+            if self._sharded_unhashed:
+                raise RuntimeError("the fingerprint of a sharded model is taken before sharding: pass cached=True")
 
             # a separate copy answers with whatever adapters it carries; the shared network switches its off
             self._fingerprint = model_fingerprint(self.network_for_fingerprint(), adapters=self._copy is not None)

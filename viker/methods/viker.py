@@ -46,6 +46,7 @@ class ViKeR:
     topk: int | None = -1  # -1: full storage up to FULL_VOCAB_LIMIT tokens, else 1024; None: always full
     forget_split: str | None = None
     streams = ("forget",)
+    caches_reference = True  # R̂ is cached under the frozen reference's fingerprint
 
     def __post_init__(self):
         if not self.lam >= 0.0:
