@@ -139,7 +139,7 @@ class Collator:
             return_tensors="pt",
             padding=True,
             padding_side=self.padding_side,
-            **({} if self.add_special_tokens else {"add_special_tokens": False}),  # as asked only when it is news
+            **({} if self.add_special_tokens else {"add_special_tokens": False}),  # passed only when not the default
         )
         batch = dict(batch)
         if self.max_length is not None:
