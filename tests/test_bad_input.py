@@ -389,3 +389,26 @@ def test_an_out_folder_the_system_refuses_is_one_line_naming_it(tmp_path, capsys
     assert main(["data", "synth", "--profiles", "10", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip() == f"error: {out}: File name too long"
+
+
+def test_an_interrupted_run_says_what_it_left_and_how_to_go_on(tiny_dir, bench_dir, tmp_path, capsys, monkeypatch):
+    """Ctrl-C in the middle of training: the folder holds an unfinished run, and the line says so and names the
+    option that goes on from it; evaluating it says it is unfinished."""
+    import viker.unlearn
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(viker.unlearn, "train", stopped)
+    out = tmp_path / "run"
+    assert main([*UNLEARN, "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(out)]) == 130
+    assert capsys.readouterr().err.endswith(f"\ninterrupted: {out} holds the unfinished run; --overwrite starts it "
+                                            "again (--checkpoint-every N keeps checkpoints to --resume from)\n")
+    assert main(["eval", "--model", str(out), "--data", str(bench_dir), "--out", str(tmp_path / "e")]) == 2
+    assert "run with no model in it (unfinished: still running, or stopped" in capsys.readouterr().err
+
+
+def test_a_run_written_into_the_folder_it_reads_is_named_so(bench_dir, tmp_path, capsys):
+    code = main(["finetune", "--model", "tiny", "--data", str(bench_dir), "--out", str(bench_dir)])
+    assert code == 2
+    assert f"--out {bench_dir}: is {bench_dir}, which this run reads (--model or --data)" in capsys.readouterr().err

@@ -418,7 +418,24 @@ def _home_expanded(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def _interrupted(args: argparse.Namespace | None) -> str:
+    """What a run stopped by Ctrl-C leaves, and how to go on from it."""
+    from pathlib import Path
+
+    from viker.runs import CHECKPOINT
+
+    out = getattr(args, "out", None)
+    if getattr(args, "command", None) not in ("finetune", "unlearn") or not (out and Path(out, "config.json").exists()):
+        return "interrupted"
+    if Path(out, CHECKPOINT).is_dir():
+        on = "--resume continues it from its last checkpoint, --overwrite starts it again"
+    else:
+        on = "--overwrite starts it again (--checkpoint-every N keeps checkpoints to --resume from)"
+    return f"interrupted: {out} holds the unfinished run; {on}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = None
     try:
         args = _home_expanded(parser().parse_args(argv))
         args.func(args)
@@ -426,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(_interrupted(args), file=sys.stderr)
         return 130
     except OSError as e:  # an --out that is a file, a read-only folder, a full disk, a name too long
         where = f"{e.filename}: " if e.filename else ""

@@ -200,14 +200,16 @@ def _folder_to_replace(out: Path, resume: bool, overwrite: bool, reads: Sequence
     if resume or not out.is_dir() or not any(out.iterdir()):
         return False
     command = read_configs(out)[0].get("command")
+    root = out.resolve()
     if command is None:
-        raise VikerError(f"--out {out}: holds files of something other than a run (a model?); choose a new or "
-                         "empty folder")
+        read = next((str(p) for p in reads if Path(p).exists() and Path(p).resolve() == root), None)
+        what = f"is {read}, which this run reads (--model or --data)" if read else \
+            "holds files of something other than a run (a model?)"
+        raise VikerError(f"--out {out}: {what}; choose a new or empty folder")
     if not overwrite:
         stopped = bool(checkpoints(out))
         raise VikerError(f"--out {out}: holds a `viker {command}` run already; choose another folder, or "
                          f"--overwrite to replace it{' (or --resume to continue it)' if stopped else ''}")
-    root = out.resolve()
     inside = [str(p) for p in reads if Path(p).exists() and root in (Path(p).resolve(), *Path(p).resolve().parents)]
     if inside:
         raise VikerError(f"--out {out}: --overwrite would remove {inside[0]}, which this run reads")
