@@ -412,3 +412,30 @@ def test_a_run_written_into_the_folder_it_reads_is_named_so(bench_dir, tmp_path,
     code = main(["finetune", "--model", "tiny", "--data", str(bench_dir), "--out", str(bench_dir)])
     assert code == 2
     assert f"--out {bench_dir}: is {bench_dir}, which this run reads (--model or --data)" in capsys.readouterr().err
+
+
+def test_a_benchmark_or_report_is_written_only_where_it_belongs(tmp_path, capsys):
+    """`data synth` writes into a new or empty folder, or (--overwrite) over a benchmark, whole; `report` never
+    into a run's or an evaluation's folder, where its files would sit among the run's own."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine\n")
+    assert main(["data", "synth", "--profiles", "10", "--out", str(notes)]) == 2
+    assert f"--out {notes}: holds files other than a benchmark" in capsys.readouterr().err
+    assert sorted(p.name for p in notes.iterdir()) == ["todo.txt"]
+
+    bench = tmp_path / "bench"
+    assert main(["data", "synth", "--profiles", "20", "--out", str(bench)]) == 0
+    assert main(["data", "synth", "--profiles", "10", "--out", str(bench)]) == 2
+    assert "holds a benchmark already; choose another folder, or --overwrite" in capsys.readouterr().err
+    assert main(["data", "synth", "--profiles", "10", "--out", str(bench), "--overwrite"]) == 0
+    from viker.data.loader import load_profiles
+
+    assert len(load_profiles(bench, "Full_Set")) == 10
+
+    run = tmp_path / "evaluated"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"forget_acc": 50.0, "retain_rougeL": 40.0}))
+    assert main(["report", str(run), "--out", str(run)]) == 2
+    assert f"--out {run}: a run's or an evaluation's folder" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.json"]

@@ -13,9 +13,21 @@ from viker.presets import REAL_TRAIN, REAL_UNLEARN, TINY_TRAIN, TINY_UNLEARN, Tr
 
 
 def _synth(args) -> None:
-    from viker.data.synth import SynthConfig, build_benchmark
+    import shutil
 
-    counts = build_benchmark(args.out, SynthConfig(seed=args.seed, profiles=args.profiles))
+    from viker.data.loader import has_config
+    from viker.data.synth import SynthConfig, build_benchmark
+    from viker.runs import out_folder
+
+    out = out_folder(args.out)
+    if out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
+        if not has_config(out, "Full_Set"):
+            raise VikerError(f"--out {out}: holds files other than a benchmark; choose a new or empty folder")
+        if not args.overwrite:
+            raise VikerError(f"--out {out}: holds a benchmark already; choose another folder, or --overwrite to "
+                             "replace it (models trained on it would no longer match its data)")
+        shutil.rmtree(out)
+    counts = build_benchmark(out, SynthConfig(seed=args.seed, profiles=args.profiles))
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
@@ -258,6 +270,7 @@ def parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0, help="seed of the people, their faces and their facts")
     synth.add_argument("--profiles", type=int, default=100,
                        help="fictitious people (10 or more, so that forget_5 has someone)")
+    synth.add_argument("--overwrite", action="store_true", help="replace the benchmark already in --out")
     synth.set_defaults(func=_synth)
 
     ft = _command(sub, "finetune", "train the vanilla model on every person of the benchmark",

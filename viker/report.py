@@ -441,6 +441,10 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
 
     if not paths:
         raise VikerError("give at least one evaluated run folder")
+    from viker.runs import out_folder
+
+    if any((out_folder(out) / name).is_file() for name in ("config.json", "metrics.json")):
+        raise VikerError(f"--out {out}: a run's or an evaluation's folder; write the report into a folder of its own")
     # the references (vanilla, retain model) first, as papers list them; the runs in the order given
     rows = sorted((read_run(p) for p in paths), key=lambda r: r["method"] not in REFERENCES)
     benchmark = _one_value(rows, "benchmark", "benchmarks")
