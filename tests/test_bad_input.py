@@ -439,3 +439,18 @@ def test_a_benchmark_or_report_is_written_only_where_it_belongs(tmp_path, capsys
     assert main(["report", str(run), "--out", str(run)]) == 2
     assert f"--out {run}: a run's or an evaluation's folder" in capsys.readouterr().err
     assert sorted(p.name for p in run.iterdir()) == ["metrics.json"]
+
+
+def test_a_vanilla_model_that_recalls_nothing_is_said_to(bench_dir, tmp_path, capsys, monkeypatch):
+    """A finetune too short to teach the people anything is no model to unlearn: the command says so."""
+    import viker.finetune
+
+    recalled = {"full_image_exact": 0.0, "full_name_exact": 0.0, "real_image_exact": 0.0, "real_name_exact": 0.0}
+    monkeypatch.setattr(viker.finetune, "run_finetune", lambda cfg, **kw: recalled)
+    assert main(["finetune", "--data", str(bench_dir), "--epochs", "3", "--out", str(tmp_path / "v")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the model recalls none of the fictitious people's answers word for word" in err
+    assert "train longer (--epochs, 3 here)" in err
+    recalled["full_image_exact"] = 10.0
+    assert main(["finetune", "--data", str(bench_dir), "--epochs", "3", "--out", str(tmp_path / "v")]) == 0
+    assert "warning" not in capsys.readouterr().err
