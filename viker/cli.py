@@ -50,9 +50,10 @@ def _finetune(args) -> None:
     metrics = run_finetune(cfg, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps(metrics, indent=2))
     if metrics.get("full_image_exact") == 0 and metrics.get("full_name_exact") == 0:
+        budget = f"--max-steps {cfg.train.max_steps}" if cfg.train.max_steps else f"--epochs {cfg.train.epochs:g}"
         print(f"warning: the model recalls none of the fictitious people's answers word for word (full_image_exact "
-              f"and full_name_exact are 0): unlearning it would have nothing to remove; train longer (--epochs, "
-              f"{cfg.train.epochs:g} here)", file=sys.stderr)
+              f"and full_name_exact are 0): unlearning it would have nothing to remove; train longer ({budget} "
+              "here)", file=sys.stderr)
 
 
 def _given(**values) -> dict:
