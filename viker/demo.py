@@ -361,10 +361,12 @@ def keeps_more(v: dict, g: dict) -> bool:
     return not behind(v, g)
 
 
+KEPT = {"Retain R-L": "retain_rougeL", "coherence": "coherence"}  # what the claim asks ViKeR to keep more of
+
+
 def behind(v: dict, g: dict) -> list[str]:
     """The kept measures (Retain R-L, coherence) on which metrics ``v`` are not higher than ``g``, as printed."""
-    return [name for name, key in (("Retain R-L", "retain_rougeL"), ("coherence", "coherence"))
-            if round(v[key], 1) <= round(g[key], 1)]
+    return [name for name, key in KEPT.items() if round(v[key], 1) <= round(g[key], 1)]
 
 
 def p_text(p: float) -> str:
@@ -410,6 +412,9 @@ def viker_vs_ga(v: dict, g: dict, where: str = "on this run", questions: int | N
                  if held else f" It fails on Forget ACC alone: {odds}, so ViKeR's is higher.")
     if lagging := behind(v, g):  # say which part of the claim fails; a tie (both at the ceiling, say) is no more
         text += f" ViKeR's {' and '.join(lagging)} {'is' if len(lagging) == 1 else 'are'} not higher than GA's."
+        if v["forget_acc"] < g["forget_acc"] and all(round(v[KEPT[n]], 1) == round(g[KEPT[n]], 1) for n in lagging):
+            text += (" Its Forget ACC is the lower at the same figures there: it forgets more for no less retention, "
+                     "but the claim asks for more.")
     return text
 
 
