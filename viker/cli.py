@@ -156,8 +156,8 @@ def _keytokens(args) -> None:
                          args.cache_dir, args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
                          seed=args.seed, lam=args.lam, benchmark=args.benchmark)
     n_key = sum(h > args.epsilon for r in rows for h in r.entropy)
-    gone = "" if args.lam is None else \
-        f", {sum(forgotten(p, args.lam) for r in rows for p in r.ref_prob)} forgotten at λ = {args.lam:g}"
+    n_gone = None if args.lam is None else sum(forgotten(p, args.lam) for r in rows for p in r.ref_prob)
+    gone = "" if n_gone is None else f", {n_gone} forgotten at λ = {args.lam:g} (underlined on the page)"
     shown = f" (the PNG shows the first {PNG_ANSWERS})" if len(rows) > PNG_ANSWERS else ""
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}: {n_key} key tokens{gone} in {len(rows)} "
           f"answers{shown}")
