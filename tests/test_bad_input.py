@@ -258,7 +258,7 @@ def test_an_out_that_is_a_file_or_a_folder_for_a_page(tiny_dir, bench_dir, tmp_p
     (run / "metrics.json").write_text(json.dumps({"forget_acc": 50.0, "retain_rougeL": 40.0}))
     assert main(["report", str(run), "--out", str(taken)]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith(f"error: {taken}")
+    assert errors == [f"error: --out {taken}: a file, not a folder"]  # in the words of every other command
     assert taken.read_text() == "mine\n"
     page = tmp_path / "pages"
     assert main(["keytokens", *common, "--out", f"{page}/"]) == 2
