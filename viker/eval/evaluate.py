@@ -212,13 +212,13 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfi
     ``sets``: :func:`eval_sets` already read (a command reads them before loading the model)."""
     records: list[dict] = []
     metrics: dict[str, float] = {}
-    gen_kw = dict(batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, progress=False)
+    gen_kw = dict(batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, progress=progress)
     answered: dict[tuple, str] = {}  # (prompt, image, max_new_tokens) -> greedy answer, computed once
 
-    def answers(examples: list[Example], **kw) -> list[str]:
+    def answers(examples: list[Example], desc: str, **kw) -> list[str]:
         keys = [(ex.question, ex.image, kw.get("max_new_tokens", cfg.max_new_tokens)) for ex in examples]
         todo = {key: ex for key, ex in zip(keys, examples) if key not in answered}
-        fresh = generate(model, processor, list(todo.values()), **{**gen_kw, **kw})
+        fresh = generate(model, processor, list(todo.values()), desc=desc, **{**gen_kw, **kw})
         answered.update(zip(todo, fresh))
         return [answered[key] for key in keys]
 
@@ -229,7 +229,7 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfi
         # generation questions: ROUGE, BLEU, coherence
         if "generation" in tasks:
             gens = generation_examples(s.profiles, s.image_index)
-            replies = answers(gens)
+            replies = answers(gens, f"{s.name}: generation")
             rouge = [M.rouge(a, ex.answer) for a, ex in zip(replies, gens)]
             for key in ("rouge1", "rouge2", "rougeL"):
                 metrics[f"{s.name}_{key}"] = M.mean_percent(r[key] for r in rouge)
@@ -246,14 +246,14 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfi
             questions = [(q, p.images[s.image_index] if q.with_image else None) for p in s.profiles for q in p.mc]
             if cfg.mc_mode == "letter":
                 prompts = [Example(mc_prompt(q.question, q.options), "", img) for q, img in questions]
-                replies = answers(prompts, max_new_tokens=8)
+                replies = answers(prompts, f"{s.name}: multiple choice", max_new_tokens=8)
                 choices = [M.parse_choice(r) for r in replies]
                 # a reply with no letter in it counts as wrong: say how many, so that 0 is not read as forgetting
                 metrics[f"{s.name}_unparsed"] = M.mean_percent(c is None for c in choices)
             else:
                 prompts = [Example(generation_prompt(q.question), "", img) for q, img in questions]
                 # the generation questions' answers are reused when they have the same length
-                replies = answers(prompts, max_new_tokens=cfg.frame_max_new_tokens)
+                replies = answers(prompts, f"{s.name}: multiple choice", max_new_tokens=cfg.frame_max_new_tokens)
                 choices = mc_by_likelihood(model, processor, questions, replies, cfg.batch_size)
             hits = [c == q.answer for c, (q, _) in zip(choices, questions)]
             # `_acc` is the image+text (VQA) accuracy, what ViKeR's table reports: the model is asked about
@@ -272,7 +272,7 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfi
         # cloze
         if "cloze" in tasks:
             clozes = cloze_examples([replace(p, images=(p.images[s.image_index],)) for p in s.profiles])
-            replies = answers(clozes, max_new_tokens=cfg.cloze_max_new_tokens)
+            replies = answers(clozes, f"{s.name}: cloze", max_new_tokens=cfg.cloze_max_new_tokens)
             hits = [M.cloze_correct(r, ex.answer) for r, ex in zip(replies, clozes)]
             metrics[f"{s.name}_cloze"] = M.mean_percent(hits)
             metrics.update(_by_question_type(f"{s.name}_cloze", hits, clozes))
