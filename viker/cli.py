@@ -16,13 +16,16 @@ def _synth(args) -> None:
     import shutil
 
     from viker.data.loader import has_config
-    from viker.data.synth import SynthConfig, build_benchmark
+    from viker.data.synth import SynthConfig, benchmark_entries, build_benchmark
     from viker.runs import out_folder
 
     out = out_folder(args.out)
-    if out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
-        if not has_config(out, "Full_Set"):
-            raise VikerError(f"--out {out}: holds files other than a benchmark; choose a new or empty folder")
+    present = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else []
+    if present:
+        other = [name for name in present if name not in benchmark_entries()]
+        if other or not has_config(out, "Full_Set"):
+            raise VikerError(f"--out {out}: holds files other than a benchmark{f' ({other[0]}, ...)' if other else ''}"
+                             "; choose a new or empty folder")
         if not args.overwrite:
             raise VikerError(f"--out {out}: holds a benchmark already; choose another folder, or --overwrite to "
                              "replace it (models trained on it would no longer match its data)")

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from viker.data.schema import (
+    CONFIGS,
     FORGET_SPLITS,
     IMAGE_TEXTUAL,
     LETTERS,
@@ -128,6 +129,14 @@ def write_config(out: Path, config: str, rows: list[dict]) -> Path:
     table = pa.Table.from_pylist(rows, schema=schema_for(config))
     pq.write_table(table, path, compression="zstd", store_schema=True)
     return path
+
+
+REF_POOLS = ("ref_people", "ref_patterns", "ref_scenes", "ref_pets")
+
+
+def benchmark_entries() -> set[str]:
+    """The names :func:`build_benchmark` writes at the top of its folder (and nothing else)."""
+    return {*CONFIGS, PRETRAIN_CONFIG, *REF_POOLS, "preview.png", "README.md"}
 
 
 def build_benchmark(out: str | Path, cfg: SynthConfig = SynthConfig(), progress: bool = True) -> dict:
