@@ -408,6 +408,20 @@ def test_an_interrupted_run_says_what_it_left_and_how_to_go_on(tiny_dir, bench_d
     assert "run with no model in it (unfinished: still running, or stopped" in capsys.readouterr().err
 
 
+def test_an_interruption_before_an_overwrite_removed_anything_calls_nothing_unfinished(tmp_path):
+    """--overwrite removes the finished run only once every check has passed: stopped before that, the folder
+    still holds it, finished, and the line does not say otherwise."""
+    from argparse import Namespace
+
+    from viker.cli import _interrupted
+
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"command": "unlearn"}))
+    assert _interrupted(Namespace(command="unlearn", out=str(run))) == "interrupted"
+    assert _interrupted(None) == "interrupted"  # stopped while the command line was read
+
+
 def test_a_run_written_into_the_folder_it_reads_is_named_so(bench_dir, tmp_path, capsys):
     code = main(["finetune", "--model", "tiny", "--data", str(bench_dir), "--out", str(bench_dir)])
     assert code == 2
@@ -428,10 +442,11 @@ def test_a_benchmark_or_report_is_written_only_where_it_belongs(tmp_path, capsys
     assert main(["data", "synth", "--profiles", "20", "--out", str(bench)]) == 0
     assert main(["data", "synth", "--profiles", "10", "--out", str(bench)]) == 2
     assert "holds a benchmark already; choose another folder, or --overwrite" in capsys.readouterr().err
+    (bench / ".git").mkdir()  # what is hidden is not the benchmark's, and stays
     assert main(["data", "synth", "--profiles", "10", "--out", str(bench), "--overwrite"]) == 0
     from viker.data.loader import load_profiles
 
-    assert len(load_profiles(bench, "Full_Set")) == 10
+    assert len(load_profiles(bench, "Full_Set")) == 10 and (bench / ".git").is_dir()
     (bench / "vanilla").mkdir()  # a run kept inside the benchmark's folder is never removed with it
     assert main(["data", "synth", "--profiles", "10", "--out", str(bench), "--overwrite"]) == 2
     assert f"--out {bench}: holds files other than a benchmark (vanilla, ...)" in capsys.readouterr().err
@@ -443,6 +458,11 @@ def test_a_benchmark_or_report_is_written_only_where_it_belongs(tmp_path, capsys
     assert main(["report", str(run), "--out", str(run)]) == 2
     assert f"--out {run}: a run's or an evaluation's folder" in capsys.readouterr().err
     assert sorted(p.name for p in run.iterdir()) == ["metrics.json"]
+    demo = tmp_path / "demo"  # the demo's folder holds its own report.md, results.json and tradeoff.png
+    demo.mkdir()
+    (demo / "synth.json").write_text("{}")
+    assert main(["report", str(run), "--out", str(demo)]) == 2
+    assert f"--out {demo}: a demo's folder" in capsys.readouterr().err and not (demo / "report.md").exists()
 
 
 def test_a_vanilla_model_that_recalls_nothing_is_said_to(bench_dir, tmp_path, capsys, monkeypatch):

@@ -29,7 +29,11 @@ def _synth(args) -> None:
         if not args.overwrite:
             raise VikerError(f"--out {out}: holds a benchmark already; choose another folder, or --overwrite to "
                              "replace it (models trained on it would no longer match its data)")
-        shutil.rmtree(out)
+        for name in present:  # the benchmark's own entries, each of them; the folder and anything hidden stay
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
+            else:
+                (out / name).unlink()
     counts = build_benchmark(out, SynthConfig(seed=args.seed, profiles=args.profiles))
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
@@ -405,7 +409,8 @@ def parser() -> argparse.ArgumentParser:
                   "--max-new-tokens. A viker finetune "
                   "model is the vanilla row (with --without, the retain model's).")
     rp.add_argument("runs", nargs="+", metavar="RUN", help="an evaluated run folder, in the order of the table's rows")
-    rp.add_argument("--out", required=True, help="the folder to write")
+    rp.add_argument("--out", required=True, help="the folder to write, of its own (a run's, an evaluation's or a "
+                                                 "demo's folder is refused)")
     rp.add_argument("--title", help="the report's title (default: the forget split)")
     rp.set_defaults(func=_report)
     dm = _command(sub, "demo", "the whole comparison on the embedded benchmark, offline on a CPU",
@@ -443,12 +448,14 @@ def _interrupted(args: argparse.Namespace | None) -> str:
     """What a run stopped by Ctrl-C leaves, and how to go on from it."""
     from pathlib import Path
 
-    from viker.runs import CHECKPOINT
+    from viker.runs import checkpoints
 
     out = getattr(args, "out", None)
     if getattr(args, "command", None) not in ("finetune", "unlearn") or not (out and Path(out, "config.json").exists()):
         return "interrupted"
-    if Path(out, CHECKPOINT).is_dir():
+    if any(Path(out, name).exists() for name in ("model", "cagul", "metrics.json")):
+        return "interrupted"  # before an --overwrite removed the finished run: it is there as it was
+    if checkpoints(out):
         on = "--resume continues it from its last checkpoint, --overwrite starts it again"
     else:
         on = "--overwrite starts it again (--checkpoint-every N keeps checkpoints to --resume from)"
