@@ -65,7 +65,9 @@ def test_the_7b_shape_path_runs_on_a_cpu_at_its_mini_size(costs, bench_dir, tmp_
         logging.set_verbosity(verbosity)
         logging.enable_progress_bar()
     assert r["settings"]["shape"] == "llava-7b-mini"
-    assert r["ga"]["seconds_per_step"] > 0 and r["viker"]["seconds_per_step"] > 0
+    for method in ("ga", "viker"):  # a difference of two short timings: its sign is noise on a busy machine
+        assert r[method]["short"]["train_s"] > 0 and r[method]["long"]["train_s"] > 0
+        assert math.isfinite(r[method]["seconds_per_step"])
     assert r["generation"]["batched"]["prompts"] > 0
 
 
