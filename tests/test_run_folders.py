@@ -155,6 +155,43 @@ def test_a_resumed_run_goes_on_with_the_settings_it_started_with(tiny_dir, bench
     assert main(relative) == 2 and "no checkpoint to resume from" in _error(capsys)
     recorded = json.loads(config)["unlearn"]
     assert (recorded["data"], recorded["out"]) == (str(bench_dir.resolve()), str(run.resolve()))
+    # a run folder moved (or copied to another machine) goes on where it is now
+    shutil.move(run, tmp_path / "moved")
+    moved = [*unlearn[:-1], str(tmp_path / "moved"), "--method", "ga", "--resume"]
+    assert main(moved) == 2 and "no checkpoint to resume from" in _error(capsys)
+
+
+def test_a_checkpoint_rotation_stopped_midway_neither_blocks_the_next_nor_outlives_the_run(tmp_path):
+    """Killed between its two renames, a rotation leaves checkpoint.old beside the new checkpoint: the next
+    checkpoint is still written, and a finished run keeps no checkpoint that --resume would take up."""
+    from viker.runs import checkpoints
+    from viker.train import discard_checkpoint, save_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    save_checkpoint(tmp_path, model, optimizer, scheduler, 1, [])
+    shutil.copytree(tmp_path / CHECKPOINT, tmp_path / f"{CHECKPOINT}.old")
+    save_checkpoint(tmp_path, model, optimizer, scheduler, 2, [])
+    assert [torch.load(p / "state.pt", weights_only=True)["step"] for p in checkpoints(tmp_path)] == [2]
+    shutil.copytree(tmp_path / CHECKPOINT, tmp_path / f"{CHECKPOINT}.old")
+    discard_checkpoint(tmp_path)
+    assert checkpoints(tmp_path) == []
+
+
+def test_data_files_in_a_linked_folder_are_recorded_as_the_loader_reads_them(bench_dir, tmp_path):
+    """A benchmark folder whose split lives elsewhere behind a link: its files are hashed, so that --resume sees
+    them change."""
+    from viker.data.loader import config_files
+    from viker.runs import file_hashes
+
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    shutil.copytree(bench_dir, data)
+    shutil.move(data / "forget_10", elsewhere)
+    (data / "forget_10").symlink_to(elsewhere, target_is_directory=True)
+    recorded = file_hashes(data)
+    assert {str(p.relative_to(data)) for p in config_files(data, "forget_10")} <= set(recorded)
+    assert recorded == file_hashes(bench_dir)  # the same files, wherever they lie
 
 
 def test_a_resumed_run_reads_the_data_files_it_started_with(tiny_dir, bench_dir, tmp_path, capsys):

@@ -72,11 +72,29 @@ def machine() -> dict[str, str]:
             "threads": str(torch.get_num_threads())}
 
 
+def _matching(root: Path, pattern: str) -> list[Path]:
+    """The files under ``root`` that ``pattern`` names; ``**/NAME`` goes into linked folders too (as the data
+    loader does), each real folder once."""
+    if not pattern.startswith("**/"):
+        return sorted(root.glob(pattern))
+    import fnmatch
+
+    found, seen = [], set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back up the tree
+            subfolders.clear()
+            continue
+        seen.add(real)
+        found += [Path(folder, name) for name in files if fnmatch.fnmatch(name, pattern[3:])]
+    return sorted(found)
+
+
 def file_hashes(root: str | Path, pattern: str = "**/*.parquet") -> dict[str, str]:
     """sha256 of every data file a run read, so a result can be traced to its exact inputs."""
     root = Path(root)
     hashes = {}
-    for path in sorted(root.glob(pattern)):
+    for path in _matching(root, pattern):
         h = hashlib.sha256()
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -166,6 +166,7 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, step: int, histo
                 "history": history, "rng_by_process": rng_states, "pending": pending or {},
                 **({"scaler": scaler.state_dict()} if scaler is not None else {})}, tmp / "state.pt")
     if final.exists():
+        shutil.rmtree(old, ignore_errors=True)  # left by a rotation stopped after its last step: final is newer
         final.replace(old)
     tmp.replace(final)
     shutil.rmtree(old, ignore_errors=True)
@@ -216,7 +217,8 @@ def _folder_to_replace(out: Path, resume: bool, overwrite: bool, reads: Sequence
     return True
 
 
-RESUME_FREE = ("cache_dir", "device", "trust_remote_code", "checkpoint_every")  # what a resumed run may change
+# what a resumed run may change; `out` too: a run folder moved or copied elsewhere (a pre-empted job) goes on there
+RESUME_FREE = ("cache_dir", "device", "trust_remote_code", "checkpoint_every", "out")
 
 
 def check_resume(out: str | Path, command: str, settings: dict, data_dir: str | Path | None = None,
@@ -559,5 +561,7 @@ def finish_run(prepared: Prepared, run_dir: str | Path, records: dict[str, Any],
 
 
 def discard_checkpoint(run_dir: str | Path) -> None:
-    """Once the finished model is saved, its checkpoint is no longer needed."""
-    shutil.rmtree(Path(run_dir) / CHECKPOINT, ignore_errors=True)
+    """Once the finished model is saved, its checkpoints are no longer needed: the last, and the one before it
+    that a rotation stopped midway leaves (``--resume`` would take it for a run still to finish)."""
+    for name in (CHECKPOINT, f"{CHECKPOINT}.old", f"{CHECKPOINT}.tmp"):
+        shutil.rmtree(Path(run_dir) / name, ignore_errors=True)
