@@ -603,7 +603,7 @@ The embedded benchmark's {s['forget']}: {s['examples']} forget examples, {s['ste
 (LoRA r={s['lora']['r']}, lr {s['train']['lr']:g}, batch {s['train']['batch_size']}; GradDiff, KL-Min and IdkPO
 pair each forget batch with a retain batch); ViKeR runs with {viker}. Each figure is the median of
 {s['repeats']} whole `run_unlearn` calls of {plural(s['epochs_per_run'], 'epoch')}, run round-robin over the methods
-(GA and ViKeR side by side, every other repeat in reverse);
+(GA and ViKeR side by side, every other repeat in reverse), but for memory: the highest over those calls;
 an epoch is the training time the run records (total minus setup) over the epochs.
 
 ### (a) One unlearning epoch
