@@ -263,3 +263,13 @@ def test_a_reference_folder_is_recorded_absolute(bench_dir, monkeypatch):
     monkeypatch.chdir(bench_dir.parent)  # --data typed relative: the record still names the folder from anywhere
     pool, source = reference_pool_and_source("people", bench_dir.name, "forget_10")
     assert pool and source == str((bench_dir / "ref_people").resolve())
+
+
+def test_a_run_on_a_gpu_machine_records_which_gpu(monkeypatch):
+    """The device the arithmetic ran on decides the numbers: config.json names the GPU, not only "cuda:0"."""
+    from viker.runs import machine
+
+    assert "gpu" not in machine() or torch.cuda.is_available()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
+    assert machine()["gpu"] == "NVIDIA H100 80GB HBM3" and "cuda" in machine()

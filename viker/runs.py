@@ -58,7 +58,8 @@ def versions() -> dict[str, str]:
 
 def machine() -> dict[str, str]:
     """The processor a run's float arithmetic depended on: its model name and the kernels PyTorch picks for
-    it (AVX2, AVX512, ...). The same seed gives the same numbers only on the same processor model."""
+    it (AVX2, AVX512, ...), and on a GPU machine the GPU and CUDA version. The same seed gives the same
+    numbers only on the same processor model."""
     import torch
 
     name = platform.processor() or platform.machine()
@@ -68,8 +69,9 @@ def machine() -> dict[str, str]:
             if line.startswith("model name"):
                 name = line.split(":", 1)[1].strip()
                 break
+    gpu = {"gpu": torch.cuda.get_device_name(), "cuda": torch.version.cuda} if torch.cuda.is_available() else {}
     return {"cpu": name, "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
-            "threads": str(torch.get_num_threads())}
+            "threads": str(torch.get_num_threads()), **gpu}
 
 
 def _matching(root: Path, pattern: str) -> list[Path]:
