@@ -265,6 +265,15 @@ def test_an_out_that_is_a_file_or_a_folder_for_a_page(tiny_dir, bench_dir, tmp_p
     assert "name an .html file" in capsys.readouterr().err and not page.exists()
 
 
+def test_an_out_that_links_to_nothing_is_one_line(bench_dir, tmp_path, capsys):
+    link = tmp_path / "run"
+    link.symlink_to(tmp_path / "gone")
+    for argv in (["data", "synth", "--profiles", "10"], ["finetune", "--data", str(bench_dir), "--max-steps", "1"]):
+        assert main([*argv, "--out", str(link)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"error: --out {link}: a link to {tmp_path / 'gone'}, which does not exist"
+
+
 def test_an_out_under_a_file_is_refused_before_the_model_loads(tiny_dir, bench_dir, tmp_path, capsys, monkeypatch):
     import viker.eval.run
     import viker.finetune

@@ -197,6 +197,8 @@ def out_folder(out: str | Path) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise VikerError(f"--out {out}: a file, not a folder")
+    if out.is_symlink() and not out.exists():
+        raise VikerError(f"--out {out}: a link to {os.readlink(out)}, which does not exist")
     check_writable("--out", out)
     return out
 
