@@ -107,7 +107,8 @@ def test_an_answer_that_does_not_fit_max_length(tiny_dir, bench_dir, tmp_path, c
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--model", "runs/vanila"], "runs/vanila: no such model folder"),
+    (["--model", "runs/vanila"], "runs/vanila: no such model folder (read as a folder, not a hub id, since a "
+                                 "folder runs is here: a mistyped path?)"),
     (["--data", "runs/bench"], "runs/bench: no such benchmark folder"),
     (["--dtype", "bf17"], "--dtype bf17: choose auto, float32, bfloat16"),
 ])

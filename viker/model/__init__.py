@@ -73,7 +73,10 @@ def resolve_model_path(path: str | Path) -> str:
     names it from anywhere; a hub id is passed on as is."""
     p = Path(path).expanduser()
     if not p.exists() and not is_hub_id(path):
-        raise VikerError(f"{path}: no such model folder (and not a hub id of the form org/name)")
+        beside = str(path).count("/") == 1 and p.parent.is_dir() and not str(path).startswith((".", "/", "~"))
+        raise VikerError(f"{path}: no such model folder" + (
+            f" (read as a folder, not a hub id, since a folder {p.parent} is here: a mistyped path?)" if beside else
+            " (and not a hub id of the form org/name)"))
     if any((p / "model" / name).is_file() for name in ("config.json", "adapter_config.json")):
         return str((p / "model").resolve())
     if p.exists() and not any((p / name).is_file() for name in ("config.json", "adapter_config.json")):
