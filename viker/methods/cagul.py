@@ -133,10 +133,10 @@ class CAGUL:
     augment: int = 8  # augmented copies of each image for the discriminator
     disc_steps: int = 1500
     forget_split: str | None = None
-    caches_reference = True  # its reference answers are cached as ViKeR's R̂ is
     retain_split: str | None = None
     streams = ("forget", "retain")
     wraps_model = True  # trains modules around the frozen model instead of the model's weights
+    caches_reference = True  # its reference answers are cached as ViKeR's R̂ is
 
     def __post_init__(self):
         if self.forget_loss not in FORGET_LOSSES:
