@@ -13,27 +13,9 @@ from viker.presets import REAL_TRAIN, REAL_UNLEARN, TINY_TRAIN, TINY_UNLEARN, Tr
 
 
 def _synth(args) -> None:
-    import shutil
+    from viker.data.synth import SynthConfig, build_benchmark, claim_benchmark_folder
 
-    from viker.data.loader import has_config
-    from viker.data.synth import SynthConfig, benchmark_entries, build_benchmark
-    from viker.runs import out_folder
-
-    out = out_folder(args.out)
-    present = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else []
-    if present:
-        other = [name for name in present if name not in benchmark_entries()]
-        if other or not has_config(out, "Full_Set"):
-            raise VikerError(f"--out {out}: holds files other than a benchmark{f' ({other[0]}, ...)' if other else ''}"
-                             "; choose a new or empty folder")
-        if not args.overwrite:
-            raise VikerError(f"--out {out}: holds a benchmark already; choose another folder, or --overwrite to "
-                             "replace it (models trained on it would no longer match its data)")
-        for name in present:  # the benchmark's own entries, each of them; the folder and anything hidden stay
-            if (out / name).is_dir():
-                shutil.rmtree(out / name)
-            else:
-                (out / name).unlink()
+    out = claim_benchmark_folder(args.out, args.overwrite)
     counts = build_benchmark(out, SynthConfig(seed=args.seed, profiles=args.profiles))
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 

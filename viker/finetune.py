@@ -118,10 +118,10 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
         else finetune_examples(cfg.data, train_on)
     tuning = cfg.tuning if cfg.tuning != "auto" else ("full" if tiny else "lora")
     recorded = paths_recorded(asdict(cfg) | {"tuning": tuning, "train_on": train_on},
-                              ("data", "out") if cfg.model == "tiny" else ("model", "data", "out"))
-    if cfg.model != "tiny":
+                              ("data", "out") if tiny else ("model", "data", "out"))
+    if not tiny:
         refuse_cagul_run(cfg.model, "finetune")
-    model_files = None if cfg.model == "tiny" else weight_hashes(cfg.model)  # recorded; --resume checks them
+    model_files = None if tiny else weight_hashes(cfg.model)  # recorded; --resume checks them
     if resume:
         check_resume(out, "finetune", recorded, cfg.data, model_files)
     accelerator = make_accelerator(cfg.train, resume, cfg.device)  # one process or several: docs/distributed.md
@@ -129,10 +129,10 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     if sharded and tuning == "lora" and cfg.lora.merge:
         raise VikerError("finetuning with LoRA under FSDP or DeepSpeed cannot save a merged model; use DDP "
                          "(a LoRA model fits where its base model does) or --tuning full")
-    reads = [cfg.data] + ([] if cfg.model == "tiny" else folders_read(cfg.model))
+    reads = [cfg.data] + ([] if tiny else folders_read(cfg.model))
     replaced = check_run_folder(out, accelerator, resume, overwrite, reads)  # removed once this run can start
     seed_everything(cfg.train.seed)
-    if cfg.model == "tiny":
+    if tiny:
         model, processor = build_tiny(cfg.data, cfg.tiny)
         model.to(device=load_device(accelerator, cfg.device), dtype=tiny_dtype)
     else:

@@ -443,9 +443,10 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
         raise VikerError("give at least one evaluated run folder")
     from viker.runs import out_folder
 
-    if any((out_folder(out) / name).is_file() for name in ("config.json", "metrics.json")):
+    folder = out_folder(out)
+    if any((folder / name).is_file() for name in ("config.json", "metrics.json")):
         raise VikerError(f"--out {out}: a run's or an evaluation's folder; write the report into a folder of its own")
-    if (Path(out) / "synth.json").is_file():  # `viker demo` writes it beside its own report
+    if (folder / "synth.json").is_file():  # `viker demo` writes it beside its own report
         raise VikerError(f"--out {out}: a demo's folder, whose report this would replace; write the report into a "
                          "folder of its own")
     # the references (vanilla, retain model) first, as papers list them; the runs in the order given

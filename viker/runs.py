@@ -16,13 +16,17 @@ from typing import Any
 from viker.errors import VikerError
 
 
+def hub_shaped(text: str | Path) -> bool:
+    """Whether ``text`` has the form of a hub id, ``org/name`` (not ``./x``, ``/x`` or ``~/x``)."""
+    text = str(text)
+    return text.count("/") == 1 and not text.startswith((".", "/", "~"))
+
+
 def is_hub_id(text: str | Path) -> bool:
     """``org/name`` naming no local folder: a repository on the Hugging Face hub. When ``org`` is a local
     folder the text is taken for a mistyped path (``runs/vanila``), not looked up on the hub."""
-    text = str(text)
     path = Path(text).expanduser()
-    return text.count("/") == 1 and not text.startswith((".", "/", "~")) and not path.exists() \
-        and not path.parent.is_dir()
+    return hub_shaped(text) and not path.exists() and not path.parent.is_dir()
 
 
 def as_recorded(path: str | Path, local: bool = False) -> str:

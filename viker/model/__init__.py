@@ -13,7 +13,16 @@ from safetensors import SafetensorError
 from torch import nn
 
 from viker.errors import VikerError, require
-from viker.runs import TRAINING_COMMANDS, as_recorded, checkpoints, differing, file_hashes, is_hub_id, read_configs
+from viker.runs import (
+    TRAINING_COMMANDS,
+    as_recorded,
+    checkpoints,
+    differing,
+    file_hashes,
+    hub_shaped,
+    is_hub_id,
+    read_configs,
+)
 
 # Where the language model lives inside the common architectures (LLaVA, Qwen2-VL, Idefics2, ...).
 LANGUAGE_MODEL_PATTERN = r"(^|\.)(language_model|text_model)\."
@@ -73,10 +82,9 @@ def resolve_model_path(path: str | Path) -> str:
     names it from anywhere; a hub id is passed on as is."""
     p = Path(path).expanduser()
     if not p.exists() and not is_hub_id(path):
-        beside = str(path).count("/") == 1 and p.parent.is_dir() and not str(path).startswith((".", "/", "~"))
         raise VikerError(f"{path}: no such model folder" + (
-            f" (read as a folder, not a hub id, since a folder {p.parent} is here: a mistyped path?)" if beside else
-            " (and not a hub id of the form org/name)"))
+            f" (read as a folder, not a hub id, since a folder {p.parent} is here: a mistyped path?)"
+            if hub_shaped(path) else " (and not a hub id of the form org/name)"))
     if any((p / "model" / name).is_file() for name in ("config.json", "adapter_config.json")):
         return str((p / "model").resolve())
     if p.exists() and not any((p / name).is_file() for name in ("config.json", "adapter_config.json")):

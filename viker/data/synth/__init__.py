@@ -131,12 +131,31 @@ def write_config(out: Path, config: str, rows: list[dict]) -> Path:
     return path
 
 
-REF_POOLS = ("ref_people", "ref_patterns", "ref_scenes", "ref_pets")
+def claim_benchmark_folder(out: str | Path, overwrite: bool = False) -> Path:
+    """``viker data synth --out``: a new or empty folder, or (``overwrite``) one that holds a benchmark alone,
+    whose own entries are removed (the folder and anything hidden in it stay); any other is refused."""
+    import shutil
 
+    from viker.data.loader import has_config
 
-def benchmark_entries() -> set[str]:
-    """The names :func:`build_benchmark` writes at the top of its folder (and nothing else)."""
-    return {*CONFIGS, PRETRAIN_CONFIG, *REF_POOLS, "preview.png", "README.md"}
+    out = out_folder(out)
+    present = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else []
+    if not present:
+        return out
+    written = {*CONFIGS, PRETRAIN_CONFIG, *REF_POOLS, "preview.png", "README.md"}  # what build_benchmark writes
+    other = [name for name in present if name not in written]
+    if other or not has_config(out, "Full_Set"):
+        raise VikerError(f"--out {out}: holds files other than a benchmark{f' ({other[0]}, ...)' if other else ''}"
+                         "; choose a new or empty folder")
+    if not overwrite:
+        raise VikerError(f"--out {out}: holds a benchmark already; choose another folder, or --overwrite to "
+                         "replace it (models trained on it would no longer match its data)")
+    for name in present:
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+        else:
+            (out / name).unlink()
+    return out
 
 
 def build_benchmark(out: str | Path, cfg: SynthConfig = SynthConfig(), progress: bool = True) -> dict:
