@@ -81,6 +81,18 @@ def test_npo_and_idkpo_at_the_start_equal_their_hand_computed_values(tiny_dir, b
         assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("tuning", ["full", "lora"])
+def test_under_mixed_precision_the_frozen_reference_agrees_with_the_model_at_the_start(
+        tuning, tiny_dir, bench_dir, tmp_path):
+    """accelerate autocasts the trained model's forward; the frozen copy full tuning takes must run under
+    the same autocast, or θ and θ_full differ at step 0 and NPO's first loss is off (2/β)·log 2."""
+    cfg = _config(tiny_dir, bench_dir, tmp_path, "npo", beta=0.1)
+    cfg = replace(cfg, tuning=tuning, train=replace(STEPS, max_steps=1, mixed_precision="bf16"),
+                  lora=replace(cfg.lora, merge=tuning == "full"))
+    _, _, history = run_unlearn(cfg, progress=False)
+    assert history[0]["loss"] == pytest.approx(20 * math.log(2), rel=1e-6)
+
+
 def test_npo_matches_a_per_sequence_loop(tiny_dir, bench_dir, tmp_path):
     """NPO on whole-answer log-likelihoods: Σ over each answer's tokens, then the NPO formula."""
     ctx = _context(tiny_dir, bench_dir, tmp_path, lora=False)
@@ -226,10 +238,11 @@ def test_the_frozen_reference_answers_without_dropout_while_the_model_trains(tin
     assert all(m.training for m in lora.modules())
 
 
-@pytest.mark.parametrize("method, copies", [("ga", 0), ("graddiff", 0), ("klmin", 1)])
+@pytest.mark.parametrize("method, copies", [("ga", 0), ("graddiff", 0), ("klmin", 1), ("viker", 0)])
 def test_full_tuning_copies_the_model_only_for_a_method_that_reads_the_frozen_reference(
         method, copies, tiny_dir, bench_dir, tmp_path, monkeypatch):
-    """A frozen copy of a 7B model is 14 GB more on the GPU: GA and GradDiff never read one."""
+    """A frozen copy of a 7B model is 14 GB more on the GPU: GA and GradDiff never read one, and ViKeR
+    reads θ_full only to compute R̂, before the first step, when the model itself is θ_full."""
     import copy
 
     import viker.methods.base
@@ -248,8 +261,31 @@ def test_full_tuning_copies_the_model_only_for_a_method_that_reads_the_frozen_re
 
     monkeypatch.setattr(viker.methods.base.copy, "deepcopy", counted)
     run_unlearn(UnlearnConfig(model=str(tiny_dir), data=str(bench_dir), method=method, tuning="full",
-                              out=str(tmp_path / "run"), train=TrainConfig(max_steps=1, batch_size=2)), progress=False)
+                              method_args={"k": 2} if method == "viker" else {},
+                              out=str(tmp_path / "run"), train=TrainConfig(max_steps=1, batch_size=2),
+                              cache_dir=str(tmp_path / "cache")), progress=False)
     assert len(made) == copies
+
+
+def test_a_reference_read_in_setup_only_is_the_model_before_training_then_closes(tiny_dir, bench_dir):
+    """Full tuning, setup_only: the reference is the model itself, without its dropout (as a copy would
+    answer), leaving it training; once closed, a read is an error, never the learning model's answer."""
+    from viker.errors import VikerError
+
+    model, processor = load_model(tiny_dir, device="cpu")
+    for module in model.modules():
+        if hasattr(module, "attention_dropout"):
+            module.attention_dropout = 0.5
+    model.train()
+    batch = Collator(processor)(unlearning_examples(bench_dir, "forget_10")[:2])
+    copied = FrozenReference(model).logits(batch)
+    ref = FrozenReference(model, setup_only=True)
+    assert ref._copy is None
+    assert torch.equal(ref.logits(batch), copied)
+    assert all(m.training for m in model.modules())
+    ref.close()
+    with pytest.raises(VikerError, match="before training only"):
+        ref.logits(batch)
 
 
 def test_registry_lists_every_method():
@@ -261,6 +297,7 @@ def test_registry_lists_every_method():
     (["--lam", "-0.5"], "λ must be at least 0"),
     (["--k", "0"], "at least one reference image"),
     (["--refs", "nowhere"], "--refs nowhere: no folder"),
+    (["--ablation", "no_ga", "--lam", "0"], "no_ga with --lam 0"),  # no loss at all: a run that changes nothing
 ])
 def test_bad_viker_settings_are_one_line_errors(args, message, tiny_dir, bench_dir, tmp_path, capsys):
     code = main(["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(tmp_path / "run"),

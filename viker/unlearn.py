@@ -177,12 +177,16 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         enable_gradient_checkpointing(model)
     collate = Collator(processor, max_length=cfg.max_length)
     collate.preflight(model, data["forget"] + (data["retain"] if "retain" in method.streams else []))
+    setup_only = getattr(method, "reference_at_setup_only", False)
     ctx = UnlearnContext(
         model=model, processor=processor, collate=collate, data=data,
         # θ_full; with full tuning a copy of the weights, so only for a method that reads it (default: every one)
+        # and reads it while training (ViKeR reads it in setup alone, before the model changes)
         reference=FrozenReference(model, separate=model if wraps else None, sharded=sharded,
-                                  cached=getattr(method, "caches_reference", False))
+                                  cached=getattr(method, "caches_reference", False), setup_only=setup_only,
+                                  autocast=accelerator.autocast)
         if getattr(method, "needs_reference", True) else None,
+        autocast=accelerator.autocast,
         data_dir=Path(cfg.data), cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(),
         seed=cfg.train.seed, progress=progress and accelerator.is_main_process,
     )
@@ -193,6 +197,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     prepared = prepare(ctx.model, cfg.train, len(data[method.streams[0]]), accelerator, resume=resume)
     if not wraps and hasattr(method, "setup"):  # on the placed (or sharded) model, so reference passes run there
         method.setup(ctx)
+    if setup_only and ctx.reference is not None:
+        ctx.reference.close()
     model = ctx.model
     setup_seconds = time.perf_counter() - start
     settings = {"unlearn": paths_recorded(asdict(cfg)), "method": {"name": cfg.method, **asdict(method)},

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -37,7 +37,12 @@ class FrozenReference:
     """θ_full, the model before unlearning, frozen.
 
     With LoRA the reference is the same network with its adapters switched off, so no second copy of
-    the weights is held; with full finetuning it is a frozen copy taken before the first step.
+    the weights is held; with full finetuning it is a frozen copy taken before the first step, unless
+    ``setup_only``: a method that reads the reference only in its setup (ViKeR's R̂, computed before
+    the first step) reads the model itself, in eval mode, and :meth:`close` ends the reference then.
+
+    ``autocast`` is the training run's autocast (``Accelerator.autocast``): a separate copy runs its
+    passes under it, as the trained model's prepared forward runs, so that at step 0 the two agree.
 
     Several processes: under DDP ``model`` is the module inside the DDP wrapper (reference passes
     need no gradient synchronisation); under FSDP (version 2) or DeepSpeed it is the sharded module
@@ -50,9 +55,10 @@ class FrozenReference:
     """
 
     def __init__(self, model: torch.nn.Module, separate: torch.nn.Module | None = None, sharded: bool = False,
-                 cached: bool = True):
+                 cached: bool = True, setup_only: bool = False, autocast: Callable = nullcontext):
         self._model = model
         self._copy = separate
+        self._autocast = autocast
         self._fingerprint = None
         self._unavailable = None
         self._sharded_unhashed = sharded and not cached
@@ -61,10 +67,16 @@ class FrozenReference:
                 self._unavailable = ("full tuning under FSDP or DeepSpeed has no frozen reference model (a copy "
                                      "of a sharded model is not one); use --tuning lora, DDP, or a method "
                                      "without one (ga, graddiff)")
-            else:
+            elif not setup_only:
                 self._copy = copy.deepcopy(model).eval().requires_grad_(False)
         if sharded and cached and self._unavailable is None:
             self.fingerprint()
+
+    def close(self) -> None:
+        """The end of a ``setup_only`` reference, once training starts: it lets go of any copy, and a
+        later read is an error (the model it reads now learns)."""
+        self._model = self._copy = None
+        self._unavailable = "the frozen reference was read before training only (setup_only); it is closed"
 
     def network_for_fingerprint(self) -> torch.nn.Module:
         """The module whose weights define the reference (with its adapters when they are in effect)."""
@@ -90,7 +102,12 @@ class FrozenReference:
     def _network(self):
         self.network_for_fingerprint()  # refuses an unavailable reference
         if self._copy is not None:
-            yield self._copy
+            with self._autocast():
+                yield self._copy
+            return
+        if not hasattr(self._model, "disable_adapter"):  # full tuning, setup_only: the model before its first step
+            with eval_mode(self._model) as net:
+                yield net
             return
         # the trained network itself, adapters off and in eval mode (no dropout), then as it was
         with self._model.disable_adapter(), eval_mode(self._model) as net:
@@ -129,3 +146,4 @@ class UnlearnContext:
     seed: int = 0
     progress: bool = True
     info: dict = field(default_factory=dict)  # what setup wants recorded in the run's config
+    autocast: Callable = nullcontext  # the run's autocast, for a reference model a method loads itself

@@ -36,7 +36,8 @@ class NPO:
             from viker.model import load_model
 
             other, _ = load_model(self.reference_model, device=str(next(ctx.model.parameters()).device))
-            self.reference = FrozenReference(ctx.model, separate=other.eval().requires_grad_(False))
+            self.reference = FrozenReference(ctx.model, separate=other.eval().requires_grad_(False),
+                                             autocast=ctx.autocast)
         ctx.info["npo_reference"] = self.reference_model or "vanilla (θ_full)"
 
     def loss(self, model, batches):

@@ -47,6 +47,7 @@ class ViKeR:
     forget_split: str | None = None
     streams = ("forget",)
     caches_reference = True  # R̂ is cached under the frozen reference's fingerprint
+    reference_at_setup_only = True  # R̂ is computed before the first step: full tuning needs no frozen copy
 
     def __post_init__(self):
         if not self.lam >= 0.0:
@@ -60,6 +61,9 @@ class ViKeR:
                              "of images)")
         if self.ablation not in ABLATIONS:
             raise VikerError(f"--ablation {self.ablation}: choose from {', '.join(ABLATIONS)}")
+        if self.ablation == "no_ga" and self.lam == 0.0:
+            raise VikerError("--ablation no_ga with --lam 0: the KL term alone at λ = 0 is no loss at all; "
+                             "give λ > 0")
         self.ga_weight = 0.0 if self.ablation == "no_ga" else 1.0
         if self.ablation == "no_reg":
             self.lam = 0.0
