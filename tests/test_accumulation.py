@@ -116,6 +116,17 @@ def test_training_half_precision_weights_in_place_is_warned_of(dtype, capsys):
     assert warned == (not moved)
 
 
+@pytest.mark.parametrize("epochs, examples, accum, steps", [(0.07, 800, 1, 7), (0.28, 200, 1, 7), (0.28, 200, 7, 1),
+                                                       (2.5, 16, 1, 5), (1, 17, 2, 2)])
+def test_a_fraction_of_an_epoch_takes_the_steps_it_names(epochs, examples, accum, steps):
+    """--epochs 0.07 over 100 batches is 7 steps: float rounding (0.07 * 100 = 7.000000000000001) must not
+    add an eighth; a part step is still rounded up to a whole one."""
+    from viker.train import prepare
+
+    cfg = TrainConfig(epochs=epochs, batch_size=8, grad_accum=accum)
+    assert prepare(Weights(), cfg, n_examples=examples).total == steps
+
+
 @pytest.mark.parametrize("device, cpu, current",
                          [("cpu", True, None), ("cuda:1", False, "cuda:1"), (None, False, None)])
 def test_device_decides_where_accelerate_trains(device, cpu, current, monkeypatch):

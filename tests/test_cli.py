@@ -70,3 +70,20 @@ def test_version_is_the_installed_package_version(capsys):
         main(["--version"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out.strip() == f"viker {version('viker')}"
+
+
+def test_finetune_seed_seeds_the_tiny_models_initialisation_as_its_help_says(monkeypatch, tmp_path):
+    """A study over --seed must vary the tiny model's initial weights, not only the data order."""
+    import viker.finetune
+    from viker.cli import main
+
+    seen = []
+
+    def run_finetune(cfg, **kwargs):
+        seen.append(cfg)
+        return {}
+
+    monkeypatch.setattr(viker.finetune, "run_finetune", run_finetune)
+    assert "initialisation" in {a.dest: a for a in COMMANDS["viker finetune"]._actions}["seed"].help
+    main(["finetune", "--model", "tiny", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--seed", "7"])
+    assert seen[0].train.seed == 7 and seen[0].tiny.seed == 7

@@ -28,13 +28,13 @@ def _finetune(args) -> None:
     if args.family != "llava" and args.model != "tiny":
         raise VikerError("--family applies to --model tiny only (a checkpoint's own config names its family)")
 
-    base = TINY_TRAIN if args.model == "tiny" else REAL_TRAIN
+    train = replace(TINY_TRAIN if args.model == "tiny" else REAL_TRAIN, **_train_overrides(args))
     cfg = FinetuneConfig(
         model=args.model, data=args.data, benchmark=args.benchmark, without=args.without, out=args.out,
-        tuning=args.tuning, train=replace(base, **_train_overrides(args)),
+        tuning=args.tuning, train=train,
         lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout),
         device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, max_length=args.max_length,
-        tiny=TinyConfig(family=args.family), train_on=args.train_on,
+        tiny=TinyConfig(family=args.family, seed=train.seed), train_on=args.train_on,  # --seed: its initialisation too
     )
     metrics = run_finetune(cfg, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps(metrics, indent=2))

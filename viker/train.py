@@ -21,6 +21,7 @@ import shlex
 import shutil
 import sys
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
@@ -420,7 +421,8 @@ def prepare(model: torch.nn.Module, cfg: TrainConfig, n_examples: int, accelerat
     # The batches run on across epochs (a step can end in the next epoch): E epochs are E passes' batches,
     # rounded up to whole optimiser steps.
     batches_per_epoch = math.ceil(n_examples / cfg.batch_size)
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches_per_epoch / cfg.grad_accum))
+    # in exact fractions: 0.07 epochs of 100 batches is 7 steps, where floats make it 7.000000000000001 (8)
+    total = cfg.max_steps or max(1, math.ceil(Fraction(str(cfg.epochs)) * batches_per_epoch / cfg.grad_accum))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(cfg.scheduler, int(cfg.warmup_ratio * total), total)
     )
