@@ -306,7 +306,7 @@ def parser() -> argparse.ArgumentParser:
                                    "images (default people)")
     un.add_argument("--regularizer", help="ViKeR: kl | jsd | cos (default kl)")
     un.add_argument("--ablation", help="ViKeR: none | no_reg | no_ga | no_vis (default none)")
-    un.add_argument("--beta", type=float, help="NPO / IdkPO: inverse temperature β (default 0.1)")
+    un.add_argument("--beta", type=float, help="NPO / IdkPO / CAGUL (--forget-loss npo): inverse temperature β (default 0.1)")
     un.add_argument("--retain-weight", type=float,
                     help="GradDiff / KL-Min / NPO / IdkPO / CAGUL: weight of the retain term "
                          "(default 1; CAGUL 0.25; NPO 0, no retain term)")
@@ -398,8 +398,9 @@ def parser() -> argparse.ArgumentParser:
     dm = _command(sub, "demo", "the whole comparison on the embedded benchmark, offline on a CPU",
                   "Generates the benchmark, finetunes the vanilla tiny model, unlearns forget_10 with every method "
                   "on the same budget, sweeps ViKeR's λ, evaluates everything, and writes OUT/report.md, "
-                  "results.json, tradeoff.png and keytokens.html. A second demo in the same folder reuses the "
-                  "benchmark and the vanilla model.")
+                  "results.json, tradeoff.png and keytokens.html. A second demo in the same folder with the same "
+                  "--seed and --fast reuses the benchmark and the vanilla model; with another, it regenerates "
+                  "them and replaces the folder's runs and report.")
     dm.add_argument("--out", default="viker-demo", help="the folder for the data, the models, the runs and the report")
     dm.add_argument("--seed", type=int, default=0,
                     help="seed of the benchmark and of the unlearning runs (the vanilla finetune keeps seed 0)")
