@@ -20,7 +20,7 @@ import viker.eval.generate
 from viker.cli import main
 from viker.data.examples import generation_examples
 from viker.data.loader import load_profiles
-from viker.data.schema import MCQuestion
+from viker.data.schema import Example, MCQuestion
 from viker.errors import VikerError
 from viker.eval.evaluate import EvalConfig, answer_logprobs, evaluate, mc_by_likelihood, option_frame
 from viker.eval.generate import generate
@@ -111,8 +111,11 @@ def test_likelihood_choice_picks_the_most_likely_option(monkeypatch, tiny):
     q = MCQuestion("Where was Kofix Bin born?", {"A": "Oslo", "B": "Lima", "C": "Riga", "D": "Porto"}, "C", False)
     seen = []
 
-    def fake_logprobs(model, processor, examples, batch_size):
+    ends = []
+
+    def fake_logprobs(model, processor, examples, batch_size, end_of_turn=True):
         seen.extend(e.answer for e in examples)
+        ends.extend(end_of_turn for _ in examples)
         return [(-1.0 if "Riga" in e.answer else -5.0, 4) for e in examples]
 
     monkeypatch.setattr("viker.eval.evaluate.answer_logprobs", fake_logprobs)
@@ -122,16 +125,41 @@ def test_likelihood_choice_picks_the_most_likely_option(monkeypatch, tiny):
     seen.clear()
     assert mc_by_likelihood(model, processor, [(q, None)], ["???"], 8) == ["C"]
     assert seen == ["Oslo", "Lima", "Riga", "Porto"]  # no frame: bare options, length-normalised
+    # a framed answer is a whole answer, its end included; a bare option is scored on its own tokens alone
+    assert ends == [True] * 4 + [False] * 4
     # a blank option is not named by every answer, has nothing to score, and is never chosen
     blank = replace(q, options={**q.options, "B": " ", "C": "Paris"})
     seen.clear()
-    monkeypatch.setattr("viker.eval.evaluate.answer_logprobs", lambda model, processor, examples, batch_size: [
+    monkeypatch.setattr("viker.eval.evaluate.answer_logprobs", lambda model, processor, examples, batch_size, **_: [
         (-1.0 if "Porto" in e.answer else -0.5 if "  " in e.answer or not e.answer.strip() else -5.0, 4)
         for e in examples if not seen.append(e.answer)])
     for reply in ("Kofix Bin was born in Oslo.", "???"):
         assert mc_by_likelihood(model, processor, [(blank, None)], [reply], 8) == ["D"]
     assert seen == ["Kofix Bin was born in Oslo.", "Kofix Bin was born in Paris.", "Kofix Bin was born in Porto.",
                     "Oslo", "Paris", "Porto"]
+
+
+def test_a_bare_option_is_scored_on_its_own_tokens_without_the_end_of_turn(tiny):
+    """A model that answers in sentences finds any answer ending after one word unlikely, by an amount that
+    varies from option to option: that is not what it knows, so a bare option's score leaves the end out."""
+    from viker.collate import Collator
+    from viker.methods.losses import token_logprobs
+
+    model, processor = tiny
+    examples = [Example(generation_prompt("Where was Kofix Bin born?"), option, None)
+                for option in ("Oslo", "New York City", "Riga")]
+    whole = answer_logprobs(model, processor, examples, batch_size=2)
+    own = answer_logprobs(model, processor, examples, batch_size=2, end_of_turn=False)
+    collate = Collator(processor)
+    for ex, (lp, n), (lp_own, n_own) in zip(examples, whole, own):
+        batch = collate([ex])
+        with torch.no_grad():
+            per_token, mask = token_logprobs(model(**{k: v for k, v in batch.items() if k != "labels"}).logits,
+                                             batch["labels"])
+        labelled = per_token[mask.bool()]
+        assert batch["labels"][0, -1] == collate.end_of_turn_id()  # the answer's labels end with the end of turn
+        assert n == len(labelled) and n_own == n - 1
+        assert lp == approx(labelled.sum().item(), abs=1e-4) and lp_own == approx(labelled[:-1].sum().item(), abs=1e-4)
 
 
 def test_evaluate_reports_the_paper_columns_in_percent(tiny, bench_dir):
@@ -189,7 +217,7 @@ def test_option_likelihood_frames_do_not_depend_on_the_reply_length_asked_for(ti
                 for ex in examples]
 
     monkeypatch.setattr(viker.eval.evaluate, "generate", names_the_answer)
-    monkeypatch.setattr(viker.eval.evaluate, "answer_logprobs", lambda model, processor, examples, batch_size: [
+    monkeypatch.setattr(viker.eval.evaluate, "answer_logprobs", lambda model, processor, examples, batch_size, **_: [
         (-1.0 if e.answer == f"It is {correct[e.question, e.image]} indeed." else -9.0, 4) for e in examples])
     scope = {"forget": ("multiple_choice",)}
     short, full = (evaluate(*tiny, bench_dir, EvalConfig(forget="forget_10", max_new_tokens=n, scope=scope),

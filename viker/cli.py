@@ -306,7 +306,8 @@ def parser() -> argparse.ArgumentParser:
                                    "images (default people)")
     un.add_argument("--regularizer", help="ViKeR: kl | jsd | cos (default kl)")
     un.add_argument("--ablation", help="ViKeR: none | no_reg | no_ga | no_vis (default none)")
-    un.add_argument("--beta", type=float, help="NPO / IdkPO / CAGUL (--forget-loss npo): inverse temperature β (default 0.1)")
+    un.add_argument("--beta", type=float,
+                    help="NPO / IdkPO / CAGUL (--forget-loss npo): inverse temperature β (default 0.1)")
     un.add_argument("--retain-weight", type=float,
                     help="GradDiff / KL-Min / NPO / IdkPO / CAGUL: weight of the retain term "
                          "(default 1; CAGUL 0.25; NPO 0, no retain term)")

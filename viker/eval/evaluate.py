@@ -106,11 +106,16 @@ def check_scope(scope: dict[str, Sequence[str]] | None) -> None:
 
 
 @torch.no_grad()
-def answer_logprobs(model, processor, examples: Sequence[Example], batch_size: int) -> list[tuple[float, int]]:
+def answer_logprobs(model, processor, examples: Sequence[Example], batch_size: int,
+                    end_of_turn: bool = True) -> list[tuple[float, int]]:
     """(sum of answer-token log-probs, number of answer tokens) for each example, teacher-forced, in eval mode.
     Only the positions from the batch's earliest answer on reach the output layer. A model that reads
-    the answer's labels (CAGUL, so that the answer never steers which visual tokens it rewrites) gets them."""
+    the answer's labels (CAGUL, so that the answer never steers which visual tokens it rewrites) gets them.
+
+    The labelled tokens end with the end-of-turn token (viker.collate); ``end_of_turn=False`` leaves it out
+    of both figures: how likely the answer's own tokens are, not also whether the model would stop there."""
     collate = Collator(processor)
+    end = collate.end_of_turn_id()
     device = next(model.parameters()).device
     out = []
     with eval_mode(model):
@@ -119,7 +124,14 @@ def answer_logprobs(model, processor, examples: Sequence[Example], batch_size: i
             window = answer_window(batch["labels"])
             labels = {"labels": batch["labels"]} if getattr(model, "reads_answer_labels", False) else {}
             logits = model(**model_inputs(batch), **labels, logits_to_keep=window).logits
-            lp, mask = token_logprobs(logits, batch["labels"][:, -logits.shape[1]:])
+            targets = batch["labels"][:, -logits.shape[1]:]
+            lp, mask = token_logprobs(logits, targets)
+            if not end_of_turn and end is not None:
+                rows = torch.arange(mask.shape[0], device=mask.device)
+                last = mask.shape[1] - 1 - mask.flip(-1).argmax(-1)  # each row's last labelled position
+                ends = targets[:, 1:][rows, last] == end
+                lp[rows[ends], last[ends]] = 0.0
+                mask[rows[ends], last[ends]] = 0.0
             out += list(zip(lp.sum(-1).tolist(), mask.sum(-1).int().tolist()))
     return out
 
@@ -154,8 +166,9 @@ def mc_by_likelihood(model, processor, questions: list[tuple[MCQuestion, bytes |
     Each option is scored as the answer to the question, inside the frame of the model's own greedy
     answer when that answer names one of the options ('This person was born in {Lisbon|Oslo|...}.'; the
     sentences' summed log-probabilities: the likelihood of each whole answer), else as the bare option
-    text (per-token mean log-probability, so length does not decide). A blank option has nothing to
-    score and is never the likelier."""
+    text (per-token mean log-probability of the option's own tokens, so that neither its length nor
+    whether the model would end its answer right after it decides). A blank option has nothing to score
+    and is never the likelier."""
     candidates, frames, slots = [], [], []
     for (q, image), reply in zip(questions, replies):
         letters = sorted(q.options)
@@ -167,7 +180,11 @@ def mc_by_likelihood(model, processor, questions: list[tuple[MCQuestion, bytes |
             slots[-1].append(len(candidates) if q.options[x].strip() else None)
             if q.options[x].strip():
                 candidates.append(Example(generation_prompt(q.question), text, image))
-    scores = answer_logprobs(model, processor, candidates, batch_size)
+    framed = sorted({j for frame, slot in zip(frames, slots) if frame for j in slot if j is not None})
+    bare = sorted(set(range(len(candidates))) - set(framed))
+    scores = dict(zip(framed, answer_logprobs(model, processor, [candidates[j] for j in framed], batch_size)))
+    scores |= dict(zip(bare, answer_logprobs(model, processor, [candidates[j] for j in bare], batch_size,
+                                             end_of_turn=False)))
     choices = []
     for (q, _), frame, slot in zip(questions, frames, slots):
         lp = [scores[j][0] if j is not None else -math.inf for j in slot]
