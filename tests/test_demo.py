@@ -244,3 +244,51 @@ def test_claim_wording_says_whether_the_questions_tell_the_forget_accs_apart():
                            {**ga, "forget_acc": g}, questions=50) for g, v in ((32.0, 44.0), (30.0, 42.0))}
     assert "probability 0.0503" in near[32.0] and "holds here" in near[32.0]
     assert "probability 0.0478" in near[30.0] and "does not hold" in near[30.0]
+
+
+def test_demo_refuses_a_folder_that_is_no_earlier_demos_and_removes_nothing_in_it(tmp_path):
+    """`viker demo --out .` beside a `viker finetune --out vanilla` run: the demo would replace it."""
+    from viker.errors import VikerError
+
+    mine = tmp_path / "vanilla" / "model"
+    mine.mkdir(parents=True)
+    (mine / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(VikerError, match="no earlier demo's folder"):
+        run_demo(micro(tmp_path), progress=False)
+    assert (mine / "model.safetensors").read_bytes() == b"weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vanilla"]
+
+
+def test_a_benchmark_generated_again_keeps_no_file_of_the_earlier_one_and_an_interrupted_one_is_redone(
+        tmp_path, monkeypatch):
+    """--fast after the full demo (fewer reference images), or a generation stopped midway: the demo must go on
+    with one benchmark, not a mix of two."""
+    import viker.demo
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    (tmp_path / "synth.json").write_text(json.dumps({"seed": 99}))  # an earlier demo, other settings
+    stale = tmp_path / "data" / "ref_people" / "999.png"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"png")
+    (tmp_path / "data" / "README.md").write_text("an earlier benchmark")
+    monkeypatch.setattr(viker.demo, "_vanilla", stop)
+    with pytest.raises(Stop):
+        run_demo(micro(tmp_path), progress=False)
+    assert not stale.exists() and (tmp_path / "data" / "ref_people").is_dir()
+    generated = json.loads((tmp_path / "synth.json").read_text())
+    assert generated["seed"] == micro(tmp_path).seed
+
+    build = viker.demo.build_benchmark
+    monkeypatch.setattr(viker.demo, "build_benchmark", lambda out, cfg, progress: (build(out, cfg, progress), stop()))
+    with pytest.raises(Stop):  # stopped after writing its files, before the stamp
+        run_demo(replace(micro(tmp_path), seed=4), progress=False)
+    assert "unfinished" in json.loads((tmp_path / "synth.json").read_text())
+    monkeypatch.setattr(viker.demo, "build_benchmark", build)
+    with pytest.raises(Stop):  # the rerun generates it again rather than reuse a benchmark it cannot vouch for
+        run_demo(replace(micro(tmp_path), seed=4), progress=False)
+    assert json.loads((tmp_path / "synth.json").read_text())["seed"] == 4

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import textwrap
 import time
 from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 
+from viker import __version__
 from viker.data.schema import RETAIN_OF
 from viker.data.synth import SynthConfig, build_benchmark
 from viker.data.synth.people import UNKNOWN_ANSWER, name_in_answer
+from viker.errors import VikerError
 from viker.eval.evaluate import EvalConfig
 from viker.eval.metrics import whole_words
 from viker.eval.run import run_eval
@@ -81,10 +84,23 @@ def fast(cfg: DemoConfig) -> DemoConfig:
     )
 
 
+def demo_folder(out: str | Path) -> Path:
+    """``viker demo --out``: a new or empty folder, or an earlier demo's (its ``synth.json``), whose data, models
+    and runs this demo reuses or replaces; any other folder is refused, since the demo writes ``data/``,
+    ``vanilla/`` and ``runs/`` there with --overwrite, which would remove a run of the same name."""
+    out = out_folder(out)
+    present = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else []
+    if present and not (out / "synth.json").is_file():
+        raise VikerError(f"--out {out}: holds files ({present[0]}, ...) and is no earlier demo's folder (no "
+                         "synth.json); the demo writes data/, vanilla/ and runs/ there, replacing what is in them: "
+                         "choose a new or empty folder")
+    return out
+
+
 def _vanilla(cfg: DemoConfig, data: Path, out: Path, progress: bool, steps: "Steps") -> Path:
     """Finetune the vanilla model, or reuse the one a previous demo trained on the same inputs."""
     run = out / "vanilla"
-    settings = to_jsonable({"train": cfg.finetune, "data": file_hashes(data)})
+    settings = to_jsonable({"train": cfg.finetune, "data": file_hashes(data), "viker": __version__})
     stamp = run / "demo-inputs.json"
     made_with = json.loads(stamp.read_text(encoding="utf-8")) if stamp.is_file() else None
     if (run / "model" / "config.json").is_file() and made_with == settings:
@@ -126,16 +142,19 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     started = time.perf_counter()
     steps = Steps(6 if cfg.shorter_budget else 5)
 
-    out = out_folder(cfg.out)
+    out = demo_folder(cfg.out)
     data = out / "data"
     synth = replace(cfg.synth, seed=cfg.seed)
-    stamp = out / "synth.json"
-    # the settings `data` was generated with
+    stamp = out / "synth.json"  # the settings `data` was generated with; it also marks the folder a demo's
     made_with = json.loads(stamp.read_text(encoding="utf-8")) if stamp.is_file() else None
-    if not (data / "README.md").is_file() or made_with != to_jsonable(synth):
+    settings = to_jsonable(synth) | {"viker": __version__}  # another release may generate another benchmark
+    if not (data / "README.md").is_file() or made_with != settings:
         steps.start("generating the embedded benchmark")
+        write_json(stamp, {"unfinished": settings})  # until it is whole: an interrupted one is generated again
+        if data.is_dir():
+            shutil.rmtree(data)  # no file of an earlier benchmark stays (its reference images, one person's table)
         build_benchmark(data, synth, progress=progress)
-        write_json(stamp, synth)
+        write_json(stamp, settings)
     else:
         steps.skip()
     vanilla = _vanilla(cfg, data, out, progress, steps)
