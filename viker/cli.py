@@ -402,8 +402,9 @@ def parser() -> argparse.ArgumentParser:
                   "results.json, tradeoff.png and keytokens.html. A second demo in the same folder with the same "
                   "--seed and --fast reuses the benchmark and the vanilla model; with another, it regenerates "
                   "them and replaces the folder's runs and report.")
-    dm.add_argument("--out", default="viker-demo", help="the folder for the data, the models, the runs and the report: a new or empty folder, "
-                    "or an earlier demo's")
+    dm.add_argument("--out", default="viker-demo",
+                    help="the folder for the data, the models, the runs and the report: a new or empty folder, "
+                         "or an earlier demo's")
     dm.add_argument("--seed", type=int, default=0,
                     help="seed of the benchmark and of the unlearning runs (the vanilla finetune keeps seed 0)")
     dm.add_argument("--fast", action="store_true",
