@@ -153,6 +153,30 @@ def test_the_sweep_labels_end_inside_the_frame(tmp_path, monkeypatch):
     assert len(over) == 3 and max(over) < 0
 
 
+@pytest.mark.parametrize("others", [2, 12])
+def test_no_other_run_is_drawn_in_vikers_colour(others, tmp_path, monkeypatch):
+    """ViKeR, its λ sweep and GA were all the same blue: the one comparison the plot is for."""
+    import matplotlib.colors
+    import matplotlib.figure
+
+    seen = {}
+
+    def look(fig, path, **kwargs):
+        ax = fig.axes[0]
+        seen["dots"] = {c.get_label(): matplotlib.colors.to_hex(c.get_facecolor()[0]) for c in ax.collections}
+        seen["lines"] = [matplotlib.colors.to_hex(line.get_color()) for line in ax.get_lines()]
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", look)
+    runs = _runs() + [{"method": None, "label": f"run {i}", "metrics": {"forget_acc": 9.0 * i, "retain_rougeL": 50.0}}
+                      for i in range(others - 2)]
+    sweep = [{"lam": lam, "metrics": {"forget_acc": x, "retain_rougeL": 80.0, "coherence": 99.0}}
+             for lam, x in ((1.0, 60.0), (10.0, 36.0))]
+    tradeoff_plot(runs, sweep, tmp_path / "tradeoff.png")
+    vikers = seen["dots"].pop("ViKeR (λ=10)")
+    assert seen["lines"] == [vikers]  # the sweep is ViKeR's
+    assert vikers not in seen["dots"].values()
+
+
 def test_forty_runs_in_one_place_each_keep_a_look_and_a_place_of_their_own(tmp_path, monkeypatch):
     import matplotlib.figure
 

@@ -175,7 +175,7 @@ def _nearby(points: list[tuple[float, float, float]], within: float = 4.0) -> li
 
 
 MARKER_AREA = 80  # points², as matplotlib's scatter takes it
-SHAPES = ("o", "s", "^", "v", "<", ">", "p", "h")  # the markers of runs beyond every twenty colours
+SHAPES = ("o", "s", "^", "v", "<", ">", "p", "h")  # the markers of runs beyond the palette's colours
 LEGEND_ROWS = 20  # legend entries in a column beside the plot
 
 
@@ -243,6 +243,9 @@ def _room_above(ax, pad_pt: float = 3.0) -> None:
         ax.set_ylim(top=ax.transData.inverted().transform((0, y_top + over * height / (height - over)))[1])
 
 
+VIKER_COLOUR = "#1f77b4"  # ViKeR's runs and its λ sweep
+
+
 def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = "", chance: float | None = None,
                   incoherent_below: float = 50.0, axes: PlotAxes = MLLMU_AXES) -> None:
     """Forgetting against retention, a point per run: by default forget accuracy (x, lower is better)
@@ -259,12 +262,12 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
         ax.axvline(chance, color="grey", ls=":", lw=1, label=f"chance ({chance:g}%)")
     if sweep:
         pts = sorted(((s["lam"], s["metrics"][axes.x], s["metrics"][axes.y]) for s in sweep))
-        ax.plot([p[1] for p in pts], [p[2] for p in pts], "-o", color="#1f77b4", alpha=0.6, ms=4,
+        ax.plot([p[1] for p in pts], [p[2] for p in pts], "-o", color=VIKER_COLOUR, alpha=0.6, ms=4,
                 label="ViKeR, λ sweep")
         for lams, x, y in _nearby(pts):
             ax.annotate("λ=" + ", ".join(f"{lam:g}" for lam in lams), (x, y), textcoords="offset points",
-                        xytext=(0, 8), ha="center", va="bottom", fontsize=7, color="#1f77b4")  # above the markers
-    markers = {"vanilla": ("*", "black"), "retain_model": ("P", "grey"), "viker": ("D", "#1f77b4")}
+                        xytext=(0, 8), ha="center", va="bottom", fontsize=7, color=VIKER_COLOUR)  # above the markers
+    markers = {"vanilla": ("*", "black"), "retain_model": ("P", "grey"), "viker": ("D", VIKER_COLOUR)}
     drawn = sorted(runs, key=lambda r: r["method"] in REFERENCES)  # references last: on top
     at = [(r["metrics"][axes.x], r["metrics"][axes.y]) for r in drawn]
     crossed = f"coherence < {incoherent_below:g}"
@@ -280,13 +283,16 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
             c = None  # several runs of one method: a colour each
         styles.append((r.get("marker", m), c))
     coloured = sum(c is None for _, c in styles)
-    if coloured > 10:  # more than the default ten colours: twenty, and beyond twenty a shape each round
-        colours = plt.get_cmap("tab20").colors
-        ax.set_prop_cycle(color=[colours[i % 20] for i in range(coloured)])
+    # the cycle's colours, less ViKeR's blue (the first of them): no other run looks like ViKeR or its sweep;
+    # beyond nine runs, tab20's nineteen, and beyond those a shape each round
+    palette = [c for c in plt.get_cmap("tab10" if coloured <= 9 else "tab20").colors
+               if matplotlib.colors.to_hex(c) != VIKER_COLOUR]
+    ax.set_prop_cycle(color=[palette[i % len(palette)] for i in range(max(coloured, 1))])
+    if coloured > len(palette):
         nth = 0  # the n-th run drawn in a colour of the cycle
         for j, (m, c) in enumerate(styles):
             if c is None:
-                styles[j] = (SHAPES[nth // 20 % len(SHAPES)] if m == "o" else m, c)
+                styles[j] = (SHAPES[nth // len(palette) % len(SHAPES)] if m == "o" else m, c)
                 nth += 1
     dots = []
     for r, (x, y), (m, c) in zip(drawn, at, styles):
