@@ -91,6 +91,21 @@ def test_runs_of_one_method_are_named_by_the_training_setting_or_the_folders_tha
     assert _labels([run("ga-slow", 0, 1e-5), run("ga-fast", 0, 1e-2)]) == ["GA (lr=1e-05)", "GA (lr=0.01)"]
     # nothing recorded sets them apart: as much of each folder's path as does
     assert _labels([run("a/seed0/ga", 0), run("b/seed0/ga", 0)]) == ["GA (a/seed0/ga)", "GA (b/seed0/ga)"]
+    # method and training settings both differ: both say so (β alone named two runs alike)
+    npo = [{**run(f"npo{i}", seed), "method": "npo", "settings": {"beta": beta}}
+           for i, (beta, seed) in enumerate(((0.1, 0), (0.1, 1), (0.5, 0)))]
+    assert _labels(npo) == ["NPO (β=0.1, seed=0)", "NPO (β=0.1, seed=1)", "NPO (β=0.5, seed=0)"]
+    # models that are no run of ours, in folders of one name
+    other = [{"method": None, "path": f"F/{x}/model"} for x in "xy"]
+    assert _labels(other) == ["x/model", "y/model"]
+
+
+def test_a_run_given_twice_is_refused(tmp_path):
+    from viker.errors import VikerError
+    from viker.report import run_report
+
+    with pytest.raises(VikerError, match="given twice"):
+        run_report([str(tmp_path / "ga"), str(tmp_path / "ga") + "/"], tmp_path / "report")
 
 
 def test_sweep_points_that_lie_together_share_one_label():

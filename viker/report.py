@@ -414,18 +414,21 @@ def _folder_name(path: str, others: list[str]) -> str:
 
 def _labels(rows: list[dict]) -> list[str]:
     """Each row's name in the table: its method's title; where several rows share a method, what sets
-    them apart (the method settings that differ, else the training settings that differ, else as much of
-    the folder's path as tells them apart); a model that is no run of ours, by its folder's name."""
+    them apart (the method and training settings that differ, else as much of the folder's path as tells
+    them apart); a model that is no run of ours, by its folder's name. Rows whose names would still be
+    alike get as much of their folders' paths as tells them apart."""
     names = []
     for row in rows:
         if row["method"] is None:
-            names.append(Path(row["path"]).name)
+            names.append(_folder_name(row["path"], [r["path"] for r in rows if r["method"] is None]))
             continue
         twins = [r for r in rows if r["method"] == row["method"]]
-        apart = _differ(row, twins, "settings") or _differ(row, twins, "training") or \
+        apart = ", ".join(filter(None, (_differ(row, twins, group) for group in ("settings", "training")))) or \
             _folder_name(row["path"], [r["path"] for r in twins])
         names.append(label(row) + (f" ({apart})" if len(twins) > 1 else ""))
-    return names
+    alike = [[r["path"] for r, other in zip(rows, names) if other == name] for name in names]
+    return [name if len(same) == 1 else f"{name} ({_folder_name(row['path'], same)})"
+            for row, name, same in zip(rows, names, alike)]
 
 
 def _one_value(rows: list[dict], key: str, what: str) -> str | None:
@@ -455,6 +458,11 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
     if (folder / "synth.json").is_file():  # `viker demo` writes it beside its own report
         raise VikerError(f"--out {out}: a demo's folder, whose report this would replace; write the report into a "
                          "folder of its own")
+    seen = {}
+    for p in paths:  # one row per run: a run given twice would be bolded twice, as if two agreed
+        if (where := Path(p).resolve()) in seen:
+            raise VikerError(f"{p}: the same folder as {seen[where]}, given twice")
+        seen[where] = p
     # the references (vanilla, retain model) first, as papers list them; the runs in the order given
     rows = sorted((read_run(p) for p in paths), key=lambda r: r["method"] not in REFERENCES)
     benchmark = _one_value(rows, "benchmark", "benchmarks")
