@@ -177,6 +177,13 @@ def test_cloze_prompt_replaces_every_blank_once():
         ("B: Type A/B personality", "B"),
         ("B\r\nLima", "B"),  # alone on the first line, whatever the line ending
         ("B \nLima", "B"),
+        ("b) Paris", "B"),  # lower case with the punctuation of a letter
+        ("c. Rome", "C"),
+        ("b.", "B"),
+        ("d: Lima", "D"),
+        ("B is correct", "B"),  # B, C, D followed by a word are no English words
+        ("C Paris", "C"),
+        ("D because she was born in Lima.", "D"),
     ],
 )
 def test_parse_choice_accepts_clear_letters(reply, expected):
@@ -203,7 +210,10 @@ def test_parse_choice_accepts_clear_letters(reply, expected):
         "B, A",
         "A cat sits on the mat",  # "A" followed by a space is a word, not a choice
         "a dog",
-        "b.",  # lower-case letters only count as the whole reply
+        "b c",  # a lower-case letter followed by a word is a word
+        "e.g. Paris",
+        "I think it is Paris",  # the word I
+        "B or C",  # a letter followed by a word, offered with another
         "E",  # not an option
         "Answer: E",
         "A.I. is everywhere",

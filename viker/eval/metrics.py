@@ -122,10 +122,12 @@ def whole_words(phrase: str) -> str:
 
 
 # A letter opening the reply: "(B)", "[B]", "B", "B:", "B)", "B]", "B. Paris", "B, Paris", "B - Paris",
-# "B" alone on the first line. "." and "," must be followed by whitespace or the end so that "A.I." or
-# "U.S." do not count. A letter followed by a space and a word ("A cat ...") is deliberately not accepted.
+# "B" alone on the first line; "b)", "b:", "b. Paris" in lower case. "." and "," must be followed by
+# whitespace or the end so that "A.I.", "U.S." or "e.g." do not count. A letter followed by a space and a
+# word is accepted unless it is one of the words "A" and "I" ("A cat ...", "I think ..."): "B is correct".
 _LEADING_RE = re.compile(
-    r"^(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])(?=[ \t\r]*(?:$|\n)|[:)\]]|[.,](?:\s|$)|\s+[-–]\s))"
+    r"^(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])(?=[ \t\r]*(?:$|\n)|[:)\]]|[.,](?:\s|$)|\s+[-–]\s)"
+    r"|([B-HJ-Z])(?=\s+\w)|([a-z])(?=[:)]|\.(?:\s|$)))"
 )
 # A letter announced by a keyword anywhere: "Answer: B", "The answer is B", "Option (C)". The words
 # "A" and "I" followed by a lower-case word are words: "The answer is A cat", "the answer I believe";
@@ -148,9 +150,10 @@ def parse_choice(reply: str, options: Sequence[str] = "ABCD") -> str | None:
     guesses. After stripping whitespace and Markdown emphasis (``*``), the candidate letters are:
 
     1. the whole reply when it is a single letter, in either case (``"b"`` -> ``"B"``);
-    2. an upper-case letter opening the reply on its own: ``"B"``, ``"B."``, ``"B: Paris"``,
-       ``"B) Paris"``, ``"B - Paris"``, ``"(B)"``, ``"[B]"``, or alone on the first line; a letter
-       followed by a space and a word (``"A cat"``) is not accepted, because it is usually a word;
+    2. a letter opening the reply on its own: ``"B"``, ``"B."``, ``"B: Paris"``, ``"B) Paris"``,
+       ``"B - Paris"``, ``"(B)"``, ``"[B]"``, alone on the first line, or followed by a word
+       (``"B is correct"``), except the words "A" and "I" (``"A cat"``, ``"I think"``); in lower case
+       followed by ``)``, ``:`` or ``.`` (``"b) Paris"``, ``"c. Rome"``);
     3. an upper-case letter after ``answer``/``option``/``choice`` (optionally ``is``, ``:``)
        anywhere in the reply: ``"Answer: B"``, ``"The answer is B"``,
        ``"The correct option is (C)"``; not the words "A" and "I" followed by a lower-case word
@@ -162,8 +165,9 @@ def parse_choice(reply: str, options: Sequence[str] = "ABCD") -> str | None:
     another option letter as alternatives (``"A, B"``, ``"The answer is C or B"``; ``"Both A and B"``
     gives no letter at all). Letters listed further on do not count, the picked one included
     (``"B. A and C are wrong."`` is B, and so is the option text in ``"B: Type A/B personality"``). A letter that is
-    not in ``options`` (``"E"`` when options are ``"ABCD"``) also gives None. Lower-case letters count
-    only as the whole reply, so ``"a"`` is the option A but ``"a dog"`` is nothing.
+    not in ``options`` (``"E"`` when options are ``"ABCD"``) also gives None. A lower-case letter counts
+    as the whole reply or with that punctuation, so ``"a"`` and ``"a)"`` are the option A but ``"a dog"``
+    is nothing.
     """
     allowed = {option.strip().upper() for option in options}
     text = reply.replace("*", "").strip()
@@ -190,7 +194,7 @@ def parse_choice(reply: str, options: Sequence[str] = "ABCD") -> str | None:
 def _picked(match: re.Match[str]) -> tuple[str, int]:
     """The letter the one alternative group of ``match`` that captured something holds, and where."""
     group = next(g for g in range(1, len(match.groups()) + 1) if match.group(g) is not None)
-    return match.group(group), match.start(group)
+    return match.group(group).upper(), match.start(group)
 
 
 def choose_by_likelihood(
