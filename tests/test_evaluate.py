@@ -233,7 +233,8 @@ def test_generation_and_cloze_are_reported_by_question_type_and_together(tiny, b
     monkeypatch.setattr(viker.eval.evaluate, "generate", answer_with_images_only)
     metrics, records = evaluate(*tiny, bench_dir, EvalConfig(forget="forget_10", scope={
         "forget": ("generation", "cloze")}), progress=False)
-    for task, key in (("generation", "forget_rougeL"), ("cloze", "forget_cloze")):
+    for task, key in (("generation", "forget_rougeL"), ("generation", "forget_rouge1"), ("generation", "forget_rouge2"),
+                      ("generation", "forget_bleu"), ("cloze", "forget_cloze")):
         asked = [r["image"] for r in records if r["task"] == task]
         assert True in asked and False in asked
         assert metrics[f"{key}_image"] == 100.0 and metrics[f"{key}_text"] == 0.0

@@ -248,10 +248,11 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfi
             gens = generation_examples(s.profiles, s.image_index)
             replies = answers(gens, f"{s.name}: generation")
             rouge = [M.rouge(a, ex.answer) for a, ex in zip(replies, gens)]
-            for key in ("rouge1", "rouge2", "rougeL"):
-                metrics[f"{s.name}_{key}"] = M.mean_percent(r[key] for r in rouge)
-            metrics.update(_by_question_type(f"{s.name}_rougeL", [r["rougeL"] for r in rouge], gens))
-            metrics[f"{s.name}_bleu"] = M.mean_percent(M.bleu(a, ex.answer) for a, ex in zip(replies, gens))
+            bleu = [M.bleu(a, ex.answer) for a, ex in zip(replies, gens)]
+            # each also apart by question type, as MLLMU-Bench's own evaluation reports them
+            for key, values in (*((k, [r[k] for r in rouge]) for k in ("rouge1", "rouge2", "rougeL")), ("bleu", bleu)):
+                metrics[f"{s.name}_{key}"] = M.mean_percent(values)
+                metrics.update(_by_question_type(f"{s.name}_{key}", values, gens))
             metrics[f"{s.name}_coherence"] = M.coherence_mean(replies)
             records += [_record(s.name, "generation", ex, a, rougeL=r["rougeL"])
                         for ex, a, r in zip(gens, replies, rouge)]
