@@ -127,6 +127,16 @@ def test_a_fraction_of_an_epoch_takes_the_steps_it_names(epochs, examples, accum
     assert prepare(Weights(), cfg, n_examples=examples).total == steps
 
 
+def test_runs_in_one_process_each_get_their_own_mixed_precision():
+    """accelerate's state is process-wide: a bf16 run, then one that sets none, must not autocast the second
+    (nor refuse a third that asks for fp16)."""
+    from viker.train import make_accelerator
+
+    assert make_accelerator(TrainConfig(mixed_precision="bf16")).mixed_precision == "bf16"
+    assert make_accelerator(TrainConfig()).mixed_precision == "no"
+    assert make_accelerator(TrainConfig(mixed_precision="fp16")).mixed_precision == "fp16"
+
+
 @pytest.mark.parametrize("device, cpu, current",
                          [("cpu", True, None), ("cuda:1", False, "cuda:1"), (None, False, None)])
 def test_device_decides_where_accelerate_trains(device, cpu, current, monkeypatch):

@@ -296,7 +296,15 @@ def make_accelerator(cfg: TrainConfig, resume: bool = False, device: str | None 
 
     if cfg.mixed_precision not in (None, "no", "bf16", "fp16"):
         raise VikerError(f"--mixed-precision {cfg.mixed_precision}: choose no, bf16 or fp16")
-    chosen = pick_device(device) if device and int(os.environ.get("WORLD_SIZE", "1")) == 1 else None
+    single = int(os.environ.get("WORLD_SIZE", "1")) == 1
+    if single:
+        from accelerate.state import AcceleratorState
+
+        # accelerate keeps one state per process, made by its first Accelerator: a second run in the same
+        # process (the demo, a notebook) would refuse another --mixed-precision, or keep the first run's
+        # autocast where it sets none. One process runs one run at a time, so each starts from a fresh state.
+        AcceleratorState._reset_state()
+    chosen = pick_device(device) if device and single else None
     if chosen is not None and chosen.type == "cuda" and chosen.index is not None:
         torch.cuda.set_device(chosen)
     # split_batches: --batch-size is the global batch, split across the processes, so the schedule takes one
