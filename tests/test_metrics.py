@@ -184,6 +184,9 @@ def test_cloze_prompt_replaces_every_blank_once():
         ("B is correct", "B"),  # B, C, D followed by a word are no English words
         ("C Paris", "C"),
         ("D because she was born in Lima.", "D"),
+        ("T cells. The answer is C", "C"),  # a capital that is no option, followed by a word, is a word
+        ("X marks the spot; answer: B", "B"),
+        ("c) Lima", "C"),
     ],
 )
 def test_parse_choice_accepts_clear_letters(reply, expected):
@@ -214,6 +217,15 @@ def test_parse_choice_accepts_clear_letters(reply, expected):
         "e.g. Paris",
         "I think it is Paris",  # the word I
         "B or C",  # a letter followed by a word, offered with another
+        "B is wrong",  # the words say the letter is not the answer
+        "D is incorrect",
+        "C is not the answer",
+        "B not C",
+        "B vs C",
+        "B rather than C",
+        "b) or c)",  # lower-case markers listing options
+        "b) Paris, c) Lima",
+        "a) Oslo b) Lima c) Riga",
         "E",  # not an option
         "Answer: E",
         "A.I. is everywhere",

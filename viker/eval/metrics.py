@@ -124,11 +124,17 @@ def whole_words(phrase: str) -> str:
 # A letter opening the reply: "(B)", "[B]", "B", "B:", "B)", "B]", "B. Paris", "B, Paris", "B - Paris",
 # "B" alone on the first line; "b)", "b:", "b. Paris" in lower case. "." and "," must be followed by
 # whitespace or the end so that "A.I.", "U.S." or "e.g." do not count. A letter followed by a space and a
-# word is accepted unless it is one of the words "A" and "I" ("A cat ...", "I think ..."): "B is correct".
+# word ("B is correct") counts unless it is one of the words "A" and "I" ("A cat ...", "I think ...") or the
+# words say it is not the answer ("B is wrong", "B not C", "B vs C"). The last two forms (groups 4 and 5)
+# count only for a letter among the options: "T cells. The answer is C" is C.
+_NEGATION = r"(?:is\s+(?:not|wrong|incorrect|false)|isn't|not|nor|vs|versus|rather|but|or|and)\b"
 _LEADING_RE = re.compile(
     r"^(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])(?=[ \t\r]*(?:$|\n)|[:)\]]|[.,](?:\s|$)|\s+[-–]\s)"
-    r"|([B-HJ-Z])(?=\s+\w)|([a-z])(?=[:)]|\.(?:\s|$)))"
+    rf"|([B-HJ-Z])(?=\s+\w)(?!\s+{_NEGATION})|([a-z])(?=[:)]|\.(?:\s|$)))"
 )
+_LENIENT_GROUPS = (4, 5)
+# lower-case option markers anywhere: "b) Paris, c) Lima" lists options rather than picking one
+_LOWER_MARKER_RE = re.compile(r"(?<![\w.])([a-z])(?=[:)]|\.(?:\s|$))")
 # A letter announced by a keyword anywhere: "Answer: B", "The answer is B", "Option (C)". The words
 # "A" and "I" followed by a lower-case word are words: "The answer is A cat", "the answer I believe";
 # but a word that cannot follow the article names the letter A, so that an answer A is read as an answer
@@ -152,8 +158,10 @@ def parse_choice(reply: str, options: Sequence[str] = "ABCD") -> str | None:
     1. the whole reply when it is a single letter, in either case (``"b"`` -> ``"B"``);
     2. a letter opening the reply on its own: ``"B"``, ``"B."``, ``"B: Paris"``, ``"B) Paris"``,
        ``"B - Paris"``, ``"(B)"``, ``"[B]"``, alone on the first line, or followed by a word
-       (``"B is correct"``), except the words "A" and "I" (``"A cat"``, ``"I think"``); in lower case
-       followed by ``)``, ``:`` or ``.`` (``"b) Paris"``, ``"c. Rome"``);
+       (``"B is correct"``), except the words "A" and "I" (``"A cat"``, ``"I think"``), a letter that is
+       no option (``"T cells"``) and words that deny it (``"B is wrong"``, ``"B not C"``); in lower case
+       followed by ``)``, ``:`` or ``.`` (``"b) Paris"``, ``"c. Rome"``), unless the reply lists several
+       such markers (``"b) Paris, c) Lima"``);
     3. an upper-case letter after ``answer``/``option``/``choice`` (optionally ``is``, ``:``)
        anywhere in the reply: ``"Answer: B"``, ``"The answer is B"``,
        ``"The correct option is (C)"``; not the words "A" and "I" followed by a lower-case word
@@ -177,7 +185,14 @@ def parse_choice(reply: str, options: Sequence[str] = "ABCD") -> str | None:
     if len(text) == 1:
         candidates = {text.upper()} if text.isalpha() else set()
     else:
-        found = [m for m in [_LEADING_RE.match(text), *_ANNOUNCED_RE.finditer(text)] if m]
+        leading = _LEADING_RE.match(text)
+        if leading and leading.lastindex in _LENIENT_GROUPS:
+            if leading.group(leading.lastindex).upper() not in allowed:
+                leading = None  # "T cells", "X marks the spot": a word, not a choice
+            elif leading.lastindex == 5 and len({m.group(1).upper() for m in _LOWER_MARKER_RE.finditer(text)}
+                                                & allowed) > 1:
+                return None  # "b) or c)", "a) Oslo b) Lima": options listed, none picked
+        found = [m for m in [leading, *_ANNOUNCED_RE.finditer(text)] if m]
         spans = {_picked(m) for m in found}  # (letter, where it stands)
         candidates = {letter for letter, _ in spans}
         for pair in _ENUMERATION_RE.finditer(text):
