@@ -275,20 +275,21 @@ def test_a_benchmark_generated_again_keeps_no_file_of_the_earlier_one_and_an_int
     stale = tmp_path / "data" / "ref_people" / "999.png"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"png")
+    old_run = tmp_path / "runs" / "viker_lam50"  # a run of the earlier demo's that this one would not redo
+    old_run.mkdir(parents=True)
     (tmp_path / "data" / "README.md").write_text("an earlier benchmark")
     monkeypatch.setattr(viker.demo, "_vanilla", stop)
     with pytest.raises(Stop):
         run_demo(micro(tmp_path), progress=False)
-    assert not stale.exists() and (tmp_path / "data" / "ref_people").is_dir()
+    assert not stale.exists() and not old_run.exists() and (tmp_path / "data" / "ref_people").is_dir()
     generated = json.loads((tmp_path / "synth.json").read_text())
     assert generated["seed"] == micro(tmp_path).seed
 
-    build = viker.demo.build_benchmark
+    build, built = viker.demo.build_benchmark, []
     monkeypatch.setattr(viker.demo, "build_benchmark", lambda out, cfg, progress: (build(out, cfg, progress), stop()))
-    with pytest.raises(Stop):  # stopped after writing its files, before the stamp
+    with pytest.raises(Stop):  # another seed's benchmark, stopped after writing its files, before the stamp
         run_demo(replace(micro(tmp_path), seed=4), progress=False)
-    assert "unfinished" in json.loads((tmp_path / "synth.json").read_text())
-    monkeypatch.setattr(viker.demo, "build_benchmark", build)
-    with pytest.raises(Stop):  # the rerun generates it again rather than reuse a benchmark it cannot vouch for
-        run_demo(replace(micro(tmp_path), seed=4), progress=False)
-    assert json.loads((tmp_path / "synth.json").read_text())["seed"] == 4
+    monkeypatch.setattr(viker.demo, "build_benchmark", lambda *args, **kw: (built.append(1), build(*args, **kw))[1])
+    with pytest.raises(Stop):  # the earlier settings again: their benchmark is half overwritten, so it is redone
+        run_demo(micro(tmp_path), progress=False)
+    assert built and json.loads((tmp_path / "synth.json").read_text())["seed"] == micro(tmp_path).seed

@@ -91,9 +91,12 @@ def demo_folder(out: str | Path) -> Path:
     out = out_folder(out)
     present = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else []
     if present and not (out / "synth.json").is_file():
-        raise VikerError(f"--out {out}: holds files ({present[0]}, ...) and is no earlier demo's folder (no "
-                         "synth.json); the demo writes data/, vanilla/ and runs/ there, replacing what is in them: "
-                         "choose a new or empty folder")
+        held = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
+        hint = (" (a demo stopped while it generated its first benchmark leaves data/ alone: remove it)"
+                if present == ["data"] else "")
+        raise VikerError(f"--out {out}: holds {held} and is no earlier demo's folder (no synth.json); the demo "
+                         f"writes data/, vanilla/ and runs/ there, replacing what is in them: choose a new or empty "
+                         f"folder{hint}")
     return out
 
 
@@ -151,8 +154,9 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     if not (data / "README.md").is_file() or made_with != settings:
         steps.start("generating the embedded benchmark")
         write_json(stamp, {"unfinished": settings})  # until it is whole: an interrupted one is generated again
-        if data.is_dir():
-            shutil.rmtree(data)  # no file of an earlier benchmark stays (its reference images, one person's table)
+        for earlier in (data, out / "runs"):  # no file of an earlier benchmark stays, nor a run trained on it
+            if earlier.is_dir():
+                shutil.rmtree(earlier)
         build_benchmark(data, synth, progress=progress)
         write_json(stamp, settings)
     else:

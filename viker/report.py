@@ -283,10 +283,10 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
             c = None  # several runs of one method: a colour each
         styles.append((r.get("marker", m), c))
     coloured = sum(c is None for _, c in styles)
-    # the cycle's colours, less ViKeR's blue (the first of them): no other run looks like ViKeR or its sweep;
-    # beyond nine runs, tab20's nineteen, and beyond those a shape each round
+    # the cycle's colours, less ViKeR's blues (tab10's first, tab20's first two): no other run looks like ViKeR or
+    # its sweep; beyond nine runs, tab20's eighteen, and beyond those a shape each round
     palette = [c for c in plt.get_cmap("tab10" if coloured <= 9 else "tab20").colors
-               if matplotlib.colors.to_hex(c) != VIKER_COLOUR]
+               if matplotlib.colors.to_hex(c) not in (VIKER_COLOUR, "#aec7e8")]
     ax.set_prop_cycle(color=[palette[i % len(palette)] for i in range(max(coloured, 1))])
     if coloured > len(palette):
         nth = 0  # the n-th run drawn in a colour of the cycle
