@@ -32,7 +32,7 @@ from viker.keytokens import run_keytokens
 from viker.model import LoraSettings, load_model
 from viker.presets import TINY_TRAIN, TINY_UNLEARN, TrainConfig
 from viker.report import column_glossary, markdown_table, plain_table, setting_text, tradeoff_plot
-from viker.runs import file_hashes, machine, out_folder, to_jsonable, under, write_json
+from viker.runs import file_hashes, machine, out_folder, to_jsonable, under, visible_entries, write_json
 from viker.unlearn import UnlearnConfig, run_unlearn
 
 METHODS = ("ga", "graddiff", "klmin", "npo", "idkpo", "viker", "cagul")
@@ -89,7 +89,7 @@ def demo_folder(out: str | Path) -> Path:
     and runs this demo reuses or replaces; any other folder is refused, since the demo writes ``data/``,
     ``vanilla/`` and ``runs/`` there with --overwrite, which would remove a run of the same name."""
     out = out_folder(out)
-    present = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else []
+    present = visible_entries(out)
     if present and not (out / "synth.json").is_file():
         held = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
         hint = (" (a demo stopped while it generated its first benchmark leaves data/ alone: remove it)"

@@ -207,13 +207,18 @@ def out_folder(out: str | Path) -> Path:
     return out
 
 
+def visible_entries(folder: Path) -> list[str]:
+    """The names in ``folder`` a user put or a command wrote there, hidden ones aside; none for no folder."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
+
+
 def check_eval_out(model_path: str, out: str | Path, data: str | Path | None = None) -> None:
     """An evaluation writes into a new or empty folder, an earlier evaluation of the same model, the folder of
     the run whose model it scores, or the model's own folder; never into another training run's or another
     model's evaluation (a report would show this model's scores as theirs), nor into the benchmark or any
     other folder of files it did not write."""
     out = out_folder(out)
-    if not out.is_dir() or not any(not p.name.startswith(".") for p in out.iterdir()):
+    if not visible_entries(out):
         return
     here = out.resolve()
     if data is not None and here == Path(data).expanduser().resolve():

@@ -124,7 +124,7 @@ def _settings(config) -> dict:
 
 def model_fingerprint(model: torch.nn.Module, adapters: bool = False) -> str:
     """The content identity of the frozen model: every byte of every tensor with its name, shape and dtype
-    (sha256 reads about 1 GB/s, some 15 s for a 7B model, once per run; a sample of each tensor would miss
+    (sha256 reads 1-1.6 GB/s, some 10-15 s for a 7B model, once per run; a sample of each tensor would miss
     a model that differs from another in a few weights), and the configuration the weights run with (the
     same weights with another RoPE base or vision_feature_layer give another R̂). The names peft adds are
     left out, and so are LoRA adapters unless ``adapters`` says they act on the reference's outputs and one

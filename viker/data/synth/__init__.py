@@ -40,7 +40,7 @@ from viker.data.synth.people import (
     make_people,
 )
 from viker.errors import VikerError
-from viker.runs import out_folder
+from viker.runs import out_folder, visible_entries
 
 PARQUET_NAME = "train-00000-of-00001.parquet"
 REF_POOLS = ("ref_people", "ref_patterns", "ref_scenes", "ref_pets")
@@ -139,7 +139,7 @@ def claim_benchmark_folder(out: str | Path, overwrite: bool = False) -> Path:
     from viker.data.loader import has_config
 
     out = out_folder(out)
-    present = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else []
+    present = visible_entries(out)
     if not present:
         return out
     written = {*CONFIGS, PRETRAIN_CONFIG, *REF_POOLS, "preview.png", "README.md"}  # what build_benchmark writes
