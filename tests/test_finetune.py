@@ -33,6 +33,8 @@ def test_finetune_learns_and_writes_a_complete_run_folder(bench_dir, tmp_path):
     assert "Full_Set/train-00000-of-00001.parquet" in config["data_files"]
     assert set(metrics) >= {"full_image_exact", "full_name_exact", "real_image_exact", "real_name_exact"}
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    assert not any("second" in k for k in metrics)  # the same seed gives the same metrics.json: no wall clock
+    assert json.loads((tmp_path / "timing.json").read_text())["train_seconds"] > 0
     assert (tmp_path / "model" / "model.safetensors").is_file()
     model, processor = load_model(tmp_path, device="cpu")  # a run folder loads like a model folder
     assert processor.tokenizer.chat_template

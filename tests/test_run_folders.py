@@ -247,7 +247,7 @@ def test_report_names_what_is_wrong_with_a_folder(tmp_path, capsys):
         return str(tmp_path / name)
 
     cases = [(str(tmp_path / "absent"), "no such run folder"),
-             (run("finetuned", json.dumps({"full_image_exact": 100.0, "train_seconds": 3})),
+             (run("finetuned", json.dumps({"full_image_exact": 100.0, "final_loss": 0.1})),
               "holds no evaluation's metrics; evaluate it first"),
              (run("cut", '{"forget_acc": 5'), "metrics.json: not JSON"),
              (run("text", json.dumps({"forget_acc": "high"})), "metrics.json: forget_acc is not a number")]

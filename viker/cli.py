@@ -216,7 +216,8 @@ def _add_train_args(p: argparse.ArgumentParser, tiny: TrainConfig, real: TrainCo
                    help=_preset("seed of the initialisation and the data order", "seed", tiny, real, names))
     p.add_argument("--checkpoint-every", type=int, help="write a checkpoint every N steps (atomically)")
     p.add_argument("--resume", action="store_true",
-                   help="continue a stopped run from its last checkpoint, with the settings it was started with")
+                   help="continue a stopped run from its last checkpoint: give the command it was started with again, "
+                        "plus --resume (other settings are refused)")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (removing its files)")
     p.add_argument("--max-length", type=int, help="refuse examples longer than this many tokens (never truncates)")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"),
@@ -239,8 +240,8 @@ def _add_benchmark_arg(p: argparse.ArgumentParser) -> None:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p = p.add_argument_group("model loading")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 on a GPU, float32 on CPU), float32, bfloat16 (bf16), "
-                   "float16 (fp16)")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on a GPU that supports it, else float32), float32, "
+                   "bfloat16 (bf16), float16 (fp16)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the checkpoint")
 
 
@@ -267,10 +268,12 @@ def parser() -> argparse.ArgumentParser:
     synth.add_argument("--overwrite", action="store_true", help="replace the benchmark already in --out")
     synth.set_defaults(func=_synth)
 
-    ft = _command(sub, "finetune", "train the vanilla model on every person of the benchmark",
-                  "Writes OUT/model, config.json, history.json and metrics.json (how many answers it recalls exactly).")
+    ft = _command(sub, "finetune", "train the vanilla model on the benchmark's people",
+                  "Writes OUT/model, config.json, history.json, timing.json and metrics.json: the final loss and, "
+                  "on MLLMU-Bench in one process or under DDP, how many answers it recalls exactly.")
     ft.add_argument("--model", default="tiny", help="'tiny' (built offline) or a model folder / hub id")
-    ft.add_argument("--data", required=True, help="benchmark folder (MLLMU-Bench layout)")
+    ft.add_argument("--data", required=True, help="benchmark folder (MLLMU-Bench's layout, or CLEAR's with "
+                                                   "--benchmark clear)")
     ft.add_argument("--out", required=True, help="the run folder to write")
     _add_benchmark_arg(ft)
     ft.add_argument("--without", help="CLEAR: leave out this forget split's persons (forget01 | forget05 | forget10), "
@@ -350,7 +353,9 @@ def parser() -> argparse.ArgumentParser:
                          "(zero-shot, in the benchmark's prompt; docs/design.md) (default: likelihood; MLLMU-Bench "
                          "only)")
     ev.add_argument("--batch-size", type=int, default=32, help="questions per forward pass")
-    ev.add_argument("--max-new-tokens", type=int, help="greedy reply length (default 50; CLEAR: 100)")
+    ev.add_argument("--max-new-tokens", type=int,
+                    help="greedy reply length of the generation questions (default 50; CLEAR: 100); a cloze reply "
+                         "is read in 20 tokens, a letter-mode reply in 8")
     ev.add_argument("--retain-limit", type=int, help="evaluate at most this many retain-split people (CLEAR: "
                                                       "retain_perturbed rows)")
     ev.add_argument("--gib-model", help="local folder of a gibberish classifier, for the gib column")
@@ -394,11 +399,12 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("runs", nargs="+", metavar="RUN", help="an evaluated run folder, in the order of the table's rows")
     rp.add_argument("--out", required=True, help="the folder to write, of its own (a run's, an evaluation's or a "
                                                  "demo's folder is refused)")
-    rp.add_argument("--title", help="the report's title (default: the forget split)")
+    rp.add_argument("--title", help="the report's title (default: 'Unlearning' and the forget split)")
     rp.set_defaults(func=_report)
     dm = _command(sub, "demo", "the whole comparison on the embedded benchmark, offline on a CPU",
                   "Generates the benchmark, finetunes the vanilla tiny model, unlearns forget_10 with every method "
-                  "on the same budget, sweeps ViKeR's λ, evaluates everything, and writes OUT/report.md, "
+                  "on the same budget (CAGUL, which trains new modules, on its own), sweeps ViKeR's λ, evaluates "
+                  "everything, and writes OUT/report.md, "
                   "results.json, tradeoff.png and keytokens.html. A second demo in the same folder with the same "
                   "--seed and --fast reuses the benchmark and the vanilla model; with another, it regenerates "
                   "them and replaces the folder's runs and report.")

@@ -161,8 +161,10 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
         metrics = recall_metrics(model, processor, cfg.data, cfg.eval_batch_size,
                                  progress and accelerator.is_main_process, accelerator.process_index,
                                  accelerator.num_processes)
-    metrics |= {"train_seconds": round(seconds, 1), "final_loss": history[-1]["loss"] if history else None}
-    finish_run(prepared, out, {"history.json": history, "metrics.json": metrics},
+    metrics["final_loss"] = history[-1]["loss"] if history else None
+    # wall-clock time apart from the scores, so that a rerun with the same seed gives the same metrics.json
+    timing = {"train_seconds": round(seconds, 2)}
+    finish_run(prepared, out, {"history.json": history, "metrics.json": metrics, "timing.json": timing},
                lambda state_dict: save_model(model, processor, out / "model", merge=cfg.lora.merge,
                                              state_dict=state_dict))
     return metrics

@@ -44,6 +44,8 @@ class EvalConfig:
     # its first 50 new tokens whatever max_new_tokens is: a shorter reply can stop before the option it
     # names ("... born in"), and the options would then be scored bare.
     frame_max_new_tokens: int = 50
+    # A letter-mode reply should open with its letter ("B", "B) Paris"): read in its first 8 new tokens.
+    letter_max_new_tokens: int = 8
     retain_limit: int | None = None  # evaluate at most this many retain-split people (None: all)
     gib_model: str | None = None  # a local gibberish classifier (e.g. a copy of the DistilBERT one)
     # What to evaluate: set -> tasks (generation, multiple_choice, cloze); None: every task on every set.
@@ -57,6 +59,8 @@ class EvalConfig:
         check_generation_settings(self)
         require(self.cloze_max_new_tokens >= 1, "cloze_max_new_tokens", self.cloze_max_new_tokens, "must be at least 1")
         require(self.frame_max_new_tokens >= 1, "frame_max_new_tokens", self.frame_max_new_tokens, "must be at least 1")
+        require(self.letter_max_new_tokens >= 1, "letter_max_new_tokens", self.letter_max_new_tokens,
+                "must be at least 1")
         require(not self.gib_model or Path(self.gib_model).expanduser().is_dir(), "--gib-model", self.gib_model,
                 "no such folder (a local copy of a gibberish classifier)")
 
@@ -264,7 +268,7 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfi
             questions = [(q, p.images[s.image_index] if q.with_image else None) for p in s.profiles for q in p.mc]
             if cfg.mc_mode == "letter":
                 prompts = [Example(mc_prompt(q.question, q.options), "", img) for q, img in questions]
-                replies = answers(prompts, f"{s.name}: multiple choice", max_new_tokens=8)
+                replies = answers(prompts, f"{s.name}: multiple choice", max_new_tokens=cfg.letter_max_new_tokens)
                 choices = [M.parse_choice(r) for r in replies]
                 # a reply with no letter in it counts as wrong: say how many, so that 0 is not read as forgetting
                 metrics[f"{s.name}_unparsed"] = M.mean_percent(c is None for c in choices)
