@@ -195,3 +195,21 @@ def test_a_cagul_run_is_no_model_to_train_from(cagul_run, bench_dir, tmp_path, c
         err = capsys.readouterr().err
         assert code == 2 and "Traceback" not in err and f"--model {run}: a CAGUL run" in err
         assert not (tmp_path / "again").exists()
+
+
+def test_the_discriminator_report_needs_no_retain_set(tiny, bench_dir, tmp_path):
+    """A benchmark folder without Retain_Set trains CAGUL's discriminator on the retain split's people and
+    the strangers; its report reads the same people, instead of failing after the training."""
+    import shutil
+
+    from viker.data.loader import load_profiles
+    from viker.methods.cagul import discriminator_report
+
+    root = tmp_path / "bench"
+    shutil.copytree(bench_dir, root, ignore=shutil.ignore_patterns("Retain_Set"))
+    model, processor = _wrapped(tiny)
+    with torch.no_grad():
+        report = discriminator_report(model, processor, root, "forget_10", "retain_90")
+    counts = report["split_images"]
+    assert counts["positives"] == len(load_profiles(root, "forget_10"))
+    assert counts["negatives"] == len(load_profiles(root, "retain_90"))

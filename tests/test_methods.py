@@ -3,6 +3,7 @@ ViKeR's reference cache matches a direct computation."""
 
 from __future__ import annotations
 
+import html
 import json
 import math
 from dataclasses import replace
@@ -331,6 +332,10 @@ def test_keytokens_page_marks_high_entropy_tokens(tiny_dir, bench_dir, tmp_path,
     assert main(["keytokens", "--model", str(tiny_dir), "--data", str(bench_dir), "--forget", "forget_10",
                  "--out", str(out), "--k", "2", "--epsilon", "1000", "--cache-dir", str(tmp_path / "cache")]) == 0
     assert "class='key'" not in out.read_text() and f"0 of {page.count('<span ')} answer tokens" in out.read_text()
+    # the end-of-turn token closing every answer is no part of what it says: not shown, not counted
+    collate = Collator(load_model(tiny_dir, device="cpu")[1])
+    end = collate.tokenizer.decode([collate.end_of_turn_id()])
+    assert end and f">{end}<" not in page and f">{html.escape(end)}<" not in page
 
 
 def test_keytokens_underlines_what_a_viker_run_at_lam_forgets(tiny_dir, bench_dir, tmp_path, capsys):
@@ -385,6 +390,60 @@ def test_keytokens_reads_the_reference_cache_that_a_viker_run_filled(tiny_dir, b
     assert len(cached) == 1
     assert main(["keytokens", *common, "--out", str(tmp_path / "kt" / "keys.html")]) == 0
     assert sorted((tmp_path / "cache").iterdir()) == cached
+
+
+def test_a_token_keeps_the_space_before_it_where_its_tokenizer_drops_it_when_decoded_alone():
+    """SentencePiece tokenizers (LLaVA-1.5's, Idefics2's) strip a text's leading space: "▁is" alone decodes to
+    "is". The page shows each token as it reads in the whole answer, so its words stay apart."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from viker.keytokens import characters, group_texts
+
+    vocab = {w: i for i, w in enumerate(["<unk>", "▁The", "▁person", "▁is", "▁Jos", "é", "."])}
+    backend = Tokenizer(models.WordPiece(vocab, unk_token="<unk>", continuing_subword_prefix=""))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
+    ids = tok("The person is José.", add_special_tokens=False)["input_ids"]
+    assert tok.decode([ids[2]]) == "is"  # the tokenizer itself drops the space
+    shown = group_texts(tok, ids, characters(tok, ids))
+    assert shown == ["The", " person", " is", " Jos", "é", "."]
+    assert "".join(shown) == tok.decode(ids) == "The person is José."
+
+
+def test_the_picture_shades_as_the_page_does(tmp_path, monkeypatch):
+    """The PNG shows the first answers; its darkest shade is still the largest entropy of them all, as on the
+    page, so that one token has one colour in both."""
+    import matplotlib.figure
+
+    from viker.keytokens import PNG_ANSWERS, TokenEntropy, _color, write_png
+
+    drawn = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, path, **kw: drawn.extend(fig.axes[0].texts))
+    rows = [TokenEntropy("q", True, [" a"], [1.0], [0.5])] * PNG_ANSWERS
+    rows.append(TokenEntropy("last", True, [" b"], [4.0], [0.5]))  # not drawn, the largest entropy
+    write_png(rows, tmp_path / "keys.png", epsilon=5.0)
+    token = next(t for t in drawn if t.get_text() == " a")
+    shade = [int(c) / 255 for c in _color(1.0, 4.0)[4:-1].split(",")]
+    assert token.get_bbox_patch().get_facecolor()[:3] == pytest.approx(shade)
+
+
+def test_the_key_tokens_of_a_cagul_run_are_those_of_its_frozen_model(tiny, bench_dir, tmp_path):
+    """CAGUL's reference distributions come from its frozen model; a page made from a CAGUL run reads them
+    the same way, not through modules that rewrite every image they flag."""
+    from viker.keytokens import answer_token_entropies, forget_answers
+    from viker.model.cagul import CagulConfig, CagulModel
+
+    base, processor = tiny
+    wrapped = CagulModel(base, CagulConfig())
+    torch.nn.init.normal_(wrapped.encoder.up.weight, std=0.5)  # an encoder that changes what it rewrites
+    torch.nn.init.constant_(wrapped.discriminator.net[-1].bias, 1e4)  # that flags every image
+    answers = forget_answers(bench_dir, "forget_10")
+    with torch.no_grad():
+        mine = answer_token_entropies(wrapped, processor, answers, k=2, cache_dir=tmp_path / "a", progress=False)
+        frozen = answer_token_entropies(base, processor, answers, k=2, cache_dir=tmp_path / "b", progress=False)
+    assert mine == frozen
 
 
 def test_a_character_split_over_byte_tokens_is_shown_whole(tiny):

@@ -18,7 +18,7 @@ import torch
 from viker.collate import Collator
 from viker.data.examples import unlearning_examples
 from viker.data.schema import RETAIN_OF, Example
-from viker.errors import require
+from viker.errors import VikerError, require
 from viker.methods.base import FrozenReference
 from viker.methods.losses import entropy
 from viker.methods.reference import (
@@ -38,6 +38,18 @@ class TokenEntropy:
     tokens: list[str]
     entropy: list[float]
     ref_prob: list[float]  # R̂_i(y_i): the reference probability of each true answer token
+
+
+def group_texts(tok, ids: list[int], groups: list[list[int]]) -> list[str]:
+    """The text of each group of ``ids`` as it reads in the whole answer. Each group is the difference between
+    decoding the answer up to its end and up to its start: decoded alone, a token can lose its leading space
+    (SentencePiece tokenizers strip it from the start of a text, so "▁is" alone reads "is")."""
+    texts, before = [], ""
+    for g in groups:
+        upto = tok.decode(ids[:g[-1] + 1])
+        texts.append(upto[len(before):] if upto.startswith(before) else tok.decode([ids[j] for j in g]))
+        before = upto
+    return texts
 
 
 def characters(tok, ids: list[int]) -> list[list[int]]:
@@ -81,23 +93,33 @@ def answer_token_entropies(model, processor, answers: ForgetAnswers, k: int = 5,
                            cache_dir: Path | None = None, progress: bool = True) -> list[TokenEntropy]:
     """Each forget answer's tokens with their reference entropy H(R̂_i). Uses (and fills) the same
     cache as a ViKeR run with the same model, data, references, k and seed. A character split over
-    several tokens is shown as one, with their largest entropy and smallest R̂(y)."""
+    several tokens is shown as one, with their largest entropy and smallest R̂(y). The end-of-turn token
+    that closes every answer is left out: it is no part of what the answer says. A CAGUL model is read
+    without its modules, as CAGUL's own training reads it (its model stays frozen)."""
+    from viker.model.cagul import CagulModel
+
+    if isinstance(model, CagulModel):
+        model = model.base
     examples = answers.examples
     dists, _ = reference_distributions(FrozenReference(model, separate=model), processor, examples, answers.pool, k,
                                        seed, default_topk(model), cache_dir=cache_dir, progress=progress,
                                        owners=answers.owners)
     collate = Collator(processor)
-    tok = collate.tokenizer
+    tok, end = collate.tokenizer, collate.end_of_turn_id()
     out = []
     for i, ex in enumerate(examples):
         # the answer's tokens do not depend on the image, so skip image processing here
         labels = collate([replace(ex, image=None)])["labels"][0]
         ids = labels[labels != -100].tolist()  # the answer tokens, in the order of the cached rows that predict them
         rows = dists.rows([i])
+        if rows.shape[0] != len(ids):
+            raise VikerError(f"answer {i}: {len(ids)} answer tokens without the image, {rows.shape[0]} reference "
+                             "rows with it (the chat template splits the answer otherwise); delete the cache")
         h, p = entropy(rows).tolist(), rows[torch.arange(len(ids)), ids].tolist()
+        if ids and ids[-1] == end:
+            ids = ids[:-1]
         groups = characters(tok, ids)
-        out.append(TokenEntropy(ex.question.split("\n")[0], ex.image is not None,
-                                [tok.decode([ids[j] for j in g]) for g in groups],
+        out.append(TokenEntropy(ex.question.split("\n")[0], ex.image is not None, group_texts(tok, ids, groups),
                                 [max(h[j] for j in g) for g in groups], [min(p[j] for j in g) for g in groups]))
     return out
 
@@ -139,8 +161,19 @@ def _lam_sentence(rows: list[TokenEntropy], lam: float | None) -> str:
             "it holds each of the others at a resting point (with its default KL regulariser and ascent term).")
 
 
-def write_html(rows: list[TokenEntropy], path: Path, epsilon: float, title: str, lam: float | None = None) -> None:
-    h_max = max((max(r.entropy) for r in rows if r.entropy), default=1.0)
+def largest_entropy(rows: list[TokenEntropy]) -> float:
+    """The entropy shaded darkest, the same on the page and on the PNG (which shows only the first answers)."""
+    return max((max(r.entropy) for r in rows if r.entropy), default=1.0)
+
+
+def write_html(rows: list[TokenEntropy], path: Path, epsilon: float, title: str, lam: float | None = None,
+               topk: int | None = None) -> None:
+    """``topk``: the reference distributions were stored as their ``topk`` largest probabilities, the rest
+    spread evenly over the other tokens (a large vocabulary); H is then a little above the frozen model's."""
+    h_max = largest_entropy(rows)
+    stored = "" if topk is None else (
+        f" R̂ is stored as its {topk} largest probabilities with the rest spread evenly, so H is slightly above "
+        "that of the full distribution.")
     n_key = sum(h > epsilon for r in rows for h in r.entropy)
     n_all = sum(len(r.entropy) for r in rows)
     lines = [
@@ -154,7 +187,8 @@ def write_html(rows: list[TokenEntropy], path: Path, epsilon: float, title: str,
         f"<p>Each answer token is shaded by the entropy H(R̂) of the frozen model's distribution averaged over "
         f"reference images of other people (darker = less certain without the true image). Outlined tokens are "
         f"<b>key tokens</b> (H &gt; ε = {epsilon}), the paper's private tokens: {n_key} of {n_all} answer tokens. "
-        f"{_lam_sentence(rows, lam)} Max H = {h_max:.2f} nats.</p>",
+        f"{_lam_sentence(rows, lam)} Max H = {h_max:.2f} nats.{stored} The end-of-turn token that closes every "
+        "answer is left out.</p>",
         f"<p>{html.escape(ref_prob_summary(rows))}</p>",
     ]
     for r in rows:
@@ -196,8 +230,8 @@ def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int =
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    h_max = largest_entropy(rows)
     rows = rows[:limit]
-    h_max = max((max(r.entropy) for r in rows if r.entropy), default=1.0)
     placed = [layout(r.tokens) for r in rows]
     heights = [2 + max((line for _, line, _ in p), default=0) for p in placed]  # the question, then its lines
     fig, ax = plt.subplots(figsize=(11, 0.31 * sum(heights) + 0.9))
@@ -241,6 +275,6 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
         rows = answer_token_entropies(model, processor, answers, k, seed,
                                       Path(cache_dir) if cache_dir else default_cache_dir(), progress)
     out = Path(out)
-    write_html(rows, out, epsilon, f"Key tokens of {forget}", lam)
+    write_html(rows, out, epsilon, f"Key tokens of {forget}", lam, default_topk(model))
     write_png(rows, out.with_suffix(".png"), epsilon)
     return rows

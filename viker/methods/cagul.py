@@ -13,8 +13,9 @@ Training, in two stages:
    are recorded in the run's config.
 2. the trainer's loop, the encoder, with every forget and retain image rewritten (``cagul="force"``):
    - forget term ``reference`` (default): per answer token KL(R̂ ‖ Q), where R̂ is what the frozen model
-     says when the image shows someone else (ViKeR's reference distributions, same cache) — the model
-     answers about a forget person as about a stranger; or ``npo``: NPO on whole answers against the
+     says when the image shows someone else (ViKeR's reference distributions, in the same cache folder but
+     an entry of their own: CAGUL's forget examples are the image questions only) — the model answers
+     about a forget person as about a stranger; or ``npo``: NPO on whole answers against the
      frozen model;
    - retain term: KL(P ‖ Q) to the frozen model's own distributions on retain images, so that a
      retain person wrongly flagged still gets the model's usual answer. Its weight is light (0.25):
@@ -104,7 +105,9 @@ def discriminator_report(model: CagulModel, processor, data_dir: str | Path, for
         return (probs > model.cfg.threshold).cpu()
 
     forget = load_profiles(data_dir, forget_split)
-    others = load_profiles(data_dir, retain_split or RETAIN_OF[forget_split]) + load_profiles(data_dir, "Retain_Set")
+    others = load_profiles(data_dir, retain_split or RETAIN_OF[forget_split])
+    if has_config(data_dir, "Retain_Set"):
+        others += load_profiles(data_dir, "Retain_Set")
     flags = flags_for([p.image for p in forget] + [p.image for p in others])
     truth = torch.tensor([True] * len(forget) + [False] * len(others))
     report = {"split_images": precision_recall(flags, truth)}
