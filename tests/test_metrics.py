@@ -184,6 +184,9 @@ def test_cloze_prompt_replaces_every_blank_once():
         ("B is correct", "B"),  # B, C, D followed by a word are no English words
         ("C Paris", "C"),
         ("D because she was born in Lima.", "D"),
+        ("A is correct", "A"),  # "A" before a word that cannot follow the article is the letter, as B is
+        ("A because she was born in Lima.", "A"),
+        ("A is the answer.", "A"),
         ("T cells. The answer is C", "C"),  # a capital that is no option, followed by a word, is a word
         ("X marks the spot; answer: B", "B"),
         ("c) Lima", "C"),
@@ -218,6 +221,8 @@ def test_parse_choice_accepts_clear_letters(reply, expected):
         "I think it is Paris",  # the word I
         "B or C",  # a letter followed by a word, offered with another
         "B is wrong",  # the words say the letter is not the answer
+        "A is wrong",
+        "A is not the answer",
         "D is incorrect",
         "C is not the answer",
         "B not C",

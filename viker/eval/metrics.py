@@ -124,13 +124,15 @@ def whole_words(phrase: str) -> str:
 # A letter opening the reply: "(B)", "[B]", "B", "B:", "B)", "B]", "B. Paris", "B, Paris", "B - Paris",
 # "B" alone on the first line; "b)", "b:", "b. Paris" in lower case. "." and "," must be followed by
 # whitespace or the end so that "A.I.", "U.S." or "e.g." do not count. A letter followed by a space and a
-# word ("B is correct") counts unless it is one of the words "A" and "I" ("A cat ...", "I think ...") or the
-# words say it is not the answer ("B is wrong", "B not C", "B vs C"). The last two forms (groups 4 and 5)
+# word ("B is correct") counts unless it is one of the words "A" and "I" ("A cat ...", "I think ...";
+# "A is correct" and "A because ..." are the letter, as with B) or the words say it is not the answer ("B is wrong", "B not C", "B vs C"). The last two forms (groups 4 and 5)
 # count only for a letter among the options: "T cells. The answer is C" is C.
 _NEGATION = r"(?:is\s+(?:not|wrong|incorrect|false)|isn't|not|nor|vs|versus|rather|but|or|and)\b"
+# Words that cannot follow the article "A": after them, "A" is the letter ("A is correct", "A because ...").
+_NOT_AFTER_ARTICLE = r"(?:because|since|as|is|was|which|would|seems|fits|matches)\b"
 _LEADING_RE = re.compile(
     r"^(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])(?=[ \t\r]*(?:$|\n)|[:)\]]|[.,](?:\s|$)|\s+[-–]\s)"
-    rf"|([B-HJ-Z])(?=\s+\w)(?!\s+{_NEGATION})|([a-z])(?=[:)]|\.(?:\s|$)))"
+    rf"|([B-HJ-Z]|A(?=\s+{_NOT_AFTER_ARTICLE}))(?=\s+\w)(?!\s+{_NEGATION})|([a-z])(?=[:)]|\.(?:\s|$)))"
 )
 _LENIENT_GROUPS = (4, 5)
 # lower-case option markers anywhere: "b) Paris, c) Lima" lists options rather than picking one
@@ -139,7 +141,6 @@ _LOWER_MARKER_RE = re.compile(r"(?<![\w.])([a-z])(?=[:)]|\.(?:\s|$))")
 # "A" and "I" followed by a lower-case word are words: "The answer is A cat", "the answer I believe";
 # but a word that cannot follow the article names the letter A, so that an answer A is read as an answer
 # B is: "The answer is A because ...", "Answer: A is correct".
-_NOT_AFTER_ARTICLE = r"(?:because|since|as|is|was|which|would|seems|fits|matches)\b"
 _ANNOUNCED_RE = re.compile(
     r"(?i:\b(?:answer|option|choice))\b"
     r"(?:\s+(?i:is|would\s+be|will\s+be))?\s*[:\-]?\s*"
@@ -158,8 +159,8 @@ def parse_choice(reply: str, options: Sequence[str] = "ABCD") -> str | None:
     1. the whole reply when it is a single letter, in either case (``"b"`` -> ``"B"``);
     2. a letter opening the reply on its own: ``"B"``, ``"B."``, ``"B: Paris"``, ``"B) Paris"``,
        ``"B - Paris"``, ``"(B)"``, ``"[B]"``, alone on the first line, or followed by a word
-       (``"B is correct"``), except the words "A" and "I" (``"A cat"``, ``"I think"``), a letter that is
-       no option (``"T cells"``) and words that deny it (``"B is wrong"``, ``"B not C"``); in lower case
+       (``"B is correct"``, ``"A is correct"``), except the words "A" and "I" (``"A cat"``, ``"I think"``),
+       a letter that is no option (``"T cells"``) and words that deny it (``"B is wrong"``); in lower case
        followed by ``)``, ``:`` or ``.`` (``"b) Paris"``, ``"c. Rome"``), unless the reply lists several
        such markers (``"b) Paris, c) Lima"``);
     3. an upper-case letter after ``answer``/``option``/``choice`` (optionally ``is``, ``:``)
