@@ -355,7 +355,7 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=32, help="questions per forward pass")
     ev.add_argument("--max-new-tokens", type=int,
                     help="greedy reply length of the generation questions (default 50; CLEAR: 100); a cloze reply "
-                         "is read in 20 tokens, a letter-mode reply in 8")
+                         "is read in 50 tokens, a letter-mode reply in 8")
     ev.add_argument("--retain-limit", type=int, help="evaluate at most this many retain-split people (CLEAR: "
                                                       "retain_perturbed rows)")
     ev.add_argument("--gib-model", help="local folder of a gibberish classifier, for the gib column")

@@ -37,9 +37,9 @@ class EvalConfig:
     mc_mode: str = "likelihood"  # likelihood (option likelihood) | letter (a generated letter, zero-shot)
     batch_size: int = 32
     max_new_tokens: int = 50
-    # A cloze reply should be the blank alone: it is read in its first 20 new tokens, as in MLLMU-Bench's
-    # published cloze evaluation (generation questions get max_new_tokens, 50).
-    cloze_max_new_tokens: int = 20
+    # A cloze reply is read in its first 50 new tokens, as MLLMU-Bench's published evaluation reads it
+    # (the answer counts wherever it stands in the reply), whatever max_new_tokens the generation questions get.
+    cloze_max_new_tokens: int = 50
     # Option likelihood scores the options inside the model's own greedy answer to the question, read in
     # its first 50 new tokens whatever max_new_tokens is: a shorter reply can stop before the option it
     # names ("... born in"), and the options would then be scored bare.
