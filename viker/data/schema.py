@@ -7,6 +7,7 @@ path through the code.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -44,6 +45,24 @@ PROFILE_SCHEMA = pa.schema(PROFILE_FIELDS)
 # Test_Set: the same people under other images, so `images` (a list) replaces `image`.
 TEST_SCHEMA = pa.schema([("images", pa.list_(IMAGE))] + PROFILE_FIELDS[1:])
 FT_SCHEMA = pa.schema([("image", IMAGE), ("metadata", pa.string())])
+
+
+def _feature(t: pa.DataType):
+    """The ``datasets`` description of one of these Arrow types: an {bytes, path} struct is an Image."""
+    if t == IMAGE:
+        return {"_type": "Image"}
+    if pa.types.is_struct(t):
+        return {t.field(i).name: _feature(t.field(i).type) for i in range(t.num_fields)}
+    if pa.types.is_list(t):
+        return [_feature(t.value_type)]
+    return {"dtype": "binary" if t == pa.binary() else "string", "_type": "Value"}
+
+
+def with_features(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with the feature metadata the hub's parquet files carry, so that ``datasets`` reads the
+    image columns of the files written with it as images, as it reads the published benchmark's."""
+    features = {f.name: _feature(f.type) for f in schema}
+    return schema.with_metadata({"huggingface": json.dumps({"info": {"features": features}})})
 
 
 def schema_for(config: str) -> pa.Schema:

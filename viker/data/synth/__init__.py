@@ -26,6 +26,7 @@ from viker.data.schema import (
     PURE_TEXT,
     RETAIN_OF,
     schema_for,
+    with_features,
 )
 from viker.data.synth import faces
 from viker.data.synth.people import (
@@ -126,7 +127,7 @@ def stranger_row(png: bytes, path: str) -> dict:
 def write_config(out: Path, config: str, rows: list[dict]) -> Path:
     path = out / config / PARQUET_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pylist(rows, schema=schema_for(config))
+    table = pa.Table.from_pylist(rows, schema=with_features(schema_for(config)))
     pq.write_table(table, path, compression="zstd", store_schema=True)
     return path
 
