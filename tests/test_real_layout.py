@@ -192,10 +192,14 @@ MALFORMED = {
         "ft_Data", r"ft_Data/train-00000-of-00001.parquet:row 2: image stored by path, and \S*ft_Data/2.png cannot"),
     "ft_Data metadata not JSON": (_rows_edit("ft_Data", 0, lambda rows: (
         rows[:3] + [{**rows[3], "metadata": "Question: who?"}] + rows[4:], True)),
-        "ft_Data", r"ft_Data/train-00000-of-00001.parquet:row 3: metadata is not a JSON list"),
+        "ft_Data", r"ft_Data/train-00000-of-00001.parquet:row 3: metadata is not JSON"),
     "ft_Data pair without an answer": (_rows_edit("ft_Data", 0, lambda rows: (
         rows[:3] + [{**rows[3], "metadata": json.dumps([{"Question": "Who is this person?"}])}] + rows[4:], True)),
-        "ft_Data", r"ft_Data/train-00000-of-00001.parquet:row 3: metadata is not a JSON list"),
+        "ft_Data", r"ft_Data/train-00000-of-00001.parquet:row 3: metadata item 0 is not a \{Question, Answer\} object"),
+    "ft_Data metadata one object, not a list": (_rows_edit("ft_Data", 0, lambda rows: (
+        rows[:3] + [{**rows[3], "metadata": json.dumps({"Question": "Who?", "Answer": "Ava."})}] + rows[4:], True)),
+        "ft_Data", r"ft_Data/train-00000-of-00001.parquet:row 3: metadata is a JSON dict, not a list of "
+                   r"\{Question, Answer\} objects"),
     **{f"ft_Data pair with a {what}": (_rows_edit("ft_Data", 0, lambda rows, pair=pair: (
         rows[:3] + [{**rows[3], "metadata": json.dumps([{"Question": "Who?", "Answer": "Ava."}, pair])}] + rows[4:],
         True)), "ft_Data", r"ft_Data/train-00000-of-00001.parquet:row 3: metadata pair 1 lacks a Question or an Answer")

@@ -309,9 +309,15 @@ def load_finetune(root: str | Path, config: str = "ft_Data") -> list[FinetuneRec
     for source, row in read_config(root, config):
         try:
             pairs = json.loads(row["metadata"] or "")
-            qa = tuple(QA(p["Question"], p["Answer"], True) for p in pairs)
-        except (json.JSONDecodeError, TypeError, KeyError) as e:
-            raise VikerError(f"{source}: metadata is not a JSON list of {{Question, Answer}} ({e})") from None
+        except (json.JSONDecodeError, TypeError) as e:
+            raise VikerError(f"{source}: metadata is not JSON ({e})") from None
+        if not isinstance(pairs, list):
+            raise VikerError(f"{source}: metadata is a JSON {type(pairs).__name__}, not a list of "
+                             "{Question, Answer} objects")
+        for j, pair in enumerate(pairs):
+            if not (isinstance(pair, dict) and {"Question", "Answer"} <= pair.keys()):
+                raise VikerError(f"{source}: metadata item {j} is not a {{Question, Answer}} object: {pair!r:.80}")
+        qa = tuple(QA(p["Question"], p["Answer"], True) for p in pairs)
         for j, pair in enumerate(qa):
             if not all(isinstance(text, str) and text.strip() for text in (pair.question, pair.answer)):
                 raise VikerError(f"{source}: metadata pair {j} lacks a Question or an Answer (blank or not text)")
