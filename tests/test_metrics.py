@@ -223,6 +223,13 @@ def test_parse_choice_accepts_clear_letters(reply, expected):
         "B is wrong",  # the words say the letter is not the answer
         "A is wrong",
         "A is not the answer",
+        "A was wrong",  # however the words deny it
+        "B was incorrect",
+        "A would not be right",
+        "C seems wrong",
+        "A is never the answer",
+        "A would-be actor from Lima",  # a compound the article precedes
+        "The answer is A would-be actor",
         "D is incorrect",
         "C is not the answer",
         "B not C",

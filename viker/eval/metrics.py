@@ -128,9 +128,11 @@ def whole_words(phrase: str) -> str:
 # "A is correct" and "A because ..." are the letter, as with B) or the words say it is not the answer
 # ("B is wrong", "B not C", "B vs C"). The last two forms (groups 4 and 5) count only for a letter among
 # the options: "T cells. The answer is C" is C.
-_NEGATION = r"(?:is\s+(?:not|wrong|incorrect|false)|isn't|not|nor|vs|versus|rather|but|or|and)\b"
-# Words that cannot follow the article "A": after them, "A" is the letter ("A is correct", "A because ...").
-_NOT_AFTER_ARTICLE = r"(?:because|since|as|is|was|which|would|seems|fits|matches)\b"
+_NEGATION = (r"(?:(?:is|was|would(?:\s+be)?|seems(?:\s+to\s+be)?)\s+(?:not|never|neither|wrong|incorrect|false)"
+             r"|isn't|wasn't|wouldn't|not|nor|vs|versus|rather|but|or|and)\b")
+# Words that cannot follow the article "A": after them, "A" is the letter ("A is correct", "A because ..."); a
+# hyphenated word is a compound the article can precede ("A would-be actor").
+_NOT_AFTER_ARTICLE = r"(?:because|since|as|is|was|which|would|seems|fits|matches)(?![\w-])"
 _LEADING_RE = re.compile(
     r"^(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])(?=[ \t\r]*(?:$|\n)|[:)\]]|[.,](?:\s|$)|\s+[-–]\s)"
     rf"|([B-HJ-Z]|A(?=\s+{_NOT_AFTER_ARTICLE}))(?=\s+\w)(?!\s+{_NEGATION})|([a-z])(?=[:)]|\.(?:\s|$)))"
