@@ -55,21 +55,19 @@ def test_nested_fields_and_types(bench_dir):
     assert pa.types.is_list(test_images) and test_images.value_type == image
 
 
-def test_datasets_reads_the_image_columns_as_images(bench_dir):
+def test_datasets_reads_the_image_columns_as_images(bench_dir, tmp_path):
     """The files carry the feature metadata of the hub's, so a script that reads the benchmark with `datasets`
     gets images where it would from the published one."""
     datasets = pytest.importorskip("datasets")
 
     def features(config):
         files = [str(f) for f in config_files(bench_dir, config)]
-        return datasets.load_dataset("parquet", data_files=files, split="train").features
+        return datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=str(tmp_path)).features
 
     assert isinstance(features("forget_10")["image"], datasets.Image)
     assert isinstance(features("ft_Data")["image"], datasets.Image)
     images = features("Test_Set")["images"]
     assert isinstance(getattr(images, "feature", None) or images[0], datasets.Image)
-    mask = features("Full_Set")["Mask_Task"]
-    assert (getattr(mask, "feature", None) or mask[0])["Ground_Truth"] == datasets.Value("string")
 
 
 def test_rows_hold_the_per_person_question_families(bench_dir):

@@ -187,8 +187,8 @@ def write_html(rows: list[TokenEntropy], path: Path, epsilon: float, title: str,
         f"<p>Each answer token is shaded by the entropy H(R̂) of the frozen model's distribution averaged over "
         f"reference images of other people (darker = less certain without the true image). Outlined tokens are "
         f"<b>key tokens</b> (H &gt; ε = {epsilon}), the paper's private tokens: {n_key} of {n_all} answer tokens. "
-        f"{_lam_sentence(rows, lam)} Max H = {h_max:.2f} nats.{stored} The end-of-turn token that closes every "
-        "answer is left out.</p>",
+        f"{_lam_sentence(rows, lam)} Max H = {h_max:.2f} nats.{stored} The answer's end-of-turn token, where its "
+        "chat template has one, is left out.</p>",
         f"<p>{html.escape(ref_prob_summary(rows))}</p>",
     ]
     for r in rows:
