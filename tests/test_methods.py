@@ -446,6 +446,32 @@ def test_the_key_tokens_of_a_cagul_run_are_those_of_its_frozen_model(tiny, bench
     assert mine == frozen
 
 
+def test_key_tokens_refuse_reference_rows_that_do_not_match_the_answer_tokens(tiny, bench_dir, monkeypatch):
+    """A cache whose rows do not line up with the answer's tokens would shade the wrong tokens: refused."""
+    import viker.keytokens
+    from viker.errors import VikerError
+
+    vocab = tiny[0].get_output_embeddings().weight.shape[0]
+
+    class OneRow:  # fewer rows than any answer has tokens
+        def rows(self, indices, device=None):
+            return torch.full((1, vocab), 1.0 / vocab)
+
+    monkeypatch.setattr(viker.keytokens, "reference_distributions", lambda *args, **kwargs: (OneRow(), None))
+    answers = viker.keytokens.forget_answers(bench_dir, "forget_10")
+    with pytest.raises(VikerError, match="answer tokens without the image, 1 reference rows"):
+        viker.keytokens.answer_token_entropies(*tiny, answers, k=2, progress=False)
+
+
+@pytest.mark.parametrize("field", ["cloze_max_new_tokens", "frame_max_new_tokens", "letter_max_new_tokens"])
+def test_a_reply_length_below_one_token_is_refused(field):
+    from viker.errors import VikerError
+    from viker.eval.evaluate import EvalConfig
+
+    with pytest.raises(VikerError, match=f"{field} 0: must be at least 1"):
+        EvalConfig(**{field: 0})
+
+
 def test_a_character_split_over_byte_tokens_is_shown_whole(tiny):
     from viker.keytokens import characters
 
