@@ -213,3 +213,28 @@ def test_the_discriminator_report_needs_no_retain_set(tiny, bench_dir, tmp_path)
     counts = report["split_images"]
     assert counts["positives"] == len(load_profiles(root, "forget_10"))
     assert counts["negatives"] == len(load_profiles(root, "retain_90"))
+
+
+def test_a_checkpoint_keeps_the_discriminator_a_resumed_run_goes_on_with(tiny, tmp_path):
+    """The discriminator is trained before the loop and frozen in it; a resumed run trains one again, which
+    on a GPU need not be the same one. The checkpoint keeps it, and resuming puts it back."""
+    from safetensors.torch import load_file
+
+    from viker.train import CHECKPOINT, load_checkpoint, save_checkpoint
+
+    def run_model():
+        model, _ = _wrapped(tiny)
+        model.discriminator.requires_grad_(False)  # as after its training
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+        return model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+    model, optimizer, scheduler = run_model()
+    torch.nn.init.normal_(model.discriminator.net[-1].weight)
+    save_checkpoint(tmp_path, model, optimizer, scheduler, 3, [])
+    resumed, optimizer, scheduler = run_model()  # its discriminator trained again: other weights
+    assert not torch.equal(resumed.discriminator.net[-1].weight, model.discriminator.net[-1].weight)
+    load_checkpoint(tmp_path, resumed, optimizer, scheduler)
+    for (name, a), b in zip(model.discriminator.state_dict().items(), resumed.discriminator.state_dict().values()):
+        assert torch.equal(a, b), name
+    saved = load_file(str(tmp_path / CHECKPOINT / "trainable.safetensors"))
+    assert not any(name.startswith("base.") for name in saved)  # the frozen model stays out

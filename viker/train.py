@@ -160,7 +160,9 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, step: int, histo
     final, tmp, old = run_dir / CHECKPOINT, run_dir / f"{CHECKPOINT}.tmp", run_dir / f"{CHECKPOINT}.old"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    weights = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    also = tuple(getattr(model, "checkpoint_also", ()))  # weights set before the loop and frozen in it (CAGUL's)
+    weights = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters()
+               if p.requires_grad or n.startswith(also)}
     save_file(weights, str(tmp / "trainable.safetensors"))
     rng_states = rng_states or [rng_state()]
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,

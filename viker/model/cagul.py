@@ -165,6 +165,9 @@ class CagulModel(nn.Module):
     rewritten); they are not passed on, and the output carries logits, no loss."""
 
     reads_answer_labels = True  # teacher-forced scoring passes the labels (viker.eval.evaluate.answer_logprobs)
+    # Weights a checkpoint keeps besides the trained ones: the discriminator, trained before the loop and frozen
+    # in it, so that a resumed run goes on with the one it had (training it again on a GPU need not give it).
+    checkpoint_also = ("discriminator.",)
 
     def __init__(self, base: nn.Module, cfg: CagulConfig, dim: int | None = None):
         super().__init__()
