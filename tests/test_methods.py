@@ -94,6 +94,21 @@ def test_under_mixed_precision_the_frozen_reference_agrees_with_the_model_at_the
     assert history[0]["loss"] == pytest.approx(20 * math.log(2), rel=1e-6)
 
 
+def test_reference_distributions_under_autocast_are_cached_apart(tiny_dir, bench_dir, tmp_path):
+    """R̂ computed under bf16 autocast is not R̂ computed in float32: a run under --mixed-precision neither
+    reads nor fills the float32 run's cache entry."""
+    def reference_cache(name, precision):
+        cfg = _config(tiny_dir, bench_dir, tmp_path / name, "viker", k=2)
+        cfg = replace(cfg, cache_dir=str(tmp_path / "cache"), train=replace(STEPS, max_steps=1,
+                                                                            mixed_precision=precision))
+        run_unlearn(cfg, progress=False)
+        return json.loads((tmp_path / name / "config.json").read_text())["setup"]["reference_cache"]
+
+    plain, autocast = reference_cache("plain", "no"), reference_cache("bf16", "bf16")
+    assert not autocast["from_cache"] and autocast["path"] != plain["path"]
+    assert reference_cache("bf16-again", "bf16")["from_cache"]  # the same setting still finds its own entry
+
+
 def test_npo_matches_a_per_sequence_loop(tiny_dir, bench_dir, tmp_path):
     """NPO on whole-answer log-likelihoods: Σ over each answer's tokens, then the NPO formula."""
     ctx = _context(tiny_dir, bench_dir, tmp_path, lora=False)

@@ -184,7 +184,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         # and reads it while training (ViKeR reads it in setup alone, before the model changes)
         reference=FrozenReference(model, separate=model if wraps else None, sharded=sharded,
                                   cached=getattr(method, "caches_reference", False), setup_only=setup_only,
-                                  autocast=accelerator.autocast)
+                                  autocast=accelerator.autocast, precision=accelerator.mixed_precision)
         if getattr(method, "needs_reference", True) else None,
         autocast=accelerator.autocast,
         data_dir=Path(cfg.data), cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(),

@@ -43,6 +43,8 @@ class FrozenReference:
 
     ``autocast`` is the training run's autocast (``Accelerator.autocast``): a separate copy runs its
     passes under it, as the trained model's prepared forward runs, so that at step 0 the two agree.
+    ``precision`` names it (accelerate's ``mixed_precision``: "no", "bf16", "fp16"); what the reference
+    gives under autocast differs from what it gives without, so the fingerprint says which.
 
     Several processes: under DDP ``model`` is the module inside the DDP wrapper (reference passes
     need no gradient synchronisation); under FSDP (version 2) or DeepSpeed it is the sharded module
@@ -55,8 +57,10 @@ class FrozenReference:
     """
 
     def __init__(self, model: torch.nn.Module, separate: torch.nn.Module | None = None, sharded: bool = False,
-                 cached: bool = True, setup_only: bool = False, autocast: Callable = nullcontext):
+                 cached: bool = True, setup_only: bool = False, autocast: Callable = nullcontext,
+                 precision: str | None = None):
         self._model = model
+        self._precision = precision
         self._copy = separate
         self._autocast = autocast
         self._fingerprint = None
@@ -87,7 +91,8 @@ class FrozenReference:
         return self._copy if self._copy is not None else self._model
 
     def fingerprint(self) -> str:
-        """The frozen weights' fingerprint (viker.methods.reference.model_fingerprint), taken once."""
+        """The frozen weights' fingerprint (viker.methods.reference.model_fingerprint), taken once, and the
+        autocast its passes run under, where there is one."""
         if self._fingerprint is None:
             from viker.methods.reference import model_fingerprint
 
@@ -96,6 +101,8 @@ class FrozenReference:
 
             # a separate copy answers with whatever adapters it carries; the shared network switches its off
             self._fingerprint = model_fingerprint(self.network_for_fingerprint(), adapters=self._copy is not None)
+            if self._precision not in (None, "no"):  # without autocast the key stays what it was
+                self._fingerprint += f"+autocast-{self._precision}"
         return self._fingerprint
 
     @contextmanager
