@@ -76,6 +76,25 @@ def test_what_was_not_measured_is_a_dash_and_never_the_best(tmp_path, monkeypatc
     assert drawn == ["GA", "coherence < 50", "KL-Min", "ViKeR (λ=10)", "vanilla"]  # one cross: GA's
 
 
+def test_a_lambda_label_stays_legible_over_a_run_drawn_where_it_stands(tmp_path, monkeypatch):
+    """The sweep's labels sit just above its points, where another run's marker can be: they are drawn over
+    every marker and cross, on a ground of their own."""
+    import matplotlib.figure
+
+    runs = _runs()
+    ga = next(r for r in runs if r["method"] == "ga")
+    at = {k: ga["metrics"][k] for k in ("forget_acc", "retain_rougeL", "coherence")}
+    sweep = [{"lam": 0.7, "metrics": at}, {"lam": 10, "metrics": {**at, "forget_acc": 30.0, "retain_rougeL": 80.0}}]
+    seen = {}
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, path, **kw: seen.update(ax=fig.axes[0]))
+    tradeoff_plot(runs, sweep, tmp_path / "tradeoff.png")
+    ax = seen["ax"]
+    labels = [t for t in ax.texts if t.get_text().startswith("λ=")]
+    assert {t.get_text() for t in labels} == {"λ=0.7", "λ=10"}
+    top = max(c.get_zorder() for c in ax.collections)
+    assert all(t.get_zorder() > top and t.get_bbox_patch() is not None for t in labels)
+
+
 def test_terminal_table_names_runs_like_the_report():
     lines = plain_table(_runs()).splitlines()
     assert [line.split()[0] for line in lines[1:]] == ["vanilla", "GA", "KL-Min", "ViKeR"]

@@ -265,8 +265,10 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
         ax.plot([p[1] for p in pts], [p[2] for p in pts], "-o", color=VIKER_COLOUR, alpha=0.6, ms=4,
                 label="ViKeR, λ sweep")
         for lams, x, y in _nearby(pts):
+            # above the sweep's point, and drawn over any run's marker there, on a ground of its own to stay legible
             ax.annotate("λ=" + ", ".join(f"{lam:g}" for lam in lams), (x, y), textcoords="offset points",
-                        xytext=(0, 8), ha="center", va="bottom", fontsize=7, color=VIKER_COLOUR)  # above the markers
+                        xytext=(0, 8), ha="center", va="bottom", fontsize=7, color=VIKER_COLOUR, zorder=6,
+                        bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
     markers = {"vanilla": ("*", "black"), "retain_model": ("P", "grey"), "viker": ("D", VIKER_COLOUR)}
     drawn = sorted(runs, key=lambda r: r["method"] in REFERENCES)  # references last: on top
     at = [(r["metrics"][axes.x], r["metrics"][axes.y]) for r in drawn]
