@@ -53,7 +53,7 @@ def run_seed(seed: int, epochs: list[float], lams: list[float], out: Path, devic
     result = json.loads(record_file.read_text()) if record_file.is_file() else {"seed": seed, "runs": {}}
     result["device"] = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if not (vanilla / "model" / "config.json").is_file():
-        build_benchmark(data, replace(cfg.synth, seed=seed), progress=False)
+        build_benchmark(data, cfg.synth, progress=False)
         run_finetune(FinetuneConfig(model="tiny", data=str(data), out=str(vanilla), train=cfg.finetune,
                                     device=device, dtype="float32"), progress=False, overwrite=True)
     names = person_names(data, cfg.forget)
@@ -70,7 +70,7 @@ def run_seed(seed: int, epochs: list[float], lams: list[float], out: Path, devic
 
     if "vanilla" not in result["runs"]:
         record("vanilla", root / "runs" / "vanilla", model=vanilla / "model")
-    base = UnlearnConfig(model=str(vanilla), data=str(data), forget=cfg.forget, train=replace(cfg.unlearn, seed=seed),
+    base = UnlearnConfig(model=str(vanilla), data=str(data), forget=cfg.forget, train=cfg.unlearn,
                          lora=cfg.lora, cache_dir=str(root / "cache"), device=device, dtype="float32")
     plan = [(run_key("ga", e), "ga", {}, e) for e in epochs]
     plan += [(run_key("viker", e, lam), "viker", {**cfg.viker, "lam": lam}, e) for lam in lams for e in epochs]

@@ -50,6 +50,9 @@ def test_demo_writes_every_promised_output(demo):
     out, results = demo
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
     assert [r["method"] for r in results["runs"]] == ["vanilla", *METHODS]
+    settings = results["settings"]  # the seeds the runs used, as the report points readers here for them
+    assert settings["synth"]["seed"] == settings["unlearn"]["seed"] == settings["cagul_train"]["seed"] == 3
+    assert json.loads((out / "runs" / "ga" / "config.json").read_text())["unlearn"]["train"]["seed"] == 3
     for r in results["runs"]:
         assert r["forget_split"] == "forget_10"
         assert all(0.0 <= r["metrics"][k] <= 100.0 for k in KEYS), r["method"]

@@ -31,7 +31,7 @@ from viker.finetune import FinetuneConfig, run_finetune
 from viker.keytokens import run_keytokens
 from viker.model import LoraSettings, load_model
 from viker.presets import TINY_TRAIN, TINY_UNLEARN, TrainConfig
-from viker.report import column_glossary, markdown_table, plain_table, setting_text, tradeoff_plot
+from viker.report import UNMARKED, column_glossary, markdown_table, plain_table, setting_text, tradeoff_plot
 from viker.runs import file_hashes, machine, out_folder, to_jsonable, under, visible_entries, write_json
 from viker.unlearn import UnlearnConfig, run_unlearn
 
@@ -67,6 +67,12 @@ class DemoConfig:
     shorter_budget: float | None = 0.625
     # `--fast`: a quick look at the pipeline, which the report says is too small to compare the methods
     quick: bool = False
+
+    def __post_init__(self):
+        # `seed` is the benchmark's and the unlearning runs': the settings that use it say so, results.json too
+        self.synth = replace(self.synth, seed=self.seed)
+        self.unlearn = replace(self.unlearn, seed=self.seed)
+        self.cagul_train = replace(self.cagul_train, seed=self.seed)
 
 
 def fast(cfg: DemoConfig) -> DemoConfig:
@@ -147,7 +153,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
 
     out = demo_folder(cfg.out)
     data = out / "data"
-    synth = replace(cfg.synth, seed=cfg.seed)
+    synth = cfg.synth
     stamp = out / "synth.json"  # the settings `data` was generated with; it also marks the folder a demo's
     made_with = json.loads(stamp.read_text(encoding="utf-8")) if stamp.is_file() else None
     settings = to_jsonable(synth) | {"viker": __version__}  # another release may generate another benchmark
@@ -174,17 +180,17 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
                         replace(ecfg, scope=cfg.study_scope) if study else ecfg, progress=progress,
                         model_and_processor=model_and_processor)
 
-    steps.start("unlearning with every method on the same budget")
+    steps.start("unlearning with every method on the same budget (CAGUL on its own)")
     runs.append({"method": "vanilla", "forget_split": cfg.forget,
                  "metrics": evaluate_run(out / "runs" / "vanilla", vanilla_model, vanilla / "model")})
     base = UnlearnConfig(model=str(vanilla), data=str(data), forget=cfg.forget,
-                         train=replace(cfg.unlearn, seed=cfg.seed), lora=cfg.lora, cache_dir=str(cache))
+                         train=cfg.unlearn, lora=cfg.lora, cache_dir=str(cache))
     timings = {}
     for method in METHODS:
         args = {"viker": cfg.viker, "cagul": cfg.cagul}.get(method, {})
         run_dir = under(out, "runs", method)
         t = time.perf_counter()
-        train = replace(cfg.cagul_train, seed=cfg.seed) if method == "cagul" else base.train
+        train = cfg.cagul_train if method == "cagul" else base.train
         model_and_processor = run_unlearn(replace(base, method=method, method_args=dict(args), out=str(run_dir),
                                                   train=train), progress=progress, overwrite=True)[:2]
         timings[method] = round(time.perf_counter() - t, 1)
@@ -615,7 +621,7 @@ def write_report(path: Path, runs: list[dict], sweep: list[dict], cfg: DemoConfi
 {markdown_table(labelled(runs, cfg))}
 
 Best value of each column among the unlearning methods in bold (vanilla is the model before unlearning).
-All numbers are percentages.
+{UNMARKED} All numbers are percentages.
 
 {verdict}
 
@@ -644,7 +650,7 @@ Key tokens of the forget answers: [keytokens.html](keytokens.html) (![key tokens
   forget split {cfg.forget}.
 - Vanilla: tiny LLaVA, full finetune, {n_epochs(cfg.finetune.epochs)}, lr {cfg.finetune.lr:g},
   batch {cfg.finetune.batch_size}.
-- Unlearning (every method): LoRA r={cfg.lora.r}, α={cfg.lora.alpha} on the language model;
+- Unlearning (every method but CAGUL): LoRA r={cfg.lora.r}, α={cfg.lora.alpha} on the language model;
   {n_epochs(cfg.unlearn.epochs)}, lr {cfg.unlearn.lr:g}, batch {cfg.unlearn.batch_size}; retain terms paired batch
   by batch.
 - ViKeR: {", ".join(f"{k}={v}" for k, v in cfg.viker.items())}.

@@ -105,16 +105,24 @@ def cell(text: str) -> str:
     return str(text).replace("|", "\\|")
 
 
-def markdown_table(runs: list[dict]) -> str:
+INCOHERENT_BELOW = 50.0  # coherence under which a run's answers have fallen apart (crossed out in the plot)
+UNMARKED = (f"Runs whose answers fell apart (coherence under {INCOHERENT_BELOW:g}) are not marked best where lower "
+            "is better: an answer that says nothing has not forgotten a fact, it has lost the language.")
+
+
+def markdown_table(runs: list[dict], incoherent_below: float = INCOHERENT_BELOW) -> str:
     """One row per run, the best value of each column in bold (among the unlearning runs: not the
-    reference rows, vanilla and a retain model). A column where they all print alike has no best."""
+    reference rows, vanilla and a retain model). A column where they all print alike has no best. Where lower
+    is better (the forgetting columns), a run whose answers fell apart is not a contender (:data:`UNMARKED`)."""
     cols = _columns(runs)
     arrows = {True: " ↓", False: " ↑", None: ""}
     header = "| Method | " + " | ".join(c.header + arrows[c.lower_is_better] for c in cols) + " |"
     lines = [header, "|" + " --- |" * (len(cols) + 1)]
-    contenders = [r for r in runs if r["method"] not in REFERENCES]  # none: nothing is marked
-    best = {}
+    unlearned = [r for r in runs if r["method"] not in REFERENCES]  # none: nothing is marked
+    coherent = [r for r in unlearned if not _incoherent(r["metrics"], incoherent_below)]
+    best, contenders_of = {}, {}
     for c in cols:
+        contenders = contenders_of[c.key] = coherent if c.lower_is_better else unlearned
         printed = [_printed(c, r["metrics"].get(c.key)) for r in contenders]
         values = [float(text) for text in printed if text != "–"]  # as printed
         differ = len(set(values)) > 1
@@ -123,7 +131,8 @@ def markdown_table(runs: list[dict]) -> str:
         cells = []
         for c in cols:
             text = _printed(c, r["metrics"].get(c.key))
-            cells.append(f"**{text}**" if text != "–" and float(text) == best[c.key] and r in contenders else text)
+            marked = text != "–" and float(text) == best[c.key] and r in contenders_of[c.key]
+            cells.append(f"**{text}**" if marked else text)
         lines.append(f"| {cell(label(r))} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -247,7 +256,7 @@ VIKER_COLOUR = "#1f77b4"  # ViKeR's runs and its λ sweep
 
 
 def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = "", chance: float | None = None,
-                  incoherent_below: float = 50.0, axes: PlotAxes = MLLMU_AXES) -> None:
+                  incoherent_below: float = INCOHERENT_BELOW, axes: PlotAxes = MLLMU_AXES) -> None:
     """Forgetting against retention, a point per run: by default forget accuracy (x, lower is better)
     against retain ROUGE-L (y, higher is better). ``chance`` draws the accuracy of a model that knows
     nothing; a run whose coherence is below ``incoherent_below`` is crossed out (its answers fell apart).
@@ -510,7 +519,7 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
 {markdown_table(rows)}
 
 Best value of each column among the unlearning methods in bold (the vanilla model, before unlearning, and a
-retain model, never trained on the forget split, are references and not compared). {evaluated}
+retain model, never trained on the forget split, are references and not compared). {UNMARKED} {evaluated}
 {plot}
 ## Columns
 
