@@ -135,7 +135,10 @@ def test_a_run_given_twice_is_refused(tmp_path):
 def test_sweep_points_that_lie_together_share_one_label():
     points = [(0.3, 24.0, 0.1), (0.7, 30.0, 0.1), (2.0, 34.0, 84.6), (10.0, 36.0, 83.6), (50.0, 34.0, 83.7)]
     assert _nearby(points) == [([0.3], 24.0, 0.1), ([0.7], 30.0, 0.1), ([2.0, 10.0, 50.0], 34.0, 84.6)]
-    assert len(_nearby(points, within=1.0)) == 4  # 2 and 50 still share a label, 10 is apart
+    assert len(_nearby(points, within=0.01)) == 4  # 2 and 50 still share a label, 10 is apart
+    # apart as the plot shows them: 3.9 points on an axis that spans 4 (--fast's Retain R-L, 96.1 to 100)
+    close_in_data = [(0.7, 40.0, 96.1), (10.0, 40.0, 100.0)]
+    assert len(_nearby(close_in_data)) == 1 and len(_nearby(close_in_data, spans=(60.0, 3.9))) == 2
 
 
 def test_points_that_would_cover_each_other_are_set_side_by_side_around_their_place():
@@ -155,6 +158,7 @@ def test_no_marker_of_the_plot_hides_another(tmp_path, monkeypatch):
         drawn.update({c.get_label(): ax.transData.transform(c.get_offsets())[0] for c in ax.collections})
         drawn["px per pt"] = fig.dpi / 72
         drawn["CAGUL's place"] = ax.transData.transform((20.0, 100.0))
+        drawn["x label"] = ax.get_xlabel()
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", look)
     runs = [{"method": m, "metrics": {"forget_acc": x, "retain_rougeL": y, "coherence": 99.2}}
@@ -162,6 +166,7 @@ def test_no_marker_of_the_plot_hides_another(tmp_path, monkeypatch):
                             ("npo", 46.7, 99.9), ("viker", 46.7, 100.0), ("cagul", 20.0, 100.0), ("ga", 12.0, 0.0))]
     tradeoff_plot(runs, [], tmp_path / "tradeoff.png")
     px, cagul = drawn.pop("px per pt"), drawn.pop("CAGUL's place")
+    assert "drawn side by side" in drawn.pop("x label")  # the axis says why a marker is off its figure
     where = drawn
     names = list(where)
     gaps = [math.dist(where[a], where[b]) for i, a in enumerate(names) for b in names[i + 1:]]
@@ -172,6 +177,8 @@ def test_no_marker_of_the_plot_hides_another(tmp_path, monkeypatch):
     graddiff, npo, viker = (where[n][0] for n in ("GradDiff", "NPO", "ViKeR"))
     assert graddiff < npo < viker and abs(npo - (graddiff + viker) / 2) < 1e-6
     assert math.dist(where["CAGUL"], cagul) < 1e-6  # a lone point stays where it is
+    tradeoff_plot([r for r in runs if r["method"] in ("cagul", "ga")], [], tmp_path / "tradeoff.png")
+    assert "side by side" not in drawn["x label"]  # nothing set aside, nothing to say
 
 
 def test_the_sweep_labels_end_inside_the_frame(tmp_path, monkeypatch):

@@ -176,11 +176,20 @@ def _groups(points: list[tuple[float, float]], within: float) -> list[list[int]]
     return groups
 
 
-def _nearby(points: list[tuple[float, float, float]], within: float = 4.0) -> list[tuple[list[float], float, float]]:
-    """Sweep points ``(λ, x, y)`` gathered where they lie within ``within`` (percentage points) of a
-    group's first point, so that one label names them all: ``([λ, ...], x, y)`` per group."""
-    groups = _groups([(x, y) for _, x, y in points], within)
+def _nearby(points: list[tuple[float, float, float]], spans: tuple[float, float] = (100.0, 100.0),
+            within: float = 0.04) -> list[tuple[list[float], float, float]]:
+    """Sweep points ``(λ, x, y)`` gathered where they lie within ``within`` of a group's first point, so that
+    one label names them all: ``([λ, ...], x, y)`` per group. Distances are in shares of ``spans``, the data
+    ranges the plot shows on each axis: 4 points apart on a 0-100 axis lie together, on a 96-100 one they do
+    not."""
+    groups = _groups([(x / spans[0], y / spans[1]) for _, x, y in points], within)
     return [([points[i][0] for i in g], points[g[0]][1], points[g[0]][2]) for g in groups]
+
+
+def _spans(values: list[tuple[float, float]], least: float = 1.0) -> tuple[float, float]:
+    """The data range of each axis that ``values`` (x, y) cover (at least ``least``, for a single value)."""
+    xs, ys = [x for x, _ in values], [y for _, y in values]
+    return max(max(xs) - min(xs), least), max(max(ys) - min(ys), least)
 
 
 MARKER_AREA = 80  # points², as matplotlib's scatter takes it
@@ -223,6 +232,8 @@ def _set_side_by_side(ax, dots: list[list], at: list[tuple[float, float]]) -> No
     slots = side_by_side([tuple(xy) for xy in ax.transData.transform(at)] if at else [], within=marker / 2)
     if not any(slots):
         return
+    # the x axis is a measure: say that a marker set aside was measured where its group is centred
+    ax.set_xlabel(ax.get_xlabel() + "\n(runs at one place are drawn side by side, centred on it)")
     share = marker / ax.get_window_extent().width  # a marker's share of the plot's width
     most = max(abs(slot) for slot in slots)
     if 2 * most * share > 0.5:  # a row of markers wider than half the plot: a wider figure makes room
@@ -273,7 +284,8 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
         pts = sorted(((s["lam"], s["metrics"][axes.x], s["metrics"][axes.y]) for s in sweep))
         ax.plot([p[1] for p in pts], [p[2] for p in pts], "-o", color=VIKER_COLOUR, alpha=0.6, ms=4,
                 label="ViKeR, λ sweep")
-        for lams, x, y in _nearby(pts):
+        shown = [(x, y) for _, x, y in pts] + [(r["metrics"][axes.x], r["metrics"][axes.y]) for r in runs]
+        for lams, x, y in _nearby(pts, _spans(shown)):
             # above the sweep's point, and drawn over any run's marker there, on a ground of its own to stay legible
             ax.annotate("λ=" + ", ".join(f"{lam:g}" for lam in lams), (x, y), textcoords="offset points",
                         xytext=(0, 8), ha="center", va="bottom", fontsize=7, color=VIKER_COLOUR, zorder=6,
