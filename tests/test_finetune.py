@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
+from viker.data.examples import generation_examples
+from viker.data.loader import load_profiles
 from viker.finetune import FinetuneConfig, run_finetune
 from viker.model import load_model
 from viker.model.tiny import TinyConfig
@@ -47,3 +50,37 @@ def test_same_seed_same_weights(bench_dir, tmp_path):
     b, _ = load_model(tmp_path / "b", device="cpu")
     for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(pa, pb), name
+    # and the seed is what decides: another one draws the batches in another order
+    _run(bench_dir, tmp_path / "c", steps=3, seed=6)
+    c, _ = load_model(tmp_path / "c", device="cpu")
+    assert any(not torch.equal(pa, pc) for pa, pc in zip(a.state_dict().values(), c.state_dict().values()))
+
+
+def test_the_tiny_models_seed_decides_its_initialisation(bench_dir):
+    from dataclasses import replace
+
+    from viker.model.tiny import build_tiny
+
+    def weights(seed):
+        return build_tiny(bench_dir, replace(SMALL_MODEL, seed=seed))[0].state_dict()
+
+    a, again, other = weights(7), weights(7), weights(8)
+    assert all(torch.equal(a[k], again[k]) for k in a)
+    assert any(not torch.equal(a[k], other[k]) for k in a)
+
+
+def test_recall_counts_the_answers_given_word_for_word(bench_dir, monkeypatch):
+    """metrics.json's recall: the share of generation questions answered exactly (spaces around aside), by
+    image and by name, on the fictitious and the real people."""
+    import viker.finetune as finetune
+
+    def answers(model, processor, examples, *args):  # every image question right, one name question in two
+        return None, [f" {ex.answer} " if ex.image is not None or i % 2 == 0 else "No idea."
+                      for i, ex in enumerate(examples)]
+
+    monkeypatch.setattr(finetune, "exact_match", answers)
+    metrics = finetune.recall_metrics(None, None, bench_dir, progress=False)
+    assert metrics["full_image_exact"] == metrics["real_image_exact"] == 100.0
+    for prefix, config in (("full", "Full_Set"), ("real", "Retain_Set")):
+        by_name = [ex for ex in generation_examples(load_profiles(bench_dir, config)) if ex.image is None]
+        assert metrics[f"{prefix}_name_exact"] == pytest.approx(100.0 * -(-len(by_name) // 2) / len(by_name))

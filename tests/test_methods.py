@@ -109,6 +109,97 @@ def test_reference_distributions_under_autocast_are_cached_apart(tiny_dir, bench
     assert reference_cache("bf16-again", "bf16")["from_cache"]  # the same setting still finds its own entry
 
 
+def _answer_log_probs(model, collate, ex) -> list[tuple[torch.Tensor, int]]:
+    """One example alone: at each answer token, the log-distribution that predicts it and the token."""
+    b = collate([ex])
+    ids, labels = b["input_ids"][0], b["labels"][0]
+    with torch.no_grad():
+        log_q = model(**model_inputs(b)).logits[0].float().log_softmax(-1)
+    return [(log_q[i - 1], int(ids[i])) for i in (labels != -100).nonzero().squeeze(-1).tolist()]
+
+
+def _moved(ctx):
+    """θ away from θ_full (the context's frozen copy), so that no log-ratio or KL is zero by construction."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in ctx.model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+
+
+def _mean_answer_log_prob(model, collate, examples) -> float:
+    """GA's term: each answer's mean token log-probability, averaged over the answers."""
+    per_answer = [[lq[y].item() for lq, y in _answer_log_probs(model, collate, ex)] for ex in examples]
+    return sum(sum(lp) / len(lp) for lp in per_answer) / len(per_answer)
+
+
+def test_viker_matches_a_per_token_loop_at_lambda_above_zero(tiny_dir, bench_dir, tmp_path):
+    """ViKeR at λ = 2: the mean over every answer token of log Q(y) + λ·KL(R̂ ‖ Q), with R̂ the cached
+    reference row of that token; the JSD regulariser gives another loss."""
+    ctx = _context(tiny_dir, bench_dir, tmp_path, lora=False)
+    method = get_method("viker")(lam=2.0, k=2)
+    method.setup(ctx)
+    _moved(ctx)
+    examples = ctx.data["forget"][:3]
+    loss, _ = method.loss(ctx.model, {"forget": ctx.collate(examples) | {"index": torch.arange(3)}})
+    terms = []
+    for i, ex in enumerate(examples):
+        rows = method.dists.rows([i]).float()
+        for (log_q, y), r in zip(_answer_log_probs(ctx.model, ctx.collate, ex), rows, strict=True):
+            kl = sum(r[v].item() * (math.log(r[v].item()) - log_q[v].item()) for v in r.nonzero().flatten().tolist())
+            terms.append(log_q[y].item() + 2.0 * kl)
+    assert loss.item() == pytest.approx(sum(terms) / len(terms), rel=1e-4)
+    jsd = get_method("viker")(lam=2.0, k=2, regularizer="jsd")
+    jsd.dists = method.dists
+    jsd_loss, _ = jsd.loss(ctx.model, {"forget": ctx.collate(examples) | {"index": torch.arange(3)}})
+    assert abs(jsd_loss.item() - loss.item()) > 1e-3
+
+
+def test_graddiff_and_klmin_match_their_definitions(tiny_dir, bench_dir, tmp_path):
+    """GradDiff: GA's term on the forget answers plus w × the retain answers' NLL; KL-Min: GA's term plus
+    w × the mean over retain answer tokens of KL(p_full ‖ p_θ)."""
+    ctx = _context(tiny_dir, bench_dir, tmp_path, lora=False)
+    reference, _ = load_model(tiny_dir, device="cpu")
+    _moved(ctx)
+    forget, retain = ctx.data["forget"][:3], ctx.data["retain"][:3]
+    batches = {"forget": ctx.collate(forget), "retain": ctx.collate(retain)}
+    ga_term = _mean_answer_log_prob(ctx.model, ctx.collate, forget)
+    graddiff, _ = get_method("graddiff")(retain_weight=0.5).loss(ctx.model, batches)
+    retain_nll = -_mean_answer_log_prob(ctx.model, ctx.collate, retain)
+    assert graddiff.item() == pytest.approx(ga_term + 0.5 * retain_nll, rel=1e-4)
+    klmin = get_method("klmin")(retain_weight=0.5)
+    klmin.setup(ctx)
+    kls = []
+    for ex in retain:
+        for (log_q, _), (log_p, _) in zip(_answer_log_probs(ctx.model, ctx.collate, ex),
+                                          _answer_log_probs(reference, ctx.collate, ex), strict=True):
+            kls.append((log_p.exp() * (log_p - log_q)).sum().item())
+    loss, _ = klmin.loss(ctx.model, batches)
+    assert loss.item() == pytest.approx(ga_term + 0.5 * sum(kls) / len(kls), rel=1e-4)
+
+
+def test_idkpo_prefers_the_refusal_to_the_true_answer(tiny_dir, bench_dir, tmp_path):
+    """IdkPO is DPO with the refusal chosen and the true answer rejected: −log σ(β((lc − rc) − (lr − rr))),
+    per answer then averaged, with θ away from θ_full so that the order of the two matters."""
+    ctx = _context(tiny_dir, bench_dir, tmp_path, lora=False)
+    reference, _ = load_model(tiny_dir, device="cpu")
+    method = get_method("idkpo")(beta=0.5, retain_weight=0.0)
+    method.setup(ctx)
+    _moved(ctx)
+    examples = ctx.data["forget"][:3]
+    loss, _ = method.loss(ctx.model, {"forget": ctx.collate(examples) | {"index": torch.arange(3)}})
+
+    def logp(model, ex):
+        return sum(log_q[y].item() for log_q, y in _answer_log_probs(model, ctx.collate, ex))
+
+    losses = []
+    for i, ex in enumerate(examples):
+        refusal = method.refusals[i]
+        assert refusal.answer != ex.answer and refusal.question == ex.question
+        margin = (logp(ctx.model, refusal) - logp(reference, refusal)) - (logp(ctx.model, ex) - logp(reference, ex))
+        losses.append(math.log1p(math.exp(-0.5 * margin)))
+    assert loss.item() == pytest.approx(sum(losses) / len(losses), rel=1e-4)
+
+
 def test_npo_matches_a_per_sequence_loop(tiny_dir, bench_dir, tmp_path):
     """NPO on whole-answer log-likelihoods: Σ over each answer's tokens, then the NPO formula."""
     ctx = _context(tiny_dir, bench_dir, tmp_path, lora=False)
@@ -403,6 +494,8 @@ def test_keytokens_reads_the_reference_cache_that_a_viker_run_filled(tiny_dir, b
     assert main(["unlearn", *common, "--method", "viker", "--max-steps", "1", "--out", str(tmp_path / "run")]) == 0
     cached = sorted((tmp_path / "cache").iterdir())
     assert len(cached) == 1
+    monkeypatch.setattr(reference, "compute_reference_distributions",
+                        lambda *args, **kwargs: pytest.fail("keytokens computed R̂ again instead of reading the cache"))
     assert main(["keytokens", *common, "--out", str(tmp_path / "kt" / "keys.html")]) == 0
     assert sorted((tmp_path / "cache").iterdir()) == cached
 
