@@ -162,7 +162,7 @@ def test_a_bare_option_is_scored_on_its_own_tokens_without_the_end_of_turn(tiny)
         assert lp == approx(labelled.sum().item(), abs=1e-4) and lp_own == approx(labelled[:-1].sum().item(), abs=1e-4)
 
 
-def test_evaluate_reports_the_paper_columns_in_percent(tiny, bench_dir):
+def test_evaluate_reports_the_paper_columns_and_a_record_of_every_question(tiny, bench_dir):
     model, processor = tiny
     metrics, records = evaluate(model, processor, bench_dir, EvalConfig(forget="forget_10", max_new_tokens=6),
                                 progress=False)
