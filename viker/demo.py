@@ -511,10 +511,12 @@ def why_section(runs: list[dict], sweep: list[dict], diagnostics: dict | None, c
                  "that picks the true option less often still tells it apart from the others.")
     bullets = [
         resting_point_note(ga, vk, below_one, e, lam) + below,
-        "**What unlearning costs on this benchmark.** Forgetting the forget people's faces weakens the tiny model's "
-        "shared route from a face to a name, so other faces lose their names too: the retain people are named in "
-        f"{pct(names['ga']['retain'])}% of answers after GA and {pct(names['viker']['retain'])}% after ViKeR, against "
-        f"{pct(names['vanilla']['retain'])}% before. A model that answers every pictured person with "
+        "**What unlearning costs on this benchmark.** Forgetting the forget people's faces can weaken the tiny "
+        "model's shared route from a face to a name, so that other faces lose their names too: the retain people are "
+        f"named in {pct(names['viker']['retain'])}% of answers after ViKeR, against "
+        f"{pct(names['vanilla']['retain'])}% before, and in {pct(names['ga']['retain'])}% after GA"
+        + (", whose answers have fallen apart (they are no longer sentences)" if fell_apart(ga, vk) else "")
+        + ". A model that answers every pictured person with "
         f'"{UNKNOWN_ANSWER}" and every question by name correctly scores {floor:.1f} Retain ROUGE-L here: a coherent '
         "model that has lost every face sits near that floor, a collapsed one far below it."
         + mistaken_note(vk, names["viker"], floor),
