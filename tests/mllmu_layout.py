@@ -20,6 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
+from viker.data.schema import with_features
+
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 MC = pa.struct([("Correct_Answer", pa.string()),
                 ("Options", pa.struct([(x, pa.string()) for x in "ABCD"])),
@@ -40,17 +42,6 @@ CITIES = ["Oslo", "Lima", "Kyoto", "Dakar", "Quito", "Perth"]
 JOBS = ["baker", "pilot", "nurse", "potter", "sailor", "judge"]
 FICTITIOUS, CELEBRITIES = 10, 4
 SPLITS = {"forget_5": 1, "forget_10": 2, "forget_15": 3}  # people per forget split (the first ones)
-
-
-def _features(t: pa.DataType):
-    """The `datasets` feature description of an Arrow type (an {bytes, path} struct is an Image)."""
-    if t == IMAGE:
-        return {"_type": "Image"}
-    if pa.types.is_struct(t):
-        return {t.field(i).name: _features(t.field(i).type) for i in range(t.num_fields)}
-    if pa.types.is_list(t):
-        return [_features(t.value_type)]
-    return {"dtype": "string", "_type": "Value"}
 
 
 def _png(rng: random.Random, size: int = 40) -> bytes:
@@ -100,9 +91,7 @@ def _person(i: int, name: str, rng: random.Random, directory: str) -> dict:
 
 
 def _write(root: Path, config: str, rows: list[dict], shards: int = 1) -> None:
-    schema = SCHEMAS.get(config, SCHEMAS["profile"])
-    schema = schema.with_metadata({"huggingface": json.dumps(
-        {"info": {"features": {f.name: _features(f.type) for f in schema}}})})
+    schema = with_features(SCHEMAS.get(config, SCHEMAS["profile"]))  # the hub's feature metadata, as it ships
     (root / config).mkdir(parents=True, exist_ok=True)
     per = -(-len(rows) // shards)
     for s in range(shards):
