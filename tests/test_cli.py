@@ -41,6 +41,29 @@ def test_every_option_has_help_and_shows_its_default(command):
     assert text.startswith("usage: " + command)
 
 
+def test_method_options_state_the_defaults_the_methods_have():
+    """The method options default to None (a method's own default applies): their help states those defaults by
+    hand, so each is read back and compared with the method's."""
+    import re
+
+    from viker.methods import get_method
+
+    helps = {max(a.option_strings, key=len): a.help for a in COMMANDS["viker unlearn"]._actions if a.option_strings}
+
+    def stated(option):
+        return re.search(r"\(default ([^;)]+)", helps[option]).group(1)
+
+    viker = get_method("viker")()
+    for option, field in (("--lam", "lam"), ("--k", "k"), ("--refs", "refs"), ("--regularizer", "regularizer"),
+                          ("--ablation", "ablation")):
+        assert stated(option) == format(getattr(viker, field), "g" if field == "lam" else ""), option
+    assert float(stated("--beta")) == get_method("npo")().beta == get_method("idkpo")().beta
+    assert float(stated("--retain-weight")) == get_method("graddiff")().retain_weight == \
+        get_method("klmin")().retain_weight == get_method("idkpo")().retain_weight
+    for method, weight in re.findall(r"; (CAGUL|NPO) ([\d.]+)", helps["--retain-weight"]):
+        assert get_method(method.lower())().retain_weight == float(weight), method
+
+
 def test_a_zero_default_is_shown():
     assert "(default: 0)" in COMMANDS["viker demo"].format_help()
 
