@@ -280,19 +280,18 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
     fig, ax = plt.subplots(figsize=(8.4, 4.8))
     if chance is not None:
         ax.axvline(chance, color="grey", ls=":", lw=1, label=f"chance ({chance:g}%)")
+    drawn = sorted(runs, key=lambda r: r["method"] in REFERENCES)  # references last: on top
+    at = [(r["metrics"][axes.x], r["metrics"][axes.y]) for r in drawn]
     if sweep:
         pts = sorted(((s["lam"], s["metrics"][axes.x], s["metrics"][axes.y]) for s in sweep))
         ax.plot([p[1] for p in pts], [p[2] for p in pts], "-o", color=VIKER_COLOUR, alpha=0.6, ms=4,
                 label="ViKeR, λ sweep")
-        shown = [(x, y) for _, x, y in pts] + [(r["metrics"][axes.x], r["metrics"][axes.y]) for r in runs]
-        for lams, x, y in _nearby(pts, _spans(shown)):
+        for lams, x, y in _nearby(pts, _spans([(x, y) for _, x, y in pts] + at)):
             # above the sweep's point, and drawn over any run's marker there, on a ground of its own to stay legible
             ax.annotate("λ=" + ", ".join(f"{lam:g}" for lam in lams), (x, y), textcoords="offset points",
                         xytext=(0, 8), ha="center", va="bottom", fontsize=7, color=VIKER_COLOUR, zorder=6,
                         bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
     markers = {"vanilla": ("*", "black"), "retain_model": ("P", "grey"), "viker": ("D", VIKER_COLOUR)}
-    drawn = sorted(runs, key=lambda r: r["method"] in REFERENCES)  # references last: on top
-    at = [(r["metrics"][axes.x], r["metrics"][axes.y]) for r in drawn]
     crossed = f"coherence < {incoherent_below:g}"
 
     def cross(x, y):  # over a run whose answers fell apart; named once in the legend
