@@ -4,6 +4,7 @@ tokens are the ones rewritten, and a run folder loads back as a model that answe
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import replace
 from io import BytesIO
@@ -238,3 +239,38 @@ def test_a_checkpoint_keeps_the_discriminator_a_resumed_run_goes_on_with(tiny, t
         assert torch.equal(a, b), name
     saved = load_file(str(tmp_path / CHECKPOINT / "trainable.safetensors"))
     assert not any(name.startswith("base.") for name in saved)  # the frozen model stays out
+
+
+def test_the_npo_forget_loss_needs_no_strangers_and_lowers_the_rewritten_answers_likelihood(tiny_dir, bench_dir,
+                                                                                               tmp_path):
+    """--forget-loss npo: NPO between the answers with the image rewritten and the frozen model's own, so no
+    pool of strangers' images is needed (the reference loss refuses a folder without one). A fresh encoder
+    is the identity, so the first loss is (2/β)·log 2; training then makes the forget answers less likely
+    with the image rewritten than without."""
+    import shutil
+
+    from viker.errors import VikerError
+    from viker.methods.losses import sequence_logprob
+
+    root = tmp_path / "bench"
+    shutil.copytree(bench_dir, root, ignore=shutil.ignore_patterns("ref_people", "Retain_Set"))
+
+    def config(out, **args):
+        return UnlearnConfig(model=str(tiny_dir), data=str(root), forget="forget_10", method="cagul",
+                             method_args={"augment": 1, "disc_steps": 20, "retain_weight": 0.0, **args},
+                             out=str(tmp_path / out), train=TrainConfig(max_steps=4, batch_size=4, lr=1e-2,
+                                                                        log_every=1),
+                             cache_dir=str(tmp_path / "cache"))
+
+    with pytest.raises(VikerError, match="Retain_Set"):
+        run_unlearn(config("reference", k=2), progress=False)
+    model, _, history = run_unlearn(config("npo", forget_loss="npo", beta=0.1), progress=False)
+    assert history[0]["loss"] == pytest.approx(20 * math.log(2), rel=1e-4)
+    saved = json.loads((tmp_path / "npo" / "cagul" / "config.json").read_text())
+    assert "reference_pool" not in saved["info"] and saved["info"]["cagul_discriminator_training"]["positive_images"]
+    _, processor = load_model(tiny_dir, device="cpu")
+    batch = Collator(processor)([ex for ex in unlearning_examples(root, "forget_10") if ex.image is not None][:6])
+    with torch.no_grad():
+        forced = sequence_logprob(model(**model_inputs(batch), cagul="force").logits, batch["labels"])
+        off = sequence_logprob(model(**model_inputs(batch), cagul="off").logits, batch["labels"])
+    assert (forced < off - 1e-3).all(), (forced, off)

@@ -654,3 +654,58 @@ def test_same_seed_same_metrics(tiny_dir, bench_dir, tmp_path):
                  EvalConfig(max_new_tokens=4, retain_limit=2), progress=False, model_and_processor=mp)
         metrics.append((tmp_path / name / "metrics.json").read_text())
     assert metrics[0] == metrics[1]
+
+
+def test_viker_without_visual_guidance_regularises_toward_the_frozen_model_on_the_image_itself(
+        tiny_dir, bench_dir, tmp_path):
+    """The 'w/o Vis' ablation: R̂ is the frozen model's own distribution on the example's own image (one
+    per token, no reference images drawn), so before the first step the KL term is zero and the loss is
+    the token-mean ascent term; once θ moves, the regulariser adds to it."""
+    ctx = _context(tiny_dir, bench_dir, tmp_path, lora=False)
+    method = get_method("viker")(lam=2.0, k=3, ablation="no_vis")
+    method.setup(ctx)
+    assert "reference_pool" not in ctx.info and ctx.info["reference_cache"]["k"] == 1
+    examples = ctx.data["forget"][:3]
+    assert any(ex.image is not None for ex in examples)
+    for i, ex in enumerate(examples):
+        own = ctx.reference.answer_probs(ctx.collate([ex]))
+        assert torch.allclose(method.dists.rows([i]), own, atol=1e-6)
+    batch = {"forget": ctx.collate(examples) | {"index": torch.arange(3)}}
+
+    def token_mean():
+        return sum(log_q[y].item() for ex in examples for log_q, y in _answer_log_probs(ctx.model, ctx.collate, ex)
+                   ) / sum(len(_answer_log_probs(ctx.model, ctx.collate, ex)) for ex in examples)
+
+    assert method.loss(ctx.model, batch)[0].item() == pytest.approx(token_mean(), rel=1e-5)
+    _moved(ctx)
+    assert method.loss(ctx.model, batch)[0].item() > token_mean() + 1e-4  # λ·KL(R̂ ‖ Q) > 0
+    guided = get_method("viker")(lam=2.0, k=3)
+    guided.setup(ctx)
+    assert not torch.allclose(guided.dists.rows([0]), method.dists.rows([0]), atol=1e-4)
+
+
+def test_npo_against_another_reference_model_reads_that_model(tiny_dir, bench_dir, tmp_path):
+    """--reference-model: NPO's log-ratio is taken against the named model (MLLMU-Bench's choice, a model
+    finetuned on the retain set), not θ_full; the run's setup records which."""
+    other, processor = load_model(tiny_dir, device="cpu")
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    other.save_pretrained(tmp_path / "retain-model")
+    processor.save_pretrained(tmp_path / "retain-model")
+    ctx = _context(tiny_dir, bench_dir, tmp_path, lora=False)
+    method = get_method("npo")(beta=0.1, reference_model=str(tmp_path / "retain-model"))
+    assert not method.needs_reference
+    method.setup(ctx)
+    assert ctx.info["npo_reference"] == str(tmp_path / "retain-model")
+    examples = ctx.data["forget"][:3]
+    loss, _ = method.loss(ctx.model, {"forget": ctx.collate(examples)})
+
+    def logp(model, ex):
+        return sum(log_q[y].item() for log_q, y in _answer_log_probs(model, ctx.collate, ex))
+
+    per_answer = [-(2 / 0.1) * math.log(1 / (1 + math.exp(0.1 * (logp(ctx.model, ex) - logp(other, ex)))))
+                  for ex in examples]
+    assert loss.item() == pytest.approx(sum(per_answer) / len(per_answer), rel=1e-4)
+    assert loss.item() != pytest.approx(20 * math.log(2), rel=1e-3)  # θ_full would give (2/β)·log 2
