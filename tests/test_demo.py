@@ -15,6 +15,8 @@ from viker.demo import (
     claim_holds,
     fast,
     forget_acc_not_higher,
+    idkpo_note,
+    idkpo_trace,
     mistaken_note,
     naming_rates,
     p_at_least,
@@ -35,7 +37,8 @@ def micro(out) -> DemoConfig:
     return DemoConfig(
         out=str(out), seed=3,
         synth=SynthConfig(profiles=20, celebrities=3, ref_per_pool=6, strangers=3, test_images=1, image_size=32),
-        finetune=replace(step, epochs=2), unlearn=replace(step, epochs=2), cagul_train=step, lam_sweep=(0.3,),
+        finetune=replace(step, epochs=2), unlearn=replace(step, epochs=2, log_every=1), cagul_train=step,
+        lam_sweep=(0.3,),
         viker={"lam": 2.0, "k": 2, "refs": "people"}, cagul={"k": 2, "refs": "people"},
         eval=EvalConfig(retain_limit=2, max_new_tokens=12, batch_size=32), shorter_budget=0.5)
 
@@ -72,6 +75,10 @@ def test_demo_writes_every_promised_output(demo):
     assert list(steps)[:2] == ["generating the embedded benchmark", "the vanilla model"] and len(steps) == 6
     assert all(seconds >= 0 for seconds in steps.values())
     assert all(f"| {text} | {seconds / 60:.1f} |" in report for text, seconds in steps.items())
+    # IdkPO's training, read off its log, for the note on why it has not forgotten where it has not
+    history = json.loads((out / "runs" / "idkpo" / "history.json").read_text())
+    assert results["idkpo_training"]["last"]["steps"][1] == history[-1]["step"]
+    assert results["idkpo_training"]["last"]["dpo"] == history[-1]["dpo"]
 
 
 def test_demo_diagnostics_are_the_runs_they_describe(demo):
@@ -253,6 +260,15 @@ def test_claim_wording_says_whether_the_questions_tell_the_forget_accs_apart():
                            {**ga, "forget_acc": g}, questions=50) for g, v in ((32.0, 44.0), (30.0, 42.0))}
     assert "probability 0.0503" in near[32.0] and "holds here" in near[32.0]
     assert "probability 0.0478" in near[30.0] and "does not hold" in near[30.0]
+    # where GA has kept all of the vanilla model's retention and coherence, no method could keep more (--fast)
+    vanilla = {"forget_acc": 100.0, "retain_rougeL": 100.0, "coherence": 99.2}
+    quick = viker_vs_ga({"forget_acc": 40.0, "retain_rougeL": 99.2, "coherence": 99.2},
+                        {"forget_acc": 66.7, "retain_rougeL": 100.0, "coherence": 99.2}, vanilla=vanilla)
+    assert quick.endswith("GA's Retain R-L and coherence are still the vanilla model's (100.0 and 99.2): on this run "
+                          "GA has lost nothing for ViKeR to keep more of.")
+    paid = viker_vs_ga({"forget_acc": 40.0, "retain_rougeL": 99.2, "coherence": 99.2},
+                       {"forget_acc": 66.7, "retain_rougeL": 99.6, "coherence": 99.2}, vanilla=vanilla)
+    assert "does not hold" in paid and "lost nothing" not in paid  # GA lost some Retain R-L: ViKeR lost more
 
 
 def test_demo_refuses_a_folder_that_is_no_earlier_demos_and_removes_nothing_in_it(tmp_path):
@@ -302,3 +318,28 @@ def test_a_benchmark_generated_again_keeps_no_file_of_the_earlier_one_and_an_int
     with pytest.raises(Stop):  # the earlier settings again: their benchmark is half overwritten, so it is redone
         run_demo(micro(tmp_path), progress=False)
     assert built and json.loads((tmp_path / "synth.json").read_text())["seed"] == micro(tmp_path).seed
+
+
+def test_idkpo_note_explains_from_its_own_log_why_it_has_not_forgotten(tmp_path):
+    """IdkPO at the vanilla model's Forget ACC gets a note read off its training log: its first and last
+    logged windows (a history row averages the steps since the row before), and DPO's push at that loss."""
+    run = tmp_path / "idkpo"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"method": {"name": "idkpo", "beta": 0.1, "retain_weight": 1.0}}))
+    history = [{"step": 5, "loss": 0.67, "dpo": 0.63, "refusal_logp": -86.9, "forget_logp": -0.44},
+               {"step": 10, "loss": 0.4, "dpo": 0.35, "refusal_logp": -80.0, "forget_logp": -0.5},
+               {"step": 13, "loss": 0.15, "dpo": 0.1, "refusal_logp": -71.6, "forget_logp": -0.53}]
+    trace = idkpo_trace(history, run)
+    assert trace == {"beta": 0.1, "first": {"steps": [1, 5], "dpo": 0.63, "refusal_logp": -86.9, "forget_logp": -0.44},
+                     "last": {"steps": [11, 13], "dpo": 0.1, "refusal_logp": -71.6, "forget_logp": -0.53}}
+    runs = [{"method": m, "metrics": {"forget_acc": 100.0}} for m in ("vanilla", "idkpo")]
+    note = " ".join(idkpo_note(trace, runs).split())
+    assert note.startswith("**IdkPO has not forgotten** (Forget ACC 100.0, the vanilla model's 100.0).")
+    assert "to 0.10 over steps 11–13 mostly by making the refusals less unlikely" in note
+    assert "-86.9 nats over steps 1–5 and -71.6 over steps 11–13, a true answer's -0.4 and -0.5" in note
+    # −dL/dm = β·σ(−βm) = β(1 − e^(−L)); β/2 at the start
+    assert f"(β = 0.1) is {0.1 * (1 - math.exp(-0.1)) / 0.05:.0%} of its starting one" in note
+    assert "the refusals are still far less likely than the true answers" in note
+    runs[1]["metrics"]["forget_acc"] = 60.0  # it has forgotten: nothing to explain
+    assert idkpo_note(trace, runs) == ""
+    assert idkpo_trace(history[:1], run) is None and idkpo_note(None, runs) == ""

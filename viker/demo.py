@@ -11,6 +11,7 @@ and the key-token page. Everything runs offline on a CPU.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import textwrap
@@ -172,7 +173,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     cache = out / "cache"
 
     runs: list[dict] = []
-    cagul = None
+    cagul = idkpo = None
     ecfg = replace(cfg.eval, forget=cfg.forget)
 
     def evaluate_run(run_dir: Path, model_and_processor, model_dir: Path | None = None, study: bool = False) -> dict:
@@ -191,9 +192,12 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
         run_dir = under(out, "runs", method)
         t = time.perf_counter()
         train = cfg.cagul_train if method == "cagul" else base.train
-        model_and_processor = run_unlearn(replace(base, method=method, method_args=dict(args), out=str(run_dir),
-                                                  train=train), progress=progress, overwrite=True)[:2]
+        *model_and_processor, history = run_unlearn(replace(base, method=method, method_args=dict(args),
+                                                            out=str(run_dir), train=train),
+                                                    progress=progress, overwrite=True)
         timings[method] = round(time.perf_counter() - t, 1)
+        if method == "idkpo":
+            idkpo = idkpo_trace(history, run_dir)
         runs.append({"method": method, "forget_split": cfg.forget,
                      "metrics": evaluate_run(run_dir, model_and_processor)})
         if method == "cagul":
@@ -221,7 +225,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     steps.stop()  # what is left (the report and the plot) takes a second
     results = {"runs": runs, "lam_sweep": sweep, "settings": to_jsonable(cfg), "machine": machine(),
                "step_seconds": steps.seconds, "unlearn_seconds": timings,
-               "cagul": cagul, "diagnostics": diagnostics, "forget_image_questions": questions}
+               "cagul": cagul, "idkpo_training": idkpo, "diagnostics": diagnostics,
+               "forget_image_questions": questions}
     write_json(out / "results.json", results)
     extra_points = [{"method": key, "label": d["label"], "metrics": d["metrics"], "marker": "X"}
                     for key, d in (diagnostics or {}).get("runs", {}).items()]
@@ -229,7 +234,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
                   f"{cfg.forget} of the embedded benchmark, tiny LLaVA", chance=CHANCE_ACC)
     minutes = (time.perf_counter() - started) / 60
     write_report(out / "report.md", runs, sweep, cfg, minutes, results["machine"], cagul, diagnostics, questions,
-                 steps.seconds)
+                 steps.seconds, idkpo)
     print()
     print(plain_table(labelled(runs, cfg)))
     if cfg.quick:
@@ -420,10 +425,12 @@ def p_at_least(acc: float, questions: int, level: float = CHANCE_ACC) -> float:
     return float(binomtest(round(acc * questions / 100), questions, level / 100, alternative="greater").pvalue)
 
 
-def viker_vs_ga(v: dict, g: dict, where: str = "on this run", questions: int | None = None) -> str:
+def viker_vs_ga(v: dict, g: dict, where: str = "on this run", questions: int | None = None,
+                vanilla: dict | None = None) -> str:
     """The claim check in words. Where ViKeR keeps more retention and coherence but has the higher
     Forget ACC figure, and ``questions`` (how many questions that accuracy is over) is given, it says
-    whether those questions can tell the two apart."""
+    whether those questions can tell the two apart. With the ``vanilla`` model's metrics, it says where
+    GA has kept all of its retention and coherence, so that no method could keep more."""
     held = claim_holds(v, g, questions)
     text = (f"ViKeR against GA {where}: Forget ACC {v['forget_acc']:.1f} vs {g['forget_acc']:.1f}, "
             f"Retain R-L {v['retain_rougeL']:.1f} vs {g['retain_rougeL']:.1f}, coherence {v['coherence']:.1f} vs "
@@ -444,12 +451,17 @@ def viker_vs_ga(v: dict, g: dict, where: str = "on this run", questions: int | N
         if v["forget_acc"] < g["forget_acc"] and all(round(v[KEPT[n]], 1) == round(g[KEPT[n]], 1) for n in lagging):
             text += (" Its Forget ACC is the lower at the same figures there: it forgets more for no less retention, "
                      "but the claim asks for more.")
+        if vanilla and all(round(g[key], 1) >= round(vanilla[key], 1) for key in KEPT.values()):
+            text += (f" GA's Retain R-L and coherence are still the vanilla model's ({g['retain_rougeL']:.1f} and "
+                     f"{g['coherence']:.1f}): {where} GA has lost nothing for ViKeR to keep more of.")
     return text
 
 
 def claim_line(runs: list[dict], questions: int | None = None) -> str:
     by = {r["method"]: r["metrics"] for r in runs}
-    return viker_vs_ga(by["viker"], by["ga"], questions=questions) if "viker" in by and "ga" in by else ""
+    if "viker" not in by or "ga" not in by:
+        return ""
+    return viker_vs_ga(by["viker"], by["ga"], questions=questions, vanilla=by.get("vanilla"))
 
 
 def quick_look_note(cfg: DemoConfig, questions: int | None) -> str:
@@ -520,7 +532,7 @@ def why_section(runs: list[dict], sweep: list[dict], diagnostics: dict | None, c
         f'"{UNKNOWN_ANSWER}" and every question by name correctly scores {floor:.1f} Retain ROUGE-L here: a coherent '
         "model that has lost every face sits near that floor, a collapsed one far below it."
         + mistaken_note(vk, names["viker"], floor),
-        shorter_budget_note(ga_s, vk_s, short, questions),
+        shorter_budget_note(ga_s, vk_s, short, questions, by["vanilla"]),
         "**The pull toward R̂ alone** (ViKeR w/o GA: no ascent, only the KL term) reaches Forget ACC "
         f"{extra['viker_no_ga']['metrics']['forget_acc']:.1f} with the retain people named in "
         f"{pct(names['viker_no_ga']['retain'])}% of answers.",
@@ -587,12 +599,13 @@ def mistaken_note(vk: dict, named: dict, floor: float) -> str:
     return note
 
 
-def shorter_budget_note(ga: dict, vk: dict, epochs: float, questions: int | None = None) -> str:
-    """GA against ViKeR on the shorter budget, worded from their metrics."""
+def shorter_budget_note(ga: dict, vk: dict, epochs: float, questions: int | None = None,
+                        vanilla: dict | None = None) -> str:
+    """GA against ViKeR on the shorter budget, worded from their metrics (and the ``vanilla`` model's)."""
     state = ("GA's answers have already fallen apart" if fell_apart(ga, vk) else
              "ViKeR's answers have fallen apart and GA's have not" if fell_apart(vk, ga) else
              "neither method's answers have fallen apart")
-    compared = viker_vs_ga(vk, ga, f"at {n_epochs(epochs)}", questions)
+    compared = viker_vs_ga(vk, ga, f"at {n_epochs(epochs)}", questions, vanilla)
     note = f"**On a shorter budget ({n_epochs(epochs)})** {state}. {compared}"
     if vk["forget_acc"] < ga["forget_acc"] and vk["retain_rougeL"] <= ga["retain_rougeL"]:  # the claim fails here
         # ViKeR's lower figure is more forgetting only where the questions tell it apart from GA's (the same test,
@@ -607,6 +620,50 @@ def shorter_budget_note(ga: dict, vk: dict, epochs: float, questions: int | None
     return note
 
 
+IDKPO_LOGS = ("dpo", "refusal_logp", "forget_logp")  # what IdkPO logs: its DPO term, and the whole-answer
+# log-likelihoods of the refusals (chosen) and of the true forget answers (rejected), in nats
+
+
+def idkpo_trace(history: list[dict], run_dir: Path) -> dict | None:
+    """IdkPO's DPO term and log-likelihoods in its first and last logged windows (each row of ``history``
+    averages the steps after the row before it, up to its own ``step``), and its β (from the run's config),
+    for :func:`idkpo_note`; None without two logged windows."""
+    if len(history) < 2 or not all(key in history[0] for key in IDKPO_LOGS):
+        return None
+    beta = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["method"]["beta"]
+    windows = (("first", 1, history[0]), ("last", history[-2]["step"] + 1, history[-1]))
+    return {"beta": beta, **{at: {"steps": [start, row["step"]], **{key: row[key] for key in IDKPO_LOGS}}
+                             for at, start, row in windows}}
+
+
+def idkpo_note(trace: dict | None, runs: list[dict]) -> str:
+    """Why IdkPO has not forgotten, from its own training log, where its Forget ACC is still the vanilla
+    model's (empty otherwise). DPO's push on the margin m, −dL/dm = β·σ(−β·m), is β·(1 − e^(−L)) at loss
+    L: at the start (m = 0, L = log 2) it is β/2, so at L it is 2·(1 − e^(−L)) of that."""
+    by = {r["method"]: r["metrics"] for r in runs}
+    if not trace or "idkpo" not in by or by["idkpo"]["forget_acc"] < by["vanilla"]["forget_acc"]:
+        return ""
+    first, last = trace["first"], trace["last"]
+    refusal_gain, answer_loss = last["refusal_logp"] - first["refusal_logp"], first["forget_logp"] - last["forget_logp"]
+    how = ("mostly by making the refusals less unlikely" if refusal_gain > answer_loss else
+           "by making the true answers less likely more than the refusals likelier")
+    push = 2 * (1 - math.exp(-last["dpo"]))
+    still = ("; the refusals are still far less likely than the true answers, which the model goes on giving"
+             if last["refusal_logp"] < last["forget_logp"] else "")
+
+    def steps(window):
+        return "–".join(map(str, window["steps"]))
+
+    return textwrap.fill(
+        f"**IdkPO has not forgotten** (Forget ACC {by['idkpo']['forget_acc']:.1f}, the vanilla model's "
+        f"{by['vanilla']['forget_acc']:.1f}). It is DPO with a refusal preferred to the true answer, and its DPO loss "
+        f"fell from log 2 = 0.69 at the start to {last['dpo']:.2f} over steps {steps(last)} {how}: a refusal's "
+        f"log-likelihood averaged {first['refusal_logp']:.1f} nats over steps {steps(first)} and "
+        f"{last['refusal_logp']:.1f} over steps {steps(last)}, a true answer's {first['forget_logp']:.1f} and "
+        f"{last['forget_logp']:.1f}. At that loss DPO's push on the margin (β = {trace['beta']:g}) is "
+        f"{push:.0%} of its starting one{still}.", 110)
+
+
 def time_table(step_seconds: dict[str, float] | None) -> str:
     """Where the demo's time went: a table of minutes per step (a step it skipped, such as a benchmark
     already generated, is left out); empty without steps."""
@@ -619,11 +676,12 @@ def time_table(step_seconds: dict[str, float] | None) -> str:
 
 def write_report(path: Path, runs: list[dict], sweep: list[dict], cfg: DemoConfig, minutes: float, cpu: dict,
                  cagul: dict | None = None, diagnostics: dict | None = None, questions: int | None = None,
-                 step_seconds: dict[str, float] | None = None) -> None:
+                 step_seconds: dict[str, float] | None = None, idkpo: dict | None = None) -> None:
     sweep_rows = "\n".join(
         f"| {s['lam']:g} | {s['metrics']['forget_acc']:.1f} | {s['metrics']['retain_rougeL']:.1f} | "
         f"{s['metrics']['coherence']:.1f} |" for s in sorted(sweep, key=lambda s: s["lam"]))
-    verdict = "\n\n".join(filter(None, (claim_line(runs, questions), quick_look_note(cfg, questions))))
+    verdict = "\n\n".join(filter(None, (claim_line(runs, questions), quick_look_note(cfg, questions),
+                                         idkpo_note(idkpo, runs))))
     text = f"""# viker demo: unlearning {cfg.forget} of the embedded benchmark
 
 {markdown_table(labelled(runs, cfg))}
