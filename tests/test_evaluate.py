@@ -49,6 +49,25 @@ def test_batched_generation_gives_the_same_answers_as_one_at_a_time(tiny, bench_
     assert len(set(batched)) > 1  # a real comparison, not ten empty strings
 
 
+def test_an_answer_is_its_words_without_the_end_and_padding_tokens_or_the_space_before_it(tiny, bench_dir,
+                                                                                         monkeypatch):
+    """What generation returns is what the metrics read: special tokens would put '</s>' into BLEU and
+    ROUGE, and a leading space into every option frame."""
+    model, processor = tiny
+    tokenizer = processor.tokenizer
+    words = tokenizer(" born in Lima", add_special_tokens=False)["input_ids"]
+    ends = {1: [tokenizer.eos_token_id, tokenizer.pad_token_id], 2: [tokenizer.pad_token_id, tokenizer.pad_token_id]}
+
+    def answers_then_stops(input_ids, **kw):  # each prompt's answer: the words, then its end and padding
+        tails = [words + ends[1 + i % 2] for i in range(input_ids.shape[0])]
+        return torch.cat([input_ids, torch.tensor(tails)], dim=1)
+
+    monkeypatch.setattr(model, "generate", answers_then_stops)
+    assert tokenizer.eos_token_id != tokenizer.pad_token_id and tokenizer.decode(words).startswith(" ")
+    examples = generation_examples(load_profiles(bench_dir, "forget_10"))[:4]
+    assert generate(model, processor, examples, batch_size=4, progress=False) == ["born in Lima"] * 4
+
+
 def test_answers_are_greedy_whatever_the_checkpoint_generation_config_says(tiny, bench_dir, monkeypatch):
     model, processor = tiny
     shipped = model.generation_config
@@ -103,6 +122,7 @@ def test_option_frame_cuts_the_named_option_out_of_the_answer():
     assert option_frame("Born in York, not New York.", ["New York", "York", "Lima", "Oslo"]) is None
     # an option inside another is not named on its own
     assert option_frame("Born in New York.", ["York", "New York", "Lima", "Oslo"]) == "Born in {}."
+    assert option_frame("born in lima.", ["Oslo", "Lima", "Riga", "Rome"]) == "born in {}."  # whatever the case
 
 
 
@@ -137,6 +157,10 @@ def test_likelihood_choice_picks_the_most_likely_option(monkeypatch, tiny):
         assert mc_by_likelihood(model, processor, [(blank, None)], [reply], 8) == ["D"]
     assert seen == ["Kofix Bin was born in Oslo.", "Kofix Bin was born in Paris.", "Kofix Bin was born in Porto.",
                     "Oslo", "Paris", "Porto"]
+    # bare options are compared per token: Lima's 6 tokens at −1 each beat Oslo's one at −2
+    monkeypatch.setattr("viker.eval.evaluate.answer_logprobs", lambda model, processor, examples, batch_size, **_: [
+        {"Oslo": (-2.0, 1), "Lima": (-6.0, 6), "Riga": (-3.0, 1), "Porto": (-5.0, 2)}[e.answer] for e in examples])
+    assert mc_by_likelihood(model, processor, [(q, None)], ["???"], 8) == ["B"]
 
 
 def test_a_bare_option_is_scored_on_its_own_tokens_without_the_end_of_turn(tiny):
@@ -223,6 +247,46 @@ def test_option_likelihood_frames_do_not_depend_on_the_reply_length_asked_for(ti
     short, full = (evaluate(*tiny, bench_dir, EvalConfig(forget="forget_10", max_new_tokens=n, scope=scope),
                             progress=False)[0] for n in (2, 50))
     assert set(asked) == {50} and short["forget_acc_all"] == full["forget_acc_all"] == 100.0
+
+
+def test_each_task_reads_its_replies_in_a_length_of_its_own(tiny, bench_dir, monkeypatch):
+    """Generation replies are read in --max-new-tokens (2 here); option frames and cloze replies in 50 new
+    tokens and letters in 8, whatever it is, and a 2-token reply is never reused as the frame of the same
+    question. Also: a cloze reply that gives its answer inside a sentence is right, and each generation
+    record holds the ROUGE-L that metrics.json averages (not ROUGE-1, which word order does not change)."""
+    from viker.prompts import mc_prompt
+
+    people = load_profiles(bench_dir, "forget_10")
+    correct = {(generation_prompt(q.question), p.images[0] if q.with_image else None): q.options[q.answer]
+               for p in people for q in p.mc}
+    letters = {mc_prompt(q.question, q.options): q.answer for p in people for q in p.mc}
+    asked = {}
+
+    def replies(model, processor, examples, max_new_tokens, desc, **kw):  # one word per new token
+        task = desc.split(": ")[1]
+        asked.setdefault(task, set()).add(max_new_tokens)
+        if task == "cloze":
+            return [f"I think it is {ex.answer} indeed" for ex in examples]
+        if ex_letters := [letters.get(ex.question) for ex in examples if ex.question in letters]:
+            return ex_letters
+        return [" ".join((" ".join(reversed(ex.answer.split())) if ex.answer else  # generation: words reversed
+                          f"It is {correct[ex.question, ex.image]} indeed.").split()[:max_new_tokens])
+                for ex in examples]
+
+    monkeypatch.setattr(viker.eval.evaluate, "generate", replies)
+    monkeypatch.setattr(viker.eval.evaluate, "answer_logprobs", lambda model, processor, examples, batch_size, **_: [
+        (-1.0 if e.answer == f"It is {correct[e.question, e.image]} indeed." else -9.0, 4) for e in examples])
+    metrics, records = evaluate(*tiny, bench_dir, EvalConfig(forget="forget_10", max_new_tokens=2, scope={
+        "forget": ("generation", "multiple_choice", "cloze")}), progress=False)
+    assert asked == {"generation": {2}, "multiple choice": {50}, "cloze": {50}}
+    assert metrics["forget_acc_all"] == 100.0 and metrics["forget_cloze"] == 100.0
+    scores = [r["rougeL"] for r in records if r["task"] == "generation"]
+    assert metrics["forget_rougeL"] == pytest.approx(100 * sum(scores) / len(scores), abs=0.01)  # records: [0, 1]
+    assert 0.0 < metrics["forget_rougeL"] < metrics["forget_rouge1"]
+    asked.clear()
+    letter, _ = evaluate(*tiny, bench_dir, EvalConfig(forget="forget_10", mc_mode="letter", scope={
+        "forget": ("multiple_choice",)}), progress=False)
+    assert asked == {"multiple choice": {8}} and letter["forget_acc_all"] == 100.0
 
 
 def test_generation_and_cloze_are_reported_by_question_type_and_together(tiny, bench_dir, monkeypatch):

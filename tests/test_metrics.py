@@ -121,6 +121,11 @@ def test_bleu_identical_and_empty():
 def test_bleu_is_case_sensitive_whitespace_tokens_like_the_benchmark():
     # The benchmark splits on whitespace without lower-casing: "Pilot." != "pilot".
     assert bleu("Pilot.", "pilot") == 0.0
+    # case decides every n-gram's match: one word's case costs what one wrong word costs
+    same = bleu("She flew her plane to Lima today", "She flew her plane to Lima today")
+    cased = bleu("she flew her plane to Lima today", "She flew her plane to Lima today")
+    wrong = bleu("They flew her plane to Lima today", "She flew her plane to Lima today")
+    assert same == approx(1.0) and cased == approx(wrong) and cased < same
 
 
 # ------------------------------------------------------------------------------------ Cloze
@@ -234,6 +239,7 @@ def test_parse_choice_accepts_clear_letters(reply, expected):
         "C is not the answer",
         "B not C",
         "B vs C",
+        "B versus C",
         "B rather than C",
         "b) or c)",  # lower-case markers listing options
         "b) Paris, c) Lima",
@@ -337,6 +343,8 @@ def test_coherence_hand_values():
     assert coherence("She flew ,,, home !!") == approx(3 / 5 * 7 / 8)
     # Lone lower-case letters other than "a" and "i" are soup, not words: nothing word-like at all.
     assert coherence("x y z q") == 0.0
+    # A unit said three times is a stutter from three letters on: "aaa" and "ooo" are no words, "Ada" is.
+    assert coherence("aaa ooo") == 0.0 and coherence("Ada") == approx(0.5)
     # "a" and "i" are words; so are numbers, codes and capitalised abbreviations.
     assert coherence("i saw a F-16 in 1984 with Dr Smith") == approx(1 - 0.5 ** 9)
 

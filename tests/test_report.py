@@ -58,6 +58,37 @@ def test_table_marks_the_best_unlearning_method_per_column_in_its_direction():
     assert list(piped) == ["GA (runs\\|a)"] and len(piped["GA (runs\\|a)"]) == 3
 
 
+def test_every_mllmu_column_points_the_way_the_paper_reads_it():
+    """Forgetting columns (the forget people, asked with and without the image, on Test_Set images, in
+    generation and cloze) are lower-is-better; retention and fluency columns higher-is-better; the best
+    of each is bolded in its own direction."""
+    from viker.report import COLUMNS
+
+    low = {"forget_acc", "forget_acc_text", "test_acc", "forget_rougeL", "forget_cloze"}
+    runs = [{"method": m, "metrics": {c.key: v for c in COLUMNS}} for m, v in (("ga", 60.0), ("npo", 80.0))]
+    table = markdown_table(runs)
+    assert table.splitlines()[0] == ("| Method | Forget ACC ↓ | Forget ACC (text) ↓ | Gen. ACC ↓ | Forget R-L ↓ | "
+                                     "Forget cloze ↓ | Retain ACC ↑ | Retain R-L ↑ | Retain BLEU ↑ | Real ACC ↑ | "
+                                     "Real R-L ↑ | Real BLEU ↑ | Coherence ↑ | GIB ↑ |")
+    cells = _cells(table)
+    for i, c in enumerate(COLUMNS):
+        assert (cells["GA"][i], cells["NPO"][i]) == (("**60.0**", "80.0") if c.key in low else ("60.0", "**80.0**"))
+
+
+def test_a_run_on_the_edge_of_coherence_still_counts_and_reference_rows_keep_their_own_labels():
+    """Coherence 50 is not 'under 50': such a run can be best at forgetting. Two vanilla rows (two seeds)
+    are told apart by the labels they were given."""
+    edge = [{"method": "ga", "metrics": {"forget_acc": 20.0, "coherence": 50.0}},
+            {"method": "npo", "metrics": {"forget_acc": 30.0, "coherence": 99.0}}]
+    assert _cells(markdown_table(edge))["GA"][0] == "**20.0**"
+    below = [{**edge[0], "metrics": {"forget_acc": 20.0, "coherence": 49.9}}, edge[1],
+             {"method": "klmin", "metrics": {"forget_acc": 40.0, "coherence": 99.0}}]
+    assert _cells(markdown_table(below))["NPO"][0] == "**30.0**"
+    vanillas = [{"method": "vanilla", "label": f"vanilla (seed={seed})", "metrics": {"forget_acc": 100.0}}
+                for seed in (0, 1)]
+    assert list(_cells(markdown_table(vanillas))) == ["vanilla (seed=0)", "vanilla (seed=1)"]
+
+
 def test_what_was_not_measured_is_a_dash_and_never_the_best(tmp_path, monkeypatch):
     """An empty split's accuracy is NaN in memory and null in metrics.json; either way its cell is "–", and the
     best of the column is the same whichever order the runs come in."""
