@@ -339,7 +339,8 @@ def test_idkpo_note_explains_from_its_own_log_why_it_has_not_forgotten(tmp_path)
     assert "-86.9 nats over steps 1–5 and -71.6 over steps 11–13, a true answer's -0.4 and -0.5" in note
     # −dL/dm = β·σ(−βm) = β(1 − e^(−L)); β/2 at the start
     assert f"(β = 0.1) is {0.1 * (1 - math.exp(-0.1)) / 0.05:.0%} of its starting one" in note
-    assert "the refusals are still far less likely than the true answers" in note
+    assert "the refusals are still less likely than the true answers" in note
+    assert idkpo_note(trace, runs[1:]) == ""  # no vanilla run to measure it against
     runs[1]["metrics"]["forget_acc"] = 60.0  # it has forgotten: nothing to explain
     assert idkpo_note(trace, runs) == ""
     assert idkpo_trace(history[:1], run) is None and idkpo_note(None, runs) == ""

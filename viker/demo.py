@@ -641,14 +641,14 @@ def idkpo_note(trace: dict | None, runs: list[dict]) -> str:
     model's (empty otherwise). DPO's push on the margin m, −dL/dm = β·σ(−β·m), is β·(1 − e^(−L)) at loss
     L: at the start (m = 0, L = log 2) it is β/2, so at L it is 2·(1 − e^(−L)) of that."""
     by = {r["method"]: r["metrics"] for r in runs}
-    if not trace or "idkpo" not in by or by["idkpo"]["forget_acc"] < by["vanilla"]["forget_acc"]:
+    if not trace or not {"idkpo", "vanilla"} <= by.keys() or by["idkpo"]["forget_acc"] < by["vanilla"]["forget_acc"]:
         return ""
     first, last = trace["first"], trace["last"]
     refusal_gain, answer_loss = last["refusal_logp"] - first["refusal_logp"], first["forget_logp"] - last["forget_logp"]
     how = ("mostly by making the refusals less unlikely" if refusal_gain > answer_loss else
            "by making the true answers less likely more than the refusals likelier")
     push = 2 * (1 - math.exp(-last["dpo"]))
-    still = ("; the refusals are still far less likely than the true answers, which the model goes on giving"
+    still = ("; the refusals are still less likely than the true answers, which the model goes on giving"
              if last["refusal_logp"] < last["forget_logp"] else "")
 
     def steps(window):
