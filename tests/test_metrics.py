@@ -343,7 +343,7 @@ def test_coherence_hand_values():
     assert coherence("She flew ,,, home !!") == approx(3 / 5 * 7 / 8)
     # Lone lower-case letters other than "a" and "i" are soup, not words: nothing word-like at all.
     assert coherence("x y z q") == 0.0
-    # A unit said three times is a stutter from three letters on: "aaa" and "ooo" are no words, "Ada" is.
+    # A unit repeated three times ("aaa", "ooo") is a stutter, not a word; "Ada" is a word.
     assert coherence("aaa ooo") == 0.0 and coherence("Ada") == approx(0.5)
     # "a" and "i" are words; so are numbers, codes and capitalised abbreviations.
     assert coherence("i saw a F-16 in 1984 with Dr Smith") == approx(1 - 0.5 ** 9)

@@ -11,7 +11,6 @@ and the key-token page. Everything runs offline on a CPU.
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
 import textwrap
@@ -429,8 +428,9 @@ def viker_vs_ga(v: dict, g: dict, where: str = "on this run", questions: int | N
                 vanilla: dict | None = None) -> str:
     """The claim check in words. Where ViKeR keeps more retention and coherence but has the higher
     Forget ACC figure, and ``questions`` (how many questions that accuracy is over) is given, it says
-    whether those questions can tell the two apart. With the ``vanilla`` model's metrics, it says where
-    GA has kept all of its retention and coherence, so that no method could keep more."""
+    whether those questions can tell the two apart. Where ViKeR does not keep more, and the ``vanilla``
+    model's metrics are given, it says whether GA has kept all of their retention and coherence, so that
+    there was nothing to keep more of."""
     held = claim_holds(v, g, questions)
     text = (f"ViKeR against GA {where}: Forget ACC {v['forget_acc']:.1f} vs {g['forget_acc']:.1f}, "
             f"Retain R-L {v['retain_rougeL']:.1f} vs {g['retain_rougeL']:.1f}, coherence {v['coherence']:.1f} vs "
@@ -453,7 +453,7 @@ def viker_vs_ga(v: dict, g: dict, where: str = "on this run", questions: int | N
                      "but the claim asks for more.")
         if vanilla and all(round(g[key], 1) >= round(vanilla[key], 1) for key in KEPT.values()):
             text += (f" GA's Retain R-L and coherence are still the vanilla model's ({g['retain_rougeL']:.1f} and "
-                     f"{g['coherence']:.1f}): {where} GA has lost nothing for ViKeR to keep more of.")
+                     f"{g['coherence']:.1f}): {where} GA has lost none of either for ViKeR to keep more of.")
     return text
 
 
@@ -620,48 +620,52 @@ def shorter_budget_note(ga: dict, vk: dict, epochs: float, questions: int | None
     return note
 
 
-IDKPO_LOGS = ("dpo", "refusal_logp", "forget_logp")  # what IdkPO logs: its DPO term, and the whole-answer
-# log-likelihoods of the refusals (chosen) and of the true forget answers (rejected), in nats
+# What IdkPO logs (viker.methods.idkpo): its DPO loss and weight on the margin, σ(−β·margin); how far the
+# refusals' (chosen) and the true forget answers' (rejected) whole-answer log-likelihoods have moved from
+# θ_full's; and those log-likelihoods themselves, in nats.
+IDKPO_LOGS = ("dpo", "dpo_weight", "refusal_gain", "forget_gain", "refusal_logp", "forget_logp")
 
 
 def idkpo_trace(history: list[dict], run_dir: Path) -> dict | None:
-    """IdkPO's DPO term and log-likelihoods in its first and last logged windows (each row of ``history``
-    averages the steps after the row before it, up to its own ``step``), and its β (from the run's config),
-    for :func:`idkpo_note`; None without two logged windows."""
-    if len(history) < 2 or not all(key in history[0] for key in IDKPO_LOGS):
+    """IdkPO's logs in its last logged window (each row of ``history`` averages the steps after the row
+    before it, up to its own ``step``), and its β (from the run's config), for :func:`idkpo_note`; None
+    without them."""
+    if not history or not all(key in history[-1] for key in IDKPO_LOGS):
         return None
     beta = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["method"]["beta"]
-    windows = (("first", 1, history[0]), ("last", history[-2]["step"] + 1, history[-1]))
-    return {"beta": beta, **{at: {"steps": [start, row["step"]], **{key: row[key] for key in IDKPO_LOGS}}
-                             for at, start, row in windows}}
+    first = history[-2]["step"] + 1 if len(history) > 1 else 1
+    return {"beta": beta, "steps": [first, history[-1]["step"]], **{key: history[-1][key] for key in IDKPO_LOGS}}
 
 
 def idkpo_note(trace: dict | None, runs: list[dict]) -> str:
     """Why IdkPO has not forgotten, from its own training log, where its Forget ACC is still the vanilla
-    model's (empty otherwise). DPO's push on the margin m, −dL/dm = β·σ(−β·m), is β·(1 − e^(−L)) at loss
-    L: at the start (m = 0, L = log 2) it is β/2, so at L it is 2·(1 − e^(−L)) of that."""
+    model's (empty otherwise). DPO weighs each answer's gradient by σ(−β·margin), 1/2 at the start (θ =
+    θ_full, margin 0): a margin grown by any means, the refusals made likelier included, lowers it."""
     by = {r["method"]: r["metrics"] for r in runs}
     if not trace or not {"idkpo", "vanilla"} <= by.keys() or by["idkpo"]["forget_acc"] < by["vanilla"]["forget_acc"]:
         return ""
-    first, last = trace["first"], trace["last"]
-    refusal_gain, answer_loss = last["refusal_logp"] - first["refusal_logp"], first["forget_logp"] - last["forget_logp"]
-    how = ("mostly by making the refusals less unlikely" if refusal_gain > answer_loss else
-           "by making the true answers less likely more than the refusals likelier")
-    push = 2 * (1 - math.exp(-last["dpo"]))
-    still = ("; the refusals are still less likely than the true answers, which the model goes on giving"
-             if last["refusal_logp"] < last["forget_logp"] else "")
+    up, down = trace["refusal_gain"], -trace["forget_gain"]  # what each side added to the margin
+    how = ("the margin has not grown" if up + down <= 0 else
+           "the margin has grown, mostly by making the refusals less unlikely" if up > down else
+           "the margin has grown, mostly by making the true answers less likely")
+    a, b = trace["steps"]
+    steps = f"step {b}" if a == b else f"steps {a}–{b}"
 
-    def steps(window):
-        return "–".join(map(str, window["steps"]))
+    def moved(x: float) -> str:
+        if abs(x) < 0.05:
+            return "within 0.05 nats of"
+        return f"up {x:.1f} nats from" if x > 0 else f"down {-x:.1f} nats from"
 
+    still = (f" The refusals are still less likely than the true answers ({trace['refusal_logp']:.1f} against "
+             f"{trace['forget_logp']:.1f} nats), and Forget ACC says the model still picks the true answers."
+             if trace["refusal_logp"] < trace["forget_logp"] else "")
     return textwrap.fill(
         f"**IdkPO has not forgotten** (Forget ACC {by['idkpo']['forget_acc']:.1f}, the vanilla model's "
-        f"{by['vanilla']['forget_acc']:.1f}). It is DPO with a refusal preferred to the true answer, and its DPO loss "
-        f"fell from log 2 = 0.69 at the start to {last['dpo']:.2f} over steps {steps(last)} {how}: a refusal's "
-        f"log-likelihood averaged {first['refusal_logp']:.1f} nats over steps {steps(first)} and "
-        f"{last['refusal_logp']:.1f} over steps {steps(last)}, a true answer's {first['forget_logp']:.1f} and "
-        f"{last['forget_logp']:.1f}. At that loss DPO's push on the margin (β = {trace['beta']:g}) is "
-        f"{push:.0%} of its starting one{still}.", 110)
+        f"{by['vanilla']['forget_acc']:.1f}). It is DPO with a refusal preferred to the true answer. Over its last "
+        f"logged {steps}, its DPO loss averaged {trace['dpo']:.2f} (log 2 = 0.69 at the start) and DPO's weight "
+        f"on the margin, σ(−β·margin) with β = {trace['beta']:g}, {trace['dpo_weight']:.2f} (0.5 at the start): "
+        f"{how}, a refusal's log-likelihood {moved(up)} the vanilla model's and a true answer's "
+        f"{moved(-down)} it.{still}", 110)
 
 
 def time_table(step_seconds: dict[str, float] | None) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 
+import torch
+
 from viker.methods import register
 from viker.methods.base import log_likelihood, logits_of, share
 from viker.methods.losses import dpo_loss, sequence_logprob
@@ -37,7 +39,12 @@ class IdkPO:
         rc = sequence_logprob(self.reference.logits(chosen), chosen["labels"])
         rr = sequence_logprob(self.reference.logits(rejected), rejected["labels"])
         loss = dpo_loss(lc, lr, rc, rr, self.beta) * share(rejected, "row")
-        logs = {"dpo": loss.item(), "refusal_logp": lc.mean().item(), "forget_logp": lr.mean().item()}
+        with torch.no_grad():  # how far each side has moved from θ_full (0 at the start), and DPO's weight on
+            chosen_gain, rejected_gain = lc - rc, lr - rr  # the margin, σ(−β·margin): 1/2 at the start
+            weight = torch.sigmoid(-self.beta * (chosen_gain - rejected_gain)).mean()
+        logs = {"dpo": loss.item(), "refusal_logp": lc.mean().item(), "forget_logp": lr.mean().item(),
+                "refusal_gain": chosen_gain.mean().item(), "forget_gain": rejected_gain.mean().item(),
+                "dpo_weight": weight.item()}
         if self.retain_weight > 0:
             retain_nll = -log_likelihood(model, batches["retain"])
             loss = loss + self.retain_weight * retain_nll
