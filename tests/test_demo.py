@@ -199,6 +199,11 @@ def test_budget_notes_say_which_method_fell_apart():
     far = shorter_budget_note({**ahead, "forget_acc": 58.0}, {**whole, "forget_acc": 30.0}, 5, questions=50)
     assert "ViKeR has forgotten more and kept less" in far
     assert "holds here" in shorter_budget_note(broken, whole, 5)
+    # a run some way below the other, but above the table's line for answers that fell apart, has begun to
+    degraded = {**broken, "coherence": 77.0, "retain_rougeL": 63.3}
+    assert "GA's answers have already begun to fall apart." in shorter_budget_note(degraded, whole, 5)
+    begun = resting_point_note(degraded, whole, [], 8, 10.0)
+    assert "GA's answers have begun to fall apart and ViKeR's have not" in begun
     assert "the same currency" not in shorter_budget_note(broken, whole, 5)
 
 

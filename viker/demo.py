@@ -31,7 +31,15 @@ from viker.finetune import FinetuneConfig, run_finetune
 from viker.keytokens import run_keytokens
 from viker.model import LoraSettings, load_model
 from viker.presets import TINY_TRAIN, TINY_UNLEARN, TrainConfig
-from viker.report import UNMARKED, column_glossary, markdown_table, plain_table, setting_text, tradeoff_plot
+from viker.report import (
+    INCOHERENT_BELOW,
+    UNMARKED,
+    column_glossary,
+    markdown_table,
+    plain_table,
+    setting_text,
+    tradeoff_plot,
+)
 from viker.runs import file_hashes, machine, out_folder, to_jsonable, under, visible_entries, write_json
 from viker.unlearn import UnlearnConfig, run_unlearn
 
@@ -485,6 +493,12 @@ def forget_image_questions(data: Path, forget: str) -> int:
     return sum(q.with_image for p in load_profiles(data, forget) for q in p.mc)
 
 
+def how_far_apart(m: dict) -> str:
+    """How a run whose answers fell apart against another's (:func:`fell_apart`) is said to have: "fallen apart"
+    under the coherence the report's table takes for that (``INCOHERENT_BELOW``), else "begun to fall apart"."""
+    return "fallen apart" if m["coherence"] < INCOHERENT_BELOW else "begun to fall apart"
+
+
 def fell_apart(m: dict, other: dict) -> bool:
     """Whether a run's answers fell apart against another's: its coherence is more than 5 points lower."""
     return m["coherence"] < other["coherence"] - 5.0
@@ -527,7 +541,8 @@ def why_section(runs: list[dict], sweep: list[dict], diagnostics: dict | None, c
         "model's shared route from a face to a name, so that other faces lose their names too: the retain people are "
         f"named in {pct(names['viker']['retain'])}% of answers after ViKeR, against "
         f"{pct(names['vanilla']['retain'])}% before, and in {pct(names['ga']['retain'])}% after GA"
-        + (", whose answers have fallen apart (they are no longer sentences)" if fell_apart(ga, vk) else "")
+        + (f", whose answers have {how_far_apart(ga)}" if fell_apart(ga, vk) else "")
+        + (" (they are no longer sentences)" if fell_apart(ga, vk) and ga["coherence"] < INCOHERENT_BELOW else "")
         + ". A model that answers every pictured person with "
         f'"{UNKNOWN_ANSWER}" and every question by name correctly scores {floor:.1f} Retain ROUGE-L here: a coherent '
         "model that has lost every face sits near that floor, a collapsed one far below it."
@@ -567,9 +582,9 @@ def resting_point_note(ga: dict, vk: dict, below_one: list[dict], epochs: float,
         head = (f"**Where ascent stops.** With λ = {lam:g} < 1 no answer token has a resting point: ViKeR is GA "
                 f"damped by 1 − λ on normal tokens. ")
     if fell_apart(ga, vk):
-        head += f"After {n_epochs(epochs)} GA's answers have fallen apart and ViKeR's have not ({said})."
+        head += f"After {n_epochs(epochs)} GA's answers have {how_far_apart(ga)} and ViKeR's have not ({said})."
     elif fell_apart(vk, ga):
-        head += f"After {n_epochs(epochs)} ViKeR's answers have fallen apart and GA's have not ({said})."
+        head += f"After {n_epochs(epochs)} ViKeR's answers have {how_far_apart(vk)} and GA's have not ({said})."
     else:
         head += f"After {n_epochs(epochs)} neither method's answers have fallen apart ({said})."
     for broke in (True, False):  # the λ < 1 runs whose answers fell apart, then those that held, a sentence each
@@ -602,8 +617,8 @@ def mistaken_note(vk: dict, named: dict, floor: float) -> str:
 def shorter_budget_note(ga: dict, vk: dict, epochs: float, questions: int | None = None,
                         vanilla: dict | None = None) -> str:
     """GA against ViKeR on the shorter budget, worded from their metrics (and the ``vanilla`` model's)."""
-    state = ("GA's answers have already fallen apart" if fell_apart(ga, vk) else
-             "ViKeR's answers have fallen apart and GA's have not" if fell_apart(vk, ga) else
+    state = (f"GA's answers have already {how_far_apart(ga)}" if fell_apart(ga, vk) else
+             f"ViKeR's answers have {how_far_apart(vk)} and GA's have not" if fell_apart(vk, ga) else
              "neither method's answers have fallen apart")
     compared = viker_vs_ga(vk, ga, f"at {n_epochs(epochs)}", questions, vanilla)
     note = f"**On a shorter budget ({n_epochs(epochs)})** {state}. {compared}"
