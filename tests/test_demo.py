@@ -353,6 +353,7 @@ def test_idkpo_note_explains_from_its_own_log_why_it_has_not_forgotten(tmp_path)
     assert "mostly by making the true answers less likely" in note(refusal_gain=1.0, forget_gain=-4.0)
     assert "the margin has not grown" in note(refusal_gain=-1.0, forget_gain=0.5)
     assert "still less likely" not in note(refusal_logp=-0.2)
+    assert "(-59.6 against -0.03 nats)" in note(refusal_logp=-59.6, forget_logp=-0.03)
     assert "logged step 13," in " ".join(idkpo_note(idkpo_trace(history[-1:], run) | {"steps": [13, 13]},
                                                     runs).split())
     runs[1]["metrics"]["forget_acc"] = 60.0  # it has forgotten: nothing to explain

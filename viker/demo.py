@@ -671,8 +671,11 @@ def idkpo_note(trace: dict | None, runs: list[dict]) -> str:
             return "within 0.05 nats of"
         return f"up {x:.1f} nats from" if x > 0 else f"down {-x:.1f} nats from"
 
-    still = (f" The refusals are still less likely than the true answers ({trace['refusal_logp']:.1f} against "
-             f"{trace['forget_logp']:.1f} nats), and Forget ACC says the model still picks the true answers."
+    def nats(x: float) -> str:  # to a tenth, or to a hundredth where a tenth would print 0.0
+        return f"{x:.1f}" if abs(x) >= 0.05 else f"{x:.2f}"
+
+    still = (f" The refusals are still less likely than the true answers ({nats(trace['refusal_logp'])} against "
+             f"{nats(trace['forget_logp'])} nats), and Forget ACC says the model still picks the true answers."
              if trace["refusal_logp"] < trace["forget_logp"] else "")
     return textwrap.fill(
         f"**IdkPO has not forgotten** (Forget ACC {by['idkpo']['forget_acc']:.1f}, the vanilla model's "
