@@ -226,13 +226,18 @@ def test_a_model_that_knows_every_answer_scores_100_on_every_paper_column(tiny, 
     assert all(r["answer"] == letters[r["question"]] for r in records if r["task"] == "multiple_choice")
 
 
+def _true_options(bench_dir) -> dict:
+    """(the question as a generation prompt, its image or None) -> the true option, for every multiple-choice
+    question of forget_10."""
+    return {(generation_prompt(q.question), p.images[0] if q.with_image else None): q.options[q.answer]
+            for p in load_profiles(bench_dir, "forget_10") for q in p.mc}
+
+
 def test_option_likelihood_frames_do_not_depend_on_the_reply_length_asked_for(tiny, bench_dir, monkeypatch):
     """A short --max-new-tokens would stop the greedy answer before the option it names ('... born in') and
     leave the options to be scored bare: the frames are read in their own 50 new tokens."""
-    from viker.prompts import generation_prompt
 
-    correct = {(generation_prompt(q.question), p.images[0] if q.with_image else None): q.options[q.answer]
-               for p in load_profiles(bench_dir, "forget_10") for q in p.mc}  # a question asked of a person
+    correct = _true_options(bench_dir)
     asked = []
 
     def names_the_answer(model, processor, examples, max_new_tokens, **kw):  # one word per new token
@@ -256,10 +261,8 @@ def test_each_task_reads_its_replies_in_a_length_of_its_own(tiny, bench_dir, mon
     record holds the ROUGE-L that metrics.json averages (not ROUGE-1, which word order does not change)."""
     from viker.prompts import mc_prompt
 
-    people = load_profiles(bench_dir, "forget_10")
-    correct = {(generation_prompt(q.question), p.images[0] if q.with_image else None): q.options[q.answer]
-               for p in people for q in p.mc}
-    letters = {mc_prompt(q.question, q.options): q.answer for p in people for q in p.mc}
+    correct = _true_options(bench_dir)
+    letters = {mc_prompt(q.question, q.options): q.answer for p in load_profiles(bench_dir, "forget_10") for q in p.mc}
     asked = {}
 
     def replies(model, processor, examples, max_new_tokens, desc, **kw):  # one word per new token

@@ -7,6 +7,7 @@ import html
 import json
 import math
 from dataclasses import replace
+from functools import partial
 
 import pytest
 import torch
@@ -118,6 +119,11 @@ def _answer_log_probs(model, collate, ex) -> list[tuple[torch.Tensor, int]]:
     return [(log_q[i - 1], int(ids[i])) for i in (labels != -100).nonzero().squeeze(-1).tolist()]
 
 
+def _answer_logp(collate, model, ex) -> float:
+    """One example's whole-answer log-likelihood: the sum over its answer tokens."""
+    return sum(log_q[y].item() for log_q, y in _answer_log_probs(model, collate, ex))
+
+
 def _moved(ctx):
     """θ away from θ_full (the context's frozen copy), so that no log-ratio or KL is zero by construction."""
     torch.manual_seed(0)
@@ -188,9 +194,7 @@ def test_idkpo_prefers_the_refusal_to_the_true_answer(tiny_dir, bench_dir, tmp_p
     examples = ctx.data["forget"][:3]
     loss, logs = method.loss(ctx.model, {"forget": ctx.collate(examples) | {"index": torch.arange(3)}})
 
-    def logp(model, ex):
-        return sum(log_q[y].item() for log_q, y in _answer_log_probs(model, ctx.collate, ex))
-
+    logp = partial(_answer_logp, ctx.collate)
     losses, gains, weights = [], [], []
     for i, ex in enumerate(examples):
         refusal = method.refusals[i]
@@ -708,9 +712,7 @@ def test_npo_against_another_reference_model_reads_that_model(tiny_dir, bench_di
     examples = ctx.data["forget"][:3]
     loss, _ = method.loss(ctx.model, {"forget": ctx.collate(examples)})
 
-    def logp(model, ex):
-        return sum(log_q[y].item() for log_q, y in _answer_log_probs(model, ctx.collate, ex))
-
+    logp = partial(_answer_logp, ctx.collate)
     per_answer = [-(2 / 0.1) * math.log(1 / (1 + math.exp(0.1 * (logp(ctx.model, ex) - logp(other, ex)))))
                   for ex in examples]
     assert loss.item() == pytest.approx(sum(per_answer) / len(per_answer), rel=1e-4)

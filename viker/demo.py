@@ -535,15 +535,17 @@ def why_section(runs: list[dict], sweep: list[dict], diagnostics: dict | None, c
         below = (f" GA's Forget ACC of {ga['forget_acc']:.1f} is below chance ({CHANCE_ACC:g} with four options), "
                  "which is not more forgetting: a model that never knew the people scores that on average, and one "
                  "that picks the true option less often still tells it apart from the others.")
+    ga_state = ""  # how GA's answers read, where they fell apart against ViKeR's
+    if fell_apart(ga, vk):
+        ga_state = f", whose answers have {how_far_apart(ga)}"
+        ga_state += " (they are no longer sentences)" if ga["coherence"] < INCOHERENT_BELOW else ""
     bullets = [
         resting_point_note(ga, vk, below_one, e, lam) + below,
         "**What unlearning costs on this benchmark.** Forgetting the forget people's faces can weaken the tiny "
         "model's shared route from a face to a name, so that other faces lose their names too: the retain people are "
         f"named in {pct(names['viker']['retain'])}% of answers after ViKeR, against "
         f"{pct(names['vanilla']['retain'])}% before, and in {pct(names['ga']['retain'])}% after GA"
-        + (f", whose answers have {how_far_apart(ga)}" if fell_apart(ga, vk) else "")
-        + (" (they are no longer sentences)" if fell_apart(ga, vk) and ga["coherence"] < INCOHERENT_BELOW else "")
-        + ". A model that answers every pictured person with "
+        + ga_state + ". A model that answers every pictured person with "
         f'"{UNKNOWN_ANSWER}" and every question by name correctly scores {floor:.1f} Retain ROUGE-L here: a coherent '
         "model that has lost every face sits near that floor, a collapsed one far below it."
         + mistaken_note(vk, names["viker"], floor),
