@@ -489,7 +489,7 @@ def test_the_key_token_picture_draws_the_benchmarks_text_as_it_is(tmp_path, monk
     write_png([TokenEntropy("Did it cost $5 or $6?", True, ["It", " cost", " $5"], [0.1, 0.2, 0.9], [0.9] * 3)],
               tmp_path / "keys.png", epsilon=0.5)
     texts = {t.get_text(): t for t in drawn}
-    assert {"[image] Did it cost $5 or $6?", " $5"} <= set(texts)
+    assert {"[image] Did it cost $5 or $6?", "$5"} <= set(texts)
     assert not any(t.get_parse_math() for t in drawn)
 
 
@@ -542,7 +542,7 @@ def test_the_picture_shades_as_the_page_does(tmp_path, monkeypatch):
     rows = [TokenEntropy("q", True, [" a"], [1.0], [0.5])] * PNG_ANSWERS
     rows.append(TokenEntropy("last", True, [" b"], [4.0], [0.5]))  # not drawn, the largest entropy
     write_png(rows, tmp_path / "keys.png", epsilon=5.0)
-    token = next(t for t in drawn if t.get_text() == " a")
+    token = next(t for t in drawn if t.get_text() == "a")
     shade = [int(c) / 255 for c in _color(1.0, 4.0)[4:-1].split(",")]
     assert token.get_bbox_patch().get_facecolor()[:3] == pytest.approx(shade)
 
@@ -603,19 +603,61 @@ def test_a_character_split_over_byte_tokens_is_shown_whole(tiny):
 def test_the_key_token_picture_wraps_a_long_answer_instead_of_shrinking_every_row(tmp_path, monkeypatch):
     import matplotlib.figure
 
-    from viker.keytokens import TokenEntropy, layout, write_png
+    from viker.keytokens import CHAR, TokenEntropy, layout, write_png
 
-    long = [f" word{i:02d}" for i in range(40)]  # about 300 characters: three lines
+    long = [f" word{i:02d}" for i in range(45)]  # about 300 characters: three lines
     placed = layout(long)
-    assert max(line for _, line, _ in placed) == 2 and all(x + len(t) * 0.95 <= 100 for x, _, t in placed)
+    assert max(line for _, line, _ in placed) == 2 and all(x + len(t) * CHAR <= 100 for x, _, t in placed)
     drawn = {}
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, path, **kw: drawn.update(fig=fig))
     rows = [TokenEntropy("short", True, [" It", " is"], [0.1, 0.9], [0.5] * 2),
-            TokenEntropy("long", True, long, [0.2] * 40, [0.5] * 40)]
+            TokenEntropy("long", True, long, [0.2] * 45, [0.5] * 45)]
     write_png(rows, tmp_path / "keys.png", epsilon=0.5)
     fig = drawn["fig"]
     assert fig.axes[0].get_position().width > 0.9  # the axes keep the figure's width
     assert fig.get_size_inches()[1] > 0.31 * 4 + 0.9  # and the figure grows by the extra lines
+
+
+def test_the_key_token_picture_spaces_words_as_the_answer_does():
+    """A token's leading space is the gap before its box, never inside it; a piece of a word follows the one
+    before it closely, and every box is clear of the next."""
+    from viker.keytokens import CHAR, GAP, layout
+
+    placed = layout(["This", " person", " is", " Rund", "rim", "."])
+    assert [t for _, _, t in placed] == ["This", "person", "is", "Rund", "rim", "."]
+    ends = [x + CHAR * len(t) for x, _, t in placed]
+    gaps = [round(x - end, 6) for (x, _, _), end in zip(placed[1:], ends)]
+    assert gaps == [round(CHAR + GAP, 6)] * 3 + [GAP] * 2  # a space between words, a hairline inside them
+    assert layout([" "])[0][2] == " "  # a token that is only a space is still drawn
+
+
+def test_the_key_token_picture_underlines_what_viker_at_lam_forgets(tmp_path, monkeypatch):
+    """As on the page: given a run's λ, a line under each token whose reference probability is under 1/λ
+    (above λ = 1), under every token at λ ≤ 1, and none without λ; the title says what the line means."""
+    import matplotlib.figure
+
+    from viker.keytokens import CHAR, GONE, TokenEntropy, write_png
+
+    drawn = {}
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, path, **kw: drawn.update(ax=fig.axes[0]))
+    rows = [TokenEntropy("q", True, ["This", " person", " is", " Deirdi", "."], [0.0, 0.1, 0.0, 3.0, 0.0],
+                         [0.99, 0.95, 0.97, 0.004, 0.3])]
+
+    def underlined(lam):
+        write_png(rows, tmp_path / "keys.png", epsilon=0.5, lam=lam)
+        ax = drawn["ax"]
+        boxes = {round(t.get_position()[0], 6): t.get_text() for t in ax.texts if t.get_text() != "[image] q"}
+        lines = [ln for ln in ax.lines if ln.get_color() == GONE]
+        for ln in lines:  # each line runs under its token's box, from its start to its end
+            (x0, x1), _ = ln.get_data()
+            assert round(x1 - x0, 6) == round(CHAR * len(boxes[round(x0, 6)]), 6)
+        return sorted(boxes[round(ln.get_data()[0][0], 6)] for ln in lines), ax.get_title(loc="left")
+
+    assert underlined(None) == ([], "Answer tokens shaded by reference entropy H(R̂); outlined: key tokens (H > 0.5)")
+    names, title = underlined(10)
+    assert names == ["Deirdi"] and title.endswith("; underlined: forgotten by ViKeR at λ = 10")
+    assert underlined(2)[0] == [".", "Deirdi"]  # 0.3 < 1/2
+    assert underlined(0.5)[0] == sorted(["This", "person", "is", "Deirdi", "."])
 
 
 def test_ref_prob_summary_counts_tokens_below_one_and_above_ninety_percent():

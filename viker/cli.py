@@ -146,7 +146,7 @@ def _keytokens(args) -> None:
                          seed=args.seed, lam=args.lam, benchmark=args.benchmark)
     n_key = sum(h > args.epsilon for r in rows for h in r.entropy)
     n_gone = None if args.lam is None else sum(forgotten(p, args.lam) for r in rows for p in r.ref_prob)
-    gone = "" if n_gone is None else f", {n_gone} forgotten at λ = {args.lam:g} (underlined on the page)"
+    gone = "" if n_gone is None else f", {n_gone} forgotten at λ = {args.lam:g} (underlined on the page and the PNG)"
     shown = f" (the PNG shows the first {PNG_ANSWERS})" if len(rows) > PNG_ANSWERS else ""
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}: {n_key} key tokens{gone} in {len(rows)} "
           f"answers{shown}")

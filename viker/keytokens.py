@@ -124,6 +124,9 @@ def answer_token_entropies(model, processor, answers: ForgetAnswers, k: int = 5,
     return out
 
 
+GONE = "#1f4e9e"  # the underline of a token a ViKeR run forgets, on the page and the PNG
+
+
 def _color(h: float, h_max: float) -> str:
     t = min(1.0, h / h_max) if h_max > 0 else 0.0
     r, g, b = 255, int(255 - 155 * t), int(255 - 205 * t)  # white -> orange-red
@@ -181,7 +184,7 @@ def write_html(rows: list[TokenEntropy], path: Path, epsilon: float, title: str,
         f"<title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
         ".q{color:#555;font-size:.85em;margin-top:1em}.a span{font-family:monospace;padding:2px 1px;"
-        "white-space:pre}.key{outline:2px solid #b30000}.gone{text-decoration:underline 3px #1f4e9e;"
+        f"white-space:pre}}.key{{outline:2px solid #b30000}}.gone{{text-decoration:underline 3px {GONE};"
         "text-underline-offset:4px}</style>",
         f"<h1>{html.escape(title)}</h1>",
         f"<p>Each answer token is shaded by the entropy H(R̂) of the frozen model's distribution averaged over "
@@ -204,27 +207,34 @@ def write_html(rows: list[TokenEntropy], path: Path, epsilon: float, title: str,
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-CHAR = 0.95  # x units per character of the PNG's monospace tokens; a line is 100 units wide
+CHAR = 0.7  # x units per character of the PNG's 9-point DejaVu Sans Mono; a line is 100 units (about 10.7 in)
+GAP = 0.4  # x units between two boxes, so that neither covers the other
 
 
 def layout(tokens: list[str], width: float = 100.0) -> list[tuple[float, int, str]]:
     """Where each token of an answer goes in the PNG: (x, line, text shown), wrapped at token boundaries
-    so that no line is wider than ``width`` (a long answer takes more lines, never a smaller font)."""
+    so that no line is wider than ``width`` (a long answer takes more lines, never a smaller font). A
+    token's leading space is a gap before its box, not part of it, so the boxes read as the words do."""
     placed, x, line = [], 0.0, 0
     for t in tokens:
         shown = t.replace("\n", " ")
-        step = CHAR * max(1, len(shown)) + 0.25
-        if x > 0 and x + step > width:
-            x, line = 0.0, line + 1
-        placed.append((x, line, shown))
-        x += step
+        space = CHAR if shown.startswith(" ") and shown.strip() else 0.0
+        shown = shown[1:] if space else shown
+        box = CHAR * max(1, len(shown))
+        if x > 0 and x + space + box > width:
+            x, line, space = 0.0, line + 1, 0.0
+        placed.append((x + space, line, shown))
+        x += space + box + GAP
     return placed
 
 
 PNG_ANSWERS = 12  # the answers the PNG shows (the page shows them all)
 
 
-def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int = PNG_ANSWERS) -> None:
+def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int = PNG_ANSWERS,
+              lam: float | None = None) -> None:
+    """The first ``limit`` answers as on the page: shaded by H(R̂), outlined where H > ``epsilon`` and, given
+    a ViKeR run's ``lam``, underlined where that run forgets the token."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -242,13 +252,18 @@ def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int =
     for r, p, height in zip(rows, placed, heights):
         ax.text(0, top + 0.45, ("[image] " if r.has_image else "") + r.question, fontsize=7, color="#555",
                 parse_math=False)  # the benchmark's text as it is: a '$' is no formula
-        for (x, line, shown), h in zip(p, r.entropy):
+        for (x, line, shown), h, prob in zip(p, r.entropy, r.ref_prob):
             rgb = [int(c) / 255 for c in _color(h, h_max)[4:-1].split(",")]
-            ax.text(x, top + 1.35 + line, shown, family="monospace", fontsize=9, va="center", parse_math=False,
+            y = top + 1.35 + line
+            ax.text(x, y, shown, family="monospace", fontsize=9, va="center", parse_math=False,
                     bbox=dict(boxstyle="square,pad=0.15", fc=rgb, ec="#b30000" if h > epsilon else rgb,
                               lw=1.2 if h > epsilon else 0))
+            if forgotten(prob, lam):
+                ax.plot([x, x + CHAR * max(1, len(shown))], [y + 0.42] * 2, color=GONE, lw=2.2,
+                        solid_capstyle="butt")
         top += height
-    ax.set_title(f"Answer tokens shaded by reference entropy H(R̂); outlined: key tokens (H > {epsilon})",
+    gone = "" if lam is None else f"; underlined: forgotten by ViKeR at λ = {lam:g}"
+    ax.set_title(f"Answer tokens shaded by reference entropy H(R̂); outlined: key tokens (H > {epsilon}){gone}",
                  fontsize=10, loc="left")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
@@ -276,5 +291,5 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
                                       Path(cache_dir) if cache_dir else default_cache_dir(), progress)
     out = Path(out)
     write_html(rows, out, epsilon, f"Key tokens of {forget}", lam, default_topk(model))
-    write_png(rows, out.with_suffix(".png"), epsilon)
+    write_png(rows, out.with_suffix(".png"), epsilon, lam=lam)
     return rows
