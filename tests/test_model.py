@@ -11,7 +11,7 @@ import torch
 from viker.collate import Collator, model_inputs
 from viker.data.examples import finetune_examples
 from viker.errors import VikerError
-from viker.model import LoraSettings, apply_lora, language_model_linear_layers, load_model
+from viker.model import LoraSettings, apply_lora, language_model_linear_layers, load_model, quiet_peft
 
 
 def test_saved_tiny_model_loads_through_auto_classes_with_identical_outputs(tiny, tiny_dir, bench_dir):
@@ -64,6 +64,87 @@ def test_a_run_saved_as_an_adapter_loads_and_answers_as_the_merged_run(tiny_dir,
     model, processor = load_model(plain, device="cpu")
     with torch.no_grad():
         torch.testing.assert_close(model(**batch).logits, want, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("scale, lost", [(1e-7, (0.999, 1.0)), (1e-1, (0.0, 0.01))])
+def test_merge_loss_is_what_merging_into_bf16_weights_rounds_away(tiny, scale, lost):
+    """An update under half a bf16 weight's last bit vanishes in the merge, a large one keeps nearly all of
+    itself; merge_loss says how much, before merging, as the merge itself then shows."""
+    import copy
+
+    from viker.model import merge_loss
+
+    model = apply_lora(copy.deepcopy(tiny[0]).to(torch.bfloat16), LoraSettings())
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=scale)
+    layers = [m for m in model.modules() if hasattr(m, "lora_A") and "default" in m.lora_A]
+    before = {id(m): m.get_base_layer().weight.detach().float().clone() for m in layers}
+    delta = {id(m): (m.lora_B["default"].weight.detach().float() @ m.lora_A["default"].weight.detach().float())
+             * m.scaling["default"] for m in layers}
+    predicted = merge_loss(model)
+    assert lost[0] <= predicted <= lost[1]
+    for m in layers:
+        m.merge()
+    actual = sum(float((m.get_base_layer().weight.detach().float() - before[id(m)] - delta[id(m)]).square().sum())
+                 for m in layers) / sum(float(d.square().sum()) for d in delta.values())
+    assert predicted == pytest.approx(actual ** 0.5, rel=1e-3)
+    assert merge_loss(apply_lora(copy.deepcopy(tiny[0]), LoraSettings())) is None  # float32: nothing to measure
+
+
+def test_a_bf16_run_says_what_its_merge_lost_and_is_evaluated_whole_as_an_adapter(tiny_dir, bench_dir, tmp_path,
+                                                                                  capsys, monkeypatch):
+    """Saved merged, a bf16 run records the share of its update the merge rounded away (merge.json) and warns
+    of it; saved as an adapter, evaluation applies the adapter unmerged, so the model evaluated is the model
+    trained, not its rounded merge."""
+    from peft import PeftModel
+
+    from viker.cli import main
+
+    common = ["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--method", "ga", "--max-steps", "2",
+              "--lr", "1e-5", "--dtype", "bfloat16", "--device", "cpu"]
+    assert main([*common, "--out", str(tmp_path / "merged")]) == 0
+    record = json.loads((tmp_path / "merged" / "model" / "merge.json").read_text())
+    assert record["update_lost"] > 0.05
+    assert f"rounds away {100 * record['update_lost']:.0f}% of it" in capsys.readouterr().err
+    assert main([*common, "--save", "adapter", "--out", str(tmp_path / "adapter")]) == 0
+    assert not (tmp_path / "adapter" / "model" / "merge.json").exists()
+
+    # the same seed trains the same update: the merged run's weights moved by it, less what the merge lost
+    base, _ = load_model(tiny_dir, device="cpu", dtype="bfloat16")
+    merged, _ = load_model(tmp_path / "merged", device="cpu", dtype="bfloat16")
+    with quiet_peft():
+        trained = PeftModel.from_pretrained(base, tmp_path / "adapter" / "model")
+    lost = total = 0.0
+    for name, m in trained.named_modules():
+        if hasattr(m, "lora_A") and "default" in m.lora_A:
+            weight = m.get_base_layer().weight.detach().float()
+            delta = (m.lora_B["default"].weight.detach().float() @ m.lora_A["default"].weight.detach().float()
+                     * m.scaling["default"])
+            added = merged.get_submodule(name.removeprefix("base_model.model.")).weight.detach().float() - weight
+            lost += float((added - delta).square().sum())
+            total += float(delta.square().sum())
+    assert (lost / total) ** 0.5 == pytest.approx(record["update_lost"], rel=1e-3)
+
+    evaluated, processor = load_model(tmp_path / "adapter", device="cpu", dtype="bfloat16", merge_adapter=False)
+    assert isinstance(evaluated, PeftModel) and not any(getattr(m, "merged", False) for m in evaluated.modules())
+    as_merged, _ = load_model(tmp_path / "adapter", device="cpu", dtype="bfloat16")
+    assert not isinstance(as_merged, PeftModel)
+    float32, _ = load_model(tmp_path / "adapter", device="cpu", dtype="float32", merge_adapter=False)
+    assert not isinstance(float32, PeftModel)  # float32 holds the update merged
+    batch = model_inputs(Collator(processor)(finetune_examples(bench_dir)[:4]))
+    with torch.no_grad():
+        torch.testing.assert_close(evaluated(**batch).logits, trained(**batch).logits, atol=0, rtol=0)
+        assert not torch.equal(as_merged(**batch).logits, trained(**batch).logits)  # what a merge would evaluate
+
+    import viker.eval.run
+
+    seen = []
+    real = viker.eval.run.evaluate
+    monkeypatch.setattr(viker.eval.run, "evaluate", lambda model, *a, **kw: seen.append(model) or real(model, *a, **kw))
+    assert main(["eval", "--model", str(tmp_path / "adapter"), "--data", str(bench_dir), "--dtype", "bfloat16",
+                 "--device", "cpu", "--only", "forget:multiple_choice", "--out", str(tmp_path / "adapter")]) == 0
+    assert isinstance(seen[0], PeftModel)  # viker eval scores the update as trained
 
 
 def test_tokenizer_round_trips_benchmark_text_exactly(tiny, bench_dir):

@@ -329,7 +329,9 @@ def parser() -> argparse.ArgumentParser:
     _add_train_args(un, TINY_UNLEARN, REAL_UNLEARN, ("a tiny model", "a checkpoint"))
     _add_lora_args(un, alpha=32, dropout=0.0)
     un.add_argument("--save", choices=("merged", "adapter"), default="merged",
-                    help="with LoRA: save the merged model or the adapter alone")
+                    help="with LoRA: save the merged model or the adapter alone (on bf16 or fp16 weights, where a "
+                    "merge rounds away the smallest changes, the adapter keeps the update whole: model/merge.json "
+                    "of a merged run says how much it lost)")
     un.add_argument("--snapshot-every", type=int, metavar="N",
                     help="also keep the model after every N epochs, in OUT/epochs/EPOCHS (LoRA: the adapter), "
                          "to evaluate where to stop")

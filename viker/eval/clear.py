@@ -222,7 +222,7 @@ def reference_truth_ratios(cfg: ClearEvalConfig, data: str | Path, device=None, 
     saved = saved_ratios(cfg.retain_model)
     if saved is not None:
         return read_truth_ratios(saved, cfg.forget), False
-    model, processor = load_model(cfg.retain_model, device, dtype, trust_remote_code)
+    model, processor = load_model(cfg.retain_model, device, dtype, trust_remote_code, merge_adapter=False)
     return forget_truth_ratios(model, processor, data, cfg.forget, cfg.batch_size), True
 
 
@@ -240,7 +240,8 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig, d
     reference, computed = None, False
     if cfg.retain_model:  # first: the two models are never held at once
         reference, computed = reference_truth_ratios(cfg, data, device, dtype, trust_remote_code)
-    model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code)
+    model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code,
+                                                         merge_adapter=False)
     metrics, records, ratios = evaluate_clear(model, processor, data, cfg, progress, read)
     metrics["forget_quality"] = None
     if reference is not None:

@@ -24,7 +24,8 @@ def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig, device=None,
              trust_remote_code=False, progress=True, model_and_processor=None) -> dict:
     check_eval_out(model_path, out, data)
     sets = eval_sets(data, cfg)  # a wrong --data or split is refused before the model loads
-    model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code)
+    model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code,
+                                                         merge_adapter=False)
     metrics, records = evaluate(model, processor, data, cfg, progress=progress, sets=sets)
     unparsed = {k: v for k, v in metrics.items() if k.endswith("_unparsed") and v is not None and v > 50}
     if unparsed:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -97,9 +99,13 @@ def resolve_model_path(path: str | Path) -> str:
     return as_recorded(path)
 
 
-def load_model(path: str | Path, device: str | None = None, dtype: str = "auto", trust_remote_code: bool = False):
+def load_model(path: str | Path, device: str | None = None, dtype: str = "auto", trust_remote_code: bool = False,
+               merge_adapter: bool = True):
     """Model and processor from a local folder, a run folder of ours, or (online) a hub id. A CAGUL run
-    folder gives its base model wrapped with the saved CAGUL modules (viker.model.cagul)."""
+    folder gives its base model wrapped with the saved CAGUL modules (viker.model.cagul). A LoRA adapter is
+    merged into its base model, unless ``merge_adapter=False`` and the base loads in 16 bits, where a merge
+    would round away much of a small update (:func:`merge_loss`): it is then applied unmerged, as it trained
+    (evaluation; a model to train on is merged)."""
     from transformers import AutoModelForImageTextToText
 
     from viker.model.cagul import is_cagul_run, load_cagul
@@ -123,7 +129,9 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "auto",
             from peft import PeftModel
 
             with quiet_peft():
-                model = PeftModel.from_pretrained(model, path).merge_and_unload()
+                model = PeftModel.from_pretrained(model, path)
+            if merge_adapter or model.dtype not in HALF_PRECISION:
+                model = model.merge_and_unload()
     except (OSError, ValueError, SafetensorError) as e:  # SafetensorError: a weights file cut short
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise VikerError(f"{path}: cannot load model ({first})") from None
@@ -277,15 +285,60 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
         base.enable_input_require_grads()
 
 
+HALF_PRECISION = (torch.bfloat16, torch.float16)
+MERGE_LOSS_WARN = 0.05  # a merge that rounds away more of the LoRA update than this is warned of
+
+
+def merge_loss(model: nn.Module) -> float | None:
+    """The share of a LoRA model's update that merging it into its 16-bit weights rounds away:
+    ‖(what the merge adds) − ΔW‖ / ‖ΔW‖ over every LoRA layer, ΔW = scaling · B·A in float32. A weight moves
+    only by whole steps of its last bit (bf16 has 8 bits of mantissa), so a change under half a step leaves
+    it as it was; an unlearning update is small, and much of it can vanish. Computed layer by layer, adding
+    to a copy of each weight what peft's merge adds (ΔW cast as peft casts it), without merging anything.
+    None where no LoRA layer has 16-bit weights (float32 keeps the update to its own rounding)."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    lost = total = 0.0
+    half = False
+    with torch.no_grad():
+        for module in model.modules():
+            if not isinstance(module, LoraLinear) or module.merged:
+                continue
+            weight = module.get_base_layer().weight
+            if weight.dtype not in HALF_PRECISION:
+                continue
+            half, before = True, weight.float()
+            for name in (n for n in module.active_adapters if n in module.lora_A):  # as trained, and as merged
+                exact = (module.lora_B[name].weight.float() @ module.lora_A[name].weight.float()) * module.scaling[name]
+                exact = exact.T if module.fan_in_fan_out else exact
+                added = (before + module.get_delta_weight(name).float()).to(weight.dtype).float() - before
+                lost += float((added - exact).square().sum())
+                total += float(exact.square().sum())
+    if not half:
+        return None
+    return (lost / total) ** 0.5 if total else 0.0
+
+
 def save_model(model: nn.Module, processor, out: str | Path, merge: bool = True,
                state_dict: dict | None = None) -> nn.Module:
     """Save with safetensors; a LoRA model is merged first unless ``merge=False`` (adapter only).
     Returns the model as saved (merged, when it was). ``state_dict``: the weights to write instead of
-    the model's own (a sharded model's gathered weights; it cannot be merged)."""
+    the model's own (a sharded model's gathered weights; it cannot be merged). Merging into 16-bit weights
+    records what it rounds away (:func:`merge_loss`) in ``merge.json`` beside the weights, and warns when
+    that is more than :data:`MERGE_LOSS_WARN` of the update."""
+    lost = None
     if hasattr(model, "peft_config") and merge:
         if state_dict is not None:
             raise VikerError("a sharded LoRA model cannot be merged when saved; save the adapter alone")
+        lost = merge_loss(model)
+        if lost is not None and lost > MERGE_LOSS_WARN:
+            dtype = str(next(p.dtype for p in model.parameters() if p.dtype in HALF_PRECISION)).removeprefix("torch.")
+            print(f"warning: merging the LoRA update into {dtype} weights rounds away {100 * lost:.0f}% of it (changes "
+                  "below a weight's last bit leave it as it was): the saved model has moved less than the trained "
+                  "one. --save adapter keeps the update whole, and viker eval applies it unmerged", file=sys.stderr)
         model = model.merge_and_unload()
     model.save_pretrained(Path(out), safe_serialization=True, state_dict=state_dict)
     processor.save_pretrained(Path(out))
+    if lost is not None:
+        Path(out, "merge.json").write_text(json.dumps({"update_lost": round(lost, 6)}) + "\n")
     return model
