@@ -654,6 +654,9 @@ def test_the_key_token_picture_underlines_what_viker_at_lam_forgets(tmp_path, mo
         return sorted(boxes[round(ln.get_data()[0][0], 6)] for ln in lines), ax.get_title(loc="left")
 
     assert underlined(None) == ([], "Answer tokens shaded by reference entropy H(R̂); outlined: key tokens (H > 0.5)")
+    ax = drawn["ax"]  # short answers: a narrower picture, every box still inside it, at the same scale
+    assert ax.figure.get_size_inches()[0] < 11 and ax.get_xlim()[1] >= max(t.get_position()[0] for t in ax.texts)
+    assert ax.figure.get_size_inches()[0] / ax.get_xlim()[1] == pytest.approx(11 / 100)
     names, title = underlined(10)
     assert names == ["Deirdi"] and title.endswith("; underlined: forgotten by ViKeR at λ = 10")
     assert underlined(2)[0] == [".", "Deirdi"]  # 0.3 < 1/2
