@@ -332,6 +332,9 @@ def test_report_tabulates_evaluated_runs_by_what_they_are(runs, tmp_path, capsys
     assert not any(c.startswith("**") for c in cells["vanilla"])  # the model before unlearning is not compared
     assert "Evaluated on forget_10, multiple choice by likelihood. Greedy replies of at most 4 new tokens. Retain " \
         "figures over 2 retain people." in " ".join(report.split())
+    # the Runs table says what each setting chose, not the code it is recorded as (None: the starting model)
+    npo = next(line for line in report.splitlines() if line.startswith("| NPO (β=0.1) | `"))
+    assert "reference_model=the starting model" in npo and "None" not in npo
     results = json.loads((tmp_path / "results.json").read_text())
     assert [r["method"] for r in results["runs"]] == ["vanilla", None, "ga", "npo", "npo"]
     assert [r["metrics"] for r in results["runs"]] == [metrics[name] for name in ("vanilla", "base", "ga-eval",

@@ -413,8 +413,13 @@ def _scored_split(forget: str | None, benchmark: str) -> str | None:
     return forget.removesuffix("+tofu") if forget and benchmark == "clear" else forget
 
 
+# settings whose recorded value is a code for a choice: what the choice is
+SETTING_VALUES = {"topk": {-1: "auto", None: "full"}, "reference_model": {None: "the starting model"}}
+
+
 def setting_text(key: str, value) -> str:
-    """A setting as a label shows it: ``λ=10``, ``β=0.1``, ``k=5``."""
+    """A setting as a label shows it: ``λ=10``, ``β=0.1``, ``k=5``, ``topk=auto``."""
+    value = SETTING_VALUES.get(key, {}).get(value, value) if isinstance(value, (int, type(None))) else value
     return f"{SETTING_NAMES.get(key, key)}={value:g}" if isinstance(value, float) else \
         f"{SETTING_NAMES.get(key, key)}={value}"
 
