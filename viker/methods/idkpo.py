@@ -38,13 +38,15 @@ class IdkPO:
         lr = sequence_logprob(logits_of(model, rejected), rejected["labels"])
         rc = sequence_logprob(self.reference.logits(chosen), chosen["labels"])
         rr = sequence_logprob(self.reference.logits(rejected), rejected["labels"])
-        loss = dpo_loss(lc, lr, rc, rr, self.beta) * share(rejected, "row")
+        rows = share(rejected, "row")
+        loss = dpo_loss(lc, lr, rc, rr, self.beta) * rows
         with torch.no_grad():  # how far each side has moved from θ_full (0 at the start), and DPO's weight on
             chosen_gain, rejected_gain = lc - rc, lr - rr  # the margin, σ(−β·margin): 1/2 at the start
-            weight = torch.sigmoid(-self.beta * (chosen_gain - rejected_gain)).mean()
-        logs = {"dpo": loss.item(), "refusal_logp": lc.mean().item(), "forget_logp": lr.mean().item(),
-                "refusal_gain": chosen_gain.mean().item(), "forget_gain": rejected_gain.mean().item(),
-                "dpo_weight": weight.item()}
+            weight = torch.sigmoid(-self.beta * (chosen_gain - rejected_gain))
+        # means over the rows, weighted as the loss is, so that the processes' logs average to the global batch's
+        logs = {"dpo": loss.item(), **{name: float(values.detach().mean() * rows) for name, values in (
+            ("refusal_logp", lc), ("forget_logp", lr), ("refusal_gain", chosen_gain), ("forget_gain", rejected_gain),
+            ("dpo_weight", weight))}}
         if self.retain_weight > 0:
             retain_nll = -log_likelihood(model, batches["retain"])
             loss = loss + self.retain_weight * retain_nll

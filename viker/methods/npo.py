@@ -44,8 +44,9 @@ class NPO:
         forget = batches["forget"]
         logp = sequence_logprob(logits_of(model, forget), forget["labels"])
         ref_logp = sequence_logprob(self.reference.logits(forget), forget["labels"])
-        loss = npo_loss(logp, ref_logp, self.beta) * share(forget, "row")
-        logs = {"npo": loss.item(), "forget_logp": logp.mean().item()}
+        rows = share(forget, "row")
+        loss = npo_loss(logp, ref_logp, self.beta) * rows
+        logs = {"npo": loss.item(), "forget_logp": float(logp.detach().mean() * rows)}  # weighted as the loss is
         if self.retain_weight > 0:
             retain_nll = -log_likelihood(model, batches["retain"])
             loss = loss + self.retain_weight * retain_nll
