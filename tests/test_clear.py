@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import shutil
 import sys
 
@@ -438,6 +439,9 @@ def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys):
                  "--retain-model", str(tmp_path / "retain-eval" / "metrics.json")]) == 0
     vanilla = _metrics(tmp_path / "vanilla-eval")
     assert vanilla == pytest.approx(_metrics(tmp_path / "vanilla-eval2"))
+    printed = capsys.readouterr().out  # CLEAR's columns, in [0, 1] as it reports them
+    assert re.search(rf"^  Forget quality ↑ +{format(vanilla['forget_quality'], '#.2g')}$", printed, re.M), printed
+    assert re.search(rf"^  Model utility ↑ +{vanilla['model_utility']:.3f}$", printed, re.M), printed
     # a reference that its run shows has seen the forget persons is refused: the vanilla run, its
     # evaluation's truth ratios, a run finetuned without another split
     assert main(["finetune", "--model", str(tiny_dir), "--out", str(tmp_path / "retain01"), "--max-steps", "1",

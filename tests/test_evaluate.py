@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 from dataclasses import replace
 from functools import partial
@@ -367,6 +368,13 @@ def test_eval_command_evaluates_only_what_it_is_asked(tiny_dir, bench_dir, tmp_p
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"forget_acc", "forget_cloze", "real_acc", "real_rougeL", "real_cloze"} <= set(metrics)
     assert not any(k.startswith(("test_", "retain_")) or k in ("forget_rougeL", "coherence") for k in metrics)
+    # it prints the table's columns it measured, as the report names them, and where everything went
+    printed = capsys.readouterr().out
+    assert re.search(rf"^  Forget ACC ↓ +{metrics['forget_acc']:.1f}$", printed, re.M)
+    assert re.search(rf"^  Real R-L ↑ +{metrics['real_rougeL']:.1f}$", printed, re.M)
+    assert "Retain R-L" not in printed and "Coherence" not in printed  # not asked, so not shown
+    records = (out / "generations.jsonl").read_text().count("\n")
+    assert f"wrote {out / 'metrics.json'} ({len(metrics)} figures) and generations.jsonl ({records} answers)" in printed
     assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(tmp_path / "bad"),
                  "--only", "forget:summaries"]) == 2
     err = capsys.readouterr().err

@@ -90,7 +90,7 @@ def _forget(args) -> str:
 
 
 def _eval_clear(args) -> None:
-    from viker.eval.clear import UTILITY_KEYS, ClearEvalConfig, run_clear_eval
+    from viker.eval.clear import ClearEvalConfig, run_clear_eval
 
     for flag, given in (("--gib-model", args.gib_model), ("--mc-mode", args.mc_mode)):
         if given:
@@ -98,8 +98,7 @@ def _eval_clear(args) -> None:
     cfg = ClearEvalConfig(forget=_forget(args), batch_size=args.batch_size, retain_model=args.retain_model,
                           retain_limit=args.retain_limit, **_given(max_new_tokens=args.max_new_tokens))
     metrics = run_clear_eval(args.model, args.data, args.out, cfg, args.device, args.dtype, args.trust_remote_code)
-    shown = [k for k in metrics if k.startswith("forget") or k in UTILITY_KEYS or k == "model_utility"]
-    print(json.dumps({k: metrics[k] for k in shown if not k.endswith("_items")}, indent=2))
+    _evaluated(args, metrics)
 
 
 def _scope(only: list[str] | None) -> dict | None:
@@ -132,8 +131,18 @@ def _eval(args) -> None:
                      retain_limit=args.retain_limit, gib_model=args.gib_model, scope=_scope(args.only),
                      **_given(max_new_tokens=args.max_new_tokens))
     metrics = run_eval(args.model, args.data, args.out, cfg, args.device, args.dtype, args.trust_remote_code)
-    print(json.dumps({k: v for k, v in metrics.items() if "_" not in k or k.split("_")[1] in
-                      ("acc", "rougeL", "bleu", "cloze")}, indent=2))
+    _evaluated(args, metrics)
+
+
+def _evaluated(args, metrics: dict) -> None:
+    """What an evaluation prints: the table's columns, then where every figure and answer went."""
+    from pathlib import Path
+
+    from viker.report import columns_text
+
+    records = sum(1 for _ in (Path(args.out) / "generations.jsonl").open(encoding="utf-8"))
+    print(f"{args.model} on {_forget(args)}:\n{columns_text(metrics)}\n"
+          f"wrote {Path(args.out) / 'metrics.json'} ({len(metrics)} figures) and generations.jsonl ({records} answers)")
 
 
 def _keytokens(args) -> None:

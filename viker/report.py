@@ -88,6 +88,18 @@ def _columns(runs: list[dict]) -> list[Column]:
     return [c for c in COLUMNS + CLEAR_COLUMNS if any(c.key in r["metrics"] for r in runs)]
 
 
+ARROWS = {True: " ↓", False: " ↑", None: ""}
+
+
+def columns_text(metrics: dict) -> str:
+    """One evaluation's figures in the table's columns, one per line with its name and direction, for the
+    terminal (``viker eval``); metrics.json holds every figure."""
+    cols = _columns([{"metrics": metrics}])
+    width = max((len(c.header + ARROWS[c.lower_is_better]) for c in cols), default=0) + 2
+    return "\n".join(f"  {(c.header + ARROWS[c.lower_is_better]).ljust(width)}{_printed(c, metrics.get(c.key)):>7}"
+                     for c in cols)
+
+
 def _printed(column: Column, value: float | None) -> str:
     """The cell as printed: "–" for what was not measured (None, or NaN for an empty split)."""
     return "–" if value is None or math.isnan(value) else format(value, column.fmt)
@@ -115,8 +127,7 @@ def markdown_table(runs: list[dict], incoherent_below: float = INCOHERENT_BELOW)
     reference rows, vanilla and a retain model). A column where they all print alike has no best. Where lower
     is better (the forgetting columns), a run whose answers fell apart is not a contender (:data:`UNMARKED`)."""
     cols = _columns(runs)
-    arrows = {True: " ↓", False: " ↑", None: ""}
-    header = "| Method | " + " | ".join(c.header + arrows[c.lower_is_better] for c in cols) + " |"
+    header = "| Method | " + " | ".join(c.header + ARROWS[c.lower_is_better] for c in cols) + " |"
     lines = [header, "|" + " --- |" * (len(cols) + 1)]
     unlearned = [r for r in runs if r["method"] not in REFERENCES]  # none: nothing is marked
     coherent = [r for r in unlearned if not _incoherent(r["metrics"], incoherent_below)]
