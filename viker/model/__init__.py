@@ -292,7 +292,7 @@ MERGE_LOSS_WARN = 0.05  # a merge that rounds away more of the LoRA update than 
 def merge_loss(model: nn.Module) -> float | None:
     """The share of a LoRA model's update that merging it into its 16-bit weights rounds away:
     ‖(what the merge adds) − ΔW‖ / ‖ΔW‖ over every LoRA layer, ΔW = scaling · B·A in float32. A weight moves
-    only by whole steps of its last bit (bf16 has 8 bits of mantissa), so a change under half a step leaves
+    only by whole steps of its last bit (bf16 has 8 significant bits), so a change under half a step leaves
     it as it was; an unlearning update is small, and much of it can vanish. Computed layer by layer, adding
     to a copy of each weight what peft's merge adds (ΔW cast as peft casts it), without merging anything.
     None where no LoRA layer has 16-bit weights (float32 keeps the update to its own rounding)."""
