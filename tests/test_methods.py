@@ -631,6 +631,34 @@ def test_the_key_token_picture_spaces_words_as_the_answer_does():
     assert layout([" "])[0][2] == " "  # a token that is only a space is still drawn
 
 
+@pytest.mark.parametrize("question", ["Where?", "Which organization does this person work for? " * 3])
+def test_the_key_token_boxes_as_drawn_neither_cover_each_other_nor_leave_their_slots(tmp_path, monkeypatch, question):
+    """Drawn, each box ends before the next begins (words and pieces of one word alike) and each text fits
+    the slot the layout gave it, whatever the length of the question above it."""
+    import matplotlib.figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from viker.keytokens import CHAR, TokenEntropy, write_png
+
+    drawn = {}
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, path, **kw: drawn.update(fig=fig))
+    tokens = ["This", " person", " is", " Rund", "rim", " Nir", ",", " born", " in", " 1989", "."]
+    write_png([TokenEntropy(question, True, tokens, [1.0] * len(tokens), [0.5] * len(tokens))],
+              tmp_path / "keys.png", epsilon=0.5)
+    fig = drawn["fig"]
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()  # places each box around its text
+    ax, renderer = fig.axes[0], canvas.get_renderer()
+    boxes = [t for t in ax.texts if t.get_bbox_patch() is not None]
+    assert [t.get_text() for t in boxes] == [t.lstrip(" ") for t in tokens]
+    extents = [t.get_bbox_patch().get_window_extent(renderer) for t in boxes]
+    assert all(a.x1 < b.x0 for a, b in zip(extents, extents[1:]))
+    unit = ax.transData.transform((1, 0))[0] - ax.transData.transform((0, 0))[0]  # pixels per x unit
+    for t in boxes:
+        text = t.get_window_extent(renderer)
+        assert text.width <= CHAR * len(t.get_text()) * unit * 1.02
+
+
 def test_the_key_token_picture_underlines_what_viker_at_lam_forgets(tmp_path, monkeypatch):
     """As on the page: given a run's λ, a line under each token whose reference probability is under 1/λ
     (above λ = 1), under every token at λ ≤ 1, and none without λ; the title says what the line means."""
@@ -654,9 +682,6 @@ def test_the_key_token_picture_underlines_what_viker_at_lam_forgets(tmp_path, mo
         return sorted(boxes[round(ln.get_data()[0][0], 6)] for ln in lines), ax.get_title(loc="left")
 
     assert underlined(None) == ([], "Answer tokens shaded by reference entropy H(R̂); outlined: key tokens (H > 0.5)")
-    ax = drawn["ax"]  # short answers: a narrower picture, every box still inside it, at the same scale
-    assert ax.figure.get_size_inches()[0] < 11 and ax.get_xlim()[1] >= max(t.get_position()[0] for t in ax.texts)
-    assert ax.figure.get_size_inches()[0] / ax.get_xlim()[1] == pytest.approx(11 / 100)
     names, title = underlined(10)
     assert names == ["Deirdi"] and title.endswith("; underlined: forgotten by ViKeR at λ = 10")
     assert underlined(2)[0] == [".", "Deirdi"]  # 0.3 < 1/2

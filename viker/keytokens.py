@@ -207,9 +207,8 @@ def write_html(rows: list[TokenEntropy], path: Path, epsilon: float, title: str,
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-CHAR = 0.7  # x units per character of the PNG's 9-point DejaVu Sans Mono; a line is 100 units (about 10.7 in)
-GAP = 0.4  # x units between two boxes, so that neither covers the other
-TITLE_CHAR, QUESTION_CHAR = 0.72, 0.5  # about as many x units per character of the title and of a question
+CHAR = 0.75  # x units per character of the PNG's 9-point DejaVu Sans Mono; a line is 100 units (about 10.7 in)
+GAP = 0.45  # x units between two words' boxes: their padding (0.35 together) and a hairline between them
 
 
 def layout(tokens: list[str], width: float = 100.0) -> list[tuple[float, int, str]]:
@@ -247,12 +246,9 @@ def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int =
     heights = [2 + max((line for _, line, _ in p), default=0) for p in placed]  # the question, then its lines
     gone = "" if lam is None else f"; underlined: forgotten by ViKeR at λ = {lam:g}"
     title = f"Answer tokens shaded by reference entropy H(R̂); outlined: key tokens (H > {epsilon}){gone}"
-    # as wide as the longest line, the title or a question needs (the x units keep their size in inches)
-    span = min(100.0, max([1 + x + CHAR * len(t) for p in placed for x, _, t in p]
-                          + [TITLE_CHAR * len(title)] + [QUESTION_CHAR * (len(r.question) + 8) for r in rows]))
-    fig, ax = plt.subplots(figsize=(11 * span / 100, 0.31 * sum(heights) + 0.9))
+    fig, ax = plt.subplots(figsize=(11, 0.31 * sum(heights) + 0.9))
     ax.set_axis_off()
-    ax.set_xlim(0, span)
+    ax.set_xlim(0, 100)
     ax.set_ylim(sum(heights) + 1, 0)
     top = 0.0
     for r, p, height in zip(rows, placed, heights):
