@@ -375,6 +375,11 @@ def test_eval_command_evaluates_only_what_it_is_asked(tiny_dir, bench_dir, tmp_p
     assert "Retain R-L" not in printed and "Coherence" not in printed  # not asked, so not shown
     records = (out / "generations.jsonl").read_text().count("\n")
     assert f"wrote {out / 'metrics.json'} ({len(metrics)} figures) and generations.jsonl ({records} answers)" in printed
+    # a set and task with no column of the table: its own figures are printed instead
+    assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(tmp_path / "cloze"),
+                 "--max-new-tokens", "4", "--only", "retain:cloze"]) == 0
+    cloze = json.loads((tmp_path / "cloze" / "metrics.json").read_text())["retain_cloze"]
+    assert re.search(rf"^  retain_cloze +{cloze:.1f}$", capsys.readouterr().out, re.M)
     assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(tmp_path / "bad"),
                  "--only", "forget:summaries"]) == 2
     err = capsys.readouterr().err

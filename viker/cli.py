@@ -141,7 +141,10 @@ def _evaluated(args, metrics: dict) -> None:
     from viker.report import columns_text
 
     records = sum(1 for _ in (Path(args.out) / "generations.jsonl").open(encoding="utf-8"))
-    print(f"{args.model} on {_forget(args)}:\n{columns_text(metrics)}\n"
+    measured = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    width = max(map(len, measured), default=0) + 2  # --only with none of the table's columns: what it measured
+    shown = columns_text(metrics) or "\n".join(f"  {k.ljust(width)}{v:>7.1f}" for k, v in measured.items())
+    print(f"{args.model} on {_forget(args)}:\n{shown}\n"
           f"wrote {Path(args.out) / 'metrics.json'} ({len(metrics)} figures) and generations.jsonl ({records} answers)")
 
 
