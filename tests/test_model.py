@@ -92,6 +92,26 @@ def test_merge_loss_is_what_merging_into_bf16_weights_rounds_away(tiny, scale, l
     assert merge_loss(apply_lora(copy.deepcopy(tiny[0]), LoraSettings())) is None  # float32: nothing to measure
 
 
+@pytest.mark.parametrize("config", [{"target_modules": ["emb"]}, {"target_modules": ["lin"], "use_dora": True}])
+def test_merge_loss_claims_no_figure_for_lora_it_does_not_measure(config):
+    """LoRA on an embedding, or DoRA, merges otherwise than a plain LoRA layer: no figure, rather than a wrong one."""
+    from peft import LoraConfig, get_peft_model
+
+    from viker.model import merge_loss
+
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.emb = torch.nn.Linear(8, 8), torch.nn.Embedding(10, 8)
+
+    with quiet_peft():
+        model = get_peft_model(Toy().to(torch.bfloat16), LoraConfig(**config))
+    assert merge_loss(model) is None
+    with quiet_peft():
+        plain = get_peft_model(Toy().to(torch.bfloat16), LoraConfig(target_modules=["lin"]))
+    assert merge_loss(plain) == 0.0  # B starts at zero: nothing to lose yet, and measured
+
+
 def test_a_bf16_run_says_what_its_merge_lost_and_is_evaluated_whole_as_an_adapter(tiny_dir, bench_dir, tmp_path,
                                                                                   capsys, monkeypatch):
     """Saved merged, a bf16 run records the share of its update the merge rounded away (merge.json) and warns

@@ -295,15 +295,20 @@ def merge_loss(model: nn.Module) -> float | None:
     only by whole steps of its last bit (bf16 has 8 significant bits), so a change under half a step leaves
     it as it was; an unlearning update is small, and much of it can vanish. Computed layer by layer, adding
     to a copy of each weight what peft's merge adds (ΔW cast as peft casts it), without merging anything.
-    None where no LoRA layer has 16-bit weights (float32 keeps the update to its own rounding)."""
+    None where no LoRA layer has 16-bit weights (float32 keeps the update to its own rounding), and where a
+    layer is one this does not measure exactly (LoRA on another kind of layer, DoRA, several adapters at once;
+    none of them is what viker trains)."""
     from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.lora import LoraLayer
 
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer) and not m.merged]
+    if any(type(m) is not LoraLinear or getattr(m, "lora_variant", None) or any(getattr(m, "use_dora", {}).values())
+           or len([n for n in m.active_adapters if n in m.lora_A]) > 1 for m in layers):
+        return None
     lost = total = 0.0
     half = False
     with torch.no_grad():
-        for module in model.modules():
-            if not isinstance(module, LoraLinear) or module.merged:
-                continue
+        for module in layers:
             weight = module.get_base_layer().weight
             if weight.dtype not in HALF_PRECISION:
                 continue
