@@ -42,6 +42,9 @@ def test_a_run_saved_as_an_adapter_loads_and_answers_as_the_merged_run(tiny_dir,
     monkeypatch.chdir(tmp_path)
     assert (tmp_path / "adapter" / "model" / "adapter_config.json").is_file()
     assert not (tmp_path / "adapter" / "model" / "model.safetensors").exists()
+    # --save auto on float32 weights merges, which loses nothing there
+    assert (tmp_path / "merged" / "model" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "merged" / "config.json").read_text())["saved"] == "merged"
     (adapter, processor), (merged, _), (base, _) = (load_model(tmp_path / name, device="cpu")
                                                     for name in ("adapter", "merged", tiny_dir))
     batch = model_inputs(Collator(processor)(finetune_examples(bench_dir)[:4]))
@@ -123,12 +126,15 @@ def test_a_bf16_run_says_what_its_merge_lost_and_is_evaluated_whole_as_an_adapte
 
     common = ["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--method", "ga", "--max-steps", "2",
               "--lr", "1e-5", "--dtype", "bfloat16", "--device", "cpu"]
-    assert main([*common, "--out", str(tmp_path / "merged")]) == 0
+    assert main([*common, "--save", "merged", "--out", str(tmp_path / "merged")]) == 0
     record = json.loads((tmp_path / "merged" / "model" / "merge.json").read_text())
     assert record["update_lost"] > 0.05
     assert f"rounds away {100 * record['update_lost']:.0f}% of it" in capsys.readouterr().err
-    assert main([*common, "--save", "adapter", "--out", str(tmp_path / "adapter")]) == 0
-    assert not (tmp_path / "adapter" / "model" / "merge.json").exists()
+    assert main([*common, "--out", str(tmp_path / "adapter")]) == 0  # --save auto: on bf16 weights, the adapter
+    assert (tmp_path / "adapter" / "model" / "adapter_config.json").is_file()
+    assert not (tmp_path / "adapter" / "model" / "merge.json").exists() and "rounds away" not in capsys.readouterr().err
+    assert [json.loads((tmp_path / run / "config.json").read_text())["saved"] for run in ("merged", "adapter")] == \
+        ["merged", "adapter"]
 
     # the same seed trains the same update: the merged run's weights moved by it, less what the merge lost
     base, _ = load_model(tiny_dir, device="cpu", dtype="bfloat16")

@@ -71,7 +71,7 @@ def _unlearn(args) -> None:
         method_args=method_args,
         out=args.out, tuning=args.tuning, train=replace(base, **_train_overrides(args)),
         lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
-                          merge=args.save == "merged"),
+                          merge={"merged": True, "adapter": False}.get(args.save)),
         cache_dir=args.cache_dir, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
         max_length=args.max_length,
     )
@@ -340,10 +340,10 @@ def parser() -> argparse.ArgumentParser:
                     help="LoRA adapters on the language model's linear layers, or every weight")
     _add_train_args(un, TINY_UNLEARN, REAL_UNLEARN, ("a tiny model", "a checkpoint"))
     _add_lora_args(un, alpha=32, dropout=0.0)
-    un.add_argument("--save", choices=("merged", "adapter"), default="merged",
-                    help="with LoRA: save the merged model or the adapter alone (on bf16 or fp16 weights, where a "
-                    "merge rounds away the smallest changes, the adapter keeps the update whole: model/merge.json "
-                    "of a merged run says how much it lost)")
+    un.add_argument("--save", choices=("auto", "merged", "adapter"), default="auto",
+                    help="with LoRA: save the merged model or the adapter alone; auto: merged, but the adapter on "
+                    "bf16 or fp16 weights, where a merge rounds away the smallest changes (a merged run's "
+                    "model/merge.json says how much it lost), and under FSDP or DeepSpeed")
     un.add_argument("--snapshot-every", type=int, metavar="N",
                     help="also keep the model after every N epochs, in OUT/epochs/EPOCHS (LoRA: the adapter), "
                          "to evaluate where to stop")

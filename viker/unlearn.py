@@ -12,6 +12,8 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import torch
+
 from viker.collate import Collator
 from viker.data.clear import unlearning_data as clear_unlearning_data
 from viker.data.examples import unlearning_examples
@@ -22,10 +24,12 @@ from viker.methods import get_method, unlearning_methods
 from viker.methods.base import FrozenReference, UnlearnContext
 from viker.methods.reference import default_cache_dir
 from viker.model import (
+    HALF_PRECISION,
     LoraSettings,
     apply_lora,
     enable_gradient_checkpointing,
     folders_read,
+    pick_dtype,
     resolve_model_path,
     save_model,
     weight_hashes,
@@ -39,6 +43,7 @@ from viker.train import (
     claim_run_folder,
     finish_run,
     finished_state_dict,
+    load_dtype,
     load_for_training,
     make_accelerator,
     prepare,
@@ -151,15 +156,20 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     wraps = getattr(method, "wraps_model", False)  # CAGUL: trains modules around the frozen model
     if sharded and wraps:
         raise VikerError(f"--method {cfg.method} is not supported under FSDP or DeepSpeed; use DDP")
-    if cfg.tuning == "full" and not cfg.lora.merge:
+    if cfg.tuning == "full" and cfg.lora.merge is False:
         raise VikerError("--save adapter: --tuning full trains no adapter")
-    saves_adapter = cfg.tuning == "lora" and not wraps and (not cfg.lora.merge or cfg.train.snapshot_every)
-    if saves_adapter and model_and_processor is None and \
-            Path(resolve_model_path(cfg.model), "adapter_config.json").is_file():
+    on_adapter = model_and_processor is None and Path(resolve_model_path(cfg.model), "adapter_config.json").is_file()
+    merge = cfg.lora.merge
+    if merge is None:  # --save auto: the adapter where a merge would round the update away, or cannot be made
+        weights = (next(model_and_processor[0].parameters()).dtype if model_and_processor is not None else
+                   pick_dtype(torch.device("cpu"), load_dtype(accelerator, cfg.dtype)))
+        merge = cfg.tuning == "full" or wraps or on_adapter or not (sharded or weights in HALF_PRECISION)
+    saves_adapter = cfg.tuning == "lora" and not wraps and (not merge or cfg.train.snapshot_every)
+    if saves_adapter and on_adapter:
         raise VikerError(f"--model {cfg.model}: an adapter run, merged into its base model when loaded; an adapter "
                          "trained on it would name that base and leave the first run out, so save this run merged "
                          "(--save merged, without --snapshot-every)")
-    if sharded and cfg.tuning == "lora" and cfg.lora.merge:
+    if sharded and cfg.tuning == "lora" and merge:
         raise VikerError("--save merged: under FSDP or DeepSpeed only the adapter can be saved (--save adapter; "
                          "merge it later on one process), or use DDP")
     reads = [cfg.data] + (folders_read(cfg.model) if model_and_processor is None else [])
@@ -204,6 +214,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     settings = {"unlearn": paths_recorded(asdict(cfg)), "method": {"name": cfg.method, **asdict(method)},
                 "data": used, "examples": {k: len(v) for k, v in data.items()}, "setup": ctx.info,
                 "runtime": runtime_info(accelerator, model)}
+    if cfg.tuning == "lora" and not wraps:  # what --save saved (auto: decided above)
+        settings["saved"] = "merged" if merge else "adapter"
     if model_files is not None:
         settings["model_files"] = model_files
     # every check passed (the lengths, the method's setup): --overwrite may remove an earlier run now
@@ -211,7 +223,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     if accelerator.is_main_process:  # only the main process writes; the others hold the same results
         write_config(out, "unlearn", settings, cfg.data)
 
-    def save(state_dict, folder: Path = out, merge: bool = cfg.lora.merge):
+    def save(state_dict, folder: Path = out, merge: bool = merge):
         if wraps:  # the modules and their configuration; the base model is referenced, not copied
             method.save(folder / "cagul", resolve_model_path(cfg.model), ctx.info)
             return None

@@ -38,7 +38,7 @@ class LoraSettings:
     alpha: int = 16
     dropout: float = 0.05
     target_modules: list[str] | None = None  # None: every linear layer of the language model
-    merge: bool = True  # save a merged model (True) or only the adapter (False)
+    merge: bool | None = True  # save the model merged (True), the adapter alone (False), None: --save auto
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
