@@ -143,6 +143,13 @@ def test_a_resumed_run_goes_on_with_the_settings_it_started_with(tiny_dir, bench
     assert f"it was started as `viker unlearn --model {tiny_dir} " in error and "--method ga`" in error
     assert main([*unlearn, "--method", "ga", "--lr", "0.5", "--resume"]) == 2
     assert "--resume: train.lr was 0.0002 when the run started and is 0.5 now" in _error(capsys)
+    # --save auto resumes as the run started, and as a run from before auto, which recorded merged, started
+    older = json.loads((run / "config.json").read_text())
+    older["unlearn"]["lora"]["merge"] = True
+    (run / "config.json").write_text(json.dumps(older))
+    assert main([*unlearn, "--method", "ga", "--resume"]) == 2 and "no checkpoint to resume from" in _error(capsys)
+    assert main([*unlearn, "--method", "ga", "--save", "adapter", "--resume"]) == 2
+    assert "--resume: lora.merge was True when the run started and is False now" in _error(capsys)
     # where the results do not depend on it, a setting may change
     config = (run / "config.json").read_text()
     assert main([*unlearn, "--method", "ga", "--checkpoint-every", "3", "--resume"]) == 2

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -36,7 +36,7 @@ from viker.model import (
 )
 from viker.model.cagul import refuse_cagul_run
 from viker.presets import TINY_UNLEARN, TrainConfig
-from viker.runs import paths_recorded, write_config
+from viker.runs import paths_recorded, read_configs, write_config
 from viker.train import (
     check_resume,
     check_run_folder,
@@ -147,6 +147,10 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         refuse_cagul_run(cfg.model, "unlearn")
     # the weights it starts from, by hash: what an adapter or CAGUL saved here needs, and --resume checks
     model_files = weight_hashes(cfg.model) if model_and_processor is None else None
+    if resume and cfg.lora.merge is None and Path(cfg.out, "config.json").is_file():
+        # --save auto goes on as the run started (one from before auto recorded merged: True)
+        started = read_configs(cfg.out)[0].get("unlearn", {}).get("lora", {}).get("merge")
+        cfg = replace(cfg, lora=replace(cfg.lora, merge=started))
     if resume:
         check_resume(cfg.out, "unlearn", paths_recorded(asdict(cfg)), cfg.data, model_files)
     accelerator = make_accelerator(cfg.train, resume, cfg.device)  # one process or several: docs/distributed.md
