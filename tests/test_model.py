@@ -158,6 +158,9 @@ def test_a_bf16_run_says_what_its_merge_lost_and_is_evaluated_whole_as_an_adapte
     assert not isinstance(as_merged, PeftModel)
     float32, _ = load_model(tmp_path / "adapter", device="cpu", dtype="float32", merge_adapter=False)
     assert not isinstance(float32, PeftModel)  # float32 holds the update merged
+    assert main([*common, "--lr", "0.5", "--out", str(tmp_path / "large")]) == 0  # an update bf16 holds merged
+    large, _ = load_model(tmp_path / "large", device="cpu", dtype="bfloat16", merge_adapter=False)
+    assert not isinstance(large, PeftModel)
     batch = model_inputs(Collator(processor)(finetune_examples(bench_dir)[:4]))
     with torch.no_grad():
         torch.testing.assert_close(evaluated(**batch).logits, trained(**batch).logits, atol=0, rtol=0)

@@ -104,8 +104,8 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "auto",
     """Model and processor from a local folder, a run folder of ours, or (online) a hub id. A CAGUL run
     folder gives its base model wrapped with the saved CAGUL modules (viker.model.cagul). A LoRA adapter is
     merged into its base model, unless ``merge_adapter=False`` and the base loads in 16 bits, where a merge
-    would round away much of a small update (:func:`merge_loss`): it is then applied unmerged, as it trained
-    (evaluation; a model to train on is merged)."""
+    rounds away more than :data:`MERGE_LOSS_KEPT` of the update (:func:`merge_loss`): it is then applied
+    unmerged, as it trained (evaluation; a model to train on is merged)."""
     from transformers import AutoModelForImageTextToText
 
     from viker.model.cagul import is_cagul_run, load_cagul
@@ -130,7 +130,8 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "auto",
 
             with quiet_peft():
                 model = PeftModel.from_pretrained(model, path)
-            if merge_adapter or model.dtype not in HALF_PRECISION:
+            lost = None if merge_adapter else merge_loss(model)
+            if lost is None or lost <= MERGE_LOSS_KEPT:
                 model = model.merge_and_unload()
     except (OSError, ValueError, SafetensorError) as e:  # SafetensorError: a weights file cut short
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -287,6 +288,7 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
 
 HALF_PRECISION = (torch.bfloat16, torch.float16)
 MERGE_LOSS_WARN = 0.05  # a merge that rounds away more of the LoRA update than this is warned of
+MERGE_LOSS_KEPT = 0.01  # evaluation merges an adapter whose merge loses no more than this (faster generation)
 
 
 def merge_loss(model: nn.Module) -> float | None:
