@@ -231,7 +231,7 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig, d
     """``viker eval --benchmark clear``: writes metrics.json, generations.jsonl, forget_truth_ratios.json
     and its settings (``viker.runs.write_eval_config``)."""
     from viker.eval.run import write_generations
-    from viker.model import load_model
+    from viker.model import how_loaded, load_model
 
     forget_base(cfg.forget)
     check_eval_out(model_path, out, data)
@@ -249,8 +249,8 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig, d
             raise VikerError(f"--retain-model {cfg.retain_model}: {len(reference['forget'])} forget truth ratios, but "
                              f"this evaluation has {len(ratios['forget'])}; they come from different data")
         metrics["forget_quality"] = M.forget_quality(ratios["forget"], reference["forget"])
-    write_eval_config(out, {"model": as_recorded(model_path), "data": as_recorded(data), "benchmark": "clear",
-                            "eval": asdict(cfg)}, data)
+    write_eval_config(out, {"model": as_recorded(model_path), **how_loaded(model), "data": as_recorded(data),
+                            "benchmark": "clear", "eval": asdict(cfg)}, data)
     write_json(out / "metrics.json", metrics)
     write_json(out / TRUTH_RATIOS, truth_ratio_file(as_recorded(model_path), cfg.forget, ratios))
     if computed:  # saved so that the next evaluation against the same reference can pass this file

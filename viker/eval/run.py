@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from viker.eval.evaluate import EvalConfig, eval_sets, evaluate
-from viker.model import load_model
+from viker.model import how_loaded, load_model
 from viker.runs import as_recorded, check_eval_out, write_eval_config, write_json
 
 
@@ -33,8 +33,8 @@ def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig, device=None,
         print(f"warning: most letter-mode replies name no option ({shares}); they count as wrong. A model "
               "that never learned to answer with a letter is scored with --mc-mode likelihood", file=sys.stderr)
     out = Path(out)
-    write_eval_config(out, {"model": as_recorded(model_path), "data": as_recorded(data), "benchmark": "mllmu",
-                            "eval": asdict(cfg)}, data)
+    write_eval_config(out, {"model": as_recorded(model_path), **how_loaded(model), "data": as_recorded(data),
+                            "benchmark": "mllmu", "eval": asdict(cfg)}, data)
     write_json(out / "metrics.json", metrics)
     write_generations(out / "generations.jsonl", records)
     return metrics

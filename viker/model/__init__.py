@@ -326,6 +326,11 @@ def merge_loss(model: nn.Module) -> float | None:
     return (lost / total) ** 0.5 if total else 0.0
 
 
+def how_loaded(model: nn.Module) -> dict:
+    """What an evaluation's config records of how its model was loaded: an adapter applied unmerged says so."""
+    return {"adapter": "applied unmerged"} if hasattr(model, "peft_config") else {}
+
+
 def save_model(model: nn.Module, processor, out: str | Path, merge: bool = True,
                state_dict: dict | None = None) -> nn.Module:
     """Save with safetensors; a LoRA model is merged first unless ``merge=False`` (adapter only).
