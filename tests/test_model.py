@@ -115,6 +115,49 @@ def test_merge_loss_claims_no_figure_for_lora_it_does_not_measure(config):
     assert merge_loss(plain) == 0.0  # B starts at zero: nothing to lose yet, and measured
 
 
+def test_save_auto_keeps_what_a_merge_would_round_away_and_what_a_resumed_run_chose():
+    """--save auto merges float32 weights and keeps the adapter of 16-bit or sharded ones; a resumed run goes on
+    with what it chose when it started, on whatever weights it resumes; a model that is itself an adapter run
+    is saved merged, and under FSDP or DeepSpeed, where it could not be, refused."""
+    from viker.unlearn import UnlearnConfig, save_choice
+
+    auto = UnlearnConfig(model="m", data="d", method="ga", out="o")
+    assert auto.lora.merge is None
+
+    def choice(dtype=torch.float32, sharded=False, chosen=None, on_adapter=False, cfg=auto, wraps=False):
+        return save_choice(cfg, wraps, sharded, chosen, lambda: dtype, on_adapter)
+
+    assert choice() is True and choice(torch.bfloat16) is False and choice(torch.float16) is False
+    assert choice(sharded=True) is False
+    assert choice(torch.float32, chosen="adapter") is False and choice(torch.bfloat16, chosen="merged") is True
+    assert choice(torch.bfloat16, on_adapter=True) is True
+    assert choice(torch.bfloat16, wraps=True) is True  # CAGUL trains no adapter: nothing to choose
+    with pytest.raises(VikerError, match="under FSDP or DeepSpeed a LoRA run saves only its adapter.*use DDP"):
+        choice(sharded=True, on_adapter=True)
+    merged = UnlearnConfig(model="m", data="d", method="ga", out="o", lora=LoraSettings(merge=True))
+    assert choice(torch.bfloat16, cfg=merged) is True  # asked for: merged, with its loss recorded
+    with pytest.raises(VikerError, match="--save merged: under FSDP or DeepSpeed only the adapter"):
+        choice(sharded=True, cfg=merged)
+
+
+def test_an_adapter_whose_merge_is_not_measured_is_evaluated_unmerged(tiny, tiny_dir, tmp_path):
+    """DoRA merges otherwise than plain LoRA, so merge_loss gives no figure: on 16-bit weights evaluation keeps
+    such an adapter unmerged rather than merge it blind."""
+    import copy
+
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    with quiet_peft():
+        dora = get_peft_model(copy.deepcopy(tiny[0]), LoraConfig(target_modules=language_model_linear_layers(tiny[0]),
+                                                                use_dora=True))
+    dora.peft_config["default"].base_model_name_or_path = str(tiny_dir)
+    dora.save_pretrained(tmp_path / "dora")
+    evaluated, _ = load_model(tmp_path / "dora", device="cpu", dtype="bfloat16", merge_adapter=False)
+    assert isinstance(evaluated, PeftModel)
+    assert not isinstance(load_model(tmp_path / "dora", device="cpu", dtype="float32", merge_adapter=False)[0],
+                          PeftModel)
+
+
 def test_a_bf16_run_says_what_its_merge_lost_and_is_evaluated_whole_as_an_adapter(tiny_dir, bench_dir, tmp_path,
                                                                                   capsys, monkeypatch):
     """Saved merged, a bf16 run records the share of its update the merge rounded away (merge.json) and warns

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -126,6 +127,11 @@ def test_snapshots_are_the_models_shorter_runs_give_and_leave_the_run_unchanged(
                  "--only", "forget:multiple_choice", "--out", str(run / "epochs" / "2")]) == 0
     row = read_run(run / "epochs" / "2")
     assert row["method"] == "ga" and row["settings"]["epochs"] == 2 and "forget_acc" in row["metrics"]
+    # a run saved merged keeps its snapshots as adapters, and their configs say so
+    unlearn("merged", 2, "--snapshot-every", "1")
+    saved = [json.loads((tmp_path / "merged" / sub / "config.json").read_text())["saved"] for sub in ("", "epochs/1")]
+    assert saved == ["merged", "adapter"]
+    assert (tmp_path / "merged" / "epochs" / "1" / "model" / "adapter_config.json").is_file()
 
 
 def test_divergence_stops_with_a_message_naming_the_last_good_checkpoint(tmp_path):

@@ -56,7 +56,7 @@ class DemoConfig:
     synth: SynthConfig = field(default_factory=SynthConfig)
     finetune: TrainConfig = field(default_factory=lambda: TINY_TRAIN)
     unlearn: TrainConfig = field(default_factory=lambda: TINY_UNLEARN)
-    lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=16, alpha=32, dropout=0.0))
+    lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=16, alpha=32, dropout=0.0, merge=None))
     # λ = 10: every answer token the reference images still predict with probability above 1/λ = 10% has a
     # resting point (see viker.methods.viker); on this benchmark that is every template word, while the names
     # get under 1%, so any λ from about 2 to 50 holds the same tokens.

@@ -65,7 +65,7 @@ class UnlearnConfig:
     out: str = ""
     tuning: str = "lora"  # lora | full
     train: TrainConfig = field(default_factory=lambda: TINY_UNLEARN)
-    lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=16, alpha=32, dropout=0.0))
+    lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=16, alpha=32, dropout=0.0, merge=None))
     cache_dir: str | None = None  # ViKeR's reference cache; None: $VIKER_CACHE or ~/.cache/viker
     max_length: int | None = None  # longest example in tokens (None: no limit); never truncates
     device: str | None = None
@@ -127,6 +127,34 @@ def unmatched_ft_data(used: dict) -> str | None:
     return None
 
 
+def save_choice(cfg: UnlearnConfig, wraps: bool, sharded: bool, chosen: str | None, weights_dtype,
+                on_adapter: bool) -> bool:
+    """Whether the run saves its model merged (True) or the adapter alone, refusing what cannot be saved.
+    ``--save auto`` (``cfg.lora.merge`` None) merges unless the weights are 16-bit (a merge would round the
+    update away) or sharded (FSDP and DeepSpeed cannot merge); a model that is itself an adapter run is merged
+    when loaded, so a run on it is saved merged. ``chosen``: what auto chose when a resumed run started;
+    ``weights_dtype``: a callable giving the dtype the weights will train in."""
+    if cfg.tuning == "full" and cfg.lora.merge is False:
+        raise VikerError("--save adapter: --tuning full trains no adapter")
+    lora = cfg.tuning == "lora" and not wraps
+    if lora and sharded and on_adapter:
+        raise VikerError(f"--model {cfg.model}: an adapter run, merged into its base model when loaded; under FSDP "
+                         "or DeepSpeed a LoRA run saves only its adapter, which would name that base and leave the "
+                         "first run out: use DDP, or --tuning full")
+    merge = cfg.lora.merge
+    if merge is None:
+        merge = chosen != "adapter" if chosen else \
+            not lora or on_adapter or not (sharded or weights_dtype() in HALF_PRECISION)
+    if lora and on_adapter and (not merge or cfg.train.snapshot_every):
+        raise VikerError(f"--model {cfg.model}: an adapter run, merged into its base model when loaded; an adapter "
+                         "trained on it would name that base and leave the first run out, so save this run merged "
+                         "(--save merged, without --snapshot-every)")
+    if sharded and lora and merge:
+        raise VikerError("--save merged: under FSDP or DeepSpeed only the adapter can be saved (--save adapter; "
+                         "merge it later on one process), or use DDP")
+    return merge
+
+
 def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=None, resume: bool = False,
                 overwrite: bool = False):
     """Unlearn and save into ``cfg.out``; returns (model, processor, history). ``model_and_processor`` skips
@@ -147,10 +175,13 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         refuse_cagul_run(cfg.model, "unlearn")
     # the weights it starts from, by hash: what an adapter or CAGUL saved here needs, and --resume checks
     model_files = weight_hashes(cfg.model) if model_and_processor is None else None
+    chosen = None  # what --save auto chose when the resumed run started: it goes on with that
     if resume and cfg.lora.merge is None and Path(cfg.out, "config.json").is_file():
-        # --save auto goes on as the run started (one from before auto recorded merged: True)
-        started = read_configs(cfg.out)[0].get("unlearn", {}).get("lora", {}).get("merge")
-        cfg = replace(cfg, lora=replace(cfg.lora, merge=started))
+        started = read_configs(cfg.out)[0]
+        recorded = started.get("unlearn", {}).get("lora", {}).get("merge")
+        if recorded is not None:  # a run from before --save auto, which recorded its choice here
+            cfg = replace(cfg, lora=replace(cfg.lora, merge=recorded))
+        chosen = started.get("saved")
     if resume:
         check_resume(cfg.out, "unlearn", paths_recorded(asdict(cfg)), cfg.data, model_files)
     accelerator = make_accelerator(cfg.train, resume, cfg.device)  # one process or several: docs/distributed.md
@@ -160,22 +191,11 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     wraps = getattr(method, "wraps_model", False)  # CAGUL: trains modules around the frozen model
     if sharded and wraps:
         raise VikerError(f"--method {cfg.method} is not supported under FSDP or DeepSpeed; use DDP")
-    if cfg.tuning == "full" and cfg.lora.merge is False:
-        raise VikerError("--save adapter: --tuning full trains no adapter")
-    on_adapter = model_and_processor is None and Path(resolve_model_path(cfg.model), "adapter_config.json").is_file()
-    merge = cfg.lora.merge
-    if merge is None:  # --save auto: the adapter where a merge would round the update away, or cannot be made
-        weights = (next(model_and_processor[0].parameters()).dtype if model_and_processor is not None else
-                   pick_dtype(torch.device("cpu"), load_dtype(accelerator, cfg.dtype)))
-        merge = cfg.tuning == "full" or wraps or on_adapter or not (sharded or weights in HALF_PRECISION)
-    saves_adapter = cfg.tuning == "lora" and not wraps and (not merge or cfg.train.snapshot_every)
-    if saves_adapter and on_adapter:
-        raise VikerError(f"--model {cfg.model}: an adapter run, merged into its base model when loaded; an adapter "
-                         "trained on it would name that base and leave the first run out, so save this run merged "
-                         "(--save merged, without --snapshot-every)")
-    if sharded and cfg.tuning == "lora" and merge:
-        raise VikerError("--save merged: under FSDP or DeepSpeed only the adapter can be saved (--save adapter; "
-                         "merge it later on one process), or use DDP")
+    merge = save_choice(cfg, wraps, sharded, chosen, lambda: (
+        next(model_and_processor[0].parameters()).dtype if model_and_processor is not None else
+        pick_dtype(torch.device("cpu"), load_dtype(accelerator, cfg.dtype))),
+        on_adapter=model_and_processor is None and
+        Path(resolve_model_path(cfg.model), "adapter_config.json").is_file())
     reads = [cfg.data] + (folders_read(cfg.model) if model_and_processor is None else [])
     replaced = check_run_folder(cfg.out, accelerator, resume, overwrite, reads)  # removed once this run can start
     seed_everything(cfg.train.seed)
@@ -243,7 +263,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
             run = settings["unlearn"]
             snapshot_settings = {**settings, "unlearn": {
                 **run, "train": {**run["train"], "epochs": epochs, "max_steps": None, "snapshot_every": 0},
-                "lora": {**run["lora"], "merge": False}}}
+                "lora": {**run["lora"], "merge": False}}} | ({"saved": "adapter"} if "saved" in settings else {})
             write_config(folder, "unlearn", snapshot_settings | {"snapshot_of": run["out"]}, cfg.data)
         accelerator.wait_for_everyone()
 

@@ -130,13 +130,16 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "auto",
 
             with quiet_peft():
                 model = PeftModel.from_pretrained(model, path)
-            lost = None if merge_adapter else merge_loss(model)
-            if lost is None or lost <= MERGE_LOSS_KEPT:
-                model = model.merge_and_unload()
     except (OSError, ValueError, SafetensorError) as e:  # SafetensorError: a weights file cut short
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise VikerError(f"{path}: cannot load model ({first})") from None
-    return model.to(dev), processor
+    model = model.to(dev)
+    # an adapter stays unmerged only where asked (evaluation), on 16-bit weights that a merge would take more
+    # than MERGE_LOSS_KEPT of its update from, or whose LoRA merge_loss does not measure
+    if adapter and (merge_adapter or model.dtype not in HALF_PRECISION or
+                    (lost := merge_loss(model)) is not None and lost <= MERGE_LOSS_KEPT):
+        model = model.merge_and_unload()
+    return model, processor
 
 
 def adapter_base(path: str) -> str:
