@@ -631,10 +631,12 @@ def test_the_key_token_picture_spaces_words_as_the_answer_does():
     assert layout([" "])[0][2] == " "  # a token that is only a space is still drawn
 
 
-@pytest.mark.parametrize("question", ["Where?", "Which organization does this person work for? " * 3])
+@pytest.mark.parametrize("question", ["Where?", "Which organization does this person work for? " * 3,
+                                      "Which organization does this person work for? " * 9])
 def test_the_key_token_boxes_as_drawn_neither_cover_each_other_nor_leave_their_slots(tmp_path, monkeypatch, question):
     """Drawn, each box ends before the next begins (words and pieces of one word alike) and each text fits
-    the slot the layout gave it, whatever the length of the question above it."""
+    the slot the layout gave it, whatever the length of the question above it, which wraps inside the picture
+    and stays above its answer."""
     import matplotlib.figure
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -657,6 +659,11 @@ def test_the_key_token_boxes_as_drawn_neither_cover_each_other_nor_leave_their_s
     for t in boxes:
         text = t.get_window_extent(renderer)
         assert text.width <= CHAR * len(t.get_text()) * unit * 1.02
+    asked = [t for t in ax.texts if t.get_bbox_patch() is None]
+    assert " ".join(t.get_text() for t in asked) == f"[image] {question}".strip()
+    frame = ax.get_window_extent(renderer)
+    assert all(t.get_window_extent(renderer).x1 <= frame.x1 for t in asked)
+    assert min(t.get_window_extent(renderer).y0 for t in asked) > max(e.y1 for e in extents)  # above the answer
 
 
 def test_the_key_token_picture_underlines_what_viker_at_lam_forgets(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ the first answers, e.g. for a README.
 from __future__ import annotations
 
 import html
+import textwrap
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -209,6 +210,8 @@ def write_html(rows: list[TokenEntropy], path: Path, epsilon: float, title: str,
 
 CHAR = 0.75  # x units per character of the PNG's 9-point DejaVu Sans Mono; a line is 100 units (about 10.7 in)
 GAP = 0.45  # x units between two words' boxes: their padding (0.35 together) and a hairline between them
+QUESTION_WIDTH = 160  # characters of a question's line (7-point text, about 0.56 units a character)
+QUESTION_LINE = 0.45  # rows a question's further line takes
 
 
 def layout(tokens: list[str], width: float = 100.0) -> list[tuple[float, int, str]]:
@@ -243,7 +246,10 @@ def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int =
     h_max = largest_entropy(rows)
     rows = rows[:limit]
     placed = [layout(r.tokens) for r in rows]
-    heights = [2 + max((line for _, line, _ in p), default=0) for p in placed]  # the question, then its lines
+    asked = [textwrap.wrap(("[image] " if r.has_image else "") + r.question, QUESTION_WIDTH) or [""] for r in rows]
+    drop = [QUESTION_LINE * (len(lines) - 1) for lines in asked]  # a long question's further lines push its answer down
+    # the question, then the answer's lines
+    heights = [2 + d + max((line for _, line, _ in p), default=0) for p, d in zip(placed, drop)]
     gone = "" if lam is None else f"; underlined: forgotten by ViKeR at λ = {lam:g}"
     title = f"Answer tokens shaded by reference entropy H(R̂); outlined: key tokens (H > {epsilon}){gone}"
     fig, ax = plt.subplots(figsize=(11, 0.31 * sum(heights) + 0.9))
@@ -251,12 +257,12 @@ def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int =
     ax.set_xlim(0, 100)
     ax.set_ylim(sum(heights) + 1, 0)
     top = 0.0
-    for r, p, height in zip(rows, placed, heights):
-        ax.text(0, top + 0.45, ("[image] " if r.has_image else "") + r.question, fontsize=7, color="#555",
-                parse_math=False)  # the benchmark's text as it is: a '$' is no formula
+    for r, p, height, lines, d in zip(rows, placed, heights, asked, drop):
+        for i, text in enumerate(lines):  # the benchmark's text as it is: a '$' is no formula
+            ax.text(0, top + 0.45 + QUESTION_LINE * i, text, fontsize=7, color="#555", parse_math=False)
         for (x, line, shown), h, prob in zip(p, r.entropy, r.ref_prob):
             rgb = [int(c) / 255 for c in _color(h, h_max)[4:-1].split(",")]
-            y = top + 1.35 + line
+            y = top + 1.35 + d + line
             ax.text(x, y, shown, family="monospace", fontsize=9, va="center", parse_math=False,
                     bbox=dict(boxstyle="square,pad=0.15", fc=rgb, ec="#b30000" if h > epsilon else rgb,
                               lw=1.2 if h > epsilon else 0))
