@@ -97,6 +97,13 @@ def test_an_image_is_seen_as_a_viewer_shows_it(tmp_path):
         assert Image.open(io.BytesIO(buffer.getvalue())).mode == mode
         assert decode_image(buffer.getvalue()).getpixel((0, 0)) == (116, 116, 116)
     assert see(Image.new("RGB", (4, 4), (1, 2, 3))) == (1, 2, 3) and see(Image.new("L", (4, 4), 77)) == (77, 77, 77)
+    # a 16-bit greyscale PNG whose transparent level (tRNS) is 1000: that level on white, the others as they are
+    grey = Image.new("I;16", (4, 4), 257 * 116)
+    grey.putpixel((0, 0), 1000)
+    buffer = io.BytesIO()
+    grey.save(buffer, "PNG", transparency=1000)
+    seen = decode_image(buffer.getvalue())
+    assert seen.getpixel((0, 0)) == (255, 255, 255) and seen.getpixel((1, 1)) == (116, 116, 116)
 
 
 def test_missing_config_names_the_folder_and_config(bench_dir, tmp_path):

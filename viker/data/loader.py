@@ -197,9 +197,18 @@ def image_bytes(value: dict | None, source: str) -> bytes:
 def to_rgb(img: Image.Image) -> Image.Image:
     """An image as the model sees it, in 8-bit RGB: a transparent background on white (as transformers'
     ``convert_to_rgb`` puts it; a bare convert would make it black), 16-bit greyscale (32-bit integers
-    beyond 255 read as 16-bit levels) scaled to 8 bits (a bare convert clips it to white)."""
+    beyond 255 read as 16-bit levels) scaled to 8 bits (a bare convert clips it to white), its transparent
+    level (a PNG's tRNS) on white too."""
     if img.mode.startswith("I;16") or (img.mode == "I" and img.getextrema()[1] > 255):
-        img = img.convert("I").point(lambda v: v / 257, "I").convert("L")  # 0..65535 -> 0..255
+        wide = img.convert("I")
+        grey = wide.point(lambda v: v / 257, "I").convert("L")  # 0..65535 -> 0..255
+        clear = img.info.get("transparency")
+        if isinstance(clear, int):
+            import numpy as np
+
+            mask = Image.fromarray(((np.asarray(wide) == clear) * 255).astype(np.uint8), "L")
+            grey = Image.composite(Image.new("L", grey.size, 255), grey, mask)
+        img = grey
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
         img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img.convert("RGBA"))
     return img.convert("RGB")
