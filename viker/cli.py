@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from viker import __version__
 from viker.errors import VikerError
@@ -80,6 +81,8 @@ def _unlearn(args) -> None:
     loss = f"final loss {last.get('loss', float('nan')):.4f}; every logged step in history.json"
     if args.method == "cagul":
         print(f"CAGUL modules written to {args.out}/cagul, beside the untouched base model ({loss})")
+    elif Path(args.out, "model", "adapter_config.json").is_file():
+        print(f"unlearned model written to {args.out}/model as its LoRA adapter, on the model it names ({loss})")
     else:
         print(f"unlearned model written to {args.out}/model ({loss})")
 
@@ -136,8 +139,6 @@ def _eval(args) -> None:
 
 def _evaluated(args, metrics: dict) -> None:
     """What an evaluation prints: the table's columns, then where every figure and answer went."""
-    from pathlib import Path
-
     from viker.report import columns_text
 
     records = sum(1 for _ in (Path(args.out) / "generations.jsonl").open(encoding="utf-8"))
@@ -149,8 +150,6 @@ def _evaluated(args, metrics: dict) -> None:
 
 
 def _keytokens(args) -> None:
-    from pathlib import Path
-
     from viker.keytokens import PNG_ANSWERS, forgotten, run_keytokens
 
     rows = run_keytokens(args.model, args.data, _forget(args), args.out, args.k, args.refs, args.epsilon,
@@ -165,8 +164,6 @@ def _keytokens(args) -> None:
 
 
 def _report(args) -> None:
-    from pathlib import Path
-
     from viker.report import plain_table, run_report
 
     rows = run_report(args.runs, args.out, args.title)
@@ -452,8 +449,6 @@ def _home_expanded(args: argparse.Namespace) -> argparse.Namespace:
 
 def _interrupted(args: argparse.Namespace | None) -> str:
     """What a run stopped by Ctrl-C leaves, and how to go on from it."""
-    from pathlib import Path
-
     from viker.runs import checkpoints
 
     out = getattr(args, "out", None)
