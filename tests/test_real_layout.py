@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from dataclasses import replace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -124,6 +125,42 @@ def test_eval_from_a_hub_id_equals_eval_from_the_folder(hub, real_bench, tmp_pat
     generations = [(tmp_path / run / "generations.jsonl").read_text() for run in ("local", "hub")]
     assert generations[0] == generations[1]
     assert json.loads((tmp_path / "hub" / "config.json").read_text())["data"] == HUB_ID
+
+
+def test_test_images_all_asks_each_photo_the_image_questions_and_the_name_questions_once(real_bench, tmp_path):
+    """MLLMU-Bench's Test_Set holds several photos of each person. --test-images first asks with the first;
+    all asks the image questions with every photo (each its own view of the person) and the questions asked
+    by name once, since no photo changes them; the first photo's answers are those of first."""
+    from viker.eval.evaluate import forget_test_rows, photo_views
+
+    rows = forget_test_rows(real_bench, load_profiles(real_bench, "forget_5"))
+    views = photo_views(rows, "all")
+    assert [v.images for v in views] == [(img,) for p in rows for img in p.images]
+    assert all(len(p.images) == 2 for p in rows)
+    for p, first, second in zip(rows, views[::2], views[1::2]):
+        assert (first.id, first.mc, first.generation, first.cloze) == (p.id, p.mc, p.generation, p.cloze)
+        assert second.mc == tuple(q for q in p.mc if q.with_image) and any(not q.with_image for q in p.mc)
+        assert all(q.with_image for q in (*second.generation, *second.cloze))
+    assert photo_views(rows) == [replace(p, images=p.images[:1]) for p in rows]
+
+    model = build_tiny(real_bench, TinyConfig(vocab_size=600, hidden=32, intermediate=64, layers=1, heads=2,
+                                              vision_hidden=16, vision_layers=1, image_size=16))
+    records = {}
+    for which in ("first", "all"):
+        cfg = EvalConfig(forget="forget_5", max_new_tokens=4, test_images=which, scope={"test": ("multiple_choice",)})
+        run_eval("tiny", str(real_bench), str(tmp_path / which), cfg, progress=False, model_and_processor=model)
+        lines = (tmp_path / which / "generations.jsonl").read_text().splitlines()
+        records[which] = [json.loads(line) for line in lines]
+        metrics = json.loads((tmp_path / which / "metrics.json").read_text())
+        hits = [r["hit"] for r in records[which] if r["image"]]
+        assert metrics["test_acc"] == pytest.approx(100 * sum(hits) / len(hits), abs=0.01)
+    first, every = records["first"], records["all"]
+    assert sum(r["image"] for r in every) == 2 * sum(r["image"] for r in first)
+    assert sum(not r["image"] for r in every) == sum(not r["image"] for r in first)
+    for person in {r["profile"] for r in first}:  # per person: the first photo's records, then the second's
+        mine = [r for r in every if r["profile"] == person]
+        theirs = [r for r in first if r["profile"] == person]
+        assert mine[:len(theirs)] == theirs and all(r["image"] for r in mine[len(theirs):])
 
 
 def test_without_datasets_a_hub_id_is_a_clear_error(monkeypatch):

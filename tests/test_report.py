@@ -401,7 +401,17 @@ def test_report_refuses_runs_it_cannot_compare(runs, bench_dir, tiny_dir, tmp_pa
     capsys.readouterr()
     assert main(["report", str(runs / "ga-eval"), str(every), "--out", str(tmp_path / "mixed")]) == 2
     assert "different --retain-limit" in capsys.readouterr().err
+    photos = tmp_path / "photos"  # Gen. ACC over every Test_Set photo, not the first
+    assert main(["eval", "--model", str(runs / "ga"), "--data", str(bench_dir), *DATA, "--max-new-tokens", "4",
+                 "--retain-limit", "2", "--test-images", "all", "--only", "test:multiple_choice",
+                 "--out", str(photos)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(runs / "ga-eval"), str(photos), "--out", str(tmp_path / "mixed")]) == 2
+    assert "different --test-images" in capsys.readouterr().err
     assert not (tmp_path / "mixed").exists()  # nothing written
+    assert main(["report", str(photos), "--out", str(tmp_path / "photos-report")]) == 0
+    assert "Gen. ACC asks each image question with every Test_Set photo" in \
+        " ".join((tmp_path / "photos-report" / "report.md").read_text().split())
 
 
 def test_report_writes_its_symbols_whatever_the_locale(runs, tmp_path):

@@ -95,7 +95,8 @@ def _forget(args) -> str:
 def _eval_clear(args) -> None:
     from viker.eval.clear import ClearEvalConfig, run_clear_eval
 
-    for flag, given in (("--gib-model", args.gib_model), ("--mc-mode", args.mc_mode)):
+    for flag, given in (("--gib-model", args.gib_model), ("--mc-mode", args.mc_mode),
+                        ("--test-images", args.test_images)):
         if given:
             raise VikerError(f"{flag} applies to --benchmark mllmu")
     cfg = ClearEvalConfig(forget=_forget(args), batch_size=args.batch_size, retain_model=args.retain_model,
@@ -131,7 +132,8 @@ def _eval(args) -> None:
     if args.retain_model:
         raise VikerError("--retain-model applies to --benchmark clear")
     cfg = EvalConfig(forget=_forget(args), mc_mode=args.mc_mode or "likelihood", batch_size=args.batch_size,
-                     retain_limit=args.retain_limit, gib_model=args.gib_model, scope=_scope(args.only),
+                     test_images=args.test_images or "first", retain_limit=args.retain_limit,
+                     gib_model=args.gib_model, scope=_scope(args.only),
                      **_given(max_new_tokens=args.max_new_tokens))
     metrics = run_eval(args.model, args.data, args.out, cfg, args.device, args.dtype, args.trust_remote_code)
     _evaluated(args, metrics)
@@ -369,6 +371,9 @@ def parser() -> argparse.ArgumentParser:
                          "is read in 50 tokens, a letter-mode reply in 8")
     ev.add_argument("--retain-limit", type=int, help="evaluate at most this many retain-split people (CLEAR: "
                                                       "retain_perturbed rows)")
+    ev.add_argument("--test-images", choices=("first", "all"),
+                    help="the Test_Set photos each forget person's image questions are asked with: the first, or "
+                         "every one (default: first; MLLMU-Bench only)")
     ev.add_argument("--gib-model", help="local folder of a gibberish classifier, for the gib column")
     ev.add_argument("--only", action="append", metavar="SET[:TASK,...]",
                     help="evaluate only this set (forget, test, retain, real), optionally only these tasks "
@@ -404,8 +409,8 @@ def parser() -> argparse.ArgumentParser:
                   "Reads each run folder's metrics.json (written by viker eval) and what its config says about "
                   "the model; writes OUT/report.md (the table, best per column in bold, what each column means, "
                   "the runs), results.json and tradeoff.png, for MLLMU-Bench or CLEAR. Every run must have been "
-                  "evaluated on the same benchmark and forget split, with the same --mc-mode, --retain-limit and "
-                  "--max-new-tokens. A viker finetune "
+                  "evaluated on the same benchmark and forget split, with the same --mc-mode, --retain-limit, "
+                  "--test-images and --max-new-tokens. A viker finetune "
                   "model is the vanilla row (with --without, the retain model's).")
     rp.add_argument("runs", nargs="+", metavar="RUN", help="an evaluated run folder, in the order of the table's rows")
     rp.add_argument("--out", required=True, help="the folder to write, of its own (a run's, an evaluation's or a "

@@ -414,6 +414,8 @@ def read_run(path: str | Path) -> dict:
         retain_limit = "all"  # every retain person (a recorded null): a setting, unlike one never recorded
     return {"method": method, "settings": settings, "training": training, "benchmark": benchmark,
             "forget_split": _scored_split(evaluated.get("forget"), benchmark), "mc_mode": evaluated.get("mc_mode"),
+            # an MLLMU-Bench evaluation recorded before --test-images asked with the first photo
+            "test_images": evaluated.get("test_images", "first") if evaluated and benchmark == "mllmu" else None,
             "retain_limit": retain_limit, "max_new_tokens": evaluated.get("max_new_tokens"), "metrics": metrics,
             "path": str(run)}
 
@@ -506,6 +508,7 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
     benchmark = _one_value(rows, "benchmark", "benchmarks")
     forget = _one_value(rows, "forget_split", "forget splits")
     mc_mode = _one_value(rows, "mc_mode", "--mc-mode")
+    test_images = _one_value(rows, "test_images", "--test-images")
     # the retain figures' people, the answers' length: said under the table, as they change what it means
     retain_limit = _one_value(rows, "retain_limit", "--retain-limit")
     max_new_tokens = _one_value(rows, "max_new_tokens", "--max-new-tokens")
@@ -533,6 +536,8 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
                  f"{mc_mode or 'a mode not recorded'}.")
     if max_new_tokens is not None:
         evaluated += f" Greedy replies of at most {max_new_tokens} new tokens."
+    if test_images == "all" and any(r["metrics"].get("test_acc") is not None for r in rows):
+        evaluated += " Gen. ACC asks each image question with every Test_Set photo of the person."
     has_retain = any(k.startswith("retain_") and v is not None for r in rows for k, v in r["metrics"].items())
     if retain_limit is not None and has_retain:
         if benchmark == "clear":  # CLEAR's --retain-limit counts items (an image each), not persons

@@ -11,11 +11,10 @@ from viker.errors import VikerError
 from viker.prompts import cloze_prompt, generation_prompt
 
 
-def generation_examples(profiles: Iterable[Profile], image_index: int = 0) -> list[Example]:
+def generation_examples(profiles: Iterable[Profile]) -> list[Example]:
     """The generation questions, each with the person's image when its Type is Image_Textual."""
     return [
-        Example(generation_prompt(q.question), q.answer, p.images[image_index] if q.with_image else None, p.id,
-                "generation")
+        Example(generation_prompt(q.question), q.answer, p.image if q.with_image else None, p.id, "generation")
         for p in profiles
         for q in p.generation
     ]

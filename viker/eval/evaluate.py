@@ -47,6 +47,9 @@ class EvalConfig:
     # A letter-mode reply should open with its letter ("B", "B) Paris"): read in its first 8 new tokens.
     letter_max_new_tokens: int = 8
     retain_limit: int | None = None  # evaluate at most this many retain-split people (None: all)
+    # The Test_Set photos each forget person's image questions are asked with: the first of them, or all of them
+    # (each photo its own view of the person; the questions asked by name are asked once).
+    test_images: str = "first"
     gib_model: str | None = None  # a local gibberish classifier (e.g. a copy of the DistilBERT one)
     # What to evaluate: set -> tasks (generation, multiple_choice, cloze); None: every task on every set.
     # A study that reads a few columns (a λ sweep reads Forget ACC, Retain R-L and coherence) names them
@@ -55,6 +58,7 @@ class EvalConfig:
 
     def __post_init__(self):
         require(self.mc_mode in ("likelihood", "letter"), "--mc-mode", self.mc_mode, "choose likelihood or letter")
+        require(self.test_images in ("first", "all"), "--test-images", self.test_images, "choose first or all")
         require(self.forget in RETAIN_OF, "--forget", self.forget, f"choose from {', '.join(RETAIN_OF)}")
         check_generation_settings(self)
         require(self.cloze_max_new_tokens >= 1, "cloze_max_new_tokens", self.cloze_max_new_tokens, "must be at least 1")
@@ -68,8 +72,7 @@ class EvalConfig:
 @dataclass
 class EvalSet:
     name: str  # forget | test | retain | real
-    profiles: list[Profile]
-    image_index: int = 0  # Test_Set rows hold other images: use the first
+    profiles: list[Profile]  # one image each (a person's image questions are asked with it)
 
 
 def eval_sets(data_dir: str | Path, cfg: EvalConfig) -> list[EvalSet]:
@@ -78,7 +81,7 @@ def eval_sets(data_dir: str | Path, cfg: EvalConfig) -> list[EvalSet]:
     forget = load_profiles(data_dir, cfg.forget)
     read = {
         "forget": lambda: forget,
-        "test": lambda: forget_test_rows(data_dir, forget),
+        "test": lambda: photo_views(forget_test_rows(data_dir, forget), cfg.test_images),
         "retain": lambda: retain_profiles(data_dir, cfg.forget, forget)[: cfg.retain_limit],
         "real": lambda: load_profiles(data_dir, "Retain_Set"),
     }
@@ -96,6 +99,19 @@ def forget_test_rows(data_dir: str | Path, forget: list[Profile]) -> list[Profil
                          f"(ID {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); evaluate without "
                          "it with --only forget --only retain --only real")
     return rows
+
+
+def photo_views(rows: list[Profile], which: str = "first") -> list[Profile]:
+    """Test_Set rows as the evaluator asks them, one photo each: the first photo (``first``), or every photo
+    (``all``), each asking the person's image questions, the questions asked by name coming with the first only
+    (they do not depend on the photo)."""
+    if which == "first":
+        return [replace(p, images=p.images[:1]) for p in rows]
+    return [replace(p, images=(img,)) if j == 0 else
+            replace(p, images=(img,), mc=tuple(q for q in p.mc if q.with_image),
+                    generation=tuple(q for q in p.generation if q.with_image),
+                    cloze=tuple(q for q in p.cloze if q.with_image))
+            for p in rows for j, img in enumerate(p.images)]
 
 
 def check_scope(scope: dict[str, Sequence[str]] | None) -> None:
@@ -249,7 +265,7 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfi
 
         # generation questions: ROUGE, BLEU, coherence
         if "generation" in tasks:
-            gens = generation_examples(s.profiles, s.image_index)
+            gens = generation_examples(s.profiles)
             replies = answers(gens, f"{s.name}: generation")
             rouge = [M.rouge(a, ex.answer) for a, ex in zip(replies, gens)]
             bleu = [M.bleu(a, ex.answer) for a, ex in zip(replies, gens)]
@@ -265,7 +281,7 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfi
 
         # multiple choice
         if "multiple_choice" in tasks:
-            questions = [(q, p.images[s.image_index] if q.with_image else None) for p in s.profiles for q in p.mc]
+            questions = [(q, p.image if q.with_image else None) for p in s.profiles for q in p.mc]
             if cfg.mc_mode == "letter":
                 prompts = [Example(mc_prompt(q.question, q.options), "", img) for q, img in questions]
                 replies = answers(prompts, f"{s.name}: multiple choice", max_new_tokens=cfg.letter_max_new_tokens)
@@ -293,7 +309,7 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfi
 
         # cloze
         if "cloze" in tasks:
-            clozes = cloze_examples([replace(p, images=(p.images[s.image_index],)) for p in s.profiles])
+            clozes = cloze_examples(s.profiles)
             replies = answers(clozes, f"{s.name}: cloze", max_new_tokens=cfg.cloze_max_new_tokens)
             hits = [M.cloze_correct(r, ex.answer) for r, ex in zip(replies, clozes)]
             metrics[f"{s.name}_cloze"] = M.mean_percent(hits)
