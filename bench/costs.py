@@ -370,7 +370,7 @@ def eval_prompts(data: Path, cfg: BenchConfig):
     from viker.eval.evaluate import eval_sets
 
     ecfg = replace(DemoConfig().eval, forget=cfg.forget)
-    prompts = [ex for s in eval_sets(data, ecfg) for ex in generation_examples(s.profiles, s.image_index)]
+    prompts = [ex for s in eval_sets(data, ecfg) for ex in generation_examples(s.profiles)]
     return prompts[: cfg.eval_prompts] if cfg.eval_prompts else prompts, ecfg.max_new_tokens
 
 
