@@ -220,6 +220,7 @@ UNLEARN = ["unlearn", "--method", "ga", "--max-steps", "1"]
     ([*UNLEARN, "--retain-weight", "1"],
      "--retain-weight applies to --method cagul / graddiff / idkpo / klmin / npo only"),
     ([*UNLEARN, "--k", "3"], "--k applies to --method cagul / viker only"),
+    ([*UNLEARN, "--method", "npo", "--average", "token"], "--average applies to --method ga / graddiff only"),
     ([*UNLEARN, "--method", "viker", "--k", "0"], "--k 0: at least one reference image"),
     ([*UNLEARN, "--method", "cagul", "--k", "0"], "--k 0: must be at least 1"),
     ([*UNLEARN, "--method", "cagul", "--encoder-width", "0"], "--encoder-width 0: must be at least 1"),

@@ -67,9 +67,10 @@ def _argv(tiny_dir, bench_dir, out, cache, method, batch_size, steps, *extra):
 
 # graddiff: 2 rows per process. viker: global batch 3 (rows split 2/1, answer tokens unevenly), and its
 # 8th batch holds the epoch's last example alone, so one process has an empty slice. npo, idkpo and klmin
-# read the frozen reference in the loop, on rows split 2/1 (npo and idkpo weigh rows, klmin tokens).
+# read the frozen reference in the loop, on rows split 2/1 (npo and idkpo weigh rows, klmin tokens). GA averaged
+# over all answer tokens weighs tokens, on rows split 2/1.
 RUNS = {"graddiff": ("graddiff", 4, 3), "viker": ("viker", 3, 8, "--k", "2"), "npo": ("npo", 3, 3),
-        "idkpo": ("idkpo", 3, 3), "klmin": ("klmin", 3, 3)}
+        "idkpo": ("idkpo", 3, 3), "klmin": ("klmin", 3, 3), "ga-token": ("ga", 3, 3, "--average", "token")}
 
 
 @pytest.fixture(scope="module")

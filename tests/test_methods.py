@@ -433,6 +433,29 @@ def test_unknown_forget_split_is_an_error(tiny_dir, bench_dir, tmp_path, capsys)
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("method", ["ga", "graddiff"])
+def test_average_token_is_the_models_own_loss_and_sequence_weighs_each_answer_alike(tiny, bench_dir, method):
+    """--average token: GA's log-likelihood is minus the model's own loss (the mean over every answer token of
+    the batch), as the published GA code has it; sequence (the default) averages each answer first, so that
+    the two differ on answers of different lengths. GradDiff averages both its terms the same way."""
+    model, processor = tiny
+    collate = Collator(processor)
+    forget = collate(unlearning_examples(bench_dir, "forget_10")[:4])
+    retain = collate(unlearning_examples(bench_dir, "retain_90")[:4])
+    lengths = (forget["labels"] != -100).sum(-1)
+    assert len(set(lengths.tolist())) > 1  # answers of different lengths
+    objective = get_method(method)
+    with torch.no_grad():
+        own = {k: model(**model_inputs(b), labels=b["labels"]).loss
+               for k, b in (("forget", forget), ("retain", retain))}
+        token, token_logs = objective(average="token").loss(model, {"forget": forget, "retain": retain})
+        sequence, _ = objective().loss(model, {"forget": forget, "retain": retain})
+    retain_term = own["retain"] if method == "graddiff" else 0.0
+    assert token_logs["forget_ll"] == pytest.approx(-own["forget"].item(), rel=1e-5)
+    assert token.item() == pytest.approx((-own["forget"] + retain_term).item(), rel=1e-5)
+    assert abs(sequence.item() - token.item()) > 1e-4
+
+
 def test_keytokens_page_marks_high_entropy_tokens(tiny_dir, bench_dir, tmp_path, capsys):
     out = tmp_path / "kt" / "keytokens.html"
     assert main(["keytokens", "--model", str(tiny_dir), "--data", str(bench_dir), "--forget", "forget_10",

@@ -63,9 +63,9 @@ def _unlearn(args) -> None:
     from viker.unlearn import UnlearnConfig, run_unlearn
 
     method_args = _given(lam=args.lam, k=args.k, refs=args.refs, regularizer=args.regularizer, ablation=args.ablation,
-                         beta=args.beta, retain_weight=args.retain_weight, rewrite=args.rewrite, layers=args.layers,
-                         heads=args.heads, encoder_width=args.encoder_width, threshold=args.threshold,
-                         forget_loss=args.forget_loss)
+                         beta=args.beta, average=args.average, retain_weight=args.retain_weight,
+                         rewrite=args.rewrite, layers=args.layers, heads=args.heads, encoder_width=args.encoder_width,
+                         threshold=args.threshold, forget_loss=args.forget_loss)
     base = TINY_UNLEARN if is_tiny_model(args.model) else REAL_UNLEARN
     cfg = UnlearnConfig(
         model=args.model, data=args.data, benchmark=args.benchmark, forget=_forget(args), method=args.method,
@@ -322,6 +322,10 @@ def parser() -> argparse.ArgumentParser:
     un.add_argument("--ablation", help="ViKeR: none | no_reg | no_ga | no_vis (default none)")
     un.add_argument("--beta", type=float,
                     help="NPO / IdkPO / CAGUL (--forget-loss npo): inverse temperature β (default 0.1)")
+    un.add_argument("--average", choices=("sequence", "token"),
+                    help="GA / GradDiff: the log-likelihood's mean per answer, then over the answers (sequence: a "
+                         "short answer counts as much as a long one), or over all the batch's answer tokens at once "
+                         "(token: a model's own loss, as the published GA code uses it) (default: sequence)")
     un.add_argument("--retain-weight", type=float,
                     help="GradDiff / KL-Min / NPO / IdkPO / CAGUL: weight of the retain term "
                          "(default 1; CAGUL 0.25; NPO 0, no retain term)")

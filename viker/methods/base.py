@@ -12,7 +12,7 @@ import torch
 
 from viker.collate import model_inputs
 from viker.data.schema import Example
-from viker.methods.losses import answer_nll, answer_window, gather_answer_positions
+from viker.methods.losses import answer_nll, answer_token_nll, answer_window, gather_answer_positions
 from viker.model import eval_mode
 
 
@@ -28,8 +28,14 @@ def share(batch: dict, unit: str) -> torch.Tensor | float:
     return batch.get(f"{unit}_share", 1.0)
 
 
-def log_likelihood(model, batch: dict) -> torch.Tensor:
-    """Mean answer-token log-likelihood (per sequence, then over the batch): what GA minimises."""
+AVERAGES = ("sequence", "token")  # a mean per answer, then over the answers; or over all answer tokens at once
+
+
+def log_likelihood(model, batch: dict, average: str = "sequence") -> torch.Tensor:
+    """Mean answer-token log-likelihood, per sequence then over the batch (``sequence``) or over every answer
+    token of the batch (``token``, as a model's own loss has it): what GA minimises."""
+    if average == "token":
+        return -answer_token_nll(logits_of(model, batch), batch["labels"]) * share(batch, "token")
     return -answer_nll(logits_of(model, batch), batch["labels"]) * share(batch, "row")
 
 

@@ -11,9 +11,10 @@ from viker.methods.base import log_likelihood
 @register("ga", "GA")
 @dataclass
 class GA:
+    average: str = "sequence"  # the answers' log-likelihood averaged per answer first, or over all tokens at once
     streams = ("forget",)
     needs_reference = False  # no frozen model: with full tuning no copy of the weights is made
 
     def loss(self, model, batches):
-        ll = log_likelihood(model, batches["forget"])
+        ll = log_likelihood(model, batches["forget"], self.average)
         return ll, {"forget_ll": ll.item()}

@@ -121,6 +121,13 @@ def answer_nll(logits: Tensor, labels: Tensor) -> Tensor:
     return per_seq[has_answer].mean()
 
 
+def answer_token_nll(logits: Tensor, labels: Tensor) -> Tensor:
+    """Scalar NLL: mean over every answer token of the batch at once, as a model's own ``loss`` (and the
+    published GA code, which uses it) computes it: a long answer weighs more than a short one."""
+    lp, mask = token_logprobs(logits, labels)
+    return -lp.sum() / mask.sum().clamp_min(1.0)
+
+
 def answer_window(labels: Tensor) -> int:
     """How many trailing positions of a batch hold every logit that predicts an answer token: the
     ``logits_to_keep`` that spares the output layer the positions before the earliest answer.
