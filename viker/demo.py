@@ -537,8 +537,9 @@ def why_section(runs: list[dict], sweep: list[dict], diagnostics: dict | None, c
                  "that picks the true option less often still tells it apart from the others.")
     ga_state = ""  # how GA's answers read, where they fell apart against ViKeR's
     if fell_apart(ga, vk):
-        ga_state = f", whose answers have {how_far_apart(ga)}"
-        ga_state += " (they are no longer sentences)" if ga["coherence"] < INCOHERENT_BELOW else ""
+        state = how_far_apart(ga)
+        ga_state = f", whose answers have {state}" + \
+            (" (they are no longer sentences)" if state == "fallen apart" else "")
     bullets = [
         resting_point_note(ga, vk, below_one, e, lam) + below,
         "**What unlearning costs on this benchmark.** Forgetting the forget people's faces can weaken the tiny "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 import warnings
@@ -24,6 +23,7 @@ from viker.runs import (
     hub_shaped,
     is_hub_id,
     read_configs,
+    write_json,
 )
 
 # Where the language model lives inside the common architectures (LLaVA, Qwen2-VL, Idefics2, ...).
@@ -347,7 +347,7 @@ def save_model(model: nn.Module, processor, out: str | Path, merge: bool = True,
             raise VikerError("a sharded LoRA model cannot be merged when saved; save the adapter alone")
         lost = merge_loss(model)
         if lost is not None and lost > MERGE_LOSS_WARN:
-            dtype = str(next(p.dtype for p in model.parameters() if p.dtype in HALF_PRECISION)).removeprefix("torch.")
+            dtype = str(model.dtype).removeprefix("torch.")
             print(f"warning: merging the LoRA update into {dtype} weights rounds away {100 * lost:.0f}% of it (changes "
                   "below a weight's last bit leave it as it was): the saved model has moved less than the trained "
                   "one. --save adapter keeps the update whole, and viker eval applies it unmerged", file=sys.stderr)
@@ -355,5 +355,5 @@ def save_model(model: nn.Module, processor, out: str | Path, merge: bool = True,
     model.save_pretrained(Path(out), safe_serialization=True, state_dict=state_dict)
     processor.save_pretrained(Path(out))
     if lost is not None:
-        Path(out, "merge.json").write_text(json.dumps({"update_lost": round(lost, 6)}) + "\n")
+        write_json(Path(out, "merge.json"), {"update_lost": round(lost, 6)})
     return model
