@@ -254,6 +254,30 @@ def test_parse_choice_returns_none_when_unclear(reply):
     assert parse_choice(reply) is None
 
 
+OPTIONS = {"A": "Seville", "B": "Halifax", "C": "Valencia", "D": "Lima"}
+
+
+@pytest.mark.parametrize("letter", "ABCD")
+def test_a_letter_followed_by_its_options_text_is_read_alike_for_every_letter(letter):
+    """Given the option texts, "A Seville" is A as "B Halifax" is B: a model that always answers in this form
+    would otherwise lose every question whose answer is A. Cut short, the reply still names its option."""
+    assert parse_choice(f"{letter} {OPTIONS[letter]}", OPTIONS) == letter
+    assert parse_choice(f"{letter} {OPTIONS[letter]}, Spain", OPTIONS) == letter
+    assert parse_choice(f"{letter} {OPTIONS[letter][:3]}", OPTIONS) == letter
+
+
+@pytest.mark.parametrize("reply", [
+    "A cat sits on the mat",  # the article: not option A's text
+    "A Sevilleans' guide",  # option A's text inside a longer word
+    "A Seville. The answer is B",  # two letters
+    "A: Seville\nB: Halifax",  # the options repeated, one per line
+    "(A) Seville\n(B) Halifax\n(C) Valencia",
+    "B: Halifax\nC:",  # cut short while repeating them
+])
+def test_option_texts_do_not_turn_words_or_a_repeated_list_into_a_choice(reply):
+    assert parse_choice(reply, OPTIONS) is None
+
+
 def test_parse_choice_respects_options():
     assert parse_choice("E", options="ABCDE") == "E"
     assert parse_choice("C", options=["A", "B"]) is None

@@ -285,7 +285,7 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfi
             if cfg.mc_mode == "letter":
                 prompts = [Example(mc_prompt(q.question, q.options), "", img) for q, img in questions]
                 replies = answers(prompts, f"{s.name}: multiple choice", max_new_tokens=cfg.letter_max_new_tokens)
-                choices = [M.parse_choice(r) for r in replies]
+                choices = [M.parse_choice(r, q.options) for r, (q, _) in zip(replies, questions)]
                 # a reply with no letter in it counts as wrong: say how many, so that 0 is not read as forgetting
                 metrics[f"{s.name}_unparsed"] = M.mean_percent(c is None for c in choices)
             else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -140,6 +140,8 @@ _LEADING_RE = re.compile(
 _LENIENT_GROUPS = (4, 5)
 # lower-case option markers anywhere: "b) Paris, c) Lima" lists options rather than picking one
 _LOWER_MARKER_RE = re.compile(r"(?<![\w.])([a-z])(?=[:)]|\.(?:\s|$))")
+# an upper-case option marker opening a line: "A: Seville", "(B) Halifax", "C) Lima"
+_LINE_MARKER_RE = re.compile(r"^[ \t]*\(?([A-Z])(?:[:)\]]|\.(?:\s|$))", re.MULTILINE)
 # A letter announced by a keyword anywhere: "Answer: B", "The answer is B", "Option (C)". The words
 # "A" and "I" followed by a lower-case word are words: "The answer is A cat", "the answer I believe";
 # but a word that cannot follow the article names the letter A, so that an answer A is read as an answer
@@ -153,7 +155,7 @@ _ANNOUNCED_RE = re.compile(
 _ENUMERATION_RE = re.compile(r"\b([A-Z])\)?\s*(?:,?\s*(?:and|or|&)\b|,|/)\s*\(?([A-Z])\b")
 
 
-def parse_choice(reply: str, options: Sequence[str] = "ABCD") -> str | None:
+def parse_choice(reply: str, options: Sequence[str] | Mapping[str, str] = "ABCD") -> str | None:
     """The option letter a multiple-choice reply picks, or None when it does not pick exactly one.
 
     MLLMU-Bench reads the first character of the reply. This parser accepts more forms but never
@@ -180,11 +182,19 @@ def parse_choice(reply: str, options: Sequence[str] = "ABCD") -> str | None:
     not in ``options`` (``"E"`` when options are ``"ABCD"``) also gives None. A lower-case letter counts
     as the whole reply or with that punctuation, so ``"a"`` and ``"a)"`` are the option A but ``"a dog"``
     is nothing.
+
+    ``options`` may map each letter to its option's text, as the prompt lists them. Then a reply that opens
+    with "A" followed by option A's text (``"A Seville"``, or its start where the reply was cut) is A, as
+    ``"B Halifax"`` is B; without the texts such a reply cannot be told from the article. A reply that
+    repeats the listed options, a letter opening two or more lines (``"A: Seville\nB: Halifax"``), picks
+    none of them.
     """
     allowed = {option.strip().upper() for option in options}
     text = reply.replace("*", "").strip()
     if not text:
         return None
+    if len({m.group(1) for m in _LINE_MARKER_RE.finditer(text)} & allowed) > 1:
+        return None  # the options listed again, one per line
 
     if len(text) == 1:
         candidates = {text.upper()} if text.isalpha() else set()
@@ -198,6 +208,8 @@ def parse_choice(reply: str, options: Sequence[str] = "ABCD") -> str | None:
                 return None  # "b) or c)", "a) Oslo b) Lima": options listed, none picked
         found = [m for m in [leading, *_ANNOUNCED_RE.finditer(text)] if m]
         spans = {_picked(m) for m in found}  # (letter, where it stands)
+        if leading is None and isinstance(options, Mapping) and _names_option_a(text, options):
+            spans.add(("A", 0))
         candidates = {letter for letter, _ in spans}
         for pair in _ENUMERATION_RE.finditer(text):
             letters = {(pair.group(g), pair.start(g)) for g in (1, 2)}
@@ -208,6 +220,19 @@ def parse_choice(reply: str, options: Sequence[str] = "ABCD") -> str | None:
         return None
     (letter,) = candidates
     return letter if letter in allowed else None
+
+
+def _names_option_a(text: str, options: Mapping[str, str]) -> bool:
+    """Whether ``text`` is "A" followed by option A's text, or by its start (a reply cut short), on its first
+    line: the words of the option rather than of a sentence that opens with the article."""
+    option = next((t for letter, t in options.items() if letter.strip().upper() == "A"), None)
+    rest = re.match(r"A[ \t]+(\S[^\n]*)", text)
+    if not option or not option.strip() or not rest:
+        return False
+    said, named = rest.group(1).strip().casefold(), option.strip().casefold()
+    if said.startswith(named):
+        return re.match(r"\w", said[len(named):]) is None  # "Seville" in "Seville, Spain", not in "Sevilleans"
+    return named.startswith(said)
 
 
 def _picked(match: re.Match[str]) -> tuple[str, int]:
