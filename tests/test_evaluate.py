@@ -400,6 +400,23 @@ def test_a_test_set_without_some_forget_people_is_named_not_scored_in_part(tiny_
     assert main([*common, "--out", str(tmp_path / "without"), "--only", "forget:multiple_choice"]) == 0
 
 
+def test_a_set_with_nobody_in_it_is_refused_not_scored_as_nothing(tiny_dir, bench_dir, tmp_path, capsys):
+    """An emptied split (a wrong filter, a wrong folder) would otherwise give a row of blank columns and exit 0."""
+    data = tmp_path / "bench"
+    common = ["eval", "--model", str(tiny_dir), "--data", str(data), "--max-new-tokens", "4"]
+    for split in ("forget_10", "Retain_Set"):
+        shutil.rmtree(data, ignore_errors=True)
+        shutil.copytree(bench_dir, data)
+        for path in (data / split).glob("*.parquet"):
+            pq.write_table(pq.read_table(path).slice(0, 0), path)
+        assert main([*common, "--out", str(tmp_path / f"all-{split}")]) == 2
+        err = capsys.readouterr().err
+        assert f"{split} has no people to evaluate" in err and "Traceback" not in err
+        assert not (tmp_path / f"all-{split}" / "metrics.json").exists()
+    # the sets that do have people are scored
+    assert main([*common, "--out", str(tmp_path / "without"), "--only", "forget:multiple_choice"]) == 0
+
+
 def _tiny_classifier(path):
     """A two-label DistilBERT-architecture text classifier, built offline, whose 'clean' class wins
     exactly when the text contains the word 'fine'."""

@@ -76,16 +76,25 @@ class EvalSet:
 
 
 def eval_sets(data_dir: str | Path, cfg: EvalConfig) -> list[EvalSet]:
-    """The sets in ``cfg.scope`` (all four when None), read from ``data_dir``; a set out of the scope is not read."""
+    """The sets in ``cfg.scope`` (all four when None), read from ``data_dir``; a set out of the scope is not read.
+    A set in the scope with nobody in it is refused: its columns would be empty, and the run look like one that
+    was scored."""
     check_scope(cfg.scope)
     forget = load_profiles(data_dir, cfg.forget)
+    if not forget:
+        raise VikerError(f"{data_dir}: {cfg.forget} has no people to evaluate")
     read = {
         "forget": lambda: forget,
         "test": lambda: photo_views(forget_test_rows(data_dir, forget), cfg.test_images),
         "retain": lambda: retain_profiles(data_dir, cfg.forget, forget)[: cfg.retain_limit],
         "real": lambda: load_profiles(data_dir, "Retain_Set"),
     }
-    return [EvalSet(name, read[name]()) for name in SETS if cfg.scope is None or name in cfg.scope]
+    sets = [EvalSet(name, read[name]()) for name in SETS if cfg.scope is None or name in cfg.scope]
+    for s in sets:
+        if not s.profiles:
+            source = {"retain": f"the retain split of {cfg.forget}", "real": "Retain_Set"}[s.name]
+            raise VikerError(f"{data_dir}: {source} has no people to evaluate; leave it out with --only")
+    return sets
 
 
 def forget_test_rows(data_dir: str | Path, forget: list[Profile]) -> list[Profile]:
