@@ -389,7 +389,7 @@ def test_report_refuses_runs_it_cannot_compare(runs, bench_dir, tiny_dir, tmp_pa
     assert "different forget splits" in err and "forget_5" in err and "forget_10" in err
     longer = tmp_path / "longer"  # the same run, its answers given more tokens
     assert main(["eval", "--model", str(runs / "ga"), "--data", str(bench_dir), *DATA, "--max-new-tokens", "6",
-                 "--retain-limit", "2", "--only", "forget:multiple_choice", "--out", str(longer)]) == 0
+                 "--retain-limit", "2", "--only", "forget:generation", "--out", str(longer)]) == 0
     capsys.readouterr()
     assert main(["report", str(runs / "ga-eval"), str(longer), "--out", str(tmp_path / "mixed")]) == 2
     assert "different --max-new-tokens" in capsys.readouterr().err
@@ -397,7 +397,7 @@ def test_report_refuses_runs_it_cannot_compare(runs, bench_dir, tiny_dir, tmp_pa
     assert "no metrics.json" in capsys.readouterr().err
     every = tmp_path / "every"  # scored on every retain person, not on 2
     assert main(["eval", "--model", str(runs / "ga"), "--data", str(bench_dir), *DATA, "--max-new-tokens", "4",
-                 "--only", "forget:multiple_choice", "--out", str(every)]) == 0
+                 "--only", "retain:multiple_choice", "--out", str(every)]) == 0
     capsys.readouterr()
     assert main(["report", str(runs / "ga-eval"), str(every), "--out", str(tmp_path / "mixed")]) == 2
     assert "different --retain-limit" in capsys.readouterr().err
@@ -412,6 +412,47 @@ def test_report_refuses_runs_it_cannot_compare(runs, bench_dir, tiny_dir, tmp_pa
     assert main(["report", str(photos), "--out", str(tmp_path / "photos-report")]) == 0
     assert "Gen. ACC asks each image question with every Test_Set photo" in \
         " ".join((tmp_path / "photos-report" / "report.md").read_text().split())
+
+
+def test_a_setting_that_changed_none_of_a_runs_figures_does_not_keep_it_out_of_the_table(runs, bench_dir, tmp_path,
+                                                                                         capsys):
+    """Scored on the forget split's multiple choice alone, a run's answer length, retain people and Test_Set photos
+    changed none of its figures: it shares a table with a run scored on everything under other such settings."""
+    mc = tmp_path / "mc"
+    assert main(["eval", "--model", str(runs / "ga"), "--data", str(bench_dir), *DATA, "--max-new-tokens", "6",
+                 "--test-images", "all", "--only", "forget:multiple_choice", "--out", str(mc)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(runs / "ga-eval"), str(mc), "--out", str(tmp_path / "report")]) == 0
+    rows = json.loads((tmp_path / "report" / "results.json").read_text())["runs"]
+    assert [(r["max_new_tokens"], r["retain_limit"], r["test_images"]) for r in rows] == [(4, 2, "first"),
+                                                                                        (None, None, None)]
+    assert rows[0]["mc_mode"] == rows[1]["mc_mode"] == "likelihood"  # the one setting its figures depend on
+    # under the table, the settings are those of the run whose figures they changed
+    report = " ".join((tmp_path / "report" / "report.md").read_text().split())
+    assert "at most 4 new tokens" in report and "every Test_Set photo" not in report
+
+
+def test_runs_evaluated_on_other_files_under_the_same_split_names_are_not_one_table(runs, bench_dir, tmp_path,
+                                                                                      capsys):
+    """Another benchmark (another seed, a real copy) has a forget_10 too, of other people: its figures are no row
+    of this table."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    other = tmp_path / "other-bench"
+    shutil.copytree(bench_dir, other)
+    for path in (other / "forget_10").glob("*.parquet"):
+        table = pq.read_table(path)
+        pq.write_table(table.slice(0, table.num_rows - 1), path)  # one person fewer
+    elsewhere = tmp_path / "elsewhere"
+    assert main(["eval", "--model", str(runs / "ga"), "--data", str(other), *DATA, *EVAL,
+                 "--only", "forget:multiple_choice", "--out", str(elsewhere)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(runs / "ga-eval"), str(elsewhere), "--out", str(tmp_path / "mixed")]) == 2
+    err = capsys.readouterr().err
+    assert "evaluated on different benchmark files" in err and f"on {other}" in err
+    assert not (tmp_path / "mixed").exists()
 
 
 def test_report_writes_its_symbols_whatever_the_locale(runs, tmp_path):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -412,12 +415,30 @@ def read_run(path: str | Path) -> dict:
     retain_limit = evaluated.get("retain_limit")
     if retain_limit is None and "retain_limit" in evaluated:
         retain_limit = "all"  # every retain person (a recorded null): a setting, unlike one never recorded
+    scored = {"mc_mode": evaluated.get("mc_mode"), "retain_limit": retain_limit,
+              # an MLLMU-Bench evaluation recorded before --test-images asked with the first photo
+              "test_images": evaluated.get("test_images", "first") if evaluated and benchmark == "mllmu" else None,
+              "max_new_tokens": evaluated.get("max_new_tokens")}
+    if benchmark == "mllmu":  # a setting that changed none of the figures measured is no part of what they mean
+        measured = [k for k, v in metrics.items() if v is not None]
+        scored = {k: v if any(SETTING_CHANGES[k].search(m) for m in measured) else None for k, v in scored.items()}
+    files = (evaluation or {}).get("data_files")  # the benchmark's files, hashed when it was evaluated
+    fingerprint = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16] if files else None
     return {"method": method, "settings": settings, "training": training, "benchmark": benchmark,
-            "forget_split": _scored_split(evaluated.get("forget"), benchmark), "mc_mode": evaluated.get("mc_mode"),
-            # an MLLMU-Bench evaluation recorded before --test-images asked with the first photo
-            "test_images": evaluated.get("test_images", "first") if evaluated and benchmark == "mllmu" else None,
-            "retain_limit": retain_limit, "max_new_tokens": evaluated.get("max_new_tokens"), "metrics": metrics,
-            "path": str(run)}
+            "forget_split": _scored_split(evaluated.get("forget"), benchmark), **scored,
+            "data": (evaluation or {}).get("data"),
+            "data_files": fingerprint,
+            "metrics": metrics, "path": str(run)}
+
+
+# The MLLMU-Bench figures each evaluation setting changes, by key: runs evaluated only on figures a setting does
+# not change may differ in it and share a table. (A CLEAR evaluation scores every set together.)
+SETTING_CHANGES = {
+    "mc_mode": re.compile(r"_(acc|unparsed)(_|$)"),
+    "test_images": re.compile(r"^test_"),
+    "retain_limit": re.compile(r"^retain_"),
+    "max_new_tokens": re.compile(r"rouge|bleu|coherence|gib"),
+}
 
 
 def _scored_split(forget: str | None, benchmark: str) -> str | None:
@@ -506,6 +527,10 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
     # the references (vanilla, retain model) first, as papers list them; the runs in the order given
     rows = sorted((read_run(p) for p in paths), key=lambda r: r["method"] not in REFERENCES)
     benchmark = _one_value(rows, "benchmark", "benchmarks")
+    if len({r["data_files"] for r in rows} - {None}) > 1:  # same names, other people: no one table
+        listed = ", ".join(f"{r['path']} (on {r['data']})" for r in rows if r["data_files"])
+        raise VikerError(f"these runs were evaluated on different benchmark files, so one table cannot compare "
+                         f"them: {listed}")
     forget = _one_value(rows, "forget_split", "forget splits")
     mc_mode = _one_value(rows, "mc_mode", "--mc-mode")
     test_images = _one_value(rows, "test_images", "--test-images")
