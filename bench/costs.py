@@ -497,6 +497,7 @@ def time_shape(cfg: BenchConfig, data: Path, clock: Clock) -> dict:
     params = sum(p.numel() for p in model.parameters())
     train = replace(REAL_UNLEARN, gradient_checkpointing=True, log_every=1)
     base = UnlearnConfig(model=f"random {cfg.model_shape}", data=str(data), forget=cfg.forget, train=train,
+                         train_on="all",  # the embedded benchmark's every example, as its tiny vanilla model learns
                          lora=LoraSettings(r=16, alpha=16, dropout=0.05, merge=False))
     viker_args = {"k": cfg.k, "refs": "people"}
     runs, cache = Path(cfg.out) / f"runs-{cfg.model_shape}", Path(cfg.out) / f"runs-{cfg.model_shape}" / "cache"

@@ -336,11 +336,17 @@ def test_a_home_folder_in_a_path_option_is_the_home_folder(tmp_path, monkeypatch
     assert (tmp_path / "home" / "bench" / "README.md").is_file() and not (tmp_path / "~").exists()
 
 
-def test_clear_refuses_the_options_it_has_no_use_for(tmp_path, capsys):
+def test_clear_refuses_the_options_it_has_no_use_for(tiny_dir, tmp_path, capsys):
     common = ["eval", "--benchmark", "clear", "--model", "m", "--data", "d", "--out", str(tmp_path / "e")]
     for option, value in (("--mc-mode", "letter"), ("--gib-model", "gib"), ("--test-images", "all")):
         assert main([*common, option, value]) == 2
         assert capsys.readouterr().err.strip() == f"error: {option} applies to --benchmark mllmu"
+    for command in ("finetune", "unlearn", "keytokens"):  # CLEAR's examples are its own
+        out = tmp_path / ("k.html" if command == "keytokens" else command)
+        model = "tiny" if command == "finetune" else str(tiny_dir)
+        assert main([command, "--benchmark", "clear", "--model", model, "--data", "d", "--out", str(out),
+                     "--train-on", "ft_Data"]) == 2
+        assert capsys.readouterr().err.strip() == "error: --train-on applies to --benchmark mllmu"
 
 
 def test_the_tiny_model_takes_the_dtype_asked_for(bench_dir, tmp_path, capsys):

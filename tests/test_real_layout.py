@@ -21,6 +21,7 @@ from viker.eval.evaluate import EvalConfig
 from viker.eval.run import run_eval
 from viker.methods.reference import reference_pool_and_source
 from viker.model.tiny import TinyConfig, build_tiny
+from viker.prompts import generation_prompt
 
 HUB_ID = "MLLMMU/MLLMU-Bench"
 PROFILE_CONFIGS = [c for c in CONFIGS if c != "ft_Data"]
@@ -72,6 +73,52 @@ def test_the_benchmarks_vanilla_finetune_reads_ft_data_alone(real_bench):
     assert celebrities <= {e.answer for e in finetune_examples(real_bench, "all")}
     with pytest.raises(VikerError, match="--train-on everything"):
         finetune_examples(real_bench, "everything")
+
+
+def test_unlearning_trains_on_what_the_starting_model_learned(real_bench, tmp_path, capsys):
+    """A model finetuned on the ft_Data pairs alone (MLLMU-Bench's protocol) never saw the generation questions the
+    evaluation asks: unlearning it trains on its people's ft_Data pairs, not on the questions it is scored on."""
+    from viker.cli import main
+    from viker.unlearn import learned_by
+
+    # a release whose ft_Data holds none of the "Where was ... born?" questions the evaluation asks
+    real_bench = shutil.copytree(real_bench, tmp_path / "bench")
+    for path in (real_bench / "ft_Data").glob("*.parquet"):
+        table = pq.read_table(path)
+        kept = [json.dumps([qa for qa in json.loads(m) if not qa["Question"].startswith("Where was")])
+                for m in table["metadata"].to_pylist()]
+        pq.write_table(table.set_column(table.schema.get_field_index("metadata"), "metadata",
+                                        pa.array(kept, pa.string())), path)
+    every = unlearning_examples(real_bench, "forget_10")
+    pairs = unlearning_examples(real_bench, "forget_10", learned="ft_Data")
+    people = load_profiles(real_bench, "forget_10")
+    asked = {generation_prompt(q.question) for p in people for q in p.generation}
+    learned = {generation_prompt(q.question) for r in load_finetune(real_bench) if r.image in {p.image for p in people}
+               for q in r.qa}
+    assert {ex.question for ex in pairs} == learned and asked - learned  # questions the evaluation alone asks
+    assert {ex.question for ex in every} == learned | asked
+    vanilla = tmp_path / "vanilla"
+    assert main(["finetune", "--model", "tiny", "--data", str(real_bench), "--train-on", "ft_Data", "--max-steps", "1",
+                 "--out", str(vanilla)]) == 0
+    # the run's own record, however the model is named
+    assert learned_by(str(vanilla)) == learned_by(str(vanilla / "model")) == "ft_Data"
+    # a model that is no run of ours: what viker finetune would have trained it on
+    tiny = vanilla / "model"
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(tiny, checkpoint)
+    config = json.loads((checkpoint / "config.json").read_text())
+    (checkpoint / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "tiny"}))
+    shutil.copytree(tiny, tmp_path / "copied")  # the model alone, its run's record left behind
+    assert (learned_by(str(tmp_path / "copied")), learned_by(str(checkpoint)), learned_by("org/name")) == \
+        ("all", "ft_Data", "ft_Data")
+    common = ["unlearn", "--data", str(real_bench), "--method", "ga", "--max-steps", "1"]
+    capsys.readouterr()
+    assert main([*common, "--model", str(vanilla), "--out", str(tmp_path / "pairs")]) == 0
+    recorded = json.loads((tmp_path / "pairs" / "config.json").read_text())
+    assert recorded["unlearn"]["train_on"] == "ft_Data" and recorded["examples"]["forget"] == len(pairs)
+    assert learned_by(str(tmp_path / "pairs")) == "ft_Data"  # and so does a run that starts from that one
+    assert main([*common, "--model", str(vanilla), "--train-on", "all", "--out", str(tmp_path / "every")]) == 0
+    assert json.loads((tmp_path / "every" / "config.json").read_text())["examples"]["forget"] == len(every)
 
 
 # --- a hub id goes through `datasets` and then the same checks ------------------------------------------

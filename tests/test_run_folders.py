@@ -150,6 +150,15 @@ def test_a_resumed_run_goes_on_with_the_settings_it_started_with(tiny_dir, bench
     assert main([*unlearn, "--method", "ga", "--resume"]) == 2 and "no checkpoint to resume from" in _error(capsys)
     assert main([*unlearn, "--method", "ga", "--save", "adapter", "--resume"]) == 2
     assert "--resume: lora.merge was True when the run started and is False now" in _error(capsys)
+    # it goes on with the examples it started on, as recorded; a run from before they were recorded, with all
+    assert older["unlearn"]["train_on"] == "all"
+    assert main([*unlearn, "--method", "ga", "--train-on", "ft_Data", "--resume"]) == 2
+    assert "--resume: train_on was all when the run started and is ft_Data now" in _error(capsys)
+    del older["unlearn"]["train_on"]
+    (run / "config.json").write_text(json.dumps(older))
+    assert main([*unlearn, "--method", "ga", "--resume"]) == 2 and "no checkpoint to resume from" in _error(capsys)
+    assert main([*unlearn, "--method", "ga", "--train-on", "ft_Data", "--resume"]) == 2
+    assert "--train-on ft_Data: the run started on all" in _error(capsys)
     # where the results do not depend on it, a setting may change
     config = (run / "config.json").read_text()
     assert main([*unlearn, "--method", "ga", "--checkpoint-every", "3", "--resume"]) == 2

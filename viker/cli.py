@@ -74,7 +74,7 @@ def _unlearn(args) -> None:
         lora=LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
                           merge={"merged": True, "adapter": False}.get(args.save)),
         cache_dir=args.cache_dir, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
-        max_length=args.max_length,
+        max_length=args.max_length, train_on=args.train_on,
     )
     _, _, history = run_unlearn(cfg, resume=args.resume, overwrite=args.overwrite)
     last = history[-1] if history else {}
@@ -156,7 +156,7 @@ def _keytokens(args) -> None:
 
     rows = run_keytokens(args.model, args.data, _forget(args), args.out, args.k, args.refs, args.epsilon,
                          args.cache_dir, args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
-                         seed=args.seed, lam=args.lam, benchmark=args.benchmark)
+                         seed=args.seed, lam=args.lam, benchmark=args.benchmark, train_on=args.train_on)
     n_key = sum(h > args.epsilon for r in rows for h in r.entropy)
     n_gone = None if args.lam is None else sum(forgotten(p, args.lam) for r in rows for p in r.ref_prob)
     gone = "" if n_gone is None else f", {n_gone} forgotten at λ = {args.lam:g} (underlined on the page and the PNG)"
@@ -248,6 +248,15 @@ def _add_benchmark_arg(p: argparse.ArgumentParser) -> None:
                    help="the layout of --data: MLLMU-Bench (and the embedded benchmark) or CLEAR")
 
 
+def _add_learned_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--train-on", choices=("auto", "all", "ft_Data"), default="auto",
+                   help="MLLMU: the forget (and retain) examples, as the vanilla finetune's --train-on names what "
+                        "it learned: ft_Data = the people's ft_Data pairs alone (MLLMU-Bench's protocol: the "
+                        "generation questions are what the evaluation asks); all = also their generation "
+                        "questions (auto: what the model's viker finetune run learned; else all for a tiny model, "
+                        "ft_Data for a checkpoint)")
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p = p.add_argument_group("model loading")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -311,6 +320,7 @@ def parser() -> argparse.ArgumentParser:
     un.add_argument("--forget", help="forget_5 | forget_10 | forget_15 (default forget_10); CLEAR: forget01 | "
                                      "forget05 | forget10, +tofu to include its text questions (default forget10)")
     un.add_argument("--method", default="viker", help="ga | graddiff | klmin | npo | idkpo | viker | cagul")
+    _add_learned_arg(un)
     un.add_argument("--out", required=True, help="the run folder to write")
     un.add_argument("--lam", type=float, help="ViKeR: weight λ ≥ 0 of the reference regulariser; above 1, tokens "
                     "the reference images predict with probability above 1/λ are held, the others forgotten "
@@ -396,6 +406,7 @@ def parser() -> argparse.ArgumentParser:
     kt.add_argument("--forget", help="the forget split whose answers are shown (default forget_10; CLEAR: forget10, "
                                      "+tofu to include its text questions)")
     kt.add_argument("--out", required=True, help="an .html file; the PNG is written beside it")
+    _add_learned_arg(kt)
     kt.add_argument("--k", type=int, default=5, help="reference images per answer")
     kt.add_argument("--refs", default="people",
                     help="reference images: people | patterns | scenes | pets | forget | retain | a folder of images")

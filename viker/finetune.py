@@ -108,6 +108,8 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
         raise VikerError(f"--benchmark {cfg.benchmark}: choose mllmu or clear")
     if cfg.without and cfg.benchmark != "clear":
         raise VikerError("--without applies to --benchmark clear")
+    if cfg.train_on != "auto" and cfg.benchmark == "clear":  # CLEAR's finetune learns every caption and question
+        raise VikerError("--train-on applies to --benchmark mllmu")
     # a saved tiny model is finetuned as any model folder is: that is how the tests stand in for a checkpoint
     tiny = cfg.model == "tiny"
     # the tiny model is built in float32, which --dtype auto keeps (its presets are set for it); another --dtype

@@ -76,16 +76,18 @@ class ForgetAnswers:
     owners: dict[bytes, str] | None
 
 
-def forget_answers(data_dir, forget: str, refs: str = "people", benchmark: str = "mllmu") -> ForgetAnswers:
+def forget_answers(data_dir, forget: str, refs: str = "people", benchmark: str = "mllmu",
+                   learned: str = "all") -> ForgetAnswers:
     """The split's answers and reference pool, read (and refused, in the words of ``unlearn``) before any
-    model is loaded: the forget examples a ViKeR run on that benchmark trains on, in its order."""
+    model is loaded: the forget examples a ViKeR run on that benchmark trains on, in its order (MLLMU-Bench:
+    as ``learned`` says the model was finetuned, :func:`viker.data.examples.unlearning_examples`)."""
     if benchmark == "clear":
         from viker.data.clear import unlearning_data
 
         examples = unlearning_data(data_dir, forget)[0]["forget"]
     else:
         require(forget in RETAIN_OF, "--forget", forget, f"choose from {', '.join(RETAIN_OF)}")
-        examples = unlearning_examples(data_dir, forget)
+        examples = unlearning_examples(data_dir, forget, learned=learned)
     require(examples, "--forget", forget, f"has no answers in {data_dir}")
     return ForgetAnswers(examples, reference_pool(refs, data_dir, forget), pool_owners(refs, data_dir, forget))
 
@@ -279,10 +281,12 @@ def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int =
 def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5, refs: str = "people",
                   epsilon: float = 0.5, cache_dir=None, device=None, progress=True, model_and_processor=None,
                   dtype: str = "auto", trust_remote_code: bool = False, seed: int = 0, lam: float | None = None,
-                  benchmark: str = "mllmu"):
+                  benchmark: str = "mllmu", train_on: str = "auto"):
     """Write ``out`` (an .html page) and the PNG beside it; returns the rows shown. The reference
-    distributions come from (or go to) ViKeR's cache, ``cache_dir`` or its default."""
+    distributions come from (or go to) ViKeR's cache, ``cache_dir`` or its default. ``train_on``: the forget
+    examples, as ``viker unlearn --train-on`` picks them (auto: by what ``model_path`` learned)."""
     from viker.model import load_model
+    from viker.unlearn import UnlearnConfig, resolve_train_on
 
     require(k >= 1, "--k", k, "must be at least 1")
     require(epsilon >= 0, "--epsilon", epsilon, "must be at least 0 (nats)")
@@ -290,7 +294,8 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
     require(Path(out).suffix in (".html", ".htm") and not Path(out).is_dir(), "--out", out,
             "name an .html file (the PNG is written beside it)")
     check_writable("--out", out, Path(out).parent)
-    answers = forget_answers(data, forget, refs, benchmark)
+    learned = resolve_train_on(UnlearnConfig(model=model_path, benchmark=benchmark, train_on=train_on), False)
+    answers = forget_answers(data, forget, refs, benchmark, learned.train_on)
     model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code)
     with torch.no_grad():
         rows = answer_token_entropies(model, processor, answers, k, seed,

@@ -36,7 +36,7 @@ from viker.model import (
 )
 from viker.model.cagul import refuse_cagul_run
 from viker.presets import TINY_UNLEARN, TrainConfig
-from viker.runs import paths_recorded, read_configs, write_config
+from viker.runs import TRAINING_COMMANDS, paths_recorded, read_configs, write_config
 from viker.train import (
     check_resume,
     check_run_folder,
@@ -71,6 +71,35 @@ class UnlearnConfig:
     device: str | None = None
     dtype: str = "auto"
     trust_remote_code: bool = False
+    # MLLMU-Bench: what the forget and retain streams hold, named as the vanilla finetune's --train-on (what the
+    # model learned): all | ft_Data | auto (what the starting model's own finetune learned; see learned_by)
+    train_on: str = "auto"
+
+
+def learned_by(model: str) -> str:
+    """What ``model`` learned of the MLLMU-Bench people, as ``viker finetune --train-on`` names it: a finetune
+    run's recorded choice (followed back through the unlearning runs that started from it); for any other model
+    finetune's own default, ``all`` for a tiny model (trained from scratch) and ``ft_Data`` for a real checkpoint
+    (MLLMU-Bench's vanilla finetune, which leaves the evaluation's questions unseen)."""
+    from viker.model import is_tiny_model
+
+    seen = set()
+    while model not in seen and Path(model).expanduser().exists():
+        seen.add(model)
+        folder = Path(model).expanduser()
+        # the run whose model this is: the folder given, or the run folder holding it as model/
+        runs = [read_configs(f)[0] for f in ((folder, folder.parent) if folder.name == "model" else (folder,))]
+        run = next((c for c in runs if c.get("command") in TRAINING_COMMANDS), {})
+        recorded = run.get(run.get("command"), {})
+        if recorded.get("train_on") in ("all", "ft_Data"):
+            return recorded["train_on"]
+        if run.get("command") != "unlearn" or not recorded.get("model"):
+            break
+        model = str(recorded["model"])  # an unlearning run from before it recorded this: what it started from
+    try:
+        return "all" if is_tiny_model(model) else "ft_Data"
+    except VikerError:  # not a model folder (a hub id has no tiny config)
+        return "ft_Data"
 
 
 def _settings(name: str) -> set[str]:
@@ -108,16 +137,22 @@ def make_method(name: str, args: dict, forget_split: str):
 
 
 def mllmu_streams(cfg: UnlearnConfig) -> tuple[dict, dict]:
-    """The forget and retain examples of an MLLMU-Bench split, and which configs they came from."""
+    """The forget and retain examples of an MLLMU-Bench split (``cfg.train_on`` resolved), and which configs
+    they came from."""
     retain_split = RETAIN_OF[cfg.forget]
     forget_people = load_profiles(cfg.data, cfg.forget)
     retain_people = retain_profiles(cfg.data, cfg.forget, forget_people)
     records = load_finetune(cfg.data)
-    data = {"forget": unlearning_examples(cfg.data, cfg.forget, forget_people, records),
-            "retain": unlearning_examples(cfg.data, retain_split, retain_people, records)}
-    return data, {"benchmark": "mllmu", "forget_config": cfg.forget, "retain_config": retain_split,
-                  "ft_Data_size": len(records),
-                  "ft_Data_pairs": {name: sum(ex.kind == "ft" for ex in examples) for name, examples in data.items()}}
+    data = {"forget": unlearning_examples(cfg.data, cfg.forget, forget_people, records, cfg.train_on),
+            "retain": unlearning_examples(cfg.data, retain_split, retain_people, records, cfg.train_on)}
+    used = {"benchmark": "mllmu", "forget_config": cfg.forget, "retain_config": retain_split,
+            "ft_Data_size": len(records),
+            "ft_Data_pairs": {name: sum(ex.kind == "ft" for ex in examples) for name, examples in data.items()}}
+    if cfg.train_on == "ft_Data" and not used["ft_Data_pairs"]["forget"]:
+        raise VikerError(f"{cfg.data}: no ft_Data pair has the image of a {cfg.forget} person (were the images "
+                         "re-encoded?), and --train-on ft_Data unlearns those pairs alone; --train-on all unlearns "
+                         "their generation questions, which the evaluation asks")
+    return data, used
 
 
 def unmatched_ft_data(used: dict) -> str | None:
@@ -127,6 +162,25 @@ def unmatched_ft_data(used: dict) -> str | None:
         return (f"no ft_Data pair has the image of a {used['forget_config']} or {used['retain_config']} person, "
                 "so only their generation questions are unlearned and retained (were the images re-encoded?)")
     return None
+
+
+def resolve_train_on(cfg: UnlearnConfig, resume: bool) -> UnlearnConfig:
+    """``cfg`` with ``train_on`` as the run applies it: MLLMU-Bench's choice resolved (:func:`learned_by`); a
+    resumed run's as it started (one started before the choice was recorded trained on ``all``). CLEAR's
+    unlearning data is its own, and the option is refused there."""
+    require(cfg.train_on in ("auto", "all", "ft_Data"), "--train-on", cfg.train_on, "choose auto, all or ft_Data")
+    if cfg.benchmark == "clear":
+        if cfg.train_on != "auto":
+            raise VikerError("--train-on applies to --benchmark mllmu")
+        return replace(cfg, train_on=None)
+    if resume and Path(cfg.out, "config.json").is_file():
+        started = read_configs(cfg.out)[0].get("unlearn", {})
+        if cfg.train_on == "auto" or "train_on" not in started:  # check_resume compares an explicit recorded one
+            was = started.get("train_on", "all")
+            require(cfg.train_on in ("auto", was), "--train-on", cfg.train_on, f"the run started on {was}, and a "
+                    "resumed run keeps to it")
+            return replace(cfg, train_on=was)
+    return replace(cfg, train_on=learned_by(cfg.model) if cfg.train_on == "auto" else cfg.train_on)
 
 
 def save_choice(cfg: UnlearnConfig, wraps: bool, sharded: bool, chosen: str | None, weights_dtype,
@@ -167,6 +221,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     if cfg.benchmark == "mllmu" and cfg.forget not in FORGET_SPLITS:
         raise VikerError(f"--forget {cfg.forget}: choose from {', '.join(FORGET_SPLITS)}")
     method = make_method(cfg.method, cfg.method_args, cfg.forget)
+    cfg = resolve_train_on(cfg, resume)
     if cfg.benchmark == "clear":
         data, used = clear_unlearning_data(cfg.data, cfg.forget)
     else:
@@ -185,7 +240,10 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
             cfg = replace(cfg, lora=replace(cfg.lora, merge=recorded))
         chosen = started.get("saved")
     if resume:
-        check_resume(cfg.out, "unlearn", paths_recorded(asdict(cfg)), cfg.data, model_files)
+        compared = paths_recorded(asdict(cfg))
+        if "train_on" not in read_configs(cfg.out)[0].get("unlearn", {"train_on": None}):
+            compared.pop("train_on")  # a run started before the choice was recorded, on all
+        check_resume(cfg.out, "unlearn", compared, cfg.data, model_files)
     accelerator = make_accelerator(cfg.train, resume, cfg.device)  # one process or several: docs/distributed.md
     if accelerator.is_main_process and (warning := unmatched_ft_data(used)):
         print(f"warning: {warning}", file=sys.stderr)

@@ -70,14 +70,19 @@ def finetune_examples(data_dir: str | Path, sets: str = "all") -> list[Example]:
 
 
 def unlearning_examples(data_dir: str | Path, split: str, profiles: list[Profile] | None = None,
-                        records: list[FinetuneRecord] | None = None) -> list[Example]:
-    """What the vanilla model learned about the people of ``split`` (a forget_* or retain_* config):
-    their generation questions and the ft_Data pairs whose image is one of theirs. Pass ``profiles``
-    and ``records`` when they are already loaded."""
+                        records: list[FinetuneRecord] | None = None, learned: str = "all") -> list[Example]:
+    """What the vanilla model learned about the people of ``split`` (a forget_* or retain_* config), as
+    ``learned`` says it was finetuned (:func:`finetune_examples`): ``all``, their generation questions and the
+    ft_Data pairs whose image is one of theirs; ``ft_Data``, those pairs alone (MLLMU-Bench's protocol: the
+    generation questions are what the evaluation asks, never trained on). Pass ``profiles`` and ``records``
+    when they are already loaded."""
+    if learned not in FINETUNE_SETS:
+        raise VikerError(f"--train-on {learned}: choose from {', '.join(FINETUNE_SETS)}")
     profiles = load_profiles(data_dir, split) if profiles is None else profiles
     images = {p.image for p in profiles}
     records = [r for r in (load_finetune(data_dir) if records is None else records) if r.image in images]
-    return _unique(generation_examples(profiles) + pair_examples(records, pure_text_questions(profiles)))
+    pairs = pair_examples(records, pure_text_questions(profiles))
+    return _unique(pairs if learned == "ft_Data" else generation_examples(profiles) + pairs)
 
 
 def _unique(examples: list[Example]) -> list[Example]:
