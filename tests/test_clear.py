@@ -267,6 +267,25 @@ def test_a_hub_id_loads_through_datasets(clear_dir, monkeypatch):
     assert hub[1].source == "therem/CLEAR[forget10_perturbed]:row 1"
 
 
+def test_a_tiny_model_is_built_for_clear_read_from_a_hub_id(clear_dir, tmp_path, monkeypatch):
+    """A hub id shows no configs to tell its layout by: --benchmark says it, and the tiny model's tokenizer is
+    trained on CLEAR's text (as from the local folder), not looked for in MLLMU-Bench's configs."""
+    datasets = pytest.importorskip("datasets")
+    from datasets.table import InMemoryTable
+
+    def load_dataset(repo, config, split):
+        assert repo == "therem/CLEAR"
+        return datasets.Dataset(InMemoryTable(pq.read_table(next((clear_dir / config).glob("*.parquet")))))
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    common = ["finetune", "--benchmark", "clear", "--model", "tiny", "--max-steps", "1"]
+    assert main([*common, "--data", "therem/CLEAR", "--out", str(tmp_path / "hub")]) == 0
+    assert main([*common, "--data", str(clear_dir), "--out", str(tmp_path / "local")]) == 0
+    vocabulary = [json.loads((tmp_path / run / "model" / "tokenizer.json").read_text())["model"]["vocab"]
+                  for run in ("hub", "local")]
+    assert vocabulary[0] == vocabulary[1]
+
+
 def test_a_hub_id_without_datasets_is_one_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` raises ImportError
     with pytest.raises(VikerError, match=r"therem/CLEAR: reading a benchmark from the hub needs the `datasets`"):

@@ -135,7 +135,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     replaced = check_run_folder(out, accelerator, resume, overwrite, reads)  # removed once this run can start
     seed_everything(cfg.train.seed)
     if tiny:
-        model, processor = build_tiny(cfg.data, cfg.tiny)
+        model, processor = build_tiny(cfg.data, cfg.tiny, cfg.benchmark)
         model.to(device=load_device(accelerator, cfg.device), dtype=tiny_dtype)
     else:
         model, processor = load_for_training(accelerator, cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)

@@ -111,11 +111,11 @@ def processor_chat_template(path: str) -> str | None:
     return None
 
 
-def build_tiny_family(data_dir: str | Path, cfg: TinyConfig):
+def build_tiny_family(data_dir: str | Path, cfg: TinyConfig, benchmark: str | None = None):
     builders = {"qwen2_vl": build_tiny_qwen2_vl, "idefics2": build_tiny_idefics2}
     if cfg.family not in builders:
         raise VikerError(f"--family {cfg.family}: choose from {', '.join(FAMILIES)}")
-    return builders[cfg.family](data_dir, cfg)
+    return builders[cfg.family](data_dir, cfg, benchmark)
 
 
 def _finish(model, tokenizer, cfg: TinyConfig, eos_ids: list[int]):
@@ -127,14 +127,15 @@ def _finish(model, tokenizer, cfg: TinyConfig, eos_ids: list[int]):
     return model
 
 
-def build_tiny_qwen2_vl(data_dir: str | Path, cfg: TinyConfig):
+def build_tiny_qwen2_vl(data_dir: str | Path, cfg: TinyConfig, benchmark: str | None = None):
     """A random tiny Qwen2-VL: a ViT over 2x2-merged patches (``image_grid_thw`` and patch-shaped
     ``pixel_values``) feeding a Qwen2 decoder with multimodal rotary positions."""
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
     pad, im_end = "<|endoftext|>", "<|im_end|>"
-    tokenizer = train_tokenizer(benchmark_texts(data_dir), cfg.vocab_size, QWEN2_VL_TOKENS, bos=None, eos=im_end,
-                                pad=pad, named={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+    tokenizer = train_tokenizer(benchmark_texts(data_dir, benchmark), cfg.vocab_size, QWEN2_VL_TOKENS, bos=None,
+                                eos=im_end, pad=pad,
+                                named={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
                                 chat_template=QWEN2_VL_CHAT_TEMPLATE)
     merge = 2
     pixels = cfg.image_size * cfg.image_size  # every image is resized to about image_size x image_size
@@ -165,7 +166,7 @@ def build_tiny_qwen2_vl(data_dir: str | Path, cfg: TinyConfig):
     return _finish(model, tokenizer, cfg, [ids[im_end]]), processor
 
 
-def build_tiny_idefics2(data_dir: str | Path, cfg: TinyConfig):
+def build_tiny_idefics2(data_dir: str | Path, cfg: TinyConfig, benchmark: str | None = None):
     """A random tiny Idefics2: a SigLIP-style vision tower (``pixel_attention_mask`` marks the padded
     pixels), a perceiver resampler down to a few latents per image, and a Mistral decoder."""
     from transformers import (
@@ -176,8 +177,8 @@ def build_tiny_idefics2(data_dir: str | Path, cfg: TinyConfig):
     )
 
     pad, bos, eos, eou = "<unk>", "<s>", "</s>", "<end_of_utterance>"
-    tokenizer = train_tokenizer(benchmark_texts(data_dir), cfg.vocab_size, IDEFICS2_TOKENS, bos=bos, eos=eos, pad=pad,
-                                named={}, chat_template=IDEFICS2_CHAT_TEMPLATE)
+    tokenizer = train_tokenizer(benchmark_texts(data_dir, benchmark), cfg.vocab_size, IDEFICS2_TOKENS, bos=bos,
+                                eos=eos, pad=pad, named={}, chat_template=IDEFICS2_CHAT_TEMPLATE)
     latents = max(1, (cfg.image_size // cfg.patch_size) ** 2 // 2)  # the resampler halves the patch count
     image_processor = Idefics2ImageProcessorPil(
         size={"shortest_edge": cfg.image_size, "longest_edge": cfg.image_size}, do_image_splitting=False,

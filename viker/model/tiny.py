@@ -64,11 +64,13 @@ class TinyConfig:
     family: str = "llava"  # llava | qwen2_vl | idefics2 (see viker.model.families)
 
 
-def benchmark_texts(data_dir: str | Path) -> Iterable[str]:
-    """All text a model of this benchmark will read or write: the tokenizer's training corpus."""
+def benchmark_texts(data_dir: str | Path, benchmark: str | None = None) -> Iterable[str]:
+    """All text a model of this benchmark will read or write: the tokenizer's training corpus. ``benchmark``
+    (mllmu or clear) says which layout ``data_dir`` has; None tells a local folder's by its configs (a hub id
+    is then read as MLLMU-Bench)."""
     from viker.data import clear
 
-    if clear.is_clear(data_dir):
+    if benchmark == "clear" or (benchmark is None and clear.is_clear(data_dir)):
         yield from clear.benchmark_texts(data_dir)
         return
     for config in ("Full_Set", "Retain_Set"):
@@ -118,14 +120,14 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, specials: Sequence[st
     )
 
 
-def build_tiny(data_dir: str | Path, cfg: TinyConfig = TinyConfig()):
+def build_tiny(data_dir: str | Path, cfg: TinyConfig = TinyConfig(), benchmark: str | None = None):
     """A randomly initialised tiny model of ``cfg.family`` (LLaVA by default) and its processor, with the
-    tokenizer trained on ``data_dir``."""
+    tokenizer trained on ``data_dir`` (a ``benchmark``'s layout; see :func:`benchmark_texts`)."""
     if cfg.family != "llava":
         from viker.model.families import build_tiny_family
 
-        return build_tiny_family(data_dir, cfg)
-    tokenizer = train_tokenizer(benchmark_texts(data_dir), cfg.vocab_size)
+        return build_tiny_family(data_dir, cfg, benchmark)
+    tokenizer = train_tokenizer(benchmark_texts(data_dir, benchmark), cfg.vocab_size)
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": cfg.image_size}, crop_size={"height": cfg.image_size, "width": cfg.image_size}
     )
