@@ -43,6 +43,9 @@ CASES = {
                           "column 'Generation_Task' should be a list"),
     "empty forget split": (lambda root: _edit(root, FORGET, lambda t: t.slice(0, 0)),
                            "split forget_10 has no examples to unlearn"),
+    "Git LFS pointer": (lambda root: (root / FORGET).write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 7\n"),
+        "forget_10/train-00000-of-00001.parquet: a Git LFS pointer, not the file itself"),
 }
 
 
@@ -110,12 +113,15 @@ def test_an_answer_that_does_not_fit_max_length(tiny_dir, bench_dir, tmp_path, c
     (["--model", "runs/vanila"], "runs/vanila: no such model folder (read as a folder, not a hub id, since a "
                                  "folder runs is here: a mistyped path?)"),
     (["--data", "runs/bench"], "runs/bench: no such benchmark folder"),
+    (["--data", "runs/train-00000-of-00001.parquet"], "runs/train-00000-of-00001.parquet: a file; pass the "
+                                                        "benchmark's folder, the one holding forget_10/"),
     (["--dtype", "bf17"], "--dtype bf17: choose auto, float32, bfloat16"),
 ])
 def test_a_mistyped_path_or_dtype(argv, message, tiny_dir, bench_dir, tmp_path, capsys, monkeypatch):
     """`runs/vanila` beside an existing `runs/` folder is a mistyped path, not a hub id to look up."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "train-00000-of-00001.parquet").write_bytes(b"PAR1")
     given = {"--model": str(tiny_dir), "--data": str(bench_dir)} | dict(zip(argv[::2], argv[1::2]))
     out = tmp_path / "run"
     code = main(["eval", *[x for kv in given.items() for x in kv], "--out", str(out)])

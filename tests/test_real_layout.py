@@ -214,6 +214,22 @@ def test_without_datasets_a_hub_id_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` now fails
     with pytest.raises(VikerError, match=rf"{HUB_ID}: .*`datasets`.*pip install \"viker\[hub\]\""):
         load_profiles(HUB_ID, "forget_10")
+    # a mistyped local path of the same form is read as a hub id too: the message says no such folder is here
+    with pytest.raises(VikerError, match=r"there is no local folder downloads/mllmu either"):
+        load_profiles("downloads/mllmu", "forget_10")
+
+
+def test_a_hub_id_the_hub_does_not_serve_says_no_such_folder_is_here_either(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+
+    def offline(repo, config, split):
+        raise ConnectionError(f"Couldn't reach '{repo}' on the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(VikerError, match=r"downloads/mllmu: cannot load config 'forget_10' from the hub "
+                                         r"\(Couldn't reach 'downloads/mllmu' on the Hub\); there is no local folder "
+                                         r"downloads/mllmu either"):
+        load_profiles("downloads/mllmu", "forget_10")
 
 
 # --- malformed rows: an error naming the file and row, never a silent wrong score ------------------------

@@ -51,6 +51,8 @@ def has_config(root: str | Path, config: str) -> bool:
 def config_files(root: str | Path, config: str, known: tuple[str, ...] = CONFIGS) -> list[Path]:
     """The parquet files of ``config`` under ``root``; ``known`` are the configs listed when it is missing."""
     root = Path(root)
+    if root.is_file():
+        raise VikerError(f"{root}: a file; pass the benchmark's folder, the one holding {config}/")
     if not root.is_dir():
         raise VikerError(f"{root}: no such benchmark folder")
     for pattern in _patterns(config):
@@ -86,16 +88,18 @@ def hub_table(repo: str, config: str) -> pa.Table:
     """One config's ``train`` split from the hub, as the Arrow table its parquet files hold (an image
     column stays the ``{bytes, path}`` struct). ``datasets`` is imported only here: local folders never
     need it."""
+    # read as a hub id because no such folder is here: say so, in case a local path was meant
+    local = f"; there is no local folder {repo} either"
     try:
         import datasets
     except ImportError:
         raise VikerError(f"{repo}: reading a benchmark from the hub needs the `datasets` package "
-                         '(pip install "viker[hub]"); or pass the folder of a downloaded snapshot') from None
+                         f'(pip install "viker[hub]"); or pass the folder of a downloaded snapshot{local}') from None
     try:
         dataset = datasets.load_dataset(repo, config, split="train")
     except Exception as e:  # offline, unknown repo or config, ...: the library's own message says which
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise VikerError(f"{repo}: cannot load config '{config}' from the hub ({first})") from None
+        raise VikerError(f"{repo}: cannot load config '{config}' from the hub ({first}){local}") from None
     return dataset.with_format("arrow")[:]
 
 
@@ -108,6 +112,10 @@ def config_tables(root: str | Path, config: str, known: tuple[str, ...] = CONFIG
         try:
             tables.append((str(path), pq.read_table(path)))
         except (pa.ArrowInvalid, OSError) as e:
+            with open(path, "rb") as f:
+                if f.read(40).startswith(b"version https://git-lfs"):
+                    raise VikerError(f"{path}: a Git LFS pointer, not the file itself (the clone did not fetch "
+                                     "it: run `git lfs pull` in the clone)") from None
             raise VikerError(f"{path}: not a readable parquet file ({e})") from None
     return tables
 
