@@ -199,8 +199,11 @@ def test_a_bf16_run_says_what_its_merge_lost_and_is_evaluated_whole_as_an_adapte
 
     evaluated, processor = load_model(tmp_path / "adapter", device="cpu", dtype="bfloat16", merge_adapter=False)
     assert isinstance(evaluated, PeftModel) and not any(getattr(m, "merged", False) for m in evaluated.modules())
-    as_merged, _ = load_model(tmp_path / "adapter", device="cpu", dtype="bfloat16")
+    capsys.readouterr()
+    as_merged, _ = load_model(tmp_path / "adapter", device="cpu", dtype="bfloat16")  # as a run to train on loads it
     assert not isinstance(as_merged, PeftModel)
+    assert f"merging this LoRA adapter into bfloat16 weights rounds away {100 * record['update_lost']:.0f}% of its " \
+        "update" in capsys.readouterr().err
     float32, _ = load_model(tmp_path / "adapter", device="cpu", dtype="float32", merge_adapter=False)
     assert not isinstance(float32, PeftModel)  # float32 holds the update merged
     assert main([*common, "--lr", "0.5", "--out", str(tmp_path / "large")]) == 0  # an update bf16 holds merged

@@ -136,8 +136,12 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "auto",
     model = model.to(dev)
     # an adapter stays unmerged only where asked (evaluation), on 16-bit weights that a merge would take more
     # than MERGE_LOSS_KEPT of its update from, or whose LoRA merge_loss does not measure
-    if adapter and (merge_adapter or model.dtype not in HALF_PRECISION or
-                    (lost := merge_loss(model)) is not None and lost <= MERGE_LOSS_KEPT):
+    lost = merge_loss(model) if adapter and model.dtype in HALF_PRECISION else None
+    if adapter and (merge_adapter or model.dtype not in HALF_PRECISION or lost is not None and lost <= MERGE_LOSS_KEPT):
+        if lost is not None and lost > MERGE_LOSS_WARN:  # a model to train on: it starts from the rounded merge
+            print(f"warning: {path}: merging this LoRA adapter into {str(model.dtype).removeprefix('torch.')} "
+                  f"weights rounds away {100 * lost:.0f}% of its update, so the model loaded has moved less than "
+                  "the one trained; --dtype float32 keeps the update whole", file=sys.stderr)
         model = model.merge_and_unload()
     return model, processor
 
