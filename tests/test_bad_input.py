@@ -78,6 +78,18 @@ def test_keytokens_of_an_empty_forget_split_is_refused(tiny_dir, bench_dir, tmp_
     _assert_clean_failure(code, capsys.readouterr().err, "--forget forget_10: has no answers in", out)
 
 
+def test_a_refusal_idkpo_would_train_on_that_does_not_fit_max_length_is_refused_before_the_run(
+        tiny_dir, bench_dir, tmp_path, capsys, monkeypatch):
+    """IdkPO trains on refusals beside the forget answers: one too long for --max-length stops the run before it
+    writes anything, as an answer too long does, rather than at the step that first collates it."""
+    out = tmp_path / "run"
+    common = ["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--method", "idkpo", "--max-steps", "1",
+              "--max-length", "200"]
+    assert main([*common, "--out", str(tmp_path / "fits")]) == 0  # every answer and refusal fits
+    monkeypatch.setattr("viker.methods.idkpo.REFUSALS", ("I cannot say. " * 60,))
+    _assert_clean_failure(main([*common, "--out", str(out)]), capsys.readouterr().err, "over max_length 200", out)
+
+
 def test_a_processor_without_chat_template(tiny_dir, bench_dir, tmp_path, capsys):
     model = tmp_path / "model"
     shutil.copytree(tiny_dir, model)

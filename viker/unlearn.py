@@ -270,7 +270,9 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     if cfg.train.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     collate = Collator(processor, max_length=cfg.max_length)
-    collate.preflight(model, data["forget"] + (data["retain"] if "retain" in method.streams else []))
+    # every example the method trains on, its own (IdkPO's refusals) too, fits --max-length
+    own = method.preflight_examples(data, cfg.train.seed) if hasattr(method, "preflight_examples") else []
+    collate.preflight(model, data["forget"] + (data["retain"] if "retain" in method.streams else []) + own)
     setup_only = getattr(method, "reference_at_setup_only", False)
     ctx = UnlearnContext(
         model=model, processor=processor, collate=collate, data=data,

@@ -23,12 +23,17 @@ class IdkPO:
     def streams(self):
         return ("forget", "retain") if self.retain_weight > 0 else ("forget",)
 
+    @staticmethod
+    def preflight_examples(data: dict, seed: int) -> list:
+        """The preferred answers: one fixed refusal per forget example, so that it does not change between
+        epochs. Trained on beside the streams, so checked with them before the run starts."""
+        rng = random.Random(seed)
+        return [replace(ex, answer=rng.choice(REFUSALS), kind="refusal") for ex in data["forget"]]
+
     def setup(self, ctx):
         self.reference = ctx.reference
         self.collate = ctx.collate
-        rng = random.Random(ctx.seed)
-        # one fixed refusal per forget example, so the preferred answer does not change between epochs
-        self.refusals = [replace(ex, answer=rng.choice(REFUSALS), kind="refusal") for ex in ctx.data["forget"]]
+        self.refusals = self.preflight_examples(ctx.data, ctx.seed)
 
     def loss(self, model, batches):
         rejected = batches["forget"]
