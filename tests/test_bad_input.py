@@ -222,6 +222,20 @@ def test_malformed_rows_are_reported_not_loaded(bench_dir, tmp_path_factory, mut
 UNLEARN = ["unlearn", "--method", "ga", "--max-steps", "1"]
 
 
+def test_an_infinite_setting_is_refused_from_python_too():
+    """The command line refuses inf before a run starts; so do the configurations a script builds."""
+    import math
+
+    from viker.methods.viker import ViKeR
+    from viker.presets import TrainConfig
+
+    for build, message in ((lambda: ViKeR(lam=math.inf), "--lam inf: must be a finite number"),
+                           (lambda: TrainConfig(epochs=math.inf), "--epochs inf: must be a finite number"),
+                           (lambda: TrainConfig(lr=-math.inf), "--lr -inf: must be a finite number")):
+        with pytest.raises(VikerError, match=message):
+            build()
+
+
 @pytest.mark.parametrize("argv, message", [
     ([*UNLEARN, "--max-steps", "0"], "--max-steps 0: must be at least 1"),
     ([*UNLEARN, "--epochs", "0"], "--epochs 0.0: must be above 0"),
@@ -321,6 +335,10 @@ def test_an_out_under_a_file_is_refused_before_the_model_loads(tiny_dir, bench_d
     (["evaluate"], "viker: argument command: invalid choice: 'evaluate'"),
     (["unlearn", "--model", "m", "--data", "d", "--out", "o", "--lr", "fast"],
      "viker unlearn: argument --lr: invalid float value: 'fast'"),
+    (["unlearn", "--model", "m", "--data", "d", "--out", "o", "--lam", "inf"],  # no setting is infinite
+     "viker unlearn: argument --lam: 'inf': expected a finite number"),
+    (["unlearn", "--model", "m", "--data", "d", "--out", "o", "--epochs", "nan"],
+     "viker unlearn: argument --epochs: 'nan': expected a finite number"),
 ])
 def test_a_command_line_mistake_is_one_line(argv, line, capsys):
     assert main(argv) == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -182,6 +183,17 @@ def _demo(args) -> None:
     run_demo(fast(cfg) if args.fast else cfg)
 
 
+def _number(text: str) -> float:
+    """A float option's value: a finite number (``inf`` and ``nan`` parse as floats but are no setting)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number")
+    return value
+
+
 def _int_list(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
@@ -215,10 +227,10 @@ def _preset(text: str, name: str, tiny: TrainConfig, real: TrainConfig, names: t
 def _add_train_args(p: argparse.ArgumentParser, tiny: TrainConfig, real: TrainConfig, names: tuple[str, str]) -> None:
     p = p.add_argument_group("training", f"Unset options take the preset for {names[0]} or for {names[1]}; "
                                          "every run's config.json records the values it used.")
-    p.add_argument("--epochs", type=float,
+    p.add_argument("--epochs", type=_number,
                    help=_preset("passes over the data (fractions allowed)", "epochs", tiny, real, names))
     p.add_argument("--max-steps", type=int, help="optimiser steps; overrides --epochs")
-    p.add_argument("--lr", type=float, help=_preset("peak learning rate", "lr", tiny, real, names))
+    p.add_argument("--lr", type=_number, help=_preset("peak learning rate", "lr", tiny, real, names))
     p.add_argument("--batch-size", type=int, help=_preset("examples per micro-step over all processes together",
                                                            "batch_size", tiny, real, names))
     p.add_argument("--grad-accum", type=int,
@@ -240,7 +252,7 @@ def _add_train_args(p: argparse.ArgumentParser, tiny: TrainConfig, real: TrainCo
 def _add_lora_args(p: argparse.ArgumentParser, alpha: int, dropout: float) -> None:
     p.add_argument("--lora-r", type=int, default=16, help="LoRA rank")
     p.add_argument("--lora-alpha", type=int, default=alpha, help="LoRA α (the update is scaled by α/r)")
-    p.add_argument("--lora-dropout", type=float, default=dropout, help="dropout on LoRA's input")
+    p.add_argument("--lora-dropout", type=_number, default=dropout, help="dropout on LoRA's input")
 
 
 def _add_benchmark_arg(p: argparse.ArgumentParser) -> None:
@@ -322,7 +334,7 @@ def parser() -> argparse.ArgumentParser:
     un.add_argument("--method", default="viker", help="ga | graddiff | klmin | npo | idkpo | viker | cagul")
     _add_learned_arg(un)
     un.add_argument("--out", required=True, help="the run folder to write")
-    un.add_argument("--lam", type=float, help="ViKeR: weight λ ≥ 0 of the reference regulariser; above 1, tokens "
+    un.add_argument("--lam", type=_number, help="ViKeR: weight λ ≥ 0 of the reference regulariser; above 1, tokens "
                     "the reference images predict with probability above 1/λ are held, the others forgotten "
                     "(default 0.05; the demo uses 10)")
     un.add_argument("--k", type=int, help="ViKeR / CAGUL: reference images per example (default 5)")
@@ -330,22 +342,22 @@ def parser() -> argparse.ArgumentParser:
                                    "images (default people)")
     un.add_argument("--regularizer", help="ViKeR: kl | jsd | cos (default kl)")
     un.add_argument("--ablation", help="ViKeR: none | no_reg | no_ga | no_vis (default none)")
-    un.add_argument("--beta", type=float,
+    un.add_argument("--beta", type=_number,
                     help="NPO / IdkPO / CAGUL (--forget-loss npo): inverse temperature β (default 0.1)")
     un.add_argument("--average", choices=("sequence", "token"),
                     help="GA / GradDiff: the log-likelihood's mean per answer, then over the answers (sequence: a "
                          "short answer counts as much as a long one), or over all the batch's answer tokens at once "
                          "(token: a model's own loss, as the published GA code uses it) (default: sequence)")
-    un.add_argument("--retain-weight", type=float,
+    un.add_argument("--retain-weight", type=_number,
                     help="GradDiff / KL-Min / NPO / IdkPO / CAGUL: weight of the retain term "
                          "(default 1; CAGUL 0.25; NPO 0, no retain term)")
-    un.add_argument("--rewrite", type=float, help="CAGUL: visual tokens rewritten per flagged image, a fraction "
+    un.add_argument("--rewrite", type=_number, help="CAGUL: visual tokens rewritten per flagged image, a fraction "
                                                    "(< 1) or a count (default 0.75)")
     un.add_argument("--layers", type=_int_list, help="CAGUL: decoder layers whose attention ranks visual tokens, "
                                                      "e.g. 1,2 (default: the middle layer)")
     un.add_argument("--heads", type=_int_list, help="CAGUL: attention heads averaged, e.g. 0,3 (default: all)")
     un.add_argument("--encoder-width", type=int, help="CAGUL: width of the visual-token encoder (default 128)")
-    un.add_argument("--threshold", type=float,
+    un.add_argument("--threshold", type=_number,
                     help="CAGUL: discriminator probability that flags an image (default 0.5)")
     un.add_argument("--forget-loss", choices=("reference", "npo"),
                     help="CAGUL: answer a forget person as a stranger (reference) or NPO (default reference)")
@@ -410,8 +422,8 @@ def parser() -> argparse.ArgumentParser:
     kt.add_argument("--k", type=int, default=5, help="reference images per answer")
     kt.add_argument("--refs", default="people",
                     help="reference images: people | patterns | scenes | pets | forget | retain | a folder of images")
-    kt.add_argument("--epsilon", type=float, default=0.5, help="entropy threshold (nats) for key tokens")
-    kt.add_argument("--lam", type=float, help="ViKeR's λ of a run: the page underlines the tokens that run forgets "
+    kt.add_argument("--epsilon", type=_number, default=0.5, help="entropy threshold (nats) for key tokens")
+    kt.add_argument("--lam", type=_number, help="ViKeR's λ of a run: the page underlines the tokens that run forgets "
                                               "(above 1, those with R̂(y) < 1/λ; at most 1, every token), as its "
                                               "default loss does (--regularizer kl, no --ablation)")
     kt.add_argument("--cache-dir", help="where reference distributions are cached (default $VIKER_CACHE, else "

@@ -1,5 +1,7 @@
 """The one exception type users see as a one-line message instead of a traceback."""
 
+import math
+
 
 class VikerError(Exception):
     """A problem with the user's input or setup.
@@ -11,6 +13,8 @@ class VikerError(Exception):
 
 def require(ok: bool, flag: str, value, rule: str) -> None:
     """Refuse a setting out of its range in the words of the command line: ``--beta 0: must be above 0``.
-    (A NaN fails every comparison, so it is refused too.)"""
+    (A NaN fails every comparison, so it is refused too; so is an infinite number, which no setting takes.)"""
+    if isinstance(value, float) and math.isinf(value):
+        raise VikerError(f"{flag} {value}: must be a finite number")
     if not ok:
         raise VikerError(f"{flag} {value}: {rule}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from viker.errors import VikerError
+from viker.errors import VikerError, require
 from viker.methods import register
 from viker.methods.base import logits_of, share
 from viker.methods.losses import REGULARIZERS, gather_answer_positions, viker_token_loss
@@ -50,8 +50,7 @@ class ViKeR:
     reference_at_setup_only = True  # R̂ is computed before the first step: full tuning needs no frozen copy
 
     def __post_init__(self):
-        if not self.lam >= 0.0:
-            raise VikerError(f"--lam {self.lam}: λ must be at least 0")
+        require(self.lam >= 0.0, "--lam", self.lam, "λ must be at least 0")
         if self.k < 1:
             raise VikerError(f"--k {self.k}: at least one reference image is needed")
         if self.regularizer not in REGULARIZERS:
