@@ -374,7 +374,8 @@ def test_a_home_folder_in_a_path_option_is_the_home_folder(tmp_path, monkeypatch
 
 def test_clear_refuses_the_options_it_has_no_use_for(tiny_dir, tmp_path, capsys):
     common = ["eval", "--benchmark", "clear", "--model", "m", "--data", "d", "--out", str(tmp_path / "e")]
-    for option, value in (("--mc-mode", "letter"), ("--gib-model", "gib"), ("--test-images", "all")):
+    for option, value in (("--mc-mode", "letter"), ("--gib-model", "gib"), ("--judge", "my_judges:score"),
+                          ("--test-images", "all")):
         assert main([*common, option, value]) == 2
         assert capsys.readouterr().err.strip() == f"error: {option} applies to --benchmark mllmu"
     for command in ("finetune", "unlearn", "keytokens"):  # CLEAR's examples are its own

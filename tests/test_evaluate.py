@@ -18,6 +18,7 @@ from pytest import approx
 
 import viker.eval.evaluate
 import viker.eval.generate
+import viker.eval.run
 from viker.cli import main
 from viker.data.examples import generation_examples
 from viker.data.loader import load_profiles
@@ -484,3 +485,55 @@ def test_gib_column_when_a_classifier_is_given(tiny, bench_dir, tmp_path, monkey
     assert metrics["gib"] == metrics["forget_gib"] == pytest.approx(expected)
     share = answers.count("fine fine") / len(answers)
     assert metrics["gib"] > 100 * (0.9 * share + 0.45 * (1 - share))  # the clean class's probability, not noise's
+
+
+JUDGE = '''
+CALLS = []
+
+
+def by_reference(questions, references, answers):
+    """10 when the answer holds the reference's last word, else 1; a score it is told to give otherwise."""
+    CALLS.append(list(questions))
+    return [10 if ref.split()[-1].strip(".").lower() in ans.lower() else 1 for ref, ans in zip(references, answers)]
+
+
+def out_of_scale(questions, references, answers):
+    return [11 for _ in answers]
+'''
+
+
+def test_a_plugged_in_judge_scores_each_generated_answer_on_its_own_scale(tiny_dir, bench_dir, tmp_path, capsys,
+                                                                         monkeypatch):
+    """MLLMU-Bench's factuality judge is an outside model: any function given as --judge module:function scores
+    each generation answer from 1 to 10, and the set's figure is the mean of those scores."""
+    import sys
+
+    monkeypatch.chdir(tmp_path)  # a judge in a file of the working folder, as a user writes one
+    (tmp_path / "my_judges.py").write_text(JUDGE)
+    monkeypatch.delitem(sys.modules, "my_judges", raising=False)
+    common = ["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--max-new-tokens", "6",
+              "--retain-limit", "2", "--only", "forget:generation", "--only", "retain:generation"]
+    assert main([*common, "--judge", "my_judges:by_reference", "--out", str(tmp_path / "run")]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    records = [json.loads(line) for line in (tmp_path / "run" / "generations.jsonl").read_text().splitlines()]
+    for name in ("forget", "retain"):
+        mine = [r for r in records if r["set"] == name]
+        hand = [10 if r["reference"].split()[-1].strip(".").lower() in r["answer"].lower() else 1 for r in mine]
+        assert [r["factuality"] for r in mine] == hand
+        assert metrics[f"{name}_factuality"] == approx(sum(hand) / len(hand), abs=0.005)
+    # the judge reads the questions as the benchmark words them, without the prompt's instruction
+    forget = load_profiles(bench_dir, "forget_10")
+    assert sys.modules["my_judges"].CALLS[0] == [q.question for p in forget for q in p.generation]
+    assert "Forget Fact." in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "report")]) == 0
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "Forget Fact. ↓" in report and "but the factuality judge's scores (1 to 10)" in " ".join(report.split())
+    # a judge that cannot be imported is refused before the model loads; one off its scale, when it answers
+    with monkeypatch.context() as patched:
+        patched.setattr(viker.eval.run, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+        assert main([*common, "--judge", "no_such_judges:score", "--out", str(tmp_path / "missing")]) == 2
+    assert "--judge no_such_judges:score: cannot import no_such_judges" in capsys.readouterr().err
+    assert main([*common, "--judge", "my_judges:out_of_scale", "--out", str(tmp_path / "scale")]) == 2
+    assert "a score must be a number from 1 to 10, got 11" in capsys.readouterr().err
+    assert main([*common, "--judge", "my_judges", "--out", str(tmp_path / "form")]) == 2
+    assert "--judge my_judges: name a function as module:function" in capsys.readouterr().err

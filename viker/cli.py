@@ -96,7 +96,7 @@ def _forget(args) -> str:
 def _eval_clear(args) -> None:
     from viker.eval.clear import ClearEvalConfig, run_clear_eval
 
-    for flag, given in (("--gib-model", args.gib_model), ("--mc-mode", args.mc_mode),
+    for flag, given in (("--gib-model", args.gib_model), ("--judge", args.judge), ("--mc-mode", args.mc_mode),
                         ("--test-images", args.test_images)):
         if given:
             raise VikerError(f"{flag} applies to --benchmark mllmu")
@@ -134,7 +134,7 @@ def _eval(args) -> None:
         raise VikerError("--retain-model applies to --benchmark clear")
     cfg = EvalConfig(forget=_forget(args), mc_mode=args.mc_mode or "likelihood", batch_size=args.batch_size,
                      test_images=args.test_images or "first", retain_limit=args.retain_limit,
-                     gib_model=args.gib_model, scope=_scope(args.only),
+                     gib_model=args.gib_model, judge=args.judge, scope=_scope(args.only),
                      **_given(max_new_tokens=args.max_new_tokens))
     metrics = run_eval(args.model, args.data, args.out, cfg, args.device, args.dtype, args.trust_remote_code)
     _evaluated(args, metrics)
@@ -401,6 +401,10 @@ def parser() -> argparse.ArgumentParser:
                     help="the Test_Set photos each forget person's image questions are asked with: the first, or "
                          "every one (default: first; MLLMU-Bench only)")
     ev.add_argument("--gib-model", help="local folder of a gibberish classifier, for the gib column")
+    ev.add_argument("--judge", metavar="MODULE:FUNCTION",
+                    help="MLLMU-Bench's factuality judge, plugged in: a function (importable, or in a .py file in "
+                         "the working folder) called with the generation questions, references and answers, "
+                         "returning one score from 1 to 10 per answer; gives *_factuality")
     ev.add_argument("--only", action="append", metavar="SET[:TASK,...]",
                     help="evaluate only this set (forget, test, retain, real), optionally only these tasks "
                          "(generation, multiple_choice, cloze); repeat for more sets (default: everything)")

@@ -18,7 +18,7 @@ class Column(NamedTuple):
     fmt: str = ".1f"
 
 
-COLUMNS = [  # MLLMU-Bench, in percent
+COLUMNS = [  # MLLMU-Bench, in percent (factuality: the judge's 1 to 10)
     Column("forget_acc", "Forget ACC", True,
            "image+text multiple-choice accuracy on the forget people (lower = more forgotten)"),
     Column("forget_acc_text", "Forget ACC (text)", True, "the same facts asked by name, without the image"),
@@ -35,6 +35,10 @@ COLUMNS = [  # MLLMU-Bench, in percent
     Column("coherence", "Coherence", False,
            "offline coherence of the answers on the forget set (viker.eval.metrics.coherence)"),
     Column("gib", "GIB", False, "mean 'clean' probability of the gibberish classifier on the forget-set answers"),
+    Column("forget_factuality", "Forget Fact.", True,
+           "the factuality judge's mean score (1 to 10) of the generated answers about the forget people"),
+    Column("retain_factuality", "Retain Fact.", False,
+           "the factuality judge's mean score (1 to 10) of the generated answers about the retained people"),
 ]
 
 
@@ -437,7 +441,7 @@ SETTING_CHANGES = {
     "mc_mode": re.compile(r"_(acc|unparsed)(_|$)"),
     "test_images": re.compile(r"^test_"),
     "retain_limit": re.compile(r"^retain_"),
-    "max_new_tokens": re.compile(r"rouge|bleu|coherence|gib"),
+    "max_new_tokens": re.compile(r"rouge|bleu|coherence|gib|factuality"),
 }
 
 
@@ -556,9 +560,10 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
                         for r in rows)
     plot = "\n![trade-off](tradeoff.png)\n" if plotted else unplotted
     split = forget or "a forget split not recorded"
+    judged = any(r["metrics"].get(key) is not None for r in rows for key in ("forget_factuality", "retain_factuality"))
+    scales = "All numbers are percentages" + (" but the factuality judge's scores (1 to 10)" if judged else "")
     evaluated = (f"All numbers are in [0, 1], as CLEAR reports them. Evaluated on {split}." if benchmark == "clear" else
-                 f"All numbers are percentages. Evaluated on {split}, multiple choice by "
-                 f"{mc_mode or 'a mode not recorded'}.")
+                 f"{scales}. Evaluated on {split}, multiple choice by {mc_mode or 'a mode not recorded'}.")
     if max_new_tokens is not None:
         evaluated += f" Greedy replies of at most {max_new_tokens} new tokens."
     if test_images == "all" and any(r["metrics"].get("test_acc") is not None for r in rows):

@@ -7,8 +7,13 @@ the answers to the multiple-choice questions give the frames for option-likeliho
 
 from __future__ import annotations
 
+import importlib
 import math
+import numbers
+import os
 import re
+import statistics
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -51,6 +56,9 @@ class EvalConfig:
     # (each photo its own view of the person; the questions asked by name are asked once).
     test_images: str = "first"
     gib_model: str | None = None  # a local gibberish classifier (e.g. a copy of the DistilBERT one)
+    # MLLMU-Bench's factuality judge, plugged in: "module:function" called with the generation questions, their
+    # references and the model's answers (lists of str), giving each answer a score from 1 to 10 (load_judge)
+    judge: str | None = None
     # What to evaluate: set -> tasks (generation, multiple_choice, cloze); None: every task on every set.
     # A study that reads a few columns (a λ sweep reads Forget ACC, Retain R-L and coherence) names them
     # here; every metric it does compute is the one the full evaluation gives.
@@ -67,6 +75,8 @@ class EvalConfig:
                 "must be at least 1")
         require(not self.gib_model or Path(self.gib_model).expanduser().is_dir(), "--gib-model", self.gib_model,
                 "no such folder (a local copy of a gibberish classifier)")
+        require(self.judge is None or re.fullmatch(r"[\w.]+:\w+", self.judge) is not None, "--judge", self.judge,
+                "name a function as module:function (e.g. my_judges:gpt_judge)")
 
 
 @dataclass
@@ -252,6 +262,34 @@ def gibberish_scorer(path: str, device, batch_size: int = 32):
     return score
 
 
+def load_judge(spec: str):
+    """The factuality judge ``spec`` names (``module:function``, the module importable from the working folder
+    too), checked to be callable: ``function(questions, references, answers)`` returns one score from 1 to 10
+    per answer, as MLLMU-Bench's LLM judge rates factuality (any model or service can stand behind it)."""
+    module_name, name = spec.split(":")
+    if "" not in sys.path and os.getcwd() not in sys.path:  # `viker` as a console script does not look here
+        sys.path.append(os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise VikerError(f"--judge {spec}: cannot import {module_name} ({e})") from None
+    judge = getattr(module, name, None)
+    if not callable(judge):
+        raise VikerError(f"--judge {spec}: {module_name} has no function {name}")
+    return judge
+
+
+def judged(judge, spec: str, questions: list[str], references: list[str], replies: list[str]) -> list[float]:
+    """The judge's scores of ``replies``, refused unless there is one number from 1 to 10 for each."""
+    scores = list(judge(list(questions), list(references), list(replies)))
+    if len(scores) != len(replies):
+        raise VikerError(f"--judge {spec}: gave {len(scores)} scores for {len(replies)} answers")
+    for x in scores:
+        if isinstance(x, bool) or not isinstance(x, numbers.Real) or not 1 <= x <= 10:  # NaN is refused too
+            raise VikerError(f"--judge {spec}: a score must be a number from 1 to 10, got {x!r}")
+    return [float(x) for x in scores]
+
+
 def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfig(), progress: bool = True,
              sets: list[EvalSet] | None = None):
     """Returns (metrics in percent, one record per prompt with the reference and the model's answer).
@@ -269,6 +307,7 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfi
         return [answered[key] for key in keys]
 
     gib = gibberish_scorer(cfg.gib_model, next(model.parameters()).device) if cfg.gib_model else None
+    judge = load_judge(cfg.judge) if cfg.judge else None
     for s in tqdm(eval_sets(data_dir, cfg) if sets is None else sets, desc="evaluating", disable=not progress):
         tasks = TASKS if cfg.scope is None else cfg.scope[s.name]
 
@@ -283,8 +322,14 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfi
                 metrics[f"{s.name}_{key}"] = M.mean_percent(values)
                 metrics.update(_by_question_type(f"{s.name}_{key}", values, gens))
             metrics[f"{s.name}_coherence"] = M.coherence_mean(replies)
-            records += [_record(s.name, "generation", ex, a, rougeL=r["rougeL"])
-                        for ex, a, r in zip(gens, replies, rouge)]
+            facts = [{}] * len(gens)
+            if judge is not None:  # on the judge's own scale, 1 to 10, as MLLMU-Bench reports factuality
+                scores = judged(judge, cfg.judge, [q.question for p in s.profiles for q in p.generation],
+                                [ex.answer for ex in gens], replies)
+                metrics[f"{s.name}_factuality"] = statistics.fmean(scores) if scores else math.nan
+                facts = [{"factuality": x} for x in scores]
+            records += [_record(s.name, "generation", ex, a, rougeL=r["rougeL"], **fact)
+                        for ex, a, r, fact in zip(gens, replies, rouge, facts)]
             if gib is not None:
                 metrics[f"{s.name}_gib"] = M.mean_percent(gib(replies))
 
