@@ -144,6 +144,9 @@ def test_runs_of_one_method_are_named_by_the_training_setting_or_the_folders_tha
 
     assert _labels([run("s/seed0/ga", 0), run("s/seed1/ga", 1)]) == ["GA (seed=0)", "GA (seed=1)"]
     assert _labels([run("ga-slow", 0, 1e-5), run("ga-fast", 0, 1e-2)]) == ["GA (lr=1e-05)", "GA (lr=0.01)"]
+    pairs, every = run("ga-pairs", 0), run("ga-every", 0)  # unlearned on the ft_Data pairs, or on all
+    pairs["training"]["train_on"], every["training"]["train_on"] = "ft_Data", "all"
+    assert _labels([pairs, every]) == ["GA (train_on=ft_Data)", "GA (train_on=all)"]
     # nothing recorded sets them apart: as much of each folder's path as does
     assert _labels([run("a/seed0/ga", 0), run("b/seed0/ga", 0)]) == ["GA (a/seed0/ga)", "GA (b/seed0/ga)"]
     # method and training settings both differ: both say so (β alone named two runs alike)
@@ -337,6 +340,7 @@ def test_report_tabulates_evaluated_runs_by_what_they_are(runs, tmp_path, capsys
     assert "reference_model=the starting model" in npo and "None" not in npo
     results = json.loads((tmp_path / "results.json").read_text())
     assert [r["method"] for r in results["runs"]] == ["vanilla", None, "ga", "npo", "npo"]
+    assert [r["training"].get("train_on") for r in results["runs"]] == [None, None, "all", "all", "all"]
     assert [r["metrics"] for r in results["runs"]] == [metrics[name] for name in ("vanilla", "base", "ga-eval",
                                                                                "npo-a", "npo-b")]
     assert (tmp_path / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -414,6 +414,8 @@ def read_run(path: str | Path) -> dict:
     if train:  # the budget: what tells apart snapshots of one run, or runs of one method for different lengths
         settings |= {"max_steps": train["max_steps"]} if train.get("max_steps") else {"epochs": train["epochs"]}
     training = {k: train[k] for k in TRAINING_SETTINGS if k in train}
+    if source.get("unlearn", {}).get("train_on"):  # what it trained on (MLLMU-Bench: ft_Data, or all)
+        training["train_on"] = source["unlearn"]["train_on"]
     evaluated = (evaluation or {}).get("eval", {})
     benchmark = benchmark_of(metrics)
     retain_limit = evaluated.get("retain_limit")
