@@ -112,12 +112,20 @@ def config_tables(root: str | Path, config: str, known: tuple[str, ...] = CONFIG
         try:
             tables.append((str(path), pq.read_table(path)))
         except (pa.ArrowInvalid, OSError) as e:
-            with open(path, "rb") as f:
-                if f.read(40).startswith(b"version https://git-lfs"):
-                    raise VikerError(f"{path}: a Git LFS pointer, not the file itself (the clone did not fetch "
-                                     "it: run `git lfs pull` in the clone)") from None
+            if _lfs_pointer(path):
+                raise VikerError(f"{path}: a Git LFS pointer, not the file itself (the clone did not fetch "
+                                 "it: run `git lfs pull` in the clone)") from None
             raise VikerError(f"{path}: not a readable parquet file ({e})") from None
     return tables
+
+
+def _lfs_pointer(path: Path) -> bool:
+    """Whether ``path`` is a Git LFS pointer file (a clone without `git lfs pull`); False for one not readable."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(40).startswith(b"version https://git-lfs")
+    except OSError:  # a link to nothing, say: the parquet error says what there is to say
+        return False
 
 
 def _check_type(path: Path | str, name: str, actual: pa.DataType, expected: pa.DataType) -> None:
