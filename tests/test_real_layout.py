@@ -119,6 +119,8 @@ def test_unlearning_trains_on_what_the_starting_model_learned(real_bench, tmp_pa
     assert learned_by(str(tmp_path / "pairs")) == "ft_Data"  # and so does a run that starts from that one
     assert main([*common, "--model", str(vanilla), "--train-on", "all", "--out", str(tmp_path / "every")]) == 0
     assert json.loads((tmp_path / "every" / "config.json").read_text())["examples"]["forget"] == len(every)
+    # what a model learned is its finetune's, whatever an unlearning run in between trained on
+    assert learned_by(str(tmp_path / "every")) == "ft_Data"
 
 
 # --- a hub id goes through `datasets` and then the same checks ------------------------------------------

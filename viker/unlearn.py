@@ -77,13 +77,15 @@ class UnlearnConfig:
 
 
 def learned_by(model: str) -> str:
-    """What ``model`` learned of the MLLMU-Bench people, as ``viker finetune --train-on`` names it: a finetune
-    run's recorded choice (followed back through the unlearning runs that started from it); for any other model
-    finetune's own default, ``all`` for a tiny model (trained from scratch) and ``ft_Data`` for a real checkpoint
-    (MLLMU-Bench's vanilla finetune, which leaves the evaluation's questions unseen)."""
+    """What ``model`` learned of the MLLMU-Bench people, as ``viker finetune --train-on`` names it: its finetune
+    run's recorded choice, followed back through the unlearning runs that started from it (unlearning teaches
+    nothing new, whatever it trained on); for a model that is no finetune run of ours, finetune's own default,
+    ``all`` for a tiny model (trained from scratch) and ``ft_Data`` for a real checkpoint (MLLMU-Bench's vanilla
+    finetune, which leaves the evaluation's questions unseen). Where the chain leads to a model no longer here,
+    the nearest unlearning run's own choice stands."""
     from viker.model import is_tiny_model
 
-    seen = set()
+    seen, nearest = set(), None
     while model not in seen and Path(model).expanduser().exists():
         seen.add(model)
         folder = Path(model).expanduser()
@@ -91,15 +93,16 @@ def learned_by(model: str) -> str:
         runs = [read_configs(f)[0] for f in ((folder, folder.parent) if folder.name == "model" else (folder,))]
         run = next((c for c in runs if c.get("command") in TRAINING_COMMANDS), {})
         recorded = run.get(run.get("command"), {})
-        if recorded.get("train_on") in ("all", "ft_Data"):
+        if run.get("command") == "finetune" and recorded.get("train_on") in ("all", "ft_Data"):
             return recorded["train_on"]
         if run.get("command") != "unlearn" or not recorded.get("model"):
             break
-        model = str(recorded["model"])  # an unlearning run from before it recorded this: what it started from
+        nearest = nearest or recorded.get("train_on")
+        model = str(recorded["model"])  # what that run started from
     try:
         return "all" if is_tiny_model(model) else "ft_Data"
-    except VikerError:  # not a model folder (a hub id has no tiny config)
-        return "ft_Data"
+    except VikerError:  # no model there any more (or none ever)
+        return nearest or "ft_Data"
 
 
 def _settings(name: str) -> set[str]:
