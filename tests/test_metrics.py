@@ -278,6 +278,21 @@ def test_option_texts_do_not_turn_words_or_a_repeated_list_into_a_choice(reply):
     assert parse_choice(reply, OPTIONS) is None
 
 
+@pytest.mark.parametrize("reply", [
+    "Answer: B\nReasoning:\nA. Seville is in Spain.\nB. Halifax is in Canada.",  # options discussed after it
+    "B. Halifax\n\nA. Seville - wrong\nC. Lima - wrong",
+    "The answer is B.\nA: no\nB: yes",
+])
+def test_options_listed_after_the_choice_leave_it_chosen(reply):
+    assert parse_choice(reply, OPTIONS) == parse_choice(reply) == "B"
+
+
+def test_the_words_of_a_longer_option_that_begins_with_option_as_are_not_a():
+    options = {"A": "Doctor", "B": "Doctor's assistant", "C": "Nurse", "D": "Paris, Texas"}
+    assert parse_choice("A doctor's assistant", options) is None  # B's words after the letter A: no choice
+    assert parse_choice("A Doctor", options) == parse_choice("A doctor.", options) == "A"
+
+
 def test_parse_choice_respects_options():
     assert parse_choice("E", options="ABCDE") == "E"
     assert parse_choice("C", options=["A", "B"]) is None

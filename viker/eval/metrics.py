@@ -141,7 +141,7 @@ _LENIENT_GROUPS = (4, 5)
 # lower-case option markers anywhere: "b) Paris, c) Lima" lists options rather than picking one
 _LOWER_MARKER_RE = re.compile(r"(?<![\w.])([a-z])(?=[:)]|\.(?:\s|$))")
 # an upper-case option marker opening a line: "A: Seville", "(B) Halifax", "C) Lima"
-_LINE_MARKER_RE = re.compile(r"^[ \t]*\(?([A-Z])(?:[:)\]]|\.(?:\s|$))", re.MULTILINE)
+_LINE_MARKER_RE = re.compile(r"[ \t]*\(?([A-Z])(?:[:)\]]|\.(?:\s|$))")
 # A letter announced by a keyword anywhere: "Answer: B", "The answer is B", "Option (C)". The words
 # "A" and "I" followed by a lower-case word are words: "The answer is A cat", "the answer I believe";
 # but a word that cannot follow the article names the letter A, so that an answer A is read as an answer
@@ -185,16 +185,17 @@ def parse_choice(reply: str, options: Sequence[str] | Mapping[str, str] = "ABCD"
 
     ``options`` may map each letter to its option's text, as the prompt lists them. Then a reply that opens
     with "A" followed by option A's text (``"A Seville"``, or its start where the reply was cut) is A, as
-    ``"B Halifax"`` is B; without the texts such a reply cannot be told from the article. A reply that
-    repeats the listed options, a letter opening two or more lines (``"A: Seville\nB: Halifax"``), picks
-    none of them.
+    ``"B Halifax"`` is B, unless the words are those of a longer option that begins with A's; without the
+    texts such a reply cannot be told from the article. A reply that opens by repeating the listed options,
+    its first two lines each opening with a letter (``"A: Seville\nB: Halifax"``), picks none of them.
     """
     allowed = {option.strip().upper() for option in options}
     text = reply.replace("*", "").strip()
     if not text:
         return None
-    if len({m.group(1) for m in _LINE_MARKER_RE.finditer(text)} & allowed) > 1:
-        return None  # the options listed again, one per line
+    first_lines = [_LINE_MARKER_RE.match(line) for line in text.splitlines()[:2]]
+    if len(first_lines) == 2 and all(first_lines) and len({m.group(1) for m in first_lines} & allowed) == 2:
+        return None  # the options listed again, one per line, from the reply's start
 
     if len(text) == 1:
         candidates = {text.upper()} if text.isalpha() else set()
@@ -229,10 +230,16 @@ def _names_option_a(text: str, options: Mapping[str, str]) -> bool:
     rest = re.match(r"A[ \t]+(\S[^\n]*)", text)
     if not option or not option.strip() or not rest:
         return False
-    said, named = rest.group(1).strip().casefold(), option.strip().casefold()
-    if said.startswith(named):
-        return re.match(r"\w", said[len(named):]) is None  # "Seville" in "Seville, Spain", not in "Sevilleans"
-    return named.startswith(said)
+    said = rest.group(1).strip().casefold()
+
+    def opens(text: str) -> bool:  # said begins with text as words of their own: "Seville, Spain", not "Sevilleans"
+        return said.startswith(text) and re.match(r"\w", said[len(text):]) is None
+
+    named = option.strip().casefold()
+    longer = [t.strip().casefold() for letter, t in options.items() if letter.strip().upper() != "A"]
+    if any(len(t) > len(named) and t.startswith(named) and opens(t) for t in longer):
+        return False  # "A doctor's assistant" names option B, "Doctor's assistant", not A's "Doctor"
+    return opens(named) or named.startswith(said)
 
 
 def _picked(match: re.Match[str]) -> tuple[str, int]:
