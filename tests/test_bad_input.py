@@ -231,7 +231,9 @@ def test_an_infinite_setting_is_refused_from_python_too():
 
     for build, message in ((lambda: ViKeR(lam=math.inf), "--lam inf: must be a finite number"),
                            (lambda: TrainConfig(epochs=math.inf), "--epochs inf: must be a finite number"),
-                           (lambda: TrainConfig(lr=-math.inf), "--lr -inf: must be a finite number")):
+                           (lambda: TrainConfig(lr=-math.inf), "--lr -inf: must be a finite number"),
+                           (lambda: TrainConfig(max_grad_norm=math.nan), "max_grad_norm nan: must be above 0"),
+                           (lambda: TrainConfig(max_grad_norm=math.inf), "max_grad_norm inf: must be a finite")):
         with pytest.raises(VikerError, match=message):
             build()
 

@@ -45,6 +45,8 @@ class TrainConfig:
         require(0 <= self.warmup_ratio < 1, "warmup_ratio", self.warmup_ratio, "must be from 0 to below 1")
         require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be at least 0")
         require(self.log_every >= 1, "log_every", self.log_every, "must be at least 1")
+        require(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", self.max_grad_norm,
+                "must be above 0 (None: no clipping)")
 
 
 # Settings that memorise the embedded benchmark with the tiny model in a few CPU minutes.
