@@ -527,7 +527,16 @@ def test_a_plugged_in_judge_scores_each_generated_answer_on_its_own_scale(tiny_d
     assert "Forget Fact." in capsys.readouterr().out
     assert main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "report")]) == 0
     report = (tmp_path / "report" / "report.md").read_text()
-    assert "Forget Fact. ↓" in report and "but the factuality judge's scores (1 to 10)" in " ".join(report.split())
+    assert "Forget Fact. ↓" in report
+    assert "but the factuality judge's scores (1 to 10, by `my_judges:by_reference`)" in " ".join(report.split())
+    # another judge's scores are no column of the same table
+    evaluation = json.loads((tmp_path / "run" / "config.json").read_text())
+    other = tmp_path / "other-judge"
+    shutil.copytree(tmp_path / "run", other)
+    evaluation["eval"]["judge"] = "my_judges:out_of_scale"
+    (other / "config.json").write_text(json.dumps(evaluation))
+    assert main(["report", str(tmp_path / "run"), str(other), "--out", str(tmp_path / "mixed")]) == 2
+    assert "evaluated with different --judge" in capsys.readouterr().err
     # a judge that cannot be imported is refused before the model loads; one off its scale, when it answers
     with monkeypatch.context() as patched:
         patched.setattr(viker.eval.run, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))

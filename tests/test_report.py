@@ -64,12 +64,13 @@ def test_every_mllmu_column_points_the_way_the_paper_reads_it():
     of each is bolded in its own direction."""
     from viker.report import COLUMNS
 
-    low = {"forget_acc", "forget_acc_text", "test_acc", "forget_rougeL", "forget_cloze"}
+    low = {"forget_acc", "forget_acc_text", "test_acc", "forget_rougeL", "forget_cloze", "forget_factuality"}
     runs = [{"method": m, "metrics": {c.key: v for c in COLUMNS}} for m, v in (("ga", 60.0), ("npo", 80.0))]
     table = markdown_table(runs)
     assert table.splitlines()[0] == ("| Method | Forget ACC ↓ | Forget ACC (text) ↓ | Gen. ACC ↓ | Forget R-L ↓ | "
                                      "Forget cloze ↓ | Retain ACC ↑ | Retain R-L ↑ | Retain BLEU ↑ | Real ACC ↑ | "
-                                     "Real R-L ↑ | Real BLEU ↑ | Coherence ↑ | GIB ↑ |")
+                                     "Real R-L ↑ | Real BLEU ↑ | Coherence ↑ | GIB ↑ | Forget Fact. ↓ | "
+                                     "Retain Fact. ↑ |")
     cells = _cells(table)
     for i, c in enumerate(COLUMNS):
         assert (cells["GA"][i], cells["NPO"][i]) == (("**60.0**", "80.0") if c.key in low else ("60.0", "**80.0**"))
@@ -156,6 +157,20 @@ def test_runs_of_one_method_are_named_by_the_training_setting_or_the_folders_tha
     # models that are no run of ours, in folders of one name
     other = [{"method": None, "path": f"F/{x}/model"} for x in "xy"]
     assert _labels(other) == ["x/model", "y/model"]
+
+
+def test_a_run_from_before_its_examples_were_recorded_is_read_as_trained_on_all(runs, tmp_path):
+    """It trained on every example then: named apart from a run of today only by what truly differs."""
+    import shutil
+
+    from viker.report import read_run
+
+    old = shutil.copytree(runs / "npo-a", tmp_path / "npo-a")
+    config = json.loads((old / "config.json").read_text())
+    del config["unlearn"]["train_on"]
+    (old / "config.json").write_text(json.dumps(config))
+    assert read_run(old)["training"] == read_run(runs / "npo-a")["training"]
+    assert read_run(old)["training"]["train_on"] == "all"
 
 
 def test_a_run_given_twice_is_refused(tmp_path):

@@ -414,14 +414,15 @@ def read_run(path: str | Path) -> dict:
     if train:  # the budget: what tells apart snapshots of one run, or runs of one method for different lengths
         settings |= {"max_steps": train["max_steps"]} if train.get("max_steps") else {"epochs": train["epochs"]}
     training = {k: train[k] for k in TRAINING_SETTINGS if k in train}
-    if source.get("unlearn", {}).get("train_on"):  # what it trained on (MLLMU-Bench: ft_Data, or all)
-        training["train_on"] = source["unlearn"]["train_on"]
+    unlearned = source.get("unlearn", {})
+    if unlearned.get("benchmark", "mllmu") == "mllmu" and source.get("command") == "unlearn":
+        training["train_on"] = unlearned.get("train_on", "all")  # what it trained on; all before it was recorded
     evaluated = (evaluation or {}).get("eval", {})
     benchmark = benchmark_of(metrics)
     retain_limit = evaluated.get("retain_limit")
     if retain_limit is None and "retain_limit" in evaluated:
         retain_limit = "all"  # every retain person (a recorded null): a setting, unlike one never recorded
-    scored = {"mc_mode": evaluated.get("mc_mode"), "retain_limit": retain_limit,
+    scored = {"mc_mode": evaluated.get("mc_mode"), "retain_limit": retain_limit, "judge": evaluated.get("judge"),
               # an MLLMU-Bench evaluation recorded before --test-images asked with the first photo
               "test_images": evaluated.get("test_images", "first") if evaluated and benchmark == "mllmu" else None,
               "max_new_tokens": evaluated.get("max_new_tokens")}
@@ -444,6 +445,7 @@ SETTING_CHANGES = {
     "test_images": re.compile(r"^test_"),
     "retain_limit": re.compile(r"^retain_"),
     "max_new_tokens": re.compile(r"rouge|bleu|coherence|gib|factuality"),
+    "judge": re.compile(r"factuality"),
 }
 
 
@@ -543,6 +545,7 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
     # the retain figures' people, the answers' length: said under the table, as they change what it means
     retain_limit = _one_value(rows, "retain_limit", "--retain-limit")
     max_new_tokens = _one_value(rows, "max_new_tokens", "--max-new-tokens")
+    judge = _one_value(rows, "judge", "--judge")  # one judge's scores are no other's
     for row, name in zip(rows, _labels(rows)):
         row["label"] = name
     out = Path(out)
@@ -563,7 +566,8 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
     plot = "\n![trade-off](tradeoff.png)\n" if plotted else unplotted
     split = forget or "a forget split not recorded"
     judged = any(r["metrics"].get(key) is not None for r in rows for key in ("forget_factuality", "retain_factuality"))
-    scales = "All numbers are percentages" + (" but the factuality judge's scores (1 to 10)" if judged else "")
+    by = f", by `{judge}`" if judge else ""
+    scales = "All numbers are percentages" + (f" but the factuality judge's scores (1 to 10{by})" if judged else "")
     evaluated = (f"All numbers are in [0, 1], as CLEAR reports them. Evaluated on {split}." if benchmark == "clear" else
                  f"{scales}. Evaluated on {split}, multiple choice by {mc_mode or 'a mode not recorded'}.")
     if max_new_tokens is not None:
