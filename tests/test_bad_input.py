@@ -43,6 +43,8 @@ CASES = {
                           "column 'Generation_Task' should be a list"),
     "empty forget split": (lambda root: _edit(root, FORGET, lambda t: t.slice(0, 0)),
                            "split forget_10 has no examples to unlearn"),
+    "link to nothing": (lambda root: ((root / FORGET).unlink(), (root / FORGET).symlink_to(root / "gone.parquet")),
+                        "forget_10/train-00000-of-00001.parquet: not a readable parquet file"),
     "Git LFS pointer": (lambda root: (root / FORGET).write_text(
         "version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 7\n"),
         "forget_10/train-00000-of-00001.parquet: a Git LFS pointer, not the file itself"),
