@@ -472,6 +472,17 @@ def test_runs_evaluated_on_other_files_under_the_same_split_names_are_not_one_ta
     err = capsys.readouterr().err
     assert "evaluated on different benchmark files" in err and f"on {other}" in err
     assert not (tmp_path / "mixed").exists()
+    # read by hub id, a benchmark has a name and no hashes: two names are two benchmarks, and a local snapshot
+    # (whose hashes the name cannot be checked against) may stand beside either
+    hub = {}
+    for repo in ("MLLMMU/MLLMU-Bench", "someone/another-bench"):
+        hub[repo] = shutil.copytree(runs / "ga-eval", tmp_path / repo.replace("/", "-"))
+        config = json.loads((hub[repo] / "config.json").read_text())
+        del config["data_files"]
+        (hub[repo] / "config.json").write_text(json.dumps(config | {"data": repo}))
+    assert main(["report", *map(str, hub.values()), "--out", str(tmp_path / "hubs")]) == 2
+    assert "evaluated on different benchmark files" in capsys.readouterr().err
+    assert main(["report", str(runs / "ga-eval"), str(hub["MLLMMU/MLLMU-Bench"]), "--out", str(tmp_path / "one")]) == 0
 
 
 def test_report_writes_its_symbols_whatever_the_locale(runs, tmp_path):

@@ -389,7 +389,7 @@ def read_run(path: str | Path) -> dict:
     of ours), ``settings`` (the method's, and an unlearning run's budget), the benchmark, the forget split
     and multiple-choice mode it was evaluated with (None when not recorded), ``metrics`` and ``path``."""
     from viker.errors import VikerError
-    from viker.runs import read_configs, read_json
+    from viker.runs import is_hub_id, read_configs, read_json
 
     run = Path(path)
     evaluate = f"evaluate it first (viker eval --model {run} ... --out {run})"
@@ -429,11 +429,13 @@ def read_run(path: str | Path) -> dict:
     if benchmark == "mllmu":  # a setting that changed none of the figures measured is no part of what they mean
         measured = [k for k, v in metrics.items() if v is not None]
         scored = {k: v if any(SETTING_CHANGES[k].search(m) for m in measured) else None for k, v in scored.items()}
-    files = (evaluation or {}).get("data_files")  # the benchmark's files, hashed when it was evaluated
-    fingerprint = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16] if files else None
+    # the benchmark's files, hashed when it was evaluated; a benchmark read by hub id, its name
+    files, data = (evaluation or {}).get("data_files"), (evaluation or {}).get("data")
+    fingerprint = ("files:" + hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16] if files
+                   else f"hub:{data}" if data and is_hub_id(data) else None)
     return {"method": method, "settings": settings, "training": training, "benchmark": benchmark,
             "forget_split": _scored_split(evaluated.get("forget"), benchmark), **scored,
-            "data": (evaluation or {}).get("data"),
+            "data": data,
             "data_files": fingerprint,
             "metrics": metrics, "path": str(run)}
 
@@ -535,7 +537,9 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
     # the references (vanilla, retain model) first, as papers list them; the runs in the order given
     rows = sorted((read_run(p) for p in paths), key=lambda r: r["method"] not in REFERENCES)
     benchmark = _one_value(rows, "benchmark", "benchmarks")
-    if len({r["data_files"] for r in rows} - {None}) > 1:  # same names, other people: no one table
+    # same split names, other people: no one table. Hashes and a hub id cannot be compared (a local snapshot of
+    # the hub's benchmark is the same one), so each is compared with its kind.
+    if any(len({f for r in rows if (f := r["data_files"]) and f.startswith(kind)}) > 1 for kind in ("files:", "hub:")):
         listed = ", ".join(f"{r['path']} (on {r['data']})" for r in rows if r["data_files"])
         raise VikerError(f"these runs were evaluated on different benchmark files, so one table cannot compare "
                          f"them: {listed}")
