@@ -177,6 +177,24 @@ def test_a_resumed_run_goes_on_with_the_settings_it_started_with(tiny_dir, bench
     assert main(moved) == 2 and "no checkpoint to resume from" in _error(capsys)
 
 
+def test_a_finetune_from_before_seed_seeded_the_tiny_model_resumes_with_its_seed(bench_dir, tmp_path, capsys):
+    """Such a run recorded the tiny model's initialisation seed as 0 whatever --seed was; a resumed run loads its
+    weights from the checkpoint, so that record does not keep it from going on."""
+    run = tmp_path / "run"
+    finetune = ["finetune", "--model", "tiny", "--data", str(bench_dir), "--max-steps", "1", "--seed", "1",
+                "--out", str(run)]
+    assert main(finetune) == 0
+    older = json.loads((run / "config.json").read_text())
+    assert older["finetune"]["tiny"]["seed"] == older["finetune"]["train"]["seed"] == 1
+    older["finetune"]["tiny"]["seed"] = 0
+    (run / "config.json").write_text(json.dumps(older))
+    capsys.readouterr()
+    assert main([*finetune, "--resume"]) == 2  # past the settings, to the checkpoint a finished run does not keep
+    assert "no checkpoint to resume from" in _error(capsys)
+    assert main([*finetune[:-4], "--seed", "2", "--out", str(run), "--resume"]) == 2  # --seed itself still counts
+    assert "--resume: train.seed was 1 when the run started and is 2 now" in _error(capsys)
+
+
 def test_a_checkpoint_rotation_stopped_midway_neither_blocks_the_next_nor_outlives_the_run(tmp_path):
     """Killed between its two renames, a rotation leaves checkpoint.old beside the new checkpoint: the next
     checkpoint is still written, and a finished run keeps no checkpoint that --resume would take up."""

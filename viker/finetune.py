@@ -11,7 +11,7 @@ generation questions) and ``model/``.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -35,7 +35,7 @@ from viker.model import (
 from viker.model.cagul import refuse_cagul_run
 from viker.model.tiny import TinyConfig, build_tiny
 from viker.presets import TINY_TRAIN, TrainConfig
-from viker.runs import paths_recorded, write_config
+from viker.runs import paths_recorded, read_configs, write_config
 from viker.train import (
     check_resume,
     check_run_folder,
@@ -119,6 +119,12 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     examples = clear_finetune_examples(cfg.data, cfg.without) if cfg.benchmark == "clear" \
         else finetune_examples(cfg.data, train_on)
     tuning = cfg.tuning if cfg.tuning != "auto" else ("full" if tiny else "lora")
+    if resume and tiny and Path(out, "config.json").is_file():
+        # a run from before --seed also seeded the tiny model's initialisation recorded 0 there; the weights it goes
+        # on with come from its checkpoint, whatever initialised them
+        started = read_configs(out)[0].get("finetune", {}).get("tiny", {}).get("seed")
+        if started is not None:
+            cfg = replace(cfg, tiny=replace(cfg.tiny, seed=started))
     recorded = paths_recorded(asdict(cfg) | {"tuning": tuning, "train_on": train_on},
                               ("data", "out") if tiny else ("model", "data", "out"))
     if not tiny:
