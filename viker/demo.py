@@ -440,10 +440,12 @@ def viker_vs_ga(v: dict, g: dict, where: str = "on this run", questions: int | N
     model's metrics are given, it says whether GA has kept all of their retention and coherence, so that
     there was nothing to keep more of."""
     held = claim_holds(v, g, questions)
+    # a higher Forget ACC figure that the questions cannot tell from GA's: the claim holds within that noise only
+    verdict = "does not hold" if not held else "holds within noise" if v["forget_acc"] > g["forget_acc"] else "holds"
     text = (f"ViKeR against GA {where}: Forget ACC {v['forget_acc']:.1f} vs {g['forget_acc']:.1f}, "
             f"Retain R-L {v['retain_rougeL']:.1f} vs {g['retain_rougeL']:.1f}, coherence {v['coherence']:.1f} vs "
             f"{g['coherence']:.1f}: the paper's claim (more retention and coherence at an equal or lower Forget "
-            f"ACC) {'holds' if held else 'does not hold'} here.")
+            f"ACC) {verdict} here.")
     if questions and keeps_more(v, g) and v["forget_acc"] > g["forget_acc"]:
         level = forget_level(g["forget_acc"])
         at = (f"GA's level ({level:.1f})" if level == g["forget_acc"] else
