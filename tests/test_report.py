@@ -348,6 +348,7 @@ def test_report_tabulates_evaluated_runs_by_what_they_are(runs, tmp_path, capsys
     metrics = {f.name: json.loads((f / "metrics.json").read_text()) for f in folders}
     assert cells["GA"][0].strip("*") == f"{metrics['ga-eval']['forget_acc']:.1f}"
     assert not any(c.startswith("**") for c in cells["vanilla"])  # the model before unlearning is not compared
+    assert "A column where every method prints alike has no best." in report  # why a column may have no bold
     assert "Evaluated on forget_10, multiple choice by likelihood. Greedy replies of at most 4 new tokens. Retain " \
         "figures over 2 retain people." in " ".join(report.split())
     # the Runs table says what each setting chose, not the code it is recorded as (None: the starting model)

@@ -125,8 +125,9 @@ def cell(text: str) -> str:
 
 
 INCOHERENT_BELOW = 50.0  # coherence under which a run's answers have fallen apart (crossed out in the plot)
-UNMARKED = (f"Runs whose answers fell apart (coherence under {INCOHERENT_BELOW:g}) are not marked best where lower "
-            "is better: an answer that says nothing has not forgotten a fact, it has lost the language.")
+UNMARKED = (f"A column where every method prints alike has no best. Runs whose answers fell apart (coherence "
+            f"under {INCOHERENT_BELOW:g}) are not marked best where lower is better: an answer that says nothing "
+            "has not forgotten a fact, it has lost the language.")
 
 
 def markdown_table(runs: list[dict], incoherent_below: float = INCOHERENT_BELOW) -> str:
