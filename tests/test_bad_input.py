@@ -260,6 +260,8 @@ def test_an_infinite_setting_is_refused_from_python_too():
     ([*UNLEARN, "--method", "viker", "--k", "0"], "--k 0: at least one reference image"),
     ([*UNLEARN, "--method", "cagul", "--k", "0"], "--k 0: must be at least 1"),
     ([*UNLEARN, "--method", "cagul", "--encoder-width", "0"], "--encoder-width 0: must be at least 1"),
+    ([*UNLEARN, "--method", "cagul", "--gradient-checkpointing"],
+     "--gradient-checkpointing does not apply to --method cagul"),
     ([*UNLEARN, "--method", "cagul", "--heads", "0,99"], "CAGUL heads [99]: the language model's layers have"),
     ([*UNLEARN, "--method", "finetune"], "--method finetune: that is `viker finetune`; choose from cagul, ga,"),
     ([*UNLEARN, "--method", "gaa"], "--method gaa: unknown method; choose from cagul, ga,"),

@@ -246,7 +246,8 @@ def _add_train_args(p: argparse.ArgumentParser, tiny: TrainConfig, real: TrainCo
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"),
                    help="autocast the forward pass (default: the accelerate launch setting, else no)")
     p.add_argument("--gradient-checkpointing", action="store_true",
-                   help="recompute activations in the backward pass: much less memory, about a third slower")
+                   help="recompute activations in the backward pass: much less memory, about a third slower "
+                        "(not CAGUL, whose frozen model runs in eval mode)")
 
 
 def _add_lora_args(p: argparse.ArgumentParser, alpha: int, dropout: float) -> None:

@@ -254,6 +254,9 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     wraps = getattr(method, "wraps_model", False)  # CAGUL: trains modules around the frozen model
     if sharded and wraps:
         raise VikerError(f"--method {cfg.method} is not supported under FSDP or DeepSpeed; use DDP")
+    if wraps and cfg.train.gradient_checkpointing:  # it would be silently ignored
+        raise VikerError(f"--gradient-checkpointing does not apply to --method {cfg.method}: the frozen model it "
+                         "trains its modules around runs in eval mode, where no layer is recomputed")
     merge = save_choice(cfg, wraps, sharded, chosen, lambda: (
         next(model_and_processor[0].parameters()).dtype if model_and_processor is not None else
         pick_dtype(torch.device("cpu"), load_dtype(accelerator, cfg.dtype))),
