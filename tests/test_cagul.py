@@ -217,8 +217,8 @@ def test_the_discriminator_report_needs_no_retain_set(tiny, bench_dir, tmp_path)
 
 
 def test_a_checkpoint_keeps_the_discriminator_a_resumed_run_goes_on_with(tiny, tmp_path):
-    """The discriminator is trained before the loop and frozen in it; a resumed run trains one again, which
-    on a GPU need not be the same one. The checkpoint keeps it, and resuming puts it back."""
+    """The discriminator is trained before the loop and frozen in it; one trained again need not be the same on a
+    GPU. The checkpoint keeps it, and loading the checkpoint puts it back over any other."""
     from safetensors.torch import load_file
 
     from viker.train import CHECKPOINT, load_checkpoint, save_checkpoint
@@ -239,6 +239,44 @@ def test_a_checkpoint_keeps_the_discriminator_a_resumed_run_goes_on_with(tiny, t
         assert torch.equal(a, b), name
     saved = load_file(str(tmp_path / CHECKPOINT / "trainable.safetensors"))
     assert not any(name.startswith("base.") for name in saved)  # the frozen model stays out
+
+
+def test_a_resumed_run_goes_on_with_its_discriminator_and_records_that_ones_figures(tiny_dir, bench_dir, tmp_path,
+                                                                                      monkeypatch):
+    """Stopped after a checkpoint, a run resumes with the discriminator the checkpoint kept, instead of training one
+    again (which on a GPU need not be the same), and its config records that discriminator's figures."""
+    from safetensors.torch import load_file
+
+    import viker.train
+    from viker.methods.cagul import CAGUL
+    from viker.model.cagul import MODULES_FILE
+    from viker.train import CHECKPOINT
+
+    saves = viker.train.save_checkpoint
+
+    def save_then_stop(*args, **kwargs):
+        saves(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    argv = ["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--method", "cagul", "--k", "2",
+            "--max-steps", "4", "--checkpoint-every", "2", "--batch-size", "4", "--cache-dir", str(tmp_path / "c"),
+            "--out", str(run)]
+    monkeypatch.setattr(CAGUL, "disc_steps", 50)
+    with monkeypatch.context() as patched:
+        patched.setattr(viker.train, "save_checkpoint", save_then_stop)
+        assert main(argv) == 130
+    kept = {k: v for k, v in load_file(str(run / CHECKPOINT / "trainable.safetensors")).items()
+            if k.startswith("discriminator.")}
+    stopped = json.loads((run / "config.json").read_text())["setup"]
+    monkeypatch.setattr(CAGUL, "train_discriminator", lambda *a, **k: pytest.fail("trained again"))
+    assert main([*argv, "--resume"]) == 0
+    saved = load_file(str(run / "cagul" / MODULES_FILE))
+    assert kept and all(torch.equal(saved[name], value) for name, value in kept.items())
+    resumed = json.loads((run / "config.json").read_text())["setup"]
+    assert resumed["cagul_discriminator"] == stopped["cagul_discriminator"]  # the same one, so the same figures
+    assert resumed["cagul_discriminator_training"] == {**stopped["cagul_discriminator_training"],
+                                                       "restored_from": str(run.resolve() / CHECKPOINT)}
 
 
 def test_the_npo_forget_loss_needs_no_strangers_and_lowers_the_rewritten_answers_likelihood(tiny_dir, bench_dir,

@@ -36,7 +36,7 @@ from viker.model import (
 )
 from viker.model.cagul import refuse_cagul_run
 from viker.presets import TINY_UNLEARN, TrainConfig
-from viker.runs import TRAINING_COMMANDS, paths_recorded, read_configs, write_config
+from viker.runs import TRAINING_COMMANDS, checkpoints, paths_recorded, read_configs, write_config
 from viker.train import (
     check_resume,
     check_run_folder,
@@ -291,6 +291,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         autocast=accelerator.autocast,
         data_dir=Path(cfg.data), cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(),
         seed=cfg.train.seed, progress=progress and accelerator.is_main_process,
+        resume_from=next(iter(checkpoints(cfg.out)), None) if resume else None,
     )
     out = Path(cfg.out)
     start = time.perf_counter()

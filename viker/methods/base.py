@@ -159,4 +159,5 @@ class UnlearnContext:
     seed: int = 0
     progress: bool = True
     info: dict = field(default_factory=dict)  # what setup wants recorded in the run's config
+    resume_from: Path | None = None  # the checkpoint a resumed run goes on from (None: a run from its start)
     autocast: Callable = nullcontext  # the run's autocast, for a reference model a method loads itself

@@ -162,7 +162,10 @@ class CAGUL:
                 raise
             pool = []  # no pool of strangers: the other people suffice as the discriminator's negatives
         self.model = CagulModel(ctx.model, self.module_config)
-        ctx.info["cagul_discriminator_training"] = self.train_discriminator(ctx, pool)
+        if ctx.resume_from is not None:  # the one it had: trained again (on a GPU) it need not be the same
+            ctx.info["cagul_discriminator_training"] = self.restore_discriminator(ctx.resume_from)
+        else:
+            ctx.info["cagul_discriminator_training"] = self.train_discriminator(ctx, pool)
         if ctx.data_dir is not None and self.forget_split in FORGET_SPLITS:  # MLLMU-Bench layout
             ctx.info["cagul_discriminator"] = discriminator_report(self.model, ctx.processor, ctx.data_dir,
                                                                    self.forget_split, self.retain_split)
@@ -174,6 +177,24 @@ class CAGUL:
                                                                                  self.forget_split))
             ctx.info["reference_cache"] = {"path": str(path) if path else None, **(self.dists.meta or {})}
         ctx.model = self.model
+
+    def restore_discriminator(self, checkpoint: Path) -> dict:
+        """The discriminator a checkpoint kept (``CagulModel.checkpoint_also``), in place of one trained again;
+        what its training recorded, as the run's config had it."""
+        from safetensors.torch import load_file
+
+        from viker.runs import read_configs
+
+        prefix = "discriminator."
+        kept = {k.removeprefix(prefix): v for k, v in load_file(str(checkpoint / "trainable.safetensors")).items()
+                if k.startswith(prefix)}
+        if not kept:
+            raise VikerError(f"{checkpoint}: this checkpoint keeps no CAGUL discriminator to go on with")
+        with torch.no_grad():
+            self.model.discriminator.load_state_dict(kept)
+        self.model.discriminator.requires_grad_(False).eval()
+        trained = read_configs(checkpoint.parent)[0].get("setup", {}).get("cagul_discriminator_training") or {}
+        return {**trained, "restored_from": str(checkpoint)}
 
     def _negatives(self, ctx, pool: list[bytes]) -> list[bytes]:
         """Every other face the run can see: the retain people, the real-world people, the strangers."""
