@@ -357,7 +357,8 @@ def cagul_section(cagul: dict | None) -> str:
     d, cost = cagul["discriminator"], cagul["inference"]
     rows = "\n".join(f"| {name} | {v['precision']:.1f} | {v['recall']:.1f} | {v['false_positive_rate']:.1f} | "
                      f"{v['positives']} / {v['negatives']} |"
-                     for name, v in (("forget-split images vs retain and real-world people", d.get("split_images")),
+                     for name, v in (("forget-split images vs retain and real-world people (its training images)",
+                                      d.get("split_images")),
                                      ("Test_Set photos (never seen in training)", d.get("test_set_images")))
                      if v)
     return f"""## CAGUL
@@ -370,6 +371,8 @@ rewrites the least attended visual tokens of flagged images. How the discriminat
 {rows}
 
 Images it does not flag reach the model unchanged, so on them CAGUL answers exactly as the vanilla model does.
+The retain and real-world people's images are among those it is trained not to flag, so that their answers stay
+the vanilla model's is partly by construction; how it treats photos it never saw, the Test_Set row shows.
 Added cost at inference: {cost['cagul_seconds_per_answer'] * 1000:.1f} ms per answer with CAGUL against
 {cost['bare_seconds_per_answer'] * 1000:.1f} ms for the bare model ({cost['ratio']:.2f}×), greedy batched generation
 of {cost['answers']} answers about forget and retain people, each to its own end (CAGUL's answers about flagged
