@@ -362,3 +362,12 @@ def test_idkpo_note_explains_from_its_own_log_why_it_has_not_forgotten(tmp_path)
     runs[1]["metrics"]["forget_acc"] = 100.0
     assert idkpo_note(trace, runs[1:]) == ""  # no vanilla run to measure it against
     assert idkpo_trace([{"step": 5, "loss": 0.6}], run) is None and idkpo_note(None, runs) == ""
+
+
+def test_the_time_table_gives_a_short_step_in_seconds_not_as_no_time():
+    from viker.demo import time_table
+
+    table = time_table({"unlearning with every method": 301.2, "key tokens, report and plot": 2.34})
+    assert "| unlearning with every method | 5.0 min |" in table
+    assert "| key tokens, report and plot | 2.3 s |" in table and "0.0" not in table
+    assert time_table({}) == ""

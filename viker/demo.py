@@ -695,13 +695,14 @@ def idkpo_note(trace: dict | None, runs: list[dict]) -> str:
 
 
 def time_table(step_seconds: dict[str, float] | None) -> str:
-    """Where the demo's time went: a table of minutes per step (a step it skipped, such as a benchmark
-    already generated, is left out); empty without steps."""
+    """Where the demo's time went: a table of minutes per step, a step under 6 seconds in seconds (it would print
+    as 0.0 minutes), and a step it skipped, such as a benchmark already generated, left out; empty without steps."""
     if not step_seconds:
         return ""
-    rows = "\n".join(f"| {text} | {seconds / 60:.1f} |" for text, seconds in step_seconds.items())
-    return ("\nWhere the time went (a step's minutes include evaluating its runs):\n\n"
-            f"| step | minutes |\n| --- | --- |\n{rows}\n")
+    rows = "\n".join(f"| {text} | {seconds / 60:.1f} min |" if seconds >= 6 else f"| {text} | {seconds:.1f} s |"
+                     for text, seconds in step_seconds.items())
+    return ("\nWhere the time went (a step's time includes evaluating its runs):\n\n"
+            f"| step | time |\n| --- | --- |\n{rows}\n")
 
 
 def write_report(path: Path, runs: list[dict], sweep: list[dict], cfg: DemoConfig, minutes: float, cpu: dict,
