@@ -232,8 +232,8 @@ def _names_option_a(text: str, options: Mapping[str, str]) -> bool:
         return False
     said = rest.group(1).strip().casefold()
 
-    def opens(text: str) -> bool:  # said begins with text as words of their own: "Seville, Spain", not "Sevilleans"
-        return said.startswith(text) and re.match(r"\w", said[len(text):]) is None
+    def opens(words: str) -> bool:  # said begins with words of their own: "Seville, Spain", not "Sevilleans"
+        return said.startswith(words) and re.match(r"\w", said[len(words):]) is None
 
     named = option.strip().casefold()
     longer = [t.strip().casefold() for letter, t in options.items() if letter.strip().upper() != "A"]
