@@ -262,7 +262,9 @@ def _add_benchmark_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _add_learned_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--train-on", choices=("auto", "all", "ft_Data"), default="auto",
+    from viker.data.examples import FINETUNE_SETS
+
+    p.add_argument("--train-on", choices=("auto", *FINETUNE_SETS), default="auto",
                    help="MLLMU: the forget (and retain) examples, as the vanilla finetune's --train-on names what "
                         "it learned: ft_Data = the people's ft_Data pairs alone (MLLMU-Bench's protocol: the "
                         "generation questions are what the evaluation asks); all = also their generation "

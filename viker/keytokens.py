@@ -294,7 +294,7 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
     require(Path(out).suffix in (".html", ".htm") and not Path(out).is_dir(), "--out", out,
             "name an .html file (the PNG is written beside it)")
     check_writable("--out", out, Path(out).parent)
-    learned = resolve_train_on(UnlearnConfig(model=model_path, benchmark=benchmark, train_on=train_on), False)
+    learned = resolve_train_on(UnlearnConfig(model=model_path, benchmark=benchmark, train_on=train_on))
     answers = forget_answers(data, forget, refs, benchmark, learned.train_on)
     model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code)
     with torch.no_grad():

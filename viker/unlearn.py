@@ -16,7 +16,7 @@ import torch
 
 from viker.collate import Collator
 from viker.data.clear import unlearning_data as clear_unlearning_data
-from viker.data.examples import unlearning_examples
+from viker.data.examples import FINETUNE_SETS, unlearning_examples
 from viker.data.loader import load_finetune, load_profiles, retain_profiles
 from viker.data.schema import FORGET_SPLITS, RETAIN_OF
 from viker.errors import VikerError, require
@@ -93,7 +93,7 @@ def learned_by(model: str) -> str:
         runs = [read_configs(f)[0] for f in ((folder, folder.parent) if folder.name == "model" else (folder,))]
         run = next((c for c in runs if c.get("command") in TRAINING_COMMANDS), {})
         recorded = run.get(run.get("command"), {})
-        if run.get("command") == "finetune" and recorded.get("train_on") in ("all", "ft_Data"):
+        if run.get("command") == "finetune" and recorded.get("train_on") in FINETUNE_SETS:
             return recorded["train_on"]
         if run.get("command") != "unlearn" or not recorded.get("model"):
             break
@@ -167,19 +167,20 @@ def unmatched_ft_data(used: dict) -> str | None:
     return None
 
 
-def resolve_train_on(cfg: UnlearnConfig, resume: bool) -> UnlearnConfig:
+def resolve_train_on(cfg: UnlearnConfig, started: dict | None = None) -> UnlearnConfig:
     """``cfg`` with ``train_on`` as the run applies it: MLLMU-Bench's choice resolved (:func:`learned_by`); a
-    resumed run's as it started (one started before the choice was recorded trained on ``all``). CLEAR's
-    unlearning data is its own, and the option is refused there."""
-    require(cfg.train_on in ("auto", "all", "ft_Data"), "--train-on", cfg.train_on, "choose auto, all or ft_Data")
+    resumed run's as it started (``started``: its config; one started before the choice was recorded trained on
+    ``all``). CLEAR's unlearning data is its own, and the option is refused there."""
+    require(cfg.train_on in ("auto", *FINETUNE_SETS), "--train-on", cfg.train_on,
+            f"choose from auto, {', '.join(FINETUNE_SETS)}")
     if cfg.benchmark == "clear":
         if cfg.train_on != "auto":
             raise VikerError("--train-on applies to --benchmark mllmu")
         return replace(cfg, train_on=None)
-    if resume and Path(cfg.out, "config.json").is_file():
-        started = read_configs(cfg.out)[0].get("unlearn", {})
-        if cfg.train_on == "auto" or "train_on" not in started:  # check_resume compares an explicit recorded one
-            was = started.get("train_on", "all")
+    if started:
+        unlearned = started.get("unlearn", {})
+        if cfg.train_on == "auto" or "train_on" not in unlearned:  # check_resume compares an explicit recorded one
+            was = unlearned.get("train_on", "all")
             require(cfg.train_on in ("auto", was), "--train-on", cfg.train_on, f"the run started on {was}, and a "
                     "resumed run keeps to it")
             return replace(cfg, train_on=was)
@@ -224,7 +225,9 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     if cfg.benchmark == "mllmu" and cfg.forget not in FORGET_SPLITS:
         raise VikerError(f"--forget {cfg.forget}: choose from {', '.join(FORGET_SPLITS)}")
     method = make_method(cfg.method, cfg.method_args, cfg.forget)
-    cfg = resolve_train_on(cfg, resume)
+    # the config of the run a --resume goes on with: the choices it started with are kept
+    started = read_configs(cfg.out)[0] if resume and Path(cfg.out, "config.json").is_file() else {}
+    cfg = resolve_train_on(cfg, started)
     if cfg.benchmark == "clear":
         data, used = clear_unlearning_data(cfg.data, cfg.forget)
     else:
@@ -236,15 +239,14 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     # the weights it starts from, by hash: what an adapter or CAGUL saved here needs, and --resume checks
     model_files = weight_hashes(cfg.model) if model_and_processor is None else None
     chosen = None  # what --save auto chose when the resumed run started: it goes on with that
-    if resume and cfg.lora.merge is None and Path(cfg.out, "config.json").is_file():
-        started = read_configs(cfg.out)[0]
+    if started and cfg.lora.merge is None:
         recorded = started.get("unlearn", {}).get("lora", {}).get("merge")
         if recorded is not None:  # a run from before --save auto, which recorded its choice here
             cfg = replace(cfg, lora=replace(cfg.lora, merge=recorded))
         chosen = started.get("saved")
     if resume:
         compared = paths_recorded(asdict(cfg))
-        if "train_on" not in read_configs(cfg.out)[0].get("unlearn", {"train_on": None}):
+        if "train_on" not in started.get("unlearn", {"train_on": None}):
             compared.pop("train_on")  # a run started before the choice was recorded, on all
         check_resume(cfg.out, "unlearn", compared, cfg.data, model_files)
     accelerator = make_accelerator(cfg.train, resume, cfg.device)  # one process or several: docs/distributed.md
