@@ -195,6 +195,8 @@ def test_cloze_prompt_replaces_every_blank_once():
         ("T cells. The answer is C", "C"),  # a capital that is no option, followed by a word, is a word
         ("X marks the spot; answer: B", "B"),
         ("c) Lima", "C"),
+        ("B (Halifax)", "B"),  # the option's text in brackets, as "B Halifax"
+        ("D (Lima).", "D"),
     ],
 )
 def test_parse_choice_accepts_clear_letters(reply, expected):
@@ -241,6 +243,10 @@ def test_parse_choice_accepts_clear_letters(reply, expected):
         "B vs C",
         "B versus C",
         "B rather than C",
+        "B (or C)",  # in brackets the same
+        "B (not C)",
+        "B (C)",  # two letters
+        "A (very) good question",  # the article
         "b) or c)",  # lower-case markers listing options
         "b) Paris, c) Lima",
         "a) Oslo b) Lima c) Riga",
@@ -264,6 +270,7 @@ def test_a_letter_followed_by_its_options_text_is_read_alike_for_every_letter(le
     assert parse_choice(f"{letter} {OPTIONS[letter]}", OPTIONS) == letter
     assert parse_choice(f"{letter} {OPTIONS[letter]}, Spain", OPTIONS) == letter
     assert parse_choice(f"{letter} {OPTIONS[letter][:3]}", OPTIONS) == letter
+    assert parse_choice(f"{letter} ({OPTIONS[letter]})", OPTIONS) == letter  # the text in brackets
 
 
 @pytest.mark.parametrize("reply", [

@@ -124,10 +124,10 @@ def whole_words(phrase: str) -> str:
 # A letter opening the reply: "(B)", "[B]", "B", "B:", "B)", "B]", "B. Paris", "B, Paris", "B - Paris",
 # "B" alone on the first line; "b)", "b:", "b. Paris" in lower case. "." and "," must be followed by
 # whitespace or the end so that "A.I.", "U.S." or "e.g." do not count. A letter followed by a space and a
-# word ("B is correct") counts unless it is one of the words "A" and "I" ("A cat ...", "I think ...";
-# "A is correct" and "A because ..." are the letter, as with B) or the words say it is not the answer
-# ("B is wrong", "B not C", "B vs C"). The last two forms (groups 4 and 5) count only for a letter among
-# the options: "T cells. The answer is C" is C.
+# word ("B is correct"), or by one in brackets ("B (Halifax)"), counts unless it is one of the words "A"
+# and "I" ("A cat ...", "I think ..."; "A is correct" and "A because ..." are the letter, as with B) or the
+# words say it is not the answer ("B is wrong", "B not C", "B vs C", "B (or C)", "B (C)"). The last two
+# forms (groups 4 and 5) count only for a letter among the options: "T cells. The answer is C" is C.
 _NEGATION = (r"(?:(?:is|was|would(?:\s+be)?|seems(?:\s+to\s+be)?)\s+(?:not|never|neither|wrong|incorrect|false)"
              r"|isn't|wasn't|wouldn't|not|nor|vs|versus|rather|but|or|and)\b")
 # Words that cannot follow the article "A": after them, "A" is the letter ("A is correct", "A because ..."); a
@@ -135,7 +135,8 @@ _NEGATION = (r"(?:(?:is|was|would(?:\s+be)?|seems(?:\s+to\s+be)?)\s+(?:not|never
 _NOT_AFTER_ARTICLE = r"(?:because|since|as|is|was|which|would|seems|fits|matches)(?![\w-])"
 _LEADING_RE = re.compile(
     r"^(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])(?=[ \t\r]*(?:$|\n)|[:)\]]|[.,](?:\s|$)|\s+[-–]\s)"
-    rf"|([B-HJ-Z]|A(?=\s+{_NOT_AFTER_ARTICLE}))(?=\s+\w)(?!\s+{_NEGATION})|([a-z])(?=[:)]|\.(?:\s|$)))"
+    rf"|([B-HJ-Z]|A(?=\s+{_NOT_AFTER_ARTICLE}))(?=\s+\(?\w)(?!\s+\(?{_NEGATION}|\s+\([A-Z]\b)"
+    r"|([a-z])(?=[:)]|\.(?:\s|$)))"
 )
 _LENIENT_GROUPS = (4, 5)
 # lower-case option markers anywhere: "b) Paris, c) Lima" lists options rather than picking one
@@ -184,10 +185,11 @@ def parse_choice(reply: str, options: Sequence[str] | Mapping[str, str] = "ABCD"
     is nothing.
 
     ``options`` may map each letter to its option's text, as the prompt lists them. Then a reply that opens
-    with "A" followed by option A's text (``"A Seville"``, or its start where the reply was cut) is A, as
-    ``"B Halifax"`` is B, unless the words are those of a longer option that begins with A's; without the
-    texts such a reply cannot be told from the article. A reply that opens by repeating the listed options,
-    its first two lines each opening with a letter (``"A: Seville\nB: Halifax"``), picks none of them.
+    with "A" followed by option A's text (``"A Seville"``, ``"A (Seville)"``, or its start where the reply was
+    cut) is A, as ``"B Halifax"`` and ``"B (Halifax)"`` are B, unless the words are those of a longer option
+    that begins with A's; without the texts such a reply cannot be told from the article. A reply that opens
+    by repeating the listed options, its first two lines each opening with a letter
+    (``"A: Seville\nB: Halifax"``), picks none of them.
     """
     allowed = {option.strip().upper() for option in options}
     text = reply.replace("*", "").strip()
@@ -227,7 +229,7 @@ def _names_option_a(text: str, options: Mapping[str, str]) -> bool:
     """Whether ``text`` is "A" followed by option A's text, or by its start (a reply cut short), on its first
     line: the words of the option rather than of a sentence that opens with the article."""
     option = next((t for letter, t in options.items() if letter.strip().upper() == "A"), None)
-    rest = re.match(r"A[ \t]+(\S[^\n]*)", text)
+    rest = re.match(r"A[ \t]+\(?(\S[^\n]*)", text)  # "A Seville", "A (Seville)"
     if not option or not option.strip() or not rest:
         return False
     said = rest.group(1).strip().casefold()
