@@ -507,6 +507,8 @@ def test_a_benchmark_or_report_is_written_only_where_it_belongs(tmp_path, capsys
     from viker.data.loader import load_profiles
 
     assert len(load_profiles(bench, "Full_Set")) == 10 and (bench / ".git").is_dir()
+    assert main(["data", "synth", "--profiles", "9", "--out", str(bench), "--overwrite"]) == 2  # bad: nothing removed
+    assert "--profiles 9: too few" in capsys.readouterr().err and len(load_profiles(bench, "Full_Set")) == 10
     (bench / "vanilla").mkdir()  # a run kept inside the benchmark's folder is never removed with it
     assert main(["data", "synth", "--profiles", "10", "--out", str(bench), "--overwrite"]) == 2
     assert f"--out {bench}: holds files other than a benchmark (vanilla, ...)" in capsys.readouterr().err

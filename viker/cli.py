@@ -17,8 +17,8 @@ from viker.presets import REAL_TRAIN, REAL_UNLEARN, TINY_TRAIN, TINY_UNLEARN, Tr
 def _synth(args) -> None:
     from viker.data.synth import SynthConfig, build_benchmark, claim_benchmark_folder
 
-    out = claim_benchmark_folder(args.out, args.overwrite)
-    counts = build_benchmark(out, SynthConfig(seed=args.seed, profiles=args.profiles))
+    cfg = SynthConfig(seed=args.seed, profiles=args.profiles)  # checked before --overwrite removes anything
+    counts = build_benchmark(claim_benchmark_folder(args.out, args.overwrite), cfg)
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 

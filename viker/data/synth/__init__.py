@@ -57,6 +57,15 @@ class SynthConfig:
     strangers: int = 24  # faces the model meets in pretrain_Data and knows nothing about
     image_size: int = 128
 
+    def __post_init__(self):
+        if forget_counts(self.profiles)["forget_5"] < 1:
+            raise VikerError(f"--profiles {self.profiles}: too few, forget_5 would be empty (10 or more)")
+
+
+def forget_counts(profiles: int) -> dict[str, int]:
+    """How many of ``profiles`` people each forget split holds: its percentage of them, rounded half up."""
+    return {s: int(profiles * int(s.split("_")[1]) / 100 + 0.5) for s in FORGET_SPLITS}
+
 
 def _mc(person: Person, fact: str, by_name: bool, rng: random.Random) -> dict:
     template = TEMPLATES[fact]
@@ -162,9 +171,7 @@ def claim_benchmark_folder(out: str | Path, overwrite: bool = False) -> Path:
 def build_benchmark(out: str | Path, cfg: SynthConfig = SynthConfig(), progress: bool = True) -> dict:
     """Write the embedded benchmark under ``out``; return its counts."""
     out = out_folder(out)
-    n_forget = {s: int(cfg.profiles * int(s.split("_")[1]) / 100 + 0.5) for s in FORGET_SPLITS}  # half up
-    if n_forget["forget_5"] < 1:
-        raise VikerError(f"--profiles {cfg.profiles}: too few, forget_5 would be empty (10 or more)")
+    n_forget = forget_counts(cfg.profiles)
 
     rng = random.Random(f"viker-synth-{cfg.seed}")
     people_rng, q_rng, view_rng, split_rng, ref_rng = (random.Random(rng.random()) for _ in range(5))
