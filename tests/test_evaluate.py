@@ -546,3 +546,18 @@ def test_a_plugged_in_judge_scores_each_generated_answer_on_its_own_scale(tiny_d
     assert "a score must be a number from 1 to 10, got 11" in capsys.readouterr().err
     assert main([*common, "--judge", "my_judges", "--out", str(tmp_path / "form")]) == 2
     assert "--judge my_judges: name a function as module:function" in capsys.readouterr().err
+
+
+def test_a_judge_that_fails_or_returns_no_scores_is_named_in_one_line():
+    """A judge is the user's own code or an outside service: when it fails, the error says it was the judge."""
+    from viker.eval.evaluate import judged
+
+    def down(questions, references, answers):
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    with pytest.raises(VikerError, match=r"^--judge j:down failed: ConnectionRefusedError: .*Connection refused"):
+        judged(down, "j:down", ["q"], ["r"], ["a"])
+    for returned, kind in ((None, "NoneType"), ("10", "str"), (7, "int")):
+        with pytest.raises(VikerError, match=f"^--judge j:f: returned {kind}, not a list of scores"):
+            judged(lambda q, r, a, returned=returned: returned, "j:f", ["q"], ["r"], ["a"])
+    assert judged(lambda q, r, a: (s for s in [3, 7.5]), "j:f", ["q"] * 2, ["r"] * 2, ["a", "b"]) == [3.0, 7.5]
