@@ -231,7 +231,8 @@ def test_forget_references_on_clear_are_never_the_same_persons_other_photos(tiny
     code = main(["unlearn", "--benchmark", "clear", "--model", str(tiny_dir), "--data", str(clear_dir),
                  "--forget", "forget10", "--method", "viker", "--refs", "forget", "--k", "3", "--max-steps", "1",
                  "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run")])
-    assert code == 2 and "the reference pool has 2 usable images, fewer than k=3" in capsys.readouterr().err
+    assert code == 2 and ("the reference pool (--refs) has 2 usable images (not this person's), fewer than k=3; "
+                          "lower --k or choose --refs with more images") in capsys.readouterr().err
 
 
 def test_keytokens_on_clear_shows_the_forget_captions_a_viker_run_trained_on(tiny_dir, clear_dir, tmp_path,

@@ -213,7 +213,8 @@ def choose_reference_images(example: Example, pool: Sequence[bytes], k: int, rng
     person = (owners or {}).get(example.image, example.profile_id)
     candidates = [img for img in pool if img != example.image and not (owners and owners.get(img) == person)]
     if len(candidates) < k:
-        raise VikerError(f"the reference pool has {len(candidates)} usable images, fewer than k={k}")
+        raise VikerError(f"the reference pool (--refs) has {len(candidates)} usable images (not this person's), "
+                         f"fewer than k={k}; lower --k or choose --refs with more images")
     return rng.sample(candidates, k)
 
 
