@@ -339,6 +339,10 @@ def test_an_out_under_a_file_is_refused_before_the_model_loads(tiny_dir, bench_d
 @pytest.mark.parametrize("argv, line", [
     (["eval", "--data", "bench"], "viker eval: the following arguments are required: --model, --out"),
     (["evaluate"], "viker: argument command: invalid choice: 'evaluate'"),
+    ([], "viker: name a command: data, finetune, unlearn, eval, keytokens, report, demo (see viker --help)"),
+    (["data"], "viker data: name a command: synth (see viker data --help)"),
+    (["unlearn", "--model", "m", "--data", "d", "--out", "o", "--lambda", "10"],  # the help that lists --lam
+     "viker unlearn: unrecognized arguments: --lambda 10 (see viker unlearn --help)"),
     (["unlearn", "--model", "m", "--data", "d", "--out", "o", "--lr", "fast"],
      "viker unlearn: argument --lr: invalid float value: 'fast'"),
     (["unlearn", "--model", "m", "--data", "d", "--out", "o", "--lam", "inf"],  # no setting is infinite
@@ -350,6 +354,15 @@ def test_a_command_line_mistake_is_one_line(argv, line, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {line}") and err.count("\n") == 1 and "usage:" not in err, err
+
+
+def test_report_reads_every_run_named_whether_before_or_after_its_options(tmp_path):
+    for name, forget_acc in (("a", 50.0), ("b", 30.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"forget_acc": forget_acc, "retain_rougeL": 40.0}))
+    assert main(["report", str(tmp_path / "a"), "--out", str(tmp_path / "report"), str(tmp_path / "b")]) == 0
+    rows = json.loads((tmp_path / "report" / "results.json").read_text())["runs"]
+    assert [(r["label"], r["metrics"]["forget_acc"]) for r in rows] == [("a", 50.0), ("b", 30.0)]
 
 
 @pytest.mark.parametrize("file, text, message", [

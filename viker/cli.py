@@ -8,6 +8,7 @@ import math
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 from viker import __version__
 from viker.errors import VikerError
@@ -214,8 +215,10 @@ class _Help(argparse.HelpFormatter):
 
 def _command(sub, name: str, summary: str, description: str = ""):
     """A subcommand: ``summary`` in ``viker --help``, and with ``description`` in its own ``--help``."""
-    return sub.add_parser(name, help=summary, description=f"{summary[0].upper()}{summary[1:]}. {description}".strip(),
-                          formatter_class=_Help)
+    command = sub.add_parser(name, help=summary, formatter_class=_Help,
+                             description=f"{summary[0].upper()}{summary[1:]}. {description}".strip())
+    command.set_defaults(command_prog=command.prog)  # the command a mistake is in: whose --help to read
+    return command
 
 
 def _preset(text: str, name: str, tiny: TrainConfig, real: TrainConfig, names: tuple[str, str]) -> str:
@@ -286,13 +289,23 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         raise VikerError(f"{self.prog}: {message} (see {self.prog} --help)")
 
+    def parse_args(self, args=None, namespace=None):
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra and getattr(parsed, "runs", None) is not None and not any(a.startswith("-") for a in extra):
+            parsed.runs += extra  # `report A --out DIR B`: B is a run as A is, wherever it stands
+        elif extra:  # an option of one command given to another, or mistyped: name that command's --help
+            prog = getattr(parsed, "command_prog", self.prog)
+            raise VikerError(f"{prog}: unrecognized arguments: {' '.join(extra)} (see {prog} --help)")
+        return parsed
+
 
 def parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="viker", description="Make a multimodal LLM forget specific people.", formatter_class=_Help)
     ap.add_argument("--version", action="version", version=f"viker {__version__}")
-    sub = ap.add_subparsers(dest="command", required=True)
+    sub = ap.add_subparsers(dest="command")
 
-    data = _command(sub, "data", "benchmark data").add_subparsers(dest="data_command", required=True)
+    data_command = _command(sub, "data", "benchmark data")
+    data = data_command.add_subparsers(dest="data_command")
     synth = _command(data, "synth", "write the embedded benchmark (MLLMU-Bench layout)",
                      "Fictitious people with generated faces and facts, real-world people, reference images and "
                      "strangers, in MLLMU-Bench's files and columns; offline, the same for the same seed.")
@@ -466,7 +479,16 @@ def parser() -> argparse.ArgumentParser:
     dm.add_argument("--fast", action="store_true",
                     help="a quick look at every step (about 3 minutes): smaller settings, too small to compare methods")
     dm.set_defaults(func=_demo)
+    for command, commands in ((ap, sub), (data_command, data)):  # `viker`, `viker data` alone: name the commands
+        command.set_defaults(func=_commands_of(command.prog, commands))
     return ap
+
+
+def _commands_of(prog: str, commands) -> Callable:
+    def refuse(args) -> None:
+        raise VikerError(f"{prog}: name a command: {', '.join(commands.choices)} (see {prog} --help)")
+
+    return refuse
 
 
 PATH_OPTIONS = ("out", "data", "model", "retain_model", "gib_model", "cache_dir", "runs")
