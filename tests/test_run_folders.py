@@ -89,6 +89,10 @@ def test_an_evaluation_writes_only_where_it_belongs(tiny_dir, bench_dir, tmp_pat
     assert main([*evaluate, str(tiny_dir), "--out", str(tmp_path / "notes")]) == 2
     assert "a folder of files that no viker evaluation wrote" in _error(capsys)
     assert main([*evaluate, str(other), "--out", str(other)]) == 0  # beside the model it scores
+    run = tmp_path / "run"  # a run folder of ours and the model/ in it are one model, whichever is named
+    shutil.copytree(tiny_dir, run / "model")
+    assert main([*evaluate, str(run / "model"), "--out", str(tmp_path / "r")]) == 0
+    assert main([*evaluate, str(run), "--out", str(tmp_path / "r")]) == 0
 
 
 def test_overwrite_never_removes_the_base_model_of_an_adapter_it_reads(tiny_dir, bench_dir, tmp_path, capsys):

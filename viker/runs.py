@@ -212,6 +212,12 @@ def visible_entries(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
 
 
+def saved_model_of(run: Path) -> Path | None:
+    """The model a run folder of ours holds under ``model/`` (a whole model, or a LoRA adapter), or None."""
+    held = run / "model"
+    return held if any((held / name).is_file() for name in ("config.json", "adapter_config.json")) else None
+
+
 def check_eval_out(model_path: str, out: str | Path, data: str | Path | None = None) -> None:
     """An evaluation writes into a new or empty folder, an earlier evaluation of the same model, the folder of
     the run whose model it scores, or the model's own folder; never into another training run's or another
@@ -223,7 +229,8 @@ def check_eval_out(model_path: str, out: str | Path, data: str | Path | None = N
     here = out.resolve()
     if data is not None and here == Path(data).expanduser().resolve():
         raise VikerError(f"--out {out}: the benchmark folder given as --data; evaluate into a folder of its own")
-    model = Path(model_path).expanduser().resolve()
+    model = Path(model_path).expanduser()
+    model = (saved_model_of(model) or model).resolve()  # a run folder and its model/ are one model
     config, evaluation = read_configs(out)
     command = config.get("command")
     if command in TRAINING_COMMANDS:

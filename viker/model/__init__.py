@@ -23,6 +23,7 @@ from viker.runs import (
     hub_shaped,
     is_hub_id,
     read_configs,
+    saved_model_of,
     write_json,
 )
 
@@ -87,8 +88,8 @@ def resolve_model_path(path: str | Path) -> str:
         raise VikerError(f"{path}: no such model folder" + (
             f" (read as a folder, not a hub id, since a folder {p.parent} is here: a mistyped path?)"
             if hub_shaped(path) else " (and not a hub id of the form org/name)"))
-    if any((p / "model" / name).is_file() for name in ("config.json", "adapter_config.json")):
-        return str((p / "model").resolve())
+    if saved := saved_model_of(p):
+        return str(saved.resolve())
     if p.exists() and not any((p / name).is_file() for name in ("config.json", "adapter_config.json")):
         raise VikerError(f"{p}: not a model folder (no config.json, and no model/config.json)")
     run = read_configs(p)[0] if p.is_dir() else {}
