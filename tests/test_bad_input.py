@@ -356,6 +356,24 @@ def test_a_command_line_mistake_is_one_line(argv, line, capsys):
     assert err.startswith(f"error: {line}") and err.count("\n") == 1 and "usage:" not in err, err
 
 
+def test_an_error_during_a_progress_bar_stands_on_a_line_of_its_own(monkeypatch, capsys):
+    """A run that stops (diverged, interrupted) says why below its progress bar, not inside it."""
+    from tqdm.auto import tqdm
+
+    import viker.cli
+
+    def diverging(args):
+        bar = tqdm(total=10, desc="unlearning")
+        bar.update(1)
+        raise VikerError("step 1: the loss became nan (diverged)")
+
+    monkeypatch.setattr(viker.cli, "_synth", diverging)
+    assert main(["data", "synth", "--out", "x"]) == 2
+    err = capsys.readouterr().err
+    *bar, error, end = err.split("\n")
+    assert (error, end) == ("error: step 1: the loss became nan (diverged)", "") and "unlearning" in bar[-1], err
+
+
 def test_report_reads_every_run_named_whether_before_or_after_its_options(tmp_path):
     for name, forget_acc in (("a", 50.0), ("b", 30.0)):
         (tmp_path / name).mkdir()

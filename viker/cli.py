@@ -524,18 +524,30 @@ def _interrupted(args: argparse.Namespace | None) -> str:
     return f"interrupted: {out} holds the unfinished run; {on}"
 
 
+def _end_progress_bars() -> None:
+    """Close the progress bars a stopped command left open, so that its last line stands below them rather
+    than inside the last one, and no bar is drawn again after it."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = None
     try:
         args = _home_expanded(parser().parse_args(argv))
         args.func(args)
     except VikerError as e:
+        _end_progress_bars()
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _end_progress_bars()
         print(_interrupted(args), file=sys.stderr)
         return 130
     except OSError as e:  # an --out that is a file, a read-only folder, a full disk, a name too long
+        _end_progress_bars()
         where = f"{e.filename}: " if e.filename else ""
         print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
