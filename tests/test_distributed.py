@@ -94,10 +94,18 @@ def runs(tiny_dir, bench_dir, tmp_path_factory):
                            str(root / "drive.py"), json.dumps(two)], env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    (root / "stdout.txt").write_text(done.stdout)
     for name, spec in RUNS.items():
         assert main(_argv(tiny_dir, bench_dir, root / f"one-{name}", root / "cache-one", *spec)) == 0
     assert main(_finetune_argv(tiny_dir, bench_dir, root / "one-finetune")) == 0
     return root
+
+
+def test_the_main_process_alone_says_what_a_run_wrote(runs):
+    said = (runs / "stdout.txt").read_text().splitlines()
+    written = [line for line in said if "unlearned model written to" in line]
+    assert len(written) == 10 and len(set(written)) == len(written)  # the stopped run said nothing; each other once
+    assert said.count("{") == 1  # the finetune's figures
 
 
 def _finetune_argv(tiny_dir, bench_dir, out):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -40,12 +41,19 @@ def _finetune(args) -> None:
         tiny=TinyConfig(family=args.family, seed=train.seed), train_on=args.train_on,  # --seed: its initialisation too
     )
     metrics = run_finetune(cfg, resume=args.resume, overwrite=args.overwrite)
+    if not _main_process():
+        return  # under torchrun or accelerate launch the main process alone reports, as it alone writes
     print(json.dumps(metrics, indent=2))
     if metrics.get("full_image_exact") == 0 and metrics.get("full_name_exact") == 0:
         budget = f"--max-steps {cfg.train.max_steps}" if cfg.train.max_steps else f"--epochs {cfg.train.epochs:g}"
         print(f"warning: the model recalls none of the fictitious people's answers word for word (full_image_exact "
               f"and full_name_exact are 0): unlearning it would have nothing to remove; train longer ({budget} "
               "here)", file=sys.stderr)
+
+
+def _main_process() -> bool:
+    """False in a process that a launcher (torchrun, accelerate launch) started beside the main one."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _given(**values) -> dict:
@@ -79,6 +87,8 @@ def _unlearn(args) -> None:
         max_length=args.max_length, train_on=args.train_on,
     )
     _, _, history = run_unlearn(cfg, resume=args.resume, overwrite=args.overwrite)
+    if not _main_process():
+        return
     last = history[-1] if history else {}
     loss = f"final loss {last.get('loss', float('nan')):.4f}; every logged step in history.json"
     if args.method == "cagul":
