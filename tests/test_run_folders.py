@@ -311,3 +311,32 @@ def test_a_run_on_a_gpu_machine_records_which_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
     assert machine()["gpu"] == "NVIDIA H100 80GB HBM3" and "cuda" in machine()
+
+
+def test_a_model_finetuned_on_other_benchmark_files_is_warned_about(tiny_dir, bench_dir, tmp_path, capsys):
+    """Unlearning or scoring a vanilla model on a benchmark other than the one it was finetuned on (another
+    seed's embedded benchmark, another release) measures people it never met: the commands say so."""
+    from viker.runs import file_hashes, other_benchmark
+
+    vanilla, unlearned = tmp_path / "vanilla", tmp_path / "unlearned"
+    shutil.copytree(tiny_dir, vanilla / "model")
+    hashes = file_hashes(bench_dir)
+    other = {name: "0" * 64 for name in hashes}  # what a finetune on other files of the same layout records
+    unlearned.mkdir()  # an unlearning run that started from it: the warning follows it back
+    (unlearned / "config.json").write_text(json.dumps({"command": "unlearn",
+                                                       "unlearn": {"model": str(vanilla / "model")}}))
+    for recorded, warned in ((hashes, False), (other, True)):
+        (vanilla / "config.json").write_text(json.dumps({"command": "finetune", "finetune": {"data": "elsewhere"},
+                                                         "data_files": recorded}))
+        for model in (vanilla, vanilla / "model", unlearned):
+            warning = other_benchmark(str(model), bench_dir)
+            assert (warning is not None) == warned
+        assert main(["eval", "--model", str(vanilla), "--data", str(bench_dir), "--only", "forget:cloze",
+                     "--out", str(tmp_path / f"eval-{warned}")]) == 0
+        said = capsys.readouterr().err
+        assert (f"warning: {vanilla} was finetuned on elsewhere, not on {bench_dir}: {len(hashes)} of its files "
+                "differ" in said) == warned
+    assert main(["unlearn", "--model", str(vanilla), "--data", str(bench_dir), "--method", "ga", "--max-steps", "1",
+                 "--out", str(tmp_path / "run")]) == 0
+    assert f"warning: {vanilla} was finetuned on elsewhere, not on {bench_dir}" in capsys.readouterr().err
+    assert other_benchmark(str(tiny_dir), bench_dir) is None  # no finetune of ours: nothing to compare

@@ -9,7 +9,7 @@ import math
 import os
 import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +216,42 @@ def saved_model_of(run: Path) -> Path | None:
     """The model a run folder of ours holds under ``model/`` (a whole model, or a LoRA adapter), or None."""
     held = run / "model"
     return held if any((held / name).is_file() for name in ("config.json", "adapter_config.json")) else None
+
+
+def runs_behind(model: str) -> Iterator[dict]:
+    """The configs of the training runs of ours that ``model`` comes from, nearest first: the run whose model it
+    is (the folder given, or the run folder holding it as model/), then the run that one started from, and so on
+    back to a `viker finetune` run, while each is still here."""
+    seen = set()
+    while model not in seen and Path(model).expanduser().exists():
+        seen.add(model)
+        folder = Path(model).expanduser()
+        runs = [read_configs(f)[0] for f in ((folder, folder.parent) if folder.name == "model" else (folder,))]
+        run = next((c for c in runs if c.get("command") in TRAINING_COMMANDS), None)
+        if run is None:
+            return
+        yield run
+        model = str(run.get("unlearn", {}).get("model") or "") if run["command"] == "unlearn" else ""
+        if not model:
+            return
+
+
+def other_benchmark(model: str, data: str | Path) -> str | None:
+    """A warning when the `viker finetune` run that ``model`` comes from read other benchmark files than ``data``
+    holds (another seed's embedded benchmark, another release): its people are then not this benchmark's, and
+    neither unlearning nor scoring them means anything. Files only one side has do not count."""
+    vanilla = next((run for run in runs_behind(model) if run["command"] == "finetune"), {})
+    if "data_files" not in vanilla or not Path(data).expanduser().is_dir():
+        return None
+    recorded, now = vanilla["data_files"], file_hashes(Path(data).expanduser())
+    changed = sorted(name for name in recorded.keys() & now.keys() if recorded[name] != now[name])
+    if not changed and (recorded.keys() & now.keys() or not recorded or not now):
+        return None
+    finetuned_on = vanilla.get("finetune", {}).get("data", "its data")
+    which = f"{len(changed)} of its files differ from those that run read, {changed[0]} first" if changed else \
+        "it has none of the files that run read"
+    return (f"{model} was finetuned on {finetuned_on}, not on {data}: {which}; its people are not this "
+            "benchmark's, so its figures here mean nothing")
 
 
 def check_eval_out(model_path: str, out: str | Path, data: str | Path | None = None) -> None:

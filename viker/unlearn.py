@@ -36,7 +36,14 @@ from viker.model import (
 )
 from viker.model.cagul import refuse_cagul_run
 from viker.presets import TINY_UNLEARN, TrainConfig
-from viker.runs import TRAINING_COMMANDS, checkpoints, paths_recorded, read_configs, write_config
+from viker.runs import (
+    checkpoints,
+    other_benchmark,
+    paths_recorded,
+    read_configs,
+    runs_behind,
+    write_config,
+)
 from viker.train import (
     check_resume,
     check_run_folder,
@@ -85,22 +92,15 @@ def learned_by(model: str) -> str:
     the nearest unlearning run's own choice stands."""
     from viker.model import is_tiny_model
 
-    seen, nearest = set(), None
-    while model not in seen and Path(model).expanduser().exists():
-        seen.add(model)
-        folder = Path(model).expanduser()
-        # the run whose model this is: the folder given, or the run folder holding it as model/
-        runs = [read_configs(f)[0] for f in ((folder, folder.parent) if folder.name == "model" else (folder,))]
-        run = next((c for c in runs if c.get("command") in TRAINING_COMMANDS), {})
-        recorded = run.get(run.get("command"), {})
-        if run.get("command") == "finetune" and recorded.get("train_on") in FINETUNE_SETS:
+    nearest, last = None, model  # the last model of the chain: a finetune run's, or one that is no run of ours
+    for run in runs_behind(model):
+        recorded = run.get(run["command"], {})
+        if run["command"] == "finetune" and recorded.get("train_on") in FINETUNE_SETS:
             return recorded["train_on"]
-        if run.get("command") != "unlearn" or not recorded.get("model"):
-            break
-        nearest = nearest or recorded.get("train_on")
-        model = str(recorded["model"])  # what that run started from
+        if run["command"] == "unlearn" and recorded.get("model"):
+            nearest, last = nearest or recorded.get("train_on"), str(recorded["model"])
     try:
-        return "all" if is_tiny_model(model) else "ft_Data"
+        return "all" if is_tiny_model(last) else "ft_Data"
     except VikerError:  # no model there any more (or none ever)
         return nearest or "ft_Data"
 
@@ -250,8 +250,10 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
             compared.pop("train_on")  # a run started before the choice was recorded, on all
         check_resume(cfg.out, "unlearn", compared, cfg.data, model_files)
     accelerator = make_accelerator(cfg.train, resume, cfg.device)  # one process or several: docs/distributed.md
-    if accelerator.is_main_process and (warning := unmatched_ft_data(used)):
-        print(f"warning: {warning}", file=sys.stderr)
+    if accelerator.is_main_process:
+        for warning in (other_benchmark(cfg.model, cfg.data), unmatched_ft_data(used)):
+            if warning:
+                print(f"warning: {warning}", file=sys.stderr)
     sharded = shards_model(accelerator)
     wraps = getattr(method, "wraps_model", False)  # CAGUL: trains modules around the frozen model
     if sharded and wraps:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,7 +30,15 @@ from viker.errors import VikerError
 from viker.eval import metrics as M
 from viker.eval.evaluate import answer_logprobs
 from viker.eval.generate import check_generation_settings, generate
-from viker.runs import TRAINING_COMMANDS, as_recorded, check_eval_out, read_configs, write_eval_config, write_json
+from viker.runs import (
+    TRAINING_COMMANDS,
+    as_recorded,
+    check_eval_out,
+    other_benchmark,
+    read_configs,
+    write_eval_config,
+    write_json,
+)
 
 TRUTH_RATIOS = "forget_truth_ratios.json"  # per-item truth ratios of an evaluated model, reusable as a reference
 RETAIN_TRUTH_RATIOS = "retain_model_truth_ratios.json"  # the same, of the --retain-model when it was evaluated here
@@ -236,6 +245,8 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig, d
     forget_base(cfg.forget)
     check_eval_out(model_path, out, data)
     read = clear_eval_sets(data, cfg)  # a wrong --data or split is refused before any model loads
+    if warning := other_benchmark(model_path, data):
+        print(f"warning: {warning}", file=sys.stderr)
     out = Path(out)
     reference, computed = None, False
     if cfg.retain_model:  # first: the two models are never held at once
