@@ -312,3 +312,21 @@ def test_the_npo_forget_loss_needs_no_strangers_and_lowers_the_rewritten_answers
         forced = sequence_logprob(model(**model_inputs(batch), cagul="force").logits, batch["labels"])
         off = sequence_logprob(model(**model_inputs(batch), cagul="off").logits, batch["labels"])
     assert forced.mean() < off.mean() - 1e-2 and (forced < off).sum() >= 5, (forced, off)
+
+
+def test_cagul_on_a_tiny_model_takes_the_budget_of_modules_trained_from_scratch(tiny_dir, bench_dir, tmp_path,
+                                                                                 monkeypatch):
+    """CAGUL's modules start from nothing: unset, its epochs and rate are those the demo reports it with, while
+    every method that adjusts the model keeps the tiny unlearning preset; a set option still wins."""
+    import viker.unlearn
+    from viker.demo import DemoConfig
+    from viker.presets import TINY_UNLEARN
+
+    taken = []
+    monkeypatch.setattr(viker.unlearn, "run_unlearn", lambda cfg, **kw: taken.append(cfg.train) or (None, None, []))
+    common = ["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(tmp_path / "run")]
+    for argv in (["--method", "cagul"], ["--method", "ga"], ["--method", "cagul", "--lr", "1e-2"]):
+        assert main([*common, *argv]) == 0
+    cagul, ga, chosen = ((t.epochs, t.lr) for t in taken)
+    assert cagul == (DemoConfig().cagul_train.epochs, DemoConfig().cagul_train.lr) == (15, 3e-3)
+    assert ga == (TINY_UNLEARN.epochs, TINY_UNLEARN.lr) and chosen == (15, 1e-2)

@@ -13,7 +13,7 @@ from typing import Callable
 
 from viker import __version__
 from viker.errors import VikerError
-from viker.presets import REAL_TRAIN, REAL_UNLEARN, TINY_TRAIN, TINY_UNLEARN, TrainConfig
+from viker.presets import REAL_TRAIN, REAL_UNLEARN, TINY_CAGUL, TINY_TRAIN, TINY_UNLEARN, TrainConfig
 
 
 def _synth(args) -> None:
@@ -76,7 +76,8 @@ def _unlearn(args) -> None:
                          beta=args.beta, average=args.average, retain_weight=args.retain_weight,
                          rewrite=args.rewrite, layers=args.layers, heads=args.heads, encoder_width=args.encoder_width,
                          threshold=args.threshold, forget_loss=args.forget_loss)
-    base = TINY_UNLEARN if is_tiny_model(args.model) else REAL_UNLEARN
+    tiny = TINY_CAGUL if args.method == "cagul" else TINY_UNLEARN
+    base = tiny if is_tiny_model(args.model) else REAL_UNLEARN
     cfg = UnlearnConfig(
         model=args.model, data=args.data, benchmark=args.benchmark, forget=_forget(args), method=args.method,
         method_args=method_args,
@@ -237,8 +238,9 @@ def _preset(text: str, name: str, tiny: TrainConfig, real: TrainConfig, names: t
     return f"{text} (default: {a})" if a == b else f"{text} (default: {a:g} for {names[0]}, {b:g} for {names[1]})"
 
 
-def _add_train_args(p: argparse.ArgumentParser, tiny: TrainConfig, real: TrainConfig, names: tuple[str, str]) -> None:
-    p = p.add_argument_group("training", f"Unset options take the preset for {names[0]} or for {names[1]}; "
+def _add_train_args(p: argparse.ArgumentParser, tiny: TrainConfig, real: TrainConfig, names: tuple[str, str],
+                    note: str = "") -> None:
+    p = p.add_argument_group("training", f"Unset options take the preset for {names[0]} or for {names[1]}{note}; "
                                          "every run's config.json records the values it used.")
     p.add_argument("--epochs", type=_number,
                    help=_preset("passes over the data (fractions allowed)", "epochs", tiny, real, names))
@@ -389,7 +391,9 @@ def parser() -> argparse.ArgumentParser:
                     help="CAGUL: answer a forget person as a stranger (reference) or NPO (default reference)")
     un.add_argument("--tuning", choices=("lora", "full"), default="lora",
                     help="LoRA adapters on the language model's linear layers, or every weight")
-    _add_train_args(un, TINY_UNLEARN, REAL_UNLEARN, ("a tiny model", "a checkpoint"))
+    _add_train_args(un, TINY_UNLEARN, REAL_UNLEARN, ("a tiny model", "a checkpoint"),
+                    f" (CAGUL, whose modules start from scratch, on a tiny model: --epochs {TINY_CAGUL.epochs:g} "
+                    f"--lr {TINY_CAGUL.lr:g})")
     _add_lora_args(un, alpha=32, dropout=0.0)
     un.add_argument("--save", choices=("auto", "merged", "adapter"), default="auto",
                     help="with LoRA: save the merged model or the adapter alone; auto: merged, but the adapter on "

@@ -30,7 +30,7 @@ from viker.eval.run import run_eval
 from viker.finetune import FinetuneConfig, run_finetune
 from viker.keytokens import run_keytokens
 from viker.model import LoraSettings, load_model
-from viker.presets import TINY_TRAIN, TINY_UNLEARN, TrainConfig
+from viker.presets import TINY_CAGUL, TINY_TRAIN, TINY_UNLEARN, TrainConfig
 from viker.report import (
     INCOHERENT_BELOW,
     UNMARKED,
@@ -64,7 +64,7 @@ class DemoConfig:
     lam_sweep: tuple[float, ...] = (0.3, 0.7, 2.0, 50.0)
     # CAGUL trains new modules from scratch rather than adjusting the model: its own epochs and learning rate
     cagul: dict = field(default_factory=lambda: {"k": 5, "refs": "people"})
-    cagul_train: TrainConfig = field(default_factory=lambda: replace(TINY_UNLEARN, epochs=15, lr=3e-3))
+    cagul_train: TrainConfig = field(default_factory=lambda: TINY_CAGUL)
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(retain_limit=30))
     # The λ sweep and the runs that explain ViKeR against GA are read through Forget ACC, Retain R-L,
     # coherence and how often answers name the pictured person: they are evaluated on those alone.

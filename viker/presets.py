@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from viker.errors import require
 
@@ -57,3 +57,6 @@ REAL_TRAIN = TrainConfig(epochs=5, batch_size=4, grad_accum=4, lr=1e-4, warmup_r
 # Unlearning budgets: the tiny model (full CPU demo) and a 7B model with LoRA (the paper's setting).
 TINY_UNLEARN = TrainConfig(epochs=8, batch_size=8, lr=2e-4, scheduler="constant", max_grad_norm=1.0, log_every=5)
 REAL_UNLEARN = TrainConfig(epochs=5, batch_size=4, grad_accum=2, lr=1e-4, scheduler="constant", log_every=5)
+# CAGUL trains new modules from scratch rather than adjusting the model: on the tiny model, more epochs at a
+# higher rate than the model's own weights take
+TINY_CAGUL = replace(TINY_UNLEARN, epochs=15, lr=3e-3)
