@@ -304,3 +304,38 @@ def test_remote_code_is_off_unless_asked(monkeypatch, tiny_dir):
     assert seen == [False, False]
     load_model(tiny_dir, device="cpu", trust_remote_code=True)
     assert seen[2:] == [True, True]
+
+
+def test_a_hub_id_the_hub_cannot_serve_is_refused_at_once(tiny_dir, monkeypatch):
+    """Offline, a hub id (or a mistyped path read as one) is one line at once, not minutes of retries; a local
+    folder, a hub that answers at all, and HF_HUB_OFFLINE (the cache alone) go on as before."""
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    from viker.model import check_hub_reachable
+
+    tried = []
+
+    def offline(url, timeout):
+        tried.append(url)
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # as on a user's machine (the tests set it)
+    with pytest.raises(VikerError, match=r"^no-such-org/no-such-model: no such local folder, and the hub \(.*\) "
+                                         r"cannot be reached to download it \(Name or service not known\)"):
+        load_model("no-such-org/no-such-model")
+    check_hub_reachable(str(tiny_dir))  # a folder: the hub is never asked
+    assert len(tried) == 1
+    with monkeypatch.context() as m:
+        m.setattr(constants, "HF_HUB_OFFLINE", True)
+        check_hub_reachable("no-such-org/no-such-model")
+    assert len(tried) == 1
+
+    def refusing(url, timeout):  # an answer, even an error status, is a hub that can be reached
+        raise urllib.error.HTTPError(url, 403, "Forbidden", {}, None)
+
+    monkeypatch.setattr(urllib.request, "urlopen", refusing)
+    check_hub_reachable("no-such-org/no-such-model")

@@ -117,6 +117,7 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "auto",
     dev = pick_device(device)
     adapter = Path(path, "adapter_config.json").is_file()
     base = adapter_base(path) if adapter else path
+    check_hub_reachable(base)  # a hub id, or an adapter's base named by one
     if adapter:  # one of our runs records the base model it trained the adapter on
         check_weights_unchanged(Path(path).parent, weight_hashes(base), f"{path}: an adapter on {base}")
     try:
@@ -145,6 +146,29 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "auto",
                   "the one trained; --dtype float32 keeps the update whole", file=sys.stderr)
         model = model.merge_and_unload()
     return model, processor
+
+
+def check_hub_reachable(path: str, timeout: float = 10.0) -> None:
+    """For a hub id that is neither a local folder nor in the hub cache, refuse at once when the hub cannot be
+    reached (a machine offline, a mistyped path read as an id), rather than after minutes of retries. With
+    ``HF_HUB_OFFLINE`` set, or the model in the cache, loading goes on as the hub library decides."""
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if Path(path).expanduser().exists() or not is_hub_id(path) or constants.HF_HUB_OFFLINE:
+        return
+    if isinstance(try_to_load_from_cache(path, "config.json"), str):
+        return
+    try:
+        urllib.request.urlopen(constants.ENDPOINT, timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise VikerError(f"{path}: no such local folder, and the hub ({constants.ENDPOINT}) cannot be reached to "
+                         f"download it ({reason}); give the model's local folder") from None
 
 
 def adapter_base(path: str) -> str:
