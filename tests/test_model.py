@@ -339,3 +339,18 @@ def test_a_hub_id_the_hub_cannot_serve_is_refused_at_once(tiny_dir, monkeypatch)
 
     monkeypatch.setattr(urllib.request, "urlopen", refusing)
     check_hub_reachable("no-such-org/no-such-model")
+
+
+def test_a_model_folder_without_its_tokenizer_or_config_says_which_is_missing(tiny_dir, tmp_path):
+    from viker.eval.evaluate import gibberish_scorer
+    from viker.model import TOKENIZER_FILES
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_dir, copy)
+    for name in TOKENIZER_FILES:
+        (copy / name).unlink(missing_ok=True)
+    with pytest.raises(VikerError, match=r"model: cannot load model \(no tokenizer in it: none of tokenizer.json, "):
+        load_model(copy)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VikerError, match=r"cannot load a text classifier \(no config in it: none of config.json"):
+        gibberish_scorer(str(tmp_path / "empty"), "cpu")

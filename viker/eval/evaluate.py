@@ -29,7 +29,7 @@ from viker.errors import VikerError, require
 from viker.eval import metrics as M
 from viker.eval.generate import check_generation_settings, generate
 from viker.methods.losses import answer_window, token_logprobs
-from viker.model import eval_mode
+from viker.model import eval_mode, why_not_loaded
 from viker.prompts import generation_prompt, mc_prompt
 
 SETS = ("forget", "test", "retain", "real")  # the forget split, its Test_Set rows, the retain split, Retain_Set
@@ -243,7 +243,7 @@ def gibberish_scorer(path: str, device, batch_size: int = 32):
         tokenizer = AutoTokenizer.from_pretrained(folder)
         clf = AutoModelForSequenceClassification.from_pretrained(folder).to(device).eval()
     except (OSError, ValueError) as e:
-        raise VikerError(f"--gib-model {path}: cannot load a text classifier ({str(e).splitlines()[0]})") from None
+        raise VikerError(f"--gib-model {path}: cannot load a text classifier ({why_not_loaded(e, folder)})") from None
     labels = {i: str(name).lower() for i, name in clf.config.id2label.items()}
     clean = next((i for i, name in labels.items() if "clean" in name), None)
     if clean is None:

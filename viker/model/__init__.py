@@ -133,8 +133,7 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "auto",
             with quiet_peft():
                 model = PeftModel.from_pretrained(model, path)
     except (OSError, ValueError, SafetensorError) as e:  # SafetensorError: a weights file cut short
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise VikerError(f"{path}: cannot load model ({first})") from None
+        raise VikerError(f"{path}: cannot load model ({why_not_loaded(e, path, base)})") from None
     model = model.to(dev)
     # an adapter stays unmerged only where asked (evaluation), on 16-bit weights that a merge would take more
     # than MERGE_LOSS_KEPT of its update from, or whose LoRA merge_loss does not measure
@@ -146,6 +145,22 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "auto",
                   "the one trained; --dtype float32 keeps the update whole", file=sys.stderr)
         model = model.merge_and_unload()
     return model, processor
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                   "sentencepiece.bpe.model")
+
+
+def why_not_loaded(error: Exception, *folders: str | Path) -> str:
+    """Why loading from ``folders`` (local folders, or hub ids) failed, in a few words: a config or tokenizer
+    missing from local folders (transformers reports the latter as a backend it cannot build "from one of: "
+    nothing); else the error's first line."""
+    local = [Path(f).expanduser() for f in folders if Path(f).expanduser().is_dir()]
+    if local and len(local) == len(folders):
+        for what, names in (("config", ("config.json", "adapter_config.json")), ("tokenizer", TOKENIZER_FILES)):
+            if not any((f / name).is_file() for f in local for name in names):
+                return f"no {what} in it: none of {', '.join(names)}"
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def check_hub_reachable(path: str, timeout: float = 10.0) -> None:
