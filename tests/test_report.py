@@ -230,6 +230,21 @@ def test_no_marker_of_the_plot_hides_another(tmp_path, monkeypatch):
     assert "side by side" not in drawn["x label"]  # nothing set aside, nothing to say
 
 
+def test_retain_rouge_l_is_drawn_on_its_whole_scale(tmp_path, monkeypatch):
+    """A run 1.6 points below the others is not drawn as far below them as a run that lost everything (--fast's
+    plot spanned 98.4 to 100): the y axis shows 0 to 100 whatever the figures."""
+    import matplotlib.figure
+
+    seen = {}
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, path, **kw: seen.update(y=fig.axes[0].get_ylim()))
+    runs = [{"method": m, "metrics": {"forget_acc": x, "retain_rougeL": y, "coherence": 99.2}}
+            for m, x, y in (("vanilla", 100.0, 100.0), ("ga", 66.0, 100.0), ("viker", 40.0, 98.4))]
+    tradeoff_plot(runs, [], tmp_path / "tradeoff.png")
+    low, high = seen["y"]
+    assert low <= -5 and high >= 105
+
+
 def test_the_sweep_labels_end_inside_the_frame(tmp_path, monkeypatch):
     """A λ label sits above its marker, where matplotlib's y range does not look: at the top of the range it
     crossed the frame."""
@@ -246,6 +261,37 @@ def test_the_sweep_labels_end_inside_the_frame(tmp_path, monkeypatch):
              for lam, x, y in ((1.0, 60.0, 99.9), (10.0, 36.0, 83.6), (50.0, 20.0, 40.0))]
     tradeoff_plot(_runs()[:2], sweep, tmp_path / "tradeoff.png")
     assert len(over) == 3 and max(over) < 0
+
+
+def test_a_sweep_label_stands_where_it_hides_no_run(tmp_path, monkeypatch):
+    """Above its point a λ label would cover a run drawn just above it (the demo's "ViKeR, 5 epochs" was
+    lost under one): it goes beside or below instead, and the runs it would have covered stay in sight."""
+    import matplotlib.figure
+
+    seen = {}
+
+    def look(fig, path, **kwargs):
+        ax, renderer = fig.axes[0], fig.canvas.get_renderer()
+        fig.canvas.draw()
+        half = MARKER_AREA ** 0.5 * fig.dpi / 72 / 2
+        seen["markers"] = [(c.get_label(), ax.transData.transform(c.get_offsets())[0]) for c in ax.collections]
+        seen["labels"] = [(t.get_text(), t.get_bbox_patch().get_window_extent(renderer)) for t in ax.texts]
+        seen["half"] = half
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", look)
+    runs = [{"method": "viker", "label": "ViKeR (λ=10)",
+             "metrics": {"forget_acc": 34.0, "retain_rougeL": 73.7, "coherence": 99.2}},
+            {"method": "viker_5ep", "label": "ViKeR, 5 epochs", "marker": "X",
+             "metrics": {"forget_acc": 34.0, "retain_rougeL": 80.0, "coherence": 99.2}},
+            {"method": "ga", "metrics": {"forget_acc": 24.0, "retain_rougeL": 0.0, "coherence": 0.0}}]
+    sweep = [{"lam": lam, "metrics": {"forget_acc": 34.0, "retain_rougeL": y, "coherence": 99.2}}
+             for lam, y in ((2.0, 76.8), (10.0, 73.7))]
+    tradeoff_plot(runs, sweep, tmp_path / "tradeoff.png", chance=25.0)
+    (text, box), = seen["labels"]
+    assert text == "λ=2, 10"
+    h = seen["half"]
+    for name, (x, y) in seen["markers"]:
+        assert not (box.x0 < x + h and x - h < box.x1 and box.y0 < y + h and y - h < box.y1), name
 
 
 @pytest.mark.parametrize("others", [2, 12])

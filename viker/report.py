@@ -233,10 +233,11 @@ class PlotAxes(NamedTuple):
     xlabel: str
     ylabel: str
     ylog: bool = False
+    yspan: tuple[float, float] | None = None  # a scale's whole extent, always shown: no small gap drawn large
 
 
 MLLMU_AXES = PlotAxes("forget_acc", "retain_rougeL", "Forget ACC (%)  ← better forgetting",
-                      "Retain ROUGE-L (%)  ↑ better retention")
+                      "Retain ROUGE-L (%)  ↑ better retention", yspan=(0.0, 100.0))
 CLEAR_AXES = PlotAxes("model_utility", "forget_quality", "Model utility  → better retention",
                       "Forget quality (log)  ↑ closer to never trained", ylog=True)  # as TOFU and CLEAR plot it
 
@@ -264,6 +265,40 @@ def _set_side_by_side(ax, dots: list[list], at: list[tuple[float, float]]) -> No
         for collection in collections:
             collection.set_offsets([(x + slot * width, y)])
     ax.set_xlim(lo - most * width, hi + most * width)
+
+
+# where a sweep label goes, first to last: its offset from the point (points), and its alignment
+LABEL_PLACES = (((0, 8), "center", "bottom"), ((0, -8), "center", "top"), ((-8, 0), "right", "center"),
+                ((8, 0), "left", "center"))
+
+
+def _clear_of_markers(ax) -> None:
+    """Put each of the sweep's labels in the first of :data:`LABEL_PLACES` where it covers no run's marker, no
+    point of the sweep and no label already placed, inside the frame (else above its point, as before): a
+    label drawn over a run's marker would hide that run."""
+    import numpy as np
+    from matplotlib.transforms import Bbox
+
+    renderer = ax.figure.canvas.get_renderer()
+    half = MARKER_AREA ** 0.5 * ax.figure.dpi / 72 / 2  # half a run marker's width, in pixels
+
+    def at(points) -> list:  # in pixels, where drawn (a figure not measured is not drawn)
+        filled = np.ma.filled(np.ma.asarray(points, dtype=float).reshape(-1, 2), np.nan)
+        return [(x, y) for x, y in ax.transData.transform(filled) if math.isfinite(x) and math.isfinite(y)]
+
+    taken = [Bbox.from_bounds(x - half, y - half, 2 * half, 2 * half)
+             for c in ax.collections for x, y in at(c.get_offsets())]
+    taken += [Bbox.from_bounds(x - 3, y - 3, 6, 6) for line in ax.get_lines() for x, y in at(line.get_xydata())
+              if line.get_marker() not in (None, "None", "")]  # the sweep's own points
+    frame = ax.get_window_extent(renderer)
+    for text in (t for t in ax.texts if t.get_text().startswith("λ=")):
+        for offset, ha, va in (*LABEL_PLACES, LABEL_PLACES[0]):  # none free: above, where it was
+            text.xyann, _ = offset, text.set(ha=ha, va=va)
+            box = text.get_window_extent(renderer).padded(2)  # with its ground
+            if (not any(box.overlaps(other) for other in taken) and frame.x0 <= box.x0 and box.x1 <= frame.x1
+                    and frame.y0 <= box.y0):  # the top may grow: _room_above
+                break
+        taken.append(box)
 
 
 def _room_above(ax, pad_pt: float = 3.0) -> None:
@@ -305,8 +340,12 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
         pts = sorted(((s["lam"], s["metrics"][axes.x], s["metrics"][axes.y]) for s in sweep))
         ax.plot([p[1] for p in pts], [p[2] for p in pts], "-o", color=VIKER_COLOUR, alpha=0.6, ms=4,
                 label="ViKeR, λ sweep")
-        for lams, x, y in _nearby(pts, _spans([(x, y) for _, x, y in pts] + at)):
-            # above the sweep's point, and drawn over any run's marker there, on a ground of its own to stay legible
+        spans = _spans([(x, y) for _, x, y in pts] + at)
+        if axes.yspan:  # the y range drawn: points close on it share a label
+            spans = (spans[0], max(spans[1], axes.yspan[1] - axes.yspan[0]))
+        for lams, x, y in _nearby(pts, spans):
+            # above the sweep's point (else beside or below it, where no marker is: _clear_of_markers), drawn over
+            # any run's marker it still meets, on a ground of its own to stay legible
             ax.annotate("λ=" + ", ".join(f"{lam:g}" for lam in lams), (x, y), textcoords="offset points",
                         xytext=(0, 8), ha="center", va="bottom", fontsize=7, color=VIKER_COLOUR, zorder=6,
                         bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
@@ -347,6 +386,9 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
     ax.set_ylabel(axes.ylabel)
     if axes.ylog:
         ax.set_yscale("log")
+    if axes.yspan:  # with matplotlib's own margin of 5% on each side
+        (low, high), margin = ax.get_ylim(), 0.05 * (axes.yspan[1] - axes.yspan[0])
+        ax.set_ylim(min(low, axes.yspan[0] - margin), max(high, axes.yspan[1] + margin))
     ax.set_title(title or "Forgetting vs retention")
     ax.grid(alpha=0.3)
     entries = sorted(zip(*ax.get_legend_handles_labels()), key=lambda entry: entry[1] == crossed)  # crossed: last
@@ -354,6 +396,7 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
               ncols=math.ceil(len(entries) / LEGEND_ROWS))  # beside, no taller than the plot
     fig.tight_layout()
     _set_side_by_side(ax, dots, at)
+    _clear_of_markers(ax)
     _room_above(ax)
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
