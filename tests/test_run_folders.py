@@ -91,8 +91,11 @@ def test_an_evaluation_writes_only_where_it_belongs(tiny_dir, bench_dir, tmp_pat
     assert main([*evaluate, str(other), "--out", str(other)]) == 0  # beside the model it scores
     run = tmp_path / "run"  # a run folder of ours and the model/ in it are one model, whichever is named
     shutil.copytree(tiny_dir, run / "model")
-    assert main([*evaluate, str(run / "model"), "--out", str(tmp_path / "r")]) == 0
-    assert main([*evaluate, str(run), "--out", str(tmp_path / "r")]) == 0
+    for first, then in ((run / "model", run), (run, run), (run, run / "model")):
+        shutil.rmtree(tmp_path / "r", ignore_errors=True)
+        assert main([*evaluate, str(first), "--out", str(tmp_path / "r")]) == 0
+        assert main([*evaluate, str(then), "--out", str(tmp_path / "r")]) == 0, (first, then)
+    assert main([*evaluate, str(run), "--out", str(run)]) == 0  # into the folder named, as beside a model
 
 
 def test_overwrite_never_removes_the_base_model_of_an_adapter_it_reads(tiny_dir, bench_dir, tmp_path, capsys):

@@ -265,8 +265,11 @@ def check_eval_out(model_path: str, out: str | Path, data: str | Path | None = N
     here = out.resolve()
     if data is not None and here == Path(data).expanduser().resolve():
         raise VikerError(f"--out {out}: the benchmark folder given as --data; evaluate into a folder of its own")
-    model = Path(model_path).expanduser()
-    model = (saved_model_of(model) or model).resolve()  # a run folder and its model/ are one model
+    def one_model(path: str) -> Path:  # a run folder and the model/ it holds are one model
+        folder = Path(path).expanduser()
+        return (saved_model_of(folder) or folder).resolve()
+
+    given, model = Path(model_path).expanduser().resolve(), one_model(model_path)
     config, evaluation = read_configs(out)
     command = config.get("command")
     if command in TRAINING_COMMANDS:
@@ -275,10 +278,10 @@ def check_eval_out(model_path: str, out: str | Path, data: str | Path | None = N
                              f"{model_path} into a folder of its own, or this run with --model {out}")
     elif command == "eval":
         scored = Path(str(evaluation.get("model", ""))).expanduser()
-        if scored.resolve() != model:  # a hub id resolves alike on both sides
+        if one_model(str(scored)) != model:  # a hub id resolves alike on both sides
             raise VikerError(f"--out {out}: the evaluation of another model ({scored}); evaluate {model_path} "
                              "into a folder of its own, or remove that one first")
-    elif model != here:
+    elif here not in (model, given):
         raise VikerError(f"--out {out}: a folder of files that no viker evaluation wrote; evaluate into a new or "
                          "empty folder")
 
