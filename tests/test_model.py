@@ -308,37 +308,41 @@ def test_remote_code_is_off_unless_asked(monkeypatch, tiny_dir):
 
 def test_a_hub_id_the_hub_cannot_serve_is_refused_at_once(tiny_dir, monkeypatch):
     """Offline, a hub id (or a mistyped path read as one) is one line at once, not minutes of retries; a local
-    folder, a hub that answers at all, and HF_HUB_OFFLINE (the cache alone) go on as before."""
-    import urllib.error
-    import urllib.request
-
+    folder, a hub that answers at all, HF_HUB_OFFLINE (the cache alone) and an id the hub would refuse as
+    malformed go on to loading as before."""
+    import huggingface_hub
     from huggingface_hub import constants
 
     from viker.model import check_hub_reachable
 
-    tried = []
+    asked = []
 
-    def offline(url, timeout):
-        tried.append(url)
-        raise urllib.error.URLError("Name or service not known")
+    class Offline:
+        def head(self, url, timeout):
+            asked.append(url)
+            raise ConnectionError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.setattr(huggingface_hub, "get_session", lambda: Offline())
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # as on a user's machine (the tests set it)
     with pytest.raises(VikerError, match=r"^no-such-org/no-such-model: no such local folder, and the hub \(.*\) "
-                                         r"cannot be reached to download it \(Name or service not known\)"):
+                                         r"cannot be reached to download it \(\[Errno -2\] Name or service"):
         load_model("no-such-org/no-such-model")
     check_hub_reachable(str(tiny_dir))  # a folder: the hub is never asked
-    assert len(tried) == 1
+    check_hub_reachable("org/bad..name")  # no valid id: loading reports it
+    assert len(asked) == 1
     with monkeypatch.context() as m:
         m.setattr(constants, "HF_HUB_OFFLINE", True)
         check_hub_reachable("no-such-org/no-such-model")
-    assert len(tried) == 1
+    assert len(asked) == 1
 
-    def refusing(url, timeout):  # an answer, even an error status, is a hub that can be reached
-        raise urllib.error.HTTPError(url, 403, "Forbidden", {}, None)
+    class Answering:  # an answer, even an error status, is a hub that can be reached
+        def head(self, url, timeout):
+            asked.append(url)
+            return 403
 
-    monkeypatch.setattr(urllib.request, "urlopen", refusing)
+    monkeypatch.setattr(huggingface_hub, "get_session", lambda: Answering())
     check_hub_reachable("no-such-org/no-such-model")
+    assert len(asked) == 2
 
 
 def test_a_model_folder_without_its_tokenizer_or_config_says_which_is_missing(tiny_dir, tmp_path):

@@ -167,21 +167,19 @@ def check_hub_reachable(path: str, timeout: float = 10.0) -> None:
     """For a hub id that is neither a local folder nor in the hub cache, refuse at once when the hub cannot be
     reached (a machine offline, a mistyped path read as an id), rather than after minutes of retries. With
     ``HF_HUB_OFFLINE`` set, or the model in the cache, loading goes on as the hub library decides."""
-    import urllib.error
-    import urllib.request
-
-    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub import constants, get_session, try_to_load_from_cache
 
     if Path(path).expanduser().exists() or not is_hub_id(path) or constants.HF_HUB_OFFLINE:
         return
-    if isinstance(try_to_load_from_cache(path, "config.json"), str):
-        return
     try:
-        urllib.request.urlopen(constants.ENDPOINT, timeout=timeout).close()
-    except urllib.error.HTTPError:
-        return  # it answered
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
+        if isinstance(try_to_load_from_cache(path, "config.json"), str):
+            return
+    except ValueError:  # no valid hub id ("org/bad..name"): loading says so, as it did
+        return
+    try:  # through the hub library's own client: its proxies and certificates
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except Exception as e:  # no answer at all, whatever the client (an error status is an answer, and no raise)
+        reason = str(e) or type(e).__name__
         raise VikerError(f"{path}: no such local folder, and the hub ({constants.ENDPOINT}) cannot be reached to "
                          f"download it ({reason}); give the model's local folder") from None
 
