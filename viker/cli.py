@@ -76,7 +76,8 @@ def _unlearn(args) -> None:
                          beta=args.beta, average=args.average, retain_weight=args.retain_weight,
                          rewrite=args.rewrite, layers=args.layers, heads=args.heads, encoder_width=args.encoder_width,
                          threshold=args.threshold, forget_loss=args.forget_loss)
-    tiny = TINY_CAGUL if args.method == "cagul" else TINY_UNLEARN
+    # CAGUL's own preset; a CAGUL run started before it had one goes on with the preset it started with
+    tiny = TINY_CAGUL if args.method == "cagul" and not _resumes_on(args, TINY_UNLEARN) else TINY_UNLEARN
     base = tiny if is_tiny_model(args.model) else REAL_UNLEARN
     cfg = UnlearnConfig(
         model=args.model, data=args.data, benchmark=args.benchmark, forget=_forget(args), method=args.method,
@@ -98,6 +99,16 @@ def _unlearn(args) -> None:
         print(f"unlearned model written to {args.out}/model as its LoRA adapter, on the model it names ({loss})")
     else:
         print(f"unlearned model written to {args.out}/model ({loss})")
+
+
+def _resumes_on(args, preset: TrainConfig) -> bool:
+    """Whether the unlearning run that ``--resume`` continues started with ``preset``'s epochs and rate."""
+    from viker.runs import read_configs
+
+    if not args.resume or not Path(args.out, "config.json").is_file():
+        return False
+    train = read_configs(args.out)[0].get("unlearn", {}).get("train", {})
+    return (train.get("epochs"), train.get("lr")) == (preset.epochs, preset.lr)
 
 
 def _forget(args) -> str:
