@@ -347,7 +347,7 @@ def test_a_hub_id_the_hub_cannot_serve_is_refused_at_once(tiny_dir, monkeypatch)
 
 def test_a_model_folder_without_its_tokenizer_or_config_says_which_is_missing(tiny_dir, tmp_path):
     from viker.eval.evaluate import gibberish_scorer
-    from viker.model import TOKENIZER_FILES
+    from viker.model import TOKENIZER_FILES, why_not_loaded
 
     copy = tmp_path / "model"
     shutil.copytree(tiny_dir, copy)
@@ -358,3 +358,6 @@ def test_a_model_folder_without_its_tokenizer_or_config_says_which_is_missing(ti
     (tmp_path / "empty").mkdir()
     with pytest.raises(VikerError, match=r"cannot load a text classifier \(no config in it: none of config.json"):
         gibberish_scorer(str(tmp_path / "empty"), "cpu")
+    # another failure in a folder whose tokenizer is of a kind not listed is told as it is
+    (copy / "tokenizer.bin").write_text("")
+    assert why_not_loaded(ValueError("Unrecognized model in x\nmore"), copy) == "Unrecognized model in x"

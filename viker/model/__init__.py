@@ -147,20 +147,24 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "auto",
     return model, processor
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "spm.model",
                    "sentencepiece.bpe.model")
 
 
 def why_not_loaded(error: Exception, *folders: str | Path) -> str:
-    """Why loading from ``folders`` (local folders, or hub ids) failed, in a few words: a config or tokenizer
-    missing from local folders (transformers reports the latter as a backend it cannot build "from one of: "
-    nothing); else the error's first line."""
+    """Why loading from ``folders`` (local folders, or hub ids) failed, in a few words: no config in local
+    folders; a tokenizer error where they hold no tokenizer file (transformers reports it as a backend it
+    cannot build "from one of: " nothing); else the error's first line."""
+    said = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     local = [Path(f).expanduser() for f in folders if Path(f).expanduser().is_dir()]
-    if local and len(local) == len(folders):
-        for what, names in (("config", ("config.json", "adapter_config.json")), ("tokenizer", TOKENIZER_FILES)):
-            if not any((f / name).is_file() for f in local for name in names):
-                return f"no {what} in it: none of {', '.join(names)}"
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if not local or len(local) < len(folders):
+        return said
+    config = ("config.json", "adapter_config.json")
+    if not any((f / name).is_file() for f in local for name in config):
+        return f"no config in it: none of {', '.join(config)}"
+    if "tokenizer" in said.lower() and not any((f / name).is_file() for f in local for name in TOKENIZER_FILES):
+        return f"no tokenizer in it: none of {', '.join(TOKENIZER_FILES)}"
+    return said
 
 
 def check_hub_reachable(path: str, timeout: float = 10.0) -> None:
