@@ -561,3 +561,10 @@ def test_a_judge_that_fails_or_returns_no_scores_is_named_in_one_line():
         with pytest.raises(VikerError, match=f"^--judge j:f: returned {kind}, not a list of scores"):
             judged(lambda q, r, a, returned=returned: returned, "j:f", ["q"], ["r"], ["a"])
     assert judged(lambda q, r, a: (s for s in [3, 7.5]), "j:f", ["q"] * 2, ["r"] * 2, ["a", "b"]) == [3.0, 7.5]
+
+    def streaming(questions, references, answers):  # fails while its scores are read
+        yield 5
+        raise RuntimeError("service down")
+
+    with pytest.raises(VikerError, match=r"^--judge j:s failed: RuntimeError: service down"):
+        judged(streaming, "j:s", ["q"] * 2, ["r"] * 2, ["a", "b"])

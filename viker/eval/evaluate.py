@@ -283,11 +283,13 @@ def judged(judge, spec: str, questions: list[str], references: list[str], replie
     """The judge's scores of ``replies``, refused unless there is one number from 1 to 10 for each."""
     try:
         scores = judge(list(questions), list(references), list(replies))
+        if isinstance(scores, (str, bytes)) or not isinstance(scores, Iterable):
+            raise VikerError(f"--judge {spec}: returned {type(scores).__name__}, not a list of scores")
+        scores = list(scores)  # a generator runs here
+    except VikerError:
+        raise
     except Exception as e:  # the judge's own failure (a service down, a bug): say that the judge failed
         raise VikerError(f"--judge {spec} failed: {type(e).__name__}: {e}") from e
-    if isinstance(scores, (str, bytes)) or not isinstance(scores, Iterable):
-        raise VikerError(f"--judge {spec}: returned {type(scores).__name__}, not a list of scores")
-    scores = list(scores)
     if len(scores) != len(replies):
         raise VikerError(f"--judge {spec}: gave {len(scores)} scores for {len(replies)} answers")
     for x in scores:
