@@ -197,6 +197,8 @@ def test_cloze_prompt_replaces_every_blank_once():
         ("c) Lima", "C"),
         ("B (Halifax)", "B"),  # the option's text in brackets, as "B Halifax"
         ("D (Lima).", "D"),
+        ("B (J. K. Rowling)", "B"),  # an initial in brackets is no second letter
+        ("C (X-ray)", "C"),
     ],
 )
 def test_parse_choice_accepts_clear_letters(reply, expected):
@@ -246,6 +248,7 @@ def test_parse_choice_accepts_clear_letters(reply, expected):
         "B (or C)",  # in brackets the same
         "B (not C)",
         "B (C)",  # two letters
+        "B (C, D)",
         "A (very) good question",  # the article
         "b) or c)",  # lower-case markers listing options
         "b) Paris, c) Lima",
@@ -292,6 +295,12 @@ def test_option_texts_do_not_turn_words_or_a_repeated_list_into_a_choice(reply):
 ])
 def test_options_listed_after_the_choice_leave_it_chosen(reply):
     assert parse_choice(reply, OPTIONS) == parse_choice(reply) == "B"
+
+
+def test_option_as_text_in_brackets_is_a_whether_or_not_the_text_has_its_own():
+    assert parse_choice("A (Seville)", OPTIONS) == "A"
+    options = {**OPTIONS, "A": "(none of these)"}
+    assert parse_choice("A (none of these)", options) == "A"
 
 
 def test_the_words_of_a_longer_option_that_begins_with_option_as_are_not_a():

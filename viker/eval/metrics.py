@@ -135,7 +135,7 @@ _NEGATION = (r"(?:(?:is|was|would(?:\s+be)?|seems(?:\s+to\s+be)?)\s+(?:not|never
 _NOT_AFTER_ARTICLE = r"(?:because|since|as|is|was|which|would|seems|fits|matches)(?![\w-])"
 _LEADING_RE = re.compile(
     r"^(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])(?=[ \t\r]*(?:$|\n)|[:)\]]|[.,](?:\s|$)|\s+[-–]\s)"
-    rf"|([B-HJ-Z]|A(?=\s+{_NOT_AFTER_ARTICLE}))(?=\s+\(?\w)(?!\s+\(?{_NEGATION}|\s+\([A-Z]\b)"
+    rf"|([B-HJ-Z]|A(?=\s+{_NOT_AFTER_ARTICLE}))(?=\s+\(?\w)(?!\s+\(?{_NEGATION}|\s+\([A-Z]\s*(?:[),/]|or\b|and\b))"
     r"|([a-z])(?=[:)]|\.(?:\s|$)))"
 )
 _LENIENT_GROUPS = (4, 5)
@@ -229,16 +229,23 @@ def _names_option_a(text: str, options: Mapping[str, str]) -> bool:
     """Whether ``text`` is "A" followed by option A's text, or by its start (a reply cut short), on its first
     line: the words of the option rather than of a sentence that opens with the article."""
     option = next((t for letter, t in options.items() if letter.strip().upper() == "A"), None)
-    rest = re.match(r"A[ \t]+\(?(\S[^\n]*)", text)  # "A Seville", "A (Seville)"
+    rest = re.match(r"A[ \t]+(\S[^\n]*)", text)
     if not option or not option.strip() or not rest:
         return False
+    named = option.strip().casefold()
+    longer = [t.strip().casefold() for letter, t in options.items() if letter.strip().upper() != "A"]
     said = rest.group(1).strip().casefold()
+    # "A Seville", or "A (Seville)" (unless A's own text opens with the bracket)
+    return any(_says_option(words, named, longer) for words in {said, said.removeprefix("(")})
+
+
+def _says_option(said: str, named: str, longer: list[str]) -> bool:
+    """Whether ``said`` is the option text ``named`` (or its start), not one of the ``longer`` options that
+    begin with it."""
 
     def opens(words: str) -> bool:  # said begins with words of their own: "Seville, Spain", not "Sevilleans"
         return said.startswith(words) and re.match(r"\w", said[len(words):]) is None
 
-    named = option.strip().casefold()
-    longer = [t.strip().casefold() for letter, t in options.items() if letter.strip().upper() != "A"]
     if any(len(t) > len(named) and t.startswith(named) and opens(t) for t in longer):
         return False  # "A doctor's assistant" names option B, "Doctor's assistant", not A's "Doctor"
     return opens(named) or named.startswith(said)
