@@ -337,9 +337,29 @@ def test_a_model_finetuned_on_other_benchmark_files_is_warned_about(tiny_dir, be
         assert main(["eval", "--model", str(vanilla), "--data", str(bench_dir), "--only", "forget:cloze",
                      "--out", str(tmp_path / f"eval-{warned}")]) == 0
         said = capsys.readouterr().err
-        assert (f"warning: {vanilla} was finetuned on elsewhere, not on {bench_dir}: {len(hashes)} of its files "
-                "differ" in said) == warned
+        assert (f"warning: {vanilla} was finetuned on elsewhere, and {bench_dir} is not that benchmark byte for "
+                f"byte ({len(hashes)} of its files differ from those" in said) == warned
     assert main(["unlearn", "--model", str(vanilla), "--data", str(bench_dir), "--method", "ga", "--max-steps", "1",
                  "--out", str(tmp_path / "run")]) == 0
-    assert f"warning: {vanilla} was finetuned on elsewhere, not on {bench_dir}" in capsys.readouterr().err
+    assert f"warning: {vanilla} was finetuned on elsewhere, and {bench_dir} is not" in capsys.readouterr().err
     assert other_benchmark(str(tiny_dir), bench_dir) is None  # no finetune of ours: nothing to compare
+
+
+def test_a_data_file_is_hashed_once_while_unchanged_and_again_once_changed(tmp_path, monkeypatch):
+    """A run hashes its benchmark to record it and to compare it with its model's finetune: one read of a
+    multi-gigabyte release is enough, and a file written since is read again."""
+    import hashlib
+
+    import viker.runs
+    from viker.runs import file_hashes
+
+    (tmp_path / "Full_Set").mkdir()
+    data = tmp_path / "Full_Set" / "train.parquet"
+    data.write_bytes(b"people")
+    made = []
+    monkeypatch.setattr(viker.runs.hashlib, "sha256", lambda: made.append(1) or hashlib.sha256())
+    first = file_hashes(tmp_path)
+    assert file_hashes(tmp_path) == first and len(made) == 1
+    data.write_bytes(b"others")
+    os.utime(data, ns=(1, 1))  # a new time, whatever the clock's resolution
+    assert file_hashes(tmp_path) != first and len(made) == 2

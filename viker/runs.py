@@ -101,12 +101,19 @@ def file_hashes(root: str | Path, pattern: str = "**/*.parquet") -> dict[str, st
     root = Path(root)
     hashes = {}
     for path in _matching(root, pattern):
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        hashes[str(path.relative_to(root))] = h.hexdigest()
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)  # a file read again unchanged: hashed once
+        if key not in _DIGESTS:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            _DIGESTS[key] = h.hexdigest()
+        hashes[str(path.relative_to(root))] = _DIGESTS[key]
     return hashes
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}  # file_hashes' digests in this process
 
 
 def differing(recorded: dict[str, str], now: dict[str, str]) -> list[str]:
@@ -239,7 +246,8 @@ def runs_behind(model: str) -> Iterator[dict]:
 def other_benchmark(model: str, data: str | Path) -> str | None:
     """A warning when the `viker finetune` run that ``model`` comes from read other benchmark files than ``data``
     holds (another seed's embedded benchmark, another release): its people are then not this benchmark's, and
-    neither unlearning nor scoring them means anything. Files only one side has do not count."""
+    neither unlearning nor scoring them means anything. Files only one side has do not count; the same benchmark
+    written again by another version of pyarrow differs too, which the warning says."""
     vanilla = next((run for run in runs_behind(model) if run["command"] == "finetune"), {})
     if "data_files" not in vanilla or not Path(data).expanduser().is_dir():
         return None
@@ -248,10 +256,11 @@ def other_benchmark(model: str, data: str | Path) -> str | None:
     if not changed and (recorded.keys() & now.keys() or not recorded or not now):
         return None
     finetuned_on = vanilla.get("finetune", {}).get("data", "its data")
-    which = f"{len(changed)} of its files differ from those that run read, {changed[0]} first" if changed else \
-        "it has none of the files that run read"
-    return (f"{model} was finetuned on {finetuned_on}, not on {data}: {which}; its people are not this "
-            "benchmark's, so its figures here mean nothing")
+    which = f"{len(changed)} of its files differ from those, {changed[0]} first" if changed else \
+        "it has none of those files"
+    return (f"{model} was finetuned on {finetuned_on}, and {data} is not that benchmark byte for byte ({which}): if "
+            "it is another one (another seed's embedded benchmark, another release), its people are not those the "
+            "model learned, and its figures here mean nothing")
 
 
 def check_eval_out(model_path: str, out: str | Path, data: str | Path | None = None) -> None:
