@@ -378,9 +378,11 @@ def test_report_reads_every_run_named_whether_before_or_after_its_options(tmp_pa
     for name, forget_acc in (("a", 50.0), ("b", 30.0)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.json").write_text(json.dumps({"forget_acc": forget_acc, "retain_rougeL": 40.0}))
-    assert main(["report", str(tmp_path / "a"), "--out", str(tmp_path / "report"), str(tmp_path / "b")]) == 0
-    rows = json.loads((tmp_path / "report" / "results.json").read_text())["runs"]
-    assert [(r["label"], r["metrics"]["forget_acc"]) for r in rows] == [("a", 50.0), ("b", 30.0)]
+    for after in ([str(tmp_path / "b")], ["--", str(tmp_path / "b")]):
+        shutil.rmtree(tmp_path / "report", ignore_errors=True)
+        assert main(["report", str(tmp_path / "a"), "--out", str(tmp_path / "report"), *after]) == 0
+        rows = json.loads((tmp_path / "report" / "results.json").read_text())["runs"]
+        assert [(r["label"], r["metrics"]["forget_acc"]) for r in rows] == [("a", 50.0), ("b", 30.0)]
 
 
 @pytest.mark.parametrize("file, text, message", [

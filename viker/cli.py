@@ -314,8 +314,9 @@ class _Parser(argparse.ArgumentParser):
 
     def parse_args(self, args=None, namespace=None):
         parsed, extra = self.parse_known_args(args, namespace)
-        if extra and getattr(parsed, "runs", None) is not None and not any(a.startswith("-") for a in extra):
-            parsed.runs += extra  # `report A --out DIR B`: B is a run as A is, wherever it stands
+        cut = extra.index("--") if "--" in extra else len(extra)  # after "--" every word is a run
+        if extra and getattr(parsed, "runs", None) is not None and not any(a.startswith("-") for a in extra[:cut]):
+            parsed.runs += extra[:cut] + extra[cut + 1:]  # `report A --out DIR B`: B is a run as A is
         elif extra:  # an option of one command given to another, or mistyped: name that command's --help
             prog = getattr(parsed, "command_prog", self.prog)
             raise VikerError(f"{prog}: unrecognized arguments: {' '.join(extra)} (see {prog} --help)")
