@@ -199,6 +199,8 @@ def test_cloze_prompt_replaces_every_blank_once():
         ("D (Lima).", "D"),
         ("B (J. K. Rowling)", "B"),  # an initial in brackets is no second letter
         ("C (X-ray)", "C"),
+        ("B (Sand)", "B"),  # a capital and "and" in one word: a word, no "C and D"
+        ("C (Tor)", "C"),
     ],
 )
 def test_parse_choice_accepts_clear_letters(reply, expected):
@@ -301,6 +303,7 @@ def test_option_as_text_in_brackets_is_a_whether_or_not_the_text_has_its_own():
     assert parse_choice("A (Seville)", OPTIONS) == "A"
     options = {**OPTIONS, "A": "(none of these)"}
     assert parse_choice("A (none of these)", options) == "A"
+    assert parse_choice("A (", OPTIONS) is None and parse_choice("A (\nB", OPTIONS) is None  # a bracket alone
 
 
 def test_the_words_of_a_longer_option_that_begins_with_option_as_are_not_a():

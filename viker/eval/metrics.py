@@ -135,7 +135,7 @@ _NEGATION = (r"(?:(?:is|was|would(?:\s+be)?|seems(?:\s+to\s+be)?)\s+(?:not|never
 _NOT_AFTER_ARTICLE = r"(?:because|since|as|is|was|which|would|seems|fits|matches)(?![\w-])"
 _LEADING_RE = re.compile(
     r"^(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])(?=[ \t\r]*(?:$|\n)|[:)\]]|[.,](?:\s|$)|\s+[-–]\s)"
-    rf"|([B-HJ-Z]|A(?=\s+{_NOT_AFTER_ARTICLE}))(?=\s+\(?\w)(?!\s+\(?{_NEGATION}|\s+\([A-Z]\s*(?:[),/]|or\b|and\b))"
+    rf"|([B-HJ-Z]|A(?=\s+{_NOT_AFTER_ARTICLE}))(?=\s+\(?\w)(?!\s+\(?{_NEGATION}|\s+\([A-Z](?:\s*[),/]|\s+(?:or|and)\b))"
     r"|([a-z])(?=[:)]|\.(?:\s|$)))"
 )
 _LENIENT_GROUPS = (4, 5)
@@ -236,7 +236,7 @@ def _names_option_a(text: str, options: Mapping[str, str]) -> bool:
     longer = [t.strip().casefold() for letter, t in options.items() if letter.strip().upper() != "A"]
     said = rest.group(1).strip().casefold()
     # "A Seville", or "A (Seville)" (unless A's own text opens with the bracket)
-    return any(_says_option(words, named, longer) for words in {said, said.removeprefix("(")})
+    return any(_says_option(words, named, longer) for words in {said, said.removeprefix("(")} if words)
 
 
 def _says_option(said: str, named: str, longer: list[str]) -> bool:
