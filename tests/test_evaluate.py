@@ -568,3 +568,9 @@ def test_a_judge_that_fails_or_returns_no_scores_is_named_in_one_line():
 
     with pytest.raises(VikerError, match=r"^--judge j:s failed: RuntimeError: service down"):
         judged(streaming, "j:s", ["q"] * 2, ["r"] * 2, ["a", "b"])
+
+    def loading(questions, references, answers):  # viker's own error, raised inside the judge: still the judge's
+        raise VikerError("judge-model: no such model folder")
+
+    with pytest.raises(VikerError, match=r"^--judge j:l failed: VikerError: judge-model: no such model folder"):
+        judged(loading, "j:l", ["q"], ["r"], ["a"])

@@ -281,15 +281,19 @@ def load_judge(spec: str):
 
 def judged(judge, spec: str, questions: list[str], references: list[str], replies: list[str]) -> list[float]:
     """The judge's scores of ``replies``, refused unless there is one number from 1 to 10 for each."""
+    def failed(e: Exception) -> VikerError:  # the judge's own failure (a service down, a bug): say whose
+        return VikerError(f"--judge {spec} failed: {type(e).__name__}: {e}")
+
     try:
         scores = judge(list(questions), list(references), list(replies))
-        if isinstance(scores, (str, bytes)) or not isinstance(scores, Iterable):
-            raise VikerError(f"--judge {spec}: returned {type(scores).__name__}, not a list of scores")
+    except Exception as e:
+        raise failed(e) from e
+    if isinstance(scores, (str, bytes)) or not isinstance(scores, Iterable):
+        raise VikerError(f"--judge {spec}: returned {type(scores).__name__}, not a list of scores")
+    try:
         scores = list(scores)  # a generator runs here
-    except VikerError:
-        raise
-    except Exception as e:  # the judge's own failure (a service down, a bug): say that the judge failed
-        raise VikerError(f"--judge {spec} failed: {type(e).__name__}: {e}") from e
+    except Exception as e:
+        raise failed(e) from e
     if len(scores) != len(replies):
         raise VikerError(f"--judge {spec}: gave {len(scores)} scores for {len(replies)} answers")
     for x in scores:
