@@ -332,8 +332,8 @@ def test_cagul_on_a_tiny_model_takes_the_budget_of_modules_trained_from_scratch(
     assert ga == (TINY_UNLEARN.epochs, TINY_UNLEARN.lr) and chosen == (15, 1e-2)
     # --resume: a CAGUL run started on the common preset, before CAGUL had its own, goes on with it
     (tmp_path / "run").mkdir()
-    for started in ((8, 2e-4), (15, 3e-3)):
+    for started, given in (((8, 2e-4), []), ((15, 3e-3), []), ((4, 2e-4), ["--epochs", "4"])):
         (tmp_path / "run" / "config.json").write_text(json.dumps(
             {"command": "unlearn", "unlearn": {"train": {"epochs": started[0], "lr": started[1]}}}))
-        assert main([*common, "--method", "cagul", "--resume"]) == 0
+        assert main([*common, "--method", "cagul", "--resume", *given]) == 0
         assert (taken[-1].epochs, taken[-1].lr) == started

@@ -102,13 +102,14 @@ def _unlearn(args) -> None:
 
 
 def _resumes_on(args, preset: TrainConfig) -> bool:
-    """Whether the unlearning run that ``--resume`` continues started with ``preset``'s epochs and rate."""
+    """Whether the unlearning run that ``--resume`` continues started with ``preset``'s epochs and rate, where
+    they are not given now."""
     from viker.runs import read_configs
 
     if not args.resume or not Path(args.out, "config.json").is_file():
         return False
     train = read_configs(args.out)[0].get("unlearn", {}).get("train", {})
-    return (train.get("epochs"), train.get("lr")) == (preset.epochs, preset.lr)
+    return all(train.get(k) == getattr(preset, k) for k in ("epochs", "lr") if getattr(args, k) is None)
 
 
 def _forget(args) -> str:
