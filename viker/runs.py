@@ -102,7 +102,9 @@ def file_hashes(root: str | Path, pattern: str = "**/*.parquet") -> dict[str, st
     hashes = {}
     for path in _matching(root, pattern):
         stat = path.stat()
-        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)  # a file read again unchanged: hashed once
+        # a file read again unchanged is hashed once; a file written since has another ctime (which no copy
+        # that keeps times sets back) or inode
+        key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
         if key not in _DIGESTS:
             h = hashlib.sha256()
             with open(path, "rb") as f:
@@ -113,7 +115,7 @@ def file_hashes(root: str | Path, pattern: str = "**/*.parquet") -> dict[str, st
     return hashes
 
 
-_DIGESTS: dict[tuple[str, int, int], str] = {}  # file_hashes' digests in this process
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}  # file_hashes' digests in this process
 
 
 def differing(recorded: dict[str, str], now: dict[str, str]) -> list[str]:
