@@ -293,7 +293,8 @@ def _clear_of_markers(ax) -> None:
     frame = ax.get_window_extent(renderer)
     for text in (t for t in ax.texts if t.get_text().startswith("λ=")):
         for offset, ha, va in (*LABEL_PLACES, LABEL_PLACES[0]):  # none free: above, where it was
-            text.xyann, _ = offset, text.set(ha=ha, va=va)
+            text.xyann = offset
+            text.set(ha=ha, va=va)
             box = text.get_window_extent(renderer).padded(2)  # with its ground
             if (not any(box.overlaps(other) for other in taken) and frame.x0 <= box.x0 and box.x1 <= frame.x1
                     and frame.y0 <= box.y0):  # the top may grow: _room_above
