@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -52,8 +51,11 @@ def _finetune(args) -> None:
 
 
 def _main_process() -> bool:
-    """False in a process that a launcher (torchrun, accelerate launch) started beside the main one."""
-    return os.environ.get("RANK", "0") == "0"
+    """False in a process that a launcher (torchrun, accelerate launch) started beside the main one (the run's
+    accelerate state says which it is)."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
 
 
 def _given(**values) -> dict:
