@@ -499,6 +499,14 @@ def by_reference(questions, references, answers):
 
 def out_of_scale(questions, references, answers):
     return [11 for _ in answers]
+
+
+def down_after_one(questions, references, answers, calls=[]):
+    """Scores the first set, then the service is down."""
+    calls.append(1)
+    if len(calls) > 1:
+        raise ConnectionError("rate limited")
+    return [5 for _ in answers]
 '''
 
 
@@ -546,6 +554,19 @@ def test_a_plugged_in_judge_scores_each_generated_answer_on_its_own_scale(tiny_d
     assert "a score must be a number from 1 to 10, got 11" in capsys.readouterr().err
     assert main([*common, "--judge", "my_judges", "--out", str(tmp_path / "form")]) == 2
     assert "--judge my_judges: name a function as module:function" in capsys.readouterr().err
+    # a judge that fails on a later set costs none of the answers: they and every other figure are written,
+    # as an evaluation without a judge, and no set keeps a factuality score of a judging left half done
+    down = tmp_path / "down"
+    assert main([*common, "--judge", "my_judges:down_after_one", "--out", str(down)]) == 2
+    err = capsys.readouterr().err
+    assert "--judge my_judges:down_after_one failed: ConnectionError: rate limited" in err
+    assert f"every answer are written to {down}, without factuality" in err
+    kept = json.loads((down / "metrics.json").read_text())
+    assert kept == {k: v for k, v in metrics.items() if not k.endswith("_factuality")}
+    answers = [json.loads(line) for line in (down / "generations.jsonl").read_text().splitlines()]
+    assert [r["answer"] for r in answers] == [r["answer"] for r in records]
+    assert not any("factuality" in r for r in answers)
+    assert json.loads((down / "config.json").read_text())["eval"]["judge"] is None
 
 
 def test_a_judge_that_fails_or_returns_no_scores_is_named_in_one_line():

@@ -320,6 +320,7 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfi
 
     gib = gibberish_scorer(cfg.gib_model, next(model.parameters()).device) if cfg.gib_model else None
     judge = load_judge(cfg.judge) if cfg.judge else None
+    to_judge: list[tuple[str, list[str], int]] = []  # the generation answers, judged once all are in
     for s in tqdm(eval_sets(data_dir, cfg) if sets is None else sets, desc="evaluating", disable=not progress):
         tasks = TASKS if cfg.scope is None else cfg.scope[s.name]
 
@@ -334,14 +335,9 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfi
                 metrics[f"{s.name}_{key}"] = M.mean_percent(values)
                 metrics.update(_by_question_type(f"{s.name}_{key}", values, gens))
             metrics[f"{s.name}_coherence"] = M.coherence_mean(replies)
-            facts = [{}] * len(gens)
-            if judge is not None:  # on the judge's own scale, 1 to 10, as MLLMU-Bench reports factuality
-                scores = judged(judge, cfg.judge, [q.question for p in s.profiles for q in p.generation],
-                                [ex.answer for ex in gens], replies)
-                metrics[f"{s.name}_factuality"] = statistics.fmean(scores) if scores else math.nan
-                facts = [{"factuality": x} for x in scores]
-            records += [_record(s.name, "generation", ex, a, rougeL=r["rougeL"], **fact)
-                        for ex, a, r, fact in zip(gens, replies, rouge, facts)]
+            to_judge.append((s.name, [q.question for p in s.profiles for q in p.generation], len(records)))
+            records += [_record(s.name, "generation", ex, a, rougeL=r["rougeL"])
+                        for ex, a, r in zip(gens, replies, rouge)]
             if gib is not None:
                 metrics[f"{s.name}_gib"] = M.mean_percent(gib(replies))
 
@@ -386,7 +382,37 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfi
         metrics["coherence"] = metrics["forget_coherence"]
     if "forget_gib" in metrics:
         metrics["gib"] = metrics["forget_gib"]
+    if judge is not None:  # last, once every answer is in: a judge that fails costs no generation
+        try:
+            factuality = _factuality(judge, cfg.judge, to_judge, records)
+        except VikerError as e:
+            raise JudgeFailed(str(e), {k: round(v, 2) for k, v in metrics.items()}, records) from e
+        metrics.update(factuality)
     return {k: round(v, 2) for k, v in metrics.items()}, records
+
+
+class JudgeFailed(VikerError):
+    """The factuality judge failed after every answer was generated and scored otherwise: ``metrics`` and
+    ``records`` are the evaluation without factuality, for the caller to keep."""
+
+    def __init__(self, message: str, metrics: dict[str, float], records: list[dict]):
+        super().__init__(message)
+        self.metrics, self.records = metrics, records
+
+
+def _factuality(judge, spec: str, to_judge: list[tuple[str, list[str], int]], records: list[dict]) -> dict:
+    """Each set's mean factuality, on the judge's own scale (1 to 10, as MLLMU-Bench reports it), and each
+    generation record's score. ``to_judge``: (set name, the questions as the benchmark words them, the index of
+    the set's first generation record). All sets are judged before any record is changed: all or nothing."""
+    scored = []
+    for name, questions, start in to_judge:
+        rows = records[start : start + len(questions)]
+        scored.append((name, rows, judged(judge, spec, questions, [r["reference"] for r in rows],
+                                          [r["answer"] for r in rows])))
+    for _, rows, scores in scored:
+        for row, x in zip(rows, scores):
+            row["factuality"] = x
+    return {f"{name}_factuality": statistics.fmean(scores) if scores else math.nan for name, _, scores in scored}
 
 
 def _by_question_type(name: str, values: list, examples: list[Example]) -> dict[str, float]:

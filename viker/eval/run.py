@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
-from viker.eval.evaluate import EvalConfig, eval_sets, evaluate, load_judge
+from viker.errors import VikerError
+from viker.eval.evaluate import EvalConfig, JudgeFailed, eval_sets, evaluate, load_judge
 from viker.model import how_loaded, load_model
 from viker.runs import as_recorded, check_eval_out, other_benchmark, write_eval_config, write_json
 
@@ -30,7 +31,12 @@ def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig, device=None,
         load_judge(cfg.judge)  # and a judge that cannot be imported
     model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code,
                                                          merge_adapter=False)
-    metrics, records = evaluate(model, processor, data, cfg, progress=progress, sets=sets)
+    try:
+        metrics, records = evaluate(model, processor, data, cfg, progress=progress, sets=sets)
+        failed = None
+    except JudgeFailed as e:  # every other figure and answer is kept, recorded as an evaluation without a judge
+        metrics, records, failed = e.metrics, e.records, e
+        cfg = replace(cfg, judge=None)
     unparsed = {k: v for k, v in metrics.items() if k.endswith("_unparsed") and v is not None and v > 50}
     if unparsed:
         shares = ", ".join(f"{k} {v:.0f}%" for k, v in unparsed.items())
@@ -41,4 +47,6 @@ def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig, device=None,
                             "benchmark": "mllmu", "eval": asdict(cfg)}, data)
     write_json(out / "metrics.json", metrics)
     write_generations(out / "generations.jsonl", records)
+    if failed:
+        raise VikerError(f"{failed}. The other metrics and every answer are written to {out}, without factuality")
     return metrics
