@@ -235,7 +235,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
                "cagul": cagul, "idkpo_training": idkpo, "diagnostics": diagnostics,
                "forget_image_questions": questions}
     write_json(out / "results.json", results)
-    extra_points = [{"method": key, "label": d["label"], "metrics": d["metrics"], "marker": "X"}
+    # the explanatory runs as triangles: a cross on the plot says that a run's answers fell apart
+    extra_points = [{"method": key, "label": d["label"], "metrics": d["metrics"], "marker": "^"}
                     for key, d in (diagnostics or {}).get("runs", {}).items()]
     tradeoff_plot(labelled(runs, cfg) + extra_points, sweep, out / "tradeoff.png",
                   f"{cfg.forget} of the embedded benchmark, tiny LLaVA", chance=CHANCE_ACC)
