@@ -487,6 +487,28 @@ def test_gib_column_when_a_classifier_is_given(tiny, bench_dir, tmp_path, monkey
     assert metrics["gib"] > 100 * (0.9 * share + 0.45 * (1 - share))  # the clean class's probability, not noise's
 
 
+
+def test_a_report_compares_gib_scores_of_one_classifier(tiny_dir, bench_dir, tmp_path, capsys, monkeypatch):
+    """Two classifiers' 'clean' probabilities are two scales: a report names the one its GIB column is by, and
+    refuses runs scored by different ones, however the folder was typed."""
+    _tiny_classifier(tmp_path / "gib")
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--max-new-tokens", "4",
+                 "--only", "forget:generation", "--gib-model", "gib", "--out", "run"]) == 0
+    evaluation = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert evaluation["eval"]["gib_model"] == str(tmp_path / "gib")  # recorded absolute, as typed from anywhere
+    assert main(["report", "run", "--out", "one"]) == 0
+    assert f"GIB by the gibberish classifier in `{tmp_path / 'gib'}`." in " ".join(
+        (tmp_path / "one" / "report.md").read_text().split())
+    other = tmp_path / "other-gib"
+    shutil.copytree(tmp_path / "run", other)
+    evaluation["eval"]["gib_model"] = str(tmp_path / "another-gib")
+    (other / "config.json").write_text(json.dumps(evaluation))
+    capsys.readouterr()
+    assert main(["report", "run", str(other), "--out", "mixed"]) == 2
+    assert "evaluated with different --gib-model" in capsys.readouterr().err
+
+
 JUDGE = '''
 CALLS = []
 

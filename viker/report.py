@@ -468,6 +468,7 @@ def read_run(path: str | Path) -> dict:
     if retain_limit is None and "retain_limit" in evaluated:
         retain_limit = "all"  # every retain person (a recorded null): a setting, unlike one never recorded
     scored = {"mc_mode": evaluated.get("mc_mode"), "retain_limit": retain_limit, "judge": evaluated.get("judge"),
+              "gib_model": evaluated.get("gib_model"),
               # an MLLMU-Bench evaluation recorded before --test-images asked with the first photo
               "test_images": evaluated.get("test_images", "first") if evaluated and benchmark == "mllmu" else None,
               "max_new_tokens": evaluated.get("max_new_tokens")}
@@ -493,6 +494,7 @@ SETTING_CHANGES = {
     "retain_limit": re.compile(r"^retain_"),
     "max_new_tokens": re.compile(r"rouge|bleu|coherence|gib|factuality"),
     "judge": re.compile(r"factuality"),
+    "gib_model": re.compile(r"(^|_)gib$"),
 }
 
 
@@ -595,6 +597,7 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
     retain_limit = _one_value(rows, "retain_limit", "--retain-limit")
     max_new_tokens = _one_value(rows, "max_new_tokens", "--max-new-tokens")
     judge = _one_value(rows, "judge", "--judge")  # one judge's scores are no other's
+    gib_model = _one_value(rows, "gib_model", "--gib-model")  # nor one classifier's another's
     for row, name in zip(rows, _labels(rows)):
         row["label"] = name
     out = Path(out)
@@ -621,6 +624,8 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
                  f"{scales}. Evaluated on {split}, multiple choice by {mc_mode or 'a mode not recorded'}.")
     if max_new_tokens is not None:
         evaluated += f" Greedy replies of at most {max_new_tokens} new tokens."
+    if gib_model and any(r["metrics"].get("gib") is not None for r in rows):
+        evaluated += f" GIB by the gibberish classifier in `{gib_model}`."
     if test_images == "all" and any(r["metrics"].get("test_acc") is not None for r in rows):
         evaluated += " Gen. ACC asks each image question with every Test_Set photo of the person."
     has_retain = any(k.startswith("retain_") and v is not None for r in rows for k, v in r["metrics"].items())

@@ -44,7 +44,8 @@ def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig, device=None,
               "that never learned to answer with a letter is scored with --mc-mode likelihood", file=sys.stderr)
     out = Path(out)
     write_eval_config(out, {"model": as_recorded(model_path), **how_loaded(model), "data": as_recorded(data),
-                            "benchmark": "mllmu", "eval": asdict(cfg)}, data)
+                            "benchmark": "mllmu",
+                            "eval": asdict(cfg) | {"gib_model": cfg.gib_model and as_recorded(cfg.gib_model)}}, data)
     write_json(out / "metrics.json", metrics)
     write_generations(out / "generations.jsonl", records)
     if failed:
