@@ -201,6 +201,7 @@ def test_cloze_prompt_replaces_every_blank_once():
         ("C (X-ray)", "C"),
         ("B (Sand)", "B"),  # a capital and "and" in one word: a word, no "C and D"
         ("C (Tor)", "C"),
+        ("B) Halifax (not A)", "B"),  # a letter in brackets after the choice is no option listed
     ],
 )
 def test_parse_choice_accepts_clear_letters(reply, expected):
@@ -285,6 +286,9 @@ def test_a_letter_followed_by_its_options_text_is_read_alike_for_every_letter(le
     "A: Seville\nB: Halifax",  # the options repeated, one per line
     "(A) Seville\n(B) Halifax\n(C) Valencia",
     "B: Halifax\nC:",  # cut short while repeating them
+    "A: Seville B: Halifax C: Valencia D: Lima",  # on one line
+    "(A) Seville, (B) Halifax",
+    "B) Halifax or C) Valencia",
 ])
 def test_option_texts_do_not_turn_words_or_a_repeated_list_into_a_choice(reply):
     assert parse_choice(reply, OPTIONS) is None

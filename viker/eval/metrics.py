@@ -143,6 +143,9 @@ _LENIENT_GROUPS = (4, 5)
 _LOWER_MARKER_RE = re.compile(r"(?<![\w.])([a-z])(?=[:)]|\.(?:\s|$))")
 # an upper-case option marker opening a line: "A: Seville", "(B) Halifax", "C) Lima"
 _LINE_MARKER_RE = re.compile(r"[ \t]*\(?([A-Z])(?:[:)\]]|\.(?:\s|$))")
+# upper-case option markers followed by an option's words, anywhere on a line: "A: Teacher B: Doctor" lists
+# options rather than picking one ("(not A)" and "Type A/B" hold no marker)
+_UPPER_MARKER_RE = re.compile(r"(?<![\w.])\(?([A-Z])[:)][ \t]*(?=\w)")
 # A letter announced by a keyword anywhere: "Answer: B", "The answer is B", "Option (C)". The words
 # "A" and "I" followed by a lower-case word are words: "The answer is A cat", "the answer I believe";
 # but a word that cannot follow the article names the letter A, so that an answer A is read as an answer
@@ -189,7 +192,8 @@ def parse_choice(reply: str, options: Sequence[str] | Mapping[str, str] = "ABCD"
     cut) is A, as ``"B Halifax"`` and ``"B (Halifax)"`` are B, unless the words are those of a longer option
     that begins with A's; without the texts such a reply cannot be told from the article. A reply that opens
     by repeating the listed options, its first two lines each opening with a letter
-    (``"A: Seville\nB: Halifax"``), picks none of them.
+    (``"A: Seville\nB: Halifax"``), or its first line holding several (``"A: Seville B: Halifax"``), picks
+    none of them.
     """
     allowed = {option.strip().upper() for option in options}
     text = reply.replace("*", "").strip()
@@ -198,6 +202,8 @@ def parse_choice(reply: str, options: Sequence[str] | Mapping[str, str] = "ABCD"
     first_lines = [_LINE_MARKER_RE.match(line) for line in text.splitlines()[:2]]
     if len(first_lines) == 2 and all(first_lines) and len({m.group(1) for m in first_lines} & allowed) == 2:
         return None  # the options listed again, one per line, from the reply's start
+    if len({m.group(1) for m in _UPPER_MARKER_RE.finditer(text.splitlines()[0])} & allowed) > 1:
+        return None  # or on the first line: "A: Teacher B: Doctor", "B) Doctor or C) Nurse"
 
     if len(text) == 1:
         candidates = {text.upper()} if text.isalpha() else set()
