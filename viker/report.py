@@ -24,10 +24,11 @@ COLUMNS = [  # MLLMU-Bench, in percent (factuality: the judge's 1 to 10)
     Column("forget_acc_text", "Forget ACC (text)", True, "the same facts asked by name, without the image"),
     Column("test_acc", "Gen. ACC", True,
            "image+text multiple choice on Test_Set images of the forget people (generalisation of forgetting)"),
-    Column("forget_rougeL", "Forget R-L", True, "ROUGE-L F of generated answers about the forget people"),
+    Column("forget_rougeL", "Forget R-L", True, "ROUGE-L F of generated answers about the forget people, to the "
+           "questions asked with the image and by name together (apart: `*_rougeL_image`, `*_rougeL_text`)"),
     Column("forget_cloze", "Forget cloze", True, "fill-in-the-blank accuracy on the forget people"),
     Column("retain_acc", "Retain ACC", False, "image+text multiple-choice accuracy on the retained fictitious people"),
-    Column("retain_rougeL", "Retain R-L", False, "ROUGE-L F on the retained fictitious people"),
+    Column("retain_rougeL", "Retain R-L", False, "ROUGE-L F on the retained fictitious people (both kinds of question, as above)"),
     Column("retain_bleu", "Retain BLEU", False, "BLEU (NLTK, method-1 smoothing) on the retained fictitious people"),
     Column("real_acc", "Real ACC", False, "image+text multiple-choice accuracy on the real-world (Retain_Set) people"),
     Column("real_rougeL", "Real R-L", False, "ROUGE-L F on the real-world people"),
