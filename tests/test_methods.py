@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import shutil
 from dataclasses import replace
 from functools import partial
 
@@ -792,6 +793,30 @@ def test_viker_without_visual_guidance_regularises_toward_the_frozen_model_on_th
     guided = get_method("viker")(lam=2.0, k=3)
     guided.setup(ctx)
     assert not torch.allclose(guided.dists.rows([0]), method.dists.rows([0]), atol=1e-4)
+
+
+def test_npo_reference_model_from_the_command_line_loads_as_the_run_loads(tiny_dir, bench_dir, tmp_path, monkeypatch):
+    """`viker unlearn --method npo --reference-model M` takes its log-ratio against M, loaded in the run's dtype
+    (a float32 run against a 16-bit copy would not start its log-ratio at 0), and records it as a folder that
+    names it from anywhere."""
+    import viker.model
+
+    loaded = []
+
+    def recording(path, device=None, dtype="auto", trust_remote_code=False, **kw):
+        loaded.append((str(path), dtype))
+        return load_model(path, device, dtype, trust_remote_code, **kw)
+
+    shutil.copytree(tiny_dir, tmp_path / "retain-model")
+    monkeypatch.setattr(viker.model, "load_model", recording)
+    monkeypatch.chdir(tmp_path)
+    assert main(["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--method", "npo",
+                 "--reference-model", "retain-model", "--dtype", "bfloat16", "--max-steps", "1", "--batch-size", "2",
+                 "--out", "run"]) == 0
+    assert [dtype for path, dtype in loaded if path.endswith("retain-model")] == ["bfloat16"]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["method"]["reference_model"] == str(tmp_path / "retain-model")
+    assert config["setup"]["npo_reference"] == str(tmp_path / "retain-model")
 
 
 def test_npo_against_another_reference_model_reads_that_model(tiny_dir, bench_dir, tmp_path):

@@ -77,7 +77,7 @@ def _unlearn(args) -> None:
     method_args = _given(lam=args.lam, k=args.k, refs=args.refs, regularizer=args.regularizer, ablation=args.ablation,
                          beta=args.beta, average=args.average, retain_weight=args.retain_weight,
                          rewrite=args.rewrite, layers=args.layers, heads=args.heads, encoder_width=args.encoder_width,
-                         threshold=args.threshold, forget_loss=args.forget_loss)
+                         threshold=args.threshold, forget_loss=args.forget_loss, reference_model=args.reference_model)
     # CAGUL's own preset; a CAGUL run started before it had one goes on with the preset it started with
     tiny = TINY_CAGUL if args.method == "cagul" and not _resumes_on(args, TINY_UNLEARN) else TINY_UNLEARN
     base = tiny if is_tiny_model(args.model) else REAL_UNLEARN
@@ -387,6 +387,9 @@ def parser() -> argparse.ArgumentParser:
     un.add_argument("--ablation", help="ViKeR: none | no_reg | no_ga | no_vis (default none)")
     un.add_argument("--beta", type=_number,
                     help="NPO / IdkPO / CAGUL (--forget-loss npo): inverse temperature β (default 0.1)")
+    un.add_argument("--reference-model", metavar="MODEL",
+                    help="NPO: the model of its log-ratio, a model or run folder (default: the model being "
+                         "unlearned, before unlearning; MLLMU-Bench's code uses one finetuned on the retain set)")
     un.add_argument("--average", choices=("sequence", "token"),
                     help="GA / GradDiff: the log-likelihood's mean per answer, then over the answers (sequence: a "
                          "short answer counts as much as a long one), or over all the batch's answer tokens at once "
@@ -520,7 +523,7 @@ def _commands_of(prog: str, commands) -> Callable:
     return refuse
 
 
-PATH_OPTIONS = ("out", "data", "model", "retain_model", "gib_model", "cache_dir", "runs")
+PATH_OPTIONS = ("out", "data", "model", "retain_model", "gib_model", "cache_dir", "runs", "reference_model")
 
 
 def _home_expanded(args: argparse.Namespace) -> argparse.Namespace:

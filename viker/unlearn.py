@@ -293,6 +293,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
                                   autocast=accelerator.autocast, precision=accelerator.mixed_precision)
         if getattr(method, "needs_reference", True) else None,
         autocast=accelerator.autocast,
+        dtype=load_dtype(accelerator, cfg.dtype), trust_remote_code=cfg.trust_remote_code,
         data_dir=Path(cfg.data), cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(),
         seed=cfg.train.seed, progress=progress and accelerator.is_main_process,
         resume_from=next(iter(checkpoints(cfg.out)), None) if resume else None,

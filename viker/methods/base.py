@@ -161,3 +161,5 @@ class UnlearnContext:
     info: dict = field(default_factory=dict)  # what setup wants recorded in the run's config
     resume_from: Path | None = None  # the checkpoint a resumed run goes on from (None: a run from its start)
     autocast: Callable = nullcontext  # the run's autocast, for a reference model a method loads itself
+    dtype: str = "auto"  # and how the run loads its model: such a model is loaded alike
+    trust_remote_code: bool = False

@@ -21,6 +21,12 @@ class NPO:
     retain_weight: float = 0.0  # > 0 adds the retain NLL term
     reference_model: str | None = None  # None: θ_full
 
+    def __post_init__(self):
+        from viker.runs import as_recorded
+
+        if self.reference_model:  # recorded as a folder from anywhere (a hub id as it is)
+            self.reference_model = as_recorded(self.reference_model)
+
     @property
     def streams(self):
         return ("forget", "retain") if self.retain_weight > 0 else ("forget",)
@@ -35,7 +41,8 @@ class NPO:
         if self.reference_model:
             from viker.model import load_model
 
-            other, _ = load_model(self.reference_model, device=str(next(ctx.model.parameters()).device))
+            other, _ = load_model(self.reference_model, str(next(ctx.model.parameters()).device), ctx.dtype,
+                                  ctx.trust_remote_code)
             self.reference = FrozenReference(ctx.model, separate=other.eval().requires_grad_(False),
                                              autocast=ctx.autocast)
         ctx.info["npo_reference"] = self.reference_model or "vanilla (θ_full)"
