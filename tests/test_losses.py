@@ -101,6 +101,16 @@ def test_viker_normal_token_is_damped_ga(lam):
     assert entropy(ref).abs().max() == 0  # the key-token criterion agrees: H(e_y) = 0
 
 
+@pytest.mark.parametrize("lam", [0.05, 0.5, 10.0])
+def test_viker_text_only_question_starts_as_plain_ga(lam):
+    """A question asked by name has no image to swap: R̂ is the frozen model's own distribution, which the
+    model still gives at its first step. There the KL term's gradient is 0 and ViKeR's step is GA's at any λ."""
+    logits, targets, _ = _random_tokens(seed=4)
+    frozen = torch.softmax(logits, -1)
+    torch.testing.assert_close(_viker_grad(logits, targets, frozen, lam), _viker_grad(logits, targets, frozen, 0.0),
+                               rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("lam", [1.5, 2.0, 20.0])
 def test_viker_rests_where_the_reference_still_predicts_the_token(lam):
     """With λ·R̂(y) ≥ 1 the token's loss is (λ-1)·CE(Q*, Q) + const, Q* = (λR̂ - e_y)/(λ-1): its gradient

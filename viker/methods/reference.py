@@ -247,8 +247,9 @@ def compute_reference_distributions(
     """
     rng = random.Random(f"viker-refs-{seed}")
     # Visual guidance needs an image: a text-only question keeps its own input (one copy), so its
-    # reference is the frozen model's distribution and its loss is GA damped by 1-λ. The images are
-    # drawn for all examples in order on every process, so the split does not change them.
+    # reference is the frozen model's distribution: the first step is plain GA (R̂ = Q), then the KL term
+    # pulls Q back toward it (docs/design.md). The images are drawn for all examples in order on every
+    # process, so the split does not change them.
     images = [[ex.image] if pool is None or ex.image is None else choose_reference_images(ex, pool, k, rng, owners)
               for ex in examples]
     per_batch = max(1, batch_size // max(1, k))
