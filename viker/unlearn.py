@@ -136,6 +136,11 @@ def make_method(name: str, args: dict, forget_split: str):
         require(method.retain_weight >= 0, "--retain-weight", method.retain_weight, "must be at least 0")
     if hasattr(method, "k"):
         require(method.k >= 1, "--k", method.k, "must be at least 1")
+    # a setting this variant of the method never reads would be recorded as if it had shaped the run
+    unused = method.unused_settings() if hasattr(method, "unused_settings") else {}
+    for option in args:
+        if option in unused:
+            raise VikerError(f"--{option.replace('_', '-')} does not apply {unused[option]}")
     return method
 
 

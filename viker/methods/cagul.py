@@ -148,6 +148,12 @@ class CAGUL:
                                          encoder_width=self.encoder_width, encoder_layers=self.encoder_layers,
                                          threshold=self.threshold)
 
+    def unused_settings(self) -> dict[str, str]:
+        """The settings its forget loss does not read, and why."""
+        if self.forget_loss == "npo":
+            return {"k": "with --forget-loss npo, which takes no reference images"}
+        return {"beta": "with --forget-loss reference (NPO's β is for --forget-loss npo)"}
+
     def setup(self, ctx):
         for name in self.streams:
             ctx.data[name] = [ex for ex in ctx.data[name] if ex.image is not None]

@@ -67,6 +67,19 @@ class ViKeR:
         if self.ablation == "no_reg":
             self.lam = 0.0
 
+    def unused_settings(self) -> dict[str, str]:
+        """The settings this variant does not read, and why."""
+        if self.ablation == "no_reg":
+            return dict.fromkeys(("lam", "k", "refs", "regularizer", "topk"),
+                                 "with --ablation no_reg: plain gradient ascent (λ = 0) reads no reference")
+        if self.lam == 0.0:
+            return dict.fromkeys(("k", "refs", "regularizer", "topk"), "at --lam 0: plain gradient ascent reads "
+                                 "no reference")
+        if self.ablation == "no_vis":
+            return dict.fromkeys(("k", "refs"), "with --ablation no_vis: the reference is the frozen model on the "
+                                 "question's own image")
+        return {}
+
     def setup(self, ctx):
         self.dists = None
         if self.lam == 0.0:
