@@ -795,7 +795,8 @@ def test_viker_without_visual_guidance_regularises_toward_the_frozen_model_on_th
     assert not torch.allclose(guided.dists.rows([0]), method.dists.rows([0]), atol=1e-4)
 
 
-def test_npo_reference_model_from_the_command_line_loads_as_the_run_loads(tiny_dir, bench_dir, tmp_path, monkeypatch):
+def test_npo_reference_model_from_the_command_line_loads_as_the_run_loads(tiny_dir, bench_dir, tmp_path, monkeypatch,
+                                                                            capsys):
     """`viker unlearn --method npo --reference-model M` takes its log-ratio against M, loaded in the run's dtype
     (a float32 run against a 16-bit copy would not start its log-ratio at 0), and records it as a folder that
     names it from anywhere."""
@@ -817,6 +818,13 @@ def test_npo_reference_model_from_the_command_line_loads_as_the_run_loads(tiny_d
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["method"]["reference_model"] == str(tmp_path / "retain-model")
     assert config["setup"]["npo_reference"] == str(tmp_path / "retain-model")
+    assert config["unlearn"]["method_args"]["reference_model"] == str(tmp_path / "retain-model")  # --resume's view
+    # a run that reads another run as its reference never removes it with --overwrite
+    capsys.readouterr()
+    assert main(["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--method", "npo",
+                 "--reference-model", "run", "--max-steps", "1", "--out", "run", "--overwrite"]) == 2
+    assert "--out run: --overwrite would remove" in capsys.readouterr().err
+    assert (tmp_path / "run" / "model").is_dir()
 
 
 def test_npo_against_another_reference_model_reads_that_model(tiny_dir, bench_dir, tmp_path):

@@ -71,13 +71,18 @@ def _train_overrides(args) -> dict:
 
 
 def _unlearn(args) -> None:
+    from viker.methods.reference import SOURCES
     from viker.model import LoraSettings, is_tiny_model
+    from viker.runs import as_recorded
     from viker.unlearn import UnlearnConfig, run_unlearn
 
-    method_args = _given(lam=args.lam, k=args.k, refs=args.refs, regularizer=args.regularizer, ablation=args.ablation,
+    # a folder as a config records it (absolute), so that --resume compares folders rather than how they were typed
+    refs = args.refs if args.refs is None or args.refs in SOURCES else as_recorded(args.refs)
+    reference_model = args.reference_model and as_recorded(args.reference_model)
+    method_args = _given(lam=args.lam, k=args.k, refs=refs, regularizer=args.regularizer, ablation=args.ablation,
                          beta=args.beta, average=args.average, retain_weight=args.retain_weight,
                          rewrite=args.rewrite, layers=args.layers, heads=args.heads, encoder_width=args.encoder_width,
-                         threshold=args.threshold, forget_loss=args.forget_loss, reference_model=args.reference_model)
+                         threshold=args.threshold, forget_loss=args.forget_loss, reference_model=reference_model)
     # CAGUL's own preset; a CAGUL run started before it had one goes on with the preset it started with
     tiny = TINY_CAGUL if args.method == "cagul" and not _resumes_on(args, TINY_UNLEARN) else TINY_UNLEARN
     base = tiny if is_tiny_model(args.model) else REAL_UNLEARN

@@ -207,7 +207,7 @@ def _folder_to_replace(out: Path, resume: bool, overwrite: bool, reads: Sequence
     root = out.resolve()
     if command is None:
         read = next((str(p) for p in reads if Path(p).exists() and Path(p).resolve() == root), None)
-        what = f"is {read}, which this run reads (--model or --data)" if read else \
+        what = f"is {read}, which this run reads (--model, --data, --reference-model or --refs)" if read else \
             "holds files of something other than a run (a model?)"
         raise VikerError(f"--out {out}: {what}; choose a new or empty folder")
     if not overwrite:

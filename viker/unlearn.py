@@ -22,7 +22,7 @@ from viker.data.schema import FORGET_SPLITS, RETAIN_OF
 from viker.errors import VikerError, require
 from viker.methods import get_method, unlearning_methods
 from viker.methods.base import AVERAGES, FrozenReference, UnlearnContext
-from viker.methods.reference import default_cache_dir
+from viker.methods.reference import SOURCES, default_cache_dir
 from viker.model import (
     HALF_PRECISION,
     LoraSettings,
@@ -272,6 +272,10 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         on_adapter=model_and_processor is None and
         Path(resolve_model_path(cfg.model), "adapter_config.json").is_file())
     reads = [cfg.data] + (folders_read(cfg.model) if model_and_processor is None else [])
+    # and the folders the method reads: NPO's reference model, a folder of reference images
+    reads += folders_read(method.reference_model) if getattr(method, "reference_model", None) else []
+    refs = getattr(method, "refs", None)
+    reads += [refs] if refs and refs not in SOURCES and Path(refs).is_dir() else []
     replaced = check_run_folder(cfg.out, accelerator, resume, overwrite, reads)  # removed once this run can start
     seed_everything(cfg.train.seed)
     model, processor = model_and_processor or load_for_training(accelerator, cfg.model, cfg.device, cfg.dtype,
