@@ -275,6 +275,7 @@ def test_an_infinite_setting_is_refused_from_python_too():
     ([*UNLEARN, "--method", "finetune"], "--method finetune: that is `viker finetune`; choose from cagul, ga,"),
     ([*UNLEARN, "--method", "gaa"], "--method gaa: unknown method; choose from cagul, ga,"),
     ([*UNLEARN, "--tuning", "full", "--save", "adapter"], "--save adapter: --tuning full trains no adapter"),
+    ([*UNLEARN, "--tuning", "full", "--dtype", "float16"], "float16 weights cannot be trained in place (AdamW"),
     ([*UNLEARN, "--device", "gpu"], "--device gpu: not a device"),
     (["eval", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
     (["eval", "--forget", "retain_90"], "--forget retain_90: choose from forget_5, forget_10, forget_15"),

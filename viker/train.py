@@ -425,6 +425,11 @@ def prepare(model: torch.nn.Module, cfg: TrainConfig, n_examples: int, accelerat
         if plugin.is_auto("gradient_clipping"):  # DeepSpeed clips inside its step
             plugin.deepspeed_config["gradient_clipping"] = cfg.max_grad_norm or 0.0
     params = [p for p in model.parameters() if p.requires_grad]
+    if any(p.dtype == torch.float16 for p in params) and accelerator.distributed_type != DistributedType.DEEPSPEED:
+        # AdamW's ε (1e-8) is 0 in float16: a weight whose gradient is 0 gets 0/0, the first step gives NaN
+        raise VikerError("float16 weights cannot be trained in place (AdamW's ε is 0 in float16, and its first step "
+                         "gives NaN): load float32 weights and autocast (--dtype float32 --mixed-precision fp16), "
+                         "or train LoRA adapters, which are float32")
     if accelerator.is_main_process and (warning := half_precision_training(params, accelerator)):
         print(f"warning: {warning}", file=sys.stderr)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
