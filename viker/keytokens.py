@@ -191,7 +191,9 @@ def write_html(rows: list[TokenEntropy], path: Path, epsilon: float, title: str,
         "text-underline-offset:4px}</style>",
         f"<h1>{html.escape(title)}</h1>",
         f"<p>Each answer token is shaded by the entropy H(R̂) of the frozen model's distribution averaged over "
-        f"reference images of other people (darker = less certain without the true image). Outlined tokens are "
+        f"the reference images that replace the person's own (darker = less certain without the true image); "
+        f"a question asked by name has no image to replace, so its tokens show the frozen model's own entropy on "
+        f"it. Outlined tokens are "
         f"<b>key tokens</b> (H &gt; ε = {epsilon}), the paper's private tokens: {n_key} of {n_all} answer tokens. "
         f"{_lam_sentence(rows, lam)} Max H = {h_max:.2f} nats.{stored} The answer's end-of-turn token, where its "
         "chat template has one, is left out.</p>",
