@@ -528,7 +528,8 @@ def test_an_interruption_before_an_overwrite_removed_anything_calls_nothing_unfi
 def test_a_run_written_into_the_folder_it_reads_is_named_so(bench_dir, tmp_path, capsys):
     code = main(["finetune", "--model", "tiny", "--data", str(bench_dir), "--out", str(bench_dir)])
     assert code == 2
-    assert f"--out {bench_dir}: is {bench_dir}, which this run reads (--model, --data, --reference-model or --refs)" in capsys.readouterr().err
+    assert (f"--out {bench_dir}: is {bench_dir}, which this run reads (--model, --data, --reference-model or "
+            "--refs)") in capsys.readouterr().err
 
 
 def test_a_benchmark_or_report_is_written_only_where_it_belongs(tmp_path, capsys):

@@ -206,6 +206,10 @@ def test_budget_notes_say_which_method_fell_apart():
     begun = resting_point_note(degraded, whole, [], 8, 10.0)
     assert "GA's answers have begun to fall apart and ViKeR's have not" in begun
     assert "the same currency" not in shorter_budget_note(broken, whole, 5)
+    # nor where GA has begun to fall apart and ViKeR forgot more for less (seed 5's 5-epoch runs)
+    begun_ahead = shorter_budget_note({"forget_acc": 36.0, "retain_rougeL": 83.7, "coherence": 92.6},
+                                      {"forget_acc": 24.0, "retain_rougeL": 83.4, "coherence": 99.3}, 5, questions=50)
+    assert "GA's answers have already begun to fall apart" in begun_ahead and "the same currency" not in begun_ahead
 
 
 def test_p_at_least_is_the_binomial_tail():
@@ -255,6 +259,11 @@ def test_claim_wording_says_whether_the_questions_tell_the_forget_accs_apart():
     # ... and where that is a tie at a lower Forget ACC, that it forgets more for no less (not a loss)
     assert tie.endswith("Its Forget ACC is the lower at the same figures there: it forgets more for no less "
                         "retention, but the claim asks for more.")
+    # a lower figure the questions cannot tell apart is not said to be more forgetting (seed 4's 5-epoch runs)
+    near = viker_vs_ga({"forget_acc": 30.0, "retain_rougeL": 82.6, "coherence": 99.3},
+                       {"forget_acc": 32.0, "retain_rougeL": 80.0, "coherence": 99.3}, questions=50)
+    assert near.endswith("Its Forget ACC figure is the lower at the same figures there, though not by what 50 "
+                         "questions can tell.")
     both = viker_vs_ga({"forget_acc": 24.0, "retain_rougeL": 60.0, "coherence": 90.0},
                        {"forget_acc": 42.0, "retain_rougeL": 90.7, "coherence": 99.3}, questions=50)
     assert both.endswith("ViKeR's Retain R-L and coherence are not higher than GA's.")  # lower: no such sentence
