@@ -96,6 +96,16 @@ def test_an_evaluation_writes_only_where_it_belongs(tiny_dir, bench_dir, tmp_pat
         assert main([*evaluate, str(first), "--out", str(tmp_path / "r")]) == 0
         assert main([*evaluate, str(then), "--out", str(tmp_path / "r")]) == 0, (first, then)
     assert main([*evaluate, str(run), "--out", str(run)]) == 0  # into the folder named, as beside a model
+    # into a finetune's own folder: its recall figures are kept beside the evaluation's, through a second one
+    finetuned = tmp_path / "ft"
+    shutil.copytree(tiny_dir, finetuned / "model")
+    (finetuned / "config.json").write_text(json.dumps({"command": "finetune"}))
+    recall = {"full_image_exact": 40.0, "final_loss": 1.25}
+    (finetuned / "metrics.json").write_text(json.dumps(recall))
+    for _ in range(2):
+        assert main([*evaluate, str(finetuned), "--out", str(finetuned)]) == 0
+        assert json.loads((finetuned / "train_metrics.json").read_text()) == recall
+        assert "forget_cloze" in json.loads((finetuned / "metrics.json").read_text())
 
 
 def test_overwrite_never_removes_the_base_model_of_an_adapter_it_reads(tiny_dir, bench_dir, tmp_path, capsys):

@@ -179,7 +179,15 @@ def write_eval_config(out: str | Path, settings: dict, data_dir: str | Path | No
     else ``eval_config.json`` beside the config of the run it evaluates, which it must not replace."""
     config = Path(out) / "config.json"
     own = not config.is_file() or json.loads(config.read_text(encoding="utf-8")).get("command") == "eval"
+    metrics = Path(out) / "metrics.json"
+    if not own and not (Path(out) / EVAL_CONFIG).is_file() and metrics.is_file():
+        metrics.replace(Path(out) / TRAINING_METRICS)  # the run's own figures (a finetune's recall), kept
     return write_config(out, "eval", settings, data_dir, name="config.json" if own else EVAL_CONFIG)
+
+
+# where a training run's own metrics.json (``viker finetune``'s recall and final loss) is kept once the run is
+# evaluated into its own folder, whose metrics.json is then the evaluation's
+TRAINING_METRICS = "train_metrics.json"
 
 
 TRAINING_COMMANDS = ("finetune", "unlearn")  # the commands whose run folder holds a model (model/ or cagul/)
