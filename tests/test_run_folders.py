@@ -64,6 +64,13 @@ def test_a_run_folder_is_replaced_only_when_asked(tiny_dir, bench_dir, tmp_path,
     assert main(["finetune", "--data", str(bench_dir), "--max-steps", "1", "--out", str(tiny_dir)]) == 2
     assert "holds files of something other than a run" in _error(capsys)
     assert (tiny_dir / "config.json").read_text() == before
+    # a folder with hidden files alone (a file manager's .DS_Store) is an empty one, as `viker eval` takes it
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    (hidden / ".DS_Store").write_bytes(b"\0")
+    assert main(["unlearn", "--data", str(bench_dir), "--max-steps", "1", "--out", str(hidden), "--model",
+                 str(tiny_dir), "--method", "ga"]) == 0
+    assert _method(hidden) == "ga"
 
 
 def test_an_evaluation_writes_only_where_it_belongs(tiny_dir, bench_dir, tmp_path, capsys):

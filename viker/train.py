@@ -42,6 +42,7 @@ from viker.runs import (
     out_folder,
     read_configs,
     to_jsonable,
+    visible_entries,
     write_json,
 )
 
@@ -201,7 +202,7 @@ def claim_run_folder(out: str | Path, accelerator, replace: bool) -> None:
 
 
 def _folder_to_replace(out: Path, resume: bool, overwrite: bool, reads: Sequence[str | Path]) -> bool:
-    if resume or not out.is_dir() or not any(out.iterdir()):
+    if resume or not visible_entries(out):  # a new folder, or one with hidden files alone (.DS_Store)
         return False
     command = read_configs(out)[0].get("command")
     root = out.resolve()
