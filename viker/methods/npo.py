@@ -21,12 +21,6 @@ class NPO:
     retain_weight: float = 0.0  # > 0 adds the retain NLL term
     reference_model: str | None = None  # None: θ_full
 
-    def __post_init__(self):
-        from viker.runs import as_recorded
-
-        if self.reference_model:  # recorded as a folder from anywhere (a hub id as it is)
-            self.reference_model = as_recorded(self.reference_model)
-
     @property
     def streams(self):
         return ("forget", "retain") if self.retain_weight > 0 else ("forget",)
