@@ -167,6 +167,11 @@ def test_a_resumed_run_goes_on_with_the_settings_it_started_with(tiny_dir, bench
     assert f"it was started as `viker unlearn --model {tiny_dir} " in error and "--method ga`" in error
     assert main([*unlearn, "--method", "ga", "--lr", "0.5", "--resume"]) == 2
     assert "--resume: train.lr was 0.0002 when the run started and is 0.5 now" in _error(capsys)
+    # a method's settings are compared as it reads them: its default given now is the setting it started with
+    assert main([*unlearn, "--method", "ga", "--average", "sequence", "--resume"]) == 2
+    assert "no checkpoint to resume from" in _error(capsys)
+    assert main([*unlearn, "--method", "ga", "--average", "token", "--resume"]) == 2
+    assert "--resume: method_args.average was sequence when the run started and is token now" in _error(capsys)
     # --save auto resumes as the run started, and as a run from before auto, which recorded merged, started
     older = json.loads((run / "config.json").read_text())
     older["unlearn"]["lora"]["merge"] = True

@@ -226,11 +226,12 @@ RESUME_FREE = ("cache_dir", "device", "trust_remote_code", "checkpoint_every", "
 
 
 def check_resume(out: str | Path, command: str, settings: dict, data_dir: str | Path | None = None,
-                 model_files: dict[str, str] | None = None) -> None:
+                 model_files: dict[str, str] | None = None, resolve: Callable[[dict], dict] | None = None) -> None:
     """A resumed run goes on with the settings it was started with (``settings``: what its config.json records
     under ``command``), the data files it read (``data_dir``'s, by hash) and the weights of the model it
     started from (``model_files``: :func:`viker.model.weight_hashes`), so that it ends where the uninterrupted
-    run would; only ``RESUME_FREE`` may differ."""
+    run would; only ``RESUME_FREE`` may differ. ``resolve`` maps both records to the settings a run reads (a
+    default given or left out alike), where they are compared."""
     from viker.model import check_weights_unchanged
 
     def flat(value, prefix=""):
@@ -241,7 +242,8 @@ def check_resume(out: str | Path, command: str, settings: dict, data_dir: str | 
     config = read_configs(out)[0]
     if config.get("command") != command:
         raise VikerError(f"--resume: {out} holds no {command} run to continue")
-    before, now = flat(config[command]), flat(to_jsonable(settings))
+    resolve = resolve or (lambda recorded: recorded)
+    before, now = flat(resolve(config[command])), flat(resolve(to_jsonable(settings)))
     changed = [k for k in sorted(before.keys() | now.keys())
                if k.rsplit(".", 1)[-1] not in RESUME_FREE and before.get(k) != now.get(k)]
     if changed:

@@ -42,6 +42,7 @@ from viker.runs import (
     paths_recorded,
     read_configs,
     runs_behind,
+    to_jsonable,
     write_config,
 )
 from viker.train import (
@@ -142,6 +143,17 @@ def make_method(name: str, args: dict, forget_split: str):
         if option in unused:
             raise VikerError(f"--{option.replace('_', '-')} does not apply {unused[option]}")
     return method
+
+
+def resolved_settings(recorded: dict) -> dict:
+    """An unlearning run's recorded config with its method's settings as the method reads them, defaults filled
+    in: ``--resume --beta 0.1`` (NPO's default, given now and not then) goes on with the same run. A record that
+    no longer makes a method is compared as it is."""
+    try:
+        method = make_method(recorded["method"], recorded["method_args"], recorded["forget"])
+    except (KeyError, TypeError, VikerError):
+        return recorded
+    return {**recorded, "method_args": to_jsonable({f.name: getattr(method, f.name) for f in fields(method)})}
 
 
 def mllmu_streams(cfg: UnlearnConfig) -> tuple[dict, dict]:
@@ -253,7 +265,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         compared = paths_recorded(asdict(cfg))
         if "train_on" not in started.get("unlearn", {"train_on": None}):
             compared.pop("train_on")  # a run started before the choice was recorded, on all
-        check_resume(cfg.out, "unlearn", compared, cfg.data, model_files)
+        check_resume(cfg.out, "unlearn", compared, cfg.data, model_files, resolve=resolved_settings)
     accelerator = make_accelerator(cfg.train, resume, cfg.device)  # one process or several: docs/distributed.md
     if accelerator.is_main_process:
         for warning in (other_benchmark(cfg.model, cfg.data), unmatched_ft_data(used)):
