@@ -134,7 +134,9 @@ def test_snapshots_are_the_models_shorter_runs_give_and_leave_the_run_unchanged(
     assert (tmp_path / "merged" / "epochs" / "1" / "model" / "adapter_config.json").is_file()
 
 
-def test_divergence_stops_with_a_message_naming_the_last_good_checkpoint(tmp_path):
+def test_divergence_stops_with_a_message_saying_how_to_go_on(tmp_path):
+    """A resumed run keeps its learning rate and would diverge again where this one did: the message says to
+    start again with a lower one."""
     from viker.data.schema import Example
 
     model = torch.nn.Linear(2, 2)
@@ -143,7 +145,8 @@ def test_divergence_stops_with_a_message_naming_the_last_good_checkpoint(tmp_pat
     def collate(exs):
         return {"x": torch.zeros(len(exs), 2)}
 
-    with pytest.raises(VikerError, match=r"step 3: the loss became inf \(diverged\).*last good checkpoint"):
+    how = "start the run again with a lower --lr and --overwrite"
+    with pytest.raises(VikerError, match=rf"step 3: the loss became inf \(diverged\); {how}$"):
         train(model, _Exploding(), {"train": examples}, collate,
               TrainConfig(max_steps=10, batch_size=2, checkpoint_every=2, log_every=1), progress=False,
               run_dir=tmp_path)

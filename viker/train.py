@@ -519,10 +519,10 @@ def train(
                                                           device=accelerator.device), "mean")
                     values = dict(zip(values, mean.tolist()))
                 if not math.isfinite(values["loss"]):
-                    where = f"; the last good checkpoint is {run_dir / CHECKPOINT}" if run_dir is not None and \
-                        (run_dir / CHECKPOINT).exists() else ""
-                    raise VikerError(f"step {step}: the loss became {values['loss']} (diverged); lower the "
-                                     f"learning rate{where}")
+                    # --resume keeps the rate the run started with, and would diverge again where this one did
+                    how = "start the run again with a lower --lr and --overwrite" if run_dir is not None \
+                        else "lower the learning rate"
+                    raise VikerError(f"step {step}: the loss became {values['loss']} (diverged); {how}")
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
