@@ -511,6 +511,31 @@ def test_an_interrupted_run_says_what_it_left_and_how_to_go_on(tiny_dir, bench_d
     assert "run with no model in it (unfinished: still running, or stopped" in capsys.readouterr().err
 
 
+def test_a_run_stopped_while_its_model_is_saved_leaves_no_model_and_resumes(tiny_dir, bench_dir, tmp_path, capsys,
+                                                                           monkeypatch):
+    """Ctrl-C while the finished model is written: no half-written model/ that evaluation would take for the
+    run's, and the line says that --resume goes on from the checkpoint still there."""
+    import viker.unlearn
+    from viker.model import save_model
+
+    def stopped_midway(model, processor, out, **kwargs):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text("{}")  # what a save writes first
+        raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    run = [*UNLEARN[:-1], "2", "--checkpoint-every", "1", "--model", str(tiny_dir), "--data", str(bench_dir),
+           "--out", str(out)]
+    monkeypatch.setattr(viker.unlearn, "save_model", stopped_midway)
+    assert main(run) == 130
+    assert capsys.readouterr().err.endswith(f"\ninterrupted: {out} holds the unfinished run; --resume continues it "
+                                            "from its last checkpoint, --overwrite starts it again\n")
+    assert not (out / "model").exists()
+    monkeypatch.setattr(viker.unlearn, "save_model", save_model)
+    assert main([*run, "--resume"]) == 0
+    assert (out / "model" / "config.json").is_file() and not (out / "model.partial").exists()
+
+
 def test_an_interruption_before_an_overwrite_removed_anything_calls_nothing_unfinished(tmp_path):
     """--overwrite removes the finished run only once every check has passed: stopped before that, the folder
     still holds it, finished, and the line does not say otherwise."""

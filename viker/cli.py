@@ -547,15 +547,21 @@ def _home_expanded(args: argparse.Namespace) -> argparse.Namespace:
 
 def _interrupted(args: argparse.Namespace | None) -> str:
     """What a run stopped by Ctrl-C leaves, and how to go on from it."""
-    from viker.runs import checkpoints
+    from viker.runs import checkpoints, read_configs
 
     out = getattr(args, "out", None)
     if getattr(args, "command", None) not in ("finetune", "unlearn") or not (out and Path(out, "config.json").exists()):
         return "interrupted"
-    if any(Path(out, name).exists() for name in ("model", "cagul", "metrics.json")):
-        return "interrupted"  # before an --overwrite removed the finished run: it is there as it was
-    if checkpoints(out):
+    try:
+        if read_configs(out)[0].get("command") != args.command:
+            return "interrupted"  # before an --overwrite removed what the folder held (an evaluation): it is there
+    except VikerError:
+        return "interrupted"
+    # a finished run keeps no checkpoint, and its model appears whole or not at all (viker.runs.written_whole)
+    if checkpoints(out):  # stopped in training, or while its model was saved
         on = "--resume continues it from its last checkpoint, --overwrite starts it again"
+    elif any(Path(out, name).exists() for name in ("model", "cagul")):
+        return "interrupted"  # before an --overwrite removed the finished run: it is there as it was
     else:
         on = "--overwrite starts it again (--checkpoint-every N keeps checkpoints to --resume from)"
     return f"interrupted: {out} holds the unfinished run; {on}"

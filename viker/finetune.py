@@ -35,7 +35,7 @@ from viker.model import (
 from viker.model.cagul import refuse_cagul_run
 from viker.model.tiny import TinyConfig, build_tiny
 from viker.presets import TINY_TRAIN, TrainConfig
-from viker.runs import paths_recorded, read_configs, write_config
+from viker.runs import paths_recorded, read_configs, write_config, written_whole
 from viker.train import (
     check_resume,
     check_run_folder,
@@ -172,7 +172,9 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     metrics["final_loss"] = history[-1]["loss"] if history else None
     # wall-clock time apart from the scores, so that a rerun with the same seed gives the same metrics.json
     timing = {"train_seconds": round(seconds, 2)}
-    finish_run(prepared, out, {"history.json": history, "metrics.json": metrics, "timing.json": timing},
-               lambda state_dict: save_model(model, processor, out / "model", merge=cfg.lora.merge,
-                                             state_dict=state_dict))
+    def save(state_dict):
+        with written_whole(out / "model") as partial:
+            save_model(model, processor, partial, merge=cfg.lora.merge, state_dict=state_dict)
+
+    finish_run(prepared, out, {"history.json": history, "metrics.json": metrics, "timing.json": timing}, save)
     return metrics

@@ -8,8 +8,10 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +157,20 @@ def write_json(path: str | Path, obj: Any) -> Path:
     tmp.write_text(json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n", encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+@contextmanager
+def written_whole(folder: str | Path) -> Iterator[Path]:
+    """Write a folder all at once: the files go to ``<folder>.partial``, which takes ``folder``'s place once
+    complete, so that a write stopped midway (Ctrl-C, a full disk) never leaves a ``folder`` that looks whole."""
+    folder = Path(folder)
+    partial = folder.with_name(f"{folder.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)  # left by a write stopped before
+    partial.mkdir(parents=True)
+    yield partial
+    if folder.exists():  # a snapshot written again by a resumed run
+        shutil.rmtree(folder)
+    partial.replace(folder)
 
 
 def write_config(out: str | Path, command: str, settings: dict, data_dir: str | Path | None = None,

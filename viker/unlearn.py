@@ -44,6 +44,7 @@ from viker.runs import (
     runs_behind,
     to_jsonable,
     write_config,
+    written_whole,
 )
 from viker.train import (
     check_resume,
@@ -344,9 +345,11 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
 
     def save(state_dict, folder: Path = out, merge: bool = merge):
         if wraps:  # the modules and their configuration; the base model is referenced, not copied
-            method.save(folder / "cagul", resolve_model_path(cfg.model), ctx.info)
+            with written_whole(folder / "cagul") as partial:
+                method.save(partial, resolve_model_path(cfg.model), ctx.info)
             return None
-        return save_model(model, processor, folder / "model", merge=merge, state_dict=state_dict)
+        with written_whole(folder / "model") as partial:
+            return save_model(model, processor, partial, merge=merge, state_dict=state_dict)
 
     def snapshot(epochs: int) -> None:
         """The model after ``epochs`` epochs, in epochs/N/ (LoRA: the adapter, since merging would end the
