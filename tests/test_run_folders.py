@@ -56,6 +56,11 @@ def test_a_run_folder_is_replaced_only_when_asked(tiny_dir, bench_dir, tmp_path,
     # --overwrite: the old run goes whole, its evaluation included
     assert main([*unlearn, "--model", str(tiny_dir), "--method", "npo", "--overwrite"]) == 0
     assert _method(run) == "npo" and not (run / "metrics.json").exists()
+    # through a link to the run folder: what it holds is replaced, and the link keeps pointing there
+    link = tmp_path / "latest"
+    link.symlink_to(run, target_is_directory=True)
+    assert main([*unlearn[:-1], str(link), "--model", str(tiny_dir), "--method", "ga", "--overwrite"]) == 0
+    assert link.is_symlink() and link.resolve() == run.resolve() and _method(run) == "ga"
     # ... but never the model the run reads
     assert main([*unlearn, "--model", str(run), "--method", "ga", "--overwrite"]) == 2
     assert "--overwrite would remove" in _error(capsys) and (run / "model").is_dir()

@@ -193,11 +193,16 @@ def check_run_folder(out: str | Path, accelerator, resume: bool = False, overwri
 def claim_run_folder(out: str | Path, accelerator, replace: bool) -> None:
     """Remove the earlier run in ``out`` that :func:`check_run_folder` found to be replaced, once every check
     of the new run has passed (so that a run that cannot start removes nothing); the main process removes
-    it while the others wait."""
+    it while the others wait. What is in the folder goes, the folder stays: an ``out`` that is a link to a
+    folder elsewhere keeps pointing there."""
     if replace:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            shutil.rmtree(out)
+            for entry in Path(out).iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
         accelerator.wait_for_everyone()
 
 
