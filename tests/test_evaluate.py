@@ -188,6 +188,20 @@ def test_a_bare_option_is_scored_on_its_own_tokens_without_the_end_of_turn(tiny)
         assert lp == approx(labelled.sum().item(), abs=1e-4) and lp_own == approx(labelled[:-1].sum().item(), abs=1e-4)
 
 
+def test_a_figure_is_the_mean_of_its_answers_scores_unrounded(tiny, bench_dir, monkeypatch):
+    """metrics.json keeps each figure as computed, so that a table rounding it to print it rounds it once (a
+    figure stored as 33.35 for 33.3496 would print 33.4)."""
+    def two_words(model, processor, examples, **kw):
+        return [" ".join(ex.answer.split()[:2]) for ex in examples]
+
+    monkeypatch.setattr(viker.eval.evaluate, "generate", two_words)
+    metrics, records = evaluate(*tiny, bench_dir, EvalConfig(forget="forget_10", scope={"forget": ("generation",)}),
+                                progress=False)
+    scores = [r["rougeL"] for r in records if r["task"] == "generation"]
+    assert 0 < metrics["forget_rougeL"] < 100
+    assert metrics["forget_rougeL"] == pytest.approx(100 * sum(scores) / len(scores), rel=1e-12)
+
+
 def test_evaluate_reports_the_paper_columns_and_a_record_of_every_question(tiny, bench_dir):
     model, processor = tiny
     metrics, records = evaluate(model, processor, bench_dir, EvalConfig(forget="forget_10", max_new_tokens=6),

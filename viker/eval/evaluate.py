@@ -386,9 +386,10 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfi
         try:
             factuality = _factuality(judge, cfg.judge, to_judge, records)
         except VikerError as e:
-            raise JudgeFailed(str(e), {k: round(v, 2) for k, v in metrics.items()}, records) from e
+            raise JudgeFailed(str(e), metrics, records) from e
         metrics.update(factuality)
-    return {k: round(v, 2) for k, v in metrics.items()}, records
+    # unrounded: a table rounds each figure once, as it prints it (33.3496 stored as 33.35 would print 33.4)
+    return metrics, records
 
 
 class JudgeFailed(VikerError):
