@@ -511,8 +511,8 @@ def test_an_interrupted_run_says_what_it_left_and_how_to_go_on(tiny_dir, bench_d
     assert "run with no model in it (unfinished: still running, or stopped" in capsys.readouterr().err
 
 
-def test_a_run_stopped_while_its_model_is_saved_leaves_no_model_and_resumes(tiny_dir, bench_dir, tmp_path, capsys,
-                                                                           monkeypatch):
+def test_a_run_stopped_while_saving_its_model_leaves_none_and_resumes_recording_both_parts(
+        tiny_dir, bench_dir, tmp_path, capsys, monkeypatch):
     """Ctrl-C while the finished model is written: no half-written model/ that evaluation would take for the
     run's, and the line says that --resume goes on from the checkpoint still there."""
     import viker.unlearn
@@ -527,13 +527,20 @@ def test_a_run_stopped_while_its_model_is_saved_leaves_no_model_and_resumes(tiny
     run = [*UNLEARN[:-1], "2", "--checkpoint-every", "1", "--model", str(tiny_dir), "--data", str(bench_dir),
            "--out", str(out)]
     monkeypatch.setattr(viker.unlearn, "save_model", stopped_midway)
+    monkeypatch.setattr("sys.argv", ["viker", *run])  # as the command line runs it
     assert main(run) == 130
     assert capsys.readouterr().err.endswith(f"\ninterrupted: {out} holds the unfinished run; --resume continues it "
                                             "from its last checkpoint, --overwrite starts it again\n")
     assert not (out / "model").exists()
+    first = json.loads((out / "config.json").read_text())
     monkeypatch.setattr(viker.unlearn, "save_model", save_model)
+    monkeypatch.setattr("sys.argv", ["viker", *run, "--resume"])
     assert main([*run, "--resume"]) == 0
     assert (out / "model" / "config.json").is_file() and not (out / "model.partial").exists()
+    # the run's config says how each part of it ran: the part that stopped, then the one that finished it
+    config = json.loads((out / "config.json").read_text())
+    assert config["argv"] == ["viker", *run, "--resume"]
+    assert config["earlier_parts"] == [{k: first[k] for k in ("argv", "runtime", "versions", "machine")}]
 
 
 def test_an_interruption_before_an_overwrite_removed_anything_calls_nothing_unfinished(tmp_path):

@@ -119,12 +119,13 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     examples = clear_finetune_examples(cfg.data, cfg.without) if cfg.benchmark == "clear" \
         else finetune_examples(cfg.data, train_on)
     tuning = cfg.tuning if cfg.tuning != "auto" else ("full" if tiny else "lora")
-    if resume and tiny and Path(out, "config.json").is_file():
+    started = read_configs(out)[0] if resume and Path(out, "config.json").is_file() else {}  # the run resumed
+    if tiny and started:
         # a run from before --seed also seeded the tiny model's initialisation recorded 0 there; the weights it goes
         # on with come from its checkpoint, whatever initialised them
-        started = read_configs(out)[0].get("finetune", {}).get("tiny", {}).get("seed")
-        if started is not None:
-            cfg = replace(cfg, tiny=replace(cfg.tiny, seed=started))
+        seed = started.get("finetune", {}).get("tiny", {}).get("seed")
+        if seed is not None:
+            cfg = replace(cfg, tiny=replace(cfg.tiny, seed=seed))
     recorded = paths_recorded(asdict(cfg) | {"tuning": tuning, "train_on": train_on},
                               ("data", "out") if tiny else ("model", "data", "out"))
     if not tiny:
@@ -155,7 +156,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
                 **({} if model_files is None else {"model_files": model_files})}
     claim_run_folder(out, accelerator, replaced)  # every check passed: --overwrite may remove now
     if accelerator.is_main_process:  # only the main process writes; the others hold the same results
-        write_config(out, "finetune", settings, cfg.data)
+        write_config(out, "finetune", settings, cfg.data, resumed=started)
 
     start = time.perf_counter()
     prepared = prepare(model, cfg.train, len(examples), accelerator, resume=resume)

@@ -173,8 +173,15 @@ def written_whole(folder: str | Path) -> Iterator[Path]:
     partial.replace(folder)
 
 
+# what a resumed run's config keeps of each part of the run before it: the command, where and with what it ran
+PART_KEYS = ("argv", "runtime", "versions", "machine")
+
+
 def write_config(out: str | Path, command: str, settings: dict, data_dir: str | Path | None = None,
-                 name: str = "config.json") -> Path:
+                 name: str = "config.json", resumed: dict | None = None) -> Path:
+    """A run's config: the command line, ``settings``, the versions and machine it runs with, and the hashes of
+    ``data_dir``'s files. ``resumed``: the config a resumed run started with, whose parts before this one are
+    kept under ``earlier_parts`` (oldest first), since a run may go on on another machine or with other versions."""
     config = {
         "command": command,
         "argv": sys.argv,
@@ -182,6 +189,9 @@ def write_config(out: str | Path, command: str, settings: dict, data_dir: str | 
         "versions": versions(),
         "machine": machine(),
     }
+    if resumed:
+        part = {k: resumed[k] for k in PART_KEYS if k in resumed}
+        config["earlier_parts"] = [*resumed.get("earlier_parts", []), part]
     if data_dir is not None and Path(data_dir).is_dir():
         config["data_files"] = file_hashes(data_dir)
     return write_json(Path(out) / name, config)

@@ -341,7 +341,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     # every check passed (the lengths, the method's setup): --overwrite may remove an earlier run now
     claim_run_folder(cfg.out, accelerator, replaced)
     if accelerator.is_main_process:  # only the main process writes; the others hold the same results
-        write_config(out, "unlearn", settings, cfg.data)
+        write_config(out, "unlearn", settings, cfg.data, resumed=started)
 
     def save(state_dict, folder: Path = out, merge: bool = merge):
         if wraps:  # the modules and their configuration; the base model is referenced, not copied
