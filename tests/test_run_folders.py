@@ -211,6 +211,22 @@ def test_a_resumed_run_goes_on_with_the_settings_it_started_with(tiny_dir, bench
     assert main(moved) == 2 and "no checkpoint to resume from" in _error(capsys)
 
 
+def test_a_run_records_only_the_settings_it_reads_and_resumes_from_a_record_of_all(tiny_dir, bench_dir, tmp_path,
+                                                                                  capsys):
+    """A finetune of a model folder with every weight trained reads neither the tiny model's sizes nor LoRA's
+    settings: its config leaves them out, and a run that recorded them still resumes."""
+    run = tmp_path / "run"
+    finetune = ["finetune", "--model", str(tiny_dir), "--data", str(bench_dir), "--max-steps", "1", "--tuning",
+                "full", "--out", str(run)]
+    assert main(finetune) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert {"tiny", "lora"}.isdisjoint(config["finetune"]) and config["finetune"]["train"]["max_steps"] == 1
+    config["finetune"] |= {"tiny": {"hidden": 64}, "lora": {"r": 16}}
+    (run / "config.json").write_text(json.dumps(config))
+    assert main([*finetune, "--resume"]) == 2
+    assert "no checkpoint to resume from" in _error(capsys)  # past the settings, to the checkpoint it did not keep
+
+
 def test_a_finetune_from_before_seed_seeded_the_tiny_model_resumes_with_its_seed(bench_dir, tmp_path, capsys):
     """Such a run recorded the tiny model's initialisation seed as 0 whatever --seed was; a resumed run loads its
     weights from the checkpoint, so that record does not keep it from going on."""

@@ -49,6 +49,7 @@ from viker.train import (
     seed_everything,
     shards_model,
     train,
+    used_settings,
 )
 
 
@@ -126,8 +127,8 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
         seed = started.get("finetune", {}).get("tiny", {}).get("seed")
         if seed is not None:
             cfg = replace(cfg, tiny=replace(cfg.tiny, seed=seed))
-    recorded = paths_recorded(asdict(cfg) | {"tuning": tuning, "train_on": train_on},
-                              ("data", "out") if tiny else ("model", "data", "out"))
+    recorded = used_settings(paths_recorded(asdict(cfg) | {"tuning": tuning, "train_on": train_on},
+                                            ("data", "out") if tiny else ("model", "data", "out")))
     if not tiny:
         refuse_cagul_run(cfg.model, "finetune")
     model_files = None if tiny else weight_hashes(cfg.model)  # recorded; --resume checks them

@@ -226,6 +226,15 @@ def _folder_to_replace(out: Path, resume: bool, overwrite: bool, reads: Sequence
     return True
 
 
+def used_settings(recorded: dict) -> dict:
+    """A training run's settings (``FinetuneConfig`` or ``UnlearnConfig``, as recorded) without those it never
+    reads: the tiny model's sizes when it trains another model, LoRA's when it trains every weight."""
+    unused = {"lora"} if recorded.get("tuning") == "full" else set()
+    if recorded.get("model", "tiny") != "tiny":
+        unused.add("tiny")
+    return {k: v for k, v in recorded.items() if k not in unused}
+
+
 # what a resumed run may change; `out` too: a run folder moved or copied elsewhere (a pre-empted job) goes on there
 RESUME_FREE = ("cache_dir", "device", "trust_remote_code", "checkpoint_every", "out")
 
@@ -247,8 +256,8 @@ def check_resume(out: str | Path, command: str, settings: dict, data_dir: str | 
     config = read_configs(out)[0]
     if config.get("command") != command:
         raise VikerError(f"--resume: {out} holds no {command} run to continue")
-    resolve = resolve or (lambda recorded: recorded)
-    before, now = flat(resolve(config[command])), flat(resolve(to_jsonable(settings)))
+    resolve = resolve or (lambda recorded: recorded)  # what a run recorded before it left out what it never read:
+    before, now = (flat(used_settings(resolve(s))) for s in (config[command], to_jsonable(settings)))  # compared alike
     changed = [k for k in sorted(before.keys() | now.keys())
                if k.rsplit(".", 1)[-1] not in RESUME_FREE and before.get(k) != now.get(k)]
     if changed:

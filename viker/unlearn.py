@@ -60,6 +60,7 @@ from viker.train import (
     seed_everything,
     shards_model,
     train,
+    used_settings,
 )
 
 
@@ -331,7 +332,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         ctx.reference.close()
     model = ctx.model
     setup_seconds = time.perf_counter() - start
-    settings = {"unlearn": paths_recorded(asdict(cfg)), "method": {"name": cfg.method, **asdict(method)},
+    settings = {"unlearn": used_settings(paths_recorded(asdict(cfg))), "method": {"name": cfg.method, **asdict(method)},
                 "data": used, "examples": {k: len(v) for k, v in data.items()}, "setup": ctx.info,
                 "runtime": runtime_info(accelerator, model)}
     if cfg.tuning == "lora" and not wraps:  # what --save saved (auto: decided above)
@@ -361,7 +362,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
             run = settings["unlearn"]
             snapshot_settings = {**settings, "unlearn": {
                 **run, "train": {**run["train"], "epochs": epochs, "max_steps": None, "snapshot_every": 0},
-                "lora": {**run["lora"], "merge": False}}} | ({"saved": "adapter"} if "saved" in settings else {})
+                **({"lora": {**run["lora"], "merge": False}} if "lora" in run else {})}} | \
+                ({"saved": "adapter"} if "saved" in settings else {})
             write_config(folder, "unlearn", snapshot_settings | {"snapshot_of": run["out"]}, cfg.data)
         accelerator.wait_for_everyone()
 
