@@ -181,6 +181,11 @@ def test_budget_notes_say_which_method_fell_apart():
     assert "above 1/λ = 10%" in note and "GA's answers have fallen apart and ViKeR's have not" in note
     assert "ViKeR's answers have fallen apart and GA's have not" in resting_point_note(whole, broken, [], 8, 10.0)
     assert "neither method's answers have fallen apart" in resting_point_note(whole, whole, [], 8, 10.0)
+    # two runs whose answers both fell apart are not two that held (the table's line: coherence under 50)
+    worse = {**broken, "coherence": 0.0}
+    assert "both methods' answers have fallen apart" in resting_point_note(worse, broken, [], 8, 10.0)
+    assert "both methods' answers have already fallen apart" in shorter_budget_note(broken, worse, 5)
+    assert "fallen apart too" in resting_point_note(worse, broken, [{"lam": 0.7, "metrics": worse}], 8, 10.0)
     low = resting_point_note(broken, whole, [{"lam": 0.7, "metrics": broken}], 8, 10.0)
     assert "With λ = 0.7, below 1, no token has a resting point and its answers have fallen apart too" in low
     # λ < 1 runs that ended alike share a sentence; one that held gets its own

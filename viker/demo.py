@@ -510,8 +510,10 @@ def how_far_apart(m: dict) -> str:
 
 
 def fell_apart(m: dict, other: dict) -> bool:
-    """Whether a run's answers fell apart against another's: its coherence is more than 5 points lower."""
-    return m["coherence"] < other["coherence"] - 5.0
+    """Whether a run's answers fell apart against another's: its coherence is more than 5 points lower, or under
+    the line the report's table draws for answers that fell apart (``INCOHERENT_BELOW``), where two runs both
+    below it have both fallen apart."""
+    return m["coherence"] < other["coherence"] - 5.0 or m["coherence"] < INCOHERENT_BELOW
 
 
 def why_section(runs: list[dict], sweep: list[dict], diagnostics: dict | None, cfg: DemoConfig,
@@ -594,7 +596,9 @@ def resting_point_note(ga: dict, vk: dict, below_one: list[dict], epochs: float,
     else:
         head = (f"**Where ascent stops.** With λ = {lam:g} < 1 no answer token has a resting point: ViKeR is GA "
                 f"damped by 1 − λ on normal tokens. ")
-    if fell_apart(ga, vk):
+    if fell_apart(ga, vk) and fell_apart(vk, ga):
+        head += f"After {n_epochs(epochs)} both methods' answers have fallen apart ({said})."
+    elif fell_apart(ga, vk):
         head += f"After {n_epochs(epochs)} GA's answers have {how_far_apart(ga)} and ViKeR's have not ({said})."
     elif fell_apart(vk, ga):
         head += f"After {n_epochs(epochs)} ViKeR's answers have {how_far_apart(vk)} and GA's have not ({said})."
@@ -630,7 +634,8 @@ def mistaken_note(vk: dict, named: dict, floor: float) -> str:
 def shorter_budget_note(ga: dict, vk: dict, epochs: float, questions: int | None = None,
                         vanilla: dict | None = None) -> str:
     """GA against ViKeR on the shorter budget, worded from their metrics (and the ``vanilla`` model's)."""
-    state = (f"GA's answers have already {how_far_apart(ga)}" if fell_apart(ga, vk) else
+    state = ("both methods' answers have already fallen apart" if fell_apart(ga, vk) and fell_apart(vk, ga) else
+             f"GA's answers have already {how_far_apart(ga)}" if fell_apart(ga, vk) else
              f"ViKeR's answers have {how_far_apart(vk)} and GA's have not" if fell_apart(vk, ga) else
              "neither method's answers have fallen apart")
     compared = viker_vs_ga(vk, ga, f"at {n_epochs(epochs)}", questions, vanilla)
