@@ -337,3 +337,29 @@ def test_cagul_on_a_tiny_model_takes_the_budget_of_modules_trained_from_scratch(
             {"command": "unlearn", "unlearn": {"train": {"epochs": started[0], "lr": started[1]}}}))
         assert main([*common, "--method", "cagul", "--resume", *given]) == 0
         assert (taken[-1].epochs, taken[-1].lr) == started
+
+
+def test_the_python_api_takes_the_preset_the_command_line_takes(tiny_dir, bench_dir, tmp_path, monkeypatch):
+    """An UnlearnConfig left without a budget runs with the command line's, CAGUL's own on a tiny model included."""
+    import viker.unlearn
+    from viker.presets import TINY_CAGUL, TINY_UNLEARN
+
+    class Started(Exception):
+        pass
+
+    taken = []
+
+    def started(train, *args, **kwargs):
+        taken.append(train)
+        raise Started
+
+    monkeypatch.setattr(viker.unlearn, "make_accelerator", started)
+    for method, preset in (("cagul", TINY_CAGUL), ("ga", TINY_UNLEARN)):
+        with pytest.raises(Started):
+            run_unlearn(UnlearnConfig(model=str(tiny_dir), data=str(bench_dir), method=method,
+                                      out=str(tmp_path / method)), progress=False)
+        assert taken[-1] == preset
+        with pytest.raises(Started):
+            main(["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--method", method, "--out",
+                  str(tmp_path / method)])
+        assert taken[-1] == preset

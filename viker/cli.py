@@ -12,7 +12,15 @@ from typing import Callable
 
 from viker import __version__
 from viker.errors import VikerError
-from viker.presets import REAL_TRAIN, REAL_UNLEARN, TINY_CAGUL, TINY_TRAIN, TINY_UNLEARN, TrainConfig
+from viker.presets import (
+    REAL_TRAIN,
+    REAL_UNLEARN,
+    TINY_CAGUL,
+    TINY_TRAIN,
+    TINY_UNLEARN,
+    TrainConfig,
+    unlearn_preset,
+)
 
 
 def _synth(args) -> None:
@@ -83,9 +91,9 @@ def _unlearn(args) -> None:
                          beta=args.beta, average=args.average, retain_weight=args.retain_weight,
                          rewrite=args.rewrite, layers=args.layers, heads=args.heads, encoder_width=args.encoder_width,
                          threshold=args.threshold, forget_loss=args.forget_loss, reference_model=reference_model)
-    # CAGUL's own preset; a CAGUL run started before it had one goes on with the preset it started with
-    tiny = TINY_CAGUL if args.method == "cagul" and not _resumes_on(args, TINY_UNLEARN) else TINY_UNLEARN
-    base = tiny if is_tiny_model(args.model) else REAL_UNLEARN
+    base = unlearn_preset(args.method, is_tiny_model(args.model))
+    if base is TINY_CAGUL and _resumes_on(args, TINY_UNLEARN):
+        base = TINY_UNLEARN  # a CAGUL run started before CAGUL had a preset of its own goes on with the one it had
     cfg = UnlearnConfig(
         model=args.model, data=args.data, benchmark=args.benchmark, forget=_forget(args), method=args.method,
         method_args=method_args,

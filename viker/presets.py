@@ -60,3 +60,11 @@ REAL_UNLEARN = TrainConfig(epochs=5, batch_size=4, grad_accum=2, lr=1e-4, schedu
 # CAGUL trains new modules from scratch rather than adjusting the model: on the tiny model, more epochs at a
 # higher rate than the model's own weights take
 TINY_CAGUL = replace(TINY_UNLEARN, epochs=15, lr=3e-3)
+
+
+def unlearn_preset(method: str, tiny: bool) -> TrainConfig:
+    """The budget an unlearning run takes for what it leaves unset: a checkpoint's, or on a tiny model its own
+    (CAGUL's, whose modules start from scratch, or every other method's)."""
+    if not tiny:
+        return REAL_UNLEARN
+    return TINY_CAGUL if method == "cagul" else TINY_UNLEARN

@@ -29,13 +29,14 @@ from viker.model import (
     apply_lora,
     enable_gradient_checkpointing,
     folders_read,
+    is_tiny_model,
     pick_dtype,
     resolve_model_path,
     save_model,
     weight_hashes,
 )
 from viker.model.cagul import refuse_cagul_run
-from viker.presets import TINY_UNLEARN, TrainConfig
+from viker.presets import TrainConfig, unlearn_preset
 from viker.runs import (
     checkpoints,
     other_benchmark,
@@ -74,7 +75,7 @@ class UnlearnConfig:
     method_args: dict = field(default_factory=dict)
     out: str = ""
     tuning: str = "lora"  # lora | full
-    train: TrainConfig = field(default_factory=lambda: TINY_UNLEARN)
+    train: TrainConfig | None = None  # None: the preset the command line takes (viker.presets.unlearn_preset)
     lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=16, alpha=32, dropout=0.0, merge=None))
     cache_dir: str | None = None  # ViKeR's reference cache; None: $VIKER_CACHE or ~/.cache/viker
     max_length: int | None = None  # longest example in tokens (None: no limit); never truncates
@@ -93,8 +94,6 @@ def learned_by(model: str) -> str:
     ``all`` for a tiny model (trained from scratch) and ``ft_Data`` for a real checkpoint (MLLMU-Bench's vanilla
     finetune, which leaves the evaluation's questions unseen). Where the chain leads to a model no longer here,
     the nearest unlearning run's own choice stands."""
-    from viker.model import is_tiny_model
-
     nearest, last = None, model  # the last model of the chain: a finetune run's, or one that is no run of ours
     for run in runs_behind(model):
         recorded = run.get(run["command"], {})
@@ -244,6 +243,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     if cfg.benchmark == "mllmu" and cfg.forget not in FORGET_SPLITS:
         raise VikerError(f"--forget {cfg.forget}: choose from {', '.join(FORGET_SPLITS)}")
     method = make_method(cfg.method, cfg.method_args, cfg.forget)
+    if cfg.train is None:
+        cfg = replace(cfg, train=unlearn_preset(cfg.method, is_tiny_model(cfg.model)))
     # the config of the run a --resume goes on with: the choices it started with are kept
     started = read_configs(cfg.out)[0] if resume and Path(cfg.out, "config.json").is_file() else {}
     cfg = resolve_train_on(cfg, started)
