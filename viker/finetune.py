@@ -174,6 +174,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     metrics["final_loss"] = history[-1]["loss"] if history else None
     # wall-clock time apart from the scores, so that a rerun with the same seed gives the same metrics.json
     timing = {"train_seconds": round(seconds, 2)}
+
     def save(state_dict):
         with written_whole(out / "model") as partial:
             save_model(model, processor, partial, merge=cfg.lora.merge, state_dict=state_dict)

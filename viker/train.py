@@ -256,8 +256,9 @@ def check_resume(out: str | Path, command: str, settings: dict, data_dir: str | 
     config = read_configs(out)[0]
     if config.get("command") != command:
         raise VikerError(f"--resume: {out} holds no {command} run to continue")
-    resolve = resolve or (lambda recorded: recorded)  # what a run recorded before it left out what it never read:
-    before, now = (flat(used_settings(resolve(s))) for s in (config[command], to_jsonable(settings)))  # compared alike
+    resolve = resolve or (lambda recorded: recorded)
+    # both as the run reads them: a record from before the settings it never read were left out compares alike
+    before, now = (flat(used_settings(resolve(s))) for s in (config[command], to_jsonable(settings)))
     changed = [k for k in sorted(before.keys() | now.keys())
                if k.rsplit(".", 1)[-1] not in RESUME_FREE and before.get(k) != now.get(k)]
     if changed:
