@@ -42,7 +42,7 @@ CASES = {
     "wrong nested type": (lambda root: _edit(root, FORGET, _generation_as_text),
                           "column 'Generation_Task' should be a list"),
     "empty forget split": (lambda root: _edit(root, FORGET, lambda t: t.slice(0, 0)),
-                           "split forget_10 has no examples to unlearn"),
+                           "split forget_10 has no people to unlearn (its files hold no rows)"),
     "link to nothing": (lambda root: ((root / FORGET).unlink(), (root / FORGET).symlink_to(root / "gone.parquet")),
                         "forget_10/train-00000-of-00001.parquet: not a readable parquet file"),
     "Git LFS pointer": (lambda root: (root / FORGET).write_text(
@@ -69,6 +69,16 @@ def test_bad_benchmark_files(case, tiny_dir, bench_dir, tmp_path, capsys):
     code = main(["unlearn", "--model", str(tiny_dir), "--data", str(root), "--method", "ga", "--out", str(out),
                  "--max-steps", "1"])
     _assert_clean_failure(code, capsys.readouterr().err, message, out)
+
+
+def test_an_empty_forget_split_is_said_to_be_empty_whatever_the_run_trains_on(tiny_dir, bench_dir, tmp_path, capsys):
+    """Not taken for a copy whose images were re-encoded, which is what no ft_Data pair of its people means."""
+    root = tmp_path / "bench"
+    shutil.copytree(bench_dir, root)
+    _edit(root, FORGET, lambda t: t.slice(0, 0))
+    code = main([*UNLEARN, "--model", str(tiny_dir), "--data", str(root), "--train-on", "ft_Data", "--out",
+                 str(tmp_path / "run")])
+    _assert_clean_failure(code, capsys.readouterr().err, "split forget_10 has no people to unlearn", tmp_path / "run")
 
 
 def test_keytokens_of_an_empty_forget_split_is_refused(tiny_dir, bench_dir, tmp_path, capsys):

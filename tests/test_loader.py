@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import zlib
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -104,6 +105,55 @@ def test_an_image_is_seen_as_a_viewer_shows_it(tmp_path):
     grey.save(buffer, "PNG", transparency=1000)
     seen = decode_image(buffer.getvalue())
     assert seen.getpixel((0, 0)) == (255, 255, 255) and seen.getpixel((1, 1)) == (116, 116, 116)
+
+
+def test_a_photo_is_seen_upright_as_its_exif_orientation_says(tmp_path):
+    """A phone photo is stored sideways with an EXIF orientation (6: turn it a quarter clockwise); `datasets`
+    shows it upright, and so does viker, in pixels and in the size its image tokens are counted from."""
+    from viker.data.loader import decode_image, image_size
+
+    sideways = Image.new("RGB", (60, 20), (0, 0, 0))
+    sideways.paste((255, 0, 0), (0, 0, 10, 20))  # red on the stored left: on top once upright
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    sideways.save(buffer, "JPEG", exif=exif, quality=95)
+    upright = decode_image(buffer.getvalue())
+    assert upright.size == image_size(buffer.getvalue()) == (20, 60)
+    top, bottom = upright.getpixel((10, 2)), upright.getpixel((10, 57))
+    assert top[0] > 200 > max(top[1:]) and max(bottom) < 50
+
+
+def test_an_image_no_8_bit_reading_fits_or_a_header_claiming_a_huge_one_names_the_row(bench_dir, tmp_path):
+    import numpy as np
+
+    def stored(img, fmt):
+        buffer = io.BytesIO()
+        img.save(buffer, fmt)
+        return buffer.getvalue()
+
+    png = stored(Image.new("L", (1, 1)), "PNG")  # its header (IHDR) made to say 20000 x 20000, past PIL's limit
+    ihdr = png[12:16] + (20000).to_bytes(4, "big") * 2 + png[24:29]
+    huge = png[:12] + ihdr + zlib.crc32(ihdr).to_bytes(4, "big") + png[33:]
+    for data, said in ((stored(Image.fromarray(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)), "TIFF"),
+                        "a floating-point image"), (huge, "unreadable image")):
+        root = _copy(bench_dir, tmp_path / said.replace(" ", "_"))
+
+        def replace_image(t, data=data):
+            images = t.column("image").to_pylist()
+            images[3] = {"bytes": data, "path": images[3]["path"]}
+            return t.set_column(0, "image", pa.array(images, type=t.schema.field("image").type))
+
+        _rewrite(root, FULL, replace_image)
+        with pytest.raises(VikerError, match=rf"Full_Set/train-00000-of-00001.parquet:row 3 image 0: {said}"):
+            load_profiles(root, "Full_Set")
+
+
+def test_hidden_files_beside_the_shards_are_no_shards(bench_dir, tmp_path):
+    """A copy through a FAT or exFAT drive leaves macOS's ._NAME beside each file."""
+    root = _copy(bench_dir, tmp_path)
+    (root / "Full_Set" / "._train-00000-of-00001.parquet").write_bytes(b"\0\5\x16\7")
+    assert [p.id for p in load_profiles(root, "Full_Set")] == [p.id for p in load_profiles(bench_dir, "Full_Set")]
 
 
 def test_missing_config_names_the_folder_and_config(bench_dir, tmp_path):

@@ -162,6 +162,8 @@ def mllmu_streams(cfg: UnlearnConfig) -> tuple[dict, dict]:
     they came from."""
     retain_split = RETAIN_OF[cfg.forget]
     forget_people = load_profiles(cfg.data, cfg.forget)
+    if not forget_people:  # said before the ft_Data pairs of nobody are looked for
+        raise VikerError(f"{cfg.data}: split {cfg.forget} has no people to unlearn (its files hold no rows)")
     retain_people = retain_profiles(cfg.data, cfg.forget, forget_people)
     records = load_finetune(cfg.data)
     data = {"forget": unlearning_examples(cfg.data, cfg.forget, forget_people, records, cfg.train_on),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from viker.data.schema import (
     CONFIGS,
@@ -56,7 +56,7 @@ def config_files(root: str | Path, config: str, known: tuple[str, ...] = CONFIGS
     if not root.is_dir():
         raise VikerError(f"{root}: no such benchmark folder")
     for pattern in _patterns(config):
-        files = sorted(root.glob(pattern))
+        files = _visible(root.glob(pattern))
         if files:
             return files
     present = _present(root, known)
@@ -75,7 +75,13 @@ def config_files(root: str | Path, config: str, known: tuple[str, ...] = CONFIGS
 
 
 def _present(root: Path, configs: tuple[str, ...]) -> list[str]:
-    return [c for c in configs if any(any(root.glob(pattern)) for pattern in _patterns(c))]
+    return [c for c in configs if any(_visible(root.glob(pattern)) for pattern in _patterns(c))]
+
+
+def _visible(paths) -> list[Path]:
+    """``paths`` sorted, without hidden files: the ``._train-….parquet`` a copy through a FAT or exFAT drive leaves
+    beside each file (macOS's AppleDouble metadata) is no shard of the benchmark."""
+    return sorted(p for p in paths if not p.name.startswith("."))
 
 
 def _patterns(config: str) -> list[str]:
@@ -189,6 +195,10 @@ def has_image(cell: dict | None) -> bool:
     return bool(cell.get("bytes") or cell.get("path"))
 
 
+# what PIL raises for bytes that are no image it can read; a header claiming a huge image is refused too
+IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
 def image_bytes(value: dict | None, source: str) -> bytes:
     """The bytes of an image cell (``{bytes, path}``, as the Hugging Face Image feature stores it: the
     bytes, or else the file at ``path``), checked to decode, or a clear error."""
@@ -205,9 +215,13 @@ def image_bytes(value: dict | None, source: str) -> bytes:
     try:
         with Image.open(BytesIO(data)) as img:
             img.load()  # decoded whole: a JPEG cut short passes verify(), which reads only its headers
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            mode = img.mode
+    except IMAGE_ERRORS as e:
         raise VikerError(f"{source}: unreadable image ({e})") from None
+    if mode == "F":  # no one reading in 8 bits: 0..1 or 0..255? Converting would clip it to black or white
+        raise VikerError(f"{source}: a floating-point image (mode F); save it with 8-bit levels (PNG or JPEG)")
     return data
+
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -230,19 +244,28 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+# EXIF orientations whose picture is turned a quarter: its stored width is its height upright
+QUARTER_TURNED = (5, 6, 7, 8)
+
+
 def decode_image(data: bytes, source: str = "image") -> Image.Image:
+    """The image upright (turned as its EXIF orientation says, as ``datasets``' Image feature decodes it: a
+    phone photo is stored sideways) in 8-bit RGB."""
     try:
-        return to_rgb(Image.open(BytesIO(data)))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        return to_rgb(ImageOps.exif_transpose(Image.open(BytesIO(data))))
+    except IMAGE_ERRORS as e:
         raise VikerError(f"{source}: unreadable image ({e})") from None
 
 
 def image_size(data: bytes, source: str = "image") -> tuple[int, int]:
-    """An image's (width, height), read from its header alone."""
+    """An image's (width, height) upright, as :func:`decode_image` gives it, read from its header alone."""
     try:
-        return Image.open(BytesIO(data)).size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        img = Image.open(BytesIO(data))
+        width, height = img.size
+        turned = img.getexif().get(0x0112) in QUARTER_TURNED  # 0x0112: the EXIF orientation tag
+    except IMAGE_ERRORS as e:
         raise VikerError(f"{source}: unreadable image ({e})") from None
+    return (height, width) if turned else (width, height)
 
 
 def _items(items: list | None, source: str, group: str) -> list[tuple[int, dict]]:
