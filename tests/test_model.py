@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -119,9 +120,10 @@ def test_save_auto_keeps_what_a_merge_would_round_away_and_what_a_resumed_run_ch
     """--save auto merges float32 weights and keeps the adapter of 16-bit or sharded ones; a resumed run goes on
     with what it chose when it started, on whatever weights it resumes; a model that is itself an adapter run
     is saved merged, and under FSDP or DeepSpeed, where it could not be, refused."""
+    from viker.presets import TINY_UNLEARN
     from viker.unlearn import UnlearnConfig, save_choice
 
-    auto = UnlearnConfig(model="m", data="d", method="ga", out="o")
+    auto = UnlearnConfig(model="m", data="d", method="ga", out="o", train=TINY_UNLEARN)  # as a run resolves it
     assert auto.lora.merge is None
 
     def choice(dtype=torch.float32, sharded=False, chosen=None, on_adapter=False, cfg=auto, wraps=False):
@@ -134,7 +136,7 @@ def test_save_auto_keeps_what_a_merge_would_round_away_and_what_a_resumed_run_ch
     assert choice(torch.bfloat16, wraps=True) is True  # CAGUL trains no adapter: nothing to choose
     with pytest.raises(VikerError, match="under FSDP or DeepSpeed a LoRA run saves only its adapter.*use DDP"):
         choice(sharded=True, on_adapter=True)
-    merged = UnlearnConfig(model="m", data="d", method="ga", out="o", lora=LoraSettings(merge=True))
+    merged = replace(auto, lora=LoraSettings(merge=True))
     assert choice(torch.bfloat16, cfg=merged) is True  # asked for: merged, with its loss recorded
     with pytest.raises(VikerError, match="--save merged: under FSDP or DeepSpeed only the adapter"):
         choice(sharded=True, cfg=merged)
