@@ -4,6 +4,7 @@ import json
 import math
 import os
 import re
+import shutil
 
 import pytest
 
@@ -478,6 +479,47 @@ def test_report_refuses_runs_it_cannot_compare(runs, bench_dir, tiny_dir, tmp_pa
     assert main(["report", str(photos), "--out", str(tmp_path / "photos-report")]) == 0
     assert "Gen. ACC asks each image question with every Test_Set photo" in \
         " ".join((tmp_path / "photos-report" / "report.md").read_text().split())
+
+
+def test_a_run_is_scored_and_reported_on_the_split_it_was_made_for(runs, bench_dir, tiny_dir, tmp_path, capsys):
+    """A run unlearned on forget_5 and scored on forget_10 would have half its forget people never forgotten,
+    and in its retain set people it was asked to forget: evaluation takes its own split unless told otherwise
+    (and then says so), and a report refuses it beside forget_10's runs."""
+    five = tmp_path / "ga5"
+    assert main(["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--forget", "forget_5", "--method",
+                 "ga", "--max-steps", "1", "--out", str(five)]) == 0
+    scope = ["--only", "forget:multiple_choice"]
+    assert main(["eval", "--model", str(five), "--data", str(bench_dir), *EVAL, *scope, "--out", str(five)]) == 0
+    assert f"{five} on forget_5:" in capsys.readouterr().out
+    assert json.loads((five / "eval_config.json").read_text())["eval"]["forget"] == "forget_5"
+    elsewhere = tmp_path / "ga5-on-10"
+    assert main(["eval", "--model", str(five), "--data", str(bench_dir), *DATA, *EVAL, *scope, "--out",
+                 str(elsewhere)]) == 0
+    assert f"warning: {five} was unlearned on forget_5, and is evaluated on forget_10" in capsys.readouterr().err
+    assert main(["report", str(runs / "ga-eval"), str(elsewhere), "--out", str(tmp_path / "mixed")]) == 2
+    assert f"{elsewhere} was unlearned on forget_5 and evaluated on forget_10" in capsys.readouterr().err
+
+
+def test_an_evaluation_in_a_runs_model_folder_is_the_runs(runs, bench_dir, tmp_path):
+    """`viker eval --out RUN/model`: the folder's config.json is the model's, and the row is still the run's."""
+    from viker.report import read_run
+
+    vanilla = tmp_path / "vanilla"
+    shutil.copytree(runs / "vanilla", vanilla)
+    assert main(["eval", "--model", str(vanilla), "--data", str(bench_dir), *DATA, *EVAL, "--only",
+                 "forget:multiple_choice", "--out", str(vanilla / "model")]) == 0
+    assert read_run(vanilla / "model")["method"] == "vanilla"
+
+
+def test_an_evaluation_that_measured_no_column_says_so(runs, bench_dir, tmp_path, capsys):
+    scoped = tmp_path / "real-cloze"
+    assert main(["eval", "--model", str(runs / "ga"), "--data", str(bench_dir), *DATA, *EVAL, "--only",
+                 "real:cloze", "--out", str(scoped)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(scoped), "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err
+    assert "holds none of the table's columns: its evaluation (--only real:cloze) measured none of them" in err
+    assert "viker eval --model" not in err  # it was evaluated: no advice to evaluate it
 
 
 def test_a_setting_that_changed_none_of_a_runs_figures_does_not_keep_it_out_of_the_table(runs, bench_dir, tmp_path,

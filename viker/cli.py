@@ -132,6 +132,15 @@ def _forget(args) -> str:
     return args.forget or {"mllmu": "forget_10", "clear": "forget10"}[args.benchmark]
 
 
+def _model_forget(args) -> str:
+    """--forget of a command that looks at a model (eval, keytokens), defaulting to the split the model was
+    unlearned on (or, a CLEAR retain model, finetuned without), else to the benchmark's 10% split."""
+    from viker.runs import model_split
+
+    made = None if args.forget else model_split(args.model, args.benchmark)
+    return made[0] if made else _forget(args)
+
+
 def _eval_clear(args) -> None:
     from viker.eval.clear import ClearEvalConfig, run_clear_eval
 
@@ -139,7 +148,7 @@ def _eval_clear(args) -> None:
                         ("--test-images", args.test_images)):
         if given:
             raise VikerError(f"{flag} applies to --benchmark mllmu")
-    cfg = ClearEvalConfig(forget=_forget(args), batch_size=args.batch_size, retain_model=args.retain_model,
+    cfg = ClearEvalConfig(forget=_model_forget(args), batch_size=args.batch_size, retain_model=args.retain_model,
                           retain_limit=args.retain_limit, **_given(max_new_tokens=args.max_new_tokens))
     metrics = run_clear_eval(args.model, args.data, args.out, cfg, args.device, args.dtype, args.trust_remote_code)
     _evaluated(args, metrics)
@@ -171,7 +180,7 @@ def _eval(args) -> None:
         return _eval_clear(args)
     if args.retain_model:
         raise VikerError("--retain-model applies to --benchmark clear")
-    cfg = EvalConfig(forget=_forget(args), mc_mode=args.mc_mode or "likelihood", batch_size=args.batch_size,
+    cfg = EvalConfig(forget=_model_forget(args), mc_mode=args.mc_mode or "likelihood", batch_size=args.batch_size,
                      test_images=args.test_images or "first", retain_limit=args.retain_limit,
                      gib_model=args.gib_model, judge=args.judge, scope=_scope(args.only),
                      **_given(max_new_tokens=args.max_new_tokens))
@@ -187,14 +196,14 @@ def _evaluated(args, metrics: dict) -> None:
     measured = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     width = max(map(len, measured), default=0) + 2  # --only with none of the table's columns: what it measured
     shown = columns_text(metrics) or "\n".join(f"  {k.ljust(width)}{v:>7.1f}" for k, v in measured.items())
-    print(f"{args.model} on {_forget(args)}:\n{shown}\n"
+    print(f"{args.model} on {_model_forget(args)}:\n{shown}\n"
           f"wrote {Path(args.out) / 'metrics.json'} ({len(metrics)} figures) and generations.jsonl ({records} answers)")
 
 
 def _keytokens(args) -> None:
     from viker.keytokens import PNG_ANSWERS, forgotten, run_keytokens
 
-    rows = run_keytokens(args.model, args.data, _forget(args), args.out, args.k, args.refs, args.epsilon,
+    rows = run_keytokens(args.model, args.data, _model_forget(args), args.out, args.k, args.refs, args.epsilon,
                          args.cache_dir, args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
                          seed=args.seed, lam=args.lam, benchmark=args.benchmark, train_on=args.train_on)
     n_key = sum(h > args.epsilon for r in rows for h in r.entropy)
@@ -445,7 +454,8 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", required=True, help="a model folder, a run folder of viker's, or a hub id")
     ev.add_argument("--data", required=True, help="the benchmark folder")
     _add_benchmark_arg(ev)
-    ev.add_argument("--forget", help="the forget split (default forget_10; CLEAR: forget10)")
+    ev.add_argument("--forget", help="the forget split (default: the one the model was unlearned on, else "
+                                     "forget_10; CLEAR: forget10)")
     ev.add_argument("--out", required=True, help="the folder to write: a new or empty one, an earlier evaluation "
                                                   "of this model, or the run or model folder it scores")
     ev.add_argument("--mc-mode", choices=("likelihood", "letter"),
@@ -480,8 +490,9 @@ def parser() -> argparse.ArgumentParser:
     kt.add_argument("--model", required=True, help="the vanilla model")
     kt.add_argument("--data", required=True, help="the benchmark folder")
     _add_benchmark_arg(kt)
-    kt.add_argument("--forget", help="the forget split whose answers are shown (default forget_10; CLEAR: forget10, "
-                                     "+tofu to include its text questions)")
+    kt.add_argument("--forget", help="the forget split whose answers are shown (default: the one the model was "
+                                     "unlearned on, else forget_10; CLEAR: forget10, +tofu to include its text "
+                                     "questions)")
     kt.add_argument("--out", required=True, help="an .html file; the PNG is written beside it")
     _add_learned_arg(kt)
     kt.add_argument("--k", type=int, default=5, help="reference images per answer")

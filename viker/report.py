@@ -416,10 +416,12 @@ TRAINING_SETTINGS = ("lr", "batch_size", "grad_accum", "weight_decay", "warmup_r
 
 def _what_was_evaluated(config: dict, evaluation: dict | None) -> dict:
     """The config of the run whose model an evaluation scored: the folder's own, or, for an evaluation
-    in a folder of its own, that of the run folder its model came from (empty when it is no run of ours)."""
-    if config.get("command") != "eval" or not evaluation:
-        return config
+    in a folder of its own or in a run's model/ (whose config.json is the model's), that of the run folder its
+    model came from (empty when it is no run of ours)."""
     from viker.runs import TRAINING_COMMANDS, read_configs
+
+    if config.get("command") in TRAINING_COMMANDS or not evaluation:
+        return config
 
     model = Path(str(evaluation.get("model", "")))
     for folder in (model, model.parent) if model.name == "model" else (model,):
@@ -434,9 +436,10 @@ def read_run(path: str | Path) -> dict:
     """An evaluated run folder as a row: ``method`` (``vanilla`` for a ``viker finetune`` model,
     ``retain_model`` for one finetuned ``--without`` the forget split, None for a model that is no run
     of ours), ``settings`` (the method's, and an unlearning run's budget), the benchmark, the forget split
-    and multiple-choice mode it was evaluated with (None when not recorded), ``metrics`` and ``path``."""
+    and multiple-choice mode it was evaluated with (None when not recorded), the forget split the model was made
+    for (``made_for``: unlearned on, or finetuned without; None for a vanilla model), ``metrics`` and ``path``."""
     from viker.errors import VikerError
-    from viker.runs import is_hub_id, read_configs, read_json
+    from viker.runs import is_hub_id, read_configs, read_json, split_made_for
 
     run = Path(path)
     evaluate = f"evaluate it first (viker eval --model {run} ... --out {run})"
@@ -449,6 +452,12 @@ def read_run(path: str | Path) -> dict:
     if isinstance(metrics, dict):  # NaN (a file not written by viker, which writes null) is "not measured" too
         metrics = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
     if not isinstance(metrics, dict) or not any(c.key in metrics for c in COLUMNS + CLEAR_COLUMNS):
+        scope = ((evaluation or {}).get("eval") or {}).get("scope")
+        if isinstance(metrics, dict) and scope:  # an evaluation that measured something else
+            only = " ".join(f"--only {name}:{','.join(tasks)}" for name, tasks in scope.items())
+            raise VikerError(f"{run}/metrics.json holds none of the table's columns: its evaluation ({only}) measured "
+                             "none of them; they come from the forget set's tasks, the test set's multiple choice, "
+                             "and the retain and real sets' multiple choice and generation")
         raise VikerError(f"{run}/metrics.json holds no evaluation's metrics; {evaluate}")
     bad = [c.key for c in COLUMNS + CLEAR_COLUMNS if not isinstance(metrics.get(c.key), (int, float, type(None)))]
     if bad:
@@ -482,7 +491,8 @@ def read_run(path: str | Path) -> dict:
     fingerprint = ("files:" + hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16] if files
                    else f"hub:{data}" if data and is_hub_id(data) else None)
     return {"method": method, "settings": settings, "training": training, "benchmark": benchmark,
-            "forget_split": _scored_split(evaluated.get("forget"), benchmark), **scored,
+            "forget_split": _scored_split(evaluated.get("forget"), benchmark),
+            "made_for": (split_made_for(source) or (None,))[0], **scored,
             "data": data,
             "data_files": fingerprint,
             "metrics": metrics, "path": str(run)}
@@ -593,6 +603,12 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
         raise VikerError(f"these runs were evaluated on different benchmark files, so one table cannot compare "
                          f"them: {listed}")
     forget = _one_value(rows, "forget_split", "forget splits")
+    for row in rows:  # a run made for another split: its forget and retain sets mix whom it forgot and whom not
+        if forget and row["made_for"] and row["made_for"] != forget:
+            split, how = row["made_for"], "finetuned without" if row["method"] == "retain_model" else "unlearned on"
+            raise VikerError(f"{row['path']} was {how} {split} and evaluated on {forget}, so its figures are not "
+                             f"those of a model made for {forget}; evaluate it with --forget {split}, and report it "
+                             f"with runs made for {split}")
     mc_mode = _one_value(rows, "mc_mode", "--mc-mode")
     test_images = _one_value(rows, "test_images", "--test-images")
     # the retain figures' people, the answers' length: said under the table, as they change what it means

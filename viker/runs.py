@@ -279,6 +279,39 @@ def runs_behind(model: str) -> Iterator[dict]:
             return
 
 
+def split_made_for(run: dict, benchmark: str | None = None) -> tuple[str, str] | None:
+    """The forget split a training run's model was made for, and how: ``("forget_5", "unlearned on")``, or for a
+    CLEAR retain model ``("forget05", "finetuned without")``; None for a vanilla model, or a run on a benchmark
+    other than ``benchmark``. CLEAR's ``+tofu`` (its text questions, trained on too) names the same split."""
+    if run.get("command") == "unlearn":
+        settings, how = run.get("unlearn", {}), "unlearned on"
+        bench, split = settings.get("benchmark", "mllmu"), settings.get("forget")
+    elif run.get("command") == "finetune" and run.get("finetune", {}).get("without"):
+        bench, split, how = "clear", run["finetune"]["without"], "finetuned without"
+    else:
+        return None
+    if not split or (benchmark is not None and bench != benchmark):
+        return None
+    return (split.removesuffix("+tofu") if bench == "clear" else split), how
+
+
+def model_split(model: str, benchmark: str) -> tuple[str, str] | None:
+    """:func:`split_made_for` of the run ``model`` comes from (None for a model that is no run of ours)."""
+    run = next(runs_behind(model), None)
+    return split_made_for(run, benchmark) if run else None
+
+
+def other_split(model: str, forget: str, benchmark: str) -> str | None:
+    """A warning when ``model`` is evaluated on another forget split than the one it was made for: its forget
+    and retain sets then mix people it was asked to forget with people it was not."""
+    made = model_split(model, benchmark)
+    if made is None or made[0] == (forget.removesuffix("+tofu") if benchmark == "clear" else forget):
+        return None
+    return (f"{model} was {made[1]} {made[0]}, and is evaluated on {forget}: the two splits' people differ, so its "
+            f"forget and retain figures mix people it was asked to forget with people it was not (`viker report` "
+            f"puts it in no table of {forget}); --forget {made[0]} scores what it was made for")
+
+
 def other_benchmark(model: str, data: str | Path) -> str | None:
     """A warning when the `viker finetune` run that ``model`` comes from read other benchmark files than ``data``
     holds (another seed's embedded benchmark, another release): its people are then not this benchmark's, and

@@ -35,6 +35,7 @@ from viker.runs import (
     as_recorded,
     check_eval_out,
     other_benchmark,
+    other_split,
     read_configs,
     write_eval_config,
     write_json,
@@ -245,8 +246,9 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig, d
     forget_base(cfg.forget)
     check_eval_out(model_path, out, data)
     read = clear_eval_sets(data, cfg)  # a wrong --data or split is refused before any model loads
-    if warning := other_benchmark(model_path, data):
-        print(f"warning: {warning}", file=sys.stderr)
+    for warning in (other_benchmark(model_path, data), other_split(model_path, cfg.forget, "clear")):
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
     out = Path(out)
     reference, computed = None, False
     if cfg.retain_model:  # first: the two models are never held at once

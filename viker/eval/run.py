@@ -10,7 +10,7 @@ from pathlib import Path
 from viker.errors import VikerError
 from viker.eval.evaluate import EvalConfig, JudgeFailed, eval_sets, evaluate, load_judge
 from viker.model import how_loaded, load_model
-from viker.runs import as_recorded, check_eval_out, other_benchmark, write_eval_config, write_json
+from viker.runs import as_recorded, check_eval_out, other_benchmark, other_split, write_eval_config, write_json
 
 
 def write_generations(path: Path, records: list[dict]) -> None:
@@ -25,8 +25,9 @@ def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig, device=None,
              trust_remote_code=False, progress=True, model_and_processor=None) -> dict:
     check_eval_out(model_path, out, data)
     sets = eval_sets(data, cfg)  # a wrong --data or split is refused before the model loads
-    if warning := other_benchmark(model_path, data):
-        print(f"warning: {warning}", file=sys.stderr)
+    for warning in (other_benchmark(model_path, data), other_split(model_path, cfg.forget, "mllmu")):
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
     if cfg.judge:
         load_judge(cfg.judge)  # and a judge that cannot be imported
     model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code,
