@@ -21,7 +21,7 @@ COMMANDS = dict(_commands(parser()))
 
 
 def test_every_command_is_reachable():
-    assert set(COMMANDS) == {"viker data synth", "viker finetune", "viker unlearn", "viker eval",
+    assert set(COMMANDS) == {"viker data synth", "viker finetune", "viker unlearn", "viker eval", "viker judge",
                              "viker keytokens", "viker report", "viker demo"}
 
 

@@ -596,13 +596,25 @@ def test_a_plugged_in_judge_scores_each_generated_answer_on_its_own_scale(tiny_d
     assert main([*common, "--judge", "my_judges:down_after_one", "--out", str(down)]) == 2
     err = capsys.readouterr().err
     assert "--judge my_judges:down_after_one failed: ConnectionError: rate limited" in err
-    assert f"every answer are written to {down}, without factuality" in err
+    assert f"every answer are written to {down}, without factuality, which `viker judge {down} --judge " \
+        "my_judges:down_after_one` adds once the judge works" in err
     kept = json.loads((down / "metrics.json").read_text())
     assert kept == {k: v for k, v in metrics.items() if not k.endswith("_factuality")}
     answers = [json.loads(line) for line in (down / "generations.jsonl").read_text().splitlines()]
     assert [r["answer"] for r in answers] == [r["answer"] for r in records]
     assert not any("factuality" in r for r in answers)
     assert json.loads((down / "config.json").read_text())["eval"]["judge"] is None
+    # `viker judge` scores those answers afterwards, without generating them again: the figures and scores a
+    # judge that had not failed would have given, and the evaluation's settings name it
+    with monkeypatch.context() as patched:
+        patched.setattr(viker.eval.evaluate, "generate", lambda *a, **k: pytest.fail("an answer was generated"))
+        assert main(["judge", str(down), "--judge", "my_judges:by_reference"]) == 0
+    assert "forget_factuality" in capsys.readouterr().out
+    assert json.loads((down / "metrics.json").read_text()) == metrics
+    assert [json.loads(line) for line in (down / "generations.jsonl").read_text().splitlines()] == records
+    assert json.loads((down / "config.json").read_text())["eval"]["judge"] == "my_judges:by_reference"
+    assert main(["judge", str(tmp_path / "missing"), "--judge", "my_judges:by_reference"]) == 2  # refused: none
+    assert "no evaluation of viker's here" in capsys.readouterr().err
 
 
 def test_a_judge_that_fails_or_returns_no_scores_is_named_in_one_line():

@@ -188,6 +188,15 @@ def _eval(args) -> None:
     _evaluated(args, metrics)
 
 
+def _judge(args) -> None:
+    from viker.eval.run import run_judge
+
+    metrics = run_judge(args.run, args.judge)
+    scored = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k.endswith("_factuality") and v is not None)
+    print(f"{args.run}: {scored} (on the judge's 1-10 scale); wrote them into metrics.json and each answer's score "
+          "into generations.jsonl")
+
+
 def _evaluated(args, metrics: dict) -> None:
     """What an evaluation prints: the table's columns, then where every figure and answer went."""
     from viker.report import columns_text
@@ -508,6 +517,16 @@ def parser() -> argparse.ArgumentParser:
                     help="the seed that draws the reference images, as `viker unlearn --seed` (shares its cache)")
     _add_model_args(kt)
     kt.set_defaults(func=_keytokens)
+    jd = _command(sub, "judge", "MLLMU-Bench's factuality of the answers an evaluation wrote, without generating "
+                                "them again",
+                  "Calls the judge on each set's generation answers in RUN/generations.jsonl, as viker eval --judge "
+                  "does, and adds *_factuality to RUN/metrics.json, each answer's score to its record, and the judge "
+                  "to the evaluation's settings: for an evaluation whose judge failed, or that had none.")
+    jd.add_argument("run", metavar="RUN", help="the folder viker eval wrote into")
+    jd.add_argument("--judge", required=True, metavar="MODULE:FUNCTION",
+                    help="as viker eval --judge: a function called with the generation questions, references and "
+                         "answers, returning one score from 1 to 10 per answer")
+    jd.set_defaults(func=_judge)
     rp = _command(sub, "report", "the paper-style table and the trade-off plot of evaluated runs",
                   "Reads each run folder's metrics.json (written by viker eval) and what its config says about "
                   "the model; writes OUT/report.md (the table, best per column in bold, what each column means, "

@@ -75,8 +75,13 @@ class EvalConfig:
                 "must be at least 1")
         require(not self.gib_model or Path(self.gib_model).expanduser().is_dir(), "--gib-model", self.gib_model,
                 "no such folder (a local copy of a gibberish classifier)")
-        require(self.judge is None or re.fullmatch(r"[\w.]+:\w+", self.judge) is not None, "--judge", self.judge,
-                "name a function as module:function (e.g. my_judges:gpt_judge)")
+        if self.judge is not None:
+            check_judge_form(self.judge)
+
+
+def check_judge_form(spec: str) -> None:
+    require(re.fullmatch(r"[\w.]+:\w+", spec) is not None, "--judge", spec,
+            "name a function as module:function (e.g. my_judges:gpt_judge)")
 
 
 @dataclass
@@ -266,6 +271,7 @@ def load_judge(spec: str):
     """The factuality judge ``spec`` names (``module:function``, the module importable from the working folder
     too), checked to be callable: ``function(questions, references, answers)`` returns one score from 1 to 10
     per answer, as MLLMU-Bench's LLM judge rates factuality (any model or service can stand behind it)."""
+    check_judge_form(spec)
     module_name, name = spec.split(":")
     if "" not in sys.path and os.getcwd() not in sys.path:  # `viker` as a console script does not look here
         sys.path.append(os.getcwd())
@@ -384,7 +390,7 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfi
         metrics["gib"] = metrics["forget_gib"]
     if judge is not None:  # last, once every answer is in: a judge that fails costs no generation
         try:
-            factuality = _factuality(judge, cfg.judge, to_judge, records)
+            factuality = judge_answers(judge, cfg.judge, to_judge, records)
         except VikerError as e:
             raise JudgeFailed(str(e), metrics, records) from e
         metrics.update(factuality)
@@ -401,7 +407,7 @@ class JudgeFailed(VikerError):
         self.metrics, self.records = metrics, records
 
 
-def _factuality(judge, spec: str, to_judge: list[tuple[str, list[str], int]], records: list[dict]) -> dict:
+def judge_answers(judge, spec: str, to_judge: list[tuple[str, list[str], int]], records: list[dict]) -> dict:
     """Each set's mean factuality, on the judge's own scale (1 to 10, as MLLMU-Bench reports it), and each
     generation record's score. ``to_judge``: (set name, the questions as the benchmark words them, the index of
     the set's first generation record). All sets are judged before any record is changed: all or nothing."""

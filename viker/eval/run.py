@@ -8,9 +8,20 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from viker.errors import VikerError
-from viker.eval.evaluate import EvalConfig, JudgeFailed, eval_sets, evaluate, load_judge
+from viker.eval.evaluate import EvalConfig, JudgeFailed, eval_sets, evaluate, judge_answers, load_judge
 from viker.model import how_loaded, load_model
-from viker.runs import as_recorded, check_eval_out, other_benchmark, other_split, write_eval_config, write_json
+from viker.prompts import GENERATION_SUFFIX
+from viker.runs import (
+    EVAL_CONFIG,
+    as_recorded,
+    check_eval_out,
+    other_benchmark,
+    other_split,
+    read_configs,
+    read_json,
+    write_eval_config,
+    write_json,
+)
 
 
 def write_generations(path: Path, records: list[dict]) -> None:
@@ -36,7 +47,7 @@ def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig, device=None,
         metrics, records = evaluate(model, processor, data, cfg, progress=progress, sets=sets)
         failed = None
     except JudgeFailed as e:  # every other figure and answer is kept, recorded as an evaluation without a judge
-        metrics, records, failed = e.metrics, e.records, e
+        metrics, records, failed, judge = e.metrics, e.records, e, cfg.judge
         cfg = replace(cfg, judge=None)
     unparsed = {k: v for k, v in metrics.items() if k.endswith("_unparsed") and v is not None and v > 50}
     if unparsed:
@@ -50,5 +61,41 @@ def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig, device=None,
     write_json(out / "metrics.json", metrics)
     write_generations(out / "generations.jsonl", records)
     if failed:
-        raise VikerError(f"{failed}. The other metrics and every answer are written to {out}, without factuality")
+        raise VikerError(f"{failed}. The other metrics and every answer are written to {out}, without factuality, "
+                         f"which `viker judge {out} --judge {judge}` adds once the judge works")
+    return metrics
+
+
+def run_judge(run: str | Path, spec: str) -> dict:
+    """``viker judge``: MLLMU-Bench's factuality of the generation answers an evaluation in ``run`` wrote
+    (``generations.jsonl``), without generating them again (after a judge failed, or to add one): each record
+    gets its score, ``metrics.json`` the sets' ``*_factuality``, and the evaluation's settings name the judge.
+    Returns the metrics."""
+    run = Path(run)
+    answers, figures = run / "generations.jsonl", run / "metrics.json"
+    evaluation = read_configs(run)[1] if run.is_dir() else None
+    if evaluation is None or not answers.is_file() or not figures.is_file():
+        raise VikerError(f"{run}: no evaluation of viker's here (its settings, metrics.json and generations.jsonl); "
+                         "viker eval writes one")
+    if evaluation.get("benchmark", "mllmu") != "mllmu":
+        raise VikerError(f"{run}: a {evaluation['benchmark']} evaluation; the factuality judge is MLLMU-Bench's")
+    judge = load_judge(spec)
+    records = [json.loads(line) for line in answers.read_text(encoding="utf-8").splitlines() if line.strip()]
+    to_judge = []  # each set's generation answers, as the evaluation judges them: the questions as the benchmark asks
+    for name in dict.fromkeys(r["set"] for r in records if r["task"] == "generation"):
+        at = [i for i, r in enumerate(records) if r["set"] == name and r["task"] == "generation"]
+        if at != list(range(at[0], at[0] + len(at))):
+            raise VikerError(f"{answers}: the {name} set's generation answers are not together, as viker eval "
+                             "writes them")
+        to_judge.append((name, [records[i]["question"].removesuffix(f"\n{GENERATION_SUFFIX}") for i in at], at[0]))
+    if not to_judge:
+        raise VikerError(f"{run}: its evaluation has no generation answers to judge (scoped with --only to other "
+                         "tasks)")
+    metrics = read_json(figures) | judge_answers(judge, spec, to_judge, records)  # all or nothing
+    settings = run / EVAL_CONFIG if (run / EVAL_CONFIG).is_file() else run / "config.json"
+    recorded = read_json(settings)
+    recorded["eval"] = {**recorded.get("eval", {}), "judge": spec}
+    write_generations(answers, records)
+    write_json(figures, metrics)
+    write_json(settings, recorded)
     return metrics
