@@ -96,8 +96,13 @@ def test_saved_model_loads_through_auto_classes_on_cpu_in_float32(family, saved,
 
 
 def test_bfloat16_on_a_gpu_float32_on_cpu(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert pick_dtype(torch.device("cuda")) == torch.bfloat16
+    """bf16 where the GPU computes in it (Ampere on), not where it is emulated (a T4, 7.5), and of the GPU asked."""
+    capability = {0: (7, 5), 1: (8, 0)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability[torch.device(device).index])
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # as a T4 answers by default
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert pick_dtype(torch.device("cuda:1")) == torch.bfloat16
+    assert pick_dtype(torch.device("cuda:0")) == torch.float32
     assert pick_dtype(torch.device("cpu")) == torch.float32
     assert pick_dtype(torch.device("cuda"), "float16") == torch.float16
 

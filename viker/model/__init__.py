@@ -73,9 +73,16 @@ def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
         if dtype not in DTYPES:
             raise VikerError(f"--dtype {dtype}: choose auto, {', '.join(DTYPES)}")
         return DTYPES[dtype]
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and native_bf16(device):
         return torch.bfloat16
     return torch.float32
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether the GPU ``device`` computes in bf16 itself: compute capability 8 on (Ampere, Hopper), or ROCm.
+    ``torch.cuda.is_bf16_supported()`` also says yes where bf16 is emulated (a T4, a V100), slowly, and of the
+    current GPU rather than this one."""
+    return bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def resolve_model_path(path: str | Path) -> str:
