@@ -82,6 +82,10 @@ def test_answers_are_greedy_whatever_the_checkpoint_generation_config_says(tiny,
         model.lm_head.weight.mul_(30)
     try:
         plain = answer()
+        # ... and what can keep tokens out of an answer, or an answer from ending
+        steering.suppress_tokens = sorted({t for a in plain for t in processor.tokenizer(a, add_special_tokens=False)
+                                           .input_ids})
+        steering.min_new_tokens = steering.min_length = 12
         model.generation_config = steering
         steered = answer()
         monkeypatch.setattr(viker.eval.generate, "GREEDY", {"do_sample": False})
