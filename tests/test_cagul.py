@@ -16,6 +16,7 @@ from PIL import Image
 from viker.cli import main
 from viker.collate import Collator, model_inputs
 from viker.data.examples import unlearning_examples
+from viker.errors import VikerError
 from viker.eval.evaluate import answer_logprobs
 from viker.eval.generate import generate
 from viker.methods.cagul import augment, precision_recall
@@ -62,6 +63,8 @@ def test_run_folder_loads_as_a_model_that_answers(cagul_run, tiny_dir, bench_dir
     out, *_ = cagul_run
     model, processor = load_model(out, device="cpu")
     assert isinstance(model, CagulModel)
+    with pytest.raises(VikerError, match=rf"the modules of a CAGUL run, not a model; give the run folder, {out},"):
+        load_model(out / "cagul", device="cpu")  # its config.json is the modules' own
     base, _ = load_model(tiny_dir, device="cpu")
     assert all(torch.equal(a, b) for a, b in zip(model.base.state_dict().values(), base.state_dict().values()))
     trained = cagul_run[3]
@@ -94,6 +97,12 @@ def test_unflagged_images_pass_through_untouched_and_flagged_ones_change(tiny, b
     assert torch.equal(auto, bare)
     assert not torch.allclose(forced[:4], bare[:4]), "rewritten images did not change the answers"
     assert torch.equal(forced[4], bare[4]), "a text-only row must never change"
+    # called as the wrapped model may be, without a mask (every token attended): the same rewrite
+    one = model_inputs(Collator(processor)(_examples(bench_dir)[:1]))
+    assert bool(one["attention_mask"].all())
+    with torch.no_grad():
+        unmasked = model(**{k: v for k, v in one.items() if k != "attention_mask"}, cagul="force").logits
+        torch.testing.assert_close(unmasked, model(**one, cagul="force").logits)
 
 
 def test_a_fresh_encoder_is_the_identity(tiny, bench_dir):

@@ -300,6 +300,8 @@ class CagulModel(nn.Module):
         sub_output = with_features(output, [images[j] for j in which])
         labels = labels[rows] if labels is not None else None
         is_image = is_image[rows]
+        # a call without a mask attends every token, as the wrapped model takes it
+        attended = sub["attention_mask"].bool() if sub.get("attention_mask") is not None else torch.ones_like(is_image)
         scores = [torch.zeros(int(is_image[i].sum()), device=is_image.device) for i in range(len(rows))]
         last = max(self.layers)
 
@@ -313,8 +315,7 @@ class CagulModel(nn.Module):
                 weights = weights.float().mean(dim=1)  # (B, q, k)
                 for i in range(len(rows)):
                     positions = is_image[i].nonzero().squeeze(-1)
-                    query = (torch.arange(is_image.shape[1], device=is_image.device) > positions.max()) & \
-                        sub["attention_mask"][i].bool()
+                    query = (torch.arange(is_image.shape[1], device=is_image.device) > positions.max()) & attended[i]
                     if labels is not None:
                         query &= labels[i] == -100
                     scores[i] += weights[i][query][:, positions].mean(dim=0) / len(self.layers)
