@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import re
 import shutil
 from dataclasses import replace
@@ -34,8 +35,12 @@ PAPER_KEYS = {"forget_acc", "test_acc", "retain_acc", "real_acc", "forget_rougeL
               "retain_bleu", "real_rougeL", "real_bleu", "forget_cloze", "coherence"}
 
 
-def test_batched_generation_gives_the_same_answers_as_one_at_a_time(tiny, bench_dir):
+def test_batched_generation_gives_the_same_answers_as_one_at_a_time(tiny, bench_dir, caplog):
+    from transformers.utils import logging as hf_logging
+
     model, processor = tiny
+    hf_logging.enable_propagation()  # transformers' warnings reach the test's log
+    caplog.set_level(logging.WARNING)
     torch.manual_seed(0)
     with torch.no_grad():  # sharpen the random model so its greedy answers are not all the same token
         model.lm_head.weight.mul_(30)
@@ -45,10 +50,12 @@ def test_batched_generation_gives_the_same_answers_as_one_at_a_time(tiny, bench_
         single = [generate(model, processor, [ex], batch_size=1, max_new_tokens=12, progress=False)[0]
                   for ex in examples]
     finally:
+        hf_logging.disable_propagation()
         with torch.no_grad():
             model.lm_head.weight.div_(30)
     assert batched == single
     assert len(set(batched)) > 1  # a real comparison, not ten empty strings
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("transformers")]  # nor a word on it
 
 
 def test_an_answer_is_its_words_without_the_end_and_padding_tokens_or_the_space_before_it(tiny, bench_dir,

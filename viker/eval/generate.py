@@ -14,10 +14,10 @@ from viker.model import eval_mode
 
 # Greedy is greedy whatever the checkpoint's generation_config.json ships (Qwen2-VL-Instruct's sets a
 # repetition penalty): settings that would change which token is picked are set to their neutral values.
-GREEDY = dict(do_sample=False, num_beams=1, repetition_penalty=1.0, no_repeat_ngram_size=0, min_length=0,
-              min_new_tokens=0, suppress_tokens=None, begin_suppress_tokens=None, bad_words_ids=None,
-              sequence_bias=None, forced_bos_token_id=None, forced_eos_token_id=None,
-              exponential_decay_length_penalty=None)
+# (min_new_tokens=0 takes precedence over a shipped min_length, which is not set itself: transformers warns of both)
+GREEDY = dict(do_sample=False, num_beams=1, repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0,
+              suppress_tokens=None, begin_suppress_tokens=None, bad_words_ids=None, sequence_bias=None,
+              forced_bos_token_id=None, forced_eos_token_id=None, exponential_decay_length_penalty=None)
 
 
 def check_generation_settings(cfg) -> None:
