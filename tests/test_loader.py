@@ -6,6 +6,7 @@ import io
 import shutil
 import zlib
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -124,31 +125,6 @@ def test_a_photo_is_seen_upright_as_its_exif_orientation_says(tmp_path):
     assert top[0] > 200 > max(top[1:]) and max(bottom) < 50
 
 
-def test_an_image_no_8_bit_reading_fits_or_a_header_claiming_a_huge_one_names_the_row(bench_dir, tmp_path):
-    import numpy as np
-
-    def stored(img, fmt):
-        buffer = io.BytesIO()
-        img.save(buffer, fmt)
-        return buffer.getvalue()
-
-    png = stored(Image.new("L", (1, 1)), "PNG")  # its header (IHDR) made to say 20000 x 20000, past PIL's limit
-    ihdr = png[12:16] + (20000).to_bytes(4, "big") * 2 + png[24:29]
-    huge = png[:12] + ihdr + zlib.crc32(ihdr).to_bytes(4, "big") + png[33:]
-    for data, said in ((stored(Image.fromarray(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)), "TIFF"),
-                        "a floating-point image"), (huge, "unreadable image")):
-        root = _copy(bench_dir, tmp_path / said.replace(" ", "_"))
-
-        def replace_image(t, data=data):
-            images = t.column("image").to_pylist()
-            images[3] = {"bytes": data, "path": images[3]["path"]}
-            return t.set_column(0, "image", pa.array(images, type=t.schema.field("image").type))
-
-        _rewrite(root, FULL, replace_image)
-        with pytest.raises(VikerError, match=rf"Full_Set/train-00000-of-00001.parquet:row 3 image 0: {said}"):
-            load_profiles(root, "Full_Set")
-
-
 def test_hidden_files_beside_the_shards_are_no_shards(bench_dir, tmp_path):
     """A copy through a FAT or exFAT drive leaves macOS's ._NAME beside each file."""
     root = _copy(bench_dir, tmp_path)
@@ -194,18 +170,40 @@ def _jpeg_cut_short() -> bytes:
     return buf.getvalue()[:-300]  # its headers whole, its scan data cut
 
 
-@pytest.mark.parametrize("cut", ["PNG", "JPEG"])
-def test_unreadable_image_names_the_row(cut, bench_dir, tmp_path):
+def _stored(img, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def _huge_png_header() -> bytes:
+    """A 1x1 PNG whose header (IHDR) says 20000 x 20000, past PIL's limit against decompression bombs."""
+    png = _stored(Image.new("L", (1, 1)), "PNG")
+    ihdr = png[12:16] + (20000).to_bytes(4, "big") * 2 + png[24:29]
+    return png[:12] + ihdr + zlib.crc32(ihdr).to_bytes(4, "big") + png[33:]
+
+
+BAD_IMAGES = {  # what is stored instead of a row's image (its own bytes given), and what the error says
+    "PNG cut short": (lambda own: own[:60], "unreadable image"),
+    "JPEG cut short": (lambda own: _jpeg_cut_short(), "unreadable image"),
+    "header of a huge image": (lambda own: _huge_png_header(), "unreadable image"),
+    "float TIFF": (lambda own: _stored(Image.fromarray(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)), "TIFF"),
+                   "a floating-point image"),  # no one 8-bit reading: 0..1 or 0..255?
+}
+
+
+@pytest.mark.parametrize("bad", BAD_IMAGES)
+def test_an_image_that_cannot_be_seen_names_the_row(bad, bench_dir, tmp_path):
     root = _copy(bench_dir, tmp_path)
+    make, said = BAD_IMAGES[bad]
 
     def corrupt(t):
         images = t.column("image").to_pylist()
-        data = images[3]["bytes"][:60] if cut == "PNG" else _jpeg_cut_short()
-        images[3] = {"bytes": data, "path": images[3]["path"]}
+        images[3] = {"bytes": make(images[3]["bytes"]), "path": images[3]["path"]}
         return t.set_column(0, "image", pa.array(images, type=t.schema.field("image").type))
 
     _rewrite(root, FULL, corrupt)
-    with pytest.raises(VikerError, match=r"Full_Set/train-00000-of-00001.parquet:row 3 image 0: unreadable image"):
+    with pytest.raises(VikerError, match=rf"Full_Set/train-00000-of-00001.parquet:row 3 image 0: {said}"):
         load_profiles(root, "Full_Set")
 
 
