@@ -335,8 +335,8 @@ def _add_learned_arg(p: argparse.ArgumentParser) -> None:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p = p.add_argument_group("model loading")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 on a GPU that supports it, else float32), float32, "
-                   "bfloat16 (bf16), float16 (fp16)")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on a GPU that computes in it, compute capability 8 "
+                   "on, else float32), float32, bfloat16 (bf16), float16 (fp16)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the checkpoint")
 
 
