@@ -534,6 +534,33 @@ def test_keytokens_reads_the_reference_cache_that_a_viker_run_filled(tiny_dir, b
     assert sorted((tmp_path / "cache").iterdir()) == cached
 
 
+def test_keytokens_shows_the_r_hat_a_mixed_precision_run_trained_against(tiny_dir, bench_dir, tmp_path, monkeypatch):
+    """A run under --mixed-precision computes R̂ under its autocast, and caches it apart; keytokens given the same
+    --mixed-precision reads that cache, and computes the very same R̂ where there is none."""
+    from safetensors.torch import load_file
+
+    from viker.methods import reference
+
+    monkeypatch.setenv("VIKER_CACHE", str(tmp_path / "cache"))
+    common = ["--model", str(tiny_dir), "--data", str(bench_dir), "--k", "2"]
+    assert main(["unlearn", *common, "--method", "viker", "--max-steps", "1", "--mixed-precision", "bf16",
+                 "--out", str(tmp_path / "run")]) == 0
+    [cached] = sorted((tmp_path / "cache").iterdir())
+    with monkeypatch.context() as patched:
+        patched.setattr(reference, "compute_reference_distributions",
+                        lambda *args, **kwargs: pytest.fail("keytokens computed R̂ again instead of reading the cache"))
+        assert main(["keytokens", *common, "--mixed-precision", "bf16", "--out", str(tmp_path / "kt.html")]) == 0
+    assert sorted((tmp_path / "cache").iterdir()) == [cached]
+    assert main(["keytokens", *common, "--mixed-precision", "bf16", "--cache-dir", str(tmp_path / "fresh"),
+                 "--out", str(tmp_path / "fresh.html")]) == 0
+    [fresh] = sorted((tmp_path / "fresh").iterdir())
+    assert fresh.name == cached.name and torch.equal(load_file(fresh)["probs"], load_file(cached)["probs"])
+    # without autocast, R̂ is another one (by 1e-3 here), cached apart
+    assert main(["keytokens", *common, "--cache-dir", str(tmp_path / "fresh"), "--out", str(tmp_path / "no.html")]) == 0
+    [plain] = [f for f in (tmp_path / "fresh").iterdir() if f != fresh]
+    assert not torch.equal(load_file(plain)["probs"], load_file(fresh)["probs"])
+
+
 def test_a_token_keeps_the_space_before_it_where_its_tokenizer_drops_it_when_decoded_alone():
     """SentencePiece tokenizers (LLaVA-1.5's, Idefics2's) strip a text's leading space: "▁is" alone decodes to
     "is". The page shows each token as it reads in the whole answer, so its words stay apart."""

@@ -214,7 +214,8 @@ def _keytokens(args) -> None:
 
     rows = run_keytokens(args.model, args.data, _model_forget(args), args.out, args.k, args.refs, args.epsilon,
                          args.cache_dir, args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
-                         seed=args.seed, lam=args.lam, benchmark=args.benchmark, train_on=args.train_on)
+                         seed=args.seed, lam=args.lam, benchmark=args.benchmark, train_on=args.train_on,
+                         mixed_precision=args.mixed_precision)
     n_key = sum(h > args.epsilon for r in rows for h in r.entropy)
     n_gone = None if args.lam is None else sum(forgotten(p, args.lam) for r in rows for p in r.ref_prob)
     gone = "" if n_gone is None else f", {n_gone} forgotten at λ = {args.lam:g} (underlined on the page and the PNG)"
@@ -515,6 +516,9 @@ def parser() -> argparse.ArgumentParser:
                                         "~/.cache/viker)")
     kt.add_argument("--seed", type=int, default=0,
                     help="the seed that draws the reference images, as `viker unlearn --seed` (shares its cache)")
+    kt.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"),
+                    help="the autocast of the ViKeR run whose R̂ to show, as its --mixed-precision (shares its "
+                         "cache; default: none)")
     _add_model_args(kt)
     kt.set_defaults(func=_keytokens)
     jd = _command(sub, "judge", "MLLMU-Bench's factuality of the answers an evaluation wrote, without generating "

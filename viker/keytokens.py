@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import textwrap
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -92,10 +93,16 @@ def forget_answers(data_dir, forget: str, refs: str = "people", benchmark: str =
     return ForgetAnswers(examples, reference_pool(refs, data_dir, forget), pool_owners(refs, data_dir, forget))
 
 
+# a run's --mixed-precision: the autocast its reference pass ran under
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def answer_token_entropies(model, processor, answers: ForgetAnswers, k: int = 5, seed: int = 0,
-                           cache_dir: Path | None = None, progress: bool = True) -> list[TokenEntropy]:
+                           cache_dir: Path | None = None, progress: bool = True,
+                           mixed_precision: str | None = None) -> list[TokenEntropy]:
     """Each forget answer's tokens with their reference entropy H(R̂_i). Uses (and fills) the same
-    cache as a ViKeR run with the same model, data, references, k and seed. A character split over
+    cache as a ViKeR run with the same model, data, references, k, seed and ``mixed_precision`` (bf16, fp16:
+    R̂ computed under that autocast, as such a run computes it; None or "no": without). A character split over
     several tokens is shown as one, with their largest entropy and smallest R̂(y). The end-of-turn token
     that closes every answer is left out: it is no part of what the answer says. A CAGUL model is read
     without its modules, as CAGUL's own training reads it (its model stays frozen)."""
@@ -104,9 +111,13 @@ def answer_token_entropies(model, processor, answers: ForgetAnswers, k: int = 5,
     if isinstance(model, CagulModel):
         model = model.base
     examples = answers.examples
-    dists, _ = reference_distributions(FrozenReference(model, separate=model), processor, examples, answers.pool, k,
-                                       seed, default_topk(model), cache_dir=cache_dir, progress=progress,
-                                       owners=answers.owners)
+    require(mixed_precision in (None, "no", *AUTOCAST), "--mixed-precision", mixed_precision, "choose no, bf16 or fp16")
+    device_type = next(model.parameters()).device.type
+    precision = mixed_precision if mixed_precision in AUTOCAST else None
+    autocast = (lambda: torch.autocast(device_type, dtype=AUTOCAST[precision])) if precision else nullcontext
+    reference = FrozenReference(model, separate=model, autocast=autocast, precision=precision)
+    dists, _ = reference_distributions(reference, processor, examples, answers.pool, k, seed, default_topk(model),
+                                       cache_dir=cache_dir, progress=progress, owners=answers.owners)
     collate = Collator(processor)
     tok, end = collate.tokenizer, collate.end_of_turn_id()
     out = []
@@ -283,7 +294,7 @@ def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int =
 def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5, refs: str = "people",
                   epsilon: float = 0.5, cache_dir=None, device=None, progress=True, model_and_processor=None,
                   dtype: str = "auto", trust_remote_code: bool = False, seed: int = 0, lam: float | None = None,
-                  benchmark: str = "mllmu", train_on: str = "auto"):
+                  benchmark: str = "mllmu", train_on: str = "auto", mixed_precision: str | None = None):
     """Write ``out`` (an .html page) and the PNG beside it; returns the rows shown. The reference
     distributions come from (or go to) ViKeR's cache, ``cache_dir`` or its default. ``train_on``: the forget
     examples, as ``viker unlearn --train-on`` picks them (auto: by what ``model_path`` learned)."""
@@ -301,7 +312,7 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
     model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code)
     with torch.no_grad():
         rows = answer_token_entropies(model, processor, answers, k, seed,
-                                      Path(cache_dir) if cache_dir else default_cache_dir(), progress)
+                                      Path(cache_dir) if cache_dir else default_cache_dir(), progress, mixed_precision)
     out = Path(out)
     write_html(rows, out, epsilon, f"Key tokens of {forget}", lam, default_topk(model))
     write_png(rows, out.with_suffix(".png"), epsilon, lam=lam)
