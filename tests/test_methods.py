@@ -680,6 +680,15 @@ def test_the_key_token_picture_spaces_words_as_the_answer_does():
     gaps = [round(x - end, 6) for (x, _, _), end in zip(placed[1:], ends)]
     assert gaps == [round(CHAR + GAP, 6)] * 3 + [GAP] * 2  # a space between words, a hairline inside them
     assert layout([" "])[0][2] == " "  # a token that is only a space is still drawn
+    # a line ends between words: a name of several tokens moves to the next line whole
+    wrapped = layout(["This"] + [" person"] * 14 + [" is", " Bre", "il", "v", "ath", " St", "aith", "kl", "aith", "."])
+    lines = {}
+    for _, line, text in wrapped:
+        lines.setdefault(line, []).append(text)
+    assert lines[1][:5] == ["St", "aith", "kl", "aith", "."] and lines[0][-4:] == ["Bre", "il", "v", "ath"]
+    assert all(x + CHAR * len(t) <= 100 for x, _, t in wrapped)
+    longest = layout(["a" * 60, "b" * 60, "c" * 60])  # a word wider than a line is cut where it must be
+    assert [line for _, line, _ in longest] == [0, 0, 1]
 
 
 @pytest.mark.parametrize("question", ["Where?", "Which organization does this person work for? " * 3,

@@ -230,16 +230,21 @@ QUESTION_LINE = 0.45  # rows a question's further line takes
 
 
 def layout(tokens: list[str], width: float = 100.0) -> list[tuple[float, int, str]]:
-    """Where each token of an answer goes in the PNG: (x, line, text shown), wrapped at token boundaries
-    so that no line is wider than ``width`` (a long answer takes more lines, never a smaller font). A
-    token's leading space is a gap before its box, not part of it, so the boxes read as the words do."""
-    placed, x, line = [], 0.0, 0
-    for t in tokens:
+    """Where each token of an answer goes in the PNG: (x, line, text shown), wrapped between words so that
+    no line is wider than ``width`` (a long answer takes more lines, never a smaller font), and inside a word
+    only where it is wider than a line: a name split over several tokens stays on one line. A token's
+    leading space is a gap before its box, not part of it, so the boxes read as the words do."""
+    pieces = []  # (space before, text shown, box width, whether a word starts here)
+    for i, t in enumerate(tokens):
         shown = t.replace("\n", " ")
         space = CHAR if shown.startswith(" ") and shown.strip() else 0.0
         shown = shown[1:] if space else shown
-        box = CHAR * max(1, len(shown))
-        if x > 0 and x + space + box > width:
+        pieces.append((space, shown, CHAR * max(1, len(shown)), i == 0 or bool(space) or not shown.strip()))
+    placed, x, line = [], 0.0, 0
+    for i, (space, shown, box, starts) in enumerate(pieces):
+        end = next((j for j in range(i + 1, len(pieces)) if pieces[j][3]), len(pieces))
+        word = sum(b for _, _, b, _ in pieces[i:end]) + GAP * (end - i - 1)
+        if x > 0 and (x + space + box > width or (starts and x + space + word > width and word <= width)):
             x, line, space = 0.0, line + 1, 0.0
         placed.append((x + space, line, shown))
         x += space + box + GAP
