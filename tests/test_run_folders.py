@@ -16,6 +16,9 @@ from viker.data.schema import Example
 from viker.errors import VikerError
 from viker.train import CHECKPOINT, TrainConfig, train
 
+# what --resume of a run that finished says: the settings were checked, and all is done
+FINISHED = "holds a finished run (its model is saved): there is nothing to resume"
+
 
 def _error(capsys) -> str:
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
@@ -174,14 +177,14 @@ def test_a_resumed_run_goes_on_with_the_settings_it_started_with(tiny_dir, bench
     assert "--resume: train.lr was 0.0002 when the run started and is 0.5 now" in _error(capsys)
     # a method's settings are compared as it reads them: its default given now is the setting it started with
     assert main([*unlearn, "--method", "ga", "--average", "sequence", "--resume"]) == 2
-    assert "no checkpoint to resume from" in _error(capsys)
+    assert FINISHED in _error(capsys)
     assert main([*unlearn, "--method", "ga", "--average", "token", "--resume"]) == 2
     assert "--resume: method_args.average was sequence when the run started and is token now" in _error(capsys)
     # --save auto resumes as the run started, and as a run from before auto, which recorded merged, started
     older = json.loads((run / "config.json").read_text())
     older["unlearn"]["lora"]["merge"] = True
     (run / "config.json").write_text(json.dumps(older))
-    assert main([*unlearn, "--method", "ga", "--resume"]) == 2 and "no checkpoint to resume from" in _error(capsys)
+    assert main([*unlearn, "--method", "ga", "--resume"]) == 2 and FINISHED in _error(capsys)
     assert main([*unlearn, "--method", "ga", "--save", "adapter", "--resume"]) == 2
     assert "--resume: lora.merge was True when the run started and is False now" in _error(capsys)
     # it goes on with the examples it started on, as recorded; a run from before they were recorded, with all
@@ -190,25 +193,25 @@ def test_a_resumed_run_goes_on_with_the_settings_it_started_with(tiny_dir, bench
     assert "--resume: train_on was all when the run started and is ft_Data now" in _error(capsys)
     del older["unlearn"]["train_on"]
     (run / "config.json").write_text(json.dumps(older))
-    assert main([*unlearn, "--method", "ga", "--resume"]) == 2 and "no checkpoint to resume from" in _error(capsys)
+    assert main([*unlearn, "--method", "ga", "--resume"]) == 2 and FINISHED in _error(capsys)
     assert main([*unlearn, "--method", "ga", "--train-on", "ft_Data", "--resume"]) == 2
     assert "--train-on ft_Data: the run started on all" in _error(capsys)
     # where the results do not depend on it, a setting may change
     config = (run / "config.json").read_text()
     assert main([*unlearn, "--method", "ga", "--checkpoint-every", "3", "--resume"]) == 2
-    assert "no checkpoint to resume from" in _error(capsys)  # the run had finished
+    assert FINISHED in _error(capsys)  # the run had finished
     assert (run / "config.json").read_text() == config  # and its record stays as it was
     # the folders are compared, not how they were typed
     monkeypatch.chdir(tmp_path)
     relative = ["unlearn", "--model", str(tiny_dir), "--data", os.path.relpath(bench_dir), "--max-steps", "1",
                 "--out", "run/", "--method", "ga", "--resume"]
-    assert main(relative) == 2 and "no checkpoint to resume from" in _error(capsys)
+    assert main(relative) == 2 and FINISHED in _error(capsys)
     recorded = json.loads(config)["unlearn"]
     assert (recorded["data"], recorded["out"]) == (str(bench_dir.resolve()), str(run.resolve()))
     # a run folder moved (or copied to another machine) goes on where it is now
     shutil.move(run, tmp_path / "moved")
     moved = [*unlearn[:-1], str(tmp_path / "moved"), "--method", "ga", "--resume"]
-    assert main(moved) == 2 and "no checkpoint to resume from" in _error(capsys)
+    assert main(moved) == 2 and FINISHED in _error(capsys)
 
 
 def test_a_run_records_only_the_settings_it_reads_and_resumes_from_a_record_of_all(tiny_dir, bench_dir, tmp_path,
@@ -224,7 +227,7 @@ def test_a_run_records_only_the_settings_it_reads_and_resumes_from_a_record_of_a
     config["finetune"] |= {"tiny": {"hidden": 64}, "lora": {"r": 16}}
     (run / "config.json").write_text(json.dumps(config))
     assert main([*finetune, "--resume"]) == 2
-    assert "no checkpoint to resume from" in _error(capsys)  # past the settings, to the checkpoint it did not keep
+    assert FINISHED in _error(capsys)  # past the settings, to the checkpoint it did not keep
 
 
 def test_a_finetune_from_before_seed_seeded_the_tiny_model_resumes_with_its_seed(bench_dir, tmp_path, capsys):
@@ -240,7 +243,7 @@ def test_a_finetune_from_before_seed_seeded_the_tiny_model_resumes_with_its_seed
     (run / "config.json").write_text(json.dumps(older))
     capsys.readouterr()
     assert main([*finetune, "--resume"]) == 2  # past the settings, to the checkpoint a finished run does not keep
-    assert "no checkpoint to resume from" in _error(capsys)
+    assert FINISHED in _error(capsys)
     assert main([*finetune[:-4], "--seed", "2", "--out", str(run), "--resume"]) == 2  # --seed itself still counts
     assert "--resume: train.seed was 1 when the run started and is 2 now" in _error(capsys)
 

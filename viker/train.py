@@ -41,6 +41,7 @@ from viker.runs import (
     file_hashes,
     out_folder,
     read_configs,
+    saved_model_of,
     to_jsonable,
     visible_entries,
     write_json,
@@ -276,6 +277,9 @@ def check_resume(out: str | Path, command: str, settings: dict, data_dir: str | 
     if model_files is not None:
         check_weights_unchanged(out, model_files, "--resume")
     if not checkpoints(out):  # a finished run, or one stopped before its first checkpoint: nothing to go on from
+        if saved_model_of(Path(out)) or (Path(out) / "cagul").is_dir():
+            raise VikerError(f"--resume: {out} holds a finished run (its model is saved): there is nothing to "
+                             "resume")
         raise VikerError(f"--resume: {out} has no checkpoint to resume from (a run keeps one while it trains with "
                          "--checkpoint-every N, and removes it when it ends)")
 
