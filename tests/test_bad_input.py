@@ -546,6 +546,7 @@ def test_a_run_stopped_while_saving_its_model_leaves_none_and_resumes_recording_
     monkeypatch.setattr(viker.unlearn, "save_model", save_model)
     monkeypatch.setattr("sys.argv", ["viker", *run, "--resume"])
     assert main([*run, "--resume"]) == 0
+    assert "resuming from the checkpoint at step 1 of 2" in capsys.readouterr().err  # it says where it goes on
     assert (out / "model" / "config.json").is_file() and not (out / "model.partial").exists()
     # the run's config says how each part of it ran: the part that stopped, then the one that finished it
     config = json.loads((out / "config.json").read_text())

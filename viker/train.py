@@ -511,6 +511,8 @@ def train(
                                                  rank, world, accelerator.scaler)
         if step >= total:
             raise VikerError(f"--resume: the checkpoint is at step {step}, and this run has {total} steps")
+        if progress and accelerator.is_main_process:
+            print(f"resuming from the checkpoint at step {step} of {total}", file=sys.stderr)
     start = step * cfg.grad_accum  # micro-batches already consumed by every stream
     streams = {name: batches(data[name], collate, cfg.batch_size, cfg.seed + i, start, rank, world)
                for i, name in enumerate(objective.streams)}
