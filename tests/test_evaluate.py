@@ -401,6 +401,13 @@ def test_eval_command_evaluates_only_what_it_is_asked(tiny_dir, bench_dir, tmp_p
     assert "Retain R-L" not in printed and "Coherence" not in printed  # not asked, so not shown
     records = (out / "generations.jsonl").read_text().count("\n")
     assert f"wrote {out / 'metrics.json'} ({len(metrics)} figures) and generations.jsonl ({records} answers)" in printed
+    # evaluated again into that folder with less, it would replace those figures with fewer: refused
+    assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(out),
+                 "--max-new-tokens", "4", "--only", "forget:multiple_choice"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out}: holds an evaluation with figures this one would not write (forget:cloze, real:cloze, " \
+        "real:generation, real:multiple_choice) and would replace" in err
+    assert json.loads((out / "metrics.json").read_text()) == metrics  # nothing written
     # a set and task with no column of the table: its own figures are printed instead
     assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(tmp_path / "cloze"),
                  "--max-new-tokens", "4", "--only", "retain:cloze"]) == 0

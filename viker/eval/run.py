@@ -8,7 +8,16 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from viker.errors import VikerError
-from viker.eval.evaluate import EvalConfig, JudgeFailed, eval_sets, evaluate, judge_answers, load_judge
+from viker.eval.evaluate import (
+    SETS,
+    TASKS,
+    EvalConfig,
+    JudgeFailed,
+    eval_sets,
+    evaluate,
+    judge_answers,
+    load_judge,
+)
 from viker.model import how_loaded, load_model
 from viker.prompts import GENERATION_SUFFIX
 from viker.runs import (
@@ -32,9 +41,31 @@ def write_generations(path: Path, records: list[dict]) -> None:
     tmp.replace(path)
 
 
+def check_nothing_lost(out: str | Path, cfg: EvalConfig) -> None:
+    """An evaluation into the folder of an earlier one replaces it: refused where the earlier one holds figures
+    this one would not write (a wider --only, factuality from a --judge, gib from a --gib-model)."""
+    earlier = read_configs(out)[1] if Path(out, "metrics.json").is_file() else None
+    if not earlier or earlier.get("benchmark", "mllmu") != "mllmu":
+        return
+    before = earlier.get("eval") or {}
+
+    def covered(scope: dict | None) -> set[tuple[str, str]]:
+        return {(s, t) for s in SETS for t in TASKS if scope is None or t in scope.get(s, ())}
+
+    lost = [f"{s}:{t}" for s, t in sorted(covered(before.get("scope")) - covered(cfg.scope))]
+    if before.get("judge") and not cfg.judge:
+        lost.append(f"factuality by --judge {before['judge']}")
+    if before.get("gib_model") and not cfg.gib_model:
+        lost.append("gib by --gib-model")
+    if lost:
+        raise VikerError(f"--out {out}: holds an evaluation with figures this one would not write ({', '.join(lost)}) "
+                         "and would replace; evaluate into a folder of its own, or delete its metrics.json first")
+
+
 def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig, device=None, dtype="auto",
              trust_remote_code=False, progress=True, model_and_processor=None) -> dict:
     check_eval_out(model_path, out, data)
+    check_nothing_lost(out, cfg)
     sets = eval_sets(data, cfg)  # a wrong --data or split is refused before the model loads
     for warning in (other_benchmark(model_path, data), other_split(model_path, cfg.forget, "mllmu")):
         if warning:
