@@ -461,7 +461,11 @@ def test_report_refuses_runs_it_cannot_compare(runs, bench_dir, tiny_dir, tmp_pa
     assert main(["report", str(runs / "ga-eval"), str(longer), "--out", str(tmp_path / "mixed")]) == 2
     assert "different --max-new-tokens" in capsys.readouterr().err
     assert main(["report", str(runs / "vanilla" / "model"), "--out", str(tmp_path / "none")]) == 2
-    assert "no metrics.json" in capsys.readouterr().err
+    assert f"no metrics.json; its run folder, {runs / 'vanilla'}, holds the evaluation" in capsys.readouterr().err
+    assert main(["report", str(bench_dir), "--out", str(tmp_path / "none")]) == 2  # no advice to evaluate the data
+    assert "no metrics.json, and neither a run nor a model" in capsys.readouterr().err
+    assert main(["report", str(runs / "ga"), "--out", str(tmp_path / "none")]) == 2  # a run not yet evaluated
+    assert f"no metrics.json; evaluate it first (viker eval --model {runs / 'ga'}" in capsys.readouterr().err
     every = tmp_path / "every"  # scored on every retain person, not on 2
     assert main(["eval", "--model", str(runs / "ga"), "--data", str(bench_dir), *DATA, "--max-new-tokens", "4",
                  "--only", "retain:multiple_choice", "--out", str(every)]) == 0

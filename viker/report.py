@@ -446,6 +446,11 @@ def read_run(path: str | Path) -> dict:
     if not run.is_dir():
         raise VikerError(f"{run}: {'not a folder' if run.exists() else 'no such run folder'}")
     if not (run / "metrics.json").is_file():
+        if run.name == "model" and (run.parent / "metrics.json").is_file():
+            raise VikerError(f"{run}: no metrics.json; its run folder, {run.parent}, holds the evaluation: give that")
+        if not any((run / name).is_file() for name in ("config.json", "adapter_config.json")):
+            raise VikerError(f"{run}: no metrics.json, and neither a run nor a model; give the folders viker eval "
+                             "wrote into")
         raise VikerError(f"{run}: no metrics.json; {evaluate}")
     config, evaluation = read_configs(run)
     metrics = read_json(run / "metrics.json")
