@@ -142,6 +142,11 @@ def test_missing_config_names_the_folder_and_config(bench_dir, tmp_path):
     shutil.copytree(root / "Full_Set", nested / "data" / "Full_Set")
     with pytest.raises(VikerError, match=r"configs present: Full_Set$"):
         load_profiles(nested, "forget_10")
+    model = tmp_path / "vanilla"  # a run or model folder given as --data
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    with pytest.raises(VikerError, match=r"vanilla: a model or run folder, not a benchmark; --data takes"):
+        load_profiles(model, "forget_10")
 
 
 def test_missing_column_names_file_and_column(bench_dir, tmp_path):

@@ -68,6 +68,9 @@ def config_files(root: str | Path, config: str, known: tuple[str, ...] = CONFIGS
         if theirs := _present(root, other):
             raise VikerError(f"{root}: {name} folder (configs {', '.join(theirs)}), not the benchmark asked "
                              f"for; read it with --benchmark {flag}")
+        if any((root / f).is_file() for f in ("config.json", "adapter_config.json")):  # --data given a model's
+            raise VikerError(f"{root}: a model or run folder, not a benchmark; --data takes the benchmark's folder "
+                             f"(the one holding {config}/)")
     raise VikerError(
         f"{root}: config '{config}' not found (looked for {', '.join(_patterns(config))}); "
         f"configs present: {', '.join(present) or 'none'}"
