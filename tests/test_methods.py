@@ -534,7 +534,8 @@ def test_keytokens_reads_the_reference_cache_that_a_viker_run_filled(tiny_dir, b
     assert sorted((tmp_path / "cache").iterdir()) == cached
 
 
-def test_keytokens_shows_the_r_hat_a_mixed_precision_run_trained_against(tiny_dir, bench_dir, tmp_path, monkeypatch):
+def test_keytokens_shows_the_r_hat_a_mixed_precision_run_trained_against(tiny_dir, bench_dir, tmp_path, monkeypatch,
+                                                                         capsys):
     """A run under --mixed-precision computes R̂ under its autocast, and caches it apart; keytokens given the same
     --mixed-precision reads that cache, and computes the very same R̂ where there is none."""
     from safetensors.torch import load_file
@@ -559,6 +560,12 @@ def test_keytokens_shows_the_r_hat_a_mixed_precision_run_trained_against(tiny_di
     assert main(["keytokens", *common, "--cache-dir", str(tmp_path / "fresh"), "--out", str(tmp_path / "no.html")]) == 0
     [plain] = [f for f in (tmp_path / "fresh").iterdir() if f != fresh]
     assert not torch.equal(load_file(plain)["probs"], load_file(fresh)["probs"])
+    # the run's own model gives another R̂ than the one it trained against: said
+    capsys.readouterr()
+    assert main(["keytokens", *common[2:], "--model", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "fresh"),
+                 "--out", str(tmp_path / "run.html")]) == 0
+    assert f"is an unlearning run: the page shows its own R̂, not the one it trained against, which the model it " \
+        f"started from gives (--model {tiny_dir})" in capsys.readouterr().err
 
 
 def test_a_token_keeps_the_space_before_it_where_its_tokenizer_drops_it_when_decoded_alone():

@@ -10,6 +10,7 @@ the first answers, e.g. for a README.
 from __future__ import annotations
 
 import html
+import sys
 import textwrap
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -30,7 +31,7 @@ from viker.methods.reference import (
     reference_distributions,
     reference_pool,
 )
-from viker.runs import check_writable
+from viker.runs import check_writable, runs_behind
 
 
 @dataclass
@@ -312,6 +313,11 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
     require(Path(out).suffix in (".html", ".htm") and not Path(out).is_dir(), "--out", out,
             "name an .html file (the PNG is written beside it)")
     check_writable("--out", out, Path(out).parent)
+    run = next(runs_behind(model_path), {})
+    if run.get("command") == "unlearn" and run.get("method", {}).get("name") != "cagul":  # CAGUL's model is frozen
+        started = run.get("unlearn", {}).get("model")
+        print(f"warning: {model_path} is an unlearning run: the page shows its own R̂, not the one it trained against, "
+              f"which the model it started from gives (--model {started})", file=sys.stderr)
     learned = resolve_train_on(UnlearnConfig(model=model_path, benchmark=benchmark, train_on=train_on))
     answers = forget_answers(data, forget, refs, benchmark, learned.train_on)
     model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code)
