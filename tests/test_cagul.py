@@ -372,3 +372,25 @@ def test_the_python_api_takes_the_preset_the_command_line_takes(tiny_dir, bench_
             main(["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--method", method, "--out",
                   str(tmp_path / method)])
         assert taken[-1] == preset
+
+
+def test_the_inference_cost_is_not_the_cost_of_a_burst_of_other_work(monkeypatch):
+    """Each mode is timed in turn, several times, and its fastest timing counts: a slow first pass of the bare
+    model (another job on the machine) does not make CAGUL look faster than the model it sits in front of."""
+    import time
+    from types import SimpleNamespace
+
+    import viker.eval.generate
+    from viker.model.cagul import inference_cost
+
+    clock = [0.0]
+    passes = {"off": [5.0, 1.0, 1.0], "auto": [1.2, 1.2, 1.3]}  # seconds of each timed pass, in turn
+
+    def answer(model, processor, examples, *args, **kwargs):
+        clock[0] += passes[model.mode].pop(0) if len(examples) > 1 else 0.0  # the warm-up batch: one answer
+        return [""] * len(examples)
+
+    monkeypatch.setattr(viker.eval.generate, "generate", answer)
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    cost = inference_cost(SimpleNamespace(mode="auto"), None, ["q"] * 10, batch_size=1)
+    assert cost["ratio"] == 1.2 and cost["bare_seconds_per_answer"] == 0.1

@@ -441,25 +441,31 @@ def load_cagul(path: str | Path, device: str | None = None, dtype: str = "auto",
     return model.eval(), processor
 
 
-def inference_cost(model: CagulModel, processor, examples, batch_size: int = 32, max_new_tokens: int = 50) -> dict:
+def inference_cost(model: CagulModel, processor, examples, batch_size: int = 32, max_new_tokens: int = 50,
+                   repeats: int = 3) -> dict:
     """Seconds per generated answer with CAGUL in front of the model and with the bare model, on the same
-    prompts and batches (after one warm-up batch each). Each batch decodes until its longest answer ends;
-    CAGUL changes the answers about flagged images, and with them maybe their lengths, so the ratio holds
-    that difference as well as CAGUL's own work (the flagging, and the rewrite of flagged images)."""
+    prompts and batches (after one warm-up batch each): the fastest of ``repeats`` timings of each, taken in
+    turn, so that a burst of other work on the machine slows neither alone. Each batch decodes until its
+    longest answer ends; CAGUL changes the answers about flagged images, and with them maybe their lengths, so
+    the ratio holds that difference as well as CAGUL's own work (the flagging, and the rewrite of flagged
+    images)."""
     import time
 
     from viker.eval.generate import generate
 
-    def seconds(mode: str) -> float:
+    def seconds(mode: str, warm_up: bool = False) -> float:
         before, model.mode = model.mode, mode
         try:
-            generate(model, processor, examples[:batch_size], batch_size, max_new_tokens, progress=False)
+            if warm_up:
+                generate(model, processor, examples[:batch_size], batch_size, max_new_tokens, progress=False)
             start = time.perf_counter()
             generate(model, processor, examples, batch_size, max_new_tokens, progress=False)
             return (time.perf_counter() - start) / max(1, len(examples))
         finally:
             model.mode = before
 
-    bare, with_cagul = seconds("off"), seconds("auto")
+    bare, with_cagul = seconds("off", warm_up=True), seconds("auto", warm_up=True)
+    for _ in range(repeats - 1):
+        bare, with_cagul = min(bare, seconds("off")), min(with_cagul, seconds("auto"))
     return {"answers": len(examples), "bare_seconds_per_answer": round(bare, 4),
             "cagul_seconds_per_answer": round(with_cagul, 4), "ratio": round(with_cagul / bare, 3)}
