@@ -133,9 +133,10 @@ def test_a_lambda_label_stays_legible_over_a_run_drawn_where_it_stands(tmp_path,
     assert all(t.get_zorder() > top and t.get_bbox_patch() is not None for t in labels)
 
 
-def test_terminal_table_names_runs_like_the_report():
+def test_terminal_table_names_runs_and_columns_like_the_report():
     lines = plain_table(_runs()).splitlines()
     assert [line.split()[0] for line in lines[1:]] == ["vanilla", "GA", "KL-Min", "ViKeR"]
+    assert lines[0].split("  ")[0] == "Method" and "Gen. ACC ↓" in lines[0] and "Retain R-L ↑" in lines[0]
 
 
 def test_runs_of_one_method_are_named_by_the_training_setting_or_the_folders_that_differ():

@@ -177,9 +177,10 @@ def plain_table(runs: list[dict], keys: tuple[str, ...] | None = None) -> str:
     """A compact table for the terminal: ``keys``, by default a few columns of the runs' benchmark."""
     keys = keys or SUMMARY["clear" if any(benchmark_of(r["metrics"]) == "clear" for r in runs) else "mllmu"]
     columns = {c.key: c for c in COLUMNS + CLEAR_COLUMNS}
-    widths = [max(15, len(k) + 2) for k in keys]
+    headers = [columns[k].header + ARROWS[columns[k].lower_is_better] for k in keys]  # as report.md names them
+    widths = [max(12, len(h) + 2) for h in headers]
     width = max(len(label(r)) for r in runs) + 2
-    lines = ["method".ljust(width) + "".join(k.rjust(w) for k, w in zip(keys, widths))]
+    lines = ["Method".ljust(width) + "".join(h.rjust(w) for h, w in zip(headers, widths))]
     lines += [label(r).ljust(width) + "".join(_printed(columns[k], r["metrics"].get(k)).rjust(w)
                                               for k, w in zip(keys, widths)) for r in runs]
     return "\n".join(lines)
