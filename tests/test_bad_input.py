@@ -359,7 +359,7 @@ def test_an_out_under_a_file_is_refused_before_the_model_loads(tiny_dir, bench_d
 @pytest.mark.parametrize("argv, line", [
     (["eval", "--data", "bench"], "viker eval: the following arguments are required: --model, --out"),
     (["evaluate"], "viker: argument command: invalid choice: 'evaluate'"),
-    ([], "viker: name a command: data, finetune, unlearn, eval, keytokens, report, demo (see viker --help)"),
+    ([], "viker: name a command: data, finetune, unlearn, eval, judge, keytokens, report, demo (see viker --help)"),
     (["data"], "viker data: name a command: synth (see viker data --help)"),
     (["unlearn", "--model", "m", "--data", "d", "--out", "o", "--lambda", "10"],  # the help that lists --lam
      "viker unlearn: unrecognized arguments: --lambda 10 (see viker unlearn --help)"),

@@ -494,6 +494,16 @@ def parser() -> argparse.ArgumentParser:
                                            "a viker run that saw the forget persons is refused")
     _add_model_args(ev)
     ev.set_defaults(func=_eval)
+    jd = _command(sub, "judge", "MLLMU-Bench's factuality of the answers an evaluation wrote, without generating "
+                                "them again",
+                  "Calls the judge on each set's generation answers in RUN/generations.jsonl, as viker eval --judge "
+                  "does, and adds *_factuality to RUN/metrics.json, each answer's score to its record, and the judge "
+                  "to the evaluation's settings: for an evaluation whose judge failed, or that had none.")
+    jd.add_argument("run", metavar="RUN", help="the folder viker eval wrote into")
+    jd.add_argument("--judge", required=True, metavar="MODULE:FUNCTION",
+                    help="as viker eval --judge: a function called with the generation questions, references and "
+                         "answers, returning one score from 1 to 10 per answer")
+    jd.set_defaults(func=_judge)
     kt = _command(sub, "keytokens", "show which answer tokens ViKeR treats as private (HTML + PNG)",
                   "Each forget answer's tokens, coloured by the entropy of the vanilla model's predictions "
                   "when the image is swapped for reference images, and the reference probability of the true token.")
@@ -521,16 +531,6 @@ def parser() -> argparse.ArgumentParser:
                          "cache; default: none)")
     _add_model_args(kt)
     kt.set_defaults(func=_keytokens)
-    jd = _command(sub, "judge", "MLLMU-Bench's factuality of the answers an evaluation wrote, without generating "
-                                "them again",
-                  "Calls the judge on each set's generation answers in RUN/generations.jsonl, as viker eval --judge "
-                  "does, and adds *_factuality to RUN/metrics.json, each answer's score to its record, and the judge "
-                  "to the evaluation's settings: for an evaluation whose judge failed, or that had none.")
-    jd.add_argument("run", metavar="RUN", help="the folder viker eval wrote into")
-    jd.add_argument("--judge", required=True, metavar="MODULE:FUNCTION",
-                    help="as viker eval --judge: a function called with the generation questions, references and "
-                         "answers, returning one score from 1 to 10 per answer")
-    jd.set_defaults(func=_judge)
     rp = _command(sub, "report", "the paper-style table and the trade-off plot of evaluated runs",
                   "Reads each run folder's metrics.json (written by viker eval) and what its config says about "
                   "the model; writes OUT/report.md (the table, best per column in bold, what each column means, "
