@@ -527,8 +527,8 @@ def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys):
     assert main(["report", str(tmp_path / "vanilla-eval"), str(tmp_path / "retain-eval"),
                  *(str(tmp_path / m) for m in ("ga", "npo", "viker")), "--out", str(tmp_path / "report")]) == 0
     printed = capsys.readouterr().out.splitlines()  # the terminal's summary has CLEAR's own columns
-    assert printed[0].split() == ["method", "forget_quality", "model_utility", "forget_rougeL_recall",
-                                  "retain_rougeL_recall", "real_faces_prob"]
+    assert [h.strip() for h in printed[0].split("  ") if h.strip()] == [
+        "Method", "Forget quality ↑", "Model utility ↑", "Forget R-L ↓", "Retain R-L ↑", "Real faces Prob. ↑"]
     report = (tmp_path / "report" / "report.md").read_text()
     header, _, *rows = report.split("\n\n")[1].splitlines()
     assert header.startswith("| Method | Forget quality ↑ | Model utility ↑ | Forget R-L ↓ | Forget Prob. ↓ | "
