@@ -226,7 +226,6 @@ def image_bytes(value: dict | None, source: str) -> bytes:
     return data
 
 
-
 def to_rgb(img: Image.Image) -> Image.Image:
     """An image as the model sees it, in 8-bit RGB: a transparent background on white (as transformers'
     ``convert_to_rgb`` puts it; a bare convert would make it black), 16-bit greyscale (32-bit integers
