@@ -627,3 +627,17 @@ def test_a_vanilla_model_that_recalls_nothing_is_said_to(bench_dir, tmp_path, ca
     recalled["full_image_exact"] = 10.0
     assert main(["finetune", "--data", str(bench_dir), "--epochs", "3", "--out", str(tmp_path / "v")]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_unlearning_a_model_that_recalls_nothing_is_said_to_be_pointless(bench_dir, tmp_path, capsys):
+    """One finetune step teaches nobody anything: unlearning from that model warns, as its finetune did, also
+    once the finetune run was evaluated in its own folder (its figures then kept as train_metrics.json)."""
+    vanilla = tmp_path / "vanilla"
+    assert main(["finetune", "--data", str(bench_dir), "--max-steps", "1", "--out", str(vanilla)]) == 0
+    assert json.loads((vanilla / "metrics.json").read_text())["full_image_exact"] == 0
+    assert main(["eval", "--model", str(vanilla), "--data", str(bench_dir), "--only", "forget:cloze",
+                 "--max-new-tokens", "2", "--out", str(vanilla)]) == 0
+    capsys.readouterr()
+    assert main([*UNLEARN, "--model", str(vanilla), "--data", str(bench_dir), "--out", str(tmp_path / "run")]) == 0
+    assert f"warning: {vanilla}, the model this run starts from, recalls none of the fictitious people's answers" \
+        in capsys.readouterr().err

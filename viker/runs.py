@@ -312,6 +312,21 @@ def other_split(model: str, forget: str, benchmark: str) -> str | None:
             f"puts it in no table of {forget}); --forget {made[0]} scores what it was made for")
 
 
+def recalls_nothing(model: str) -> str | None:
+    """A warning when the `viker finetune` run that ``model`` comes from recalls none of the fictitious people's
+    answers word for word (its own figures, kept as metrics.json or, once evaluated there, train_metrics.json):
+    unlearning it has nothing to remove, and a table of such runs compares nothing."""
+    vanilla = next((run for run in runs_behind(model) if run["command"] == "finetune"), {})
+    folder = Path(str(vanilla.get("finetune", {}).get("out", "")))
+    found = [folder / name for name in (TRAINING_METRICS, "metrics.json") if vanilla and (folder / name).is_file()]
+    recall = read_json(found[0]) if found else {}
+    if isinstance(recall, dict) and recall.get("full_image_exact") == 0 and recall.get("full_name_exact") == 0:
+        return (f"{folder}, the model this run starts from, recalls none of the fictitious people's answers word "
+                "for word (full_image_exact and full_name_exact 0 in its finetune's figures): unlearning it has "
+                "nothing to remove; finetune it longer")
+    return None
+
+
 def other_benchmark(model: str, data: str | Path) -> str | None:
     """A warning when the `viker finetune` run that ``model`` comes from read other benchmark files than ``data``
     holds (another seed's embedded benchmark, another release): its people are then not this benchmark's, and

@@ -42,6 +42,7 @@ from viker.runs import (
     other_benchmark,
     paths_recorded,
     read_configs,
+    recalls_nothing,
     runs_behind,
     to_jsonable,
     write_config,
@@ -273,7 +274,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         check_resume(cfg.out, "unlearn", compared, cfg.data, model_files, resolve=resolved_settings)
     accelerator = make_accelerator(cfg.train, resume, cfg.device)  # one process or several: docs/distributed.md
     if accelerator.is_main_process:
-        for warning in (other_benchmark(cfg.model, cfg.data), unmatched_ft_data(used)):
+        for warning in (other_benchmark(cfg.model, cfg.data), unmatched_ft_data(used),
+                        recalls_nothing(cfg.model) if cfg.benchmark == "mllmu" else None):
             if warning:
                 print(f"warning: {warning}", file=sys.stderr)
     sharded = shards_model(accelerator)
