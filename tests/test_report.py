@@ -383,7 +383,7 @@ def test_an_evaluation_beside_a_run_records_its_settings_and_keeps_the_runs(runs
     assert not (runs / "ga-eval" / "eval_config.json").exists()
 
 
-def test_report_tabulates_evaluated_runs_by_what_they_are(runs, tmp_path, capsys):
+def test_report_tabulates_evaluated_runs_by_what_they_are(runs, bench_dir, tmp_path, capsys):
     folders = [runs / name for name in ("base", "ga-eval", "vanilla", "npo-a", "npo-b")]
     assert main(["report", *map(str, folders), "--out", str(tmp_path)]) == 0
     assert "wrote report.md, results.json, tradeoff.png" in capsys.readouterr().out
@@ -397,8 +397,12 @@ def test_report_tabulates_evaluated_runs_by_what_they_are(runs, tmp_path, capsys
     assert cells["GA"][0].strip("*") == f"{metrics['ga-eval']['forget_acc']:.1f}"
     assert not any(c.startswith("**") for c in cells["vanilla"])  # the model before unlearning is not compared
     assert "A column where every method prints alike has no best." in report  # why a column may have no bold
-    assert "Evaluated on forget_10, multiple choice by likelihood. Greedy replies of at most 4 new tokens. Retain " \
-        "figures over 2 retain people." in " ".join(report.split())
+    from viker.data.loader import load_profiles
+
+    n = sum(q.with_image for p in load_profiles(bench_dir, "forget_10") for q in p.mc)
+    assert "Evaluated on forget_10, multiple choice by likelihood. Greedy replies of at most 4 new tokens. Forget " \
+        f"ACC is over {n} image questions, one question {100 / n:.1f} points: figures a few questions apart " \
+        "cannot be told apart. Retain figures over 2 retain people." in " ".join(report.split())
     # the Runs table says what each setting chose, not the code it is recorded as (None: the starting model)
     npo = next(line for line in report.splitlines() if line.startswith("| NPO (β=0.1) | `"))
     assert "reference_model=the starting model" in npo and "None" not in npo

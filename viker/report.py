@@ -492,6 +492,12 @@ def read_run(path: str | Path) -> dict:
     if benchmark == "mllmu":  # a setting that changed none of the figures measured is no part of what they mean
         measured = [k for k, v in metrics.items() if v is not None]
         scored = {k: v if any(SETTING_CHANGES[k].search(m) for m in measured) else None for k, v in scored.items()}
+    asked = {}  # the image multiple-choice questions each set's ACC is over, as its answers record them
+    if benchmark == "mllmu" and (run / "generations.jsonl").is_file():
+        for line in (run / "generations.jsonl").read_text(encoding="utf-8").splitlines():
+            record = json.loads(line) if line.strip() else {}
+            if record.get("task") == "multiple_choice" and record.get("image"):
+                asked[record["set"]] = asked.get(record["set"], 0) + 1
     # the benchmark's files, hashed when it was evaluated; a benchmark read by hub id, its name
     files, data = (evaluation or {}).get("data_files"), (evaluation or {}).get("data")
     fingerprint = ("files:" + hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16] if files
@@ -499,7 +505,7 @@ def read_run(path: str | Path) -> dict:
     return {"method": method, "settings": settings, "training": training, "benchmark": benchmark,
             "forget_split": _scored_split(evaluated.get("forget"), benchmark),
             "made_for": (split_made_for(source) or (None,))[0], **scored,
-            "data": data,
+            "data": data, "asked": asked,
             "data_files": fingerprint,
             "metrics": metrics, "path": str(run)}
 
@@ -652,6 +658,10 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
         evaluated += f" GIB by the gibberish classifier in `{gib_model}`."
     if test_images == "all" and any(r["metrics"].get("test_acc") is not None for r in rows):
         evaluated += " Gen. ACC asks each image question with every Test_Set photo of the person."
+    asked = {r["asked"].get("forget") for r in rows if r["metrics"].get("forget_acc") is not None} - {None}
+    if len(asked) == 1 and (n := asked.pop()):  # how far apart two Forget ACCs must be to tell them apart
+        evaluated += (f" Forget ACC is over {n} image questions, one question {100 / n:.1f} points: figures a few "
+                      "questions apart cannot be told apart.")
     has_retain = any(k.startswith("retain_") and v is not None for r in rows for k, v in r["metrics"].items())
     if retain_limit is not None and has_retain:
         if benchmark == "clear":  # CLEAR's --retain-limit counts items (an image each), not persons
