@@ -35,6 +35,7 @@ def _finetune(args) -> None:
     from viker.finetune import FinetuneConfig, run_finetune
     from viker.model import LoraSettings
     from viker.model.tiny import TinyConfig
+    from viker.runs import recalls_none
 
     if args.family != "llava" and args.model != "tiny":
         raise VikerError("--family applies to --model tiny only (a checkpoint's own config names its family)")
@@ -51,7 +52,7 @@ def _finetune(args) -> None:
     if not _main_process():
         return  # under torchrun or accelerate launch the main process alone reports, as it alone writes
     print(json.dumps(metrics, indent=2))
-    if metrics.get("full_image_exact") == 0 and metrics.get("full_name_exact") == 0:
+    if recalls_none(metrics):
         budget = f"--max-steps {cfg.train.max_steps}" if cfg.train.max_steps else f"--epochs {cfg.train.epochs:g}"
         print(f"warning: the model recalls none of the fictitious people's answers word for word (full_image_exact "
               f"and full_name_exact are 0): unlearning it would have nothing to remove; train longer ({budget} "
@@ -589,7 +590,7 @@ def _home_expanded(args: argparse.Namespace) -> argparse.Namespace:
 
 def _interrupted(args: argparse.Namespace | None) -> str:
     """What a run stopped by Ctrl-C leaves, and how to go on from it."""
-    from viker.runs import checkpoints, read_configs
+    from viker.runs import checkpoints, holds_finished_model, read_configs
 
     out = getattr(args, "out", None)
     if getattr(args, "command", None) not in ("finetune", "unlearn") or not (out and Path(out, "config.json").exists()):
@@ -602,7 +603,7 @@ def _interrupted(args: argparse.Namespace | None) -> str:
     # a finished run keeps no checkpoint, and its model appears whole or not at all (viker.runs.written_whole)
     if checkpoints(out):  # stopped in training, or while its model was saved
         on = "--resume continues it from its last checkpoint, --overwrite starts it again"
-    elif any(Path(out, name).exists() for name in ("model", "cagul")):
+    elif holds_finished_model(Path(out)):
         return "interrupted"  # before an --overwrite removed the finished run: it is there as it was
     else:
         on = "--overwrite starts it again (--checkpoint-every N keeps checkpoints to --resume from)"

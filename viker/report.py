@@ -440,7 +440,7 @@ def read_run(path: str | Path) -> dict:
     and multiple-choice mode it was evaluated with (None when not recorded), the forget split the model was made
     for (``made_for``: unlearned on, or finetuned without; None for a vanilla model), ``metrics`` and ``path``."""
     from viker.errors import VikerError
-    from viker.runs import is_hub_id, read_configs, read_json, split_made_for
+    from viker.runs import is_hub_id, read_configs, read_json, scored_split, split_made_for
 
     run = Path(path)
     evaluate = f"evaluate it first (viker eval --model {run} ... --out {run})"
@@ -503,7 +503,7 @@ def read_run(path: str | Path) -> dict:
     fingerprint = ("files:" + hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16] if files
                    else f"hub:{data}" if data and is_hub_id(data) else None)
     return {"method": method, "settings": settings, "training": training, "benchmark": benchmark,
-            "forget_split": _scored_split(evaluated.get("forget"), benchmark),
+            "forget_split": scored_split(evaluated.get("forget"), benchmark),
             "made_for": (split_made_for(source) or (None,))[0], **scored,
             "data": data, "asked": asked,
             "data_files": fingerprint,
@@ -520,12 +520,6 @@ SETTING_CHANGES = {
     "judge": re.compile(r"factuality"),
     "gib_model": re.compile(r"(^|_)gib$"),
 }
-
-
-def _scored_split(forget: str | None, benchmark: str) -> str | None:
-    """The forget split whose items an evaluation scored: on CLEAR, ``forget10+tofu`` scores forget10's (its
-    evaluation reads the image sets alone), so the two share a table."""
-    return forget.removesuffix("+tofu") if forget and benchmark == "clear" else forget
 
 
 # settings whose recorded value is a code for a choice: what the choice is

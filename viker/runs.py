@@ -279,10 +279,28 @@ def runs_behind(model: str) -> Iterator[dict]:
             return
 
 
+def scored_split(forget: str | None, benchmark: str) -> str | None:
+    """The forget split whose items are scored: on CLEAR, ``forget10+tofu`` (its text questions, trained on too)
+    scores forget10's, as its evaluation reads the image sets alone."""
+    return forget.removesuffix("+tofu") if forget and benchmark == "clear" else forget
+
+
+def recalls_none(metrics: dict) -> bool:
+    """Whether a `viker finetune` run's figures say it recalls none of the fictitious people's answers word for
+    word: a model with nothing to unlearn."""
+    return metrics.get("full_image_exact") == 0 and metrics.get("full_name_exact") == 0
+
+
+def holds_finished_model(run: Path) -> bool:
+    """Whether a training run's folder holds its finished model (model/, or CAGUL's cagul/), which a run writes
+    whole or not at all (:func:`written_whole`)."""
+    return any((run / name).is_dir() for name in ("model", "cagul"))
+
+
 def split_made_for(run: dict, benchmark: str | None = None) -> tuple[str, str] | None:
     """The forget split a training run's model was made for, and how: ``("forget_5", "unlearned on")``, or for a
     CLEAR retain model ``("forget05", "finetuned without")``; None for a vanilla model, or a run on a benchmark
-    other than ``benchmark``. CLEAR's ``+tofu`` (its text questions, trained on too) names the same split."""
+    other than ``benchmark``; as :func:`scored_split` names it."""
     if run.get("command") == "unlearn":
         settings, how = run.get("unlearn", {}), "unlearned on"
         bench, split = settings.get("benchmark", "mllmu"), settings.get("forget")
@@ -292,7 +310,7 @@ def split_made_for(run: dict, benchmark: str | None = None) -> tuple[str, str] |
         return None
     if not split or (benchmark is not None and bench != benchmark):
         return None
-    return (split.removesuffix("+tofu") if bench == "clear" else split), how
+    return scored_split(split, bench), how
 
 
 def model_split(model: str, benchmark: str) -> tuple[str, str] | None:
@@ -305,7 +323,7 @@ def other_split(model: str, forget: str, benchmark: str) -> str | None:
     """A warning when ``model`` is evaluated on another forget split than the one it was made for: its forget
     and retain sets then mix people it was asked to forget with people it was not."""
     made = model_split(model, benchmark)
-    if made is None or made[0] == (forget.removesuffix("+tofu") if benchmark == "clear" else forget):
+    if made is None or made[0] == scored_split(forget, benchmark):
         return None
     return (f"{model} was {made[1]} {made[0]}, and is evaluated on {forget}: the two splits' people differ, so its "
             f"forget and retain figures mix people it was asked to forget with people it was not (`viker report` "
@@ -320,7 +338,7 @@ def recalls_nothing(model: str) -> str | None:
     folder = Path(str(vanilla.get("finetune", {}).get("out", "")))
     found = [folder / name for name in (TRAINING_METRICS, "metrics.json") if vanilla and (folder / name).is_file()]
     recall = read_json(found[0]) if found else {}
-    if isinstance(recall, dict) and recall.get("full_image_exact") == 0 and recall.get("full_name_exact") == 0:
+    if isinstance(recall, dict) and recalls_none(recall):
         return (f"{folder}, the model this run starts from, recalls none of the fictitious people's answers word "
                 "for word (full_image_exact and full_name_exact 0 in its finetune's figures): unlearning it has "
                 "nothing to remove; finetune it longer")

@@ -39,9 +39,9 @@ from viker.runs import (
     checkpoints,
     differing,
     file_hashes,
+    holds_finished_model,
     out_folder,
     read_configs,
-    saved_model_of,
     to_jsonable,
     visible_entries,
     write_json,
@@ -277,7 +277,7 @@ def check_resume(out: str | Path, command: str, settings: dict, data_dir: str | 
     if model_files is not None:
         check_weights_unchanged(out, model_files, "--resume")
     if not checkpoints(out):  # a finished run, or one stopped before its first checkpoint: nothing to go on from
-        if saved_model_of(Path(out)) or (Path(out) / "cagul").is_dir():
+        if holds_finished_model(Path(out)):
             raise VikerError(f"--resume: {out} holds a finished run (its model is saved): there is nothing to "
                              "resume")
         raise VikerError(f"--resume: {out} has no checkpoint to resume from (a run keeps one while it trains with "
