@@ -5,8 +5,10 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import re
 import shutil
+import sys
 from dataclasses import replace
 from functools import partial
 
@@ -661,3 +663,35 @@ def test_a_judge_that_fails_or_returns_no_scores_is_named_in_one_line():
 
     with pytest.raises(VikerError, match=r"^--judge j:l failed: VikerError: judge-model: no such model folder"):
         judged(loading, "j:l", ["q"], ["r"], ["a"])
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_is_live_on_a_terminal_and_a_line_now_and_then_in_a_log(terminal, tiny, bench_dir, capsys,
+                                                                          monkeypatch):
+    """A log (a cluster job's, `viker demo > log`) gets no line per redraw and no nested bar's empty lines."""
+    import time
+
+    from viker.progress import progress_bar
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    model, processor = tiny
+    examples = generation_examples(load_profiles(bench_dir, "forget_15"))[:3]
+    for _ in progress_bar(range(5), desc="outer"):
+        generate(model, processor, examples, batch_size=1, max_new_tokens=2, desc="inner")
+        time.sleep(0.15)  # longer than a terminal's bar waits between two redraws
+    err = capsys.readouterr().err
+    outer = err.count("outer:")
+    if terminal:
+        assert outer >= 5 and "inner:" in err, err
+    else:
+        assert outer == 2 and "inner" not in err and "\x1b[A" not in err, err  # its start and its end
+
+
+def test_tqdm_disable_hides_every_bar():
+    import subprocess
+
+    code = "from viker.progress import progress_bar\nfor _ in progress_bar(range(3), desc='steps'): pass"
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    hidden = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, "TQDM_DISABLE": "1"})
+    assert "steps" in shown.stderr and hidden.stderr == ""

@@ -28,12 +28,12 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from viker.collate import IGNORE_INDEX
 from viker.data.schema import Example
 from viker.errors import VikerError
 from viker.presets import TrainConfig
+from viker.progress import progress_bar
 from viker.runs import (
     CHECKPOINT,
     checkpoints,
@@ -519,8 +519,8 @@ def train(
 
     model.train()
     running, n_micro = pending.get("running", {}), pending.get("micro", 0)
-    bar = tqdm(total=total, initial=step, desc=desc, disable=not progress or not accelerator.is_main_process,
-               dynamic_ncols=True)
+    bar = progress_bar(total=total, initial=step, desc=desc, disable=not progress or not accelerator.is_main_process,
+                       dynamic_ncols=True)
     while step < total:
         lr = scheduler.get_last_lr()[0]  # the rate this step uses (the scheduler moves on after it)
         group = []  # the step's micro-batches, drawn first so that each is weighted by its share of the step
@@ -560,7 +560,7 @@ def train(
             row = {"step": step, "epoch": round(step * cfg.grad_accum / prepared.batches_per_epoch, 4), "lr": lr}
             row |= {k: v / n_micro for k, v in running.items()}
             history.append(row)
-            bar.set_postfix(loss=f"{row['loss']:.3f}")
+            bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
             running, n_micro = {}, 0
         if snapshot is not None and cfg.snapshot_every and step < total:
             passes = [n * cfg.grad_accum // prepared.batches_per_epoch for n in (step - 1, step)]

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from viker.collate import Collator, model_inputs
 from viker.data.examples import cloze_examples, generation_examples
@@ -30,6 +29,7 @@ from viker.eval import metrics as M
 from viker.eval.generate import check_generation_settings, generate
 from viker.methods.losses import answer_window, token_logprobs
 from viker.model import eval_mode, why_not_loaded
+from viker.progress import progress_bar
 from viker.prompts import generation_prompt, mc_prompt
 
 SETS = ("forget", "test", "retain", "real")  # the forget split, its Test_Set rows, the retain split, Retain_Set
@@ -327,7 +327,8 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfi
     gib = gibberish_scorer(cfg.gib_model, next(model.parameters()).device) if cfg.gib_model else None
     judge = load_judge(cfg.judge) if cfg.judge else None
     to_judge: list[tuple[str, list[str], int]] = []  # the generation answers, judged once all are in
-    for s in tqdm(eval_sets(data_dir, cfg) if sets is None else sets, desc="evaluating", disable=not progress):
+    for s in progress_bar(eval_sets(data_dir, cfg) if sets is None else sets, desc="evaluating",
+                          disable=not progress):
         tasks = TASKS if cfg.scope is None else cfg.scope[s.name]
 
         # generation questions: ROUGE, BLEU, coherence

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from viker.collate import Collator, model_inputs
 from viker.data.schema import Example
 from viker.errors import require
 from viker.model import eval_mode
+from viker.progress import progress_bar
 
 # Greedy is greedy whatever the checkpoint's generation_config.json ships (Qwen2-VL-Instruct's sets a
 # repetition penalty): settings that would change which token is picked are set to their neutral values.
@@ -59,7 +59,7 @@ def generate(
     order = sorted(range(len(examples)), key=lambda i: (examples[i].image is None, len(examples[i].question)))
     answers: list[str] = [""] * len(examples)
     with eval_mode(model):
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
+        for start in progress_bar(range(0, len(order), batch_size), desc=desc, disable=not progress, inner=True):
             idx = order[start : start + batch_size]
             batch = {k: v.to(device) for k, v in model_inputs(collate([examples[i] for i in idx])).items()}
             out = model.generate(**batch, max_new_tokens=max_new_tokens, **GREEDY, pad_token_id=tokenizer.pad_token_id,

@@ -35,7 +35,6 @@ from pathlib import Path
 
 import torch
 from PIL import Image, ImageEnhance
-from tqdm.auto import tqdm
 
 from viker.collate import model_inputs
 from viker.data.loader import decode_image, has_config, load_profiles
@@ -46,6 +45,7 @@ from viker.methods.base import share
 from viker.methods.losses import gather_answer_positions, kl_to_reference, npo_loss, sequence_logprob
 from viker.methods.reference import default_topk, pool_owners, reference_distributions, reference_pool_and_source
 from viker.model.cagul import CagulConfig, CagulModel, Discriminator, per_image
+from viker.progress import progress_bar
 
 FORGET_LOSSES = ("reference", "npo")
 PROBE_QUESTION = "Who is the person in this image?"
@@ -79,7 +79,8 @@ def pooled_features(model: CagulModel, processor, images: list[bytes], batch_siz
 
     collate = Collator(processor, answers=False)
     out = []
-    for start in tqdm(range(0, len(images), batch_size), desc="visual tokens", disable=not progress, leave=False):
+    for start in progress_bar(range(0, len(images), batch_size), desc="visual tokens", disable=not progress,
+                              inner=True):
         chunk = [Example(PROBE_QUESTION, "", img) for img in images[start : start + batch_size]]
         batch = {k: v.to(model.device) for k, v in model_inputs(collate(chunk)).items()}
         out += [Discriminator.pool(f) for f in per_image(model.original_features(batch))]

@@ -25,13 +25,13 @@ from typing import Callable, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from viker.collate import chat_template
 from viker.data.loader import image_bytes, load_profiles
 from viker.data.schema import Example
 from viker.errors import VikerError
 from viker.methods.losses import compress_topk, decompress_topk, kl_to_reference
+from viker.progress import progress_bar
 from viker.runs import as_recorded
 
 SOURCES = ("people", "patterns", "scenes", "pets", "forget", "retain")
@@ -258,7 +258,8 @@ def compute_reference_distributions(
     starts = list(range(0, len(examples), per_batch))
     mine = starts[rank::world]
     stored: dict[int, dict[str, torch.Tensor]] = {}
-    for r in tqdm(range(math.ceil(len(starts) / world)), desc="reference distributions", disable=not progress):
+    for r in progress_bar(range(math.ceil(len(starts) / world)), desc="reference distributions",
+                          disable=not progress):
         start = mine[r] if r < len(mine) else starts[0]
         stop = start + per_batch
         rows = _reference_rows(answer_probs, collate, examples[start:stop], images[start:stop], device)

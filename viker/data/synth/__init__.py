@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from viker.data.schema import (
     CONFIGS,
@@ -41,6 +40,7 @@ from viker.data.synth.people import (
     make_people,
 )
 from viker.errors import VikerError
+from viker.progress import progress_bar
 from viker.runs import out_folder, visible_entries
 
 PARQUET_NAME = "train-00000-of-00001.parquet"
@@ -181,7 +181,7 @@ def build_benchmark(out: str | Path, cfg: SynthConfig = SynthConfig(), progress:
     specs = faces.sample_face_specs(total, people_rng)
     people = make_people(names, people_rng)
     fictitious, celebs = people[: cfg.profiles], people[cfg.profiles :]
-    bar = tqdm(total=total + 3 * cfg.ref_per_pool, desc="drawing images", disable=not progress)
+    bar = progress_bar(total=total + 3 * cfg.ref_per_pool, desc="drawing images", disable=not progress)
 
     def draw(spec, view=faces.View()) -> bytes:
         bar.update(1 if view == faces.View() else 0)
