@@ -593,3 +593,24 @@ def test_report_writes_its_symbols_whatever_the_locale(runs, tmp_path):
                            "--out", str(tmp_path / "report")], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "| Forget ACC ↓ |" in (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+
+
+def test_the_runs_table_says_what_a_coded_setting_chose(runs, tmp_path):
+    """topk=auto, CAGUL's layers and heads at None: a reader is told what they stand for."""
+    import shutil
+
+    from viker.methods.reference import AUTO_TOPK, FULL_VOCAB_LIMIT
+    from viker.report import setting_text
+
+    viker = shutil.copytree(runs / "npo-a", tmp_path / "viker-run")
+    config = json.loads((viker / "config.json").read_text())
+    config["method"] = {"name": "viker", "lam": 10.0, "k": 5, "refs": "people", "regularizer": "kl",
+                        "ablation": "none", "topk": -1}
+    (viker / "config.json").write_text(json.dumps(config))
+    assert main(["report", str(runs / "npo-a"), str(viker), "--out", str(tmp_path / "report")]) == 0
+    runs_section = (tmp_path / "report" / "report.md").read_text().split("## Runs")[1]
+    assert "topk=auto" in runs_section
+    assert (f"topk=auto: ViKeR's reference distributions R̂ are kept whole for a vocabulary of up to "
+            f"{FULL_VOCAB_LIMIT} tokens, else as each answer token's {AUTO_TOPK} most likely tokens.") in runs_section
+    assert [setting_text("layers", None), setting_text("heads", None)] == ["layers=middle", "heads=all"]
+    assert setting_text("layers", [1, 2]) == "layers=[1, 2]"

@@ -523,7 +523,8 @@ SETTING_CHANGES = {
 
 
 # settings whose recorded value is a code for a choice: what the choice is
-SETTING_VALUES = {"topk": {-1: "auto", None: "full"}, "reference_model": {None: "the starting model"}}
+SETTING_VALUES = {"topk": {-1: "auto", None: "full"}, "reference_model": {None: "the starting model"},
+                  "layers": {None: "middle"}, "heads": {None: "all"}}
 
 
 def setting_text(key: str, value) -> str:
@@ -639,6 +640,11 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
     listing = "\n".join(f"| {cell(r['label'])} | `{cell(r['path'])}` | {r['method'] or 'not a viker run'} | "
                         f"{cell(', '.join(setting_text(k, v) for k, v in r['settings'].items()) or '–')} |"
                         for r in rows)
+    if any(r["settings"].get("topk") == -1 for r in rows):  # a code the table alone would not explain
+        from viker.methods.reference import AUTO_TOPK, FULL_VOCAB_LIMIT
+
+        listing += (f"\n\ntopk=auto: ViKeR's reference distributions R̂ are kept whole for a vocabulary of up to "
+                    f"{FULL_VOCAB_LIMIT} tokens, else as each answer token's {AUTO_TOPK} most likely tokens.")
     plot = "\n![trade-off](tradeoff.png)\n" if plotted else unplotted
     split = forget or "a forget split not recorded"
     judged = any(r["metrics"].get(key) is not None for r in rows for key in ("forget_factuality", "retain_factuality"))

@@ -38,6 +38,7 @@ SOURCES = ("people", "patterns", "scenes", "pets", "forget", "retain")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CACHE_VERSION = 3
 FULL_VOCAB_LIMIT = 8192  # above this, store top-k by default
+AUTO_TOPK = 1024  # the k stored then
 
 
 def default_cache_dir() -> Path:
@@ -46,9 +47,9 @@ def default_cache_dir() -> Path:
 
 
 def default_topk(model: torch.nn.Module) -> int | None:
-    """How R̂ is stored for ``model`` by default: in full up to FULL_VOCAB_LIMIT tokens, else top-1024."""
+    """How R̂ is stored for ``model`` by default: in full up to FULL_VOCAB_LIMIT tokens, else top-AUTO_TOPK."""
     vocab = model.get_output_embeddings().weight.shape[0]
-    return None if vocab <= FULL_VOCAB_LIMIT else 1024
+    return None if vocab <= FULL_VOCAB_LIMIT else AUTO_TOPK
 
 
 def reference_pool(refs: str, data_dir: str | Path | None, forget_split: str | None = None) -> list[bytes]:
