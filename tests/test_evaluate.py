@@ -398,8 +398,13 @@ def test_eval_command_evaluates_only_what_it_is_asked(tiny_dir, bench_dir, tmp_p
     assert not any(k.startswith(("test_", "retain_")) or k in ("forget_rougeL", "coherence") for k in metrics)
     # it prints the table's columns it measured, as the report names them, and where everything went
     printed = capsys.readouterr().out
-    assert re.search(rf"^  Forget ACC ↓ +{metrics['forget_acc']:.1f}$", printed, re.M)
-    assert re.search(rf"^  Real R-L ↑ +{metrics['real_rougeL']:.1f}$", printed, re.M)
+    # each with how many questions it is over: ACC the image questions, R-L both kinds
+    people = {name: load_profiles(bench_dir, name) for name in ("forget_10", "Retain_Set")}
+    image_mc = sum(q.with_image for p in people["forget_10"] for q in p.mc)
+    real_gen = sum(len(p.generation) for p in people["Retain_Set"])
+    assert real_gen > len(people["Retain_Set"])  # questions asked with the image and by name, not one a person
+    assert re.search(rf"^  Forget ACC ↓ +{metrics['forget_acc']:.1f}  over {image_mc} questions$", printed, re.M)
+    assert re.search(rf"^  Real R-L ↑ +{metrics['real_rougeL']:.1f}  over {real_gen} questions$", printed, re.M)
     assert "Retain R-L" not in printed and "Coherence" not in printed  # not asked, so not shown
     records = (out / "generations.jsonl").read_text().count("\n")
     assert f"wrote {out / 'metrics.json'} ({len(metrics)} figures) and generations.jsonl ({records} answers)" in printed
@@ -695,3 +700,19 @@ def test_tqdm_disable_hides_every_bar():
     hidden = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             env={**os.environ, "TQDM_DISABLE": "1"})
     assert "steps" in shown.stderr and hidden.stderr == ""
+
+
+def test_each_column_is_over_the_questions_its_answers_record():
+    """The counts a reader needs to know how far apart two figures must be: from the answers themselves."""
+    from viker.report import questions_behind
+
+    def records(set_, task, with_image, by_name):
+        return [{"set": set_, "task": task, "image": True}] * with_image + [{"set": set_, "task": task,
+                                                                             "image": False}] * by_name
+
+    answers = (records("forget", "multiple_choice", 5, 7) + records("forget", "generation", 2, 3)
+               + records("forget", "cloze", 4, 1) + records("test", "multiple_choice", 10, 5)  # two photos each
+               + records("retain", "generation", 6, 6))
+    assert questions_behind(answers) == {"forget_acc": 5, "forget_acc_text": 7, "test_acc": 10, "forget_rougeL": 5,
+                                         "forget_cloze": 5, "retain_rougeL": 12, "retain_bleu": 12, "coherence": 5,
+                                         "gib": 5, "forget_factuality": 5, "retain_factuality": 12}

@@ -403,6 +403,7 @@ def test_report_tabulates_evaluated_runs_by_what_they_are(runs, bench_dir, tmp_p
     assert "Evaluated on forget_10, multiple choice by likelihood. Greedy replies of at most 4 new tokens. Forget " \
         f"ACC is over {n} image questions, one question {100 / n:.1f} points: figures a few questions apart " \
         "cannot be told apart. Retain figures over 2 retain people." in " ".join(report.split())
+    assert "(lower = more forgotten). Over {n} questions.".format(n=n) in report  # each column's count, below
     # the Runs table says what each setting chose, not the code it is recorded as (None: the starting model)
     npo = next(line for line in report.splitlines() if line.startswith("| NPO (β=0.1) | `"))
     assert "reference_model=the starting model" in npo and "None" not in npo

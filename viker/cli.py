@@ -200,14 +200,17 @@ def _judge(args) -> None:
 
 def _evaluated(args, metrics: dict) -> None:
     """What an evaluation prints: the table's columns, then where every figure and answer went."""
-    from viker.report import columns_text
+    from viker.report import benchmark_of, columns_text, questions_behind
+    from viker.runs import read_records
 
-    records = sum(1 for _ in (Path(args.out) / "generations.jsonl").open(encoding="utf-8"))
+    records = read_records(Path(args.out) / "generations.jsonl")
+    asked = questions_behind(records) if benchmark_of(metrics) == "mllmu" else None
     measured = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     width = max(map(len, measured), default=0) + 2  # --only with none of the table's columns: what it measured
-    shown = columns_text(metrics) or "\n".join(f"  {k.ljust(width)}{v:>7.1f}" for k, v in measured.items())
+    shown = columns_text(metrics, asked) or "\n".join(f"  {k.ljust(width)}{v:>7.1f}" for k, v in measured.items())
     print(f"{args.model} on {_model_forget(args)}:\n{shown}\n"
-          f"wrote {Path(args.out) / 'metrics.json'} ({len(metrics)} figures) and generations.jsonl ({records} answers)")
+          f"wrote {Path(args.out) / 'metrics.json'} ({len(metrics)} figures) and generations.jsonl "
+          f"({len(records)} answers)")
 
 
 def _keytokens(args) -> None:

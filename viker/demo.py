@@ -37,10 +37,20 @@ from viker.report import (
     column_glossary,
     markdown_table,
     plain_table,
+    questions_behind,
     setting_text,
     tradeoff_plot,
 )
-from viker.runs import file_hashes, machine, out_folder, to_jsonable, under, visible_entries, write_json
+from viker.runs import (
+    file_hashes,
+    machine,
+    out_folder,
+    read_records,
+    to_jsonable,
+    under,
+    visible_entries,
+    write_json,
+)
 from viker.unlearn import UnlearnConfig, run_unlearn
 
 METHODS = ("ga", "graddiff", "klmin", "npo", "idkpo", "viker", "cagul")
@@ -241,8 +251,9 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     tradeoff_plot(labelled(runs, cfg) + extra_points, sweep, out / "tradeoff.png",
                   f"{cfg.forget} of the embedded benchmark, tiny LLaVA", chance=CHANCE_ACC)
     minutes = (time.perf_counter() - started) / 60
+    asked = questions_behind(read_records(out / "runs" / "vanilla" / "generations.jsonl"))  # as every run's
     write_report(out / "report.md", runs, sweep, cfg, minutes, results["machine"], cagul, diagnostics, questions,
-                 steps.seconds, idkpo)
+                 steps.seconds, idkpo, asked)
     print()
     print(plain_table(labelled(runs, cfg)))
     if cfg.quick:
@@ -318,7 +329,7 @@ def naming_rates(generations: Path, names: dict[str, str]) -> dict[str, float | 
     whose answer gives that person's name (key ``forget``, ``retain``), and the percentage whose answer
     gives another person's name from ``names`` instead (``forget_other``, ``retain_other``): a face
     taken for someone else. None when a set has no such question."""
-    records = [json.loads(line) for line in generations.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = read_records(generations)
     rates = {}
     for split in ("forget", "retain"):
         asked = [r for r in records if r["set"] == split and r["task"] == "generation" and r["image"]
@@ -719,7 +730,8 @@ def time_table(step_seconds: dict[str, float] | None) -> str:
 
 def write_report(path: Path, runs: list[dict], sweep: list[dict], cfg: DemoConfig, minutes: float, cpu: dict,
                  cagul: dict | None = None, diagnostics: dict | None = None, questions: int | None = None,
-                 step_seconds: dict[str, float] | None = None, idkpo: dict | None = None) -> None:
+                 step_seconds: dict[str, float] | None = None, idkpo: dict | None = None,
+                 asked: dict[str, int] | None = None) -> None:
     sweep_rows = "\n".join(
         f"| {s['lam']:g} | {s['metrics']['forget_acc']:.1f} | {s['metrics']['retain_rougeL']:.1f} | "
         f"{s['metrics']['coherence']:.1f} |" for s in sorted(sweep, key=lambda s: s["lam"]))
@@ -736,7 +748,7 @@ Best value of each column among the unlearning methods in bold (vanilla is the m
 
 ## Columns
 
-{column_glossary(runs)}
+{column_glossary([r | {"asked": asked or {}} for r in runs])}
 
 ## ViKeR's λ sweep
 

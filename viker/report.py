@@ -6,8 +6,9 @@ import hashlib
 import json
 import math
 import re
+from collections import Counter
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterable, NamedTuple
 
 
 class Column(NamedTuple):
@@ -100,13 +101,34 @@ def _columns(runs: list[dict]) -> list[Column]:
 ARROWS = {True: " ↓", False: " ↑", None: ""}
 
 
-def columns_text(metrics: dict) -> str:
-    """One evaluation's figures in the table's columns, one per line with its name and direction, for the
-    terminal (``viker eval``); metrics.json holds every figure."""
+def columns_text(metrics: dict, asked: dict[str, int] | None = None) -> str:
+    """One evaluation's figures in the table's columns, one per line with its name and direction and, where
+    ``asked`` (:func:`questions_behind`) knows it, how many questions the figure is over, for the terminal
+    (``viker eval``); metrics.json holds every figure."""
     cols = _columns([{"metrics": metrics}])
     width = max((len(c.header + ARROWS[c.lower_is_better]) for c in cols), default=0) + 2
+    over = {k: f"  over {n} questions" for k, n in (asked or {}).items()}
     return "\n".join(f"  {(c.header + ARROWS[c.lower_is_better]).ljust(width)}{_printed(c, metrics.get(c.key)):>7}"
-                     for c in cols)
+                     f"{over.get(c.key, '') if _printed(c, metrics.get(c.key)) != '–' else ''}" for c in cols)
+
+
+def questions_behind(records: Iterable[dict]) -> dict[str, int]:
+    """How many questions each of MLLMU-Bench's columns is over, counted from an evaluation's answers
+    (generations.jsonl): an ACC is over the multiple-choice questions asked with the image, ACC (text) over
+    those asked by name, and the rest over their task's questions of both kinds (coherence, GIB and
+    factuality over the generation questions)."""
+    count = Counter((r.get("set"), r.get("task"), bool(r.get("image"))) for r in records)
+    tasks = {"acc": "multiple_choice", "cloze": "cloze"}  # every other figure is the generation answers'
+    kinds = {"acc": (True,), "acc_text": (False,)}  # asked with the image, by name; else both
+    asked = {}
+    for column in COLUMNS:
+        key = f"forget_{column.key}" if column.key in ("coherence", "gib") else column.key
+        split, _, figure = key.partition("_")
+        n = sum(count[split, tasks.get(figure.split("_")[0], "generation"), image]
+                for image in kinds.get(figure, (True, False)))
+        if n:
+            asked[column.key] = n
+    return asked
 
 
 def _printed(column: Column, value: float | None) -> str:
@@ -159,8 +181,15 @@ def markdown_table(runs: list[dict], incoherent_below: float = INCOHERENT_BELOW)
 
 
 def column_glossary(runs: list[dict]) -> str:
+    """What each column means, and how many questions it is over where every run that measured it was asked
+    as many (``asked``: :func:`questions_behind`)."""
     better = {True: "lower is better", False: "higher is better", None: "neither direction is better"}
-    return "\n".join(f"- **{c.header}** ({better[c.lower_is_better]}): {c.meaning}." for c in _columns(runs))
+    lines = []
+    for c in _columns(runs):
+        asked = {r.get("asked", {}).get(c.key) for r in runs if r["metrics"].get(c.key) is not None}
+        over = f" Over {asked.pop()} questions." if len(asked) == 1 and None not in asked else ""
+        lines.append(f"- **{c.header}** ({better[c.lower_is_better]}): {c.meaning}.{over}")
+    return "\n".join(lines)
 
 
 SUMMARY = {"mllmu": ("forget_acc", "test_acc", "retain_rougeL", "real_rougeL", "coherence"),
@@ -440,7 +469,7 @@ def read_run(path: str | Path) -> dict:
     and multiple-choice mode it was evaluated with (None when not recorded), the forget split the model was made
     for (``made_for``: unlearned on, or finetuned without; None for a vanilla model), ``metrics`` and ``path``."""
     from viker.errors import VikerError
-    from viker.runs import is_hub_id, read_configs, read_json, scored_split, split_made_for
+    from viker.runs import is_hub_id, read_configs, read_json, read_records, scored_split, split_made_for
 
     run = Path(path)
     evaluate = f"evaluate it first (viker eval --model {run} ... --out {run})"
@@ -492,12 +521,9 @@ def read_run(path: str | Path) -> dict:
     if benchmark == "mllmu":  # a setting that changed none of the figures measured is no part of what they mean
         measured = [k for k, v in metrics.items() if v is not None]
         scored = {k: v if any(SETTING_CHANGES[k].search(m) for m in measured) else None for k, v in scored.items()}
-    asked = {}  # the image multiple-choice questions each set's ACC is over, as its answers record them
+    asked = {}  # the questions each column is over, as the evaluation's answers record them
     if benchmark == "mllmu" and (run / "generations.jsonl").is_file():
-        for line in (run / "generations.jsonl").read_text(encoding="utf-8").splitlines():
-            record = json.loads(line) if line.strip() else {}
-            if record.get("task") == "multiple_choice" and record.get("image"):
-                asked[record["set"]] = asked.get(record["set"], 0) + 1
+        asked = questions_behind(read_records(run / "generations.jsonl"))
     # the benchmark's files, hashed when it was evaluated; a benchmark read by hub id, its name
     files, data = (evaluation or {}).get("data_files"), (evaluation or {}).get("data")
     fingerprint = ("files:" + hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16] if files
@@ -658,7 +684,7 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
         evaluated += f" GIB by the gibberish classifier in `{gib_model}`."
     if test_images == "all" and any(r["metrics"].get("test_acc") is not None for r in rows):
         evaluated += " Gen. ACC asks each image question with every Test_Set photo of the person."
-    asked = {r["asked"].get("forget") for r in rows if r["metrics"].get("forget_acc") is not None} - {None}
+    asked = {r["asked"].get("forget_acc") for r in rows if r["metrics"].get("forget_acc") is not None} - {None}
     if len(asked) == 1 and (n := asked.pop()):  # how far apart two Forget ACCs must be to tell them apart
         evaluated += (f" Forget ACC is over {n} image questions, one question {100 / n:.1f} points: figures a few "
                       "questions apart cannot be told apart.")

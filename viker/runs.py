@@ -405,6 +405,11 @@ def read_json(path: str | Path) -> Any:
         raise VikerError(f"{path}: not JSON ({e})") from None
 
 
+def read_records(path: str | Path) -> list[dict]:
+    """The records of a JSON-lines file of a run (an evaluation's generations.jsonl), one per line."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def read_configs(run: str | Path) -> tuple[dict, dict | None]:
     """A run folder's ``config.json`` (empty when it has none, or when it is a model's config rather than a
     run's) and the settings of its evaluation (None when it was not evaluated, or was evaluated before

@@ -28,6 +28,7 @@ from viker.runs import (
     other_split,
     read_configs,
     read_json,
+    read_records,
     write_eval_config,
     write_json,
 )
@@ -111,7 +112,7 @@ def run_judge(run: str | Path, spec: str) -> dict:
     if evaluation.get("benchmark", "mllmu") != "mllmu":
         raise VikerError(f"{run}: a {evaluation['benchmark']} evaluation; the factuality judge is MLLMU-Bench's")
     judge = load_judge(spec)
-    records = [json.loads(line) for line in answers.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = read_records(answers)
     to_judge = []  # each set's generation answers, as the evaluation judges them: the questions as the benchmark asks
     for name in dict.fromkeys(r["set"] for r in records if r["task"] == "generation"):
         at = [i for i, r in enumerate(records) if r["set"] == name and r["task"] == "generation"]
