@@ -580,3 +580,26 @@ def test_cagul_unlearns_on_clear_with_real_faces_as_references(tiny_dir, clear_d
     assert not set(pool) & set(fictitious)
     model, _ = load_model(run, device="cpu")
     assert isinstance(model, CagulModel)
+
+
+def test_an_evaluation_is_not_replaced_by_one_that_would_lose_its_figures(tiny_dir, clear_dir, bench_dir, tmp_path,
+                                                                           capsys):
+    """Into the folder of an earlier evaluation: refused where the new one would drop its forget quality, or
+    is of the other benchmark (which would replace every figure, a judge's paid scores included)."""
+    clear_eval = ["eval", "--benchmark", "clear", "--data", str(clear_dir), "--model", str(tiny_dir),
+                  "--max-new-tokens", "2", "--retain-limit", "1"]
+    mllmu_eval = ["eval", "--data", str(bench_dir), "--model", str(tiny_dir), "--max-new-tokens", "2",
+                  "--only", "forget:multiple_choice"]
+    out, mllmu = tmp_path / "clear", tmp_path / "mllmu"
+    assert main([*clear_eval, "--out", str(out), "--retain-model", str(tiny_dir)]) == 0
+    assert main([*mllmu_eval, "--out", str(mllmu)]) == 0
+    before = {folder: (folder / "metrics.json").read_text() for folder in (out, mllmu)}
+    capsys.readouterr()
+    assert main([*clear_eval, "--out", str(out)]) == 2  # no --retain-model: no forget quality
+    assert main([*mllmu_eval, "--out", str(out)]) == 2
+    assert main([*clear_eval, "--out", str(mllmu)]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert [e.split("would not write (")[1].split(")")[0] for e in errors] == [
+        f"forget quality against --retain-model {tiny_dir}", "its CLEAR figures", "its MLLMU-Bench figures"]
+    assert {folder: (folder / "metrics.json").read_text() for folder in (out, mllmu)} == before
+    assert main([*clear_eval, "--out", str(out), "--retain-model", str(tiny_dir), "--retain-limit", "2"]) == 0

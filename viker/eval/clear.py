@@ -240,11 +240,12 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig, d
                    trust_remote_code=False, progress=True, model_and_processor=None) -> dict:
     """``viker eval --benchmark clear``: writes metrics.json, generations.jsonl, forget_truth_ratios.json
     and its settings (``viker.runs.write_eval_config``)."""
-    from viker.eval.run import write_generations
+    from viker.eval.run import check_nothing_lost, write_generations
     from viker.model import how_loaded, load_model
 
     forget_base(cfg.forget)
     check_eval_out(model_path, out, data)
+    check_nothing_lost(out, "clear", cfg)
     read = clear_eval_sets(data, cfg)  # a wrong --data or split is refused before any model loads
     for warning in (other_benchmark(model_path, data), other_split(model_path, cfg.forget, "clear")):
         if warning:

@@ -42,22 +42,32 @@ def write_generations(path: Path, records: list[dict]) -> None:
     tmp.replace(path)
 
 
-def check_nothing_lost(out: str | Path, cfg: EvalConfig) -> None:
+BENCHMARK_NAMES = {"mllmu": "MLLMU-Bench", "clear": "CLEAR"}
+
+
+def check_nothing_lost(out: str | Path, benchmark: str, cfg) -> None:
     """An evaluation into the folder of an earlier one replaces it: refused where the earlier one holds figures
-    this one would not write (a wider --only, factuality from a --judge, gib from a --gib-model)."""
+    this one would not write (another benchmark's; on MLLMU-Bench a wider --only, factuality from a --judge,
+    gib from a --gib-model; on CLEAR, forget quality against a --retain-model)."""
     earlier = read_configs(out)[1] if Path(out, "metrics.json").is_file() else None
-    if not earlier or earlier.get("benchmark", "mllmu") != "mllmu":
+    if not earlier:
         return
-    before = earlier.get("eval") or {}
+    was, before = earlier.get("benchmark", "mllmu"), earlier.get("eval") or {}
 
     def covered(scope: dict | None) -> set[tuple[str, str]]:
         return {(s, t) for s in SETS for t in TASKS if scope is None or t in scope.get(s, ())}
 
-    lost = [f"{s}:{t}" for s, t in sorted(covered(before.get("scope")) - covered(cfg.scope))]
-    if before.get("judge") and not cfg.judge:
-        lost.append(f"factuality by --judge {before['judge']}")
-    if before.get("gib_model") and not cfg.gib_model:
-        lost.append("gib by --gib-model")
+    if was != benchmark:
+        lost = [f"its {BENCHMARK_NAMES.get(was, was)} figures"]
+    elif benchmark == "clear":
+        lost = [f"forget quality against --retain-model {before['retain_model']}"] \
+            if before.get("retain_model") and not cfg.retain_model else []
+    else:
+        lost = [f"{s}:{t}" for s, t in sorted(covered(before.get("scope")) - covered(cfg.scope))]
+        if before.get("judge") and not cfg.judge:
+            lost.append(f"factuality by --judge {before['judge']}")
+        if before.get("gib_model") and not cfg.gib_model:
+            lost.append("gib by --gib-model")
     if lost:
         raise VikerError(f"--out {out}: holds an evaluation with figures this one would not write ({', '.join(lost)}) "
                          "and would replace; evaluate into a folder of its own, or delete its metrics.json first")
@@ -66,7 +76,7 @@ def check_nothing_lost(out: str | Path, cfg: EvalConfig) -> None:
 def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig, device=None, dtype="auto",
              trust_remote_code=False, progress=True, model_and_processor=None) -> dict:
     check_eval_out(model_path, out, data)
-    check_nothing_lost(out, cfg)
+    check_nothing_lost(out, "mllmu", cfg)
     sets = eval_sets(data, cfg)  # a wrong --data or split is refused before the model loads
     for warning in (other_benchmark(model_path, data), other_split(model_path, cfg.forget, "mllmu")):
         if warning:
