@@ -472,6 +472,17 @@ def test_report_refuses_runs_it_cannot_compare(runs, bench_dir, tiny_dir, tmp_pa
     assert "no metrics.json, and neither a run nor a model" in capsys.readouterr().err
     assert main(["report", str(runs / "ga"), "--out", str(tmp_path / "none")]) == 2  # a run not yet evaluated
     assert f"no metrics.json; evaluate it first (viker eval --model {runs / 'ga'}" in capsys.readouterr().err
+    # the model of a run not yet evaluated (a finetune's folder has its training figures, no evaluation's; a
+    # CAGUL run's modules are no model to evaluate): the run is what to evaluate
+    fresh = shutil.copytree(runs / "vanilla", tmp_path / "fresh")
+    for name in ("eval_config.json", "generations.jsonl"):
+        (fresh / name).unlink()
+    (fresh / "train_metrics.json").replace(fresh / "metrics.json")
+    (tmp_path / "cagul-run" / "cagul").mkdir(parents=True)
+    for model in (fresh / "model", runs / "ga" / "model", tmp_path / "cagul-run" / "cagul"):
+        assert main(["report", str(model), "--out", str(tmp_path / "none")]) == 2
+        assert f"no metrics.json; it is the model of the run in {model.parent}: evaluate that first (viker eval " \
+               f"--model {model.parent} ... --out {model.parent})" in capsys.readouterr().err
     every = tmp_path / "every"  # scored on every retain person, not on 2
     assert main(["eval", "--model", str(runs / "ga"), "--data", str(bench_dir), *DATA, "--max-new-tokens", "4",
                  "--only", "retain:multiple_choice", "--out", str(every)]) == 0
@@ -508,6 +519,18 @@ def test_a_run_is_scored_and_reported_on_the_split_it_was_made_for(runs, bench_d
     assert f"warning: {five} was unlearned on forget_5, and is evaluated on forget_10" in capsys.readouterr().err
     assert main(["report", str(runs / "ga-eval"), str(elsewhere), "--out", str(tmp_path / "mixed")]) == 2
     assert f"{elsewhere} was unlearned on forget_5 and evaluated on forget_10" in capsys.readouterr().err
+
+
+def test_a_model_made_for_a_split_of_the_other_benchmark_is_not_held_to_it(runs, tmp_path):
+    """A CLEAR retain model (finetuned without forget05) scored on MLLMU-Bench: forget05 is no split there."""
+    from viker.report import read_run
+
+    assert read_run(runs / "vanilla")["made_for"] is None
+    config = json.loads((runs / "vanilla" / "config.json").read_text())
+    retain_model = shutil.copytree(runs / "vanilla", tmp_path / "clear-retain-model")
+    config["finetune"]["without"] = "forget05"
+    (retain_model / "config.json").write_text(json.dumps(config))
+    assert read_run(retain_model)["made_for"] is None
 
 
 def test_an_evaluation_in_a_runs_model_folder_is_the_runs(runs, bench_dir, tmp_path):

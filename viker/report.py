@@ -469,15 +469,27 @@ def read_run(path: str | Path) -> dict:
     and multiple-choice mode it was evaluated with (None when not recorded), the forget split the model was made
     for (``made_for``: unlearned on, or finetuned without; None for a vanilla model), ``metrics`` and ``path``."""
     from viker.errors import VikerError
-    from viker.runs import is_hub_id, read_configs, read_json, read_records, scored_split, split_made_for
+    from viker.runs import (
+        holds_finished_model,
+        is_hub_id,
+        read_configs,
+        read_json,
+        read_records,
+        scored_split,
+        split_made_for,
+    )
 
     run = Path(path)
     evaluate = f"evaluate it first (viker eval --model {run} ... --out {run})"
     if not run.is_dir():
         raise VikerError(f"{run}: {'not a folder' if run.exists() else 'no such run folder'}")
     if not (run / "metrics.json").is_file():
-        if run.name == "model" and (run.parent / "metrics.json").is_file():
-            raise VikerError(f"{run}: no metrics.json; its run folder, {run.parent}, holds the evaluation: give that")
+        if run.name in ("model", "cagul") and holds_finished_model(run.parent):  # a training run's model
+            if (run.parent / "metrics.json").is_file() and read_configs(run.parent)[1] is not None:
+                raise VikerError(f"{run}: no metrics.json; its run folder, {run.parent}, holds the evaluation: "
+                                 "give that")
+            raise VikerError(f"{run}: no metrics.json; it is the model of the run in {run.parent}: evaluate that "
+                             f"first (viker eval --model {run.parent} ... --out {run.parent})")
         if not any((run / name).is_file() for name in ("config.json", "adapter_config.json")):
             raise VikerError(f"{run}: no metrics.json, and neither a run nor a model; give the folders viker eval "
                              "wrote into")
@@ -530,7 +542,7 @@ def read_run(path: str | Path) -> dict:
                    else f"hub:{data}" if data and is_hub_id(data) else None)
     return {"method": method, "settings": settings, "training": training, "benchmark": benchmark,
             "forget_split": scored_split(evaluated.get("forget"), benchmark),
-            "made_for": (split_made_for(source) or (None,))[0], **scored,
+            "made_for": (split_made_for(source, benchmark) or (None,))[0], **scored,
             "data": data, "asked": asked,
             "data_files": fingerprint,
             "metrics": metrics, "path": str(run)}
