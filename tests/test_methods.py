@@ -565,7 +565,7 @@ def test_keytokens_shows_the_r_hat_a_mixed_precision_run_trained_against(tiny_di
     assert main(["keytokens", *common[2:], "--model", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "fresh"),
                  "--out", str(tmp_path / "run.html")]) == 0
     assert f"is an unlearning run: the page shows its own R̂, not the one it trained against, which the model it " \
-        f"started from gives (--model {tiny_dir})" in capsys.readouterr().err
+        f"started from gives (--model {tiny_dir} --forget forget_10)" in capsys.readouterr().err
 
 
 def test_a_token_keeps_the_space_before_it_where_its_tokenizer_drops_it_when_decoded_alone():

@@ -315,9 +315,10 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
     check_writable("--out", out, Path(out).parent)
     run = next(runs_behind(model_path), {})
     if run.get("command") == "unlearn" and run.get("method", {}).get("name") != "cagul":  # CAGUL's model is frozen
-        started = run.get("unlearn", {}).get("model")
+        started, split = run.get("unlearn", {}).get("model"), run.get("unlearn", {}).get("forget")
+        on = f" --forget {split}" if split else ""  # the split it unlearned, which that model is not tied to
         print(f"warning: {model_path} is an unlearning run: the page shows its own R̂, not the one it trained against, "
-              f"which the model it started from gives (--model {started})", file=sys.stderr)
+              f"which the model it started from gives (--model {started}{on})", file=sys.stderr)
     learned = resolve_train_on(UnlearnConfig(model=model_path, benchmark=benchmark, train_on=train_on))
     answers = forget_answers(data, forget, refs, benchmark, learned.train_on)
     model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code)
