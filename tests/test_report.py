@@ -535,6 +535,7 @@ def test_a_model_made_for_a_split_of_the_other_benchmark_is_not_held_to_it(runs,
 
 def test_an_evaluation_in_a_runs_model_folder_is_the_runs(runs, bench_dir, tmp_path):
     """`viker eval --out RUN/model`: the folder's config.json is the model's, and the row is still the run's."""
+    from viker.errors import VikerError
     from viker.report import read_run
 
     vanilla = tmp_path / "vanilla"
@@ -542,6 +543,11 @@ def test_an_evaluation_in_a_runs_model_folder_is_the_runs(runs, bench_dir, tmp_p
     assert main(["eval", "--model", str(vanilla), "--data", str(bench_dir), *DATA, *EVAL, "--only",
                  "forget:multiple_choice", "--out", str(vanilla / "model")]) == 0
     assert read_run(vanilla / "model")["method"] == "vanilla"
+    ga = shutil.copytree(runs / "ga", tmp_path / "ga")  # evaluated there alone, the run points to it
+    assert main(["eval", "--model", str(ga), "--data", str(bench_dir), *DATA, *EVAL, "--only",
+                 "forget:multiple_choice", "--out", str(ga / "model")]) == 0
+    with pytest.raises(VikerError, match=re.escape(f"its model folder, {ga / 'model'}, holds the evaluation")):
+        read_run(ga)
 
 
 def test_an_evaluation_that_measured_no_column_says_so(runs, bench_dir, tmp_path, capsys):

@@ -490,6 +490,9 @@ def read_run(path: str | Path) -> dict:
                                  "give that")
             raise VikerError(f"{run}: no metrics.json; it is the model of the run in {run.parent}: evaluate that "
                              f"first (viker eval --model {run.parent} ... --out {run.parent})")
+        if (run / "model" / "metrics.json").is_file():  # evaluated into its model folder
+            raise VikerError(f"{run}: no metrics.json; its model folder, {run / 'model'}, holds the evaluation: "
+                             "give that")
         if not any((run / name).is_file() for name in ("config.json", "adapter_config.json")):
             raise VikerError(f"{run}: no metrics.json, and neither a run nor a model; give the folders viker eval "
                              "wrote into")
