@@ -265,15 +265,22 @@ def runs_behind(model: str) -> Iterator[dict]:
     """The configs of the training runs of ours that ``model`` comes from, nearest first: the run whose model it
     is (the folder given, or the run folder holding it as model/), then the run that one started from, and so on
     back to a `viker finetune` run, while each is still here."""
+    return (run for _, run in run_folders_behind(model))
+
+
+def run_folders_behind(model: str) -> Iterator[tuple[Path, dict]]:
+    """:func:`runs_behind`, each config with the folder it was read from (where the run is now, wherever it
+    was written)."""
     seen = set()
     while model not in seen and Path(model).expanduser().exists():
         seen.add(model)
         folder = Path(model).expanduser()
-        runs = [read_configs(f)[0] for f in ((folder, folder.parent) if folder.name == "model" else (folder,))]
-        run = next((c for c in runs if c.get("command") in TRAINING_COMMANDS), None)
-        if run is None:
+        runs = [(f, read_configs(f)[0]) for f in ((folder, folder.parent) if folder.name == "model" else (folder,))]
+        found = next(((f, c) for f, c in runs if c.get("command") in TRAINING_COMMANDS), None)
+        if found is None:
             return
-        yield run
+        yield found
+        run = found[1]
         model = str(run.get("unlearn", {}).get("model") or "") if run["command"] == "unlearn" else ""
         if not model:
             return
@@ -334,10 +341,12 @@ def recalls_nothing(model: str) -> str | None:
     """A warning when the `viker finetune` run that ``model`` comes from recalls none of the fictitious people's
     answers word for word (its own figures, kept as metrics.json or, once evaluated there, train_metrics.json):
     unlearning it has nothing to remove, and a table of such runs compares nothing."""
-    vanilla = next((run for run in runs_behind(model) if run["command"] == "finetune"), {})
-    folder = Path(str(vanilla.get("finetune", {}).get("out", "")))
-    found = [folder / name for name in (TRAINING_METRICS, "metrics.json") if vanilla and (folder / name).is_file()]
-    recall = read_json(found[0]) if found else {}
+    folder = next((f for f, run in run_folders_behind(model) if run["command"] == "finetune"), None)
+    found = [folder / name for name in (TRAINING_METRICS, "metrics.json") if folder and (folder / name).is_file()]
+    try:
+        recall = read_json(found[0]) if found else {}
+    except VikerError:  # figures cut short or edited by hand: no warning, rather than no run
+        return None
     if isinstance(recall, dict) and recalls_none(recall):
         return (f"{folder}, the model this run starts from, recalls none of the fictitious people's answers word "
                 "for word (full_image_exact and full_name_exact 0 in its finetune's figures): unlearning it has "
