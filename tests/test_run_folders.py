@@ -16,8 +16,31 @@ from viker.data.schema import Example
 from viker.errors import VikerError
 from viker.train import CHECKPOINT, TrainConfig, train
 
-# what --resume of a run that finished says: the settings were checked, and all is done
+# what --resume of a run that finished says, whatever else it is given
 FINISHED = "holds a finished run (its model is saved): there is nothing to resume"
+# where a --resume that passed every check is stopped by these tests: at loading its checkpoint (see _stopped)
+PAST = "past every check, at loading the checkpoint"
+
+
+def _stopped(argv: list[str], monkeypatch) -> None:
+    """Run ``argv`` (of two steps or more) stopped as by Ctrl-C once it wrote its first checkpoint; from then on a
+    --resume of it is stopped where it would load that checkpoint, saying PAST, so that the checkpoint stays
+    for the next one."""
+    import viker.train
+
+    save = viker.train.save_checkpoint
+
+    def save_then_stop(*args, **kwargs):
+        save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    def past(*args, **kwargs):
+        raise VikerError(PAST)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(viker.train, "save_checkpoint", save_then_stop)
+        assert main([*argv, "--checkpoint-every", "1"]) == 130
+    monkeypatch.setattr(viker.train, "load_checkpoint", past)
 
 
 def _error(capsys) -> str:
@@ -136,11 +159,14 @@ def test_overwrite_never_removes_the_base_model_of_an_adapter_it_reads(tiny_dir,
         assert (base / "model" / "config.json").is_file()
 
 
-def test_a_run_on_a_base_model_is_refused_once_that_model_is_replaced(tiny_dir, bench_dir, tmp_path, capsys):
+def test_a_run_on_a_base_model_is_refused_once_that_model_is_replaced(tiny_dir, bench_dir, tmp_path, capsys,
+                                                                       monkeypatch):
     base, adapter, cagul = tmp_path / "base", tmp_path / "adapter", tmp_path / "cagul"
     shutil.copytree(tiny_dir, base)
     common = ["--model", str(base), "--data", str(bench_dir), "--max-steps", "1"]
     assert main(["unlearn", *common, "--method", "ga", "--save", "adapter", "--out", str(adapter)]) == 0
+    stopped = ["unlearn", *common[:-1], "2", "--method", "ga", "--save", "adapter", "--out", str(tmp_path / "stopped")]
+    _stopped(stopped, monkeypatch)
     assert main(["unlearn", *common, "--method", "cagul", "--k", "2", "--out", str(cagul)]) == 0
     weights = base / "model.safetensors"
     assert json.loads((adapter / "config.json").read_text())["model_files"].keys() == {str(weights.resolve())}
@@ -155,36 +181,43 @@ def test_a_run_on_a_base_model_is_refused_once_that_model_is_replaced(tiny_dir, 
     for run in (adapter, cagul):
         assert main([*evaluate, str(tmp_path / "e2"), "--model", str(run)]) == 2
         assert f"{weights.resolve()} is not the file {run} was trained on (1 weight file(s) differ" in _error(capsys)
-    assert main(["unlearn", *common, "--method", "ga", "--save", "adapter", "--out", str(adapter), "--resume"]) == 2
+    assert main([*stopped, "--resume"]) == 2
     assert f"--resume: {weights.resolve()} is not the file" in _error(capsys)
 
 
 def test_a_resumed_run_goes_on_with_the_settings_it_started_with(tiny_dir, bench_dir, tmp_path, capsys,
                                                                  monkeypatch):
     run = tmp_path / "run"
-    unlearn = ["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--max-steps", "1", "--out", str(run)]
+    unlearn = ["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--max-steps", "2", "--out", str(run)]
     assert main([*unlearn, "--resume"]) == 2
     assert "holds no unlearn run to continue" in _error(capsys)
-    monkeypatch.setattr("sys.argv", ["/usr/bin/viker", *unlearn, "--method", "ga"])  # as the command line runs it
-    assert main([*unlearn, "--method", "ga"]) == 0
+    started = [*unlearn, "--method", "ga", "--checkpoint-every", "1"]
+    monkeypatch.setattr("sys.argv", ["/usr/bin/viker", *started])  # as the command line runs it
+    _stopped([*unlearn, "--method", "ga"], monkeypatch)
     capsys.readouterr()
     assert main([*unlearn, "--method", "npo", "--resume"]) == 2
     error = _error(capsys)
     assert "--resume: method was ga when the run started and is npo now" in error
     # the message gives the command the run was started with, to repeat with --resume
-    assert f"it was started as `viker unlearn --model {tiny_dir} " in error and "--method ga`" in error
+    assert f"it was started as `viker unlearn --model {tiny_dir} " in error
+    assert "--method ga --checkpoint-every 1`" in error
     assert main([*unlearn, "--method", "ga", "--lr", "0.5", "--resume"]) == 2
     assert "--resume: train.lr was 0.0002 when the run started and is 0.5 now" in _error(capsys)
     # a method's settings are compared as it reads them: its default given now is the setting it started with
+    monkeypatch.setattr("sys.argv", ["/usr/bin/viker", *started, "--average", "sequence", "--resume"])
     assert main([*unlearn, "--method", "ga", "--average", "sequence", "--resume"]) == 2
-    assert FINISHED in _error(capsys)
+    assert PAST in _error(capsys)
     assert main([*unlearn, "--method", "ga", "--average", "token", "--resume"]) == 2
-    assert "--resume: method_args.average was sequence when the run started and is token now" in _error(capsys)
+    error = _error(capsys)
+    assert "--resume: method_args.average was sequence when the run started and is token now" in error
+    # once resumed, it was still started as it was, not as its resumed part
+    assert "--method ga --checkpoint-every 1`" in error and "--resume`" not in error
     # --save auto resumes as the run started, and as a run from before auto, which recorded merged, started
     older = json.loads((run / "config.json").read_text())
     older["unlearn"]["lora"]["merge"] = True
     (run / "config.json").write_text(json.dumps(older))
-    assert main([*unlearn, "--method", "ga", "--resume"]) == 2 and FINISHED in _error(capsys)
+    assert main([*unlearn, "--method", "ga", "--resume"]) == 2 and PAST in _error(capsys)
+    older = json.loads((run / "config.json").read_text())
     assert main([*unlearn, "--method", "ga", "--save", "adapter", "--resume"]) == 2
     assert "--resume: lora.merge was True when the run started and is False now" in _error(capsys)
     # it goes on with the examples it started on, as recorded; a run from before they were recorded, with all
@@ -193,57 +226,77 @@ def test_a_resumed_run_goes_on_with_the_settings_it_started_with(tiny_dir, bench
     assert "--resume: train_on was all when the run started and is ft_Data now" in _error(capsys)
     del older["unlearn"]["train_on"]
     (run / "config.json").write_text(json.dumps(older))
-    assert main([*unlearn, "--method", "ga", "--resume"]) == 2 and FINISHED in _error(capsys)
+    assert main([*unlearn, "--method", "ga", "--resume"]) == 2 and PAST in _error(capsys)
+    older = json.loads((run / "config.json").read_text())
+    del older["unlearn"]["train_on"]
+    (run / "config.json").write_text(json.dumps(older))
     assert main([*unlearn, "--method", "ga", "--train-on", "ft_Data", "--resume"]) == 2
     assert "--train-on ft_Data: the run started on all" in _error(capsys)
     # where the results do not depend on it, a setting may change
-    config = (run / "config.json").read_text()
     assert main([*unlearn, "--method", "ga", "--checkpoint-every", "3", "--resume"]) == 2
-    assert FINISHED in _error(capsys)  # the run had finished
-    assert (run / "config.json").read_text() == config  # and its record stays as it was
+    assert PAST in _error(capsys)
     # the folders are compared, not how they were typed
     monkeypatch.chdir(tmp_path)
-    relative = ["unlearn", "--model", str(tiny_dir), "--data", os.path.relpath(bench_dir), "--max-steps", "1",
+    relative = ["unlearn", "--model", str(tiny_dir), "--data", os.path.relpath(bench_dir), "--max-steps", "2",
                 "--out", "run/", "--method", "ga", "--resume"]
-    assert main(relative) == 2 and FINISHED in _error(capsys)
-    recorded = json.loads(config)["unlearn"]
+    assert main(relative) == 2 and PAST in _error(capsys)
+    recorded = json.loads((run / "config.json").read_text())["unlearn"]
     assert (recorded["data"], recorded["out"]) == (str(bench_dir.resolve()), str(run.resolve()))
     # a run folder moved (or copied to another machine) goes on where it is now
     shutil.move(run, tmp_path / "moved")
     moved = [*unlearn[:-1], str(tmp_path / "moved"), "--method", "ga", "--resume"]
-    assert main(moved) == 2 and FINISHED in _error(capsys)
+    assert main(moved) == 2 and PAST in _error(capsys)
+
+
+def test_a_finished_run_is_said_to_be_finished_whatever_else_a_resume_is_given(tiny_dir, bench_dir, tmp_path,
+                                                                                capsys):
+    """Not advice to give other settings, which would only lead to that; and its record stays as it was."""
+    run = tmp_path / "run"
+    unlearn = ["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--max-steps", "1", "--out", str(run)]
+    assert main([*unlearn, "--method", "ga"]) == 0
+    config = (run / "config.json").read_text()
+    capsys.readouterr()
+    for given in (["--method", "ga"], ["--method", "npo"], ["--method", "ga", "--lr", "0.5"]):
+        assert main([*unlearn, *given, "--resume"]) == 2
+        assert _error(capsys).endswith(f"{run} {FINISHED}")
+    assert (run / "config.json").read_text() == config
 
 
 def test_a_run_records_only_the_settings_it_reads_and_resumes_from_a_record_of_all(tiny_dir, bench_dir, tmp_path,
-                                                                                  capsys):
+                                                                                  capsys, monkeypatch):
     """A finetune of a model folder with every weight trained reads neither the tiny model's sizes nor LoRA's
     settings: its config leaves them out, and a run that recorded them still resumes."""
     run = tmp_path / "run"
-    finetune = ["finetune", "--model", str(tiny_dir), "--data", str(bench_dir), "--max-steps", "1", "--tuning",
+    finetune = ["finetune", "--model", str(tiny_dir), "--data", str(bench_dir), "--max-steps", "2", "--tuning",
                 "full", "--out", str(run)]
-    assert main(finetune) == 0
+    _stopped(finetune, monkeypatch)
     config = json.loads((run / "config.json").read_text())
-    assert {"tiny", "lora"}.isdisjoint(config["finetune"]) and config["finetune"]["train"]["max_steps"] == 1
+    assert {"tiny", "lora"}.isdisjoint(config["finetune"]) and config["finetune"]["train"]["max_steps"] == 2
     config["finetune"] |= {"tiny": {"hidden": 64}, "lora": {"r": 16}}
     (run / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
     assert main([*finetune, "--resume"]) == 2
-    assert FINISHED in _error(capsys)  # past the settings, to the checkpoint it did not keep
+    assert PAST in _error(capsys)
 
 
-def test_a_finetune_from_before_seed_seeded_the_tiny_model_resumes_with_its_seed(bench_dir, tmp_path, capsys):
+def test_a_finetune_from_before_seed_seeded_the_tiny_model_resumes_with_its_seed(bench_dir, tmp_path, capsys,
+                                                                                  monkeypatch):
     """Such a run recorded the tiny model's initialisation seed as 0 whatever --seed was; a resumed run loads its
     weights from the checkpoint, so that record does not keep it from going on."""
     run = tmp_path / "run"
-    finetune = ["finetune", "--model", "tiny", "--data", str(bench_dir), "--max-steps", "1", "--seed", "1",
+    finetune = ["finetune", "--model", "tiny", "--data", str(bench_dir), "--max-steps", "2", "--seed", "1",
                 "--out", str(run)]
-    assert main(finetune) == 0
+    _stopped(finetune, monkeypatch)
     older = json.loads((run / "config.json").read_text())
     assert older["finetune"]["tiny"]["seed"] == older["finetune"]["train"]["seed"] == 1
     older["finetune"]["tiny"]["seed"] = 0
     (run / "config.json").write_text(json.dumps(older))
     capsys.readouterr()
-    assert main([*finetune, "--resume"]) == 2  # past the settings, to the checkpoint a finished run does not keep
-    assert FINISHED in _error(capsys)
+    assert main([*finetune, "--resume"]) == 2
+    assert PAST in _error(capsys)
+    older = json.loads((run / "config.json").read_text())  # as that resume recorded it
+    older["finetune"]["tiny"]["seed"] = 0
+    (run / "config.json").write_text(json.dumps(older))
     assert main([*finetune[:-4], "--seed", "2", "--out", str(run), "--resume"]) == 2  # --seed itself still counts
     assert "--resume: train.seed was 1 when the run started and is 2 now" in _error(capsys)
 
@@ -281,12 +334,12 @@ def test_data_files_in_a_linked_folder_are_recorded_as_the_loader_reads_them(ben
     assert recorded == file_hashes(bench_dir)  # the same files, wherever they lie
 
 
-def test_a_resumed_run_reads_the_data_files_it_started_with(tiny_dir, bench_dir, tmp_path, capsys):
+def test_a_resumed_run_reads_the_data_files_it_started_with(tiny_dir, bench_dir, tmp_path, capsys, monkeypatch):
     data, run = tmp_path / "data", tmp_path / "run"
     shutil.copytree(bench_dir, data)
-    unlearn = ["unlearn", "--model", str(tiny_dir), "--data", str(data), "--method", "ga", "--max-steps", "1",
+    unlearn = ["unlearn", "--model", str(tiny_dir), "--data", str(data), "--method", "ga", "--max-steps", "2",
                "--out", str(run)]
-    assert main([*unlearn, "--dtype", "bfloat16"]) == 0
+    _stopped([*unlearn, "--dtype", "bfloat16"], monkeypatch)
     runtime = json.loads((run / "config.json").read_text())["runtime"]
     assert runtime["weights_dtype"] == "bfloat16"  # what the run held its weights in, beside the setting
     shutil.copy(data / "Full_Set" / "train-00000-of-00001.parquet", data / "Full_Set" / "train-extra.parquet")

@@ -257,6 +257,12 @@ def check_resume(out: str | Path, command: str, settings: dict, data_dir: str | 
     config = read_configs(out)[0]
     if config.get("command") != command:
         raise VikerError(f"--resume: {out} holds no {command} run to continue")
+    if not checkpoints(out):  # a finished run, or one stopped before its first checkpoint: nothing to go on from
+        if holds_finished_model(Path(out)):
+            raise VikerError(f"--resume: {out} holds a finished run (its model is saved): there is nothing to "
+                             "resume")
+        raise VikerError(f"--resume: {out} has no checkpoint to resume from (a run keeps one while it trains with "
+                         "--checkpoint-every N, and removes it when it ends)")
     resolve = resolve or (lambda recorded: recorded)
     # both as the run reads them: a record from before the settings it never read were left out compares alike
     before, now = (flat(used_settings(resolve(s))) for s in (config[command], to_jsonable(settings)))
@@ -264,7 +270,7 @@ def check_resume(out: str | Path, command: str, settings: dict, data_dir: str | 
                if k.rsplit(".", 1)[-1] not in RESUME_FREE and before.get(k) != now.get(k)]
     if changed:
         key = changed[0]
-        argv = config.get("argv") or []
+        argv = (config.get("earlier_parts") or [config])[0].get("argv") or []  # its first part's, not a --resume
         started = f" (it was started as `viker {shlex.join(argv[1:])}`: give those options again with --resume)" \
             if argv[1:2] == [command] else ""
         raise VikerError(f"--resume: {key} was {before.get(key)} when the run started and is {now.get(key)} now; "
@@ -276,12 +282,6 @@ def check_resume(out: str | Path, command: str, settings: dict, data_dir: str | 
                              f"({len(changed)} data file(s) differ from those {Path(out) / 'config.json'} records)")
     if model_files is not None:
         check_weights_unchanged(out, model_files, "--resume")
-    if not checkpoints(out):  # a finished run, or one stopped before its first checkpoint: nothing to go on from
-        if holds_finished_model(Path(out)):
-            raise VikerError(f"--resume: {out} holds a finished run (its model is saved): there is nothing to "
-                             "resume")
-        raise VikerError(f"--resume: {out} has no checkpoint to resume from (a run keeps one while it trains with "
-                         "--checkpoint-every N, and removes it when it ends)")
 
 
 def load_checkpoint(run_dir: Path, model, optimizer, scheduler, rank: int = 0, world: int = 1,
