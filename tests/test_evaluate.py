@@ -682,14 +682,30 @@ def test_progress_is_live_on_a_terminal_and_a_line_now_and_then_in_a_log(termina
     model, processor = tiny
     examples = generation_examples(load_profiles(bench_dir, "forget_15"))[:3]
     for _ in progress_bar(range(5), desc="outer"):
-        generate(model, processor, examples, batch_size=1, max_new_tokens=2, desc="inner")
+        generate(model, processor, examples, batch_size=1, max_new_tokens=2, desc="inner", inner=True)
         time.sleep(0.15)  # longer than a terminal's bar waits between two redraws
+    generate(model, processor, examples, batch_size=1, max_new_tokens=2, desc="alone")  # no other bar shows it
     err = capsys.readouterr().err
     outer = err.count("outer:")
+    assert "alone: 100%" in err
     if terminal:
         assert outer >= 5 and "inner:" in err, err
     else:
         assert outer == 2 and "inner" not in err and "\x1b[A" not in err, err  # its start and its end
+
+
+@pytest.mark.parametrize("stream", ["closed", None])
+def test_a_bar_with_no_stream_to_write_to_is_off(stream, monkeypatch):
+    """Standard error closed, or none (Python started without one): the work goes on without a bar."""
+    import io
+
+    from viker.progress import progress_bar
+
+    if stream == "closed":
+        stream = io.StringIO()
+        stream.close()
+    monkeypatch.setattr(sys, "stderr", stream)
+    assert list(progress_bar(range(3))) == [0, 1, 2]
 
 
 def test_tqdm_disable_hides_every_bar():

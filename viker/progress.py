@@ -1,11 +1,11 @@
-"""Progress bars: tqdm's, redrawn live on a terminal or in a notebook, and a line now and then in a log.
+"""Progress bars: tqdm's, redrawn live on a terminal or in a notebook, and updated now and then in a log.
 
 Written to a file or a pipe (a cluster job's log, ``viker demo > demo.log``), a bar redrawn several times a
-second leaves a line each time: a minute of training would fill hundreds. There a bar writes a line at most
+second writes each time: a minute of training would write hundreds of updates. There a bar is updated at most
 every ``LOG_INTERVAL`` seconds, and a bar nested inside another is left out (a log cannot redraw it in place,
-so it would only add a line at its start and a blank one at its end; the outer bar still counts the work).
-tqdm's own environment variables still apply: ``TQDM_DISABLE=1`` hides every bar, ``TQDM_MININTERVAL``
-sets the seconds between two lines.
+so it would only add its start and a blank at its end; the outer bar still counts the work). With no
+standard error to write to (none, or closed), bars are off. tqdm's own environment variables still
+apply: ``TQDM_DISABLE=1`` hides every bar, ``TQDM_MININTERVAL`` sets the seconds between two updates.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from tqdm.auto import tqdm
 from tqdm.autonotebook import tqdm as _auto  # tqdm.auto's choice: a notebook's widget, or the terminal's bar
 from tqdm.std import tqdm as _terminal
 
-LOG_INTERVAL = 30.0  # seconds between two lines of a bar written to a log
+LOG_INTERVAL = 30.0  # seconds between two updates of a bar written to a log
 
 
 def live(stream=None) -> bool:
-    """Whether a bar on ``stream`` (standard error by default) is seen as it is redrawn: a notebook's widget
-    or a terminal, not a file or a pipe."""
-    if _auto is not _terminal:
+    """Whether a bar on ``stream`` (standard error by default) is seen as it is redrawn: a notebook's (with
+    or without its widgets) or a terminal, not a file or a pipe."""
+    if _auto is not _terminal or "ipykernel" in sys.modules:
         return True
     isatty = getattr(stream or sys.stderr, "isatty", None)
     try:
@@ -32,13 +32,23 @@ def live(stream=None) -> bool:
         return False
 
 
+def _writable(stream) -> bool:
+    """Whether there is a stream to write a bar to: none (Python started without standard error) or a
+    closed one turns bars off."""
+    return stream is not None and not getattr(stream, "closed", False)
+
+
 def progress_bar(iterable=None, *, inner: bool = False, disable: bool = False, **kwargs) -> tqdm:
     """A tqdm bar over ``iterable`` (or of ``total`` steps). ``inner`` marks a bar nested inside another
     one's step: it is cleared when done, and left out of a log."""
     if not live(kwargs.get("file")):
-        if "TQDM_MININTERVAL" not in os.environ:  # and no more often when tqdm's monitor thread steps in
-            kwargs = {"mininterval": LOG_INTERVAL, "maxinterval": LOG_INTERVAL} | kwargs
+        try:
+            interval = float(os.environ.get("TQDM_MININTERVAL", LOG_INTERVAL))
+        except ValueError:
+            interval = LOG_INTERVAL
+        # and no more often when tqdm's monitor thread steps in (its maxinterval)
+        kwargs = {"mininterval": interval, "maxinterval": max(interval, LOG_INTERVAL)} | kwargs
         disable = disable or inner
-    if disable:  # only then, so that TQDM_DISABLE is heard otherwise
-        kwargs["disable"] = True
+    if disable or not _writable(kwargs.get("file") or sys.stderr):
+        kwargs["disable"] = True  # only then, so that TQDM_DISABLE is heard otherwise
     return tqdm(iterable, leave=not inner, **kwargs)

@@ -314,7 +314,7 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfi
     ``sets``: :func:`eval_sets` already read (a command reads them before loading the model)."""
     records: list[dict] = []
     metrics: dict[str, float] = {}
-    gen_kw = dict(batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, progress=progress)
+    gen_kw = dict(batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, progress=progress, inner=True)
     answered: dict[tuple, str] = {}  # (prompt, image, max_new_tokens) -> greedy answer, computed once
 
     def answers(examples: list[Example], desc: str, **kw) -> list[str]:

@@ -47,10 +47,12 @@ def generate(
     max_new_tokens: int = 50,
     desc: str = "generating",
     progress: bool = True,
+    inner: bool = False,
 ) -> list[str]:
     """Greedy answers to ``examples``, in order. Prompts are batched with left padding so every new
     token follows its own prompt; the answers are identical to one-at-a-time decoding. The model's own
-    generation settings that would steer away from greedy (``GREEDY``) are overridden."""
+    generation settings that would steer away from greedy (``GREEDY``) are overridden. ``inner``: the progress
+    bar is nested in the caller's (:func:`viker.progress.progress_bar`)."""
     collate = Collator(processor, answers=False)
     tokenizer = collate.tokenizer
     device = next(model.parameters()).device
@@ -59,7 +61,7 @@ def generate(
     order = sorted(range(len(examples)), key=lambda i: (examples[i].image is None, len(examples[i].question)))
     answers: list[str] = [""] * len(examples)
     with eval_mode(model):
-        for start in progress_bar(range(0, len(order), batch_size), desc=desc, disable=not progress, inner=True):
+        for start in progress_bar(range(0, len(order), batch_size), desc=desc, disable=not progress, inner=inner):
             idx = order[start : start + batch_size]
             batch = {k: v.to(device) for k, v in model_inputs(collate([examples[i] for i in idx])).items()}
             out = model.generate(**batch, max_new_tokens=max_new_tokens, **GREEDY, pad_token_id=tokenizer.pad_token_id,

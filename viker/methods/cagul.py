@@ -79,8 +79,7 @@ def pooled_features(model: CagulModel, processor, images: list[bytes], batch_siz
 
     collate = Collator(processor, answers=False)
     out = []
-    for start in progress_bar(range(0, len(images), batch_size), desc="visual tokens", disable=not progress,
-                              inner=True):
+    for start in progress_bar(range(0, len(images), batch_size), desc="visual tokens", disable=not progress):
         chunk = [Example(PROBE_QUESTION, "", img) for img in images[start : start + batch_size]]
         batch = {k: v.to(model.device) for k, v in model_inputs(collate(chunk)).items()}
         out += [Discriminator.pool(f) for f in per_image(model.original_features(batch))]
