@@ -479,6 +479,7 @@ def test_report_refuses_runs_it_cannot_compare(runs, bench_dir, tiny_dir, tmp_pa
         (fresh / name).unlink()
     (fresh / "train_metrics.json").replace(fresh / "metrics.json")
     (tmp_path / "cagul-run" / "cagul").mkdir(parents=True)
+    (tmp_path / "cagul-run" / "config.json").write_text(json.dumps({"command": "unlearn", "method": {"name": "cagul"}}))
     for model in (fresh / "model", runs / "ga" / "model", tmp_path / "cagul-run" / "cagul"):
         assert main(["report", str(model), "--out", str(tmp_path / "none")]) == 2
         assert f"no metrics.json; it is the model of the run in {model.parent}: evaluate that first (viker eval " \
@@ -533,7 +534,7 @@ def test_a_model_made_for_a_split_of_the_other_benchmark_is_not_held_to_it(runs,
     assert read_run(retain_model)["made_for"] is None
 
 
-def test_an_evaluation_in_a_runs_model_folder_is_the_runs(runs, bench_dir, tmp_path):
+def test_an_evaluation_in_a_runs_model_folder_is_the_runs(runs, bench_dir, tiny_dir, tmp_path):
     """`viker eval --out RUN/model`: the folder's config.json is the model's, and the row is still the run's."""
     from viker.errors import VikerError
     from viker.report import read_run
@@ -543,11 +544,22 @@ def test_an_evaluation_in_a_runs_model_folder_is_the_runs(runs, bench_dir, tmp_p
     assert main(["eval", "--model", str(vanilla), "--data", str(bench_dir), *DATA, *EVAL, "--only",
                  "forget:multiple_choice", "--out", str(vanilla / "model")]) == 0
     assert read_run(vanilla / "model")["method"] == "vanilla"
-    ga = shutil.copytree(runs / "ga", tmp_path / "ga")  # evaluated there alone, the run points to it
-    assert main(["eval", "--model", str(ga), "--data", str(bench_dir), *DATA, *EVAL, "--only",
-                 "forget:multiple_choice", "--out", str(ga / "model")]) == 0
-    with pytest.raises(VikerError, match=re.escape(f"its model folder, {ga / 'model'}, holds the evaluation")):
-        read_run(ga)
+    # evaluated there alone, the run points to it (a finetune's folder holding its own training figures too)
+    for run in (shutil.copytree(runs / "ga", tmp_path / "ga"), vanilla):
+        if run.name == "vanilla":
+            for name in ("eval_config.json", "generations.jsonl"):
+                (run / name).unlink()
+            (run / "train_metrics.json").replace(run / "metrics.json")
+        else:
+            assert main(["eval", "--model", str(run), "--data", str(bench_dir), *DATA, *EVAL, "--only",
+                         "forget:multiple_choice", "--out", str(run / "model")]) == 0
+        with pytest.raises(VikerError, match=re.escape(f"its model folder, {run / 'model'}, holds the evaluation")):
+            read_run(run)
+    # a folder named model/ of no run is no run's model
+    (tmp_path / "downloads").mkdir()
+    stray = shutil.copytree(tiny_dir, tmp_path / "downloads" / "model")
+    with pytest.raises(VikerError, match="no metrics.json; evaluate it first"):
+        read_run(stray)
 
 
 def test_an_evaluation_that_measured_no_column_says_so(runs, bench_dir, tmp_path, capsys):

@@ -470,7 +470,7 @@ def read_run(path: str | Path) -> dict:
     for (``made_for``: unlearned on, or finetuned without; None for a vanilla model), ``metrics`` and ``path``."""
     from viker.errors import VikerError
     from viker.runs import (
-        holds_finished_model,
+        TRAINING_COMMANDS,
         is_hub_id,
         read_configs,
         read_json,
@@ -483,16 +483,16 @@ def read_run(path: str | Path) -> dict:
     evaluate = f"evaluate it first (viker eval --model {run} ... --out {run})"
     if not run.is_dir():
         raise VikerError(f"{run}: {'not a folder' if run.exists() else 'no such run folder'}")
+    in_model = f"{run}: no evaluation here; its model folder, {run / 'model'}, holds the evaluation: give that"
     if not (run / "metrics.json").is_file():
-        if run.name in ("model", "cagul") and holds_finished_model(run.parent):  # a training run's model
+        if run.name in ("model", "cagul") and read_configs(run.parent)[0].get("command") in TRAINING_COMMANDS:
             if (run.parent / "metrics.json").is_file() and read_configs(run.parent)[1] is not None:
                 raise VikerError(f"{run}: no metrics.json; its run folder, {run.parent}, holds the evaluation: "
                                  "give that")
             raise VikerError(f"{run}: no metrics.json; it is the model of the run in {run.parent}: evaluate that "
                              f"first (viker eval --model {run.parent} ... --out {run.parent})")
         if (run / "model" / "metrics.json").is_file():  # evaluated into its model folder
-            raise VikerError(f"{run}: no metrics.json; its model folder, {run / 'model'}, holds the evaluation: "
-                             "give that")
+            raise VikerError(in_model)
         if not any((run / name).is_file() for name in ("config.json", "adapter_config.json")):
             raise VikerError(f"{run}: no metrics.json, and neither a run nor a model; give the folders viker eval "
                              "wrote into")
@@ -508,6 +508,8 @@ def read_run(path: str | Path) -> dict:
             raise VikerError(f"{run}/metrics.json holds none of the table's columns: its evaluation ({only}) measured "
                              "none of them; they come from the forget set's tasks, the test set's multiple choice, "
                              "and the retain and real sets' multiple choice and generation")
+        if (run / "model" / "metrics.json").is_file():  # a finetune's own figures here, its evaluation there
+            raise VikerError(in_model)
         raise VikerError(f"{run}/metrics.json holds no evaluation's metrics; {evaluate}")
     bad = [c.key for c in COLUMNS + CLEAR_COLUMNS if not isinstance(metrics.get(c.key), (int, float, type(None)))]
     if bad:
