@@ -212,6 +212,11 @@ def test_a_resumed_run_goes_on_with_the_settings_it_started_with(tiny_dir, bench
     assert "--resume: method_args.average was sequence when the run started and is token now" in error
     # once resumed, it was still started as it was, not as its resumed part
     assert "--method ga --checkpoint-every 1`" in error and "--resume`" not in error
+    # --save given as what auto chose when the run started (merged, on float32 weights) is the same run
+    assert json.loads((run / "config.json").read_text())["saved"] == "merged"
+    assert main([*unlearn, "--method", "ga", "--save", "merged", "--resume"]) == 2 and PAST in _error(capsys)
+    assert main([*unlearn, "--method", "ga", "--save", "adapter", "--resume"]) == 2
+    assert "--resume: lora.merge was None when the run started and is False now" in _error(capsys)
     # --save auto resumes as the run started, and as a run from before auto, which recorded merged, started
     older = json.loads((run / "config.json").read_text())
     older["unlearn"]["lora"]["merge"] = True

@@ -262,6 +262,9 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     # the weights it starts from, by hash: what an adapter or CAGUL saved here needs, and --resume checks
     model_files = weight_hashes(cfg.model) if model_and_processor is None else None
     chosen = None  # what --save auto chose when the resumed run started: it goes on with that
+    auto = started.get("unlearn", {}).get("lora", {}).get("merge", False) is None  # it started with --save auto
+    if auto and cfg.lora.merge is not None and started.get("saved") == ("merged" if cfg.lora.merge else "adapter"):
+        cfg = replace(cfg, lora=replace(cfg.lora, merge=None))  # --save given as what auto chose: the same run
     if started and cfg.lora.merge is None:
         recorded = started.get("unlearn", {}).get("lora", {}).get("merge")
         if recorded is not None:  # a run from before --save auto, which recorded its choice here
