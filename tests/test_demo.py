@@ -167,6 +167,9 @@ def test_mistaken_identities_are_told_apart_from_lost_faces():
     # at or below the floor there is nothing to explain; with few faces mistaken, nothing to say
     assert "sits above" not in mistaken_note({**vk, "retain_rougeL": 60.0}, {"retain_other": 76.7}, 66.8)
     assert mistaken_note(vk, {"retain": 80.0, "retain_other": 5.0}, 66.8) == ""
+    # a Retain ACC that stayed high shows no face lost, and the note does not say it does
+    kept = mistaken_note({**vk, "retain_acc": 97.0}, {"retain": 11.7, "retain_other": 20.0}, 66.8)
+    assert "sits above that floor." in kept and "Retain ACC" not in kept
     assert mistaken_note(vk, {"retain": None, "retain_other": None}, 66.8) == ""
 
 
@@ -197,6 +200,12 @@ def test_budget_notes_say_which_method_fell_apart():
             "too (coherence 2.0 and 2.0, Retain R-L 0.0 and 0.0)") in grouped
     assert "With λ = 0.5, below 1, no token has a resting point and its answers have held so far" in grouped
     assert "no answer token has a resting point" in resting_point_note(broken, whole, [], 8, 0.7)
+    # a λ < 1 run some way below ViKeR but above the table's line has begun to fall apart, and alone
+    held = {"coherence": 99.0, "retain_rougeL": 80.0, "forget_acc": 30.0}
+    slipping = resting_point_note(held, {**held, "coherence": 99.2, "forget_acc": 34.0},
+                                  [{"lam": 0.3, "metrics": {"coherence": 90.0, "retain_rougeL": 70.0}}], 8, 10.0)
+    assert "neither method's answers have fallen apart" in slipping
+    assert "its answers have begun to fall apart (coherence 90.0" in slipping and "too" not in slipping
     # shorter budget: ViKeR forgot more and kept less, which the note explains; a held claim needs no excuse
     ahead = {"coherence": 99.0, "retain_rougeL": 90.0, "forget_acc": 40.0}
     assert "the same currency, faces" in shorter_budget_note(ahead, whole, 5)
@@ -207,6 +216,9 @@ def test_budget_notes_say_which_method_fell_apart():
     far = shorter_budget_note({**ahead, "forget_acc": 58.0}, {**whole, "forget_acc": 30.0}, 5, questions=50)
     assert "ViKeR has forgotten more and kept less" in far
     assert "holds here" in shorter_budget_note(broken, whole, 5)
+    # a Retain R-L that ties GA's is not less (nor said to be, beside a line saying it is no less)
+    tie = shorter_budget_note({**whole, "forget_acc": 60.0}, {**whole, "forget_acc": 20.0}, 5, questions=50)
+    assert "kept less" not in tie
     # a run some way below the other, but above the table's line for answers that fell apart, has begun to
     degraded = {**broken, "coherence": 77.0, "retain_rougeL": 63.3}
     assert "GA's answers have already begun to fall apart." in shorter_budget_note(degraded, whole, 5)

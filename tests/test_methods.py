@@ -769,6 +769,11 @@ def test_ref_prob_summary_counts_tokens_below_one_and_above_ninety_percent():
             TokenEntropy("q", False, [], [], [])]
     text = ref_prob_summary(rows)
     assert "25.0% of the answer tokens below 1%, 50.0% above 90%, 25.0% in between" in text
+    # what it says of λ is what `forgotten` does at either end of that range
+    from viker.keytokens import forgotten
+
+    assert "any λ from 1.2 to 100 holds the tokens above 90% and forgets those below 1%" in text
+    assert all(not forgotten(0.9001, lam) and forgotten(0.0099, lam) for lam in (1.2, 10.0, 100.0))
     assert ref_prob_summary([]) == "No answer tokens."
 
 

@@ -156,8 +156,9 @@ def ref_prob_summary(rows: list[TokenEntropy]) -> str:
     low, high = (100.0 * sum(f(p) for p in probs) / len(probs) for f in (lambda p: p < 0.01, lambda p: p > 0.9))
     return (f"Reference probability of the true token, R̂(y): {low:.1f}% of the answer tokens below 1%, "
             f"{high:.1f}% above 90%, {100 - low - high:.1f}% in between. With ViKeR's λ above 1, a token with "
-            "R̂(y) > 1/λ has a resting point (it is held) and the others are forgotten: a λ whose 1/λ falls in "
-            "the gap between the two groups holds the template and forgets the private tokens.")
+            "R̂(y) > 1/λ has a resting point (it is held) and the others are forgotten: any λ from 1.2 to 100 "
+            "holds the tokens above 90% and forgets those below 1%, and only the tokens in between depend on "
+            "which.")
 
 
 def forgotten(p: float, lam: float | None) -> bool:
