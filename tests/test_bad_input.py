@@ -294,6 +294,9 @@ def test_an_infinite_setting_is_refused_from_python_too():
     (["eval", "--gib-model", "no/such/classifier"], "--gib-model no/such/classifier: no such folder"),
     (["eval", "--benchmark", "clear", "--max-new-tokens", "0"], "--max-new-tokens 0: must be at least 1"),
     (["keytokens", "--k", "0"], "--k 0: must be at least 1"),
+    (["keytokens", "--seed", "-1"], "--seed -1: must be from 0 to 2**32 - 1, as viker unlearn's"),
+    ([*UNLEARN, "--max-length", "0"], "--max-length 0: must be at least 1 (leave it out for no limit)"),
+    (["finetune", "--max-steps", "1", "--max-length", "-5"], "--max-length -5: must be at least 1"),
     (["keytokens", "--epsilon", "-1"], "--epsilon -1.0: must be at least 0"),
 ])
 def test_a_setting_out_of_range_is_refused_in_its_own_words(argv, message, tiny_dir, bench_dir, tmp_path, capsys):
@@ -302,6 +305,12 @@ def test_a_setting_out_of_range_is_refused_in_its_own_words(argv, message, tiny_
     out = tmp_path / ("keys.html" if argv[0] == "keytokens" else "run")
     code = main([*argv, "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(out)])
     _assert_clean_failure(code, capsys.readouterr().err, message, out)
+
+
+def test_a_clear_retain_limit_of_zero_names_no_option_clear_refuses(capsys):
+    assert main(["eval", "--benchmark", "clear", "--retain-limit", "0", "--model", "m", "--data", "d", "--out",
+                 "o"]) == 2
+    assert capsys.readouterr().err == "error: --retain-limit 0: must be at least 1\n"  # not "--only leaves a set out"
 
 
 def test_an_out_that_is_a_file_or_a_folder_for_a_page(tiny_dir, bench_dir, tmp_path, capsys):

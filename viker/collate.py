@@ -20,7 +20,7 @@ import torch
 
 from viker.data.loader import decode_image, image_size
 from viker.data.schema import Example
-from viker.errors import VikerError
+from viker.errors import VikerError, require
 
 IGNORE_INDEX = -100
 # batch entries that are ours, not the model's (the shares: a process's part of a global batch, viker.train)
@@ -58,6 +58,12 @@ def _first_line(ex: Example) -> str:
 def model_inputs(batch: dict) -> dict:
     """Everything the processor produced (pixel_values, image_sizes, image_grid_thw, ...), nothing of ours."""
     return {k: v for k, v in batch.items() if k not in META_KEYS}
+
+
+def check_max_length(max_length: int | None) -> None:
+    """``--max-length``, refused before any work when it could hold no example."""
+    require(max_length is None or max_length >= 1, "--max-length", max_length,
+            "must be at least 1 (leave it out for no limit)")
 
 
 class Collator:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from viker.collate import Collator
+from viker.collate import Collator, check_max_length
 from viker.data.clear import finetune_examples as clear_finetune_examples
 from viker.data.examples import finetune_examples, generation_examples
 from viker.data.loader import load_profiles
@@ -105,6 +105,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     out = Path(cfg.out)
     if not cfg.data:
         raise VikerError("--data is required")
+    check_max_length(cfg.max_length)
     if cfg.benchmark not in ("mllmu", "clear"):
         raise VikerError(f"--benchmark {cfg.benchmark}: choose mllmu or clear")
     if cfg.without and cfg.benchmark != "clear":

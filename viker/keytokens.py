@@ -309,6 +309,7 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
     from viker.unlearn import UnlearnConfig, resolve_train_on
 
     require(k >= 1, "--k", k, "must be at least 1")
+    require(0 <= seed < 2**32, "--seed", seed, "must be from 0 to 2**32 - 1, as viker unlearn's")
     require(epsilon >= 0, "--epsilon", epsilon, "must be at least 0 (nats)")
     require(lam is None or lam >= 0, "--lam", lam, "must be at least 0, as ViKeR's")
     require(Path(out).suffix in (".html", ".htm") and not Path(out).is_dir(), "--out", out,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from viker.collate import Collator
+from viker.collate import Collator, check_max_length
 from viker.data.clear import unlearning_data as clear_unlearning_data
 from viker.data.examples import FINETUNE_SETS, unlearning_examples
 from viker.data.loader import load_finetune, load_profiles, retain_profiles
@@ -246,6 +246,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     if cfg.benchmark == "mllmu" and cfg.forget not in FORGET_SPLITS:
         raise VikerError(f"--forget {cfg.forget}: choose from {', '.join(FORGET_SPLITS)}")
     method = make_method(cfg.method, cfg.method_args, cfg.forget)
+    check_max_length(cfg.max_length)
     if cfg.train is None:
         cfg = replace(cfg, train=unlearn_preset(cfg.method, is_tiny_model(cfg.model)))
     # the config of the run a --resume goes on with: the choices it started with are kept

@@ -25,7 +25,7 @@ def check_generation_settings(cfg) -> None:
     require(cfg.batch_size >= 1, "--batch-size", cfg.batch_size, "must be at least 1")
     require(cfg.max_new_tokens >= 1, "--max-new-tokens", cfg.max_new_tokens, "must be at least 1")
     require(cfg.retain_limit is None or cfg.retain_limit >= 1, "--retain-limit", cfg.retain_limit,
-            "must be at least 1 (--only leaves a set out)")
+            "must be at least 1" + (" (--only leaves a set out)" if hasattr(cfg, "scope") else ""))
 
 
 def stop_token_ids(model, collate: Collator) -> list[int] | None:
