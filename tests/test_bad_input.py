@@ -329,6 +329,14 @@ def test_an_out_that_is_a_file_or_a_folder_for_a_page(tiny_dir, bench_dir, tmp_p
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert errors == [f"error: --out {taken}: a file, not a folder"]  # in the words of every other command
     assert taken.read_text() == "mine\n"
+    # nor into a folder of other files (a benchmark's), which it would leave unable to be generated again
+    before = sorted(p.name for p in bench_dir.iterdir())
+    assert main(["report", str(run), "--out", str(bench_dir)]) == 2
+    assert f"error: --out {bench_dir}: holds files other than a report's (" in capsys.readouterr().err
+    assert sorted(p.name for p in bench_dir.iterdir()) == before
+    # an earlier report's folder is replaced, as a report is made again
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
     page = tmp_path / "pages"
     assert main(["keytokens", *common, "--out", f"{page}/"]) == 2
     assert "name an .html file" in capsys.readouterr().err and not page.exists()

@@ -229,11 +229,11 @@ def _keytokens(args) -> None:
 
 
 def _report(args) -> None:
-    from viker.report import plain_table, run_report
+    from viker.report import REPORT_FILES, plain_table, run_report
 
     rows = run_report(args.runs, args.out, args.title)
     print(plain_table(rows))
-    written = [name for name in ("report.md", "results.json", "tradeoff.png") if (Path(args.out) / name).is_file()]
+    written = [name for name in REPORT_FILES if (Path(args.out) / name).is_file()]
     missing = "" if "tradeoff.png" in written else " (no plot: no run has both of its figures; report.md says which)"
     print(f"\nwrote {', '.join(written)} in {args.out}{missing}")
 

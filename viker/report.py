@@ -622,6 +622,9 @@ def _one_value(rows: list[dict], key: str, what: str) -> str | None:
     return next(iter(values), None)
 
 
+REPORT_FILES = ("report.md", "results.json", "tradeoff.png")  # what `viker report` writes into its --out
+
+
 def run_report(paths: list[str], out: str | Path, title: str | None = None) -> list[dict]:
     """``viker report``: the paper-style table of evaluated runs (report.md, results.json) and their
     forgetting/retention plot (tradeoff.png), in ``out``. Returns the rows."""
@@ -630,7 +633,7 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
 
     if not paths:
         raise VikerError("give at least one evaluated run folder")
-    from viker.runs import out_folder
+    from viker.runs import out_folder, visible_entries
 
     folder = out_folder(out)
     if any((folder / name).is_file() for name in ("config.json", "metrics.json")):
@@ -638,6 +641,10 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
     if (folder / "synth.json").is_file():  # `viker demo` writes it beside its own report
         raise VikerError(f"--out {out}: a demo's folder, whose report this would replace; write the report into a "
                          "folder of its own")
+    others = [name for name in visible_entries(folder) if name not in REPORT_FILES]
+    if others:  # a benchmark's folder, say: new or empty, or an earlier report's, which this one replaces
+        raise VikerError(f"--out {out}: holds files other than a report's ({', '.join(others[:3])}"
+                         f"{', ...' if len(others) > 3 else ''}); write the report into a folder of its own")
     seen = {}
     for p in paths:  # one row per run: a run given twice would be bolded twice, as if two agreed
         if (where := Path(p).resolve()) in seen:
