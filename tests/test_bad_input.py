@@ -285,6 +285,14 @@ def test_an_infinite_setting_is_refused_from_python_too():
     ([*UNLEARN, "--method", "finetune"], "--method finetune: that is `viker finetune`; choose from cagul, ga,"),
     ([*UNLEARN, "--method", "gaa"], "--method gaa: unknown method; choose from cagul, ga,"),
     ([*UNLEARN, "--tuning", "full", "--save", "adapter"], "--save adapter: --tuning full trains no adapter"),
+    # LoRA's settings where no adapter is trained, which the run would ignore
+    ([*UNLEARN, "--tuning", "full", "--lora-dropout", "0.1"],
+     "--lora-dropout applies to LoRA tuning only: --tuning full trains every weight"),
+    (["finetune", "--max-steps", "1", "--tuning", "full", "--lora-r", "4"], "--lora-r applies to LoRA tuning only"),
+    ([*UNLEARN, "--method", "cagul", "--lora-alpha", "8"],
+     "--lora-alpha applies to LoRA tuning only: CAGUL trains modules of its own"),
+    ([*UNLEARN, "--method", "cagul", "--save", "adapter"], "--save adapter does not apply to --method cagul"),
+    ([*UNLEARN, "--method", "cagul", "--tuning", "full"], "--tuning full does not apply to --method cagul"),
     ([*UNLEARN, "--tuning", "full", "--dtype", "float16"], "float16 weights cannot be trained in place (AdamW"),
     ([*UNLEARN, "--device", "gpu"], "--device gpu: not a device"),
     (["eval", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
@@ -305,6 +313,13 @@ def test_a_setting_out_of_range_is_refused_in_its_own_words(argv, message, tiny_
     out = tmp_path / ("keys.html" if argv[0] == "keytokens" else "run")
     code = main([*argv, "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(out)])
     _assert_clean_failure(code, capsys.readouterr().err, message, out)
+
+
+def test_lora_settings_for_the_tiny_models_full_finetune_are_refused(bench_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["finetune", "--model", "tiny", "--data", str(bench_dir), "--lora-r", "4", "--out", str(out)]) == 2
+    assert "--lora-r applies to LoRA tuning only: --model tiny trains every weight (--tuning auto); give --tuning " \
+        "lora for adapters" in capsys.readouterr().err and not out.exists()
 
 
 def test_a_clear_retain_limit_of_zero_names_no_option_clear_refuses(capsys):

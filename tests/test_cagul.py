@@ -278,6 +278,8 @@ def test_a_resumed_run_goes_on_with_its_discriminator_and_records_that_ones_figu
     kept = {k: v for k, v in load_file(str(run / CHECKPOINT / "trainable.safetensors")).items()
             if k.startswith("discriminator.")}
     stopped = json.loads((run / "config.json").read_text())["setup"]
+    # it records no tuning and no LoRA settings, which it never reads
+    assert {"tuning", "lora"}.isdisjoint(json.loads((run / "config.json").read_text())["unlearn"])
     monkeypatch.setattr(CAGUL, "train_discriminator", lambda *a, **k: pytest.fail("trained again"))
     assert main([*argv, "--resume"]) == 0
     saved = load_file(str(run / "cagul" / MODULES_FILE))

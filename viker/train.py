@@ -229,8 +229,11 @@ def _folder_to_replace(out: Path, resume: bool, overwrite: bool, reads: Sequence
 
 def used_settings(recorded: dict) -> dict:
     """A training run's settings (``FinetuneConfig`` or ``UnlearnConfig``, as recorded) without those it never
-    reads: the tiny model's sizes when it trains another model, LoRA's when it trains every weight."""
+    reads: the tiny model's sizes when it trains another model, LoRA's when it trains every weight, and the
+    tuning and LoRA's when it is CAGUL (which trains modules of its own)."""
     unused = {"lora"} if recorded.get("tuning") == "full" else set()
+    if recorded.get("method") == "cagul":
+        unused |= {"lora", "tuning"}
     if recorded.get("model", "tiny") != "tiny":
         unused.add("tiny")
     return {k: v for k, v in recorded.items() if k not in unused}
