@@ -347,7 +347,7 @@ def test_an_out_that_is_a_file_or_a_folder_for_a_page(tiny_dir, bench_dir, tmp_p
     # nor into a folder of other files (a benchmark's), which it would leave unable to be generated again
     before = sorted(p.name for p in bench_dir.iterdir())
     assert main(["report", str(run), "--out", str(bench_dir)]) == 2
-    assert f"error: --out {bench_dir}: holds files other than a report's (" in capsys.readouterr().err
+    assert f"error: --out {bench_dir}: holds more than a report's files (" in capsys.readouterr().err
     assert sorted(p.name for p in bench_dir.iterdir()) == before
     # an earlier report's folder is replaced, as a report is made again
     assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0

@@ -643,7 +643,7 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
                          "folder of its own")
     others = [name for name in visible_entries(folder) if name not in REPORT_FILES]
     if others:  # a benchmark's folder, say: new or empty, or an earlier report's, which this one replaces
-        raise VikerError(f"--out {out}: holds files other than a report's ({', '.join(others[:3])}"
+        raise VikerError(f"--out {out}: holds more than a report's files ({', '.join(others[:3])}"
                          f"{', ...' if len(others) > 3 else ''}); write the report into a folder of its own")
     seen = {}
     for p in paths:  # one row per run: a run given twice would be bolded twice, as if two agreed
