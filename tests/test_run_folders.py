@@ -216,7 +216,7 @@ def test_a_resumed_run_goes_on_with_the_settings_it_started_with(tiny_dir, bench
     assert json.loads((run / "config.json").read_text())["saved"] == "merged"
     assert main([*unlearn, "--method", "ga", "--save", "merged", "--resume"]) == 2 and PAST in _error(capsys)
     assert main([*unlearn, "--method", "ga", "--save", "adapter", "--resume"]) == 2
-    assert "--resume: lora.merge was None when the run started and is False now" in _error(capsys)
+    assert "--resume: --save was auto when the run started and is adapter now" in _error(capsys)
     # --save auto resumes as the run started, and as a run from before auto, which recorded merged, started
     older = json.loads((run / "config.json").read_text())
     older["unlearn"]["lora"]["merge"] = True
@@ -224,7 +224,7 @@ def test_a_resumed_run_goes_on_with_the_settings_it_started_with(tiny_dir, bench
     assert main([*unlearn, "--method", "ga", "--resume"]) == 2 and PAST in _error(capsys)
     older = json.loads((run / "config.json").read_text())
     assert main([*unlearn, "--method", "ga", "--save", "adapter", "--resume"]) == 2
-    assert "--resume: lora.merge was True when the run started and is False now" in _error(capsys)
+    assert "--resume: --save was merged when the run started and is adapter now" in _error(capsys)
     # it goes on with the examples it started on, as recorded; a run from before they were recorded, with all
     assert older["unlearn"]["train_on"] == "all"
     assert main([*unlearn, "--method", "ga", "--train-on", "ft_Data", "--resume"]) == 2

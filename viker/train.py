@@ -239,6 +239,9 @@ def used_settings(recorded: dict) -> dict:
     return {k: v for k, v in recorded.items() if k not in unused}
 
 
+# settings whose record is a code for an option: the option, and what each value of the record gives it
+RESUME_SHOWN = {"lora.merge": ("--save", {None: "auto", True: "merged", False: "adapter"})}
+
 # what a resumed run may change; `out` too: a run folder moved or copied elsewhere (a pre-empted job) goes on there
 RESUME_FREE = ("cache_dir", "device", "trust_remote_code", "checkpoint_every", "out")
 
@@ -276,7 +279,9 @@ def check_resume(out: str | Path, command: str, settings: dict, data_dir: str | 
         argv = (config.get("earlier_parts") or [config])[0].get("argv") or []  # its first part's, not a --resume
         started = f" (it was started as `viker {shlex.join(argv[1:])}`: give those options again with --resume)" \
             if argv[1:2] == [command] else ""
-        raise VikerError(f"--resume: {key} was {before.get(key)} when the run started and is {now.get(key)} now; "
+        name, shown = RESUME_SHOWN.get(key, (key, None))
+        was, is_ = (shown.get(value, value) if shown else value for value in (before.get(key), now.get(key)))
+        raise VikerError(f"--resume: {name} was {was} when the run started and is {is_} now; "
                          f"a resumed run keeps the settings in {Path(out) / 'config.json'}{started}")
     if "data_files" in config and data_dir is not None and Path(data_dir).is_dir():
         changed = differing(config["data_files"], file_hashes(data_dir))
