@@ -197,19 +197,19 @@ def test_a_resumed_run_goes_on_with_the_settings_it_started_with(tiny_dir, bench
     capsys.readouterr()
     assert main([*unlearn, "--method", "npo", "--resume"]) == 2
     error = _error(capsys)
-    assert "--resume: method was ga when the run started and is npo now" in error
+    assert "--resume: --method was ga when the run started and is npo now" in error
     # the message gives the command the run was started with, to repeat with --resume
     assert f"it was started as `viker unlearn --model {tiny_dir} " in error
     assert "--method ga --checkpoint-every 1`" in error
     assert main([*unlearn, "--method", "ga", "--lr", "0.5", "--resume"]) == 2
-    assert "--resume: train.lr was 0.0002 when the run started and is 0.5 now" in _error(capsys)
+    assert "--resume: --lr was 0.0002 when the run started and is 0.5 now" in _error(capsys)
     # a method's settings are compared as it reads them: its default given now is the setting it started with
     monkeypatch.setattr("sys.argv", ["/usr/bin/viker", *started, "--average", "sequence", "--resume"])
     assert main([*unlearn, "--method", "ga", "--average", "sequence", "--resume"]) == 2
     assert PAST in _error(capsys)
     assert main([*unlearn, "--method", "ga", "--average", "token", "--resume"]) == 2
     error = _error(capsys)
-    assert "--resume: method_args.average was sequence when the run started and is token now" in error
+    assert "--resume: --average was sequence when the run started and is token now" in error
     # once resumed, it was still started as it was, not as its resumed part
     assert "--method ga --checkpoint-every 1`" in error and "--resume`" not in error
     # --save given as what auto chose when the run started (merged, on float32 weights) is the same run
@@ -228,7 +228,7 @@ def test_a_resumed_run_goes_on_with_the_settings_it_started_with(tiny_dir, bench
     # it goes on with the examples it started on, as recorded; a run from before they were recorded, with all
     assert older["unlearn"]["train_on"] == "all"
     assert main([*unlearn, "--method", "ga", "--train-on", "ft_Data", "--resume"]) == 2
-    assert "--resume: train_on was all when the run started and is ft_Data now" in _error(capsys)
+    assert "--resume: --train-on was all when the run started and is ft_Data now" in _error(capsys)
     del older["unlearn"]["train_on"]
     (run / "config.json").write_text(json.dumps(older))
     assert main([*unlearn, "--method", "ga", "--resume"]) == 2 and PAST in _error(capsys)
@@ -251,6 +251,14 @@ def test_a_resumed_run_goes_on_with_the_settings_it_started_with(tiny_dir, bench
     shutil.move(run, tmp_path / "moved")
     moved = [*unlearn[:-1], str(tmp_path / "moved"), "--method", "ga", "--resume"]
     assert main(moved) == 2 and PAST in _error(capsys)
+
+
+def test_a_setting_is_named_as_the_command_line_names_it():
+    from viker.train import option_of
+
+    assert [option_of(k) for k in ("train.lr", "method_args.retain_weight", "lora.r", "lora.merge", "train_on",
+                                   "tiny.family", "train.warmup_ratio")] == [
+        "--lr", "--retain-weight", "--lora-r", "--save", "--train-on", "--family", "train.warmup_ratio"]
 
 
 def test_a_finished_run_is_said_to_be_finished_whatever_else_a_resume_is_given(tiny_dir, bench_dir, tmp_path,
@@ -303,7 +311,7 @@ def test_a_finetune_from_before_seed_seeded_the_tiny_model_resumes_with_its_seed
     older["finetune"]["tiny"]["seed"] = 0
     (run / "config.json").write_text(json.dumps(older))
     assert main([*finetune[:-4], "--seed", "2", "--out", str(run), "--resume"]) == 2  # --seed itself still counts
-    assert "--resume: train.seed was 1 when the run started and is 2 now" in _error(capsys)
+    assert "--resume: --seed was 1 when the run started and is 2 now" in _error(capsys)
 
 
 def test_a_checkpoint_rotation_stopped_midway_neither_blocks_the_next_nor_outlives_the_run(tmp_path):

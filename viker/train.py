@@ -241,6 +241,23 @@ def used_settings(recorded: dict) -> dict:
 
 # settings whose record is a code for an option: the option, and what each value of the record gives it
 RESUME_SHOWN = {"lora.merge": ("--save", {None: "auto", True: "merged", False: "adapter"})}
+# the settings of a record that are options of `viker finetune` and `viker unlearn` of the same name
+OPTIONS = {"": ("model", "data", "benchmark", "forget", "method", "tuning", "dtype", "max_length", "train_on",
+                "without"),
+           "train": ("epochs", "max_steps", "batch_size", "grad_accum", "lr", "seed", "mixed_precision",
+                     "gradient_checkpointing", "snapshot_every"),
+           "tiny": ("family", "seed")}
+
+
+def option_of(key: str) -> str:
+    """A setting of a run's record (``train.lr``, ``method_args.beta``, ``lora.r``) as the command line names it
+    (``--lr``, ``--beta``, ``--lora-r``); one no option sets (``train.warmup_ratio``), as recorded."""
+    if key in RESUME_SHOWN:
+        return RESUME_SHOWN[key][0]
+    group, _, name = key.rpartition(".")
+    if group == "method_args" or name in OPTIONS.get(group, ()):
+        return "--" + name.replace("_", "-")
+    return f"--lora-{name}" if group == "lora" else key
 
 # what a resumed run may change; `out` too: a run folder moved or copied elsewhere (a pre-empted job) goes on there
 RESUME_FREE = ("cache_dir", "device", "trust_remote_code", "checkpoint_every", "out")
@@ -279,9 +296,9 @@ def check_resume(out: str | Path, command: str, settings: dict, data_dir: str | 
         argv = (config.get("earlier_parts") or [config])[0].get("argv") or []  # its first part's, not a --resume
         started = f" (it was started as `viker {shlex.join(argv[1:])}`: give those options again with --resume)" \
             if argv[1:2] == [command] else ""
-        name, shown = RESUME_SHOWN.get(key, (key, None))
+        shown = RESUME_SHOWN.get(key, (key, None))[1]
         was, is_ = (shown.get(value, value) if shown else value for value in (before.get(key), now.get(key)))
-        raise VikerError(f"--resume: {name} was {was} when the run started and is {is_} now; "
+        raise VikerError(f"--resume: {option_of(key)} was {was} when the run started and is {is_} now; "
                          f"a resumed run keeps the settings in {Path(out) / 'config.json'}{started}")
     if "data_files" in config and data_dir is not None and Path(data_dir).is_dir():
         changed = differing(config["data_files"], file_hashes(data_dir))
