@@ -259,6 +259,7 @@ def option_of(key: str) -> str:
         return "--" + name.replace("_", "-")
     return f"--lora-{name}" if group == "lora" else key
 
+
 # what a resumed run may change; `out` too: a run folder moved or copied elsewhere (a pre-empted job) goes on there
 RESUME_FREE = ("cache_dir", "device", "trust_remote_code", "checkpoint_every", "out")
 
