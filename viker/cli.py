@@ -32,7 +32,7 @@ def _synth(args) -> None:
 
 
 def _finetune(args) -> None:
-    from viker.finetune import FinetuneConfig, run_finetune
+    from viker.finetune import FinetuneConfig, resolved_tuning, run_finetune
     from viker.model.tiny import TinyConfig
     from viker.runs import recalls_none
 
@@ -40,7 +40,7 @@ def _finetune(args) -> None:
         raise VikerError("--family applies to --model tiny only (a checkpoint's own config names its family)")
 
     train = replace(TINY_TRAIN if args.model == "tiny" else REAL_TRAIN, **_train_overrides(args))
-    full = args.tuning == "full" or (args.tuning == "auto" and args.model == "tiny")
+    full = resolved_tuning(args.model, args.tuning) == "full"
     why = "--tuning full trains every weight" if args.tuning == "full" else \
         "--model tiny trains every weight (--tuning auto); give --tuning lora for adapters"
     cfg = FinetuneConfig(

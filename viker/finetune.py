@@ -99,6 +99,11 @@ def recall_metrics(model, processor, data_dir, batch_size: int = 64, progress: b
     return metrics
 
 
+def resolved_tuning(model: str, tuning: str) -> str:
+    """``--tuning`` as a finetune of ``model`` reads it: auto is full for ``--model tiny``, LoRA otherwise."""
+    return tuning if tuning != "auto" else ("full" if model == "tiny" else "lora")
+
+
 def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = False, overwrite: bool = False) -> dict:
     """Finetune and save into ``cfg.out``, which must be new or empty; ``overwrite`` replaces a run there and
     ``resume`` continues it from its checkpoint (:func:`viker.train.check_run_folder`)."""
@@ -120,7 +125,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     train_on = cfg.train_on if cfg.train_on != "auto" else ("all" if tiny else "ft_Data")
     examples = clear_finetune_examples(cfg.data, cfg.without) if cfg.benchmark == "clear" \
         else finetune_examples(cfg.data, train_on)
-    tuning = cfg.tuning if cfg.tuning != "auto" else ("full" if tiny else "lora")
+    tuning = resolved_tuning(cfg.model, cfg.tuning)
     started = read_configs(out)[0] if resume and Path(out, "config.json").is_file() else {}  # the run resumed
     if tiny and started:
         # a run from before --seed also seeded the tiny model's initialisation recorded 0 there; the weights it goes

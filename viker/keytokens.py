@@ -94,8 +94,7 @@ def forget_answers(data_dir, forget: str, refs: str = "people", benchmark: str =
     return ForgetAnswers(examples, reference_pool(refs, data_dir, forget), pool_owners(refs, data_dir, forget))
 
 
-# a run's --mixed-precision: the autocast its reference pass ran under
-AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST = ("bf16", "fp16")  # a run's --mixed-precision: the autocast its reference pass ran under
 
 
 def answer_token_entropies(model, processor, answers: ForgetAnswers, k: int = 5, seed: int = 0,
@@ -107,6 +106,7 @@ def answer_token_entropies(model, processor, answers: ForgetAnswers, k: int = 5,
     several tokens is shown as one, with their largest entropy and smallest R̂(y). The end-of-turn token
     that closes every answer is left out: it is no part of what the answer says. A CAGUL model is read
     without its modules, as CAGUL's own training reads it (its model stays frozen)."""
+    from viker.model import DTYPES
     from viker.model.cagul import CagulModel
 
     if isinstance(model, CagulModel):
@@ -115,7 +115,7 @@ def answer_token_entropies(model, processor, answers: ForgetAnswers, k: int = 5,
     require(mixed_precision in (None, "no", *AUTOCAST), "--mixed-precision", mixed_precision, "choose no, bf16 or fp16")
     device_type = next(model.parameters()).device.type
     precision = mixed_precision if mixed_precision in AUTOCAST else None
-    autocast = (lambda: torch.autocast(device_type, dtype=AUTOCAST[precision])) if precision else nullcontext
+    autocast = (lambda: torch.autocast(device_type, dtype=DTYPES[precision])) if precision else nullcontext
     reference = FrozenReference(model, separate=model, autocast=autocast, precision=precision)
     dists, _ = reference_distributions(reference, processor, examples, answers.pool, k, seed, default_topk(model),
                                        cache_dir=cache_dir, progress=progress, owners=answers.owners)

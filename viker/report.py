@@ -467,7 +467,8 @@ def read_run(path: str | Path) -> dict:
     ``retain_model`` for one finetuned ``--without`` the forget split, None for a model that is no run
     of ours), ``settings`` (the method's, and an unlearning run's budget), the benchmark, the forget split
     and multiple-choice mode it was evaluated with (None when not recorded), the forget split the model was made
-    for (``made_for``: unlearned on, or finetuned without; None for a vanilla model), ``metrics`` and ``path``."""
+    for and how (``made_for``: :func:`viker.runs.split_made_for`; None for a vanilla model), ``metrics`` and
+    ``path``."""
     from viker.errors import VikerError
     from viker.runs import (
         TRAINING_COMMANDS,
@@ -485,8 +486,9 @@ def read_run(path: str | Path) -> dict:
         raise VikerError(f"{run}: {'not a folder' if run.exists() else 'no such run folder'}")
     in_model = f"{run}: no evaluation here; its model folder, {run / 'model'}, holds the evaluation: give that"
     if not (run / "metrics.json").is_file():
-        if run.name in ("model", "cagul") and read_configs(run.parent)[0].get("command") in TRAINING_COMMANDS:
-            if (run.parent / "metrics.json").is_file() and read_configs(run.parent)[1] is not None:
+        parent, parent_evaluation = read_configs(run.parent) if run.name in ("model", "cagul") else ({}, None)
+        if parent.get("command") in TRAINING_COMMANDS:  # a training run's model
+            if (run.parent / "metrics.json").is_file() and parent_evaluation is not None:
                 raise VikerError(f"{run}: no metrics.json; its run folder, {run.parent}, holds the evaluation: "
                                  "give that")
             raise VikerError(f"{run}: no metrics.json; it is the model of the run in {run.parent}: evaluate that "
@@ -547,7 +549,7 @@ def read_run(path: str | Path) -> dict:
                    else f"hub:{data}" if data and is_hub_id(data) else None)
     return {"method": method, "settings": settings, "training": training, "benchmark": benchmark,
             "forget_split": scored_split(evaluated.get("forget"), benchmark),
-            "made_for": (split_made_for(source, benchmark) or (None,))[0], **scored,
+            "made_for": split_made_for(source, benchmark), **scored,
             "data": data, "asked": asked,
             "data_files": fingerprint,
             "metrics": metrics, "path": str(run)}
@@ -661,8 +663,8 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
                          f"them: {listed}")
     forget = _one_value(rows, "forget_split", "forget splits")
     for row in rows:  # a run made for another split: its forget and retain sets mix whom it forgot and whom not
-        if forget and row["made_for"] and row["made_for"] != forget:
-            split, how = row["made_for"], "finetuned without" if row["method"] == "retain_model" else "unlearned on"
+        if forget and row["made_for"] and row["made_for"][0] != forget:
+            split, how = row["made_for"]
             raise VikerError(f"{row['path']} was {how} {split} and evaluated on {forget}, so its figures are not "
                              f"those of a model made for {forget}; evaluate it with --forget {split}, and report it "
                              f"with runs made for {split}")
