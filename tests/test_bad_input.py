@@ -322,6 +322,43 @@ def test_lora_settings_for_the_tiny_models_full_finetune_are_refused(bench_dir, 
         "lora for adapters" in capsys.readouterr().err and not out.exists()
 
 
+@pytest.mark.parametrize("command, settings, message", [
+    ("finetune", {"tuning": "full", "lora": {"r": 4}}, "--lora-r applies to LoRA tuning only: --tuning full trains"),
+    ("finetune", {"model": "tiny", "lora": {"target_modules": ["q_proj"]}},
+     "LoRA's target_modules applies to LoRA tuning only: --model tiny trains every weight"),
+    ("unlearn", {"tuning": "full", "lora": {"alpha": 8}}, "--lora-alpha applies to LoRA tuning only: --tuning full"),
+    ("unlearn", {"method": "cagul", "lora": {"dropout": 0.1}},
+     "--lora-dropout applies to LoRA tuning only: CAGUL trains modules of its own"),
+    ("unlearn", {"method": "cagul", "tuning": "full"}, "--tuning full does not apply to --method cagul"),
+    ("unlearn", {"method": "cagul", "lora": {"merge": True}}, "--save merged does not apply to --method cagul"),
+])
+def test_the_python_api_refuses_settings_a_run_never_reads(command, settings, message, tiny_dir, bench_dir,
+                                                         tmp_path):
+    """As the command line does: LoRA's settings where no adapter is trained, and a choice of how the weights are
+    tuned or saved for CAGUL, which trains modules of its own; a run's record would leave them out."""
+    from dataclasses import replace
+
+    from viker.finetune import FinetuneConfig, run_finetune
+    from viker.unlearn import UnlearnConfig, run_unlearn
+
+    config, run = (FinetuneConfig, run_finetune) if command == "finetune" else (UnlearnConfig, run_unlearn)
+    cfg = config(model=str(tiny_dir), data=str(bench_dir), out=str(tmp_path / "run"))
+    cfg = replace(cfg, **{k: v for k, v in settings.items() if k != "lora"},
+                  lora=replace(cfg.lora, **settings.get("lora", {})))
+    with pytest.raises(VikerError, match=message):
+        run(cfg, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_cagul_run_started_with_save_merged_is_told_to_resume_without_it(tiny_dir, bench_dir, tmp_path, capsys):
+    """CAGUL runs once took --save; resumed with it, the refusal says the run goes on without it."""
+    common = ["unlearn", "--method", "cagul", "--model", str(tiny_dir), "--data", str(bench_dir), "--out",
+              str(tmp_path / "run")]
+    assert main([*common, "--save", "merged", "--resume"]) == 2
+    assert "--save merged does not apply to --method cagul: it trains modules of its own, and never the model's " \
+        "weights; a run started with it resumes without it" in capsys.readouterr().err
+
+
 def test_a_clear_retain_limit_of_zero_names_no_option_clear_refuses(capsys):
     assert main(["eval", "--benchmark", "clear", "--retain-limit", "0", "--model", "m", "--data", "d", "--out",
                  "o"]) == 2

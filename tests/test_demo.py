@@ -26,6 +26,7 @@ from viker.demo import (
     viker_vs_ga,
 )
 from viker.eval.evaluate import EvalConfig
+from viker.model import LoraSettings
 from viker.train import TrainConfig
 
 KEYS = ("forget_acc", "test_acc", "retain_acc", "real_acc", "forget_rougeL", "test_rougeL", "retain_rougeL",
@@ -40,7 +41,8 @@ def micro(out) -> DemoConfig:
         finetune=replace(step, epochs=2), unlearn=replace(step, epochs=2, log_every=1), cagul_train=step,
         lam_sweep=(0.3,),
         viker={"lam": 2.0, "k": 2, "refs": "people"}, cagul={"k": 2, "refs": "people"},
-        eval=EvalConfig(retain_limit=2, max_new_tokens=12, batch_size=32), shorter_budget=0.5)
+        eval=EvalConfig(retain_limit=2, max_new_tokens=12, batch_size=32), shorter_budget=0.5,
+        lora=LoraSettings(r=8, alpha=16, dropout=0.0, merge=None))  # not the default: CAGUL takes none of it
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +58,7 @@ def test_demo_writes_every_promised_output(demo):
     settings = results["settings"]  # the seeds the runs used, as the report points readers here for them
     assert settings["synth"]["seed"] == settings["unlearn"]["seed"] == settings["cagul_train"]["seed"] == 3
     assert json.loads((out / "runs" / "ga" / "config.json").read_text())["unlearn"]["train"]["seed"] == 3
+    assert json.loads((out / "runs" / "viker" / "config.json").read_text())["unlearn"]["lora"]["r"] == 8
     for r in results["runs"]:
         assert r["forget_split"] == "forget_10"
         assert all(0.0 <= r["metrics"][k] <= 100.0 for k in KEYS), r["method"]

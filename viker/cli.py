@@ -32,7 +32,7 @@ def _synth(args) -> None:
 
 
 def _finetune(args) -> None:
-    from viker.finetune import FinetuneConfig, resolved_tuning, run_finetune
+    from viker.finetune import FinetuneConfig, no_adapter, run_finetune
     from viker.model.tiny import TinyConfig
     from viker.runs import recalls_none
 
@@ -40,12 +40,9 @@ def _finetune(args) -> None:
         raise VikerError("--family applies to --model tiny only (a checkpoint's own config names its family)")
 
     train = replace(TINY_TRAIN if args.model == "tiny" else REAL_TRAIN, **_train_overrides(args))
-    full = resolved_tuning(args.model, args.tuning) == "full"
-    why = "--tuning full trains every weight" if args.tuning == "full" else \
-        "--model tiny trains every weight (--tuning auto); give --tuning lora for adapters"
     cfg = FinetuneConfig(
         model=args.model, data=args.data, benchmark=args.benchmark, without=args.without, out=args.out,
-        tuning=args.tuning, train=train, lora=_lora(args, not full, why),
+        tuning=args.tuning, train=train, lora=_lora(args, no_adapter(args.model, args.tuning)),
         device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, max_length=args.max_length,
         tiny=TinyConfig(family=args.family, seed=train.seed), train_on=args.train_on,  # --seed: its initialisation too
     )
@@ -84,7 +81,7 @@ def _unlearn(args) -> None:
     from viker.methods.reference import SOURCES
     from viker.model import is_tiny_model
     from viker.runs import as_recorded
-    from viker.unlearn import UnlearnConfig, run_unlearn
+    from viker.unlearn import UnlearnConfig, no_adapter, run_unlearn
 
     # a folder as a config records it (absolute), so that --resume compares folders rather than how they were typed
     refs = args.refs if args.refs is None or args.refs in SOURCES else as_recorded(args.refs)
@@ -93,11 +90,6 @@ def _unlearn(args) -> None:
                          beta=args.beta, average=args.average, retain_weight=args.retain_weight,
                          rewrite=args.rewrite, layers=args.layers, heads=args.heads, encoder_width=args.encoder_width,
                          threshold=args.threshold, forget_loss=args.forget_loss, reference_model=reference_model)
-    if args.method == "cagul":  # it trains modules of its own, saved as they are, and never the model's weights
-        for flag, given in (("--tuning full", args.tuning == "full"), (f"--save {args.save}", args.save != "auto")):
-            if given:
-                raise VikerError(f"{flag} does not apply to --method cagul: it trains modules of its own, and "
-                                 "never the model's weights")
     base = unlearn_preset(args.method, is_tiny_model(args.model))
     if base is TINY_CAGUL and _resumes_on(args, TINY_UNLEARN):
         base = TINY_UNLEARN  # a CAGUL run started before CAGUL had a preset of its own goes on with the one it had
@@ -105,9 +97,7 @@ def _unlearn(args) -> None:
         model=args.model, data=args.data, benchmark=args.benchmark, forget=_forget(args), method=args.method,
         method_args=method_args,
         out=args.out, tuning=args.tuning, train=replace(base, **_train_overrides(args)),
-        lora=_lora(args, args.tuning == "lora" and args.method != "cagul",
-                   "CAGUL trains modules of its own" if args.method == "cagul" else "--tuning full trains every weight",
-                   merge={"merged": True, "adapter": False}.get(args.save)),
+        lora=_lora(args, no_adapter(args.method, args.tuning), merge={"merged": True, "adapter": False}.get(args.save)),
         cache_dir=args.cache_dir, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
         max_length=args.max_length, train_on=args.train_on,
     )
@@ -330,14 +320,13 @@ def _add_lora_args(p: argparse.ArgumentParser, alpha: int, dropout: float) -> No
     p.add_argument("--lora-dropout", type=_number, help=f"dropout on LoRA's input (default: {dropout:g})")
 
 
-def _lora(args, trains_adapter: bool, why: str, merge: bool | None = True):
+def _lora(args, no_adapter: str | None, merge: bool | None = True):
     """The LoRA settings given over the command's defaults; a --lora-* option given to a run that trains no
-    adapter (``why`` says what it trains) is refused rather than recorded as if it had shaped the run."""
-    from viker.model import LoraSettings
+    adapter (``no_adapter`` says what it trains instead), even at its default value, is refused."""
+    from viker.model import LoraSettings, refuse_unused_lora
 
     given = _given(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout)
-    if given and not trains_adapter:
-        raise VikerError(f"--lora-{next(iter(given))} applies to LoRA tuning only: {why}")
+    refuse_unused_lora(list(given), no_adapter)
     return LoraSettings(**(args.lora_defaults | given), merge=merge)
 
 

@@ -208,9 +208,10 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
         args = {"viker": cfg.viker, "cagul": cfg.cagul}.get(method, {})
         run_dir = under(out, "runs", method)
         t = time.perf_counter()
-        train = cfg.cagul_train if method == "cagul" else base.train
+        # CAGUL trains modules of its own, on its own budget, and no LoRA adapter
+        train, lora = (cfg.cagul_train, UnlearnConfig().lora) if method == "cagul" else (base.train, base.lora)
         *model_and_processor, history = run_unlearn(replace(base, method=method, method_args=dict(args),
-                                                            out=str(run_dir), train=train),
+                                                            out=str(run_dir), train=train, lora=lora),
                                                     progress=progress, overwrite=True)
         timings[method] = round(time.perf_counter() - t, 1)
         if method == "idkpo":

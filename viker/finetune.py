@@ -28,7 +28,9 @@ from viker.model import (
     apply_lora,
     enable_gradient_checkpointing,
     folders_read,
+    lora_changed,
     pick_dtype,
+    refuse_unused_lora,
     save_model,
     weight_hashes,
 )
@@ -104,6 +106,15 @@ def resolved_tuning(model: str, tuning: str) -> str:
     return tuning if tuning != "auto" else ("full" if model == "tiny" else "lora")
 
 
+def no_adapter(model: str, tuning: str) -> str | None:
+    """Why a finetune of ``model`` trains no LoRA adapter (what it trains instead), None where it trains one: the
+    reason LoRA settings given to it are refused."""
+    if resolved_tuning(model, tuning) == "lora":
+        return None
+    return "--tuning full trains every weight" if tuning == "full" else \
+        "--model tiny trains every weight (--tuning auto); give --tuning lora for adapters"
+
+
 def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = False, overwrite: bool = False) -> dict:
     """Finetune and save into ``cfg.out``, which must be new or empty; ``overwrite`` replaces a run there and
     ``resume`` continues it from its checkpoint (:func:`viker.train.check_run_folder`)."""
@@ -126,6 +137,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     examples = clear_finetune_examples(cfg.data, cfg.without) if cfg.benchmark == "clear" \
         else finetune_examples(cfg.data, train_on)
     tuning = resolved_tuning(cfg.model, cfg.tuning)
+    refuse_unused_lora(lora_changed(cfg.lora, LoraSettings()), no_adapter(cfg.model, cfg.tuning))
     started = read_configs(out)[0] if resume and Path(out, "config.json").is_file() else {}  # the run resumed
     if tiny and started:
         # a run from before --seed also seeded the tiny model's initialisation recorded 0 there; the weights it goes

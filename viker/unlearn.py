@@ -30,7 +30,9 @@ from viker.model import (
     enable_gradient_checkpointing,
     folders_read,
     is_tiny_model,
+    lora_changed,
     pick_dtype,
+    refuse_unused_lora,
     resolve_model_path,
     save_model,
     weight_hashes,
@@ -49,6 +51,7 @@ from viker.runs import (
     written_whole,
 )
 from viker.train import (
+    RESUME_SHOWN,
     check_resume,
     check_run_folder,
     claim_run_folder,
@@ -236,6 +239,26 @@ def save_choice(cfg: UnlearnConfig, wraps: bool, sharded: bool, chosen: str | No
     return merge
 
 
+def no_adapter(method: str, tuning: str) -> str | None:
+    """Why an unlearning run trains no LoRA adapter (what it trains instead), None where it trains one: the
+    reason LoRA settings given to it are refused."""
+    if method == "cagul":
+        return "CAGUL trains modules of its own"
+    return "--tuning full trains every weight" if tuning == "full" else None
+
+
+def refuse_for_cagul(cfg: UnlearnConfig, resume: bool) -> None:
+    """CAGUL trains modules of its own and saves them as they are: a choice of how the model's weights are tuned
+    or saved is refused rather than recorded as if it had shaped the run."""
+    save = RESUME_SHOWN["lora.merge"][1][cfg.lora.merge]
+    for option, given in (("--tuning full", cfg.tuning == "full"), (f"--save {save}", save != "auto")):
+        if cfg.method == "cagul" and given:
+            # a run started before this was refused goes on without it (its record leaves it out)
+            resumed = "; a run started with it resumes without it" if resume else ""
+            raise VikerError(f"{option} does not apply to --method cagul: it trains modules of its own, and never "
+                             f"the model's weights{resumed}")
+
+
 def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=None, resume: bool = False,
                 overwrite: bool = False):
     """Unlearn and save into ``cfg.out``; returns (model, processor, history). ``model_and_processor`` skips
@@ -246,6 +269,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     if cfg.benchmark == "mllmu" and cfg.forget not in FORGET_SPLITS:
         raise VikerError(f"--forget {cfg.forget}: choose from {', '.join(FORGET_SPLITS)}")
     method = make_method(cfg.method, cfg.method_args, cfg.forget)
+    refuse_for_cagul(cfg, resume)
+    refuse_unused_lora(lora_changed(cfg.lora, UnlearnConfig().lora), no_adapter(cfg.method, cfg.tuning))
     check_max_length(cfg.max_length)
     if cfg.train is None:
         cfg = replace(cfg, train=unlearn_preset(cfg.method, is_tiny_model(cfg.model)))

@@ -6,7 +6,7 @@ import re
 import sys
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -46,6 +46,22 @@ class LoraSettings:
         require(self.r >= 1, "--lora-r", self.r, "must be at least 1")
         require(self.alpha > 0, "--lora-alpha", self.alpha, "must be above 0")
         require(0 <= self.dropout < 1, "--lora-dropout", self.dropout, "must be from 0 to below 1")
+
+
+def refuse_unused_lora(given: list[str], why: str | None) -> None:
+    """A run that trains no adapter (``why`` says what it trains instead; None: it trains one) refuses LoRA
+    settings ``given`` (``r``, ``alpha``, ``target_modules`` ...) rather than record them as if they had shaped
+    the run."""
+    if given and why:
+        name = given[0]
+        option = f"--lora-{name}" if name in ("r", "alpha", "dropout") else f"LoRA's {name}"
+        raise VikerError(f"{option} applies to LoRA tuning only: {why}")
+
+
+def lora_changed(lora: LoraSettings, default: LoraSettings) -> list[str]:
+    """The LoRA settings of ``lora`` that differ from ``default`` (whether it merges aside)."""
+    return [f.name for f in fields(LoraSettings)
+            if f.name != "merge" and getattr(lora, f.name) != getattr(default, f.name)]
 
 
 def pick_device(device: str | None = None) -> torch.device:
