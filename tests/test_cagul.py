@@ -128,6 +128,21 @@ def test_only_the_least_attended_tokens_are_rewritten(tiny, bench_dir):
     assert changed.nonzero().squeeze(-1).sort().values.tolist() == lowest.sort().values.tolist()
 
 
+def test_a_rewrite_count_beyond_an_images_tokens_rewrites_them_all_and_says_so_once(tiny, bench_dir, capsys):
+    model, processor = _wrapped(tiny, rewrite=10_000)
+    torch.nn.init.normal_(model.encoder.up.weight, std=0.5)
+    batch = model_inputs(Collator(processor)(_examples(bench_dir, 2)))
+    output = model.original_features(batch)
+    feats = per_image(output)
+    scores = model.importance(batch, output, [0, 1])
+    for _ in range(2):
+        new = model.rewrite(feats, [0, 1], scores)
+        assert all((n != f).any(dim=-1).all() for n, f in zip(new, feats))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: --rewrite 10000: an image here has {feats[0].shape[0]} visual tokens, and every "
+                        "one of them is rewritten"]
+
+
 def test_importance_of_an_image_does_not_depend_on_the_rest_of_the_batch(tiny, bench_dir):
     model, processor = _wrapped(tiny)
     examples = _examples(bench_dir, 3)

@@ -443,7 +443,7 @@ def parser() -> argparse.ArgumentParser:
                     help="GradDiff / KL-Min / NPO / IdkPO / CAGUL: weight of the retain term "
                          "(default 1; CAGUL 0.25; NPO 0, no retain term)")
     un.add_argument("--rewrite", type=_number, help="CAGUL: visual tokens rewritten per flagged image, a fraction "
-                                                   "(< 1) or a count (default 0.75)")
+                                                   "(< 1) or a count (all where an image has fewer) (default 0.75)")
     un.add_argument("--layers", type=_int_list, help="CAGUL: decoder layers whose attention ranks visual tokens, "
                                                      "e.g. 1,2 (default: the middle layer)")
     un.add_argument("--heads", type=_int_list, help="CAGUL: attention heads averaged, e.g. 0,3 (default: all)")

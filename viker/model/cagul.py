@@ -29,6 +29,7 @@ import copy
 import functools
 import json
 import re
+import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -178,6 +179,7 @@ class CagulModel(nn.Module):
         self.encoder = TokenEncoder(dim, cfg.encoder_width, cfg.encoder_layers, cfg.encoder_heads)
         self.dim = dim
         self.mode = "auto"  # the default for calls that do not say: auto | force | off
+        self.told_every_token = False  # warned that a --rewrite count is more than an image's visual tokens
         self.attention = self._attention_modules()
         self.layers = cfg.layers if cfg.layers is not None else [len(self.attention) // 2]
         bad = [i for i in self.layers if not 0 <= i < len(self.attention)]
@@ -341,6 +343,10 @@ class CagulModel(nn.Module):
             tokens = feats[j]
             selected = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
             selected[score.argsort()[: self.cfg.count(tokens.shape[0])]] = True
+            if self.cfg.rewrite > tokens.shape[0] and not self.told_every_token:  # a count beyond the image's
+                self.told_every_token = True
+                print(f"warning: --rewrite {self.cfg.rewrite:g}: an image here has {tokens.shape[0]} visual tokens, "
+                      "and every one of them is rewritten", file=sys.stderr)
             out[j] = self.encoder(tokens.unsqueeze(0), selected.unsqueeze(0)).squeeze(0)
         return out
 
