@@ -603,3 +603,7 @@ def test_an_evaluation_is_not_replaced_by_one_that_would_lose_its_figures(tiny_d
         f"forget quality against --retain-model {tiny_dir}", "its CLEAR figures", "its MLLMU-Bench figures"]
     assert {folder: (folder / "metrics.json").read_text() for folder in (out, mllmu)} == before
     assert main([*clear_eval, "--out", str(out), "--retain-model", str(tiny_dir), "--retain-limit", "2"]) == 0
+    # a limit above the retain items' number leaves none out: it is recorded as none, as the report reads it
+    assert main([*clear_eval[:-2], "--retain-limit", "10000", "--out", str(tmp_path / "every")]) == 0
+    assert [json.loads((folder / "config.json").read_text())["eval"]["retain_limit"]
+            for folder in (out, tmp_path / "every")] == [2, None]

@@ -490,6 +490,11 @@ def test_report_refuses_runs_it_cannot_compare(runs, bench_dir, tiny_dir, tmp_pa
     capsys.readouterr()
     assert main(["report", str(runs / "ga-eval"), str(every), "--out", str(tmp_path / "mixed")]) == 2
     assert "different --retain-limit" in capsys.readouterr().err
+    limit = tmp_path / "limit"  # a limit above the retain split's size leaves nobody out: it is no limit
+    assert main(["eval", "--model", str(runs / "ga"), "--data", str(bench_dir), *DATA, "--max-new-tokens", "4",
+                 "--retain-limit", "1000", "--only", "retain:multiple_choice", "--out", str(limit)]) == 0
+    assert json.loads((limit / "config.json").read_text())["eval"]["retain_limit"] is None
+    assert main(["report", str(every), str(limit), "--out", str(tmp_path / "unlimited")]) == 0
     photos = tmp_path / "photos"  # Gen. ACC over every Test_Set photo, not the first
     assert main(["eval", "--model", str(runs / "ga"), "--data", str(bench_dir), *DATA, "--max-new-tokens", "4",
                  "--retain-limit", "2", "--test-images", "all", "--only", "test:multiple_choice",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from viker.data.clear import EVAL_SETS, FORGET_SETS, TOFU, EvalItem, eval_items, forget_base
@@ -109,24 +109,24 @@ def item_losses(model, processor, items: list[EvalItem], batch_size: int) -> lis
     return out
 
 
-def clear_eval_sets(data: str | Path, cfg: ClearEvalConfig) -> tuple[dict[str, list], dict[str, int]]:
-    """The items of each evaluated set (the retain sets cut to ``cfg.retain_limit``), and how many rows of
-    each config were skipped; refused when a set is empty."""
+def clear_eval_sets(data: str | Path, cfg: ClearEvalConfig) -> tuple[dict[str, list], dict[str, int], int]:
+    """The items of each evaluated set (the retain sets cut to ``cfg.retain_limit``), how many rows of each
+    config were skipped, and how many items the limit left out; refused when a set is empty."""
     sets, skipped = eval_items(data, cfg.forget)
-    if cfg.retain_limit is not None:
-        for name in ("retain", "retain_names"):
-            sets[name] = sets[name][:cfg.retain_limit]
+    whole = sum(len(sets[name]) for name in ("retain", "retain_names"))
+    for name in ("retain", "retain_names"):
+        sets[name] = sets[name][:cfg.retain_limit]
     for name, items in sets.items():
         if not items:
             raise VikerError(f"{data}: the {name} set has no items to evaluate")
-    return sets, skipped
+    return sets, skipped, whole - sum(len(sets[name]) for name in ("retain", "retain_names"))
 
 
 def evaluate_clear(model, processor, data: str | Path, cfg: ClearEvalConfig, progress: bool = True,
-                   read: tuple[dict[str, list], dict[str, int]] | None = None):
+                   read: tuple[dict[str, list], dict[str, int], int] | None = None):
     """Returns (metrics, one record per item, per-item truth ratios of the forget sets). ``read``:
     :func:`clear_eval_sets` already read (a command reads them before loading a model)."""
-    sets, skipped = clear_eval_sets(data, cfg) if read is None else read
+    sets, skipped, _ = clear_eval_sets(data, cfg) if read is None else read
     items = [item for name, _, _ in EVAL_SETS for item in sets[name]]
     losses = item_losses(model, processor, items, cfg.batch_size)
     prompts = {(it.question, it.image): Example(it.question, "", it.image) for it in items}
@@ -247,6 +247,8 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig, d
     check_eval_out(model_path, out, data)
     check_nothing_lost(out, "clear", cfg)
     read = clear_eval_sets(data, cfg)  # a wrong --data or split is refused before any model loads
+    if not read[2]:  # a --retain-limit that left no item out is recorded as none: every item
+        cfg = replace(cfg, retain_limit=None)
     for warning in (other_benchmark(model_path, data), other_split(model_path, cfg.forget, "clear")):
         if warning:
             print(f"warning: {warning}", file=sys.stderr)

@@ -88,6 +88,7 @@ def check_judge_form(spec: str) -> None:
 class EvalSet:
     name: str  # forget | test | retain | real
     profiles: list[Profile]  # one image each (a person's image questions are asked with it)
+    left_out: int = 0  # people of the set that --retain-limit left out
 
 
 def eval_sets(data_dir: str | Path, cfg: EvalConfig) -> list[EvalSet]:
@@ -101,10 +102,15 @@ def eval_sets(data_dir: str | Path, cfg: EvalConfig) -> list[EvalSet]:
     read = {
         "forget": lambda: forget,
         "test": lambda: photo_views(forget_test_rows(data_dir, forget), cfg.test_images),
-        "retain": lambda: retain_profiles(data_dir, cfg.forget, forget)[: cfg.retain_limit],
+        "retain": lambda: retain_profiles(data_dir, cfg.forget, forget),
         "real": lambda: load_profiles(data_dir, "Retain_Set"),
     }
-    sets = [EvalSet(name, read[name]()) for name in SETS if cfg.scope is None or name in cfg.scope]
+
+    def limited(name: str, people: list[Profile]) -> EvalSet:
+        kept = people[: cfg.retain_limit] if name == "retain" else people
+        return EvalSet(name, kept, left_out=len(people) - len(kept))
+
+    sets = [limited(name, read[name]()) for name in SETS if cfg.scope is None or name in cfg.scope]
     for s in sets:
         if not s.profiles:
             source = {"retain": f"the retain split of {cfg.forget}", "real": "Retain_Set"}[s.name]

@@ -78,6 +78,8 @@ def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig, device=None,
     check_eval_out(model_path, out, data)
     check_nothing_lost(out, "mllmu", cfg)
     sets = eval_sets(data, cfg)  # a wrong --data or split is refused before the model loads
+    if not any(s.left_out for s in sets):  # a --retain-limit that left nobody out is recorded as none: everyone
+        cfg = replace(cfg, retain_limit=None)
     for warning in (other_benchmark(model_path, data), other_split(model_path, cfg.forget, "mllmu")):
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
