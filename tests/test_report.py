@@ -491,7 +491,7 @@ def test_report_refuses_runs_it_cannot_compare(runs, bench_dir, tiny_dir, tmp_pa
     assert main(["report", str(runs / "ga-eval"), str(every), "--out", str(tmp_path / "mixed")]) == 2
     assert "different --retain-limit" in capsys.readouterr().err
     limit = tmp_path / "limit"  # a limit above the retain split's size leaves nobody out: it is no limit
-    assert main(["eval", "--model", str(runs / "ga"), "--data", str(bench_dir), *DATA, "--max-new-tokens", "4",
+    assert main(["eval", "--model", str(runs / "npo-a"), "--data", str(bench_dir), *DATA, "--max-new-tokens", "4",
                  "--retain-limit", "1000", "--only", "retain:multiple_choice", "--out", str(limit)]) == 0
     assert json.loads((limit / "config.json").read_text())["eval"]["retain_limit"] is None
     assert main(["report", str(every), str(limit), "--out", str(tmp_path / "unlimited")]) == 0
@@ -583,7 +583,7 @@ def test_a_setting_that_changed_none_of_a_runs_figures_does_not_keep_it_out_of_t
     """Scored on the forget split's multiple choice alone, a run's answer length, retain people and Test_Set photos
     changed none of its figures: it shares a table with a run scored on everything under other such settings."""
     mc = tmp_path / "mc"
-    assert main(["eval", "--model", str(runs / "ga"), "--data", str(bench_dir), *DATA, "--max-new-tokens", "6",
+    assert main(["eval", "--model", str(runs / "npo-a"), "--data", str(bench_dir), *DATA, "--max-new-tokens", "6",
                  "--test-images", "all", "--only", "forget:multiple_choice", "--out", str(mc)]) == 0
     capsys.readouterr()
     assert main(["report", str(runs / "ga-eval"), str(mc), "--out", str(tmp_path / "report")]) == 0
@@ -624,10 +624,26 @@ def test_runs_evaluated_on_other_files_under_the_same_split_names_are_not_one_ta
         hub[repo] = shutil.copytree(runs / "ga-eval", tmp_path / repo.replace("/", "-"))
         config = json.loads((hub[repo] / "config.json").read_text())
         del config["data_files"]
-        (hub[repo] / "config.json").write_text(json.dumps(config | {"data": repo}))
+        (hub[repo] / "config.json").write_text(json.dumps(config | {"data": repo, "model": f"{repo}-tuned"}))
     assert main(["report", *map(str, hub.values()), "--out", str(tmp_path / "hubs")]) == 2
     assert "evaluated on different benchmark files" in capsys.readouterr().err
     assert main(["report", str(runs / "ga-eval"), str(hub["MLLMMU/MLLMU-Bench"]), "--out", str(tmp_path / "one")]) == 0
+
+
+def test_one_model_evaluated_in_two_folders_is_one_row(runs, bench_dir, tmp_path, capsys):
+    """A run evaluated in place and again into a folder of its own is refused as two rows; a run moved aside and
+    made again in its folder is another model, though the moved one's record names that folder."""
+    import shutil
+
+    again = tmp_path / "ga-again"
+    assert main(["eval", "--model", str(runs / "ga" / "model"), "--data", str(bench_dir), *DATA, *EVAL,
+                 "--out", str(again)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(runs / "ga-eval"), str(again), "--out", str(tmp_path / "twice")]) == 2
+    assert f"{runs / 'ga-eval'} and {again} are evaluations of one model ({runs / 'ga' / 'model'}): give one of " \
+        "them" in capsys.readouterr().err and not (tmp_path / "twice").exists()
+    moved = shutil.copytree(runs / "npo-a", tmp_path / "npo-a-first")  # its records still name runs/npo-a
+    assert main(["report", str(runs / "npo-a"), str(moved), "--out", str(tmp_path / "report")]) == 0
 
 
 def test_report_writes_its_symbols_whatever_the_locale(runs, tmp_path):

@@ -550,7 +550,7 @@ def read_run(path: str | Path) -> dict:
     return {"method": method, "settings": settings, "training": training, "benchmark": benchmark,
             "forget_split": scored_split(evaluated.get("forget"), benchmark),
             "made_for": split_made_for(source, benchmark), **scored,
-            "data": data, "asked": asked,
+            "data": data, "asked": asked, "model": (evaluation or {}).get("model"),
             "data_files": fingerprint,
             "metrics": metrics, "path": str(run)}
 
@@ -624,6 +624,32 @@ def _one_value(rows: list[dict], key: str, what: str) -> str | None:
     return next(iter(values), None)
 
 
+def check_one_row_per_model(rows: list[dict]) -> None:
+    """One model evaluated into two folders (``viker eval --out RUN`` and ``--out RUN-eval``) is one row: two
+    would be bolded together, as if two runs agreed. A run or model folder evaluated in place is the model there
+    now (a run moved aside and made again is another model); an evaluation in a folder of its own, the model it
+    recorded."""
+    from viker.errors import VikerError
+    from viker.runs import read_configs, saved_model_of
+
+    def model_folder(path: Path) -> str:  # a run folder of ours by its model/
+        return str((saved_model_of(path) or path).resolve())
+
+    seen = {}
+    for row in rows:
+        here = Path(row["path"])
+        if read_configs(here)[0].get("command") != "eval":
+            model = model_folder(here)
+        elif row["model"]:
+            model = model_folder(Path(row["model"])) if Path(row["model"]).exists() else row["model"]
+        else:
+            continue
+        if model in seen:
+            raise VikerError(f"{seen[model]} and {row['path']} are evaluations of one model ({model}): give one of "
+                             "them")
+        seen[model] = row["path"]
+
+
 REPORT_FILES = ("report.md", "results.json", "tradeoff.png")  # what `viker report` writes into its --out
 
 
@@ -675,6 +701,7 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
     max_new_tokens = _one_value(rows, "max_new_tokens", "--max-new-tokens")
     judge = _one_value(rows, "judge", "--judge")  # one judge's scores are no other's
     gib_model = _one_value(rows, "gib_model", "--gib-model")  # nor one classifier's another's
+    check_one_row_per_model(rows)  # evaluated alike, in two folders
     for row, name in zip(rows, _labels(rows)):
         row["label"] = name
     out = Path(out)
