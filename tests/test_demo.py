@@ -111,11 +111,18 @@ def test_demo_diagnostics_are_the_runs_they_describe(demo):
     assert f"(lower = more forgotten). Over {results['forget_image_questions']} questions." in report
 
 
-def test_second_demo_reuses_the_vanilla_model(demo, capsys):
+def test_second_demo_reuses_the_vanilla_model(demo, capsys, monkeypatch):
+    import time
+
+    import viker.demo
+
     out, _ = demo
     cfg = replace(micro(out), shorter_budget=None, quick=True)
     before = (out / "vanilla" / "model" / "model.safetensors").stat().st_mtime_ns
+    plot = viker.demo.tradeoff_plot  # a plot that takes a while: its time is in its step's
+    monkeypatch.setattr(viker.demo, "tradeoff_plot", lambda *a, **kw: time.sleep(1.0) or plot(*a, **kw))
     results = run_demo(cfg, progress=False)
+    assert results["step_seconds"]["key tokens, report and plot"] >= 1.0
     printed = capsys.readouterr().out
     reused = f"the vanilla model, reused from an earlier demo ({out / 'vanilla'})"
     assert f"2/5 {reused}" in printed

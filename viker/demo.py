@@ -240,19 +240,19 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
                   model_and_processor=vanilla_model, seed=cfg.seed,  # the references ViKeR's runs drew
                   lam=cfg.viker.get("lam"))
     questions = forget_image_questions(data, cfg.forget)
-    steps.stop()  # what is left (the report and the plot) takes a second
-    results = {"runs": runs, "lam_sweep": sweep, "settings": to_jsonable(cfg), "machine": machine(),
-               "step_seconds": steps.seconds, "unlearn_seconds": timings,
-               "cagul": cagul, "idkpo_training": idkpo, "diagnostics": diagnostics,
-               "forget_image_questions": questions}
-    write_json(out / "results.json", results)
     # the explanatory runs as triangles: a cross on the plot says that a run's answers fell apart
     extra_points = [{"method": key, "label": d["label"], "metrics": d["metrics"], "marker": "^"}
                     for key, d in (diagnostics or {}).get("runs", {}).items()]
     tradeoff_plot(labelled(runs, cfg) + extra_points, sweep, out / "tradeoff.png",
                   f"{cfg.forget} of the embedded benchmark, tiny LLaVA", chance=CHANCE_ACC)
-    minutes = (time.perf_counter() - started) / 60
     asked = questions_behind(read_records(out / "runs" / "vanilla" / "generations.jsonl"))  # as every run's
+    steps.stop()  # what is left, writing results.json and report.md, takes milliseconds
+    results = {"runs": runs, "lam_sweep": sweep, "settings": to_jsonable(cfg), "machine": machine(),
+               "step_seconds": steps.seconds, "unlearn_seconds": timings,
+               "cagul": cagul, "idkpo_training": idkpo, "diagnostics": diagnostics,
+               "forget_image_questions": questions}
+    write_json(out / "results.json", results)
+    minutes = (time.perf_counter() - started) / 60
     write_report(out / "report.md", runs, sweep, cfg, minutes, results["machine"], cagul, diagnostics, questions,
                  steps.seconds, idkpo, asked)
     print()
