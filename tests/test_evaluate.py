@@ -732,3 +732,20 @@ def test_each_column_is_over_the_questions_its_answers_record():
     assert questions_behind(answers) == {"forget_acc": 5, "forget_acc_text": 7, "test_acc": 10, "forget_rougeL": 5,
                                          "forget_cloze": 5, "retain_rougeL": 12, "retain_bleu": 12, "coherence": 5,
                                          "gib": 5, "forget_factuality": 5, "retain_factuality": 12}
+
+
+def test_a_cloze_question_without_a_blank_is_said_to_have_none(tiny, bench_dir, capsys):
+    """A Mask_Task question with no ``__`` is asked to fill a blank it does not show; the evaluation says how many
+    of a set's cloze questions are such, and scores them all."""
+    from viker.eval.evaluate import EvalSet
+
+    people = load_profiles(bench_dir, "forget_10")
+    cfg = EvalConfig(forget="forget_10", scope={"forget": ["cloze"]}, cloze_max_new_tokens=2)
+    evaluate(*tiny, bench_dir, cfg, progress=False, sets=[EvalSet("forget", people)])
+    assert "warning" not in capsys.readouterr().err  # the embedded benchmark's every cloze question has its blank
+    first = people[0]
+    unblanked = replace(first.cloze[0], question=first.cloze[0].question.replace("__", "something"))
+    people[0] = replace(first, cloze=(unblanked, *first.cloze[1:]))
+    _, records = evaluate(*tiny, bench_dir, cfg, progress=False, sets=[EvalSet("forget", people)])
+    assert capsys.readouterr().err == f"warning: forget: 1 of {len(records)} cloze questions (Mask_Task) have no " \
+        "blank (__); they are asked as they are, with the instruction to fill the blank\n"

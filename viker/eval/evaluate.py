@@ -385,6 +385,10 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfi
         # cloze
         if "cloze" in tasks:
             clozes = cloze_examples(s.profiles)
+            blankless = sum(not M.has_blank(q.question) for p in s.profiles for q in p.cloze)
+            if blankless:  # asked to fill a blank it is not shown: said, as the figure reads such replies too
+                print(f"warning: {s.name}: {blankless} of {len(clozes)} cloze questions (Mask_Task) have no blank "
+                      "(__); they are asked as they are, with the instruction to fill the blank", file=sys.stderr)
             replies = answers(clozes, f"{s.name}: cloze", max_new_tokens=cfg.cloze_max_new_tokens)
             hits = [M.cloze_correct(r, ex.answer) for r, ex in zip(replies, clozes)]
             metrics[f"{s.name}_cloze"] = M.mean_percent(hits)

@@ -111,6 +111,10 @@ def cloze_prompt(question: str) -> str:
     return _BLANK_RE.sub("[Blank]", question)
 
 
+def has_blank(question: str) -> bool:
+    return _BLANK_RE.search(question) is not None
+
+
 # --------------------------------------------------------------------------------------------
 # Multiple-choice questions
 # --------------------------------------------------------------------------------------------
