@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pyarrow as pa
@@ -323,12 +324,15 @@ def test_lora_settings_for_the_tiny_models_full_finetune_are_refused(bench_dir, 
 
 
 @pytest.mark.parametrize("command, settings, message", [
-    ("finetune", {"tuning": "full", "lora": {"r": 4}}, "--lora-r applies to LoRA tuning only: --tuning full trains"),
+    ("finetune", {"tuning": "full", "lora": {"r": 4}},
+     "lora.r=4 (the default is 16) applies to LoRA tuning only: --tuning full trains"),
     ("finetune", {"model": "tiny", "lora": {"target_modules": ["q_proj"]}},
-     "LoRA's target_modules applies to LoRA tuning only: --model tiny trains every weight"),
-    ("unlearn", {"tuning": "full", "lora": {"alpha": 8}}, "--lora-alpha applies to LoRA tuning only: --tuning full"),
+     "lora.target_modules=['q_proj'] (the default is None) applies to LoRA tuning only: --model tiny trains"),
+    ("unlearn", {"tuning": "full", "lora": {"alpha": 8}}, "lora.alpha=8 (the default is 32) applies to LoRA tuning"),
     ("unlearn", {"method": "cagul", "lora": {"dropout": 0.1}},
-     "--lora-dropout applies to LoRA tuning only: CAGUL trains modules of its own"),
+     "lora.dropout=0.1 (the default is 0.0) applies to LoRA tuning only: CAGUL trains modules of its own"),
+    ("finetune", {"tuning": "LoRA"}, "--tuning LoRA: choose auto, full or lora"),
+    ("unlearn", {"tuning": "auto"}, "--tuning auto: choose lora or full"),
     ("unlearn", {"method": "cagul", "tuning": "full"}, "--tuning full does not apply to --method cagul"),
     ("unlearn", {"method": "cagul", "lora": {"merge": True}}, "--save merged does not apply to --method cagul"),
 ])
@@ -345,7 +349,7 @@ def test_the_python_api_refuses_settings_a_run_never_reads(command, settings, me
     cfg = config(model=str(tiny_dir), data=str(bench_dir), out=str(tmp_path / "run"))
     cfg = replace(cfg, **{k: v for k, v in settings.items() if k != "lora"},
                   lora=replace(cfg.lora, **settings.get("lora", {})))
-    with pytest.raises(VikerError, match=message):
+    with pytest.raises(VikerError, match=re.escape(message)):
         run(cfg, progress=False)
     assert not (tmp_path / "run").exists()
 
@@ -354,9 +358,15 @@ def test_a_cagul_run_started_with_save_merged_is_told_to_resume_without_it(tiny_
     """CAGUL runs once took --save; resumed with it, the refusal says the run goes on without it."""
     common = ["unlearn", "--method", "cagul", "--model", str(tiny_dir), "--data", str(bench_dir), "--out",
               str(tmp_path / "run")]
+    refused = "--save merged does not apply to --method cagul: it trains modules of its own, and never the model's " \
+        "weights"
+    assert main([*common, "--save", "merged", "--resume"]) == 2  # nothing there to resume: no word of one
+    assert capsys.readouterr().err == f"error: {refused}\n"
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps(
+        {"command": "unlearn", "unlearn": {"method": "cagul", "lora": {"merge": True}}}))
     assert main([*common, "--save", "merged", "--resume"]) == 2
-    assert "--save merged does not apply to --method cagul: it trains modules of its own, and never the model's " \
-        "weights; a run started with it resumes without it" in capsys.readouterr().err
+    assert f"{refused}; a run started with it resumes without it" in capsys.readouterr().err
 
 
 def test_a_clear_retain_limit_of_zero_names_no_option_clear_refuses(capsys):

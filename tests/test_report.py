@@ -495,6 +495,10 @@ def test_report_refuses_runs_it_cannot_compare(runs, bench_dir, tiny_dir, tmp_pa
                  "--retain-limit", "1000", "--only", "retain:multiple_choice", "--out", str(limit)]) == 0
     assert json.loads((limit / "config.json").read_text())["eval"]["retain_limit"] is None
     assert main(["report", str(every), str(limit), "--out", str(tmp_path / "unlimited")]) == 0
+    config = json.loads((limit / "config.json").read_text())  # as recorded before a limit was read so
+    config["eval"]["retain_limit"] = 1000
+    (limit / "config.json").write_text(json.dumps(config))
+    assert main(["report", str(every), str(limit), "--out", str(tmp_path / "unlimited")]) == 0
     photos = tmp_path / "photos"  # Gen. ACC over every Test_Set photo, not the first
     assert main(["eval", "--model", str(runs / "ga"), "--data", str(bench_dir), *DATA, "--max-new-tokens", "4",
                  "--retain-limit", "2", "--test-images", "all", "--only", "test:multiple_choice",
@@ -644,6 +648,10 @@ def test_one_model_evaluated_in_two_folders_is_one_row(runs, bench_dir, tmp_path
         "them" in capsys.readouterr().err and not (tmp_path / "twice").exists()
     moved = shutil.copytree(runs / "npo-a", tmp_path / "npo-a-first")  # its records still name runs/npo-a
     assert main(["report", str(runs / "npo-a"), str(moved), "--out", str(tmp_path / "report")]) == 0
+    # an evaluation of the model that was at runs/ga before it was made again there (weights written since)
+    earlier = shutil.copytree(runs / "ga-eval", tmp_path / "ga-earlier")
+    os.utime(earlier / "metrics.json", (0, 0))
+    assert main(["report", str(earlier), str(again), "--out", str(tmp_path / "report")]) == 0
 
 
 def test_report_writes_its_symbols_whatever_the_locale(runs, tmp_path):

@@ -326,7 +326,7 @@ def _lora(args, no_adapter: str | None, merge: bool | None = True):
     from viker.model import LoraSettings, refuse_unused_lora
 
     given = _given(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout)
-    refuse_unused_lora(list(given), no_adapter)
+    refuse_unused_lora([f"--lora-{name}" for name in given], no_adapter)
     return LoraSettings(**(args.lora_defaults | given), merge=merge)
 
 

@@ -234,7 +234,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
         steps.start("why: ViKeR without its ascent term; GA and ViKeR on a shorter budget")
         diagnostics = run_diagnostics(cfg, base, out, data, evaluate_run, sweep, progress)
 
-    steps.start("key tokens, report and plot")
+    steps.start("key tokens and the plot")
     run_keytokens(str(vanilla), str(data), cfg.forget, str(out / "keytokens.html"), k=cfg.viker.get("k", 5),
                   refs=cfg.viker.get("refs", "people"), cache_dir=cache, progress=progress,
                   model_and_processor=vanilla_model, seed=cfg.seed,  # the references ViKeR's runs drew

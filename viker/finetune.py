@@ -136,6 +136,8 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     train_on = cfg.train_on if cfg.train_on != "auto" else ("all" if tiny else "ft_Data")
     examples = clear_finetune_examples(cfg.data, cfg.without) if cfg.benchmark == "clear" \
         else finetune_examples(cfg.data, train_on)
+    if cfg.tuning not in ("auto", "full", "lora"):
+        raise VikerError(f"--tuning {cfg.tuning}: choose auto, full or lora")
     tuning = resolved_tuning(cfg.model, cfg.tuning)
     refuse_unused_lora(lora_changed(cfg.lora, LoraSettings()), no_adapter(cfg.model, cfg.tuning))
     started = read_configs(out)[0] if resume and Path(out, "config.json").is_file() else {}  # the run resumed

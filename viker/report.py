@@ -529,9 +529,14 @@ def read_run(path: str | Path) -> dict:
         training["train_on"] = unlearned.get("train_on", "all")  # what it trained on; all before it was recorded
     evaluated = (evaluation or {}).get("eval", {})
     benchmark = benchmark_of(metrics)
+    answers = read_records(run / "generations.jsonl") if benchmark == "mllmu" and \
+        (run / "generations.jsonl").is_file() else []
     retain_limit = evaluated.get("retain_limit")
     if retain_limit is None and "retain_limit" in evaluated:
         retain_limit = "all"  # every retain person (a recorded null): a setting, unlike one never recorded
+    if isinstance(retain_limit, int) and answers and \
+            len({r.get("profile") for r in answers if r.get("set") == "retain"}) < retain_limit:
+        retain_limit = "all"  # a limit that left nobody out, as an evaluation recorded it before it said so
     scored = {"mc_mode": evaluated.get("mc_mode"), "retain_limit": retain_limit, "judge": evaluated.get("judge"),
               "gib_model": evaluated.get("gib_model"),
               # an MLLMU-Bench evaluation recorded before --test-images asked with the first photo
@@ -540,9 +545,7 @@ def read_run(path: str | Path) -> dict:
     if benchmark == "mllmu":  # a setting that changed none of the figures measured is no part of what they mean
         measured = [k for k, v in metrics.items() if v is not None]
         scored = {k: v if any(SETTING_CHANGES[k].search(m) for m in measured) else None for k, v in scored.items()}
-    asked = {}  # the questions each column is over, as the evaluation's answers record them
-    if benchmark == "mllmu" and (run / "generations.jsonl").is_file():
-        asked = questions_behind(read_records(run / "generations.jsonl"))
+    asked = questions_behind(answers)  # the questions each column is over, as the evaluation's answers record them
     # the benchmark's files, hashed when it was evaluated; a benchmark read by hub id, its name
     files, data = (evaluation or {}).get("data_files"), (evaluation or {}).get("data")
     fingerprint = ("files:" + hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16] if files
@@ -628,20 +631,29 @@ def check_one_row_per_model(rows: list[dict]) -> None:
     """One model evaluated into two folders (``viker eval --out RUN`` and ``--out RUN-eval``) is one row: two
     would be bolded together, as if two runs agreed. A run or model folder evaluated in place is the model there
     now (a run moved aside and made again is another model); an evaluation in a folder of its own, the model it
-    recorded."""
+    recorded, unless the weights there were written after it (made again since: not the model it evaluated)."""
     from viker.errors import VikerError
+    from viker.model import WEIGHT_FILES
     from viker.runs import read_configs, saved_model_of
 
-    def model_folder(path: Path) -> str:  # a run folder of ours by its model/
-        return str((saved_model_of(path) or path).resolve())
+    def model_folder(path: Path) -> Path:  # a run folder of ours by its model/, a CAGUL run by its modules
+        return (saved_model_of(path) or (path / "cagul" if (path / "cagul").is_dir() else path)).resolve()
+
+    def written(folder: Path) -> float:
+        return max((f.stat().st_mtime for pattern in WEIGHT_FILES for f in folder.glob(pattern)), default=0.0)
 
     seen = {}
     for row in rows:
         here = Path(row["path"])
         if read_configs(here)[0].get("command") != "eval":
-            model = model_folder(here)
+            model = str(model_folder(here))
+        elif row["model"] and Path(row["model"]).exists():
+            folder = model_folder(Path(row["model"]))
+            if written(folder) > (here / "metrics.json").stat().st_mtime:
+                continue
+            model = str(folder)
         elif row["model"]:
-            model = model_folder(Path(row["model"])) if Path(row["model"]).exists() else row["model"]
+            model = row["model"]  # a hub id, or a folder no longer there
         else:
             continue
         if model in seen:

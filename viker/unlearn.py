@@ -247,16 +247,16 @@ def no_adapter(method: str, tuning: str) -> str | None:
     return "--tuning full trains every weight" if tuning == "full" else None
 
 
-def refuse_for_cagul(cfg: UnlearnConfig, resume: bool) -> None:
+def refuse_for_cagul(cfg: UnlearnConfig, resumed: bool) -> None:
     """CAGUL trains modules of its own and saves them as they are: a choice of how the model's weights are tuned
-    or saved is refused rather than recorded as if it had shaped the run."""
+    or saved is refused rather than recorded as if it had shaped the run. ``resumed``: a run there is resumed."""
     save = RESUME_SHOWN["lora.merge"][1][cfg.lora.merge]
     for option, given in (("--tuning full", cfg.tuning == "full"), (f"--save {save}", save != "auto")):
         if cfg.method == "cagul" and given:
             # a run started before this was refused goes on without it (its record leaves it out)
-            resumed = "; a run started with it resumes without it" if resume else ""
+            without = "; a run started with it resumes without it" if resumed else ""
             raise VikerError(f"{option} does not apply to --method cagul: it trains modules of its own, and never "
-                             f"the model's weights{resumed}")
+                             f"the model's weights{without}")
 
 
 def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=None, resume: bool = False,
@@ -268,8 +268,10 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         raise VikerError(f"--benchmark {cfg.benchmark}: choose mllmu or clear")
     if cfg.benchmark == "mllmu" and cfg.forget not in FORGET_SPLITS:
         raise VikerError(f"--forget {cfg.forget}: choose from {', '.join(FORGET_SPLITS)}")
+    if cfg.tuning not in ("lora", "full"):
+        raise VikerError(f"--tuning {cfg.tuning}: choose lora or full")
     method = make_method(cfg.method, cfg.method_args, cfg.forget)
-    refuse_for_cagul(cfg, resume)
+    refuse_for_cagul(cfg, resume and Path(cfg.out, "config.json").is_file())
     refuse_unused_lora(lora_changed(cfg.lora, UnlearnConfig().lora), no_adapter(cfg.method, cfg.tuning))
     check_max_length(cfg.max_length)
     if cfg.train is None:
@@ -332,8 +334,6 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         model.requires_grad_(False)
     elif cfg.tuning == "lora":
         model = apply_lora(model, cfg.lora)
-    elif cfg.tuning != "full":
-        raise VikerError(f"--tuning {cfg.tuning}: choose lora or full")
     if cfg.train.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     collate = Collator(processor, max_length=cfg.max_length)

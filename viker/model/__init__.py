@@ -49,19 +49,18 @@ class LoraSettings:
 
 
 def refuse_unused_lora(given: list[str], why: str | None) -> None:
-    """A run that trains no adapter (``why`` says what it trains instead; None: it trains one) refuses LoRA
-    settings ``given`` (``r``, ``alpha``, ``target_modules`` ...) rather than record them as if they had shaped
-    the run."""
+    """A run that trains no adapter (``why`` says what it trains instead; None: it trains one) refuses the LoRA
+    settings ``given`` (as the user named them: ``--lora-r``, or :func:`lora_changed`'s) rather than record them
+    as if they had shaped the run."""
     if given and why:
-        name = given[0]
-        option = f"--lora-{name}" if name in ("r", "alpha", "dropout") else f"LoRA's {name}"
-        raise VikerError(f"{option} applies to LoRA tuning only: {why}")
+        raise VikerError(f"{given[0]} applies to LoRA tuning only: {why}")
 
 
 def lora_changed(lora: LoraSettings, default: LoraSettings) -> list[str]:
-    """The LoRA settings of ``lora`` that differ from ``default`` (whether it merges aside)."""
-    return [f.name for f in fields(LoraSettings)
-            if f.name != "merge" and getattr(lora, f.name) != getattr(default, f.name)]
+    """The LoRA settings of ``lora`` that differ from ``default`` (whether it merges aside), as the Python API
+    names them: ``lora.alpha=16 (the default is 32)``."""
+    return [f"lora.{f.name}={getattr(lora, f.name)!r} (the default is {getattr(default, f.name)!r})"
+            for f in fields(LoraSettings) if f.name != "merge" and getattr(lora, f.name) != getattr(default, f.name)]
 
 
 def pick_device(device: str | None = None) -> torch.device:
