@@ -296,6 +296,9 @@ def test_an_infinite_setting_is_refused_from_python_too():
     ([*UNLEARN, "--method", "cagul", "--tuning", "full"], "--tuning full does not apply to --method cagul"),
     ([*UNLEARN, "--tuning", "full", "--dtype", "float16"], "float16 weights cannot be trained in place (AdamW"),
     ([*UNLEARN, "--device", "gpu"], "--device gpu: not a device"),
+    # asked both to go on with the run in --out and to replace it
+    ([*UNLEARN, "--resume", "--overwrite"], "--resume goes on with the run in --out, --overwrite replaces it: give"),
+    (["finetune", "--max-steps", "1", "--resume", "--overwrite"], "--resume goes on with the run in --out, --overw"),
     (["eval", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
     (["eval", "--forget", "retain_90"], "--forget retain_90: choose from forget_5, forget_10, forget_15"),
     (["eval", "--max-new-tokens", "0"], "--max-new-tokens 0: must be at least 1"),

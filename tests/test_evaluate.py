@@ -423,7 +423,11 @@ def test_eval_command_evaluates_only_what_it_is_asked(tiny_dir, bench_dir, tmp_p
     assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(tmp_path / "bad"),
                  "--only", "forget:summaries"]) == 2
     err = capsys.readouterr().err
-    assert "unknown task 'summaries' for set 'forget'" in err and "Traceback" not in err
+    assert "error: --only forget:summaries: unknown task 'summaries' (tasks: generation, multiple_choice, cloze)" \
+        in err and "Traceback" not in err
+    assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(tmp_path / "bad"),
+                 "--only", "forgt"]) == 2
+    assert "error: --only forgt: unknown set (sets: forget, test, retain, real)" in capsys.readouterr().err
 
 
 def test_a_test_set_without_some_forget_people_is_named_not_scored_in_part(tiny_dir, bench_dir, tmp_path, capsys):
@@ -562,6 +566,10 @@ def out_of_scale(questions, references, answers):
     return [11 for _ in answers]
 
 
+def middling(questions, references, answers):
+    return [5 for _ in answers]
+
+
 def down_after_one(questions, references, answers, calls=[]):
     """Scores the first set, then the service is down."""
     calls.append(1)
@@ -634,10 +642,16 @@ def test_a_plugged_in_judge_scores_each_generated_answer_on_its_own_scale(tiny_d
     with monkeypatch.context() as patched:
         patched.setattr(viker.eval.evaluate, "generate", lambda *a, **k: pytest.fail("an answer was generated"))
         assert main(["judge", str(down), "--judge", "my_judges:by_reference"]) == 0
-    assert "forget_factuality" in capsys.readouterr().out
+    judged = capsys.readouterr()
+    assert "forget_factuality" in judged.out and "warning" not in judged.err  # it had no judge's scores
     assert json.loads((down / "metrics.json").read_text()) == metrics
     assert [json.loads(line) for line in (down / "generations.jsonl").read_text().splitlines()] == records
     assert json.loads((down / "config.json").read_text())["eval"]["judge"] == "my_judges:by_reference"
+    # judged again by another judge, the scores it replaces are said to be another's
+    assert main(["judge", str(down), "--judge", "my_judges:middling"]) == 0
+    assert f"warning: {down} was judged by my_judges:by_reference; its factuality scores are replaced by " \
+        "my_judges:middling's" in capsys.readouterr().err
+    assert json.loads((down / "metrics.json").read_text())["forget_factuality"] == 5.0
     assert main(["judge", str(tmp_path / "missing"), "--judge", "my_judges:by_reference"]) == 2  # refused: none
     assert "no evaluation of viker's here" in capsys.readouterr().err
 

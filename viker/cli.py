@@ -511,7 +511,8 @@ def parser() -> argparse.ArgumentParser:
                                 "them again",
                   "Calls the judge on each set's generation answers in RUN/generations.jsonl, as viker eval --judge "
                   "does, and adds *_factuality to RUN/metrics.json, each answer's score to its record, and the judge "
-                  "to the evaluation's settings: for an evaluation whose judge failed, or that had none.")
+                  "to the evaluation's settings: for an evaluation whose judge failed, or that had none (another "
+                  "judge's scores are replaced, with a warning).")
     jd.add_argument("run", metavar="RUN", help="the folder viker eval wrote into")
     jd.add_argument("--judge", required=True, metavar="MODULE:FUNCTION",
                     help="as viker eval --judge: a function called with the generation questions, references and "

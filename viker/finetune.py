@@ -40,6 +40,7 @@ from viker.presets import TINY_TRAIN, TrainConfig
 from viker.runs import paths_recorded, read_configs, write_config, written_whole
 from viker.train import (
     check_resume,
+    check_resume_or_overwrite,
     check_run_folder,
     claim_run_folder,
     finish_run,
@@ -118,6 +119,7 @@ def no_adapter(model: str, tuning: str) -> str | None:
 def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = False, overwrite: bool = False) -> dict:
     """Finetune and save into ``cfg.out``, which must be new or empty; ``overwrite`` replaces a run there and
     ``resume`` continues it from its checkpoint (:func:`viker.train.check_run_folder`)."""
+    check_resume_or_overwrite(resume, overwrite)
     out = Path(cfg.out)
     if not cfg.data:
         raise VikerError("--data is required")

@@ -177,6 +177,13 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, step: int, histo
     shutil.rmtree(old, ignore_errors=True)
 
 
+def check_resume_or_overwrite(resume: bool, overwrite: bool) -> None:
+    """A run either goes on with the run in its folder or replaces it: both asked is refused, not one of them
+    silently dropped."""
+    if resume and overwrite:
+        raise VikerError("--resume goes on with the run in --out, --overwrite replaces it: give one of them")
+
+
 def check_run_folder(out: str | Path, accelerator, resume: bool = False, overwrite: bool = False,
                      reads: Sequence[str | Path] = ()) -> bool:
     """Whether a new run may write into ``out``: a new or empty folder, or (``overwrite``) one that holds an

@@ -53,6 +53,7 @@ from viker.runs import (
 from viker.train import (
     RESUME_SHOWN,
     check_resume,
+    check_resume_or_overwrite,
     check_run_folder,
     claim_run_folder,
     finish_run,
@@ -264,6 +265,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     """Unlearn and save into ``cfg.out``; returns (model, processor, history). ``model_and_processor`` skips
     loading. ``cfg.out`` must be new or empty; ``overwrite`` replaces a run there, and ``resume`` continues
     one that was stopped after a checkpoint (``train.checkpoint_every``; :func:`viker.train.check_run_folder`)."""
+    check_resume_or_overwrite(resume, overwrite)
     if cfg.benchmark not in ("mllmu", "clear"):
         raise VikerError(f"--benchmark {cfg.benchmark}: choose mllmu or clear")
     if cfg.benchmark == "mllmu" and cfg.forget not in FORGET_SPLITS:

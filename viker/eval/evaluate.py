@@ -148,11 +148,10 @@ def check_scope(scope: dict[str, Sequence[str]] | None) -> None:
     """A one-line error for a scope that names a set or task the evaluator does not have."""
     for name, tasks in (scope or {}).items():
         if name not in SETS:
-            raise VikerError(f"evaluation scope: unknown set '{name}' (sets: {', '.join(SETS)})")
+            raise VikerError(f"--only {name}: unknown set (sets: {', '.join(SETS)})")
         for task in tasks:
             if task not in TASKS:
-                raise VikerError(f"evaluation scope: unknown task '{task}' for set '{name}' "
-                                 f"(tasks: {', '.join(TASKS)})")
+                raise VikerError(f"--only {name}:{task}: unknown task '{task}' (tasks: {', '.join(TASKS)})")
 
 
 @torch.no_grad()

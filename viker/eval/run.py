@@ -124,6 +124,10 @@ def run_judge(run: str | Path, spec: str) -> dict:
     if evaluation.get("benchmark", "mllmu") != "mllmu":
         raise VikerError(f"{run}: a {evaluation['benchmark']} evaluation; the factuality judge is MLLMU-Bench's")
     judge = load_judge(spec)
+    earlier = (evaluation.get("eval") or {}).get("judge")
+    if earlier and earlier != spec:  # asked for, but said: another judge's scores may have been paid for
+        print(f"warning: {run} was judged by {earlier}; its factuality scores are replaced by {spec}'s",
+              file=sys.stderr)
     records = read_records(answers)
     to_judge = []  # each set's generation answers, as the evaluation judges them: the questions as the benchmark asks
     for name in dict.fromkeys(r["set"] for r in records if r["task"] == "generation"):
