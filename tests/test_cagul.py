@@ -53,6 +53,9 @@ def test_base_weights_are_bit_for_bit_unchanged(cagul_run):
     assert isinstance(trained, CagulModel)
     assert trained.encoder.up.weight.abs().sum() > 0, "the encoder did not train"
     assert not (out / "model").exists(), "a CAGUL run must not save a copy of the model"
+    # its record, and the report's settings column, hold what its forget loss read: k, not NPO's β
+    recorded = json.loads((out / "config.json").read_text())["method"]
+    assert recorded["forget_loss"] == "reference" and recorded["k"] == 2 and "beta" not in recorded
     saved = json.loads((out / "cagul" / "config.json").read_text())
     assert saved["cagul"]["rewrite"] > 0 and "cagul_discriminator" in saved["info"]
     report = saved["info"]["cagul_discriminator"]

@@ -368,7 +368,9 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         ctx.reference.close()
     model = ctx.model
     setup_seconds = time.perf_counter() - start
-    settings = {"unlearn": used_settings(paths_recorded(asdict(cfg))), "method": {"name": cfg.method, **asdict(method)},
+    unread = method.unused_settings() if hasattr(method, "unused_settings") else {}  # as if they shaped the run
+    settings = {"unlearn": used_settings(paths_recorded(asdict(cfg))),
+                "method": {"name": cfg.method, **{k: v for k, v in asdict(method).items() if k not in unread}},
                 "data": used, "examples": {k: len(v) for k, v in data.items()}, "setup": ctx.info,
                 "runtime": runtime_info(accelerator, model)}
     if cfg.tuning == "lora" and not wraps:  # what --save saved (auto: decided above)
