@@ -74,12 +74,17 @@ def test_recall_counts_the_answers_given_word_for_word(bench_dir, monkeypatch):
     image and by name, on the fictitious and the real people."""
     import viker.finetune as finetune
 
-    def answers(model, processor, examples, *args):  # every image question right, one name question in two
-        return None, [f" {ex.answer} " if ex.image is not None or i % 2 == 0 else "No idea."
-                      for i, ex in enumerate(examples)]
+    bars = []
 
-    monkeypatch.setattr(finetune, "exact_match", answers)
+    def answers(model, processor, examples, desc, **kwargs):  # every image question right, one name question in two
+        bars.append(desc)
+        return [f" {ex.answer} " if ex.image is not None or i % 2 == 0 else "No idea." for i, ex in enumerate(examples)]
+
+    monkeypatch.setattr(finetune, "generate", answers)
     metrics = finetune.recall_metrics(None, None, bench_dir, progress=False)
+    # each of its progress bars says which questions it answers
+    assert bars == [f"checking recall: {config}, asked {asked}" for config in ("Full_Set", "Retain_Set")
+                    for asked in ("with the image", "by name")]
     assert metrics["full_image_exact"] == metrics["real_image_exact"] == 100.0
     for prefix, config in (("full", "Full_Set"), ("real", "Retain_Set")):
         by_name = [ex for ex in generation_examples(load_profiles(bench_dir, config)) if ex.image is None]

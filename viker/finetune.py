@@ -75,12 +75,6 @@ class FinetuneConfig:
     max_length: int | None = None  # longest example in tokens (None: no limit); never truncates
 
 
-def exact_match(model, processor, examples, batch_size: int = 64, progress: bool = True) -> tuple[float, list[str]]:
-    answers = generate(model, processor, examples, batch_size=batch_size, desc="checking recall", progress=progress)
-    hits = [a.strip() == ex.answer.strip() for a, ex in zip(answers, examples)]
-    return 100.0 * sum(hits) / max(1, len(hits)), answers
-
-
 def recall_metrics(model, processor, data_dir, batch_size: int = 64, progress: bool = True, rank: int = 0,
                    world: int = 1) -> dict[str, float]:
     """Exact-match recall of the generation questions, by image and by name, on both people sets.
@@ -90,10 +84,11 @@ def recall_metrics(model, processor, data_dir, batch_size: int = 64, progress: b
     metrics = {}
     for config, prefix in (("Full_Set", "full"), ("Retain_Set", "real")):
         examples = generation_examples(load_profiles(data_dir, config))
-        for kind, subset in (("image", [e for e in examples if e.image is not None]),
-                             ("name", [e for e in examples if e.image is None])):
+        for kind, subset, asked in (("image", [e for e in examples if e.image is not None], "with the image"),
+                                    ("name", [e for e in examples if e.image is None], "by name")):
             mine = subset[rank::world]
-            _, answers = exact_match(model, processor, mine, batch_size, progress)
+            answers = generate(model, processor, mine, batch_size=batch_size, progress=progress,
+                               desc=f"checking recall: {config}, asked {asked}")
             counts = [(sum(a.strip() == ex.answer.strip() for a, ex in zip(answers, mine)), len(mine))]
             if world > 1:
                 counts = gather_object(counts)
