@@ -91,7 +91,8 @@ def test_under_mixed_precision_the_frozen_reference_agrees_with_the_model_at_the
     the same autocast, or θ and θ_full differ at step 0 and NPO's first loss is off (2/β)·log 2."""
     cfg = _config(tiny_dir, bench_dir, tmp_path, "npo", beta=0.1)
     cfg = replace(cfg, tuning=tuning, train=replace(STEPS, max_steps=1, mixed_precision="bf16"),
-                  lora=replace(cfg.lora, merge=tuning == "full"))
+                  # full tuning takes no LoRA settings of its own
+                  lora=replace(cfg.lora if tuning == "lora" else UnlearnConfig().lora, merge=tuning == "full"))
     _, _, history = run_unlearn(cfg, progress=False)
     assert history[0]["loss"] == pytest.approx(20 * math.log(2), rel=1e-6)
 
