@@ -115,13 +115,17 @@ def test_a_fresh_encoder_is_the_identity(tiny, bench_dir):
         assert torch.allclose(model(**batch, cagul="force").logits, model.base(**batch).logits, atol=1e-5)
 
 
-def test_only_the_least_attended_tokens_are_rewritten(tiny, bench_dir):
-    model, processor = _wrapped(tiny, rewrite=0.25)
+def _two_images_ranked(tiny, bench_dir, rewrite: float):
+    """A CAGUL model whose encoder changes what it rewrites, two images' visual tokens and their importance."""
+    model, processor = _wrapped(tiny, rewrite=rewrite)
     torch.nn.init.normal_(model.encoder.up.weight, std=0.5)
     batch = model_inputs(Collator(processor)(_examples(bench_dir, 2)))
     output = model.original_features(batch)
-    feats = per_image(output)
-    scores = model.importance(batch, output, [0, 1])
+    return model, per_image(output), model.importance(batch, output, [0, 1])
+
+
+def test_only_the_least_attended_tokens_are_rewritten(tiny, bench_dir):
+    model, feats, scores = _two_images_ranked(tiny, bench_dir, rewrite=0.25)
     assert [s.shape[0] for s in scores] == [f.shape[0] for f in feats]
     assert all(torch.isfinite(s).all() and (s > 0).all() for s in scores)
     new = model.rewrite(feats, [1], [scores[1]])
@@ -132,12 +136,7 @@ def test_only_the_least_attended_tokens_are_rewritten(tiny, bench_dir):
 
 
 def test_a_rewrite_count_beyond_an_images_tokens_rewrites_them_all_and_says_so_once(tiny, bench_dir, capsys):
-    model, processor = _wrapped(tiny, rewrite=10_000)
-    torch.nn.init.normal_(model.encoder.up.weight, std=0.5)
-    batch = model_inputs(Collator(processor)(_examples(bench_dir, 2)))
-    output = model.original_features(batch)
-    feats = per_image(output)
-    scores = model.importance(batch, output, [0, 1])
+    model, feats, scores = _two_images_ranked(tiny, bench_dir, rewrite=10_000)
     for _ in range(2):
         new = model.rewrite(feats, [0, 1], scores)
         assert all((n != f).any(dim=-1).all() for n, f in zip(new, feats))
