@@ -652,6 +652,9 @@ def test_a_plugged_in_judge_scores_each_generated_answer_on_its_own_scale(tiny_d
     assert f"warning: {down} was judged by my_judges:by_reference; its factuality scores are replaced by " \
         "my_judges:middling's" in capsys.readouterr().err
     assert json.loads((down / "metrics.json").read_text())["forget_factuality"] == 5.0
+    assert main(["judge", str(down), "--judge", "my_judges:out_of_scale"]) == 2  # a judge that fails replaces nothing
+    assert "warning" not in capsys.readouterr().err
+    assert json.loads((down / "metrics.json").read_text())["forget_factuality"] == 5.0
     assert main(["judge", str(tmp_path / "missing"), "--judge", "my_judges:by_reference"]) == 2  # refused: none
     assert "no evaluation of viker's here" in capsys.readouterr().err
 

@@ -156,6 +156,14 @@ def test_runs_of_one_method_are_named_by_the_training_setting_or_the_folders_tha
     npo = [{**run(f"npo{i}", seed), "method": "npo", "settings": {"beta": beta}}
            for i, (beta, seed) in enumerate(((0.1, 0), (0.1, 1), (0.5, 0)))]
     assert _labels(npo) == ["NPO (β=0.1, seed=0)", "NPO (β=0.1, seed=1)", "NPO (β=0.5, seed=0)"]
+    # a setting a variant never read is left out of its record: it sets nothing apart; a budget of another kind does
+    viker = [{**run(f"viker-{ablation}", 0), "method": "viker", "settings": {"epochs": 8, **settings}}
+             for ablation, settings in (("none", {"lam": 0.05, "k": 5, "refs": "people", "ablation": "none"}),
+                                        ("no_vis", {"lam": 0.05, "ablation": "no_vis"}),
+                                        ("no_reg", {"ablation": "no_reg"}))]
+    assert _labels(viker) == ["ViKeR (ablation=none)", "ViKeR (ablation=no_vis)", "ViKeR (ablation=no_reg)"]
+    steps = {**run("ga-steps", 0), "settings": {"max_steps": 10}}
+    assert _labels([run("ga-epochs", 0), steps]) == ["GA (epochs=8)", "GA (max_steps=10)"]
     # models that are no run of ours, in folders of one name
     other = [{"method": None, "path": f"F/{x}/model"} for x in "xy"]
     assert _labels(other) == ["x/model", "y/model"]

@@ -582,10 +582,15 @@ def setting_text(key: str, value) -> str:
         f"{SETTING_NAMES.get(key, key)}={value}"
 
 
+BUDGET = ("epochs", "max_steps")  # a run records one of them: the other's absence is a budget of another kind
+
+
 def _differ(row: dict, twins: list[dict], group: str) -> str:
-    """The settings of ``group`` in which ``row`` differs from one of its twins, as a label shows them."""
+    """The settings of ``group`` in which ``row`` differs from one of its twins, as a label shows them. A setting
+    a twin's record leaves out (one its variant of the method never read) sets nothing apart."""
     mine = row.get(group, {})
-    return ", ".join(setting_text(k, v) for k, v in mine.items() if any(r.get(group, {}).get(k) != v for r in twins))
+    return ", ".join(setting_text(k, v) for k, v in mine.items()
+                     if any((k in r.get(group, {}) or k in BUDGET) and r.get(group, {}).get(k) != v for r in twins))
 
 
 def _folder_name(path: str, others: list[str]) -> str:

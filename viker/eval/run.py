@@ -124,10 +124,6 @@ def run_judge(run: str | Path, spec: str) -> dict:
     if evaluation.get("benchmark", "mllmu") != "mllmu":
         raise VikerError(f"{run}: a {evaluation['benchmark']} evaluation; the factuality judge is MLLMU-Bench's")
     judge = load_judge(spec)
-    earlier = (evaluation.get("eval") or {}).get("judge")
-    if earlier and earlier != spec:  # asked for, but said: another judge's scores may have been paid for
-        print(f"warning: {run} was judged by {earlier}; its factuality scores are replaced by {spec}'s",
-              file=sys.stderr)
     records = read_records(answers)
     to_judge = []  # each set's generation answers, as the evaluation judges them: the questions as the benchmark asks
     for name in dict.fromkeys(r["set"] for r in records if r["task"] == "generation"):
@@ -140,6 +136,10 @@ def run_judge(run: str | Path, spec: str) -> dict:
         raise VikerError(f"{run}: its evaluation has no generation answers to judge (scoped with --only to other "
                          "tasks)")
     metrics = read_json(figures) | judge_answers(judge, spec, to_judge, records)  # all or nothing
+    earlier = (evaluation.get("eval") or {}).get("judge")
+    if earlier and earlier != spec:  # asked for, but said: another judge's scores may have been paid for
+        print(f"warning: {run} was judged by {earlier}; its factuality scores are replaced by {spec}'s",
+              file=sys.stderr)
     settings = run / EVAL_CONFIG if (run / EVAL_CONFIG).is_file() else run / "config.json"
     recorded = read_json(settings)
     recorded["eval"] = {**recorded.get("eval", {}), "judge": spec}
