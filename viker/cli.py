@@ -81,7 +81,10 @@ def _unlearn(args) -> None:
     from viker.methods.reference import SOURCES
     from viker.model import is_tiny_model
     from viker.runs import as_recorded
+    from viker.train import SAVE_CHOICES
     from viker.unlearn import UnlearnConfig, no_adapter, run_unlearn
+
+    saved_as = {choice: merge for merge, choice in SAVE_CHOICES.items()}  # --save's value as lora.merge records it
 
     # a folder as a config records it (absolute), so that --resume compares folders rather than how they were typed
     refs = args.refs if args.refs is None or args.refs in SOURCES else as_recorded(args.refs)
@@ -97,7 +100,7 @@ def _unlearn(args) -> None:
         model=args.model, data=args.data, benchmark=args.benchmark, forget=_forget(args), method=args.method,
         method_args=method_args,
         out=args.out, tuning=args.tuning, train=replace(base, **_train_overrides(args)),
-        lora=_lora(args, no_adapter(args.method, args.tuning), merge={"merged": True, "adapter": False}.get(args.save)),
+        lora=_lora(args, no_adapter(args.method, args.tuning), merge=saved_as[args.save]),
         cache_dir=args.cache_dir, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
         max_length=args.max_length, train_on=args.train_on,
     )

@@ -108,8 +108,9 @@ def columns_text(metrics: dict, asked: dict[str, int] | None = None) -> str:
     cols = _columns([{"metrics": metrics}])
     width = max((len(c.header + ARROWS[c.lower_is_better]) for c in cols), default=0) + 2
     over = {k: f"  over {n} questions" for k, n in (asked or {}).items()}
-    return "\n".join(f"  {(c.header + ARROWS[c.lower_is_better]).ljust(width)}{_printed(c, metrics.get(c.key)):>7}"
-                     f"{over.get(c.key, '') if _printed(c, metrics.get(c.key)) != '–' else ''}" for c in cols)
+    printed = {c.key: _printed(c, metrics.get(c.key)) for c in cols}
+    return "\n".join(f"  {(c.header + ARROWS[c.lower_is_better]).ljust(width)}{printed[c.key]:>7}"
+                     f"{over.get(c.key, '') if printed[c.key] != '–' else ''}" for c in cols)
 
 
 def questions_behind(records: Iterable[dict]) -> dict[str, int]:

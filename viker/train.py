@@ -246,8 +246,10 @@ def used_settings(recorded: dict) -> dict:
     return {k: v for k, v in recorded.items() if k not in unused}
 
 
+# --save's values, by what a run's lora.merge records of them (auto: None, chosen when the run starts)
+SAVE_CHOICES = {None: "auto", True: "merged", False: "adapter"}
 # settings whose record is a code for an option: the option, and what each value of the record gives it
-RESUME_SHOWN = {"lora.merge": ("--save", {None: "auto", True: "merged", False: "adapter"})}
+RESUME_SHOWN = {"lora.merge": ("--save", SAVE_CHOICES)}
 # the settings of a record that are options of `viker finetune` and `viker unlearn` of the same name
 OPTIONS = {"": ("model", "data", "benchmark", "forget", "method", "tuning", "dtype", "max_length", "train_on",
                 "without"),

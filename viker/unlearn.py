@@ -51,7 +51,7 @@ from viker.runs import (
     written_whole,
 )
 from viker.train import (
-    RESUME_SHOWN,
+    SAVE_CHOICES,
     check_resume,
     check_resume_or_overwrite,
     check_run_folder,
@@ -251,7 +251,7 @@ def no_adapter(method: str, tuning: str) -> str | None:
 def refuse_for_cagul(cfg: UnlearnConfig, resumed: bool) -> None:
     """CAGUL trains modules of its own and saves them as they are: a choice of how the model's weights are tuned
     or saved is refused rather than recorded as if it had shaped the run. ``resumed``: a run there is resumed."""
-    save = RESUME_SHOWN["lora.merge"][1][cfg.lora.merge]
+    save = SAVE_CHOICES[cfg.lora.merge]
     for option, given in (("--tuning full", cfg.tuning == "full"), (f"--save {save}", save != "auto")):
         if cfg.method == "cagul" and given:
             # a run started before this was refused goes on without it (its record leaves it out)
@@ -293,7 +293,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     model_files = weight_hashes(cfg.model) if model_and_processor is None else None
     chosen = None  # what --save auto chose when the resumed run started: it goes on with that
     auto = started.get("unlearn", {}).get("lora", {}).get("merge", False) is None  # it started with --save auto
-    if auto and cfg.lora.merge is not None and started.get("saved") == ("merged" if cfg.lora.merge else "adapter"):
+    if auto and cfg.lora.merge is not None and started.get("saved") == SAVE_CHOICES[cfg.lora.merge]:
         cfg = replace(cfg, lora=replace(cfg.lora, merge=None))  # --save given as what auto chose: the same run
     if started and cfg.lora.merge is None:
         recorded = started.get("unlearn", {}).get("lora", {}).get("merge")
@@ -374,7 +374,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
                 "data": used, "examples": {k: len(v) for k, v in data.items()}, "setup": ctx.info,
                 "runtime": runtime_info(accelerator, model)}
     if cfg.tuning == "lora" and not wraps:  # what --save saved (auto: decided above)
-        settings["saved"] = "merged" if merge else "adapter"
+        settings["saved"] = SAVE_CHOICES[merge]
     if model_files is not None:
         settings["model_files"] = model_files
     # every check passed (the lengths, the method's setup): --overwrite may remove an earlier run now
