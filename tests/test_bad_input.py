@@ -296,9 +296,6 @@ def test_an_infinite_setting_is_refused_from_python_too():
     ([*UNLEARN, "--method", "cagul", "--tuning", "full"], "--tuning full does not apply to --method cagul"),
     ([*UNLEARN, "--tuning", "full", "--dtype", "float16"], "float16 weights cannot be trained in place (AdamW"),
     ([*UNLEARN, "--device", "gpu"], "--device gpu: not a device"),
-    # asked both to go on with the run in --out and to replace it
-    ([*UNLEARN, "--resume", "--overwrite"], "--resume goes on with the run in --out, --overwrite replaces it: give"),
-    (["finetune", "--max-steps", "1", "--resume", "--overwrite"], "--resume goes on with the run in --out, --overw"),
     (["eval", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
     (["eval", "--forget", "retain_90"], "--forget retain_90: choose from forget_5, forget_10, forget_15"),
     (["eval", "--max-new-tokens", "0"], "--max-new-tokens 0: must be at least 1"),
@@ -355,6 +352,24 @@ def test_the_python_api_refuses_settings_a_run_never_reads(command, settings, me
     with pytest.raises(VikerError, match=re.escape(message)):
         run(cfg, progress=False)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["finetune", "unlearn"])
+def test_going_on_with_a_run_and_replacing_it_are_not_both_taken(command, bench_dir, tmp_path, capsys):
+    """--resume and --overwrite ask opposite things of the run in --out: refused before anything else is read
+    (here a model that is not there), and from Python too, rather than one of them silently dropped."""
+    from viker.finetune import FinetuneConfig, run_finetune
+    from viker.unlearn import UnlearnConfig, run_unlearn
+
+    out = tmp_path / "run"
+    argv = [command, "--model", str(tmp_path / "no-model"), "--data", str(bench_dir), "--out", str(out)]
+    assert main([*argv, "--resume", "--overwrite"]) == 2
+    assert "argument --overwrite: not allowed with argument --resume" in capsys.readouterr().err
+    config, run = (FinetuneConfig, run_finetune) if command == "finetune" else (UnlearnConfig, run_unlearn)
+    with pytest.raises(VikerError, match="--resume goes on with the run in --out, --overwrite replaces it: give one"):
+        run(config(model=str(tmp_path / "no-model"), data=str(bench_dir), out=str(out)), progress=False,
+            resume=True, overwrite=True)
+    assert not out.exists()
 
 
 def test_a_cagul_run_started_with_save_merged_is_told_to_resume_without_it(tiny_dir, bench_dir, tmp_path, capsys):

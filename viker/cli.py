@@ -303,10 +303,12 @@ def _add_train_args(p: argparse.ArgumentParser, tiny: TrainConfig, real: TrainCo
     p.add_argument("--seed", type=int,
                    help=_preset("seed of the initialisation and the data order", "seed", tiny, real, names))
     p.add_argument("--checkpoint-every", type=int, help="write a checkpoint every N steps (atomically)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue a stopped run from its last checkpoint: give the command it was started with again, "
-                        "plus --resume (other settings are refused)")
-    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (removing its files)")
+    folder = p.add_mutually_exclusive_group()  # the run in --out goes on or is replaced, never both
+    folder.add_argument("--resume", action="store_true",
+                        help="continue a stopped run from its last checkpoint: give the command it was started with "
+                             "again, plus --resume (other settings are refused)")
+    folder.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in --out (removing its files)")
     p.add_argument("--max-length", type=int, help="refuse examples longer than this many tokens (never truncates)")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"),
                    help="autocast the forward pass (default: the accelerate launch setting, else no)")
