@@ -19,7 +19,7 @@ from viker.cli import main
 from viker.data import clear
 from viker.errors import VikerError
 from viker.eval.clear import UTILITY_KEYS, ItemScore, check_reference, model_utility, set_metrics
-from viker.eval.metrics import forget_quality, harmonic_mean
+from viker.eval.metrics import coherence_mean, forget_quality, harmonic_mean
 from viker.methods.reference import reference_pool_and_source
 from viker.prompts import CAPTION_QUESTION, NAME_QUESTION
 
@@ -438,7 +438,7 @@ def test_the_reference_model_is_scored_and_let_go_before_the_evaluated_model_loa
     assert held == [1] and len(loaded) == 2
 
 
-def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys):
+def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys, monkeypatch):
     common = ["--data", str(clear_dir), "--benchmark", "clear", "--device", "cpu"]
     train = ["--batch-size", "8", "--grad-accum", "1", "--lr", "3e-3", "--tuning", "full"]
     assert main(["finetune", "--model", str(tiny_dir), "--out", str(tmp_path / "vanilla"), "--max-steps", "6",
@@ -447,6 +447,7 @@ def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys):
                  "--without", "forget10", *train, *common]) == 0
     vanilla_config = json.loads((tmp_path / "vanilla" / "config.json").read_text())
     assert vanilla_config["examples"] == 12 and vanilla_config["finetune"]["benchmark"] == "clear"
+    assert vanilla_config["finetune"].get("train_on") is None  # MLLMU-Bench's choice, which CLEAR refuses
     assert json.loads((tmp_path / "retain" / "config.json").read_text())["examples"] == 6
 
     evaluate = ["eval", "--max-new-tokens", "6", "--batch-size", "16", *common]
@@ -493,6 +494,11 @@ def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys):
     assert 0.0 < vanilla["forget_quality"] <= 1.0
     records = [json.loads(line) for line in (tmp_path / "vanilla-eval" / "generations.jsonl").read_text().splitlines()]
     assert len(records) == 22 and {r["set"] for r in records} == {name for name, _, _ in clear.EVAL_SETS}
+    # coherence, in percent as on MLLMU-Bench: of each set's replies, and the column's of the forget captions'
+    for name, _, _ in clear.EVAL_SETS:
+        assert vanilla[f"{name}_coherence"] == pytest.approx(coherence_mean(r["answer"] for r in records
+                                                                            if r["set"] == name))
+    assert vanilla["coherence"] == vanilla["forget_coherence"]
     # A model compared with itself cannot be told apart: the KS p-value is 1.
     assert main([*evaluate, "--model", str(tmp_path / "retain"), "--out", str(tmp_path / "self"),
                  "--retain-model", str(tmp_path / "retain-eval"), "--retain-limit", "1"]) == 0
@@ -537,7 +543,8 @@ def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys):
     assert [row.split(" | ")[0] for row in rows] == ["| vanilla", "| retain model", "| GA", "| NPO", "| ViKeR"]
     assert "**" not in rows[0] + rows[1]
     assert f"| {_metrics(tmp_path / 'ga')['forget_quality']:#.2g}" in rows[2].replace("**", "")
-    assert "All numbers are in [0, 1], as CLEAR reports them. Evaluated on forget10." in " ".join(report.split())
+    assert "All numbers are in [0, 1], as CLEAR reports them but coherence, a percentage. Evaluated on forget10." \
+        in " ".join(report.split())
     assert (tmp_path / "report" / "tradeoff.png").is_file()  # model utility against forget quality
     # evaluated as forget10+tofu, a run is scored on forget10's items (the image sets): it shares their table
     assert main([*evaluate, "--model", str(tmp_path / "npo"), "--forget", "forget10+tofu",
@@ -545,6 +552,37 @@ def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys):
     assert _metrics(tmp_path / "npo-tofu") == _metrics(tmp_path / "npo") | {"forget_quality": None}
     assert main(["report", str(tmp_path / "retain-eval"), str(tmp_path / "npo-tofu"), "--out",
                  str(tmp_path / "tofu-report")]) == 0
+    # a run unlearned on forget10+tofu is scored as forget10's runs are, and its row says what it trained on
+    assert main(["unlearn", "--model", str(tmp_path / "vanilla"), "--method", "npo", "--forget", "forget10+tofu",
+                 "--out", str(tmp_path / "npo+tofu"), "--max-steps", "2", "--lr", "5e-2", "--batch-size", "4",
+                 *common]) == 0
+    assert main([*evaluate, "--model", str(tmp_path / "npo+tofu"), "--out", str(tmp_path / "npo+tofu"),
+                 "--retain-model", str(tmp_path / "retain-eval")]) == 0
+    assert main(["report", str(tmp_path / "npo"), str(tmp_path / "npo+tofu"), "--out",
+                 str(tmp_path / "tofu-rows")]) == 0
+    rows = json.loads((tmp_path / "tofu-rows" / "results.json").read_text())["runs"]
+    assert [r["label"] for r in rows] == ["NPO (unlearned on=forget10)", "NPO (unlearned on=forget10+tofu)"]
+    # forget quality is closeness to one model, however --retain-model named it (its folder, its run's folder,
+    # its evaluation's truth ratios); against another model it is another measure, which no table mixes
+    config = json.loads((tmp_path / "vanilla-eval" / "config.json").read_text())
+    assert config["forget_quality_reference"] == str((tmp_path / "retain" / "model").resolve())
+    assert {json.loads((tmp_path / f / "eval_config.json").read_text())["forget_quality_reference"]
+            for f in ("ga", "npo", "viker")} == {config["forget_quality_reference"]}
+    monkeypatch.chdir(tmp_path)  # a reference typed relative to the working folder is recorded absolute
+    assert main([*evaluate, "--model", "npo", "--out", "npo-other", "--retain-model", str(tiny_dir)]) == 0
+    assert json.loads((tmp_path / "npo-other" / "config.json").read_text())["eval"]["retain_model"] == \
+        str(tiny_dir.resolve())
+    capsys.readouterr()
+    assert main(["report", "viker", "npo-other", "--out", "refused-report"]) == 2
+    assert "evaluated with different --retain-model (the model forget quality compares with)" in \
+        capsys.readouterr().err
+    # truth ratios scored on other files than the data evaluated now are refused
+    edited = _copy(clear_dir, tmp_path / "edited")
+    _edit(edited, "forget10_perturbed", lambda rows, schema: pa.Table.from_pylist(
+        [r | {"paraphrased_caption": r["paraphrased_caption"] + " Again."} for r in rows], schema=schema))
+    assert main([*evaluate, "--data", str(edited), "--model", "npo", "--out", "npo-edited", "--retain-model",
+                 "retain-eval"]) == 2
+    assert "forget_truth_ratios.json: truth ratios scored on other files than" in capsys.readouterr().err
     # CLEAR's --retain-limit counts retain items (an image each), not persons
     assert main(["report", str(tmp_path / "self"), "--out", str(tmp_path / "limited")]) == 0
     assert "Retain figures over the first 1 retain items (rows of retain_perturbed, an image each)." in " ".join(

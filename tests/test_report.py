@@ -91,6 +91,20 @@ def test_a_run_on_the_edge_of_coherence_still_counts_and_reference_rows_keep_the
     assert list(_cells(markdown_table(vanillas))) == ["vanilla (seed=0)", "vanilla (seed=1)"]
 
 
+def test_on_clear_too_a_run_whose_replies_fell_apart_is_not_best_at_forgetting():
+    """CLEAR's forgetting columns reach zero when the replies are character soup: such a run is no contender
+    there, and the table shows the coherence that says why, after CLEAR's own columns."""
+    clear = {"forget_truth_ratio": 0.5, "model_utility": 0.3}
+    runs = [{"method": "ga", "metrics": {**clear, "forget_rougeL_recall": 0.0, "coherence": 0.0}},
+            {"method": "viker", "metrics": {**clear, "forget_rougeL_recall": 0.2, "coherence": 98.0}},
+            {"method": "npo", "metrics": {**clear, "forget_rougeL_recall": 0.4, "coherence": 97.0}}]
+    table = markdown_table(runs)
+    assert table.splitlines()[0] == "| Method | Model utility ↑ | Forget R-L ↓ | Forget TR | Coherence (%) ↑ |"
+    cells = _cells(table)
+    assert cells["GA"] == ["0.300", "0.000", "0.500", "0.0"]
+    assert cells["ViKeR"] == ["0.300", "**0.200**", "0.500", "**98.0**"]
+
+
 def test_what_was_not_measured_is_a_dash_and_never_the_best(tmp_path, monkeypatch):
     """An empty split's accuracy is NaN in memory and null in metrics.json; either way its cell is "–", and the
     best of the column is the same whichever order the runs come in."""

@@ -130,7 +130,9 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     # the tiny model is built in float32, which --dtype auto keeps (its presets are set for it); another --dtype
     # applies, and a bad one is refused before anything runs
     tiny_dtype = pick_dtype(torch.device("cpu"), cfg.dtype) if tiny and cfg.dtype != "auto" else None
-    train_on = cfg.train_on if cfg.train_on != "auto" else ("all" if tiny else "ft_Data")
+    # MLLMU-Bench's choice of what to learn; CLEAR has none to record
+    train_on = None if cfg.benchmark == "clear" else cfg.train_on if cfg.train_on != "auto" else \
+        ("all" if tiny else "ft_Data")
     examples = clear_finetune_examples(cfg.data, cfg.without) if cfg.benchmark == "clear" \
         else finetune_examples(cfg.data, train_on)
     if cfg.tuning not in ("auto", "full", "lora"):

@@ -76,10 +76,12 @@ def _clear_columns() -> list[Column]:
             Column(f"{key}_truth_ratio", f"{name} TR", None if forget else False,
                    f"truth-ratio score on {what}{target}", ".3f"),
         ]
-    return columns
+    return columns + [Column("coherence", "Coherence (%)", False, "offline coherence (0 to 100) of the replies on "
+                             "the forget persons' captions (viker.eval.metrics.coherence)", ".1f")]
 
 
 CLEAR_COLUMNS = _clear_columns()
+COLUMNS_OF = {"mllmu": COLUMNS, "clear": CLEAR_COLUMNS}  # a benchmark's columns, in the table's order
 
 
 # Rows that are references, not unlearning methods: never marked best. A retain model is finetuned
@@ -94,8 +96,13 @@ def label(run: dict) -> str:
     return run.get("label") or REFERENCES.get(run["method"]) or title(run["method"])
 
 
+def benchmark_of_runs(runs: list[dict]) -> str:
+    """The benchmark of the runs a table shows (one report is of one benchmark)."""
+    return "clear" if any(benchmark_of(r["metrics"]) == "clear" for r in runs) else "mllmu"
+
+
 def _columns(runs: list[dict]) -> list[Column]:
-    return [c for c in COLUMNS + CLEAR_COLUMNS if any(c.key in r["metrics"] for r in runs)]
+    return [c for c in COLUMNS_OF[benchmark_of_runs(runs)] if any(c.key in r["metrics"] for r in runs)]
 
 
 ARROWS = {True: " ↓", False: " ↑", None: ""}
@@ -205,8 +212,9 @@ def benchmark_of(metrics: dict) -> str:
 
 def plain_table(runs: list[dict], keys: tuple[str, ...] | None = None) -> str:
     """A compact table for the terminal: ``keys``, by default a few columns of the runs' benchmark."""
-    keys = keys or SUMMARY["clear" if any(benchmark_of(r["metrics"]) == "clear" for r in runs) else "mllmu"]
-    columns = {c.key: c for c in COLUMNS + CLEAR_COLUMNS}
+    benchmark = benchmark_of_runs(runs)
+    keys = keys or SUMMARY[benchmark]
+    columns = {c.key: c for c in COLUMNS_OF[benchmark]}
     headers = [columns[k].header + ARROWS[columns[k].lower_is_better] for k in keys]  # as report.md names them
     widths = [max(12, len(h) + 2) for h in headers]
     width = max(len(label(r)) for r in runs) + 2
@@ -439,7 +447,7 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
 # --------------------------------------------------------------------------------------------------
 # ``viker report``: the table and the plot of any evaluated runs
 # --------------------------------------------------------------------------------------------------
-SETTING_NAMES = {"lam": "λ", "beta": "β"}
+SETTING_NAMES = {"lam": "λ", "beta": "β", "unlearned_on": "unlearned on"}
 # an unlearning run's training settings that change its result (not its logging or checkpoints)
 TRAINING_SETTINGS = ("lr", "batch_size", "grad_accum", "weight_decay", "warmup_ratio", "scheduler", "max_grad_norm",
                      "seed", "mixed_precision")
@@ -528,6 +536,8 @@ def read_run(path: str | Path) -> dict:
     unlearned = source.get("unlearn", {})
     if unlearned.get("benchmark", "mllmu") == "mllmu" and source.get("command") == "unlearn":
         training["train_on"] = unlearned.get("train_on", "all")  # what it trained on; all before it was recorded
+    elif source.get("command") == "unlearn" and unlearned.get("forget"):  # CLEAR's forget10 or forget10+tofu: scored
+        training["unlearned_on"] = unlearned["forget"]  # alike (scored_split), trained on other data
     evaluated = (evaluation or {}).get("eval", {})
     benchmark = benchmark_of(metrics)
     answers = read_records(run / "generations.jsonl") if benchmark == "mllmu" and \
@@ -555,6 +565,7 @@ def read_run(path: str | Path) -> dict:
             "forget_split": scored_split(evaluated.get("forget"), benchmark),
             "made_for": split_made_for(source, benchmark), **scored,
             "data": data, "asked": asked, "model": (evaluation or {}).get("model"),
+            "forget_quality_reference": (evaluation or {}).get("forget_quality_reference"),
             "data_files": fingerprint,
             "metrics": metrics, "path": str(run)}
 
@@ -719,6 +730,8 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
     max_new_tokens = _one_value(rows, "max_new_tokens", "--max-new-tokens")
     judge = _one_value(rows, "judge", "--judge")  # one judge's scores are no other's
     gib_model = _one_value(rows, "gib_model", "--gib-model")  # nor one classifier's another's
+    # CLEAR's forget quality is a closeness to one model: to another one, another measure
+    reference = _one_value(rows, "forget_quality_reference", "--retain-model (the model forget quality compares with)")
     check_one_row_per_model(rows)  # evaluated alike, in two folders
     for row, name in zip(rows, _labels(rows)):
         row["label"] = name
@@ -747,8 +760,14 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
     judged = any(r["metrics"].get(key) is not None for r in rows for key in ("forget_factuality", "retain_factuality"))
     by = f", by `{judge}`" if judge else ""
     scales = "All numbers are percentages" + (f" but the factuality judge's scores (1 to 10{by})" if judged else "")
-    evaluated = (f"All numbers are in [0, 1], as CLEAR reports them. Evaluated on {split}." if benchmark == "clear" else
-                 f"{scales}. Evaluated on {split}, multiple choice by {mc_mode or 'a mode not recorded'}.")
+    if benchmark == "clear":
+        coherent = any(r["metrics"].get("coherence") is not None for r in rows)
+        evaluated = (f"All numbers are in [0, 1], as CLEAR reports them{' but coherence, a percentage' * coherent}. "
+                     f"Evaluated on {split}.")
+        if reference:
+            evaluated += f" Forget quality compares with the model in `{reference}`."
+    else:
+        evaluated = f"{scales}. Evaluated on {split}, multiple choice by {mc_mode or 'a mode not recorded'}."
     if max_new_tokens is not None:
         evaluated += f" Greedy replies of at most {max_new_tokens} new tokens."
     if gib_model and any(r["metrics"].get("gib") is not None for r in rows):

@@ -14,6 +14,11 @@ once, all sets in the same batches. Every metric is in [0, 1], as CLEAR reports 
 - ``forget_quality``: the p-value of the two-sample KS test between the forget captions' truth ratios
   and those of a model trained without the forget set (``retain_model``); None without one;
 - ``model_utility``: the harmonic mean of the twelve non-forget metrics above.
+
+Besides CLEAR's own measures, ``{set}_coherence`` is the offline coherence of the replies
+(:func:`viker.eval.metrics.coherence`, in percent as on MLLMU-Bench), and ``coherence`` that of the replies
+on the forget captions: replies that fell apart score near zero on every forgetting measure without having
+forgotten anything, and the report does not mark them best there.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from viker.data.clear import EVAL_SETS, FORGET_SETS, TOFU, EvalItem, eval_items, forget_base
+from viker.data.clear import EVAL_SETS, FORGET_SETS, PERTURBED, TOFU, EvalItem, eval_items, forget_base
+from viker.data.loader import config_files
 from viker.data.schema import Example
 from viker.errors import VikerError
 from viker.eval import metrics as M
@@ -34,9 +40,11 @@ from viker.runs import (
     TRAINING_COMMANDS,
     as_recorded,
     check_eval_out,
+    file_hashes,
     other_benchmark,
     other_split,
     read_configs,
+    saved_model_of,
     write_eval_config,
     write_json,
 )
@@ -147,11 +155,13 @@ def evaluate_clear(model, processor, data: str | Path, cfg: ClearEvalConfig, pro
                             "truth_ratio": score.truth_ratio, "loss": answer})
         start += len(chunk)
         metrics |= {f"{name}_{k}": v for k, v in set_metrics(scores, name in FORGET_SETS, option_share).items()}
+        metrics[f"{name}_coherence"] = M.coherence_mean(replies[(item.question, item.image)] for item in chunk)
         metrics[f"{name}_items"] = len(chunk)
         if name in FORGET_SETS:
             ratios[name] = [s.truth_ratio for s in scores]
     metrics |= {f"{config}_skipped": n for config, n in skipped.items()}
     metrics["model_utility"] = model_utility(metrics)
+    metrics["coherence"] = metrics["forget_coherence"]  # as MLLMU-Bench's column: the replies on the forget set
     return metrics, records, ratios
 
 
@@ -164,12 +174,24 @@ def forget_truth_ratios(model, processor, data: str | Path, forget: str, batch_s
     return out
 
 
-def truth_ratio_file(model: str, forget: str, ratios: dict[str, list[float]]) -> dict:
-    return {"benchmark": "clear", "forget_split": forget_base(forget), "model": model, "truth_ratios": ratios}
+def forget_files(data: str | Path, forget: str) -> dict[str, str] | None:
+    """sha256 of the files the forget truth ratios are scored from (the split's ``_perturbed`` config), by
+    name; None for a benchmark read by hub id."""
+    root = Path(data).expanduser()
+    if not root.is_dir():
+        return None
+    names = {str(path.relative_to(root)) for path in config_files(root, forget_base(forget) + PERTURBED)}
+    return {name: digest for name, digest in file_hashes(root).items() if name in names}
 
 
-def read_truth_ratios(path: Path, forget: str) -> dict[str, list[float]]:
-    """The forget truth ratios a previous evaluation saved, checked to be of the same forget split."""
+def truth_ratio_file(model: str, forget: str, ratios: dict[str, list[float]], data: str | Path) -> dict:
+    return {"benchmark": "clear", "forget_split": forget_base(forget), "model": model,
+            "data_files": forget_files(data, forget), "truth_ratios": ratios}
+
+
+def read_truth_ratios(path: Path, forget: str, data: str | Path) -> dict[str, list[float]]:
+    """The forget truth ratios a previous evaluation saved, checked to be of the same forget split, scored on
+    the same files (as far as the file and ``data`` record them: the same bytes under any layout)."""
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
         ratios = {name: [float(x) for x in saved["truth_ratios"][name]] for name in FORGET_SETS}
@@ -177,7 +199,25 @@ def read_truth_ratios(path: Path, forget: str) -> dict[str, list[float]]:
         raise VikerError(f"{path}: not a truth-ratio file of `viker eval --benchmark clear` ({e})") from None
     if saved.get("forget_split") != forget_base(forget):
         raise VikerError(f"{path}: truth ratios of {saved.get('forget_split')}, not of {forget_base(forget)}")
+    then, now = saved.get("data_files"), forget_files(data, forget)
+    if isinstance(then, dict) and now is not None and sorted(then.values()) != sorted(now.values()):
+        raise VikerError(f"{path}: truth ratios scored on other files than {data}'s {forget_base(forget)}{PERTURBED} "
+                         "(another release or seed of the benchmark, or edited since): score the reference on this "
+                         "data (--retain-model with its model)")
     return ratios
+
+
+def reference_model(spec: str | Path) -> str:
+    """The model a ``--retain-model`` stands for, as an evaluation records it: the one its truth ratios were
+    scored from, or the model it names (a run folder by its model/, so that both ways of naming it agree)."""
+    saved = saved_ratios(spec)
+    if saved is not None:
+        try:
+            spec = json.loads(saved.read_text(encoding="utf-8"))["model"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return str(spec)  # read_truth_ratios says what is wrong with the file
+    folder = Path(spec).expanduser()
+    return as_recorded(saved_model_of(folder) or folder) if folder.is_dir() else str(spec)
 
 
 def saved_ratios(spec: str | Path) -> Path | None:
@@ -192,13 +232,7 @@ def saved_ratios(spec: str | Path) -> Path | None:
 def reference_run(spec: str | Path) -> dict:
     """The config of the ``viker finetune``/``unlearn`` run behind a ``--retain-model``: the run whose model
     it names, or whose model its truth ratios were scored from; empty for a model from elsewhere."""
-    saved = saved_ratios(spec)
-    if saved is not None:
-        try:
-            spec = json.loads(saved.read_text(encoding="utf-8"))["model"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            return {}  # read_truth_ratios says what is wrong with the file
-    folder = Path(spec)
+    folder = Path(reference_model(spec))
     if not folder.is_dir():
         return {}
     config = read_configs(folder)[0] or (read_configs(folder.parent)[0] if folder.name == "model" else {})
@@ -231,7 +265,7 @@ def reference_truth_ratios(cfg: ClearEvalConfig, data: str | Path, device=None, 
     check_reference(cfg.retain_model, cfg.forget)
     saved = saved_ratios(cfg.retain_model)
     if saved is not None:
-        return read_truth_ratios(saved, cfg.forget), False
+        return read_truth_ratios(saved, cfg.forget, data), False
     model, processor = load_model(cfg.retain_model, device, dtype, trust_remote_code, merge_adapter=False)
     return forget_truth_ratios(model, processor, data, cfg.forget, cfg.batch_size), True
 
@@ -244,6 +278,8 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig, d
     from viker.model import how_loaded, load_model
 
     forget_base(cfg.forget)
+    if cfg.retain_model:  # recorded as the other paths are: absolute, whatever folder it was typed in
+        cfg = replace(cfg, retain_model=as_recorded(cfg.retain_model))
     check_eval_out(model_path, out, data)
     check_nothing_lost(out, "clear", cfg)
     read = clear_eval_sets(data, cfg)  # a wrong --data or split is refused before any model loads
@@ -265,11 +301,13 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig, d
             raise VikerError(f"--retain-model {cfg.retain_model}: {len(reference['forget'])} forget truth ratios, but "
                              f"this evaluation has {len(ratios['forget'])}; they come from different data")
         metrics["forget_quality"] = M.forget_quality(ratios["forget"], reference["forget"])
+    # the model forget quality compares with, however --retain-model named it: what the report holds rows to
+    compared = {"forget_quality_reference": reference_model(cfg.retain_model)} if reference is not None else {}
     write_eval_config(out, {"model": as_recorded(model_path), **how_loaded(model), "data": as_recorded(data),
-                            "benchmark": "clear", "eval": asdict(cfg)}, data)
+                            "benchmark": "clear", "eval": asdict(cfg), **compared}, data)
     write_json(out / "metrics.json", metrics)
-    write_json(out / TRUTH_RATIOS, truth_ratio_file(as_recorded(model_path), cfg.forget, ratios))
+    write_json(out / TRUTH_RATIOS, truth_ratio_file(as_recorded(model_path), cfg.forget, ratios, data))
     if computed:  # saved so that the next evaluation against the same reference can pass this file
-        write_json(out / RETAIN_TRUTH_RATIOS, truth_ratio_file(as_recorded(cfg.retain_model), cfg.forget, reference))
+        write_json(out / RETAIN_TRUTH_RATIOS, truth_ratio_file(cfg.retain_model, cfg.forget, reference, data))
     write_generations(out / "generations.jsonl", records)
     return metrics
