@@ -110,3 +110,17 @@ def test_finetune_seed_seeds_the_tiny_models_initialisation_as_its_help_says(mon
     assert "initialisation" in {a.dest: a for a in COMMANDS["viker finetune"]._actions}["seed"].help
     main(["finetune", "--model", "tiny", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--seed", "7"])
     assert seen[0].train.seed == 7 and seen[0].tiny.seed == 7
+
+
+def test_the_loss_an_unlearning_run_ends_on_says_over_which_steps_it_is_a_mean(tiny_dir, bench_dir, tmp_path, capsys):
+    """A logged loss is the mean over the steps since the row before it, not the last step's loss: the line a run
+    ends with says which steps."""
+    import json
+
+    from viker.cli import main
+
+    assert main(["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--method", "ga", "--max-steps",
+                 "3", "--out", str(tmp_path / "run")]) == 0
+    (row,) = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert f"(loss {row['loss']:.4f} (the mean over steps 1–3); every logged step in history.json)" in \
+        capsys.readouterr().out

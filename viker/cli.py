@@ -81,7 +81,7 @@ def _unlearn(args) -> None:
     from viker.methods.reference import SOURCES
     from viker.model import is_tiny_model
     from viker.runs import as_recorded
-    from viker.train import SAVE_CHOICES
+    from viker.train import SAVE_CHOICES, last_logged_loss
     from viker.unlearn import UnlearnConfig, no_adapter, run_unlearn
 
     saved_as = {choice: merge for merge, choice in SAVE_CHOICES.items()}  # --save's value as lora.merge records it
@@ -107,8 +107,7 @@ def _unlearn(args) -> None:
     _, _, history = run_unlearn(cfg, resume=args.resume, overwrite=args.overwrite)
     if not _main_process():
         return
-    last = history[-1] if history else {}
-    loss = f"final loss {last.get('loss', float('nan')):.4f}; every logged step in history.json"
+    loss = f"{last_logged_loss(history)}; every logged step in history.json"
     if args.method == "cagul":
         print(f"CAGUL modules written to {args.out}/cagul, beside the untouched base model ({loss})")
     elif Path(args.out, "model", "adapter_config.json").is_file():
@@ -394,8 +393,9 @@ def parser() -> argparse.ArgumentParser:
     synth.set_defaults(func=_synth)
 
     ft = _command(sub, "finetune", "train the vanilla model on the benchmark's people",
-                  "Writes OUT/model, config.json, history.json, timing.json and metrics.json: the final loss and, "
-                  "on MLLMU-Bench in one process or under DDP, how many answers it recalls exactly.")
+                  "Writes OUT/model, config.json, history.json, timing.json and metrics.json: the last logged loss "
+                  "(final_loss, a mean over the steps since the row before it in history.json) and, on MLLMU-Bench "
+                  "in one process or under DDP, how many answers it recalls exactly.")
     ft.add_argument("--model", default="tiny", help="'tiny' (built offline) or a model folder / hub id")
     ft.add_argument("--data", required=True, help="benchmark folder (MLLMU-Bench's layout, or CLEAR's with "
                                                    "--benchmark clear)")

@@ -177,6 +177,16 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, step: int, histo
     shutil.rmtree(old, ignore_errors=True)
 
 
+def last_logged_loss(history: list[dict]) -> str:
+    """The last row of a run's history as said at its end: a logged loss is the mean over the steps since the row
+    before (metrics.json's final_loss is this mean too)."""
+    if not history or "loss" not in history[-1]:
+        return "no loss logged"
+    last, first = history[-1]["step"], history[-2]["step"] + 1 if len(history) > 1 else 1
+    steps = f"step {last}" if first == last else f"steps {first}–{last}"
+    return f"loss {history[-1]['loss']:.4f} (the mean over {steps})"
+
+
 def check_resume_or_overwrite(resume: bool, overwrite: bool) -> None:
     """A run either goes on with the run in its folder or replaces it: both asked is refused, not one of them
     silently dropped."""
