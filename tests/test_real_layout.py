@@ -352,3 +352,14 @@ def test_images_stored_by_path_load_as_their_bytes(real_bench, tmp_path):
     for config in ("Full_Set", "Test_Set"):
         assert [p.images for p in load_profiles(root, config)] == [p.images for p in load_profiles(real_bench, config)]
     assert [r.image for r in load_finetune(root)] == [r.image for r in load_finetune(real_bench)]
+
+
+def test_spaces_around_or_doubled_in_an_option_are_the_files_not_the_options(real_bench, tmp_path):
+    """An option stored as "baker " or "rock  climbing" is the option "baker" or "rock climbing": with the spaces
+    kept, the likelihood scoring could not find it in the model's own answer, and its accuracy would quietly drop."""
+    root = tmp_path / "bench"
+    shutil.copytree(real_bench, root)
+    _rows_edit("forget_10", 0, lambda rows: _every_mc(rows, lambda q: q["Options"].update(
+        {k: f" {v.replace(' ', '  ')} " for k, v in q["Options"].items()})))(root)
+    clean = [q.options for p in load_profiles(real_bench, "forget_10") for q in p.mc]
+    assert [q.options for p in load_profiles(root, "forget_10") for q in p.mc] == clean

@@ -284,7 +284,9 @@ def _mc_items(items: list[dict] | None, with_image: bool, source: str) -> list[M
     for j, item in _items(items, source, group):
         if not str(item.get("Question") or "").strip():
             raise VikerError(f"{source}: {group}[{j}] lacks a Question (missing or blank)")
-        options = {k: v for k, v in (item.get("Options") or {}).items() if v is not None}
+        # spaces around an option ("baker ") or doubled inside it are the file's, not the option's: kept, they
+        # would keep the option from being found in the model's own answer (the likelihood scoring's frame)
+        options = {k: " ".join(str(v).split()) for k, v in (item.get("Options") or {}).items() if v is not None}
         if sorted(options) != list(LETTERS):
             raise VikerError(f"{source}: {group}[{j}] has options {sorted(options)}, expected A-D")
         answer = (item.get("Correct_Answer") or "").strip()
