@@ -501,8 +501,45 @@ def test_gibberish_classifier_loads_from_a_local_folder(tmp_path, monkeypatch):
     config = json.loads((tmp_path / "gib" / "config.json").read_text())
     config["id2label"], config["label2id"] = {"0": "LABEL_0", "1": "LABEL_1"}, {"LABEL_0": 0, "LABEL_1": 1}
     (tmp_path / "gib" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(VikerError, match="no label names the clean class .labels: LABEL_0, LABEL_1"):
+    with pytest.raises(VikerError, match="no one label names the clean class .labels: LABEL_0, LABEL_1"):
         gibberish_scorer(str(tmp_path / "gib"), "cpu")
+
+
+def test_the_clean_class_is_the_label_named_clean_not_one_that_holds_the_word():
+    from viker.eval.evaluate import clean_label
+
+    assert clean_label({0: "unclean", 1: "clean"}) == 1  # "unclean" holds "clean", and means the opposite
+    assert clean_label({0: "noise", 1: "Clean"}) == 1
+    assert clean_label({0: "LABEL_clean", 1: "LABEL_noise"}) == 0
+    assert clean_label({0: "not_clean", 1: "noise"}) is None
+    assert clean_label({0: "clean_a", 1: "clean_b"}) is None  # two candidates: not ours to pick
+
+
+def test_a_decoder_classifier_without_a_padding_token_scores_batches_of_any_length(tmp_path):
+    """A GPT-2-style classifier's tokenizer has no padding token, and it may be saved without its model's length:
+    its end-of-text token pads, the position embeddings bound the length, and a classifier that cannot score a
+    batch at all is refused when it loads, before any answer is generated."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2ForSequenceClassification, PreTrainedTokenizerFast
+
+    from viker.eval.evaluate import gibberish_scorer
+
+    vocab = {"<eos>": 0, "<unk>": 1, "fine": 2, "s": 3, "the": 4}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    config = GPT2Config(vocab_size=len(vocab), n_embd=8, n_layer=1, n_head=2, n_positions=8, num_labels=2,
+                        id2label={0: "unclean", 1: "clean"}, label2id={"unclean": 0, "clean": 1})
+    torch.manual_seed(0)
+    GPT2ForSequenceClassification(config).save_pretrained(tmp_path / "gpt2")
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", unk_token="<unk>").save_pretrained(
+        tmp_path / "gpt2")
+    score = gibberish_scorer(str(tmp_path / "gpt2"), "cpu")
+    texts = ["fine", "the s " * 20]  # the second, longer than the 8 positions
+    together = score(texts)
+    assert together == pytest.approx([score([t])[0] for t in texts], abs=1e-5) and all(0 < p < 1 for p in together)
+    PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(tmp_path / "gpt2")  # nothing to pad with
+    with pytest.raises(VikerError, match=r"--gib-model \S+: the classifier cannot score a batch of texts"):
+        gibberish_scorer(str(tmp_path / "gpt2"), "cpu")
 
 
 def test_gib_column_when_a_classifier_is_given(tiny, bench_dir, tmp_path, monkeypatch):
@@ -619,6 +656,15 @@ def test_a_plugged_in_judge_scores_each_generated_answer_on_its_own_scale(tiny_d
         patched.setattr(viker.eval.run, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
         assert main([*common, "--judge", "no_such_judges:score", "--out", str(tmp_path / "missing")]) == 2
     assert "--judge no_such_judges:score: cannot import no_such_judges" in capsys.readouterr().err
+    # a judge whose own code fails as it is imported (a key it reads from the environment) is one line too,
+    # and a module without the function says which file it is (one of the same name may come first)
+    (tmp_path / "keyed_judges.py").write_text("import os\nKEY = os.environ['NO_SUCH_JUDGE_KEY']\n")
+    assert main([*common, "--judge", "keyed_judges:score", "--out", str(tmp_path / "keyed")]) == 2
+    assert "--judge keyed_judges:score: cannot import keyed_judges (KeyError: 'NO_SUCH_JUDGE_KEY')" in \
+        capsys.readouterr().err
+    assert main([*common, "--judge", "my_judges:no_such_function", "--out", str(tmp_path / "nofunction")]) == 2
+    assert f"--judge my_judges:no_such_function: my_judges ({tmp_path / 'my_judges.py'}) has no function " \
+        "no_such_function" in capsys.readouterr().err
     assert main([*common, "--judge", "my_judges:out_of_scale", "--out", str(tmp_path / "scale")]) == 2
     assert "a score must be a number from 1 to 10, got 11" in capsys.readouterr().err
     assert main([*common, "--judge", "my_judges", "--out", str(tmp_path / "form")]) == 2
@@ -668,7 +714,7 @@ def test_a_judge_that_fails_or_returns_no_scores_is_named_in_one_line():
 
     with pytest.raises(VikerError, match=r"^--judge j:down failed: ConnectionRefusedError: .*Connection refused"):
         judged(down, "j:down", ["q"], ["r"], ["a"])
-    for returned, kind in ((None, "NoneType"), ("10", "str"), (7, "int")):
+    for returned, kind in ((None, "NoneType"), ("10", "str"), (7, "int"), ({"a": 5}, "dict")):
         with pytest.raises(VikerError, match=f"^--judge j:f: returned {kind}, not a list of scores"):
             judged(lambda q, r, a, returned=returned: returned, "j:f", ["q"], ["r"], ["a"])
     assert judged(lambda q, r, a: (s for s in [3, 7.5]), "j:f", ["q"] * 2, ["r"] * 2, ["a", "b"]) == [3.0, 7.5]

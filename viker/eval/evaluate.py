@@ -16,7 +16,7 @@ import statistics
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 
@@ -242,10 +242,21 @@ def mc_by_likelihood(model, processor, questions: list[tuple[MCQuestion, bytes |
     return choices
 
 
+def clean_label(id2label: dict) -> int | None:
+    """The class of a gibberish classifier that means coherent: the label named "clean", else the one label
+    whose name holds it ("LABEL_clean"); None where none or several do ("clean_a", "clean_b")."""
+    names = {i: str(name).lower() for i, name in id2label.items()}
+    exact = [i for i, name in names.items() if name == "clean"]
+    holding = [i for i, name in names.items() if "clean" in name and not name.startswith(("un", "not"))]
+    found = exact or holding
+    return found[0] if len(found) == 1 else None
+
+
 def gibberish_scorer(path: str, device, batch_size: int = 32):
-    """Probability of the 'clean' class (the label whose name holds "clean") of a local text classifier,
-    per text (higher = more coherent). A classifier without such a label is refused: which class means
-    coherent is not ours to guess."""
+    """Probability of the 'clean' class (:func:`clean_label`) of a local text classifier, per text (higher =
+    more coherent). A classifier without one such label is refused: which class means coherent is not ours to
+    guess. It scores a text once when loaded, so that one it cannot run on fails before any answer is
+    generated."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     folder = str(Path(path).expanduser())  # a local folder, never a hub id ('~/gib' is no repository)
@@ -254,21 +265,31 @@ def gibberish_scorer(path: str, device, batch_size: int = 32):
         clf = AutoModelForSequenceClassification.from_pretrained(folder).to(device).eval()
     except (OSError, ValueError) as e:
         raise VikerError(f"--gib-model {path}: cannot load a text classifier ({why_not_loaded(e, folder)})") from None
-    labels = {i: str(name).lower() for i, name in clf.config.id2label.items()}
-    clean = next((i for i, name in labels.items() if "clean" in name), None)
+    clean = clean_label(clf.config.id2label)
     if clean is None:
-        raise VikerError(f"--gib-model {path}: no label names the clean class (labels: "
-                         f"{', '.join(clf.config.id2label.values())})")
+        raise VikerError(f"--gib-model {path}: no one label names the clean class (labels: "
+                         f"{', '.join(map(str, clf.config.id2label.values()))})")
+    if tokenizer.pad_token is None:  # a decoder's tokenizer (GPT-2's, Llama's) has none: its end of text pads
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if clf.config.pad_token_id is None:  # where a decoder classifier reads the last real token
+        clf.config.pad_token_id = tokenizer.pad_token_id
+    # a tokenizer saved without its model's length: the position embeddings bound it
+    longest = min(tokenizer.model_max_length, getattr(clf.config, "max_position_embeddings", None) or 10**9)
 
     @torch.no_grad()
     def score(texts: Sequence[str]) -> list[float]:
         out = []
         for start in range(0, len(texts), batch_size):
             enc = tokenizer(list(texts[start : start + batch_size]), return_tensors="pt", padding=True,
-                            truncation=True).to(device)
+                            truncation=True, max_length=longest).to(device)
             out += clf(**enc).logits.softmax(-1)[:, clean].tolist()
         return out
 
+    try:
+        score(["A short sentence to check that the classifier runs.", "Two texts, so that one is padded."])
+    except Exception as e:  # no padding token at all, a shape it cannot take: said now, not after generation
+        raise VikerError(f"--gib-model {path}: the classifier cannot score a batch of texts ({type(e).__name__}: "
+                         f"{e})") from None
     return score
 
 
@@ -282,11 +303,12 @@ def load_judge(spec: str):
         sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise VikerError(f"--judge {spec}: cannot import {module_name} ({e})") from None
+    except Exception as e:  # not found, or its own code failed (a key read from the environment, a syntax error)
+        raise VikerError(f"--judge {spec}: cannot import {module_name} ({type(e).__name__}: {e})") from None
     judge = getattr(module, name, None)
-    if not callable(judge):
-        raise VikerError(f"--judge {spec}: {module_name} has no function {name}")
+    if not callable(judge):  # which file: a module of the same name found first (the standard library's) says why
+        where = f" ({module.__file__})" if getattr(module, "__file__", None) else ""
+        raise VikerError(f"--judge {spec}: {module_name}{where} has no function {name}")
     return judge
 
 
@@ -299,7 +321,7 @@ def judged(judge, spec: str, questions: list[str], references: list[str], replie
         scores = judge(list(questions), list(references), list(replies))
     except Exception as e:
         raise failed(e) from e
-    if isinstance(scores, (str, bytes)) or not isinstance(scores, Iterable):
+    if isinstance(scores, (str, bytes, Mapping)) or not isinstance(scores, Iterable):
         raise VikerError(f"--judge {spec}: returned {type(scores).__name__}, not a list of scores")
     try:
         scores = list(scores)  # a generator runs here
