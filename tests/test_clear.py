@@ -595,6 +595,24 @@ def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys, monkey
     assert "different benchmarks" in capsys.readouterr().err
 
 
+def test_a_clear_finetune_that_recorded_mllmu_benchmarks_train_on_resumes(tiny_dir, clear_dir, tmp_path, capsys,
+                                                                        monkeypatch):
+    """CLEAR finetunes once recorded MLLMU-Bench's --train-on (ft_Data), which CLEAR refuses to be given: such a
+    run resumes with its record as it is, rather than being refused with no way to match it."""
+    from test_run_folders import PAST, _stopped
+
+    run = tmp_path / "run"
+    argv = ["finetune", "--model", str(tiny_dir), "--data", str(clear_dir), "--benchmark", "clear", "--max-steps",
+            "2", "--batch-size", "4", "--tuning", "full", "--out", str(run)]
+    _stopped(argv, monkeypatch)
+    config = json.loads((run / "config.json").read_text())
+    assert config["finetune"]["train_on"] is None
+    config["finetune"]["train_on"] = "ft_Data"
+    (run / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 2 and PAST in capsys.readouterr().err
+
+
 def test_cagul_unlearns_on_clear_with_real_faces_as_references(tiny_dir, clear_dir, tmp_path):
     """CLEAR has no image pools: CAGUL's reference answers come from its real_faces, as ViKeR's, not from the
     retain persons, whose faces as references would teach the model to take forget persons for them."""

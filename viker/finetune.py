@@ -146,6 +146,8 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
         seed = started.get("finetune", {}).get("tiny", {}).get("seed")
         if seed is not None:
             cfg = replace(cfg, tiny=replace(cfg.tiny, seed=seed))
+    if cfg.benchmark == "clear" and started:  # a CLEAR run started while MLLMU-Bench's choice was recorded for it
+        train_on = started.get("finetune", {}).get("train_on")  # too: it goes on with the record it has
     recorded = used_settings(paths_recorded(asdict(cfg) | {"tuning": tuning, "train_on": train_on},
                                             ("data", "out") if tiny else ("model", "data", "out")))
     if not tiny:
