@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from viker.cli import main
+from viker.data.examples import unlearning_examples
 from viker.data.loader import load_profiles
 from viker.errors import VikerError
 
@@ -176,6 +177,9 @@ def test_ft_data_whose_images_match_no_person_is_said_and_recorded(tiny_dir, ben
     assert main([*argv, "--data", str(bench_dir), "--out", str(tmp_path / "as-is")]) == 0
     assert "warning" not in capsys.readouterr().err
     pairs = json.loads((tmp_path / "as-is" / "config.json").read_text())["data"]["ft_Data_pairs"]
+    # every pair of the split's people, those that are also generation questions (all, here) included
+    assert pairs == {"forget": len(unlearning_examples(bench_dir, "forget_10", learned="ft_Data")),
+                     "retain": len(unlearning_examples(bench_dir, "retain_90", learned="ft_Data"))}
     assert pairs["forget"] > 0 and pairs["retain"] > 0
     _edit(root, "ft_Data/train-00000-of-00001.parquet", _reencode_images)
     assert main([*argv, "--data", str(root), "--out", str(tmp_path / "re-encoded")]) == 0

@@ -16,7 +16,7 @@ import torch
 
 from viker.collate import Collator, check_max_length
 from viker.data.clear import unlearning_data as clear_unlearning_data
-from viker.data.examples import FINETUNE_SETS, unlearning_examples
+from viker.data.examples import FINETUNE_SETS, ft_pairs, unlearning_examples
 from viker.data.loader import load_finetune, load_profiles, retain_profiles
 from viker.data.schema import FORGET_SPLITS, RETAIN_OF
 from viker.errors import VikerError, require
@@ -175,7 +175,9 @@ def mllmu_streams(cfg: UnlearnConfig) -> tuple[dict, dict]:
             "retain": unlearning_examples(cfg.data, retain_split, retain_people, records, cfg.train_on)}
     used = {"benchmark": "mllmu", "forget_config": cfg.forget, "retain_config": retain_split,
             "ft_Data_size": len(records),
-            "ft_Data_pairs": {name: sum(ex.kind == "ft" for ex in examples) for name, examples in data.items()}}
+            # counted apart: a pair that is also a generation question is in the stream as the latter
+            "ft_Data_pairs": {"forget": len(ft_pairs(forget_people, records)),
+                              "retain": len(ft_pairs(retain_people, records))}}
     if cfg.train_on == "ft_Data" and not used["ft_Data_pairs"]["forget"]:
         raise VikerError(f"{cfg.data}: no ft_Data pair has the image of a {cfg.forget} person (were the images "
                          "re-encoded?), and --train-on ft_Data unlearns those pairs alone; --train-on all unlearns "

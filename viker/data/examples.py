@@ -79,10 +79,14 @@ def unlearning_examples(data_dir: str | Path, split: str, profiles: list[Profile
     if learned not in FINETUNE_SETS:
         raise VikerError(f"--train-on {learned}: choose from {', '.join(FINETUNE_SETS)}")
     profiles = load_profiles(data_dir, split) if profiles is None else profiles
+    pairs = ft_pairs(profiles, load_finetune(data_dir) if records is None else records)
+    return pairs if learned == "ft_Data" else _unique(generation_examples(profiles) + pairs)
+
+
+def ft_pairs(profiles: list[Profile], records: list[FinetuneRecord]) -> list[Example]:
+    """The ft_Data pairs of ``profiles``' people (a record is a person's by its image), each once."""
     images = {p.image for p in profiles}
-    records = [r for r in (load_finetune(data_dir) if records is None else records) if r.image in images]
-    pairs = pair_examples(records, pure_text_questions(profiles))
-    return _unique(pairs if learned == "ft_Data" else generation_examples(profiles) + pairs)
+    return _unique(pair_examples([r for r in records if r.image in images], pure_text_questions(profiles)))
 
 
 def _unique(examples: list[Example]) -> list[Example]:
