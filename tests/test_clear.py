@@ -350,6 +350,19 @@ def test_option_rows_without_a_wrong_option_are_skipped_and_counted(clear_dir, t
     assert [item.answer for item in sets["real_faces"]] == ["Olof Brun", "Tess Wahl"]
 
 
+def test_spaces_around_or_doubled_in_an_option_or_answer_are_the_files(clear_dir, tmp_path):
+    """An option's or answer's stray spaces would be scored as tokens of it, and the answer found among the
+    options no longer: they are dropped as the rows are read."""
+    root = _copy(clear_dir, tmp_path)
+    padded = lambda text: f" {text.replace(' ', '  ')} "  # noqa: E731
+    _edit(root, "real_faces", lambda rows, schema: pa.Table.from_pylist(
+        [r | {"answer": padded(r["answer"]), "options": [padded(o) for o in r["options"]]} for r in rows],
+        schema=schema))
+    read = [[(q.question, q.answer, q.wrong) for q in clear.load_option_questions(folder, "real_faces")[0]]
+            for folder in (root, clear_dir)]
+    assert read[0] == read[1] and read[0]
+
+
 def test_cli_reports_a_bad_row_and_writes_nothing(tiny_dir, clear_dir, tmp_path, capsys):
     root = _copy(clear_dir, tmp_path)
     _edit(root, "forget10_perturbed", lambda r, s: _set(r, s, "image", None, 3))
@@ -568,6 +581,19 @@ def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys, monkey
     assert config["forget_quality_reference"] == str((tmp_path / "retain" / "model").resolve())
     assert {json.loads((tmp_path / f / "eval_config.json").read_text())["forget_quality_reference"]
             for f in ("ga", "npo", "viker")} == {config["forget_quality_reference"]}
+    (tmp_path / "retain" / "model").rename(tmp_path / "retain-weights")  # its truth ratios still name it
+    assert main([*evaluate, "--model", str(tmp_path / "npo"), "--out", str(tmp_path / "npo-later"),
+                 "--retain-model", str(tmp_path / "retain-eval")]) == 0
+    assert json.loads((tmp_path / "npo-later" / "config.json").read_text())["forget_quality_reference"] == \
+        config["forget_quality_reference"]
+    (tmp_path / "retain-weights").rename(tmp_path / "retain" / "model")
+    older = json.loads((tmp_path / "npo-later" / "config.json").read_text())  # as written before it was recorded
+    del older["forget_quality_reference"]
+    (tmp_path / "npo-later" / "config.json").write_text(json.dumps(older))
+    assert main(["report", str(tmp_path / "viker"), str(tmp_path / "npo-later"), "--out", str(tmp_path / "rep")]) == 0
+    said = " ".join((tmp_path / "rep" / "report.md").read_text().split())
+    assert f"Forget quality compares with the model in `{config['forget_quality_reference']}` (the evaluations in " \
+        f"{tmp_path / 'npo-later'} do not record theirs)." in said
     monkeypatch.chdir(tmp_path)  # a reference typed relative to the working folder is recorded absolute
     assert main([*evaluate, "--model", "npo", "--out", "npo-other", "--retain-model", str(tiny_dir)]) == 0
     assert json.loads((tmp_path / "npo-other" / "config.json").read_text())["eval"]["retain_model"] == \

@@ -511,7 +511,8 @@ def test_the_clean_class_is_the_label_named_clean_not_one_that_holds_the_word():
     assert clean_label({0: "unclean", 1: "clean"}) == 1  # "unclean" holds "clean", and means the opposite
     assert clean_label({0: "noise", 1: "Clean"}) == 1
     assert clean_label({0: "LABEL_clean", 1: "LABEL_noise"}) == 0
-    assert clean_label({0: "not_clean", 1: "noise"}) is None
+    assert clean_label({0: "not_clean", 1: "noise"}) is clean_label({0: "non_clean", 1: "noise"}) is None
+    assert clean_label({0: "LABEL_unclean", 1: "noise"}) is None
     assert clean_label({0: "clean_a", 1: "clean_b"}) is None  # two candidates: not ours to pick
 
 
@@ -537,6 +538,16 @@ def test_a_decoder_classifier_without_a_padding_token_scores_batches_of_any_leng
     texts = ["fine", "the s " * 20]  # the second, longer than the 8 positions
     together = score(texts)
     assert together == pytest.approx([score([t])[0] for t in texts], abs=1e-5) and all(0 < p < 1 for p in together)
+    # RoBERTa's kind numbers positions from its padding index on: two of its positions hold no token
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    RobertaForSequenceClassification(RobertaConfig(
+        vocab_size=len(vocab), hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+        max_position_embeddings=10, pad_token_id=0, num_labels=2, id2label={0: "noise", 1: "clean"},
+        label2id={"noise": 0, "clean": 1})).save_pretrained(tmp_path / "roberta")
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<eos>", unk_token="<unk>").save_pretrained(
+        tmp_path / "roberta")
+    assert len(gibberish_scorer(str(tmp_path / "roberta"), "cpu")(texts)) == 2
     PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(tmp_path / "gpt2")  # nothing to pad with
     with pytest.raises(VikerError, match=r"--gib-model \S+: the classifier cannot score a batch of texts"):
         gibberish_scorer(str(tmp_path / "gpt2"), "cpu")

@@ -476,7 +476,8 @@ def parser() -> argparse.ArgumentParser:
     un.set_defaults(func=_unlearn)
     ev = _command(sub, "eval", "evaluate a model on a forget split, its Test_Set rows, the retain split and the "
                                "real-world people",
-                  "Writes OUT/metrics.json (MLLMU-Bench: percentages; CLEAR: in [0, 1]), OUT/generations.jsonl "
+                  "Writes OUT/metrics.json (MLLMU-Bench: percentages; CLEAR: in [0, 1] but coherence, a percentage), "
+                  "OUT/generations.jsonl "
                   "(every prompt, reference answer and model answer), its settings (config.json, or "
                   "eval_config.json in the folder of the run it evaluates) and, on CLEAR, forget_truth_ratios.json.")
     ev.add_argument("--model", required=True, help="a model folder, a run folder of viker's, or a hub id")

@@ -764,8 +764,11 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
         coherent = any(r["metrics"].get("coherence") is not None for r in rows)
         evaluated = (f"All numbers are in [0, 1], as CLEAR reports them{' but coherence, a percentage' * coherent}. "
                      f"Evaluated on {split}.")
-        if reference:
-            evaluated += f" Forget quality compares with the model in `{reference}`."
+        if reference:  # as the evaluations that recorded theirs say: one written before they did, not a word
+            silent = [cell(r["path"]) for r in rows
+                      if r["metrics"].get("forget_quality") is not None and not r["forget_quality_reference"]]
+            evaluated += f" Forget quality compares with the model in `{reference}`" + (
+                f" (the evaluations in {', '.join(silent)} do not record theirs)" if silent else "") + "."
     else:
         evaluated = f"{scales}. Evaluated on {split}, multiple choice by {mc_mode or 'a mode not recorded'}."
     if max_new_tokens is not None:

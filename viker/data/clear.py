@@ -178,13 +178,13 @@ def load_option_questions(root: str | Path, config: str) -> tuple[list[OptionQue
         raise VikerError(f"{config}: option questions live in {REAL_FACES} and {REAL_WORLD}")
     items, skipped = [], 0
     for source, row in read_config(root, config, schema_for(config), CONFIGS):
-        answer = _text(row, "answer", source)
+        # an answer or option's surrounding or doubled spaces are the file's: kept, they would be scored as tokens
+        answer = " ".join(_text(row, "answer", source).split())
         question = NAME_QUESTION if config == REAL_FACES else _text(row, "question", source)
         options = row.get("options")
         if options is None:
             raise VikerError(f"{source}: options is missing")
-        wrong = tuple(str(o) for o in options if o is not None and str(o).strip() and
-                      str(o).strip() != answer.strip())
+        wrong = tuple(text for o in options if o is not None and (text := " ".join(str(o).split())) and text != answer)
         image = image_bytes(row["image"], source)
         if not wrong:
             skipped += 1

@@ -207,17 +207,23 @@ def read_truth_ratios(path: Path, forget: str, data: str | Path) -> dict[str, li
     return ratios
 
 
+def model_named(model: str | Path) -> str:
+    """A model as truth-ratio files and evaluations name it: a run folder by its model/, so that both ways of
+    giving it agree, absolute; a model no longer here (or a hub id), as it was recorded."""
+    folder = Path(model).expanduser()
+    return as_recorded(saved_model_of(folder) or folder) if folder.is_dir() else str(model)
+
+
 def reference_model(spec: str | Path) -> str:
-    """The model a ``--retain-model`` stands for, as an evaluation records it: the one its truth ratios were
-    scored from, or the model it names (a run folder by its model/, so that both ways of naming it agree)."""
+    """The model a ``--retain-model`` stands for (:func:`model_named`): the one its truth ratios were scored from
+    (named when they were, so a model moved away since is still the same one), or the model it names."""
     saved = saved_ratios(spec)
     if saved is not None:
         try:
             spec = json.loads(saved.read_text(encoding="utf-8"))["model"]
         except (json.JSONDecodeError, KeyError, TypeError):
             return str(spec)  # read_truth_ratios says what is wrong with the file
-    folder = Path(spec).expanduser()
-    return as_recorded(saved_model_of(folder) or folder) if folder.is_dir() else str(spec)
+    return model_named(spec)
 
 
 def saved_ratios(spec: str | Path) -> Path | None:
@@ -306,8 +312,9 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig, d
     write_eval_config(out, {"model": as_recorded(model_path), **how_loaded(model), "data": as_recorded(data),
                             "benchmark": "clear", "eval": asdict(cfg), **compared}, data)
     write_json(out / "metrics.json", metrics)
-    write_json(out / TRUTH_RATIOS, truth_ratio_file(as_recorded(model_path), cfg.forget, ratios, data))
+    write_json(out / TRUTH_RATIOS, truth_ratio_file(model_named(model_path), cfg.forget, ratios, data))
     if computed:  # saved so that the next evaluation against the same reference can pass this file
-        write_json(out / RETAIN_TRUTH_RATIOS, truth_ratio_file(cfg.retain_model, cfg.forget, reference, data))
+        write_json(out / RETAIN_TRUTH_RATIOS, truth_ratio_file(model_named(cfg.retain_model), cfg.forget, reference,
+                                                               data))
     write_generations(out / "generations.jsonl", records)
     return metrics

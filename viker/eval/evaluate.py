@@ -242,13 +242,17 @@ def mc_by_likelihood(model, processor, questions: list[tuple[MCQuestion, bytes |
     return choices
 
 
+NEGATIONS = {"no", "not", "non", "un"}  # words that turn a label's "clean" into its opposite ("non_clean")
+
+
 def clean_label(id2label: dict) -> int | None:
-    """The class of a gibberish classifier that means coherent: the label named "clean", else the one label
-    whose name holds it ("LABEL_clean"); None where none or several do ("clean_a", "clean_b")."""
-    names = {i: str(name).lower() for i, name in id2label.items()}
-    exact = [i for i, name in names.items() if name == "clean"]
-    holding = [i for i, name in names.items() if "clean" in name and not name.startswith(("un", "not"))]
-    found = exact or holding
+    """The class of a gibberish classifier that means coherent: the label named "clean", else the one label with
+    "clean" as a word of its name and no negation ("LABEL_clean", not "unclean" or "non_clean"); None where none
+    or several are ("clean_a", "clean_b")."""
+    words = {i: re.findall(r"[a-z]+", str(name).lower()) for i, name in id2label.items()}
+    exact = [i for i, w in words.items() if w == ["clean"]]
+    named = [i for i, w in words.items() if "clean" in w and not NEGATIONS & set(w)]
+    found = exact or named
     return found[0] if len(found) == 1 else None
 
 
@@ -273,8 +277,9 @@ def gibberish_scorer(path: str, device, batch_size: int = 32):
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if clf.config.pad_token_id is None:  # where a decoder classifier reads the last real token
         clf.config.pad_token_id = tokenizer.pad_token_id
-    # a tokenizer saved without its model's length: the position embeddings bound it
-    longest = min(tokenizer.model_max_length, getattr(clf.config, "max_position_embeddings", None) or 10**9)
+    # a tokenizer saved without its model's length: the position embeddings bound it, less the two that RoBERTa's
+    # kind keeps for its padding offset
+    longest = min(tokenizer.model_max_length, (getattr(clf.config, "max_position_embeddings", None) or 10**9) - 2)
 
     @torch.no_grad()
     def score(texts: Sequence[str]) -> list[float]:
