@@ -61,6 +61,10 @@ def test_a_run_saved_as_an_adapter_loads_and_answers_as_the_merged_run(tiny_dir,
     presets = [json.loads((tmp_path / run / "config.json").read_text())["unlearn"]["train"]
                for run in ("merged", "again")]
     assert presets[0] == presets[1] and presets[0]["epochs"] == 8  # the tiny preset's, not a 7B model's 5
+    # every weight of the merged model trains, as any model loaded: peft froze the base it merged into
+    assert all(p.requires_grad for p in adapter.parameters())
+    assert main([*common[:2], str(tmp_path / "adapter"), *common[3:7], "--tuning", "full", "--max-steps", "1",
+                 "--out", str(tmp_path / "full")]) == 0
     plain = tmp_path / "peft_adapter"  # an adapter saved by peft alone: no processor files beside it
     plain.mkdir()
     for name in ("adapter_config.json", "adapter_model.safetensors"):

@@ -170,7 +170,7 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "auto",
             print(f"warning: {path}: merging this LoRA adapter into {str(model.dtype).removeprefix('torch.')} "
                   f"weights rounds away {100 * lost:.0f}% of its update, so the model loaded has moved less than "
                   "the one trained; --dtype float32 keeps the update whole", file=sys.stderr)
-        model = model.merge_and_unload()
+        model = model.merge_and_unload().requires_grad_(True)  # peft froze the base: trainable, as any model loaded
     return model, processor
 
 
