@@ -178,7 +178,8 @@ def test_a_bf16_run_says_what_its_merge_lost_and_is_evaluated_whole_as_an_adapte
     assert main([*common, "--save", "merged", "--out", str(tmp_path / "merged")]) == 0
     record = json.loads((tmp_path / "merged" / "model" / "merge.json").read_text())
     assert record["update_lost"] > 0.05
-    assert f"rounds away {100 * record['update_lost']:.0f}% of it" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert f"rounds away {100 * record['update_lost']:.0f}% of it" in said and "--save adapter keeps the update" in said
     assert main([*common, "--out", str(tmp_path / "adapter")]) == 0  # --save auto: on bf16 weights, the adapter
     assert (tmp_path / "adapter" / "model" / "adapter_config.json").is_file()
     printed = capsys.readouterr()
@@ -215,6 +216,11 @@ def test_a_bf16_run_says_what_its_merge_lost_and_is_evaluated_whole_as_an_adapte
     assert main([*common, "--lr", "0.5", "--out", str(tmp_path / "large")]) == 0  # an update bf16 holds merged
     large, _ = load_model(tmp_path / "large", device="cpu", dtype="bfloat16", merge_adapter=False)
     assert not isinstance(large, PeftModel)
+    capsys.readouterr()  # a run on an adapter run is saved merged: what keeps its update whole is float32
+    assert main([*common[:2], str(tmp_path / "adapter"), *common[3:], "--out", str(tmp_path / "on-adapter")]) == 0
+    said = capsys.readouterr().err
+    assert "rounds away" in said and "--dtype float32 keeps the update whole (a run on an adapter run is saved " \
+        "merged)" in said and "--save adapter" not in said
     batch = model_inputs(Collator(processor)(finetune_examples(bench_dir)[:4]))
     with torch.no_grad():
         torch.testing.assert_close(evaluated(**batch).logits, trained(**batch).logits, atol=0, rtol=0)

@@ -25,6 +25,8 @@ from viker.methods.base import AVERAGES, FrozenReference, UnlearnContext
 from viker.methods.reference import SOURCES, default_cache_dir
 from viker.model import (
     HALF_PRECISION,
+    ON_ADAPTER_WHOLE,
+    SAVE_WHOLE,
     LoraSettings,
     apply_lora,
     enable_gradient_checkpointing,
@@ -320,11 +322,10 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     if wraps and cfg.train.gradient_checkpointing:  # it would be silently ignored
         raise VikerError(f"--gradient-checkpointing does not apply to --method {cfg.method}: the frozen model it "
                          "trains its modules around runs in eval mode, where no layer is recomputed")
+    on_adapter = model_and_processor is None and Path(resolve_model_path(cfg.model), "adapter_config.json").is_file()
     merge = save_choice(cfg, wraps, sharded, chosen, lambda: (
         next(model_and_processor[0].parameters()).dtype if model_and_processor is not None else
-        pick_dtype(torch.device("cpu"), load_dtype(accelerator, cfg.dtype))),
-        on_adapter=model_and_processor is None and
-        Path(resolve_model_path(cfg.model), "adapter_config.json").is_file())
+        pick_dtype(torch.device("cpu"), load_dtype(accelerator, cfg.dtype))), on_adapter)
     reads = [cfg.data] + (folders_read(cfg.model) if model_and_processor is None else [])
     # and the folders the method reads: NPO's reference model, a folder of reference images
     reads += folders_read(method.reference_model) if getattr(method, "reference_model", None) else []
@@ -390,7 +391,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
                 method.save(partial, resolve_model_path(cfg.model), ctx.info)
             return None
         with written_whole(folder / "model") as partial:
-            return save_model(model, processor, partial, merge=merge, state_dict=state_dict)
+            return save_model(model, processor, partial, merge=merge, state_dict=state_dict,
+                              whole=ON_ADAPTER_WHOLE if on_adapter else SAVE_WHOLE)
 
     def snapshot(epochs: int) -> None:
         """The model after ``epochs`` epochs, in epochs/N/ (LoRA: the adapter, since merging would end the

@@ -407,13 +407,18 @@ def how_loaded(model: nn.Module) -> dict:
     return {"adapter": "applied unmerged"} if hasattr(model, "peft_config") else {}
 
 
+# what keeps a LoRA update whole where merging it into 16-bit weights rounds much of it away
+SAVE_WHOLE = "--save adapter keeps the update whole, and viker eval applies it unmerged"
+ON_ADAPTER_WHOLE = "--dtype float32 keeps the update whole (a run on an adapter run is saved merged)"
+
+
 def save_model(model: nn.Module, processor, out: str | Path, merge: bool = True,
-               state_dict: dict | None = None) -> nn.Module:
+               state_dict: dict | None = None, whole: str = SAVE_WHOLE) -> nn.Module:
     """Save with safetensors; a LoRA model is merged first unless ``merge=False`` (adapter only).
     Returns the model as saved (merged, when it was). ``state_dict``: the weights to write instead of
     the model's own (a sharded model's gathered weights; it cannot be merged). Merging into 16-bit weights
     records what it rounds away (:func:`merge_loss`) in ``merge.json`` beside the weights, and warns when
-    that is more than :data:`MERGE_LOSS_WARN` of the update."""
+    that is more than :data:`MERGE_LOSS_WARN` of the update, saying what keeps it whole (``whole``)."""
     lost = None
     if hasattr(model, "peft_config") and merge:
         if state_dict is not None:
@@ -422,8 +427,8 @@ def save_model(model: nn.Module, processor, out: str | Path, merge: bool = True,
         if lost is not None and lost > MERGE_LOSS_WARN:
             dtype = str(model.dtype).removeprefix("torch.")
             print(f"warning: merging the LoRA update into {dtype} weights rounds away {100 * lost:.0f}% of it (changes "
-                  "below a weight's last bit leave it as it was): the saved model has moved less than the trained "
-                  "one. --save adapter keeps the update whole, and viker eval applies it unmerged", file=sys.stderr)
+                  f"below a weight's last bit leave it as it was): the saved model has moved less than the trained "
+                  f"one. {whole}", file=sys.stderr)
         model = model.merge_and_unload()
     model.save_pretrained(Path(out), safe_serialization=True, state_dict=state_dict)
     processor.save_pretrained(Path(out))
