@@ -511,6 +511,10 @@ def test_report_reads_every_run_named_whether_before_or_after_its_options(tmp_pa
     ("adapter_config.json", "[]", "adapter_config.json names no base model"),
     ("cagul/config.json", "{", "config.json: not JSON"),
     ("cagul/config.json", '{"cagul": {}}', "config.json: lacks base_model, dim; not a CAGUL run's config"),
+    # a base model moved or removed since: said as such, with the file that names it
+    ("adapter_config.json", '{"base_model_name_or_path": "/no/such/base"}',
+     "/no/such/base: no such folder, and RUN/adapter_config.json names it as the base model the adapter was "
+     "trained on: put that model back there"),
 ])
 def test_a_damaged_adapter_or_cagul_config_is_one_line(file, text, message, bench_dir, tmp_path, capsys):
     run = tmp_path / "run"
@@ -521,7 +525,17 @@ def test_a_damaged_adapter_or_cagul_config_is_one_line(file, text, message, benc
     for command in (["eval", "--out", str(tmp_path / "e")], ["unlearn", "--out", str(tmp_path / "u")]):
         assert main([*command, "--model", str(run), "--data", str(bench_dir)]) == 2
         err = capsys.readouterr().err
-        assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+        assert err.startswith("error: ") and err.count("\n") == 1 and message.replace("RUN", str(run)) in err, err
+
+
+def test_cagul_modules_whose_base_model_is_gone_say_so(bench_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "cagul").mkdir(parents=True)
+    (run / "cagul" / "config.json").write_text(json.dumps({"base_model": "/no/such/base", "cagul": {}, "dim": 8}))
+    (run / "config.json").write_text(json.dumps({"command": "unlearn", "method": {"name": "cagul"}}))
+    assert main(["eval", "--model", str(run), "--data", str(bench_dir), "--out", str(tmp_path / "e")]) == 2
+    assert capsys.readouterr().err == f"error: /no/such/base: no such folder, and {run}/cagul/config.json names it " \
+        "as the base model the CAGUL modules were trained around: put that model back there\n"
 
 
 def test_a_home_folder_in_a_path_option_is_the_home_folder(tmp_path, monkeypatch):

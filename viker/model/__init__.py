@@ -223,6 +223,15 @@ def adapter_base(path: str) -> str:
     base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
     if not base or not isinstance(base, str):
         raise VikerError(f"{path}/adapter_config.json names no base model (base_model_name_or_path)")
+    return base_still_there(base, f"{path}/adapter_config.json", "the adapter was trained on")
+
+
+def base_still_there(base: str, named_in: str, trained: str) -> str:
+    """``base``, the model a run's file names as the one it ``trained`` (what was trained, and how), refused in
+    one line where it is a folder no longer there (moved or removed since): only that model makes the run's."""
+    if Path(base).is_absolute() and not Path(base).exists():
+        raise VikerError(f"{base}: no such folder, and {named_in} names it as the base model {trained}: put that "
+                         "model back there")
     return base
 
 

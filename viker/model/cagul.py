@@ -433,10 +433,11 @@ def load_cagul(path: str | Path, device: str | None = None, dtype: str = "auto",
     untouched, and the saved modules."""
     from safetensors.torch import load_file
 
-    from viker.model import check_weights_unchanged, load_model, weight_hashes
+    from viker.model import base_still_there, check_weights_unchanged, load_model, weight_hashes
 
     folder = Path(path).expanduser() / "cagul"
     meta = cagul_meta(path)
+    base_still_there(str(meta["base_model"]), str(folder / CONFIG_FILE), "the CAGUL modules were trained around")
     check_weights_unchanged(Path(path).expanduser(), weight_hashes(meta["base_model"]),
                             f"{path}: CAGUL modules trained around {meta['base_model']}")
     base, processor = load_model(meta["base_model"], device, dtype, trust_remote_code)
