@@ -360,6 +360,11 @@ def test_a_resumed_run_reads_the_data_files_it_started_with(tiny_dir, bench_dir,
     assert main([*unlearn, "--dtype", "bfloat16", "--resume"]) == 2
     assert "Full_Set/train-extra.parquet is not the file the run started with (1 data file(s) differ" in \
         _error(capsys)
+    # bf16 is bfloat16 spelt short: the same setting, which goes on to the files; float16 is another
+    assert main([*unlearn, "--dtype", "bf16", "--resume"]) == 2 and "train-extra.parquet is not the file" in \
+        _error(capsys)
+    assert main([*unlearn, "--dtype", "float16", "--resume"]) == 2
+    assert "--resume: --dtype was bfloat16 when the run started and is float16 now" in _error(capsys)
 
 
 def test_a_checkpoint_past_the_end_of_the_run_is_refused(tmp_path):

@@ -354,7 +354,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p = p.add_argument_group("model loading")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on a GPU that computes in it, compute capability 8 "
-                   "on, else float32), float32, bfloat16 (bf16), float16 (fp16)")
+                   "on, else float32), float32 (fp32), bfloat16 (bf16), float16 (fp16)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the checkpoint")
 
 

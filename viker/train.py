@@ -290,12 +290,15 @@ def check_resume(out: str | Path, command: str, settings: dict, data_dir: str | 
     started from (``model_files``: :func:`viker.model.weight_hashes`), so that it ends where the uninterrupted
     run would; only ``RESUME_FREE`` may differ. ``resolve`` maps both records to the settings a run reads (a
     default given or left out alike), where they are compared."""
-    from viker.model import check_weights_unchanged
+    from viker.model import DTYPES, check_weights_unchanged
 
     def flat(value, prefix=""):
         if isinstance(value, dict):
             return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}{key}.").items()}
         return {prefix.rstrip("."): value}
+
+    def same(key: str, was, is_) -> bool:  # --dtype's spellings of one dtype (bf16, bfloat16) are one setting
+        return DTYPES[was] == DTYPES[is_] if key.endswith("dtype") and {was, is_} <= DTYPES.keys() else was == is_
 
     config = read_configs(out)[0]
     if config.get("command") != command:
@@ -310,7 +313,7 @@ def check_resume(out: str | Path, command: str, settings: dict, data_dir: str | 
     # both as the run reads them: a record from before the settings it never read were left out compares alike
     before, now = (flat(used_settings(resolve(s))) for s in (config[command], to_jsonable(settings)))
     changed = [k for k in sorted(before.keys() | now.keys())
-               if k.rsplit(".", 1)[-1] not in RESUME_FREE and before.get(k) != now.get(k)]
+               if k.rsplit(".", 1)[-1] not in RESUME_FREE and not same(k, before.get(k), now.get(k))]
     if changed:
         key = changed[0]
         argv = (config.get("earlier_parts") or [config])[0].get("argv") or []  # its first part's, not a --resume
