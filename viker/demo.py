@@ -33,6 +33,7 @@ from viker.model import LoraSettings, load_model
 from viker.presets import TINY_CAGUL, TINY_TRAIN, TINY_UNLEARN, TrainConfig
 from viker.report import (
     INCOHERENT_BELOW,
+    REPORT_FILES,
     UNMARKED,
     column_glossary,
     markdown_table,
@@ -181,6 +182,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
         for earlier in (data, out / "runs"):  # no file of an earlier benchmark stays, nor a run trained on it
             if earlier.is_dir():
                 shutil.rmtree(earlier)
+        for name in (*REPORT_FILES, "keytokens.html", "keytokens.png"):  # nor its report, read as this one's
+            (out / name).unlink(missing_ok=True)
         build_benchmark(data, synth, progress=progress)
         write_json(stamp, settings)
     else:
@@ -482,8 +485,9 @@ def viker_vs_ga(v: dict, g: dict, where: str = "on this run", questions: int | N
                 text += (f" Its Forget ACC figure is the lower at the same figures there, though not by what "
                          f"{questions} questions can tell.")
         if vanilla and all(round(g[key], 1) >= round(vanilla[key], 1) for key in KEPT.values()):
-            text += (f" GA's Retain R-L and coherence are still the vanilla model's ({g['retain_rougeL']:.1f} and "
-                     f"{g['coherence']:.1f}): {where} GA has lost none of either for ViKeR to keep more of.")
+            text += (f" GA's Retain R-L and coherence are at or above the vanilla model's ({g['retain_rougeL']:.1f} "
+                     f"and {g['coherence']:.1f}, against {vanilla['retain_rougeL']:.1f} and "
+                     f"{vanilla['coherence']:.1f}): {where} GA has lost none of either for ViKeR to keep more of.")
     return text
 
 
