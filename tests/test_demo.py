@@ -108,7 +108,7 @@ def test_demo_diagnostics_are_the_runs_they_describe(demo):
     assert "λ = 0.3, below 1, no token has a resting point" in report
     assert f"scores {diag['no_face_retain_rougeL']:.1f} Retain ROUGE-L" in report
     # each column says how many questions it is over (Forget ACC: the forget people's image questions)
-    assert f"(lower = more forgotten). Over {results['forget_image_questions']} questions." in report
+    assert f"no more forgetting than knowing nothing. Over {results['forget_image_questions']} questions." in report
 
 
 def test_second_demo_reuses_the_vanilla_model(demo, capsys, monkeypatch):

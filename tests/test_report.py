@@ -9,7 +9,15 @@ import shutil
 import pytest
 
 from viker.cli import main
-from viker.report import MARKER_AREA, _nearby, markdown_table, plain_table, side_by_side, tradeoff_plot
+from viker.report import (
+    MARKER_AREA,
+    _nearby,
+    column_glossary,
+    markdown_table,
+    plain_table,
+    side_by_side,
+    tradeoff_plot,
+)
 
 
 def _runs():
@@ -89,6 +97,18 @@ def test_a_run_on_the_edge_of_coherence_still_counts_and_reference_rows_keep_the
     vanillas = [{"method": "vanilla", "label": f"vanilla (seed={seed})", "metrics": {"forget_acc": 100.0}}
                 for seed in (0, 1)]
     assert list(_cells(markdown_table(vanillas))) == ["vanilla (seed=0)", "vanilla (seed=1)"]
+
+
+def test_an_accuracy_below_chance_is_no_more_forgetting_than_chance():
+    """Picking the true option less often than chance (25% with four options) still tells it apart: such figures
+    are marked as chance, so runs below it tie (12 is no better than 22), and where all are below it none is best."""
+    coherent = {"coherence": 99.0}
+    runs = [{"method": m, "metrics": {"forget_acc": x, "test_acc": y, **coherent}}
+            for m, x, y in (("ga", 12.0, 20.0), ("npo", 22.0, 24.0), ("viker", 30.0, 20.0))]
+    cells = _cells(markdown_table(runs))
+    assert [cells[m][:2] for m in ("GA", "NPO", "ViKeR")] == [["**12.0**", "20.0"], ["**22.0**", "24.0"],
+                                                             ["30.0", "20.0"]]
+    assert "a figure below chance (25) is marked as chance" in column_glossary(runs)
 
 
 def test_on_clear_too_a_run_whose_replies_fell_apart_is_not_best_at_forgetting():
@@ -425,7 +445,7 @@ def test_report_tabulates_evaluated_runs_by_what_they_are(runs, bench_dir, tmp_p
     assert "Evaluated on forget_10, multiple choice by likelihood. Greedy replies of at most 4 new tokens. Forget " \
         f"ACC is over {n} image questions, one question {100 / n:.1f} points: figures a few questions apart " \
         "cannot be told apart. Retain figures over 2 retain people." in " ".join(report.split())
-    assert "(lower = more forgotten). Over {n} questions.".format(n=n) in report  # each column's count, below
+    assert "no more forgetting than knowing nothing. Over {n} questions.".format(n=n) in report  # its count, below
     # the Runs table says what each setting chose, not the code it is recorded as (None: the starting model)
     npo = next(line for line in report.splitlines() if line.startswith("| NPO (β=0.1) | `"))
     assert "reference_model=the starting model" in npo and "None" not in npo

@@ -32,6 +32,7 @@ from viker.keytokens import run_keytokens
 from viker.model import LoraSettings, load_model
 from viker.presets import TINY_CAGUL, TINY_TRAIN, TINY_UNLEARN, TrainConfig
 from viker.report import (
+    CHANCE_ACC,
     INCOHERENT_BELOW,
     REPORT_FILES,
     UNMARKED,
@@ -55,7 +56,6 @@ from viker.runs import (
 from viker.unlearn import UnlearnConfig, run_unlearn
 
 METHODS = ("ga", "graddiff", "klmin", "npo", "idkpo", "viker", "cagul")
-CHANCE_ACC = 100.0 / 4  # multiple-choice accuracy of a model that knows nothing: every question has 4 options
 CHANCE_ALPHA = 0.05  # one-sided binomial tests: a p-value above this is within what the questions can tell
 
 

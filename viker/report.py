@@ -17,14 +17,20 @@ class Column(NamedTuple):
     lower_is_better: bool | None  # None: neither direction is better (no arrow, nothing in bold)
     meaning: str
     fmt: str = ".1f"
+    floor: float | None = None  # a figure below it is no better than it (chance, for an accuracy to bring down)
 
+
+CHANCE_ACC = 100.0 / 4  # multiple-choice accuracy of a model that knows nothing: every question has 4 options
+BELOW_CHANCE = f"; a figure below chance ({CHANCE_ACC:g}) is marked as chance, no more forgetting than knowing nothing"
 
 COLUMNS = [  # MLLMU-Bench, in percent (factuality: the judge's 1 to 10)
     Column("forget_acc", "Forget ACC", True,
-           "image+text multiple-choice accuracy on the forget people (lower = more forgotten)"),
-    Column("forget_acc_text", "Forget ACC (text)", True, "the same facts asked by name, without the image"),
-    Column("test_acc", "Gen. ACC", True,
-           "image+text multiple choice on Test_Set images of the forget people (generalisation of forgetting)"),
+           f"image+text multiple-choice accuracy on the forget people (lower = more forgotten){BELOW_CHANCE}",
+           floor=CHANCE_ACC),
+    Column("forget_acc_text", "Forget ACC (text)", True,
+           f"the same facts asked by name, without the image{BELOW_CHANCE}", floor=CHANCE_ACC),
+    Column("test_acc", "Gen. ACC", True, "image+text multiple choice on Test_Set images of the forget people "
+           f"(generalisation of forgetting){BELOW_CHANCE}", floor=CHANCE_ACC),
     Column("forget_rougeL", "Forget R-L", True, "ROUGE-L F of generated answers about the forget people, to the "
            "questions asked with the image and by name together (apart: `*_rougeL_image`, `*_rougeL_text`)"),
     Column("forget_cloze", "Forget cloze", True, "fill-in-the-blank accuracy on the forget people"),
@@ -172,17 +178,20 @@ def markdown_table(runs: list[dict], incoherent_below: float = INCOHERENT_BELOW)
     unlearned = [r for r in runs if r["method"] not in REFERENCES]  # none: nothing is marked
     coherent = [r for r in unlearned if not _incoherent(r["metrics"], incoherent_below)]
     best, contenders_of = {}, {}
+    def counted(c: Column, text: str) -> float:  # as printed, and no better than the column's floor (chance)
+        return float(text) if c.floor is None else max(float(text), c.floor)
+
     for c in cols:
         contenders = contenders_of[c.key] = coherent if c.lower_is_better else unlearned
         printed = [_printed(c, r["metrics"].get(c.key)) for r in contenders]
-        values = [float(text) for text in printed if text != "–"]  # as printed
+        values = [counted(c, text) for text in printed if text != "–"]
         differ = len(set(values)) > 1
         best[c.key] = (min if c.lower_is_better else max)(values) if differ and c.lower_is_better is not None else None
     for r in runs:
         cells = []
         for c in cols:
             text = _printed(c, r["metrics"].get(c.key))
-            marked = text != "–" and float(text) == best[c.key] and r in contenders_of[c.key]
+            marked = text != "–" and counted(c, text) == best[c.key] and r in contenders_of[c.key]
             cells.append(f"**{text}**" if marked else text)
         lines.append(f"| {cell(label(r))} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
