@@ -660,10 +660,10 @@ def check_one_row_per_model(rows: list[dict]) -> None:
     recorded, unless the weights there were written after it (made again since: not the model it evaluated)."""
     from viker.errors import VikerError
     from viker.model import WEIGHT_FILES
-    from viker.runs import read_configs, saved_model_of
+    from viker.runs import model_folder, read_configs
 
-    def model_folder(path: Path) -> Path:  # a run folder of ours by its model/, a CAGUL run by its modules
-        return (saved_model_of(path) or (path / "cagul" if (path / "cagul").is_dir() else path)).resolve()
+    def model_of(path: Path) -> Path:  # a run folder of ours by its model/, a CAGUL run by its modules
+        return (path / "cagul").resolve() if (path / "cagul").is_dir() else model_folder(path)
 
     def written(folder: Path) -> float:
         return max((f.stat().st_mtime for pattern in WEIGHT_FILES for f in folder.glob(pattern)), default=0.0)
@@ -672,9 +672,9 @@ def check_one_row_per_model(rows: list[dict]) -> None:
     for row in rows:
         here = Path(row["path"])
         if read_configs(here)[0].get("command") != "eval":
-            model = str(model_folder(here))
+            model = str(model_of(here))
         elif row["model"] and Path(row["model"]).exists():
-            folder = model_folder(Path(row["model"]))
+            folder = model_of(Path(row["model"]))
             if written(folder) > (here / "metrics.json").stat().st_mtime:
                 continue
             model = str(folder)

@@ -261,6 +261,13 @@ def saved_model_of(run: Path) -> Path | None:
     return held if any((held / name).is_file() for name in ("config.json", "adapter_config.json")) else None
 
 
+def model_folder(path: str | Path) -> Path:
+    """A model as one folder, absolute: a run folder of ours by the model/ it holds (the two are one model), any
+    other folder as it is."""
+    folder = Path(path).expanduser()
+    return (saved_model_of(folder) or folder).resolve()
+
+
 def runs_behind(model: str) -> Iterator[dict]:
     """The configs of the training runs of ours that ``model`` comes from, nearest first: the run whose model it
     is (the folder given, or the run folder holding it as model/), then the run that one started from, and so on
@@ -385,11 +392,7 @@ def check_eval_out(model_path: str, out: str | Path, data: str | Path | None = N
     here = out.resolve()
     if data is not None and here == Path(data).expanduser().resolve():
         raise VikerError(f"--out {out}: the benchmark folder given as --data; evaluate into a folder of its own")
-    def one_model(path: str) -> Path:  # a run folder and the model/ it holds are one model
-        folder = Path(path).expanduser()
-        return (saved_model_of(folder) or folder).resolve()
-
-    given, model = Path(model_path).expanduser().resolve(), one_model(model_path)
+    given, model = Path(model_path).expanduser().resolve(), model_folder(model_path)
     config, evaluation = read_configs(out)
     command = config.get("command")
     if command in TRAINING_COMMANDS:
@@ -398,7 +401,7 @@ def check_eval_out(model_path: str, out: str | Path, data: str | Path | None = N
                              f"{model_path} into a folder of its own, or this run with --model {out}")
     elif command == "eval":
         scored = Path(str(evaluation.get("model", ""))).expanduser()
-        if one_model(str(scored)) != model:  # a hub id resolves alike on both sides
+        if model_folder(scored) != model:  # a hub id resolves alike on both sides
             raise VikerError(f"--out {out}: the evaluation of another model ({scored}); evaluate {model_path} "
                              "into a folder of its own, or remove that one first")
     elif here not in (model, given):

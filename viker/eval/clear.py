@@ -41,10 +41,10 @@ from viker.runs import (
     as_recorded,
     check_eval_out,
     file_hashes,
+    model_folder,
     other_benchmark,
     other_split,
     read_configs,
-    saved_model_of,
     write_eval_config,
     write_json,
 )
@@ -144,9 +144,10 @@ def evaluate_clear(model, processor, data: str | Path, cfg: ClearEvalConfig, pro
     records, ratios, start = [], {}, 0
     for name, task, option_share in EVAL_SETS:
         chunk = sets[name]
-        scores = []
+        scores, said = [], []
         for item, (answer, paraphrase, perturbed) in zip(chunk, losses[start:start + len(chunk)]):
             reply = replies[(item.question, item.image)]
+            said.append(reply)
             score = ItemScore(answer, paraphrase, perturbed, M.rougeL_recall(reply, item.answer))
             scores.append(score)
             records.append({"set": name, "task": task, "person": item.person, "image": True,
@@ -155,7 +156,7 @@ def evaluate_clear(model, processor, data: str | Path, cfg: ClearEvalConfig, pro
                             "truth_ratio": score.truth_ratio, "loss": answer})
         start += len(chunk)
         metrics |= {f"{name}_{k}": v for k, v in set_metrics(scores, name in FORGET_SETS, option_share).items()}
-        metrics[f"{name}_coherence"] = M.coherence_mean(replies[(item.question, item.image)] for item in chunk)
+        metrics[f"{name}_coherence"] = M.coherence_mean(said)
         metrics[f"{name}_items"] = len(chunk)
         if name in FORGET_SETS:
             ratios[name] = [s.truth_ratio for s in scores]
@@ -210,8 +211,7 @@ def read_truth_ratios(path: Path, forget: str, data: str | Path) -> dict[str, li
 def model_named(model: str | Path) -> str:
     """A model as truth-ratio files and evaluations name it: a run folder by its model/, so that both ways of
     giving it agree, absolute; a model no longer here (or a hub id), as it was recorded."""
-    folder = Path(model).expanduser()
-    return as_recorded(saved_model_of(folder) or folder) if folder.is_dir() else str(model)
+    return str(model_folder(model)) if Path(model).expanduser().is_dir() else str(model)
 
 
 def reference_model(spec: str | Path) -> str:
