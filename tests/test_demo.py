@@ -24,6 +24,7 @@ from viker.demo import (
     run_demo,
     shorter_budget_note,
     viker_vs_ga,
+    write_report,
 )
 from viker.eval.evaluate import EvalConfig
 from viker.model import LoraSettings
@@ -83,6 +84,16 @@ def test_demo_writes_every_promised_output(demo):
     history = json.loads((out / "runs" / "idkpo" / "history.json").read_text())
     assert results["idkpo_training"]["steps"][1] == history[-1]["step"]
     assert results["idkpo_training"]["dpo_weight"] == history[-1]["dpo_weight"]
+
+
+def test_the_report_names_the_gpu_a_demo_ran_on(demo, tmp_path):
+    out, results = demo
+    on_gpu = results["machine"] | {"gpu": "NVIDIA H100 80GB HBM3", "cuda": "12.8"}
+    write_report(tmp_path / "report.md", results["runs"], results["lam_sweep"], micro(out), 1.0, on_gpu)
+    settings = " ".join((tmp_path / "report.md").read_text().split("## Settings")[1].split())
+    assert "GPU NVIDIA H100 80GB HBM3 (CUDA 12.8)" in settings
+    assert "same numbers on the same processor model and GPU model" in settings
+    assert "GPU" not in " ".join((out / "report.md").read_text().split("## Settings")[1].split("|")[0].split())
 
 
 def test_demo_diagnostics_are_the_runs_they_describe(demo):

@@ -46,6 +46,7 @@ from viker.report import (
 from viker.runs import (
     file_hashes,
     machine,
+    machine_words,
     out_folder,
     read_records,
     to_jsonable,
@@ -747,6 +748,7 @@ def write_report(path: Path, runs: list[dict], sweep: list[dict], cfg: DemoConfi
                  cagul: dict | None = None, diagnostics: dict | None = None, questions: int | None = None,
                  step_seconds: dict[str, float] | None = None, idkpo: dict | None = None,
                  asked: dict[str, int] | None = None) -> None:
+    same_hardware = "processor model and GPU model" if cpu.get("gpu") else "processor model"
     sweep_rows = "\n".join(
         f"| {s['lam']:g} | {s['metrics']['forget_acc']:.1f} | {s['metrics']['retain_rougeL']:.1f} | "
         f"{s['metrics']['coherence']:.1f} |" for s in sorted(sweep, key=lambda s: s["lam"]))
@@ -779,9 +781,9 @@ Key tokens of the forget answers: [keytokens.html](keytokens.html) (![key tokens
 {cagul_section(cagul)}
 ## Settings
 
-- Date {date.today().isoformat()}; {cpu['cpu']} ({cpu['cpu_kernels']} kernels, {cpu['threads']} PyTorch threads);
+- Date {date.today().isoformat()}; {machine_words(cpu)};
   {minutes:.1f} minutes in all; seed {cfg.seed} (the benchmark's and the unlearning runs'; the vanilla finetune
-  keeps seed {cfg.finetune.seed}). The same seed gives the same numbers on the same processor model.
+  keeps seed {cfg.finetune.seed}). The same seed gives the same numbers on the same {same_hardware}.
 - Benchmark: {cfg.synth.profiles} fictitious people, {cfg.synth.celebrities} real-world people;
   forget split {cfg.forget}.
 - Vanilla: tiny LLaVA, full finetune, {n_epochs(cfg.finetune.epochs)}, lr {cfg.finetune.lr:g},

@@ -80,6 +80,12 @@ def machine() -> dict[str, str]:
             "threads": str(torch.get_num_threads()), **gpu}
 
 
+def machine_words(m: dict[str, str]) -> str:
+    """``machine()``'s record in a sentence, the GPU named where there was one."""
+    words = f"{m['cpu']} ({m['cpu_kernels']} kernels, {m['threads']} PyTorch threads)"
+    return words + (f"; GPU {m['gpu']} (CUDA {m['cuda']})" if m.get("gpu") else "")
+
+
 def _matching(root: Path, pattern: str) -> list[Path]:
     """The files under ``root`` that ``pattern`` names; ``**/NAME`` goes into linked folders too (as the data
     loader does), each real folder once."""
