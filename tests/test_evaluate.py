@@ -388,6 +388,28 @@ def test_letter_mode_says_when_replies_name_no_letter(tiny_dir, bench_dir, tmp_p
         capsys.readouterr().err
 
 
+def test_first_char_mode_scores_letters_as_mllmu_bench_does(tiny, bench_dir, monkeypatch, tmp_path):
+    """--mc-mode first_char asks as letter mode does and reads the reply's first character: "Answer: B" is the
+    A of "Answer" there (right only where A is the answer), and B in letter mode."""
+    from viker.prompts import mc_prompt
+
+    truth = {mc_prompt(q.question, q.options): q.answer for p in load_profiles(bench_dir, "forget_10") for q in p.mc}
+
+    def answers_in_words(model, processor, examples, **kw):
+        return [ex.answer or f"Answer: {truth[ex.question]}" for ex in examples]
+
+    monkeypatch.setattr(viker.eval.evaluate, "generate", answers_in_words)
+    only = {"forget": ("multiple_choice",)}
+    cfg = EvalConfig(forget="forget_10", scope=only)
+    letter, _ = evaluate(*tiny, bench_dir, replace(cfg, mc_mode="letter"), progress=False)
+    first, records = evaluate(*tiny, bench_dir, replace(cfg, mc_mode="first_char"), progress=False)
+    assert letter["forget_acc_all"] == 100.0 and letter["forget_unparsed"] == 0.0
+    assert {r["choice"] for r in records} == {"A"} and first["forget_unparsed"] == 0.0
+    assert first["forget_acc_all"] == pytest.approx(100 * sum(a == "A" for a in truth.values()) / len(truth))
+    with pytest.raises(VikerError, match="--mc-mode.*likelihood, letter, first_char"):
+        EvalConfig(mc_mode="first")
+
+
 def test_eval_command_evaluates_only_what_it_is_asked(tiny_dir, bench_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(out),

@@ -13,6 +13,7 @@ from viker.eval.metrics import (
     cloze_prompt,
     coherence,
     coherence_mean,
+    first_char_choice,
     forget_quality,
     harmonic_mean,
     mean_percent,
@@ -264,6 +265,17 @@ def test_parse_choice_accepts_clear_letters(reply, expected):
 )
 def test_parse_choice_returns_none_when_unclear(reply):
     assert parse_choice(reply) is None
+
+
+@pytest.mark.parametrize("reply, read, meant", [
+    ("B", "B", "B"), (" b) Paris", "B", "B"), ("C. Rome", "C", "C"),
+    ("Answer: C", "A", "C"),  # MLLMU-Bench's code credits the A of "Answer"
+    ("The answer is D", None, "D"), ("(B)", None, "B"), ("**B**", None, "B"),
+    ("Definitely C", "D", None), ("A and B", "A", None), ("E", None, None), ("", None, None),
+])
+def test_first_char_choice_reads_a_reply_as_mllmu_bench_does(reply, read, meant):
+    assert first_char_choice(reply) == read
+    assert parse_choice(reply) == meant
 
 
 OPTIONS = {"A": "Seville", "B": "Halifax", "C": "Valencia", "D": "Lima"}

@@ -642,6 +642,20 @@ def test_a_setting_that_changed_none_of_a_runs_figures_does_not_keep_it_out_of_t
     assert "at most 4 new tokens" in report and "every Test_Set photo" not in report
 
 
+def test_the_report_says_how_first_char_read_the_letters_and_keeps_it_apart_from_likelihood(runs, bench_dir,
+                                                                                          tmp_path, capsys):
+    first = tmp_path / "first"
+    assert main(["eval", "--model", str(runs / "npo-a"), "--data", str(bench_dir), *DATA, "--mc-mode", "first_char",
+                 "--only", "forget:multiple_choice", "--out", str(first)]) == 0
+    assert main(["report", str(first), "--out", str(tmp_path / "report")]) == 0
+    report = " ".join((tmp_path / "report" / "report.md").read_text().split())
+    assert ("multiple choice by first_char (a generated letter, read by the reply's first character as MLLMU-Bench "
+            "reads it).") in report
+    capsys.readouterr()
+    assert main(["report", str(runs / "ga-eval"), str(first), "--out", str(tmp_path / "mixed")]) == 2
+    assert "--mc-mode" in capsys.readouterr().err
+
+
 def test_runs_evaluated_on_other_files_under_the_same_split_names_are_not_one_table(runs, bench_dir, tmp_path,
                                                                                       capsys):
     """Another benchmark (another seed, a real copy) has a forget_10 too, of other people: its figures are no row

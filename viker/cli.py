@@ -13,6 +13,7 @@ from typing import Callable
 from viker import __version__
 from viker.errors import VikerError
 from viker.presets import (
+    MC_MODES,
     REAL_TRAIN,
     REAL_UNLEARN,
     TINY_CAGUL,
@@ -487,10 +488,11 @@ def parser() -> argparse.ArgumentParser:
                                      "forget_10; CLEAR: forget10)")
     ev.add_argument("--out", required=True, help="the folder to write: a new or empty one, an earlier evaluation "
                                                   "of this model, or the run or model folder it scores")
-    ev.add_argument("--mc-mode", choices=("likelihood", "letter"),
-                    help="multiple choice by option likelihood (small models) or by a generated letter "
-                         "(zero-shot, in the benchmark's prompt; docs/design.md) (default: likelihood; MLLMU-Bench "
-                         "only)")
+    ev.add_argument("--mc-mode", choices=MC_MODES,
+                    help="multiple choice by option likelihood (likelihood: small models) or by a generated letter "
+                         "(zero-shot, in the benchmark's prompt; docs/design.md), read as the reply means it "
+                         "(letter) or as MLLMU-Bench's code reads it, by the reply's first character (first_char) "
+                         "(default: likelihood; MLLMU-Bench only)")
     ev.add_argument("--batch-size", type=int, default=32, help="questions per forward pass")
     ev.add_argument("--max-new-tokens", type=int,
                     help="greedy reply length of the generation questions (default 50; CLEAR: 100); a cloze reply "

@@ -7,6 +7,10 @@ from dataclasses import dataclass, replace
 
 from viker.errors import require
 
+# How an evaluation reads multiple choice: option likelihood, or a generated letter read as it is meant
+# (viker.eval.metrics.parse_choice) or as MLLMU-Bench's code reads it (first_char_choice)
+MC_MODES = ("likelihood", "letter", "first_char")
+
 
 @dataclass
 class TrainConfig:

@@ -779,7 +779,9 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
             evaluated += f" Forget quality compares with the model in `{reference}`" + (
                 f" (the evaluations in {', '.join(silent)} do not record theirs)" if silent else "") + "."
     else:
-        evaluated = f"{scales}. Evaluated on {split}, multiple choice by {mc_mode or 'a mode not recorded'}."
+        read = " (a generated letter, read by the reply's first character as MLLMU-Bench reads it)" * (
+            mc_mode == "first_char")
+        evaluated = f"{scales}. Evaluated on {split}, multiple choice by {mc_mode or 'a mode not recorded'}{read}."
     if max_new_tokens is not None:
         evaluated += f" Greedy replies of at most {max_new_tokens} new tokens."
     if gib_model and any(r["metrics"].get("gib") is not None for r in rows):

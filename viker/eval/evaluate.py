@@ -29,6 +29,7 @@ from viker.eval import metrics as M
 from viker.eval.generate import check_generation_settings, generate
 from viker.methods.losses import answer_window, token_logprobs
 from viker.model import eval_mode, why_not_loaded
+from viker.presets import MC_MODES
 from viker.progress import progress_bar
 from viker.prompts import generation_prompt, mc_prompt
 
@@ -39,7 +40,9 @@ TASKS = ("generation", "multiple_choice", "cloze")
 @dataclass
 class EvalConfig:
     forget: str = "forget_10"
-    mc_mode: str = "likelihood"  # likelihood (option likelihood) | letter (a generated letter, zero-shot)
+    # likelihood (option likelihood) | letter (a generated letter, zero-shot, read by parse_choice) | first_char
+    # (the letter read as MLLMU-Bench's code reads it, by the reply's first character)
+    mc_mode: str = "likelihood"
     batch_size: int = 32
     max_new_tokens: int = 50
     # A cloze reply is read in its first 50 new tokens, as MLLMU-Bench's published evaluation reads it
@@ -65,7 +68,7 @@ class EvalConfig:
     scope: dict[str, tuple[str, ...]] | None = None
 
     def __post_init__(self):
-        require(self.mc_mode in ("likelihood", "letter"), "--mc-mode", self.mc_mode, "choose likelihood or letter")
+        require(self.mc_mode in MC_MODES, "--mc-mode", self.mc_mode, f"choose {', '.join(MC_MODES)}")
         require(self.test_images in ("first", "all"), "--test-images", self.test_images, "choose first or all")
         require(self.forget in RETAIN_OF, "--forget", self.forget, f"choose from {', '.join(RETAIN_OF)}")
         check_generation_settings(self)
@@ -383,10 +386,11 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfi
         # multiple choice
         if "multiple_choice" in tasks:
             questions = [(q, p.image if q.with_image else None) for p in s.profiles for q in p.mc]
-            if cfg.mc_mode == "letter":
+            if cfg.mc_mode in ("letter", "first_char"):
                 prompts = [Example(mc_prompt(q.question, q.options), "", img) for q, img in questions]
                 replies = answers(prompts, f"{s.name}: multiple choice", max_new_tokens=cfg.letter_max_new_tokens)
-                choices = [M.parse_choice(r, q.options) for r, (q, _) in zip(replies, questions)]
+                read = M.parse_choice if cfg.mc_mode == "letter" else M.first_char_choice
+                choices = [read(r, q.options) for r, (q, _) in zip(replies, questions)]
                 # a reply with no letter in it counts as wrong: say how many, so that 0 is not read as forgetting
                 metrics[f"{s.name}_unparsed"] = M.mean_percent(c is None for c in choices)
             else:

@@ -27,6 +27,7 @@ __all__ = [
     "cloze_correct",
     "cloze_prompt",
     "parse_choice",
+    "first_char_choice",
     "choose_by_likelihood",
     "mean_percent",
     "coherence",
@@ -161,6 +162,14 @@ _ANNOUNCED_RE = re.compile(
 )
 # Two letters joined as alternatives or a list: "A and B", "A or C", "A, B", "A/B".
 _ENUMERATION_RE = re.compile(r"\b([A-Z])\)?\s*(?:,?\s*(?:and|or|&)\b|,|/)\s*\(?([A-Z])\b")
+
+
+def first_char_choice(reply: str, options: Sequence[str] | Mapping[str, str] = "ABCD") -> str | None:
+    """The option letter a multiple-choice reply picks as MLLMU-Bench's evaluation reads it: the reply's first
+    character, upper-cased, when it is an option letter, else None. ``"b) Paris"`` is B, but ``"Answer: C"`` is
+    A and ``"(B)"`` is nothing, as there; ``parse_choice`` reads such replies as they are meant."""
+    first = reply.strip()[:1].upper()
+    return first if first and first in {option.strip().upper() for option in options} else None
 
 
 def parse_choice(reply: str, options: Sequence[str] | Mapping[str, str] = "ABCD") -> str | None:

@@ -96,7 +96,8 @@ def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig, device=None,
     unparsed = {k: v for k, v in metrics.items() if k.endswith("_unparsed") and v is not None and v > 50}
     if unparsed:
         shares = ", ".join(f"{k} {v:.0f}%" for k, v in unparsed.items())
-        print(f"warning: most letter-mode replies name no option ({shares}); they count as wrong. A model "
+        named = "open with no option letter" if cfg.mc_mode == "first_char" else "name no option"
+        print(f"warning: most letter-mode replies {named} ({shares}); they count as wrong. A model "
               "that never learned to answer with a letter is scored with --mc-mode likelihood", file=sys.stderr)
     out = Path(out)
     write_eval_config(out, {"model": as_recorded(model_path), **how_loaded(model), "data": as_recorded(data),
