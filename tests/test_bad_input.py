@@ -271,7 +271,7 @@ def test_an_infinite_setting_is_refused_from_python_too():
     ([*UNLEARN, "--retain-weight", "1"],
      "--retain-weight applies to --method cagul / graddiff / idkpo / klmin / npo only"),
     ([*UNLEARN, "--k", "3"], "--k applies to --method cagul / viker only"),
-    ([*UNLEARN, "--method", "npo", "--average", "token"], "--average applies to --method ga / graddiff only"),
+    ([*UNLEARN, "--method", "npo", "--average", "token"], "--average applies to --method ga / graddiff / klmin only"),
     ([*UNLEARN, "--method", "viker", "--k", "0"], "--k 0: at least one reference image"),
     # a setting the chosen variant never reads, which its config would record as if it had shaped the run
     ([*UNLEARN, "--method", "viker", "--ablation", "no_vis", "--k", "3"],

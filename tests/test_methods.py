@@ -458,6 +458,31 @@ def test_average_token_is_the_models_own_loss_and_sequence_weighs_each_answer_al
     assert abs(sequence.item() - token.item()) > 1e-4
 
 
+@pytest.mark.parametrize("method", ["ga", "graddiff", "klmin"])
+def test_average_sum_is_each_answers_log_likelihood_averaged_over_the_answers(tiny, bench_dir, method):
+    """--average sum: the methods' definition, an answer's log-likelihood the sum over its tokens (each answer
+    alone: the model's own mean loss times its answer tokens), then the mean over the batch's answers."""
+    model, processor = tiny
+    collate = Collator(processor)
+    examples = unlearning_examples(bench_dir, "forget_10")[:4]
+    forget, retain = collate(examples), collate(unlearning_examples(bench_dir, "retain_90")[:4])
+
+    def objective(**kw):
+        made = get_method(method)(**kw)
+        made.reference = FrozenReference(model, separate=model)  # KL-Min's retain term reads one
+        return made
+
+    with torch.no_grad():
+        alone = []
+        for ex in examples:
+            one = collate([ex])
+            alone.append(-model(**model_inputs(one), labels=one["labels"]).loss * (one["labels"] != -100).sum())
+        _, logs = objective(average="sum").loss(model, {"forget": forget, "retain": retain})
+        _, sequence_logs = objective().loss(model, {"forget": forget, "retain": retain})
+    assert logs["forget_ll"] == pytest.approx(torch.stack(alone).mean().item(), rel=1e-5)
+    assert logs["forget_ll"] < 3 * sequence_logs["forget_ll"]  # answers of several tokens: far below their mean
+
+
 def test_keytokens_page_marks_high_entropy_tokens(tiny_dir, bench_dir, tmp_path, capsys):
     out = tmp_path / "kt" / "keytokens.html"
     assert main(["keytokens", "--model", str(tiny_dir), "--data", str(bench_dir), "--forget", "forget_10",

@@ -13,6 +13,7 @@ from typing import Callable
 from viker import __version__
 from viker.errors import VikerError
 from viker.presets import (
+    AVERAGES,
     MC_MODES,
     REAL_TRAIN,
     REAL_UNLEARN,
@@ -441,10 +442,13 @@ def parser() -> argparse.ArgumentParser:
     un.add_argument("--reference-model", metavar="MODEL",
                     help="NPO: the model of its log-ratio, a model or run folder (default: the model being "
                          "unlearned, before unlearning; MLLMU-Bench's code uses one finetuned on the retain set)")
-    un.add_argument("--average", choices=("sequence", "token"),
-                    help="GA / GradDiff: the log-likelihood's mean per answer, then over the answers (sequence: a "
-                         "short answer counts as much as a long one), or over all the batch's answer tokens at once "
-                         "(token: a model's own loss, as the published GA code uses it) (default: sequence)")
+    un.add_argument("--average", choices=AVERAGES,
+                    help="GA / GradDiff / KL-Min's forget term: the log-likelihood's mean per answer, then over the "
+                         "answers (sequence: a short answer counts as much as a long one), over all the batch's "
+                         "answer tokens at once (token: a model's own loss, as the published GA code uses it), or "
+                         "each answer's sum over its tokens, then over the answers (sum: the per-answer "
+                         "log-likelihood of the methods' definitions; a step grows with the answer's length) "
+                         "(default: sequence)")
     un.add_argument("--retain-weight", type=_number,
                     help="GradDiff / KL-Min / NPO / IdkPO / CAGUL: weight of the retain term "
                          "(default 1; CAGUL 0.25; NPO 0, no retain term)")

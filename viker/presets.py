@@ -10,6 +10,10 @@ from viker.errors import require
 # How an evaluation reads multiple choice: option likelihood, or a generated letter read as it is meant
 # (viker.eval.metrics.parse_choice) or as MLLMU-Bench's code reads it (first_char_choice)
 MC_MODES = ("likelihood", "letter", "first_char")
+# How GA's log-likelihood (GradDiff's, KL-Min's forget term's) averages over a batch's answer tokens:
+# each answer's mean, then over the answers; over all the tokens at once (a model's own loss); or each answer's
+# sum, then over the answers (the methods' page's per-sequence log-likelihood)
+AVERAGES = ("sequence", "token", "sum")
 
 
 @dataclass

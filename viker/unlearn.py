@@ -21,7 +21,7 @@ from viker.data.loader import load_finetune, load_profiles, retain_profiles
 from viker.data.schema import FORGET_SPLITS, RETAIN_OF
 from viker.errors import VikerError, require
 from viker.methods import get_method, unlearning_methods
-from viker.methods.base import AVERAGES, FrozenReference, UnlearnContext
+from viker.methods.base import FrozenReference, UnlearnContext
 from viker.methods.reference import SOURCES, default_cache_dir
 from viker.model import (
     HALF_PRECISION,
@@ -40,7 +40,7 @@ from viker.model import (
     weight_hashes,
 )
 from viker.model.cagul import refuse_cagul_run
-from viker.presets import TrainConfig, unlearn_preset
+from viker.presets import AVERAGES, TrainConfig, unlearn_preset
 from viker.runs import (
     checkpoints,
     other_benchmark,
@@ -138,7 +138,7 @@ def make_method(name: str, args: dict, forget_split: str):
         raise VikerError(f"method '{name}': {e}") from None
     # the settings several methods share, refused before anything is loaded
     if hasattr(method, "average"):
-        require(method.average in AVERAGES, "--average", method.average, f"choose {' or '.join(AVERAGES)}")
+        require(method.average in AVERAGES, "--average", method.average, f"choose {', '.join(AVERAGES)}")
     if hasattr(method, "beta"):
         require(method.beta > 0, "--beta", method.beta, "must be above 0")
     if hasattr(method, "retain_weight"):

@@ -28,15 +28,13 @@ def share(batch: dict, unit: str) -> torch.Tensor | float:
     return batch.get(f"{unit}_share", 1.0)
 
 
-AVERAGES = ("sequence", "token")  # a mean per answer, then over the answers; or over all answer tokens at once
-
-
 def log_likelihood(model, batch: dict, average: str = "sequence") -> torch.Tensor:
-    """Mean answer-token log-likelihood, per sequence then over the batch (``sequence``) or over every answer
-    token of the batch (``token``, as a model's own loss has it): what GA minimises."""
+    """The answers' log-likelihood, what GA minimises (viker.presets.AVERAGES): each answer's mean over its
+    tokens, then over the batch (``sequence``); the mean over every answer token of the batch (``token``, as a
+    model's own loss has it); or each answer's sum over its tokens, then over the batch (``sum``)."""
     if average == "token":
         return -answer_token_nll(logits_of(model, batch), batch["labels"]) * share(batch, "token")
-    return -answer_nll(logits_of(model, batch), batch["labels"]) * share(batch, "row")
+    return -answer_nll(logits_of(model, batch), batch["labels"], per_token=average == "sequence") * share(batch, "row")
 
 
 class FrozenReference:

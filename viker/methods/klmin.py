@@ -13,13 +13,14 @@ from viker.methods.losses import gather_answer_positions, kl_to_reference
 @dataclass
 class KLMin:
     retain_weight: float = 1.0
+    average: str = "sequence"  # the forget term's, as GA's
     streams = ("forget", "retain")
 
     def setup(self, ctx):
         self.reference = ctx.reference
 
     def loss(self, model, batches):
-        forget_ll = log_likelihood(model, batches["forget"])
+        forget_ll = log_likelihood(model, batches["forget"], self.average)
         retain = batches["retain"]
         logits, _ = gather_answer_positions(logits_of(model, retain), retain["labels"])
         kl = kl_to_reference(self.reference.answer_probs(retain), logits).mean() * share(retain, "token")
