@@ -154,6 +154,27 @@ def test_divergence_stops_with_a_message_saying_how_to_go_on(tmp_path):
     assert state["step"] == 2
 
 
+class _Steady:
+    """An objective with a finite loss and gradient at every step."""
+
+    streams = ("train",)
+
+    def loss(self, model, batches):
+        return (model.weight ** 2).sum() + 1.0, {}
+
+
+def test_a_learning_rate_too_large_for_the_optimizer_is_one_message_not_a_traceback(tmp_path):
+    """--lr 1e38: AdamW's step (lr over 1 - β₁) overflows float32 before any loss is infinite."""
+    from viker.data.schema import Example
+
+    model = torch.nn.Linear(2, 2)
+    examples = [Example(f"q{i}", "a", None) for i in range(4)]
+    how = "overflows the optimizer's arithmetic; start the run again with a lower --lr and --overwrite"
+    with pytest.raises(VikerError, match=rf"step 0: the learning rate 1e\+38 {how}$"):
+        train(model, _Steady(), {"train": examples}, lambda exs: {"x": torch.zeros(len(exs), 2)},
+              TrainConfig(max_steps=2, batch_size=2, lr=1e38), progress=False, run_dir=tmp_path)
+
+
 def test_output_paths_never_escape_the_run_folder(tmp_path):
     from viker.runs import under
 

@@ -587,15 +587,21 @@ def train(
                     mean = accelerator.reduce(torch.tensor(list(values.values()), dtype=torch.float64,
                                                           device=accelerator.device), "mean")
                     values = dict(zip(values, mean.tolist()))
+                # --resume keeps the rate the run started with, and would diverge again where this one did
+                how = "start the run again with a lower --lr and --overwrite" if run_dir is not None \
+                    else "lower the learning rate"
                 if not math.isfinite(values["loss"]):
-                    # --resume keeps the rate the run started with, and would diverge again where this one did
-                    how = "start the run again with a lower --lr and --overwrite" if run_dir is not None \
-                        else "lower the learning rate"
                     raise VikerError(f"step {step}: the loss became {values['loss']} (diverged); {how}")
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
+                try:
+                    optimizer.step()
+                except RuntimeError as e:  # a rate too large for the optimizer's float arithmetic (lr / (1 - β₁))
+                    if "overflow" not in str(e):
+                        raise
+                    raise VikerError(f"step {step}: the learning rate {lr:g} overflows the optimizer's "
+                                     f"arithmetic; {how}") from None
                 scheduler.step()
                 optimizer.zero_grad()
             for k, v in values.items():
