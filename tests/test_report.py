@@ -101,14 +101,14 @@ def test_a_run_on_the_edge_of_coherence_still_counts_and_reference_rows_keep_the
 
 def test_an_accuracy_below_chance_is_no_more_forgetting_than_chance():
     """Picking the true option less often than chance (25% with four options) still tells it apart: such figures
-    are marked as chance, so runs below it tie (12 is no better than 22), and where all are below it none is best."""
+    count as chance, so runs below it tie (12 is no better than 22), and where all are below it none is best."""
     coherent = {"coherence": 99.0}
     runs = [{"method": m, "metrics": {"forget_acc": x, "test_acc": y, **coherent}}
             for m, x, y in (("ga", 12.0, 20.0), ("npo", 22.0, 24.0), ("viker", 30.0, 20.0))]
     cells = _cells(markdown_table(runs))
     assert [cells[m][:2] for m in ("GA", "NPO", "ViKeR")] == [["**12.0**", "20.0"], ["**22.0**", "24.0"],
                                                              ["30.0", "20.0"]]
-    assert "a figure below chance (25) is marked as chance" in column_glossary(runs)
+    assert "a figure below chance (25) counts as chance where the best is marked" in column_glossary(runs)
 
 
 def test_on_clear_too_a_run_whose_replies_fell_apart_is_not_best_at_forgetting():

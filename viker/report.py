@@ -21,7 +21,8 @@ class Column(NamedTuple):
 
 
 CHANCE_ACC = 100.0 / 4  # multiple-choice accuracy of a model that knows nothing: every question has 4 options
-BELOW_CHANCE = f"; a figure below chance ({CHANCE_ACC:g}) is marked as chance, no more forgetting than knowing nothing"
+BELOW_CHANCE = (f"; a figure below chance ({CHANCE_ACC:g}) counts as chance where the best is marked, no more "
+                "forgetting than knowing nothing")
 
 COLUMNS = [  # MLLMU-Bench, in percent (factuality: the judge's 1 to 10)
     Column("forget_acc", "Forget ACC", True,
