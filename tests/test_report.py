@@ -741,3 +741,15 @@ def test_the_runs_table_says_what_a_coded_setting_chose(runs, tmp_path):
             f"{FULL_VOCAB_LIMIT} tokens, else as each answer token's {AUTO_TOPK} most likely tokens.") in runs_section
     assert [setting_text("layers", None), setting_text("heads", None)] == ["layers=middle", "heads=all"]
     assert setting_text("layers", [1, 2]) == "layers=[1, 2]"
+
+
+def test_runs_of_one_method_trained_on_lora_or_every_weight_are_named_by_it(runs, tmp_path):
+    import shutil
+
+    full = shutil.copytree(runs / "npo-a", tmp_path / "npo-full")
+    config = json.loads((full / "config.json").read_text())
+    config["unlearn"]["tuning"] = "full"
+    (full / "config.json").write_text(json.dumps(config))
+    assert main(["report", str(runs / "npo-a"), str(full), "--out", str(tmp_path / "report")]) == 0
+    assert list(_cells((tmp_path / "report" / "report.md").read_text().split("\n\n")[1])) == [
+        "NPO (tuning=lora)", "NPO (tuning=full)"]

@@ -544,6 +544,8 @@ def read_run(path: str | Path) -> dict:
         settings |= {"max_steps": train["max_steps"]} if train.get("max_steps") else {"epochs": train["epochs"]}
     training = {k: train[k] for k in TRAINING_SETTINGS if k in train}
     unlearned = source.get("unlearn", {})
+    if source.get("command") == "unlearn" and unlearned.get("tuning") and method != "cagul":
+        training["tuning"] = unlearned["tuning"]  # LoRA or every weight (CAGUL trains modules of its own)
     if unlearned.get("benchmark", "mllmu") == "mllmu" and source.get("command") == "unlearn":
         training["train_on"] = unlearned.get("train_on", "all")  # what it trained on; all before it was recorded
     elif source.get("command") == "unlearn" and unlearned.get("forget"):  # CLEAR's forget10 or forget10+tofu: scored
