@@ -157,6 +157,11 @@ def test_overwrite_never_removes_the_base_model_of_an_adapter_it_reads(tiny_dir,
         assert main([*command, "--model", str(adapter), "--out", str(base), "--overwrite"]) == 2
         assert f"--overwrite would remove {(base / 'model').resolve()}, which this run reads" in _error(capsys)
         assert (base / "model" / "config.json").is_file()
+        # without --overwrite, the refusal does not point to it
+        assert main([*command, "--model", str(adapter), "--out", str(base)]) == 2
+        error = _error(capsys)
+        assert f"holds a `viker unlearn` run, with {(base / 'model').resolve()}, which this run reads; choose " \
+            "another folder" in error and "--overwrite" not in error
 
 
 def test_a_run_on_a_base_model_is_refused_once_that_model_is_replaced(tiny_dir, bench_dir, tmp_path, capsys,

@@ -234,13 +234,14 @@ def _folder_to_replace(out: Path, resume: bool, overwrite: bool, reads: Sequence
         what = f"is {read}, which this run reads (--model, --data, --reference-model or --refs)" if read else \
             "holds files of something other than a run (a model?)"
         raise VikerError(f"--out {out}: {what}; choose a new or empty folder")
+    inside = [str(p) for p in reads if Path(p).exists() and root in (Path(p).resolve(), *Path(p).resolve().parents)]
+    if inside:  # never to be replaced: --overwrite is no way out
+        held = "--overwrite would remove" if overwrite else f"holds a `viker {command}` run, with"
+        raise VikerError(f"--out {out}: {held} {inside[0]}, which this run reads; choose another folder")
     if not overwrite:
         stopped = bool(checkpoints(out))
         raise VikerError(f"--out {out}: holds a `viker {command}` run already; choose another folder, or "
                          f"--overwrite to replace it{' (or --resume to continue it)' if stopped else ''}")
-    inside = [str(p) for p in reads if Path(p).exists() and root in (Path(p).resolve(), *Path(p).resolve().parents)]
-    if inside:
-        raise VikerError(f"--out {out}: --overwrite would remove {inside[0]}, which this run reads")
     return True
 
 
