@@ -357,6 +357,34 @@ def test_a_hub_id_the_hub_cannot_serve_is_refused_at_once(tiny_dir, monkeypatch)
     assert len(asked) == 2
 
 
+def test_a_benchmark_hub_id_the_hub_cannot_serve_is_refused_at_once_unless_a_cache_holds_it(tmp_path, monkeypatch):
+    """--data org/name offline: one line at once, as for a model (datasets retried for half a minute); a copy in
+    the hub's cache or in datasets' own goes on to loading, which reads it there."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from viker.data.loader import load_profiles
+    from viker.runs import check_hub_reachable
+
+    class Offline:
+        def head(self, url, timeout):
+            raise ConnectionError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "get_session", lambda: Offline())
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    with pytest.raises(VikerError, match=r"^no-such-org/no-such-bench: no such local folder, and the hub \(.*\) "
+                                         r"cannot be reached to download it .*; give the folder of a downloaded "
+                                         r"snapshot$"):
+        load_profiles("no-such-org/no-such-bench", "forget_10")
+    for cached in (tmp_path / "hub" / "datasets--no-such-org--no-such-bench",
+                   tmp_path / "datasets" / "no-such-org___no-such-bench"):
+        cached.mkdir(parents=True)
+        check_hub_reachable("no-such-org/no-such-bench", "dataset")
+        cached.rmdir()
+
+
 def test_a_model_folder_without_its_tokenizer_or_config_says_which_is_missing(tiny_dir, tmp_path):
     from viker.eval.evaluate import gibberish_scorer
     from viker.model import TOKENIZER_FILES, why_not_loaded

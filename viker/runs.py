@@ -31,6 +31,35 @@ def is_hub_id(text: str | Path) -> bool:
     return hub_shaped(text) and not path.exists() and not path.parent.is_dir()
 
 
+def check_hub_reachable(path: str, repo_type: str = "model", timeout: float = 10.0) -> None:
+    """For a hub id (a model, or ``repo_type="dataset"`` a benchmark) that is neither a local folder nor in the
+    hub's cache (a dataset: nor in ``datasets``' own), refuse at once when the hub cannot be reached (a machine
+    offline, a mistyped path read as an id), rather than after minutes of retries. With ``HF_HUB_OFFLINE`` set,
+    or the repository in a cache, loading goes on as the hub library decides."""
+    from huggingface_hub import constants, get_session, try_to_load_from_cache
+
+    if Path(path).expanduser().exists() or not is_hub_id(path) or constants.HF_HUB_OFFLINE:
+        return
+    try:
+        if repo_type == "model" and isinstance(try_to_load_from_cache(path, "config.json"), str):
+            return
+    except ValueError:  # no valid hub id ("org/bad..name"): loading says so, as it did
+        return
+    if repo_type == "dataset":
+        org, name = path.split("/")
+        caches = [Path(constants.HF_HUB_CACHE, f"datasets--{org}--{name}"),
+                  Path(os.environ.get("HF_DATASETS_CACHE", Path(constants.HF_HOME, "datasets")), f"{org}___{name}")]
+        if any(folder.exists() for folder in caches):
+            return
+    try:  # through the hub library's own client: its proxies and certificates
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except Exception as e:  # no answer at all, whatever the client (an error status is an answer, and no raise)
+        reason = str(e) or type(e).__name__
+        local = "the model's local folder" if repo_type == "model" else "the folder of a downloaded snapshot"
+        raise VikerError(f"{path}: no such local folder, and the hub ({constants.ENDPOINT}) cannot be reached to "
+                         f"download it ({reason}); give {local}") from None
+
+
 def as_recorded(path: str | Path, local: bool = False) -> str:
     """A model or data path as a config records it: a local one (``local``: one that may not exist yet, as a
     run's output folder) absolute, so that the record names it from any working folder; a hub id as it is."""

@@ -34,7 +34,7 @@ from viker.data.schema import (
     schema_for,
 )
 from viker.errors import VikerError
-from viker.runs import is_hub_id
+from viker.runs import check_hub_reachable, is_hub_id
 
 
 def has_config(root: str | Path, config: str) -> bool:
@@ -104,6 +104,7 @@ def hub_table(repo: str, config: str) -> pa.Table:
     except ImportError:
         raise VikerError(f"{repo}: reading a benchmark from the hub needs the `datasets` package "
                          f'(pip install "viker[hub]"); or pass the folder of a downloaded snapshot{local}') from None
+    check_hub_reachable(repo, "dataset")
     try:
         dataset = datasets.load_dataset(repo, config, split="train")
     except Exception as e:  # offline, unknown repo or config, ...: the library's own message says which

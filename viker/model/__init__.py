@@ -17,6 +17,7 @@ from viker.errors import VikerError, require
 from viker.runs import (
     TRAINING_COMMANDS,
     as_recorded,
+    check_hub_reachable,
     checkpoints,
     differing,
     file_hashes,
@@ -192,27 +193,6 @@ def why_not_loaded(error: Exception, *folders: str | Path) -> str:
     if "tokenizer" in said.lower() and not any((f / name).is_file() for f in local for name in TOKENIZER_FILES):
         return f"no tokenizer in it: none of {', '.join(TOKENIZER_FILES)}"
     return said
-
-
-def check_hub_reachable(path: str, timeout: float = 10.0) -> None:
-    """For a hub id that is neither a local folder nor in the hub cache, refuse at once when the hub cannot be
-    reached (a machine offline, a mistyped path read as an id), rather than after minutes of retries. With
-    ``HF_HUB_OFFLINE`` set, or the model in the cache, loading goes on as the hub library decides."""
-    from huggingface_hub import constants, get_session, try_to_load_from_cache
-
-    if Path(path).expanduser().exists() or not is_hub_id(path) or constants.HF_HUB_OFFLINE:
-        return
-    try:
-        if isinstance(try_to_load_from_cache(path, "config.json"), str):
-            return
-    except ValueError:  # no valid hub id ("org/bad..name"): loading says so, as it did
-        return
-    try:  # through the hub library's own client: its proxies and certificates
-        get_session().head(constants.ENDPOINT, timeout=timeout)
-    except Exception as e:  # no answer at all, whatever the client (an error status is an answer, and no raise)
-        reason = str(e) or type(e).__name__
-        raise VikerError(f"{path}: no such local folder, and the hub ({constants.ENDPOINT}) cannot be reached to "
-                         f"download it ({reason}); give the model's local folder") from None
 
 
 def adapter_base(path: str) -> str:
