@@ -137,6 +137,7 @@ def test_second_demo_reuses_the_vanilla_model(demo, capsys, monkeypatch):
     printed = capsys.readouterr().out
     reused = f"the vanilla model, reused from an earlier demo ({out / 'vanilla'})"
     assert f"2/5 {reused}" in printed
+    assert printed.startswith(f"1/5 the embedded benchmark, reused from an earlier demo ({out / 'data'})\n")
     assert (out / "vanilla" / "model" / "model.safetensors").stat().st_mtime_ns == before
     assert results["diagnostics"] is None
     assert "generating the embedded benchmark" not in results["step_seconds"]  # the benchmark was there already

@@ -156,10 +156,6 @@ class Steps:
         print(f"{self.done}/{self.total} {text}")
         self.current = (text, time.perf_counter())
 
-    def skip(self) -> None:
-        self.stop()
-        self.done += 1
-
     def stop(self) -> None:
         if self.current is not None:
             text, t = self.current
@@ -188,7 +184,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
         build_benchmark(data, synth, progress=progress)
         write_json(stamp, settings)
     else:
-        steps.skip()
+        steps.start(f"the embedded benchmark, reused from an earlier demo ({data})")
     vanilla = _vanilla(cfg, data, out, progress, steps)
     vanilla_model = load_model(vanilla)
     cache = out / "cache"
@@ -735,7 +731,7 @@ def idkpo_note(trace: dict | None, runs: list[dict]) -> str:
 
 def time_table(step_seconds: dict[str, float] | None) -> str:
     """Where the demo's time went: a table of minutes per step, a step under 6 seconds in seconds (it would print
-    as 0.0 minutes), and a step it skipped, such as a benchmark already generated, left out; empty without steps."""
+    as 0.0 minutes; a benchmark or vanilla model reused from an earlier demo); empty without steps."""
     if not step_seconds:
         return ""
     rows = "\n".join(f"| {text} | {seconds / 60:.1f} min |" if seconds >= 6 else f"| {text} | {seconds:.1f} s |"
