@@ -68,6 +68,14 @@ def test_a_zero_default_is_shown():
     assert "(default: 0)" in COMMANDS["viker demo"].format_help()
 
 
+def test_an_option_whose_help_explains_auto_says_auto_is_its_default():
+    for command, option in (("viker unlearn", "--save"), ("viker unlearn", "--train-on"),
+                            ("viker finetune", "--tuning"), ("viker finetune", "--train-on")):
+        text = " ".join(COMMANDS[command].format_help().split(f"  {option} ")[1].split("\n  --")[0].split())
+        assert "(auto: " in text or "; auto: " in text, (command, option)
+        assert text.endswith("(default: auto)"), (command, option, text)
+
+
 @pytest.mark.parametrize("command, tiny, real, names", [
     ("viker finetune", "TINY_TRAIN", "REAL_TRAIN", ("--model tiny", "a model folder")),  # a saved tiny one too
     ("viker unlearn", "TINY_UNLEARN", "REAL_UNLEARN", ("a tiny model", "a checkpoint")),

@@ -270,7 +270,7 @@ class _Help(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         shown = action.default is not None and action.default is not False and action.default != argparse.SUPPRESS
-        if action.option_strings and shown and "default" not in text and "auto:" not in text:
+        if action.option_strings and shown and "default" not in text:
             text += f"{' ' if text else ''}(default: %(default)s)"
         return text
 
