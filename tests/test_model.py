@@ -234,7 +234,10 @@ def test_a_bf16_run_says_what_its_merge_lost_and_is_evaluated_whole_as_an_adapte
     assert main(["eval", "--model", str(tmp_path / "adapter"), "--data", str(bench_dir), "--dtype", "bfloat16",
                  "--device", "cpu", "--only", "forget:multiple_choice", "--out", str(tmp_path / "adapter")]) == 0
     assert isinstance(seen[0], PeftModel)  # viker eval scores the update as trained, and says so
-    assert json.loads((tmp_path / "adapter" / "eval_config.json").read_text())["adapter"] == "applied unmerged"
+    recorded = json.loads((tmp_path / "adapter" / "eval_config.json").read_text())
+    # and records what it ran in: the weights' dtype (LoRA's own stay float32) and the device
+    assert (recorded["adapter"], recorded["weights_dtype"], recorded["device"]) == ("applied unmerged", "bfloat16",
+                                                                                    "cpu")
 
 
 def test_tokenizer_round_trips_benchmark_text_exactly(tiny, bench_dir):

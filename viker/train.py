@@ -440,12 +440,11 @@ def load_for_training(accelerator, path: str, device: str | None = None, dtype: 
 def runtime_info(accelerator, model: torch.nn.Module) -> dict:
     """What a run's config.json records about how it ran, ``weights_dtype`` (what ``--dtype auto`` became: the
     dtype most of the model's weights are held in) included."""
-    sizes: dict[torch.dtype, int] = {}
-    for p in model.parameters():
-        sizes[p.dtype] = sizes.get(p.dtype, 0) + p.numel()
+    from viker.model import weights_dtype
+
     return {"processes": accelerator.num_processes, "distributed_type": str(accelerator.distributed_type.value),
             "mixed_precision": accelerator.mixed_precision, "device": str(accelerator.device),
-            "weights_dtype": str(max(sizes, key=sizes.get)).removeprefix("torch.") if sizes else None}
+            "weights_dtype": weights_dtype(model)}
 
 
 def half_precision_training(params: list[torch.nn.Parameter], accelerator) -> str | None:

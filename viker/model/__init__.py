@@ -391,9 +391,19 @@ def merge_loss(model: nn.Module) -> float | None:
     return (lost / total) ** 0.5 if total else 0.0
 
 
+def weights_dtype(model: nn.Module) -> str | None:
+    """The dtype most of ``model``'s weights are held in (what ``--dtype auto`` became), as ``float32``."""
+    sizes: dict[torch.dtype, int] = {}
+    for p in model.parameters():
+        sizes[p.dtype] = sizes.get(p.dtype, 0) + p.numel()
+    return str(max(sizes, key=sizes.get)).removeprefix("torch.") if sizes else None
+
+
 def how_loaded(model: nn.Module) -> dict:
-    """What an evaluation's config records of how its model was loaded: an adapter applied unmerged says so."""
-    return {"adapter": "applied unmerged"} if hasattr(model, "peft_config") else {}
+    """What an evaluation's config records of how its model was loaded: the device and the weights' dtype it ran
+    in, and an adapter applied unmerged."""
+    where = {"device": str(next(model.parameters()).device), "weights_dtype": weights_dtype(model)}
+    return where | ({"adapter": "applied unmerged"} if hasattr(model, "peft_config") else {})
 
 
 # what keeps a LoRA update whole where merging it into 16-bit weights rounds much of it away
