@@ -383,14 +383,17 @@ def recalls_nothing(model: str) -> str | None:
     """A warning when the `viker finetune` run that ``model`` comes from recalls none of the fictitious people's
     answers word for word (its own figures, kept as metrics.json or, once evaluated there, train_metrics.json):
     unlearning it has nothing to remove, and a table of such runs compares nothing."""
-    folder = next((f for f, run in run_folders_behind(model) if run["command"] == "finetune"), None)
+    chain = list(run_folders_behind(model))
+    folder = next((f for f, run in chain if run["command"] == "finetune"), None)
     found = [folder / name for name in (TRAINING_METRICS, "metrics.json") if folder and (folder / name).is_file()]
     try:
         recall = read_json(found[0]) if found else {}
     except VikerError:  # figures cut short or edited by hand: no warning, rather than no run
         return None
     if isinstance(recall, dict) and recalls_none(recall):
-        return (f"{folder}, the model this run starts from, recalls none of the fictitious people's answers word "
+        which = "the model this run starts from" if folder == chain[0][0] else \
+            f"the finetune {chain[0][0]} (the model this run starts from) was made from"
+        return (f"{folder}, {which}, recalls none of the fictitious people's answers word "
                 "for word (full_image_exact and full_name_exact 0 in its finetune's figures): unlearning it has "
                 "nothing to remove; finetune it longer")
     return None
