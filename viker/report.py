@@ -803,6 +803,11 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
         else:
             people = "every retain person" if retain_limit == "all" else f"{retain_limit} retain people"
         evaluated += f" Retain figures over {people}."
+    unread = [f"{r['label']} ({', '.join(f'{k[:-9]} {v:.0f}%' for k, v in shares.items())})" for r in rows
+              if (shares := {k: v for k, v in r["metrics"].items() if k.endswith("_unparsed") and v and v > 50})]
+    if unread:  # an ACC of 0 there is no forgetting: a model that does not answer with a letter
+        evaluated += (f" Most multiple-choice replies named no option, and count as wrong, for {'; '.join(unread)}: "
+                      "their ACC figures say nothing of what they know (--mc-mode likelihood scores such models).")
     text = f"""# {title or f"Unlearning {forget or ''}".strip()}
 
 {markdown_table(rows)}
