@@ -760,3 +760,25 @@ def test_runs_of_one_method_trained_on_lora_or_every_weight_are_named_by_it(runs
     assert main(["report", str(runs / "npo-a"), str(full), "--out", str(tmp_path / "report")]) == 0
     assert list(_cells((tmp_path / "report" / "report.md").read_text().split("\n\n")[1])) == [
         "NPO (tuning=lora)", "NPO (tuning=full)"]
+
+
+def test_runs_that_start_from_other_models_than_one_another_or_the_vanilla_row_are_said_to(runs, tiny_dir, bench_dir,
+                                                                                          tmp_path):
+    """The vanilla row stands for the model every unlearning run starts from: where they start from others (another
+    family, or an unlearning run), the report says which run starts from which model."""
+    import shutil
+
+    on_run = shutil.copytree(runs / "npo-b", tmp_path / "on-npo-a")  # as if unlearned from npo-a's model
+    config = json.loads((on_run / "config.json").read_text())
+    config["unlearn"]["model"] = str(runs / "npo-a")
+    (on_run / "config.json").write_text(json.dumps(config))
+    assert main(["report", str(runs / "npo-a"), str(runs / "npo-b"), "--out", str(tmp_path / "alike")]) == 0
+    assert "start from different models" not in (tmp_path / "alike" / "report.md").read_text()
+    assert main(["report", str(runs / "vanilla"), str(runs / "npo-a"), str(on_run), "--out", str(tmp_path / "r")]) == 0
+    report = (tmp_path / "r" / "report.md").read_text()
+    first, second = f"NPO (β=0.1, from={tiny_dir.name})", "NPO (β=0.5, from=npo-a)"
+    assert list(_cells(report.split("\n\n")[1]))[1:] == [first, second]
+    said = " ".join(report.split())
+    assert (f"The unlearning runs start from different models than one another or the vanilla row: "
+            f"`{tiny_dir.resolve()}` ({first}); `{(runs / 'npo-a' / 'model').resolve()}` ({second}); "
+            f"the vanilla row is `{(runs / 'vanilla' / 'model').resolve()}`, which none starts from.") in said

@@ -492,6 +492,7 @@ def read_run(path: str | Path) -> dict:
     from viker.runs import (
         TRAINING_COMMANDS,
         is_hub_id,
+        model_folder,
         read_configs,
         read_json,
         read_records,
@@ -546,6 +547,11 @@ def read_run(path: str | Path) -> dict:
     unlearned = source.get("unlearn", {})
     if source.get("command") == "unlearn" and unlearned.get("tuning") and method != "cagul":
         training["tuning"] = unlearned["tuning"]  # LoRA or every weight (CAGUL trains modules of its own)
+    started = unlearned.get("model") if source.get("command") == "unlearn" else None
+    starts_from = str(model_folder(started)) if started and not is_hub_id(started) else started
+    if starts_from:  # named by its run's folder, where runs of one method start from different models
+        folder = Path(starts_from)
+        training["from"] = folder.parent.name if folder.name == "model" else folder.name
     if unlearned.get("benchmark", "mllmu") == "mllmu" and source.get("command") == "unlearn":
         training["train_on"] = unlearned.get("train_on", "all")  # what it trained on; all before it was recorded
     elif source.get("command") == "unlearn" and unlearned.get("forget"):  # CLEAR's forget10 or forget10+tofu: scored
@@ -576,7 +582,7 @@ def read_run(path: str | Path) -> dict:
     return {"method": method, "settings": settings, "training": training, "benchmark": benchmark,
             "forget_split": scored_split(evaluated.get("forget"), benchmark),
             "made_for": split_made_for(source, benchmark), **scored,
-            "data": data, "asked": asked, "model": (evaluation or {}).get("model"),
+            "data": data, "asked": asked, "model": (evaluation or {}).get("model"), "starts_from": starts_from,
             "forget_quality_reference": (evaluation or {}).get("forget_quality_reference"),
             "data_files": fingerprint,
             "metrics": metrics, "path": str(run)}
@@ -643,6 +649,25 @@ def _labels(rows: list[dict]) -> list[str]:
     alike = [[r["path"] for r, other in zip(rows, names) if other == name] for name in names]
     return [name if len(same) == 1 else f"{name} ({_folder_name(row['path'], same)})"
             for row, name, same in zip(rows, names, alike)]
+
+
+def starting_models(rows: list[dict]) -> str:
+    """A sentence under the table where the unlearning runs do not all start from the vanilla row's model: each
+    model they start from, with its runs (an empty string where they all start from one, the vanilla row's)."""
+    from viker.runs import is_hub_id, model_folder
+
+    starts: dict[str, list[str]] = {}
+    for row in rows:
+        if row.get("starts_from"):
+            starts.setdefault(row["starts_from"], []).append(row["label"])
+    vanilla = [r["model"] if is_hub_id(r["model"]) else str(model_folder(r["model"]))
+               for r in rows if r["method"] == "vanilla" and r.get("model")]
+    if not starts or (len(starts) == 1 and set(vanilla) <= set(starts)):
+        return ""
+    listed = "; ".join(f"`{model}` ({', '.join(labels)})" for model, labels in starts.items())
+    other = [cell(m) for m in vanilla if m not in starts]
+    return (f" The unlearning runs start from different models than one another or the vanilla row: {listed}"
+            + (f"; the vanilla row is `{'`, `'.join(other)}`, which none starts from" if other else "") + ".")
 
 
 def _one_value(rows: list[dict], key: str, what: str) -> str | None:
@@ -803,6 +828,7 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
         else:
             people = "every retain person" if retain_limit == "all" else f"{retain_limit} retain people"
         evaluated += f" Retain figures over {people}."
+    evaluated += starting_models(rows)
     unread = [f"{r['label']} ({', '.join(f'{k[:-9]} {v:.0f}%' for k, v in shares.items())})" for r in rows
               if (shares := {k: v for k, v in r["metrics"].items() if k.endswith("_unparsed") and v and v > 50})]
     if unread:  # an ACC of 0 there is no forgetting: a model that does not answer with a letter
