@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 from dataclasses import replace
 from io import BytesIO
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +22,7 @@ from viker.errors import VikerError
 from viker.eval.evaluate import answer_logprobs
 from viker.eval.generate import generate
 from viker.methods.cagul import augment, precision_recall
-from viker.model import load_model
+from viker.model import load_model, resolve_model_path
 from viker.model.cagul import CagulConfig, CagulModel, per_image
 from viker.train import TrainConfig
 from viker.unlearn import UnlearnConfig, run_unlearn
@@ -68,6 +70,9 @@ def test_run_folder_loads_as_a_model_that_answers(cagul_run, tiny_dir, bench_dir
     assert isinstance(model, CagulModel)
     with pytest.raises(VikerError, match=rf"the modules of a CAGUL run, not a model; give the run folder, {out},"):
         load_model(out / "cagul", device="cpu")  # its config.json is the modules' own
+    named = Path(shutil.copytree(out, out.parent / "runs" / "cagul", ignore=shutil.ignore_patterns("cache")))
+    assert isinstance(load_model(named, device="cpu")[0], CagulModel)  # a run folder named cagul is a run (the demo's)
+    assert resolve_model_path(named) == str(named.resolve())  # as the folders a run reads name it (NPO's reference)
     base, _ = load_model(tiny_dir, device="cpu")
     assert all(torch.equal(a, b) for a, b in zip(model.base.state_dict().values(), base.state_dict().values()))
     trained = cagul_run[3]

@@ -113,9 +113,9 @@ def resolve_model_path(path: str | Path) -> str:
             if hub_shaped(path) else " (and not a hub id of the form org/name)"))
     if saved := saved_model_of(p):
         return str(saved.resolve())
-    from viker.model.cagul import is_cagul_run
+    from viker.model.cagul import MODULES_FILE, is_cagul_run
 
-    if p.name == "cagul" and is_cagul_run(p.parent):
+    if p.name == "cagul" and (p / MODULES_FILE).is_file() and is_cagul_run(p.parent):  # not a run named cagul
         raise VikerError(f"{path}: the modules of a CAGUL run, not a model; give the run folder, {p.parent}, which "
                          "loads the base model with them in front")
     if p.exists() and not any((p / name).is_file() for name in ("config.json", "adapter_config.json")):
