@@ -759,7 +759,7 @@ def test_unlearning_a_model_that_recalls_nothing_is_said_to_be_pointless(bench_d
     # a run on that run: the finetune is named as what its model was made from
     assert main([*UNLEARN, "--model", str(tmp_path / "run"), "--data", str(bench_dir), "--out",
                  str(tmp_path / "on-run")]) == 0
-    assert f"warning: {vanilla}, the finetune {tmp_path / 'run'} (the model this run starts from) was made from, " \
+    assert f"warning: {vanilla}, the finetune behind {tmp_path / 'run'} (the model this run starts from), " \
         "recalls none" in capsys.readouterr().err
     # moved since, it is still read where it is now; figures cut short cost the warning, not the run
     moved = vanilla.rename(tmp_path / "moved")

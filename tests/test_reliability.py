@@ -170,7 +170,7 @@ def test_a_learning_rate_too_large_for_the_optimizer_is_one_message_not_a_traceb
     model = torch.nn.Linear(2, 2)
     examples = [Example(f"q{i}", "a", None) for i in range(4)]
     how = "overflows the optimizer's arithmetic; start the run again with a lower --lr and --overwrite"
-    with pytest.raises(VikerError, match=rf"step 0: the learning rate 1e\+38 {how}$"):
+    with pytest.raises(VikerError, match=rf"step 0: the learning rate 1e\+38 \(this step's\) {how}$"):
         train(model, _Steady(), {"train": examples}, lambda exs: {"x": torch.zeros(len(exs), 2)},
               TrainConfig(max_steps=2, batch_size=2, lr=1e38), progress=False, run_dir=tmp_path)
 

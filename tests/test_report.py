@@ -651,13 +651,14 @@ def test_the_report_says_how_first_char_read_the_letters_and_keeps_it_apart_from
     report = " ".join((tmp_path / "report" / "report.md").read_text().split())
     assert ("multiple choice by first_char (a generated letter, read by the reply's first character as MLLMU-Bench "
             "reads it).") in report
-    assert "named no option" not in report  # a reply opening with no letter is counted, and here they did not
-    # a model that answers in sentences names no letter: its ACC of 0 is said to be no forgetting
+    assert "no option" not in report  # a reply opening with no letter is counted, and here they did not
+    # a model that answers in sentences opens with no letter: its ACC of 0 is said to be no forgetting
     metrics = json.loads((first / "metrics.json").read_text())
     (first / "metrics.json").write_text(json.dumps(metrics | {"forget_acc": 0.0, "forget_unparsed": 96.0}))
     assert main(["report", str(first), "--out", str(tmp_path / "report")]) == 0
-    assert "Most multiple-choice replies named no option, and count as wrong, for NPO (forget 96%): their ACC " \
-        "figures say nothing of what they know" in " ".join((tmp_path / "report" / "report.md").read_text().split())
+    said = " ".join((tmp_path / "report" / "report.md").read_text().split())
+    assert "Most multiple-choice replies opened with no option letter, and count as wrong, for NPO (forget 96%): " \
+        "their ACC figures say nothing of what they know" in said
     capsys.readouterr()
     assert main(["report", str(runs / "ga-eval"), str(first), "--out", str(tmp_path / "mixed")]) == 2
     assert "--mc-mode" in capsys.readouterr().err

@@ -832,7 +832,8 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
     unread = [f"{r['label']} ({', '.join(f'{k[:-9]} {v:.0f}%' for k, v in shares.items())})" for r in rows
               if (shares := {k: v for k, v in r["metrics"].items() if k.endswith("_unparsed") and v and v > 50})]
     if unread:  # an ACC of 0 there is no forgetting: a model that does not answer with a letter
-        evaluated += (f" Most multiple-choice replies named no option, and count as wrong, for {'; '.join(unread)}: "
+        named = "opened with no option letter" if mc_mode == "first_char" else "named no option"
+        evaluated += (f" Most multiple-choice replies {named}, and count as wrong, for {'; '.join(unread)}: "
                       "their ACC figures say nothing of what they know (--mc-mode likelihood scores such models).")
     text = f"""# {title or f"Unlearning {forget or ''}".strip()}
 

@@ -392,7 +392,7 @@ def recalls_nothing(model: str) -> str | None:
         return None
     if isinstance(recall, dict) and recalls_none(recall):
         which = "the model this run starts from" if folder == chain[0][0] else \
-            f"the finetune {chain[0][0]} (the model this run starts from) was made from"
+            f"the finetune behind {chain[0][0].resolve()} (the model this run starts from)"
         return (f"{folder}, {which}, recalls none of the fictitious people's answers word "
                 "for word (full_image_exact and full_name_exact 0 in its finetune's figures): unlearning it has "
                 "nothing to remove; finetune it longer")

@@ -600,7 +600,7 @@ def train(
                 except RuntimeError as e:  # a rate too large for the optimizer's float arithmetic (lr / (1 - β₁))
                     if "overflow" not in str(e):
                         raise
-                    raise VikerError(f"step {step}: the learning rate {lr:g} overflows the optimizer's "
+                    raise VikerError(f"step {step}: the learning rate {lr:g} (this step's) overflows the optimizer's "
                                      f"arithmetic; {how}") from None
                 scheduler.step()
                 optimizer.zero_grad()

@@ -11,7 +11,7 @@ from viker.methods.base import log_likelihood
 @register("ga", "GA")
 @dataclass
 class GA:
-    average: str = "sequence"  # the answers' log-likelihood averaged per answer first, or over all tokens at once
+    average: str = "sequence"  # each answer's mean, then over the answers; over all tokens at once; or sums (AVERAGES)
     streams = ("forget",)
     needs_reference = False  # no frozen model: with full tuning no copy of the weights is made
 
