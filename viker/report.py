@@ -492,7 +492,7 @@ def read_run(path: str | Path) -> dict:
     from viker.runs import (
         TRAINING_COMMANDS,
         is_hub_id,
-        model_folder,
+        model_named,
         read_configs,
         read_json,
         read_records,
@@ -548,7 +548,7 @@ def read_run(path: str | Path) -> dict:
     if source.get("command") == "unlearn" and unlearned.get("tuning") and method != "cagul":
         training["tuning"] = unlearned["tuning"]  # LoRA or every weight (CAGUL trains modules of its own)
     started = unlearned.get("model") if source.get("command") == "unlearn" else None
-    starts_from = str(model_folder(started)) if started and not is_hub_id(started) else started
+    starts_from = model_named(started) if started else None
     if starts_from:  # named by its run's folder, where runs of one method start from different models
         folder = Path(starts_from)
         training["from"] = folder.parent.name if folder.name == "model" else folder.name
@@ -654,14 +654,13 @@ def _labels(rows: list[dict]) -> list[str]:
 def starting_models(rows: list[dict]) -> str:
     """A sentence under the table where the unlearning runs do not all start from the vanilla row's model: each
     model they start from, with its runs (an empty string where they all start from one, the vanilla row's)."""
-    from viker.runs import is_hub_id, model_folder
+    from viker.runs import model_named
 
     starts: dict[str, list[str]] = {}
     for row in rows:
         if row.get("starts_from"):
             starts.setdefault(row["starts_from"], []).append(row["label"])
-    vanilla = [r["model"] if is_hub_id(r["model"]) else str(model_folder(r["model"]))
-               for r in rows if r["method"] == "vanilla" and r.get("model")]
+    vanilla = [model_named(r["model"]) for r in rows if r["method"] == "vanilla" and r.get("model")]
     if not starts or (len(starts) == 1 and set(vanilla) <= set(starts)):
         return ""
     listed = "; ".join(f"`{model}` ({', '.join(labels)})" for model, labels in starts.items())

@@ -303,6 +303,13 @@ def model_folder(path: str | Path) -> Path:
     return (saved_model_of(folder) or folder).resolve()
 
 
+def model_named(model: str | Path) -> str:
+    """A model as records compare it (truth-ratio files, evaluations, the report's starting models): a folder by
+    :func:`model_folder`, so that a run folder and its model/ agree; a model no longer here (or a hub id), as it
+    was recorded."""
+    return str(model_folder(model)) if Path(model).expanduser().is_dir() else str(model)
+
+
 def runs_behind(model: str) -> Iterator[dict]:
     """The configs of the training runs of ours that ``model`` comes from, nearest first: the run whose model it
     is (the folder given, or the run folder holding it as model/), then the run that one started from, and so on

@@ -41,7 +41,7 @@ from viker.runs import (
     as_recorded,
     check_eval_out,
     file_hashes,
-    model_folder,
+    model_named,
     other_benchmark,
     other_split,
     read_configs,
@@ -206,12 +206,6 @@ def read_truth_ratios(path: Path, forget: str, data: str | Path) -> dict[str, li
                          "(another release or seed of the benchmark, or edited since): score the reference on this "
                          "data (--retain-model with its model)")
     return ratios
-
-
-def model_named(model: str | Path) -> str:
-    """A model as truth-ratio files and evaluations name it: a run folder by its model/, so that both ways of
-    giving it agree, absolute; a model no longer here (or a hub id), as it was recorded."""
-    return str(model_folder(model)) if Path(model).expanduser().is_dir() else str(model)
 
 
 def reference_model(spec: str | Path) -> str:
