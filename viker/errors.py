@@ -17,4 +17,11 @@ def require(ok: bool, flag: str, value, rule: str) -> None:
     if isinstance(value, float) and math.isinf(value):
         raise VikerError(f"{flag} {value}: must be a finite number")
     if not ok:
-        raise VikerError(f"{flag} {value}: {rule}")
+        raise VikerError(f"{flag} {_as_typed(value)}: {rule}")
+
+
+def _as_typed(value):
+    """A number as a user would have typed it: ``--epochs 0`` is read as ``0.0`` and echoed as ``0``."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return int(value)
+    return value
