@@ -307,6 +307,32 @@ def test_the_sweep_labels_end_inside_the_frame(tmp_path, monkeypatch):
     assert len(over) == 3 and max(over) < 0
 
 
+def test_sweep_points_within_a_run_marker_stay_in_sight(tmp_path, monkeypatch):
+    """--fast's sweep (λ=0.7 at 98.4, λ=10 at 99.2, both at 40) lies within the ViKeR run's marker, of the
+    sweep's own colour: drawn under it, the sweep its legend names showed nowhere on the plot."""
+    import matplotlib.figure
+    import numpy as np
+
+    seen = {}
+
+    def look(fig, path, **kwargs):
+        ax = fig.axes[0]
+        fig.canvas.draw()
+        seen["pixels"] = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+        x, y = ax.transData.transform((40.0, 99.2))
+        seen["at"] = (round(x), round(fig.bbox.height - y))  # rows count from the top
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", look)
+    runs = [{"method": m, "metrics": {"forget_acc": x, "retain_rougeL": y, "coherence": 99.2}}
+            for m, x, y in (("vanilla", 100.0, 100.0), ("viker", 40.0, 99.2))]
+    sweep = [{"lam": lam, "metrics": {"forget_acc": 40.0, "retain_rougeL": y, "coherence": 99.2}}
+             for lam, y in ((0.7, 98.4), (10.0, 99.2))]
+    tradeoff_plot(runs, sweep, tmp_path / "tradeoff.png")
+    col, row = seen["at"]
+    across = seen["pixels"][row, col - 3:col + 4]  # the λ=10 point, at the middle of the run's marker
+    assert (across.min(axis=-1) > 100).any()  # its light ring shows on the solid blue (31, 119, 180) marker
+
+
 def test_a_sweep_label_stands_where_it_hides_no_run(tmp_path, monkeypatch):
     """Above its point a λ label would cover a run drawn just above it (the demo's "ViKeR, 5 epochs" was
     lost under one): it goes beside or below instead, and the runs it would have covered stay in sight."""
@@ -358,7 +384,7 @@ def test_no_other_run_is_drawn_in_vikers_colour(others, tmp_path, monkeypatch):
              for lam, x in ((1.0, 60.0), (10.0, 36.0))]
     tradeoff_plot(runs, sweep, tmp_path / "tradeoff.png")
     vikers = seen["dots"].pop("ViKeR (λ=10)")
-    assert seen["lines"] == [vikers]  # the sweep is ViKeR's
+    assert set(seen["lines"]) == {vikers}  # the sweep (its line, and its points drawn over the runs) is ViKeR's
     assert vikers not in seen["dots"].values()
 
 

@@ -390,8 +390,11 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
     at = [(r["metrics"][axes.x], r["metrics"][axes.y]) for r in drawn]
     if sweep:
         pts = sorted(((s["lam"], s["metrics"][axes.x], s["metrics"][axes.y]) for s in sweep))
-        ax.plot([p[1] for p in pts], [p[2] for p in pts], "-o", color=VIKER_COLOUR, alpha=0.6, ms=4,
-                label="ViKeR, λ sweep")
+        xs, ys, style = [p[1] for p in pts], [p[2] for p in pts], dict(color=VIKER_COLOUR, alpha=0.6, ms=4)
+        ax.plot(xs, ys, "-o", **style, label="ViKeR, λ sweep")
+        # its points again over the runs' markers, ringed in white: a sweep point at a ViKeR run's place (--fast's
+        # two lie within its marker) is not lost under a marker of its own colour
+        ax.plot(xs, ys, "o", **style, mec="white", mew=0.8, zorder=3.5)
         spans = _spans([(x, y) for _, x, y in pts] + at)
         if axes.yspan:  # the y range drawn: points close on it share a label
             spans = (spans[0], max(spans[1], axes.yspan[1] - axes.yspan[0]))
