@@ -631,6 +631,30 @@ def test_the_picture_shades_as_the_page_does(tmp_path, monkeypatch):
     assert token.get_bbox_patch().get_facecolor()[:3] == pytest.approx(shade)
 
 
+def test_the_picture_and_the_page_say_what_their_shading_and_counts_cover(tmp_path, monkeypatch):
+    """The PNG showed the first 12 answers under a title for them all, and shaded questions asked by name (no
+    image to replace: the frozen model's own entropy) under "reference entropy H(R̂)"; the page counted their
+    key tokens with the image answers'. Each now says which answers it shows and counts."""
+    import matplotlib.figure
+
+    from viker.keytokens import PNG_ANSWERS, TokenEntropy, write_html, write_png
+
+    titles = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, path, **kw: titles.append(fig.axes[0].get_title(loc="left")))
+    pictured, by_name = (TokenEntropy(q, has_image, [" Ann", " Lee"], [2.0, 0.1], [0.01, 0.9])
+                         for q, has_image in (("Who is this?", True), ("Where was Ann Lee born?", False)))
+    rows = [pictured, by_name, by_name] + [pictured] * PNG_ANSWERS  # 15 answers, 5 of their 30 tokens asked by name
+    write_png(rows, tmp_path / "keys.png", epsilon=0.5)
+    assert f"The first {PNG_ANSWERS} of 15 forget answers (the page shows them all)." in titles[-1]
+    assert "Questions without [image] name the person" in titles[-1]
+    write_png([pictured] * 3, tmp_path / "keys.png", epsilon=0.5)  # all shown, all pictured: nothing to add
+    assert "\n" not in titles[-1]
+    write_html(rows, tmp_path / "keys.html", epsilon=0.5, title="t")
+    page = (tmp_path / "keys.html").read_text()
+    assert "15 of 30 answer tokens (13 of 26 in the answers to image questions)" in page
+
+
 def test_the_key_tokens_of_a_cagul_run_are_those_of_its_frozen_model(tiny, bench_dir, tmp_path):
     """CAGUL's reference distributions come from its frozen model; a page made from a CAGUL run reads them
     the same way, not through modules that rewrite every image they flag."""

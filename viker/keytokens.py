@@ -185,6 +185,11 @@ def largest_entropy(rows: list[TokenEntropy]) -> float:
     return max((max(r.entropy) for r in rows if r.entropy), default=1.0)
 
 
+def key_counts(rows: list[TokenEntropy], epsilon: float) -> tuple[int, int]:
+    """The key tokens (H > ``epsilon``) of ``rows``' answers, and all their tokens."""
+    return sum(h > epsilon for r in rows for h in r.entropy), sum(len(r.entropy) for r in rows)
+
+
 def write_html(rows: list[TokenEntropy], path: Path, epsilon: float, title: str, lam: float | None = None,
                topk: int | None = None) -> None:
     """``topk``: the reference distributions were stored as their ``topk`` largest probabilities, the rest
@@ -193,8 +198,11 @@ def write_html(rows: list[TokenEntropy], path: Path, epsilon: float, title: str,
     stored = "" if topk is None else (
         f" R̂ is stored as its {topk} largest probabilities with the rest spread evenly, so H is slightly above "
         "that of the full distribution.")
-    n_key = sum(h > epsilon for r in rows for h in r.entropy)
-    n_all = sum(len(r.entropy) for r in rows)
+    n_key, n_all = key_counts(rows, epsilon)
+    pictured = [r for r in rows if r.has_image]  # the answers whose shading is the references' (R̂ proper)
+    n_key_image, n_image = key_counts(pictured, epsilon)
+    by_image = (f" ({n_key_image} of {n_image} in the answers to image questions)"
+                if pictured and len(pictured) < len(rows) else "")
     lines = [
         "<!doctype html><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title>",
@@ -207,7 +215,8 @@ def write_html(rows: list[TokenEntropy], path: Path, epsilon: float, title: str,
         f"the reference images that replace the person's own (darker = less certain without the true image); "
         f"a question asked by name has no image to replace, so its tokens show the frozen model's own entropy on "
         f"it. Outlined tokens are "
-        f"<b>key tokens</b> (H &gt; ε = {epsilon}), the paper's private tokens: {n_key} of {n_all} answer tokens. "
+        f"<b>key tokens</b> (H &gt; ε = {epsilon}), the paper's private tokens: {n_key} of {n_all} answer tokens"
+        f"{by_image}. "
         f"{_lam_sentence(rows, lam)} Max H = {h_max:.2f} nats.{stored} The answer's end-of-turn token, where its "
         "chat template has one, is left out.</p>",
         f"<p>{html.escape(ref_prob_summary(rows))}</p>",
@@ -266,6 +275,11 @@ def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int =
     import matplotlib.pyplot as plt
 
     h_max = largest_entropy(rows)
+    # what the picture leaves out, and what its shading is where no image was replaced
+    which = (f"\nThe first {limit} of {len(rows)} forget answers (the page shows them all)." if len(rows) > limit
+             else "")
+    by_name = ("\nQuestions without [image] name the person: with no image to replace, their shading is the frozen "
+               "model's own entropy." if any(not r.has_image for r in rows[:limit]) else "")
     rows = rows[:limit]
     placed = [layout(r.tokens) for r in rows]
     asked = [textwrap.wrap(("[image] " if r.has_image else "") + r.question, QUESTION_WIDTH) or [""] for r in rows]
@@ -274,6 +288,7 @@ def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int =
     heights = [2 + d + max((line for _, line, _ in p), default=0) for p, d in zip(placed, drop)]
     gone = "" if lam is None else f"; underlined: forgotten by ViKeR at λ = {lam:g}"
     title = f"Answer tokens shaded by reference entropy H(R̂); outlined: key tokens (H > {epsilon}){gone}"
+    title += which + by_name
     fig, ax = plt.subplots(figsize=(11, 0.31 * sum(heights) + 0.9))
     ax.set_axis_off()
     ax.set_xlim(0, 100)
@@ -292,7 +307,7 @@ def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int =
                 ax.plot([x, x + CHAR * max(1, len(shown))], [y + 0.42] * 2, color=GONE, lw=2.2,
                         solid_capstyle="butt")
         top += height
-    ax.set_title(title, fontsize=10, loc="left")
+    ax.set_title(title, fontsize=10, loc="left", linespacing=1.6)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
