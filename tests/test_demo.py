@@ -20,6 +20,7 @@ from viker.demo import (
     mistaken_note,
     naming_rates,
     p_at_least,
+    quick_look_note,
     resting_point_note,
     run_demo,
     shorter_budget_note,
@@ -156,6 +157,10 @@ def test_fast_shrinks_the_demo_and_marks_it_a_quick_look():
     assert quick.quick and not full.quick
     assert quick.synth.profiles < full.synth.profiles and quick.unlearn.epochs < full.unlearn.epochs
     assert quick.finetune.epochs < full.finetune.epochs and quick.shorter_budget is None
+    # its report, which has a λ sweep of its own, says what the full demo's adds (it said "the λ sweep")
+    note = " ".join(quick_look_note(quick, 15).split())
+    assert f"a λ sweep of {len(full.lam_sweep) + 1} values rather than {len(quick.lam_sweep) + 1}" in note
+    assert quick_look_note(full, 50) == ""
 
 
 def test_naming_rate_counts_answers_that_give_the_pictured_persons_name_or_another_persons(tmp_path):

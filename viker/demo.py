@@ -506,7 +506,8 @@ def quick_look_note(cfg: DemoConfig, questions: int | None) -> str:
         f"{n_epochs(cfg.unlearn.epochs)}: too few questions to tell Forget ACCs a few questions apart, and too "
         "short a budget for most methods to part ways, so several rows may end alike. It shows that every step "
         f"runs; `viker demo` without `--fast` makes the comparison ({full.synth.profiles} fictitious people, "
-        f"{n_epochs(full.unlearn.epochs)}, the λ sweep and the runs that explain ViKeR against GA).", 110)
+        f"{n_epochs(full.unlearn.epochs)}, a λ sweep of {len(full.lam_sweep) + 1} values rather than "
+        f"{len(cfg.lam_sweep) + 1}, and the runs that explain ViKeR against GA).", 110)
 
 
 def forget_image_questions(data: Path, forget: str) -> int:
