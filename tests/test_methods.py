@@ -9,6 +9,7 @@ import math
 import shutil
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from viker.collate import Collator, model_inputs
 from viker.data.examples import unlearning_examples
 from viker.data.schema import Example
 from viker.methods import METHODS, get_method
-from viker.methods.base import FrozenReference, UnlearnContext, logits_of
+from viker.methods.base import FrozenReference, UnlearnContext, log_likelihood, logits_of
 from viker.methods.losses import gather_answer_positions
 from viker.methods.reference import (
     ReferenceDistributions,
@@ -948,3 +949,113 @@ def test_npo_against_another_reference_model_reads_that_model(tiny_dir, bench_di
                   for ex in examples]
     assert loss.item() == pytest.approx(sum(per_answer) / len(per_answer), rel=1e-4)
     assert loss.item() != pytest.approx(20 * math.log(2), rel=1e-3)  # θ_full would give (2/β)·log 2
+
+
+@pytest.fixture
+def registered():
+    """The names a test registers, taken out of the registry again after it."""
+    from viker.methods import METHODS, _registered
+
+    _registered()
+    before = dict(METHODS)
+    yield
+    METHODS.clear()
+    METHODS.update(before)
+
+
+def _documented_method(monkeypatch) -> dict:
+    """Import the example of docs/design.md's "Adding a method" as a module of a user's."""
+    import sys
+    import types
+
+    page = (Path(__file__).parents[1] / "docs" / "design.md").read_text()
+    section = page.split("## Adding a method", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    module = types.ModuleType("users_methods")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(compile(code, "design.md", "exec"), module.__dict__)
+    return module.__dict__
+
+
+def test_the_documented_way_to_add_a_method_trains_it_on_answer_tokens(registered, tiny_dir, bench_dir, tmp_path,
+                                                                       monkeypatch):
+    """A method added as docs/design.md shows, without touching the library, runs through run_unlearn: its
+    settings recorded, its logs kept, its forget log-likelihood that of the answer tokens alone."""
+    from viker.methods import title
+
+    namespace = _documented_method(monkeypatch)
+    assert get_method("ascent_descent") is namespace["AscentDescent"] and title("ascent_descent") == "Ascent+Descent"
+    cfg = _config(tiny_dir, bench_dir, tmp_path / "run", "ascent_descent", retain_weight=1.0)
+    model, processor, history = run_unlearn(cfg, progress=False)
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["method"]
+    assert recorded == {"name": "ascent_descent", "forget_weight": 1.0, "retain_weight": 1.0}
+    assert len(history) == 2 and {"forget_ll", "retain_nll"} <= set(history[0])
+    # what it ascends is the answers' likelihood: the same loss with the prompt's labels masked by hand
+    forget = unlearning_examples(bench_dir, "forget_10")[:2]
+    batch = Collator(processor)(forget)
+    method = namespace["AscentDescent"]()
+    with torch.no_grad():
+        ll = method.loss(model, {"forget": batch, "retain": batch})[1]["forget_ll"]
+        logits = logits_of(model, batch)[:, :-1].float()
+        targets = batch["labels"][:, 1:]
+        per_token = torch.log_softmax(logits, -1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+        mask = targets != -100
+        by_hand = ((per_token * mask).sum(1) / mask.sum(1)).mean().item()
+    assert ll == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_a_method_the_trainer_cannot_run_is_refused_in_words(registered, tiny_dir, bench_dir, tmp_path):
+    from dataclasses import dataclass, make_dataclass
+
+    from viker.errors import VikerError
+    from viker.methods import register
+    from viker.methods.viker import ViKeR
+    from viker.unlearn import make_method
+
+    class Plain:  # streams and loss, but no dataclass: its settings could not be recorded
+        streams = ("forget",)
+
+    with pytest.raises(VikerError, match="method 'plain': Plain must be a dataclass"):
+        register("plain", "Plain")(Plain)
+    with pytest.raises(VikerError, match=r"method 'ga' is already viker\.methods\.ga\.GA; register Mine under"):
+        register("ga", "GA")(make_dataclass("Mine", []))
+    register("odd_streams", "Odd")(make_dataclass("Odd", [], namespace={"streams": ("forget", "test")}))
+    with pytest.raises(VikerError, match=r"method 'odd_streams': streams \('forget', 'test'\); an unlearning"):
+        make_method("odd_streams", {}, "forget_10")
+
+    @register("viker_retain_refs", "ViKeR (retain refs)")
+    @dataclass
+    class RetainRefs(ViKeR):  # a variant under a name of its own reads its references from the splits too
+        refs: str = "retain"
+
+    assert make_method("viker_retain_refs", {}, "forget_10").forget_split == "forget_10"
+
+    def losing(returned):
+        name = f"returns_{len(METHODS_MADE)}"
+        METHODS_MADE.append(name)
+        register(name, name)(make_dataclass(name.title(), [], namespace={
+            "streams": ("forget",), "needs_reference": False,
+            "loss": lambda self, model, batches: returned(log_likelihood(model, batches["forget"]))}))
+        return _config(tiny_dir, bench_dir, tmp_path / name, name)
+
+    METHODS_MADE = []
+    with pytest.raises(VikerError, match=r"Returns_0\.loss returned a tensor of shape \(\): it must return \("):
+        run_unlearn(losing(lambda ll: ll), progress=False)
+    with pytest.raises(VikerError, match="Returns_1.loss logged 'note' as str: each logged value must be a number"):
+        run_unlearn(losing(lambda ll: (ll, {"note": "hi"})), progress=False)
+    history = run_unlearn(losing(lambda ll: (ll, {"ll": ll.detach()})), progress=False)[2]  # a tensor: its number
+    assert history[0]["ll"] == pytest.approx(history[0]["loss"])
+
+
+def test_a_run_from_python_names_the_settings_it_cannot_do_without(tiny_dir, bench_dir, tmp_path, monkeypatch):
+    """out="" (the configurations' default) wrote the run into the working folder."""
+    from viker.errors import VikerError
+    from viker.finetune import FinetuneConfig, run_finetune
+
+    monkeypatch.chdir(tmp_path)
+    for cfg, missing in ((replace(_config(tiny_dir, bench_dir, tmp_path, "ga"), out=""), "--out"),
+                         (replace(_config(tiny_dir, bench_dir, tmp_path, "ga"), data=""), "--data"),
+                         (FinetuneConfig(data=str(bench_dir)), "--out")):
+        with pytest.raises(VikerError, match=f"^{missing} is required$"):
+            (run_unlearn if hasattr(cfg, "method") else run_finetune)(cfg, progress=False)
+    assert not list(tmp_path.iterdir())

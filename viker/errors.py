@@ -25,3 +25,11 @@ def _as_typed(value):
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         return int(value)
     return value
+
+
+def require_given(**settings: str) -> None:
+    """Refuse a setting a configuration left at its empty default, as the command line does (``--out`` is
+    required): from Python, ``out=""`` wrote the run into the working folder."""
+    for name, value in settings.items():
+        if not value:
+            raise VikerError(f"--{name.replace('_', '-')} is required")

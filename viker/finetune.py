@@ -20,7 +20,7 @@ from viker.collate import Collator, check_max_length
 from viker.data.clear import finetune_examples as clear_finetune_examples
 from viker.data.examples import finetune_examples, generation_examples
 from viker.data.loader import load_profiles
-from viker.errors import VikerError
+from viker.errors import VikerError, require_given
 from viker.eval.generate import generate
 from viker.methods import get_method
 from viker.model import (
@@ -115,9 +115,8 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     """Finetune and save into ``cfg.out``, which must be new or empty; ``overwrite`` replaces a run there and
     ``resume`` continues it from its checkpoint (:func:`viker.train.check_run_folder`)."""
     check_resume_or_overwrite(resume, overwrite)
+    require_given(data=cfg.data, out=cfg.out)
     out = Path(cfg.out)
-    if not cfg.data:
-        raise VikerError("--data is required")
     check_max_length(cfg.max_length)
     if cfg.benchmark not in ("mllmu", "clear"):
         raise VikerError(f"--benchmark {cfg.benchmark}: choose mllmu or clear")

@@ -57,6 +57,28 @@ class Objective(Protocol):
         ...
 
 
+def step_loss(objective: Objective, model: torch.nn.Module, batches: dict[str, dict]) -> tuple[torch.Tensor, dict]:
+    """``objective.loss``, its logged values as floats; a return of another shape is refused at the first step
+    (a tensor among the logs failed only when the run, finished, wrote its history)."""
+    result = objective.loss(model, batches)
+    who = f"{type(objective).__name__}.loss"
+    if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.Tensor)
+            and result[0].numel() == 1 and isinstance(result[1], dict)):
+        got = (f"a tensor of shape {tuple(result.shape)}" if isinstance(result, torch.Tensor)
+               else type(result).__name__)
+        raise VikerError(f"{who} returned {got}: it must return (the loss, a one-element tensor; a dict of the "
+                         "values to log, each a number)")
+    loss, logs = result
+    values = {}
+    for key, value in logs.items():
+        try:
+            values[str(key)] = float(value)
+        except (TypeError, ValueError, RuntimeError):
+            raise VikerError(f"{who} logged {key!r} as {type(value).__name__}: each logged value must be a "
+                             "number (or a one-element tensor)") from None
+    return loss, values
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -581,7 +603,7 @@ def train(
             with accelerator.accumulate(model):
                 batches_now = {k: {key: v.to(accelerator.device) for key, v in b.items()}
                                for k, (b, _) in drawn.items()}
-                loss, logs = objective.loss(model, batches_now)
+                loss, logs = step_loss(objective, model, batches_now)
                 values = {"loss": loss.item(), **logs}
                 if world > 1:  # every process logs (and checks) the loss of the whole global batch
                     mean = accelerator.reduce(torch.tensor(list(values.values()), dtype=torch.float64,

@@ -19,7 +19,7 @@ from viker.data.clear import unlearning_data as clear_unlearning_data
 from viker.data.examples import FINETUNE_SETS, ft_pairs, unlearning_examples
 from viker.data.loader import load_finetune, load_profiles, retain_profiles
 from viker.data.schema import FORGET_SPLITS, RETAIN_OF
-from viker.errors import VikerError, require
+from viker.errors import VikerError, require, require_given
 from viker.methods import get_method, unlearning_methods
 from viker.methods.base import FrozenReference, UnlearnContext
 from viker.methods.reference import SOURCES, default_cache_dir
@@ -128,14 +128,19 @@ def make_method(name: str, args: dict, forget_split: str):
             takers = [m for m in unlearning_methods() if option in _settings(m)]
             raise VikerError(f"--{option.replace('_', '-')} applies to --method {' / '.join(takers)} only"
                              if takers else f"method '{name}': no setting '{option}'")
-    if name in ("viker", "cagul"):
+    settings = _settings(name)  # the splits a method reads its reference images from, where it has the field
+    if "forget_split" in settings:
         args = {"forget_split": forget_split, **args}
-    if name == "cagul":
+    if "retain_split" in settings:
         args = {"retain_split": RETAIN_OF.get(forget_split), **args}
     try:
         method = cls(**args)
     except TypeError as e:
         raise VikerError(f"method '{name}': {e}") from None
+    streams = tuple(getattr(method, "streams", ()))
+    if not streams or streams[0] != "forget" or not set(streams) <= {"forget", "retain"}:
+        raise VikerError(f"method '{name}': streams {streams}; an unlearning method reads ('forget',) or "
+                         "('forget', 'retain'), the forget split first")
     # the settings several methods share, refused before anything is loaded
     if hasattr(method, "average"):
         require(method.average in AVERAGES, "--average", method.average, f"choose {', '.join(AVERAGES)}")
@@ -267,9 +272,12 @@ def refuse_for_cagul(cfg: UnlearnConfig, resumed: bool) -> None:
 def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=None, resume: bool = False,
                 overwrite: bool = False):
     """Unlearn and save into ``cfg.out``; returns (model, processor, history). ``model_and_processor`` skips
-    loading. ``cfg.out`` must be new or empty; ``overwrite`` replaces a run there, and ``resume`` continues
-    one that was stopped after a checkpoint (``train.checkpoint_every``; :func:`viker.train.check_run_folder`)."""
+    loading: that model is the one trained, in place (its LoRA layers added to it, or its own weights changed),
+    and returned; pass a copy to keep the one given as it was. ``cfg.out`` must be new or empty;
+    ``overwrite`` replaces a run there, and ``resume`` continues one that was stopped after a checkpoint
+    (``train.checkpoint_every``; :func:`viker.train.check_run_folder`)."""
     check_resume_or_overwrite(resume, overwrite)
+    require_given(model=cfg.model, data=cfg.data, out=cfg.out)
     if cfg.benchmark not in ("mllmu", "clear"):
         raise VikerError(f"--benchmark {cfg.benchmark}: choose mllmu or clear")
     if cfg.benchmark == "mllmu" and cfg.forget not in FORGET_SPLITS:

@@ -13,6 +13,19 @@ def register(name: str, title: str):
     and plots print it, as the papers do (``"klmin"`` -> ``"KL-Min"``)."""
 
     def add(cls):
+        from dataclasses import is_dataclass
+
+        from viker.errors import VikerError
+
+        if not is_dataclass(cls):  # its fields are the settings commands take, configs record and --resume compares
+            raise VikerError(f"method '{name}': {cls.__name__} must be a dataclass (@dataclass), its fields "
+                             "the method's settings")
+        if not cls.__module__.startswith(__name__ + "."):  # one of a user's: the built-in ones first, to compare
+            _registered()
+        taken = METHODS.get(name)
+        if taken is not None and (taken.__module__, taken.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise VikerError(f"method '{name}' is already {taken.__module__}.{taken.__qualname__}; register "
+                             f"{cls.__name__} under another name")
         METHODS[name] = cls
         cls.name, cls.title = name, title
         return cls

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from viker.collate import model_inputs
 from viker.methods import register
 from viker.methods.base import share
@@ -9,7 +11,8 @@ from viker.methods.losses import answer_nll
 
 
 @register("finetune", "finetune")
-class Finetune:
+@dataclass
+class Finetune:  # no settings
     streams = ("train",)
 
     def loss(self, model, batches):
