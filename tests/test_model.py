@@ -388,6 +388,41 @@ def test_a_benchmark_hub_id_the_hub_cannot_serve_is_refused_at_once_unless_a_cac
         cached.rmdir()
 
 
+def test_a_benchmark_hub_id_offline_is_read_from_the_snapshot_the_hubs_cache_holds(bench_dir, tmp_path, monkeypatch):
+    """`huggingface-cli download --repo-type dataset` leaves a snapshot in the hub's cache, which datasets does
+    not read offline (only a copy it converted itself): HF_HUB_OFFLINE=1 and --data org/name failed at once,
+    and without it after a minute of retries, with no word of the snapshot."""
+    import shutil
+
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from viker.data.loader import load_profiles
+
+    repo = tmp_path / "hub" / "datasets--some-org--some-bench"
+    shutil.copytree(bench_dir, repo / "snapshots" / "abc123")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)  # no folder some-org/ here: the id is read as a hub id
+    read, local = load_profiles("some-org/some-bench", "forget_10"), load_profiles(bench_dir, "forget_10")
+    assert [replace(p, source="") for p in read] == [replace(p, source="") for p in local]
+    assert "abc123" in read[0].source  # where a message would point
+
+    class Offline:
+        def head(self, url, timeout):
+            raise ConnectionError("[Errno -2] Name or service not known")
+
+    # online as far as the settings go, with no network: the refusal names the snapshot to read
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "get_session", lambda: Offline())
+    monkeypatch.setattr("datasets.load_dataset", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("no network")))
+    with pytest.raises(VikerError, match=r"a downloaded snapshot of it is in the hub's cache \(.*abc123\): set "
+                                         r"HF_HUB_OFFLINE=1 to read it there, or pass that folder"):
+        load_profiles("some-org/some-bench", "forget_10")
+
+
 def test_a_model_folder_without_its_tokenizer_or_config_says_which_is_missing(tiny_dir, tmp_path):
     from viker.eval.evaluate import gibberish_scorer
     from viker.model import TOKENIZER_FILES, why_not_loaded

@@ -109,14 +109,35 @@ def hub_table(repo: str, config: str) -> pa.Table:
         dataset = datasets.load_dataset(repo, config, split="train")
     except Exception as e:  # offline, unknown repo or config, ...: the library's own message says which
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise VikerError(f"{repo}: cannot load config '{config}' from the hub ({first}){local}") from None
+        snapshot = cached_snapshot(repo)
+        cached = (f"; a downloaded snapshot of it is in the hub's cache ({snapshot}): set HF_HUB_OFFLINE=1 to read "
+                  "it there, or pass that folder" if snapshot else local)
+        raise VikerError(f"{repo}: cannot load config '{config}' from the hub ({first}){cached}") from None
     return dataset.with_format("arrow")[:]
 
 
+def cached_snapshot(repo: str) -> Path | None:
+    """The folder of benchmark ``repo``'s snapshot in the hub's download cache (where ``huggingface-cli download
+    --repo-type dataset`` puts it), or None."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo, repo_type="dataset", local_files_only=True))
+    except Exception:  # not there (or no valid id): the hub, or the refusal, says the rest
+        return None
+
+
 def config_tables(root: str | Path, config: str, known: tuple[str, ...] = CONFIGS) -> list[tuple[str, pa.Table]]:
-    """``(name for messages, table)`` for each file of ``config``: local parquet files, or the hub's split."""
+    """``(name for messages, table)`` for each file of ``config``: local parquet files, or the hub's split. With
+    ``HF_HUB_OFFLINE`` set, a hub id whose snapshot the hub's cache holds is read from that snapshot's folder
+    (``datasets``, offline, reads only a copy it converted itself)."""
     if is_hub_id(root):
-        return [(f"{root}[{config}]", hub_table(str(root), config))]
+        from huggingface_hub import constants
+
+        snapshot = cached_snapshot(str(root)) if constants.HF_HUB_OFFLINE else None
+        if snapshot is None or not _present(snapshot, (config,)):
+            return [(f"{root}[{config}]", hub_table(str(root), config))]
+        root = snapshot
     tables = []
     for path in config_files(root, config, known):
         try:
