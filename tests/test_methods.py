@@ -18,6 +18,7 @@ from viker.cli import main
 from viker.collate import Collator, model_inputs
 from viker.data.examples import unlearning_examples
 from viker.data.schema import Example
+from viker.errors import VikerError
 from viker.methods import METHODS, get_method
 from viker.methods.base import FrozenReference, UnlearnContext, log_likelihood, logits_of
 from viker.methods.losses import gather_answer_positions
@@ -427,6 +428,20 @@ def test_bad_viker_settings_are_one_line_errors(args, message, tiny_dir, bench_d
     assert [line for line in err.splitlines() if line.startswith("error:")] == [line for line in err.splitlines()
                                                                                if message in line]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_pool_only_the_embedded_benchmark_has_is_named_so_on_a_real_one(bench_dir, tmp_path):
+    """MLLMU-Bench ships no ref_patterns/: "no folder (choose people, patterns, scenes, pets, ...)" offered the
+    very pool that was missing."""
+    from viker.methods.reference import reference_pool_and_source
+
+    real = tmp_path / "bench"
+    shutil.copytree(bench_dir, real, ignore=shutil.ignore_patterns("ref_*"))
+    with pytest.raises(VikerError, match=r"^--refs patterns: no folder .*; the ref_\* pools are the embedded "
+                                         r"benchmark's \(`viker data synth`\), MLLMU-Bench and CLEAR ship none: "
+                                         r"choose people"):
+        reference_pool_and_source("patterns", real, "forget_10")
+    assert "Retain_Set" in reference_pool_and_source("people", real, "forget_10")[1]  # what it offers instead
 
 
 def test_unknown_forget_split_is_an_error(tiny_dir, bench_dir, tmp_path, capsys):

@@ -80,6 +80,10 @@ def reference_pool_and_source(refs: str, data_dir: str | Path | None,
         if refs == "people" and data_dir is not None:
             return [p.image for p in load_profiles(data_dir, "Retain_Set")], \
                 "Retain_Set (real-world people; the data has no ref_people pool)"
+        if refs in SOURCES:  # patterns, scenes, pets: pools only the embedded benchmark generates
+            raise VikerError(f"--refs {refs}: no folder {folder}; the ref_* pools are the embedded benchmark's "
+                             f"(`viker data synth`), MLLMU-Bench and CLEAR ship none: choose people (the real "
+                             "people of the benchmark where it has no pool), forget, retain or a folder of images")
         raise VikerError(f"--refs {refs}: no folder {folder} (choose {', '.join(SOURCES)} or a folder of images)")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
