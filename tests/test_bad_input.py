@@ -636,6 +636,31 @@ def test_an_interrupted_run_says_what_it_left_and_how_to_go_on(tiny_dir, bench_d
     assert "run with no model in it (unfinished: still running, or stopped" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("raised, reason", [
+    (lambda: __import__("safetensors").SafetensorError(
+        'Error while serializing: I/O error: No space left on device (os error 28)'), "No space left on device"),
+    (lambda: RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+                          "data/2: file write failed"), "torch.save could not write the file (is the disk full?)"),
+    (lambda: OSError(28, "No space left on device"), "No space left on device")])
+def test_a_full_disk_while_saving_is_one_line_saying_what_the_run_left(raised, reason, tiny_dir, bench_dir, tmp_path,
+                                                                       capsys, monkeypatch):
+    """safetensors' and torch.save's errors are no OSError: a disk that filled while a model or checkpoint was
+    written gave a traceback, and no word of --resume or --overwrite."""
+    import viker.unlearn
+
+    def full(*args, **kwargs):
+        raise raised()
+
+    monkeypatch.setattr(viker.unlearn, "save_model", full)
+    out = tmp_path / "run"
+    assert main([*UNLEARN, "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(out),
+                 "--checkpoint-every", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    # one step, kept by no checkpoint (a run keeps none of its last step); --checkpoint-every was given: not named
+    assert err.endswith(f"\nerror: {reason}; {out} holds the unfinished run; --overwrite starts it again\n")
+
+
 def test_a_run_stopped_while_saving_its_model_leaves_none_and_resumes_recording_both_parts(
         tiny_dir, bench_dir, tmp_path, capsys, monkeypatch):
     """Ctrl-C while the finished model is written: no half-written model/ that evaluation would take for the

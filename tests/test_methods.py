@@ -299,6 +299,10 @@ def test_viker_reference_cache_is_reused(tiny_dir, bench_dir, tmp_path):
     third = get_method("viker")(k=3)  # a different k is a different cache entry
     third.setup(ctx)
     assert len(list((tmp_path / "cache").glob("refdist-*.safetensors"))) == 2
+    files[0].write_bytes(files[0].read_bytes()[:100])  # damaged since it was written: a line naming it
+    with pytest.raises(VikerError, match=rf"^{files[0]}: an unreadable reference cache \(.*\); delete it, and the "
+                                         "run computes it again$"):
+        get_method("viker")(k=2).setup(ctx)
 
 
 def test_the_cache_key_follows_the_weights_and_the_processor_the_reference_answers_with(tiny_dir):

@@ -613,26 +613,46 @@ def _home_expanded(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def _interrupted(args: argparse.Namespace | None) -> str:
-    """What a run stopped by Ctrl-C leaves, and how to go on from it."""
+def _unfinished(args: argparse.Namespace | None) -> str:
+    """What a training run stopped midway (Ctrl-C, a full disk) leaves in its --out, and how to go on from it;
+    empty where it left nothing of its own."""
     from viker.runs import checkpoints, holds_finished_model, read_configs
 
     out = getattr(args, "out", None)
     if getattr(args, "command", None) not in ("finetune", "unlearn") or not (out and Path(out, "config.json").exists()):
-        return "interrupted"
+        return ""
     try:
         if read_configs(out)[0].get("command") != args.command:
-            return "interrupted"  # before an --overwrite removed what the folder held (an evaluation): it is there
+            return ""  # before an --overwrite removed what the folder held (an evaluation): it is there
     except VikerError:
-        return "interrupted"
+        return ""
     # a finished run keeps no checkpoint, and its model appears whole or not at all (viker.runs.written_whole)
     if checkpoints(out):  # stopped in training, or while its model was saved
         on = "--resume continues it from its last checkpoint, --overwrite starts it again"
     elif holds_finished_model(Path(out)):
-        return "interrupted"  # before an --overwrite removed the finished run: it is there as it was
+        return ""  # before an --overwrite removed the finished run: it is there as it was
     else:
-        on = "--overwrite starts it again (--checkpoint-every N keeps checkpoints to --resume from)"
-    return f"interrupted: {out} holds the unfinished run; {on}"
+        given = getattr(args, "checkpoint_every", None)
+        on = "--overwrite starts it again" + ("" if given else " (--checkpoint-every N keeps checkpoints to --resume "
+                                                                "from)")
+    return f"{out} holds the unfinished run; {on}"
+
+
+def _interrupted(args: argparse.Namespace | None) -> str:
+    """What a run stopped by Ctrl-C leaves, and how to go on from it."""
+    left = _unfinished(args)
+    return f"interrupted: {left}" if left else "interrupted"
+
+
+def _write_failure(e: Exception) -> str | None:
+    """Why a file could not be written, where the library writing it raises no OSError (safetensors' error, and
+    torch.save's); None for any other error."""
+    text = str(e).strip()
+    if type(e).__name__ == "SafetensorError" and "while serializing" in text:  # not reading ("deserializing")
+        return "No space left on device" if "No space left on device" in text else text
+    if isinstance(e, RuntimeError) and "PytorchStreamWriter failed writing" in text:
+        return "torch.save could not write the file (is the disk full?)"
+    return None
 
 
 def _end_progress_bars() -> None:
@@ -657,10 +677,14 @@ def main(argv: list[str] | None = None) -> int:
         _end_progress_bars()
         print(_interrupted(args), file=sys.stderr)
         return 130
-    except OSError as e:  # an --out that is a file, a read-only folder, a full disk, a name too long
+    except Exception as e:  # an --out that is a file, a read-only folder, a full disk, a name too long
+        reason = f"{e.filename}: " * bool(e.filename) + (e.strerror or str(e)) if isinstance(e, OSError) else \
+            _write_failure(e)
+        if reason is None:
+            raise
         _end_progress_bars()
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        left = _unfinished(args)
+        print(f"error: {reason}" + (f"; {left}" if left else ""), file=sys.stderr)
         return 2
     return 0
 

@@ -202,11 +202,15 @@ class ReferenceDistributions:
 
     @classmethod
     def load(cls, path: Path) -> "ReferenceDistributions":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), "pt") as f:
-            metadata = f.metadata()
-        t = load_file(str(path))
+        try:
+            with safe_open(str(path), "pt") as f:
+                metadata = f.metadata()
+            t = load_file(str(path))
+        except SafetensorError as e:  # written atomically, so damaged since: computed again once it is gone
+            raise VikerError(f"{path}: an unreadable reference cache ({e}); delete it, and the run computes it "
+                             "again") from None
         return cls(offsets=t["offsets"], vocab_size=int(metadata["vocab_size"]), probs=t.get("probs"),
                    indices=t.get("indices"), values=t.get("values"), meta=json.loads(metadata["meta"]))
 
