@@ -361,6 +361,33 @@ def test_eval_command_writes_metrics_and_generations(tiny_dir, bench_dir, tmp_pa
     assert len({r["profile"] for r in of("retain", "generation")}) == 3  # --retain-limit 3
 
 
+def test_an_evaluation_that_fails_to_write_leaves_the_earlier_one_whole(tiny_dir, bench_dir, tmp_path, capsys,
+                                                                           monkeypatch):
+    """Settings, figures and answers were written one after the other: a disk that filled between them left a
+    letter-mode config and metrics.json over the earlier evaluation's likelihood answers, which the report read
+    as one evaluation."""
+    import viker.eval.run
+
+    out = tmp_path / "ev"
+    scoped = ["--only", "forget:multiple_choice"]
+    assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(out), *scoped]) == 0
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+
+    def full(path, records):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(viker.eval.run, "write_generations", full)
+    assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(out), *scoped,
+                 "--mc-mode", "letter"]) == 2
+    assert capsys.readouterr().err.endswith("error: No space left on device\n")
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before  # nothing of the failed one, nothing left over
+    monkeypatch.undo()
+    assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(out), *scoped,
+                 "--mc-mode", "letter"]) == 0
+    assert json.loads((out / "config.json").read_text())["eval"]["mc_mode"] == "letter"
+    assert all("choice" in json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines())
+
+
 def test_a_scoped_evaluation_gives_the_full_evaluations_figures_for_what_it_computes(tiny, bench_dir):
     """A study that reads a few columns evaluates only those; each is the figure the full run reports."""
     model, processor = tiny

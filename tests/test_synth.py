@@ -153,3 +153,23 @@ def test_same_seed_gives_byte_identical_files(tmp_path):
 def test_too_few_profiles_is_a_clear_error(tmp_path):
     with pytest.raises(VikerError, match="forget_5 would be empty"):
         build_benchmark(tmp_path, SynthConfig(profiles=9), progress=False)
+
+
+def test_a_benchmark_stopped_midway_leaves_nothing_that_reads_as_one(tmp_path, capsys, monkeypatch):
+    """Ctrl-C once the configs were written but not the reference pools and pretrain_Data left a folder that
+    finetune trained on (190 examples of 474) and that synth refused to replace as "a benchmark already"."""
+    import viker.data.synth
+    from viker.cli import main
+
+    out = tmp_path / "bench"
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(viker.data.synth, "_write_readme", stopped)  # the last file it writes
+    assert main(["data", "synth", "--profiles", "10", "--out", str(out)]) == 130
+    assert not list(out.iterdir())  # no config, and no hidden staging folder either
+    monkeypatch.undo()
+    assert main(["data", "synth", "--profiles", "10", "--out", str(out)]) == 0  # a new, empty folder: no --overwrite
+    assert (out / "README.md").is_file() and (out / "ref_pets").is_dir() and (out / "Full_Set").is_dir()
+    assert not (out / ".partial").exists()

@@ -208,6 +208,27 @@ def written_whole(folder: str | Path) -> Iterator[Path]:
     partial.replace(folder)
 
 
+@contextmanager
+def written_together(folder: str | Path) -> Iterator[Path]:
+    """Files that belong together (a benchmark's configs, an evaluation's settings, figures and answers) written
+    all or none: they go to a hidden ``folder/.partial/`` and take their places in ``folder``, replacing those of
+    the same names, once every one is written. A write stopped midway (Ctrl-C, a full disk) leaves ``folder`` as
+    it was, never new files beside old ones, nor half a benchmark that reads as a whole one."""
+    folder = Path(folder)
+    stage = folder / ".partial"
+    shutil.rmtree(stage, ignore_errors=True)  # left by a write stopped before
+    stage.mkdir(parents=True)
+    try:
+        yield stage
+        for entry in sorted(stage.iterdir()):
+            target = folder / entry.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            entry.replace(target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 # what a resumed run's config keeps of each part of the run before it: the command, where and with what it ran
 PART_KEYS = ("argv", "runtime", "versions", "machine")
 
@@ -235,15 +256,20 @@ def write_config(out: str | Path, command: str, settings: dict, data_dir: str | 
 EVAL_CONFIG = "eval_config.json"  # an evaluation's settings, beside the config of the run it evaluated
 
 
-def write_eval_config(out: str | Path, settings: dict, data_dir: str | Path | None = None) -> Path:
+def write_eval_config(out: str | Path, settings: dict, data_dir: str | Path | None = None,
+                      into: str | Path | None = None) -> Path:
     """An evaluation's settings: ``config.json`` in a folder of its own (or of an earlier evaluation),
-    else ``eval_config.json`` beside the config of the run it evaluates, which it must not replace."""
+    else ``eval_config.json`` beside the config of the run it evaluates, which it must not replace. ``into``:
+    the folder the evaluation's files are staged in before they take their places in ``out``
+    (:func:`written_together`)."""
     config = Path(out) / "config.json"
     own = not config.is_file() or json.loads(config.read_text(encoding="utf-8")).get("command") == "eval"
     metrics = Path(out) / "metrics.json"
+    into = Path(into or out)
     if not own and not (Path(out) / EVAL_CONFIG).is_file() and metrics.is_file():
-        metrics.replace(Path(out) / TRAINING_METRICS)  # the run's own figures (a finetune's recall), kept
-    return write_config(out, "eval", settings, data_dir, name="config.json" if own else EVAL_CONFIG)
+        # the run's own figures (a finetune's recall), kept beside the evaluation's metrics.json
+        shutil.copy2(metrics, into / TRAINING_METRICS)
+    return write_config(into, "eval", settings, data_dir, name="config.json" if own else EVAL_CONFIG)
 
 
 # where a training run's own metrics.json (``viker finetune``'s recall and final loss) is kept once the run is

@@ -47,6 +47,7 @@ from viker.runs import (
     read_configs,
     write_eval_config,
     write_json,
+    written_together,
 )
 
 TRUTH_RATIOS = "forget_truth_ratios.json"  # per-item truth ratios of an evaluated model, reusable as a reference
@@ -303,12 +304,13 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig, d
         metrics["forget_quality"] = M.forget_quality(ratios["forget"], reference["forget"])
     # the model forget quality compares with, however --retain-model named it: what the report holds rows to
     compared = {"forget_quality_reference": reference_model(cfg.retain_model)} if reference is not None else {}
-    write_eval_config(out, {"model": as_recorded(model_path), **how_loaded(model), "data": as_recorded(data),
-                            "benchmark": "clear", "eval": asdict(cfg), **compared}, data)
-    write_json(out / "metrics.json", metrics)
-    write_json(out / TRUTH_RATIOS, truth_ratio_file(model_named(model_path), cfg.forget, ratios, data))
-    if computed:  # saved so that the next evaluation against the same reference can pass this file
-        write_json(out / RETAIN_TRUTH_RATIOS, truth_ratio_file(model_named(cfg.retain_model), cfg.forget, reference,
-                                                               data))
-    write_generations(out / "generations.jsonl", records)
+    with written_together(out) as stage:  # an earlier evaluation there is replaced whole or not at all
+        write_eval_config(out, {"model": as_recorded(model_path), **how_loaded(model), "data": as_recorded(data),
+                                "benchmark": "clear", "eval": asdict(cfg), **compared}, data, into=stage)
+        write_json(stage / "metrics.json", metrics)
+        write_json(stage / TRUTH_RATIOS, truth_ratio_file(model_named(model_path), cfg.forget, ratios, data))
+        if computed:  # saved so that the next evaluation against the same reference can pass this file
+            write_json(stage / RETAIN_TRUTH_RATIOS, truth_ratio_file(model_named(cfg.retain_model), cfg.forget,
+                                                                     reference, data))
+        write_generations(stage / "generations.jsonl", records)
     return metrics

@@ -31,6 +31,7 @@ from viker.runs import (
     read_records,
     write_eval_config,
     write_json,
+    written_together,
 )
 
 
@@ -100,11 +101,12 @@ def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig, device=None,
         print(f"warning: most letter-mode replies {named} ({shares}); they count as wrong. A model "
               "that never learned to answer with a letter is scored with --mc-mode likelihood", file=sys.stderr)
     out = Path(out)
-    write_eval_config(out, {"model": as_recorded(model_path), **how_loaded(model), "data": as_recorded(data),
-                            "benchmark": "mllmu",
-                            "eval": asdict(cfg) | {"gib_model": cfg.gib_model and as_recorded(cfg.gib_model)}}, data)
-    write_json(out / "metrics.json", metrics)
-    write_generations(out / "generations.jsonl", records)
+    with written_together(out) as stage:  # an earlier evaluation there is replaced whole or not at all
+        write_eval_config(out, {"model": as_recorded(model_path), **how_loaded(model), "data": as_recorded(data),
+                                "benchmark": "mllmu", "eval": asdict(cfg) | {
+                                    "gib_model": cfg.gib_model and as_recorded(cfg.gib_model)}}, data, into=stage)
+        write_json(stage / "metrics.json", metrics)
+        write_generations(stage / "generations.jsonl", records)
     if failed:
         raise VikerError(f"{failed}. The other metrics and every answer are written to {out}, without factuality, "
                          f"which `viker judge {out} --judge {judge}` adds once the judge works")
@@ -144,7 +146,8 @@ def run_judge(run: str | Path, spec: str) -> dict:
     settings = run / EVAL_CONFIG if (run / EVAL_CONFIG).is_file() else run / "config.json"
     recorded = read_json(settings)
     recorded["eval"] = {**recorded.get("eval", {}), "judge": spec}
-    write_generations(answers, records)
-    write_json(figures, metrics)
-    write_json(settings, recorded)
+    with written_together(run) as stage:  # the scores, the figures and the judge named, all or none
+        write_generations(stage / answers.name, records)
+        write_json(stage / figures.name, metrics)
+        write_json(stage / settings.name, recorded)
     return metrics

@@ -41,7 +41,7 @@ from viker.data.synth.people import (
 )
 from viker.errors import VikerError
 from viker.progress import progress_bar
-from viker.runs import out_folder, visible_entries
+from viker.runs import out_folder, visible_entries, written_together
 
 PARQUET_NAME = "train-00000-of-00001.parquet"
 REF_POOLS = ("ref_people", "ref_patterns", "ref_scenes", "ref_pets")
@@ -169,8 +169,13 @@ def claim_benchmark_folder(out: str | Path, overwrite: bool = False) -> Path:
 
 
 def build_benchmark(out: str | Path, cfg: SynthConfig = SynthConfig(), progress: bool = True) -> dict:
-    """Write the embedded benchmark under ``out``; return its counts."""
+    """Write the embedded benchmark under ``out``, all of it or (stopped midway) none; return its counts."""
     out = out_folder(out)
+    with written_together(out) as stage:  # half a benchmark would read as a whole one, less some configs
+        return _build(stage, cfg, progress)
+
+
+def _build(out: Path, cfg: SynthConfig, progress: bool) -> dict:
     n_forget = forget_counts(cfg.profiles)
 
     rng = random.Random(f"viker-synth-{cfg.seed}")
