@@ -675,6 +675,25 @@ def test_the_picture_and_the_page_say_what_their_shading_and_counts_cover(tmp_pa
     assert "15 of 30 answer tokens (13 of 26 in the answers to image questions)" in page
 
 
+def test_a_key_token_page_stopped_before_its_picture_leaves_the_earlier_pair(tiny_dir, bench_dir, tmp_path,
+                                                                             capsys, monkeypatch):
+    """The page was written, then the picture: Ctrl-C between them left a new page beside the old picture."""
+    import viker.keytokens
+
+    page = tmp_path / "keys" / "k.html"
+    command = ["keytokens", "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(page), "--k", "2",
+               "--cache-dir", str(tmp_path / "cache")]
+    assert main(command) == 0
+    before = {f.name: f.read_bytes() for f in page.parent.iterdir()}
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(viker.keytokens, "write_png", stopped)
+    assert main([*command, "--lam", "10"]) == 130
+    assert {f.name: f.read_bytes() for f in page.parent.iterdir()} == before
+
+
 def test_the_key_tokens_of_a_cagul_run_are_those_of_its_frozen_model(tiny, bench_dir, tmp_path):
     """CAGUL's reference distributions come from its frozen model; a page made from a CAGUL run reads them
     the same way, not through modules that rewrite every image they flag."""

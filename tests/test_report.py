@@ -451,6 +451,22 @@ def test_an_evaluation_beside_a_run_records_its_settings_and_keeps_the_runs(runs
     assert not (runs / "ga-eval" / "eval_config.json").exists()
 
 
+def test_a_report_stopped_midway_leaves_the_earlier_one_as_it_was(runs, tmp_path, capsys, monkeypatch):
+    """results.json was written first, the plot and report.md after: Ctrl-C between them left the new results
+    beside the earlier report and plot."""
+    import viker.report
+
+    assert main(["report", str(runs / "vanilla"), "--out", str(tmp_path)]) == 0
+    before = {f.name: f.read_bytes() for f in tmp_path.iterdir()}
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(viker.report, "tradeoff_plot", stopped)
+    assert main(["report", str(runs / "vanilla"), str(runs / "npo-a"), "--out", str(tmp_path)]) == 130
+    assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before
+
+
 def test_report_tabulates_evaluated_runs_by_what_they_are(runs, bench_dir, tmp_path, capsys):
     folders = [runs / name for name in ("base", "ga-eval", "vanilla", "npo-a", "npo-b")]
     assert main(["report", *map(str, folders), "--out", str(tmp_path)]) == 0

@@ -31,7 +31,7 @@ from viker.methods.reference import (
     reference_distributions,
     reference_pool,
 )
-from viker.runs import check_writable, runs_behind
+from viker.runs import check_writable, runs_behind, written_together
 
 
 @dataclass
@@ -343,6 +343,7 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
         rows = answer_token_entropies(model, processor, answers, k, seed,
                                       Path(cache_dir) if cache_dir else default_cache_dir(), progress, mixed_precision)
     out = Path(out)
-    write_html(rows, out, epsilon, f"Key tokens of {forget}", lam, default_topk(model))
-    write_png(rows, out.with_suffix(".png"), epsilon, lam=lam)
+    with written_together(out.parent) as stage:  # the page and its picture, both or neither
+        write_html(rows, stage / out.name, epsilon, f"Key tokens of {forget}", lam, default_topk(model))
+        write_png(rows, stage / out.with_suffix(".png").name, epsilon, lam=lam)
     return rows

@@ -725,7 +725,7 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
     """``viker report``: the paper-style table of evaluated runs (report.md, results.json) and their
     forgetting/retention plot (tradeoff.png), in ``out``. Returns the rows."""
     from viker.errors import VikerError
-    from viker.runs import write_json
+    from viker.runs import write_json, written_together
 
     if not paths:
         raise VikerError("give at least one evaluated run folder")
@@ -776,14 +776,8 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
         row["label"] = name
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "results.json", {"runs": rows})
     axes = CLEAR_AXES if benchmark == "clear" else MLLMU_AXES
     plotted = [r for r in rows if all(r["metrics"].get(key) is not None for key in (axes.x, axes.y))]
-    if plotted:
-        tradeoff_plot(plotted, [], out / "tradeoff.png", title or f"{forget or 'runs'}: forgetting vs retention",
-                      axes=axes)
-    else:  # none of these runs was scored on both axes: no plot, and none left from an earlier report
-        (out / "tradeoff.png").unlink(missing_ok=True)
     unplotted = "" if plotted else (f"\nNo trade-off plot: no run has both `{axes.x}` and `{axes.y}` (evaluated with "
                                     "`--only`, or on fewer sets).\n")
     listing = "\n".join(f"| {cell(r['label'])} | `{cell(r['path'])}` | {r['method'] or 'not a viker run'} | "
@@ -854,5 +848,13 @@ retain model, never trained on the forget split, are references and not compared
 | --- | --- | --- | --- |
 {listing}
 """
-    (out / "report.md").write_text(text, encoding="utf-8")
+    # all or none: a report stopped midway left new results beside an earlier report and plot
+    with written_together(out) as stage:
+        write_json(stage / "results.json", {"runs": rows})
+        if plotted:
+            tradeoff_plot(plotted, [], stage / "tradeoff.png",
+                          title or f"{forget or 'runs'}: forgetting vs retention", axes=axes)
+        (stage / "report.md").write_text(text, encoding="utf-8")
+    if not plotted:  # none of these runs was scored on both axes: no plot, and none left from an earlier report
+        (out / "tradeoff.png").unlink(missing_ok=True)
     return rows

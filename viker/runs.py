@@ -211,11 +211,11 @@ def written_whole(folder: str | Path) -> Iterator[Path]:
 @contextmanager
 def written_together(folder: str | Path) -> Iterator[Path]:
     """Files that belong together (a benchmark's configs, an evaluation's settings, figures and answers) written
-    all or none: they go to a hidden ``folder/.partial/`` and take their places in ``folder``, replacing those of
+    all or none: they go to a hidden ``folder/.viker-partial/`` and take their places in ``folder``, replacing those of
     the same names, once every one is written. A write stopped midway (Ctrl-C, a full disk) leaves ``folder`` as
     it was, never new files beside old ones, nor half a benchmark that reads as a whole one."""
     folder = Path(folder)
-    stage = folder / ".partial"
+    stage = folder / ".viker-partial"
     shutil.rmtree(stage, ignore_errors=True)  # left by a write stopped before
     stage.mkdir(parents=True)
     try:
