@@ -331,7 +331,7 @@ def check_resume(out: str | Path, command: str, settings: dict, data_dir: str | 
             raise VikerError(f"--resume: {out} holds a finished run (its model is saved): there is nothing to "
                              "resume")
         raise VikerError(f"--resume: {out} has no checkpoint to resume from (a run keeps one while it trains with "
-                         "--checkpoint-every N, and removes it when it ends)")
+                         "--checkpoint-every N, and removes it when it ends); --overwrite starts it again")
     resolve = resolve or (lambda recorded: recorded)
     # both as the run reads them: a record from before the settings it never read were left out compares alike
     before, now = (flat(used_settings(resolve(s))) for s in (config[command], to_jsonable(settings)))
