@@ -18,8 +18,8 @@ def register(name: str, title: str):
         from viker.errors import VikerError
 
         if not is_dataclass(cls):  # its fields are the settings commands take, configs record and --resume compares
-            raise VikerError(f"method '{name}': {cls.__name__} must be a dataclass (@dataclass), its fields "
-                             "the method's settings")
+            raise VikerError(f"method '{name}': {cls.__name__} must be a dataclass (@dataclass, written below "
+                             "@register), its fields the method's settings")
         if not cls.__module__.startswith(__name__ + "."):  # one of a user's: the built-in ones first, to compare
             _registered()
         taken = METHODS.get(name)
