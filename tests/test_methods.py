@@ -446,6 +446,8 @@ def test_a_pool_only_the_embedded_benchmark_has_is_named_so_on_a_real_one(bench_
                                          r"choose people"):
         reference_pool_and_source("patterns", real, "forget_10")
     assert "Retain_Set" in reference_pool_and_source("people", real, "forget_10")[1]  # what it offers instead
+    with pytest.raises(VikerError, match=r"^--refs patterns: no folder patterns \(choose people, "):  # no data named
+        reference_pool_and_source("patterns", None)
 
 
 def test_unknown_forget_split_is_an_error(tiny_dir, bench_dir, tmp_path, capsys):

@@ -414,10 +414,19 @@ def test_a_benchmark_hub_id_offline_is_read_from_the_snapshot_the_hubs_cache_hol
         def head(self, url, timeout):
             raise ConnectionError("[Errno -2] Name or service not known")
 
-    # online as far as the settings go, with no network: the refusal names the snapshot to read
+    # a snapshot without the config asked for (a partial download) is no copy of it: said so, offline
+    shutil.rmtree(repo / "snapshots" / "abc123" / "forget_10")
+    with pytest.raises(VikerError, match=r"the snapshot of it in the hub's cache \(.*abc123\) has no config "
+                                         r"'forget_10' \(a partial download\?\), and HF_HUB_OFFLINE is set"):
+        load_profiles("some-org/some-bench", "forget_10")
+    # online as far as the settings go, with no network: the refusal names the snapshot to read where it holds the
+    # config, and not where it does not
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub, "get_session", lambda: Offline())
     monkeypatch.setattr("datasets.load_dataset", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("no network")))
+    with pytest.raises(VikerError, match=r"no network\); there is no local folder some-org/some-bench either$"):
+        load_profiles("some-org/some-bench", "forget_10")
+    shutil.copytree(bench_dir / "forget_10", repo / "snapshots" / "abc123" / "forget_10")
     with pytest.raises(VikerError, match=r"a downloaded snapshot of it is in the hub's cache \(.*abc123\): set "
                                          r"HF_HUB_OFFLINE=1 to read it there, or pass that folder"):
         load_profiles("some-org/some-bench", "forget_10")

@@ -486,3 +486,37 @@ def test_a_data_file_is_hashed_once_while_unchanged_and_again_once_changed(tmp_p
     data.write_bytes(b"others")  # of the same size, and given back its time, as a copy that keeps times does
     os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert file_hashes(tmp_path) != first and len(made) == 2
+
+
+def test_files_written_together_keep_apart_from_anothers_and_finish_before_a_ctrl_c(tmp_path, monkeypatch):
+    """Two writers into one folder each keep their own staging folder (one shared name let the second remove
+    what the first had staged); a Ctrl-C while the files take their places waits until all have."""
+    import os
+    import signal
+    from pathlib import Path
+
+    from viker.runs import written_together
+
+    with written_together(tmp_path) as mine:
+        (mine / "a.html").write_text("a")
+        with written_together(tmp_path) as other:  # another command's, here nested for want of a second process
+            (other / "b.html").write_text("b")
+        (mine / "a.png").write_text("a")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.html", "a.png", "b.html"]
+
+    replace = Path.replace
+
+    def interrupted(self, target):  # Ctrl-C as the first file takes its place
+        if not moved:
+            os.kill(os.getpid(), signal.SIGINT)
+        moved.append(self.name)
+        return replace(self, target)
+
+    moved = []
+    monkeypatch.setattr(Path, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with written_together(tmp_path / "ev") as stage:
+            for name in ("config.json", "generations.jsonl", "metrics.json"):
+                (stage / name).write_text("new")
+    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == ["config.json", "generations.jsonl", "metrics.json"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C stops commands again

@@ -172,4 +172,4 @@ def test_a_benchmark_stopped_midway_leaves_nothing_that_reads_as_one(tmp_path, c
     monkeypatch.undo()
     assert main(["data", "synth", "--profiles", "10", "--out", str(out)]) == 0  # a new, empty folder: no --overwrite
     assert (out / "README.md").is_file() and (out / "ref_pets").is_dir() and (out / "Full_Set").is_dir()
-    assert not (out / ".viker-partial").exists()
+    assert not [entry for entry in out.iterdir() if entry.name.startswith(".")]  # no staging folder left

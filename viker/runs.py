@@ -211,22 +211,46 @@ def written_whole(folder: str | Path) -> Iterator[Path]:
 @contextmanager
 def written_together(folder: str | Path) -> Iterator[Path]:
     """Files that belong together (a benchmark's configs, an evaluation's settings, figures and answers) written
-    all or none: they go to a hidden ``folder/.viker-partial/`` and take their places in ``folder``, replacing those of
-    the same names, once every one is written. A write stopped midway (Ctrl-C, a full disk) leaves ``folder`` as
-    it was, never new files beside old ones, nor half a benchmark that reads as a whole one."""
+    all or none: they go to a hidden ``folder/.viker-partial-*/`` of their own (two commands writing into one
+    folder at once keep theirs apart) and take their places in ``folder``, replacing those of the same names, once
+    every one is written. A write stopped midway (Ctrl-C, a full disk) leaves ``folder`` as it was,
+    never new files beside old ones, nor half a benchmark that reads as a whole one; a Ctrl-C while they take
+    their places is heard once they all have."""
+    import tempfile
+
     folder = Path(folder)
-    stage = folder / ".viker-partial"
-    shutil.rmtree(stage, ignore_errors=True)  # left by a write stopped before
-    stage.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".viker-partial-", dir=folder))
     try:
         yield stage
-        for entry in sorted(stage.iterdir()):
-            target = folder / entry.name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            entry.replace(target)
+        with _interrupt_deferred():
+            for entry in sorted(stage.iterdir()):
+                target = folder / entry.name
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                entry.replace(target)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextmanager
+def _interrupt_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) until the block has run, then raise it; off the main thread, where no handler can
+    be set, the block runs as it is."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    heard = []
+    before = signal.signal(signal.SIGINT, lambda number, frame: heard.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if before is None else before)
+    if heard:
+        raise KeyboardInterrupt
 
 
 # what a resumed run's config keeps of each part of the run before it: the command, where and with what it ran

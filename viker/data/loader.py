@@ -109,9 +109,9 @@ def hub_table(repo: str, config: str) -> pa.Table:
         dataset = datasets.load_dataset(repo, config, split="train")
     except Exception as e:  # offline, unknown repo or config, ...: the library's own message says which
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        snapshot = cached_snapshot(repo)
+        snapshot = cached_snapshot(repo)  # where the hub could not be reached, the copy a download left
         cached = (f"; a downloaded snapshot of it is in the hub's cache ({snapshot}): set HF_HUB_OFFLINE=1 to read "
-                  "it there, or pass that folder" if snapshot else local)
+                  "it there, or pass that folder" if snapshot and _present(snapshot, (config,)) else local)
         raise VikerError(f"{repo}: cannot load config '{config}' from the hub ({first}){cached}") from None
     return dataset.with_format("arrow")[:]
 
@@ -135,8 +135,11 @@ def config_tables(root: str | Path, config: str, known: tuple[str, ...] = CONFIG
         from huggingface_hub import constants
 
         snapshot = cached_snapshot(str(root)) if constants.HF_HUB_OFFLINE else None
-        if snapshot is None or not _present(snapshot, (config,)):
+        if snapshot is None:
             return [(f"{root}[{config}]", hub_table(str(root), config))]
+        if not _present(snapshot, (config,)):
+            raise VikerError(f"{root}: the snapshot of it in the hub's cache ({snapshot}) has no config '{config}' "
+                             "(a partial download?), and HF_HUB_OFFLINE is set: download that config, or unset it")
         root = snapshot
     tables = []
     for path in config_files(root, config, known):

@@ -304,7 +304,7 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig, d
         metrics["forget_quality"] = M.forget_quality(ratios["forget"], reference["forget"])
     # the model forget quality compares with, however --retain-model named it: what the report holds rows to
     compared = {"forget_quality_reference": reference_model(cfg.retain_model)} if reference is not None else {}
-    with written_together(out) as stage:  # an earlier evaluation there is replaced whole or not at all
+    with written_together(out) as stage:  # all or none: never some of an earlier evaluation's files beside these
         write_eval_config(out, {"model": as_recorded(model_path), **how_loaded(model), "data": as_recorded(data),
                                 "benchmark": "clear", "eval": asdict(cfg), **compared}, data, into=stage)
         write_json(stage / "metrics.json", metrics)

@@ -101,7 +101,7 @@ def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig, device=None,
         print(f"warning: most letter-mode replies {named} ({shares}); they count as wrong. A model "
               "that never learned to answer with a letter is scored with --mc-mode likelihood", file=sys.stderr)
     out = Path(out)
-    with written_together(out) as stage:  # an earlier evaluation there is replaced whole or not at all
+    with written_together(out) as stage:  # all or none: never some of an earlier evaluation's files beside these
         write_eval_config(out, {"model": as_recorded(model_path), **how_loaded(model), "data": as_recorded(data),
                                 "benchmark": "mllmu", "eval": asdict(cfg) | {
                                     "gib_model": cfg.gib_model and as_recorded(cfg.gib_model)}}, data, into=stage)

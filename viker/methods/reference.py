@@ -80,7 +80,7 @@ def reference_pool_and_source(refs: str, data_dir: str | Path | None,
         if refs == "people" and data_dir is not None:
             return [p.image for p in load_profiles(data_dir, "Retain_Set")], \
                 "Retain_Set (real-world people; the data has no ref_people pool)"
-        if refs in SOURCES:  # patterns, scenes, pets: pools only the embedded benchmark generates
+        if refs in SOURCES and data_dir is not None:  # patterns, scenes, pets: pools only the embedded benchmark has
             raise VikerError(f"--refs {refs}: no folder {folder}; the ref_* pools are the embedded benchmark's "
                              f"(`viker data synth`), MLLMU-Bench and CLEAR ship none: choose people (the real "
                              "people of the benchmark where it has no pool), forget, retain or a folder of images")
