@@ -388,6 +388,20 @@ def test_an_evaluation_that_fails_to_write_leaves_the_earlier_one_whole(tiny_dir
     assert all("choice" in json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines())
 
 
+def test_progress_false_silences_the_libraries_bars_too(tiny_dir, bench_dir, tmp_path, capsys):
+    """From Python, progress=False hid viker's bars while transformers' "Loading weights" still drew its own."""
+    from transformers.utils import logging as hf_logging
+
+    from viker.eval.run import run_eval
+
+    cfg = EvalConfig(forget="forget_10", scope={"forget": ("multiple_choice",)})
+    run_eval(str(tiny_dir), str(bench_dir), str(tmp_path / "quiet"), cfg, progress=False)
+    assert capsys.readouterr().err == ""
+    assert hf_logging.is_progress_bar_enabled()  # as it was, for what runs next
+    run_eval(str(tiny_dir), str(bench_dir), str(tmp_path / "shown"), cfg, progress=True)
+    assert "Loading weights" in capsys.readouterr().err
+
+
 def test_a_scoped_evaluation_gives_the_full_evaluations_figures_for_what_it_computes(tiny, bench_dir):
     """A study that reads a few columns evaluates only those; each is the figure the full run reports."""
     model, processor = tiny

@@ -31,6 +31,7 @@ from viker.finetune import FinetuneConfig, run_finetune
 from viker.keytokens import run_keytokens
 from viker.model import LoraSettings, load_model
 from viker.presets import TINY_CAGUL, TINY_TRAIN, TINY_UNLEARN, TrainConfig
+from viker.progress import bars_as_asked
 from viker.report import (
     CHANCE_ACC,
     INCOHERENT_BELOW,
@@ -163,6 +164,7 @@ class Steps:
             self.current = None
 
 
+@bars_as_asked
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     started = time.perf_counter()
     steps = Steps(6 if cfg.shorter_budget else 5)

@@ -37,6 +37,7 @@ from viker.model import (
 from viker.model.cagul import refuse_cagul_run
 from viker.model.tiny import TinyConfig, build_tiny
 from viker.presets import TINY_TRAIN, TrainConfig
+from viker.progress import bars_as_asked
 from viker.runs import paths_recorded, read_configs, write_config, written_whole
 from viker.train import (
     check_resume,
@@ -111,6 +112,7 @@ def no_adapter(model: str, tuning: str) -> str | None:
         "--model tiny trains every weight (--tuning auto); give --tuning lora for adapters"
 
 
+@bars_as_asked
 def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = False, overwrite: bool = False) -> dict:
     """Finetune and save into ``cfg.out``, which must be new or empty; ``overwrite`` replaces a run there and
     ``resume`` continues it from its checkpoint (:func:`viker.train.check_run_folder`)."""

@@ -31,6 +31,7 @@ from viker.methods.reference import (
     reference_distributions,
     reference_pool,
 )
+from viker.progress import bars_as_asked
 from viker.runs import check_writable, runs_behind, written_together
 
 
@@ -313,6 +314,7 @@ def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int =
     plt.close(fig)
 
 
+@bars_as_asked
 def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5, refs: str = "people",
                   epsilon: float = 0.5, cache_dir=None, device=None, progress=True, model_and_processor=None,
                   dtype: str = "auto", trust_remote_code: bool = False, seed: int = 0, lam: float | None = None,

@@ -10,8 +10,11 @@ apply: ``TQDM_DISABLE=1`` hides every bar, ``TQDM_MININTERVAL`` sets the seconds
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import sys
+from typing import Callable
 
 from tqdm.auto import tqdm
 from tqdm.autonotebook import tqdm as _auto  # tqdm.auto's choice: a notebook's widget, or the terminal's bar
@@ -52,3 +55,25 @@ def progress_bar(iterable=None, *, inner: bool = False, disable: bool = False, *
     if disable or not _writable(kwargs.get("file") or sys.stderr):
         kwargs["disable"] = True  # only then, so that TQDM_DISABLE is heard otherwise
     return tqdm(iterable, leave=not inner, **kwargs)
+
+
+def bars_as_asked(run: Callable) -> Callable:
+    """``run``'s ``progress=False`` silences the bars of the libraries it calls too (transformers' loading and
+    writing of weights), not only viker's own."""
+    signature = inspect.signature(run)
+
+    @functools.wraps(run)
+    def quiet_or_not(*args, **kwargs):
+        if signature.bind(*args, **kwargs).arguments.get("progress", True):
+            return run(*args, **kwargs)
+        from transformers.utils import logging as hf_logging
+
+        shown = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            return run(*args, **kwargs)
+        finally:
+            if shown:
+                hf_logging.enable_progress_bar()
+
+    return quiet_or_not

@@ -41,6 +41,7 @@ from viker.model import (
 )
 from viker.model.cagul import refuse_cagul_run
 from viker.presets import AVERAGES, TrainConfig, unlearn_preset
+from viker.progress import bars_as_asked
 from viker.runs import (
     checkpoints,
     other_benchmark,
@@ -269,6 +270,7 @@ def refuse_for_cagul(cfg: UnlearnConfig, resumed: bool) -> None:
                              f"the model's weights{without}")
 
 
+@bars_as_asked
 def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=None, resume: bool = False,
                 overwrite: bool = False):
     """Unlearn and save into ``cfg.out``; returns (model, processor, history). ``model_and_processor`` skips

@@ -36,6 +36,7 @@ from viker.errors import VikerError
 from viker.eval import metrics as M
 from viker.eval.evaluate import answer_logprobs
 from viker.eval.generate import check_generation_settings, generate
+from viker.progress import bars_as_asked
 from viker.runs import (
     TRAINING_COMMANDS,
     as_recorded,
@@ -271,6 +272,7 @@ def reference_truth_ratios(cfg: ClearEvalConfig, data: str | Path, device=None, 
     return forget_truth_ratios(model, processor, data, cfg.forget, cfg.batch_size), True
 
 
+@bars_as_asked
 def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig, device=None, dtype="auto",
                    trust_remote_code=False, progress=True, model_and_processor=None) -> dict:
     """``viker eval --benchmark clear``: writes metrics.json, generations.jsonl, forget_truth_ratios.json

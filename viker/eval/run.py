@@ -19,6 +19,7 @@ from viker.eval.evaluate import (
     load_judge,
 )
 from viker.model import how_loaded, load_model
+from viker.progress import bars_as_asked
 from viker.prompts import GENERATION_SUFFIX
 from viker.runs import (
     EVAL_CONFIG,
@@ -74,6 +75,7 @@ def check_nothing_lost(out: str | Path, benchmark: str, cfg) -> None:
                          "and would replace; evaluate into a folder of its own, or delete its metrics.json first")
 
 
+@bars_as_asked
 def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig, device=None, dtype="auto",
              trust_remote_code=False, progress=True, model_and_processor=None) -> dict:
     check_eval_out(model_path, out, data)
