@@ -54,6 +54,7 @@ from viker.runs import (
     under,
     visible_entries,
     write_json,
+    written_together,
 )
 from viker.unlearn import UnlearnConfig, run_unlearn
 
@@ -245,18 +246,19 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     # the explanatory runs as triangles: a cross on the plot says that a run's answers fell apart
     extra_points = [{"method": key, "label": d["label"], "metrics": d["metrics"], "marker": "^"}
                     for key, d in (diagnostics or {}).get("runs", {}).items()]
-    tradeoff_plot(labelled(runs, cfg) + extra_points, sweep, out / "tradeoff.png",
-                  f"{cfg.forget} of the embedded benchmark, tiny LLaVA", chance=CHANCE_ACC)
     asked = questions_behind(read_records(out / "runs" / "vanilla" / "generations.jsonl"))  # as every run's
-    steps.stop()  # what is left, writing results.json and report.md, takes milliseconds
-    results = {"runs": runs, "lam_sweep": sweep, "settings": to_jsonable(cfg), "machine": machine(),
-               "step_seconds": steps.seconds, "unlearn_seconds": timings,
-               "cagul": cagul, "idkpo_training": idkpo, "diagnostics": diagnostics,
-               "forget_image_questions": questions}
-    write_json(out / "results.json", results)
-    minutes = (time.perf_counter() - started) / 60
-    write_report(out / "report.md", runs, sweep, cfg, minutes, results["machine"], cagul, diagnostics, questions,
-                 steps.seconds, idkpo, asked)
+    with written_together(out) as stage:  # the plot, results.json and report.md, all or none
+        tradeoff_plot(labelled(runs, cfg) + extra_points, sweep, stage / "tradeoff.png",
+                      f"{cfg.forget} of the embedded benchmark, tiny LLaVA", chance=CHANCE_ACC)
+        steps.stop()  # what is left, writing results.json and report.md, takes milliseconds
+        results = {"runs": runs, "lam_sweep": sweep, "settings": to_jsonable(cfg), "machine": machine(),
+                   "step_seconds": steps.seconds, "unlearn_seconds": timings,
+                   "cagul": cagul, "idkpo_training": idkpo, "diagnostics": diagnostics,
+                   "forget_image_questions": questions}
+        write_json(stage / "results.json", results)
+        minutes = (time.perf_counter() - started) / 60
+        write_report(stage / "report.md", runs, sweep, cfg, minutes, results["machine"], cagul, diagnostics,
+                     questions, steps.seconds, idkpo, asked)
     print()
     print(plain_table(labelled(runs, cfg)))
     if cfg.quick:
