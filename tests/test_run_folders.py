@@ -413,11 +413,23 @@ def test_report_names_what_is_wrong_with_a_folder(tmp_path, capsys):
              (run("finetuned", json.dumps({"full_image_exact": 100.0, "final_loss": 0.1})),
               "holds no evaluation's metrics; evaluate it first"),
              (run("cut", '{"forget_acc": 5'), "metrics.json: not JSON"),
-             (run("text", json.dumps({"forget_acc": "high"})), "metrics.json: forget_acc is not a number")]
+             (run("text", json.dumps({"forget_acc": "high"})), "metrics.json: forget_acc is 'high', not a finite "
+                                                                  "number"),
+             # json writes them, Python reads them; neither is a figure (printed "inf", "1.0")
+             (run("infinite", '{"forget_acc": Infinity}'), "metrics.json: forget_acc is inf, not a finite number"),
+             (run("boolean", json.dumps({"forget_acc": True})), "metrics.json: forget_acc is True, not a finite"),
+             # what the sentence under the table compares with 50 (a traceback)
+             (run("share", json.dumps({"forget_acc": 5.0, "forget_unparsed": "lots"})),
+              "metrics.json: forget_unparsed is 'lots', not a finite number")]
     for folder, message in cases:
         assert main(["report", folder, "--out", str(tmp_path / "report")]) == 2
         assert message in _error(capsys)
     assert not (tmp_path / "report").exists()
+    # answers cut short: their file and line, not a traceback
+    ok = run("answers", json.dumps({"forget_acc": 5.0}))
+    (tmp_path / "answers" / "generations.jsonl").write_text('{"set": "forget"}\n{"bad\n')
+    assert main(["report", ok, "--out", str(tmp_path / "report")]) == 2
+    assert f"{ok}/generations.jsonl, line 2: not JSON" in _error(capsys)
 
 
 def test_a_reference_folder_is_recorded_absolute(bench_dir, monkeypatch):

@@ -536,9 +536,12 @@ def read_run(path: str | Path) -> dict:
         if (run / "model" / "metrics.json").is_file():  # a finetune's own figures here, its evaluation there
             raise VikerError(in_model)
         raise VikerError(f"{run}/metrics.json holds no evaluation's metrics; {evaluate}")
-    bad = [c.key for c in COLUMNS + CLEAR_COLUMNS if not isinstance(metrics.get(c.key), (int, float, type(None)))]
+    # the columns, and the letter-mode shares the sentences under the table read: finite numbers (true is no figure)
+    read = [c.key for c in COLUMNS + CLEAR_COLUMNS] + [k for k in metrics if k.endswith("_unparsed")]
+    bad = [k for k in read if metrics.get(k) is not None and (isinstance(metrics[k], bool) or not isinstance(
+        metrics[k], (int, float)) or not math.isfinite(metrics[k]))]
     if bad:
-        raise VikerError(f"{run}/metrics.json: {bad[0]} is not a number")
+        raise VikerError(f"{run}/metrics.json: {bad[0]} is {metrics[bad[0]]!r}, not a finite number")
     source = _what_was_evaluated(config, evaluation)
     vanilla = "retain_model" if source.get("finetune", {}).get("without") else "vanilla"
     method = {"finetune": vanilla, "unlearn": source.get("method", {}).get("name")}.get(source.get("command"))

@@ -513,8 +513,16 @@ def read_json(path: str | Path) -> Any:
 
 
 def read_records(path: str | Path) -> list[dict]:
-    """The records of a JSON-lines file of a run (an evaluation's generations.jsonl), one per line."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The records of a JSON-lines file of a run (an evaluation's generations.jsonl), one per line; a line that is
+    not JSON (hand-edited, or cut short) is refused with its file and number."""
+    records = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise VikerError(f"{path}, line {number}: not JSON ({e})") from None
+    return records
 
 
 def read_configs(run: str | Path) -> tuple[dict, dict | None]:
