@@ -467,6 +467,30 @@ def test_a_report_stopped_midway_leaves_the_earlier_one_as_it_was(runs, tmp_path
     assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before
 
 
+def test_a_clear_run_of_forget_quality_0_is_said_to_be_off_the_log_axis(tmp_path, monkeypatch):
+    """The KS test's p-value underflows to 0.0 on large splits: the log axis drew no point for the run, and the
+    report, which printed 0.0 in its table, said nothing of it."""
+    import matplotlib.figure
+
+    from viker.report import run_report
+
+    drawn = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, path, **kw: drawn.extend(c.get_label() for c in fig.axes[0].collections))
+    for name, quality in (("gone", 0.0), ("kept", 0.02)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(
+            {"forget_truth_ratio": 0.6, "forget_quality": quality, "model_utility": 0.5}))
+    run_report([str(tmp_path / "gone"), str(tmp_path / "kept")], tmp_path / "report")
+    report = " ".join((tmp_path / "report" / "report.md").read_text().split())
+    assert "gone: `forget_quality` 0, which the plot's log axis cannot show, so left off it." in report
+    assert drawn == ["kept"]
+    run_report([str(tmp_path / "gone")], tmp_path / "alone")  # no other run: no plot, and no false reason for it
+    alone = (tmp_path / "alone" / "report.md").read_text()
+    assert "no run has both" not in alone and "cannot show, so left off it" in alone
+    assert not (tmp_path / "alone" / "tradeoff.png").exists()
+
+
 def test_report_tabulates_evaluated_runs_by_what_they_are(runs, bench_dir, tmp_path, capsys):
     folders = [runs / name for name in ("base", "ga-eval", "vanilla", "npo-a", "npo-b")]
     assert main(["report", *map(str, folders), "--out", str(tmp_path)]) == 0

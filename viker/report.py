@@ -781,8 +781,12 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
     out.mkdir(parents=True, exist_ok=True)
     axes = CLEAR_AXES if benchmark == "clear" else MLLMU_AXES
     plotted = [r for r in rows if all(r["metrics"].get(key) is not None for key in (axes.x, axes.y))]
-    unplotted = "" if plotted else (f"\nNo trade-off plot: no run has both `{axes.x}` and `{axes.y}` (evaluated with "
-                                    "`--only`, or on fewer sets).\n")
+    # a log axis has no place for 0 (CLEAR's forget quality, where the KS test's p-value underflows): said, not lost
+    off_axis = [r for r in plotted if axes.ylog and r["metrics"][axes.y] <= 0]
+    plotted = [r for r in plotted if r not in off_axis]
+    unplotted = "" if plotted or off_axis else (
+        f"\nNo trade-off plot: no run has both `{axes.x}` and `{axes.y}` (evaluated with `--only`, or on fewer "
+        "sets).\n")
     listing = "\n".join(f"| {cell(r['label'])} | `{cell(r['path'])}` | {r['method'] or 'not a viker run'} | "
                         f"{cell(', '.join(setting_text(k, v) for k, v in r['settings'].items()) or '–')} |"
                         for r in rows)
@@ -792,6 +796,9 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
         listing += (f"\n\ntopk=auto: ViKeR's reference distributions R̂ are kept whole for a vocabulary of up to "
                     f"{FULL_VOCAB_LIMIT} tokens, else as each answer token's {AUTO_TOPK} most likely tokens.")
     plot = "\n![trade-off](tradeoff.png)\n" if plotted else unplotted
+    if off_axis:
+        plot += (f"\n{', '.join(cell(r['label']) for r in off_axis)}: `{axes.y}` 0, which the plot's log axis cannot "
+                 "show, so left off it.\n")
     split = forget or "a forget split not recorded"
     judged = any(r["metrics"].get(key) is not None for r in rows for key in ("forget_factuality", "retain_factuality"))
     by = f", by `{judge}`" if judge else ""
