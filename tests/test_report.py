@@ -829,6 +829,23 @@ def test_runs_of_one_method_trained_on_lora_or_every_weight_are_named_by_it(runs
         "NPO (tuning=lora)", "NPO (tuning=full)"]
 
 
+def test_runs_of_one_method_with_other_adapters_are_named_by_them(runs, tmp_path):
+    """--lora-r 8 beside the default was labelled by folder (GA (ga), GA (ga_r8)): nothing said how they differ.
+    (--max-length, which only refuses longer examples and never cuts them, changes no run: it names none.)"""
+    import shutil
+
+    copies = []
+    for name, edit in (("npo-r8", lambda u: u["lora"].update(r=8)), ("npo-a2", lambda u: u.update(max_length=512))):
+        copy = shutil.copytree(runs / "npo-a", tmp_path / name)
+        config = json.loads((copy / "config.json").read_text())
+        edit(config["unlearn"])
+        (copy / "config.json").write_text(json.dumps(config))
+        copies.append(str(copy))
+    assert main(["report", str(runs / "npo-a"), *copies, "--out", str(tmp_path / "report")]) == 0
+    assert list(_cells((tmp_path / "report" / "report.md").read_text().split("\n\n")[1])) == [
+        "NPO (lora_r=16) (npo-a)", "NPO (lora_r=8)", "NPO (lora_r=16) (npo-a2)"]
+
+
 def test_runs_that_start_from_other_models_than_one_another_or_the_vanilla_row_are_said_to(runs, tiny_dir, bench_dir,
                                                                                           tmp_path):
     """The vanilla row stands for the model every unlearning run starts from: where they start from others (another

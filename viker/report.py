@@ -461,6 +461,7 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
 # ``viker report``: the table and the plot of any evaluated runs
 # --------------------------------------------------------------------------------------------------
 SETTING_NAMES = {"lam": "λ", "beta": "β", "unlearned_on": "unlearned on"}
+LORA_SETTINGS = ("r", "alpha", "dropout")  # of an unlearning run's LoRA adapter, as labels name them (lora_r=8)
 # an unlearning run's training settings that change its result (not its logging or checkpoints)
 TRAINING_SETTINGS = ("lr", "batch_size", "grad_accum", "weight_decay", "warmup_ratio", "scheduler", "max_grad_norm",
                      "seed", "mixed_precision")
@@ -553,6 +554,8 @@ def read_run(path: str | Path) -> dict:
     unlearned = source.get("unlearn", {})
     if source.get("command") == "unlearn" and unlearned.get("tuning") and method != "cagul":
         training["tuning"] = unlearned["tuning"]  # LoRA or every weight (CAGUL trains modules of its own)
+        if unlearned["tuning"] == "lora":  # the adapter's shape and dropout
+            training |= {f"lora_{k}": v for k, v in (unlearned.get("lora") or {}).items() if k in LORA_SETTINGS}
     started = unlearned.get("model") if source.get("command") == "unlearn" else None
     starts_from = model_named(started) if started else None
     if starts_from:  # named by its run's folder, where runs of one method start from different models
