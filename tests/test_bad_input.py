@@ -619,6 +619,15 @@ def test_an_out_folder_the_system_refuses_is_one_line_naming_it(tmp_path, capsys
     assert "Traceback" not in err and err.strip() == f"error: {out}: File name too long"
 
 
+@pytest.mark.parametrize("command", [["data", "synth", "--profiles", "10"], ["report", "somewhere"]])
+def test_an_empty_out_is_refused_not_read_as_the_working_folder(command, tmp_path, capsys, monkeypatch):
+    """`viker report --out ""` said the working folder "holds more than a report's files"; synth would write there."""
+    monkeypatch.chdir(tmp_path)
+    assert main([*command, "--out", ""]) == 2
+    assert capsys.readouterr().err.strip() == "error: --out is empty: give the folder to write into"
+    assert not list(tmp_path.iterdir())
+
+
 def test_an_interrupted_run_says_what_it_left_and_how_to_go_on(tiny_dir, bench_dir, tmp_path, capsys, monkeypatch):
     """Ctrl-C in the middle of training: the folder holds an unfinished run, and the line says so and names the
     option that goes on from it; evaluating it says it is unfinished."""

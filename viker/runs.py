@@ -325,7 +325,10 @@ def check_writable(flag: str, value: str | Path, folder: str | Path | None = Non
 
 
 def out_folder(out: str | Path) -> Path:
-    """``--out`` as a folder to write into, refused when it names a file or cannot be written."""
+    """``--out`` as a folder to write into, refused when it names a file or cannot be written, or is empty (which
+    would name the working folder)."""
+    if not str(out).strip():
+        raise VikerError("--out is empty: give the folder to write into")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise VikerError(f"--out {out}: a file, not a folder")
