@@ -591,6 +591,8 @@ def train(
     running, n_micro = pending.get("running", {}), pending.get("micro", 0)
     bar = progress_bar(total=total, initial=step, desc=desc, disable=not progress or not accelerator.is_main_process,
                        dynamic_ncols=True)
+    # what to do where the loss diverges: --resume keeps the rate the run started with, and would diverge again
+    how = "start the run again with a lower --lr and --overwrite" if run_dir is not None else "lower the learning rate"
     while step < total:
         lr = scheduler.get_last_lr()[0]  # the rate this step uses (the scheduler moves on after it)
         group = []  # the step's micro-batches, drawn first so that each is weighted by its share of the step
@@ -609,9 +611,6 @@ def train(
                     mean = accelerator.reduce(torch.tensor(list(values.values()), dtype=torch.float64,
                                                           device=accelerator.device), "mean")
                     values = dict(zip(values, mean.tolist()))
-                # --resume keeps the rate the run started with, and would diverge again where this one did
-                how = "start the run again with a lower --lr and --overwrite" if run_dir is not None \
-                    else "lower the learning rate"
                 if not math.isfinite(values["loss"]):
                     raise VikerError(f"step {step}: the loss became {values['loss']} (diverged); {how}")
                 accelerator.backward(loss)
