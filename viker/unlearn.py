@@ -123,13 +123,13 @@ def make_method(name: str, args: dict, forget_split: str):
     if name not in unlearning_methods():
         known = "that is `viker finetune`" if name == "finetune" else "unknown method"
         raise VikerError(f"--method {name}: {known}; choose from {', '.join(unlearning_methods())}")
-    cls = get_method(name)
+    cls, settings = get_method(name), _settings(name)
     for option in args:  # a setting of another method: say which take it, before anything is loaded
-        if option not in _settings(name):
+        if option not in settings:
             takers = [m for m in unlearning_methods() if option in _settings(m)]
             raise VikerError(f"--{option.replace('_', '-')} applies to --method {' / '.join(takers)} only"
                              if takers else f"method '{name}': no setting '{option}'")
-    settings = _settings(name)  # the splits a method reads its reference images from, where it has the field
+    # the splits a method reads its reference images from, where it has the field
     if "forget_split" in settings:
         args = {"forget_split": forget_split, **args}
     if "retain_split" in settings:
