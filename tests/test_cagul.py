@@ -209,6 +209,7 @@ def test_precision_recall_by_hand():
     (["--layers", "99"], "the language model has"),
     (["--layers", "0,1,1"], "--layers 0,1,1: name at least one, and each once"),
     (["--heads", "0,0"], "--heads 0,0: name at least one, and each once"),
+    (["--forget-loss", "npo", "--refs", "no-such-folder"], "--refs no-such-folder: no folder no-such-folder"),
 ])
 def test_bad_cagul_options_are_one_line_errors(argv, message, tiny_dir, bench_dir, tmp_path, capsys):
     out = tmp_path / "run"
@@ -324,7 +325,7 @@ def test_the_npo_forget_loss_needs_no_strangers_and_lowers_the_rewritten_answers
     from viker.methods.losses import sequence_logprob
 
     root = tmp_path / "bench"
-    shutil.copytree(bench_dir, root, ignore=shutil.ignore_patterns("ref_people", "Retain_Set"))
+    shutil.copytree(bench_dir, root, ignore=shutil.ignore_patterns("ref_people", "ref_pets", "Retain_Set"))
 
     def config(out, **args):
         return UnlearnConfig(model=str(tiny_dir), data=str(root), forget="forget_10", method="cagul",
@@ -335,6 +336,8 @@ def test_the_npo_forget_loss_needs_no_strangers_and_lowers_the_rewritten_answers
 
     with pytest.raises(VikerError, match="Retain_Set"):
         run_unlearn(config("reference", k=2), progress=False)
+    with pytest.raises(VikerError, match="--refs pets: no folder"):  # a pool asked for by name is never passed over
+        run_unlearn(config("npo-pets", forget_loss="npo", refs="pets"), progress=False)
     model, _, history = run_unlearn(config("npo", forget_loss="npo", beta=0.1), progress=False)
     assert history[0]["loss"] == pytest.approx(20 * math.log(2), rel=1e-4)
     saved = json.loads((tmp_path / "npo" / "cagul" / "config.json").read_text())

@@ -43,7 +43,14 @@ from viker.errors import VikerError
 from viker.methods import register
 from viker.methods.base import share
 from viker.methods.losses import gather_answer_positions, kl_to_reference, npo_loss, sequence_logprob
-from viker.methods.reference import default_topk, pool_owners, reference_distributions, reference_pool_and_source
+from viker.methods.reference import (
+    check_refs,
+    default_topk,
+    pool_owners,
+    record_reference,
+    reference_distributions,
+    reference_pool_and_source,
+)
 from viker.model.cagul import CagulConfig, CagulModel, Discriminator, per_image
 from viker.progress import progress_bar
 
@@ -144,6 +151,7 @@ class CAGUL:
     def __post_init__(self):
         if self.forget_loss not in FORGET_LOSSES:
             raise VikerError(f"--forget-loss {self.forget_loss}: choose from {', '.join(FORGET_LOSSES)}")
+        check_refs(self.refs)
         self.module_config = CagulConfig(layers=self.layers, heads=self.heads, rewrite=self.rewrite,
                                          encoder_width=self.encoder_width, encoder_layers=self.encoder_layers,
                                          threshold=self.threshold)
@@ -164,7 +172,7 @@ class CAGUL:
             pool, source = reference_pool_and_source(self.refs, ctx.data_dir, self.forget_split)
             ctx.info["reference_pool"] = {"refs": self.refs, "source": source, "images": len(pool)}
         except VikerError:
-            if self.forget_loss == "reference":
+            if self.forget_loss == "reference" or self.refs != "people":  # a pool asked for by name must be there
                 raise
             pool = []  # no pool of strangers: the other people suffice as the discriminator's negatives
         self.model = CagulModel(ctx.model, self.module_config)
@@ -181,7 +189,7 @@ class CAGUL:
                                                        self.k, ctx.seed, default_topk(ctx.model), ctx.cache_dir,
                                                        ctx.progress, pool_owners(self.refs, ctx.data_dir,
                                                                                  self.forget_split))
-            ctx.info["reference_cache"] = {"path": str(path) if path else None, **(self.dists.meta or {})}
+            record_reference(ctx.info, self.dists, path)
         ctx.model = self.model
 
     def restore_discriminator(self, checkpoint: Path) -> dict:

@@ -91,6 +91,17 @@ def reference_pool_and_source(refs: str, data_dir: str | Path | None,
     return [image_bytes({"bytes": f.read_bytes()}, str(f)) for f in files], as_recorded(folder)
 
 
+def check_refs(refs: str) -> None:
+    """Refuse a ``--refs`` that names neither a source nor a folder, before anything loads."""
+    if refs not in SOURCES and not Path(refs).is_dir():
+        raise VikerError(f"--refs {refs}: no folder {refs} (choose {', '.join(SOURCES)} or a folder of images)")
+
+
+def record_reference(info: dict, dists: "ReferenceDistributions", path: Path | None) -> None:
+    """What a run's config records of the R̂ it trained toward: where it is cached, how it was stored, its size."""
+    info["reference_cache"] = {"path": str(path) if path else None, **(dists.meta or {}), "bytes": dists.nbytes()}
+
+
 def pool_owners(refs: str, data_dir: str | Path | None, forget_split: str | None = None) -> dict[bytes, str] | None:
     """Whose face each image of a ``forget`` or ``retain`` pool is (None for the other sources, which hold no
     benchmark person): a reference image must be another person's, and on CLEAR a person has several."""

@@ -18,16 +18,16 @@ is the frozen model on the target image itself, i.e. no visual guidance).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from viker.errors import VikerError, require
 from viker.methods import register
 from viker.methods.base import logits_of, share
 from viker.methods.losses import REGULARIZERS, gather_answer_positions, viker_token_loss
 from viker.methods.reference import (
-    SOURCES,
+    check_refs,
     default_topk,
     pool_owners,
+    record_reference,
     reference_distributions,
     reference_pool_and_source,
 )
@@ -55,9 +55,7 @@ class ViKeR:
             raise VikerError(f"--k {self.k}: at least one reference image is needed")
         if self.regularizer not in REGULARIZERS:
             raise VikerError(f"--regularizer {self.regularizer}: choose from {', '.join(REGULARIZERS)}")
-        if self.refs not in SOURCES and not Path(self.refs).is_dir():
-            raise VikerError(f"--refs {self.refs}: no folder {self.refs} (choose {', '.join(SOURCES)} or a folder "
-                             "of images)")
+        check_refs(self.refs)
         if self.ablation not in ABLATIONS:
             raise VikerError(f"--ablation {self.ablation}: choose from {', '.join(ABLATIONS)}")
         if self.ablation == "no_ga" and self.lam == 0.0:
@@ -93,8 +91,7 @@ class ViKeR:
         topk = self.topk if self.topk != -1 else default_topk(ctx.model)
         self.dists, path = reference_distributions(ctx.reference, ctx.processor, examples, pool, self.k, ctx.seed,
                                                    topk, ctx.cache_dir, ctx.progress, owners)
-        ctx.info["reference_cache"] = {"path": str(path) if path else None, **(self.dists.meta or {}),
-                                       "bytes": self.dists.nbytes()}
+        record_reference(ctx.info, self.dists, path)
 
     def loss(self, model, batches):
         batch = batches["forget"]
