@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from viker.errors import VikerError, require
 from viker.methods import register
-from viker.methods.base import logits_of, share
+from viker.methods.base import log_likelihood, logits_of, share
 from viker.methods.losses import REGULARIZERS, gather_answer_positions, viker_token_loss
 from viker.methods.reference import (
     check_refs,
@@ -95,11 +95,10 @@ class ViKeR:
 
     def loss(self, model, batches):
         batch = batches["forget"]
+        if self.dists is None:  # λ = 0: plain GA, averaged over the answer tokens
+            ll = log_likelihood(model, batch, "token")
+            return ll, {"forget_ll": ll.item()}
         logits, targets = gather_answer_positions(logits_of(model, batch), batch["labels"])
-        if self.dists is None:  # λ = 0
-            loss = viker_token_loss(logits, targets, logits.detach().softmax(-1), 0.0, ga_weight=self.ga_weight)
-            loss = loss * share(batch, "token")
-            return loss, {"forget_ll": loss.item()}
         ref = self.dists.rows(batch["index"].tolist(), device=logits.device)
         if ref.shape[0] != logits.shape[0]:
             raise VikerError("cached reference distributions do not match the answer tokens; delete the cache")
