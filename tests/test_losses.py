@@ -24,7 +24,6 @@ from viker.methods.losses import (
     sequence_logprob,
     shift,
     token_logprobs,
-    topk_kl_bound,
     viker_token_loss,
 )
 
@@ -364,11 +363,8 @@ def test_divergences_zero_at_equality_positive_otherwise():
     for fn in (kl_to_reference, jsd_to_reference, cosine_to_reference):
         assert fn(q, logits).abs().max() < 1e-12, fn.__name__
         assert (fn(r, logits) > 1e-6).all(), fn.__name__
-    # KL against a direct formula, and the mask zeroes rows
-    expected = (r * (r.log() - q.log())).sum(-1)
-    torch.testing.assert_close(kl_to_reference(r, logits), expected)
-    mask = torch.tensor([1, 0, 1, 1, 0, 1, 1], dtype=D)
-    torch.testing.assert_close(kl_to_reference(r, logits, mask), expected * mask)
+    # KL against a direct formula
+    torch.testing.assert_close(kl_to_reference(r, logits), (r * (r.log() - q.log())).sum(-1))
 
 
 def test_divergences_safe_with_zeros_in_reference():
@@ -486,7 +482,6 @@ def test_topk_kl_error_bound(kind):
         kl = _kl_probs(p, r)
         tail = 1.0 - p.topk(k, -1).values.double().sum(-1)
         bound = tail * math.log(V_REAL - k)  # t·log(V-k), derived here, not taken from the library
-        assert torch.allclose(topk_kl_bound(p, k).double(), bound, rtol=1e-4, atol=1e-7)
         assert (kl <= bound + 1e-5).all()  # + float32 storage slack
         assert (kl > -1e-6).all()
         errors.append(kl.mean().item())

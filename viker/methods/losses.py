@@ -20,7 +20,6 @@ loss's gradient reproduces the paper's stated reweighting exactly, which the uni
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
@@ -36,6 +35,7 @@ __all__ = [
     "token_logprobs",
     "sequence_logprob",
     "answer_nll",
+    "answer_token_nll",
     "gather_answer_positions",
     "answer_window",
     "kl_to_reference",
@@ -47,7 +47,6 @@ __all__ = [
     "viker_token_loss",
     "compress_topk",
     "decompress_topk",
-    "topk_kl_bound",
 ]
 
 
@@ -154,17 +153,15 @@ def gather_answer_positions(logits: Tensor, labels: Tensor) -> tuple[Tensor, Ten
 # --------------------------------------------------------------------------------------------------
 # divergences between a reference distribution R and the model Q = softmax(logits), per position
 # --------------------------------------------------------------------------------------------------
-def kl_to_reference(ref_probs: Tensor, logits: Tensor, mask: Tensor | None = None) -> Tensor:
+def kl_to_reference(ref_probs: Tensor, logits: Tensor) -> Tensor:
     """(N,) KL(R ‖ Q) = Σ_v R(v) (log R(v) - log Q(v)), Q = softmax(logits).
 
     Terms with R(v) = 0 contribute exactly 0 (0·log 0 = 0), so one-hot or top-k references are safe.
-    ``mask`` (N,), optional, zeroes positions that must not count (e.g. padding in a flat batch).
     """
     log_q = F.log_softmax(_upcast(logits), dim=-1)
     r = ref_probs.to(log_q.dtype)
     terms = torch.where(r > 0, r * (_safe_log(r) - log_q), torch.zeros_like(log_q))
-    kl = terms.sum(dim=-1)
-    return kl if mask is None else kl * mask.to(kl.dtype)
+    return terms.sum(dim=-1)
 
 
 def jsd_to_reference(ref_probs: Tensor, logits: Tensor) -> Tensor:
@@ -310,12 +307,3 @@ def decompress_topk(
     out = fill.expand(*values.shape[:-1], vocab_size).clone()
     out.scatter_(-1, indices.long(), values)
     return out
-
-
-def topk_kl_bound(probs: Tensor, k: int) -> Tensor:
-    """(N,) the analytic bound t · log(V - k) on KL(R ‖ decompress(compress(R, k))); for reports."""
-    vocab = probs.shape[-1]
-    if k >= vocab:
-        return probs.new_zeros(probs.shape[:-1])
-    tail = (1.0 - probs.topk(k, dim=-1).values.sum(dim=-1)).clamp_min(0.0)
-    return tail * math.log(vocab - k)
