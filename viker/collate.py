@@ -21,8 +21,8 @@ import torch
 from viker.data.loader import decode_image, image_size
 from viker.data.schema import Example
 from viker.errors import VikerError, require
+from viker.methods.losses import IGNORE as IGNORE_INDEX  # the label of a token no loss reads
 
-IGNORE_INDEX = -100
 # batch entries that are ours, not the model's (the shares: a process's part of a global batch, viker.train)
 META_KEYS = ("labels", "index", "row_share", "token_share")
 

@@ -23,7 +23,7 @@ from viker.data.examples import unlearning_examples
 from viker.data.schema import RETAIN_OF, Example
 from viker.errors import VikerError, require
 from viker.methods.base import FrozenReference
-from viker.methods.losses import entropy
+from viker.methods.losses import IGNORE, entropy
 from viker.methods.reference import (
     default_cache_dir,
     default_topk,
@@ -126,7 +126,7 @@ def answer_token_entropies(model, processor, answers: ForgetAnswers, k: int = 5,
     for i, ex in enumerate(examples):
         # the answer's tokens do not depend on the image, so skip image processing here
         labels = collate([replace(ex, image=None)])["labels"][0]
-        ids = labels[labels != -100].tolist()  # the answer tokens, in the order of the cached rows that predict them
+        ids = labels[labels != IGNORE].tolist()  # the answer tokens, in the order of the cached rows that predict them
         rows = dists.rows([i])
         if rows.shape[0] != len(ids):
             raise VikerError(f"answer {i}: {len(ids)} answer tokens without the image, {rows.shape[0]} reference "

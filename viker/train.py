@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from viker.collate import IGNORE_INDEX
 from viker.data.schema import Example
 from viker.errors import VikerError
+from viker.methods.losses import answer_token_counts
 from viker.presets import TrainConfig
 from viker.progress import progress_bar
 from viker.runs import (
@@ -116,7 +116,7 @@ def batch_units(batch: dict) -> tuple[int, int]:
     the shift, as the losses count them)."""
     rows = len(batch["index"])
     labels = batch.get("labels")
-    return rows, int((labels[:, 1:] != IGNORE_INDEX).sum()) if labels is not None else 0
+    return rows, int(answer_token_counts(labels).sum()) if labels is not None else 0
 
 
 def attach_shares(group: list[dict[str, tuple[dict, bool]]], accelerator, accum: int) -> None:

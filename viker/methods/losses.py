@@ -36,6 +36,7 @@ __all__ = [
     "sequence_logprob",
     "answer_nll",
     "answer_token_nll",
+    "answer_token_counts",
     "gather_answer_positions",
     "answer_window",
     "kl_to_reference",
@@ -79,6 +80,11 @@ def shift(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     targets = labels[:, 1:]
     mask = (targets != IGNORE).to(_upcast(logits).dtype)
     return logits, targets, mask
+
+
+def answer_token_counts(labels: Tensor) -> Tensor:
+    """(B,) how many answer tokens each row has, counted after the shift, as every loss here counts them."""
+    return (labels[:, 1:] != IGNORE).sum(dim=1)
 
 
 def token_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:

@@ -30,7 +30,7 @@ from viker.collate import chat_template
 from viker.data.loader import image_bytes, load_profiles
 from viker.data.schema import Example
 from viker.errors import VikerError
-from viker.methods.losses import compress_topk, decompress_topk, kl_to_reference
+from viker.methods.losses import answer_token_counts, compress_topk, decompress_topk, kl_to_reference
 from viker.progress import progress_bar
 from viker.runs import as_recorded
 
@@ -319,7 +319,7 @@ def _reference_rows(answer_probs, collate, chunk: Sequence[Example], images: Seq
     if device is not None:
         batch = {key: v.to(device) for key, v in batch.items()}
     probs = answer_probs(batch)  # (Σ n, V) in variant order
-    counts = (batch["labels"][:, 1:] != -100).sum(dim=1).tolist()
+    counts = answer_token_counts(batch["labels"]).tolist()
     rows, offset, first = [], 0, 0
     for n_copies in copies:
         n = counts[first]

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from viker.errors import VikerError, require
+from viker.methods.losses import IGNORE
 
 MODULES_FILE, CONFIG_FILE = "modules.safetensors", "config.json"
 ATTENTION_PATTERN = r"(^|\.)(language_model|text_model)\.(?:model\.)?layers\.(\d+)\.self_attn$"
@@ -319,7 +320,7 @@ class CagulModel(nn.Module):
                     positions = is_image[i].nonzero().squeeze(-1)
                     query = (torch.arange(is_image.shape[1], device=is_image.device) > positions.max()) & attended[i]
                     if labels is not None:
-                        query &= labels[i] == -100
+                        query &= labels[i] == IGNORE
                     scores[i] += weights[i][query][:, positions].mean(dim=0) / len(self.layers)
                 if layer == last:
                     raise _Stop
