@@ -425,7 +425,7 @@ def test_letter_mode_says_when_replies_name_no_letter(tiny_dir, bench_dir, tmp_p
     metrics = json.loads((out / "metrics.json").read_text())
     records = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     assert metrics["forget_unparsed"] == pytest.approx(100 * sum(r["choice"] is None for r in records) / len(records))
-    assert metrics["forget_unparsed"] > 50 and "warning: most letter-mode replies name no option" in \
+    assert metrics["forget_unparsed"] > 50 and "warning: most letter-mode replies named no option" in \
         capsys.readouterr().err
 
 

@@ -731,6 +731,7 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
     """``viker report``: the paper-style table of evaluated runs (report.md, results.json) and their
     forgetting/retention plot (tradeoff.png), in ``out``. Returns the rows."""
     from viker.errors import VikerError
+    from viker.eval.metrics import mostly_unread, unread_replies
     from viker.runs import write_json, written_together
 
     if not paths:
@@ -839,10 +840,10 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
         evaluated += f" Retain figures over {people}."
     evaluated += starting_models(rows)
     unread = [f"{r['label']} ({', '.join(f'{k[:-9]} {v:.0f}%' for k, v in shares.items())})" for r in rows
-              if (shares := {k: v for k, v in r["metrics"].items() if k.endswith("_unparsed") and v and v > 50})]
+              if (shares := mostly_unread(r["metrics"]))]
     if unread:  # an ACC of 0 there is no forgetting: a model that does not answer with a letter
-        named = "opened with no option letter" if mc_mode == "first_char" else "named no option"
-        evaluated += (f" Most multiple-choice replies {named}, and count as wrong, for {'; '.join(unread)}: "
+        evaluated += (f" Most multiple-choice replies {unread_replies(mc_mode)}, and count as wrong, for "
+                      f"{'; '.join(unread)}: "
                       "their ACC figures say nothing of what they know (--mc-mode likelihood scores such models).")
     text = f"""# {title or f"Unlearning {forget or ''}".strip()}
 

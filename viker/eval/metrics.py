@@ -305,6 +305,20 @@ def choose_by_likelihood(
 # --------------------------------------------------------------------------------------------
 
 
+MOSTLY_UNREAD = 50.0  # % of letter-mode replies picking no option beyond which a set's ACC says nothing
+
+
+def mostly_unread(metrics: Mapping[str, float | None]) -> dict[str, float]:
+    """The sets whose letter-mode replies mostly picked no option (``*_unparsed`` above MOSTLY_UNREAD), by key:
+    their ACC is that of a model that does not answer with a letter, not of what it knows."""
+    return {k: v for k, v in metrics.items() if k.endswith("_unparsed") and v is not None and v > MOSTLY_UNREAD}
+
+
+def unread_replies(mc_mode: str) -> str:
+    """What such replies did, in the words of the reading ``mc_mode`` made of them."""
+    return "opened with no option letter" if mc_mode == "first_char" else "named no option"
+
+
 def mean_percent(values: Iterable[float | bool]) -> float:
     """100 x the mean of ``values`` (booleans count as 0/1); NaN for no values.
 

@@ -18,6 +18,7 @@ from viker.eval.evaluate import (
     judge_answers,
     load_judge,
 )
+from viker.eval.metrics import mostly_unread, unread_replies
 from viker.model import how_loaded, load_model
 from viker.progress import bars_as_asked
 from viker.prompts import GENERATION_SUFFIX
@@ -96,12 +97,10 @@ def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig, device=None,
     except JudgeFailed as e:  # every other figure and answer is kept, recorded as an evaluation without a judge
         metrics, records, failed, judge = e.metrics, e.records, e, cfg.judge
         cfg = replace(cfg, judge=None)
-    unparsed = {k: v for k, v in metrics.items() if k.endswith("_unparsed") and v is not None and v > 50}
-    if unparsed:
+    if unparsed := mostly_unread(metrics):
         shares = ", ".join(f"{k} {v:.0f}%" for k, v in unparsed.items())
-        named = "open with no option letter" if cfg.mc_mode == "first_char" else "name no option"
-        print(f"warning: most letter-mode replies {named} ({shares}); they count as wrong. A model "
-              "that never learned to answer with a letter is scored with --mc-mode likelihood", file=sys.stderr)
+        print(f"warning: most letter-mode replies {unread_replies(cfg.mc_mode)} ({shares}); they count as wrong. "
+              "A model that never learned to answer with a letter is scored with --mc-mode likelihood", file=sys.stderr)
     out = Path(out)
     with written_together(out) as stage:  # all or none: never some of an earlier evaluation's files beside these
         write_eval_config(out, {"model": as_recorded(model_path), **how_loaded(model), "data": as_recorded(data),
