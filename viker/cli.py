@@ -562,7 +562,8 @@ def parser() -> argparse.ArgumentParser:
                   "the model; writes OUT/report.md (the table, best per column in bold, what each column means, "
                   "the runs), results.json and tradeoff.png, for MLLMU-Bench or CLEAR. Every run must have been "
                   "evaluated on the same benchmark files and forget split, with the same --mc-mode, --retain-limit, "
-                  "--test-images, --judge and --max-new-tokens where they changed its figures. A viker finetune "
+                  "--test-images, --judge, --max-new-tokens and --gib-model where they changed its figures (on CLEAR, "
+                  "forget quality against the same --retain-model). A viker finetune "
                   "model is the vanilla row (with --without, the retain model's).")
     rp.add_argument("runs", nargs="+", metavar="RUN", help="an evaluated run folder, in the order of the table's rows")
     rp.add_argument("--out", required=True, help="the folder to write, of its own (a run's, an evaluation's or a "
