@@ -37,6 +37,22 @@ def log_likelihood(model, batch: dict, average: str = "sequence") -> torch.Tenso
     return -answer_nll(logits_of(model, batch), batch["labels"], per_token=average == "sequence") * share(batch, "row")
 
 
+class OptionalRetainNLL:
+    """For a method whose retain term, the retain answers' NLL weighted by its ``retain_weight`` field, is
+    optional: at weight 0 the term, and the retain stream with it, are left out."""
+
+    @property
+    def streams(self):
+        return ("forget", "retain") if self.retain_weight > 0 else ("forget",)
+
+    def plus_retain_nll(self, loss: torch.Tensor, logs: dict, model, batches: dict) -> tuple[torch.Tensor, dict]:
+        if self.retain_weight > 0:
+            retain_nll = -log_likelihood(model, batches["retain"])
+            loss = loss + self.retain_weight * retain_nll
+            logs["retain_nll"] = retain_nll.item()
+        return loss, logs
+
+
 class FrozenReference:
     """θ_full, the model before unlearning, frozen.
 

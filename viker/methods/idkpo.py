@@ -8,20 +8,16 @@ from dataclasses import dataclass, replace
 import torch
 
 from viker.methods import register
-from viker.methods.base import log_likelihood, logits_of, share
+from viker.methods.base import OptionalRetainNLL, logits_of, share
 from viker.methods.losses import dpo_loss, sequence_logprob
 from viker.prompts import REFUSALS
 
 
 @register("idkpo", "IdkPO")
 @dataclass
-class IdkPO:
+class IdkPO(OptionalRetainNLL):
     beta: float = 0.1
-    retain_weight: float = 1.0
-
-    @property
-    def streams(self):
-        return ("forget", "retain") if self.retain_weight > 0 else ("forget",)
+    retain_weight: float = 1.0  # 0 leaves the retain NLL term out
 
     @staticmethod
     def preflight_examples(data: dict, seed: int) -> list:
@@ -52,8 +48,4 @@ class IdkPO:
         logs = {"dpo": loss.item(), **{name: float(values.detach().mean() * rows) for name, values in (
             ("refusal_logp", lc), ("forget_logp", lr), ("refusal_gain", chosen_gain), ("forget_gain", rejected_gain),
             ("dpo_weight", weight))}}
-        if self.retain_weight > 0:
-            retain_nll = -log_likelihood(model, batches["retain"])
-            loss = loss + self.retain_weight * retain_nll
-            logs["retain_nll"] = retain_nll.item()
-        return loss, logs
+        return self.plus_retain_nll(loss, logs, model, batches)

@@ -10,20 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from viker.methods import register
-from viker.methods.base import FrozenReference, log_likelihood, logits_of, share
+from viker.methods.base import FrozenReference, OptionalRetainNLL, logits_of, share
 from viker.methods.losses import npo_loss, sequence_logprob
 
 
 @register("npo", "NPO")
 @dataclass
-class NPO:
+class NPO(OptionalRetainNLL):
     beta: float = 0.1
     retain_weight: float = 0.0  # > 0 adds the retain NLL term
     reference_model: str | None = None  # None: θ_full
-
-    @property
-    def streams(self):
-        return ("forget", "retain") if self.retain_weight > 0 else ("forget",)
 
     @property
     def needs_reference(self) -> bool:
@@ -48,8 +44,4 @@ class NPO:
         rows = share(forget, "row")
         loss = npo_loss(logp, ref_logp, self.beta) * rows
         logs = {"npo": loss.item(), "forget_logp": float(logp.detach().mean() * rows)}  # weighted as the loss is
-        if self.retain_weight > 0:
-            retain_nll = -log_likelihood(model, batches["retain"])
-            loss = loss + self.retain_weight * retain_nll
-            logs["retain_nll"] = retain_nll.item()
-        return loss, logs
+        return self.plus_retain_nll(loss, logs, model, batches)
