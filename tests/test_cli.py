@@ -132,3 +132,18 @@ def test_the_loss_an_unlearning_run_ends_on_says_over_which_steps_it_is_a_mean(t
     (row,) = json.loads((tmp_path / "run" / "history.json").read_text())
     assert f"(loss {row['loss']:.4f} (the mean over steps 1–3); every logged step in history.json)" in \
         capsys.readouterr().out
+
+
+def test_the_lora_a_command_line_run_takes_unset_is_the_python_apis():
+    """A run from the command line and one from Python, neither giving --lora-*, train the same adapters (the
+    command's help shows those defaults)."""
+    from viker.cli import _lora
+    from viker.finetune import FinetuneConfig
+    from viker.unlearn import UnlearnConfig
+
+    for argv, api in ((["finetune", "--data", "d", "--out", "o"], FinetuneConfig().lora),
+                      (["unlearn", "--model", "m", "--data", "d", "--out", "o"], UnlearnConfig().lora)):
+        args = parser().parse_args(argv)
+        assert _lora(args, None, merge=api.merge) == api, argv[0]
+        text = COMMANDS[f"viker {argv[0]}"].format_help()
+        assert f"(default: {api.alpha})" in text and f"(default: {api.dropout:g})" in text

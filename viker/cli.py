@@ -14,12 +14,14 @@ from viker import __version__
 from viker.errors import VikerError
 from viker.presets import (
     AVERAGES,
+    FINETUNE_LORA,
     MC_MODES,
     REAL_TRAIN,
     REAL_UNLEARN,
     TINY_CAGUL,
     TINY_TRAIN,
     TINY_UNLEARN,
+    UNLEARN_LORA,
     TrainConfig,
     unlearn_preset,
 )
@@ -318,12 +320,13 @@ def _add_train_args(p: argparse.ArgumentParser, tiny: TrainConfig, real: TrainCo
                         "(not CAGUL, whose frozen model runs in eval mode)")
 
 
-def _add_lora_args(p: argparse.ArgumentParser, alpha: int, dropout: float) -> None:
+def _add_lora_args(p: argparse.ArgumentParser, defaults: dict) -> None:
     # left unset (None) unless given, so that a run that trains no adapter can refuse them
-    p.set_defaults(lora_defaults={"r": 16, "alpha": alpha, "dropout": dropout})
-    p.add_argument("--lora-r", type=int, help="LoRA rank (default: 16)")
-    p.add_argument("--lora-alpha", type=int, help=f"LoRA α (the update is scaled by α/r) (default: {alpha})")
-    p.add_argument("--lora-dropout", type=_number, help=f"dropout on LoRA's input (default: {dropout:g})")
+    p.set_defaults(lora_defaults=defaults)
+    p.add_argument("--lora-r", type=int, help=f"LoRA rank (default: {defaults['r']})")
+    p.add_argument("--lora-alpha", type=int,
+                   help=f"LoRA α (the update is scaled by α/r) (default: {defaults['alpha']})")
+    p.add_argument("--lora-dropout", type=_number, help=f"dropout on LoRA's input (default: {defaults['dropout']:g})")
 
 
 def _lora(args, no_adapter: str | None, merge: bool | None = True):
@@ -414,7 +417,7 @@ def parser() -> argparse.ArgumentParser:
     ft.add_argument("--tuning", choices=("auto", "full", "lora"), default="auto",
                     help="train every weight or LoRA adapters (auto: full for --model tiny, LoRA otherwise)")
     _add_train_args(ft, TINY_TRAIN, REAL_TRAIN, ("--model tiny", "a model folder"))
-    _add_lora_args(ft, alpha=16, dropout=0.05)
+    _add_lora_args(ft, FINETUNE_LORA)
     _add_model_args(ft)
     ft.set_defaults(func=_finetune)
 
@@ -467,7 +470,7 @@ def parser() -> argparse.ArgumentParser:
     _add_train_args(un, TINY_UNLEARN, REAL_UNLEARN, ("a tiny model", "a checkpoint"),
                     f" (CAGUL, whose modules start from scratch, on a tiny model: --epochs {TINY_CAGUL.epochs:g} "
                     f"--lr {TINY_CAGUL.lr:g})")
-    _add_lora_args(un, alpha=32, dropout=0.0)
+    _add_lora_args(un, UNLEARN_LORA)
     un.add_argument("--save", choices=("auto", "merged", "adapter"), default="auto",
                     help="with LoRA: save the merged model or the adapter alone; auto: merged, but the adapter on "
                     "bf16 or fp16 weights, where a merge rounds away the smallest changes (a merged run's "

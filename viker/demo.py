@@ -30,7 +30,7 @@ from viker.eval.run import run_eval
 from viker.finetune import FinetuneConfig, run_finetune
 from viker.keytokens import run_keytokens
 from viker.model import LoraSettings, load_model
-from viker.presets import TINY_CAGUL, TINY_TRAIN, TINY_UNLEARN, TrainConfig
+from viker.presets import TINY_CAGUL, TINY_TRAIN, TINY_UNLEARN, UNLEARN_LORA, TrainConfig
 from viker.progress import bars_as_asked
 from viker.report import (
     CHANCE_ACC,
@@ -70,7 +70,7 @@ class DemoConfig:
     synth: SynthConfig = field(default_factory=SynthConfig)
     finetune: TrainConfig = field(default_factory=lambda: TINY_TRAIN)
     unlearn: TrainConfig = field(default_factory=lambda: TINY_UNLEARN)
-    lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=16, alpha=32, dropout=0.0, merge=None))
+    lora: LoraSettings = field(default_factory=lambda: LoraSettings(**UNLEARN_LORA, merge=None))
     # λ = 10: every answer token the reference images still predict with probability above 1/λ = 10% has a
     # resting point (see viker.methods.viker); on this benchmark that is every template word, while the names
     # get under 1%, so any λ from about 2 to 50 holds the same tokens.

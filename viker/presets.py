@@ -14,6 +14,10 @@ MC_MODES = ("likelihood", "letter", "first_char")
 # each answer's mean, then over the answers; over all the tokens at once (a model's own loss); or each answer's
 # sum, then over the answers (the methods' page's per-sequence log-likelihood)
 AVERAGES = ("sequence", "token", "sum")
+# LoRA where a run leaves it unset: a finetune's (viker.model.LoraSettings' defaults), and an unlearning run's,
+# scaled twice as strongly (α/r = 2) and without dropout
+FINETUNE_LORA = {"r": 16, "alpha": 16, "dropout": 0.05}
+UNLEARN_LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
 
 
 @dataclass

@@ -40,7 +40,7 @@ from viker.model import (
     weight_hashes,
 )
 from viker.model.cagul import refuse_cagul_run
-from viker.presets import AVERAGES, TrainConfig, unlearn_preset
+from viker.presets import AVERAGES, UNLEARN_LORA, TrainConfig, unlearn_preset
 from viker.progress import bars_as_asked
 from viker.runs import (
     checkpoints,
@@ -84,7 +84,7 @@ class UnlearnConfig:
     out: str = ""
     tuning: str = "lora"  # lora | full
     train: TrainConfig | None = None  # None: the preset the command line takes (viker.presets.unlearn_preset)
-    lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=16, alpha=32, dropout=0.0, merge=None))
+    lora: LoraSettings = field(default_factory=lambda: LoraSettings(**UNLEARN_LORA, merge=None))
     cache_dir: str | None = None  # ViKeR's reference cache; None: $VIKER_CACHE or ~/.cache/viker
     max_length: int | None = None  # longest example in tokens (None: no limit); never truncates
     device: str | None = None

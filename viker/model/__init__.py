@@ -14,6 +14,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from viker.errors import VikerError, require
+from viker.presets import FINETUNE_LORA
 from viker.runs import (
     TRAINING_COMMANDS,
     as_recorded,
@@ -36,9 +37,9 @@ LANGUAGE_MODEL_PATTERN = r"(^|\.)(language_model|text_model)\."
 class LoraSettings:
     """LoRA on the language model's linear layers by default (not the vision tower or projector)."""
 
-    r: int = 16
-    alpha: int = 16
-    dropout: float = 0.05
+    r: int = FINETUNE_LORA["r"]
+    alpha: int = FINETUNE_LORA["alpha"]
+    dropout: float = FINETUNE_LORA["dropout"]
     target_modules: list[str] | None = None  # None: every linear layer of the language model
     merge: bool | None = True  # save the model merged (True), the adapter alone (False), None: --save auto
     extra: dict = field(default_factory=dict)
