@@ -471,18 +471,12 @@ def _what_was_evaluated(config: dict, evaluation: dict | None) -> dict:
     """The config of the run whose model an evaluation scored: the folder's own, or, for an evaluation
     in a folder of its own or in a run's model/ (whose config.json is the model's), that of the run folder its
     model came from (empty when it is no run of ours)."""
-    from viker.runs import TRAINING_COMMANDS, read_configs
+    from viker.runs import TRAINING_COMMANDS, runs_behind
 
     if config.get("command") in TRAINING_COMMANDS or not evaluation:
         return config
-
-    model = Path(str(evaluation.get("model", "")))
-    for folder in (model, model.parent) if model.name == "model" else (model,):
-        if (folder / "config.json").is_file():
-            found, _ = read_configs(folder)
-            if found.get("command") in TRAINING_COMMANDS:
-                return found
-    return {}
+    model = evaluation.get("model")
+    return next(runs_behind(str(model)), {}) if model else {}
 
 
 def read_run(path: str | Path) -> dict:

@@ -38,14 +38,13 @@ from viker.eval.evaluate import answer_logprobs
 from viker.eval.generate import check_generation_settings, generate
 from viker.progress import bars_as_asked
 from viker.runs import (
-    TRAINING_COMMANDS,
     as_recorded,
     check_eval_out,
     file_hashes,
     model_named,
     other_benchmark,
     other_split,
-    read_configs,
+    runs_behind,
     write_eval_config,
     write_json,
     written_together,
@@ -235,10 +234,7 @@ def reference_run(spec: str | Path) -> dict:
     """The config of the ``viker finetune``/``unlearn`` run behind a ``--retain-model``: the run whose model
     it names, or whose model its truth ratios were scored from; empty for a model from elsewhere."""
     folder = Path(reference_model(spec))
-    if not folder.is_dir():
-        return {}
-    config = read_configs(folder)[0] or (read_configs(folder.parent)[0] if folder.name == "model" else {})
-    return config if config.get("command") in TRAINING_COMMANDS else {}
+    return next(runs_behind(str(folder)), {}) if folder.is_dir() else {}
 
 
 def check_reference(spec: str | Path, forget: str) -> None:
