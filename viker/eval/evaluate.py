@@ -16,7 +16,7 @@ import statistics
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
@@ -343,10 +343,76 @@ def judged(judge, spec: str, questions: list[str], references: list[str], replie
     return [float(x) for x in scores]
 
 
-def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfig(), progress: bool = True,
+Answers = Callable[..., list[str]]  # greedy answers to examples, each computed once per evaluation
+
+
+def _generation(s: EvalSet, answers: Answers, gib: Callable | None) -> tuple[dict, list[dict]]:
+    """The generation questions: ROUGE, BLEU and coherence (and GIB where a classifier is given)."""
+    metrics = {}
+    gens = generation_examples(s.profiles)
+    replies = answers(gens, f"{s.name}: generation")
+    rouge = [M.rouge(a, ex.answer) for a, ex in zip(replies, gens)]
+    bleu = [M.bleu(a, ex.answer) for a, ex in zip(replies, gens)]
+    # each also apart by question type, as MLLMU-Bench's own evaluation reports them
+    for key, values in (*((k, [r[k] for r in rouge]) for k in ("rouge1", "rouge2", "rougeL")), ("bleu", bleu)):
+        metrics[f"{s.name}_{key}"] = M.mean_percent(values)
+        metrics.update(_by_question_type(f"{s.name}_{key}", values, gens))
+    metrics[f"{s.name}_coherence"] = M.coherence_mean(replies)
+    if gib is not None:
+        metrics[f"{s.name}_gib"] = M.mean_percent(gib(replies))
+    return metrics, [_record(s.name, "generation", ex, a, rougeL=r["rougeL"]) for ex, a, r in zip(gens, replies, rouge)]
+
+
+def _multiple_choice(s: EvalSet, answers: Answers, model, processor, cfg: EvalConfig) -> tuple[dict, list[dict]]:
+    """The multiple-choice questions, read from a generated letter or scored by option likelihood."""
+    metrics = {}
+    questions = [(q, p.image if q.with_image else None) for p in s.profiles for q in p.mc]
+    if cfg.mc_mode in ("letter", "first_char"):
+        prompts = [Example(mc_prompt(q.question, q.options), "", img) for q, img in questions]
+        replies = answers(prompts, f"{s.name}: multiple choice", max_new_tokens=cfg.letter_max_new_tokens)
+        read = M.parse_choice if cfg.mc_mode == "letter" else M.first_char_choice
+        choices = [read(r, q.options) for r, (q, _) in zip(replies, questions)]
+        # a reply with no letter in it counts as wrong: say how many, so that 0 is not read as forgetting
+        metrics[f"{s.name}_unparsed"] = M.mean_percent(c is None for c in choices)
+    else:
+        prompts = [Example(generation_prompt(q.question), "", img) for q, img in questions]
+        # the generation questions' answers are reused when they have the same length
+        replies = answers(prompts, f"{s.name}: multiple choice", max_new_tokens=cfg.frame_max_new_tokens)
+        choices = mc_by_likelihood(model, processor, questions, replies, cfg.batch_size)
+    hits = [c == q.answer for c, (q, _) in zip(choices, questions)]
+    # `_acc` is the image+text (VQA) accuracy, what ViKeR's table reports: the model is asked about
+    # the pictured person. Text-only (asked by name) and both together are reported beside it.
+    metrics[f"{s.name}_acc"] = M.mean_percent(h for h, (q, _) in zip(hits, questions) if q.with_image)
+    metrics[f"{s.name}_acc_text"] = M.mean_percent(h for h, (q, _) in zip(hits, questions) if not q.with_image)
+    metrics[f"{s.name}_acc_all"] = M.mean_percent(hits)
+    owners = [p.id for p in s.profiles for _ in p.mc]
+    # the prompt the reply answers (letter mode: the question with its options; likelihood: the question
+    # as a generation prompt, whose reply frames the options), and the options themselves
+    records = [_record(s.name, "multiple_choice", Example(asked.question, q.options[q.answer], img, profile_id=owner),
+                       reply, options=dict(q.options), choice=choice, correct=q.answer, hit=hit)
+               for (q, img), asked, owner, reply, choice, hit
+               in zip(questions, prompts, owners, replies, choices, hits)]
+    return metrics, records
+
+
+def _cloze(s: EvalSet, answers: Answers, cfg: EvalConfig) -> tuple[dict, list[dict]]:
+    """The cloze questions: whether the reply holds the blank's answer."""
+    clozes = cloze_examples(s.profiles)
+    blankless = sum(not M.has_blank(q.question) for p in s.profiles for q in p.cloze)
+    if blankless:  # asked to fill a blank it is not shown: said, as the figure reads such replies too
+        print(f"warning: {s.name}: {blankless} of {len(clozes)} cloze questions (Mask_Task) have no blank "
+              "(__); they are asked as they are, with the instruction to fill the blank", file=sys.stderr)
+    replies = answers(clozes, f"{s.name}: cloze", max_new_tokens=cfg.cloze_max_new_tokens)
+    hits = [M.cloze_correct(r, ex.answer) for r, ex in zip(replies, clozes)]
+    metrics = {f"{s.name}_cloze": M.mean_percent(hits), **_by_question_type(f"{s.name}_cloze", hits, clozes)}
+    return metrics, [_record(s.name, "cloze", ex, r, hit=hit) for ex, r, hit in zip(clozes, replies, hits)]
+
+
+def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig | None = None, progress: bool = True,
              sets: list[EvalSet] | None = None):
     """Returns (metrics in percent, one record per prompt with the reference and the model's answer).
     ``sets``: :func:`eval_sets` already read (a command reads them before loading the model)."""
+    cfg = cfg or EvalConfig()
     records: list[dict] = []
     metrics: dict[str, float] = {}
     gen_kw = dict(batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, progress=progress, inner=True)
@@ -365,65 +431,17 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig = EvalConfi
     for s in progress_bar(eval_sets(data_dir, cfg) if sets is None else sets, desc="evaluating",
                           disable=not progress):
         tasks = TASKS if cfg.scope is None else cfg.scope[s.name]
-
-        # generation questions: ROUGE, BLEU, coherence
+        scored = []
         if "generation" in tasks:
-            gens = generation_examples(s.profiles)
-            replies = answers(gens, f"{s.name}: generation")
-            rouge = [M.rouge(a, ex.answer) for a, ex in zip(replies, gens)]
-            bleu = [M.bleu(a, ex.answer) for a, ex in zip(replies, gens)]
-            # each also apart by question type, as MLLMU-Bench's own evaluation reports them
-            for key, values in (*((k, [r[k] for r in rouge]) for k in ("rouge1", "rouge2", "rougeL")), ("bleu", bleu)):
-                metrics[f"{s.name}_{key}"] = M.mean_percent(values)
-                metrics.update(_by_question_type(f"{s.name}_{key}", values, gens))
-            metrics[f"{s.name}_coherence"] = M.coherence_mean(replies)
             to_judge.append((s.name, [q.question for p in s.profiles for q in p.generation], len(records)))
-            records += [_record(s.name, "generation", ex, a, rougeL=r["rougeL"])
-                        for ex, a, r in zip(gens, replies, rouge)]
-            if gib is not None:
-                metrics[f"{s.name}_gib"] = M.mean_percent(gib(replies))
-
-        # multiple choice
+            scored.append(_generation(s, answers, gib))
         if "multiple_choice" in tasks:
-            questions = [(q, p.image if q.with_image else None) for p in s.profiles for q in p.mc]
-            if cfg.mc_mode in ("letter", "first_char"):
-                prompts = [Example(mc_prompt(q.question, q.options), "", img) for q, img in questions]
-                replies = answers(prompts, f"{s.name}: multiple choice", max_new_tokens=cfg.letter_max_new_tokens)
-                read = M.parse_choice if cfg.mc_mode == "letter" else M.first_char_choice
-                choices = [read(r, q.options) for r, (q, _) in zip(replies, questions)]
-                # a reply with no letter in it counts as wrong: say how many, so that 0 is not read as forgetting
-                metrics[f"{s.name}_unparsed"] = M.mean_percent(c is None for c in choices)
-            else:
-                prompts = [Example(generation_prompt(q.question), "", img) for q, img in questions]
-                # the generation questions' answers are reused when they have the same length
-                replies = answers(prompts, f"{s.name}: multiple choice", max_new_tokens=cfg.frame_max_new_tokens)
-                choices = mc_by_likelihood(model, processor, questions, replies, cfg.batch_size)
-            hits = [c == q.answer for c, (q, _) in zip(choices, questions)]
-            # `_acc` is the image+text (VQA) accuracy, what ViKeR's table reports: the model is asked about
-            # the pictured person. Text-only (asked by name) and both together are reported beside it.
-            metrics[f"{s.name}_acc"] = M.mean_percent(h for h, (q, _) in zip(hits, questions) if q.with_image)
-            metrics[f"{s.name}_acc_text"] = M.mean_percent(h for h, (q, _) in zip(hits, questions) if not q.with_image)
-            metrics[f"{s.name}_acc_all"] = M.mean_percent(hits)
-            owners = [p.id for p in s.profiles for _ in p.mc]
-            # the prompt the reply answers (letter mode: the question with its options; likelihood: the question
-            # as a generation prompt, whose reply frames the options), and the options themselves
-            for (q, img), asked, owner, reply, choice, hit in zip(questions, prompts, owners, replies, choices, hits):
-                records.append(_record(s.name, "multiple_choice", Example(asked.question, q.options[q.answer], img,
-                                                                          profile_id=owner),
-                                       reply, options=dict(q.options), choice=choice, correct=q.answer, hit=hit))
-
-        # cloze
+            scored.append(_multiple_choice(s, answers, model, processor, cfg))
         if "cloze" in tasks:
-            clozes = cloze_examples(s.profiles)
-            blankless = sum(not M.has_blank(q.question) for p in s.profiles for q in p.cloze)
-            if blankless:  # asked to fill a blank it is not shown: said, as the figure reads such replies too
-                print(f"warning: {s.name}: {blankless} of {len(clozes)} cloze questions (Mask_Task) have no blank "
-                      "(__); they are asked as they are, with the instruction to fill the blank", file=sys.stderr)
-            replies = answers(clozes, f"{s.name}: cloze", max_new_tokens=cfg.cloze_max_new_tokens)
-            hits = [M.cloze_correct(r, ex.answer) for r, ex in zip(replies, clozes)]
-            metrics[f"{s.name}_cloze"] = M.mean_percent(hits)
-            metrics.update(_by_question_type(f"{s.name}_cloze", hits, clozes))
-            records += [_record(s.name, "cloze", ex, r, hit=hit) for ex, r, hit in zip(clozes, replies, hits)]
+            scored.append(_cloze(s, answers, cfg))
+        for figures, answered_here in scored:
+            metrics.update(figures)
+            records += answered_here
 
     if "forget_coherence" in metrics:  # the paper's coherence column: answers on the forget set
         metrics["coherence"] = metrics["forget_coherence"]
