@@ -270,6 +270,29 @@ def refuse_for_cagul(cfg: UnlearnConfig, resumed: bool) -> None:
                              f"the model's weights{without}")
 
 
+def resumed_save(cfg: UnlearnConfig, started: dict) -> tuple[UnlearnConfig, str | None]:
+    """``--save`` for a run going on from ``started`` (the config it started with; empty for a new run), and,
+    where it goes on with ``--save`` left to choose, what it saved as when it started: it keeps that choice."""
+    recorded = started.get("unlearn", {}).get("lora", {})
+    if "merge" in recorded and recorded["merge"] is None and cfg.lora.merge is not None \
+            and started.get("saved") == SAVE_CHOICES[cfg.lora.merge]:
+        cfg = replace(cfg, lora=replace(cfg.lora, merge=None))  # --save given as what auto chose: the same run
+    if not started or cfg.lora.merge is not None:
+        return cfg, None
+    if recorded.get("merge") is not None:  # a run from before --save auto, which recorded its choice here
+        cfg = replace(cfg, lora=replace(cfg.lora, merge=recorded["merge"]))
+    return cfg, started.get("saved")
+
+
+def folders_read_by(cfg: UnlearnConfig, method, model_given: bool) -> list[str]:
+    """The folders a run reads, which its --out must not replace: the data, the model (unless given loaded), and
+    those the method reads (NPO's reference model, a folder of reference images)."""
+    reads = [cfg.data] + ([] if model_given else folders_read(cfg.model))
+    reads += folders_read(method.reference_model) if getattr(method, "reference_model", None) else []
+    refs = getattr(method, "refs", None)
+    return reads + ([refs] if refs and refs not in SOURCES and Path(refs).is_dir() else [])
+
+
 @bars_as_asked
 def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=None, resume: bool = False,
                 overwrite: bool = False):
@@ -305,15 +328,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         refuse_cagul_run(cfg.model, "unlearn")
     # the weights it starts from, by hash: what an adapter or CAGUL saved here needs, and --resume checks
     model_files = weight_hashes(cfg.model) if model_and_processor is None else None
-    chosen = None  # what --save auto chose when the resumed run started: it goes on with that
-    auto = started.get("unlearn", {}).get("lora", {}).get("merge", False) is None  # it started with --save auto
-    if auto and cfg.lora.merge is not None and started.get("saved") == SAVE_CHOICES[cfg.lora.merge]:
-        cfg = replace(cfg, lora=replace(cfg.lora, merge=None))  # --save given as what auto chose: the same run
-    if started and cfg.lora.merge is None:
-        recorded = started.get("unlearn", {}).get("lora", {}).get("merge")
-        if recorded is not None:  # a run from before --save auto, which recorded its choice here
-            cfg = replace(cfg, lora=replace(cfg.lora, merge=recorded))
-        chosen = started.get("saved")
+    cfg, chosen = resumed_save(cfg, started)
     if resume:
         compared = paths_recorded(asdict(cfg))
         if "train_on" not in started.get("unlearn", {"train_on": None}):
@@ -336,11 +351,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     merge = save_choice(cfg, wraps, sharded, chosen, lambda: (
         next(model_and_processor[0].parameters()).dtype if model_and_processor is not None else
         pick_dtype(torch.device("cpu"), load_dtype(accelerator, cfg.dtype))), on_adapter)
-    reads = [cfg.data] + (folders_read(cfg.model) if model_and_processor is None else [])
-    # and the folders the method reads: NPO's reference model, a folder of reference images
-    reads += folders_read(method.reference_model) if getattr(method, "reference_model", None) else []
-    refs = getattr(method, "refs", None)
-    reads += [refs] if refs and refs not in SOURCES and Path(refs).is_dir() else []
+    reads = folders_read_by(cfg, method, model_given=model_and_processor is not None)
     replaced = check_run_folder(cfg.out, accelerator, resume, overwrite, reads)  # removed once this run can start
     seed_everything(cfg.train.seed)
     model, processor = model_and_processor or load_for_training(accelerator, cfg.model, cfg.device, cfg.dtype,
