@@ -480,13 +480,18 @@ def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys, monkey
     # evaluation's truth ratios, a run finetuned without another split
     assert main(["finetune", "--model", str(tiny_dir), "--out", str(tmp_path / "retain01"), "--max-steps", "1",
                  "--without", "forget01", *train, *common]) == 0
+    # and one finetuned without them, but from the vanilla run, which saw them
+    assert main(["finetune", "--model", str(tmp_path / "vanilla"), "--out", str(tmp_path / "retain-late"),
+                 "--max-steps", "1", "--without", "forget10", *train, *common]) == 0
     capsys.readouterr()
-    for seen in ("vanilla", "vanilla-eval/forget_truth_ratios.json", "retain01/model"):
+    for seen in ("vanilla", "vanilla-eval/forget_truth_ratios.json", "retain01/model", "retain-late"):
         assert main([*evaluate, "--model", str(tmp_path / "retain"), "--out", str(tmp_path / "refused"),
                      "--retain-model", str(tmp_path / seen)]) == 2, seen
     errors = capsys.readouterr().err.splitlines()
-    assert [e.split(": ")[-1].split(",")[0] for e in errors] == ["finetuned on every person"] * 2 + \
+    assert [e.split(": ")[-1].split(",")[0] for e in errors[:3]] == ["finetuned on every person"] * 2 + \
         ["finetuned without forget01's persons"]
+    assert f"--retain-model {tmp_path / 'retain-late'}: finetuned without forget10's persons, but from " \
+           f"{tmp_path / 'vanilla'}, finetuned on every person: not a model that never saw" in errors[3]
     assert not (tmp_path / "refused" / "metrics.json").exists()
     # the retain model's ratios saved in the vanilla model's evaluation are the retain model's
     check_reference(tmp_path / "vanilla-eval" / "retain_model_truth_ratios.json", "forget10")

@@ -240,17 +240,18 @@ def reference_run(spec: str | Path) -> dict:
 def check_reference(spec: str | Path, forget: str) -> None:
     """Refuse a ``--retain-model`` that a viker run shows has seen the forget persons: forget quality
     compares with a model finetuned without them (``viker finetune --without``)."""
-    config = reference_run(spec)
-    if not config:
-        return
     base = forget_base(forget)
-    without = (config.get("finetune") or {}).get("without") if config["command"] == "finetune" else None
-    if without is not None and without.removesuffix(TOFU) == base:
-        return
-    seen = ("an unlearning run" if config["command"] == "unlearn" else "finetuned on every person"
-            if without is None else f"finetuned without {without}'s persons")
-    raise VikerError(f"--retain-model {spec}: {seen}, not a model that never saw {base}'s persons "
-                     f"(`viker finetune --without {base}`)")
+    config, start = reference_run(spec), None
+    while config:  # the model, then the viker finetune it started from, and so on while each is a run of ours
+        without = (config.get("finetune") or {}).get("without") if config["command"] == "finetune" else None
+        if without is None or without.removesuffix(TOFU) != base:
+            seen = ("an unlearning run" if config["command"] == "unlearn" else "finetuned on every person"
+                    if without is None else f"finetuned without {without}'s persons")
+            seen = f"finetuned without {base}'s persons, but from {start}, {seen}:" if start else f"{seen},"
+            raise VikerError(f"--retain-model {spec}: {seen} not a model that never saw {base}'s persons "
+                             f"(`viker finetune --without {base}` from a model that has not seen them)")
+        start = config["finetune"].get("model")
+        config = next(runs_behind(start), {}) if start else {}
 
 
 def reference_truth_ratios(cfg: ClearEvalConfig, data: str | Path, device=None, dtype="auto",
