@@ -964,6 +964,15 @@ def test_npo_reference_model_from_the_command_line_loads_as_the_run_loads(tiny_d
                  "--reference-model", "run", "--max-steps", "1", "--out", "run", "--overwrite"]) == 2
     assert "--out run: --overwrite would remove" in capsys.readouterr().err
     assert (tmp_path / "run" / "model").is_dir()
+    # a reference whose tokenizer is another one scores other tokens: refused before the first step
+    _, processor = load_model(tmp_path / "retain-model", device="cpu")
+    processor.tokenizer.add_tokens(["Zqxvor"])
+    processor.save_pretrained(tmp_path / "retain-model")
+    assert main(["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--method", "npo",
+                 "--reference-model", "retain-model", "--max-steps", "1", "--out", "other-tokens"]) == 2
+    assert f"--reference-model {tmp_path / 'retain-model'}: its tokenizer is not the trained model's" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "other-tokens").exists()
 
 
 def test_npo_against_another_reference_model_reads_that_model(tiny_dir, bench_dir, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from viker.errors import VikerError
 from viker.methods import register
 from viker.methods.base import FrozenReference, OptionalRetainNLL, logits_of, share
 from viker.methods.losses import npo_loss, sequence_logprob
@@ -31,8 +32,12 @@ class NPO(OptionalRetainNLL):
         if self.reference_model:
             from viker.model import load_model
 
-            other, _ = load_model(self.reference_model, str(next(ctx.model.parameters()).device), ctx.dtype,
-                                  ctx.trust_remote_code)
+            other, other_processor = load_model(self.reference_model, str(next(ctx.model.parameters()).device),
+                                                ctx.dtype, ctx.trust_remote_code)
+            if _vocabulary(other_processor) != _vocabulary(ctx.processor):  # log-ratios over different tokens
+                raise VikerError(f"--reference-model {self.reference_model}: its tokenizer is not the trained "
+                                 "model's, so it cannot score the same answer tokens; give a model of the same family "
+                                 "and tokenizer (e.g. one finetuned from the same base on the retain set)")
             self.reference = FrozenReference(ctx.model, separate=other.eval().requires_grad_(False),
                                              autocast=ctx.autocast)
         ctx.info["npo_reference"] = self.reference_model or "vanilla (θ_full)"
@@ -45,3 +50,7 @@ class NPO(OptionalRetainNLL):
         loss = npo_loss(logp, ref_logp, self.beta) * rows
         logs = {"npo": loss.item(), "forget_logp": float(logp.detach().mean() * rows)}  # weighted as the loss is
         return self.plus_retain_nll(loss, logs, model, batches)
+
+
+def _vocabulary(processor) -> dict[str, int]:
+    return getattr(processor, "tokenizer", processor).get_vocab()
