@@ -90,6 +90,13 @@ def test_a_run_folder_is_replaced_only_when_asked(tiny_dir, bench_dir, tmp_path,
     # ... but never the model the run reads
     assert main([*unlearn, "--model", str(run), "--method", "ga", "--overwrite"]) == 2
     assert "--overwrite would remove" in _error(capsys) and (run / "model").is_dir()
+    # ... nor a run kept inside it (one unlearned from it), which is no part of the run it replaces
+    assert main([*unlearn[:-1], str(run / "sub"), "--model", str(run), "--method", "ga"]) == 0
+    capsys.readouterr()
+    assert main(["finetune", "--data", str(bench_dir), "--max-steps", "1", "--out", str(run), "--overwrite"]) == 2
+    assert f"--overwrite would remove {run / 'sub'}, which is no part of the `viker unlearn` run there" in \
+        _error(capsys)
+    assert (run / "sub" / "config.json").is_file() and _method(run) == "ga"
     # a model folder is no run folder: finetuning into it would have written over its config.json
     before = (tiny_dir / "config.json").read_text()
     assert main(["finetune", "--data", str(bench_dir), "--max-steps", "1", "--out", str(tiny_dir)]) == 2

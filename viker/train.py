@@ -246,6 +246,11 @@ def claim_run_folder(out: str | Path, accelerator, replace: bool) -> None:
         accelerator.wait_for_everyone()
 
 
+# the folders a training run writes (model/, CAGUL's cagul/, snapshots' epochs/, the checkpoint), and their
+# .partial, .tmp and .old siblings while they are written
+RUN_PARTS = ("model", "cagul", "epochs", CHECKPOINT)
+
+
 def _folder_to_replace(out: Path, resume: bool, overwrite: bool, reads: Sequence[str | Path]) -> bool:
     if resume or not visible_entries(out):  # a new folder, or one with hidden files alone (.DS_Store)
         return False
@@ -264,6 +269,11 @@ def _folder_to_replace(out: Path, resume: bool, overwrite: bool, reads: Sequence
         stopped = bool(checkpoints(out))
         raise VikerError(f"--out {out}: holds a `viker {command}` run already; choose another folder, or "
                          f"--overwrite to replace it{' (or --resume to continue it)' if stopped else ''}")
+    # a folder the run did not write (another run kept inside it, an evaluation of its own) is not replaced
+    other = [name for name in visible_entries(out) if (out / name).is_dir() and name.split(".")[0] not in RUN_PARTS]
+    if other:
+        raise VikerError(f"--out {out}: --overwrite would remove {out / other[0]}, which is no part of the "
+                         f"`viker {command}` run there; move it out, or choose another folder")
     return True
 
 
