@@ -612,6 +612,33 @@ def test_a_key_token_page_that_cannot_be_written_is_refused_before_the_reference
     assert taken.read_text() == "mine\n"
 
 
+def test_a_key_token_page_replaces_only_an_earlier_page_and_never_writes_into_the_benchmark(
+        tiny_dir, bench_dir, tmp_path, capsys, monkeypatch):
+    """`viker keytokens --out shots/a.html` replaced the picture shots/a.png beside it, and wrote into the benchmark
+    (whose files a run's record hashes) when asked."""
+    import viker.keytokens
+
+    monkeypatch.setattr(viker.keytokens, "answer_token_entropies", lambda *a, **k: pytest.fail("R̂ was computed"))
+    keytokens = ["keytokens", "--model", str(tiny_dir), "--data", str(bench_dir), "--out"]
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    (shots / "a.png").write_bytes(b"a photo")
+    (shots / "notes.html").write_text("<p>mine</p>")
+    before = sorted(p.name for p in bench_dir.rglob("*"))
+    for out, said in ((shots / "a.html", f"{shots / 'a.png'} is there already, and is no key-token page's"),
+                      (shots / "notes.html", f"{shots / 'notes.html'} is there already, and is no key-token page's"),
+                      (bench_dir / "forget_10" / "keys.html", "inside the benchmark folder given as --data")):
+        assert main([*keytokens, str(out)]) == 2
+        assert capsys.readouterr().err.strip() == f"error: --out {out}: {said}; " + (
+            "write the page elsewhere" if "benchmark" in said else "choose another name")
+    assert (shots / "a.png").read_bytes() == b"a photo" and (shots / "notes.html").read_text() == "<p>mine</p>"
+    assert sorted(p.name for p in bench_dir.rglob("*")) == before
+    monkeypatch.undo()
+    for _ in range(2):  # an earlier page and its picture are replaced
+        assert main([*keytokens, str(shots / "keys.html"), "--forget", "forget_5", "--k", "2"]) == 0
+    assert (shots / "keys.png").is_file()
+
+
 def test_an_out_folder_the_system_refuses_is_one_line_naming_it(tmp_path, capsys):
     out = tmp_path / ("x" * 300)  # longer than a file name may be
     assert main(["data", "synth", "--profiles", "10", "--out", str(out)]) == 2

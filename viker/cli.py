@@ -542,7 +542,8 @@ def parser() -> argparse.ArgumentParser:
     kt.add_argument("--forget", help="the forget split whose answers are shown (default: the one the model was "
                                      "unlearned on, else forget_10; CLEAR: forget10, +tofu to include its text "
                                      "questions)")
-    kt.add_argument("--out", required=True, help="an .html file; the PNG is written beside it")
+    kt.add_argument("--out", required=True, help="an .html file, outside --data; the PNG is written beside it "
+                                                 "(each replaces only an earlier page's)")
     _add_learned_arg(kt)
     kt.add_argument("--k", type=int, default=5, help="reference images per answer")
     kt.add_argument("--refs", default="people",

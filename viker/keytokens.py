@@ -191,6 +191,9 @@ def key_counts(rows: list[TokenEntropy], epsilon: float) -> tuple[int, int]:
     return sum(h > epsilon for r in rows for h in r.entropy), sum(len(r.entropy) for r in rows)
 
 
+PAGE_MARK = "<p>Each answer token is shaded by the entropy H(R̂)"  # in every page write_html writes
+
+
 def write_html(rows: list[TokenEntropy], path: Path, epsilon: float, title: str, lam: float | None = None,
                topk: int | None = None) -> None:
     """``topk``: the reference distributions were stored as their ``topk`` largest probabilities, the rest
@@ -212,7 +215,7 @@ def write_html(rows: list[TokenEntropy], path: Path, epsilon: float, title: str,
         f"white-space:pre}}.key{{outline:2px solid #b30000}}.gone{{text-decoration:underline 3px {GONE};"
         "text-underline-offset:4px}</style>",
         f"<h1>{html.escape(title)}</h1>",
-        f"<p>Each answer token is shaded by the entropy H(R̂) of the frozen model's distribution averaged over "
+        f"{PAGE_MARK} of the frozen model's distribution averaged over "
         f"the reference images that replace the person's own (darker = less certain without the true image); "
         f"a question asked by name has no image to replace, so its tokens show the frozen model's own entropy on "
         f"it. Outlined tokens are "
@@ -314,6 +317,19 @@ def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int =
     plt.close(fig)
 
 
+def check_page_out(out: Path, data: str) -> None:
+    """A page and its picture go outside the benchmark (whose files a run's record hashes), and replace only an
+    earlier page and its picture, never other files of those names."""
+    here, bench = out.parent.expanduser().resolve(), Path(data).expanduser().resolve()
+    if bench.is_dir() and bench in (here, *here.parents):
+        raise VikerError(f"--out {out}: inside the benchmark folder given as --data; write the page elsewhere")
+    earlier = out.is_file() and PAGE_MARK in out.read_text(encoding="utf-8", errors="replace")
+    taken = [f for f in (out, out.with_suffix(".png")) if f.exists()] if not earlier else []
+    if taken:
+        raise VikerError(f"--out {out}: {taken[0]} is there already, and is no key-token page's; choose another "
+                         "name")
+
+
 @bars_as_asked
 def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5, refs: str = "people",
                   epsilon: float = 0.5, cache_dir=None, device=None, progress=True, model_and_processor=None,
@@ -332,6 +348,7 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
     require(Path(out).suffix in (".html", ".htm") and not Path(out).is_dir(), "--out", out,
             "name an .html file (the PNG is written beside it)")
     check_writable("--out", out, Path(out).parent)
+    check_page_out(Path(out), data)
     run = next(runs_behind(model_path), {})
     if run.get("command") == "unlearn" and run.get("method", {}).get("name") != "cagul":  # CAGUL's model is frozen
         started, split = run.get("unlearn", {}).get("model"), run.get("unlearn", {}).get("forget")
