@@ -132,6 +132,24 @@ def test_hidden_files_beside_the_shards_are_no_shards(bench_dir, tmp_path):
     assert [p.id for p in load_profiles(root, "Full_Set")] == [p.id for p in load_profiles(bench_dir, "Full_Set")]
 
 
+def test_a_person_is_read_once_however_often_a_shard_repeats_them(bench_dir, tmp_path, capsys):
+    """A shard copied twice into a config counted each of its people's questions twice in `viker eval`."""
+    import pyarrow.parquet as pq
+
+    root = _copy(bench_dir, tmp_path)
+    shard = root / "forget_10" / "train-00000-of-00001.parquet"
+    shutil.copy(shard, root / "forget_10" / "train-00001-of-00002.parquet")
+    once = load_profiles(bench_dir, "forget_10")
+    assert [p.id for p in load_profiles(root, "forget_10")] == [p.id for p in once]
+    assert f"warning: forget_10: {len(once)} rows repeat another row as it is" in capsys.readouterr().err
+    table = pq.read_table(shard)  # a person given twice, the second time otherwise, is refused
+    changed = table.set_column(table.schema.get_field_index("biography"), "biography",
+                               [["Someone else entirely."] * table.num_rows])
+    pq.write_table(changed, root / "forget_10" / "train-00001-of-00002.parquet")
+    with pytest.raises(VikerError, match=rf"person {once[0].id} again, with other content than .*train-00000"):
+        load_profiles(root, "forget_10")
+
+
 def test_missing_config_names_the_folder_and_config(bench_dir, tmp_path):
     root = _copy(bench_dir, tmp_path)
     shutil.rmtree(root / "forget_10")

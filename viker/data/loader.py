@@ -12,6 +12,8 @@ reuses these helpers with its own schemas.
 from __future__ import annotations
 
 import json
+import sys
+from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
 
@@ -364,7 +366,26 @@ def load_profiles(root: str | Path, config: str) -> list[Profile]:
                 source=source,
             )
         )
-    return profiles
+    return _each_once(profiles, config)
+
+
+def _each_once(profiles: list[Profile], config: str) -> list[Profile]:
+    """A config's people, each once: a row repeated as it is (a shard copied twice) is read once, with a warning,
+    so that nobody's questions count twice; a person given twice with other content is refused."""
+    first: dict[str, Profile] = {}
+    repeated = []
+    for p in profiles:
+        seen = first.setdefault(p.id, p)
+        if seen is p:
+            continue
+        if replace(seen, source=p.source) != p:
+            raise VikerError(f"{p.source}: person {p.id} again, with other content than {seen.source}; a person is "
+                             f"one row of {config}")
+        repeated.append(p)
+    if repeated:
+        print(f"warning: {config}: {len(repeated)} rows repeat another row as it is (e.g. {repeated[0].source}, "
+              f"person {repeated[0].id}); each person is read once", file=sys.stderr)
+    return list(first.values())
 
 
 def retain_profiles(root: str | Path, forget: str, forget_people: list[Profile]) -> list[Profile]:
