@@ -129,12 +129,16 @@ def test_a_fraction_of_an_epoch_takes_the_steps_it_names(epochs, examples, accum
 
 def test_runs_in_one_process_each_get_their_own_mixed_precision():
     """accelerate's state is process-wide: a bf16 run, then one that sets none, must not autocast the second
-    (nor refuse a third that asks for fp16)."""
+    (nor refuse a third that asks for bf16 again). On the CPU, fp16 is refused: accelerate autocasts to it on a
+    GPU only, so the run would train in float32 and record fp16."""
+    from viker.errors import VikerError
     from viker.train import make_accelerator
 
     assert make_accelerator(TrainConfig(mixed_precision="bf16")).mixed_precision == "bf16"
     assert make_accelerator(TrainConfig()).mixed_precision == "no"
-    assert make_accelerator(TrainConfig(mixed_precision="fp16")).mixed_precision == "fp16"
+    assert make_accelerator(TrainConfig(mixed_precision="bf16")).mixed_precision == "bf16"
+    with pytest.raises(VikerError, match="^--mixed-precision fp16: accelerate autocasts to fp16 on a GPU only"):
+        make_accelerator(TrainConfig(mixed_precision="fp16"), device="cpu")
 
 
 @pytest.mark.parametrize("device, cpu, current",

@@ -314,7 +314,8 @@ def _add_train_args(p: argparse.ArgumentParser, tiny: TrainConfig, real: TrainCo
                         help="replace the run already in --out (removing its files)")
     p.add_argument("--max-length", type=int, help="refuse examples longer than this many tokens (never truncates)")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"),
-                   help="autocast the forward pass (default: the accelerate launch setting, else no)")
+                   help="autocast the forward pass; fp16 on a GPU only (default: the accelerate launch setting, "
+                        "else no)")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute activations in the backward pass: much less memory, about a third slower "
                         "(not CAGUL, whose frozen model runs in eval mode)")

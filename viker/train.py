@@ -417,6 +417,10 @@ def make_accelerator(cfg: TrainConfig, resume: bool = False, device: str | None 
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
                               cpu=not torch.cuda.is_available() or (chosen is not None and chosen.type == "cpu"),
                               dataloader_config=DataLoaderConfiguration(split_batches=True))
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":  # accelerate would train in fp32
+        asked = "--mixed-precision fp16" if cfg.mixed_precision else "the launcher's mixed_precision: fp16"
+        raise VikerError(f"{asked}: accelerate autocasts to fp16 on a GPU only, and on the CPU would train in float32 "
+                         "while the run records fp16; give bf16 on the CPU, or no")
     if shards_model(accelerator) and (cfg.checkpoint_every or resume):
         raise VikerError("--checkpoint-every/--resume: checkpoints are written on one process and under DDP; "
                          "under FSDP or DeepSpeed the optimiser state is split across processes")
