@@ -116,15 +116,19 @@ def test_training_half_precision_weights_in_place_is_warned_of(dtype, capsys):
     assert warned == (not moved)
 
 
-@pytest.mark.parametrize("epochs, examples, accum, steps", [(0.07, 800, 1, 7), (0.28, 200, 1, 7), (0.28, 200, 7, 1),
-                                                       (2.5, 16, 1, 5), (1, 17, 2, 2)])
-def test_a_fraction_of_an_epoch_takes_the_steps_it_names(epochs, examples, accum, steps):
+@pytest.mark.parametrize("epochs, examples, accum, steps, passes", [
+    (0.07, 800, 1, 7, None), (0.28, 200, 1, 7, None), (0.28, 200, 7, 1, None), (2.5, 16, 1, 5, None),
+    (1, 17, 2, 2, "1.33333"), (1, 16, 100, 1, "50")])
+def test_a_fraction_of_an_epoch_takes_the_steps_it_names(epochs, examples, accum, steps, passes, capsys):
     """--epochs 0.07 over 100 batches is 7 steps: float rounding (0.07 * 100 = 7.000000000000001) must not
-    add an eighth; a part step is still rounded up to a whole one."""
+    add an eighth; a part step is still rounded up to a whole one, and where that trains much more than asked
+    (--epochs 1 --grad-accum 100 over 2 batches: 50 passes), the run says so."""
     from viker.train import prepare
 
     cfg = TrainConfig(epochs=epochs, batch_size=8, grad_accum=accum)
     assert prepare(Weights(), cfg, n_examples=examples).total == steps
+    err = capsys.readouterr().err
+    assert (f"rounded up: {passes} passes over the {examples} examples" in err) if passes else "rounded up" not in err
 
 
 def test_runs_in_one_process_each_get_their_own_mixed_precision():

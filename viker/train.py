@@ -544,6 +544,12 @@ def prepare(model: torch.nn.Module, cfg: TrainConfig, n_examples: int, accelerat
     batches_per_epoch = math.ceil(n_examples / cfg.batch_size)
     # in exact fractions: 0.07 epochs of 100 batches is 7 steps, where floats make it 7.000000000000001 (8)
     total = cfg.max_steps or max(1, math.ceil(Fraction(str(cfg.epochs)) * batches_per_epoch / cfg.grad_accum))
+    passes = Fraction(total * cfg.grad_accum, batches_per_epoch)
+    if not cfg.max_steps and passes > Fraction(str(cfg.epochs)) * Fraction(5, 4) and accelerator.is_main_process:
+        print(f"warning: --epochs {cfg.epochs:g} takes {total} optimiser step{'s' if total > 1 else ''} of "
+              f"{cfg.grad_accum} batches of {cfg.batch_size}, rounded up: {float(passes):g} passes over the "
+              f"{n_examples} examples; lower --grad-accum or --batch-size to train about {cfg.epochs:g}",
+              file=sys.stderr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(cfg.scheduler, int(cfg.warmup_ratio * total), total)
     )
