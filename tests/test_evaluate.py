@@ -743,6 +743,15 @@ def test_a_plugged_in_judge_scores_each_generated_answer_on_its_own_scale(tiny_d
     assert "a score must be a number from 1 to 10, got 11" in capsys.readouterr().err
     assert main([*common, "--judge", "my_judges", "--out", str(tmp_path / "form")]) == 2
     assert "--judge my_judges: name a function as module:function" in capsys.readouterr().err
+    for typed in ("my_judges.py:by_reference", "./my_judges.py:by_reference"):  # the file, as a user may type it
+        assert main([*common, "--judge", typed, "--out", str(tmp_path / "form")]) == 2
+        assert f"--judge {typed}: name the module, not its file: --judge my_judges:by_reference, run in the " \
+               "folder that holds my_judges.py" in capsys.readouterr().err
+    # a judge where --only asks no generation question would judge nothing, yet be recorded
+    assert main([*common[:-4], "--only", "forget:cloze", "--judge", "my_judges:by_reference", "--out",
+                 str(tmp_path / "cloze")]) == 2
+    assert "--judge my_judges:by_reference: the judge scores generation answers, and --only asks none" in \
+        capsys.readouterr().err
     # a judge that fails on a later set costs none of the answers: they and every other figure are written,
     # as an evaluation without a judge, and no set keeps a factuality score of a judging left half done
     down = tmp_path / "down"
@@ -777,6 +786,18 @@ def test_a_plugged_in_judge_scores_each_generated_answer_on_its_own_scale(tiny_d
     assert json.loads((down / "metrics.json").read_text())["forget_factuality"] == 5.0
     assert main(["judge", str(tmp_path / "missing"), "--judge", "my_judges:by_reference"]) == 2  # refused: none
     assert "no evaluation of viker's here" in capsys.readouterr().err
+    # a damaged evaluation is refused before the judge is called (a paid service, in real use)
+    calls = len(sys.modules["my_judges"].CALLS)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(down, damaged)
+    (damaged / "metrics.json").write_text("[]")
+    assert main(["judge", str(damaged), "--judge", "my_judges:by_reference"]) == 2
+    assert f"{damaged / 'metrics.json'}: holds no evaluation's figures" in capsys.readouterr().err
+    shutil.copy(down / "metrics.json", damaged / "metrics.json")
+    (damaged / "generations.jsonl").write_text("")
+    assert main(["judge", str(damaged), "--judge", "my_judges:by_reference"]) == 2
+    assert f"{damaged / 'generations.jsonl'}: holds no answers (cut short?)" in capsys.readouterr().err
+    assert len(sys.modules["my_judges"].CALLS) == calls
 
 
 def test_a_judge_that_fails_or_returns_no_scores_is_named_in_one_line():

@@ -83,6 +83,11 @@ class EvalConfig:
 
 
 def check_judge_form(spec: str) -> None:
+    module, _, function = spec.rpartition(":")
+    if re.search(r"\.py$|[/\\]", module):  # a file's path, as a user may type the file they wrote
+        file = Path(module).name
+        raise VikerError(f"--judge {spec}: name the module, not its file: --judge {file.removesuffix('.py')}:"
+                         f"{function}, run in the folder that holds {file} (or with that folder on PYTHONPATH)")
     require(re.fullmatch(r"[\w.]+:\w+", spec) is not None, "--judge", spec,
             "name a function as module:function (e.g. my_judges:gpt_judge)")
 

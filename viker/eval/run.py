@@ -88,6 +88,8 @@ def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig, device=None,
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
     if cfg.judge:
+        if cfg.scope is not None and not any("generation" in tasks for tasks in cfg.scope.values()):
+            raise VikerError(f"--judge {cfg.judge}: the judge scores generation answers, and --only asks none")
         load_judge(cfg.judge)  # and a judge that cannot be imported
     model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code,
                                                          merge_adapter=False)
@@ -128,7 +130,9 @@ def run_judge(run: str | Path, spec: str) -> dict:
     if evaluation.get("benchmark", "mllmu") != "mllmu":
         raise VikerError(f"{run}: a {evaluation['benchmark']} evaluation; the factuality judge is MLLMU-Bench's")
     judge = load_judge(spec)
-    records = read_records(answers)
+    records, earlier_metrics = read_records(answers), read_json(figures)
+    if not isinstance(earlier_metrics, dict):  # checked before the judge is paid for
+        raise VikerError(f"{figures}: holds no evaluation's figures (a JSON object of metrics); evaluate again")
     to_judge = []  # each set's generation answers, as the evaluation judges them: the questions as the benchmark asks
     for name in dict.fromkeys(r["set"] for r in records if r["task"] == "generation"):
         at = [i for i, r in enumerate(records) if r["set"] == name and r["task"] == "generation"]
@@ -136,10 +140,12 @@ def run_judge(run: str | Path, spec: str) -> dict:
             raise VikerError(f"{answers}: the {name} set's generation answers are not together, as viker eval "
                              "writes them")
         to_judge.append((name, [records[i]["question"].removesuffix(f"\n{GENERATION_SUFFIX}") for i in at], at[0]))
+    if not records:
+        raise VikerError(f"{answers}: holds no answers (cut short?); evaluate again")
     if not to_judge:
         raise VikerError(f"{run}: its evaluation has no generation answers to judge (scoped with --only to other "
                          "tasks)")
-    metrics = read_json(figures) | judge_answers(judge, spec, to_judge, records)  # all or nothing
+    metrics = earlier_metrics | judge_answers(judge, spec, to_judge, records)  # all or nothing
     earlier = (evaluation.get("eval") or {}).get("judge")
     if earlier and earlier != spec:  # asked for, but said: another judge's scores may have been paid for
         print(f"warning: {run} was judged by {earlier}; its factuality scores are replaced by {spec}'s",
