@@ -300,6 +300,8 @@ def test_an_infinite_setting_is_refused_from_python_too():
     ([*UNLEARN, "--method", "cagul", "--tuning", "full"], "--tuning full does not apply to --method cagul"),
     ([*UNLEARN, "--tuning", "full", "--dtype", "float16"], "float16 weights cannot be trained in place (AdamW"),
     ([*UNLEARN, "--device", "gpu"], "--device gpu: not a device"),
+    (["eval", "--device", "meta"], "--device meta: choose cpu, cuda, cuda:N or mps"),
+    ([*UNLEARN, "--device", "xla"], "--device xla: choose cpu, cuda, cuda:N or mps"),
     (["eval", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
     (["eval", "--forget", "retain_90"], "--forget retain_90: choose from forget_5, forget_10, forget_15"),
     (["eval", "--max-new-tokens", "0"], "--max-new-tokens 0: must be at least 1"),
@@ -637,6 +639,19 @@ def test_a_key_token_page_replaces_only_an_earlier_page_and_never_writes_into_th
     for _ in range(2):  # an earlier page and its picture are replaced
         assert main([*keytokens, str(shots / "keys.html"), "--forget", "forget_5", "--k", "2"]) == 0
     assert (shots / "keys.png").is_file()
+
+
+def test_an_evaluations_folder_given_as_a_model_names_the_model_it_scored(tiny_dir, bench_dir, tmp_path, capsys):
+    evaluation = tmp_path / "evaluation"
+    assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--only", "forget:cloze",
+                 "--max-new-tokens", "2", "--out", str(evaluation)]) == 0
+    capsys.readouterr()
+    for command in (["eval", "--out", str(tmp_path / "again")], ["unlearn", "--out", str(tmp_path / "run")],
+                    ["keytokens", "--out", str(tmp_path / "keys.html")]):
+        assert main([*command, "--model", str(evaluation), "--data", str(bench_dir)]) == 2
+        err = capsys.readouterr().err
+        assert err.strip() == f"error: {evaluation}: an evaluation, not a model; the model it scored is --model " \
+            f"{tiny_dir}", command
 
 
 def test_an_out_folder_the_system_refuses_is_one_line_naming_it(tmp_path, capsys):

@@ -74,6 +74,8 @@ def pick_device(device: str | None = None) -> torch.device:
         dev = torch.device(device)
     except RuntimeError:
         raise VikerError(f"--device {device}: not a device (cpu, cuda, cuda:1, mps ...)") from None
+    if dev.type not in ("cpu", "cuda", "mps"):  # meta holds no numbers; xla and the like are not supported
+        raise VikerError(f"--device {device}: choose cpu, cuda, cuda:N or mps")
     if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
         raise VikerError(f"--device {device}: this PyTorch sees {torch.cuda.device_count()} CUDA GPUs")
     if dev.type == "mps" and not torch.backends.mps.is_available():
@@ -121,7 +123,11 @@ def resolve_model_path(path: str | Path) -> str:
                          "loads the base model with them in front")
     if p.exists() and not any((p / name).is_file() for name in ("config.json", "adapter_config.json")):
         raise VikerError(f"{p}: not a model folder (no config.json, and no model/config.json)")
-    run = read_configs(p)[0] if p.is_dir() else {}
+    run, evaluation = read_configs(p) if p.is_dir() else ({}, None)
+    if run.get("command") == "eval":  # an evaluation's folder of its own: its config.json is no model's
+        scored = (evaluation or {}).get("model")
+        raise VikerError(f"{p}: an evaluation, not a model" + (f"; the model it scored is --model {scored}"
+                                                                 if scored else ""))
     if run.get("command") in TRAINING_COMMANDS and not (p / "cagul").is_dir():
         stopped = " (stopped before its end? --resume continues it)" if checkpoints(p) else \
             " (unfinished: still running, or stopped before its first checkpoint; if stopped, run its command " \
