@@ -307,6 +307,8 @@ def test_an_infinite_setting_is_refused_from_python_too():
     (["eval", "--max-new-tokens", "0"], "--max-new-tokens 0: must be at least 1"),
     (["eval", "--retain-limit", "-1"], "--retain-limit -1: must be at least 1"),
     (["eval", "--gib-model", "no/such/classifier"], "--gib-model no/such/classifier: no such folder"),
+    (["eval", "--gib-model", "a-file.png"], "--gib-model a-file.png: a file, not a folder"),
+    ([*UNLEARN, "--method", "viker", "--refs", "a-file.png"], "a-file.png: a file, not a folder (choose people"),
     (["eval", "--benchmark", "clear", "--max-new-tokens", "0"], "--max-new-tokens 0: must be at least 1"),
     (["keytokens", "--k", "0"], "--k 0: must be at least 1"),
     (["keytokens", "--seed", "-1"], "--seed -1: must be from 0 to 2**32 - 1, as viker unlearn's"),
@@ -314,9 +316,12 @@ def test_an_infinite_setting_is_refused_from_python_too():
     (["finetune", "--max-steps", "1", "--max-length", "-5"], "--max-length -5: must be at least 1"),
     (["keytokens", "--epsilon", "-1"], "--epsilon -1: must be at least 0"),
 ])
-def test_a_setting_out_of_range_is_refused_in_its_own_words(argv, message, tiny_dir, bench_dir, tmp_path, capsys):
+def test_a_setting_out_of_range_is_refused_in_its_own_words(argv, message, tiny_dir, bench_dir, tmp_path, capsys,
+                                                           monkeypatch):
     """A value no run can use (a zero batch, a negative β, a head the model lacks) is one line naming the
     option, never a traceback from deep inside torch or a quietly different run."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file.png").write_bytes(b"a picture, where a folder was meant")
     out = tmp_path / ("keys.html" if argv[0] == "keytokens" else "run")
     code = main([*argv, "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(out)])
     _assert_clean_failure(code, capsys.readouterr().err, message, out)

@@ -77,7 +77,9 @@ class EvalConfig:
         require(self.letter_max_new_tokens >= 1, "letter_max_new_tokens", self.letter_max_new_tokens,
                 "must be at least 1")
         require(not self.gib_model or Path(self.gib_model).expanduser().is_dir(), "--gib-model", self.gib_model,
-                "no such folder (a local copy of a gibberish classifier)")
+                "a file, not a folder (a local copy of a gibberish classifier)" if self.gib_model
+                and Path(self.gib_model).expanduser().exists() else "no such folder (a local copy of a gibberish "
+                "classifier)")
         if self.judge is not None:
             check_judge_form(self.judge)
 

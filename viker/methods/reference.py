@@ -94,7 +94,8 @@ def reference_pool_and_source(refs: str, data_dir: str | Path | None,
 def check_refs(refs: str) -> None:
     """Refuse a ``--refs`` that names neither a source nor a folder, before anything loads."""
     if refs not in SOURCES and not Path(refs).is_dir():
-        raise VikerError(f"--refs {refs}: no folder {refs} (choose {', '.join(SOURCES)} or a folder of images)")
+        what = "a file, not a folder" if Path(refs).exists() else f"no folder {refs}"
+        raise VikerError(f"--refs {refs}: {what} (choose {', '.join(SOURCES)} or a folder of images)")
 
 
 def record_reference(info: dict, dists: "ReferenceDistributions", path: Path | None) -> None:
