@@ -309,6 +309,8 @@ def test_an_infinite_setting_is_refused_from_python_too():
     (["eval", "--gib-model", "no/such/classifier"], "--gib-model no/such/classifier: no such folder"),
     (["eval", "--gib-model", "a-file.png"], "--gib-model a-file.png: a file, not a folder"),
     ([*UNLEARN, "--method", "viker", "--refs", "a-file.png"], "a-file.png: a file, not a folder (choose people"),
+    ([*UNLEARN, "--method", "viker", "--cache-dir", "a-file.png"], "--cache-dir a-file.png: "),
+    (["keytokens", "--cache-dir", "a-file.png/cache"], "--cache-dir a-file.png/cache: "),
     (["eval", "--benchmark", "clear", "--max-new-tokens", "0"], "--max-new-tokens 0: must be at least 1"),
     (["keytokens", "--k", "0"], "--k 0: must be at least 1"),
     (["keytokens", "--seed", "-1"], "--seed -1: must be from 0 to 2**32 - 1, as viker unlearn's"),

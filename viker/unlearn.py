@@ -43,6 +43,7 @@ from viker.model.cagul import refuse_cagul_run
 from viker.presets import AVERAGES, UNLEARN_LORA, TrainConfig, unlearn_preset
 from viker.progress import bars_as_asked
 from viker.runs import (
+    check_writable,
     checkpoints,
     other_benchmark,
     paths_recorded,
@@ -310,6 +311,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     if cfg.tuning not in ("lora", "full"):
         raise VikerError(f"--tuning {cfg.tuning}: choose lora or full")
     method = make_method(cfg.method, cfg.method_args, cfg.forget)
+    if cfg.cache_dir:
+        check_writable("--cache-dir", cfg.cache_dir)
     refuse_for_cagul(cfg, resume and Path(cfg.out, "config.json").is_file())
     refuse_unused_lora(lora_changed(cfg.lora, UnlearnConfig().lora), no_adapter(cfg.method, cfg.tuning))
     check_max_length(cfg.max_length)
