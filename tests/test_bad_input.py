@@ -657,7 +657,7 @@ def test_an_evaluations_folder_given_as_a_model_names_the_model_it_scored(tiny_d
                     ["keytokens", "--out", str(tmp_path / "keys.html")]):
         assert main([*command, "--model", str(evaluation), "--data", str(bench_dir)]) == 2
         err = capsys.readouterr().err
-        assert err.strip() == f"error: {evaluation}: an evaluation, not a model; the model it scored is --model " \
+        assert err.strip() == f"error: {evaluation}: an evaluation, not a model; give the model it scored, " \
             f"{tiny_dir}", command
 
 

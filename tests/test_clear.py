@@ -493,6 +493,13 @@ def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys, monkey
     assert f"--retain-model {tmp_path / 'retain-late'}: finetuned without forget10's persons, but from " \
            f"{tmp_path / 'vanilla'}, finetuned on every person: not a model that never saw" in errors[3]
     assert not (tmp_path / "refused" / "metrics.json").exists()
+    figures = tmp_path / "figures-alone" / "metrics.json"  # an evaluation's figures without its truth ratios
+    figures.parent.mkdir()
+    shutil.copy(tmp_path / "retain-eval" / "metrics.json", figures)
+    assert main([*evaluate, "--model", str(tmp_path / "retain"), "--out", str(tmp_path / "refused"),
+                 "--retain-model", str(figures)]) == 2
+    assert f"--retain-model {figures}: no forget_truth_ratios.json beside it (a CLEAR evaluation writes one)" in \
+        capsys.readouterr().err
     # the retain model's ratios saved in the vanilla model's evaluation are the retain model's
     check_reference(tmp_path / "vanilla-eval" / "retain_model_truth_ratios.json", "forget10")
     untrained = _metrics(tmp_path / "untrained")

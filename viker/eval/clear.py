@@ -265,6 +265,9 @@ def reference_truth_ratios(cfg: ClearEvalConfig, data: str | Path, device=None, 
     saved = saved_ratios(cfg.retain_model)
     if saved is not None:
         return read_truth_ratios(saved, cfg.forget, data), False
+    if Path(cfg.retain_model).name == "metrics.json":  # an evaluation's figures, with no truth ratios beside them
+        raise VikerError(f"--retain-model {cfg.retain_model}: no {TRUTH_RATIOS} beside it (a CLEAR evaluation writes "
+                         "one); give the retain model's folder, or such an evaluation's")
     model, processor = load_model(cfg.retain_model, device, dtype, trust_remote_code, merge_adapter=False)
     return forget_truth_ratios(model, processor, data, cfg.forget, cfg.batch_size), True
 

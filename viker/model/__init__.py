@@ -126,8 +126,8 @@ def resolve_model_path(path: str | Path) -> str:
     run, evaluation = read_configs(p) if p.is_dir() else ({}, None)
     if run.get("command") == "eval":  # an evaluation's folder of its own: its config.json is no model's
         scored = (evaluation or {}).get("model")
-        raise VikerError(f"{p}: an evaluation, not a model" + (f"; the model it scored is --model {scored}"
-                                                                 if scored else ""))
+        raise VikerError(f"{p}: an evaluation, not a model" + (f"; give the model it scored, {scored}" if scored
+                                                                 else ""))
     if run.get("command") in TRAINING_COMMANDS and not (p / "cagul").is_dir():
         stopped = " (stopped before its end? --resume continues it)" if checkpoints(p) else \
             " (unfinished: still running, or stopped before its first checkpoint; if stopped, run its command " \
