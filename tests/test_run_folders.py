@@ -266,7 +266,7 @@ def test_a_resumed_run_goes_on_with_the_settings_it_started_with(tiny_dir, bench
 
 
 def test_a_setting_is_named_as_the_command_line_names_it():
-    from viker.train import option_of
+    from viker.run_folder import option_of
 
     assert [option_of(k) for k in ("train.lr", "method_args.retain_weight", "lora.r", "lora.merge", "train_on",
                                    "tiny.family", "train.warmup_ratio")] == [

@@ -84,8 +84,9 @@ def _train_overrides(args) -> dict:
 def _unlearn(args) -> None:
     from viker.methods.reference import SOURCES
     from viker.model import is_tiny_model
+    from viker.run_folder import SAVE_CHOICES
     from viker.runs import as_recorded
-    from viker.train import SAVE_CHOICES, last_logged_loss
+    from viker.train import last_logged_loss
     from viker.unlearn import UnlearnConfig, no_adapter, run_unlearn
 
     saved_as = {choice: merge for merge, choice in SAVE_CHOICES.items()}  # --save's value as lora.merge records it

@@ -38,12 +38,15 @@ from viker.model.cagul import refuse_cagul_run
 from viker.model.tiny import TinyConfig, build_tiny
 from viker.presets import TINY_TRAIN, TrainConfig
 from viker.progress import bars_as_asked
-from viker.runs import paths_recorded, read_configs, write_config, written_whole
-from viker.train import (
+from viker.run_folder import (
     check_resume,
     check_resume_or_overwrite,
     check_run_folder,
     claim_run_folder,
+    used_settings,
+)
+from viker.runs import paths_recorded, read_configs, write_config, written_whole
+from viker.train import (
     finish_run,
     load_device,
     load_for_training,
@@ -53,7 +56,6 @@ from viker.train import (
     seed_everything,
     shards_model,
     train,
-    used_settings,
 )
 
 
@@ -115,7 +117,7 @@ def no_adapter(model: str, tuning: str) -> str | None:
 @bars_as_asked
 def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = False, overwrite: bool = False) -> dict:
     """Finetune and save into ``cfg.out``, which must be new or empty; ``overwrite`` replaces a run there and
-    ``resume`` continues it from its checkpoint (:func:`viker.train.check_run_folder`)."""
+    ``resume`` continues it from its checkpoint (:func:`viker.run_folder.check_run_folder`)."""
     check_resume_or_overwrite(resume, overwrite)
     require_given(data=cfg.data, out=cfg.out)
     out = Path(cfg.out)

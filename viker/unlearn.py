@@ -42,6 +42,14 @@ from viker.model import (
 from viker.model.cagul import refuse_cagul_run
 from viker.presets import AVERAGES, UNLEARN_LORA, TrainConfig, unlearn_preset
 from viker.progress import bars_as_asked
+from viker.run_folder import (
+    SAVE_CHOICES,
+    check_resume,
+    check_resume_or_overwrite,
+    check_run_folder,
+    claim_run_folder,
+    used_settings,
+)
 from viker.runs import (
     check_writable,
     checkpoints,
@@ -55,11 +63,6 @@ from viker.runs import (
     written_whole,
 )
 from viker.train import (
-    SAVE_CHOICES,
-    check_resume,
-    check_resume_or_overwrite,
-    check_run_folder,
-    claim_run_folder,
     finish_run,
     finished_state_dict,
     load_dtype,
@@ -70,7 +73,6 @@ from viker.train import (
     seed_everything,
     shards_model,
     train,
-    used_settings,
 )
 
 
@@ -301,7 +303,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     loading: that model is the one trained, in place (its LoRA layers added to it, or its own weights changed),
     and returned; pass a copy to keep the one given as it was. ``cfg.out`` must be new or empty;
     ``overwrite`` replaces a run there, and ``resume`` continues one that was stopped after a checkpoint
-    (``train.checkpoint_every``; :func:`viker.train.check_run_folder`)."""
+    (``train.checkpoint_every``; :func:`viker.run_folder.check_run_folder`)."""
     check_resume_or_overwrite(resume, overwrite)
     require_given(model=cfg.model, data=cfg.data, out=cfg.out)
     if cfg.benchmark not in ("mllmu", "clear"):
