@@ -721,15 +721,10 @@ def check_one_row_per_model(rows: list[dict]) -> None:
 REPORT_FILES = ("report.md", "results.json", "tradeoff.png")  # what `viker report` writes into its --out
 
 
-def run_report(paths: list[str], out: str | Path, title: str | None = None) -> list[dict]:
-    """``viker report``: the paper-style table of evaluated runs (report.md, results.json) and their
-    forgetting/retention plot (tradeoff.png), in ``out``. Returns the rows."""
+def _report_folder(out: str | Path) -> Path:
+    """``--out`` of a report: new or empty, or an earlier report's (which this one replaces); never a run's, an
+    evaluation's, a demo's or another folder of files."""
     from viker.errors import VikerError
-    from viker.eval.metrics import mostly_unread, unread_replies
-    from viker.runs import write_json, written_together
-
-    if not paths:
-        raise VikerError("give at least one evaluated run folder")
     from viker.runs import out_folder, visible_entries
 
     folder = out_folder(out)
@@ -739,9 +734,18 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
         raise VikerError(f"--out {out}: a demo's folder, whose report this would replace; write the report into a "
                          "folder of its own")
     others = [name for name in visible_entries(folder) if name not in REPORT_FILES]
-    if others:  # a benchmark's folder, say: new or empty, or an earlier report's, which this one replaces
+    if others:  # a benchmark's folder, say
         raise VikerError(f"--out {out}: holds more than a report's files ({', '.join(others[:3])}"
                          f"{', ...' if len(others) > 3 else ''}); write the report into a folder of its own")
+    return folder
+
+
+def _comparable_rows(paths: list[str]) -> tuple[list[dict], dict]:
+    """The rows of ``paths``, the references first, and the settings they share (``shared``), refused where the
+    runs cannot share one table: other benchmarks, benchmark files or forget splits, a run made for another split,
+    evaluations read otherwise, one model twice."""
+    from viker.errors import VikerError
+
     seen = {}
     for p in paths:  # one row per run: a run given twice would be bolded twice, as if two agreed
         if (where := Path(p).resolve()) in seen:
@@ -749,35 +753,99 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
         seen[where] = p
     # the references (vanilla, retain model) first, as papers list them; the runs in the order given
     rows = sorted((read_run(p) for p in paths), key=lambda r: r["method"] not in REFERENCES)
-    benchmark = _one_value(rows, "benchmark", "benchmarks")
+    shared = {"benchmark": _one_value(rows, "benchmark", "benchmarks")}
     # same split names, other people: no one table. Hashes and a hub id cannot be compared (a local snapshot of
     # the hub's benchmark is the same one), so each is compared with its kind.
     if any(len({f for r in rows if (f := r["data_files"]) and f.startswith(kind)}) > 1 for kind in ("files:", "hub:")):
         listed = ", ".join(f"{r['path']} (on {r['data']})" for r in rows if r["data_files"])
         raise VikerError(f"these runs were evaluated on different benchmark files, so one table cannot compare "
                          f"them: {listed}")
-    forget = _one_value(rows, "forget_split", "forget splits")
+    forget = shared["forget"] = _one_value(rows, "forget_split", "forget splits")
     for row in rows:  # a run made for another split: its forget and retain sets mix whom it forgot and whom not
         if forget and row["made_for"] and row["made_for"][0] != forget:
             split, how = row["made_for"]
             raise VikerError(f"{row['path']} was {how} {split} and evaluated on {forget}, so its figures are not "
                              f"those of a model made for {forget}; evaluate it with --forget {split}, and report it "
                              f"with runs made for {split}")
-    mc_mode = _one_value(rows, "mc_mode", "--mc-mode")
-    test_images = _one_value(rows, "test_images", "--test-images")
-    # the retain figures' people, the answers' length: said under the table, as they change what it means
-    retain_limit = _one_value(rows, "retain_limit", "--retain-limit")
-    max_new_tokens = _one_value(rows, "max_new_tokens", "--max-new-tokens")
-    judge = _one_value(rows, "judge", "--judge")  # one judge's scores are no other's
-    gib_model = _one_value(rows, "gib_model", "--gib-model")  # nor one classifier's another's
+    # how the evaluations read multiple choice and Test_Set; the retain figures' people, the answers' length (said
+    # under the table, as they change what it means); one judge's scores are no other's, nor one classifier's
+    for key, option in (("mc_mode", "--mc-mode"), ("test_images", "--test-images"),
+                        ("retain_limit", "--retain-limit"), ("max_new_tokens", "--max-new-tokens"),
+                        ("judge", "--judge"), ("gib_model", "--gib-model")):
+        shared[key] = _one_value(rows, key, option)
     # CLEAR's forget quality is a closeness to one model: to another one, another measure
-    reference = _one_value(rows, "forget_quality_reference", "--retain-model (the model forget quality compares with)")
+    shared["reference"] = _one_value(rows, "forget_quality_reference",
+                                     "--retain-model (the model forget quality compares with)")
     check_one_row_per_model(rows)  # evaluated alike, in two folders
+    return rows, shared
+
+
+def _evaluation_notes(rows: list[dict], shared: dict) -> str:
+    """What the table's figures are, as the evaluations read them: the scales, the split and the modes, and what
+    changes what a figure means (the questions behind Forget ACC, the retain people, the starting models)."""
+    from viker.eval.metrics import mostly_unread, unread_replies
+
+    benchmark, mc_mode, reference = shared["benchmark"], shared["mc_mode"], shared["reference"]
+    split = shared["forget"] or "a forget split not recorded"
+    judged = any(r["metrics"].get(key) is not None for r in rows for key in ("forget_factuality", "retain_factuality"))
+    by = f", by `{shared['judge']}`" if shared["judge"] else ""
+    scales = "All numbers are percentages" + (f" but the factuality judge's scores (1 to 10{by})" if judged else "")
+    if benchmark == "clear":
+        coherent = any(r["metrics"].get("coherence") is not None for r in rows)
+        evaluated = (f"All numbers are in [0, 1], as CLEAR reports them{' but coherence, a percentage' * coherent}. "
+                     f"Evaluated on {split}.")
+        if reference:  # as the evaluations that recorded theirs say: one written before they did, not a word
+            silent = [cell(r["path"]) for r in rows
+                      if r["metrics"].get("forget_quality") is not None and not r["forget_quality_reference"]]
+            evaluated += f" Forget quality compares with the model in `{reference}`" + (
+                f" (the evaluations in {', '.join(silent)} do not record theirs)" if silent else "") + "."
+    else:
+        read = " (a generated letter, read by the reply's first character as MLLMU-Bench reads it)" * (
+            mc_mode == "first_char")
+        evaluated = f"{scales}. Evaluated on {split}, multiple choice by {mc_mode or 'a mode not recorded'}{read}."
+    if shared["max_new_tokens"] is not None:
+        evaluated += f" Greedy replies of at most {shared['max_new_tokens']} new tokens."
+    if shared["gib_model"] and any(r["metrics"].get("gib") is not None for r in rows):
+        evaluated += f" GIB by the gibberish classifier in `{shared['gib_model']}`."
+    if shared["test_images"] == "all" and any(r["metrics"].get("test_acc") is not None for r in rows):
+        evaluated += " Gen. ACC asks each image question with every Test_Set photo of the person."
+    asked = {r["asked"].get("forget_acc") for r in rows if r["metrics"].get("forget_acc") is not None} - {None}
+    if len(asked) == 1 and (n := asked.pop()):  # how far apart two Forget ACCs must be to tell them apart
+        evaluated += (f" Forget ACC is over {n} image questions, one question {100 / n:.1f} points: figures a few "
+                      "questions apart cannot be told apart.")
+    has_retain = any(k.startswith("retain_") and v is not None for r in rows for k, v in r["metrics"].items())
+    if (retain_limit := shared["retain_limit"]) is not None and has_retain:
+        if benchmark == "clear":  # CLEAR's --retain-limit counts items (an image each), not persons
+            people = ("every retain item" if retain_limit == "all" else
+                      f"the first {retain_limit} retain items (rows of retain_perturbed, an image each)")
+        else:
+            people = "every retain person" if retain_limit == "all" else f"{retain_limit} retain people"
+        evaluated += f" Retain figures over {people}."
+    evaluated += starting_models(rows)
+    unread = [f"{r['label']} ({', '.join(f'{k[:-9]} {v:.0f}%' for k, v in shares.items())})" for r in rows
+              if (shares := mostly_unread(r["metrics"]))]
+    if unread:  # an ACC of 0 there is no forgetting: a model that does not answer with a letter
+        evaluated += (f" Most multiple-choice replies {unread_replies(mc_mode)}, and count as wrong, for "
+                      f"{'; '.join(unread)}: "
+                      "their ACC figures say nothing of what they know (--mc-mode likelihood scores such models).")
+    return evaluated
+
+
+def run_report(paths: list[str], out: str | Path, title: str | None = None) -> list[dict]:
+    """``viker report``: the paper-style table of evaluated runs (report.md, results.json) and their
+    forgetting/retention plot (tradeoff.png), in ``out``. Returns the rows."""
+    from viker.errors import VikerError
+    from viker.runs import write_json, written_together
+
+    if not paths:
+        raise VikerError("give at least one evaluated run folder")
+    out = _report_folder(out)
+    rows, shared = _comparable_rows(paths)
+    forget = shared["forget"]
     for row, name in zip(rows, _labels(rows)):
         row["label"] = name
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    axes = CLEAR_AXES if benchmark == "clear" else MLLMU_AXES
+    axes = CLEAR_AXES if shared["benchmark"] == "clear" else MLLMU_AXES
     plotted = [r for r in rows if all(r["metrics"].get(key) is not None for key in (axes.x, axes.y))]
     # a log axis has no place for 0 (CLEAR's forget quality, where the KS test's p-value underflows): said, not lost
     off_axis = [r for r in plotted if axes.ylog and r["metrics"][axes.y] <= 0]
@@ -797,48 +865,7 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
     if off_axis:
         plot += (f"\n{', '.join(cell(r['label']) for r in off_axis)}: `{axes.y}` 0, which the plot's log axis cannot "
                  "show, so left off it.\n")
-    split = forget or "a forget split not recorded"
-    judged = any(r["metrics"].get(key) is not None for r in rows for key in ("forget_factuality", "retain_factuality"))
-    by = f", by `{judge}`" if judge else ""
-    scales = "All numbers are percentages" + (f" but the factuality judge's scores (1 to 10{by})" if judged else "")
-    if benchmark == "clear":
-        coherent = any(r["metrics"].get("coherence") is not None for r in rows)
-        evaluated = (f"All numbers are in [0, 1], as CLEAR reports them{' but coherence, a percentage' * coherent}. "
-                     f"Evaluated on {split}.")
-        if reference:  # as the evaluations that recorded theirs say: one written before they did, not a word
-            silent = [cell(r["path"]) for r in rows
-                      if r["metrics"].get("forget_quality") is not None and not r["forget_quality_reference"]]
-            evaluated += f" Forget quality compares with the model in `{reference}`" + (
-                f" (the evaluations in {', '.join(silent)} do not record theirs)" if silent else "") + "."
-    else:
-        read = " (a generated letter, read by the reply's first character as MLLMU-Bench reads it)" * (
-            mc_mode == "first_char")
-        evaluated = f"{scales}. Evaluated on {split}, multiple choice by {mc_mode or 'a mode not recorded'}{read}."
-    if max_new_tokens is not None:
-        evaluated += f" Greedy replies of at most {max_new_tokens} new tokens."
-    if gib_model and any(r["metrics"].get("gib") is not None for r in rows):
-        evaluated += f" GIB by the gibberish classifier in `{gib_model}`."
-    if test_images == "all" and any(r["metrics"].get("test_acc") is not None for r in rows):
-        evaluated += " Gen. ACC asks each image question with every Test_Set photo of the person."
-    asked = {r["asked"].get("forget_acc") for r in rows if r["metrics"].get("forget_acc") is not None} - {None}
-    if len(asked) == 1 and (n := asked.pop()):  # how far apart two Forget ACCs must be to tell them apart
-        evaluated += (f" Forget ACC is over {n} image questions, one question {100 / n:.1f} points: figures a few "
-                      "questions apart cannot be told apart.")
-    has_retain = any(k.startswith("retain_") and v is not None for r in rows for k, v in r["metrics"].items())
-    if retain_limit is not None and has_retain:
-        if benchmark == "clear":  # CLEAR's --retain-limit counts items (an image each), not persons
-            people = ("every retain item" if retain_limit == "all" else
-                      f"the first {retain_limit} retain items (rows of retain_perturbed, an image each)")
-        else:
-            people = "every retain person" if retain_limit == "all" else f"{retain_limit} retain people"
-        evaluated += f" Retain figures over {people}."
-    evaluated += starting_models(rows)
-    unread = [f"{r['label']} ({', '.join(f'{k[:-9]} {v:.0f}%' for k, v in shares.items())})" for r in rows
-              if (shares := mostly_unread(r["metrics"]))]
-    if unread:  # an ACC of 0 there is no forgetting: a model that does not answer with a letter
-        evaluated += (f" Most multiple-choice replies {unread_replies(mc_mode)}, and count as wrong, for "
-                      f"{'; '.join(unread)}: "
-                      "their ACC figures say nothing of what they know (--mc-mode likelihood scores such models).")
+    evaluated = _evaluation_notes(rows, shared)
     text = f"""# {title or f"Unlearning {forget or ''}".strip()}
 
 {markdown_table(rows)}
