@@ -1108,3 +1108,41 @@ def test_a_run_from_python_names_the_settings_it_cannot_do_without(tiny_dir, ben
         with pytest.raises(VikerError, match=f"^{missing} is required$"):
             (run_unlearn if hasattr(cfg, "method") else run_finetune)(cfg, progress=False)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_refused_run_leaves_the_model_it_was_given_as_it_came(tiny_dir, bench_dir, tmp_path):
+    """From Python, a model passed in is trained in place; a run refused before training (an answer over
+    --max-length, CAGUL's layer the model lacks) added LoRA layers to it or froze it all the same, and the next run
+    on it failed with a traceback from peft or the optimiser."""
+    from viker.errors import VikerError
+
+    model, processor = load_model(tiny_dir, device="cpu")
+    keys = set(model.state_dict())
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+
+    def as_it_came():
+        assert set(model.state_dict()) == keys
+        assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+
+    with pytest.raises(VikerError, match="--max-length"):
+        run_unlearn(replace(_config(tiny_dir, bench_dir, tmp_path / "long", "ga"), tuning="lora", max_length=8),
+                    progress=False, model_and_processor=(model, processor))
+    as_it_came()
+    with pytest.raises(VikerError, match="fewer than k=500"):  # refused in the setup, after the adapters were added
+        run_unlearn(replace(_config(tiny_dir, bench_dir, tmp_path / "k", "viker", k=500), tuning="lora"),
+                    progress=False, model_and_processor=(model, processor))
+    as_it_came()
+    cagul = UnlearnConfig(model=str(tiny_dir), data=str(bench_dir), method="cagul", out=str(tmp_path / "cagul"),
+                          method_args={"layers": [99]}, train=STEPS, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(VikerError, match="99"):
+        run_unlearn(cagul, progress=False, model_and_processor=(model, processor))
+    as_it_came()
+    run_unlearn(replace(cagul, method_args={"augment": 1, "disc_steps": 2, "k": 2}), progress=False,
+                model_and_processor=(model, processor))  # CAGUL trains modules of its own, and none of the model
+    as_it_came()
+    full = UnlearnConfig(model=str(tiny_dir), data=str(bench_dir), method="ga", tuning="full", train=STEPS,
+                         out=str(tmp_path / "full"))
+    run_unlearn(full, progress=False, model_and_processor=(model, processor))
+    model.requires_grad_(False)  # frozen by the caller: one line, not the optimiser's traceback
+    with pytest.raises(VikerError, match="no weight of the model is trainable"):
+        run_unlearn(replace(full, out=str(tmp_path / "frozen")), progress=False, model_and_processor=(model, processor))

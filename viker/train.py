@@ -367,6 +367,9 @@ def prepare(model: torch.nn.Module, cfg: TrainConfig, n_examples: int, accelerat
         if plugin.is_auto("gradient_clipping"):  # DeepSpeed clips inside its step
             plugin.deepspeed_config["gradient_clipping"] = cfg.max_grad_norm or 0.0
     params = [p for p in model.parameters() if p.requires_grad]
+    if not params:  # a model passed in from Python, frozen before
+        raise VikerError("no weight of the model is trainable (every parameter's requires_grad is False): pass one "
+                         "whose weights train, or load it again")
     if any(p.dtype == torch.float16 for p in params) and accelerator.distributed_type != DistributedType.DEEPSPEED:
         # AdamW's ε (1e-8) is 0 in float16: a weight whose gradient is 0 gets 0/0, the first step gives NaN
         raise VikerError("float16 weights cannot be trained in place (AdamW's ε is 0 in float16, and its first step "

@@ -296,12 +296,23 @@ def folders_read_by(cfg: UnlearnConfig, method, model_given: bool) -> list[str]:
     return reads + ([refs] if refs and refs not in SOURCES and Path(refs).is_dir() else [])
 
 
+def as_given(model, trainable: dict) -> None:
+    """A model passed to a run that was refused before training, put back as it came: without the LoRA layers the
+    run added to it, and with the weights the run froze (LoRA, CAGUL) trainable again."""
+    if hasattr(model, "unload"):  # a PeftModel: the base model's own layers back in place of the LoRA ones
+        model.unload()
+    for parameter, flag in trainable.items():
+        parameter.requires_grad_(flag)
+
+
 @bars_as_asked
 def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=None, resume: bool = False,
                 overwrite: bool = False):
     """Unlearn and save into ``cfg.out``; returns (model, processor, history). ``model_and_processor`` skips
     loading: that model is the one trained, in place (its LoRA layers added to it, or its own weights changed),
-    and returned; pass a copy to keep the one given as it was. ``cfg.out`` must be new or empty;
+    and returned; pass a copy to keep the one given as it was. A run refused before training leaves it as it came,
+    and CAGUL, which trains modules of its own around it, leaves its weights trainable as they were.
+    ``cfg.out`` must be new or empty;
     ``overwrite`` replaces a run there, and ``resume`` continues one that was stopped after a checkpoint
     (``train.checkpoint_every``; :func:`viker.run_folder.check_run_folder`)."""
     check_resume_or_overwrite(resume, overwrite)
@@ -361,41 +372,48 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     seed_everything(cfg.train.seed)
     model, processor = model_and_processor or load_for_training(accelerator, cfg.model, cfg.device, cfg.dtype,
                                                                 cfg.trust_remote_code)
-    if wraps:
-        model.requires_grad_(False)
-    elif cfg.tuning == "lora":
-        model = apply_lora(model, cfg.lora)
-    if cfg.train.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
     collate = Collator(processor, max_length=cfg.max_length)
-    # every example the method trains on, its own (IdkPO's refusals) too, fits --max-length
+    # every example the method trains on, its own (IdkPO's refusals) too, fits --max-length: checked before the run
+    # changes the model
     own = method.preflight_examples(data, cfg.train.seed) if hasattr(method, "preflight_examples") else []
     collate.preflight(model, data["forget"] + (data["retain"] if "retain" in method.streams else []) + own)
-    setup_only = getattr(method, "reference_at_setup_only", False)
-    ctx = UnlearnContext(
-        model=model, processor=processor, collate=collate, data=data,
-        # θ_full; with full tuning a copy of the weights, so only for a method that reads it (default: every one)
-        # and reads it while training (ViKeR reads it in setup alone, before the model changes)
-        reference=FrozenReference(model, separate=model if wraps else None, sharded=sharded,
-                                  cached=getattr(method, "caches_reference", False), setup_only=setup_only,
-                                  autocast=accelerator.autocast, precision=accelerator.mixed_precision)
-        if getattr(method, "needs_reference", True) else None,
-        autocast=accelerator.autocast,
-        dtype=load_dtype(accelerator, cfg.dtype), trust_remote_code=cfg.trust_remote_code,
-        data_dir=Path(cfg.data), cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(),
-        seed=cfg.train.seed, progress=progress and accelerator.is_main_process,
-        resume_from=next(iter(checkpoints(cfg.out)), None) if resume else None,
-    )
-    out = Path(cfg.out)
-    start = time.perf_counter()
-    if wraps and hasattr(method, "setup"):  # CAGUL builds the modules it trains here: accelerate must see them
-        method.setup(ctx)
-    prepared = prepare(ctx.model, cfg.train, len(data[method.streams[0]]), accelerator, resume=resume)
-    if not wraps and hasattr(method, "setup"):  # on the placed (or sharded) model, so reference passes run there
-        method.setup(ctx)
+    trainable = {p: p.requires_grad for p in model.parameters()}  # what a model passed in gets back
+    try:
+        if wraps:
+            model.requires_grad_(False)
+        elif cfg.tuning == "lora":
+            model = apply_lora(model, cfg.lora)
+        if cfg.train.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        setup_only = getattr(method, "reference_at_setup_only", False)
+        ctx = UnlearnContext(
+            model=model, processor=processor, collate=collate, data=data,
+            # θ_full; with full tuning a copy of the weights, so only for a method that reads it (default: every
+            # one) and reads it while training (ViKeR reads it in setup alone, before the model changes)
+            reference=FrozenReference(model, separate=model if wraps else None, sharded=sharded,
+                                      cached=getattr(method, "caches_reference", False), setup_only=setup_only,
+                                      autocast=accelerator.autocast, precision=accelerator.mixed_precision)
+            if getattr(method, "needs_reference", True) else None,
+            autocast=accelerator.autocast,
+            dtype=load_dtype(accelerator, cfg.dtype), trust_remote_code=cfg.trust_remote_code,
+            data_dir=Path(cfg.data), cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(),
+            seed=cfg.train.seed, progress=progress and accelerator.is_main_process,
+            resume_from=next(iter(checkpoints(cfg.out)), None) if resume else None,
+        )
+        start = time.perf_counter()
+        if wraps and hasattr(method, "setup"):  # CAGUL builds the modules it trains here: accelerate must see them
+            method.setup(ctx)
+        prepared = prepare(ctx.model, cfg.train, len(data[method.streams[0]]), accelerator, resume=resume)
+        if not wraps and hasattr(method, "setup"):  # on the placed (or sharded) model: reference passes run there
+            method.setup(ctx)
+    except BaseException:
+        if model_and_processor is not None:  # refused before training: the model passed in is left as it came
+            as_given(model, trainable)
+        raise
     if setup_only and ctx.reference is not None:
         ctx.reference.close()
     model = ctx.model
+    out = Path(cfg.out)
     setup_seconds = time.perf_counter() - start
     unread = method.unused_settings() if hasattr(method, "unused_settings") else {}  # as if they shaped the run
     settings = {"unlearn": used_settings(paths_recorded(asdict(cfg))),
@@ -439,6 +457,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
                     progress=progress, run_dir=out, resume=resume, prepared=prepared, snapshot=snapshot)
     timing = {"setup_seconds": round(setup_seconds, 2), "total_seconds": round(time.perf_counter() - start, 2)}
     saved = finish_run(prepared, out, {"history.json": history, "timing.json": timing}, save)
+    if wraps and model_and_processor is not None:  # CAGUL froze the model it was given, and trained none of it
+        as_given(model_and_processor[0], trainable)
     model = model if saved is None else saved  # the merged model on the main process
     return model, processor, history
 
