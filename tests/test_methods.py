@@ -285,7 +285,7 @@ def test_viker_no_reg_is_gradient_ascent(tiny_dir, bench_dir, tmp_path):
     assert per_answer.item() != pytest.approx(token_mean.item(), rel=1e-5)  # answers of unequal length
 
 
-def test_viker_reference_cache_is_reused(tiny_dir, bench_dir, tmp_path):
+def test_viker_reference_cache_is_reused(tiny_dir, bench_dir, tmp_path, capsys, monkeypatch):
     ctx = _context(tiny_dir, bench_dir, tmp_path)
     first = get_method("viker")(k=2)
     first.setup(ctx)
@@ -299,10 +299,27 @@ def test_viker_reference_cache_is_reused(tiny_dir, bench_dir, tmp_path):
     third = get_method("viker")(k=3)  # a different k is a different cache entry
     third.setup(ctx)
     assert len(list((tmp_path / "cache").glob("refdist-*.safetensors"))) == 2
-    files[0].write_bytes(files[0].read_bytes()[:100])  # damaged since it was written: a line naming it
-    with pytest.raises(VikerError, match=rf"^{files[0]}: an unreadable reference cache \(.*\); delete it, and the "
-                                         "run computes it again$"):
-        get_method("viker")(k=2).setup(ctx)
+    # damaged since it was written, or another entry copied over it: named, never trained toward, computed again
+    other = next(f for f in (tmp_path / "cache").glob("refdist-*.safetensors") if f != files[0])
+    for damage, said in ((lambda: files[0].write_bytes(files[0].read_bytes()[:100]), "an unreadable reference cache"),
+                         (lambda: shutil.copy(other, files[0]), "the entry of another key")):
+        damage()
+        again = get_method("viker")(k=2)
+        again.setup(ctx)
+        err = capsys.readouterr().err
+        assert f"warning: {files[0]}: {said}" in err and err.rstrip().endswith("; computed again")
+        assert torch.equal(again.dists.rows([0, 1]), first.dists.rows([0, 1]))
+        assert not ctx.info["reference_cache"]["from_cache"]
+    assert ReferenceDistributions.load(files[0]).fault(first.dists.meta["key"]) is None  # written again, whole
+    # a cache that cannot be written (a full disk) costs the entry, not the run
+    files[0].unlink()
+    monkeypatch.setattr(ReferenceDistributions, "save", lambda self, path: (_ for _ in ()).throw(
+        OSError(28, "No space left on device")))
+    full = get_method("viker")(k=2)
+    full.setup(ctx)
+    assert "warning: the reference cache could not be written" in capsys.readouterr().err
+    assert torch.equal(full.dists.rows([0, 1]), first.dists.rows([0, 1]))
+    assert ctx.info["reference_cache"]["path"] is None
 
 
 def test_the_cache_key_follows_the_weights_and_the_processor_the_reference_answers_with(tiny_dir):

@@ -350,7 +350,7 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
     check_writable("--out", out, Path(out).parent)
     check_page_out(Path(out), data)
     if cache_dir:
-        check_writable("--cache-dir", cache_dir)
+        check_writable("--cache-dir", cache_dir, read_only=True)  # a shared one, filled
     run = next(runs_behind(model_path), {})
     if run.get("command") == "unlearn" and run.get("method", {}).get("name") != "cagul":  # CAGUL's model is frozen
         started, split = run.get("unlearn", {}).get("model"), run.get("unlearn", {}).get("forget")

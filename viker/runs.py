@@ -312,15 +312,15 @@ def checkpoints(run: str | Path) -> list[Path]:
     return [path for path in found if (path / "state.pt").is_file()]
 
 
-def check_writable(flag: str, value: str | Path, folder: str | Path | None = None) -> None:
+def check_writable(flag: str, value: str | Path, folder: str | Path | None = None, read_only: bool = False) -> None:
     """Refuse ``flag value`` before any work when ``folder`` (default: ``value``) could not be written into:
-    a file stands where it or a folder above it should be, or the nearest existing one is read-only.
-    Nothing is created."""
+    a file stands where it or a folder above it should be, or the nearest existing one is read-only (unless
+    ``read_only`` may do: a cache that may be read alone). Nothing is created."""
     folder = Path(value if folder is None else folder).expanduser().absolute()
     place = next(p for p in (folder, *folder.parents) if p.exists())
     if not place.is_dir():
         raise VikerError(f"{flag} {value}: {place} is a file, not a folder")
-    if not os.access(place, os.W_OK | os.X_OK):
+    if not read_only and not os.access(place, os.W_OK | os.X_OK):
         raise VikerError(f"{flag} {value}: {place} cannot be written to")
 
 

@@ -325,7 +325,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         raise VikerError(f"--tuning {cfg.tuning}: choose lora or full")
     method = make_method(cfg.method, cfg.method_args, cfg.forget)
     if cfg.cache_dir:
-        check_writable("--cache-dir", cfg.cache_dir)
+        check_writable("--cache-dir", cfg.cache_dir, read_only=True)  # a shared one, filled
     refuse_for_cagul(cfg, resume and Path(cfg.out, "config.json").is_file())
     refuse_unused_lora(lora_changed(cfg.lora, UnlearnConfig().lora), no_adapter(cfg.method, cfg.tuning))
     check_max_length(cfg.max_length)

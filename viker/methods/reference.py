@@ -19,11 +19,14 @@ import json
 import math
 import os
 import random
+import sys
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from viker.collate import chat_template
@@ -207,24 +210,49 @@ class ReferenceDistributions:
             tensors["probs"] = self.probs.contiguous()
         else:
             tensors |= {"indices": self.indices.contiguous(), "values": self.values.contiguous()}
-        tmp = path.with_suffix(".tmp")
-        save_file(tensors, str(tmp), metadata={"meta": json.dumps(self.meta or {}),
-                                                "vocab_size": str(self.vocab_size)})
-        tmp.replace(path)  # atomic: a killed run never leaves half a cache behind
+        # a temporary file of its own (two runs may write one entry at once), then renamed: atomic, so a killed run
+        # never leaves half an entry behind; readable as the umask says, for a cache a team shares
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
+        os.close(handle)
+        try:
+            save_file(tensors, tmp, metadata={"meta": json.dumps(self.meta or {}), "vocab_size": str(self.vocab_size)})
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def fault(self, key: str) -> str | None:
+        """What makes a loaded entry no R̂ for ``key``, or None: another key's entry (copied over it), offsets that
+        do not span its rows, or rows that are no probability distributions (not finite, not summing to 1)."""
+        meta = self.meta or {}
+        if meta.get("key", key) != key:
+            return f"the entry of another key ({meta.get('key')})"
+        rows = (self.probs if self.probs is not None else self.values)
+        if rows is None or self.offsets.ndim != 1 or int(self.offsets[0]) != 0 or \
+                int(self.offsets[-1]) != rows.shape[0] or bool((self.offsets.diff() < 0).any()):
+            return "offsets that do not span its rows"
+        if not bool(torch.isfinite(rows).all()) or bool((rows < 0).any()):
+            return "probabilities that are not finite, or negative"
+        total = rows.double().sum(-1)
+        if self.probs is not None and not bool(torch.allclose(total, torch.ones_like(total), atol=1e-3)) or \
+                self.probs is None and bool((total > 1 + 1e-3).any()):
+            return "rows that are no probability distributions"
+        return None
 
     @classmethod
     def load(cls, path: Path) -> "ReferenceDistributions":
-        from safetensors import SafetensorError, safe_open
+        from safetensors import safe_open
 
         try:
             with safe_open(str(path), "pt") as f:
                 metadata = f.metadata()
             t = load_file(str(path))
-        except SafetensorError as e:  # written atomically, so damaged since: computed again once it is gone
-            raise VikerError(f"{path}: an unreadable reference cache ({e}); delete it, and the run computes it "
-                             "again") from None
-        return cls(offsets=t["offsets"], vocab_size=int(metadata["vocab_size"]), probs=t.get("probs"),
-                   indices=t.get("indices"), values=t.get("values"), meta=json.loads(metadata["meta"]))
+            return cls(offsets=t["offsets"], vocab_size=int(metadata["vocab_size"]), probs=t.get("probs"),
+                       indices=t.get("indices"), values=t.get("values"), meta=json.loads(metadata["meta"]))
+        except (SafetensorError, KeyError, TypeError, ValueError) as e:  # written atomically, so damaged since
+            raise VikerError(f"{path}: an unreadable reference cache ({type(e).__name__}: {e})") from None
 
 
 def choose_reference_images(example: Example, pool: Sequence[bytes], k: int, rng: random.Random,
@@ -411,13 +439,25 @@ def cached_reference_distributions(cache_dir: Path | None, key: str, compute: Ca
 
         broadcast_object_list(exists)
     if exists[0]:
-        dists = ReferenceDistributions.load(path)
-        dists.meta = (dists.meta or {}) | {"from_cache": True}
-        return dists, path
+        try:
+            dists = ReferenceDistributions.load(path)
+            fault = dists.fault(key)
+        except VikerError as e:
+            fault = str(e).removeprefix(f"{path}: ")
+        if fault is None:
+            dists.meta = (dists.meta or {}) | {"from_cache": True}
+            return dists, path
+        if state.is_main_process:  # damaged or replaced since it was written: never trained toward
+            print(f"warning: {path}: {fault}; computed again", file=sys.stderr)
     dists = compute()
     dists.meta = (dists.meta or {}) | {"key": key}
     if state.is_main_process:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        dists.save(path)
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            dists.save(path)
+        except (OSError, SafetensorError) as e:  # a full or read-only cache costs the entry, not the run
+            print(f"warning: the reference cache could not be written ({cache_dir}: {e}); this run goes on with "
+                  "the R̂ it computed", file=sys.stderr)
+            path = None
     dists.meta |= {"from_cache": False}
     return dists, path
