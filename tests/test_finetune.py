@@ -89,3 +89,27 @@ def test_recall_counts_the_answers_given_word_for_word(bench_dir, monkeypatch):
     for prefix, config in (("full", "Full_Set"), ("real", "Retain_Set")):
         by_name = [ex for ex in generation_examples(load_profiles(bench_dir, config)) if ex.image is None]
         assert metrics[f"{prefix}_name_exact"] == pytest.approx(100.0 * -(-len(by_name) // 2) / len(by_name))
+
+
+def test_a_finetune_from_python_takes_the_preset_the_command_line_takes(tiny_dir, bench_dir, tmp_path, monkeypatch):
+    """FinetuneConfig handed every model the tiny model's budget (20 epochs at lr 1e-3), where `viker finetune`
+    gives a checkpoint REAL_TRAIN; and it handed out the shared preset itself, so that changing one config's budget
+    changed every later run's in the process."""
+    from dataclasses import FrozenInstanceError
+
+    import viker.finetune
+    from viker.presets import REAL_TRAIN, TINY_TRAIN
+
+    class Seen(Exception):
+        pass
+
+    def seen(train, *args, **kwargs):
+        raise Seen(train)
+
+    monkeypatch.setattr(viker.finetune, "make_accelerator", seen)
+    for model, preset in (("tiny", TINY_TRAIN), (str(tiny_dir), REAL_TRAIN)):
+        with pytest.raises(Seen) as caught:
+            run_finetune(FinetuneConfig(model=model, data=str(bench_dir), out=str(tmp_path / "run")), progress=False)
+        assert caught.value.args[0] == preset, model
+    with pytest.raises(FrozenInstanceError):  # one setting changed is dataclasses.replace(preset, ...)
+        TINY_TRAIN.max_steps = 2

@@ -23,6 +23,7 @@ from viker.presets import (
     TINY_UNLEARN,
     UNLEARN_LORA,
     TrainConfig,
+    finetune_preset,
     unlearn_preset,
 )
 
@@ -43,7 +44,7 @@ def _finetune(args) -> None:
     if args.family != "llava" and args.model != "tiny":
         raise VikerError("--family applies to --model tiny only (a checkpoint's own config names its family)")
 
-    train = replace(TINY_TRAIN if args.model == "tiny" else REAL_TRAIN, **_train_overrides(args))
+    train = replace(finetune_preset(args.model), **_train_overrides(args))
     cfg = FinetuneConfig(
         model=args.model, data=args.data, benchmark=args.benchmark, without=args.without, out=args.out,
         tuning=args.tuning, train=train, lora=_lora(args, no_adapter(args.model, args.tuning)),

@@ -36,7 +36,7 @@ from viker.model import (
 )
 from viker.model.cagul import refuse_cagul_run
 from viker.model.tiny import TinyConfig, build_tiny
-from viker.presets import TINY_TRAIN, TrainConfig
+from viker.presets import TrainConfig, finetune_preset
 from viker.progress import bars_as_asked
 from viker.run_folder import (
     check_resume,
@@ -68,7 +68,7 @@ class FinetuneConfig:
     out: str = ""
     tuning: str = "auto"  # auto (full for tiny, LoRA otherwise) | full | lora
     train_on: str = "auto"  # MLLMU: auto (all for tiny, ft_Data otherwise) | all | ft_Data (see finetune_examples)
-    train: TrainConfig = field(default_factory=lambda: TINY_TRAIN)
+    train: TrainConfig | None = None  # None: the preset the command line takes (viker.presets.finetune_preset)
     lora: LoraSettings = field(default_factory=LoraSettings)
     tiny: TinyConfig = field(default_factory=TinyConfig)
     device: str | None = None
@@ -120,6 +120,8 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     ``resume`` continues it from its checkpoint (:func:`viker.run_folder.check_run_folder`)."""
     check_resume_or_overwrite(resume, overwrite)
     require_given(data=cfg.data, out=cfg.out)
+    if cfg.train is None:
+        cfg = replace(cfg, train=finetune_preset(cfg.model))
     out = Path(cfg.out)
     check_max_length(cfg.max_length)
     if cfg.benchmark not in ("mllmu", "clear"):

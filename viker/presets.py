@@ -20,11 +20,12 @@ FINETUNE_LORA = {"r": 16, "alpha": 16, "dropout": 0.05}
 UNLEARN_LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """``batch_size`` is global: the examples of one micro-step summed over every process (each of N
     processes holds about batch_size/N). An optimiser step sees batch_size × grad_accum examples, and
-    ``epochs`` passes over the data take that many steps, rounded up (a step can end in the next pass)."""
+    ``epochs`` passes over the data take that many steps, rounded up (a step can end in the next pass).
+    Frozen, as the presets are shared: one setting changed is ``dataclasses.replace(preset, lr=...)``."""
 
     epochs: float = 1.0
     max_steps: int | None = None  # overrides epochs when set
@@ -72,6 +73,11 @@ REAL_UNLEARN = TrainConfig(epochs=5, batch_size=4, grad_accum=2, lr=1e-4, schedu
 # CAGUL trains new modules from scratch rather than adjusting the model: on the tiny model, more epochs at a
 # higher rate than the model's own weights take
 TINY_CAGUL = replace(TINY_UNLEARN, epochs=15, lr=3e-3)
+
+
+def finetune_preset(model: str) -> TrainConfig:
+    """The budget a finetune takes for what it leaves unset: the tiny model's, built here, or a checkpoint's."""
+    return TINY_TRAIN if model == "tiny" else REAL_TRAIN
 
 
 def unlearn_preset(method: str, tiny: bool) -> TrainConfig:
