@@ -866,3 +866,21 @@ def test_runs_that_start_from_other_models_than_one_another_or_the_vanilla_row_a
     assert (f"The unlearning runs start from different models than one another or the vanilla row: "
             f"`{tiny_dir.resolve()}` ({first}); `{(runs / 'npo-a' / 'model').resolve()}` ({second}); "
             f"the vanilla row is `{(runs / 'vanilla' / 'model').resolve()}`, which none starts from.") in said
+
+
+def test_drawing_a_plot_leaves_the_callers_matplotlib_backend_as_it_was(tmp_path):
+    """The plots switched matplotlib to Agg: in a notebook, the user's later plots stopped showing."""
+    import matplotlib
+
+    from viker.keytokens import TokenEntropy, write_png
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        run = {"method": "ga", "label": "GA", "metrics": {"forget_acc": 30.0, "retain_rougeL": 60.0, "coherence": 90.0}}
+        tradeoff_plot([run], [], tmp_path / "tradeoff.png")
+        write_png([TokenEntropy("Where?", True, [" Oslo"], [2.0], [0.1])], tmp_path / "keys.png", 0.5)
+        assert matplotlib.get_backend() == "svg"
+        assert (tmp_path / "tradeoff.png").read_bytes()[:4] == b"\x89PNG" == (tmp_path / "keys.png").read_bytes()[:4]
+    finally:
+        matplotlib.use(before)

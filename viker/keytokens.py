@@ -273,10 +273,7 @@ def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int =
               lam: float | None = None) -> None:
     """The first ``limit`` answers as on the page: shaded by H(R̂), outlined where H > ``epsilon`` and, given
     a ViKeR run's ``lam``, underlined where that run forgets the token."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from viker.report import figure
 
     h_max = largest_entropy(rows)
     # what the picture leaves out, and what its shading is where no image was replaced
@@ -293,7 +290,7 @@ def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int =
     gone = "" if lam is None else f"; underlined: forgotten by ViKeR at λ = {lam:g}"
     title = f"Answer tokens shaded by reference entropy H(R̂); outlined: key tokens (H > {epsilon}){gone}"
     title += which + by_name
-    fig, ax = plt.subplots(figsize=(11, 0.31 * sum(heights) + 0.9))
+    fig, ax = figure((11, 0.31 * sum(heights) + 0.9))
     ax.set_axis_off()
     ax.set_xlim(0, 100)
     ax.set_ylim(sum(heights) + 1, 0)
@@ -314,7 +311,6 @@ def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int =
     ax.set_title(title, fontsize=10, loc="left", linespacing=1.6)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
-    plt.close(fig)
 
 
 def check_page_out(out: Path, data: str) -> None:

@@ -372,6 +372,16 @@ def _room_above(ax, pad_pt: float = 3.0) -> None:
 VIKER_COLOUR = "#1f77b4"  # ViKeR's runs and its λ sweep
 
 
+def figure(size: tuple[float, float]):
+    """A figure and its axes drawn by Agg, without pyplot: the caller's backend (a notebook's) is left as it is."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots()
+
+
 def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = "", chance: float | None = None,
                   incoherent_below: float = INCOHERENT_BELOW, axes: PlotAxes = MLLMU_AXES) -> None:
     """Forgetting against retention, a point per run: by default forget accuracy (x, lower is better)
@@ -380,10 +390,7 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
     Runs that would cover each other are set side by side, centred on their place, so that none hides another."""
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8.4, 4.8))
+    fig, ax = figure((8.4, 4.8))
     if chance is not None:
         ax.axvline(chance, color="grey", ls=":", lw=1, label=f"chance ({chance:g}%)")
     drawn = sorted(runs, key=lambda r: r["method"] in REFERENCES)  # references last: on top
@@ -420,7 +427,7 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
     coloured = sum(c is None for _, c in styles)
     # the cycle's colours, less ViKeR's blues (tab10's first, tab20's first two): no other run looks like ViKeR or
     # its sweep; beyond nine runs, tab20's eighteen, and beyond those a shape each round
-    palette = [c for c in plt.get_cmap("tab10" if coloured <= 9 else "tab20").colors
+    palette = [c for c in matplotlib.colormaps["tab10" if coloured <= 9 else "tab20"].colors
                if matplotlib.colors.to_hex(c) not in (VIKER_COLOUR, "#aec7e8")]
     ax.set_prop_cycle(color=[palette[i % len(palette)] for i in range(max(coloured, 1))])
     if coloured > len(palette):
@@ -454,7 +461,6 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
     _clear_of_markers(ax)
     _room_above(ax)
     fig.savefig(path, dpi=130, bbox_inches="tight")
-    plt.close(fig)
 
 
 # --------------------------------------------------------------------------------------------------
