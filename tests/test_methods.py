@@ -1054,7 +1054,16 @@ def test_the_documented_way_to_add_a_method_trains_it_on_answer_tokens(registere
     cfg = _config(tiny_dir, bench_dir, tmp_path / "run", "ascent_descent", retain_weight=1.0)
     model, processor, history = run_unlearn(cfg, progress=False)
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())["method"]
-    assert recorded == {"name": "ascent_descent", "forget_weight": 1.0, "retain_weight": 1.0}
+    assert recorded == {"name": "ascent_descent", "title": "Ascent+Descent", "forget_weight": 1.0, "retain_weight": 1.0}
+    # a report made where the method is not registered (`viker report` on the command line) names it alike
+    from viker.cli import main
+    from viker.methods import METHODS
+    from viker.report import _labels, read_run
+
+    assert main(["eval", "--model", str(tmp_path / "run"), "--data", str(bench_dir), "--only", "forget:cloze",
+                 "--max-new-tokens", "2", "--out", str(tmp_path / "run")]) == 0
+    monkeypatch.delitem(METHODS, "ascent_descent")
+    assert _labels([read_run(tmp_path / "run")]) == ["Ascent+Descent"]
     assert len(history) == 2 and {"forget_ll", "retain_nll"} <= set(history[0])
     # what it ascends is the answers' likelihood: the same loss with the prompt's labels masked by hand
     forget = unlearning_examples(bench_dir, "forget_10")[:2]

@@ -97,10 +97,11 @@ REFERENCES = {"vanilla": "vanilla", "retain_model": "retain model"}
 
 
 def label(run: dict) -> str:
-    """How a run is printed: its own ``label``, else its method's title (``klmin`` -> ``KL-Min``)."""
+    """How a run is printed: its own ``label``, else its method's title (``klmin`` -> ``KL-Min``), as the run
+    recorded it (a method of the user's, registered where it ran, reads alike in a report from anywhere)."""
     from viker.methods import title
 
-    return run.get("label") or REFERENCES.get(run["method"]) or title(run["method"])
+    return run.get("label") or REFERENCES.get(run["method"]) or run.get("title") or title(run["method"])
 
 
 def benchmark_of_runs(runs: list[dict]) -> str:
@@ -546,7 +547,8 @@ def read_run(path: str | Path) -> dict:
     source = _what_was_evaluated(config, evaluation)
     vanilla = "retain_model" if source.get("finetune", {}).get("without") else "vanilla"
     method = {"finetune": vanilla, "unlearn": source.get("method", {}).get("name")}.get(source.get("command"))
-    settings = {k: v for k, v in source.get("method", {}).items() if k not in ("name", "forget_split", "retain_split")}
+    settings = {k: v for k, v in source.get("method", {}).items()
+                if k not in ("name", "title", "forget_split", "retain_split")}
     train = source.get("unlearn", {}).get("train", {})
     if train:  # the budget: what tells apart snapshots of one run, or runs of one method for different lengths
         settings |= {"max_steps": train["max_steps"]} if train.get("max_steps") else {"epochs": train["epochs"]}
@@ -588,7 +590,8 @@ def read_run(path: str | Path) -> dict:
     files, data = (evaluation or {}).get("data_files"), (evaluation or {}).get("data")
     fingerprint = ("files:" + hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16] if files
                    else f"hub:{data}" if data and is_hub_id(data) else None)
-    return {"method": method, "settings": settings, "training": training, "benchmark": benchmark,
+    return {"method": method, "title": source.get("method", {}).get("title"), "settings": settings,
+            "training": training, "benchmark": benchmark,
             "forget_split": scored_split(evaluated.get("forget"), benchmark),
             "made_for": split_made_for(source, benchmark), **scored,
             "data": data, "asked": asked, "model": (evaluation or {}).get("model"), "starts_from": starts_from,

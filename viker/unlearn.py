@@ -20,7 +20,7 @@ from viker.data.examples import FINETUNE_SETS, ft_pairs, unlearning_examples
 from viker.data.loader import load_finetune, load_profiles, retain_profiles
 from viker.data.schema import FORGET_SPLITS, RETAIN_OF
 from viker.errors import VikerError, require, require_given
-from viker.methods import get_method, unlearning_methods
+from viker.methods import get_method, title, unlearning_methods
 from viker.methods.base import FrozenReference, UnlearnContext
 from viker.methods.reference import SOURCES, default_cache_dir
 from viker.model import (
@@ -417,7 +417,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     setup_seconds = time.perf_counter() - start
     unread = method.unused_settings() if hasattr(method, "unused_settings") else {}  # as if they shaped the run
     settings = {"unlearn": used_settings(paths_recorded(asdict(cfg))),
-                "method": {"name": cfg.method, **{k: v for k, v in asdict(method).items() if k not in unread}},
+                "method": {"name": cfg.method, "title": title(cfg.method),  # as tables print it, from anywhere
+                           **{k: v for k, v in asdict(method).items() if k not in unread}},
                 "data": used, "examples": {k: len(v) for k, v in data.items()}, "setup": ctx.info,
                 "runtime": runtime_info(accelerator, model)}
     if cfg.tuning == "lora" and not wraps:  # what --save saved (auto: decided above)
