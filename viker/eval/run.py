@@ -79,6 +79,9 @@ def check_nothing_lost(out: str | Path, benchmark: str, cfg) -> None:
 @bars_as_asked
 def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig, device=None, dtype="auto",
              trust_remote_code=False, progress=True, model_and_processor=None) -> dict:
+    """``viker eval`` on MLLMU-Bench (or the embedded benchmark): writes ``out``'s metrics.json, generations.jsonl
+    and settings (all or none), and returns the metrics. ``model_and_processor`` skips loading; it must be the
+    model ``model_path`` names, which the evaluation records as the one it scored."""
     check_eval_out(model_path, out, data)
     check_nothing_lost(out, "mllmu", cfg)
     sets = eval_sets(data, cfg)  # a wrong --data or split is refused before the model loads
