@@ -159,6 +159,7 @@ def test_device_decides_where_accelerate_trains(device, cpu, current, monkeypatc
 
     class Recorded:
         distributed_type = DistributedType.NO
+        mixed_precision = "no"
 
         def __init__(self, **kwargs):
             asked.update(kwargs)
