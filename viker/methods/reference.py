@@ -251,7 +251,7 @@ class ReferenceDistributions:
             t = load_file(str(path))
             return cls(offsets=t["offsets"], vocab_size=int(metadata["vocab_size"]), probs=t.get("probs"),
                        indices=t.get("indices"), values=t.get("values"), meta=json.loads(metadata["meta"]))
-        except (SafetensorError, KeyError, TypeError, ValueError) as e:  # written atomically, so damaged since
+        except (SafetensorError, OSError, KeyError, TypeError, ValueError) as e:  # written atomically: damaged since
             raise VikerError(f"{path}: an unreadable reference cache ({type(e).__name__}: {e})") from None
 
 
@@ -422,9 +422,9 @@ def cached_reference_distributions(cache_dir: Path | None, key: str, compute: Ca
     """Load R̂ from ``cache_dir`` when a cache with this key exists, else compute and store it.
     ``meta["from_cache"]`` says which happened.
 
-    Several processes: the main process decides whether the cache exists (and tells the others, so
-    they cannot disagree); then either all load it or all compute their part of it, and the main
-    process alone writes it. It is never computed once per process."""
+    Several processes: each reads the entry, and it is used only where every one found it whole (nodes may keep
+    caches of their own), so either all load it or all compute their part of it; the main process alone writes
+    it. It is never computed once per process."""
     from accelerate import PartialState
 
     state = PartialState()
@@ -433,22 +433,23 @@ def cached_reference_distributions(cache_dir: Path | None, key: str, compute: Ca
         dists.meta = (dists.meta or {}) | {"from_cache": False}
         return dists, None
     path = cache_dir / f"refdist-{key}.safetensors"
-    exists = [path.is_file()]
-    if state.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        broadcast_object_list(exists)
-    if exists[0]:
+    fault = "none here"
+    if path.is_file():
         try:
             dists = ReferenceDistributions.load(path)
             fault = dists.fault(key)
         except VikerError as e:
             fault = str(e).removeprefix(f"{path}: ")
-        if fault is None:
-            dists.meta = (dists.meta or {}) | {"from_cache": True}
-            return dists, path
-        if state.is_main_process:  # damaged or replaced since it was written: never trained toward
+        if fault is not None and state.is_main_process:  # damaged or replaced since it was written: never used
             print(f"warning: {path}: {fault}; computed again", file=sys.stderr)
+    usable = fault is None
+    if state.num_processes > 1:  # all load it, or all compute it (nodes may have caches of their own)
+        from accelerate.utils import gather_object
+
+        usable = all(gather_object([usable]))
+    if usable:
+        dists.meta = (dists.meta or {}) | {"from_cache": True}
+        return dists, path
     dists = compute()
     dists.meta = (dists.meta or {}) | {"key": key}
     if state.is_main_process:
