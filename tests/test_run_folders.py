@@ -97,6 +97,18 @@ def test_a_run_folder_is_replaced_only_when_asked(tiny_dir, bench_dir, tmp_path,
     assert f"--overwrite would remove {run / 'sub'}, which is no part of the `viker unlearn` run there" in \
         _error(capsys)
     assert (run / "sub" / "config.json").is_file() and _method(run) == "ga"
+    # ... nor a copy of its model the user keeps beside it; an evaluation of the run itself goes with it, as one
+    # written into the run's folder does
+    shutil.rmtree(run / "sub")
+    assert main(["eval", "--model", str(run), "--data", str(bench_dir), "--out", str(run / "eval"), "--only",
+                 "forget:cloze", "--max-new-tokens", "2"]) == 0
+    shutil.copytree(run / "model", run / "model.bak")
+    capsys.readouterr()
+    assert main([*unlearn, "--model", str(tiny_dir), "--method", "npo", "--overwrite"]) == 2
+    assert f"--overwrite would remove {run / 'model.bak'}, which is no part of" in _error(capsys)
+    shutil.rmtree(run / "model.bak")
+    assert main([*unlearn, "--model", str(tiny_dir), "--method", "npo", "--overwrite"]) == 0
+    assert _method(run) == "npo" and not (run / "eval").exists()
     # a model folder is no run folder: finetuning into it would have written over its config.json
     before = (tiny_dir / "config.json").read_text()
     assert main(["finetune", "--data", str(bench_dir), "--max-steps", "1", "--out", str(tiny_dir)]) == 2

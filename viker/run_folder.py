@@ -15,6 +15,7 @@ from viker.runs import (
     differing,
     file_hashes,
     holds_finished_model,
+    model_folder,
     out_folder,
     read_configs,
     to_jsonable,
@@ -61,7 +62,18 @@ def claim_run_folder(out: str | Path, accelerator, replace: bool) -> None:
 
 # the folders a training run writes (model/, CAGUL's cagul/, snapshots' epochs/, the checkpoint), and their
 # .partial, .tmp and .old siblings while they are written
-RUN_PARTS = ("model", "cagul", "epochs", CHECKPOINT)
+RUN_PARTS = {f"{part}{suffix}" for part in ("model", "cagul", "epochs", CHECKPOINT)
+             for suffix in ("", ".partial", ".tmp", ".old")}
+
+
+def _of_the_run(out: Path, name: str) -> bool:
+    """Whether ``out/name`` is the run's own: a folder it writes, or an evaluation of its model (which scored the
+    model being replaced, as one written into ``out`` itself did)."""
+    if name in RUN_PARTS:
+        return True
+    config, evaluation = read_configs(out / name)
+    scored = (evaluation or {}).get("model") if config.get("command") == "eval" else None
+    return bool(scored) and model_folder(scored) in (model_folder(out), (out / "model").resolve())
 
 
 def _folder_to_replace(out: Path, resume: bool, overwrite: bool, reads: Sequence[str | Path]) -> bool:
@@ -82,8 +94,8 @@ def _folder_to_replace(out: Path, resume: bool, overwrite: bool, reads: Sequence
         stopped = bool(checkpoints(out))
         raise VikerError(f"--out {out}: holds a `viker {command}` run already; choose another folder, or "
                          f"--overwrite to replace it{' (or --resume to continue it)' if stopped else ''}")
-    # a folder the run did not write (another run kept inside it, an evaluation of its own) is not replaced
-    other = [name for name in visible_entries(out) if (out / name).is_dir() and name.split(".")[0] not in RUN_PARTS]
+    # a folder that is not the run's (another run kept inside it, a user's copy of its model) is not replaced
+    other = [name for name in visible_entries(out) if (out / name).is_dir() and not _of_the_run(out, name)]
     if other:
         raise VikerError(f"--out {out}: --overwrite would remove {out / other[0]}, which is no part of the "
                          f"`viker {command}` run there; move it out, or choose another folder")
