@@ -1166,6 +1166,13 @@ def test_a_refused_run_leaves_the_model_it_was_given_as_it_came(tiny_dir, bench_
     run_unlearn(replace(cagul, method_args={"augment": 1, "disc_steps": 2, "k": 2}), progress=False,
                 model_and_processor=(model, processor))  # CAGUL trains modules of its own, and none of the model
     as_it_came()
+    # a model given with adapters of its own keeps them
+    adapted = apply_lora(load_model(tiny_dir, device="cpu")[0], LoraSettings(r=2, alpha=4, dropout=0.0))
+    own = {k for k in adapted.state_dict() if "lora_" in k}
+    with pytest.raises(VikerError, match="fewer than k=500"):
+        run_unlearn(replace(_config(tiny_dir, bench_dir, tmp_path / "own", "viker", k=500), tuning="full",
+                            lora=UnlearnConfig().lora), progress=False, model_and_processor=(adapted, processor))
+    assert own and {k for k in adapted.state_dict() if "lora_" in k} == own
     full = UnlearnConfig(model=str(tiny_dir), data=str(bench_dir), method="ga", tuning="full", train=STEPS,
                          out=str(tmp_path / "full"))
     run_unlearn(full, progress=False, model_and_processor=(model, processor))

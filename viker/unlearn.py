@@ -296,10 +296,11 @@ def folders_read_by(cfg: UnlearnConfig, method, model_given: bool) -> list[str]:
     return reads + ([refs] if refs and refs not in SOURCES and Path(refs).is_dir() else [])
 
 
-def as_given(model, trainable: dict) -> None:
-    """A model passed to a run that was refused before training, put back as it came: without the LoRA layers the
-    run added to it, and with the weights the run froze (LoRA, CAGUL) trainable again."""
-    if hasattr(model, "unload"):  # a PeftModel: the base model's own layers back in place of the LoRA ones
+def as_given(model, given, trainable: dict) -> None:
+    """The model ``given`` to a run, after the run made ``model`` of it, put back as far as the run changed it:
+    without the LoRA layers the run added (a model given with adapters of its own keeps them), and with its
+    weights trainable as they were (LoRA and CAGUL freeze them)."""
+    if model is not given and hasattr(model, "unload"):  # the run's PeftModel: the given model's own layers back
         model.unload()
     for parameter, flag in trainable.items():
         parameter.requires_grad_(flag)
@@ -310,8 +311,9 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
                 overwrite: bool = False):
     """Unlearn and save into ``cfg.out``; returns (model, processor, history). ``model_and_processor`` skips
     loading: that model is the one trained, in place (its LoRA layers added to it, or its own weights changed),
-    and returned; pass a copy to keep the one given as it was. A run refused before training leaves it as it came,
-    and CAGUL, which trains modules of its own around it, leaves its weights trainable as they were.
+    and returned; pass a copy to keep the one given as it was. A run refused before training takes off the LoRA
+    layers it added and leaves its weights trainable as they were, as CAGUL (which trains modules of its own
+    around it) does after training.
     ``cfg.out`` must be new or empty;
     ``overwrite`` replaces a run there, and ``resume`` continues one that was stopped after a checkpoint
     (``train.checkpoint_every``; :func:`viker.run_folder.check_run_folder`)."""
@@ -408,7 +410,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
             method.setup(ctx)
     except BaseException:
         if model_and_processor is not None:  # refused before training: the model passed in is left as it came
-            as_given(model, trainable)
+            as_given(model, model_and_processor[0], trainable)
         raise
     if setup_only and ctx.reference is not None:
         ctx.reference.close()
@@ -459,7 +461,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     timing = {"setup_seconds": round(setup_seconds, 2), "total_seconds": round(time.perf_counter() - start, 2)}
     saved = finish_run(prepared, out, {"history.json": history, "timing.json": timing}, save)
     if wraps and model_and_processor is not None:  # CAGUL froze the model it was given, and trained none of it
-        as_given(model_and_processor[0], trainable)
+        as_given(model_and_processor[0], model_and_processor[0], trainable)
     model = model if saved is None else saved  # the merged model on the main process
     return model, processor, history
 
