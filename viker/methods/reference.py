@@ -233,9 +233,9 @@ class ReferenceDistributions:
         if rows is None or self.offsets.ndim != 1 or int(self.offsets[0]) != 0 or \
                 int(self.offsets[-1]) != rows.shape[0] or bool((self.offsets.diff() < 0).any()):
             return "offsets that do not span its rows"
-        if not bool(torch.isfinite(rows).all()) or bool((rows < 0).any()):
+        total = rows.float().sum(-1)  # no copy of a float32 entry, which may be large
+        if not bool(torch.isfinite(total).all()) or rows.numel() and float(rows.min()) < 0:
             return "probabilities that are not finite, or negative"
-        total = rows.double().sum(-1)
         if self.probs is not None and not bool(torch.allclose(total, torch.ones_like(total), atol=1e-3)) or \
                 self.probs is None and bool((total > 1 + 1e-3).any()):
             return "rows that are no probability distributions"
@@ -440,7 +440,7 @@ def cached_reference_distributions(cache_dir: Path | None, key: str, compute: Ca
             fault = dists.fault(key)
         except VikerError as e:
             fault = str(e).removeprefix(f"{path}: ")
-        if fault is not None and state.is_main_process:  # damaged or replaced since it was written: never used
+        if fault is not None and state.is_local_main_process:  # damaged or replaced since it was written: unused
             print(f"warning: {path}: {fault}; computed again", file=sys.stderr)
     usable = fault is None
     if state.num_processes > 1:  # all load it, or all compute it (nodes may have caches of their own)
@@ -452,7 +452,7 @@ def cached_reference_distributions(cache_dir: Path | None, key: str, compute: Ca
         return dists, path
     dists = compute()
     dists.meta = (dists.meta or {}) | {"key": key}
-    if state.is_main_process:
+    if state.is_local_main_process:  # one write per node: a node may keep a cache of its own
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
             dists.save(path)
