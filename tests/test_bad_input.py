@@ -317,6 +317,7 @@ def test_an_infinite_setting_is_refused_from_python_too():
     ([*UNLEARN, "--max-length", "0"], "--max-length 0: must be at least 1 (leave it out for no limit)"),
     (["finetune", "--max-steps", "1", "--max-length", "-5"], "--max-length -5: must be at least 1"),
     (["keytokens", "--epsilon", "-1"], "--epsilon -1: must be at least 0"),
+    (["keytokens", "--mixed-precision", "fp16"], "--mixed-precision fp16: a run refuses fp16 on the CPU"),
 ])
 def test_a_setting_out_of_range_is_refused_in_its_own_words(argv, message, tiny_dir, bench_dir, tmp_path, capsys,
                                                            monkeypatch):
@@ -634,12 +635,13 @@ def test_a_key_token_page_replaces_only_an_earlier_page_and_never_writes_into_th
     (shots / "a.png").write_bytes(b"a photo")
     (shots / "notes.html").write_text("<p>mine</p>")
     before = sorted(p.name for p in bench_dir.rglob("*"))
-    for out, said in ((shots / "a.html", f"{shots / 'a.png'} is there already, and is no key-token page's"),
-                      (shots / "notes.html", f"{shots / 'notes.html'} is there already, and is no key-token page's"),
+    for out, said in ((shots / "a.html", f"{shots / 'a.png'} is there already, and no key-token page beside it"),
+                      (shots / "notes.html", f"{shots / 'notes.html'} is there already, and no key-token page"),
                       (bench_dir / "forget_10" / "keys.html", "inside the benchmark folder given as --data")):
         assert main([*keytokens, str(out)]) == 2
-        assert capsys.readouterr().err.strip() == f"error: --out {out}: {said}; " + (
-            "write the page elsewhere" if "benchmark" in said else "choose another name")
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: --out {out}: {said}") and err.endswith(
+            "write the page elsewhere" if "benchmark" in said else "choose another name, or remove it")
     assert (shots / "a.png").read_bytes() == b"a photo" and (shots / "notes.html").read_text() == "<p>mine</p>"
     assert sorted(p.name for p in bench_dir.rglob("*")) == before
     monkeypatch.undo()

@@ -115,6 +115,9 @@ def answer_token_entropies(model, processor, answers: ForgetAnswers, k: int = 5,
     examples = answers.examples
     require(mixed_precision in (None, "no", *AUTOCAST), "--mixed-precision", mixed_precision, "choose no, bf16 or fp16")
     device_type = next(model.parameters()).device.type
+    require(not (mixed_precision == "fp16" and device_type == "cpu"), "--mixed-precision", mixed_precision,
+            "a run refuses fp16 on the CPU (accelerate autocasts to it on a GPU only), so no R̂ of a run is under it "
+            "here; give bf16 or no")
     precision = mixed_precision if mixed_precision in AUTOCAST else None
     autocast = (lambda: torch.autocast(device_type, dtype=DTYPES[precision])) if precision else nullcontext
     reference = FrozenReference(model, separate=model, autocast=autocast, precision=precision)
@@ -314,16 +317,17 @@ def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int =
 
 
 def check_page_out(out: Path, data: str) -> None:
-    """A page and its picture go outside the benchmark (whose files a run's record hashes), and replace only an
-    earlier page and its picture, never other files of those names."""
+    """A page and its picture go beside the benchmark, not into it (whose folder holds the benchmark's files alone,
+    as `viker data synth --overwrite` expects), and replace only an earlier page and its picture, never other
+    files of those names."""
     here, bench = out.parent.expanduser().resolve(), Path(data).expanduser().resolve()
     if bench.is_dir() and bench in (here, *here.parents):
         raise VikerError(f"--out {out}: inside the benchmark folder given as --data; write the page elsewhere")
     earlier = out.is_file() and PAGE_MARK in out.read_text(encoding="utf-8", errors="replace")
     taken = [f for f in (out, out.with_suffix(".png")) if f.exists()] if not earlier else []
     if taken:
-        raise VikerError(f"--out {out}: {taken[0]} is there already, and is no key-token page's; choose another "
-                         "name")
+        raise VikerError(f"--out {out}: {taken[0]} is there already, and no key-token page beside it says it is its "
+                         "picture; choose another name, or remove it")
 
 
 @bars_as_asked
