@@ -145,5 +145,7 @@ def test_the_lora_a_command_line_run_takes_unset_is_the_python_apis():
                       (["unlearn", "--model", "m", "--data", "d", "--out", "o"], UnlearnConfig().lora)):
         args = parser().parse_args(argv)
         assert _lora(args, None, merge=api.merge) == api, argv[0]
-        text = COMMANDS[f"viker {argv[0]}"].format_help()
-        assert f"(default: {api.alpha})" in text and f"(default: {api.dropout:g})" in text
+        helps = {max(a.option_strings, key=len): a.help for a in COMMANDS[f"viker {argv[0]}"]._actions}
+        assert helps["--lora-alpha"].endswith(f"(default: {api.alpha})"), argv[0]
+        assert helps["--lora-r"].endswith(f"(default: {api.r})") and \
+            helps["--lora-dropout"].endswith(f"(default: {api.dropout:g})")

@@ -150,7 +150,7 @@ def test_a_person_is_read_once_however_often_a_shard_repeats_them(bench_dir, tmp
         load_profiles(root, "forget_10")
 
 
-def test_missing_config_names_the_folder_and_config(bench_dir, tmp_path):
+def test_missing_config_names_the_folder_and_config(bench_dir, tmp_path, monkeypatch):
     root = _copy(bench_dir, tmp_path)
     shutil.rmtree(root / "forget_10")
     with pytest.raises(VikerError, match=r"config 'forget_10' not found.*configs present: Full_Set"):
@@ -158,6 +158,9 @@ def test_missing_config_names_the_folder_and_config(bench_dir, tmp_path):
     with pytest.raises(VikerError, match=rf"Full_Set: a folder inside a benchmark, not one; --data takes the "
                                          rf"benchmark's folder, the one holding Retain_Set/ \({root}\?\)$"):
         load_profiles(root / "Full_Set", "Retain_Set")  # one config's folder given as --data
+    monkeypatch.chdir(root / "Full_Set")  # ... as typed, from inside it
+    with pytest.raises(VikerError, match=rf"a folder inside a benchmark, not one; .* \({root}\?\)$"):
+        load_profiles(".", "Retain_Set")
     nested = tmp_path / "nested"  # the data/CONFIG/*.parquet layout lists what it holds too
     (nested / "data").mkdir(parents=True)
     shutil.copytree(root / "Full_Set", nested / "data" / "Full_Set")

@@ -73,7 +73,8 @@ def config_files(root: str | Path, config: str, known: tuple[str, ...] = CONFIGS
         if any((root / f).is_file() for f in ("config.json", "adapter_config.json")):  # --data given a model's
             raise VikerError(f"{root}: a model or run folder, not a benchmark; --data takes the benchmark's folder "
                              f"(the one holding {config}/)")
-        if above := next((f for f in (root.parent, root.parent.parent) if _present(f, known)), None):
+        whole = root.resolve()  # `--data .` inside forget_10/, `--data Full_Set` beside it
+        if above := next((f for f in (whole.parent, whole.parent.parent) if _present(f, known)), None):
             raise VikerError(f"{root}: a folder inside a benchmark, not one; --data takes the benchmark's folder, the "
                              f"one holding {config}/ ({above}?)")
     raise VikerError(
