@@ -423,7 +423,7 @@ def cached_reference_distributions(cache_dir: Path | None, key: str, compute: Ca
     ``meta["from_cache"]`` says which happened.
 
     Several processes: each reads the entry, and it is used only where every one found it whole (nodes may keep
-    caches of their own), so either all load it or all compute their part of it; the main process alone writes
+    caches of their own), so either all load it or all compute their part of it; each node's first process writes
     it. It is never computed once per process."""
     from accelerate import PartialState
 
