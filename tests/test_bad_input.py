@@ -636,7 +636,7 @@ def test_a_key_token_page_replaces_only_an_earlier_page_and_never_writes_into_th
     (shots / "notes.html").write_text("<p>mine</p>")
     before = sorted(p.name for p in bench_dir.rglob("*"))
     for out, said in ((shots / "a.html", f"{shots / 'a.png'} is there already, and no key-token page beside it"),
-                      (shots / "notes.html", f"{shots / 'notes.html'} is there already, and no key-token page"),
+                      (shots / "notes.html", f"{shots / 'notes.html'} is there already, and is no key-token page;"),
                       (bench_dir / "forget_10" / "keys.html", "inside the benchmark folder given as --data")):
         assert main([*keytokens, str(out)]) == 2
         err = capsys.readouterr().err.strip()

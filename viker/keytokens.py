@@ -326,8 +326,8 @@ def check_page_out(out: Path, data: str) -> None:
     earlier = out.is_file() and PAGE_MARK in out.read_text(encoding="utf-8", errors="replace")
     taken = [f for f in (out, out.with_suffix(".png")) if f.exists()] if not earlier else []
     if taken:
-        raise VikerError(f"--out {out}: {taken[0]} is there already, and no key-token page beside it says it is its "
-                         "picture; choose another name, or remove it")
+        what = "is no key-token page" if taken[0] == out else "no key-token page beside it says it is its picture"
+        raise VikerError(f"--out {out}: {taken[0]} is there already, and {what}; choose another name, or remove it")
 
 
 @bars_as_asked
