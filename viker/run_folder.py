@@ -67,13 +67,14 @@ RUN_PARTS = {f"{part}{suffix}" for part in ("model", "cagul", "epochs", CHECKPOI
 
 
 def _of_the_run(out: Path, name: str) -> bool:
-    """Whether ``out/name`` is the run's own: a folder it writes, or an evaluation of its model (which scored the
-    model being replaced, as one written into ``out`` itself did)."""
+    """Whether ``out/name`` is the run's own: a folder it writes, or an evaluation of a model inside it (its model or
+    a snapshot, being replaced, as an evaluation written into ``out`` itself is)."""
     if name in RUN_PARTS:
         return True
     config, evaluation = read_configs(out / name)
     scored = (evaluation or {}).get("model") if config.get("command") == "eval" else None
-    return bool(scored) and model_folder(scored) in (model_folder(out), (out / "model").resolve())
+    where = model_folder(scored) if scored else None
+    return where is not None and (where == out.resolve() or out.resolve() in where.parents)  # a CAGUL run's is out
 
 
 def _folder_to_replace(out: Path, resume: bool, overwrite: bool, reads: Sequence[str | Path]) -> bool:
