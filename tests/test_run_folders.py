@@ -551,3 +551,15 @@ def test_files_written_together_keep_apart_from_anothers_and_finish_before_a_ctr
                 (stage / name).write_text("new")
     assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == ["config.json", "generations.jsonl", "metrics.json"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C stops commands again
+
+
+def test_overwrite_takes_an_evaluation_of_a_snapshot_inside_the_run_as_the_runs_own(tiny_dir, bench_dir, tmp_path,
+                                                                                    capsys):
+    run = tmp_path / "run"
+    unlearn = ["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--method", "ga", "--forget",
+               "forget_5", "--epochs", "2", "--snapshot-every", "1", "--batch-size", "8", "--out", str(run)]
+    assert main(unlearn) == 0
+    assert main(["eval", "--model", str(run / "epochs" / "1"), "--data", str(bench_dir), "--forget", "forget_5",
+                 "--only", "forget:cloze", "--max-new-tokens", "2", "--out", str(run / "after-one-epoch")]) == 0
+    assert main([*unlearn, "--overwrite"]) == 0
+    assert not (run / "after-one-epoch").exists() and (run / "epochs" / "1").is_dir()
