@@ -310,16 +310,14 @@ def gibberish_scorer(path: str, device, batch_size: int = 32):
 
 def load_judge(spec: str):
     """The factuality judge ``spec`` names (``module:function``, the module importable from the working folder
-    too, and read again where it was imported before), checked to be callable: ``function(questions, references,
-    answers)`` returns one score from 1 to 10 per answer, as MLLMU-Bench's LLM judge rates factuality (any model or
-    service can stand behind it)."""
+    too), checked to be callable: ``function(questions, references, answers)`` returns one score from 1 to 10
+    per answer, as MLLMU-Bench's LLM judge rates factuality (any model or service can stand behind it)."""
     check_judge_form(spec)
     module_name, name = spec.split(":")
     if "" not in sys.path and os.getcwd() not in sys.path:  # `viker` as a console script does not look here
         sys.path.append(os.getcwd())
     try:
-        imported = sys.modules.get(module_name)  # in a notebook, the judge's file may have been edited since
-        module = importlib.reload(imported) if imported is not None else importlib.import_module(module_name)
+        module = importlib.import_module(module_name)
     except Exception as e:  # not found, or its own code failed (a key read from the environment, a syntax error)
         raise VikerError(f"--judge {spec}: cannot import {module_name} ({type(e).__name__}: {e})") from None
     judge = getattr(module, name, None)
