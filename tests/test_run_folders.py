@@ -563,3 +563,21 @@ def test_overwrite_takes_an_evaluation_of_a_snapshot_inside_the_run_as_the_runs_
                  "--only", "forget:cloze", "--max-new-tokens", "2", "--out", str(run / "after-one-epoch")]) == 0
     assert main([*unlearn, "--overwrite"]) == 0
     assert not (run / "after-one-epoch").exists() and (run / "epochs" / "1").is_dir()
+
+
+def test_overwrite_keeps_an_evaluation_of_a_hub_model_kept_inside_the_run(tiny_dir, bench_dir, tmp_path, capsys,
+                                                                         monkeypatch):
+    """A hub id is recorded as it is: run from inside the run's folder, it read as a folder inside the run, and
+    --overwrite removed an evaluation of a model from elsewhere."""
+    run = tmp_path / "run"
+    unlearn = ["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--method", "ga", "--max-steps", "1"]
+    assert main([*unlearn, "--out", str(run)]) == 0
+    assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--only", "forget:cloze",
+                 "--max-new-tokens", "2", "--out", str(run / "hub-model-eval")]) == 0
+    recorded = json.loads((run / "hub-model-eval" / "config.json").read_text())
+    (run / "hub-model-eval" / "config.json").write_text(json.dumps(recorded | {"model": "some-org/some-model"}))
+    monkeypatch.chdir(run)
+    capsys.readouterr()
+    assert main([*unlearn, "--out", ".", "--overwrite"]) == 2
+    assert "--overwrite would remove hub-model-eval, which is no part of" in _error(capsys)
+    assert (run / "hub-model-eval" / "config.json").is_file()

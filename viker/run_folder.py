@@ -73,7 +73,7 @@ def _of_the_run(out: Path, name: str) -> bool:
         return True
     config, evaluation = read_configs(out / name)
     scored = (evaluation or {}).get("model") if config.get("command") == "eval" else None
-    where = model_folder(scored) if scored else None
+    where = model_folder(scored) if scored and Path(scored).is_absolute() else None  # a hub id is no folder here
     return where is not None and (where == out.resolve() or out.resolve() in where.parents)  # a CAGUL run's is out
 
 
