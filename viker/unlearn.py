@@ -296,12 +296,12 @@ def folders_read_by(cfg: UnlearnConfig, method, model_given: bool) -> list[str]:
     return reads + ([refs] if refs and refs not in SOURCES and Path(refs).is_dir() else [])
 
 
-def as_given(model, given, trainable: dict) -> None:
-    """The model ``given`` to a run, after the run made ``model`` of it, put back as far as the run changed it:
-    without the LoRA layers the run added (a model given with adapters of its own keeps them), and with its
-    weights trainable as they were (LoRA and CAGUL freeze them)."""
-    if model is not given and hasattr(model, "unload"):  # the run's PeftModel: the given model's own layers back
-        model.unload()
+def as_given(given, trainable: dict, made=None) -> None:
+    """The model ``given`` to a run put back as far as the run changed it: without the LoRA layers of ``made``, the
+    PeftModel the run made of it (a model given with adapters of its own keeps them), and with its weights
+    trainable as they were (LoRA and CAGUL freeze them)."""
+    if made is not None and made is not given and hasattr(made, "unload"):  # the given model's own layers back
+        made.unload()
     for parameter, flag in trainable.items():
         parameter.requires_grad_(flag)
 
@@ -379,7 +379,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     # changes the model
     own = method.preflight_examples(data, cfg.train.seed) if hasattr(method, "preflight_examples") else []
     collate.preflight(model, data["forget"] + (data["retain"] if "retain" in method.streams else []) + own)
-    trainable = {p: p.requires_grad for p in model.parameters()}  # what a model passed in gets back
+    given = model_and_processor[0] if model_and_processor is not None else None
+    trainable = {p: p.requires_grad for p in given.parameters()} if given is not None else {}  # what it gets back
     try:
         if wraps:
             model.requires_grad_(False)
@@ -409,8 +410,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         if not wraps and hasattr(method, "setup"):  # on the placed (or sharded) model: reference passes run there
             method.setup(ctx)
     except BaseException:
-        if model_and_processor is not None:  # refused before training: the model passed in is left as it came
-            as_given(model, model_and_processor[0], trainable)
+        if given is not None:  # refused before training: the model passed in is left as it came
+            as_given(given, trainable, made=model)
         raise
     if setup_only and ctx.reference is not None:
         ctx.reference.close()
@@ -460,8 +461,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
                     progress=progress, run_dir=out, resume=resume, prepared=prepared, snapshot=snapshot)
     timing = {"setup_seconds": round(setup_seconds, 2), "total_seconds": round(time.perf_counter() - start, 2)}
     saved = finish_run(prepared, out, {"history.json": history, "timing.json": timing}, save)
-    if wraps and model_and_processor is not None:  # CAGUL froze the model it was given, and trained none of it
-        as_given(model_and_processor[0], model_and_processor[0], trainable)
+    if wraps and given is not None:  # CAGUL froze the model it was given, and trained none of it
+        as_given(given, trainable)
     model = model if saved is None else saved  # the merged model on the main process
     return model, processor, history
 

@@ -76,10 +76,9 @@ class EvalConfig:
         require(self.frame_max_new_tokens >= 1, "frame_max_new_tokens", self.frame_max_new_tokens, "must be at least 1")
         require(self.letter_max_new_tokens >= 1, "letter_max_new_tokens", self.letter_max_new_tokens,
                 "must be at least 1")
-        require(not self.gib_model or Path(self.gib_model).expanduser().is_dir(), "--gib-model", self.gib_model,
-                "a file, not a folder (a local copy of a gibberish classifier)" if self.gib_model
-                and Path(self.gib_model).expanduser().exists() else "no such folder (a local copy of a gibberish "
-                "classifier)")
+        if self.gib_model and not (folder := Path(self.gib_model).expanduser()).is_dir():
+            what = "a file, not a folder" if folder.exists() else "no such folder"
+            raise VikerError(f"--gib-model {self.gib_model}: {what} (a local copy of a gibberish classifier)")
         if self.judge is not None:
             check_judge_form(self.judge)
 

@@ -38,11 +38,10 @@ from viker.runs import (
 
 
 def write_generations(path: Path, records: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    """Every prompt, reference and answer, a JSON line each (into a staging folder: viker.runs.written_together)."""
+    with open(path, "w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(path)
 
 
 BENCHMARK_NAMES = {"mllmu": "MLLMU-Bench", "clear": "CLEAR"}
