@@ -606,6 +606,19 @@ def test_a_wrong_benchmark_folder_or_split_is_refused_before_the_model_loads(tin
         assert capsys.readouterr().err.strip() == f"error: --forget forget_7: {splits}", command
 
 
+def test_keytokens_refuses_fp16_on_the_cpu_before_the_model_loads(tiny_dir, bench_dir, tmp_path, capsys, monkeypatch):
+    import viker.model
+
+    def loaded(*args, **kwargs):
+        pytest.fail("the model was loaded for an autocast no run uses on this device")
+
+    monkeypatch.setattr(viker.model, "load_model", loaded)
+    out = tmp_path / "keys.html"
+    assert main(["keytokens", "--model", str(tiny_dir), "--data", str(bench_dir), "--device", "cpu",
+                 "--mixed-precision", "fp16", "--out", str(out)]) == 2
+    assert "--mixed-precision fp16: a run refuses fp16 on the CPU" in capsys.readouterr().err and not out.exists()
+
+
 def test_a_key_token_page_that_cannot_be_written_is_refused_before_the_reference_is_computed(
         tiny_dir, bench_dir, tmp_path, capsys, monkeypatch):
     import viker.keytokens

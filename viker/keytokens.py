@@ -98,6 +98,14 @@ def forget_answers(data_dir, forget: str, refs: str = "people", benchmark: str =
 AUTOCAST = ("bf16", "fp16")  # a run's --mixed-precision: the autocast its reference pass ran under
 
 
+def check_autocast(mixed_precision: str | None, device_type: str):
+    """Refuse a ``--mixed-precision`` no run computes its R̂ under on ``device_type``."""
+    require(mixed_precision in (None, "no", *AUTOCAST), "--mixed-precision", mixed_precision, "choose no, bf16 or fp16")
+    require(not (mixed_precision == "fp16" and device_type == "cpu"), "--mixed-precision", mixed_precision,
+            "a run refuses fp16 on the CPU (accelerate autocasts to it on a GPU only), so no R̂ of a run is under it "
+            "here; give bf16 or no")
+
+
 def answer_token_entropies(model, processor, answers: ForgetAnswers, k: int = 5, seed: int = 0,
                            cache_dir: Path | None = None, progress: bool = True,
                            mixed_precision: str | None = None) -> list[TokenEntropy]:
@@ -113,11 +121,8 @@ def answer_token_entropies(model, processor, answers: ForgetAnswers, k: int = 5,
     if isinstance(model, CagulModel):
         model = model.base
     examples = answers.examples
-    require(mixed_precision in (None, "no", *AUTOCAST), "--mixed-precision", mixed_precision, "choose no, bf16 or fp16")
     device_type = next(model.parameters()).device.type
-    require(not (mixed_precision == "fp16" and device_type == "cpu"), "--mixed-precision", mixed_precision,
-            "a run refuses fp16 on the CPU (accelerate autocasts to it on a GPU only), so no R̂ of a run is under it "
-            "here; give bf16 or no")
+    check_autocast(mixed_precision, device_type)
     precision = mixed_precision if mixed_precision in AUTOCAST else None
     autocast = (lambda: torch.autocast(device_type, dtype=DTYPES[precision])) if precision else nullcontext
     reference = FrozenReference(model, separate=model, autocast=autocast, precision=precision)
@@ -338,7 +343,7 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
     """Write ``out`` (an .html page) and the PNG beside it; returns the rows shown. The reference
     distributions come from (or go to) ViKeR's cache, ``cache_dir`` or its default. ``train_on``: the forget
     examples, as ``viker unlearn --train-on`` picks them (auto: by what ``model_path`` learned)."""
-    from viker.model import load_model
+    from viker.model import load_model, pick_device
     from viker.unlearn import UnlearnConfig, resolve_train_on
 
     require(k >= 1, "--k", k, "must be at least 1")
@@ -359,6 +364,8 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
               f"which the model it started from gives (--model {started}{on})", file=sys.stderr)
     learned = resolve_train_on(UnlearnConfig(model=model_path, benchmark=benchmark, train_on=train_on))
     answers = forget_answers(data, forget, refs, benchmark, learned.train_on)
+    if model_and_processor is None:  # refused before minutes of loading a large model
+        check_autocast(mixed_precision, pick_device(device).type)
     model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code)
     with torch.no_grad():
         rows = answer_token_entropies(model, processor, answers, k, seed,
