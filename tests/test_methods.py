@@ -1173,6 +1173,10 @@ def test_a_refused_run_leaves_the_model_it_was_given_as_it_came(tiny_dir, bench_
         run_unlearn(replace(_config(tiny_dir, bench_dir, tmp_path / "own", "viker", k=500), tuning="full",
                             lora=UnlearnConfig().lora), progress=False, model_and_processor=(adapted, processor))
     assert own and {k for k in adapted.state_dict() if "lora_" in k} == own
+    with pytest.raises(VikerError, match="^the model passed in has LoRA adapters of its own: merge them"):
+        run_unlearn(_config(tiny_dir, bench_dir, tmp_path / "lora", "ga"),  # LoRA over LoRA: peft's traceback
+                    progress=False, model_and_processor=(adapted, processor))
+    assert {k for k in adapted.state_dict() if "lora_" in k} == own and not (tmp_path / "lora").exists()
     full = UnlearnConfig(model=str(tiny_dir), data=str(bench_dir), method="ga", tuning="full", train=STEPS,
                          out=str(tmp_path / "full"))
     run_unlearn(full, progress=False, model_and_processor=(model, processor))

@@ -313,7 +313,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     loading: that model is the one trained, in place (its LoRA layers added to it, or its own weights changed),
     and returned; pass a copy to keep the one given as it was. A run refused before training takes off the LoRA
     layers it added and leaves its weights trainable as they were, as CAGUL (which trains modules of its own
-    around it) does after training.
+    around it) does after training. A model with LoRA adapters of its own is refused with LoRA tuning (peft adds no
+    LoRA over LoRA): merge them into it first.
     ``cfg.out`` must be new or empty;
     ``overwrite`` replaces a run there, and ``resume`` continues one that was stopped after a checkpoint
     (``train.checkpoint_every``; :func:`viker.run_folder.check_run_folder`)."""
@@ -344,6 +345,10 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         raise VikerError(f"{cfg.data}: split {cfg.forget} has no examples to unlearn")
     if model_and_processor is None:
         refuse_cagul_run(cfg.model, "unlearn")
+    elif cfg.tuning == "lora" and not getattr(method, "wraps_model", False) and \
+            getattr(model_and_processor[0], "peft_config", None):  # peft cannot add LoRA over LoRA
+        raise VikerError("the model passed in has LoRA adapters of its own: merge them into it first (peft's "
+                         "merge_and_unload()), or give tuning='full'")
     # the weights it starts from, by hash: what an adapter or CAGUL saved here needs, and --resume checks
     model_files = weight_hashes(cfg.model) if model_and_processor is None else None
     cfg, chosen = resumed_save(cfg, started)
