@@ -985,11 +985,13 @@ def test_npo_reference_model_from_the_command_line_loads_as_the_run_loads(tiny_d
     _, processor = load_model(tmp_path / "retain-model", device="cpu")
     processor.tokenizer.add_tokens(["Zqxvor"])
     processor.save_pretrained(tmp_path / "retain-model")
+    loaded.clear()
     assert main(["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--method", "npo",
                  "--reference-model", "retain-model", "--max-steps", "1", "--out", "other-tokens"]) == 2
     assert f"--reference-model {tmp_path / 'retain-model'}: its tokenizer is not the trained model's" in \
         capsys.readouterr().err
     assert not (tmp_path / "other-tokens").exists()
+    assert not [path for path, _ in loaded if path.endswith("retain-model")]  # refused before its weights load
 
 
 def test_npo_against_another_reference_model_reads_that_model(tiny_dir, bench_dir, tmp_path):

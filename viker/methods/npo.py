@@ -30,14 +30,18 @@ class NPO(OptionalRetainNLL):
     def setup(self, ctx):
         self.reference = ctx.reference
         if self.reference_model:
-            from viker.model import load_model
+            from viker.model import load_model, processor_of
+            from viker.model.cagul import is_cagul_run
 
-            other, other_processor = load_model(self.reference_model, str(next(ctx.model.parameters()).device),
-                                                ctx.dtype, ctx.trust_remote_code)
-            if _vocabulary(other_processor) != _vocabulary(ctx.processor):  # log-ratios over different tokens
+            # its tokenizer first, before minutes of loading its weights (a CAGUL run's is its base model's)
+            other_processor = None if is_cagul_run(self.reference_model) else \
+                processor_of(self.reference_model, ctx.trust_remote_code)
+            if other_processor is not None and _vocabulary(other_processor) != _vocabulary(ctx.processor):
                 raise VikerError(f"--reference-model {self.reference_model}: its tokenizer is not the trained "
                                  "model's, so it cannot score the same answer tokens; give a model of the same family "
                                  "and tokenizer (e.g. one finetuned from the same base on the retain set)")
+            other, _ = load_model(self.reference_model, str(next(ctx.model.parameters()).device), ctx.dtype,
+                                  ctx.trust_remote_code)
             self.reference = FrozenReference(ctx.model, separate=other.eval().requires_grad_(False),
                                              autocast=ctx.autocast)
         ctx.info["npo_reference"] = self.reference_model or "vanilla (θ_full)"

@@ -157,9 +157,7 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "auto",
     if adapter:  # one of our runs records the base model it trained the adapter on
         check_weights_unchanged(Path(path).parent, weight_hashes(base), f"{path}: an adapter on {base}")
     try:
-        # an adapter saved by peft alone has no processor files: the base model's are its
-        processor = load_processor(path if not adapter or has_processor(path) else base, trust_remote_code,
-                                   config_path=base)
+        processor = load_processor(processor_folder(path, base), trust_remote_code, config_path=base)
         model = AutoModelForImageTextToText.from_pretrained(
             base, dtype=pick_dtype(dev, dtype), trust_remote_code=trust_remote_code
         )
@@ -263,6 +261,24 @@ def check_weights_unchanged(run: str | Path, now: dict[str, str], context: str) 
     if changed:
         raise VikerError(f"{context}: {changed[0]} is not the file {run} was trained on ({len(changed)} weight "
                          f"file(s) differ from those {Path(run) / 'config.json'} records)")
+
+
+def processor_folder(path: str, base: str) -> str:
+    """Where the processor of the model at ``path`` (resolved; ``base``: its adapter's base model, or ``path``)
+    is: an adapter saved by peft alone has no processor files, and the base model's are its."""
+    return path if path == base or has_processor(path) else base
+
+
+def processor_of(path: str | Path, trust_remote_code: bool = False):
+    """The processor :func:`load_model` gives with the model at ``path`` (not a CAGUL run), read without the
+    model's weights: enough to check it before minutes of loading them."""
+    path = resolve_model_path(path)
+    base = adapter_base(path) if Path(path, "adapter_config.json").is_file() else path
+    check_hub_reachable(base)
+    try:
+        return load_processor(processor_folder(path, base), trust_remote_code, config_path=base)
+    except (OSError, ValueError) as e:
+        raise VikerError(f"{path}: cannot load its processor ({why_not_loaded(e, path, base)})") from None
 
 
 def has_processor(path: str) -> bool:
