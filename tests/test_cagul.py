@@ -21,6 +21,7 @@ from viker.data.examples import unlearning_examples
 from viker.errors import VikerError
 from viker.eval.evaluate import answer_logprobs
 from viker.eval.generate import generate
+from viker.methods.base import FrozenReference
 from viker.methods.cagul import augment, precision_recall
 from viker.model import load_model, resolve_model_path
 from viker.model.cagul import CagulConfig, CagulModel, per_image
@@ -180,6 +181,11 @@ def test_the_answer_scored_never_decides_which_tokens_are_rewritten(tiny, bench_
     prompt = model_inputs(Collator(processor, answers=False)([ex]))
     alone = model.importance(prompt, model.original_features(prompt), [0])[0]
     assert set(picked) == {frozenset(alone.argsort()[: model.cfg.count(alone.shape[0])].tolist())}
+    # a CAGUL run as NPO's --reference-model: its frozen reference pass scores the answers the same way
+    picked.clear()
+    batch = Collator(processor)([replace(ex, answer=a) for a in answers])
+    FrozenReference(model.base, separate=model).logits(batch)
+    assert len(picked) == 3 and set(picked) == {frozenset(alone.argsort()[: model.cfg.count(alone.shape[0])].tolist())}
 
 
 def test_augmented_image_keeps_its_size_and_is_reproducible(bench_dir):

@@ -60,6 +60,13 @@ def model_inputs(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k not in META_KEYS}
 
 
+def scoring_inputs(model, batch: dict) -> dict:
+    """``model_inputs(batch)``, with the labels for a model that must know which tokens are the answer it scores:
+    CAGUL's, whose answer never decides which visual tokens it rewrites (viker.model.cagul.CagulModel)."""
+    labels = {"labels": batch["labels"]} if getattr(model, "reads_answer_labels", False) else {}
+    return model_inputs(batch) | labels
+
+
 def check_max_length(max_length: int | None) -> None:
     """``--max-length``, refused before any work when it could hold no example."""
     require(max_length is None or max_length >= 1, "--max-length", max_length,

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from viker.collate import Collator, model_inputs
+from viker.collate import Collator, scoring_inputs
 from viker.data.examples import cloze_examples, generation_examples
 from viker.data.loader import load_profiles, retain_profiles
 from viker.data.schema import RETAIN_OF, Example, MCQuestion, Profile
@@ -180,8 +180,7 @@ def answer_logprobs(model, processor, examples: Sequence[Example], batch_size: i
         for start in range(0, len(examples), batch_size):
             batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size]).items()}
             window = answer_window(batch["labels"])
-            labels = {"labels": batch["labels"]} if getattr(model, "reads_answer_labels", False) else {}
-            logits = model(**model_inputs(batch), **labels, logits_to_keep=window).logits
+            logits = model(**scoring_inputs(model, batch), logits_to_keep=window).logits
             targets = batch["labels"][:, -logits.shape[1]:]
             lp, mask = token_logprobs(logits, targets)
             if not end_of_turn and end is not None:

@@ -10,14 +10,14 @@ from typing import Callable, Sequence
 
 import torch
 
-from viker.collate import model_inputs
+from viker.collate import scoring_inputs
 from viker.data.schema import Example
 from viker.methods.losses import answer_nll, answer_token_nll, answer_window, gather_answer_positions
 from viker.model import eval_mode
 
 
 def logits_of(model, batch: dict) -> torch.Tensor:
-    return model(**model_inputs(batch)).logits
+    return model(**scoring_inputs(model, batch)).logits
 
 
 def share(batch: dict, unit: str) -> torch.Tensor | float:
@@ -144,7 +144,7 @@ class FrozenReference:
     def logits(self, batch: dict, logits_to_keep: int = 0) -> torch.Tensor:
         with self._network() as net:
             if logits_to_keep:
-                return net(**model_inputs(batch), logits_to_keep=logits_to_keep).logits
+                return net(**scoring_inputs(net, batch), logits_to_keep=logits_to_keep).logits
             return logits_of(net, batch)
 
     @torch.no_grad()
