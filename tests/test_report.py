@@ -597,7 +597,9 @@ def test_report_refuses_runs_it_cannot_compare(runs, bench_dir, tiny_dir, tmp_pa
                  "--only", "retain:multiple_choice", "--out", str(every)]) == 0
     capsys.readouterr()
     assert main(["report", str(runs / "ga-eval"), str(every), "--out", str(tmp_path / "mixed")]) == 2
-    assert "different --retain-limit" in capsys.readouterr().err
+    err = capsys.readouterr().err  # and what to do about it
+    assert "different --retain-limit" in err and err.strip().endswith("evaluate them again (viker eval) with one "
+                                                                       "--retain-limit")
     limit = tmp_path / "limit"  # a limit above the retain split's size leaves nobody out: it is no limit
     assert main(["eval", "--model", str(runs / "npo-a"), "--data", str(bench_dir), *DATA, "--max-new-tokens", "4",
                  "--retain-limit", "1000", "--only", "retain:multiple_choice", "--out", str(limit)]) == 0

@@ -508,7 +508,8 @@ def parser() -> argparse.ArgumentParser:
                     help="greedy reply length of the generation questions (default 50; CLEAR: 100); a cloze reply "
                          "is read in 50 tokens, a letter-mode reply in 8")
     ev.add_argument("--retain-limit", type=int, help="evaluate at most this many retain-split people (CLEAR: "
-                                                      "retain_perturbed rows)")
+                                                      "retain_perturbed rows; default: all; the demo's runs: 30, "
+                                                      "--fast 12)")
     ev.add_argument("--test-images", choices=("first", "all"),
                     help="the Test_Set photos each forget person's image questions are asked with: the first, or "
                          "every one (default: first; MLLMU-Bench only)")

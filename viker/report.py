@@ -681,14 +681,17 @@ def starting_models(rows: list[dict]) -> str:
             + (f"; the vanilla row is `{'`, `'.join(other)}`, which none starts from" if other else "") + ".")
 
 
-def _one_value(rows: list[dict], key: str, what: str) -> str | None:
-    """The value of ``key`` that every row shares (rows that did not record it aside), or an error."""
+def _one_value(rows: list[dict], key: str, what: str, option: str | None = None) -> str | None:
+    """The value of ``key`` that every row shares (rows that did not record it aside), or an error (naming the
+    ``option`` of `viker eval` that sets it, where one does)."""
     from viker.errors import VikerError
 
     values = {r[key] for r in rows if r[key] is not None}
     if len(values) > 1:
         listed = ", ".join(f"{r['path']} ({r[key]})" for r in rows if r[key] is not None)
-        raise VikerError(f"these runs were evaluated with different {what}, so one table cannot compare them: {listed}")
+        again = f"; evaluate them again (viker eval) with one {option}" if option else ""
+        raise VikerError(f"these runs were evaluated with different {what}, so one table cannot compare them: "
+                         f"{listed}{again}")
     return next(iter(values), None)
 
 
@@ -781,7 +784,7 @@ def _comparable_rows(paths: list[str]) -> tuple[list[dict], dict]:
     for key, option in (("mc_mode", "--mc-mode"), ("test_images", "--test-images"),
                         ("retain_limit", "--retain-limit"), ("max_new_tokens", "--max-new-tokens"),
                         ("judge", "--judge"), ("gib_model", "--gib-model")):
-        shared[key] = _one_value(rows, key, option)
+        shared[key] = _one_value(rows, key, option, option)
     # CLEAR's forget quality is a closeness to one model: to another one, another measure
     shared["reference"] = _one_value(rows, "forget_quality_reference",
                                      "--retain-model (the model forget quality compares with)")
