@@ -77,7 +77,8 @@ def test_demo_writes_every_promised_output(demo):
     assert f"({results['machine']['cpu_kernels']} kernels," in report  # the figures hold for this processor model
     # where the time went: every step, in the order the demo ran them, in results.json and in the report
     steps = results["step_seconds"]
-    assert list(steps)[:2] == ["generating the embedded benchmark", "the vanilla model"] and len(steps) == 6
+    assert list(steps)[:2] == ["the embedded benchmark", "the vanilla model"] and len(steps) == 6
+    assert results["reused_steps"] == {}
     assert all(seconds >= 0 for seconds in steps.values())
     assert all((f"| {text} | {seconds / 60:.1f} min |" if seconds >= 6 else f"| {text} | {seconds:.1f} s |") in report
                for text, seconds in steps.items())
@@ -136,14 +137,16 @@ def test_second_demo_reuses_the_vanilla_model(demo, capsys, monkeypatch):
     results = run_demo(cfg, progress=False)
     assert results["step_seconds"]["key tokens and the plot"] >= 3.0
     printed = capsys.readouterr().out
-    reused = f"the vanilla model, reused from an earlier demo ({out / 'vanilla'})"
-    assert f"2/5 {reused}" in printed
+    assert f"2/5 the vanilla model, reused from an earlier demo ({out / 'vanilla'})" in printed
     assert printed.startswith(f"1/5 the embedded benchmark, reused from an earlier demo ({out / 'data'})\n")
     assert (out / "vanilla" / "model" / "model.safetensors").stat().st_mtime_ns == before
     assert results["diagnostics"] is None
-    assert "generating the embedded benchmark" not in results["step_seconds"]  # the benchmark was there already
-    assert reused in results["step_seconds"]  # its minutes, in the report too, are those of loading it
+    # a step keeps its name in results.json (a script reads it by that name), and says where it was reused from
+    assert list(results["step_seconds"])[:2] == ["the embedded benchmark", "the vanilla model"]
+    assert results["reused_steps"] == {"the embedded benchmark": str(out / "data"),
+                                       "the vanilla model": str(out / "vanilla")}
     report = " ".join((out / "report.md").read_text().split())
+    assert "| the vanilla model (reused from an earlier demo) |" in report  # its minutes are those of loading it
     assert "How ViKeR and GA compare" not in report
     # a quick look says, in the report and at the end of the output, that it is too small to compare methods
     assert "--fast is a quick look" in printed
@@ -433,4 +436,6 @@ def test_the_time_table_gives_a_short_step_in_seconds_not_as_no_time():
     table = time_table({"unlearning with every method": 301.2, "key tokens and the plot": 2.34})
     assert "| unlearning with every method | 5.0 min |" in table
     assert "| key tokens and the plot | 2.3 s |" in table and "0.0" not in table
+    assert "| the vanilla model (reused from an earlier demo) | 1.5 s |" in time_table({"the vanilla model": 1.5},
+                                                                                        ["the vanilla model"])
     assert time_table({}) == ""

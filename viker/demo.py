@@ -15,6 +15,7 @@ import re
 import shutil
 import textwrap
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
@@ -135,7 +136,7 @@ def _vanilla(cfg: DemoConfig, data: Path, out: Path, progress: bool, steps: "Ste
     stamp = run / "demo-inputs.json"
     made_with = json.loads(stamp.read_text(encoding="utf-8")) if stamp.is_file() else None
     if (run / "model" / "config.json").is_file() and made_with == settings:
-        steps.start(f"the vanilla model, reused from an earlier demo ({run})")
+        steps.start("the vanilla model", reused_from=run)
         return run
     steps.start("the vanilla model")
     run_finetune(FinetuneConfig(model="tiny", data=str(data), out=str(run), train=cfg.finetune), progress=progress,
@@ -145,17 +146,21 @@ def _vanilla(cfg: DemoConfig, data: Path, out: Path, progress: bool, steps: "Ste
 
 
 class Steps:
-    """The demo's numbered steps: each is printed as it starts, and timed until the next one starts or
-    ``stop`` is called (``seconds``: step -> seconds, in order)."""
+    """The demo's numbered steps: each is printed as it starts (``doing``: in other words than its name), and
+    timed until the next one starts or ``stop`` is called (``seconds``: step -> seconds, in order, by names that
+    stay the same from demo to demo; ``reused``: the steps that read what an earlier demo left, from where)."""
 
     def __init__(self, total: int):
-        self.total, self.done, self.seconds = total, 0, {}
+        self.total, self.done, self.seconds, self.reused = total, 0, {}, {}
         self.current: tuple[str, float] | None = None
 
-    def start(self, text: str) -> None:
+    def start(self, text: str, doing: str | None = None, reused_from: Path | None = None) -> None:
         self.stop()
         self.done += 1
-        print(f"{self.done}/{self.total} {text}")
+        if reused_from is not None:
+            self.reused[text] = str(reused_from)
+            doing = f"{text}, reused from an earlier demo ({reused_from})"
+        print(f"{self.done}/{self.total} {doing or text}")
         self.current = (text, time.perf_counter())
 
     def stop(self) -> None:
@@ -177,7 +182,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     made_with = json.loads(stamp.read_text(encoding="utf-8")) if stamp.is_file() else None
     settings = to_jsonable(synth) | {"viker": __version__}  # another release may generate another benchmark
     if not (data / "README.md").is_file() or made_with != settings:
-        steps.start("generating the embedded benchmark")
+        steps.start("the embedded benchmark", doing="generating the embedded benchmark")
         write_json(stamp, {"unfinished": settings})  # until it is whole: an interrupted one is generated again
         for earlier in (data, out / "runs"):  # no file of an earlier benchmark stays, nor a run trained on it
             if earlier.is_dir():
@@ -187,7 +192,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
         build_benchmark(data, synth, progress=progress)
         write_json(stamp, settings)
     else:
-        steps.start(f"the embedded benchmark, reused from an earlier demo ({data})")
+        steps.start("the embedded benchmark", reused_from=data)
     vanilla = _vanilla(cfg, data, out, progress, steps)
     vanilla_model = load_model(vanilla)
     cache = out / "cache"
@@ -252,13 +257,13 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
                       f"{cfg.forget} of the embedded benchmark, tiny LLaVA", chance=CHANCE_ACC)
         steps.stop()  # what is left, writing results.json and report.md, takes milliseconds
         results = {"runs": runs, "lam_sweep": sweep, "settings": to_jsonable(cfg), "machine": machine(),
-                   "step_seconds": steps.seconds, "unlearn_seconds": timings,
+                   "step_seconds": steps.seconds, "reused_steps": steps.reused, "unlearn_seconds": timings,
                    "cagul": cagul, "idkpo_training": idkpo, "diagnostics": diagnostics,
                    "forget_image_questions": questions}
         write_json(stage / "results.json", results)
         minutes = (time.perf_counter() - started) / 60
         write_report(stage / "report.md", runs, sweep, cfg, minutes, results["machine"], cagul, diagnostics,
-                     questions, steps.seconds, idkpo, asked)
+                     questions, steps.seconds, idkpo, asked, steps.reused)
     print()
     print(plain_table(labelled(runs, cfg)))
     if cfg.quick:
@@ -734,12 +739,13 @@ def idkpo_note(trace: dict | None, runs: list[dict]) -> str:
         f"{moved(-down)} it.{still}", 110)
 
 
-def time_table(step_seconds: dict[str, float] | None) -> str:
+def time_table(step_seconds: dict[str, float] | None, reused: Iterable[str] = ()) -> str:
     """Where the demo's time went: a table of minutes per step, a step under 6 seconds in seconds (it would print
-    as 0.0 minutes; a benchmark or vanilla model reused from an earlier demo); empty without steps."""
+    as 0.0 minutes; a benchmark or vanilla model ``reused`` from an earlier demo); empty without steps."""
     if not step_seconds:
         return ""
-    rows = "\n".join(f"| {text} | {seconds / 60:.1f} min |" if seconds >= 6 else f"| {text} | {seconds:.1f} s |"
+    rows = "\n".join(f"| {text}{' (reused from an earlier demo)' if text in reused else ''} | "
+                     + (f"{seconds / 60:.1f} min |" if seconds >= 6 else f"{seconds:.1f} s |")
                      for text, seconds in step_seconds.items())
     return ("\nWhere the time went (a step's time includes evaluating its runs):\n\n"
             f"| step | time |\n| --- | --- |\n{rows}\n")
@@ -748,7 +754,7 @@ def time_table(step_seconds: dict[str, float] | None) -> str:
 def write_report(path: Path, runs: list[dict], sweep: list[dict], cfg: DemoConfig, minutes: float, cpu: dict,
                  cagul: dict | None = None, diagnostics: dict | None = None, questions: int | None = None,
                  step_seconds: dict[str, float] | None = None, idkpo: dict | None = None,
-                 asked: dict[str, int] | None = None) -> None:
+                 asked: dict[str, int] | None = None, reused_steps: Iterable[str] = ()) -> None:
     same_hardware = "processor model and GPU model" if cpu.get("gpu") else "processor model"
     sweep_rows = "\n".join(
         f"| {s['lam']:g} | {s['metrics']['forget_acc']:.1f} | {s['metrics']['retain_rougeL']:.1f} | "
@@ -798,5 +804,5 @@ Key tokens of the forget answers: [keytokens.html](keytokens.html) (![key tokens
 - Evaluation: multiple choice by option likelihood; generation greedy, {cfg.eval.max_new_tokens} new tokens
   ({cfg.eval.cloze_max_new_tokens} for a cloze reply); retain metrics on {cfg.eval.retain_limit or 'all'} retain people.
 - Full settings: `results.json`; each run's own `config.json` and `metrics.json` under `runs/`.
-{time_table(step_seconds)}"""
+{time_table(step_seconds, reused_steps)}"""
     path.write_text(text, encoding="utf-8")
