@@ -304,6 +304,10 @@ def test_an_infinite_setting_is_refused_from_python_too():
     ([*UNLEARN, "--device", "xla"], "--device xla: choose cpu, cuda, cuda:N or mps"),
     (["eval", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
     (["eval", "--forget", "retain_90"], "--forget retain_90: choose from forget_5, forget_10, forget_15"),
+    (["eval", "--forget", "forget10"], "--forget forget10: choose from forget_5, forget_10, forget_15; it is a CLEAR "
+                                       "split: give --benchmark clear"),
+    ([*UNLEARN, "--benchmark", "clear", "--forget", "forget_10"], "--forget forget_10: choose from forget01, forget05, "
+                                                                  "forget10 (optionally with +tofu); it is an MLLMU"),
     (["eval", "--max-new-tokens", "0"], "--max-new-tokens 0: must be at least 1"),
     (["eval", "--retain-limit", "-1"], "--retain-limit -1: must be at least 1"),
     (["eval", "--gib-model", "no/such/classifier"], "--gib-model no/such/classifier: no such folder"),

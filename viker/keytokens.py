@@ -20,7 +20,7 @@ import torch
 
 from viker.collate import Collator
 from viker.data.examples import unlearning_examples
-from viker.data.schema import RETAIN_OF, Example
+from viker.data.schema import Example, check_forget_split
 from viker.errors import VikerError, require
 from viker.methods.base import FrozenReference
 from viker.methods.losses import IGNORE, entropy
@@ -89,7 +89,7 @@ def forget_answers(data_dir, forget: str, refs: str = "people", benchmark: str =
 
         examples = unlearning_data(data_dir, forget)[0]["forget"]
     else:
-        require(forget in RETAIN_OF, "--forget", forget, f"choose from {', '.join(RETAIN_OF)}")
+        check_forget_split(forget)
         examples = unlearning_examples(data_dir, forget, learned=learned)
     require(examples, "--forget", forget, f"has no answers in {data_dir}")
     return ForgetAnswers(examples, reference_pool(refs, data_dir, forget), pool_owners(refs, data_dir, forget))

@@ -18,7 +18,7 @@ from viker.collate import Collator, check_max_length
 from viker.data.clear import unlearning_data as clear_unlearning_data
 from viker.data.examples import FINETUNE_SETS, ft_pairs, unlearning_examples
 from viker.data.loader import load_finetune, load_profiles, retain_profiles
-from viker.data.schema import FORGET_SPLITS, RETAIN_OF
+from viker.data.schema import RETAIN_OF, check_forget_split
 from viker.errors import VikerError, require, require_given
 from viker.methods import get_method, title, unlearning_methods
 from viker.methods.base import FrozenReference, UnlearnContext
@@ -322,8 +322,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     require_given(model=cfg.model, data=cfg.data, out=cfg.out)
     if cfg.benchmark not in ("mllmu", "clear"):
         raise VikerError(f"--benchmark {cfg.benchmark}: choose mllmu or clear")
-    if cfg.benchmark == "mllmu" and cfg.forget not in FORGET_SPLITS:
-        raise VikerError(f"--forget {cfg.forget}: choose from {', '.join(FORGET_SPLITS)}")
+    if cfg.benchmark == "mllmu":
+        check_forget_split(cfg.forget)
     if cfg.tuning not in ("lora", "full"):
         raise VikerError(f"--tuning {cfg.tuning}: choose lora or full")
     method = make_method(cfg.method, cfg.method_args, cfg.forget)

@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from viker.data.examples import _unique
 from viker.data.loader import config_files, has_image, image_bytes, read_config
+from viker.data.schema import FORGET_SPLITS as MLLMU_SPLITS
 from viker.data.schema import IMAGE, QA, Example
 from viker.errors import VikerError
 from viker.prompts import CAPTION_QUESTION, NAME_QUESTION, PROMPT_TEXTS
@@ -85,7 +86,8 @@ def forget_base(forget: str, flag: str = "--forget") -> str:
     (``flag`` names the option it came from in the error)."""
     base = forget.removesuffix(TOFU)
     if base not in FORGET_SPLITS:
-        raise VikerError(f"{flag} {forget}: choose from {', '.join(FORGET_SPLITS)} (optionally with {TOFU})")
+        theirs = "; it is an MLLMU-Bench split: leave out --benchmark clear" if forget in MLLMU_SPLITS else ""
+        raise VikerError(f"{flag} {forget}: choose from {', '.join(FORGET_SPLITS)} (optionally with {TOFU}){theirs}")
     return base
 
 

@@ -17,6 +17,17 @@ RETAIN_OF = {"forget_5": "retain_95", "forget_10": "retain_90", "forget_15": "re
 CONFIGS = ("Full_Set", *FORGET_SPLITS, *RETAIN_OF.values(), "Test_Set", "Retain_Set", "ft_Data")
 PRETRAIN_CONFIG = "pretrain_Data"  # ours, in ft_Data's format: knowledge a pretrained model brings
 
+
+def check_forget_split(forget: str) -> None:
+    """``--forget`` on MLLMU-Bench: one of its splits (a CLEAR split's name is said to be CLEAR's)."""
+    if forget not in FORGET_SPLITS:
+        from viker.data.clear import FORGET_SPLITS as CLEAR_SPLITS
+        from viker.data.clear import TOFU
+        from viker.errors import VikerError
+
+        theirs = "; it is a CLEAR split: give --benchmark clear" if forget.removesuffix(TOFU) in CLEAR_SPLITS else ""
+        raise VikerError(f"--forget {forget}: choose from {', '.join(FORGET_SPLITS)}{theirs}")
+
 IMAGE_TEXTUAL = "Image_Textual"
 PURE_TEXT = "Pure_Text"
 LETTERS = ("A", "B", "C", "D")

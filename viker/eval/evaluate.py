@@ -23,7 +23,7 @@ import torch
 from viker.collate import Collator, scoring_inputs
 from viker.data.examples import cloze_examples, generation_examples
 from viker.data.loader import load_profiles, retain_profiles
-from viker.data.schema import RETAIN_OF, Example, MCQuestion, Profile
+from viker.data.schema import Example, MCQuestion, Profile, check_forget_split
 from viker.errors import VikerError, require
 from viker.eval import metrics as M
 from viker.eval.generate import check_generation_settings, generate
@@ -70,7 +70,7 @@ class EvalConfig:
     def __post_init__(self):
         require(self.mc_mode in MC_MODES, "--mc-mode", self.mc_mode, f"choose {', '.join(MC_MODES)}")
         require(self.test_images in ("first", "all"), "--test-images", self.test_images, "choose first or all")
-        require(self.forget in RETAIN_OF, "--forget", self.forget, f"choose from {', '.join(RETAIN_OF)}")
+        check_forget_split(self.forget)
         check_generation_settings(self)
         require(self.cloze_max_new_tokens >= 1, "cloze_max_new_tokens", self.cloze_max_new_tokens, "must be at least 1")
         require(self.frame_max_new_tokens >= 1, "frame_max_new_tokens", self.frame_max_new_tokens, "must be at least 1")
