@@ -572,11 +572,16 @@ def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys, monkey
         in " ".join(report.split())
     assert (tmp_path / "report" / "tradeoff.png").is_file()  # model utility against forget quality
     # evaluated as forget10+tofu, a run is scored on forget10's items (the image sets): it shares their table
+    capsys.readouterr()
     assert main([*evaluate, "--model", str(tmp_path / "npo"), "--forget", "forget10+tofu",
                  "--out", str(tmp_path / "npo-tofu")]) == 0
+    assert "warning: no --retain-model, so no forget quality, CLEAR's measure of forgetting (give the model " \
+        "finetuned --without forget10" in capsys.readouterr().err
     assert _metrics(tmp_path / "npo-tofu") == _metrics(tmp_path / "npo") | {"forget_quality": None}
     assert main(["report", str(tmp_path / "retain-eval"), str(tmp_path / "npo-tofu"), "--out",
                  str(tmp_path / "tofu-report")]) == 0
+    assert "NPO was evaluated without --retain-model, so without forget quality." in \
+        " ".join((tmp_path / "tofu-report" / "report.md").read_text().split())  # its dash is no score of its own
     # a run unlearned on forget10+tofu is scored as forget10's runs are, and its row says what it trained on
     assert main(["unlearn", "--model", str(tmp_path / "vanilla"), "--method", "npo", "--forget", "forget10+tofu",
                  "--out", str(tmp_path / "npo+tofu"), "--max-steps", "2", "--lr", "5e-2", "--batch-size", "4",

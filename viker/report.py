@@ -811,6 +811,11 @@ def _evaluation_notes(rows: list[dict], shared: dict) -> str:
                       if r["metrics"].get("forget_quality") is not None and not r["forget_quality_reference"]]
             evaluated += f" Forget quality compares with the model in `{reference}`" + (
                 f" (the evaluations in {', '.join(silent)} do not record theirs)" if silent else "") + "."
+        unmeasured = [r["label"] for r in rows if r["method"] not in REFERENCES
+                      and r["metrics"].get("forget_quality") is None]
+        if unmeasured:  # a dash that is no score of theirs
+            evaluated += (f" {', '.join(unmeasured)} {'was' if len(unmeasured) == 1 else 'were'} evaluated without "
+                          "--retain-model, so without forget quality.")
     else:
         read = " (a generated letter, read by the reply's first character as MLLMU-Bench reads it)" * (
             mc_mode == "first_char")

@@ -288,7 +288,10 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig, d
     read = clear_eval_sets(data, cfg)  # a wrong --data or split is refused before any model loads
     if not read[2]:  # a --retain-limit that left no item out is recorded as none: every item
         cfg = replace(cfg, retain_limit=None)
-    for warning in (other_benchmark(model_path, data), other_split(model_path, cfg.forget, "clear")):
+    unmeasured = None if cfg.retain_model or next(runs_behind(model_path), {}).get("command") != "unlearn" else (
+        f"no --retain-model, so no forget quality, CLEAR's measure of forgetting (give the model finetuned "
+        f"--without {forget_base(cfg.forget)}, or its evaluation's folder)")
+    for warning in (other_benchmark(model_path, data), other_split(model_path, cfg.forget, "clear"), unmeasured):
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
     out = Path(out)
