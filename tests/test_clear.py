@@ -473,9 +473,19 @@ def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys, monkey
                  "--retain-model", str(tmp_path / "retain-eval" / "metrics.json")]) == 0
     vanilla = _metrics(tmp_path / "vanilla-eval")
     assert vanilla == pytest.approx(_metrics(tmp_path / "vanilla-eval2"))
-    printed = capsys.readouterr().out  # CLEAR's columns, in [0, 1] as it reports them
+    printed, warned = capsys.readouterr()  # CLEAR's columns, in [0, 1] as it reports them
     assert re.search(rf"^  Forget quality ↑ +{format(vanilla['forget_quality'], '#.2g')}$", printed, re.M), printed
+    assert "finetuned otherwise" not in warned  # the retain model is the vanilla model's recipe, without forget10
     assert re.search(rf"^  Model utility ↑ +{vanilla['model_utility']:.3f}$", printed, re.M), printed
+    # a retain model trained otherwise: forget quality would measure that difference too
+    assert main(["finetune", "--model", str(tiny_dir), "--out", str(tmp_path / "retain-other"), "--max-steps", "1",
+                 "--without", "forget10", *train[:-3], "1e-3", "--tuning", "full", *common]) == 0
+    capsys.readouterr()
+    assert main([*evaluate, "--model", str(tmp_path / "vanilla"), "--out", str(tmp_path / "other-recipe"),
+                 "--retain-model", str(tmp_path / "retain-other")]) == 0
+    assert f"warning: --retain-model {tmp_path / 'retain-other'} was finetuned otherwise than the vanilla model " \
+        f"{tmp_path / 'vanilla'} comes from ({tmp_path / 'vanilla'}): train.lr 0.001, not 0.003; train.max_steps 1, " \
+        "not 6." in capsys.readouterr().err
     # a reference that its run shows has seen the forget persons is refused: the vanilla run, its
     # evaluation's truth ratios, a run finetuned without another split
     assert main(["finetune", "--model", str(tiny_dir), "--out", str(tmp_path / "retain01"), "--max-steps", "1",

@@ -14,6 +14,7 @@ from viker.runs import (
     checkpoints,
     differing,
     file_hashes,
+    flat,
     holds_finished_model,
     model_folder,
     out_folder,
@@ -150,11 +151,6 @@ def check_resume(out: str | Path, command: str, settings: dict, data_dir: str | 
     run would; only ``RESUME_FREE`` may differ. ``resolve`` maps both records to the settings a run reads (a
     default given or left out alike), where they are compared."""
     from viker.model import DTYPES, check_weights_unchanged
-
-    def flat(value, prefix=""):
-        if isinstance(value, dict):
-            return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}{key}.").items()}
-        return {prefix.rstrip("."): value}
 
     def same(key: str, was, is_) -> bool:  # --dtype's spellings of one dtype (bf16, bfloat16) are one setting
         return DTYPES[was] == DTYPES[is_] if key.endswith("dtype") and {was, is_} <= DTYPES.keys() else was == is_

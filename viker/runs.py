@@ -184,6 +184,13 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
+def flat(settings: Any, prefix: str = "") -> dict:
+    """Recorded settings as one level, each by its dotted path (``train.lr``)."""
+    if isinstance(settings, dict):
+        return {k: v for key, item in settings.items() for k, v in flat(item, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): settings}
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
     """Write JSON atomically: a reader never sees half a file."""
     path = Path(path)

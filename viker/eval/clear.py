@@ -41,6 +41,7 @@ from viker.runs import (
     as_recorded,
     check_eval_out,
     file_hashes,
+    flat,
     model_named,
     other_benchmark,
     other_split,
@@ -254,6 +255,31 @@ def check_reference(spec: str | Path, forget: str) -> None:
         config = next(runs_behind(start), {}) if start else {}
 
 
+# what a retain model's finetune may differ in from the vanilla model's: where it is saved, whom it leaves out, how
+# it is loaded, logged and checkpointed, and its random seeds
+RECIPE_FREE = ("out", "without", "data", "device", "dtype", "trust_remote_code", "eval_batch_size", "train.seed",
+               "tiny.seed", "train.log_every", "train.checkpoint_every", "train.snapshot_every",
+               "train.gradient_checkpointing")
+
+
+def other_recipe(spec: str | Path, model_path: str) -> str | None:
+    """A warning where the ``--retain-model`` was finetuned otherwise than the vanilla model behind ``model_path``
+    (the `viker finetune` run its chain of runs starts from): CLEAR's retain model is trained as that one was,
+    without the forget persons, so that forget quality measures the forgetting alone."""
+    retain = reference_run(spec)
+    vanilla = next((run for run in runs_behind(model_path) if run["command"] == "finetune"), None)
+    if retain.get("command") != "finetune" or vanilla is None:
+        return None
+    theirs, ours = flat(retain["finetune"]), flat(vanilla["finetune"])
+    differ = [f"{k} {theirs.get(k)!r}, not {ours.get(k)!r}" for k in sorted(theirs.keys() | ours.keys())
+              if k not in RECIPE_FREE and theirs.get(k) != ours.get(k)]
+    if not differ:
+        return None
+    return (f"--retain-model {spec} was finetuned otherwise than the vanilla model {model_path} comes from "
+            f"({vanilla['finetune'].get('out')}): {'; '.join(differ)}. Forget quality then measures that difference "
+            "too; finetune the retain model with the vanilla model's settings and --without")
+
+
 def reference_truth_ratios(cfg: ClearEvalConfig, data: str | Path, device=None, dtype="auto",
                            trust_remote_code=False) -> tuple[dict[str, list[float]], bool]:
     """The forget truth ratios of the model trained without the forget set, and whether they were
@@ -288,10 +314,13 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig, d
     read = clear_eval_sets(data, cfg)  # a wrong --data or split is refused before any model loads
     if not read[2]:  # a --retain-limit that left no item out is recorded as none: every item
         cfg = replace(cfg, retain_limit=None)
+    if cfg.retain_model:  # a model that saw the forget persons is refused before any warning about it
+        check_reference(cfg.retain_model, cfg.forget)
     unmeasured = None if cfg.retain_model or next(runs_behind(model_path), {}).get("command") != "unlearn" else (
         f"no --retain-model, so no forget quality, CLEAR's measure of forgetting (give the model finetuned "
         f"--without {forget_base(cfg.forget)}, or its evaluation's folder)")
-    for warning in (other_benchmark(model_path, data), other_split(model_path, cfg.forget, "clear"), unmeasured):
+    for warning in (other_benchmark(model_path, data), other_split(model_path, cfg.forget, "clear"), unmeasured,
+                    other_recipe(cfg.retain_model, model_path) if cfg.retain_model else None):
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
     out = Path(out)
