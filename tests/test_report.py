@@ -47,6 +47,11 @@ def test_table_marks_the_best_unlearning_method_per_column_in_its_direction():
     coherent_ga = {**ga, "metrics": {**ga["metrics"], "coherence": 80.0}}
     assert _cells(markdown_table([coherent_ga, *_runs()[2:]]))["GA"][0] == "**12.0**"
     assert cells["KL-Min"][1] == "**98.1**" and cells["vanilla"][1] == "99.8"  # vanilla is not a contender
+    # nor is a run whose letter-mode replies mostly named no option, in that set's ACC columns: its 0 says nothing
+    silent = {**coherent_ga, "metrics": {**coherent_ga["metrics"], "forget_acc": 0.0, "forget_unparsed": 90.0}}
+    forgot = {**_runs()[3], "metrics": {**_runs()[3]["metrics"], "forget_acc": 20.0}}
+    marked = _cells(markdown_table([silent, _runs()[2], forgot]))
+    assert marked["GA"][0] == "0.0" and marked["ViKeR (λ=10)"][0] == "**20.0**"
     assert cells["vanilla"] == ["100.0", "99.8", "99.3"]  # not even where it ties the best (Coherence)
     # ties as printed are all best: 99.3 and 99.26 both print as 99.3
     assert cells["KL-Min"][2] == "**99.3**" and cells["ViKeR (λ=10)"][2] == "**99.3**"

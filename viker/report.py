@@ -173,7 +173,8 @@ UNMARKED = (f"A column where every method prints alike has no best. Runs whose a
 def markdown_table(runs: list[dict], incoherent_below: float = INCOHERENT_BELOW) -> str:
     """One row per run, the best value of each column in bold (among the unlearning runs: not the
     reference rows, vanilla and a retain model). A column where they all print alike has no best. Where lower
-    is better (the forgetting columns), a run whose answers fell apart is not a contender (:data:`UNMARKED`)."""
+    is better (the forgetting columns), a run whose answers fell apart is not a contender (:data:`UNMARKED`), nor
+    one in the ACC columns of a set whose letter-mode replies mostly named no option (:func:`reads_no_letter`)."""
     cols = _columns(runs)
     header = "| Method | " + " | ".join(c.header + ARROWS[c.lower_is_better] for c in cols) + " |"
     lines = [header, "|" + " --- |" * (len(cols) + 1)]
@@ -184,7 +185,8 @@ def markdown_table(runs: list[dict], incoherent_below: float = INCOHERENT_BELOW)
         return float(text) if c.floor is None else max(float(text), c.floor)
 
     for c in cols:
-        contenders = contenders_of[c.key] = coherent if c.lower_is_better else unlearned
+        contenders = contenders_of[c.key] = [r for r in coherent if not reads_no_letter(r, c.key)] \
+            if c.lower_is_better else unlearned
         printed = [_printed(c, r["metrics"].get(c.key)) for r in contenders]
         values = [counted(c, text) for text in printed if text != "–"]
         differ = len(set(values)) > 1
@@ -197,6 +199,14 @@ def markdown_table(runs: list[dict], incoherent_below: float = INCOHERENT_BELOW)
             cells.append(f"**{text}**" if marked else text)
         lines.append(f"| {cell(label(r))} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def reads_no_letter(run: dict, key: str) -> bool:
+    """Whether ``key`` is an ACC of a set whose letter-mode replies mostly named no option, in ``run``: an ACC that
+    says nothing of what the model knows (:func:`viker.eval.metrics.mostly_unread`)."""
+    from viker.eval.metrics import mostly_unread
+
+    return any(key.startswith(f"{unread.removesuffix('_unparsed')}_acc") for unread in mostly_unread(run["metrics"]))
 
 
 def column_glossary(runs: list[dict]) -> str:
@@ -844,7 +854,8 @@ def _evaluation_notes(rows: list[dict], shared: dict) -> str:
     if unread:  # an ACC of 0 there is no forgetting: a model that does not answer with a letter
         evaluated += (f" Most multiple-choice replies {unread_replies(mc_mode)}, and count as wrong, for "
                       f"{'; '.join(unread)}: "
-                      "their ACC figures say nothing of what they know (--mc-mode likelihood scores such models).")
+                      "their ACC figures say nothing of what they know, and are not marked best (--mc-mode "
+                      "likelihood scores such models).")
     return evaluated
 
 
