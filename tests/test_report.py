@@ -558,6 +558,8 @@ def test_a_nan_in_a_metrics_file_is_not_measured_in_the_table_and_the_plot(runs,
     assert main(["report", str(runs / "vanilla"), str(ga), "--out", str(tmp_path / "report")]) == 0
     cells = _cells((tmp_path / "report" / "report.md").read_text().split("\n\n")[1])
     assert cells["GA"][0] == "–" and "vanilla" in drawn and "GA" not in drawn  # not plotted without Forget ACC
+    said = " ".join((tmp_path / "report" / "report.md").read_text().split())
+    assert "Not on the plot, having no `forget_acc` or no `retain_rougeL`: GA." in said  # and said so
     assert json.loads((tmp_path / "report" / "results.json").read_text())["runs"][1]["metrics"]["forget_acc"] is None
 
 
