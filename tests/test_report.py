@@ -14,6 +14,7 @@ from viker.report import (
     _nearby,
     column_glossary,
     markdown_table,
+    none_coherent,
     plain_table,
     side_by_side,
     tradeoff_plot,
@@ -70,6 +71,15 @@ def test_table_marks_the_best_unlearning_method_per_column_in_its_direction():
     assert clear == {"GA": ["0.410"], "NPO": ["0.730"]}
     piped = _cells(markdown_table([{**_runs()[1], "label": "GA (runs|a)"}]))  # a '|' stays in its cell
     assert list(piped) == ["GA (runs\\|a)"] and len(piped["GA (runs\\|a)"]) == 3
+
+
+def test_a_table_where_every_run_fell_apart_says_why_no_forgetting_column_has_a_best():
+    runs = _runs()
+    assert none_coherent(runs) == ""  # KL-Min and ViKeR answer in sentences
+    assert "**" not in markdown_table(runs[:2] + [{**runs[1], "metrics": {**runs[1]["metrics"], "forget_acc": 5.0}}])
+    assert none_coherent(runs[:2]) == " Here every unlearning run's coherence is under 50: no forgetting column has " \
+        "a best."
+    assert none_coherent(runs[:1]) == ""  # no unlearning run: nothing to say
 
 
 def test_every_mllmu_column_points_the_way_the_paper_reads_it():
@@ -540,6 +550,12 @@ def test_a_report_without_figures_for_its_plot_says_why_and_claims_no_retain_peo
     report = " ".join((tmp_path / "report" / "report.md").read_text().split())
     assert "No trade-off plot: no run has both `forget_acc` and `retain_rougeL`" in report
     assert "Retain figures" not in report and not (tmp_path / "report" / "tradeoff.png").exists()
+    generated = tmp_path / "generation-only"  # no multiple choice asked: no mode of it is named
+    assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), *DATA, *EVAL,
+                 "--only", "forget:generation", "--out", str(generated)]) == 0
+    assert main(["report", str(generated), "--out", str(tmp_path / "generated")]) == 0
+    report = " ".join((tmp_path / "generated" / "report.md").read_text().split())
+    assert "Evaluated on forget_10." in report and "multiple choice by" not in report
 
 
 def test_a_nan_in_a_metrics_file_is_not_measured_in_the_table_and_the_plot(runs, tmp_path, monkeypatch):

@@ -170,6 +170,14 @@ UNMARKED = (f"A column where every method prints alike has no best. Runs whose a
             "has not forgotten a fact, it has lost the language.")
 
 
+def none_coherent(rows: list[dict]) -> str:
+    """A sentence where every unlearning run's answers fell apart, so that no forgetting column has a best."""
+    unlearned = [r for r in rows if r["method"] not in REFERENCES]
+    if unlearned and all(_incoherent(r["metrics"], INCOHERENT_BELOW) for r in unlearned):
+        return f" Here every unlearning run's coherence is under {INCOHERENT_BELOW:g}: no forgetting column has a best."
+    return ""
+
+
 def markdown_table(runs: list[dict], incoherent_below: float = INCOHERENT_BELOW) -> str:
     """One row per run, the best value of each column in bold (among the unlearning runs: not the
     reference rows, vanilla and a retain model). A column where they all print alike has no best. Where lower
@@ -829,7 +837,10 @@ def _evaluation_notes(rows: list[dict], shared: dict) -> str:
     else:
         read = " (a generated letter, read by the reply's first character as MLLMU-Bench reads it)" * (
             mc_mode == "first_char")
-        evaluated = f"{scales}. Evaluated on {split}, multiple choice by {mc_mode or 'a mode not recorded'}{read}."
+        chosen = any(k.endswith(("_acc", "_acc_text", "_acc_image")) and v is not None
+                     for r in rows for k, v in r["metrics"].items())
+        asked = f", multiple choice by {mc_mode or 'a mode not recorded'}{read}" if mc_mode or chosen else ""
+        evaluated = f"{scales}. Evaluated on {split}{asked}."
     if shared["max_new_tokens"] is not None:
         evaluated += f" Greedy replies of at most {shared['max_new_tokens']} new tokens."
     if shared["gib_model"] and any(r["metrics"].get("gib") is not None for r in rows):
@@ -902,7 +913,8 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
 {markdown_table(rows)}
 
 Best value of each column among the unlearning methods in bold (the vanilla model, before unlearning, and a
-retain model, never trained on the forget split, are references and not compared). {UNMARKED} {evaluated}
+retain model, never trained on the forget split, are references and not compared). {UNMARKED}{none_coherent(rows)} \
+{evaluated}
 {plot}
 ## Columns
 
