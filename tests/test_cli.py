@@ -132,6 +132,9 @@ def test_the_loss_an_unlearning_run_ends_on_says_over_which_steps_it_is_a_mean(t
     (row,) = json.loads((tmp_path / "run" / "history.json").read_text())
     assert f"(loss {row['loss']:.4f} (the mean over steps 1–3); every logged step in history.json)" in \
         capsys.readouterr().out
+    from viker.train import last_logged_loss
+
+    assert last_logged_loss([{"step": 5, "loss": 0.3}, {"step": 6, "loss": 0.192}]) == "loss 0.1920 (step 6's)"
 
 
 def test_the_lora_a_command_line_run_takes_unset_is_the_python_apis():

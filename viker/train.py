@@ -197,8 +197,8 @@ def last_logged_loss(history: list[dict]) -> str:
     if not history or "loss" not in history[-1]:
         return "no loss logged"
     last, first = history[-1]["step"], history[-2]["step"] + 1 if len(history) > 1 else 1
-    steps = f"step {last}" if first == last else f"steps {first}–{last}"
-    return f"loss {history[-1]['loss']:.4f} (the mean over {steps})"
+    over = f"step {last}'s" if first == last else f"the mean over steps {first}–{last}"
+    return f"loss {history[-1]['loss']:.4f} ({over})"
 
 
 def load_checkpoint(run_dir: Path, model, optimizer, scheduler, rank: int = 0, world: int = 1,
