@@ -388,16 +388,23 @@ def test_an_evaluation_that_fails_to_write_leaves_the_earlier_one_whole(tiny_dir
     assert all("choice" in json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines())
 
 
-def test_progress_false_silences_the_libraries_bars_too(tiny_dir, bench_dir, tmp_path, capsys):
-    """From Python, progress=False hid viker's bars while transformers' "Loading weights" still drew its own."""
+def test_progress_false_silences_the_libraries_bars_too(tiny_dir, bench_dir, tmp_path, capsys, monkeypatch):
+    """From Python, progress=False hid viker's bars while transformers' "Loading weights" still drew its own; in a
+    log, its bars of a second each made a quarter of the demo's lines."""
     from transformers.utils import logging as hf_logging
 
+    import viker.progress
     from viker.eval.run import run_eval
 
     cfg = EvalConfig(forget="forget_10", scope={"forget": ("multiple_choice",)})
     run_eval(str(tiny_dir), str(bench_dir), str(tmp_path / "quiet"), cfg, progress=False)
     assert capsys.readouterr().err == ""
     assert hf_logging.is_progress_bar_enabled()  # as it was, for what runs next
+    run_eval(str(tiny_dir), str(bench_dir), str(tmp_path / "logged"), cfg, progress=True)  # captured: a log
+    logged = capsys.readouterr().err
+    assert "Loading weights" not in logged and "evaluating" in logged  # viker's own bars are still there
+    assert hf_logging.is_progress_bar_enabled()
+    monkeypatch.setattr(viker.progress, "live", lambda stream=None: True)  # a terminal shows every bar
     run_eval(str(tiny_dir), str(bench_dir), str(tmp_path / "shown"), cfg, progress=True)
     assert "Loading weights" in capsys.readouterr().err
 
