@@ -687,8 +687,10 @@ def test_the_picture_and_the_page_say_what_their_shading_and_counts_cover(tmp_pa
     write_png(rows, tmp_path / "keys.png", epsilon=0.5)
     assert f"The first {PNG_ANSWERS} of 15 forget answers (the page shows them all)." in titles[-1]
     assert "Questions without [image] name the person" in titles[-1]
+    # what its shades stand for: the darkest is the largest entropy shown
+    assert "\nShading from white (H = 0) to the darkest orange-red (H = 2.00 nats, the largest here)." in titles[-1]
     write_png([pictured] * 3, tmp_path / "keys.png", epsilon=0.5)  # all shown, all pictured: nothing to add
-    assert "\n" not in titles[-1]
+    assert titles[-1].count("\n") == 1
     write_html(rows, tmp_path / "keys.html", epsilon=0.5, title="t")
     page = (tmp_path / "keys.html").read_text()
     assert "15 of 30 answer tokens (13 of 26 in the answers to image questions)" in page
@@ -863,9 +865,11 @@ def test_the_key_token_picture_underlines_what_viker_at_lam_forgets(tmp_path, mo
             assert round(x1 - x0, 6) == round(CHAR * len(boxes[round(x0, 6)]), 6)
         return sorted(boxes[round(ln.get_data()[0][0], 6)] for ln in lines), ax.get_title(loc="left")
 
-    assert underlined(None) == ([], "Answer tokens shaded by reference entropy H(R̂); outlined: key tokens (H > 0.5)")
+    names, title = underlined(None)
+    assert names == [] and title.startswith("Answer tokens shaded by reference entropy H(R̂); outlined: key tokens "
+                                            "(H > 0.5)\n")
     names, title = underlined(10)
-    assert names == ["Deirdi"] and title.endswith("; underlined: forgotten by ViKeR at λ = 10")
+    assert names == ["Deirdi"] and title.split("\n")[0].endswith("; underlined: forgotten by ViKeR at λ = 10")
     assert underlined(2)[0] == [".", "Deirdi"]  # 0.3 < 1/2
     assert underlined(0.5)[0] == sorted(["This", "person", "is", "Deirdi", "."])
 
