@@ -496,6 +496,13 @@ def test_a_model_finetuned_on_other_benchmark_files_is_warned_about(tiny_dir, be
                  "--out", str(tmp_path / "run")]) == 0
     assert f"warning: {vanilla} was finetuned on elsewhere, and {bench_dir} is not" in capsys.readouterr().err
     assert other_benchmark(str(tiny_dir), bench_dir) is None  # no finetune of ours: nothing to compare
+    # a model finetuned on the other benchmark: said in those words, not as another seed or release
+    (vanilla / "config.json").write_text(json.dumps({"command": "finetune", "data_files": hashes,
+                                                     "finetune": {"data": "clear-data", "benchmark": "clear"}}))
+    assert other_benchmark(str(unlearned), bench_dir) == (
+        f"{unlearned} was finetuned on CLEAR (clear-data), and is read here as a model of MLLMU-Bench: its people "
+        "are not those the model learned, and its figures here mean nothing")
+    assert other_benchmark(str(unlearned), bench_dir, "clear") is None
 
 
 def test_a_data_file_is_hashed_once_while_unchanged_and_again_once_changed(tmp_path, monkeypatch):

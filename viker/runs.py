@@ -466,12 +466,22 @@ def recalls_nothing(model: str) -> str | None:
     return None
 
 
-def other_benchmark(model: str, data: str | Path) -> str | None:
-    """A warning when the `viker finetune` run that ``model`` comes from read other benchmark files than ``data``
-    holds (another seed's embedded benchmark, another release): its people are then not this benchmark's, and
-    neither unlearning nor scoring them means anything. Files only one side has do not count; the same benchmark
-    written again by another version of pyarrow differs too, which the warning says."""
+BENCHMARK_NAMES = {"mllmu": "MLLMU-Bench", "clear": "CLEAR"}
+
+
+def other_benchmark(model: str, data: str | Path, benchmark: str = "mllmu") -> str | None:
+    """A warning when the `viker finetune` run that ``model`` comes from was on the other benchmark than
+    ``benchmark``, or read other benchmark files than ``data`` holds (another seed's embedded benchmark, another
+    release): its people are then not this benchmark's, and neither unlearning nor scoring them means anything.
+    Files only one side has do not count; the same benchmark written again by another version of pyarrow differs
+    too, which the warning says."""
     vanilla = next((run for run in runs_behind(model) if run["command"] == "finetune"), {})
+    theirs = vanilla.get("finetune", {}).get("benchmark", "mllmu")
+    if vanilla and theirs != benchmark:
+        return (f"{model} was finetuned on {BENCHMARK_NAMES.get(theirs, theirs)} "
+                f"({vanilla['finetune'].get('data', 'its data')}), and is read here as a model of "
+                f"{BENCHMARK_NAMES.get(benchmark, benchmark)}: its people are not those the model learned, and its "
+                "figures here mean nothing")
     if "data_files" not in vanilla or not Path(data).expanduser().is_dir():
         return None
     recorded, now = vanilla["data_files"], file_hashes(Path(data).expanduser())

@@ -359,7 +359,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         check_resume(cfg.out, "unlearn", compared, cfg.data, model_files, resolve=resolved_settings)
     accelerator = make_accelerator(cfg.train, resume, cfg.device)  # one process or several: docs/distributed.md
     if accelerator.is_main_process:
-        for warning in (other_benchmark(cfg.model, cfg.data), unmatched_ft_data(used),
+        for warning in (other_benchmark(cfg.model, cfg.data, cfg.benchmark), unmatched_ft_data(used),
                         recalls_nothing(cfg.model) if cfg.benchmark == "mllmu" else None):
             if warning:
                 print(f"warning: {warning}", file=sys.stderr)

@@ -319,8 +319,8 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig, d
     unmeasured = None if cfg.retain_model or next(runs_behind(model_path), {}).get("command") != "unlearn" else (
         f"no --retain-model, so no forget quality, CLEAR's measure of forgetting (give the model finetuned "
         f"--without {forget_base(cfg.forget)}, or its evaluation's folder)")
-    for warning in (other_benchmark(model_path, data), other_split(model_path, cfg.forget, "clear"), unmeasured,
-                    other_recipe(cfg.retain_model, model_path) if cfg.retain_model else None):
+    for warning in (other_benchmark(model_path, data, "clear"), other_split(model_path, cfg.forget, "clear"),
+                    unmeasured, other_recipe(cfg.retain_model, model_path) if cfg.retain_model else None):
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
     out = Path(out)

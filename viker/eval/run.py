@@ -23,6 +23,7 @@ from viker.model import how_loaded, load_model
 from viker.progress import bars_as_asked
 from viker.prompts import GENERATION_SUFFIX
 from viker.runs import (
+    BENCHMARK_NAMES,
     EVAL_CONFIG,
     as_recorded,
     check_eval_out,
@@ -44,7 +45,6 @@ def write_generations(path: Path, records: list[dict]) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-BENCHMARK_NAMES = {"mllmu": "MLLMU-Bench", "clear": "CLEAR"}
 
 
 def check_nothing_lost(out: str | Path, benchmark: str, cfg) -> None:
