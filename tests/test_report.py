@@ -600,7 +600,12 @@ def test_report_refuses_runs_it_cannot_compare(runs, bench_dir, tiny_dir, tmp_pa
     assert main(["report", str(runs / "vanilla" / "model"), "--out", str(tmp_path / "none")]) == 2
     assert f"no metrics.json; its run folder, {runs / 'vanilla'}, holds the evaluation" in capsys.readouterr().err
     assert main(["report", str(bench_dir), "--out", str(tmp_path / "none")]) == 2  # no advice to evaluate the data
-    assert "no metrics.json, and neither a run nor a model" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip().endswith("no metrics.json, and neither a run nor a model; give the folders "
+                                                    "viker eval wrote into")
+    assert main(["report", str(runs), "--out", str(tmp_path / "none")]) == 2  # a folder of evaluated runs
+    held = len([f for f in runs.iterdir() if (f / "metrics.json").is_file()])
+    assert capsys.readouterr().err.strip().endswith(f"neither a run nor a model; give the folders viker eval wrote "
+                                                    f"into (it holds {held} evaluations: give {runs}/*)")
     assert main(["report", str(runs / "ga"), "--out", str(tmp_path / "none")]) == 2  # a run not yet evaluated
     assert f"no metrics.json; evaluate it first (viker eval --model {runs / 'ga'}" in capsys.readouterr().err
     # the model of a run not yet evaluated (a finetune's folder has its training figures, no evaluation's; a

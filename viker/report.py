@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import re
+import shlex
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, NamedTuple
@@ -539,8 +540,10 @@ def read_run(path: str | Path) -> dict:
         if (run / "model" / "metrics.json").is_file():  # evaluated into its model folder
             raise VikerError(in_model)
         if not any((run / name).is_file() for name in ("config.json", "adapter_config.json")):
+            inside = [f for f in run.iterdir() if (f / "metrics.json").is_file()] if run.is_dir() else []
+            held = f" (it holds {len(inside)} evaluations: give {shlex.quote(str(run))}/*)" if inside else ""
             raise VikerError(f"{run}: no metrics.json, and neither a run nor a model; give the folders viker eval "
-                             "wrote into")
+                             f"wrote into{held}")
         raise VikerError(f"{run}: no metrics.json; {evaluate}")
     config, evaluation = read_configs(run)
     metrics = read_json(run / "metrics.json")
