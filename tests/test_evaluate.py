@@ -859,6 +859,21 @@ def test_progress_is_live_on_a_terminal_and_a_line_now_and_then_in_a_log(termina
         assert outer == 2 and "inner" not in err and "\x1b[A" not in err, err  # its start and its end
 
 
+def test_a_bar_in_a_log_keeps_its_pace_when_the_work_slows_down(capsys, monkeypatch):
+    """tqdm counted the steps between two looks at the clock by the early pace: once a step took longer (a
+    finetune's later, longer batches), a log went quiet for minutes, then its monitor wrote two lines at once."""
+    import time
+
+    from viker.progress import progress_bar
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    monkeypatch.setenv("TQDM_MININTERVAL", "0.2")
+    for i in progress_bar(range(210), desc="steps"):
+        time.sleep(0.001 if i < 200 else 0.1)  # a second of slow steps at the end
+    counts = [int(m) for m in re.findall(r"steps:.*?\| (\d+)/210", capsys.readouterr().err)]
+    assert len([n for n in counts if 200 < n < 210]) >= 2, counts  # updated during the slow steps too
+
+
 @pytest.mark.parametrize("stream", ["closed", None])
 def test_a_bar_with_no_stream_to_write_to_is_off(stream, monkeypatch):
     """Standard error closed, or none (Python started without one): the work goes on without a bar."""

@@ -50,8 +50,10 @@ def progress_bar(iterable=None, *, inner: bool = False, disable: bool = False, *
             interval = float(os.environ.get("TQDM_MININTERVAL", LOG_INTERVAL))
         except ValueError:
             interval = LOG_INTERVAL
-        # and no more often when tqdm's monitor thread steps in (its maxinterval)
-        kwargs = {"mininterval": interval, "maxinterval": max(interval, LOG_INTERVAL)} | kwargs
+        # and no more often when tqdm's monitor thread steps in (its maxinterval); the clock is read at every
+        # update (miniters 1), so that a bar whose work slows down is still updated every interval, and its monitor
+        # never refreshes it out of turn (a second line in the same second)
+        kwargs = {"mininterval": interval, "maxinterval": max(interval, LOG_INTERVAL), "miniters": 1} | kwargs
         disable = disable or inner
     if disable or not _writable(kwargs.get("file") or sys.stderr):
         kwargs["disable"] = True  # only then, so that TQDM_DISABLE is heard otherwise
