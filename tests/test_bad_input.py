@@ -610,6 +610,14 @@ def test_a_wrong_benchmark_folder_or_split_is_refused_before_the_model_loads(tin
         assert capsys.readouterr().err.strip() == f"error: --forget forget_7: {splits}", command
 
 
+def test_an_mllmu_split_given_to_without_gets_no_advice_to_leave_out_benchmark_clear(bench_dir, tmp_path, capsys):
+    """--without is CLEAR's alone: leaving out --benchmark clear, as the advice for --forget says, is refused too."""
+    assert main(["finetune", "--benchmark", "clear", "--without", "forget_10", "--data", str(bench_dir), "--out",
+                 str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == "error: --without forget_10: choose from forget01, forget05, forget10 " \
+                                      "(optionally with +tofu)\n"
+
+
 def test_keytokens_refuses_fp16_on_the_cpu_before_the_model_loads(tiny_dir, bench_dir, tmp_path, capsys, monkeypatch):
     import viker.model
 

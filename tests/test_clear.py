@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 from viker.cli import main
 from viker.data import clear
 from viker.errors import VikerError
-from viker.eval.clear import UTILITY_KEYS, ItemScore, check_reference, model_utility, set_metrics
+from viker.eval.clear import UTILITY_KEYS, ItemScore, check_reference, model_utility, other_recipe, set_metrics
 from viker.eval.metrics import coherence_mean, forget_quality, harmonic_mean
 from viker.methods.reference import reference_pool_and_source
 from viker.prompts import CAPTION_QUESTION, NAME_QUESTION
@@ -483,9 +483,21 @@ def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys, monkey
     capsys.readouterr()
     assert main([*evaluate, "--model", str(tmp_path / "vanilla"), "--out", str(tmp_path / "other-recipe"),
                  "--retain-model", str(tmp_path / "retain-other")]) == 0
-    assert f"warning: --retain-model {tmp_path / 'retain-other'} was finetuned otherwise than the vanilla model " \
-        f"{tmp_path / 'vanilla'} comes from ({tmp_path / 'vanilla'}): train.lr 0.001, not 0.003; train.max_steps 1, " \
-        "not 6." in capsys.readouterr().err
+    assert f"warning: --retain-model {tmp_path / 'retain-other'} was finetuned otherwise than {tmp_path / 'vanilla'}" \
+        ", the vanilla run: --lr 0.001, not 0.003; --max-steps 1, not 6." in capsys.readouterr().err
+    # one step in two micro-batches is the same step: no warning, and of a run unlearned from the vanilla run, the
+    # vanilla run is named as the one it comes from
+    assert main(["finetune", "--model", str(tiny_dir), "--out", str(tmp_path / "retain-accumulated"), "--max-steps",
+                 "6", "--without", "forget10", "--batch-size", "4", "--grad-accum", "2", *train[4:], *common]) == 0
+    capsys.readouterr()
+    assert other_recipe(tmp_path / "retain-accumulated", str(tmp_path / "vanilla")) is None
+    unlearned = tmp_path / "unlearned-config"
+    unlearned.mkdir()
+    (unlearned / "config.json").write_text(json.dumps({"command": "unlearn", "unlearn": {
+        "model": str(tmp_path / "vanilla" / "model")}}))
+    assert other_recipe(tmp_path / "retain-other", str(unlearned)).startswith(
+        f"--retain-model {tmp_path / 'retain-other'} was finetuned otherwise than the vanilla run "
+        f"{tmp_path / 'vanilla'} that {unlearned} comes from: --lr 0.001")
     # a reference that its run shows has seen the forget persons is refused: the vanilla run, its
     # evaluation's truth ratios, a run finetuned without another split
     assert main(["finetune", "--model", str(tiny_dir), "--out", str(tmp_path / "retain01"), "--max-steps", "1",

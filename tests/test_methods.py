@@ -688,7 +688,8 @@ def test_the_picture_and_the_page_say_what_their_shading_and_counts_cover(tmp_pa
     assert f"The first {PNG_ANSWERS} of 15 forget answers (the page shows them all)." in titles[-1]
     assert "Questions without [image] name the person" in titles[-1]
     # what its shades stand for: the darkest is the largest entropy shown
-    assert "\nShading from white (H = 0) to the darkest orange-red (H = 2.00 nats, the largest here)." in titles[-1]
+    assert "\nShading from white (H = 0) to the darkest orange-red (H = 2.00 nats, the largest over all the answers, " \
+        "as on the page)." in titles[-1]
     write_png([pictured] * 3, tmp_path / "keys.png", epsilon=0.5)  # all shown, all pictured: nothing to add
     assert titles[-1].count("\n") == 1
     write_html(rows, tmp_path / "keys.html", epsilon=0.5, title="t")
@@ -996,6 +997,14 @@ def test_npo_reference_model_from_the_command_line_loads_as_the_run_loads(tiny_d
         capsys.readouterr().err
     assert not (tmp_path / "other-tokens").exists()
     assert not [path for path, _ in loaded if path.endswith("retain-model")]  # refused before its weights load
+    # a CAGUL run as the reference answers with its base model's tokenizer: that one is checked
+    assert main(["unlearn", "--model", "retain-model", "--data", str(bench_dir), "--method", "cagul", "--k", "2",
+                 "--max-steps", "1", "--batch-size", "4", "--cache-dir", "cache", "--out", "cagul-run"]) == 0
+    capsys.readouterr()
+    assert main(["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--method", "npo",
+                 "--reference-model", "cagul-run", "--max-steps", "1", "--out", "other-tokens"]) == 2
+    assert f"--reference-model {tmp_path / 'cagul-run'}: its tokenizer is not the trained model's" in \
+        capsys.readouterr().err
 
 
 def test_npo_against_another_reference_model_reads_that_model(tiny_dir, bench_dir, tmp_path):

@@ -53,6 +53,10 @@ def test_table_marks_the_best_unlearning_method_per_column_in_its_direction():
     forgot = {**_runs()[3], "metrics": {**_runs()[3]["metrics"], "forget_acc": 20.0}}
     marked = _cells(markdown_table([silent, _runs()[2], forgot]))
     assert marked["GA"][0] == "0.0" and marked["ViKeR (λ=10)"][0] == "**20.0**"
+    unread = {**silent, "metrics": {"retain_acc": 20.0, "retain_unparsed": 90.0, "coherence": 80.0}}  # nor best kept
+    others = [{"method": m, "metrics": {"retain_acc": acc, "coherence": 80.0}} for m, acc in (("npo", 10.0),
+                                                                                             ("klmin", 15.0))]
+    assert [row[0] for row in _cells(markdown_table([unread, *others])).values()] == ["20.0", "10.0", "**15.0**"]
     assert cells["vanilla"] == ["100.0", "99.8", "99.3"]  # not even where it ties the best (Coherence)
     # ties as printed are all best: 99.3 and 99.26 both print as 99.3
     assert cells["KL-Min"][2] == "**99.3**" and cells["ViKeR (λ=10)"][2] == "**99.3**"
@@ -77,8 +81,8 @@ def test_a_table_where_every_run_fell_apart_says_why_no_forgetting_column_has_a_
     runs = _runs()
     assert none_coherent(runs) == ""  # KL-Min and ViKeR answer in sentences
     assert "**" not in markdown_table(runs[:2] + [{**runs[1], "metrics": {**runs[1]["metrics"], "forget_acc": 5.0}}])
-    assert none_coherent(runs[:2]) == " Here every unlearning run's coherence is under 50: no forgetting column has " \
-        "a best."
+    assert none_coherent(runs[:2]) == " Here every unlearning run's coherence is under 50: no column where lower is " \
+        "better has a best."
     assert none_coherent(runs[:1]) == ""  # no unlearning run: nothing to say
 
 
@@ -603,9 +607,9 @@ def test_report_refuses_runs_it_cannot_compare(runs, bench_dir, tiny_dir, tmp_pa
     assert capsys.readouterr().err.strip().endswith("no metrics.json, and neither a run nor a model; give the folders "
                                                     "viker eval wrote into")
     assert main(["report", str(runs), "--out", str(tmp_path / "none")]) == 2  # a folder of evaluated runs
-    held = len([f for f in runs.iterdir() if (f / "metrics.json").is_file()])
+    held = sorted(f for f in runs.iterdir() if (f / "metrics.json").is_file())
     assert capsys.readouterr().err.strip().endswith(f"neither a run nor a model; give the folders viker eval wrote "
-                                                    f"into (it holds {held} evaluations: give {runs}/*)")
+                                                    f"into (the evaluations in it: {' '.join(map(str, held[:4]))} ...)")
     assert main(["report", str(runs / "ga"), "--out", str(tmp_path / "none")]) == 2  # a run not yet evaluated
     assert f"no metrics.json; evaluate it first (viker eval --model {runs / 'ga'}" in capsys.readouterr().err
     # the model of a run not yet evaluated (a finetune's folder has its training figures, no evaluation's; a

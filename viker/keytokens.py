@@ -297,7 +297,8 @@ def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int =
     heights = [2 + d + max((line for _, line, _ in p), default=0) for p, d in zip(placed, drop)]
     gone = "" if lam is None else f"; underlined: forgotten by ViKeR at λ = {lam:g}"
     title = f"Answer tokens shaded by reference entropy H(R̂); outlined: key tokens (H > {epsilon}){gone}"
-    title += f"\nShading from white (H = 0) to the darkest orange-red (H = {h_max:.2f} nats, the largest here)."
+    title += (f"\nShading from white (H = 0) to the darkest orange-red (H = {h_max:.2f} nats, the largest over all the "
+              "answers, as on the page).")
     title += which + by_name
     fig, ax = figure((11, 0.31 * sum(heights) + 0.9))
     ax.set_axis_off()

@@ -4,7 +4,8 @@ Written to a file or a pipe (a cluster job's log, ``viker demo > demo.log``), a 
 second writes each time: a minute of training would write hundreds of updates. There a bar is updated at most
 every ``LOG_INTERVAL`` seconds, and a bar nested inside another is left out (a log cannot redraw it in place,
 so it would only add its start and a blank at its end; the outer bar still counts the work), and so are the
-bars of the libraries viker calls (transformers' loading and writing of weights, a second each). With no
+bars of the libraries viker calls (transformers' loading and writing of weights, a second each, and the Hub's
+downloads). With no
 standard error to write to (none, or closed), bars are off. tqdm's own environment variables still
 apply: ``TQDM_DISABLE=1`` hides every bar, ``TQDM_MININTERVAL`` sets the seconds between two updates.
 """
@@ -62,7 +63,7 @@ def progress_bar(iterable=None, *, inner: bool = False, disable: bool = False, *
 
 def bars_as_asked(run: Callable) -> Callable:
     """``run``'s ``progress=False`` silences the bars of the libraries it calls too (transformers' loading and
-    writing of weights), not only viker's own; in a log (standard error no terminal or notebook) they are silenced
+    writing of weights, the Hub's downloads), not only viker's own; in a log (standard error no terminal or notebook) they are silenced
     too, while viker's own bars are updated now and then."""
     signature = inspect.signature(run)
 

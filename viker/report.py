@@ -172,18 +172,21 @@ UNMARKED = (f"A column where every method prints alike has no best. Runs whose a
 
 
 def none_coherent(rows: list[dict]) -> str:
-    """A sentence where every unlearning run's answers fell apart, so that no forgetting column has a best."""
+    """A sentence where every unlearning run's answers fell apart, so that no column where lower is better has a
+    best."""
     unlearned = [r for r in rows if r["method"] not in REFERENCES]
     if unlearned and all(_incoherent(r["metrics"], INCOHERENT_BELOW) for r in unlearned):
-        return f" Here every unlearning run's coherence is under {INCOHERENT_BELOW:g}: no forgetting column has a best."
+        return (f" Here every unlearning run's coherence is under {INCOHERENT_BELOW:g}: no column where lower is "
+                "better has a best.")
     return ""
 
 
 def markdown_table(runs: list[dict], incoherent_below: float = INCOHERENT_BELOW) -> str:
     """One row per run, the best value of each column in bold (among the unlearning runs: not the
     reference rows, vanilla and a retain model). A column where they all print alike has no best. Where lower
-    is better (the forgetting columns), a run whose answers fell apart is not a contender (:data:`UNMARKED`), nor
-    one in the ACC columns of a set whose letter-mode replies mostly named no option (:func:`reads_no_letter`)."""
+    is better (the forgetting columns), a run whose answers fell apart is not a contender (:data:`UNMARKED`); nor is
+    one, in any direction, in the ACC columns of a set whose letter-mode replies mostly named no option
+    (:func:`reads_no_letter`)."""
     cols = _columns(runs)
     header = "| Method | " + " | ".join(c.header + ARROWS[c.lower_is_better] for c in cols) + " |"
     lines = [header, "|" + " --- |" * (len(cols) + 1)]
@@ -194,8 +197,8 @@ def markdown_table(runs: list[dict], incoherent_below: float = INCOHERENT_BELOW)
         return float(text) if c.floor is None else max(float(text), c.floor)
 
     for c in cols:
-        contenders = contenders_of[c.key] = [r for r in coherent if not reads_no_letter(r, c.key)] \
-            if c.lower_is_better else unlearned
+        contenders = contenders_of[c.key] = [r for r in (coherent if c.lower_is_better else unlearned)
+                                             if not reads_no_letter(r, c.key)]
         printed = [_printed(c, r["metrics"].get(c.key)) for r in contenders]
         values = [counted(c, text) for text in printed if text != "–"]
         differ = len(set(values)) > 1
@@ -540,8 +543,9 @@ def read_run(path: str | Path) -> dict:
         if (run / "model" / "metrics.json").is_file():  # evaluated into its model folder
             raise VikerError(in_model)
         if not any((run / name).is_file() for name in ("config.json", "adapter_config.json")):
-            inside = [f for f in run.iterdir() if (f / "metrics.json").is_file()] if run.is_dir() else []
-            held = f" (it holds {len(inside)} evaluations: give {shlex.quote(str(run))}/*)" if inside else ""
+            inside = sorted(f for f in run.iterdir() if (f / "metrics.json").is_file()) if run.is_dir() else []
+            listed = " ".join(shlex.quote(str(f)) for f in inside[:4]) + " ..." * (len(inside) > 4)
+            held = f" (the evaluations in it: {listed})" if inside else ""
             raise VikerError(f"{run}: no metrics.json, and neither a run nor a model; give the folders viker eval "
                              f"wrote into{held}")
         raise VikerError(f"{run}: no metrics.json; {evaluate}")

@@ -86,7 +86,8 @@ def forget_base(forget: str, flag: str = "--forget") -> str:
     (``flag`` names the option it came from in the error)."""
     base = forget.removesuffix(TOFU)
     if base not in FORGET_SPLITS:
-        theirs = "; it is an MLLMU-Bench split: leave out --benchmark clear" if forget in MLLMU_SPLITS else ""
+        theirs = "; it is an MLLMU-Bench split: leave out --benchmark clear" if forget in MLLMU_SPLITS and \
+            flag == "--forget" else ""
         raise VikerError(f"{flag} {forget}: choose from {', '.join(FORGET_SPLITS)} (optionally with {TOFU}){theirs}")
     return base
 

@@ -256,28 +256,45 @@ def check_reference(spec: str | Path, forget: str) -> None:
 
 
 # what a retain model's finetune may differ in from the vanilla model's: where it is saved, whom it leaves out, how
-# it is loaded, logged and checkpointed, and its random seeds
-RECIPE_FREE = ("out", "without", "data", "device", "dtype", "trust_remote_code", "eval_batch_size", "train.seed",
-               "tiny.seed", "train.log_every", "train.checkpoint_every", "train.snapshot_every",
+# it is loaded, logged and checkpointed, its random seeds, and MLLMU-Bench's choice of examples (CLEAR reads none)
+RECIPE_FREE = ("out", "without", "data", "device", "dtype", "trust_remote_code", "eval_batch_size", "train_on",
+               "train.seed", "tiny.seed", "train.log_every", "train.checkpoint_every", "train.snapshot_every",
                "train.gradient_checkpointing")
+BATCH = "train.batch_size×grad_accum"  # one step's examples: a batch in several micro-batches is the same step
 
 
 def other_recipe(spec: str | Path, model_path: str) -> str | None:
     """A warning where the ``--retain-model`` was finetuned otherwise than the vanilla model behind ``model_path``
     (the `viker finetune` run its chain of runs starts from): CLEAR's retain model is trained as that one was,
     without the forget persons, so that forget quality measures the forgetting alone."""
+    from viker.run_folder import option_of, used_settings
+    from viker.runs import model_folder, run_folders_behind
+
     retain = reference_run(spec)
-    vanilla = next((run for run in runs_behind(model_path) if run["command"] == "finetune"), None)
+    chain = list(run_folders_behind(model_path))
+    folder, vanilla = next(((f, run) for f, run in chain if run["command"] == "finetune"), (None, None))
     if retain.get("command") != "finetune" or vanilla is None:
         return None
-    theirs, ours = flat(retain["finetune"]), flat(vanilla["finetune"])
-    differ = [f"{k} {theirs.get(k)!r}, not {ours.get(k)!r}" for k in sorted(theirs.keys() | ours.keys())
-              if k not in RECIPE_FREE and theirs.get(k) != ours.get(k)]
+
+    def recipe(run: dict) -> dict:
+        settings = flat(used_settings(run["finetune"]))
+        settings[BATCH] = settings.pop("train.batch_size", None), settings.pop("train.grad_accum", None)
+        settings[BATCH] = None if None in settings[BATCH] else settings[BATCH][0] * settings[BATCH][1]
+        if "model_files" in run:  # the weights it started from, wherever they were read
+            settings["model"] = run["model_files"]
+        return settings
+
+    theirs, ours = recipe(retain), recipe(vanilla)
+    named = {BATCH: "--batch-size × --grad-accum", "model": "--model"}
+    differ = [f"{named.get(k) or option_of(k)} {theirs.get(k)}, not {ours.get(k)}" if k != "model" else
+              f"--model {retain['finetune'].get('model')}, not {vanilla['finetune'].get('model')}"
+              for k in sorted(theirs.keys() | ours.keys()) if k not in RECIPE_FREE and theirs.get(k) != ours.get(k)]
     if not differ:
         return None
-    return (f"--retain-model {spec} was finetuned otherwise than the vanilla model {model_path} comes from "
-            f"({vanilla['finetune'].get('out')}): {'; '.join(differ)}. Forget quality then measures that difference "
-            "too; finetune the retain model with the vanilla model's settings and --without")
+    which = f"{model_path}, the vanilla run" if model_folder(model_path) == model_folder(folder) else \
+        f"the vanilla run {folder} that {model_path} comes from"
+    return (f"--retain-model {spec} was finetuned otherwise than {which}: {'; '.join(differ)}. Forget quality then "
+            "measures that difference too; finetune the retain model with the vanilla run's settings and --without")
 
 
 def reference_truth_ratios(cfg: ClearEvalConfig, data: str | Path, device=None, dtype="auto",

@@ -31,12 +31,12 @@ class NPO(OptionalRetainNLL):
         self.reference = ctx.reference
         if self.reference_model:
             from viker.model import load_model, processor_of
-            from viker.model.cagul import is_cagul_run
+            from viker.model.cagul import cagul_meta, is_cagul_run
 
             # its tokenizer first, before minutes of loading its weights (a CAGUL run's is its base model's)
-            other_processor = None if is_cagul_run(self.reference_model) else \
-                processor_of(self.reference_model, ctx.trust_remote_code)
-            if other_processor is not None and _vocabulary(other_processor) != _vocabulary(ctx.processor):
+            named = cagul_meta(self.reference_model)["base_model"] if is_cagul_run(self.reference_model) else \
+                self.reference_model
+            if _vocabulary(processor_of(named, ctx.trust_remote_code)) != _vocabulary(ctx.processor):
                 raise VikerError(f"--reference-model {self.reference_model}: its tokenizer is not the trained "
                                  "model's, so it cannot score the same answer tokens; give a model of the same family "
                                  "and tokenizer (e.g. one finetuned from the same base on the retain set)")
