@@ -715,8 +715,8 @@ def test_an_interrupted_run_says_what_it_left_and_how_to_go_on(tiny_dir, bench_d
     monkeypatch.setattr(viker.unlearn, "train", stopped)
     out = tmp_path / "run"
     assert main([*UNLEARN, "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(out)]) == 130
-    assert capsys.readouterr().err.endswith(f"\ninterrupted: {out} holds the unfinished run; --overwrite starts it "
-                                            "again (--checkpoint-every N keeps checkpoints to --resume from)\n")
+    assert capsys.readouterr().err.splitlines()[-1] == f"interrupted: {out} holds the unfinished run; --overwrite " \
+        "starts it again (--checkpoint-every N keeps checkpoints to --resume from)"  # a line of its own
     assert main(["eval", "--model", str(out), "--data", str(bench_dir), "--out", str(tmp_path / "e")]) == 2
     assert ("run with no model in it (unfinished: still running, or stopped before its first checkpoint; if "
             "stopped, run its command again with --overwrite)") in capsys.readouterr().err

@@ -63,8 +63,8 @@ def progress_bar(iterable=None, *, inner: bool = False, disable: bool = False, *
 
 def bars_as_asked(run: Callable) -> Callable:
     """``run``'s ``progress=False`` silences the bars of the libraries it calls too (transformers' loading and
-    writing of weights, the Hub's downloads), not only viker's own; in a log (standard error no terminal or notebook) they are silenced
-    too, while viker's own bars are updated now and then."""
+    writing of weights, the Hub's downloads), not only viker's own; in a log (standard error no terminal or
+    notebook) they are silenced too, while viker's own bars are updated now and then."""
     signature = inspect.signature(run)
 
     @functools.wraps(run)
