@@ -451,6 +451,33 @@ def test_the_reference_model_is_scored_and_let_go_before_the_evaluated_model_loa
     assert held == [1] and len(loaded) == 2
 
 
+def test_a_retain_model_is_compared_with_the_vanilla_run_by_what_changes_training(tmp_path):
+    """Its recipe as the run read it: --epochs under --max-steps, --max-length (it refuses, never cuts), how it was
+    saved and where its base model's copy is change nothing; another hub model, budget or precision does."""
+    def run(name, model="llava-hf/llava-1.5-7b-hf", files=None, train=None, runtime=None, **more):
+        (tmp_path / name).mkdir()
+        finetune = {"model": model, "tuning": "lora", "lora": {"r": 16, "merge": True}, "train": {
+            "epochs": 3, "max_steps": 100, "batch_size": 8, "grad_accum": 1, "lr": 1e-4} | (train or {})} | more
+        (tmp_path / name / "config.json").write_text(json.dumps({
+            "command": "finetune", "finetune": finetune, "runtime": {"mixed_precision": "no"} | (runtime or {}),
+            **({"model_files": files} if files is not None else {})}))
+        return str(tmp_path / name)
+
+    vanilla = run("vanilla", files={"/data/a/model.safetensors": "abc"}, model="/data/a")
+    alike = run("alike", files={"/scratch/b/model.safetensors": "abc"}, model="/scratch/b", without="forget10",
+                train={"epochs": 5, "batch_size": 4, "grad_accum": 2}, max_length=2048, lora={"r": 16, "merge": False})
+    assert other_recipe(alike, vanilla) is None
+    hub = run("hub", model="Qwen/Qwen2-VL-7B-Instruct", files={}, without="forget10")
+    assert other_recipe(hub, run("hub-vanilla", files={})) == (
+        f"--retain-model {hub} was finetuned otherwise than {tmp_path / 'hub-vanilla'}, the vanilla run: --model "
+        "Qwen/Qwen2-VL-7B-Instruct, not llava-hf/llava-1.5-7b-hf. Forget quality then measures that difference too; "
+        "finetune the retain model with the vanilla run's settings and --without")
+    other = run("other", files={"/data/a/model.safetensors": "abc"}, model="/data/a", without="forget10",
+                train={"max_steps": 0, "epochs": 3}, runtime={"mixed_precision": "bf16"})
+    assert other_recipe(other, vanilla).split(": ", 1)[1].startswith(
+        "--epochs 3, not --max-steps 100; mixed precision bf16, not no.")
+
+
 def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys, monkeypatch):
     common = ["--data", str(clear_dir), "--benchmark", "clear", "--device", "cpu"]
     train = ["--batch-size", "8", "--grad-accum", "1", "--lr", "3e-3", "--tuning", "full"]
@@ -484,7 +511,7 @@ def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys, monkey
     assert main([*evaluate, "--model", str(tmp_path / "vanilla"), "--out", str(tmp_path / "other-recipe"),
                  "--retain-model", str(tmp_path / "retain-other")]) == 0
     assert f"warning: --retain-model {tmp_path / 'retain-other'} was finetuned otherwise than {tmp_path / 'vanilla'}" \
-        ", the vanilla run: --lr 0.001, not 0.003; --max-steps 1, not 6." in capsys.readouterr().err
+        ", the vanilla run: --lr 0.001, not 0.003; --max-steps 1, not --max-steps 6." in capsys.readouterr().err
     # one step in two micro-batches is the same step: no warning, and of a run unlearned from the vanilla run, the
     # vanilla run is named as the one it comes from
     assert main(["finetune", "--model", str(tiny_dir), "--out", str(tmp_path / "retain-accumulated"), "--max-steps",

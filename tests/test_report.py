@@ -508,6 +508,12 @@ def test_a_clear_run_of_forget_quality_0_is_said_to_be_off_the_log_axis(tmp_path
     alone = (tmp_path / "alone" / "report.md").read_text()
     assert "no run has both" not in alone and "cannot show, so left off it" in alone
     assert not (tmp_path / "alone" / "tradeoff.png").exists()
+    (tmp_path / "unscored").mkdir()  # beside it, a run without forget quality: named too
+    (tmp_path / "unscored" / "metrics.json").write_text(json.dumps(
+        {"forget_truth_ratio": 0.6, "forget_quality": None, "model_utility": 0.5}))
+    run_report([str(tmp_path / "gone"), str(tmp_path / "unscored")], tmp_path / "neither")
+    assert "Not on the plot, having no `model_utility` or no `forget_quality`: unscored." in \
+        " ".join((tmp_path / "neither" / "report.md").read_text().split())
 
 
 def test_report_tabulates_evaluated_runs_by_what_they_are(runs, bench_dir, tmp_path, capsys):

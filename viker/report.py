@@ -911,7 +911,7 @@ def run_report(paths: list[str], out: str | Path, title: str | None = None) -> l
     if off_axis:
         plot += (f"\n{', '.join(cell(r['label']) for r in off_axis)}: `{axes.y}` 0, which the plot's log axis cannot "
                  "show, so left off it.\n")
-    if plotted and (partial := [r for r in rows if r not in plotted and r not in off_axis]):
+    if (plotted or off_axis) and (partial := [r for r in rows if r not in plotted and r not in off_axis]):
         plot += (f"\nNot on the plot, having no `{axes.x}` or no `{axes.y}`: "
                  f"{', '.join(cell(r['label']) for r in partial)}.\n")
     evaluated = _evaluation_notes(rows, shared)

@@ -255,45 +255,60 @@ def check_reference(spec: str | Path, forget: str) -> None:
         config = next(runs_behind(start), {}) if start else {}
 
 
-# what a retain model's finetune may differ in from the vanilla model's: where it is saved, whom it leaves out, how
-# it is loaded, logged and checkpointed, its random seeds, and MLLMU-Bench's choice of examples (CLEAR reads none)
-RECIPE_FREE = ("out", "without", "data", "device", "dtype", "trust_remote_code", "eval_batch_size", "train_on",
-               "train.seed", "tiny.seed", "train.log_every", "train.checkpoint_every", "train.snapshot_every",
-               "train.gradient_checkpointing")
-BATCH = "train.batch_size×grad_accum"  # one step's examples: a batch in several micro-batches is the same step
+# the settings of a finetune that make its recipe (each compared where both runs record it), by how a warning names
+# them; its budget, batch, precision and starting model are compared as the run read them (other_recipe)
+RECIPE = {"train.lr": "--lr", "train.weight_decay": "weight decay", "train.warmup_ratio": "warm-up ratio",
+          "train.scheduler": "schedule", "train.max_grad_norm": "gradient clipping", "tuning": "--tuning",
+          "lora.r": "--lora-r", "lora.alpha": "--lora-alpha", "lora.dropout": "--lora-dropout",
+          "lora.target_modules": "LoRA's target modules", "tiny.family": "--family"}
+
+
+def _recipe(run: dict) -> dict[str, object]:
+    """A `viker finetune` run's recipe, as :func:`other_recipe` compares it: by the names a warning gives."""
+    from viker.run_folder import used_settings
+
+    settings, ran = flat(used_settings(run["finetune"])), run.get("runtime", {})
+    recipe = {name: settings[key] for key, name in RECIPE.items() if key in settings}
+    recipe |= {f"the tiny model's {key.removeprefix('tiny.')}": value for key, value in settings.items()
+               if key.startswith("tiny.") and key not in ("tiny.seed", "tiny.family")}
+    steps, epochs = settings.get("train.max_steps"), settings.get("train.epochs")
+    recipe["budget"] = f"--max-steps {steps}" if steps else f"--epochs {epochs:g}" if epochs is not None else None
+    if None not in (batch := (settings.get("train.batch_size"), settings.get("train.grad_accum"))):
+        recipe["--batch-size × --grad-accum"] = batch[0] * batch[1]  # the examples of one step, however split
+    for key in ("mixed_precision", "weights_dtype"):  # as it ran (under accelerate launch's choice too)
+        if ran.get(key) is not None:
+            recipe[key.replace("_", " ")] = ran[key]
+    # the weights it started from: by their hashes where both are files here (a copy elsewhere is the same
+    # model), else by name (a hub id)
+    recipe["--model"] = sorted(run["model_files"].values()) if run.get("model_files") else settings.get("model")
+    return recipe
 
 
 def other_recipe(spec: str | Path, model_path: str) -> str | None:
     """A warning where the ``--retain-model`` was finetuned otherwise than the vanilla model behind ``model_path``
     (the `viker finetune` run its chain of runs starts from): CLEAR's retain model is trained as that one was,
     without the forget persons, so that forget quality measures the forgetting alone."""
-    from viker.run_folder import option_of, used_settings
     from viker.runs import model_folder, run_folders_behind
 
     retain = reference_run(spec)
-    chain = list(run_folders_behind(model_path))
-    folder, vanilla = next(((f, run) for f, run in chain if run["command"] == "finetune"), (None, None))
+    folder, vanilla = next(((f, run) for f, run in run_folders_behind(model_path) if run["command"] == "finetune"),
+                           (None, None))
     if retain.get("command") != "finetune" or vanilla is None:
         return None
-
-    def recipe(run: dict) -> dict:
-        settings = flat(used_settings(run["finetune"]))
-        settings[BATCH] = settings.pop("train.batch_size", None), settings.pop("train.grad_accum", None)
-        settings[BATCH] = None if None in settings[BATCH] else settings[BATCH][0] * settings[BATCH][1]
-        if "model_files" in run:  # the weights it started from, wherever they were read
-            settings["model"] = run["model_files"]
-        return settings
-
-    theirs, ours = recipe(retain), recipe(vanilla)
-    named = {BATCH: "--batch-size × --grad-accum", "model": "--model"}
-    differ = [f"{named.get(k) or option_of(k)} {theirs.get(k)}, not {ours.get(k)}" if k != "model" else
-              f"--model {retain['finetune'].get('model')}, not {vanilla['finetune'].get('model')}"
-              for k in sorted(theirs.keys() | ours.keys()) if k not in RECIPE_FREE and theirs.get(k) != ours.get(k)]
+    theirs, ours = _recipe(retain), _recipe(vanilla)
+    if isinstance(theirs["--model"], list) != isinstance(ours["--model"], list):  # hashes on one side alone
+        theirs["--model"], ours["--model"] = retain["finetune"].get("model"), vanilla["finetune"].get("model")
+    differ = [name for name in theirs.keys() & ours.keys() if theirs[name] != ours[name]]
     if not differ:
         return None
+    said = []
+    for name in sorted(differ):
+        mine, its = (retain["finetune"].get("model"), vanilla["finetune"].get("model")) if name == "--model" else \
+            (theirs[name], ours[name])  # a model by its name, not its hashes
+        said.append(f"{mine}, not {its}" if name == "budget" else f"{name} {mine}, not {its}")
     which = f"{model_path}, the vanilla run" if model_folder(model_path) == model_folder(folder) else \
         f"the vanilla run {folder} that {model_path} comes from"
-    return (f"--retain-model {spec} was finetuned otherwise than {which}: {'; '.join(differ)}. Forget quality then "
+    return (f"--retain-model {spec} was finetuned otherwise than {which}: {'; '.join(said)}. Forget quality then "
             "measures that difference too; finetune the retain model with the vanilla run's settings and --without")
 
 
