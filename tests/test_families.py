@@ -366,7 +366,8 @@ def test_cagul_trains_and_answers_mixed_batches_on_every_family(family, saved, r
     assert stop_token_ids(model, collate) == stop_token_ids(model.base, collate)
 
 
-def test_family_is_for_the_tiny_model_only(tmp_path, capsys):
-    code = main(["finetune", "--model", str(tmp_path), "--family", "qwen2_vl", "--data", str(tmp_path),
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])  # llava, the tiny model's default, was taken silently
+def test_family_is_for_the_tiny_model_only(family, tmp_path, capsys):
+    code = main(["finetune", "--model", str(tmp_path), "--family", family, "--data", str(tmp_path),
                  "--out", str(tmp_path / "run")])
     assert code == 2 and "--family applies to --model tiny only" in capsys.readouterr().err

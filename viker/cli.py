@@ -41,7 +41,7 @@ def _finetune(args) -> None:
     from viker.model.tiny import TinyConfig
     from viker.runs import recalls_none
 
-    if args.family != "llava" and args.model != "tiny":
+    if args.family is not None and args.model != "tiny":
         raise VikerError("--family applies to --model tiny only (a checkpoint's own config names its family)")
 
     train = replace(finetune_preset(args.model), **_train_overrides(args))
@@ -49,7 +49,8 @@ def _finetune(args) -> None:
         model=args.model, data=args.data, benchmark=args.benchmark, without=args.without, out=args.out,
         tuning=args.tuning, train=train, lora=_lora(args, no_adapter(args.model, args.tuning)),
         device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, max_length=args.max_length,
-        tiny=TinyConfig(family=args.family, seed=train.seed), train_on=args.train_on,  # --seed: its initialisation too
+        tiny=TinyConfig(family=args.family or "llava", seed=train.seed),  # --seed: its initialisation too
+        train_on=args.train_on,
     )
     metrics = run_finetune(cfg, resume=args.resume, overwrite=args.overwrite)
     if not _main_process():
@@ -411,8 +412,9 @@ def parser() -> argparse.ArgumentParser:
     _add_benchmark_arg(ft)
     ft.add_argument("--without", help="CLEAR: leave out this forget split's persons (forget01 | forget05 | forget10), "
                                       "to train the reference model of forget quality")
-    ft.add_argument("--family", choices=("llava", "qwen2_vl", "idefics2"), default="llava",
-                    help="with --model tiny: which architecture to build (LLaVA-1.5, Qwen2-VL or Idefics2)")
+    ft.add_argument("--family", choices=("llava", "qwen2_vl", "idefics2"),
+                    help="with --model tiny: which architecture to build (LLaVA-1.5, Qwen2-VL or Idefics2; default "
+                         "llava)")
     ft.add_argument("--train-on", choices=("auto", "all", "ft_Data"), default="auto",
                     help="MLLMU: ft_Data = the benchmark's vanilla finetune (its ft_Data pairs); all = also every "
                          "generation question and pretrain_Data, for a model trained from scratch (auto: all for "
