@@ -853,6 +853,10 @@ def test_a_vanilla_model_that_recalls_nothing_is_said_to(bench_dir, tmp_path, ca
     err = capsys.readouterr().err
     assert "warning: the model recalls none of the fictitious people's answers word for word" in err
     assert "train longer (--epochs 3 here)" in err
+    recalled["full_name_exact"] = 95.0  # by name, and no face
+    assert main(["finetune", "--data", str(bench_dir), "--epochs", "3", "--out", str(tmp_path / "v")]) == 0
+    assert "warning: the model recalls the fictitious people by name but none by face (full_image_exact is 0)" in \
+        capsys.readouterr().err
     recalled["full_image_exact"] = 10.0
     assert main(["finetune", "--data", str(bench_dir), "--epochs", "3", "--out", str(tmp_path / "v")]) == 0
     assert "warning" not in capsys.readouterr().err
