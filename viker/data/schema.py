@@ -28,6 +28,7 @@ def check_forget_split(forget: str) -> None:
         theirs = "; it is a CLEAR split: give --benchmark clear" if forget.removesuffix(TOFU) in CLEAR_SPLITS else ""
         raise VikerError(f"--forget {forget}: choose from {', '.join(FORGET_SPLITS)}{theirs}")
 
+
 IMAGE_TEXTUAL = "Image_Textual"
 PURE_TEXT = "Pure_Text"
 LETTERS = ("A", "B", "C", "D")

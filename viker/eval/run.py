@@ -45,8 +45,6 @@ def write_generations(path: Path, records: list[dict]) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-
-
 def check_nothing_lost(out: str | Path, benchmark: str, cfg) -> None:
     """An evaluation into the folder of an earlier one replaces it: refused where the earlier one holds figures
     this one would not write (another benchmark's; on MLLMU-Bench a wider --only, factuality from a --judge,
