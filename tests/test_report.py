@@ -791,6 +791,14 @@ def test_runs_evaluated_on_other_files_under_the_same_split_names_are_not_one_ta
     err = capsys.readouterr().err
     assert "evaluated on different benchmark files" in err and f"on {other}" in err
     assert not (tmp_path / "mixed").exists()
+    # the same files in another layout (the hub's parquet conversion names them CONFIG/train/0000.parquet): one table
+    converted = shutil.copytree(elsewhere, tmp_path / "converted")
+    config = json.loads((converted / "config.json").read_text())
+    files = json.loads((runs / "ga-eval" / "config.json").read_text())["data_files"]
+    config["data_files"] = {f"{name.split('/')[0]}/train/{i:04d}.parquet": digest
+                            for i, (name, digest) in enumerate(sorted(files.items()))}
+    (converted / "config.json").write_text(json.dumps(config | {"model": str(runs / "npo-a")}))
+    assert main(["report", str(runs / "ga-eval"), str(converted), "--out", str(tmp_path / "converted-report")]) == 0
     # read by hub id, a benchmark has a name and no hashes: two names are two benchmarks, and a local snapshot
     # (whose hashes the name cannot be checked against) may stand beside either
     hub = {}

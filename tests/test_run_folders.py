@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -503,6 +504,15 @@ def test_a_model_finetuned_on_other_benchmark_files_is_warned_about(tiny_dir, be
         f"{unlearned} was finetuned on CLEAR (clear-data), and is read here as a model of MLLMU-Bench: its people "
         "are not those the model learned, and its figures here mean nothing")
     assert other_benchmark(str(unlearned), bench_dir, "clear") is None
+    # the same files in another layout (data/CONFIG/...), a FAT drive's hidden ._ files beside them: the same one
+    (vanilla / "config.json").write_text(json.dumps({"command": "finetune", "data_files": hashes,
+                                                     "finetune": {"data": "elsewhere"}}))
+    relaid = tmp_path / "relaid"
+    for name in hashes:
+        (relaid / "data" / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(bench_dir / name, relaid / "data" / name)
+        (relaid / "data" / name).with_name("._" + Path(name).name).write_bytes(b"metadata")
+    assert other_benchmark(str(vanilla), relaid) is None
 
 
 def test_a_data_file_is_hashed_once_while_unchanged_and_again_once_changed(tmp_path, monkeypatch):

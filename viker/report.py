@@ -611,9 +611,10 @@ def read_run(path: str | Path) -> dict:
         measured = [k for k, v in metrics.items() if v is not None]
         scored = {k: v if any(SETTING_CHANGES[k].search(m) for m in measured) else None for k, v in scored.items()}
     asked = questions_behind(answers)  # the questions each column is over, as the evaluation's answers record them
-    # the benchmark's files, hashed when it was evaluated; a benchmark read by hub id, its name
+    # the benchmark's files by their contents, hashed when it was evaluated (the same files in another layout are
+    # the same benchmark); a benchmark read by hub id, its name
     files, data = (evaluation or {}).get("data_files"), (evaluation or {}).get("data")
-    fingerprint = ("files:" + hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16] if files
+    fingerprint = ("files:" + hashlib.sha256(json.dumps(sorted(files.values())).encode()).hexdigest()[:16] if files
                    else f"hub:{data}" if data and is_hub_id(data) else None)
     return {"method": method, "title": source.get("method", {}).get("title"), "settings": settings,
             "training": training, "benchmark": benchmark,

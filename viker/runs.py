@@ -116,10 +116,11 @@ def machine_words(m: dict[str, str]) -> str:
 
 
 def _matching(root: Path, pattern: str) -> list[Path]:
-    """The files under ``root`` that ``pattern`` names; ``**/NAME`` goes into linked folders too (as the data
+    """The files under ``root`` that ``pattern`` names, hidden ones aside (the ``._NAME`` a copy through a FAT
+    drive leaves, which the data loader skips too); ``**/NAME`` goes into linked folders too (as the data
     loader does), each real folder once."""
     if not pattern.startswith("**/"):
-        return sorted(root.glob(pattern))
+        return sorted(p for p in root.glob(pattern) if not p.name.startswith("."))
     import fnmatch
 
     found, seen = [], set()
@@ -129,7 +130,7 @@ def _matching(root: Path, pattern: str) -> list[Path]:
             subfolders.clear()
             continue
         seen.add(real)
-        found += [Path(folder, name) for name in files if fnmatch.fnmatch(name, pattern[3:])]
+        found += [Path(folder, name) for name in files if fnmatch.fnmatch(name, pattern[3:]) and name[:1] != "."]
     return sorted(found)
 
 
@@ -488,6 +489,8 @@ def other_benchmark(model: str, data: str | Path, benchmark: str = "mllmu") -> s
     changed = sorted(name for name in recorded.keys() & now.keys() if recorded[name] != now[name])
     if not changed and (recorded.keys() & now.keys() or not recorded or not now):
         return None
+    if not recorded.keys() & now.keys() and set(recorded.values()) & set(now.values()):
+        return None  # the same files in another layout (the hub's parquet conversion, data/CONFIG-...)
     finetuned_on = vanilla.get("finetune", {}).get("data", "its data")
     which = f"{len(changed)} of its files differ from those, {changed[0]} first" if changed else \
         "it has none of those files"
