@@ -46,7 +46,10 @@ CASES = {
     "empty forget split": (lambda root: _edit(root, FORGET, lambda t: t.slice(0, 0)),
                            "split forget_10 has no people to unlearn (its files hold no rows)"),
     "link to nothing": (lambda root: ((root / FORGET).unlink(), (root / FORGET).symlink_to(root / "gone.parquet")),
-                        "forget_10/train-00000-of-00001.parquet: not a readable parquet file"),
+                        "forget_10/train-00000-of-00001.parquet: a link to "),  # which is not there: said so
+    "link to nothing, unread": (lambda root: (root / "Retain_Set" / "shard-2.parquet").symlink_to("../../blobs/0123"),
+                                "Retain_Set/shard-2.parquet: a link to ../../blobs/0123, which is not there (a hub "
+                                "snapshot copied or kept without its blobs?)"),
     "Git LFS pointer": (lambda root: (root / FORGET).write_text(
         "version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 7\n"),
         "forget_10/train-00000-of-00001.parquet: a Git LFS pointer, not the file itself"),

@@ -134,11 +134,20 @@ def _matching(root: Path, pattern: str) -> list[Path]:
     return sorted(found)
 
 
+def check_not_dangling(path: Path) -> None:
+    """Refuse a link to a file that is not there (a hub cache's snapshot copied without its blobs) in words that
+    say so, not as a file missing or unreadable."""
+    if path.is_symlink() and not path.exists():
+        raise VikerError(f"{path}: a link to {os.readlink(path)}, which is not there (a hub snapshot copied or kept "
+                         "without its blobs?): copy the snapshot with its files (cp -L), or download it again")
+
+
 def file_hashes(root: str | Path, pattern: str = "**/*.parquet") -> dict[str, str]:
     """sha256 of every data file a run read, so a result can be traced to its exact inputs."""
     root = Path(root)
     hashes = {}
     for path in _matching(root, pattern):
+        check_not_dangling(path)
         stat = path.stat()
         # a file read again unchanged is hashed once; a file written since has another ctime (which no copy
         # that keeps times sets back) or inode

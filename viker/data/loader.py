@@ -36,7 +36,7 @@ from viker.data.schema import (
     schema_for,
 )
 from viker.errors import VikerError
-from viker.runs import check_hub_reachable, is_hub_id
+from viker.runs import check_hub_reachable, check_not_dangling, is_hub_id
 
 
 def has_config(root: str | Path, config: str) -> bool:
@@ -152,6 +152,7 @@ def config_tables(root: str | Path, config: str, known: tuple[str, ...] = CONFIG
         try:
             tables.append((str(path), pq.read_table(path)))
         except (pa.ArrowInvalid, OSError) as e:
+            check_not_dangling(path)
             if _lfs_pointer(path):
                 raise VikerError(f"{path}: a Git LFS pointer, not the file itself (the clone did not fetch "
                                  "it: run `git lfs pull` in the clone)") from None
