@@ -668,6 +668,23 @@ def test_a_report_compares_gib_scores_of_one_classifier(tiny_dir, bench_dir, tmp
     capsys.readouterr()
     assert main(["report", "run", str(other), "--out", "mixed"]) == 2
     assert "evaluated with different --gib-model" in capsys.readouterr().err
+    # another classifier's scores replace the folder's with a word; one asked to score no generation answer, and
+    # one without its tokenizer (transformers would make one up), are refused before any model loads
+    shutil.copytree(tmp_path / "gib", tmp_path / "gib-2")
+    assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--max-new-tokens", "4",
+                 "--only", "forget:generation", "--gib-model", "gib-2", "--out", "run"]) == 0
+    assert f"warning: --out run was scored by --gib-model {tmp_path / 'gib'}; its scores are replaced by " \
+        f"{tmp_path / 'gib-2'}'s" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--only", "forget:multiple_choice",
+                 "--gib-model", "gib", "--out", "no-generation"]) == 2
+    assert "--gib-model gib: the classifier scores generation answers, and --only asks none" in \
+        capsys.readouterr().err
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (tmp_path / "gib-2" / name).unlink(missing_ok=True)
+    assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--only", "forget:generation",
+                 "--gib-model", "gib-2", "--out", "untokenized"]) == 2
+    assert "--gib-model gib-2: no tokenizer in it (none of tokenizer.json" in capsys.readouterr().err
+    assert not (tmp_path / "no-generation").exists() and not (tmp_path / "untokenized").exists()
 
 
 JUDGE = '''

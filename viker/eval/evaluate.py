@@ -28,7 +28,7 @@ from viker.errors import VikerError, require
 from viker.eval import metrics as M
 from viker.eval.generate import check_generation_settings, generate
 from viker.methods.losses import answer_window, token_logprobs
-from viker.model import eval_mode, why_not_loaded
+from viker.model import TOKENIZER_FILES, eval_mode, why_not_loaded
 from viker.presets import MC_MODES
 from viker.progress import progress_bar
 from viker.prompts import generation_prompt, mc_prompt
@@ -79,6 +79,10 @@ class EvalConfig:
         if self.gib_model and not (folder := Path(self.gib_model).expanduser()).is_dir():
             what = "a file, not a folder" if folder.exists() else "no such folder"
             raise VikerError(f"--gib-model {self.gib_model}: {what} (a local copy of a gibberish classifier)")
+        if self.gib_model and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+            raise VikerError(f"--gib-model {self.gib_model}: no tokenizer in it (none of "
+                             f"{', '.join(TOKENIZER_FILES)}), and without its own the classifier reads nothing; save "
+                             "its tokenizer beside it")
         if self.judge is not None:
             check_judge_form(self.judge)
 

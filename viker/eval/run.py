@@ -68,6 +68,12 @@ def check_nothing_lost(out: str | Path, benchmark: str, cfg) -> None:
             lost.append(f"factuality by --judge {before['judge']}")
         if before.get("gib_model") and not cfg.gib_model:
             lost.append("gib by --gib-model")
+        for flag, was_by, now_by in (("--judge", before.get("judge"), cfg.judge),
+                                     ("--gib-model", before.get("gib_model"), cfg.gib_model and
+                                      as_recorded(cfg.gib_model))):
+            if was_by and now_by and was_by != now_by:  # as `viker judge` says of it
+                print(f"warning: --out {out} was scored by {flag} {was_by}; its scores are replaced by {now_by}'s",
+                      file=sys.stderr)
     if lost:
         raise VikerError(f"--out {out}: holds an evaluation with figures this one would not write ({', '.join(lost)}) "
                          "and would replace; evaluate into a folder of its own, or delete its metrics.json first")
@@ -87,9 +93,10 @@ def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig, device=None,
     for warning in (other_benchmark(model_path, data), other_split(model_path, cfg.forget, "mllmu")):
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
+    for flag, scorer, what in (("--judge", cfg.judge, "the judge"), ("--gib-model", cfg.gib_model, "the classifier")):
+        if scorer and cfg.scope is not None and not any("generation" in tasks for tasks in cfg.scope.values()):
+            raise VikerError(f"{flag} {scorer}: {what} scores generation answers, and --only asks none")
     if cfg.judge:
-        if cfg.scope is not None and not any("generation" in tasks for tasks in cfg.scope.values()):
-            raise VikerError(f"--judge {cfg.judge}: the judge scores generation answers, and --only asks none")
         load_judge(cfg.judge)  # and a judge that cannot be imported
     model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code,
                                                          merge_adapter=False)
