@@ -495,6 +495,10 @@ def test_eval_command_evaluates_only_what_it_is_asked(tiny_dir, bench_dir, tmp_p
     err = capsys.readouterr().err
     assert "error: --only forget:summaries: unknown task 'summaries' (tasks: generation, multiple_choice, cloze)" \
         in err and "Traceback" not in err
+    from viker.cli import _scope
+
+    assert _scope(["real:generation, cloze", " forget : cloze"]) == {"real": ("generation", "cloze"),
+                                                                     "forget": ("cloze",)}  # spaces as typed
     assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(tmp_path / "bad"),
                  "--only", "forgt"]) == 2
     assert "error: --only forgt: unknown set (sets: forget, test, retain, real)" in capsys.readouterr().err

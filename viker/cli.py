@@ -174,9 +174,9 @@ def _scope(only: list[str] | None) -> dict | None:
         return None
     scope = {}
     for item in only:
-        name, _, tasks = item.partition(":")
-        asked = tuple(t for t in tasks.split(",") if t) or TASKS
-        scope[name] = tuple(dict.fromkeys(scope.get(name, ()) + asked))
+        name, _, tasks = item.partition(":")  # "forget: generation, cloze" as typed in quotes reads the same
+        asked = tuple(t.strip() for t in tasks.split(",") if t.strip()) or TASKS
+        scope[name.strip()] = tuple(dict.fromkeys(scope.get(name.strip(), ()) + asked))
     check_scope(scope)
     return scope
 
