@@ -39,7 +39,6 @@ def _synth(args) -> None:
 def _finetune(args) -> None:
     from viker.finetune import FinetuneConfig, no_adapter, run_finetune
     from viker.model.tiny import TinyConfig
-    from viker.runs import recalls_none
 
     if args.family is not None and args.model != "tiny":
         raise VikerError("--family applies to --model tiny only (a checkpoint's own config names its family)")
@@ -56,15 +55,6 @@ def _finetune(args) -> None:
     if not _main_process():
         return  # under torchrun or accelerate launch the main process alone reports, as it alone writes
     print(json.dumps(metrics, indent=2))
-    budget = f"--max-steps {cfg.train.max_steps}" if cfg.train.max_steps else f"--epochs {cfg.train.epochs:g}"
-    if recalls_none(metrics):
-        print(f"warning: the model recalls none of the fictitious people's answers word for word (full_image_exact "
-              f"and full_name_exact are 0): unlearning it would have nothing to remove; train longer ({budget} "
-              "here)", file=sys.stderr)
-    elif metrics.get("full_image_exact") == 0:  # by name alone (as the tiny Idefics2 did, in 300 and 900 steps)
-        print(f"warning: the model recalls the fictitious people by name but none by face (full_image_exact is 0): "
-              f"its image questions test nothing it learned, and ViKeR and CAGUL, which act through the image, have "
-              f"nothing to remove there; train longer ({budget} here)", file=sys.stderr)
 
 
 def _main_process() -> bool:

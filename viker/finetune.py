@@ -10,6 +10,7 @@ generation questions) and ``model/``.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -45,7 +46,7 @@ from viker.run_folder import (
     claim_run_folder,
     used_settings,
 )
-from viker.runs import paths_recorded, read_configs, write_config, written_whole
+from viker.runs import paths_recorded, read_configs, recalls_none, write_config, written_whole
 from viker.train import (
     finish_run,
     load_device,
@@ -206,4 +207,20 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
             save_model(model, processor, partial, merge=cfg.lora.merge, state_dict=state_dict)
 
     finish_run(prepared, out, {"history.json": history, "metrics.json": metrics, "timing.json": timing}, save)
+    if accelerator.is_main_process and (warning := recall_warning(metrics, cfg.train)):
+        print(f"warning: {warning}", file=sys.stderr)
     return metrics
+
+
+def recall_warning(metrics: dict, train: TrainConfig) -> str | None:
+    """What a finetune's recall figures say is missing for unlearning: the people altogether (nothing to remove), or
+    their faces (image questions then test nothing it learned)."""
+    budget = f"--max-steps {train.max_steps}" if train.max_steps else f"--epochs {train.epochs:g}"
+    if recalls_none(metrics):
+        return ("the model recalls none of the fictitious people's answers word for word (full_image_exact and "
+                f"full_name_exact are 0): unlearning it would have nothing to remove; train longer ({budget} here)")
+    if metrics.get("full_image_exact") == 0:  # by name alone (as the tiny Idefics2 did, in 300 and 900 steps)
+        return ("the model recalls the fictitious people by name but none by face (full_image_exact is 0): its image "
+                "questions test nothing it learned, and ViKeR and CAGUL, which act through the image, have nothing "
+                f"to remove there; train longer ({budget} here)")
+    return None
