@@ -451,6 +451,16 @@ def test_the_reference_model_is_scored_and_let_go_before_the_evaluated_model_loa
     assert held == [1] and len(loaded) == 2
 
 
+def test_a_clear_run_from_python_takes_clears_default_split(tiny_dir, clear_dir, tmp_path):
+    """UnlearnConfig(benchmark="clear") without forget= took MLLMU-Bench's forget_10, and was refused."""
+    from viker.presets import TrainConfig
+    from viker.unlearn import UnlearnConfig, run_unlearn
+
+    run_unlearn(UnlearnConfig(model=str(tiny_dir), data=str(clear_dir), benchmark="clear", method="ga",
+                              train=TrainConfig(max_steps=1, batch_size=2), out=str(tmp_path / "run")), progress=False)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["unlearn"]["forget"] == "forget10"
+
+
 def test_a_retain_model_is_compared_with_the_vanilla_run_by_what_changes_training(tmp_path):
     """Its recipe as the run read it: --epochs under --max-steps, --max-length (it refuses, never cuts), how it was
     saved and where its base model's copy is change nothing; another hub model, budget or precision does."""

@@ -130,7 +130,9 @@ def _resumes_on(args, preset: TrainConfig) -> bool:
 
 def _forget(args) -> str:
     """--forget, defaulting to the benchmark's 10% split."""
-    return args.forget or {"mllmu": "forget_10", "clear": "forget10"}[args.benchmark]
+    from viker.data.schema import DEFAULT_FORGET
+
+    return args.forget or DEFAULT_FORGET[args.benchmark]
 
 
 def _model_forget(args) -> str:

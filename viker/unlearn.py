@@ -18,7 +18,7 @@ from viker.collate import Collator, check_max_length
 from viker.data.clear import unlearning_data as clear_unlearning_data
 from viker.data.examples import FINETUNE_SETS, ft_pairs, unlearning_examples
 from viker.data.loader import load_finetune, load_profiles, retain_profiles
-from viker.data.schema import RETAIN_OF, check_forget_split
+from viker.data.schema import DEFAULT_FORGET, RETAIN_OF, check_forget_split
 from viker.errors import VikerError, require, require_given
 from viker.methods import get_method, title, unlearning_methods
 from viker.methods.base import FrozenReference, UnlearnContext
@@ -81,7 +81,7 @@ class UnlearnConfig:
     model: str = ""  # the vanilla model (a run folder of `viker finetune`, a model folder or hub id)
     data: str = ""
     benchmark: str = "mllmu"  # mllmu | clear (forget splits forget01/05/10, with +tofu for its text questions)
-    forget: str = "forget_10"
+    forget: str | None = None  # None: forget_10 (CLEAR: forget10), as the command line takes it
     method: str = "viker"
     method_args: dict = field(default_factory=dict)
     out: str = ""
@@ -322,6 +322,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     require_given(model=cfg.model, data=cfg.data, out=cfg.out)
     if cfg.benchmark not in ("mllmu", "clear"):
         raise VikerError(f"--benchmark {cfg.benchmark}: choose mllmu or clear")
+    if cfg.forget is None:
+        cfg = replace(cfg, forget=DEFAULT_FORGET[cfg.benchmark])
     if cfg.benchmark == "mllmu":
         check_forget_split(cfg.forget)
     if cfg.tuning not in ("lora", "full"):

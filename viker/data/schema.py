@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 FORGET_SPLITS = ("forget_5", "forget_10", "forget_15")
+DEFAULT_FORGET = {"mllmu": "forget_10", "clear": "forget10"}  # each benchmark's 10% split, the default --forget
 RETAIN_OF = {"forget_5": "retain_95", "forget_10": "retain_90", "forget_15": "retain_85"}
 CONFIGS = ("Full_Set", *FORGET_SPLITS, *RETAIN_OF.values(), "Test_Set", "Retain_Set", "ft_Data")
 PRETRAIN_CONFIG = "pretrain_Data"  # ours, in ft_Data's format: knowledge a pretrained model brings
