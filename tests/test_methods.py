@@ -1107,9 +1107,12 @@ def test_a_method_the_trainer_cannot_run_is_refused_in_words(registered, tiny_di
 
     with pytest.raises(VikerError, match="method 'plain': Plain must be a dataclass"):
         register("plain", "Plain")(Plain)
+    with pytest.raises(VikerError, match=r"method 'lossless': Lossless has no loss\(self, model, batches\) method"):
+        register("lossless", "Lossless")(make_dataclass("Lossless", [], namespace={"streams": ("forget",)}))
+    loss = {"loss": lambda self, model, batches: (0.0, {})}
     with pytest.raises(VikerError, match=r"method 'ga' is already viker\.methods\.ga\.GA; register Mine under"):
-        register("ga", "GA")(make_dataclass("Mine", []))
-    register("odd_streams", "Odd")(make_dataclass("Odd", [], namespace={"streams": ("forget", "test")}))
+        register("ga", "GA")(make_dataclass("Mine", [], namespace=loss))
+    register("odd_streams", "Odd")(make_dataclass("Odd", [], namespace={"streams": ("forget", "test"), **loss}))
     with pytest.raises(VikerError, match=r"method 'odd_streams': streams \('forget', 'test'\); an unlearning"):
         make_method("odd_streams", {}, "forget_10")
 
@@ -1135,6 +1138,11 @@ def test_a_method_the_trainer_cannot_run_is_refused_in_words(registered, tiny_di
         run_unlearn(losing(lambda ll: (ll, {"note": "hi"})), progress=False)
     history = run_unlearn(losing(lambda ll: (ll, {"ll": ll.detach()})), progress=False)[2]  # a tensor: its number
     assert history[0]["ll"] == pytest.approx(history[0]["loss"])
+    with pytest.raises(VikerError, match=r"Returns_3\.loss returned a tuple \(a tensor of shape \(\), a tensor of "
+                                         r"shape \(\)\): it must return"):  # what it returned, each part
+        run_unlearn(losing(lambda ll: (ll, ll)), progress=False)
+    with pytest.raises(VikerError, match=r"Returns_4\.loss returned a float: it must return"):
+        run_unlearn(losing(lambda ll: float(ll.detach())), progress=False)
 
 
 def test_a_run_from_python_names_the_settings_it_cannot_do_without(tiny_dir, bench_dir, tmp_path, monkeypatch):
@@ -1149,6 +1157,28 @@ def test_a_run_from_python_names_the_settings_it_cannot_do_without(tiny_dir, ben
         with pytest.raises(VikerError, match=f"^{missing} is required$"):
             (run_unlearn if hasattr(cfg, "method") else run_finetune)(cfg, progress=False)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: TrainConfig(epochs="2"), "TrainConfig.epochs: '2' is a str, not float or int"),
+    (lambda: replace(TrainConfig(), max_steps=1.5), "TrainConfig.max_steps: 1.5 is a float, not int or None"),
+    (lambda: LoraSettings(r="8"), "LoraSettings.r: '8' is a str, not int"),
+    (lambda: UnlearnConfig(train={"max_steps": 1}), "UnlearnConfig.train: {'max_steps': 1} is a dict, not TrainConfig "
+                                                    "or None"),
+    (lambda: UnlearnConfig(method_args=["lam"]), "UnlearnConfig.method_args: ['lam'] is a list, not dict"),
+    (lambda: run_unlearn({"model": "m"}), "run_unlearn takes an UnlearnConfig, not a dict"),
+    (lambda: __import__("viker.eval.run").eval.run.run_eval("m", "d", "o", None),
+     "run_eval takes an EvalConfig, not a NoneType"),
+    (lambda: __import__("viker.eval.evaluate").eval.evaluate.EvalConfig(scope={"forget": "generation"}),
+     "scope['forget']: a tuple of tasks, not one string: ('generation',)"),
+])
+def test_settings_of_the_wrong_kind_from_python_are_one_line(make, message):
+    """From Python, a dict for a TrainConfig or a string for a number failed deep inside, at the first attribute read
+    or comparison; a string of tasks was read letter by letter."""
+    with pytest.raises(VikerError) as refused:
+        make()
+    assert str(refused.value) == message
+    assert isinstance(LoraSettings(target_modules="q_proj|v_proj").target_modules, str)  # peft's regex form
 
 
 def test_a_refused_run_leaves_the_model_it_was_given_as_it_came(tiny_dir, bench_dir, tmp_path):

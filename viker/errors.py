@@ -1,6 +1,7 @@
 """The one exception type users see as a one-line message instead of a traceback."""
 
 import math
+import os
 
 
 class VikerError(Exception):
@@ -9,6 +10,51 @@ class VikerError(Exception):
     The command line prints ``error: <message>`` and exits with status 2. Messages name the file,
     config or row at fault and say what is wrong, so that the user can fix it without reading code.
     """
+
+
+def check_types(config) -> None:
+    """Refuse a field of a settings dataclass whose value is of another kind than its annotation says, from Python
+    (``TrainConfig(epochs="2")``, ``UnlearnConfig(train={...})``): one line naming the field, not a traceback from
+    the first comparison or attribute read deep inside. Only plain kinds are checked: classes, and unions of them
+    with None; a float field takes an int, a str field a path."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value, kinds = getattr(config, f.name), _kinds(hints.get(f.name))
+        if kinds is not None and not isinstance(value, kinds):
+            names = {"None" if k is type(None) else k.__name__ for k in kinds if k is not os.PathLike}
+            wanted = " or ".join(sorted(names, key=lambda name: (name == "None", name)))
+            raise VikerError(f"{type(config).__name__}.{f.name}: {value!r} is {_a(type(value).__name__)}, not {wanted}")
+
+
+def check_config(config, kind: type, function: str) -> None:
+    """Refuse a ``config`` of another kind than ``function`` takes (a dict where a settings dataclass is asked)."""
+    if not isinstance(config, kind):
+        raise VikerError(f"{function} takes {_a(kind.__name__)}, not {_a(type(config).__name__)}")
+
+
+def _a(name: str) -> str:
+    return f"{'an' if name[:1] in 'AEIOUaeiou' else 'a'} {name}"
+
+
+def _kinds(hint) -> tuple[type, ...] | None:
+    """The classes a value annotated ``hint`` may be an instance of; None where that is not checked."""
+    import types
+    import typing
+
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        parts = [_kinds(arg) for arg in typing.get_args(hint)]
+        return None if None in parts else tuple(k for part in parts for k in part)
+    if origin is not None:  # dict[str, ...], list[str]: the container alone
+        return (origin,) if isinstance(origin, type) else None
+    if hint is float:
+        return (float, int)
+    if hint is str:
+        return (str, os.PathLike)
+    return (hint,) if isinstance(hint, type) else None
 
 
 def require(ok: bool, flag: str, value, rule: str) -> None:

@@ -21,7 +21,7 @@ from viker.collate import Collator, check_max_length
 from viker.data.clear import finetune_examples as clear_finetune_examples
 from viker.data.examples import finetune_examples, generation_examples
 from viker.data.loader import load_profiles
-from viker.errors import VikerError, require_given
+from viker.errors import VikerError, check_config, check_types, require_given
 from viker.eval.generate import generate
 from viker.methods import get_method
 from viker.model import (
@@ -78,6 +78,9 @@ class FinetuneConfig:
     eval_batch_size: int = 64
     max_length: int | None = None  # longest example in tokens (None: no limit); never truncates
 
+    def __post_init__(self):
+        check_types(self)
+
 
 def recall_metrics(model, processor, data_dir, batch_size: int = 64, progress: bool = True, rank: int = 0,
                    world: int = 1) -> dict[str, float]:
@@ -119,6 +122,7 @@ def no_adapter(model: str, tuning: str) -> str | None:
 def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = False, overwrite: bool = False) -> dict:
     """Finetune and save into ``cfg.out``, which must be new or empty; ``overwrite`` replaces a run there and
     ``resume`` continues it from its checkpoint (:func:`viker.run_folder.check_run_folder`)."""
+    check_config(cfg, FinetuneConfig, "run_finetune")
     check_resume_or_overwrite(resume, overwrite)
     require_given(data=cfg.data, out=cfg.out)
     if cfg.train is None:

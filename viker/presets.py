@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from viker.errors import require
+from viker.errors import check_types, require
 
 # How an evaluation reads multiple choice: option likelihood, or a generated letter read as it is meant
 # (viker.eval.metrics.parse_choice) or as MLLMU-Bench's code reads it (first_char_choice)
@@ -44,6 +44,7 @@ class TrainConfig:
     snapshot_every: int = 0  # epochs between snapshots of the model kept beside the final one (0: none)
 
     def __post_init__(self):
+        check_types(self)
         require(self.epochs > 0, "--epochs", self.epochs, "must be above 0")
         require(self.max_steps is None or self.max_steps >= 1, "--max-steps", self.max_steps,
                 "must be at least 1 (leave it out to train for --epochs)")

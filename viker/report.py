@@ -878,12 +878,14 @@ def _evaluation_notes(rows: list[dict], shared: dict) -> str:
     return evaluated
 
 
-def run_report(paths: list[str], out: str | Path, title: str | None = None) -> list[dict]:
+def run_report(paths: list[str] | str, out: str | Path, title: str | None = None) -> list[dict]:
     """``viker report``: the paper-style table of evaluated runs (report.md, results.json) and their
     forgetting/retention plot (tradeoff.png), in ``out``. Returns the rows."""
     from viker.errors import VikerError
     from viker.runs import write_json, written_together
 
+    if isinstance(paths, (str, Path)):  # one folder, given alone (a string is no list of folders to iterate)
+        paths = [paths]
     if not paths:
         raise VikerError("give at least one evaluated run folder")
     out = _report_folder(out)

@@ -56,8 +56,12 @@ def step_loss(objective: Objective, model: torch.nn.Module, batches: dict[str, d
     who = f"{type(objective).__name__}.loss"
     if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.Tensor)
             and result[0].numel() == 1 and isinstance(result[1], dict)):
-        got = (f"a tensor of shape {tuple(result.shape)}" if isinstance(result, torch.Tensor)
-               else type(result).__name__)
+        def described(value) -> str:
+            return f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else \
+                f"a {type(value).__name__}"
+
+        got = described(result) if not isinstance(result, tuple) else \
+            f"a tuple ({', '.join(described(v) for v in result)})"
         raise VikerError(f"{who} returned {got}: it must return (the loss, a one-element tensor; a dict of the "
                          "values to log, each a number)")
     loss, logs = result

@@ -19,7 +19,7 @@ from viker.data.clear import unlearning_data as clear_unlearning_data
 from viker.data.examples import FINETUNE_SETS, ft_pairs, unlearning_examples
 from viker.data.loader import load_finetune, load_profiles, retain_profiles
 from viker.data.schema import DEFAULT_FORGET, RETAIN_OF, check_forget_split
-from viker.errors import VikerError, require, require_given
+from viker.errors import VikerError, check_config, check_types, require, require_given
 from viker.methods import get_method, title, unlearning_methods
 from viker.methods.base import FrozenReference, UnlearnContext
 from viker.methods.reference import SOURCES, default_cache_dir
@@ -94,8 +94,12 @@ class UnlearnConfig:
     dtype: str = "auto"
     trust_remote_code: bool = False
     # MLLMU-Bench: what the forget and retain streams hold, named as the vanilla finetune's --train-on (what the
-    # model learned): all | ft_Data | auto (what the starting model's own finetune learned; see learned_by)
-    train_on: str = "auto"
+    # model learned): all | ft_Data | auto (what the starting model's own finetune learned; see learned_by); None
+    # once resolved on CLEAR, which has no such choice
+    train_on: str | None = "auto"
+
+    def __post_init__(self):
+        check_types(self)
 
 
 def learned_by(model: str) -> str:
@@ -311,13 +315,15 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
                 overwrite: bool = False):
     """Unlearn and save into ``cfg.out``; returns (model, processor, history). ``model_and_processor`` skips
     loading: that model is the one trained, in place (its LoRA layers added to it, or its own weights changed),
-    and returned; pass a copy to keep the one given as it was. A run refused before training takes off the LoRA
+    and returned (saved with ``lora.merge=False``, inside the PeftModel that holds its adapters); pass a copy to
+    keep the one given as it was. A run refused before training takes off the LoRA
     layers it added and leaves its weights trainable as they were, as CAGUL (which trains modules of its own
     around it) does after training. A model with LoRA adapters of its own is refused with LoRA tuning (peft adds no
     LoRA over LoRA): merge them into it first.
     ``cfg.out`` must be new or empty;
     ``overwrite`` replaces a run there, and ``resume`` continues one that was stopped after a checkpoint
     (``train.checkpoint_every``; :func:`viker.run_folder.check_run_folder`)."""
+    check_config(cfg, UnlearnConfig, "run_unlearn")
     check_resume_or_overwrite(resume, overwrite)
     require_given(model=cfg.model, data=cfg.data, out=cfg.out)
     if cfg.benchmark not in ("mllmu", "clear"):

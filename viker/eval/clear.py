@@ -32,7 +32,7 @@ from pathlib import Path
 from viker.data.clear import EVAL_SETS, FORGET_SETS, PERTURBED, TOFU, EvalItem, eval_items, forget_base
 from viker.data.loader import config_files
 from viker.data.schema import Example
-from viker.errors import VikerError
+from viker.errors import VikerError, check_config, check_types
 from viker.eval import metrics as M
 from viker.eval.evaluate import answer_logprobs
 from viker.eval.generate import check_generation_settings, generate
@@ -66,6 +66,7 @@ class ClearEvalConfig:
     retain_limit: int | None = None  # evaluate at most this many retain_perturbed rows (None: all)
 
     def __post_init__(self):
+        check_types(self)
         check_generation_settings(self)
 
 
@@ -338,6 +339,7 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig, d
     from viker.eval.run import check_nothing_lost, write_generations
     from viker.model import how_loaded, load_model
 
+    check_config(cfg, ClearEvalConfig, "run_clear_eval")
     forget_base(cfg.forget)
     if cfg.retain_model:  # recorded as the other paths are: absolute, whatever folder it was typed in
         cfg = replace(cfg, retain_model=as_recorded(cfg.retain_model))

@@ -24,7 +24,7 @@ from viker.collate import Collator, scoring_inputs
 from viker.data.examples import cloze_examples, generation_examples
 from viker.data.loader import load_profiles, retain_profiles
 from viker.data.schema import Example, MCQuestion, Profile, check_forget_split
-from viker.errors import VikerError, require
+from viker.errors import VikerError, check_types, require
 from viker.eval import metrics as M
 from viker.eval.generate import check_generation_settings, generate
 from viker.methods.losses import answer_window, token_logprobs
@@ -68,6 +68,8 @@ class EvalConfig:
     scope: dict[str, tuple[str, ...]] | None = None
 
     def __post_init__(self):
+        check_types(self)
+        check_scope(self.scope)
         require(self.mc_mode in MC_MODES, "--mc-mode", self.mc_mode, f"choose {', '.join(MC_MODES)}")
         require(self.test_images in ("first", "all"), "--test-images", self.test_images, "choose first or all")
         check_forget_split(self.forget)
@@ -160,6 +162,8 @@ def photo_views(rows: list[Profile], which: str = "first") -> list[Profile]:
 def check_scope(scope: dict[str, Sequence[str]] | None) -> None:
     """A one-line error for a scope that names a set or task the evaluator does not have."""
     for name, tasks in (scope or {}).items():
+        if isinstance(tasks, str):  # read letter by letter, it would name tasks 'g', 'e', ...
+            raise VikerError(f"scope[{name!r}]: a tuple of tasks, not one string: ({tasks!r},)")
         if name not in SETS:
             raise VikerError(f"--only {name}: unknown set (sets: {', '.join(SETS)})")
         for task in tasks:

@@ -7,7 +7,7 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from viker.errors import VikerError
+from viker.errors import VikerError, check_config
 from viker.eval.evaluate import (
     SETS,
     TASKS,
@@ -85,6 +85,7 @@ def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig, device=None,
     """``viker eval`` on MLLMU-Bench (or the embedded benchmark): writes ``out``'s metrics.json, generations.jsonl
     and settings (all or none), and returns the metrics. ``model_and_processor`` skips loading; it must be the
     model ``model_path`` names, which the evaluation records as the one it scored."""
+    check_config(cfg, EvalConfig, "run_eval")
     check_eval_out(model_path, out, data)
     check_nothing_lost(out, "mllmu", cfg)
     sets = eval_sets(data, cfg)  # a wrong --data or split is refused before the model loads

@@ -20,6 +20,9 @@ def register(name: str, title: str):
         if not is_dataclass(cls):  # its fields are the settings commands take, configs record and --resume compares
             raise VikerError(f"method '{name}': {cls.__name__} must be a dataclass (@dataclass, written below "
                              "@register), its fields the method's settings")
+        if not callable(getattr(cls, "loss", None)):  # found only at the first step, once the run's folder is made
+            raise VikerError(f"method '{name}': {cls.__name__} has no loss(self, model, batches) method, the objective "
+                             "each step minimises")
         if not cls.__module__.startswith(__name__ + "."):  # one of a user's: the built-in ones first, to compare
             _registered()
         taken = METHODS.get(name)

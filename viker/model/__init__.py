@@ -13,7 +13,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from viker.errors import VikerError, require
+from viker.errors import VikerError, check_types, require
 from viker.presets import FINETUNE_LORA
 from viker.runs import (
     TRAINING_COMMANDS,
@@ -40,11 +40,12 @@ class LoraSettings:
     r: int = FINETUNE_LORA["r"]
     alpha: int = FINETUNE_LORA["alpha"]
     dropout: float = FINETUNE_LORA["dropout"]
-    target_modules: list[str] | None = None  # None: every linear layer of the language model
+    target_modules: list[str] | str | None = None  # None: every linear layer of the language model; str: peft's regex
     merge: bool | None = True  # save the model merged (True), the adapter alone (False), None: --save auto
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        check_types(self)
         require(self.r >= 1, "--lora-r", self.r, "must be at least 1")
         require(self.alpha > 0, "--lora-alpha", self.alpha, "must be above 0")
         require(0 <= self.dropout < 1, "--lora-dropout", self.dropout, "must be from 0 to below 1")
