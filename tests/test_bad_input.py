@@ -104,7 +104,8 @@ def test_a_refusal_idkpo_would_train_on_that_does_not_fit_max_length_is_refused_
               "--max-length", "200"]
     assert main([*common, "--out", str(tmp_path / "fits")]) == 0  # every answer and refusal fits
     monkeypatch.setattr("viker.methods.idkpo.REFUSALS", ("I cannot say. " * 60,))
-    _assert_clean_failure(main([*common, "--out", str(out)]), capsys.readouterr().err, "over max_length 200", out)
+    _assert_clean_failure(main([*common, "--out", str(out)]), capsys.readouterr().err,
+                          "over --max-length 200, which refuses a longer example rather than cut its answer off", out)
 
 
 def test_a_processor_without_chat_template(tiny_dir, bench_dir, tmp_path, capsys):
@@ -135,7 +136,7 @@ def test_an_answer_that_does_not_fit_max_length(tiny_dir, bench_dir, tmp_path, c
     out = tmp_path / "run"
     code = main(["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--method", "ga", "--out", str(out),
                  "--max-length", "20"])
-    _assert_clean_failure(code, capsys.readouterr().err, "max_length 20", out)
+    _assert_clean_failure(code, capsys.readouterr().err, "over --max-length 20", out)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -233,6 +233,9 @@ def test_forget_references_on_clear_are_never_the_same_persons_other_photos(tiny
                  "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run")])
     assert code == 2 and ("the reference pool (--refs) has 2 usable images (not this person's), fewer than k=3; "
                           "lower --k or choose --refs with more images") in capsys.readouterr().err
+    alone = [img for img in pool if owners[img] == example.profile_id]  # only the person's own: no --k helps
+    with pytest.raises(VikerError, match=r"has 0 usable images \(not this person's\), fewer than k=1; choose --refs "):
+        choose_reference_images(example, alone, 1, random.Random(0), owners)
 
 
 def test_keytokens_on_clear_shows_the_forget_captions_a_viker_run_trained_on(tiny_dir, clear_dir, tmp_path,

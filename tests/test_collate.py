@@ -103,7 +103,7 @@ def test_empty_answer_is_a_clear_error(tiny):
 
 def test_an_example_over_max_length_is_named_even_with_an_empty_question(tiny):
     _, processor = tiny
-    with pytest.raises(VikerError, match=r"^example '': \d+ tokens, over max_length 3"):
+    with pytest.raises(VikerError, match=r"^example '': \d+ tokens, over --max-length 3"):
         Collator(processor, max_length=3)([Example("", "Paris", None)])
 
 

@@ -182,7 +182,7 @@ def test_preflight_counts_an_images_tokens_with_the_word_after_it(saved, real_be
     image = next(e for e in finetune_examples(real_bench) if e.image is not None).image
     first, longer = (Example(q, "This is Alon Varo.", image) for q in ("In it?", "Who is this person in the picture?"))
     n = int(Collator(processor)([longer])["attention_mask"].sum())
-    with pytest.raises(VikerError, match=f"{n} tokens, over max_length {n - 1}"):
+    with pytest.raises(VikerError, match=f"{n} tokens, over --max-length {n - 1}"):
         Collator(processor, max_length=n - 1).preflight(model, [first, longer])
     Collator(processor, max_length=n).preflight(model, [first, longer])
 
@@ -204,7 +204,7 @@ def test_preflight_counts_each_image_size_own_tokens_under_a_dynamic_resolution(
     small, large = example(16), example(64)
     tokens = [int(Collator(processor)([e])["attention_mask"].sum()) for e in (small, large)]
     assert tokens[0] < tokens[1]
-    with pytest.raises(VikerError, match=f"{tokens[1]} tokens, over max_length {tokens[1] - 1}"):
+    with pytest.raises(VikerError, match=f"{tokens[1]} tokens, over --max-length {tokens[1] - 1}"):
         Collator(processor, max_length=tokens[1] - 1).preflight(model, [small, large])
     Collator(processor, max_length=tokens[1]).preflight(model, [small, large])
 

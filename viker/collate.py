@@ -164,9 +164,8 @@ class Collator:
         return batch
 
     def _too_long(self, ex: Example, n: int) -> VikerError:
-        return VikerError(f"example '{_first_line(ex)}': {n} tokens, over max_length "
-                          f"{self.max_length}; truncating it would leave its answer without tokens (raise "
-                          "--max-length)")
+        return VikerError(f"example '{_first_line(ex)}': {n} tokens, over --max-length {self.max_length}, which "
+                          "refuses a longer example rather than cut its answer off; raise --max-length")
 
     def preflight(self, model, examples: Sequence[Example]) -> None:
         """Check, before any output is written, what would otherwise fail mid-run: every example fits

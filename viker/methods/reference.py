@@ -262,8 +262,9 @@ def choose_reference_images(example: Example, pool: Sequence[bytes], k: int, rng
     person = (owners or {}).get(example.image, example.profile_id)
     candidates = [img for img in pool if img != example.image and not (owners and owners.get(img) == person)]
     if len(candidates) < k:
+        lower = "lower --k or " if candidates else ""  # none at all: no --k helps
         raise VikerError(f"the reference pool (--refs) has {len(candidates)} usable images (not this person's), "
-                         f"fewer than k={k}; lower --k or choose --refs with more images")
+                         f"fewer than k={k}; {lower}choose --refs with more images")
     return rng.sample(candidates, k)
 
 
