@@ -679,6 +679,9 @@ def test_a_report_compares_gib_scores_of_one_classifier(tiny_dir, bench_dir, tmp
                  "--only", "forget:generation", "--gib-model", "gib-2", "--out", "run"]) == 0
     assert f"warning: --out run was scored by --gib-model {tmp_path / 'gib'}; its scores are replaced by " \
         f"{tmp_path / 'gib-2'}'s" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--only", "forget:cloze",
+                 "--gib-model", "gib", "--out", "run"]) == 2  # refused, as it would lose forget:generation
+    assert "would not write (forget:generation" in (err := capsys.readouterr().err) and "replaced by" not in err
     assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--only", "forget:multiple_choice",
                  "--gib-model", "gib", "--out", "no-generation"]) == 2
     assert "--gib-model gib: the classifier scores generation answers, and --only asks none" in \

@@ -1179,6 +1179,7 @@ def test_settings_of_the_wrong_kind_from_python_are_one_line(make, message):
         make()
     assert str(refused.value) == message
     assert isinstance(LoraSettings(target_modules="q_proj|v_proj").target_modules, str)  # peft's regex form
+    assert LoraSettings(target_modules=("q_proj",), alpha=32.0).alpha == 32  # as peft takes them
 
 
 def test_a_refused_run_leaves_the_model_it_was_given_as_it_came(tiny_dir, bench_dir, tmp_path):

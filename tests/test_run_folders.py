@@ -513,6 +513,9 @@ def test_a_model_finetuned_on_other_benchmark_files_is_warned_about(tiny_dir, be
         shutil.copy(bench_dir / name, relaid / "data" / name)
         (relaid / "data" / name).with_name("._" + Path(name).name).write_bytes(b"metadata")
     assert other_benchmark(str(vanilla), relaid) is None
+    first = sorted(hashes)[0]  # one of its files another benchmark's: no longer the same one
+    (relaid / "data" / first).write_bytes(b"another benchmark's file")
+    assert "is not that benchmark byte for byte" in other_benchmark(str(vanilla), relaid)
 
 
 def test_a_data_file_is_hashed_once_while_unchanged_and_again_once_changed(tmp_path, monkeypatch):

@@ -498,7 +498,8 @@ def other_benchmark(model: str, data: str | Path, benchmark: str = "mllmu") -> s
     changed = sorted(name for name in recorded.keys() & now.keys() if recorded[name] != now[name])
     if not changed and (recorded.keys() & now.keys() or not recorded or not now):
         return None
-    if not recorded.keys() & now.keys() and set(recorded.values()) & set(now.values()):
+    theirs, ours = set(recorded.values()), set(now.values())
+    if not recorded.keys() & now.keys() and theirs and ours and (theirs <= ours or ours <= theirs):
         return None  # the same files in another layout (the hub's parquet conversion, data/CONFIG-...)
     finetuned_on = vanilla.get("finetune", {}).get("data", "its data")
     which = f"{len(changed)} of its files differ from those, {changed[0]} first" if changed else \

@@ -68,15 +68,15 @@ def check_nothing_lost(out: str | Path, benchmark: str, cfg) -> None:
             lost.append(f"factuality by --judge {before['judge']}")
         if before.get("gib_model") and not cfg.gib_model:
             lost.append("gib by --gib-model")
-        for flag, was_by, now_by in (("--judge", before.get("judge"), cfg.judge),
-                                     ("--gib-model", before.get("gib_model"), cfg.gib_model and
-                                      as_recorded(cfg.gib_model))):
-            if was_by and now_by and was_by != now_by:  # as `viker judge` says of it
-                print(f"warning: --out {out} was scored by {flag} {was_by}; its scores are replaced by {now_by}'s",
-                      file=sys.stderr)
     if lost:
         raise VikerError(f"--out {out}: holds an evaluation with figures this one would not write ({', '.join(lost)}) "
                          "and would replace; evaluate into a folder of its own, or delete its metrics.json first")
+    for flag, was_by, now_by in (("--judge", before.get("judge"), getattr(cfg, "judge", None)),
+                                 ("--gib-model", before.get("gib_model"), getattr(cfg, "gib_model", None) and
+                                  as_recorded(cfg.gib_model))):
+        if was == benchmark and was_by and now_by and was_by != now_by:  # as `viker judge` says of it
+            print(f"warning: --out {out} was scored by {flag} {was_by}; its scores are replaced by {now_by}'s",
+                  file=sys.stderr)
 
 
 @bars_as_asked

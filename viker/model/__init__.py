@@ -38,9 +38,10 @@ class LoraSettings:
     """LoRA on the language model's linear layers by default (not the vision tower or projector)."""
 
     r: int = FINETUNE_LORA["r"]
-    alpha: int = FINETUNE_LORA["alpha"]
+    alpha: float = FINETUNE_LORA["alpha"]
     dropout: float = FINETUNE_LORA["dropout"]
-    target_modules: list[str] | str | None = None  # None: every linear layer of the language model; str: peft's regex
+    # None: every linear layer of the language model; a str: peft's regex
+    target_modules: list[str] | tuple[str, ...] | str | None = None
     merge: bool | None = True  # save the model merged (True), the adapter alone (False), None: --save auto
     extra: dict = field(default_factory=dict)
 
