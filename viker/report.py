@@ -845,10 +845,9 @@ def _evaluation_notes(rows: list[dict], shared: dict) -> str:
     else:
         read = " (a generated letter, read by the reply's first character as MLLMU-Bench reads it)" * (
             mc_mode == "first_char")
-        chosen = any(k.endswith(("_acc", "_acc_text", "_acc_image")) and v is not None
-                     for r in rows for k, v in r["metrics"].items())
-        asked = f", multiple choice by {mc_mode or 'a mode not recorded'}{read}" if mc_mode or chosen else ""
-        evaluated = f"{scales}. Evaluated on {split}{asked}."
+        chosen = any("_acc" in k and v is not None for r in rows for k, v in r["metrics"].items())
+        mode = f", multiple choice by {mc_mode or 'a mode not recorded'}{read}" if mc_mode or chosen else ""
+        evaluated = f"{scales}. Evaluated on {split}{mode}."
     if shared["max_new_tokens"] is not None:
         evaluated += f" Greedy replies of at most {shared['max_new_tokens']} new tokens."
     if shared["gib_model"] and any(r["metrics"].get("gib") is not None for r in rows):

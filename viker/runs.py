@@ -486,9 +486,9 @@ def other_benchmark(model: str, data: str | Path, benchmark: str = "mllmu") -> s
     Files only one side has do not count; the same benchmark written again by another version of pyarrow differs
     too, which the warning says."""
     vanilla = next((run for run in runs_behind(model) if run["command"] == "finetune"), {})
-    theirs = vanilla.get("finetune", {}).get("benchmark", "mllmu")
-    if vanilla and theirs != benchmark:
-        return (f"{model} was finetuned on {BENCHMARK_NAMES.get(theirs, theirs)} "
+    learned_on = vanilla.get("finetune", {}).get("benchmark", "mllmu")
+    if vanilla and learned_on != benchmark:
+        return (f"{model} was finetuned on {BENCHMARK_NAMES.get(learned_on, learned_on)} "
                 f"({vanilla['finetune'].get('data', 'its data')}), and is read here as a model of "
                 f"{BENCHMARK_NAMES.get(benchmark, benchmark)}: its people are not those the model learned, and its "
                 "figures here mean nothing")

@@ -151,11 +151,8 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "auto",
 
     if is_cagul_run(path):
         return load_cagul(path, device, dtype, trust_remote_code)
-    path = resolve_model_path(path)
+    path, adapter, base = located(path)
     dev = pick_device(device)
-    adapter = Path(path, "adapter_config.json").is_file()
-    base = adapter_base(path) if adapter else path
-    check_hub_reachable(base)  # a hub id, or an adapter's base named by one
     if adapter:  # one of our runs records the base model it trained the adapter on
         check_weights_unchanged(Path(path).parent, weight_hashes(base), f"{path}: an adapter on {base}")
     try:
@@ -271,12 +268,21 @@ def processor_folder(path: str, base: str) -> str:
     return path if path == base or has_processor(path) else base
 
 
+def located(path: str | Path) -> tuple[str, bool, str]:
+    """A model's folder or hub id resolved (:func:`resolve_model_path`), whether it is a LoRA adapter, and the base
+    model its weights load from (itself, where it is no adapter), refused at once where the hub cannot be reached
+    for it."""
+    path = resolve_model_path(path)
+    adapter = Path(path, "adapter_config.json").is_file()
+    base = adapter_base(path) if adapter else path
+    check_hub_reachable(base)  # a hub id, or an adapter's base named by one
+    return path, adapter, base
+
+
 def processor_of(path: str | Path, trust_remote_code: bool = False):
     """The processor :func:`load_model` gives with the model at ``path`` (not a CAGUL run), read without the
     model's weights: enough to check it before minutes of loading them."""
-    path = resolve_model_path(path)
-    base = adapter_base(path) if Path(path, "adapter_config.json").is_file() else path
-    check_hub_reachable(base)
+    path, _, base = located(path)
     try:
         return load_processor(processor_folder(path, base), trust_remote_code, config_path=base)
     except (OSError, ValueError) as e:
