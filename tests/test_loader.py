@@ -150,6 +150,28 @@ def test_a_person_is_read_once_however_often_a_shard_repeats_them(bench_dir, tmp
         load_profiles(root, "forget_10")
 
 
+def test_people_without_a_task_are_warned_about_once(bench_dir, tmp_path, capsys):
+    """A row whose Classification_Task is null took its person's questions out of Forget ACC without a word."""
+    root = _copy(bench_dir, tmp_path)
+    shard = root / "forget_10" / "train-00000-of-00001.parquet"
+    table = pq.read_table(shard)
+    column = table.column("Classification_Task").to_pylist()
+    column[1] = None
+    _rewrite(root, "forget_10/train-00000-of-00001.parquet", lambda t: t.set_column(
+        t.schema.get_field_index("Classification_Task"), t.schema.field("Classification_Task"),
+        [pa.array(column, t.schema.field("Classification_Task").type)]))
+    people = load_profiles(root, "forget_10")
+    assert not people[1].mc and all(p.mc for p in people if p is not people[1])
+    err = capsys.readouterr().err
+    assert (f"warning: forget_10: 1 of {len(people)} people have no Classification_Task questions "
+            f"(e.g. {shard}:row 1, person {people[1].id}); that task is scored over the others alone") in err
+    assert "Generation_Task" not in err and "Mask_Task" not in err
+    load_profiles(root, "forget_10")  # read again by the same run: said once
+    assert "Classification_Task" not in capsys.readouterr().err
+    load_profiles(bench_dir, "forget_10")  # every person with every task: nothing to say
+    assert capsys.readouterr().err == ""
+
+
 def test_missing_config_names_the_folder_and_config(bench_dir, tmp_path, monkeypatch):
     root = _copy(bench_dir, tmp_path)
     shutil.rmtree(root / "forget_10")

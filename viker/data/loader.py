@@ -371,7 +371,26 @@ def load_profiles(root: str | Path, config: str) -> list[Profile]:
                 source=source,
             )
         )
-    return _each_once(profiles, config)
+    people = _each_once(profiles, config)
+    _warn_of_missing_tasks(people, config)
+    return people
+
+
+TASKS = (("mc", "Classification_Task"), ("generation", "Generation_Task"), ("cloze", "Mask_Task"))
+_warned: set[tuple[str, ...]] = set()
+
+
+def _warn_of_missing_tasks(people: list[Profile], config: str) -> None:
+    """Warn (once a process) when some people of a config have no questions of a task that the others have: their
+    row's task is null or empty, and the task's scores are over the other people alone."""
+    for field, task in TASKS:
+        without = [p for p in people if not getattr(p, field)]
+        said = (config, task, *(p.source for p in without))
+        if without and len(without) < len(people) and said not in _warned:
+            _warned.add(said)
+            print(f"warning: {config}: {len(without)} of {len(people)} people have no {task} questions (e.g. "
+                  f"{without[0].source}, person {without[0].id}); that task is scored over the others alone",
+                  file=sys.stderr)
 
 
 def _each_once(profiles: list[Profile], config: str) -> list[Profile]:
