@@ -179,7 +179,8 @@ def test_eval_from_a_hub_id_equals_eval_from_the_folder(hub, real_bench, tmp_pat
 def test_test_images_all_asks_each_photo_the_image_questions_and_the_name_questions_once(real_bench, tmp_path):
     """MLLMU-Bench's Test_Set holds several photos of each person. --test-images first asks with the first;
     all asks the image questions with every photo (each its own view of the person) and the questions asked
-    by name once, since no photo changes them; the first photo's answers are those of first."""
+    by name once, since no photo changes them; the first photo's answers are those of first, and each record of
+    all says which photo it asked with."""
     from viker.eval.evaluate import forget_test_rows, photo_views
 
     rows = forget_test_rows(real_bench, load_profiles(real_bench, "forget_5"))
@@ -209,7 +210,12 @@ def test_test_images_all_asks_each_photo_the_image_questions_and_the_name_questi
     for person in {r["profile"] for r in first}:  # per person: the first photo's records, then the second's
         mine = [r for r in every if r["profile"] == person]
         theirs = [r for r in first if r["profile"] == person]
-        assert mine[:len(theirs)] == theirs and all(r["image"] for r in mine[len(theirs):])
+        # each record asked with a photo says which (the first asks with one alone: nothing to say)
+        assert all("photo" not in r for r in theirs)
+        photos = [0 if r["image"] else None for r in theirs] + [1] * (len(mine) - len(theirs))
+        assert [r.get("photo") for r in mine] == photos
+        assert [{k: v for k, v in r.items() if k != "photo"} for r in mine[:len(theirs)]] == theirs
+        assert all(r["image"] for r in mine[len(theirs):])
 
 
 def test_without_datasets_a_hub_id_is_a_clear_error(monkeypatch):

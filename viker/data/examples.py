@@ -14,7 +14,8 @@ from viker.prompts import cloze_prompt, generation_prompt
 def generation_examples(profiles: Iterable[Profile]) -> list[Example]:
     """The generation questions, each with the person's image when its Type is Image_Textual."""
     return [
-        Example(generation_prompt(q.question), q.answer, p.image if q.with_image else None, p.id, "generation")
+        Example(generation_prompt(q.question), q.answer, p.image if q.with_image else None, p.id, "generation",
+                p.photo if q.with_image else None)
         for p in profiles
         for q in p.generation
     ]
@@ -22,7 +23,8 @@ def generation_examples(profiles: Iterable[Profile]) -> list[Example]:
 
 def cloze_examples(profiles: Iterable[Profile]) -> list[Example]:
     return [
-        Example(cloze_prompt(q.question), q.answer, p.image if q.with_image else None, p.id, "cloze")
+        Example(cloze_prompt(q.question), q.answer, p.image if q.with_image else None, p.id, "cloze",
+                p.photo if q.with_image else None)
         for p in profiles
         for q in p.cloze
     ]

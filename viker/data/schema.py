@@ -118,6 +118,7 @@ class Profile:
     generation: tuple[QA, ...]
     cloze: tuple[QA, ...]
     source: str = ""  # "<file>:row <n>", for error messages
+    photo: int | None = None  # which of a Test_Set row's photos ``images`` holds, when they are asked one by one
 
     @property
     def image(self) -> bytes:
@@ -142,3 +143,4 @@ class Example:
     image: bytes | None
     profile_id: str = ""
     kind: str = "qa"  # generation | cloze | ft | refusal | ...
+    photo: int | None = None  # the person's photo asked with, where a row has several (Profile.photo)

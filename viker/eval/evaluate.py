@@ -152,8 +152,8 @@ def photo_views(rows: list[Profile], which: str = "first") -> list[Profile]:
     (they do not depend on the photo)."""
     if which == "first":
         return [replace(p, images=p.images[:1]) for p in rows]
-    return [replace(p, images=(img,)) if j == 0 else
-            replace(p, images=(img,), mc=tuple(q for q in p.mc if q.with_image),
+    return [replace(p, images=(img,), photo=j) if j == 0 else
+            replace(p, images=(img,), photo=j, mc=tuple(q for q in p.mc if q.with_image),
                     generation=tuple(q for q in p.generation if q.with_image),
                     cloze=tuple(q for q in p.cloze if q.with_image))
             for p in rows for j, img in enumerate(p.images)]
@@ -398,12 +398,13 @@ def _multiple_choice(s: EvalSet, answers: Answers, model, processor, cfg: EvalCo
     metrics[f"{s.name}_acc"] = M.mean_percent(h for h, (q, _) in zip(hits, questions) if q.with_image)
     metrics[f"{s.name}_acc_text"] = M.mean_percent(h for h, (q, _) in zip(hits, questions) if not q.with_image)
     metrics[f"{s.name}_acc_all"] = M.mean_percent(hits)
-    owners = [p.id for p in s.profiles for _ in p.mc]
+    owners = [(p.id, p.photo if q.with_image else None) for p in s.profiles for q in p.mc]
     # the prompt the reply answers (letter mode: the question with its options; likelihood: the question
     # as a generation prompt, whose reply frames the options), and the options themselves
-    records = [_record(s.name, "multiple_choice", Example(asked.question, q.options[q.answer], img, profile_id=owner),
+    records = [_record(s.name, "multiple_choice",
+                       Example(asked.question, q.options[q.answer], img, profile_id=who, photo=photo),
                        reply, options=dict(q.options), choice=choice, correct=q.answer, hit=hit)
-               for (q, img), asked, owner, reply, choice, hit
+               for (q, img), asked, (who, photo), reply, choice, hit
                in zip(questions, prompts, owners, replies, choices, hits)]
     return metrics, records
 
@@ -502,5 +503,6 @@ def _by_question_type(name: str, values: list, examples: list[Example]) -> dict[
 
 
 def _record(set_name: str, task: str, ex: Example, answer: str, **extra) -> dict:
-    return {"set": set_name, "task": task, "profile": ex.profile_id, "image": ex.image is not None,
+    photo = {} if ex.photo is None else {"photo": ex.photo}  # --test-images all: which of the person's photos
+    return {"set": set_name, "task": task, "profile": ex.profile_id, "image": ex.image is not None, **photo,
             "question": ex.question, "reference": ex.answer, "answer": answer, **extra}
