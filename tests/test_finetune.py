@@ -30,6 +30,7 @@ def test_finetune_learns_and_writes_a_complete_run_folder(bench_dir, tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["finetune"]["tuning"] == "full" and config["finetune"]["train"]["max_steps"] == 40
     assert config["finetune"]["tiny"]["hidden"] == 64 and "lora" not in config["finetune"]  # every weight trained
+    assert "lora_layers" not in config["runtime"]
     assert {"torch", "transformers", "peft"} <= set(config["versions"])
     # the numbers depend on the processor's float kernels: the run says which it had
     assert config["machine"]["cpu"] and config["machine"]["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()

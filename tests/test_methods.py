@@ -60,6 +60,12 @@ def test_every_method_runs_and_with_lora_only_adapters_change(method, tiny_dir, 
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["method"]["name"] == method and config["unlearn"]["forget"] == "forget_10"
     assert (tmp_path / "model" / "adapter_model.safetensors").is_file()
+    # target modules left unset: the run records which layers that came to (the decoder's linear layers)
+    assert config["unlearn"]["lora"]["target_modules"] is None
+    adapted = [k for k in trained.state_dict() if k.endswith("lora_A.default.weight")]
+    assert config["runtime"]["lora_layers"] == len(adapted) == model.config.text_config.num_hidden_layers * 7
+    assert config["runtime"]["lora_targets"] == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj",
+                                                 "v_proj"]
 
 
 def _context(tiny_dir, bench_dir, tmp_path, lora=True):

@@ -315,12 +315,17 @@ def load_for_training(accelerator, path: str, device: str | None = None, dtype: 
 
 def runtime_info(accelerator, model: torch.nn.Module) -> dict:
     """What a run's config.json records about how it ran, ``weights_dtype`` (what ``--dtype auto`` became: the
-    dtype most of the model's weights are held in) included."""
+    dtype most of the model's weights are held in) and the layers LoRA adapts (what target modules left unset
+    became: ``lora_layers`` of them, named ``lora_targets``) included."""
     from viker.model import weights_dtype
 
-    return {"processes": accelerator.num_processes, "distributed_type": str(accelerator.distributed_type.value),
+    info = {"processes": accelerator.num_processes, "distributed_type": str(accelerator.distributed_type.value),
             "mixed_precision": accelerator.mixed_precision, "device": str(accelerator.device),
             "weights_dtype": weights_dtype(model)}
+    adapted = [name for name, module in accelerator.unwrap_model(model).named_modules() if hasattr(module, "lora_A")]
+    if adapted:
+        info |= {"lora_layers": len(adapted), "lora_targets": sorted({name.rsplit(".", 1)[-1] for name in adapted})}
+    return info
 
 
 def half_precision_training(params: list[torch.nn.Parameter], accelerator) -> str | None:
