@@ -59,6 +59,10 @@ def test_base_weights_are_bit_for_bit_unchanged(cagul_run):
     # its record, and the report's settings column, hold what its forget loss read: k, not NPO's β
     recorded = json.loads((out / "config.json").read_text())["method"]
     assert recorded["forget_loss"] == "reference" and recorded["k"] == 2 and "beta" not in recorded
+    # --layers and --heads left unset are recorded as what they became: the middle layer, every head
+    text = model.config.get_text_config()
+    assert recorded["layers"] is None and json.loads((out / "config.json").read_text())["setup"]["cagul_attention"] == {
+        "layers": [text.num_hidden_layers // 2], "heads": list(range(text.num_attention_heads))}
     saved = json.loads((out / "cagul" / "config.json").read_text())
     assert saved["cagul"]["rewrite"] > 0 and "cagul_discriminator" in saved["info"]
     report = saved["info"]["cagul_discriminator"]

@@ -176,6 +176,9 @@ class CAGUL:
                 raise
             pool = []  # no pool of strangers: the other people suffice as the discriminator's negatives
         self.model = CagulModel(ctx.model, self.module_config)
+        heads = ctx.model.config.get_text_config().num_attention_heads
+        ctx.info["cagul_attention"] = {"layers": self.model.layers,  # what --layers and --heads left unset became
+                                       "heads": list(self.heads or range(heads))}
         if ctx.resume_from is not None:  # the one it had: trained again (on a GPU) it need not be the same
             ctx.info["cagul_discriminator_training"] = self.restore_discriminator(ctx.resume_from)
         else:
