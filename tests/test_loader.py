@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import shutil
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -170,6 +171,24 @@ def test_people_without_a_task_are_warned_about_once(bench_dir, tmp_path, capsys
     assert "Classification_Task" not in capsys.readouterr().err
     load_profiles(bench_dir, "forget_10")  # every person with every task: nothing to say
     assert capsys.readouterr().err == ""
+
+
+def test_a_save_to_disk_folder_says_how_to_write_the_parquet_files_it_reads(bench_dir, tmp_path):
+    """`datasets`' save_to_disk writes Arrow files: the loader said only "configs present: none"."""
+    datasets = pytest.importorskip("datasets")
+    root = _copy(bench_dir, tmp_path)
+    shard = root / "forget_10" / "train-00000-of-00001.parquet"
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_parquet(str(shard)).save_to_disk(str(saved))
+    shutil.rmtree(root / "forget_10")
+    shutil.copytree(saved, root / "forget_10")
+    with pytest.raises(VikerError, match=r"forget_10: a `datasets` save_to_disk folder \(Arrow files\); viker reads "
+                                         r"a config's parquet files: write them with datasets.load_from_disk"):
+        load_profiles(root, "forget_10")
+    # as it says: the same people as the original files
+    datasets.load_from_disk(str(root / "forget_10")).to_parquet(str(shard))
+    people = [replace(p, source="") for p in load_profiles(root, "forget_10")]
+    assert people == [replace(p, source="") for p in load_profiles(bench_dir, "forget_10")]
 
 
 def test_missing_config_names_the_folder_and_config(bench_dir, tmp_path, monkeypatch):

@@ -61,6 +61,10 @@ def config_files(root: str | Path, config: str, known: tuple[str, ...] = CONFIGS
         files = _visible(root.glob(pattern))
         if files:
             return files
+    if _visible(root.glob(f"{config}/**/*.arrow")):  # datasets' save_to_disk writes Arrow files, not parquet
+        raise VikerError(f"{root / config}: a `datasets` save_to_disk folder (Arrow files); viker reads a config's "
+                         f"parquet files: write them with datasets.load_from_disk(FOLDER) (its ['train'] where it "
+                         f"holds splits) and .to_parquet('{root / config / 'train-00000-of-00001.parquet'}')")
     present = _present(root, known)
     if not present:  # the other benchmark's folder, given for this one?
         from viker.data import clear
