@@ -675,6 +675,9 @@ def test_a_report_compares_gib_scores_of_one_classifier(tiny_dir, bench_dir, tmp
     # another classifier's scores replace the folder's with a word; one asked to score no generation answer, and
     # one without its tokenizer (transformers would make one up), are refused before any model loads
     shutil.copytree(tmp_path / "gib", tmp_path / "gib-2")
+    assert main(["eval", "--model", str(tiny_dir), "--data", str(tmp_path / "no-such-bench"), "--max-new-tokens",
+                 "4", "--only", "forget:generation", "--gib-model", "gib-2", "--out", "run"]) == 2
+    assert "no such benchmark folder" in (err := capsys.readouterr().err) and "replaced by" not in err  # refused
     assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--max-new-tokens", "4",
                  "--only", "forget:generation", "--gib-model", "gib-2", "--out", "run"]) == 0
     assert f"warning: --out run was scored by --gib-model {tmp_path / 'gib'}; its scores are replaced by " \

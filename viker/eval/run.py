@@ -71,12 +71,20 @@ def check_nothing_lost(out: str | Path, benchmark: str, cfg) -> None:
     if lost:
         raise VikerError(f"--out {out}: holds an evaluation with figures this one would not write ({', '.join(lost)}) "
                          "and would replace; evaluate into a folder of its own, or delete its metrics.json first")
-    for flag, was_by, now_by in (("--judge", before.get("judge"), getattr(cfg, "judge", None)),
-                                 ("--gib-model", before.get("gib_model"), getattr(cfg, "gib_model", None) and
-                                  as_recorded(cfg.gib_model))):
-        if was == benchmark and was_by and now_by and was_by != now_by:  # as `viker judge` says of it
-            print(f"warning: --out {out} was scored by {flag} {was_by}; its scores are replaced by {now_by}'s",
-                  file=sys.stderr)
+
+
+def replaced_scorers(out: str | Path, cfg: EvalConfig) -> dict[str, str]:
+    """Per flag (``--judge``, ``--gib-model``), the warning that the earlier MLLMU-Bench evaluation in ``out`` was
+    scored by another judge or classifier, whose scores this one replaces: said once it has replaced them."""
+    earlier = read_configs(out)[1] if Path(out, "metrics.json").is_file() else None
+    if not earlier or earlier.get("benchmark", "mllmu") != "mllmu":
+        return {}
+    before = earlier.get("eval") or {}
+    return {flag: f"--out {out} was scored by {flag} {was_by}; its scores are replaced by {now_by}'s"
+            for flag, was_by, now_by in (("--judge", before.get("judge"), cfg.judge),
+                                         ("--gib-model", before.get("gib_model"),
+                                          cfg.gib_model and as_recorded(cfg.gib_model)))
+            if was_by and now_by and was_by != now_by}  # as `viker judge` says of it
 
 
 @bars_as_asked
@@ -88,6 +96,7 @@ def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig, device=None,
     check_config(cfg, EvalConfig, "run_eval")
     check_eval_out(model_path, out, data)
     check_nothing_lost(out, "mllmu", cfg)
+    replacing = replaced_scorers(out, cfg)
     sets = eval_sets(data, cfg)  # a wrong --data or split is refused before the model loads
     if not any(s.left_out for s in sets):  # a --retain-limit that left nobody out is recorded as none: everyone
         cfg = replace(cfg, retain_limit=None)
@@ -107,6 +116,9 @@ def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig, device=None,
     except JudgeFailed as e:  # every other figure and answer is kept, recorded as an evaluation without a judge
         metrics, records, failed, judge = e.metrics, e.records, e, cfg.judge
         cfg = replace(cfg, judge=None)
+        replacing.pop("--judge", None)  # the earlier judge's scores are dropped: the error below says so
+    for warning in replacing.values():
+        print(f"warning: {warning}", file=sys.stderr)
     if unparsed := mostly_unread(metrics):
         shares = ", ".join(f"{k} {v:.0f}%" for k, v in unparsed.items())
         print(f"warning: most letter-mode replies {unread_replies(cfg.mc_mode)} ({shares}); they count as wrong. "
