@@ -29,6 +29,21 @@ def test_saved_tiny_model_loads_through_auto_classes_with_identical_outputs(tiny
         assert torch.allclose(model(**model_inputs(batch)).logits, loaded(**model_inputs(again)).logits, atol=1e-5)
 
 
+def test_only_a_model_the_tiny_builders_made_takes_the_tiny_presets(tiny_dir, tmp_path):
+    """A real model whose config says "tiny" somewhere (a size, a name) was given the tiny model's unlearning
+    presets, and unlearning took every question of the benchmark, the evaluation's too, for what it had learned."""
+    from viker.model import is_tiny_model
+
+    assert is_tiny_model(tiny_dir)
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "config.json").write_text(json.dumps({"model_type": "llava", "text_config": {"size": "tiny"},
+                                                  "_name_or_path": "tiny-llava"}))
+    assert not is_tiny_model(real)
+    (real / "config.json").write_text("[1, 2]")
+    assert not is_tiny_model(real)
+
+
 def test_a_run_saved_as_an_adapter_loads_and_answers_as_the_merged_run(tiny_dir, bench_dir, tmp_path, monkeypatch):
     """`viker unlearn --save adapter` keeps only the LoRA adapter; `viker eval --model RUN` and
     load_model(RUN) put it on the base model its adapter_config.json names, from any working folder

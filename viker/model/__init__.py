@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import warnings
@@ -227,7 +228,10 @@ def is_tiny_model(path: str | Path) -> bool:
     if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
         folder = Path(adapter_base(str(folder)))
     config = folder / "config.json"
-    return config.is_file() and '"tiny"' in config.read_text(encoding="utf-8")
+    try:  # the top-level key the tiny builders write (a real model's config may say "tiny" anywhere else)
+        return config.is_file() and isinstance(json.loads(config.read_text(encoding="utf-8")).get("tiny"), dict)
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):  # not a model's config: the loader says so
+        return False
 
 
 def folders_read(path: str | Path) -> list[str]:
