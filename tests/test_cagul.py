@@ -230,6 +230,20 @@ def test_bad_cagul_options_are_one_line_errors(argv, message, tiny_dir, bench_di
     assert not out.exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    ({"disc_steps": 0}, "disc_steps 0: the discriminator trains at least one step"),
+    ({"augment": -1}, "augment -1: augmented copies of each image: 0 or more"),
+    ({"encoder_layers": 0}, "encoder_layers 0: must be at least 1"),
+])
+def test_the_discriminators_python_settings_are_refused_out_of_range(args, message):
+    """From Python: disc_steps=0 failed after the pool's features were computed, on a name never bound, and a
+    negative augment paired images with other images' labels."""
+    from viker.methods import get_method
+
+    with pytest.raises(VikerError, match=message):
+        get_method("cagul")(**args)
+
+
 def test_a_cagul_run_is_no_model_to_train_from(cagul_run, bench_dir, tmp_path, capsys):
     run = cagul_run[0]
     for command in (["unlearn", "--method", "ga"], ["finetune"]):

@@ -39,7 +39,7 @@ from PIL import Image, ImageEnhance
 from viker.collate import model_inputs
 from viker.data.loader import decode_image, has_config, load_profiles
 from viker.data.schema import FORGET_SPLITS, Example
-from viker.errors import VikerError
+from viker.errors import VikerError, require
 from viker.methods import register
 from viker.methods.base import share
 from viker.methods.losses import gather_answer_positions, kl_to_reference, npo_loss, sequence_logprob
@@ -152,6 +152,9 @@ class CAGUL:
         if self.forget_loss not in FORGET_LOSSES:
             raise VikerError(f"--forget-loss {self.forget_loss}: choose from {', '.join(FORGET_LOSSES)}")
         check_refs(self.refs)
+        # the discriminator's training, set from Python alone (method_args)
+        require(self.disc_steps >= 1, "disc_steps", self.disc_steps, "the discriminator trains at least one step")
+        require(self.augment >= 0, "augment", self.augment, "augmented copies of each image: 0 or more")
         self.module_config = CagulConfig(layers=self.layers, heads=self.heads, rewrite=self.rewrite,
                                          encoder_width=self.encoder_width, encoder_layers=self.encoder_layers,
                                          threshold=self.threshold)

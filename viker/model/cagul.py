@@ -65,6 +65,7 @@ class CagulConfig:
                     ",".join(map(str, chosen or [])), "name at least one, and each once")
         require(0.0 < self.threshold < 1.0, "--threshold", self.threshold, "a probability strictly between 0 and 1")
         require(self.encoder_width >= 1, "--encoder-width", self.encoder_width, "must be at least 1")
+        require(self.encoder_layers >= 1, "encoder_layers", self.encoder_layers, "must be at least 1")
         require(self.encoder_width % self.encoder_heads == 0, "--encoder-width", self.encoder_width,
                 f"must be divisible by the encoder's {self.encoder_heads} heads")
 
