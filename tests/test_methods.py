@@ -415,6 +415,25 @@ def test_full_tuning_copies_the_model_only_for_a_method_that_reads_the_frozen_re
     assert len(made) == copies
 
 
+@pytest.mark.parametrize("method, args, reads", [("ascent_descent", {}, False), ("viker", {"lam": 0.0}, False),
+                                                 ("viker", {"k": 2}, True), ("klmin", {}, True)])
+def test_a_frozen_reference_is_made_only_for_a_method_that_reads_it(method, args, reads, registered, tiny_dir,
+                                                                     bench_dir, tmp_path, monkeypatch):
+    """A method of one's own without a setup (the one place the reference is handed over) cannot read the frozen
+    model, and was given a copy of the weights under full tuning; ViKeR at λ = 0, plain GA, fingerprinted every
+    weight for a cache it never reads."""
+    import viker.unlearn
+
+    if method == "ascent_descent":
+        _documented_method(monkeypatch)
+    made = []
+    monkeypatch.setattr(viker.unlearn, "FrozenReference", lambda *a, **k: made.append(1) or FrozenReference(*a, **k))
+    run_unlearn(UnlearnConfig(model=str(tiny_dir), data=str(bench_dir), method=method, tuning="full",
+                              method_args=args, out=str(tmp_path / "run"), train=TrainConfig(max_steps=1, batch_size=2),
+                              cache_dir=str(tmp_path / "cache")), progress=False)
+    assert bool(made) == reads
+
+
 def test_a_reference_read_in_setup_only_is_the_model_before_training_then_closes(tiny_dir, bench_dir):
     """Full tuning, setup_only: the reference is the model itself, without its dropout (as a copy would
     answer), leaving it training; once closed, a read is an error, never the learning model's answer."""

@@ -21,7 +21,7 @@ from viker.data.loader import load_finetune, load_profiles, retain_profiles
 from viker.data.schema import DEFAULT_FORGET, RETAIN_OF, check_forget_split
 from viker.errors import VikerError, check_config, check_types, require, require_given
 from viker.methods import get_method, title, unlearning_methods
-from viker.methods.base import FrozenReference, UnlearnContext
+from viker.methods.base import FrozenReference, UnlearnContext, needs_reference
 from viker.methods.reference import SOURCES, default_cache_dir
 from viker.model import (
     HALF_PRECISION,
@@ -402,12 +402,12 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         setup_only = getattr(method, "reference_at_setup_only", False)
         ctx = UnlearnContext(
             model=model, processor=processor, collate=collate, data=data,
-            # θ_full; with full tuning a copy of the weights, so only for a method that reads it (default: every
-            # one) and reads it while training (ViKeR reads it in setup alone, before the model changes)
+            # θ_full; with full tuning a copy of the weights, so only for a method that reads it and reads it while
+            # training (ViKeR reads it in setup alone, before the model changes)
             reference=FrozenReference(model, separate=model if wraps else None, sharded=sharded,
                                       cached=getattr(method, "caches_reference", False), setup_only=setup_only,
                                       autocast=accelerator.autocast, precision=accelerator.mixed_precision)
-            if getattr(method, "needs_reference", True) else None,
+            if needs_reference(method) else None,
             autocast=accelerator.autocast,
             dtype=load_dtype(accelerator, cfg.dtype), trust_remote_code=cfg.trust_remote_code,
             data_dir=Path(cfg.data), cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(),

@@ -159,6 +159,12 @@ class FrozenReference:
         return torch.softmax(logits.float(), dim=-1)
 
 
+def needs_reference(method) -> bool:
+    """Whether ``method`` reads the frozen model (with full tuning, a copy of the weights): as its
+    ``needs_reference`` says, else where it has a ``setup``, the one place ``ctx.reference`` is handed to it."""
+    return getattr(method, "needs_reference", hasattr(method, "setup"))
+
+
 @dataclass
 class UnlearnContext:
     """What a method may need beyond its batches, handed to ``setup`` once before training."""
@@ -167,7 +173,7 @@ class UnlearnContext:
     processor: object
     collate: Callable[[Sequence[Example]], dict]
     data: dict[str, list[Example]]
-    reference: FrozenReference | None  # None for a method whose ``needs_reference`` is False
+    reference: FrozenReference | None  # None for a method that reads no frozen model (needs_reference)
     data_dir: Path | None = None
     cache_dir: Path | None = None
     seed: int = 0

@@ -65,6 +65,11 @@ class ViKeR:
         if self.ablation == "no_reg":
             self.lam = 0.0
 
+    @property
+    def needs_reference(self) -> bool:
+        """The frozen model, for R̂; plain gradient ascent (λ = 0) reads none."""
+        return self.lam > 0.0
+
     def unused_settings(self) -> dict[str, str]:
         """The settings this variant does not read, and why."""
         if self.ablation == "no_reg":
