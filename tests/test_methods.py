@@ -1168,6 +1168,9 @@ def test_a_method_the_trainer_cannot_run_is_refused_in_words(registered, tiny_di
         run_unlearn(losing(lambda ll: (ll, ll)), progress=False)
     with pytest.raises(VikerError, match=r"Returns_4\.loss returned a float: it must return"):
         run_unlearn(losing(lambda ll: float(ll.detach())), progress=False)
+    # a log under the trainer's own name would replace its figure (the loss the divergence check reads)
+    with pytest.raises(VikerError, match=r"Returns_5\.loss logged 'loss', a name history.json gives the trainer's"):
+        run_unlearn(losing(lambda ll: (ll, {"loss": 0.0})), progress=False)
 
 
 def test_a_run_from_python_names_the_settings_it_cannot_do_without(tiny_dir, bench_dir, tmp_path, monkeypatch):

@@ -49,6 +49,9 @@ class Objective(Protocol):
         ...
 
 
+HISTORY_KEYS = {"step", "epoch", "lr", "loss"}  # a history.json row's own, beside the method's logs
+
+
 def step_loss(objective: Objective, model: torch.nn.Module, batches: dict[str, dict]) -> tuple[torch.Tensor, dict]:
     """``objective.loss``, its logged values as floats; a return of another shape is refused at the first step
     (a tensor among the logs failed only when the run, finished, wrote its history)."""
@@ -66,6 +69,9 @@ def step_loss(objective: Objective, model: torch.nn.Module, batches: dict[str, d
                          "values to log, each a number)")
     loss, logs = result
     values = {}
+    if taken := sorted(HISTORY_KEYS & set(map(str, logs))):  # it would stand for the trainer's own in history.json
+        raise VikerError(f"{who} logged {', '.join(map(repr, taken))}, a name history.json gives the trainer's own "
+                         "figure; name it otherwise")
     for key, value in logs.items():
         try:
             values[str(key)] = float(value)
