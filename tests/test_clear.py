@@ -269,6 +269,8 @@ def test_a_hub_id_loads_through_datasets(clear_dir, monkeypatch):
     assert [p.__class__(**{**p.__dict__, "source": ""}) for p in hub] == \
         [p.__class__(**{**p.__dict__, "source": ""}) for p in local]
     assert hub[1].source == "therem/CLEAR[forget10_perturbed]:row 1"
+    # a hub id holds CLEAR's configs (with TOFU's too), not MLLMU-Bench's
+    assert clear.has_config("therem/CLEAR", "forget10+tofu") and not clear.has_config("therem/CLEAR", "Retain_Set")
 
 
 def test_a_tiny_model_is_built_for_clear_read_from_a_hub_id(clear_dir, tmp_path, monkeypatch):

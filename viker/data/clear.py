@@ -67,9 +67,10 @@ def schema_for(config: str) -> pa.Schema:
 
 
 def has_config(root: str | Path, config: str) -> bool:
-    """Whether ``root`` holds ``config`` (a hub dataset is assumed to hold every config)."""
+    """Whether ``root`` holds ``config`` (a hub id holds every config of CLEAR's release, as the MLLMU-Bench
+    loader's ``has_config`` answers for its own)."""
     if is_hub_id(root):
-        return True
+        return config in CONFIGS
     try:
         return bool(config_files(root, config, CONFIGS))
     except VikerError:
