@@ -10,7 +10,6 @@ from viker.eval.metrics import (
     bleu,
     choose_by_likelihood,
     cloze_correct,
-    cloze_prompt,
     coherence,
     coherence_mean,
     first_char_choice,
@@ -140,10 +139,12 @@ def test_cloze_correct():
 
 
 def test_cloze_prompt_replaces_every_blank_once():
-    assert cloze_prompt("She was born in __ in __.") == "She was born in [Blank] in [Blank]."
-    assert cloze_prompt("Her job is ___ .") == "Her job is [Blank] ."
-    assert cloze_prompt("A ______ blank") == "A [Blank] blank"
-    assert cloze_prompt("snake_case stays") == "snake_case stays"  # a single underscore is no blank
+    from viker.prompts import mark_blanks
+
+    assert mark_blanks("She was born in __ in __.") == "She was born in [Blank] in [Blank]."
+    assert mark_blanks("Her job is ___ .") == "Her job is [Blank] ."
+    assert mark_blanks("A ______ blank") == "A [Blank] blank"
+    assert mark_blanks("snake_case stays") == "snake_case stays"  # a single underscore is no blank
 
 
 # ---------------------------------------------------------------------------- Multiple choice

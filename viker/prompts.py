@@ -9,7 +9,7 @@ texts too, so changing any of them changes the embedded demo's model and every f
 
 from __future__ import annotations
 
-from viker.eval.metrics import cloze_prompt as mark_blank  # the benchmark's "__" -> "[Blank]"
+import re
 
 GENERATION_SUFFIX = "Answer the question based on your trained knowledge in one sentence accurately in ENGLISH."
 CLOZE_SUFFIX = "Fill in the [Blank] with the correct word or phrase only."
@@ -36,8 +36,21 @@ def generation_prompt(question: str) -> str:
     return f"{question}\n{GENERATION_SUFFIX}"
 
 
+# the benchmark marks a cloze question's blank with two or more underscores (a longer run is still one blank)
+BLANK = re.compile(r"_{2,}")
+
+
+def mark_blanks(question: str) -> str:
+    """Every blank (``__``, or any longer run of underscores) as ``[Blank]``, as the cloze prompt names it."""
+    return BLANK.sub("[Blank]", question)
+
+
+def has_blank(question: str) -> bool:
+    return BLANK.search(question) is not None
+
+
 def cloze_prompt(question: str) -> str:
-    return f"{mark_blank(question)}\n{CLOZE_SUFFIX}"
+    return f"{mark_blanks(question)}\n{CLOZE_SUFFIX}"
 
 
 def mc_prompt(question: str, options: dict[str, str]) -> str:

@@ -31,7 +31,7 @@ from viker.methods.losses import answer_window, token_logprobs
 from viker.model import TOKENIZER_FILES, eval_mode, why_not_loaded
 from viker.presets import MC_MODES
 from viker.progress import progress_bar
-from viker.prompts import generation_prompt, mc_prompt
+from viker.prompts import generation_prompt, has_blank, mc_prompt
 
 SETS = ("forget", "test", "retain", "real")  # the forget split, its Test_Set rows, the retain split, Retain_Set
 TASKS = ("generation", "multiple_choice", "cloze")
@@ -412,7 +412,7 @@ def _multiple_choice(s: EvalSet, answers: Answers, model, processor, cfg: EvalCo
 def _cloze(s: EvalSet, answers: Answers, cfg: EvalConfig) -> tuple[dict, list[dict]]:
     """The cloze questions: whether the reply holds the blank's answer."""
     clozes = cloze_examples(s.profiles)
-    blankless = sum(not M.has_blank(q.question) for p in s.profiles for q in p.cloze)
+    blankless = sum(not has_blank(q.question) for p in s.profiles for q in p.cloze)
     if blankless:  # asked to fill a blank it is not shown: said, as the figure reads such replies too
         print(f"warning: {s.name}: {blankless} of {len(clozes)} cloze questions (Mask_Task) have no blank "
               "(__); they are asked as they are, with the instruction to fill the blank", file=sys.stderr)

@@ -25,8 +25,10 @@ __all__ = [
     "rougeL_recall",
     "bleu",
     "cloze_correct",
-    "cloze_prompt",
     "parse_choice",
+    "whole_words",
+    "mostly_unread",
+    "unread_replies",
     "first_char_choice",
     "choose_by_likelihood",
     "mean_percent",
@@ -102,18 +104,6 @@ def cloze_correct(reply: str, ground_truth: str) -> bool:
     """True iff the stripped, lower-cased ground truth occurs anywhere in the lower-cased reply."""
     return ground_truth.strip().lower() in reply.lower()
 
-
-# Two or more underscores mark the blank; a longer run is still a single blank.
-_BLANK_RE = re.compile(r"_{2,}")
-
-
-def cloze_prompt(question: str) -> str:
-    """Replace every blank (``__``, or any longer run of underscores) with ``[Blank]``."""
-    return _BLANK_RE.sub("[Blank]", question)
-
-
-def has_blank(question: str) -> bool:
-    return _BLANK_RE.search(question) is not None
 
 
 # --------------------------------------------------------------------------------------------
