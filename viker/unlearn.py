@@ -88,7 +88,7 @@ class UnlearnConfig:
     tuning: str = "lora"  # lora | full
     train: TrainConfig | None = None  # None: the preset the command line takes (viker.presets.unlearn_preset)
     lora: LoraSettings = field(default_factory=lambda: LoraSettings(**UNLEARN_LORA, merge=None))
-    cache_dir: str | None = None  # ViKeR's reference cache; None: $VIKER_CACHE or ~/.cache/viker
+    cache_dir: str | None = None  # ViKeR's and CAGUL's reference cache; None: $VIKER_CACHE or ~/.cache/viker
     max_length: int | None = None  # longest example in tokens (None: no limit); never truncates
     device: str | None = None
     dtype: str = "auto"
