@@ -91,6 +91,23 @@ def test_training_options_show_the_preset_a_run_takes_when_they_are_unset(comman
         assert actions[name].help.endswith(shown), (command, name, actions[name].help)
 
 
+def test_every_module_imports_without_running_anything(capsys):
+    """Importing viker.__main__ ran the command line and exited: a walk over the package (pydoc, autodoc) stopped
+    there. `python -m viker` still runs it."""
+    import importlib
+    import pkgutil
+    import subprocess
+    import sys
+
+    import viker
+
+    for module in pkgutil.walk_packages(viker.__path__, "viker."):
+        importlib.import_module(module.name)
+    assert capsys.readouterr() == ("", "")
+    shown = subprocess.run([sys.executable, "-m", "viker", "--version"], capture_output=True, text=True)
+    assert shown.returncode == 0 and shown.stdout.strip().endswith(viker.__version__)
+
+
 def test_version_is_the_installed_package_version(capsys):
     """`viker --version` says which release a bug report is about: the one pip installed, not a second copy."""
     from importlib.metadata import version

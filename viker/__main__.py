@@ -2,4 +2,5 @@ import sys
 
 from viker.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # `python -m viker`; importing the module (pydoc, a package walk) runs nothing
+    sys.exit(main())

@@ -479,7 +479,7 @@ def parser() -> argparse.ArgumentParser:
     un.add_argument("--snapshot-every", type=int, metavar="N",
                     help="also keep the model after every N epochs, in OUT/epochs/EPOCHS (LoRA: the adapter), "
                          "to evaluate where to stop")
-    un.add_argument("--cache-dir", help="where ViKeR's reference distributions are cached "
+    un.add_argument("--cache-dir", help="where ViKeR's and CAGUL's reference distributions are cached "
                                         "(default $VIKER_CACHE, else ~/.cache/viker)")
     _add_model_args(un)
     un.set_defaults(func=_unlearn)
@@ -579,10 +579,10 @@ def parser() -> argparse.ArgumentParser:
     dm = _command(sub, "demo", "the whole comparison on the embedded benchmark, offline on a CPU",
                   "Generates the benchmark, finetunes the vanilla tiny model, unlearns forget_10 with every method "
                   "on the same budget (CAGUL, which trains new modules, on its own), sweeps ViKeR's λ, evaluates "
-                  "everything, and writes OUT/report.md, "
-                  "results.json, tradeoff.png and keytokens.html. A second demo in the same folder with the same "
-                  "--seed and --fast reuses the benchmark and the vanilla model; with another, it regenerates "
-                  "them and replaces the folder's runs and report.")
+                  "everything, and writes OUT/report.md, results.json, tradeoff.png and keytokens.html (with its "
+                  "picture, keytokens.png). A second demo in the same folder with the same --seed and --fast reuses "
+                  "the benchmark and the vanilla model; with another, it regenerates them and replaces the folder's "
+                  "runs and report.")
     dm.add_argument("--out", default="viker-demo",
                     help="the folder for the data, the models, the runs and the report: a new or empty folder, "
                          "or an earlier demo's")
