@@ -140,13 +140,13 @@ def test_save_auto_keeps_what_a_merge_would_round_away_and_what_a_resumed_run_ch
     with what it chose when it started, on whatever weights it resumes; a model that is itself an adapter run
     is saved merged, and under FSDP or DeepSpeed, where it could not be, refused."""
     from viker.presets import TINY_UNLEARN
-    from viker.unlearn import UnlearnConfig, save_choice
+    from viker.unlearn import UnlearnConfig, saves_merged
 
     auto = UnlearnConfig(model="m", data="d", method="ga", out="o", train=TINY_UNLEARN)  # as a run resolves it
     assert auto.lora.merge is None
 
     def choice(dtype=torch.float32, sharded=False, chosen=None, on_adapter=False, cfg=auto, wraps=False):
-        return save_choice(cfg, wraps, sharded, chosen, lambda: dtype, on_adapter)
+        return saves_merged(cfg, wraps, sharded, chosen, lambda: dtype, on_adapter)
 
     assert choice() is True and choice(torch.bfloat16) is False and choice(torch.float16) is False
     assert choice(sharded=True) is False

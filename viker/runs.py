@@ -456,7 +456,7 @@ def other_split(model: str, forget: str, benchmark: str) -> str | None:
             f"puts it in no table of {forget}); --forget {made[0]} scores what it was made for")
 
 
-def recalls_nothing(model: str) -> str | None:
+def nothing_recalled_warning(model: str) -> str | None:
     """A warning when the `viker finetune` run that ``model`` comes from recalls none of the fictitious people's
     answers word for word (its own figures, kept as metrics.json or, once evaluated there, train_metrics.json):
     unlearning it has nothing to remove, and a table of such runs compares nothing."""

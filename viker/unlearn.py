@@ -53,10 +53,10 @@ from viker.run_folder import (
 from viker.runs import (
     check_writable,
     checkpoints,
+    nothing_recalled_warning,
     other_benchmark,
     paths_recorded,
     read_configs,
-    recalls_nothing,
     runs_behind,
     to_jsonable,
     write_config,
@@ -229,7 +229,7 @@ def resolve_train_on(cfg: UnlearnConfig, started: dict | None = None) -> Unlearn
     return replace(cfg, train_on=learned_by(cfg.model) if cfg.train_on == "auto" else cfg.train_on)
 
 
-def save_choice(cfg: UnlearnConfig, wraps: bool, sharded: bool, chosen: str | None, weights_dtype,
+def saves_merged(cfg: UnlearnConfig, wraps: bool, sharded: bool, chosen: str | None, weights_dtype,
                 on_adapter: bool) -> bool:
     """Whether the run saves its model merged (True) or the adapter alone, refusing what cannot be saved.
     ``--save auto`` (``cfg.lora.merge`` None) merges unless the weights are 16-bit (a merge would round the
@@ -300,7 +300,7 @@ def folders_read_by(cfg: UnlearnConfig, method, model_given: bool) -> list[str]:
     return reads + ([refs] if refs and refs not in SOURCES and Path(refs).is_dir() else [])
 
 
-def as_given(given, trainable: dict, made=None) -> None:
+def restore_given(given, trainable: dict, made=None) -> None:
     """The model ``given`` to a run put back as far as the run changed it: without the LoRA layers of ``made``, the
     PeftModel the run made of it (a model given with adapters of its own keeps them), and with its weights
     trainable as they were (LoRA and CAGUL freeze them)."""
@@ -366,7 +366,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     accelerator = make_accelerator(cfg.train, resume, cfg.device)  # one process or several: docs/distributed.md
     if accelerator.is_main_process:
         for warning in (other_benchmark(cfg.model, cfg.data, cfg.benchmark), unmatched_ft_data(used),
-                        recalls_nothing(cfg.model) if cfg.benchmark == "mllmu" else None):
+                        nothing_recalled_warning(cfg.model) if cfg.benchmark == "mllmu" else None):
             if warning:
                 print(f"warning: {warning}", file=sys.stderr)
     sharded = shards_model(accelerator)
@@ -377,7 +377,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         raise VikerError(f"--gradient-checkpointing does not apply to --method {cfg.method}: the frozen model it "
                          "trains its modules around runs in eval mode, where no layer is recomputed")
     on_adapter = model_and_processor is None and Path(resolve_model_path(cfg.model), "adapter_config.json").is_file()
-    merge = save_choice(cfg, wraps, sharded, chosen, lambda: (
+    merge = saves_merged(cfg, wraps, sharded, chosen, lambda: (
         next(model_and_processor[0].parameters()).dtype if model_and_processor is not None else
         pick_dtype(torch.device("cpu"), load_dtype(accelerator, cfg.dtype))), on_adapter)
     reads = folders_read_by(cfg, method, model_given=model_and_processor is not None)
@@ -422,7 +422,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
             method.setup(ctx)
     except BaseException:
         if given is not None:  # refused before training: the model passed in is left as it came
-            as_given(given, trainable, made=model)
+            restore_given(given, trainable, made=model)
         raise
     if setup_only and ctx.reference is not None:
         ctx.reference.close()
@@ -473,7 +473,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     timing = {"setup_seconds": round(setup_seconds, 2), "total_seconds": round(time.perf_counter() - start, 2)}
     saved = finish_run(prepared, out, {"history.json": history, "timing.json": timing}, save)
     if wraps and given is not None:  # CAGUL froze the model it was given, and trained none of it
-        as_given(given, trainable)
+        restore_given(given, trainable)
     model = model if saved is None else saved  # the merged model on the main process
     return model, processor, history
 
