@@ -278,6 +278,30 @@ def test_a_resumed_run_goes_on_with_the_settings_it_started_with(tiny_dir, bench
     assert main(moved) == 2 and PAST in _error(capsys)
 
 
+def test_a_run_resumed_without_checkpoint_every_keeps_checkpointing_as_it_started(tiny_dir, bench_dir, tmp_path,
+                                                                                   capsys, monkeypatch):
+    """Resumed without --checkpoint-every, a run wrote no checkpoint more (and recorded 0): a second interruption
+    lost every step since the first."""
+    import viker.train
+
+    run = tmp_path / "run"
+    unlearn = ["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--max-steps", "6", "--method", "ga",
+               "--out", str(run)]
+    save = viker.train.save_checkpoint
+    with monkeypatch.context() as patched:
+        patched.setattr(viker.train, "save_checkpoint", lambda *a, **k: (save(*a, **k), _raise(KeyboardInterrupt)))
+        assert main([*unlearn, "--checkpoint-every", "2"]) == 130  # stopped at its first checkpoint, step 2
+    saved = []
+    monkeypatch.setattr(viker.train, "save_checkpoint", lambda *a, **k: saved.append(k.get("step", a[4])))
+    assert main([*unlearn, "--resume"]) == 0
+    assert saved == [4]  # step 4's checkpoint, as the run started would have written (none at the last step)
+    assert json.loads((run / "config.json").read_text())["unlearn"]["train"]["checkpoint_every"] == 2
+
+
+def _raise(error):
+    raise error
+
+
 def test_a_setting_is_named_as_the_command_line_names_it():
     from viker.run_folder import option_of
 

@@ -44,6 +44,7 @@ from viker.run_folder import (
     check_resume_or_overwrite,
     check_run_folder,
     claim_run_folder,
+    kept_checkpoints,
     used_settings,
 )
 from viker.runs import paths_recorded, read_configs, recalls_none, write_config, written_whole
@@ -150,6 +151,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     tuning = resolved_tuning(cfg.model, cfg.tuning)
     refuse_unused_lora(lora_changed(cfg.lora, LoraSettings()), no_adapter(cfg.model, cfg.tuning))
     started = read_configs(out)[0] if resume and Path(out, "config.json").is_file() else {}  # the run resumed
+    cfg = kept_checkpoints(cfg, started, "finetune")
     if tiny and started:
         # a run from before --seed also seeded the tiny model's initialisation recorded 0 there; the weights it goes
         # on with come from its checkpoint, whatever initialised them

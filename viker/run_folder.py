@@ -139,6 +139,17 @@ def option_of(key: str) -> str:
     return f"--lora-{name}" if group == "lora" else key
 
 
+def kept_checkpoints(cfg, started: dict, command: str):
+    """``cfg`` (a run's config, its ``train`` resolved) with the checkpoint interval of the run a --resume goes on
+    with, where none is given: resumed without --checkpoint-every, it wrote none, and a second interruption lost
+    every step since the first."""
+    from dataclasses import replace
+
+    was = ((started.get(command) or {}).get("train") or {}).get("checkpoint_every") or 0
+    return replace(cfg, train=replace(cfg.train, checkpoint_every=was)) if was and not cfg.train.checkpoint_every \
+        else cfg
+
+
 # what a resumed run may change; `out` too: a run folder moved or copied elsewhere (a pre-empted job) goes on there
 RESUME_FREE = ("cache_dir", "device", "trust_remote_code", "checkpoint_every", "out")
 

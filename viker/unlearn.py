@@ -48,6 +48,7 @@ from viker.run_folder import (
     check_resume_or_overwrite,
     check_run_folder,
     claim_run_folder,
+    kept_checkpoints,
     used_settings,
 )
 from viker.runs import (
@@ -342,7 +343,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         cfg = replace(cfg, train=unlearn_preset(cfg.method, is_tiny_model(cfg.model)))
     # the config of the run a --resume goes on with: the choices it started with are kept
     started = read_configs(cfg.out)[0] if resume and Path(cfg.out, "config.json").is_file() else {}
-    cfg = resolve_train_on(cfg, started)
+    cfg = kept_checkpoints(resolve_train_on(cfg, started), started, "unlearn")
     if cfg.benchmark == "clear":
         data, used = clear_unlearning_data(cfg.data, cfg.forget)
     else:
