@@ -591,10 +591,27 @@ def test_files_written_together_keep_apart_from_anothers_and_finish_before_a_ctr
     monkeypatch.setattr(Path, "replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
         with written_together(tmp_path / "ev") as stage:
-            for name in ("config.json", "generations.jsonl", "metrics.json"):
+            for name in ("config.json", "eval_config.json", "generations.jsonl", "metrics.json", "train_metrics.json"):
                 (stage / name).write_text("new")
-    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == ["config.json", "generations.jsonl", "metrics.json"]
+    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == [
+        "config.json", "eval_config.json", "generations.jsonl", "metrics.json", "train_metrics.json"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C stops commands again
+    # against a kill no handler hears between two moves: a training run's figures are kept before the metrics that
+    # replace them arrive, and the settings that say what the folder holds come last
+    assert moved == ["train_metrics.json", "generations.jsonl", "metrics.json", "config.json", "eval_config.json"]
+
+
+def test_a_staging_folder_a_killed_command_left_is_no_data_file(tmp_path):
+    """A `viker data synth` killed while staging left .viker-partial-*/ in the benchmark: every later run recorded
+    its files as the benchmark's, and a --resume was refused once it was removed."""
+    from viker.runs import file_hashes
+
+    (tmp_path / "Full_Set").mkdir()
+    (tmp_path / "Full_Set" / "train.parquet").write_bytes(b"people")
+    before = file_hashes(tmp_path)
+    (tmp_path / ".viker-partial-x1" / "Full_Set").mkdir(parents=True)
+    (tmp_path / ".viker-partial-x1" / "Full_Set" / "train.parquet").write_bytes(b"half")
+    assert file_hashes(tmp_path) == before == {"Full_Set/train.parquet": before["Full_Set/train.parquet"]}
 
 
 def test_overwrite_takes_an_evaluation_of_a_snapshot_inside_the_run_as_the_runs_own(tiny_dir, bench_dir, tmp_path,

@@ -117,8 +117,8 @@ def machine_words(m: dict[str, str]) -> str:
 
 def _matching(root: Path, pattern: str) -> list[Path]:
     """The files under ``root`` that ``pattern`` names, hidden ones aside (the ``._NAME`` a copy through a FAT
-    drive leaves, which the data loader skips too); ``**/NAME`` goes into linked folders too (as the data
-    loader does), each real folder once."""
+    drive leaves, which the data loader skips too, and what a killed command left staged in a hidden folder);
+    ``**/NAME`` goes into linked folders too (as the data loader does), each real folder once."""
     if not pattern.startswith("**/"):
         return sorted(p for p in root.glob(pattern) if not p.name.startswith("."))
     import fnmatch
@@ -130,6 +130,7 @@ def _matching(root: Path, pattern: str) -> list[Path]:
             subfolders.clear()
             continue
         seen.add(real)
+        subfolders[:] = [name for name in subfolders if name[:1] != "."]  # a command's staging (.viker-partial-*)
         found += [Path(folder, name) for name in files if fnmatch.fnmatch(name, pattern[3:]) and name[:1] != "."]
     return sorted(found)
 
@@ -241,7 +242,10 @@ def written_together(folder: str | Path) -> Iterator[Path]:
     try:
         yield stage
         with _interrupt_deferred():
-            for entry in sorted(stage.iterdir()):
+            # a kill no handler hears (SIGKILL) between two moves leaves no folder that reads as the new whole: a
+            # training run's own figures kept first, the settings that say what the folder holds last
+            for entry in sorted(stage.iterdir(), key=lambda e: (e.name != TRAINING_METRICS,
+                                                                e.name.endswith("config.json"), e.name)):
                 target = folder / entry.name
                 if target.is_dir() and not target.is_symlink():
                     shutil.rmtree(target)
