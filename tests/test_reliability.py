@@ -50,6 +50,22 @@ def test_a_killed_run_resumes_to_the_same_weights(tiny_dir, bench_dir, tmp_path)
     assert not (run / CHECKPOINT).exists()  # the finished model replaced its checkpoint
 
 
+def test_sigterm_stops_a_run_as_ctrl_c_does_and_says_how_to_go_on(tiny_dir, bench_dir, tmp_path):
+    """A cluster's time limit (`scancel`, `docker stop`) sends SIGTERM: the log ended without a word, and the
+    clean-up Ctrl-C runs was skipped."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_unlearn(tiny_dir, bench_dir, run), env={**os.environ, "TQDM_DISABLE": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / CHECKPOINT / "state.pt").is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate()[1]
+    assert proc.returncode == 143, err
+    assert f"terminated (SIGTERM): {run} holds the unfinished run; --resume continues it" in err
+    assert not (run / "model").exists()
+
+
 class _Fit:
     """A least-squares fit of a linear model: every batch, every learning rate and every step shows in its weights."""
 

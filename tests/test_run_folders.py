@@ -599,6 +599,17 @@ def test_files_written_together_keep_apart_from_anothers_and_finish_before_a_ctr
     # against a kill no handler hears between two moves: a training run's figures are kept before the metrics that
     # replace them arrive, and the settings that say what the folder holds come last
     assert moved == ["train_metrics.json", "generations.jsonl", "metrics.json", "config.json", "eval_config.json"]
+    # a SIGTERM the command line hears (a cluster's time limit) waits as Ctrl-C does, and stops the command alike
+    from viker.runs import Terminated, terminate_as_interrupt
+
+    moved.clear()
+    monkeypatch.setattr(os, "kill", lambda pid, number, kill=os.kill: kill(pid, signal.SIGTERM))
+    with pytest.raises(Terminated), terminate_as_interrupt():
+        with written_together(tmp_path / "ev2") as stage:
+            for name in ("generations.jsonl", "metrics.json"):
+                (stage / name).write_text("new")
+    assert sorted(p.name for p in (tmp_path / "ev2").iterdir()) == ["generations.jsonl", "metrics.json"]
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
 def test_a_staging_folder_a_killed_command_left_is_no_data_file(tmp_path):

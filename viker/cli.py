@@ -645,10 +645,10 @@ def _unfinished(args: argparse.Namespace | None) -> str:
     return f"{out} holds the unfinished run; {on}"
 
 
-def _interrupted(args: argparse.Namespace | None) -> str:
-    """What a run stopped by Ctrl-C leaves, and how to go on from it."""
+def _interrupted(args: argparse.Namespace | None, how: str = "interrupted") -> str:
+    """What a run stopped by Ctrl-C (or SIGTERM: ``how``) leaves, and how to go on from it."""
     left = _unfinished(args)
-    return f"interrupted: {left}" if left else "interrupted"
+    return f"{how}: {left}" if left else how
 
 
 def _write_failure(e: Exception) -> str | None:
@@ -672,18 +672,22 @@ def _end_progress_bars() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from viker.runs import Terminated, terminate_as_interrupt
+
     args = None
     try:
-        args = _home_expanded(parser().parse_args(argv))
-        args.func(args)
+        with terminate_as_interrupt():
+            args = _home_expanded(parser().parse_args(argv))
+            args.func(args)
     except VikerError as e:
         _end_progress_bars()
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated): 128 + the signal's number, as a shell says
         _end_progress_bars()
-        print(_interrupted(args), file=sys.stderr)
-        return 130
+        print(_interrupted(args, "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"),
+              file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     except Exception as e:  # an --out that is a file, a read-only folder, a full disk, a name too long
         reason = f"{e.filename}: " * bool(e.filename) + (e.strerror or str(e)) if isinstance(e, OSError) else \
             _write_failure(e)

@@ -254,10 +254,35 @@ def written_together(folder: str | Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a cluster's time limit, `scancel`, `docker stop`), stopping a command as Ctrl-C does: the same
+    clean-up runs, and the same line says what the run left and how to go on."""
+
+
+def _terminate(number, frame):
+    raise Terminated
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Inside the block, SIGTERM raises :class:`Terminated` (where nothing else handles it, on the main thread)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @contextmanager
 def _interrupt_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C (SIGINT) until the block has run, then raise it; off the main thread, where no handler can
-    be set, the block runs as it is."""
+    """Hold a Ctrl-C (SIGINT), and a SIGTERM that :func:`terminate_as_interrupt` hears, until the block has run, then
+    raise it; off the main thread, where no handler can be set, the block runs as it is."""
     import signal
     import threading
 
@@ -265,13 +290,15 @@ def _interrupt_deferred() -> Iterator[None]:
         yield
         return
     heard = []
-    before = signal.signal(signal.SIGINT, lambda number, frame: heard.append(number))
+    held = [signal.SIGINT] + [signal.SIGTERM] * (signal.getsignal(signal.SIGTERM) is _terminate)
+    before = {number: signal.signal(number, lambda number, frame: heard.append(number)) for number in held}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler if before is None else before)
+        for number, handler in before.items():
+            signal.signal(number, signal.default_int_handler if handler is None else handler)
     if heard:
-        raise KeyboardInterrupt
+        raise Terminated if signal.SIGTERM in heard else KeyboardInterrupt
 
 
 # what a resumed run's config keeps of each part of the run before it: the command, where and with what it ran
