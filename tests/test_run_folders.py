@@ -612,6 +612,24 @@ def test_files_written_together_keep_apart_from_anothers_and_finish_before_a_ctr
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
+def test_a_second_command_writing_the_same_out_meanwhile_is_refused(tiny_dir, bench_dir, tmp_path, capsys):
+    """Two commands writing one --out at once both ended well and left a folder of both: one's config.json beside
+    the other's history and model, or a full evaluation replaced by a narrower one."""
+    from viker.runs import held_alone
+
+    run = tmp_path / "run"
+    unlearn = ["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--method", "ga", "--max-steps", "1",
+               "--out", str(run)]
+    with held_alone(run):  # as the first command holds it while it runs
+        assert main(unlearn) == 2
+        assert f"--out {run}: another viker command (pid {os.getpid()}) is writing it now" in _error(capsys)
+        assert not run.exists()
+        assert main(["judge", str(run), "--judge", "my_judges:score"]) == 2  # viker judge writes into its RUN
+        assert f"RUN {run}: another viker command" in _error(capsys)
+    assert main(unlearn) == 0  # once it has ended
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no lock left beside it
+
+
 def test_a_staging_folder_a_killed_command_left_is_no_data_file(tmp_path):
     """A `viker data synth` killed while staging left .viker-partial-*/ in the benchmark: every later run recorded
     its files as the benchmark's, and a --resume was refused once it was removed."""

@@ -672,13 +672,15 @@ def _end_progress_bars() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from viker.runs import Terminated, terminate_as_interrupt
+    from viker.runs import Terminated, held_alone, terminate_as_interrupt
 
     args = None
     try:
         with terminate_as_interrupt():
             args = _home_expanded(parser().parse_args(argv))
-            args.func(args)
+            written = ("RUN", args.run) if args.command == "judge" else ("--out", getattr(args, "out", None))
+            with held_alone(written[1], written[0]):
+                args.func(args)
     except VikerError as e:
         _end_progress_bars()
         print(f"error: {e}", file=sys.stderr)

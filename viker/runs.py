@@ -254,6 +254,53 @@ def written_together(folder: str | Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+@contextmanager
+def held_alone(target: str | Path | None, flag: str = "--out") -> Iterator[None]:
+    """Hold ``target`` (a command's --out) for this command alone while the block runs: a second viker command
+    writing it meanwhile is refused, since two would leave a folder of both (one's config beside the other's
+    model, an evaluation replaced by a narrower one). The lock is a hidden ``.NAME.viker-lock`` beside it,
+    removed at the end; only the main process of a launch takes it (the others write nothing of their own).
+    Where no lock can be taken (no ``fcntl``, a folder above not there yet), the block runs as it is."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        fcntl = None
+    if not target or fcntl is None or os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    whole = Path(target).expanduser().resolve()
+    lock = whole.parent / f".{whole.name}.viker-lock"
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:  # not there yet, or not ours to write: the command says what it makes of it
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise VikerError(f"{flag} {target}: another viker command (pid {holder}) is writing it now; wait until it "
+                             f"ends, or give another {flag}") from None
+        try:  # the file locked is still the one at the path (not one its last holder removed meanwhile)
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        try:
+            os.unlink(lock)  # while still held: no other command holds a file no longer at the path
+        except OSError:
+            pass
+        os.close(fd)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a cluster's time limit, `scancel`, `docker stop`), stopping a command as Ctrl-C does: the same
     clean-up runs, and the same line says what the run left and how to go on."""
