@@ -722,8 +722,8 @@ def test_an_interrupted_run_says_what_it_left_and_how_to_go_on(tiny_dir, bench_d
     assert capsys.readouterr().err.splitlines()[-1] == f"interrupted: {out} holds the unfinished run; --overwrite " \
         "starts it again (--checkpoint-every N keeps checkpoints to --resume from)"  # a line of its own
     assert main(["eval", "--model", str(out), "--data", str(bench_dir), "--out", str(tmp_path / "e")]) == 2
-    assert ("run with no model in it (unfinished: still running, or stopped before its first checkpoint; if "
-            "stopped, run its command again with --overwrite)") in capsys.readouterr().err
+    assert ("run with no model in it (unfinished: still running, or stopped before its first checkpoint or while "
+            "saving its model; if stopped, run its command again with --overwrite)") in capsys.readouterr().err
     # nor can --resume go on from it, and it says what does
     assert main([*UNLEARN, "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(out), "--resume"]) == 2
     assert capsys.readouterr().err.strip().endswith("removes it when it ends); --overwrite starts it again")

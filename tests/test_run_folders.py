@@ -66,6 +66,12 @@ def test_a_run_folder_is_replaced_only_when_asked(tiny_dir, bench_dir, tmp_path,
     assert main([*unlearn, "--model", str(tiny_dir), "--method", "npo"]) == 2
     assert "holds a `viker unlearn` run already; choose another folder, or --overwrite" in _error(capsys)
     assert _method(run) == "ga" and (run / "metrics.json").is_file()
+    # one stopped before its first checkpoint (or killed as it saved its model) is said to be unfinished
+    stopped = tmp_path / "stopped"
+    shutil.copytree(run, stopped, ignore=shutil.ignore_patterns("model"))
+    assert main([*unlearn[:-1], str(stopped), "--model", str(tiny_dir), "--method", "ga"]) == 2
+    assert "holds an unfinished `viker unlearn` run already; choose another folder, or --overwrite to replace it " \
+        "(it keeps no checkpoint to --resume from)" in _error(capsys)
     # another model's evaluation into the run's folder
     assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(run)]) == 2
     assert "the folder of a `viker unlearn` run of another model" in _error(capsys)

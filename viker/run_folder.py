@@ -94,8 +94,13 @@ def _folder_to_replace(out: Path, resume: bool, overwrite: bool, reads: Sequence
         raise VikerError(f"--out {out}: {held} {inside[0]}, which this run reads; choose another folder")
     if not overwrite:
         stopped = bool(checkpoints(out))
-        raise VikerError(f"--out {out}: holds a `viker {command}` run already; choose another folder, or "
-                         f"--overwrite to replace it{' (or --resume to continue it)' if stopped else ''}")
+        # a training run with no model and no checkpoint was stopped before its first checkpoint (or as it saved)
+        unfinished = command in ("finetune", "unlearn") and not stopped and not holds_finished_model(out)
+        held = "an unfinished" if stopped or unfinished else "a"
+        then = " (it keeps no checkpoint to --resume from)" if unfinished else " (or --resume to continue it)" \
+            if stopped else ""
+        raise VikerError(f"--out {out}: holds {held} `viker {command}` run already; choose another folder, or "
+                         f"--overwrite to replace it{then}")
     # a folder that is not the run's (another run kept inside it, a user's copy of its model) is not replaced
     other = [name for name in visible_entries(out) if (out / name).is_dir() and not _of_the_run(out, name)]
     if other:

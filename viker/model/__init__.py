@@ -133,8 +133,8 @@ def resolve_model_path(path: str | Path) -> str:
                                                                  else ""))
     if run.get("command") in TRAINING_COMMANDS and not (p / "cagul").is_dir():
         stopped = " (stopped before its end? --resume continues it)" if checkpoints(p) else \
-            " (unfinished: still running, or stopped before its first checkpoint; if stopped, run its command " \
-            "again with --overwrite)"
+            " (unfinished: still running, or stopped before its first checkpoint or while saving its model; if " \
+            "stopped, run its command again with --overwrite)"
         raise VikerError(f"{p}: a `viker {run['command']}` run with no model in it{stopped}")
     return as_recorded(path)
 
