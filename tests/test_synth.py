@@ -155,6 +155,19 @@ def test_too_few_profiles_is_a_clear_error(tmp_path):
         build_benchmark(tmp_path, SynthConfig(profiles=9), progress=False)
 
 
+def test_profiles_too_few_to_keep_the_forget_splits_apart_are_warned_about(tmp_path, capsys):
+    """With 10 to 16 profiles two forget splits round to the same count, and so hold the same people."""
+    build_benchmark(tmp_path / "b16", SynthConfig(profiles=16, celebrities=2, test_images=1, ref_per_pool=2),
+                    progress=False)
+    assert ({p.id for p in load_profiles(tmp_path / "b16", "forget_10")} ==
+            {p.id for p in load_profiles(tmp_path / "b16", "forget_15")})
+    assert ("warning: with --profiles 16, forget_10 and forget_15 hold the same 2 people (the same goes for their "
+            "retain splits); 17 profiles or more keep the three forget splits apart") in capsys.readouterr().err
+    build_benchmark(tmp_path / "b17", SynthConfig(profiles=17, celebrities=2, test_images=1, ref_per_pool=2),
+                    progress=False)
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_a_benchmark_stopped_midway_leaves_nothing_that_reads_as_one(tmp_path, capsys, monkeypatch):
     """Ctrl-C once the configs were written but not the reference pools and pretrain_Data left a folder that
     finetune trained on (190 examples of 474) and that synth refused to replace as "a benchmark already"."""

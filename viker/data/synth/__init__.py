@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,6 +172,12 @@ def claim_benchmark_folder(out: str | Path, overwrite: bool = False) -> Path:
 def build_benchmark(out: str | Path, cfg: SynthConfig = SynthConfig(), progress: bool = True) -> dict:
     """Write the embedded benchmark under ``out``, all of it or (stopped midway) none; return its counts."""
     out = out_folder(out)
+    counts = forget_counts(cfg.profiles)
+    alike = [(a, b) for a, b in zip(FORGET_SPLITS, FORGET_SPLITS[1:]) if counts[a] == counts[b]]
+    if alike:  # they nest: the same count is the same people
+        print(f"warning: with --profiles {cfg.profiles}, {' and '.join(alike[0])} hold the same "
+              f"{counts[alike[0][0]]} people (the same goes for their retain splits); 17 profiles or more keep "
+              "the three forget splits apart", file=sys.stderr)
     with written_together(out) as stage:  # half a benchmark would read as a whole one, less some configs
         return _build(stage, cfg, progress)
 
@@ -213,7 +220,7 @@ def _build(out: Path, cfg: SynthConfig, progress: bool) -> dict:
 
     paths = {"Full_Set": write_config(out, "Full_Set", full_rows)}
     order = list(range(cfg.profiles))
-    split_rng.shuffle(order)  # forget_5 ⊂ forget_10 ⊂ forget_15, as nested as the published splits
+    split_rng.shuffle(order)  # forget_5 ⊂ forget_10 ⊂ forget_15: a person forgotten in a split is in the larger ones
     for split in FORGET_SPLITS:
         chosen = set(order[: n_forget[split]])
         paths[split] = write_config(out, split, [r for i, r in enumerate(full_rows) if i in chosen])
