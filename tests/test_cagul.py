@@ -22,7 +22,7 @@ from viker.errors import VikerError
 from viker.eval.evaluate import answer_logprobs
 from viker.eval.generate import generate
 from viker.methods.base import FrozenReference
-from viker.methods.cagul import augment, precision_recall
+from viker.methods.cagul import CAGUL, augment, precision_recall
 from viker.model import load_model, resolve_model_path
 from viker.model.cagul import CagulConfig, CagulModel, per_image
 from viker.train import TrainConfig
@@ -244,6 +244,16 @@ def test_the_discriminators_python_settings_are_refused_out_of_range(args, messa
         get_method("cagul")(**args)
 
 
+def test_a_pool_too_small_for_k_is_refused_before_the_discriminator_trains(tiny_dir, bench_dir, tmp_path, capsys,
+                                                                            monkeypatch):
+    """The pool and --k are known before any model pass: it was refused only after the discriminator's training
+    (minutes on a 7B model)."""
+    monkeypatch.setattr(CAGUL, "train_discriminator", lambda *a, **k: pytest.fail("the discriminator trained"))
+    assert main(["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--method", "cagul", "--k", "500",
+                 "--max-steps", "1", "--out", str(tmp_path / "run")]) == 2
+    assert "fewer than k=500" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
 def test_a_cagul_run_is_no_model_to_train_from(cagul_run, bench_dir, tmp_path, capsys):
     run = cagul_run[0]
     for command in (["unlearn", "--method", "ga"], ["finetune"]):
@@ -304,7 +314,6 @@ def test_a_resumed_run_goes_on_with_its_discriminator_and_records_that_ones_figu
     from safetensors.torch import load_file
 
     import viker.train
-    from viker.methods.cagul import CAGUL
     from viker.model.cagul import MODULES_FILE
     from viker.train import CHECKPOINT
 

@@ -44,6 +44,7 @@ from viker.methods import register
 from viker.methods.base import share
 from viker.methods.losses import gather_answer_positions, kl_to_reference, npo_loss, sequence_logprob
 from viker.methods.reference import (
+    check_pool_size,
     check_refs,
     default_topk,
     pool_owners,
@@ -178,6 +179,9 @@ class CAGUL:
             if self.forget_loss == "reference" or self.refs != "people":  # a pool asked for by name must be there
                 raise
             pool = []  # no pool of strangers: the other people suffice as the discriminator's negatives
+        owners = pool_owners(self.refs, ctx.data_dir, self.forget_split)
+        if self.forget_loss == "reference":  # a pool too small for --k, refused before the discriminator trains
+            check_pool_size(ctx.data["forget"], pool, self.k, owners)
         self.model = CagulModel(ctx.model, self.module_config)
         heads = ctx.model.config.get_text_config().num_attention_heads
         ctx.info["cagul_attention"] = {"layers": self.model.layers,  # what --layers and --heads left unset became
@@ -193,8 +197,7 @@ class CAGUL:
         if self.forget_loss == "reference":
             self.dists, path = reference_distributions(ctx.reference, ctx.processor, ctx.data["forget"], pool,
                                                        self.k, ctx.seed, default_topk(ctx.model), ctx.cache_dir,
-                                                       ctx.progress, pool_owners(self.refs, ctx.data_dir,
-                                                                                 self.forget_split))
+                                                       ctx.progress, owners)
             record_reference(ctx.info, self.dists, path)
         ctx.model = self.model
 

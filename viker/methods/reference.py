@@ -268,6 +268,16 @@ def choose_reference_images(example: Example, pool: Sequence[bytes], k: int, rng
     return rng.sample(candidates, k)
 
 
+def check_pool_size(examples: Sequence[Example], pool: Sequence[bytes], k: int,
+                    owners: dict[bytes, str] | None = None) -> None:
+    """:func:`choose_reference_images`' refusal of a pool too small for ``k``, for every example with an image,
+    before any pass of the model (CAGUL trains its discriminator before it computes R̂)."""
+    rng = random.Random(0)
+    for example in examples:
+        if example.image is not None:
+            choose_reference_images(example, pool, k, rng, owners)
+
+
 def compute_reference_distributions(
     answer_probs: Callable[[dict], torch.Tensor],
     collate: Callable[[Sequence[Example]], dict],
