@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 import shutil
 from dataclasses import replace
 from functools import partial
@@ -554,6 +555,13 @@ def test_keytokens_page_marks_high_entropy_tokens(tiny_dir, bench_dir, tmp_path,
     page = out.read_text()
     n_answers = len(unlearning_examples(bench_dir, "forget_10"))
     assert page.count("<div class='a'>") == n_answers
+    # what made it, so that pages of other references (the paper's ablation) tell themselves apart once saved
+    assert html.escape(f"Settings: --model {tiny_dir}; R̂ over --k 2 reference images each (--refs people, "
+                       "--seed 0); --train-on all") in page
+    said = capsys.readouterr().out  # the key tokens of the image questions' answers, R̂ proper, counted apart
+    n_key_image = re.search(r"\((\d+) of \d+ in the answers to image questions\)", page)[1]  # as the page says
+    n_key = page.count("class='key'")
+    assert f": {n_key} key tokens ({n_key_image} in answers to image questions) in {n_answers} answers" in said
     # with ε = 0 every token of a random model (its entropy is far above 0) is a key token ...
     assert page.count("class='key'") == page.count("<span ") > n_answers
     assert page.count("R̂(y) = ") == page.count("<span ") and "Reference probability of the true token" in page
@@ -590,6 +598,8 @@ def test_keytokens_underlines_what_a_viker_run_at_lam_forgets(tiny_dir, bench_di
     assert 0 < sum(g for g, _ in at_lam) < len(at_lam)
     assert f"{sum(g for g, _ in at_lam)} forgotten at λ = {lam}" in capsys.readouterr().out
     assert all(gone for gone, _ in spans("--lam", "0.5"))
+    assert all(gone for gone, _ in spans("--lam", "0"))
+    assert "At λ = 0 ViKeR is plain gradient ascent: it ascends every answer token alike" in out.read_text()
 
 
 def test_the_key_token_picture_draws_the_benchmarks_text_as_it_is(tmp_path, monkeypatch):
@@ -717,6 +727,8 @@ def test_the_picture_and_the_page_say_what_their_shading_and_counts_cover(tmp_pa
         "as on the page)." in titles[-1]
     write_png([pictured] * 3, tmp_path / "keys.png", epsilon=0.5)  # all shown, all pictured: nothing to add
     assert titles[-1].count("\n") == 1
+    write_png([pictured] * 3, tmp_path / "keys.png", epsilon=0.5, settings="Settings: --model m")  # what made it
+    assert titles[-1].endswith("as on the page).\nSettings: --model m")
     write_html(rows, tmp_path / "keys.html", epsilon=0.5, title="t")
     page = (tmp_path / "keys.html").read_text()
     assert "15 of 30 answer tokens (13 of 26 in the answers to image questions)" in page

@@ -526,6 +526,9 @@ def test_a_model_finetuned_on_other_benchmark_files_is_warned_about(tiny_dir, be
     assert main(["unlearn", "--model", str(vanilla), "--data", str(bench_dir), "--method", "ga", "--max-steps", "1",
                  "--out", str(tmp_path / "run")]) == 0
     assert f"warning: {vanilla} was finetuned on elsewhere, and {bench_dir} is not" in capsys.readouterr().err
+    assert main(["keytokens", "--model", str(vanilla), "--data", str(bench_dir), "--k", "2", "--cache-dir",
+                 str(tmp_path / "cache"), "--out", str(tmp_path / "page.html")]) == 0  # a page of people it never met
+    assert f"warning: {vanilla} was finetuned on elsewhere, and {bench_dir} is not" in capsys.readouterr().err
     assert other_benchmark(str(tiny_dir), bench_dir) is None  # no finetune of ours: nothing to compare
     # a model finetuned on the other benchmark: said in those words, not as another seed or release
     (vanilla / "config.json").write_text(json.dumps({"command": "finetune", "data_files": hashes,

@@ -32,7 +32,7 @@ from viker.methods.reference import (
     reference_pool,
 )
 from viker.progress import bars_as_asked
-from viker.runs import check_writable, runs_behind, written_together
+from viker.runs import check_writable, other_benchmark, runs_behind, written_together
 
 
 @dataclass
@@ -182,6 +182,8 @@ def _lam_sentence(rows: list[TokenEntropy], lam: float | None) -> str:
     if lam is None:
         return ("Which of them a ViKeR run forgets depends on its λ as well (below; --lam underlines them).")
     n = sum(forgotten(p, lam) for r in rows for p in r.ref_prob)
+    if lam == 0:
+        return "At λ = 0 ViKeR is plain gradient ascent: it ascends every answer token alike, so all are underlined."
     if lam <= 1:
         return (f"At λ = {lam:g} no token has a resting point: ViKeR ascends every answer token, the key tokens "
                 "hardest, so all are underlined.")
@@ -203,9 +205,10 @@ PAGE_MARK = "<p>Each answer token is shaded by the entropy H(R̂)"  # in every p
 
 
 def write_html(rows: list[TokenEntropy], path: Path, epsilon: float, title: str, lam: float | None = None,
-               topk: int | None = None) -> None:
+               topk: int | None = None, settings: str = "") -> None:
     """``topk``: the reference distributions were stored as their ``topk`` largest probabilities, the rest
-    spread evenly over the other tokens (a large vocabulary); H is then a little above the frozen model's."""
+    spread evenly over the other tokens (a large vocabulary); H is then a little above the frozen model's.
+    ``settings``: what made the page (:func:`page_settings`), said under its title."""
     h_max = largest_entropy(rows)
     stored = "" if topk is None else (
         f" R̂ is stored as its {topk} largest probabilities with the rest spread evenly, so H is slightly above "
@@ -223,6 +226,7 @@ def write_html(rows: list[TokenEntropy], path: Path, epsilon: float, title: str,
         f"white-space:pre}}.key{{outline:2px solid #b30000}}.gone{{text-decoration:underline 3px {GONE};"
         "text-underline-offset:4px}</style>",
         f"<h1>{html.escape(title)}</h1>",
+        *([f"<p class='q'>{html.escape(settings)}</p>"] if settings else []),
         f"{PAGE_MARK} of the frozen model's distribution averaged over "
         f"the reference images that replace the person's own (darker = less certain without the true image); "
         f"a question asked by name has no image to replace, so its tokens show the frozen model's own entropy on "
@@ -278,9 +282,10 @@ PNG_ANSWERS = 12  # the answers the PNG shows (the page shows them all)
 
 
 def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int = PNG_ANSWERS,
-              lam: float | None = None) -> None:
+              lam: float | None = None, settings: str = "") -> None:
     """The first ``limit`` answers as on the page: shaded by H(R̂), outlined where H > ``epsilon`` and, given
-    a ViKeR run's ``lam``, underlined where that run forgets the token."""
+    a ViKeR run's ``lam``, underlined where that run forgets the token; ``settings`` (:func:`page_settings`) in
+    its title, as on the page."""
     from viker.report import figure
 
     h_max = largest_entropy(rows)
@@ -300,6 +305,7 @@ def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int =
     title += (f"\nShading from white (H = 0) to the darkest orange-red (H = {h_max:.2f} nats, the largest over all the "
               "answers, as on the page).")
     title += which + by_name
+    title += "".join(f"\n{line}" for line in textwrap.wrap(settings, 150))
     fig, ax = figure((11, 0.31 * sum(heights) + 0.9))
     ax.set_axis_off()
     ax.set_xlim(0, 100)
@@ -338,6 +344,16 @@ def check_page_out(out: Path, data: str) -> None:
 
 
 @bars_as_asked
+def page_settings(model: str, k: int, refs: str, seed: int, train_on: str | None,
+                  mixed_precision: str | None) -> str:
+    """What made a key-token page, in the command line's words: pages of other settings (the paper's ablation of
+    the reference images, say) then tell themselves apart once saved."""
+    parts = [f"--model {model}", f"R̂ over --k {k} reference images each (--refs {refs}, --seed {seed})"]
+    parts += [f"--train-on {train_on}"] if train_on else []
+    parts += [f"--mixed-precision {mixed_precision}"] if mixed_precision not in (None, "no") else []
+    return "Settings: " + "; ".join(parts)
+
+
 def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5, refs: str = "people",
                   epsilon: float = 0.5, cache_dir=None, device=None, progress=True, model_and_processor=None,
                   dtype: str = "auto", trust_remote_code: bool = False, seed: int = 0, lam: float | None = None,
@@ -364,6 +380,8 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
         on = f" --forget {split}" if split else ""  # the split it unlearned, which that model is not tied to
         print(f"warning: {model_path} is an unlearning run: the page shows its own R̂, not the one it trained against, "
               f"which the model it started from gives (--model {started}{on})", file=sys.stderr)
+    if warning := other_benchmark(model_path, data, benchmark):  # the page would show other people's answers
+        print(f"warning: {warning}", file=sys.stderr)
     learned = resolve_train_on(UnlearnConfig(model=model_path, benchmark=benchmark, train_on=train_on))
     answers = forget_answers(data, forget, refs, benchmark, learned.train_on)
     if model_and_processor is None:  # refused before minutes of loading a large model
@@ -373,7 +391,8 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
         rows = answer_token_entropies(model, processor, answers, k, seed,
                                       Path(cache_dir) if cache_dir else default_cache_dir(), progress, mixed_precision)
     out = Path(out)
+    settings = page_settings(model_path, k, refs, seed, learned.train_on, mixed_precision)
     with written_together(out.parent) as stage:  # the page and its picture, both or neither
-        write_html(rows, stage / out.name, epsilon, f"Key tokens of {forget}", lam, default_topk(model))
-        write_png(rows, stage / out.with_suffix(".png").name, epsilon, lam=lam)
+        write_html(rows, stage / out.name, epsilon, f"Key tokens of {forget}", lam, default_topk(model), settings)
+        write_png(rows, stage / out.with_suffix(".png").name, epsilon, lam=lam, settings=settings)
     return rows
