@@ -400,6 +400,11 @@ def test_progress_false_silences_the_libraries_bars_too(tiny_dir, bench_dir, tmp
     run_eval(str(tiny_dir), str(bench_dir), str(tmp_path / "quiet"), cfg, progress=False)
     assert capsys.readouterr().err == ""
     assert hf_logging.is_progress_bar_enabled()  # as it was, for what runs next
+    from viker.keytokens import run_keytokens  # and so does every other command's function
+
+    run_keytokens(str(tiny_dir), str(bench_dir), "forget_10", str(tmp_path / "page.html"), k=2,
+                  cache_dir=tmp_path / "cache", progress=False)
+    assert capsys.readouterr().err == "" and hf_logging.is_progress_bar_enabled()
     run_eval(str(tiny_dir), str(bench_dir), str(tmp_path / "logged"), cfg, progress=True)  # captured: a log
     logged = capsys.readouterr().err
     assert "Loading weights" not in logged and "evaluating" in logged  # viker's own bars are still there

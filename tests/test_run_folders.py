@@ -170,6 +170,11 @@ def test_an_evaluation_writes_only_where_it_belongs(tiny_dir, bench_dir, tmp_pat
         assert main([*evaluate, str(finetuned), "--out", str(finetuned)]) == 0
         assert json.loads((finetuned / "train_metrics.json").read_text()) == recall
         assert "forget_cloze" in json.loads((finetuned / "metrics.json").read_text())
+    # an evaluation killed as its files took their places (its metrics.json there, its settings not): the next one
+    # copied those figures over the finetune's own
+    (finetuned / "eval_config.json").unlink()
+    assert main([*evaluate, str(finetuned), "--out", str(finetuned)]) == 0
+    assert json.loads((finetuned / "train_metrics.json").read_text()) == recall
 
 
 def test_overwrite_never_removes_the_base_model_of_an_adapter_it_reads(tiny_dir, bench_dir, tmp_path, capsys):
@@ -637,6 +642,32 @@ def test_a_second_command_writing_the_same_out_meanwhile_is_refused(tiny_dir, be
         assert f"RUN {run}: another viker command" in _error(capsys)
     assert main(unlearn) == 0  # once it has ended
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no lock left beside it
+
+
+def test_where_no_lock_can_be_taken_a_command_runs_as_it_is(tmp_path, monkeypatch, capsys):
+    """A file system without locks (Lustre without -o flock) failed every command; a link loop as --out showed a
+    traceback; and the other ranks of an MPI launch, which set no RANK, were refused as a second command."""
+    import errno
+    import fcntl
+
+    from viker.runs import held_alone
+
+    def unsupported(fd, operation):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(fcntl, "flock", unsupported)
+        with held_alone(tmp_path / "out"):
+            assert [p.name for p in tmp_path.iterdir()] == []  # no lock file left behind either
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with held_alone(tmp_path / "loop"):
+        pass
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "loop")]) == 2
+    assert _error(capsys).startswith("error: ")  # the command's own words, no traceback
+    with held_alone(tmp_path / "out"):  # the main process of an MPI launch holds it; rank 1 takes no lock
+        monkeypatch.setenv("PMI_RANK", "1")
+        with held_alone(tmp_path / "out"):
+            pass
 
 
 def test_a_staging_folder_a_killed_command_left_is_no_data_file(tmp_path):

@@ -343,17 +343,19 @@ def check_page_out(out: Path, data: str) -> None:
         raise VikerError(f"--out {out}: {taken[0]} is there already, and {what}; choose another name, or remove it")
 
 
-@bars_as_asked
-def page_settings(model: str, k: int, refs: str, seed: int, train_on: str | None,
-                  mixed_precision: str | None) -> str:
+def page_settings(model: str, k: int, refs: str, seed: int, train_on: str | None, mixed_precision: str | None,
+                  dtype: str = "auto", benchmark: str = "mllmu") -> str:
     """What made a key-token page, in the command line's words: pages of other settings (the paper's ablation of
     the reference images, say) then tell themselves apart once saved."""
     parts = [f"--model {model}", f"R̂ over --k {k} reference images each (--refs {refs}, --seed {seed})"]
+    parts += [f"--benchmark {benchmark}"] if benchmark != "mllmu" else []
     parts += [f"--train-on {train_on}"] if train_on else []
+    parts += [f"--dtype {dtype}"] if dtype != "auto" else []
     parts += [f"--mixed-precision {mixed_precision}"] if mixed_precision not in (None, "no") else []
     return "Settings: " + "; ".join(parts)
 
 
+@bars_as_asked
 def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5, refs: str = "people",
                   epsilon: float = 0.5, cache_dir=None, device=None, progress=True, model_and_processor=None,
                   dtype: str = "auto", trust_remote_code: bool = False, seed: int = 0, lam: float | None = None,
@@ -391,7 +393,7 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
         rows = answer_token_entropies(model, processor, answers, k, seed,
                                       Path(cache_dir) if cache_dir else default_cache_dir(), progress, mixed_precision)
     out = Path(out)
-    settings = page_settings(model_path, k, refs, seed, learned.train_on, mixed_precision)
+    settings = page_settings(model_path, k, refs, seed, learned.train_on, mixed_precision, dtype, benchmark)
     with written_together(out.parent) as stage:  # the page and its picture, both or neither
         write_html(rows, stage / out.name, epsilon, f"Key tokens of {forget}", lam, default_topk(model), settings)
         write_png(rows, stage / out.with_suffix(".png").name, epsilon, lam=lam, settings=settings)

@@ -260,38 +260,13 @@ def held_alone(target: str | Path | None, flag: str = "--out") -> Iterator[None]
     writing it meanwhile is refused, since two would leave a folder of both (one's config beside the other's
     model, an evaluation replaced by a narrower one). The lock is a hidden ``.NAME.viker-lock`` beside it,
     removed at the end; only the main process of a launch takes it (the others write nothing of their own).
-    Where no lock can be taken (no ``fcntl``, a folder above not there yet), the block runs as it is."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        fcntl = None
-    if not target or fcntl is None or os.environ.get("RANK", "0") != "0":
+    Where no lock can be taken (no ``fcntl``, a file system without locks, a folder above not there yet), the block
+    runs as it is."""
+    fd, lock = _lock(target, flag)
+    if fd is None:
         yield
         return
-    whole = Path(target).expanduser().resolve()
-    lock = whole.parent / f".{whole.name}.viker-lock"
-    while True:
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError:  # not there yet, or not ours to write: the command says what it makes of it
-            yield
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise VikerError(f"{flag} {target}: another viker command (pid {holder}) is writing it now; wait until it "
-                             f"ends, or give another {flag}") from None
-        try:  # the file locked is still the one at the path (not one its last holder removed meanwhile)
-            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
         try:
@@ -299,6 +274,56 @@ def held_alone(target: str | Path | None, flag: str = "--out") -> Iterator[None]
         except OSError:
             pass
         os.close(fd)
+
+
+# where a launcher says which process this is (torchrun and accelerate; MPI's launchers): the main one is rank 0
+RANK_VARIABLES = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
+
+
+def _lock(target: str | Path | None, flag: str) -> tuple[int | None, Path | None]:
+    """:func:`held_alone`'s lock, taken: its open file and path, or ``(None, None)`` where none can be taken."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None, None
+    if not target or any(os.environ.get(name, "0") != "0" for name in RANK_VARIABLES):
+        return None, None
+    try:
+        whole = Path(target).expanduser().resolve()
+    except (OSError, RuntimeError):  # a link loop, say: the command says what it makes of it
+        return None, None
+    lock = whole.parent / f".{whole.name}.viker-lock"
+    for _ in range(100):  # again only where the file was removed between its opening and its locking
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:  # a folder above not there yet, or not ours to write: the command says what it makes of it
+            return None, None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise VikerError(f"{flag} {target}: another viker command (pid {holder}) is writing it now; wait until it "
+                             f"ends, or give another {flag}") from None
+        except OSError:  # a file system without locks (Lustre without -o flock, some NFS and FUSE mounts)
+            os.close(fd)
+            try:
+                os.unlink(lock)
+            except OSError:
+                pass
+            return None, None
+        try:  # the file locked is still the one at the path (not one its last holder removed meanwhile)
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                try:  # who holds it, for the refusal of another (a full disk leaves it unsaid)
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, str(os.getpid()).encode(), 0)
+                except OSError:
+                    pass
+                return fd, lock
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    return None, None
 
 
 class Terminated(KeyboardInterrupt):
@@ -385,8 +410,10 @@ def write_eval_config(out: str | Path, settings: dict, data_dir: str | Path | No
     own = not config.is_file() or json.loads(config.read_text(encoding="utf-8")).get("command") == "eval"
     metrics = Path(out) / "metrics.json"
     into = Path(into or out)
-    if not own and not (Path(out) / EVAL_CONFIG).is_file() and metrics.is_file():
-        # the run's own figures (a finetune's recall), kept beside the evaluation's metrics.json
+    kept = (Path(out) / EVAL_CONFIG).is_file() or (Path(out) / TRAINING_METRICS).is_file()
+    if not own and not kept and metrics.is_file():
+        # the run's own figures (a finetune's recall), kept beside the evaluation's metrics.json (once: an evaluation
+        # killed as its files took their places may have left its metrics.json, and no settings, beside them)
         shutil.copy2(metrics, into / TRAINING_METRICS)
     return write_config(into, "eval", settings, data_dir, name="config.json" if own else EVAL_CONFIG)
 

@@ -105,7 +105,6 @@ def cloze_correct(reply: str, ground_truth: str) -> bool:
     return ground_truth.strip().lower() in reply.lower()
 
 
-
 # --------------------------------------------------------------------------------------------
 # Multiple-choice questions
 # --------------------------------------------------------------------------------------------

@@ -160,6 +160,12 @@ class CAGUL:
                                          encoder_width=self.encoder_width, encoder_layers=self.encoder_layers,
                                          threshold=self.threshold)
 
+    @property
+    def needs_reference(self) -> bool:
+        """The frozen model, for R̂ (``forget_loss=reference``); NPO's and the retain term's reference passes are
+        the wrapped model's own with its modules off."""
+        return self.forget_loss == "reference"
+
     def unused_settings(self) -> dict[str, str]:
         """The settings its forget loss does not read, and why."""
         if self.forget_loss == "npo":
