@@ -780,6 +780,11 @@ def test_a_plugged_in_judge_scores_each_generated_answer_on_its_own_scale(tiny_d
         "no_such_function" in capsys.readouterr().err
     assert main([*common, "--judge", "my_judges:out_of_scale", "--out", str(tmp_path / "scale")]) == 2
     assert "a score must be a number from 1 to 10, got 11" in capsys.readouterr().err
+    # into a folder another judge scored: a judge that fails replaces no scores by its own, and says none
+    shutil.copytree(tmp_path / "run", tmp_path / "judged")
+    assert main([*common, "--judge", "my_judges:out_of_scale", "--out", str(tmp_path / "judged")]) == 2
+    err = capsys.readouterr().err
+    assert "a score must be a number from 1 to 10, got 11" in err and "replaced by" not in err
     assert main([*common, "--judge", "my_judges", "--out", str(tmp_path / "form")]) == 2
     assert "--judge my_judges: name a function as module:function" in capsys.readouterr().err
     for typed in ("my_judges.py:by_reference", "./my_judges.py:by_reference"):  # the file, as a user may type it
