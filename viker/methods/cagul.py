@@ -185,10 +185,10 @@ class CAGUL:
             if self.forget_loss == "reference" or self.refs != "people":  # a pool asked for by name must be there
                 raise
             pool = []  # no pool of strangers: the other people suffice as the discriminator's negatives
+        self.model = CagulModel(ctx.model, self.module_config)  # --layers and --heads checked against the model
         owners = pool_owners(self.refs, ctx.data_dir, self.forget_split)
         if self.forget_loss == "reference":  # a pool too small for --k, refused before the discriminator trains
             check_pool_size(ctx.data["forget"], pool, self.k, owners)
-        self.model = CagulModel(ctx.model, self.module_config)
         heads = ctx.model.config.get_text_config().num_attention_heads
         ctx.info["cagul_attention"] = {"layers": self.model.layers,  # what --layers and --heads left unset became
                                        "heads": list(self.heads or range(heads))}
