@@ -630,6 +630,11 @@ def test_report_refuses_runs_it_cannot_compare(runs, bench_dir, tiny_dir, tmp_pa
         assert main(["report", str(model), "--out", str(tmp_path / "none")]) == 2
         assert f"no metrics.json; it is the model of the run in {model.parent}: evaluate that first (viker eval " \
                f"--model {model.parent} ... --out {model.parent})" in capsys.readouterr().err
+    mix = tmp_path / "mix"  # a folder holding an unevaluated finetune (its own figures) beside an evaluation
+    shutil.copytree(fresh, mix / "fresh")
+    shutil.copytree(runs / "ga-eval", mix / "ga-eval")
+    assert main(["report", str(mix), "--out", str(tmp_path / "none")]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"(the evaluations in it: {mix / 'ga-eval'})")
     every = tmp_path / "every"  # scored on every retain person, not on 2
     assert main(["eval", "--model", str(runs / "ga"), "--data", str(bench_dir), *DATA, "--max-new-tokens", "4",
                  "--only", "retain:multiple_choice", "--out", str(every)]) == 0

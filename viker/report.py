@@ -508,6 +508,20 @@ def _what_was_evaluated(config: dict, evaluation: dict | None) -> dict:
     return next(runs_behind(str(model)), {}) if model else {}
 
 
+def _evaluated_here(folder: Path) -> bool:
+    """Whether ``folder`` holds an evaluation: a metrics.json, but not a finetune's own figures alone."""
+    from viker.errors import VikerError
+    from viker.runs import read_configs
+
+    if not (folder / "metrics.json").is_file():
+        return False
+    try:
+        config, evaluation = read_configs(folder)
+    except VikerError:  # a damaged config: named as an evaluation, read_run says what is wrong with it
+        return True
+    return evaluation is not None or config.get("command") != "finetune"
+
+
 def read_run(path: str | Path) -> dict:
     """An evaluated run folder as a row: ``method`` (``vanilla`` for a ``viker finetune`` model,
     ``retain_model`` for one finetuned ``--without`` the forget split, None for a model that is no run
@@ -543,7 +557,7 @@ def read_run(path: str | Path) -> dict:
         if (run / "model" / "metrics.json").is_file():  # evaluated into its model folder
             raise VikerError(in_model)
         if not any((run / name).is_file() for name in ("config.json", "adapter_config.json")):
-            inside = sorted(f for f in run.iterdir() if (f / "metrics.json").is_file()) if run.is_dir() else []
+            inside = sorted(f for f in run.iterdir() if _evaluated_here(f)) if run.is_dir() else []
             listed = " ".join(shlex.quote(str(f)) for f in inside[:4]) + " ..." * (len(inside) > 4)
             held = f" (the evaluations in it: {listed})" if inside else ""
             raise VikerError(f"{run}: no metrics.json, and neither a run nor a model; give the folders viker eval "
