@@ -416,6 +416,27 @@ def test_full_tuning_copies_the_model_only_for_a_method_that_reads_the_frozen_re
     assert len(made) == copies
 
 
+def test_sharded_full_tuning_of_a_method_that_reads_a_frozen_reference_is_refused_before_anything_changes(
+        tiny_dir, bench_dir, tmp_path, monkeypatch, capsys):
+    """Under FSDP or DeepSpeed a full-tuned model has no frozen copy: NPO, KL-Min and IdkPO were refused at their
+    first step, once --overwrite had removed the run in --out; a method that reads none runs."""
+    import viker.unlearn
+
+    monkeypatch.setattr(viker.unlearn, "shards_model", lambda accelerator: True)  # as under FSDP, on this CPU
+    run = tmp_path / "run"
+    common = ["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--tuning", "full", "--max-steps", "1",
+              "--batch-size", "2", "--cache-dir", str(tmp_path / "cache"), "--out", str(run)]
+    assert main([*common, "--method", "viker", "--lam", "0"]) == 0  # plain ascent reads no frozen model
+    before = {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()}
+    monkeypatch.setattr(viker.unlearn, "load_for_training", lambda *a, **k: pytest.fail("the model was loaded"))
+    for method in ("npo", "klmin", "idkpo"):
+        assert main([*common, "--method", method, "--overwrite"]) == 2
+        assert f"has no frozen reference model (a copy of a sharded model is not one); use --tuning lora, DDP, or a " \
+            f"method that reads none (ga, graddiff, viker at --lam 0, npo with --reference-model) (--method " \
+            f"{method} reads one)" in capsys.readouterr().err
+        assert {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()} == before  # the earlier run is there
+
+
 @pytest.mark.parametrize("method, args, reads", [("ascent_descent", {}, False), ("viker", {"lam": 0.0}, False),
                                                  ("viker", {"k": 2}, True), ("klmin", {}, True)])
 def test_a_frozen_reference_is_made_only_for_a_method_that_reads_it(method, args, reads, registered, tiny_dir,
@@ -1229,12 +1250,14 @@ def test_a_refused_run_leaves_the_model_it_was_given_as_it_came(tiny_dir, bench_
     from viker.errors import VikerError
 
     model, processor = load_model(tiny_dir, device="cpu")
+    model.train()  # as a notebook may hold it: CAGUL, refused, left it in eval mode
     keys = set(model.state_dict())
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
 
     def as_it_came():
         assert set(model.state_dict()) == keys
         assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+        assert all(m.training for m in model.modules())
 
     with pytest.raises(VikerError, match="--max-length"):
         run_unlearn(replace(_config(tiny_dir, bench_dir, tmp_path / "long", "ga"), tuning="lora", max_length=8),

@@ -21,7 +21,7 @@ from viker.data.loader import load_finetune, load_profiles, retain_profiles
 from viker.data.schema import DEFAULT_FORGET, RETAIN_OF, check_forget_split
 from viker.errors import VikerError, check_config, check_types, require, require_given
 from viker.methods import get_method, title, unlearning_methods
-from viker.methods.base import FrozenReference, UnlearnContext, needs_reference
+from viker.methods.base import NO_SHARDED_REFERENCE, FrozenReference, UnlearnContext, needs_reference
 from viker.methods.reference import SOURCES, default_cache_dir
 from viker.model import (
     HALF_PRECISION,
@@ -301,14 +301,18 @@ def folders_read_by(cfg: UnlearnConfig, method, model_given: bool) -> list[str]:
     return reads + ([refs] if refs and refs not in SOURCES and Path(refs).is_dir() else [])
 
 
-def restore_given(given, trainable: dict, made=None) -> None:
+def restore_given(given, as_it_came: dict, made=None) -> None:
     """The model ``given`` to a run put back as far as the run changed it: without the LoRA layers of ``made``, the
-    PeftModel the run made of it (a model given with adapters of its own keeps them), and with its weights
-    trainable as they were (LoRA and CAGUL freeze them)."""
+    PeftModel the run made of it (a model given with adapters of its own keeps them), with its weights trainable
+    as they were (LoRA and CAGUL freeze them) and each module in its train or eval mode (CAGUL sets eval):
+    ``as_it_came`` maps each weight to its ``requires_grad`` and each module to its ``training``."""
     if made is not None and made is not given and hasattr(made, "unload"):  # the given model's own layers back
         made.unload()
-    for parameter, flag in trainable.items():
-        parameter.requires_grad_(flag)
+    for part, flag in as_it_came.items():
+        if isinstance(part, torch.nn.Module):
+            part.training = flag
+        else:
+            part.requires_grad_(flag)
 
 
 @bars_as_asked
@@ -374,6 +378,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     wraps = getattr(method, "wraps_model", False)  # CAGUL: trains modules around the frozen model
     if sharded and wraps:
         raise VikerError(f"--method {cfg.method} is not supported under FSDP or DeepSpeed; use DDP")
+    if sharded and cfg.tuning == "full" and needs_reference(method):  # before the model loads or --out is replaced
+        raise VikerError(f"{NO_SHARDED_REFERENCE} (--method {cfg.method} reads one)")
     if wraps and cfg.train.gradient_checkpointing:  # it would be silently ignored
         raise VikerError(f"--gradient-checkpointing does not apply to --method {cfg.method}: the frozen model it "
                          "trains its modules around runs in eval mode, where no layer is recomputed")
@@ -392,7 +398,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     own = method.preflight_examples(data, cfg.train.seed) if hasattr(method, "preflight_examples") else []
     collate.preflight(model, data["forget"] + (data["retain"] if "retain" in method.streams else []) + own)
     given = model_and_processor[0] if model_and_processor is not None else None
-    trainable = {p: p.requires_grad for p in given.parameters()} if given is not None else {}  # what it gets back
+    as_it_came = {} if given is None else {  # what it gets back (restore_given)
+        **{p: p.requires_grad for p in given.parameters()}, **{m: m.training for m in given.modules()}}
     try:
         if wraps:
             model.requires_grad_(False)
@@ -423,7 +430,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
             method.setup(ctx)
     except BaseException:
         if given is not None:  # refused before training: the model passed in is left as it came
-            restore_given(given, trainable, made=model)
+            restore_given(given, as_it_came, made=model)
         raise
     if setup_only and ctx.reference is not None:
         ctx.reference.close()
@@ -474,7 +481,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     timing = {"setup_seconds": round(setup_seconds, 2), "total_seconds": round(time.perf_counter() - start, 2)}
     saved = finish_run(prepared, out, {"history.json": history, "timing.json": timing}, save)
     if wraps and given is not None:  # CAGUL froze the model it was given, and trained none of it
-        restore_given(given, trainable)
+        restore_given(given, as_it_came)
     model = model if saved is None else saved  # the merged model on the main process
     return model, processor, history
 

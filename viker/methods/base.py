@@ -88,9 +88,7 @@ class FrozenReference:
         self._sharded_unhashed = sharded and not cached
         if separate is None and not hasattr(model, "disable_adapter"):
             if sharded:
-                self._unavailable = ("full tuning under FSDP or DeepSpeed has no frozen reference model (a copy "
-                                     "of a sharded model is not one); use --tuning lora, DDP, or a method "
-                                     "without one (ga, graddiff)")
+                self._unavailable = NO_SHARDED_REFERENCE
             elif not setup_only:
                 self._copy = copy.deepcopy(model).eval().requires_grad_(False)
         if sharded and cached and self._unavailable is None:
@@ -157,6 +155,11 @@ class FrozenReference:
         logits = self.logits(batch, logits_to_keep=answer_window(labels))
         logits, _ = gather_answer_positions(logits, labels[:, -logits.shape[1]:])
         return torch.softmax(logits.float(), dim=-1)
+
+
+NO_SHARDED_REFERENCE = ("full tuning under FSDP or DeepSpeed has no frozen reference model (a copy of a sharded model "
+                        "is not one); use --tuning lora, DDP, or a method that reads none (ga, graddiff, viker at "
+                        "--lam 0, npo with --reference-model)")
 
 
 def needs_reference(method) -> bool:
