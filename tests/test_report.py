@@ -635,6 +635,16 @@ def test_report_refuses_runs_it_cannot_compare(runs, bench_dir, tiny_dir, tmp_pa
     shutil.copytree(runs / "ga-eval", mix / "ga-eval")
     assert main(["report", str(mix), "--out", str(tmp_path / "none")]) == 2
     assert capsys.readouterr().err.strip().endswith(f"(the evaluations in it: {mix / 'ga-eval'})")
+    # a finetune evaluated in place whose settings file never took its place (stopped as it did) is one, by its
+    # figures; a config that is not text at all is one line too
+    shutil.copytree(runs / "vanilla", mix / "killed")
+    (mix / "killed" / "eval_config.json").unlink()
+    (mix / "killed" / "train_metrics.json").unlink()
+    assert main(["report", str(mix), "--out", str(tmp_path / "none")]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"(the evaluations in it: {mix / 'ga-eval'} {mix / 'killed'})")
+    (mix / "ga-eval" / "config.json").write_bytes(b'{"command": "ev\xff')
+    assert main(["report", str(mix / "ga-eval"), "--out", str(tmp_path / "none")]) == 2
+    assert "config.json: not JSON" in capsys.readouterr().err
     every = tmp_path / "every"  # scored on every retain person, not on 2
     assert main(["eval", "--model", str(runs / "ga"), "--data", str(bench_dir), *DATA, "--max-new-tokens", "4",
                  "--only", "retain:multiple_choice", "--out", str(every)]) == 0

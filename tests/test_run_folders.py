@@ -668,6 +668,24 @@ def test_where_no_lock_can_be_taken_a_command_runs_as_it_is(tmp_path, monkeypatc
         monkeypatch.setenv("PMI_RANK", "1")
         with held_alone(tmp_path / "out"):
             pass
+    monkeypatch.setenv("PMI_RANK", "")  # set but empty: no rank, so the main process
+    with held_alone(tmp_path / "out"), pytest.raises(VikerError, match="another viker command"):
+        with held_alone(tmp_path / "out"):
+            pass
+    # a lock file that cannot be looked at (a stale NFS handle) leaves nothing open and nothing behind; one
+    # another command made is never removed by a command that could not lock it
+    opened = len(os.listdir("/proc/self/fd"))
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "stat", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ESTALE, "Stale")))
+        with held_alone(tmp_path / "out"):
+            pass
+    assert len(os.listdir("/proc/self/fd")) == opened and not list(tmp_path.glob(".out.viker-lock"))
+    (tmp_path / ".out.viker-lock").write_text("4242")
+    with monkeypatch.context() as patched:
+        patched.setattr(fcntl, "flock", unsupported)
+        with held_alone(tmp_path / "out"):
+            pass
+    assert (tmp_path / ".out.viker-lock").read_text() == "4242"
 
 
 def test_a_staging_folder_a_killed_command_left_is_no_data_file(tmp_path):

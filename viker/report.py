@@ -509,17 +509,22 @@ def _what_was_evaluated(config: dict, evaluation: dict | None) -> dict:
 
 
 def _evaluated_here(folder: Path) -> bool:
-    """Whether ``folder`` holds an evaluation: a metrics.json, but not a finetune's own figures alone."""
+    """Whether ``folder`` holds an evaluation: a metrics.json, but not a finetune's own figures alone (an evaluation
+    in place keeps those as train_metrics.json; one from before evaluations recorded their settings, or stopped
+    before they took their place, is known by its figures)."""
     from viker.errors import VikerError
-    from viker.runs import read_configs
+    from viker.runs import TRAINING_METRICS, read_configs, read_json
 
     if not (folder / "metrics.json").is_file():
         return False
     try:
         config, evaluation = read_configs(folder)
-    except VikerError:  # a damaged config: named as an evaluation, read_run says what is wrong with it
+        if evaluation is not None or config.get("command") != "finetune" or (folder / TRAINING_METRICS).is_file():
+            return True
+        metrics = read_json(folder / "metrics.json")
+    except VikerError:  # damaged: named as an evaluation, read_run says what is wrong with it
         return True
-    return evaluation is not None or config.get("command") != "finetune"
+    return isinstance(metrics, dict) and any(c.key in metrics for c in COLUMNS + CLEAR_COLUMNS)
 
 
 def read_run(path: str | Path) -> dict:

@@ -269,10 +269,7 @@ def held_alone(target: str | Path | None, flag: str = "--out") -> Iterator[None]
     try:
         yield
     finally:
-        try:
-            os.unlink(lock)  # while still held: no other command holds a file no longer at the path
-        except OSError:
-            pass
+        _remove(lock)  # while still held: no other command holds a file no longer at the path
         os.close(fd)
 
 
@@ -281,12 +278,13 @@ RANK_VARIABLES = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RA
 
 
 def _lock(target: str | Path | None, flag: str) -> tuple[int | None, Path | None]:
-    """:func:`held_alone`'s lock, taken: its open file and path, or ``(None, None)`` where none can be taken."""
+    """:func:`held_alone`'s lock, taken: its open file and path, or ``(None, None)`` where none can be taken (then
+    no file it opened is left open, and none it made is left behind)."""
     try:
         import fcntl
     except ImportError:  # Windows
         return None, None
-    if not target or any(os.environ.get(name, "0") != "0" for name in RANK_VARIABLES):
+    if not target or any((os.environ.get(name) or "0") != "0" for name in RANK_VARIABLES):
         return None, None
     try:
         whole = Path(target).expanduser().resolve()
@@ -294,36 +292,67 @@ def _lock(target: str | Path | None, flag: str) -> tuple[int | None, Path | None
         return None, None
     lock = whole.parent / f".{whole.name}.viker-lock"
     for _ in range(100):  # again only where the file was removed between its opening and its locking
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError:  # a folder above not there yet, or not ours to write: the command says what it makes of it
+        opened = _open_lock(lock)
+        if opened is None:
             return None, None
+        fd, made = opened
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino  # not a file its last holder removed meanwhile
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            holder = _holder(fd)
             os.close(fd)
             raise VikerError(f"{flag} {target}: another viker command (pid {holder}) is writing it now; wait until it "
                              f"ends, or give another {flag}") from None
-        except OSError:  # a file system without locks (Lustre without -o flock, some NFS and FUSE mounts)
+        except FileNotFoundError:
+            same = False
+        except OSError:  # no locks on this file system (Lustre without -o flock, some NFS and FUSE mounts)
             os.close(fd)
-            try:
-                os.unlink(lock)
+            if made:  # a file another command made may be its lock: never removed here
+                _remove(lock)
+            return None, None
+        if same:
+            try:  # who holds it, for the refusal of another (a full disk leaves it unsaid)
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, str(os.getpid()).encode(), 0)
             except OSError:
                 pass
-            return None, None
-        try:  # the file locked is still the one at the path (not one its last holder removed meanwhile)
-            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
-                try:  # who holds it, for the refusal of another (a full disk leaves it unsaid)
-                    os.ftruncate(fd, 0)
-                    os.pwrite(fd, str(os.getpid()).encode(), 0)
-                except OSError:
-                    pass
-                return fd, lock
-        except FileNotFoundError:
-            pass
+            return fd, lock
         os.close(fd)
     return None, None
+
+
+def _open_lock(lock: Path) -> tuple[int, bool] | None:
+    """The lock file opened, and whether this call made it; None where it cannot be (a folder above not there yet,
+    or not ours to write: the command says what it makes of it)."""
+    for _ in range(100):
+        try:
+            return os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
+        except FileExistsError:
+            pass
+        except OSError:
+            return None
+        try:
+            return os.open(lock, os.O_RDWR), False
+        except FileNotFoundError:  # removed by its holder between the two: make it again
+            continue
+        except OSError:
+            return None
+    return None
+
+
+def _holder(fd: int) -> str:
+    try:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _remove(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 class Terminated(KeyboardInterrupt):
@@ -646,7 +675,7 @@ def read_json(path: str | Path) -> Any:
     """A JSON file of a run, refused with its name when it is not JSON (hand-edited, or cut short)."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise VikerError(f"{path}: not JSON ({e})") from None
 
 
