@@ -313,6 +313,36 @@ def _raise(error):
     raise error
 
 
+def test_an_overwrite_stopped_while_it_removes_the_earlier_run_can_be_given_again(tiny_dir, bench_dir, tmp_path,
+                                                                                  monkeypatch):
+    """Stopped once the earlier run's config.json was gone but not all else, the folder read as "files of something
+    other than a run", which --overwrite refused: it had to be removed by hand."""
+    import viker.run_folder
+
+    run = tmp_path / "run"
+    unlearn = ["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--method", "ga", "--max-steps", "1",
+               "--out", str(run)]
+    assert main(unlearn) == 0
+    entries = len(list(run.iterdir()))
+    removed = []
+    unlink, rmtree = Path.unlink, shutil.rmtree
+
+    def stop_at_the_last(remove):
+        def removing(path, *args, **kwargs):
+            if len(removed) == entries - 1:
+                raise KeyboardInterrupt
+            removed.append(Path(path).name)
+            return remove(path, *args, **kwargs)
+        return removing
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Path, "unlink", stop_at_the_last(unlink))
+        patched.setattr(viker.run_folder.shutil, "rmtree", stop_at_the_last(rmtree))
+        assert main([*unlearn, "--overwrite"]) == 130
+    assert [p.name for p in run.iterdir()] == ["config.json"] and "config.json" not in removed
+    assert main([*unlearn, "--overwrite"]) == 0
+
+
 def test_a_setting_is_named_as_the_command_line_names_it():
     from viker.run_folder import option_of
 

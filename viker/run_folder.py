@@ -53,7 +53,9 @@ def claim_run_folder(out: str | Path, accelerator, replace: bool) -> None:
     if replace:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            for entry in Path(out).iterdir():
+            # its config.json last: a removal stopped midway leaves a folder that reads as the run, which
+            # --overwrite replaces again (without it, the rest read as "something other than a run")
+            for entry in sorted(Path(out).iterdir(), key=lambda entry: entry.name == "config.json"):
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry)
                 else:
