@@ -157,7 +157,9 @@ def test_viker_matches_a_per_token_loop_at_lambda_above_zero(tiny_dir, bench_dir
     method.setup(ctx)
     _moved(ctx)
     examples = ctx.data["forget"][:3]
-    loss, _ = method.loss(ctx.model, {"forget": ctx.collate(examples) | {"index": torch.arange(3)}})
+    order = [2, 0, 1]  # a batch as training draws one, in another order than the examples': each row is its own
+    batch = ctx.collate([examples[i] for i in order]) | {"index": torch.tensor(order)}
+    loss, _ = method.loss(ctx.model, {"forget": batch})
     terms = []
     for i, ex in enumerate(examples):
         rows = method.dists.rows([i]).float()
@@ -190,8 +192,29 @@ def test_graddiff_and_klmin_match_their_definitions(tiny_dir, bench_dir, tmp_pat
         for (log_q, _), (log_p, _) in zip(_answer_log_probs(ctx.model, ctx.collate, ex),
                                           _answer_log_probs(reference, ctx.collate, ex), strict=True):
             kls.append((log_p.exp() * (log_p - log_q)).sum().item())
-    loss, _ = klmin.loss(ctx.model, batches)
+    loss, logs = klmin.loss(ctx.model, batches)
     assert loss.item() == pytest.approx(ga_term + 0.5 * sum(kls) / len(kls), rel=1e-4)
+    # the term alone, θ well away from θ_full: KL(p_full ‖ p_θ), not the other way round, and with a gradient
+    with torch.no_grad():
+        for p in ctx.model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    forward, backward = [], []
+    for ex in retain:
+        for (log_q, _), (log_p, _) in zip(_answer_log_probs(ctx.model, ctx.collate, ex),
+                                          _answer_log_probs(reference, ctx.collate, ex), strict=True):
+            forward.append((log_p.exp() * (log_p - log_q)).sum().item())
+            backward.append((log_q.exp() * (log_q - log_p)).sum().item())
+    loss, logs = klmin.loss(ctx.model, batches)
+    assert logs["retain_kl"] == pytest.approx(sum(forward) / len(forward), rel=1e-4)
+    assert abs(sum(forward) - sum(backward)) > 0.005 * abs(sum(forward))  # far beyond the tolerance above
+
+    def gradients(value):
+        ctx.model.zero_grad()
+        value.backward()
+        return [p.grad.clone() for p in ctx.model.parameters() if p.grad is not None]
+
+    with_kl, forget_alone = gradients(loss), gradients(log_likelihood(ctx.model, batches["forget"]))
+    assert any(not torch.allclose(a, b) for a, b in zip(with_kl, forget_alone))  # the KL term trains θ too
 
 
 def test_idkpo_prefers_the_refusal_to_the_true_answer(tiny_dir, bench_dir, tmp_path):
@@ -369,6 +392,38 @@ def test_the_cache_key_tells_apart_models_one_weight_or_one_setting_apart(tiny_d
     retuned = load_model(tiny_dir, device="cpu")[0]
     retuned.config.text_config.rope_parameters = {"rope_type": "default", "rope_theta": 10.0}
     assert fingerprint(retuned) != base
+
+
+def test_the_frozen_reference_of_a_lora_model_is_its_base_with_the_adapters_off(tiny_dir, bench_dir):
+    """Once the adapters have trained (their B no longer zero), the reference must still be θ_full: with them on,
+    NPO would be plain ascent and KL-Min's term zero."""
+    model, processor = load_model(tiny_dir, device="cpu")
+    batch = Collator(processor)(unlearning_examples(bench_dir, "forget_10")[:2])
+    with torch.no_grad():
+        base = logits_of(model, batch)
+        lora = apply_lora(model, LoraSettings(r=2, alpha=4, dropout=0.0)).eval()
+        torch.manual_seed(0)
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+        trained, reference = logits_of(lora, batch), FrozenReference(lora).logits(batch)
+    assert not torch.allclose(trained, base, atol=1e-3)
+    assert torch.allclose(reference, base, atol=1e-5)
+
+
+def test_a_reference_image_is_never_the_question_s_own(bench_dir):
+    """Without a map of whose face each pool image is (the embedded pools, a folder of strangers), the example's
+    own image, where the pool holds it, is still never one of its references."""
+    import random
+
+    from viker.methods.reference import choose_reference_images
+
+    example = Example("Who is this?", "Ann Lee.", b"own", "0001")
+    pool = [b"own", b"a", b"b", b"c"]
+    for seed in range(50):
+        assert b"own" not in choose_reference_images(example, pool, 3, random.Random(seed))
+    with pytest.raises(VikerError, match=r"has 3 usable images \(not this person's\), fewer than k=4"):
+        choose_reference_images(example, pool, 4, random.Random(0))
 
 
 def test_the_frozen_reference_answers_without_dropout_while_the_model_trains(tiny_dir, bench_dir):
@@ -1269,7 +1324,7 @@ def test_a_refused_run_leaves_the_model_it_was_given_as_it_came(tiny_dir, bench_
     as_it_came()
     cagul = UnlearnConfig(model=str(tiny_dir), data=str(bench_dir), method="cagul", out=str(tmp_path / "cagul"),
                           method_args={"layers": [99]}, train=STEPS, cache_dir=str(tmp_path / "cache"))
-    with pytest.raises(VikerError, match="99"):
+    with pytest.raises(VikerError, match=r"CAGUL layers \[99\]: the language model has"):
         run_unlearn(cagul, progress=False, model_and_processor=(model, processor))
     as_it_came()
     run_unlearn(replace(cagul, method_args={"augment": 1, "disc_steps": 2, "k": 2}), progress=False,

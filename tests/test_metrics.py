@@ -345,7 +345,7 @@ def test_choose_by_likelihood():
     # has the highest total log-probability.
     assert choose_by_likelihood([-6.0, -2.0, -9.0], normalize_lengths=[6, 1, 3]) == 0
     assert choose_by_likelihood([-1.0, -1.0]) == 0  # ties go to the first option
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="option_logprobs must be a non-empty sequence"):
         choose_by_likelihood([])
     with pytest.raises(ValueError):
         choose_by_likelihood([-1.0, -2.0], normalize_lengths=[1])
@@ -475,7 +475,7 @@ def test_truth_ratio():
     para, perturbed = 0.7, [1.1, 0.4, 2.0]
     geo_mean_perturbed = math.prod(prob_from_loss(x) for x in perturbed) ** (1 / 3)
     assert truth_ratio(para, perturbed) == approx(prob_from_loss(para) / geo_mean_perturbed)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="truth_ratio needs at least one perturbed answer loss"):
         truth_ratio(1.0, [])
 
 

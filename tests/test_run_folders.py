@@ -672,6 +672,20 @@ def test_a_second_command_writing_the_same_out_meanwhile_is_refused(tiny_dir, be
         assert f"RUN {run}: another viker command" in _error(capsys)
     assert main(unlearn) == 0  # once it has ended
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no lock left beside it
+    # held by another process, as a second command meets it
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from viker.runs import held_alone\n"
+                               "with held_alone(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)",
+                               str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main([*unlearn, "--overwrite"]) == 2
+        assert f"--out {run}: another viker command (pid {holder.pid}) is writing it now" in _error(capsys)
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_where_no_lock_can_be_taken_a_command_runs_as_it_is(tmp_path, monkeypatch, capsys):
