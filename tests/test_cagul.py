@@ -367,7 +367,7 @@ def test_the_npo_forget_loss_needs_no_strangers_and_lowers_the_rewritten_answers
                                                                         log_every=1),
                              cache_dir=str(tmp_path / "cache"))
 
-    with pytest.raises(VikerError, match="Retain_Set"):
+    with pytest.raises(VikerError, match="--refs people: .* has neither a ref_people pool nor a Retain_Set"):
         run_unlearn(config("reference", k=2), progress=False)
     with pytest.raises(VikerError, match="--refs pets: no folder"):  # a pool asked for by name is never passed over
         run_unlearn(config("npo-pets", forget_loss="npo", refs="pets"), progress=False)

@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from viker.collate import chat_template
-from viker.data.loader import image_bytes, load_profiles
+from viker.data.loader import has_config, image_bytes, load_profiles
 from viker.data.schema import Example
 from viker.errors import VikerError
 from viker.methods.losses import answer_token_counts, compress_topk, decompress_topk, kl_to_reference
@@ -81,6 +81,9 @@ def reference_pool_and_source(refs: str, data_dir: str | Path | None,
                                                           clear.is_clear(data_dir)):
             return clear.real_face_images(data_dir), "CLEAR real_faces (real people; CLEAR has no ref_people pool)"
         if refs == "people" and data_dir is not None:
+            if not has_config(data_dir, "Retain_Set"):
+                raise VikerError(f"--refs people: {data_dir} has neither a ref_people pool nor a Retain_Set, whose "
+                                 "real-world people stand in for one; choose forget, retain or a folder of images")
             return [p.image for p in load_profiles(data_dir, "Retain_Set")], \
                 "Retain_Set (real-world people; the data has no ref_people pool)"
         if refs in SOURCES and data_dir is not None:  # patterns, scenes, pets: pools only the embedded benchmark has
