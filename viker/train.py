@@ -322,7 +322,7 @@ def load_for_training(accelerator, path: str, device: str | None = None, dtype: 
 def runtime_info(accelerator, model: torch.nn.Module) -> dict:
     """What a run's config.json records about how it ran, ``weights_dtype`` (what ``--dtype auto`` became: the
     dtype most of the model's weights are held in) and the layers LoRA adapts (what target modules left unset
-    became: ``lora_layers`` of them, named ``lora_targets``) included."""
+    became: ``lora_layers`` of them, of the kinds ``lora_targets`` names) included."""
     from viker.model import weights_dtype
 
     info = {"processes": accelerator.num_processes, "distributed_type": str(accelerator.distributed_type.value),
