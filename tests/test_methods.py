@@ -294,6 +294,17 @@ def test_reference_distributions_match_a_direct_computation_and_the_cache(tiny_d
     dists.save(path)
     loaded = ReferenceDistributions.load(path)
     assert torch.equal(loaded.rows([0, 2, 1]), dists.rows([0, 2, 1]))
+    # a writer killed outright (SIGKILL) left its temporary file: the entry's next writing removes it, a day on, and
+    # never one another writer may still be writing
+    import os
+    import time
+
+    stale, fresh = tmp_path / ".r-abc.tmp", tmp_path / ".r-def.tmp"
+    for left in (stale, fresh):
+        left.write_bytes(b"half an entry")
+    os.utime(stale, (time.time() - 2 * 86400,) * 2)
+    dists.save(path)
+    assert not stale.exists() and fresh.exists()
 
 
 def test_viker_no_reg_is_gradient_ascent(tiny_dir, bench_dir, tmp_path):

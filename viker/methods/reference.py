@@ -21,6 +21,7 @@ import os
 import random
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -42,6 +43,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CACHE_VERSION = 3
 FULL_VOCAB_LIMIT = 8192  # above this, store top-k by default
 AUTO_TOPK = 1024  # the k stored then
+STALE_SECONDS = 86400  # a temporary cache file this old is a killed writer's
 
 
 def default_cache_dir() -> Path:
@@ -214,7 +216,14 @@ class ReferenceDistributions:
         else:
             tensors |= {"indices": self.indices.contiguous(), "values": self.values.contiguous()}
         # a temporary file of its own (two runs may write one entry at once), then renamed: atomic, so a killed run
-        # never leaves half an entry behind; readable as the umask says, for a cache a team shares
+        # never leaves half an entry behind; readable as the umask says, for a cache a team shares. A writer killed
+        # outright (SIGKILL, out of memory) left its temporary file: this entry's, a day old, go now
+        for stale in path.parent.glob(f".{path.stem}-*.tmp"):
+            try:
+                if time.time() - stale.stat().st_mtime > STALE_SECONDS:
+                    stale.unlink()
+            except OSError:  # another writer's clean-up came first
+                pass
         handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
         os.close(handle)
         try:
