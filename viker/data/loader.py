@@ -127,7 +127,7 @@ def hub_table(repo: str, config: str) -> pa.Table:
 
 
 def cached_snapshot(repo: str) -> Path | None:
-    """The folder of benchmark ``repo``'s snapshot in the hub's download cache (where ``huggingface-cli download
+    """The folder of benchmark ``repo``'s snapshot in the hub's download cache (where ``hf download
     --repo-type dataset`` puts it), or None."""
     from huggingface_hub import snapshot_download
 
