@@ -404,7 +404,7 @@ def test_a_benchmark_hub_id_the_hub_cannot_serve_is_refused_at_once_unless_a_cac
 
 
 def test_a_benchmark_hub_id_offline_is_read_from_the_snapshot_the_hubs_cache_holds(bench_dir, tmp_path, monkeypatch):
-    """`huggingface-cli download --repo-type dataset` leaves a snapshot in the hub's cache, which datasets does
+    """`hf download --repo-type dataset` leaves a snapshot in the hub's cache, which datasets does
     not read offline (only a copy it converted itself): HF_HUB_OFFLINE=1 and --data org/name failed at once,
     and without it after a minute of retries, with no word of the snapshot."""
     import shutil
