@@ -508,6 +508,11 @@ def _what_was_evaluated(config: dict, evaluation: dict | None) -> dict:
     return next(runs_behind(str(model)), {}) if model else {}
 
 
+def holds_columns(metrics) -> bool:
+    """Whether a metrics.json's figures include any of the table's columns (an evaluation's, not a finetune's own)."""
+    return isinstance(metrics, dict) and any(c.key in metrics for c in COLUMNS + CLEAR_COLUMNS)
+
+
 def _evaluated_here(folder: Path) -> bool:
     """Whether ``folder`` holds an evaluation: a metrics.json, but not a finetune's own figures alone (an evaluation
     in place keeps those as train_metrics.json; one from before evaluations recorded their settings, or stopped
@@ -524,7 +529,7 @@ def _evaluated_here(folder: Path) -> bool:
         metrics = read_json(folder / "metrics.json")
     except VikerError:  # damaged: named as an evaluation, read_run says what is wrong with it
         return True
-    return isinstance(metrics, dict) and any(c.key in metrics for c in COLUMNS + CLEAR_COLUMNS)
+    return holds_columns(metrics)
 
 
 def read_run(path: str | Path) -> dict:
@@ -572,7 +577,7 @@ def read_run(path: str | Path) -> dict:
     metrics = read_json(run / "metrics.json")
     if isinstance(metrics, dict):  # NaN (a file not written by viker, which writes null) is "not measured" too
         metrics = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
-    if not isinstance(metrics, dict) or not any(c.key in metrics for c in COLUMNS + CLEAR_COLUMNS):
+    if not holds_columns(metrics):
         scope = ((evaluation or {}).get("eval") or {}).get("scope")
         if isinstance(metrics, dict) and scope:  # an evaluation that measured something else
             only = " ".join(f"--only {name}:{','.join(tasks)}" for name, tasks in scope.items())

@@ -322,10 +322,11 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     loading: that model is the one trained, in place (its LoRA layers added to it, or its own weights changed),
     and returned (saved with ``lora.merge=False``, inside the PeftModel that holds its adapters); pass a copy to
     keep the one given as it was. A run refused before training takes off the LoRA layers it added and leaves its
-    weights trainable as they were, as CAGUL (which trains modules of its own around it) does after training. A
-    model with LoRA adapters of its own is refused with LoRA tuning (peft adds no LoRA over LoRA): merge them into
-    it first. ``cfg.out`` must be new or empty; ``overwrite`` replaces a run there, and ``resume`` continues one
-    that was stopped after a checkpoint (``train.checkpoint_every``; :func:`viker.run_folder.check_run_folder`)."""
+    weights trainable, and its modules in train or eval mode, as they were, as CAGUL (which trains modules of its
+    own around it) does after training. A model with LoRA adapters of its own is refused with LoRA tuning (peft
+    adds no LoRA over LoRA): merge them into it first. ``cfg.out`` must be new or empty; ``overwrite`` replaces a
+    run there, and ``resume`` continues one that was stopped after a checkpoint (``train.checkpoint_every``;
+    :func:`viker.run_folder.check_run_folder`)."""
     check_config(cfg, UnlearnConfig, "run_unlearn")
     check_resume_or_overwrite(resume, overwrite)
     require_given(model=cfg.model, data=cfg.data, out=cfg.out)
