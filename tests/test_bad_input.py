@@ -275,7 +275,10 @@ def test_an_infinite_setting_is_refused_from_python_too():
     ([*UNLEARN, "--retain-weight", "1"],
      "--retain-weight applies to --method cagul / graddiff / idkpo / klmin / npo only"),
     ([*UNLEARN, "--k", "3"], "--k applies to --method cagul / viker only"),
-    ([*UNLEARN, "--method", "npo", "--average", "token"], "--average applies to --method ga / graddiff / klmin only"),
+    ([*UNLEARN, "--method", "viker", "--average", "token"],
+     "--average applies to --method ga / graddiff / idkpo / klmin / npo only"),
+    ([*UNLEARN, "--method", "npo", "--average", "token"],  # NPO's retain term is off by default
+     "--average does not apply at --retain-weight 0, where there is no retain term"),
     ([*UNLEARN, "--method", "viker", "--k", "0"], "--k 0: at least one reference image"),
     # a setting the chosen variant never reads, which its config would record as if it had shaped the run
     ([*UNLEARN, "--method", "viker", "--ablation", "no_vis", "--k", "3"],

@@ -635,6 +635,30 @@ def test_average_sum_is_each_answers_log_likelihood_averaged_over_the_answers(ti
     assert logs["forget_ll"] < 3 * sequence_logs["forget_ll"]  # answers of several tokens: far below their mean
 
 
+@pytest.mark.parametrize("method", ["npo", "idkpo"])
+def test_average_sets_how_npo_and_idkpo_average_their_retain_nll(tiny, bench_dir, method):
+    """NPO's and IdkPO's retain NLL averages as --average says: each answer's mean by default, each answer's
+    sum (the methods' page's log-likelihood, as their own log-ratios are) with ``sum``."""
+    model, processor = tiny
+    collate = Collator(processor)
+    retained = unlearning_examples(bench_dir, "retain_90")[:4]
+    retain = collate(retained)
+
+    def logs_of(**kw):  # the term each adds to its own loss
+        made = get_method(method)(retain_weight=1.0, **kw)
+        assert made.streams == ("forget", "retain")
+        return made.plus_retain_nll(torch.tensor(0.0), {}, model, {"retain": retain})[1]
+
+    with torch.no_grad():
+        alone = []
+        for ex in retained:
+            one = collate([ex])
+            alone.append((model(**model_inputs(one), labels=one["labels"]).loss, (one["labels"] != -100).sum()))
+        summed, default = logs_of(average="sum")["retain_nll"], logs_of()["retain_nll"]
+    assert summed == pytest.approx(torch.stack([nll * n for nll, n in alone]).mean().item(), rel=1e-5)
+    assert default == pytest.approx(torch.stack([nll for nll, _ in alone]).mean().item(), rel=1e-5)
+
+
 def test_keytokens_page_marks_high_entropy_tokens(tiny_dir, bench_dir, tmp_path, capsys):
     out = tmp_path / "kt" / "keytokens.html"
     assert main(["keytokens", "--model", str(tiny_dir), "--data", str(bench_dir), "--forget", "forget_10",

@@ -450,8 +450,9 @@ def parser() -> argparse.ArgumentParser:
                     help="NPO: the model of its log-ratio, a model or run folder (default: the model being "
                          "unlearned, before unlearning; MLLMU-Bench's code uses one finetuned on the retain set)")
     un.add_argument("--average", choices=AVERAGES,
-                    help="GA / GradDiff / KL-Min's forget term: the log-likelihood's mean per answer, then over the "
-                         "answers (sequence: a short answer counts as much as a long one), over all the batch's "
+                    help="GA / GradDiff / KL-Min's forget term / NPO's and IdkPO's retain NLL: the log-likelihood's "
+                         "mean per answer, then over the answers (sequence: a short answer counts as much as a long "
+                         "one), over all the batch's "
                          "answer tokens at once (token: a model's own loss, as the published GA code uses it), or "
                          "each answer's sum over its tokens, then over the answers (sum: the per-answer "
                          "log-likelihood of the methods' definitions; a step grows with the answer's length) "

@@ -38,16 +38,22 @@ def log_likelihood(model, batch: dict, average: str = "sequence") -> torch.Tenso
 
 
 class OptionalRetainNLL:
-    """For a method whose retain term, the retain answers' NLL weighted by its ``retain_weight`` field, is
-    optional: at weight 0 the term, and the retain stream with it, are left out."""
+    """For a method whose retain term, the retain answers' NLL weighted by its ``retain_weight`` field and
+    averaged as its ``average`` field says (as GA's log-likelihood), is optional: at weight 0 the term, and the
+    retain stream with it, are left out."""
 
     @property
     def streams(self):
         return ("forget", "retain") if self.retain_weight > 0 else ("forget",)
 
+    def unused_settings(self) -> dict[str, str]:
+        """``average`` at weight 0, where there is no retain term to average."""
+        return {} if self.retain_weight > 0 else {"average": "at --retain-weight 0, where there is no retain term "
+                                                             "(--average sets how the retain NLL averages)"}
+
     def plus_retain_nll(self, loss: torch.Tensor, logs: dict, model, batches: dict) -> tuple[torch.Tensor, dict]:
         if self.retain_weight > 0:
-            retain_nll = -log_likelihood(model, batches["retain"])
+            retain_nll = -log_likelihood(model, batches["retain"], self.average)
             loss = loss + self.retain_weight * retain_nll
             logs["retain_nll"] = retain_nll.item()
         return loss, logs

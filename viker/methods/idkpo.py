@@ -18,6 +18,7 @@ from viker.prompts import REFUSALS
 class IdkPO(OptionalRetainNLL):
     beta: float = 0.1
     retain_weight: float = 1.0  # 0 leaves the retain NLL term out
+    average: str = "sequence"  # how the retain NLL averages, as GA's log-likelihood (AVERAGES)
 
     @staticmethod
     def preflight_examples(data: dict, seed: int) -> list:

@@ -20,6 +20,7 @@ from viker.methods.losses import npo_loss, sequence_logprob
 class NPO(OptionalRetainNLL):
     beta: float = 0.1
     retain_weight: float = 0.0  # > 0 adds the retain NLL term
+    average: str = "sequence"  # how the retain NLL averages, as GA's log-likelihood (AVERAGES)
     reference_model: str | None = None  # None: θ_full
 
     @property
