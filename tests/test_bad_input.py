@@ -16,6 +16,7 @@ from viker.cli import main
 from viker.data.examples import unlearning_examples
 from viker.data.loader import load_profiles
 from viker.errors import VikerError
+from viker.keytokens import forget_answers
 
 FORGET = "forget_10/train-00000-of-00001.parquet"
 
@@ -158,12 +159,15 @@ def test_a_mistyped_path_or_dtype(argv, message, tiny_dir, bench_dir, tmp_path, 
     _assert_clean_failure(code, capsys.readouterr().err, message, out)
 
 
-def _reencode_images(t):
+def _reencode_images(t, only: set[bytes] | None = None):
+    """``t`` with its images saved anew, the same pixels in other bytes (``only``: those whose bytes these are)."""
     from io import BytesIO
 
     from PIL import Image
 
     def again(image):
+        if only is not None and image["bytes"] not in only:
+            return image
         out = BytesIO()
         Image.open(BytesIO(image["bytes"])).convert("RGB").save(out, format="PNG", compress_level=1)
         return {"bytes": out.getvalue(), "path": image["path"]}
@@ -190,6 +194,29 @@ def test_ft_data_whose_images_match_no_person_is_said_and_recorded(tiny_dir, ben
     assert "warning: no ft_Data pair has the image of a forget_10 or retain_90 person" in capsys.readouterr().err
     used = json.loads((tmp_path / "re-encoded" / "config.json").read_text())["data"]
     assert used["ft_Data_pairs"] == {"forget": 0, "retain": 0} and used["ft_Data_size"] > 0
+
+
+@pytest.mark.parametrize("train_on, said", [("all", "only their generation questions are unlearned"),
+                                             ("ft_Data", "nothing of them is unlearned")])
+def test_a_forget_person_whose_ft_data_images_match_no_row_is_named(tiny_dir, bench_dir, tmp_path, capsys,
+                                                                    train_on, said):
+    """One forget person's ft_Data rows re-encoded (the same pixels in other bytes): the others' pairs still
+    match, and that person, whose pairs are no longer theirs, is named rather than quietly left out."""
+    root = tmp_path / "bench"
+    shutil.copytree(bench_dir, root)
+    person = load_profiles(bench_dir, "forget_10")[0]
+    _edit(root, "ft_Data/train-00000-of-00001.parquet", lambda t: _reencode_images(t, only={person.image}))
+    assert main(["unlearn", "--model", str(tiny_dir), "--method", "ga", "--max-steps", "1", "--data", str(root),
+                 "--train-on", train_on, "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert (f"warning: 1 forget_10 person has no ft_Data pair with their image (ID {person.id}), so {said}"
+            in err)
+    assert "retain_90" not in err  # every retain person's pairs still match
+    used = json.loads((tmp_path / "run" / "config.json").read_text())["data"]
+    assert used["ft_Data_unmatched"] == {"forget": 1, "retain": 0} and used["ft_Data_pairs"]["forget"] > 0
+    forget_answers(root, "forget_10", learned=train_on)  # the key-token page's answers: said as unlearn says it
+    assert f"warning: 1 forget_10 person has no ft_Data pair with their image (ID {person.id}), so " \
+           f"{said.replace('unlearned', 'shown')}" in capsys.readouterr().err
 
 
 # --- property-based: malformed rows never give a silent wrong profile or an unexpected exception ---------

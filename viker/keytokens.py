@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from viker.collate import Collator
-from viker.data.examples import unlearning_examples
+from viker.data.examples import unlearning_examples, without_pairs, without_pairs_warning
+from viker.data.loader import load_finetune, load_profiles
 from viker.data.schema import Example, check_forget_split
 from viker.errors import VikerError, require
 from viker.methods.base import FrozenReference
@@ -90,7 +91,10 @@ def forget_answers(data_dir, forget: str, refs: str = "people", benchmark: str =
         examples = unlearning_data(data_dir, forget)[0]["forget"]
     else:
         check_forget_split(forget)
-        examples = unlearning_examples(data_dir, forget, learned=learned)
+        people, records = load_profiles(data_dir, forget), load_finetune(data_dir)
+        examples = unlearning_examples(data_dir, forget, people, records, learned)
+        if records and (unpaired := without_pairs(people, records)):  # as unlearn says it
+            print(f"warning: {without_pairs_warning(unpaired, forget, learned, 'shown')}", file=sys.stderr)
     require(examples, "--forget", forget, f"has no answers in {data_dir}")
     return ForgetAnswers(examples, reference_pool(refs, data_dir, forget), pool_owners(refs, data_dir, forget))
 

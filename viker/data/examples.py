@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Iterable
 
 from viker.data.loader import has_config, load_finetune, load_profiles
-from viker.data.schema import PRETRAIN_CONFIG, Example, FinetuneRecord, Profile
+from viker.data.schema import PRETRAIN_CONFIG, Example, FinetuneRecord, Profile, listed_ids
 from viker.errors import VikerError
 from viker.prompts import cloze_prompt, generation_prompt
 
@@ -89,6 +89,22 @@ def ft_pairs(profiles: list[Profile], records: list[FinetuneRecord]) -> list[Exa
     """The ft_Data pairs of ``profiles``' people (a record is a person's by its image), each once."""
     images = {p.image for p in profiles}
     return _unique(pair_examples([r for r in records if r.image in images], pure_text_questions(profiles)))
+
+
+def without_pairs(profiles: list[Profile], records: list[FinetuneRecord]) -> list[str]:
+    """The IDs of ``profiles``' people no ft_Data record belongs to (by its image's bytes): a copy whose images
+    were re-encoded (the same pixels saved anew) matches nobody."""
+    images = {r.image for r in records}
+    return [p.id for p in profiles if p.image not in images]
+
+
+def without_pairs_warning(ids: list[str], config: str, learned: str, done: str) -> str:
+    """What to say of ``config``'s people ``ids``, whose ft_Data pairs were not found, when the examples
+    ``done`` to them (unlearned, retained, shown) are those ``learned`` says (:func:`unlearning_examples`)."""
+    what = "nothing of them is" if learned == "ft_Data" else "only their generation questions are"
+    return (f"{len(ids)} {config} {'person has' if len(ids) == 1 else 'people have'} no ft_Data pair with their "
+            f"image ({listed_ids(ids)}), so {what} {done}: a pair is a person's by its image's bytes (were those "
+            "images re-encoded?)")
 
 
 def _unique(examples: list[Example]) -> list[Example]:

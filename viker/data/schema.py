@@ -19,6 +19,11 @@ CONFIGS = ("Full_Set", *FORGET_SPLITS, *RETAIN_OF.values(), "Test_Set", "Retain_
 PRETRAIN_CONFIG = "pretrain_Data"  # ours, in ft_Data's format: knowledge a pretrained model brings
 
 
+def listed_ids(ids: list[str], most: int = 5) -> str:
+    """``ids`` as messages name them: ``ID P000, P001``, the first ``most`` then ``...``."""
+    return f"ID {', '.join(ids[:most])}{', ...' if len(ids) > most else ''}"
+
+
 def check_forget_split(forget: str) -> None:
     """``--forget`` on MLLMU-Bench: one of its splits (a CLEAR split's name is said to be CLEAR's)."""
     if forget not in FORGET_SPLITS:

@@ -23,7 +23,7 @@ import torch
 from viker.collate import Collator, scoring_inputs
 from viker.data.examples import cloze_examples, generation_examples
 from viker.data.loader import load_profiles, retain_profiles
-from viker.data.schema import Example, MCQuestion, Profile, check_forget_split
+from viker.data.schema import Example, MCQuestion, Profile, check_forget_split, listed_ids
 from viker.errors import VikerError, check_types, require
 from viker.eval import metrics as M
 from viker.eval.generate import check_generation_settings, generate
@@ -141,7 +141,7 @@ def forget_test_rows(data_dir: str | Path, forget: list[Profile]) -> list[Profil
     missing = sorted(ids - {p.id for p in rows}, key=[p.id for p in forget].index)
     if missing:
         raise VikerError(f"{data_dir}: Test_Set has no row for {len(missing)} of the {len(forget)} forget people "
-                         f"(ID {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); evaluate without "
+                         f"({listed_ids(missing)}); evaluate without "
                          "it with --only forget --only retain --only real")
     return rows
 
