@@ -16,6 +16,7 @@ from PIL import Image
 from viker.cli import main
 from viker.data.loader import load_finetune, load_profiles
 from viker.errors import VikerError
+from viker.eval.evaluate import forget_test_rows
 
 FULL = "Full_Set/train-00000-of-00001.parquet"
 
@@ -149,6 +150,54 @@ def test_a_person_is_read_once_however_often_a_shard_repeats_them(bench_dir, tmp
     pq.write_table(changed, root / "forget_10" / "train-00001-of-00002.parquet")
     with pytest.raises(VikerError, match=rf"person {once[0].id} again, with other content than .*train-00000"):
         load_profiles(root, "forget_10")
+
+
+def _edit_column(root, rel, name, edit):
+    """``rel``'s column ``name`` with each row's value edited, of its own type."""
+    def edited(t):
+        field = t.schema.field(name)
+        return t.set_column(t.schema.get_field_index(name), field,
+                            [pa.array([edit(v) for v in t.column(name).to_pylist()], field.type)])
+    _rewrite(root, rel, edited)
+
+
+def test_a_question_listing_its_correct_text_twice_is_warned_about_once(bench_dir, tmp_path, capsys):
+    """The correct option's text under a second letter too: no scoring tells the two apart (option likelihood
+    scores them alike and takes the first letter), so the question is right or wrong by the letters' order."""
+    root = _copy(bench_dir, tmp_path)
+    rel = "forget_10/train-00000-of-00001.parquet"
+
+    def twin(task):
+        first = task["Pure_Text_Questions"][0]
+        wrong = next(letter for letter in "ABCD" if letter != first["Correct_Answer"])
+        first["Options"][wrong] = first["Options"][first["Correct_Answer"]]
+        return task
+
+    edited = [True]  # the first row's only
+
+    def first_row(task):
+        if edited:
+            edited.pop()
+            return twin(task)
+        return task
+
+    _edit_column(root, rel, "Classification_Task", first_row)
+    people = load_profiles(root, "forget_10")
+    err = capsys.readouterr().err
+    assert (f"warning: forget_10: 1 multiple-choice question lists the correct option's text under another letter "
+            f"too (e.g. {root / rel}:row 0, person {people[0].id}: ") in err
+    load_profiles(root, "forget_10")
+    assert capsys.readouterr().err == ""  # said once
+    load_profiles(bench_dir, "forget_10")  # the benchmark's own options: all apart
+    assert capsys.readouterr().err == ""
+
+
+def test_an_id_with_spaces_around_it_is_the_same_person(bench_dir, tmp_path):
+    """"P005 " in Test_Set is P005 of forget_10: rows of one person are matched by ID across configs."""
+    root = _copy(bench_dir, tmp_path)
+    _edit_column(root, "Test_Set/train-00000-of-00001.parquet", "ID", lambda v: f"{v} ")
+    forget = load_profiles(root, "forget_10")
+    assert [p.id for p in forget_test_rows(root, forget)] == [p.id for p in forget]
 
 
 def test_people_without_a_task_are_warned_about_once(bench_dir, tmp_path, capsys):

@@ -360,7 +360,7 @@ def load_profiles(root: str | Path, config: str) -> list[Profile]:
             raise VikerError(f"{source}: no ID")
         profiles.append(
             Profile(
-                id=str(row["ID"]),
+                id=str(row["ID"]).strip(),  # "P005 " in one config is P005 of the others
                 images=images,
                 directory=row["Directory"] or "",
                 biography=row["biography"] or "",
@@ -377,6 +377,7 @@ def load_profiles(root: str | Path, config: str) -> list[Profile]:
         )
     people = _each_once(profiles, config)
     _warn_of_missing_tasks(people, config)
+    _warn_of_twin_options(people, config)
     return people
 
 
@@ -395,6 +396,22 @@ def _warn_of_missing_tasks(people: list[Profile], config: str) -> None:
             print(f"warning: {config}: {len(without)} of {len(people)} people have no {task} questions (e.g. "
                   f"{without[0].source}, person {without[0].id}); that task is scored over the others alone",
                   file=sys.stderr)
+
+
+def _warn_of_twin_options(people: list[Profile], config: str) -> None:
+    """Warn (once a process) of multiple-choice questions that list the correct option's text under another
+    letter too: no scoring can tell the two apart (option likelihood gives them one score and picks the first
+    letter), so the question is right or wrong by the letters' order alone."""
+    twins = [(p, q) for p in people for q in p.mc
+             if list(q.options.values()).count(q.options[q.answer]) > 1]
+    said = (config, "twins", *(f"{p.source}:{q.question}" for p, q in twins))
+    if twins and said not in _warned:
+        _warned.add(said)
+        p, q = twins[0]
+        print(f"warning: {config}: {len(twins)} multiple-choice question{'s list' if len(twins) > 1 else ' lists'} "
+              f"the correct option's text under another letter too (e.g. {p.source}, person {p.id}: "
+              f"{q.question!r}); no scoring tells them apart, so each is right or wrong by the letters' order",
+              file=sys.stderr)
 
 
 def _each_once(profiles: list[Profile], config: str) -> list[Profile]:
