@@ -358,6 +358,13 @@ def test_images_stored_by_path_load_as_their_bytes(real_bench, tmp_path):
     for config in ("Full_Set", "Test_Set"):
         assert [p.images for p in load_profiles(root, config)] == [p.images for p in load_profiles(real_bench, config)]
     assert [r.image for r in load_finetune(root)] == [r.image for r in load_finetune(real_bench)]
+    # a relative path is read from the folder of the file listing it (datasets writes them from its working
+    # folder): where none is there, the error says where it looked and what to store instead
+    (root / "Full_Set" / "images" / "0-0-0.png").unlink()
+    with pytest.raises(VikerError, match=r"image stored by path, and .*Full_Set/images/0-0-0.png cannot be read "
+                       r"\(.*\) \(its relative path images/0-0-0.png, read from the folder of the file listing it\); "
+                       "store each image's bytes in the file, or its absolute path"):
+        load_profiles(root, "Full_Set")
 
 
 def test_spaces_around_or_doubled_in_an_option_are_the_files_not_the_options(real_bench, tmp_path):

@@ -225,7 +225,7 @@ def _anchor(cells: dict | list | None, folder: Path) -> None:
     the file that lists them."""
     for cell in cells if isinstance(cells, list) else [cells]:
         if cell and not cell.get("bytes") and cell.get("path") and not Path(cell["path"]).is_absolute():
-            cell["path"] = str(folder / cell["path"])
+            cell["path"], cell["relative_path"] = str(folder / cell["path"]), cell["path"]
 
 
 def has_image(cell: dict | None) -> bool:
@@ -247,8 +247,11 @@ def image_bytes(value: dict | None, source: str) -> bytes:
         try:
             data = Path(value["path"]).read_bytes()
         except OSError as e:
+            given = value.get("relative_path")  # where it was looked for, and what to store instead
+            said = f" (its relative path {given}, read from the folder of the file listing it)" if given else ""
             raise VikerError(f"{source}: image stored by path, and {value['path']} cannot be read "
-                             f"({e.strerror or e})") from None
+                             f"({e.strerror or e}){said}; store each image's bytes in the file, or its absolute "
+                             "path") from None
     if not data:
         raise VikerError(f"{source}: empty image")
     try:
