@@ -523,6 +523,24 @@ def test_a_test_set_without_some_forget_people_is_named_not_scored_in_part(tiny_
     assert main([*common, "--out", str(tmp_path / "without"), "--only", "forget:multiple_choice"]) == 0
 
 
+@pytest.mark.parametrize("config, columns", [("Test_Set", "test"), ("retain_90", "retain"), ("Retain_Set", "real")])
+def test_a_config_the_folder_lacks_says_how_to_evaluate_without_it(tiny_dir, bench_dir, tmp_path, capsys,
+                                                                   config, columns):
+    """A copy without one of the configs an evaluation reads: the error says which columns read it, and the --only
+    that evaluates the rest, which works."""
+    data = tmp_path / "bench"
+    shutil.copytree(bench_dir, data)
+    shutil.rmtree(data / config)
+    common = ["eval", "--model", str(tiny_dir), "--data", str(data), "--max-new-tokens", "2"]
+    assert main([*common, "--out", str(tmp_path / "all")]) == 2
+    err = capsys.readouterr().err
+    others = [s for s in ("forget", "test", "retain", "real") if s != columns]
+    said = " ".join(f"--only {s}" for s in others)
+    assert f"config '{config}' not found" in err and f"; evaluate without the {columns} columns with {said}" in err
+    assert main([*common, "--out", str(tmp_path / "rest"), "--retain-limit", "1",
+                 *said.replace("--only forget", "--only forget:cloze").split()]) == 0
+
+
 def test_a_set_with_nobody_in_it_is_refused_not_scored_as_nothing(tiny_dir, bench_dir, tmp_path, capsys):
     """An emptied split (a wrong filter, a wrong folder) would otherwise give a row of blank columns and exit 0."""
     data = tmp_path / "bench"

@@ -22,8 +22,8 @@ import torch
 
 from viker.collate import Collator, scoring_inputs
 from viker.data.examples import cloze_examples, generation_examples
-from viker.data.loader import load_profiles, retain_profiles
-from viker.data.schema import Example, MCQuestion, Profile, check_forget_split, listed_ids
+from viker.data.loader import has_config, load_profiles, retain_profiles
+from viker.data.schema import RETAIN_OF, Example, MCQuestion, Profile, check_forget_split, listed_ids
 from viker.errors import VikerError, check_types, require
 from viker.eval import metrics as M
 from viker.eval.generate import check_generation_settings, generate
@@ -125,7 +125,18 @@ def eval_sets(data_dir: str | Path, cfg: EvalConfig) -> list[EvalSet]:
         kept = people[: cfg.retain_limit] if name == "retain" else people
         return EvalSet(name, kept, left_out=len(people) - len(kept))
 
-    sets = [limited(name, read[name]()) for name in SETS if cfg.scope is None or name in cfg.scope]
+    asked = [name for name in SETS if cfg.scope is None or name in cfg.scope]
+    configs = {"test": "Test_Set", "retain": RETAIN_OF[cfg.forget], "real": "Retain_Set"}  # forget's: read above
+    sets = []
+    for name in asked:
+        try:
+            sets.append(limited(name, read[name]()))
+        except VikerError as e:  # a config the folder lacks: what to do, not only what is missing
+            others = [other for other in asked if other != name]
+            if has_config(data_dir, configs[name]) or not others:
+                raise
+            raise VikerError(f"{e}; evaluate without the {name} columns with "
+                             f"{' '.join(f'--only {other}' for other in others)}") from None
     for s in sets:
         if not s.profiles:
             source = {"retain": f"the retain split of {cfg.forget}", "real": "Retain_Set"}[s.name]
