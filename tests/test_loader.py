@@ -270,6 +270,21 @@ def test_missing_column_names_file_and_column(bench_dir, tmp_path):
         load_profiles(root, "Full_Set")
 
 
+def test_text_columns_nothing_scores_may_be_left_out(bench_dir, tmp_path):
+    """A copy of one's own without Directory, biography, question and answer (text no evaluation or unlearning run
+    reads) loads the same questions and images; those texts are empty. A scored column is still required."""
+    from dataclasses import replace
+
+    from viker.data.loader import UNSCORED_COLUMNS
+
+    root = _copy(bench_dir, tmp_path)
+    _rewrite(root, FULL, lambda t: t.drop_columns(list(UNSCORED_COLUMNS)))
+    whole, lean = load_profiles(bench_dir, "Full_Set"), load_profiles(root, "Full_Set")
+    assert [replace(p, directory="", biography="", question="", answer="", source="") for p in whole] == \
+           [replace(p, source="") for p in lean]
+    assert all(p.biography for p in whole)  # the benchmark's own has them
+
+
 def test_missing_nested_field_is_reported(bench_dir, tmp_path):
     root = _copy(bench_dir, tmp_path)
 

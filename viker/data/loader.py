@@ -201,14 +201,18 @@ def _check_type(path: Path | str, name: str, actual: pa.DataType, expected: pa.D
 
 
 def read_config(root: str | Path, config: str, expected: pa.Schema | None = None,
-                known: tuple[str, ...] = CONFIGS) -> list[tuple[str, dict]]:
+                known: tuple[str, ...] = CONFIGS, optional: tuple[str, ...] = ()) -> list[tuple[str, dict]]:
     """Rows of one config as ``(source, row)`` pairs, after checking every file against ``expected``
-    (default: MLLMU-Bench's schema of ``config``); ``known`` are the configs a missing one is told from."""
+    (default: MLLMU-Bench's schema of ``config``); ``known`` are the configs a missing one is told from;
+    a column of ``optional`` a file lacks is read as nulls."""
     expected = schema_for(config) if expected is None else expected
     rows: list[tuple[str, dict]] = []
     for path, table in config_tables(root, config, known):
         for field in expected:
             if field.name not in table.schema.names:
+                if field.name in optional:
+                    table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+                    continue
                 raise VikerError(f"{path}: missing column '{field.name}' (config {config})")
             _check_type(path, field.name, table.schema.field(field.name).type, field.type)
         table = table.select(expected.names)
@@ -348,12 +352,17 @@ def _qa_items(items: list[dict] | None, source: str, task: str) -> list[QA]:
     return out
 
 
+# a profile's text no evaluation or unlearning run reads (the tiny model's vocabulary is built from it): a copy of
+# one's own may leave these columns out
+UNSCORED_COLUMNS = ("Directory", "biography", "question", "answer")
+
+
 def load_profiles(root: str | Path, config: str) -> list[Profile]:
     """Typed rows of a profile config (Full_Set, forget_*, retain_*, Test_Set, Retain_Set)."""
     if config in ("ft_Data", PRETRAIN_CONFIG):
         raise VikerError(f"{config} holds finetuning pairs, not profiles: use load_finetune")
     profiles = []
-    for source, row in read_config(root, config):
+    for source, row in read_config(root, config, optional=UNSCORED_COLUMNS):
         cells = row["images"] if config == "Test_Set" else [row["image"]]
         images = tuple(image_bytes(cell, f"{source} image {j}") for j, cell in enumerate(cells or []))
         if not images:
