@@ -516,9 +516,16 @@ def test_a_clear_run_of_forget_quality_0_is_said_to_be_off_the_log_axis(tmp_path
         " ".join((tmp_path / "neither" / "report.md").read_text().split())
 
 
-def test_report_tabulates_evaluated_runs_by_what_they_are(runs, bench_dir, tmp_path, capsys):
+def test_report_tabulates_evaluated_runs_by_what_they_are(runs, bench_dir, tmp_path, capsys, monkeypatch):
     folders = [runs / name for name in ("base", "ga-eval", "vanilla", "npo-a", "npo-b")]
+    import viker.report
+
+    plotted = {}
+    draw = viker.report.tradeoff_plot
+    monkeypatch.setattr(viker.report, "tradeoff_plot", lambda *a, **kw: plotted.update(kw) or draw(*a, **kw))
     assert main(["report", *map(str, folders), "--out", str(tmp_path)]) == 0
+    # the plot draws chance, where the table counts a Forget ACC below it as chance
+    assert plotted["chance"] == viker.report.CHANCE_ACC
     assert "wrote report.md, results.json, tradeoff.png" in capsys.readouterr().out
     report = (tmp_path / "report.md").read_text()
     table = report.split("\n\n")[1]

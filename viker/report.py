@@ -963,8 +963,10 @@ retain model, never trained on the forget split, are references and not compared
     with written_together(out) as stage:
         write_json(stage / "results.json", {"runs": rows})
         if plotted:
+            # the x column's floor (chance, for Forget ACC), drawn as the table counts it
+            chance = next((c.floor for c in COLUMNS_OF[shared["benchmark"]] if c.key == axes.x), None)
             tradeoff_plot(plotted, [], stage / "tradeoff.png",
-                          title or f"{forget or 'runs'}: forgetting vs retention", axes=axes)
+                          title or f"{forget or 'runs'}: forgetting vs retention", chance=chance, axes=axes)
         (stage / "report.md").write_text(text, encoding="utf-8")
     if not plotted:  # none of these runs was scored on both axes: no plot, and none left from an earlier report
         (out / "tradeoff.png").unlink(missing_ok=True)
