@@ -573,6 +573,23 @@ def test_a_report_without_figures_for_its_plot_says_why_and_claims_no_retain_peo
     assert main(["report", str(generated), "--out", str(tmp_path / "generated")]) == 0
     report = " ".join((tmp_path / "generated" / "report.md").read_text().split())
     assert "Evaluated on forget_10." in report and "multiple choice by" not in report
+    assert "was not scored" not in report  # every column it has, it scored
+
+
+def test_a_run_scored_on_fewer_sets_is_said_to_be_so_where_its_cells_are_blank(runs, tmp_path):
+    """A run evaluated with --only beside fully evaluated ones: its – cells are said to be figures not scored, so
+    that a reader does not take them for a failure or a zero."""
+    import shutil
+
+    ga = tmp_path / "ga"
+    shutil.copytree(runs / "ga-eval", ga)
+    metrics = json.loads((ga / "metrics.json").read_text())
+    (ga / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if not k.startswith("real_")}))
+    assert main(["report", str(runs / "vanilla"), str(ga), "--out", str(tmp_path / "report")]) == 0
+    said = " ".join((tmp_path / "report" / "report.md").read_text().split())
+    assert "A – where other runs have a figure was not scored: GA (Real ACC, Real R-L, Real BLEU) (evaluated on " \
+           "fewer sets or tasks, with viker eval --only, or without that judge or classifier)." in said
+    assert said.count("was not scored") == 1  # the vanilla row has every figure
 
 
 def test_a_nan_in_a_metrics_file_is_not_measured_in_the_table_and_the_plot(runs, tmp_path, monkeypatch):

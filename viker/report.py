@@ -181,6 +181,18 @@ def none_coherent(rows: list[dict]) -> str:
     return ""
 
 
+def unscored(rows: list[dict]) -> str:
+    """A sentence naming the runs without a figure of a column where others have one (its cells print –), so
+    that a reader does not take the – for a failure: such a run was evaluated on fewer sets or tasks."""
+    columns = _columns(rows)
+    gaps = [f"{r['label']} ({', '.join(c.header for c in missing)})" for r in rows
+            if (missing := [c for c in columns if c.key not in r["metrics"]])]
+    if not gaps:
+        return ""
+    return (f" A – where other runs have a figure was not scored: {'; '.join(gaps)} "
+            "(evaluated on fewer sets or tasks, with viker eval --only, or without that judge or classifier).")
+
+
 def markdown_table(runs: list[dict], incoherent_below: float = INCOHERENT_BELOW) -> str:
     """One row per run, the best value of each column in bold (among the unlearning runs: not the
     reference rows, vanilla and a retain model). A column where they all print alike has no best. Where lower
@@ -940,7 +952,7 @@ def run_report(paths: list[str] | str, out: str | Path, title: str | None = None
     if (plotted or off_axis) and (partial := [r for r in rows if r not in plotted and r not in off_axis]):
         plot += (f"\nNot on the plot, having no `{axes.x}` or no `{axes.y}`: "
                  f"{', '.join(cell(r['label']) for r in partial)}.\n")
-    evaluated = _evaluation_notes(rows, shared)
+    evaluated = _evaluation_notes(rows, shared) + unscored(rows)
     text = f"""# {title or f"Unlearning {forget or ''}".strip()}
 
 {markdown_table(rows)}
