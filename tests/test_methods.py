@@ -1296,6 +1296,45 @@ def test_a_method_the_trainer_cannot_run_is_refused_in_words(registered, tiny_di
         run_unlearn(losing(lambda ll: (ll, {"loss": 0.0})), progress=False)
 
 
+def test_a_run_stopped_in_training_or_finished_gives_the_model_back_to_train_again(tiny_dir, bench_dir, tmp_path):
+    """A model passed in to a run whose loss is refused at its first step kept the run's LoRA layers and came back
+    frozen, so that the next run on it was refused (LoRA over LoRA); one finished and merged came back frozen
+    and in eval mode, and a run from it was refused (no weight trainable)."""
+    from dataclasses import dataclass
+
+    from viker.methods import register
+
+    model, processor = load_model(tiny_dir, device="cpu")
+    model.train()
+    keys = set(model.state_dict())
+
+    def as_it_came(given):
+        assert set(given.state_dict()) == keys and not hasattr(given, "peft_config")
+        assert all(p.requires_grad for p in given.parameters()) and all(m.training for m in given.modules())
+
+    @register("per_token_loss", "Per-token loss")
+    @dataclass
+    class PerToken:  # one value per token: refused when the first step reads it
+        streams = ("forget",)
+        needs_reference = False
+
+        def loss(self, model, batches):
+            return logits_of(model, batches["forget"]).mean(-1), {}
+
+    with pytest.raises(VikerError, match=r"PerToken\.loss returned a tuple \(a tensor of shape \(4, "):
+        run_unlearn(_config(tiny_dir, bench_dir, tmp_path / "refused", "per_token_loss"), progress=False,
+                    model_and_processor=(model, processor))
+    as_it_came(model)
+    merged = replace(_config(tiny_dir, bench_dir, tmp_path / "merged", "ga"),
+                     lora=LoraSettings(r=4, alpha=8, dropout=0.0, merge=True))
+    trained = run_unlearn(merged, progress=False, model_and_processor=(model, processor))[0]
+    assert trained is model
+    as_it_came(trained)
+    full = replace(merged, tuning="full", lora=UnlearnConfig().lora, out=str(tmp_path / "full"))
+    assert run_unlearn(full, progress=False, model_and_processor=(trained, processor))[0] is model  # from it again
+    as_it_came(model)
+
+
 def test_a_run_from_python_names_the_settings_it_cannot_do_without(tiny_dir, bench_dir, tmp_path, monkeypatch):
     """out="" (the configurations' default) wrote the run into the working folder."""
     from viker.errors import VikerError

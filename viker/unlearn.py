@@ -328,9 +328,13 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     """Unlearn and save into ``cfg.out``; returns (model, processor, history). ``model_and_processor`` skips
     loading: that model is the one trained, in place (its LoRA layers added to it, or its own weights changed),
     and returned (saved with ``lora.merge=False``, inside the PeftModel that holds its adapters); pass a copy to
-    keep the one given as it was. A run refused before training takes off the LoRA layers it added and leaves its
-    weights trainable, and its modules in train or eval mode, as they were, as CAGUL (which trains modules of its
-    own around it) does after training. A model with LoRA adapters of its own is refused with LoRA tuning (peft
+    keep the one given as it was. A run refused before training, or stopped in training (an error, a loss refused
+    at its first step, Ctrl-C), takes off the LoRA layers it added (under full tuning the weights stay as trained so
+    far) and leaves its weights trainable, and its modules in train or eval mode, as they were, as CAGUL (which
+    trains modules of its own around it) does after training. The model returned merged or fully tuned has each
+    weight's ``requires_grad`` and each module's mode as the model had them when the run started (trainable, as
+    loaded), so that another run may start from it; the adapter alone (``lora.merge=False``) comes inside its
+    PeftModel, the base weights frozen. A model with LoRA adapters of its own is refused with LoRA tuning (peft
     adds no LoRA over LoRA): merge them into it first. ``cfg.out`` must be new or empty; ``overwrite`` replaces a
     run there, and ``resume`` continues one that was stopped after a checkpoint (``train.checkpoint_every``;
     :func:`viker.run_folder.check_run_folder`)."""
@@ -408,8 +412,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     own = method.preflight_examples(data, cfg.train.seed) if hasattr(method, "preflight_examples") else []
     collate.preflight(model, data["forget"] + (data["retain"] if "retain" in method.streams else []) + own)
     given = model_and_processor[0] if model_and_processor is not None else None
-    as_it_came = {} if given is None else {  # what it gets back (restore_given)
-        **{p: p.requires_grad for p in given.parameters()}, **{m: m.training for m in given.modules()}}
+    as_it_came = {  # what the model, given or loaded, gets back (restore_given)
+        **{p: p.requires_grad for p in model.parameters()}, **{m: m.training for m in model.modules()}}
     try:
         if wraps:
             model.requires_grad_(False)
@@ -486,12 +490,19 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
             write_config(folder, "unlearn", snapshot_settings | {"snapshot_of": run["out"]}, cfg.data)
         accelerator.wait_for_everyone()
 
-    history = train(prepared.model, method, data, collate, cfg.train, desc=f"unlearn ({cfg.method})",
-                    progress=progress, run_dir=out, resume=resume, prepared=prepared, snapshot=snapshot)
+    try:
+        history = train(prepared.model, method, data, collate, cfg.train, desc=f"unlearn ({cfg.method})",
+                        progress=progress, run_dir=out, resume=resume, prepared=prepared, snapshot=snapshot)
+    except BaseException:  # stopped in training (an error, a refused loss, Ctrl-C): its LoRA layers off again
+        if given is not None and not sharded:  # (under full tuning its weights stay as trained so far)
+            restore_given(given, as_it_came, made=model)
+        raise
     timing = {"setup_seconds": round(setup_seconds, 2), "total_seconds": round(time.perf_counter() - start, 2)}
     saved = finish_run(prepared, out, {"history.json": history, "timing.json": timing}, save)
     if wraps and given is not None:  # CAGUL froze the model it was given, and trained none of it
         restore_given(given, as_it_came)
     model = model if saved is None else saved  # the merged model on the main process
+    if not wraps and not sharded and not hasattr(model, "peft_config"):  # merged, or fully tuned: trainable again,
+        restore_given(model, as_it_came)  # as it came (training froze it and left it in eval mode)
     return model, processor, history
 
