@@ -1335,6 +1335,18 @@ def test_a_run_stopped_in_training_or_finished_gives_the_model_back_to_train_aga
     as_it_came(model)
 
 
+def test_a_folder_a_method_setting_names_is_recorded_absolute_from_python_too(tiny_dir, bench_dir, tmp_path,
+                                                                             monkeypatch):
+    """A --refs folder typed relative, from Python as from the command line, is recorded absolute: a run resumed
+    with it typed another way (./faces/, or from another working folder) is the same run."""
+    shutil.copytree(bench_dir / "ref_scenes", tmp_path / "faces")
+    monkeypatch.chdir(tmp_path)
+    for out, typed in (("api", "faces"), ("api2", "./faces/")):
+        run_unlearn(_config(tiny_dir, bench_dir, tmp_path / out, "viker", k=2, refs=typed), progress=False)
+        config = json.loads((tmp_path / out / "config.json").read_text())
+        assert config["method"]["refs"] == config["unlearn"]["method_args"]["refs"] == str(tmp_path / "faces")
+
+
 def test_a_run_from_python_names_the_settings_it_cannot_do_without(tiny_dir, bench_dir, tmp_path, monkeypatch):
     """out="" (the configurations' default) wrote the run into the working folder."""
     from viker.errors import VikerError

@@ -78,22 +78,18 @@ def _train_overrides(args) -> dict:
 
 
 def _unlearn(args) -> None:
-    from viker.methods.reference import SOURCES
     from viker.model import is_tiny_model
     from viker.run_folder import SAVE_CHOICES
-    from viker.runs import as_recorded
     from viker.train import last_logged_loss
     from viker.unlearn import UnlearnConfig, no_adapter, run_unlearn
 
     saved_as = {choice: merge for merge, choice in SAVE_CHOICES.items()}  # --save's value as lora.merge records it
 
-    # a folder as a config records it (absolute), so that --resume compares folders rather than how they were typed
-    refs = args.refs if args.refs is None or args.refs in SOURCES else as_recorded(args.refs)
-    reference_model = args.reference_model and as_recorded(args.reference_model)
-    method_args = _given(lam=args.lam, k=args.k, refs=refs, regularizer=args.regularizer, ablation=args.ablation,
+    method_args = _given(lam=args.lam, k=args.k, refs=args.refs, regularizer=args.regularizer, ablation=args.ablation,
                          beta=args.beta, average=args.average, retain_weight=args.retain_weight,
                          rewrite=args.rewrite, layers=args.layers, heads=args.heads, encoder_width=args.encoder_width,
-                         threshold=args.threshold, forget_loss=args.forget_loss, reference_model=reference_model)
+                         threshold=args.threshold, forget_loss=args.forget_loss,
+                         reference_model=args.reference_model)
     base = unlearn_preset(args.method, is_tiny_model(args.model))
     if base is TINY_CAGUL and _resumes_on(args, TINY_UNLEARN):
         base = TINY_UNLEARN  # a CAGUL run started before CAGUL had a preset of its own goes on with the one it had

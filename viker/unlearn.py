@@ -52,6 +52,7 @@ from viker.run_folder import (
     used_settings,
 )
 from viker.runs import (
+    as_recorded,
     check_writable,
     checkpoints,
     nothing_recalled_warning,
@@ -165,6 +166,17 @@ def make_method(name: str, args: dict, forget_split: str):
         if option in unused:
             raise VikerError(f"--{option.replace('_', '-')} does not apply {unused[option]}")
     return method
+
+
+def method_paths_recorded(args: dict) -> dict:
+    """A method's settings with the folders they name (a ``refs`` folder of reference images, NPO's
+    ``reference_model``) as a config records them (:func:`viker.runs.as_recorded`: absolute), so that
+    ``--resume`` compares folders rather than how they were typed."""
+    from viker.methods.reference import SOURCES
+
+    folders = {k: v for k, v in args.items() if isinstance(v, (str, Path)) and v
+               and (k == "reference_model" or (k == "refs" and v not in SOURCES))}
+    return args | {k: as_recorded(v) for k, v in folders.items()}
 
 
 def resolved_settings(recorded: dict) -> dict:
@@ -349,6 +361,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         check_forget_split(cfg.forget)
     if cfg.tuning not in ("lora", "full"):
         raise VikerError(f"--tuning {cfg.tuning}: choose lora or full")
+    cfg = replace(cfg, method_args=method_paths_recorded(cfg.method_args))
     method = make_method(cfg.method, cfg.method_args, cfg.forget)
     if cfg.cache_dir:
         check_writable("--cache-dir", cfg.cache_dir, read_only=True)  # a shared one, filled
