@@ -1373,6 +1373,8 @@ def test_a_run_from_python_names_the_settings_it_cannot_do_without(tiny_dir, ben
      "run_eval takes an EvalConfig, not a NoneType"),
     (lambda: __import__("viker.eval.evaluate").eval.evaluate.EvalConfig(scope={"forget": "generation"}),
      "scope['forget']: a tuple of tasks, not one string: ('generation',)"),
+    (lambda: __import__("viker.eval.evaluate").eval.evaluate.EvalConfig(scope={}),  # wrote an empty evaluation
+     "scope {}: no set to evaluate; name sets (forget, test, retain, real), or give None for all"),
 ])
 def test_settings_of_the_wrong_kind_from_python_are_one_line(make, message):
     """From Python, a dict for a TrainConfig or a string for a number failed deep inside, at the first attribute read

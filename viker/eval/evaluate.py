@@ -171,7 +171,9 @@ def photo_views(rows: list[Profile], which: str = "first") -> list[Profile]:
 
 
 def check_scope(scope: dict[str, Sequence[str]] | None) -> None:
-    """A one-line error for a scope that names a set or task the evaluator does not have."""
+    """A one-line error for a scope that names a set or task the evaluator does not have, or no set at all."""
+    if scope is not None and not scope:  # an evaluation of nothing would be written as one
+        raise VikerError(f"scope {scope!r}: no set to evaluate; name sets ({', '.join(SETS)}), or give None for all")
     for name, tasks in (scope or {}).items():
         if isinstance(tasks, str):  # read letter by letter, it would name tasks 'g', 'e', ...
             raise VikerError(f"scope[{name!r}]: a tuple of tasks, not one string: ({tasks!r},)")
