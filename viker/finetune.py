@@ -72,6 +72,8 @@ class FinetuneConfig:
     train_on: str = "auto"  # MLLMU: auto (all for tiny, ft_Data otherwise) | all | ft_Data (see finetune_examples)
     train: TrainConfig | None = None  # None: the preset the command line takes (viker.presets.finetune_preset)
     lora: LoraSettings = field(default_factory=LoraSettings)
+    # the tiny model built when ``model`` is "tiny"; its own ``seed`` draws the initial weights, apart from
+    # ``train.seed`` (the command line's --seed sets both: give the same here for the command line's model)
     tiny: TinyConfig = field(default_factory=TinyConfig)
     device: str | None = None
     dtype: str = "auto"

@@ -39,7 +39,7 @@ TASKS = ("generation", "multiple_choice", "cloze")
 
 @dataclass
 class EvalConfig:
-    forget: str = "forget_10"
+    forget: str = "forget_10"  # `viker eval` takes the split the model was unlearned on; this default, forget_10
     # likelihood (option likelihood) | letter (a generated letter, zero-shot, read by parse_choice) | first_char
     # (the letter read as MLLMU-Bench's code reads it, by the reply's first character)
     mc_mode: str = "likelihood"

@@ -170,7 +170,9 @@ def claim_benchmark_folder(out: str | Path, overwrite: bool = False) -> Path:
 
 
 def build_benchmark(out: str | Path, cfg: SynthConfig = SynthConfig(), progress: bool = True) -> dict:
-    """Write the embedded benchmark under ``out``, all of it or (stopped midway) none; return its counts."""
+    """Write the embedded benchmark under ``out``, all of it or (stopped midway) none; return its counts. The
+    folder is not checked: ``build_benchmark(claim_benchmark_folder(out))`` refuses, as ``viker data synth``
+    does, a folder holding other files, or a benchmark already (models trained on it would no longer match)."""
     out = out_folder(out)
     counts = forget_counts(cfg.profiles)
     alike = [(a, b) for a, b in zip(FORGET_SPLITS, FORGET_SPLITS[1:]) if counts[a] == counts[b]]
