@@ -665,7 +665,7 @@ def test_keytokens_page_marks_high_entropy_tokens(tiny_dir, bench_dir, tmp_path,
                  "--out", str(out), "--k", "2", "--epsilon", "0.0", "--cache-dir", str(tmp_path / "cache")]) == 0
     page = out.read_text()
     n_answers = len(unlearning_examples(bench_dir, "forget_10"))
-    assert page.count("<div class='a'>") == n_answers
+    assert page.count("<div class='a'>") + page.count("<div class='a named'>") == n_answers
     # what made it, so that pages of other references (the paper's ablation) tell themselves apart once saved
     assert html.escape(f"Settings: --model {tiny_dir}; R̂ over --k 2 reference images each (--refs people, "
                        "--seed 0); --train-on all") in page
@@ -824,15 +824,23 @@ def test_the_picture_and_the_page_say_what_their_shading_and_counts_cover(tmp_pa
 
     from viker.keytokens import PNG_ANSWERS, TokenEntropy, write_html, write_png
 
-    titles = []
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
-                        lambda fig, path, **kw: titles.append(fig.axes[0].get_title(loc="left")))
+    titles, outlines = [], []
+
+    def saved(fig, path, **kw):
+        titles.append(fig.axes[0].get_title(loc="left"))
+        outlines[:] = [(t.get_text(), t.get_bbox_patch().get_linestyle()) for t in fig.axes[0].texts
+                       if t.get_bbox_patch() is not None and t.get_bbox_patch().get_linewidth() > 0]
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", saved)
     pictured, by_name = (TokenEntropy(q, has_image, [" Ann", " Lee"], [2.0, 0.1], [0.01, 0.9])
                          for q, has_image in (("Who is this?", True), ("Where was Ann Lee born?", False)))
     rows = [pictured, by_name, by_name] + [pictured] * PNG_ANSWERS  # 15 answers, 5 of their 30 tokens asked by name
     write_png(rows, tmp_path / "keys.png", epsilon=0.5)
     assert f"The first {PNG_ANSWERS} of 15 forget answers (the page shows them all)." in titles[-1]
-    assert "Questions without [image] name the person" in titles[-1]
+    assert "Questions without [image] name the person: with no image to replace, their shading is the frozen " \
+        "model's own entropy,\nand their key tokens are outlined dashed." in titles[-1]
+    # the key tokens of answers by name (the second and third) outlined dashed, the image answers' solid
+    assert [style for _, style in outlines] == ["-", "--", "--"] + ["-"] * (PNG_ANSWERS - 3)
     # what its shades stand for: the darkest is the largest entropy shown
     assert "\nShading from white (H = 0) to the darkest orange-red (H = 2.00 nats, the largest over all the answers, " \
         "as on the page)." in titles[-1]
@@ -843,6 +851,7 @@ def test_the_picture_and_the_page_say_what_their_shading_and_counts_cover(tmp_pa
     write_html(rows, tmp_path / "keys.html", epsilon=0.5, title="t")
     page = (tmp_path / "keys.html").read_text()
     assert "15 of 30 answer tokens (13 of 26 in the answers to image questions)" in page
+    assert page.count("<div class='a named'>") == 2 and ".named .key{outline-style:dashed}" in page
 
 
 def test_a_key_token_page_stopped_before_its_picture_leaves_the_earlier_pair(tiny_dir, bench_dir, tmp_path,

@@ -227,7 +227,8 @@ def write_html(rows: list[TokenEntropy], path: Path, epsilon: float, title: str,
         f"<title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
         ".q{color:#555;font-size:.85em;margin-top:1em}.a span{font-family:monospace;padding:2px 1px;"
-        f"white-space:pre}}.key{{outline:2px solid #b30000}}.gone{{text-decoration:underline 3px {GONE};"
+        f"white-space:pre}}.key{{outline:2px solid #b30000}}.named .key{{outline-style:dashed}}"
+        f".gone{{text-decoration:underline 3px {GONE};"
         "text-underline-offset:4px}</style>",
         f"<h1>{html.escape(title)}</h1>",
         *([f"<p class='q'>{html.escape(settings)}</p>"] if settings else []),
@@ -236,7 +237,8 @@ def write_html(rows: list[TokenEntropy], path: Path, epsilon: float, title: str,
         f"a question asked by name has no image to replace, so its tokens show the frozen model's own entropy on "
         f"it. Outlined tokens are "
         f"<b>key tokens</b> (H &gt; ε = {epsilon}), the paper's private tokens: {n_key} of {n_all} answer tokens"
-        f"{by_image}. "
+        f"{by_image}; outlined dashed in the answers to questions by name, where H is the frozen model's own "
+        f"uncertainty rather than what the image told it. "
         f"{_lam_sentence(rows, lam)} Max H = {h_max:.2f} nats.{stored} The answer's end-of-turn token, where its "
         "chat template has one, is left out.</p>",
         f"<p>{html.escape(ref_prob_summary(rows))}</p>",
@@ -249,7 +251,7 @@ def write_html(rows: list[TokenEntropy], path: Path, epsilon: float, title: str,
             for t, h, p in zip(r.tokens, r.entropy, r.ref_prob)
         )
         lines.append(f"<div class='q'>{'[image] ' if r.has_image else ''}{html.escape(r.question)}</div>"
-                     f"<div class='a'>{spans}</div>")
+                     f"<div class='a{'' if r.has_image else ' named'}'>{spans}</div>")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -297,7 +299,8 @@ def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int =
     which = (f"\nThe first {limit} of {len(rows)} forget answers (the page shows them all)." if len(rows) > limit
              else "")
     by_name = ("\nQuestions without [image] name the person: with no image to replace, their shading is the frozen "
-               "model's own entropy." if any(not r.has_image for r in rows[:limit]) else "")
+               "model's own entropy,\nand their key tokens are outlined dashed."
+               if any(not r.has_image for r in rows[:limit]) else "")
     rows = rows[:limit]
     placed = [layout(r.tokens) for r in rows]
     asked = [textwrap.wrap(("[image] " if r.has_image else "") + r.question, QUESTION_WIDTH) or [""] for r in rows]
@@ -323,7 +326,7 @@ def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int =
             y = top + 1.35 + d + line
             ax.text(x, y, shown, family="monospace", fontsize=9, va="center", parse_math=False,
                     bbox=dict(boxstyle="square,pad=0.15", fc=rgb, ec="#b30000" if h > epsilon else rgb,
-                              lw=1.2 if h > epsilon else 0))
+                              lw=1.2 if h > epsilon else 0, ls="-" if r.has_image else "--"))
             if forgotten(prob, lam):
                 ax.plot([x, x + CHAR * max(1, len(shown))], [y + 0.42] * 2, color=GONE, lw=2.2,
                         solid_capstyle="butt")
