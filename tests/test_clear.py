@@ -18,7 +18,16 @@ from PIL import Image, ImageDraw
 from viker.cli import main
 from viker.data import clear
 from viker.errors import VikerError
-from viker.eval.clear import UTILITY_KEYS, ItemScore, check_reference, model_utility, other_recipe, set_metrics
+from viker.eval.clear import (
+    UTILITY_KEYS,
+    ClearEvalConfig,
+    ItemScore,
+    check_reference,
+    clear_eval_sets,
+    model_utility,
+    other_recipe,
+    set_metrics,
+)
 from viker.eval.metrics import coherence_mean, forget_quality, harmonic_mean
 from viker.methods.reference import reference_pool_and_source
 from viker.prompts import CAPTION_QUESTION, NAME_QUESTION
@@ -353,6 +362,12 @@ def test_option_rows_without_a_wrong_option_are_skipped_and_counted(clear_dir, t
     sets, skipped = clear.eval_items(root, "forget10")
     assert skipped == {"real_faces": 1, "real_world": 0}
     assert [item.answer for item in sets["real_faces"]] == ["Olof Brun", "Tess Wahl"]
+    # every row skipped: the set is refused, saying why, not only that it has nothing
+    _edit(root, "real_world", lambda rows, schema: pa.Table.from_pylist(
+        [r | {"options": [r["answer"]]} for r in rows], schema=schema))
+    with pytest.raises(VikerError, match=r"the real_world set has no items to evaluate \(its 3 rows were skipped: no "
+                                         r"option of theirs differs from the answer\)$"):
+        clear_eval_sets(root, ClearEvalConfig())
 
 
 def test_spaces_around_or_doubled_in_an_option_or_answer_are_the_files(clear_dir, tmp_path):
@@ -564,6 +579,11 @@ def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys, monkey
                  "--retain-model", str(figures)]) == 2
     assert f"--retain-model {figures}: no forget_truth_ratios.json beside it (a CLEAR evaluation writes one)" in \
         capsys.readouterr().err
+    typo = tmp_path / "retian-eval" / "forget_truth_ratios.json"  # a file's name mistyped: not read as a hub id
+    assert main([*evaluate, "--model", str(tmp_path / "retain"), "--out", str(tmp_path / "refused"),
+                 "--retain-model", str(typo)]) == 2
+    assert f"--retain-model {typo}: no such file (a truth-ratio file is the forget_truth_ratios.json that viker " \
+           "eval wrote in the retain model's evaluation folder)" in capsys.readouterr().err
     # the retain model's ratios saved in the vanilla model's evaluation are the retain model's
     check_reference(tmp_path / "vanilla-eval" / "retain_model_truth_ratios.json", "forget10")
     untrained = _metrics(tmp_path / "untrained")
@@ -635,6 +655,11 @@ def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys, monkey
     assert "All numbers are in [0, 1], as CLEAR reports them but coherence, a percentage. Evaluated on forget10." \
         in " ".join(report.split())
     assert (tmp_path / "report" / "tradeoff.png").is_file()  # model utility against forget quality
+    # what each column is over, as the evaluations counted their items
+    counted = _metrics(tmp_path / "ga")
+    for header, n in (("Forget quality", counted["forget_items"]), ("Forget R-L", counted["forget_items"]),
+                      ("Real world TR", counted["real_world_items"])):
+        assert re.search(rf"- \*\*{header}\*\* \([^)]*\): .* Over {n} items\.\n", report), header
     # evaluated as forget10+tofu, a run is scored on forget10's items (the image sets): it shares their table
     capsys.readouterr()
     assert main([*evaluate, "--model", str(tmp_path / "npo"), "--forget", "forget10+tofu",

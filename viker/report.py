@@ -233,14 +233,27 @@ def reads_no_letter(run: dict, key: str) -> bool:
     return any(key.startswith(f"{unread.removesuffix('_unparsed')}_acc") for unread in mostly_unread(run["metrics"]))
 
 
+def items_behind(metrics: dict) -> dict[str, int]:
+    """How many items each of CLEAR's columns is over, from an evaluation's counts (``{set}_items``): a set's
+    R-L, Prob. and TR over its items, forget quality and coherence over the forget captions."""
+    from viker.data.clear import EVAL_SETS
+
+    asked = {f"{key}_{measure}": n for key, _, _ in EVAL_SETS if (n := metrics.get(f"{key}_items"))
+             for measure in ("rougeL_recall", "prob", "truth_ratio")}
+    if n := metrics.get("forget_items"):
+        asked |= {"forget_quality": n, "coherence": n}
+    return asked
+
+
 def column_glossary(runs: list[dict]) -> str:
     """What each column means, and how many questions it is over where every run that measured it was asked
     as many (``asked``: :func:`questions_behind`)."""
     better = {True: "lower is better", False: "higher is better", None: "neither direction is better"}
+    unit = "items" if benchmark_of_runs(runs) == "clear" else "questions"  # CLEAR's: a caption or name each
     lines = []
     for c in _columns(runs):
         asked = {r.get("asked", {}).get(c.key) for r in runs if r["metrics"].get(c.key) is not None}
-        over = f" Over {asked.pop()} questions." if len(asked) == 1 and None not in asked else ""
+        over = f" Over {asked.pop()} {unit}." if len(asked) == 1 and None not in asked else ""
         lines.append(f"- **{c.header}** ({better[c.lower_is_better]}): {c.meaning}.{over}")
     return "\n".join(lines)
 
@@ -646,7 +659,8 @@ def read_run(path: str | Path) -> dict:
     if benchmark == "mllmu":  # a setting that changed none of the figures measured is no part of what they mean
         measured = [k for k, v in metrics.items() if v is not None]
         scored = {k: v if any(SETTING_CHANGES[k].search(m) for m in measured) else None for k, v in scored.items()}
-    asked = questions_behind(answers)  # the questions each column is over, as the evaluation's answers record them
+    # the questions each column is over, as the evaluation's answers record them (CLEAR: as its figures count them)
+    asked = questions_behind(answers) if benchmark == "mllmu" else items_behind(metrics)
     # the benchmark's files by their contents, hashed when it was evaluated (the same files in another layout are
     # the same benchmark); a benchmark read by hub id, its name
     files, data = (evaluation or {}).get("data_files"), (evaluation or {}).get("data")

@@ -32,7 +32,7 @@ from pathlib import Path
 from viker.data.clear import EVAL_SETS, FORGET_SETS, PERTURBED, TOFU, EvalItem, eval_items, forget_base
 from viker.data.loader import config_files
 from viker.data.schema import Example
-from viker.errors import VikerError, check_config, check_types
+from viker.errors import VikerError, check_config, check_types, require
 from viker.eval import metrics as M
 from viker.eval.evaluate import answer_logprobs
 from viker.eval.generate import check_generation_settings, generate
@@ -129,7 +129,9 @@ def clear_eval_sets(data: str | Path, cfg: ClearEvalConfig) -> tuple[dict[str, l
         sets[name] = sets[name][:cfg.retain_limit]
     for name, items in sets.items():
         if not items:
-            raise VikerError(f"{data}: the {name} set has no items to evaluate")
+            why = (f" (its {skipped[name]} rows were skipped: no option of theirs differs from the answer)"
+                   if skipped.get(name) else "")
+            raise VikerError(f"{data}: the {name} set has no items to evaluate{why}")
     return sets, skipped, whole - sum(len(sets[name]) for name in ("retain", "retain_names"))
 
 
@@ -343,6 +345,10 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig, d
     forget_base(cfg.forget)
     if cfg.retain_model:  # recorded as the other paths are: absolute, whatever folder it was typed in
         cfg = replace(cfg, retain_model=as_recorded(cfg.retain_model))
+        # a file's name mistyped: no model of that name on the hub either
+        require(Path(cfg.retain_model).suffix != ".json" or Path(cfg.retain_model).is_file(), "--retain-model",
+                cfg.retain_model, f"no such file (a truth-ratio file is the {TRUTH_RATIOS} that viker eval wrote "
+                "in the retain model's evaluation folder)")
     check_eval_out(model_path, out, data)
     check_nothing_lost(out, "clear", cfg)
     read = clear_eval_sets(data, cfg)  # a wrong --data or split is refused before any model loads
