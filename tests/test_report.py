@@ -547,6 +547,8 @@ def test_report_tabulates_evaluated_runs_by_what_they_are(runs, bench_dir, tmp_p
     # the Runs table says what each setting chose, not the code it is recorded as (None: the starting model)
     npo = next(line for line in report.splitlines() if line.startswith("| NPO (β=0.1) | `"))
     assert "reference_model=the starting model" in npo and "None" not in npo
+    # and how it was trained: what a label may name a run by (its lr, its tuning) is there to check it against
+    assert re.search(r"lr=[0-9.e-]+, batch_size=\d+, .*tuning=\w+", npo), npo
     results = json.loads((tmp_path / "results.json").read_text())
     assert [r["method"] for r in results["runs"]] == ["vanilla", None, "ga", "npo", "npo"]
     assert [r["training"].get("train_on") for r in results["runs"]] == [None, None, "all", "all", "all"]

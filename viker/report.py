@@ -690,7 +690,7 @@ SETTING_CHANGES = {
 
 # settings whose recorded value is a code for a choice: what the choice is
 SETTING_VALUES = {"topk": {-1: "auto", None: "full"}, "reference_model": {None: "the starting model"},
-                  "layers": {None: "middle"}, "heads": {None: "all"}}
+                  "layers": {None: "middle"}, "heads": {None: "all"}, "mixed_precision": {None: "no"}}
 
 
 def setting_text(key: str, value) -> str:
@@ -951,9 +951,12 @@ def run_report(paths: list[str] | str, out: str | Path, title: str | None = None
     unplotted = "" if plotted or off_axis else (
         f"\nNo trade-off plot: no run has both `{axes.x}` and `{axes.y}` (evaluated with `--only`, or on fewer "
         "sets).\n")
+
+    def settings_text(r: dict) -> str:  # the method's settings, then the training's: those a label names a run by
+        return ", ".join(setting_text(k, v) for k, v in (r["settings"] | r["training"]).items()) or "–"
+
     listing = "\n".join(f"| {cell(r['label'])} | `{cell(r['path'])}` | {r['method'] or 'not a viker run'} | "
-                        f"{cell(', '.join(setting_text(k, v) for k, v in r['settings'].items()) or '–')} |"
-                        for r in rows)
+                        f"{cell(settings_text(r))} |" for r in rows)
     if any(r["settings"].get("topk") == -1 for r in rows):  # a code the table alone would not explain
         from viker.methods.reference import AUTO_TOPK, FULL_VOCAB_LIMIT
 
