@@ -164,6 +164,22 @@ def test_fast_shrinks_the_demo_and_marks_it_a_quick_look():
     note = " ".join(quick_look_note(quick, 15).split())
     assert f"a λ sweep of {len(full.lam_sweep) + 1} values rather than {len(quick.lam_sweep) + 1}" in note
     assert quick_look_note(full, 50) == ""
+    from viker.demo import plot_title  # its plot too, which travels without the report
+
+    assert "--fast: a quick look, too small to compare" in plot_title(quick) and "--fast" not in plot_title(full)
+
+
+def test_cagul_cost_below_the_bare_models_is_said_to_be_none_measured():
+    """0.92× read as a speed-up; CAGUL adds work, and answers of other lengths and the timing's noise make the rest."""
+    from viker.demo import cagul_section
+
+    def section(cagul_ms: float) -> str:
+        return " ".join(cagul_section({"discriminator": {}, "inference": {
+            "cagul_seconds_per_answer": cagul_ms / 1000, "bare_seconds_per_answer": 0.0125,
+            "ratio": cagul_ms / 12.5, "answers": 60}}).split())
+
+    assert "(0.91×)" in section(11.4) and "below 1×, no added cost is measured" in section(11.4)
+    assert "(1.09×)" in section(13.6) and "no added cost" not in section(13.6)
 
 
 def test_naming_rate_counts_answers_that_give_the_pictured_persons_name_or_another_persons(tmp_path):

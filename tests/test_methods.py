@@ -1356,6 +1356,14 @@ def test_a_folder_a_method_setting_names_is_recorded_absolute_from_python_too(ti
         assert config["method"]["refs"] == config["unlearn"]["method_args"]["refs"] == str(tmp_path / "faces")
 
 
+def test_a_viker_runs_bar_names_its_lambda(tiny_dir, bench_dir, tmp_path, capsys):
+    """The demo's λ sweep showed a bar "unlearn (viker)" for each λ, alike."""
+    assert main(["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--method", "viker", "--lam", "0.3",
+                 "--k", "2", "--max-steps", "1", "--out", str(tmp_path / "run"),
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "unlearn (viker, λ=0.3)" in capsys.readouterr().err
+
+
 def test_a_run_from_python_names_the_settings_it_cannot_do_without(tiny_dir, bench_dir, tmp_path, monkeypatch):
     """out="" (the configurations' default) wrote the run into the working folder."""
     from viker.errors import VikerError

@@ -504,7 +504,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         accelerator.wait_for_everyone()
 
     try:
-        history = train(prepared.model, method, data, collate, cfg.train, desc=f"unlearn ({cfg.method})",
+        lam = f", λ={method.lam:g}" if isinstance(getattr(method, "lam", None), (int, float)) else ""  # a sweep's bars
+        history = train(prepared.model, method, data, collate, cfg.train, desc=f"unlearn ({cfg.method}{lam})",
                         progress=progress, run_dir=out, resume=resume, prepared=prepared, snapshot=snapshot)
     except BaseException:  # stopped in training (an error, a refused loss, Ctrl-C): its LoRA layers off again
         if given is not None and not sharded:  # (under full tuning its weights stay as trained so far)
