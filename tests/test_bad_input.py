@@ -191,7 +191,12 @@ def test_ft_data_whose_images_match_no_person_is_said_and_recorded(tiny_dir, ben
     assert pairs["forget"] > 0 and pairs["retain"] > 0
     _edit(root, "ft_Data/train-00000-of-00001.parquet", _reencode_images)
     assert main([*argv, "--data", str(root), "--out", str(tmp_path / "re-encoded")]) == 0
-    assert "warning: no ft_Data pair has the image of a forget_10 or retain_90 person" in capsys.readouterr().err
+    # of the people GA reads (it reads no retain stream)
+    assert "warning: no ft_Data pair has the image of a forget_10 person, so only their generation questions are " \
+           "unlearned (were the images re-encoded?)" in capsys.readouterr().err
+    assert main([*argv, "--method", "graddiff", "--data", str(root), "--out", str(tmp_path / "both")]) == 0
+    assert "warning: no ft_Data pair has the image of a forget_10 or retain_90 person, so only their generation " \
+           "questions are unlearned and retained" in capsys.readouterr().err
     used = json.loads((tmp_path / "re-encoded" / "config.json").read_text())["data"]
     assert used["ft_Data_pairs"] == {"forget": 0, "retain": 0} and used["ft_Data_size"] > 0
 

@@ -539,6 +539,10 @@ def test_a_config_the_folder_lacks_says_how_to_evaluate_without_it(tiny_dir, ben
     assert f"config '{config}' not found" in err and f"; evaluate without the {columns} columns with {said}" in err
     assert main([*common, "--out", str(tmp_path / "rest"), "--retain-limit", "1",
                  *said.replace("--only forget", "--only forget:cloze").split()]) == 0
+    if columns == "test":  # the tasks asked of the other sets are kept in what it says to give
+        assert main([*common, "--out", str(tmp_path / "asked"), "--only", "forget:cloze,generation", "--only",
+                     "test"]) == 2
+        assert "; evaluate without the test columns with --only forget:cloze,generation" in capsys.readouterr().err
 
 
 def test_a_set_with_nobody_in_it_is_refused_not_scored_as_nothing(tiny_dir, bench_dir, tmp_path, capsys):

@@ -1354,6 +1354,11 @@ def test_a_folder_a_method_setting_names_is_recorded_absolute_from_python_too(ti
         run_unlearn(_config(tiny_dir, bench_dir, tmp_path / out, "viker", k=2, refs=typed), progress=False)
         config = json.loads((tmp_path / out / "config.json").read_text())
         assert config["method"]["refs"] == config["unlearn"]["method_args"]["refs"] == str(tmp_path / "faces")
+    # a run started from Python before such folders were recorded absolute resumes from where it was typed
+    from viker.unlearn import resolved_settings
+
+    older = {"method": "viker", "forget": "forget_10", "method_args": {"k": 2, "refs": "faces"}}
+    assert resolved_settings(older)["method_args"]["refs"] == str(tmp_path / "faces")
 
 
 def test_a_viker_runs_bar_names_its_lambda(tiny_dir, bench_dir, tmp_path, capsys):

@@ -549,6 +549,10 @@ def test_report_tabulates_evaluated_runs_by_what_they_are(runs, bench_dir, tmp_p
     assert "reference_model=the starting model" in npo and "None" not in npo
     # and how it was trained: what a label may name a run by (its lr, its tuning) is there to check it against
     assert re.search(r"lr=[0-9.e-]+, batch_size=\d+, .*tuning=\w+", npo), npo
+    assert "mixed_precision=no" in npo  # as it ran: left to the launcher, which set none
+    from viker.report import setting_text
+
+    assert setting_text("mixed_precision", None) == "mixed_precision=the launcher's"  # a record without how it ran
     results = json.loads((tmp_path / "results.json").read_text())
     assert [r["method"] for r in results["runs"]] == ["vanilla", None, "ga", "npo", "npo"]
     assert [r["training"].get("train_on") for r in results["runs"]] == [None, None, "all", "all", "all"]

@@ -411,8 +411,8 @@ def plot_title(cfg: DemoConfig) -> str:
 
 def faster(ratio: float) -> str:
     """What a CAGUL cost below the bare model's is: none measured, not a speed-up."""
-    return ("; below 1×, no added cost is measured: CAGUL adds work, and the difference is its shorter answers "
-            "and the timing's noise") if ratio < 1 else ""
+    return ("; below 1×, no added cost is measured: CAGUL adds work, so the difference is in what is generated "
+            "(shorter answers, say) or in the timing's noise") if ratio < 1 else ""
 
 
 def forget_acc_not_higher(v_acc: float, g_acc: float, questions: int | None = None) -> bool:

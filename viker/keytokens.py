@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from viker.collate import Collator
-from viker.data.examples import unlearning_examples, without_pairs, without_pairs_warning
+from viker.data.examples import unlearning_examples, unpaired_warnings
 from viker.data.loader import load_finetune, load_profiles
 from viker.data.schema import Example, check_forget_split
 from viker.errors import VikerError, require
@@ -93,8 +93,8 @@ def forget_answers(data_dir, forget: str, refs: str = "people", benchmark: str =
         check_forget_split(forget)
         people, records = load_profiles(data_dir, forget), load_finetune(data_dir)
         examples = unlearning_examples(data_dir, forget, people, records, learned)
-        if records and (unpaired := without_pairs(people, records)):  # as unlearn says it
-            print(f"warning: {without_pairs_warning(unpaired, forget, learned, 'shown')}", file=sys.stderr)
+        for warning in unpaired_warnings([(forget, people, "shown")], records, learned):  # as unlearn says it
+            print(f"warning: {warning}", file=sys.stderr)
     require(examples, "--forget", forget, f"has no answers in {data_dir}")
     return ForgetAnswers(examples, reference_pool(refs, data_dir, forget), pool_owners(refs, data_dir, forget))
 

@@ -627,6 +627,8 @@ def read_run(path: str | Path) -> dict:
     if train:  # the budget: what tells apart snapshots of one run, or runs of one method for different lengths
         settings |= {"max_steps": train["max_steps"]} if train.get("max_steps") else {"epochs": train["epochs"]}
     training = {k: train[k] for k in TRAINING_SETTINGS if k in train}
+    if "mixed_precision" in training and training["mixed_precision"] is None:  # the launcher's: as it ran
+        training["mixed_precision"] = source.get("runtime", {}).get("mixed_precision")
     unlearned = source.get("unlearn", {})
     if source.get("command") == "unlearn" and unlearned.get("tuning") and method != "cagul":
         training["tuning"] = unlearned["tuning"]  # LoRA or every weight (CAGUL trains modules of its own)
@@ -690,7 +692,7 @@ SETTING_CHANGES = {
 
 # settings whose recorded value is a code for a choice: what the choice is
 SETTING_VALUES = {"topk": {-1: "auto", None: "full"}, "reference_model": {None: "the starting model"},
-                  "layers": {None: "middle"}, "heads": {None: "all"}, "mixed_precision": {None: "no"}}
+                  "layers": {None: "middle"}, "heads": {None: "all"}, "mixed_precision": {None: "the launcher's"}}
 
 
 def setting_text(key: str, value) -> str:

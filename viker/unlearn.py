@@ -16,7 +16,7 @@ import torch
 
 from viker.collate import Collator, check_max_length
 from viker.data.clear import unlearning_data as clear_unlearning_data
-from viker.data.examples import FINETUNE_SETS, ft_pairs, unlearning_examples, without_pairs, without_pairs_warning
+from viker.data.examples import FINETUNE_SETS, ft_pairs, unlearning_examples, unpaired_warnings, without_pairs
 from viker.data.loader import load_finetune, load_profiles, retain_profiles
 from viker.data.schema import DEFAULT_FORGET, RETAIN_OF, check_forget_split
 from viker.errors import VikerError, check_config, check_types, require, require_given
@@ -182,24 +182,24 @@ def method_paths_recorded(args: dict) -> dict:
 def resolved_settings(recorded: dict) -> dict:
     """An unlearning run's recorded config with its method's settings as the method reads them, defaults filled
     in: ``--resume --beta 0.1`` (NPO's default, given now and not then) goes on with the same run. A record that
-    no longer makes a method is compared as it is."""
+    no longer makes a method is compared as it is. A folder a run started from Python recorded as typed (before
+    such settings were recorded absolute) is compared as one now would be."""
     try:
-        method = make_method(recorded["method"], recorded["method_args"], recorded["forget"])
-    except (KeyError, TypeError, VikerError):
+        method = make_method(recorded["method"], method_paths_recorded(recorded["method_args"]), recorded["forget"])
+    except (KeyError, TypeError, AttributeError, VikerError):
         return recorded
     return {**recorded, "method_args": to_jsonable({f.name: getattr(method, f.name) for f in fields(method)})}
 
 
-def mllmu_streams(cfg: UnlearnConfig) -> tuple[dict, dict, dict[str, list[str]]]:
+def mllmu_streams(cfg: UnlearnConfig, streams: tuple[str, ...] = ("forget", "retain")) -> tuple[dict, dict, list]:
     """The forget and retain examples of an MLLMU-Bench split (``cfg.train_on`` resolved), which configs
-    they came from, and the IDs of each stream's people no ft_Data pair belongs to."""
+    they came from, and warnings of the people of the ``streams`` a method reads that no ft_Data pair belongs to."""
     retain_split = RETAIN_OF[cfg.forget]
     forget_people = load_profiles(cfg.data, cfg.forget)
     if not forget_people:  # said before the ft_Data pairs of nobody are looked for
         raise VikerError(f"{cfg.data}: split {cfg.forget} has no people to unlearn (its files hold no rows)")
     retain_people = retain_profiles(cfg.data, cfg.forget, forget_people)
     records = load_finetune(cfg.data)
-    unmatched = {"forget": without_pairs(forget_people, records), "retain": without_pairs(retain_people, records)}
     data = {"forget": unlearning_examples(cfg.data, cfg.forget, forget_people, records, cfg.train_on),
             "retain": unlearning_examples(cfg.data, retain_split, retain_people, records, cfg.train_on)}
     used = {"benchmark": "mllmu", "forget_config": cfg.forget, "retain_config": retain_split,
@@ -207,26 +207,15 @@ def mllmu_streams(cfg: UnlearnConfig) -> tuple[dict, dict, dict[str, list[str]]]
             # counted apart: a pair that is also a generation question is in the stream as the latter
             "ft_Data_pairs": {"forget": len(ft_pairs(forget_people, records)),
                               "retain": len(ft_pairs(retain_people, records))},
-            # how many people no pair was found for (unmatched_ft_data names them)
-            "ft_Data_unmatched": {stream: len(ids) for stream, ids in unmatched.items()}}
+            # how many people no pair was found for (the warnings name them)
+            "ft_Data_unmatched": {"forget": len(without_pairs(forget_people, records)),
+                                  "retain": len(without_pairs(retain_people, records))}}
     if cfg.train_on == "ft_Data" and not used["ft_Data_pairs"]["forget"]:
         raise VikerError(f"{cfg.data}: no ft_Data pair has the image of a {cfg.forget} person (were the images "
                          "re-encoded?), and --train-on ft_Data unlearns those pairs alone; --train-on all unlearns "
                          "their generation questions, which the evaluation asks")
-    return data, used, unmatched
-
-
-def unmatched_ft_data(used: dict, unmatched: dict[str, list[str]], train_on: str) -> list[str]:
-    """Warnings when ft_Data has pairs but none belongs to the split's people, or none to some of them
-    (``unmatched``: their IDs, per stream). A pair belongs to a person by its image's bytes, so a copy whose
-    images were re-encoded matches none. Under ``train_on`` ``ft_Data`` such a person is not trained on at all."""
-    if not used.get("ft_Data_size"):
-        return []
-    if not any(used["ft_Data_pairs"].values()):
-        return [f"no ft_Data pair has the image of a {used['forget_config']} or {used['retain_config']} person, "
-                "so only their generation questions are unlearned and retained (were the images re-encoded?)"]
-    return [without_pairs_warning(unmatched[stream], used[f"{stream}_config"], train_on, done)
-            for stream, done in (("forget", "unlearned"), ("retain", "retained")) if unmatched[stream]]
+    groups = {"forget": (cfg.forget, forget_people, "unlearned"), "retain": (retain_split, retain_people, "retained")}
+    return data, used, unpaired_warnings([groups[s] for s in streams], records, cfg.train_on)
 
 
 def resolve_train_on(cfg: UnlearnConfig, started: dict | None = None) -> UnlearnConfig:
@@ -375,9 +364,9 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     cfg = kept_checkpoints(resolve_train_on(cfg, started), started, "unlearn")
     if cfg.benchmark == "clear":
         data, used = clear_unlearning_data(cfg.data, cfg.forget)
-        unmatched = {}
+        unpaired = []
     else:
-        data, used, unmatched = mllmu_streams(cfg)
+        data, used, unpaired = mllmu_streams(cfg, tuple(method.streams))
     if not data["forget"]:
         raise VikerError(f"{cfg.data}: split {cfg.forget} has no examples to unlearn")
     if model_and_processor is None:
@@ -397,7 +386,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     accelerator = make_accelerator(cfg.train, resume, cfg.device)  # one process or several: docs/distributed.md
     if accelerator.is_main_process:
         for warning in (other_benchmark(cfg.model, cfg.data, cfg.benchmark),
-                        *unmatched_ft_data(used, unmatched, cfg.train_on),
+                        *unpaired,
                         nothing_recalled_warning(cfg.model) if cfg.benchmark == "mllmu" else None):
             if warning:
                 print(f"warning: {warning}", file=sys.stderr)

@@ -98,13 +98,22 @@ def without_pairs(profiles: list[Profile], records: list[FinetuneRecord]) -> lis
     return [p.id for p in profiles if p.image not in images]
 
 
-def without_pairs_warning(ids: list[str], config: str, learned: str, done: str) -> str:
-    """What to say of ``config``'s people ``ids``, whose ft_Data pairs were not found, when the examples
-    ``done`` to them (unlearned, retained, shown) are those ``learned`` says (:func:`unlearning_examples`)."""
+def unpaired_warnings(groups: list[tuple[str, list[Profile], str]], records: list[FinetuneRecord],
+                      learned: str) -> list[str]:
+    """What to say of the people no ft_Data pair belongs to, for each group ``(config, people, what is done to
+    their examples: unlearned, retained, shown)`` whose examples are those ``learned`` says
+    (:func:`unlearning_examples`): one sentence where no pair belongs to anyone (every image re-encoded), else
+    one per group naming its people. Nothing where ft_Data has no pairs."""
+    if not records:
+        return []
+    unpaired = [(config, without_pairs(people, records), people, done) for config, people, done in groups]
     what = "nothing of them is" if learned == "ft_Data" else "only their generation questions are"
-    return (f"{len(ids)} {config} {'person has' if len(ids) == 1 else 'people have'} no ft_Data pair with their "
+    if all(len(ids) == len(people) for _, ids, people, _ in unpaired):
+        return [f"no ft_Data pair has the image of a {' or '.join(c for c, *_ in unpaired)} person, so {what} "
+                f"{' and '.join(done for *_, done in unpaired)} (were the images re-encoded?)"]
+    return [f"{len(ids)} {config} {'person has' if len(ids) == 1 else 'people have'} no ft_Data pair with their "
             f"image ({listed_ids(ids)}), so {what} {done}: a pair is a person's by its image's bytes (were those "
-            "images re-encoded?)")
+            "images re-encoded?)" for config, ids, _, done in unpaired if ids]
 
 
 def _unique(examples: list[Example]) -> list[Example]:

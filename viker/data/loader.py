@@ -252,10 +252,10 @@ def image_bytes(value: dict | None, source: str) -> bytes:
             data = Path(value["path"]).read_bytes()
         except OSError as e:
             given = value.get("relative_path")  # where it was looked for, and what to store instead
-            said = f" (its relative path {given}, read from the folder of the file listing it)" if given else ""
+            said = (f" (its relative path {given}, read from the folder of the file listing it); store each "
+                    "image's bytes in the file, or its absolute path") if given else ""
             raise VikerError(f"{source}: image stored by path, and {value['path']} cannot be read "
-                             f"({e.strerror or e}){said}; store each image's bytes in the file, or its absolute "
-                             "path") from None
+                             f"({e.strerror or e}){said}") from None
     if not data:
         raise VikerError(f"{source}: empty image")
     try:

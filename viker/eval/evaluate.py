@@ -39,7 +39,7 @@ TASKS = ("generation", "multiple_choice", "cloze")
 
 @dataclass
 class EvalConfig:
-    forget: str = "forget_10"  # `viker eval` takes the split the model was unlearned on; this default, forget_10
+    forget: str = "forget_10"  # where `viker eval` takes the split the model was unlearned on, this is forget_10
     # likelihood (option likelihood) | letter (a generated letter, zero-shot, read by parse_choice) | first_char
     # (the letter read as MLLMU-Bench's code reads it, by the reply's first character)
     mc_mode: str = "likelihood"
@@ -136,7 +136,7 @@ def eval_sets(data_dir: str | Path, cfg: EvalConfig) -> list[EvalSet]:
             if has_config(data_dir, configs[name]) or not others:
                 raise
             raise VikerError(f"{e}; evaluate without the {name} columns with "
-                             f"{' '.join(f'--only {other}' for other in others)}") from None
+                             f"{' '.join(only_option(other, cfg.scope) for other in others)}") from None
     for s in sets:
         if not s.profiles:
             source = {"retain": f"the retain split of {cfg.forget}", "real": "Retain_Set"}[s.name]
@@ -168,6 +168,12 @@ def photo_views(rows: list[Profile], which: str = "first") -> list[Profile]:
                     generation=tuple(q for q in p.generation if q.with_image),
                     cloze=tuple(q for q in p.cloze if q.with_image))
             for p in rows for j, img in enumerate(p.images)]
+
+
+def only_option(name: str, scope: dict[str, Sequence[str]] | None) -> str:
+    """The ``--only`` that asks set ``name`` as ``scope`` does: its tasks where it names some of them."""
+    tasks = tuple((scope or {}).get(name) or TASKS)
+    return f"--only {name}" if set(tasks) == set(TASKS) else f"--only {name}:{','.join(tasks)}"
 
 
 def check_scope(scope: dict[str, Sequence[str]] | None) -> None:
