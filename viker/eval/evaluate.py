@@ -442,9 +442,10 @@ def _cloze(s: EvalSet, answers: Answers, cfg: EvalConfig) -> tuple[dict, list[di
 
 
 def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig | None = None, progress: bool = True,
-             sets: list[EvalSet] | None = None):
+             sets: list[EvalSet] | None = None, desc: str = "evaluating"):
     """Returns (metrics in percent, one record per prompt with the reference and the model's answer).
-    ``sets``: :func:`eval_sets` already read (a command reads them before loading the model)."""
+    ``sets``: :func:`eval_sets` already read (a command reads them before loading the model); ``desc``: its
+    progress bar's name."""
     cfg = cfg or EvalConfig()
     records: list[dict] = []
     metrics: dict[str, float] = {}
@@ -461,7 +462,7 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig | None = No
     gib = gibberish_scorer(cfg.gib_model, next(model.parameters()).device) if cfg.gib_model else None
     judge = load_judge(cfg.judge) if cfg.judge else None
     to_judge: list[tuple[str, list[str], int]] = []  # the generation answers, judged once all are in
-    for s in progress_bar(eval_sets(data_dir, cfg) if sets is None else sets, desc="evaluating",
+    for s in progress_bar(eval_sets(data_dir, cfg) if sets is None else sets, desc=desc,
                           disable=not progress):
         tasks = TASKS if cfg.scope is None else cfg.scope[s.name]
         scored = []

@@ -111,7 +111,8 @@ def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig, device=None,
     model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code,
                                                          merge_adapter=False)
     try:
-        metrics, records = evaluate(model, processor, data, cfg, progress=progress, sets=sets)
+        metrics, records = evaluate(model, processor, data, cfg, progress=progress, sets=sets,
+                                    desc=f"evaluating ({Path(out).name})")  # which, among a demo's bars
         failed = None
     except JudgeFailed as e:  # every other figure and answer is kept, recorded as an evaluation without a judge
         metrics, records, failed, judge = e.metrics, e.records, e, cfg.judge
