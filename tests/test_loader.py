@@ -220,6 +220,14 @@ def test_people_without_a_task_are_warned_about_once(bench_dir, tmp_path, capsys
     assert "Classification_Task" not in capsys.readouterr().err
     load_profiles(bench_dir, "forget_10")  # every person with every task: nothing to say
     assert capsys.readouterr().err == ""
+    # nobody with the task: its figures would be blank with no word why
+    _rewrite(root, "forget_10/train-00000-of-00001.parquet", lambda t: t.set_column(
+        t.schema.get_field_index("Mask_Task"), t.schema.field("Mask_Task"),
+        [pa.array([None] * t.num_rows, t.schema.field("Mask_Task").type)]))
+    load_profiles(root, "forget_10")
+    err = capsys.readouterr().err
+    assert (f"warning: forget_10: {len(people)} of {len(people)} people have no Mask_Task questions (e.g. "
+            f"{shard}:row 0, person {people[0].id}); no figure of that task is measured on it") in err
 
 
 def test_a_save_to_disk_folder_says_how_to_write_the_parquet_files_it_reads(bench_dir, tmp_path):

@@ -398,16 +398,18 @@ _warned: set[tuple[str, ...]] = set()
 
 
 def _warn_of_missing_tasks(people: list[Profile], config: str) -> None:
-    """Warn (once a process) when some people of a config have no questions of a task that the others have: their
-    row's task is null or empty, and the task's scores are over the other people alone."""
+    """Warn (once a process) when people of a config have no questions of a task (every config of the release has
+    each task for each person): their row's task is null or empty, and the task's scores are over the other people
+    alone, or, where nobody has it, there are none."""
     for field, task in TASKS:
         without = [p for p in people if not getattr(p, field)]
         said = (config, task, *(p.source for p in without))
-        if without and len(without) < len(people) and said not in _warned:
+        if without and said not in _warned:
             _warned.add(said)
+            scored = ("that task is scored over the others alone" if len(without) < len(people) else
+                      "no figure of that task is measured on it")
             print(f"warning: {config}: {len(without)} of {len(people)} people have no {task} questions (e.g. "
-                  f"{without[0].source}, person {without[0].id}); that task is scored over the others alone",
-                  file=sys.stderr)
+                  f"{without[0].source}, person {without[0].id}); {scored}", file=sys.stderr)
 
 
 def _warn_of_twin_options(people: list[Profile], config: str) -> None:
