@@ -212,16 +212,15 @@ def _evaluated(args, metrics: dict) -> None:
 
 
 def _keytokens(args) -> None:
-    from viker.keytokens import PNG_ANSWERS, forgotten, key_counts, run_keytokens
+    from viker.keytokens import PNG_ANSWERS, forgotten, image_key_counts, key_counts, run_keytokens
 
     rows = run_keytokens(args.model, args.data, _model_forget(args), args.out, args.k, args.refs, args.epsilon,
                          args.cache_dir, args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
                          seed=args.seed, lam=args.lam, benchmark=args.benchmark, train_on=args.train_on,
                          mixed_precision=args.mixed_precision)
     n_key, _ = key_counts(rows, args.epsilon)
-    pictured = [r for r in rows if r.has_image]  # R̂ proper: a question asked by name has no image to replace
-    by_image = f" ({key_counts(pictured, args.epsilon)[0]} in answers to image questions)" \
-        if pictured and len(pictured) < len(rows) else ""
+    apart = image_key_counts(rows, args.epsilon)
+    by_image = f" ({apart[0]} in answers to image questions)" if apart else ""
     n_gone = None if args.lam is None else sum(forgotten(p, args.lam) for r in rows for p in r.ref_prob)
     gone = "" if n_gone is None else f", {n_gone} forgotten at λ = {args.lam:g} (underlined on the page and the PNG)"
     shown = f" (the PNG shows the first {PNG_ANSWERS})" if len(rows) > PNG_ANSWERS else ""

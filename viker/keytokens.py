@@ -205,6 +205,13 @@ def key_counts(rows: list[TokenEntropy], epsilon: float) -> tuple[int, int]:
     return sum(h > epsilon for r in rows for h in r.entropy), sum(len(r.entropy) for r in rows)
 
 
+def image_key_counts(rows: list[TokenEntropy], epsilon: float) -> tuple[int, int] | None:
+    """:func:`key_counts` of the answers to image questions alone, whose shading is R̂ proper (a question asked by
+    name has no image to replace); None where they are all the answers, or none of them (nothing to count apart)."""
+    pictured = [r for r in rows if r.has_image]
+    return key_counts(pictured, epsilon) if pictured and len(pictured) < len(rows) else None
+
+
 PAGE_MARK = "<p>Each answer token is shaded by the entropy H(R̂)"  # in every page write_html writes
 
 
@@ -218,10 +225,8 @@ def write_html(rows: list[TokenEntropy], path: Path, epsilon: float, title: str,
         f" R̂ is stored as its {topk} largest probabilities with the rest spread evenly, so H is slightly above "
         "that of the full distribution.")
     n_key, n_all = key_counts(rows, epsilon)
-    pictured = [r for r in rows if r.has_image]  # the answers whose shading is the references' (R̂ proper)
-    n_key_image, n_image = key_counts(pictured, epsilon)
-    by_image = (f" ({n_key_image} of {n_image} in the answers to image questions)"
-                if pictured and len(pictured) < len(rows) else "")
+    apart = image_key_counts(rows, epsilon)
+    by_image = f" ({apart[0]} of {apart[1]} in the answers to image questions)" if apart else ""
     lines = [
         "<!doctype html><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title>",

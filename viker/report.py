@@ -605,7 +605,9 @@ def read_run(path: str | Path) -> dict:
     if not holds_columns(metrics):
         scope = ((evaluation or {}).get("eval") or {}).get("scope")
         if isinstance(metrics, dict) and scope:  # an evaluation that measured something else
-            only = " ".join(f"--only {name}:{','.join(tasks)}" for name, tasks in scope.items())
+            from viker.eval.evaluate import only_option
+
+            only = " ".join(only_option(name, scope) for name in scope)
             raise VikerError(f"{run}/metrics.json holds none of the table's columns: its evaluation ({only}) measured "
                              "none of them; they come from the forget set's tasks, the test set's multiple choice, "
                              "and the retain and real sets' multiple choice and generation")
