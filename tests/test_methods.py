@@ -1070,6 +1070,53 @@ def test_forget_and_retain_sharing_a_person_is_refused(tiny_dir, bench_dir, tmp_
     assert not (tmp_path / "scores" / "metrics.json").exists()
 
 
+def test_a_kept_person_with_a_forget_persons_image_or_id_is_refused(tiny_dir, bench_dir, tmp_path, capsys):
+    """A retain person given a forget person's photo would have their ft_Data pairs unlearned with the forget
+    person's (a pair is a person's by its image); a forget person among the Retain_Set celebrities would be
+    scored as one to keep. Both are said before anything runs."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from viker.data.examples import unlearning_examples
+    from viker.data.loader import load_profiles
+
+    def swapped_image(config: str, old: bytes, new: bytes) -> None:
+        path = next((root / config).glob("*.parquet"))
+        rows = pq.read_table(path).to_pylist()
+        for row in rows:
+            if row["image"]["bytes"] == old:
+                row["image"] = {**row["image"], "bytes": new}
+        pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(path)), path)
+
+    root = tmp_path / "bench"
+    shutil.copytree(bench_dir, root)
+    forget, kept = load_profiles(root, "forget_10")[0], load_profiles(root, "retain_90")[0]
+    before = len(unlearning_examples(root, "forget_10"))
+    for config in ("retain_90", "Full_Set", "ft_Data"):  # a placeholder photo, say
+        swapped_image(config, kept.image, forget.image)
+    # what the check keeps from happening: the retain person's pairs join the forget stream
+    assert len(unlearning_examples(root, "forget_10")) > before
+    code = main(["unlearn", "--model", str(tiny_dir), "--data", str(root), "--out", str(tmp_path / "run"),
+                 "--method", "ga"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"1 retain_90 person has the image of a forget_10 person (ID {forget.id} and {kept.id})" \
+        in err
+    assert not (tmp_path / "run").exists()
+    code = main(["keytokens", "--model", str(tiny_dir), "--data", str(root), "--out", str(tmp_path / "page.html")])
+    assert code == 2 and "retain_90 person has the image" in capsys.readouterr().err
+
+    shutil.rmtree(root)
+    shutil.copytree(bench_dir, root)
+    real = next((root / "Retain_Set").glob("*.parquet"))
+    forget_row = pq.read_table(next((root / "forget_10").glob("*.parquet"))).slice(0, 1)
+    pq.write_table(pa.concat_tables([pq.read_table(real), forget_row.select(pq.read_schema(real).names)]), real)
+    code = main(["eval", "--model", str(tiny_dir), "--data", str(root), "--out", str(tmp_path / "scores")])
+    assert code == 2 and f"forget_10 and Retain_Set share profile IDs {forget.id}" in capsys.readouterr().err
+    assert not (tmp_path / "scores" / "metrics.json").exists()
+
+
 def test_same_seed_same_metrics(tiny_dir, bench_dir, tmp_path):
     """Reproducibility on CPU: the same seed and settings give identical metrics.json."""
     from viker.eval.evaluate import EvalConfig

@@ -20,8 +20,8 @@ import torch
 
 from viker.collate import Collator
 from viker.data.examples import unlearning_examples, unpaired_warnings
-from viker.data.loader import load_finetune, load_profiles
-from viker.data.schema import Example, check_forget_split
+from viker.data.loader import has_config, load_finetune, load_profiles, retain_profiles
+from viker.data.schema import RETAIN_OF, Example, check_forget_split
 from viker.errors import VikerError, require
 from viker.methods.base import FrozenReference
 from viker.methods.losses import IGNORE, entropy
@@ -92,6 +92,8 @@ def forget_answers(data_dir, forget: str, refs: str = "people", benchmark: str =
     else:
         check_forget_split(forget)
         people, records = load_profiles(data_dir, forget), load_finetune(data_dir)
+        if has_config(data_dir, RETAIN_OF[forget]):  # whose pairs are whose, as unlearn refuses it
+            retain_profiles(data_dir, forget, people)
         examples = unlearning_examples(data_dir, forget, people, records, learned)
         for warning in unpaired_warnings([(forget, people, "shown")], records, learned):  # as unlearn says it
             print(f"warning: {warning}", file=sys.stderr)

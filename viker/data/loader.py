@@ -449,13 +449,28 @@ def _each_once(profiles: list[Profile], config: str) -> list[Profile]:
 
 def retain_profiles(root: str | Path, forget: str, forget_people: list[Profile]) -> list[Profile]:
     """The retain split of ``forget`` (MLLMU-Bench's ``retain_(100−X)``), refused when it shares a person with
-    the forget split: nobody can be both forgotten and retained, nor scored as both."""
+    the forget split (:func:`kept_apart`)."""
     retain = RETAIN_OF[forget]
-    people = load_profiles(root, retain)
-    shared = {p.id for p in forget_people} & {p.id for p in people}
+    return kept_apart(root, forget, forget_people, retain, load_profiles(root, retain))
+
+
+def kept_apart(root: str | Path, forget: str, forget_people: list[Profile], config: str,
+               people: list[Profile]) -> list[Profile]:
+    """``people`` (of ``config``, a set kept and scored as kept), refused when one of them is a forget person: by
+    ID, as nobody can be both forgotten and retained, nor scored as both; or by image, as an ft_Data pair is a
+    person's by its image's bytes (the pairs of one would be unlearned or kept as the other's) and a question
+    about that image cannot tell the two apart."""
+    shared = [p.id for p in people if p.id in {f.id for f in forget_people}]
     if shared:
-        raise VikerError(f"{root}: {forget} and {retain} share profile IDs {', '.join(sorted(shared)[:5])}; a person "
-                         "cannot be both forgotten and retained")
+        raise VikerError(f"{root}: {forget} and {config} share profile IDs {', '.join(sorted(shared)[:5])}; a "
+                         "person cannot be both forgotten and retained")
+    owners = {f.image: f.id for f in forget_people}
+    twins = [(owners[p.image], p.id) for p in people if p.image in owners]
+    if twins:
+        pairs = ", ".join(f"{a} and {b}" for a, b in twins[:3]) + (", ..." if len(twins) > 3 else "")
+        raise VikerError(f"{root}: {len(twins)} {config} {'person has' if len(twins) == 1 else 'people have'} the "
+                         f"image of a {forget} person (ID {pairs}): ft_Data pairs are a person's by their image's "
+                         "bytes, and a question about the image cannot tell the two apart; give each their own")
     return people
 
 

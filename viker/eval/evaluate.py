@@ -22,7 +22,7 @@ import torch
 
 from viker.collate import Collator, scoring_inputs
 from viker.data.examples import cloze_examples, generation_examples
-from viker.data.loader import has_config, load_profiles, retain_profiles
+from viker.data.loader import has_config, kept_apart, load_profiles, retain_profiles
 from viker.data.schema import RETAIN_OF, Example, MCQuestion, Profile, check_forget_split, listed_ids
 from viker.errors import VikerError, check_types, require
 from viker.eval import metrics as M
@@ -118,7 +118,8 @@ def eval_sets(data_dir: str | Path, cfg: EvalConfig) -> list[EvalSet]:
         "forget": lambda: forget,
         "test": lambda: photo_views(forget_test_rows(data_dir, forget), cfg.test_images),
         "retain": lambda: retain_profiles(data_dir, cfg.forget, forget),
-        "real": lambda: load_profiles(data_dir, "Retain_Set"),
+        "real": lambda: kept_apart(data_dir, cfg.forget, forget, "Retain_Set",
+                                   load_profiles(data_dir, "Retain_Set")),
     }
 
     def limited(name: str, people: list[Profile]) -> EvalSet:
