@@ -101,6 +101,18 @@ def test_empty_answer_is_a_clear_error(tiny):
         Collator(processor)([Example("Who?", "", None)])
 
 
+def test_a_special_token_written_in_the_data_is_refused_by_name(tiny, mixed):
+    """``<image>`` typed into a question (LLaVA-format data) would be expanded as a second image's place, and the
+    processor fail on a count of images; ``</s>`` in an answer would teach the model to stop there."""
+    _, processor = tiny
+    image = next(ex.image for ex in mixed if ex.image is not None)
+    with pytest.raises(VikerError, match="^example '<image>': its question holds '<image>', which the tokenizer"):
+        Collator(processor, answers=False)([Example("<image>\nWho is this?", "Ann.", image)])
+    with pytest.raises(VikerError, match="its answer holds '</s>'"):
+        Collator(processor)([Example("Who?", "Ann.</s> Then more.", None)])
+    Collator(processor)([Example("Who is <b>this</b>?", "Ann </ s>.", image)])  # text like a tag is text
+
+
 def test_an_example_over_max_length_is_named_even_with_an_empty_question(tiny):
     _, processor = tiny
     with pytest.raises(VikerError, match=r"^example '': \d+ tokens, over --max-length 3"):

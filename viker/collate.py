@@ -104,6 +104,12 @@ class Collator:
         self.add_special_tokens = not (bos and self.render(Example("?", "a", None)).startswith(bos))
 
     def render(self, example: Example, answer: str | None = None) -> str:
+        for part, what in ((example.question, "question"), (answer or "", "answer")):
+            token = next((t for t in self.special_tokens if t in part), None)
+            if token:  # the processor would expand an image placeholder, and the model learn to stop at an end token
+                raise VikerError(f"example '{_first_line(example)}': its {what} holds {token!r}, which the tokenizer "
+                                 "reads as a special token (an image placeholder or an end mark), not as text; take "
+                                 "it out of the data (the image is given apart from the text)")
         text = self.processor.apply_chat_template(
             messages(example, answer), chat_template=self.chat_template, add_generation_prompt=answer is None,
             tokenize=False
