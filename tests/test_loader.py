@@ -363,6 +363,29 @@ def test_answer_letter_outside_options_is_an_error(bench_dir, tmp_path):
         load_profiles(root, "Full_Set")
 
 
+def test_a_blank_correct_option_is_an_error(bench_dir, tmp_path):
+    """Option likelihood never chooses a blank option: the question would be wrong whatever the model knew, and
+    count as forgotten. A blank wrong option is only an option nobody picks."""
+    root = _copy(bench_dir, tmp_path)
+
+    def blank(which):
+        def rewrite(t):
+            cls = t.column("Classification_Task").to_pylist()
+            question = cls[0]["Pure_Text_Questions"][1]
+            letter = question["Correct_Answer"] if which == "correct" else \
+                next(k for k in "ABCD" if k != question["Correct_Answer"])
+            question["Options"][letter] = "  "
+            return t.set_column(t.schema.get_field_index("Classification_Task"), "Classification_Task",
+                                pa.array(cls, type=t.schema.field("Classification_Task").type))
+        return rewrite
+
+    _rewrite(root, FULL, blank("wrong"))
+    assert load_profiles(root, "Full_Set")
+    _rewrite(root, FULL, blank("correct"))
+    with pytest.raises(VikerError, match=r"row 0: Pure_Text_Questions\[1\] has a blank correct option \([A-D]\)"):
+        load_profiles(root, "Full_Set")
+
+
 def test_a_blank_cloze_answer_is_an_error(bench_dir, tmp_path):
     """A blank Ground_Truth is in every reply: the cloze would count it right whatever the model said."""
     root = _copy(bench_dir, tmp_path)

@@ -335,6 +335,9 @@ def _mc_items(items: list[dict] | None, with_image: bool, source: str) -> list[M
         answer = (item.get("Correct_Answer") or "").strip()
         if answer not in options:
             raise VikerError(f"{source}: {group}[{j}] has answer '{answer}' outside A-D")
+        if not options[answer]:  # option likelihood scores a blank option never chosen: the question always wrong
+            raise VikerError(f"{source}: {group}[{j}] has a blank correct option ({answer}), which no scoring can "
+                             "choose for what it says")
         out.append(MCQuestion(item["Question"], options, answer, with_image))
     return out
 
