@@ -424,6 +424,19 @@ def test_coherence_hand_values():
     assert coherence("i saw a F-16 in 1984 with Dr Smith") == approx(1 - 0.5 ** 9)
 
 
+def test_coherence_reads_other_scripts_as_words():
+    """Fluent Chinese, Japanese, Hindi or decomposed accents are prose (else a report would cross out a model
+    answering in them as fallen apart); their loops and punctuation soup are not."""
+    # seven characters, each a token ("京。" strips to "京"), 6 distinct bigrams: the length factor alone
+    assert coherence("张伟出生于北京。") == approx(1 - 0.5 ** 7)
+    assert coherence("彼は東京で生まれました。") > 0.99 and coherence("这个人是张伟，他在北京工作。") > 0.99
+    assert coherence("北京北京北京北京北京") < 0.4 and coherence("，，，，。。。") == 0.0
+    assert coherence("वह दिल्ली में पैदा हुआ था") == approx(1 - 0.5 ** 6)  # vowel signs are part of the word
+    assert coherence("Zoe\u0308 was born in Zu\u0308rich.") == coherence("Zoë was born in Zürich.") == approx(
+        1 - 0.5 ** 5)
+    assert coherence("Он родился в Москве в 1984 году.") == approx(1 - 0.5 ** 7)
+
+
 def test_coherence_orders_degradation():
     fluent = coherence("She was born in Lisbon in 1984 and works as a pilot.")
     partly_looping = coherence("She was born in Lisbon Lisbon Lisbon Lisbon Lisbon")

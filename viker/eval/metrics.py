@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 import statistics
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 
@@ -324,8 +325,11 @@ def mean_percent(values: Iterable[float | bool]) -> float:
 # Offline coherence
 # --------------------------------------------------------------------------------------------
 
-# Punctuation stripped from the ends of a whitespace token before judging it.
-_EDGE_PUNCT = "\"'`.,;:!?()[]{}<>«»“”‘’…*_%"
+# Punctuation stripped from the ends of a whitespace token before judging it (full-width forms too: "京。").
+_EDGE_PUNCT = "\"'`.,;:!?()[]{}<>«»“”‘’…*_%。，、！？；：（）「」『』【】《》〈〉・"
+# Chinese and Japanese are written without spaces between words: each of their characters counts as a token
+# (punctuation after it stays with it), so a sentence is judged by its characters, not as one long word.
+_UNSPACED_RE = re.compile(r"([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff])([。，、！？；：）」』】》〉・]*)")
 # Lone connector symbols that are normal in fluent text: they neither help nor hurt.
 _NEUTRAL_TOKENS = {"-", "–", "—", "&", "/", "+", "=", "%"}
 # Letters, possibly joined by apostrophes, hyphens or dots: "don't", "well-known", "e.g".
@@ -340,7 +344,10 @@ _VOWELS = set("aeiouy")
 
 
 def _is_word_like(core: str) -> bool:
-    """Whether a token (without edge punctuation) looks like a real word, number or code."""
+    """Whether a token (without edge punctuation) looks like a real word, number or code. Combining marks (the
+    vowel signs of Devanagari or Thai) belong to the letter they sit on."""
+    if not core.isascii():
+        core = "".join(c for c in core if not unicodedata.category(c).startswith("M"))
     if _NUMBER_RE.fullmatch(core) or _CODE_RE.fullmatch(core):
         return True
     if not _ALPHA_WORD_RE.fullmatch(core):
@@ -377,9 +384,15 @@ def coherence(text: str) -> float:
       0.75 for two, and above 0.99 from seven words on, so a bare word is neither trusted nor
       condemned.
 
+    Tokens are split at whitespace, except in Chinese and Japanese (each character a token), and combining
+    marks belong to their letter: prose in those scripts, Cyrillic or Devanagari scores as English does. Other
+    scripts written without spaces (Thai, Khmer, Burmese) read as one long word per run, 0.5 a sentence.
+
     Example values: "She was born in Lisbon in 1984 and works as a pilot." ~= 1.0;
     "the the the the the the" ~= 0.2; "Lis Lis Lis Lis Lis" ~= 0.24; "" and "xq zvb qqq jk" = 0.
     """
+    if not text.isascii():  # "Zoe\u0308" is "Zoë"; Chinese and Japanese are read character by character
+        text = _UNSPACED_RE.sub(r" \1\2 ", unicodedata.normalize("NFC", text))
     tokens = [token for token in text.split() if token not in _NEUTRAL_TOKENS]
     cores = [token.strip(_EDGE_PUNCT) for token in tokens]
     word_count = sum(1 for core in cores if core and _is_word_like(core))
