@@ -989,3 +989,23 @@ def test_a_cloze_question_without_a_blank_is_said_to_have_none(tiny, bench_dir, 
     _, records = evaluate(*tiny, bench_dir, cfg, progress=False, sets=[EvalSet("forget", people)])
     assert capsys.readouterr().err == f"warning: forget: 1 of {len(records)} cloze questions (Mask_Task) have no " \
         "blank (__); they are asked as they are, with the instruction to fill the blank\n"
+
+
+def test_answers_rouge_cannot_read_are_said_to_score_0(tiny, bench_dir, capsys):
+    """rouge_score keeps a-z and digits alone (as MLLMU-Bench scores): an answer in Arabic or Chinese has no word
+    it reads, and scores 0 whoever answers; the evaluation says so rather than let the 0 read as forgetting."""
+    from viker.eval.evaluate import EvalSet
+    from viker.eval.metrics import rouge, rouge_reads
+
+    assert rouge("张伟出生于北京", "张伟出生于北京")["rougeL"] == 0.0 and not rouge_reads("محمد ولد في القاهرة")
+    assert rouge_reads("José Müller") and rouge_reads("1984")
+    people = load_profiles(bench_dir, "forget_10")[:1]
+    cfg = EvalConfig(forget="forget_10", scope={"forget": ["generation"]}, max_new_tokens=2)
+    evaluate(*tiny, bench_dir, cfg, progress=False, sets=[EvalSet("forget", people)])
+    assert "warning" not in capsys.readouterr().err
+    first = people[0]
+    people[0] = replace(first, generation=(replace(first.generation[0], answer="张伟出生于北京。"),
+                                           *first.generation[1:]))
+    evaluate(*tiny, bench_dir, cfg, progress=False, sets=[EvalSet("forget", people)])
+    assert capsys.readouterr().err.startswith(f"warning: forget: 1 of {len(first.generation)} generation answers "
+                                              "have no word ROUGE reads")

@@ -383,6 +383,11 @@ def _generation(s: EvalSet, answers: Answers, gib: Callable | None) -> tuple[dic
     """The generation questions: ROUGE, BLEU and coherence (and GIB where a classifier is given)."""
     metrics = {}
     gens = generation_examples(s.profiles)
+    unread = sum(not M.rouge_reads(ex.answer) for ex in gens)
+    if unread:  # said before the figure is read as forgetting
+        print(f"warning: {s.name}: {unread} of {len(gens)} generation answers have no word ROUGE reads (it keeps "
+              "the letters a-z and the digits, as MLLMU-Bench's scoring does): their ROUGE is 0 whatever the model "
+              "says; BLEU and coherence read them", file=sys.stderr)
     replies = answers(gens, f"{s.name}: generation")
     rouge = [M.rouge(a, ex.answer) for a, ex in zip(replies, gens)]
     bleu = [M.bleu(a, ex.answer) for a, ex in zip(replies, gens)]

@@ -18,6 +18,7 @@ from functools import lru_cache
 import numpy as np
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from rouge_score import rouge_scorer
+from rouge_score import tokenize as rouge_tokenize
 from scipy.special import logsumexp
 from scipy.stats import ks_2samp
 
@@ -64,6 +65,12 @@ def rouge(prediction: str, reference: str) -> dict[str, float]:
     """
     scores = _rouge_scorer(_ROUGE_TYPES).score(reference, prediction)  # (target, prediction)
     return {name: float(scores[name].fmeasure) for name in _ROUGE_TYPES}
+
+
+def rouge_reads(text: str) -> bool:
+    """Whether ``rouge_score`` finds a word in ``text``: it keeps the letters a-z and the digits alone, so an
+    answer in another script (Arabic, Chinese) has none, and its ROUGE is 0 whatever the reply."""
+    return bool(rouge_tokenize.tokenize(text, None))
 
 
 def rougeL_recall(prediction: str, reference: str) -> float:
