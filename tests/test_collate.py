@@ -180,3 +180,23 @@ def test_a_processor_with_several_chat_templates_asks_with_its_default_one(tiny,
     several.chat_template = {"tool_use": "{{ 'tools' }}"}
     with pytest.raises(VikerError, match="chat templates named tool_use and no default"):
         Collator(several)
+
+
+def test_a_photo_shown_by_several_questions_of_a_batch_is_decoded_once(tiny, bench_dir, monkeypatch):
+    """A large photo decoded for each of a person's questions held a copy per question (a 6000x6000 JPEG: 5.8 GB
+    for a batch); the batch is the same with one copy."""
+    import viker.collate as collate
+
+    _, processor = tiny
+    with_image = [ex for ex in finetune_examples(bench_dir) if ex.image is not None]
+    one_person = [ex for ex in with_image if ex.image == with_image[0].image][:3]
+    other = next(ex for ex in with_image if ex.image != with_image[0].image)
+    assert len(one_person) >= 2
+    batch = [*one_person, other]
+    before = Collator(processor)(batch)
+    decoded = []
+    real = collate.decode_image
+    monkeypatch.setattr(collate, "decode_image",
+                        lambda data, source="image": decoded.append(data) or real(data, source))
+    after = Collator(processor)(batch)
+    assert len(decoded) == 2 and all(torch.equal(before[k], after[k]) for k in before)

@@ -150,8 +150,11 @@ class Collator:
     def __call__(self, examples: Sequence[Example]) -> dict:
         prompts = [self.render(ex) for ex in examples]
         texts = [self.render(ex, ex.answer) for ex in examples] if self.answers else prompts
-        images = [decode_image(ex.image, f"image of {ex.profile_id or _first_line(ex)}")
-                  for ex in examples if ex.image is not None]
+        decoded = {}  # a person's photo once a batch, however many of its questions show it (a large photo's copies)
+        for ex in examples:
+            if ex.image is not None and ex.image not in decoded:
+                decoded[ex.image] = decode_image(ex.image, f"image of {ex.profile_id or _first_line(ex)}")
+        images = [decoded[ex.image] for ex in examples if ex.image is not None]
         batch = self.processor(
             text=texts,
             images=images or None,
