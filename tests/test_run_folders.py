@@ -114,6 +114,11 @@ def test_a_run_folder_is_replaced_only_when_asked(tiny_dir, bench_dir, tmp_path,
     assert main([*unlearn, "--model", str(tiny_dir), "--method", "npo", "--overwrite"]) == 2
     assert f"--overwrite would remove {run / 'model.bak'}, which is no part of" in _error(capsys)
     shutil.rmtree(run / "model.bak")
+    # ... nor a file of theirs: notes, a key-token page written beside the run
+    (run / "notes.txt").write_text("lr 2e-4 forgot too little")
+    assert main([*unlearn, "--model", str(tiny_dir), "--method", "npo", "--overwrite"]) == 2
+    assert f"--overwrite would remove {run / 'notes.txt'}, which is no part of" in _error(capsys)
+    (run / "notes.txt").unlink()
     assert main([*unlearn, "--model", str(tiny_dir), "--method", "npo", "--overwrite"]) == 0
     assert _method(run) == "npo" and not (run / "eval").exists()
     # a model folder is no run folder: finetuning into it would have written over its config.json

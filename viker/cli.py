@@ -308,7 +308,8 @@ def _add_train_args(p: argparse.ArgumentParser, tiny: TrainConfig, real: TrainCo
                         help="continue a stopped run from its last checkpoint: give the command it was started with "
                              "again, plus --resume (other settings are refused)")
     folder.add_argument("--overwrite", action="store_true",
-                        help="replace the run already in --out (removing its files)")
+                        help="replace the run already in --out (removing its files; anything else there is "
+                             "refused)")
     p.add_argument("--max-length", type=int, help="refuse examples longer than this many tokens (never truncates)")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"),
                    help="autocast the forward pass; fp16 on a GPU only (default: the accelerate launch setting, "

@@ -11,6 +11,8 @@ from typing import Callable, Sequence
 from viker.errors import VikerError
 from viker.runs import (
     CHECKPOINT,
+    EVAL_CONFIG,
+    TRAINING_METRICS,
     checkpoints,
     differing,
     file_hashes,
@@ -69,11 +71,20 @@ RUN_PARTS = {f"{part}{suffix}" for part in ("model", "cagul", "epochs", CHECKPOI
              for suffix in ("", ".partial", ".tmp", ".old")}
 
 
+# the files a run and an evaluation written into its folder put there (and their .tmp while written)
+RUN_FILES = {f"{name}{suffix}" for name in ("config.json", "history.json", "timing.json", TRAINING_METRICS,
+                                            "metrics.json", "generations.jsonl", EVAL_CONFIG,
+                                            "forget_truth_ratios.json", "retain_model_truth_ratios.json")
+             for suffix in ("", ".tmp")}
+
+
 def _of_the_run(out: Path, name: str) -> bool:
-    """Whether ``out/name`` is the run's own: a folder it writes, or an evaluation of a model inside it (its model or
-    a snapshot, being replaced, as an evaluation written into ``out`` itself is)."""
-    if name in RUN_PARTS:
+    """Whether ``out/name`` is the run's own: a file or folder it writes, or an evaluation of a model inside it (its
+    model or a snapshot, being replaced, as an evaluation written into ``out`` itself is)."""
+    if name in RUN_PARTS or name in RUN_FILES:
         return True
+    if not (out / name).is_dir():  # a file of the user's (notes, a page, a copy of a figure)
+        return False
     config, evaluation = read_configs(out / name)
     scored = (evaluation or {}).get("model") if config.get("command") == "eval" else None
     where = model_folder(scored) if scored and Path(scored).is_absolute() else None  # a hub id is no folder here
@@ -103,8 +114,8 @@ def _folder_to_replace(out: Path, resume: bool, overwrite: bool, reads: Sequence
             if stopped else ""
         raise VikerError(f"--out {out}: holds {held} `viker {command}` run already; choose another folder, or "
                          f"--overwrite to replace it{then}")
-    # a folder that is not the run's (another run kept inside it, a user's copy of its model) is not replaced
-    other = [name for name in visible_entries(out) if (out / name).is_dir() and not _of_the_run(out, name)]
+    # what is not the run's (another run kept inside it, a user's copy of its model, their notes) is not replaced
+    other = [name for name in visible_entries(out) if not _of_the_run(out, name)]
     if other:
         raise VikerError(f"--out {out}: --overwrite would remove {out / other[0]}, which is no part of the "
                          f"`viker {command}` run there; move it out, or choose another folder")
