@@ -877,6 +877,26 @@ def test_one_model_evaluated_in_two_folders_is_one_row(runs, bench_dir, tmp_path
     assert main(["report", str(earlier), str(again), "--out", str(tmp_path / "report")]) == 0
 
 
+def test_an_evaluation_is_named_by_the_run_it_scored_though_another_is_made_in_its_folder(runs, bench_dir,
+                                                                                           tiny_dir, tmp_path):
+    """An evaluation in a folder of its own records the run whose model it scored: a run made again in that run's
+    folder (--overwrite), or the folder moved away, leaves its row named by the method and settings it scored."""
+    import shutil
+
+    from viker.report import read_run
+
+    run = shutil.copytree(runs / "npo-a", tmp_path / "npo")
+    assert main(["eval", "--model", str(run), "--data", str(bench_dir), *DATA, *EVAL,
+                 "--out", str(tmp_path / "npo-eval")]) == 0
+    assert main(["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), *DATA, "--method", "ga",
+                 "--max-steps", "1", "--out", str(run), "--overwrite"]) == 0
+    row = read_run(tmp_path / "npo-eval")
+    assert row["method"] == "npo" and row["settings"]["beta"] == 0.1
+    shutil.rmtree(run)
+    assert read_run(tmp_path / "npo-eval")["method"] == "npo"
+    assert read_run(runs / "base")["method"] is None  # a model that is no run of ours, as before
+
+
 def test_report_writes_its_symbols_whatever_the_locale(runs, tmp_path):
     """↓, λ and – in report.md; a C locale without Python's UTF-8 mode would write them as ASCII."""
     import subprocess

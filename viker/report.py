@@ -524,11 +524,14 @@ TRAINING_SETTINGS = ("lr", "batch_size", "grad_accum", "weight_decay", "warmup_r
 def _what_was_evaluated(config: dict, evaluation: dict | None) -> dict:
     """The config of the run whose model an evaluation scored: the folder's own, or, for an evaluation
     in a folder of its own or in a run's model/ (whose config.json is the model's), that of the run folder its
-    model came from (empty when it is no run of ours)."""
+    model came from, as the evaluation recorded it (that run may have been made again since, or moved), else as
+    it is now (empty when it is no run of ours)."""
     from viker.runs import TRAINING_COMMANDS, runs_behind
 
     if config.get("command") in TRAINING_COMMANDS or not evaluation:
         return config
+    if "model_run" in evaluation:
+        return evaluation["model_run"] or {}
     model = evaluation.get("model")
     return next(runs_behind(str(model)), {}) if model else {}
 

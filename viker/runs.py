@@ -437,6 +437,10 @@ def write_eval_config(out: str | Path, settings: dict, data_dir: str | Path | No
     (:func:`written_together`)."""
     config = Path(out) / "config.json"
     own = not config.is_file() or json.loads(config.read_text(encoding="utf-8")).get("command") == "eval"
+    if own and settings.get("model"):
+        # the config of the run whose model it scores, as that run was: one made again in its folder, or moved,
+        # is not what a report names this evaluation's row by (null: a model that is no run of ours)
+        settings = {**settings, "model_run": next(runs_behind(str(settings["model"])), None)}
     metrics = Path(out) / "metrics.json"
     into = Path(into or out)
     kept = (Path(out) / EVAL_CONFIG).is_file() or (Path(out) / TRAINING_METRICS).is_file()
