@@ -778,3 +778,23 @@ def test_overwrite_keeps_an_evaluation_of_a_hub_model_kept_inside_the_run(tiny_d
     assert main([*unlearn, "--out", ".", "--overwrite"]) == 2
     assert "--overwrite would remove hub-model-eval, which is no part of" in _error(capsys)
     assert (run / "hub-model-eval" / "config.json").is_file()
+
+
+def test_saved_weights_are_as_readable_as_the_umask_makes_any_file(bench_dir, tmp_path):
+    """safetensors writes its files readable by their owner alone: a model, checkpoint or reference cache saved
+    into a team's folder would be read by nobody else. They get the mode any new file gets (here 0640)."""
+    import os
+
+    from viker.train import save_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    old = os.umask(0o027)
+    try:
+        assert main(["finetune", "--data", str(bench_dir), "--max-steps", "1", "--out", str(tmp_path / "run")]) == 0
+        save_checkpoint(tmp_path, model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0), 1, [])
+    finally:
+        os.umask(old)
+    weights = [f for f in tmp_path.rglob("*") if f.suffix in (".safetensors", ".pt")]
+    assert {f.parent.name for f in weights} == {"model", CHECKPOINT}
+    assert {f.name: oct(f.stat().st_mode & 0o777) for f in weights} == {f.name: "0o640" for f in weights}

@@ -212,15 +212,27 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return path
 
 
+def as_umask_gives(*paths: str | Path) -> None:
+    """Give files the permissions the user's umask gives a new file (rw-r--r-- under 022): safetensors writes its
+    files readable by their owner alone, so that a model, checkpoint or cache saved into a team's folder would be
+    read by nobody else."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in paths:
+        os.chmod(path, 0o666 & ~umask)
+
+
 @contextmanager
 def written_whole(folder: str | Path) -> Iterator[Path]:
     """Write a folder all at once: the files go to ``<folder>.partial``, which takes ``folder``'s place once
-    complete, so that a write stopped midway (Ctrl-C, a full disk) never leaves a ``folder`` that looks whole."""
+    complete, so that a write stopped midway (Ctrl-C, a full disk) never leaves a ``folder`` that looks whole.
+    Its files are readable as the umask says (:func:`as_umask_gives`)."""
     folder = Path(folder)
     partial = folder.with_name(f"{folder.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)  # left by a write stopped before
     partial.mkdir(parents=True)
     yield partial
+    as_umask_gives(*(f for f in partial.rglob("*") if f.is_file() and not f.is_symlink()))
     if folder.exists():  # a snapshot written again by a resumed run
         shutil.rmtree(folder)
     partial.replace(folder)

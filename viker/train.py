@@ -35,6 +35,7 @@ from viker.presets import TrainConfig
 from viker.progress import progress_bar
 from viker.runs import (
     CHECKPOINT,
+    as_umask_gives,
     checkpoints,
     write_json,
 )
@@ -194,6 +195,7 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, step: int, histo
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
                 "history": history, "rng_by_process": rng_states, "pending": pending or {},
                 **({"scaler": scaler.state_dict()} if scaler is not None else {})}, tmp / "state.pt")
+    as_umask_gives(*tmp.iterdir())
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)  # left by a rotation stopped after its last step: final is newer
         final.replace(old)

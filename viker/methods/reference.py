@@ -36,7 +36,7 @@ from viker.data.schema import Example
 from viker.errors import VikerError
 from viker.methods.losses import answer_token_counts, compress_topk, decompress_topk, kl_to_reference
 from viker.progress import progress_bar
-from viker.runs import as_recorded
+from viker.runs import as_recorded, as_umask_gives
 
 SOURCES = ("people", "patterns", "scenes", "pets", "forget", "retain")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -228,9 +228,7 @@ class ReferenceDistributions:
         os.close(handle)
         try:
             save_file(tensors, tmp, metadata={"meta": json.dumps(self.meta or {}), "vocab_size": str(self.vocab_size)})
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
+            as_umask_gives(tmp)  # a shared cache: readable by the others who share it
             os.replace(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)
