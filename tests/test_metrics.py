@@ -185,6 +185,8 @@ def test_cloze_prompt_replaces_every_blank_once():
         ("B\r\nLima", "B"),  # alone on the first line, whatever the line ending
         ("B \nLima", "B"),
         ("b) Paris", "B"),  # lower case with the punctuation of a letter
+        ("(b)", "B"),  # or in brackets
+        ("(a) Seville", "A"),
         ("c. Rome", "C"),
         ("b.", "B"),
         ("d: Lima", "D"),
@@ -257,6 +259,7 @@ def test_parse_choice_accepts_clear_letters(reply, expected):
         "A (very) good question",  # the article
         "b) or c)",  # lower-case markers listing options
         "b) Paris, c) Lima",
+        "(b) Paris, (c) Lima",
         "a) Oslo b) Lima c) Riga",
         "E",  # not an option
         "Answer: E",

@@ -124,7 +124,7 @@ def whole_words(phrase: str) -> str:
 
 
 # A letter opening the reply: "(B)", "[B]", "B", "B:", "B)", "B]", "B. Paris", "B, Paris", "B - Paris",
-# "B" alone on the first line; "b)", "b:", "b. Paris" in lower case. "." and "," must be followed by
+# "B" alone on the first line; "b)", "(b)", "b:", "b. Paris" in lower case. "." and "," must be followed by
 # whitespace or the end so that "A.I.", "U.S." or "e.g." do not count. A letter followed by a space and a
 # word ("B is correct"), or by one in brackets ("B (Halifax)"), counts unless it is one of the words "A"
 # and "I" ("A cat ...", "I think ..."; "A is correct" and "A because ..." are the letter, as with B) or the
@@ -138,7 +138,7 @@ _NOT_AFTER_ARTICLE = r"(?:because|since|as|is|was|which|would|seems|fits|matches
 _LEADING_RE = re.compile(
     r"^(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])(?=[ \t\r]*(?:$|\n)|[:)\]]|[.,](?:\s|$)|\s+[-–]\s)"
     rf"|([B-HJ-Z]|A(?=\s+{_NOT_AFTER_ARTICLE}))(?=\s+\(?\w)(?!\s+\(?{_NEGATION}|\s+\([A-Z](?:\s*[),/]|\s+(?:or|and)\b))"
-    r"|([a-z])(?=[:)]|\.(?:\s|$)))"
+    r"|\(?([a-z])(?=[:)]|\.(?:\s|$)))"
 )
 _LENIENT_GROUPS = (4, 5)
 # lower-case option markers anywhere: "b) Paris, c) Lima" lists options rather than picking one
@@ -180,7 +180,7 @@ def parse_choice(reply: str, options: Sequence[str] | Mapping[str, str] = "ABCD"
        ``"B - Paris"``, ``"(B)"``, ``"[B]"``, alone on the first line, or followed by a word
        (``"B is correct"``, ``"A is correct"``), except the words "A" and "I" (``"A cat"``, ``"I think"``),
        a letter that is no option (``"T cells"``) and words that deny it (``"B is wrong"``); in lower case
-       followed by ``)``, ``:`` or ``.`` (``"b) Paris"``, ``"c. Rome"``), unless the reply lists several
+       followed by ``)``, ``:`` or ``.`` (``"b) Paris"``, ``"(b)"``, ``"c. Rome"``), unless the reply lists several
        such markers (``"b) Paris, c) Lima"``);
     3. an upper-case letter after ``answer``/``option``/``choice`` (optionally ``is``, ``:``)
        anywhere in the reply: ``"Answer: B"``, ``"The answer is B"``,
