@@ -673,6 +673,11 @@ def test_keytokens_page_marks_high_entropy_tokens(tiny_dir, bench_dir, tmp_path,
     n_key_image = re.search(r"\((\d+) of \d+ in the answers to image questions\)", page)[1]  # as the page says
     n_key = page.count("class='key'")
     assert f": {n_key} key tokens ({n_key_image} in answers to image questions) in {n_answers} answers" in said
+    # ... and as its record beside it keeps them, with what a page's settings line leaves out (the data, by hash)
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["command"] == "keytokens" and record["model"] == str(tiny_dir) and record["k"] == 2
+    assert (record["answers"], record["key_tokens"], record["image_key_tokens"]) == (n_answers, n_key, int(n_key_image))
+    assert record["data_files"] and record["device"] == "cpu" and "lam" in record and "forgotten" not in record
     # with ε = 0 every token of a random model (its entropy is far above 0) is a key token ...
     assert page.count("class='key'") == page.count("<span ") > n_answers
     assert page.count("R̂(y) = ") == page.count("<span ") and "Reference probability of the true token" in page
@@ -681,6 +686,13 @@ def test_keytokens_page_marks_high_entropy_tokens(tiny_dir, bench_dir, tmp_path,
     assert main(["keytokens", "--model", str(tiny_dir), "--data", str(bench_dir), "--forget", "forget_10",
                  "--out", str(out), "--k", "2", "--epsilon", "1000", "--cache-dir", str(tmp_path / "cache")]) == 0
     assert "class='key'" not in out.read_text() and f"0 of {page.count('<span ')} answer tokens" in out.read_text()
+    assert json.loads(out.with_suffix(".json").read_text())["key_tokens"] == 0
+    # a .json of that name that is no page's record is not replaced
+    other = tmp_path / "kt" / "mine.html"
+    other.with_suffix(".json").write_text('{"my": "notes"}')
+    assert main(["keytokens", "--model", str(tiny_dir), "--data", str(bench_dir), "--forget", "forget_10",
+                 "--out", str(other), "--k", "2", "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert "mine.json is there already, and is no key-token page's record" in capsys.readouterr().err
     # the end-of-turn token closing every answer is no part of what it says: not shown, not counted
     collate = Collator(load_model(tiny_dir, device="cpu")[1])
     end = collate.tokenizer.decode([collate.end_of_turn_id()])
@@ -708,6 +720,7 @@ def test_keytokens_underlines_what_a_viker_run_at_lam_forgets(tiny_dir, bench_di
     assert all(gone == (p < 1 / lam) for gone, p in at_lam if abs(p * lam - 1) > 1e-3)  # the title rounds R̂(y)
     assert 0 < sum(g for g, _ in at_lam) < len(at_lam)
     assert f"{sum(g for g, _ in at_lam)} forgotten at λ = {lam}" in capsys.readouterr().out
+    assert json.loads(out.with_suffix(".json").read_text())["forgotten"] == sum(g for g, _ in at_lam)
     assert all(gone for gone, _ in spans("--lam", "0.5"))
     assert all(gone for gone, _ in spans("--lam", "0"))
     assert "At λ = 0 ViKeR is plain gradient ascent: it ascends every answer token alike" in out.read_text()

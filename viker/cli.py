@@ -224,7 +224,8 @@ def _keytokens(args) -> None:
     n_gone = None if args.lam is None else sum(forgotten(p, args.lam) for r in rows for p in r.ref_prob)
     gone = "" if n_gone is None else f", {n_gone} forgotten at λ = {args.lam:g} (underlined on the page and the PNG)"
     shown = f" (the PNG shows the first {PNG_ANSWERS})" if len(rows) > PNG_ANSWERS else ""
-    print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}: {n_key} key tokens{by_image}{gone} in "
+    print(f"wrote {args.out}, {Path(args.out).with_suffix('.png').name} and {Path(args.out).with_suffix('.json').name}"
+          f": {n_key} key tokens{by_image}{gone} in "
           f"{len(rows)} answers{shown}")
 
 
@@ -544,8 +545,9 @@ def parser() -> argparse.ArgumentParser:
     kt.add_argument("--forget", help="the forget split whose answers are shown (default: the one the model was "
                                      "unlearned on, else forget_10; CLEAR: forget10, +tofu to include its text "
                                      "questions)")
-    kt.add_argument("--out", required=True, help="an .html file, outside --data; the PNG is written beside it "
-                                                 "(each replaces only an earlier page's)")
+    kt.add_argument("--out", required=True, help="an .html file, outside --data; the PNG and a .json record of its "
+                                                 "settings and counts are written beside it (each replaces only an "
+                                                 "earlier page's)")
     _add_learned_arg(kt)
     kt.add_argument("--k", type=int, default=5, help="reference images per answer")
     kt.add_argument("--refs", default="people",
@@ -580,9 +582,9 @@ def parser() -> argparse.ArgumentParser:
                   "Generates the benchmark, finetunes the vanilla tiny model, unlearns forget_10 with every method "
                   "on the same budget (CAGUL, which trains new modules, on its own), sweeps ViKeR's λ, evaluates "
                   "everything, and writes OUT/report.md, results.json, tradeoff.png and keytokens.html (with its "
-                  "picture, keytokens.png). A second demo in the same folder with the same --seed and --fast reuses "
-                  "the benchmark and the vanilla model; with another, it regenerates them and replaces the folder's "
-                  "runs and report.")
+                  "picture, keytokens.png, and record, keytokens.json). A second demo in the same folder with the "
+                  "same --seed and --fast reuses the benchmark and the vanilla model; with another, it regenerates "
+                  "them and replaces the folder's runs and report.")
     dm.add_argument("--out", default="viker-demo",
                     help="the folder for the data, the models, the runs and the report: a new or empty folder, "
                          "or an earlier demo's")

@@ -187,7 +187,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
         for earlier in (data, out / "runs"):  # no file of an earlier benchmark stays, nor a run trained on it
             if earlier.is_dir():
                 shutil.rmtree(earlier)
-        for name in (*REPORT_FILES, "keytokens.html", "keytokens.png"):  # nor its report, read as this one's
+        # nor its report and key-token page, read as this one's
+        for name in (*REPORT_FILES, "keytokens.html", "keytokens.png", "keytokens.json"):
             (out / name).unlink(missing_ok=True)
         build_benchmark(data, synth, progress=progress)
         write_json(stamp, settings)

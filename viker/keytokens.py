@@ -10,6 +10,7 @@ the first answers, e.g. for a README.
 from __future__ import annotations
 
 import html
+import json
 import sys
 import textwrap
 from contextlib import nullcontext
@@ -33,7 +34,14 @@ from viker.methods.reference import (
     reference_pool,
 )
 from viker.progress import bars_as_asked
-from viker.runs import check_writable, other_benchmark, runs_behind, written_together
+from viker.runs import (
+    as_recorded,
+    check_writable,
+    other_benchmark,
+    runs_behind,
+    write_config,
+    written_together,
+)
 
 
 @dataclass
@@ -343,6 +351,15 @@ def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int =
     fig.savefig(path, dpi=130)
 
 
+def _command_of(record: Path) -> str | None:
+    """The command a JSON record of ours says wrote it (None: no record of ours)."""
+    try:
+        config = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return config.get("command") if isinstance(config, dict) else None
+
+
 def check_page_out(out: Path, data: str) -> None:
     """A page and its picture go beside the benchmark, not into it (whose folder holds the benchmark's files alone,
     as `viker data synth --overwrite` expects), and replace only an earlier page and its picture, never other
@@ -355,6 +372,10 @@ def check_page_out(out: Path, data: str) -> None:
     if taken:
         what = "is no key-token page" if taken[0] == out else "no key-token page beside it says it is its picture"
         raise VikerError(f"--out {out}: {taken[0]} is there already, and {what}; choose another name, or remove it")
+    record = out.with_suffix(".json")
+    if record.exists() and _command_of(record) != "keytokens":
+        raise VikerError(f"--out {out}: {record} is there already, and is no key-token page's record of what made "
+                         "it; choose another name, or remove it")
 
 
 def page_settings(model: str, k: int, refs: str, seed: int, train_on: str | None, mixed_precision: str | None,
@@ -374,10 +395,11 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
                   epsilon: float = 0.5, cache_dir=None, device=None, progress=True, model_and_processor=None,
                   dtype: str = "auto", trust_remote_code: bool = False, seed: int = 0, lam: float | None = None,
                   benchmark: str = "mllmu", train_on: str = "auto", mixed_precision: str | None = None):
-    """Write ``out`` (an .html page) and the PNG beside it; returns the rows shown. The reference
+    """Write ``out`` (an .html page), the PNG beside it and, beside both, a JSON record of the settings and counts
+    (``.json``, as any run's config records them); returns the rows shown. The reference
     distributions come from (or go to) ViKeR's cache, ``cache_dir`` or its default. ``train_on``: the forget
     examples, as ``viker unlearn --train-on`` picks them (auto: by what ``model_path`` learned)."""
-    from viker.model import load_model, pick_device
+    from viker.model import how_loaded, load_model, pick_device
     from viker.unlearn import UnlearnConfig, resolve_train_on
 
     require(k >= 1, "--k", k, "must be at least 1")
@@ -408,7 +430,16 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
                                       Path(cache_dir) if cache_dir else default_cache_dir(), progress, mixed_precision)
     out = Path(out)
     settings = page_settings(model_path, k, refs, seed, learned.train_on, mixed_precision, dtype, benchmark)
-    with written_together(out.parent) as stage:  # the page and its picture, both or neither
+    keys, tokens = key_counts(rows, epsilon)
+    pictured = image_key_counts(rows, epsilon)
+    record = {"model": as_recorded(model_path), **how_loaded(model), "data": as_recorded(data),
+              "benchmark": benchmark, "forget": forget, "train_on": learned.train_on, "k": k, "refs": refs,
+              "seed": seed, "epsilon": epsilon, "lam": lam, "mixed_precision": mixed_precision,
+              "topk": default_topk(model), "answers": len(rows), "tokens": tokens, "key_tokens": keys,
+              **({"image_answer_tokens": pictured[1], "image_key_tokens": pictured[0]} if pictured else {}),
+              **({"forgotten": sum(forgotten(p, lam) for r in rows for p in r.ref_prob)} if lam is not None else {})}
+    with written_together(out.parent) as stage:  # the page, its picture and what made them, all or none
         write_html(rows, stage / out.name, epsilon, f"Key tokens of {forget}", lam, default_topk(model), settings)
         write_png(rows, stage / out.with_suffix(".png").name, epsilon, lam=lam, settings=settings)
+        write_config(stage, "keytokens", record, data, name=out.with_suffix(".json").name)
     return rows
