@@ -580,6 +580,24 @@ def test_a_pool_only_the_embedded_benchmark_has_is_named_so_on_a_real_one(bench_
         reference_pool_and_source("patterns", None)
 
 
+def test_a_folder_of_references_reads_gif_and_tiff_and_names_the_files_it_cannot(bench_dir, tmp_path, capsys):
+    from PIL import Image
+
+    from viker.methods.reference import reference_pool_and_source
+
+    folder = tmp_path / "refs"
+    shutil.copytree(bench_dir / "ref_people", folder)
+    n = len(list(folder.iterdir()))
+    Image.new("RGB", (8, 8), "red").save(folder / "z.gif")
+    Image.new("RGB", (8, 8), "blue").save(folder / "z.tif")
+    (folder / "photo.heic").write_bytes(b"not read")
+    (folder / ".DS_Store").write_bytes(b"")
+    pool, source = reference_pool_and_source(str(folder), bench_dir)
+    assert len(pool) == n + 2 and source == str(folder)
+    assert capsys.readouterr().err == f"warning: --refs {folder}: 1 file is not read as images (not .png, .jpg, " \
+        ".jpeg, .webp, .bmp, .gif, .tif, .tiff; e.g. photo.heic)\n"
+
+
 def test_unknown_forget_split_is_an_error(tiny_dir, bench_dir, tmp_path, capsys):
     code = main(["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(tmp_path / "run"),
                  "--forget", "forget_50", "--method", "ga"])

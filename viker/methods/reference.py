@@ -39,7 +39,7 @@ from viker.progress import progress_bar
 from viker.runs import as_recorded, as_umask_gives
 
 SOURCES = ("people", "patterns", "scenes", "pets", "forget", "retain")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CACHE_VERSION = 3
 FULL_VOCAB_LIMIT = 8192  # above this, store top-k by default
 AUTO_TOPK = 1024  # the k stored then
@@ -96,6 +96,12 @@ def reference_pool_and_source(refs: str, data_dir: str | Path | None,
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise VikerError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    others = sorted(p.name for p in folder.iterdir() if p.suffix.lower() not in IMAGE_SUFFIXES
+                    and not p.name.startswith(".") and p.is_file())
+    if others:  # a HEIC photo, say: not among the references, and said so
+        files_are = f"{len(others)} files are" if len(others) > 1 else "1 file is"
+        print(f"warning: --refs {folder}: {files_are} not read as images (not {', '.join(IMAGE_SUFFIXES)}; e.g. "
+              f"{others[0]})", file=sys.stderr)
     return [image_bytes({"bytes": f.read_bytes()}, str(f)) for f in files], as_recorded(folder)
 
 
