@@ -200,3 +200,27 @@ def test_a_photo_shown_by_several_questions_of_a_batch_is_decoded_once(tiny, ben
                         lambda data, source="image": decoded.append(data) or real(data, source))
     after = Collator(processor)(batch)
     assert len(decoded) == 2 and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_examples_and_prompts_past_the_models_context_are_warned_of(tiny, mixed, monkeypatch, capsys):
+    """Nothing cuts a sequence longer than the positions the model learned (max_position_embeddings): a training
+    run and an evaluation say how many of theirs run past it, counting image tokens and the reply's new tokens."""
+    from viker.eval.generate import generate
+
+    model, processor = tiny
+    collate = Collator(processor)
+    lengths = [int(collate([ex])["attention_mask"].sum()) for ex in mixed]
+    collate.preflight(model, mixed)
+    generate(model, processor, mixed, max_new_tokens=3, progress=False)
+    assert "warning" not in capsys.readouterr().err  # the tiny model's 256 positions hold them all
+    longest = max(lengths)
+    monkeypatch.setattr(model.config.text_config, "max_position_embeddings", longest - 1)
+    collate.preflight(model, mixed)
+    assert capsys.readouterr().err == f"warning: {lengths.count(longest)} of 4 examples run past the model's " \
+        f"context ({longest - 1} positions, its max_position_embeddings); nothing cuts them, and the model has " \
+        "learned no position beyond it\n"
+    prompts = [int(Collator(processor, answers=False)([ex])["attention_mask"].sum()) for ex in mixed]
+    monkeypatch.setattr(model.config.text_config, "max_position_embeddings", max(prompts) + 2)
+    generate(model, processor, mixed, max_new_tokens=3, desc="forget: cloze", progress=False)
+    assert capsys.readouterr().err.startswith(f"warning: {sum(n + 3 > max(prompts) + 2 for n in prompts)} of 4 "
+                                              "prompts (forget: cloze), with up to 3 new tokens, run past the model's")

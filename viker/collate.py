@@ -14,6 +14,7 @@ expansion happens inside the prompt, so it never changes that count.
 
 from __future__ import annotations
 
+import sys
 from typing import Sequence
 
 import torch
@@ -65,6 +66,25 @@ def scoring_inputs(model, batch: dict) -> dict:
     CAGUL's, whose answer never decides which visual tokens it rewrites (viker.model.cagul.CagulModel)."""
     labels = {"labels": batch["labels"]} if getattr(model, "reads_answer_labels", False) else {}
     return model_inputs(batch) | labels
+
+
+def model_context(model) -> int | None:
+    """The positions the model's language model was trained with (``max_position_embeddings``), None if unsaid."""
+    config = getattr(model, "config", None)
+    text = getattr(config, "text_config", None) or config
+    return getattr(text, "max_position_embeddings", None) or getattr(config, "max_position_embeddings", None)
+
+
+def warn_past_context(model, lengths: Sequence[int], what: str, new_tokens: int = 0) -> None:
+    """Warn when sequences of ``lengths`` tokens (``new_tokens`` more to generate) run past the model's context:
+    nothing cuts them, and what the model does there comes from positions it never learned."""
+    context = model_context(model)
+    over = sum(n + new_tokens > context for n in lengths) if context else 0
+    if over:
+        with_new = f", with up to {new_tokens} new tokens," if new_tokens else ""
+        print(f"warning: {over} of {len(lengths)} {what}{with_new} run past the model's context ({context} positions, "
+              "its max_position_embeddings); nothing cuts them, and the model has learned no position beyond it",
+              file=sys.stderr)
 
 
 def check_max_length(max_length: int | None) -> None:
@@ -178,15 +198,21 @@ class Collator:
 
     def preflight(self, model, examples: Sequence[Example]) -> None:
         """Check, before any output is written, what would otherwise fail mid-run: every example fits
-        ``max_length``, and the model accepts the processor's image tokens (one forward pass)."""
+        ``max_length``, and the model accepts the processor's image tokens (one forward pass). Examples longer
+        than the model's context (:func:`model_context`) are warned about: they are trained on positions it
+        never learned."""
         with_image = next((ex for ex in examples if ex.image is not None), None)
-        if self.max_length is not None:
-            added = self.image_tokens(examples)
-            lengths = [len(ids) for ids in self.tokenize([self.render(ex, ex.answer) for ex in examples])]
-            for ex, n in zip(examples, lengths):
-                n += 0 if ex.image is None else added[self._image_key(ex)]
-                if n > self.max_length:
-                    raise self._too_long(ex, n)
+        # each image's tokens exactly where --max-length refuses by them (one processor call per image size), else
+        # as many as the first image's (dynamic resolutions add more for larger images: a warning's estimate)
+        added = self.image_tokens(examples if self.max_length is not None else [with_image] if with_image else [])
+        first = next(iter(added.values()), 0)
+        lengths = [n + (0 if ex.image is None else added[self._image_key(ex)] if self.max_length is not None
+                        else first)
+                   for ex, n in zip(examples, map(len, self.tokenize([self.render(ex, ex.answer) for ex in examples])))]
+        for ex, n in zip(examples, lengths):
+            if self.max_length is not None and n > self.max_length:
+                raise self._too_long(ex, n)
+        warn_past_context(model, lengths, "examples")
         if with_image is not None:
             device = next(model.parameters()).device
             batch = {k: v.to(device) for k, v in model_inputs(self([with_image])).items()}

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from viker.collate import Collator, model_inputs
+from viker.collate import Collator, model_inputs, warn_past_context
 from viker.data.schema import Example
 from viker.errors import require
 from viker.model import eval_mode
@@ -60,13 +60,16 @@ def generate(
     # Sort by prompt length so batches hold similar lengths (less padding), then restore the order.
     order = sorted(range(len(examples)), key=lambda i: (examples[i].image is None, len(examples[i].question)))
     answers: list[str] = [""] * len(examples)
+    lengths: list[int] = []  # of the prompts as the model reads them, image tokens included
     with eval_mode(model):
         for start in progress_bar(range(0, len(order), batch_size), desc=desc, disable=not progress, inner=inner):
             idx = order[start : start + batch_size]
             batch = {k: v.to(device) for k, v in model_inputs(collate([examples[i] for i in idx])).items()}
+            lengths += batch["attention_mask"].sum(dim=1).tolist()
             out = model.generate(**batch, max_new_tokens=max_new_tokens, **GREEDY, pad_token_id=tokenizer.pad_token_id,
                                  eos_token_id=stop)
             new_tokens = out[:, batch["input_ids"].shape[1] :]
             for i, text in zip(idx, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
                 answers[i] = text.strip()
+    warn_past_context(model, lengths, f"prompts ({desc})", max_new_tokens)
     return answers
