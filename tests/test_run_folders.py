@@ -8,6 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -292,6 +293,14 @@ def test_a_resumed_run_goes_on_with_the_settings_it_started_with(tiny_dir, bench
     shutil.move(run, tmp_path / "moved")
     moved = [*unlearn[:-1], str(tmp_path / "moved"), "--method", "ga", "--resume"]
     assert main(moved) == 2 and PAST in _error(capsys)
+    # ... and so does one whose benchmark was moved: its files are those it recorded, by hash
+    bench = shutil.copytree(bench_dir, tmp_path / "bench")
+    elsewhere = [*moved[:4], str(bench), *moved[5:]]
+    assert main(elsewhere) == 2 and PAST in _error(capsys)
+    parquet = next((bench / "forget_10").glob("*.parquet"))
+    pq.write_table(pq.read_table(parquet), parquet, compression="gzip")  # other files there are refused
+    assert main(elsewhere) == 2 and "forget_10/train-00000-of-00001.parquet is not the file the run started " \
+        "with" in _error(capsys)
 
 
 def test_a_run_resumed_without_checkpoint_every_keeps_checkpointing_as_it_started(tiny_dir, bench_dir, tmp_path,

@@ -169,6 +169,7 @@ def kept_checkpoints(cfg, started: dict, command: str):
 
 
 # what a resumed run may change; `out` too: a run folder moved or copied elsewhere (a pre-empted job) goes on there
+# (and --data, where the files the run recorded by hash are those there)
 RESUME_FREE = ("cache_dir", "device", "trust_remote_code", "checkpoint_every", "out")
 
 
@@ -194,10 +195,13 @@ def check_resume(out: str | Path, command: str, settings: dict, data_dir: str | 
         raise VikerError(f"--resume: {out} has no checkpoint to resume from (a run keeps one while it trains with "
                          "--checkpoint-every N, and removes it when it ends); --overwrite starts it again")
     resolve = resolve or (lambda recorded: recorded)
+    # a benchmark folder moved (or copied) elsewhere goes on where the run recorded its files' hashes, which are
+    # compared below: the same files, wherever they are
+    by_hash = {"data"} if "data_files" in config and data_dir is not None and Path(data_dir).is_dir() else set()
     # both as the run reads them: a record from before the settings it never read were left out compares alike
     before, now = (flat(used_settings(resolve(s))) for s in (config[command], to_jsonable(settings)))
-    changed = [k for k in sorted(before.keys() | now.keys())
-               if k.rsplit(".", 1)[-1] not in RESUME_FREE and not same(k, before.get(k), now.get(k))]
+    changed = [k for k in sorted(before.keys() | now.keys()) if k.rsplit(".", 1)[-1] not in RESUME_FREE
+               and k not in by_hash and not same(k, before.get(k), now.get(k))]
     if changed:
         key = changed[0]
         argv = (config.get("earlier_parts") or [config])[0].get("argv") or []  # its first part's, not a --resume
