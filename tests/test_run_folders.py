@@ -621,6 +621,24 @@ def test_a_data_file_is_hashed_once_while_unchanged_and_again_once_changed(tmp_p
     assert file_hashes(tmp_path) != first and len(made) == 2
 
 
+def test_a_staging_folder_a_killed_writer_left_is_removed_a_day_on(tmp_path):
+    """SIGKILL (or a lost machine) leaves a hidden .viker-partial-* folder no clean-up ran for: the next write into
+    that folder removes one a day old, and leaves a fresh one, another writer's at work, as it is."""
+    import os
+    import time
+
+    from viker.runs import STALE_SECONDS, written_together
+
+    old, fresh = tmp_path / ".viker-partial-old", tmp_path / ".viker-partial-fresh"
+    for folder in (old, fresh):
+        folder.mkdir()
+        (folder / "metrics.json").write_text("{}")
+    os.utime(old, (time.time() - STALE_SECONDS - 60,) * 2)
+    with written_together(tmp_path) as stage:
+        (stage / "a.html").write_text("a")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".viker-partial-fresh", "a.html"]
+
+
 def test_files_written_together_keep_apart_from_anothers_and_finish_before_a_ctrl_c(tmp_path, monkeypatch):
     """Two writers into one folder each keep their own staging folder (one shared name let the second remove
     what the first had staged); a Ctrl-C while the files take their places waits until all have."""

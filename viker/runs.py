@@ -238,6 +238,9 @@ def written_whole(folder: str | Path) -> Iterator[Path]:
     partial.replace(folder)
 
 
+STALE_SECONDS = 86400  # a temporary file or folder this old is a killed writer's
+
+
 @contextmanager
 def written_together(folder: str | Path) -> Iterator[Path]:
     """Files that belong together (a benchmark's configs, an evaluation's settings, figures and answers) written
@@ -247,9 +250,16 @@ def written_together(folder: str | Path) -> Iterator[Path]:
     never new files beside old ones, nor half a benchmark that reads as a whole one; a Ctrl-C while they take
     their places is heard once they all have."""
     import tempfile
+    import time
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".viker-partial-*"):  # a killed writer's (SIGKILL, a lost machine): none stays for good
+        try:
+            if time.time() - stale.stat().st_mtime > STALE_SECONDS:
+                shutil.rmtree(stale)
+        except OSError:  # another's clean-up came first
+            pass
     stage = Path(tempfile.mkdtemp(prefix=".viker-partial-", dir=folder))
     try:
         yield stage

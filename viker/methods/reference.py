@@ -36,14 +36,13 @@ from viker.data.schema import Example
 from viker.errors import VikerError
 from viker.methods.losses import answer_token_counts, compress_topk, decompress_topk, kl_to_reference
 from viker.progress import progress_bar
-from viker.runs import as_recorded, as_umask_gives
+from viker.runs import STALE_SECONDS, as_recorded, as_umask_gives
 
 SOURCES = ("people", "patterns", "scenes", "pets", "forget", "retain")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CACHE_VERSION = 3
 FULL_VOCAB_LIMIT = 8192  # above this, store top-k by default
 AUTO_TOPK = 1024  # the k stored then
-STALE_SECONDS = 86400  # a temporary cache file this old is a killed writer's
 
 
 def default_cache_dir() -> Path:
