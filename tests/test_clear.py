@@ -261,6 +261,18 @@ def test_keytokens_on_clear_shows_the_forget_captions_a_viker_run_trained_on(tin
     assert page.read_text().count("<div class='a'>") == len(answers) > 0
 
 
+def test_a_clear_folder_read_as_mllmu_bench_is_one_error_with_no_warning_before_it(clear_dir, tmp_path, capsys):
+    """A CLEAR model's key-token page asked without --benchmark clear: the folder is refused for what it is, with
+    no warning of figures from a run that never happens ahead of it."""
+    assert main(["finetune", "--data", str(clear_dir), "--benchmark", "clear", "--max-steps", "1",
+                 "--out", str(tmp_path / "vanilla")]) == 0
+    capsys.readouterr()
+    assert main(["keytokens", "--model", str(tmp_path / "vanilla"), "--data", str(clear_dir),
+                 "--out", str(tmp_path / "keys.html")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--benchmark clear" in err and "warning" not in err
+
+
 def test_a_hub_id_loads_through_datasets(clear_dir, monkeypatch):
     datasets = pytest.importorskip("datasets")
     from datasets.table import InMemoryTable

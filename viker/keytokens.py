@@ -418,10 +418,10 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
         on = f" --forget {split}" if split else ""  # the split it unlearned, which that model is not tied to
         print(f"warning: {model_path} is an unlearning run: the page shows its own R̂, not the one it trained against, "
               f"which the model it started from gives (--model {started}{on})", file=sys.stderr)
+    learned = resolve_train_on(UnlearnConfig(model=model_path, benchmark=benchmark, train_on=train_on))
+    answers = forget_answers(data, forget, refs, benchmark, learned.train_on)  # a folder read otherwise: refused
     if warning := other_benchmark(model_path, data, benchmark):  # the page would show other people's answers
         print(f"warning: {warning}", file=sys.stderr)
-    learned = resolve_train_on(UnlearnConfig(model=model_path, benchmark=benchmark, train_on=train_on))
-    answers = forget_answers(data, forget, refs, benchmark, learned.train_on)
     if model_and_processor is None:  # refused before minutes of loading a large model
         check_autocast(mixed_precision, pick_device(device).type)
     model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code)
