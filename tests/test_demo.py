@@ -154,6 +154,20 @@ def test_second_demo_reuses_the_vanilla_model(demo, capsys, monkeypatch):
     assert "unlearns for 2 epochs: too few questions" in report
 
 
+def test_a_demo_with_other_inputs_finetunes_its_vanilla_model_again(bench_dir, tmp_path):
+    """Another seed, --fast or release makes another vanilla model: the earlier one's run folder is replaced, its
+    record of the demo's inputs included (it was refused as no part of the run there)."""
+    from viker.demo import Steps, _vanilla
+
+    cfg = replace(micro(tmp_path), finetune=TrainConfig(max_steps=1, batch_size=4))
+    _vanilla(cfg, bench_dir, tmp_path, False, Steps(5))
+    first = (tmp_path / "vanilla" / "model" / "model.safetensors").read_bytes()
+    assert json.loads((tmp_path / "vanilla" / "demo-inputs.json").read_text())["train"]["max_steps"] == 1
+    _vanilla(replace(cfg, finetune=replace(cfg.finetune, max_steps=2)), bench_dir, tmp_path, False, Steps(5))
+    assert json.loads((tmp_path / "vanilla" / "demo-inputs.json").read_text())["train"]["max_steps"] == 2
+    assert (tmp_path / "vanilla" / "model" / "model.safetensors").read_bytes() != first
+
+
 def test_fast_shrinks_the_demo_and_marks_it_a_quick_look():
     full = DemoConfig()
     quick = fast(full)

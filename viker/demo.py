@@ -139,6 +139,7 @@ def _vanilla(cfg: DemoConfig, data: Path, out: Path, progress: bool, steps: "Ste
         steps.start("the vanilla model", reused_from=run)
         return run
     steps.start("the vanilla model")
+    stamp.unlink(missing_ok=True)  # the inputs of the model it replaces: no part of the run --overwrite removes
     run_finetune(FinetuneConfig(model="tiny", data=str(data), out=str(run), train=cfg.finetune), progress=progress,
                  overwrite=True)
     write_json(stamp, settings)
