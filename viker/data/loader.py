@@ -335,9 +335,6 @@ def _mc_items(items: list[dict] | None, with_image: bool, source: str) -> list[M
         answer = (item.get("Correct_Answer") or "").strip()
         if answer not in options:
             raise VikerError(f"{source}: {group}[{j}] has answer '{answer}' outside A-D")
-        if not options[answer]:  # option likelihood scores a blank option never chosen: the question always wrong
-            raise VikerError(f"{source}: {group}[{j}] has a blank correct option ({answer}), which no scoring can "
-                             "choose for what it says")
         out.append(MCQuestion(item["Question"], options, answer, with_image))
     return out
 
@@ -393,6 +390,7 @@ def load_profiles(root: str | Path, config: str) -> list[Profile]:
     people = _each_once(profiles, config)
     _warn_of_missing_tasks(people, config)
     _warn_of_twin_options(people, config)
+    _warn_of_blank_answers(people, config)
     return people
 
 
@@ -431,6 +429,20 @@ def _warn_of_twin_options(people: list[Profile], config: str) -> None:
               file=sys.stderr)
 
 
+def _warn_of_blank_answers(people: list[Profile], config: str) -> None:
+    """Warn (once a process) of multiple-choice questions whose correct option is blank: option likelihood gives a
+    blank option no score and never chooses it, so each is wrong whatever the model knows (counted as forgotten,
+    or as knowledge lost); a letter reply may still name it."""
+    blank = [(p, q) for p in people for q in p.mc if not q.options[q.answer]]
+    said = (config, "blank", *(f"{p.source}:{q.question}" for p, q in blank))
+    if blank and said not in _warned:
+        _warned.add(said)
+        p, q = blank[0]
+        print(f"warning: {config}: {len(blank)} multiple-choice question{'s have' if len(blank) > 1 else ' has'} a "
+              f"blank correct option (e.g. {p.source}, person {p.id}: {q.question!r}); option likelihood never "
+              "chooses a blank option, so each is wrong whatever the model knows", file=sys.stderr)
+
+
 def _each_once(profiles: list[Profile], config: str) -> list[Profile]:
     """A config's people, each once: a row repeated as it is (a shard copied twice) is read once, with a warning,
     so that nobody's questions count twice; a person given twice with other content is refused."""
@@ -458,12 +470,13 @@ def retain_profiles(root: str | Path, forget: str, forget_people: list[Profile])
 
 
 def kept_apart(root: str | Path, forget: str, forget_people: list[Profile], config: str,
-               people: list[Profile]) -> list[Profile]:
+               people: list[Profile], by_id: bool = True) -> list[Profile]:
     """``people`` (of ``config``, a set kept and scored as kept), refused when one of them is a forget person: by
-    ID, as nobody can be both forgotten and retained, nor scored as both; or by image, as an ft_Data pair is a
-    person's by its image's bytes (the pairs of one would be unlearned or kept as the other's) and a question
-    about that image cannot tell the two apart."""
-    shared = [p.id for p in people if p.id in {f.id for f in forget_people}]
+    ID (``by_id``: IDs of one numbering, as the splits of Full_Set share), as nobody can be both forgotten and
+    retained, nor scored as both; or by image, as an ft_Data pair is a person's by its image's bytes (the pairs of
+    one would be unlearned or kept as the other's) and a question about that image cannot tell the two apart."""
+    forget_ids = {f.id for f in forget_people}
+    shared = [p.id for p in people if p.id in forget_ids] if by_id else []
     if shared:
         raise VikerError(f"{root}: {forget} and {config} share profile IDs {', '.join(sorted(shared)[:5])}; a "
                          "person cannot be both forgotten and retained")
