@@ -1103,8 +1103,8 @@ def test_forget_and_retain_sharing_a_person_is_refused(tiny_dir, bench_dir, tmp_
 
 def test_a_kept_person_with_a_forget_persons_image_or_id_is_refused(tiny_dir, bench_dir, tmp_path, capsys):
     """A retain person given a forget person's photo would have their ft_Data pairs unlearned with the forget
-    person's (a pair is a person's by its image); a forget person among the Retain_Set celebrities would be
-    scored as one to keep. Both are said before anything runs."""
+    person's (a pair is a person's by its image); a forget person's photo among the Retain_Set celebrities would
+    be scored as one to keep. Both are said before anything runs."""
     import shutil
 
     import pyarrow as pa
@@ -1141,10 +1141,19 @@ def test_a_kept_person_with_a_forget_persons_image_or_id_is_refused(tiny_dir, be
     shutil.rmtree(root)
     shutil.copytree(bench_dir, root)
     real = next((root / "Retain_Set").glob("*.parquet"))
+    celebrities = pq.read_table(real)
+    # the celebrities are numbered apart from the fictitious people: an ID of both is no person of both
+    renamed = celebrities.to_pylist()
+    renamed[0]["ID"] = forget.id
+    pq.write_table(pa.Table.from_pylist(renamed, schema=celebrities.schema), real)
+    scope = ["--only", "real:cloze", "--max-new-tokens", "1"]
+    assert main(["eval", "--model", str(tiny_dir), "--data", str(root), "--out", str(tmp_path / "ok"), *scope]) == 0
     forget_row = pq.read_table(next((root / "forget_10").glob("*.parquet"))).slice(0, 1)
-    pq.write_table(pa.concat_tables([pq.read_table(real), forget_row.select(pq.read_schema(real).names)]), real)
-    code = main(["eval", "--model", str(tiny_dir), "--data", str(root), "--out", str(tmp_path / "scores")])
-    assert code == 2 and f"forget_10 and Retain_Set share profile IDs {forget.id}" in capsys.readouterr().err
+    pq.write_table(pa.concat_tables([celebrities, forget_row.select(celebrities.schema.names)]), real)
+    capsys.readouterr()
+    code = main(["eval", "--model", str(tiny_dir), "--data", str(root), "--out", str(tmp_path / "scores"), *scope])
+    assert code == 2 and f"1 Retain_Set person has the image of a forget_10 person (ID {forget.id} and " \
+        f"{forget.id})" in capsys.readouterr().err
     assert not (tmp_path / "scores" / "metrics.json").exists()
 
 
