@@ -1009,3 +1009,20 @@ def test_answers_rouge_cannot_read_are_said_to_score_0(tiny, bench_dir, capsys):
     evaluate(*tiny, bench_dir, cfg, progress=False, sets=[EvalSet("forget", people)])
     assert capsys.readouterr().err.startswith(f"warning: forget: 1 of {len(first.generation)} generation answers "
                                               "have no word ROUGE reads")
+
+
+def test_a_special_token_in_any_set_is_refused_before_any_answer_is_generated(tiny, bench_dir, monkeypatch):
+    """``</s>`` in a Retain_Set question stopped an evaluation at its last set, its answers thrown away; it is
+    named, with its person and file, before the first answer."""
+    import viker.eval.evaluate as evaluate_module
+    from viker.errors import VikerError
+    from viker.eval.evaluate import EvalSet
+
+    forget, real = load_profiles(bench_dir, "forget_10")[:1], load_profiles(bench_dir, "Retain_Set")[:2]
+    last = real[-1]
+    real[-1] = replace(last, mc=(replace(last.mc[0], question=last.mc[0].question + "</s>"), *last.mc[1:]))
+    monkeypatch.setattr(evaluate_module, "generate", lambda *a, **kw: pytest.fail("answered before the check"))
+    cfg = EvalConfig(forget="forget_10", scope={"forget": ["generation"], "real": ["multiple_choice"]})
+    with pytest.raises(VikerError, match=rf"^{re.escape(last.source)}: person {last.id}: .* holds '</s>', which the "
+                                         "tokenizer reads as a special token"):
+        evaluate(*tiny, bench_dir, cfg, progress=False, sets=[EvalSet("forget", forget), EvalSet("real", real)])

@@ -68,6 +68,10 @@ def scoring_inputs(model, batch: dict) -> dict:
     return model_inputs(batch) | labels
 
 
+SPECIAL_READING = ("which the tokenizer reads as a special token (an image placeholder or an end mark), not as text; "
+                   "take it out of the data (the image is given apart from the text)")
+
+
 def model_context(model) -> int | None:
     """The positions the model's language model was trained with (``max_position_embeddings``), None if unsaid."""
     config = getattr(model, "config", None)
@@ -123,13 +127,16 @@ class Collator:
         bos = self.tokenizer.bos_token
         self.add_special_tokens = not (bos and self.render(Example("?", "a", None)).startswith(bos))
 
+    def special_token_in(self, text: str) -> str | None:
+        """A special token of the tokenizer written in ``text`` (``<image>``, ``</s>``), which the tokenizer would
+        read as that token, not as text: the processor would expand an image placeholder, and a model learn to
+        stop at an end mark."""
+        return next((t for t in self.special_tokens if t in text), None)
+
     def render(self, example: Example, answer: str | None = None) -> str:
         for part, what in ((example.question, "question"), (answer or "", "answer")):
-            token = next((t for t in self.special_tokens if t in part), None)
-            if token:  # the processor would expand an image placeholder, and the model learn to stop at an end token
-                raise VikerError(f"example '{_first_line(example)}': its {what} holds {token!r}, which the tokenizer "
-                                 "reads as a special token (an image placeholder or an end mark), not as text; take "
-                                 "it out of the data (the image is given apart from the text)")
+            if token := self.special_token_in(part):
+                raise VikerError(f"example '{_first_line(example)}': its {what} holds {token!r}, {SPECIAL_READING}")
         text = self.processor.apply_chat_template(
             messages(example, answer), chat_template=self.chat_template, add_generation_prompt=answer is None,
             tokenize=False

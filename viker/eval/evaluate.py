@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from viker.collate import Collator, scoring_inputs
+from viker.collate import SPECIAL_READING, Collator, scoring_inputs
 from viker.data.examples import cloze_examples, generation_examples
 from viker.data.loader import has_config, kept_apart, load_profiles, retain_profiles
 from viker.data.schema import RETAIN_OF, Example, MCQuestion, Profile, check_forget_split, listed_ids
@@ -144,6 +144,18 @@ def eval_sets(data_dir: str | Path, cfg: EvalConfig) -> list[EvalSet]:
             source = {"retain": f"the retain split of {cfg.forget}", "real": "Retain_Set"}[s.name]
             raise VikerError(f"{data_dir}: {source} has no people to evaluate; leave it out with --only")
     return sets
+
+
+def check_texts(collate: Collator, sets: list[EvalSet]) -> None:
+    """Refuse, before any answer is generated, a question, answer or option of the sets that holds a special token
+    of the tokenizer (:meth:`viker.collate.Collator.special_token_in`), naming the person and file."""
+    for s in sets:
+        for p in s.profiles:
+            texts = [t for q in (*p.generation, *p.cloze) for t in (q.question, q.answer)]
+            texts += [t for q in p.mc for t in (q.question, *q.options.values())]
+            for text in texts:
+                if token := collate.special_token_in(text):
+                    raise VikerError(f"{p.source}: person {p.id}: {text[:50]!r} holds {token!r}, {SPECIAL_READING}")
 
 
 def forget_test_rows(data_dir: str | Path, forget: list[Profile]) -> list[Profile]:
@@ -469,8 +481,9 @@ def evaluate(model, processor, data_dir: str | Path, cfg: EvalConfig | None = No
     gib = gibberish_scorer(cfg.gib_model, next(model.parameters()).device) if cfg.gib_model else None
     judge = load_judge(cfg.judge) if cfg.judge else None
     to_judge: list[tuple[str, list[str], int]] = []  # the generation answers, judged once all are in
-    for s in progress_bar(eval_sets(data_dir, cfg) if sets is None else sets, desc=desc,
-                          disable=not progress):
+    sets = eval_sets(data_dir, cfg) if sets is None else sets
+    check_texts(Collator(processor), sets)
+    for s in progress_bar(sets, desc=desc, disable=not progress):
         tasks = TASKS if cfg.scope is None else cfg.scope[s.name]
         scored = []
         if "generation" in tasks:
