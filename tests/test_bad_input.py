@@ -613,6 +613,19 @@ def test_clear_refuses_the_options_it_has_no_use_for(tiny_dir, tmp_path, capsys)
         assert capsys.readouterr().err.strip() == "error: --train-on applies to --benchmark mllmu"
 
 
+def test_a_dtype_that_names_none_is_the_only_line_said(bench_dir, tmp_path, capsys):
+    """Refused before the model is looked at: no warning of it (here, that it recalls nothing) ahead of the error."""
+    assert main(["finetune", "--data", str(bench_dir), "--max-steps", "1", "--out", str(tmp_path / "vanilla")]) == 0
+    vanilla = ["--model", str(tmp_path / "vanilla"), "--data", str(bench_dir), "--dtype", "fp8"]
+    for argv in (["unlearn", *vanilla, "--out", str(tmp_path / "u")], ["eval", *vanilla, "--out", str(tmp_path / "e")],
+                 ["keytokens", *vanilla, "--out", str(tmp_path / "k.html")],
+                 ["finetune", "--data", str(bench_dir), "--dtype", "fp8", "--out", str(tmp_path / "f")]):
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --dtype fp8: choose auto, ") and err.count("\n") == 1, (argv[0], err)
+
+
 def test_the_tiny_model_takes_the_dtype_asked_for(bench_dir, tmp_path, capsys):
     common = ["finetune", "--model", "tiny", "--data", str(bench_dir), "--max-steps", "1"]
     assert main([*common, "--dtype", "foo", "--out", str(tmp_path / "foo")]) == 2

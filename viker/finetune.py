@@ -27,6 +27,7 @@ from viker.methods import get_method
 from viker.model import (
     LoraSettings,
     apply_lora,
+    check_dtype,
     enable_gradient_checkpointing,
     folders_read,
     lora_changed,
@@ -132,6 +133,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
         cfg = replace(cfg, train=finetune_preset(cfg.model))
     out = Path(cfg.out)
     check_max_length(cfg.max_length)
+    check_dtype(cfg.dtype)
     if cfg.benchmark not in ("mllmu", "clear"):
         raise VikerError(f"--benchmark {cfg.benchmark}: choose mllmu or clear")
     if cfg.without and cfg.benchmark != "clear":

@@ -29,6 +29,7 @@ from viker.model import (
     SAVE_WHOLE,
     LoraSettings,
     apply_lora,
+    check_dtype,
     enable_gradient_checkpointing,
     folders_read,
     is_tiny_model,
@@ -357,6 +358,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     refuse_for_cagul(cfg, resume and Path(cfg.out, "config.json").is_file())
     refuse_unused_lora(lora_changed(cfg.lora, UnlearnConfig().lora), no_adapter(cfg.method, cfg.tuning))
     check_max_length(cfg.max_length)
+    check_dtype(cfg.dtype)
     if cfg.train is None:
         cfg = replace(cfg, train=unlearn_preset(cfg.method, is_tiny_model(cfg.model)))
     # the config of the run a --resume goes on with: the choices it started with are kept

@@ -339,9 +339,10 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig, d
     """``viker eval --benchmark clear``: writes metrics.json, generations.jsonl, forget_truth_ratios.json
     and its settings (``viker.runs.write_eval_config``)."""
     from viker.eval.run import check_nothing_lost, write_generations
-    from viker.model import how_loaded, load_model
+    from viker.model import check_dtype, how_loaded, load_model
 
     check_config(cfg, ClearEvalConfig, "run_clear_eval")
+    check_dtype(dtype)
     forget_base(cfg.forget)
     if cfg.retain_model:  # recorded as the other paths are: absolute, whatever folder it was typed in
         cfg = replace(cfg, retain_model=as_recorded(cfg.retain_model))

@@ -19,7 +19,7 @@ from viker.eval.evaluate import (
     load_judge,
 )
 from viker.eval.metrics import mostly_unread, unread_replies
-from viker.model import how_loaded, load_model
+from viker.model import check_dtype, how_loaded, load_model
 from viker.progress import bars_as_asked
 from viker.prompts import GENERATION_SUFFIX
 from viker.runs import (
@@ -94,6 +94,7 @@ def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig, device=None,
     and settings (all or none), and returns the metrics. ``model_and_processor`` skips loading; it must be the
     model ``model_path`` names, which the evaluation records as the one it scored."""
     check_config(cfg, EvalConfig, "run_eval")
+    check_dtype(dtype)
     check_eval_out(model_path, out, data)
     check_nothing_lost(out, "mllmu", cfg)
     replacing = replaced_scorers(out, cfg)

@@ -90,10 +90,15 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
           "fp16": torch.float16, "fp32": torch.float32}
 
 
+def check_dtype(dtype: str) -> None:
+    """``--dtype``, refused before any work (a model inspected, a warning of it printed) where it names none."""
+    if dtype != "auto" and dtype not in DTYPES:
+        raise VikerError(f"--dtype {dtype}: choose auto, {', '.join(DTYPES)}")
+
+
 def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
     if dtype != "auto":
-        if dtype not in DTYPES:
-            raise VikerError(f"--dtype {dtype}: choose auto, {', '.join(DTYPES)}")
+        check_dtype(dtype)
         return DTYPES[dtype]
     if device.type == "cuda" and native_bf16(device):
         return torch.bfloat16
