@@ -389,8 +389,7 @@ def load_profiles(root: str | Path, config: str) -> list[Profile]:
         )
     people = _each_once(profiles, config)
     _warn_of_missing_tasks(people, config)
-    _warn_of_twin_options(people, config)
-    _warn_of_blank_answers(people, config)
+    _warn_of_odd_questions(people, config)
     return people
 
 
@@ -413,34 +412,31 @@ def _warn_of_missing_tasks(people: list[Profile], config: str) -> None:
                   f"{without[0].source}, person {without[0].id}); {scored}", file=sys.stderr)
 
 
-def _warn_of_twin_options(people: list[Profile], config: str) -> None:
-    """Warn (once a process) of multiple-choice questions that list the correct option's text under another
-    letter too: no scoring can tell the two apart (option likelihood gives them one score and picks the first
-    letter), so the question is right or wrong by the letters' order alone."""
-    twins = [(p, q) for p in people for q in p.mc
-             if list(q.options.values()).count(q.options[q.answer]) > 1]
-    said = (config, "twins", *(f"{p.source}:{q.question}" for p, q in twins))
-    if twins and said not in _warned:
-        _warned.add(said)
-        p, q = twins[0]
-        print(f"warning: {config}: {len(twins)} multiple-choice question{'s list' if len(twins) > 1 else ' lists'} "
-              f"the correct option's text under another letter too (e.g. {p.source}, person {p.id}: "
-              f"{q.question!r}); no scoring tells them apart, so each is right or wrong by the letters' order",
-              file=sys.stderr)
+# multiple-choice questions no scoring reads for what they say: (name, test, what they do (one, several), what
+# it means for the figures)
+ODD_QUESTIONS = (
+    # no scoring tells the two apart (option likelihood gives them one score and picks the first letter)
+    ("twins", lambda q: list(q.options.values()).count(q.options[q.answer]) > 1,
+     ("lists", "list"), "the correct option's text under another letter too",
+     "no scoring tells them apart, so each is right or wrong by the letters' order"),
+    # option likelihood gives a blank option no score (counted as forgotten, or as knowledge lost); a letter reply
+    # may still name it
+    ("blank", lambda q: not q.options[q.answer], ("has", "have"), "a blank correct option",
+     "option likelihood never chooses a blank option, so each is wrong whatever the model knows"),
+)
 
 
-def _warn_of_blank_answers(people: list[Profile], config: str) -> None:
-    """Warn (once a process) of multiple-choice questions whose correct option is blank: option likelihood gives a
-    blank option no score and never chooses it, so each is wrong whatever the model knows (counted as forgotten,
-    or as knowledge lost); a letter reply may still name it."""
-    blank = [(p, q) for p in people for q in p.mc if not q.options[q.answer]]
-    said = (config, "blank", *(f"{p.source}:{q.question}" for p, q in blank))
-    if blank and said not in _warned:
-        _warned.add(said)
-        p, q = blank[0]
-        print(f"warning: {config}: {len(blank)} multiple-choice question{'s have' if len(blank) > 1 else ' has'} a "
-              f"blank correct option (e.g. {p.source}, person {p.id}: {q.question!r}); option likelihood never "
-              "chooses a blank option, so each is wrong whatever the model knows", file=sys.stderr)
+def _warn_of_odd_questions(people: list[Profile], config: str) -> None:
+    """Warn (once a process) of multiple-choice questions no scoring reads for what they say (``ODD_QUESTIONS``)."""
+    for name, odd, does, what, meaning in ODD_QUESTIONS:
+        found = [(p, q) for p in people for q in p.mc if odd(q)]
+        said = (config, name, *(f"{p.source}:{q.question}" for p, q in found))
+        if found and said not in _warned:
+            _warned.add(said)
+            p, q = found[0]
+            several = len(found) > 1
+            print(f"warning: {config}: {len(found)} multiple-choice question{'s' * several} {does[several]} {what} "
+                  f"(e.g. {p.source}, person {p.id}: {q.question!r}); {meaning}", file=sys.stderr)
 
 
 def _each_once(profiles: list[Profile], config: str) -> list[Profile]:
