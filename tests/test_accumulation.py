@@ -81,7 +81,9 @@ def test_epochs_are_passes_over_the_data_whatever_the_accumulation(examples, bat
                                 snapshot_every=1),
                     progress=False, snapshot=snapshots.append)
     steps = math.ceil(epochs * per_epoch / grad_accum)  # rounded up to whole steps
-    assert len(history) == steps and len(objective.seen) == steps * grad_accum
+    # each micro-batch scored once, and the last once more after the last update (a look at where it leads)
+    assert len(history) == steps and len(objective.seen) == steps * grad_accum + 1
+    assert objective.seen[-1] == objective.seen[-2]
     assert steps * grad_accum - epochs * per_epoch < grad_accum  # at most one step's batches beyond the passes
     visits = Counter(i for batch in objective.seen[: epochs * per_epoch] for i in batch)  # positions in the data
     assert sorted(visits) == list(range(examples)) and set(visits.values()) == {epochs}  # each once an epoch

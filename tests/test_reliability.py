@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -162,12 +163,29 @@ def test_divergence_stops_with_a_message_saying_how_to_go_on(tmp_path):
         return {"x": torch.zeros(len(exs), 2)}
 
     how = "start the run again with a lower --lr and --overwrite"
-    with pytest.raises(VikerError, match=rf"step 3: the loss became inf \(diverged\); {how}$"):
+    with pytest.raises(VikerError, match=rf"step 4: the loss became inf \(diverged\); {how}$"):
         train(model, _Exploding(), {"train": examples}, collate,
               TrainConfig(max_steps=10, batch_size=2, checkpoint_every=2, log_every=1), progress=False,
               run_dir=tmp_path)
     state = torch.load(tmp_path / CHECKPOINT / "state.pt", weights_only=True)
     assert state["step"] == 2
+
+
+def test_weights_that_diverge_at_the_last_update_are_not_taken_for_a_finished_run(tmp_path):
+    """No step comes after the last update to see its loss: the run scores its last batches once more, and a loss
+    gone infinite there stops it as at any step (its model would have been saved, the run said to succeed)."""
+    from viker.data.schema import Example
+
+    examples = [Example(f"q{i}", "a", None) for i in range(8)]
+    cfg = TrainConfig(max_steps=3, batch_size=2, log_every=1)
+    how = "start the run again with a lower --lr and --overwrite"
+    with pytest.raises(VikerError, match=rf"^step 3, the last: the loss after its update became inf \(diverged\); "
+                                         rf"{how}$"):
+        train(torch.nn.Linear(2, 2), _Exploding(), {"train": examples}, lambda exs: {"x": torch.zeros(len(exs), 2)},
+              cfg, progress=False, run_dir=tmp_path)
+    history = train(torch.nn.Linear(2, 2), _Exploding(), {"train": examples}, lambda exs: {"x": torch.zeros(
+        len(exs), 2)}, replace(cfg, max_steps=2), progress=False)
+    assert [row["step"] for row in history] == [1, 2]  # the look after the last update is no step of its own
 
 
 class _Steady:
@@ -186,7 +204,7 @@ def test_a_learning_rate_too_large_for_the_optimizer_is_one_message_not_a_traceb
     model = torch.nn.Linear(2, 2)
     examples = [Example(f"q{i}", "a", None) for i in range(4)]
     how = "overflows the optimizer's arithmetic; start the run again with a lower --lr and --overwrite"
-    with pytest.raises(VikerError, match=rf"step 0: the learning rate 1e\+38 \(this step's\) {how}$"):
+    with pytest.raises(VikerError, match=rf"step 1: the learning rate 1e\+38 \(this step's\) {how}$"):
         train(model, _Steady(), {"train": examples}, lambda exs: {"x": torch.zeros(len(exs), 2)},
               TrainConfig(max_steps=2, batch_size=2, lr=1e38), progress=False, run_dir=tmp_path)
 

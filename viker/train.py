@@ -487,8 +487,8 @@ def train(
                     mean = accelerator.reduce(torch.tensor(list(values.values()), dtype=torch.float64,
                                                           device=accelerator.device), "mean")
                     values = dict(zip(values, mean.tolist()))
-                if not math.isfinite(values["loss"]):
-                    raise VikerError(f"step {step}: the loss became {values['loss']} (diverged); {how}")
+                if not math.isfinite(values["loss"]):  # steps counted from 1, as history.json counts them
+                    raise VikerError(f"step {step + 1}: the loss became {values['loss']} (diverged); {how}")
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -497,8 +497,8 @@ def train(
                 except RuntimeError as e:  # a rate too large for the optimizer's float arithmetic (lr / (1 - β₁))
                     if "overflow" not in str(e):
                         raise
-                    raise VikerError(f"step {step}: the learning rate {lr:g} (this step's) overflows the optimizer's "
-                                     f"arithmetic; {how}") from None
+                    raise VikerError(f"step {step + 1}: the learning rate {lr:g} (this step's) overflows the "
+                                     f"optimizer's arithmetic; {how}") from None
                 scheduler.step()
                 optimizer.zero_grad()
             for k, v in values.items():
@@ -525,6 +525,14 @@ def train(
                                 {"running": running, "micro": n_micro}, accelerator.scaler)
     bar.close()
     model.eval()
+    # no step came after the last update to see the loss it leads to: its own last batches are scored once more, so
+    # that weights that diverged there are not saved as the run's model
+    with torch.no_grad():
+        after = step_loss(objective, model, batches_now)[0].detach().float().reshape(1)
+    if world > 1:  # every process stops, or none
+        after = accelerator.reduce(after.to(accelerator.device), "mean")
+    if not math.isfinite(after.item()):
+        raise VikerError(f"step {step}, the last: the loss after its update became {after.item()} (diverged); {how}")
     return history
 
 
