@@ -14,6 +14,7 @@ expansion happens inside the prompt, so it never changes that count.
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Sequence
 
@@ -122,6 +123,9 @@ class Collator:
                              "(viker.model.load_processor uses the end-of-sequence token)")
         self.special_tokens = tuple({t for t in self.tokenizer.all_special_tokens if t} |
                                     {t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special})
+        # all of them in one scan of a text (the longest first: "<|im_end|>" before a token it starts with)
+        self._special_pattern = re.compile("|".join(map(re.escape, sorted(self.special_tokens, key=len,
+                                                                          reverse=True))) or r"(?!)")
         # A template that writes the BOS token itself (Gemma 3's, Llama 3.2 Vision's) must not get a second one
         # from the tokenizer, as transformers' own tokenizing apply_chat_template sees to.
         bos = self.tokenizer.bos_token
@@ -131,7 +135,8 @@ class Collator:
         """A special token of the tokenizer written in ``text`` (``<image>``, ``</s>``), which the tokenizer would
         read as that token, not as text: the processor would expand an image placeholder, and a model learn to
         stop at an end mark."""
-        return next((t for t in self.special_tokens if t in text), None)
+        found = self._special_pattern.search(text)
+        return found.group() if found else None
 
     def render(self, example: Example, answer: str | None = None) -> str:
         for part, what in ((example.question, "question"), (answer or "", "answer")):

@@ -10,7 +10,6 @@ the first answers, e.g. for a README.
 from __future__ import annotations
 
 import html
-import json
 import sys
 import textwrap
 from contextlib import nullcontext
@@ -38,6 +37,7 @@ from viker.runs import (
     as_recorded,
     check_writable,
     other_benchmark,
+    read_json,
     runs_behind,
     write_config,
     written_together,
@@ -354,8 +354,8 @@ def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int =
 def _command_of(record: Path) -> str | None:
     """The command a JSON record of ours says wrote it (None: no record of ours)."""
     try:
-        config = json.loads(record.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        config = read_json(record)
+    except (OSError, VikerError):
         return None
     return config.get("command") if isinstance(config, dict) else None
 

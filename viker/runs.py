@@ -10,7 +10,7 @@ import os
 import platform
 import shutil
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -241,6 +241,23 @@ def written_whole(folder: str | Path) -> Iterator[Path]:
 STALE_SECONDS = 86400  # a temporary file or folder this old is a killed writer's
 
 
+def remove_stale(paths: Iterable[Path]) -> None:
+    """Remove the temporary files or folders among ``paths`` a day old (``STALE_SECONDS``): a writer killed outright
+    (SIGKILL, out of memory, a lost machine) ran no clean-up; younger ones may be another writer's at work."""
+    import time
+
+    for stale in paths:
+        try:
+            if time.time() - stale.stat().st_mtime <= STALE_SECONDS:
+                continue
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+        except OSError:  # another's clean-up came first
+            pass
+
+
 @contextmanager
 def written_together(folder: str | Path) -> Iterator[Path]:
     """Files that belong together (a benchmark's configs, an evaluation's settings, figures and answers) written
@@ -250,16 +267,10 @@ def written_together(folder: str | Path) -> Iterator[Path]:
     never new files beside old ones, nor half a benchmark that reads as a whole one; a Ctrl-C while they take
     their places is heard once they all have."""
     import tempfile
-    import time
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob(".viker-partial-*"):  # a killed writer's (SIGKILL, a lost machine): none stays for good
-        try:
-            if time.time() - stale.stat().st_mtime > STALE_SECONDS:
-                shutil.rmtree(stale)
-        except OSError:  # another's clean-up came first
-            pass
+    remove_stale(folder.glob(".viker-partial-*"))  # a killed writer's: none stays for good
     stage = Path(tempfile.mkdtemp(prefix=".viker-partial-", dir=folder))
     try:
         yield stage

@@ -21,7 +21,6 @@ import os
 import random
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -36,7 +35,7 @@ from viker.data.schema import Example
 from viker.errors import VikerError
 from viker.methods.losses import answer_token_counts, compress_topk, decompress_topk, kl_to_reference
 from viker.progress import progress_bar
-from viker.runs import STALE_SECONDS, as_recorded, as_umask_gives
+from viker.runs import as_recorded, as_umask_gives, remove_stale
 
 SOURCES = ("people", "patterns", "scenes", "pets", "forget", "retain")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -223,12 +222,7 @@ class ReferenceDistributions:
         # a temporary file of its own (two runs may write one entry at once), then renamed: atomic, so a killed run
         # never leaves half an entry behind; readable as the umask says, for a cache a team shares. A writer killed
         # outright (SIGKILL, out of memory) left its temporary file: this entry's, a day old, go now
-        for stale in path.parent.glob(f".{path.stem}-*.tmp"):
-            try:
-                if time.time() - stale.stat().st_mtime > STALE_SECONDS:
-                    stale.unlink()
-            except OSError:  # another writer's clean-up came first
-                pass
+        remove_stale(path.parent.glob(f".{path.stem}-*.tmp"))
         handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
         os.close(handle)
         try:
