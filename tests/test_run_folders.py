@@ -301,6 +301,18 @@ def test_a_resumed_run_goes_on_with_the_settings_it_started_with(tiny_dir, bench
     pq.write_table(pq.read_table(parquet), parquet, compression="gzip")  # other files there are refused
     assert main(elsewhere) == 2 and "forget_10/train-00000-of-00001.parquet is not the file the run started " \
         "with" in _error(capsys)
+    # ... and one whose model was moved: its weight files are those it recorded, by hash
+    model = shutil.copytree(tiny_dir, tmp_path / "model")
+    from_moved = [*moved[:2], str(model), *moved[3:]]
+    assert main(from_moved) == 2 and PAST in _error(capsys)
+    assert json.loads((tmp_path / "moved" / "config.json").read_text())["unlearn"]["model"] == str(model)
+    weights = next(model.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-1] + b" ")  # other weights there are refused
+    assert main(from_moved) == 2 and f"--resume: {weights} is not the file" in _error(capsys)
+    # ... as is a model elsewhere with other weights
+    other = shutil.copytree(model, tmp_path / "other")
+    assert main([*moved[:2], str(other), *moved[3:]]) == 2
+    assert f"--resume: --model was {model} when the run started and is {other} now" in _error(capsys)
 
 
 def test_a_run_resumed_without_checkpoint_every_keeps_checkpointing_as_it_started(tiny_dir, bench_dir, tmp_path,

@@ -169,7 +169,7 @@ def kept_checkpoints(cfg, started: dict, command: str):
 
 
 # what a resumed run may change; `out` too: a run folder moved or copied elsewhere (a pre-empted job) goes on there
-# (and --data, where the files the run recorded by hash are those there)
+# (and --data and --model, where the files the run recorded by hash are those there)
 RESUME_FREE = ("cache_dir", "device", "trust_remote_code", "checkpoint_every", "out")
 
 
@@ -180,7 +180,7 @@ def check_resume(out: str | Path, command: str, settings: dict, data_dir: str | 
     started from (``model_files``: :func:`viker.model.weight_hashes`), so that it ends where the uninterrupted
     run would; only ``RESUME_FREE`` may differ. ``resolve`` maps both records to the settings a run reads (a
     default given or left out alike), where they are compared."""
-    from viker.model import DTYPES, check_weights_unchanged
+    from viker.model import DTYPES, check_weights_unchanged, same_weights
 
     def same(key: str, was, is_) -> bool:  # --dtype's spellings of one dtype (bf16, bfloat16) are one setting
         return DTYPES[was] == DTYPES[is_] if key.endswith("dtype") and {was, is_} <= DTYPES.keys() else was == is_
@@ -198,6 +198,9 @@ def check_resume(out: str | Path, command: str, settings: dict, data_dir: str | 
     # a benchmark folder moved (or copied) elsewhere goes on where the run recorded its files' hashes, which are
     # compared below: the same files, wherever they are
     by_hash = {"data"} if "data_files" in config and data_dir is not None and Path(data_dir).is_dir() else set()
+    # and so does a model folder moved elsewhere whose weight files are those the run started from
+    model_moved = model_files is not None and same_weights(config.get("model_files"), model_files)
+    by_hash |= {"model"} if model_moved else set()
     # both as the run reads them: a record from before the settings it never read were left out compares alike
     before, now = (flat(used_settings(resolve(s))) for s in (config[command], to_jsonable(settings)))
     changed = [k for k in sorted(before.keys() | now.keys()) if k.rsplit(".", 1)[-1] not in RESUME_FREE
@@ -216,5 +219,5 @@ def check_resume(out: str | Path, command: str, settings: dict, data_dir: str | 
         if changed:
             raise VikerError(f"--resume: {Path(data_dir) / changed[0]} is not the file the run started with "
                              f"({len(changed)} data file(s) differ from those {Path(out) / 'config.json'} records)")
-    if model_files is not None:
+    if model_files is not None and not model_moved:
         check_weights_unchanged(out, model_files, "--resume")

@@ -258,6 +258,14 @@ def weight_hashes(path: str | Path) -> dict[str, str]:
             for name, digest in file_hashes(folder, pattern).items()}
 
 
+def same_weights(recorded: dict[str, str] | None, now: dict[str, str]) -> bool:
+    """Whether two :func:`weight_hashes` records name the same weight files, each by its name in its folder,
+    wherever those folders are: a model folder moved or copied elsewhere is the same model."""
+    def contents(record: dict[str, str]) -> list[tuple[str, str]]:
+        return sorted((Path(path).name, digest) for path, digest in record.items())
+    return bool(recorded) and contents(recorded) == contents(now)
+
+
 def check_weights_unchanged(run: str | Path, now: dict[str, str], context: str) -> None:
     """Refuse a model whose weight files (``now``: :func:`weight_hashes`) are not those the run in ``run``
     recorded when it started from it: an adapter, CAGUL's modules or a resumed run trained on other weights
