@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from viker.cli import main
-from viker.data.loader import load_finetune, load_profiles
+from viker.data.loader import load_finetune, load_profiles, warn_of_unscored
 from viker.errors import VikerError
 from viker.eval.evaluate import forget_test_rows
 
@@ -161,6 +161,11 @@ def _edit_column(root, rel, name, edit):
     _rewrite(root, rel, edited)
 
 
+def _scored(root, config: str):
+    """A config's people as an evaluation reads them, warned of what its figures leave out."""
+    return warn_of_unscored(load_profiles(root, config), config)
+
+
 def test_a_question_listing_its_correct_text_twice_is_warned_about_once(bench_dir, tmp_path, capsys):
     """The correct option's text under a second letter too: no scoring tells the two apart (option likelihood
     scores them alike and takes the first letter), so the question is right or wrong by the letters' order."""
@@ -182,13 +187,13 @@ def test_a_question_listing_its_correct_text_twice_is_warned_about_once(bench_di
         return task
 
     _edit_column(root, rel, "Classification_Task", first_row)
-    people = load_profiles(root, "forget_10")
+    people = _scored(root, "forget_10")
     err = capsys.readouterr().err
     assert (f"warning: forget_10: 1 multiple-choice question lists the correct option's text under another letter "
             f"too (e.g. {root / rel}:row 0, person {people[0].id}: ") in err
-    load_profiles(root, "forget_10")
+    _scored(root, "forget_10")
     assert capsys.readouterr().err == ""  # said once
-    load_profiles(bench_dir, "forget_10")  # the benchmark's own options: all apart
+    _scored(bench_dir, "forget_10")  # the benchmark's own options: all apart
     assert capsys.readouterr().err == ""
 
 
@@ -200,7 +205,7 @@ def test_an_id_with_spaces_around_it_is_the_same_person(bench_dir, tmp_path):
     assert [p.id for p in forget_test_rows(root, forget)] == [p.id for p in forget]
 
 
-def test_people_without_a_task_are_warned_about_once(bench_dir, tmp_path, capsys):
+def test_people_without_a_task_are_warned_about_once(tiny_dir, bench_dir, tmp_path, capsys):
     """A row whose Classification_Task is null took its person's questions out of Forget ACC without a word."""
     root = _copy(bench_dir, tmp_path)
     shard = root / "forget_10" / "train-00000-of-00001.parquet"
@@ -210,21 +215,26 @@ def test_people_without_a_task_are_warned_about_once(bench_dir, tmp_path, capsys
     _rewrite(root, "forget_10/train-00000-of-00001.parquet", lambda t: t.set_column(
         t.schema.get_field_index("Classification_Task"), t.schema.field("Classification_Task"),
         [pa.array(column, t.schema.field("Classification_Task").type)]))
-    people = load_profiles(root, "forget_10")
+    people = _scored(root, "forget_10")
     assert not people[1].mc and all(p.mc for p in people if p is not people[1])
     err = capsys.readouterr().err
     assert (f"warning: forget_10: 1 of {len(people)} people have no Classification_Task questions "
             f"(e.g. {shard}:row 1, person {people[1].id}); that task is scored over the others alone") in err
     assert "Generation_Task" not in err and "Mask_Task" not in err
-    load_profiles(root, "forget_10")  # read again by the same run: said once
+    _scored(root, "forget_10")  # read again by the same run: said once
     assert "Classification_Task" not in capsys.readouterr().err
-    load_profiles(bench_dir, "forget_10")  # every person with every task: nothing to say
+    _scored(bench_dir, "forget_10")  # every person with every task: nothing to say
     assert capsys.readouterr().err == ""
     # nobody with the task: its figures would be blank with no word why
     _rewrite(root, "forget_10/train-00000-of-00001.parquet", lambda t: t.set_column(
         t.schema.get_field_index("Mask_Task"), t.schema.field("Mask_Task"),
         [pa.array([None] * t.num_rows, t.schema.field("Mask_Task").type)]))
-    load_profiles(root, "forget_10")
+    # training reads no task, and says nothing of them; an evaluation warns of the one it cannot measure
+    assert main(["unlearn", "--model", str(tiny_dir), "--data", str(root), "--method", "ga", "--max-steps", "1",
+                 "--out", str(tmp_path / "run")]) == 0
+    assert "Mask_Task" not in capsys.readouterr().err
+    assert main(["eval", "--model", str(tiny_dir), "--data", str(root), "--only", "forget:multiple_choice",
+                 "--out", str(tmp_path / "eval")]) == 0
     err = capsys.readouterr().err
     assert (f"warning: forget_10: {len(people)} of {len(people)} people have no Mask_Task questions (e.g. "
             f"{shard}:row 0, person {people[0].id}); no figure of that task is measured on it") in err
@@ -380,9 +390,9 @@ def test_a_blank_correct_option_is_warned_of(bench_dir, tmp_path, capsys):
         return rewrite
 
     _rewrite(root, FULL, blank("wrong"))
-    assert load_profiles(root, "Full_Set") and "blank" not in capsys.readouterr().err
+    assert _scored(root, "Full_Set") and "blank" not in capsys.readouterr().err
     _rewrite(root, FULL, blank("correct"))
-    people = load_profiles(root, "Full_Set")
+    people = _scored(root, "Full_Set")
     assert people[0].mc and f"warning: Full_Set: 1 multiple-choice question has a blank correct option (e.g. " \
         f"{people[0].source}, person {people[0].id}" in capsys.readouterr().err
 

@@ -387,14 +387,20 @@ def load_profiles(root: str | Path, config: str) -> list[Profile]:
                 source=source,
             )
         )
-    people = _each_once(profiles, config)
-    _warn_of_missing_tasks(people, config)
-    _warn_of_odd_questions(people, config)
-    return people
+    return _each_once(profiles, config)
 
 
 TASKS = (("mc", "Classification_Task"), ("generation", "Generation_Task"), ("cloze", "Mask_Task"))
 _warned: set[tuple[str, ...]] = set()
+
+
+def warn_of_unscored(people: list[Profile], config: str) -> list[Profile]:
+    """``people`` (of ``config``, as an evaluation scores them), after warning (once a process) of the questions
+    its figures leave out or cannot read for what they say: a task some have none of, and the multiple-choice
+    questions of ``ODD_QUESTIONS``. Training reads none of these questions, and says nothing of them."""
+    _warn_of_missing_tasks(people, config)
+    _warn_of_odd_questions(people, config)
+    return people
 
 
 def _warn_of_missing_tasks(people: list[Profile], config: str) -> None:

@@ -22,7 +22,7 @@ import torch
 
 from viker.collate import SPECIAL_READING, Collator, scoring_inputs
 from viker.data.examples import cloze_examples, generation_examples
-from viker.data.loader import has_config, kept_apart, load_profiles, retain_profiles
+from viker.data.loader import has_config, kept_apart, load_profiles, retain_profiles, warn_of_unscored
 from viker.data.schema import RETAIN_OF, Example, MCQuestion, Profile, check_forget_split, listed_ids
 from viker.errors import VikerError, check_types, require
 from viker.eval import metrics as M
@@ -114,13 +114,14 @@ def eval_sets(data_dir: str | Path, cfg: EvalConfig) -> list[EvalSet]:
     forget = load_profiles(data_dir, cfg.forget)
     if not forget:
         raise VikerError(f"{data_dir}: {cfg.forget} has no people to evaluate")
-    read = {
-        "forget": lambda: forget,
-        "test": lambda: photo_views(forget_test_rows(data_dir, forget), cfg.test_images),
-        "retain": lambda: retain_profiles(data_dir, cfg.forget, forget),
+    read = {  # each set warned of the questions its figures leave out (once it is known to be kept apart)
+        "forget": lambda: warn_of_unscored(forget, cfg.forget),
+        "test": lambda: photo_views(warn_of_unscored(forget_test_rows(data_dir, forget), "Test_Set"),
+                                    cfg.test_images),
+        "retain": lambda: warn_of_unscored(retain_profiles(data_dir, cfg.forget, forget), RETAIN_OF[cfg.forget]),
         # the celebrities of Retain_Set are numbered apart from the fictitious people: told apart by image alone
-        "real": lambda: kept_apart(data_dir, cfg.forget, forget, "Retain_Set", load_profiles(data_dir, "Retain_Set"),
-                                   by_id=False),
+        "real": lambda: warn_of_unscored(kept_apart(data_dir, cfg.forget, forget, "Retain_Set",
+                                                    load_profiles(data_dir, "Retain_Set"), by_id=False), "Retain_Set"),
     }
 
     def limited(name: str, people: list[Profile]) -> EvalSet:
