@@ -186,6 +186,22 @@ def test_a_lambda_label_stays_legible_over_a_run_drawn_where_it_stands(tmp_path,
     assert all(t.get_zorder() > top and t.get_bbox_patch() is not None for t in labels)
 
 
+def test_the_plot_shows_no_negative_tick_on_an_axis_that_is_never_negative(tmp_path, monkeypatch):
+    """Every CLEAR run at model utility 0 (all forgotten, or a tiny model): matplotlib centres the column on 0,
+    and the x axis read -0.04 as a utility."""
+    import matplotlib.figure
+
+    from viker.report import CLEAR_AXES
+
+    runs = [{"method": m, "metrics": {"model_utility": 0.0, "forget_quality": q, "coherence": 90.0}}
+            for m, q in (("ga", 1e-5), ("viker", 1e-3), ("vanilla", 1e-8))]
+    seen = {}
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, path, **kw: seen.update(ax=fig.axes[0]))
+    tradeoff_plot(runs, [], tmp_path / "tradeoff.png", axes=CLEAR_AXES)
+    ticks, (lo, hi) = seen["ax"].get_xticks(), seen["ax"].get_xlim()
+    assert 0 in ticks and min(ticks) == 0 and lo < 0 < hi  # the runs' column still drawn clear of the frame
+
+
 def test_terminal_table_names_runs_and_columns_like_the_report():
     lines = plain_table(_runs()).splitlines()
     assert [line.split()[0] for line in lines[1:]] == ["vanilla", "GA", "KL-Min", "ViKeR"]

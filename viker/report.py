@@ -401,6 +401,14 @@ def _clear_of_markers(ax) -> None:
         taken.append(box)
 
 
+def _no_negative_ticks(ax) -> None:
+    """Leave out the x ticks below 0: both plots' x (an accuracy, a model utility) is never negative, and the room
+    drawn left of 0 (a margin, or the span matplotlib gives a column of runs all at 0) is only room."""
+    lo, hi = ax.get_xlim()
+    ax.set_xticks([t for t in ax.get_xticks() if 0 <= t and lo <= t <= hi])
+    ax.set_xlim(lo, hi)
+
+
 def _room_above(ax, pad_pt: float = 3.0) -> None:
     """Raise the top of the y range until the labels above the sweep's markers (which do not count when
     matplotlib sets the range) end inside the frame, ``pad_pt`` below it."""
@@ -508,6 +516,7 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
     _set_side_by_side(ax, dots, at)
     _clear_of_markers(ax)
     _room_above(ax)
+    _no_negative_ticks(ax)
     fig.savefig(path, dpi=130, bbox_inches="tight")
 
 
