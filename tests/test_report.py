@@ -187,7 +187,7 @@ def test_a_lambda_label_stays_legible_over_a_run_drawn_where_it_stands(tmp_path,
 
 
 def test_the_plot_shows_no_negative_tick_on_an_axis_that_is_never_negative(tmp_path, monkeypatch):
-    """Every CLEAR run at model utility 0 (all forgotten, or a tiny model): matplotlib centres the column on 0,
+    """Every CLEAR run at model utility 0 (all forgotten, or a tiny model): matplotlib centred the column on 0,
     and the x axis read -0.04 as a utility."""
     import matplotlib.figure
 
@@ -200,6 +200,34 @@ def test_the_plot_shows_no_negative_tick_on_an_axis_that_is_never_negative(tmp_p
     tradeoff_plot(runs, [], tmp_path / "tradeoff.png", axes=CLEAR_AXES)
     ticks, (lo, hi) = seen["ax"].get_xticks(), seen["ax"].get_xlim()
     assert 0 in ticks and min(ticks) == 0 and lo < 0 < hi  # the runs' column still drawn clear of the frame
+    # and model utility is drawn on its whole scale, 0 to 1: a gap of 0.07 between runs is not drawn large
+    for r, utility in zip(runs, (0.45, 0.52, 0.5)):
+        r["metrics"]["model_utility"] = utility
+    tradeoff_plot(runs, [], tmp_path / "tradeoff.png", axes=CLEAR_AXES)
+    lo, hi = seen["ax"].get_xlim()
+    assert lo < 0 and hi > 1 and min(seen["ax"].get_xticks()) == 0
+
+
+def test_a_title_or_label_with_dollars_or_of_any_length_is_drawn_as_typed(tmp_path, monkeypatch):
+    """matplotlib reads text between two '$' as mathematics: `--title 'GA $\\foo$ run'` stopped the report with a
+    traceback, and '$5 vs $10' lost its dollars. A 90-character label squeezed the plot to a strip."""
+    import matplotlib.figure
+
+    from viker.report import LABEL_WIDTH
+
+    runs = _runs()
+    runs[1]["label"] = "GA $\\alpha$ " + "x" * 80 + " (lr=5e-05)"
+    for title in ("GA $\\foo$ run", "cost $5 vs $10_a^b"):
+        tradeoff_plot(runs, [], tmp_path / "tradeoff.png", title=title)  # drawn to a file: the text is laid out
+        assert (tmp_path / "tradeoff.png").stat().st_size > 0
+    seen = {}
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, path, **kw: seen.update(ax=fig.axes[0]))
+    tradeoff_plot(runs, [], tmp_path / "tradeoff.png", title="cost $5 vs $10_a^b " + "y " * 60)
+    ax = seen["ax"]
+    assert ax.title.get_text().startswith(r"cost \$5 vs \$10_a^b") and "\n" in ax.title.get_text()  # shown, wrapped
+    shown = next(t.get_text() for t in ax.get_legend().get_texts() if t.get_text().startswith("GA"))
+    assert len(shown.replace("\\$", "$")) == LABEL_WIDTH  # its middle left out: the method and setting kept
+    assert shown.startswith(r"GA \$") and shown.endswith("x (lr=5e-05)")
 
 
 def test_terminal_table_names_runs_and_columns_like_the_report():
@@ -399,9 +427,10 @@ def test_a_sweep_label_stands_where_it_hides_no_run(tmp_path, monkeypatch):
         assert not (box.x0 < x + h and x - h < box.x1 and box.y0 < y + h and y - h < box.y1), name
 
 
-@pytest.mark.parametrize("others", [2, 12])
+@pytest.mark.parametrize("others", [2, 8, 12])
 def test_no_other_run_is_drawn_in_vikers_colour(others, tmp_path, monkeypatch):
-    """ViKeR, its λ sweep and GA were all the same blue: the one comparison the plot is for."""
+    """ViKeR, its λ sweep and GA were all the same blue: the one comparison the plot is for. The eighth run was the
+    retain model's grey."""
     import matplotlib.colors
     import matplotlib.figure
 
@@ -417,10 +446,13 @@ def test_no_other_run_is_drawn_in_vikers_colour(others, tmp_path, monkeypatch):
                       for i in range(others - 2)]
     sweep = [{"lam": lam, "metrics": {"forget_acc": x, "retain_rougeL": 80.0, "coherence": 99.0}}
              for lam, x in ((1.0, 60.0), (10.0, 36.0))]
+    runs.append({"method": "retain_model", "metrics": {"forget_acc": 25.0, "retain_rougeL": 90.0}})
     tradeoff_plot(runs, sweep, tmp_path / "tradeoff.png")
     vikers = seen["dots"].pop("ViKeR (λ=10)")
     assert set(seen["lines"]) == {vikers}  # the sweep (its line, and its points drawn over the runs) is ViKeR's
     assert vikers not in seen["dots"].values()
+    retain = seen["dots"].pop("retain model")  # nor the retain model's grey, a reference's
+    assert retain not in seen["dots"].values() and not {"#7f7f7f", "#c7c7c7"} & set(seen["dots"].values())
 
 
 def test_forty_runs_in_one_place_each_keep_a_look_and_a_place_of_their_own(tmp_path, monkeypatch):
@@ -530,6 +562,11 @@ def test_a_clear_run_of_forget_quality_0_is_said_to_be_off_the_log_axis(tmp_path
     run_report([str(tmp_path / "gone"), str(tmp_path / "unscored")], tmp_path / "neither")
     assert "Not on the plot, having no `model_utility` or no `forget_quality`: unscored." in \
         " ".join((tmp_path / "neither" / "report.md").read_text().split())
+    # alone, it has no plot, for CLEAR's reason (MLLMU-Bench's, --only, is no option of a CLEAR evaluation)
+    run_report([str(tmp_path / "unscored")], tmp_path / "none")
+    assert "No trade-off plot: no run has both `model_utility` and `forget_quality` (evaluated without " \
+        "`--retain-model`, which forget quality is measured against)." in \
+        " ".join((tmp_path / "none" / "report.md").read_text().split())
 
 
 def test_report_tabulates_evaluated_runs_by_what_they_are(runs, bench_dir, tmp_path, capsys, monkeypatch):
@@ -632,6 +669,7 @@ def test_a_nan_in_a_metrics_file_is_not_measured_in_the_table_and_the_plot(runs,
     assert cells["GA"][0] == "–" and "vanilla" in drawn and "GA" not in drawn  # not plotted without Forget ACC
     said = " ".join((tmp_path / "report" / "report.md").read_text().split())
     assert "Not on the plot, having no `forget_acc` or no `retain_rougeL`: GA." in said  # and said so
+    assert "A – where other runs have a figure was not scored: GA (Forget ACC)" in said  # a NaN is not a failure
     assert json.loads((tmp_path / "report" / "results.json").read_text())["runs"][1]["metrics"]["forget_acc"] is None
 
 
@@ -826,6 +864,14 @@ def test_the_report_says_how_first_char_read_the_letters_and_keeps_it_apart_from
     said = " ".join((tmp_path / "report" / "report.md").read_text().split())
     assert "Most multiple-choice replies opened with no option letter, and count as wrong, for NPO (forget 96%): " \
         "their ACC figures say nothing of what they know" in said
+    # nor does the plot draw that ACC of 0 as the most forgetting: the run is left off it, and said to be
+    (first / "metrics.json").write_text(json.dumps(metrics | {"forget_acc": 0.0, "forget_unparsed": 96.0,
+                                                              "retain_rougeL": 50.0}))
+    assert main(["report", str(first), "--out", str(tmp_path / "report")]) == 0
+    said = " ".join((tmp_path / "report" / "report.md").read_text().split())
+    assert "NPO: `forget_acc` of letter replies that mostly named no option, which says nothing of what the model " \
+        "knows, so left off it." in said
+    assert "No trade-off plot" not in said and not (tmp_path / "report" / "tradeoff.png").exists()
     capsys.readouterr()
     assert main(["report", str(runs / "ga-eval"), str(first), "--out", str(tmp_path / "mixed")]) == 2
     assert "--mc-mode" in capsys.readouterr().err

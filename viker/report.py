@@ -7,6 +7,7 @@ import json
 import math
 import re
 import shlex
+import textwrap
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, NamedTuple
@@ -148,16 +149,21 @@ def questions_behind(records: Iterable[dict]) -> dict[str, int]:
     return asked
 
 
+def _measured(value: float | None) -> bool:
+    """Whether a figure was measured: not None (left out), nor NaN (an empty split)."""
+    return value is not None and not math.isnan(value)
+
+
 def _printed(column: Column, value: float | None) -> str:
-    """The cell as printed: "–" for what was not measured (None, or NaN for an empty split)."""
-    return "–" if value is None or math.isnan(value) else format(value, column.fmt)
+    """The cell as printed: "–" for what was not measured."""
+    return format(value, column.fmt) if _measured(value) else "–"
 
 
 def _incoherent(metrics: dict, below: float) -> bool:
     """Whether a run's answers fell apart (coherence under ``below``); unknown coherence (none, or null) is
     not taken for that."""
     coherence = metrics.get("coherence")
-    return coherence is not None and not math.isnan(coherence) and coherence < below
+    return _measured(coherence) and coherence < below
 
 
 def cell(text: str) -> str:
@@ -186,7 +192,7 @@ def unscored(rows: list[dict]) -> str:
     that a reader does not take the – for a failure: such a run was evaluated on fewer sets or tasks."""
     columns = _columns(rows)
     gaps = [f"{r['label']} ({', '.join(c.header for c in missing)})" for r in rows
-            if (missing := [c for c in columns if c.key not in r["metrics"]])]
+            if (missing := [c for c in columns if not _measured(r["metrics"].get(c.key))])]
     if not gaps:
         return ""
     return (f" A – where other runs have a figure was not scored: {'; '.join(gaps)} "
@@ -333,12 +339,14 @@ class PlotAxes(NamedTuple):
     ylabel: str
     ylog: bool = False
     yspan: tuple[float, float] | None = None  # a scale's whole extent, always shown: no small gap drawn large
+    xspan: tuple[float, float] | None = None
 
 
 MLLMU_AXES = PlotAxes("forget_acc", "retain_rougeL", "Forget ACC (%)  ← better forgetting",
                       "Retain ROUGE-L (%)  ↑ better retention", yspan=(0.0, 100.0))
 CLEAR_AXES = PlotAxes("model_utility", "forget_quality", "Model utility  → better retention",
-                      "Forget quality (log)  ↑ closer to never trained", ylog=True)  # as TOFU and CLEAR plot it
+                      "Forget quality (log)  ↑ closer to never trained", ylog=True,  # as TOFU and CLEAR plot it
+                      xspan=(0.0, 1.0))
 
 
 def _set_side_by_side(ax, dots: list[list], at: list[tuple[float, float]]) -> None:
@@ -426,6 +434,22 @@ def _room_above(ax, pad_pt: float = 3.0) -> None:
 
 
 VIKER_COLOUR = "#1f77b4"  # ViKeR's runs and its λ sweep
+TITLE_WIDTH, LABEL_WIDTH = 90, 48  # characters of a plot's title a line, and of a legend entry (the table says all)
+
+
+def _literal(text: str) -> str:
+    """``text`` drawn as typed: matplotlib reads what lies between two '$' as mathematics (a title "$5 vs $10"
+    lost its dollars, and one with a backslash between them stopped the plot)."""
+    return text.replace("$", r"\$")
+
+
+def _short(text: str, width: int = LABEL_WIDTH) -> str:
+    """``text`` in at most ``width`` characters, its middle left out where it is longer: a label's start names
+    the method and its end the setting that tells it apart, and a legend entry no wider keeps the plot wide."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
 
 
 def figure(size: tuple[float, float]):
@@ -443,7 +467,8 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
     """Forgetting against retention, a point per run: by default forget accuracy (x, lower is better)
     against retain ROUGE-L (y, higher is better). ``chance`` draws the accuracy of a model that knows
     nothing; a run whose coherence is below ``incoherent_below`` is crossed out (its answers fell apart).
-    Runs that would cover each other are set side by side, centred on their place, so that none hides another."""
+    Runs at one place (within half a marker's width) are set side by side, centred on it; runs a little further
+    apart may still overlap."""
     import matplotlib
 
     fig, ax = figure((8.4, 4.8))
@@ -481,10 +506,11 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
             c = None  # several runs of one method: a colour each
         styles.append((r.get("marker", m), c))
     coloured = sum(c is None for _, c in styles)
-    # the cycle's colours, less ViKeR's blues (tab10's first, tab20's first two): no other run looks like ViKeR or
-    # its sweep; beyond nine runs, tab20's eighteen, and beyond those a shape each round
-    palette = [c for c in matplotlib.colormaps["tab10" if coloured <= 9 else "tab20"].colors
-               if matplotlib.colors.to_hex(c) not in (VIKER_COLOUR, "#aec7e8")]
+    # the cycle's colours, less ViKeR's blues (tab10's first, tab20's first two) and the greys (the retain model's):
+    # no other run looks like ViKeR, its sweep or a reference; beyond eight runs, tab20's sixteen, and beyond those
+    # a shape each round
+    palette = [c for c in matplotlib.colormaps["tab10" if coloured <= 8 else "tab20"].colors
+               if matplotlib.colors.to_hex(c) not in (VIKER_COLOUR, "#aec7e8", "#7f7f7f", "#c7c7c7")]
     ax.set_prop_cycle(color=[palette[i % len(palette)] for i in range(max(coloured, 1))])
     if coloured > len(palette):
         nth = 0  # the n-th run drawn in a colour of the cycle
@@ -494,7 +520,8 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
                 nth += 1
     dots = []
     for r, (x, y), (m, c) in zip(drawn, at, styles):
-        dots.append([ax.scatter(x, y, marker=m, s=MARKER_AREA, color=c, zorder=3, label=label(r))])
+        dots.append([ax.scatter(x, y, marker=m, s=MARKER_AREA, color=c, zorder=3,
+                                label=_literal(_short(label(r))))])
         if _incoherent(r["metrics"], incoherent_below):
             dots[-1].append(cross(x, y))
     for m in (s["metrics"] for s in sweep):
@@ -504,10 +531,11 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
     ax.set_ylabel(axes.ylabel)
     if axes.ylog:
         ax.set_yscale("log")
-    if axes.yspan:  # with matplotlib's own margin of 5% on each side
-        (low, high), margin = ax.get_ylim(), 0.05 * (axes.yspan[1] - axes.yspan[0])
-        ax.set_ylim(min(low, axes.yspan[0] - margin), max(high, axes.yspan[1] + margin))
-    ax.set_title(title or "Forgetting vs retention")
+    for span, get, set_ in ((axes.xspan, ax.get_xlim, ax.set_xlim), (axes.yspan, ax.get_ylim, ax.set_ylim)):
+        if span:  # with matplotlib's own margin of 5% on each side
+            (low, high), margin = get(), 0.05 * (span[1] - span[0])
+            set_(min(low, span[0] - margin), max(high, span[1] + margin))
+    ax.set_title(_literal(textwrap.fill(title or "Forgetting vs retention", TITLE_WIDTH)))
     ax.grid(alpha=0.3)
     entries = sorted(zip(*ax.get_legend_handles_labels()), key=lambda entry: entry[1] == crossed)  # crossed: last
     ax.legend(*zip(*entries), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
@@ -960,13 +988,16 @@ def run_report(paths: list[str] | str, out: str | Path, title: str | None = None
         row["label"] = name
     out.mkdir(parents=True, exist_ok=True)
     axes = CLEAR_AXES if shared["benchmark"] == "clear" else MLLMU_AXES
-    plotted = [r for r in rows if all(r["metrics"].get(key) is not None for key in (axes.x, axes.y))]
-    # a log axis has no place for 0 (CLEAR's forget quality, where the KS test's p-value underflows): said, not lost
+    plotted = [r for r in rows if all(_measured(r["metrics"].get(key)) for key in (axes.x, axes.y))]
+    # a log axis has no place for 0 (CLEAR's forget quality, where the KS test's p-value underflows), and an ACC of
+    # letter replies that mostly named no option says nothing (the table marks no best by it): said, not lost
     off_axis = [r for r in plotted if axes.ylog and r["metrics"][axes.y] <= 0]
-    plotted = [r for r in plotted if r not in off_axis]
-    unplotted = "" if plotted or off_axis else (
-        f"\nNo trade-off plot: no run has both `{axes.x}` and `{axes.y}` (evaluated with `--only`, or on fewer "
-        "sets).\n")
+    unread = [r for r in plotted if reads_no_letter(r, axes.x)]
+    plotted = [r for r in plotted if r not in off_axis and r not in unread]
+    why = ("evaluated without `--retain-model`, which forget quality is measured against" if axes is CLEAR_AXES
+           else "evaluated with `--only`, or on fewer sets")
+    unplotted = "" if plotted or off_axis or unread else (
+        f"\nNo trade-off plot: no run has both `{axes.x}` and `{axes.y}` ({why}).\n")
 
     def settings_text(r: dict) -> str:  # the method's settings, then the training's: those a label names a run by
         return ", ".join(setting_text(k, v) for k, v in (r["settings"] | r["training"]).items()) or "–"
@@ -982,7 +1013,10 @@ def run_report(paths: list[str] | str, out: str | Path, title: str | None = None
     if off_axis:
         plot += (f"\n{', '.join(cell(r['label']) for r in off_axis)}: `{axes.y}` 0, which the plot's log axis cannot "
                  "show, so left off it.\n")
-    if (plotted or off_axis) and (partial := [r for r in rows if r not in plotted and r not in off_axis]):
+    if unread:
+        plot += (f"\n{', '.join(cell(r['label']) for r in unread)}: `{axes.x}` of letter replies that mostly named no "
+                 "option, which says nothing of what the model knows, so left off it.\n")
+    if (plotted or off_axis or unread) and (partial := [r for r in rows if r not in plotted + off_axis + unread]):
         plot += (f"\nNot on the plot, having no `{axes.x}` or no `{axes.y}`: "
                  f"{', '.join(cell(r['label']) for r in partial)}.\n")
     evaluated = _evaluation_notes(rows, shared) + unscored(rows)
