@@ -338,6 +338,14 @@ def test_an_infinite_setting_is_refused_from_python_too():
     ([*UNLEARN, "--method", "cagul", "--save", "adapter"], "--save adapter does not apply to --method cagul"),
     ([*UNLEARN, "--method", "cagul", "--tuning", "full"], "--tuning full does not apply to --method cagul"),
     ([*UNLEARN, "--tuning", "full", "--dtype", "float16"], "float16 weights cannot be trained in place (AdamW"),
+    # refused before the run's folder is made (its config.json asked for --overwrite), with advice the CPU takes
+    (["finetune", "--max-steps", "1", "--tuning", "full", "--dtype", "float16"],
+     "float16 weights cannot be trained in place (AdamW's ε is 0 in float16, and its first step gives NaN): load "
+     "float32 weights and autocast (--dtype float32 --mixed-precision bf16)"),
+    # the CPU's bf16 autocast stopped at the first step with a RuntimeError from inside torch
+    ([*UNLEARN, "--dtype", "fp16", "--mixed-precision", "bf16"],
+     "--dtype fp16 under bf16 autocast: the CPU's autocast takes no float16 weights; give --dtype bfloat16 or"),
+    (["keytokens", "--dtype", "float16", "--mixed-precision", "bf16"], "--dtype float16 under bf16 autocast"),
     ([*UNLEARN, "--device", "gpu"], "--device gpu: not a device"),
     (["eval", "--device", "meta"], "--device meta: choose cpu, cuda, cuda:N or mps"),
     ([*UNLEARN, "--device", "xla"], "--device xla: choose cpu, cuda, cuda:N or mps"),

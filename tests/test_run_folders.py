@@ -315,6 +315,32 @@ def test_a_resumed_run_goes_on_with_the_settings_it_started_with(tiny_dir, bench
     assert f"--resume: --model was {model} when the run started and is {other} now" in _error(capsys)
 
 
+def test_a_resumed_run_goes_on_under_the_autocast_it_trained_under(tiny_dir, bench_dir, tmp_path, capsys,
+                                                                    monkeypatch):
+    """A run started under its launcher's bf16 (accelerate's config, or ACCELERATE_MIXED_PRECISION) and resumed
+    without it went on in float32 without a word; --mixed-precision no, where the run ran under none with none
+    given, was refused as another setting."""
+    run = tmp_path / "run"
+    unlearn = ["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--max-steps", "2", "--method", "ga",
+               "--out", str(run)]
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    _stopped(unlearn, monkeypatch)
+    assert json.loads((run / "config.json").read_text())["runtime"]["mixed_precision"] == "bf16"
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+    capsys.readouterr()
+    assert main([*unlearn, "--resume"]) == 2
+    assert "--resume: the run trained under mixed precision bf16 (given with --mixed-precision or by its launcher's " \
+        "config) and would go on under no; give --mixed-precision bf16 with --resume" in _error(capsys)
+    assert main([*unlearn, "--mixed-precision", "bf16", "--resume"]) == 2 and PAST in _error(capsys)
+    # the autocast used is compared, not how it was asked for
+    plain = tmp_path / "plain"
+    _stopped([*unlearn[:-1], str(plain)], monkeypatch)
+    capsys.readouterr()
+    assert main([*unlearn[:-1], str(plain), "--mixed-precision", "no", "--resume"]) == 2 and PAST in _error(capsys)
+    assert main([*unlearn[:-1], str(plain), "--mixed-precision", "bf16", "--resume"]) == 2
+    assert "the run trained under mixed precision no" in _error(capsys)
+
+
 def test_a_run_resumed_without_checkpoint_every_keeps_checkpointing_as_it_started(tiny_dir, bench_dir, tmp_path,
                                                                                    capsys, monkeypatch):
     """Resumed without --checkpoint-every, a run wrote no checkpoint more (and recorded 0): a second interruption

@@ -43,6 +43,7 @@ from viker.progress import bars_as_asked
 from viker.run_folder import (
     check_resume,
     check_resume_or_overwrite,
+    check_resumed_precision,
     check_run_folder,
     claim_run_folder,
     kept_checkpoints,
@@ -171,7 +172,9 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     model_files = None if tiny else weight_hashes(cfg.model)  # recorded; --resume checks them
     if resume:
         check_resume(out, "finetune", recorded, cfg.data, model_files)
-    accelerator = make_accelerator(cfg.train, resume, cfg.device)  # one process or several: docs/distributed.md
+    accelerator = make_accelerator(cfg.train, resume, cfg.device, cfg.dtype)  # one process or several
+    if resume:
+        check_resumed_precision(out, accelerator)
     sharded = shards_model(accelerator)
     if sharded and tuning == "lora" and cfg.lora.merge:
         raise VikerError("finetuning with LoRA under FSDP or DeepSpeed cannot save a merged model; use DDP "
@@ -192,12 +195,11 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
     collate.preflight(model, examples)
     settings = {"finetune": recorded, "examples": len(examples), "runtime": runtime_info(accelerator, model),
                 **({} if model_files is None else {"model_files": model_files})}
+    start = time.perf_counter()
+    prepared = prepare(model, cfg.train, len(examples), accelerator, resume=resume)  # refuses what cannot train
     claim_run_folder(out, accelerator, replaced)  # every check passed: --overwrite may remove now
     if accelerator.is_main_process:  # only the main process writes; the others hold the same results
         write_config(out, "finetune", settings, cfg.data, resumed=started)
-
-    start = time.perf_counter()
-    prepared = prepare(model, cfg.train, len(examples), accelerator, resume=resume)
     history = train(prepared.model, get_method("finetune")(), {"train": examples}, collate, cfg.train,
                     desc="finetune", progress=progress, run_dir=out, resume=resume, prepared=prepared)
     seconds = time.perf_counter() - start

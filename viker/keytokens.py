@@ -399,7 +399,7 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
     (``.json``, as any run's config records them); returns the rows shown. The reference
     distributions come from (or go to) ViKeR's cache, ``cache_dir`` or its default. ``train_on``: the forget
     examples, as ``viker unlearn --train-on`` picks them (auto: by what ``model_path`` learned)."""
-    from viker.model import check_dtype, how_loaded, load_model, pick_device
+    from viker.model import check_cpu_autocast, check_dtype, how_loaded, load_model, pick_device
     from viker.unlearn import UnlearnConfig, resolve_train_on
 
     check_dtype(dtype)
@@ -425,6 +425,7 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
         print(f"warning: {warning}", file=sys.stderr)
     if model_and_processor is None:  # refused before minutes of loading a large model
         check_autocast(mixed_precision, pick_device(device).type)
+        check_cpu_autocast(dtype, mixed_precision, pick_device(device).type)
     model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code)
     with torch.no_grad():
         rows = answer_token_entropies(model, processor, answers, k, seed,

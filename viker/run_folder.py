@@ -173,6 +173,16 @@ def kept_checkpoints(cfg, started: dict, command: str):
 RESUME_FREE = ("cache_dir", "device", "trust_remote_code", "checkpoint_every", "out")
 
 
+def check_resumed_precision(out: str | Path, accelerator) -> None:
+    """A resumed run goes on under the autocast it ran under (``runtime.mixed_precision`` in its config, from
+    --mixed-precision or the launcher's setting): one resumed without the launcher's bf16 went on in float32."""
+    ran = read_configs(out)[0].get("runtime", {}).get("mixed_precision")
+    if ran is not None and ran != accelerator.mixed_precision:
+        raise VikerError(f"--resume: the run trained under mixed precision {ran} (given with --mixed-precision or "
+                         f"by its launcher's config) and would go on under {accelerator.mixed_precision}; give "
+                         f"--mixed-precision {ran} with --resume")
+
+
 def check_resume(out: str | Path, command: str, settings: dict, data_dir: str | Path | None = None,
                  model_files: dict[str, str] | None = None, resolve: Callable[[dict], dict] | None = None) -> None:
     """A resumed run goes on with the settings it was started with (``settings``: what its config.json records
@@ -201,6 +211,9 @@ def check_resume(out: str | Path, command: str, settings: dict, data_dir: str | 
     # and so does a model folder moved elsewhere whose weight files are those the run started from
     model_moved = model_files is not None and same_weights(config.get("model_files"), model_files)
     by_hash |= {"model"} if model_moved else set()
+    # the autocast the run ran under is compared as used, once the launcher's part in it is known
+    # (check_resumed_precision): --mixed-precision no and none given, no launcher setting, are one
+    by_hash |= {"train.mixed_precision"} if "mixed_precision" in config.get("runtime", {}) else set()
     # both as the run reads them: a record from before the settings it never read were left out compares alike
     before, now = (flat(used_settings(resolve(s))) for s in (config[command], to_jsonable(settings)))
     changed = [k for k in sorted(before.keys() | now.keys()) if k.rsplit(".", 1)[-1] not in RESUME_FREE

@@ -235,17 +235,18 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler, rank: int = 0, w
     return state["step"], state["history"], state.get("pending", {})
 
 
-def make_accelerator(cfg: TrainConfig, resume: bool = False, device: str | None = None):
+def make_accelerator(cfg: TrainConfig, resume: bool = False, device: str | None = None, dtype: str = "auto"):
     """The run's ``Accelerator``, made before the model is loaded: it says how many processes there are,
     which device is this process's and whether the model will be sharded (which decides where to load
     it). Under ``accelerate launch`` the launcher's configuration (DDP, FSDP, DeepSpeed) applies;
     ``cfg.mixed_precision``, when set, overrides the launcher's. What a sharded run cannot do is
     refused here, before anything is loaded. ``device`` (``--device``, one process only) is where accelerate
-    trains: the CPU, or the GPU it names (accelerate moves a single process's model to the current GPU)."""
+    trains: the CPU, or the GPU it names (accelerate moves a single process's model to the current GPU). ``dtype``
+    (``--dtype``) is refused where the CPU's autocast cannot take it."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, DistributedType
 
-    from viker.model import pick_device
+    from viker.model import check_cpu_autocast, pick_device
 
     if cfg.mixed_precision not in (None, "no", "bf16", "fp16"):
         raise VikerError(f"--mixed-precision {cfg.mixed_precision}: choose no, bf16 or fp16")
@@ -269,6 +270,8 @@ def make_accelerator(cfg: TrainConfig, resume: bool = False, device: str | None 
         asked = "--mixed-precision fp16" if cfg.mixed_precision else "the launcher's mixed_precision: fp16"
         raise VikerError(f"{asked}: accelerate autocasts to fp16 on a GPU only, and on the CPU would train in float32 "
                          "while the run records fp16; give bf16 on the CPU, or no")
+    if dtype != "auto":
+        check_cpu_autocast(dtype, accelerator.mixed_precision, accelerator.device.type)
     if shards_model(accelerator) and (cfg.checkpoint_every or resume):
         raise VikerError("--checkpoint-every/--resume: checkpoints are written on one process and under DDP; "
                          "under FSDP or DeepSpeed the optimiser state is split across processes")
@@ -389,8 +392,9 @@ def prepare(model: torch.nn.Module, cfg: TrainConfig, n_examples: int, accelerat
                          "whose weights train, or load it again")
     if any(p.dtype == torch.float16 for p in params) and accelerator.distributed_type != DistributedType.DEEPSPEED:
         # AdamW's ε (1e-8) is 0 in float16: a weight whose gradient is 0 gets 0/0, the first step gives NaN
+        autocast = "--mixed-precision bf16" if accelerator.device.type == "cpu" else "--mixed-precision fp16"
         raise VikerError("float16 weights cannot be trained in place (AdamW's ε is 0 in float16, and its first step "
-                         "gives NaN): load float32 weights and autocast (--dtype float32 --mixed-precision fp16), "
+                         f"gives NaN): load float32 weights and autocast (--dtype float32 {autocast}), "
                          "or train LoRA adapters, which are float32")
     if accelerator.is_main_process and (warning := half_precision_training(params, accelerator)):
         print(f"warning: {warning}", file=sys.stderr)
@@ -406,6 +410,11 @@ def prepare(model: torch.nn.Module, cfg: TrainConfig, n_examples: int, accelerat
               f"{cfg.grad_accum} batches of {cfg.batch_size}, rounded up: {float(passes):g} passes over the "
               f"{n_examples} examples; lower --grad-accum or --batch-size to train about {cfg.epochs:g}",
               file=sys.stderr)
+    if cfg.snapshot_every and passes <= cfg.snapshot_every and accelerator.is_main_process:
+        # a snapshot is taken after every N passes but the last (the run's own model): a run this short takes none
+        print(f"warning: --snapshot-every {cfg.snapshot_every}: the run trains {float(passes):g} pass"
+              f"{'es' * (passes != 1)} over its {n_examples} examples, and saves no snapshot (one is saved after "
+              f"every {cfg.snapshot_every} but the last, whose model is the run's own)", file=sys.stderr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(cfg.scheduler, int(cfg.warmup_ratio * total), total)
     )
@@ -468,7 +477,11 @@ def train(
     bar = progress_bar(total=total, initial=step, desc=desc, disable=not progress or not accelerator.is_main_process,
                        dynamic_ncols=True)
     # what to do where the loss diverges: --resume keeps the rate the run started with, and would diverge again
-    how = "start the run again with a lower --lr and --overwrite" if run_dir is not None else "lower the learning rate"
+    # (a loss may diverge from a method's weight as well: --lam, --beta, --retain-weight of 1e308; a learning rate
+    # that overflows the optimiser is the rate's alone)
+    weights = " (or a smaller weight of the method's terms)"
+    again, how = (f"start the run again with a lower --lr{w} and --overwrite" if run_dir is not None else
+                  f"lower the learning rate{w}" for w in ("", weights))
     while step < total:
         lr = scheduler.get_last_lr()[0]  # the rate this step uses (the scheduler moves on after it)
         group = []  # the step's micro-batches, drawn first so that each is weighted by its share of the step
@@ -498,7 +511,7 @@ def train(
                     if "overflow" not in str(e):
                         raise
                     raise VikerError(f"step {step + 1}: the learning rate {lr:g} (this step's) overflows the "
-                                     f"optimizer's arithmetic; {how}") from None
+                                     f"optimizer's arithmetic; {again}") from None
                 scheduler.step()
                 optimizer.zero_grad()
             for k, v in values.items():

@@ -47,6 +47,7 @@ from viker.run_folder import (
     SAVE_CHOICES,
     check_resume,
     check_resume_or_overwrite,
+    check_resumed_precision,
     check_run_folder,
     claim_run_folder,
     kept_checkpoints,
@@ -385,7 +386,9 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         if "train_on" not in started.get("unlearn", {"train_on": None}):
             compared.pop("train_on")  # a run started before the choice was recorded, on all
         check_resume(cfg.out, "unlearn", compared, cfg.data, model_files, resolve=resolved_settings)
-    accelerator = make_accelerator(cfg.train, resume, cfg.device)  # one process or several: docs/distributed.md
+    accelerator = make_accelerator(cfg.train, resume, cfg.device, cfg.dtype)  # one process or several
+    if resume:
+        check_resumed_precision(cfg.out, accelerator)
     if accelerator.is_main_process:
         for warning in (other_benchmark(cfg.model, cfg.data, cfg.benchmark),
                         *unpaired,

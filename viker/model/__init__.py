@@ -96,6 +96,14 @@ def check_dtype(dtype: str) -> None:
         raise VikerError(f"--dtype {dtype}: choose auto, {', '.join(DTYPES)}")
 
 
+def check_cpu_autocast(dtype: str, mixed_precision: str | None, device_type: str) -> None:
+    """Refuse ``--dtype`` float16 under bf16 autocast on the CPU, whose autocast takes no float16 weights (the first
+    forward pass stopped with a RuntimeError from deep inside torch)."""
+    if mixed_precision == "bf16" and device_type == "cpu" and DTYPES.get(dtype) == torch.float16:
+        raise VikerError(f"--dtype {dtype} under bf16 autocast: the CPU's autocast takes no float16 weights; give "
+                         "--dtype bfloat16 or float32")
+
+
 def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
     if dtype != "auto":
         check_dtype(dtype)
