@@ -171,3 +171,19 @@ def test_the_lora_a_command_line_run_takes_unset_is_the_python_apis():
         assert helps["--lora-alpha"].endswith(f"(default: {api.alpha})"), argv[0]
         assert helps["--lora-r"].endswith(f"(default: {api.r})") and \
             helps["--lora-dropout"].endswith(f"(default: {api.dropout:g})")
+
+
+@pytest.mark.parametrize("command", [["eval", "--model", "m", "--data", "d", "--out", "o"],
+                                     ["keytokens", "--model", "m", "--data", "d", "--out", "o.html"],
+                                     ["data", "synth", "--out", "o"], ["report", "r", "--out", "o"]])
+def test_a_command_that_runs_in_one_process_is_refused_under_a_launcher(command, tmp_path, capsys, monkeypatch):
+    """Under torchrun every process ran the whole evaluation, wrote the same files at once and called a paid LLM
+    judge once a process: only finetune and unlearn split their work across processes."""
+    from viker.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(command) == 2
+    assert f"error: viker {command[0]} runs in one process: under a launcher of 2 processes each would do all of " \
+        "it and write the same files; run it without the launcher" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing made

@@ -162,7 +162,7 @@ def test_divergence_stops_with_a_message_saying_how_to_go_on(tmp_path):
     def collate(exs):
         return {"x": torch.zeros(len(exs), 2)}
 
-    how = "start the run again with a lower --lr and --overwrite"
+    how = r"start the run again with a lower --lr \(or a smaller weight of the method's terms\) and --overwrite"
     with pytest.raises(VikerError, match=rf"step 4: the loss became inf \(diverged\); {how}$"):
         train(model, _Exploding(), {"train": examples}, collate,
               TrainConfig(max_steps=10, batch_size=2, checkpoint_every=2, log_every=1), progress=False,
@@ -178,7 +178,7 @@ def test_weights_that_diverge_at_the_last_update_are_not_taken_for_a_finished_ru
 
     examples = [Example(f"q{i}", "a", None) for i in range(8)]
     cfg = TrainConfig(max_steps=3, batch_size=2, log_every=1)
-    how = "start the run again with a lower --lr and --overwrite"
+    how = r"start the run again with a lower --lr \(or a smaller weight of the method's terms\) and --overwrite"
     with pytest.raises(VikerError, match=rf"^step 3, the last: the loss after its update became inf \(diverged\); "
                                          rf"{how}$"):
         train(torch.nn.Linear(2, 2), _Exploding(), {"train": examples}, lambda exs: {"x": torch.zeros(len(exs), 2)},
@@ -239,3 +239,16 @@ def test_a_checkpoint_keeps_the_random_state_and_the_fp16_loss_scale(tmp_path):
     torch.save(state, tmp_path / CHECKPOINT / "state.pt")
     assert load_checkpoint(tmp_path, model, optimizer, scheduler)[0] == 3
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_snapshot_interval_the_run_never_reaches_is_warned_of(capsys):
+    """--snapshot-every 5 on a run of 2 passes (or 1 on a run of 1) wrote no epochs/ folder, without a word."""
+    from viker.train import prepare
+
+    for passes, every, warned in ((2, 5, True), (1, 1, True), (2, 1, False), (3, 2, False)):
+        prepare(torch.nn.Linear(2, 2), TrainConfig(epochs=passes, batch_size=2, snapshot_every=every), 4)
+        err = capsys.readouterr().err
+        assert (f"warning: --snapshot-every {every}: the run trains {passes} pass" in err) == warned, (passes, every)
+    assert "and saves no snapshot (one is saved after every 5 but the last, whose model is the run's own)" in \
+        (prepare(torch.nn.Linear(2, 2), TrainConfig(epochs=2, batch_size=2, snapshot_every=5), 4),
+         capsys.readouterr().err)[1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -673,6 +674,19 @@ def _end_progress_bars() -> None:
         bar.close()
 
 
+SPLIT_ACROSS_PROCESSES = ("finetune", "unlearn")  # the commands that split their work under a launcher
+
+
+def _refuse_launcher(command: str | None) -> None:
+    """Refuse any other command under a multi-process launcher (torchrun, accelerate launch): each process did all
+    of its work and wrote the same files at once (and called an LLM judge once a process)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if command and command not in SPLIT_ACROSS_PROCESSES and world > 1:
+        raise VikerError(f"viker {command} runs in one process: under a launcher of {world} processes each would do "
+                         f"all of it and write the same files; run it without the launcher (only "
+                         f"{' and '.join(SPLIT_ACROSS_PROCESSES)} split their work across processes)")
+
+
 def main(argv: list[str] | None = None) -> int:
     from viker.runs import Terminated, held_alone, terminate_as_interrupt
 
@@ -680,6 +694,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with terminate_as_interrupt():
             args = _home_expanded(parser().parse_args(argv))
+            _refuse_launcher(args.command)
             written = ("RUN", args.run) if args.command == "judge" else ("--out", getattr(args, "out", None))
             with held_alone(written[1], written[0]):
                 args.func(args)
