@@ -361,6 +361,9 @@ def test_an_infinite_setting_is_refused_from_python_too():
     (["eval", "--gib-model", "a-file.png"], "--gib-model a-file.png: a file, not a folder"),
     ([*UNLEARN, "--method", "viker", "--refs", "a-file.png"], "a-file.png: a file, not a folder (choose people"),
     ([*UNLEARN, "--method", "viker", "--cache-dir", "a-file.png"], "--cache-dir a-file.png: "),
+    # blank: it fell back on the default cache and recorded "" as the one used
+    ([*UNLEARN, "--method", "viker", "--cache-dir", ""], "--cache-dir '': name a folder (leave it out for "),
+    (["keytokens", "--cache-dir", " "], "--cache-dir ' ': name a folder"),
     (["keytokens", "--cache-dir", "a-file.png/cache"], "--cache-dir a-file.png/cache: "),
     (["eval", "--benchmark", "clear", "--max-new-tokens", "0"], "--max-new-tokens 0: must be at least 1"),
     (["keytokens", "--k", "0"], "--k 0: must be at least 1"),

@@ -863,3 +863,19 @@ def test_saved_weights_are_as_readable_as_the_umask_makes_any_file(bench_dir, tm
     weights = [f for f in tmp_path.rglob("*") if f.suffix in (".safetensors", ".pt")]
     assert {f.parent.name for f in weights} == {"model", CHECKPOINT}
     assert {f.name: oct(f.stat().st_mode & 0o777) for f in weights} == {f.name: "0o640" for f in weights}
+
+
+def test_the_reference_cache_is_recorded_where_it_is_and_a_blank_variable_is_no_folder(tiny_dir, bench_dir, tmp_path,
+                                                                                      monkeypatch):
+    """--cache-dir relc was recorded as typed (the record names folders absolute); VIKER_CACHE set but blank
+    cached into the working folder."""
+    from viker.methods.reference import default_cache_dir
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--method", "ga", "--max-steps", "1",
+                 "--cache-dir", "relc", "--out", "run"]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["unlearn"]["cache_dir"] == \
+        str(tmp_path / "relc")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("VIKER_CACHE", "")
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "viker"

@@ -186,3 +186,13 @@ def test_a_benchmark_stopped_midway_leaves_nothing_that_reads_as_one(tmp_path, c
     assert main(["data", "synth", "--profiles", "10", "--out", str(out)]) == 0  # a new, empty folder: no --overwrite
     assert (out / "README.md").is_file() and (out / "ref_pets").is_dir() and (out / "Full_Set").is_dir()
     assert not [entry for entry in out.iterdir() if entry.name.startswith(".")]  # no staging folder left
+
+
+def test_a_seed_no_other_command_takes_is_refused_before_anything_is_written(tmp_path, capsys):
+    """--seed -1 wrote a benchmark that no `viker finetune --seed -1` or demo could be run beside."""
+    from viker.cli import main
+
+    for seed in ("-1", str(2**32)):
+        assert main(["data", "synth", "--seed", seed, "--out", str(tmp_path / "b")]) == 2
+        assert f"--seed {seed}: must be from 0 to 2**32 - 1" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

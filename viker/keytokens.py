@@ -28,6 +28,7 @@ from viker.methods.losses import IGNORE, entropy
 from viker.methods.reference import (
     default_cache_dir,
     default_topk,
+    given_cache_dir,
     pool_owners,
     reference_distributions,
     reference_pool,
@@ -411,8 +412,7 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
             "name an .html file (the PNG is written beside it)")
     check_writable("--out", out, Path(out).parent)
     check_page_out(Path(out), data)
-    if cache_dir:
-        check_writable("--cache-dir", cache_dir, read_only=True)  # a shared one, filled
+    cache_dir = given_cache_dir(cache_dir)
     run = next(runs_behind(model_path), {})
     if run.get("command") == "unlearn" and run.get("method", {}).get("name") != "cagul":  # CAGUL's model is frozen
         started, split = run.get("unlearn", {}).get("model"), run.get("unlearn", {}).get("forget")

@@ -22,7 +22,7 @@ from viker.data.schema import DEFAULT_FORGET, RETAIN_OF, check_forget_split
 from viker.errors import VikerError, check_config, check_types, require, require_given
 from viker.methods import get_method, title, unlearning_methods
 from viker.methods.base import NO_SHARDED_REFERENCE, FrozenReference, UnlearnContext, needs_reference
-from viker.methods.reference import SOURCES, default_cache_dir
+from viker.methods.reference import SOURCES, default_cache_dir, given_cache_dir
 from viker.model import (
     HALF_PRECISION,
     ON_ADAPTER_WHOLE,
@@ -55,7 +55,6 @@ from viker.run_folder import (
 )
 from viker.runs import (
     as_recorded,
-    check_writable,
     checkpoints,
     nothing_recalled_warning,
     other_benchmark,
@@ -354,8 +353,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         raise VikerError(f"--tuning {cfg.tuning}: choose lora or full")
     cfg = replace(cfg, method_args=method_paths_recorded(cfg.method_args))
     method = make_method(cfg.method, cfg.method_args, cfg.forget)
-    if cfg.cache_dir:
-        check_writable("--cache-dir", cfg.cache_dir, read_only=True)  # a shared one, filled
+    cfg = replace(cfg, cache_dir=given_cache_dir(cfg.cache_dir))
     refuse_for_cagul(cfg, resume and Path(cfg.out, "config.json").is_file())
     refuse_unused_lora(lora_changed(cfg.lora, UnlearnConfig().lora), no_adapter(cfg.method, cfg.tuning))
     check_max_length(cfg.max_length)

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from viker.collate import chat_template
 from viker.data.loader import has_config, image_bytes, load_profiles
 from viker.data.schema import Example
-from viker.errors import VikerError
+from viker.errors import VikerError, require
 from viker.methods.losses import answer_token_counts, compress_topk, decompress_topk, kl_to_reference
 from viker.progress import progress_bar
 from viker.runs import as_recorded, as_umask_gives, remove_stale
@@ -45,8 +45,21 @@ AUTO_TOPK = 1024  # the k stored then
 
 
 def default_cache_dir() -> Path:
-    """Where R̂ is cached when no folder is given: $VIKER_CACHE, else ~/.cache/viker."""
-    return Path(os.environ.get("VIKER_CACHE", Path.home() / ".cache" / "viker"))
+    """Where R̂ is cached when no folder is given: $VIKER_CACHE (when set to a folder), else ~/.cache/viker."""
+    return Path(os.environ.get("VIKER_CACHE") or Path.home() / ".cache" / "viker")
+
+
+def given_cache_dir(cache_dir: str | None) -> str | None:
+    """``--cache-dir`` as a run records and reads it: absolute (a relative one was recorded as typed), refused where
+    it is blank (it fell back on the default and recorded ""), writable; None for the default."""
+    from viker.runs import as_recorded, check_writable
+
+    if cache_dir is None:
+        return None
+    require(cache_dir.strip() != "", "--cache-dir", repr(cache_dir),
+            "name a folder (leave it out for $VIKER_CACHE, else ~/.cache/viker)")
+    check_writable("--cache-dir", cache_dir, read_only=True)  # a shared one, filled
+    return as_recorded(cache_dir, local=True)
 
 
 def default_topk(model: torch.nn.Module) -> int | None:

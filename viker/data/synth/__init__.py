@@ -40,7 +40,7 @@ from viker.data.synth.people import (
     make_names,
     make_people,
 )
-from viker.errors import VikerError
+from viker.errors import VikerError, require
 from viker.progress import progress_bar
 from viker.runs import out_folder, visible_entries, written_together
 
@@ -59,6 +59,7 @@ class SynthConfig:
     image_size: int = 128
 
     def __post_init__(self):
+        require(0 <= self.seed < 2**32, "--seed", self.seed, "must be from 0 to 2**32 - 1, as every command's")
         if forget_counts(self.profiles)["forget_5"] < 1:
             raise VikerError(f"--profiles {self.profiles}: too few, forget_5 would be empty (10 or more)")
 
