@@ -108,6 +108,30 @@ def test_the_main_process_alone_says_what_a_run_wrote(runs):
     assert said.count("{") == 1  # the finetune's figures
 
 
+# rank 1 given another forget split than rank 0: a node whose copy of the data differs from the others'
+ANOTHER_SPLIT_ON_RANK_1 = """import os, sys
+from viker.cli import main
+argv = sys.argv[1:]
+if os.environ["RANK"] == "1":
+    argv[argv.index("--forget") + 1] = "forget_5"
+sys.exit(main(argv))
+"""
+
+
+def test_processes_that_read_different_examples_are_refused_together(tiny_dir, bench_dir, tmp_path):
+    """Each process reads its own copy of the data: where they differ, DDP averaged their gradients into a run no
+    one dataset gives, and a process with fewer steps left the others waiting for it for good."""
+    (tmp_path / "drive.py").write_text(ANOTHER_SPLIT_ON_RANK_1)
+    argv = [*_argv(tiny_dir, bench_dir, tmp_path / "run", tmp_path / "cache", "ga", 4, 3), "--forget", "forget_10"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(tmp_path / "drive.py"), *argv], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    said = "error: the processes read different examples: give every process the same --data"
+    assert done.stderr.count(said) == 2, done.stderr[-3000:]  # both stop, neither waits for the other
+    assert not (tmp_path / "run" / "model").exists()
+
+
 def _finetune_argv(tiny_dir, bench_dir, out):
     return ["finetune", "--model", str(tiny_dir), "--data", str(bench_dir), "--max-steps", "4", "--batch-size", "4",
             "--lr", "1e-2", "--lora-dropout", "0", "--out", str(out)]

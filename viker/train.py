@@ -13,7 +13,9 @@ the batch, so N processes end at the weights one process reaches (up to float ro
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import math
 import os
 import random
@@ -422,6 +424,24 @@ def prepare(model: torch.nn.Module, cfg: TrainConfig, n_examples: int, accelerat
     return Prepared(accelerator, model, optimizer, scheduler, total, batches_per_epoch)
 
 
+def check_same_examples(data: dict[str, Sequence[Example]]) -> None:
+    """Refuse processes that read different examples (a node-local copy of the data that differs from the others):
+    their gradients were averaged into a run no one dataset gives, and a process with fewer steps left the others
+    waiting for it for good. Called on every process together."""
+    import torch.distributed as dist
+
+    def sha(blob: bytes) -> str:
+        return hashlib.sha256(blob).hexdigest()
+
+    read = {name: [[ex.question, ex.answer, ex.image and sha(ex.image)] for ex in examples]
+            for name, examples in data.items()}
+    digests = [None] * dist.get_world_size()
+    dist.all_gather_object(digests, sha(json.dumps(read).encode()))
+    if len(set(digests)) > 1:
+        raise VikerError("the processes read different examples: give every process the same --data (a copy on each "
+                         "node must hold the same files)")
+
+
 def train(
     model: torch.nn.Module,
     objective: Objective,
@@ -455,6 +475,8 @@ def train(
     accelerator, model, optimizer, scheduler, total = (prepared.accelerator, prepared.model, prepared.optimizer,
                                                        prepared.scheduler, prepared.total)
     rank, world = accelerator.process_index, accelerator.num_processes
+    if world > 1:
+        check_same_examples({name: data[name] for name in objective.streams})
     params = [p for p in model.parameters() if p.requires_grad]  # after prepare: FSDP replaces them
     seed_everything(cfg.seed)
     run_dir = Path(run_dir) if run_dir is not None else None
