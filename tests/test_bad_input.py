@@ -952,3 +952,13 @@ def test_unlearning_a_model_that_recalls_nothing_is_said_to_be_pointless(bench_d
     (moved / "train_metrics.json").write_text('{"full_image_exact": 0')
     assert main([*UNLEARN, "--model", str(moved), "--data", str(bench_dir), "--out", str(tmp_path / "run3")]) == 0
     assert "recalls none" not in capsys.readouterr().err
+
+
+def test_a_reference_folder_without_images_is_named_by_its_option(tiny_dir, bench_dir, tmp_path, capsys):
+    (tmp_path / "refs").mkdir()
+    (tmp_path / "refs" / "notes.txt").write_text("no picture here")
+    out = tmp_path / "run"
+    code = main([*UNLEARN, "--method", "viker", "--refs", str(tmp_path / "refs"), "--model", str(tiny_dir), "--data",
+                 str(bench_dir), "--out", str(out)])
+    _assert_clean_failure(code, capsys.readouterr().err, f"--refs {tmp_path / 'refs'}: {tmp_path / 'refs'} holds no "
+                          "image files (.png", out)

@@ -106,7 +106,7 @@ def reference_pool_and_source(refs: str, data_dir: str | Path | None,
         raise VikerError(f"--refs {refs}: no folder {folder} (choose {', '.join(SOURCES)} or a folder of images)")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise VikerError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+        raise VikerError(f"--refs {refs}: {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
     others = sorted(p.name for p in folder.iterdir() if p.suffix.lower() not in IMAGE_SUFFIXES
                     and not p.name.startswith(".") and p.is_file())
     if others:  # a HEIC photo, say: not among the references, and said so
