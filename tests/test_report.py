@@ -1,5 +1,6 @@
 """The paper-style table, the trade-off plot's labels, and ``viker report`` on evaluated runs."""
 
+import itertools
 import json
 import math
 import os
@@ -299,9 +300,15 @@ def test_sweep_points_that_lie_together_share_one_label():
 
 def test_points_that_would_cover_each_other_are_set_side_by_side_around_their_place():
     points = [(46.7, 100.0), (20.0, 100.0), (46.7, 100.0), (100.0, 100.0), (46.7, 100.0), (100.0, 100.0)]
-    assert side_by_side(points, within=0.5) == [-1.0, 0.0, 0.0, -0.5, 1.0, 0.5]
-    # closer than `within` (a pixel, say) is one place; a marker's width apart is two
-    assert side_by_side([(300.0, 40.0), (300.4, 40.3), (200.0, 40.0), (212.0, 40.0)], within=6.0) == [-0.5, 0.5, 0, 0]
+    assert side_by_side(points, width=0.5) == pytest.approx([-1.0, 0.0, 0.0, -0.5, 1.0, 0.5])
+    # closer than a marker's width is one row; a width apart is two places
+    assert side_by_side([(300.0, 40.0), (300.0, 40.3), (200.0, 40.0), (212.0, 40.0)], width=12.0) == \
+        pytest.approx([-0.5, 0.5, 0, 0])
+    # markers 0.8 of a width apart covered each other, and a row set out could cover a neighbour: it takes it in,
+    # each a width from the next, centred on their places
+    points = [(100.0, 50.0), (108.0, 50.0), (118.0, 50.0)]
+    placed = [x + slot * 10.0 for (x, _), slot in zip(points, side_by_side(points, width=10.0))]
+    assert placed == pytest.approx([98.0 + 2 / 3, 108.0 + 2 / 3, 118.0 + 2 / 3])
 
 
 def test_no_marker_of_the_plot_hides_another(tmp_path, monkeypatch):
@@ -335,6 +342,17 @@ def test_no_marker_of_the_plot_hides_another(tmp_path, monkeypatch):
     assert math.dist(where["CAGUL"], cagul) < 1e-6  # a lone point stays where it is
     tradeoff_plot([r for r in runs if r["method"] in ("cagul", "ga")], [], tmp_path / "tradeoff.png")
     assert "side by side" not in drawn["x label"]  # nothing set aside, nothing to say
+    # runs near, not at, one another: markers under a width apart were left to cover each other (by almost half),
+    # and a row set out could cover a neighbour
+    near = [{"method": m, "metrics": {"forget_acc": x, "retain_rougeL": y, "coherence": 99.2}}
+            for m, x, y in (("vanilla", 100.0, 100.0), ("ga", 32.0, 86.0), ("npo", 32.0, 86.0), ("klmin", 33.5, 86.0),
+                            ("idkpo", 30.5, 86.0))]
+    drawn.clear()
+    tradeoff_plot(near, [], tmp_path / "tradeoff.png")
+    px, where = drawn.pop("px per pt"), {k: v for k, v in drawn.items() if k not in ("CAGUL's place", "x label")}
+    # (the x range widened to make room takes back a little of the row's spacing, at most a few percent)
+    assert len(where) == 5 and min(math.dist(where[a], where[b]) for a, b in itertools.combinations(where, 2)) >= \
+        0.95 * MARKER_AREA ** 0.5 * px
 
 
 def test_retain_rouge_l_is_drawn_on_its_whole_scale(tmp_path, monkeypatch):

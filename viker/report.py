@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import re
@@ -321,15 +322,31 @@ SHAPES = ("o", "s", "^", "v", "<", ">", "p", "h")  # the markers of runs beyond 
 LEGEND_ROWS = 20  # legend entries in a column beside the plot
 
 
-def side_by_side(points: list[tuple[float, float]], within: float) -> list[float]:
-    """Where each of ``points`` goes, in marker widths to the right of its place, so that points that lie
-    within ``within`` of each other (in the same units, on the plot) sit side by side centred on their place:
-    a lone point stays (0), two go to -0.5 and 0.5, three to -1, 0 and 1, in the order given."""
-    slots = [0.0] * len(points)
-    for group in _groups(points, within):
-        for j, i in enumerate(group):
-            slots[i] = j - (len(group) - 1) / 2
-    return slots
+def side_by_side(points: list[tuple[float, float]], width: float) -> list[float]:
+    """Where each of ``points`` goes, in ``width``s (a marker's, in the points' units, on the plot) to the right of
+    its place, so that no two markers cover each other: points closer than ``width`` to another are set in a row a
+    width apart, in the order of their places (then as given), centred on their places' mean; rows that would
+    then cover another point join it, until none does. A lone point stays (0); two at one place go to -0.5 and
+    0.5, three to -1, 0 and 1."""
+    groups: list[list[int]] = []
+    for i in range(len(points)):  # the points at one place or touching one another, each gathered once
+        near = [g for g in groups if any(math.dist(points[i], points[j]) < width for j in g)]
+        groups = [g for g in groups if g not in near] + [sum(near, []) + [i]]
+
+    def placed(group: list[int]) -> dict[int, tuple[float, float]]:
+        centre = sum(points[i][0] for i in group) / len(group)
+        row = sorted(group, key=lambda i: (points[i][0], i))
+        return {i: (centre + (j - (len(row) - 1) / 2) * width, points[i][1]) for j, i in enumerate(row)}
+
+    while True:
+        at = {i: xy for g in groups for i, xy in placed(g).items()}
+        clash = next(((a, b) for a, b in itertools.combinations(range(len(groups)), 2)
+                      if any(math.dist(at[i], at[j]) < width * (1 - 1e-9) for i in groups[a] for j in groups[b])),
+                     None)
+        if clash is None:
+            return [(at[i][0] - points[i][0]) / width for i in range(len(points))]
+        a, b = clash
+        groups = [g for k, g in enumerate(groups) if k not in clash] + [groups[a] + groups[b]]
 
 
 class PlotAxes(NamedTuple):
@@ -356,11 +373,12 @@ def _set_side_by_side(ax, dots: list[list], at: list[tuple[float, float]]) -> No
     lo, hi = ax.get_xlim()
     ax.get_ylim()  # both axes scaled to the data, so that the points' places on the plot are final
     marker = MARKER_AREA ** 0.5 * ax.figure.dpi / 72  # a marker's width, in pixels
-    slots = side_by_side([tuple(xy) for xy in ax.transData.transform(at)] if at else [], within=marker / 2)
+    slots = side_by_side([tuple(xy) for xy in ax.transData.transform(at)] if at else [], width=marker)
     if not any(slots):
         return
     # the x axis is a measure: say that a marker set aside was measured where its group is centred
-    ax.set_xlabel(ax.get_xlabel() + "\n(runs at one place are drawn side by side, centred on it)")
+    ax.set_xlabel(ax.get_xlabel() + "\n(runs that would cover each other are drawn side by side, centred on their "
+                                    "places)")
     share = marker / ax.get_window_extent().width  # a marker's share of the plot's width
     most = max(abs(slot) for slot in slots)
     if 2 * most * share > 0.5:  # a row of markers wider than half the plot: a wider figure makes room
@@ -467,8 +485,8 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
     """Forgetting against retention, a point per run: by default forget accuracy (x, lower is better)
     against retain ROUGE-L (y, higher is better). ``chance`` draws the accuracy of a model that knows
     nothing; a run whose coherence is below ``incoherent_below`` is crossed out (its answers fell apart).
-    Runs at one place (within half a marker's width) are set side by side, centred on it; runs a little further
-    apart may still overlap."""
+    Runs whose markers would cover each other are set side by side, centred on their places, so that none hides
+    another."""
     import matplotlib
 
     fig, ax = figure((8.4, 4.8))
