@@ -49,14 +49,14 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("VIKER_CACHE") or Path.home() / ".cache" / "viker")
 
 
-def given_cache_dir(cache_dir: str | None) -> str | None:
+def given_cache_dir(cache_dir: str | Path | None) -> str | None:
     """``--cache-dir`` as a run records and reads it: absolute (a relative one was recorded as typed), refused where
     it is blank (it fell back on the default and recorded ""), writable; None for the default."""
     from viker.runs import as_recorded, check_writable
 
     if cache_dir is None:
         return None
-    require(cache_dir.strip() != "", "--cache-dir", repr(cache_dir),
+    require(str(cache_dir).strip() != "", "--cache-dir", repr(cache_dir),
             "name a folder (leave it out for $VIKER_CACHE, else ~/.cache/viker)")
     check_writable("--cache-dir", cache_dir, read_only=True)  # a shared one, filled
     return as_recorded(cache_dir, local=True)
