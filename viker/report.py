@@ -356,7 +356,7 @@ class PlotAxes(NamedTuple):
     ylabel: str
     ylog: bool = False
     yspan: tuple[float, float] | None = None  # a scale's whole extent, always shown: no small gap drawn large
-    xspan: tuple[float, float] | None = None
+    xspan: tuple[float, float] | None = None  # likewise for x
 
 
 MLLMU_AXES = PlotAxes("forget_acc", "retain_rougeL", "Forget ACC (%)  ← better forgetting",
