@@ -187,3 +187,6 @@ def test_a_command_that_runs_in_one_process_is_refused_under_a_launcher(command,
     assert f"error: viker {command[0]} runs in one process: under a launcher of 2 processes each would do all of " \
         "it and write the same files; run it without the launcher" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing made
+    monkeypatch.setenv("WORLD_SIZE", "")  # set blank: no launcher, and no traceback
+    main(command)
+    assert "runs in one process" not in capsys.readouterr().err

@@ -229,12 +229,16 @@ def test_people_without_a_task_are_warned_about_once(tiny_dir, bench_dir, tmp_pa
     _rewrite(root, "forget_10/train-00000-of-00001.parquet", lambda t: t.set_column(
         t.schema.get_field_index("Mask_Task"), t.schema.field("Mask_Task"),
         [pa.array([None] * t.num_rows, t.schema.field("Mask_Task").type)]))
-    # training reads no task, and says nothing of them; an evaluation warns of the one it cannot measure
+    # training reads no task, and says nothing of them, nor does an evaluation of other tasks; one of the cloze
+    # questions warns of the task it cannot measure
     assert main(["unlearn", "--model", str(tiny_dir), "--data", str(root), "--method", "ga", "--max-steps", "1",
                  "--out", str(tmp_path / "run")]) == 0
     assert "Mask_Task" not in capsys.readouterr().err
     assert main(["eval", "--model", str(tiny_dir), "--data", str(root), "--only", "forget:multiple_choice",
                  "--out", str(tmp_path / "eval")]) == 0
+    assert "Mask_Task" not in capsys.readouterr().err
+    assert main(["eval", "--model", str(tiny_dir), "--data", str(root), "--only", "forget:multiple_choice,cloze",
+                 "--out", str(tmp_path / "eval2")]) == 0
     err = capsys.readouterr().err
     assert (f"warning: forget_10: {len(people)} of {len(people)} people have no Mask_Task questions (e.g. "
             f"{shard}:row 0, person {people[0].id}); no figure of that task is measured on it") in err

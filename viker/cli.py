@@ -680,7 +680,7 @@ SPLIT_ACROSS_PROCESSES = ("finetune", "unlearn")  # the commands that split thei
 def _refuse_launcher(command: str | None) -> None:
     """Refuse any other command under a multi-process launcher (torchrun, accelerate launch): each process did all
     of its work and wrote the same files at once (and called an LLM judge once a process)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = int(os.environ.get("WORLD_SIZE") or 1)  # set blank: no launcher
     if command and command not in SPLIT_ACROSS_PROCESSES and world > 1:
         raise VikerError(f"viker {command} runs in one process: under a launcher of {world} processes each would do "
                          f"all of it and write the same files; run it without the launcher (only "

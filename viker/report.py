@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
 import re
@@ -197,7 +196,8 @@ def unscored(rows: list[dict]) -> str:
     if not gaps:
         return ""
     return (f" A – where other runs have a figure was not scored: {'; '.join(gaps)} "
-            "(evaluated on fewer sets or tasks, with viker eval --only, or without that judge or classifier).")
+            "(evaluated on fewer sets or tasks, with viker eval --only, without that judge or classifier, or on a "
+            "set with no questions of the task, recorded as NaN).")
 
 
 def markdown_table(runs: list[dict], incoherent_below: float = INCOHERENT_BELOW) -> str:
@@ -324,29 +324,20 @@ LEGEND_ROWS = 20  # legend entries in a column beside the plot
 
 def side_by_side(points: list[tuple[float, float]], width: float) -> list[float]:
     """Where each of ``points`` goes, in ``width``s (a marker's, in the points' units, on the plot) to the right of
-    its place, so that no two markers cover each other: points closer than ``width`` to another are set in a row a
-    width apart, in the order of their places (then as given), centred on their places' mean; rows that would
-    then cover another point join it, until none does. A lone point stays (0); two at one place go to -0.5 and
-    0.5, three to -1, 0 and 1."""
+    its place, so that markers that would cover each other do not: points closer than ``width`` to another (and so
+    on, one to the next) are set in a row a width apart, in the order of their places (then as given), centred on
+    their places' mean. A point no other marker covers stays where it is (0); two at one place go to -0.5 and 0.5,
+    three to -1, 0 and 1."""
     groups: list[list[int]] = []
-    for i in range(len(points)):  # the points at one place or touching one another, each gathered once
+    for i in range(len(points)):
         near = [g for g in groups if any(math.dist(points[i], points[j]) < width for j in g)]
         groups = [g for g in groups if g not in near] + [sum(near, []) + [i]]
-
-    def placed(group: list[int]) -> dict[int, tuple[float, float]]:
+    slots = [0.0] * len(points)
+    for group in groups:
         centre = sum(points[i][0] for i in group) / len(group)
-        row = sorted(group, key=lambda i: (points[i][0], i))
-        return {i: (centre + (j - (len(row) - 1) / 2) * width, points[i][1]) for j, i in enumerate(row)}
-
-    while True:
-        at = {i: xy for g in groups for i, xy in placed(g).items()}
-        clash = next(((a, b) for a, b in itertools.combinations(range(len(groups)), 2)
-                      if any(math.dist(at[i], at[j]) < width * (1 - 1e-9) for i in groups[a] for j in groups[b])),
-                     None)
-        if clash is None:
-            return [(at[i][0] - points[i][0]) / width for i in range(len(points))]
-        a, b = clash
-        groups = [g for k, g in enumerate(groups) if k not in clash] + [groups[a] + groups[b]]
+        for j, i in enumerate(sorted(group, key=lambda i: (points[i][0], i))):
+            slots[i] = (centre - points[i][0]) / width + j - (len(group) - 1) / 2
+    return slots
 
 
 class PlotAxes(NamedTuple):
@@ -452,7 +443,7 @@ def _room_above(ax, pad_pt: float = 3.0) -> None:
 
 
 VIKER_COLOUR = "#1f77b4"  # ViKeR's runs and its λ sweep
-TITLE_WIDTH, LABEL_WIDTH = 90, 48  # characters of a plot's title a line, and of a legend entry (the table says all)
+TITLE_WIDTH, LABEL_WIDTH = 70, 48  # characters of a plot's title a line, and of a legend entry (the table says all)
 
 
 def _literal(text: str) -> str:
@@ -485,8 +476,7 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
     """Forgetting against retention, a point per run: by default forget accuracy (x, lower is better)
     against retain ROUGE-L (y, higher is better). ``chance`` draws the accuracy of a model that knows
     nothing; a run whose coherence is below ``incoherent_below`` is crossed out (its answers fell apart).
-    Runs whose markers would cover each other are set side by side, centred on their places, so that none hides
-    another."""
+    Runs whose markers would cover each other are set side by side, centred on their places."""
     import matplotlib
 
     fig, ax = figure((8.4, 4.8))
@@ -536,10 +526,13 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
             if c is None:
                 styles[j] = (SHAPES[nth // len(palette) % len(SHAPES)] if m == "o" else m, c)
                 nth += 1
+    names = [label(r) for r in drawn]
+    shown = [_short(name) for name in names]
+    if len(set(shown)) < len(set(names)):  # shortened alike where they differ: each whole
+        shown = names
     dots = []
-    for r, (x, y), (m, c) in zip(drawn, at, styles):
-        dots.append([ax.scatter(x, y, marker=m, s=MARKER_AREA, color=c, zorder=3,
-                                label=_literal(_short(label(r))))])
+    for r, (x, y), (m, c), name in zip(drawn, at, styles, shown):
+        dots.append([ax.scatter(x, y, marker=m, s=MARKER_AREA, color=c, zorder=3, label=_literal(name))])
         if _incoherent(r["metrics"], incoherent_below):
             dots[-1].append(cross(x, y))
     for m in (s["metrics"] for s in sweep):
@@ -553,7 +546,8 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
         if span:  # with matplotlib's own margin of 5% on each side
             (low, high), margin = get(), 0.05 * (span[1] - span[0])
             set_(min(low, span[0] - margin), max(high, span[1] + margin))
-    ax.set_title(_literal(textwrap.fill(title or "Forgetting vs retention", TITLE_WIDTH)))
+    lines = (title or "Forgetting vs retention").splitlines()  # a title's own line breaks kept, long lines wrapped
+    ax.set_title(_literal("\n".join(textwrap.fill(line, TITLE_WIDTH) for line in lines)))
     ax.grid(alpha=0.3)
     entries = sorted(zip(*ax.get_legend_handles_labels()), key=lambda entry: entry[1] == crossed)  # crossed: last
     ax.legend(*zip(*entries), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,

@@ -252,7 +252,7 @@ def make_accelerator(cfg: TrainConfig, resume: bool = False, device: str | None 
 
     if cfg.mixed_precision not in (None, "no", "bf16", "fp16"):
         raise VikerError(f"--mixed-precision {cfg.mixed_precision}: choose no, bf16 or fp16")
-    single = int(os.environ.get("WORLD_SIZE", "1")) == 1
+    single = int(os.environ.get("WORLD_SIZE") or 1) == 1
     if single:
         from accelerate.state import AcceleratorState
 
@@ -412,11 +412,13 @@ def prepare(model: torch.nn.Module, cfg: TrainConfig, n_examples: int, accelerat
               f"{cfg.grad_accum} batches of {cfg.batch_size}, rounded up: {float(passes):g} passes over the "
               f"{n_examples} examples; lower --grad-accum or --batch-size to train about {cfg.epochs:g}",
               file=sys.stderr)
-    if cfg.snapshot_every and passes <= cfg.snapshot_every and accelerator.is_main_process:
-        # a snapshot is taken after every N passes but the last (the run's own model): a run this short takes none
+    # a snapshot is taken where a step before the last completes N passes (train): a run this short takes none
+    if cfg.snapshot_every and (total - 1) * cfg.grad_accum // batches_per_epoch < cfg.snapshot_every and \
+            accelerator.is_main_process:
         print(f"warning: --snapshot-every {cfg.snapshot_every}: the run trains {float(passes):g} pass"
-              f"{'es' * (passes != 1)} over its {n_examples} examples, and saves no snapshot (one is saved after "
-              f"every {cfg.snapshot_every} but the last, whose model is the run's own)", file=sys.stderr)
+              f"{'es' * (passes != 1)} over its {n_examples} examples, and saves no snapshot (one is saved where a "
+              f"step before the last completes {cfg.snapshot_every}; the last step's model is the run's own)",
+              file=sys.stderr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(cfg.scheduler, int(cfg.warmup_ratio * total), total)
     )
@@ -435,6 +437,8 @@ def check_same_examples(data: dict[str, Sequence[Example]]) -> None:
 
     read = {name: [[ex.question, ex.answer, ex.image and sha(ex.image)] for ex in examples]
             for name, examples in data.items()}
+    # torch's gather, not accelerate's gather_object: the trainer's own calls of that (before each checkpoint) are
+    # where the distributed tests stop a run, and keep their count
     digests = [None] * dist.get_world_size()
     dist.all_gather_object(digests, sha(json.dumps(read).encode()))
     if len(set(digests)) > 1:
@@ -501,7 +505,7 @@ def train(
     # what to do where the loss diverges: --resume keeps the rate the run started with, and would diverge again
     # (a loss may diverge from a method's weight as well: --lam, --beta, --retain-weight of 1e308; a learning rate
     # that overflows the optimiser is the rate's alone)
-    weights = " (or a smaller weight of the method's terms)"
+    weights = "" if desc == "finetune" else " (or a smaller weight of the method's terms)"
     again, how = (f"start the run again with a lower --lr{w} and --overwrite" if run_dir is not None else
                   f"lower the learning rate{w}" for w in ("", weights))
     while step < total:

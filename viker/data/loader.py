@@ -16,6 +16,7 @@ import sys
 from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
+from typing import Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -394,20 +395,25 @@ TASKS = (("mc", "Classification_Task"), ("generation", "Generation_Task"), ("clo
 _warned: set[tuple[str, ...]] = set()
 
 
-def warn_of_unscored(people: list[Profile], config: str) -> list[Profile]:
-    """``people`` (of ``config``, as an evaluation scores them), after warning (once a process) of the questions
-    its figures leave out or cannot read for what they say: a task some have none of, and the multiple-choice
-    questions of ``ODD_QUESTIONS``. Training reads none of these questions, and says nothing of them."""
-    _warn_of_missing_tasks(people, config)
-    _warn_of_odd_questions(people, config)
+def warn_of_unscored(people: list[Profile], config: str,
+                     tasks: Sequence[str] = ("generation", "multiple_choice", "cloze")) -> list[Profile]:
+    """``people`` (of ``config``, as an evaluation scores ``tasks`` of them), after warning (once a process) of the
+    questions its figures leave out or cannot read for what they say: a task some have none of, and the
+    multiple-choice questions of ``ODD_QUESTIONS``. Training reads none of these questions, and says nothing of
+    them; nor does an evaluation of other tasks."""
+    _warn_of_missing_tasks(people, config, ["mc" if task == "multiple_choice" else task for task in tasks])
+    if "multiple_choice" in tasks:
+        _warn_of_odd_questions(people, config)
     return people
 
 
-def _warn_of_missing_tasks(people: list[Profile], config: str) -> None:
+def _warn_of_missing_tasks(people: list[Profile], config: str, fields: Sequence[str]) -> None:
     """Warn (once a process) when people of a config have no questions of a task (every config of the release has
     each task for each person): their row's task is null or empty, and the task's scores are over the other people
     alone, or, where nobody has it, there are none."""
     for field, task in TASKS:
+        if field not in fields:
+            continue
         without = [p for p in people if not getattr(p, field)]
         said = (config, task, *(p.source for p in without))
         if without and said not in _warned:

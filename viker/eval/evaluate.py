@@ -114,14 +114,17 @@ def eval_sets(data_dir: str | Path, cfg: EvalConfig) -> list[EvalSet]:
     forget = load_profiles(data_dir, cfg.forget)
     if not forget:
         raise VikerError(f"{data_dir}: {cfg.forget} has no people to evaluate")
-    read = {  # each set warned of the questions its figures leave out (once it is known to be kept apart)
-        "forget": lambda: warn_of_unscored(forget, cfg.forget),
-        "test": lambda: photo_views(warn_of_unscored(forget_test_rows(data_dir, forget), "Test_Set"),
-                                    cfg.test_images),
-        "retain": lambda: warn_of_unscored(retain_profiles(data_dir, cfg.forget, forget), RETAIN_OF[cfg.forget]),
+
+    def warned(name: str, people: list[Profile], config: str) -> list[Profile]:  # of the questions it leaves out
+        return warn_of_unscored(people, config, TASKS if cfg.scope is None else cfg.scope[name])
+
+    read = {  # each set warned of once it is known to be kept apart
+        "forget": lambda: warned("forget", forget, cfg.forget),
+        "test": lambda: photo_views(warned("test", forget_test_rows(data_dir, forget), "Test_Set"), cfg.test_images),
+        "retain": lambda: warned("retain", retain_profiles(data_dir, cfg.forget, forget), RETAIN_OF[cfg.forget]),
         # the celebrities of Retain_Set are numbered apart from the fictitious people: told apart by image alone
-        "real": lambda: warn_of_unscored(kept_apart(data_dir, cfg.forget, forget, "Retain_Set",
-                                                    load_profiles(data_dir, "Retain_Set"), by_id=False), "Retain_Set"),
+        "real": lambda: warned("real", kept_apart(data_dir, cfg.forget, forget, "Retain_Set",
+                                                  load_profiles(data_dir, "Retain_Set"), by_id=False), "Retain_Set"),
     }
 
     def limited(name: str, people: list[Profile]) -> EvalSet:
