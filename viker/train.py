@@ -505,7 +505,7 @@ def train(
     # what to do where the loss diverges: --resume keeps the rate the run started with, and would diverge again
     # (a loss may diverge from a method's weight as well: --lam, --beta, --retain-weight of 1e308; a learning rate
     # that overflows the optimiser is the rate's alone)
-    weights = "" if desc == "finetune" else " (or a smaller weight of the method's terms)"
+    weights = "" if getattr(objective, "name", None) == "finetune" else " (or a smaller weight of the method's terms)"
     again, how = (f"start the run again with a lower --lr{w} and --overwrite" if run_dir is not None else
                   f"lower the learning rate{w}" for w in ("", weights))
     while step < total:

@@ -35,7 +35,7 @@ from viker.data.schema import Example
 from viker.errors import VikerError, require
 from viker.methods.losses import answer_token_counts, compress_topk, decompress_topk, kl_to_reference
 from viker.progress import progress_bar
-from viker.runs import as_recorded, as_umask_gives, remove_stale
+from viker.runs import as_recorded, as_umask_gives, check_writable, remove_stale
 
 SOURCES = ("people", "patterns", "scenes", "pets", "forget", "retain")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -52,8 +52,6 @@ def default_cache_dir() -> Path:
 def given_cache_dir(cache_dir: str | Path | None) -> str | None:
     """``--cache-dir`` as a run records and reads it: absolute (a relative one was recorded as typed), refused where
     it is blank (it fell back on the default and recorded ""), writable; None for the default."""
-    from viker.runs import as_recorded, check_writable
-
     if cache_dir is None:
         return None
     require(str(cache_dir).strip() != "", "--cache-dir", repr(cache_dir),
