@@ -206,6 +206,16 @@ def test_cloze_prompt_replaces_every_blank_once():
         ("B (Sand)", "B"),  # a capital and "and" in one word: a word, no "C and D"
         ("C (Tor)", "C"),
         ("B) Halifax (not A)", "B"),  # a letter in brackets after the choice is no option listed
+        ('"B"', "B"),  # in quotes
+        ("'B'", "B"),
+        ("“B”", "B"),
+        ("'C' is correct", "C"),
+        ('The answer is "D"', "D"),
+        ("B!", "B"),  # or with the punctuation that ends a sentence
+        ("B?", "B"),
+        ("B;", "B"),
+        ("B...", "B"),
+        ("B…", "B"),
     ],
 )
 def test_parse_choice_accepts_clear_letters(reply, expected):
@@ -265,6 +275,19 @@ def test_parse_choice_accepts_clear_letters(reply, expected):
         "Answer: E",
         "A.I. is everywhere",
         "I",
+        "B C",  # nothing but letters of several options: the options listed, none picked
+        "C D",
+        "B C D",
+        "A B C D",
+        "A. B. C. D.",
+        "B. C.",
+        "B) C)",
+        "(B) (C)",
+        "(B)(C)",
+        "(A) (B) (C) (D)",
+        "A\nB\nC\nD",
+        "A.\nB.\nC.\nD.",
+        '"B" "C"',
     ],
 )
 def test_parse_choice_returns_none_when_unclear(reply):

@@ -123,9 +123,9 @@ def whole_words(phrase: str) -> str:
     return rf"(?<!\w){re.escape(phrase)}(?!\w)"
 
 
-# A letter opening the reply: "(B)", "[B]", "B", "B:", "B)", "B]", "B. Paris", "B, Paris", "B - Paris",
-# "B" alone on the first line; "b)", "(b)", "b:", "b. Paris" in lower case. "." and "," must be followed by
-# whitespace or the end so that "A.I.", "U.S." or "e.g." do not count. A letter followed by a space and a
+# A letter opening the reply: "(B)", "[B]", "B", "B:", "B)", "B]", "B. Paris", "B, Paris", "B; Paris", "B!",
+# "B?", "B...", "B - Paris", "B" alone on the first line; "b)", "(b)", "b:", "b. Paris" in lower case. ".", ",",
+# ";", "!" and "?" must be followed by whitespace or the end so that "A.I.", "U.S." or "e.g." do not count. A letter followed by a space and a
 # word ("B is correct"), or by one in brackets ("B (Halifax)"), counts unless it is one of the words "A"
 # and "I" ("A cat ...", "I think ..."; "A is correct" and "A because ..." are the letter, as with B) or the
 # words say it is not the answer ("B is wrong", "B not C", "B vs C", "B (or C)", "B (C)"). The last two
@@ -136,7 +136,7 @@ _NEGATION = (r"(?:(?:is|was|would(?:\s+be)?|seems(?:\s+to\s+be)?)\s+(?:not|never
 # hyphenated word is a compound the article can precede ("A would-be actor").
 _NOT_AFTER_ARTICLE = r"(?:because|since|as|is|was|which|would|seems|fits|matches)(?![\w-])"
 _LEADING_RE = re.compile(
-    r"^(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])(?=[ \t\r]*(?:$|\n)|[:)\]]|[.,](?:\s|$)|\s+[-–]\s)"
+    r"^(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])(?=[ \t\r]*(?:$|\n)|[:)\]]|(?:[.,;]|\.{2,}|…|[!?]+)(?:\s|$)|\s+[-–]\s)"
     rf"|([B-HJ-Z]|A(?=\s+{_NOT_AFTER_ARTICLE}))(?=\s+\(?\w)(?!\s+\(?{_NEGATION}|\s+\([A-Z](?:\s*[),/]|\s+(?:or|and)\b))"
     r"|\(?([a-z])(?=[:)]|\.(?:\s|$)))"
 )
@@ -157,6 +157,8 @@ _ANNOUNCED_RE = re.compile(
     r"(?:\s+(?i:is|would\s+be|will\s+be))?\s*[:\-]?\s*"
     rf"(?:\(([A-Z])\)|\[([A-Z])\]|(?!I\s+[a-z]|A\s+(?!{_NOT_AFTER_ARTICLE})[a-z])([A-Z])\b)"
 )
+# A letter in quotes: '"B"', "'B'", "“B”" (quotes taken off before the rules read the reply).
+_QUOTED_LETTER_RE = re.compile(r"[\"'`“‘]([A-Za-z])[\"'`”’]")
 # Two letters joined as alternatives or a list: "A and B", "A or C", "A, B", "A/B".
 _ENUMERATION_RE = re.compile(r"\b([A-Z])\)?\s*(?:,?\s*(?:and|or|&)\b|,|/)\s*\(?([A-Z])\b")
 
@@ -173,10 +175,11 @@ def parse_choice(reply: str, options: Sequence[str] | Mapping[str, str] = "ABCD"
     """The option letter a multiple-choice reply picks, or None when it does not pick exactly one.
 
     MLLMU-Bench reads the first character of the reply. This parser accepts more forms but never
-    guesses. After stripping whitespace and Markdown emphasis (``*``), the candidate letters are:
+    guesses. After stripping whitespace, Markdown emphasis (``*``) and quotes around a letter (``"B"``,
+    ``'B' is correct``), the candidate letters are:
 
     1. the whole reply when it is a single letter, in either case (``"b"`` -> ``"B"``);
-    2. a letter opening the reply on its own: ``"B"``, ``"B."``, ``"B: Paris"``, ``"B) Paris"``,
+    2. a letter opening the reply on its own: ``"B"``, ``"B."``, ``"B!"``, ``"B..."``, ``"B: Paris"``, ``"B) Paris"``,
        ``"B - Paris"``, ``"(B)"``, ``"[B]"``, alone on the first line, or followed by a word
        (``"B is correct"``, ``"A is correct"``), except the words "A" and "I" (``"A cat"``, ``"I think"``),
        a letter that is no option (``"T cells"``) and words that deny it (``"B is wrong"``); in lower case
@@ -189,7 +192,8 @@ def parse_choice(reply: str, options: Sequence[str] | Mapping[str, str] = "ABCD"
        article (``"The answer is A because ..."``, ``"Answer: A is correct"`` are A, as with B they are B).
 
     The reply is ambiguous, and the result None, when these rules give no letter, give different
-    letters (``"A. The answer is B"``), or the letter they give is, where they found it, listed with
+    letters (``"A. The answer is B"``), the reply is nothing but the letters of several options (``"B C"``,
+    ``"A. B. C. D."``, ``"(B)(C)"``, one a line), or the letter they give is, where they found it, listed with
     another option letter as alternatives (``"A, B"``, ``"The answer is C or B"``; ``"Both A and B"``
     gives no letter at all). Letters listed further on do not count, the picked one included
     (``"B. A and C are wrong."`` is B, and so is the option text in ``"B: Type A/B personality"``). A letter that is
@@ -206,9 +210,12 @@ def parse_choice(reply: str, options: Sequence[str] | Mapping[str, str] = "ABCD"
     none of them.
     """
     allowed = {option.strip().upper() for option in options}
-    text = reply.replace("*", "").strip()
+    text = _QUOTED_LETTER_RE.sub(r"\1", reply.replace("*", "")).strip()
     if not text:
         return None
+    words = re.findall(r"[^\W\d_]+", text)
+    if all(len(w) == 1 for w in words) and len({w.upper() for w in words} & allowed) > 1:
+        return None  # nothing but letters of several options: "B C", "A. B. C. D.", "(B)(C)", one per line
     first_lines = [_LINE_MARKER_RE.match(line) for line in text.splitlines()[:2]]
     if len(first_lines) == 2 and all(first_lines) and len({m.group(1) for m in first_lines} & allowed) == 2:
         return None  # the options listed again, one per line, from the reply's start
