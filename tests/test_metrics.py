@@ -458,6 +458,11 @@ def test_coherence_reads_other_scripts_as_words():
     assert coherence("彼は東京で生まれました。") > 0.99 and coherence("这个人是张伟，他在北京工作。") > 0.99
     assert coherence("北京北京北京北京北京") < 0.4 and coherence("，，，，。。。") == 0.0
     assert coherence("वह दिल्ली में पैदा हुआ था") == approx(1 - 0.5 ** 6)  # vowel signs are part of the word
+    # a script's own full stop or comma ends a word as "." does: the danda, the Arabic comma, the Armenian stop
+    assert coherence("वह दिल्ली में पैदा हुआ था।") == coherence("वह दिल्ली में पैदा हुआ था॥") == approx(1 - 0.5 ** 6)
+    assert coherence("ولد في أوسلو، ويعمل مصورا") == approx(1 - 0.5 ** 5)
+    assert coherence("Նա ծնվել է Օսլոյում։") == approx(1 - 0.5 ** 4)
+    assert coherence("।।। ॥") == 0.0  # punctuation soup in any script
     assert coherence("Zoe\u0308 was born in Zu\u0308rich.") == coherence("Zoë was born in Zürich.") == approx(
         1 - 0.5 ** 5)
     assert coherence("Он родился в Москве в 1984 году.") == approx(1 - 0.5 ** 7)

@@ -339,8 +339,26 @@ def mean_percent(values: Iterable[float | bool]) -> float:
 # Offline coherence
 # --------------------------------------------------------------------------------------------
 
-# Punctuation stripped from the ends of a whitespace token before judging it (full-width forms too: "京。").
+# Punctuation stripped from the ends of a whitespace token before judging it (full-width forms too: "京。"); so is
+# every other script's (Unicode category P: the Devanagari danda "।", the Arabic comma "،", the Armenian "։").
 _EDGE_PUNCT = "\"'`.,;:!?()[]{}<>«»“”‘’…*_%。，、！？；：（）「」『』【】《》〈〉・"
+
+
+def _edge_stripped(token: str) -> str:
+    """``token`` without the punctuation at its ends (:data:`_EDGE_PUNCT`, and any non-ASCII punctuation)."""
+    if token.isascii():
+        return token.strip(_EDGE_PUNCT)
+
+    def edge(c: str) -> bool:
+        return c in _EDGE_PUNCT or (not c.isascii() and unicodedata.category(c).startswith("P"))
+
+    start, end = 0, len(token)
+    while start < end and edge(token[start]):
+        start += 1
+    while end > start and edge(token[end - 1]):
+        end -= 1
+    return token[start:end]
+
 # Chinese and Japanese are written without spaces between words: each of their characters counts as a token
 # (punctuation after it stays with it), so a sentence is judged by its characters, not as one long word.
 _UNSPACED_RE = re.compile(r"([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff])([。，、！？；：）」』】》〉・]*)")
@@ -398,8 +416,9 @@ def coherence(text: str) -> float:
       0.75 for two, and above 0.99 from seven words on, so a bare word is neither trusted nor
       condemned.
 
-    Tokens are split at whitespace, except in Chinese and Japanese (each character a token), and combining
-    marks belong to their letter: prose in those scripts, Cyrillic or Devanagari scores as English does. Other
+    Tokens are split at whitespace, except in Chinese and Japanese (each character a token), combining marks
+    belong to their letter, and every script's punctuation (the danda "।") is stripped from a token's ends as
+    English's is: prose in those scripts, Cyrillic, Arabic or Devanagari scores as English does. Other
     scripts written without spaces (Thai, Khmer, Burmese) read as one long word per run, 0.5 a sentence.
 
     Example values: "She was born in Lisbon in 1984 and works as a pilot." ~= 1.0;
@@ -408,7 +427,7 @@ def coherence(text: str) -> float:
     if not text.isascii():  # "Zoe\u0308" is "Zoë"; Chinese and Japanese are read character by character
         text = _UNSPACED_RE.sub(r" \1\2 ", unicodedata.normalize("NFC", text))
     tokens = [token for token in text.split() if token not in _NEUTRAL_TOKENS]
-    cores = [token.strip(_EDGE_PUNCT) for token in tokens]
+    cores = [_edge_stripped(token) for token in tokens]
     word_count = sum(1 for core in cores if core and _is_word_like(core))
     if word_count == 0:
         return 0.0
