@@ -106,12 +106,13 @@ def _unlearn(args) -> None:
     if not _main_process():
         return
     loss = f"{last_logged_loss(history)}; every logged step in history.json"
+    model = Path(args.out, "model")  # "out/" or "out": one slash before the folder's name
     if args.method == "cagul":
-        print(f"CAGUL modules written to {args.out}/cagul, beside the untouched base model ({loss})")
-    elif Path(args.out, "model", "adapter_config.json").is_file():
-        print(f"unlearned model written to {args.out}/model as its LoRA adapter, on the model it names ({loss})")
+        print(f"CAGUL modules written to {Path(args.out, 'cagul')}, beside the untouched base model ({loss})")
+    elif Path(model, "adapter_config.json").is_file():
+        print(f"unlearned model written to {model} as its LoRA adapter, on the model it names ({loss})")
     else:
-        print(f"unlearned model written to {args.out}/model ({loss})")
+        print(f"unlearned model written to {model} ({loss})")
 
 
 def _resumes_on(args, preset: TrainConfig) -> bool:

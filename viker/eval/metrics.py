@@ -125,11 +125,11 @@ def whole_words(phrase: str) -> str:
 
 # A letter opening the reply: "(B)", "[B]", "B", "B:", "B)", "B]", "B. Paris", "B, Paris", "B; Paris", "B!",
 # "B?", "B...", "B - Paris", "B" alone on the first line; "b)", "(b)", "b:", "b. Paris" in lower case. ".", ",",
-# ";", "!" and "?" must be followed by whitespace or the end so that "A.I.", "U.S." or "e.g." do not count. A letter followed by a space and a
-# word ("B is correct"), or by one in brackets ("B (Halifax)"), counts unless it is one of the words "A"
-# and "I" ("A cat ...", "I think ..."; "A is correct" and "A because ..." are the letter, as with B) or the
-# words say it is not the answer ("B is wrong", "B not C", "B vs C", "B (or C)", "B (C)"). The last two
-# forms (groups 4 and 5) count only for a letter among the options: "T cells. The answer is C" is C.
+# ";", "!" and "?" must be followed by whitespace or the end so that "A.I.", "U.S." or "e.g." do not count. A
+# letter followed by a space and a word ("B is correct"), or by one in brackets ("B (Halifax)"), counts unless it
+# is one of the words "A" and "I" ("A cat ...", "I think ..."; "A is correct" and "A because ..." are the letter,
+# as with B) or the words say it is not the answer ("B is wrong", "B not C", "B vs C", "B (or C)", "B (C)"). The
+# last two forms (groups 4 and 5) count only for a letter among the options: "T cells. The answer is C" is C.
 _NEGATION = (r"(?:(?:is|was|would(?:\s+be)?|seems(?:\s+to\s+be)?)\s+(?:not|never|neither|wrong|incorrect|false)"
              r"|isn't|wasn't|wouldn't|not|nor|vs|versus|rather|but|or|and)\b")
 # Words that cannot follow the article "A": after them, "A" is the letter ("A is correct", "A because ..."); a
