@@ -1065,6 +1065,15 @@ def test_runs_that_start_from_other_models_than_one_another_or_the_vanilla_row_a
     assert (f"The unlearning runs start from different models than one another or the vanilla row: "
             f"`{tiny_dir.resolve()}` ({first}); `{(runs / 'npo-a' / 'model').resolve()}` ({second}); "
             f"the vanilla row is `{(runs / 'vanilla' / 'model').resolve()}`, which none starts from.") in said
+    # two vanilla rows, one of them the model the first run starts from: only the other is said to start none
+    base_row = shutil.copytree(runs / "vanilla", tmp_path / "vanilla-of-base")
+    evaluation = json.loads((base_row / "eval_config.json").read_text())
+    (base_row / "eval_config.json").write_text(json.dumps(evaluation | {"model": str(tiny_dir)}))
+    assert main(["report", str(runs / "vanilla"), str(base_row), str(runs / "npo-a"), str(on_run),
+                 "--out", str(tmp_path / "two")]) == 0
+    said = " ".join((tmp_path / "two" / "report.md").read_text().split())
+    assert (f"({second}); none starts from `{(runs / 'vanilla' / 'model').resolve()}` (the model of a vanilla row)."
+            in said) and "the vanilla row is" not in said
 
 
 def test_drawing_a_plot_leaves_the_callers_matplotlib_backend_as_it_was(tmp_path):

@@ -808,9 +808,12 @@ def starting_models(rows: list[dict]) -> str:
     if not starts or (len(starts) == 1 and set(vanilla) <= set(starts)):
         return ""
     listed = "; ".join(f"`{model}` ({', '.join(labels)})" for model, labels in starts.items())
-    other = [cell(m) for m in vanilla if m not in starts]
-    return (f" The unlearning runs start from different models than one another or the vanilla row: {listed}"
-            + (f"; the vanilla row is `{'`, `'.join(other)}`, which none starts from" if other else "") + ".")
+    other = list(dict.fromkeys(cell(m) for m in vanilla if m not in starts))
+    if len(vanilla) == 1:
+        unused = f"; the vanilla row is `{other[0]}`, which none starts from" if other else ""
+    else:  # several vanilla rows: those some run starts from are no news
+        unused = f"; none starts from `{'` or `'.join(other)}` (the model of a vanilla row)" if other else ""
+    return f" The unlearning runs start from different models than one another or the vanilla row: {listed}{unused}."
 
 
 def _one_value(rows: list[dict], key: str, what: str, option: str | None = None) -> str | None:
