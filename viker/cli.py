@@ -164,8 +164,12 @@ def _scope(only: list[str] | None) -> dict | None:
         return None
     scope = {}
     for item in only:
-        name, _, tasks = item.partition(":")  # "forget: generation, cloze" as typed in quotes reads the same
-        asked = tuple(t.strip() for t in tasks.split(",") if t.strip()) or TASKS
+        name, colon, tasks = item.partition(":")  # "forget: generation, cloze" as typed in quotes reads the same
+        asked = tuple(t.strip() for t in tasks.split(",") if t.strip())
+        if colon and not asked:  # "forget:" is a list of tasks left blank, not every task of forget
+            raise VikerError(f"--only {item}: name the tasks after ':' ({', '.join(TASKS)}), or give the set "
+                             f"alone for all of them")
+        asked = asked or TASKS
         scope[name.strip()] = tuple(dict.fromkeys(scope.get(name.strip(), ()) + asked))
     check_scope(scope)
     return scope
