@@ -184,8 +184,11 @@ def test_viker_loss_value_and_variants():
     cos = 1 - (ref * q).sum(-1) / (ref.norm(dim=-1) * q.norm(dim=-1))
     values = {"kl": kl, "jsd": jsd, "cos": cos}
     for reg, divergence in values.items():
-        torch.testing.assert_close(viker_token_loss(logits, targets, ref, 0.5, regularizer=reg),
+        terms = {}  # the two terms apart, as history.json logs them
+        torch.testing.assert_close(viker_token_loss(logits, targets, ref, 0.5, regularizer=reg, terms=terms),
                                    (log_q_y + 0.5 * divergence).mean())
+        assert terms == {"forget_ll": pytest.approx(log_q_y.mean().item()),
+                         f"reference_{reg}": pytest.approx(divergence.mean().item())}
         assert torch.isfinite(_viker_grad(logits, targets, ref, 0.5, regularizer=reg)).all()
     assert len({round(float(v.mean()), 6) for v in values.values()}) == 3  # three different penalties
     with pytest.raises(ValueError):

@@ -159,14 +159,19 @@ def test_viker_matches_a_per_token_loop_at_lambda_above_zero(tiny_dir, bench_dir
     examples = ctx.data["forget"][:3]
     order = [2, 0, 1]  # a batch as training draws one, in another order than the examples': each row is its own
     batch = ctx.collate([examples[i] for i in order]) | {"index": torch.tensor(order)}
-    loss, _ = method.loss(ctx.model, {"forget": batch})
-    terms = []
+    loss, logs = method.loss(ctx.model, {"forget": batch})
+    terms, lls, kls = [], [], []
     for i, ex in enumerate(examples):
         rows = method.dists.rows([i]).float()
         for (log_q, y), r in zip(_answer_log_probs(ctx.model, ctx.collate, ex), rows, strict=True):
             kl = sum(r[v].item() * (math.log(r[v].item()) - log_q[v].item()) for v in r.nonzero().flatten().tolist())
             terms.append(log_q[y].item() + 2.0 * kl)
+            lls.append(log_q[y].item())
+            kls.append(kl)
     assert loss.item() == pytest.approx(sum(terms) / len(terms), rel=1e-4)
+    # history.json logs the two terms apart: the ascent's log-likelihood and the divergence from R̂
+    assert logs == {"forget_ll": pytest.approx(sum(lls) / len(lls), rel=1e-4),
+                    "reference_kl": pytest.approx(sum(kls) / len(kls), rel=1e-4)}
     jsd = get_method("viker")(lam=2.0, k=2, regularizer="jsd")
     jsd.dists = method.dists
     jsd_loss, _ = jsd.loss(ctx.model, {"forget": ctx.collate(examples) | {"index": torch.arange(3)}})

@@ -241,6 +241,7 @@ def viker_token_loss(
     lam: float | Tensor,
     regularizer: str = "kl",
     ga_weight: float = 1.0,
+    terms: dict | None = None,
 ) -> Tensor:
     """ViKeR: mean over the N answer tokens of [ga_weight · log Q(y) + λ · D(R̂ ‖ Q)].
 
@@ -256,16 +257,22 @@ def viker_token_loss(
     * ``ga_weight=0`` is the 'w/o GA' ablation, ``lam=0`` is plain GA ('w/o Reg').
     * ``lam`` may be a (N,) tensor: a per-token λ (e.g. derived from H(R̂)) needs no other change.
     * ``regularizer`` ∈ {"kl", "jsd", "cos"}.
+    * ``terms``, where given, receives the two means apart, as floats: ``forget_ll`` (log Q(y)) and
+      ``reference_{regularizer}`` (D(R̂ ‖ Q)); 0 for a batch without answer tokens.
     """
     if regularizer not in REGULARIZERS:
         raise ValueError(f"unknown regularizer {regularizer!r}; expected one of {sorted(REGULARIZERS)}")
     logits = _upcast(logits)
     if logits.shape[0] == 0:  # a batch with no answer tokens: nothing to unlearn, keep the graph
+        if terms is not None:
+            terms.update({"forget_ll": 0.0, f"reference_{regularizer}": 0.0})
         return logits.sum() * 0.0
     log_q = F.log_softmax(logits, dim=-1)
     log_q_y = log_q.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
     reg = REGULARIZERS[regularizer](ref_probs.detach(), logits)
     lam_t = torch.as_tensor(lam, dtype=logits.dtype, device=logits.device)
+    if terms is not None:
+        terms.update({"forget_ll": log_q_y.mean().item(), f"reference_{regularizer}": reg.mean().item()})
     return (ga_weight * log_q_y + lam_t * reg).mean()
 
 

@@ -107,5 +107,7 @@ class ViKeR:
         ref = self.dists.rows(batch["index"].tolist(), device=logits.device)
         if ref.shape[0] != logits.shape[0]:
             raise VikerError("cached reference distributions do not match the answer tokens; delete the cache")
-        loss = viker_token_loss(logits, targets, ref, self.lam, self.regularizer, self.ga_weight)
-        return loss * share(batch, "token"), {}
+        terms = {}  # the two means apart, in history.json: loss = ga_weight · forget_ll + λ · reference_{D}
+        loss = viker_token_loss(logits, targets, ref, self.lam, self.regularizer, self.ga_weight, terms)
+        weight = share(batch, "token")
+        return loss * weight, {name: value * float(weight) for name, value in terms.items()}
