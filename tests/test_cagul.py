@@ -211,6 +211,36 @@ def test_precision_recall_by_hand():
     assert (got["precision"], got["recall"], got["false_positive_rate"]) == (100.0, 50.0, 0.0)
 
 
+def _detector(recall: float, false_positives: float) -> dict:
+    return {"split_images": {"precision": 100.0, "recall": recall, "false_positive_rate": false_positives,
+                             "positives": 10, "negatives": 90}}
+
+
+def test_a_detector_that_misses_forget_people_or_flags_others_is_warned_of():
+    """A detector that misses forget people leaves their answers as they were, and one that flags others changes
+    theirs: both make the run's figures say less than they seem to; one that tells them apart says nothing."""
+    from viker.methods.cagul import detector_warning
+
+    assert detector_warning(_detector(100.0, 0.0)) is None and detector_warning(_detector(90.0, 5.0)) is None
+    missed = detector_warning(_detector(80.0, 0.0))
+    assert missed.startswith("CAGUL's face detector flags 80% of the 10 forget people's images and 0% of the 90 ")
+    assert "31.6% of the 90 others'" in detector_warning(_detector(100.0, 31.6))
+
+
+def test_a_run_whose_detector_is_poor_says_so(tiny_dir, bench_dir, tmp_path, capsys, monkeypatch):
+    import viker.methods.cagul
+
+    monkeypatch.setattr(viker.methods.cagul, "discriminator_report", lambda *a: _detector(100.0, 31.6))
+    cfg = UnlearnConfig(model=str(tiny_dir), data=str(bench_dir), forget="forget_10", method="cagul",
+                        method_args={"k": 2, "augment": 0, "disc_steps": 2}, out=str(tmp_path / "run"),
+                        train=TrainConfig(max_steps=1, batch_size=4), cache_dir=str(tmp_path / "cache"))
+    run_unlearn(cfg, progress=False)
+    assert "warning: CAGUL's face detector flags 100% of the 10 forget people's images and 31.6% of the 90 " \
+        "others'" in capsys.readouterr().err
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["setup"]["cagul_discriminator"]
+    assert saved == _detector(100.0, 31.6)  # what it warns of is in the run's record
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--lam", "0.5"], "--lam applies to --method viker only"),
     (["--rewrite", "0"], "rewrite at least one visual token"),

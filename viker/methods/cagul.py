@@ -29,6 +29,7 @@ name, a person is still known; the evaluation's text-only accuracy shows it).
 from __future__ import annotations
 
 import random
+import sys
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -127,6 +128,24 @@ def discriminator_report(model: CagulModel, processor, data_dir: str | Path, for
     return report
 
 
+WEAK_DETECTOR = {"recall": 90.0, "false_positive_rate": 5.0}  # below, above: the warning of detector_warning
+
+
+def detector_warning(report: dict) -> str | None:
+    """A warning where the discriminator tells the split's forget people from the others poorly (it misses more
+    than 10% of their images, or flags more than 5% of the others'): answers about people it misses are not
+    changed, and answers about people it flags wrongly are. None where it tells them apart."""
+    split = report["split_images"]
+    if split["recall"] >= WEAK_DETECTOR["recall"] and split["false_positive_rate"] <= WEAK_DETECTOR[
+            "false_positive_rate"]:
+        return None
+    return (f"CAGUL's face detector flags {split['recall']:g}% of the {split['positives']} forget people's images and "
+            f"{split['false_positive_rate']:g}% of the {split['negatives']} others' (retain and real-world people): "
+            "answers about a forget person it misses stay as they were, and answers about another person it flags "
+            "change (config.json: setup.cagul_discriminator). It reads the model's visual features: it is surer on a "
+            "model whose features tell these faces apart, or trained longer (CAGUL's disc_steps and augment)")
+
+
 @register("cagul", "CAGUL")
 @dataclass
 class CAGUL:
@@ -199,6 +218,8 @@ class CAGUL:
         if ctx.data_dir is not None and self.forget_split in FORGET_SPLITS:  # MLLMU-Bench layout
             ctx.info["cagul_discriminator"] = discriminator_report(self.model, ctx.processor, ctx.data_dir,
                                                                    self.forget_split, self.retain_split)
+            if warning := detector_warning(ctx.info["cagul_discriminator"]):
+                print(f"warning: {warning}", file=sys.stderr)
         self.dists = None
         if self.forget_loss == "reference":
             self.dists, path = reference_distributions(ctx.reference, ctx.processor, ctx.data["forget"], pool,
