@@ -762,6 +762,49 @@ def test_the_key_token_picture_draws_the_benchmarks_text_as_it_is(tmp_path, monk
     texts = {t.get_text(): t for t in drawn}
     assert {"[image] Did it cost $5 or $6?", "$5"} <= set(texts)
     assert not any(t.get_parse_math() for t in drawn)
+    titles = []  # nor is one in its settings line (a folder named "$x$")
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, path, **kw: titles.append(_title(fig)))
+    write_png([TokenEntropy("q", True, [" a"], [0.1], [0.9])], tmp_path / "keys.png", 0.5, settings="--model $x$")
+    assert titles[0].get_text().endswith("--model $x$") and not titles[0].get_parse_math()
+
+
+def _title(fig):
+    """The text of a figure's left-hand title, where the key-token picture sets its own."""
+    from matplotlib.text import Text
+
+    ax = fig.axes[0]
+    return next(c for c in ax.get_children() if isinstance(c, Text) and c.get_text() == ax.get_title(loc="left"))
+
+
+def test_the_key_token_pictures_title_names_its_split_and_sits_above_the_answers(tmp_path, monkeypatch):
+    """A picture of one answer made by a long command line: the title's lines squeezed the answers until the
+    question covered its answer, or ran off the top of the picture. The figure grows by its title's lines, and the
+    title, as the page's, names the split."""
+    import matplotlib.figure
+
+    from viker.keytokens import TokenEntropy, write_png
+
+    drawn = {}
+
+    def saved(fig, path, **kw):
+        renderer = fig.canvas.get_renderer()
+        drawn["title"] = _title(fig).get_window_extent(renderer)
+        drawn["texts"] = {t.get_text(): t.get_window_extent(renderer) for t in fig.axes[0].texts}
+        drawn["text"], drawn["height"] = fig.axes[0].get_title(loc="left"), fig.bbox.height
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", saved)
+    settings = ("Settings: --model /scratch/projects/mllm-unlearning/experiments/2026-12/llava-1.5-7b-hf-finetuned-"
+                "mllmu-vanilla-lora-merged/run_0001; R̂ over --k 5 reference images each (--refs /scratch/projects/"
+                "mllm-unlearning/reference_images/irrelevant_people_v2, --seed 0); --train-on ft_Data; --dtype "
+                "bfloat16; --mixed-precision bf16")
+    for long in (1, 3):  # three lines of settings, and more than twice as many
+        write_png([TokenEntropy("Where was this person born?", True, [" Oslo"], [2.0], [0.1])], tmp_path / "keys.png",
+                  0.5, lam=10, settings=f"{settings} " * long, heading="Key tokens of forget_10")
+        assert drawn["text"].startswith("Key tokens of forget_10\nAnswer tokens shaded")
+        question, answer = drawn["texts"]["[image] Where was this person born?"], drawn["texts"]["Oslo"]
+        assert drawn["title"].y0 >= question.y1, "the title covers the question"
+        assert drawn["title"].y1 <= drawn["height"], "the title runs off the picture"
+        assert question.y0 >= answer.y1, "the question and its answer are drawn over each other"
 
 
 def test_keytokens_reads_the_reference_cache_that_a_viker_run_filled(tiny_dir, bench_dir, tmp_path, monkeypatch):
@@ -813,6 +856,12 @@ def test_keytokens_shows_the_r_hat_a_mixed_precision_run_trained_against(tiny_di
                  "--out", str(tmp_path / "run.html")]) == 0
     assert f"is an unlearning run: the page shows its own R̂, not the one it trained against, which the model it " \
         f"started from gives (--model {tiny_dir} --forget forget_10)" in capsys.readouterr().err
+    # and so do the page and its record, which outlive the warning: no "frozen model" there
+    page = (tmp_path / "run.html").read_text()
+    assert "of the unlearned model's distribution" in page and "frozen model's" not in page
+    assert f"the model is an unlearning run: R̂ is its own, not that of the model it started from (--model " \
+           f"{tiny_dir}), which ViKeR trains against" in page
+    assert "frozen model's" in (tmp_path / "kt.html").read_text()  # a model that trained nothing: the frozen one
 
 
 def test_a_token_keeps_the_space_before_it_where_its_tokenizer_drops_it_when_decoded_alone():
@@ -887,6 +936,8 @@ def test_the_picture_and_the_page_say_what_their_shading_and_counts_cover(tmp_pa
     write_html(rows, tmp_path / "keys.html", epsilon=0.5, title="t")
     page = (tmp_path / "keys.html").read_text()
     assert "15 of 30 answer tokens (13 of 26 in the answers to image questions)" in page
+    # a token keeps its leading space, and a long answer wraps at those spaces rather than running off the column
+    assert "white-space:pre-wrap" in page and "white-space:pre}" not in page
     assert page.count("<div class='a named'>") == 2 and ".named .key{outline-style:dashed}" in page
 
 

@@ -227,10 +227,11 @@ PAGE_MARK = "<p>Each answer token is shaded by the entropy H(R̂)"  # in every p
 
 
 def write_html(rows: list[TokenEntropy], path: Path, epsilon: float, title: str, lam: float | None = None,
-               topk: int | None = None, settings: str = "") -> None:
+               topk: int | None = None, settings: str = "", model: str = "the frozen model") -> None:
     """``topk``: the reference distributions were stored as their ``topk`` largest probabilities, the rest
     spread evenly over the other tokens (a large vocabulary); H is then a little above the frozen model's.
-    ``settings``: what made the page (:func:`page_settings`), said under its title."""
+    ``settings``: what made the page (:func:`page_settings`), said under its title. ``model``: whose
+    distributions they are, as the page names it (an unlearning run's own, where one is given)."""
     h_max = largest_entropy(rows)
     stored = "" if topk is None else (
         f" R̂ is stored as its {topk} largest probabilities with the rest spread evenly, so H is slightly above "
@@ -243,17 +244,17 @@ def write_html(rows: list[TokenEntropy], path: Path, epsilon: float, title: str,
         f"<title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
         ".q{color:#555;font-size:.85em;margin-top:1em}.a span{font-family:monospace;padding:2px 1px;"
-        f"white-space:pre}}.key{{outline:2px solid #b30000}}.named .key{{outline-style:dashed}}"
+        f"white-space:pre-wrap}}.key{{outline:2px solid #b30000}}.named .key{{outline-style:dashed}}"
         f".gone{{text-decoration:underline 3px {GONE};"
         "text-underline-offset:4px}</style>",
         f"<h1>{html.escape(title)}</h1>",
         *([f"<p class='q'>{html.escape(settings)}</p>"] if settings else []),
-        f"{PAGE_MARK} of the frozen model's distribution averaged over "
+        f"{PAGE_MARK} of {model}'s distribution averaged over "
         f"the reference images that replace the person's own (darker = less certain without the true image); "
-        f"a question asked by name has no image to replace, so its tokens show the frozen model's own entropy on "
+        f"a question asked by name has no image to replace, so its tokens show {model}'s own entropy on "
         f"it. Outlined tokens are "
         f"<b>key tokens</b> (H &gt; ε = {epsilon}), the paper's private tokens: {n_key} of {n_all} answer tokens"
-        f"{by_image}; outlined dashed in the answers to questions by name, where H is the frozen model's own "
+        f"{by_image}; outlined dashed in the answers to questions by name, where H is {model}'s own "
         f"uncertainty rather than what the image told it. "
         f"{_lam_sentence(rows, lam)} Max H = {h_max:.2f} nats.{stored} The answer's end-of-turn token, where its "
         "chat template has one, is left out.</p>",
@@ -304,18 +305,19 @@ PNG_ANSWERS = 12  # the answers the PNG shows (the page shows them all)
 
 
 def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int = PNG_ANSWERS,
-              lam: float | None = None, settings: str = "") -> None:
+              lam: float | None = None, settings: str = "", heading: str = "", model: str = "the frozen model") -> None:
     """The first ``limit`` answers as on the page: shaded by H(R̂), outlined where H > ``epsilon`` and, given
-    a ViKeR run's ``lam``, underlined where that run forgets the token; ``settings`` (:func:`page_settings`) in
-    its title, as on the page."""
+    a ViKeR run's ``lam``, underlined where that run forgets the token; ``heading`` (the page's, naming the
+    split) and ``settings`` (:func:`page_settings`) in its title, as on the page, and ``model`` as the page
+    names it."""
     from viker.report import figure
 
     h_max = largest_entropy(rows)
     # what the picture leaves out, and what its shading is where no image was replaced
     which = (f"\nThe first {limit} of {len(rows)} forget answers (the page shows them all)." if len(rows) > limit
              else "")
-    by_name = ("\nQuestions without [image] name the person: with no image to replace, their shading is the frozen "
-               "model's own entropy,\nand their key tokens are outlined dashed."
+    by_name = (f"\nQuestions without [image] name the person: with no image to replace, their shading is {model}'s "
+               "own entropy,\nand their key tokens are outlined dashed."
                if any(not r.has_image for r in rows[:limit]) else "")
     rows = rows[:limit]
     placed = [layout(r.tokens) for r in rows]
@@ -324,12 +326,14 @@ def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int =
     # the question, then the answer's lines
     heights = [2 + d + max((line for _, line, _ in p), default=0) for p, d in zip(placed, drop)]
     gone = "" if lam is None else f"; underlined: forgotten by ViKeR at λ = {lam:g}"
-    title = f"Answer tokens shaded by reference entropy H(R̂); outlined: key tokens (H > {epsilon}){gone}"
+    title = f"{heading}\n" * bool(heading) + \
+        f"Answer tokens shaded by reference entropy H(R̂); outlined: key tokens (H > {epsilon}){gone}"
     title += (f"\nShading from white (H = 0) to the darkest orange-red (H = {h_max:.2f} nats, the largest over all the "
               "answers, as on the page).")
     title += which + by_name
     title += "".join(f"\n{line}" for line in textwrap.wrap(settings, 150))
-    fig, ax = figure((11, 0.31 * sum(heights) + 0.9))
+    # the answers' rows, and the title's lines (10-point text, 1.6 apart: some 0.22 in each) above them
+    fig, ax = figure((11, 0.31 * sum(heights) + 0.9 + 0.22 * title.count("\n")))
     ax.set_axis_off()
     ax.set_xlim(0, 100)
     ax.set_ylim(sum(heights) + 1, 0)
@@ -347,7 +351,7 @@ def write_png(rows: list[TokenEntropy], path: Path, epsilon: float, limit: int =
                 ax.plot([x, x + CHAR * max(1, len(shown))], [y + 0.42] * 2, color=GONE, lw=2.2,
                         solid_capstyle="butt")
         top += height
-    ax.set_title(title, fontsize=10, loc="left", linespacing=1.6)
+    ax.set_title(title, fontsize=10, loc="left", linespacing=1.6, parse_math=False)  # a '$' in a path is no formula
     fig.tight_layout()
     fig.savefig(path, dpi=130)
 
@@ -414,8 +418,12 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
     check_page_out(Path(out), data)
     cache_dir = given_cache_dir(cache_dir)
     run = next(runs_behind(model_path), {})
+    whose, unlearned = "the frozen model", ""  # whose distributions the page shows, as it names them
     if run.get("command") == "unlearn" and run.get("method", {}).get("name") != "cagul":  # CAGUL's model is frozen
         started, split = run.get("unlearn", {}).get("model"), run.get("unlearn", {}).get("forget")
+        whose = "the unlearned model"
+        unlearned = (f"; the model is an unlearning run: R̂ is its own, not that of the model it started from "
+                     f"(--model {started}), which ViKeR trains against")
         on = f" --forget {split}" if split else ""  # the split it unlearned, which that model is not tied to
         print(f"warning: {model_path} is an unlearning run: the page shows its own R̂, not the one it trained against, "
               f"which the model it started from gives (--model {started}{on})", file=sys.stderr)
@@ -431,7 +439,8 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
         rows = answer_token_entropies(model, processor, answers, k, seed,
                                       Path(cache_dir) if cache_dir else default_cache_dir(), progress, mixed_precision)
     out = Path(out)
-    settings = page_settings(model_path, k, refs, seed, learned.train_on, mixed_precision, dtype, benchmark)
+    settings = page_settings(model_path, k, refs, seed, learned.train_on, mixed_precision, dtype, benchmark) + \
+        unlearned
     keys, tokens = key_counts(rows, epsilon)
     pictured = image_key_counts(rows, epsilon)
     record = {"model": as_recorded(model_path), **how_loaded(model), "data": as_recorded(data),
@@ -441,7 +450,9 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
               **({"image_answer_tokens": pictured[1], "image_key_tokens": pictured[0]} if pictured else {}),
               **({"forgotten": sum(forgotten(p, lam) for r in rows for p in r.ref_prob)} if lam is not None else {})}
     with written_together(out.parent) as stage:  # the page, its picture and what made them, all or none
-        write_html(rows, stage / out.name, epsilon, f"Key tokens of {forget}", lam, default_topk(model), settings)
-        write_png(rows, stage / out.with_suffix(".png").name, epsilon, lam=lam, settings=settings)
+        heading = f"Key tokens of {forget}"
+        write_html(rows, stage / out.name, epsilon, heading, lam, default_topk(model), settings, model=whose)
+        write_png(rows, stage / out.with_suffix(".png").name, epsilon, lam=lam, settings=settings, heading=heading,
+                  model=whose)
         write_config(stage, "keytokens", record, data, name=out.with_suffix(".json").name)
     return rows
