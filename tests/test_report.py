@@ -478,6 +478,28 @@ def test_no_other_run_is_drawn_in_vikers_colour(others, tmp_path, monkeypatch):
     assert not {"#7f7f7f", "#c7c7c7"} & set(seen["dots"].values())
 
 
+def test_a_run_in_a_lighter_shade_of_anothers_colour_has_another_shape(tmp_path, monkeypatch):
+    """Nine runs took tab20, whose colours come in pairs of one hue: GA orange and GradDiff light orange, both
+    circles, side by side where both collapsed. Past eight, a run's shade is a lighter one only with another shape."""
+    import matplotlib.colors
+    import matplotlib.figure
+
+    seen = {}
+
+    def look(fig, path, **kwargs):
+        seen["dots"] = [(matplotlib.colors.to_hex(c.get_facecolor()[0]), c.get_paths()[0].vertices.tobytes())
+                        for c in fig.axes[0].collections]
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", look)
+    runs = [{"method": None, "label": f"run {i}", "metrics": {"forget_acc": 5.0 * i, "retain_rougeL": 50.0}}
+            for i in range(9)]
+    tradeoff_plot(runs, [], tmp_path / "tradeoff.png")
+    colours, shapes = zip(*seen["dots"])
+    assert len(set(colours)) == 9 and colours[:2] == ("#ff7f0e", "#2ca02c")  # tab10's, less its blue and grey
+    assert colours[8] == "#ffbb78" and shapes[8] != shapes[0]  # light orange, beside orange: not a circle
+    assert len(set(shapes[:8])) == 1
+
+
 def test_forty_runs_in_one_place_each_keep_a_look_and_a_place_of_their_own(tmp_path, monkeypatch):
     import matplotlib.figure
 

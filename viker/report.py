@@ -515,16 +515,19 @@ def tradeoff_plot(runs: list[dict], sweep: list[dict], path: Path, title: str = 
         styles.append((r.get("marker", m), c))
     coloured = sum(c is None for _, c in styles)
     # the cycle's colours, less ViKeR's blues (tab10's first, tab20's first two) and the greys (the retain model's):
-    # no other run looks like ViKeR, its sweep or a reference; beyond eight runs, tab20's sixteen, and beyond those
-    # a shape each round
-    palette = [c for c in matplotlib.colormaps["tab10" if coloured <= 8 else "tab20"].colors
-               if matplotlib.colors.to_hex(c) not in (VIKER_COLOUR, "#aec7e8", "#7f7f7f", "#c7c7c7")]
+    # no other run looks like ViKeR, its sweep or a reference. tab10's eight, then tab20's lighter shade of each;
+    # past the eighth run each round of eight takes another shape, so that no run has the shape of the run whose
+    # colour its own is a lighter shade of (light orange beside orange)
+    excluded = (VIKER_COLOUR, "#aec7e8", "#7f7f7f", "#c7c7c7")
+    dark, light = ([c for c in colours if matplotlib.colors.to_hex(c) not in excluded]
+                   for colours in (matplotlib.colormaps["tab10"].colors, matplotlib.colormaps["tab20"].colors[1::2]))
+    palette = dark + light
     ax.set_prop_cycle(color=[palette[i % len(palette)] for i in range(max(coloured, 1))])
-    if coloured > len(palette):
+    if coloured > len(dark):
         nth = 0  # the n-th run drawn in a colour of the cycle
         for j, (m, c) in enumerate(styles):
             if c is None:
-                styles[j] = (SHAPES[nth // len(palette) % len(SHAPES)] if m == "o" else m, c)
+                styles[j] = (SHAPES[nth // len(dark) % len(SHAPES)] if m == "o" else m, c)
                 nth += 1
     names = [label(r) for r in drawn]
     shown = [_short(name) for name in names]
