@@ -879,3 +879,12 @@ def test_the_reference_cache_is_recorded_where_it_is_and_a_blank_variable_is_no_
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("VIKER_CACHE", "")
     assert default_cache_dir() == tmp_path / "home" / ".cache" / "viker"
+
+
+def test_the_machine_is_named_in_a_sentence_that_counts_its_threads():
+    from viker.runs import machine_words
+
+    one = {"cpu": "Intel Xeon", "cpu_kernels": "AVX512", "threads": "1"}
+    assert machine_words(one) == "Intel Xeon (AVX512 kernels, 1 PyTorch thread)"
+    assert machine_words(one | {"threads": "2", "gpu": "H100", "cuda": "12.4"}) == \
+        "Intel Xeon (AVX512 kernels, 2 PyTorch threads); GPU H100 (CUDA 12.4)"

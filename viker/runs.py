@@ -111,7 +111,8 @@ def machine() -> dict[str, str]:
 
 def machine_words(m: dict[str, str]) -> str:
     """``machine()``'s record in a sentence, the GPU named where there was one."""
-    words = f"{m['cpu']} ({m['cpu_kernels']} kernels, {m['threads']} PyTorch threads)"
+    threads = f"{m['threads']} PyTorch thread" + "s" * (str(m["threads"]) != "1")
+    words = f"{m['cpu']} ({m['cpu_kernels']} kernels, {threads})"
     return words + (f"; GPU {m['gpu']} (CUDA {m['cuda']})" if m.get("gpu") else "")
 
 
