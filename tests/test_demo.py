@@ -94,7 +94,7 @@ def test_the_report_names_the_gpu_a_demo_ran_on(demo, tmp_path):
     write_report(tmp_path / "report.md", results["runs"], results["lam_sweep"], micro(out), 1.0, on_gpu)
     settings = " ".join((tmp_path / "report.md").read_text().split("## Settings")[1].split())
     assert "GPU NVIDIA H100 80GB HBM3 (CUDA 12.8)" in settings
-    assert "same numbers on the same processor model and GPU model" in settings
+    assert "same numbers on the same processor model and GPU model with as many PyTorch threads" in settings
     assert "GPU" not in " ".join((out / "report.md").read_text().split("## Settings")[1].split("|")[0].split())
 
 
@@ -243,7 +243,8 @@ def test_budget_notes_say_which_method_fell_apart():
     whole = {"coherence": 99.0, "retain_rougeL": 80.0, "forget_acc": 30.0}
     broken = {"coherence": 2.0, "retain_rougeL": 0.0, "forget_acc": 30.0}
     note = resting_point_note(broken, whole, [], 8, 10.0)
-    assert "above 1/λ = 10%" in note and "GA's answers have fallen apart and ViKeR's have not" in note
+    assert "at least 1/λ = 10%" in note and "mostly the first names" in note  # what the key-token page underlines
+    assert "GA's answers have fallen apart and ViKeR's have not" in note
     assert "ViKeR's answers have fallen apart and GA's have not" in resting_point_note(whole, broken, [], 8, 10.0)
     assert "neither method's answers have fallen apart" in resting_point_note(whole, whole, [], 8, 10.0)
     # two runs whose answers both fell apart are not two that held (the table's line: coherence under 50)
@@ -441,9 +442,9 @@ def test_idkpo_note_explains_from_its_own_log_why_it_has_not_forgotten(tmp_path)
     text = note()
     assert text.startswith("**IdkPO has not forgotten** (Forget ACC 100.0, the vanilla model's 100.0).")
     assert ("Over its last logged steps 11–13, its DPO loss averaged 0.10 (log 2 = 0.69 at the start) and DPO's "
-            "weight on the margin, σ(−β·margin) with β = 0.1, 0.09 (0.5 at the start): the margin has grown, mostly "
-            "by making the refusals less unlikely, a refusal's log-likelihood up 15.3 nats from the vanilla model's "
-            "and a true answer's down 0.1 nats from it.") in text
+            "weight on the margin, σ(−β·margin) with β = 0.1, was 0.09 (0.5 at the start): the margin has grown, "
+            "mostly by making the refusals less unlikely, a refusal's log-likelihood up 15.3 nats from the vanilla "
+            "model's and a true answer's down 0.1 nats from it.") in text
     assert "a true answer's within 0.05 nats of it." in note(forget_gain=-0.04)
     assert text.endswith("The refusals are still less likely than the true answers (-71.6 against -0.5 nats), and "
                          "Forget ACC says the model still picks the true answers.")

@@ -628,9 +628,10 @@ def resting_point_note(ga: dict, vk: dict, below_one: list[dict], epochs: float,
     if lam > 1:
         head = (f"**Where ascent stops.** Per answer token ViKeR's loss is a cross-entropy toward "
                 f"(λR̂ − e_y)/(λ − 1) wherever λR̂(y) ≥ 1: with λ = {lam:g}, every token the reference images still "
-                f"predict with probability above 1/λ = {100 / lam:g}% (mostly the template words) has a resting point "
-                "the loss holds it at, and only the others (mostly the names and the private facts: the key "
-                "tokens, see the key-token page) are ascended. GA ascends every token for as long as it runs. ")
+                f"predict with probability at least 1/λ = {100 / lam:g}% (the template words, and most facts) has a "
+                "resting point the loss holds it at, and only the others, which the references do not predict, are "
+                "ascended (on this benchmark mostly the first names; the key-token page underlines them). GA ascends "
+                "every token for as long as it runs. ")
     else:
         head = (f"**Where ascent stops.** With λ = {lam:g} < 1 no answer token has a resting point: ViKeR is GA "
                 f"damped by 1 − λ on normal tokens. ")
@@ -749,7 +750,7 @@ def idkpo_note(trace: dict | None, runs: list[dict]) -> str:
         f"**IdkPO has not forgotten** (Forget ACC {by['idkpo']['forget_acc']:.1f}, the vanilla model's "
         f"{by['vanilla']['forget_acc']:.1f}). It is DPO with a refusal preferred to the true answer. Over its last "
         f"logged {steps}, its DPO loss averaged {trace['dpo']:.2f} (log 2 = 0.69 at the start) and DPO's weight "
-        f"on the margin, σ(−β·margin) with β = {trace['beta']:g}, {trace['dpo_weight']:.2f} (0.5 at the start): "
+        f"on the margin, σ(−β·margin) with β = {trace['beta']:g}, was {trace['dpo_weight']:.2f} (0.5 at the start): "
         f"{how}, a refusal's log-likelihood {moved(up)} the vanilla model's and a true answer's "
         f"{moved(-down)} it.{still}", 110)
 
@@ -770,7 +771,8 @@ def write_report(path: Path, runs: list[dict], sweep: list[dict], cfg: DemoConfi
                  cagul: dict | None = None, diagnostics: dict | None = None, questions: int | None = None,
                  step_seconds: dict[str, float] | None = None, idkpo: dict | None = None,
                  asked: dict[str, int] | None = None, reused_steps: Iterable[str] = ()) -> None:
-    same_hardware = "processor model and GPU model" if cpu.get("gpu") else "processor model"
+    same_hardware = ("processor model and GPU model" if cpu.get("gpu") else "processor model") + \
+        " with as many PyTorch threads"  # the thread count changes how sums are split, and so the figures
     sweep_rows = "\n".join(
         f"| {s['lam']:g} | {s['metrics']['forget_acc']:.1f} | {s['metrics']['retain_rougeL']:.1f} | "
         f"{s['metrics']['coherence']:.1f} |" for s in sorted(sweep, key=lambda s: s["lam"]))
