@@ -8,6 +8,7 @@ import json
 import math
 import re
 import shutil
+import warnings
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -1432,7 +1433,7 @@ def test_a_method_the_trainer_cannot_run_is_refused_in_words(registered, tiny_di
         return _config(tiny_dir, bench_dir, tmp_path / name, name)
 
     METHODS_MADE = []
-    with pytest.raises(VikerError, match=r"Returns_0\.loss returned a tensor of shape \(\): it must return \("):
+    with pytest.raises(VikerError, match=r"Returns_0\.loss returned a tensor of shape \(\): it must return a pair \("):
         run_unlearn(losing(lambda ll: ll), progress=False)
     with pytest.raises(VikerError, match="Returns_1.loss logged 'note' as str: each logged value must be a number"):
         run_unlearn(losing(lambda ll: (ll, {"note": "hi"})), progress=False)
@@ -1446,6 +1447,14 @@ def test_a_method_the_trainer_cannot_run_is_refused_in_words(registered, tiny_di
     # a log under the trainer's own name would replace its figure (the loss the divergence check reads)
     with pytest.raises(VikerError, match=r"Returns_5\.loss logged 'loss', a name history.json gives the trainer's"):
         run_unlearn(losing(lambda ll: (ll, {"loss": 0.0})), progress=False)
+    # a loss no weight reaches: torch's "element 0 of tensors does not require grad" from deep in autograd
+    with pytest.raises(VikerError, match=r"Returns_6\.loss returned a loss that no trainable weight reaches"):
+        run_unlearn(losing(lambda ll: (ll.detach(), {})), progress=False)
+    # a logged tensor that carries a gradient is read as its number, without torch's warning about it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        history = run_unlearn(losing(lambda ll: (ll, {"ll": ll})), progress=False)[2]
+    assert history[0]["ll"] == pytest.approx(history[0]["loss"])
 
 
 def test_a_run_stopped_in_training_or_finished_gives_the_model_back_to_train_again(tiny_dir, bench_dir, tmp_path):

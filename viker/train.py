@@ -68,16 +68,19 @@ def step_loss(objective: Objective, model: torch.nn.Module, batches: dict[str, d
 
         got = described(result) if not isinstance(result, tuple) else \
             f"a tuple ({', '.join(described(v) for v in result)})"
-        raise VikerError(f"{who} returned {got}: it must return (the loss, a one-element tensor; a dict of the "
-                         "values to log, each a number)")
+        raise VikerError(f"{who} returned {got}: it must return a pair (the loss, a one-element tensor; a dict of "
+                         "the values to log, each a number)")
     loss, logs = result
+    if torch.is_grad_enabled() and not loss.requires_grad:
+        raise VikerError(f"{who} returned a loss that no trainable weight reaches (no gradient: computed under "
+                         "torch.no_grad(), detached, or from a float): compute it from the model's output")
     values = {}
     if taken := sorted(HISTORY_KEYS & set(map(str, logs))):  # it would stand for the trainer's own in history.json
         raise VikerError(f"{who} logged {', '.join(map(repr, taken))}, a name history.json gives the trainer's own "
                          "figure; name it otherwise")
     for key, value in logs.items():
         try:
-            values[str(key)] = float(value)
+            values[str(key)] = float(value.detach() if isinstance(value, torch.Tensor) else value)
         except (TypeError, ValueError, RuntimeError):
             raise VikerError(f"{who} logged {key!r} as {type(value).__name__}: each logged value must be a "
                              "number (or a one-element tensor)") from None
