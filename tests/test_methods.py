@@ -1595,10 +1595,16 @@ def test_a_refused_run_leaves_the_model_it_was_given_as_it_came(tiny_dir, bench_
     # a model given with adapters of its own keeps them
     adapted = apply_lora(load_model(tiny_dir, device="cpu")[0], LoraSettings(r=2, alpha=4, dropout=0.0))
     own = {k for k in adapted.state_dict() if "lora_" in k}
-    with pytest.raises(VikerError, match="fewer than k=500"):
-        run_unlearn(replace(_config(tiny_dir, bench_dir, tmp_path / "own", "viker", k=500), tuning="full",
-                            lora=UnlearnConfig().lora), progress=False, model_and_processor=(adapted, processor))
+    with pytest.raises(VikerError, match="fewer than k=500"):  # CAGUL trains none of its weights: it may have them
+        run_unlearn(replace(cagul, method_args={"augment": 1, "disc_steps": 2, "k": 500}, out=str(tmp_path / "own-c")),
+                    progress=False,
+                    model_and_processor=(adapted, processor))
     assert own and {k for k in adapted.state_dict() if "lora_" in k} == own
+    # full tuning of a model with adapters trained its adapters alone, recorded as full tuning
+    with pytest.raises(VikerError, match="with tuning='full' only the adapters, not the model's weights, would train"):
+        run_unlearn(replace(_config(tiny_dir, bench_dir, tmp_path / "own", "ga"), tuning="full",
+                            lora=UnlearnConfig().lora), progress=False, model_and_processor=(adapted, processor))
+    assert {k for k in adapted.state_dict() if "lora_" in k} == own and not (tmp_path / "own").exists()
     with pytest.raises(VikerError, match="^the model passed in has LoRA adapters of its own: merge them"):
         run_unlearn(_config(tiny_dir, bench_dir, tmp_path / "lora", "ga"),  # LoRA over LoRA: peft's traceback
                     progress=False, model_and_processor=(adapted, processor))

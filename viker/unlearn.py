@@ -336,10 +336,10 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     trains modules of its own around it) does after training. The model returned merged or fully tuned has each
     weight's ``requires_grad`` and each module's mode as the model had them when the run started (trainable, as
     loaded), so that another run may start from it; the adapter alone (``lora.merge=False``) comes inside its
-    PeftModel, the base weights frozen. A model with LoRA adapters of its own is refused with LoRA tuning (peft
-    adds no LoRA over LoRA): merge them into it first. ``cfg.out`` must be new or empty; ``overwrite`` replaces a
-    run there, and ``resume`` continues one that was stopped after a checkpoint (``train.checkpoint_every``;
-    :func:`viker.run_folder.check_run_folder`)."""
+    PeftModel, the base weights frozen. A model with LoRA adapters of its own is refused (peft adds no LoRA over
+    LoRA, and full tuning would train only its adapters): merge them into it first. ``cfg.out`` must be new or
+    empty; ``overwrite`` replaces a run there, and ``resume`` continues one that was stopped after a checkpoint
+    (``train.checkpoint_every``; :func:`viker.run_folder.check_run_folder`)."""
     check_config(cfg, UnlearnConfig, "run_unlearn")
     check_resume_or_overwrite(resume, overwrite)
     require_given(model=cfg.model, data=cfg.data, out=cfg.out)
@@ -372,10 +372,10 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         raise VikerError(f"{cfg.data}: split {cfg.forget} has no examples to unlearn")
     if model_and_processor is None:
         refuse_cagul_run(cfg.model, "unlearn")
-    elif cfg.tuning == "lora" and not getattr(method, "wraps_model", False) and \
-            getattr(model_and_processor[0], "peft_config", None):  # peft cannot add LoRA over LoRA
+    elif not getattr(method, "wraps_model", False) and getattr(model_and_processor[0], "peft_config", None):
         raise VikerError("the model passed in has LoRA adapters of its own: merge them into it first (peft's "
-                         "merge_and_unload()), or give tuning='full'")
+                         "merge_and_unload()); peft adds no LoRA over LoRA, and with tuning='full' only the adapters, "
+                         "not the model's weights, would train")
     # the weights it starts from, by hash: what an adapter or CAGUL saved here needs, and --resume checks
     model_files = weight_hashes(cfg.model) if model_and_processor is None else None
     cfg, chosen = resumed_save(cfg, started)
