@@ -1486,6 +1486,17 @@ def test_a_run_stopped_in_training_or_finished_gives_the_model_back_to_train_aga
         run_unlearn(_config(tiny_dir, bench_dir, tmp_path / "refused", "per_token_loss"), progress=False,
                     model_and_processor=(model, processor))
     as_it_came(model)
+
+    @register("odd_record", "Odd record")
+    @dataclass
+    class OddRecord(PerToken):  # a setup that records what JSON cannot hold, refused once the run's record is written
+        def setup(self, ctx):
+            ctx.info["scale"], ctx.info["per_token"] = torch.tensor(3.0), torch.ones(2)
+
+    with pytest.raises(VikerError, match=r"config\.json: cannot be written: Object of type Tensor is not JSON"):
+        run_unlearn(_config(tiny_dir, bench_dir, tmp_path / "odd", "odd_record"), progress=False,
+                    model_and_processor=(model, processor))  # was json's TypeError, the run's LoRA left on the model
+    as_it_came(model)
     merged = replace(_config(tiny_dir, bench_dir, tmp_path / "merged", "ga"),
                      lora=LoraSettings(r=4, alpha=8, dropout=0.0, merge=True))
     trained = run_unlearn(merged, progress=False, model_and_processor=(model, processor))[0]

@@ -888,3 +888,16 @@ def test_the_machine_is_named_in_a_sentence_that_counts_its_threads():
     assert machine_words(one) == "Intel Xeon (AVX512 kernels, 1 PyTorch thread)"
     assert machine_words(one | {"threads": "2", "gpu": "H100", "cuda": "12.4"}) == \
         "Intel Xeon (AVX512 kernels, 2 PyTorch threads); GPU H100 (CUDA 12.4)"
+
+
+def test_a_record_holds_one_element_tensors_as_their_numbers_and_refuses_what_json_cannot_hold(tmp_path):
+    import numpy as np
+    import torch
+
+    from viker.runs import write_json
+
+    path = write_json(tmp_path / "r.json", {"a": torch.tensor(3.0), "b": np.int64(4), "c": [torch.tensor([2])]})
+    assert json.loads(path.read_text()) == {"a": 3.0, "b": 4, "c": [2]}
+    with pytest.raises(VikerError, match=r"r2\.json: cannot be written: Object of type Tensor is not JSON"):
+        write_json(tmp_path / "r2.json", {"t": torch.ones(3)})
+    assert not (tmp_path / "r2.json").exists()

@@ -193,6 +193,11 @@ def to_jsonable(obj: Any) -> Any:
         return str(obj)
     if isinstance(obj, float) and math.isnan(obj):
         return None  # nothing measured (an empty split): JSON's null, since NaN is not JSON
+    if type(obj).__module__.split(".")[0] in ("torch", "numpy") and hasattr(obj, "item"):
+        try:  # a one-element tensor or a NumPy number a method recorded: its number
+            return to_jsonable(obj.item())
+        except (ValueError, RuntimeError):  # more than one element: no number (write_json says so)
+            pass
     return obj
 
 
@@ -208,7 +213,11 @@ def write_json(path: str | Path, obj: Any) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    try:
+        text = json.dumps(to_jsonable(obj), indent=2, sort_keys=False)
+    except TypeError as e:  # a setting or record of a kind JSON has no form for (a custom method's own)
+        raise VikerError(f"{path}: cannot be written: {e}; record numbers, text, lists or dicts") from None
+    tmp.write_text(text + "\n", encoding="utf-8")
     tmp.replace(path)
     return path
 

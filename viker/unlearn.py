@@ -451,25 +451,30 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         if given is not None:  # refused before training: the model passed in is left as it came
             restore_given(given, as_it_came, made=model)
         raise
-    if setup_only and ctx.reference is not None:
-        ctx.reference.close()
-    model = ctx.model
-    out = Path(cfg.out)
-    setup_seconds = time.perf_counter() - start
-    unread = method.unused_settings() if hasattr(method, "unused_settings") else {}  # as if they shaped the run
-    settings = {"unlearn": used_settings(paths_recorded(asdict(cfg))),
-                "method": {"name": cfg.method, "title": title(cfg.method),  # as tables print it, from anywhere
-                           **{k: v for k, v in asdict(method).items() if k not in unread}},
-                "data": used, "examples": {k: len(v) for k, v in data.items()}, "setup": ctx.info,
-                "runtime": runtime_info(accelerator, model)}
-    if cfg.tuning == "lora" and not wraps:  # what --save saved (auto: decided above)
-        settings["saved"] = SAVE_CHOICES[merge]
-    if model_files is not None:
-        settings["model_files"] = model_files
-    # every check passed (the lengths, the method's setup): --overwrite may remove an earlier run now
-    claim_run_folder(cfg.out, accelerator, replaced)
-    if accelerator.is_main_process:  # only the main process writes; the others hold the same results
-        write_config(out, "unlearn", settings, cfg.data, resumed=started)
+    try:  # the run's record, written before training: a failure here gives the model back as it came too
+        if setup_only and ctx.reference is not None:
+            ctx.reference.close()
+        model = ctx.model
+        out = Path(cfg.out)
+        setup_seconds = time.perf_counter() - start
+        unread = method.unused_settings() if hasattr(method, "unused_settings") else {}  # as if they shaped the run
+        settings = {"unlearn": used_settings(paths_recorded(asdict(cfg))),
+                    "method": {"name": cfg.method, "title": title(cfg.method),  # as tables print it, from anywhere
+                               **{k: v for k, v in asdict(method).items() if k not in unread}},
+                    "data": used, "examples": {k: len(v) for k, v in data.items()}, "setup": ctx.info,
+                    "runtime": runtime_info(accelerator, model)}
+        if cfg.tuning == "lora" and not wraps:  # what --save saved (auto: decided above)
+            settings["saved"] = SAVE_CHOICES[merge]
+        if model_files is not None:
+            settings["model_files"] = model_files
+        # every check passed (the lengths, the method's setup): --overwrite may remove an earlier run now
+        claim_run_folder(cfg.out, accelerator, replaced)
+        if accelerator.is_main_process:  # only the main process writes; the others hold the same results
+            write_config(out, "unlearn", settings, cfg.data, resumed=started)
+    except BaseException:
+        if given is not None:
+            restore_given(given, as_it_came, made=model)
+        raise
 
     def save(state_dict, folder: Path = out, merge: bool = merge):
         if wraps:  # the modules and their configuration; the base model is referenced, not copied
