@@ -1411,6 +1411,11 @@ def test_a_method_the_trainer_cannot_run_is_refused_in_words(registered, tiny_di
     with pytest.raises(VikerError, match=r"method 'lossless': Lossless has no loss\(self, model, batches\) method"):
         register("lossless", "Lossless")(make_dataclass("Lossless", [], namespace={"streams": ("forget",)}))
     loss = {"loss": lambda self, model, batches: (0.0, {})}
+    with pytest.raises(VikerError, match="method '': a method's name is a word that --method can give"):
+        register("", "Blank")(make_dataclass("Blank", [], namespace=loss))
+    with pytest.raises(VikerError, match=r"method 'one': One\.streams is the string 'forget'; give a tuple of stream "
+                                         r"names, \('forget',\)"):
+        register("one", "One")(make_dataclass("One", [], namespace={"streams": ("forget"), **loss}))
     with pytest.raises(VikerError, match=r"method 'ga' is already viker\.methods\.ga\.GA; register Mine under"):
         register("ga", "GA")(make_dataclass("Mine", [], namespace=loss))
     register("odd_streams", "Odd")(make_dataclass("Odd", [], namespace={"streams": ("forget", "test"), **loss}))

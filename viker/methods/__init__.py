@@ -17,6 +17,11 @@ def register(name: str, title: str):
 
         from viker.errors import VikerError
 
+        if not isinstance(name, str) or not name.strip() or name != name.strip():  # what --method and folders name
+            raise VikerError(f"method {name!r}: a method's name is a word that --method can give, not blank or padded")
+        if isinstance(getattr(cls, "streams", ()), str):  # ("forget") is the string "forget", not a stream
+            raise VikerError(f"method '{name}': {cls.__name__}.streams is the string {cls.streams!r}; give a tuple "
+                             f"of stream names, ({cls.streams!r},)")
         if not is_dataclass(cls):  # its fields are the settings commands take, configs record and --resume compares
             raise VikerError(f"method '{name}': {cls.__name__} must be a dataclass (@dataclass, written below "
                              "@register), its fields the method's settings")
