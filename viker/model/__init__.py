@@ -36,7 +36,11 @@ LANGUAGE_MODEL_PATTERN = r"(^|\.)(language_model|text_model)\."
 
 @dataclass
 class LoraSettings:
-    """LoRA on the language model's linear layers by default (not the vision tower or projector)."""
+    """LoRA on the language model's linear layers by default (not the vision tower or projector).
+
+    The defaults are finetuning's (``FINETUNE_LORA``, merged on saving); an unlearning run's own default is
+    ``LoraSettings(**UNLEARN_LORA, merge=None)`` (``UnlearnConfig().lora``). To change one setting of an unlearning
+    run, start from its own: ``replace(UnlearnConfig().lora, r=8)``, not ``LoraSettings(r=8)``."""
 
     r: int = FINETUNE_LORA["r"]
     alpha: float = FINETUNE_LORA["alpha"]
