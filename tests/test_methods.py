@@ -1631,3 +1631,15 @@ def test_a_refused_run_leaves_the_model_it_was_given_as_it_came(tiny_dir, bench_
     model.requires_grad_(False)  # frozen by the caller: one line, not the optimiser's traceback
     with pytest.raises(VikerError, match="no weight of the model is trainable"):
         run_unlearn(replace(full, out=str(tmp_path / "frozen")), progress=False, model_and_processor=(model, processor))
+
+
+def test_a_method_setting_of_the_wrong_kind_from_python_is_named_in_one_line():
+    """method_args={"beta": "0.1"} failed with a TypeError from the method's own range check ('>' between str and
+    int); {"lam": "10"} named neither the setting nor the kind wanted."""
+    from viker.unlearn import make_method
+
+    with pytest.raises(VikerError, match=r"^method 'npo': NPO\.beta: '0\.1' is a str, not float or int$"):
+        make_method("npo", {"beta": "0.1"}, "forget_10")
+    with pytest.raises(VikerError, match=r"^method 'viker': ViKeR\.lam: '10' is a str, not float or int$"):
+        make_method("viker", {"lam": "10"}, "forget_10")
+    assert make_method("viker", {"lam": 10}, "forget_10").lam == 10  # an int where a float is asked is a number

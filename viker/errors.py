@@ -18,15 +18,26 @@ def check_types(config) -> None:
     the first comparison or attribute read deep inside. Only plain kinds are checked: classes, and unions of them
     with None; a float field takes an int, a str field a path."""
     import dataclasses
+
+    check_values(type(config), {f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
+
+
+def check_values(cls: type, values: dict, where: str = "") -> None:
+    """:func:`check_types` for ``values`` of ``cls``'s fields before it is made (a method's settings, whose own checks
+    would compare a string with a number first); ``where`` opens the message. A class whose annotations cannot be
+    read (a name defined later) is left to its own checks."""
     import typing
 
-    hints = typing.get_type_hints(type(config))
-    for f in dataclasses.fields(config):
-        value, kinds = getattr(config, f.name), _kinds(hints.get(f.name))
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001  (a user's class: unresolved names, or annotations typing cannot read)
+        return
+    for name, value in values.items():
+        kinds = _kinds(hints.get(name))
         if kinds is not None and not isinstance(value, kinds):
             names = {"None" if k is type(None) else k.__name__ for k in kinds if k is not os.PathLike}
             wanted = " or ".join(sorted(names, key=lambda name: (name == "None", name)))
-            raise VikerError(f"{type(config).__name__}.{f.name}: {value!r} is {_a(type(value).__name__)}, not {wanted}")
+            raise VikerError(f"{where}{cls.__name__}.{name}: {value!r} is {_a(type(value).__name__)}, not {wanted}")
 
 
 def check_config(config, kind: type, function: str) -> None:

@@ -19,7 +19,7 @@ from viker.data.clear import unlearning_data as clear_unlearning_data
 from viker.data.examples import FINETUNE_SETS, ft_pairs, unlearning_examples, unpaired_warnings, without_pairs
 from viker.data.loader import load_finetune, load_profiles, retain_profiles
 from viker.data.schema import DEFAULT_FORGET, RETAIN_OF, check_forget_split
-from viker.errors import VikerError, check_config, check_types, require, require_given
+from viker.errors import VikerError, check_config, check_types, check_values, require, require_given
 from viker.methods import get_method, title, unlearning_methods
 from viker.methods.base import NO_SHARDED_REFERENCE, FrozenReference, UnlearnContext, needs_reference
 from viker.methods.reference import SOURCES, default_cache_dir, given_cache_dir
@@ -144,6 +144,7 @@ def make_method(name: str, args: dict, forget_split: str):
         args = {"forget_split": forget_split, **args}
     if "retain_split" in settings:
         args = {"retain_split": RETAIN_OF.get(forget_split), **args}
+    check_values(cls, args, f"method '{name}': ")  # "0.1" for β: one line naming it, not the first comparison's
     try:
         method = cls(**args)
     except TypeError as e:
