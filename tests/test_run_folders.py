@@ -892,7 +892,6 @@ def test_the_machine_is_named_in_a_sentence_that_counts_its_threads():
 
 def test_a_record_holds_one_element_tensors_as_their_numbers_and_refuses_what_json_cannot_hold(tmp_path):
     import numpy as np
-    import torch
 
     from viker.runs import write_json
 

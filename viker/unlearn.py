@@ -448,11 +448,6 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         prepared = prepare(ctx.model, cfg.train, len(data[method.streams[0]]), accelerator, resume=resume)
         if not wraps and hasattr(method, "setup"):  # on the placed (or sharded) model: reference passes run there
             method.setup(ctx)
-    except BaseException:
-        if given is not None:  # refused before training: the model passed in is left as it came
-            restore_given(given, as_it_came, made=model)
-        raise
-    try:  # the run's record, written before training: a failure here gives the model back as it came too
         if setup_only and ctx.reference is not None:
             ctx.reference.close()
         model = ctx.model
@@ -472,7 +467,7 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         claim_run_folder(cfg.out, accelerator, replaced)
         if accelerator.is_main_process:  # only the main process writes; the others hold the same results
             write_config(out, "unlearn", settings, cfg.data, resumed=started)
-    except BaseException:
+    except BaseException:  # refused before training (its setup, its record): the model passed in is left as it came
         if given is not None:
             restore_given(given, as_it_came, made=model)
         raise

@@ -272,7 +272,8 @@ def viker_token_loss(
     reg = REGULARIZERS[regularizer](ref_probs.detach(), logits)
     lam_t = torch.as_tensor(lam, dtype=logits.dtype, device=logits.device)
     if terms is not None:
-        terms.update({"forget_ll": log_q_y.mean().item(), f"reference_{regularizer}": reg.mean().item()})
+        means = torch.stack([log_q_y.mean(), reg.mean()]).tolist()  # one read from the device, not two
+        terms.update({"forget_ll": means[0], f"reference_{regularizer}": means[1]})
     return (ga_weight * log_q_y + lam_t * reg).mean()
 
 
