@@ -1633,6 +1633,35 @@ def test_a_refused_run_leaves_the_model_it_was_given_as_it_came(tiny_dir, bench_
         run_unlearn(replace(full, out=str(tmp_path / "frozen")), progress=False, model_and_processor=(model, processor))
 
 
+def test_a_model_passed_in_is_checked_before_a_run_uses_it(tiny, tiny_dir, bench_dir, tmp_path):
+    """From Python: a bare tokenizer as the processor asked every image question as text and trained on that; a
+    dtype or device the model passed in is not in was ignored and recorded as the run's; a model alone, or the
+    pair reversed, failed with a TypeError or AttributeError from inside the run. (run_eval's config may be left
+    out.)"""
+    from viker.eval.run import run_eval
+    from viker.keytokens import run_keytokens
+
+    model, processor = tiny
+    ga = _config(tiny_dir, bench_dir, tmp_path / "ga", "ga")
+    refusals = [((model, processor.tokenizer), {}, r"the pair's second is the model's processor \(AutoProcessor\), "
+                 r"which reads images; a \w+ does not"),
+                (model, {}, r"give a \(model, processor\) pair, not LlavaForConditionalGeneration"),
+                ((processor, model), {}, r"the pair's first is the model, a torch module, not LlavaProcessor"),
+                ((model, processor), {"dtype": "bfloat16"}, r"^dtype='bfloat16': the model passed in holds float32 "
+                 r"weights, and is used as it is; convert it \(model\.to\(torch\.bfloat16\)\) or leave")]
+    for given, asked, message in refusals:
+        with pytest.raises(VikerError, match=message):
+            run_unlearn(replace(ga, **asked), progress=False, model_and_processor=given)
+        with pytest.raises(VikerError, match=message):
+            run_eval("tiny", str(bench_dir), str(tmp_path / "eval"), progress=False, model_and_processor=given,
+                     **asked)  # no config: viker eval's defaults, as from the command line
+        with pytest.raises(VikerError, match=message):
+            run_keytokens("tiny", str(bench_dir), "forget_10", str(tmp_path / "k.html"), progress=False,
+                          model_and_processor=given, cache_dir=tmp_path / "cache", **asked)
+    assert not any(tmp_path.iterdir())  # each refused before anything was written
+    assert next(model.parameters()).dtype == torch.float32  # and the model left as it came
+
+
 def test_a_method_setting_of_the_wrong_kind_from_python_is_named_in_one_line():
     """method_args={"beta": "0.1"} failed with a TypeError from the method's own range check ('>' between str and
     int); {"lam": "10"} named neither the setting nor the kind wanted."""

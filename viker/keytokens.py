@@ -404,10 +404,12 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
     (``.json``, as any run's config records them); returns the rows shown. The reference
     distributions come from (or go to) ViKeR's cache, ``cache_dir`` or its default. ``train_on``: the forget
     examples, as ``viker unlearn --train-on`` picks them (auto: by what ``model_path`` learned)."""
-    from viker.model import check_cpu_autocast, check_dtype, how_loaded, load_model, pick_device
+    from viker.model import check_cpu_autocast, check_dtype, given_model, how_loaded, load_model, pick_device
     from viker.unlearn import UnlearnConfig, resolve_train_on
 
     check_dtype(dtype)
+    if model_and_processor is not None:
+        model_and_processor = given_model(model_and_processor, dtype, device)
     require(k >= 1, "--k", k, "must be at least 1")
     require(0 <= seed < 2**32, "--seed", seed, "must be from 0 to 2**32 - 1, as viker unlearn's")
     require(epsilon >= 0, "--epsilon", epsilon, "must be at least 0 (nats)")

@@ -32,6 +32,7 @@ from viker.model import (
     check_dtype,
     enable_gradient_checkpointing,
     folders_read,
+    given_model,
     is_tiny_model,
     lora_changed,
     pick_dtype,
@@ -359,6 +360,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     refuse_unused_lora(lora_changed(cfg.lora, UnlearnConfig().lora), no_adapter(cfg.method, cfg.tuning))
     check_max_length(cfg.max_length)
     check_dtype(cfg.dtype)
+    if model_and_processor is not None:
+        model_and_processor = given_model(model_and_processor, cfg.dtype)  # the device is the run's to place it on
     if cfg.train is None:
         cfg = replace(cfg, train=unlearn_preset(cfg.method, is_tiny_model(cfg.model)))
     # the config of the run a --resume goes on with: the choices it started with are kept

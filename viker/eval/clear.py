@@ -334,15 +334,19 @@ def reference_truth_ratios(cfg: ClearEvalConfig, data: str | Path, device=None, 
 
 
 @bars_as_asked
-def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig, device=None, dtype="auto",
-                   trust_remote_code=False, progress=True, model_and_processor=None) -> dict:
+def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig | None = None, device=None,
+                   dtype="auto", trust_remote_code=False, progress=True, model_and_processor=None) -> dict:
     """``viker eval --benchmark clear``: writes metrics.json, generations.jsonl, forget_truth_ratios.json
-    and its settings (``viker.runs.write_eval_config``)."""
+    and its settings (``viker.runs.write_eval_config``). ``cfg`` None: ``ClearEvalConfig()``, as ``viker eval
+    --benchmark clear`` runs with no options."""
     from viker.eval.run import check_nothing_lost, write_generations
-    from viker.model import check_dtype, how_loaded, load_model
+    from viker.model import check_dtype, given_model, how_loaded, load_model
 
+    cfg = ClearEvalConfig() if cfg is None else cfg
     check_config(cfg, ClearEvalConfig, "run_clear_eval")
     check_dtype(dtype)
+    if model_and_processor is not None:
+        model_and_processor = given_model(model_and_processor, dtype, device)
     forget_base(cfg.forget)
     if cfg.retain_model:  # recorded as the other paths are: absolute, whatever folder it was typed in
         cfg = replace(cfg, retain_model=as_recorded(cfg.retain_model))

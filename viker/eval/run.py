@@ -19,7 +19,7 @@ from viker.eval.evaluate import (
     load_judge,
 )
 from viker.eval.metrics import mostly_unread, unread_replies
-from viker.model import check_dtype, how_loaded, load_model
+from viker.model import check_dtype, given_model, how_loaded, load_model
 from viker.progress import bars_as_asked
 from viker.prompts import GENERATION_SUFFIX
 from viker.runs import (
@@ -88,13 +88,17 @@ def replaced_scorers(out: str | Path, cfg: EvalConfig) -> dict[str, str]:
 
 
 @bars_as_asked
-def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig, device=None, dtype="auto",
+def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig | None = None, device=None, dtype="auto",
              trust_remote_code=False, progress=True, model_and_processor=None) -> dict:
     """``viker eval`` on MLLMU-Bench (or the embedded benchmark): writes ``out``'s metrics.json, generations.jsonl
     and settings (all or none), and returns the metrics. ``model_and_processor`` skips loading; it must be the
-    model ``model_path`` names, which the evaluation records as the one it scored."""
+    model ``model_path`` names, which the evaluation records as the one it scored. ``cfg`` None: ``EvalConfig()``,
+    as ``viker eval`` runs with no options."""
+    cfg = EvalConfig() if cfg is None else cfg
     check_config(cfg, EvalConfig, "run_eval")
     check_dtype(dtype)
+    if model_and_processor is not None:
+        model_and_processor = given_model(model_and_processor, dtype, device)
     check_eval_out(model_path, out, data)
     check_nothing_lost(out, "mllmu", cfg)
     replacing = replaced_scorers(out, cfg)

@@ -460,6 +460,33 @@ def weights_dtype(model: nn.Module) -> str | None:
     return str(max(sizes, key=sizes.get)).removeprefix("torch.") if sizes else None
 
 
+def given_model(pair, dtype: str = "auto", device: str | None = None) -> tuple:
+    """``model_and_processor`` as passed in from Python, checked: a (model, processor) pair whose processor reads
+    images (a bare tokenizer would ask each image question as text, without its image), in the ``dtype`` and on
+    the ``device`` asked where one is asked: a model passed in is used as it is, never converted or moved, so a
+    run would record settings it did not run with."""
+    from transformers import PreTrainedTokenizerBase
+
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        raise VikerError(f"model_and_processor: give a (model, processor) pair, not {type(pair).__name__}")
+    model, processor = pair
+    if not isinstance(model, nn.Module):
+        raise VikerError(f"model_and_processor: the pair's first is the model, a torch module, not "
+                         f"{type(model).__name__}")
+    if isinstance(processor, PreTrainedTokenizerBase) or not callable(processor):
+        raise VikerError(f"model_and_processor: the pair's second is the model's processor (AutoProcessor), which "
+                         f"reads images; a {type(processor).__name__} does not")
+    held = weights_dtype(model)
+    if dtype != "auto" and DTYPES[dtype] != getattr(torch, held or "float32"):
+        raise VikerError(f"dtype={dtype!r}: the model passed in holds {held} weights, and is used as it is; convert "
+                         f"it (model.to(torch.{str(DTYPES[dtype]).removeprefix('torch.')})) or leave dtype 'auto'")
+    asked, at = device and pick_device(device), next(model.parameters(), torch.empty(0)).device
+    if asked and (asked.type, asked.index or 0) != (at.type, at.index or 0):
+        raise VikerError(f"device={device!r}: the model passed in is on {at}, and is used where it is; move it "
+                         f"(model.to({device!r})) or leave device None")
+    return model, processor
+
+
 def how_loaded(model: nn.Module) -> dict:
     """What an evaluation's config records of how its model was loaded: the device and the weights' dtype it ran
     in, and an adapter applied unmerged."""
