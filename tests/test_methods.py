@@ -1662,6 +1662,24 @@ def test_a_model_passed_in_is_checked_before_a_run_uses_it(tiny, tiny_dir, bench
     assert next(model.parameters()).dtype == torch.float32  # and the model left as it came
 
 
+def test_a_tiny_model_passed_in_is_trained_as_tiny_whatever_its_name(bench_dir, tmp_path):
+    """A model built in a notebook and passed in under a name that is no folder: the preset (train=None) was
+    refused with 'no such model folder', and train_on='auto' picked a real checkpoint's ft_Data, where a tiny
+    model learned from every split."""
+    from dataclasses import asdict
+
+    from viker.model.tiny import TinyConfig, build_tiny
+    from viker.presets import unlearn_preset
+
+    model, processor = build_tiny(bench_dir, TinyConfig(hidden=32, intermediate=64, layers=1, vision_hidden=16))
+    cfg = UnlearnConfig(model="my-tiny", data=str(bench_dir), method="ga", out=str(tmp_path / "run"),
+                        cache_dir=str(tmp_path / "cache"))
+    run_unlearn(cfg, progress=False, model_and_processor=(model, processor))
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["unlearn"]
+    assert recorded["train_on"] == "all" and recorded["train"] == asdict(unlearn_preset("ga", True))
+    assert recorded["train"] != asdict(unlearn_preset("ga", False))
+
+
 def test_a_method_setting_of_the_wrong_kind_from_python_is_named_in_one_line():
     """method_args={"beta": "0.1"} failed with a TypeError from the method's own range check ('>' between str and
     int); {"lam": "10"} named neither the setting nor the kind wanted."""

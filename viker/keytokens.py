@@ -404,7 +404,15 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
     (``.json``, as any run's config records them); returns the rows shown. The reference
     distributions come from (or go to) ViKeR's cache, ``cache_dir`` or its default. ``train_on``: the forget
     examples, as ``viker unlearn --train-on`` picks them (auto: by what ``model_path`` learned)."""
-    from viker.model import check_cpu_autocast, check_dtype, given_model, how_loaded, load_model, pick_device
+    from viker.model import (
+        check_cpu_autocast,
+        check_dtype,
+        given_model,
+        how_loaded,
+        is_tiny_built,
+        load_model,
+        pick_device,
+    )
     from viker.unlearn import UnlearnConfig, resolve_train_on
 
     check_dtype(dtype)
@@ -429,7 +437,8 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
         on = f" --forget {split}" if split else ""  # the split it unlearned, which that model is not tied to
         print(f"warning: {model_path} is an unlearning run: the page shows its own R̂, not the one it trained against, "
               f"which the model it started from gives (--model {started}{on})", file=sys.stderr)
-    learned = resolve_train_on(UnlearnConfig(model=model_path, benchmark=benchmark, train_on=train_on))
+    learned = resolve_train_on(UnlearnConfig(model=model_path, benchmark=benchmark, train_on=train_on),
+                               tiny=model_and_processor and is_tiny_built(model_and_processor[0]))
     answers = forget_answers(data, forget, refs, benchmark, learned.train_on)  # a folder read otherwise: refused
     if warning := other_benchmark(model_path, data, benchmark):  # the page would show other people's answers
         print(f"warning: {warning}", file=sys.stderr)

@@ -33,6 +33,7 @@ from viker.model import (
     enable_gradient_checkpointing,
     folders_read,
     given_model,
+    is_tiny_built,
     is_tiny_model,
     lora_changed,
     pick_dtype,
@@ -106,13 +107,14 @@ class UnlearnConfig:
         check_types(self)
 
 
-def learned_by(model: str) -> str:
+def learned_by(model: str, tiny: bool | None = None) -> str:
     """What ``model`` learned of the MLLMU-Bench people, as ``viker finetune --train-on`` names it: its finetune
     run's recorded choice, followed back through the unlearning runs that started from it (unlearning teaches
     nothing new, whatever it trained on); for a model that is no finetune run of ours, finetune's own default,
     ``all`` for a tiny model (trained from scratch) and ``ft_Data`` for a real checkpoint (MLLMU-Bench's vanilla
     finetune, which leaves the evaluation's questions unseen). Where the chain leads to a model no longer here,
-    the nearest unlearning run's own choice stands."""
+    the nearest unlearning run's own choice stands. ``tiny``: whether the model is a tiny one, where the model
+    itself tells (one passed in from Python, which ``model`` may not name a folder of)."""
     nearest, last = None, model  # the last model of the chain: a finetune run's, or one that is no run of ours
     for run in runs_behind(model):
         recorded = run.get(run["command"], {})
@@ -120,6 +122,8 @@ def learned_by(model: str) -> str:
             return recorded["train_on"]
         if run["command"] == "unlearn" and recorded.get("model"):
             nearest, last = nearest or recorded.get("train_on"), str(recorded["model"])
+    if tiny is not None and last == model:  # no run of ours: the model passed in tells
+        return "all" if tiny else "ft_Data"
     try:
         return "all" if is_tiny_model(last) else "ft_Data"
     except VikerError:  # no model there any more (or none ever)
@@ -221,10 +225,11 @@ def mllmu_streams(cfg: UnlearnConfig, streams: tuple[str, ...] = ("forget", "ret
     return data, used, unpaired_warnings([groups[s] for s in streams], records, cfg.train_on)
 
 
-def resolve_train_on(cfg: UnlearnConfig, started: dict | None = None) -> UnlearnConfig:
+def resolve_train_on(cfg: UnlearnConfig, started: dict | None = None, tiny: bool | None = None) -> UnlearnConfig:
     """``cfg`` with ``train_on`` as the run applies it: MLLMU-Bench's choice resolved (:func:`learned_by`); a
     resumed run's as it started (``started``: its config; one started before the choice was recorded trained on
-    ``all``). CLEAR's unlearning data is its own, and the option is refused there."""
+    ``all``). CLEAR's unlearning data is its own, and the option is refused there. ``tiny``: as
+    :func:`learned_by` takes it."""
     require(cfg.train_on in ("auto", *FINETUNE_SETS), "--train-on", cfg.train_on,
             f"choose from auto, {', '.join(FINETUNE_SETS)}")
     if cfg.benchmark == "clear":
@@ -238,7 +243,7 @@ def resolve_train_on(cfg: UnlearnConfig, started: dict | None = None) -> Unlearn
             require(cfg.train_on in ("auto", was), "--train-on", cfg.train_on, f"the run started on {was}, and a "
                     "resumed run keeps to it")
             return replace(cfg, train_on=was)
-    return replace(cfg, train_on=learned_by(cfg.model) if cfg.train_on == "auto" else cfg.train_on)
+    return replace(cfg, train_on=learned_by(cfg.model, tiny) if cfg.train_on == "auto" else cfg.train_on)
 
 
 def saves_merged(cfg: UnlearnConfig, wraps: bool, sharded: bool, chosen: str | None, weights_dtype,
@@ -360,13 +365,15 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     refuse_unused_lora(lora_changed(cfg.lora, UnlearnConfig().lora), no_adapter(cfg.method, cfg.tuning))
     check_max_length(cfg.max_length)
     check_dtype(cfg.dtype)
+    tiny = None  # a model passed in tells itself whether it is tiny, where cfg.model may name no folder
     if model_and_processor is not None:
         model_and_processor = given_model(model_and_processor, cfg.dtype)  # the device is the run's to place it on
+        tiny = is_tiny_built(model_and_processor[0])
     if cfg.train is None:
-        cfg = replace(cfg, train=unlearn_preset(cfg.method, is_tiny_model(cfg.model)))
+        cfg = replace(cfg, train=unlearn_preset(cfg.method, is_tiny_model(cfg.model) if tiny is None else tiny))
     # the config of the run a --resume goes on with: the choices it started with are kept
     started = read_configs(cfg.out)[0] if resume and Path(cfg.out, "config.json").is_file() else {}
-    cfg = kept_checkpoints(resolve_train_on(cfg, started), started, "unlearn")
+    cfg = kept_checkpoints(resolve_train_on(cfg, started, tiny), started, "unlearn")
     if cfg.benchmark == "clear":
         data, used = clear_unlearning_data(cfg.data, cfg.forget)
         unpaired = []

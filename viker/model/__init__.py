@@ -251,6 +251,12 @@ def is_tiny_model(path: str | Path) -> bool:
         return False
 
 
+def is_tiny_built(model: nn.Module) -> bool:
+    """Whether a ``model`` in memory is one the tiny builders made (its config holds their settings), as
+    :func:`is_tiny_model` tells of a folder: what a model passed in from Python is judged by."""
+    return isinstance(getattr(getattr(model, "config", None), "tiny", None), dict)
+
+
 def folders_read(path: str | Path) -> list[str]:
     """The local folders loading ``path`` as a model to train reads (:func:`load_model`): the model's own and,
     for a LoRA adapter, the base model it names. A hub id reads none."""
