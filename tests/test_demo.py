@@ -98,6 +98,17 @@ def test_the_report_names_the_gpu_a_demo_ran_on(demo, tmp_path):
     assert "GPU" not in " ".join((out / "report.md").read_text().split("## Settings")[1].split("|")[0].split())
 
 
+def test_a_sweep_row_below_chance_is_read_as_chance(demo, tmp_path):
+    """λ = 2 at a Forget ACC of 20.0 read as more forgetting than λ = 50 at 25.0, with nothing said of it."""
+    out, results = demo
+    sweep = [s | {"metrics": s["metrics"] | {"forget_acc": acc}} for s, acc in zip(results["lam_sweep"], (20.0, 25.0))]
+    write_report(tmp_path / "report.md", results["runs"], sweep, micro(out), 1.0, results["machine"])
+    lams = sorted(s["lam"] for s in sweep if s["metrics"]["forget_acc"] < 25)
+    section = " ".join((tmp_path / "report.md").read_text().split("## ViKeR's λ sweep")[1].split("![")[0].split())
+    assert f"λ = {lams[0]:g}: Forget ACC below chance (25, four options), which is no more forgetting" in section
+    assert section.count("below chance") == 1  # λ = 50 at chance is not below it
+
+
 def test_demo_diagnostics_are_the_runs_they_describe(demo):
     out, results = demo
     diag = results["diagnostics"]
@@ -115,10 +126,17 @@ def test_demo_diagnostics_are_the_runs_they_describe(demo):
     assert set(diag["names"]) == {"vanilla", "ga", "viker", "viker_lam0.3", *diag["runs"]}
     for rates in diag["names"].values():
         assert all(v is None or 0.0 <= v <= 100.0 for v in rates.values())
+    # what the rates are over: the generation questions asked with a person's photo, as the report says
+    gens = [json.loads(line) for line in (out / "runs" / "ga" / "generations.jsonl").read_text().splitlines()]
+    pictured = {s: sum(g["set"] == s and g["task"] == "generation" and bool(g["image"]) for g in gens)
+                for s in ("forget", "retain")}
+    assert diag["names_over"] == pictured and min(pictured.values()) > 0
     # the floor of a model that knows no face: below a perfect score, above nothing
     assert 0.0 < diag["no_face_retain_rougeL"] < 100.0
     report = " ".join((out / "report.md").read_text().split())  # the report wraps its lines
     assert "λ = 0.3, below 1, no token has a resting point" in report
+    assert (f"of the generation questions about a pictured forget (retain) person ({pictured['forget']} and "
+            f"{pictured['retain']} questions, the same for every run), the percentage") in report
     assert f"scores {diag['no_face_retain_rougeL']:.1f} Retain ROUGE-L" in report
     # each column says how many questions it is over (Forget ACC: the forget people's image questions)
     assert f"no more forgetting than knowing nothing. Over {results['forget_image_questions']} questions." in report
