@@ -86,6 +86,22 @@ def test_a_table_where_every_run_fell_apart_says_why_no_forgetting_column_has_a_
     assert none_coherent(runs[:1]) == ""  # no unlearning run: nothing to say
 
 
+def test_a_run_whose_coherence_was_not_measured_is_not_best_at_forgetting():
+    """Evaluated with --only forget:multiple_choice, a run whose answers fell apart was marked best Forget ACC,
+    where the rule keeps such runs out: without coherence nothing tells it from one that forgot."""
+    runs = _runs()
+    collapsed = {"method": "ga", "label": "GA", "metrics": {"forget_acc": 10.0}}
+    held = {**runs[3], "metrics": {**runs[3]["metrics"], "forget_acc": 30.0}}
+    cells = _cells(markdown_table([collapsed, runs[2], held]))
+    assert cells["GA"][0] == "10.0" and cells["ViKeR (λ=10)"][0] == "**30.0**"
+    assert none_coherent([collapsed, held]) == (" GA was evaluated without coherence (no forget-set generation), so "
+                                                "nothing tells whether its answers held: not marked best where lower "
+                                                "is better either.")
+    kept = {"method": "npo", "label": "NPO", "metrics": {"retain_acc": 90.0}}  # higher is better: still a contender
+    assert _cells(markdown_table([kept, {**held, "metrics": {"retain_acc": 80.0, "coherence": 99.0}}]))["NPO"] == \
+        ["**90.0**", "–"]
+
+
 def test_every_mllmu_column_points_the_way_the_paper_reads_it():
     """Forgetting columns (the forget people, asked with and without the image, on Test_Set images, in
     generation and cloze) are lower-is-better; retention and fluency columns higher-is-better; the best
@@ -113,6 +129,8 @@ def test_a_run_on_the_edge_of_coherence_still_counts_and_reference_rows_keep_the
     below = [{**edge[0], "metrics": {"forget_acc": 20.0, "coherence": 49.9}}, edge[1],
              {"method": "klmin", "metrics": {"forget_acc": 40.0, "coherence": 99.0}}]
     assert _cells(markdown_table(below))["NPO"][0] == "**30.0**"
+    printed = [{**edge[0], "metrics": {"forget_acc": 20.0, "coherence": 49.96}}, edge[1]]  # as printed: 50.0
+    assert _cells(markdown_table(printed))["GA"] == ["**20.0**", "50.0"]
     vanillas = [{"method": "vanilla", "label": f"vanilla (seed={seed})", "metrics": {"forget_acc": 100.0}}
                 for seed in (0, 1)]
     assert list(_cells(markdown_table(vanillas))) == ["vanilla (seed=0)", "vanilla (seed=1)"]
@@ -552,6 +570,23 @@ def runs(tiny_dir, bench_dir, tmp_path_factory):
     return root
 
 
+def test_an_evaluation_whose_settings_are_not_recorded_is_not_compared_with_others(runs, tmp_path, capsys):
+    """metrics.json copied without its config files: a forget_5 evaluation, or a letter-mode one, sat in a
+    forget_10 likelihood table, marked best, the text under the table naming the others' settings."""
+    bare = tmp_path / "copied"
+    bare.mkdir()
+    for name in ("metrics.json", "generations.jsonl"):
+        shutil.copy(runs / "ga-eval" / name, bare / name)
+    assert main(["report", str(runs / "vanilla"), str(bare), "--out", str(tmp_path / "mixed")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {bare}: how it was evaluated is not recorded (no eval_config.json, nor an evaluation's config.json), "
+        "so nothing tells whether its figures were measured as the others' (the forget split, the multiple-choice "
+        "mode, the benchmark's files); evaluate it again with viker eval, which records them")
+    assert main(["report", str(bare), "--out", str(tmp_path / "alone")]) == 0  # alone, it is compared with nothing
+    written = shutil.copytree(bare, tmp_path / "by-hand")  # nor with figures that record no settings either
+    assert main(["report", str(bare), str(written), "--out", str(tmp_path / "unrecorded")]) == 0
+
+
 def test_an_evaluation_beside_a_run_records_its_settings_and_keeps_the_runs(runs):
     config = json.loads((runs / "npo-a" / "config.json").read_text())
     assert config["command"] == "unlearn" and config["method"]["beta"] == 0.1  # still the unlearning run's
@@ -634,7 +669,8 @@ def test_report_tabulates_evaluated_runs_by_what_they_are(runs, bench_dir, tmp_p
     metrics = {f.name: json.loads((f / "metrics.json").read_text()) for f in folders}
     assert cells["GA"][0].strip("*") == f"{metrics['ga-eval']['forget_acc']:.1f}"
     assert not any(c.startswith("**") for c in cells["vanilla"])  # the model before unlearning is not compared
-    assert "A column where every method prints alike has no best." in report  # why a column may have no bold
+    assert "A column where every method prints alike has no best, nor a forget accuracy column where every figure is" \
+        in report  # why a column may have no bold
     from viker.data.loader import load_profiles
 
     n = sum(q.with_image for p in load_profiles(bench_dir, "forget_10") for q in p.mc)

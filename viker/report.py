@@ -160,10 +160,17 @@ def _printed(column: Column, value: float | None) -> str:
 
 
 def _incoherent(metrics: dict, below: float) -> bool:
-    """Whether a run's answers fell apart (coherence under ``below``); unknown coherence (none, or null) is
-    not taken for that."""
+    """Whether a run's answers fell apart (coherence under ``below`` as the table prints it: 49.96 prints 50.0,
+    and is not); unknown coherence (none, or null) is not taken for that."""
     coherence = metrics.get("coherence")
-    return _measured(coherence) and coherence < below
+    return _measured(coherence) and float(format(coherence, ".1f")) < below
+
+
+def _contends_lower(metrics: dict, below: float) -> bool:
+    """Whether a run may be marked best where lower is better: its answers measured to hold (coherence at least
+    ``below``). Without coherence (evaluated without the forget set's generation) nothing tells a run that forgot
+    from one whose answers fell apart."""
+    return _measured(metrics.get("coherence")) and not _incoherent(metrics, below)
 
 
 def cell(text: str) -> str:
@@ -172,18 +179,25 @@ def cell(text: str) -> str:
 
 
 INCOHERENT_BELOW = 50.0  # coherence under which a run's answers have fallen apart (crossed out in the plot)
-UNMARKED = (f"A column where every method prints alike has no best. Runs whose answers fell apart (coherence "
-            f"under {INCOHERENT_BELOW:g}) are not marked best where lower is better: an answer that says nothing "
-            "has not forgotten a fact, it has lost the language.")
+UNMARKED = (f"A column where every method prints alike has no best, nor a forget accuracy column where every figure "
+            f"is at or below chance. Runs whose answers fell apart (coherence under {INCOHERENT_BELOW:g}) are not "
+            "marked best where lower is better: an answer that says nothing has not forgotten a fact, it has lost the "
+            "language.")
 
 
 def none_coherent(rows: list[dict]) -> str:
     """A sentence where every unlearning run's answers fell apart, so that no column where lower is better has a
-    best."""
+    best; else one naming the unlearning runs without coherence, which are no contenders there either."""
     unlearned = [r for r in rows if r["method"] not in REFERENCES]
     if unlearned and all(_incoherent(r["metrics"], INCOHERENT_BELOW) for r in unlearned):
         return (f" Here every unlearning run's coherence is under {INCOHERENT_BELOW:g}: no column where lower is "
                 "better has a best.")
+    unknown = [r["label"] for r in unlearned if not _measured(r["metrics"].get("coherence"))]
+    if unknown:  # not contenders either (_contends_lower)
+        return (f" {', '.join(unknown)} {'was' if len(unknown) == 1 else 'were'} evaluated without coherence (no "
+                "forget-set generation), so nothing tells whether "
+                f"{'its answers' if len(unknown) == 1 else 'their answers'} held: not marked best where lower is "
+                "better either.")
     return ""
 
 
@@ -203,14 +217,15 @@ def unscored(rows: list[dict]) -> str:
 def markdown_table(runs: list[dict], incoherent_below: float = INCOHERENT_BELOW) -> str:
     """One row per run, the best value of each column in bold (among the unlearning runs: not the
     reference rows, vanilla and a retain model). A column where they all print alike has no best. Where lower
-    is better (the forgetting columns), a run whose answers fell apart is not a contender (:data:`UNMARKED`); nor is
+    is better (the forgetting columns), a run whose answers fell apart, or whose coherence was not measured, is not
+    a contender (:data:`UNMARKED`, :func:`none_coherent`); nor is
     one, in any direction, in the ACC columns of a set whose letter-mode replies mostly named no option
     (:func:`reads_no_letter`)."""
     cols = _columns(runs)
     header = "| Method | " + " | ".join(c.header + ARROWS[c.lower_is_better] for c in cols) + " |"
     lines = [header, "|" + " --- |" * (len(cols) + 1)]
     unlearned = [r for r in runs if r["method"] not in REFERENCES]  # none: nothing is marked
-    coherent = [r for r in unlearned if not _incoherent(r["metrics"], incoherent_below)]
+    coherent = [r for r in unlearned if _contends_lower(r["metrics"], incoherent_below)]
     best, contenders_of = {}, {}
     def counted(c: Column, text: str) -> float:  # as printed, and no better than the column's floor (chance)
         return float(text) if c.floor is None else max(float(text), c.floor)
@@ -731,7 +746,7 @@ def read_run(path: str | Path) -> dict:
             "made_for": split_made_for(source, benchmark), **scored,
             "data": data, "asked": asked, "model": (evaluation or {}).get("model"), "starts_from": starts_from,
             "forget_quality_reference": (evaluation or {}).get("forget_quality_reference"),
-            "data_files": fingerprint,
+            "data_files": fingerprint, "recorded": evaluation is not None,
             "metrics": metrics, "path": str(run)}
 
 
@@ -893,8 +908,9 @@ def _report_folder(out: str | Path) -> Path:
 def _comparable_rows(paths: list[str]) -> tuple[list[dict], dict]:
     """The rows of ``paths``, the references first, and the settings they share (``shared``), refused where the
     runs cannot share one table: other benchmarks, benchmark files or forget splits, a run made for another split,
-    evaluations read otherwise, one model twice."""
+    evaluations read otherwise or not recorded, one model twice."""
     from viker.errors import VikerError
+    from viker.runs import EVAL_CONFIG
 
     seen = {}
     for p in paths:  # one row per run: a run given twice would be bolded twice, as if two agreed
@@ -903,6 +919,15 @@ def _comparable_rows(paths: list[str]) -> tuple[list[dict], dict]:
         seen[where] = p
     # the references (vanilla, retain model) first, as papers list them; the runs in the order given
     rows = sorted((read_run(p) for p in paths), key=lambda r: r["method"] not in REFERENCES)
+    # what the checks below read is recorded with each evaluation: one that records none (its metrics.json copied
+    # alone) beside those that do cannot be checked against them (figures written by hand, all alike, are the
+    # writer's to compare)
+    for row in rows if any(r["recorded"] for r in rows) else []:
+        if not row["recorded"]:
+            raise VikerError(f"{row['path']}: how it was evaluated is not recorded (no {EVAL_CONFIG}, nor an "
+                             "evaluation's config.json), so nothing tells whether its figures were measured as the "
+                             "others' (the forget split, the multiple-choice mode, the benchmark's files); evaluate "
+                             "it again with viker eval, which records them")
     shared = {"benchmark": _one_value(rows, "benchmark", "benchmarks")}
     # same split names, other people: no one table. Hashes and a hub id cannot be compared (a local snapshot of
     # the hub's benchmark is the same one), so each is compared with its kind.
