@@ -1559,8 +1559,8 @@ def test_a_run_from_python_names_the_settings_it_cannot_do_without(tiny_dir, ben
                                                     "or None"),
     (lambda: UnlearnConfig(method_args=["lam"]), "UnlearnConfig.method_args: ['lam'] is a list, not dict"),
     (lambda: run_unlearn({"model": "m"}), "run_unlearn takes an UnlearnConfig, not a dict"),
-    (lambda: __import__("viker.eval.run").eval.run.run_eval("m", "d", "o", None),
-     "run_eval takes an EvalConfig, not a NoneType"),
+    (lambda: __import__("viker.eval.run").eval.run.run_eval("m", "d", "o", {"forget": "forget_5"}),
+     "run_eval takes an EvalConfig, not a dict"),
     (lambda: __import__("viker.eval.evaluate").eval.evaluate.EvalConfig(scope={"forget": "generation"}),
      "scope['forget']: a tuple of tasks, not one string: ('generation',)"),
     (lambda: __import__("viker.eval.evaluate").eval.evaluate.EvalConfig(scope={}),  # wrote an empty evaluation
