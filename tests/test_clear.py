@@ -355,6 +355,9 @@ MALFORMED = {
                           "forget10_perturbed/train-00000-of-00001.parquet:row 0: empty perturbed_names"),
     "empty caption": ("forget10", lambda r, s: _set(r, s, "caption", None),
                       "forget10/train-00000-of-00001.parquet:row 0: empty caption"),
+    "only the right name": ("forget10_perturbed", lambda r, s: _set(r, s, "perturbed_names", [r[0]["name"]]),
+                            "forget10_perturbed/train-00000-of-00001.parquet:row 0: every text of perturbed_names is "
+                            "the right answer itself"),
 }
 
 
@@ -368,11 +371,28 @@ def test_malformed_rows_are_one_line_errors_naming_file_and_row(case, clear_dir,
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-def test_option_rows_without_a_wrong_option_are_skipped_and_counted(clear_dir, tmp_path):
+def test_a_right_answer_listed_among_the_wrong_ones_is_not_counted_against_itself(clear_dir, tmp_path):
+    """The name in perturbed_names, the caption or its paraphrase in perturbed_captions, lowered Prob. and the
+    truth ratio as if the model preferred a wrong answer, while real_faces' options already had the answer taken
+    out."""
+    root = _copy(clear_dir, tmp_path)
+    row = clear.load_portraits(clear_dir, "forget10_perturbed")[0]
+    _edit(root, "forget10_perturbed", lambda r, s: _set(r, s, "perturbed_names", [f" {r[0]['name']}",
+                                                                                    *r[0]["perturbed_names"]]))
+    _edit(root, "forget10_perturbed", lambda r, s: _set(r, s, "perturbed_captions", [
+        r[0]["caption"], *r[0]["perturbed_captions"], r[0]["paraphrased_caption"].replace(" ", "  ")]))
+    edited = clear.load_portraits(root, "forget10_perturbed")[0]
+    assert (edited.perturbed_names, edited.perturbed_captions) == (row.perturbed_names, row.perturbed_captions)
+
+
+def test_option_rows_without_a_wrong_option_are_skipped_and_counted(clear_dir, tmp_path, capsys):
     root = _copy(clear_dir, tmp_path)
     _edit(root, "real_faces", lambda r, s: _set(r, s, "options", [r[0]["answer"]]))
     sets, skipped = clear.eval_items(root, "forget10")
     assert skipped == {"real_faces": 1, "real_world": 0}
+    clear_eval_sets(root, ClearEvalConfig())  # and said, not only counted in metrics.json
+    assert capsys.readouterr().err == (f"warning: {root}: 1 real_faces row skipped, no option of its differing from "
+                                       "the answer (real_faces_skipped in metrics.json)\n")
     assert [item.answer for item in sets["real_faces"]] == ["Olof Brun", "Tess Wahl"]
     # every row skipped: the set is refused, saying why, not only that it has nothing
     _edit(root, "real_world", lambda rows, schema: pa.Table.from_pylist(

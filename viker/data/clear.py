@@ -15,7 +15,9 @@ person's name. Its configs:
 Files are read with MLLMU-Bench's loader helpers (the same folder layouts, or a hub id through
 ``datasets``), checked against the schemas below, and every bad row is an error naming file and row.
 The one documented skip: an option question whose ``options`` hold nothing but the answer has no wrong
-answer to compare with, so it cannot be scored; it is left out and counted.
+answer to compare with, so it cannot be scored; it is left out and counted. A right answer listed among the
+wrong ones (the answer in ``options``, the caption or its paraphrase in ``perturbed_captions``, the name in
+``perturbed_names``) is taken out of them, so that it is never counted against itself.
 """
 
 from __future__ import annotations
@@ -140,14 +142,32 @@ def _texts(row: dict, column: str, source: str) -> tuple[str, ...]:
     return tuple(str(v) for v in values)
 
 
+def _spaced(text: str) -> str:
+    """``text`` with its runs of spaces as one, ends trimmed: how two texts are compared as the same answer."""
+    return " ".join(text.split())
+
+
+def _wrong_texts(row: dict, column: str, source: str, *right: str) -> tuple[str, ...]:
+    """``column``'s wrong answers, less any that is one of the ``right`` ones (spacing aside), as an option
+    question's answer is taken out of its options: a true answer listed among the wrong ones would be counted
+    against itself in Prob. and the truth ratio. Refused where none is left."""
+    same = {_spaced(text) for text in right}
+    wrong = tuple(text for text in _texts(row, column, source) if _spaced(text) not in same)
+    if not wrong:
+        raise VikerError(f"{source}: every text of {column} is the right answer itself (no wrong answer to compare "
+                         "it with)")
+    return wrong
+
+
 def _portrait(row: dict, source: str, perturbed: bool) -> Portrait:
+    caption, name = _text(row, "caption", source), _text(row, "name", source)
     extra = {}
     if perturbed:
-        extra = {"paraphrased_caption": _text(row, "paraphrased_caption", source),
-                 "perturbed_captions": _texts(row, "perturbed_captions", source),
-                 "perturbed_names": _texts(row, "perturbed_names", source)}
-    return Portrait(image_bytes(row["image"], source), _text(row, "caption", source), _text(row, "name", source),
-                    source=source, **extra)
+        paraphrase = _text(row, "paraphrased_caption", source)
+        extra = {"paraphrased_caption": paraphrase,
+                 "perturbed_captions": _wrong_texts(row, "perturbed_captions", source, caption, paraphrase),
+                 "perturbed_names": _wrong_texts(row, "perturbed_names", source, name)}
+    return Portrait(image_bytes(row["image"], source), caption, name, source=source, **extra)
 
 
 def load_portraits(root: str | Path, config: str) -> list[Portrait]:
@@ -183,12 +203,12 @@ def load_option_questions(root: str | Path, config: str) -> tuple[list[OptionQue
     items, skipped = [], 0
     for source, row in read_config(root, config, schema_for(config), CONFIGS):
         # an answer or option's surrounding or doubled spaces are the file's: kept, they would be scored as tokens
-        answer = " ".join(_text(row, "answer", source).split())
+        answer = _spaced(_text(row, "answer", source))
         question = NAME_QUESTION if config == REAL_FACES else _text(row, "question", source)
         options = row.get("options")
         if options is None:
             raise VikerError(f"{source}: options is missing")
-        wrong = tuple(text for o in options if o is not None and (text := " ".join(str(o).split())) and text != answer)
+        wrong = tuple(text for o in options if o is not None and (text := _spaced(str(o))) and text != answer)
         image = image_bytes(row["image"], source)
         if not wrong:
             skipped += 1

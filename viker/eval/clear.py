@@ -132,6 +132,11 @@ def clear_eval_sets(data: str | Path, cfg: ClearEvalConfig) -> tuple[dict[str, l
             why = (f" (its {skipped[name]} rows were skipped: no option of theirs differs from the answer)"
                    if skipped.get(name) else "")
             raise VikerError(f"{data}: the {name} set has no items to evaluate{why}")
+    for name, n in skipped.items():  # left out of every figure: said as it happens, and counted in metrics.json
+        if n:
+            print(f"warning: {data}: {n} {name} row{'s' * (n != 1)} skipped, no option of "
+                  f"{'theirs' if n != 1 else 'its'} differing from the answer ({name}_skipped in metrics.json)",
+                  file=sys.stderr)
     return sets, skipped, whole - sum(len(sets[name]) for name in ("retain", "retain_names"))
 
 
