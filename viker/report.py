@@ -179,10 +179,10 @@ def cell(text: str) -> str:
 
 
 INCOHERENT_BELOW = 50.0  # coherence under which a run's answers have fallen apart (crossed out in the plot)
-UNMARKED = (f"A column where every method prints alike has no best, nor a forget accuracy column where every figure "
-            f"is at or below chance. Runs whose answers fell apart (coherence under {INCOHERENT_BELOW:g}) are not "
-            "marked best where lower is better: an answer that says nothing has not forgotten a fact, it has lost the "
-            "language.")
+UNMARKED = ("A column has a best only where two of the runs that may be marked print different figures (a forget "
+            f"accuracy below chance counts as chance). Runs whose answers fell apart (coherence under "
+            f"{INCOHERENT_BELOW:g}) are not marked best where lower is better: an answer that says nothing has not "
+            "forgotten a fact, it has lost the language.")
 
 
 def none_coherent(rows: list[dict]) -> str:
@@ -216,7 +216,8 @@ def unscored(rows: list[dict]) -> str:
 
 def markdown_table(runs: list[dict], incoherent_below: float = INCOHERENT_BELOW) -> str:
     """One row per run, the best value of each column in bold (among the unlearning runs: not the
-    reference rows, vanilla and a retain model). A column where they all print alike has no best. Where lower
+    reference rows, vanilla and a retain model). A column where the contenders all print alike (one alone, too) has
+    no best. Where lower
     is better (the forgetting columns), a run whose answers fell apart, or whose coherence was not measured, is not
     a contender (:data:`UNMARKED`, :func:`none_coherent`); nor is
     one, in any direction, in the ACC columns of a set whose letter-mode replies mostly named no option
