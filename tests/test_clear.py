@@ -22,6 +22,7 @@ from viker.eval.clear import (
     UTILITY_KEYS,
     ClearEvalConfig,
     ItemScore,
+    check_no_copy_behind,
     check_reference,
     clear_eval_sets,
     model_utility,
@@ -618,6 +619,21 @@ def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys, monkey
            "eval wrote in the retain model's evaluation folder)" in capsys.readouterr().err
     # the retain model's ratios saved in the vanilla model's evaluation are the retain model's
     check_reference(tmp_path / "vanilla-eval" / "retain_model_truth_ratios.json", "forget10")
+    # a copy of the vanilla model taken elsewhere is no run of ours, but holds the weights a run was unlearned from:
+    # its forget quality was that of a model that forgot nothing (a copy of the retain model is taken)
+    from viker.model import weight_hashes
+
+    copied = shutil.copytree(tmp_path / "vanilla" / "model", tmp_path / "elsewhere" / "vanilla")
+    hashed = tmp_path / "unlearned-hashed"
+    hashed.mkdir()
+    (hashed / "config.json").write_text(json.dumps({"command": "unlearn", "unlearn": {
+        "model": str(tmp_path / "vanilla" / "model")}, "model_files": weight_hashes(tmp_path / "vanilla" / "model")}))
+    with pytest.raises(VikerError, match=re.escape(
+            f"--retain-model {copied}: the same weights as {tmp_path / 'vanilla' / 'model'}, which {hashed} was "
+            "unlearned from and which saw forget10's persons: not a model that never saw them")):
+        check_no_copy_behind(copied, str(hashed), "forget10")
+    check_no_copy_behind(shutil.copytree(tmp_path / "retain" / "model", tmp_path / "elsewhere" / "retain"),
+                         str(hashed), "forget10")
     untrained = _metrics(tmp_path / "untrained")
     assert untrained["forget_quality"] is None  # no reference model given
     assert vanilla["forget_prob"] > untrained["forget_prob"] and vanilla["retain_prob"] > untrained["retain_prob"]

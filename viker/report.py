@@ -920,16 +920,16 @@ def _comparable_rows(paths: list[str]) -> tuple[list[dict], dict]:
         seen[where] = p
     # the references (vanilla, retain model) first, as papers list them; the runs in the order given
     rows = sorted((read_run(p) for p in paths), key=lambda r: r["method"] not in REFERENCES)
-    # what the checks below read is recorded with each evaluation: one that records none (its metrics.json copied
-    # alone) beside those that do cannot be checked against them (figures written by hand, all alike, are the
-    # writer's to compare)
+    shared = {"benchmark": _one_value(rows, "benchmark", "benchmarks")}
+    # the benchmark is told by the figures themselves; what the checks below read is recorded with each evaluation:
+    # one that records none (its metrics.json copied alone) beside those that do cannot be checked against them
+    # (figures written by hand, all alike, are the writer's to compare)
     for row in rows if any(r["recorded"] for r in rows) else []:
         if not row["recorded"]:
             raise VikerError(f"{row['path']}: how it was evaluated is not recorded (no {EVAL_CONFIG}, nor an "
                              "evaluation's config.json), so nothing tells whether its figures were measured as the "
                              "others' (the forget split, the multiple-choice mode, the benchmark's files); evaluate "
                              "it again with viker eval, which records them")
-    shared = {"benchmark": _one_value(rows, "benchmark", "benchmarks")}
     # same split names, other people: no one table. Hashes and a hub id cannot be compared (a local snapshot of
     # the hub's benchmark is the same one), so each is compared with its kind.
     if any(len({f for r in rows if (f := r["data_files"]) and f.startswith(kind)}) > 1 for kind in ("files:", "hub:")):

@@ -263,6 +263,25 @@ def check_reference(spec: str | Path, forget: str) -> None:
         config = next(runs_behind(start), {}) if start else {}
 
 
+def check_no_copy_behind(spec: str | Path, model_path: str, forget: str) -> None:
+    """Refuse a ``--retain-model`` from elsewhere (no run of ours, which :func:`check_reference` reads) that holds
+    the weights an unlearning run behind ``model_path`` started from, by their hashes: a copy of the vanilla model,
+    which saw the forget persons, would give the forget quality of a model that forgot nothing."""
+    from viker.model import same_weights, weight_hashes
+
+    folder, held = Path(reference_model(spec)), None
+    if reference_run(spec) or not folder.is_dir():
+        return
+    for run in runs_behind(model_path):
+        if run["command"] == "unlearn" and run.get("model_files"):
+            held = held if held is not None else weight_hashes(folder)  # hashed once, where there is a record
+            if same_weights(run["model_files"], held):
+                base = forget_base(forget)
+                raise VikerError(f"--retain-model {spec}: the same weights as {run['unlearn'].get('model')}, which "
+                                 f"{model_path} was unlearned from and which saw {base}'s persons: not a model that "
+                                 f"never saw them (`viker finetune --without {base}`)")
+
+
 # the settings of a finetune that make its recipe (each compared where both runs record it), by how a warning names
 # them; its budget, batch, precision and starting model are compared as the run read them (other_recipe)
 RECIPE = {"train.lr": "--lr", "train.weight_decay": "weight decay", "train.warmup_ratio": "warm-up ratio",
@@ -366,6 +385,7 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig | 
         cfg = replace(cfg, retain_limit=None)
     if cfg.retain_model:  # a model that saw the forget persons is refused before any warning about it
         check_reference(cfg.retain_model, cfg.forget)
+        check_no_copy_behind(cfg.retain_model, model_path, cfg.forget)
     unmeasured = None if cfg.retain_model or next(runs_behind(model_path), {}).get("command") != "unlearn" else (
         f"no --retain-model, so no forget quality, CLEAR's measure of forgetting (give the model finetuned "
         f"--without {forget_base(cfg.forget)}, or its evaluation's folder)")
