@@ -87,6 +87,19 @@ def test_an_empty_forget_split_is_said_to_be_empty_whatever_the_run_trains_on(ti
     _assert_clean_failure(code, capsys.readouterr().err, "split forget_10 has no people to unlearn", tmp_path / "run")
 
 
+def test_finetuning_on_no_examples_is_refused_before_a_model_loads(tiny_dir, bench_dir, tmp_path, capsys):
+    """ft_Data with no rows, or no pairs: the finetune loaded the model, then failed with an IndexError from the
+    tokenizer."""
+    root = tmp_path / "bench"
+    shutil.copytree(bench_dir, root)
+    ft = next((root / "ft_Data").glob("*.parquet")).relative_to(root)
+    _edit(root, ft, lambda t: t.slice(0, 0))
+    code = main(["finetune", "--model", str(tiny_dir), "--data", str(root), "--max-steps", "1", "--out",
+                 str(tmp_path / "run")])
+    _assert_clean_failure(code, capsys.readouterr().err, f"{root}: nothing to finetune on (ft_Data's pairs, "
+                          "--train-on ft_Data, hold no question)", tmp_path / "run")
+
+
 def test_keytokens_of_an_empty_forget_split_is_refused(tiny_dir, bench_dir, tmp_path, capsys):
     root = tmp_path / "bench"
     shutil.copytree(bench_dir, root)

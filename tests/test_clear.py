@@ -386,6 +386,18 @@ def test_a_right_answer_listed_among_the_wrong_ones_is_not_counted_against_itsel
     assert (edited.perturbed_names, edited.perturbed_captions) == (row.perturbed_names, row.perturbed_captions)
 
 
+def test_a_caption_config_with_no_rows_is_refused_not_trained_as_text_alone(clear_dir, tmp_path):
+    """An empty full finetuned the vanilla model on full+tofu's text questions alone, and an empty forget10 unlearned
+    forget10+tofu's, without a word: no image was ever seen."""
+    root = _copy(clear_dir, tmp_path)
+    for config in ("full", "forget10"):
+        _edit(root, config, lambda rows, schema: pa.Table.from_pylist([], schema=schema))
+    with pytest.raises(VikerError, match=re.escape(f"{root}: full has no caption rows")):
+        clear.finetune_examples(root)
+    with pytest.raises(VikerError, match=re.escape(f"{root}: forget10 has no caption rows")):
+        clear.unlearning_data(root, "forget10+tofu")
+
+
 def test_option_rows_without_a_wrong_option_are_skipped_and_counted(clear_dir, tmp_path, capsys):
     root = _copy(clear_dir, tmp_path)
     _edit(root, "real_faces", lambda r, s: _set(r, s, "options", [r[0]["answer"]]))

@@ -151,6 +151,9 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
         ("all" if tiny else "ft_Data")
     examples = clear_finetune_examples(cfg.data, cfg.without) if cfg.benchmark == "clear" \
         else finetune_examples(cfg.data, train_on)
+    if not examples:  # before a model loads (minutes, for a large one)
+        read = "ft_Data's pairs" if train_on == "ft_Data" else "ft_Data's pairs and the people's generation questions"
+        raise VikerError(f"{cfg.data}: nothing to finetune on ({read}, --train-on {train_on}, hold no question)")
     if cfg.tuning not in ("auto", "full", "lora"):
         raise VikerError(f"--tuning {cfg.tuning}: choose auto, full or lora")
     tuning = resolved_tuning(cfg.model, cfg.tuning)

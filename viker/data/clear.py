@@ -230,6 +230,8 @@ def _examples(root: str | Path, config: str, with_tofu: bool, portraits: list[Po
     """Caption examples of ``config`` (pass ``portraits`` when they are loaded already), plus the TOFU
     questions of ``config+tofu`` when asked for."""
     portraits = load_portraits(root, config) if portraits is None else portraits
+    if not portraits:  # TOFU's text alone would train (or unlearn) no image at all
+        raise VikerError(f"{root}: {config} has no caption rows (an image, its caption and its person's name each)")
     questions = tofu_questions(root, config + TOFU) if with_tofu else []
     return _unique([caption_example(p) for p in portraits] + [tofu_example(q) for q in questions])
 
