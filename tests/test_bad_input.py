@@ -51,6 +51,9 @@ CASES = {
     "link to nothing, unread": (lambda root: (root / "Retain_Set" / "shard-2.parquet").symlink_to("../../blobs/0123"),
                                 "Retain_Set/shard-2.parquet: a link to ../../blobs/0123, which is not there (a hub "
                                 "snapshot copied or kept without its blobs?)"),
+    "text not UTF-8": (lambda root: _edit(root, FORGET, lambda t: t.set_column(
+        t.schema.get_field_index("ID"), "ID", pa.array([b"\xff\xfeabc"] * t.num_rows, pa.binary()).view(pa.string()))),
+        "forget_10/train-00000-of-00001.parquet: column 'ID' holds text that is not UTF-8 (config forget_10)"),
     "Git LFS pointer": (lambda root: (root / FORGET).write_text(
         "version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 7\n"),
         "forget_10/train-00000-of-00001.parquet: a Git LFS pointer, not the file itself"),

@@ -218,11 +218,26 @@ def read_config(root: str | Path, config: str, expected: pa.Schema | None = None
             _check_type(path, field.name, table.schema.field(field.name).type, field.type)
         table = table.select(expected.names)
         images = [field.name for field in expected if IMAGE in (field.type, getattr(field.type, "value_type", None))]
-        for i, row in enumerate(table.to_pylist()):
+        try:
+            listed = table.to_pylist()
+        except UnicodeDecodeError:  # a string column written from bytes in another encoding
+            bad = next((name for name in table.column_names if not _decodes(table.column(name))), "?")
+            raise VikerError(f"{path}: column '{bad}' holds text that is not UTF-8 (config {config}); write the file "
+                             "again with its text decoded") from None
+        for i, row in enumerate(listed):
             for name in images:
                 _anchor(row[name], Path(path).parent)
             rows.append((f"{path}:row {i}", row))
     return rows
+
+
+def _decodes(column: pa.ChunkedArray) -> bool:
+    """Whether a column's values read as Python objects: its text is UTF-8."""
+    try:
+        column.to_pylist()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _anchor(cells: dict | list | None, folder: Path) -> None:
