@@ -386,6 +386,23 @@ def test_a_right_answer_listed_among_the_wrong_ones_is_not_counted_against_itsel
     assert (edited.perturbed_names, edited.perturbed_captions) == (row.perturbed_names, row.perturbed_captions)
 
 
+def test_a_saved_truth_ratio_that_is_no_number_is_refused(clear_dir, tmp_path):
+    """A reference whose losses overflowed wrote NaN ratios, and forget quality came out unmeasured without a word;
+    a negative ratio, which exp never gives, was compared as it was."""
+    from viker.eval.clear import read_truth_ratios
+
+    saved = tmp_path / "forget_truth_ratios.json"
+    for ratios, said in (([float("nan"), 1.0], "forget truth ratio 0 is nan"),
+                         ([1.0, -1.0], "forget truth ratio 1 is -1.0")):
+        saved.write_text(json.dumps({"forget_split": "forget10", "truth_ratios": {
+            "forget": ratios, "forget_names": [1.0, 1.0]}}))
+        with pytest.raises(VikerError, match=re.escape(f"{saved}: {said}, which no truth ratio")):
+            read_truth_ratios(saved, "forget10", clear_dir)
+    saved.write_text(json.dumps({"forget_split": "forget10", "truth_ratios": {  # an overflow and an underflow: kept
+        "forget": [float("inf"), 0.0], "forget_names": [1.0, 1.0]}}))
+    assert read_truth_ratios(saved, "forget10", clear_dir)["forget"] == [float("inf"), 0.0]
+
+
 def test_a_caption_config_with_no_rows_is_refused_not_trained_as_text_alone(clear_dir, tmp_path):
     """An empty full finetuned the vanilla model on full+tofu's text questions alone, and an empty forget10 unlearned
     forget10+tofu's, without a word: no image was ever seen."""

@@ -24,6 +24,7 @@ forgotten anything, and the report does not mark them best there.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 from dataclasses import asdict, dataclass, replace
@@ -208,6 +209,14 @@ def read_truth_ratios(path: Path, forget: str, data: str | Path) -> dict[str, li
         ratios = {name: [float(x) for x in saved["truth_ratios"][name]] for name in FORGET_SETS}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise VikerError(f"{path}: not a truth-ratio file of `viker eval --benchmark clear` ({e})") from None
+    # a ratio is exp(a difference of losses): never below 0, and NaN only from a loss that was no number (an
+    # overflow in 16 bits), which would leave forget quality unmeasured without a word (0 and inf are its
+    # underflow and overflow)
+    if bad := next(((name, i, x) for name in FORGET_SETS for i, x in enumerate(ratios[name])
+                    if math.isnan(x) or x < 0), None):
+        raise VikerError(f"{path}: {bad[0]} truth ratio {bad[1]} is {bad[2]}, which no truth ratio (exp of a "
+                         "difference of losses) is (NaN: a loss that was no number, as an overflow in 16 bits gives); "
+                         "score the reference again (--retain-model with its model)")
     if saved.get("forget_split") != forget_base(forget):
         raise VikerError(f"{path}: truth ratios of {saved.get('forget_split')}, not of {forget_base(forget)}")
     then, now = saved.get("data_files"), forget_files(data, forget)
