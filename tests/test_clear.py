@@ -9,6 +9,7 @@ import math
 import re
 import shutil
 import sys
+from functools import partial
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -384,6 +385,21 @@ def test_a_right_answer_listed_among_the_wrong_ones_is_not_counted_against_itsel
         r[0]["caption"], *r[0]["perturbed_captions"], r[0]["paraphrased_caption"].replace(" ", "  ")]))
     edited = clear.load_portraits(root, "forget10_perturbed")[0]
     assert (edited.perturbed_names, edited.perturbed_captions) == (row.perturbed_names, row.perturbed_captions)
+
+
+def test_a_person_in_both_the_forget_and_the_retain_split_is_refused_however_spaced(clear_dir, tmp_path):
+    """A forget person's row copied into the retain split with a space after the name was both forgotten and
+    retained, in unlearning and in evaluation, where the same name exactly was refused."""
+    root = _copy(clear_dir, tmp_path)
+    for forget, retain in (("forget10", "retain90"), ("forget10_perturbed", "retain_perturbed")):
+        row = pq.read_table(root / forget / "train-00000-of-00001.parquet").to_pylist()[0]
+        _edit(root, retain, lambda rows, schema: pa.Table.from_pylist(
+            rows + [row | {"name": f" {row['name']}  "}], schema=schema))
+        read = partial(clear.unlearning_data, root, "forget10") if forget == "forget10" else \
+            partial(clear.eval_items, root, "forget10")
+        with pytest.raises(VikerError, match=re.escape(f"{forget} and {retain} share persons {row['name']}; a person "
+                                                       "cannot be both forgotten and retained")):
+            read()
 
 
 def test_a_saved_truth_ratio_that_is_no_number_is_refused(clear_dir, tmp_path):

@@ -250,6 +250,16 @@ def finetune_examples(root: str | Path, without: str | None = None) -> list[Exam
     return _examples(root, config, with_tofu)
 
 
+def check_apart(root: str | Path, forget: str, forget_rows: list[Portrait], retain: str,
+                retain_rows: list[Portrait]) -> None:
+    """Refuse a forget and a retain config that share a person, by name, spacing aside (a name with a space after
+    it is the same person)."""
+    shared = {_spaced(p.name) for p in forget_rows} & {_spaced(p.name) for p in retain_rows}
+    if shared:
+        raise VikerError(f"{root}: {forget} and {retain} share persons {', '.join(sorted(shared)[:5])}; a person "
+                         "cannot be both forgotten and retained")
+
+
 def unlearning_data(root: str | Path, forget: str) -> tuple[dict[str, list[Example]], dict]:
     """The forget and retain streams for ``forget`` (``forget10``, or ``forget10+tofu`` to forget and
     retain the TOFU questions too, from the ``+tofu`` configs), and what was used, for the run's config.
@@ -258,10 +268,7 @@ def unlearning_data(root: str | Path, forget: str) -> tuple[dict[str, list[Examp
     with_tofu = forget.endswith(TOFU)
     retain = RETAIN_OF[base]
     forget_rows, retain_rows = load_portraits(root, base), load_portraits(root, retain)
-    shared = {p.name for p in forget_rows} & {p.name for p in retain_rows}
-    if shared:
-        raise VikerError(f"{root}: {base} and {retain} share persons {', '.join(sorted(shared)[:5])}; a person "
-                         "cannot be both forgotten and retained")
+    check_apart(root, base, forget_rows, retain, retain_rows)
     data = {"forget": _examples(root, base, with_tofu, forget_rows),
             "retain": _examples(root, retain, with_tofu, retain_rows)}
     info = {"benchmark": "clear", "forget_config": base + TOFU * with_tofu,
@@ -315,10 +322,7 @@ def eval_items(root: str | Path, forget: str) -> tuple[dict[str, list[EvalItem]]
     real_world. Refuses a retain set that shares a person with the forget split."""
     base = forget_base(forget)
     forget_rows, retain_rows = load_portraits(root, base + PERTURBED), load_portraits(root, RETAIN_PERTURBED)
-    shared = {p.name for p in forget_rows} & {p.name for p in retain_rows}
-    if shared:
-        raise VikerError(f"{root}: {base}{PERTURBED} and {RETAIN_PERTURBED} share persons "
-                         f"{', '.join(sorted(shared)[:5])}; the retain set must not hold a forget person")
+    check_apart(root, base + PERTURBED, forget_rows, RETAIN_PERTURBED, retain_rows)
     sets, skipped = {}, {}
     sets["forget"], sets["forget_names"] = _portrait_items(forget_rows)
     sets["retain"], sets["retain_names"] = _portrait_items(retain_rows)
