@@ -31,6 +31,12 @@ def _truncate_image(t):
     return t.set_column(0, "image", pa.array(images, type=t.schema.field("image").type))
 
 
+def _text_as_image(t):
+    images = t.column("image").to_pylist()
+    images[0] = {"bytes": b"a text file saved as .png", "path": images[0]["path"]}
+    return t.set_column(0, "image", pa.array(images, type=t.schema.field("image").type))
+
+
 def _generation_as_text(t):
     i = t.schema.get_field_index("Generation_Task")
     return t.set_column(i, "Generation_Task", pa.array([json.dumps(x) for x in t.column(i).to_pylist()]))
@@ -39,6 +45,9 @@ def _generation_as_text(t):
 CASES = {
     "corrupt image": (lambda root: _edit(root, FORGET, _truncate_image),
                       "forget_10/train-00000-of-00001.parquet:row 0 image 0: unreadable image"),
+    "text as image": (lambda root: _edit(root, FORGET, _text_as_image),  # not PIL's buffer, <_io.BytesIO ...>
+                      "forget_10/train-00000-of-00001.parquet:row 0 image 0: unreadable image (no image format PIL "
+                      "reads)"),
     "missing config": (lambda root: shutil.rmtree(root / "retain_90"), "config 'retain_90' not found"),
     "missing column": (lambda root: _edit(root, FORGET, lambda t: t.drop_columns(["Mask_Task"])),
                        "forget_10/train-00000-of-00001.parquet: missing column 'Mask_Task'"),

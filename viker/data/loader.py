@@ -258,6 +258,13 @@ def has_image(cell: dict | None) -> bool:
 IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
+def unreadable(source: str, error: Exception) -> VikerError:
+    """The error of an image PIL cannot read, in words: PIL names no format it knows by the buffer it read from
+    (``cannot identify image file <_io.BytesIO object at 0x...>``)."""
+    why = "no image format PIL reads" if isinstance(error, UnidentifiedImageError) else str(error)
+    return VikerError(f"{source}: unreadable image ({why})")
+
+
 def image_bytes(value: dict | None, source: str) -> bytes:
     """The bytes of an image cell (``{bytes, path}``, as the Hugging Face Image feature stores it: the
     bytes, or else the file at ``path``), checked to decode, or a clear error."""
@@ -279,7 +286,7 @@ def image_bytes(value: dict | None, source: str) -> bytes:
             img.load()  # decoded whole: a JPEG cut short passes verify(), which reads only its headers
             mode = img.mode
     except IMAGE_ERRORS as e:
-        raise VikerError(f"{source}: unreadable image ({e})") from None
+        raise unreadable(source, e) from None
     if mode == "F":  # no one reading in 8 bits: 0..1 or 0..255? Converting would clip it to black or white
         raise VikerError(f"{source}: a floating-point image (mode F); save it with 8-bit levels (PNG or JPEG)")
     return data
@@ -315,7 +322,7 @@ def decode_image(data: bytes, source: str = "image") -> Image.Image:
     try:
         return to_rgb(ImageOps.exif_transpose(Image.open(BytesIO(data))))
     except IMAGE_ERRORS as e:
-        raise VikerError(f"{source}: unreadable image ({e})") from None
+        raise unreadable(source, e) from None
 
 
 def image_size(data: bytes, source: str = "image") -> tuple[int, int]:
@@ -325,7 +332,7 @@ def image_size(data: bytes, source: str = "image") -> tuple[int, int]:
         width, height = img.size
         turned = img.getexif().get(0x0112) in QUARTER_TURNED  # 0x0112: the EXIF orientation tag
     except IMAGE_ERRORS as e:
-        raise VikerError(f"{source}: unreadable image ({e})") from None
+        raise unreadable(source, e) from None
     return (height, width) if turned else (width, height)
 
 
