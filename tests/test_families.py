@@ -209,6 +209,24 @@ def test_preflight_counts_each_image_size_own_tokens_under_a_dynamic_resolution(
     Collator(processor, max_length=tokens[1]).preflight(model, [small, large])
 
 
+def test_an_image_the_processor_refuses_is_named_in_one_line(saved):
+    """Qwen2-VL's processor takes no image with an aspect ratio over 200: a ValueError from inside transformers,
+    naming no image, mid-evaluation."""
+    import io
+
+    from PIL import Image
+
+    def example(size, who):
+        buffer = io.BytesIO()
+        Image.new("RGB", size, (120, 30, 200)).save(buffer, "PNG")
+        return Example("Who is this person?", "This is Alon Varo.", buffer.getvalue(), profile_id=who)
+
+    processor = load_model(saved("qwen2_vl"), device="cpu")[1]
+    with pytest.raises(VikerError, match=r"^image of p7 \(40×12000\): Qwen2VLProcessor refuses it: absolute aspect "
+                                         r"ratio must be smaller than 200"):
+        Collator(processor)([example((32, 32), "p1"), example((40, 12000), "p7")])
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_reference_distributions_from_the_kept_logits_equal_the_full_forward(family, saved, real_bench):
     """FrozenReference projects only the answer positions (logits_to_keep); the result must be the

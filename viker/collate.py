@@ -187,15 +187,10 @@ class Collator:
             if ex.image is not None and ex.image not in decoded:
                 decoded[ex.image] = decode_image(ex.image, f"image of {ex.profile_id or _first_line(ex)}")
         images = [decoded[ex.image] for ex in examples if ex.image is not None]
-        batch = self.processor(
-            text=texts,
-            images=images or None,
-            return_tensors="pt",
-            padding=True,
-            padding_side=self.padding_side,
-            **({} if self.add_special_tokens else {"add_special_tokens": False}),  # passed only when not the default
-        )
-        batch = dict(batch)
+        try:
+            batch = dict(self._processed(texts, images))
+        except ValueError as e:  # an image the processor takes no size of (Qwen2-VL's aspect ratio over 200)
+            raise self._refused_image(examples, texts, decoded, e) from None
         if self.max_length is not None:
             for ex, n in zip(examples, batch["attention_mask"].sum(dim=1).tolist()):
                 if n > self.max_length:
@@ -203,6 +198,31 @@ class Collator:
         if self.answers:
             batch["labels"] = self.answer_labels(batch, self.answer_lengths(prompts, texts, examples))
         return batch
+
+    def _processed(self, texts: list[str], images: list):
+        return self.processor(
+            text=texts,
+            images=images or None,
+            return_tensors="pt",
+            padding=True,
+            padding_side=self.padding_side,
+            **({} if self.add_special_tokens else {"add_special_tokens": False}),  # passed only when not the default
+        )
+
+    def _refused_image(self, examples: Sequence[Example], texts: list[str], decoded: dict,
+                       error: ValueError) -> Exception:
+        """The processor's refusal of a batch, named by the example whose image it refuses alone (each tried
+        apart); the error as it came where none is refused alone (not an image's)."""
+        for ex, text in zip(examples, texts):
+            if ex.image is None:
+                continue
+            try:
+                self._processed([text], [decoded[ex.image]])
+            except ValueError as alone:
+                width, height = decoded[ex.image].size
+                return VikerError(f"image of {ex.profile_id or _first_line(ex)} ({width}×{height}): "
+                                  f"{type(self.processor).__name__} refuses it: {alone}")
+        return error
 
     def _too_long(self, ex: Example, n: int) -> VikerError:
         return VikerError(f"example '{_first_line(ex)}': {n} tokens, over --max-length {self.max_length}, which "
