@@ -224,3 +224,12 @@ def test_examples_and_prompts_past_the_models_context_are_warned_of(tiny, mixed,
     generate(model, processor, mixed, max_new_tokens=3, desc="forget: cloze", progress=False)
     assert capsys.readouterr().err.startswith(f"warning: {sum(n + 3 > max(prompts) + 2 for n in prompts)} of 4 "
                                               "prompts (forget: cloze), with up to 3 new tokens, run past the model's")
+
+    def stopped(**inputs):  # a reply that would run on for hours: Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model, "generate", stopped)
+    with pytest.raises(KeyboardInterrupt):  # said before generating, not once it is done
+        generate(model, processor, mixed, max_new_tokens=10**6, desc="forget: generation", progress=False)
+    assert capsys.readouterr().err.startswith("warning: 4 of 4 prompts (forget: generation; their text alone), with "
+                                              "up to 1000000 new tokens, run past the model's context")

@@ -80,9 +80,9 @@ def model_context(model) -> int | None:
     return getattr(text, "max_position_embeddings", None) or getattr(config, "max_position_embeddings", None)
 
 
-def warn_past_context(model, lengths: Sequence[int], what: str, new_tokens: int = 0) -> None:
+def warn_past_context(model, lengths: Sequence[int], what: str, new_tokens: int = 0) -> bool:
     """Warn when sequences of ``lengths`` tokens (``new_tokens`` more to generate) run past the model's context:
-    nothing cuts them, and what the model does there comes from positions it never learned."""
+    nothing cuts them, and what the model does there comes from positions it never learned. Whether it warned."""
     context = model_context(model)
     over = sum(n + new_tokens > context for n in lengths) if context else 0
     if over:
@@ -90,6 +90,7 @@ def warn_past_context(model, lengths: Sequence[int], what: str, new_tokens: int 
         print(f"warning: {over} of {len(lengths)} {what}{with_new} run past the model's context ({context} positions, "
               "its max_position_embeddings); nothing cuts them, and the model has learned no position beyond it",
               file=sys.stderr)
+    return bool(over)
 
 
 def check_max_length(max_length: int | None) -> None:

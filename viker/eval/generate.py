@@ -61,6 +61,10 @@ def generate(
     order = sorted(range(len(examples)), key=lambda i: (examples[i].image is None, len(examples[i].question)))
     answers: list[str] = [""] * len(examples)
     lengths: list[int] = []  # of the prompts as the model reads them, image tokens included
+    # said before generating, which past the context may take long (a prompt of thousands of words, or a reply of
+    # --max-new-tokens far beyond it): by the prompts' text alone, their images' tokens counted as batches are read
+    told = warn_past_context(model, [len(ids) for ids in collate.tokenize([collate.render(ex) for ex in examples])],
+                             f"prompts ({desc}; their text alone)", max_new_tokens)
     with eval_mode(model):
         for start in progress_bar(range(0, len(order), batch_size), desc=desc, disable=not progress, inner=inner):
             idx = order[start : start + batch_size]
@@ -71,5 +75,6 @@ def generate(
             new_tokens = out[:, batch["input_ids"].shape[1] :]
             for i, text in zip(idx, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
                 answers[i] = text.strip()
-    warn_past_context(model, lengths, f"prompts ({desc})", max_new_tokens)
+    if not told:
+        warn_past_context(model, lengths, f"prompts ({desc})", max_new_tokens)
     return answers
