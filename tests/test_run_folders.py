@@ -677,6 +677,23 @@ def test_a_staging_folder_a_killed_writer_left_is_removed_a_day_on(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".viker-partial-fresh", "a.html"]
 
 
+def test_a_folder_that_takes_no_file_is_named_itself_not_by_a_staging_folder(tmp_path, monkeypatch):
+    """/proc looks writable to root and takes no file: `keytokens --out /proc/kt.html` said
+    '/proc/.viker-partial-mxxvtazm: No such file or directory', a name the user never gave."""
+    import tempfile
+
+    from viker.errors import VikerError
+    from viker.runs import written_together
+
+    def refused(prefix, dir):
+        raise FileNotFoundError(2, "No such file or directory", str(Path(dir, prefix + "mxxvtazm")))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refused)
+    with pytest.raises(VikerError, match=f"^{tmp_path}: cannot be written to \\(No such file or directory\\)$"):
+        with written_together(tmp_path):
+            pass
+
+
 def test_files_written_together_keep_apart_from_anothers_and_finish_before_a_ctrl_c(tmp_path, monkeypatch):
     """Two writers into one folder each keep their own staging folder (one shared name let the second remove
     what the first had staged); a Ctrl-C while the files take their places waits until all have."""

@@ -281,7 +281,10 @@ def written_together(folder: str | Path) -> Iterator[Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale(folder.glob(".viker-partial-*"))  # a killed writer's: none stays for good
-    stage = Path(tempfile.mkdtemp(prefix=".viker-partial-", dir=folder))
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=".viker-partial-", dir=folder))
+    except OSError as e:  # a folder that takes no file (/proc, a read-only mount root sees as writable): named itself
+        raise VikerError(f"{folder}: cannot be written to ({e.strerror or e})") from None
     try:
         yield stage
         with _interrupt_deferred():
