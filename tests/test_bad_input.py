@@ -48,6 +48,10 @@ CASES = {
     "text as image": (lambda root: _edit(root, FORGET, _text_as_image),  # not PIL's buffer, <_io.BytesIO ...>
                       "forget_10/train-00000-of-00001.parquet:row 0 image 0: unreadable image (no image format PIL "
                       "reads)"),
+    "image column as bytes": (lambda root: _edit(root, FORGET, lambda t: t.set_column(0, "image", pa.array(
+        [cell["bytes"] for cell in t.column("image").to_pylist()], pa.binary()))),  # as a pandas round trip leaves it
+        "column 'image' should be a struct, found binary (an image is {bytes, path}, as the Hugging Face Image "
+        "feature stores it)"),
     "missing config": (lambda root: shutil.rmtree(root / "retain_90"), "config 'retain_90' not found"),
     "missing column": (lambda root: _edit(root, FORGET, lambda t: t.drop_columns(["Mask_Task"])),
                        "forget_10/train-00000-of-00001.parquet: missing column 'Mask_Task'"),
@@ -97,6 +101,18 @@ def test_an_empty_forget_split_is_said_to_be_empty_whatever_the_run_trains_on(ti
     code = main([*UNLEARN, "--model", str(tiny_dir), "--data", str(root), "--train-on", "ft_Data", "--out",
                  str(tmp_path / "run")])
     _assert_clean_failure(code, capsys.readouterr().err, "split forget_10 has no people to unlearn", tmp_path / "run")
+
+
+def test_an_empty_retain_split_is_named_where_a_method_trains_on_it(tiny_dir, bench_dir, tmp_path, capsys):
+    """'the 'retain' data is empty: nothing to train on', said by the trainer once the model had loaded, named
+    neither the split nor the folder."""
+    root = tmp_path / "bench"
+    shutil.copytree(bench_dir, root)
+    _edit(root, "retain_90/train-00000-of-00001.parquet", lambda t: t.slice(0, 0))
+    code = main(["unlearn", "--model", str(tiny_dir), "--data", str(root), "--method", "graddiff", "--max-steps", "1",
+                 "--out", str(tmp_path / "run")])
+    _assert_clean_failure(code, capsys.readouterr().err, f"{root}: the retain split retain_90 has no examples, and "
+                          "--method graddiff trains on it", tmp_path / "run")
 
 
 def test_finetuning_on_no_examples_is_refused_before_a_model_loads(tiny_dir, bench_dir, tmp_path, capsys):

@@ -381,6 +381,9 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         data, used, unpaired = mllmu_streams(cfg, tuple(method.streams))
     if not data["forget"]:
         raise VikerError(f"{cfg.data}: split {cfg.forget} has no examples to unlearn")
+    if "retain" in method.streams and not data["retain"]:  # said by its config, before a model loads
+        raise VikerError(f"{cfg.data}: the retain split {used['retain_config']} has no examples, and --method "
+                         f"{cfg.method} trains on it")
     if model_and_processor is None:
         refuse_cagul_run(cfg.model, "unlearn")
     elif not getattr(method, "wraps_model", False) and getattr(model_and_processor[0], "peft_config", None):

@@ -182,7 +182,9 @@ def _check_type(path: Path | str, name: str, actual: pa.DataType, expected: pa.D
         actual = actual.value_type
     if pa.types.is_struct(expected):
         if not pa.types.is_struct(actual):
-            raise VikerError(f"{path}: column '{name}' should be a struct, found {actual}")
+            image = " (an image is {bytes, path}, as the Hugging Face Image feature stores it)" * (
+                {expected.field(i).name for i in range(expected.num_fields)} == {"bytes", "path"})
+            raise VikerError(f"{path}: column '{name}' should be a struct, found {actual}{image}")
         present = {actual.field(i).name: actual.field(i).type for i in range(actual.num_fields)}
         for i in range(expected.num_fields):
             sub = expected.field(i)
