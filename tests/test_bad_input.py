@@ -529,6 +529,10 @@ def test_an_out_that_is_a_file_or_a_folder_for_a_page(tiny_dir, bench_dir, tmp_p
     page = tmp_path / "pages"
     assert main(["keytokens", *common, "--out", f"{page}/"]) == 2
     assert "name an .html file" in capsys.readouterr().err and not page.exists()
+    folder = tmp_path / "pages.html"  # a folder of that name: said to be one
+    folder.mkdir()
+    assert main(["keytokens", *common, "--out", str(folder)]) == 2
+    assert f"--out {folder}: a folder; name an .html file (in it, say)" in capsys.readouterr().err
 
 
 def test_an_out_that_links_to_nothing_is_one_line(bench_dir, tmp_path, capsys):

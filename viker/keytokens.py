@@ -422,8 +422,9 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
     require(0 <= seed < 2**32, "--seed", seed, "must be from 0 to 2**32 - 1, as viker unlearn's")
     require(epsilon >= 0, "--epsilon", epsilon, "must be at least 0 (nats)")
     require(lam is None or lam >= 0, "--lam", lam, "must be at least 0, as ViKeR's")
-    require(Path(out).suffix in (".html", ".htm") and not Path(out).is_dir(), "--out", out,
-            "name an .html file (the PNG is written beside it)")
+    require(not Path(out).is_dir(), "--out", out, "a folder; name an .html file (in it, say), and the PNG is written "
+            "beside it")
+    require(Path(out).suffix in (".html", ".htm"), "--out", out, "name an .html file (the PNG is written beside it)")
     check_writable("--out", out, Path(out).parent)
     check_page_out(Path(out), data)
     cache_dir = given_cache_dir(cache_dir)
