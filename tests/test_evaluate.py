@@ -512,6 +512,9 @@ def test_eval_command_evaluates_only_what_it_is_asked(tiny_dir, bench_dir, tmp_p
         assert main(["eval", "--model", str(tiny_dir), "--data", str(bench_dir), "--out", str(tmp_path / "bad"),
                      "--only", blank]) == 2
         assert f"error: --only {blank}: name the tasks after ':'" in capsys.readouterr().err
+    with pytest.raises(VikerError, match=r"^--only :generation: name a set before ':' \(forget, test, retain, "
+                                         r"real\)$"):  # not "--only : unknown set"
+        _scope([":generation"])
 
 
 def test_a_test_set_without_some_forget_people_is_named_not_scored_in_part(tiny_dir, bench_dir, tmp_path, capsys):

@@ -166,6 +166,10 @@ def _scope(only: list[str] | None) -> dict | None:
     for item in only:
         name, colon, tasks = item.partition(":")  # "forget: generation, cloze" as typed in quotes reads the same
         asked = tuple(t.strip() for t in tasks.split(",") if t.strip())
+        if not name.strip():  # ":generation" reads as a set named '' ("--only : unknown set")
+            from viker.eval.evaluate import SETS
+
+            raise VikerError(f"--only {item}: name a set before ':' ({', '.join(SETS)})")
         if colon and not asked:  # "forget:" is a list of tasks left blank, not every task of forget
             raise VikerError(f"--only {item}: name the tasks after ':' ({', '.join(TASKS)}), or give the set "
                              f"alone for all of them")
