@@ -63,7 +63,8 @@ def generate(
     lengths: list[int] = []  # of the prompts as the model reads them, image tokens included
     # said before generating, which past the context may take long (a prompt of thousands of words, or a reply of
     # --max-new-tokens far beyond it): by the prompts' text alone, their images' tokens counted as batches are read
-    told = warn_past_context(model, [len(ids) for ids in collate.tokenize([collate.render(ex) for ex in examples])],
+    texts = [collate.render(ex) for ex in examples]
+    told = warn_past_context(model, [len(ids) for ids in collate.tokenize(texts)] if texts else [],  # none: no call
                              f"prompts ({desc}; their text alone)", max_new_tokens)
     with eval_mode(model):
         for start in progress_bar(range(0, len(order), batch_size), desc=desc, disable=not progress, inner=inner):
