@@ -170,6 +170,7 @@ def test_second_demo_reuses_the_vanilla_model(demo, capsys, monkeypatch):
     assert "--fast is a quick look" in printed
     assert f"Forget ACC is over {results['forget_image_questions']} image questions" in report
     assert "unlearns for 2 epochs: too few questions" in report
+    assert report.index("A quick look") < report.index("ViKeR against GA on this run")  # read first
 
 
 def test_a_demo_with_other_inputs_finetunes_its_vanilla_model_again(bench_dir, tmp_path):

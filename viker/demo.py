@@ -792,7 +792,8 @@ def write_report(path: Path, runs: list[dict], sweep: list[dict], cfg: DemoConfi
         sweep_rows += (f"\n\nλ = {', '.join(below)}: Forget ACC below chance ({CHANCE_ACC:g}, four options), which is "
                        "no more forgetting than knowing nothing: picking the true option less often than chance still "
                        "tells it apart from the others.")
-    verdict = "\n\n".join(filter(None, (claim_line(runs, questions), quick_look_note(cfg, questions),
+    # a quick look says so before the claim is read off its few questions
+    verdict = "\n\n".join(filter(None, (quick_look_note(cfg, questions), claim_line(runs, questions),
                                          idkpo_note(idkpo, runs))))
     text = f"""# viker demo: unlearning {cfg.forget} of the embedded benchmark
 
