@@ -970,7 +970,15 @@ def test_a_vanilla_model_that_recalls_nothing_is_said_to(bench_dir, tmp_path, ca
     assert recall_warning(recalled, TrainConfig(epochs=3)).startswith(
         "the model recalls the fictitious people by name but none by face (full_image_exact is 0)")
     recalled["full_image_exact"] = 10.0
-    assert recall_warning(recalled, TrainConfig(epochs=3)) is None
+    assert recall_warning(recalled, TrainConfig(epochs=3)) is None  # ft_Data's pairs: their questions never asked
+    # trained on the very questions it is asked (the tiny model's --train-on all), and short of them: a weaker
+    # vanilla model than the README's, said rather than found in a later table
+    short = {"full_image_exact": 85.0, "full_name_exact": 99.5, "real_image_exact": 90.0, "real_name_exact": 100.0}
+    assert recall_warning(short, TrainConfig(epochs=20), "all") == (
+        "the model recalls 85.0% (full_image_exact) and 90.0% (real_image_exact) of the image answers it trained on "
+        "word for word, short of the whole: every later figure compares with what it knows, not with a model that "
+        "knows every person; another --seed or a longer budget (--epochs 20 here) may reach more")
+    assert recall_warning(short | {"full_image_exact": 100.0, "real_image_exact": 95.0}, TrainConfig(), "all") is None
 
 
 def test_unlearning_a_model_that_recalls_nothing_is_said_to_be_pointless(bench_dir, tmp_path, capsys):
