@@ -217,11 +217,9 @@ def unscored(rows: list[dict]) -> str:
 def markdown_table(runs: list[dict], incoherent_below: float = INCOHERENT_BELOW) -> str:
     """One row per run, the best value of each column in bold (among the unlearning runs: not the
     reference rows, vanilla and a retain model). A column where the contenders all print alike (one alone, too) has
-    no best. Where lower
-    is better (the forgetting columns), a run whose answers fell apart, or whose coherence was not measured, is not
-    a contender (:data:`UNMARKED`, :func:`none_coherent`); nor is
-    one, in any direction, in the ACC columns of a set whose letter-mode replies mostly named no option
-    (:func:`reads_no_letter`)."""
+    no best. Where lower is better (the forgetting columns), a run whose answers fell apart, or whose coherence was
+    not measured, is not a contender (:data:`UNMARKED`, :func:`none_coherent`); nor is one, in any direction, in the
+    ACC columns of a set whose letter-mode replies mostly named no option (:func:`reads_no_letter`)."""
     cols = _columns(runs)
     header = "| Method | " + " | ".join(c.header + ARROWS[c.lower_is_better] for c in cols) + " |"
     lines = [header, "|" + " --- |" * (len(cols) + 1)]
