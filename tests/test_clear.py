@@ -23,7 +23,6 @@ from viker.eval.clear import (
     UTILITY_KEYS,
     ClearEvalConfig,
     ItemScore,
-    check_no_copy_behind,
     check_reference,
     clear_eval_sets,
     model_utility,
@@ -676,9 +675,9 @@ def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys, monkey
     with pytest.raises(VikerError, match=re.escape(
             f"--retain-model {copied}: the same weights as {tmp_path / 'vanilla' / 'model'}, which {hashed} was "
             "unlearned from and which saw forget10's persons: not a model that never saw them")):
-        check_no_copy_behind(copied, str(hashed), "forget10")
-    check_no_copy_behind(shutil.copytree(tmp_path / "retain" / "model", tmp_path / "elsewhere" / "retain"),
-                         str(hashed), "forget10")
+        check_reference(copied, "forget10", str(hashed))
+    check_reference(shutil.copytree(tmp_path / "retain" / "model", tmp_path / "elsewhere" / "retain"), "forget10",
+                    str(hashed))
     untrained = _metrics(tmp_path / "untrained")
     assert untrained["forget_quality"] is None  # no reference model given
     assert vanilla["forget_prob"] > untrained["forget_prob"] and vanilla["retain_prob"] > untrained["retain_prob"]

@@ -28,7 +28,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from viker.data.examples import _unique
-from viker.data.loader import config_files, has_image, image_bytes, read_config
+from viker.data.loader import config_files, has_image, image_bytes, read_config, spaced
 from viker.data.schema import FORGET_SPLITS as MLLMU_SPLITS
 from viker.data.schema import IMAGE, QA, Example
 from viker.errors import VikerError
@@ -142,17 +142,12 @@ def _texts(row: dict, column: str, source: str) -> tuple[str, ...]:
     return tuple(str(v) for v in values)
 
 
-def _spaced(text: str) -> str:
-    """``text`` with its runs of spaces as one, ends trimmed: how two texts are compared as the same answer."""
-    return " ".join(text.split())
-
-
 def _wrong_texts(row: dict, column: str, source: str, *right: str) -> tuple[str, ...]:
     """``column``'s wrong answers, less any that is one of the ``right`` ones (spacing aside), as an option
     question's answer is taken out of its options: a true answer listed among the wrong ones would be counted
     against itself in Prob. and the truth ratio. Refused where none is left."""
-    same = {_spaced(text) for text in right}
-    wrong = tuple(text for text in _texts(row, column, source) if _spaced(text) not in same)
+    same = {spaced(text) for text in right}
+    wrong = tuple(text for text in _texts(row, column, source) if spaced(text) not in same)
     if not wrong:
         raise VikerError(f"{source}: every text of {column} is the right answer itself (no wrong answer to compare "
                          "it with)")
@@ -203,12 +198,12 @@ def load_option_questions(root: str | Path, config: str) -> tuple[list[OptionQue
     items, skipped = [], 0
     for source, row in read_config(root, config, schema_for(config), CONFIGS):
         # an answer or option's surrounding or doubled spaces are the file's: kept, they would be scored as tokens
-        answer = _spaced(_text(row, "answer", source))
+        answer = spaced(_text(row, "answer", source))
         question = NAME_QUESTION if config == REAL_FACES else _text(row, "question", source)
         options = row.get("options")
         if options is None:
             raise VikerError(f"{source}: options is missing")
-        wrong = tuple(text for o in options if o is not None and (text := _spaced(str(o))) and text != answer)
+        wrong = tuple(text for o in options if o is not None and (text := spaced(str(o))) and text != answer)
         image = image_bytes(row["image"], source)
         if not wrong:
             skipped += 1
@@ -254,7 +249,7 @@ def check_apart(root: str | Path, forget: str, forget_rows: list[Portrait], reta
                 retain_rows: list[Portrait]) -> None:
     """Refuse a forget and a retain config that share a person, by name, spacing aside (a name with a space after
     it is the same person)."""
-    shared = {_spaced(p.name) for p in forget_rows} & {_spaced(p.name) for p in retain_rows}
+    shared = {spaced(p.name) for p in forget_rows} & {spaced(p.name) for p in retain_rows}
     if shared:
         raise VikerError(f"{root}: {forget} and {retain} share persons {', '.join(sorted(shared)[:5])}; a person "
                          "cannot be both forgotten and retained")

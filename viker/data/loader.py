@@ -40,6 +40,12 @@ from viker.errors import VikerError
 from viker.runs import check_hub_reachable, check_not_dangling, is_hub_id
 
 
+def spaced(text: str) -> str:
+    """``text`` with its runs of spaces as one and its ends trimmed: an option or answer as the benchmark means it
+    (the file's stray spaces would be scored as tokens of it, and keep it from being found where it is named)."""
+    return " ".join(text.split())
+
+
 def has_config(root: str | Path, config: str) -> bool:
     """Whether the benchmark holds ``config``: a hub id holds every config of MLLMU-Bench's release (not the
     embedded benchmark's own ``pretrain_Data``), so that it is read as its downloaded folder would be."""
@@ -354,7 +360,7 @@ def _mc_items(items: list[dict] | None, with_image: bool, source: str) -> list[M
             raise VikerError(f"{source}: {group}[{j}] lacks a Question (missing or blank)")
         # spaces around an option ("baker ") or doubled inside it are the file's, not the option's: kept, they
         # would keep the option from being found in the model's own answer (the likelihood scoring's frame)
-        options = {k: " ".join(str(v).split()) for k, v in (item.get("Options") or {}).items() if v is not None}
+        options = {k: spaced(str(v)) for k, v in (item.get("Options") or {}).items() if v is not None}
         if sorted(options) != list(LETTERS):
             raise VikerError(f"{source}: {group}[{j}] has options {sorted(options)}, expected A-D")
         answer = (item.get("Correct_Answer") or "").strip()

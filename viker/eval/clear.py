@@ -255,11 +255,24 @@ def reference_run(spec: str | Path) -> dict:
     return next(runs_behind(str(folder)), {}) if folder.is_dir() else {}
 
 
-def check_reference(spec: str | Path, forget: str) -> None:
-    """Refuse a ``--retain-model`` that a viker run shows has seen the forget persons: forget quality
-    compares with a model finetuned without them (``viker finetune --without``)."""
+def check_reference(spec: str | Path, forget: str, model_path: str | None = None) -> None:
+    """Refuse a ``--retain-model`` that has seen the forget persons: forget quality compares with a model finetuned
+    without them (``viker finetune --without``). A run of ours shows it by its configs; a model from elsewhere, by
+    holding the weights an unlearning run behind ``model_path`` started from (their hashes, as that run recorded
+    them): a copy of the vanilla model would give the forget quality of a model that forgot nothing."""
+    from viker.model import same_weights, weight_hashes
+
     base = forget_base(forget)
     config, start = reference_run(spec), None
+    if not config and model_path and Path(folder := reference_model(spec)).is_dir():
+        held = None
+        for run in runs_behind(model_path):
+            if run["command"] == "unlearn" and run.get("model_files"):
+                held = held if held is not None else weight_hashes(folder)  # hashed once, where there is a record
+                if same_weights(run["model_files"], held):
+                    raise VikerError(f"--retain-model {spec}: the same weights as {run['unlearn'].get('model')}, "
+                                     f"which {model_path} was unlearned from and which saw {base}'s persons: not a "
+                                     f"model that never saw them (`viker finetune --without {base}`)")
     while config:  # the model, then the viker finetune it started from, and so on while each is a run of ours
         without = (config.get("finetune") or {}).get("without") if config["command"] == "finetune" else None
         if without is None or without.removesuffix(TOFU) != base:
@@ -270,25 +283,6 @@ def check_reference(spec: str | Path, forget: str) -> None:
                              f"(`viker finetune --without {base}` from a model that has not seen them)")
         start = config["finetune"].get("model")
         config = next(runs_behind(start), {}) if start else {}
-
-
-def check_no_copy_behind(spec: str | Path, model_path: str, forget: str) -> None:
-    """Refuse a ``--retain-model`` from elsewhere (no run of ours, which :func:`check_reference` reads) that holds
-    the weights an unlearning run behind ``model_path`` started from, by their hashes: a copy of the vanilla model,
-    which saw the forget persons, would give the forget quality of a model that forgot nothing."""
-    from viker.model import same_weights, weight_hashes
-
-    folder, held = Path(reference_model(spec)), None
-    if reference_run(spec) or not folder.is_dir():
-        return
-    for run in runs_behind(model_path):
-        if run["command"] == "unlearn" and run.get("model_files"):
-            held = held if held is not None else weight_hashes(folder)  # hashed once, where there is a record
-            if same_weights(run["model_files"], held):
-                base = forget_base(forget)
-                raise VikerError(f"--retain-model {spec}: the same weights as {run['unlearn'].get('model')}, which "
-                                 f"{model_path} was unlearned from and which saw {base}'s persons: not a model that "
-                                 f"never saw them (`viker finetune --without {base}`)")
 
 
 # the settings of a finetune that make its recipe (each compared where both runs record it), by how a warning names
@@ -393,8 +387,7 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig | 
     if not read[2]:  # a --retain-limit that left no item out is recorded as none: every item
         cfg = replace(cfg, retain_limit=None)
     if cfg.retain_model:  # a model that saw the forget persons is refused before any warning about it
-        check_reference(cfg.retain_model, cfg.forget)
-        check_no_copy_behind(cfg.retain_model, model_path, cfg.forget)
+        check_reference(cfg.retain_model, cfg.forget, model_path)
     unmeasured = None if cfg.retain_model or next(runs_behind(model_path), {}).get("command") != "unlearn" else (
         f"no --retain-model, so no forget quality, CLEAR's measure of forgetting (give the model finetuned "
         f"--without {forget_base(cfg.forget)}, or its evaluation's folder)")
