@@ -315,6 +315,35 @@ def test_a_weights_file_cut_short_is_a_clear_error(tiny_dir, tmp_path):
         load_model(cut, device="cpu")
 
 
+def test_a_checkpoint_lacking_some_weights_is_refused_not_filled_at_random(tiny_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    lacking = tmp_path / "lacking"
+    shutil.copytree(tiny_dir, lacking)
+    weights = load_file(lacking / "model.safetensors")
+    dropped = [k for k in weights if ".layers.1.mlp." in k and "language_model" in k]
+    assert dropped
+    save_file({k: v for k, v in weights.items() if k not in dropped}, lacking / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(VikerError, match=rf"lacking: its checkpoint lacks {len(dropped)} of the model's weights "
+                                         r"\(model\.language_model\.layers\.1\.mlp\."):
+        load_model(lacking, device="cpu")
+
+
+def test_an_adapter_lacking_some_of_its_weights_is_refused_not_started_anew(tiny_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model, _ = load_model(tiny_dir, device="cpu")
+    with quiet_peft():
+        apply_lora(model, LoraSettings(r=4, merge=False)).save_pretrained(tmp_path / "adapter")
+    weights = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    kept = {k: v for k, v in weights.items() if ".layers.1." not in k}
+    assert 0 < len(kept) < len(weights)
+    save_file(kept, tmp_path / "adapter" / "adapter_model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(VikerError, match=f"adapter: the adapter lacks {len(weights) - len(kept)} of its weights"):
+        load_model(tmp_path / "adapter", device="cpu")
+
+
 def test_remote_code_is_off_unless_asked(monkeypatch, tiny_dir):
     """Safe loading: checkpoints never run their own code unless the user passes --trust-remote-code."""
     import transformers

@@ -28,7 +28,7 @@ from viker.errors import VikerError, check_types, require
 from viker.eval import metrics as M
 from viker.eval.generate import check_generation_settings, generate
 from viker.methods.losses import answer_window, token_logprobs
-from viker.model import TOKENIZER_FILES, eval_mode, why_not_loaded
+from viker.model import TOKENIZER_FILES, eval_mode, pretrained, why_not_loaded
 from viker.presets import MC_MODES
 from viker.progress import progress_bar
 from viker.prompts import generation_prompt, has_blank, mc_prompt
@@ -319,7 +319,7 @@ def gibberish_scorer(path: str, device, batch_size: int = 32):
     folder = str(Path(path).expanduser())  # a local folder, never a hub id ('~/gib' is no repository)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        clf = AutoModelForSequenceClassification.from_pretrained(folder).to(device).eval()
+        clf = pretrained(AutoModelForSequenceClassification, folder).to(device).eval()
     except (OSError, ValueError) as e:
         raise VikerError(f"--gib-model {path}: cannot load a text classifier ({why_not_loaded(e, folder)})") from None
     clean = clean_label(clf.config.id2label)

@@ -175,16 +175,21 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "auto",
         check_weights_unchanged(Path(path).parent, weight_hashes(base), f"{path}: an adapter on {base}")
     try:
         processor = load_processor(processor_folder(path, base), trust_remote_code, config_path=base)
-        model = AutoModelForImageTextToText.from_pretrained(
-            base, dtype=pick_dtype(dev, dtype), trust_remote_code=trust_remote_code
-        )
+        model = pretrained(AutoModelForImageTextToText, base, dtype=pick_dtype(dev, dtype),
+                           trust_remote_code=trust_remote_code)
         if adapter:  # merged: the model the run ended with, like a run saved merged
             from peft import PeftModel
 
-            with quiet_peft():
+            with quiet_peft(), warnings.catch_warnings():  # peft starts the tensors an adapter lacks as new ones
+                warnings.filterwarnings("error", message="Found missing adapter keys")
                 model = PeftModel.from_pretrained(model, path)
     except (OSError, ValueError, SafetensorError) as e:  # SafetensorError: a weights file cut short
         raise VikerError(f"{path}: cannot load model ({why_not_loaded(e, path, base)})") from None
+    except UserWarning as e:
+        lacking = re.findall(r"'([^']+)'", str(e))
+        raise VikerError(f"{path}: the adapter lacks {len(lacking) or 'some'} of its weights ({', '.join(lacking[:2])}"
+                         f"{' and more' if len(lacking) > 2 else ''}), which would start as new, not as trained: an "
+                         "adapter file cut short, or saved with other LoRA settings") from None
     model = model.to(dev)
     # an adapter stays unmerged only where asked (evaluation), on 16-bit weights that a merge would take more
     # than MERGE_LOSS_KEPT of its update from, or whose LoRA merge_loss does not measure
@@ -196,6 +201,19 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "auto",
                   "the one trained; --dtype float32 keeps the update whole", file=sys.stderr)
         model = model.merge_and_unload().requires_grad_(True)  # peft froze the base: trainable, as any model loaded
     return model, processor
+
+
+def pretrained(auto_class, folder: str, **kwargs) -> nn.Module:
+    """``auto_class.from_pretrained(folder, **kwargs)``, refused where the checkpoint lacks some of the model's
+    weights: transformers starts those at random and only prints a load report, and every figure of a model
+    so loaded would be noise."""
+    model, info = auto_class.from_pretrained(folder, output_loading_info=True, **kwargs)
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise VikerError(f"{folder}: its checkpoint lacks {len(missing)} of the model's weights ({shown}), which "
+                         "would start at random: a weights file cut short, or saved from another model")
+    return model
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "spm.model",
