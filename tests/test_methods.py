@@ -300,6 +300,11 @@ def test_reference_distributions_match_a_direct_computation_and_the_cache(tiny_d
     dists.save(path)
     loaded = ReferenceDistributions.load(path)
     assert torch.equal(loaded.rows([0, 2, 1]), dists.rows([0, 2, 1]))
+    # rows read against answers of another length (a cache made for other answers) are refused, not paired off
+    n = int(dists.offsets[1])
+    assert dists.rows([0], tokens=n).shape[0] == n
+    with pytest.raises(VikerError, match=f"hold {n} rows for their {n + 1} answer tokens"):
+        dists.rows([0], tokens=n + 1)
     # a writer killed outright (SIGKILL) left its temporary file: the entry's next writing removes it, a day on, and
     # never one another writer may still be writing
     import os

@@ -282,7 +282,7 @@ class CAGUL:
         logits = model(**model_inputs(forget), labels=forget["labels"], cagul="force").logits
         if self.forget_loss == "reference":
             logits, _ = gather_answer_positions(logits, forget["labels"])
-            ref = self.dists.rows(forget["index"].tolist(), device=logits.device)
+            ref = self.dists.rows(forget["index"].tolist(), device=logits.device, tokens=logits.shape[0])
             forget_term = kl_to_reference(ref, logits).mean() * share(forget, "token")
         else:
             with torch.no_grad():

@@ -210,8 +210,14 @@ class ReferenceDistributions:
     values: torch.Tensor | None = None  # (N,k) float32
     meta: dict | None = None
 
-    def rows(self, example_indices: Sequence[int], device=None) -> torch.Tensor:
+    def rows(self, example_indices: Sequence[int], device=None, tokens: int | None = None) -> torch.Tensor:
+        """The rows of these examples, in order; ``tokens``, the number of answer tokens they are read against,
+        is checked: a row short or over would pair every later token with another token's distribution."""
         parts = [slice(int(self.offsets[i]), int(self.offsets[i + 1])) for i in example_indices]
+        held = sum(s.stop - s.start for s in parts)
+        if tokens is not None and held != tokens:
+            raise VikerError(f"the reference distributions of these examples hold {held} rows for their {tokens} "
+                             "answer tokens: they were made for other answers; delete the reference cache")
         if self.probs is not None:
             out = torch.cat([self.probs[s] for s in parts])
         else:
