@@ -29,12 +29,14 @@ def share(batch: dict, unit: str) -> torch.Tensor | float:
 
 
 def log_likelihood(model, batch: dict, average: str = "sequence") -> torch.Tensor:
-    """The answers' log-likelihood, what GA minimises (viker.presets.AVERAGES): each answer's mean over its
-    tokens, then over the batch (``sequence``); the mean over every answer token of the batch (``token``, as a
-    model's own loss has it); or each answer's sum over its tokens, then over the batch (``sum``)."""
+    """The answers' log-likelihood, what GA minimises (viker.presets.AVERAGES), times this process's
+    :func:`share` of the mean: each answer's mean over its tokens, then over the batch (``sequence``); the mean
+    over every answer token of the batch (``token``, as a model's own loss has it); or each answer's sum over its
+    tokens, then over the batch (``sum``)."""
     if average == "token":
         return -answer_token_nll(logits_of(model, batch), batch["labels"]) * share(batch, "token")
-    return -answer_nll(logits_of(model, batch), batch["labels"], per_token=average == "sequence") * share(batch, "row")
+    nll = answer_nll(logits_of(model, batch), batch["labels"], length_normalised=average == "sequence")
+    return -nll * share(batch, "row")
 
 
 class OptionalRetainNLL:

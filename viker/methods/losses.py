@@ -110,9 +110,9 @@ def sequence_logprob(logits: Tensor, labels: Tensor) -> Tensor:
     return lp.sum(dim=-1)
 
 
-def answer_nll(logits: Tensor, labels: Tensor, per_token: bool = True) -> Tensor:
-    """Scalar NLL: mean over sequences of each sequence's mean per-token NLL (``per_token=False``: of each
-    sequence's NLL, the sum over its tokens).
+def answer_nll(logits: Tensor, labels: Tensor, length_normalised: bool = True) -> Tensor:
+    """Scalar NLL: mean over sequences of each sequence's mean per-token NLL (``length_normalised=False``: of
+    each sequence's NLL, the sum over its tokens).
 
     Averaging per sequence first means a long answer counts as much as a short one instead of
     dominating the batch. Sequences with no answer tokens are skipped; if none has any, returns a
@@ -123,7 +123,7 @@ def answer_nll(logits: Tensor, labels: Tensor, per_token: bool = True) -> Tensor
     has_answer = n_tokens > 0
     if not bool(has_answer.any()):
         return lp.sum() * 0.0
-    per_seq = -lp.sum(dim=-1) / (n_tokens.clamp_min(1.0) if per_token else 1.0)
+    per_seq = -lp.sum(dim=-1) / (n_tokens.clamp_min(1.0) if length_normalised else 1.0)
     return per_seq[has_answer].mean()
 
 

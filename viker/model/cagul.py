@@ -121,15 +121,6 @@ class _Stop(Exception):
     """Raised from a hook to end a forward pass early (everything needed has been read)."""
 
 
-@dataclass
-class Plan:
-    """What one batch's images become: the original features output, flags and the rewritten output."""
-
-    output: object  # what get_image_features returned (its per-image features possibly replaced)
-    flags: torch.Tensor  # (n_images,) bool
-    probs: torch.Tensor  # (n_images,) discriminator probabilities
-
-
 def per_image(output) -> list[torch.Tensor]:
     """The per-image feature tensors (T_j, dim) inside a get_image_features output."""
     feats = getattr(output, "pooler_output", output)
@@ -355,8 +346,10 @@ class CagulModel(nn.Module):
     def flag_probs(self, feats: list[torch.Tensor]) -> torch.Tensor:
         return torch.sigmoid(self.discriminator(torch.stack([Discriminator.pool(f) for f in feats])))
 
-    def plan(self, inputs: dict, mode: str = "auto", labels: torch.Tensor | None = None) -> Plan | None:
-        """Flag the batch's images and rewrite the flagged ones' tokens; None when nothing changes."""
+    def rewritten_features(self, inputs: dict, mode: str = "auto", labels: torch.Tensor | None = None):
+        """What the batch's images become: the base model's image-features output with the flagged images'
+        tokens rewritten (unchanged where none is flagged, so that it is not computed again); None where the
+        batch has no image, or ``mode`` is off."""
         if mode not in ("auto", "force", "off"):
             raise ValueError(f"cagul mode {mode!r}: auto | force | off")
         if mode == "off" or not (inputs["input_ids"] == self.image_token_id).any():
@@ -370,26 +363,26 @@ class CagulModel(nn.Module):
             probs = self.flag_probs([feats[j] for j in images])
         flags = torch.ones_like(probs, dtype=torch.bool) if mode == "force" else probs > self.cfg.threshold
         if not flags.any():
-            return Plan(output, flags, probs)
+            return output
         which = flags.nonzero().squeeze(-1).tolist()
         new = self.rewrite(feats, [images[j] for j in which], self.importance(inputs, output, which, labels))
-        return Plan(with_features(output, new), flags, probs)
+        return with_features(output, new)
 
     # --- the model's interface ----------------------------------------------------------------------
     def forward(self, cagul: str | None = None, **kwargs):
         labels = kwargs.pop("labels", None)
-        plan = self.plan(self._model_inputs(kwargs), cagul or self.mode, labels)
-        if plan is None:
+        features = self.rewritten_features(self._model_inputs(kwargs), cagul or self.mode, labels)
+        if features is None:
             return self.base(**kwargs)
-        with self._image_features(lambda *a, **k: plan.output):
+        with self._image_features(lambda *a, **k: features):
             return self.base(**kwargs)
 
     @torch.no_grad()
     def generate(self, cagul: str | None = None, **kwargs):
-        plan = self.plan(self._model_inputs(kwargs), cagul or self.mode)
-        if plan is None:
+        features = self.rewritten_features(self._model_inputs(kwargs), cagul or self.mode)
+        if features is None:
             return self.base.generate(**kwargs)
-        with self._image_features(lambda *a, **k: plan.output):
+        with self._image_features(lambda *a, **k: features):
             return self.base.generate(**kwargs)
 
     # --- saving and loading -------------------------------------------------------------------------
