@@ -23,7 +23,7 @@ from viker.eval.clear import (
     UTILITY_KEYS,
     ClearEvalConfig,
     ItemScore,
-    check_reference,
+    check_retain_model,
     clear_eval_sets,
     model_utility,
     other_recipe,
@@ -662,7 +662,7 @@ def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys, monkey
     assert f"--retain-model {typo}: no such file (a truth-ratio file is the forget_truth_ratios.json that viker " \
            "eval wrote in the retain model's evaluation folder)" in capsys.readouterr().err
     # the retain model's ratios saved in the vanilla model's evaluation are the retain model's
-    check_reference(tmp_path / "vanilla-eval" / "retain_model_truth_ratios.json", "forget10")
+    check_retain_model(tmp_path / "vanilla-eval" / "retain_model_truth_ratios.json", "forget10")
     # a copy of the vanilla model taken elsewhere is no run of ours, but holds the weights a run was unlearned from:
     # its forget quality was that of a model that forgot nothing (a copy of the retain model is taken)
     from viker.model import weight_hashes
@@ -675,8 +675,8 @@ def test_clear_protocol_end_to_end(tiny_dir, clear_dir, tmp_path, capsys, monkey
     with pytest.raises(VikerError, match=re.escape(
             f"--retain-model {copied}: the same weights as {tmp_path / 'vanilla' / 'model'}, which {hashed} was "
             "unlearned from and which saw forget10's persons: not a model that never saw them")):
-        check_reference(copied, "forget10", str(hashed))
-    check_reference(shutil.copytree(tmp_path / "retain" / "model", tmp_path / "elsewhere" / "retain"), "forget10",
+        check_retain_model(copied, "forget10", str(hashed))
+    check_retain_model(shutil.copytree(tmp_path / "retain" / "model", tmp_path / "elsewhere" / "retain"), "forget10",
                     str(hashed))
     untrained = _metrics(tmp_path / "untrained")
     assert untrained["forget_quality"] is None  # no reference model given

@@ -52,7 +52,7 @@ from viker.runs import (
     written_together,
 )
 
-TRUTH_RATIOS = "forget_truth_ratios.json"  # per-item truth ratios of an evaluated model, reusable as a reference
+TRUTH_RATIOS = "forget_truth_ratios.json"  # per-item truth ratios of an evaluated model, reusable as a --retain-model
 RETAIN_TRUTH_RATIOS = "retain_model_truth_ratios.json"  # the same, of the --retain-model when it was evaluated here
 METRICS = ("rougeL_recall", "prob", "truth_ratio")
 UTILITY_KEYS = tuple(f"{s}_{m}" for s, _, _ in EVAL_SETS if s not in FORGET_SETS for m in METRICS)
@@ -178,7 +178,7 @@ def evaluate_clear(model, processor, data: str | Path, cfg: ClearEvalConfig, pro
 
 
 def forget_truth_ratios(model, processor, data: str | Path, forget: str, batch_size: int) -> dict[str, list[float]]:
-    """Per-item truth ratios of the forget sets alone (no generation): what a reference model contributes."""
+    """Per-item truth ratios of the forget sets alone (no generation): what a --retain-model contributes."""
     sets, _ = eval_items(data, forget)
     out = {}
     for name in FORGET_SETS:
@@ -216,18 +216,18 @@ def read_truth_ratios(path: Path, forget: str, data: str | Path) -> dict[str, li
                     if math.isnan(x) or x < 0), None):
         raise VikerError(f"{path}: {bad[0]} truth ratio {bad[1]} is {bad[2]}, which no truth ratio (exp of a "
                          "difference of losses) is (NaN: a loss that was no number, as an overflow in 16 bits gives); "
-                         "score the reference again (--retain-model with its model)")
+                         "score the retain model again (--retain-model with its model)")
     if saved.get("forget_split") != forget_base(forget):
         raise VikerError(f"{path}: truth ratios of {saved.get('forget_split')}, not of {forget_base(forget)}")
     then, now = saved.get("data_files"), forget_files(data, forget)
     if isinstance(then, dict) and now is not None and sorted(then.values()) != sorted(now.values()):
         raise VikerError(f"{path}: truth ratios scored on other files than {data}'s {forget_base(forget)}{PERTURBED} "
-                         "(another release or seed of the benchmark, or edited since): score the reference on this "
+                         "(another release or seed of the benchmark, or edited since): score the retain model on this "
                          "data (--retain-model with its model)")
     return ratios
 
 
-def reference_model(spec: str | Path) -> str:
+def retain_model_folder(spec: str | Path) -> str:
     """The model a ``--retain-model`` stands for (:func:`model_named`): the one its truth ratios were scored from
     (named when they were, so a model moved away since is still the same one), or the model it names."""
     saved = saved_ratios(spec)
@@ -248,14 +248,14 @@ def saved_ratios(spec: str | Path) -> Path | None:
     return saved if saved.is_file() else None
 
 
-def reference_run(spec: str | Path) -> dict:
+def retain_model_run(spec: str | Path) -> dict:
     """The config of the ``viker finetune``/``unlearn`` run behind a ``--retain-model``: the run whose model
     it names, or whose model its truth ratios were scored from; empty for a model from elsewhere."""
-    folder = Path(reference_model(spec))
+    folder = Path(retain_model_folder(spec))
     return next(runs_behind(str(folder)), {}) if folder.is_dir() else {}
 
 
-def check_reference(spec: str | Path, forget: str, model_path: str | None = None) -> None:
+def check_retain_model(spec: str | Path, forget: str, model_path: str | None = None) -> None:
     """Refuse a ``--retain-model`` that has seen the forget persons: forget quality compares with a model finetuned
     without them (``viker finetune --without``). A run of ours shows it by its configs; a model from elsewhere, by
     holding the weights an unlearning run behind ``model_path`` started from (their hashes, as that run recorded
@@ -263,8 +263,8 @@ def check_reference(spec: str | Path, forget: str, model_path: str | None = None
     from viker.model import same_weights, weight_hashes
 
     base = forget_base(forget)
-    config, start = reference_run(spec), None
-    if not config and model_path and Path(folder := reference_model(spec)).is_dir():
+    config, start = retain_model_run(spec), None
+    if not config and model_path and Path(folder := retain_model_folder(spec)).is_dir():
         held = None
         for run in runs_behind(model_path):
             if run["command"] == "unlearn" and run.get("model_files"):
@@ -320,7 +320,7 @@ def other_recipe(spec: str | Path, model_path: str) -> str | None:
     without the forget persons, so that forget quality measures the forgetting alone."""
     from viker.runs import model_folder, run_folders_behind
 
-    retain = reference_run(spec)
+    retain = retain_model_run(spec)
     folder, vanilla = next(((f, run) for f, run in run_folders_behind(model_path) if run["command"] == "finetune"),
                            (None, None))
     if retain.get("command") != "finetune" or vanilla is None:
@@ -342,14 +342,14 @@ def other_recipe(spec: str | Path, model_path: str) -> str | None:
             "measures that difference too; finetune the retain model with the vanilla run's settings and --without")
 
 
-def reference_truth_ratios(cfg: ClearEvalConfig, data: str | Path, device=None, dtype="auto",
-                           trust_remote_code=False) -> tuple[dict[str, list[float]], bool]:
+def retain_model_truth_ratios(cfg: ClearEvalConfig, data: str | Path, device=None, dtype="auto",
+                              trust_remote_code=False) -> tuple[dict[str, list[float]], bool]:
     """The forget truth ratios of the model trained without the forget set, and whether they were
     computed here: read from a truth-ratio file (or the folder of an evaluation that wrote one, or
     beside its metrics.json), else computed by evaluating ``cfg.retain_model`` (a model or run folder)."""
     from viker.model import load_model
 
-    check_reference(cfg.retain_model, cfg.forget)
+    check_retain_model(cfg.retain_model, cfg.forget)
     saved = saved_ratios(cfg.retain_model)
     if saved is not None:
         return read_truth_ratios(saved, cfg.forget, data), False
@@ -387,7 +387,7 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig | 
     if not read[2]:  # a --retain-limit that left no item out is recorded as none: every item
         cfg = replace(cfg, retain_limit=None)
     if cfg.retain_model:  # a model that saw the forget persons is refused before any warning about it
-        check_reference(cfg.retain_model, cfg.forget, model_path)
+        check_retain_model(cfg.retain_model, cfg.forget, model_path)
     unmeasured = None if cfg.retain_model or next(runs_behind(model_path), {}).get("command") != "unlearn" else (
         f"no --retain-model, so no forget quality, CLEAR's measure of forgetting (give the model finetuned "
         f"--without {forget_base(cfg.forget)}, or its evaluation's folder)")
@@ -396,27 +396,27 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig | 
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
     out = Path(out)
-    reference, computed = None, False
+    retained, computed = None, False
     if cfg.retain_model:  # first: the two models are never held at once
-        reference, computed = reference_truth_ratios(cfg, data, device, dtype, trust_remote_code)
+        retained, computed = retain_model_truth_ratios(cfg, data, device, dtype, trust_remote_code)
     model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code,
                                                          merge_adapter=False)
     metrics, records, ratios = evaluate_clear(model, processor, data, cfg, progress, read)
     metrics["forget_quality"] = None
-    if reference is not None:
-        if len(reference["forget"]) != len(ratios["forget"]):
-            raise VikerError(f"--retain-model {cfg.retain_model}: {len(reference['forget'])} forget truth ratios, but "
+    if retained is not None:
+        if len(retained["forget"]) != len(ratios["forget"]):
+            raise VikerError(f"--retain-model {cfg.retain_model}: {len(retained['forget'])} forget truth ratios, but "
                              f"this evaluation has {len(ratios['forget'])}; they come from different data")
-        metrics["forget_quality"] = M.forget_quality(ratios["forget"], reference["forget"])
+        metrics["forget_quality"] = M.forget_quality(ratios["forget"], retained["forget"])
     # the model forget quality compares with, however --retain-model named it: what the report holds rows to
-    compared = {"forget_quality_reference": reference_model(cfg.retain_model)} if reference is not None else {}
+    compared = {"forget_quality_reference": retain_model_folder(cfg.retain_model)} if retained is not None else {}
     with written_together(out) as stage:  # all or none: never some of an earlier evaluation's files beside these
         write_eval_config(out, {"model": as_recorded(model_path), **how_loaded(model), "data": as_recorded(data),
                                 "benchmark": "clear", "eval": asdict(cfg), **compared}, data, into=stage)
         write_json(stage / "metrics.json", metrics)
         write_json(stage / TRUTH_RATIOS, truth_ratio_file(model_named(model_path), cfg.forget, ratios, data))
-        if computed:  # saved so that the next evaluation against the same reference can pass this file
+        if computed:  # saved so that the next evaluation against the same retain model can pass this file
             write_json(stage / RETAIN_TRUTH_RATIOS, truth_ratio_file(model_named(cfg.retain_model), cfg.forget,
-                                                                     reference, data))
+                                                                     retained, data))
         write_generations(stage / "generations.jsonl", records)
     return metrics
