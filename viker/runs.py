@@ -504,6 +504,7 @@ TRAINING_METRICS = "train_metrics.json"
 
 TRAINING_COMMANDS = ("finetune", "unlearn")  # the commands whose run folder holds a model (model/ or cagul/)
 CHECKPOINT = "checkpoint"  # where a run keeps what --resume continues from (viker.train.save_checkpoint)
+CHECKPOINT_WEIGHTS = "trainable.safetensors"  # in a checkpoint: the trained weights, and those kept beside them
 
 
 def checkpoints(run: str | Path) -> list[Path]:

@@ -37,6 +37,7 @@ from viker.presets import TrainConfig
 from viker.progress import progress_bar
 from viker.runs import (
     CHECKPOINT,
+    CHECKPOINT_WEIGHTS,
     as_umask_gives,
     checkpoints,
     write_json,
@@ -195,7 +196,7 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, step: int, histo
     also = tuple(getattr(model, "checkpoint_also", ()))  # weights set before the loop and frozen in it (CAGUL's)
     weights = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters()
                if p.requires_grad or n.startswith(also)}
-    save_file(weights, str(tmp / "trainable.safetensors"))
+    save_file(weights, str(tmp / CHECKPOINT_WEIGHTS))
     rng_states = rng_states or [rng_state()]
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
                 "history": history, "rng_by_process": rng_states, "pending": pending or {},
@@ -225,7 +226,7 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler, rank: int = 0, w
     path = next(iter(checkpoints(run_dir)), None)
     if path is None:
         raise VikerError(f"{run_dir}: no checkpoint to resume from")
-    weights = load_file(str(path / "trainable.safetensors"))
+    weights = load_file(str(path / CHECKPOINT_WEIGHTS))
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in weights.items():

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from viker.data.examples import _unique
-from viker.data.loader import config_files, has_image, image_bytes, read_config, spaced
+from viker.data.examples import unique_examples
+from viker.data.loader import has_config as holds_config
+from viker.data.loader import has_image, image_bytes, read_config, spaced
 from viker.data.schema import FORGET_SPLITS as MLLMU_SPLITS
 from viker.data.schema import IMAGE, QA, Example
 from viker.errors import VikerError
@@ -69,14 +70,8 @@ def schema_for(config: str) -> pa.Schema:
 
 
 def has_config(root: str | Path, config: str) -> bool:
-    """Whether ``root`` holds ``config`` (a hub id holds every config of CLEAR's release, as the MLLMU-Bench
-    loader's ``has_config`` answers for its own)."""
-    if is_hub_id(root):
-        return config in CONFIGS
-    try:
-        return bool(config_files(root, config, CONFIGS))
-    except VikerError:
-        return False
+    """Whether ``root`` holds CLEAR's ``config`` (a hub id holds every config of CLEAR's release)."""
+    return holds_config(root, config, CONFIGS)
 
 
 def is_clear(root: str | Path) -> bool:
@@ -228,7 +223,7 @@ def _examples(root: str | Path, config: str, with_tofu: bool, portraits: list[Po
     if not portraits:  # TOFU's text alone would train (or unlearn) no image at all
         raise VikerError(f"{root}: {config} has no caption rows (an image, its caption and its person's name each)")
     questions = tofu_questions(root, config + TOFU) if with_tofu else []
-    return _unique([caption_example(p) for p in portraits] + [tofu_example(q) for q in questions])
+    return unique_examples([caption_example(p) for p in portraits] + [tofu_example(q) for q in questions])
 
 
 def finetune_examples(root: str | Path, without: str | None = None) -> list[Example]:

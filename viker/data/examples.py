@@ -65,10 +65,10 @@ def finetune_examples(data_dir: str | Path, sets: str = "all") -> list[Example]:
     profiles = load_profiles(data_dir, "Full_Set") + load_profiles(data_dir, "Retain_Set")
     records = load_finetune(data_dir)
     if sets == "ft_Data":
-        return _unique(pair_examples(records, pure_text_questions(profiles)))
+        return unique_examples(pair_examples(records, pure_text_questions(profiles)))
     if has_config(data_dir, PRETRAIN_CONFIG):
         records += load_finetune(data_dir, PRETRAIN_CONFIG)
-    return _unique(pair_examples(records, pure_text_questions(profiles)) + generation_examples(profiles))
+    return unique_examples(pair_examples(records, pure_text_questions(profiles)) + generation_examples(profiles))
 
 
 def unlearning_examples(data_dir: str | Path, split: str, profiles: list[Profile] | None = None,
@@ -82,13 +82,13 @@ def unlearning_examples(data_dir: str | Path, split: str, profiles: list[Profile
         raise VikerError(f"--train-on {learned}: choose from {', '.join(FINETUNE_SETS)}")
     profiles = load_profiles(data_dir, split) if profiles is None else profiles
     pairs = ft_pairs(profiles, load_finetune(data_dir) if records is None else records)
-    return pairs if learned == "ft_Data" else _unique(generation_examples(profiles) + pairs)
+    return pairs if learned == "ft_Data" else unique_examples(generation_examples(profiles) + pairs)
 
 
 def ft_pairs(profiles: list[Profile], records: list[FinetuneRecord]) -> list[Example]:
     """The ft_Data pairs of ``profiles``' people (a record is a person's by its image), each once."""
     images = {p.image for p in profiles}
-    return _unique(pair_examples([r for r in records if r.image in images], pure_text_questions(profiles)))
+    return unique_examples(pair_examples([r for r in records if r.image in images], pure_text_questions(profiles)))
 
 
 def without_pairs(profiles: list[Profile], records: list[FinetuneRecord]) -> list[str]:
@@ -116,7 +116,7 @@ def unpaired_warnings(groups: list[tuple[str, list[Profile], str]], records: lis
             "images re-encoded?)" for config, ids, _, done in unpaired if ids]
 
 
-def _unique(examples: list[Example]) -> list[Example]:
+def unique_examples(examples: list[Example]) -> list[Example]:
     seen, unique = set(), []
     for ex in examples:
         key = (ex.question, ex.answer, ex.image)

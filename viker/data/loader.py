@@ -46,13 +46,13 @@ def spaced(text: str) -> str:
     return " ".join(text.split())
 
 
-def has_config(root: str | Path, config: str) -> bool:
-    """Whether the benchmark holds ``config``: a hub id holds every config of MLLMU-Bench's release (not the
-    embedded benchmark's own ``pretrain_Data``), so that it is read as its downloaded folder would be."""
+def has_config(root: str | Path, config: str, known: tuple[str, ...] = CONFIGS) -> bool:
+    """Whether the benchmark holds ``config``: a hub id holds every config of its release (``known``: MLLMU-Bench's,
+    not the embedded benchmark's own ``pretrain_Data``), so that it is read as its downloaded folder would be."""
     if is_hub_id(root):
-        return config in CONFIGS
+        return config in known
     try:
-        return bool(config_files(root, config))
+        return bool(config_files(root, config, known))
     except VikerError:
         return False
 

@@ -233,10 +233,10 @@ class CAGUL:
         what its training recorded, as the run's config had it."""
         from safetensors.torch import load_file
 
-        from viker.runs import read_configs
+        from viker.runs import CHECKPOINT_WEIGHTS, read_configs
 
         prefix = "discriminator."
-        kept = {k.removeprefix(prefix): v for k, v in load_file(str(checkpoint / "trainable.safetensors")).items()
+        kept = {k.removeprefix(prefix): v for k, v in load_file(str(checkpoint / CHECKPOINT_WEIGHTS)).items()
                 if k.startswith(prefix)}
         if not kept:
             raise VikerError(f"{checkpoint}: this checkpoint keeps no CAGUL discriminator to go on with")
