@@ -113,14 +113,6 @@ def forget_answers(data_dir, forget: str, refs: str = "people", benchmark: str =
 AUTOCAST = ("bf16", "fp16")  # a run's --mixed-precision: the autocast its reference pass ran under
 
 
-def check_autocast(mixed_precision: str | None, device_type: str):
-    """Refuse a ``--mixed-precision`` no run computes its R̂ under on ``device_type``."""
-    require(mixed_precision in (None, "no", *AUTOCAST), "--mixed-precision", mixed_precision, "choose no, bf16 or fp16")
-    require(not (mixed_precision == "fp16" and device_type == "cpu"), "--mixed-precision", mixed_precision,
-            "a run refuses fp16 on the CPU (accelerate autocasts to it on a GPU only), so no R̂ of a run is under it "
-            "here; give bf16 or no")
-
-
 def answer_token_entropies(model, processor, answers: ForgetAnswers, k: int = 5, seed: int = 0,
                            cache_dir: Path | None = None, progress: bool = True,
                            mixed_precision: str | None = None) -> list[TokenEntropy]:
@@ -130,14 +122,14 @@ def answer_token_entropies(model, processor, answers: ForgetAnswers, k: int = 5,
     several tokens is shown as one, with their largest entropy and smallest R̂(y). The end-of-turn token
     that closes every answer is left out: it is no part of what the answer says. A CAGUL model is read
     without its modules, as CAGUL's own training reads it (its model stays frozen)."""
-    from viker.model import DTYPES
+    from viker.model import DTYPES, check_mixed_precision
     from viker.model.cagul import CagulModel
 
     if isinstance(model, CagulModel):
         model = model.base
     examples = answers.examples
     device_type = next(model.parameters()).device.type
-    check_autocast(mixed_precision, device_type)
+    check_mixed_precision(mixed_precision, device_type)
     precision = mixed_precision if mixed_precision in AUTOCAST else None
     autocast = (lambda: torch.autocast(device_type, dtype=DTYPES[precision])) if precision else nullcontext
     reference = FrozenReference(model, separate=model, autocast=autocast, precision=precision)
@@ -407,6 +399,7 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
     from viker.model import (
         check_cpu_autocast,
         check_dtype,
+        check_mixed_precision,
         given_model,
         how_loaded,
         is_tiny_built,
@@ -444,7 +437,7 @@ def run_keytokens(model_path: str, data: str, forget: str, out: str, k: int = 5,
     if warning := other_benchmark(model_path, data, benchmark):  # the page would show other people's answers
         print(f"warning: {warning}", file=sys.stderr)
     if model_and_processor is None:  # refused before minutes of loading a large model
-        check_autocast(mixed_precision, pick_device(device).type)
+        check_mixed_precision(mixed_precision, pick_device(device).type)
         check_cpu_autocast(dtype, mixed_precision, pick_device(device).type)
     model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code)
     with torch.no_grad():

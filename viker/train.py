@@ -252,10 +252,9 @@ def make_accelerator(cfg: TrainConfig, resume: bool = False, device: str | None 
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, DistributedType
 
-    from viker.model import check_cpu_autocast, pick_device
+    from viker.model import check_cpu_autocast, check_mixed_precision, pick_device
 
-    if cfg.mixed_precision not in (None, "no", "bf16", "fp16"):
-        raise VikerError(f"--mixed-precision {cfg.mixed_precision}: choose no, bf16 or fp16")
+    check_mixed_precision(cfg.mixed_precision)
     single = int(os.environ.get("WORLD_SIZE") or 1) == 1
     if single:
         from accelerate.state import AcceleratorState
@@ -272,10 +271,8 @@ def make_accelerator(cfg: TrainConfig, resume: bool = False, device: str | None 
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
                               cpu=not torch.cuda.is_available() or (chosen is not None and chosen.type == "cpu"),
                               dataloader_config=DataLoaderConfiguration(split_batches=True))
-    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":  # accelerate would train in fp32
-        asked = "--mixed-precision fp16" if cfg.mixed_precision else "the launcher's mixed_precision: fp16"
-        raise VikerError(f"{asked}: accelerate autocasts to fp16 on a GPU only, and on the CPU would train in float32 "
-                         "while the run records fp16; give bf16 on the CPU, or no")
+    check_mixed_precision(accelerator.mixed_precision, accelerator.device.type,
+                          "--mixed-precision" if cfg.mixed_precision else "the launcher's mixed_precision:")
     if dtype != "auto":
         check_cpu_autocast(dtype, accelerator.mixed_precision, accelerator.device.type)
     if shards_model(accelerator) and (cfg.checkpoint_every or resume):

@@ -100,6 +100,17 @@ def check_dtype(dtype: str) -> None:
         raise VikerError(f"--dtype {dtype}: choose auto, {', '.join(DTYPES)}")
 
 
+def check_mixed_precision(mixed_precision: str | None, device_type: str | None = None,
+                          asked: str = "--mixed-precision") -> None:
+    """Refuse a ``--mixed-precision`` (``asked``: where it was given) that is none of accelerate's, or fp16 on the
+    CPU, where accelerate autocasts to nothing: a run would train in float32 while recording fp16."""
+    if mixed_precision not in (None, "no", "bf16", "fp16"):
+        raise VikerError(f"{asked} {mixed_precision}: choose no, bf16 or fp16")
+    if mixed_precision == "fp16" and device_type == "cpu":
+        raise VikerError(f"{asked} fp16: accelerate autocasts to fp16 on a GPU only (on the CPU a run would train in "
+                         "float32 while it records fp16, and is refused); give bf16 on the CPU, or no")
+
+
 def check_cpu_autocast(dtype: str, mixed_precision: str | None, device_type: str) -> None:
     """Refuse ``--dtype`` float16 under bf16 autocast on the CPU, whose autocast takes no float16 weights (the first
     forward pass stopped with a RuntimeError from deep inside torch)."""
