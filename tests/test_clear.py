@@ -401,6 +401,20 @@ def test_a_person_in_both_the_forget_and_the_retain_split_is_refused_however_spa
             read()
 
 
+def test_a_photo_in_both_the_forget_and_the_retain_split_under_another_name_is_refused(clear_dir, tmp_path):
+    root = _copy(clear_dir, tmp_path)
+    for forget, retain in (("forget10", "retain90"), ("forget10_perturbed", "retain_perturbed")):
+        photo = pq.read_table(root / forget / "train-00000-of-00001.parquet").to_pylist()[0]
+        _edit(root, retain, lambda rows, schema: pa.Table.from_pylist(
+            [rows[0] | {"image": photo["image"]}, *rows[1:]], schema=schema))
+        other = pq.read_table(root / retain / "train-00000-of-00001.parquet").to_pylist()[0]["name"]
+        read = partial(clear.unlearning_data, root, "forget10") if forget == "forget10" else \
+            partial(clear.eval_items, root, "forget10")
+        with pytest.raises(VikerError, match=re.escape(f"{forget} and {retain} share 1 photo under two names "
+                                                       f"({photo['name']} and {other})")):
+            read()
+
+
 def test_a_saved_truth_ratio_that_is_no_number_is_refused(clear_dir, tmp_path):
     """A reference whose losses overflowed wrote NaN ratios, and forget quality came out unmeasured without a word;
     a negative ratio, which exp never gives, was compared as it was."""

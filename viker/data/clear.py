@@ -242,12 +242,19 @@ def finetune_examples(root: str | Path, without: str | None = None) -> list[Exam
 
 def check_apart(root: str | Path, forget: str, forget_rows: list[Portrait], retain: str,
                 retain_rows: list[Portrait]) -> None:
-    """Refuse a forget and a retain config that share a person, by name, spacing aside (a name with a space after
-    it is the same person)."""
+    """Refuse a forget and a retain config that share a person: by name, spacing aside (a name with a space after
+    it is the same person), or by a photo (the same bytes under another name: the face would be both forgotten and
+    retained, and a question about it could not tell the two apart)."""
     shared = {spaced(p.name) for p in forget_rows} & {spaced(p.name) for p in retain_rows}
     if shared:
         raise VikerError(f"{root}: {forget} and {retain} share persons {', '.join(sorted(shared)[:5])}; a person "
                          "cannot be both forgotten and retained")
+    owners = {p.image: p.name for p in forget_rows}
+    twins = list(dict.fromkeys((owners[p.image], p.name) for p in retain_rows if p.image in owners))
+    if twins:
+        pairs = ", ".join(f"{a} and {b}" for a, b in twins[:3]) + (", ..." if len(twins) > 3 else "")
+        raise VikerError(f"{root}: {forget} and {retain} share {len(twins)} photo{'s' * (len(twins) > 1)} under two "
+                         f"names ({pairs}); a face cannot be both forgotten and retained: give each their own")
 
 
 def unlearning_data(root: str | Path, forget: str) -> tuple[dict[str, list[Example]], dict]:
