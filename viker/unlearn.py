@@ -331,24 +331,11 @@ def restore_given(given, as_it_came: dict, made=None) -> None:
             part.requires_grad_(flag)
 
 
-@bars_as_asked
-def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=None, resume: bool = False,
-                overwrite: bool = False):
-    """Unlearn and save into ``cfg.out``; returns (model, processor, history). ``model_and_processor`` skips
-    loading: that model is the one trained, in place (its LoRA layers added to it, or its own weights changed),
-    and returned (saved with ``lora.merge=False``, inside the PeftModel that holds its adapters); pass a copy to
-    keep the one given as it was. A run refused before training, or stopped in training (an error, a loss refused
-    at its first step, Ctrl-C), takes off the LoRA layers it added (under full tuning the weights stay as trained so
-    far) and leaves its weights trainable, and its modules in train or eval mode, as they were, as CAGUL (which
-    trains modules of its own around it) does after training. The model returned merged or fully tuned has each
-    weight's ``requires_grad`` and each module's mode as the model had them when the run started (trainable, as
-    loaded), so that another run may start from it; the adapter alone (``lora.merge=False``) comes inside its
-    PeftModel, the base weights frozen. A model with LoRA adapters of its own is refused (peft adds no LoRA over
-    LoRA, and full tuning would train only its adapters): merge them into it first. ``cfg.out`` must be new or
-    empty; ``overwrite`` replaces a run there, and ``resume`` continues one that was stopped after a checkpoint
-    (``train.checkpoint_every``; :func:`viker.run_folder.check_run_folder`)."""
+def resolved_run(cfg: UnlearnConfig, resume: bool, model_and_processor=None) -> tuple:
+    """``cfg`` checked and resolved, as the run will record it (its defaults filled in, or a resumed run's choices
+    kept), with its method, the config of the run a --resume goes on with (empty otherwise), and the model passed
+    in, checked; refused in one line, before anything loads, where a setting cannot be."""
     check_config(cfg, UnlearnConfig, "run_unlearn")
-    check_resume_or_overwrite(resume, overwrite)
     require_given(model=cfg.model, data=cfg.data, out=cfg.out)
     if cfg.benchmark not in ("mllmu", "clear"):
         raise VikerError(f"--benchmark {cfg.benchmark}: choose mllmu or clear")
@@ -374,6 +361,13 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     # the config of the run a --resume goes on with: the choices it started with are kept
     started = read_configs(cfg.out)[0] if resume and Path(cfg.out, "config.json").is_file() else {}
     cfg = kept_checkpoints(resolve_train_on(cfg, started, tiny), started, "unlearn")
+    return cfg, method, started, model_and_processor
+
+
+def unlearning_streams(cfg: UnlearnConfig, method) -> tuple[dict, dict, list[str]]:
+    """The forget and retain examples, which configs they came from (for the run's config), and warnings of the
+    people of the method's streams that no ft_Data pair belongs to; refused where a stream the method trains on is
+    empty."""
     if cfg.benchmark == "clear":
         data, used = clear_unlearning_data(cfg.data, cfg.forget)
         unpaired = []
@@ -384,6 +378,45 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
     if "retain" in method.streams and not data["retain"]:  # said by its config, before a model loads
         raise VikerError(f"{cfg.data}: the retain split {used['retain_config']} has no examples, and --method "
                          f"{cfg.method} trains on it")
+    return data, used, unpaired
+
+
+def run_record(cfg: UnlearnConfig, method, data: dict, used: dict, setup: dict, runtime: dict, saved: str | None,
+               model_files: dict | None) -> dict:
+    """What a run's config.json holds beside the command's settings: the method's settings (not those this variant
+    never reads, which would be recorded as if they shaped the run), the data read, what its setup did, where and
+    how it ran, what --save saved (None: no LoRA adapter to save), and the hashes of the weights it started from."""
+    unread = method.unused_settings() if hasattr(method, "unused_settings") else {}
+    settings = {"unlearn": used_settings(paths_recorded(asdict(cfg))),
+                "method": {"name": cfg.method, "title": title(cfg.method),  # as tables print it, from anywhere
+                           **{k: v for k, v in asdict(method).items() if k not in unread}},
+                "data": used, "examples": {k: len(v) for k, v in data.items()}, "setup": setup, "runtime": runtime}
+    if saved is not None:
+        settings["saved"] = saved
+    if model_files is not None:
+        settings["model_files"] = model_files
+    return settings
+
+
+@bars_as_asked
+def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=None, resume: bool = False,
+                overwrite: bool = False):
+    """Unlearn and save into ``cfg.out``; returns (model, processor, history). ``model_and_processor`` skips
+    loading: that model is the one trained, in place (its LoRA layers added to it, or its own weights changed),
+    and returned (saved with ``lora.merge=False``, inside the PeftModel that holds its adapters); pass a copy to
+    keep the one given as it was. A run refused before training, or stopped in training (an error, a loss refused
+    at its first step, Ctrl-C), takes off the LoRA layers it added (under full tuning the weights stay as trained so
+    far) and leaves its weights trainable, and its modules in train or eval mode, as they were, as CAGUL (which
+    trains modules of its own around it) does after training. The model returned merged or fully tuned has each
+    weight's ``requires_grad`` and each module's mode as the model had them when the run started (trainable, as
+    loaded), so that another run may start from it; the adapter alone (``lora.merge=False``) comes inside its
+    PeftModel, the base weights frozen. A model with LoRA adapters of its own is refused (peft adds no LoRA over
+    LoRA, and full tuning would train only its adapters): merge them into it first. ``cfg.out`` must be new or
+    empty; ``overwrite`` replaces a run there, and ``resume`` continues one that was stopped after a checkpoint
+    (``train.checkpoint_every``; :func:`viker.run_folder.check_run_folder`)."""
+    check_resume_or_overwrite(resume, overwrite)
+    cfg, method, started, model_and_processor = resolved_run(cfg, resume, model_and_processor)
+    data, used, unpaired = unlearning_streams(cfg, method)
     if model_and_processor is None:
         refuse_cagul_run(cfg.model, "unlearn")
     elif not getattr(method, "wraps_model", False) and getattr(model_and_processor[0], "peft_config", None):
@@ -466,16 +499,8 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         model = ctx.model
         out = Path(cfg.out)
         setup_seconds = time.perf_counter() - start
-        unread = method.unused_settings() if hasattr(method, "unused_settings") else {}  # as if they shaped the run
-        settings = {"unlearn": used_settings(paths_recorded(asdict(cfg))),
-                    "method": {"name": cfg.method, "title": title(cfg.method),  # as tables print it, from anywhere
-                               **{k: v for k, v in asdict(method).items() if k not in unread}},
-                    "data": used, "examples": {k: len(v) for k, v in data.items()}, "setup": ctx.info,
-                    "runtime": runtime_info(accelerator, model)}
-        if cfg.tuning == "lora" and not wraps:  # what --save saved (auto: decided above)
-            settings["saved"] = SAVE_CHOICES[merge]
-        if model_files is not None:
-            settings["model_files"] = model_files
+        settings = run_record(cfg, method, data, used, ctx.info, runtime_info(accelerator, model),
+                              SAVE_CHOICES[merge] if cfg.tuning == "lora" and not wraps else None, model_files)
         # every check passed (the lengths, the method's setup): --overwrite may remove an earlier run now
         claim_run_folder(cfg.out, accelerator, replaced)
         if accelerator.is_main_process:  # only the main process writes; the others hold the same results
