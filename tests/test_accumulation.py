@@ -165,6 +165,7 @@ def test_device_decides_where_accelerate_trains(device, cpu, current, monkeypatc
 
         def __init__(self, **kwargs):
             asked.update(kwargs)
+            self.device = torch.device("cpu" if kwargs["cpu"] else "cuda")
 
     monkeypatch.setattr(accelerate, "Accelerator", Recorded)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with two GPUs

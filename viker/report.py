@@ -626,6 +626,37 @@ def _evaluated_here(folder: Path) -> bool:
     return holds_columns(metrics)
 
 
+def _unevaluated_hints(run: Path) -> tuple[str, str]:
+    """What to do with ``run`` where it holds no evaluation: evaluate it, or give its model folder, which holds one."""
+    return (f"evaluate it first (viker eval --model {run} ... --out {run})",
+            f"{run}: no evaluation here; its model folder, {run / 'model'}, holds the evaluation: give that")
+
+
+def _refuse_unevaluated(run: Path) -> None:
+    """Refuse a folder with no metrics.json, saying which folder holds the evaluation, or how to make one."""
+    from viker.errors import VikerError
+    from viker.runs import TRAINING_COMMANDS, read_configs
+
+    evaluate, in_model = _unevaluated_hints(run)
+    if not run.is_dir():
+        raise VikerError(f"{run}: {'not a folder' if run.exists() else 'no such run folder'}")
+    parent, parent_evaluation = read_configs(run.parent) if run.name in ("model", "cagul") else ({}, None)
+    if parent.get("command") in TRAINING_COMMANDS:  # a training run's model
+        if (run.parent / "metrics.json").is_file() and parent_evaluation is not None:
+            raise VikerError(f"{run}: no metrics.json; its run folder, {run.parent}, holds the evaluation: give that")
+        raise VikerError(f"{run}: no metrics.json; it is the model of the run in {run.parent}: evaluate that "
+                         f"first (viker eval --model {run.parent} ... --out {run.parent})")
+    if (run / "model" / "metrics.json").is_file():  # evaluated into its model folder
+        raise VikerError(in_model)
+    if not any((run / name).is_file() for name in ("config.json", "adapter_config.json")):
+        inside = sorted(f for f in run.iterdir() if _evaluated_here(f))
+        listed = " ".join(shlex.quote(str(f)) for f in inside[:4]) + " ..." * (len(inside) > 4)
+        held = f" (the evaluations in it: {listed})" if inside else ""
+        raise VikerError(f"{run}: no metrics.json, and neither a run nor a model; give the folders viker eval "
+                         f"wrote into{held}")
+    raise VikerError(f"{run}: no metrics.json; {evaluate}")
+
+
 def read_run(path: str | Path) -> dict:
     """An evaluated run folder as a row: ``method`` (``vanilla`` for a ``viker finetune`` model,
     ``retain_model`` for one finetuned ``--without`` the forget split, None for a model that is no run
@@ -635,7 +666,6 @@ def read_run(path: str | Path) -> dict:
     ``path``."""
     from viker.errors import VikerError
     from viker.runs import (
-        TRAINING_COMMANDS,
         is_hub_id,
         model_named,
         read_configs,
@@ -646,27 +676,9 @@ def read_run(path: str | Path) -> dict:
     )
 
     run = Path(path)
-    evaluate = f"evaluate it first (viker eval --model {run} ... --out {run})"
-    if not run.is_dir():
-        raise VikerError(f"{run}: {'not a folder' if run.exists() else 'no such run folder'}")
-    in_model = f"{run}: no evaluation here; its model folder, {run / 'model'}, holds the evaluation: give that"
+    evaluate, in_model = _unevaluated_hints(run)
     if not (run / "metrics.json").is_file():
-        parent, parent_evaluation = read_configs(run.parent) if run.name in ("model", "cagul") else ({}, None)
-        if parent.get("command") in TRAINING_COMMANDS:  # a training run's model
-            if (run.parent / "metrics.json").is_file() and parent_evaluation is not None:
-                raise VikerError(f"{run}: no metrics.json; its run folder, {run.parent}, holds the evaluation: "
-                                 "give that")
-            raise VikerError(f"{run}: no metrics.json; it is the model of the run in {run.parent}: evaluate that "
-                             f"first (viker eval --model {run.parent} ... --out {run.parent})")
-        if (run / "model" / "metrics.json").is_file():  # evaluated into its model folder
-            raise VikerError(in_model)
-        if not any((run / name).is_file() for name in ("config.json", "adapter_config.json")):
-            inside = sorted(f for f in run.iterdir() if _evaluated_here(f)) if run.is_dir() else []
-            listed = " ".join(shlex.quote(str(f)) for f in inside[:4]) + " ..." * (len(inside) > 4)
-            held = f" (the evaluations in it: {listed})" if inside else ""
-            raise VikerError(f"{run}: no metrics.json, and neither a run nor a model; give the folders viker eval "
-                             f"wrote into{held}")
-        raise VikerError(f"{run}: no metrics.json; {evaluate}")
+        _refuse_unevaluated(run)
     config, evaluation = read_configs(run)
     metrics = read_json(run / "metrics.json")
     if isinstance(metrics, dict):  # NaN (a file not written by viker, which writes null) is "not measured" too

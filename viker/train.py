@@ -506,9 +506,13 @@ def train(
     # what to do where the loss diverges: --resume keeps the rate the run started with, and would diverge again
     # (a loss may diverge from a method's weight as well: --lam, --beta, --retain-weight of 1e308; a learning rate
     # that overflows the optimiser is the rate's alone)
-    weights = "" if getattr(objective, "name", None) == "finetune" else " (or a smaller weight of the method's terms)"
-    again, how = (f"start the run again with a lower --lr{w} and --overwrite" if run_dir is not None else
-                  f"lower the learning rate{w}" for w in ("", weights))
+    def lower(also: str = "") -> str:
+        return (f"start the run again with a lower --lr{also} and --overwrite" if run_dir is not None else
+                f"lower the learning rate{also}")
+
+    again = lower()  # the rate overflowed the optimiser
+    how = lower("" if getattr(objective, "name", None) == "finetune" else
+                " (or a smaller weight of the method's terms)")  # the loss diverged
     while step < total:
         lr = scheduler.get_last_lr()[0]  # the rate this step uses (the scheduler moves on after it)
         group = []  # the step's micro-batches, drawn first so that each is weighted by its share of the step
