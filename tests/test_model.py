@@ -344,6 +344,86 @@ def test_an_adapter_lacking_some_of_its_weights_is_refused_not_started_anew(tiny
         load_model(tmp_path / "adapter", device="cpu")
 
 
+def _adapter(tiny_dir, out, r=4):
+    """A LoRA adapter on the model in ``tiny_dir``, saved by peft alone, whose update is not zero."""
+    model, _ = load_model(tiny_dir, device="cpu")
+    with quiet_peft():
+        adapted = apply_lora(model, LoraSettings(r=r, merge=False))
+    for name, weight in adapted.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(weight, std=0.05)
+    adapted.save_pretrained(out)
+    return out
+
+
+def _base_named(adapter, base) -> None:
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps(config | {"base_model_name_or_path": str(base)}))
+
+
+def test_an_adapter_on_an_adapter_or_on_another_architecture_is_refused(tiny_dir, tmp_path):
+    """Loaded as it is, an adapter whose base is another adapter replaced that one without a word, and one on a
+    base of another architecture failed deep inside the first batch."""
+    inner, outer = _adapter(tiny_dir, tmp_path / "inner"), _adapter(tiny_dir, tmp_path / "outer")
+    _base_named(outer, inner)
+    with pytest.raises(VikerError, match=f"outer: its base model, {inner}, is itself a LoRA adapter"):
+        load_model(outer, device="cpu")
+    other = shutil.copytree(tiny_dir, tmp_path / "other")
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps(config | {"architectures": ["Qwen2VLForConditionalGeneration"]}))
+    _base_named(outer, other)
+    with pytest.raises(VikerError, match="outer: an adapter trained on a LlavaForConditionalGeneration, and its base "
+                                         "model .* is a Qwen2VLForConditionalGeneration"):
+        load_model(outer, device="cpu")
+
+
+def test_another_models_processor_beside_the_weights_is_refused_in_one_line(tiny_dir, tmp_path):
+    more = shutil.copytree(tiny_dir, tmp_path / "more_tokens")  # a tokenizer larger than the embeddings
+    _, processor = load_model(tiny_dir, device="cpu")
+    processor.tokenizer.add_tokens([f"extra{i}" for i in range(40)])
+    processor.save_pretrained(more)
+    with pytest.raises(VikerError, match=r"more_tokens: its tokenizer has \d+ tokens and the model embeds \d+: the "
+                                         "processor is another model's"):
+        load_model(more, device="cpu")
+    larger = shutil.copytree(tiny_dir, tmp_path / "larger_images")  # images of another size than the model's
+    settings = json.loads((larger / "processor_config.json").read_text())
+    settings["image_processor"] |= {"crop_size": {"height": 48, "width": 48}, "size": {"shortest_edge": 48}}
+    (larger / "processor_config.json").write_text(json.dumps(settings))
+    with pytest.raises(VikerError, match=r"larger_images: the model cannot take what its processor makes \(.*\); "
+                                         "processor and model come from different configurations"):
+        load_model(larger, device="cpu")
+    load_model(larger, device="cpu", check_inputs=False)  # a training run checks on its own first example instead
+
+
+def test_weights_of_other_shapes_than_the_config_says_are_a_clear_error(tiny_dir, tmp_path):
+    other = shutil.copytree(tiny_dir, tmp_path / "other_shapes")
+    config = json.loads((other / "config.json").read_text())
+    config["text_config"]["vocab_size"] += 10
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(VikerError, match="other_shapes: cannot load model"):
+        load_model(other, device="cpu")
+
+
+def test_an_adapter_loads_on_its_base_moved_elsewhere_and_with_the_bases_processor(tiny_dir, bench_dir, tmp_path):
+    """A run's adapter pointed at its base model moved elsewhere (the same weights) was refused as trained on
+    other weights; an adapter saved with a tokenizer alone was refused for want of an image processor."""
+    from viker.cli import main
+
+    base = shutil.copytree(tiny_dir, tmp_path / "base")
+    assert main(["unlearn", "--model", str(base), "--data", str(bench_dir), "--method", "ga", "--max-steps", "2",
+                 "--lr", "1e-2", "--save", "adapter", "--out", str(tmp_path / "run")]) == 0
+    adapter = tmp_path / "run" / "model"
+    (adapter / "processor_config.json").unlink()
+    (adapter / "chat_template.jinja").unlink()
+    assert (adapter / "tokenizer_config.json").is_file()
+    before, _ = load_model(tmp_path / "run", device="cpu")
+    _base_named(adapter, shutil.move(base, tmp_path / "moved"))
+    after, processor = load_model(tmp_path / "run", device="cpu")
+    batch = model_inputs(Collator(processor)(finetune_examples(bench_dir)[:2]))
+    with torch.no_grad():
+        torch.testing.assert_close(after(**batch).logits, before(**batch).logits, atol=0, rtol=0)
+
+
 def test_remote_code_is_off_unless_asked(monkeypatch, tiny_dir):
     """Safe loading: checkpoints never run their own code unless the user passes --trust-remote-code."""
     import transformers

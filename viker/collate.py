@@ -247,17 +247,30 @@ class Collator:
                 raise self._too_long(ex, n)
         warn_past_context(model, lengths, "examples")
         if with_image is not None:
-            device = next(model.parameters()).device
-            batch = {k: v.to(device) for k, v in model_inputs(self([with_image])).items()}
-            try:
-                with torch.no_grad():
-                    model(**batch)
-            except ValueError as e:
-                if "image" not in str(e).lower():
-                    raise
-                raise VikerError(f"the processor's image tokens do not match the model's image features "
-                                 f"({str(e).splitlines()[0]}); processor and model come from different "
-                                 "configurations") from None
+            self.check_model_takes(model, with_image)
+
+    def check_model_takes(self, model, example: Example | None = None) -> None:
+        """One forward pass of ``example`` (by default a question on a blank image): the model given another
+        model's processor (image tokens its features do not match, or token ids past its embeddings) is refused
+        in one line, before any work, where it would fail deep inside the first batch."""
+        if example is None:
+            import io
+
+            from PIL import Image
+
+            blank = io.BytesIO()
+            Image.new("RGB", (64, 64), (128, 128, 128)).save(blank, format="PNG")
+            example = Example(question="Who is this?", answer="A person.", image=blank.getvalue())
+        device = next(model.parameters()).device
+        batch = {k: v.to(device) for k, v in model_inputs(self([example])).items()}
+        try:
+            with torch.no_grad():
+                model(**batch)
+        except (ValueError, IndexError, TypeError) as e:  # TypeError: an input this model's forward has no name for
+            if isinstance(e, ValueError) and "image" not in str(e).lower():
+                raise
+            raise VikerError(f"the model cannot take what its processor makes ({str(e).splitlines()[0]}); processor "
+                             "and model come from different configurations") from None
 
     @staticmethod
     def _image_key(ex: Example) -> tuple:

@@ -324,7 +324,8 @@ def load_for_training(accelerator, path: str, device: str | None = None, dtype: 
     (:func:`load_device`, :func:`load_dtype`)."""
     from viker.model import load_model
 
-    return load_model(path, load_device(accelerator, device), load_dtype(accelerator, dtype), trust_remote_code)
+    return load_model(path, load_device(accelerator, device), load_dtype(accelerator, dtype), trust_remote_code,
+                      check_inputs=False)  # Collator.preflight runs the run's own first image question
 
 
 def runtime_info(accelerator, model: torch.nn.Module) -> dict:

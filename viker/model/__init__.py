@@ -21,7 +21,6 @@ from viker.runs import (
     as_recorded,
     check_hub_reachable,
     checkpoints,
-    differing,
     file_hashes,
     hub_shaped,
     is_hub_id,
@@ -168,12 +167,14 @@ def resolve_model_path(path: str | Path) -> str:
 
 
 def load_model(path: str | Path, device: str | None = None, dtype: str = "auto", trust_remote_code: bool = False,
-               merge_adapter: bool = True):
+               merge_adapter: bool = True, check_inputs: bool = True):
     """Model and processor from a local folder, a run folder of ours, or (online) a hub id. A CAGUL run
     folder gives its base model wrapped with the saved CAGUL modules (viker.model.cagul). A LoRA adapter is
     merged into its base model, unless ``merge_adapter=False`` and the base loads in 16 bits, where a merge
     rounds away more than :data:`MERGE_LOSS_KEPT` of the update (:func:`merge_loss`): it is then applied
-    unmerged, as it trained (evaluation; a model to train on is merged)."""
+    unmerged, as it trained (evaluation; a model to train on is merged). A processor that is not the model's
+    is refused: one whose tokenizer is larger than the model's embeddings, or (``check_inputs``: one forward
+    pass, which a training run makes on its own examples instead) whose inputs the model cannot take."""
     from transformers import AutoModelForImageTextToText
 
     from viker.model.cagul import is_cagul_run, load_cagul
@@ -194,7 +195,8 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "auto",
             with quiet_peft(), warnings.catch_warnings():  # peft starts the tensors an adapter lacks as new ones
                 warnings.filterwarnings("error", message="Found missing adapter keys")
                 model = PeftModel.from_pretrained(model, path)
-    except (OSError, ValueError, SafetensorError) as e:  # SafetensorError: a weights file cut short
+    # SafetensorError: a weights file cut short; RuntimeError: a .bin one, or weights of other shapes than the config's
+    except (OSError, ValueError, SafetensorError, RuntimeError) as e:
         raise VikerError(f"{path}: cannot load model ({why_not_loaded(e, path, base)})") from None
     except UserWarning as e:
         lacking = re.findall(r"'([^']+)'", str(e))
@@ -211,7 +213,25 @@ def load_model(path: str | Path, device: str | None = None, dtype: str = "auto",
                   f"weights rounds away {100 * lost:.0f}% of its update, so the model loaded has moved less than "
                   "the one trained; --dtype float32 keeps the update whole", file=sys.stderr)
         model = model.merge_and_unload().requires_grad_(True)  # peft froze the base: trainable, as any model loaded
+    check_processor_fits(model, processor, path, check_inputs)
     return model, processor
+
+
+def check_processor_fits(model: nn.Module, processor, path: str, forward: bool = True) -> None:
+    """Refuse another model's processor beside these weights: a tokenizer with more tokens than the model has
+    embeddings (its ids past them fail deep inside the first batch, or read other rows), or (``forward``) inputs
+    the model cannot take (:meth:`viker.collate.Collator.check_model_takes`)."""
+    from viker.collate import Collator
+
+    tokens, rows = len(getattr(processor, "tokenizer", processor)), model.get_input_embeddings().num_embeddings
+    if tokens > rows:
+        raise VikerError(f"{path}: its tokenizer has {tokens} tokens and the model embeds {rows}: the processor is "
+                         "another model's")
+    if forward:
+        try:
+            Collator(processor).check_model_takes(model)
+        except VikerError as e:
+            raise VikerError(f"{path}: {e}") from None
 
 
 def pretrained(auto_class, folder: str, **kwargs) -> nn.Module:
@@ -255,7 +275,18 @@ def adapter_base(path: str) -> str:
     base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
     if not base or not isinstance(base, str):
         raise VikerError(f"{path}/adapter_config.json names no base model (base_model_name_or_path)")
-    return base_still_there(base, f"{path}/adapter_config.json", "the adapter was trained on")
+    base = base_still_there(base, f"{path}/adapter_config.json", "the adapter was trained on")
+    if Path(base).is_dir() and not Path(base, "config.json").is_file() and Path(base, "adapter_config.json").is_file():
+        raise VikerError(f"{path}: its base model, {base}, is itself a LoRA adapter, which loading this one would "
+                         "replace: merge that adapter into its own base (peft's merge_and_unload), save it, and name "
+                         "that folder as this adapter's base_model_name_or_path")
+    trained_on = (config.get("auto_mapping") or {}).get("base_model_class")
+    base_config = read_json(Path(base, "config.json")) if Path(base, "config.json").is_file() else None
+    architectures = base_config.get("architectures") if isinstance(base_config, dict) else None
+    if trained_on and architectures and trained_on not in architectures:
+        raise VikerError(f"{path}: an adapter trained on a {trained_on}, and its base model {base} is a "
+                         f"{', '.join(architectures)}: name the model it was trained on")
+    return base
 
 
 def base_still_there(base: str, named_in: str, trained: str) -> str:
@@ -318,12 +349,16 @@ def check_weights_unchanged(run: str | Path, now: dict[str, str], context: str) 
     recorded when it started from it: an adapter, CAGUL's modules or a resumed run trained on other weights
     mean nothing on these."""
     recorded = read_configs(run)[0].get("model_files")
-    if recorded is None:  # a run that read no model folder (the tiny model, built), or not a run of ours
+    # not a run of ours, or one that read no model folder (the tiny model, built); or the same files, wherever the
+    # folders holding them are now
+    if recorded is None or same_weights(recorded, now):
         return
-    changed = differing(recorded, now)
-    if changed:
-        raise VikerError(f"{context}: {changed[0]} is not the file {run} was trained on ({len(changed)} weight "
-                         f"file(s) differ from those {Path(run) / 'config.json'} records)")
+    then = {(Path(file).name, digest) for file, digest in recorded.items()}
+    names = {Path(file).name for file in now}
+    changed = sorted(file for file, digest in now.items() if (Path(file).name, digest) not in then) + \
+        sorted(file for file in recorded if Path(file).name not in names)  # files it read that are gone
+    raise VikerError(f"{context}: {changed[0]} is not the file {run} was trained on ({len(changed)} weight "
+                     f"file(s) differ from those {Path(run) / 'config.json'} records)")
 
 
 def processor_folder(path: str, base: str) -> str:
@@ -354,9 +389,9 @@ def processor_of(path: str | Path, trust_remote_code: bool = False):
 
 
 def has_processor(path: str) -> bool:
-    """Whether a folder holds a processor's files (a tokenizer at least), as a saved model does."""
-    return any(Path(path, name).is_file() for name in ("tokenizer_config.json", "processor_config.json",
-                                                        "preprocessor_config.json"))
+    """Whether a folder holds a processor's files (its image processor's at least: a tokenizer alone, as some
+    adapters are saved with, is no processor of an image-text model), as a saved model does."""
+    return any(Path(path, name).is_file() for name in ("processor_config.json", "preprocessor_config.json"))
 
 
 def load_processor(path: str, trust_remote_code: bool = False, config_path: str | None = None):
