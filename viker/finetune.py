@@ -57,7 +57,6 @@ from viker.train import (
     make_accelerator,
     prepare,
     runtime_info,
-    seed_everything,
     shards_model,
     train,
 )
@@ -184,7 +183,9 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = Fals
                          "(a LoRA model fits where its base model does) or --tuning full")
     reads = [cfg.data] + ([] if tiny else folders_read(cfg.model))
     replaced = check_run_folder(out, accelerator, resume, overwrite, reads)  # removed once this run can start
-    seed_everything(cfg.train.seed)
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.train.seed)
     if tiny:
         model, processor = build_tiny(cfg.data, cfg.tiny, cfg.benchmark)
         model.to(device=load_device(accelerator, cfg.device), dtype=tiny_dtype)

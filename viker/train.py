@@ -18,7 +18,6 @@ import itertools
 import json
 import math
 import os
-import random
 import shutil
 import sys
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -86,12 +84,6 @@ def step_loss(objective: Objective, model: torch.nn.Module, batches: dict[str, d
             raise VikerError(f"{who} logged {key!r} as {type(value).__name__}: each logged value must be a "
                              "number (or a one-element tensor)") from None
     return loss, values
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def batches(examples: Sequence[Example], collate: Callable, batch_size: int, seed: int, start: int = 0,
@@ -469,14 +461,14 @@ def train(
     here. With ``cfg.snapshot_every``, ``snapshot(epochs)`` is called on every process after each that
     many epochs but the last (the caller saves the model as it is then). On several processes every
     process returns the same history (losses averaged over them)."""
-    from accelerate.utils import gather_object
+    from accelerate.utils import gather_object, set_seed
 
     for name in objective.streams:
         if not data.get(name):
             raise VikerError(f"the '{name}' data is empty: nothing to train on")
     main, *others = objective.streams
     if prepared is None:
-        seed_everything(cfg.seed)
+        set_seed(cfg.seed)
         prepared = prepare(model, cfg, len(data[main]), resume=resume)
     accelerator, model, optimizer, scheduler, total = (prepared.accelerator, prepared.model, prepared.optimizer,
                                                        prepared.scheduler, prepared.total)
@@ -484,7 +476,7 @@ def train(
     if world > 1:
         check_same_examples({name: data[name] for name in objective.streams})
     params = [p for p in model.parameters() if p.requires_grad]  # after prepare: FSDP replaces them
-    seed_everything(cfg.seed)
+    set_seed(cfg.seed)
     run_dir = Path(run_dir) if run_dir is not None else None
     step, history, pending = 0, [], {}
     if resume:

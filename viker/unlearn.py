@@ -75,7 +75,6 @@ from viker.train import (
     make_accelerator,
     prepare,
     runtime_info,
-    seed_everything,
     shards_model,
     train,
 )
@@ -455,7 +454,9 @@ def run_unlearn(cfg: UnlearnConfig, progress: bool = True, model_and_processor=N
         pick_dtype(torch.device("cpu"), load_dtype(accelerator, cfg.dtype))), on_adapter)
     reads = folders_read_by(cfg, method, model_given=model_and_processor is not None)
     replaced = check_run_folder(cfg.out, accelerator, resume, overwrite, reads)  # removed once this run can start
-    seed_everything(cfg.train.seed)
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.train.seed)
     model, processor = model_and_processor or load_for_training(accelerator, cfg.model, cfg.device, cfg.dtype,
                                                                 cfg.trust_remote_code)
     collate = Collator(processor, max_length=cfg.max_length)
