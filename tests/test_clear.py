@@ -562,6 +562,20 @@ def test_the_reference_model_is_scored_and_let_go_before_the_evaluated_model_loa
     assert held == [1] and len(loaded) == 2
 
 
+def test_a_model_passed_in_scores_as_the_same_model_loaded_from_its_folder(tiny_dir, clear_dir, tmp_path):
+    import viker.eval.clear as ec
+    from viker.model import load_model
+
+    cfg = ec.ClearEvalConfig(max_new_tokens=4)
+    loaded = ec.run_clear_eval(str(tiny_dir), str(clear_dir), str(tmp_path / "loaded"), cfg, device="cpu",
+                               progress=False)
+    given = ec.run_clear_eval(str(tiny_dir), str(clear_dir), str(tmp_path / "given"), cfg, progress=False,
+                              model_and_processor=load_model(tiny_dir, device="cpu"))
+    assert given == loaded and loaded["forget_truth_ratio"] is not None
+    generations = [(tmp_path / run / "generations.jsonl").read_text() for run in ("given", "loaded")]
+    assert generations[0] == generations[1]
+
+
 def test_a_clear_run_from_python_takes_clears_default_split(tiny_dir, clear_dir, tmp_path):
     """UnlearnConfig(benchmark="clear") without forget= took MLLMU-Bench's forget_10, and was refused."""
     from viker.presets import TrainConfig
