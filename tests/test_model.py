@@ -485,6 +485,28 @@ def test_a_hub_id_the_hub_cannot_serve_is_refused_at_once(tiny_dir, monkeypatch)
     assert len(asked) == 2
 
 
+def test_an_adapters_base_named_by_a_relative_path_from_another_folder_says_where_it_is_named(tiny_dir, tmp_path,
+                                                                                             monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    class Offline:
+        def head(self, url, timeout):
+            raise ConnectionError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "get_session", lambda: Offline())
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    adapter = _adapter(tiny_dir, tmp_path / "adapter")
+    shutil.copytree(tiny_dir, tmp_path / "runs" / "base")
+    _base_named(adapter, "runs/base")  # relative to where it was trained: tmp_path
+    monkeypatch.chdir(tmp_path)
+    load_model(adapter, device="cpu")
+    monkeypatch.chdir(adapter)
+    with pytest.raises(VikerError, match=rf"^{adapter}/adapter_config.json names the base model runs/base "
+                                         r"\(base_model_name_or_path\), which is no such local folder, and the hub"):
+        load_model(adapter, device="cpu")
+
+
 def test_a_benchmark_hub_id_the_hub_cannot_serve_is_refused_at_once_unless_a_cache_holds_it(tmp_path, monkeypatch):
     """--data org/name offline: one line at once, as for a model (datasets retried for half a minute); a copy in
     the hub's cache or in datasets' own goes on to loading, which reads it there."""

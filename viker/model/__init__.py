@@ -374,7 +374,13 @@ def located(path: str | Path) -> tuple[str, bool, str]:
     path = resolve_model_path(path)
     adapter = Path(path, "adapter_config.json").is_file()
     base = adapter_base(path) if adapter else path
-    check_hub_reachable(base)  # a hub id, or an adapter's base named by one
+    try:
+        check_hub_reachable(base)  # a hub id, or an adapter's base named by one
+    except VikerError as e:  # a relative folder, read from another working folder, is taken for a hub id too
+        if not adapter:
+            raise
+        raise VikerError(f"{path}/adapter_config.json names the base model {base} (base_model_name_or_path), "
+                         f"which is {str(e).removeprefix(f'{base}: ')}") from None
     return path, adapter, base
 
 
