@@ -16,7 +16,7 @@ import shutil
 import textwrap
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date
 from pathlib import Path
 
@@ -130,9 +130,13 @@ def demo_folder(out: str | Path) -> Path:
 
 
 def _vanilla(cfg: DemoConfig, data: Path, out: Path, progress: bool, steps: "Steps") -> Path:
-    """Finetune the vanilla model, or reuse the one a previous demo trained on the same inputs."""
+    """Finetune the vanilla model, or reuse the one a previous demo trained on the same inputs: the same finetune
+    settings (the tiny model's own, which the code's defaults give, included), benchmark files, release and
+    machine (another processor, or PyTorch thread count, gives other weights from the same settings)."""
     run = out / "vanilla"
-    settings = to_jsonable({"train": cfg.finetune, "data": file_hashes(data), "viker": __version__})
+    finetune = FinetuneConfig(model="tiny", data=str(data), out=str(run), train=cfg.finetune)
+    recipe = {k: v for k, v in asdict(finetune).items() if k not in ("data", "out")}
+    settings = to_jsonable({**recipe, "data": file_hashes(data), "viker": __version__, "machine": machine()})
     stamp = run / "demo-inputs.json"
     made_with = json.loads(stamp.read_text(encoding="utf-8")) if stamp.is_file() else None
     if (run / "model" / "config.json").is_file() and made_with == settings:
@@ -140,8 +144,7 @@ def _vanilla(cfg: DemoConfig, data: Path, out: Path, progress: bool, steps: "Ste
         return run
     steps.start("the vanilla model")
     stamp.unlink(missing_ok=True)  # the inputs of the model it replaces: no part of the run --overwrite removes
-    run_finetune(FinetuneConfig(model="tiny", data=str(data), out=str(run), train=cfg.finetune), progress=progress,
-                 overwrite=True)
+    run_finetune(finetune, progress=progress, overwrite=True)
     write_json(stamp, settings)
     return run
 
@@ -209,6 +212,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
                         model_and_processor=model_and_processor)
 
     steps.start("unlearning with every method on the same budget (CAGUL on its own)")
+    # evaluated anew each time: an earlier one names the vanilla model where it was (a demo folder copied, or moved)
+    shutil.rmtree(out / "runs" / "vanilla", ignore_errors=True)
     runs.append({"method": "vanilla", "forget_split": cfg.forget,
                  "metrics": evaluate_run(out / "runs" / "vanilla", vanilla_model, vanilla / "model")})
     base = UnlearnConfig(model=str(vanilla), data=str(data), forget=cfg.forget,
