@@ -187,6 +187,40 @@ def test_a_demo_with_other_inputs_finetunes_its_vanilla_model_again(bench_dir, t
     assert (tmp_path / "vanilla" / "model" / "model.safetensors").read_bytes() != first
 
 
+def test_a_demo_on_another_machine_or_tiny_model_finetunes_its_vanilla_model_again(bench_dir, tmp_path, monkeypatch):
+    """Another thread count gives other weights from the same settings, and another tiny model (the code's
+    defaults) another model: reused, the vanilla model would be what the demo's report does not say it is."""
+    from dataclasses import asdict
+
+    import viker.demo
+    from viker.demo import Steps, _vanilla
+    from viker.model.tiny import TinyConfig
+    from viker.runs import machine
+
+    cfg = replace(micro(tmp_path), finetune=TrainConfig(max_steps=1, batch_size=4))
+    _vanilla(cfg, bench_dir, tmp_path, False, Steps(5))
+    stamp = json.loads((tmp_path / "vanilla" / "demo-inputs.json").read_text())
+    assert stamp["tiny"] == asdict(TinyConfig()) and stamp["machine"] == machine()
+    _vanilla(cfg, bench_dir, tmp_path, False, steps := Steps(5))
+    assert steps.reused == {"the vanilla model": str(tmp_path / "vanilla")}
+    monkeypatch.setattr(viker.demo, "machine", lambda: machine() | {"threads": "64"})
+    _vanilla(cfg, bench_dir, tmp_path, False, steps := Steps(5))
+    assert steps.reused == {}
+    assert json.loads((tmp_path / "vanilla" / "demo-inputs.json").read_text())["machine"]["threads"] == "64"
+
+
+def test_a_demo_folder_copied_elsewhere_runs_again(demo, tmp_path, capsys):
+    """Its vanilla model's evaluation named the model in the folder it was copied from, and was refused as
+    another model's."""
+    import shutil
+
+    out, _ = demo
+    copied = shutil.copytree(out, tmp_path / "copied", symlinks=True)
+    run_demo(replace(micro(copied), shorter_budget=None, quick=True), progress=False)
+    recorded = json.loads((copied / "runs" / "vanilla" / "config.json").read_text())
+    assert recorded["model"] == str(copied / "vanilla" / "model")
+
+
 def test_fast_shrinks_the_demo_and_marks_it_a_quick_look():
     full = DemoConfig()
     quick = fast(full)
