@@ -1102,6 +1102,28 @@ def test_runs_of_one_method_with_other_adapters_are_named_by_them(runs, tmp_path
         "NPO (lora_r=16) (npo-a)", "NPO (lora_r=8)", "NPO (lora_r=16) (npo-a2)"]
 
 
+def test_runs_trained_in_another_dtype_are_named_by_it_and_evaluations_in_another_are_refused(runs, tmp_path,
+                                                                                               capsys):
+    """Two runs of one method in float32 and bfloat16 were labelled by folder with the same settings; an
+    evaluation in bfloat16 beside one in float32 (other figures for the same model) shared the table unsaid."""
+    import shutil
+
+    half = shutil.copytree(runs / "npo-a", tmp_path / "npo-bf16")
+    config = json.loads((half / "config.json").read_text())
+    config["runtime"]["weights_dtype"] = "bfloat16"
+    (half / "config.json").write_text(json.dumps(config))
+    assert main(["report", str(runs / "npo-a"), str(half), "--out", str(tmp_path / "report")]) == 0
+    assert list(_cells((tmp_path / "report" / "report.md").read_text().split("\n\n")[1])) == [
+        "NPO (dtype=float32)", "NPO (dtype=bfloat16)"]
+    scored = shutil.copytree(runs / "npo-b", tmp_path / "npo-b-bf16")
+    evaluation = json.loads((scored / "eval_config.json").read_text())
+    (scored / "eval_config.json").write_text(json.dumps(evaluation | {"weights_dtype": "bfloat16"}))
+    capsys.readouterr()
+    assert main(["report", str(runs / "npo-a"), str(scored), "--out", str(tmp_path / "refused")]) == 2
+    assert "these runs were evaluated with different --dtype, so one table cannot compare them: " \
+        f"{runs / 'npo-a'} (float32), {scored} (bfloat16)" in capsys.readouterr().err
+
+
 def test_runs_that_start_from_other_models_than_one_another_or_the_vanilla_row_are_said_to(runs, tiny_dir, bench_dir,
                                                                                           tmp_path):
     """The vanilla row stands for the model every unlearning run starts from: where they start from others (another

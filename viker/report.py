@@ -712,6 +712,10 @@ def read_run(path: str | Path) -> dict:
     training = {k: train[k] for k in TRAINING_SETTINGS if k in train}
     if "mixed_precision" in training and training["mixed_precision"] is None:  # the launcher's: as it ran
         training["mixed_precision"] = source.get("runtime", {}).get("mixed_precision")
+    if train and source.get("runtime", {}).get("weights_dtype"):  # what it trained in (--dtype auto resolved)
+        training["dtype"] = source["runtime"]["weights_dtype"]
+    if train and source.get("saved"):  # merged or the adapter alone: a merge into 16-bit weights rounds the update
+        training["saved"] = source["saved"]
     unlearned = source.get("unlearn", {})
     if source.get("command") == "unlearn" and unlearned.get("tuning") and method != "cagul":
         training["tuning"] = unlearned["tuning"]  # LoRA or every weight (CAGUL trains modules of its own)
@@ -740,7 +744,8 @@ def read_run(path: str | Path) -> dict:
               "gib_model": evaluated.get("gib_model"),
               # an MLLMU-Bench evaluation recorded before --test-images asked with the first photo
               "test_images": evaluated.get("test_images", "first") if evaluated and benchmark == "mllmu" else None,
-              "max_new_tokens": evaluated.get("max_new_tokens")}
+              "max_new_tokens": evaluated.get("max_new_tokens"),
+              "eval_dtype": (evaluation or {}).get("weights_dtype")}  # what the model was scored in (--dtype)
     if benchmark == "mllmu":  # a setting that changed none of the figures measured is no part of what they mean
         measured = [k for k, v in metrics.items() if v is not None]
         scored = {k: v if any(SETTING_CHANGES[k].search(m) for m in measured) else None for k, v in scored.items()}
@@ -770,6 +775,7 @@ SETTING_CHANGES = {
     "max_new_tokens": re.compile(r"rouge|bleu|coherence|gib|factuality"),
     "judge": re.compile(r"factuality"),
     "gib_model": re.compile(r"(^|_)gib$"),
+    "eval_dtype": re.compile(""),  # every figure
 }
 
 
@@ -957,7 +963,7 @@ def _comparable_rows(paths: list[str]) -> tuple[list[dict], dict]:
     # under the table, as they change what it means); one judge's scores are no other's, nor one classifier's
     for key, option in (("mc_mode", "--mc-mode"), ("test_images", "--test-images"),
                         ("retain_limit", "--retain-limit"), ("max_new_tokens", "--max-new-tokens"),
-                        ("judge", "--judge"), ("gib_model", "--gib-model")):
+                        ("judge", "--judge"), ("gib_model", "--gib-model"), ("eval_dtype", "--dtype")):
         shared[key] = _one_value(rows, key, option, option)
     # CLEAR's forget quality is a closeness to one model: to another one, another measure
     shared["reference"] = _one_value(rows, "forget_quality_reference",
