@@ -917,3 +917,32 @@ def test_a_record_holds_one_element_tensors_as_their_numbers_and_refuses_what_js
     with pytest.raises(VikerError, match=r"r2\.json: cannot be written: Object of type Tensor is not JSON"):
         write_json(tmp_path / "r2.json", {"t": torch.ones(3)})
     assert not (tmp_path / "r2.json").exists()
+
+
+def test_an_evaluation_of_a_run_made_again_while_it_scored_is_refused(tiny_dir, bench_dir, tmp_path, capsys,
+                                                                      monkeypatch):
+    """A run made again with --overwrite while another command evaluated it: the figures were the earlier model's,
+    and the evaluation's config named the new run's settings."""
+    import viker.eval.run
+
+    run = tmp_path / "run"
+    assert main(["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--method", "ga", "--max-steps", "1",
+                 "--out", str(run)]) == 0
+    scored = viker.eval.run.evaluate
+
+    def remade_meanwhile(*args, **kwargs):
+        figures = scored(*args, **kwargs)
+        config = json.loads((run / "config.json").read_text())
+        config["unlearn"]["train"]["seed"] = 1  # as `viker unlearn --seed 1 --overwrite` would leave it
+        (run / "config.json").write_text(json.dumps(config))
+        return figures
+
+    monkeypatch.setattr(viker.eval.run, "evaluate", remade_meanwhile)
+    capsys.readouterr()
+    evaluate = ["eval", "--model", str(run), "--data", str(bench_dir), "--only", "forget:cloze", "--out"]
+    assert main([*evaluate, str(tmp_path / "ev")]) == 2
+    assert f"{run}: its run was made again while this evaluation scored it" in _error(capsys)
+    assert not (tmp_path / "ev" / "metrics.json").exists()
+    monkeypatch.setattr(viker.eval.run, "evaluate", scored)
+    assert main([*evaluate, str(tmp_path / "ev")]) == 0  # scored again, it is the run there now
+    assert json.loads((tmp_path / "ev" / "config.json").read_text())["model_run"]["unlearn"]["train"]["seed"] == 1

@@ -475,18 +475,31 @@ def write_config(out: str | Path, command: str, settings: dict, data_dir: str | 
 EVAL_CONFIG = "eval_config.json"  # an evaluation's settings, beside the config of the run it evaluated
 
 
+def scored_run(model: str) -> dict | None:
+    """The config of the run whose model an evaluation scores (None: a model that is no run of ours), read when
+    the model is loaded, for :func:`write_eval_config` to hold the run to when the figures are written."""
+    return next(runs_behind(str(model)), None)
+
+
 def write_eval_config(out: str | Path, settings: dict, data_dir: str | Path | None = None,
-                      into: str | Path | None = None) -> Path:
+                      into: str | Path | None = None, loaded_run: dict | None = None) -> Path:
     """An evaluation's settings: ``config.json`` in a folder of its own (or of an earlier evaluation),
     else ``eval_config.json`` beside the config of the run it evaluates, which it must not replace. ``into``:
     the folder the evaluation's files are staged in before they take their places in ``out``
-    (:func:`written_together`)."""
+    (:func:`written_together`). ``loaded_run``: the model's run as it was when the model was loaded
+    (:func:`scored_run`); one made again since (``--overwrite``, while this evaluation ran) is refused, since the
+    figures are the earlier model's and the config would name the new one."""
     config = Path(out) / "config.json"
     own = not config.is_file() or json.loads(config.read_text(encoding="utf-8")).get("command") == "eval"
+    run_now = scored_run(settings["model"]) if settings.get("model") else None
+    if loaded_run is not None and run_now != loaded_run:
+        raise VikerError(f"{settings['model']}: its run was made again while this evaluation scored it (its "
+                         "config.json is not the one it had when the model was loaded): these figures are the earlier "
+                         "model's; evaluate it again")
     if own and settings.get("model"):
         # the config of the run whose model it scores, as that run was: one made again in its folder, or moved,
         # is not what a report names this evaluation's row by (null: a model that is no run of ours)
-        settings = {**settings, "model_run": next(runs_behind(str(settings["model"])), None)}
+        settings = {**settings, "model_run": run_now}
     metrics = Path(out) / "metrics.json"
     into = Path(into or out)
     kept = (Path(out) / EVAL_CONFIG).is_file() or (Path(out) / TRAINING_METRICS).is_file()

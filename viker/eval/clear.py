@@ -47,6 +47,7 @@ from viker.runs import (
     other_benchmark,
     other_split,
     runs_behind,
+    scored_run,
     write_eval_config,
     write_json,
     written_together,
@@ -399,6 +400,7 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig | 
     retained, computed = None, False
     if cfg.retain_model:  # first: the two models are never held at once
         retained, computed = retain_model_truth_ratios(cfg, data, device, dtype, trust_remote_code)
+    loaded_run = scored_run(model_path)  # the run as the model loaded is: held to it when the figures are written
     model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code,
                                                          merge_adapter=False)
     metrics, records, ratios = evaluate_clear(model, processor, data, cfg, progress, read)
@@ -412,7 +414,8 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig | 
     compared = {"forget_quality_reference": retain_model_folder(cfg.retain_model)} if retained is not None else {}
     with written_together(out) as stage:  # all or none: never some of an earlier evaluation's files beside these
         write_eval_config(out, {"model": as_recorded(model_path), **how_loaded(model), "data": as_recorded(data),
-                                "benchmark": "clear", "eval": asdict(cfg), **compared}, data, into=stage)
+                                "benchmark": "clear", "eval": asdict(cfg), **compared}, data, into=stage,
+                          loaded_run=loaded_run)
         write_json(stage / "metrics.json", metrics)
         write_json(stage / TRUTH_RATIOS, truth_ratio_file(model_named(model_path), cfg.forget, ratios, data))
         if computed:  # saved so that the next evaluation against the same retain model can pass this file

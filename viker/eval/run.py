@@ -32,6 +32,7 @@ from viker.runs import (
     read_configs,
     read_json,
     read_records,
+    scored_run,
     write_eval_config,
     write_json,
     written_together,
@@ -113,6 +114,7 @@ def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig | None = None
             raise VikerError(f"{flag} {scorer}: {what} scores generation answers, and --only asks none")
     if cfg.judge:
         load_judge(cfg.judge)  # and a judge that cannot be imported
+    loaded_run = scored_run(model_path)  # the run as the model loaded is: held to it when the figures are written
     model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code,
                                                          merge_adapter=False)
     try:
@@ -133,7 +135,8 @@ def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig | None = None
     with written_together(out) as stage:  # all or none: never some of an earlier evaluation's files beside these
         write_eval_config(out, {"model": as_recorded(model_path), **how_loaded(model), "data": as_recorded(data),
                                 "benchmark": "mllmu", "eval": asdict(cfg) | {
-                                    "gib_model": cfg.gib_model and as_recorded(cfg.gib_model)}}, data, into=stage)
+                                    "gib_model": cfg.gib_model and as_recorded(cfg.gib_model)}}, data, into=stage,
+                          loaded_run=loaded_run)
         write_json(stage / "metrics.json", metrics)
         write_generations(stage / "generations.jsonl", records)
     if failed:
