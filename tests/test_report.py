@@ -1171,3 +1171,26 @@ def test_drawing_a_plot_leaves_the_callers_matplotlib_backend_as_it_was(tmp_path
         assert (tmp_path / "tradeoff.png").read_bytes()[:4] == b"\x89PNG" == (tmp_path / "keys.png").read_bytes()[:4]
     finally:
         matplotlib.use(before)
+
+
+def test_runs_that_start_from_a_vanilla_model_made_again_since_its_evaluation_are_said_to(tiny_dir, bench_dir,
+                                                                                          tmp_path):
+    """The vanilla row scored one model; the unlearning run started from another, finetuned again at the same
+    path: the table compared them as if one had come from the other."""
+    data = ["--data", str(bench_dir), *DATA]
+    vanilla = str(tmp_path / "vanilla")
+    finetune = ["finetune", "--model", str(tiny_dir), "--data", str(bench_dir), "--max-steps", "1", "--out", vanilla]
+    evaluate = ["eval", *data, *EVAL, "--only", "forget:multiple_choice", "--out"]
+    assert main(finetune) == 0 and main([*evaluate, str(tmp_path / "scored"), "--model", vanilla]) == 0
+    unlearn = ["unlearn", "--model", vanilla, *data, "--method", "ga", "--max-steps", "1", "--out"]
+    assert main([*unlearn, str(tmp_path / "ga")]) == 0 and main([*evaluate, str(tmp_path / "ga"), "--model",
+                                                                  str(tmp_path / "ga")]) == 0
+    assert main(["report", str(tmp_path / "scored"), str(tmp_path / "ga"), "--out", str(tmp_path / "same")]) == 0
+    assert "started from other weights" not in (tmp_path / "same" / "report.md").read_text()
+    assert main([*finetune, "--seed", "1", "--overwrite"]) == 0  # made again, after its evaluation
+    assert main([*unlearn, str(tmp_path / "ga"), "--overwrite"]) == 0
+    assert main([*evaluate, str(tmp_path / "ga"), "--model", str(tmp_path / "ga")]) == 0
+    assert main(["report", str(tmp_path / "scored"), str(tmp_path / "ga"), "--out", str(tmp_path / "remade")]) == 0
+    said = " ".join((tmp_path / "remade" / "report.md").read_text().split())
+    assert f"GA started from other weights in `{vanilla}/model` than the vanilla row scored there (made again " \
+        "between them, by the weights' hashes)" in said

@@ -761,6 +761,9 @@ def read_run(path: str | Path) -> dict:
             "forget_split": scored_split(evaluated.get("forget"), benchmark),
             "made_for": split_made_for(source, benchmark), **scored,
             "data": data, "asked": asked, "model": (evaluation or {}).get("model"), "starts_from": starts_from,
+            # the weights scored, and those an unlearning run started from (hashes): a model made again at one path
+            "scored_files": (evaluation or {}).get("model_files"),
+            "start_files": source.get("model_files") if source.get("command") == "unlearn" else None,
             "forget_quality_reference": (evaluation or {}).get("forget_quality_reference"),
             "data_files": fingerprint, "recorded": evaluation is not None,
             "metrics": metrics, "path": str(run)}
@@ -832,7 +835,8 @@ def _labels(rows: list[dict]) -> list[str]:
 
 def starting_models(rows: list[dict]) -> str:
     """A sentence under the table where the unlearning runs do not all start from the vanilla row's model: each
-    model they start from, with its runs (an empty string where they all start from one, the vanilla row's)."""
+    model they start from, with its runs (an empty string where they all start from one, the vanilla row's, with
+    the weights that row scored: :func:`other_weights`)."""
     from viker.runs import model_named
 
     starts: dict[str, list[str]] = {}
@@ -841,14 +845,33 @@ def starting_models(rows: list[dict]) -> str:
             starts.setdefault(row["starts_from"], []).append(row["label"])
     vanilla = [model_named(r["model"]) for r in rows if r["method"] == "vanilla" and r.get("model")]
     if not starts or (len(starts) == 1 and set(vanilla) <= set(starts)):
-        return ""
+        return other_weights(rows)
     listed = "; ".join(f"`{model}` ({', '.join(labels)})" for model, labels in starts.items())
     other = list(dict.fromkeys(cell(m) for m in vanilla if m not in starts))
     if len(vanilla) == 1:
         unused = f"; the vanilla row is `{other[0]}`, which none starts from" if other else ""
     else:  # several vanilla rows: those some run starts from are no news
         unused = f"; none starts from `{'` or `'.join(other)}` (the model of a vanilla row)" if other else ""
-    return f" The unlearning runs start from different models than one another or the vanilla row: {listed}{unused}."
+    return (f" The unlearning runs start from different models than one another or the vanilla row: {listed}{unused}."
+            + other_weights(rows))
+
+
+def other_weights(rows: list[dict]) -> str:
+    """A sentence naming the unlearning runs that start from the folder of a vanilla row's model, but from other
+    weights than the ones that row scored (by the hashes both recorded): that model was made again between them."""
+    from viker.model import same_weights
+    from viker.runs import model_named
+
+    scored = {model_named(r["model"]): r["scored_files"] for r in rows
+              if r["method"] == "vanilla" and r.get("model") and r.get("scored_files")}
+    remade = [r for r in rows if r.get("start_files") and r.get("starts_from") in scored
+              and not same_weights(r["start_files"], scored[r["starts_from"]])]
+    if not remade:
+        return ""
+    folders = "` or `".join(dict.fromkeys(cell(r["starts_from"]) for r in remade))
+    return (f" {', '.join(r['label'] for r in remade)} started from other weights in `{folders}` than the vanilla "
+            "row scored there (made again between them, by the weights' hashes): that row is not the model "
+            f"{'it' if len(remade) == 1 else 'they'} unlearned from.")
 
 
 def _one_value(rows: list[dict], key: str, what: str, option: str | None = None) -> str | None:

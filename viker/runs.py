@@ -481,6 +481,16 @@ def scored_run(model: str) -> dict | None:
     return next(runs_behind(str(model)), None)
 
 
+def scored_weights(model: str) -> dict:
+    """``{"model_files": hashes}`` of the weight files an evaluation reads (:func:`viker.model.weight_hashes`), for
+    a model in local folders: what tells the model it scored from one made again at the same path since (a report
+    holds the unlearning runs that start from that path to it); empty for a hub id."""
+    from viker.model import weight_hashes
+
+    hashes = weight_hashes(model) if Path(str(model)).expanduser().exists() else {}
+    return {"model_files": hashes} if hashes else {}
+
+
 def write_eval_config(out: str | Path, settings: dict, data_dir: str | Path | None = None,
                       into: str | Path | None = None, loaded_run: dict | None = None) -> Path:
     """An evaluation's settings: ``config.json`` in a folder of its own (or of an earlier evaluation),

@@ -48,6 +48,7 @@ from viker.runs import (
     other_split,
     runs_behind,
     scored_run,
+    scored_weights,
     write_eval_config,
     write_json,
     written_together,
@@ -403,6 +404,7 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig | 
     loaded_run = scored_run(model_path)  # the run as the model loaded is: held to it when the figures are written
     model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code,
                                                          merge_adapter=False)
+    scored_files = scored_weights(model_path)  # of the model loaded
     metrics, records, ratios = evaluate_clear(model, processor, data, cfg, progress, read)
     metrics["forget_quality"] = None
     if retained is not None:
@@ -413,7 +415,8 @@ def run_clear_eval(model_path: str, data: str, out: str, cfg: ClearEvalConfig | 
     # the model forget quality compares with, however --retain-model named it: what the report holds rows to
     compared = {"forget_quality_reference": retain_model_folder(cfg.retain_model)} if retained is not None else {}
     with written_together(out) as stage:  # all or none: never some of an earlier evaluation's files beside these
-        write_eval_config(out, {"model": as_recorded(model_path), **how_loaded(model), "data": as_recorded(data),
+        write_eval_config(out, {"model": as_recorded(model_path), **scored_files, **how_loaded(model),
+                                "data": as_recorded(data),
                                 "benchmark": "clear", "eval": asdict(cfg), **compared}, data, into=stage,
                           loaded_run=loaded_run)
         write_json(stage / "metrics.json", metrics)

@@ -33,6 +33,7 @@ from viker.runs import (
     read_json,
     read_records,
     scored_run,
+    scored_weights,
     write_eval_config,
     write_json,
     written_together,
@@ -117,6 +118,7 @@ def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig | None = None
     loaded_run = scored_run(model_path)  # the run as the model loaded is: held to it when the figures are written
     model, processor = model_and_processor or load_model(model_path, device, dtype, trust_remote_code,
                                                          merge_adapter=False)
+    scored_files = scored_weights(model_path)  # of the model loaded
     try:
         metrics, records = evaluate(model, processor, data, cfg, progress=progress, sets=sets,
                                     desc=f"evaluating ({Path(out).name})")  # which, among a demo's bars
@@ -133,7 +135,8 @@ def run_eval(model_path: str, data: str, out: str, cfg: EvalConfig | None = None
               "A model that never learned to answer with a letter is scored with --mc-mode likelihood", file=sys.stderr)
     out = Path(out)
     with written_together(out) as stage:  # all or none: never some of an earlier evaluation's files beside these
-        write_eval_config(out, {"model": as_recorded(model_path), **how_loaded(model), "data": as_recorded(data),
+        write_eval_config(out, {"model": as_recorded(model_path), **scored_files, **how_loaded(model),
+                                "data": as_recorded(data),
                                 "benchmark": "mllmu", "eval": asdict(cfg) | {
                                     "gib_model": cfg.gib_model and as_recorded(cfg.gib_model)}}, data, into=stage,
                           loaded_run=loaded_run)
