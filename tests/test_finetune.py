@@ -31,7 +31,8 @@ def test_finetune_learns_and_writes_a_complete_run_folder(bench_dir, tmp_path):
     assert config["finetune"]["tuning"] == "full" and config["finetune"]["train"]["max_steps"] == 40
     assert config["finetune"]["tiny"]["hidden"] == 64 and "lora" not in config["finetune"]  # every weight trained
     assert "lora_layers" not in config["runtime"]
-    assert {"torch", "transformers", "peft"} <= set(config["versions"])
+    assert {"torch", "transformers", "peft", "accelerate", "tokenizers", "pillow", "numpy", "pyarrow"} <= \
+        set(config["versions"])
     # the numbers depend on the processor's float kernels: the run says which it had
     assert config["machine"]["cpu"] and config["machine"]["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
     assert "Full_Set/train-00000-of-00001.parquet" in config["data_files"]

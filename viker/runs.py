@@ -74,6 +74,8 @@ def paths_recorded(settings: dict, keys: Sequence[str] = ("model", "data", "out"
 
 
 def versions() -> dict[str, str]:
+    from importlib import metadata
+
     import accelerate
     import peft
     import torch
@@ -88,6 +90,8 @@ def versions() -> dict[str, str]:
         "transformers": transformers.__version__,
         "peft": peft.__version__,
         "accelerate": accelerate.__version__,
+        # what else shapes the figures: the tiny model's tokenizer, images as decoded, the benchmark's files as read
+        **{name: metadata.version(name) for name in ("tokenizers", "pillow", "numpy", "pyarrow")},
     }
 
 
