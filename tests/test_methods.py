@@ -1293,8 +1293,10 @@ def test_npo_reference_model_from_the_command_line_loads_as_the_run_loads(tiny_d
     assert "--out run: --overwrite would remove" in capsys.readouterr().err
     assert (tmp_path / "run" / "model").is_dir()
     # a reference whose tokenizer is another one scores other tokens: refused before the first step
-    _, processor = load_model(tmp_path / "retain-model", device="cpu")
+    other, processor = load_model(tmp_path / "retain-model", device="cpu")
     processor.tokenizer.add_tokens(["Zqxvor"])
+    other.resize_token_embeddings(len(processor.tokenizer))  # a model of its own, which embeds every token
+    other.save_pretrained(tmp_path / "retain-model")
     processor.save_pretrained(tmp_path / "retain-model")
     loaded.clear()
     assert main(["unlearn", "--model", str(tiny_dir), "--data", str(bench_dir), "--method", "npo",
