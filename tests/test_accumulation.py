@@ -100,6 +100,15 @@ def test_history_gives_the_learning_rate_each_step_used():
     assert [row["lr"] for row in history] == pytest.approx([0.8, 0.6, 0.4, 0.2])  # 0.8 · (1 − (k − 1)/4)
 
 
+def test_a_warm_up_rises_to_the_rate_and_cosine_decay_starts_where_it_ends():
+    """Half the steps warm up (step k of w at lr · k/w: the first step moves the weights), then a cosine from the
+    full rate over the steps left: 0.8 · (1 + cos(π · (k − w)/(n − w)))/2."""
+    history = train(Weights(), Means(), {"train": list(range(4))}, collate,
+                    TrainConfig(max_steps=4, batch_size=2, grad_accum=1, lr=0.8, scheduler="cosine", warmup_ratio=0.5,
+                                log_every=1), progress=False)
+    assert [row["lr"] for row in history] == pytest.approx([0.4, 0.8, 0.8, 0.4])
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_training_half_precision_weights_in_place_is_warned_of(dtype, capsys):
     """AdamW on bf16 weights, with no float32 copy, rounds small updates away (full tuning of a model loaded

@@ -576,6 +576,35 @@ def test_a_model_passed_in_scores_as_the_same_model_loaded_from_its_folder(tiny_
     assert generations[0] == generations[1]
 
 
+def test_each_text_of_an_item_is_scored_by_its_mean_token_loss(monkeypatch):
+    """The answer, the paraphrase and each wrong answer by the mean of their own tokens' losses: the truth ratio
+    and Prob. read these, so a sum (longer texts less likely) or a text scored as another moves every figure."""
+    import viker.eval.clear as ec
+    from viker.data.clear import EvalItem
+
+    logprobs = {"answer": (-2.0, 2), "paraphrase": (-6.0, 3), "wrong one": (-4.0, 1), "wrong two": (-9.0, 3)}
+    monkeypatch.setattr(ec, "answer_logprobs", lambda model, processor, examples, batch_size: [
+        logprobs[ex.answer] for ex in examples])
+    item = EvalItem("Who is this?", b"image", "answer", "paraphrase", ("wrong one", "wrong two"))
+    assert ec.item_losses(None, None, [item], 8) == [(1.0, 2.0, (4.0, 3.0))]
+
+
+def test_forget_sets_score_truth_ratios_by_their_rule_and_the_others_by_theirs(tiny_dir, clear_dir, tmp_path):
+    """A forget set's truth ratio counts min(r, 1/r) (a model that forgot finds the right and wrong answers alike),
+    every other set's max(0, 1 - 1/r) (a model that knows prefers the right one), each over its own items."""
+    import viker.eval.clear as ec
+    from viker.eval.metrics import truth_ratio_score
+
+    metrics = ec.run_clear_eval(str(tiny_dir), str(clear_dir), str(tmp_path / "eval"),
+                                ec.ClearEvalConfig(max_new_tokens=2), device="cpu", progress=False)
+    records = [json.loads(line) for line in (tmp_path / "eval" / "generations.jsonl").read_text().splitlines()]
+    for name, _, _ in ec.EVAL_SETS:
+        ratios = [r["truth_ratio"] for r in records if r["set"] == name]
+        assert ratios and metrics[f"{name}_truth_ratio"] == pytest.approx(
+            truth_ratio_score(ratios, forget=name in ec.FORGET_SETS))
+        assert truth_ratio_score(ratios, forget=True) != pytest.approx(truth_ratio_score(ratios, forget=False))
+
+
 def test_a_clear_run_from_python_takes_clears_default_split(tiny_dir, clear_dir, tmp_path):
     """UnlearnConfig(benchmark="clear") without forget= took MLLMU-Bench's forget_10, and was refused."""
     from viker.presets import TrainConfig

@@ -686,6 +686,10 @@ def test_average_sets_how_npo_and_idkpo_average_their_retain_nll(tiny, bench_dir
         summed, default = logs_of(average="sum")["retain_nll"], logs_of()["retain_nll"]
     assert summed == pytest.approx(torch.stack([nll * n for nll, n in alone]).mean().item(), rel=1e-5)
     assert default == pytest.approx(torch.stack([nll for nll, _ in alone]).mean().item(), rel=1e-5)
+    with torch.no_grad():  # --retain-weight scales the term it adds
+        loss, logs = get_method(method)(retain_weight=0.5).plus_retain_nll(torch.tensor(0.0), {}, model,
+                                                                          {"retain": retain})
+    assert loss.item() == pytest.approx(0.5 * logs["retain_nll"]) and logs["retain_nll"] == pytest.approx(default)
 
 
 def test_keytokens_page_marks_high_entropy_tokens(tiny_dir, bench_dir, tmp_path, capsys):
