@@ -484,3 +484,48 @@ def test_the_inference_cost_is_not_the_cost_of_a_burst_of_other_work(monkeypatch
     monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
     cost = inference_cost(SimpleNamespace(mode="auto"), None, ["q"] * 10, batch_size=1)
     assert cost["ratio"] == 1.2 and cost["bare_seconds_per_answer"] == 0.1
+
+
+def test_the_reference_loss_is_the_kl_to_r_hat_on_the_rewritten_answers_plus_w_times_the_retain_kl(
+        tiny_dir, bench_dir, tmp_path):
+    """CAGUL's default loss: KL(R̂ ‖ Q_rewritten) over the forget answers' tokens, plus w × KL(P ‖ Q_rewritten)
+    over the retain answers' (P: the model on the image as it is), each term's gradient reaching the encoder."""
+    from viker.methods.base import UnlearnContext
+    from viker.methods.losses import gather_answer_positions
+
+    model, processor = load_model(tiny_dir, device="cpu")
+    model.requires_grad_(False)  # as a run leaves it: CAGUL trains modules of its own
+    collate = Collator(processor)
+    data = {name: unlearning_examples(bench_dir, split) for name, split in (("forget", "forget_10"),
+                                                                            ("retain", "retain_90"))}
+    ctx = UnlearnContext(model, processor, collate, data, FrozenReference(model, separate=model), bench_dir,
+                         tmp_path / "cache", progress=False)
+    method = CAGUL(k=2, augment=1, disc_steps=5, retain_weight=0.25)
+    method.setup(ctx)
+    cagul = ctx.model
+    torch.manual_seed(0)
+    for weight in cagul.encoder.parameters():  # away from the identity a fresh encoder is
+        torch.nn.init.normal_(weight, std=0.05)
+    forget = collate(ctx.data["forget"][:3]) | {"index": torch.arange(3)}
+    retain = collate(ctx.data["retain"][:3])
+
+    def answer_log_q(batch, mode):
+        logits = cagul(**model_inputs(batch), labels=batch["labels"], cagul=mode).logits
+        return gather_answer_positions(logits, batch["labels"])[0].float().log_softmax(-1)
+
+    r_hat = method.dists.rows([0, 1, 2]).float()
+    forget_kl = (torch.xlogy(r_hat, r_hat) - r_hat * answer_log_q(forget, "force")).sum(-1).mean()
+    with torch.no_grad():
+        p = answer_log_q(retain, "off").exp()
+    retain_kl = (torch.xlogy(p, p) - p * answer_log_q(retain, "force")).sum(-1).mean()
+    loss, logs = method.loss(cagul, {"forget": forget, "retain": retain})
+    assert logs["forget"] == pytest.approx(forget_kl.item(), rel=1e-4) and forget_kl.item() > 0
+    assert logs["retain_kl"] == pytest.approx(retain_kl.item(), rel=1e-4) and retain_kl.item() > 1e-6
+    assert loss.item() == pytest.approx(forget_kl.item() + 0.25 * retain_kl.item(), rel=1e-4)
+    weights = list(cagul.encoder.parameters())
+    got = torch.autograd.grad(loss, weights)
+    want = torch.autograd.grad(forget_kl + 0.25 * retain_kl, weights, retain_graph=True)
+    from_retain = torch.autograd.grad(retain_kl, weights)
+    assert any(g.abs().max() > 0 for g in from_retain)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-3, atol=1e-7)
