@@ -1,13 +1,11 @@
-"""Vanilla finetuning: the answer-token NLL of the training examples."""
+"""Vanilla finetuning: the answer-token NLL of the training examples (each answer's mean, then over the batch)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from viker.collate import model_inputs
 from viker.methods import register
-from viker.methods.base import share
-from viker.methods.losses import answer_nll
+from viker.methods.base import log_likelihood
 
 
 @register("finetune", "finetune")
@@ -16,6 +14,4 @@ class Finetune:  # no settings
     streams = ("train",)
 
     def loss(self, model, batches):
-        batch = batches["train"]
-        logits = model(**model_inputs(batch)).logits
-        return answer_nll(logits, batch["labels"]) * share(batch, "row"), {}
+        return -log_likelihood(model, batches["train"]), {}
