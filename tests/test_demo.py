@@ -523,3 +523,32 @@ def test_the_time_table_gives_a_short_step_in_seconds_not_as_no_time():
     assert "| the vanilla model (reused from an earlier demo) | 1.5 s |" in time_table({"the vanilla model": 1.5},
                                                                                         ["the vanilla model"])
     assert time_table({}) == ""
+
+
+def test_the_claims_test_counts_the_right_answers_behind_a_figure_that_is_not_exact():
+    """5 of 19 is 26.315...%, which times 19 / 100 falls just under 5: truncated, the test of ViKeR against chance
+    read 4 right answers, and the p-value, the verdict and the sentence under it went with them."""
+    from viker.demo import p_at_least
+    from viker.eval.metrics import mean_percent
+
+    def tail(k, n, p):
+        return sum(math.comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(k, n + 1))
+
+    acc = mean_percent([True] * 5 + [False] * 14)
+    assert acc * 19 / 100 < 5
+    assert p_at_least(acc, 19) == pytest.approx(tail(5, 19, 0.25), rel=1e-9)
+
+
+def test_the_no_face_floor_is_over_the_retain_people_evaluated(bench_dir):
+    """The Retain ROUGE-L a model that forgot every face would score, over the retain people the demo's
+    evaluations score (its --retain-limit), not over all of them."""
+    from viker.data.examples import generation_examples
+    from viker.data.loader import load_profiles
+    from viker.data.synth.people import UNKNOWN_ANSWER
+    from viker.demo import no_face_retain_rougeL
+    from viker.eval import metrics as M
+
+    first = load_profiles(bench_dir, "retain_90")[:1]
+    expected = M.mean_percent([M.rouge(UNKNOWN_ANSWER, ex.answer)["rougeL"] if ex.image is not None else 1.0
+                               for ex in generation_examples(first)])
+    assert no_face_retain_rougeL(bench_dir, DemoConfig(eval=EvalConfig(retain_limit=1))) == round(expected, 1)

@@ -1033,3 +1033,14 @@ def test_a_special_token_in_any_set_is_refused_before_any_answer_is_generated(ti
     with pytest.raises(VikerError, match=rf"^{re.escape(last.source)}: person {last.id}: .* holds '</s>', which the "
                                          "tokenizer reads as a special token"):
         evaluate(*tiny, bench_dir, cfg, progress=False, sets=[EvalSet("forget", forget), EvalSet("real", real)])
+
+
+def test_retain_limit_cuts_the_retain_split_alone_and_leaves_the_real_world_people_whole(bench_dir):
+    from viker.eval.evaluate import eval_sets
+
+    sets = {s.name: s for s in eval_sets(bench_dir, EvalConfig(forget="forget_10", retain_limit=1))}
+    real = load_profiles(bench_dir, "Retain_Set")
+    assert len(real) > 1 and [p.id for p in sets["real"].profiles] == [p.id for p in real]
+    assert sets["real"].left_out == 0
+    assert len(sets["retain"].profiles) == 1
+    assert sets["retain"].left_out == len(load_profiles(bench_dir, "retain_90")) - 1

@@ -425,3 +425,46 @@ def test_command_line_prints_one_line_and_exits_2(bench_dir, tmp_path, capsys):
     assert err.count("\n") == 0 and "Traceback" not in err
     assert err.startswith("error: ") and "ft_Data/train-00000-of-00001.parquet: missing column 'metadata'" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_ft_data_pairs_asked_by_name_are_learned_text_only(bench_dir):
+    """An ft_Data pair whose question the benchmark asks by name (its Pure_Text questions) is learned without the
+    image, as it is asked; every other pair with its image."""
+    from viker.data.examples import finetune_examples
+    from viker.prompts import generation_prompt
+
+    people = load_profiles(bench_dir, "Full_Set") + load_profiles(bench_dir, "Retain_Set")
+    by_name = {generation_prompt(q.question) for p in people for q in (*p.generation, *p.mc) if not q.with_image}
+    pairs = finetune_examples(bench_dir, "ft_Data")
+    assert {e.image is None for e in pairs} == {True, False}
+    assert all((e.image is None) == (e.question in by_name) for e in pairs)
+
+
+def test_pairs_that_differ_by_their_image_alone_are_all_learned(bench_dir):
+    """Duplicates are the same question, answer and image: every stranger's "someone I do not know" is learned,
+    so that the tiny model names no known person for a face it has not seen."""
+    from viker.data.examples import finetune_examples
+    from viker.data.synth import SynthConfig
+    from viker.data.synth.people import NAME_QUESTION, UNKNOWN_ANSWER
+    from viker.prompts import generation_prompt
+
+    strangers = [e for e in finetune_examples(bench_dir) if e.question == generation_prompt(NAME_QUESTION)
+                 and e.answer == UNKNOWN_ANSWER]
+    assert len(strangers) == SynthConfig().strangers == len({e.image for e in strangers})
+
+
+def test_doubled_spaces_inside_an_option_are_the_files_not_the_options(bench_dir, tmp_path):
+    """ "rock  climbing" in a file is the option "rock climbing": a stray space is no token of the answer."""
+    from viker.data.schema import schema_for, with_features
+
+    root = shutil.copytree(bench_dir, tmp_path / "bench")
+    (path,) = sorted((root / "forget_10").glob("*.parquet"))
+    rows = pq.read_table(path).to_pylist()
+    for row in rows:
+        for group in row["Classification_Task"].values():
+            for q in group:
+                q["Options"] = {k: f" {v.replace(' ', '  ')} " for k, v in q["Options"].items()}
+    pq.write_table(pa.Table.from_pylist(rows, schema=with_features(schema_for("forget_10"))), path)
+    clean = [q.options for p in load_profiles(bench_dir, "forget_10") for q in p.mc]
+    assert any(" " in v for o in clean for v in o.values())  # some options hold a space to double
+    assert [q.options for p in load_profiles(root, "forget_10") for q in p.mc] == clean

@@ -1194,3 +1194,11 @@ def test_runs_that_start_from_a_vanilla_model_made_again_since_its_evaluation_ar
     said = " ".join((tmp_path / "remade" / "report.md").read_text().split())
     assert f"GA started from other weights in `{vanilla}/model` than the vanilla row scored there (made again " \
         "between them, by the weights' hashes)" in said
+
+
+def test_a_run_trained_for_max_steps_is_read_with_that_budget(runs):
+    """Runs of one method for other --max-steps are told apart by it (GA (max_steps=10)), not by folder."""
+    from viker.report import read_run
+
+    row = read_run(runs / "ga-eval")
+    assert row["method"] == "ga" and row["settings"].get("max_steps") == 1 and "epochs" not in row["settings"]

@@ -213,3 +213,37 @@ def test_a_seed_no_other_command_takes_is_refused_before_anything_is_written(tmp
         assert main(["data", "synth", "--seed", seed, "--out", str(tmp_path / "b")]) == 2
         assert f"--seed {seed}: must be from 0 to 2**32 - 1" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_cloze_items_are_two_with_the_image_and_two_by_name(bench_dir):
+    for p in load_profiles(bench_dir, "Full_Set"):
+        assert [q.with_image for q in p.cloze] == [True, True, False, False]
+
+
+def test_the_right_answer_is_under_every_letter(bench_dir):
+    """Under one letter always, a model that always answers it would score 100 on every ACC."""
+    assert {q.answer for p in load_profiles(bench_dir, "Full_Set") for q in p.mc} == {"A", "B", "C", "D"}
+
+
+@pytest.fixture(scope="module")
+def three_views(tmp_path_factory):
+    out = tmp_path_factory.mktemp("views")
+    build_benchmark(out, SynthConfig(seed=2, profiles=10, celebrities=2, test_images=3, ref_per_pool=2, strangers=2,
+                                     image_size=64), progress=False)
+    return out
+
+
+def test_test_set_holds_as_many_photos_of_each_person_as_asked_and_they_show_that_person(three_views):
+    """Each Test_Set photo is nearest, by its pixels, to its own person's Full_Set face more often than not (one
+    person's photos under everyone's IDs would match one time in ten)."""
+    import numpy as np
+
+    def small(png):
+        return np.asarray(Image.open(BytesIO(png)).convert("RGB").resize((32, 32)), dtype=np.float32).ravel()
+
+    test = load_profiles(three_views, "Test_Set")
+    assert all(len(p.images) == 3 for p in test)
+    full = load_profiles(three_views, "Full_Set")
+    gallery, ids = np.stack([small(p.image) for p in full]), [p.id for p in full]
+    hits = [ids[int(((gallery - small(img)) ** 2).sum(1).argmin())] == p.id for p in test for img in p.images]
+    assert sum(hits) / len(hits) >= 0.5
