@@ -422,6 +422,10 @@ def test_an_adapter_loads_on_its_base_moved_elsewhere_and_with_the_bases_process
     batch = model_inputs(Collator(processor)(finetune_examples(bench_dir)[:2]))
     with torch.no_grad():
         torch.testing.assert_close(after(**batch).logits, before(**batch).logits, atol=0, rtol=0)
+    outer = _adapter(tiny_dir, tmp_path / "outer")  # on a run folder of ours: the model in it, here an adapter
+    _base_named(outer, tmp_path / "run")
+    with pytest.raises(VikerError, match=f"outer: its base model, {adapter}, is itself a LoRA adapter"):
+        load_model(outer, device="cpu")
 
 
 def test_remote_code_is_off_unless_asked(monkeypatch, tiny_dir):

@@ -276,6 +276,8 @@ def adapter_base(path: str) -> str:
     if not base or not isinstance(base, str):
         raise VikerError(f"{path}/adapter_config.json names no base model (base_model_name_or_path)")
     base = base_still_there(base, f"{path}/adapter_config.json", "the adapter was trained on")
+    if Path(base).is_dir():  # a run folder of ours named as the base: the model in it
+        base = resolve_model_path(base)
     if Path(base).is_dir() and not Path(base, "config.json").is_file() and Path(base, "adapter_config.json").is_file():
         raise VikerError(f"{path}: its base model, {base}, is itself a LoRA adapter, which loading this one would "
                          "replace: merge that adapter into its own base (peft's merge_and_unload), save it, and name "
