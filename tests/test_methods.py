@@ -1023,6 +1023,24 @@ def test_a_character_split_over_byte_tokens_is_shown_whole(tiny):
     assert {"ë", "東", "京", "😀"} <= set(shown)  # each its own group, not merged with its neighbours
 
 
+def test_a_character_split_over_tokens_is_as_uncertain_as_its_most_uncertain_piece(tiny):
+    """Its shade (entropy) is its pieces' largest, and its R̂(y), which decides whether a run forgets it, their
+    smallest: an "ë" whose second byte the references cannot predict is a key token, whatever its first."""
+    from viker.keytokens import characters, forgotten, per_character
+
+    tok = tiny[1].tokenizer
+    ids = tok(" Zoë", add_special_tokens=False)["input_ids"]
+    groups = characters(tok, ids)
+    split = next(g for g in groups if len(g) > 1)  # ë, over its bytes
+    entropies, probs = [0.1] * len(ids), [0.95] * len(ids)
+    entropies[split[-1]], probs[split[-1]] = 2.5, 0.002
+    shade, kept = per_character(groups, entropies, probs)
+    at = groups.index(split)
+    assert shade[at] == 2.5 and kept[at] == 0.002 and forgotten(kept[at], 10.0)
+    assert all(h == 0.1 and r == 0.95 and not forgotten(r, 10.0) for i, (h, r) in enumerate(zip(shade, kept))
+               if i != at)
+
+
 def test_the_key_token_picture_wraps_a_long_answer_instead_of_shrinking_every_row(tmp_path, monkeypatch):
     import matplotlib.figure
 

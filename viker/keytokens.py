@@ -151,8 +151,14 @@ def answer_token_entropies(model, processor, answers: ForgetAnswers, k: int = 5,
             ids = ids[:-1]
         groups = characters(tok, ids)
         out.append(TokenEntropy(ex.question.split("\n")[0], ex.image is not None, group_texts(tok, ids, groups),
-                                [max(h[j] for j in g) for g in groups], [min(p[j] for j in g) for g in groups]))
+                                *per_character(groups, h, p)))
     return out
+
+
+def per_character(groups: list[list[int]], entropies: list[float], probs: list[float]) -> tuple[list, list]:
+    """Each character's entropy and R̂(y), from those of the tokens it is split over (``groups``: their positions):
+    the largest entropy and the smallest R̂(y), so that a character is as uncertain as its most uncertain piece."""
+    return [max(entropies[j] for j in g) for g in groups], [min(probs[j] for j in g) for g in groups]
 
 
 GONE = "#1f4e9e"  # the underline of a token a ViKeR run forgets, on the page and the PNG
