@@ -17,6 +17,7 @@ from viker.presets import (
     AVERAGES,
     FINETUNE_LORA,
     MC_MODES,
+    MIXED_PRECISION,
     REAL_TRAIN,
     REAL_UNLEARN,
     TINY_CAGUL,
@@ -322,7 +323,7 @@ def _add_train_args(p: argparse.ArgumentParser, tiny: TrainConfig, real: TrainCo
                         help="replace the run already in --out (removing its files; anything else there is "
                              "refused)")
     p.add_argument("--max-length", type=int, help="refuse examples longer than this many tokens (never truncates)")
-    p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"),
+    p.add_argument("--mixed-precision", choices=MIXED_PRECISION,
                    help="autocast the forward pass; fp16 on a GPU only (default: the accelerate launch setting, "
                         "else no)")
     p.add_argument("--gradient-checkpointing", action="store_true",
@@ -570,7 +571,7 @@ def parser() -> argparse.ArgumentParser:
                                         "~/.cache/viker)")
     kt.add_argument("--seed", type=int, default=0,
                     help="the seed that draws the reference images, as `viker unlearn --seed` (shares its cache)")
-    kt.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"),
+    kt.add_argument("--mixed-precision", choices=MIXED_PRECISION,
                     help="the autocast of the ViKeR run whose R̂ to show, as its --mixed-precision (shares its "
                          "cache; default: none)")
     _add_model_args(kt)

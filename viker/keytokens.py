@@ -33,6 +33,7 @@ from viker.methods.reference import (
     reference_distributions,
     reference_pool,
 )
+from viker.presets import MIXED_PRECISION
 from viker.progress import bars_as_asked
 from viker.runs import (
     as_recorded,
@@ -110,7 +111,7 @@ def forget_answers(data_dir, forget: str, refs: str = "people", benchmark: str =
     return ForgetAnswers(examples, reference_pool(refs, data_dir, forget), pool_owners(refs, data_dir, forget))
 
 
-AUTOCAST = ("bf16", "fp16")  # a run's --mixed-precision: the autocast its reference pass ran under
+AUTOCAST = tuple(m for m in MIXED_PRECISION if m != "no")  # the autocasts a run's reference pass may run under
 
 
 def answer_token_entropies(model, processor, answers: ForgetAnswers, k: int = 5, seed: int = 0,

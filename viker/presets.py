@@ -14,6 +14,8 @@ MC_MODES = ("likelihood", "letter", "first_char")
 # each answer's mean, then over the answers; over all the tokens at once (a model's own loss); or each answer's
 # sum, then over the answers (the methods' page's per-sequence log-likelihood)
 AVERAGES = ("sequence", "token", "sum")
+# --mixed-precision: accelerate's autocast (no: none; None in a config: the launcher's setting, else no)
+MIXED_PRECISION = ("no", "bf16", "fp16")
 # LoRA where a run leaves it unset: a finetune's (viker.model.LoraSettings' defaults), and an unlearning run's,
 # scaled twice as strongly (α/r = 2) and without dropout
 FINETUNE_LORA = {"r": 16, "alpha": 16, "dropout": 0.05}

@@ -232,5 +232,5 @@ def check_resume(out: str | Path, command: str, settings: dict, data_dir: str | 
         if changed:
             raise VikerError(f"--resume: {Path(data_dir) / changed[0]} is not the file the run started with "
                              f"({len(changed)} data file(s) differ from those {Path(out) / 'config.json'} records)")
-    if model_files is not None and not model_moved:
+    if model_files is not None:  # the same files moved elsewhere pass
         check_weights_unchanged(out, model_files, "--resume")

@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from viker.errors import VikerError, check_types, require
-from viker.presets import FINETUNE_LORA
+from viker.presets import FINETUNE_LORA, MIXED_PRECISION
 from viker.runs import (
     TRAINING_COMMANDS,
     as_recorded,
@@ -103,7 +103,7 @@ def check_mixed_precision(mixed_precision: str | None, device_type: str | None =
                           asked: str = "--mixed-precision") -> None:
     """Refuse a ``--mixed-precision`` (``asked``: where it was given) that is none of accelerate's, or fp16 on the
     CPU, where accelerate autocasts to nothing: a run would train in float32 while recording fp16."""
-    if mixed_precision not in (None, "no", "bf16", "fp16"):
+    if mixed_precision not in (None, *MIXED_PRECISION):
         raise VikerError(f"{asked} {mixed_precision}: choose no, bf16 or fp16")
     if mixed_precision == "fp16" and device_type == "cpu":
         raise VikerError(f"{asked} fp16: accelerate autocasts to fp16 on a GPU only (on the CPU a run would train in "
